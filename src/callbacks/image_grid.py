@@ -1,0 +1,52 @@
+"""Saves sample grids (real / fake / reconstruction per direction) and logs them to the loggers."""
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from src.utils.image_grid import make_grid, save_image
+
+
+class ImageGridCallback(pl.Callback):
+    """Every `every_n_iters` training iterations (and at the end), translate a fixed batch of
+    `num_images` test images and write `<dirpath>/iter_XXXXXXX.png`.
+
+    The batch comes from the DataModule's `sample_batch` (the first test images, deterministic
+    transform), so successive grids show the same inputs.
+    """
+
+    def __init__(self, dirpath: str, every_n_iters: int = 500, num_images: int = 4, split: str = "test"):
+        self.dirpath = Path(dirpath)
+        self.every_n_iters, self.num_images, self.split = every_n_iters, num_images, split
+        self._batch = None
+        self._last_saved = -1
+
+    def _sample_batch(self, trainer, pl_module):
+        if self._batch is None:
+            batch = trainer.datamodule.sample_batch(self.num_images, split=self.split)
+            self._batch = {k: v.to(pl_module.device) for k, v in batch.items() if hasattr(v, "to")}
+        return self._batch
+
+    @rank_zero_only
+    def save(self, trainer, pl_module) -> Path:
+        iteration = pl_module.iteration
+        grid = make_grid(pl_module.sample_images(self._sample_batch(trainer, pl_module)))
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        path = self.dirpath / f"iter_{iteration:07d}.png"
+        save_image(grid, path)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="samples", images=[str(path)], step=trainer.global_step)
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("samples", grid, iteration, dataformats="HWC")
+        self._last_saved = iteration
+        return path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_iters > 0 and pl_module.iteration % self.every_n_iters == 0:
+            self.save(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if pl_module.iteration != self._last_saved:
+            self.save(trainer, pl_module)

@@ -1,0 +1,64 @@
+"""Adversarial objectives behind one interface, chosen by the `loss` config group.
+
+`AdversarialLoss(mode)(logits, target_is_real, for_discriminator)` returns a scalar.
+`logits` may be one tensor or a list of tensors (multi-scale discriminators, CAM logits): the
+loss is the mean over the list.
+
+- vanilla: BCE with logits; the generator uses the non-saturating form (-log D(G(z))),
+  which is what BCE against the "real" label gives.
+- lsgan: MSE to `real_label` / `fake_label`; the generator pushes D(G(x)) to `real_label`
+  (Mao et al. 2017, codes (a, b, c) = (0, 1, 1) by default).
+- wgan-gp: -E[D(real)] + E[D(fake)] for the critic, -E[D(fake)] for the generator; the gradient
+  penalty is `gradient_penalty()` (the model adds it to its critic loss).
+- hinge: relu(1 - D(real)) + relu(1 + D(fake)) for D, -D(fake) for G.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+GAN_MODES = ("vanilla", "lsgan", "wgangp", "hinge")
+
+
+class AdversarialLoss(nn.Module):
+    def __init__(self, mode: str = "lsgan", real_label: float = 1.0, fake_label: float = 0.0):
+        super().__init__()
+        if mode not in GAN_MODES:
+            raise ValueError(f"Unknown adversarial loss '{mode}' (config key loss.gan_mode); choose one of {GAN_MODES}")
+        self.mode, self.real_label, self.fake_label = mode, real_label, fake_label
+
+    def forward(self, logits, target_is_real: bool, for_discriminator: bool = True) -> torch.Tensor:
+        if isinstance(logits, (list, tuple)):
+            return torch.stack([self(l, target_is_real, for_discriminator) for l in logits]).mean()
+        if self.mode == "vanilla":
+            target = torch.full_like(logits, 1.0 if target_is_real else 0.0)
+            return F.binary_cross_entropy_with_logits(logits, target)
+        if self.mode == "lsgan":
+            target = torch.full_like(logits, self.real_label if target_is_real else self.fake_label)
+            return F.mse_loss(logits, target)
+        sign = -1.0 if target_is_real else 1.0
+        if self.mode == "hinge" and for_discriminator:
+            return F.relu(1.0 + sign * logits).mean()
+        # wgan-gp (both players) and the hinge generator: the critic's score, signed.
+        if not for_discriminator and not target_is_real:
+            raise ValueError("A generator loss always targets 'real'")
+        return sign * logits.mean()
+
+    @property
+    def needs_gradient_penalty(self) -> bool:
+        return self.mode == "wgangp"
+
+
+def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, target_norm: float = 1.0) -> torch.Tensor:
+    """WGAN-GP: E[(||grad critic(x_hat)||_2 - 1)^2] on random interpolates of real and fake.
+
+    `critic` maps an image batch to logits (or a list of logits, which are summed). The graph
+    is kept (create_graph) so the penalty trains the critic.
+    """
+    alpha = torch.rand(real.size(0), 1, 1, 1, device=real.device, dtype=real.dtype)
+    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    out = critic(x_hat)
+    outputs = out if isinstance(out, (list, tuple)) else [out]
+    score = sum(o.sum() for o in outputs)
+    (grad,) = torch.autograd.grad(score, x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - target_norm) ** 2).mean()

@@ -1,0 +1,174 @@
+"""The small shared base of every translation model.
+
+A subclass builds its networks, declares its players (`player_modules`: optimizer name ->
+modules, in the order the training step uses them) and writes `training_step` with manual
+optimization. The base turns the config into Adam optimizers and LR schedulers, steps the
+schedulers per epoch or per iteration, keeps image pools and RNG state in checkpoints, and
+offers `translate(x, direction)` for sampling and evaluation.
+"""
+import contextlib
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from omegaconf import DictConfig, OmegaConf
+
+from src.losses import AdversarialLoss
+from src.models.image_pool import ImagePool
+from src.models.lr_schedules import build_scheduler
+from src.nets.init import init_weights
+
+DIRECTIONS = ("AtoB", "BtoA")
+
+
+def to_plain(value: Any) -> Any:
+    """DictConfig -> dict, so hyperparameters load back with `weights_only=True`."""
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
+def build_net(net_cfg: dict, init: dict) -> nn.Module:
+    """Instantiate a network from its `_target_` config and initialise its weights."""
+    return init_weights(hydra.utils.instantiate(net_cfg), init.get("type", "normal"), init.get("gain", 0.02))
+
+
+@contextlib.contextmanager
+def sampling_mode(nets: list[nn.Module], batch_stats: bool = False, dropout: bool = False):
+    """Eval mode under no_grad, optionally with test-time batch statistics and dropout (pix2pix).
+
+    With `batch_stats`, batch-norm layers normalise by the batch's own statistics; their running
+    buffers are put back afterwards so sampling never changes the training state.
+    """
+    was_training = [net.training for net in nets]
+    saved = []
+    for net in nets:
+        net.eval()
+        for m in net.modules():
+            if batch_stats and isinstance(m, nn.modules.batchnorm._BatchNorm):
+                saved.append((m, {k: v.clone() for k, v in m.named_buffers(recurse=False)}))
+                m.train()
+            if dropout and isinstance(m, nn.Dropout):
+                m.train()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, buffers in saved:
+            for k, v in buffers.items():
+                getattr(m, k).copy_(v)
+        for net, mode in zip(nets, was_training):
+            net.train(mode)
+
+
+class TranslationModel(pl.LightningModule):
+    #: optimizer steps per training iteration; Lightning's global_step counts every one of them.
+    optimizer_steps_per_iter: int = 2
+
+    def __init__(self, loss: dict, optimizer: dict, lr_schedule: dict, init: dict):
+        super().__init__()
+        self.automatic_optimization = False
+        self.loss_cfg = to_plain(loss)
+        self.optimizer_cfg = to_plain(optimizer)
+        self.lr_schedule_cfg = to_plain(lr_schedule)
+        self.init_cfg = to_plain(init)
+        self.adversarial = AdversarialLoss(self.loss_cfg.get("gan_mode", "lsgan"),
+                                           **self.loss_cfg.get("labels", {}))
+        self.weights = dict(self.loss_cfg.get("weights", {}))
+        self.pools: dict[str, ImagePool] = {}
+
+    # ----- what subclasses provide -------------------------------------------------------
+    def player_modules(self) -> dict[str, list[nn.Module]]:
+        """Optimizer name -> the modules it trains, in the order of `self.optimizers()`."""
+        raise NotImplementedError
+
+    def generator_for(self, direction: str) -> nn.Module:
+        raise NotImplementedError
+
+    # ----- training length ---------------------------------------------------------------
+    @property
+    def iteration(self) -> int:
+        """Training iterations (batches) done; `global_step` counts every optimizer step."""
+        return self.trainer.global_step // self.optimizer_steps_per_iter
+
+    def weight(self, name: str) -> float:
+        if name not in self.weights:
+            raise KeyError(f"Missing loss weight 'loss.weights.{name}' for {type(self).__name__}")
+        return float(self.weights[name])
+
+    # ----- optimizers and schedules ------------------------------------------------------
+    def configure_optimizers(self):
+        cfg = self.optimizer_cfg
+        optimizers = []
+        for modules in self.player_modules().values():
+            params = [p for m in modules for p in m.parameters()]
+            optimizers.append(torch.optim.Adam(params, lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.5, 0.999))),
+                                               weight_decay=cfg.get("weight_decay", 0.0)))
+        schedulers = [build_scheduler(opt, **self.lr_schedule_cfg) for opt in optimizers]
+        return optimizers, schedulers
+
+    def named_optimizers(self) -> dict:
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        return dict(zip(self.player_modules().keys(), optimizers))
+
+    @contextlib.contextmanager
+    def player(self, name: str):
+        """Inside this block only player `name` requires grad, so the losses computed here
+        build no graph into (and leave no gradients in) the other players' parameters."""
+        opt = self.named_optimizers()[name]
+        self.toggle_optimizer(opt)
+        try:
+            yield opt
+        finally:
+            self.untoggle_optimizer(opt)
+
+    def update(self, opt, loss: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt.step()
+
+    def _step_schedulers(self) -> None:
+        schedulers = self.lr_schedulers()
+        for s in schedulers if isinstance(schedulers, list) else [schedulers]:
+            s.step()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.lr_schedule_cfg.get("unit", "epoch") == "iteration":
+            self._step_schedulers()
+
+    def on_train_epoch_end(self) -> None:
+        if self.lr_schedule_cfg.get("unit", "epoch") == "epoch":
+            self._step_schedulers()
+        self.log("lr", self.named_optimizers()[next(iter(self.player_modules()))].param_groups[0]["lr"])
+
+    # ----- sampling ----------------------------------------------------------------------
+    def translate(self, x: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
+        """Translate a batch in [-1, 1] under no_grad and eval mode."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got '{direction}'")
+        net = self.generator_for(direction)
+        with sampling_mode([net], **self.sampling_options()):
+            return net(x)
+
+    def sampling_options(self) -> dict:
+        return {}
+
+    def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Rows of the sample grid: real, fake (and reconstruction where the model has one)."""
+        return {"real_A": batch["A"], "fake_B": self.translate(batch["A"], "AtoB"), "real_B": batch["B"]}
+
+    # ----- checkpoint state beyond the nets and optimizers --------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["image_pools"] = {name: pool.state_dict() for name, pool in self.pools.items()}
+        # Resuming must continue the same run: keep the RNG streams that dropout, the pool and
+        # the data pipeline draw from.
+        checkpoint["rng_states"] = _collect_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        for name, state in checkpoint.get("image_pools", {}).items():
+            if name in self.pools:
+                self.pools[name].load_state_dict(state)
+        if "rng_states" in checkpoint:
+            _set_rng_states(checkpoint["rng_states"])

@@ -1,0 +1,87 @@
+"""CycleGAN (Zhu et al., ICCV 2017): two generators, two PatchGANs, cycle and identity losses.
+
+One iteration follows the reference code's order: the four generator passes (fake and
+reconstruction in both directions) are computed once; the generators step first (adversarial +
+cycle + identity) with the discriminators frozen; then the discriminators step on the same
+fakes, detached and drawn through the image pools.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from src.losses import gradient_penalty
+from src.models.base import TranslationModel, build_net, to_plain
+from src.models.image_pool import ImagePool
+
+
+class CycleGAN(TranslationModel):
+    optimizer_steps_per_iter = 2
+
+    def __init__(self, generator: dict, discriminator: dict, loss: dict, optimizer: dict, lr_schedule: dict,
+                 init: dict, pool_size: int = 50):
+        super().__init__(loss=loss, optimizer=optimizer, lr_schedule=lr_schedule, init=init)
+        self.save_hyperparameters({"generator": to_plain(generator),
+                                   "discriminator": to_plain(discriminator),
+                                   "loss": self.loss_cfg, "optimizer": self.optimizer_cfg,
+                                   "lr_schedule": self.lr_schedule_cfg, "init": self.init_cfg,
+                                   "pool_size": pool_size})
+        g_cfg, d_cfg = self.hparams.generator, self.hparams.discriminator
+        # G_A: A -> B and D_A judges domain B (fakes of G_A); G_B: B -> A and D_B judges domain A.
+        self.G_A = build_net(g_cfg, self.init_cfg)
+        self.G_B = build_net({**g_cfg, "input_nc": g_cfg["output_nc"], "output_nc": g_cfg["input_nc"]}, self.init_cfg)
+        self.D_A = build_net({**d_cfg, "input_nc": g_cfg["output_nc"]}, self.init_cfg)
+        self.D_B = build_net({**d_cfg, "input_nc": g_cfg["input_nc"]}, self.init_cfg)
+        self.pools = {"fake_A": ImagePool(pool_size), "fake_B": ImagePool(pool_size)}
+        self.weight("cycle"), self.weight("identity")  # fail at start on a missing weight
+        if self.weights["identity"] > 0 and g_cfg["input_nc"] != g_cfg["output_nc"]:
+            raise ValueError("loss.weights.identity > 0 needs data.input_nc == data.output_nc; set it to 0")
+
+    def player_modules(self) -> dict[str, list[nn.Module]]:
+        return {"generators": [self.G_A, self.G_B], "discriminators": [self.D_A, self.D_B]}
+
+    def generator_for(self, direction: str) -> nn.Module:
+        return self.G_A if direction == "AtoB" else self.G_B
+
+    def encode(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        """Latent of the generator that reads `domain`: its encoder half's output."""
+        net = self.G_A if domain == "A" else self.G_B
+        with torch.no_grad():
+            return net.encoder(x)
+
+    def discriminator_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        loss = 0.5 * (self.adversarial(D(real), True) + self.adversarial(D(fake), False))
+        if self.adversarial.needs_gradient_penalty:
+            loss = loss + self.weight("gp") * gradient_penalty(D, real, fake)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        real_A, real_B = batch["A"], batch["B"]
+        fake_B, fake_A = self.G_A(real_A), self.G_B(real_B)
+        rec_A, rec_B = self.G_B(fake_B), self.G_A(fake_A)
+
+        with self.player("generators") as opt_g:
+            losses = {
+                "G_A_adv": self.adversarial(self.D_A(fake_B), True, for_discriminator=False),
+                "G_B_adv": self.adversarial(self.D_B(fake_A), True, for_discriminator=False),
+                "cycle_A": F.l1_loss(rec_A, real_A) * self.weight("cycle"),
+                "cycle_B": F.l1_loss(rec_B, real_B) * self.weight("cycle"),
+            }
+            if self.weight("identity") > 0:
+                losses["idt_A"] = F.l1_loss(self.G_A(real_B), real_B) * self.weight("identity")
+                losses["idt_B"] = F.l1_loss(self.G_B(real_A), real_A) * self.weight("identity")
+            loss_g = sum(losses.values())
+            self.update(opt_g, loss_g)
+
+        with self.player("discriminators") as opt_d:
+            loss_d_a = self.discriminator_loss(self.D_A, real_B, self.pools["fake_B"].query(fake_B))
+            loss_d_b = self.discriminator_loss(self.D_B, real_A, self.pools["fake_A"].query(fake_A))
+            self.update(opt_d, loss_d_a + loss_d_b)
+
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=real_A.size(0))
+        self.log_dict({"train/G": loss_g.detach(), "train/D_A": loss_d_a.detach(), "train/D_B": loss_d_b.detach()},
+                      prog_bar=True, batch_size=real_A.size(0))
+
+    def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:
+        fake_B, fake_A = self.translate(batch["A"], "AtoB"), self.translate(batch["B"], "BtoA")
+        return {"real_A": batch["A"], "fake_B": fake_B, "rec_A": self.translate(fake_B, "BtoA"),
+                "real_B": batch["B"], "fake_A": fake_A, "rec_B": self.translate(fake_A, "AtoB")}

@@ -1,0 +1,43 @@
+"""Image history buffer (Shrivastava et al. 2017), used by CycleGAN's discriminators."""
+import torch
+
+
+class ImagePool:
+    """Holds up to `size` earlier fakes; `query` returns a batch mixing new and stored fakes.
+
+    Per image: while the pool is filling, store it and return it; afterwards, with probability
+    0.5 return a random stored image and store the new one in its place, else return the new one.
+    Randomness comes from torch's global RNG so that a seeded, resumed run draws the same.
+    The buffer is part of the checkpoint (`state_dict`), so resuming continues the same history.
+    """
+
+    def __init__(self, size: int):
+        if size < 0:
+            raise ValueError("model.pool_size must be >= 0")
+        self.size = size
+        self.images: list[torch.Tensor] = []
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.detach()
+        if self.size == 0:
+            return images
+        out = []
+        for image in images:
+            image = image.unsqueeze(0)
+            if len(self.images) < self.size:
+                self.images.append(image.clone())
+                out.append(image)
+            elif torch.rand(()).item() > 0.5:
+                idx = int(torch.randint(0, self.size, ()).item())
+                out.append(self.images[idx].to(image.device))  # restored pools load on CPU
+                self.images[idx] = image.clone()
+            else:
+                out.append(image)
+        return torch.cat(out, 0)
+
+    def state_dict(self) -> dict:
+        return {"size": self.size, "images": [img.cpu() for img in self.images]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.size = state["size"]
+        self.images = list(state["images"])

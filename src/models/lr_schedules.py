@@ -1,0 +1,58 @@
+"""Learning-rate factors for LambdaLR, as picklable objects so scheduler state checkpoints.
+
+Each factor is a function of `t`, the number of scheduler steps taken; the model steps the
+schedulers once per epoch or once per iteration (`lr_schedule.unit`), so `constant` and
+`decay` count epochs or iterations accordingly.
+"""
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+POLICIES = ("constant", "linear", "step", "cosine")
+UNITS = ("epoch", "iteration")
+
+
+class LinearDecay:
+    """Constant for `constant` steps, then linear to 0 over `decay` steps (CycleGAN: 100 + 100 epochs)."""
+
+    def __init__(self, constant: int, decay: int):
+        self.constant, self.decay = constant, max(decay, 1)
+
+    def __call__(self, t: int) -> float:
+        return max(0.0, 1.0 - max(0, t - self.constant) / self.decay)
+
+
+class StepDecay:
+    def __init__(self, step_size: int, gamma: float):
+        self.step_size, self.gamma = max(step_size, 1), gamma
+
+    def __call__(self, t: int) -> float:
+        return self.gamma ** (t // self.step_size)
+
+
+class CosineDecay:
+    """Constant for `constant` steps, then half a cosine to 0 over `decay` steps."""
+
+    def __init__(self, constant: int, decay: int):
+        self.constant, self.decay = constant, max(decay, 1)
+
+    def __call__(self, t: int) -> float:
+        progress = min(max(0, t - self.constant), self.decay) / self.decay
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class Constant:
+    def __call__(self, t: int) -> float:
+        return 1.0
+
+
+def build_scheduler(optimizer: Optimizer, policy: str = "linear", unit: str = "epoch", constant: int = 100,
+                    decay: int = 100, step_size: int = 50, gamma: float = 0.1) -> LambdaLR:
+    if policy not in POLICIES:
+        raise ValueError(f"Unknown model.lr_schedule.policy '{policy}'; choose one of {POLICIES}")
+    if unit not in UNITS:
+        raise ValueError(f"Unknown model.lr_schedule.unit '{unit}'; choose one of {UNITS}")
+    factor = {"constant": lambda: Constant(), "linear": lambda: LinearDecay(constant, decay),
+              "step": lambda: StepDecay(step_size, gamma), "cosine": lambda: CosineDecay(constant, decay)}[policy]()
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,115 @@
+"""Generators of pix2pix (U-Net) and CycleGAN (ResNet), per Isola et al. 2017 / Zhu et al. 2017."""
+import torch
+import torch.nn as nn
+
+from src.nets.norms import norm_layer, uses_bias
+
+
+class ResnetBlock(nn.Module):
+    """Two 3x3 convs with reflection padding and a residual connection (`Rk`)."""
+
+    def __init__(self, dim: int, norm: str, use_dropout: bool = False):
+        super().__init__()
+        norm_fn, bias = norm_layer(norm), uses_bias(norm)
+        layers = [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=bias), norm_fn(dim), nn.ReLU(True)]
+        if use_dropout:
+            layers.append(nn.Dropout(0.5))
+        layers += [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=bias), norm_fn(dim)]
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """c7s1-ngf, d(2ngf), d(4ngf), R(4ngf) x n_blocks, u(2ngf), u(ngf), c7s1-output_nc, tanh.
+
+    The paper uses 9 blocks at 256 px and 6 at 128 px. `encoder` (everything up to and
+    including the residual blocks) and `decoder` are separate so the latent callback can read
+    the encoder's output.
+    """
+
+    def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int = 9,
+                 norm: str = "instance", use_dropout: bool = False, n_downsampling: int = 2):
+        super().__init__()
+        if n_blocks < 0:
+            raise ValueError("model.generator.n_blocks must be >= 0")
+        norm_fn, bias = norm_layer(norm), uses_bias(norm)
+        enc = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7, bias=bias), norm_fn(ngf), nn.ReLU(True)]
+        for i in range(n_downsampling):
+            c = ngf * 2 ** i
+            enc += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1, bias=bias), norm_fn(2 * c), nn.ReLU(True)]
+        dim = ngf * 2 ** n_downsampling
+        enc += [ResnetBlock(dim, norm, use_dropout) for _ in range(n_blocks)]
+        dec = []
+        for i in range(n_downsampling):
+            c = ngf * 2 ** (n_downsampling - i)
+            dec += [nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1, bias=bias),
+                    norm_fn(c // 2), nn.ReLU(True)]
+        dec += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7), nn.Tanh()]
+        self.encoder = nn.Sequential(*enc)
+        self.decoder = nn.Sequential(*dec)
+        self.size_multiple = 2 ** n_downsampling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+class UnetSkipBlock(nn.Module):
+    """One U-Net level: down conv, the inner levels, up conv, and the skip concatenation."""
+
+    def __init__(self, outer_nc: int, inner_nc: int, input_nc: int | None = None,
+                 submodule: nn.Module | None = None, outermost: bool = False, innermost: bool = False,
+                 norm: str = "batch", use_dropout: bool = False, use_skip: bool = True):
+        super().__init__()
+        self.outermost, self.use_skip = outermost, use_skip
+        norm_fn, bias = norm_layer(norm), uses_bias(norm)
+        input_nc = outer_nc if input_nc is None else input_nc
+        down_conv = nn.Conv2d(input_nc, inner_nc, 4, stride=2, padding=1, bias=bias)
+        # Without skips (the paper's encoder-decoder ablation) the up conv sees only the inner path.
+        up_in = inner_nc if innermost or not use_skip else inner_nc * 2
+        if outermost:
+            down = [down_conv]
+            up = [nn.ReLU(True), nn.ConvTranspose2d(up_in, outer_nc, 4, stride=2, padding=1), nn.Tanh()]
+        else:
+            down = [nn.LeakyReLU(0.2, True), down_conv] + ([] if innermost else [norm_fn(inner_nc)])
+            up = [nn.ReLU(True), nn.ConvTranspose2d(up_in, outer_nc, 4, stride=2, padding=1, bias=bias),
+                  norm_fn(outer_nc)]
+            if use_dropout:
+                up.append(nn.Dropout(0.5))
+        middle = [] if submodule is None else [submodule]
+        self.model = nn.Sequential(*down, *middle, *up)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.model(x)
+        if self.outermost or not self.use_skip:
+            return y
+        return torch.cat([x, y], 1)
+
+
+class UnetGenerator(nn.Module):
+    """pix2pix U-Net: C64-C128-C256-C512 x (num_downs - 4), mirrored decoder with skips.
+
+    `num_downs` 8 is `unet_256` (a 256 px image reaches 1x1), 7 is `unet_128`. Dropout 0.5 sits
+    in the first three decoder blocks (counted from the bottleneck), as the paper says; the
+    junyanz code skips the innermost one and drops in the next three instead. `use_skip=False` gives the
+    plain encoder-decoder of the paper's ablation.
+    """
+
+    def __init__(self, input_nc: int = 3, output_nc: int = 3, num_downs: int = 8, ngf: int = 64,
+                 norm: str = "batch", use_dropout: bool = True, use_skip: bool = True):
+        super().__init__()
+        if num_downs < 5:
+            raise ValueError("model.generator.num_downs must be >= 5 (7 for unet_128, 8 for unet_256)")
+        kw = dict(norm=norm, use_skip=use_skip)
+        block = UnetSkipBlock(ngf * 8, ngf * 8, innermost=True, use_dropout=use_dropout, **kw)
+        for level in range(num_downs - 5):
+            block = UnetSkipBlock(ngf * 8, ngf * 8, submodule=block, use_dropout=use_dropout and level < 2, **kw)
+        block = UnetSkipBlock(ngf * 4, ngf * 8, submodule=block, **kw)
+        block = UnetSkipBlock(ngf * 2, ngf * 4, submodule=block, **kw)
+        block = UnetSkipBlock(ngf, ngf * 2, submodule=block, **kw)
+        self.model = UnetSkipBlock(output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True, **kw)
+        self.size_multiple = 2 ** num_downs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)

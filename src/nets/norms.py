@@ -1,0 +1,27 @@
+"""Normalisation layers chosen by name, so configs can say `norm: instance`."""
+import functools
+
+import torch.nn as nn
+
+NORM_NAMES = ("batch", "instance", "none")
+
+
+def norm_layer(name: str):
+    """Return a constructor `f(num_channels) -> nn.Module` for the named norm.
+
+    Instance norm follows the CycleGAN code: no affine parameters, no running statistics.
+    Batch norm keeps running statistics, but pix2pix evaluates with batch statistics (see
+    `Pix2Pix.translate`), which with batch 1 is instance norm, as in the paper.
+    """
+    if name == "batch":
+        return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
+    if name == "instance":
+        return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
+    if name == "none":
+        return lambda num_channels: nn.Identity()
+    raise ValueError(f"Unknown norm '{name}' (config key model.*.norm); choose one of {NORM_NAMES}")
+
+
+def uses_bias(name: str) -> bool:
+    """Convs before an affine batch norm need no bias (the norm's shift replaces it)."""
+    return name != "batch"

@@ -1,0 +1,31 @@
+"""Train a translation model: `python src/train.py model=cyclegan data=horse2zebra [...]`.
+
+Composes conf/train.yaml, instantiates data, model, callbacks, loggers and trainer, fits, saves
+a final checkpoint and returns the metrics (the value of `optimized_metric` for sweepers).
+"""
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI on import
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python src/train.py` from the root
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from src.utils.run import run_training  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")
+def main(cfg: DictConfig) -> float | None:
+    metrics = run_training(cfg)
+    metric_name = cfg.get("optimized_metric")
+    if not metric_name:
+        return None
+    if metric_name not in metrics:
+        raise KeyError(f"optimized_metric '{metric_name}' was not logged; logged metrics: {sorted(metrics)}")
+    return float(metrics[metric_name])
+
+
+if __name__ == "__main__":
+    main()
