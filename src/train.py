@@ -1,7 +1,7 @@
 """Train a translation model: `python src/train.py model=cyclegan data=horse2zebra [...]`.
 
 Composes conf/train.yaml, instantiates data, model, callbacks, loggers and trainer, fits, saves
-a final checkpoint and returns the metrics (the value of `optimized_metric` for sweepers).
+and returns the metrics (the value of `optimized_metric` for sweepers).
 """
 import os
 import sys

@@ -13,13 +13,13 @@ import hydra
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
-from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from omegaconf import DictConfig, OmegaConf
 
 from src.losses import AdversarialLoss
 from src.models.image_pool import ImagePool
 from src.models.lr_schedules import build_scheduler
 from src.nets.init import init_weights
+from src.utils.rng import collect_rng_states, restore_rng_states
 
 DIRECTIONS = ("AtoB", "BtoA")
 
@@ -128,20 +128,29 @@ class TranslationModel(pl.LightningModule):
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt.step()
+        # Free this player's gradients now: they are stale once stepped, and holding them
+        # through the other players' steps only costs memory.
+        opt.zero_grad(set_to_none=True)
 
     def _step_schedulers(self) -> None:
         schedulers = self.lr_schedulers()
         for s in schedulers if isinstance(schedulers, list) else [schedulers]:
             s.step()
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def train_iteration(self, batch: dict) -> None:
+        """One training iteration: every player's step, in the model's order."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        self.train_iteration(batch)
+        # Step per-iteration schedules here, not in on_train_batch_end: checkpoint callbacks run
+        # before the module's batch-end hook and would save the schedule one step behind.
         if self.lr_schedule_cfg.get("unit", "epoch") == "iteration":
             self._step_schedulers()
 
     def on_train_epoch_end(self) -> None:
         if self.lr_schedule_cfg.get("unit", "epoch") == "epoch":
             self._step_schedulers()
-        self.log("lr", self.named_optimizers()[next(iter(self.player_modules()))].param_groups[0]["lr"])
 
     # ----- sampling ----------------------------------------------------------------------
     def translate(self, x: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
@@ -164,11 +173,11 @@ class TranslationModel(pl.LightningModule):
         checkpoint["image_pools"] = {name: pool.state_dict() for name, pool in self.pools.items()}
         # Resuming must continue the same run: keep the RNG streams that dropout, the pool and
         # the data pipeline draw from.
-        checkpoint["rng_states"] = _collect_rng_states()
+        checkpoint["rng_states"] = collect_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         for name, state in checkpoint.get("image_pools", {}).items():
             if name in self.pools:
                 self.pools[name].load_state_dict(state)
         if "rng_states" in checkpoint:
-            _set_rng_states(checkpoint["rng_states"])
+            restore_rng_states(checkpoint["rng_states"])

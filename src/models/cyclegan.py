@@ -54,7 +54,7 @@ class CycleGAN(TranslationModel):
             loss = loss + self.weight("gp") * gradient_penalty(D, real, fake)
         return loss
 
-    def training_step(self, batch: dict, batch_idx: int) -> None:
+    def train_iteration(self, batch: dict) -> None:
         real_A, real_B = batch["A"], batch["B"]
         fake_B, fake_A = self.G_A(real_A), self.G_B(real_B)
         rec_A, rec_B = self.G_B(fake_B), self.G_A(fake_A)

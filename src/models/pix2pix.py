@@ -52,7 +52,7 @@ class Pix2Pix(TranslationModel):
         # The paper keeps dropout and uses batch statistics at test time.
         return {"batch_stats": self.hparams.test_time_batch_stats, "dropout": self.hparams.test_time_dropout}
 
-    def training_step(self, batch: dict, batch_idx: int) -> None:
+    def train_iteration(self, batch: dict) -> None:
         real_A, real_B = batch["A"], batch["B"]
         fake_B = self.G(real_A)
         real_AB = torch.cat([real_A, real_B], 1)

@@ -48,14 +48,14 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
+    if trainer.checkpoint_callback is None:
+        raise ValueError("No checkpoint callback configured: add callbacks.model_checkpoint "
+                         "(see conf/callbacks/default.yaml) so the run ends with a checkpoint")
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
-    # Every run ends with its checkpoint, also when it was interrupted.
-    final = run_dir / "checkpoints" / "final.ckpt"
-    trainer.save_checkpoint(final)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.is_global_zero:
         log.info("Run directory: %s", run_dir)
-        log.info("Final checkpoint: %s", final)
+        log.info("Checkpoint to resume from: %s", trainer.checkpoint_callback.last_model_path)
         log.info("Sample grids: %s", run_dir / "samples")
     return metrics

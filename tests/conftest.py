@@ -1,0 +1,45 @@
+"""Shared test setup: offline, quiet, tiny; Hydra configs composed with temporary directories."""
+import os
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir(tmp_path_factory) -> Path:
+    """One data root per test session, so the embedded dataset is generated once."""
+    return tmp_path_factory.mktemp("data")
+
+
+def compose_train_cfg(overrides: list[str], output_dir: Path, data_dir: Path) -> DictConfig:
+    """Compose conf/train.yaml as `python src/train.py <overrides>` would, outside a Hydra run."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(ROOT)
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir / "logs")
+        cfg.paths.data_dir = str(data_dir)
+        del cfg.hydra
+    return cfg
+
+
+@pytest.fixture
+def train_cfg(tmp_path, shared_data_dir):
+    """`train_cfg(*overrides)` -> a composed smoke config writing into this test's tmp dir."""
+    def make(*overrides: str) -> DictConfig:
+        return compose_train_cfg(["debug=smoke", *overrides], tmp_path / "run", shared_data_dir)
+    yield make
+    GlobalHydra.instance().clear()

@@ -1,0 +1,43 @@
+"""`python src/train.py` as users run it: multirun and clear errors for bad config."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_train(*args: str, tmp_path: Path, data_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PROJECT_ROOT": str(ROOT), "WANDB_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1",
+           "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    flags = [a for a in args if a.startswith("-")]  # Hydra's flags go before the overrides
+    overrides = [a for a in args if not a.startswith("-")]
+    cmd = [sys.executable, str(ROOT / "src" / "train.py"), *flags, "debug=smoke", f"paths.log_dir={tmp_path}/logs",
+           f"paths.data_dir={data_dir}", *overrides]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_multirun_writes_one_run_dir_per_job(tmp_path, shared_data_dir):
+    result = run_train("-m", "loss=lsgan,hinge", "max_iters=2", tmp_path=tmp_path, data_dir=shared_data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweeps = list((tmp_path / "logs" / "smoke" / "multiruns").iterdir())
+    assert len(sweeps) == 1
+    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"]
+    for job in jobs:
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        assert (job / ".hydra" / "overrides.yaml").is_file()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model=nope", "Could not find 'model/nope'"),
+    ("loss.gan_mode=bogus", "loss.gan_mode"),
+    ("model.lr_schedule.policy=exp", "model.lr_schedule.policy"),
+    ("+model.no_such_arg=1", "no_such_arg"),
+])
+def test_bad_config_fails_at_start_naming_the_key(tmp_path, shared_data_dir, override, message):
+    result = run_train(override, tmp_path=tmp_path, data_dir=shared_data_dir)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-3000:]
