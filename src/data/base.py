@@ -1,0 +1,159 @@
+"""What every image-translation DataModule shares: arguments, transforms, loaders, sample batches.
+
+Batches are dicts ``{"A": [B, input_nc, H, W], "B": [B, output_nc, H, W], "A_path": [str],
+"B_path": [str]}`` with images in [-1, 1]; "A" is always the source domain once `direction` is
+applied. Subclasses only say how to build a dataset for a split (`_build_dataset`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from src.data.image_io import check_channels
+from src.data.transforms import ImageTransform
+
+DIRECTIONS = ("AtoB", "BtoA")
+SPLITS = ("train", "test")
+
+
+class ImageTranslationDataModule(pl.LightningDataModule):
+    """Base of the unpaired and paired DataModules (not used on its own).
+
+    Construction only checks the settings; folders are looked at in `setup`, so configs can be
+    instantiated on machines without the data.
+    """
+
+    paired: bool = False
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        name: str,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        preprocess: str = "resize_and_crop",
+        load_size: int = 286,
+        crop_size: int = 256,
+        flip: bool = True,
+        max_dataset_size: int | None = None,
+        direction: str = "AtoB",
+        input_nc: int = 3,
+        output_nc: int = 3,
+        eval_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        if direction not in DIRECTIONS:
+            raise ValueError(f"data.direction={direction!r} must be one of {', '.join(DIRECTIONS)}.")
+        check_channels(input_nc, "data.input_nc")
+        check_channels(output_nc, "data.output_nc")
+        for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{key}={value!r} must be a positive integer.")
+        if max_dataset_size is not None and (not isinstance(max_dataset_size, int) or max_dataset_size < 1):
+            raise ValueError(f"data.max_dataset_size={max_dataset_size!r} must be a positive int or null.")
+
+        self.data_dir = Path(data_dir)
+        self.name = name
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        # DataLoader refuses persistent workers without worker processes.
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.max_dataset_size = max_dataset_size
+        self.direction = direction
+        self.input_nc, self.output_nc = input_nc, output_nc
+        sizes = dict(preprocess=preprocess, load_size=load_size, crop_size=crop_size, flip=flip)
+        self.train_transform = ImageTransform(**sizes, train=True)
+        self.eval_transform = ImageTransform(**sizes, train=False)
+        self._datasets: dict[tuple[str, bool], Dataset] = {}
+
+    # -- what subclasses provide -------------------------------------------------------------
+
+    def _build_dataset(self, split: str, train: bool) -> Dataset:
+        """Dataset of `split` ("train" or "test"); train=True: random pipeline and pairing."""
+        raise NotImplementedError
+
+    def _ensure_available(self) -> None:
+        """Make the data exist on disk when this module can (the synthetic dataset does)."""
+
+    # -- shared machinery ----------------------------------------------------------------------
+
+    @property
+    def source_domain(self) -> str:
+        """Folder letter of the domain delivered as batch["A"]."""
+        return "A" if self.direction == "AtoB" else "B"
+
+    @property
+    def target_domain(self) -> str:
+        return "B" if self.direction == "AtoB" else "A"
+
+    def dataset(self, split: str = "train", train: bool | None = None) -> Dataset:
+        """The (cached) dataset of a split; "val" is the test split, as val_dataloader serves it.
+
+        train defaults to True for the train split; train=False gives the deterministic
+        evaluation transform and sorted-order pairing for any split.
+        """
+        split = "test" if split == "val" else split
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r} must be one of train, test, val.")
+        train = (split == "train") if train is None else train
+        key = (split, train)
+        if key not in self._datasets:
+            self._ensure_available()
+            self._datasets[key] = self._build_dataset(split, train)
+        return self._datasets[key]
+
+    def prepare_data(self) -> None:
+        self._ensure_available()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Index the folders a stage needs, raising clear errors for missing or empty ones.
+
+        Fitting also needs the test split: validation and the fixed sample grids read it, and a
+        missing folder should stop the run before the first epoch, not after it.
+        """
+        if stage in (None, "fit"):
+            self.dataset("train", train=True)
+        self.dataset("test", train=False)
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("train", train=True), self.batch_size, shuffle=True)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test", train=False), self.eval_batch_size, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def sample_batch(self, n: int, split: str = "test") -> dict[str, Any]:
+        """The first n items (sorted file order) of a split, deterministic transform, as a batch.
+
+        Meant for fixed sample grids: the same images, identically preprocessed, every time.
+        Fewer than n items come back when the split is smaller.
+        """
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"sample_batch needs a positive number of items, got n={n!r}.")
+        dataset = self.dataset(split, train=False)
+        return default_collate([dataset[index] for index in range(min(n, len(dataset)))])

@@ -1,0 +1,240 @@
+"""Registry of the public image-translation datasets, and a command that downloads them.
+
+Usage::
+
+    python -m src.data.download horse2zebra --root data     # -> data/horse2zebra/trainA ...
+    python -m src.data.download --list
+
+The registry below is the single source of where each dataset comes from: the DataModules'
+"dataset not found" errors quote the same entries, so the two cannot drift apart.
+Only the standard library is used (urllib, zipfile, tarfile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+UNPAIRED_LAYOUT = "trainA/ trainB/ testA/ testB/ (unpaired image folders)"
+ALIGNED_LAYOUT = "train/ val/ [test/] (each image holds A|B side by side: left half A, right half B)"
+PAIRED_FOLDERS_LAYOUT = "trainA/ trainB/ testA/ testB/ (pairs matched by file name)"
+
+_CYCLEGAN_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{}.zip"
+_PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/{}.tar.gz"
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where a dataset comes from and what it looks like once extracted."""
+
+    url: str | None  # None: no stable public direct link; `note` says where to get it
+    layout: str
+    note: str = ""
+    # Name of the archive's top-level folder when it differs from the registry key, e.g. the
+    # CycleGAN copy of facades unpacks to "facades" but is kept as "facades_unpaired" so that it
+    # does not mix with the pix2pix (aligned) copy in the same root.
+    archive_folder: str | None = None
+
+
+def _cyclegan(name: str, note: str = "") -> DatasetSource:
+    return DatasetSource(_CYCLEGAN_URL.format(name), UNPAIRED_LAYOUT, note)
+
+
+def _cyclegan_copy_of_paired(name: str) -> DatasetSource:
+    note = f"Unpaired (CycleGAN) copy of {name}; the aligned pix2pix copy is the entry '{name}'."
+    return DatasetSource(_CYCLEGAN_URL.format(name), UNPAIRED_LAYOUT, note, archive_folder=name)
+
+
+def _pix2pix(name: str, note: str = "") -> DatasetSource:
+    return DatasetSource(_PIX2PIX_URL.format(name), ALIGNED_LAYOUT, note)
+
+
+DATASETS: dict[str, DatasetSource] = {
+    # CycleGAN datasets (Zhu et al. 2017), unpaired folders.
+    "horse2zebra": _cyclegan("horse2zebra"),
+    "summer2winter_yosemite": _cyclegan("summer2winter_yosemite"),
+    "monet2photo": _cyclegan("monet2photo"),
+    "apple2orange": _cyclegan("apple2orange"),
+    "cezanne2photo": _cyclegan("cezanne2photo"),
+    "ukiyoe2photo": _cyclegan("ukiyoe2photo"),
+    "vangogh2photo": _cyclegan("vangogh2photo"),
+    "iphone2dslr_flower": _cyclegan("iphone2dslr_flower"),
+    "facades_unpaired": _cyclegan_copy_of_paired("facades"),
+    "maps_unpaired": _cyclegan_copy_of_paired("maps"),
+    "cityscapes_unpaired": _cyclegan_copy_of_paired("cityscapes"),
+    # pix2pix datasets (Isola et al. 2017), aligned A|B images.
+    "facades": _pix2pix("facades"),
+    "maps": _pix2pix("maps"),
+    "edges2shoes": _pix2pix("edges2shoes", "About 2 GB."),
+    "edges2handbags": _pix2pix("edges2handbags", "About 8 GB."),
+    "night2day": _pix2pix("night2day"),
+    "cityscapes": _pix2pix(
+        "cityscapes",
+        "This is the pix2pix mirror (labels|photo pairs) used in the pix2pix paper. The official "
+        "Cityscapes release requires registration at https://www.cityscapes-dataset.com.",
+    ),
+    # DRIT (Lee et al. 2018) cat2dog, used by U-GAT-IT and NICE-GAN.
+    "cat2dog": DatasetSource(
+        "http://vllab.ucmerced.edu/hylee/DRIT/datasets/cat2dog.zip",
+        UNPAIRED_LAYOUT,
+        "From DRIT; cats are domain A, dogs domain B.",
+    ),
+    # U-GAT-IT (Kim et al. 2020) selfie2anime: only a Google Drive folder, no direct URL.
+    "selfie2anime": DatasetSource(
+        None,
+        UNPAIRED_LAYOUT,
+        "No stable direct download exists: the U-GAT-IT README (https://github.com/taki0112/UGATIT) "
+        "links the selfie2anime archive on Google Drive. Download it by hand and unpack it so that "
+        "<root>/selfie2anime/ holds trainA/ (selfies) trainB/ (anime) testA/ testB/.",
+    ),
+}
+
+
+def how_to_get(name: str, data_dir: str | Path) -> str:
+    """Explain how to obtain a dataset so that it ends up in data_dir; used in error messages."""
+    data_dir = Path(data_dir)
+    source = DATASETS.get(name)
+    if source is None:
+        known = ", ".join(sorted(DATASETS))
+        return (
+            f"'{name}' is not a dataset this project knows how to download ({known}). "
+            f"Put your images in {data_dir} with the layout {UNPAIRED_LAYOUT}, or for paired data "
+            f"{ALIGNED_LAYOUT}, or {PAIRED_FOLDERS_LAYOUT}."
+        )
+    root = data_dir.parent
+    if source.url is None:
+        hint = source.note
+    else:
+        hint = f"Download it with: python -m src.data.download {name} --root {root}"
+        if data_dir.name != name:
+            hint += f" and set data.data_dir={root / name}"
+        if source.note:
+            hint += f". {source.note}"
+    return f"{hint} Expected layout of {data_dir}: {source.layout}."
+
+
+def _report_progress(done: int, total: int | None) -> None:
+    mib = done / 2**20
+    if total:
+        print(f"\r  {mib:8.1f} MiB / {total / 2**20:.1f} MiB ({100 * done / total:5.1f}%)", end="")
+    else:
+        print(f"\r  {mib:8.1f} MiB", end="")
+    sys.stdout.flush()
+
+
+def fetch(url: str, destination: Path, chunk_bytes: int = 1 << 20) -> None:
+    """Download url to destination, printing progress."""
+    print(f"Downloading {url}")
+    with urllib.request.urlopen(url) as response, open(destination, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        done = 0
+        while chunk := response.read(chunk_bytes):
+            out.write(chunk)
+            done += len(chunk)
+            _report_progress(done, total)
+    print()
+
+
+def _inside(root: Path, member: str) -> bool:
+    return (root / member).resolve().is_relative_to(root.resolve())
+
+
+def extract(archive: Path, into: Path) -> None:
+    """Unpack a .zip or .tar.gz archive, refusing members that would land outside `into`."""
+    print(f"Extracting {archive.name}")
+    if archive.name.endswith(".zip"):
+        with zipfile.ZipFile(archive) as zipped:
+            for member in zipped.namelist():
+                if not _inside(into, member):
+                    raise RuntimeError(f"Refusing unsafe path {member!r} in {archive}")
+            zipped.extractall(into)
+    else:
+        with tarfile.open(archive) as tarred:
+            for member in tarred.getmembers():
+                if not _inside(into, member.name) or member.issym() or member.islnk():
+                    raise RuntimeError(f"Refusing unsafe member {member.name!r} in {archive}")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: let tarfile vet members too
+                tarred.extractall(into, filter="data")
+            else:
+                tarred.extractall(into)
+
+
+def _dataset_folder_in(extracted: Path, source: DatasetSource, name: str) -> Path:
+    """Find the folder holding the data inside an extracted archive."""
+    expected = extracted / (source.archive_folder or name)
+    if expected.is_dir():
+        return expected
+    entries = [entry for entry in extracted.iterdir() if not entry.name.startswith(".")]
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return extracted  # the archive has no top-level folder
+
+
+def download(name: str, root: str | Path) -> Path:
+    """Download and extract dataset `name` into root/name; returns that folder."""
+    source = DATASETS[name]
+    target = Path(root) / name
+    if source.url is None:
+        raise RuntimeError(f"{name} cannot be downloaded automatically. {how_to_get(name, target)}")
+    if target.is_dir() and any(target.iterdir()):
+        print(f"{target} already exists and is not empty; nothing to do.")
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Work in a scratch folder next to the target so the final move is a cheap rename and an
+    # interrupted download never leaves a half-filled dataset folder behind.
+    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=target.parent) as scratch:
+        scratch = Path(scratch)
+        archive = scratch / source.url.rsplit("/", 1)[-1]
+        fetch(source.url, archive)
+        extracted = scratch / "extracted"
+        extracted.mkdir()
+        extract(archive, extracted)
+        if target.exists():
+            target.rmdir()  # empty, checked above
+        shutil.move(str(_dataset_folder_in(extracted, source, name)), str(target))
+    print(f"Done: {target}")
+    return target
+
+
+def _list_datasets() -> str:
+    lines = []
+    for name, source in sorted(DATASETS.items()):
+        where = source.url or "manual download"
+        lines.append(f"  {name:24s} {where}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m src.data.download",
+        description="Download an image-translation dataset into ROOT/NAME.",
+    )
+    parser.add_argument("name", nargs="?", help="dataset name (see --list)")
+    parser.add_argument("--root", default="data", help="parent folder (default: data)")
+    parser.add_argument("--list", action="store_true", help="list the known datasets and exit")
+    args = parser.parse_args(argv)
+
+    if args.list or args.name is None:
+        print("Known datasets:\n" + _list_datasets())
+        return 0 if args.list else 2
+    if args.name not in DATASETS:
+        print(f"Unknown dataset {args.name!r}. Known datasets:\n{_list_datasets()}", file=sys.stderr)
+        return 2
+    source = DATASETS[args.name]
+    if source.url is None:
+        # Nothing to download: say where the data lives and how to lay it out.
+        print(how_to_get(args.name, Path(args.root) / args.name))
+        return 1
+    download(args.name, args.root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Decoding image files of any common mode into uint8 arrays with 1 or 3 channels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from src.data.errors import ImageReadError
+
+# Modes whose samples do not fit in 8 bits; they are rescaled, not clipped, to 0..255.
+_HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_VALID_CHANNELS = (1, 3)
+
+# Transparent pixels are composited on white: images with alpha (logos, drawings, sketches) are
+# usually authored to be seen on a white page, and the colour stored under alpha=0 is arbitrary.
+_BACKGROUND_FOR_ALPHA = (255, 255, 255)
+
+
+def check_channels(channels: int, key: str = "data.input_nc/data.output_nc") -> None:
+    """Raise a ValueError naming the config key when a channel count is not supported."""
+    if channels not in _VALID_CHANNELS:
+        raise ValueError(
+            f"{key}={channels!r} is not supported: images are loaded with 1 (grayscale) or "
+            f"3 (RGB) channels. Set {key} to 1 or 3."
+        )
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image, raising ImageReadError that names the file on failure.
+
+    Decoding happens here (``load()``), not lazily later, so that truncated files fail with
+    their path instead of deep inside a transform.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # PIL raises several unrelated types for corrupt data
+        raise ImageReadError(
+            f"Cannot read image file {path}: {error}. Delete or replace the file "
+            f"(it may be truncated or not an image)."
+        ) from error
+
+
+def _high_bit_depth_to_uint8(image: Image.Image) -> Image.Image:
+    """Rescale 16/32-bit integer and float grayscale images to 8 bit, keeping their full range.
+
+    PIL's own convert("L") clips such images at 255, which turns a 16-bit photo white.
+    Integer modes are read as 16-bit data (what 16-bit PNG/TIFF decode to); float images are
+    taken as 0..1 when they lie in that range, otherwise stretched from their min to their max.
+    """
+    values = np.asarray(image)
+    if image.mode == "F":
+        low, high = float(values.min()), float(values.max())
+        if low >= 0.0 and high <= 1.0:
+            scaled = values * 255.0
+        else:
+            scaled = (values - low) * (255.0 / max(high - low, 1e-12))
+    else:
+        scaled = np.clip(values.astype(np.float64), 0, 65535) * (255.0 / 65535.0)
+    return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+
+
+def _drop_transparency(image: Image.Image) -> Image.Image:
+    """Composite images that carry alpha (RGBA, LA, PA, palette with transparency) on white."""
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if not has_alpha:
+        return image
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, _BACKGROUND_FOR_ALPHA + (255,))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def to_uint8_array(image: Image.Image, channels: int) -> np.ndarray:
+    """Convert a decoded PIL image of any mode to an HxWxC uint8 array, C = channels (1 or 3)."""
+    check_channels(channels)
+    if image.mode in _HIGH_BIT_DEPTH_MODES:
+        image = _high_bit_depth_to_uint8(image)
+    image = _drop_transparency(image)
+    # convert() handles the rest: L, 1, P, CMYK, YCbCr, LAB, HSV, RGB.
+    image = image.convert("L" if channels == 1 else "RGB")
+    array = np.array(image, dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return np.ascontiguousarray(array)
+
+
+def load_image(path: str | Path, channels: int) -> np.ndarray:
+    """Read an image file as an HxWxC uint8 array with C = channels (1 -> grayscale, 3 -> RGB)."""
+    check_channels(channels)
+    return to_uint8_array(open_image(path), channels)

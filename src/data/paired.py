@@ -1,0 +1,172 @@
+"""Paired data (pix2pix): every source image has its own target, preprocessed identically.
+
+Two layouts on disk:
+
+* aligned: ``data_dir/train/*.jpg`` and ``data_dir/test/*.jpg`` (``val/`` when there is no
+  ``test/``), each image holding A|B side by side, A on the left half and B on the right
+  (the pix2pix datasets);
+* folders: ``data_dir/trainA trainB testA testB``, partners matched by file name without
+  extension (``trainA/0001.jpg`` <-> ``trainB/0001.png``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from src.data.base import ImageTranslationDataModule
+from src.data.download import how_to_get
+from src.data.errors import DatasetNotFoundError, MissingPartnerError
+from src.data.folders import list_images, require_folder
+from src.data.image_io import load_image, open_image, to_uint8_array
+from src.data.transforms import ImageTransform
+
+LAYOUTS = ("auto", "aligned", "folders")
+
+
+def split_side_by_side(image: Image.Image) -> tuple[Image.Image, Image.Image]:
+    """Left and right halves of an A|B image; an odd last column is dropped so both match."""
+    half = image.width // 2
+    return image.crop((0, 0, half, image.height)), image.crop((half, 0, 2 * half, image.height))
+
+
+def match_by_name(folder_a: Path, folder_b: Path) -> list[tuple[Path, Path]]:
+    """Pair the images of two folders by file stem, sorted; any unmatched file is an error."""
+
+    def by_stem(folder: Path) -> dict[str, Path]:
+        stems: dict[str, Path] = {}
+        for path in list_images(folder):
+            if path.stem in stems:
+                raise MissingPartnerError(
+                    f"{stems[path.stem]} and {path} share the name {path.stem!r}, so their "
+                    f"partner in the other folder is ambiguous. Rename or remove one of them."
+                )
+            stems[path.stem] = path
+        return stems
+
+    def require_partners(files: dict[str, Path], partners: dict[str, Path], partner_folder: Path) -> None:
+        for stem, path in sorted(files.items()):
+            if stem not in partners:
+                raise MissingPartnerError(
+                    f"{path} has no partner named '{stem}.*' in {partner_folder}. Paired data "
+                    f"needs both images of every pair under the same file name; add the partner "
+                    f"or remove the file."
+                )
+
+    files_a, files_b = by_stem(folder_a), by_stem(folder_b)
+    require_partners(files_a, files_b, folder_b)
+    require_partners(files_b, files_a, folder_a)
+    return [(files_a[stem], files_b[stem]) for stem in sorted(files_a)]
+
+
+class PairedImageDataset(Dataset):
+    """Item i: pair i, source and target preprocessed with the same random parameters.
+
+    `pairs` holds (source file, target file); for the aligned layout both are the same file
+    and `source_half` says which half is the source ("left" for AtoB).
+    """
+
+    def __init__(
+        self,
+        pairs: list[tuple[Path, Path]],
+        transform: ImageTransform,
+        source_channels: int,
+        target_channels: int,
+        source_half: str | None = None,
+    ) -> None:
+        self.pairs = pairs
+        self.transform = transform
+        self.source_channels, self.target_channels = source_channels, target_channels
+        self.source_half = source_half
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _load(self, source_path: Path, target_path: Path) -> tuple[np.ndarray, np.ndarray]:
+        if self.source_half is None:
+            return (
+                load_image(source_path, self.source_channels),
+                load_image(target_path, self.target_channels),
+            )
+        left, right = split_side_by_side(open_image(source_path))
+        source, target = (left, right) if self.source_half == "left" else (right, left)
+        return (
+            to_uint8_array(source, self.source_channels),
+            to_uint8_array(target, self.target_channels),
+        )
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        source_path, target_path = self.pairs[index]
+        source, target = self._load(source_path, target_path)
+        try:
+            source_tensor, target_tensor = self.transform.pair(source, target)
+        except ValueError as error:
+            raise ValueError(f"{source_path}: {error}") from error
+        return {
+            "A": source_tensor,
+            "B": target_tensor,
+            "A_path": str(source_path),
+            "B_path": str(target_path),
+        }
+
+
+class PairedDataModule(ImageTranslationDataModule):
+    """Paired images for pix2pix-style training; the layout is detected or set with `layout`.
+
+    Takes the arguments of ImageTranslationDataModule plus `layout` ("auto", "aligned",
+    "folders"). `max_dataset_size` keeps the first N sorted pairs.
+    """
+
+    paired = True
+
+    def __init__(self, *args: Any, layout: str = "auto", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if layout not in LAYOUTS:
+            raise ValueError(f"data.layout={layout!r} must be one of {', '.join(LAYOUTS)}.")
+        self.layout = layout
+
+    def resolved_layout(self) -> str:
+        """The layout on disk: the configured one, or the one found in data_dir."""
+        if self.layout != "auto":
+            return self.layout
+        require_folder(self.data_dir, self.name, self.data_dir)
+        if any((self.data_dir / folder).is_dir() for folder in ("trainA", "testA", "trainB", "testB")):
+            return "folders"
+        if any((self.data_dir / folder).is_dir() for folder in ("train", "test", "val")):
+            return "aligned"
+        raise DatasetNotFoundError(
+            f"{self.data_dir} holds neither an aligned layout (train/ test/ or val/) nor a "
+            f"folders layout (trainA/ trainB/ testA/ testB/). {how_to_get(self.name, self.data_dir)}"
+        )
+
+    def _aligned_folder(self, split: str) -> Path:
+        require_folder(self.data_dir, self.name, self.data_dir)
+        if split == "test" and not (self.data_dir / "test").is_dir() and (self.data_dir / "val").is_dir():
+            return self.data_dir / "val"  # pix2pix facades/maps ship val/ as their test split
+        return require_folder(self.data_dir / split, self.name, self.data_dir)
+
+    def _pairs(self, split: str) -> tuple[list[tuple[Path, Path]], str | None]:
+        if self.resolved_layout() == "aligned":
+            files = list_images(self._aligned_folder(split))
+            return [(path, path) for path in files], ("left" if self.direction == "AtoB" else "right")
+        folders = {
+            domain: require_folder(self.data_dir / f"{split}{domain}", self.name, self.data_dir)
+            for domain in (self.source_domain, self.target_domain)
+        }
+        return match_by_name(folders[self.source_domain], folders[self.target_domain]), None
+
+    def _build_dataset(self, split: str, train: bool) -> Dataset:
+        pairs, source_half = self._pairs(split)
+        if self.max_dataset_size is not None:
+            pairs = pairs[: self.max_dataset_size]
+        return PairedImageDataset(
+            pairs=pairs,
+            transform=self.train_transform if train else self.eval_transform,
+            source_channels=self.input_nc,
+            target_channels=self.output_nc,
+            source_half=source_half,
+        )

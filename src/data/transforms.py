@@ -1,0 +1,189 @@
+"""Preprocessing pipelines (albumentations 2.x): resize/crop/flip, then a [-1, 1] CHW tensor.
+
+The `preprocess` modes follow junyanz/pytorch-CycleGAN-and-pix2pix:
+
+=======================  ======================================  ================================
+mode                     training                                evaluation (deterministic)
+=======================  ======================================  ================================
+resize_and_crop          resize to load x load, random crop      resize straight to crop x crop
+crop                     random crop crop x crop                 center crop crop x crop
+scale_width              width -> load (keep aspect, height at   same as training
+                         least crop), sides floored to x4
+scale_width_and_crop     scale_width, random crop crop x crop    scale_width, center crop
+none                     sides floored to a multiple of 4        same as training
+=======================  ======================================  ================================
+
+plus a random horizontal flip in training when `flip` is set.
+
+Randomness: every random draw comes from a per-call seed, and a missing seed is drawn from
+torch's global RNG, so Lightning's seeding (and the DataLoader's per-worker seeding derived from
+it) fixes every crop and flip; albumentations' own default would seed from OS entropy.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import partial
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+
+# The generators halve the resolution twice (ResNet) and must upsample back to the same size,
+# so modes that keep the image's own size make each side a multiple of this.
+SIDE_MULTIPLE = 4
+
+# Bicubic like the reference implementation (PIL BICUBIC); cv2's bicubic does not low-pass
+# when shrinking, so downscaling uses area averaging instead, which avoids aliasing on photos.
+_INTERPOLATION = cv2.INTER_CUBIC
+
+
+def validate_preprocess(preprocess: str, load_size: int, crop_size: int) -> None:
+    """Raise ValueError naming the config key when the preprocessing settings cannot work."""
+    if preprocess not in PREPROCESS_MODES:
+        raise ValueError(
+            f"data.preprocess={preprocess!r} is unknown; valid values: {', '.join(PREPROCESS_MODES)}."
+        )
+    for key, value in (("data.load_size", load_size), ("data.crop_size", crop_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{key}={value!r} must be a positive integer (pixels).")
+    needs_load_at_least_crop = preprocess in ("resize_and_crop", "scale_width_and_crop")
+    if needs_load_at_least_crop and crop_size > load_size:
+        raise ValueError(
+            f"data.crop_size={crop_size} is larger than data.load_size={load_size}: with "
+            f"preprocess={preprocess!r} the image is first scaled to load_size and then cropped. "
+            f"Use crop_size <= load_size."
+        )
+    if preprocess.startswith("scale_width") and load_size < SIDE_MULTIPLE:
+        raise ValueError(f"data.load_size={load_size} must be at least {SIDE_MULTIPLE}.")
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    shrinking = height * width < image.shape[0] * image.shape[1]
+    resized = cv2.resize(
+        image, (width, height), interpolation=cv2.INTER_AREA if shrinking else _INTERPOLATION
+    )
+    return resized.reshape(height, width, image.shape[2])  # cv2 drops a single channel axis
+
+
+def scale_width(image: np.ndarray, load_size: int, crop_size: int, **_: object) -> np.ndarray:
+    """Scale so that the width is load_size, keeping the aspect ratio; the height is kept at least
+    crop_size so a crop_size crop always fits (as in the reference implementation)."""
+    height, width = image.shape[:2]
+    new_height = max(int(round(load_size * height / width)), crop_size)
+    if (new_height, load_size) == (height, width):
+        return image
+    return _resize(image, new_height, load_size)
+
+
+def floor_to_multiple(image: np.ndarray, multiple: int = SIDE_MULTIPLE, **_: object) -> np.ndarray:
+    """Center-crop each side down to a multiple of `multiple` (at most multiple-1 pixels lost).
+
+    Rounding down by cropping, not resizing, keeps the pixels untouched: no interpolation blur
+    and no aspect change.
+    """
+    height, width = image.shape[:2]
+    new_height, new_width = height - height % multiple, width - width % multiple
+    top, left = (height - new_height) // 2, (width - new_width) // 2
+    return image[top : top + new_height, left : left + new_width]
+
+
+def _geometry(preprocess: str, load_size: int, crop_size: int, train: bool) -> list[A.BasicTransform]:
+    """The resize/crop steps of one mode, random in training and deterministic in evaluation."""
+    crop = A.RandomCrop if train else A.CenterCrop
+    to_width = A.Lambda(image=partial(scale_width, load_size=load_size, crop_size=crop_size))
+    to_multiple = A.Lambda(image=partial(floor_to_multiple, multiple=SIDE_MULTIPLE))
+    resize = partial(A.Resize, interpolation=_INTERPOLATION, area_for_downscale="image")
+    if preprocess == "resize_and_crop":
+        if train:
+            return [resize(load_size, load_size), A.RandomCrop(crop_size, crop_size)]
+        return [resize(crop_size, crop_size)]
+    if preprocess == "crop":
+        return [crop(crop_size, crop_size)]
+    if preprocess == "scale_width":
+        return [to_width, to_multiple]
+    if preprocess == "scale_width_and_crop":
+        return [to_width, crop(crop_size, crop_size)]
+    return [to_multiple]  # "none"
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """HxWxC uint8 -> CxHxW float32 in [-1, 1] (0 -> -1, 255 -> 1)."""
+    chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    return chw.float().div_(127.5).sub_(1.0)
+
+
+def draw_seed() -> int:
+    """A seed for one random draw, taken from torch's global RNG (which Lightning seeds)."""
+    return int(torch.randint(0, 2**31 - 1, ()).item())
+
+
+class ImageTransform:
+    """Preprocesses one image, or a pair with exactly the same crop and flip.
+
+    train=True: the random training pipeline; train=False: the deterministic evaluation one.
+    """
+
+    def __init__(
+        self,
+        preprocess: str = "resize_and_crop",
+        load_size: int = 286,
+        crop_size: int = 256,
+        flip: bool = True,
+        train: bool = True,
+    ) -> None:
+        validate_preprocess(preprocess, load_size, crop_size)
+        self.preprocess, self.load_size, self.crop_size = preprocess, load_size, crop_size
+        steps = _geometry(preprocess, load_size, crop_size, train)
+        if train and flip:
+            steps.append(A.HorizontalFlip(p=0.5))
+        self.is_random = train and (flip or preprocess in ("resize_and_crop", "crop", "scale_width_and_crop"))
+        # "image_b" receives the same parameters as "image": that is what keeps pairs aligned.
+        self._pipeline = A.Compose(steps, additional_targets={"image_b": "image"}, seed=0)
+
+    def _check_fits(self, image: np.ndarray) -> None:
+        height, width = image.shape[:2]
+        if self.preprocess == "crop" and min(height, width) < self.crop_size:
+            raise ValueError(
+                f"data.crop_size={self.crop_size} is larger than an image of {height}x{width} "
+                f"(preprocess='crop' does not resize). Lower data.crop_size or use "
+                f"preprocess=resize_and_crop."
+            )
+        if self.preprocess == "none" and min(height, width) < SIDE_MULTIPLE:
+            raise ValueError(
+                f"An image of {height}x{width} is too small for data.preprocess='none' "
+                f"(sides must be at least {SIDE_MULTIPLE})."
+            )
+
+    def _seed_pipeline(self, seed: int | None) -> None:
+        if not self.is_random:
+            return
+        seed = draw_seed() if seed is None else seed
+        # One generator shared by all steps. Compose.set_random_seed(seed) would instead give
+        # every step its own generator with the SAME seed: the flip decision and the crop's
+        # vertical offset would be the same number (every flipped crop in the upper part).
+        self._pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+    def __call__(self, image: np.ndarray, seed: int | None = None) -> torch.Tensor:
+        """Preprocess an HxWxC uint8 image; seed=None draws one from torch's global RNG."""
+        self._check_fits(image)
+        self._seed_pipeline(seed)
+        return to_tensor(self._pipeline(image=image)["image"])
+
+    def pair(
+        self, image: np.ndarray, partner: np.ndarray, seed: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Preprocess two images with identical random parameters.
+
+        A partner of another size is first resized to the image's size, so that the shared crop
+        window covers the same content in both (channel counts may differ).
+        """
+        if partner.shape[:2] != image.shape[:2]:
+            partner = _resize(partner, *image.shape[:2])
+        self._check_fits(image)
+        self._seed_pipeline(seed)
+        out = self._pipeline(image=image, image_b=partner)
+        return to_tensor(out["image"]), to_tensor(out["image_b"])

@@ -1,0 +1,90 @@
+"""Unpaired image folders (CycleGAN, U-GAT-IT, NICE-GAN): data_dir/trainA trainB testA testB."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from src.data.base import ImageTranslationDataModule
+from src.data.folders import list_images, require_folder
+from src.data.image_io import load_image
+from src.data.transforms import ImageTransform
+
+
+def preprocess_file(path: Path, channels: int, transform: ImageTransform) -> torch.Tensor:
+    """Load and preprocess one image file; size errors get the file's path added."""
+    image = load_image(path, channels)
+    try:
+        return transform(image)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+
+
+class UnpairedImageDataset(Dataset):
+    """Item i: source image i (cycling) with a target image that is not its partner.
+
+    The length is that of the larger domain, so every image of both domains is seen each epoch
+    (the smaller domain cycles). With random_partner the target is drawn afresh from torch's
+    global RNG on every access (training); otherwise it is target[i % len(target)], which pairs
+    equal-length test folders in sorted order (evaluation).
+    """
+
+    def __init__(
+        self,
+        source_paths: list[Path],
+        target_paths: list[Path],
+        transform: ImageTransform,
+        source_channels: int,
+        target_channels: int,
+        random_partner: bool,
+    ) -> None:
+        self.source_paths, self.target_paths = source_paths, target_paths
+        self.transform = transform
+        self.source_channels, self.target_channels = source_channels, target_channels
+        self.random_partner = random_partner
+
+    def __len__(self) -> int:
+        return max(len(self.source_paths), len(self.target_paths))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        source_path = self.source_paths[index % len(self.source_paths)]
+        if self.random_partner:
+            target_index = int(torch.randint(len(self.target_paths), ()).item())
+        else:
+            target_index = index % len(self.target_paths)
+        target_path = self.target_paths[target_index]
+        return {
+            "A": preprocess_file(source_path, self.source_channels, self.transform),
+            "B": preprocess_file(target_path, self.target_channels, self.transform),
+            "A_path": str(source_path),
+            "B_path": str(target_path),
+        }
+
+
+class UnpairedDataModule(ImageTranslationDataModule):
+    """Two folders per split, one per domain, with no correspondence between their images.
+
+    Takes the arguments of ImageTranslationDataModule. `max_dataset_size` keeps the first N
+    sorted files of each domain folder (in every split).
+    """
+
+    paired = False
+
+    def _domain_folder(self, split: str, domain: str) -> Path:
+        require_folder(self.data_dir, self.name, self.data_dir)
+        return require_folder(self.data_dir / f"{split}{domain}", self.name, self.data_dir)
+
+    def _build_dataset(self, split: str, train: bool) -> Dataset:
+        source = self._domain_folder(split, self.source_domain)
+        target = self._domain_folder(split, self.target_domain)
+        return UnpairedImageDataset(
+            source_paths=list_images(source, self.max_dataset_size),
+            target_paths=list_images(target, self.max_dataset_size),
+            transform=self.train_transform if train else self.eval_transform,
+            source_channels=self.input_nc,
+            target_channels=self.output_nc,
+            random_partner=train,
+        )

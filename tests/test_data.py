@@ -1,0 +1,542 @@
+"""Data layer: folder DataModules, preprocessing, image decoding, errors, the shapes dataset."""
+
+import glob
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from src.data import download  # noqa: E402
+from src.data.errors import (  # noqa: E402
+    DatasetNotFoundError,
+    EmptyDatasetError,
+    ImageReadError,
+    MissingPartnerError,
+)
+from src.data.image_io import load_image  # noqa: E402
+from src.data.paired import PairedDataModule  # noqa: E402
+from src.data.shapes import (  # noqa: E402
+    ShapesDataModule,
+    ShapesPairedDataModule,
+    ensure_shapes_dataset,
+    render_background,
+    shape_coverage,
+    shapes_params,
+)
+from src.data.transforms import PREPROCESS_MODES, ImageTransform  # noqa: E402
+from src.data.unpaired import UnpairedDataModule  # noqa: E402
+
+CONF_DATA = Path(__file__).resolve().parents[1] / "conf" / "data"
+RED, BLUE = (255, 0, 0), (0, 0, 255)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def write_image(path: Path, size=(20, 16), color=None, seed=0) -> Path:
+    """An RGB image of width x height; random noise unless a colour is given."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    if color is None:
+        pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    else:
+        pixels = np.broadcast_to(np.array(color, np.uint8), (height, width, 3))
+    Image.fromarray(np.ascontiguousarray(pixels)).save(path)
+    return path
+
+
+def make_unpaired(root: Path, n_a=3, n_b=5, n_test_a=2, n_test_b=2, size=(20, 16)) -> Path:
+    for split, counts in (("train", (n_a, n_b)), ("test", (n_test_a, n_test_b))):
+        for domain, count in zip("AB", counts):
+            for k in range(count):
+                seed = len(split) * 100 + ord(domain) * 10 + k  # distinct noise per file
+                write_image(root / f"{split}{domain}" / f"{domain}{k}.png", size, seed=seed)
+    return root
+
+
+def module(cls, root, **kwargs):
+    settings = dict(name="mydata", preprocess="resize_and_crop", load_size=12, crop_size=8)
+    settings.update(kwargs)
+    return cls(data_dir=root, **settings)
+
+
+# -- unpaired folders ------------------------------------------------------------------------
+
+
+def test_unpaired_batch_contract(tmp_path):
+    dm = module(UnpairedDataModule, make_unpaired(tmp_path / "d"), batch_size=2)
+    dm.setup("fit")
+    assert dm.paired is False
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"A", "B", "A_path", "B_path"}
+    assert batch["A"].shape == (2, 3, 8, 8) and batch["B"].shape == (2, 3, 8, 8)
+    assert batch["A"].dtype == torch.float32
+    for key in "AB":
+        assert -1.0 <= batch[key].min() and batch[key].max() <= 1.0
+    assert all("trainA" in path for path in batch["A_path"])
+    assert all("trainB" in path for path in batch["B_path"])
+    assert len(dm.train_dataloader().dataset) == 5  # max(len A, len B)
+
+
+def test_unpaired_direction_swaps_domains_and_channels(tmp_path):
+    dm = module(UnpairedDataModule, make_unpaired(tmp_path / "d"), direction="BtoA", input_nc=1, output_nc=3)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert "trainB" in batch["A_path"][0] and "trainA" in batch["B_path"][0]
+    assert batch["A"].shape[1] == 1 and batch["B"].shape[1] == 3
+
+
+def test_max_dataset_size_caps_each_domain(tmp_path):
+    dm = module(UnpairedDataModule, make_unpaired(tmp_path / "d", n_a=4, n_b=6), max_dataset_size=2)
+    dm.setup("fit")
+    dataset = dm.dataset("train")
+    assert len(dataset) == 2
+    assert [p.name for p in dataset.source_paths] == ["A0.png", "A1.png"]
+    assert [p.name for p in dataset.target_paths] == ["B0.png", "B1.png"]
+
+
+def test_random_partner_changes_and_is_seeded(tmp_path):
+    dm = module(UnpairedDataModule, make_unpaired(tmp_path / "d", n_a=2, n_b=6))
+    dm.setup("fit")
+
+    def epochs(seed, n=4):
+        torch.manual_seed(seed)
+        return [
+            [(b["A_path"][0], b["B_path"][0], b["A"].sum().item()) for b in dm.train_dataloader()]
+            for _ in range(n)
+        ]
+
+    first = epochs(0)
+    partners_of_a0 = {b_path for epoch in first for a_path, b_path, _ in epoch if a_path.endswith("A0.png")}
+    assert len(partners_of_a0) > 1  # not always the same partner
+    assert epochs(0) == first  # torch.manual_seed fixes order, partners, crops and flips
+    assert epochs(1) != first
+
+
+def test_worker_processes_are_seeded_from_torch(tmp_path):
+    dm = module(UnpairedDataModule, make_unpaired(tmp_path / "d", n_a=4, n_b=4), num_workers=2)
+    dm.setup("fit")
+
+    def run():
+        torch.manual_seed(3)
+        return [(b["B_path"][0], b["A"].sum().item()) for b in dm.train_dataloader()]
+
+    assert run() == run()
+
+
+def test_test_loader_pairs_in_sorted_order(tmp_path):
+    root = make_unpaired(tmp_path / "d", n_test_a=3, n_test_b=2)
+    dm = module(UnpairedDataModule, root, batch_size=4, eval_batch_size=1)
+    dm.setup("test")
+    batches = list(dm.test_dataloader())
+    assert len(batches) == 3  # eval_batch_size 1, max(3, 2) items
+    pairs = [(Path(b["A_path"][0]).name, Path(b["B_path"][0]).name) for b in batches]
+    assert pairs == [("A0.png", "B0.png"), ("A1.png", "B1.png"), ("A2.png", "B0.png")]
+    assert [b["A_path"] for b in dm.val_dataloader()] == [b["A_path"] for b in batches]
+    assert batches[0]["A"].shape[-1] == 8  # eval: resized straight to crop_size
+
+
+def test_sample_batch_is_first_items_and_deterministic(tmp_path):
+    dm = module(UnpairedDataModule, make_unpaired(tmp_path / "d", n_test_a=3, n_test_b=3))
+    torch.manual_seed(0)
+    first = dm.sample_batch(2)
+    torch.manual_seed(1)
+    second = dm.sample_batch(2)
+    assert [Path(p).name for p in first["A_path"]] == ["A0.png", "A1.png"]
+    assert first["A"].shape == (2, 3, 8, 8)
+    assert torch.equal(first["A"], second["A"]) and torch.equal(first["B"], second["B"])
+    assert dm.sample_batch(10)["A"].shape[0] == 3
+    assert Path(dm.sample_batch(1, split="train")["A_path"][0]).parent.name == "trainA"
+
+
+# -- paired ----------------------------------------------------------------------------------
+
+
+def make_aligned(root: Path, splits=("train", "test"), n=2, half=(10, 8)) -> Path:
+    for split in splits:
+        for k in range(n):
+            pixels = np.zeros((half[1], 2 * half[0], 3), np.uint8)
+            pixels[:, : half[0]] = RED
+            pixels[:, half[0] :] = BLUE
+            (root / split).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / split / f"{k}.jpg", quality=100)
+    return root
+
+
+def test_aligned_pairs_split_left_a_right_b(tmp_path):
+    root = make_aligned(tmp_path / "facades", splits=("train", "val"))  # no test/: val/ is used
+    for direction, (src, tgt) in {"AtoB": (0, 2), "BtoA": (2, 0)}.items():
+        dm = module(PairedDataModule, root, preprocess="none", direction=direction)
+        assert dm.paired is True
+        batch = dm.sample_batch(2)
+        assert batch["A"].shape == (2, 3, 8, 8)
+        assert "val" in batch["A_path"][0] and batch["A_path"] == batch["B_path"]
+        # red is (1, -1, -1) in [-1, 1]; the dominant channel tells the half apart
+        assert batch["A"][:, src].mean() > 0.9 and batch["A"][:, tgt].mean() < -0.9
+        assert batch["B"][:, tgt].mean() > 0.9 and batch["B"][:, src].mean() < -0.9
+
+
+def test_folders_pairs_matched_by_name(tmp_path):
+    root = tmp_path / "pairs"
+    for split in ("train", "test"):
+        for name in ("x", "y"):
+            write_image(root / f"{split}A" / f"{name}.png", color=RED)
+            write_image(root / f"{split}B" / f"{name}.jpg", color=BLUE)
+    dm = module(PairedDataModule, root, layout="auto")
+    assert dm.resolved_layout() == "folders"
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert Path(batch["A_path"][0]).stem == Path(batch["B_path"][0]).stem
+    assert batch["A"][0, 0].mean() > 0.9 and batch["B"][0, 2].mean() > 0.9
+
+
+def test_missing_partner_names_the_file(tmp_path):
+    root = tmp_path / "pairs"
+    for split in ("train", "test"):
+        write_image(root / f"{split}A" / "x.png")
+        write_image(root / f"{split}B" / "x.png")
+    write_image(root / "trainA" / "lonely.png")
+    dm = module(PairedDataModule, root)
+    with pytest.raises(MissingPartnerError, match="lonely.png"):
+        dm.setup("fit")
+
+
+def test_pair_gets_identical_random_transform(tmp_path):
+    root = tmp_path / "pairs"
+    for split in ("train", "test"):
+        for k in range(3):
+            write_image(root / f"{split}A" / f"{k}.png", size=(30, 24), seed=k)
+            write_image(root / f"{split}B" / f"{k}.png", size=(30, 24), seed=k)
+    dm = module(PairedDataModule, root, preprocess="resize_and_crop", load_size=20, crop_size=10, flip=True)
+    dm.setup("fit")
+    torch.manual_seed(0)
+    for _ in range(4):
+        for batch in dm.train_dataloader():
+            assert torch.equal(batch["A"], batch["B"])
+
+
+def test_pair_partner_of_other_size_and_channels(tmp_path):
+    transform = ImageTransform("crop", 16, 8, flip=True, train=True)
+    image = np.random.default_rng(0).integers(0, 256, (12, 14, 3), dtype=np.uint8)
+    partner = np.ascontiguousarray(image[::2, ::2, :1])  # half the size, one channel
+    a, b = transform.pair(image, partner, seed=5)
+    assert a.shape == (3, 8, 8) and b.shape == (1, 8, 8)
+
+
+# -- image modes ------------------------------------------------------------------------------
+
+
+def test_image_modes(tmp_path):
+    gradient16 = (np.arange(32 * 16).reshape(16, 32) * 128).astype(np.uint16)  # 0 .. 65408
+    images = {
+        "gray.png": Image.fromarray(np.full((6, 8), 100, np.uint8), mode="L"),
+        "rgba.png": Image.new("RGBA", (8, 6), (10, 10, 10, 0)),  # fully transparent
+        "palette.png": Image.new("RGB", (8, 6), (0, 200, 0)).convert("P", palette=Image.Palette.ADAPTIVE),
+        "cmyk.jpg": Image.new("CMYK", (8, 6), (0, 0, 0, 0)),
+        "deep.png": Image.fromarray(gradient16),
+        "la.png": Image.new("LA", (8, 6), (30, 0)),
+    }
+    for name, image in images.items():
+        image.save(tmp_path / name)
+    for name in images:
+        for channels in (1, 3):
+            array = load_image(tmp_path / name, channels)
+            assert array.dtype == np.uint8 and array.shape[2] == channels
+            assert array.shape[:2] in ((6, 8), (16, 32))
+    assert load_image(tmp_path / "gray.png", 3)[0, 0].tolist() == [100, 100, 100]
+    assert load_image(tmp_path / "rgba.png", 3)[0, 0].tolist() == [255, 255, 255]  # transparent -> white
+    assert load_image(tmp_path / "la.png", 1)[0, 0, 0] == 255
+    assert load_image(tmp_path / "palette.png", 3)[0, 0].tolist() == [0, 200, 0]
+    assert load_image(tmp_path / "cmyk.jpg", 3).min() >= 250  # CMYK 0,0,0,0 is white
+    deep = load_image(tmp_path / "deep.png", 1)[..., 0]
+    assert deep.min() == 0 and deep.max() >= 254  # scaled to 8 bit, not clipped at 255
+    assert len(np.unique(deep)) > 200
+    with pytest.raises(ValueError, match="data.input_nc"):
+        load_image(tmp_path / "gray.png", 2)
+
+
+def test_grayscale_channels_in_batches(tmp_path):
+    root = tmp_path / "gray"
+    for folder in ("trainA", "trainB", "testA", "testB"):
+        (root / folder).mkdir(parents=True)
+        Image.fromarray(np.full((16, 16), 80, np.uint8), mode="L").save(root / folder / "0.png")
+    dm = module(UnpairedDataModule, root, input_nc=1, output_nc=3)
+    batch = dm.sample_batch(1)
+    assert batch["A"].shape == (1, 1, 8, 8) and batch["B"].shape == (1, 3, 8, 8)
+    with pytest.raises(ValueError, match="data.output_nc"):
+        module(UnpairedDataModule, root, output_nc=4)
+
+
+# -- preprocessing --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mode, expected_hw",
+    [
+        ("resize_and_crop", (16, 16)),  # train: 24x24 then crop 16; eval: straight to 16
+        ("crop", (16, 16)),
+        ("scale_width", (16, 24)),  # width -> 24, height round(24 * 45 / 67) = 16
+        ("scale_width_and_crop", (16, 16)),
+        ("none", (44, 64)),  # 45x67 floored to multiples of 4
+    ],
+)
+def test_preprocess_output_sizes(mode, expected_hw):
+    image = np.random.default_rng(0).integers(0, 256, (45, 67, 3), dtype=np.uint8)
+    for train in (True, False):
+        out = ImageTransform(mode, load_size=24, crop_size=16, flip=True, train=train)(image, seed=1)
+        assert tuple(out.shape) == (3, *expected_hw), (mode, train)
+        assert out.dtype == torch.float32 and out.min() >= -1 and out.max() <= 1
+
+
+def test_scale_width_keeps_height_at_least_crop_and_multiple_of_4():
+    wide = np.zeros((10, 67, 3), np.uint8)  # height round(24 * 10 / 67) = 4 < crop 16 -> 16
+    assert ImageTransform("scale_width", 24, 16, train=False)(wide).shape == (3, 16, 24)
+    tall = np.zeros((45, 43, 3), np.uint8)  # height round(24 * 45 / 43) = 25 -> floored to 24
+    assert ImageTransform("scale_width", 24, 16, train=False)(tall).shape == (3, 24, 24)
+
+
+def test_eval_transform_is_deterministic_and_unflipped():
+    image = np.random.default_rng(0).integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    transform = ImageTransform("crop", 20, 12, flip=True, train=False)
+    assert not transform.is_random
+    out = transform(image)
+    expected = torch.from_numpy(image[4:16, 4:16]).permute(2, 0, 1).float() / 127.5 - 1
+    assert torch.allclose(out, expected)
+
+
+def test_flip_is_independent_of_crop_position():
+    # Seeding each albumentations step with the same seed would make "flipped" equal to
+    # "crop in the top half"; the shared generator keeps them independent.
+    image = np.arange(12 * 12, dtype=np.uint8).reshape(12, 12, 1).repeat(3, axis=2)
+    transform = ImageTransform("crop", 12, 6, flip=True, train=True)
+    outcomes = set()
+    for seed in range(64):
+        out = transform(image, seed=seed)[0]
+        flipped = bool(out[0, 0] > out[0, -1])
+        top = bool(out[0, 0] < -1 + 2 * (6 * 12) / 255)  # first row comes from rows 0..5
+        outcomes.add((flipped, top))
+    assert len(outcomes) == 4
+
+
+def test_unknown_preprocess_and_bad_sizes_name_the_key(tmp_path):
+    with pytest.raises(ValueError, match="data.preprocess") as error:
+        ImageTransform("zoom", 286, 256)
+    assert all(mode in str(error.value) for mode in PREPROCESS_MODES)
+    with pytest.raises(ValueError, match="data.crop_size"):
+        ImageTransform("resize_and_crop", 200, 256)
+    with pytest.raises(ValueError, match="data.load_size"):
+        ImageTransform("resize_and_crop", 0, 256)
+    with pytest.raises(ValueError, match="data.crop_size"):
+        ImageTransform("crop", 286, -1)
+    with pytest.raises(ValueError, match="data.preprocess"):
+        UnpairedDataModule(data_dir=tmp_path, name="x", preprocess="zoom")
+    # crop larger than the image is found when the image is loaded; the file is named
+    dm = module(UnpairedDataModule, make_unpaired(tmp_path / "d"), preprocess="crop", crop_size=64)
+    with pytest.raises(ValueError, match=r"data.crop_size=64.*") as error:
+        dm.sample_batch(1)
+    assert "A0.png" in str(error.value)
+
+
+# -- clear errors -------------------------------------------------------------------------------
+
+
+def test_missing_dataset_says_how_to_download(tmp_path):
+    dm = UnpairedDataModule(data_dir=tmp_path / "horse2zebra", name="horse2zebra")  # no error yet
+    with pytest.raises(DatasetNotFoundError) as error:
+        dm.setup("fit")
+    message = str(error.value)
+    assert str(tmp_path / "horse2zebra") in message
+    assert f"python -m src.data.download horse2zebra --root {tmp_path}" in message
+
+
+def test_missing_split_folder_and_unknown_dataset(tmp_path):
+    root = tmp_path / "mine"
+    write_image(root / "trainA" / "0.png")
+    dm = UnpairedDataModule(data_dir=root, name="mine")
+    with pytest.raises(FileNotFoundError) as error:
+        dm.setup("fit")
+    assert str(root / "trainB") in str(error.value) and "trainA/ trainB/ testA/ testB/" in str(error.value)
+
+
+def test_manual_dataset_explains_where_to_get_it(tmp_path):
+    dm = UnpairedDataModule(data_dir=tmp_path / "selfie2anime", name="selfie2anime")
+    with pytest.raises(DatasetNotFoundError, match="Google Drive"):
+        dm.setup("fit")
+
+
+def test_empty_folder_is_named(tmp_path):
+    root = make_unpaired(tmp_path / "d")
+    for path in (root / "trainB").iterdir():
+        path.unlink()
+    (root / "trainB" / "notes.txt").write_text("not an image")
+    with pytest.raises(EmptyDatasetError, match=str(root / "trainB")):
+        module(UnpairedDataModule, root).setup("fit")
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    root = make_unpaired(tmp_path / "d")
+    bad = root / "testA" / "A0.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    with pytest.raises(ImageReadError, match="A0.png"):
+        module(UnpairedDataModule, root).sample_batch(1)
+
+
+def test_download_registry_and_cli(capsys):
+    for name in ("horse2zebra", "summer2winter_yosemite", "monet2photo", "apple2orange", "cat2dog",
+                 "facades", "maps", "edges2shoes", "cityscapes", "selfie2anime"):
+        assert name in download.DATASETS
+    assert download.DATASETS["facades"].url.endswith("/pix2pix/datasets/facades.tar.gz")
+    assert download.DATASETS["horse2zebra"].url.endswith("/cyclegan/datasets/horse2zebra.zip")
+    assert "cityscapes-dataset.com" in download.DATASETS["cityscapes"].note
+    assert download.main(["selfie2anime", "--root", "/nonexistent"]) == 1
+    assert "trainA/" in capsys.readouterr().out
+    assert download.main(["--list"]) == 0
+    assert "cat2dog" in capsys.readouterr().out
+
+
+def test_download_extracts_into_root_name(tmp_path, monkeypatch, capsys):
+    # A local archive through a file:// URL exercises fetch + extract + move without a network.
+    import tarfile
+    import zipfile
+
+    source_dir = make_unpaired(tmp_path / "src" / "toy", n_a=1, n_b=1, n_test_a=1, n_test_b=1)
+    zipped, tarred = tmp_path / "toy.zip", tmp_path / "toy.tar.gz"
+    with zipfile.ZipFile(zipped, "w") as archive:
+        for path in source_dir.rglob("*.png"):
+            archive.write(path, path.relative_to(source_dir.parent))
+    with tarfile.open(tarred, "w:gz") as archive:
+        archive.add(source_dir, arcname="toy")
+    monkeypatch.setitem(
+        download.DATASETS, "toy", download.DatasetSource(zipped.as_uri(), download.UNPAIRED_LAYOUT)
+    )
+    monkeypatch.setitem(
+        download.DATASETS, "toy_copy",
+        download.DatasetSource(tarred.as_uri(), download.UNPAIRED_LAYOUT, archive_folder="toy"),
+    )
+    root = tmp_path / "data"
+    assert download.main(["toy", "--root", str(root)]) == 0
+    assert download.download("toy_copy", root) == root / "toy_copy"
+    for name in ("toy", "toy_copy"):
+        assert sorted(p.name for p in (root / name).iterdir()) == ["testA", "testB", "trainA", "trainB"]
+    assert download.download("toy", root) == root / "toy"  # present: nothing to do
+    assert "nothing to do" in capsys.readouterr().out
+    assert sorted(p.name for p in root.iterdir()) == ["toy", "toy_copy"]  # no scratch left
+
+
+# -- the shapes dataset ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes") / "s"
+    return ensure_shapes_dataset(root, shapes_params(32, 20, 6, 0, paired=False))
+
+
+def test_shapes_layout_and_determinism(shapes_root, tmp_path):
+    folders = ("trainA", "trainB", "testA", "testB")
+    counts = {folder: len(list((shapes_root / folder).glob("*.png"))) for folder in folders}
+    assert counts == {"trainA": 20, "trainB": 20, "testA": 6, "testB": 6}
+    again = ensure_shapes_dataset(tmp_path / "again", shapes_params(32, 20, 6, 0, paired=False))
+    for path in sorted(shapes_root.rglob("*")):
+        if path.is_file():
+            assert (again / path.relative_to(shapes_root)).read_bytes() == path.read_bytes(), path
+    other = ensure_shapes_dataset(tmp_path / "other", shapes_params(32, 20, 6, 1, paired=False))
+    assert (other / "testA" / "0000.png").read_bytes() != (shapes_root / "testA" / "0000.png").read_bytes()
+
+
+def test_shapes_test_pairs_share_everything_but_the_shape(shapes_root):
+    meta = json.loads((shapes_root / "test_meta.json").read_text())
+    assert len(meta["pairs"]) == 6 and meta["size"] == 32
+    for k, entry in enumerate(meta["pairs"]):
+        disc = np.array(Image.open(shapes_root / "testA" / entry["file"]))
+        triangle = np.array(Image.open(shapes_root / "testB" / entry["file"]))
+        assert disc.shape == (32, 32, 3)
+        corners = (0, -1)
+        for y in corners:
+            for x in corners:
+                assert (disc[y, x] == triangle[y, x]).all()
+        assert (disc != triangle).any(axis=-1).sum() > 10
+        # the background is re-rendered exactly wherever neither shape touches a pixel
+        box = np.array([entry["box"]])
+        untouched = (shape_coverage("disc", box, 32)[0] == 0) & (shape_coverage("triangle", box, 32)[0] == 0)
+        background = render_background(entry, 32)
+        assert (disc[untouched] == background[untouched]).all()
+        # shape pixels are far from the background under them (mask recovery)
+        inside = shape_coverage("disc", box, 32)[0] == 1
+        distance = np.abs(disc.astype(int) - background.astype(int)).max(axis=-1)
+        assert distance[inside].min() >= 70 and distance[untouched].max() == 0
+
+
+def test_disc_and_triangle_overlap():
+    box = np.array([[2.0, 3.0, 50.0]])
+    disc, triangle = shape_coverage("disc", box, 64)[0], shape_coverage("triangle", box, 64)[0]
+    iou = np.minimum(disc, triangle).sum() / np.maximum(disc, triangle).sum()
+    assert 0.45 < iou < 0.6
+    assert abs(triangle.sum() - 0.5 * 50**2) < 20  # half the box
+    assert triangle[4:10].sum() < triangle[45:51].sum()  # apex up
+
+
+def test_shapes_mismatch_regenerates_and_foreign_folder_is_refused(tmp_path):
+    root = ensure_shapes_dataset(tmp_path / "s", shapes_params(16, 4, 2, 0, paired=False))
+    root = ensure_shapes_dataset(root, shapes_params(16, 6, 2, 0, paired=False))
+    assert len(list((root / "trainA").glob("*.png"))) == 6
+    assert json.loads((root / "meta.json").read_text())["n_train"] == 6
+    foreign = tmp_path / "mine"
+    write_image(foreign / "photo.png")
+    with pytest.raises(FileExistsError, match="refusing"):
+        ensure_shapes_dataset(foreign, shapes_params(16, 4, 2, 0, paired=False))
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no scratch left behind
+
+
+def _generate_in_subprocess(root: str) -> str:
+    return str(ensure_shapes_dataset(root, shapes_params(16, 30, 5, 0, paired=False)))
+
+
+def test_shapes_concurrent_generation_is_safe(tmp_path):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    root = tmp_path / "shared"
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+        results = list(pool.map(_generate_in_subprocess, [str(root)] * 4))
+    assert results == [str(root)] * 4
+    assert len(list((root / "trainB").glob("*.png"))) == 30
+    assert [p.name for p in tmp_path.iterdir()] == ["shared"]
+
+
+def test_shapes_datamodules_generate_lazily(tmp_path):
+    dm = ShapesDataModule(data_dir=tmp_path / "u", size=16, n_train=5, n_test=3, batch_size=2)
+    dm.setup("fit")  # no prepare_data call
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["A"].shape == (2, 3, 16, 16) and dm.paired is False
+    paired = ShapesPairedDataModule(data_dir=tmp_path / "p", size=16, n_train=5, n_test=3)
+    assert paired.paired is True
+    sample = paired.sample_batch(3, split="train")
+    # a training pair shares the background: corner pixels agree
+    assert torch.equal(sample["A"][:, :, 0, 0], sample["B"][:, :, 0, 0])
+    assert not torch.equal(sample["A"], sample["B"])
+    assert (tmp_path / "p" / "train_meta.json").exists()
+
+
+# -- configs -----------------------------------------------------------------------------------
+
+
+def test_all_data_configs_instantiate_without_data(tmp_path):
+    files = sorted(glob.glob(str(CONF_DATA / "*.yaml")))
+    assert len(files) >= 12
+    for file in files:
+        paths = {"data_dir": str(tmp_path / "nowhere")}
+        cfg = OmegaConf.create({"paths": paths, "data": OmegaConf.load(file)})
+        dm = instantiate(cfg.data)
+        assert str(dm.data_dir).startswith(str(tmp_path / "nowhere")), file
+        paired = {"facades", "maps", "edges2shoes", "cityscapes", "shapes_paired"}
+        assert dm.paired == (Path(file).stem in paired), file
+    assert not (tmp_path / "nowhere").exists()  # construction touched no folder
