@@ -10,7 +10,8 @@ import torch
 
 from src.utils.run import build_trainer_kwargs, run_training
 
-MODELS = ("cyclegan", "pix2pix")
+MODELS = ("cyclegan", "pix2pix", "ugatit", "nicegan")
+UNPAIRED_MODELS = ("cyclegan", "ugatit", "nicegan")
 LOSSES = ("vanilla", "lsgan", "wgangp", "hinge")
 
 
@@ -32,36 +33,80 @@ def test_every_model_and_loss_composes(train_cfg, model_name, loss_name):
     assert set(model.player_modules()) and model.optimizer_steps_per_iter == len(model.player_modules())
 
 
-@pytest.mark.parametrize("model_name", MODELS)
-def test_each_step_moves_only_its_player(train_cfg, model_name):
-    """Around every optimizer step: the stepped player's parameters change, nobody else's do,
-    and the idle players hold no gradients (they were frozen, not merely not stepped)."""
-    cfg = train_cfg(f"model={model_name}", "max_iters=2")
-    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
-    datamodule = hydra.utils.instantiate(cfg.data)
+def record_player_steps(model) -> list[tuple[str, ...]]:
+    """Wrap `model.update` to check every optimizer step as it happens: the stepped players'
+    parameters all change, nobody else's do, and the idle players hold no gradients (they were
+    frozen, and no graph from this step's loss reached them). Returns the players stepped."""
     players = model.player_modules()
     steps = []
     original_update = model.update
 
-    def checked_update(opt, loss):
-        name = next(n for n, o in model.named_optimizers().items() if o is opt)
-        others = [m for n, ms in players.items() if n != name for m in ms]
-        before_mine, before_others = snapshot(players[name]), snapshot(others)
-        original_update(opt, loss)
-        assert torch.isfinite(loss), f"{name} loss is not finite"
-        assert changed(before_mine, players[name]), f"{name} step changed none of its parameters"
-        assert not changed(before_others, others), f"{name} step changed another player's parameters"
-        assert all(p.grad is None for m in others for p in m.parameters()), f"{name} step left gradients elsewhere"
-        steps.append(name)
+    def checked_update(opts, loss):
+        names = tuple(n for n, o in model.named_optimizers().items() if any(o is x for x in opts))
+        others = [m for n, ms in players.items() if n not in names for m in ms]
+        before_mine = {n: snapshot(players[n]) for n in names}
+        before_others = snapshot(others)
+        original_update(opts, loss)
+        assert torch.isfinite(loss), f"{names} loss is not finite"
+        for n in names:
+            assert changed(before_mine[n], players[n]), f"{n} step changed none of its parameters"
+        assert not changed(before_others, others), f"{names} step changed another player's parameters"
+        assert all(p.grad is None for m in others for p in m.parameters()), f"{names} step left gradients elsewhere"
+        steps.append(names)
 
     model.update = checked_update
-    trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), logger=False, enable_checkpointing=False)
-    trainer.fit(model, datamodule=datamodule)
-    assert steps == list(players) * 2
+    return steps
+
+
+def fit_briefly(cfg, model=None, **trainer_kwargs):
+    model = model or hydra.utils.instantiate(cfg.model, _recursive_=False)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    kwargs = {**build_trainer_kwargs(cfg, model), "logger": False, "enable_checkpointing": False, **trainer_kwargs}
+    pl.Trainer(**kwargs).fit(model, datamodule=datamodule)
+    return model
+
+
+EXPECTED_STEPS = {"cyclegan": [("generators",), ("discriminators",)],
+                  "pix2pix": [("discriminator",), ("generator",)],
+                  "ugatit": [("discriminators",), ("generators",)],
+                  # NICE-GAN's discriminator step trains heads and encoders together; the
+                  # generator step leaves every encoder parameter bit-identical.
+                  "nicegan": [("heads", "encoders"), ("generators",)]}
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_each_step_moves_only_its_player(train_cfg, model_name):
+    cfg = train_cfg(f"model={model_name}", "max_iters=2")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    steps = record_player_steps(model)
+    fit_briefly(cfg, model)
+    assert steps == EXPECTED_STEPS[model_name] * 2
+
+
+@pytest.mark.parametrize("model_name", UNPAIRED_MODELS)
+def test_encode_gives_a_latent_per_image(train_cfg, model_name):
+    cfg = train_cfg(f"model={model_name}")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    size = cfg.data.size
+    for domain in "AB":
+        z = model.encode(torch.rand(3, 3, size, size) * 2 - 1, domain)
+        assert z.dim() == 4 and z.size(0) == 3 and z.shape[-1] == size // 4 and not z.requires_grad
+
+
+@pytest.mark.parametrize("model_name", ("ugatit", "nicegan"))
+def test_rho_stays_in_unit_interval_under_a_large_learning_rate(train_cfg, model_name):
+    from src.nets.adalin import rho_statistics
+    cfg = train_cfg(f"model={model_name}", "max_iters=3", "model.optimizer.lr=1.0")
+    model = fit_briefly(cfg)
+    stats = {**rho_statistics(model.G_AB), **rho_statistics(model.G_BA)}
+    assert stats and all(0.0 <= low and high <= 1.0 for _, low, high in stats.values())
+    # and the large steps did push some rho against a bound (the clipping was exercised)
+    assert any(low == 0.0 or high == 1.0 for _, low, high in stats.values())
 
 
 @pytest.mark.parametrize("model_name,data_name", [("cyclegan", "shapes"), ("cyclegan", "shapes_paired"),
-                                                   ("pix2pix", "shapes_paired")])
+                                                   ("pix2pix", "shapes_paired"), ("ugatit", "shapes"),
+                                                   ("nicegan", "shapes")])
 def test_smoke_run_writes_checkpoint_samples_and_finite_metrics(train_cfg, model_name, data_name):
     cfg = train_cfg(f"model={model_name}", f"data={data_name}")
     metrics = run_training(cfg)
@@ -106,7 +151,8 @@ def final_weights(cfg) -> dict[str, torch.Tensor]:
     return ckpt
 
 
-@pytest.mark.parametrize("model_name,data_name", [("cyclegan", "shapes"), ("pix2pix", "shapes_paired")])
+@pytest.mark.parametrize("model_name,data_name", [("cyclegan", "shapes"), ("pix2pix", "shapes_paired"),
+                                                   ("ugatit", "shapes"), ("nicegan", "shapes")])
 def test_resume_gives_the_same_weights(train_cfg, tmp_path, model_name, data_name):
     """4 iterations straight == 2 iterations, then resume from last.ckpt for 2 more (seeded).
 
@@ -124,7 +170,7 @@ def test_resume_gives_the_same_weights(train_cfg, tmp_path, model_name, data_nam
     resumed_cfg.paths.output_dir = str(tmp_path / "resumed")
     resumed = final_weights(resumed_cfg)
 
-    assert straight["global_step"] == resumed["global_step"] == 8
+    assert straight["global_step"] == resumed["global_step"] == 4 * hydra.utils.get_class(resumed_cfg.model._target_).optimizer_steps_per_iter
     for key, value in straight["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
     for a, b in zip(straight["optimizer_states"], resumed["optimizer_states"]):

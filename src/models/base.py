@@ -114,23 +114,34 @@ class TranslationModel(pl.LightningModule):
         return dict(zip(self.player_modules().keys(), optimizers))
 
     @contextlib.contextmanager
-    def player(self, name: str):
-        """Inside this block only player `name` requires grad, so the losses computed here
-        build no graph into (and leave no gradients in) the other players' parameters."""
-        opt = self.named_optimizers()[name]
-        self.toggle_optimizer(opt)
+    def players(self, *names: str):
+        """Inside this block only the named players' parameters require grad, so the losses
+        computed here build no graph into (and leave no gradients in) anyone else's parameters.
+        Yields their optimizers. (Lightning's toggle_optimizer takes one optimizer; NICE-GAN's
+        discriminator step trains two, the heads and the encoders.)"""
+        optimizers = self.named_optimizers()
+        active = [optimizers[n] for n in names]
+        trained = {id(p) for opt in active for group in opt.param_groups for p in group["params"]}
+        frozen = [p for p in self.parameters() if p.requires_grad and id(p) not in trained]
+        for p in frozen:
+            p.requires_grad_(False)
         try:
-            yield opt
+            yield active
         finally:
-            self.untoggle_optimizer(opt)
+            for p in frozen:
+                p.requires_grad_(True)
 
-    def update(self, opt, loss: torch.Tensor) -> None:
-        opt.zero_grad(set_to_none=True)
+    def update(self, optimizers, loss: torch.Tensor) -> None:
+        """Backward once, then step every given optimizer (a list, or one optimizer)."""
+        optimizers = optimizers if isinstance(optimizers, (list, tuple)) else [optimizers]
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        opt.step()
-        # Free this player's gradients now: they are stale once stepped, and holding them
-        # through the other players' steps only costs memory.
-        opt.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.step()
+            # Free the gradients now: they are stale once stepped, and holding them through
+            # the other players' steps only costs memory.
+            opt.zero_grad(set_to_none=True)
 
     def _step_schedulers(self) -> None:
         schedulers = self.lr_schedulers()
@@ -157,9 +168,15 @@ class TranslationModel(pl.LightningModule):
         """Translate a batch in [-1, 1] under no_grad and eval mode."""
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got '{direction}'")
-        net = self.generator_for(direction)
-        with sampling_mode([net], **self.sampling_options()):
-            return net(x)
+        with sampling_mode(self.translation_nets(direction), **self.sampling_options()):
+            return self.translation_forward(x, direction)
+
+    def translation_nets(self, direction: str) -> list[nn.Module]:
+        """Every network a translation runs through (NICE-GAN: the source encoder too)."""
+        return [self.generator_for(direction)]
+
+    def translation_forward(self, x: torch.Tensor, direction: str) -> torch.Tensor:
+        return self.generator_for(direction)(x)
 
     def sampling_options(self) -> dict:
         return {}

@@ -59,7 +59,7 @@ class CycleGAN(TranslationModel):
         fake_B, fake_A = self.G_A(real_A), self.G_B(real_B)
         rec_A, rec_B = self.G_B(fake_B), self.G_A(fake_A)
 
-        with self.player("generators") as opt_g:
+        with self.players("generators") as opt_g:
             losses = {
                 "G_A_adv": self.adversarial(self.D_A(fake_B), True, for_discriminator=False),
                 "G_B_adv": self.adversarial(self.D_B(fake_A), True, for_discriminator=False),
@@ -72,7 +72,7 @@ class CycleGAN(TranslationModel):
             loss_g = sum(losses.values())
             self.update(opt_g, loss_g)
 
-        with self.player("discriminators") as opt_d:
+        with self.players("discriminators") as opt_d:
             loss_d_a = self.discriminator_loss(self.D_A, real_B, self.pools["fake_B"].query(fake_B))
             loss_d_b = self.discriminator_loss(self.D_B, real_A, self.pools["fake_A"].query(fake_A))
             self.update(opt_d, loss_d_a + loss_d_b)

@@ -58,7 +58,7 @@ class Pix2Pix(TranslationModel):
         real_AB = torch.cat([real_A, real_B], 1)
         fake_AB = torch.cat([real_A, fake_B], 1)
 
-        with self.player("discriminator") as opt_d:
+        with self.players("discriminator") as opt_d:
             pooled_fake_AB = self.pools["fake_AB"].query(fake_AB)
             loss_d_real = self.adversarial(self.D(real_AB), True)
             loss_d_fake = self.adversarial(self.D(pooled_fake_AB), False)
@@ -67,7 +67,7 @@ class Pix2Pix(TranslationModel):
                 loss_d = loss_d + self.weight("gp") * gradient_penalty(self.D, real_AB, pooled_fake_AB)
             self.update(opt_d, loss_d)
 
-        with self.player("generator") as opt_g:
+        with self.players("generator") as opt_g:
             losses = {"l1": F.l1_loss(fake_B, real_B) * self.weight("l1")}
             if self.use_feature_matching:
                 pred_fake, fake_features = self.D(fake_AB, return_features=True)

@@ -11,14 +11,16 @@ def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) 
 
     def init_module(m: nn.Module) -> None:
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            # A spectrally normalised layer keeps its trainable weight in `weight_orig`.
+            weight = getattr(m, "weight_orig", m.weight)
             if init_type == "normal":
-                nn.init.normal_(m.weight, 0.0, gain)
+                nn.init.normal_(weight, 0.0, gain)
             elif init_type == "xavier":
-                nn.init.xavier_normal_(m.weight, gain=gain)
+                nn.init.xavier_normal_(weight, gain=gain)
             elif init_type == "kaiming":
-                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
+                nn.init.kaiming_normal_(weight, a=0, mode="fan_in")
             else:
-                nn.init.orthogonal_(m.weight, gain=gain)
+                nn.init.orthogonal_(weight, gain=gain)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d) and m.weight is not None:

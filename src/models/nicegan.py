@@ -1,0 +1,146 @@
+"""NICE-GAN (Chen et al., CVPR 2020): the discriminators' encoders are the translators' encoders.
+
+Per domain X: D_X = C_X(E_X(.)), and x -> y is G_{x->y}(E_X(x)). Three optimizers (SPEC:
+decoupled training): the classifier heads, the encoders, and the generators.
+
+One iteration:
+1. discriminator step (heads + encoders, one backward, two optimizer steps): E runs once per real
+   image; its latents feed the classifiers AND the generators, which produce the fakes under
+   no_grad (they are detached for this step anyway); LSGAN on the local and global heads and
+   the CAM logit, reals -> real, fakes -> fake, adversarial weight 1.
+2. generator step (generators only): the latents of the reals come from the UPDATED encoders
+   under no_grad (the encoders are frozen here and their gradients would be thrown away: the
+   public code back-propagates into them for nothing). Fakes go through the (frozen) D of their
+   domain: its logits give the adversarial terms and its latent of the fake feeds the cycle
+   back; plus cycle L1 (10) and reconstruction L1 `G_{y->x}(E_x(x)) ~ x` (10). No gradient
+   reaches an encoder parameter, so the encoders move only in step 1.
+3. rho of every AdaLIN/LIN is clipped to [0, 1] (see src/nets/adalin.py for why clipping).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from src.losses import gradient_penalty
+from src.models.base import TranslationModel, build_net, sampling_mode, to_plain
+from src.models.ugatit import rho_metrics
+from src.nets.adalin import clip_rho_
+from src.utils.heatmap import overlay_heatmap
+
+
+class NICEGAN(TranslationModel):
+    optimizer_steps_per_iter = 3
+
+    def __init__(self, generator: dict, discriminator: dict, loss: dict, optimizer: dict, lr_schedule: dict,
+                 init: dict, log_rho_every_n_iters: int = 100):
+        super().__init__(loss=loss, optimizer=optimizer, lr_schedule=lr_schedule, init=init)
+        self.save_hyperparameters({"generator": to_plain(generator), "discriminator": to_plain(discriminator),
+                                   "loss": self.loss_cfg, "optimizer": self.optimizer_cfg,
+                                   "lr_schedule": self.lr_schedule_cfg, "init": self.init_cfg,
+                                   "log_rho_every_n_iters": log_rho_every_n_iters})
+        g_cfg, d_cfg = self.hparams.generator, self.hparams.discriminator
+        # Domain A's channels come from the discriminator config, B's from the generator config.
+        a_nc, b_nc = d_cfg["input_nc"], g_cfg["output_nc"]
+        self.D_A = build_net({**d_cfg, "input_nc": a_nc}, self.init_cfg)
+        self.D_B = build_net({**d_cfg, "input_nc": b_nc}, self.init_cfg)
+        latent_nc = self.D_A.latent_nc
+        # G_AB decodes E_A's latent into domain B; G_BA decodes E_B's latent into domain A.
+        self.G_AB = build_net({**g_cfg, "output_nc": b_nc, "latent_nc": latent_nc}, self.init_cfg)
+        self.G_BA = build_net({**g_cfg, "output_nc": a_nc, "latent_nc": latent_nc}, self.init_cfg)
+        for name in ("adversarial", "cycle", "reconstruction"):
+            self.weight(name)
+
+    def player_modules(self) -> dict[str, list[nn.Module]]:
+        return {"heads": [self.D_A.classifier, self.D_B.classifier],
+                "encoders": [self.D_A.encoder, self.D_B.encoder],
+                "generators": [self.G_AB, self.G_BA]}
+
+    def generator_for(self, direction: str) -> nn.Module:
+        return self.G_AB if direction == "AtoB" else self.G_BA
+
+    def discriminator_of(self, domain: str) -> nn.Module:
+        return self.D_A if domain == "A" else self.D_B
+
+    def translation_nets(self, direction: str) -> list[nn.Module]:
+        return [self.discriminator_of(direction[0]).encoder, self.generator_for(direction)]
+
+    def translation_forward(self, x: torch.Tensor, direction: str) -> torch.Tensor:
+        return self.generator_for(direction)(self.discriminator_of(direction[0]).encode(x))
+
+    def encode(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        """E_domain(x), the shared latent the paper's t-SNE/MMD analysis reads."""
+        encoder = self.discriminator_of(domain).encoder
+        with sampling_mode([encoder]):
+            return encoder(x)[0]
+
+    def adversarial_terms(self, outputs, target_is_real: bool, for_discriminator: bool) -> torch.Tensor:
+        """Local head + global head + CAM logit of one discriminator's outputs."""
+        local_logits, global_logits, cam_logit = outputs[:3]
+        return (self.adversarial(local_logits, target_is_real, for_discriminator)
+                + self.adversarial(global_logits, target_is_real, for_discriminator)
+                + self.adversarial(cam_logit, target_is_real, for_discriminator))
+
+    def classify_latent(self, D: nn.Module, latent: torch.Tensor, cam_logit: torch.Tensor):
+        return (*D.classify(latent), cam_logit)
+
+    def train_iteration(self, batch: dict) -> None:
+        real_A, real_B = batch["A"], batch["B"]
+
+        with self.players("heads", "encoders") as opt_d:
+            z_A, cam_A, _ = self.D_A.encoder(real_A)
+            z_B, cam_B, _ = self.D_B.encoder(real_B)
+            with torch.no_grad():
+                fake_AB, fake_BA = self.G_AB(z_A), self.G_BA(z_B)
+            loss_d_a = self.adversarial_terms(self.classify_latent(self.D_A, z_A, cam_A), True, True) \
+                + self.adversarial_terms(self.D_A(fake_BA), False, True)
+            loss_d_b = self.adversarial_terms(self.classify_latent(self.D_B, z_B, cam_B), True, True) \
+                + self.adversarial_terms(self.D_B(fake_AB), False, True)
+            if self.adversarial.needs_gradient_penalty:
+                gp = sum(gradient_penalty(lambda x, D=D: D(x)[:3], real, fake)
+                         for D, real, fake in ((self.D_A, real_A, fake_BA), (self.D_B, real_B, fake_AB)))
+                loss_d_a = loss_d_a + self.weight("gp") * gp
+            loss_d = self.weight("adversarial") * (loss_d_a + loss_d_b)
+            self.update(opt_d, loss_d)
+
+        with self.players("generators") as opt_g:
+            with torch.no_grad():  # frozen encoders: the generators' inputs only
+                z_A, z_B = self.D_A.encode(real_A), self.D_B.encode(real_B)
+            fake_AB, fake_BA = self.G_AB(z_A), self.G_BA(z_B)
+            out_fake_BA, out_fake_AB = self.D_A(fake_BA), self.D_B(fake_AB)
+            rec_B = self.G_AB(out_fake_BA[4])  # B -> A -> B, through E_A of the fake
+            rec_A = self.G_BA(out_fake_AB[4])
+            losses = {
+                "adv_A": self.weight("adversarial") * self.adversarial_terms(out_fake_BA, True, False),
+                "adv_B": self.weight("adversarial") * self.adversarial_terms(out_fake_AB, True, False),
+                "cycle_A": self.weight("cycle") * F.l1_loss(rec_A, real_A),
+                "cycle_B": self.weight("cycle") * F.l1_loss(rec_B, real_B),
+                "recon_A": self.weight("reconstruction") * F.l1_loss(self.G_BA(z_A), real_A),
+                "recon_B": self.weight("reconstruction") * F.l1_loss(self.G_AB(z_B), real_B),
+            }
+            loss_g = sum(losses.values())
+            self.update(opt_g, loss_g)
+        clip_rho_(self.G_AB)
+        clip_rho_(self.G_BA)
+
+        batch_size = real_A.size(0)
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=batch_size)
+        self.log_dict({"train/G": loss_g.detach(), "train/D": loss_d.detach()}, prog_bar=True, batch_size=batch_size)
+        if self.iteration % self.hparams.log_rho_every_n_iters == 0:
+            metrics = rho_metrics({"G_AB": self.G_AB, "G_BA": self.G_BA})
+            metrics.update({f"attention_gamma/D_{d}": float(self.discriminator_of(d).encoder.attention.gamma)
+                            for d in "AB"})
+            self.log_dict(metrics, batch_size=batch_size)
+
+    def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:
+        rows = {}
+        for src, dst in (("A", "B"), ("B", "A")):
+            real = batch[src]
+            D_src, D_dst, G = self.discriminator_of(src), self.discriminator_of(dst), self.generator_for(src + "to" + dst)
+            with sampling_mode([D_src, D_dst, G]):
+                z, _, heat_src = D_src.encoder(real)
+                fake = G(z)
+                z_fake, _, heat_fake = D_dst.encoder(fake)
+                rec = self.generator_for(dst + "to" + src)(z_fake)
+            rows.update({f"real_{src}": real, f"D_CAM_{src}": overlay_heatmap(real, heat_src),
+                         f"fake_{dst}": fake, f"D_CAM_fake_{dst}": overlay_heatmap(fake, heat_fake),
+                         f"rec_{src}": rec})
+        return rows

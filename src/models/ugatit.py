@@ -1,0 +1,149 @@
+"""U-GAT-IT (Kim et al., ICLR 2020): CAM attention and AdaLIN, two discriminators per domain.
+
+One iteration, as in the public code but without its waste:
+1. both generators run once on the real images (fakes, their CAM logits);
+2. discriminator step on the reals and the DETACHED fakes (the port re-runs the generators
+   here without detach): LSGAN (the `loss` group) on the global and local discriminators' patch
+   logits and CAM logits, adversarial weight 1;
+3. generator step through the updated discriminators: adversarial (weight 1, patch and CAM
+   logits), cycle L1 (10), identity L1 (10) and the generator CAM loss (1000): BCE on the CAM
+   logits, source-domain input -> 1, target-domain input -> 0;
+4. rho of every AdaLIN/LIN is clipped to [0, 1] after the generator step.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from src.losses import gradient_penalty
+from src.models.base import TranslationModel, build_net, sampling_mode, to_plain
+from src.nets.adalin import clip_rho_, rho_statistics
+from src.utils.heatmap import overlay_heatmap
+
+
+class UGATIT(TranslationModel):
+    optimizer_steps_per_iter = 2
+
+    def __init__(self, generator: dict, global_discriminator: dict, local_discriminator: dict, loss: dict,
+                 optimizer: dict, lr_schedule: dict, init: dict, log_rho_every_n_iters: int = 100):
+        super().__init__(loss=loss, optimizer=optimizer, lr_schedule=lr_schedule, init=init)
+        self.save_hyperparameters({"generator": to_plain(generator),
+                                   "global_discriminator": to_plain(global_discriminator),
+                                   "local_discriminator": to_plain(local_discriminator),
+                                   "loss": self.loss_cfg, "optimizer": self.optimizer_cfg,
+                                   "lr_schedule": self.lr_schedule_cfg, "init": self.init_cfg,
+                                   "log_rho_every_n_iters": log_rho_every_n_iters})
+        g_cfg = self.hparams.generator
+        a_nc, b_nc = g_cfg["input_nc"], g_cfg["output_nc"]
+        self.G_AB = build_net(g_cfg, self.init_cfg)
+        self.G_BA = build_net({**g_cfg, "input_nc": b_nc, "output_nc": a_nc}, self.init_cfg)
+        # D_*A judge domain A (fakes of G_BA); D_*B judge domain B.
+        self.D_GA = build_net({**self.hparams.global_discriminator, "input_nc": a_nc}, self.init_cfg)
+        self.D_LA = build_net({**self.hparams.local_discriminator, "input_nc": a_nc}, self.init_cfg)
+        self.D_GB = build_net({**self.hparams.global_discriminator, "input_nc": b_nc}, self.init_cfg)
+        self.D_LB = build_net({**self.hparams.local_discriminator, "input_nc": b_nc}, self.init_cfg)
+        for name in ("adversarial", "cycle", "identity", "cam"):
+            self.weight(name)  # fail at start on a missing weight
+        if self.weight("identity") > 0 and a_nc != b_nc:
+            raise ValueError("loss.weights.identity > 0 needs data.input_nc == data.output_nc; set it to 0")
+
+    def player_modules(self) -> dict[str, list[nn.Module]]:
+        return {"discriminators": [self.D_GA, self.D_LA, self.D_GB, self.D_LB], "generators": [self.G_AB, self.G_BA]}
+
+    def generator_for(self, direction: str) -> nn.Module:
+        return self.G_AB if direction == "AtoB" else self.G_BA
+
+    def translation_forward(self, x: torch.Tensor, direction: str) -> torch.Tensor:
+        return self.generator_for(direction)(x)[0]
+
+    def encode(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        """Latent of the generator that reads `domain`: its encoder's feature map."""
+        with torch.no_grad():
+            return (self.G_AB if domain == "A" else self.G_BA).encode(x)
+
+    def discriminators_of(self, domain: str) -> tuple[nn.Module, nn.Module]:
+        return (self.D_GA, self.D_LA) if domain == "A" else (self.D_GB, self.D_LB)
+
+    def adversarial_terms(self, domain: str, images: torch.Tensor, target_is_real: bool,
+                          for_discriminator: bool) -> torch.Tensor:
+        """Sum over the domain's global and local discriminators of the patch and CAM terms."""
+        total = 0.0
+        for D in self.discriminators_of(domain):
+            logits, cam_logits, _ = D(images)
+            total = total + self.adversarial(logits, target_is_real, for_discriminator)
+            total = total + self.adversarial(cam_logits, target_is_real, for_discriminator)
+        return total
+
+    def discriminator_loss(self, domain: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        loss = self.adversarial_terms(domain, real, True, True) + self.adversarial_terms(domain, fake, False, True)
+        if self.adversarial.needs_gradient_penalty:
+            for D in self.discriminators_of(domain):
+                loss = loss + self.weight("gp") * gradient_penalty(lambda x, D=D: D(x)[:2], real, fake)
+        return self.weight("adversarial") * loss
+
+    def train_iteration(self, batch: dict) -> None:
+        real_A, real_B = batch["A"], batch["B"]
+        fake_AB, cam_AB_src, _ = self.G_AB(real_A)
+        fake_BA, cam_BA_src, _ = self.G_BA(real_B)
+
+        with self.players("discriminators") as opt_d:
+            loss_d_a = self.discriminator_loss("A", real_A, fake_BA.detach())
+            loss_d_b = self.discriminator_loss("B", real_B, fake_AB.detach())
+            self.update(opt_d, loss_d_a + loss_d_b)
+
+        with self.players("generators") as opt_g:
+            rec_A, rec_B = self.G_BA(fake_AB)[0], self.G_AB(fake_BA)[0]
+            idt_A, cam_BA_tgt, _ = self.G_BA(real_A)
+            idt_B, cam_AB_tgt, _ = self.G_AB(real_B)
+            losses = {
+                "adv_A": self.weight("adversarial") * self.adversarial_terms("A", fake_BA, True, False),
+                "adv_B": self.weight("adversarial") * self.adversarial_terms("B", fake_AB, True, False),
+                "cycle_A": self.weight("cycle") * F.l1_loss(rec_A, real_A),
+                "cycle_B": self.weight("cycle") * F.l1_loss(rec_B, real_B),
+                "idt_A": self.weight("identity") * F.l1_loss(idt_A, real_A),
+                "idt_B": self.weight("identity") * F.l1_loss(idt_B, real_B),
+                # CAM of a generator: its source domain -> 1, its target domain -> 0.
+                "cam_A": self.weight("cam") * (cam_bce(cam_BA_src, True) + cam_bce(cam_BA_tgt, False)),
+                "cam_B": self.weight("cam") * (cam_bce(cam_AB_src, True) + cam_bce(cam_AB_tgt, False)),
+            }
+            loss_g = sum(losses.values())
+            self.update(opt_g, loss_g)
+        clip_rho_(self.G_AB)
+        clip_rho_(self.G_BA)
+
+        batch_size = real_A.size(0)
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=batch_size)
+        self.log_dict({"train/G": loss_g.detach(), "train/D_A": loss_d_a.detach(), "train/D_B": loss_d_b.detach()},
+                      prog_bar=True, batch_size=batch_size)
+        if self.iteration % self.hparams.log_rho_every_n_iters == 0:
+            self.log_dict(rho_metrics({"G_AB": self.G_AB, "G_BA": self.G_BA}), batch_size=batch_size)
+
+    def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:
+        real_A, real_B = batch["A"], batch["B"]
+        rows = {}
+        for src, real, direction in (("A", real_A, "AtoB"), ("B", real_B, "BtoA")):
+            dst = "B" if src == "A" else "A"
+            G, D_global = self.generator_for(direction), self.discriminators_of(dst)[0]
+            # Eval mode also keeps spectral norm's power iteration from moving its buffers.
+            with sampling_mode([G, D_global]):
+                fake, _, g_heat = G(real)
+                d_heat = D_global(fake)[2]
+            rec = self.translate(fake, "BtoA" if direction == "AtoB" else "AtoB")
+            rows.update({f"real_{src}": real, f"G_CAM_{src}": overlay_heatmap(real, g_heat),
+                         f"fake_{dst}": fake, f"D_CAM_fake_{dst}": overlay_heatmap(fake, d_heat),
+                         f"rec_{src}": rec})
+        return rows
+
+
+def cam_bce(logits: torch.Tensor, target_is_source: bool) -> torch.Tensor:
+    target = torch.ones_like(logits) if target_is_source else torch.zeros_like(logits)
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+def rho_metrics(generators: dict[str, nn.Module]) -> dict[str, float]:
+    """rho mean/min/max per AdaLIN/LIN layer, as `rho/<net>.<layer>/<stat>` scalars."""
+    metrics = {}
+    for net_name, net in generators.items():
+        for layer, (mean, low, high) in rho_statistics(net).items():
+            for stat, value in (("mean", mean), ("min", low), ("max", high)):
+                metrics[f"rho/{net_name}.{layer}/{stat}"] = value
+    return metrics

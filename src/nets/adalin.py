@@ -1,0 +1,134 @@
+"""Layer-Instance Normalisation (LIN), its adaptive form (AdaLIN) and the decoder pieces built on them.
+
+U-GAT-IT (Kim et al., ICLR 2020) mixes instance and layer normalisation per channel,
+`rho * IN(a) + (1 - rho) * LN(a)`, with a learned ratio rho: LIN carries its own affine
+gamma/beta (rho starts at 0, i.e. pure LN), AdaLIN takes gamma/beta from an MLP on the
+attended encoder features (rho starts at 0.9, mostly IN). NICE-GAN uses the same layers.
+The public U-GAT-IT port names LIN `ILN`.
+
+Keeping rho in [0, 1]: U-GAT-IT stores rho as a plain parameter and clips it after every
+generator update (`clip_rho_`). NICE-GAN's public code instead learns two logits per channel and
+takes a softmax over (IN, LN), which needs no clipping. We use clipping for both models, so one
+mechanism (and one logging function, `rho_statistics`) serves both; the NICE-GAN generator starts
+from the same mixing ratios its softmax logits give at initialisation.
+
+Statistics use the biased variance (the definition of IN/LN, and what U-GAT-IT's TensorFlow code
+computes); the PyTorch ports use the unbiased one, which is undefined on a 1x1 map.
+"""
+import torch
+import torch.nn as nn
+
+EPS = 1e-5
+
+
+def instance_layer_mix(x: torch.Tensor, rho: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """`rho * IN(x) + (1 - rho) * LN(x)` for x of shape (B, C, H, W) and rho of shape (1, C, 1, 1)."""
+    in_var, in_mean = torch.var_mean(x, dim=(2, 3), keepdim=True, unbiased=False)
+    ln_var, ln_mean = torch.var_mean(x, dim=(1, 2, 3), keepdim=True, unbiased=False)
+    x_in = (x - in_mean) * torch.rsqrt(in_var + eps)
+    x_ln = (x - ln_mean) * torch.rsqrt(ln_var + eps)
+    return rho * x_in + (1 - rho) * x_ln
+
+
+class _RhoMixNorm(nn.Module):
+    """Holds the per-channel IN/LN ratio rho; `clip_rho_` and `rho_statistics` find layers by this type."""
+
+    def __init__(self, num_features: int, rho_init: float, eps: float = EPS):
+        super().__init__()
+        self.eps = eps
+        self.rho = nn.Parameter(torch.full((1, num_features, 1, 1), float(rho_init)))
+
+
+class LIN(_RhoMixNorm):
+    """Layer-Instance Normalisation with learned per-channel gamma (init 1) and beta (init 0); rho init 0."""
+
+    def __init__(self, num_features: int, rho_init: float = 0.0, eps: float = EPS):
+        super().__init__(num_features, rho_init, eps)
+        self.gamma = nn.Parameter(torch.ones(1, num_features, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, num_features, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return instance_layer_mix(x, self.rho, self.eps) * self.gamma + self.beta
+
+
+class AdaLIN(_RhoMixNorm):
+    """Adaptive LIN: gamma and beta of shape (B, C) come from outside (the MLP); rho init 0.9."""
+
+    def __init__(self, num_features: int, rho_init: float = 0.9, eps: float = EPS):
+        super().__init__(num_features, rho_init, eps)
+
+    def forward(self, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        return instance_layer_mix(x, self.rho, self.eps) * gamma[:, :, None, None] + beta[:, :, None, None]
+
+
+def _mix_norms(module: nn.Module):
+    return ((name, m) for name, m in module.named_modules() if isinstance(m, _RhoMixNorm))
+
+
+@torch.no_grad()
+def clip_rho_(module: nn.Module) -> None:
+    """Clamp every LIN/AdaLIN rho in `module` to [0, 1] in place; call after each generator step.
+
+    A plain parameter with clipping is U-GAT-IT's mechanism (its `RhoClipper`); we use it for
+    NICE-GAN too instead of that code's softmax over (IN, LN) logits, so both models share it.
+    """
+    for _, norm in _mix_norms(module):
+        norm.rho.clamp_(0.0, 1.0)
+
+
+@torch.no_grad()
+def rho_statistics(module: nn.Module) -> dict[str, tuple[float, float, float]]:
+    """`{qualified layer name: (mean, min, max) of its rho}` for every LIN/AdaLIN, for logging."""
+    return {name: (norm.rho.mean().item(), norm.rho.min().item(), norm.rho.max().item())
+            for name, norm in _mix_norms(module)}
+
+
+class GammaBetaMLP(nn.Module):
+    """MLP giving AdaLIN's gamma and beta (B, C each) from the feature map that the decoder starts from.
+
+    light=True global-average-pools first (FC C->C); light=False flattens the whole map, so its
+    first layer has `map_size**2 * C * C` weights (at 256 px in U-GAT-IT: 64*64*256*256 = 268M)
+    and the network only accepts the image size it was built for. All layers are bias-free, as in
+    the public code.
+    """
+
+    def __init__(self, channels: int, light: bool = True, map_size: int | None = None):
+        super().__init__()
+        if not light and not map_size:
+            raise ValueError("full mode (light=False) needs the feature map size: set img_size")
+        self.light = light
+        in_features = channels if light else map_size * map_size * channels
+        self.shared = nn.Sequential(nn.Linear(in_features, channels, bias=False), nn.ReLU(True),
+                                    nn.Linear(channels, channels, bias=False), nn.ReLU(True))
+        self.gamma = nn.Linear(channels, channels, bias=False)
+        self.beta = nn.Linear(channels, channels, bias=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.light:
+            h = x.mean(dim=(2, 3))
+        else:
+            h = x.flatten(1)
+            expected = self.shared[0].in_features
+            if h.size(1) != expected:
+                raise ValueError(f"full-mode MLP (light=False) was built for {expected} features per image, "
+                                 f"got a {tuple(x.shape[1:])} map: use the img_size it was built for, or light=True")
+        h = self.shared(h)
+        return self.gamma(h), self.beta(h)
+
+
+class AdaLINResnetBlock(nn.Module):
+    """Decoder residual block: (pad, conv3x3, AdaLIN, ReLU, pad, conv3x3, AdaLIN) + skip.
+
+    Convs are bias-free: the normalisation that follows removes any per-channel offset.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=False))
+        self.norm1 = AdaLIN(dim)
+        self.conv2 = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=False))
+        self.norm2 = AdaLIN(dim)
+
+    def forward(self, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.norm1(self.conv1(x), gamma, beta))
+        return x + self.norm2(self.conv2(h), gamma, beta)

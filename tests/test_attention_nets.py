@@ -1,0 +1,188 @@
+"""U-GAT-IT and NICE-GAN networks: reference parameter counts, shapes, LIN/AdaLIN, CAM, pickling."""
+import pickle
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from src.nets.adalin import LIN, AdaLIN, clip_rho_, rho_statistics
+from src.nets.cam import CAMAttention, ResidualCAMAttention
+from src.nets.nicegan import NICE_LIN_RHO_INIT, NICEGANDiscriminator, NICEGANGenerator
+from src.nets.ugatit import UGATITDiscriminator, UGATITGenerator
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_reference_parameter_counts():
+    # Public code at the reference config (light, 128 px): U-GAT-IT G 10,589,888, global D
+    # 53,130,176, local D 3,290,560; NICE-GAN G 8,104,640, D 46,874,433. The two generator
+    # differences are explained in the class docstrings (encoder biases; one rho per channel).
+    assert n_params(UGATITGenerator(3, 3, ngf=64, n_res=4, img_size=128, light=True)) == 10_589_888 + 2_048
+    assert n_params(UGATITDiscriminator(3, ndf=64, n_layers=7)) == 53_130_176
+    assert n_params(UGATITDiscriminator(3, ndf=64, n_layers=5)) == 3_290_560
+    assert n_params(NICEGANGenerator(3, ngf=64, n_res=6, img_size=128, light=True)) == 8_104_640 - 3_712
+    assert n_params(NICEGANDiscriminator(3, ndf=64, n_layers=7)) == 46_874_433
+
+
+@pytest.mark.parametrize("light", [True, False])
+def test_ugatit_generator_shapes(light):
+    g = UGATITGenerator(3, 2, ngf=4, n_res=2, img_size=32, light=light)
+    x = torch.randn(2, 3, 32, 32)
+    out, cam_logit, heatmap = g(x)
+    assert out.shape == (2, 2, 32, 32) and out.abs().max() <= 1
+    assert cam_logit.shape == (2, 2) and heatmap.shape == (2, 1, 8, 8)
+    assert g.encode(x).shape == (2, 16, 8, 8)
+
+
+def test_full_mode_rejects_other_sizes_and_light_mode_accepts_them():
+    with pytest.raises(ValueError, match="img_size"):
+        UGATITGenerator(3, 3, ngf=4, n_res=1, img_size=32, light=False)(torch.randn(1, 3, 48, 48))
+    out, _, _ = UGATITGenerator(3, 3, ngf=4, n_res=1, img_size=32, light=True)(torch.randn(1, 3, 48, 40))
+    assert out.shape == (1, 3, 48, 40)
+
+
+@pytest.mark.parametrize("n_layers,size,patches", [(5, 32, 2), (7, 128, 2)])
+def test_ugatit_discriminator_shapes(n_layers, size, patches):
+    d = UGATITDiscriminator(3, ndf=2, n_layers=n_layers)
+    out, cam_logit, heatmap = d(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 1, patches, patches) and cam_logit.shape == (2, 2)
+    assert heatmap.shape == (2, 1, patches + 1, patches + 1)
+
+
+def test_every_discriminator_conv_and_linear_is_spectrally_normalised():
+    for d in (UGATITDiscriminator(3, ndf=2, n_layers=5), NICEGANDiscriminator(3, ndf=2, n_layers=6)):
+        layers = [m for m in d.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        assert layers and all(hasattr(m, "weight_orig") for m in layers)
+    plain = UGATITDiscriminator(3, ndf=2, n_layers=5, spectral=False)
+    assert not any(hasattr(m, "weight_orig") for m in plain.modules())
+
+
+@pytest.mark.parametrize("light", [True, False])
+def test_nicegan_discriminator_and_generator_shapes(light):
+    d = NICEGANDiscriminator(3, ndf=4, n_layers=7)
+    g = NICEGANGenerator(3, ngf=4, n_res=2, img_size=128, light=light)
+    x = torch.randn(2, 3, 128, 128)
+    local_out, global_out, cam_logit, heatmap, latent = d(x)
+    assert local_out.shape == (2, 1, 14, 14) and global_out.shape == (2, 1, 2, 2)
+    assert cam_logit.shape == (2, 1) and heatmap.shape == (2, 1, 32, 32) and latent.shape == (2, 8, 32, 32)
+    y = g(d.encode(x))
+    assert y.shape == (2, 3, 128, 128) and y.abs().max() <= 1
+
+
+def test_nicegan_encoder_runs_once_for_classifier_and_generator():
+    d = NICEGANDiscriminator(3, ndf=4, n_layers=6).eval()
+    g = NICEGANGenerator(1, ngf=4, n_res=1)
+    x = torch.randn(1, 3, 64, 64)
+    latent, cam_logit, heatmap = d.encoder(x)
+    local_out, global_out = d.classify(latent)
+    full = d(x)
+    for a, b in zip((local_out, global_out, cam_logit, heatmap, latent), full):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(d.encode(x), latent)
+    assert g(latent).shape == (1, 1, 64, 64)
+
+
+def test_nicegan_parameter_split_and_attention_gamma():
+    d = NICEGANDiscriminator(3, ndf=4, n_layers=7)
+    assert d.encoder.attention.gamma.item() == 0
+    enc = {id(p) for p in d.encoder_parameters()}
+    cls = {id(p) for p in d.classifier_parameters()}
+    assert enc and cls and not enc & cls
+    assert enc | cls == {id(p) for p in d.parameters()}
+    assert any(p is d.encoder.attention.gamma for p in d.encoder_parameters())
+
+
+@pytest.mark.parametrize("make,head,receptive", [
+    (lambda: UGATITDiscriminator(3, ndf=2, n_layers=5), lambda d, x: d(x)[0], 70),
+    (lambda: UGATITDiscriminator(3, ndf=2, n_layers=7), lambda d, x: d(x)[0], 286),
+    (lambda: NICEGANDiscriminator(3, ndf=2, n_layers=7), lambda d, x: d(x)[0], 70),
+    (lambda: NICEGANDiscriminator(3, ndf=2, n_layers=7), lambda d, x: d(x)[1], 286),
+])
+def test_discriminator_receptive_fields(make, head, receptive):
+    """A centre patch logit depends on exactly a receptive-field-sized window of the input."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 352, 352, requires_grad=True)
+    out = head(make(), x)
+    out[0, 0, out.size(2) // 2, out.size(3) // 2].backward()
+    rows = x.grad.abs().sum((0, 1)).sum(1).nonzero()
+    assert rows.max() - rows.min() + 1 == receptive
+
+
+def test_layer_norms_rho_initial_values():
+    assert (LIN(4).rho == 0).all() and (AdaLIN(4).rho == 0.9).all()
+    assert LIN(4).rho.shape == (1, 4, 1, 1)
+    g = NICEGANGenerator(3, ngf=4, n_res=1)
+    lin_rhos = [m.rho for m in g.modules() if isinstance(m, LIN)]
+    assert lin_rhos and all(torch.allclose(r, torch.full_like(r, NICE_LIN_RHO_INIT)) for r in lin_rhos)
+    assert NICE_LIN_RHO_INIT == pytest.approx(torch.softmax(torch.tensor([1.0, 3.2]), 0)[0].item())
+
+
+def test_clip_rho_and_statistics():
+    g = UGATITGenerator(3, 3, ngf=4, n_res=1, img_size=32)
+    norm = g.adalin_blocks[0].norm1
+    with torch.no_grad():
+        norm.rho.copy_(torch.linspace(-1, 2, norm.rho.numel()).view_as(norm.rho))
+    stats = rho_statistics(g)
+    assert stats["adalin_blocks.0.norm1"] == pytest.approx((0.5, -1.0, 2.0))
+    assert stats["adalin_blocks.0.norm2"] == pytest.approx((0.9, 0.9, 0.9))
+    clip_rho_(g)
+    assert norm.rho.min() == 0 and norm.rho.max() == 1 and norm.rho.requires_grad
+    assert all(0 <= lo and hi <= 1 for _, lo, hi in rho_statistics(g).values())
+    assert len(stats) == 2 + 2  # two AdaLIN in the block, two LIN in the upsampling
+
+
+def test_adalin_limits_are_instance_and_layer_norm():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 6, 7) * 3 + 1
+    gamma, beta = torch.randn(3, 5), torch.randn(3, 5)
+    g4, b4 = gamma[:, :, None, None], beta[:, :, None, None]
+    norm = AdaLIN(5)
+    with torch.no_grad():
+        norm.rho.fill_(1.0)
+    torch.testing.assert_close(norm(x, gamma, beta), g4 * F.instance_norm(x, eps=norm.eps) + b4)
+    with torch.no_grad():
+        norm.rho.fill_(0.0)
+    torch.testing.assert_close(norm(x, gamma, beta), g4 * F.layer_norm(x, x.shape[1:], eps=norm.eps) + b4)
+    lin = LIN(5)  # rho 0, gamma 1, beta 0: plain layer norm
+    torch.testing.assert_close(lin(x), F.layer_norm(x, x.shape[1:], eps=lin.eps))
+
+
+@pytest.mark.parametrize("classifier,n_logits", [("separate", 2), ("shared", 2), ("joint", 1)])
+def test_cam_rescales_by_classifier_weights(classifier, n_logits):
+    cam = CAMAttention(6, classifier=classifier)
+    x = torch.randn(2, 6, 5, 5)
+    out, logits, heatmap = cam(x)
+    assert logits.shape == (2, n_logits)
+    fcs = [m for m in cam.classifier.modules() if isinstance(m, nn.Linear)]
+    w = torch.cat([fc.weight[0] for fc in fcs])
+    w_gap, w_gmp = (w, w) if classifier == "shared" else (w[:6], w[6:])
+    weighted = torch.cat([x * w_gap[:, None, None], x * w_gmp[:, None, None]], 1)
+    torch.testing.assert_close(out, torch.relu(cam.fuse(weighted)))
+    torch.testing.assert_close(heatmap, out.sum(1, keepdim=True))
+    if classifier == "separate":
+        torch.testing.assert_close(logits, torch.stack([x.mean((2, 3)) @ w_gap, x.amax((2, 3)) @ w_gmp], 1))
+
+
+def test_residual_cam_is_identity_plus_activation_at_start():
+    att = ResidualCAMAttention(6)
+    x = torch.randn(2, 6, 5, 5)
+    torch.testing.assert_close(att(x)[0], F.leaky_relu(x, 0.2))
+
+
+def test_networks_can_be_pickled():
+    x = torch.randn(1, 3, 64, 64)
+    for net in (UGATITDiscriminator(3, ndf=2, n_layers=5), NICEGANDiscriminator(3, ndf=2, n_layers=6),
+                UGATITGenerator(3, 3, ngf=2, n_res=1)):
+        net.eval()
+        clone = pickle.loads(pickle.dumps(net))
+        torch.testing.assert_close(clone(x), net(x))
+
+
+def test_invalid_depths_are_rejected():
+    with pytest.raises(ValueError, match="n_layers"):
+        UGATITDiscriminator(3, n_layers=2)
+    with pytest.raises(ValueError, match="n_layers"):
+        NICEGANDiscriminator(3, n_layers=5)
