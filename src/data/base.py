@@ -46,6 +46,7 @@ class ImageTranslationDataModule(pl.LightningDataModule):
         input_nc: int = 3,
         output_nc: int = 3,
         eval_batch_size: int | None = None,
+        feature_extractor: str = "inception",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -63,6 +64,9 @@ class ImageTranslationDataModule(pl.LightningDataModule):
         self.name = name
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
+        # Which feature extractor FID/KID use when theirs is "auto": Inception for real data
+        # (comparable with papers), a download-free one for the embedded dataset.
+        self.feature_extractor = feature_extractor
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         # DataLoader refuses persistent workers without worker processes.

@@ -305,6 +305,7 @@ class _GeneratedShapes:
         **kwargs: Any,
     ) -> None:
         self.shapes_params = shapes_params(size, n_train, n_test, seed, self.paired_training_scenes)
+        kwargs.setdefault("feature_extractor", "random_cnn")  # no Inception download for toy data
         super().__init__(  # the DataModule this is mixed into
             data_dir=data_dir,
             name=name or self.default_name,
