@@ -21,11 +21,13 @@ def shared_data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
-def compose_train_cfg(overrides: list[str], output_dir: Path, data_dir: Path) -> DictConfig:
-    """Compose conf/train.yaml as `python src/train.py <overrides>` would, outside a Hydra run."""
+def compose_train_cfg(overrides: list[str], output_dir: Path, data_dir: Path,
+                      config_name: str = "train") -> DictConfig:
+    """Compose conf/<config_name>.yaml as `python src/<config_name>.py <overrides>` would,
+    outside a Hydra run."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.root_dir = str(ROOT)

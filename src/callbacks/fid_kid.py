@@ -1,0 +1,261 @@
+"""FID/KID of the translations on the fixed evaluation set during training, with a best-FID
+checkpoint; plus the schedule and evaluation-set plumbing the evaluation callbacks share.
+
+Every `every_n_iters` training iterations and at the end of training, for each direction the
+model supports: real target-domain images vs translations of the source-domain images of the
+DataModule's test split (AtoB: real B vs translate(A); BtoA: real A vs translate(B)). Logged as
+`eval/fid_AtoB`, `eval/kid_x100_AtoB`, `eval/kid_std_x100_AtoB`, ... and the means over the
+directions `eval/fid`, `eval/kid_x100` (the value to give `optimized_metric` or a monitor).
+
+Under DDP each rank translates a contiguous block of the evaluation set (no padding, so no image
+counts twice) and the torchmetrics states are gathered, so every rank gets the single-process
+value, and every rank takes part in saving the best-FID checkpoint (saving has a barrier).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, Subset
+
+from src.metrics.features import build_feature_extractor
+from src.metrics.fid_kid import FidKidScorer
+
+DIRECTIONS = ("AtoB", "BtoA")
+#: direction -> (batch key of the source images, batch key of the real target images)
+DIRECTION_KEYS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}
+
+
+def shard_range(n: int, rank: int, world_size: int) -> range:
+    """Rank's contiguous block of n items: sizes differ by at most one, no item is repeated,
+    and concatenating the blocks in rank order gives the original order."""
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+@contextlib.contextmanager
+def isolated_rng(device: torch.device, seed: int = 0):
+    """Seeded RNG inside the block, training RNG restored after it: an evaluation (pix2pix's
+    test-time dropout, KID subsets) is reproducible and does not change the training run."""
+    cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.default_generator.manual_seed(seed)
+        for index in cuda_devices:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def publish_metrics(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
+    """Put metrics in `trainer.callback_metrics` (what `train()` returns to sweepers, what
+    monitors read) on every rank, and send them to the loggers from rank zero.
+
+    `pl_module.log` is not used: Lightning forbids it in `on_train_end`, where the final
+    evaluation runs, and would pass step metrics to the loggers only every `log_every_n_steps`.
+    """
+    for name, value in metrics.items():
+        trainer.callback_metrics[name] = torch.tensor(float(value), dtype=torch.float64)
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            logger.log_metrics(dict(metrics), step=step)
+
+
+class PeriodicEvaluation(pl.Callback):
+    """Base of the evaluation callbacks: calls `evaluate(trainer, pl_module)` every
+    `every_n_iters` training iterations (`pl_module.iteration`, not optimizer steps) and once at
+    the end of training, on every rank, with a seeded RNG that leaves training's untouched.
+
+    The data is the first `max_images` items (all: None) of the DataModule's test split, in file
+    order, deterministic transform; `evaluation_loader` serves this rank's block of them.
+    """
+
+    def __init__(self, every_n_iters: int = 5000, max_images: int | None = None, batch_size: int | None = None,
+                 seed: int = 0):
+        if not isinstance(every_n_iters, int) or every_n_iters < 0:
+            raise ValueError(f"every_n_iters={every_n_iters!r} must be a non-negative int (0: only at the end)")
+        if max_images is not None and (not isinstance(max_images, int) or max_images < 2):
+            raise ValueError(f"max_images={max_images!r} must be an int >= 2 or null (the whole test split)")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size={batch_size!r} must be a positive int or null")
+        self.every_n_iters, self.max_images, self.batch_size, self.seed = every_n_iters, max_images, batch_size, seed
+        self.enabled = True
+        self._last_evaluated = -1
+        self._loader: DataLoader | None = None
+
+    # ----- what subclasses provide -------------------------------------------------------
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        raise NotImplementedError
+
+    # ----- the evaluation set ------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._loader = None  # a new fit may bring another DataModule or world size
+        datamodule = trainer.datamodule
+        if stage == "fit" and (datamodule is None or not hasattr(datamodule, "test_dataloader")):
+            rank_zero_warn(f"{type(self).__name__} disabled: it evaluates on the DataModule's test split, "
+                           "and this run has no DataModule with a test_dataloader().")
+            self.enabled = False
+
+    def evaluation_dataset(self, trainer: pl.Trainer):
+        """The test split (with the DataModule's evaluation loader settings), capped at max_images."""
+        reference = trainer.datamodule.test_dataloader()
+        dataset = reference.dataset
+        n = len(dataset) if self.max_images is None else min(self.max_images, len(dataset))
+        return reference, Subset(dataset, range(n))
+
+    def evaluation_loader(self, trainer: pl.Trainer) -> DataLoader:
+        """This rank's contiguous block of the evaluation set.
+
+        Lightning adds no DistributedSampler to a loader made in a callback; the sampler's
+        padding would count some images twice, so the split is done here without padding.
+        """
+        if self._loader is None:
+            reference, subset = self.evaluation_dataset(trainer)
+            block = shard_range(len(subset), trainer.global_rank, trainer.world_size)
+            self._loader = DataLoader(Subset(subset, block), batch_size=self.batch_size or reference.batch_size,
+                                      shuffle=False, drop_last=False, num_workers=reference.num_workers,
+                                      collate_fn=reference.collate_fn, pin_memory=reference.pin_memory)
+        return self._loader
+
+    def first_item(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
+        """Item 0 of the evaluation set as a batch of one, on the module's device (the same on
+        every rank, so probes built on it decide the same everywhere)."""
+        reference, subset = self.evaluation_dataset(trainer)
+        batch = reference.collate_fn([subset[0]])
+        return {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    # ----- the schedule ------------------------------------------------------------------
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        with isolated_rng(pl_module.device, self.seed):
+            self.evaluate(trainer, pl_module)
+        self._last_evaluated = pl_module.iteration
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        iteration = pl_module.iteration
+        if (self.enabled and self.every_n_iters > 0 and iteration % self.every_n_iters == 0
+                and iteration != self._last_evaluated):
+            self._run(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.enabled and pl_module.iteration > 0 and pl_module.iteration != self._last_evaluated:
+            self._run(trainer, pl_module)
+
+
+class FidKidCallback(PeriodicEvaluation):
+    """FID and KID x100 of the translations, per direction, every `every_n_iters` iterations.
+
+    Args:
+        every_n_iters: evaluation period in training iterations (0: only at the end).
+        feature_extractor: "inception" (comparable with papers; needs torch-fidelity),
+            "random_cnn" (no download; comparable only between runs using it) or "auto": the
+            DataModule's `feature_extractor` attribute, else inception.
+        feature_extractor_weights_path: local InceptionV3 weights for machines without internet.
+        max_images: evaluate on the first N test items (null: the whole test split).
+        batch_size: evaluation batch size (null: the DataModule's eval batch size).
+        directions: directions to evaluate; those the model cannot translate (pix2pix: BtoA)
+            are skipped with a note.
+        save_best: write `best_fid.ckpt` whenever `eval/fid` improves.
+        dirpath: folder of best_fid.ckpt (null: the checkpoint callback's folder).
+        kid_subsets, kid_subset_size: KID protocol (50 subsets of 1000, capped at the set size).
+    """
+
+    def __init__(self, every_n_iters: int = 5000, feature_extractor: str = "auto",
+                 feature_extractor_weights_path: str | None = None, max_images: int | None = None,
+                 batch_size: int | None = None, directions=DIRECTIONS, save_best: bool = True,
+                 dirpath: str | None = None, kid_subsets: int = 50, kid_subset_size: int = 1000, seed: int = 0):
+        super().__init__(every_n_iters, max_images, batch_size, seed)
+        self.directions = tuple(str(d) for d in directions)
+        unknown = [d for d in self.directions if d not in DIRECTIONS]
+        if unknown or not self.directions:
+            raise ValueError(f"directions={list(self.directions)} must be a non-empty subset of {list(DIRECTIONS)}")
+        self.feature_extractor = feature_extractor
+        self.feature_extractor_weights_path = feature_extractor_weights_path
+        self.save_best, self.dirpath = save_best, dirpath
+        self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
+        self.best_fid = math.inf
+        self.best_iteration = -1
+        self.scorer: FidKidScorer | None = None
+        self._supported: tuple[str, ...] | None = None
+
+    def resolve_feature_extractor(self, trainer: pl.Trainer) -> str:
+        if self.feature_extractor != "auto":
+            return self.feature_extractor
+        return getattr(trainer.datamodule, "feature_extractor", None) or "inception"
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage != "fit" or not self.enabled or self.scorer is not None:
+            return
+        # Built here, not at the first evaluation: a missing Inception fails the run at once.
+        name = self.resolve_feature_extractor(trainer)
+        extractor = build_feature_extractor(name, self.feature_extractor_weights_path)
+        self.scorer = FidKidScorer(extractor, kid_subsets=self.kid_subsets, kid_subset_size=self.kid_subset_size,
+                                   kid_seed=self.seed)
+        rank_zero_info(f"FID/KID: {name} features ({extractor.num_features}-d) every {self.every_n_iters} iterations")
+
+    def supported_directions(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[str, ...]:
+        """The configured directions the model translates, found by translating one image."""
+        if self._supported is None:
+            item = self.first_item(trainer, pl_module)
+            supported = []
+            for direction in self.directions:
+                try:
+                    pl_module.translate(item[DIRECTION_KEYS[direction][0]], direction)
+                    supported.append(direction)
+                except (ValueError, NotImplementedError) as error:
+                    rank_zero_info(f"FID/KID: skipping {direction} ({type(pl_module).__name__}: {error})")
+            self._supported = tuple(supported)
+        return self._supported
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        directions = self.supported_directions(trainer, pl_module)
+        if not directions:
+            rank_zero_warn("FidKidCallback disabled: the model translates none of the configured directions.")
+            self.enabled = False
+            return
+        scorer = self.scorer.to(pl_module.device)
+        metrics = {}
+        for direction in directions:
+            source_key, target_key = DIRECTION_KEYS[direction]
+            scorer.reset()
+            for batch in self.evaluation_loader(trainer):
+                source = batch[source_key].to(pl_module.device)
+                scorer.update(real=batch[target_key].to(pl_module.device),
+                              fake=pl_module.translate(source, direction))
+            for name, value in scorer.compute().items():
+                metrics[f"eval/{name}_{direction}"] = value
+        metrics["eval/fid"] = sum(metrics[f"eval/fid_{d}"] for d in directions) / len(directions)
+        metrics["eval/kid_x100"] = sum(metrics[f"eval/kid_x100_{d}"] for d in directions) / len(directions)
+        scorer.reset()  # frees the stored KID features until the next evaluation
+        publish_metrics(trainer, metrics, step=pl_module.iteration)
+        if self.save_best:
+            self.save_if_best(trainer, pl_module, metrics["eval/fid"])
+
+    def best_checkpoint_path(self, trainer: pl.Trainer) -> Path:
+        dirpath = self.dirpath or getattr(trainer.checkpoint_callback, "dirpath", None) \
+            or Path(trainer.default_root_dir) / "checkpoints"
+        return Path(dirpath) / "best_fid.ckpt"
+
+    def save_if_best(self, trainer: pl.Trainer, pl_module: pl.LightningModule, fid: float) -> None:
+        # Every rank computed the same FID from the gathered states; rank zero's decision is
+        # broadcast anyway, as every rank must enter save_checkpoint (it holds a barrier).
+        improved = trainer.strategy.broadcast(bool(fid < self.best_fid), src=0)
+        if not improved:
+            return
+        self.best_fid, self.best_iteration = float(fid), pl_module.iteration
+        path = self.best_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        rank_zero_info(f"FID {fid:.4f} at iteration {pl_module.iteration}: new best, saved {path}")
+
+    # ----- the best value survives a resume ----------------------------------------------
+    def state_dict(self) -> dict:
+        return {"best_fid": self.best_fid, "best_iteration": self.best_iteration}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best_fid = float(state_dict.get("best_fid", math.inf))
+        self.best_iteration = int(state_dict.get("best_iteration", -1))

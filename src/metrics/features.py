@@ -1,0 +1,136 @@
+"""Image feature extractors for FID/KID: images in [-1, 1] -> one feature vector per image.
+
+`build_feature_extractor(name)` returns a frozen module with a `num_features` attribute that maps
+float images (B, C, H, W) in [-1, 1] (C = 1 is repeated to RGB) to (B, num_features) features:
+
+* ``inception``: the standard InceptionV3 pool3 (2048-d) of torch-fidelity, as torchmetrics
+  wraps it; values are comparable with published FID/KID numbers. Needs torch-fidelity and its
+  weights file (downloaded on first use, or given with `weights_path` on offline machines).
+* ``random_cnn``: a small randomly initialised conv net with fixed weights (seed 0). No download,
+  fast on CPU: for tests and the embedded dataset. Its values are only comparable between runs
+  that use this same extractor, never with papers.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+FEATURE_EXTRACTORS = ("inception", "random_cnn")
+INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+
+
+def to_rgb(images: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) grey -> (B, 3, H, W); 3-channel images pass unchanged."""
+    if images.dim() != 4 or images.size(1) not in (1, 3):
+        raise ValueError(f"Expected images of shape (B, 1 or 3, H, W), got {tuple(images.shape)}")
+    return images.expand(-1, 3, -1, -1) if images.size(1) == 1 else images
+
+
+class FrozenExtractor(nn.Module):
+    """A feature extractor that never trains: no gradients, always in eval mode."""
+
+    num_features: int
+
+    def freeze(self) -> "FrozenExtractor":
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self.eval()
+
+    def train(self, mode: bool = True) -> "FrozenExtractor":
+        # A LightningModule's .train() must not switch a metric's network to training mode.
+        return super().train(False)
+
+
+class RandomCNNFeatures(FrozenExtractor):
+    """Four stride-2 convs with LeakyReLU; the features are the global average pools of every
+    stage, concatenated (32 + 64 + 128 + 256 = 480): early stages carry colour statistics, late
+    ones shape, and pooling one stage only would blur one of the two.
+
+    Weights are drawn from a local generator (He-normal, seed 0), so the network is the same in
+    every process whatever the global RNG state, and building it draws nothing from that state.
+    """
+
+    widths = (32, 64, 128, 256)
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        stages, in_channels = [], 3
+        for width in self.widths:
+            # skip_init: nn.Conv2d's own initialisation would draw from the global RNG.
+            conv = torch.nn.utils.skip_init(nn.Conv2d, in_channels, width, 4, stride=2, padding=1)
+            fan_in = in_channels * 4 * 4
+            with torch.no_grad():
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
+                conv.bias.zero_()
+            stages.append(nn.Sequential(conv, nn.LeakyReLU(0.2)))
+            in_channels = width
+        self.stages = nn.ModuleList(stages)
+        self.num_features = sum(self.widths)
+        self.freeze()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = to_rgb(images).float()
+        pooled = []
+        for stage in self.stages:
+            x = stage(x)
+            pooled.append(x.mean(dim=(2, 3)))
+        return torch.cat(pooled, dim=1)
+
+
+def inception_unavailable(reason: str) -> RuntimeError:
+    return RuntimeError(
+        f"The Inception feature extractor for FID/KID is unavailable: {reason}\n"
+        "Fix it in one of these ways:\n"
+        "  * install torch-fidelity: `make install-fid` (pip install -r requirements-fid.txt; GPU "
+        "machines only: PyPI's torchvision is a CUDA build and breaks a CPU-only torch);\n"
+        "  * on a machine without internet, give the weights file torch-fidelity downloads: "
+        f"callbacks.fid_kid.feature_extractor_weights_path=/path/to/{INCEPTION_WEIGHTS_FILE};\n"
+        "  * or use the download-free extractor: callbacks.fid_kid.feature_extractor=random_cnn "
+        "(values then not comparable with papers)."
+    )
+
+
+def torch_fidelity_available() -> bool:
+    return importlib.util.find_spec("torch_fidelity") is not None
+
+
+class InceptionFeatures(FrozenExtractor):
+    """InceptionV3 pool3 features (2048-d) as torch-fidelity computes them, through torchmetrics'
+    `NoTrainInceptionV3`: it takes uint8 images in [0, 255] and resizes them to 299x299 itself."""
+
+    num_features = 2048
+
+    def __init__(self, weights_path: str | None = None):
+        super().__init__()
+        if not torch_fidelity_available():
+            raise inception_unavailable("the package torch-fidelity is not installed.")
+        if weights_path is not None and not Path(weights_path).is_file():
+            raise inception_unavailable(f"weights file not found: {weights_path}")
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        try:
+            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                          feature_extractor_weights_path=weights_path)
+        except Exception as error:  # a failed download or an unreadable weights file
+            raise inception_unavailable(f"loading the weights failed ({type(error).__name__}: {error}).") from error
+        self.freeze()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        uint8 = ((to_rgb(images).float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return self.net(uint8)
+
+
+def build_feature_extractor(name: str, weights_path: str | None = None,
+                            device: torch.device | str | None = None) -> nn.Module:
+    """The named extractor ("inception" or "random_cnn"), frozen, on `device`."""
+    if name == "inception":
+        extractor = InceptionFeatures(weights_path)
+    elif name == "random_cnn":
+        extractor = RandomCNNFeatures()
+    else:
+        raise ValueError(f"feature_extractor={name!r} must be one of {', '.join(FEATURE_EXTRACTORS)} (or auto).")
+    return extractor.to(device) if device is not None else extractor

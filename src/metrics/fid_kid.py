@@ -1,0 +1,122 @@
+"""FID and KID of two image sets, from one feature pass per image, DDP-ready.
+
+torchmetrics' FrechetInceptionDistance and KernelInceptionDistance each run their feature
+network inside `update()`; used side by side they would push every image through it twice.
+`FidKidScorer` runs its extractor once per batch and feeds the feature vectors to both metrics,
+whose "feature network" is `PrecomputedFeatures`, an identity with `num_features` (which also
+spares torchmetrics its 299x299 dummy forward). The metrics keep their states and their DDP
+sync: each rank updates with its shard, `compute()` gathers, and every rank gets the value a
+single process gets on the union of the shards.
+
+KID follows the papers (U-GAT-IT, NICE-GAN): unbiased polynomial-kernel MMD (degree 3, coef 1),
+mean and std over 50 random subsets of 1000 images, the subset size capped at the number of
+images (a test set of 120 uses subsets of 120), reported x100.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn as nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+from torchmetrics.utilities.data import dim_zero_cat
+
+
+class PrecomputedFeatures(nn.Module):
+    """Identity 'feature network': the metrics receive feature vectors computed beforehand."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = int(num_features)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+class CappedKernelInceptionDistance(KernelInceptionDistance):
+    """KID whose subset size is capped at the number of samples (torchmetrics raises instead),
+    with subsets drawn from a fixed seed (reproducible, and the training RNG is left untouched).
+
+    The feature lists are concatenated before the DDP gather (`dist_reduce_fx="cat"`), so ranks
+    may hold different numbers of batches, and the gathered set is in rank order: with contiguous
+    shards that is the single-process order, hence the same subsets and the same value.
+    """
+
+    def __init__(self, *args, seed: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_subset_size = self.subset_size
+        self.seed = seed
+        # torchmetrics registers these with dist_reduce_fx=None, which gathers list element by
+        # element: it needs as many update() calls on every rank and interleaves the ranks.
+        self.add_state("real_features", [], dist_reduce_fx="cat")
+        self.add_state("fake_features", [], dist_reduce_fx="cat")
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # Runs after the DDP sync: these are the features of every rank.
+        n_real = len(dim_zero_cat(self.real_features))
+        n_fake = len(dim_zero_cat(self.fake_features))
+        if min(n_real, n_fake) < 2:
+            raise RuntimeError(f"KID needs at least 2 real and 2 fake images, got {n_real} and {n_fake}")
+        self.subset_size = min(self.max_subset_size, n_real, n_fake)
+        # The subsets come from torch.randperm on the CPU generator: seed only that one
+        # (torch.manual_seed would also reseed every GPU's generator, which fork_rng([]) leaves).
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(self.seed)
+            return super().compute()
+
+
+class FidKidScorer(nn.Module):
+    """FID and KID (x100) between real and generated images in [-1, 1].
+
+    `update(real=..., fake=...)` once per batch (either may be omitted), then `compute()`:
+    ``{"fid", "kid_x100", "kid_std_x100"}``. Under DDP every rank calls both; `compute()` syncs.
+    """
+
+    def __init__(self, feature_extractor: nn.Module, kid_subsets: int = 50, kid_subset_size: int = 1000,
+                 kid_seed: int = 0):
+        super().__init__()
+        self.feature_extractor = feature_extractor
+        self.num_features = int(feature_extractor.num_features)
+        passthrough = PrecomputedFeatures(self.num_features)
+        self.fid = FrechetInceptionDistance(feature=passthrough)
+        with warnings.catch_warnings():
+            # KID keeps every feature vector by design (a few MB for a test split); torchmetrics
+            # warns about it at each construction.
+            warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+            self.kid = CappedKernelInceptionDistance(feature=passthrough, subsets=kid_subsets,
+                                                     subset_size=kid_subset_size, seed=kid_seed)
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        # float64: FID accumulates sums of outer products, KID raises to the third power.
+        return self.feature_extractor(images).double()
+
+    def update(self, real: torch.Tensor | None = None, fake: torch.Tensor | None = None) -> None:
+        for images, is_real in ((real, True), (fake, False)):
+            if images is None:
+                continue
+            features = self.features(images)
+            self.fid.update(features, real=is_real)
+            self.kid.update(features, real=is_real)
+
+    def _prepare_empty_rank(self) -> None:
+        """A rank whose shard was empty must still take part in the gather with states of the
+        right shape: an empty (0, F) float64 block, and FID's output dtype (set by update())."""
+        empty = torch.empty(0, self.num_features, dtype=torch.float64, device=self.fid.real_features_sum.device)
+        for state in (self.kid.real_features, self.kid.fake_features):
+            if not state:
+                state.append(empty)
+        if not hasattr(self.fid, "orig_dtype"):
+            self.fid.orig_dtype = torch.float64
+
+    def compute(self) -> dict[str, float]:
+        self._prepare_empty_rank()
+        kid_mean, kid_std = self.kid.compute()
+        return {"fid": float(self.fid.compute()),
+                "kid_x100": 100.0 * float(kid_mean),
+                "kid_std_x100": 100.0 * float(kid_std)}
+
+    def reset(self) -> None:
+        self.fid.reset()
+        self.kid.reset()

@@ -1,0 +1,61 @@
+"""Translate images with a trained model: `python src/translate.py ckpt_path=... input=... output=...`.
+
+Composes conf/translate.yaml, loads the checkpoint (src/utils/checkpoint_loading.py), writes one
+PNG per input image named after its source file, and with `export=onnx|torchscript` writes the
+direction's generator as one graph checked against PyTorch (src/utils/export.py).
+"""
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI on import
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python src/translate.py` from the root
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from src.utils.checkpoint_loading import load_model  # noqa: E402
+from src.utils.export import export_translation  # noqa: E402
+from src.utils.translation import (check_direction, list_input_images, output_paths, resolve_device,  # noqa: E402
+                                   save_png, translate_images)
+
+log = logging.getLogger(__name__)
+
+
+def run_translation(cfg: DictConfig) -> dict:
+    """Translate `cfg.input` into `cfg.output` (and export); returns what was written."""
+    if not cfg.get("ckpt_path"):
+        raise ValueError("ckpt_path is required: ckpt_path=path/to/checkpoints/last.ckpt (written by src/train.py)")
+    if not Path(cfg.ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    if not cfg.get("input") and not cfg.get("export"):
+        raise ValueError("input is required: input=path/to/image_or_folder (or export=onnx|torchscript to only export)")
+    paths = list_input_images(cfg.input) if cfg.get("input") else []
+    output_dir = Path(cfg.output)
+    targets = output_paths(paths, output_dir)
+    device = resolve_device(cfg.get("device", "auto"))
+
+    model = load_model(cfg.ckpt_path, map_location=device)
+    check_direction(model, cfg.direction)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path, image in translate_images(model, paths, cfg.direction, cfg.batch_size, device):
+        save_png(image, targets[path])
+        written.append(str(targets[path]))
+    if paths:
+        log.info("Translated %d image(s) %s into %s", len(written), cfg.direction, output_dir)
+
+    report = None
+    if cfg.get("export"):
+        report = export_translation(model, cfg.direction, cfg.export, output_dir, size=cfg.export_size)
+    return {"written": written, "export": report}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="translate.yaml")
+def main(cfg: DictConfig) -> None:
+    run_translation(cfg)
+
+
+if __name__ == "__main__":
+    main()

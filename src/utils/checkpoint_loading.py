@@ -1,0 +1,109 @@
+"""Load a translation model from a training checkpoint, for translation, export and evaluation.
+
+Lightning checkpoints hold the hyperparameters and the weights but not the model class. The
+class comes from the run's Hydra config (`<run_dir>/.hydra/config.yaml`, `model._target_`, two
+levels above `<run_dir>/checkpoints/x.ckpt`) when there is one; otherwise every known model
+class whose constructor accepts the stored hyperparameters is built and the one whose state
+dict has exactly the checkpoint's keys and shapes is taken.
+
+The file is read with `weights_only=True` (a checkpoint may come from anywhere). The model is
+built from the hyperparameters and given the weights directly instead of through
+`load_from_checkpoint`, whose resume hooks would reset the caller's RNG streams to the training
+run's and refill image pools that inference never uses.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import OmegaConf
+
+from src.models.base import TranslationModel
+
+log = logging.getLogger(__name__)
+
+MODELS_PACKAGE = "src.models."
+KNOWN_MODEL_CLASSES = (
+    "src.models.cyclegan.CycleGAN",
+    "src.models.pix2pix.Pix2Pix",
+    "src.models.ugatit.UGATIT",
+    "src.models.nicegan.NICEGAN",
+)
+
+
+def run_config_path(ckpt_path: str | Path) -> Path:
+    """Where the Hydra config of the run that wrote `<run_dir>/checkpoints/x.ckpt` lives."""
+    return Path(ckpt_path).resolve().parent.parent / ".hydra" / "config.yaml"
+
+
+def model_class_from_run_config(ckpt_path: str | Path) -> type[TranslationModel] | None:
+    """The `model._target_` class of the checkpoint's run, or None without a run config."""
+    config_path = run_config_path(ckpt_path)
+    if not config_path.is_file():
+        return None
+    target = OmegaConf.select(OmegaConf.load(config_path), "model._target_")
+    if target is None:
+        return None
+    # Only classes of this codebase: the config travels with the checkpoint and is no more
+    # trusted than it, and naming a class imports its module.
+    if not str(target).startswith(MODELS_PACKAGE):
+        raise ValueError(f"{config_path}: model._target_={target} is not a model of {MODELS_PACKAGE[:-1]}")
+    cls = hydra.utils.get_class(target)
+    if not (isinstance(cls, type) and issubclass(cls, TranslationModel)):
+        raise TypeError(f"{config_path}: model._target_={target} is not a TranslationModel")
+    return cls
+
+
+def _accepts(cls: type, hparams: dict) -> bool:
+    try:
+        inspect.signature(cls.__init__).bind(None, **hparams)
+    except TypeError:
+        return False
+    return True
+
+
+def _matches(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> bool:
+    expected = model.state_dict()
+    return expected.keys() == state_dict.keys() and all(
+        expected[k].shape == state_dict[k].shape for k in expected)
+
+
+def _build(cls: type[TranslationModel], hparams: dict) -> TranslationModel:
+    # Building initialises weights randomly (then overwritten): keep the caller's RNG untouched.
+    with torch.random.fork_rng(devices=[]):
+        return cls(**hparams)
+
+
+def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> TranslationModel:
+    """The model saved in a Lightning checkpoint, on `map_location`, in eval mode."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
+        raise ValueError(f"ckpt_path={ckpt_path} is not a training checkpoint of this codebase "
+                         f"(needs 'state_dict' and 'hyper_parameters')")
+    hparams, state_dict = dict(checkpoint["hyper_parameters"]), checkpoint["state_dict"]
+
+    configured = model_class_from_run_config(path)
+    if configured is not None:
+        candidates = [configured]
+    else:
+        candidates = [hydra.utils.get_class(name) for name in KNOWN_MODEL_CLASSES]
+    tried = []
+    for cls in candidates:
+        if not _accepts(cls, hparams):
+            tried.append(f"{cls.__name__} (other hyperparameters)")
+            continue
+        model = _build(cls, hparams)
+        if configured is None and not _matches(model, state_dict):
+            tried.append(f"{cls.__name__} (other weights)")
+            continue
+        model.load_state_dict(state_dict, strict=True)
+        log.info("Loaded %s from %s (iteration %s)", cls.__name__, path,
+                 checkpoint.get("global_step", 0) // cls.optimizer_steps_per_iter)
+        return model.to(map_location).eval()
+    raise ValueError(f"ckpt_path={ckpt_path}: no model class fits this checkpoint; tried {', '.join(tried)}")

@@ -1,0 +1,137 @@
+"""The body of `src/eval.py`: translate a test split, score it, write images and metrics."""
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from src.metrics.features import build_feature_extractor
+from src.metrics.fid_kid import FidKidScorer
+from src.metrics.shapes_truth import ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta
+from src.utils.checkpoint_loading import load_model, run_config_path
+from src.utils.translation import resolve_device, save_png, to_uint8_images
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS = ("AtoB", "BtoA")
+TABLE_COLUMNS = ("fid", "kid_x100", "iou", "color_error", "l1", "psnr", "ssim")
+
+
+def data_config(cfg: DictConfig) -> DictConfig:
+    """`data=...` if given, else the data config the checkpoint's run was trained with."""
+    if cfg.get("data") is not None:
+        return cfg.data
+    run_config = run_config_path(cfg.ckpt_path)
+    if not run_config.is_file():
+        raise ValueError(f"No data config: pass data=NAME (e.g. data=shapes); {run_config} does not exist "
+                         f"to say which data the checkpoint was trained on")
+    # Resolve inside the whole run config: the data node interpolates its `paths`.
+    run_cfg = OmegaConf.load(run_config)
+    return OmegaConf.create(OmegaConf.to_container(run_cfg.data, resolve=True))
+
+
+def supported_directions(model) -> list[str]:
+    directions = []
+    for direction in DIRECTIONS:
+        try:
+            model.generator_for(direction)
+            directions.append(direction)
+        except ValueError as error:
+            log.info("Skipping %s: %s", direction, error)
+    return directions
+
+
+def distinct_counts(dataset) -> tuple[int, int]:
+    """Number of distinct source and target images: an unpaired test split cycles the smaller
+    domain to the larger one's length, and a repeated image must not count twice in FID/KID."""
+    if hasattr(dataset, "source_paths"):
+        return len(dataset.source_paths), len(dataset.target_paths)
+    return len(dataset), len(dataset)
+
+
+def truth_backgrounds(datamodule, dataset) -> dict[str, torch.Tensor] | None:
+    """Per test file name, the background of its shapes test pair (None for other data)."""
+    if not is_shapes_dataset(datamodule.data_dir):
+        return None
+    meta = load_test_meta(datamodule.data_dir)
+    size = dataset[0]["A"].shape[-1]
+    return {name: background_tensor(meta_k, size) for name, meta_k in meta.items()}
+
+
+def evaluate_direction(model, loader, direction: str, counts: tuple[int, int], scorer: FidKidScorer,
+                       backgrounds: dict | None, output_dir: Path, device) -> dict[str, float]:
+    """Translate every distinct source image once, write it, and score it against the targets."""
+    source_key, target_key = ("A", "B") if direction == "AtoB" else ("B", "A")
+    n_source, n_target = counts if direction == "AtoB" else counts[::-1]
+    fake_dir = output_dir / f"fake{target_key}"
+    fake_dir.mkdir(parents=True, exist_ok=True)
+    truth = ShapesTruthScorer().to(device) if backgrounds is not None else None
+    identity = ShapesTruthScorer().to(device) if backgrounds is not None else None
+    scorer.reset()
+    index = 0
+    for batch in loader:
+        size = batch[source_key].size(0)
+        keep_source = torch.arange(index, index + size) < n_source
+        keep_target = torch.arange(index, index + size) < n_target
+        index += size
+        source, target = batch[source_key].to(device), batch[target_key].to(device)
+        fake = model.translate(source[keep_source], direction)
+        scorer.update(real=target[keep_target], fake=fake)
+        names = [Path(p).stem for p, keep in zip(batch[f"{source_key}_path"], keep_source) if keep]
+        for name, image in zip(names, to_uint8_images(fake)):
+            save_png(image, fake_dir / f"{name}.png")
+        if truth is not None:
+            bg = torch.stack([backgrounds[Path(p).name] for p in batch[f"{source_key}_path"]]).to(device)
+            truth.update(fake, target[keep_source], bg[keep_source])
+            identity.update(source[keep_source], target[keep_source], bg[keep_source])
+    metrics = scorer.compute()
+    if truth is not None:
+        metrics.update({k: float(v) for k, v in truth.compute().items()})
+        metrics.update({f"identity_{k}": float(v) for k, v in identity.compute().items()})
+    return metrics
+
+
+def markdown_row(name: str, metrics: dict[str, dict[str, float]]) -> str:
+    cells = [name]
+    for direction, values in metrics.items():
+        present = [f"{c}={values[c]:.3f}" for c in TABLE_COLUMNS if c in values]
+        cells.append(f"{direction}: " + ", ".join(present))
+    return "| " + " | ".join(cells) + " |"
+
+
+def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    if not cfg.get("ckpt_path"):
+        raise ValueError("ckpt_path is required: ckpt_path=path/to/checkpoints/last.ckpt (written by src/train.py)")
+    if not Path(cfg.ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    device = resolve_device(cfg.get("device", "auto"))
+    model = load_model(cfg.ckpt_path, map_location=device)
+    datamodule = hydra.utils.instantiate(data_config(cfg))
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    dataset = datamodule.dataset("test", train=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False)
+
+    extractor_name = cfg.feature_extractor
+    if extractor_name == "auto":
+        extractor_name = getattr(datamodule, "feature_extractor", "inception")
+    extractor = build_feature_extractor(extractor_name, cfg.get("feature_extractor_weights_path"), device)
+    subset_size = cfg.kid_subset_size
+    scorer = FidKidScorer(extractor, kid_subsets=cfg.kid_subsets, kid_subset_size=subset_size).to(device)
+    backgrounds = truth_backgrounds(datamodule, dataset)
+
+    output_dir = Path(cfg.output_dir)
+    results = {}
+    for direction in supported_directions(model):
+        results[direction] = evaluate_direction(model, loader, direction, distinct_counts(dataset), scorer,
+                                                backgrounds, output_dir, device)
+    report = {"ckpt_path": str(cfg.ckpt_path), "data": datamodule.name, "feature_extractor": extractor_name,
+              "metrics": results}
+    (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    name = cfg.get("name") or f"{type(model).__name__} / {datamodule.name}"
+    row = markdown_row(name, results)
+    print(row)
+    log.info("Wrote %s", output_dir / "metrics.json")
+    return results

@@ -1,0 +1,182 @@
+"""Export one translation direction as a single ONNX or TorchScript graph, checked against PyTorch.
+
+`TranslationGraph` wraps the networks a translation runs through (`translation_nets`: the
+generator, and NICE-GAN's source encoder before it) into one module computing
+`translation_forward`, in eval mode: running statistics, no dropout, spectral norm with its
+stored singular vectors. (pix2pix samples with test-time batch statistics and dropout; the
+exported graph is its deterministic eval-mode counterpart.)
+
+ONNX goes through torch's TorchScript-based exporter (`dynamo=False`): it needs only the `onnx`
+package, works offline, and exports batch, height and width as dynamic axes for these nets.
+Every export is checked: the exported graph must reproduce PyTorch's output on the example and
+on a second input of another batch size and spatial size (to prove the dynamic axes); when the
+second check fails the graph is exported again at the example's fixed size, and the report says
+so.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from src.models.base import TranslationModel
+from src.utils.translation import check_direction, input_channels, size_multiple
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+TOLERANCE = 1e-3  # max abs difference on outputs in [-1, 1] (float32 reorderings stay below 1e-5)
+ONNX_OPSET = 17
+
+
+class TranslationGraph(nn.Module):
+    """forward(x) = model.translation_forward(x, direction), owning only that direction's nets."""
+
+    def __init__(self, model: TranslationModel, direction: str):
+        super().__init__()
+        check_direction(model, direction)
+        self.direction = direction
+        self.nets = nn.ModuleList(model.translation_nets(direction))
+        # Kept outside the module tree: the export must hold the translation's nets, not the
+        # discriminators and the other direction. The nets above are the same objects the
+        # model's forward uses, so tracing finds their parameters.
+        self.__dict__["_model"] = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._model.translation_forward(x, self.direction)
+
+
+def export_path(output_dir: str | Path, direction: str, fmt: str) -> Path:
+    return Path(output_dir) / f"generator_{direction}{EXPORT_FORMATS[fmt]}"
+
+
+def example_input(model: TranslationModel, direction: str, size: int, batch: int = 1) -> torch.Tensor:
+    """A random input of `size` rounded up to what the translation allows."""
+    multiple = size_multiple(model, direction)
+    side = -(-size // multiple) * multiple
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, input_channels(model, direction), side, side, generator=generator) * 2 - 1
+    return x.to(device)
+
+
+def second_input(example: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Another batch size and a non-square spatial size: what a fixed-shape graph would reject."""
+    n, c, h, w = example.shape
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(n + 1, c, h + multiple, w + 2 * multiple, generator=generator) * 2 - 1
+    return x.to(example.device)
+
+
+def max_difference(a: torch.Tensor | np.ndarray, b: torch.Tensor) -> float:
+    a = torch.as_tensor(a).float().cpu()
+    b = b.float().cpu()
+    if a.shape != b.shape:
+        return float("inf")
+    return float((a - b).abs().max())
+
+
+# -- runners for the exported files -------------------------------------------------------------
+
+
+def _torchscript_runner(path: Path):
+    module = torch.jit.load(str(path), map_location="cpu")
+    return lambda x: module(x.cpu())
+
+
+def _onnx_runner(path: Path):
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x.detach().cpu().numpy()})[0]
+
+
+# -- writers ------------------------------------------------------------------------------------
+
+
+def _write_torchscript(graph: TranslationGraph, example: torch.Tensor, path: Path, dynamic: bool) -> None:
+    # Tracing records the ops of one run; sizes read with x.shape stay symbolic, which the
+    # second-input check confirms. `dynamic` is accepted for symmetry: a trace has no fixed axes.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation and tracer notices; the parity check decides
+        traced = torch.jit.trace(graph, example, check_trace=False)
+    traced.save(str(path))
+
+
+def _write_onnx(graph: TranslationGraph, example: torch.Tensor, path: Path, dynamic: bool) -> None:
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": axes, "output": axes} if dynamic else None)
+
+
+_WRITERS = {"onnx": _write_onnx, "torchscript": _write_torchscript}
+_RUNNERS = {"onnx": _onnx_runner, "torchscript": _torchscript_runner}
+
+
+def export_translation(model: TranslationModel, direction: str, fmt: str, output_dir: str | Path,
+                       size: int = 256, tolerance: float = TOLERANCE) -> dict:
+    """Write `output_dir/generator_<direction>.onnx|.pt` and check it against PyTorch.
+
+    Returns a report: path, format, dynamic (batch and spatial axes free), checked (False only
+    when onnxruntime is missing), max_difference. Raises when the graph does not match PyTorch
+    even at the example's size.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"export={fmt!r} must be one of {', '.join(EXPORT_FORMATS)} (or null)")
+    graph = TranslationGraph(model, direction)
+    was_training = [net.training for net in graph.nets]
+    graph.eval()
+    path = export_path(output_dir, direction, fmt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = example_input(model, direction, size)
+    other = second_input(example, size_multiple(model, direction))
+    try:
+        with torch.no_grad():
+            expected = graph(example)
+            try:
+                expected_other = graph(other)
+            except (RuntimeError, ValueError):  # the nets take one size only (full-mode MLPs)
+                expected_other = None
+            report = _export_and_check(graph, fmt, path, example, expected, other, expected_other, tolerance)
+    finally:
+        for net, mode in zip(graph.nets, was_training):
+            net.train(mode)
+    log.info("Exported %s %s to %s: %s", type(model).__name__, direction, path, report)
+    return report
+
+
+def _export_and_check(graph, fmt, path, example, expected, other, expected_other, tolerance) -> dict:
+    report = {"path": str(path), "format": fmt, "input_shape": list(example.shape)}
+    for dynamic in (True, False) if expected_other is not None else (False,):
+        _WRITERS[fmt](graph, example, path, dynamic)
+        run = _RUNNERS[fmt](path)
+        if run is None:
+            log.warning("onnxruntime is not installed: %s was written but not checked against PyTorch", path)
+            return {**report, "dynamic": dynamic, "checked": False, "max_difference": None}
+        difference = max_difference(run(example), expected)
+        if difference > tolerance:
+            raise RuntimeError(f"{path}: exported {fmt} graph differs from PyTorch by {difference:.2e} "
+                               f"(tolerance {tolerance:.0e})")
+        if not dynamic:
+            log.warning("%s: exported at the fixed input shape %s (the nets or the exported graph take "
+                        "no other shape)", path, list(example.shape))
+            return {**report, "dynamic": False, "checked": True, "max_difference": difference}
+        try:
+            other_difference = max_difference(run(other), expected_other)
+        except Exception as error:  # a fixed-shape graph fails in the runtime's own ways
+            log.info("%s: dynamic shapes failed (%s); exporting at a fixed size", path, error)
+            continue
+        if other_difference <= tolerance:
+            return {**report, "dynamic": True, "checked": True,
+                    "max_difference": max(difference, other_difference)}
+    raise AssertionError("unreachable: the fixed-size export returns or raises")

@@ -1,0 +1,200 @@
+"""Translate image files of any size the generator allows, in batches, as uint8 arrays.
+
+Generators halve the resolution a fixed number of times and must get back to the same size, so
+each side has to be a multiple of `size_multiple` (4 for the ResNet, U-GAT-IT and NICE-GAN
+generators, 2**num_downs for the U-Net). Inputs are padded up to the next multiple by
+reflection (not resized: the image's own pixels go through the network unresampled, and a
+reflected border looks like more of the image to the convolutions), translated, and the output
+is cropped back to the input's size.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from src.data.errors import ImageReadError
+from src.data.folders import IMAGE_EXTENSIONS, is_image_file
+from src.data.image_io import load_image
+from src.data.transforms import to_tensor
+from src.models.base import DIRECTIONS, TranslationModel
+
+CropBox = tuple[int, int, int, int]  # top, left, height, width
+
+
+# -- devices, directions and what the networks need ----------------------------------------------
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """"auto" -> cuda when available, else cpu; "cuda" without a GPU is an error."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name}: no CUDA device is available here; use device=cpu or device=auto")
+    return device
+
+
+def check_direction(model: TranslationModel, direction: str) -> None:
+    """Raise a ValueError naming `direction=` when the model cannot translate this way."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction={direction!r} must be one of {', '.join(DIRECTIONS)}")
+    try:
+        model.generator_for(direction)
+    except ValueError as error:
+        raise ValueError(f"direction={direction}: {type(model).__name__} cannot translate this way: {error}") from error
+
+
+def _stride_product(net: nn.Module) -> int:
+    """Downsampling factor of a net without a declared `size_multiple`: the product of its
+    conv strides (the convs of these nets run one after another, none in parallel branches)."""
+    factor = 1
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            factor *= max(module.stride)
+    return factor
+
+
+def size_multiple(model: TranslationModel, direction: str) -> int:
+    """What every image side must be a multiple of for this translation.
+
+    A net's declared `size_multiple` wins; otherwise its conv strides tell (NICE-GAN's source
+    encoder: two stride-2 convs -> 4; its decoder-only generator: 1). Nets run in a chain, so
+    their factors multiply.
+    """
+    return math.prod(getattr(net, "size_multiple", None) or _stride_product(net)
+                     for net in model.translation_nets(direction))
+
+
+def input_channels(model: TranslationModel, direction: str) -> int:
+    """Channels the translation reads: those of the first convolution it runs."""
+    for net in model.translation_nets(direction):
+        for module in net.modules():
+            if isinstance(module, nn.Conv2d):
+                return module.in_channels
+    raise ValueError(f"{type(model).__name__} {direction}: no convolution found to read the input channels from")
+
+
+# -- padding to the size the generator allows ----------------------------------------------------
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, CropBox]:
+    """Pad (N, C, H, W) so H and W are multiples of `multiple`, centring the image.
+
+    Reflection padding, or edge replication where the image is too small to reflect (reflection
+    needs the pad to be smaller than the side). Returns the padded batch and the box
+    (top, left, height, width) that crops the original area back out.
+    """
+    height, width = x.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    top, left = pad_h // 2, pad_w // 2
+    box = (top, left, height, width)
+    if pad_h == 0 and pad_w == 0:
+        return x, box
+    padding = (left, pad_w - left, top, pad_h - top)
+    mode = "reflect" if max(padding[:2]) < width and max(padding[2:]) < height else "replicate"
+    return F.pad(x, padding, mode=mode), box
+
+
+def crop_to_box(x: torch.Tensor, box: CropBox) -> torch.Tensor:
+    top, left, height, width = box
+    return x[..., top:top + height, left:left + width]
+
+
+# -- files in, arrays out --------------------------------------------------------------------------
+
+
+def list_input_images(path: str | Path) -> list[Path]:
+    """The image itself, or the image files directly inside a folder (sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"input={path}: no such file or folder")
+    images = sorted(p for p in path.iterdir() if is_image_file(p))
+    if not images:
+        raise FileNotFoundError(f"input={path} holds no image file ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return images
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # PIL raises several unrelated types for non-images
+        raise ImageReadError(f"Cannot read image file {path}: {error}") from error
+    return height, width
+
+
+def group_by_size(paths: list[Path]) -> list[list[Path]]:
+    """Paths grouped by image size, in order of first appearance: one batch holds one size."""
+    groups: dict[tuple[int, int], list[Path]] = {}
+    for path in paths:
+        groups.setdefault(image_size(path), []).append(path)
+    return list(groups.values())
+
+
+def to_uint8_images(batch: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8."""
+    images = ((batch.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return images.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_png(image: np.ndarray, path: str | Path) -> None:
+    """Write an HxWxC uint8 array (C = 1 or 3) as PNG."""
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(Path(path), format="PNG")
+
+
+def translate_images(model: TranslationModel, paths: list[str | Path], direction: str = "AtoB",
+                     batch_size: int = 8, device: str | torch.device = "cpu") -> Iterator[tuple[Path, np.ndarray]]:
+    """Translate image files; yields (path, HxWxC uint8 output the size of the input).
+
+    Files are read with the channels the translation expects (grayscale, RGBA and 16-bit inputs
+    are converted by src.data.image_io) and batched by size. Models that normalise with the
+    batch's own statistics at test time (pix2pix) get batches of one, so an output never depends
+    on which other images shared its batch. The model is moved to `device`. Yields in
+    size-group order, not in `paths` order.
+    """
+    check_direction(model, direction)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+    device = torch.device(device)
+    model.to(device)
+    if model.sampling_options().get("batch_stats"):
+        batch_size = 1
+    multiple, channels = size_multiple(model, direction), input_channels(model, direction)
+    groups = group_by_size([Path(p) for p in paths])
+
+    def generate() -> Iterator[tuple[Path, np.ndarray]]:
+        for group in groups:
+            for start in range(0, len(group), batch_size):
+                chunk = group[start:start + batch_size]
+                batch = torch.stack([to_tensor(load_image(path, channels)) for path in chunk]).to(device)
+                padded, box = pad_to_multiple(batch, multiple)
+                outputs = to_uint8_images(crop_to_box(model.translate(padded, direction), box))
+                yield from zip(chunk, outputs)
+
+    return generate()
+
+
+def output_paths(paths: list[Path], output_dir: str | Path) -> dict[Path, Path]:
+    """Input path -> `output_dir/<input stem>.png`; two inputs with one stem are an error."""
+    output_dir = Path(output_dir)
+    targets: dict[Path, Path] = {}
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise ValueError(f"{seen[path.stem]} and {path} would both be written as {path.stem}.png; "
+                             f"rename one of them")
+        seen[path.stem] = path
+        targets[path] = output_dir / f"{path.stem}.png"
+    return targets

@@ -1,0 +1,263 @@
+"""Evaluation metrics and callbacks: FID/KID and latent MMD on known inputs, one feature pass per
+image, the callbacks in smoke runs (metrics returned, best-FID checkpoint, t-SNE map), pix2pix
+without an encoder, and DDP (2 CPU processes) giving the single-process values."""
+import csv
+import math
+import os
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import hydra
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from conftest import compose_train_cfg
+from src.callbacks.fid_kid import FidKidCallback, isolated_rng, shard_range
+from src.callbacks.latent import gather_rows
+from src.metrics import features as features_module
+from src.metrics.features import build_feature_extractor
+from src.metrics.fid_kid import FidKidScorer
+from src.metrics.mmd import mmd2_unbiased
+from src.utils.run import run_training
+
+# Both callbacks every 2 iterations on 7 test items (uneven DDP blocks: 4 + 3), KID subsets of 5
+# (smaller than the set, so the subsets drawn depend on the order of the gathered features).
+EVAL_CALLBACKS = [
+    "+callbacks.fid_kid={_target_:src.callbacks.fid_kid.FidKidCallback,every_n_iters:2,max_images:7,"
+    "kid_subset_size:5}",
+    "+callbacks.latent={_target_:src.callbacks.latent.LatentCallback,every_n_iters:2,max_images:7,"
+    "dirpath:'${paths.output_dir}/latent'}",
+]
+EVAL_KEYS = {f"eval/{name}_{d}" for name in ("fid", "kid_x100", "kid_std_x100") for d in ("AtoB", "BtoA")} \
+    | {"eval/fid", "eval/kid_x100", "latent/mmd2"}
+
+
+@pytest.fixture(scope="module")
+def shapes_images(shared_data_dir, tmp_path_factory):
+    """16 test items of the embedded dataset: discs (A) and triangles (B) in [-1, 1]."""
+    cfg = compose_train_cfg(["debug=smoke"], tmp_path_factory.mktemp("images"), shared_data_dir)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    batch = datamodule.sample_batch(16, split="test")
+    return batch["A"], batch["B"]
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return build_feature_extractor("random_cnn")
+
+
+def scores(extractor, real, fake, **kwargs) -> dict:
+    scorer = FidKidScorer(extractor, **kwargs)
+    scorer.update(real=real, fake=fake)
+    return scorer.compute()
+
+
+# ----- metrics on known inputs -----------------------------------------------------------
+
+
+def test_fid_kid_are_near_zero_for_identical_sets_and_grow_with_a_shift(extractor, shapes_images):
+    _, triangles = shapes_images
+    same = scores(extractor, triangles, triangles.clone())
+    brighter = scores(extractor, triangles, (triangles + 0.5).clamp(-1, 1))
+    assert same["fid"] == pytest.approx(0.0, abs=1e-3)
+    assert brighter["fid"] > 10.0 and brighter["kid_x100"] > 5.0
+    # unbiased KID of a set against itself is slightly negative, of order 1/n
+    assert abs(same["kid_x100"]) < 0.05 * brighter["kid_x100"]
+
+
+def test_kid_subset_size_is_capped_at_the_number_of_images(extractor):
+    images = torch.rand(20, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    scorer = FidKidScorer(extractor)  # 50 subsets of 1000 requested
+    scorer.update(real=images[:10], fake=images[10:])
+    scorer.update(real=images[10:], fake=images[:10])
+    result = scorer.compute()
+    assert scorer.kid.subset_size == 20 and all(math.isfinite(v) for v in result.values())
+
+
+def test_features_are_computed_once_per_image(extractor):
+    calls = []
+
+    class CountingExtractor(torch.nn.Module):
+        num_features = extractor.num_features
+
+        def forward(self, images):
+            calls.append(len(images))
+            return extractor(images)
+
+    scorer = FidKidScorer(CountingExtractor())
+    batches = [torch.rand(4, 3, 32, 32) * 2 - 1 for _ in range(3)]
+    for batch in batches:
+        scorer.update(real=batch, fake=batch.flip(-1))
+    scorer.compute()
+    assert calls == [4] * (2 * len(batches))  # one pass per real batch and per fake batch, not per metric
+
+
+def test_mmd_is_near_zero_within_a_distribution_and_positive_across():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(100, 16, generator=g), torch.randn(100, 16, generator=g)
+    same = mmd2_unbiased(x, y)
+    shifted = mmd2_unbiased(x, y + 1.0)
+    assert abs(same) < 0.02 and shifted > 0.2
+    # the median-heuristic bandwidth makes the value scale-free
+    assert mmd2_unbiased(10 * x, 10 * (y + 1.0)) == pytest.approx(shifted, rel=1e-6)
+
+
+def test_random_cnn_is_fixed_and_draws_nothing_from_the_global_rng():
+    state = torch.get_rng_state()
+    first, second = build_feature_extractor("random_cnn"), build_feature_extractor("random_cnn")
+    assert torch.equal(torch.get_rng_state(), state)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)
+    out = first(torch.zeros(2, 1, 32, 32))  # grey input is repeated to RGB
+    assert out.shape == (2, first.num_features) and not first.training and not any(
+        p.requires_grad for p in first.parameters())
+
+
+def test_inception_without_torch_fidelity_names_both_fixes(monkeypatch):
+    monkeypatch.setattr(features_module, "torch_fidelity_available", lambda: False)
+    with pytest.raises(RuntimeError) as error:
+        build_feature_extractor("inception")
+    message = str(error.value)
+    assert "make install-fid" in message and "feature_extractor_weights_path=" in message
+    assert "pt_inception-2015-12-05-6726825d.pth" in message and "random_cnn" in message
+    monkeypatch.setattr(features_module, "torch_fidelity_available", lambda: True)
+    with pytest.raises(RuntimeError, match="weights file not found"):
+        build_feature_extractor("inception", weights_path="/nonexistent/inception.pth")
+
+
+def test_evaluation_rng_is_seeded_and_leaves_training_rng_alone():
+    before = torch.get_rng_state()
+    with isolated_rng(torch.device("cpu"), seed=3):
+        first = torch.rand(3)
+    with isolated_rng(torch.device("cpu"), seed=3):
+        assert torch.equal(torch.rand(3), first)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_shards_are_contiguous_disjoint_and_complete():
+    for n, world in ((7, 2), (1, 3), (10, 4)):
+        blocks = [shard_range(n, r, world) for r in range(world)]
+        assert [i for b in blocks for i in b] == list(range(n))
+        assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+
+
+def test_best_fid_survives_a_resume_and_only_improvements_save(tmp_path):
+    saved = []
+    trainer = SimpleNamespace(strategy=SimpleNamespace(broadcast=lambda value, src=0: value),
+                              save_checkpoint=saved.append, checkpoint_callback=None,
+                              default_root_dir=str(tmp_path))
+    callback = FidKidCallback()
+    callback.load_state_dict(FidKidCallback().state_dict() | {"best_fid": 5.0, "best_iteration": 10})
+    callback.save_if_best(trainer, SimpleNamespace(iteration=20), 6.0)
+    assert saved == [] and callback.state_dict() == {"best_fid": 5.0, "best_iteration": 10}
+    callback.save_if_best(trainer, SimpleNamespace(iteration=30), 4.0)
+    assert saved == [tmp_path / "checkpoints" / "best_fid.ckpt"]
+    assert callback.state_dict() == {"best_fid": 4.0, "best_iteration": 30}
+
+
+# ----- the callbacks in training runs ------------------------------------------------------
+
+
+def eval_run_cfg(output_dir: Path, data_dir: Path, *overrides: str):
+    # lr 0: the weights stay at their (seeded) initial values, so a DDP run, whose ranks train
+    # on different batches, evaluates the same model as the single-process run.
+    return compose_train_cfg(["debug=smoke", "model=cyclegan", "model.optimizer.lr=0", *EVAL_CALLBACKS,
+                              *overrides], output_dir, data_dir)
+
+
+@pytest.fixture(scope="module")
+def single_process_run(shared_data_dir, tmp_path_factory):
+    cfg = eval_run_cfg(tmp_path_factory.mktemp("single"), shared_data_dir)
+    return cfg, run_training(cfg)
+
+
+def test_smoke_run_returns_eval_metrics_and_writes_best_checkpoint_and_tsne(single_process_run):
+    cfg, metrics = single_process_run
+    assert EVAL_KEYS <= set(metrics) and all(math.isfinite(metrics[k]) for k in EVAL_KEYS)
+    assert metrics["eval/fid"] == pytest.approx((metrics["eval/fid_AtoB"] + metrics["eval/fid_BtoA"]) / 2)
+    run_dir = Path(cfg.paths.output_dir)
+    checkpoint = torch.load(run_dir / "checkpoints" / "best_fid.ckpt", map_location="cpu", weights_only=True)
+    # the weights do not move (lr 0): the first evaluation stays the best
+    assert checkpoint["callbacks"]["FidKidCallback"] == {"best_fid": pytest.approx(metrics["eval/fid"]),
+                                                         "best_iteration": 2}
+    assert sorted(p.name for p in (run_dir / "latent").glob("*.png")) == [
+        "latent_tsne_iter_0000002.png", "latent_tsne_iter_0000004.png"]
+    with open(next(run_dir.glob("csv/version_*/metrics.csv"))) as f:
+        rows = list(csv.DictReader(f))
+    assert sum(bool(row["eval/fid"]) for row in rows) == sum(bool(row["latent/mmd2"]) for row in rows) == 2
+
+
+def test_evaluations_leave_the_training_run_unchanged(train_cfg, tmp_path):
+    """Same seed, with and without the evaluation callbacks: identical final weights (the
+    evaluations draw from their own seeded RNG and restore the training one)."""
+    weights = []
+    for name, extra in (("plain", []), ("evaluated", EVAL_CALLBACKS)):
+        cfg = train_cfg("model=cyclegan", "data.max_dataset_size=4", *extra)
+        cfg.paths.output_dir = str(tmp_path / name)
+        run_training(cfg)
+        weights.append(torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_pix2pix_skips_btoa_and_disables_the_latent_callback(train_cfg):
+    cfg = train_cfg("model=pix2pix", "data=shapes_paired", "max_iters=2", *EVAL_CALLBACKS)
+    with pytest.warns(UserWarning, match="LatentCallback disabled: Pix2Pix has no encode"):
+        metrics = run_training(cfg)
+    assert {"eval/fid_AtoB", "eval/kid_x100_AtoB", "eval/fid"} <= set(metrics)
+    assert metrics["eval/fid"] == metrics["eval/fid_AtoB"]
+    assert not any(k.endswith("_BtoA") or k.startswith("latent/") for k in metrics)
+    assert not (Path(cfg.paths.output_dir) / "latent").exists()
+
+
+# ----- DDP: 2 CPU processes give the single-process values --------------------------------
+
+
+def test_callbacks_under_ddp_match_a_single_process(single_process_run, shared_data_dir, tmp_path):
+    _, expected = single_process_run
+    cfg = eval_run_cfg(tmp_path / "ddp", shared_data_dir, "trainer.devices=2",
+                       "+trainer.strategy=ddp_spawn_find_unused_parameters_true")
+    metrics = run_training(cfg)
+    for key in EVAL_KEYS:
+        assert metrics[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), key
+    assert (tmp_path / "ddp" / "checkpoints" / "best_fid.ckpt").is_file()
+    assert len(list((tmp_path / "ddp" / "latent").glob("latent_tsne_iter_*.png"))) == 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def empty_rank_worker(rank: int, port: int, real, fake, rows, out_dir: str) -> None:
+    """Rank 0 holds every image and row, rank 1 none: both must still compute the full result."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        scorer = FidKidScorer(build_feature_extractor("random_cnn"), kid_subset_size=4)
+        if rank == 0:
+            scorer.update(real=real[:3], fake=fake[:3])
+            scorer.update(real=real[3:], fake=fake[3:])
+        result = scorer.compute()
+        gathered = gather_rows(rows if rank == 0 else rows[:0])
+        torch.save({"scores": result, "rows": gathered}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_rank_with_an_empty_shard_still_gets_the_single_process_values(extractor, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(6, 3, 16, 16, generator=g) * 2 - 1, torch.rand(6, 3, 16, 16, generator=g) * 2 - 1
+    rows = torch.randn(5, 3, generator=g)
+    expected = scores(extractor, real, fake, kid_subset_size=4)
+    mp.spawn(empty_rank_worker, args=(free_port(), real, fake, rows, str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert result["scores"] == pytest.approx(expected, rel=1e-6, abs=1e-9)
+        assert torch.equal(result["rows"], rows)

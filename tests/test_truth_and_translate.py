@@ -1,0 +1,413 @@
+"""Ground-truth scores on the shapes test pairs, their training callback, checkpoint loading,
+`python src/translate.py` and the ONNX/TorchScript export."""
+import json
+import logging
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+from PIL import Image
+
+from src.callbacks.shapes_truth import ShapesTruthCallback
+from src.data.image_io import load_image
+from src.data.shapes import ShapesDataModule, shape_coverage
+from src.data.transforms import to_tensor
+from src.metrics.shapes_truth import (FOREGROUND_THRESHOLD, ShapesTruthScorer, foreground_masks,
+                                      load_test_backgrounds, load_test_meta, per_image_scores,
+                                      score_translations)
+from src.translate import run_translation
+from src.utils.checkpoint_loading import load_model
+from src.utils.export import export_translation
+from src.utils.run import run_training
+from src.utils.translation import crop_to_box, pad_to_multiple, size_multiple, translate_images
+from tests.conftest import compose_train_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+N_PAIRS = 16
+SMALL_DATA = ["data.n_train=16", "data.n_test=16"]  # generated in a blink; the smoke runs read 16 anyway
+TRUTH_CALLBACK = ["++callbacks.shapes_truth._target_=src.callbacks.shapes_truth.ShapesTruthCallback",
+                  "++callbacks.shapes_truth.every_n_iters=2", "++callbacks.shapes_truth.max_pairs=8"]
+SMOKE_RUNS = {"cyclegan": ["model=cyclegan", *SMALL_DATA, *TRUTH_CALLBACK],
+              "pix2pix": ["model=pix2pix", "data=shapes_paired", *SMALL_DATA, *TRUTH_CALLBACK],
+              "nicegan": ["model=nicegan", *SMALL_DATA, "max_iters=2"]}
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory, shared_data_dir):
+    """One tiny training run per model: its config, returned metrics and last checkpoint."""
+    runs = {}
+    for name, overrides in SMOKE_RUNS.items():
+        cfg = compose_train_cfg(["debug=smoke", *overrides], tmp_path_factory.mktemp(name), shared_data_dir)
+        metrics = run_training(cfg)
+        runs[name] = SimpleNamespace(cfg=cfg, metrics=metrics,
+                                     ckpt=Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    GlobalHydra.instance().clear()
+    return runs
+
+
+@pytest.fixture(scope="module")
+def test_pairs(smoke_runs):
+    """The first test pairs of the 32 px shapes dataset: testA, testB, backgrounds, meta, folder."""
+    data_dir = Path(smoke_runs["cyclegan"].cfg.data.data_dir)
+    files = sorted(load_test_meta(data_dir))[:N_PAIRS]
+
+    def read(domain):
+        return torch.stack([to_tensor(load_image(data_dir / f"test{domain}" / f, 3)) for f in files])
+
+    return SimpleNamespace(A=read("A"), B=read("B"), backgrounds=load_test_backgrounds(data_dir, files=files),
+                           meta=[load_test_meta(data_dir)[f] for f in files], data_dir=data_dir)
+
+
+# -- the scores on known inputs ------------------------------------------------------------------
+
+
+def test_ground_truth_against_itself_is_perfect(test_pairs):
+    scores = score_translations(test_pairs.B, test_pairs.B, test_pairs.backgrounds)
+    assert scores["iou"] == 1.0 and scores["color_error"] == 0.0 and scores["l1"] == 0.0
+    assert scores["ssim"] > 0.999 and scores["psnr"] == math.inf
+
+
+def test_identity_baseline_keeps_colour_and_half_the_shape(test_pairs):
+    scores = per_image_scores(test_pairs.A, test_pairs.B, test_pairs.backgrounds)
+    assert 0.4 < float(scores["iou"].mean()) < 0.6 and bool((scores["iou"] < 0.7).all())
+    assert float(scores["color_error"].max()) < 1.0
+
+
+def test_recoloured_ground_truth_has_the_shape_but_not_the_colour(test_pairs):
+    # Paint each shape mask with its colour's channels rotated: same chroma, so the mask stays.
+    recoloured = test_pairs.B.clone()
+    masks = foreground_masks(test_pairs.B, test_pairs.backgrounds)
+    for k, meta in enumerate(test_pairs.meta):
+        rotated = torch.tensor(meta["shape_color"]).roll(1) * 2 - 1
+        recoloured[k][:, masks[k]] = rotated[:, None]
+    scores = per_image_scores(recoloured, test_pairs.B, test_pairs.backgrounds)
+    assert bool((scores["iou"] == 1.0).all())
+    assert float(scores["color_error"].min()) > 50.0
+
+
+def test_all_background_translation_has_no_shape_and_a_finite_colour_error(test_pairs):
+    scores = per_image_scores(test_pairs.backgrounds, test_pairs.B, test_pairs.backgrounds)
+    assert bool((scores["iou"] == 0.0).all())
+    assert bool(torch.isfinite(scores["color_error"]).all()) and float(scores["color_error"].min()) > 50.0
+
+
+def test_masks_recover_the_rendered_shapes(test_pairs):
+    """Pixels far from the known background: every pixel the shape covers at least half of, and
+    none it does not touch (edge pixels in between count by their colour contrast)."""
+    boxes = np.array([meta["box"] for meta in test_pairs.meta])
+    for domain, kind in (("A", "disc"), ("B", "triangle")):
+        masks = foreground_masks(getattr(test_pairs, domain), test_pairs.backgrounds)
+        coverage = torch.from_numpy(shape_coverage(kind, boxes, masks.shape[-1]))
+        assert bool(masks[coverage >= 0.5].all()) and not bool(masks[coverage == 0].any())
+    assert FOREGROUND_THRESHOLD == pytest.approx(0.145)
+
+
+def test_scorer_accumulates_batches_like_one_call(test_pairs):
+    scorer = ShapesTruthScorer()
+    for start in (0, 5, 11):
+        end = {0: 5, 5: 11, 11: N_PAIRS}[start]
+        scorer.update(test_pairs.A[start:end], test_pairs.B[start:end], test_pairs.backgrounds[start:end])
+    accumulated = {k: float(v) for k, v in scorer.compute().items()}
+    assert accumulated == pytest.approx(score_translations(test_pairs.A, test_pairs.B, test_pairs.backgrounds),
+                                        rel=1e-5)
+
+
+# -- the callback ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,directions", [("cyclegan", ("AtoB", "BtoA")), ("pix2pix", ("AtoB",))])
+def test_callback_metrics_come_back_from_training(smoke_runs, name, directions):
+    metrics = smoke_runs[name].metrics
+    truth = {k for k in metrics if k.startswith("truth/")}
+    expected = {f"truth/{d}/{prefix}{score}" for d in directions for prefix in ("", "identity_")
+                for score in ("iou", "color_error", "l1", "psnr", "ssim")}
+    assert truth == expected
+    assert all(math.isfinite(metrics[k]) for k in truth)
+    assert 0.4 < metrics["truth/AtoB/identity_iou"] < 0.6
+
+
+def small_shapes_datamodule(data_dir, **kwargs) -> ShapesDataModule:
+    """The datamodule of the smoke runs' dataset (same generation parameters: no regeneration)."""
+    return ShapesDataModule(data_dir=data_dir, size=32, n_train=16, n_test=16, seed=0, **kwargs)
+
+
+class OracleModel:
+    """Stands in for a LightningModule: translates a test image into its partner file, read from
+    disk by folder (triangles -> discs for "AtoB"), and logs into a dict."""
+
+    def __init__(self, data_dir: Path, source_folder: str, target_folder: str):
+        self.device, self.iteration, self.logged = torch.device("cpu"), 0, {}
+        files = sorted(load_test_meta(data_dir))
+        self.partner = {to_tensor(load_image(data_dir / source_folder / f, 3)).numpy().tobytes():
+                        to_tensor(load_image(data_dir / target_folder / f, 3)) for f in files}
+
+    def generator_for(self, direction):
+        if direction != "AtoB":
+            raise ValueError("AtoB only")
+
+    def translate(self, x, direction):
+        return torch.stack([self.partner.get(image.numpy().tobytes(), image) for image in x])
+
+    def log_dict(self, metrics, **kwargs):
+        self.logged.update(metrics)
+
+
+def test_callback_follows_the_datamodule_direction(smoke_runs, caplog):
+    """With data.direction=BtoA the model's AtoB reads triangles (folder B) and is scored against
+    discs (folder A): an oracle for exactly that mapping scores perfectly."""
+    data_dir = Path(smoke_runs["cyclegan"].cfg.data.data_dir)
+    datamodule = small_shapes_datamodule(data_dir, direction="BtoA")
+    trainer = SimpleNamespace(datamodule=datamodule, global_rank=0, world_size=1)
+    oracle = OracleModel(data_dir, source_folder="testB", target_folder="testA")
+    callback = ShapesTruthCallback(every_n_iters=1, max_pairs=6)
+    with caplog.at_level(logging.WARNING):
+        callback.setup(trainer, oracle, "fit")
+    assert callback.enabled and callback.directions == ["AtoB"] and "not scoring BtoA" in caplog.text
+    callback.score_and_log(trainer, oracle)
+    assert oracle.logged["truth/AtoB/iou"] == 1.0 and oracle.logged["truth/AtoB/color_error"] == 0.0
+    assert 0.4 < oracle.logged["truth/AtoB/identity_iou"] < 0.6
+
+
+class CountingIdentity:
+    """Stands in for a LightningModule that returns its input, counting the images it sees."""
+
+    def __init__(self):
+        self.device, self.iteration, self.logged, self.translated = torch.device("cpu"), 0, {}, 0
+
+    def generator_for(self, direction):
+        return None
+
+    def translate(self, x, direction):
+        self.translated += x.size(0)
+        return x
+
+    def log_dict(self, metrics, **kwargs):
+        self.logged.update(metrics)
+
+
+def score_shard(data_dir: str, rank: int, world_size: int) -> tuple[dict, int]:
+    datamodule = small_shapes_datamodule(data_dir, eval_batch_size=2)
+    trainer = SimpleNamespace(datamodule=datamodule, global_rank=rank, world_size=world_size)
+    model, callback = CountingIdentity(), ShapesTruthCallback(max_pairs=5)
+    callback.setup(trainer, model, "fit")
+    return callback.score_and_log(trainer, model), model.translated
+
+
+def score_on_rank(rank: int, world_size: int, port: int, data_dir: str, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        torch.save(score_shard(data_dir, rank, world_size), Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_callback_scores_shards_and_sums_them_across_ddp_ranks(smoke_runs, tmp_path):
+    """Two gloo processes: each translates its own pairs (3 + 2 of 5, per direction) and both
+    log the means over all 5, the same as one process scoring them all."""
+    data_dir = str(smoke_runs["cyclegan"].cfg.data.data_dir)
+    expected, translated = score_shard(data_dir, 0, 1)
+    assert translated == 2 * 5
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    torch.multiprocessing.spawn(score_on_rank, args=(2, port, data_dir, str(tmp_path)), nprocs=2)
+    results = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+    assert [count for _, count in results] == [2 * 3, 2 * 2]
+    for metrics, _ in results:
+        assert metrics.keys() == expected.keys()
+        assert all(metrics[k] == pytest.approx(v, rel=1e-5) for k, v in expected.items() if math.isfinite(v))
+
+
+def test_callback_disables_itself_off_the_shapes_dataset(tmp_path, caplog):
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(data_dir=tmp_path))
+    callback = ShapesTruthCallback()
+    with caplog.at_level(logging.WARNING):
+        callback.setup(trainer, None, "fit")
+    assert not callback.enabled and "test_meta.json" in caplog.text
+
+
+# -- loading checkpoints ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,cls", [("cyclegan", "CycleGAN"), ("pix2pix", "Pix2Pix"), ("nicegan", "NICEGAN")])
+def test_load_model_finds_the_class_from_the_weights(smoke_runs, name, cls):
+    assert not (smoke_runs[name].ckpt.parents[1] / ".hydra").exists()
+    rng = torch.get_rng_state()
+    model = load_model(smoke_runs[name].ckpt)
+    assert type(model).__name__ == cls and not model.training
+    assert torch.equal(rng, torch.get_rng_state())  # building the model drew no numbers of ours
+    saved = torch.load(smoke_runs[name].ckpt, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+
+
+def test_load_model_reads_the_run_config(smoke_runs, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / ".hydra").mkdir()
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(smoke_runs["cyclegan"].ckpt.read_bytes())
+    (run_dir / ".hydra" / "config.yaml").write_text("model:\n  _target_: src.models.nicegan.NICEGAN\n")
+    with pytest.raises(ValueError, match="NICEGAN"):  # the configured class is used, not guessed
+        load_model(ckpt)
+    (run_dir / ".hydra" / "config.yaml").write_text("model:\n  _target_: src.models.cyclegan.CycleGAN\n")
+    assert type(load_model(ckpt)).__name__ == "CycleGAN"
+
+
+# -- translating files --------------------------------------------------------------------------
+
+
+def write_odd_inputs(folder: Path) -> dict[str, tuple[int, int]]:
+    """RGBA 37x45, grayscale 30x22 and RGB 37x45 images; name -> (height, width)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (37, 45, 4), dtype=np.uint8), "RGBA").save(folder / "rgba.png")
+    Image.fromarray(rng.integers(0, 256, (30, 22), dtype=np.uint8), "L").save(folder / "gray.jpg")
+    Image.fromarray(rng.integers(0, 256, (37, 45, 3), dtype=np.uint8)).save(folder / "rgb.png")
+    return {"rgba": (37, 45), "gray": (30, 22), "rgb": (37, 45)}
+
+
+def test_translate_script_writes_input_sized_outputs_and_an_onnx_graph(smoke_runs, tmp_path):
+    pytest.importorskip("onnxruntime")
+    sizes = write_odd_inputs(tmp_path / "in")
+    env = {**os.environ, "PROJECT_ROOT": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "src" / "translate.py"), f"ckpt_path={smoke_runs['cyclegan'].ckpt}",
+           f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "direction=BtoA", "batch_size=2",
+           "device=cpu", "export=onnx", "export_size=32", f"paths.log_dir={tmp_path / 'logs'}"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name, (height, width) in sizes.items():
+        with Image.open(tmp_path / "out" / f"{name}.png") as image:
+            assert (image.height, image.width, image.mode) == (height, width, "RGB")
+    assert (tmp_path / "out" / "generator_BtoA.onnx").is_file()
+
+
+def test_batched_translation_matches_one_at_a_time(smoke_runs, tmp_path):
+    sizes = write_odd_inputs(tmp_path)
+    model = load_model(smoke_runs["cyclegan"].ckpt)
+    paths = sorted(tmp_path.glob("*.*"))
+    batched = dict(translate_images(model, paths, "AtoB", batch_size=8))
+    single = dict(translate_images(model, paths, "AtoB", batch_size=1))
+    for path in paths:
+        assert batched[path].shape == (*sizes[path.stem], 3)
+        assert np.abs(batched[path].astype(int) - single[path].astype(int)).max() <= 1
+
+
+def test_pad_to_multiple_crops_back_exactly():
+    x = torch.rand(2, 3, 37, 45)
+    padded, box = pad_to_multiple(x, 4)
+    assert padded.shape[-2:] == (40, 48) and torch.equal(crop_to_box(padded, box), x)
+    tiny, box = pad_to_multiple(torch.rand(1, 1, 3, 5), 32)  # too small to reflect: replicated
+    assert tiny.shape[-2:] == (32, 32) and crop_to_box(tiny, box).shape[-2:] == (3, 5)
+    same, _ = pad_to_multiple(x[..., :36, :44], 4)
+    assert same.shape[-2:] == (36, 44)
+
+
+def test_size_multiples_follow_the_networks(smoke_runs):
+    num_downs = smoke_runs["pix2pix"].cfg.model.generator.num_downs
+    assert size_multiple(load_model(smoke_runs["pix2pix"].ckpt), "AtoB") == 2 ** num_downs
+    assert size_multiple(load_model(smoke_runs["cyclegan"].ckpt), "BtoA") == 4
+    assert size_multiple(load_model(smoke_runs["nicegan"].ckpt), "AtoB") == 4  # the source encoder's
+
+
+def translate_cfg(**values):
+    return OmegaConf.create({"ckpt_path": None, "input": None, "output": None, "direction": "AtoB",
+                             "batch_size": 8, "device": "cpu", "export": None, "export_size": 32, **values})
+
+
+def test_translate_errors_name_the_setting(smoke_runs, tmp_path):
+    write_odd_inputs(tmp_path / "in")
+    with pytest.raises(ValueError, match="ckpt_path is required"):
+        run_translation(translate_cfg(input=str(tmp_path / "in"), output=str(tmp_path)))
+    with pytest.raises(FileNotFoundError, match="ckpt_path="):
+        run_translation(translate_cfg(ckpt_path=str(tmp_path / "nope.ckpt"), input=str(tmp_path / "in")))
+    with pytest.raises(FileNotFoundError, match="input="):
+        run_translation(translate_cfg(ckpt_path=str(smoke_runs["pix2pix"].ckpt), input=str(tmp_path / "nope"),
+                                      output=str(tmp_path / "out")))
+    with pytest.raises(ValueError, match="direction=BtoA"):
+        run_translation(translate_cfg(ckpt_path=str(smoke_runs["pix2pix"].ckpt), input=str(tmp_path / "in"),
+                                      output=str(tmp_path / "out"), direction="BtoA"))
+    written = run_translation(translate_cfg(ckpt_path=str(smoke_runs["pix2pix"].ckpt), input=str(tmp_path / "in"),
+                                            output=str(tmp_path / "out")))["written"]
+    assert sorted(Path(p).name for p in written) == ["gray.png", "rgb.png", "rgba.png"]
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+
+def run_exported(path: Path, x: torch.Tensor) -> torch.Tensor:
+    if path.suffix == ".pt":
+        return torch.jit.load(str(path))(x)
+    import onnxruntime
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.parametrize("name,direction", [("cyclegan", "AtoB"), ("nicegan", "BtoA")])
+def test_export_matches_pytorch_at_any_size(smoke_runs, tmp_path, fmt, name, direction):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    model = load_model(smoke_runs[name].ckpt)
+    report = export_translation(model, direction, fmt, tmp_path, size=smoke_runs[name].cfg.data.size)
+    assert report["dynamic"] and report["checked"] and report["max_difference"] < 1e-3
+    path = Path(report["path"])
+    assert path.name == f"generator_{direction}{'.pt' if fmt == 'torchscript' else '.onnx'}"
+    x = torch.rand(3, 3, 36, 20) * 2 - 1  # another batch size and a non-square size than traced
+    assert torch.allclose(run_exported(path, x), model.translate(x, direction), atol=1e-4)
+
+
+# -- eval.py ---------------------------------------------------------------------------------
+
+
+def evaluate(run, tmp_path, shared_data_dir, *overrides):
+    from src.utils.evaluation import run_evaluation
+    data = run.cfg.data
+    cfg = compose_train_cfg([f"ckpt_path={run.ckpt}", f"data={data.name}", f"data.size={data.size}",
+                             f"data.max_dataset_size={data.max_dataset_size}", f"data.n_train={data.n_train}",
+                             f"data.n_test={data.n_test}", *overrides],
+                            tmp_path, shared_data_dir, config_name="eval")
+    try:
+        return run_evaluation(cfg), Path(cfg.output_dir)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_eval_writes_translations_per_source_file_and_every_metric(smoke_runs, tmp_path, shared_data_dir, capsys):
+    results, out = evaluate(smoke_runs["cyclegan"], tmp_path, shared_data_dir)
+    assert set(results) == {"AtoB", "BtoA"}
+    for direction, fake_dir, source in (("AtoB", "fakeB", "testA"), ("BtoA", "fakeA", "testB")):
+        metrics = results[direction]
+        for key in ("fid", "kid_x100", "iou", "color_error", "l1", "psnr", "ssim", "identity_iou"):
+            assert math.isfinite(metrics[key]), (direction, key)
+        assert 0.3 < metrics["identity_iou"] < 0.7 and metrics["identity_color_error"] < 1.0
+        written = sorted(p.name for p in (out / fake_dir).glob("*.png"))
+        data_dir = Path(smoke_runs["cyclegan"].cfg.data.data_dir)
+        expected = sorted(p.stem + ".png" for p in (data_dir / source).glob("*.png"))[:len(written)]
+        assert written and written == expected
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["metrics"]["AtoB"]["fid"] == results["AtoB"]["fid"]
+    assert capsys.readouterr().out.strip().startswith("| CycleGAN / shapes | AtoB: fid=")
+
+
+def test_eval_scores_pix2pix_one_way(smoke_runs, tmp_path, shared_data_dir):
+    results, out = evaluate(smoke_runs["pix2pix"], tmp_path, shared_data_dir)
+    assert set(results) == {"AtoB"} and not (out / "fakeA").exists()
+
+
+def test_eval_without_data_or_run_config_says_what_to_pass(smoke_runs, tmp_path, shared_data_dir):
+    from src.utils.evaluation import run_evaluation
+    cfg = compose_train_cfg([f"ckpt_path={smoke_runs['cyclegan'].ckpt}"], tmp_path, shared_data_dir,
+                            config_name="eval")
+    with pytest.raises(ValueError, match="pass data=NAME"):
+        run_evaluation(cfg)
