@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python src/trai
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from src.utils.ddp_multirun import argv_for_launched_rank  # noqa: E402
 from src.utils.run import run_training  # noqa: E402
 
 
@@ -28,4 +29,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    # A DDP rank Lightning launched for one job of a multirun joins that job instead of
+    # starting a sweep of its own (src/utils/ddp_multirun.py).
+    sys.argv = argv_for_launched_rank(sys.argv) or sys.argv
     main()

@@ -37,7 +37,8 @@ class ImageGridCallback(pl.Callback):
         save_image(grid, path)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image(key="samples", images=[str(path)], step=trainer.global_step)
+                # Step = iteration, the x-axis of every other metric (global_step counts optimizer steps).
+                logger.log_image(key="samples", images=[str(path)], step=iteration)
             elif isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("samples", grid, iteration, dataformats="HWC")
         self._last_saved = iteration

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.losses import AdversarialLoss
 from src.models.image_pool import ImagePool
+from src.models.loss_scaling import PlayerGradScalers
 from src.models.lr_schedules import build_scheduler
 from src.nets.init import init_weights
 from src.utils.rng import collect_rng_states, restore_rng_states
@@ -62,6 +63,17 @@ def sampling_mode(nets: list[nn.Module], batch_stats: bool = False, dropout: boo
             net.train(mode)
 
 
+def adam_kernel(params: list[torch.Tensor]) -> dict:
+    """Adam's fused kernel where torch has one for the parameters' device (CPU, CUDA).
+
+    It updates each tensor in one pass; torch's default on CPU is a Python loop of ~10
+    elementwise ops per tensor, which over U-GAT-IT's 113M discriminator parameters takes ~1.2 s
+    a step against ~0.1 s fused (1 thread). Same update up to float rounding.
+    """
+    supported = params and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return {"fused": True} if supported else {}
+
+
 class TranslationModel(pl.LightningModule):
     #: optimizer steps per training iteration; Lightning's global_step counts every one of them.
     optimizer_steps_per_iter: int = 2
@@ -77,6 +89,13 @@ class TranslationModel(pl.LightningModule):
                                            **self.loss_cfg.get("labels", {}))
         self.weights = dict(self.loss_cfg.get("weights", {}))
         self.pools: dict[str, ImagePool] = {}
+        self.grad_scalers: PlayerGradScalers | None = None
+
+    def setup(self, stage: str) -> None:
+        # fp16: one loss scaler per player's loss instead of Lightning's shared one (see
+        # src/models/loss_scaling.py). Here, before a resumed run restores the scalers' state.
+        if stage == "fit":
+            self.grad_scalers = PlayerGradScalers.install(self.trainer)
 
     # ----- what subclasses provide -------------------------------------------------------
     def player_modules(self) -> dict[str, list[nn.Module]]:
@@ -104,7 +123,7 @@ class TranslationModel(pl.LightningModule):
         for modules in self.player_modules().values():
             params = [p for m in modules for p in m.parameters()]
             optimizers.append(torch.optim.Adam(params, lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.5, 0.999))),
-                                               weight_decay=cfg.get("weight_decay", 0.0)))
+                                               weight_decay=cfg.get("weight_decay", 0.0), **adam_kernel(params)))
         schedulers = [build_scheduler(opt, **self.lr_schedule_cfg) for opt in optimizers]
         return optimizers, schedulers
 
@@ -136,12 +155,20 @@ class TranslationModel(pl.LightningModule):
         optimizers = optimizers if isinstance(optimizers, (list, tuple)) else [optimizers]
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        for opt in optimizers:
-            opt.step()
-            # Free the gradients now: they are stale once stepped, and holding them through
-            # the other players' steps only costs memory.
-            opt.zero_grad(set_to_none=True)
+        with self.loss_scaling(optimizers):
+            self.manual_backward(loss)
+            for opt in optimizers:
+                opt.step()
+                # Free the gradients now: they are stale once stepped, and holding them through
+                # the other players' steps only costs memory.
+                opt.zero_grad(set_to_none=True)
+
+    def loss_scaling(self, optimizers):
+        """fp16: the loss scaler of the players these optimizers train; otherwise nothing."""
+        if self.grad_scalers is None:
+            return contextlib.nullcontext()
+        names = [name for name, opt in self.named_optimizers().items() if any(opt is o for o in optimizers)]
+        return self.grad_scalers.scaling("+".join(names))
 
     def _step_schedulers(self) -> None:
         schedulers = self.lr_schedulers()

@@ -126,7 +126,7 @@ class NICEGAN(TranslationModel):
         self.log_dict({"train/G": loss_g.detach(), "train/D": loss_d.detach()}, prog_bar=True, batch_size=batch_size)
         if self.iteration % self.hparams.log_rho_every_n_iters == 0:
             metrics = rho_metrics({"G_AB": self.G_AB, "G_BA": self.G_BA})
-            metrics.update({f"attention_gamma/D_{d}": float(self.discriminator_of(d).encoder.attention.gamma)
+            metrics.update({f"attention_gamma/D_{d}": self.discriminator_of(d).encoder.attention.gamma.item()
                             for d in "AB"})
             self.log_dict(metrics, batch_size=batch_size)
 

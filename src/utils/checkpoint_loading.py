@@ -21,6 +21,7 @@ import hydra
 import torch
 from omegaconf import OmegaConf
 
+from src.callbacks.ema import averaged_state_dict
 from src.models.base import TranslationModel
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,12 @@ def _build(cls: type[TranslationModel], hparams: dict) -> TranslationModel:
         return cls(**hparams)
 
 
-def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> TranslationModel:
-    """The model saved in a Lightning checkpoint, on `map_location`, in eval mode."""
+def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", use_ema: bool = True) -> TranslationModel:
+    """The model saved in a Lightning checkpoint, on `map_location`, in eval mode.
+
+    With `use_ema` (the default) and a run that kept an EMA of its generators, the averaged
+    weights replace the trained ones: they are what the run sampled and evaluated with.
+    """
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
@@ -87,6 +92,10 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"ckpt_path={ckpt_path} is not a training checkpoint of this codebase "
                          f"(needs 'state_dict' and 'hyper_parameters')")
     hparams, state_dict = dict(checkpoint["hyper_parameters"]), checkpoint["state_dict"]
+    averaged = averaged_state_dict(checkpoint) if use_ema else None
+    if averaged is not None:
+        log.info("Using the EMA weights of %s", path)
+        state_dict = averaged
 
     configured = model_class_from_run_config(path)
     if configured is not None:

@@ -8,7 +8,10 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from src.callbacks.rank_seed import RankSeed
+from src.utils.ddp_multirun import job_shared_with_launched_ranks
 from src.utils.instantiate import instantiate_list
+from src.utils.wandb_run import WandbRunIdCallback, finish_wandb_run, is_wandb_node, with_wandb_identity
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,30 @@ def default_wandb_offline() -> None:
         os.environ["WANDB_MODE"] = "offline"
 
 
+def check_sync_batchnorm(cfg: DictConfig, model) -> None:
+    """SyncBatchNorm in train mode all-reduces on every forward. A model that samples with
+    batch statistics (pix2pix's test-time default) puts it in train mode while sampling, which
+    runs on rank zero alone (image grids) or on uneven shards (evaluation): a deadlock."""
+    if cfg.trainer.get("sync_batchnorm") and model.sampling_options().get("batch_stats"):
+        raise ValueError("trainer.sync_batchnorm=true needs model.test_time_batch_stats=false: sampling with batch "
+                         "statistics would all-reduce from one rank and hang (see conf/trainer/ddp.yaml)")
+
+
+def order_callbacks(callbacks: list[pl.Callback]) -> list[pl.Callback]:
+    """Callbacks flagged `runs_first` (the EMA, which swaps in the weights the others sample
+    with) before the rest; the rest keep their config order."""
+    return sorted(callbacks, key=lambda cb: not getattr(cb, "runs_first", False))
+
+
+def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.Callback]:
+    """The configured callbacks, plus those every run needs: distinct random streams per DDP
+    rank, and the wandb run id in checkpoints when logging to wandb."""
+    callbacks = instantiate_list(cfg.get("callbacks"), "callbacks") + [RankSeed()]
+    if logger_cfg and any(is_wandb_node(node) for node in logger_cfg.values()):
+        callbacks.append(WandbRunIdCallback())
+    return order_callbacks(callbacks)
+
+
 def run_training(cfg: DictConfig) -> dict[str, float]:
     default_wandb_offline()
     if cfg.get("seed") is not None:
@@ -42,8 +69,10 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     for name, child in model.named_children():
         log.info("%s: %s parameters", name, f"{count_parameters(child):,}")
-    callbacks = instantiate_list(cfg.get("callbacks"), "callbacks")
-    loggers = instantiate_list(cfg.get("logger"), "logger")
+    check_sync_batchnorm(cfg, model)
+    logger_cfg = with_wandb_identity(cfg.get("logger"), cfg)
+    callbacks = build_callbacks(cfg, logger_cfg)
+    loggers = instantiate_list(logger_cfg, "logger")
     trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -51,7 +80,11 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     if trainer.checkpoint_callback is None:
         raise ValueError("No checkpoint callback configured: add callbacks.model_checkpoint "
                          "(see conf/callbacks/default.yaml) so the run ends with a checkpoint")
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        with job_shared_with_launched_ranks(trainer):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    finally:
+        finish_wandb_run()
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.is_global_zero:

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Reproduces experiments/shapes_quickstart: each translation model trained with
+# `experiment=quickstart` on the embedded shapes data, then scored by src/eval.py.
+# Usage (from the repository root, after `make install`): bash experiments/shapes_quickstart/run.sh [model ...]
+set -euo pipefail
+export NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=disabled PROJECT_ROOT="$PWD"
+here=experiments/shapes_quickstart
+models=("${@:-cyclegan pix2pix ugatit nicegan}")
+for model in ${models[@]}; do
+  run_dir="logs/$here/$model"
+  rm -rf "$run_dir"
+  .venv/bin/python src/train.py experiment=quickstart model="$model" hydra.run.dir="$run_dir"
+  .venv/bin/python src/eval.py ckpt_path="$run_dir/checkpoints/last.ckpt" output_dir="$run_dir/eval" \
+    name="$model" hydra.run.dir="$run_dir/eval" | grep '^|'
+  mkdir -p "$here/$model"
+  cp "$run_dir/eval/metrics.json" "$here/$model/metrics.json"
+  cp "$(ls "$run_dir"/samples/iter_*.png | tail -n 1)" "$here/$model/samples_final.png"
+  cp -r "$run_dir/.hydra" "$here/$model/hydra_config"
+done
+.venv/bin/python "$here/table.py"

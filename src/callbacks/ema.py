@@ -1,0 +1,192 @@
+"""Exponential moving average (EMA) of the translation networks, for sampling and evaluation.
+
+After every training iteration: `ema = decay * ema + (1 - decay) * weights`; before `start_iter`
+the average just copies the weights (so it does not drag the random initialisation along).
+
+What is averaged: the networks a translation runs through (`pl_module.translation_nets` of each
+direction the model translates): the generators, and for NICE-GAN the encoders too (its
+translation is G(E(x)), and an averaged G fed by a live E would see latents it was not averaged
+for). Discriminators are not averaged. Parameters only: buffers (spectral-norm vectors,
+batch-norm statistics) stay the live ones.
+
+Which weights who sees:
+- every training step runs on the training weights;
+- between iterations, where every sampling callback runs (image grids, FID/KID, latent and
+  ground-truth evaluations, at batch end, epoch end and train end), the networks hold the
+  average. The callback swaps it in right after updating it at the end of each training batch,
+  and puts the training weights back before the next batch, on an exception and when fit ends.
+  So the callback must run first: src/utils/run.py puts it first (`runs_first`), and `setup`
+  refuses an order where a sampling hook of another callback would come before the swap.
+
+Checkpoints: `checkpoint["state_dict"]` always holds the training weights (a checkpoint written
+while the average is swapped in is corrected in `on_save_checkpoint`); the average is under
+`checkpoint["ema"]["state_dict"]` with the model's own keys, so `averaged_state_dict(checkpoint)`
+is a full state dict of the averaged model. Resuming continues the average. (A weights-only
+checkpoint, `save_weights_only`, skips callback hooks: saved between iterations, its `state_dict`
+holds the average.)
+
+Lightning's EMAWeightAveraging is not used: it averages the whole module (discriminators too),
+writes the average over `state_dict` and leaves it in the model when fit ends.
+"""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities.model_helpers import is_overridden
+
+DIRECTIONS = ("AtoB", "BtoA")
+#: Callback hooks that run between iterations: where other callbacks sample.
+SAMPLING_HOOKS = ("on_train_batch_end", "on_train_epoch_end", "on_train_end")
+
+
+def averaged_parameter_names(pl_module: pl.LightningModule) -> list[str]:
+    """State-dict keys of the parameters of every network a translation runs through."""
+    nets = []
+    for direction in DIRECTIONS:
+        try:
+            nets.extend(pl_module.translation_nets(direction))
+        except (ValueError, NotImplementedError):
+            continue  # a direction the model does not translate (pix2pix: BtoA)
+    wanted = {id(p) for net in nets for p in net.parameters()}
+    return [name for name, p in pl_module.named_parameters() if id(p) in wanted]
+
+
+def ema_update_(averaged: list[torch.Tensor], current: list[torch.Tensor], decay: float) -> None:
+    """averaged = decay * averaged + (1 - decay) * current, in place."""
+    for avg, cur in zip(averaged, current):
+        avg.mul_(decay).add_(cur * (1.0 - decay))
+
+
+def averaged_state_dict(checkpoint: dict) -> dict[str, torch.Tensor] | None:
+    """The checkpoint's model state dict with the EMA weights in place of the trained ones;
+    None if the run kept no EMA."""
+    ema = checkpoint.get("ema")
+    if not ema:
+        return None
+    return {**checkpoint["state_dict"], **ema["state_dict"]}
+
+
+class GeneratorEMA(pl.Callback):
+    """EMA of the translation networks (see the module docstring).
+
+    Args:
+        decay: weight of the old average in each update (0.999: an average over ~1000 iterations).
+        start_iter: iterations before this one copy the weights instead of averaging them.
+        enabled: false leaves training and sampling exactly as without the callback.
+    """
+
+    #: src/utils/run.py puts callbacks with this flag first: the others must see the swap.
+    runs_first = True
+
+    def __init__(self, decay: float = 0.999, start_iter: int = 0, enabled: bool = True):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"callbacks.ema.decay={decay!r} must be in [0, 1)")
+        if not isinstance(start_iter, int) or start_iter < 0:
+            raise ValueError(f"callbacks.ema.start_iter={start_iter!r} must be a non-negative int")
+        self.decay, self.start_iter, self.enabled = float(decay), start_iter, enabled
+        self.names: list[str] = []
+        self.averaged: list[torch.Tensor] = []  # the EMA, in the order of `names`
+        self._stash: list[torch.Tensor] = []  # the training weights while the EMA is swapped in
+        self._params: list[torch.nn.Parameter] = []
+        self._swapped_in = False
+        self._restored: dict[str, torch.Tensor] | None = None
+        self.updates = 0  # iterations folded into the average (copies included)
+        self._last_update_iter = -1
+
+    # ----- set-up --------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self.enabled or stage != "fit":
+            return
+        position = trainer.callbacks.index(self)
+        before = [type(cb).__name__ for cb in trainer.callbacks[:position]
+                  if any(is_overridden(hook, cb, pl.Callback) for hook in SAMPLING_HOOKS)]
+        if before:
+            raise ValueError(f"GeneratorEMA must come before {before} in the callbacks: they sample at batch end "
+                             "and would see the training weights (src/utils/run.py orders callbacks this way)")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Here, not in setup: a resumed model has its weights only now, on its device.
+        if not self.enabled:
+            return
+        params = dict(pl_module.named_parameters())
+        self.names = averaged_parameter_names(pl_module)
+        self._params = [params[name] for name in self.names]
+        if self._restored is not None:
+            missing = [n for n in self.names if n not in self._restored]
+            if missing:
+                raise KeyError(f"The checkpoint's EMA lacks {missing[:3]}...: it comes from another model")
+            self.averaged = [self._restored[n].to(p.device, p.dtype).clone() for n, p in zip(self.names, self._params)]
+            self._restored = None
+        else:
+            self.averaged = [p.detach().clone() for p in self._params]
+        self._stash = [torch.empty_like(p) for p in self._params]
+        rank_zero_info(f"EMA of {sum(p.numel() for p in self._params):,} translation-network parameters, "
+                       f"decay {self.decay}, averaging from iteration {self.start_iter}")
+
+    # ----- the average -----------------------------------------------------------------------
+    @torch.no_grad()
+    def update(self, iteration: int) -> None:
+        current = [p.detach() for p in self._params]
+        if iteration < self.start_iter:
+            torch._foreach_copy_(self.averaged, current)
+        else:
+            ema_update_(self.averaged, current, self.decay)
+        self.updates += 1
+        self._last_update_iter = iteration
+
+    @torch.no_grad()
+    def swap_in(self) -> None:
+        """Training weights -> stash, average -> networks."""
+        if not self._swapped_in:
+            torch._foreach_copy_(self._stash, [p.detach() for p in self._params])
+            torch._foreach_copy_([p.detach() for p in self._params], self.averaged)
+            self._swapped_in = True
+
+    @torch.no_grad()
+    def swap_out(self) -> None:
+        """Stash (training weights) -> networks."""
+        if self._swapped_in:
+            torch._foreach_copy_([p.detach() for p in self._params], self._stash)
+            self._swapped_in = False
+
+    # ----- when ------------------------------------------------------------------------------
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.enabled:
+            self.swap_out()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.enabled:
+            return
+        iteration = pl_module.iteration
+        if iteration != self._last_update_iter:
+            self.update(iteration)
+        self.swap_in()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # After on_train_end (where callbacks still evaluate): the model leaves fit trained.
+        if self.enabled:
+            self.swap_out()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self.enabled:
+            self.swap_out()
+
+    # ----- checkpoints -----------------------------------------------------------------------
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if not self.enabled or not self.names:
+            return
+        state_dict = checkpoint["state_dict"]
+        if self._swapped_in:
+            # The model's state dict was read with the average in: give it the training weights.
+            for name, weights in zip(self.names, self._stash):
+                state_dict[name] = weights.clone()
+        checkpoint["ema"] = {"decay": self.decay, "start_iter": self.start_iter, "updates": self.updates,
+                             "state_dict": {n: t.clone() for n, t in zip(self.names, self.averaged)}}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        ema = checkpoint.get("ema")
+        if not self.enabled or not ema:
+            return  # without a saved average, on_train_start starts one from the resumed weights
+        self._restored = dict(ema["state_dict"])
+        self.updates = int(ema.get("updates", 0))

@@ -1,0 +1,26 @@
+"""A different random stream on each DDP rank.
+
+Every rank runs the same config and seeds with the same `seed`, which is what the initial
+weights need (DDP then broadcasts rank 0's anyway). Left like that, the ranks would also draw
+the same random flips, the same random B partners (the unpaired dataset draws them from torch's
+RNG), and the same image-pool and dropout decisions for their different images: the data of N
+ranks would be less varied than that of one process running N times as long.
+
+At train start (after a resume has put rank 0's saved RNG states on every rank), each rank
+r > 0 reseeds python, numpy and torch from a seed drawn from its current stream and mixed with
+r: deterministic, and distinct per rank. Rank 0 (and so every single-process run) keeps its
+stream untouched, so seeded runs and resumes stay bit-exact.
+"""
+import pytorch_lightning as pl
+import torch
+
+# A large odd multiplier spreads consecutive ranks far apart in seed space.
+_RANK_STRIDE = 1_000_003
+
+
+class RankSeed(pl.Callback):
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        rank = trainer.global_rank
+        if trainer.world_size > 1 and rank > 0:
+            drawn = int(torch.randint(0, 2**31 - 1, ()).item())
+            pl.seed_everything((drawn + _RANK_STRIDE * rank) % 2**32, workers=True, verbose=False)

@@ -1,0 +1,148 @@
+"""Hydra multirun jobs trained with Lightning's subprocess DDP launcher (`trainer=ddp`, `ddp_sim`).
+
+Lightning starts ranks 1..N-1 of a job by re-running this script's command line: `sys.argv`
+plus `hydra.run.dir=<run.dir>`, `hydra.job.name=...`, `hydra.output_subdir=null` (see
+`_hydra_subprocess_cmd` in lightning_fabric/strategies/launchers/subprocess_script.py). In a
+multirun that command line still holds `-m` and the sweep, so every launched rank would start a
+sweep of its own: a different run dir (the multirun job's is a sweep subdir, not `run.dir`),
+jobs racing each other, and under Optuna parameters sampled independently on each rank (seen
+crashing). And rank 0, which runs every job of the sweep in one process, would find the
+previous job's `LOCAL_RANK`/`MASTER_PORT` and process group still set, and not launch the next
+job's ranks at all.
+
+So, on rank 0 of a multirun job (`job_shared_with_launched_ranks`):
+- before fit, the job's own overrides (sweep values and Optuna samples included, as Hydra
+  resolved them for this job) and its run dir go into an environment variable that Lightning
+  copies into the launched ranks;
+- after fit, it waits for those ranks, destroys the process group and restores the launcher's
+  environment variables, so the next job starts clean.
+A launched rank (`argv_for_launched_rank`, called by src/train.py before Hydra parses the
+command line) replaces its command line by that one job's, as a single run in the same run dir.
+
+Ranks started by an external launcher (torchrun, SLURM's srun) do not go through this: each
+process runs the command it was given, so there a sweep must not sample per process (use the
+submitit launcher, which runs every job as one SLURM job of N tasks; see README).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+
+import torch.distributed as dist
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+log = logging.getLogger(__name__)
+
+#: Carries the multirun job (overrides and run dir) from rank 0 to the ranks Lightning launches.
+JOB_ENV = "GAN_TRAIN_DDP_JOB"
+#: What Lightning's launcher sets in rank 0's own environment for its children.
+LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+#: Seconds rank 0 waits for a job's other ranks to exit before starting the next job.
+RANK_EXIT_TIMEOUT_S = 600
+
+
+def quote_override_value(value: str) -> str:
+    """A string as a quoted Hydra override value (paths may hold '=', ',' or spaces)."""
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+# Hydra command-line flags followed by a separate value (`--config-name other`).
+_FLAGS_WITH_VALUE = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-p", "--package",
+                     "--experimental-rerun")
+_MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def hydra_flags(argv: list[str]) -> list[str]:
+    """The Hydra flags of a command line (config name, dir...) without -m and without overrides."""
+    flags, tokens = [], iter(argv)
+    for token in tokens:
+        if token in _MULTIRUN_FLAGS or not token.startswith("-"):
+            continue
+        flags.append(token)
+        if token in _FLAGS_WITH_VALUE:
+            flags.append(next(tokens, ""))
+    return flags
+
+
+def argv_for_launched_rank(argv: list[str], environ=os.environ) -> list[str] | None:
+    """For a process Lightning launched as rank > 0 of a multirun job: the command line of that
+    single job (same flags and overrides, same run dir, Hydra in run mode). None for any other
+    process."""
+    job = environ.get(JOB_ENV)
+    local_rank = environ.get("LOCAL_RANK", "0")
+    if not job or local_rank == "0":
+        return None
+    spec = json.loads(job)
+    return [argv[0], *hydra_flags(argv[1:]), *spec["hydra_overrides"], *spec["overrides"],
+            f"hydra.run.dir={quote_override_value(spec['run_dir'])}",
+            "hydra.output_subdir=null",  # rank 0 wrote the job's .hydra/ already
+            f"hydra.job.name=train_ddp_process_{local_rank}",  # its own log file in the run dir
+            "hydra.mode=RUN"]  # also when the config itself asks for a sweep (hparams_search)
+
+
+# Hydra overrides rank 0 sets for a launched rank itself, or that only matter to a sweep.
+_REPLACED_HYDRA_KEYS = ("hydra.run.dir", "hydra.output_subdir", "hydra.job.name", "hydra.mode")
+
+
+def _job_spec() -> dict:
+    hydra_cfg = HydraConfig.get()
+    hydra_overrides = [o for o in hydra_cfg.overrides.hydra
+                       if not o.lstrip("+~").split("=", 1)[0].startswith(_REPLACED_HYDRA_KEYS)]
+    return {"overrides": list(hydra_cfg.overrides.task), "hydra_overrides": hydra_overrides,
+            "run_dir": hydra_cfg.runtime.output_dir}
+
+
+def launches_ranks_for_multirun_job(trainer) -> bool:
+    """True on rank 0 of a Hydra multirun job whose Trainer will launch the other ranks itself."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    launcher = getattr(trainer.strategy, "launcher", None)
+    return (isinstance(launcher, _SubprocessScriptLauncher)
+            and not trainer.strategy.cluster_environment.creates_processes_externally)
+
+
+@contextlib.contextmanager
+def job_shared_with_launched_ranks(trainer):
+    """Around `trainer.fit` (see the module docstring); does nothing outside a multirun job."""
+    if not launches_ranks_for_multirun_job(trainer):
+        yield
+        return
+    saved = {key: os.environ.get(key) for key in (JOB_ENV, *LAUNCHER_ENV)}
+    os.environ[JOB_ENV] = json.dumps(_job_spec())
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        codes = _wait_for_launched_ranks(trainer.strategy.launcher)
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    bad = {rank: code for rank, code in codes.items() if code not in (0, None)}
+    if bad and not failed:
+        raise RuntimeError(f"Ranks of this multirun job exited with codes {bad}")
+
+
+def _wait_for_launched_ranks(launcher) -> dict[int, int | None]:
+    """Local rank -> exit code (None: still running after the timeout)."""
+    codes = {}
+    for local_rank, proc in enumerate(getattr(launcher, "procs", []), start=1):
+        try:
+            codes[local_rank] = proc.wait(timeout=RANK_EXIT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            # A stuck rank must not stall the rest of the sweep.
+            log.warning("Rank %d (pid %d) still running after %d s; starting the next job anyway",
+                        local_rank, proc.pid, RANK_EXIT_TIMEOUT_S)
+            codes[local_rank] = None
+    return codes

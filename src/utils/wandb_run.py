@@ -1,0 +1,124 @@
+"""Who a training run is in wandb: its name, group and tags, and the run a resume continues.
+
+Filled into every WandbLogger node of the logger config whose value is null (an explicit value
+in the config or on the command line wins):
+- name:  `<model>-<data>[-<overrides>]`, the job's command-line overrides minus those that say
+  where rather than what (paths, ckpt_path, model=, data=): jobs of one sweep differ by name;
+- group: `<task_name>` for a single run, `<task_name>/<sweep dir name>` for the jobs of a
+  multirun, so a sweep's runs sit together and compare side by side;
+- tags:  `tags` of the config plus the chosen experiment, hparams_search and debug configs, and
+  `multirun` for sweep jobs;
+- id:    on resume (`ckpt_path`), the run id stored in the checkpoint (`WandbRunIdCallback`), so
+  the resumed run continues the same wandb run (WandbLogger passes `resume="allow"`);
+- mode:  WANDB_MODE as it is when the run starts (wandb reads it once per process, so the jobs
+  of a multirun or a notebook would otherwise all keep the first run's mode).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+WANDB_LOGGER_TARGETS = ("pytorch_lightning.loggers.WandbLogger", "pytorch_lightning.loggers.wandb.WandbLogger",
+                        "lightning.pytorch.loggers.WandbLogger", "lightning.pytorch.loggers.wandb.WandbLogger")
+#: Checkpoint key of the wandb run id.
+CHECKPOINT_KEY = "wandb_run_id"
+#: Overrides left out of run names: where things are, not what is trained.
+NAME_EXCLUDED_PREFIXES = ("paths.", "ckpt_path", "hydra", "model=", "data=", "logger", "trainer.devices",
+                          "trainer.num_nodes")
+#: Config groups whose choice becomes a tag.
+TAGGED_GROUPS = ("experiment", "hparams_search", "debug")
+MAX_NAME_LENGTH = 128
+
+
+def _hydra_config() -> DictConfig | None:
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def job_overrides() -> list[str]:
+    hydra_cfg = _hydra_config()
+    return list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
+
+
+def run_name(cfg: DictConfig, overrides: list[str]) -> str:
+    kept = [o.lstrip("+~") for o in overrides if not o.lstrip("+~").startswith(NAME_EXCLUDED_PREFIXES)]
+    parts = [str(cfg.get("model_name", "model")), str(cfg.data.get("name", "data"))]
+    if kept:
+        parts.append(",".join(kept))
+    return "-".join(parts)[:MAX_NAME_LENGTH]
+
+
+def is_multirun() -> bool:
+    hydra_cfg = _hydra_config()
+    return hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
+
+
+def run_group(cfg: DictConfig) -> str:
+    task = str(cfg.get("task_name", "train"))
+    if is_multirun():
+        return f"{task}/{Path(_hydra_config().sweep.dir).name}"
+    return task
+
+
+def run_tags(cfg: DictConfig) -> list[str]:
+    tags = [str(t) for t in (cfg.get("tags") or [])]
+    hydra_cfg = _hydra_config()
+    if hydra_cfg is not None:
+        choices = hydra_cfg.runtime.choices
+        tags += [f"{group}:{choices[group]}" for group in TAGGED_GROUPS if choices.get(group) not in (None, "null")]
+    if is_multirun():
+        tags.append("multirun")
+    return list(dict.fromkeys(tags))  # unique, in order
+
+
+def run_id_from_checkpoint(ckpt_path: str | None) -> str | None:
+    """The wandb run id a checkpoint was written under (None: no checkpoint, or no wandb run)."""
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return None
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    return checkpoint.get(CHECKPOINT_KEY)
+
+
+def is_wandb_node(node) -> bool:
+    return isinstance(node, DictConfig) and node.get("_target_") in WANDB_LOGGER_TARGETS
+
+
+def with_wandb_identity(logger_cfg: DictConfig | None, cfg: DictConfig) -> DictConfig | None:
+    """A copy of the logger config with name, group, tags and (on resume) id filled in for wandb."""
+    if not logger_cfg or not any(is_wandb_node(node) for node in logger_cfg.values()):
+        return logger_cfg
+    logger_cfg = OmegaConf.create(OmegaConf.to_container(logger_cfg, resolve=True))
+    derived = {"name": run_name(cfg, job_overrides()), "group": run_group(cfg), "tags": run_tags(cfg),
+               "id": run_id_from_checkpoint(cfg.get("ckpt_path")), "mode": os.environ.get("WANDB_MODE")}
+    with open_dict(logger_cfg):
+        for node in logger_cfg.values():
+            if is_wandb_node(node):
+                for key, value in derived.items():
+                    if node.get(key) is None and value is not None:
+                        node[key] = value
+    return logger_cfg
+
+
+class WandbRunIdCallback(pl.Callback):
+    """Writes the wandb run id into every checkpoint, for `with_wandb_identity` to resume it."""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        from pytorch_lightning.loggers import WandbLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger.version:
+                checkpoint[CHECKPOINT_KEY] = str(logger.version)
+
+
+def finish_wandb_run() -> None:
+    """End the process' wandb run: the next job of a multirun would otherwise be logged into it
+    (WandbLogger reuses a run in progress)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()

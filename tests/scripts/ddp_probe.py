@@ -1,0 +1,43 @@
+"""Test-only callback: what one DDP rank trained on and ended with, written to the run dir.
+
+Added from the command line (`+callbacks.rank_probe._target_=tests.scripts.ddp_probe.RankProbe`),
+so it runs in every rank of a `python src/train.py` subprocess, launched ranks included. Each
+rank writes `rank_probe_<global rank>.pt` into its run dir when fit ends: the images it trained
+on, its RNG state at the first batch, the weights the sampling callbacks saw at train end (the
+EMA when enabled) and the trained weights.
+"""
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+
+
+class RankProbe(pl.Callback):
+    def __init__(self):
+        self.paths: list[tuple[str, str]] = []
+        self.rng_state_at_first_batch: torch.Tensor | None = None
+        self.sampled_params: dict[str, torch.Tensor] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.rng_state_at_first_batch is None:
+            self.rng_state_at_first_batch = torch.get_rng_state()
+        self.paths.extend(zip(batch["A_path"], batch["B_path"]))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.sampled_params = {n: p.detach().cpu().clone() for n, p in pl_module.named_parameters()}
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        torch.save({
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "run_dir": str(trainer.default_root_dir),
+            "iteration": pl_module.iteration,
+            "paths": self.paths,
+            "rng_state_at_first_batch": self.rng_state_at_first_batch,
+            "sampled_params": self.sampled_params,
+            "params": {n: p.detach().cpu().clone() for n, p in pl_module.named_parameters()},
+            "hparams": OmegaConf.to_container(OmegaConf.create(dict(pl_module.hparams))),
+        }, Path(trainer.default_root_dir) / f"rank_probe_{trainer.global_rank}.pt")

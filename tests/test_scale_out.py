@@ -1,0 +1,481 @@
+"""Scaling out: DDP (2 CPU processes) for every model, multirun with DDP and Optuna, the EMA of
+the generators, mixed precision, wandb run identity, and the SLURM launcher config."""
+import contextlib
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf, open_dict
+from pytorch_lightning.plugins.precision import MixedPrecision
+
+from src.callbacks.ema import GeneratorEMA, averaged_state_dict, ema_update_
+from src.callbacks.image_grid import ImageGridCallback
+from src.models.loss_scaling import PlayerGradScalers
+from src.utils.ddp_multirun import JOB_ENV, argv_for_launched_rank
+from src.utils.run import build_callbacks, build_trainer_kwargs, check_sync_batchnorm, order_callbacks, run_training
+from src.utils.wandb_run import CHECKPOINT_KEY
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+MODELS = ("cyclegan", "pix2pix", "ugatit", "nicegan")
+DATA_OF = {"cyclegan": "shapes", "pix2pix": "shapes_paired", "ugatit": "shapes", "nicegan": "shapes"}
+# The evaluation callbacks have their own tests; runs here that do not need them go faster without.
+NO_EVALUATION = ("++callbacks.fid_kid=null", "++callbacks.latent=null", "++callbacks.shapes_truth=null")
+PROBE = "+callbacks.rank_probe._target_=tests.scripts.ddp_probe.RankProbe"
+# `++`: whether or not conf/callbacks/default.yaml includes conf/callbacks/ema.yaml.
+EMA = ("++callbacks.ema._target_=src.callbacks.ema.GeneratorEMA", "++callbacks.ema.enabled=true",
+       "++callbacks.ema.decay=0.5")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One thread, as the DDP ranks use: on 2 shared cores, two threads per process thrash."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_train(*args: str, cwd: Path, data_dir: Path, wandb_mode: str = "disabled") -> subprocess.CompletedProcess:
+    """`python src/train.py debug=smoke <args>` as a user runs it, logs under cwd/logs."""
+    env = {**os.environ, "PROJECT_ROOT": str(ROOT), "WANDB_MODE": wandb_mode, "NO_ALBUMENTATIONS_UPDATE": "1",
+           "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    env.pop(JOB_ENV, None)
+    flags = [a for a in args if a.startswith("-")]  # Hydra's flags go before the overrides
+    overrides = [a for a in args if not a.startswith("-")]
+    cmd = [sys.executable, str(ROOT / "src" / "train.py"), *flags, "debug=smoke", f"paths.log_dir={cwd}/logs",
+           f"paths.data_dir={data_dir}", "data.max_dataset_size=4", "max_iters=2", *overrides]
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def the_sweep_dir(cwd: Path) -> Path:
+    sweeps = list((cwd / "logs" / "smoke" / "multiruns").iterdir())
+    assert len(sweeps) == 1, sweeps
+    assert not (cwd / "logs" / "smoke" / "runs").exists(), "a rank started a run outside the sweep"
+    return sweeps[0]
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    return sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def rank_probes(job: Path) -> list[dict]:
+    files = sorted(job.glob("rank_probe_*.pt"))
+    assert [f.name for f in files] == ["rank_probe_0.pt", "rank_probe_1.pt"], f"{job}: {files}"
+    return [torch.load(f, weights_only=False) for f in files]
+
+
+def assert_ranks_agree_on_different_data(probes: list[dict]) -> None:
+    first, second = probes
+    assert first["world_size"] == second["world_size"] == 2
+    assert first["iteration"] == second["iteration"] == 2
+    assert first["hparams"] == second["hparams"]
+    assert first["run_dir"] == second["run_dir"]
+    assert first["params"].keys() == second["params"].keys()
+    for key in ("params", "sampled_params"):
+        for name, value in first[key].items():
+            assert torch.equal(value, second[key][name]), f"{key} {name} differs between the ranks"
+    # Lightning's DistributedSampler: each rank its own images; RankSeed: its own random stream.
+    assert not {a for a, _ in first["paths"]} & {a for a, _ in second["paths"]}
+    assert not torch.equal(first["rng_state_at_first_batch"], second["rng_state_at_first_batch"])
+
+
+# ----- DDP: every model, through a multirun of `python src/train.py ... trainer=ddp_sim` --------
+
+@pytest.fixture(scope="module")
+def ddp_sweep(tmp_path_factory, shared_data_dir) -> Path:
+    """One basic-launcher multirun, one job per model, each on 2 CPU processes started by
+    Lightning's subprocess launcher (the path `trainer=ddp` takes), with the EMA and every
+    configured callback, logging to wandb offline."""
+    cwd = tmp_path_factory.mktemp("ddp_sweep")
+    run_train("-m", f"model={','.join(MODELS)}", "data=shapes_paired", "trainer=ddp_sim", "logger=wandb", PROBE, *EMA,
+              cwd=cwd, data_dir=shared_data_dir, wandb_mode="offline")
+    return the_sweep_dir(cwd)
+
+
+def test_ddp_multirun_runs_each_job_once_in_its_own_dir(ddp_sweep):
+    jobs = job_dirs(ddp_sweep)
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]
+    for job in jobs:
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        assert (job / ".hydra" / "overrides.yaml").is_file()
+        assert (job / "train_ddp_process_1.log").is_file()  # rank 1 ran in this job's dir
+        assert len(rank_probes(job)) == 2
+
+
+@pytest.mark.parametrize("index,model_name", list(enumerate(MODELS)))
+def test_ddp_ranks_end_identical_after_training_on_different_images(ddp_sweep, index, model_name):
+    job = job_dirs(ddp_sweep)[index]
+    assert OmegaConf.load(job / ".hydra" / "config.yaml").model_name == model_name
+    probes = rank_probes(job)
+    assert_ranks_agree_on_different_data(probes)
+    # The sampling callbacks saw the EMA; the checkpoint holds it apart from the trained weights.
+    checkpoint = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)
+    for name, value in checkpoint["ema"]["state_dict"].items():
+        assert torch.equal(probes[0]["sampled_params"][name], value), name
+    assert any(not torch.equal(value, checkpoint["state_dict"][name])
+               for name, value in checkpoint["ema"]["state_dict"].items())
+    for name, value in probes[0]["params"].items():
+        assert torch.equal(checkpoint["state_dict"][name], value), name
+
+
+def test_each_multirun_job_is_its_own_wandb_run(ddp_sweep):
+    ids = []
+    for job in job_dirs(ddp_sweep):
+        runs = list((job / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert len(runs) == 1, runs
+        ids.append(runs[0].stem.removeprefix("run-"))
+        record = runs[0].read_bytes()
+        model_name = OmegaConf.load(job / ".hydra" / "config.yaml").model_name
+        assert f"{model_name}-shapes_paired-".encode() in record  # run name
+        assert f"smoke/{ddp_sweep.name}".encode() in record  # group: the sweep
+        checkpoint = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)
+        assert checkpoint[CHECKPOINT_KEY] == ids[-1]
+    assert len(set(ids)) == len(ids)
+
+
+# ----- Optuna under DDP ------------------------------------------------------------------------
+
+def test_optuna_sweep_under_ddp_gives_both_ranks_the_same_trial(tmp_path, shared_data_dir):
+    # The truth metric of the config may not be there on every data set: train/G exists always.
+    run_train("hparams_search=cyclegan_optuna", "optimized_metric=train/G", "hydra.sweeper.direction=minimize",
+              "hydra.sweeper.n_trials=2", "trainer=ddp_sim", PROBE, *NO_EVALUATION,
+              cwd=tmp_path, data_dir=shared_data_dir)
+    sweep = the_sweep_dir(tmp_path)
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert set(results.best_params) == {"model.optimizer.lr", "loss.weights.cycle", "loss.weights.identity"}
+    assert math.isfinite(results.best_value)
+    trials = [rank_probes(job) for job in job_dirs(sweep)]
+    assert len(trials) == 2
+    for probes in trials:
+        assert_ranks_agree_on_different_data(probes)
+    assert trials[0][0]["hparams"]["optimizer"]["lr"] != trials[1][0]["hparams"]["optimizer"]["lr"]
+
+
+def test_launched_rank_runs_only_its_own_job():
+    job = '{"overrides": ["model.optimizer.lr=0.001", "loss=hinge"], "hydra_overrides": ["hydra.verbose=true"], ' \
+          '"run_dir": "/runs/sweep/3"}'
+    argv = ["src/train.py", "-m", "--config-name", "train", "loss=lsgan,hinge", 'hydra.run.dir="/runs/x"']
+    assert argv_for_launched_rank(argv, {JOB_ENV: job, "LOCAL_RANK": "1"}) == [
+        "src/train.py", "--config-name", "train", "hydra.verbose=true", "model.optimizer.lr=0.001", "loss=hinge",
+        "hydra.run.dir='/runs/sweep/3'", "hydra.output_subdir=null", "hydra.job.name=train_ddp_process_1",
+        "hydra.mode=RUN"]
+    assert argv_for_launched_rank(argv, {JOB_ENV: job, "LOCAL_RANK": "0"}) is None  # rank 0 runs the sweep
+    assert argv_for_launched_rank(argv, {"LOCAL_RANK": "1"}) is None  # torchrun / single runs: untouched
+
+
+# ----- ddp_spawn pickles the module: the spectral-norm models must survive it --------------------
+
+@pytest.mark.parametrize("model_name", ("ugatit", "nicegan"))
+def test_spectral_norm_models_train_under_ddp_spawn(train_cfg, tmp_path, model_name):
+    cfg = train_cfg(f"model={model_name}", "max_iters=2", "data.max_dataset_size=4", "trainer=ddp_sim",
+                    "trainer.strategy=ddp_spawn_find_unused_parameters_true", PROBE, *NO_EVALUATION)
+    run_training(cfg)
+    assert_ranks_agree_on_different_data(rank_probes(Path(cfg.paths.output_dir)))
+
+
+def test_sync_batchnorm_refuses_test_time_batch_statistics(train_cfg):
+    cfg = train_cfg("model=pix2pix", "data=shapes_paired", "+trainer.sync_batchnorm=true")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    with pytest.raises(ValueError, match="test_time_batch_stats"):
+        check_sync_batchnorm(cfg, model)
+
+
+# ----- EMA of the generators -------------------------------------------------------------------
+
+def with_ema(cfg, **settings):
+    """The run with conf/callbacks/ema.yaml's callback enabled (and `settings` applied)."""
+    node = OmegaConf.load(CONF_DIR / "callbacks" / "ema.yaml").ema
+    node.enabled = True
+    for key, value in settings.items():
+        node[key] = value
+    with open_dict(cfg):
+        cfg.callbacks.ema = node
+    return cfg
+
+
+def test_ema_update_is_the_decayed_average_and_copies_before_start_iter(train_cfg):
+    model = hydra.utils.instantiate(train_cfg("model=nicegan").model, _recursive_=False)
+    ema = GeneratorEMA(decay=0.75, start_iter=2)
+    ema.on_train_start(None, model)
+    # NICE-GAN translates through encoder and generator: both averaged, the classifier heads not.
+    assert any(n.startswith("D_A.encoder.") for n in ema.names) and any(n.startswith("G_AB.") for n in ema.names)
+    assert not any(n.startswith(("D_A.classifier.", "D_B.classifier.")) for n in ema.names)
+
+    def move_weights():
+        with torch.no_grad():
+            for p in ema._params:
+                p.add_(torch.randn_like(p))
+
+    move_weights()
+    ema.update(iteration=1)  # before start_iter: a copy
+    assert all(torch.equal(a, p) for a, p in zip(ema.averaged, ema._params))
+    previous = [a.clone() for a in ema.averaged]
+    move_weights()
+    ema.update(iteration=2)
+    for avg, prev, param in zip(ema.averaged, previous, ema._params):
+        assert torch.equal(avg, 0.75 * prev + (1 - 0.75) * param)
+        assert not torch.equal(avg, param)
+
+
+def test_ema_update_arithmetic():
+    averaged, current = [torch.tensor([1.0, 2.0])], [torch.tensor([3.0, -2.0])]
+    ema_update_(averaged, current, 0.5)
+    assert torch.equal(averaged[0], torch.tensor([2.0, 0.0]))
+
+
+class SamplingWeights(pl.Callback):
+    """After the EMA: records, at every batch end, whether the generator holds the average."""
+
+    def __init__(self, ema: GeneratorEMA):
+        self.ema, self.holds_average = ema, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.holds_average.append(all(torch.equal(p, a) for p, a in zip(self.ema._params, self.ema.averaged)))
+
+
+def fit_with_callbacks(cfg, *extra: pl.Callback):
+    """run_training's trainer, with test callbacks added to the configured ones."""
+    pl.seed_everything(cfg.seed, workers=True)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    callbacks = order_callbacks(build_callbacks(cfg, None) + list(extra))
+    logger = pl.loggers.CSVLogger(cfg.paths.output_dir)  # the LR monitor needs one
+    trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), callbacks=callbacks, logger=logger)
+    trainer.fit(model, datamodule=datamodule)
+    return model, trainer
+
+
+def test_callbacks_sample_with_the_ema_while_training_never_sees_it(train_cfg, tmp_path):
+    common = ["model=cyclegan", "max_iters=3", "data.max_dataset_size=4", *NO_EVALUATION]
+    plain, _ = fit_with_callbacks(train_cfg(*common))
+    cfg = with_ema(train_cfg(*common), decay=0.5)
+    cfg.paths.output_dir = str(tmp_path / "ema")
+    ema = hydra.utils.instantiate(cfg.callbacks.ema)
+    del cfg.callbacks.ema
+    probe = SamplingWeights(ema)
+    averaged_run, trainer = fit_with_callbacks(cfg, probe, ema)  # listed last, run first
+    assert trainer.callbacks[0] is ema
+    assert probe.holds_average == [True, True, True]
+    # Training is bit-identical with and without the EMA, and the model leaves fit trained.
+    for (name, a), b in zip(plain.state_dict().items(), averaged_run.state_dict().values()):
+        assert torch.equal(a, b), name
+    checkpoint = torch.load(tmp_path / "ema" / "checkpoints" / "last.ckpt", weights_only=True)
+    for name, value in averaged_run.state_dict().items():
+        assert torch.equal(checkpoint["state_dict"][name], value), name
+    assert set(checkpoint["ema"]["state_dict"]) == set(ema.names)
+    assert any(not torch.equal(checkpoint["ema"]["state_dict"][n], checkpoint["state_dict"][n]) for n in ema.names)
+    for name, value in zip(ema.names, ema.averaged):
+        assert torch.equal(checkpoint["ema"]["state_dict"][name], value)
+    averaged_model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    averaged_model.load_state_dict(averaged_state_dict(checkpoint))
+
+
+def test_ema_must_run_before_the_callbacks_that_sample(train_cfg, tmp_path):
+    model = hydra.utils.instantiate(train_cfg("model=cyclegan").model, _recursive_=False)
+    ema = GeneratorEMA()
+    trainer = pl.Trainer(callbacks=[ImageGridCallback(str(tmp_path)), ema], logger=False)
+    with pytest.raises(ValueError, match="must come before"):
+        ema.setup(trainer, model, "fit")
+
+
+def test_ema_resumes_exactly(train_cfg, tmp_path):
+    """4 iterations straight == 2, then resume for 2: the EMA continues like the weights."""
+    common = ["model=cyclegan", "data.max_dataset_size=2", "seed=7", *NO_EVALUATION]
+
+    def run(name, *extra):
+        cfg = with_ema(train_cfg(*common, *extra), decay=0.6, start_iter=1)
+        cfg.paths.output_dir = str(tmp_path / name)
+        run_training(cfg)
+        return torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)
+
+    straight = run("straight", "max_iters=4")
+    run("first", "max_iters=2")
+    resumed = run("resumed", "max_iters=4", f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt")
+    assert straight["ema"]["updates"] == resumed["ema"]["updates"] == 4
+    for name, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][name]), name
+    for name, value in straight["ema"]["state_dict"].items():
+        assert torch.equal(value, resumed["ema"]["state_dict"][name]), name
+
+
+# ----- mixed precision ---------------------------------------------------------------------------
+
+def generator_output_dtypes(model) -> list[torch.dtype]:
+    """Dtypes of the AtoB generator's outputs during training (the forward hook sees them)."""
+    dtypes = []
+
+    def record(module, inputs, output):
+        if module.training:
+            dtypes.append((output[0] if isinstance(output, tuple) else output).dtype)
+
+    model.generator_for("AtoB").register_forward_hook(record)
+    return dtypes
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_bf16_mixed_trains_every_model(train_cfg, model_name):
+    cfg = train_cfg(f"model={model_name}", f"data={DATA_OF[model_name]}", "max_iters=2", "data.max_dataset_size=2",
+                    "trainer.precision=bf16-mixed", *NO_EVALUATION)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    dtypes = generator_output_dtypes(model)
+    trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), logger=False, enable_checkpointing=False)
+    trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
+    assert torch.bfloat16 in dtypes
+    assert model.grad_scalers is None  # bf16 needs no loss scaling
+    losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    assert losses and all(math.isfinite(v) for v in losses.values()), losses
+
+
+# One scaler per backward: named after the players its optimizers train.
+EXPECTED_SCALERS = {"cyclegan": {"generators", "discriminators"}, "pix2pix": {"discriminator", "generator"},
+                    "ugatit": {"discriminators", "generators"}, "nicegan": {"heads+encoders", "generators"}}
+
+
+# fp16 autocast runs on CPU when the plugin is given explicitly (`precision="16-mixed"` on a CPU
+# trainer silently becomes bf16), so the per-loss scalers are tested here; speed needs a GPU.
+@pytest.mark.parametrize("model_name", MODELS)
+def test_fp16_gives_each_loss_its_own_scaler(train_cfg, tmp_path, model_name):
+    cfg = train_cfg(f"model={model_name}", f"data={DATA_OF[model_name]}", "max_iters=2", "data.max_dataset_size=2",
+                    *NO_EVALUATION)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    dtypes = generator_output_dtypes(model)
+    kwargs = {**build_trainer_kwargs(cfg, model), "logger": False, "enable_checkpointing": False}
+    del kwargs["precision"]  # given by the plugin
+    trainer = pl.Trainer(**kwargs, plugins=[MixedPrecision("16-mixed", "cpu")])
+    trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
+    assert torch.float16 in dtypes
+    scalers = trainer.precision_plugin.scaler
+    assert isinstance(scalers, PlayerGradScalers) and model.grad_scalers is scalers
+    expected = EXPECTED_SCALERS[model_name]
+    assert set(scalers.scalers) == expected
+    assert trainer.global_step == 2 * model.optimizer_steps_per_iter  # skipped steps count too
+    losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    assert losses and all(math.isfinite(v) for v in losses.values()), losses
+    # The scalers' state is checkpointed by Lightning through the precision plugin.
+    trainer.save_checkpoint(tmp_path / "fp16.ckpt")
+    state = torch.load(tmp_path / "fp16.ckpt", weights_only=True)["MixedPrecision"]
+    assert set(state) == expected
+
+
+
+def test_one_backward_into_two_optimizers_is_unscaled_with_the_scale_it_was_scaled_with():
+    """NICE-GAN's discriminator step, as Lightning drives the scaler: scale, backward, then for
+    each optimizer unscale_ / step / update. A shared scaler growing after the first optimizer
+    unscales the second one's gradients by the wrong factor; the per-loss scaler does not."""
+    settings = {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 1,
+                "_growth_tracker": 0}
+
+    def second_gradient(scaler, scaling):
+        heads, encoder = torch.nn.Parameter(torch.ones(1)), torch.nn.Parameter(torch.ones(1))
+        opts = [torch.optim.SGD([heads], lr=0.0), torch.optim.SGD([encoder], lr=0.0)]
+        with scaling():
+            scaler.scale((3.0 * heads + 5.0 * encoder).sum()).backward()
+            for opt in opts:  # Lightning's MixedPrecision.optimizer_step, once per optimizer
+                scaler.unscale_(opt)
+                scaler.step(opt)
+                scaler.update()
+        return float(encoder.grad)
+
+    shared = torch.amp.GradScaler("cpu")
+    shared.load_state_dict(settings)
+    assert second_gradient(shared, contextlib.nullcontext) == 2.5  # 5 / 2: unscaled by the grown scale
+    per_loss = PlayerGradScalers("cpu", settings)
+    assert second_gradient(per_loss, lambda: per_loss.scaling("heads+encoders")) == 5.0
+    assert per_loss.scalers["heads+encoders"].get_scale() == 2048.0  # one update for the backward
+
+
+def test_an_overflow_backs_off_only_its_own_loss_scale():
+    scalers = PlayerGradScalers("cpu", {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                                        "growth_interval": 100, "_growth_tracker": 0})
+    for name, value in (("generators", 1.0), ("discriminators", float("inf"))):
+        param = torch.nn.Parameter(torch.ones(1))
+        opt = torch.optim.SGD([param], lr=0.1)
+        with scalers.scaling(name):
+            scalers.scale((value * param).sum()).backward()
+            scalers.unscale_(opt)
+            scalers.step(opt)
+            scalers.update()
+    assert scalers.scalers["generators"].get_scale() == 1024.0
+    assert scalers.scalers["discriminators"].get_scale() == 512.0
+
+
+# ----- wandb -------------------------------------------------------------------------------------
+
+def test_wandb_offline_run_is_written_and_a_resume_continues_it(train_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    common = ["model=cyclegan", "logger=wandb", "data.max_dataset_size=2", *NO_EVALUATION]
+    first = train_cfg(*common, "max_iters=2")
+    first.paths.output_dir = str(tmp_path / "first")
+    run_training(first)
+    runs = list((tmp_path / "first" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    run_id = runs[0].stem.removeprefix("run-")
+    record = runs[0].read_bytes()
+    assert b"cyclegan-shapes" in record and b"smoke" in record and b"debug:smoke" in record  # name, group, tag
+    checkpoint = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=True)[CHECKPOINT_KEY] == run_id
+
+    resumed = train_cfg(*common, "max_iters=4", f"ckpt_path={checkpoint}")
+    resumed.paths.output_dir = str(tmp_path / "resumed")
+    run_training(resumed)
+    assert [p.stem for p in (tmp_path / "resumed" / "wandb").glob("offline-run-*/run-*.wandb")] == [f"run-{run_id}"]
+
+
+def test_wandb_disabled_runs_and_writes_nothing(train_cfg, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cfg = train_cfg("logger=wandb", "max_iters=1", "data.max_dataset_size=2", *NO_EVALUATION)
+    run_training(cfg)
+    assert not list(Path(cfg.paths.output_dir).glob("wandb/offline-run-*"))
+    assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()
+
+
+# ----- sweep and cluster configs -----------------------------------------------------------------
+
+@pytest.fixture
+def compose_with_hydra():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield lambda *overrides: compose("train", overrides=list(overrides), return_hydra_config=True)
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("launcher", ("submitit_slurm", "slurm"))
+def test_slurm_launcher_configs_compose(compose_with_hydra, launcher):
+    cfg = compose_with_hydra(f"hydra/launcher={launcher}", "hydra.mode=MULTIRUN", "trainer=ddp",
+                             "trainer.devices=4", "trainer.num_nodes=2", "hydra.launcher.partition=gpu")
+    launcher_cfg = cfg.hydra.launcher
+    assert launcher_cfg._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher_cfg.partition == "gpu"
+    if launcher == "slurm":  # ours: one SLURM task per GPU, as many nodes as the trainer has
+        assert (launcher_cfg.nodes, launcher_cfg.tasks_per_node, launcher_cfg.gpus_per_node) == (2, 4, 4)
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_hparams_search_configs_search_keys_the_model_has(compose_with_hydra, model_name):
+    cfg = compose_with_hydra(f"hparams_search={model_name}_optuna")
+    assert cfg.model_name == model_name and cfg.hydra.mode.name == "MULTIRUN"
+    assert cfg.optimized_metric == "truth/AtoB/iou" and cfg.hydra.sweeper.direction == "maximize"
+    for key in cfg.hydra.sweeper.params:
+        assert OmegaConf.select(cfg, key) is not None, key
+
+
+def test_eval_and_translate_load_the_ema_weights(ddp_sweep):
+    from src.utils.checkpoint_loading import load_model
+    ckpt_path = job_dirs(ddp_sweep)[0] / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(ckpt_path, weights_only=True)
+    averaged, trained = load_model(ckpt_path).state_dict(), load_model(ckpt_path, use_ema=False).state_dict()
+    for name, value in checkpoint["ema"]["state_dict"].items():
+        assert torch.equal(averaged[name], value), name
+    for name, value in checkpoint["state_dict"].items():
+        assert torch.equal(trained[name], value), name
