@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PROJECT_ROOT := $(CURDIR)
 
-.PHONY: install install-fid train test clean
+.PHONY: install install-fid train test bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ train: $(STAMP)
 
 test: $(STAMP)
 	WANDB_MODE=disabled $(PY) -m pytest -q tests $(ARGS)
+
+# Training speed per model configuration (conf/bench.yaml); writes experiments/bench/results.*
+bench: $(STAMP)
+	$(PY) src/bench.py $(ARGS)
 
 clean:
 	rm -rf logs .pytest_cache

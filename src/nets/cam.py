@@ -23,6 +23,8 @@ PyTorch ports read the raw `weight_orig` there instead.
 import torch
 import torch.nn as nn
 
+from src.nets.spectral_norm import spectral_norm
+
 CLASSIFIER_TYPES = ("separate", "shared", "joint")
 ACTIVATIONS = ("relu", "lrelu")
 
@@ -33,8 +35,9 @@ def spectral_norm_if(module: nn.Module, enabled: bool) -> nn.Module:
     The old hook-based `torch.nn.utils.spectral_norm` is used on purpose: the newer
     `torch.nn.utils.parametrizations.spectral_norm` creates a class at run time, which cannot be
     pickled, and `ddp_spawn` pickles the model. The hook API adds buffers (u, v), not parameters.
+    Its backward is replaced by a cheaper one with the same result (src/nets/spectral_norm.py).
     """
-    return nn.utils.spectral_norm(module) if enabled else module
+    return spectral_norm(module) if enabled else module
 
 
 def activation_layer(name: str) -> nn.Module:

@@ -1,0 +1,42 @@
+"""Where one training iteration spends its time, from a torch.profiler trace.
+
+Self time is the time an operator spent outside the operators it called, so the self times add
+up to the profiled wall time (intra-op threads work inside the calling operator's span). Two
+views come out: the top operators by self time, and a split into backward (the autograd engine's
+`evaluate_function` spans), optimizer steps and zeroing (the `Optimizer.*` spans torch.optim
+records) and the rest (forward passes, losses, Lightning's bookkeeping).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _self_time_us(event, device: str) -> float:
+    if device == "cuda":
+        return getattr(event, "self_device_time_total", 0.0) or getattr(event, "self_cuda_time_total", 0.0)
+    return event.self_cpu_time_total
+
+
+def summarise_profile(profiler, row_limit: int, device: str, table_path: Path | None = None) -> dict[str, Any]:
+    events = profiler.key_averages()
+    total_self_us = sum(e.self_cpu_time_total for e in events)
+    backward_us = sum(e.cpu_time_total for e in events if e.key.startswith("autograd::engine::evaluate_function"))
+    optimizer_us = sum(e.cpu_time_total for e in events if e.key.startswith("Optimizer.step"))
+    zero_grad_us = sum(e.cpu_time_total for e in events if e.key.startswith("Optimizer.zero_grad"))
+    top = sorted(events, key=lambda e: _self_time_us(e, device), reverse=True)[:row_limit]
+    summary = {
+        "profiled_s": total_self_us / 1e6,
+        "split_s": {"backward": backward_us / 1e6, "optimizer_step": optimizer_us / 1e6,
+                    "zero_grad": zero_grad_us / 1e6,
+                    "forward_and_rest": max(0.0, total_self_us - backward_us - optimizer_us - zero_grad_us) / 1e6},
+        "top_ops": [{"op": e.key, "calls": e.count, "self_s": _self_time_us(e, device) / 1e6,
+                     "share": _self_time_us(e, device) / max(total_self_us, 1e-9) if device != "cuda" else None}
+                    for e in top],
+    }
+    if table_path is not None:
+        table_path.parent.mkdir(parents=True, exist_ok=True)
+        sort_by = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+        table_path.write_text(events.table(sort_by=sort_by, row_limit=max(row_limit, 40)))
+        summary["table"] = str(table_path)
+    return summary

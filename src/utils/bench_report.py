@@ -1,0 +1,122 @@
+"""Benchmark results: one JSON file (every number) and one markdown table beside the references.
+
+Rows of earlier runs are kept unless this run measured the same row again (`merge`), so a
+table can be filled one configuration at a time when the machine is only briefly idle. Each
+row records when it was measured and at which code revision.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+GB = 1e9
+
+
+def row_key(row: dict[str, Any]) -> str:
+    if row["kind"] == "data":
+        return f"data/{row['name']}"
+    variant = json.dumps(row.get("variant", {}), sort_keys=True)
+    return f"train_step/{row['name']}/{row['device']}/b{row['batch_size']}/{row['precision']}/{variant}"
+
+
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """Old rows in their order, replaced by new ones with the same key; new keys appended."""
+    fresh = {row_key(r): r for r in new}
+    merged = [fresh.pop(row_key(r), r) for r in old]
+    return merged + [r for r in new if row_key(r) in fresh]
+
+
+def write_results(json_path: Path, md_path: Path, rows: dict[str, list], machine: dict, settings: dict,
+                  merge: bool = True) -> dict[str, Any]:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    if merge and json_path.exists():
+        old = json.loads(json_path.read_text())
+        rows = {kind: merge_rows(old.get(kind, []), rows.get(kind, [])) for kind in ("train_step", "data")}
+    results = {"machine": machine, "settings": settings, **rows}
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    md_path.write_text(markdown(results))
+    return results
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _memory_gb(row: dict) -> float:
+    """The peak memory the row is judged by: CUDA peak allocated on a GPU, else peak RSS."""
+    return row.get("peak_cuda_allocated_bytes", row["peak_rss_bytes"]) / GB
+
+
+def train_step_table(rows: list[dict]) -> list[str]:
+    lines = ["| configuration | device | batch | precision | s/iter | images/s | peak memory (GB) | reference "
+             "| ref s/iter | ref peak RSS (GB) | speed-up | memory vs ref | measured |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ref = r.get("reference") or {}
+        comparable = bool(ref) and r["device"] == "cpu" and r["batch_size"] == 1 and r["precision"] == "fp32"
+        speedup = ref["s_per_iter"] / r["s_per_iter"] if comparable else None
+        memory = _memory_gb(r)
+        memory_ratio = memory / ref["peak_rss_gb"] if comparable else None
+        memory_kind = "alloc" if "peak_cuda_allocated_bytes" in r else "RSS"
+        note = " (disturbed: other processes used %.2f cores)" % r["foreign_cpu_cores"] if r.get("disturbed") else ""
+        lines.append(
+            f"| {r['label']} | {r['device']} | {r['batch_size']} | {r['precision']} | {r['s_per_iter']:.3f} "
+            f"| {r['images_per_s']:.2f} | {memory:.2f} {memory_kind} | {ref.get('code', '-')} "
+            f"| {_fmt(ref.get('s_per_iter'))} | {_fmt(ref.get('peak_rss_gb'))} "
+            f"| {_fmt(speedup) + 'x' if speedup else '-'} | {_fmt(memory_ratio) + 'x' if memory_ratio else '-'} "
+            f"| {r['measured_at'][:10]} {r['revision']}{note} |")
+    return lines
+
+
+def is_variant(row: dict) -> bool:
+    """A trial rather than a table row: tweaks, or reduced precision on a CPU (not the default there)."""
+    return bool(row.get("variant")) or (row["device"] == "cpu" and row["precision"] != "fp32")
+
+
+def variant_table(rows: list[dict], defaults: dict[str, dict]) -> list[str]:
+    lines = ["| configuration | variant | s/iter | default s/iter | speed-up vs default | peak memory (GB) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        base = defaults.get(row_key({**r, "variant": {}, "precision": "fp32" if r["device"] == "cpu" else r["precision"]}))
+        ratio = base["s_per_iter"] / r["s_per_iter"] if base else None
+        changes = {**r["variant"], **({"precision": r["precision"]} if r["precision"] != "fp32" else {})}
+        variant = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
+        lines.append(f"| {r['label']} ({r['device']}, batch {r['batch_size']}, {r['precision']}) | {variant} "
+                     f"| {r['s_per_iter']:.3f} | {_fmt(base['s_per_iter'], 3) if base else '-'} "
+                     f"| {_fmt(ratio) + 'x' if ratio else '-'} | {_memory_gb(r):.2f} |")
+    return lines
+
+
+def data_table(rows: list[dict]) -> list[str]:
+    lines = ["| DataModule | image | workers | persistent | items/s, all epochs | items/s after the first epoch |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        dm = r["datamodule"]
+        pipeline = f"{dm.get('preprocess', 'none')}" + (f" {dm['load_size']}->{dm['crop_size']}" if dm.get("load_size") else "")
+        lines.append(f"| {r['name']} ({pipeline}) | {'x'.join(map(str, r['image_shape']))} | {dm.get('num_workers', 0)} "
+                     f"| {'yes' if dm.get('persistent_workers') else 'no'} "
+                     f"| {r['items_per_s']:.1f} | {r['steady_items_per_s']:.1f} |")
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m, s = results["machine"], results["settings"]
+    rows = results.get("train_step", [])
+    plain = [r for r in rows if not is_variant(r)]
+    variants = [r for r in rows if is_variant(r)]
+    out = ["# Training-speed benchmark", "",
+           f"`python src/bench.py` (`make bench`) on {m['cpu']} ({m['cpu_count']} cores"
+           + (f", {m['gpu']}" if m.get("gpu") else "") + f"), torch {m['torch']}, Lightning {m['lightning']}, "
+           f"{s['threads']} threads. One row = one full training iteration (every optimizer step) through "
+           f"`pl.Trainer` on pre-generated random batches, median of {s['repeats']} after {s['warmup']} warm-ups, "
+           "each configuration in a fresh process. Peak memory: the process's peak RSS on CPU (imports "
+           "included, as for the references), peak allocated CUDA memory on a GPU. Speed-up = reference "
+           "s/iter / ours (CPU, batch 1, fp32 rows only). Method and findings: README.md.", "",
+           "## Training iterations", "", *train_step_table(plain), ""]
+    if variants:
+        defaults = {row_key(r): r for r in plain}
+        out += ["## Variants (trials against the default)", "", *variant_table(variants, defaults), ""]
+    if results.get("data"):
+        out += ["## Data pipeline (training loader, batch 1)", "", *data_table(results["data"]), ""]
+    return "\n".join(out)

@@ -1,0 +1,144 @@
+"""The body of `src/bench.py`: expand the config into measurements, run each in a fresh process
+once the machine is quiet, and write the results (see conf/bench.yaml)."""
+from __future__ import annotations
+
+import datetime
+import logging
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from src.utils.bench_machine import load_average, wait_until_quiet
+from src.utils.bench_report import write_results
+from src.utils.bench_worker import ROOT, run_in_subprocess
+
+log = logging.getLogger(__name__)
+
+
+def as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+
+
+def active_tweaks(tweaks: dict[str, Any], device: str) -> dict[str, Any]:
+    """The tweaks that differ from the defaults (what makes a row a variant)."""
+    defaults = {"channels_last": False, "adam": None, "compile": False, "cudnn_benchmark": True, "allocator": None,
+                "spectral_norm": None}
+    relevant = {k: v for k, v in tweaks.items() if device == "cuda" or k != "cudnn_benchmark"}
+    return {k: v for k, v in relevant.items() if v != defaults.get(k)}
+
+
+def train_step_specs(cfg: DictConfig) -> list[dict[str, Any]]:
+    """One spec per configuration x batch size x precision, in the configured order."""
+    tweaks = OmegaConf.to_container(cfg.tweaks, resolve=True)
+    specs = []
+    for name in as_list(cfg.configurations):
+        if name not in cfg.catalog:
+            raise KeyError(f"configuration '{name}' is not in the catalog of conf/bench.yaml; "
+                           f"known: {sorted(cfg.catalog)}")
+        entry = OmegaConf.to_container(cfg.catalog[name], resolve=True)
+        for batch_size in as_list(cfg.batch_sizes):
+            for precision in as_list(cfg.precision):
+                if precision not in ("fp32", "bf16"):
+                    raise ValueError(f"precision must be fp32 or bf16, got '{precision}'")
+                specs.append({
+                    "kind": "train_step", "name": name, "label": entry.get("label", name),
+                    "model": entry["model"], "size": int(entry["size"]), "overrides": entry.get("overrides", []),
+                    "reference": entry.get("reference"), "batch_size": int(batch_size), "precision": precision,
+                    "device": cfg.device, "threads": int(cfg.threads), "warmup": int(cfg.warmup),
+                    "repeats": int(cfg.repeats), "seed": int(cfg.seed), "tweaks": tweaks,
+                    "variant": active_tweaks(tweaks, cfg.device),
+                    "conf_dir": str(ROOT / "conf"),
+                    "profile": {"dir": str(cfg.profile_dir), "row_limit": int(cfg.profile_rows)} if cfg.profile else None,
+                })
+    return specs
+
+
+def data_specs(cfg: DictConfig) -> list[dict[str, Any]]:
+    if not cfg.get("data_throughput"):
+        return []
+    return [{"kind": "data", "name": name, "threads": int(cfg.threads), "epochs": int(cfg.data_throughput.epochs),
+             "datamodule": OmegaConf.to_container(node, resolve=True)}
+            for name, node in cfg.data_throughput.datamodules.items()]
+
+
+def git_revision() -> str:
+    """Short commit hash, with '+dirty' when the working tree has changes (results depend on the code)."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine_info(cfg: DictConfig) -> dict[str, Any]:
+    import pytorch_lightning as pl
+    info = {"cpu": _cpu_name(), "cpu_count": torch.multiprocessing.cpu_count(), "threads": int(cfg.threads),
+            "python": platform.python_version(), "torch": torch.__version__, "lightning": pl.__version__,
+            "device": cfg.device}
+    if cfg.device == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def wait_for_quiet(cfg: DictConfig, name: str, first: bool) -> bool:
+    """True when the machine is quiet (or checks are off); applies `quiet.on_busy` otherwise.
+
+    The load average only gates the first measurement: later it still carries our own previous
+    configuration for minutes, so from then on only the CPU in use right now counts.
+    """
+    q = cfg.quiet
+    if wait_until_quiet(q.max_load if first else None, q.max_busy_cores, q.wait_s, q.checks, log.info):
+        return True
+    if q.on_busy == "fail":
+        raise RuntimeError(f"machine still busy before '{name}' (load {load_average():.2f}); nothing measured")
+    log.warning("machine still busy before '%s': %s", name, "skipped" if q.on_busy == "skip" else "measuring anyway")
+    return q.on_busy != "skip"
+
+
+def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but torch sees no CUDA device")
+    revision, now = git_revision(), lambda: datetime.datetime.now().isoformat(timespec="seconds")
+    rows: dict[str, list] = {"train_step": [], "data": []}
+    for index, spec in enumerate(train_step_specs(cfg) + data_specs(cfg)):
+        title = f"{spec['name']}" + (f" batch {spec['batch_size']} {spec['precision']}" if spec["kind"] == "train_step" else "")
+        if not wait_for_quiet(cfg, title, first=index == 0):
+            continue
+        load_before = load_average()
+        log.info("measuring %s ...", title)
+        result = run_in_subprocess(spec)
+        row = {**{k: v for k, v in spec.items() if k not in ("conf_dir", "tweaks", "profile")}, **result,
+               "load_before": load_before, "measured_at": now(), "revision": revision}
+        if spec["kind"] == "train_step":
+            foreign = result.get("foreign_cpu_cores")
+            row["disturbed"] = foreign is not None and foreign > cfg.quiet.max_foreign_cores
+            log.info("%s: %.3f s/iter, %.2f images/s, peak RSS %.2f GB%s", title, result["s_per_iter"],
+                     result["images_per_s"], result["peak_rss_bytes"] / 1e9,
+                     f" (other processes used {foreign:.2f} cores: disturbed)" if row["disturbed"] else "")
+        else:
+            log.info("%s: %.1f items/s (steady %.1f)", title, result["items_per_s"], result["steady_items_per_s"])
+        rows[spec["kind"]].append(row)
+    settings = {"warmup": int(cfg.warmup), "repeats": int(cfg.repeats), "threads": int(cfg.threads),
+                "device": cfg.device, "seed": int(cfg.seed)}
+    out_dir = Path(cfg.output_dir)
+    results = write_results(out_dir / f"{cfg.results_name}.json", out_dir / f"{cfg.results_name}.md", rows,
+                            machine_info(cfg), settings, merge=bool(cfg.merge_results))
+    log.info("results: %s", out_dir / f"{cfg.results_name}.md")
+    return results

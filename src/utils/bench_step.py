@@ -1,0 +1,197 @@
+"""Time full training iterations of one model configuration, through Lightning's own loop.
+
+The model is built from the training configs (conf/train.yaml + conf/model/<name>.yaml, with
+the configuration's overrides), exactly as `src/train.py` builds it, and trained by a real
+`pl.Trainer` on a list of pre-generated random batches. So what is timed is what a training run
+pays per batch: `training_step` with every optimizer step, the players' toggling, the logging
+and Lightning's per-batch bookkeeping; only data loading is left out (the batches already sit
+in memory, and Lightning moves them to the device before the batch-start hook that starts the
+clock).
+
+Runs in a fresh process per configuration (see `src/utils/bench_worker.py`): peak RSS is a
+process-wide high-water mark, so only a new process gives a per-configuration peak.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.utils.data import DataLoader
+
+from src.utils.bench_machine import ForeignCpuMeter, current_rss_bytes, peak_rss_bytes
+from src.utils.bench_profile import summarise_profile
+
+#: bench precision name -> Lightning Trainer precision
+TRAINER_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed"}
+
+
+def compose_model_config(conf_dir: str, model: str, size: int, overrides: list[str]):
+    """The model's training config at `size` px, as `src/train.py model=<model> data.size=<size>` composes it."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"model={model}", f"data.size={size}", *overrides])
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def random_batches(n: int, batch_size: int, channels: tuple[int, int], size: int, seed: int,
+                   channels_last: bool) -> list[dict[str, Any]]:
+    """`n` distinct batches in the DataModules' format, uniform in [-1, 1] like real images."""
+    gen = torch.Generator().manual_seed(seed)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def images(nc: int) -> torch.Tensor:
+        return (torch.rand(batch_size, nc, size, size, generator=gen) * 2 - 1).contiguous(memory_format=fmt)
+
+    return [{"A": images(channels[0]), "B": images(channels[1]),
+             "A_path": [f"random_A_{i}_{k}" for k in range(batch_size)],
+             "B_path": [f"random_B_{i}_{k}" for k in range(batch_size)]} for i in range(n)]
+
+
+def apply_adam_implementation(model: pl.LightningModule, implementation: str | None) -> None:
+    """Make every Adam the model configures use `implementation` ("single", "foreach", "fused").
+
+    None keeps what the model's `configure_optimizers` chose. Adam reads these flags from its
+    param groups at every step, so setting them before the first step is enough.
+    """
+    if implementation is None:
+        return
+    flags = {"single": (False, False), "foreach": (True, False), "fused": (False, True)}[implementation]
+    original = model.configure_optimizers
+
+    def configure_optimizers():
+        optimizers, schedulers = original()
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["foreach"], group["fused"] = flags
+        return optimizers, schedulers
+
+    model.configure_optimizers = configure_optimizers
+
+
+def use_torch_spectral_norm(model: pl.LightningModule) -> None:
+    """Swap the models' spectral-norm hooks back to torch's own (to measure what ours saves)."""
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, SpectralNorm):
+                hook.__class__ = SpectralNorm
+
+
+def compile_networks(model: pl.LightningModule) -> None:
+    """torch.compile every network the players train (parameters stay shared with the optimizers)."""
+    for modules in model.player_modules().values():
+        for module in modules:
+            module.forward = torch.compile(module.forward)
+
+
+class IterationTimer(pl.Callback):
+    """Wall time of every training batch (one full GAN iteration), from batch start to batch end.
+
+    On CUDA the clock reads after a synchronize, so queued kernels are counted in their batch.
+    Batches `warmup` .. `warmup + repeats - 1` are the timed ones; over them it also measures
+    how much CPU other processes took. With `profile` the batch after them runs under
+    torch.profiler and is not timed (the profiler's overhead would skew the time).
+    """
+
+    def __init__(self, device: str, warmup: int, repeats: int, profile: bool = False):
+        self.device = device
+        self.first_timed, self.last_timed = warmup, warmup + repeats - 1
+        self.profile_batch = warmup + repeats if profile else None
+        self.times: list[float] = []
+        self.profiler = None
+        self.foreign = ForeignCpuMeter()
+        self.foreign_cores: float | None = None
+        self._start = 0.0
+
+    def _sync(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.first_timed:
+            self.foreign.start()
+        if batch_idx == self.profile_batch:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if self.device == "cuda":
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+        self._sync()
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._sync()
+        elapsed = time.perf_counter() - self._start
+        if batch_idx == self.profile_batch:
+            self.profiler.__exit__(None, None, None)
+            return
+        self.times.append(elapsed)
+        if batch_idx == self.last_timed:
+            self.foreign_cores = self.foreign.stop()
+
+
+def measure_training_step(spec: dict[str, Any]) -> dict[str, Any]:
+    """Build the configured model, train warmup + repeats iterations, return the measurements."""
+    device, precision = spec["device"], spec["precision"]
+    tweaks = spec.get("tweaks", {})
+    torch.set_num_threads(spec["threads"])
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = bool(tweaks.get("cudnn_benchmark", True))
+        torch.cuda.reset_peak_memory_stats()
+    cfg = compose_model_config(spec["conf_dir"], spec["model"], spec["size"], list(spec.get("overrides", [])))
+    pl.seed_everything(spec.get("seed", 0), verbose=False)
+    rss_before_model = current_rss_bytes()
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    channels_last = bool(tweaks.get("channels_last", False))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    apply_adam_implementation(model, tweaks.get("adam"))
+    if tweaks.get("spectral_norm") == "torch":
+        use_torch_spectral_norm(model)
+    if tweaks.get("compile", False):
+        compile_networks(model)
+
+    warmup, repeats = spec["warmup"], spec["repeats"]
+    profile = bool(spec.get("profile"))
+    n_batches = warmup + repeats + profile
+    batches = random_batches(n_batches, spec["batch_size"], (cfg.data.input_nc, cfg.data.output_nc),
+                             spec["size"], spec.get("seed", 0), channels_last)
+    timer = IterationTimer(device, warmup, repeats, profile)
+    trainer = pl.Trainer(accelerator=device, devices=1, precision=TRAINER_PRECISION[precision], max_epochs=1,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                         callbacks=[timer], default_root_dir=spec.get("work_dir"))
+    # batch_size=None: each list item is already a batch.
+    trainer.fit(model, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
+
+    timed = timer.times[warmup:]
+    s_per_iter = statistics.median(timed)
+    result = {
+        "s_per_iter": s_per_iter,
+        "images_per_s": spec["batch_size"] / s_per_iter,
+        "iteration_times_s": timer.times,
+        "warmup_times_s": timer.times[:warmup],
+        "mean_s_per_iter": statistics.fmean(timed),
+        "min_s_per_iter": min(timed),
+        "max_s_per_iter": max(timed),
+        "foreign_cpu_cores": timer.foreign_cores,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "peak_rss_bytes": peak_rss_bytes(),
+        "rss_before_model_bytes": rss_before_model,
+    }
+    if device == "cuda":
+        result["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated()
+        result["peak_cuda_reserved_bytes"] = torch.cuda.max_memory_reserved()
+        result["gpu_name"] = torch.cuda.get_device_name()
+    if timer.profiler is not None:
+        result["profile"] = summarise_profile(timer.profiler, spec["profile"].get("row_limit", 15),
+                                              device, Path(spec["profile"]["dir"]) / f"{spec['name']}.txt")
+    return result

@@ -1,0 +1,69 @@
+"""One benchmark measurement in a process of its own: `python -m src.utils.bench_worker SPEC OUT`.
+
+SPEC is a JSON file describing the measurement ("kind": "train_step" or "data"); the result is
+written as JSON to OUT. A fresh process per measurement keeps each configuration's peak RSS its
+own and stops one configuration's allocator state or thread pools from leaking into the next.
+`run_in_subprocess` is the parent's side.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+#: Process-wide memory-allocation settings a measurement can run under (`tweaks.allocator`).
+#: They must be in the environment before the process starts (glibc) or allocates (torch).
+ALLOCATOR_ENV = {
+    None: {},
+    # torch backs allocations of 2 MB and more with transparent huge pages: a first touch of a
+    # fresh multi-megabyte tensor costs one page fault per 2 MB instead of one per 4 KB.
+    "thp": {"THP_MEM_ALLOC_ENABLE": "1"},
+    # glibc serves large blocks from its heap and keeps freed ones for reuse instead of mapping
+    # fresh (zero-filled, page-faulting) memory for every tensor above its mmap threshold.
+    "reuse": {"MALLOC_MMAP_THRESHOLD_": str(2 ** 32), "MALLOC_TRIM_THRESHOLD_": str(2 ** 34)},
+}
+
+
+def run_in_subprocess(spec: dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
+    """Run `spec` in a fresh Python process and return its result (or raise with its stderr)."""
+    allocator = (spec.get("tweaks") or {}).get("allocator")
+    if allocator not in ALLOCATOR_ENV:
+        raise ValueError(f"tweaks.allocator must be one of {list(ALLOCATOR_ENV)}, got '{allocator}'")
+    # Only the chosen allocator settings: none leak in from the caller's shell.
+    inherited = {k: v for k, v in os.environ.items() if k not in {n for e in ALLOCATOR_ENV.values() for n in e}}
+    env = {**inherited, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(ROOT),
+           # OpenMP and MKL read these at start-up, before torch.set_num_threads can act.
+           "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
+           **ALLOCATOR_ENV[allocator]}
+    with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        spec_path.write_text(json.dumps({**spec, "work_dir": tmp}))
+        proc = subprocess.run([sys.executable, "-m", "src.utils.bench_worker", str(spec_path), str(out_path)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+        if proc.returncode != 0 or not out_path.exists():
+            raise RuntimeError(f"benchmark '{spec.get('name')}' failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        return json.loads(out_path.read_text())
+
+
+def main(spec_path: str, out_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    if spec["kind"] == "train_step":
+        from src.utils.bench_step import measure_training_step
+        result = measure_training_step(spec)
+    elif spec["kind"] == "data":
+        from src.utils.bench_data import measure_data_throughput
+        result = measure_data_throughput(spec)
+    else:
+        raise ValueError(f"unknown benchmark kind '{spec['kind']}'")
+    Path(out_path).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])

@@ -1,0 +1,93 @@
+"""The training-speed benchmark runs end to end and writes its results. No timing is asserted:
+the numbers depend on the machine and its load; only that they exist and are positive."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from src.utils.bench_report import markdown, merge_rows, row_key
+from src.utils.bench_run import train_step_specs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_cfg(*overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="bench", overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def test_bench_runs_a_tiny_configuration_end_to_end(tmp_path):
+    out = tmp_path / "bench"
+    data = "data_throughput.datamodules.shapes_256_workers2"
+    cmd = [sys.executable, str(ROOT / "src" / "bench.py"), "configurations=[smoke]", "warmup=1", "repeats=2",
+           "profile=true", f"profile_dir={tmp_path}/profiles", f"output_dir={out}", f"paths.log_dir={tmp_path}/logs",
+           "quiet.max_load=null", "quiet.max_busy_cores=null", "data_throughput.epochs=2",
+           "~data_throughput.datamodules.shapes_286crop256_workers2", "~data_throughput.datamodules.shapes_256_workers0",
+           "~data_throughput.datamodules.shapes_256_workers2_persistent",
+           f"{data}.size=32", f"{data}.n_train=4", f"{data}.num_workers=0"]
+    env = {**os.environ, "PROJECT_ROOT": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1", "HYDRA_FULL_ERROR": "1"}
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    results = json.loads((out / "results.json").read_text())
+    (row,) = results["train_step"]
+    assert row["name"] == "smoke" and row["batch_size"] == 1 and row["precision"] == "fp32"
+    assert len(row["iteration_times_s"]) == 3 and all(t > 0 for t in row["iteration_times_s"])
+    assert row["s_per_iter"] > 0 and row["images_per_s"] > 0
+    assert row["peak_rss_bytes"] > row["rss_before_model_bytes"] > 0
+    assert row["foreign_cpu_cores"] >= 0
+    assert row["profile"]["top_ops"] and row["profile"]["profiled_s"] > 0
+    assert Path(row["profile"]["table"]).is_file()
+    (data_row,) = results["data"]
+    assert data_row["items_per_epoch"] == 4 and data_row["items_per_s"] > 0 and data_row["image_shape"] == [3, 32, 32]
+
+    md = (out / "results.md").read_text()
+    assert "| configuration |" in md and row["label"] in md and "Data pipeline" in md
+
+
+def test_specs_cover_every_batch_size_and_precision():
+    cfg = bench_cfg("device=cuda")  # composing needs no GPU; running would
+    specs = train_step_specs(cfg)
+    assert {(s["batch_size"], s["precision"]) for s in specs} == {(1, "fp32"), (1, "bf16"), (8, "fp32"), (8, "bf16")}
+    assert {s["size"] for s in specs} == {256}
+    cpu = train_step_specs(bench_cfg())
+    assert {s["name"] for s in cpu} >= {"cyclegan_128", "cyclegan_256", "pix2pix_unet256", "pix2pix_unet128",
+                                        "ugatit_light_128", "nicegan_light_128", "nicegan_full_128"}
+    assert all(s["threads"] == 2 and s["warmup"] == 2 and s["repeats"] == 5 for s in cpu)
+
+
+def test_unknown_configuration_is_named():
+    with pytest.raises(KeyError, match="no_such_model"):
+        train_step_specs(bench_cfg("configurations=[no_such_model]"))
+
+
+def _row(name, s_per_iter, variant=None, reference=None):
+    return {"kind": "train_step", "name": name, "label": name, "device": "cpu", "batch_size": 1, "precision": "fp32",
+            "variant": variant or {}, "s_per_iter": s_per_iter, "images_per_s": 1 / s_per_iter,
+            "peak_rss_bytes": 1e9, "reference": reference, "measured_at": "2026-01-01T00:00:00", "revision": "abc"}
+
+
+def test_merge_replaces_remeasured_rows_and_keeps_the_rest():
+    old = [_row("a", 1.0), _row("b", 2.0), _row("a", 3.0, {"channels_last": True})]
+    new = [_row("b", 1.5), _row("c", 4.0)]
+    merged = merge_rows(old, new)
+    assert [(r["name"], r["s_per_iter"]) for r in merged] == [("a", 1.0), ("b", 1.5), ("a", 3.0), ("c", 4.0)]
+    assert len({row_key(r) for r in merged}) == 4
+
+
+def test_markdown_puts_the_speedup_beside_the_reference():
+    ref = {"code": "ref impl", "s_per_iter": 3.0, "peak_rss_gb": 2.0}
+    results = {"machine": {"cpu": "cpu", "cpu_count": 2, "torch": "t", "lightning": "l"},
+               "settings": {"threads": 2, "repeats": 5, "warmup": 2},
+               "train_step": [_row("x", 1.5, reference=ref), _row("x", 1.0, {"adam": "fused"}, reference=ref)]}
+    md = markdown(results)
+    assert "| 2.00x | 0.50x |" in md  # 3.0 / 1.5 faster, 1 GB of 2 GB
+    assert "adam=fused" in md and "1.50x" in md  # the variant against the default row

@@ -1,0 +1,488 @@
+"""The models' training steps compute what the public reference code computes.
+
+For each model, one training iteration runs through Lightning (the real `training_step`), and a
+deep copy of the same model (same weights, same spectral-norm vectors) runs one iteration written
+out the way the public code writes it: its order of passes, its own Adam optimizers over its
+own parameter groups, and its waste kept (U-GAT-IT re-runs the generators without detach in the
+discriminator step; NICE-GAN's generator step runs the full discriminators on the reals and
+back-propagates into the encoders; nobody freezes the idle player). The logged losses must equal
+the reference's, and every parameter must have moved the same way: the models' shortcuts
+(detached fakes, frozen players, fewer passes) change the cost, not the result.
+
+Randomness: the inputs are seeded random tensors; pix2pix's dropout masks match because the
+RNG is re-seeded right before both iterations and both draw them in the same order (G runs
+first); the image pool is still filling in the first iteration, so it returns its input.
+"""
+import copy
+import itertools
+
+import hydra
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from src.models.base import adam_kernel
+
+SEED = 1234
+LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+# ----- shared machinery ------------------------------------------------------------------------
+
+def build(train_cfg, model_name: str, *overrides: str):
+    cfg = train_cfg(f"model={model_name}", *overrides)
+    torch.manual_seed(0)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    return cfg, model, copy.deepcopy(model)
+
+
+def random_batch(cfg) -> dict:
+    gen = torch.Generator().manual_seed(7)
+    size = cfg.data.size
+    return {"A": torch.rand(1, cfg.data.input_nc, size, size, generator=gen) * 2 - 1,
+            "B": torch.rand(1, cfg.data.output_nc, size, size, generator=gen) * 2 - 1}
+
+
+def train_one_iteration(model, batch: dict) -> dict[str, float]:
+    """One batch through a real Trainer; returns the logged losses (`train/<name>` -> value)."""
+    original = model.train_iteration
+
+    def seeded_iteration(b):
+        torch.manual_seed(SEED)  # the reference re-seeds at the same point
+        original(b)
+
+    model.train_iteration = seeded_iteration
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=0)
+    trainer.fit(model, train_dataloaders=DataLoader([batch], batch_size=None))
+    return {k.removeprefix("train/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+
+
+def adam(cfg, *modules):
+    """The reference's Adam, with the same kernel as the model's (fused where torch has one).
+
+    Biases in front of an instance norm get an exactly-zero true gradient, so what they receive
+    is rounding noise, which Adam scales up to steps of +-lr: a one-ulp difference anywhere
+    earlier (two Adam kernels rounding differently) flips such steps. So the reference shares
+    the kernel, and `test_fused_adam_makes_the_default_adam_update` checks the kernel itself.
+    """
+    o = cfg.model.optimizer
+    params = list(itertools.chain(*(m.parameters() for m in modules)))
+    return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **adam_kernel(params))
+
+
+def set_requires_grad(modules, flag: bool) -> None:
+    for m in modules:
+        for p in m.parameters():
+            p.requires_grad_(flag)
+
+
+def mse_to(x: torch.Tensor, value: float) -> torch.Tensor:
+    return F.mse_loss(x, torch.full_like(x, value))
+
+
+def bce_to(x: torch.Tensor, value: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(x, torch.full_like(x, value))
+
+
+def assert_losses_match(logged: dict[str, float], reference: dict[str, torch.Tensor]) -> None:
+    for name, value in reference.items():
+        assert name in logged, f"the model did not log '{name}' (logged: {sorted(logged)})"
+        torch.testing.assert_close(torch.tensor(logged[name]), value.detach().float(), **LOSS_TOL,
+                                   msg=lambda m, name=name: f"loss '{name}': {m}")
+
+
+def assert_same_updates(model, reference, before: dict[str, torch.Tensor], buffers: bool = True) -> None:
+    """Every parameter moved by the same amount (and buffers, e.g. spectral-norm u/v, agree)."""
+    ref_params = dict(reference.named_parameters())
+    moved = 0
+    for name, p in model.named_parameters():
+        delta, ref_delta = p.detach() - before[name], ref_params[name].detach() - before[name]
+        # An Adam step moves each weight by about lr, whatever its gradient's size: compare steps.
+        torch.testing.assert_close(delta, ref_delta, rtol=1e-3, atol=1e-8,
+                                   msg=lambda m, name=name: f"update of '{name}': {m}")
+        moved += int(delta.abs().sum() > 0)
+    assert moved > 0
+    if buffers:
+        ref_buffers = dict(reference.named_buffers())
+        for name, b in model.named_buffers():
+            torch.testing.assert_close(b, ref_buffers[name], rtol=1e-5, atol=1e-7,
+                                       msg=lambda m, name=name: f"buffer '{name}': {m}")
+
+
+def parameters_of(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+# ----- CycleGAN (junyanz/pytorch-CycleGAN-and-pix2pix, cycle_gan_model.py) -----------------------
+
+def cyclegan_reference_iteration(m, cfg, batch) -> dict[str, torch.Tensor]:
+    lambda_A = lambda_B = 10.0  # --lambda_A/--lambda_B defaults
+    lambda_idt = 0.5            # --lambda_identity default (a fraction of lambda_A/B)
+    opt_G, opt_D = adam(cfg, m.G_A, m.G_B), adam(cfg, m.D_A, m.D_B)
+    real_A, real_B = batch["A"], batch["B"]
+    # forward()
+    fake_B = m.G_A(real_A)
+    rec_A = m.G_B(fake_B)
+    fake_A = m.G_B(real_B)
+    rec_B = m.G_A(fake_A)
+    # G_A and G_B
+    set_requires_grad([m.D_A, m.D_B], False)
+    opt_G.zero_grad()
+    loss_idt_A = F.l1_loss(m.G_A(real_B), real_B) * lambda_B * lambda_idt
+    loss_idt_B = F.l1_loss(m.G_B(real_A), real_A) * lambda_A * lambda_idt
+    loss_G_A = mse_to(m.D_A(fake_B), 1.0)
+    loss_G_B = mse_to(m.D_B(fake_A), 1.0)
+    loss_cycle_A = F.l1_loss(rec_A, real_A) * lambda_A
+    loss_cycle_B = F.l1_loss(rec_B, real_B) * lambda_B
+    loss_G = loss_G_A + loss_G_B + loss_cycle_A + loss_cycle_B + loss_idt_A + loss_idt_B
+    loss_G.backward()
+    opt_G.step()
+    # D_A and D_B (the pool is filling: it hands back the new fakes)
+    set_requires_grad([m.D_A, m.D_B], True)
+    opt_D.zero_grad()
+    losses_D = []
+    for D, real, fake in ((m.D_A, real_B, fake_B), (m.D_B, real_A, fake_A)):
+        loss_D = (mse_to(D(real), 1.0) + mse_to(D(fake.detach()), 0.0)) * 0.5
+        loss_D.backward()
+        losses_D.append(loss_D)
+    opt_D.step()
+    return {"G_A_adv": loss_G_A, "G_B_adv": loss_G_B, "cycle_A": loss_cycle_A, "cycle_B": loss_cycle_B,
+            "idt_A": loss_idt_A, "idt_B": loss_idt_B, "G": loss_G, "D_A": losses_D[0], "D_B": losses_D[1]}
+
+
+def test_cyclegan_matches_the_reference_iteration(train_cfg):
+    cfg, model, reference = build(train_cfg, "cyclegan")
+    batch, before = random_batch(cfg), parameters_of(model)
+    logged = train_one_iteration(model, batch)
+    torch.manual_seed(SEED)
+    expected = cyclegan_reference_iteration(reference, cfg, batch)
+    assert_losses_match(logged, expected)
+    assert_same_updates(model, reference, before)
+
+
+# ----- pix2pix (junyanz/pytorch-CycleGAN-and-pix2pix, pix2pix_model.py) ----------------------------
+
+def pix2pix_reference_iteration(m, cfg, batch) -> dict[str, torch.Tensor]:
+    lambda_L1 = 100.0  # --lambda_L1 default
+    opt_G, opt_D = adam(cfg, m.G), adam(cfg, m.D)
+    real_A, real_B = batch["A"], batch["B"]
+    fake_B = m.G(real_A)  # forward()
+    # D
+    set_requires_grad([m.D], True)
+    opt_D.zero_grad()
+    fake_AB = torch.cat((real_A, fake_B), 1)
+    loss_D_fake = bce_to(m.D(fake_AB.detach()), 0.0)  # GANLoss('vanilla'): BCEWithLogits
+    real_AB = torch.cat((real_A, real_B), 1)
+    loss_D_real = bce_to(m.D(real_AB), 1.0)
+    loss_D = (loss_D_fake + loss_D_real) * 0.5
+    loss_D.backward()
+    opt_D.step()
+    # G
+    set_requires_grad([m.D], False)
+    opt_G.zero_grad()
+    loss_G_GAN = bce_to(m.D(fake_AB), 1.0)
+    loss_G_L1 = F.l1_loss(fake_B, real_B) * lambda_L1
+    loss_G = loss_G_GAN + loss_G_L1
+    loss_G.backward()
+    opt_G.step()
+    return {"D_fake": loss_D_fake, "D_real": loss_D_real, "D": loss_D, "G_adv": loss_G_GAN, "l1": loss_G_L1,
+            "G": loss_G}
+
+
+def test_pix2pix_matches_the_reference_iteration(train_cfg):
+    """With dropout on (re-seeded: same masks). Parameters are compared, not the batch-norm running
+    statistics: the reference feeds D the fake pair first and the real pair second, the model the
+    other way round, which changes only the order of the running-average updates (unused in
+    training, and pix2pix samples with batch statistics)."""
+    cfg, model, reference = build(train_cfg, "pix2pix", "data=shapes_paired")
+    assert any(isinstance(mod, torch.nn.Dropout) for mod in model.G.modules())
+    batch, before = random_batch(cfg), parameters_of(model)
+    logged = train_one_iteration(model, batch)
+    torch.manual_seed(SEED)
+    expected = pix2pix_reference_iteration(reference, cfg, batch)
+    assert_losses_match(logged, expected)
+    assert_same_updates(model, reference, before, buffers=False)
+
+
+# ----- U-GAT-IT (znxlwm/UGATIT-pytorch, UGATIT.py train()) ----------------------------------------
+
+def ugatit_reference_iteration(m, cfg, batch) -> dict[str, torch.Tensor]:
+    w = cfg.loss.weights
+    adv_weight, cycle_weight, identity_weight, cam_weight = w.adversarial, w.cycle, w.identity, w.cam
+    genA2B, genB2A, disGA, disLA, disGB, disLB = m.G_AB, m.G_BA, m.D_GA, m.D_LA, m.D_GB, m.D_LB
+    G_optim, D_optim = adam(cfg, genA2B, genB2A), adam(cfg, disGA, disGB, disLA, disLB)
+    real_A, real_B = batch["A"], batch["B"]
+
+    # Update D: the port re-runs the generators here, without detach.
+    D_optim.zero_grad()
+    fake_A2B, _, _ = genA2B(real_A)
+    fake_B2A, _, _ = genB2A(real_B)
+    real_GA_logit, real_GA_cam_logit, _ = disGA(real_A)
+    real_LA_logit, real_LA_cam_logit, _ = disLA(real_A)
+    real_GB_logit, real_GB_cam_logit, _ = disGB(real_B)
+    real_LB_logit, real_LB_cam_logit, _ = disLB(real_B)
+    fake_GA_logit, fake_GA_cam_logit, _ = disGA(fake_B2A)
+    fake_LA_logit, fake_LA_cam_logit, _ = disLA(fake_B2A)
+    fake_GB_logit, fake_GB_cam_logit, _ = disGB(fake_A2B)
+    fake_LB_logit, fake_LB_cam_logit, _ = disLB(fake_A2B)
+    D_ad_loss_GA = mse_to(real_GA_logit, 1) + mse_to(fake_GA_logit, 0)
+    D_ad_cam_loss_GA = mse_to(real_GA_cam_logit, 1) + mse_to(fake_GA_cam_logit, 0)
+    D_ad_loss_LA = mse_to(real_LA_logit, 1) + mse_to(fake_LA_logit, 0)
+    D_ad_cam_loss_LA = mse_to(real_LA_cam_logit, 1) + mse_to(fake_LA_cam_logit, 0)
+    D_ad_loss_GB = mse_to(real_GB_logit, 1) + mse_to(fake_GB_logit, 0)
+    D_ad_cam_loss_GB = mse_to(real_GB_cam_logit, 1) + mse_to(fake_GB_cam_logit, 0)
+    D_ad_loss_LB = mse_to(real_LB_logit, 1) + mse_to(fake_LB_logit, 0)
+    D_ad_cam_loss_LB = mse_to(real_LB_cam_logit, 1) + mse_to(fake_LB_cam_logit, 0)
+    D_loss_A = adv_weight * (D_ad_loss_GA + D_ad_cam_loss_GA + D_ad_loss_LA + D_ad_cam_loss_LA)
+    D_loss_B = adv_weight * (D_ad_loss_GB + D_ad_cam_loss_GB + D_ad_loss_LB + D_ad_cam_loss_LB)
+    (D_loss_A + D_loss_B).backward()
+    D_optim.step()
+
+    # Update G (the discriminators are not frozen in the port: their gradients are discarded later)
+    G_optim.zero_grad()
+    fake_A2B, fake_A2B_cam_logit, _ = genA2B(real_A)
+    fake_B2A, fake_B2A_cam_logit, _ = genB2A(real_B)
+    fake_A2B2A, _, _ = genB2A(fake_A2B)
+    fake_B2A2B, _, _ = genA2B(fake_B2A)
+    fake_A2A, fake_A2A_cam_logit, _ = genB2A(real_A)
+    fake_B2B, fake_B2B_cam_logit, _ = genA2B(real_B)
+    fake_GA_logit, fake_GA_cam_logit, _ = disGA(fake_B2A)
+    fake_LA_logit, fake_LA_cam_logit, _ = disLA(fake_B2A)
+    fake_GB_logit, fake_GB_cam_logit, _ = disGB(fake_A2B)
+    fake_LB_logit, fake_LB_cam_logit, _ = disLB(fake_A2B)
+    G_ad_A = (mse_to(fake_GA_logit, 1) + mse_to(fake_GA_cam_logit, 1)
+              + mse_to(fake_LA_logit, 1) + mse_to(fake_LA_cam_logit, 1))
+    G_ad_B = (mse_to(fake_GB_logit, 1) + mse_to(fake_GB_cam_logit, 1)
+              + mse_to(fake_LB_logit, 1) + mse_to(fake_LB_cam_logit, 1))
+    G_recon_loss_A, G_recon_loss_B = F.l1_loss(fake_A2B2A, real_A), F.l1_loss(fake_B2A2B, real_B)
+    G_identity_loss_A, G_identity_loss_B = F.l1_loss(fake_A2A, real_A), F.l1_loss(fake_B2B, real_B)
+    G_cam_loss_A = bce_to(fake_B2A_cam_logit, 1) + bce_to(fake_A2A_cam_logit, 0)
+    G_cam_loss_B = bce_to(fake_A2B_cam_logit, 1) + bce_to(fake_B2B_cam_logit, 0)
+    G_loss_A = (adv_weight * G_ad_A + cycle_weight * G_recon_loss_A + identity_weight * G_identity_loss_A
+                + cam_weight * G_cam_loss_A)
+    G_loss_B = (adv_weight * G_ad_B + cycle_weight * G_recon_loss_B + identity_weight * G_identity_loss_B
+                + cam_weight * G_cam_loss_B)
+    Generator_loss = G_loss_A + G_loss_B
+    Generator_loss.backward()
+    G_optim.step()
+    with torch.no_grad():  # RhoClipper(0, 1)
+        for mod in itertools.chain(genA2B.modules(), genB2A.modules()):
+            if hasattr(mod, "rho"):
+                mod.rho.clamp_(0, 1)
+    return {"D_A": D_loss_A, "D_B": D_loss_B, "adv_A": adv_weight * G_ad_A, "adv_B": adv_weight * G_ad_B,
+            "cycle_A": cycle_weight * G_recon_loss_A, "cycle_B": cycle_weight * G_recon_loss_B,
+            "idt_A": identity_weight * G_identity_loss_A, "idt_B": identity_weight * G_identity_loss_B,
+            "cam_A": cam_weight * G_cam_loss_A, "cam_B": cam_weight * G_cam_loss_B, "G": Generator_loss}
+
+
+def test_ugatit_matches_the_reference_iteration(train_cfg):
+    """Spectral-norm vectors included: each discriminator runs as often as in the port (twice in
+    the D step, once in the G step), so their power iterations agree too."""
+    cfg, model, reference = build(train_cfg, "ugatit")
+    batch, before = random_batch(cfg), parameters_of(model)
+    logged = train_one_iteration(model, batch)
+    torch.manual_seed(SEED)
+    expected = ugatit_reference_iteration(reference, cfg, batch)
+    assert_losses_match(logged, expected)
+    assert_same_updates(model, reference, before)
+
+
+# ----- NICE-GAN (alpc91/NICE-GAN-pytorch, NICE.py train()) ----------------------------------------
+
+def nicegan_reference_iteration(m, cfg, batch) -> dict[str, torch.Tensor]:
+    w = cfg.loss.weights
+    adv_weight, cycle_weight, recon_weight = w.adversarial, w.cycle, w.reconstruction
+    disA, disB, gen2B, gen2A = m.D_A, m.D_B, m.G_AB, m.G_BA
+    G_optim, D_optim = adam(cfg, gen2B, gen2A), adam(cfg, disA, disB)
+    real_A, real_B = batch["A"], batch["B"]
+
+    # Update D
+    D_optim.zero_grad()
+    real_LA_logit, real_GA_logit, real_A_cam_logit, _, real_A_z = disA(real_A)
+    real_LB_logit, real_GB_logit, real_B_cam_logit, _, real_B_z = disB(real_B)
+    fake_A2B = gen2B(real_A_z).detach()
+    fake_B2A = gen2A(real_B_z).detach()
+    fake_LA_logit, fake_GA_logit, fake_A_cam_logit, _, _ = disA(fake_B2A)
+    fake_LB_logit, fake_GB_logit, fake_B_cam_logit, _, _ = disB(fake_A2B)
+    D_ad_loss_GA = mse_to(real_GA_logit, 1) + mse_to(fake_GA_logit, 0)
+    D_ad_loss_LA = mse_to(real_LA_logit, 1) + mse_to(fake_LA_logit, 0)
+    D_ad_loss_GB = mse_to(real_GB_logit, 1) + mse_to(fake_GB_logit, 0)
+    D_ad_loss_LB = mse_to(real_LB_logit, 1) + mse_to(fake_LB_logit, 0)
+    D_ad_cam_loss_A = mse_to(real_A_cam_logit, 1) + mse_to(fake_A_cam_logit, 0)
+    D_ad_cam_loss_B = mse_to(real_B_cam_logit, 1) + mse_to(fake_B_cam_logit, 0)
+    D_loss_A = adv_weight * (D_ad_loss_GA + D_ad_cam_loss_A + D_ad_loss_LA)
+    D_loss_B = adv_weight * (D_ad_loss_GB + D_ad_cam_loss_B + D_ad_loss_LB)
+    Discriminator_loss = D_loss_A + D_loss_B
+    Discriminator_loss.backward()
+    D_optim.step()
+
+    # Update G: the encoders run inside the full discriminators and stay in the graph.
+    G_optim.zero_grad()
+    _, _, _, _, real_A_z = disA(real_A)
+    _, _, _, _, real_B_z = disB(real_B)
+    fake_A2B = gen2B(real_A_z)
+    fake_B2A = gen2A(real_B_z)
+    fake_LA_logit, fake_GA_logit, fake_A_cam_logit, _, fake_A_z = disA(fake_B2A)
+    fake_LB_logit, fake_GB_logit, fake_B_cam_logit, _, fake_B_z = disB(fake_A2B)
+    fake_B2A2B = gen2B(fake_A_z)
+    fake_A2B2A = gen2A(fake_B_z)
+    G_ad_A = mse_to(fake_GA_logit, 1) + mse_to(fake_A_cam_logit, 1) + mse_to(fake_LA_logit, 1)
+    G_ad_B = mse_to(fake_GB_logit, 1) + mse_to(fake_B_cam_logit, 1) + mse_to(fake_LB_logit, 1)
+    G_cycle_loss_A, G_cycle_loss_B = F.l1_loss(fake_A2B2A, real_A), F.l1_loss(fake_B2A2B, real_B)
+    fake_A2A, fake_B2B = gen2A(real_A_z), gen2B(real_B_z)
+    G_recon_loss_A, G_recon_loss_B = F.l1_loss(fake_A2A, real_A), F.l1_loss(fake_B2B, real_B)
+    G_loss_A = adv_weight * G_ad_A + cycle_weight * G_cycle_loss_A + recon_weight * G_recon_loss_A
+    G_loss_B = adv_weight * G_ad_B + cycle_weight * G_cycle_loss_B + recon_weight * G_recon_loss_B
+    Generator_loss = G_loss_A + G_loss_B
+    Generator_loss.backward()
+    G_optim.step()
+    with torch.no_grad():  # rho kept in [0, 1] (the model clips; see src/nets/adalin.py)
+        for mod in itertools.chain(gen2A.modules(), gen2B.modules()):
+            if hasattr(mod, "rho"):
+                mod.rho.clamp_(0, 1)
+    return {"D": Discriminator_loss, "adv_A": adv_weight * G_ad_A, "adv_B": adv_weight * G_ad_B,
+            "cycle_A": cycle_weight * G_cycle_loss_A, "cycle_B": cycle_weight * G_cycle_loss_B,
+            "recon_A": recon_weight * G_recon_loss_A, "recon_B": recon_weight * G_recon_loss_B,
+            "G": Generator_loss}
+
+
+def freeze_power_iterations(module: torch.nn.Module) -> None:
+    """Spectral norm without its power-iteration step: sigma = u^T W v with fixed u, v."""
+    for mod in module.modules():
+        for hook in mod._forward_pre_hooks.values():
+            if hasattr(hook, "n_power_iterations"):
+                hook.n_power_iterations = 0
+
+
+def test_nicegan_matches_the_reference_iteration(train_cfg):
+    """The public generator step runs each full discriminator on the reals only to take the
+    encoder's latent, which also advances the classifier's spectral-norm power iteration once
+    more than the model does (it runs the classifier on the fakes only). That changes the
+    estimate of sigma, not the objective, so this comparison fixes u and v in both copies."""
+    cfg, model, reference = build(train_cfg, "nicegan")
+    freeze_power_iterations(model)
+    freeze_power_iterations(reference)
+    batch, before = random_batch(cfg), parameters_of(model)
+    logged = train_one_iteration(model, batch)
+    torch.manual_seed(SEED)
+    expected = nicegan_reference_iteration(reference, cfg, batch)
+    assert_losses_match(logged, expected)
+    assert_same_updates(model, reference, before)
+
+
+def test_nicegan_discriminator_step_matches_with_live_power_iteration(train_cfg):
+    """Before the generator steps, the model and the public code run every spectral-norm layer
+    equally often, so the discriminator loss agrees with the power iteration running."""
+    cfg, model, reference = build(train_cfg, "nicegan")
+    batch = random_batch(cfg)
+    logged = train_one_iteration(model, batch)
+    torch.manual_seed(SEED)
+    expected = nicegan_reference_iteration(reference, cfg, batch)
+    assert_losses_match(logged, {"D": expected["D"]})
+    # and the encoders, trained by the D step only, end identical
+    for name in ("D_A.encoder", "D_B.encoder"):
+        ours, theirs = model.get_submodule(name), reference.get_submodule(name)
+        for (n, p), q in zip(ours.named_parameters(), theirs.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-8, msg=lambda m, n=n: f"{name}.{n}: {m}")
+
+
+@pytest.mark.parametrize("model_name", ["cyclegan", "ugatit"])
+def test_reference_comparison_detects_a_changed_loss_weight(train_cfg, model_name):
+    """The comparison has teeth: a model trained with another cycle weight does not pass it."""
+    cfg, model, reference = build(train_cfg, model_name, "loss.weights.cycle=3.0")
+    reference_cfg = train_cfg(f"model={model_name}")
+    batch = random_batch(cfg)
+    logged = train_one_iteration(model, batch)
+    torch.manual_seed(SEED)
+    run = cyclegan_reference_iteration if model_name == "cyclegan" else ugatit_reference_iteration
+    expected = run(reference, reference_cfg, batch)
+    with pytest.raises(AssertionError):
+        assert_losses_match(logged, {k: v for k, v in expected.items() if k.startswith("cycle")})
+
+
+# ----- the layers the models share, against their literal formulas --------------------------------
+
+def test_adalin_and_lin_equal_their_literal_formula():
+    """AdaLIN/LIN are computed as one `x * scale + shift`; the formula written out (two normalised
+    copies of x, mixed by rho, then gamma and beta; biased variances) gives the same values and
+    the same gradients, for mixing ratios strictly between the IN and LN limits."""
+    from src.nets.adalin import LIN, AdaLIN
+
+    def literal(x, rho, gamma, beta, eps):
+        in_mean, in_var = x.mean((2, 3), keepdim=True), x.var((2, 3), keepdim=True, unbiased=False)
+        ln_mean, ln_var = x.mean((1, 2, 3), keepdim=True), x.var((1, 2, 3), keepdim=True, unbiased=False)
+        out = rho * (x - in_mean) / torch.sqrt(in_var + eps) + (1 - rho) * (x - ln_mean) / torch.sqrt(ln_var + eps)
+        return out * gamma + beta
+
+    torch.manual_seed(0)
+    x = (torch.randn(2, 6, 9, 7) * 3 + 1).requires_grad_(True)
+    gamma, beta = torch.randn(2, 6, requires_grad=True), torch.randn(2, 6, requires_grad=True)
+    adalin, lin = AdaLIN(6), LIN(6)
+    with torch.no_grad():
+        adalin.rho.uniform_(0.05, 0.95)
+        lin.rho.uniform_(0.05, 0.95)
+        lin.gamma.normal_(1, 0.5)
+        lin.beta.normal_(0, 0.5)
+    cases = [(adalin(x, gamma, beta), literal(x, adalin.rho, gamma[:, :, None, None], beta[:, :, None, None], adalin.eps),
+              [x, gamma, beta, adalin.rho]),
+             (lin(x), literal(x, lin.rho, lin.gamma, lin.beta, lin.eps), [x, lin.rho, lin.gamma, lin.beta])]
+    for ours, expected, inputs in cases:
+        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+        g = torch.randn_like(ours)
+        for a, b in zip(torch.autograd.grad(ours, inputs, g), torch.autograd.grad(expected, inputs, g)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_adam_makes_the_default_adam_update():
+    """The models' Adam uses torch's fused kernel; over several steps it moves the parameters as
+    torch's default per-tensor Adam does, weight decay included."""
+    torch.manual_seed(0)
+    params = [torch.randn(300, 7), torch.randn(5)]
+    grads = [[torch.randn_like(p) * scale for p in params] for scale in (1e-3, 1.0, 1e-6, 0.3)]
+    results = []
+    for kernel in ({}, adam_kernel(params)):
+        ps = [torch.nn.Parameter(p.clone()) for p in params]
+        opt = torch.optim.Adam(ps, lr=2e-4, betas=(0.5, 0.999), weight_decay=1e-4, **kernel)
+        for step_grads in grads:
+            for p, g in zip(ps, step_grads):
+                p.grad = g.clone()
+            opt.step()
+        results.append(ps)
+    assert adam_kernel(params) == {"fused": True}
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("make_layer,shape", [(lambda: torch.nn.Conv2d(6, 5, 4, stride=2), (2, 6, 9, 9)),
+                                              (lambda: torch.nn.Linear(7, 3, bias=False), (4, 7))])
+def test_spectral_norm_matches_torch_spectral_norm(make_layer, shape):
+    """The discriminators' spectral norm (cheaper backward) against torch's own: outputs, the
+    power-iteration vectors and the gradients of two calls that share one backward, as a
+    discriminator step does with its real and fake batches."""
+    from src.nets.spectral_norm import spectral_norm
+
+    torch.manual_seed(0)
+    plain = make_layer()
+    ours, theirs = spectral_norm(copy.deepcopy(plain)), torch.nn.utils.spectral_norm(copy.deepcopy(plain))
+    theirs.load_state_dict(ours.state_dict())  # the same random start of the power iteration
+    assert type(ours._forward_pre_hooks[next(iter(ours._forward_pre_hooks))]).__name__ == "FastSpectralNorm"
+    x, y = torch.randn(shape, requires_grad=True), torch.randn(shape)
+    outputs = []
+    for layer in (ours, theirs):
+        layer.zero_grad()
+        x.grad = None
+        out = layer(x).square().mean() + layer(y).sin().sum()
+        out.backward()
+        outputs.append((out.detach(), x.grad.clone(), {n: p.grad.clone() for n, p in layer.named_parameters()},
+                        dict(layer.named_buffers())))
+    (o1, gx1, gp1, b1), (o2, gx2, gp2, b2) = outputs
+    torch.testing.assert_close(o1, o2)
+    torch.testing.assert_close(gx1, gx2)
+    for name in gp2:
+        torch.testing.assert_close(gp1[name], gp2[name], rtol=1e-5, atol=1e-7)
+    for name in b2:
+        torch.testing.assert_close(b1[name], b2[name])
