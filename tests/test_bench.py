@@ -27,7 +27,9 @@ def bench_cfg(*overrides: str):
 def test_bench_runs_a_tiny_configuration_end_to_end(tmp_path):
     out = tmp_path / "bench"
     data = "data_throughput.datamodules.shapes_256_workers2"
-    cmd = [sys.executable, str(ROOT / "src" / "bench.py"), "configurations=[smoke]", "warmup=1", "repeats=2",
+    # batch 2 in fp32 and bf16 (autocast, as on a GPU): the grid and the mixed-precision path
+    cmd = [sys.executable, str(ROOT / "src" / "bench.py"), "configurations=[smoke]", "batch_sizes=[2]",
+           "precision=[fp32,bf16]", "warmup=1", "repeats=2",
            "profile=true", f"profile_dir={tmp_path}/profiles", f"output_dir={out}", f"paths.log_dir={tmp_path}/logs",
            "quiet.max_load=null", "quiet.max_busy_cores=null", "data_throughput.epochs=2",
            "~data_throughput.datamodules.shapes_286crop256_workers2", "~data_throughput.datamodules.shapes_256_workers0",
@@ -38,19 +40,20 @@ def test_bench_runs_a_tiny_configuration_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
 
     results = json.loads((out / "results.json").read_text())
-    (row,) = results["train_step"]
-    assert row["name"] == "smoke" and row["batch_size"] == 1 and row["precision"] == "fp32"
-    assert len(row["iteration_times_s"]) == 3 and all(t > 0 for t in row["iteration_times_s"])
-    assert row["s_per_iter"] > 0 and row["images_per_s"] > 0
-    assert row["peak_rss_bytes"] > row["rss_before_model_bytes"] > 0
-    assert row["foreign_cpu_cores"] >= 0
-    assert row["profile"]["top_ops"] and row["profile"]["profiled_s"] > 0
-    assert Path(row["profile"]["table"]).is_file()
+    rows = results["train_step"]
+    assert [(r["name"], r["batch_size"], r["precision"]) for r in rows] == [("smoke", 2, "fp32"), ("smoke", 2, "bf16")]
+    for row in rows:
+        assert len(row["iteration_times_s"]) == 3 and all(t > 0 for t in row["iteration_times_s"])
+        assert row["s_per_iter"] > 0 and row["images_per_s"] > 0
+        assert row["peak_rss_bytes"] > row["rss_before_model_bytes"] > 0
+        assert row["foreign_cpu_cores"] >= 0
+        assert row["profile"]["top_ops"] and row["profile"]["profiled_s"] > 0
+        assert Path(row["profile"]["table"]).is_file()
     (data_row,) = results["data"]
     assert data_row["items_per_epoch"] == 4 and data_row["items_per_s"] > 0 and data_row["image_shape"] == [3, 32, 32]
 
     md = (out / "results.md").read_text()
-    assert "| configuration |" in md and row["label"] in md and "Data pipeline" in md
+    assert "| configuration |" in md and rows[0]["label"] in md and "precision=bf16" in md and "Data pipeline" in md
 
 
 def test_specs_cover_every_batch_size_and_precision():

@@ -7,6 +7,7 @@ row records when it was measured and at which code revision.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,16 @@ def _memory_gb(row: dict) -> float:
     return row.get("peak_cuda_allocated_bytes", row["peak_rss_bytes"]) / GB
 
 
-def train_step_table(rows: list[dict]) -> list[str]:
+def row_note(row: dict, usual: dict | None = None) -> str:
+    notes = []
+    if usual and (row.get("warmup"), row.get("repeats")) != (usual["warmup"], usual["repeats"]):
+        notes.append(f"median of {row.get('repeats')} after {row.get('warmup')} warm-ups")
+    if row.get("disturbed"):
+        notes.append(f"disturbed: other processes used {row['foreign_cpu_cores']:.2f} cores")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
+def train_step_table(rows: list[dict], usual: dict | None = None) -> list[str]:
     lines = ["| configuration | device | batch | precision | s/iter | images/s | peak memory (GB) | reference "
              "| ref s/iter | ref peak RSS (GB) | speed-up | memory vs ref | measured |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -59,7 +69,7 @@ def train_step_table(rows: list[dict]) -> list[str]:
         memory = _memory_gb(r)
         memory_ratio = memory / ref["peak_rss_gb"] if comparable else None
         memory_kind = "alloc" if "peak_cuda_allocated_bytes" in r else "RSS"
-        note = " (disturbed: other processes used %.2f cores)" % r["foreign_cpu_cores"] if r.get("disturbed") else ""
+        note = row_note(r, usual)
         lines.append(
             f"| {r['label']} | {r['device']} | {r['batch_size']} | {r['precision']} | {r['s_per_iter']:.3f} "
             f"| {r['images_per_s']:.2f} | {memory:.2f} {memory_kind} | {ref.get('code', '-')} "
@@ -74,7 +84,7 @@ def is_variant(row: dict) -> bool:
     return bool(row.get("variant")) or (row["device"] == "cpu" and row["precision"] != "fp32")
 
 
-def variant_table(rows: list[dict], defaults: dict[str, dict]) -> list[str]:
+def variant_table(rows: list[dict], defaults: dict[str, dict], usual: dict | None = None) -> list[str]:
     lines = ["| configuration | variant | s/iter | default s/iter | speed-up vs default | peak memory (GB) |",
              "|---|---|---|---|---|---|"]
     for r in rows:
@@ -82,7 +92,7 @@ def variant_table(rows: list[dict], defaults: dict[str, dict]) -> list[str]:
         ratio = base["s_per_iter"] / r["s_per_iter"] if base else None
         changes = {**r["variant"], **({"precision": r["precision"]} if r["precision"] != "fp32" else {})}
         variant = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
-        lines.append(f"| {r['label']} ({r['device']}, batch {r['batch_size']}, {r['precision']}) | {variant} "
+        lines.append(f"| {r['label']} ({r['device']}, batch {r['batch_size']}, {r['precision']}) | {variant}{row_note(r, usual)} "
                      f"| {r['s_per_iter']:.3f} | {_fmt(base['s_per_iter'], 3) if base else '-'} "
                      f"| {_fmt(ratio) + 'x' if ratio else '-'} | {_memory_gb(r):.2f} |")
     return lines
@@ -100,23 +110,34 @@ def data_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def usual_settings(rows: list[dict], fallback: dict) -> dict:
+    """Warm-up and repeat counts most rows were measured with (rows keep their own)."""
+    counts = Counter((r.get("warmup", fallback.get("warmup")), r.get("repeats", fallback.get("repeats"))) for r in rows)
+    warmup, repeats = counts.most_common(1)[0][0] if counts else (fallback.get("warmup"), fallback.get("repeats"))
+    return {**fallback, "warmup": warmup, "repeats": repeats}
+
+
 def markdown(results: dict[str, Any]) -> str:
-    m, s = results["machine"], results["settings"]
+    m = results["machine"]
     rows = results.get("train_step", [])
+    s = usual_settings(rows, results["settings"])
     plain = [r for r in rows if not is_variant(r)]
     variants = [r for r in rows if is_variant(r)]
+    before = sorted(r["rss_before_model_bytes"] for r in rows if r.get("rss_before_model_bytes"))
+    baseline_gb = before[len(before) // 2] / GB if before else 0.0
     out = ["# Training-speed benchmark", "",
            f"`python src/bench.py` (`make bench`) on {m['cpu']} ({m['cpu_count']} cores"
            + (f", {m['gpu']}" if m.get("gpu") else "") + f"), torch {m['torch']}, Lightning {m['lightning']}, "
            f"{s['threads']} threads. One row = one full training iteration (every optimizer step) through "
            f"`pl.Trainer` on pre-generated random batches, median of {s['repeats']} after {s['warmup']} warm-ups, "
            "each configuration in a fresh process. Peak memory: the process's peak RSS on CPU (imports "
-           "included, as for the references), peak allocated CUDA memory on a GPU. Speed-up = reference "
+           f"included, as for the references; ours holds {baseline_gb:.2f} GB before the model is built), "
+           "peak allocated CUDA memory on a GPU. Speed-up = reference "
            "s/iter / ours (CPU, batch 1, fp32 rows only). Method and findings: README.md.", "",
-           "## Training iterations", "", *train_step_table(plain), ""]
+           "## Training iterations", "", *train_step_table(plain, s), ""]
     if variants:
         defaults = {row_key(r): r for r in plain}
-        out += ["## Variants (trials against the default)", "", *variant_table(variants, defaults), ""]
+        out += ["## Variants (trials against the default)", "", *variant_table(variants, defaults, s), ""]
     if results.get("data"):
         out += ["## Data pipeline (training loader, batch 1)", "", *data_table(results["data"]), ""]
     return "\n".join(out)

@@ -192,6 +192,7 @@ def measure_training_step(spec: dict[str, Any]) -> dict[str, Any]:
         result["peak_cuda_reserved_bytes"] = torch.cuda.max_memory_reserved()
         result["gpu_name"] = torch.cuda.get_device_name()
     if timer.profiler is not None:
-        result["profile"] = summarise_profile(timer.profiler, spec["profile"].get("row_limit", 15),
-                                              device, Path(spec["profile"]["dir"]) / f"{spec['name']}.txt")
+        variant = "".join(f"_{k}-{v}" for k, v in sorted(spec.get("variant", {}).items()))
+        table = Path(spec["profile"]["dir"]) / f"{spec['name']}_{device}_b{spec['batch_size']}_{precision}{variant}.txt"
+        result["profile"] = summarise_profile(timer.profiler, spec["profile"].get("row_limit", 15), device, table)
     return result
