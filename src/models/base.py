@@ -170,6 +170,12 @@ class TranslationModel(pl.LightningModule):
         names = [name for name, opt in self.named_optimizers().items() if any(opt is o for o in optimizers)]
         return self.grad_scalers.scaling("+".join(names))
 
+    def log_losses(self, terms: dict[str, torch.Tensor], totals: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Log every weighted loss term as `train/<term>` and the players' totals (also on the
+        progress bar) as `train/<total>`."""
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size)
+        self.log_dict({f"train/{k}": v.detach() for k, v in totals.items()}, prog_bar=True, batch_size=batch_size)
+
     def _step_schedulers(self) -> None:
         schedulers = self.lr_schedulers()
         for s in schedulers if isinstance(schedulers, list) else [schedulers]:

@@ -77,9 +77,7 @@ class CycleGAN(TranslationModel):
             loss_d_b = self.discriminator_loss(self.D_B, real_A, self.pools["fake_A"].query(fake_A))
             self.update(opt_d, loss_d_a + loss_d_b)
 
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=real_A.size(0))
-        self.log_dict({"train/G": loss_g.detach(), "train/D_A": loss_d_a.detach(), "train/D_B": loss_d_b.detach()},
-                      prog_bar=True, batch_size=real_A.size(0))
+        self.log_losses(losses, {"G": loss_g, "D_A": loss_d_a, "D_B": loss_d_b}, real_A.size(0))
 
     def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:
         fake_B, fake_A = self.translate(batch["A"], "AtoB"), self.translate(batch["B"], "BtoA")

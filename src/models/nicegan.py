@@ -122,8 +122,7 @@ class NICEGAN(TranslationModel):
         clip_rho_(self.G_BA)
 
         batch_size = real_A.size(0)
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=batch_size)
-        self.log_dict({"train/G": loss_g.detach(), "train/D": loss_d.detach()}, prog_bar=True, batch_size=batch_size)
+        self.log_losses(losses, {"G": loss_g, "D": loss_d}, batch_size)
         if self.iteration % self.hparams.log_rho_every_n_iters == 0:
             metrics = rho_metrics({"G_AB": self.G_AB, "G_BA": self.G_BA})
             metrics.update({f"attention_gamma/D_{d}": self.discriminator_of(d).encoder.attention.gamma.item()

@@ -81,8 +81,5 @@ class Pix2Pix(TranslationModel):
             loss_g = sum(losses.values())
             self.update(opt_g, loss_g)
 
-        batch_size = real_A.size(0)
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=batch_size)
-        self.log_dict({"train/G": loss_g.detach(), "train/D": loss_d.detach(),
-                       "train/D_real": loss_d_real.detach(), "train/D_fake": loss_d_fake.detach()},
-                      prog_bar=True, batch_size=batch_size)
+        self.log_losses(losses, {"G": loss_g, "D": loss_d, "D_real": loss_d_real, "D_fake": loss_d_fake},
+                        real_A.size(0))

@@ -111,9 +111,7 @@ class UGATIT(TranslationModel):
         clip_rho_(self.G_BA)
 
         batch_size = real_A.size(0)
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=batch_size)
-        self.log_dict({"train/G": loss_g.detach(), "train/D_A": loss_d_a.detach(), "train/D_B": loss_d_b.detach()},
-                      prog_bar=True, batch_size=batch_size)
+        self.log_losses(losses, {"G": loss_g, "D_A": loss_d_a, "D_B": loss_d_b}, batch_size)
         if self.iteration % self.hparams.log_rho_every_n_iters == 0:
             self.log_dict(rho_metrics({"G_AB": self.G_AB, "G_BA": self.G_BA}), batch_size=batch_size)
 
