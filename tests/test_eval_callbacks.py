@@ -261,3 +261,34 @@ def test_a_rank_with_an_empty_shard_still_gets_the_single_process_values(extract
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert result["scores"] == pytest.approx(expected, rel=1e-6, abs=1e-9)
         assert torch.equal(result["rows"], rows)
+
+
+def random_inception_weights(path: Path, monkeypatch) -> Path:
+    """A weights file shaped like torch-fidelity's download, randomly initialised (no download)."""
+    from torch_fidelity import feature_extractor_inceptionv3 as fidelity_inception
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fidelity_inception, "load_state_dict_from_url", lambda *args, **kwargs: {})
+        patch.setattr(fidelity_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        net = fidelity_inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.mark.skipif(not features_module.torch_fidelity_available(), reason="needs torch-fidelity (make install-fid)")
+def test_inception_path_gives_2048_features_from_a_local_weights_file(tmp_path, monkeypatch):
+    weights = random_inception_weights(tmp_path / "w.pth", monkeypatch)
+    extractor = build_feature_extractor("inception", weights_path=str(weights))
+    images = torch.rand(3, 3, 64, 64) * 2 - 1
+    features = extractor(images)
+    assert features.shape == (3, 2048) and torch.isfinite(features).all()
+    assert not torch.allclose(features[0], features[1])
+
+
+def test_inception_weights_must_load_as_plain_tensors(tmp_path, monkeypatch):
+    monkeypatch.setattr(features_module, "torch_fidelity_available", lambda: True)
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"conv.weight": torch.zeros(1), "extra": SimpleNamespace(a=1)}, unsafe)
+    with pytest.raises(RuntimeError, match="weights_only=True") as error:
+        build_feature_extractor("inception", weights_path=str(unsafe))
+    assert str(unsafe) in str(error.value)

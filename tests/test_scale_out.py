@@ -479,3 +479,21 @@ def test_eval_and_translate_load_the_ema_weights(ddp_sweep):
         assert torch.equal(averaged[name], value), name
     for name, value in checkpoint["state_dict"].items():
         assert torch.equal(trained[name], value), name
+
+
+def test_a_player_updated_inside_autocast_is_seen_updated_by_the_next_forward(train_cfg):
+    """Autocast caches low-precision weight copies for a whole training step; a forward after
+    `update` in the same step must use the new weights, not the cached pre-step copy."""
+    model = hydra.utils.instantiate(train_cfg("model=cyclegan").model, _recursive_=False)
+    model.manual_backward = lambda loss: loss.backward()  # no trainer here
+    discriminator = model.D_A
+    optimizer = torch.optim.SGD(discriminator.parameters(), lr=0.5)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = discriminator(x)
+        model.update(optimizer, before.float().square().mean())
+        after = discriminator(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fresh = discriminator(x)
+    assert not torch.equal(before, after)
+    assert torch.equal(after, fresh)

@@ -98,6 +98,19 @@ def torch_fidelity_available() -> bool:
     return importlib.util.find_spec("torch_fidelity") is not None
 
 
+def check_plain_weights_file(weights_path: str) -> None:
+    """torch-fidelity unpickles the weights file with `weights_only=False`, which runs any code a
+    tampered file carries; so the file must first load as plain tensors (`weights_only=True`)."""
+    if not Path(weights_path).is_file():
+        raise inception_unavailable(f"weights file not found: {weights_path}")
+    try:
+        torch.load(weights_path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise inception_unavailable(
+            f"{weights_path} is not a plain tensor state dict loadable with weights_only=True "
+            f"({type(error).__name__}: {error}); use the file torch-fidelity downloads.") from error
+
+
 class InceptionFeatures(FrozenExtractor):
     """InceptionV3 pool3 features (2048-d) as torch-fidelity computes them, through torchmetrics'
     `NoTrainInceptionV3`: it takes uint8 images in [0, 255] and resizes them to 299x299 itself."""
@@ -108,8 +121,8 @@ class InceptionFeatures(FrozenExtractor):
         super().__init__()
         if not torch_fidelity_available():
             raise inception_unavailable("the package torch-fidelity is not installed.")
-        if weights_path is not None and not Path(weights_path).is_file():
-            raise inception_unavailable(f"weights file not found: {weights_path}")
+        if weights_path is not None:
+            check_plain_weights_file(weights_path)
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         try:

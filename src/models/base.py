@@ -162,6 +162,10 @@ class TranslationModel(pl.LightningModule):
                 # Free the gradients now: they are stale once stepped, and holding them through
                 # the other players' steps only costs memory.
                 opt.zero_grad(set_to_none=True)
+        # Autocast caches the low-precision copy of each trainable weight for the rest of the
+        # training step; those copies are stale now that the weights moved.
+        if torch.is_autocast_enabled(self.device.type):
+            torch.clear_autocast_cache()
 
     def loss_scaling(self, optimizers):
         """fp16: the loss scaler of the players these optimizers train; otherwise nothing."""

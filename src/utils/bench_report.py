@@ -53,6 +53,8 @@ def row_note(row: dict, usual: dict | None = None) -> str:
     notes = []
     if usual and (row.get("warmup"), row.get("repeats")) != (usual["warmup"], usual["repeats"]):
         notes.append(f"median of {row.get('repeats')} after {row.get('warmup')} warm-ups")
+    if row["device"] == "cuda" and "warmup_peak_cuda_allocated_bytes" not in row:
+        notes.append("peak memory includes cuDNN's warm-up algorithm search")
     if row.get("disturbed"):
         notes.append(f"disturbed: other processes used {row['foreign_cpu_cores']:.2f} cores")
     return f" ({'; '.join(notes)})" if notes else ""
@@ -63,8 +65,9 @@ def train_step_table(rows: list[dict], usual: dict | None = None) -> list[str]:
              "| ref s/iter | ref peak RSS (GB) | speed-up | memory vs ref | measured |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ref = r.get("reference") or {}
-        comparable = bool(ref) and r["device"] == "cpu" and r["batch_size"] == 1 and r["precision"] == "fp32"
+        # The references were measured on this CPU at batch 1 in fp32: other rows have none.
+        comparable = bool(r.get("reference")) and r["device"] == "cpu" and r["batch_size"] == 1 and r["precision"] == "fp32"
+        ref = r["reference"] if comparable else {}
         speedup = ref["s_per_iter"] / r["s_per_iter"] if comparable else None
         memory = _memory_gb(r)
         memory_ratio = memory / ref["peak_rss_gb"] if comparable else None
@@ -132,7 +135,7 @@ def markdown(results: dict[str, Any]) -> str:
            f"`pl.Trainer` on pre-generated random batches, median of {s['repeats']} after {s['warmup']} warm-ups, "
            "each configuration in a fresh process. Peak memory: the process's peak RSS on CPU (imports "
            f"included, as for the references; ours holds {baseline_gb:.2f} GB before the model is built), "
-           "peak allocated CUDA memory on a GPU. Speed-up = reference "
+           "peak allocated CUDA memory over the timed iterations on a GPU. Speed-up = reference "
            "s/iter / ours (CPU, batch 1, fp32 rows only). Method and findings: README.md.", "",
            "## Training iterations", "", *train_step_table(plain, s), ""]
     if variants:

@@ -109,6 +109,7 @@ class IterationTimer(pl.Callback):
         self.profiler = None
         self.foreign = ForeignCpuMeter()
         self.foreign_cores: float | None = None
+        self.warmup_peak_cuda_bytes: int | None = None
         self._start = 0.0
 
     def _sync(self) -> None:
@@ -118,6 +119,13 @@ class IterationTimer(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.first_timed:
             self.foreign.start()
+            if self.device == "cuda":
+                # cuDNN's algorithm search (cudnn.benchmark) allocates trial workspaces during
+                # warm-up, up to tens of GB for fp32 convolutions; the peak that matters is the
+                # steady training one, so it is measured over the timed iterations only.
+                torch.cuda.synchronize()
+                self.warmup_peak_cuda_bytes = torch.cuda.max_memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
         if batch_idx == self.profile_batch:
             activities = [torch.profiler.ProfilerActivity.CPU]
             if self.device == "cuda":
@@ -189,6 +197,7 @@ def measure_training_step(spec: dict[str, Any]) -> dict[str, Any]:
     }
     if device == "cuda":
         result["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated()
+        result["warmup_peak_cuda_allocated_bytes"] = timer.warmup_peak_cuda_bytes
         result["peak_cuda_reserved_bytes"] = torch.cuda.max_memory_reserved()
         result["gpu_name"] = torch.cuda.get_device_name()
     if timer.profiler is not None:

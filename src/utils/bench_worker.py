@@ -38,7 +38,9 @@ def run_in_subprocess(spec: dict[str, Any], timeout_s: float | None = None) -> d
         raise ValueError(f"tweaks.allocator must be one of {list(ALLOCATOR_ENV)}, got '{allocator}'")
     # Only the chosen allocator settings: none leak in from the caller's shell.
     inherited = {k: v for k, v in os.environ.items() if k not in {n for e in ALLOCATOR_ENV.values() for n in e}}
-    env = {**inherited, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(ROOT),
+    # ROOT first so `src` resolves; the caller's own entries (extra site dirs) stay after it.
+    python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**inherited, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": python_path,
            # OpenMP and MKL read these at start-up, before torch.set_num_threads can act.
            "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
            **ALLOCATOR_ENV[allocator]}

@@ -1,0 +1,74 @@
+"""CUDA checks, run on GPU machines (skipped elsewhere): every model trains in each precision,
+fp16 keeps one finite loss scale per player, bf16 computes in bf16, and FID/KID on the GPU agree
+with the CPU on the same images."""
+import math
+
+import hydra
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from src.metrics.features import build_feature_extractor
+from src.metrics.fid_kid import FidKidScorer
+from src.models.loss_scaling import PlayerGradScalers
+from src.utils.run import build_trainer_kwargs
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+MODELS = ("cyclegan", "pix2pix", "ugatit", "nicegan")
+DATA_OF = {"cyclegan": "shapes", "pix2pix": "shapes_paired", "ugatit": "shapes", "nicegan": "shapes"}
+NO_EVALUATION = ("++callbacks.fid_kid=null", "++callbacks.latent=null", "++callbacks.shapes_truth=null")
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])
+@pytest.mark.parametrize("model_name", MODELS)
+def test_every_model_trains_on_cuda(train_cfg, model_name, precision):
+    cfg = train_cfg(f"model={model_name}", f"data={DATA_OF[model_name]}", "trainer=gpu",
+                    f"trainer.precision={precision}", "max_iters=3", "data.max_dataset_size=3", *NO_EVALUATION)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    start = {name: [p.detach().clone() for m in modules for p in m.parameters()]
+             for name, modules in model.player_modules().items()}
+    output_dtypes = []
+    model.generator_for("AtoB").register_forward_hook(
+        lambda module, inputs, out: output_dtypes.append((out[0] if isinstance(out, tuple) else out).dtype))
+    trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), logger=False, enable_checkpointing=False)
+    trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
+
+    assert next(model.parameters()).is_cuda
+    assert trainer.global_step == 3 * model.optimizer_steps_per_iter
+    losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    assert losses and all(math.isfinite(v) for v in losses.values()), losses
+    scalers = trainer.precision_plugin.scaler if precision == "16-mixed" else None
+    for name, modules in model.player_modules().items():
+        now = [p.detach() for m in modules for p in m.parameters()]
+        assert all(torch.isfinite(p).all() for p in now), f"{name} has non-finite weights"
+        moved = any(not torch.equal(a.to(b.device), b) for a, b in zip(start[name], now))
+        # fp16: a step whose scaled gradients overflowed is skipped by design and backs its
+        # player's scale off from the initial 2**16; every other step must move the player.
+        backed_off = scalers is not None and any(
+            name in key.split("+") and s.get_scale() < 2.0 ** 16 for key, s in scalers.scalers.items())
+        assert moved or backed_off, f"{name} never moved"
+    expected_dtype = {"32-true": torch.float32, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[precision]
+    assert expected_dtype in output_dtypes
+    if precision == "16-mixed":
+        assert isinstance(scalers, PlayerGradScalers) and len(scalers.scalers) == 2
+        assert all(math.isfinite(s.get_scale()) and s.get_scale() > 0 for s in scalers.scalers.values())
+    else:
+        assert model.grad_scalers is None
+
+
+def test_fid_kid_on_cuda_match_the_cpu(monkeypatch):
+    # TF32 convolutions would move the features by ~1e-3 relative: compare exact arithmetic.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    generator = torch.Generator().manual_seed(0)
+    real = torch.rand(24, 3, 32, 32, generator=generator) * 2 - 1
+    fake = (0.5 * real + 0.4 + 0.2 * torch.randn(24, 3, 32, 32, generator=generator)).clamp(-1, 1)
+    scores = {}
+    for device in ("cpu", "cuda"):
+        scorer = FidKidScorer(build_feature_extractor("random_cnn"), kid_subset_size=12).to(device)
+        for start in range(0, 24, 8):
+            scorer.update(real=real[start:start + 8].to(device), fake=fake[start:start + 8].to(device))
+        scores[device] = scorer.compute()
+    assert scores["cpu"]["fid"] > 1.0 and scores["cpu"]["kid_x100"] > 1.0  # sets that really differ
+    assert scores["cuda"]["fid"] == pytest.approx(scores["cpu"]["fid"], rel=1e-3)
+    assert scores["cuda"]["kid_x100"] == pytest.approx(scores["cpu"]["kid_x100"], rel=1e-3)
