@@ -15,6 +15,6 @@ for model in ${models[@]}; do
   mkdir -p "$here/$model"
   cp "$run_dir/eval/metrics.json" "$here/$model/metrics.json"
   cp "$(ls "$run_dir"/samples/iter_*.png | tail -n 1)" "$here/$model/samples_final.png"
-  cp -r "$run_dir/.hydra" "$here/$model/hydra_config"
+  rm -rf "$here/$model/hydra_config" && cp -r "$run_dir/.hydra" "$here/$model/hydra_config"
 done
 .venv/bin/python "$here/table.py"
