@@ -41,18 +41,19 @@ def record_player_steps(model) -> list[tuple[str, ...]]:
     steps = []
     original_update = model.update
 
-    def checked_update(opts, loss):
+    def checked_update(opts, *losses):
         names = tuple(n for n, o in model.named_optimizers().items() if any(o is x for x in opts))
         others = [m for n, ms in players.items() if n not in names for m in ms]
         before_mine = {n: snapshot(players[n]) for n in names}
         before_others = snapshot(others)
-        original_update(opts, loss)
+        loss = original_update(opts, *losses)
         assert torch.isfinite(loss), f"{names} loss is not finite"
         for n in names:
             assert changed(before_mine[n], players[n]), f"{n} step changed none of its parameters"
         assert not changed(before_others, others), f"{names} step changed another player's parameters"
         assert all(p.grad is None for m in others for p in m.parameters()), f"{names} step left gradients elsewhere"
         steps.append(names)
+        return loss
 
     model.update = checked_update
     return steps

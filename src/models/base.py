@@ -150,13 +150,23 @@ class TranslationModel(pl.LightningModule):
             for p in frozen:
                 p.requires_grad_(True)
 
-    def update(self, optimizers, loss: torch.Tensor) -> None:
-        """Backward once, then step every given optimizer (a list, or one optimizer)."""
+    def update(self, optimizers, *losses) -> torch.Tensor:
+        """Back-propagate each loss in turn, then step every given optimizer (a list, or one).
+
+        A loss is a tensor, or a function of no arguments that builds one. A function runs only
+        after the previous loss's backward has freed that graph, so independent parts of one
+        player's objective never hold their activations at the same time; the gradients add up
+        to the gradient of their sum. Returns the sum, detached.
+        """
         optimizers = optimizers if isinstance(optimizers, (list, tuple)) else [optimizers]
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
+        total = None
         with self.loss_scaling(optimizers):
-            self.manual_backward(loss)
+            for loss in losses:
+                loss = loss() if callable(loss) else loss
+                self.manual_backward(loss)
+                total = loss.detach() if total is None else total + loss.detach()
             for opt in optimizers:
                 opt.step()
                 # Free the gradients now: they are stale once stepped, and holding them through
@@ -166,6 +176,7 @@ class TranslationModel(pl.LightningModule):
         # training step; those copies are stale now that the weights moved.
         if torch.is_autocast_enabled(self.device.type):
             torch.clear_autocast_cache()
+        return total
 
     def loss_scaling(self, optimizers):
         """fp16: the loss scaler of the players these optimizers train; otherwise nothing."""

@@ -56,25 +56,36 @@ class CycleGAN(TranslationModel):
 
     def train_iteration(self, batch: dict) -> None:
         real_A, real_B = batch["A"], batch["B"]
-        fake_B, fake_A = self.G_A(real_A), self.G_B(real_B)
-        rec_A, rec_B = self.G_B(fake_B), self.G_A(fake_A)
+        losses, fakes = {}, {}
+
+        def translate_and_cycle(source: str) -> torch.Tensor:
+            """One direction's adversarial and cycle terms: real -> fake -> reconstruction."""
+            target = "B" if source == "A" else "A"
+            forward, backward = (self.G_A, self.G_B) if source == "A" else (self.G_B, self.G_A)
+            judge = self.D_A if source == "A" else self.D_B  # D_A judges domain B, as in the paper's code
+            real = batch[source]
+            fake = forward(real)
+            fakes[target] = fake.detach()
+            losses[f"G_{source}_adv"] = self.adversarial(judge(fake), True, for_discriminator=False)
+            losses[f"cycle_{source}"] = F.l1_loss(backward(fake), real) * self.weight("cycle")
+            return losses[f"G_{source}_adv"] + losses[f"cycle_{source}"]
+
+        def identity() -> torch.Tensor:
+            losses["idt_A"] = F.l1_loss(self.G_A(real_B), real_B) * self.weight("identity")
+            losses["idt_B"] = F.l1_loss(self.G_B(real_A), real_A) * self.weight("identity")
+            return losses["idt_A"] + losses["idt_B"]
 
         with self.players("generators") as opt_g:
-            losses = {
-                "G_A_adv": self.adversarial(self.D_A(fake_B), True, for_discriminator=False),
-                "G_B_adv": self.adversarial(self.D_B(fake_A), True, for_discriminator=False),
-                "cycle_A": F.l1_loss(rec_A, real_A) * self.weight("cycle"),
-                "cycle_B": F.l1_loss(rec_B, real_B) * self.weight("cycle"),
-            }
+            # Three independent parts of one objective, each back-propagated before the next is
+            # built: the step holds two generator passes' activations at a time instead of six.
+            parts = [lambda: translate_and_cycle("A"), lambda: translate_and_cycle("B")]
             if self.weight("identity") > 0:
-                losses["idt_A"] = F.l1_loss(self.G_A(real_B), real_B) * self.weight("identity")
-                losses["idt_B"] = F.l1_loss(self.G_B(real_A), real_A) * self.weight("identity")
-            loss_g = sum(losses.values())
-            self.update(opt_g, loss_g)
+                parts.append(identity)
+            loss_g = self.update(opt_g, *parts)
 
         with self.players("discriminators") as opt_d:
-            loss_d_a = self.discriminator_loss(self.D_A, real_B, self.pools["fake_B"].query(fake_B))
-            loss_d_b = self.discriminator_loss(self.D_B, real_A, self.pools["fake_A"].query(fake_A))
+            loss_d_a = self.discriminator_loss(self.D_A, real_B, self.pools["fake_B"].query(fakes["B"]))
+            loss_d_b = self.discriminator_loss(self.D_B, real_A, self.pools["fake_A"].query(fakes["A"]))
             self.update(opt_d, loss_d_a + loss_d_b)
 
         self.log_losses(losses, {"G": loss_g, "D_A": loss_d_a, "D_B": loss_d_b}, real_A.size(0))
