@@ -13,12 +13,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python src/trai
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from src.utils.allocator import configure_allocator  # noqa: E402
 from src.utils.ddp_multirun import argv_for_launched_rank  # noqa: E402
-from src.utils.run import run_training  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
+    configure_allocator(cfg.get("allocator", "default"))
+    from src.utils.run import run_training  # loads torch: only once the allocator is set
+
     metrics = run_training(cfg)
     metric_name = cfg.get("optimized_metric")
     if not metric_name:

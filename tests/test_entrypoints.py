@@ -36,6 +36,7 @@ def test_multirun_writes_one_run_dir_per_job(tmp_path, shared_data_dir):
     ("loss.gan_mode=bogus", "loss.gan_mode"),
     ("model.lr_schedule.policy=exp", "model.lr_schedule.policy"),
     ("+model.no_such_arg=1", "no_such_arg"),
+    ("allocator=huge", "allocator='huge' is not one of default, thp, reuse, thp_reuse (conf/train.yaml: allocator)"),
 ])
 def test_bad_config_fails_at_start_naming_the_key(tmp_path, shared_data_dir, override, message):
     result = run_train(override, tmp_path=tmp_path, data_dir=shared_data_dir)

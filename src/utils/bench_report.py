@@ -61,9 +61,9 @@ def row_note(row: dict, usual: dict | None = None) -> str:
 
 
 def train_step_table(rows: list[dict], usual: dict | None = None) -> list[str]:
-    lines = ["| configuration | device | batch | precision | s/iter | images/s | peak memory (GB) | reference "
+    lines = ["| configuration | device | batch | precision | allocator | s/iter | images/s | peak memory (GB) | reference "
              "| ref s/iter | ref peak RSS (GB) | speed-up | memory vs ref | measured |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         # The references were measured on this CPU at batch 1 in fp32: other rows have none.
         comparable = bool(r.get("reference")) and r["device"] == "cpu" and r["batch_size"] == 1 and r["precision"] == "fp32"
@@ -74,7 +74,7 @@ def train_step_table(rows: list[dict], usual: dict | None = None) -> list[str]:
         memory_kind = "alloc" if "peak_cuda_allocated_bytes" in r else "RSS"
         note = row_note(r, usual)
         lines.append(
-            f"| {r['label']} | {r['device']} | {r['batch_size']} | {r['precision']} | {r['s_per_iter']:.3f} "
+            f"| {r['label']} | {r['device']} | {r['batch_size']} | {r['precision']} | {allocator_of(r)} | {r['s_per_iter']:.3f} "
             f"| {r['images_per_s']:.2f} | {memory:.2f} {memory_kind} | {ref.get('code', '-')} "
             f"| {_fmt(ref.get('s_per_iter'))} | {_fmt(ref.get('peak_rss_gb'))} "
             f"| {_fmt(speedup) + 'x' if speedup else '-'} | {_fmt(memory_ratio) + 'x' if memory_ratio else '-'} "
@@ -87,17 +87,36 @@ def is_variant(row: dict) -> bool:
     return bool(row.get("variant")) or (row["device"] == "cpu" and row["precision"] != "fp32")
 
 
-def variant_table(rows: list[dict], defaults: dict[str, dict], usual: dict | None = None) -> list[str]:
-    lines = ["| configuration | variant | s/iter | default s/iter | speed-up vs default | peak memory (GB) |",
-             "|---|---|---|---|---|---|"]
+def allocator_of(row: dict) -> str:
+    return row.get("allocator") or "default"  # rows from before the allocator setting existed
+
+
+def baseline_row(row: dict, rows: list[dict]) -> dict | None:
+    """What a trial is compared with: the same configuration without the trial's tweaks, under
+    the same allocator (a default row, or an allocator-only trial), in fp32 on a CPU. An
+    allocator trial is compared with the default row."""
+    precision = "fp32" if row["device"] == "cpu" else row["precision"]
+    same = [r for r in rows if (r["name"], r["device"], r["batch_size"], r["precision"]) ==
+            (row["name"], row["device"], row["batch_size"], precision)]
+    tweaks = set(row.get("variant", {})) - {"allocator"}
+    if not tweaks and row["precision"] == precision:
+        return next((r for r in same if not r.get("variant")), None)
+    return next((r for r in same if set(r.get("variant", {})) <= {"allocator"}
+                 and allocator_of(r) == allocator_of(row)), None)
+
+
+def variant_table(rows: list[dict], all_rows: list[dict], usual: dict | None = None) -> list[str]:
+    lines = ["| configuration | variant | allocator | s/iter | baseline s/iter | speed-up vs baseline | peak memory (GB) "
+             "| measured |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        base = defaults.get(row_key({**r, "variant": {}, "precision": "fp32" if r["device"] == "cpu" else r["precision"]}))
+        base = baseline_row(r, all_rows)
         ratio = base["s_per_iter"] / r["s_per_iter"] if base else None
         changes = {**r["variant"], **({"precision": r["precision"]} if r["precision"] != "fp32" else {})}
         variant = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
         lines.append(f"| {r['label']} ({r['device']}, batch {r['batch_size']}, {r['precision']}) | {variant}{row_note(r, usual)} "
-                     f"| {r['s_per_iter']:.3f} | {_fmt(base['s_per_iter'], 3) if base else '-'} "
-                     f"| {_fmt(ratio) + 'x' if ratio else '-'} | {_memory_gb(r):.2f} |")
+                     f"| {allocator_of(r)} | {r['s_per_iter']:.3f} | {_fmt(base['s_per_iter'], 3) if base else '-'} "
+                     f"| {_fmt(ratio) + 'x' if ratio else '-'} | {_memory_gb(r):.2f} "
+                     f"| {r['measured_at'][:10]} {r['revision']} |")
     return lines
 
 
@@ -139,8 +158,9 @@ def markdown(results: dict[str, Any]) -> str:
            "s/iter / ours (CPU, batch 1, fp32 rows only). Method and findings: README.md.", "",
            "## Training iterations", "", *train_step_table(plain, s), ""]
     if variants:
-        defaults = {row_key(r): r for r in plain}
-        out += ["## Variants (trials against the default)", "", *variant_table(variants, defaults, s), ""]
+        out += ["## Variants (trials against the default)", "",
+                "Each trial is compared with the same configuration without it under the same allocator "
+                "(an allocator trial: with the default row).", "", *variant_table(variants, rows, s), ""]
     if results.get("data"):
         out += ["## Data pipeline (training loader, batch 1)", "", *data_table(results["data"]), ""]
     return "\n".join(out)

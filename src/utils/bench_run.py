@@ -14,6 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src.utils.bench_machine import load_average, wait_until_quiet
 from src.utils.bench_report import write_results
+from src.utils.bench_step import compose_model_config
 from src.utils.bench_worker import ROOT, run_in_subprocess
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ def train_step_specs(cfg: DictConfig) -> list[dict[str, Any]]:
             raise KeyError(f"configuration '{name}' is not in the catalog of conf/bench.yaml; "
                            f"known: {sorted(cfg.catalog)}")
         entry = OmegaConf.to_container(cfg.catalog[name], resolve=True)
+        # As src/train.py runs this model (its config may choose the allocator), unless a trial sets one.
+        allocator = tweaks.get("allocator") or compose_model_config(
+            str(ROOT / "conf"), entry["model"], int(entry["size"]), entry.get("overrides", [])).get("allocator", "default")
         for batch_size in as_list(cfg.batch_sizes):
             for precision in as_list(cfg.precision):
                 if precision not in ("fp32", "bf16"):
@@ -50,7 +54,7 @@ def train_step_specs(cfg: DictConfig) -> list[dict[str, Any]]:
                     "reference": entry.get("reference"), "batch_size": int(batch_size), "precision": precision,
                     "device": cfg.device, "threads": int(cfg.threads), "warmup": int(cfg.warmup),
                     "repeats": int(cfg.repeats), "seed": int(cfg.seed), "tweaks": tweaks,
-                    "variant": active_tweaks(tweaks, cfg.device),
+                    "variant": active_tweaks(tweaks, cfg.device), "allocator": allocator,
                     "conf_dir": str(ROOT / "conf"),
                     "profile": {"dir": str(cfg.profile_dir), "row_limit": int(cfg.profile_rows)} if cfg.profile else None,
                 })

@@ -15,35 +15,25 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from src.utils.allocator import ALLOCATORS, allocator_environment
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-#: Process-wide memory-allocation settings a measurement can run under (`tweaks.allocator`).
-#: They must be in the environment before the process starts (glibc) or allocates (torch).
-ALLOCATOR_ENV = {
-    None: {},
-    # torch backs allocations of 2 MB and more with transparent huge pages: a first touch of a
-    # fresh multi-megabyte tensor costs one page fault per 2 MB instead of one per 4 KB.
-    "thp": {"THP_MEM_ALLOC_ENABLE": "1"},
-    # glibc serves large blocks from its heap and keeps freed ones for reuse instead of mapping
-    # fresh (zero-filled, page-faulting) memory for every tensor above its mmap threshold.
-    "reuse": {"MALLOC_MMAP_THRESHOLD_": str(2 ** 32), "MALLOC_TRIM_THRESHOLD_": str(2 ** 34)},
-}
 
 
 def run_in_subprocess(spec: dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
     """Run `spec` in a fresh Python process and return its result (or raise with its stderr)."""
-    allocator = (spec.get("tweaks") or {}).get("allocator")
-    if allocator not in ALLOCATOR_ENV:
-        raise ValueError(f"tweaks.allocator must be one of {list(ALLOCATOR_ENV)}, got '{allocator}'")
-    # Only the chosen allocator settings: none leak in from the caller's shell.
-    inherited = {k: v for k, v in os.environ.items() if k not in {n for e in ALLOCATOR_ENV.values() for n in e}}
+    # The allocator src/train.py would run this model with (bench_run resolves it), or a trial's.
+    allocator = spec.get("allocator") or (spec.get("tweaks") or {}).get("allocator") or "default"
+    # Only the chosen allocator's variables: none leak in from the caller's shell. They are in
+    # the worker's environment from its start, where glibc and torch read them.
+    every_allocator_key = {key for name in ALLOCATORS for key in allocator_environment(name)}
+    inherited = {k: v for k, v in os.environ.items() if k not in every_allocator_key}
     # ROOT first so `src` resolves; the caller's own entries (extra site dirs) stay after it.
     python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = {**inherited, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": python_path,
            # OpenMP and MKL read these at start-up, before torch.set_num_threads can act.
            "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
-           **ALLOCATOR_ENV[allocator]}
+           **allocator_environment(allocator)}
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_path.write_text(json.dumps({**spec, "work_dir": tmp}))
@@ -51,7 +41,7 @@ def run_in_subprocess(spec: dict[str, Any], timeout_s: float | None = None) -> d
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
         if proc.returncode != 0 or not out_path.exists():
             raise RuntimeError(f"benchmark '{spec.get('name')}' failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-        return json.loads(out_path.read_text())
+        return {**json.loads(out_path.read_text()), "allocator": allocator}
 
 
 def main(spec_path: str, out_path: str) -> None:

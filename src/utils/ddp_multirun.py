@@ -31,10 +31,8 @@ import logging
 import os
 import subprocess
 
-import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +100,10 @@ def launches_ranks_for_multirun_job(trainer) -> bool:
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return False
     launcher = getattr(trainer.strategy, "launcher", None)
+    # Imported here, as torch.distributed below: src/train.py imports this module before torch,
+    # which must not load until the allocator is configured (src/utils/allocator.py).
+    from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
     return (isinstance(launcher, _SubprocessScriptLauncher)
             and not trainer.strategy.cluster_environment.creates_processes_externally)
 
@@ -122,6 +124,8 @@ def job_shared_with_launched_ranks(trainer):
         raise
     finally:
         codes = _wait_for_launched_ranks(trainer.strategy.launcher)
+        import torch.distributed as dist
+
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
         for key, value in saved.items():

@@ -1,0 +1,75 @@
+"""Process-wide CPU memory allocation (`allocator` in conf/train.yaml), set before torch loads.
+
+Training allocates and frees tensors of tens to hundreds of MB many times per iteration. By
+default glibc maps each block above its mmap threshold fresh from the kernel and returns it on
+free, so every new activation or gradient is zero-filled one 4 KB page fault at a time; for
+U-GAT-IT and NICE-GAN that system time rivals the arithmetic (experiments/bench/README.md).
+
+- `thp`: torch backs its CPU allocations of 2 MB and more with transparent huge pages
+  (`THP_MEM_ALLOC_ENABLE=1`): one fault per 2 MB. torch reads the variable once, at its first
+  allocation, so it must be set before `import torch`.
+- `reuse`: glibc keeps freed blocks (up to 1 GB) in its heap for the next allocation instead of
+  unmapping them (`mallopt`, and the `MALLOC_*_` variables for child processes such as DDP
+  ranks). Faster still, but the process keeps its high-water mark of memory.
+- `thp_reuse`: both. `default`: neither.
+
+A variable already set in the environment wins over the config.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import sys
+
+log = logging.getLogger(__name__)
+
+ALLOCATORS = ("default", "thp", "reuse", "thp_reuse")
+
+THP_ENV = {"THP_MEM_ALLOC_ENABLE": "1"}
+REUSE_BYTES = {"MALLOC_MMAP_THRESHOLD_": 1 << 30, "MALLOC_TRIM_THRESHOLD_": (1 << 31) - 1}
+# mallopt parameter numbers from glibc's malloc.h.
+_MALLOPT_PARAM = {"MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}
+
+
+def allocator_environment(name: str) -> dict[str, str]:
+    """The environment variables that select allocator `name` in a new process."""
+    check_allocator_name(name)
+    env = dict(THP_ENV) if "thp" in name else {}
+    if "reuse" in name:
+        env.update({key: str(value) for key, value in REUSE_BYTES.items()})
+    return env
+
+
+def check_allocator_name(name: str) -> None:
+    if name not in ALLOCATORS:
+        raise ValueError(f"allocator={name!r} is not one of {', '.join(ALLOCATORS)} (conf/train.yaml: allocator)")
+
+
+def configure_allocator(name: str) -> None:
+    """Apply allocator `name` to this process and the processes it starts. Call before torch
+    is imported; a variable the user already set is left as it is."""
+    if "thp" in name and "torch" in sys.modules:
+        log.warning("allocator=%s: torch is already imported, so THP_MEM_ALLOC_ENABLE may come too late "
+                    "for this process (it still reaches the processes it starts)", name)
+    for key, value in allocator_environment(name).items():
+        os.environ.setdefault(key, value)
+    if "reuse" in name:
+        _apply_to_this_process()
+
+
+def _apply_to_this_process() -> None:
+    """glibc reads MALLOC_*_ only at process start: set the same values with mallopt."""
+    libc_path = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(libc_path)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        log.warning("allocator 'reuse' needs glibc's mallopt, which this platform lacks (%s); "
+                    "running with the platform's allocator", libc_path)
+        return
+    for key in REUSE_BYTES:
+        value = int(os.environ[key])
+        if mallopt(_MALLOPT_PARAM[key], ctypes.c_int(value)) != 1:
+            log.warning("mallopt refused %s=%d; that setting is not applied", key, value)
