@@ -13,6 +13,11 @@ from omegaconf import DictConfig, open_dict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
+MODELS = ("cyclegan", "pix2pix", "ugatit", "nicegan")
+# The embedded dataset each model trains on in tests (pix2pix needs pairs).
+DATA_OF = {"cyclegan": "shapes", "pix2pix": "shapes_paired", "ugatit": "shapes", "nicegan": "shapes"}
+# The evaluation callbacks have their own tests; runs that do not need them go faster without.
+NO_EVALUATION = ("++callbacks.fid_kid=null", "++callbacks.latent=null", "++callbacks.shapes_truth=null")
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from conftest import DATA_OF, MODELS, NO_EVALUATION
 from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
 from src.models.loss_scaling import PlayerGradScalers
@@ -15,9 +16,6 @@ from src.utils.run import build_trainer_kwargs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-MODELS = ("cyclegan", "pix2pix", "ugatit", "nicegan")
-DATA_OF = {"cyclegan": "shapes", "pix2pix": "shapes_paired", "ugatit": "shapes", "nicegan": "shapes"}
-NO_EVALUATION = ("++callbacks.fid_kid=null", "++callbacks.latent=null", "++callbacks.shapes_truth=null")
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])

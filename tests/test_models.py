@@ -8,9 +8,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from conftest import MODELS
 from src.utils.run import build_trainer_kwargs, run_training
 
-MODELS = ("cyclegan", "pix2pix", "ugatit", "nicegan")
 UNPAIRED_MODELS = ("cyclegan", "ugatit", "nicegan")
 LOSSES = ("vanilla", "lsgan", "wgangp", "hinge")
 

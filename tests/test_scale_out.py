@@ -16,6 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 from pytorch_lightning.plugins.precision import MixedPrecision
 
+from conftest import DATA_OF, MODELS, NO_EVALUATION
 from src.callbacks.ema import GeneratorEMA, averaged_state_dict, ema_update_
 from src.callbacks.image_grid import ImageGridCallback
 from src.models.loss_scaling import PlayerGradScalers
@@ -25,10 +26,6 @@ from src.utils.wandb_run import CHECKPOINT_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
-MODELS = ("cyclegan", "pix2pix", "ugatit", "nicegan")
-DATA_OF = {"cyclegan": "shapes", "pix2pix": "shapes_paired", "ugatit": "shapes", "nicegan": "shapes"}
-# The evaluation callbacks have their own tests; runs here that do not need them go faster without.
-NO_EVALUATION = ("++callbacks.fid_kid=null", "++callbacks.latent=null", "++callbacks.shapes_truth=null")
 PROBE = "+callbacks.rank_probe._target_=tests.scripts.ddp_probe.RankProbe"
 # `++`: whether or not conf/callbacks/default.yaml includes conf/callbacks/ema.yaml.
 EMA = ("++callbacks.ema._target_=src.callbacks.ema.GeneratorEMA", "++callbacks.ema.enabled=true",

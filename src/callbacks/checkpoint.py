@@ -34,4 +34,4 @@ class IterationCheckpoint(ModelCheckpoint):
         # Ctrl-C makes Lightning exit the process after its graceful shutdown: save first, so no
         # run ends without a checkpoint.
         if isinstance(exception, KeyboardInterrupt) and self.dirpath:
-            trainer.save_checkpoint(f"{self.dirpath}/interrupted.ckpt")
+            trainer.save_checkpoint(f"{self.dirpath}/interrupted.ckpt", weights_only=False)

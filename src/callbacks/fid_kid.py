@@ -249,7 +249,7 @@ class FidKidCallback(PeriodicEvaluation):
             return
         self.best_fid, self.best_iteration = float(fid), pl_module.iteration
         path = self.best_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # full state: a best checkpoint can be resumed
         rank_zero_info(f"FID {fid:.4f} at iteration {pl_module.iteration}: new best, saved {path}")
 
     # ----- the best value survives a resume ----------------------------------------------
