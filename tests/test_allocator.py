@@ -89,3 +89,17 @@ def test_configured_variables_reach_child_processes_and_the_user_setting_wins():
             "os.environ.get(\"THP_MEM_ALLOC_ENABLE\"))'], capture_output=True, text=True).stdout.strip())\n")
     assert run_python(code) == f"{1 << 30} 1"
     assert run_python(code, THP_MEM_ALLOC_ENABLE="0") == f"{1 << 30} 0"
+
+
+def test_a_second_setting_in_the_same_process_is_refused_with_a_warning():
+    code = ("import logging, os\n"
+            "logging.basicConfig(level=logging.WARNING)\n"
+            "from src.utils.allocator import configure_allocator\n"
+            "configure_allocator('thp')\n"
+            "configure_allocator('reuse')\n"
+            "print(os.environ.get('MALLOC_MMAP_THRESHOLD_'))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**{k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "THP_"))},
+                               "PYTHONPATH": str(ROOT)})
+    assert proc.stdout.strip() == "None"
+    assert "allocator=reuse ignored: this process already runs with allocator=thp" in proc.stderr

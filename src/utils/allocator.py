@@ -13,7 +13,8 @@ U-GAT-IT and NICE-GAN that system time rivals the arithmetic (experiments/bench/
   ranks). Faster still, but the process keeps its high-water mark of memory.
 - `thp_reuse`: both. `default`: neither.
 
-A variable already set in the environment wins over the config.
+A variable already set in the environment wins over the config. The setting is process-wide:
+in a multirun, every job that runs in the same process keeps the first job's setting.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import sys
 log = logging.getLogger(__name__)
 
 ALLOCATORS = ("default", "thp", "reuse", "thp_reuse")
+_applied: str | None = None  # the setting this process runs with, once configured
 
 THP_ENV = {"THP_MEM_ALLOC_ENABLE": "1"}
 REUSE_BYTES = {"MALLOC_MMAP_THRESHOLD_": 1 << 30, "MALLOC_TRIM_THRESHOLD_": (1 << 31) - 1}
@@ -50,6 +52,14 @@ def check_allocator_name(name: str) -> None:
 def configure_allocator(name: str) -> None:
     """Apply allocator `name` to this process and the processes it starts. Call before torch
     is imported; a variable the user already set is left as it is."""
+    global _applied
+    check_allocator_name(name)
+    if _applied is not None:
+        if name != _applied:
+            log.warning("allocator=%s ignored: this process already runs with allocator=%s (it cannot be "
+                        "changed once torch has allocated memory)", name, _applied)
+        return
+    _applied = name
     if "thp" in name and "torch" in sys.modules:
         log.warning("allocator=%s: torch is already imported, so THP_MEM_ALLOC_ENABLE may come too late "
                     "for this process (it still reaches the processes it starts)", name)
