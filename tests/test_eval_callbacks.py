@@ -149,14 +149,15 @@ def test_shards_are_contiguous_disjoint_and_complete():
 def test_best_fid_survives_a_resume_and_only_improvements_save(tmp_path):
     saved = []
     trainer = SimpleNamespace(strategy=SimpleNamespace(broadcast=lambda value, src=0: value),
-                              save_checkpoint=saved.append, checkpoint_callback=None,
+                              save_checkpoint=lambda path, weights_only=None: saved.append((path, weights_only)),
+                              checkpoint_callback=None,
                               default_root_dir=str(tmp_path))
     callback = FidKidCallback()
     callback.load_state_dict(FidKidCallback().state_dict() | {"best_fid": 5.0, "best_iteration": 10})
     callback.save_if_best(trainer, SimpleNamespace(iteration=20), 6.0)
     assert saved == [] and callback.state_dict() == {"best_fid": 5.0, "best_iteration": 10}
     callback.save_if_best(trainer, SimpleNamespace(iteration=30), 4.0)
-    assert saved == [tmp_path / "checkpoints" / "best_fid.ckpt"]
+    assert saved == [(tmp_path / "checkpoints" / "best_fid.ckpt", False)]  # full state: resumable
     assert callback.state_dict() == {"best_fid": 4.0, "best_iteration": 30}
 
 
