@@ -5,7 +5,10 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+import math  # noqa: E402
+
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -50,3 +53,32 @@ def train_cfg(tmp_path, shared_data_dir):
         return compose_train_cfg(["debug=smoke", *overrides], tmp_path / "run", shared_data_dir)
     yield make
     GlobalHydra.instance().clear()
+
+
+# ----- shared checks of trained models ---------------------------------------------------------
+def snapshot(modules) -> dict[str, torch.Tensor]:
+    return {f"{i}.{n}": p.detach().clone() for i, m in enumerate(modules) for n, p in m.named_parameters()}
+
+
+def changed(before: dict, modules) -> set[str]:
+    after = snapshot(modules)
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def generator_output_dtypes(model) -> list[torch.dtype]:
+    """Dtypes of the AtoB generator's outputs during training (the forward hook sees them)."""
+    dtypes = []
+
+    def record(module, inputs, output):
+        if module.training:
+            dtypes.append((output[0] if isinstance(output, tuple) else output).dtype)
+
+    model.generator_for("AtoB").register_forward_hook(record)
+    return dtypes
+
+
+def finite_train_losses(trainer) -> dict[str, float]:
+    """The logged `train/` losses, asserted present and finite."""
+    losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    assert losses and all(math.isfinite(v) for v in losses.values()), losses
+    return losses

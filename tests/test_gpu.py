@@ -8,7 +8,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import DATA_OF, MODELS, NO_EVALUATION
+from conftest import (DATA_OF, MODELS, NO_EVALUATION, changed, finite_train_losses, generator_output_dtypes,
+                      snapshot)
 from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
 from src.models.loss_scaling import PlayerGradScalers
@@ -17,30 +18,24 @@ from src.utils.run import build_trainer_kwargs
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])
 @pytest.mark.parametrize("model_name", MODELS)
 def test_every_model_trains_on_cuda(train_cfg, model_name, precision):
     cfg = train_cfg(f"model={model_name}", f"data={DATA_OF[model_name]}", "trainer=gpu",
                     f"trainer.precision={precision}", "max_iters=3", "data.max_dataset_size=3", *NO_EVALUATION)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
-    start = {name: [p.detach().clone() for m in modules for p in m.parameters()]
-             for name, modules in model.player_modules().items()}
-    output_dtypes = []
-    model.generator_for("AtoB").register_forward_hook(
-        lambda module, inputs, out: output_dtypes.append((out[0] if isinstance(out, tuple) else out).dtype))
+    start = {name: snapshot(modules) for name, modules in model.player_modules().items()}
+    output_dtypes = generator_output_dtypes(model)
     trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), logger=False, enable_checkpointing=False)
     trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
 
     assert next(model.parameters()).is_cuda
     assert trainer.global_step == 3 * model.optimizer_steps_per_iter
-    losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-    assert losses and all(math.isfinite(v) for v in losses.values()), losses
+    finite_train_losses(trainer)
     scalers = trainer.precision_plugin.scaler if precision == "16-mixed" else None
     for name, modules in model.player_modules().items():
-        now = [p.detach() for m in modules for p in m.parameters()]
-        assert all(torch.isfinite(p).all() for p in now), f"{name} has non-finite weights"
-        moved = any(not torch.equal(a.to(b.device), b) for a, b in zip(start[name], now))
+        assert all(torch.isfinite(p).all() for m in modules for p in m.parameters()), f"{name} has non-finite weights"
+        moved = bool(changed(start[name], modules))
         # fp16: a step whose scaled gradients overflowed is skipped by design and backs its
         # player's scale off from the initial 2**16; every other step must move the player.
         backed_off = scalers is not None and any(

@@ -8,20 +8,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import MODELS
+from conftest import MODELS, changed, snapshot
 from src.utils.run import build_trainer_kwargs, run_training
 
 UNPAIRED_MODELS = ("cyclegan", "ugatit", "nicegan")
 LOSSES = ("vanilla", "lsgan", "wgangp", "hinge")
-
-
-def snapshot(modules) -> dict[str, torch.Tensor]:
-    return {f"{i}.{n}": p.detach().clone() for i, m in enumerate(modules) for n, p in m.named_parameters()}
-
-
-def changed(before: dict, modules) -> set[str]:
-    after = snapshot(modules)
-    return {k for k in before if not torch.equal(before[k], after[k])}
 
 
 @pytest.mark.parametrize("model_name", MODELS)

@@ -16,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 from pytorch_lightning.plugins.precision import MixedPrecision
 
-from conftest import DATA_OF, MODELS, NO_EVALUATION
+from conftest import DATA_OF, MODELS, NO_EVALUATION, finite_train_losses, generator_output_dtypes
 from src.callbacks.ema import GeneratorEMA, averaged_state_dict, ema_update_
 from src.callbacks.image_grid import ImageGridCallback
 from src.models.loss_scaling import PlayerGradScalers
@@ -308,18 +308,6 @@ def test_ema_resumes_exactly(train_cfg, tmp_path):
 
 # ----- mixed precision ---------------------------------------------------------------------------
 
-def generator_output_dtypes(model) -> list[torch.dtype]:
-    """Dtypes of the AtoB generator's outputs during training (the forward hook sees them)."""
-    dtypes = []
-
-    def record(module, inputs, output):
-        if module.training:
-            dtypes.append((output[0] if isinstance(output, tuple) else output).dtype)
-
-    model.generator_for("AtoB").register_forward_hook(record)
-    return dtypes
-
-
 @pytest.mark.parametrize("model_name", MODELS)
 def test_bf16_mixed_trains_every_model(train_cfg, model_name):
     cfg = train_cfg(f"model={model_name}", f"data={DATA_OF[model_name]}", "max_iters=2", "data.max_dataset_size=2",
@@ -330,8 +318,7 @@ def test_bf16_mixed_trains_every_model(train_cfg, model_name):
     trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
     assert torch.bfloat16 in dtypes
     assert model.grad_scalers is None  # bf16 needs no loss scaling
-    losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-    assert losses and all(math.isfinite(v) for v in losses.values()), losses
+    finite_train_losses(trainer)
 
 
 # One scaler per backward: named after the players its optimizers train.
@@ -357,8 +344,7 @@ def test_fp16_gives_each_loss_its_own_scaler(train_cfg, tmp_path, model_name):
     expected = EXPECTED_SCALERS[model_name]
     assert set(scalers.scalers) == expected
     assert trainer.global_step == 2 * model.optimizer_steps_per_iter  # skipped steps count too
-    losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-    assert losses and all(math.isfinite(v) for v in losses.values()), losses
+    finite_train_losses(trainer)
     # The scalers' state is checkpointed by Lightning through the precision plugin.
     trainer.save_checkpoint(tmp_path / "fp16.ckpt")
     state = torch.load(tmp_path / "fp16.ckpt", weights_only=True)["MixedPrecision"]
