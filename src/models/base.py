@@ -14,11 +14,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.strategies import SingleDeviceStrategy
 
 from src.losses import AdversarialLoss
 from src.models.image_pool import ImagePool
 from src.models.loss_scaling import PlayerGradScalers
 from src.models.lr_schedules import build_scheduler
+from src.models.step_in_backward import stepping_in_backward
 from src.nets.init import init_weights
 from src.utils.rng import collect_rng_states, restore_rng_states
 
@@ -163,11 +165,16 @@ class TranslationModel(pl.LightningModule):
             opt.zero_grad(set_to_none=True)
         total = None
         with self.loss_scaling(optimizers):
-            for loss in losses:
+            for i, loss in enumerate(losses):
                 loss = loss() if callable(loss) else loss
-                self.manual_backward(loss)
+                last = i == len(losses) - 1
+                # Only the last backward completes the gradients, so only it may step them.
+                with stepping_in_backward(optimizers) if last and self.steps_in_backward else contextlib.nullcontext():
+                    self.manual_backward(loss)
                 total = loss.detach() if total is None else total + loss.detach()
             for opt in optimizers:
+                # Steps what was not stepped in backward (everything, when that is off), and
+                # counts the optimizer step for Lightning either way.
                 opt.step()
                 # Free the gradients now: they are stale once stepped, and holding them through
                 # the other players' steps only costs memory.
@@ -177,6 +184,14 @@ class TranslationModel(pl.LightningModule):
         if torch.is_autocast_enabled(self.device.type):
             torch.clear_autocast_cache()
         return total
+
+    @property
+    def steps_in_backward(self) -> bool:
+        """Whether `update` steps each parameter during backward (src/models/step_in_backward.py):
+        on unless `model.optimizer.step_in_backward=false`, and never with fp16 loss scaling or
+        under a multi-process strategy, which need all gradients before the first step."""
+        return (bool(self.optimizer_cfg.get("step_in_backward", True)) and self.grad_scalers is None
+                and isinstance(self.trainer.strategy, SingleDeviceStrategy))
 
     def loss_scaling(self, optimizers):
         """fp16: the loss scaler of the players these optimizers train; otherwise nothing."""
