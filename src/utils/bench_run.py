@@ -27,7 +27,7 @@ def as_list(value) -> list:
 def active_tweaks(tweaks: dict[str, Any], device: str) -> dict[str, Any]:
     """The tweaks that differ from the defaults (what makes a row a variant)."""
     defaults = {"channels_last": False, "adam": None, "compile": False, "cudnn_benchmark": True, "allocator": None,
-                "spectral_norm": None}
+                "spectral_norm": None, "step_in_backward": None}
     relevant = {k: v for k, v in tweaks.items() if device == "cuda" or k != "cudnn_benchmark"}
     return {k: v for k, v in relevant.items() if v != defaults.get(k)}
 

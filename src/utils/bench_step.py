@@ -164,6 +164,8 @@ def measure_training_step(spec: dict[str, Any]) -> dict[str, Any]:
     apply_adam_implementation(model, tweaks.get("adam"))
     if tweaks.get("spectral_norm") == "torch":
         use_torch_spectral_norm(model)
+    if tweaks.get("step_in_backward") is not None:
+        model.optimizer_cfg["step_in_backward"] = bool(tweaks["step_in_backward"])
     if tweaks.get("compile", False):
         compile_networks(model)
 
