@@ -190,8 +190,8 @@ class TranslationModel(pl.LightningModule):
         """Whether `update` steps each parameter during backward (src/models/step_in_backward.py):
         on unless `model.optimizer.step_in_backward=false`, and never with fp16 loss scaling or
         under a multi-process strategy, which need all gradients before the first step."""
-        return (bool(self.optimizer_cfg.get("step_in_backward", True)) and self.grad_scalers is None
-                and isinstance(self.trainer.strategy, SingleDeviceStrategy))
+        single_process = self._trainer is None or isinstance(self._trainer.strategy, SingleDeviceStrategy)
+        return bool(self.optimizer_cfg.get("step_in_backward", True)) and self.grad_scalers is None and single_process
 
     def loss_scaling(self, optimizers):
         """fp16: the loss scaler of the players these optimizers train; otherwise nothing."""
