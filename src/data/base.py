@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from src.data.epoch_order import EpochOrderLoader, EpochOrderSampler, SeededItems
 from src.data.image_io import check_channels
 from src.data.transforms import ImageTransform
 
@@ -128,22 +130,46 @@ class ImageTranslationDataModule(pl.LightningDataModule):
             self.dataset("train", train=True)
         self.dataset("test", train=False)
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
+    def _loader_settings(self, batch_size: int) -> dict[str, Any]:
+        return dict(
             batch_size=batch_size,
-            shuffle=shuffle,
             drop_last=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            # The workers' base seed is drawn from this generator, not from torch's global RNG,
+            # so starting an epoch's iterator leaves the training's random stream untouched.
+            generator=torch.Generator(),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("train", train=True), self.batch_size, shuffle=True)
+        """Shuffled training items in an order, and with augmentations, set by (seed, epoch)
+        alone, so a run resumed mid-epoch continues exactly (src/data/epoch_order.py)."""
+        dataset = SeededItems(self.dataset("train", train=True))
+        trainer = self.trainer
+        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochOrderSampler(dataset, seed=self._order_seed(), num_replicas=world_size, rank=rank)
+        return EpochOrderLoader(dataset, sampler=sampler, position=self._training_position,
+                                **self._loader_settings(self.batch_size))
+
+    def _order_seed(self) -> int:
+        """A seed read from torch's global RNG (which `seed` fixes) without advancing it, so
+        building the loader changes no other random draw; every rank takes rank 0's. A resumed
+        run's loader gets its original one back from the checkpoint."""
+        with torch.random.fork_rng(devices=[]):
+            seed = int(torch.randint(2**31 - 1, ()).item())
+        return self.trainer.strategy.broadcast(seed) if self.trainer is not None else seed
+
+    def _training_position(self) -> tuple[int, int]:
+        """(epoch, items this rank has trained on in it) of the running fit."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        batches_done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return trainer.current_epoch, batches_done * self.batch_size
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test", train=False), self.eval_batch_size, shuffle=False)
+        return DataLoader(self.dataset("test", train=False), **self._loader_settings(self.eval_batch_size))
 
     def val_dataloader(self) -> DataLoader:
         return self.test_dataloader()

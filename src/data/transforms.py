@@ -16,8 +16,9 @@ none                     sides floored to a multiple of 4        same as trainin
 plus a random horizontal flip in training when `flip` is set.
 
 Randomness: every random draw comes from a per-call seed, and a missing seed is drawn from
-torch's global RNG, so Lightning's seeding (and the DataLoader's per-worker seeding derived from
-it) fixes every crop and flip; albumentations' own default would seed from OS entropy.
+torch's global RNG; training items are prepared with that RNG seeded per item
+(src/data/epoch_order.py), so `seed` fixes every crop and flip whatever the workers.
+albumentations' own default would seed from OS entropy.
 """
 
 from __future__ import annotations

@@ -1,0 +1,90 @@
+"""Training items in an order, and with augmentations, set by (seed, epoch) alone."""
+import torch
+
+from src.data.epoch_order import EpochOrderSampler, SeededItems
+from src.data.unpaired import UnpairedDataModule
+from tests.test_data import make_unpaired, module
+
+
+class RandomItems(torch.utils.data.Dataset):
+    """Item i: (i, a draw from torch's global RNG), like an item with a random augmentation."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, index: int):
+        return index, float(torch.rand(()))
+
+
+def epoch(sampler: EpochOrderSampler, number: int) -> list[tuple[int, int]]:
+    sampler.set_epoch(number)
+    return list(sampler)
+
+
+def test_each_epoch_is_a_permutation_fixed_by_seed_and_epoch():
+    dataset = SeededItems(RandomItems())
+    first = epoch(EpochOrderSampler(dataset, seed=3), 0)
+    assert sorted(index for index, _ in first) == list(range(10))
+    assert epoch(EpochOrderSampler(dataset, seed=3), 0) == first
+    assert epoch(EpochOrderSampler(dataset, seed=3), 1) != first
+    assert epoch(EpochOrderSampler(dataset, seed=4), 0) != first
+
+
+def test_ranks_split_the_one_epoch_list_without_overlap():
+    dataset = SeededItems(RandomItems())
+    whole = epoch(EpochOrderSampler(dataset, seed=3), 2)
+    ranks = [epoch(EpochOrderSampler(dataset, seed=3, num_replicas=2, rank=r), 2) for r in (0, 1)]
+    assert ranks[0] == whole[0::2] and ranks[1] == whole[1::2]
+    three = [EpochOrderSampler(dataset, seed=3, num_replicas=3, rank=r) for r in (0, 1, 2)]
+    assert all(len(s) == 4 for s in three)  # 10 items padded to 12, as DistributedSampler pads
+    assert {i for s in three for i, _ in epoch(s, 2)} == set(range(10))
+
+
+def test_resume_starts_that_epoch_after_the_items_done_and_only_that_epoch():
+    dataset = SeededItems(RandomItems())
+    sampler = EpochOrderSampler(dataset, seed=3, num_replicas=2, rank=1)
+    full = {n: epoch(sampler, n) for n in (4, 5)}
+    sampler.resume(epoch=4, items_done=2)
+    assert epoch(sampler, 4) == full[4][2:]
+    assert epoch(sampler, 5) == full[5]
+    assert len(sampler) == 5  # Lightning counts the epoch's batches, the done ones included
+
+
+def test_an_item_draws_from_its_own_seed_and_leaves_the_callers_rng_alone():
+    dataset = SeededItems(RandomItems())
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    first = dataset[(7, 123)]
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(99)
+    assert dataset[(7, 123)] == first
+    assert dataset[(7, 124)] != first
+
+
+def batches(dm, num_workers: int) -> list:
+    dm.num_workers = num_workers
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(1)
+    return [(b["A_path"], b["B_path"], b["A"], b["B"]) for b in loader]
+
+
+def test_items_and_augmentations_do_not_depend_on_the_workers(tmp_path):
+    dm = module(UnpairedDataModule, make_unpaired(tmp_path / "d", n_a=4, n_b=6), batch_size=2)
+    dm.setup("fit")
+    torch.manual_seed(5)
+    in_process = batches(dm, 0)
+    torch.manual_seed(5)
+    with_workers = batches(dm, 2)
+    assert len(in_process) == 3
+    for (a_paths, b_paths, a, b), (a_paths2, b_paths2, a2, b2) in zip(in_process, with_workers):
+        assert a_paths == a_paths2 and b_paths == b_paths2
+        assert torch.equal(a, a2) and torch.equal(b, b2)
+
+
+def test_iterating_the_training_loader_draws_nothing_from_the_global_rng(tmp_path):
+    dm = module(UnpairedDataModule, make_unpaired(tmp_path / "d"), batch_size=2)
+    dm.setup("fit")
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    assert list(dm.train_dataloader())
+    assert torch.equal(torch.get_rng_state(), state)
