@@ -126,6 +126,28 @@ def test_ddp_ranks_end_identical_after_training_on_different_images(ddp_sweep, i
         assert torch.equal(checkpoint["state_dict"][name], value), name
 
 
+def test_ddp_resume_mid_epoch_continues_each_ranks_share_exactly(tmp_path, shared_data_dir):
+    """2 ranks, 8 images: 4 batches per rank per epoch. 4 iterations straight == 2, then resume
+    for 2 more: each rank trains on the rest of its share of the same epoch list, and the
+    weights come out identical."""
+    def run(name: str, *overrides: str) -> Path:
+        cwd = tmp_path / name
+        cwd.mkdir()
+        run_train("model=cyclegan", "data=shapes", "trainer=ddp_sim", "data.max_dataset_size=8", "seed=3", PROBE,
+                  *NO_EVALUATION, *overrides, cwd=cwd, data_dir=shared_data_dir)
+        (run_dir,) = (cwd / "logs" / "smoke" / "runs").iterdir()
+        return run_dir
+
+    straight = rank_probes(run("straight", "max_iters=4"))
+    first = run("first", "max_iters=2")
+    resumed = rank_probes(run("resumed", "max_iters=4", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"))
+    for rank in (0, 1):
+        assert len(straight[rank]["paths"]) == 4
+        assert resumed[rank]["paths"] == straight[rank]["paths"][2:], f"rank {rank}"
+        for name, value in straight[rank]["params"].items():
+            assert torch.equal(resumed[rank]["params"][name], value), f"rank {rank}: {name}"
+
+
 def test_each_multirun_job_is_its_own_wandb_run(ddp_sweep):
     ids = []
     for job in job_dirs(ddp_sweep):
