@@ -142,10 +142,10 @@ def small_shapes_datamodule(data_dir, **kwargs) -> ShapesDataModule:
 
 class OracleModel:
     """Stands in for a LightningModule: translates a test image into its partner file, read from
-    disk by folder (triangles -> discs for "AtoB"), and logs into a dict."""
+    disk by folder (triangles -> discs for "AtoB")."""
 
     def __init__(self, data_dir: Path, source_folder: str, target_folder: str):
-        self.device, self.iteration, self.logged = torch.device("cpu"), 0, {}
+        self.device, self.iteration = torch.device("cpu"), 0
         files = sorted(load_test_meta(data_dir))
         self.partner = {to_tensor(load_image(data_dir / source_folder / f, 3)).numpy().tobytes():
                         to_tensor(load_image(data_dir / target_folder / f, 3)) for f in files}
@@ -157,8 +157,6 @@ class OracleModel:
     def translate(self, x, direction):
         return torch.stack([self.partner.get(image.numpy().tobytes(), image) for image in x])
 
-    def log_dict(self, metrics, **kwargs):
-        self.logged.update(metrics)
 
 
 def test_callback_follows_the_datamodule_direction(smoke_runs, caplog):
@@ -172,16 +170,16 @@ def test_callback_follows_the_datamodule_direction(smoke_runs, caplog):
     with caplog.at_level(logging.WARNING):
         callback.setup(trainer, oracle, "fit")
     assert callback.enabled and callback.directions == ["AtoB"] and "not scoring BtoA" in caplog.text
-    callback.score_and_log(trainer, oracle)
-    assert oracle.logged["truth/AtoB/iou"] == 1.0 and oracle.logged["truth/AtoB/color_error"] == 0.0
-    assert 0.4 < oracle.logged["truth/AtoB/identity_iou"] < 0.6
+    scores = callback.scores(trainer, oracle)
+    assert scores["truth/AtoB/iou"] == 1.0 and scores["truth/AtoB/color_error"] == 0.0
+    assert 0.4 < scores["truth/AtoB/identity_iou"] < 0.6
 
 
 class CountingIdentity:
     """Stands in for a LightningModule that returns its input, counting the images it sees."""
 
     def __init__(self):
-        self.device, self.iteration, self.logged, self.translated = torch.device("cpu"), 0, {}, 0
+        self.device, self.iteration, self.translated = torch.device("cpu"), 0, 0
 
     def generator_for(self, direction):
         return None
@@ -190,8 +188,6 @@ class CountingIdentity:
         self.translated += x.size(0)
         return x
 
-    def log_dict(self, metrics, **kwargs):
-        self.logged.update(metrics)
 
 
 def score_shard(data_dir: str, rank: int, world_size: int) -> tuple[dict, int]:
@@ -199,7 +195,7 @@ def score_shard(data_dir: str, rank: int, world_size: int) -> tuple[dict, int]:
     trainer = SimpleNamespace(datamodule=datamodule, global_rank=rank, world_size=world_size)
     model, callback = CountingIdentity(), ShapesTruthCallback(max_pairs=5)
     callback.setup(trainer, model, "fit")
-    return callback.score_and_log(trainer, model), model.translated
+    return callback.scores(trainer, model), model.translated
 
 
 def score_on_rank(rank: int, world_size: int, port: int, data_dir: str, out_dir: str) -> None:

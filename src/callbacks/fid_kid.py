@@ -75,12 +75,16 @@ class PeriodicEvaluation(pl.Callback):
     order, deterministic transform; `evaluation_loader` serves this rank's block of them.
     """
 
+    #: the smallest evaluation set the metric is defined on (FID needs two images)
+    min_images = 2
+
     def __init__(self, every_n_iters: int = 5000, max_images: int | None = None, batch_size: int | None = None,
                  seed: int = 0):
         if not isinstance(every_n_iters, int) or every_n_iters < 0:
             raise ValueError(f"every_n_iters={every_n_iters!r} must be a non-negative int (0: only at the end)")
-        if max_images is not None and (not isinstance(max_images, int) or max_images < 2):
-            raise ValueError(f"max_images={max_images!r} must be an int >= 2 or null (the whole test split)")
+        if max_images is not None and (not isinstance(max_images, int) or max_images < self.min_images):
+            raise ValueError(f"max_images={max_images!r} must be an int >= {self.min_images} or null "
+                             "(the whole test split)")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size={batch_size!r} must be a positive int or null")
         self.every_n_iters, self.max_images, self.batch_size, self.seed = every_n_iters, max_images, batch_size, seed

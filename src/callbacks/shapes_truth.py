@@ -10,8 +10,10 @@ error near 0 means the shape was changed and the colour kept; the identity basel
 Directions are the model's (`translate(x, "AtoB")`): with `data.direction=BtoA` the datamodule
 delivers domain B as "A", so the model's AtoB reads the folders' B side and is scored against A.
 
-DDP: each rank translates its shard of the pairs (indices rank::world_size); the scores are
-torchmetrics states summed across ranks in `compute()`, so every rank logs the same means.
+Schedule, evaluation set (the first `max_pairs` test pairs), DDP sharding (each rank a
+contiguous block) and RNG isolation are PeriodicEvaluation's, as for FID/KID and the latent
+callback; the scores are torchmetrics states summed across ranks in `compute()`, so every rank
+publishes the same means.
 """
 from __future__ import annotations
 
@@ -20,32 +22,28 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Subset
 
+from src.callbacks.fid_kid import DIRECTION_KEYS, DIRECTIONS, PeriodicEvaluation, publish_metrics, shard_range
 from src.metrics.shapes_truth import (ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta,
                                       test_image_size)
 
 log = logging.getLogger(__name__)
 
-DIRECTIONS = ("AtoB", "BtoA")
 
+class ShapesTruthCallback(PeriodicEvaluation):
+    min_images = 1  # a score per pair: one pair is a valid (if noisy) evaluation set
 
-class ShapesTruthCallback(pl.Callback):
     def __init__(self, every_n_iters: int = 1000, directions: tuple[str, ...] | list[str] = DIRECTIONS,
-                 max_pairs: int | None = None):
+                 max_pairs: int | None = None, batch_size: int | None = None, seed: int = 0):
         unknown = [d for d in directions if d not in DIRECTIONS]
         if unknown:
             raise ValueError(f"callbacks.shapes_truth.directions: {unknown} not in {DIRECTIONS}")
         if max_pairs is not None and (not isinstance(max_pairs, int) or max_pairs < 1):
             raise ValueError(f"callbacks.shapes_truth.max_pairs={max_pairs!r} must be a positive int or null")
-        self.every_n_iters = every_n_iters
+        super().__init__(every_n_iters=every_n_iters, max_images=max_pairs, batch_size=batch_size, seed=seed)
         self.directions = list(directions)
-        self.max_pairs = max_pairs
-        self.enabled = True
-        self._dataset = None
-        self._backgrounds: torch.Tensor | None = None  # (N, 3, H, W) in [-1, 1], by dataset index
+        self._backgrounds: torch.Tensor | None = None  # (N, 3, H, W) in [-1, 1], by evaluation index
         self._identity: dict[str, dict[str, float]] = {}  # the baseline never changes: scored once
-        self._last_scored = -1
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -58,23 +56,24 @@ class ShapesTruthCallback(pl.Callback):
         if (datamodule.input_nc, datamodule.output_nc) != (3, 3):
             self._disable("the shapes masks need RGB images (data.input_nc = data.output_nc = 3)")
             return
-        dataset = datamodule.dataset("test", train=False)
+        super().setup(trainer, pl_module, stage)
+        if not self.enabled:
+            return
+        _, pairs = self.evaluation_dataset(trainer)
         meta = load_test_meta(data_dir)
         size = test_image_size(data_dir)
-        n = len(dataset) if self.max_pairs is None else min(self.max_pairs, len(dataset))
         backgrounds = []
-        for index in range(n):
-            item = dataset[index]
-            source, target = Path(item["A_path"]), Path(item["B_path"])
-            if source.name != target.name or source.name not in meta:
-                self._disable(f"test item {index} pairs {source.name} with {target.name}, not one test pair")
+        for index in range(len(pairs)):
+            item = pairs[index]
+            source, target = Path(item["A_path"]).name, Path(item["B_path"]).name
+            if source != target or source not in meta:
+                self._disable(f"test item {index} pairs {source} with {target}, not one test pair")
                 return
             if tuple(item["A"].shape[-2:]) != (size, size):
                 self._disable(f"test images are preprocessed to {tuple(item['A'].shape[-2:])}, not the generated "
                               f"{size}x{size} the backgrounds are rendered at (use data.preprocess=none)")
                 return
-            backgrounds.append(background_tensor(meta[source.name], size))
-        self._dataset = Subset(dataset, range(n))
+            backgrounds.append(background_tensor(meta[source], size))
         self._backgrounds = torch.stack(backgrounds)
         self._drop_unsupported_directions(pl_module)
 
@@ -92,42 +91,20 @@ class ShapesTruthCallback(pl.Callback):
         self.enabled = False
         log.warning("ShapesTruthCallback disabled: %s.", reason)
 
-    # -- when to score -------------------------------------------------------------------------
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.enabled and self.every_n_iters > 0 and pl_module.iteration % self.every_n_iters == 0:
-            self.score_and_log(trainer, pl_module)
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        # The end of training is scored here, not in on_train_end, where Lightning refuses
-        # self.log; this hook also runs when max_iters stops the run in mid-epoch.
-        if self.enabled and self._training_ends(trainer) and pl_module.iteration != self._last_scored:
-            self.score_and_log(trainer, pl_module)
-
-    @staticmethod
-    def _training_ends(trainer: pl.Trainer) -> bool:
-        max_steps_reached = 0 < trainer.max_steps <= trainer.global_step
-        max_epochs = trainer.max_epochs
-        last_epoch = max_epochs is not None and max_epochs >= 0 and trainer.current_epoch + 1 >= max_epochs
-        return max_steps_reached or last_epoch or trainer.should_stop
-
     # -- scoring -----------------------------------------------------------------------------
 
-    def _shard(self, trainer: pl.Trainer) -> list[int]:
-        return list(range(trainer.global_rank, len(self._dataset), trainer.world_size))
-
-    def _score_direction(self, trainer, pl_module, direction: str, batch_size: int) -> dict[str, float]:
+    def _score_direction(self, trainer, pl_module, direction: str) -> dict[str, float]:
         """Means over all ranks' pairs of the model's scores and of the identity baseline's
         (computed the first time only: the inputs do not change)."""
-        source_key, target_key = ("A", "B") if direction == "AtoB" else ("B", "A")
+        source_key, target_key = DIRECTION_KEYS[direction]
         device = pl_module.device
         scorer = ShapesTruthScorer().to(device)
         identity = None if direction in self._identity else ShapesTruthScorer().to(device)
-        shard = self._shard(trainer)
-        loader = DataLoader(Subset(self._dataset, shard), batch_size=batch_size, shuffle=False)
-        for start, batch in zip(range(0, len(shard), batch_size), loader):
+        start = shard_range(len(self._backgrounds), trainer.global_rank, trainer.world_size).start
+        for batch in self.evaluation_loader(trainer):
             source, target = batch[source_key].to(device), batch[target_key].to(device)
-            backgrounds = self._backgrounds[shard[start:start + batch_size]].to(device)
+            backgrounds = self._backgrounds[start:start + source.size(0)].to(device)
+            start += source.size(0)
             fake = pl_module.translate(source, direction)
             scorer.update(fake, target, backgrounds)
             if identity is not None:
@@ -138,19 +115,15 @@ class ShapesTruthCallback(pl.Callback):
         results.update({f"identity_{k}": v for k, v in self._identity[direction].items()})
         return results
 
-    def score_and_log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        batch_size = getattr(trainer.datamodule, "eval_batch_size", 1)
-        device = pl_module.device
+    def scores(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """`truth/<direction>/<score>` of every scored direction (a collective call under DDP)."""
         metrics = {}
-        # Scoring must not move the training RNG streams (a run with this callback trains like one
-        # without it, and resumes from a checkpoint the same way): translation may draw dropout
-        # noise and the eval transform draws its seed from torch's RNG.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            for direction in self.directions:
-                scores = self._score_direction(trainer, pl_module, direction, batch_size)
-                metrics.update({f"truth/{direction}/{k}": v for k, v in scores.items()})
-        if metrics:
-            # Values are already reduced over ranks (torchmetrics sync), so no sync_dist here.
-            pl_module.log_dict(metrics, batch_size=1)
-        self._last_scored = pl_module.iteration
+        for direction in self.directions:
+            scores = self._score_direction(trainer, pl_module, direction)
+            metrics.update({f"truth/{direction}/{k}": v for k, v in scores.items()})
         return metrics
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = self.scores(trainer, pl_module)
+        if metrics:
+            publish_metrics(trainer, metrics, step=pl_module.iteration)
