@@ -358,12 +358,15 @@ def freeze_power_iterations(module: torch.nn.Module) -> None:
                 hook.n_power_iterations = 0
 
 
-def test_nicegan_matches_the_reference_iteration(train_cfg):
+@pytest.mark.parametrize("light", (True, False))
+def test_nicegan_matches_the_reference_iteration(train_cfg, light):
     """The public generator step runs each full discriminator on the reals only to take the
     encoder's latent, which also advances the classifier's spectral-norm power iteration once
     more than the model does (it runs the classifier on the fakes only). That changes the
-    estimate of sigma, not the objective, so this comparison fixes u and v in both copies."""
-    cfg, model, reference = build(train_cfg, "nicegan")
+    estimate of sigma, not the objective, so this comparison fixes u and v in both copies.
+    Both generator modes: light (pooled features into the gamma/beta MLP) and full
+    (flattened features)."""
+    cfg, model, reference = build(train_cfg, "nicegan", f"model.generator.light={light}")
     freeze_power_iterations(model)
     freeze_power_iterations(reference)
     batch, before = random_batch(cfg), parameters_of(model)
