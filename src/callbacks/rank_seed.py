@@ -1,10 +1,10 @@
 """A different random stream on each DDP rank.
 
 Every rank runs the same config and seeds with the same `seed`, which is what the initial
-weights need (DDP then broadcasts rank 0's anyway). Left like that, the ranks would also draw
-the same random flips, the same random B partners (the unpaired dataset draws them from torch's
-RNG), and the same image-pool and dropout decisions for their different images: the data of N
-ranks would be less varied than that of one process running N times as long.
+weights need (DDP then broadcasts rank 0's anyway). Left like that, the ranks would also make
+the same image-pool and dropout decisions for their different images: N ranks would train less
+varied than one process running N times as long. (Flips, crops and B partners come from each
+training item's own seed, src/data/epoch_order.py, so they differ between ranks anyway.)
 
 At train start (after a resume has put rank 0's saved RNG states on every rank), each rank
 r > 0 reseeds python, numpy and torch from a seed drawn from its current stream and mixed with
