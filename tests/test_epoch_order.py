@@ -1,8 +1,11 @@
 """Training items in an order, and with augmentations, set by (seed, epoch) alone."""
+import hydra
 import torch
 
 from src.data.epoch_order import EpochOrderSampler, SeededItems
 from src.data.unpaired import UnpairedDataModule
+from src.utils.run import run_training
+from tests.conftest import NO_EVALUATION
 from tests.test_data import make_unpaired, module
 
 
@@ -88,3 +91,12 @@ def test_iterating_the_training_loader_draws_nothing_from_the_global_rng(tmp_pat
     state = torch.get_rng_state()
     assert list(dm.train_dataloader())
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_lightning_overfit_batches_swaps_in_a_sequential_sampler_and_still_trains(train_cfg):
+    """`trainer.overfit_batches` replaces the sampler with a sequential one: items then come by
+    plain index, and the run trains and checkpoints as usual."""
+    cfg = train_cfg("+trainer.overfit_batches=2", "max_iters=2", *NO_EVALUATION)
+    run_training(cfg)
+    checkpoint = torch.load(f"{cfg.paths.output_dir}/checkpoints/last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 2 * hydra.utils.get_class(cfg.model._target_).optimizer_steps_per_iter

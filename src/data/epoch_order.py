@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 class SeededItems(Dataset):
     """A dataset indexed by (index, seed): item `index`, prepared with torch's RNG seeded by
-    `seed` (the caller's RNG state is left as it was)."""
+    `seed` (the caller's RNG state is left as it was). A plain index gives the item as the
+    wrapped dataset does (Lightning's `overfit_batches` swaps in a sequential sampler)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -33,7 +34,9 @@ class SeededItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> Any:
+    def __getitem__(self, key: tuple[int, int] | int) -> Any:
+        if not isinstance(key, tuple):
+            return self.dataset[key]
         index, seed = key
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -89,9 +92,12 @@ class EpochOrderLoader(DataLoader):
         self.position = position
 
     def state_dict(self) -> dict[str, int]:
+        if not isinstance(self.sampler, EpochOrderSampler):  # replaced, e.g. by overfit_batches
+            return {}
         epoch, items_done = self.position()
         return {"order_seed": self.sampler.seed, "epoch": epoch, "items_done": items_done}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self.sampler.seed = state_dict["order_seed"]
-        self.sampler.resume(state_dict["epoch"], state_dict["items_done"])
+        if state_dict and isinstance(self.sampler, EpochOrderSampler):
+            self.sampler.seed = state_dict["order_seed"]
+            self.sampler.resume(state_dict["epoch"], state_dict["items_done"])
