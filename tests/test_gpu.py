@@ -30,6 +30,7 @@ def test_every_model_trains_on_cuda(train_cfg, model_name, precision):
     trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
 
     assert next(model.parameters()).is_cuda
+    assert not model.steps_in_backward  # "auto": steps after backward on a GPU
     assert trainer.global_step == 3 * model.optimizer_steps_per_iter
     finite_train_losses(trainer)
     scalers = trainer.precision_plugin.scaler if precision == "16-mixed" else None

@@ -1,6 +1,7 @@
 """Optimizer steps fused into backward: the same update as stepping after backward, with only a
 few gradients alive at a time."""
 import hydra
+import hydra.errors
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -121,3 +122,11 @@ def test_every_model_makes_the_same_update_with_and_without_stepping_in_backward
     assert on_trainer.global_step == off_trainer.global_step == on.optimizer_steps_per_iter
     for (name, p), q in zip(on.named_parameters(), off.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_auto_steps_in_backward_on_cpu_and_an_unknown_setting_names_the_key(train_cfg):
+    model = hydra.utils.instantiate(train_cfg("model=pix2pix").model, _recursive_=False)
+    assert model.optimizer_cfg["step_in_backward"] == "auto" and model.steps_in_backward
+    with pytest.raises(hydra.errors.InstantiationException, match="step_in_backward='sometimes' must be true"):
+        hydra.utils.instantiate(train_cfg("model=pix2pix", "model.optimizer.step_in_backward=sometimes").model,
+                                _recursive_=False)
