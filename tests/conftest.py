@@ -8,11 +8,13 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import math  # noqa: E402
 
 import pytest  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -82,3 +84,21 @@ def finite_train_losses(trainer) -> dict[str, float]:
     losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     assert losses and all(math.isfinite(v) for v in losses.values()), losses
     return losses
+
+
+# ----- one training iteration outside train.py ----------------------------------------------------
+def random_batch(cfg) -> dict:
+    """A seeded batch of one random image pair in [-1, 1] at the config's size and channels."""
+    gen = torch.Generator().manual_seed(7)
+    size = cfg.data.size
+    return {"A": torch.rand(1, cfg.data.input_nc, size, size, generator=gen) * 2 - 1,
+            "B": torch.rand(1, cfg.data.output_nc, size, size, generator=gen) * 2 - 1}
+
+
+def fit_one_batch(model, batch: dict) -> pl.Trainer:
+    """One training iteration of `model` on `batch` through a bare CPU Trainer."""
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=0)
+    trainer.fit(model, train_dataloaders=DataLoader([batch], batch_size=None))
+    return trainer

@@ -5,7 +5,7 @@ import torch
 from src.data.epoch_order import EpochOrderSampler, SeededItems
 from src.data.unpaired import UnpairedDataModule
 from src.utils.run import run_training
-from tests.conftest import NO_EVALUATION
+from conftest import NO_EVALUATION
 from tests.test_data import make_unpaired, module
 
 

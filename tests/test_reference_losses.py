@@ -18,11 +18,10 @@ import itertools
 
 import hydra
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
+from conftest import fit_one_batch, random_batch
 from src.models.base import adam_kernel
 
 SEED = 1234
@@ -38,13 +37,6 @@ def build(train_cfg, model_name: str, *overrides: str):
     return cfg, model, copy.deepcopy(model)
 
 
-def random_batch(cfg) -> dict:
-    gen = torch.Generator().manual_seed(7)
-    size = cfg.data.size
-    return {"A": torch.rand(1, cfg.data.input_nc, size, size, generator=gen) * 2 - 1,
-            "B": torch.rand(1, cfg.data.output_nc, size, size, generator=gen) * 2 - 1}
-
-
 def train_one_iteration(model, batch: dict) -> dict[str, float]:
     """One batch through a real Trainer; returns the logged losses (`train/<name>` -> value)."""
     original = model.train_iteration
@@ -54,10 +46,7 @@ def train_one_iteration(model, batch: dict) -> dict[str, float]:
         original(b)
 
     model.train_iteration = seeded_iteration
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0)
-    trainer.fit(model, train_dataloaders=DataLoader([batch], batch_size=None))
+    trainer = fit_one_batch(model, batch)
     return {k.removeprefix("train/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
 
 

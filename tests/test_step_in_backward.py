@@ -3,15 +3,13 @@ few gradients alive at a time."""
 import hydra
 import hydra.errors
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
 import src.models.step_in_backward as step_in_backward
 from src.models.base import adam_kernel
 from src.models.step_in_backward import stepping_in_backward
-from tests.conftest import DATA_OF, MODELS
+from conftest import DATA_OF, MODELS, fit_one_batch, random_batch
 
 
 def two_group_adam(net: nn.Sequential) -> torch.optim.Adam:
@@ -96,14 +94,8 @@ def train_one_iteration(train_cfg, model_name: str, *overrides: str):
     cfg = train_cfg(f"model={model_name}", f"data={DATA_OF[model_name]}", *overrides)
     torch.manual_seed(0)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
-    gen = torch.Generator().manual_seed(7)
-    batch = {k: torch.rand(1, 3, cfg.data.size, cfg.data.size, generator=gen) * 2 - 1 for k in ("A", "B")}
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0)
     torch.manual_seed(1)
-    trainer.fit(model, train_dataloaders=DataLoader([batch], batch_size=None))
-    return model, trainer
+    return model, fit_one_batch(model, random_batch(cfg))
 
 
 @pytest.mark.parametrize("model_name", MODELS)

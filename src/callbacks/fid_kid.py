@@ -112,15 +112,20 @@ class PeriodicEvaluation(pl.Callback):
         n = len(dataset) if self.max_images is None else min(self.max_images, len(dataset))
         return reference, Subset(dataset, range(n))
 
-    def evaluation_loader(self, trainer: pl.Trainer) -> DataLoader:
-        """This rank's contiguous block of the evaluation set.
+    def evaluation_block(self, trainer: pl.Trainer) -> range:
+        """The indices into the evaluation set that this rank evaluates, in loader order.
 
         Lightning adds no DistributedSampler to a loader made in a callback; the sampler's
         padding would count some images twice, so the split is done here without padding.
         """
+        _, subset = self.evaluation_dataset(trainer)
+        return shard_range(len(subset), trainer.global_rank, trainer.world_size)
+
+    def evaluation_loader(self, trainer: pl.Trainer) -> DataLoader:
+        """This rank's contiguous block of the evaluation set (`evaluation_block`)."""
         if self._loader is None:
             reference, subset = self.evaluation_dataset(trainer)
-            block = shard_range(len(subset), trainer.global_rank, trainer.world_size)
+            block = self.evaluation_block(trainer)
             self._loader = DataLoader(Subset(subset, block), batch_size=self.batch_size or reference.batch_size,
                                       shuffle=False, drop_last=False, num_workers=reference.num_workers,
                                       collate_fn=reference.collate_fn, pin_memory=reference.pin_memory)

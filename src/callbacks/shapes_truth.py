@@ -23,7 +23,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from src.callbacks.fid_kid import DIRECTION_KEYS, DIRECTIONS, PeriodicEvaluation, publish_metrics, shard_range
+from src.callbacks.fid_kid import DIRECTION_KEYS, DIRECTIONS, PeriodicEvaluation, publish_metrics
 from src.metrics.shapes_truth import (ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta,
                                       test_image_size)
 
@@ -100,7 +100,7 @@ class ShapesTruthCallback(PeriodicEvaluation):
         device = pl_module.device
         scorer = ShapesTruthScorer().to(device)
         identity = None if direction in self._identity else ShapesTruthScorer().to(device)
-        start = shard_range(len(self._backgrounds), trainer.global_rank, trainer.world_size).start
+        start = self.evaluation_block(trainer).start
         for batch in self.evaluation_loader(trainer):
             source, target = batch[source_key].to(device), batch[target_key].to(device)
             backgrounds = self._backgrounds[start:start + source.size(0)].to(device)
