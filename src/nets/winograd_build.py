@@ -1,0 +1,96 @@
+"""Compile and load the Winograd tile-transform kernels (`winograd_kernels.c`).
+
+Plain C through ctypes rather than a torch C++ extension: the file needs no torch or Python
+headers, so it builds in about a second with the system C compiler (a torch extension takes a
+minute and needs ninja and the Python headers). It is compiled for the CPU it runs on
+(`-march=native`), so the cached library is keyed by the source, the flags and the CPU's
+feature flags; a home directory shared by different machines gets one library per CPU kind.
+The library links the same OpenMP runtime torch has loaded (libgomp), so its threads do not
+compete with a second pool.
+"""
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("winograd_kernels.c")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+
+
+class WinogradUnavailable(RuntimeError):
+    """The kernels cannot be built here (no C compiler, or it failed)."""
+
+
+def _cpu_signature() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return os.uname().machine
+    flags = next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
+    return os.uname().machine + flags
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "gan-i2i" / "winograd"
+
+
+def _compiler() -> str:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    raise WinogradUnavailable("no C compiler found (set CC, or install gcc); "
+                              "set model.winograd=false to use torch's convolution")
+
+
+def _build(target: Path) -> None:
+    compiler = _compiler()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename: ranks of a DDP run may build at the same time.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise WinogradUnavailable(f"compiling {SOURCE} with {compiler} failed "
+                                      f"(set model.winograd=false to use torch's convolution):\n"
+                                      f"{result.stderr.strip()}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def kernels() -> ctypes.CDLL:
+    """The compiled kernels, built on first use and cached on disk.
+
+    Raises WinogradUnavailable (with the compiler's message) when they cannot be built.
+    """
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()
+                         + _cpu_signature().encode()).hexdigest()[:16]
+    target = _cache_dir() / f"winograd_{key}.so"
+    if not target.exists():
+        _build(target)
+    lib = ctypes.CDLL(str(target))
+    pointer, size, threads = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for name in ("winograd_input_transform", "winograd_output_transform_adjoint",
+                 "winograd_input_transform_adjoint"):
+        getattr(lib, name).argtypes = [pointer, pointer, size, size, size, size, threads]
+    for name in ("winograd_weight_transform", "winograd_weight_transform_adjoint"):
+        getattr(lib, name).argtypes = [pointer, pointer, size, size, threads]
+    lib.winograd_output_transform.argtypes = [pointer, pointer, pointer, size, size, size, size, threads]
+    return lib
+
+
+def available() -> bool:
+    try:
+        kernels()
+    except WinogradUnavailable:
+        return False
+    return True

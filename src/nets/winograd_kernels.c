@@ -1,0 +1,324 @@
+/* Tile transforms of the Winograd convolution F(4x4, 3x3) (Lavin & Gray 2016, points 0, +-1,
+ * +-2, inf), and their adjoints for the backward pass. The products between transformed tiles
+ * and transformed weights are batched matrix products done by torch (MKL); only the transforms,
+ * which are memory-bound passes that torch would run as a dozen separate ops, live here.
+ *
+ * Layouts (all float32, C-contiguous):
+ *   image  x  [N, C, 4*th + 2, 4*tw + 2]   the padded input of a 3x3 valid convolution
+ *   tiles  V  [36, C, N*th*tw]             36 transformed values per 6x6 input tile
+ *   output Y  [N, K, 4*th, 4*tw]           4x4 outputs per tile
+ * Tile p = n*th*tw + ty*tw + tx covers input rows 4ty..4ty+5 and columns 4tx..4tx+5.
+ *
+ * Every loop body works on one tile row at a time with the tile column tx innermost and all
+ * loads and stores contiguous in tx, so the compiler vectorises it; an image row is split into
+ * its four column phases (x % 4) first to make the overlapping 6-wide windows contiguous.
+ * Work is split over images x channels with OpenMP (the same runtime torch loaded).
+ * `ivdep`: the inputs and outputs of each loop never overlap; without it GCC assumes they might
+ * and leaves the loops with six output streams scalar (3-4x slower).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* B^T d: input-tile transform of six values (rows of B^T: 4 0 -5 0 1 0 / 0 -4 -4 1 1 0 /
+ * 0 4 -4 -1 1 0 / 0 -2 -1 2 1 0 / 0 2 -1 -2 1 0 / 0 4 0 -5 0 1). */
+#define BT(d0, d1, d2, d3, d4, d5, o0, o1, o2, o3, o4, o5) do { \
+        o0 = 4.f * (d0) - 5.f * (d2) + (d4);                      \
+        o1 = ((d3) + (d4)) - 4.f * ((d1) + (d2));                 \
+        o2 = ((d4) - (d3)) + 4.f * ((d1) - (d2));                 \
+        o3 = ((d4) - (d2)) + 2.f * ((d3) - (d1));                 \
+        o4 = ((d4) - (d2)) - 2.f * ((d3) - (d1));                 \
+        o5 = 4.f * (d1) - 5.f * (d3) + (d5);                      \
+    } while (0)
+
+/* B v: adjoint of BT (the columns of B^T). */
+#define B_ADJ(v0, v1, v2, v3, v4, v5, o0, o1, o2, o3, o4, o5) do {                 \
+        o0 = 4.f * (v0);                                                             \
+        o1 = 4.f * ((v2) - (v1) + (v5)) + 2.f * ((v4) - (v3));                       \
+        o2 = -5.f * (v0) - 4.f * ((v1) + (v2)) - ((v3) + (v4));                      \
+        o3 = ((v1) - (v2)) + 2.f * ((v3) - (v4)) - 5.f * (v5);                       \
+        o4 = (v0) + (v1) + (v2) + (v3) + (v4);                                       \
+        o5 = (v5);                                                                   \
+    } while (0)
+
+/* A^T m: output transform of six values into four (rows of A^T: 1 1 1 1 1 0 / 0 1 -1 2 -2 0 /
+ * 0 1 1 4 4 0 / 0 1 -1 8 -8 1). */
+#define AT(m0, m1, m2, m3, m4, m5, o0, o1, o2, o3) do {      \
+        float s12_ = (m1) + (m2), d12_ = (m1) - (m2);          \
+        float s34_ = (m3) + (m4), d34_ = (m3) - (m4);          \
+        o0 = (m0) + s12_ + s34_;                               \
+        o1 = d12_ + 2.f * d34_;                                \
+        o2 = s12_ + 4.f * s34_;                                \
+        o3 = d12_ + 8.f * d34_ + (m5);                         \
+    } while (0)
+
+/* A y: adjoint of AT (the columns of A^T). */
+#define A_ADJ(y0, y1, y2, y3, o0, o1, o2, o3, o4, o5) do {   \
+        float s02_ = (y0) + 4.f * (y2), d13_ = 2.f * (y1) + 8.f * (y3); \
+        o0 = (y0);                                             \
+        o1 = (y0) + (y1) + (y2) + (y3);                        \
+        o2 = (y0) - (y1) + (y2) - (y3);                        \
+        o3 = s02_ + d13_;                                      \
+        o4 = s02_ - d13_;                                      \
+        o5 = (y3);                                             \
+    } while (0)
+
+/* Split one row of width 4*q (+ up to 2) into its four column phases: ph[r*q1 + j] = row[4j + r]. */
+static void split_phases(const float *row, int64_t width, float *ph, int64_t q1) {
+    for (int64_t x = 0; x < width; x++) ph[(x & 3) * q1 + (x >> 2)] = row[x];
+}
+
+void winograd_input_transform(const float *x, float *V, int64_t N, int64_t C, int64_t th,
+                              int64_t tw, int threads) {
+    const int64_t W = 4 * tw + 2, H = 4 * th + 2, T = th * tw, P = N * T, q1 = tw + 1;
+#pragma omp parallel num_threads(threads)
+    {
+        float *t = malloc(sizeof(float) * 6 * W);       /* B^T applied down the 6 rows */
+        float *ph = malloc(sizeof(float) * 6 * 4 * q1);  /* ... split into column phases */
+#pragma omp for schedule(static)
+        for (int64_t nc = 0; nc < N * C; nc++) {
+            const int64_t n = nc / C, c = nc % C;
+            const float *plane = x + nc * H * W;
+            for (int64_t ty = 0; ty < th; ty++) {
+                const float *r = plane + 4 * ty * W;
+                #pragma GCC ivdep
+                for (int64_t i = 0; i < W; i++)
+                    BT(r[i], r[W + i], r[2 * W + i], r[3 * W + i], r[4 * W + i], r[5 * W + i],
+                       t[i], t[W + i], t[2 * W + i], t[3 * W + i], t[4 * W + i], t[5 * W + i]);
+                for (int64_t i = 0; i < 6; i++) split_phases(t + i * W, W, ph + i * 4 * q1, q1);
+                const int64_t p0 = n * T + ty * tw;
+                for (int64_t i = 0; i < 6; i++) {
+                    const float *a = ph + i * 4 * q1;
+                    const float *a0 = a, *a1 = a + q1, *a2 = a + 2 * q1, *a3 = a + 3 * q1;
+                    float *o[6];
+                    for (int k = 0; k < 6; k++) o[k] = V + ((i * 6 + k) * C + c) * P + p0;
+                    float *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3], *o4 = o[4], *o5 = o[5];
+                    #pragma GCC ivdep
+                    for (int64_t j = 0; j < tw; j++)
+                        BT(a0[j], a1[j], a2[j], a3[j], a0[j + 1], a1[j + 1],
+                           o0[j], o1[j], o2[j], o3[j], o4[j], o5[j]);
+                }
+            }
+        }
+        free(t);
+        free(ph);
+    }
+}
+
+void winograd_output_transform(const float *M, const float *bias, float *Y, int64_t N, int64_t K,
+                               int64_t th, int64_t tw, int threads) {
+    const int64_t T = th * tw, P = N * T, W = 4 * tw;
+#pragma omp parallel num_threads(threads)
+    {
+        float *s = malloc(sizeof(float) * 6 * 4 * tw);   /* A^T along each tile row's columns */
+        float *v = malloc(sizeof(float) * 4 * tw);       /* one output row, by column phase */
+#pragma omp for schedule(static)
+        for (int64_t nk = 0; nk < N * K; nk++) {
+            const int64_t n = nk / K, k = nk % K;
+            const float b = bias ? bias[k] : 0.f;
+            for (int64_t ty = 0; ty < th; ty++) {
+                const int64_t p0 = n * T + ty * tw;
+                for (int64_t i = 0; i < 6; i++) {
+                    const float *m[6];
+                    for (int j = 0; j < 6; j++) m[j] = M + ((i * 6 + j) * K + k) * P + p0;
+                    const float *m0 = m[0], *m1 = m[1], *m2 = m[2], *m3 = m[3], *m4 = m[4], *m5 = m[5];
+                    float *s0 = s + (i * 4) * tw, *s1 = s0 + tw, *s2 = s1 + tw, *s3 = s2 + tw;
+                    #pragma GCC ivdep
+                    for (int64_t j = 0; j < tw; j++)
+                        AT(m0[j], m1[j], m2[j], m3[j], m4[j], m5[j], s0[j], s1[j], s2[j], s3[j]);
+                }
+                float *out = Y + (nk * 4 * th + 4 * ty) * W;
+                for (int64_t o = 0; o < 4; o++) {
+                    const float *c0 = s + o * tw, *c1 = c0 + 4 * tw, *c2 = c1 + 4 * tw,
+                                *c3 = c2 + 4 * tw, *c4 = c3 + 4 * tw, *c5 = c4 + 4 * tw;
+                    float *v0 = v, *v1 = v + tw, *v2 = v + 2 * tw, *v3 = v + 3 * tw;
+                    #pragma GCC ivdep
+                    for (int64_t j = 0; j < tw; j++)
+                        AT(c0[j], c1[j], c2[j], c3[j], c4[j], c5[j], v0[j], v1[j], v2[j], v3[j]);
+                    /* v0..v3 are output rows 4ty + 0..3 at column 4j + o */
+                    for (int64_t r = 0; r < 4; r++) {
+                        float *row = out + r * W + o;
+                        const float *vr = v + r * tw;
+                        for (int64_t j = 0; j < tw; j++) row[4 * j] = vr[j] + b;
+                    }
+                }
+            }
+        }
+        free(s);
+        free(v);
+    }
+}
+
+void winograd_output_transform_adjoint(const float *dY, float *dM, int64_t N, int64_t K,
+                                       int64_t th, int64_t tw, int threads) {
+    const int64_t T = th * tw, P = N * T, W = 4 * tw;
+#pragma omp parallel num_threads(threads)
+    {
+        float *ph = malloc(sizeof(float) * 4 * 4 * tw);  /* 4 rows x 4 column phases */
+        float *s = malloc(sizeof(float) * 6 * 4 * tw);   /* A along the rows, per column phase */
+#pragma omp for schedule(static)
+        for (int64_t nk = 0; nk < N * K; nk++) {
+            const int64_t n = nk / K, k = nk % K;
+            for (int64_t ty = 0; ty < th; ty++) {
+                const float *rows = dY + (nk * 4 * th + 4 * ty) * W;
+                for (int64_t r = 0; r < 4; r++)
+                    for (int64_t x = 0; x < W; x++) ph[(r * 4 + (x & 3)) * tw + (x >> 2)] = rows[r * W + x];
+                for (int64_t o = 0; o < 4; o++) {
+                    const float *y0 = ph + o * tw, *y1 = y0 + 4 * tw, *y2 = y1 + 4 * tw, *y3 = y2 + 4 * tw;
+                    float *s0 = s + o * tw, *s1 = s0 + 4 * tw, *s2 = s1 + 4 * tw, *s3 = s2 + 4 * tw,
+                          *s4 = s3 + 4 * tw, *s5 = s4 + 4 * tw;
+                    #pragma GCC ivdep
+                    for (int64_t j = 0; j < tw; j++)
+                        A_ADJ(y0[j], y1[j], y2[j], y3[j], s0[j], s1[j], s2[j], s3[j], s4[j], s5[j]);
+                }
+                const int64_t p0 = n * T + ty * tw;
+                for (int64_t i = 0; i < 6; i++) {
+                    const float *c0 = s + i * 4 * tw, *c1 = c0 + tw, *c2 = c1 + tw, *c3 = c2 + tw;
+                    float *o[6];
+                    for (int l = 0; l < 6; l++) o[l] = dM + ((i * 6 + l) * K + k) * P + p0;
+                    float *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3], *o4 = o[4], *o5 = o[5];
+                    #pragma GCC ivdep
+                    for (int64_t j = 0; j < tw; j++)
+                        A_ADJ(c0[j], c1[j], c2[j], c3[j], o0[j], o1[j], o2[j], o3[j], o4[j], o5[j]);
+                }
+            }
+        }
+        free(ph);
+        free(s);
+    }
+}
+
+void winograd_input_transform_adjoint(const float *dV, float *dx, int64_t N, int64_t C,
+                                      int64_t th, int64_t tw, int threads) {
+    const int64_t W = 4 * tw + 2, H = 4 * th + 2, T = th * tw, P = N * T;
+#pragma omp parallel num_threads(threads)
+    {
+        float *u = malloc(sizeof(float) * 36 * tw);      /* B along each tile's columns */
+#pragma omp for schedule(static)
+        for (int64_t nc = 0; nc < N * C; nc++) {
+            const int64_t n = nc / C, c = nc % C;
+            float *plane = dx + nc * H * W;
+            memset(plane, 0, sizeof(float) * H * W);
+            for (int64_t ty = 0; ty < th; ty++) {
+                const int64_t p0 = n * T + ty * tw;
+                for (int64_t i = 0; i < 6; i++) {
+                    const float *v[6];
+                    for (int k = 0; k < 6; k++) v[k] = dV + ((i * 6 + k) * C + c) * P + p0;
+                    const float *v0 = v[0], *v1 = v[1], *v2 = v[2], *v3 = v[3], *v4 = v[4], *v5 = v[5];
+                    float *u0 = u + i * 6 * tw, *u1 = u0 + tw, *u2 = u1 + tw, *u3 = u2 + tw,
+                          *u4 = u3 + tw, *u5 = u4 + tw;
+                    #pragma GCC ivdep
+                    for (int64_t j = 0; j < tw; j++)
+                        B_ADJ(v0[j], v1[j], v2[j], v3[j], v4[j], v5[j], u0[j], u1[j], u2[j], u3[j], u4[j], u5[j]);
+                }
+                /* u[i][l][tx]: tile row i, tile column l. Now B down the rows, one column at a time. */
+                for (int64_t l = 0; l < 6; l++) {
+                    float r0[tw], r1[tw], r2[tw], r3[tw], r4[tw], r5[tw];
+                    const float *c0 = u + l * tw, *c1 = c0 + 6 * tw, *c2 = c1 + 6 * tw,
+                                *c3 = c2 + 6 * tw, *c4 = c3 + 6 * tw, *c5 = c4 + 6 * tw;
+                    #pragma GCC ivdep
+                    for (int64_t j = 0; j < tw; j++)
+                        B_ADJ(c0[j], c1[j], c2[j], c3[j], c4[j], c5[j], r0[j], r1[j], r2[j], r3[j], r4[j], r5[j]);
+                    float *rr[6] = {r0, r1, r2, r3, r4, r5};
+                    for (int64_t r = 0; r < 6; r++) {
+                        float *row = plane + (4 * ty + r) * W + l;
+                        const float *src = rr[r];
+                        for (int64_t j = 0; j < tw; j++) row[4 * j] += src[j];
+                    }
+                }
+            }
+        }
+        free(u);
+    }
+}
+
+/* G g: weight transform of three values into six (rows of G: 1/4 0 0 / -1/6 -1/6 -1/6 /
+ * -1/6 1/6 -1/6 / 1/24 1/12 1/6 / 1/24 -1/12 1/6 / 0 0 1). */
+#define G3(g0, g1, g2, o0, o1, o2, o3, o4, o5) do {             \
+        float e_ = (g0) * (1.f / 24) + (g2) * (1.f / 6);           \
+        o0 = (g0) * 0.25f;                                         \
+        o1 = ((g0) + (g1) + (g2)) * (-1.f / 6);                    \
+        o2 = ((g0) - (g1) + (g2)) * (-1.f / 6);                    \
+        o3 = e_ + (g1) * (1.f / 12);                               \
+        o4 = e_ - (g1) * (1.f / 12);                               \
+        o5 = (g2);                                                 \
+    } while (0)
+
+/* G^T v: adjoint of G3 (the columns of G). */
+#define G3_ADJ(v0, v1, v2, v3, v4, v5, o0, o1, o2) do {                                  \
+        float s12_ = ((v1) + (v2)) * (1.f / 6), d12_ = ((v2) - (v1)) * (1.f / 6);          \
+        float s34_ = ((v3) + (v4)), d34_ = ((v3) - (v4));                                  \
+        o0 = (v0) * 0.25f - s12_ + s34_ * (1.f / 24);                                      \
+        o1 = d12_ + d34_ * (1.f / 12);                                                     \
+        o2 = s34_ * (1.f / 6) - s12_ + (v5);                                               \
+    } while (0)
+
+/* w [K, C, 3, 3] -> U [36, K, C], U[6a + b][k][c] = (G w[k][c] G^T)[a][b]. Per output channel
+ * k, the kernels' nine taps are first gathered into rows over c so every step below is a
+ * contiguous loop over c. */
+void winograd_weight_transform(const float *w, float *U, int64_t K, int64_t C, int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+        float *g = malloc(sizeof(float) * 9 * C);    /* tap j of every input channel: g[j*C + c] */
+        float *t = malloc(sizeof(float) * 18 * C);   /* G down the columns: t[(3a + j)*C + c] */
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < K; k++) {
+            const float *wk = w + k * C * 9;
+            for (int64_t c = 0; c < C; c++)
+                for (int j = 0; j < 9; j++) g[j * C + c] = wk[c * 9 + j];
+            for (int j = 0; j < 3; j++) {
+                const float *g0 = g + j * C, *g1 = g + (3 + j) * C, *g2 = g + (6 + j) * C;
+                float *o0 = t + j * C, *o1 = t + (3 + j) * C, *o2 = t + (6 + j) * C,
+                      *o3 = t + (9 + j) * C, *o4 = t + (12 + j) * C, *o5 = t + (15 + j) * C;
+                #pragma GCC ivdep
+                for (int64_t c = 0; c < C; c++)
+                    G3(g0[c], g1[c], g2[c], o0[c], o1[c], o2[c], o3[c], o4[c], o5[c]);
+            }
+            for (int a = 0; a < 6; a++) {
+                const float *t0 = t + 3 * a * C, *t1 = t0 + C, *t2 = t1 + C;
+                float *o[6];
+                for (int b = 0; b < 6; b++) o[b] = U + ((6 * a + b) * K + k) * C;
+                float *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3], *o4 = o[4], *o5 = o[5];
+                #pragma GCC ivdep
+                for (int64_t c = 0; c < C; c++)
+                    G3(t0[c], t1[c], t2[c], o0[c], o1[c], o2[c], o3[c], o4[c], o5[c]);
+            }
+        }
+        free(g);
+        free(t);
+    }
+}
+
+/* dU [36, K, C] -> dw [K, C, 3, 3] = G^T dU[k][c] G: adjoint of winograd_weight_transform. */
+void winograd_weight_transform_adjoint(const float *dU, float *dw, int64_t K, int64_t C, int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+        float *t = malloc(sizeof(float) * 18 * C);   /* G^T along the rows: t[(3a + j)*C + c] */
+        float *g = malloc(sizeof(float) * 9 * C);    /* the nine taps, by rows over c */
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < K; k++) {
+            for (int a = 0; a < 6; a++) {
+                const float *v[6];
+                for (int b = 0; b < 6; b++) v[b] = dU + ((6 * a + b) * K + k) * C;
+                const float *v0 = v[0], *v1 = v[1], *v2 = v[2], *v3 = v[3], *v4 = v[4], *v5 = v[5];
+                float *o0 = t + 3 * a * C, *o1 = o0 + C, *o2 = o1 + C;
+                #pragma GCC ivdep
+                for (int64_t c = 0; c < C; c++)
+                    G3_ADJ(v0[c], v1[c], v2[c], v3[c], v4[c], v5[c], o0[c], o1[c], o2[c]);
+            }
+            for (int j = 0; j < 3; j++) {
+                const float *t0 = t + j * C, *t1 = t + (3 + j) * C, *t2 = t + (6 + j) * C,
+                            *t3 = t + (9 + j) * C, *t4 = t + (12 + j) * C, *t5 = t + (15 + j) * C;
+                float *o0 = g + j * C, *o1 = g + (3 + j) * C, *o2 = g + (6 + j) * C;
+                #pragma GCC ivdep
+                for (int64_t c = 0; c < C; c++)
+                    G3_ADJ(t0[c], t1[c], t2[c], t3[c], t4[c], t5[c], o0[c], o1[c], o2[c]);
+            }
+            float *dwk = dw + k * C * 9;
+            for (int64_t c = 0; c < C; c++)
+                for (int j = 0; j < 9; j++) dwk[c * 9 + j] = g[j * C + c];
+        }
+        free(t);
+        free(g);
+    }
+}
