@@ -143,8 +143,10 @@ def cyclegan_reference_iteration(m, cfg, batch) -> dict[str, torch.Tensor]:
             "idt_A": loss_idt_A, "idt_B": loss_idt_B, "G": loss_G, "D_A": losses_D[0], "D_B": losses_D[1]}
 
 
-def test_cyclegan_matches_the_reference_iteration(train_cfg):
-    cfg, model, reference = build(train_cfg, "cyclegan")
+@pytest.mark.parametrize("winograd", (False, True))
+def test_cyclegan_matches_the_reference_iteration(train_cfg, winograd):
+    """With the Winograd convolutions too: in both copies, so the step's logic is what is compared."""
+    cfg, model, reference = build(train_cfg, "cyclegan", f"model.winograd={str(winograd).lower()}")
     batch, before = random_batch(cfg), parameters_of(model)
     logged = train_one_iteration(model, batch)
     torch.manual_seed(SEED)
@@ -268,10 +270,12 @@ def ugatit_reference_iteration(m, cfg, batch) -> dict[str, torch.Tensor]:
             "cam_A": cam_weight * G_cam_loss_A, "cam_B": cam_weight * G_cam_loss_B, "G": Generator_loss}
 
 
-def test_ugatit_matches_the_reference_iteration(train_cfg):
+@pytest.mark.parametrize("winograd", (False, True))
+def test_ugatit_matches_the_reference_iteration(train_cfg, winograd):
     """Spectral-norm vectors included: each discriminator runs as often as in the port (twice in
-    the D step, once in the G step), so their power iterations agree too."""
-    cfg, model, reference = build(train_cfg, "ugatit")
+    the D step, once in the G step), so their power iterations agree too. With and without the
+    Winograd convolutions (in both copies)."""
+    cfg, model, reference = build(train_cfg, "ugatit", f"model.winograd={str(winograd).lower()}")
     batch, before = random_batch(cfg), parameters_of(model)
     logged = train_one_iteration(model, batch)
     torch.manual_seed(SEED)
@@ -347,15 +351,16 @@ def freeze_power_iterations(module: torch.nn.Module) -> None:
                 hook.n_power_iterations = 0
 
 
-@pytest.mark.parametrize("light", (True, False))
-def test_nicegan_matches_the_reference_iteration(train_cfg, light):
+@pytest.mark.parametrize("light,winograd", ((True, False), (False, False), (True, True)))
+def test_nicegan_matches_the_reference_iteration(train_cfg, light, winograd):
     """The public generator step runs each full discriminator on the reals only to take the
     encoder's latent, which also advances the classifier's spectral-norm power iteration once
     more than the model does (it runs the classifier on the fakes only). That changes the
     estimate of sigma, not the objective, so this comparison fixes u and v in both copies.
     Both generator modes: light (pooled features into the gamma/beta MLP) and full
-    (flattened features)."""
-    cfg, model, reference = build(train_cfg, "nicegan", f"model.generator.light={light}")
+    (flattened features); light also with the Winograd convolutions (in both copies)."""
+    cfg, model, reference = build(train_cfg, "nicegan", f"model.generator.light={light}",
+                                  f"model.winograd={str(winograd).lower()}")
     freeze_power_iterations(model)
     freeze_power_iterations(reference)
     batch, before = random_batch(cfg), parameters_of(model)

@@ -22,6 +22,7 @@ from src.models.loss_scaling import PlayerGradScalers
 from src.models.lr_schedules import build_scheduler
 from src.models.step_in_backward import stepping_in_backward
 from src.nets.init import init_weights
+from src.nets.winograd import configure_winograd
 from src.utils.rng import collect_rng_states, restore_rng_states
 
 DIRECTIONS = ("AtoB", "BtoA")
@@ -101,6 +102,11 @@ class TranslationModel(pl.LightningModule):
         # src/models/loss_scaling.py). Here, before a resumed run restores the scalers' state.
         if stage == "fit":
             self.grad_scalers = PlayerGradScalers.install(self.trainer)
+
+    def use_winograd(self, setting: bool | str) -> None:
+        """`model.winograd`: 3x3 stride-1 convolutions by Winograd F(4x4, 3x3) on CPU
+        (src/nets/winograd.py). Subclasses call it once their networks exist."""
+        self.winograd_layers = configure_winograd(self, setting)
 
     # ----- what subclasses provide -------------------------------------------------------
     def player_modules(self) -> dict[str, list[nn.Module]]:

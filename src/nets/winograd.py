@@ -12,6 +12,7 @@ Same result as `F.conv2d` up to float rounding (relative error ~2e-6 in fp32, ag
 a direct convolution: the transforms multiply by up to 8 and 1/24). The tile transforms are C
 kernels (`winograd_kernels.c`, built on first use by `winograd_build`).
 """
+import logging
 import threading
 
 import torch
@@ -19,7 +20,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from src.nets.winograd_build import kernels
+from src.nets.winograd_build import WinogradUnavailable, kernels
+
+log = logging.getLogger(__name__)
+
+#: `winograd: auto` switches layers with at least this many input channels. Measured forward +
+#: backward on 2 threads (experiments/bench/README.md): 256 channels 1.3x (32x32) to 1.9x
+#: (64x64), 128 channels 1.2-1.6x, 64 channels no gain, and 64 -> 32 at 256x256 1.8x slower.
+AUTO_MIN_CHANNELS = 128
 
 _scratch_buffers = threading.local()
 
@@ -45,15 +53,11 @@ def _tiles(size: int) -> int:
     return -(-(size - 2) // 4)
 
 
-def _pointer(t: torch.Tensor):
-    return t.data_ptr()
-
-
 def _weight_tiles(weight: torch.Tensor) -> torch.Tensor:
     """weight (K, C, 3, 3) -> its transform (36, K, C)."""
     k, c = weight.shape[:2]
     u = _scratch("weight_tiles", 36, k, c)
-    kernels().winograd_weight_transform(_pointer(weight), _pointer(u), k, c, torch.get_num_threads())
+    kernels().winograd_weight_transform(weight.data_ptr(), u.data_ptr(), k, c, torch.get_num_threads())
     return u
 
 
@@ -61,7 +65,7 @@ def _input_tiles(x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
     """x (N, C, 4th+2, 4tw+2) -> its transformed tiles (36, C, N*th*tw)."""
     n, c = x.shape[:2]
     v = _scratch("input_tiles", 36, c, n * th * tw)
-    kernels().winograd_input_transform(_pointer(x), _pointer(v), n, c, th, tw, torch.get_num_threads())
+    kernels().winograd_input_transform(x.data_ptr(), v.data_ptr(), n, c, th, tw, torch.get_num_threads())
     return v
 
 
@@ -86,8 +90,8 @@ class WinogradConv3x3(torch.autograd.Function):
         m = torch.bmm(u, v, out=_scratch("products", 36, k, v.shape[2]))  # (36, K, P)
         y = x.new_empty(n, k, 4 * th, 4 * tw)
         bias = bias.contiguous() if bias is not None else None   # held until the kernel returns
-        bias_pointer = _pointer(bias) if bias is not None else None
-        kernels().winograd_output_transform(_pointer(m), bias_pointer, _pointer(y), n, k, th, tw,
+        bias_pointer = bias.data_ptr() if bias is not None else None
+        kernels().winograd_output_transform(m.data_ptr(), bias_pointer, y.data_ptr(), n, k, th, tw,
                                             torch.get_num_threads())
         # The weight, not its 4x larger transform: recomputing that costs less than holding it.
         ctx.save_for_backward(x, weight)
@@ -102,21 +106,23 @@ class WinogradConv3x3(torch.autograd.Function):
         k = weight.shape[0]
         th, tw = _tiles(h), _tiles(w)
         threads = torch.get_num_threads()
-        grad_y = F.pad(grad_y, (0, 4 * tw - (w - 2), 0, 4 * th - (h - 2))).contiguous()
+        if (4 * th, 4 * tw) != (h - 2, w - 2):
+            grad_y = F.pad(grad_y, (0, 4 * tw - (w - 2), 0, 4 * th - (h - 2)))
+        grad_y = grad_y.contiguous()
         grad_m = _scratch("products", 36, k, n * th * tw)
-        kernels().winograd_output_transform_adjoint(_pointer(grad_y), _pointer(grad_m), n, k, th, tw, threads)
+        kernels().winograd_output_transform_adjoint(grad_y.data_ptr(), grad_m.data_ptr(), n, k, th, tw, threads)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_v = torch.bmm(_weight_tiles(weight).transpose(1, 2), grad_m,
                                out=_scratch("input_tiles", 36, c, n * th * tw))  # (36, C, P)
             grad_x = x.new_empty(n, c, 4 * th + 2, 4 * tw + 2)
-            kernels().winograd_input_transform_adjoint(_pointer(grad_v), _pointer(grad_x), n, c, th, tw, threads)
+            kernels().winograd_input_transform_adjoint(grad_v.data_ptr(), grad_x.data_ptr(), n, c, th, tw, threads)
             grad_x = grad_x[:, :, :h, :w]
         if ctx.needs_input_grad[1]:
             grad_u = torch.bmm(grad_m, _input_tiles(_pad_to_tiles(x, th, tw), th, tw).transpose(1, 2),
                                out=_scratch("weight_grad_tiles", 36, k, c))
             grad_w = weight.new_empty(k, c, 3, 3)
-            kernels().winograd_weight_transform_adjoint(_pointer(grad_u), _pointer(grad_w), k, c, threads)
+            kernels().winograd_weight_transform_adjoint(grad_u.data_ptr(), grad_w.data_ptr(), k, c, threads)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_y.sum((0, 2, 3))
         return grad_x, grad_w, grad_b
@@ -152,7 +158,7 @@ def _winograd_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and not torch.jit.is_scripting()
             and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-            and not torch.onnx.is_in_onnx_export())
+            and not torch.compiler.is_exporting() and not torch.onnx.is_in_onnx_export())
 
 
 def winograd_eligible(conv: nn.Module, min_channels: int = 1) -> bool:
@@ -164,9 +170,29 @@ def winograd_eligible(conv: nn.Module, min_channels: int = 1) -> bool:
 
 def use_winograd(net: nn.Module, min_channels: int = 1) -> int:
     """Run the eligible convolutions of `net` by F(4x4, 3x3); returns how many were switched."""
-    switched = 0
-    for module in net.modules():
-        if winograd_eligible(module, min_channels):
-            module.__class__ = WinogradConv2d
-            switched += 1
-    return switched
+    eligible = [m for m in net.modules() if winograd_eligible(m, min_channels)]
+    for module in eligible:
+        module.__class__ = WinogradConv2d
+    return len(eligible)
+
+
+def configure_winograd(net: nn.Module, setting: bool | str, key: str = "model.winograd") -> int:
+    """Apply the `winograd` setting to `net`; returns how many convolutions were switched.
+
+    true: every eligible convolution (an error if the kernels cannot be built here); auto: those
+    with at least AUTO_MIN_CHANNELS input channels, if the kernels build (a warning otherwise);
+    false: none. Switched layers still run torch's convolution off the CPU or outside fp32.
+    """
+    if setting not in (True, False, "auto"):
+        raise ValueError(f"{key}={setting!r} must be true, false or auto")
+    min_channels = 1 if setting is True else AUTO_MIN_CHANNELS
+    if setting is False or not any(winograd_eligible(m, min_channels) for m in net.modules()):
+        return 0
+    try:
+        kernels()
+    except WinogradUnavailable as error:
+        if setting is True:
+            raise WinogradUnavailable(f"{key}=true: {error}") from error
+        log.warning("%s=auto: using torch's convolution, the Winograd kernels are unavailable: %s", key, error)
+        return 0
+    return use_winograd(net, min_channels)

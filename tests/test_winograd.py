@@ -1,0 +1,185 @@
+"""Winograd F(4x4, 3x3) convolutions (src/nets/winograd*.py): same results as torch's
+convolution, only where they apply, with clear errors when they cannot be built."""
+import copy
+import io
+import logging
+
+import hydra
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from conftest import fit_one_batch, random_batch
+from src.nets import winograd, winograd_build
+from src.nets.winograd import WinogradConv2d, configure_winograd, use_winograd, winograd_conv3x3
+from src.nets.winograd_build import WinogradUnavailable
+
+try:
+    winograd_build._compiler()
+except WinogradUnavailable:
+    pytest.skip("no C compiler on this machine: the Winograd kernels cannot be built", allow_module_level=True)
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).detach().norm() / b.detach().norm())
+
+
+@pytest.mark.parametrize("n,c,h,w,k,bias", [
+    (1, 3, 6, 6, 5, True),      # exactly one tile
+    (2, 4, 10, 11, 6, False),   # a batch; the width needs a partial tile
+    (3, 5, 17, 14, 7, True),    # partial tiles both ways
+    (1, 1, 3, 3, 1, True),      # the smallest input: a single output
+    (1, 16, 34, 34, 8, False),  # a residual-block-like shape
+])
+def test_matches_conv2d_forward_and_backward(n, c, h, w, k, bias):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c, h, w, generator=gen, requires_grad=True)
+    weight = torch.randn(k, c, 3, 3, generator=gen, requires_grad=True)
+    b = torch.randn(k, generator=gen, requires_grad=True) if bias else None
+    inputs = (x, weight) + ((b,) if bias else ())
+    expected = F.conv2d(x, weight, b)
+    result = winograd_conv3x3(x, weight, b)
+    assert result.shape == expected.shape
+    assert relative_error(result, expected) < 1e-5
+    grad_out = torch.randn(expected.shape, generator=gen)
+    for got, want in zip(torch.autograd.grad(result, inputs, grad_out),
+                         torch.autograd.grad(expected, inputs, grad_out)):
+        assert relative_error(got, want) < 1e-5
+
+
+def test_computes_only_the_gradients_asked_for():
+    x = torch.randn(1, 4, 8, 8, requires_grad=True)
+    frozen_weight = torch.randn(4, 4, 3, 3)
+    (grad_x,) = torch.autograd.grad(winograd_conv3x3(x, frozen_weight).sum(), (x,))
+    expected_x, = torch.autograd.grad(F.conv2d(x, frozen_weight).sum(), (x,))
+    assert relative_error(grad_x, expected_x) < 1e-5
+    weight = frozen_weight.clone().requires_grad_()
+    (grad_w,) = torch.autograd.grad(winograd_conv3x3(x.detach(), weight).sum(), (weight,))
+    expected_w, = torch.autograd.grad(F.conv2d(x.detach(), weight).sum(), (weight,))
+    assert relative_error(grad_w, expected_w) < 1e-5
+
+
+def test_rejects_what_it_cannot_compute():
+    with pytest.raises(ValueError, match="3x3 kernel"):
+        winograd_conv3x3(torch.randn(1, 2, 8, 8), torch.randn(2, 2, 5, 5))
+    with pytest.raises(ValueError, match="H>=3"):
+        winograd_conv3x3(torch.randn(1, 2, 2, 8), torch.randn(2, 2, 3, 3))
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
+def test_switched_layer_keeps_its_parameters_state_and_result(padding_mode):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 4, 3, padding=1, padding_mode=padding_mode)
+    net = nn.Sequential(conv, nn.ReLU())
+    x = torch.randn(2, 6, 9, 9)
+    expected, keys = net(x), list(net.state_dict())
+    weight = conv.weight
+    assert use_winograd(net) == 1
+    assert type(conv) is WinogradConv2d and conv.weight is weight  # same module, same Parameter
+    assert list(net.state_dict()) == keys
+    assert relative_error(net(x), expected) < 1e-5
+    buffer = io.BytesIO()
+    torch.save(net, buffer)  # pickles as WinogradConv2d and comes back as one
+    buffer.seek(0)
+    restored = torch.load(buffer, weights_only=False)
+    assert type(restored[0]) is WinogradConv2d
+    assert type(copy.deepcopy(net)[0]) is WinogradConv2d
+
+
+def test_switches_only_plain_3x3_stride_1_convolutions():
+    net = nn.Sequential(
+        nn.Conv2d(4, 4, 3),                # yes
+        nn.Conv2d(4, 4, 3, stride=2),      # stride
+        nn.Conv2d(4, 4, 4),                # kernel size
+        nn.Conv2d(4, 4, 3, dilation=2),    # dilation
+        nn.Conv2d(4, 4, 3, groups=2),      # groups
+        nn.ConvTranspose2d(4, 4, 3),       # not a Conv2d
+        nn.Conv2d(256, 4, 3),              # yes, and the only one with >= 128 input channels
+    )
+    assert use_winograd(copy.deepcopy(net), min_channels=128) == 1
+    assert use_winograd(net) == 2
+    switched = [type(m) is WinogradConv2d for m in net]
+    assert switched == [True, False, False, False, False, False, True]
+
+
+def test_runs_torch_convolution_off_float32_cpu_and_under_autocast(monkeypatch):
+    conv = nn.Conv2d(3, 3, 3)
+    use_winograd(conv)
+
+    def fail(*args):
+        raise AssertionError("the Winograd path must not run here")
+
+    monkeypatch.setattr(winograd, "winograd_conv3x3", fail)
+    x = torch.randn(1, 3, 8, 8)
+    conv.double()(x.double())                              # float64
+    conv.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):      # autocast decides the dtype itself
+        assert conv(x).dtype == torch.bfloat16
+    traced = torch.jit.trace(conv, x, check_trace=False)   # exported graphs hold a plain convolution
+    assert "aten::_convolution" in str(traced.graph)
+    with pytest.raises(AssertionError, match="must not run"):
+        conv(x)                                            # and float32 on the CPU takes the fast path
+
+
+def test_settings_and_their_errors(monkeypatch, caplog):
+    net = nn.Sequential(nn.Conv2d(4, 4, 3), nn.Conv2d(128, 4, 3))
+    with pytest.raises(ValueError, match=r"model.winograd='fast' must be true, false or auto"):
+        configure_winograd(copy.deepcopy(net), "fast")
+    assert configure_winograd(copy.deepcopy(net), False) == 0
+    assert configure_winograd(copy.deepcopy(net), "auto") == 1
+    assert configure_winograd(copy.deepcopy(net), True) == 2
+
+    def unavailable():
+        raise WinogradUnavailable("no C compiler found")
+
+    monkeypatch.setattr(winograd, "kernels", unavailable)
+    with pytest.raises(WinogradUnavailable, match="model.winograd=true: no C compiler"):
+        configure_winograd(copy.deepcopy(net), True)
+    with caplog.at_level(logging.WARNING):
+        assert configure_winograd(net, "auto") == 0
+    assert "model.winograd=auto: using torch's convolution" in caplog.text
+    assert not any(type(m) is WinogradConv2d for m in net)
+
+
+def test_build_errors_name_the_compiler_and_the_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", "false")          # a "compiler" that always fails
+    with pytest.raises(WinogradUnavailable, match=r"compiling .*winograd_kernels.c with false failed.*model.winograd=false"):
+        winograd_build._build(tmp_path / "k.so")
+    assert list(tmp_path.iterdir()) == []     # no half-written library left behind
+    monkeypatch.setattr(winograd_build.shutil, "which", lambda name: None)
+    with pytest.raises(WinogradUnavailable, match="no C compiler found"):
+        winograd_build._build(tmp_path / "k.so")
+
+
+def test_kernels_build_into_the_cache_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    winograd_build.kernels.cache_clear()
+    try:
+        lib = winograd_build.kernels()
+        assert lib.winograd_input_transform is not None
+        built = list((tmp_path / "gan-i2i" / "winograd").glob("winograd_*.so"))
+        assert len(built) == 1
+    finally:
+        winograd_build.kernels.cache_clear()
+
+
+def test_model_setting_switches_the_residual_convolutions_and_keeps_the_iteration(train_cfg):
+    cfg = train_cfg("model=cyclegan", "model.winograd=true")
+    torch.manual_seed(0)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    # two 3x3 convolutions per residual block, two generators; nothing else qualifies
+    assert model.winograd_layers == 2 * 2 * cfg.model.generator.n_blocks
+    direct = copy.deepcopy(model)
+    for m in direct.modules():
+        if type(m) is WinogradConv2d:
+            m.__class__ = nn.Conv2d
+    batch = random_batch(cfg)
+    losses = {}
+    for name, m in (("winograd", model), ("direct", direct)):
+        torch.manual_seed(1)
+        trainer = fit_one_batch(m, batch)
+        losses[name] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    assert losses["winograd"].keys() == losses["direct"].keys() and losses["direct"]
+    for name, value in losses["direct"].items():
+        assert losses["winograd"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
