@@ -65,7 +65,12 @@
 
 /* Split one row of width 4*q (+ up to 2) into its four column phases: ph[r*q1 + j] = row[4j + r]. */
 static void split_phases(const float *row, int64_t width, float *ph, int64_t q1) {
-    for (int64_t x = 0; x < width; x++) ph[(x & 3) * q1 + (x >> 2)] = row[x];
+    for (int64_t r = 0; r < 4; r++) {
+        const int64_t count = (width - r + 3) / 4;
+        float *out = ph + r * q1;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < count; j++) out[j] = row[4 * j + r];
+    }
 }
 
 void winograd_input_transform(const float *x, float *V, int64_t N, int64_t C, int64_t th,
@@ -161,8 +166,7 @@ void winograd_output_transform_adjoint(const float *dY, float *dM, int64_t N, in
             const int64_t n = nk / K, k = nk % K;
             for (int64_t ty = 0; ty < th; ty++) {
                 const float *rows = dY + (nk * 4 * th + 4 * ty) * W;
-                for (int64_t r = 0; r < 4; r++)
-                    for (int64_t x = 0; x < W; x++) ph[(r * 4 + (x & 3)) * tw + (x >> 2)] = rows[r * W + x];
+                for (int64_t r = 0; r < 4; r++) split_phases(rows + r * W, W, ph + r * 4 * tw, tw);
                 for (int64_t o = 0; o < 4; o++) {
                     const float *y0 = ph + o * tw, *y1 = y0 + 4 * tw, *y2 = y1 + 4 * tw, *y3 = y2 + 4 * tw;
                     float *s0 = s + o * tw, *s1 = s0 + 4 * tw, *s2 = s1 + 4 * tw, *s3 = s2 + 4 * tw,
@@ -190,15 +194,17 @@ void winograd_output_transform_adjoint(const float *dY, float *dM, int64_t N, in
 
 void winograd_input_transform_adjoint(const float *dV, float *dx, int64_t N, int64_t C,
                                       int64_t th, int64_t tw, int threads) {
-    const int64_t W = 4 * tw + 2, H = 4 * th + 2, T = th * tw, P = N * T;
+    const int64_t W = 4 * tw + 2, H = 4 * th + 2, T = th * tw, P = N * T, q1 = tw + 1;
 #pragma omp parallel num_threads(threads)
     {
         float *u = malloc(sizeof(float) * 36 * tw);      /* B along each tile's columns */
+        /* The plane's sums by column phase (acc[(y*4 + x%4)*q1 + x/4]): overlapping tiles add
+         * into contiguous rows; the columns are interleaved once at the end. */
+        float *acc = malloc(sizeof(float) * H * 4 * q1);
 #pragma omp for schedule(static)
         for (int64_t nc = 0; nc < N * C; nc++) {
             const int64_t n = nc / C, c = nc % C;
-            float *plane = dx + nc * H * W;
-            memset(plane, 0, sizeof(float) * H * W);
+            memset(acc, 0, sizeof(float) * H * 4 * q1);
             for (int64_t ty = 0; ty < th; ty++) {
                 const int64_t p0 = n * T + ty * tw;
                 for (int64_t i = 0; i < 6; i++) {
@@ -213,22 +219,32 @@ void winograd_input_transform_adjoint(const float *dV, float *dx, int64_t N, int
                 }
                 /* u[i][l][tx]: tile row i, tile column l. Now B down the rows, one column at a time. */
                 for (int64_t l = 0; l < 6; l++) {
-                    float r0[tw], r1[tw], r2[tw], r3[tw], r4[tw], r5[tw];
                     const float *c0 = u + l * tw, *c1 = c0 + 6 * tw, *c2 = c1 + 6 * tw,
                                 *c3 = c2 + 6 * tw, *c4 = c3 + 6 * tw, *c5 = c4 + 6 * tw;
+                    /* column 4tx + l is phase l % 4 at index tx + l / 4 */
+                    float *a = acc + (4 * ty * 4 + (l & 3)) * q1 + (l >> 2);
+                    float *a0 = a, *a1 = a + 4 * q1, *a2 = a + 8 * q1, *a3 = a + 12 * q1,
+                          *a4 = a + 16 * q1, *a5 = a + 20 * q1;
                     #pragma GCC ivdep
-                    for (int64_t j = 0; j < tw; j++)
-                        B_ADJ(c0[j], c1[j], c2[j], c3[j], c4[j], c5[j], r0[j], r1[j], r2[j], r3[j], r4[j], r5[j]);
-                    float *rr[6] = {r0, r1, r2, r3, r4, r5};
-                    for (int64_t r = 0; r < 6; r++) {
-                        float *row = plane + (4 * ty + r) * W + l;
-                        const float *src = rr[r];
-                        for (int64_t j = 0; j < tw; j++) row[4 * j] += src[j];
+                    for (int64_t j = 0; j < tw; j++) {
+                        float r0, r1, r2, r3, r4, r5;
+                        B_ADJ(c0[j], c1[j], c2[j], c3[j], c4[j], c5[j], r0, r1, r2, r3, r4, r5);
+                        a0[j] += r0; a1[j] += r1; a2[j] += r2; a3[j] += r3; a4[j] += r4; a5[j] += r5;
                     }
                 }
             }
+            float *plane = dx + nc * H * W;
+            for (int64_t y = 0; y < H; y++)
+                for (int64_t r = 0; r < 4; r++) {
+                    const int64_t count = (W - r + 3) / 4;
+                    const float *src = acc + (y * 4 + r) * q1;
+                    float *row = plane + y * W + r;
+                    #pragma GCC ivdep
+                    for (int64_t j = 0; j < count; j++) row[4 * j] = src[j];
+                }
         }
         free(u);
+        free(acc);
     }
 }
 
