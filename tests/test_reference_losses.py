@@ -143,10 +143,10 @@ def cyclegan_reference_iteration(m, cfg, batch) -> dict[str, torch.Tensor]:
             "idt_A": loss_idt_A, "idt_B": loss_idt_B, "G": loss_G, "D_A": losses_D[0], "D_B": losses_D[1]}
 
 
-@pytest.mark.parametrize("winograd", (False, True))
-def test_cyclegan_matches_the_reference_iteration(train_cfg, winograd):
-    """With the Winograd convolutions too: in both copies, so the step's logic is what is compared."""
-    cfg, model, reference = build(train_cfg, "cyclegan", f"model.winograd={str(winograd).lower()}")
+@pytest.mark.parametrize("fast_conv", (False, True))
+def test_cyclegan_matches_the_reference_iteration(train_cfg, fast_conv):
+    """With the rewritten convolutions (model.fast_conv=true) too: in both copies, so the step's logic is what is compared."""
+    cfg, model, reference = build(train_cfg, "cyclegan", f"model.fast_conv={str(fast_conv).lower()}")
     batch, before = random_batch(cfg), parameters_of(model)
     logged = train_one_iteration(model, batch)
     torch.manual_seed(SEED)
@@ -184,12 +184,14 @@ def pix2pix_reference_iteration(m, cfg, batch) -> dict[str, torch.Tensor]:
             "G": loss_G}
 
 
-def test_pix2pix_matches_the_reference_iteration(train_cfg):
+@pytest.mark.parametrize("fast_conv", (False, True))
+def test_pix2pix_matches_the_reference_iteration(train_cfg, fast_conv):
     """With dropout on (re-seeded: same masks). Parameters are compared, not the batch-norm running
     statistics: the reference feeds D the fake pair first and the real pair second, the model the
     other way round, which changes only the order of the running-average updates (unused in
-    training, and pix2pix samples with batch statistics)."""
-    cfg, model, reference = build(train_cfg, "pix2pix", "data=shapes_paired")
+    training, and pix2pix samples with batch statistics). With and without the rewritten
+    convolutions (model.fast_conv, in both copies)."""
+    cfg, model, reference = build(train_cfg, "pix2pix", "data=shapes_paired", f"model.fast_conv={str(fast_conv).lower()}")
     assert any(isinstance(mod, torch.nn.Dropout) for mod in model.G.modules())
     batch, before = random_batch(cfg), parameters_of(model)
     logged = train_one_iteration(model, batch)
@@ -270,12 +272,12 @@ def ugatit_reference_iteration(m, cfg, batch) -> dict[str, torch.Tensor]:
             "cam_A": cam_weight * G_cam_loss_A, "cam_B": cam_weight * G_cam_loss_B, "G": Generator_loss}
 
 
-@pytest.mark.parametrize("winograd", (False, True))
-def test_ugatit_matches_the_reference_iteration(train_cfg, winograd):
+@pytest.mark.parametrize("fast_conv", (False, True))
+def test_ugatit_matches_the_reference_iteration(train_cfg, fast_conv):
     """Spectral-norm vectors included: each discriminator runs as often as in the port (twice in
     the D step, once in the G step), so their power iterations agree too. With and without the
-    Winograd convolutions (in both copies)."""
-    cfg, model, reference = build(train_cfg, "ugatit", f"model.winograd={str(winograd).lower()}")
+    rewritten convolutions (model.fast_conv, in both copies)."""
+    cfg, model, reference = build(train_cfg, "ugatit", f"model.fast_conv={str(fast_conv).lower()}")
     batch, before = random_batch(cfg), parameters_of(model)
     logged = train_one_iteration(model, batch)
     torch.manual_seed(SEED)
@@ -351,16 +353,16 @@ def freeze_power_iterations(module: torch.nn.Module) -> None:
                 hook.n_power_iterations = 0
 
 
-@pytest.mark.parametrize("light,winograd", ((True, False), (False, False), (True, True)))
-def test_nicegan_matches_the_reference_iteration(train_cfg, light, winograd):
+@pytest.mark.parametrize("light,fast_conv", ((True, False), (False, False), (True, True)))
+def test_nicegan_matches_the_reference_iteration(train_cfg, light, fast_conv):
     """The public generator step runs each full discriminator on the reals only to take the
     encoder's latent, which also advances the classifier's spectral-norm power iteration once
     more than the model does (it runs the classifier on the fakes only). That changes the
     estimate of sigma, not the objective, so this comparison fixes u and v in both copies.
     Both generator modes: light (pooled features into the gamma/beta MLP) and full
-    (flattened features); light also with the Winograd convolutions (in both copies)."""
+    (flattened features); light also with the rewritten convolutions (model.fast_conv, in both copies)."""
     cfg, model, reference = build(train_cfg, "nicegan", f"model.generator.light={light}",
-                                  f"model.winograd={str(winograd).lower()}")
+                                  f"model.fast_conv={str(fast_conv).lower()}")
     freeze_power_iterations(model)
     freeze_power_iterations(reference)
     batch, before = random_batch(cfg), parameters_of(model)

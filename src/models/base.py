@@ -22,7 +22,7 @@ from src.models.loss_scaling import PlayerGradScalers
 from src.models.lr_schedules import build_scheduler
 from src.models.step_in_backward import stepping_in_backward
 from src.nets.init import init_weights
-from src.nets.winograd import configure_winograd
+from src.nets.fast_conv import configure_fast_conv
 from src.utils.rng import collect_rng_states, restore_rng_states
 
 DIRECTIONS = ("AtoB", "BtoA")
@@ -103,10 +103,10 @@ class TranslationModel(pl.LightningModule):
         if stage == "fit":
             self.grad_scalers = PlayerGradScalers.install(self.trainer)
 
-    def use_winograd(self, setting: bool | str) -> None:
-        """`model.winograd`: 3x3 stride-1 convolutions by Winograd F(4x4, 3x3) on CPU
-        (src/nets/winograd.py). Subclasses call it once their networks exist."""
-        self.winograd_layers = configure_winograd(self, setting)
+    def use_fast_conv(self, setting: bool | str) -> None:
+        """`model.fast_conv`: CPU convolutions rewritten to compute the same result faster
+        (src/nets/fast_conv.py). Subclasses call it once their networks exist."""
+        self.fast_conv_layers = configure_fast_conv(self, setting)
 
     # ----- what subclasses provide -------------------------------------------------------
     def player_modules(self) -> dict[str, list[nn.Module]]:

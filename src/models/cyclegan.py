@@ -19,7 +19,7 @@ class CycleGAN(TranslationModel):
 
     def __init__(self, generator: dict, discriminator: dict, loss: dict, optimizer: dict, lr_schedule: dict,
                  init: dict, pool_size: int = 50,
-                 winograd: bool | str = "auto"):
+                 fast_conv: bool | str = "auto"):
         super().__init__(loss=loss, optimizer=optimizer, lr_schedule=lr_schedule, init=init)
         self.save_hyperparameters({"generator": to_plain(generator),
                                    "discriminator": to_plain(discriminator),
@@ -36,7 +36,7 @@ class CycleGAN(TranslationModel):
         self.weight("cycle"), self.weight("identity")  # fail at start on a missing weight
         if self.weights["identity"] > 0 and g_cfg["input_nc"] != g_cfg["output_nc"]:
             raise ValueError("loss.weights.identity > 0 needs data.input_nc == data.output_nc; set it to 0")
-        self.use_winograd(winograd)
+        self.use_fast_conv(fast_conv)
 
     def player_modules(self) -> dict[str, list[nn.Module]]:
         return {"generators": [self.G_A, self.G_B], "discriminators": [self.D_A, self.D_B]}

@@ -32,7 +32,7 @@ class NICEGAN(TranslationModel):
 
     def __init__(self, generator: dict, discriminator: dict, loss: dict, optimizer: dict, lr_schedule: dict,
                  init: dict, log_rho_every_n_iters: int = 100,
-                 winograd: bool | str = "auto"):
+                 fast_conv: bool | str = "auto"):
         super().__init__(loss=loss, optimizer=optimizer, lr_schedule=lr_schedule, init=init)
         self.save_hyperparameters({"generator": to_plain(generator), "discriminator": to_plain(discriminator),
                                    "loss": self.loss_cfg, "optimizer": self.optimizer_cfg,
@@ -49,7 +49,7 @@ class NICEGAN(TranslationModel):
         self.G_BA = build_net({**g_cfg, "output_nc": a_nc, "latent_nc": latent_nc}, self.init_cfg)
         for name in ("adversarial", "cycle", "reconstruction"):
             self.weight(name)
-        self.use_winograd(winograd)
+        self.use_fast_conv(fast_conv)
 
     def player_modules(self) -> dict[str, list[nn.Module]]:
         return {"heads": [self.D_A.classifier, self.D_B.classifier],

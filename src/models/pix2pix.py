@@ -19,7 +19,7 @@ class Pix2Pix(TranslationModel):
 
     def __init__(self, generator: dict, discriminator: dict, loss: dict, optimizer: dict, lr_schedule: dict,
                  init: dict, pool_size: int = 0, test_time_batch_stats: bool = True, test_time_dropout: bool = True,
-                 winograd: bool | str = "auto"):
+                 fast_conv: bool | str = "auto"):
         super().__init__(loss=loss, optimizer=optimizer, lr_schedule=lr_schedule, init=init)
         self.save_hyperparameters({"generator": to_plain(generator), "discriminator": to_plain(discriminator),
                                    "loss": self.loss_cfg, "optimizer": self.optimizer_cfg,
@@ -34,7 +34,7 @@ class Pix2Pix(TranslationModel):
         self.pools = {"fake_AB": ImagePool(pool_size)}
         self.weight("l1")
         self.use_feature_matching = float(self.weights.get("feature_matching", 0.0)) > 0
-        self.use_winograd(winograd)
+        self.use_fast_conv(fast_conv)
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)

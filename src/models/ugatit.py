@@ -25,7 +25,7 @@ class UGATIT(TranslationModel):
 
     def __init__(self, generator: dict, global_discriminator: dict, local_discriminator: dict, loss: dict,
                  optimizer: dict, lr_schedule: dict, init: dict, log_rho_every_n_iters: int = 100,
-                 winograd: bool | str = "auto"):
+                 fast_conv: bool | str = "auto"):
         super().__init__(loss=loss, optimizer=optimizer, lr_schedule=lr_schedule, init=init)
         self.save_hyperparameters({"generator": to_plain(generator),
                                    "global_discriminator": to_plain(global_discriminator),
@@ -46,7 +46,7 @@ class UGATIT(TranslationModel):
             self.weight(name)  # fail at start on a missing weight
         if self.weight("identity") > 0 and a_nc != b_nc:
             raise ValueError("loss.weights.identity > 0 needs data.input_nc == data.output_nc; set it to 0")
-        self.use_winograd(winograd)
+        self.use_fast_conv(fast_conv)
 
     def player_modules(self) -> dict[str, list[nn.Module]]:
         return {"discriminators": [self.D_GA, self.D_LA, self.D_GB, self.D_LB], "generators": [self.G_AB, self.G_BA]}

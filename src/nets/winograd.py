@@ -12,7 +12,6 @@ Same result as `F.conv2d` up to float rounding (relative error ~2e-6 in fp32, ag
 a direct convolution: the transforms multiply by up to 8 and 1/24). The tile transforms are C
 kernels (`winograd_kernels.c`, built on first use by `winograd_build`).
 """
-import logging
 import threading
 
 import torch
@@ -20,14 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from src.nets.winograd_build import WinogradUnavailable, kernels
-
-log = logging.getLogger(__name__)
-
-#: `winograd: auto` switches layers with at least this many input channels. Measured forward +
-#: backward on 2 threads (experiments/bench/README.md): 256 channels 1.3x (32x32) to 1.9x
-#: (64x64), 128 channels 1.2-1.6x, 64 channels no gain, and 64 -> 32 at 256x256 1.8x slower.
-AUTO_MIN_CHANNELS = 128
+from src.nets.winograd_build import kernels
 
 _scratch_buffers = threading.local()
 
@@ -154,11 +146,16 @@ class WinogradConv2d(nn.Conv2d):
         return winograd_conv3x3(x, self.weight, self.bias)
 
 
+def exporting_or_compiling() -> bool:
+    """Inside TorchScript scripting/tracing, ONNX or torch.export, or torch.compile: graphs
+    there must hold torch's own operators."""
+    return (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
+
+
 def _winograd_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu") and not torch.jit.is_scripting()
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-            and not torch.compiler.is_exporting() and not torch.onnx.is_in_onnx_export())
+            and not torch.is_autocast_enabled("cpu") and not exporting_or_compiling())
 
 
 def winograd_eligible(conv: nn.Module, min_channels: int = 1) -> bool:
@@ -174,25 +171,3 @@ def use_winograd(net: nn.Module, min_channels: int = 1) -> int:
     for module in eligible:
         module.__class__ = WinogradConv2d
     return len(eligible)
-
-
-def configure_winograd(net: nn.Module, setting: bool | str, key: str = "model.winograd") -> int:
-    """Apply the `winograd` setting to `net`; returns how many convolutions were switched.
-
-    true: every eligible convolution (an error if the kernels cannot be built here); auto: those
-    with at least AUTO_MIN_CHANNELS input channels, if the kernels build (a warning otherwise);
-    false: none. Switched layers still run torch's convolution off the CPU or outside fp32.
-    """
-    if setting not in (True, False, "auto"):
-        raise ValueError(f"{key}={setting!r} must be true, false or auto")
-    min_channels = 1 if setting is True else AUTO_MIN_CHANNELS
-    if setting is False or not any(winograd_eligible(m, min_channels) for m in net.modules()):
-        return 0
-    try:
-        kernels()
-    except WinogradUnavailable as error:
-        if setting is True:
-            raise WinogradUnavailable(f"{key}=true: {error}") from error
-        log.warning("%s=auto: using torch's convolution, the Winograd kernels are unavailable: %s", key, error)
-        return 0
-    return use_winograd(net, min_channels)

@@ -22,7 +22,7 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 
 
 class WinogradUnavailable(RuntimeError):
-    """The kernels cannot be built here (no C compiler, or it failed)."""
+    """The Winograd kernels cannot be built here (no C compiler, or it failed)."""
 
 
 def _cpu_signature() -> str:
@@ -44,7 +44,7 @@ def _compiler() -> str:
         if name and shutil.which(name):
             return name
     raise WinogradUnavailable("no C compiler found (set CC, or install gcc); "
-                              "set model.winograd=false to use torch's convolution")
+                              "set model.fast_conv=false to use torch's convolution")
 
 
 def _build(target: Path) -> None:
@@ -58,7 +58,7 @@ def _build(target: Path) -> None:
                                 capture_output=True, text=True)
         if result.returncode != 0:
             raise WinogradUnavailable(f"compiling {SOURCE} with {compiler} failed "
-                                      f"(set model.winograd=false to use torch's convolution):\n"
+                                      f"(set model.fast_conv=false to use torch's convolution):\n"
                                       f"{result.stderr.strip()}")
         os.replace(tmp, target)
     finally:

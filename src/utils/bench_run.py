@@ -27,7 +27,7 @@ def as_list(value) -> list:
 def active_tweaks(tweaks: dict[str, Any], device: str) -> dict[str, Any]:
     """The tweaks that differ from the defaults (what makes a row a variant)."""
     defaults = {"channels_last": False, "adam": None, "compile": False, "cudnn_benchmark": True, "allocator": None,
-                "spectral_norm": None, "step_in_backward": None, "winograd": None}
+                "spectral_norm": None, "step_in_backward": None, "fast_conv": None}
     relevant = {k: v for k, v in tweaks.items() if device == "cuda" or k != "cudnn_benchmark"}
     return {k: v for k, v in relevant.items() if v != defaults.get(k)}
 
@@ -41,8 +41,8 @@ def train_step_specs(cfg: DictConfig) -> list[dict[str, Any]]:
             raise KeyError(f"configuration '{name}' is not in the catalog of conf/bench.yaml; "
                            f"known: {sorted(cfg.catalog)}")
         entry = OmegaConf.to_container(cfg.catalog[name], resolve=True)
-        if tweaks.get("winograd") is not None:   # a model setting: composed like the row's overrides
-            entry["overrides"] = [*entry.get("overrides", []), f"model.winograd={str(tweaks['winograd']).lower()}"]
+        if tweaks.get("fast_conv") is not None:   # a model setting: composed like the row's overrides
+            entry["overrides"] = [*entry.get("overrides", []), f"model.fast_conv={str(tweaks['fast_conv']).lower()}"]
         # As src/train.py runs this model (its config may choose the allocator), unless a trial sets one.
         allocator = tweaks.get("allocator") or compose_model_config(
             str(ROOT / "conf"), entry["model"], int(entry["size"]), entry.get("overrides", [])).get("allocator", "default")

@@ -1,5 +1,7 @@
-"""Winograd F(4x4, 3x3) convolutions (src/nets/winograd*.py): same results as torch's
-convolution, only where they apply, with clear errors when they cannot be built."""
+"""The rewritten CPU convolutions (`model.fast_conv`): Winograd F(4x4, 3x3) for 3x3 layers
+(src/nets/winograd*.py) and small transposed convolutions as products (src/nets/gemm_conv.py).
+Same results as torch's convolutions, only where they apply, clear errors when they cannot be
+built."""
 import copy
 import io
 import logging
@@ -11,8 +13,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from conftest import fit_one_batch, random_batch
-from src.nets import winograd, winograd_build
-from src.nets.winograd import WinogradConv2d, configure_winograd, use_winograd, winograd_conv3x3
+from src.nets import fast_conv, winograd, winograd_build
+from src.nets.fast_conv import configure_fast_conv
+from src.nets.gemm_conv import GemmConvTranspose2d, conv_transpose2d_as_product, use_gemm_conv_transpose
+from src.nets.narrow_conv import NarrowOutputConv2d, use_narrow_output
+from src.nets.winograd import WinogradConv2d, use_winograd, winograd_conv3x3
 from src.nets.winograd_build import WinogradUnavailable
 
 try:
@@ -123,28 +128,32 @@ def test_runs_torch_convolution_off_float32_cpu_and_under_autocast(monkeypatch):
 
 
 def test_settings_and_their_errors(monkeypatch, caplog):
-    net = nn.Sequential(nn.Conv2d(4, 4, 3), nn.Conv2d(128, 4, 3))
-    with pytest.raises(ValueError, match=r"model.winograd='fast' must be true, false or auto"):
-        configure_winograd(copy.deepcopy(net), "fast")
-    assert configure_winograd(copy.deepcopy(net), False) == 0
-    assert configure_winograd(copy.deepcopy(net), "auto") == 1
-    assert configure_winograd(copy.deepcopy(net), True) == 2
+    def net():
+        return nn.Sequential(nn.Conv2d(4, 4, 3), nn.Conv2d(128, 8, 3), nn.ConvTranspose2d(4, 4, 4, 2, 1),
+                             nn.Conv2d(64, 3, 7))
+
+    with pytest.raises(ValueError, match=r"model.fast_conv='fast' must be true, false or auto"):
+        configure_fast_conv(net(), "fast")
+    assert configure_fast_conv(net(), False) == {"winograd": 0, "gemm_conv_transpose": 0, "narrow_output": 0}
+    assert configure_fast_conv(net(), "auto") == {"winograd": 1, "gemm_conv_transpose": 1, "narrow_output": 1}
+    assert configure_fast_conv(net(), True) == {"winograd": 2, "gemm_conv_transpose": 1, "narrow_output": 1}
 
     def unavailable():
         raise WinogradUnavailable("no C compiler found")
 
-    monkeypatch.setattr(winograd, "kernels", unavailable)
-    with pytest.raises(WinogradUnavailable, match="model.winograd=true: no C compiler"):
-        configure_winograd(copy.deepcopy(net), True)
+    monkeypatch.setattr(fast_conv, "kernels", unavailable)
+    with pytest.raises(WinogradUnavailable, match="model.fast_conv=true: no C compiler"):
+        configure_fast_conv(net(), True)
+    layers = net()
     with caplog.at_level(logging.WARNING):
-        assert configure_winograd(net, "auto") == 0
-    assert "model.winograd=auto: using torch's convolution" in caplog.text
-    assert not any(type(m) is WinogradConv2d for m in net)
+        assert configure_fast_conv(layers, "auto") == {"winograd": 0, "gemm_conv_transpose": 1, "narrow_output": 1}
+    assert "model.fast_conv=auto: 3x3 convolutions stay torch's" in caplog.text
+    assert not any(type(m) is WinogradConv2d for m in layers)
 
 
 def test_build_errors_name_the_compiler_and_the_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", "false")          # a "compiler" that always fails
-    with pytest.raises(WinogradUnavailable, match=r"compiling .*winograd_kernels.c with false failed.*model.winograd=false"):
+    with pytest.raises(WinogradUnavailable, match=r"compiling .*winograd_kernels.c with false failed.*model.fast_conv=false"):
         winograd_build._build(tmp_path / "k.so")
     assert list(tmp_path.iterdir()) == []     # no half-written library left behind
     monkeypatch.setattr(winograd_build.shutil, "which", lambda name: None)
@@ -165,11 +174,11 @@ def test_kernels_build_into_the_cache_directory(tmp_path, monkeypatch):
 
 
 def test_model_setting_switches_the_residual_convolutions_and_keeps_the_iteration(train_cfg):
-    cfg = train_cfg("model=cyclegan", "model.winograd=true")
+    cfg = train_cfg("model=cyclegan", "model.fast_conv=true")
     torch.manual_seed(0)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     # two 3x3 convolutions per residual block, two generators; nothing else qualifies
-    assert model.winograd_layers == 2 * 2 * cfg.model.generator.n_blocks
+    assert model.fast_conv_layers["winograd"] == 2 * 2 * cfg.model.generator.n_blocks
     direct = copy.deepcopy(model)
     for m in direct.modules():
         if type(m) is WinogradConv2d:
@@ -183,3 +192,71 @@ def test_model_setting_switches_the_residual_convolutions_and_keeps_the_iteratio
     assert losses["winograd"].keys() == losses["direct"].keys() and losses["direct"]
     for name, value in losses["direct"].items():
         assert losses["winograd"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+
+
+# ----- transposed convolutions as products --------------------------------------------------------
+
+@pytest.mark.parametrize("n,c_in,c_out,size,kernel,stride,padding,bias", [
+    (1, 16, 8, 2, 4, 2, 1, True),    # the U-Net's transposed convolutions
+    (2, 6, 5, 3, 4, 2, 1, False),    # a batch, an odd size
+    (1, 4, 3, 1, 4, 2, 1, True),     # the innermost: one pixel in
+    (1, 5, 7, 4, 3, 1, 0, True),     # stride 1, no padding, 3x3
+    (1, 3, 2, 5, (3, 2), (2, 1), (1, 0), False),  # rectangular kernel, stride and padding
+])
+def test_transposed_convolution_as_a_product_matches_torch(n, c_in, c_out, size, kernel, stride, padding, bias):
+    layer = nn.ConvTranspose2d(c_in, c_out, kernel, stride, padding, bias=bias)
+    x = torch.randn(n, c_in, size, size, requires_grad=True)
+    params = [x, *layer.parameters()]
+    expected = layer(x)
+    result = conv_transpose2d_as_product(x, layer.weight, layer.bias, layer.stride, layer.padding)
+    assert result.shape == expected.shape
+    assert relative_error(result, expected) < 1e-5
+    grad_out = torch.randn(expected.shape)
+    for got, want in zip(torch.autograd.grad(result, params, grad_out), torch.autograd.grad(expected, params, grad_out)):
+        assert relative_error(got, want) < 1e-5
+
+
+def test_switched_transposed_convolution_uses_the_product_only_for_small_float32_inputs(monkeypatch):
+    net = nn.Sequential(nn.ConvTranspose2d(4, 4, 4, 2, 1), nn.ConvTranspose2d(4, 4, 3, 2, 1, output_padding=1),
+                        nn.ConvTranspose2d(4, 4, 4, 2, 1, groups=2))
+    assert use_gemm_conv_transpose(net) == 1       # output padding and groups stay torch's
+    layer = net[0]
+    assert type(layer) is GemmConvTranspose2d and list(layer.state_dict()) == ["weight", "bias"]
+    calls = []
+    monkeypatch.setattr("src.nets.gemm_conv.conv_transpose2d_as_product",
+                        lambda *args: calls.append(args[0].shape) or conv_transpose2d_as_product(*args))
+    layer(torch.randn(1, 4, 8, 8))                  # 64 pixels: the product
+    layer(torch.randn(1, 4, 9, 8))                  # 72 pixels: oneDNN
+    layer.double()(torch.randn(1, 4, 2, 2, dtype=torch.float64))   # float64: torch's
+    assert calls == [torch.Size([1, 4, 8, 8])]
+
+
+# ----- convolutions into a few channels ------------------------------------------------------------
+
+@pytest.mark.parametrize("c_in,c_out,kernel,padding,size,bias", [
+    (64, 3, 7, 0, 14, True),     # the generators' last layer (after a reflection pad)
+    (32, 1, 4, 1, 9, True),      # a PatchGAN's last layer
+    (40, 4, (3, 5), (1, 2), 8, False),
+])
+def test_narrow_output_backward_matches_torch(c_in, c_out, kernel, padding, size, bias):
+    layer = nn.Conv2d(c_in, c_out, kernel, padding=padding, bias=bias)
+    switched = copy.deepcopy(layer)
+    assert use_narrow_output(switched) == 1 and type(switched) is NarrowOutputConv2d
+    x = torch.randn(2, c_in, size, size, requires_grad=True)
+    expected, result = layer(x), switched(x)
+    assert torch.equal(result, expected)                       # the forward is torch's own
+    grad_out = torch.randn(expected.shape)
+    got = torch.autograd.grad(result, [x, *switched.parameters()], grad_out)
+    want = torch.autograd.grad(expected, [x, *layer.parameters()], grad_out)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and relative_error(g, w) < 1e-5
+    # only the gradients asked for
+    (grad_w,) = torch.autograd.grad(switched(x.detach()), [switched.weight], grad_out)
+    assert relative_error(grad_w, want[1]) < 1e-5
+
+
+def test_narrow_output_switches_only_wide_to_narrow_stride_1_layers():
+    net = nn.Sequential(nn.Conv2d(64, 3, 7), nn.Conv2d(64, 8, 7), nn.Conv2d(16, 3, 7),
+                        nn.Conv2d(64, 3, 4, stride=2), nn.Conv2d(64, 3, 3, padding=3))
+    assert use_narrow_output(net) == 1
+    assert [type(m) is NarrowOutputConv2d for m in net] == [True, False, False, False, False]

@@ -1,0 +1,57 @@
+"""`model.fast_conv`: CPU convolution layers rewritten to compute the same result faster.
+
+- 3x3 stride-1 convolutions by Winograd F(4x4, 3x3) (`src/nets/winograd.py`);
+- transposed convolutions on inputs of at most 8x8 pixels as a matrix product and a fold
+  (`src/nets/gemm_conv.py`);
+- convolutions into a few channels (the generators' last layer) with their backward through
+  convolutions into many (`src/nets/narrow_conv.py`).
+
+Switched layers keep their parameters and state_dict keys, and run torch's own operator off the
+CPU, outside float32, under autocast and in exported or compiled graphs.
+"""
+import logging
+
+import torch.nn as nn
+
+from src.nets.gemm_conv import use_gemm_conv_transpose
+from src.nets.narrow_conv import MIN_INPUT_CHANNELS, use_narrow_output
+from src.nets.winograd import use_winograd, winograd_eligible
+from src.nets.winograd_build import WinogradUnavailable, kernels
+
+log = logging.getLogger(__name__)
+
+#: `auto` gives Winograd to layers with at least this many input channels. Measured forward +
+#: backward on 2 threads (experiments/bench/README.md): 256 channels 1.3x (32x32) to 1.9x
+#: (64x64), 128 channels 1.2-1.6x, 64 channels no gain, and 64 -> 32 at 256x256 1.8x slower.
+AUTO_WINOGRAD_MIN_CHANNELS = 128
+
+
+def configure_fast_conv(net: nn.Module, setting: bool | str, key: str = "model.fast_conv") -> dict[str, int]:
+    """Apply the setting to `net`; returns how many layers each rewrite switched.
+
+    auto: Winograd for 3x3 layers of >= AUTO_WINOGRAD_MIN_CHANNELS input channels, if its C
+    kernels build here (a warning otherwise), and the other two rewrites wherever they apply;
+    true: every layer each rewrite can take, whatever its width (an error if the Winograd kernels
+    cannot be built); false: torch's convolutions everywhere.
+    """
+    if setting not in (True, False, "auto"):
+        raise ValueError(f"{key}={setting!r} must be true, false or auto")
+    if setting is False:
+        return {"winograd": 0, "gemm_conv_transpose": 0, "narrow_output": 0}
+    return {"winograd": _configure_winograd(net, setting, key),
+            "gemm_conv_transpose": use_gemm_conv_transpose(net),
+            "narrow_output": use_narrow_output(net, 1 if setting is True else MIN_INPUT_CHANNELS)}
+
+
+def _configure_winograd(net: nn.Module, setting: bool | str, key: str) -> int:
+    min_channels = 1 if setting is True else AUTO_WINOGRAD_MIN_CHANNELS
+    if not any(winograd_eligible(m, min_channels) for m in net.modules()):
+        return 0   # nothing to switch: do not build the kernels
+    try:
+        kernels()
+    except WinogradUnavailable as error:
+        if setting is True:
+            raise WinogradUnavailable(f"{key}=true: {error}") from error
+        log.warning("%s=auto: 3x3 convolutions stay torch's, the Winograd kernels are unavailable: %s", key, error)
+        return 0
+    return use_winograd(net, min_channels)
