@@ -89,6 +89,7 @@ def test_encode_gives_a_latent_per_image(train_cfg, model_name):
 def test_rho_stays_in_unit_interval_under_a_large_learning_rate(train_cfg, model_name):
     from src.nets.adalin import rho_statistics
     cfg = train_cfg(f"model={model_name}", "max_iters=3", "model.optimizer.lr=1.0")
+    pl.seed_everything(0)  # the initial weights decide which rho reach a bound within 3 steps
     model = fit_briefly(cfg)
     stats = {**rho_statistics(model.G_AB), **rho_statistics(model.G_BA)}
     assert stats and all(0.0 <= low and high <= 1.0 for _, low, high in stats.values())
