@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from src.nets.winograd import exporting_or_compiling
+from src.nets.layer_rewrite import rewrite_applies, switch_layers
 
 #: inputs of at most this many pixels (8x8) take the product form; from 16x16 oneDNN is as fast.
 MAX_INPUT_PIXELS = 64
@@ -38,8 +38,7 @@ class GemmConvTranspose2d(nn.ConvTranspose2d):
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if (output_size is None and x.dim() == 4 and x.shape[2] * x.shape[3] <= MAX_INPUT_PIXELS
-                and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu") and not exporting_or_compiling()):
+                and rewrite_applies(x, self.weight)):
             return conv_transpose2d_as_product(x, self.weight, self.bias, self.stride, self.padding)
         return super().forward(x, output_size)
 
@@ -53,7 +52,4 @@ def gemm_eligible(module: nn.Module) -> bool:
 
 def use_gemm_conv_transpose(net: nn.Module) -> int:
     """Switch the eligible transposed convolutions of `net`; returns how many were switched."""
-    eligible = [m for m in net.modules() if gemm_eligible(m)]
-    for module in eligible:
-        module.__class__ = GemmConvTranspose2d
-    return len(eligible)
+    return switch_layers(net, gemm_eligible, GemmConvTranspose2d)

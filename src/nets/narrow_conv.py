@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from src.nets.winograd import exporting_or_compiling
+from src.nets.layer_rewrite import rewrite_applies, switch_layers
 
 #: layers with at most this many output channels and at least WIDE_INPUT input channels
 MAX_OUTPUT_CHANNELS = 4
@@ -59,9 +59,7 @@ class NarrowOutputConv2d(nn.Conv2d):
     torch's elsewhere). Only assigned as the class of an existing layer (`use_narrow_output`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
-                and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-                and not exporting_or_compiling()):
+        if torch.is_grad_enabled() and rewrite_applies(x, self.weight):
             return NarrowOutputConvolution.apply(x, self.weight, self.bias, self.padding)
         return super().forward(x)
 
@@ -77,7 +75,4 @@ def narrow_output_eligible(module: nn.Module, min_input_channels: int = MIN_INPU
 
 def use_narrow_output(net: nn.Module, min_input_channels: int = MIN_INPUT_CHANNELS) -> int:
     """Switch the eligible convolutions of `net`; returns how many were switched."""
-    eligible = [m for m in net.modules() if narrow_output_eligible(m, min_input_channels)]
-    for module in eligible:
-        module.__class__ = NarrowOutputConv2d
-    return len(eligible)
+    return switch_layers(net, lambda m: narrow_output_eligible(m, min_input_channels), NarrowOutputConv2d)

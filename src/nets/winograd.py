@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from src.nets.layer_rewrite import rewrite_applies, switch_layers
 from src.nets.winograd_build import kernels
 
 _scratch_buffers = threading.local()
@@ -137,25 +138,13 @@ class WinogradConv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _winograd_applies(x, self.weight):
+        if not rewrite_applies(x, self.weight):
             return super().forward(x)
         pad_h, pad_w = self.padding
         if pad_h or pad_w:
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode=mode)
         return winograd_conv3x3(x, self.weight, self.bias)
-
-
-def exporting_or_compiling() -> bool:
-    """Inside TorchScript scripting/tracing, ONNX or torch.export, or torch.compile: graphs
-    there must hold torch's own operators."""
-    return (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-            or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
-
-
-def _winograd_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu") and not exporting_or_compiling())
 
 
 def winograd_eligible(conv: nn.Module, min_channels: int = 1) -> bool:
@@ -167,7 +156,4 @@ def winograd_eligible(conv: nn.Module, min_channels: int = 1) -> bool:
 
 def use_winograd(net: nn.Module, min_channels: int = 1) -> int:
     """Run the eligible convolutions of `net` by F(4x4, 3x3); returns how many were switched."""
-    eligible = [m for m in net.modules() if winograd_eligible(m, min_channels)]
-    for module in eligible:
-        module.__class__ = WinogradConv2d
-    return len(eligible)
+    return switch_layers(net, lambda m: winograd_eligible(m, min_channels), WinogradConv2d)

@@ -1,0 +1,30 @@
+"""What the rewritten CPU layers (`src/nets/fast_conv.py`) share: when a rewrite may run, and
+how a layer is switched to it."""
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+
+def exporting_or_compiling() -> bool:
+    """Inside TorchScript scripting/tracing, ONNX or torch.export, or torch.compile: graphs
+    there must hold torch's own operators."""
+    return (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
+
+
+def rewrite_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The rewrites are measured and written for float32 on the CPU, in eager mode; elsewhere
+    (GPUs, autocast, other dtypes, exported or compiled graphs) layers run torch's operator."""
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and not exporting_or_compiling())
+
+
+def switch_layers(net: nn.Module, eligible: Callable[[nn.Module], bool], rewritten: type) -> int:
+    """Make every eligible layer of `net` an instance of `rewritten` (a subclass of its class
+    that only overrides `forward`), in place: parameters, hooks and state_dict keys stay the
+    same. Returns how many were switched."""
+    layers = [m for m in net.modules() if eligible(m)]
+    for layer in layers:
+        layer.__class__ = rewritten
+    return len(layers)
