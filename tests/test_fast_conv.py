@@ -17,7 +17,7 @@ from src.nets import fast_conv, winograd, winograd_build
 from src.nets.fast_conv import configure_fast_conv
 from src.nets.gemm_conv import GemmConvTranspose2d, conv_transpose2d_as_product, use_gemm_conv_transpose
 from src.nets.narrow_conv import NarrowOutputConv2d, use_narrow_output
-from src.nets.winograd import WinogradConv2d, use_winograd, winograd_conv3x3
+from src.nets.winograd import WinogradConv2d, use_winograd, winograd_conv
 from src.nets.winograd_build import WinogradUnavailable
 
 try:
@@ -30,21 +30,22 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).detach().norm() / b.detach().norm())
 
 
+@pytest.mark.parametrize("r", [3, 4])   # F(4x4, 3x3) and F(3x3, 4x4)
 @pytest.mark.parametrize("n,c,h,w,k,bias", [
     (1, 3, 6, 6, 5, True),      # exactly one tile
     (2, 4, 10, 11, 6, False),   # a batch; the width needs a partial tile
     (3, 5, 17, 14, 7, True),    # partial tiles both ways
-    (1, 1, 3, 3, 1, True),      # the smallest input: a single output
+    (1, 1, 4, 4, 1, True),      # the smallest inputs: a single output or four
     (1, 16, 34, 34, 8, False),  # a residual-block-like shape
 ])
-def test_matches_conv2d_forward_and_backward(n, c, h, w, k, bias):
+def test_matches_conv2d_forward_and_backward(r, n, c, h, w, k, bias):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, c, h, w, generator=gen, requires_grad=True)
-    weight = torch.randn(k, c, 3, 3, generator=gen, requires_grad=True)
+    weight = torch.randn(k, c, r, r, generator=gen, requires_grad=True)
     b = torch.randn(k, generator=gen, requires_grad=True) if bias else None
     inputs = (x, weight) + ((b,) if bias else ())
     expected = F.conv2d(x, weight, b)
-    result = winograd_conv3x3(x, weight, b)
+    result = winograd_conv(x, weight, b)
     assert result.shape == expected.shape
     assert relative_error(result, expected) < 1e-5
     grad_out = torch.randn(expected.shape, generator=gen)
@@ -56,20 +57,20 @@ def test_matches_conv2d_forward_and_backward(n, c, h, w, k, bias):
 def test_computes_only_the_gradients_asked_for():
     x = torch.randn(1, 4, 8, 8, requires_grad=True)
     frozen_weight = torch.randn(4, 4, 3, 3)
-    (grad_x,) = torch.autograd.grad(winograd_conv3x3(x, frozen_weight).sum(), (x,))
+    (grad_x,) = torch.autograd.grad(winograd_conv(x, frozen_weight).sum(), (x,))
     expected_x, = torch.autograd.grad(F.conv2d(x, frozen_weight).sum(), (x,))
     assert relative_error(grad_x, expected_x) < 1e-5
     weight = frozen_weight.clone().requires_grad_()
-    (grad_w,) = torch.autograd.grad(winograd_conv3x3(x.detach(), weight).sum(), (weight,))
+    (grad_w,) = torch.autograd.grad(winograd_conv(x.detach(), weight).sum(), (weight,))
     expected_w, = torch.autograd.grad(F.conv2d(x.detach(), weight).sum(), (weight,))
     assert relative_error(grad_w, expected_w) < 1e-5
 
 
 def test_rejects_what_it_cannot_compute():
-    with pytest.raises(ValueError, match="3x3 kernel"):
-        winograd_conv3x3(torch.randn(1, 2, 8, 8), torch.randn(2, 2, 5, 5))
-    with pytest.raises(ValueError, match="H>=3"):
-        winograd_conv3x3(torch.randn(1, 2, 2, 8), torch.randn(2, 2, 3, 3))
+    with pytest.raises(ValueError, match="3x3 or 4x4"):
+        winograd_conv(torch.randn(1, 2, 8, 8), torch.randn(2, 2, 5, 5))
+    with pytest.raises(ValueError, match="at least as large"):
+        winograd_conv(torch.randn(1, 2, 3, 8), torch.randn(2, 2, 4, 4))
 
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
@@ -96,16 +97,27 @@ def test_switches_only_plain_3x3_stride_1_convolutions():
     net = nn.Sequential(
         nn.Conv2d(4, 4, 3),                # yes
         nn.Conv2d(4, 4, 3, stride=2),      # stride
-        nn.Conv2d(4, 4, 4),                # kernel size
+        nn.Conv2d(4, 4, 4),                # yes: 4x4
+        nn.Conv2d(4, 4, 5),                # kernel size
         nn.Conv2d(4, 4, 3, dilation=2),    # dilation
         nn.Conv2d(4, 4, 3, groups=2),      # groups
         nn.ConvTranspose2d(4, 4, 3),       # not a Conv2d
         nn.Conv2d(256, 4, 3),              # yes, and the only one with >= 128 input channels
     )
     assert use_winograd(copy.deepcopy(net), min_channels=128) == 1
-    assert use_winograd(net) == 2
+    assert use_winograd(net) == 3
     switched = [type(m) is WinogradConv2d for m in net]
-    assert switched == [True, False, False, False, False, False, True]
+    assert switched == [True, False, True, False, False, False, False, True]
+
+
+def test_small_outputs_keep_torch_convolution_under_a_pixel_minimum(monkeypatch):
+    conv = nn.Conv2d(3, 3, 4, padding=1)
+    use_winograd(conv, min_output_pixels=100)
+    calls = []
+    monkeypatch.setattr(winograd, "winograd_conv", lambda *args: calls.append(args[0].shape) or F.conv2d(*args))
+    conv(torch.randn(1, 3, 11, 11))     # 10 x 10 outputs: Winograd
+    conv(torch.randn(1, 3, 10, 10))     # 9 x 9: torch's
+    assert calls == [torch.Size([1, 3, 13, 13])]
 
 
 def test_runs_torch_convolution_off_float32_cpu_and_under_autocast(monkeypatch):
@@ -115,7 +127,7 @@ def test_runs_torch_convolution_off_float32_cpu_and_under_autocast(monkeypatch):
     def fail(*args):
         raise AssertionError("the Winograd path must not run here")
 
-    monkeypatch.setattr(winograd, "winograd_conv3x3", fail)
+    monkeypatch.setattr(winograd, "winograd_conv", fail)
     x = torch.randn(1, 3, 8, 8)
     conv.double()(x.double())                              # float64
     conv.float()
@@ -129,7 +141,7 @@ def test_runs_torch_convolution_off_float32_cpu_and_under_autocast(monkeypatch):
 
 def test_settings_and_their_errors(monkeypatch, caplog):
     def net():
-        return nn.Sequential(nn.Conv2d(4, 4, 3), nn.Conv2d(128, 8, 3), nn.ConvTranspose2d(4, 4, 4, 2, 1),
+        return nn.Sequential(nn.Conv2d(8, 8, 3), nn.Conv2d(128, 8, 3), nn.ConvTranspose2d(4, 4, 4, 2, 1),
                              nn.Conv2d(64, 3, 7))
 
     with pytest.raises(ValueError, match=r"model.fast_conv='fast' must be true, false or auto"):
@@ -177,8 +189,11 @@ def test_model_setting_switches_the_residual_convolutions_and_keeps_the_iteratio
     cfg = train_cfg("model=cyclegan", "model.fast_conv=true")
     torch.manual_seed(0)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
-    # two 3x3 convolutions per residual block, two generators; nothing else qualifies
-    assert model.fast_conv_layers["winograd"] == 2 * 2 * cfg.model.generator.n_blocks
+    # two 3x3 convolutions per residual block, two generators, and each PatchGAN's 4x4 stride-1
+    # layer; layers into <= 4 channels take the narrow-output backward instead: the generators'
+    # last (and first, at ngf <= 4) and the PatchGANs' last
+    assert model.fast_conv_layers["winograd"] == 2 * 2 * cfg.model.generator.n_blocks + 2
+    assert model.fast_conv_layers["narrow_output"] == 2 * (1 + (cfg.model.generator.ngf <= 4)) + 2
     direct = copy.deepcopy(model)
     for m in direct.modules():
         if type(m) is WinogradConv2d:

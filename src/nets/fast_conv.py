@@ -1,6 +1,6 @@
 """`model.fast_conv`: CPU convolution layers rewritten to compute the same result faster.
 
-- 3x3 stride-1 convolutions by Winograd F(4x4, 3x3) (`src/nets/winograd.py`);
+- 3x3 and 4x4 stride-1 convolutions by Winograd F(4x4, 3x3) and F(3x3, 4x4) (`src/nets/winograd.py`);
 - transposed convolutions on inputs of at most 8x8 pixels as a matrix product and a fold
   (`src/nets/gemm_conv.py`);
 - convolutions into a few channels (the generators' last layer) with their backward through
@@ -20,10 +20,13 @@ from src.nets.winograd_build import WinogradUnavailable, kernels
 
 log = logging.getLogger(__name__)
 
-#: `auto` gives Winograd to layers with at least this many input channels. Measured forward +
-#: backward on 2 threads (experiments/bench/README.md): 256 channels 1.3x (32x32) to 1.9x
-#: (64x64), 128 channels 1.2-1.6x, 64 channels no gain, and 64 -> 32 at 256x256 1.8x slower.
+#: `auto` gives Winograd to layers with at least this many input channels, run on inputs with at
+#: least this many output pixels. Measured forward + backward on 2 threads
+#: (experiments/bench/README.md): 256 channels 1.3x (32x32) to 1.9x (64x64), 128 channels
+#: 1.2-1.6x, 64 channels no gain, and 64 -> 32 at 256x256 1.8x slower; on a few pixels the
+#: weight transform (36/r^2 times the weights) costs more than the products save.
 AUTO_WINOGRAD_MIN_CHANNELS = 128
+AUTO_WINOGRAD_MIN_OUTPUT_PIXELS = 256
 
 
 def configure_fast_conv(net: nn.Module, setting: bool | str, key: str = "model.fast_conv") -> dict[str, int]:
@@ -38,9 +41,11 @@ def configure_fast_conv(net: nn.Module, setting: bool | str, key: str = "model.f
         raise ValueError(f"{key}={setting!r} must be true, false or auto")
     if setting is False:
         return {"winograd": 0, "gemm_conv_transpose": 0, "narrow_output": 0}
+    # Layers into a few channels first: they gain more from the narrow-output backward than from
+    # Winograd's products, which have only those few rows.
+    narrow = use_narrow_output(net, 1 if setting is True else MIN_INPUT_CHANNELS)
     return {"winograd": _configure_winograd(net, setting, key),
-            "gemm_conv_transpose": use_gemm_conv_transpose(net),
-            "narrow_output": use_narrow_output(net, 1 if setting is True else MIN_INPUT_CHANNELS)}
+            "gemm_conv_transpose": use_gemm_conv_transpose(net), "narrow_output": narrow}
 
 
 def _configure_winograd(net: nn.Module, setting: bool | str, key: str) -> int:
@@ -54,4 +59,6 @@ def _configure_winograd(net: nn.Module, setting: bool | str, key: str) -> int:
             raise WinogradUnavailable(f"{key}=true: {error}") from error
         log.warning("%s=auto: 3x3 convolutions stay torch's, the Winograd kernels are unavailable: %s", key, error)
         return 0
-    return use_winograd(net, min_channels)
+    if setting is True:
+        return use_winograd(net)
+    return use_winograd(net, AUTO_WINOGRAD_MIN_CHANNELS, AUTO_WINOGRAD_MIN_OUTPUT_PIXELS)

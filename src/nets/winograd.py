@@ -1,4 +1,4 @@
-"""3x3 stride-1 convolutions computed with Winograd's F(4x4, 3x3) algorithm on the CPU.
+"""3x3 and 4x4 stride-1 convolutions by Winograd's F(4x4, 3x3) and F(3x3, 4x4) on the CPU.
 
 Each 4x4 block of outputs costs 36 multiplications per input channel instead of 144: input
 tiles and weights are transformed, multiplied in 36 batched matrix products (MKL, through
@@ -13,6 +13,7 @@ a direct convolution: the transforms multiply by up to 8 and 1/24). The tile tra
 kernels (`winograd_kernels.c`, built on first use by `winograd_build`).
 """
 import threading
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -41,119 +42,150 @@ def _scratch(slot: str, *shape: int) -> torch.Tensor:
     return buffers[slot][:numel].view(shape)
 
 
-def _tiles(size: int) -> int:
-    """Number of 4-wide output tiles along an input side (a 3x3 valid convolution's output)."""
-    return -(-(size - 2) // 4)
+@dataclass(frozen=True)
+class Variant:
+    """One Winograd algorithm F(m x m, r x r): `outputs` = m per tile side, `kernel` = r, and the
+    prefix of its C functions. Both use 6x6 tiles (m + r - 1 = 6), so 36 products."""
+    outputs: int
+    kernel: int
+    prefix: str
+
+    def tiles(self, size: int) -> int:
+        """Tiles along an input side of `size` (a valid convolution's output, rounded up)."""
+        return -(-(size - self.kernel + 1) // self.outputs)
+
+    def padded(self, tiles: int) -> int:
+        """The input side the tiles read."""
+        return self.outputs * tiles + self.kernel - 1
+
+    def run(self, name: str, *args) -> None:
+        getattr(kernels(), self.prefix + name)(*args, torch.get_num_threads())
 
 
-def _weight_tiles(weight: torch.Tensor) -> torch.Tensor:
-    """weight (K, C, 3, 3) -> its transform (36, K, C)."""
+#: F(4x4, 3x3) for 3x3 kernels and F(3x3, 4x4) for 4x4 kernels (the PatchGAN's stride-1 layer).
+VARIANTS = {3: Variant(4, 3, "winograd_"), 4: Variant(3, 4, "winograd_k4_")}
+
+
+def _weight_tiles(weight: torch.Tensor, v: Variant) -> torch.Tensor:
+    """weight (K, C, r, r) -> its transform (36, K, C)."""
     k, c = weight.shape[:2]
     u = _scratch("weight_tiles", 36, k, c)
-    kernels().winograd_weight_transform(weight.data_ptr(), u.data_ptr(), k, c, torch.get_num_threads())
+    v.run("weight_transform", weight.data_ptr(), u.data_ptr(), k, c)
     return u
 
 
-def _input_tiles(x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
-    """x (N, C, 4th+2, 4tw+2) -> its transformed tiles (36, C, N*th*tw)."""
-    n, c = x.shape[:2]
-    v = _scratch("input_tiles", 36, c, n * th * tw)
-    kernels().winograd_input_transform(x.data_ptr(), v.data_ptr(), n, c, th, tw, torch.get_num_threads())
-    return v
-
-
-def _pad_to_tiles(x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
-    """Zero rows/columns at the bottom/right so the tiles cover the input exactly."""
-    extra_h, extra_w = 4 * th + 2 - x.shape[2], 4 * tw + 2 - x.shape[3]
+def _input_tiles(x: torch.Tensor, th: int, tw: int, v: Variant) -> torch.Tensor:
+    """x (N, C, H, W) -> the transformed tiles (36, C, N*th*tw) of x zero-padded at the
+    bottom/right to the tiles' extent."""
+    extra_h, extra_w = v.padded(th) - x.shape[2], v.padded(tw) - x.shape[3]
     if extra_h or extra_w:
         x = F.pad(x, (0, extra_w, 0, extra_h))
-    return x.contiguous()
+    x = x.contiguous()
+    n, c = x.shape[:2]
+    tiles = _scratch("input_tiles", 36, c, n * th * tw)
+    v.run("input_transform", x.data_ptr(), tiles.data_ptr(), n, c, th, tw)
+    return tiles
 
 
-class WinogradConv3x3(torch.autograd.Function):
-    """y = conv2d(x, weight, bias) for a 3x3 kernel, stride 1, no padding (pad x beforehand)."""
+class WinogradConvolution(torch.autograd.Function):
+    """y = conv2d(x, weight, bias) for an r x r kernel (r = 3 or 4), stride 1, no padding (pad x
+    beforehand)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
+        v = VARIANTS[weight.shape[2]]
         n, _, h, w = x.shape
-        k = weight.shape[0]
-        th, tw = _tiles(h), _tiles(w)
-        u = _weight_tiles(weight)                                        # (36, K, C)
-        v = _input_tiles(_pad_to_tiles(x, th, tw), th, tw)              # (36, C, P)
-        m = torch.bmm(u, v, out=_scratch("products", 36, k, v.shape[2]))  # (36, K, P)
-        y = x.new_empty(n, k, 4 * th, 4 * tw)
+        k, r = weight.shape[0], v.kernel
+        th, tw = v.tiles(h), v.tiles(w)
+        u = _weight_tiles(weight, v)                                     # (36, K, C)
+        tiles = _input_tiles(x, th, tw, v)                               # (36, C, P)
+        m = torch.bmm(u, tiles, out=_scratch("products", 36, k, tiles.shape[2]))  # (36, K, P)
+        y = x.new_empty(n, k, v.outputs * th, v.outputs * tw)
         bias = bias.contiguous() if bias is not None else None   # held until the kernel returns
-        bias_pointer = bias.data_ptr() if bias is not None else None
-        kernels().winograd_output_transform(m.data_ptr(), bias_pointer, y.data_ptr(), n, k, th, tw,
-                                            torch.get_num_threads())
-        # The weight, not its 4x larger transform: recomputing that costs less than holding it.
+        v.run("output_transform", m.data_ptr(), bias.data_ptr() if bias is not None else None,
+              y.data_ptr(), n, k, th, tw)
+        # The weight, not its 36/r^2 times larger transform: recomputing it costs less than holding it.
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return y[:, :, :h - 2, :w - 2] if (4 * th, 4 * tw) != (h - 2, w - 2) else y
+        out_h, out_w = h - r + 1, w - r + 1
+        return y[:, :, :out_h, :out_w] if y.shape[2:] != (out_h, out_w) else y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
         x, weight = ctx.saved_tensors
+        v = VARIANTS[weight.shape[2]]
         n, c, h, w = x.shape
-        k = weight.shape[0]
-        th, tw = _tiles(h), _tiles(w)
-        threads = torch.get_num_threads()
-        if (4 * th, 4 * tw) != (h - 2, w - 2):
-            grad_y = F.pad(grad_y, (0, 4 * tw - (w - 2), 0, 4 * th - (h - 2)))
+        k, r = weight.shape[0], v.kernel
+        th, tw = v.tiles(h), v.tiles(w)
+        extra_h, extra_w = v.outputs * th - (h - r + 1), v.outputs * tw - (w - r + 1)
+        if extra_h or extra_w:
+            grad_y = F.pad(grad_y, (0, extra_w, 0, extra_h))
         grad_y = grad_y.contiguous()
         grad_m = _scratch("products", 36, k, n * th * tw)
-        kernels().winograd_output_transform_adjoint(grad_y.data_ptr(), grad_m.data_ptr(), n, k, th, tw, threads)
+        v.run("output_transform_adjoint", grad_y.data_ptr(), grad_m.data_ptr(), n, k, th, tw)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_v = torch.bmm(_weight_tiles(weight).transpose(1, 2), grad_m,
+            grad_v = torch.bmm(_weight_tiles(weight, v).transpose(1, 2), grad_m,
                                out=_scratch("input_tiles", 36, c, n * th * tw))  # (36, C, P)
-            grad_x = x.new_empty(n, c, 4 * th + 2, 4 * tw + 2)
-            kernels().winograd_input_transform_adjoint(grad_v.data_ptr(), grad_x.data_ptr(), n, c, th, tw, threads)
+            grad_x = x.new_empty(n, c, v.padded(th), v.padded(tw))
+            v.run("input_transform_adjoint", grad_v.data_ptr(), grad_x.data_ptr(), n, c, th, tw)
             grad_x = grad_x[:, :, :h, :w]
         if ctx.needs_input_grad[1]:
-            grad_u = torch.bmm(grad_m, _input_tiles(_pad_to_tiles(x, th, tw), th, tw).transpose(1, 2),
+            grad_u = torch.bmm(grad_m, _input_tiles(x, th, tw, v).transpose(1, 2),
                                out=_scratch("weight_grad_tiles", 36, k, c))
-            grad_w = weight.new_empty(k, c, 3, 3)
-            kernels().winograd_weight_transform_adjoint(grad_u.data_ptr(), grad_w.data_ptr(), k, c, threads)
+            grad_w = weight.new_empty(k, c, r, r)
+            v.run("weight_transform_adjoint", grad_u.data_ptr(), grad_w.data_ptr(), k, c)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_y.sum((0, 2, 3))
         return grad_x, grad_w, grad_b
 
 
-def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """conv2d(x, weight, bias) with a 3x3 kernel, stride 1, no padding, by F(4x4, 3x3)."""
-    if x.dim() != 4 or weight.shape[2:] != (3, 3) or min(x.shape[2:]) < 3:
-        raise ValueError(f"winograd_conv3x3 needs a (N, C, H>=3, W>=3) input and a 3x3 kernel, "
-                         f"got input {tuple(x.shape)} and weight {tuple(weight.shape)}")
-    return WinogradConv3x3.apply(x.contiguous(), weight.contiguous(), bias)
+def winograd_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """conv2d(x, weight, bias) with a 3x3 or 4x4 kernel, stride 1, no padding, by Winograd
+    F(4x4, 3x3) or F(3x3, 4x4)."""
+    r = weight.shape[2] if weight.dim() == 4 else 0
+    if x.dim() != 4 or r not in VARIANTS or weight.shape[3] != r or min(x.shape[2:]) < r:
+        raise ValueError(f"winograd_conv needs a (N, C, H, W) input at least as large as a 3x3 or 4x4 "
+                         f"kernel, got input {tuple(x.shape)} and weight {tuple(weight.shape)}")
+    return WinogradConvolution.apply(x.contiguous(), weight.contiguous(), bias)
 
 
 class WinogradConv2d(nn.Conv2d):
-    """nn.Conv2d that runs by F(4x4, 3x3) where it can: float32 CPU tensors, outside autocast,
-    tracing, scripting, compilation and export; elsewhere it is the plain convolution.
+    """nn.Conv2d that runs by Winograd where it can: float32 CPU tensors of at least
+    `min_output_pixels` outputs, outside autocast, tracing, scripting, compilation and export;
+    elsewhere it is the plain convolution.
 
-    Only ever assigned as the class of an existing 3x3, stride-1, dilation-1, ungrouped
+    Only ever assigned as the class of an existing 3x3 or 4x4, stride-1, dilation-1, ungrouped
     nn.Conv2d (`use_winograd`), so parameters, hooks and state_dict keys stay the same.
     """
 
+    #: below this many output pixels per image the weight transform outweighs the savings
+    min_output_pixels = 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not rewrite_applies(x, self.weight):
+        (pad_h, pad_w), r = self.padding, self.kernel_size[0]
+        out_pixels = (x.shape[-2] + 2 * pad_h - r + 1) * (x.shape[-1] + 2 * pad_w - r + 1)
+        if out_pixels < self.min_output_pixels or not rewrite_applies(x, self.weight):
             return super().forward(x)
-        pad_h, pad_w = self.padding
         if pad_h or pad_w:
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode=mode)
-        return winograd_conv3x3(x, self.weight, self.bias)
+        return winograd_conv(x, self.weight, self.bias)
 
 
 def winograd_eligible(conv: nn.Module, min_channels: int = 1) -> bool:
-    """A plain 3x3, stride-1, dilation-1, ungrouped Conv2d with enough input channels."""
-    return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+    """A plain 3x3 or 4x4, stride-1, dilation-1, ungrouped Conv2d with enough input channels."""
+    return (type(conv) is nn.Conv2d and conv.kernel_size in ((3, 3), (4, 4)) and conv.stride == (1, 1)
             and conv.dilation == (1, 1) and conv.groups == 1 and isinstance(conv.padding, tuple)
             and conv.in_channels >= min_channels)
 
 
-def use_winograd(net: nn.Module, min_channels: int = 1) -> int:
-    """Run the eligible convolutions of `net` by F(4x4, 3x3); returns how many were switched."""
-    return switch_layers(net, lambda m: winograd_eligible(m, min_channels), WinogradConv2d)
+def use_winograd(net: nn.Module, min_channels: int = 1, min_output_pixels: int = 0) -> int:
+    """Run the eligible convolutions of `net` by Winograd; returns how many were switched."""
+    before = {id(m) for m in net.modules() if type(m) is WinogradConv2d}
+    switched = switch_layers(net, lambda m: winograd_eligible(m, min_channels), WinogradConv2d)
+    for m in net.modules():
+        if type(m) is WinogradConv2d and id(m) not in before:
+            m.min_output_pixels = min_output_pixels
+    return switched

@@ -79,12 +79,12 @@ def kernels() -> ctypes.CDLL:
         _build(target)
     lib = ctypes.CDLL(str(target))
     pointer, size, threads = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    for name in ("winograd_input_transform", "winograd_output_transform_adjoint",
-                 "winograd_input_transform_adjoint"):
-        getattr(lib, name).argtypes = [pointer, pointer, size, size, size, size, threads]
-    for name in ("winograd_weight_transform", "winograd_weight_transform_adjoint"):
-        getattr(lib, name).argtypes = [pointer, pointer, size, size, threads]
-    lib.winograd_output_transform.argtypes = [pointer, pointer, pointer, size, size, size, size, threads]
+    for prefix in ("winograd_", "winograd_k4_"):
+        for name in ("input_transform", "output_transform_adjoint", "input_transform_adjoint"):
+            getattr(lib, prefix + name).argtypes = [pointer, pointer, size, size, size, size, threads]
+        for name in ("weight_transform", "weight_transform_adjoint"):
+            getattr(lib, prefix + name).argtypes = [pointer, pointer, size, size, threads]
+        getattr(lib, prefix + "output_transform").argtypes = [pointer, pointer, pointer, size, size, size, size, threads]
     return lib
 
 

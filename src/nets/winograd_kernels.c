@@ -338,3 +338,256 @@ void winograd_weight_transform_adjoint(const float *dU, float *dw, int64_t K, in
         free(g);
     }
 }
+
+/* ----- F(3x3, 4x4): 4x4 kernels, 3x3 outputs per 6x6 tile ---------------------------------------
+ * By the transposition principle F(3, 4) = G^T [(A g) . (B^T d)]: the same data transform B^T,
+ * the filter transformed by A (the adjoint of F(4,3)'s output transform) and the products
+ * transformed back by G^T (the adjoint of F(4,3)'s filter transform). Tiles step by 3, so an
+ * image row splits into three column phases. Layouts as above with 3 for 4:
+ *   x [N, C, 3*th + 3, 3*tw + 3], V [36, C, N*th*tw], Y [N, K, 3*th, 3*tw]. */
+
+static void split_phases3(const float *row, int64_t width, float *ph, int64_t q1) {
+    for (int64_t r = 0; r < 3; r++) {
+        const int64_t count = (width - r + 2) / 3;
+        float *out = ph + r * q1;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < count; j++) out[j] = row[3 * j + r];
+    }
+}
+
+void winograd_k4_input_transform(const float *x, float *V, int64_t N, int64_t C, int64_t th,
+                                int64_t tw, int threads) {
+    const int64_t W = 3 * tw + 3, H = 3 * th + 3, T = th * tw, P = N * T, q1 = tw + 1;
+#pragma omp parallel num_threads(threads)
+    {
+        float *t = malloc(sizeof(float) * 6 * W);
+        float *ph = malloc(sizeof(float) * 6 * 3 * q1);
+#pragma omp for schedule(static)
+        for (int64_t nc = 0; nc < N * C; nc++) {
+            const int64_t n = nc / C, c = nc % C;
+            const float *plane = x + nc * H * W;
+            for (int64_t ty = 0; ty < th; ty++) {
+                const float *r = plane + 3 * ty * W;
+#pragma GCC ivdep
+                for (int64_t i = 0; i < W; i++)
+                    BT(r[i], r[W + i], r[2 * W + i], r[3 * W + i], r[4 * W + i], r[5 * W + i],
+                       t[i], t[W + i], t[2 * W + i], t[3 * W + i], t[4 * W + i], t[5 * W + i]);
+                for (int64_t i = 0; i < 6; i++) split_phases3(t + i * W, W, ph + i * 3 * q1, q1);
+                const int64_t p0 = n * T + ty * tw;
+                for (int64_t i = 0; i < 6; i++) {
+                    const float *a0 = ph + i * 3 * q1, *a1 = a0 + q1, *a2 = a1 + q1;
+                    float *o[6];
+                    for (int k = 0; k < 6; k++) o[k] = V + ((i * 6 + k) * C + c) * P + p0;
+                    float *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3], *o4 = o[4], *o5 = o[5];
+#pragma GCC ivdep
+                    for (int64_t j = 0; j < tw; j++)
+                        BT(a0[j], a1[j], a2[j], a0[j + 1], a1[j + 1], a2[j + 1],
+                           o0[j], o1[j], o2[j], o3[j], o4[j], o5[j]);
+                }
+            }
+        }
+        free(t);
+        free(ph);
+    }
+}
+
+void winograd_k4_output_transform(const float *M, const float *bias, float *Y, int64_t N, int64_t K,
+                                 int64_t th, int64_t tw, int threads) {
+    const int64_t T = th * tw, P = N * T, W = 3 * tw;
+#pragma omp parallel num_threads(threads)
+    {
+        float *s = malloc(sizeof(float) * 6 * 3 * tw);   /* G^T along each tile row's columns */
+        float *v = malloc(sizeof(float) * 3 * tw);
+#pragma omp for schedule(static)
+        for (int64_t nk = 0; nk < N * K; nk++) {
+            const int64_t n = nk / K, k = nk % K;
+            const float b = bias ? bias[k] : 0.f;
+            for (int64_t ty = 0; ty < th; ty++) {
+                const int64_t p0 = n * T + ty * tw;
+                for (int64_t i = 0; i < 6; i++) {
+                    const float *m[6];
+                    for (int j = 0; j < 6; j++) m[j] = M + ((i * 6 + j) * K + k) * P + p0;
+                    const float *m0 = m[0], *m1 = m[1], *m2 = m[2], *m3 = m[3], *m4 = m[4], *m5 = m[5];
+                    float *s0 = s + (i * 3) * tw, *s1 = s0 + tw, *s2 = s1 + tw;
+#pragma GCC ivdep
+                    for (int64_t j = 0; j < tw; j++)
+                        G3_ADJ(m0[j], m1[j], m2[j], m3[j], m4[j], m5[j], s0[j], s1[j], s2[j]);
+                }
+                float *out = Y + (nk * 3 * th + 3 * ty) * W;
+                for (int64_t o = 0; o < 3; o++) {
+                    const float *c0 = s + o * tw, *c1 = c0 + 3 * tw, *c2 = c1 + 3 * tw,
+                                *c3 = c2 + 3 * tw, *c4 = c3 + 3 * tw, *c5 = c4 + 3 * tw;
+                    float *v0 = v, *v1 = v + tw, *v2 = v + 2 * tw;
+#pragma GCC ivdep
+                    for (int64_t j = 0; j < tw; j++)
+                        G3_ADJ(c0[j], c1[j], c2[j], c3[j], c4[j], c5[j], v0[j], v1[j], v2[j]);
+                    for (int64_t r = 0; r < 3; r++) {
+                        float *row = out + r * W + o;
+                        const float *vr = v + r * tw;
+                        for (int64_t j = 0; j < tw; j++) row[3 * j] = vr[j] + b;
+                    }
+                }
+            }
+        }
+        free(s);
+        free(v);
+    }
+}
+
+void winograd_k4_output_transform_adjoint(const float *dY, float *dM, int64_t N, int64_t K,
+                                         int64_t th, int64_t tw, int threads) {
+    const int64_t T = th * tw, P = N * T, W = 3 * tw;
+#pragma omp parallel num_threads(threads)
+    {
+        float *ph = malloc(sizeof(float) * 3 * 3 * tw);  /* 3 rows x 3 column phases */
+        float *s = malloc(sizeof(float) * 6 * 3 * tw);   /* G along the rows, per column phase */
+#pragma omp for schedule(static)
+        for (int64_t nk = 0; nk < N * K; nk++) {
+            const int64_t n = nk / K, k = nk % K;
+            for (int64_t ty = 0; ty < th; ty++) {
+                const float *rows = dY + (nk * 3 * th + 3 * ty) * W;
+                for (int64_t r = 0; r < 3; r++) split_phases3(rows + r * W, W, ph + r * 3 * tw, tw);
+                for (int64_t o = 0; o < 3; o++) {
+                    const float *y0 = ph + o * tw, *y1 = y0 + 3 * tw, *y2 = y1 + 3 * tw;
+                    float *s0 = s + o * tw, *s1 = s0 + 3 * tw, *s2 = s1 + 3 * tw, *s3 = s2 + 3 * tw,
+                          *s4 = s3 + 3 * tw, *s5 = s4 + 3 * tw;
+#pragma GCC ivdep
+                    for (int64_t j = 0; j < tw; j++)
+                        G3(y0[j], y1[j], y2[j], s0[j], s1[j], s2[j], s3[j], s4[j], s5[j]);
+                }
+                const int64_t p0 = n * T + ty * tw;
+                for (int64_t i = 0; i < 6; i++) {
+                    const float *c0 = s + i * 3 * tw, *c1 = c0 + tw, *c2 = c1 + tw;
+                    float *o[6];
+                    for (int l = 0; l < 6; l++) o[l] = dM + ((i * 6 + l) * K + k) * P + p0;
+                    float *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3], *o4 = o[4], *o5 = o[5];
+#pragma GCC ivdep
+                    for (int64_t j = 0; j < tw; j++)
+                        G3(c0[j], c1[j], c2[j], o0[j], o1[j], o2[j], o3[j], o4[j], o5[j]);
+                }
+            }
+        }
+        free(ph);
+        free(s);
+    }
+}
+
+void winograd_k4_input_transform_adjoint(const float *dV, float *dx, int64_t N, int64_t C,
+                                        int64_t th, int64_t tw, int threads) {
+    const int64_t W = 3 * tw + 3, H = 3 * th + 3, T = th * tw, P = N * T, q1 = tw + 1;
+#pragma omp parallel num_threads(threads)
+    {
+        float *u = malloc(sizeof(float) * 36 * tw);
+        float *acc = malloc(sizeof(float) * H * 3 * q1);  /* acc[(y*3 + x%3)*q1 + x/3] */
+#pragma omp for schedule(static)
+        for (int64_t nc = 0; nc < N * C; nc++) {
+            const int64_t n = nc / C, c = nc % C;
+            memset(acc, 0, sizeof(float) * H * 3 * q1);
+            for (int64_t ty = 0; ty < th; ty++) {
+                const int64_t p0 = n * T + ty * tw;
+                for (int64_t i = 0; i < 6; i++) {
+                    const float *v[6];
+                    for (int k = 0; k < 6; k++) v[k] = dV + ((i * 6 + k) * C + c) * P + p0;
+                    const float *v0 = v[0], *v1 = v[1], *v2 = v[2], *v3 = v[3], *v4 = v[4], *v5 = v[5];
+                    float *u0 = u + i * 6 * tw, *u1 = u0 + tw, *u2 = u1 + tw, *u3 = u2 + tw,
+                          *u4 = u3 + tw, *u5 = u4 + tw;
+#pragma GCC ivdep
+                    for (int64_t j = 0; j < tw; j++)
+                        B_ADJ(v0[j], v1[j], v2[j], v3[j], v4[j], v5[j], u0[j], u1[j], u2[j], u3[j], u4[j], u5[j]);
+                }
+                for (int64_t l = 0; l < 6; l++) {
+                    const float *c0 = u + l * tw, *c1 = c0 + 6 * tw, *c2 = c1 + 6 * tw,
+                                *c3 = c2 + 6 * tw, *c4 = c3 + 6 * tw, *c5 = c4 + 6 * tw;
+                    /* column 3tx + l is phase l % 3 at index tx + l / 3 */
+                    float *a = acc + (3 * ty * 3 + l % 3) * q1 + l / 3;
+                    float *a0 = a, *a1 = a + 3 * q1, *a2 = a + 6 * q1, *a3 = a + 9 * q1,
+                          *a4 = a + 12 * q1, *a5 = a + 15 * q1;
+#pragma GCC ivdep
+                    for (int64_t j = 0; j < tw; j++) {
+                        float r0, r1, r2, r3, r4, r5;
+                        B_ADJ(c0[j], c1[j], c2[j], c3[j], c4[j], c5[j], r0, r1, r2, r3, r4, r5);
+                        a0[j] += r0; a1[j] += r1; a2[j] += r2; a3[j] += r3; a4[j] += r4; a5[j] += r5;
+                    }
+                }
+            }
+            float *plane = dx + nc * H * W;
+            for (int64_t y = 0; y < H; y++)
+                for (int64_t r = 0; r < 3; r++) {
+                    const float *src = acc + (y * 3 + r) * q1;
+                    float *row = plane + y * W + r;
+#pragma GCC ivdep
+                    for (int64_t j = 0; j < q1; j++) row[3 * j] = src[j];
+                }
+        }
+        free(u);
+        free(acc);
+    }
+}
+
+/* w [K, C, 4, 4] -> U [36, K, C] = A w[k][c] A^T. */
+void winograd_k4_weight_transform(const float *w, float *U, int64_t K, int64_t C, int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+        float *g = malloc(sizeof(float) * 16 * C);   /* tap j of every input channel: g[j*C + c] */
+        float *t = malloc(sizeof(float) * 24 * C);   /* A down the columns: t[(4a + j)*C + c] */
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < K; k++) {
+            const float *wk = w + k * C * 16;
+            for (int64_t c = 0; c < C; c++)
+                for (int j = 0; j < 16; j++) g[j * C + c] = wk[c * 16 + j];
+            for (int j = 0; j < 4; j++) {
+                const float *g0 = g + j * C, *g1 = g + (4 + j) * C, *g2 = g + (8 + j) * C, *g3 = g + (12 + j) * C;
+                float *o0 = t + j * C, *o1 = t + (4 + j) * C, *o2 = t + (8 + j) * C,
+                      *o3 = t + (12 + j) * C, *o4 = t + (16 + j) * C, *o5 = t + (20 + j) * C;
+#pragma GCC ivdep
+                for (int64_t c = 0; c < C; c++)
+                    A_ADJ(g0[c], g1[c], g2[c], g3[c], o0[c], o1[c], o2[c], o3[c], o4[c], o5[c]);
+            }
+            for (int a = 0; a < 6; a++) {
+                const float *t0 = t + 4 * a * C, *t1 = t0 + C, *t2 = t1 + C, *t3 = t2 + C;
+                float *o[6];
+                for (int b = 0; b < 6; b++) o[b] = U + ((6 * a + b) * K + k) * C;
+                float *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3], *o4 = o[4], *o5 = o[5];
+#pragma GCC ivdep
+                for (int64_t c = 0; c < C; c++)
+                    A_ADJ(t0[c], t1[c], t2[c], t3[c], o0[c], o1[c], o2[c], o3[c], o4[c], o5[c]);
+            }
+        }
+        free(g);
+        free(t);
+    }
+}
+
+/* dU [36, K, C] -> dw [K, C, 4, 4] = A^T dU[k][c] A. */
+void winograd_k4_weight_transform_adjoint(const float *dU, float *dw, int64_t K, int64_t C, int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+        float *t = malloc(sizeof(float) * 24 * C);   /* A^T along the rows: t[(4a + j)*C + c] */
+        float *g = malloc(sizeof(float) * 16 * C);
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < K; k++) {
+            for (int a = 0; a < 6; a++) {
+                const float *v[6];
+                for (int b = 0; b < 6; b++) v[b] = dU + ((6 * a + b) * K + k) * C;
+                const float *v0 = v[0], *v1 = v[1], *v2 = v[2], *v3 = v[3], *v4 = v[4], *v5 = v[5];
+                float *o0 = t + 4 * a * C, *o1 = o0 + C, *o2 = o1 + C, *o3 = o2 + C;
+#pragma GCC ivdep
+                for (int64_t c = 0; c < C; c++)
+                    AT(v0[c], v1[c], v2[c], v3[c], v4[c], v5[c], o0[c], o1[c], o2[c], o3[c]);
+            }
+            for (int j = 0; j < 4; j++) {
+                const float *t0 = t + j * C, *t1 = t + (4 + j) * C, *t2 = t + (8 + j) * C,
+                            *t3 = t + (12 + j) * C, *t4 = t + (16 + j) * C, *t5 = t + (20 + j) * C;
+                float *o0 = g + j * C, *o1 = g + (4 + j) * C, *o2 = g + (8 + j) * C, *o3 = g + (12 + j) * C;
+#pragma GCC ivdep
+                for (int64_t c = 0; c < C; c++)
+                    AT(t0[c], t1[c], t2[c], t3[c], t4[c], t5[c], o0[c], o1[c], o2[c], o3[c]);
+            }
+            float *dwk = dw + k * C * 16;
+            for (int64_t c = 0; c < C; c++)
+                for (int j = 0; j < 16; j++) dwk[c * 16 + j] = g[j * C + c];
+        }
+        free(t);
+        free(g);
+    }
+}
