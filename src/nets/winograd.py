@@ -31,7 +31,8 @@ def _scratch(slot: str, *shape: int) -> torch.Tensor:
 
     Each call allocates and frees ~10 of them (up to 9 MB each at 64x64): fresh memory from the
     kernel is zero-filled page by page on first touch, which cost as much as the transforms.
-    One buffer per slot and thread, grown to the largest size asked for.
+    One buffer per slot and thread, grown to the largest size asked for; three slots (weight
+    tiles, input tiles, products), each reused in the backward once its forward use is over.
     """
     buffers = _scratch_buffers.__dict__
     numel = 1
@@ -132,8 +133,9 @@ class WinogradConvolution(torch.autograd.Function):
             v.run("input_transform_adjoint", grad_v.data_ptr(), grad_x.data_ptr(), n, c, th, tw)
             grad_x = grad_x[:, :, :h, :w]
         if ctx.needs_input_grad[1]:
+            # into the weight tiles' buffer: the input gradient above was their last use
             grad_u = torch.bmm(grad_m, _input_tiles(x, th, tw, v).transpose(1, 2),
-                               out=_scratch("weight_grad_tiles", 36, k, c))
+                               out=_scratch("weight_tiles", 36, k, c))
             grad_w = weight.new_empty(k, c, r, r)
             v.run("weight_transform_adjoint", grad_u.data_ptr(), grad_w.data_ptr(), k, c)
         if ctx.has_bias and ctx.needs_input_grad[2]:
