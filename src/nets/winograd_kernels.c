@@ -64,50 +64,133 @@
     } while (0)
 
 /* Split one row of width 4*q (+ up to 2) into its four column phases: ph[r*q1 + j] = row[4j + r]. */
-static void split_phases(const float *row, int64_t width, float *ph, int64_t q1) {
-    for (int64_t r = 0; r < 4; r++) {
-        const int64_t count = (width - r + 3) / 4;
+/* Split one row into its `step` column phases: ph[r*q1 + j] = row[step*j + r]. */
+static void split_phases(const float *row, int64_t width, int64_t step, float *ph, int64_t q1) {
+    for (int64_t r = 0; r < step; r++) {
+        const int64_t count = (width - r + step - 1) / step;
         float *out = ph + r * q1;
 #pragma GCC ivdep
-        for (int64_t j = 0; j < count; j++) out[j] = row[4 * j + r];
+        for (int64_t j = 0; j < count; j++) out[j] = row[step * j + r];
     }
 }
 
-void winograd_input_transform(const float *x, float *V, int64_t N, int64_t C, int64_t th,
-                              int64_t tw, int threads) {
-    const int64_t W = 4 * tw + 2, H = 4 * th + 2, T = th * tw, P = N * T, q1 = tw + 1;
+/* The data transform B^T d B is the same for both algorithms; only the tiles' step differs
+ * (4 for F(4x4, 3x3), 3 for F(3x3, 4x4)). x [N, C, step*th + 6 - step, ...] -> V [36, C, P]. */
+static void input_transform(const float *x, float *V, int64_t N, int64_t C, int64_t th, int64_t tw,
+                            int64_t step, int threads) {
+    const int64_t W = step * tw + 6 - step, H = step * th + 6 - step, T = th * tw, P = N * T;
+    const int64_t q1 = tw + 2;                        /* entries per column phase, rounded up */
 #pragma omp parallel num_threads(threads)
     {
-        float *t = malloc(sizeof(float) * 6 * W);       /* B^T applied down the 6 rows */
-        float *ph = malloc(sizeof(float) * 6 * 4 * q1);  /* ... split into column phases */
+        float *t = malloc(sizeof(float) * 6 * W);            /* B^T applied down the 6 rows */
+        float *ph = malloc(sizeof(float) * 6 * step * q1);   /* ... split into column phases */
 #pragma omp for schedule(static)
         for (int64_t nc = 0; nc < N * C; nc++) {
             const int64_t n = nc / C, c = nc % C;
             const float *plane = x + nc * H * W;
             for (int64_t ty = 0; ty < th; ty++) {
-                const float *r = plane + 4 * ty * W;
-                #pragma GCC ivdep
+                const float *r = plane + step * ty * W;
+#pragma GCC ivdep
                 for (int64_t i = 0; i < W; i++)
                     BT(r[i], r[W + i], r[2 * W + i], r[3 * W + i], r[4 * W + i], r[5 * W + i],
                        t[i], t[W + i], t[2 * W + i], t[3 * W + i], t[4 * W + i], t[5 * W + i]);
-                for (int64_t i = 0; i < 6; i++) split_phases(t + i * W, W, ph + i * 4 * q1, q1);
+                for (int64_t i = 0; i < 6; i++) split_phases(t + i * W, W, step, ph + i * step * q1, q1);
                 const int64_t p0 = n * T + ty * tw;
                 for (int64_t i = 0; i < 6; i++) {
-                    const float *a = ph + i * 4 * q1;
-                    const float *a0 = a, *a1 = a + q1, *a2 = a + 2 * q1, *a3 = a + 3 * q1;
+                    /* window column l of tile tx is phase l % step at index tx + l / step */
+                    const float *a[6];
+                    for (int64_t l = 0; l < 6; l++) a[l] = ph + (i * step + l % step) * q1 + l / step;
+                    const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
                     float *o[6];
                     for (int k = 0; k < 6; k++) o[k] = V + ((i * 6 + k) * C + c) * P + p0;
                     float *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3], *o4 = o[4], *o5 = o[5];
-                    #pragma GCC ivdep
+#pragma GCC ivdep
                     for (int64_t j = 0; j < tw; j++)
-                        BT(a0[j], a1[j], a2[j], a3[j], a0[j + 1], a1[j + 1],
-                           o0[j], o1[j], o2[j], o3[j], o4[j], o5[j]);
+                        BT(a0[j], a1[j], a2[j], a3[j], a4[j], a5[j], o0[j], o1[j], o2[j], o3[j], o4[j], o5[j]);
                 }
             }
         }
         free(t);
         free(ph);
     }
+}
+
+/* Adjoint of input_transform: dV [36, C, P] -> dx, overlapping tiles adding up. */
+static void input_transform_adjoint(const float *dV, float *dx, int64_t N, int64_t C, int64_t th,
+                                    int64_t tw, int64_t step, int threads) {
+    const int64_t W = step * tw + 6 - step, H = step * th + 6 - step, T = th * tw, P = N * T;
+    const int64_t q1 = tw + 2;
+#pragma omp parallel num_threads(threads)
+    {
+        float *u = malloc(sizeof(float) * 36 * tw);      /* B along each tile's columns */
+        /* The plane's sums by column phase (acc[(y*step + x%step)*q1 + x/step]): overlapping
+         * tiles add into contiguous rows; the columns are interleaved once at the end. */
+        float *acc = malloc(sizeof(float) * H * step * q1);
+#pragma omp for schedule(static)
+        for (int64_t nc = 0; nc < N * C; nc++) {
+            const int64_t n = nc / C, c = nc % C;
+            memset(acc, 0, sizeof(float) * H * step * q1);
+            for (int64_t ty = 0; ty < th; ty++) {
+                const int64_t p0 = n * T + ty * tw;
+                for (int64_t i = 0; i < 6; i++) {
+                    const float *v[6];
+                    for (int k = 0; k < 6; k++) v[k] = dV + ((i * 6 + k) * C + c) * P + p0;
+                    const float *v0 = v[0], *v1 = v[1], *v2 = v[2], *v3 = v[3], *v4 = v[4], *v5 = v[5];
+                    float *u0 = u + i * 6 * tw, *u1 = u0 + tw, *u2 = u1 + tw, *u3 = u2 + tw,
+                          *u4 = u3 + tw, *u5 = u4 + tw;
+#pragma GCC ivdep
+                    for (int64_t j = 0; j < tw; j++)
+                        B_ADJ(v0[j], v1[j], v2[j], v3[j], v4[j], v5[j], u0[j], u1[j], u2[j], u3[j], u4[j], u5[j]);
+                }
+                /* u[i][l][tx]: tile row i, tile column l. Now B down the rows, one column at a time. */
+                for (int64_t l = 0; l < 6; l++) {
+                    const float *c0 = u + l * tw, *c1 = c0 + 6 * tw, *c2 = c1 + 6 * tw,
+                                *c3 = c2 + 6 * tw, *c4 = c3 + 6 * tw, *c5 = c4 + 6 * tw;
+                    float *a[6];
+                    for (int64_t r = 0; r < 6; r++)
+                        a[r] = acc + ((step * ty + r) * step + l % step) * q1 + l / step;
+                    float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
+#pragma GCC ivdep
+                    for (int64_t j = 0; j < tw; j++) {
+                        float r0, r1, r2, r3, r4, r5;
+                        B_ADJ(c0[j], c1[j], c2[j], c3[j], c4[j], c5[j], r0, r1, r2, r3, r4, r5);
+                        a0[j] += r0; a1[j] += r1; a2[j] += r2; a3[j] += r3; a4[j] += r4; a5[j] += r5;
+                    }
+                }
+            }
+            float *plane = dx + nc * H * W;
+            for (int64_t y = 0; y < H; y++)
+                for (int64_t r = 0; r < step; r++) {
+                    const int64_t count = (W - r + step - 1) / step;
+                    const float *src = acc + (y * step + r) * q1;
+                    float *row = plane + y * W + r;
+#pragma GCC ivdep
+                    for (int64_t j = 0; j < count; j++) row[step * j] = src[j];
+                }
+        }
+        free(u);
+        free(acc);
+    }
+}
+
+void winograd_input_transform(const float *x, float *V, int64_t N, int64_t C, int64_t th,
+                              int64_t tw, int threads) {
+    input_transform(x, V, N, C, th, tw, 4, threads);
+}
+
+void winograd_input_transform_adjoint(const float *dV, float *dx, int64_t N, int64_t C,
+                                      int64_t th, int64_t tw, int threads) {
+    input_transform_adjoint(dV, dx, N, C, th, tw, 4, threads);
+}
+
+void winograd_k4_input_transform(const float *x, float *V, int64_t N, int64_t C, int64_t th,
+                                 int64_t tw, int threads) {
+    input_transform(x, V, N, C, th, tw, 3, threads);
+}
+
+void winograd_k4_input_transform_adjoint(const float *dV, float *dx, int64_t N, int64_t C,
+                                         int64_t th, int64_t tw, int threads) {
+    input_transform_adjoint(dV, dx, N, C, th, tw, 3, threads);
 }
 
 void winograd_output_transform(const float *M, const float *bias, float *Y, int64_t N, int64_t K,
@@ -166,7 +249,7 @@ void winograd_output_transform_adjoint(const float *dY, float *dM, int64_t N, in
             const int64_t n = nk / K, k = nk % K;
             for (int64_t ty = 0; ty < th; ty++) {
                 const float *rows = dY + (nk * 4 * th + 4 * ty) * W;
-                for (int64_t r = 0; r < 4; r++) split_phases(rows + r * W, W, ph + r * 4 * tw, tw);
+                for (int64_t r = 0; r < 4; r++) split_phases(rows + r * W, W, 4, ph + r * 4 * tw, tw);
                 for (int64_t o = 0; o < 4; o++) {
                     const float *y0 = ph + o * tw, *y1 = y0 + 4 * tw, *y2 = y1 + 4 * tw, *y3 = y2 + 4 * tw;
                     float *s0 = s + o * tw, *s1 = s0 + 4 * tw, *s2 = s1 + 4 * tw, *s3 = s2 + 4 * tw,
@@ -189,62 +272,6 @@ void winograd_output_transform_adjoint(const float *dY, float *dM, int64_t N, in
         }
         free(ph);
         free(s);
-    }
-}
-
-void winograd_input_transform_adjoint(const float *dV, float *dx, int64_t N, int64_t C,
-                                      int64_t th, int64_t tw, int threads) {
-    const int64_t W = 4 * tw + 2, H = 4 * th + 2, T = th * tw, P = N * T, q1 = tw + 1;
-#pragma omp parallel num_threads(threads)
-    {
-        float *u = malloc(sizeof(float) * 36 * tw);      /* B along each tile's columns */
-        /* The plane's sums by column phase (acc[(y*4 + x%4)*q1 + x/4]): overlapping tiles add
-         * into contiguous rows; the columns are interleaved once at the end. */
-        float *acc = malloc(sizeof(float) * H * 4 * q1);
-#pragma omp for schedule(static)
-        for (int64_t nc = 0; nc < N * C; nc++) {
-            const int64_t n = nc / C, c = nc % C;
-            memset(acc, 0, sizeof(float) * H * 4 * q1);
-            for (int64_t ty = 0; ty < th; ty++) {
-                const int64_t p0 = n * T + ty * tw;
-                for (int64_t i = 0; i < 6; i++) {
-                    const float *v[6];
-                    for (int k = 0; k < 6; k++) v[k] = dV + ((i * 6 + k) * C + c) * P + p0;
-                    const float *v0 = v[0], *v1 = v[1], *v2 = v[2], *v3 = v[3], *v4 = v[4], *v5 = v[5];
-                    float *u0 = u + i * 6 * tw, *u1 = u0 + tw, *u2 = u1 + tw, *u3 = u2 + tw,
-                          *u4 = u3 + tw, *u5 = u4 + tw;
-                    #pragma GCC ivdep
-                    for (int64_t j = 0; j < tw; j++)
-                        B_ADJ(v0[j], v1[j], v2[j], v3[j], v4[j], v5[j], u0[j], u1[j], u2[j], u3[j], u4[j], u5[j]);
-                }
-                /* u[i][l][tx]: tile row i, tile column l. Now B down the rows, one column at a time. */
-                for (int64_t l = 0; l < 6; l++) {
-                    const float *c0 = u + l * tw, *c1 = c0 + 6 * tw, *c2 = c1 + 6 * tw,
-                                *c3 = c2 + 6 * tw, *c4 = c3 + 6 * tw, *c5 = c4 + 6 * tw;
-                    /* column 4tx + l is phase l % 4 at index tx + l / 4 */
-                    float *a = acc + (4 * ty * 4 + (l & 3)) * q1 + (l >> 2);
-                    float *a0 = a, *a1 = a + 4 * q1, *a2 = a + 8 * q1, *a3 = a + 12 * q1,
-                          *a4 = a + 16 * q1, *a5 = a + 20 * q1;
-                    #pragma GCC ivdep
-                    for (int64_t j = 0; j < tw; j++) {
-                        float r0, r1, r2, r3, r4, r5;
-                        B_ADJ(c0[j], c1[j], c2[j], c3[j], c4[j], c5[j], r0, r1, r2, r3, r4, r5);
-                        a0[j] += r0; a1[j] += r1; a2[j] += r2; a3[j] += r3; a4[j] += r4; a5[j] += r5;
-                    }
-                }
-            }
-            float *plane = dx + nc * H * W;
-            for (int64_t y = 0; y < H; y++)
-                for (int64_t r = 0; r < 4; r++) {
-                    const int64_t count = (W - r + 3) / 4;
-                    const float *src = acc + (y * 4 + r) * q1;
-                    float *row = plane + y * W + r;
-                    #pragma GCC ivdep
-                    for (int64_t j = 0; j < count; j++) row[4 * j] = src[j];
-                }
-        }
-        free(u);
-        free(acc);
     }
 }
 
@@ -346,51 +373,6 @@ void winograd_weight_transform_adjoint(const float *dU, float *dw, int64_t K, in
  * image row splits into three column phases. Layouts as above with 3 for 4:
  *   x [N, C, 3*th + 3, 3*tw + 3], V [36, C, N*th*tw], Y [N, K, 3*th, 3*tw]. */
 
-static void split_phases3(const float *row, int64_t width, float *ph, int64_t q1) {
-    for (int64_t r = 0; r < 3; r++) {
-        const int64_t count = (width - r + 2) / 3;
-        float *out = ph + r * q1;
-#pragma GCC ivdep
-        for (int64_t j = 0; j < count; j++) out[j] = row[3 * j + r];
-    }
-}
-
-void winograd_k4_input_transform(const float *x, float *V, int64_t N, int64_t C, int64_t th,
-                                int64_t tw, int threads) {
-    const int64_t W = 3 * tw + 3, H = 3 * th + 3, T = th * tw, P = N * T, q1 = tw + 1;
-#pragma omp parallel num_threads(threads)
-    {
-        float *t = malloc(sizeof(float) * 6 * W);
-        float *ph = malloc(sizeof(float) * 6 * 3 * q1);
-#pragma omp for schedule(static)
-        for (int64_t nc = 0; nc < N * C; nc++) {
-            const int64_t n = nc / C, c = nc % C;
-            const float *plane = x + nc * H * W;
-            for (int64_t ty = 0; ty < th; ty++) {
-                const float *r = plane + 3 * ty * W;
-#pragma GCC ivdep
-                for (int64_t i = 0; i < W; i++)
-                    BT(r[i], r[W + i], r[2 * W + i], r[3 * W + i], r[4 * W + i], r[5 * W + i],
-                       t[i], t[W + i], t[2 * W + i], t[3 * W + i], t[4 * W + i], t[5 * W + i]);
-                for (int64_t i = 0; i < 6; i++) split_phases3(t + i * W, W, ph + i * 3 * q1, q1);
-                const int64_t p0 = n * T + ty * tw;
-                for (int64_t i = 0; i < 6; i++) {
-                    const float *a0 = ph + i * 3 * q1, *a1 = a0 + q1, *a2 = a1 + q1;
-                    float *o[6];
-                    for (int k = 0; k < 6; k++) o[k] = V + ((i * 6 + k) * C + c) * P + p0;
-                    float *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3], *o4 = o[4], *o5 = o[5];
-#pragma GCC ivdep
-                    for (int64_t j = 0; j < tw; j++)
-                        BT(a0[j], a1[j], a2[j], a0[j + 1], a1[j + 1], a2[j + 1],
-                           o0[j], o1[j], o2[j], o3[j], o4[j], o5[j]);
-                }
-            }
-        }
-        free(t);
-        free(ph);
-    }
-}
-
 void winograd_k4_output_transform(const float *M, const float *bias, float *Y, int64_t N, int64_t K,
                                  int64_t th, int64_t tw, int threads) {
     const int64_t T = th * tw, P = N * T, W = 3 * tw;
@@ -446,7 +428,7 @@ void winograd_k4_output_transform_adjoint(const float *dY, float *dM, int64_t N,
             const int64_t n = nk / K, k = nk % K;
             for (int64_t ty = 0; ty < th; ty++) {
                 const float *rows = dY + (nk * 3 * th + 3 * ty) * W;
-                for (int64_t r = 0; r < 3; r++) split_phases3(rows + r * W, W, ph + r * 3 * tw, tw);
+                for (int64_t r = 0; r < 3; r++) split_phases(rows + r * W, W, 3, ph + r * 3 * tw, tw);
                 for (int64_t o = 0; o < 3; o++) {
                     const float *y0 = ph + o * tw, *y1 = y0 + 3 * tw, *y2 = y1 + 3 * tw;
                     float *s0 = s + o * tw, *s1 = s0 + 3 * tw, *s2 = s1 + 3 * tw, *s3 = s2 + 3 * tw,
@@ -469,58 +451,6 @@ void winograd_k4_output_transform_adjoint(const float *dY, float *dM, int64_t N,
         }
         free(ph);
         free(s);
-    }
-}
-
-void winograd_k4_input_transform_adjoint(const float *dV, float *dx, int64_t N, int64_t C,
-                                        int64_t th, int64_t tw, int threads) {
-    const int64_t W = 3 * tw + 3, H = 3 * th + 3, T = th * tw, P = N * T, q1 = tw + 1;
-#pragma omp parallel num_threads(threads)
-    {
-        float *u = malloc(sizeof(float) * 36 * tw);
-        float *acc = malloc(sizeof(float) * H * 3 * q1);  /* acc[(y*3 + x%3)*q1 + x/3] */
-#pragma omp for schedule(static)
-        for (int64_t nc = 0; nc < N * C; nc++) {
-            const int64_t n = nc / C, c = nc % C;
-            memset(acc, 0, sizeof(float) * H * 3 * q1);
-            for (int64_t ty = 0; ty < th; ty++) {
-                const int64_t p0 = n * T + ty * tw;
-                for (int64_t i = 0; i < 6; i++) {
-                    const float *v[6];
-                    for (int k = 0; k < 6; k++) v[k] = dV + ((i * 6 + k) * C + c) * P + p0;
-                    const float *v0 = v[0], *v1 = v[1], *v2 = v[2], *v3 = v[3], *v4 = v[4], *v5 = v[5];
-                    float *u0 = u + i * 6 * tw, *u1 = u0 + tw, *u2 = u1 + tw, *u3 = u2 + tw,
-                          *u4 = u3 + tw, *u5 = u4 + tw;
-#pragma GCC ivdep
-                    for (int64_t j = 0; j < tw; j++)
-                        B_ADJ(v0[j], v1[j], v2[j], v3[j], v4[j], v5[j], u0[j], u1[j], u2[j], u3[j], u4[j], u5[j]);
-                }
-                for (int64_t l = 0; l < 6; l++) {
-                    const float *c0 = u + l * tw, *c1 = c0 + 6 * tw, *c2 = c1 + 6 * tw,
-                                *c3 = c2 + 6 * tw, *c4 = c3 + 6 * tw, *c5 = c4 + 6 * tw;
-                    /* column 3tx + l is phase l % 3 at index tx + l / 3 */
-                    float *a = acc + (3 * ty * 3 + l % 3) * q1 + l / 3;
-                    float *a0 = a, *a1 = a + 3 * q1, *a2 = a + 6 * q1, *a3 = a + 9 * q1,
-                          *a4 = a + 12 * q1, *a5 = a + 15 * q1;
-#pragma GCC ivdep
-                    for (int64_t j = 0; j < tw; j++) {
-                        float r0, r1, r2, r3, r4, r5;
-                        B_ADJ(c0[j], c1[j], c2[j], c3[j], c4[j], c5[j], r0, r1, r2, r3, r4, r5);
-                        a0[j] += r0; a1[j] += r1; a2[j] += r2; a3[j] += r3; a4[j] += r4; a5[j] += r5;
-                    }
-                }
-            }
-            float *plane = dx + nc * H * W;
-            for (int64_t y = 0; y < H; y++)
-                for (int64_t r = 0; r < 3; r++) {
-                    const float *src = acc + (y * 3 + r) * q1;
-                    float *row = plane + y * W + r;
-#pragma GCC ivdep
-                    for (int64_t j = 0; j < q1; j++) row[3 * j] = src[j];
-                }
-        }
-        free(u);
-        free(acc);
     }
 }
 
