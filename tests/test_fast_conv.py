@@ -1,5 +1,6 @@
-"""The rewritten CPU convolutions (`model.fast_conv`): Winograd F(4x4, 3x3) for 3x3 layers
-(src/nets/winograd*.py) and small transposed convolutions as products (src/nets/gemm_conv.py).
+"""The rewritten CPU convolutions (`model.fast_conv`): Winograd F(4x4, 3x3) and F(3x3, 4x4) for
+3x3 and 4x4 layers (src/nets/winograd*.py), small transposed convolutions as products
+(src/nets/gemm_conv.py) and the narrow-output backward (src/nets/narrow_conv.py).
 Same results as torch's convolutions, only where they apply, clear errors when they cannot be
 built."""
 import copy
@@ -159,7 +160,7 @@ def test_settings_and_their_errors(monkeypatch, caplog):
     layers = net()
     with caplog.at_level(logging.WARNING):
         assert configure_fast_conv(layers, "auto") == {"winograd": 0, "gemm_conv_transpose": 1, "narrow_output": 1}
-    assert "model.fast_conv=auto: 3x3 convolutions stay torch's" in caplog.text
+    assert "model.fast_conv=auto: 3x3 and 4x4 convolutions stay torch's" in caplog.text
     assert not any(type(m) is WinogradConv2d for m in layers)
 
 

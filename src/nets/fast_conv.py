@@ -32,8 +32,10 @@ AUTO_WINOGRAD_MIN_OUTPUT_PIXELS = 256
 def configure_fast_conv(net: nn.Module, setting: bool | str, key: str = "model.fast_conv") -> dict[str, int]:
     """Apply the setting to `net`; returns how many layers each rewrite switched.
 
-    auto: Winograd for 3x3 layers of >= AUTO_WINOGRAD_MIN_CHANNELS input channels, if its C
-    kernels build here (a warning otherwise), and the other two rewrites wherever they apply;
+    auto: Winograd for 3x3 and 4x4 layers of >= AUTO_WINOGRAD_MIN_CHANNELS input channels on
+    inputs with >= AUTO_WINOGRAD_MIN_OUTPUT_PIXELS outputs, if its C kernels build here (a warning
+    otherwise), the narrow-output backward for layers of >= MIN_INPUT_CHANNELS inputs, and the
+    product form for every small transposed convolution;
     true: every layer each rewrite can take, whatever its width (an error if the Winograd kernels
     cannot be built); false: torch's convolutions everywhere.
     """
@@ -57,7 +59,8 @@ def _configure_winograd(net: nn.Module, setting: bool | str, key: str) -> int:
     except WinogradUnavailable as error:
         if setting is True:
             raise WinogradUnavailable(f"{key}=true: {error}") from error
-        log.warning("%s=auto: 3x3 convolutions stay torch's, the Winograd kernels are unavailable: %s", key, error)
+        log.warning("%s=auto: 3x3 and 4x4 convolutions stay torch's, the Winograd kernels are unavailable: %s",
+                    key, error)
         return 0
     if setting is True:
         return use_winograd(net)

@@ -52,4 +52,4 @@ def gemm_eligible(module: nn.Module) -> bool:
 
 def use_gemm_conv_transpose(net: nn.Module) -> int:
     """Switch the eligible transposed convolutions of `net`; returns how many were switched."""
-    return switch_layers(net, gemm_eligible, GemmConvTranspose2d)
+    return len(switch_layers(net, gemm_eligible, GemmConvTranspose2d))

@@ -20,11 +20,11 @@ def rewrite_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu") and not exporting_or_compiling())
 
 
-def switch_layers(net: nn.Module, eligible: Callable[[nn.Module], bool], rewritten: type) -> int:
+def switch_layers(net: nn.Module, eligible: Callable[[nn.Module], bool], rewritten: type) -> list[nn.Module]:
     """Make every eligible layer of `net` an instance of `rewritten` (a subclass of its class
     that only overrides `forward`), in place: parameters, hooks and state_dict keys stay the
-    same. Returns how many were switched."""
+    same. Returns the switched layers."""
     layers = [m for m in net.modules() if eligible(m)]
     for layer in layers:
         layer.__class__ = rewritten
-    return len(layers)
+    return layers

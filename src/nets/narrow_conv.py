@@ -20,7 +20,7 @@ from torch.autograd.function import once_differentiable
 
 from src.nets.layer_rewrite import rewrite_applies, switch_layers
 
-#: layers with at most this many output channels and at least WIDE_INPUT input channels
+#: layers with at most this many output channels and (under `auto`) at least this many inputs
 MAX_OUTPUT_CHANNELS = 4
 MIN_INPUT_CHANNELS = 32
 
@@ -75,4 +75,4 @@ def narrow_output_eligible(module: nn.Module, min_input_channels: int = MIN_INPU
 
 def use_narrow_output(net: nn.Module, min_input_channels: int = MIN_INPUT_CHANNELS) -> int:
     """Switch the eligible convolutions of `net`; returns how many were switched."""
-    return switch_layers(net, lambda m: narrow_output_eligible(m, min_input_channels), NarrowOutputConv2d)
+    return len(switch_layers(net, lambda m: narrow_output_eligible(m, min_input_channels), NarrowOutputConv2d))

@@ -1,8 +1,9 @@
 """3x3 and 4x4 stride-1 convolutions by Winograd's F(4x4, 3x3) and F(3x3, 4x4) on the CPU.
 
-Each 4x4 block of outputs costs 36 multiplications per input channel instead of 144: input
-tiles and weights are transformed, multiplied in 36 batched matrix products (MKL, through
-`torch.bmm`), and the products transformed back. The backward pass is the same algorithm
+Each 6x6 input tile (4x4 outputs of a 3x3 kernel, or 3x3 of a 4x4 one) costs 36
+multiplications per input channel instead of 144: input tiles and weights are transformed,
+multiplied in 36 batched matrix products (MKL, through `torch.bmm`), and the products
+transformed back. The backward pass is the same algorithm
 run through its adjoints, so the gradients cost as little as the forward: the input gradient
 comes from the output gradient's transform and the weights' transposed products, the weight
 gradient from the same output-gradient transform against the input's tiles (recomputed, not
@@ -185,9 +186,7 @@ def winograd_eligible(conv: nn.Module, min_channels: int = 1) -> bool:
 
 def use_winograd(net: nn.Module, min_channels: int = 1, min_output_pixels: int = 0) -> int:
     """Run the eligible convolutions of `net` by Winograd; returns how many were switched."""
-    before = {id(m) for m in net.modules() if type(m) is WinogradConv2d}
-    switched = switch_layers(net, lambda m: winograd_eligible(m, min_channels), WinogradConv2d)
-    for m in net.modules():
-        if type(m) is WinogradConv2d and id(m) not in before:
-            m.min_output_pixels = min_output_pixels
-    return switched
+    layers = switch_layers(net, lambda m: winograd_eligible(m, min_channels), WinogradConv2d)
+    for layer in layers:
+        layer.min_output_pixels = min_output_pixels
+    return len(layers)

@@ -1,17 +1,23 @@
-/* Tile transforms of the Winograd convolution F(4x4, 3x3) (Lavin & Gray 2016, points 0, +-1,
- * +-2, inf), and their adjoints for the backward pass. The products between transformed tiles
- * and transformed weights are batched matrix products done by torch (MKL); only the transforms,
- * which are memory-bound passes that torch would run as a dozen separate ops, live here.
+/* Tile and weight transforms of the Winograd convolutions F(4x4, 3x3) and F(3x3, 4x4) (Lavin &
+ * Gray 2016, points 0, +-1, +-2, inf), and their adjoints for the backward pass. The products
+ * between transformed tiles and transformed weights are batched matrix products done by torch
+ * (MKL); only the transforms, which are memory-bound passes that torch would run as a dozen
+ * separate ops, live here.
  *
- * Layouts (all float32, C-contiguous):
- *   image  x  [N, C, 4*th + 2, 4*tw + 2]   the padded input of a 3x3 valid convolution
- *   tiles  V  [36, C, N*th*tw]             36 transformed values per 6x6 input tile
- *   output Y  [N, K, 4*th, 4*tw]           4x4 outputs per tile
- * Tile p = n*th*tw + ty*tw + tx covers input rows 4ty..4ty+5 and columns 4tx..4tx+5.
+ * Both algorithms use 6x6 tiles and the same data transform B^T; F(3x3, 4x4) = G^T[(A g).(B^T d)]
+ * is F(4x4, 3x3) = A^T[(G g).(B^T d)] with the filter and output transforms' roles swapped
+ * (transposition principle), so four 1-D transform loops serve both.
+ *
+ * Layouts (all float32, C-contiguous), m = outputs per tile side (4 or 3), r = kernel side:
+ *   image  x  [N, C, m*th + r - 1, m*tw + r - 1]   the padded input of a valid convolution
+ *   tiles  V  [36, C, N*th*tw]                     36 transformed values per 6x6 input tile
+ *   output Y  [N, K, m*th, m*tw]                   m x m outputs per tile
+ *   weights U [36, K, C]
+ * Tile p = n*th*tw + ty*tw + tx covers input rows m*ty..m*ty+5 and columns m*tx..m*tx+5.
  *
  * Every loop body works on one tile row at a time with the tile column tx innermost and all
  * loads and stores contiguous in tx, so the compiler vectorises it; an image row is split into
- * its four column phases (x % 4) first to make the overlapping 6-wide windows contiguous.
+ * its m column phases (x % m) first to make the overlapping 6-wide windows contiguous.
  * Work is split over images x channels with OpenMP (the same runtime torch loaded).
  * `ivdep`: the inputs and outputs of each loop never overlap; without it GCC assumes they might
  * and leaves the loops with six output streams scalar (3-4x slower).
@@ -63,7 +69,61 @@
         o5 = (y3);                                             \
     } while (0)
 
-/* Split one row of width 4*q (+ up to 2) into its four column phases: ph[r*q1 + j] = row[4j + r]. */
+/* G g: weight transform of three values into six (rows of G: 1/4 0 0 / -1/6 -1/6 -1/6 /
+ * -1/6 1/6 -1/6 / 1/24 1/12 1/6 / 1/24 -1/12 1/6 / 0 0 1). */
+#define G3(g0, g1, g2, o0, o1, o2, o3, o4, o5) do {             \
+        float e_ = (g0) * (1.f / 24) + (g2) * (1.f / 6);           \
+        o0 = (g0) * 0.25f;                                         \
+        o1 = ((g0) + (g1) + (g2)) * (-1.f / 6);                    \
+        o2 = ((g0) - (g1) + (g2)) * (-1.f / 6);                    \
+        o3 = e_ + (g1) * (1.f / 12);                               \
+        o4 = e_ - (g1) * (1.f / 12);                               \
+        o5 = (g2);                                                 \
+    } while (0)
+
+/* G^T v: adjoint of G3 (the columns of G). */
+#define G3_ADJ(v0, v1, v2, v3, v4, v5, o0, o1, o2) do {                                  \
+        float s12_ = ((v1) + (v2)) * (1.f / 6), d12_ = ((v2) - (v1)) * (1.f / 6);          \
+        float s34_ = ((v3) + (v4)), d34_ = ((v3) - (v4));                                  \
+        o0 = (v0) * 0.25f - s12_ + s34_ * (1.f / 24);                                      \
+        o1 = d12_ + d34_ * (1.f / 12);                                                     \
+        o2 = s34_ * (1.f / 6) - s12_ + (v5);                                               \
+    } while (0)
+
+/* The 1-D transforms as loops over n contiguous values (so each vectorises), on arrays of
+ * pointers. An algorithm's output transform reduces six values to m, its adjoint expands m to six;
+ * the filter transform expands r to six, its adjoint reduces six to r. */
+typedef void (*reduce_rows)(const float *const in[6], float *const out[], int64_t n);
+typedef void (*expand_rows)(const float *const in[], float *const out[6], int64_t n);
+
+static void at_rows(const float *const in[6], float *const out[], int64_t n) {   /* A^T: 6 -> 4 */
+    const float *m0 = in[0], *m1 = in[1], *m2 = in[2], *m3 = in[3], *m4 = in[4], *m5 = in[5];
+    float *o0 = out[0], *o1 = out[1], *o2 = out[2], *o3 = out[3];
+#pragma GCC ivdep
+    for (int64_t j = 0; j < n; j++) AT(m0[j], m1[j], m2[j], m3[j], m4[j], m5[j], o0[j], o1[j], o2[j], o3[j]);
+}
+
+static void gt_rows(const float *const in[6], float *const out[], int64_t n) {   /* G^T: 6 -> 3 */
+    const float *v0 = in[0], *v1 = in[1], *v2 = in[2], *v3 = in[3], *v4 = in[4], *v5 = in[5];
+    float *o0 = out[0], *o1 = out[1], *o2 = out[2];
+#pragma GCC ivdep
+    for (int64_t j = 0; j < n; j++) G3_ADJ(v0[j], v1[j], v2[j], v3[j], v4[j], v5[j], o0[j], o1[j], o2[j]);
+}
+
+static void a_rows(const float *const in[], float *const out[6], int64_t n) {    /* A: 4 -> 6 */
+    const float *y0 = in[0], *y1 = in[1], *y2 = in[2], *y3 = in[3];
+    float *o0 = out[0], *o1 = out[1], *o2 = out[2], *o3 = out[3], *o4 = out[4], *o5 = out[5];
+#pragma GCC ivdep
+    for (int64_t j = 0; j < n; j++) A_ADJ(y0[j], y1[j], y2[j], y3[j], o0[j], o1[j], o2[j], o3[j], o4[j], o5[j]);
+}
+
+static void g_rows(const float *const in[], float *const out[6], int64_t n) {    /* G: 3 -> 6 */
+    const float *g0 = in[0], *g1 = in[1], *g2 = in[2];
+    float *o0 = out[0], *o1 = out[1], *o2 = out[2], *o3 = out[3], *o4 = out[4], *o5 = out[5];
+#pragma GCC ivdep
+    for (int64_t j = 0; j < n; j++) G3(g0[j], g1[j], g2[j], o0[j], o1[j], o2[j], o3[j], o4[j], o5[j]);
+}
+
 /* Split one row into its `step` column phases: ph[r*q1 + j] = row[step*j + r]. */
 static void split_phases(const float *row, int64_t width, int64_t step, float *ph, int64_t q1) {
     for (int64_t r = 0; r < step; r++) {
@@ -173,6 +233,144 @@ static void input_transform_adjoint(const float *dV, float *dx, int64_t N, int64
     }
 }
 
+/* Products M [36, K, P] -> output Y [N, K, m*th, m*tw] (+ bias), m outputs per tile side. */
+static void output_transform(const float *M, const float *bias, float *Y, int64_t N, int64_t K,
+                             int64_t th, int64_t tw, int64_t m, reduce_rows reduce, int threads) {
+    const int64_t T = th * tw, P = N * T, W = m * tw;
+#pragma omp parallel num_threads(threads)
+    {
+        float *s = malloc(sizeof(float) * 6 * m * tw);   /* reduced along each tile row's columns */
+        float *v = malloc(sizeof(float) * m * tw);       /* one output row, by column phase */
+        const float *in[6];
+        float *out[6];
+#pragma omp for schedule(static)
+        for (int64_t nk = 0; nk < N * K; nk++) {
+            const int64_t n = nk / K, k = nk % K;
+            const float b = bias ? bias[k] : 0.f;
+            for (int64_t ty = 0; ty < th; ty++) {
+                const int64_t p0 = n * T + ty * tw;
+                for (int64_t i = 0; i < 6; i++) {
+                    for (int64_t j = 0; j < 6; j++) in[j] = M + ((i * 6 + j) * K + k) * P + p0;
+                    for (int64_t o = 0; o < m; o++) out[o] = s + (i * m + o) * tw;
+                    reduce(in, out, tw);
+                }
+                float *rows = Y + (nk * m * th + m * ty) * W;
+                for (int64_t o = 0; o < m; o++) {
+                    for (int64_t i = 0; i < 6; i++) in[i] = s + (i * m + o) * tw;
+                    for (int64_t r = 0; r < m; r++) out[r] = v + r * tw;
+                    reduce(in, out, tw);
+                    /* v[r] holds output row m*ty + r at columns m*j + o */
+                    for (int64_t r = 0; r < m; r++) {
+                        float *row = rows + r * W + o;
+                        const float *vr = v + r * tw;
+                        for (int64_t j = 0; j < tw; j++) row[m * j] = vr[j] + b;
+                    }
+                }
+            }
+        }
+        free(s);
+        free(v);
+    }
+}
+
+/* Adjoint of output_transform: dY [N, K, m*th, m*tw] -> dM [36, K, P]. */
+static void output_transform_adjoint(const float *dY, float *dM, int64_t N, int64_t K, int64_t th,
+                                     int64_t tw, int64_t m, expand_rows expand, int threads) {
+    const int64_t T = th * tw, P = N * T, W = m * tw;
+#pragma omp parallel num_threads(threads)
+    {
+        float *ph = malloc(sizeof(float) * m * m * tw);  /* m rows x m column phases */
+        float *s = malloc(sizeof(float) * 6 * m * tw);   /* expanded along the rows, per phase */
+        const float *in[6];
+        float *out[6];
+#pragma omp for schedule(static)
+        for (int64_t nk = 0; nk < N * K; nk++) {
+            const int64_t n = nk / K, k = nk % K;
+            for (int64_t ty = 0; ty < th; ty++) {
+                const float *rows = dY + (nk * m * th + m * ty) * W;
+                for (int64_t r = 0; r < m; r++) split_phases(rows + r * W, W, m, ph + r * m * tw, tw);
+                for (int64_t o = 0; o < m; o++) {
+                    for (int64_t r = 0; r < m; r++) in[r] = ph + (r * m + o) * tw;
+                    for (int64_t l = 0; l < 6; l++) out[l] = s + (l * m + o) * tw;
+                    expand(in, out, tw);
+                }
+                const int64_t p0 = n * T + ty * tw;
+                for (int64_t i = 0; i < 6; i++) {
+                    for (int64_t o = 0; o < m; o++) in[o] = s + (i * m + o) * tw;
+                    for (int64_t l = 0; l < 6; l++) out[l] = dM + ((i * 6 + l) * K + k) * P + p0;
+                    expand(in, out, tw);
+                }
+            }
+        }
+        free(ph);
+        free(s);
+    }
+}
+
+/* w [K, C, r, r] -> U [36, K, C], U[6a + b][k][c] = (F w[k][c] F^T)[a][b] with F the filter
+ * transform (`expand`). Per output channel k, the r*r taps are first gathered into rows over c
+ * so every step below is a contiguous loop over c. */
+static void weight_transform(const float *w, float *U, int64_t K, int64_t C, int64_t r,
+                             expand_rows expand, int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+        float *g = malloc(sizeof(float) * r * r * C);  /* tap j of every input channel: g[j*C + c] */
+        float *t = malloc(sizeof(float) * 6 * r * C);  /* expanded down the columns: t[(r*a + j)*C + c] */
+        const float *in[6];
+        float *out[6];
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < K; k++) {
+            const float *wk = w + k * C * r * r;
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t j = 0; j < r * r; j++) g[j * C + c] = wk[c * r * r + j];
+            for (int64_t j = 0; j < r; j++) {
+                for (int64_t a = 0; a < r; a++) in[a] = g + (a * r + j) * C;
+                for (int64_t a = 0; a < 6; a++) out[a] = t + (a * r + j) * C;
+                expand(in, out, C);
+            }
+            for (int64_t a = 0; a < 6; a++) {
+                for (int64_t j = 0; j < r; j++) in[j] = t + (a * r + j) * C;
+                for (int64_t b = 0; b < 6; b++) out[b] = U + ((6 * a + b) * K + k) * C;
+                expand(in, out, C);
+            }
+        }
+        free(g);
+        free(t);
+    }
+}
+
+/* dU [36, K, C] -> dw [K, C, r, r]: adjoint of weight_transform (`reduce` = F^T). */
+static void weight_transform_adjoint(const float *dU, float *dw, int64_t K, int64_t C, int64_t r,
+                                     reduce_rows reduce, int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+        float *t = malloc(sizeof(float) * 6 * r * C);  /* reduced along the rows: t[(r*a + j)*C + c] */
+        float *g = malloc(sizeof(float) * r * r * C);  /* the taps, by rows over c */
+        const float *in[6];
+        float *out[6];
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < K; k++) {
+            for (int64_t a = 0; a < 6; a++) {
+                for (int64_t b = 0; b < 6; b++) in[b] = dU + ((6 * a + b) * K + k) * C;
+                for (int64_t j = 0; j < r; j++) out[j] = t + (a * r + j) * C;
+                reduce(in, out, C);
+            }
+            for (int64_t j = 0; j < r; j++) {
+                for (int64_t a = 0; a < 6; a++) in[a] = t + (a * r + j) * C;
+                for (int64_t a = 0; a < r; a++) out[a] = g + (a * r + j) * C;
+                reduce(in, out, C);
+            }
+            float *dwk = dw + k * C * r * r;
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t j = 0; j < r * r; j++) dwk[c * r * r + j] = g[j * C + c];
+        }
+        free(t);
+        free(g);
+    }
+}
+
+/* ----- the entry points: F(4x4, 3x3) (winograd_*) and F(3x3, 4x4) (winograd_k4_*) ---------- */
+
 void winograd_input_transform(const float *x, float *V, int64_t N, int64_t C, int64_t th,
                               int64_t tw, int threads) {
     input_transform(x, V, N, C, th, tw, 4, threads);
@@ -181,6 +379,24 @@ void winograd_input_transform(const float *x, float *V, int64_t N, int64_t C, in
 void winograd_input_transform_adjoint(const float *dV, float *dx, int64_t N, int64_t C,
                                       int64_t th, int64_t tw, int threads) {
     input_transform_adjoint(dV, dx, N, C, th, tw, 4, threads);
+}
+
+void winograd_output_transform(const float *M, const float *bias, float *Y, int64_t N, int64_t K,
+                               int64_t th, int64_t tw, int threads) {
+    output_transform(M, bias, Y, N, K, th, tw, 4, at_rows, threads);
+}
+
+void winograd_output_transform_adjoint(const float *dY, float *dM, int64_t N, int64_t K,
+                                       int64_t th, int64_t tw, int threads) {
+    output_transform_adjoint(dY, dM, N, K, th, tw, 4, a_rows, threads);
+}
+
+void winograd_weight_transform(const float *w, float *U, int64_t K, int64_t C, int threads) {
+    weight_transform(w, U, K, C, 3, g_rows, threads);
+}
+
+void winograd_weight_transform_adjoint(const float *dU, float *dw, int64_t K, int64_t C, int threads) {
+    weight_transform_adjoint(dU, dw, K, C, 3, gt_rows, threads);
 }
 
 void winograd_k4_input_transform(const float *x, float *V, int64_t N, int64_t C, int64_t th,
@@ -193,331 +409,20 @@ void winograd_k4_input_transform_adjoint(const float *dV, float *dx, int64_t N, 
     input_transform_adjoint(dV, dx, N, C, th, tw, 3, threads);
 }
 
-void winograd_output_transform(const float *M, const float *bias, float *Y, int64_t N, int64_t K,
-                               int64_t th, int64_t tw, int threads) {
-    const int64_t T = th * tw, P = N * T, W = 4 * tw;
-#pragma omp parallel num_threads(threads)
-    {
-        float *s = malloc(sizeof(float) * 6 * 4 * tw);   /* A^T along each tile row's columns */
-        float *v = malloc(sizeof(float) * 4 * tw);       /* one output row, by column phase */
-#pragma omp for schedule(static)
-        for (int64_t nk = 0; nk < N * K; nk++) {
-            const int64_t n = nk / K, k = nk % K;
-            const float b = bias ? bias[k] : 0.f;
-            for (int64_t ty = 0; ty < th; ty++) {
-                const int64_t p0 = n * T + ty * tw;
-                for (int64_t i = 0; i < 6; i++) {
-                    const float *m[6];
-                    for (int j = 0; j < 6; j++) m[j] = M + ((i * 6 + j) * K + k) * P + p0;
-                    const float *m0 = m[0], *m1 = m[1], *m2 = m[2], *m3 = m[3], *m4 = m[4], *m5 = m[5];
-                    float *s0 = s + (i * 4) * tw, *s1 = s0 + tw, *s2 = s1 + tw, *s3 = s2 + tw;
-                    #pragma GCC ivdep
-                    for (int64_t j = 0; j < tw; j++)
-                        AT(m0[j], m1[j], m2[j], m3[j], m4[j], m5[j], s0[j], s1[j], s2[j], s3[j]);
-                }
-                float *out = Y + (nk * 4 * th + 4 * ty) * W;
-                for (int64_t o = 0; o < 4; o++) {
-                    const float *c0 = s + o * tw, *c1 = c0 + 4 * tw, *c2 = c1 + 4 * tw,
-                                *c3 = c2 + 4 * tw, *c4 = c3 + 4 * tw, *c5 = c4 + 4 * tw;
-                    float *v0 = v, *v1 = v + tw, *v2 = v + 2 * tw, *v3 = v + 3 * tw;
-                    #pragma GCC ivdep
-                    for (int64_t j = 0; j < tw; j++)
-                        AT(c0[j], c1[j], c2[j], c3[j], c4[j], c5[j], v0[j], v1[j], v2[j], v3[j]);
-                    /* v0..v3 are output rows 4ty + 0..3 at column 4j + o */
-                    for (int64_t r = 0; r < 4; r++) {
-                        float *row = out + r * W + o;
-                        const float *vr = v + r * tw;
-                        for (int64_t j = 0; j < tw; j++) row[4 * j] = vr[j] + b;
-                    }
-                }
-            }
-        }
-        free(s);
-        free(v);
-    }
-}
-
-void winograd_output_transform_adjoint(const float *dY, float *dM, int64_t N, int64_t K,
-                                       int64_t th, int64_t tw, int threads) {
-    const int64_t T = th * tw, P = N * T, W = 4 * tw;
-#pragma omp parallel num_threads(threads)
-    {
-        float *ph = malloc(sizeof(float) * 4 * 4 * tw);  /* 4 rows x 4 column phases */
-        float *s = malloc(sizeof(float) * 6 * 4 * tw);   /* A along the rows, per column phase */
-#pragma omp for schedule(static)
-        for (int64_t nk = 0; nk < N * K; nk++) {
-            const int64_t n = nk / K, k = nk % K;
-            for (int64_t ty = 0; ty < th; ty++) {
-                const float *rows = dY + (nk * 4 * th + 4 * ty) * W;
-                for (int64_t r = 0; r < 4; r++) split_phases(rows + r * W, W, 4, ph + r * 4 * tw, tw);
-                for (int64_t o = 0; o < 4; o++) {
-                    const float *y0 = ph + o * tw, *y1 = y0 + 4 * tw, *y2 = y1 + 4 * tw, *y3 = y2 + 4 * tw;
-                    float *s0 = s + o * tw, *s1 = s0 + 4 * tw, *s2 = s1 + 4 * tw, *s3 = s2 + 4 * tw,
-                          *s4 = s3 + 4 * tw, *s5 = s4 + 4 * tw;
-                    #pragma GCC ivdep
-                    for (int64_t j = 0; j < tw; j++)
-                        A_ADJ(y0[j], y1[j], y2[j], y3[j], s0[j], s1[j], s2[j], s3[j], s4[j], s5[j]);
-                }
-                const int64_t p0 = n * T + ty * tw;
-                for (int64_t i = 0; i < 6; i++) {
-                    const float *c0 = s + i * 4 * tw, *c1 = c0 + tw, *c2 = c1 + tw, *c3 = c2 + tw;
-                    float *o[6];
-                    for (int l = 0; l < 6; l++) o[l] = dM + ((i * 6 + l) * K + k) * P + p0;
-                    float *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3], *o4 = o[4], *o5 = o[5];
-                    #pragma GCC ivdep
-                    for (int64_t j = 0; j < tw; j++)
-                        A_ADJ(c0[j], c1[j], c2[j], c3[j], o0[j], o1[j], o2[j], o3[j], o4[j], o5[j]);
-                }
-            }
-        }
-        free(ph);
-        free(s);
-    }
-}
-
-/* G g: weight transform of three values into six (rows of G: 1/4 0 0 / -1/6 -1/6 -1/6 /
- * -1/6 1/6 -1/6 / 1/24 1/12 1/6 / 1/24 -1/12 1/6 / 0 0 1). */
-#define G3(g0, g1, g2, o0, o1, o2, o3, o4, o5) do {             \
-        float e_ = (g0) * (1.f / 24) + (g2) * (1.f / 6);           \
-        o0 = (g0) * 0.25f;                                         \
-        o1 = ((g0) + (g1) + (g2)) * (-1.f / 6);                    \
-        o2 = ((g0) - (g1) + (g2)) * (-1.f / 6);                    \
-        o3 = e_ + (g1) * (1.f / 12);                               \
-        o4 = e_ - (g1) * (1.f / 12);                               \
-        o5 = (g2);                                                 \
-    } while (0)
-
-/* G^T v: adjoint of G3 (the columns of G). */
-#define G3_ADJ(v0, v1, v2, v3, v4, v5, o0, o1, o2) do {                                  \
-        float s12_ = ((v1) + (v2)) * (1.f / 6), d12_ = ((v2) - (v1)) * (1.f / 6);          \
-        float s34_ = ((v3) + (v4)), d34_ = ((v3) - (v4));                                  \
-        o0 = (v0) * 0.25f - s12_ + s34_ * (1.f / 24);                                      \
-        o1 = d12_ + d34_ * (1.f / 12);                                                     \
-        o2 = s34_ * (1.f / 6) - s12_ + (v5);                                               \
-    } while (0)
-
-/* w [K, C, 3, 3] -> U [36, K, C], U[6a + b][k][c] = (G w[k][c] G^T)[a][b]. Per output channel
- * k, the kernels' nine taps are first gathered into rows over c so every step below is a
- * contiguous loop over c. */
-void winograd_weight_transform(const float *w, float *U, int64_t K, int64_t C, int threads) {
-#pragma omp parallel num_threads(threads)
-    {
-        float *g = malloc(sizeof(float) * 9 * C);    /* tap j of every input channel: g[j*C + c] */
-        float *t = malloc(sizeof(float) * 18 * C);   /* G down the columns: t[(3a + j)*C + c] */
-#pragma omp for schedule(static)
-        for (int64_t k = 0; k < K; k++) {
-            const float *wk = w + k * C * 9;
-            for (int64_t c = 0; c < C; c++)
-                for (int j = 0; j < 9; j++) g[j * C + c] = wk[c * 9 + j];
-            for (int j = 0; j < 3; j++) {
-                const float *g0 = g + j * C, *g1 = g + (3 + j) * C, *g2 = g + (6 + j) * C;
-                float *o0 = t + j * C, *o1 = t + (3 + j) * C, *o2 = t + (6 + j) * C,
-                      *o3 = t + (9 + j) * C, *o4 = t + (12 + j) * C, *o5 = t + (15 + j) * C;
-                #pragma GCC ivdep
-                for (int64_t c = 0; c < C; c++)
-                    G3(g0[c], g1[c], g2[c], o0[c], o1[c], o2[c], o3[c], o4[c], o5[c]);
-            }
-            for (int a = 0; a < 6; a++) {
-                const float *t0 = t + 3 * a * C, *t1 = t0 + C, *t2 = t1 + C;
-                float *o[6];
-                for (int b = 0; b < 6; b++) o[b] = U + ((6 * a + b) * K + k) * C;
-                float *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3], *o4 = o[4], *o5 = o[5];
-                #pragma GCC ivdep
-                for (int64_t c = 0; c < C; c++)
-                    G3(t0[c], t1[c], t2[c], o0[c], o1[c], o2[c], o3[c], o4[c], o5[c]);
-            }
-        }
-        free(g);
-        free(t);
-    }
-}
-
-/* dU [36, K, C] -> dw [K, C, 3, 3] = G^T dU[k][c] G: adjoint of winograd_weight_transform. */
-void winograd_weight_transform_adjoint(const float *dU, float *dw, int64_t K, int64_t C, int threads) {
-#pragma omp parallel num_threads(threads)
-    {
-        float *t = malloc(sizeof(float) * 18 * C);   /* G^T along the rows: t[(3a + j)*C + c] */
-        float *g = malloc(sizeof(float) * 9 * C);    /* the nine taps, by rows over c */
-#pragma omp for schedule(static)
-        for (int64_t k = 0; k < K; k++) {
-            for (int a = 0; a < 6; a++) {
-                const float *v[6];
-                for (int b = 0; b < 6; b++) v[b] = dU + ((6 * a + b) * K + k) * C;
-                const float *v0 = v[0], *v1 = v[1], *v2 = v[2], *v3 = v[3], *v4 = v[4], *v5 = v[5];
-                float *o0 = t + 3 * a * C, *o1 = o0 + C, *o2 = o1 + C;
-                #pragma GCC ivdep
-                for (int64_t c = 0; c < C; c++)
-                    G3_ADJ(v0[c], v1[c], v2[c], v3[c], v4[c], v5[c], o0[c], o1[c], o2[c]);
-            }
-            for (int j = 0; j < 3; j++) {
-                const float *t0 = t + j * C, *t1 = t + (3 + j) * C, *t2 = t + (6 + j) * C,
-                            *t3 = t + (9 + j) * C, *t4 = t + (12 + j) * C, *t5 = t + (15 + j) * C;
-                float *o0 = g + j * C, *o1 = g + (3 + j) * C, *o2 = g + (6 + j) * C;
-                #pragma GCC ivdep
-                for (int64_t c = 0; c < C; c++)
-                    G3_ADJ(t0[c], t1[c], t2[c], t3[c], t4[c], t5[c], o0[c], o1[c], o2[c]);
-            }
-            float *dwk = dw + k * C * 9;
-            for (int64_t c = 0; c < C; c++)
-                for (int j = 0; j < 9; j++) dwk[c * 9 + j] = g[j * C + c];
-        }
-        free(t);
-        free(g);
-    }
-}
-
-/* ----- F(3x3, 4x4): 4x4 kernels, 3x3 outputs per 6x6 tile ---------------------------------------
- * By the transposition principle F(3, 4) = G^T [(A g) . (B^T d)]: the same data transform B^T,
- * the filter transformed by A (the adjoint of F(4,3)'s output transform) and the products
- * transformed back by G^T (the adjoint of F(4,3)'s filter transform). Tiles step by 3, so an
- * image row splits into three column phases. Layouts as above with 3 for 4:
- *   x [N, C, 3*th + 3, 3*tw + 3], V [36, C, N*th*tw], Y [N, K, 3*th, 3*tw]. */
-
 void winograd_k4_output_transform(const float *M, const float *bias, float *Y, int64_t N, int64_t K,
-                                 int64_t th, int64_t tw, int threads) {
-    const int64_t T = th * tw, P = N * T, W = 3 * tw;
-#pragma omp parallel num_threads(threads)
-    {
-        float *s = malloc(sizeof(float) * 6 * 3 * tw);   /* G^T along each tile row's columns */
-        float *v = malloc(sizeof(float) * 3 * tw);
-#pragma omp for schedule(static)
-        for (int64_t nk = 0; nk < N * K; nk++) {
-            const int64_t n = nk / K, k = nk % K;
-            const float b = bias ? bias[k] : 0.f;
-            for (int64_t ty = 0; ty < th; ty++) {
-                const int64_t p0 = n * T + ty * tw;
-                for (int64_t i = 0; i < 6; i++) {
-                    const float *m[6];
-                    for (int j = 0; j < 6; j++) m[j] = M + ((i * 6 + j) * K + k) * P + p0;
-                    const float *m0 = m[0], *m1 = m[1], *m2 = m[2], *m3 = m[3], *m4 = m[4], *m5 = m[5];
-                    float *s0 = s + (i * 3) * tw, *s1 = s0 + tw, *s2 = s1 + tw;
-#pragma GCC ivdep
-                    for (int64_t j = 0; j < tw; j++)
-                        G3_ADJ(m0[j], m1[j], m2[j], m3[j], m4[j], m5[j], s0[j], s1[j], s2[j]);
-                }
-                float *out = Y + (nk * 3 * th + 3 * ty) * W;
-                for (int64_t o = 0; o < 3; o++) {
-                    const float *c0 = s + o * tw, *c1 = c0 + 3 * tw, *c2 = c1 + 3 * tw,
-                                *c3 = c2 + 3 * tw, *c4 = c3 + 3 * tw, *c5 = c4 + 3 * tw;
-                    float *v0 = v, *v1 = v + tw, *v2 = v + 2 * tw;
-#pragma GCC ivdep
-                    for (int64_t j = 0; j < tw; j++)
-                        G3_ADJ(c0[j], c1[j], c2[j], c3[j], c4[j], c5[j], v0[j], v1[j], v2[j]);
-                    for (int64_t r = 0; r < 3; r++) {
-                        float *row = out + r * W + o;
-                        const float *vr = v + r * tw;
-                        for (int64_t j = 0; j < tw; j++) row[3 * j] = vr[j] + b;
-                    }
-                }
-            }
-        }
-        free(s);
-        free(v);
-    }
+                                  int64_t th, int64_t tw, int threads) {
+    output_transform(M, bias, Y, N, K, th, tw, 3, gt_rows, threads);
 }
 
 void winograd_k4_output_transform_adjoint(const float *dY, float *dM, int64_t N, int64_t K,
-                                         int64_t th, int64_t tw, int threads) {
-    const int64_t T = th * tw, P = N * T, W = 3 * tw;
-#pragma omp parallel num_threads(threads)
-    {
-        float *ph = malloc(sizeof(float) * 3 * 3 * tw);  /* 3 rows x 3 column phases */
-        float *s = malloc(sizeof(float) * 6 * 3 * tw);   /* G along the rows, per column phase */
-#pragma omp for schedule(static)
-        for (int64_t nk = 0; nk < N * K; nk++) {
-            const int64_t n = nk / K, k = nk % K;
-            for (int64_t ty = 0; ty < th; ty++) {
-                const float *rows = dY + (nk * 3 * th + 3 * ty) * W;
-                for (int64_t r = 0; r < 3; r++) split_phases(rows + r * W, W, 3, ph + r * 3 * tw, tw);
-                for (int64_t o = 0; o < 3; o++) {
-                    const float *y0 = ph + o * tw, *y1 = y0 + 3 * tw, *y2 = y1 + 3 * tw;
-                    float *s0 = s + o * tw, *s1 = s0 + 3 * tw, *s2 = s1 + 3 * tw, *s3 = s2 + 3 * tw,
-                          *s4 = s3 + 3 * tw, *s5 = s4 + 3 * tw;
-#pragma GCC ivdep
-                    for (int64_t j = 0; j < tw; j++)
-                        G3(y0[j], y1[j], y2[j], s0[j], s1[j], s2[j], s3[j], s4[j], s5[j]);
-                }
-                const int64_t p0 = n * T + ty * tw;
-                for (int64_t i = 0; i < 6; i++) {
-                    const float *c0 = s + i * 3 * tw, *c1 = c0 + tw, *c2 = c1 + tw;
-                    float *o[6];
-                    for (int l = 0; l < 6; l++) o[l] = dM + ((i * 6 + l) * K + k) * P + p0;
-                    float *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3], *o4 = o[4], *o5 = o[5];
-#pragma GCC ivdep
-                    for (int64_t j = 0; j < tw; j++)
-                        G3(c0[j], c1[j], c2[j], o0[j], o1[j], o2[j], o3[j], o4[j], o5[j]);
-                }
-            }
-        }
-        free(ph);
-        free(s);
-    }
+                                          int64_t th, int64_t tw, int threads) {
+    output_transform_adjoint(dY, dM, N, K, th, tw, 3, g_rows, threads);
 }
 
-/* w [K, C, 4, 4] -> U [36, K, C] = A w[k][c] A^T. */
 void winograd_k4_weight_transform(const float *w, float *U, int64_t K, int64_t C, int threads) {
-#pragma omp parallel num_threads(threads)
-    {
-        float *g = malloc(sizeof(float) * 16 * C);   /* tap j of every input channel: g[j*C + c] */
-        float *t = malloc(sizeof(float) * 24 * C);   /* A down the columns: t[(4a + j)*C + c] */
-#pragma omp for schedule(static)
-        for (int64_t k = 0; k < K; k++) {
-            const float *wk = w + k * C * 16;
-            for (int64_t c = 0; c < C; c++)
-                for (int j = 0; j < 16; j++) g[j * C + c] = wk[c * 16 + j];
-            for (int j = 0; j < 4; j++) {
-                const float *g0 = g + j * C, *g1 = g + (4 + j) * C, *g2 = g + (8 + j) * C, *g3 = g + (12 + j) * C;
-                float *o0 = t + j * C, *o1 = t + (4 + j) * C, *o2 = t + (8 + j) * C,
-                      *o3 = t + (12 + j) * C, *o4 = t + (16 + j) * C, *o5 = t + (20 + j) * C;
-#pragma GCC ivdep
-                for (int64_t c = 0; c < C; c++)
-                    A_ADJ(g0[c], g1[c], g2[c], g3[c], o0[c], o1[c], o2[c], o3[c], o4[c], o5[c]);
-            }
-            for (int a = 0; a < 6; a++) {
-                const float *t0 = t + 4 * a * C, *t1 = t0 + C, *t2 = t1 + C, *t3 = t2 + C;
-                float *o[6];
-                for (int b = 0; b < 6; b++) o[b] = U + ((6 * a + b) * K + k) * C;
-                float *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3], *o4 = o[4], *o5 = o[5];
-#pragma GCC ivdep
-                for (int64_t c = 0; c < C; c++)
-                    A_ADJ(t0[c], t1[c], t2[c], t3[c], o0[c], o1[c], o2[c], o3[c], o4[c], o5[c]);
-            }
-        }
-        free(g);
-        free(t);
-    }
+    weight_transform(w, U, K, C, 4, a_rows, threads);
 }
 
-/* dU [36, K, C] -> dw [K, C, 4, 4] = A^T dU[k][c] A. */
 void winograd_k4_weight_transform_adjoint(const float *dU, float *dw, int64_t K, int64_t C, int threads) {
-#pragma omp parallel num_threads(threads)
-    {
-        float *t = malloc(sizeof(float) * 24 * C);   /* A^T along the rows: t[(4a + j)*C + c] */
-        float *g = malloc(sizeof(float) * 16 * C);
-#pragma omp for schedule(static)
-        for (int64_t k = 0; k < K; k++) {
-            for (int a = 0; a < 6; a++) {
-                const float *v[6];
-                for (int b = 0; b < 6; b++) v[b] = dU + ((6 * a + b) * K + k) * C;
-                const float *v0 = v[0], *v1 = v[1], *v2 = v[2], *v3 = v[3], *v4 = v[4], *v5 = v[5];
-                float *o0 = t + 4 * a * C, *o1 = o0 + C, *o2 = o1 + C, *o3 = o2 + C;
-#pragma GCC ivdep
-                for (int64_t c = 0; c < C; c++)
-                    AT(v0[c], v1[c], v2[c], v3[c], v4[c], v5[c], o0[c], o1[c], o2[c], o3[c]);
-            }
-            for (int j = 0; j < 4; j++) {
-                const float *t0 = t + j * C, *t1 = t + (4 + j) * C, *t2 = t + (8 + j) * C,
-                            *t3 = t + (12 + j) * C, *t4 = t + (16 + j) * C, *t5 = t + (20 + j) * C;
-                float *o0 = g + j * C, *o1 = g + (4 + j) * C, *o2 = g + (8 + j) * C, *o3 = g + (12 + j) * C;
-#pragma GCC ivdep
-                for (int64_t c = 0; c < C; c++)
-                    AT(t0[c], t1[c], t2[c], t3[c], t4[c], t5[c], o0[c], o1[c], o2[c], o3[c]);
-            }
-            float *dwk = dw + k * C * 16;
-            for (int64_t c = 0; c < C; c++)
-                for (int j = 0; j < 16; j++) dwk[c * 16 + j] = g[j * C + c];
-        }
-        free(t);
-        free(g);
-    }
+    weight_transform_adjoint(dU, dw, K, C, 4, at_rows, threads);
 }
