@@ -130,7 +130,7 @@ class IterationTimer(pl.Callback):
             activities = [torch.profiler.ProfilerActivity.CPU]
             if self.device == "cuda":
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
-            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler = torch.profiler.profile(activities=activities, record_shapes=True)
             self.profiler.__enter__()
         self._sync()
         self._start = time.perf_counter()
