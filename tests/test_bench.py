@@ -7,11 +7,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn as nn
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from src.nets.gemm_conv import use_gemm_conv_transpose
+from src.nets.narrow_conv import use_narrow_output
+from src.utils import bench_ab
 from src.utils.bench_report import markdown, merge_rows, row_key
 from src.utils.bench_run import train_step_specs
+from src.utils.bench_step import measure_training_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,6 +55,8 @@ def test_bench_runs_a_tiny_configuration_end_to_end(tmp_path):
         assert row["foreign_cpu_cores"] >= 0
         assert row["profile"]["top_ops"] and row["profile"]["profiled_s"] > 0
         assert Path(row["profile"]["table"]).is_file()
+        by_shape = Path(row["profile"]["table_by_shape"]).read_text()
+        assert "Input Shapes" in by_shape and "[2, 3, 32, 32]" in by_shape   # the batch, as the layers see it
     (data_row,) = results["data"]
     assert data_row["items_per_epoch"] == 4 and data_row["items_per_s"] > 0 and data_row["image_shape"] == [3, 32, 32]
 
@@ -94,3 +102,54 @@ def test_markdown_puts_the_speedup_beside_the_reference():
     md = markdown(results)
     assert "| 2.00x | 0.50x |" in md  # 3.0 / 1.5 faster, 1 GB of 2 GB
     assert "adam=fused" in md and "1.50x" in md  # the variant against the default row
+
+
+def test_an_interleaved_ab_row_is_compared_with_its_own_off_iterations():
+    ab_row = {**_row("x", 1.0, {"ab": "fast_conv"}), "ab": {"setting": "fast_conv", "off_s_per_iter": 1.25}}
+    results = {"machine": {"cpu": "cpu", "cpu_count": 2, "torch": "t", "lightning": "l"},
+               "settings": {"threads": 2, "repeats": 5, "warmup": 2},
+               "train_step": [_row("x", 2.0), ab_row]}
+    md = markdown(results)
+    assert "ab=fast_conv" in md and "| 1.250 | 1.25x |" in md   # not 2.0 / 1.0 against the separate run
+
+
+def test_ab_measures_both_settings_alternately_in_one_run(tmp_path):
+    (spec,) = train_step_specs(bench_cfg("configurations=[smoke]", "ab=step_in_backward", "warmup=1", "repeats=2",
+                                         f"paths.log_dir={tmp_path}"))
+    assert spec["variant"] == {"ab": "step_in_backward"}
+    seen = []
+    original = bench_ab._step_in_backward
+
+    def recording(model):
+        toggle = original(model)
+        return lambda on: (seen.append(on), toggle(on))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bench_ab, "TOGGLES", {**bench_ab.TOGGLES, "step_in_backward": recording})
+        result = measure_training_step({**spec, "work_dir": str(tmp_path)})
+    # an even warm-up (1 -> 2) so both settings warm up, then 2 timed iterations of each
+    assert seen == [True, False, True, False, True, False]
+    ab = result["ab"]
+    assert len(ab["on_times_s"]) == len(ab["off_times_s"]) == 2
+    assert result["s_per_iter"] == ab["on_s_per_iter"] > 0 and ab["off_s_per_iter"] > 0
+    assert len(result["iteration_times_s"]) == 6
+
+
+def test_fast_conv_toggle_swaps_rewritten_layers_to_torch_and_back():
+    net = nn.Sequential(nn.Conv2d(32, 3, 3, padding=1), nn.ConvTranspose2d(3, 4, 4, 2, 1))
+    assert use_narrow_output(net) == 1 and use_gemm_conv_transpose(net) == 1
+    rewritten = [type(m) for m in net]
+    x = torch.randn(1, 32, 6, 6)
+    expected = net(x)
+    toggle = bench_ab.make_toggle("fast_conv", net)
+    toggle(False)
+    assert [type(m) for m in net] == [nn.Conv2d, nn.ConvTranspose2d]
+    assert torch.allclose(net(x), expected, atol=1e-5)
+    toggle(True)
+    assert [type(m) for m in net] == rewritten
+
+
+def test_ab_settings_that_cannot_be_switched_are_refused():
+    with pytest.raises(ValueError, match="ab='allocator'.*fast_conv"):
+        bench_ab.make_toggle("allocator", nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="ab=fast_conv: this model has no rewritten"):
+        bench_ab.make_toggle("fast_conv", nn.Sequential(nn.Conv2d(3, 3, 3)))

@@ -13,9 +13,9 @@ import logging
 
 import torch.nn as nn
 
-from src.nets.gemm_conv import use_gemm_conv_transpose
-from src.nets.narrow_conv import MIN_INPUT_CHANNELS, use_narrow_output
-from src.nets.winograd import use_winograd, winograd_eligible
+from src.nets.gemm_conv import GemmConvTranspose2d, use_gemm_conv_transpose
+from src.nets.narrow_conv import MIN_INPUT_CHANNELS, NarrowOutputConv2d, use_narrow_output
+from src.nets.winograd import WinogradConv2d, use_winograd, winograd_eligible
 from src.nets.winograd_build import WinogradUnavailable, kernels
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 #: weight transform (36/r^2 times the weights) costs more than the products save.
 AUTO_WINOGRAD_MIN_CHANNELS = 128
 AUTO_WINOGRAD_MIN_OUTPUT_PIXELS = 256
+
+#: The classes switched layers get: each subclasses the torch layer it replaces and overrides only
+#: `forward`.
+REWRITTEN_LAYERS = (WinogradConv2d, GemmConvTranspose2d, NarrowOutputConv2d)
 
 
 def configure_fast_conv(net: nn.Module, setting: bool | str, key: str = "model.fast_conv") -> dict[str, int]:

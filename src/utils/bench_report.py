@@ -109,7 +109,8 @@ def variant_table(rows: list[dict], all_rows: list[dict], usual: dict | None = N
     lines = ["| configuration | variant | allocator | s/iter | baseline s/iter | speed-up vs baseline | peak memory (GB) "
              "| measured |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        base = baseline_row(r, all_rows)
+        # An interleaved A/B row carries its own baseline: the iterations with the setting off.
+        base = {"s_per_iter": r["ab"]["off_s_per_iter"]} if r.get("ab") else baseline_row(r, all_rows)
         ratio = base["s_per_iter"] / r["s_per_iter"] if base else None
         changes = {**r["variant"], **({"precision": r["precision"]} if r["precision"] != "fp32" else {})}
         variant = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
@@ -160,7 +161,8 @@ def markdown(results: dict[str, Any]) -> str:
     if variants:
         out += ["## Variants (trials against the default)", "",
                 "Each trial is compared with the same configuration without it under the same allocator "
-                "(an allocator trial: with the default row).", "", *variant_table(variants, rows, s), ""]
+                "(an allocator trial: with the default row; an `ab` row, with the same run's iterations that "
+                "had the setting off, interleaved with the ones it had on).", "", *variant_table(variants, rows, s), ""]
     if results.get("data"):
         out += ["## Data pipeline (training loader, batch 1)", "", *data_table(results["data"]), ""]
     return "\n".join(out)

@@ -56,7 +56,8 @@ def train_step_specs(cfg: DictConfig) -> list[dict[str, Any]]:
                     "reference": entry.get("reference"), "batch_size": int(batch_size), "precision": precision,
                     "device": cfg.device, "threads": int(cfg.threads), "warmup": int(cfg.warmup),
                     "repeats": int(cfg.repeats), "seed": int(cfg.seed), "tweaks": tweaks,
-                    "variant": active_tweaks(tweaks, cfg.device), "allocator": allocator,
+                    "variant": {**active_tweaks(tweaks, cfg.device), **({"ab": cfg.ab} if cfg.ab else {})},
+                    "ab": cfg.ab, "allocator": allocator,
                     "conf_dir": str(ROOT / "conf"),
                     "profile": {"dir": str(cfg.profile_dir), "row_limit": int(cfg.profile_rows)} if cfg.profile else None,
                 })
@@ -135,8 +136,11 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
         if spec["kind"] == "train_step":
             foreign = result.get("foreign_cpu_cores")
             row["disturbed"] = foreign is not None and foreign > cfg.quiet.max_foreign_cores
-            log.info("%s: %.3f s/iter, %.2f images/s, peak RSS %.2f GB%s", title, result["s_per_iter"],
+            ab = result.get("ab")
+            log.info("%s: %.3f s/iter, %.2f images/s, peak RSS %.2f GB%s%s", title, result["s_per_iter"],
                      result["images_per_s"], result["peak_rss_bytes"] / 1e9,
+                     f"; with {ab['setting']} off in the same run: {ab['off_s_per_iter']:.3f} s/iter "
+                     f"({ab['off_s_per_iter'] / result['s_per_iter']:.2f}x)" if ab else "",
                      f" (other processes used {foreign:.2f} cores: disturbed)" if row["disturbed"] else "")
         else:
             log.info("%s: %.1f items/s (steady %.1f)", title, result["items_per_s"], result["steady_items_per_s"])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import hydra
 import pytorch_lightning as pl
@@ -27,6 +27,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.utils.data import DataLoader
 
 from src.utils.bench_machine import ForeignCpuMeter, current_rss_bytes, peak_rss_bytes
+from src.utils.bench_ab import make_toggle, setting_is_on, split_times
 from src.utils.bench_profile import summarise_profile
 
 #: bench precision name -> Lightning Trainer precision
@@ -101,8 +102,10 @@ class IterationTimer(pl.Callback):
     torch.profiler and is not timed (the profiler's overhead would skew the time).
     """
 
-    def __init__(self, device: str, warmup: int, repeats: int, profile: bool = False):
+    def __init__(self, device: str, warmup: int, repeats: int, profile: bool = False,
+                 toggle: Callable[[bool], None] | None = None):
         self.device = device
+        self.toggle = toggle    # `ab`: switched on for even batches, off for odd ones
         self.first_timed, self.last_timed = warmup, warmup + repeats - 1
         self.profile_batch = warmup + repeats if profile else None
         self.times: list[float] = []
@@ -132,6 +135,8 @@ class IterationTimer(pl.Callback):
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
             self.profiler = torch.profiler.profile(activities=activities, record_shapes=True)
             self.profiler.__enter__()
+        if self.toggle is not None:
+            self.toggle(setting_is_on(batch_idx))
         self._sync()
         self._start = time.perf_counter()
 
@@ -170,11 +175,15 @@ def measure_training_step(spec: dict[str, Any]) -> dict[str, Any]:
         compile_networks(model)
 
     warmup, repeats = spec["warmup"], spec["repeats"]
+    ab = spec.get("ab")
+    toggle = make_toggle(ab, model) if ab else None
+    if ab:   # `repeats` timed iterations of each setting, alternating; an even warm-up warms both
+        warmup, repeats = warmup + warmup % 2, 2 * repeats
     profile = bool(spec.get("profile"))
     n_batches = warmup + repeats + profile
     batches = random_batches(n_batches, spec["batch_size"], (cfg.data.input_nc, cfg.data.output_nc),
                              spec["size"], spec.get("seed", 0), channels_last)
-    timer = IterationTimer(device, warmup, repeats, profile)
+    timer = IterationTimer(device, warmup, repeats, profile, toggle)
     trainer = pl.Trainer(accelerator=device, devices=1, precision=TRAINER_PRECISION[precision], max_epochs=1,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
@@ -183,6 +192,9 @@ def measure_training_step(spec: dict[str, Any]) -> dict[str, Any]:
     trainer.fit(model, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
 
     timed = timer.times[warmup:]
+    halves = split_times(timer.times, warmup, ab) if ab else None
+    if halves:   # the row stands for the setting on; its baseline is the same run's other half
+        timed = halves["on_times_s"]
     s_per_iter = statistics.median(timed)
     result = {
         "s_per_iter": s_per_iter,
@@ -197,6 +209,8 @@ def measure_training_step(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_bytes": peak_rss_bytes(),
         "rss_before_model_bytes": rss_before_model,
     }
+    if halves:
+        result["ab"] = halves
     if device == "cuda":
         result["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated()
         result["warmup_peak_cuda_allocated_bytes"] = timer.warmup_peak_cuda_bytes
