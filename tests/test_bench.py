@@ -130,8 +130,16 @@ def test_ab_measures_both_settings_alternately_in_one_run(tmp_path):
     assert seen == [True, False, True, False, True, False]
     ab = result["ab"]
     assert len(ab["on_times_s"]) == len(ab["off_times_s"]) == 2
-    assert result["s_per_iter"] == ab["on_s_per_iter"] > 0 and ab["off_s_per_iter"] > 0
+    assert result["s_per_iter"] == ab["on_s_per_iter"] > 0 and ab["off_s_per_iter"] > 0 and ab["pair_speedup"] > 0
     assert len(result["iteration_times_s"]) == 6
+
+
+def test_pairs_compare_neighbouring_iterations():
+    # warm-up 0-1, then pairs (on, off); a slow spell starts in the second pair's "off" iteration
+    halves = bench_ab.split_times([9.0, 9.0, 1.0, 2.0, 1.0, 10.0, 10.0, 11.0], 2, "fast_conv")
+    assert halves["on_times_s"] == [1.0, 1.0, 10.0] and halves["off_times_s"] == [2.0, 10.0, 11.0]
+    assert halves["off_s_per_iter"] / halves["on_s_per_iter"] == 10.0   # the medians see the spell
+    assert halves["pair_speedup"] == 2.0                                 # the pairs: 2, 10, 1.1
 
 
 def test_fast_conv_toggle_swaps_rewritten_layers_to_torch_and_back():

@@ -57,8 +57,11 @@ def setting_is_on(batch_idx: int) -> bool:
 
 
 def split_times(times: list[float], first_timed: int, setting: str) -> dict[str, Any]:
-    """The timed iterations' times by setting, with their medians."""
+    """The timed iterations' times by setting, with their medians, and the median over pairs of
+    neighbouring iterations (one of each) of off / on: a slow spell of the host that spans a
+    pair leaves its ratio alone, where it can still move both medians."""
     on = [t for i, t in enumerate(times) if i >= first_timed and setting_is_on(i)]
     off = [t for i, t in enumerate(times) if i >= first_timed and not setting_is_on(i)]
     return {"setting": setting, "on_times_s": on, "off_times_s": off,
-            "on_s_per_iter": statistics.median(on), "off_s_per_iter": statistics.median(off)}
+            "on_s_per_iter": statistics.median(on), "off_s_per_iter": statistics.median(off),
+            "pair_speedup": statistics.median(b / a for a, b in zip(on, off))}

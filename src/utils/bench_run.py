@@ -140,7 +140,8 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
             log.info("%s: %.3f s/iter, %.2f images/s, peak RSS %.2f GB%s%s", title, result["s_per_iter"],
                      result["images_per_s"], result["peak_rss_bytes"] / 1e9,
                      f"; with {ab['setting']} off in the same run: {ab['off_s_per_iter']:.3f} s/iter "
-                     f"({ab['off_s_per_iter'] / result['s_per_iter']:.2f}x)" if ab else "",
+                     f"({ab['off_s_per_iter'] / result['s_per_iter']:.2f}x; by pairs {ab['pair_speedup']:.2f}x)"
+                     if ab else "",
                      f" (other processes used {foreign:.2f} cores: disturbed)" if row["disturbed"] else "")
         else:
             log.info("%s: %.1f items/s (steady %.1f)", title, result["items_per_s"], result["steady_items_per_s"])
