@@ -3,8 +3,9 @@
 On the shared hosts this project is measured on, whole runs of unchanged code drift by +-10%
 (experiments/bench/README.md), more than most optimisations are worth; comparing two runs, even
 back to back, then says little. Here one run switches a setting on for even iterations and off
-for odd ones, so both settings meet the same host conditions, caches and allocator state, and
-the medians of the two halves compare like for like.
+for odd ones, so both settings meet nearly the same host conditions, and the medians of the two
+halves compare like for like. A slow spell can still fall on more iterations of one half:
+measure 10 or more of each.
 
 Only settings that can change between iterations of a live model qualify:
 - `fast_conv`: the rewritten convolution layers (src/nets/fast_conv.py) swap to torch's class

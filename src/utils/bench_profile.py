@@ -2,9 +2,10 @@
 
 Self time is the time an operator spent outside the operators it called, so the self times add
 up to the profiled wall time (intra-op threads work inside the calling operator's span). Two
-views come out (plus a table by operator and input shapes): the top operators by self time, and a split into backward (the autograd engine's
+views come out: the top operators by self time, and a split into backward (the autograd engine's
 `evaluate_function` spans), optimizer steps and zeroing (the `Optimizer.*` spans torch.optim
-records) and the rest (forward passes, losses, Lightning's bookkeeping).
+records) and the rest (forward passes, losses, Lightning's bookkeeping). The written tables are
+by operator, and by operator and input shapes (which layer each cost belongs to).
 """
 from __future__ import annotations
 
@@ -39,7 +40,6 @@ def summarise_profile(profiler, row_limit: int, device: str, table_path: Path | 
         sort_by = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
         table_path.write_text(events.table(sort_by=sort_by, row_limit=max(row_limit, 40)))
         summary["table"] = str(table_path)
-        # The same per operator and input shapes: which layer of the network each cost belongs to.
         by_shape = profiler.key_averages(group_by_input_shape=True)
         shapes_path = table_path.with_name(table_path.stem + "_by_shape.txt")
         shapes_path.write_text(by_shape.table(sort_by=sort_by, row_limit=max(row_limit, 40) * 2, max_shapes_column_width=120))

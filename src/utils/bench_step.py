@@ -26,8 +26,8 @@ from hydra.core.global_hydra import GlobalHydra
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.utils.data import DataLoader
 
-from src.utils.bench_machine import ForeignCpuMeter, current_rss_bytes, peak_rss_bytes
 from src.utils.bench_ab import make_toggle, setting_is_on, split_times
+from src.utils.bench_machine import ForeignCpuMeter, current_rss_bytes, peak_rss_bytes
 from src.utils.bench_profile import summarise_profile
 
 #: bench precision name -> Lightning Trainer precision
