@@ -29,6 +29,7 @@ from src.utils.checkpoint_loading import load_model
 from src.utils.export import export_translation
 from src.utils.run import run_training
 from src.utils.translation import crop_to_box, pad_to_multiple, size_multiple, translate_images
+from src.utils.directions import untranslated_directions
 from tests.conftest import compose_train_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -407,3 +408,12 @@ def test_eval_without_data_or_run_config_says_what_to_pass(smoke_runs, tmp_path,
                             config_name="eval")
     with pytest.raises(ValueError, match="pass data=NAME"):
         run_evaluation(cfg)
+
+
+def test_untranslated_directions_come_with_the_models_reason():
+    class OneWay:
+        def generator_for(self, direction):
+            if direction != "AtoB":
+                raise ValueError("translates AtoB only")
+    assert untranslated_directions(OneWay()) == {"BtoA": "translates AtoB only"}
+    assert untranslated_directions(CountingIdentity()) == {}

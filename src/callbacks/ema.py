@@ -35,19 +35,17 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
-DIRECTIONS = ("AtoB", "BtoA")
+from src.utils.directions import DIRECTIONS, untranslated_directions
+
 #: Callback hooks that run between iterations: where other callbacks sample.
 SAMPLING_HOOKS = ("on_train_batch_end", "on_train_epoch_end", "on_train_end")
 
 
 def averaged_parameter_names(pl_module: pl.LightningModule) -> list[str]:
     """State-dict keys of the parameters of every network a translation runs through."""
-    nets = []
-    for direction in DIRECTIONS:
-        try:
-            nets.extend(pl_module.translation_nets(direction))
-        except (ValueError, NotImplementedError):
-            continue  # a direction the model does not translate (pix2pix: BtoA)
+    untranslated = untranslated_directions(pl_module)   # pix2pix: BtoA
+    nets = [net for direction in DIRECTIONS if direction not in untranslated
+            for net in pl_module.translation_nets(direction)]
     wanted = {id(p) for net in nets for p in net.parameters()}
     return [name for name, p in pl_module.named_parameters() if id(p) in wanted]
 

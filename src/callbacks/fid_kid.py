@@ -24,10 +24,8 @@ from torch.utils.data import DataLoader, Subset
 
 from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
+from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
 
-DIRECTIONS = ("AtoB", "BtoA")
-#: direction -> (batch key of the source images, batch key of the real target images)
-DIRECTION_KEYS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}
 
 
 def shard_range(n: int, rank: int, world_size: int) -> range:
@@ -207,22 +205,19 @@ class FidKidCallback(PeriodicEvaluation):
                                    kid_seed=self.seed)
         rank_zero_info(f"FID/KID: {name} features ({extractor.num_features}-d) every {self.every_n_iters} iterations")
 
-    def supported_directions(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[str, ...]:
-        """The configured directions the model translates, found by translating one image."""
+    def supported_directions(self, pl_module: pl.LightningModule) -> tuple[str, ...]:
+        """The configured directions the model translates."""
         if self._supported is None:
-            item = self.first_item(trainer, pl_module)
-            supported = []
+            untranslated = untranslated_directions(pl_module)
             for direction in self.directions:
-                try:
-                    pl_module.translate(item[DIRECTION_KEYS[direction][0]], direction)
-                    supported.append(direction)
-                except (ValueError, NotImplementedError) as error:
-                    rank_zero_info(f"FID/KID: skipping {direction} ({type(pl_module).__name__}: {error})")
-            self._supported = tuple(supported)
+                if direction in untranslated:
+                    rank_zero_info(f"FID/KID: skipping {direction} ({type(pl_module).__name__}: "
+                                   f"{untranslated[direction]})")
+            self._supported = tuple(d for d in self.directions if d not in untranslated)
         return self._supported
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        directions = self.supported_directions(trainer, pl_module)
+        directions = self.supported_directions(pl_module)
         if not directions:
             rank_zero_warn("FidKidCallback disabled: the model translates none of the configured directions.")
             self.enabled = False

@@ -23,9 +23,10 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from src.callbacks.fid_kid import DIRECTION_KEYS, DIRECTIONS, PeriodicEvaluation, publish_metrics
+from src.callbacks.fid_kid import PeriodicEvaluation, publish_metrics
 from src.metrics.shapes_truth import (ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta,
                                       test_image_size)
+from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +81,10 @@ class ShapesTruthCallback(PeriodicEvaluation):
     def _drop_unsupported_directions(self, pl_module: pl.LightningModule) -> None:
         """Ask the model up front (pix2pix translates AtoB only), so every DDP rank agrees on
         the directions before any collective sync, including ranks with an empty shard."""
-        for direction in list(self.directions):
-            try:
-                pl_module.generator_for(direction)
-            except ValueError as error:
-                log.warning("ShapesTruthCallback: not scoring %s: %s", direction, error)
-                self.directions.remove(direction)
+        untranslated = untranslated_directions(pl_module)
+        for direction in [d for d in self.directions if d in untranslated]:
+            log.warning("ShapesTruthCallback: not scoring %s: %s", direction, untranslated[direction])
+            self.directions.remove(direction)
 
     def _disable(self, reason: str) -> None:
         self.enabled = False

@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from src.data.epoch_order import EpochOrderLoader, EpochOrderSampler, SeededItems
 from src.data.image_io import check_channels
 from src.data.transforms import ImageTransform
+from src.utils.directions import DIRECTIONS
 
-DIRECTIONS = ("AtoB", "BtoA")
 SPLITS = ("train", "test")
 
 

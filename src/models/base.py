@@ -23,9 +23,8 @@ from src.models.lr_schedules import build_scheduler
 from src.models.step_in_backward import stepping_in_backward
 from src.nets.init import init_weights
 from src.nets.fast_conv import configure_fast_conv
+from src.utils.directions import DIRECTIONS
 from src.utils.rng import collect_rng_states, restore_rng_states
-
-DIRECTIONS = ("AtoB", "BtoA")
 
 
 def to_plain(value: Any) -> Any:

@@ -11,11 +11,11 @@ from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
 from src.metrics.shapes_truth import ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta
 from src.utils.checkpoint_loading import load_model, run_config_path
+from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
 from src.utils.translation import resolve_device, save_png, to_uint8_images
 
 log = logging.getLogger(__name__)
 
-DIRECTIONS = ("AtoB", "BtoA")
 TABLE_COLUMNS = ("fid", "kid_x100", "iou", "color_error", "l1", "psnr", "ssim")
 
 
@@ -33,14 +33,10 @@ def data_config(cfg: DictConfig) -> DictConfig:
 
 
 def supported_directions(model) -> list[str]:
-    directions = []
-    for direction in DIRECTIONS:
-        try:
-            model.generator_for(direction)
-            directions.append(direction)
-        except ValueError as error:
-            log.info("Skipping %s: %s", direction, error)
-    return directions
+    skipped = untranslated_directions(model)
+    for direction, reason in skipped.items():
+        log.info("Skipping %s: %s", direction, reason)
+    return [direction for direction in DIRECTIONS if direction not in skipped]
 
 
 def distinct_counts(dataset) -> tuple[int, int]:
@@ -63,7 +59,7 @@ def truth_backgrounds(datamodule, dataset) -> dict[str, torch.Tensor] | None:
 def evaluate_direction(model, loader, direction: str, counts: tuple[int, int], scorer: FidKidScorer,
                        backgrounds: dict | None, output_dir: Path, device) -> dict[str, float]:
     """Translate every distinct source image once, write it, and score it against the targets."""
-    source_key, target_key = ("A", "B") if direction == "AtoB" else ("B", "A")
+    source_key, target_key = DIRECTION_KEYS[direction]
     n_source, n_target = counts if direction == "AtoB" else counts[::-1]
     fake_dir = output_dir / f"fake{target_key}"
     fake_dir.mkdir(parents=True, exist_ok=True)

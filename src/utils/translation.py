@@ -23,7 +23,8 @@ from src.data.errors import ImageReadError
 from src.data.folders import IMAGE_EXTENSIONS, is_image_file
 from src.data.image_io import load_image
 from src.data.transforms import to_tensor
-from src.models.base import DIRECTIONS, TranslationModel
+from src.models.base import TranslationModel
+from src.utils.directions import DIRECTIONS
 
 CropBox = tuple[int, int, int, int]  # top, left, height, width
 

@@ -1,0 +1,19 @@
+"""Translation directions: their names, the batch keys each reads, and which a model translates."""
+from __future__ import annotations
+
+DIRECTIONS = ("AtoB", "BtoA")
+#: direction -> (batch key of the source images, batch key of the real target images)
+DIRECTION_KEYS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}
+
+
+def untranslated_directions(model) -> dict[str, str]:
+    """Direction -> why `model` does not translate it (pix2pix: BtoA). Asked of the model's
+    `generator_for`, which raises ValueError for a direction it has no generator for; no
+    image is translated, so every DDP rank gets the same answer before any data is seen."""
+    reasons = {}
+    for direction in DIRECTIONS:
+        try:
+            model.generator_for(direction)
+        except ValueError as error:
+            reasons[direction] = str(error)
+    return reasons
