@@ -27,7 +27,6 @@ from src.metrics.fid_kid import FidKidScorer
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
 
 
-
 def shard_range(n: int, rank: int, world_size: int) -> range:
     """Rank's contiguous block of n items: sizes differ by at most one, no item is repeated,
     and concatenating the blocks in rank order gives the original order."""

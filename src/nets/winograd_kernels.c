@@ -369,60 +369,33 @@ static void weight_transform_adjoint(const float *dU, float *dw, int64_t K, int6
     }
 }
 
-/* ----- the entry points: F(4x4, 3x3) (winograd_*) and F(3x3, 4x4) (winograd_k4_*) ---------- */
+/* ----- the entry points, six per algorithm: F(4x4, 3x3) (winograd_*) and F(3x3, 4x4)
+ * (winograd_k4_*). m = outputs per tile side, r = kernel side; `out` reduces six values to m
+ * (its adjoint `out_adj` expands m to six), `filt` expands r to six (`filt_adj` reduces). ---- */
+#define ENTRY_POINTS(prefix, m, r, out, out_adj, filt, filt_adj)                                       \
+    void prefix##input_transform(const float *x, float *V, int64_t N, int64_t C, int64_t th,            \
+                                 int64_t tw, int threads) {                                            \
+        input_transform(x, V, N, C, th, tw, m, threads);                                               \
+    }                                                                                                  \
+    void prefix##input_transform_adjoint(const float *dV, float *dx, int64_t N, int64_t C, int64_t th,  \
+                                         int64_t tw, int threads) {                                    \
+        input_transform_adjoint(dV, dx, N, C, th, tw, m, threads);                                     \
+    }                                                                                                  \
+    void prefix##output_transform(const float *M, const float *bias, float *Y, int64_t N, int64_t K,    \
+                                  int64_t th, int64_t tw, int threads) {                               \
+        output_transform(M, bias, Y, N, K, th, tw, m, out, threads);                                   \
+    }                                                                                                  \
+    void prefix##output_transform_adjoint(const float *dY, float *dM, int64_t N, int64_t K, int64_t th, \
+                                          int64_t tw, int threads) {                                   \
+        output_transform_adjoint(dY, dM, N, K, th, tw, m, out_adj, threads);                           \
+    }                                                                                                  \
+    void prefix##weight_transform(const float *w, float *U, int64_t K, int64_t C, int threads) {       \
+        weight_transform(w, U, K, C, r, filt, threads);                                                \
+    }                                                                                                  \
+    void prefix##weight_transform_adjoint(const float *dU, float *dw, int64_t K, int64_t C, int threads) { \
+        weight_transform_adjoint(dU, dw, K, C, r, filt_adj, threads);                                  \
+    }
 
-void winograd_input_transform(const float *x, float *V, int64_t N, int64_t C, int64_t th,
-                              int64_t tw, int threads) {
-    input_transform(x, V, N, C, th, tw, 4, threads);
-}
-
-void winograd_input_transform_adjoint(const float *dV, float *dx, int64_t N, int64_t C,
-                                      int64_t th, int64_t tw, int threads) {
-    input_transform_adjoint(dV, dx, N, C, th, tw, 4, threads);
-}
-
-void winograd_output_transform(const float *M, const float *bias, float *Y, int64_t N, int64_t K,
-                               int64_t th, int64_t tw, int threads) {
-    output_transform(M, bias, Y, N, K, th, tw, 4, at_rows, threads);
-}
-
-void winograd_output_transform_adjoint(const float *dY, float *dM, int64_t N, int64_t K,
-                                       int64_t th, int64_t tw, int threads) {
-    output_transform_adjoint(dY, dM, N, K, th, tw, 4, a_rows, threads);
-}
-
-void winograd_weight_transform(const float *w, float *U, int64_t K, int64_t C, int threads) {
-    weight_transform(w, U, K, C, 3, g_rows, threads);
-}
-
-void winograd_weight_transform_adjoint(const float *dU, float *dw, int64_t K, int64_t C, int threads) {
-    weight_transform_adjoint(dU, dw, K, C, 3, gt_rows, threads);
-}
-
-void winograd_k4_input_transform(const float *x, float *V, int64_t N, int64_t C, int64_t th,
-                                 int64_t tw, int threads) {
-    input_transform(x, V, N, C, th, tw, 3, threads);
-}
-
-void winograd_k4_input_transform_adjoint(const float *dV, float *dx, int64_t N, int64_t C,
-                                         int64_t th, int64_t tw, int threads) {
-    input_transform_adjoint(dV, dx, N, C, th, tw, 3, threads);
-}
-
-void winograd_k4_output_transform(const float *M, const float *bias, float *Y, int64_t N, int64_t K,
-                                  int64_t th, int64_t tw, int threads) {
-    output_transform(M, bias, Y, N, K, th, tw, 3, gt_rows, threads);
-}
-
-void winograd_k4_output_transform_adjoint(const float *dY, float *dM, int64_t N, int64_t K,
-                                          int64_t th, int64_t tw, int threads) {
-    output_transform_adjoint(dY, dM, N, K, th, tw, 3, g_rows, threads);
-}
-
-void winograd_k4_weight_transform(const float *w, float *U, int64_t K, int64_t C, int threads) {
-    weight_transform(w, U, K, C, 4, a_rows, threads);
-}
-
-void winograd_k4_weight_transform_adjoint(const float *dU, float *dw, int64_t K, int64_t C, int threads) {
-    weight_transform_adjoint(dU, dw, K, C, 4, at_rows, threads);
-}
+ENTRY_POINTS(winograd_, 4, 3, at_rows, a_rows, g_rows, gt_rows)
+/* F(3x3, 4x4): the roles swapped (transposition principle): output by G^T, filter by A. */
+ENTRY_POINTS(winograd_k4_, 3, 4, gt_rows, g_rows, a_rows, at_rows)
