@@ -6,18 +6,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hydra
 import pytest
 import torch
 import torch.nn as nn
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from src.models.cyclegan import CycleGAN
+from src.nets.fast_conv import REWRITTEN_LAYERS
 from src.nets.gemm_conv import use_gemm_conv_transpose
 from src.nets.narrow_conv import use_narrow_output
 from src.utils import bench_ab
 from src.utils.bench_report import markdown, merge_rows, row_key
 from src.utils.bench_run import train_step_specs
-from src.utils.bench_step import measure_training_step
+from src.utils.bench_step import compose_model_config, measure_training_step
+from src.utils.reference_iterations import CycleGANReference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,6 +136,40 @@ def test_ab_measures_both_settings_alternately_in_one_run(tmp_path):
     assert len(ab["on_times_s"]) == len(ab["off_times_s"]) == 2
     assert result["s_per_iter"] == ab["on_s_per_iter"] > 0 and ab["off_s_per_iter"] > 0 and ab["pair_speedup"] > 0
     assert len(result["iteration_times_s"]) == 6
+
+
+def test_ab_reference_alternates_the_own_iteration_with_the_reference_one_on_torch_layers(tmp_path):
+    (spec,) = train_step_specs(bench_cfg("configurations=[smoke]", "ab=reference", "tweaks.fast_conv=true",
+                                         "warmup=1", "repeats=2", f"paths.log_dir={tmp_path}"))
+    calls = []
+
+    def rewritten_layers(model):
+        return sum(isinstance(m, REWRITTEN_LAYERS) for m in model.modules())
+
+    def recording(kind, original):
+        def run(self, batch):
+            model = self if kind == "own" else self.m
+            calls.append((kind, rewritten_layers(model)))
+            return original(self, batch)
+        return run
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CycleGAN, "train_iteration", recording("own", CycleGAN.train_iteration))
+        mp.setattr(CycleGANReference, "__call__", recording("reference", CycleGANReference.__call__))
+        result = measure_training_step({**spec, "work_dir": str(tmp_path)})
+    assert [kind for kind, _ in calls] == ["own", "reference"] * 3
+    # the model's own iterations run its rewritten layers (fast_conv=true), the reference's torch's
+    assert all(n > 0 for kind, n in calls if kind == "own") and all(n == 0 for kind, n in calls if kind == "reference")
+    assert result["ab"]["setting"] == "reference" and result["ab"]["off_s_per_iter"] > 0
+
+
+def test_ab_reference_is_refused_where_the_reference_trains_something_else():
+    with pytest.raises(ValueError, match="only pix2pix and CycleGAN"):
+        bench_ab.make_toggle("reference", nn.Linear(2, 2))
+    cfg = compose_model_config(str(ROOT / "conf"), "cyclegan", 32, ["loss=vanilla", "model.generator.ngf=4",
+                                                                     "model.generator.n_blocks=1", "model.discriminator.ndf=4"])
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    with pytest.raises(ValueError, match="gan_mode=lsgan.*gan_mode=vanilla"):
+        bench_ab.make_toggle("reference", model)
 
 
 def test_pairs_compare_neighbouring_iterations():

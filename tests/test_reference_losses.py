@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from conftest import fit_one_batch, random_batch
 from src.models.base import adam_kernel
+from src.utils.reference_iterations import CycleGANReference, Pix2PixReference, bce_to, mse_to
 
 SEED = 1234
 LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
@@ -63,20 +64,6 @@ def adam(cfg, *modules):
     return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **adam_kernel(params))
 
 
-def set_requires_grad(modules, flag: bool) -> None:
-    for m in modules:
-        for p in m.parameters():
-            p.requires_grad_(flag)
-
-
-def mse_to(x: torch.Tensor, value: float) -> torch.Tensor:
-    return F.mse_loss(x, torch.full_like(x, value))
-
-
-def bce_to(x: torch.Tensor, value: float) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(x, torch.full_like(x, value))
-
-
 def assert_losses_match(logged: dict[str, float], reference: dict[str, torch.Tensor]) -> None:
     for name, value in reference.items():
         assert name in logged, f"the model did not log '{name}' (logged: {sorted(logged)})"
@@ -109,38 +96,9 @@ def parameters_of(model) -> dict[str, torch.Tensor]:
 # ----- CycleGAN (junyanz/pytorch-CycleGAN-and-pix2pix, cycle_gan_model.py) -----------------------
 
 def cyclegan_reference_iteration(m, cfg, batch) -> dict[str, torch.Tensor]:
-    lambda_A = lambda_B = 10.0  # --lambda_A/--lambda_B defaults
-    lambda_idt = 0.5            # --lambda_identity default (a fraction of lambda_A/B)
-    opt_G, opt_D = adam(cfg, m.G_A, m.G_B), adam(cfg, m.D_A, m.D_B)
-    real_A, real_B = batch["A"], batch["B"]
-    # forward()
-    fake_B = m.G_A(real_A)
-    rec_A = m.G_B(fake_B)
-    fake_A = m.G_B(real_B)
-    rec_B = m.G_A(fake_A)
-    # G_A and G_B
-    set_requires_grad([m.D_A, m.D_B], False)
-    opt_G.zero_grad()
-    loss_idt_A = F.l1_loss(m.G_A(real_B), real_B) * lambda_B * lambda_idt
-    loss_idt_B = F.l1_loss(m.G_B(real_A), real_A) * lambda_A * lambda_idt
-    loss_G_A = mse_to(m.D_A(fake_B), 1.0)
-    loss_G_B = mse_to(m.D_B(fake_A), 1.0)
-    loss_cycle_A = F.l1_loss(rec_A, real_A) * lambda_A
-    loss_cycle_B = F.l1_loss(rec_B, real_B) * lambda_B
-    loss_G = loss_G_A + loss_G_B + loss_cycle_A + loss_cycle_B + loss_idt_A + loss_idt_B
-    loss_G.backward()
-    opt_G.step()
-    # D_A and D_B (the pool is filling: it hands back the new fakes)
-    set_requires_grad([m.D_A, m.D_B], True)
-    opt_D.zero_grad()
-    losses_D = []
-    for D, real, fake in ((m.D_A, real_B, fake_B), (m.D_B, real_A, fake_A)):
-        loss_D = (mse_to(D(real), 1.0) + mse_to(D(fake.detach()), 0.0)) * 0.5
-        loss_D.backward()
-        losses_D.append(loss_D)
-    opt_D.step()
-    return {"G_A_adv": loss_G_A, "G_B_adv": loss_G_B, "cycle_A": loss_cycle_A, "cycle_B": loss_cycle_B,
-            "idt_A": loss_idt_A, "idt_B": loss_idt_B, "G": loss_G, "D_A": losses_D[0], "D_B": losses_D[1]}
+    """cycle_gan_model.py, as src/utils/reference_iterations.py writes it out (the benchmark's
+    `ab=reference` runs the same code); the pool is filling, so it hands back the new fakes."""
+    return CycleGANReference(m, optimizer=lambda *nets: adam(cfg, *nets))(batch)
 
 
 @pytest.mark.parametrize("fast_conv", (False, True))
@@ -158,30 +116,8 @@ def test_cyclegan_matches_the_reference_iteration(train_cfg, fast_conv):
 # ----- pix2pix (junyanz/pytorch-CycleGAN-and-pix2pix, pix2pix_model.py) ----------------------------
 
 def pix2pix_reference_iteration(m, cfg, batch) -> dict[str, torch.Tensor]:
-    lambda_L1 = 100.0  # --lambda_L1 default
-    opt_G, opt_D = adam(cfg, m.G), adam(cfg, m.D)
-    real_A, real_B = batch["A"], batch["B"]
-    fake_B = m.G(real_A)  # forward()
-    # D
-    set_requires_grad([m.D], True)
-    opt_D.zero_grad()
-    fake_AB = torch.cat((real_A, fake_B), 1)
-    loss_D_fake = bce_to(m.D(fake_AB.detach()), 0.0)  # GANLoss('vanilla'): BCEWithLogits
-    real_AB = torch.cat((real_A, real_B), 1)
-    loss_D_real = bce_to(m.D(real_AB), 1.0)
-    loss_D = (loss_D_fake + loss_D_real) * 0.5
-    loss_D.backward()
-    opt_D.step()
-    # G
-    set_requires_grad([m.D], False)
-    opt_G.zero_grad()
-    loss_G_GAN = bce_to(m.D(fake_AB), 1.0)
-    loss_G_L1 = F.l1_loss(fake_B, real_B) * lambda_L1
-    loss_G = loss_G_GAN + loss_G_L1
-    loss_G.backward()
-    opt_G.step()
-    return {"D_fake": loss_D_fake, "D_real": loss_D_real, "D": loss_D, "G_adv": loss_G_GAN, "l1": loss_G_L1,
-            "G": loss_G}
+    """pix2pix_model.py, as src/utils/reference_iterations.py writes it out."""
+    return Pix2PixReference(m, optimizer=lambda *nets: adam(cfg, *nets))(batch)
 
 
 @pytest.mark.parametrize("fast_conv", (False, True))

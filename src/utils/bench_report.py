@@ -162,7 +162,8 @@ def markdown(results: dict[str, Any]) -> str:
         out += ["## Variants (trials against the default)", "",
                 "Each trial is compared with the same configuration without it under the same allocator "
                 "(an allocator trial: with the default row; an `ab` row, with the same run's iterations that "
-                "had the setting off, interleaved with the ones it had on).", "", *variant_table(variants, rows, s), ""]
+                "had the setting off, interleaved with the ones it had on; `ab=reference`: with the reference "
+                "code's iteration on the same networks, interleaved the same way).", "", *variant_table(variants, rows, s), ""]
     if results.get("data"):
         out += ["## Data pipeline (training loader, batch 1)", "", *data_table(results["data"]), ""]
     return "\n".join(out)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from src.utils.bench_ab import OFF_SIDE
 from src.utils.bench_machine import load_average, wait_until_quiet
 from src.utils.bench_report import write_results
 from src.utils.bench_step import compose_model_config
@@ -139,7 +140,7 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
             ab = result.get("ab")
             log.info("%s: %.3f s/iter, %.2f images/s, peak RSS %.2f GB%s%s", title, result["s_per_iter"],
                      result["images_per_s"], result["peak_rss_bytes"] / 1e9,
-                     f"; with {ab['setting']} off in the same run: {ab['off_s_per_iter']:.3f} s/iter "
+                     f"; {OFF_SIDE[ab['setting']]} in the same run: {ab['off_s_per_iter']:.3f} s/iter "
                      f"({ab['off_s_per_iter'] / result['s_per_iter']:.2f}x; by pairs {ab['pair_speedup']:.2f}x)"
                      if ab else "",
                      f" (other processes used {foreign:.2f} cores: disturbed)" if row["disturbed"] else "")
