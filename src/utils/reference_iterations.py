@@ -58,15 +58,23 @@ class Pix2PixReference:
     """pix2pix: G(A) once; D on the detached fake pair then the real pair, loss halved; then G on
     the adversarial term through the updated D plus 100 * L1 (`--lambda_L1`)."""
     lambda_L1 = 100.0
-    gan_mode = "vanilla"
+
+    @staticmethod
+    def differences(model: nn.Module) -> list[str]:
+        """What `model` is configured to do that this iteration does not."""
+        return [text for differs, text in (
+            (model.adversarial.mode != "vanilla", f"loss.gan_mode={model.adversarial.mode} (the reference's: vanilla)"),
+            (model.use_feature_matching, "feature matching (loss.weights.feature_matching > 0)"),
+            (model.pools["fake_AB"].size > 0, "an image pool (model.pool_size > 0; the reference's pix2pix has none)"),
+        ) if differs]
 
     def __init__(self, model: nn.Module, optimizer: OptimizerFactory | None = None):
         optimizer = optimizer or default_adam(model)
-        self.m = model
+        self.model = model
         self.opt_G, self.opt_D = optimizer(model.G), optimizer(model.D)
 
     def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
-        m = self.m
+        m = self.model
         real_A, real_B = batch["A"], batch["B"]
         fake_B = m.G(real_A)  # forward()
         set_requires_grad([m.D], True)
@@ -95,15 +103,22 @@ class CycleGANReference:
     and the pooled fake, each loss halved and back-propagated on its own, one D step."""
     lambda_cycle = 10.0       # --lambda_A / --lambda_B
     lambda_identity = 0.5     # --lambda_identity, a fraction of lambda_A / lambda_B
-    gan_mode = "lsgan"
+
+    @staticmethod
+    def differences(model: nn.Module) -> list[str]:
+        """What `model` is configured to do that this iteration does not."""
+        return [text for differs, text in (
+            (model.adversarial.mode != "lsgan", f"loss.gan_mode={model.adversarial.mode} (the reference's: lsgan)"),
+            (model.weight("identity") == 0, "no identity loss (the reference's: 0.5 * lambda)"),
+        ) if differs]
 
     def __init__(self, model: nn.Module, optimizer: OptimizerFactory | None = None):
         optimizer = optimizer or default_adam(model)
-        self.m = model
+        self.model = model
         self.opt_G, self.opt_D = optimizer(model.G_A, model.G_B), optimizer(model.D_A, model.D_B)
 
     def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
-        m, lam = self.m, self.lambda_cycle
+        m, lam = self.model, self.lambda_cycle
         real_A, real_B = batch["A"], batch["B"]
         fake_B = m.G_A(real_A)  # forward()
         rec_A = m.G_B(fake_B)
@@ -135,8 +150,8 @@ class CycleGANReference:
 
 def reference_for(model: nn.Module, optimizer: OptimizerFactory | None = None):
     """The reference iteration for `model`, if the public code it follows trains that configuration;
-    a ValueError naming the difference otherwise (measuring against another algorithm would say
-    nothing about speed)."""
+    a ValueError naming the differences otherwise (timing another algorithm says nothing about
+    speed)."""
     from src.models.cyclegan import CycleGAN
     from src.models.pix2pix import Pix2Pix
 
@@ -145,9 +160,8 @@ def reference_for(model: nn.Module, optimizer: OptimizerFactory | None = None):
     if reference is None:
         raise ValueError(f"ab=reference: only pix2pix and CycleGAN have the reference's iteration here (the junyanz "
                          f"code's), not {type(model).__name__}; compare it with the reference numbers of conf/bench.yaml")
-    mode = model.adversarial.mode
-    if mode != reference.gan_mode or getattr(model, "use_feature_matching", False):
-        raise ValueError(f"ab=reference: the reference {type(model).__name__} trains with loss.gan_mode="
-                         f"{reference.gan_mode} and no feature matching; this model is configured with "
-                         f"gan_mode={mode}: measure it without ab=reference")
+    differences = reference.differences(model)
+    if differences:
+        raise ValueError(f"ab=reference: this {type(model).__name__} is configured differently from the reference's: "
+                         f"{'; '.join(differences)}. Measure it without ab=reference")
     return reference(model, optimizer)
