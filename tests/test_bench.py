@@ -115,6 +115,10 @@ def test_an_interleaved_ab_row_is_compared_with_its_own_off_iterations():
                "train_step": [_row("x", 2.0), ab_row]}
     md = markdown(results)
     assert "ab=fast_conv" in md and "| 1.250 | 1.25x |" in md   # not 2.0 / 1.0 against the separate run
+    assert "both iterations' optimizer state" not in md
+    reference_row = {**_row("x", 1.0, {"ab": "reference"}), "ab": {"setting": "reference", "off_s_per_iter": 1.5}}
+    md = markdown({**results, "train_step": [_row("x", 2.0), reference_row]})
+    assert "| 1.500 | 1.50x |" in md and "peak memory holds both iterations' optimizer state" in md
 
 
 def test_ab_measures_both_settings_alternately_in_one_run(tmp_path):

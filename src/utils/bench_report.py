@@ -57,6 +57,8 @@ def row_note(row: dict, usual: dict | None = None) -> str:
         notes.append("peak memory includes cuDNN's warm-up algorithm search")
     if row.get("disturbed"):
         notes.append(f"disturbed: other processes used {row['foreign_cpu_cores']:.2f} cores")
+    if row.get("ab") and row["ab"].get("setting") == "reference":
+        notes.append("peak memory holds both iterations' optimizer state")
     return f" ({'; '.join(notes)})" if notes else ""
 
 
