@@ -166,6 +166,23 @@ def test_ab_reference_alternates_the_own_iteration_with_the_reference_one_on_tor
     assert result["ab"]["setting"] == "reference" and result["ab"]["off_s_per_iter"] > 0
 
 
+def test_iteration_reference_runs_only_the_reference_and_is_a_variant_row(tmp_path):
+    (spec,) = train_step_specs(bench_cfg("configurations=[smoke]", "tweaks.iteration=reference", "warmup=1",
+                                         "repeats=1", f"paths.log_dir={tmp_path}"))
+    assert spec["variant"] == {"iteration": "reference"}
+    calls = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CycleGAN, "train_iteration", lambda self, batch: calls.append("own"))
+        original = CycleGANReference.__call__
+        mp.setattr(CycleGANReference, "__call__", lambda self, batch: (calls.append("reference"), original(self, batch)))
+        measure_training_step({**spec, "work_dir": str(tmp_path)})
+    assert calls == ["reference", "reference"]
+    with pytest.raises(ValueError, match="tweaks.iteration='theirs' must be own or reference"):
+        train_step_specs(bench_cfg("configurations=[smoke]", "tweaks.iteration=theirs"))
+    with pytest.raises(ValueError, match="cannot be combined with ab=fast_conv"):
+        train_step_specs(bench_cfg("configurations=[smoke]", "tweaks.iteration=reference", "ab=fast_conv"))
+
+
 def test_ab_reference_is_refused_where_the_reference_trains_something_else():
     with pytest.raises(ValueError, match="only pix2pix and CycleGAN"):
         bench_ab.make_toggle("reference", nn.Linear(2, 2))

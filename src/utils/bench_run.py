@@ -28,7 +28,7 @@ def as_list(value) -> list:
 def active_tweaks(tweaks: dict[str, Any], device: str) -> dict[str, Any]:
     """The tweaks that differ from the defaults (what makes a row a variant)."""
     defaults = {"channels_last": False, "adam": None, "compile": False, "cudnn_benchmark": True, "allocator": None,
-                "spectral_norm": None, "step_in_backward": None, "fast_conv": None}
+                "spectral_norm": None, "step_in_backward": None, "fast_conv": None, "iteration": "own"}
     relevant = {k: v for k, v in tweaks.items() if device == "cuda" or k != "cudnn_benchmark"}
     return {k: v for k, v in relevant.items() if v != defaults.get(k)}
 
@@ -36,6 +36,12 @@ def active_tweaks(tweaks: dict[str, Any], device: str) -> dict[str, Any]:
 def train_step_specs(cfg: DictConfig) -> list[dict[str, Any]]:
     """One spec per configuration x batch size x precision, in the configured order."""
     tweaks = OmegaConf.to_container(cfg.tweaks, resolve=True)
+    iteration = tweaks.get("iteration", "own")
+    if iteration not in ("own", "reference"):
+        raise ValueError(f"tweaks.iteration={iteration!r} must be own or reference (conf/bench.yaml)")
+    if iteration == "reference" and cfg.ab:
+        raise ValueError(f"tweaks.iteration=reference runs only the reference's iteration, so it cannot be combined "
+                         f"with ab={cfg.ab} (ab=reference alternates the two in one run)")
     specs = []
     for name in as_list(cfg.configurations):
         if name not in cfg.catalog:

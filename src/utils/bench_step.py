@@ -176,6 +176,8 @@ def measure_training_step(spec: dict[str, Any]) -> dict[str, Any]:
 
     warmup, repeats = spec["warmup"], spec["repeats"]
     ab = spec.get("ab")
+    if tweaks.get("iteration", "own") == "reference":   # checked by bench_run.train_step_specs
+        make_toggle("reference", model)(False)   # the reference's iteration, on torch's layers, throughout
     toggle = make_toggle(ab, model) if ab else None
     if ab:   # `repeats` timed iterations of each setting, alternating; an even warm-up warms both
         warmup, repeats = warmup + warmup % 2, 2 * repeats
