@@ -21,7 +21,7 @@ from src.utils import bench_ab
 from src.utils.bench_report import markdown, merge_rows, row_key
 from src.utils.bench_run import train_step_specs
 from src.utils.bench_step import compose_model_config, measure_training_step
-from src.utils.reference_iterations import CycleGANReference
+from src.utils.reference_iterations import CycleGANReference, reference_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,10 +115,6 @@ def test_an_interleaved_ab_row_is_compared_with_its_own_off_iterations():
                "train_step": [_row("x", 2.0), ab_row]}
     md = markdown(results)
     assert "ab=fast_conv" in md and "| 1.250 | 1.25x |" in md   # not 2.0 / 1.0 against the separate run
-    assert "both iterations' optimizer state" not in md
-    reference_row = {**_row("x", 1.0, {"ab": "reference"}), "ab": {"setting": "reference", "off_s_per_iter": 1.5}}
-    md = markdown({**results, "train_step": [_row("x", 2.0), reference_row]})
-    assert "| 1.500 | 1.50x |" in md and "peak memory holds both iterations' optimizer state" in md
 
 
 def test_ab_measures_both_settings_alternately_in_one_run(tmp_path):
@@ -142,55 +138,36 @@ def test_ab_measures_both_settings_alternately_in_one_run(tmp_path):
     assert len(result["iteration_times_s"]) == 6
 
 
-def test_ab_reference_alternates_the_own_iteration_with_the_reference_one_on_torch_layers(tmp_path):
-    (spec,) = train_step_specs(bench_cfg("configurations=[smoke]", "ab=reference", "tweaks.fast_conv=true",
-                                         "warmup=1", "repeats=2", f"paths.log_dir={tmp_path}"))
+def test_iteration_reference_runs_only_the_reference_on_torch_layers(tmp_path):
+    (spec,) = train_step_specs(bench_cfg("configurations=[smoke]", "tweaks.iteration=reference", "tweaks.fast_conv=true",
+                                         "warmup=1", "repeats=1", f"paths.log_dir={tmp_path}"))
+    assert spec["variant"] == {"iteration": "reference", "fast_conv": True}
+    assert spec["overrides"][-1] == "model.fast_conv=false"   # the reference's layers are torch's
     calls = []
+    original = CycleGANReference.__call__
 
-    def rewritten_layers(model):
-        return sum(isinstance(m, REWRITTEN_LAYERS) for m in model.modules())
-
-    def recording(kind, original):
-        def run(self, batch):
-            model = self if kind == "own" else self.model
-            calls.append((kind, rewritten_layers(model)))
-            return original(self, batch)
-        return run
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(CycleGAN, "train_iteration", recording("own", CycleGAN.train_iteration))
-        mp.setattr(CycleGANReference, "__call__", recording("reference", CycleGANReference.__call__))
-        result = measure_training_step({**spec, "work_dir": str(tmp_path)})
-    assert [kind for kind, _ in calls] == ["own", "reference"] * 3
-    # the model's own iterations run its rewritten layers (fast_conv=true), the reference's torch's
-    assert all(n > 0 for kind, n in calls if kind == "own") and all(n == 0 for kind, n in calls if kind == "reference")
-    assert result["ab"]["setting"] == "reference" and result["ab"]["off_s_per_iter"] > 0
-
-
-def test_iteration_reference_runs_only_the_reference_and_is_a_variant_row(tmp_path):
-    (spec,) = train_step_specs(bench_cfg("configurations=[smoke]", "tweaks.iteration=reference", "warmup=1",
-                                         "repeats=1", f"paths.log_dir={tmp_path}"))
-    assert spec["variant"] == {"iteration": "reference"}
-    calls = []
+    def reference(self, batch):
+        calls.append(sum(isinstance(m, REWRITTEN_LAYERS) for m in self.model.modules()))
+        return original(self, batch)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(CycleGAN, "train_iteration", lambda self, batch: calls.append("own"))
-        original = CycleGANReference.__call__
-        mp.setattr(CycleGANReference, "__call__", lambda self, batch: (calls.append("reference"), original(self, batch)))
+        mp.setattr(CycleGANReference, "__call__", reference)
         measure_training_step({**spec, "work_dir": str(tmp_path)})
-    assert calls == ["reference", "reference"]
+    assert calls == [0, 0]   # every iteration the reference's, none of them on rewritten layers
     with pytest.raises(ValueError, match="tweaks.iteration='theirs' must be own or reference"):
         train_step_specs(bench_cfg("configurations=[smoke]", "tweaks.iteration=theirs"))
     with pytest.raises(ValueError, match="cannot be combined with ab=fast_conv"):
         train_step_specs(bench_cfg("configurations=[smoke]", "tweaks.iteration=reference", "ab=fast_conv"))
 
 
-def test_ab_reference_is_refused_where_the_reference_trains_something_else():
+def test_the_reference_iteration_is_refused_where_the_reference_trains_something_else():
     with pytest.raises(ValueError, match="only pix2pix and CycleGAN"):
-        bench_ab.make_toggle("reference", nn.Linear(2, 2))
+        reference_for(nn.Linear(2, 2))
     cfg = compose_model_config(str(ROOT / "conf"), "cyclegan", 32, ["loss=vanilla", "model.generator.ngf=4",
                                                                      "model.generator.n_blocks=1", "model.discriminator.ndf=4"])
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     with pytest.raises(ValueError, match=r"loss.gan_mode=vanilla \(the reference's: lsgan\)"):
-        bench_ab.make_toggle("reference", model)
+        reference_for(model)
 
 
 def test_pairs_compare_neighbouring_iterations():

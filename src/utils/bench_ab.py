@@ -10,11 +10,7 @@ measure 10 or more of each.
 Only settings that can change between iterations of a live model qualify:
 - `fast_conv`: the rewritten convolution layers (src/nets/fast_conv.py) swap to torch's class
   and back (they only override `forward`, so parameters and state are untouched);
-- `step_in_backward`: `model.optimizer.step_in_backward`, read at every update;
-- `reference`: this code's iteration against the reference code's way of training the same
-  networks (src/utils/reference_iterations.py, with torch's layers and default Adam); the odd
-  iterations run it with its own optimizers, so the row's baseline is the reference measured
-  under the same host conditions. Peak memory then holds both.
+- `step_in_backward`: `model.optimizer.step_in_backward`, read at every update.
 """
 from __future__ import annotations
 
@@ -24,29 +20,19 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from src.nets.fast_conv import REWRITTEN_LAYERS
-from src.utils.reference_iterations import reference_for
 
 Toggle = Callable[[bool], None]
 
 
-def _rewritten_layers(model: nn.Module) -> Toggle | None:
-    """Switches the model's rewritten convolution layers to their torch class (off) and back
-    (on); None if it has none."""
+def _fast_conv(model: nn.Module) -> Toggle:
     layers = [(m, type(m)) for m in model.modules() if isinstance(m, REWRITTEN_LAYERS)]
     if not layers:
-        return None
+        raise ValueError("ab=fast_conv: this model has no rewritten convolution layers "
+                         "(model.fast_conv=false, or none qualifies), so there is nothing to compare")
 
     def toggle(on: bool) -> None:
         for layer, rewritten in layers:
             layer.__class__ = rewritten if on else rewritten.__mro__[1]   # the torch class it extends
-    return toggle
-
-
-def _fast_conv(model: nn.Module) -> Toggle:
-    toggle = _rewritten_layers(model)
-    if toggle is None:
-        raise ValueError("ab=fast_conv: this model has no rewritten convolution layers "
-                         "(model.fast_conv=false, or none qualifies), so there is nothing to compare")
     return toggle
 
 
@@ -56,26 +42,7 @@ def _step_in_backward(model: nn.Module) -> Toggle:
     return toggle
 
 
-def _reference(model: nn.Module) -> Toggle:
-    reference = reference_for(model)
-    switch_layers = _rewritten_layers(model)
-
-    def toggle(on: bool) -> None:
-        if switch_layers is not None:
-            switch_layers(on)
-        if on:
-            model.__dict__.pop("train_iteration", None)   # the class's own again
-        else:
-            model.train_iteration = reference              # training_step calls this instead
-    return toggle
-
-
-TOGGLES: dict[str, Callable[[nn.Module], Toggle]] = {"fast_conv": _fast_conv, "step_in_backward": _step_in_backward,
-                                                     "reference": _reference}
-
-#: What the "off" iterations run, as the benchmark's log and report name them.
-OFF_SIDE = {"fast_conv": "fast_conv off", "step_in_backward": "step_in_backward off",
-            "reference": "the reference's iteration (src/utils/reference_iterations.py)"}
+TOGGLES: dict[str, Callable[[nn.Module], Toggle]] = {"fast_conv": _fast_conv, "step_in_backward": _step_in_backward}
 
 
 def make_toggle(setting: str, model: nn.Module) -> Toggle:

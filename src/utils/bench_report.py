@@ -57,8 +57,6 @@ def row_note(row: dict, usual: dict | None = None) -> str:
         notes.append("peak memory includes cuDNN's warm-up algorithm search")
     if row.get("disturbed"):
         notes.append(f"disturbed: other processes used {row['foreign_cpu_cores']:.2f} cores")
-    if row.get("ab") and row["ab"].get("setting") == "reference":
-        notes.append("peak memory holds both iterations' optimizer state")
     return f" ({'; '.join(notes)})" if notes else ""
 
 
@@ -164,8 +162,7 @@ def markdown(results: dict[str, Any]) -> str:
         out += ["## Variants (trials against the default)", "",
                 "Each trial is compared with the same configuration without it under the same allocator "
                 "(an allocator trial: with the default row; an `ab` row, with the same run's iterations that "
-                "had the setting off, interleaved with the ones it had on; `ab=reference`: with the reference "
-                "code's iteration on the same networks, interleaved the same way).", "", *variant_table(variants, rows, s), ""]
+                "had the setting off, interleaved with the ones it had on).", "", *variant_table(variants, rows, s), ""]
     if results.get("data"):
         out += ["## Data pipeline (training loader, batch 1)", "", *data_table(results["data"]), ""]
     return "\n".join(out)

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from src.utils.bench_ab import OFF_SIDE
 from src.utils.bench_machine import load_average, wait_until_quiet
 from src.utils.bench_report import write_results
 from src.utils.bench_step import compose_model_config
@@ -41,15 +40,18 @@ def train_step_specs(cfg: DictConfig) -> list[dict[str, Any]]:
         raise ValueError(f"tweaks.iteration={iteration!r} must be own or reference (conf/bench.yaml)")
     if iteration == "reference" and cfg.ab:
         raise ValueError(f"tweaks.iteration=reference runs only the reference's iteration, so it cannot be combined "
-                         f"with ab={cfg.ab} (ab=reference alternates the two in one run)")
+                         f"with ab={cfg.ab}: compare separate runs (experiments/bench/README.md says why)")
     specs = []
     for name in as_list(cfg.configurations):
         if name not in cfg.catalog:
             raise KeyError(f"configuration '{name}' is not in the catalog of conf/bench.yaml; "
                            f"known: {sorted(cfg.catalog)}")
         entry = OmegaConf.to_container(cfg.catalog[name], resolve=True)
-        if tweaks.get("fast_conv") is not None:   # a model setting: composed like the row's overrides
-            entry["overrides"] = [*entry.get("overrides", []), f"model.fast_conv={str(tweaks['fast_conv']).lower()}"]
+        # The reference's iteration runs torch's layers; fast_conv is a model setting, composed like the
+        # row's overrides.
+        fast_conv = False if iteration == "reference" else tweaks.get("fast_conv")
+        if fast_conv is not None:
+            entry["overrides"] = [*entry.get("overrides", []), f"model.fast_conv={str(fast_conv).lower()}"]
         # As src/train.py runs this model (its config may choose the allocator), unless a trial sets one.
         allocator = tweaks.get("allocator") or compose_model_config(
             str(ROOT / "conf"), entry["model"], int(entry["size"]), entry.get("overrides", [])).get("allocator", "default")
@@ -146,7 +148,7 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
             ab = result.get("ab")
             log.info("%s: %.3f s/iter, %.2f images/s, peak RSS %.2f GB%s%s", title, result["s_per_iter"],
                      result["images_per_s"], result["peak_rss_bytes"] / 1e9,
-                     f"; {OFF_SIDE[ab['setting']]} in the same run: {ab['off_s_per_iter']:.3f} s/iter "
+                     f"; with {ab['setting']} off in the same run: {ab['off_s_per_iter']:.3f} s/iter "
                      f"({ab['off_s_per_iter'] / result['s_per_iter']:.2f}x; by pairs {ab['pair_speedup']:.2f}x)"
                      if ab else "",
                      f" (other processes used {foreign:.2f} cores: disturbed)" if row["disturbed"] else "")

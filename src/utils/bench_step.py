@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from src.utils.bench_ab import make_toggle, setting_is_on, split_times
 from src.utils.bench_machine import ForeignCpuMeter, current_rss_bytes, peak_rss_bytes
 from src.utils.bench_profile import summarise_profile
+from src.utils.reference_iterations import reference_for
 
 #: bench precision name -> Lightning Trainer precision
 TRAINER_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed"}
@@ -176,8 +177,8 @@ def measure_training_step(spec: dict[str, Any]) -> dict[str, Any]:
 
     warmup, repeats = spec["warmup"], spec["repeats"]
     ab = spec.get("ab")
-    if tweaks.get("iteration", "own") == "reference":   # checked by bench_run.train_step_specs
-        make_toggle("reference", model)(False)   # the reference's iteration, on torch's layers, throughout
+    if tweaks.get("iteration", "own") == "reference":   # composed with fast_conv off (bench_run)
+        model.train_iteration = reference_for(model)      # training_step calls it instead of the model's
     toggle = make_toggle(ab, model) if ab else None
     if ab:   # `repeats` timed iterations of each setting, alternating; an even warm-up warms both
         warmup, repeats = warmup + warmup % 2, 2 * repeats

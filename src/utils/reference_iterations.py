@@ -5,9 +5,9 @@ networks.
 Two users:
 - tests/test_reference_losses.py checks that the models' optimised steps compute the same losses
   and updates as this literal iteration (same weights, same seed);
-- the benchmark's `ab=reference` (src/utils/bench_ab.py) alternates it with the model's own
-  iteration in one run, so the speed-up is measured against the reference's way of training
-  under the same host conditions (runs drift by +-10% between minutes on these hosts).
+- the benchmark's `tweaks.iteration=reference` times it on the model's networks with torch's
+  layers, so the reference's time and peak memory are measured by the same tool, in the same
+  kind of process, on the same day as ours.
 
 What makes it the reference's: its order of passes, its losses and weights as the public code
 sets them (the paper defaults, not the model's config), its own Adam optimizers, `zero_grad()`,
@@ -158,10 +158,10 @@ def reference_for(model: nn.Module, optimizer: OptimizerFactory | None = None):
     kinds = {Pix2Pix: Pix2PixReference, CycleGAN: CycleGANReference}
     reference = next((ref for cls, ref in kinds.items() if isinstance(model, cls)), None)
     if reference is None:
-        raise ValueError(f"ab=reference: only pix2pix and CycleGAN have the reference's iteration here (the junyanz "
+        raise ValueError(f"tweaks.iteration=reference: only pix2pix and CycleGAN have the reference's iteration here (the junyanz "
                          f"code's), not {type(model).__name__}; compare it with the reference numbers of conf/bench.yaml")
     differences = reference.differences(model)
     if differences:
-        raise ValueError(f"ab=reference: this {type(model).__name__} is configured differently from the reference's: "
-                         f"{'; '.join(differences)}. Measure it without ab=reference")
+        raise ValueError(f"tweaks.iteration=reference: this {type(model).__name__} is configured differently from the "
+                         f"reference's: {'; '.join(differences)}")
     return reference(model, optimizer)
