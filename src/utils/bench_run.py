@@ -41,17 +41,16 @@ def train_step_specs(cfg: DictConfig) -> list[dict[str, Any]]:
     if iteration == "reference" and cfg.ab:
         raise ValueError(f"tweaks.iteration=reference runs only the reference's iteration, so it cannot be combined "
                          f"with ab={cfg.ab}: compare separate runs (experiments/bench/README.md says why)")
+    if iteration == "reference":
+        tweaks["fast_conv"] = False   # the reference's layers are torch's (the row says so)
     specs = []
     for name in as_list(cfg.configurations):
         if name not in cfg.catalog:
             raise KeyError(f"configuration '{name}' is not in the catalog of conf/bench.yaml; "
                            f"known: {sorted(cfg.catalog)}")
         entry = OmegaConf.to_container(cfg.catalog[name], resolve=True)
-        # The reference's iteration runs torch's layers; fast_conv is a model setting, composed like the
-        # row's overrides.
-        fast_conv = False if iteration == "reference" else tweaks.get("fast_conv")
-        if fast_conv is not None:
-            entry["overrides"] = [*entry.get("overrides", []), f"model.fast_conv={str(fast_conv).lower()}"]
+        if tweaks.get("fast_conv") is not None:   # a model setting: composed like the row's overrides
+            entry["overrides"] = [*entry.get("overrides", []), f"model.fast_conv={str(tweaks['fast_conv']).lower()}"]
         # As src/train.py runs this model (its config may choose the allocator), unless a trial sets one.
         allocator = tweaks.get("allocator") or compose_model_config(
             str(ROOT / "conf"), entry["model"], int(entry["size"]), entry.get("overrides", [])).get("allocator", "default")
