@@ -19,11 +19,10 @@ import itertools
 import hydra
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import fit_one_batch, random_batch
 from src.models.base import adam_kernel
-from src.utils.reference_iterations import CycleGANReference, Pix2PixReference, bce_to, mse_to
+from src.utils.reference_iterations import CycleGANReference, NICEGANReference, Pix2PixReference, UGATITReference
 
 SEED = 1234
 LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
@@ -140,72 +139,8 @@ def test_pix2pix_matches_the_reference_iteration(train_cfg, fast_conv):
 # ----- U-GAT-IT (znxlwm/UGATIT-pytorch, UGATIT.py train()) ----------------------------------------
 
 def ugatit_reference_iteration(m, cfg, batch) -> dict[str, torch.Tensor]:
-    w = cfg.loss.weights
-    adv_weight, cycle_weight, identity_weight, cam_weight = w.adversarial, w.cycle, w.identity, w.cam
-    genA2B, genB2A, disGA, disLA, disGB, disLB = m.G_AB, m.G_BA, m.D_GA, m.D_LA, m.D_GB, m.D_LB
-    G_optim, D_optim = adam(cfg, genA2B, genB2A), adam(cfg, disGA, disGB, disLA, disLB)
-    real_A, real_B = batch["A"], batch["B"]
-
-    # Update D: the port re-runs the generators here, without detach.
-    D_optim.zero_grad()
-    fake_A2B, _, _ = genA2B(real_A)
-    fake_B2A, _, _ = genB2A(real_B)
-    real_GA_logit, real_GA_cam_logit, _ = disGA(real_A)
-    real_LA_logit, real_LA_cam_logit, _ = disLA(real_A)
-    real_GB_logit, real_GB_cam_logit, _ = disGB(real_B)
-    real_LB_logit, real_LB_cam_logit, _ = disLB(real_B)
-    fake_GA_logit, fake_GA_cam_logit, _ = disGA(fake_B2A)
-    fake_LA_logit, fake_LA_cam_logit, _ = disLA(fake_B2A)
-    fake_GB_logit, fake_GB_cam_logit, _ = disGB(fake_A2B)
-    fake_LB_logit, fake_LB_cam_logit, _ = disLB(fake_A2B)
-    D_ad_loss_GA = mse_to(real_GA_logit, 1) + mse_to(fake_GA_logit, 0)
-    D_ad_cam_loss_GA = mse_to(real_GA_cam_logit, 1) + mse_to(fake_GA_cam_logit, 0)
-    D_ad_loss_LA = mse_to(real_LA_logit, 1) + mse_to(fake_LA_logit, 0)
-    D_ad_cam_loss_LA = mse_to(real_LA_cam_logit, 1) + mse_to(fake_LA_cam_logit, 0)
-    D_ad_loss_GB = mse_to(real_GB_logit, 1) + mse_to(fake_GB_logit, 0)
-    D_ad_cam_loss_GB = mse_to(real_GB_cam_logit, 1) + mse_to(fake_GB_cam_logit, 0)
-    D_ad_loss_LB = mse_to(real_LB_logit, 1) + mse_to(fake_LB_logit, 0)
-    D_ad_cam_loss_LB = mse_to(real_LB_cam_logit, 1) + mse_to(fake_LB_cam_logit, 0)
-    D_loss_A = adv_weight * (D_ad_loss_GA + D_ad_cam_loss_GA + D_ad_loss_LA + D_ad_cam_loss_LA)
-    D_loss_B = adv_weight * (D_ad_loss_GB + D_ad_cam_loss_GB + D_ad_loss_LB + D_ad_cam_loss_LB)
-    (D_loss_A + D_loss_B).backward()
-    D_optim.step()
-
-    # Update G (the discriminators are not frozen in the port: their gradients are discarded later)
-    G_optim.zero_grad()
-    fake_A2B, fake_A2B_cam_logit, _ = genA2B(real_A)
-    fake_B2A, fake_B2A_cam_logit, _ = genB2A(real_B)
-    fake_A2B2A, _, _ = genB2A(fake_A2B)
-    fake_B2A2B, _, _ = genA2B(fake_B2A)
-    fake_A2A, fake_A2A_cam_logit, _ = genB2A(real_A)
-    fake_B2B, fake_B2B_cam_logit, _ = genA2B(real_B)
-    fake_GA_logit, fake_GA_cam_logit, _ = disGA(fake_B2A)
-    fake_LA_logit, fake_LA_cam_logit, _ = disLA(fake_B2A)
-    fake_GB_logit, fake_GB_cam_logit, _ = disGB(fake_A2B)
-    fake_LB_logit, fake_LB_cam_logit, _ = disLB(fake_A2B)
-    G_ad_A = (mse_to(fake_GA_logit, 1) + mse_to(fake_GA_cam_logit, 1)
-              + mse_to(fake_LA_logit, 1) + mse_to(fake_LA_cam_logit, 1))
-    G_ad_B = (mse_to(fake_GB_logit, 1) + mse_to(fake_GB_cam_logit, 1)
-              + mse_to(fake_LB_logit, 1) + mse_to(fake_LB_cam_logit, 1))
-    G_recon_loss_A, G_recon_loss_B = F.l1_loss(fake_A2B2A, real_A), F.l1_loss(fake_B2A2B, real_B)
-    G_identity_loss_A, G_identity_loss_B = F.l1_loss(fake_A2A, real_A), F.l1_loss(fake_B2B, real_B)
-    G_cam_loss_A = bce_to(fake_B2A_cam_logit, 1) + bce_to(fake_A2A_cam_logit, 0)
-    G_cam_loss_B = bce_to(fake_A2B_cam_logit, 1) + bce_to(fake_B2B_cam_logit, 0)
-    G_loss_A = (adv_weight * G_ad_A + cycle_weight * G_recon_loss_A + identity_weight * G_identity_loss_A
-                + cam_weight * G_cam_loss_A)
-    G_loss_B = (adv_weight * G_ad_B + cycle_weight * G_recon_loss_B + identity_weight * G_identity_loss_B
-                + cam_weight * G_cam_loss_B)
-    Generator_loss = G_loss_A + G_loss_B
-    Generator_loss.backward()
-    G_optim.step()
-    with torch.no_grad():  # RhoClipper(0, 1)
-        for mod in itertools.chain(genA2B.modules(), genB2A.modules()):
-            if hasattr(mod, "rho"):
-                mod.rho.clamp_(0, 1)
-    return {"D_A": D_loss_A, "D_B": D_loss_B, "adv_A": adv_weight * G_ad_A, "adv_B": adv_weight * G_ad_B,
-            "cycle_A": cycle_weight * G_recon_loss_A, "cycle_B": cycle_weight * G_recon_loss_B,
-            "idt_A": identity_weight * G_identity_loss_A, "idt_B": identity_weight * G_identity_loss_B,
-            "cam_A": cam_weight * G_cam_loss_A, "cam_B": cam_weight * G_cam_loss_B, "G": Generator_loss}
+    """UGATIT.py train(), as src/utils/reference_iterations.py writes it out."""
+    return UGATITReference(m, optimizer=lambda *nets: adam(cfg, *nets))(batch)
 
 
 @pytest.mark.parametrize("fast_conv", (False, True))
@@ -225,60 +160,8 @@ def test_ugatit_matches_the_reference_iteration(train_cfg, fast_conv):
 # ----- NICE-GAN (alpc91/NICE-GAN-pytorch, NICE.py train()) ----------------------------------------
 
 def nicegan_reference_iteration(m, cfg, batch) -> dict[str, torch.Tensor]:
-    w = cfg.loss.weights
-    adv_weight, cycle_weight, recon_weight = w.adversarial, w.cycle, w.reconstruction
-    disA, disB, gen2B, gen2A = m.D_A, m.D_B, m.G_AB, m.G_BA
-    G_optim, D_optim = adam(cfg, gen2B, gen2A), adam(cfg, disA, disB)
-    real_A, real_B = batch["A"], batch["B"]
-
-    # Update D
-    D_optim.zero_grad()
-    real_LA_logit, real_GA_logit, real_A_cam_logit, _, real_A_z = disA(real_A)
-    real_LB_logit, real_GB_logit, real_B_cam_logit, _, real_B_z = disB(real_B)
-    fake_A2B = gen2B(real_A_z).detach()
-    fake_B2A = gen2A(real_B_z).detach()
-    fake_LA_logit, fake_GA_logit, fake_A_cam_logit, _, _ = disA(fake_B2A)
-    fake_LB_logit, fake_GB_logit, fake_B_cam_logit, _, _ = disB(fake_A2B)
-    D_ad_loss_GA = mse_to(real_GA_logit, 1) + mse_to(fake_GA_logit, 0)
-    D_ad_loss_LA = mse_to(real_LA_logit, 1) + mse_to(fake_LA_logit, 0)
-    D_ad_loss_GB = mse_to(real_GB_logit, 1) + mse_to(fake_GB_logit, 0)
-    D_ad_loss_LB = mse_to(real_LB_logit, 1) + mse_to(fake_LB_logit, 0)
-    D_ad_cam_loss_A = mse_to(real_A_cam_logit, 1) + mse_to(fake_A_cam_logit, 0)
-    D_ad_cam_loss_B = mse_to(real_B_cam_logit, 1) + mse_to(fake_B_cam_logit, 0)
-    D_loss_A = adv_weight * (D_ad_loss_GA + D_ad_cam_loss_A + D_ad_loss_LA)
-    D_loss_B = adv_weight * (D_ad_loss_GB + D_ad_cam_loss_B + D_ad_loss_LB)
-    Discriminator_loss = D_loss_A + D_loss_B
-    Discriminator_loss.backward()
-    D_optim.step()
-
-    # Update G: the encoders run inside the full discriminators and stay in the graph.
-    G_optim.zero_grad()
-    _, _, _, _, real_A_z = disA(real_A)
-    _, _, _, _, real_B_z = disB(real_B)
-    fake_A2B = gen2B(real_A_z)
-    fake_B2A = gen2A(real_B_z)
-    fake_LA_logit, fake_GA_logit, fake_A_cam_logit, _, fake_A_z = disA(fake_B2A)
-    fake_LB_logit, fake_GB_logit, fake_B_cam_logit, _, fake_B_z = disB(fake_A2B)
-    fake_B2A2B = gen2B(fake_A_z)
-    fake_A2B2A = gen2A(fake_B_z)
-    G_ad_A = mse_to(fake_GA_logit, 1) + mse_to(fake_A_cam_logit, 1) + mse_to(fake_LA_logit, 1)
-    G_ad_B = mse_to(fake_GB_logit, 1) + mse_to(fake_B_cam_logit, 1) + mse_to(fake_LB_logit, 1)
-    G_cycle_loss_A, G_cycle_loss_B = F.l1_loss(fake_A2B2A, real_A), F.l1_loss(fake_B2A2B, real_B)
-    fake_A2A, fake_B2B = gen2A(real_A_z), gen2B(real_B_z)
-    G_recon_loss_A, G_recon_loss_B = F.l1_loss(fake_A2A, real_A), F.l1_loss(fake_B2B, real_B)
-    G_loss_A = adv_weight * G_ad_A + cycle_weight * G_cycle_loss_A + recon_weight * G_recon_loss_A
-    G_loss_B = adv_weight * G_ad_B + cycle_weight * G_cycle_loss_B + recon_weight * G_recon_loss_B
-    Generator_loss = G_loss_A + G_loss_B
-    Generator_loss.backward()
-    G_optim.step()
-    with torch.no_grad():  # rho kept in [0, 1] (the model clips; see src/nets/adalin.py)
-        for mod in itertools.chain(gen2A.modules(), gen2B.modules()):
-            if hasattr(mod, "rho"):
-                mod.rho.clamp_(0, 1)
-    return {"D": Discriminator_loss, "adv_A": adv_weight * G_ad_A, "adv_B": adv_weight * G_ad_B,
-            "cycle_A": cycle_weight * G_cycle_loss_A, "cycle_B": cycle_weight * G_cycle_loss_B,
-            "recon_A": recon_weight * G_recon_loss_A, "recon_B": recon_weight * G_recon_loss_B,
-            "G": Generator_loss}
+    """NICE.py train(), as src/utils/reference_iterations.py writes it out."""
+    return NICEGANReference(m, optimizer=lambda *nets: adam(cfg, *nets))(batch)
 
 
 def freeze_power_iterations(module: torch.nn.Module) -> None:

@@ -41,8 +41,8 @@ def train_step_specs(cfg: DictConfig) -> list[dict[str, Any]]:
     if iteration == "reference" and cfg.ab:
         raise ValueError(f"tweaks.iteration=reference runs only the reference's iteration, so it cannot be combined "
                          f"with ab={cfg.ab}: compare separate runs (experiments/bench/README.md says why)")
-    if iteration == "reference":
-        tweaks["fast_conv"] = False   # the reference's layers are torch's (the row says so)
+    if iteration == "reference":   # the reference's layers and spectral norm are torch's (the row says so)
+        tweaks.update(fast_conv=False, spectral_norm="torch")
     specs = []
     for name in as_list(cfg.configurations):
         if name not in cfg.catalog:

@@ -1,6 +1,6 @@
-"""The public pix2pix and CycleGAN code's training iteration (junyanz/pytorch-CycleGAN-and-pix2pix,
-`optimize_parameters` of pix2pix_model.py and cycle_gan_model.py), written out on a model's own
-networks.
+"""The public code's training iteration, written out on a model's own networks: pix2pix and
+CycleGAN (junyanz/pytorch-CycleGAN-and-pix2pix, `optimize_parameters`), U-GAT-IT
+(znxlwm/UGATIT-pytorch, `train()`) and NICE-GAN (alpc91/NICE-GAN-pytorch, `train()`).
 
 Two users:
 - tests/test_reference_losses.py checks that the models' optimised steps compute the same losses
@@ -16,6 +16,7 @@ with `requires_grad`. The optimizers are built once and keep their state across 
 """
 from __future__ import annotations
 
+import itertools
 from typing import Callable
 
 import torch
@@ -29,13 +30,20 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
 def default_adam(model: nn.Module) -> OptimizerFactory:
-    """torch.optim.Adam as the reference constructs it: the model's lr and betas, torch's kernel."""
+    """torch.optim.Adam as the reference constructs it, with torch's default kernel: the model's lr,
+    betas and weight decay (the papers' values: junyanz passes no weight decay, our pix2pix and
+    CycleGAN configs have 0; the U-GAT-IT and NICE-GAN ports 1e-4, as their configs)."""
     cfg = model.optimizer_cfg
 
     def build(*nets: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam([p for net in nets for p in net.parameters()], lr=cfg["lr"],
-                                betas=tuple(cfg.get("betas", (0.5, 0.999))))
+                                betas=tuple(cfg.get("betas", (0.5, 0.999))), weight_decay=cfg.get("weight_decay", 0.0))
     return build
+
+
+def _gan_mode_differences(model: nn.Module, mode: str) -> list[str]:
+    actual = model.adversarial.mode
+    return [f"loss.gan_mode={actual} (the reference's: {mode})"] if actual != mode else []
 
 
 def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
@@ -62,8 +70,7 @@ class Pix2PixReference:
     @staticmethod
     def differences(model: nn.Module) -> list[str]:
         """What `model` is configured to do that this iteration does not."""
-        return [text for differs, text in (
-            (model.adversarial.mode != "vanilla", f"loss.gan_mode={model.adversarial.mode} (the reference's: vanilla)"),
+        return _gan_mode_differences(model, "vanilla") + [text for differs, text in (
             (model.use_feature_matching, "feature matching (loss.weights.feature_matching > 0)"),
             (model.pools["fake_AB"].size > 0, "an image pool (model.pool_size > 0; the reference's pix2pix has none)"),
         ) if differs]
@@ -107,8 +114,7 @@ class CycleGANReference:
     @staticmethod
     def differences(model: nn.Module) -> list[str]:
         """What `model` is configured to do that this iteration does not."""
-        return [text for differs, text in (
-            (model.adversarial.mode != "lsgan", f"loss.gan_mode={model.adversarial.mode} (the reference's: lsgan)"),
+        return _gan_mode_differences(model, "lsgan") + [text for differs, text in (
             (model.weight("identity") == 0, "no identity loss (the reference's: 0.5 * lambda)"),
         ) if differs]
 
@@ -148,18 +154,184 @@ class CycleGANReference:
                 "idt_A": loss_idt_A, "idt_B": loss_idt_B, "G": loss_G, "D_A": losses_D[0], "D_B": losses_D[1]}
 
 
+class UGATITReference:
+    """U-GAT-IT (znxlwm/UGATIT-pytorch, `UGATIT.train()`), its waste kept: the D step re-runs both
+    generators without detach, the G step leaves the discriminators unfrozen (their gradients are
+    discarded by the next D step's zero_grad), then RhoClipper(0, 1). The port's weights:
+    adversarial 1, cycle 10, identity 10, CAM 1000."""
+    adv_weight, cycle_weight, identity_weight, cam_weight = 1.0, 10.0, 10.0, 1000.0
+
+    def __init__(self, model: nn.Module, optimizer: OptimizerFactory | None = None):
+        optimizer = optimizer or default_adam(model)
+        self.model = model
+        self.opt_G = optimizer(model.G_AB, model.G_BA)
+        self.opt_D = optimizer(model.D_GA, model.D_GB, model.D_LA, model.D_LB)
+
+    @staticmethod
+    def differences(model: nn.Module) -> list[str]:
+        """What `model` is configured to do that this iteration does not."""
+        return _gan_mode_differences(model, "lsgan")
+
+    def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
+        m = self.model
+        adv_weight, cycle_weight = self.adv_weight, self.cycle_weight
+        identity_weight, cam_weight = self.identity_weight, self.cam_weight
+        genA2B, genB2A, disGA, disLA, disGB, disLB = m.G_AB, m.G_BA, m.D_GA, m.D_LA, m.D_GB, m.D_LB
+        G_optim, D_optim = self.opt_G, self.opt_D
+        real_A, real_B = batch["A"], batch["B"]
+
+        # Update D: the port re-runs the generators here, without detach.
+        D_optim.zero_grad()
+        fake_A2B, _, _ = genA2B(real_A)
+        fake_B2A, _, _ = genB2A(real_B)
+        real_GA_logit, real_GA_cam_logit, _ = disGA(real_A)
+        real_LA_logit, real_LA_cam_logit, _ = disLA(real_A)
+        real_GB_logit, real_GB_cam_logit, _ = disGB(real_B)
+        real_LB_logit, real_LB_cam_logit, _ = disLB(real_B)
+        fake_GA_logit, fake_GA_cam_logit, _ = disGA(fake_B2A)
+        fake_LA_logit, fake_LA_cam_logit, _ = disLA(fake_B2A)
+        fake_GB_logit, fake_GB_cam_logit, _ = disGB(fake_A2B)
+        fake_LB_logit, fake_LB_cam_logit, _ = disLB(fake_A2B)
+        D_ad_loss_GA = mse_to(real_GA_logit, 1) + mse_to(fake_GA_logit, 0)
+        D_ad_cam_loss_GA = mse_to(real_GA_cam_logit, 1) + mse_to(fake_GA_cam_logit, 0)
+        D_ad_loss_LA = mse_to(real_LA_logit, 1) + mse_to(fake_LA_logit, 0)
+        D_ad_cam_loss_LA = mse_to(real_LA_cam_logit, 1) + mse_to(fake_LA_cam_logit, 0)
+        D_ad_loss_GB = mse_to(real_GB_logit, 1) + mse_to(fake_GB_logit, 0)
+        D_ad_cam_loss_GB = mse_to(real_GB_cam_logit, 1) + mse_to(fake_GB_cam_logit, 0)
+        D_ad_loss_LB = mse_to(real_LB_logit, 1) + mse_to(fake_LB_logit, 0)
+        D_ad_cam_loss_LB = mse_to(real_LB_cam_logit, 1) + mse_to(fake_LB_cam_logit, 0)
+        D_loss_A = adv_weight * (D_ad_loss_GA + D_ad_cam_loss_GA + D_ad_loss_LA + D_ad_cam_loss_LA)
+        D_loss_B = adv_weight * (D_ad_loss_GB + D_ad_cam_loss_GB + D_ad_loss_LB + D_ad_cam_loss_LB)
+        (D_loss_A + D_loss_B).backward()
+        D_optim.step()
+
+        # Update G (the discriminators are not frozen in the port: their gradients are discarded later)
+        G_optim.zero_grad()
+        fake_A2B, fake_A2B_cam_logit, _ = genA2B(real_A)
+        fake_B2A, fake_B2A_cam_logit, _ = genB2A(real_B)
+        fake_A2B2A, _, _ = genB2A(fake_A2B)
+        fake_B2A2B, _, _ = genA2B(fake_B2A)
+        fake_A2A, fake_A2A_cam_logit, _ = genB2A(real_A)
+        fake_B2B, fake_B2B_cam_logit, _ = genA2B(real_B)
+        fake_GA_logit, fake_GA_cam_logit, _ = disGA(fake_B2A)
+        fake_LA_logit, fake_LA_cam_logit, _ = disLA(fake_B2A)
+        fake_GB_logit, fake_GB_cam_logit, _ = disGB(fake_A2B)
+        fake_LB_logit, fake_LB_cam_logit, _ = disLB(fake_A2B)
+        G_ad_A = (mse_to(fake_GA_logit, 1) + mse_to(fake_GA_cam_logit, 1)
+                  + mse_to(fake_LA_logit, 1) + mse_to(fake_LA_cam_logit, 1))
+        G_ad_B = (mse_to(fake_GB_logit, 1) + mse_to(fake_GB_cam_logit, 1)
+                  + mse_to(fake_LB_logit, 1) + mse_to(fake_LB_cam_logit, 1))
+        G_recon_loss_A, G_recon_loss_B = F.l1_loss(fake_A2B2A, real_A), F.l1_loss(fake_B2A2B, real_B)
+        G_identity_loss_A, G_identity_loss_B = F.l1_loss(fake_A2A, real_A), F.l1_loss(fake_B2B, real_B)
+        G_cam_loss_A = bce_to(fake_B2A_cam_logit, 1) + bce_to(fake_A2A_cam_logit, 0)
+        G_cam_loss_B = bce_to(fake_A2B_cam_logit, 1) + bce_to(fake_B2B_cam_logit, 0)
+        G_loss_A = (adv_weight * G_ad_A + cycle_weight * G_recon_loss_A + identity_weight * G_identity_loss_A
+                    + cam_weight * G_cam_loss_A)
+        G_loss_B = (adv_weight * G_ad_B + cycle_weight * G_recon_loss_B + identity_weight * G_identity_loss_B
+                    + cam_weight * G_cam_loss_B)
+        Generator_loss = G_loss_A + G_loss_B
+        Generator_loss.backward()
+        G_optim.step()
+        with torch.no_grad():  # RhoClipper(0, 1)
+            for mod in itertools.chain(genA2B.modules(), genB2A.modules()):
+                if hasattr(mod, "rho"):
+                    mod.rho.clamp_(0, 1)
+        return {"D_A": D_loss_A, "D_B": D_loss_B, "adv_A": adv_weight * G_ad_A, "adv_B": adv_weight * G_ad_B,
+                "cycle_A": cycle_weight * G_recon_loss_A, "cycle_B": cycle_weight * G_recon_loss_B,
+                "idt_A": identity_weight * G_identity_loss_A, "idt_B": identity_weight * G_identity_loss_B,
+                "cam_A": cam_weight * G_cam_loss_A, "cam_B": cam_weight * G_cam_loss_B, "G": Generator_loss}
+
+
+class NICEGANReference:
+    """NICE-GAN (alpc91/NICE-GAN-pytorch, `NICE.train()`), its waste kept: the G step runs each
+    full discriminator on the reals to take the encoder's latent and back-propagates into the
+    encoders, whose gradients the next D step discards. The code's weights: adversarial 1, cycle 10,
+    reconstruction 10."""
+    adv_weight, cycle_weight, recon_weight = 1.0, 10.0, 10.0
+
+    def __init__(self, model: nn.Module, optimizer: OptimizerFactory | None = None):
+        optimizer = optimizer or default_adam(model)
+        self.model = model
+        self.opt_G, self.opt_D = optimizer(model.G_AB, model.G_BA), optimizer(model.D_A, model.D_B)
+
+    @staticmethod
+    def differences(model: nn.Module) -> list[str]:
+        """What `model` is configured to do that this iteration does not."""
+        return _gan_mode_differences(model, "lsgan")
+
+    def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
+        m = self.model
+        adv_weight, cycle_weight, recon_weight = self.adv_weight, self.cycle_weight, self.recon_weight
+        disA, disB, gen2B, gen2A = m.D_A, m.D_B, m.G_AB, m.G_BA
+        G_optim, D_optim = self.opt_G, self.opt_D
+        real_A, real_B = batch["A"], batch["B"]
+
+        # Update D
+        D_optim.zero_grad()
+        real_LA_logit, real_GA_logit, real_A_cam_logit, _, real_A_z = disA(real_A)
+        real_LB_logit, real_GB_logit, real_B_cam_logit, _, real_B_z = disB(real_B)
+        fake_A2B = gen2B(real_A_z).detach()
+        fake_B2A = gen2A(real_B_z).detach()
+        fake_LA_logit, fake_GA_logit, fake_A_cam_logit, _, _ = disA(fake_B2A)
+        fake_LB_logit, fake_GB_logit, fake_B_cam_logit, _, _ = disB(fake_A2B)
+        D_ad_loss_GA = mse_to(real_GA_logit, 1) + mse_to(fake_GA_logit, 0)
+        D_ad_loss_LA = mse_to(real_LA_logit, 1) + mse_to(fake_LA_logit, 0)
+        D_ad_loss_GB = mse_to(real_GB_logit, 1) + mse_to(fake_GB_logit, 0)
+        D_ad_loss_LB = mse_to(real_LB_logit, 1) + mse_to(fake_LB_logit, 0)
+        D_ad_cam_loss_A = mse_to(real_A_cam_logit, 1) + mse_to(fake_A_cam_logit, 0)
+        D_ad_cam_loss_B = mse_to(real_B_cam_logit, 1) + mse_to(fake_B_cam_logit, 0)
+        D_loss_A = adv_weight * (D_ad_loss_GA + D_ad_cam_loss_A + D_ad_loss_LA)
+        D_loss_B = adv_weight * (D_ad_loss_GB + D_ad_cam_loss_B + D_ad_loss_LB)
+        Discriminator_loss = D_loss_A + D_loss_B
+        Discriminator_loss.backward()
+        D_optim.step()
+
+        # Update G: the encoders run inside the full discriminators and stay in the graph.
+        G_optim.zero_grad()
+        _, _, _, _, real_A_z = disA(real_A)
+        _, _, _, _, real_B_z = disB(real_B)
+        fake_A2B = gen2B(real_A_z)
+        fake_B2A = gen2A(real_B_z)
+        fake_LA_logit, fake_GA_logit, fake_A_cam_logit, _, fake_A_z = disA(fake_B2A)
+        fake_LB_logit, fake_GB_logit, fake_B_cam_logit, _, fake_B_z = disB(fake_A2B)
+        fake_B2A2B = gen2B(fake_A_z)
+        fake_A2B2A = gen2A(fake_B_z)
+        G_ad_A = mse_to(fake_GA_logit, 1) + mse_to(fake_A_cam_logit, 1) + mse_to(fake_LA_logit, 1)
+        G_ad_B = mse_to(fake_GB_logit, 1) + mse_to(fake_B_cam_logit, 1) + mse_to(fake_LB_logit, 1)
+        G_cycle_loss_A, G_cycle_loss_B = F.l1_loss(fake_A2B2A, real_A), F.l1_loss(fake_B2A2B, real_B)
+        fake_A2A, fake_B2B = gen2A(real_A_z), gen2B(real_B_z)
+        G_recon_loss_A, G_recon_loss_B = F.l1_loss(fake_A2A, real_A), F.l1_loss(fake_B2B, real_B)
+        G_loss_A = adv_weight * G_ad_A + cycle_weight * G_cycle_loss_A + recon_weight * G_recon_loss_A
+        G_loss_B = adv_weight * G_ad_B + cycle_weight * G_cycle_loss_B + recon_weight * G_recon_loss_B
+        Generator_loss = G_loss_A + G_loss_B
+        Generator_loss.backward()
+        G_optim.step()
+        with torch.no_grad():  # rho kept in [0, 1] (the model clips; see src/nets/adalin.py)
+            for mod in itertools.chain(gen2A.modules(), gen2B.modules()):
+                if hasattr(mod, "rho"):
+                    mod.rho.clamp_(0, 1)
+        return {"D": Discriminator_loss, "adv_A": adv_weight * G_ad_A, "adv_B": adv_weight * G_ad_B,
+                "cycle_A": cycle_weight * G_cycle_loss_A, "cycle_B": cycle_weight * G_cycle_loss_B,
+                "recon_A": recon_weight * G_recon_loss_A, "recon_B": recon_weight * G_recon_loss_B,
+                "G": Generator_loss}
+
+
 def reference_for(model: nn.Module, optimizer: OptimizerFactory | None = None):
     """The reference iteration for `model`, if the public code it follows trains that configuration;
     a ValueError naming the differences otherwise (timing another algorithm says nothing about
     speed)."""
     from src.models.cyclegan import CycleGAN
+    from src.models.nicegan import NICEGAN
     from src.models.pix2pix import Pix2Pix
+    from src.models.ugatit import UGATIT
 
-    kinds = {Pix2Pix: Pix2PixReference, CycleGAN: CycleGANReference}
+    kinds = {Pix2Pix: Pix2PixReference, CycleGAN: CycleGANReference, UGATIT: UGATITReference,
+             NICEGAN: NICEGANReference}
     reference = next((ref for cls, ref in kinds.items() if isinstance(model, cls)), None)
     if reference is None:
-        raise ValueError(f"tweaks.iteration=reference: only pix2pix and CycleGAN have the reference's iteration here (the junyanz "
-                         f"code's), not {type(model).__name__}; compare it with the reference numbers of conf/bench.yaml")
+        raise ValueError(f"tweaks.iteration=reference: {type(model).__name__} has no reference iteration here "
+                         f"(pix2pix, CycleGAN, U-GAT-IT and NICE-GAN have); compare it with the reference numbers "
+                         f"of conf/bench.yaml")
     differences = reference.differences(model)
     if differences:
         raise ValueError(f"tweaks.iteration=reference: this {type(model).__name__} is configured differently from the "
