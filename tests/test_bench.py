@@ -141,7 +141,8 @@ def test_ab_measures_both_settings_alternately_in_one_run(tmp_path):
 def test_iteration_reference_runs_only_the_reference_on_torch_layers(tmp_path):
     (spec,) = train_step_specs(bench_cfg("configurations=[smoke]", "tweaks.iteration=reference", "tweaks.fast_conv=true",
                                          "warmup=1", "repeats=1", f"paths.log_dir={tmp_path}"))
-    assert spec["variant"] == {"iteration": "reference", "fast_conv": False, "spectral_norm": "torch"}
+    assert spec["variant"] == {"iteration": "reference", "fast_conv": False, "spectral_norm": "torch",
+                               "allocator": "default"} and spec["allocator"] == "default"
     assert spec["overrides"][-1] == "model.fast_conv=false"   # the reference's layers are torch's
     calls = []
     original = CycleGANReference.__call__

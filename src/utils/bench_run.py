@@ -41,8 +41,10 @@ def train_step_specs(cfg: DictConfig) -> list[dict[str, Any]]:
     if iteration == "reference" and cfg.ab:
         raise ValueError(f"tweaks.iteration=reference runs only the reference's iteration, so it cannot be combined "
                          f"with ab={cfg.ab}: compare separate runs (experiments/bench/README.md says why)")
-    if iteration == "reference":   # the reference's layers and spectral norm are torch's (the row says so)
-        tweaks.update(fast_conv=False, spectral_norm="torch")
+    if iteration == "reference":
+        # torch's layers and spectral norm, and glibc's allocator unless a trial names one: the
+        # reference scripts set no allocator (the row lists all three)
+        tweaks.update(fast_conv=False, spectral_norm="torch", allocator=tweaks.get("allocator") or "default")
     specs = []
     for name in as_list(cfg.configurations):
         if name not in cfg.catalog:
