@@ -117,6 +117,18 @@ def test_an_interleaved_ab_row_is_compared_with_its_own_off_iterations():
     assert "ab=fast_conv" in md and "| 1.250 | 1.25x |" in md   # not 2.0 / 1.0 against the separate run
 
 
+
+def test_the_reference_iteration_row_is_compared_with_ours_as_it_runs():
+    results = {"machine": {"cpu": "cpu", "cpu_count": 2, "torch": "t", "lightning": "l"},
+               "settings": {"threads": 2, "repeats": 5, "warmup": 2},
+               "train_step": [_row("x", 1.0), {**_row("x", 4.0, {"allocator": "default"}), "allocator": "default"},
+                              {**_row("x", 2.0, {"iteration": "reference", "allocator": "default"}),
+                               "allocator": "default"}]}
+    md = markdown(results)
+    # against our default row (1.0 s), not our run under the reference's allocator (4.0 s)
+    assert "baseline: ours, as it runs) | default | 2.000 | 1.000 | 0.50x |" in md
+
+
 def test_ab_measures_both_settings_alternately_in_one_run(tmp_path):
     (spec,) = train_step_specs(bench_cfg("configurations=[smoke]", "ab=step_in_backward", "warmup=1", "repeats=2",
                                          f"paths.log_dir={tmp_path}"))

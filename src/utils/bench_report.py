@@ -57,6 +57,8 @@ def row_note(row: dict, usual: dict | None = None) -> str:
         notes.append("peak memory includes cuDNN's warm-up algorithm search")
     if row.get("disturbed"):
         notes.append(f"disturbed: other processes used {row['foreign_cpu_cores']:.2f} cores")
+    if row.get("variant", {}).get("iteration") == "reference":
+        notes.append("the reference's iteration; baseline: ours, as it runs")
     return f" ({'; '.join(notes)})" if notes else ""
 
 
@@ -94,12 +96,13 @@ def allocator_of(row: dict) -> str:
 def baseline_row(row: dict, rows: list[dict]) -> dict | None:
     """What a trial is compared with: the same configuration without the trial's tweaks, under
     the same allocator (a default row, or an allocator-only trial), in fp32 on a CPU. An
-    allocator trial is compared with the default row."""
+    allocator trial is compared with the default row, and the reference's iteration
+    (`iteration=reference`, run with the reference's allocator) with ours as it runs."""
     precision = "fp32" if row["device"] == "cpu" else row["precision"]
     same = [r for r in rows if (r["name"], r["device"], r["batch_size"], r["precision"]) ==
             (row["name"], row["device"], row["batch_size"], precision)]
     tweaks = set(row.get("variant", {})) - {"allocator"}
-    if not tweaks and row["precision"] == precision:
+    if (not tweaks and row["precision"] == precision) or row.get("variant", {}).get("iteration") == "reference":
         return next((r for r in same if not r.get("variant")), None)
     return next((r for r in same if set(r.get("variant", {})) <= {"allocator"}
                  and allocator_of(r) == allocator_of(row)), None)
