@@ -6,13 +6,14 @@ Two users:
 - tests/test_reference_losses.py checks that the models' optimised steps compute the same losses
   and updates as this literal iteration (same weights, same seed);
 - the benchmark's `tweaks.iteration=reference` times it on the model's networks with torch's
-  layers, so the reference's time and peak memory are measured by the same tool, in the same
-  kind of process, on the same day as ours.
+  layers and spectral norm, under glibc's allocator, so the reference's time and peak memory are
+  measured by the same tool, in the same kind of process, on the same day as ours.
 
-What makes it the reference's: its order of passes, its losses and weights as the public code
-sets them (the paper defaults, not the model's config), its own Adam optimizers, `zero_grad()`,
-one `backward()` per loss as the code builds it, `step()` afterwards, and the idle player frozen
-with `requires_grad`. The optimizers are built once and keep their state across iterations.
+What makes it the reference's: its order of passes (its redundant ones included), its losses
+and weights as the public code sets them (the paper defaults, not the model's config), its own
+Adam optimizers, `zero_grad()`, one `backward()` per loss as the code builds it, `step()`
+afterwards, and the idle player frozen with `requires_grad` where the public code does so. The
+optimizers are built once and keep their state across iterations.
 """
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from src.models.cyclegan import CycleGAN
+from src.models.nicegan import NICEGAN
+from src.models.pix2pix import Pix2Pix
+from src.models.ugatit import UGATIT
 
 #: Builds one Adam optimizer over some networks' parameters. The reference's is torch's default
 #: (a per-tensor loop on a CPU); the equality tests pass the model's kernel instead, so that a
@@ -320,11 +326,6 @@ def reference_for(model: nn.Module, optimizer: OptimizerFactory | None = None):
     """The reference iteration for `model`, if the public code it follows trains that configuration;
     a ValueError naming the differences otherwise (timing another algorithm says nothing about
     speed)."""
-    from src.models.cyclegan import CycleGAN
-    from src.models.nicegan import NICEGAN
-    from src.models.pix2pix import Pix2Pix
-    from src.models.ugatit import UGATIT
-
     kinds = {Pix2Pix: Pix2PixReference, CycleGAN: CycleGANReference, UGATIT: UGATITReference,
              NICEGAN: NICEGANReference}
     reference = next((ref for cls, ref in kinds.items() if isinstance(model, cls)), None)
