@@ -52,6 +52,16 @@ def _gan_mode_differences(model: nn.Module, mode: str) -> list[str]:
     return [f"loss.gan_mode={actual} (the reference's: {mode})"] if actual != mode else []
 
 
+@torch.no_grad()
+def clip_rho_as_the_port(*nets: nn.Module) -> None:
+    """U-GAT-IT's RhoClipper(0, 1): every `rho` in the generators clamped after their step.
+    Written out rather than calling the models' `clip_rho_`, so the equality tests check that
+    too."""
+    for mod in itertools.chain.from_iterable(net.modules() for net in nets):
+        if hasattr(mod, "rho"):
+            mod.rho.clamp_(0, 1)
+
+
 def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
     for net in nets:
         for p in net.parameters():
@@ -238,10 +248,7 @@ class UGATITReference:
         Generator_loss = G_loss_A + G_loss_B
         Generator_loss.backward()
         G_optim.step()
-        with torch.no_grad():  # RhoClipper(0, 1)
-            for mod in itertools.chain(genA2B.modules(), genB2A.modules()):
-                if hasattr(mod, "rho"):
-                    mod.rho.clamp_(0, 1)
+        clip_rho_as_the_port(genA2B, genB2A)   # RhoClipper(0, 1)
         return {"D_A": D_loss_A, "D_B": D_loss_B, "adv_A": adv_weight * G_ad_A, "adv_B": adv_weight * G_ad_B,
                 "cycle_A": cycle_weight * G_recon_loss_A, "cycle_B": cycle_weight * G_recon_loss_B,
                 "idt_A": identity_weight * G_identity_loss_A, "idt_B": identity_weight * G_identity_loss_B,
@@ -312,10 +319,7 @@ class NICEGANReference:
         Generator_loss = G_loss_A + G_loss_B
         Generator_loss.backward()
         G_optim.step()
-        with torch.no_grad():  # rho kept in [0, 1] (the model clips; see src/nets/adalin.py)
-            for mod in itertools.chain(gen2A.modules(), gen2B.modules()):
-                if hasattr(mod, "rho"):
-                    mod.rho.clamp_(0, 1)
+        clip_rho_as_the_port(gen2A, gen2B)   # NICE-GAN's rho, kept in [0, 1] as the model does
         return {"D": Discriminator_loss, "adv_A": adv_weight * G_ad_A, "adv_B": adv_weight * G_ad_B,
                 "cycle_A": cycle_weight * G_cycle_loss_A, "cycle_B": cycle_weight * G_cycle_loss_B,
                 "recon_A": recon_weight * G_recon_loss_A, "recon_B": recon_weight * G_recon_loss_B,
