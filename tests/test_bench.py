@@ -117,7 +117,6 @@ def test_an_interleaved_ab_row_is_compared_with_its_own_off_iterations():
     assert "ab=fast_conv" in md and "| 1.250 | 1.25x |" in md   # not 2.0 / 1.0 against the separate run
 
 
-
 def test_the_reference_iteration_row_is_compared_with_ours_as_it_runs():
     results = {"machine": {"cpu": "cpu", "cpu_count": 2, "torch": "t", "lightning": "l"},
                "settings": {"threads": 2, "repeats": 5, "warmup": 2},
