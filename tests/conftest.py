@@ -7,6 +7,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 import math  # noqa: E402
 
+import hydra  # noqa: E402
 import pytest  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
@@ -15,6 +16,8 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
+
+from src.utils.run import run_training  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -58,6 +61,33 @@ def train_cfg(tmp_path, shared_data_dir):
 
 
 # ----- shared checks of trained models ---------------------------------------------------------
+def last_checkpoint(cfg: DictConfig) -> dict:
+    """Train as `src/train.py` would, and load the run's last.ckpt."""
+    run_training(cfg)
+    return torch.load(f"{cfg.paths.output_dir}/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+
+
+def assert_resume_continues_the_run(train_cfg, tmp_path: Path, overrides: list[str]) -> None:
+    """4 iterations straight == 2 iterations, then a resume from last.ckpt for 2 more: the same
+    step count, weights and optimizer moments bit for bit, and the same scheduler state."""
+    straight = last_checkpoint(train_cfg(*overrides, "max_iters=4"))
+    first = train_cfg(*overrides, "max_iters=2")
+    first.paths.output_dir = str(tmp_path / "first")
+    last_checkpoint(first)
+    resumed_cfg = train_cfg(*overrides, "max_iters=4", f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt")
+    resumed_cfg.paths.output_dir = str(tmp_path / "resumed")
+    resumed = last_checkpoint(resumed_cfg)
+
+    steps_per_iter = hydra.utils.get_class(resumed_cfg.model._target_).optimizer_steps_per_iter
+    assert straight["global_step"] == resumed["global_step"] == 4 * steps_per_iter
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    for a, b in zip(straight["optimizer_states"], resumed["optimizer_states"]):
+        for sa, sb in zip(a["state"].values(), b["state"].values()):
+            assert torch.equal(sa["exp_avg"], sb["exp_avg"])
+    assert straight["lr_schedulers"] == resumed["lr_schedulers"]
+
+
 def snapshot(modules) -> dict[str, torch.Tensor]:
     return {f"{i}.{n}": p.detach().clone() for i, m in enumerate(modules) for n, p in m.named_parameters()}
 

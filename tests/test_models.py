@@ -8,7 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import MODELS, changed, snapshot
+from conftest import MODELS, NO_EVALUATION, assert_resume_continues_the_run, changed, snapshot
 from src.utils.run import build_trainer_kwargs, run_training
 
 UNPAIRED_MODELS = ("cyclegan", "ugatit", "nicegan")
@@ -138,12 +138,6 @@ def test_pix2pix_l1_falls_on_a_fixed_pair(train_cfg):
     assert len(l1) == 40 and sum(l1[-5:]) < 0.9 * sum(l1[:5])
 
 
-def final_weights(cfg) -> dict[str, torch.Tensor]:
-    run_training(cfg)
-    ckpt = torch.load(f"{cfg.paths.output_dir}/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
-    return ckpt
-
-
 @pytest.mark.parametrize("model_name,data_name,images", [
     ("cyclegan", "shapes", 4), ("pix2pix", "shapes_paired", 4), ("ugatit", "shapes", 4), ("nicegan", "shapes", 4),
     ("cyclegan", "shapes", 2)])
@@ -157,21 +151,38 @@ def test_resume_gives_the_same_weights(train_cfg, tmp_path, model_name, data_nam
     """
     common = [f"model={model_name}", f"data={data_name}", f"data.max_dataset_size={images}", "seed=7",
               "model.lr_schedule.unit=iteration", "model.lr_schedule.constant=1", "model.lr_schedule.decay=4"]
-    straight = final_weights(train_cfg(*common, "max_iters=4"))
-    first = train_cfg(*common, "max_iters=2")
-    first.paths.output_dir = str(tmp_path / "first")
-    final_weights(first)
-    resumed_cfg = train_cfg(*common, "max_iters=4", f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt")
-    resumed_cfg.paths.output_dir = str(tmp_path / "resumed")
-    resumed = final_weights(resumed_cfg)
+    assert_resume_continues_the_run(train_cfg, tmp_path, common)
 
-    assert straight["global_step"] == resumed["global_step"] == 4 * hydra.utils.get_class(resumed_cfg.model._target_).optimizer_steps_per_iter
-    for key, value in straight["state_dict"].items():
-        assert torch.equal(value, resumed["state_dict"][key]), key
-    for a, b in zip(straight["optimizer_states"], resumed["optimizer_states"]):
-        for sa, sb in zip(a["state"].values(), b["state"].values()):
-            assert torch.equal(sa["exp_avg"], sb["exp_avg"])
-    assert straight["lr_schedulers"] == resumed["lr_schedulers"]
+
+def test_losses_are_logged_when_lightning_writes_them_and_at_the_end(train_cfg, tmp_path):
+    """Losses are logged on the iterations Lightning writes to the loggers (every
+    log_every_n_steps batches) and on the last one, whose values training hands back; the CSV
+    logger receives one row of them per write."""
+    cfg = train_cfg("max_iters=5", "trainer.log_every_n_steps=2", "logger=csv", *NO_EVALUATION)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    logged = []   # (batch index, train/G) at each log of the losses
+    batch_index = []
+    original_log_dict, original_training_step = model.log_dict, model.training_step
+
+    def recording_training_step(batch, batch_idx):
+        batch_index[:] = [batch_idx]
+        return original_training_step(batch, batch_idx)
+
+    def recording_log_dict(metrics, **kwargs):
+        if "train/G" in metrics:
+            logged.append((batch_index[0], float(metrics["train/G"])))
+        original_log_dict(metrics, **kwargs)
+    model.training_step, model.log_dict = recording_training_step, recording_log_dict
+    trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), logger=pl.loggers.CSVLogger(tmp_path),
+                         enable_checkpointing=False)
+    trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
+
+    assert [i for i, _ in logged] == [1, 3, 4]
+    assert float(trainer.callback_metrics["train/G"]) == logged[-1][1]
+    header, *rows = Path(trainer.logger.log_dir, "metrics.csv").read_text().splitlines()
+    column = header.split(",").index("train/G")
+    written = [float(r.split(",")[column]) for r in rows if r.split(",")[column]]
+    assert written == [g for _, g in logged[:2]]
 
 
 def test_all_loggers_write_offline(train_cfg, monkeypatch):
