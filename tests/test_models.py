@@ -158,7 +158,7 @@ def test_losses_are_logged_when_lightning_writes_them_and_at_the_end(train_cfg, 
     """Losses are logged on the iterations Lightning writes to the loggers (every
     log_every_n_steps batches) and on the last one, whose values training hands back; the CSV
     logger receives one row of them per write."""
-    cfg = train_cfg("max_iters=5", "trainer.log_every_n_steps=2", "logger=csv", *NO_EVALUATION)
+    cfg = train_cfg("max_iters=5", "trainer.log_every_n_steps=2", *NO_EVALUATION)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     logged = []   # (batch index, train/G) at each log of the losses
     batch_index = []
