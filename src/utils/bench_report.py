@@ -44,7 +44,7 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _memory_gb(row: dict) -> float:
+def memory_gb(row: dict) -> float:
     """The peak memory the row is judged by: CUDA peak allocated on a GPU, else peak RSS."""
     return row.get("peak_cuda_allocated_bytes", row["peak_rss_bytes"]) / GB
 
@@ -71,7 +71,7 @@ def train_step_table(rows: list[dict], usual: dict | None = None) -> list[str]:
         comparable = bool(r.get("reference")) and r["device"] == "cpu" and r["batch_size"] == 1 and r["precision"] == "fp32"
         ref = r["reference"] if comparable else {}
         speedup = ref["s_per_iter"] / r["s_per_iter"] if comparable else None
-        memory = _memory_gb(r)
+        memory = memory_gb(r)
         memory_ratio = memory / ref["peak_rss_gb"] if comparable else None
         memory_kind = "alloc" if "peak_cuda_allocated_bytes" in r else "RSS"
         note = row_note(r, usual)
@@ -119,7 +119,7 @@ def variant_table(rows: list[dict], all_rows: list[dict], usual: dict | None = N
         variant = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
         lines.append(f"| {r['label']} ({r['device']}, batch {r['batch_size']}, {r['precision']}) | {variant}{row_note(r, usual)} "
                      f"| {allocator_of(r)} | {r['s_per_iter']:.3f} | {_fmt(base['s_per_iter'], 3) if base else '-'} "
-                     f"| {_fmt(ratio) + 'x' if ratio else '-'} | {_memory_gb(r):.2f} "
+                     f"| {_fmt(ratio) + 'x' if ratio else '-'} | {memory_gb(r):.2f} "
                      f"| {r['measured_at'][:10]} {r['revision']} |")
     return lines
 
