@@ -97,16 +97,22 @@ def changed(before: dict, modules) -> set[str]:
     return {k for k in before if not torch.equal(before[k], after[k])}
 
 
-def generator_output_dtypes(model) -> list[torch.dtype]:
-    """Dtypes of the AtoB generator's outputs during training (the forward hook sees them)."""
-    dtypes = []
+def record_generator_outputs(model, describe) -> list:
+    """`describe(output)` of each output of the AtoB generator during training (a forward hook
+    sees them; its first output where it returns several)."""
+    seen = []
 
     def record(module, inputs, output):
         if module.training:
-            dtypes.append((output[0] if isinstance(output, tuple) else output).dtype)
+            seen.append(describe(output[0] if isinstance(output, tuple) else output))
 
     model.generator_for("AtoB").register_forward_hook(record)
-    return dtypes
+    return seen
+
+
+def generator_output_dtypes(model) -> list[torch.dtype]:
+    """Dtypes of the AtoB generator's outputs during training."""
+    return record_generator_outputs(model, lambda output: output.dtype)
 
 
 def finite_train_losses(trainer) -> dict[str, float]:

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from conftest import (DATA_OF, MODELS, NO_EVALUATION, assert_resume_continues_the_run, changed, finite_train_losses,
-                      generator_output_dtypes, snapshot)
+                      generator_output_dtypes, record_generator_outputs, snapshot)
 from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
 from src.models.loss_scaling import PlayerGradScalers
@@ -27,13 +27,11 @@ def test_every_model_trains_on_cuda(train_cfg, model_name, precision):
     start = {name: snapshot(modules) for name, modules in model.player_modules().items()}
     output_dtypes = generator_output_dtypes(model)
     # Read during training: Lightning moves the model back to the CPU when fit ends.
-    seen = set()   # (output device, steps in backward)
-    model.generator_for("AtoB").register_forward_hook(lambda module, inputs, output: seen.add(
-        ((output[0] if isinstance(output, tuple) else output).device.type, model.steps_in_backward)))
+    seen = record_generator_outputs(model, lambda output: (output.device.type, model.steps_in_backward))
     trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), logger=False, enable_checkpointing=False)
     trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
 
-    assert seen == {("cuda", False)}   # "auto": steps after backward on a GPU
+    assert set(seen) == {("cuda", False)}   # "auto": steps after backward on a GPU
     assert trainer.global_step == 3 * model.optimizer_steps_per_iter
     finite_train_losses(trainer)
     scalers = trainer.precision_plugin.scaler if precision == "16-mixed" else None

@@ -49,6 +49,16 @@ def memory_gb(row: dict) -> float:
     return row.get("peak_cuda_allocated_bytes", row["peak_rss_bytes"]) / GB
 
 
+def memory_kind(row: dict) -> str:
+    """Which peak `memory_gb` gives: "alloc" (CUDA peak allocated) or "RSS"."""
+    return "alloc" if "peak_cuda_allocated_bytes" in row else "RSS"
+
+
+def is_reference_iteration(row: dict) -> bool:
+    """A row that ran the reference code's iteration (`tweaks.iteration=reference`)."""
+    return row.get("variant", {}).get("iteration") == "reference"
+
+
 def row_note(row: dict, usual: dict | None = None) -> str:
     notes = []
     if usual and (row.get("warmup"), row.get("repeats")) != (usual["warmup"], usual["repeats"]):
@@ -57,7 +67,7 @@ def row_note(row: dict, usual: dict | None = None) -> str:
         notes.append("peak memory includes cuDNN's warm-up algorithm search")
     if row.get("disturbed"):
         notes.append(f"disturbed: other processes used {row['foreign_cpu_cores']:.2f} cores")
-    if row.get("variant", {}).get("iteration") == "reference":
+    if is_reference_iteration(row):
         notes.append("the reference's iteration; baseline: ours, as it runs")
     return f" ({'; '.join(notes)})" if notes else ""
 
@@ -73,11 +83,10 @@ def train_step_table(rows: list[dict], usual: dict | None = None) -> list[str]:
         speedup = ref["s_per_iter"] / r["s_per_iter"] if comparable else None
         memory = memory_gb(r)
         memory_ratio = memory / ref["peak_rss_gb"] if comparable else None
-        memory_kind = "alloc" if "peak_cuda_allocated_bytes" in r else "RSS"
         note = row_note(r, usual)
         lines.append(
             f"| {r['label']} | {r['device']} | {r['batch_size']} | {r['precision']} | {allocator_of(r)} | {r['s_per_iter']:.3f} "
-            f"| {r['images_per_s']:.2f} | {memory:.2f} {memory_kind} | {ref.get('code', '-')} "
+            f"| {r['images_per_s']:.2f} | {memory:.2f} {memory_kind(r)} | {ref.get('code', '-')} "
             f"| {_fmt(ref.get('s_per_iter'))} | {_fmt(ref.get('peak_rss_gb'))} "
             f"| {_fmt(speedup) + 'x' if speedup else '-'} | {_fmt(memory_ratio) + 'x' if memory_ratio else '-'} "
             f"| {r['measured_at'][:10]} {r['revision']}{note} |")
@@ -102,7 +111,7 @@ def baseline_row(row: dict, rows: list[dict]) -> dict | None:
     same = [r for r in rows if (r["name"], r["device"], r["batch_size"], r["precision"]) ==
             (row["name"], row["device"], row["batch_size"], precision)]
     tweaks = set(row.get("variant", {})) - {"allocator"}
-    if (not tweaks and row["precision"] == precision) or row.get("variant", {}).get("iteration") == "reference":
+    if (not tweaks and row["precision"] == precision) or is_reference_iteration(row):
         return next((r for r in same if not r.get("variant")), None)
     return next((r for r in same if set(r.get("variant", {})) <= {"allocator"}
                  and allocator_of(r) == allocator_of(row)), None)

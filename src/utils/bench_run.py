@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src.utils.bench_machine import load_average, wait_until_quiet
-from src.utils.bench_report import memory_gb, write_results
+from src.utils.bench_report import memory_gb, memory_kind, write_results
 from src.utils.bench_step import compose_model_config
 from src.utils.bench_worker import ROOT, run_in_subprocess
 
@@ -147,9 +147,8 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
             foreign = result.get("foreign_cpu_cores")
             row["disturbed"] = foreign is not None and foreign > cfg.quiet.max_foreign_cores
             ab = result.get("ab")
-            memory = f"peak {'CUDA allocated' if 'peak_cuda_allocated_bytes' in result else 'RSS'} {memory_gb(result):.2f} GB"
-            log.info("%s: %.3f s/iter, %.2f images/s, %s%s%s", title, result["s_per_iter"],
-                     result["images_per_s"], memory,
+            log.info("%s: %.3f s/iter, %.2f images/s, peak memory %.2f GB %s%s%s", title, result["s_per_iter"],
+                     result["images_per_s"], memory_gb(result), memory_kind(result),
                      f"; with {ab['setting']} off in the same run: {ab['off_s_per_iter']:.3f} s/iter "
                      f"({ab['off_s_per_iter'] / result['s_per_iter']:.2f}x; by pairs {ab['pair_speedup']:.2f}x)"
                      if ab else "",
