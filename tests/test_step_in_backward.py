@@ -98,16 +98,37 @@ def train_one_iteration(train_cfg, model_name: str, *overrides: str):
     return model, fit_one_batch(model, random_batch(cfg))
 
 
+def test_small_parameters_are_left_to_the_regular_step():
+    plain, fused = make_net(), make_net()
+    plain_opt, fused_opt = two_group_adam(plain), two_group_adam(fused)
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
+    loss_of(plain, x).backward()
+    plain_opt.step()
+    with stepping_in_backward([fused_opt], min_elements=64):
+        loss_of(fused, x).backward()
+    # the weights (8x16, 16x4) were stepped and freed in backward; the biases (16, 4) wait
+    assert [p.grad is None for p in [*fused[0].parameters(), *fused[2].parameters()]] == [True, False, True, False]
+    fused_opt.step()
+    for p, q in zip(plain.parameters(), fused.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-7)
+
+
+# min_elements 0: every parameter in backward; 100: the models' weights in backward, their biases
+# and norm parameters (and the tiniest weights) in the regular step.
+@pytest.mark.parametrize("min_elements", [0, 100])
 @pytest.mark.parametrize("model_name", MODELS)
-def test_every_model_makes_the_same_update_with_and_without_stepping_in_backward(train_cfg, model_name,
+def test_every_model_makes_the_same_update_with_and_without_stepping_in_backward(train_cfg, model_name, min_elements,
                                                                                   monkeypatch):
     stepped = []
     original = step_in_backward.step_one
     monkeypatch.setattr(step_in_backward, "step_one", lambda opt, g, p: (stepped.append(p), original(opt, g, p)))
+    monkeypatch.setattr(step_in_backward, "MIN_ELEMENTS", min_elements)
     on, on_trainer = train_one_iteration(train_cfg, model_name)
     assert on.steps_in_backward
-    # Every parameter is stepped once, each inside its player's backward.
-    assert sorted(map(id, stepped)) == sorted(map(id, on.parameters()))
+    # Every parameter of at least min_elements is stepped once, inside its player's backward.
+    large = [p for p in on.parameters() if p.numel() >= min_elements]
+    assert 0 < len(large) and (len(large) < len(list(on.parameters()))) == (min_elements > 0)
+    assert sorted(map(id, stepped)) == sorted(map(id, large))
     stepped.clear()
     off, off_trainer = train_one_iteration(train_cfg, model_name, "model.optimizer.step_in_backward=false")
     assert not off.steps_in_backward and not stepped

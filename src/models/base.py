@@ -20,7 +20,7 @@ from src.losses import AdversarialLoss
 from src.models.image_pool import ImagePool
 from src.models.loss_scaling import PlayerGradScalers
 from src.models.lr_schedules import build_scheduler
-from src.models.step_in_backward import stepping_in_backward
+from src.models import step_in_backward
 from src.nets.init import init_weights
 from src.nets.fast_conv import configure_fast_conv
 from src.utils.directions import DIRECTIONS
@@ -181,11 +181,14 @@ class TranslationModel(pl.LightningModule):
                 loss = loss() if callable(loss) else loss
                 last = i == len(losses) - 1
                 # Only the last backward completes the gradients, so only it may step them.
-                with stepping_in_backward(optimizers) if last and self.steps_in_backward else contextlib.nullcontext():
+                stepping = (step_in_backward.stepping_in_backward(optimizers, step_in_backward.MIN_ELEMENTS)
+                            if last and self.steps_in_backward else contextlib.nullcontext())
+                with stepping:
                     self.manual_backward(loss)
                 total = loss.detach() if total is None else total + loss.detach()
             for opt in optimizers:
-                # Steps what was not stepped in backward (everything, when that is off), and
+                # Steps what was not stepped in backward (the small tensors, or everything when
+                # that is off), and
                 # counts the optimizer step for Lightning either way.
                 opt.step()
                 # Free the gradients now: they are stale once stepped, and holding them through
