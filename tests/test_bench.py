@@ -17,9 +17,9 @@ from src.models.cyclegan import CycleGAN
 from src.nets.fast_conv import REWRITTEN_LAYERS
 from src.nets.gemm_conv import use_gemm_conv_transpose
 from src.nets.narrow_conv import use_narrow_output
-from src.utils import bench_ab
-from src.utils.bench_report import markdown, merge_rows, row_key
-from src.utils.bench_run import train_step_specs
+from src.utils import bench_ab, bench_versus
+from src.utils.bench_report import markdown, merge_rows, row_key, write_results
+from src.utils.bench_run import train_step_specs, versus_reference_specs
 from src.utils.bench_step import compose_model_config, measure_training_step
 from src.utils.reference_iterations import CycleGANReference, reference_for
 
@@ -209,3 +209,67 @@ def test_ab_settings_that_cannot_be_switched_are_refused():
         bench_ab.make_toggle("allocator", nn.Linear(2, 2))
     with pytest.raises(ValueError, match="ab=fast_conv: this model has no rewritten"):
         bench_ab.make_toggle("fast_conv", nn.Sequential(nn.Conv2d(3, 3, 3)))
+
+
+# ----- ours against the reference's iteration, alternating processes (versus_reference) -------------
+
+def test_versus_reference_pairs_ours_with_the_reference_in_alternating_order():
+    own = {"name": "x", "label": "X", "device": "cpu", "batch_size": 1, "precision": "fp32", "allocator": "thp",
+           "variant": {}}
+    reference = {**own, "variant": {"iteration": "reference"}}
+    times = iter([1.0, 1.5, 2.4, 1.2, 1.0, 2.0])   # pair 0: ours, ref; pair 1: ref, ours; pair 2: ours, ref
+    order = []
+
+    def measure(spec):
+        side = spec["variant"].get("iteration", "own")
+        order.append(side)
+        return {"s_per_iter": next(times), "peak_rss_bytes": 2e9 if side == "own" else 3e9,
+                "measured_at": "2026-11-23T10:00:00", "revision": "abc"}
+    entry = bench_versus.run_pairs(own, reference, 3, measure)
+    assert order == ["own", "reference", "reference", "own", "own", "reference"]
+    assert [p["speedup"] for p in entry["pairs"]] == [1.5, 2.0, 2.0]   # reference / ours, pair by pair
+    assert entry["speedup"] == 2.0 and entry["own_s_per_iter"] == 1.0 and entry["reference_s_per_iter"] == 2.0
+    assert entry["own_peak_gb"] == 2.0 and entry["reference_peak_gb"] == 3.0
+    md = markdown({"machine": {"cpu": "cpu", "cpu_count": 2, "torch": "t", "lightning": "l"},
+                   "settings": {"threads": 2, "repeats": 5, "warmup": 2}, "versus_reference": [entry]})
+    assert "| X | cpu | 1 | fp32 | 3 | 1.000 | 2.000 | 2.00x (1.50-2.00x) | 2.00 / 3.00 |" in md
+
+
+def test_versus_reference_drops_a_pair_with_a_skipped_side_and_refuses_no_pairs():
+    own = {"name": "x", "label": "X", "device": "cpu", "batch_size": 1, "precision": "fp32", "allocator": "thp",
+           "variant": {}}
+    reference = {**own, "variant": {"iteration": "reference"}}
+    results = iter([{"s_per_iter": 1.0, "peak_rss_bytes": 1e9, "measured_at": "t", "revision": "r"}, None])
+    entry = bench_versus.run_pairs(own, reference, 1, lambda spec: next(results))
+    assert entry["pairs"] == [] and "speedup" not in entry      # the machine stayed busy: no verdict
+    with pytest.raises(ValueError, match="versus_reference=0 must be a number of pairs"):
+        bench_versus.run_pairs(own, reference, 0, lambda spec: None)
+
+
+def test_versus_reference_specs_match_each_configuration_with_its_reference_iteration(tmp_path):
+    cfg = bench_cfg("configurations=[smoke]", "batch_sizes=[1,2]", "versus_reference=2", f"paths.log_dir={tmp_path}")
+    pairs = versus_reference_specs(cfg)
+    assert [(o["name"], o["batch_size"], r["batch_size"]) for o, r in pairs] == [("smoke", 1, 1), ("smoke", 2, 2)]
+    for own, reference in pairs:
+        assert own["variant"] == {} and reference["variant"]["iteration"] == "reference"
+        assert reference["allocator"] == "default" and reference["overrides"][-1] == "model.fast_conv=false"
+    assert cfg.tweaks.iteration == "own"   # the caller's config is left as it was
+    with pytest.raises(ValueError, match="cannot be combined with ab=fast_conv"):
+        versus_reference_specs(bench_cfg("configurations=[smoke]", "versus_reference=2", "ab=fast_conv"))
+    with pytest.raises(ValueError, match="leave tweaks.iteration=own"):
+        versus_reference_specs(bench_cfg("configurations=[smoke]", "versus_reference=2", "tweaks.iteration=reference"))
+
+
+def test_merge_keeps_versus_entries_per_configuration(tmp_path):
+    spec = {"name": "x", "label": "X", "device": "cpu", "batch_size": 1, "precision": "fp32", "allocator": "thp"}
+    row = {"s_per_iter": 1.0, "peak_rss_bytes": 1e9, "measured_at": "2026-11-23T10:00:00", "revision": "r"}
+    pair = bench_versus.pair_summary(0, row, {**row, "s_per_iter": 1.6})
+    machine, settings = {"cpu": "c", "cpu_count": 2, "torch": "t", "lightning": "l"}, {"threads": 2, "repeats": 5, "warmup": 2}
+    path = tmp_path / "r.json"
+    first = [bench_versus.summarise(spec, []), bench_versus.summarise({**spec, "name": "y"}, [pair])]
+    write_results(path, tmp_path / "r.md", {"versus_reference": first}, machine, settings)
+    write_results(path, tmp_path / "r.md", {"versus_reference": [bench_versus.summarise(spec, [pair, pair])]},
+                  machine, settings)
+    saved = json.loads(path.read_text())["versus_reference"]
+    assert [(e["name"], len(e["pairs"])) for e in saved] == [("x", 2), ("y", 1)]   # x re-measured, y kept
+    assert "| X | cpu | 1 | fp32 | 2 | 1.000 | 1.600 | 1.60x (1.60-1.60x)" in (tmp_path / "r.md").read_text()

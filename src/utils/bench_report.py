@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 GB = 1e9
 
@@ -21,11 +21,19 @@ def row_key(row: dict[str, Any]) -> str:
     return f"train_step/{row['name']}/{row['device']}/b{row['batch_size']}/{row['precision']}/{variant}"
 
 
-def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+def versus_key(entry: dict[str, Any]) -> str:
+    return f"versus/{entry['name']}/{entry['device']}/b{entry['batch_size']}/{entry['precision']}"
+
+
+#: results.json's lists, and what makes two of their entries the same measurement
+KINDS: dict[str, Callable[[dict], str]] = {"train_step": row_key, "data": row_key, "versus_reference": versus_key}
+
+
+def merge_rows(old: list[dict], new: list[dict], key: Callable[[dict], str] = row_key) -> list[dict]:
     """Old rows in their order, replaced by new ones with the same key; new keys appended."""
-    fresh = {row_key(r): r for r in new}
-    merged = [fresh.pop(row_key(r), r) for r in old]
-    return merged + [r for r in new if row_key(r) in fresh]
+    fresh = {key(r): r for r in new}
+    merged = [fresh.pop(key(r), r) for r in old]
+    return merged + [r for r in new if key(r) in fresh]
 
 
 def write_results(json_path: Path, md_path: Path, rows: dict[str, list], machine: dict, settings: dict,
@@ -33,7 +41,7 @@ def write_results(json_path: Path, md_path: Path, rows: dict[str, list], machine
     json_path.parent.mkdir(parents=True, exist_ok=True)
     if merge and json_path.exists():
         old = json.loads(json_path.read_text())
-        rows = {kind: merge_rows(old.get(kind, []), rows.get(kind, [])) for kind in ("train_step", "data")}
+        rows = {kind: merge_rows(old.get(kind, []), rows.get(kind, []), key) for kind, key in KINDS.items()}
     results = {"machine": machine, "settings": settings, **rows}
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     md_path.write_text(markdown(results))
@@ -145,6 +153,25 @@ def data_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def versus_table(entries: list[dict]) -> list[str]:
+    lines = ["| configuration | device | batch | precision | pairs | ours s/iter | reference's iteration s/iter "
+             "| speed-up, median of pairs (range) | peak memory ours / reference (GB) | measured |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in entries:
+        if not e["pairs"]:
+            continue
+        speedups = [p["speedup"] for p in e["pairs"]]
+        disturbed = sum(p["disturbed"] for p in e["pairs"])
+        note = f" ({disturbed} disturbed)" if disturbed else ""
+        last = e["pairs"][-1]
+        lines.append(f"| {e['label']} | {e['device']} | {e['batch_size']} | {e['precision']} | {len(speedups)}{note} "
+                     f"| {e['own_s_per_iter']:.3f} | {e['reference_s_per_iter']:.3f} "
+                     f"| {e['speedup']:.2f}x ({min(speedups):.2f}-{max(speedups):.2f}x) "
+                     f"| {e['own_peak_gb']:.2f} / {e['reference_peak_gb']:.2f} "
+                     f"| {last['measured_at'][:10]} {last['revision']} |")
+    return lines
+
+
 def usual_settings(rows: list[dict], fallback: dict) -> dict:
     """Warm-up and repeat counts most rows were measured with (rows keep their own)."""
     counts = Counter((r.get("warmup", fallback.get("warmup")), r.get("repeats", fallback.get("repeats"))) for r in rows)
@@ -175,6 +202,11 @@ def markdown(results: dict[str, Any]) -> str:
                 "Each trial is compared with the same configuration without it under the same allocator "
                 "(an allocator trial: with the default row; an `ab` row, with the same run's iterations that "
                 "had the setting off, interleaved with the ones it had on).", "", *variant_table(variants, rows, s), ""]
+    if any(e["pairs"] for e in results.get("versus_reference", [])):
+        out += ["## Against the reference's iteration, alternating processes (`versus_reference`)", "",
+                "Each pair: ours and the reference's iteration (`tweaks.iteration=reference`) in fresh processes "
+                "back to back, the order swapped every pair; s/iter and peak memory are medians over the pairs, "
+                "the speed-up the median of the pairs' own ratios.", "", *versus_table(results["versus_reference"]), ""]
     if results.get("data"):
         out += ["## Data pipeline (training loader, batch 1)", "", *data_table(results["data"]), ""]
     return "\n".join(out)

@@ -2,6 +2,7 @@
 once the machine is quiet, and write the results (see conf/bench.yaml)."""
 from __future__ import annotations
 
+import copy
 import datetime
 import logging
 import platform
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from src.utils.bench_machine import load_average, wait_until_quiet
 from src.utils.bench_report import memory_gb, memory_kind, write_results
 from src.utils.bench_step import compose_model_config
+from src.utils.bench_versus import run_pairs
 from src.utils.bench_worker import ROOT, run_in_subprocess
 
 log = logging.getLogger(__name__)
@@ -129,33 +131,69 @@ def wait_for_quiet(cfg: DictConfig, name: str, first: bool) -> bool:
     return q.on_busy != "skip"
 
 
+def measure(cfg: DictConfig, spec: dict[str, Any], first: bool, revision: str) -> dict[str, Any] | None:
+    """Run one spec in a fresh process once the machine is quiet; its result row (None: skipped)."""
+    title = f"{spec['name']}" + (f" batch {spec['batch_size']} {spec['precision']}" if spec["kind"] == "train_step" else "")
+    if spec.get("variant", {}).get("iteration") == "reference":
+        title += " (the reference's iteration)"
+    if not wait_for_quiet(cfg, title, first=first):
+        return None
+    load_before = load_average()
+    log.info("measuring %s ...", title)
+    result = run_in_subprocess(spec)
+    row = {**{k: v for k, v in spec.items() if k not in ("conf_dir", "tweaks", "profile")}, **result,
+           "load_before": load_before, "measured_at": datetime.datetime.now().isoformat(timespec="seconds"),
+           "revision": revision}
+    if spec["kind"] == "train_step":
+        foreign = result.get("foreign_cpu_cores")
+        row["disturbed"] = foreign is not None and foreign > cfg.quiet.max_foreign_cores
+        ab = result.get("ab")
+        log.info("%s: %.3f s/iter, %.2f images/s, peak memory %.2f GB %s%s%s", title, result["s_per_iter"],
+                 result["images_per_s"], memory_gb(result), memory_kind(result),
+                 f"; with {ab['setting']} off in the same run: {ab['off_s_per_iter']:.3f} s/iter "
+                 f"({ab['off_s_per_iter'] / result['s_per_iter']:.2f}x; by pairs {ab['pair_speedup']:.2f}x)"
+                 if ab else "",
+                 f" (other processes used {foreign:.2f} cores: disturbed)" if row["disturbed"] else "")
+    else:
+        log.info("%s: %.1f items/s (steady %.1f)", title, result["items_per_s"], result["steady_items_per_s"])
+    return row
+
+
+def versus_reference_specs(cfg: DictConfig) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(ours, the reference's iteration) for every configuration x batch size x precision."""
+    if cfg.ab:
+        raise ValueError(f"versus_reference compares whole runs, so it cannot be combined with ab={cfg.ab}")
+    if cfg.tweaks.iteration != "own":
+        raise ValueError("versus_reference runs the reference's iteration itself: leave tweaks.iteration=own")
+    reference_cfg = copy.deepcopy(cfg)
+    reference_cfg.tweaks.iteration = "reference"
+    return list(zip(train_step_specs(cfg), train_step_specs(reference_cfg)))
+
+
 def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device=cuda but torch sees no CUDA device")
-    revision, now = git_revision(), lambda: datetime.datetime.now().isoformat(timespec="seconds")
-    rows: dict[str, list] = {"train_step": [], "data": []}
-    for index, spec in enumerate(train_step_specs(cfg) + data_specs(cfg)):
-        title = f"{spec['name']}" + (f" batch {spec['batch_size']} {spec['precision']}" if spec["kind"] == "train_step" else "")
-        if not wait_for_quiet(cfg, title, first=index == 0):
-            continue
-        load_before = load_average()
-        log.info("measuring %s ...", title)
-        result = run_in_subprocess(spec)
-        row = {**{k: v for k, v in spec.items() if k not in ("conf_dir", "tweaks", "profile")}, **result,
-               "load_before": load_before, "measured_at": now(), "revision": revision}
-        if spec["kind"] == "train_step":
-            foreign = result.get("foreign_cpu_cores")
-            row["disturbed"] = foreign is not None and foreign > cfg.quiet.max_foreign_cores
-            ab = result.get("ab")
-            log.info("%s: %.3f s/iter, %.2f images/s, peak memory %.2f GB %s%s%s", title, result["s_per_iter"],
-                     result["images_per_s"], memory_gb(result), memory_kind(result),
-                     f"; with {ab['setting']} off in the same run: {ab['off_s_per_iter']:.3f} s/iter "
-                     f"({ab['off_s_per_iter'] / result['s_per_iter']:.2f}x; by pairs {ab['pair_speedup']:.2f}x)"
-                     if ab else "",
-                     f" (other processes used {foreign:.2f} cores: disturbed)" if row["disturbed"] else "")
-        else:
-            log.info("%s: %.1f items/s (steady %.1f)", title, result["items_per_s"], result["steady_items_per_s"])
-        rows[spec["kind"]].append(row)
+    revision = git_revision()
+    rows: dict[str, list] = {"train_step": [], "data": [], "versus_reference": []}
+    if cfg.get("versus_reference") is not None:
+        started = []   # only the run's first measurement waits for the load average
+
+        def measure_next(spec: dict[str, Any]) -> dict[str, Any] | None:
+            started.append(spec["name"])
+            return measure(cfg, spec, len(started) == 1, revision)
+
+        for own, reference in versus_reference_specs(cfg):
+            entry = run_pairs(own, reference, int(cfg.versus_reference), measure_next)
+            if entry["pairs"]:
+                log.info("%s against the reference's iteration: %.2fx (median of %d pairs, %.2f-%.2fx)",
+                         entry["name"], entry["speedup"], len(entry["pairs"]),
+                         min(p["speedup"] for p in entry["pairs"]), max(p["speedup"] for p in entry["pairs"]))
+            rows["versus_reference"].append(entry)
+    else:
+        for index, spec in enumerate(train_step_specs(cfg) + data_specs(cfg)):
+            row = measure(cfg, spec, index == 0, revision)
+            if row is not None:
+                rows[spec["kind"]].append(row)
     settings = {"warmup": int(cfg.warmup), "repeats": int(cfg.repeats), "threads": int(cfg.threads),
                 "device": cfg.device, "seed": int(cfg.seed)}
     out_dir = Path(cfg.output_dir)

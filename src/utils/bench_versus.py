@@ -1,0 +1,66 @@
+"""Ours against the reference's iteration in alternating fresh processes (`versus_reference=N`).
+
+Whether a configuration is 1.5x faster than its reference is a ratio of two runs, and on the
+shared hosts this project is measured on a run of unchanged code drifts by 10-20% within an
+hour (experiments/bench/README.md), more than separates 1.4x from 1.5x. Interleaving the two
+inside one process cancels the drift but not the allocator: the two iterations allocate
+differently and move each other's page faults (README, "What interleaving cannot compare").
+
+So each pair here is two fresh processes back to back, ours and the reference's iteration
+(`tweaks.iteration=reference`), with the order swapped from one pair to the next (ours first,
+then the reference first, ...), so a steady drift does not favour either side. The verdict is
+the median over pairs of reference s/iter / ours, with every pair's numbers kept.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Any, Callable
+
+from src.utils.bench_report import memory_gb
+
+#: runs one spec in a fresh process (waiting for a quiet machine first); None: it was skipped
+Measure = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+
+
+def pair_order(index: int) -> tuple[str, str]:
+    """Which side runs first in pair `index`: ours in even pairs, the reference's in odd ones."""
+    return ("own", "reference") if index % 2 == 0 else ("reference", "own")
+
+
+def run_pairs(own: dict[str, Any], reference: dict[str, Any], pairs: int, measure: Measure) -> dict[str, Any]:
+    """`pairs` pairs of (ours, the reference's iteration) for one configuration; the summary."""
+    if pairs < 1:
+        raise ValueError(f"versus_reference={pairs} must be a number of pairs >= 1 (conf/bench.yaml), or null")
+    specs = {"own": own, "reference": reference}
+    measured = []
+    for index in range(pairs):
+        rows = {}
+        for side in pair_order(index):
+            rows[side] = measure(specs[side])
+            if rows[side] is None:
+                break
+        if all(rows.get(side) is not None for side in specs):   # a pair with a skipped side says nothing
+            measured.append(pair_summary(index, rows["own"], rows["reference"]))
+    return summarise(own, measured)
+
+
+def pair_summary(index: int, own: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    return {"pair": index, "first": pair_order(index)[0],
+            "own_s_per_iter": own["s_per_iter"], "reference_s_per_iter": reference["s_per_iter"],
+            "speedup": reference["s_per_iter"] / own["s_per_iter"],
+            "own_peak_gb": memory_gb(own), "reference_peak_gb": memory_gb(reference),
+            "disturbed": bool(own.get("disturbed") or reference.get("disturbed")),
+            "measured_at": own["measured_at"], "revision": own["revision"]}
+
+
+def summarise(spec: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The configuration's entry in results.json: every pair, and the medians over them."""
+    entry = {key: spec[key] for key in ("name", "label", "device", "batch_size", "precision", "allocator")}
+    entry["pairs"] = pairs
+    if pairs:
+        def median(key: str) -> float:
+            return statistics.median(p[key] for p in pairs)
+        entry.update(speedup=median("speedup"), own_s_per_iter=median("own_s_per_iter"),
+                     reference_s_per_iter=median("reference_s_per_iter"), own_peak_gb=median("own_peak_gb"),
+                     reference_peak_gb=median("reference_peak_gb"))
+    return entry
