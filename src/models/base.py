@@ -188,8 +188,7 @@ class TranslationModel(pl.LightningModule):
                 total = loss.detach() if total is None else total + loss.detach()
             for opt in optimizers:
                 # Steps what was not stepped in backward (the small tensors, or everything when
-                # that is off), and
-                # counts the optimizer step for Lightning either way.
+                # that is off), and counts the optimizer step for Lightning either way.
                 opt.step()
                 # Free the gradients now: they are stale once stepped, and holding them through
                 # the other players' steps only costs memory.

@@ -160,13 +160,13 @@ def versus_table(entries: list[dict]) -> list[str]:
     for e in entries:
         if not e["pairs"]:
             continue
-        speedups = [p["speedup"] for p in e["pairs"]]
         disturbed = sum(p["disturbed"] for p in e["pairs"])
         note = f" ({disturbed} disturbed)" if disturbed else ""
         last = e["pairs"][-1]
-        lines.append(f"| {e['label']} | {e['device']} | {e['batch_size']} | {e['precision']} | {len(speedups)}{note} "
+        low, high = e["speedup_range"]
+        lines.append(f"| {e['label']} | {e['device']} | {e['batch_size']} | {e['precision']} | {len(e['pairs'])}{note} "
                      f"| {e['own_s_per_iter']:.3f} | {e['reference_s_per_iter']:.3f} "
-                     f"| {e['speedup']:.2f}x ({min(speedups):.2f}-{max(speedups):.2f}x) "
+                     f"| {e['speedup']:.2f}x ({low:.2f}-{high:.2f}x) "
                      f"| {e['own_peak_gb']:.2f} / {e['reference_peak_gb']:.2f} "
                      f"| {last['measured_at'][:10]} {last['revision']} |")
     return lines

@@ -186,8 +186,7 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
             entry = run_pairs(own, reference, int(cfg.versus_reference), measure_next)
             if entry["pairs"]:
                 log.info("%s against the reference's iteration: %.2fx (median of %d pairs, %.2f-%.2fx)",
-                         entry["name"], entry["speedup"], len(entry["pairs"]),
-                         min(p["speedup"] for p in entry["pairs"]), max(p["speedup"] for p in entry["pairs"]))
+                         entry["name"], entry["speedup"], len(entry["pairs"]), *entry["speedup_range"])
             rows["versus_reference"].append(entry)
     else:
         for index, spec in enumerate(train_step_specs(cfg) + data_specs(cfg)):

@@ -60,7 +60,9 @@ def summarise(spec: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, An
     if pairs:
         def median(key: str) -> float:
             return statistics.median(p[key] for p in pairs)
-        entry.update(speedup=median("speedup"), own_s_per_iter=median("own_s_per_iter"),
+        speedups = [p["speedup"] for p in pairs]
+        entry.update(speedup=median("speedup"), speedup_range=(min(speedups), max(speedups)),
+                     own_s_per_iter=median("own_s_per_iter"),
                      reference_s_per_iter=median("reference_s_per_iter"), own_peak_gb=median("own_peak_gb"),
                      reference_peak_gb=median("reference_peak_gb"))
     return entry
