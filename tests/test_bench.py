@@ -57,6 +57,7 @@ def test_bench_runs_a_tiny_configuration_end_to_end(tmp_path):
         assert row["s_per_iter"] > 0 and row["images_per_s"] > 0
         assert row["peak_rss_bytes"] > row["rss_before_model_bytes"] > 0
         assert row["foreign_cpu_cores"] >= 0
+        assert row["host"]["gemm_gmac_per_s"] > 0 and row["host"]["copy_gb_per_s"] > 0   # the host's speed that day
         assert row["profile"]["top_ops"] and row["profile"]["profiled_s"] > 0
         assert Path(row["profile"]["table"]).is_file()
         by_shape = Path(row["profile"]["table_by_shape"]).read_text()
@@ -66,6 +67,7 @@ def test_bench_runs_a_tiny_configuration_end_to_end(tmp_path):
 
     md = (out / "results.md").read_text()
     assert "| configuration |" in md and rows[0]["label"] in md and "precision=bf16" in md and "Data pipeline" in md
+    assert f", host {rows[0]['host']['gemm_gmac_per_s']:.0f} G/s |" in md
 
 
 def test_specs_cover_every_batch_size_and_precision():
@@ -224,6 +226,7 @@ def test_versus_reference_pairs_ours_with_the_reference_in_alternating_order():
         side = spec["variant"].get("iteration", "own")
         order.append(side)
         return {"s_per_iter": next(times), "peak_rss_bytes": 2e9 if side == "own" else 3e9,
+                "host": {"gemm_gmac_per_s": 80.0 if side == "own" else 60.0},
                 "measured_at": "2026-11-23T10:00:00", "revision": "abc"}
     entry = bench_versus.run_pairs(own, reference, 3, measure)
     assert order == ["own", "reference", "reference", "own", "own", "reference"]
@@ -232,7 +235,8 @@ def test_versus_reference_pairs_ours_with_the_reference_in_alternating_order():
     assert entry["own_peak_gb"] == 2.0 and entry["reference_peak_gb"] == 3.0
     md = markdown({"machine": {"cpu": "cpu", "cpu_count": 2, "torch": "t", "lightning": "l"},
                    "settings": {"threads": 2, "repeats": 5, "warmup": 2}, "versus_reference": [entry]})
-    assert "| X | cpu | 1 | fp32 | 3 | 1.000 | 2.000 | 2.00x (1.50-2.00x) | 2.00 / 3.00 |" in md
+    assert entry["host_gemm_gmac_per_s"] == 70.0   # each pair's two processes, then the median over pairs
+    assert "| X | cpu | 1 | fp32 | 3 | 1.000 | 2.000 | 2.00x (1.50-2.00x) | 2.00 / 3.00 | 2026-11-23 abc, host 70 G/s |" in md
 
 
 def test_versus_reference_drops_a_pair_with_a_skipped_side_and_refuses_no_pairs():

@@ -101,3 +101,31 @@ def current_rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def host_speed(repeats: int = 3) -> dict[str, float]:
+    """What this host delivers right now, on the threads torch is set to use: the rate of a
+    2048^3 fp32 matrix product (G multiply-adds/s, MKL's peak on these shapes) and of a 64 MB
+    copy (GB/s read + written; twice the 32 MB L3). The same code measures 10-20% apart on
+    different days here, and the ratio against the reference moves with it (a slower core
+    stretches our arithmetic-bound iteration more than the reference's memory-heavier one), so
+    every row records the host it was measured on. Run after the row's measurement: its buffers
+    must not raise the row's peak memory."""
+    import torch
+
+    def median_seconds(fn: Callable[[], object]) -> float:
+        fn()   # warm-up: first touch of the output, thread start-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return sorted(times)[len(times) // 2]
+
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    gemm_s = median_seconds(lambda: a @ b)
+    source = torch.ones(16 * 1024 * 1024)   # 64 MB
+    target = torch.empty_like(source)
+    copy_s = median_seconds(lambda: target.copy_(source))
+    return {"gemm_gmac_per_s": n ** 3 / gemm_s / 1e9, "copy_gb_per_s": 2 * source.numel() * 4 / copy_s / 1e9}

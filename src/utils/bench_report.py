@@ -62,6 +62,16 @@ def memory_kind(row: dict) -> str:
     return "alloc" if "peak_cuda_allocated_bytes" in row else "RSS"
 
 
+def host_gemm_rate(row: dict) -> float | None:
+    """The host's fp32 product rate (G multiply-adds/s) measured right after the row, if it was."""
+    return row.get("host", {}).get("gemm_gmac_per_s")
+
+
+def measured_cell(row: dict, gemm_rate: float | None) -> str:
+    host = f", host {gemm_rate:.0f} G/s" if gemm_rate else ""
+    return f"{row['measured_at'][:10]} {row['revision']}{host}"
+
+
 def is_reference_iteration(row: dict) -> bool:
     """A row that ran the reference code's iteration (`tweaks.iteration=reference`)."""
     return row.get("variant", {}).get("iteration") == "reference"
@@ -97,7 +107,7 @@ def train_step_table(rows: list[dict], usual: dict | None = None) -> list[str]:
             f"| {r['images_per_s']:.2f} | {memory:.2f} {memory_kind(r)} | {ref.get('code', '-')} "
             f"| {_fmt(ref.get('s_per_iter'))} | {_fmt(ref.get('peak_rss_gb'))} "
             f"| {_fmt(speedup) + 'x' if speedup else '-'} | {_fmt(memory_ratio) + 'x' if memory_ratio else '-'} "
-            f"| {r['measured_at'][:10]} {r['revision']}{note} |")
+            f"| {measured_cell(r, host_gemm_rate(r))}{note} |")
     return lines
 
 
@@ -137,7 +147,7 @@ def variant_table(rows: list[dict], all_rows: list[dict], usual: dict | None = N
         lines.append(f"| {r['label']} ({r['device']}, batch {r['batch_size']}, {r['precision']}) | {variant}{row_note(r, usual)} "
                      f"| {allocator_of(r)} | {r['s_per_iter']:.3f} | {_fmt(base['s_per_iter'], 3) if base else '-'} "
                      f"| {_fmt(ratio) + 'x' if ratio else '-'} | {memory_gb(r):.2f} "
-                     f"| {r['measured_at'][:10]} {r['revision']} |")
+                     f"| {measured_cell(r, host_gemm_rate(r))} |")
     return lines
 
 
@@ -168,7 +178,7 @@ def versus_table(entries: list[dict]) -> list[str]:
                      f"| {e['own_s_per_iter']:.3f} | {e['reference_s_per_iter']:.3f} "
                      f"| {e['speedup']:.2f}x ({low:.2f}-{high:.2f}x) "
                      f"| {e['own_peak_gb']:.2f} / {e['reference_peak_gb']:.2f} "
-                     f"| {last['measured_at'][:10]} {last['revision']} |")
+                     f"| {measured_cell(last, e.get('host_gemm_gmac_per_s'))} |")
     return lines
 
 
@@ -195,7 +205,9 @@ def markdown(results: dict[str, Any]) -> str:
            "each configuration in a fresh process. Peak memory: the process's peak RSS on CPU (imports "
            f"included, as for the references; ours holds {baseline_gb:.2f} GB before the model is built), "
            "peak allocated CUDA memory over the timed iterations on a GPU. Speed-up = reference "
-           "s/iter / ours (CPU, batch 1, fp32 rows only). Method and findings: README.md.", "",
+           "s/iter / ours (CPU, batch 1, fp32 rows only). Host: the rate of a 2048^3 fp32 matrix "
+           "product in G multiply-adds/s, taken in the row's process right after it (the same code "
+           "measures 10-20% apart on different days here). Method and findings: README.md.", "",
            "## Training iterations", "", *train_step_table(plain, s), ""]
     if variants:
         out += ["## Variants (trials against the default)", "",

@@ -27,7 +27,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.utils.data import DataLoader
 
 from src.utils.bench_ab import make_toggle, setting_is_on, split_times
-from src.utils.bench_machine import ForeignCpuMeter, current_rss_bytes, peak_rss_bytes
+from src.utils.bench_machine import ForeignCpuMeter, current_rss_bytes, host_speed, peak_rss_bytes
 from src.utils.bench_profile import summarise_profile
 from src.utils.reference_iterations import reference_for
 
@@ -214,6 +214,8 @@ def measure_training_step(spec: dict[str, Any]) -> dict[str, Any]:
     }
     if halves:
         result["ab"] = halves
+    if device == "cpu":
+        result["host"] = host_speed()   # after peak_rss_bytes: its buffers are not the row's memory
     if device == "cuda":
         result["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated()
         result["warmup_peak_cuda_allocated_bytes"] = timer.warmup_peak_cuda_bytes

@@ -16,7 +16,7 @@ from __future__ import annotations
 import statistics
 from typing import Any, Callable
 
-from src.utils.bench_report import memory_gb
+from src.utils.bench_report import host_gemm_rate, memory_gb
 
 #: runs one spec in a fresh process (waiting for a quiet machine first); None: it was skipped
 Measure = Callable[[dict[str, Any]], "dict[str, Any] | None"]
@@ -50,7 +50,13 @@ def pair_summary(index: int, own: dict[str, Any], reference: dict[str, Any]) -> 
             "speedup": reference["s_per_iter"] / own["s_per_iter"],
             "own_peak_gb": memory_gb(own), "reference_peak_gb": memory_gb(reference),
             "disturbed": bool(own.get("disturbed") or reference.get("disturbed")),
+            "host_gemm_gmac_per_s": _mean_host_rate(own, reference),
             "measured_at": own["measured_at"], "revision": own["revision"]}
+
+
+def _mean_host_rate(*rows: dict[str, Any]) -> float | None:
+    rates = [host_gemm_rate(row) for row in rows if host_gemm_rate(row)]
+    return statistics.fmean(rates) if rates else None
 
 
 def summarise(spec: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -61,6 +67,8 @@ def summarise(spec: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, An
         def median(key: str) -> float:
             return statistics.median(p[key] for p in pairs)
         speedups = [p["speedup"] for p in pairs]
+        rates = [p["host_gemm_gmac_per_s"] for p in pairs if p.get("host_gemm_gmac_per_s")]
+        entry["host_gemm_gmac_per_s"] = statistics.median(rates) if rates else None
         entry.update(speedup=median("speedup"), speedup_range=(min(speedups), max(speedups)),
                      own_s_per_iter=median("own_s_per_iter"),
                      reference_s_per_iter=median("reference_s_per_iter"), own_peak_gb=median("own_peak_gb"),
