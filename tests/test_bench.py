@@ -215,10 +215,15 @@ def test_ab_settings_that_cannot_be_switched_are_refused():
 
 # ----- ours against the reference's iteration, alternating processes (versus_reference) -------------
 
-def test_versus_reference_pairs_ours_with_the_reference_in_alternating_order():
+def versus_specs() -> tuple[dict, dict]:
+    """A configuration's spec for ours and for the reference's iteration, as bench_run pairs them."""
     own = {"name": "x", "label": "X", "device": "cpu", "batch_size": 1, "precision": "fp32", "allocator": "thp",
            "variant": {}}
-    reference = {**own, "variant": {"iteration": "reference"}}
+    return own, {**own, "variant": {"iteration": "reference"}}
+
+
+def test_versus_reference_pairs_ours_with_the_reference_in_alternating_order():
+    own, reference = versus_specs()
     times = iter([1.0, 1.5, 2.4, 1.2, 1.0, 2.0])   # pair 0: ours, ref; pair 1: ref, ours; pair 2: ours, ref
     order = []
 
@@ -240,9 +245,7 @@ def test_versus_reference_pairs_ours_with_the_reference_in_alternating_order():
 
 
 def test_versus_reference_drops_a_pair_with_a_skipped_side_and_refuses_no_pairs():
-    own = {"name": "x", "label": "X", "device": "cpu", "batch_size": 1, "precision": "fp32", "allocator": "thp",
-           "variant": {}}
-    reference = {**own, "variant": {"iteration": "reference"}}
+    own, reference = versus_specs()
     results = iter([{"s_per_iter": 1.0, "peak_rss_bytes": 1e9, "measured_at": "t", "revision": "r"}, None])
     entry = bench_versus.run_pairs(own, reference, 1, lambda spec: next(results))
     assert entry["pairs"] == [] and "speedup" not in entry      # the machine stayed busy: no verdict

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import itertools
 import logging
 import platform
 import subprocess
@@ -14,7 +15,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src.utils.bench_machine import load_average, wait_until_quiet
-from src.utils.bench_report import memory_gb, memory_kind, write_results
+from src.utils.bench_report import is_reference_iteration, memory_gb, memory_kind, write_results
 from src.utils.bench_step import compose_model_config
 from src.utils.bench_versus import run_pairs
 from src.utils.bench_worker import ROOT, run_in_subprocess
@@ -134,7 +135,7 @@ def wait_for_quiet(cfg: DictConfig, name: str, first: bool) -> bool:
 def measure(cfg: DictConfig, spec: dict[str, Any], first: bool, revision: str) -> dict[str, Any] | None:
     """Run one spec in a fresh process once the machine is quiet; its result row (None: skipped)."""
     title = f"{spec['name']}" + (f" batch {spec['batch_size']} {spec['precision']}" if spec["kind"] == "train_step" else "")
-    if spec.get("variant", {}).get("iteration") == "reference":
+    if is_reference_iteration(spec):
         title += " (the reference's iteration)"
     if not wait_for_quiet(cfg, title, first=first):
         return None
@@ -176,14 +177,10 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     revision = git_revision()
     rows: dict[str, list] = {"train_step": [], "data": [], "versus_reference": []}
     if cfg.get("versus_reference") is not None:
-        started = []   # only the run's first measurement waits for the load average
-
-        def measure_next(spec: dict[str, Any]) -> dict[str, Any] | None:
-            started.append(spec["name"])
-            return measure(cfg, spec, len(started) == 1, revision)
-
+        calls = itertools.count()   # only the run's first measurement waits for the load average
         for own, reference in versus_reference_specs(cfg):
-            entry = run_pairs(own, reference, int(cfg.versus_reference), measure_next)
+            entry = run_pairs(own, reference, int(cfg.versus_reference),
+                              lambda spec: measure(cfg, spec, next(calls) == 0, revision))
             if entry["pairs"]:
                 log.info("%s against the reference's iteration: %.2fx (median of %d pairs, %.2f-%.2fx)",
                          entry["name"], entry["speedup"], len(entry["pairs"]), *entry["speedup_range"])

@@ -55,7 +55,7 @@ def pair_summary(index: int, own: dict[str, Any], reference: dict[str, Any]) -> 
 
 
 def _mean_host_rate(*rows: dict[str, Any]) -> float | None:
-    rates = [host_gemm_rate(row) for row in rows if host_gemm_rate(row)]
+    rates = [rate for rate in map(host_gemm_rate, rows) if rate]
     return statistics.fmean(rates) if rates else None
 
 
