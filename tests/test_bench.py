@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from src.models.cyclegan import CycleGAN
 from src.nets.fast_conv import REWRITTEN_LAYERS
-from src.nets.gemm_conv import use_gemm_conv_transpose
+from src.nets.gemm_conv import use_gemm_conv
 from src.nets.narrow_conv import use_narrow_output
 from src.utils import bench_ab, bench_versus
 from src.utils.bench_report import markdown, merge_rows, row_key, write_results
@@ -194,7 +194,7 @@ def test_pairs_compare_neighbouring_iterations():
 
 def test_fast_conv_toggle_swaps_rewritten_layers_to_torch_and_back():
     net = nn.Sequential(nn.Conv2d(32, 3, 3, padding=1), nn.ConvTranspose2d(3, 4, 4, 2, 1))
-    assert use_narrow_output(net) == 1 and use_gemm_conv_transpose(net) == 1
+    assert use_narrow_output(net) == 1 and use_gemm_conv(net) == {"gemm_conv": 0, "gemm_conv_transpose": 1}
     rewritten = [type(m) for m in net]
     x = torch.randn(1, 32, 6, 6)
     expected = net(x)

@@ -1,11 +1,12 @@
 """The rewritten CPU convolutions (`model.fast_conv`): Winograd F(4x4, 3x3) and F(3x3, 4x4) for
 3x3 and 4x4 layers (src/nets/winograd*.py), small transposed convolutions as products
-(src/nets/gemm_conv.py) and the narrow-output backward (src/nets/narrow_conv.py).
+and convolutions into small outputs as products (src/nets/gemm_conv.py, src/nets/skinny_products.py) and the narrow-output backward (src/nets/narrow_conv.py).
 Same results as torch's convolutions, only where they apply, clear errors when they cannot be
 built."""
 import copy
 import io
 import logging
+import sys
 
 import hydra
 import pytest
@@ -16,7 +17,9 @@ import torch.nn.functional as F
 from conftest import fit_one_batch, random_batch
 from src.nets import fast_conv, winograd, winograd_build
 from src.nets.fast_conv import configure_fast_conv
-from src.nets.gemm_conv import GemmConvTranspose2d, conv_transpose2d_as_product, use_gemm_conv_transpose
+from src.nets import gemm_conv, skinny_products
+from src.nets.gemm_conv import (GemmConv2d, GemmConvTranspose2d, conv2d_as_product, conv_transpose2d_as_product,
+                                use_gemm_conv)
 from src.nets.narrow_conv import NarrowOutputConv2d, use_narrow_output
 from src.nets.winograd import WinogradConv2d, use_winograd, winograd_conv
 from src.nets.winograd_build import WinogradUnavailable
@@ -147,9 +150,13 @@ def test_settings_and_their_errors(monkeypatch, caplog):
 
     with pytest.raises(ValueError, match=r"model.fast_conv='fast' must be true, false or auto"):
         configure_fast_conv(net(), "fast")
-    assert configure_fast_conv(net(), False) == {"winograd": 0, "gemm_conv_transpose": 0, "narrow_output": 0}
-    assert configure_fast_conv(net(), "auto") == {"winograd": 1, "gemm_conv_transpose": 1, "narrow_output": 1}
-    assert configure_fast_conv(net(), True) == {"winograd": 2, "gemm_conv_transpose": 1, "narrow_output": 1}
+    assert configure_fast_conv(net(), False) == {"winograd": 0, "gemm_conv": 0, "gemm_conv_transpose": 0,
+                                                 "narrow_output": 0}
+    # the layers no other rewrite takes get the product form (it runs on small outputs only)
+    assert configure_fast_conv(net(), "auto") == {"winograd": 1, "gemm_conv": 1, "gemm_conv_transpose": 1,
+                                                  "narrow_output": 1}
+    assert configure_fast_conv(net(), True) == {"winograd": 2, "gemm_conv": 0, "gemm_conv_transpose": 1,
+                                                "narrow_output": 1}
 
     def unavailable():
         raise WinogradUnavailable("no C compiler found")
@@ -159,7 +166,8 @@ def test_settings_and_their_errors(monkeypatch, caplog):
         configure_fast_conv(net(), True)
     layers = net()
     with caplog.at_level(logging.WARNING):
-        assert configure_fast_conv(layers, "auto") == {"winograd": 0, "gemm_conv_transpose": 1, "narrow_output": 1}
+        assert configure_fast_conv(layers, "auto") == {"winograd": 0, "gemm_conv": 2, "gemm_conv_transpose": 1,
+                                                       "narrow_output": 1}
     assert "model.fast_conv=auto: 3x3 and 4x4 convolutions stay torch's" in caplog.text
     assert not any(type(m) is WinogradConv2d for m in layers)
 
@@ -210,41 +218,148 @@ def test_model_setting_switches_the_residual_convolutions_and_keeps_the_iteratio
         assert losses["winograd"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
 
 
-# ----- transposed convolutions as products --------------------------------------------------------
+# ----- small convolutions and transposed convolutions as products -------------------------------------
+
+def gradients_match(result, expected, got_inputs, want_inputs):
+    assert result.shape == expected.shape
+    assert relative_error(result, expected) < 1e-5
+    grad_out = torch.randn(expected.shape)
+    got = torch.autograd.grad(result, got_inputs, grad_out)
+    want = torch.autograd.grad(expected, want_inputs, grad_out)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and relative_error(g, w) < 1e-5
+
 
 @pytest.mark.parametrize("n,c_in,c_out,size,kernel,stride,padding,bias", [
     (1, 16, 8, 2, 4, 2, 1, True),    # the U-Net's transposed convolutions
     (2, 6, 5, 3, 4, 2, 1, False),    # a batch, an odd size
     (1, 4, 3, 1, 4, 2, 1, True),     # the innermost: one pixel in
     (1, 5, 7, 4, 3, 1, 0, True),     # stride 1, no padding, 3x3
-    (1, 3, 2, 5, (3, 2), (2, 1), (1, 0), False),  # rectangular kernel, stride and padding
+    (3, 3, 2, 5, (3, 2), (2, 1), (1, 0), False),  # rectangular kernel, stride and padding
 ])
 def test_transposed_convolution_as_a_product_matches_torch(n, c_in, c_out, size, kernel, stride, padding, bias):
     layer = nn.ConvTranspose2d(c_in, c_out, kernel, stride, padding, bias=bias)
     x = torch.randn(n, c_in, size, size, requires_grad=True)
     params = [x, *layer.parameters()]
-    expected = layer(x)
-    result = conv_transpose2d_as_product(x, layer.weight, layer.bias, layer.stride, layer.padding)
-    assert result.shape == expected.shape
-    assert relative_error(result, expected) < 1e-5
-    grad_out = torch.randn(expected.shape)
-    for got, want in zip(torch.autograd.grad(result, params, grad_out), torch.autograd.grad(expected, params, grad_out)):
-        assert relative_error(got, want) < 1e-5
+    gradients_match(conv_transpose2d_as_product(x, layer.weight, layer.bias, layer.stride, layer.padding),
+                    layer(x), params, params)
 
 
-def test_switched_transposed_convolution_uses_the_product_only_for_small_float32_inputs(monkeypatch):
+@pytest.mark.parametrize("n,c_in,c_out,size,kernel,stride,padding,bias", [
+    (1, 16, 8, 8, 4, 2, 1, False),   # the U-Net's innermost convolutions: 4x4 out ...
+    (1, 16, 8, 2, 4, 2, 1, True),    # ... and 1x1
+    (2, 6, 5, 5, 4, 2, 1, True),     # a batch, an odd size
+    (3, 4, 3, 6, 3, 1, 0, False),    # stride 1, no padding, 3x3
+    (1, 3, 2, 7, (3, 2), (2, 1), (1, 0), True),   # rectangular kernel, stride and padding
+    (2, 8, 4, 3, 1, 1, 0, True),     # 1x1
+])
+def test_convolution_as_a_product_matches_torch(n, c_in, c_out, size, kernel, stride, padding, bias):
+    layer = nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=bias)
+    x = torch.randn(n, c_in, size, size, requires_grad=True)
+    params = [x, *layer.parameters()]
+    gradients_match(conv2d_as_product(x, layer.weight, layer.bias, layer.stride, layer.padding),
+                    layer(x), params, params)
+
+
+@pytest.mark.parametrize("product", [conv2d_as_product, conv_transpose2d_as_product])
+def test_products_compute_only_the_gradients_asked_for_and_allow_in_place_layers_after_them(product):
+    torch.manual_seed(0)
+    reference = F.conv2d if product is conv2d_as_product else F.conv_transpose2d
+    x = torch.randn(1, 6, 4, 4)
+    weight = torch.randn(6, 6, 4, 4, requires_grad=True)
+    # a frozen input (a network's first layer): the weight gradient only
+    (grad_w,) = torch.autograd.grad(product(x, weight, None, (2, 2), (1, 1)).sum(), (weight,))
+    (want_w,) = torch.autograd.grad(reference(x, weight, None, (2, 2), (1, 1)).sum(), (weight,))
+    assert relative_error(grad_w, want_w) < 1e-5
+    # a frozen weight (the idle player's) and an in-place activation on the output
+    x.requires_grad_()
+    frozen = weight.detach()
+    (grad_x,) = torch.autograd.grad(F.leaky_relu_(product(x, frozen, None, (2, 2), (1, 1)), 0.2).sum(), (x,))
+    (want_x,) = torch.autograd.grad(F.leaky_relu(reference(x, frozen, None, (2, 2), (1, 1)), 0.2).sum(), (x,))
+    assert relative_error(grad_x, want_x) < 1e-5
+
+
+@pytest.mark.parametrize("product", [conv2d_as_product, conv_transpose2d_as_product])
+def test_products_differentiate_twice_for_gradient_penalties(product):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 3, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    weight = torch.randn(3, 2, 4, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    bias = torch.randn(2, dtype=torch.float64, generator=gen, requires_grad=True)   # 2 channels out either way
+    if product is conv2d_as_product:
+        weight = weight.detach().transpose(0, 1).contiguous().requires_grad_()   # (C_out, C_in, k, k)
+    inputs = (x, weight, bias)
+    assert torch.autograd.gradcheck(lambda *t: product(*t, (2, 2), (1, 1)), inputs)
+    assert torch.autograd.gradgradcheck(lambda *t: product(*t, (2, 2), (1, 1)), inputs)
+
+
+def test_switched_layers_use_the_products_only_on_small_float32_images(monkeypatch):
     net = nn.Sequential(nn.ConvTranspose2d(4, 4, 4, 2, 1), nn.ConvTranspose2d(4, 4, 3, 2, 1, output_padding=1),
-                        nn.ConvTranspose2d(4, 4, 4, 2, 1, groups=2))
-    assert use_gemm_conv_transpose(net) == 1       # output padding and groups stay torch's
-    layer = net[0]
-    assert type(layer) is GemmConvTranspose2d and list(layer.state_dict()) == ["weight", "bias"]
+                        nn.ConvTranspose2d(4, 4, 4, 2, 1, groups=2), nn.Conv2d(4, 4, 4, 2, 1),
+                        nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), nn.Conv2d(4, 4, 3, dilation=2),
+                        nn.Conv2d(4, 4, 3, padding="same"))
+    # output padding, groups, dilation, reflection and "same" padding stay torch's
+    assert use_gemm_conv(net) == {"gemm_conv": 1, "gemm_conv_transpose": 1}
+    transposed, conv = net[0], net[3]
+    assert type(transposed) is GemmConvTranspose2d and list(transposed.state_dict()) == ["weight", "bias"]
+    assert type(conv) is GemmConv2d and list(conv.state_dict()) == ["weight", "bias"]
     calls = []
-    monkeypatch.setattr("src.nets.gemm_conv.conv_transpose2d_as_product",
-                        lambda *args: calls.append(args[0].shape) or conv_transpose2d_as_product(*args))
-    layer(torch.randn(1, 4, 8, 8))                  # 64 pixels: the product
-    layer(torch.randn(1, 4, 9, 8))                  # 72 pixels: oneDNN
-    layer.double()(torch.randn(1, 4, 2, 2, dtype=torch.float64))   # float64: torch's
-    assert calls == [torch.Size([1, 4, 8, 8])]
+    for name in ("conv2d_as_product", "conv_transpose2d_as_product"):
+        original = getattr(sys.modules["src.nets.gemm_conv"], name)
+        monkeypatch.setattr(f"src.nets.gemm_conv.{name}",
+                            lambda *args, f=original, n=name: calls.append((n, tuple(args[0].shape))) or f(*args))
+    transposed(torch.randn(1, 4, 8, 8))                  # 64 pixels in: the product
+    transposed(torch.randn(1, 4, 9, 8))                  # 72 pixels: oneDNN
+    conv(torch.randn(2, 4, 8, 8))                        # 4x4 = 16 pixels out: the product
+    conv(torch.randn(1, 4, 10, 8))                       # 5x4 = 20 pixels: oneDNN
+    conv.double()(torch.randn(1, 4, 2, 2, dtype=torch.float64))   # float64: torch's
+    assert calls == [("conv_transpose2d_as_product", (1, 4, 8, 8)), ("conv2d_as_product", (2, 4, 8, 8))]
+
+
+@pytest.mark.parametrize("columns", [1, 3, 16, 64])
+@pytest.mark.parametrize("width", [8 * skinny_products.MIN_BLOCK_WIDTH, 100])   # in blocks / one product
+def test_skinny_products_equal_the_plain_products(columns, width):
+    a = torch.randn(512, columns)
+    w = torch.randn(512, width)
+    result = skinny_products.columns_t_times_wide(a, w)
+    assert result.shape == (columns, width) and relative_error(result, a.t() @ w) < 1e-6
+    b = torch.randn(width, columns)
+    result = skinny_products.wide_times_columns(w, b)
+    assert result.shape == (512, columns) and relative_error(result, w @ b) < 1e-6
+
+
+def test_unet_iteration_with_its_small_layers_as_products_keeps_losses_and_updates(train_cfg):
+    cfg = train_cfg("model=pix2pix")
+    torch.manual_seed(0)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    # every plain convolution and transposed convolution of the U-Net and the PatchGAN is switched
+    # (each runs as a product only on small images: the U-Net's innermost ones here)
+    assert model.fast_conv_layers["gemm_conv"] > 0 and model.fast_conv_layers["gemm_conv_transpose"] > 0
+    torch_layers = copy.deepcopy(model)
+    for m in torch_layers.modules():
+        if type(m) in (GemmConv2d, GemmConvTranspose2d):
+            m.__class__ = m.__class__.__mro__[1]
+    calls = []
+    for layer in (m for m in model.modules() if type(m) in (GemmConv2d, GemmConvTranspose2d)):
+        layer.register_forward_hook(lambda m, args, out: calls.append(_small(m, args[0])))
+    batch = random_batch(cfg)
+    losses = {}
+    for name, m in (("products", model), ("torch", torch_layers)):
+        torch.manual_seed(1)
+        trainer = fit_one_batch(m, batch)
+        losses[name] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    assert any(calls), "no layer ran as a product"
+    assert losses["products"].keys() == losses["torch"].keys() and losses["torch"]
+    for name, value in losses["torch"].items():
+        assert losses["products"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    for (name, got), want in zip(model.named_parameters(), torch_layers.parameters()):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def _small(layer: nn.Module, x: torch.Tensor) -> bool:
+    """Whether `layer` ran on `x` as a product."""
+    if isinstance(layer, nn.ConvTranspose2d):
+        return x.shape[2] * x.shape[3] <= gemm_conv.MAX_INPUT_PIXELS
+    return gemm_conv._output_pixels(layer, x) <= gemm_conv.MAX_OUTPUT_PIXELS
 
 
 # ----- convolutions into a few channels ------------------------------------------------------------

@@ -1,8 +1,8 @@
 """`model.fast_conv`: CPU convolution layers rewritten to compute the same result faster.
 
 - 3x3 and 4x4 stride-1 convolutions by Winograd F(4x4, 3x3) and F(3x3, 4x4) (`src/nets/winograd.py`);
-- transposed convolutions on inputs of at most 8x8 pixels as a matrix product and a fold
-  (`src/nets/gemm_conv.py`);
+- convolutions into at most 4x4 pixels and transposed convolutions on inputs of at most 8x8
+  pixels as matrix products (`src/nets/gemm_conv.py`);
 - convolutions into a few channels (the generators' last layer) with their backward through
   convolutions into many (`src/nets/narrow_conv.py`).
 
@@ -13,7 +13,7 @@ import logging
 
 import torch.nn as nn
 
-from src.nets.gemm_conv import GemmConvTranspose2d, use_gemm_conv_transpose
+from src.nets.gemm_conv import GemmConv2d, GemmConvTranspose2d, use_gemm_conv
 from src.nets.narrow_conv import MIN_INPUT_CHANNELS, NarrowOutputConv2d, use_narrow_output
 from src.nets.winograd import WinogradConv2d, use_winograd, winograd_eligible
 from src.nets.winograd_build import WinogradUnavailable, kernels
@@ -30,7 +30,7 @@ AUTO_WINOGRAD_MIN_OUTPUT_PIXELS = 256
 
 #: The classes switched layers get: each subclasses the torch layer it replaces and overrides only
 #: `forward`.
-REWRITTEN_LAYERS = (WinogradConv2d, GemmConvTranspose2d, NarrowOutputConv2d)
+REWRITTEN_LAYERS = (WinogradConv2d, GemmConv2d, GemmConvTranspose2d, NarrowOutputConv2d)
 
 
 def configure_fast_conv(net: nn.Module, setting: bool | str, key: str = "model.fast_conv") -> dict[str, int]:
@@ -39,19 +39,20 @@ def configure_fast_conv(net: nn.Module, setting: bool | str, key: str = "model.f
     auto: Winograd for 3x3 and 4x4 layers of >= AUTO_WINOGRAD_MIN_CHANNELS input channels on
     inputs with >= AUTO_WINOGRAD_MIN_OUTPUT_PIXELS outputs, if its C kernels build here (a warning
     otherwise), the narrow-output backward for layers of >= MIN_INPUT_CHANNELS inputs, and the
-    product form for every small transposed convolution;
+    product form for every other convolution and transposed convolution (used on small images);
     true: every layer each rewrite can take, whatever its width (an error if the Winograd kernels
     cannot be built); false: torch's convolutions everywhere.
     """
     if setting not in (True, False, "auto"):
         raise ValueError(f"{key}={setting!r} must be true, false or auto")
     if setting is False:
-        return {"winograd": 0, "gemm_conv_transpose": 0, "narrow_output": 0}
+        return {"winograd": 0, "gemm_conv": 0, "gemm_conv_transpose": 0, "narrow_output": 0}
     # Layers into a few channels first: they gain more from the narrow-output backward than from
     # Winograd's products, which have only those few rows.
     narrow = use_narrow_output(net, 1 if setting is True else MIN_INPUT_CHANNELS)
-    return {"winograd": _configure_winograd(net, setting, key),
-            "gemm_conv_transpose": use_gemm_conv_transpose(net), "narrow_output": narrow}
+    winograd = _configure_winograd(net, setting, key)
+    # Last: the product forms take the plain layers the other rewrites left.
+    return {"winograd": winograd, **use_gemm_conv(net), "narrow_output": narrow}
 
 
 def _configure_winograd(net: nn.Module, setting: bool | str, key: str) -> int:
