@@ -143,6 +143,42 @@ def test_runs_torch_convolution_off_float32_cpu_and_under_autocast(monkeypatch):
         conv(x)                                            # and float32 on the CPU takes the fast path
 
 
+def test_weight_transform_is_reused_only_while_the_weight_is_unchanged(monkeypatch):
+    transforms = []
+    original = winograd.Variant.run
+    monkeypatch.setattr(winograd.Variant, "run",
+                        lambda self, name, *args: (transforms.append(name), original(self, name, *args))[1])
+    torch.manual_seed(0)
+    layer, other = nn.Conv2d(4, 4, 4), nn.Conv2d(4, 4, 4)
+    use_winograd(layer), use_winograd(other)
+    x = torch.randn(1, 4, 9, 9, requires_grad=True)
+
+    def forward_matches_torch() -> torch.Tensor:
+        y = layer(x)
+        assert relative_error(y, F.conv2d(x, layer.weight, layer.bias)) < 1e-5
+        return y
+
+    def weight_transforms() -> int:
+        return transforms.count("weight_transform")
+
+    y1, y2 = forward_matches_torch(), forward_matches_torch()   # two passes before a step ...
+    (grad_x,) = torch.autograd.grad((y1 + y2).sum(), (x,))        # ... and both input gradients
+    (want_x,) = torch.autograd.grad(2 * F.conv2d(x, layer.weight, layer.bias).sum(), (x,))
+    assert relative_error(grad_x, want_x) < 1e-5
+    assert weight_transforms() == 1
+    with torch.no_grad():   # weights swapped in place (as the EMA callback does): version counter
+        torch._foreach_copy_([layer.weight.detach()], [torch.randn_like(layer.weight)])
+    forward_matches_torch()
+    assert weight_transforms() == 2
+    layer.weight.grad = torch.randn_like(layer.weight)   # fused Adam writes without a version bump
+    torch.optim.Adam([layer.weight], lr=0.1, fused=True).step()
+    forward_matches_torch()
+    assert weight_transforms() == 3
+    other(x)                                             # another layer's transform replaces it
+    forward_matches_torch()
+    assert weight_transforms() == 5
+
+
 def test_settings_and_their_errors(monkeypatch, caplog):
     def net():
         return nn.Sequential(nn.Conv2d(8, 8, 3), nn.Conv2d(128, 8, 3), nn.ConvTranspose2d(4, 4, 4, 2, 1),
