@@ -256,13 +256,14 @@ def test_model_setting_switches_the_residual_convolutions_and_keeps_the_iteratio
 
 # ----- small convolutions and transposed convolutions as products -------------------------------------
 
-def gradients_match(result, expected, got_inputs, want_inputs):
+def product_matches_layer(product, layer: nn.Module, x: torch.Tensor) -> None:
+    """`product` on the layer's parameters gives the layer's output and gradients."""
+    result, expected = product(x, layer.weight, layer.bias, layer.stride, layer.padding), layer(x)
     assert result.shape == expected.shape
     assert relative_error(result, expected) < 1e-5
     grad_out = torch.randn(expected.shape)
-    got = torch.autograd.grad(result, got_inputs, grad_out)
-    want = torch.autograd.grad(expected, want_inputs, grad_out)
-    for g, w in zip(got, want):
+    inputs = [x, *layer.parameters()]
+    for g, w in zip(torch.autograd.grad(result, inputs, grad_out), torch.autograd.grad(expected, inputs, grad_out)):
         assert g.shape == w.shape and relative_error(g, w) < 1e-5
 
 
@@ -274,11 +275,8 @@ def gradients_match(result, expected, got_inputs, want_inputs):
     (3, 3, 2, 5, (3, 2), (2, 1), (1, 0), False),  # rectangular kernel, stride and padding
 ])
 def test_transposed_convolution_as_a_product_matches_torch(n, c_in, c_out, size, kernel, stride, padding, bias):
-    layer = nn.ConvTranspose2d(c_in, c_out, kernel, stride, padding, bias=bias)
-    x = torch.randn(n, c_in, size, size, requires_grad=True)
-    params = [x, *layer.parameters()]
-    gradients_match(conv_transpose2d_as_product(x, layer.weight, layer.bias, layer.stride, layer.padding),
-                    layer(x), params, params)
+    product_matches_layer(conv_transpose2d_as_product, nn.ConvTranspose2d(c_in, c_out, kernel, stride, padding, bias=bias),
+                          torch.randn(n, c_in, size, size, requires_grad=True))
 
 
 @pytest.mark.parametrize("n,c_in,c_out,size,kernel,stride,padding,bias", [
@@ -290,11 +288,8 @@ def test_transposed_convolution_as_a_product_matches_torch(n, c_in, c_out, size,
     (2, 8, 4, 3, 1, 1, 0, True),     # 1x1
 ])
 def test_convolution_as_a_product_matches_torch(n, c_in, c_out, size, kernel, stride, padding, bias):
-    layer = nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=bias)
-    x = torch.randn(n, c_in, size, size, requires_grad=True)
-    params = [x, *layer.parameters()]
-    gradients_match(conv2d_as_product(x, layer.weight, layer.bias, layer.stride, layer.padding),
-                    layer(x), params, params)
+    product_matches_layer(conv2d_as_product, nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=bias),
+                          torch.randn(n, c_in, size, size, requires_grad=True))
 
 
 @pytest.mark.parametrize("product", [conv2d_as_product, conv_transpose2d_as_product])

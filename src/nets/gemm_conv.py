@@ -44,6 +44,21 @@ def _images(columns: torch.Tensor, n: int, shape: tuple[int, ...]) -> torch.Tens
     return out
 
 
+def _finish_forward(ctx, y, x, weight, bias, stride, padding) -> torch.Tensor:
+    """Add the bias and keep what the backward needs (the input, not its unfolded copy: the
+    backward recomputes that, so it stays differentiable in x)."""
+    if bias is not None:
+        y += bias.view(1, -1, 1, 1)
+    ctx.save_for_backward(x, weight)
+    ctx.geometry = (x.shape[0], tuple(x.shape[2:]), stride, padding)
+    ctx.has_bias = bias is not None
+    return y
+
+
+def _bias_gradient(ctx, grad_y: torch.Tensor) -> torch.Tensor | None:
+    return grad_y.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+
+
 class ConvolutionAsProduct(torch.autograd.Function):
     """F.conv2d(x, weight, bias, stride, padding) (no groups or dilation) as products."""
 
@@ -54,12 +69,7 @@ class ConvolutionAsProduct(torch.autograd.Function):
         out_hw = ((h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1)
         cols = _columns(F.unfold(x, (kh, kw), stride=stride, padding=padding))      # [C_in*k*k, N*L]
         y = _images(wide_times_columns(weight.view(c_out, -1), cols), n, out_hw)
-        if bias is not None:
-            y += bias.view(1, -1, 1, 1)
-        ctx.save_for_backward(x, weight)
-        ctx.geometry = (n, (h, w), stride, padding)
-        ctx.has_bias = bias is not None
-        return y
+        return _finish_forward(ctx, y, x, weight, bias, stride, padding)
 
     @staticmethod
     def backward(ctx, grad_y):
@@ -67,7 +77,7 @@ class ConvolutionAsProduct(torch.autograd.Function):
         n, in_hw, stride, padding = ctx.geometry
         c_out, _, kh, kw = weight.shape
         g = _columns(grad_y.reshape(n, c_out, -1))                                   # [C_out, N*L]
-        grad_x = grad_w = grad_b = None
+        grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_cols = columns_t_times_wide(g, weight.view(c_out, -1)).t()          # [C_in*k*k, N*L]
             grad_x = F.fold(_images(grad_cols, n, (grad_cols.shape[1] // n,)), in_hw, (kh, kw),
@@ -75,9 +85,7 @@ class ConvolutionAsProduct(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             cols = _columns(F.unfold(x, (kh, kw), stride=stride, padding=padding))
             grad_w = (g @ cols.t()).view(weight.shape)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_y.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, _bias_gradient(ctx, grad_y), None, None
 
 
 class ConvTransposeAsProduct(torch.autograd.Function):
@@ -92,12 +100,7 @@ class ConvTransposeAsProduct(torch.autograd.Function):
         x_cols = _columns(x.reshape(n, c_in, h * w))                                  # [C_in, N*H*W]
         patches = columns_t_times_wide(x_cols, weight.view(c_in, -1)).t()           # [C_out*k*k, N*H*W]
         y = F.fold(_images(patches, n, (h * w,)), out_hw, (kh, kw), stride=stride, padding=padding)
-        if bias is not None:
-            y += bias.view(1, -1, 1, 1)
-        ctx.save_for_backward(x, weight)
-        ctx.geometry = (n, (h, w), stride, padding)
-        ctx.has_bias = bias is not None
-        return y
+        return _finish_forward(ctx, y, x, weight, bias, stride, padding)
 
     @staticmethod
     def backward(ctx, grad_y):
@@ -105,15 +108,13 @@ class ConvTransposeAsProduct(torch.autograd.Function):
         n, in_hw, stride, padding = ctx.geometry
         c_in, _, kh, kw = weight.shape
         grad_patches = _columns(F.unfold(grad_y, (kh, kw), stride=stride, padding=padding))  # [C_out*k*k, N*H*W]
-        grad_x = grad_w = grad_b = None
+        grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = _images(wide_times_columns(weight.view(c_in, -1), grad_patches), n, in_hw)
         if ctx.needs_input_grad[1]:
             x_cols = _columns(x.reshape(n, c_in, -1))
             grad_w = (x_cols @ grad_patches.t()).view(weight.shape)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_y.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, _bias_gradient(ctx, grad_y), None, None
 
 
 def conv2d_as_product(x, weight, bias, stride, padding) -> torch.Tensor:
