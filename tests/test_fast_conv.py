@@ -6,7 +6,6 @@ built."""
 import copy
 import io
 import logging
-import sys
 
 import hydra
 import pytest
@@ -230,6 +229,28 @@ def test_kernels_build_into_the_cache_directory(tmp_path, monkeypatch):
         winograd_build.kernels.cache_clear()
 
 
+def same_iteration_with_torch_layers(model, cfg, rewritten: tuple[type, ...]) -> nn.Module:
+    """One seeded training iteration of `model` and of a copy whose `rewritten` layers are torch's
+    again log the same losses; returns the copy (trained) for comparing updates. (Not compared
+    here: a bias before instance normalisation has a gradient of ~0, and Adam's first step turns
+    its rounding into a +-lr step either way.)"""
+    torch_layers = copy.deepcopy(model)
+    for m in torch_layers.modules():
+        if type(m) in rewritten:
+            m.__class__ = m.__class__.__mro__[1]   # the torch class it extends
+    batch = random_batch(cfg)
+    losses = []
+    for m in (model, torch_layers):
+        torch.manual_seed(1)
+        trainer = fit_one_batch(m, batch)
+        losses.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+    rewritten_losses, torch_losses = losses
+    assert rewritten_losses.keys() == torch_losses.keys() and torch_losses
+    for name, value in torch_losses.items():
+        assert rewritten_losses[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    return torch_layers
+
+
 def test_model_setting_switches_the_residual_convolutions_and_keeps_the_iteration(train_cfg):
     cfg = train_cfg("model=cyclegan", "model.fast_conv=true")
     torch.manual_seed(0)
@@ -239,19 +260,7 @@ def test_model_setting_switches_the_residual_convolutions_and_keeps_the_iteratio
     # last (and first, at ngf <= 4) and the PatchGANs' last
     assert model.fast_conv_layers["winograd"] == 2 * 2 * cfg.model.generator.n_blocks + 2
     assert model.fast_conv_layers["narrow_output"] == 2 * (1 + (cfg.model.generator.ngf <= 4)) + 2
-    direct = copy.deepcopy(model)
-    for m in direct.modules():
-        if type(m) is WinogradConv2d:
-            m.__class__ = nn.Conv2d
-    batch = random_batch(cfg)
-    losses = {}
-    for name, m in (("winograd", model), ("direct", direct)):
-        torch.manual_seed(1)
-        trainer = fit_one_batch(m, batch)
-        losses[name] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-    assert losses["winograd"].keys() == losses["direct"].keys() and losses["direct"]
-    for name, value in losses["direct"].items():
-        assert losses["winograd"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    same_iteration_with_torch_layers(model, cfg, (WinogradConv2d,))
 
 
 # ----- small convolutions and transposed convolutions as products -------------------------------------
@@ -323,6 +332,16 @@ def test_products_differentiate_twice_for_gradient_penalties(product):
     assert torch.autograd.gradgradcheck(lambda *t: product(*t, (2, 2), (1, 1)), inputs)
 
 
+def count_product_calls(monkeypatch) -> list[tuple[str, tuple[int, ...]]]:
+    """Record (product, input shape) for every call of the product forms from here on."""
+    calls = []
+    for name in ("conv2d_as_product", "conv_transpose2d_as_product"):
+        original = getattr(gemm_conv, name)
+        monkeypatch.setattr(gemm_conv, name,
+                            lambda *args, f=original, n=name: calls.append((n, tuple(args[0].shape))) or f(*args))
+    return calls
+
+
 def test_switched_layers_use_the_products_only_on_small_float32_images(monkeypatch):
     net = nn.Sequential(nn.ConvTranspose2d(4, 4, 4, 2, 1), nn.ConvTranspose2d(4, 4, 3, 2, 1, output_padding=1),
                         nn.ConvTranspose2d(4, 4, 4, 2, 1, groups=2), nn.Conv2d(4, 4, 4, 2, 1),
@@ -333,11 +352,7 @@ def test_switched_layers_use_the_products_only_on_small_float32_images(monkeypat
     transposed, conv = net[0], net[3]
     assert type(transposed) is GemmConvTranspose2d and list(transposed.state_dict()) == ["weight", "bias"]
     assert type(conv) is GemmConv2d and list(conv.state_dict()) == ["weight", "bias"]
-    calls = []
-    for name in ("conv2d_as_product", "conv_transpose2d_as_product"):
-        original = getattr(sys.modules["src.nets.gemm_conv"], name)
-        monkeypatch.setattr(f"src.nets.gemm_conv.{name}",
-                            lambda *args, f=original, n=name: calls.append((n, tuple(args[0].shape))) or f(*args))
+    calls = count_product_calls(monkeypatch)
     transposed(torch.randn(1, 4, 8, 8))                  # 64 pixels in: the product
     transposed(torch.randn(1, 4, 9, 8))                  # 72 pixels: oneDNN
     conv(torch.randn(2, 4, 8, 8))                        # 4x4 = 16 pixels out: the product
@@ -358,39 +373,19 @@ def test_skinny_products_equal_the_plain_products(columns, width):
     assert result.shape == (512, columns) and relative_error(result, w @ b) < 1e-6
 
 
-def test_unet_iteration_with_its_small_layers_as_products_keeps_losses_and_updates(train_cfg):
+def test_unet_iteration_with_its_small_layers_as_products_keeps_losses_and_updates(train_cfg, monkeypatch):
     cfg = train_cfg("model=pix2pix")
     torch.manual_seed(0)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     # every plain convolution and transposed convolution of the U-Net and the PatchGAN is switched
     # (each runs as a product only on small images: the U-Net's innermost ones here)
     assert model.fast_conv_layers["gemm_conv"] > 0 and model.fast_conv_layers["gemm_conv_transpose"] > 0
-    torch_layers = copy.deepcopy(model)
-    for m in torch_layers.modules():
-        if type(m) in (GemmConv2d, GemmConvTranspose2d):
-            m.__class__ = m.__class__.__mro__[1]
-    calls = []
-    for layer in (m for m in model.modules() if type(m) in (GemmConv2d, GemmConvTranspose2d)):
-        layer.register_forward_hook(lambda m, args, out: calls.append(_small(m, args[0])))
-    batch = random_batch(cfg)
-    losses = {}
-    for name, m in (("products", model), ("torch", torch_layers)):
-        torch.manual_seed(1)
-        trainer = fit_one_batch(m, batch)
-        losses[name] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-    assert any(calls), "no layer ran as a product"
-    assert losses["products"].keys() == losses["torch"].keys() and losses["torch"]
-    for name, value in losses["torch"].items():
-        assert losses["products"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    calls = count_product_calls(monkeypatch)
+    torch_layers = same_iteration_with_torch_layers(model, cfg, (GemmConv2d, GemmConvTranspose2d))
+    assert {name for name, _ in calls} == {"conv2d_as_product", "conv_transpose2d_as_product"}
+    # the U-Net normalises with batch norm after bias-free convolutions: every update compares
     for (name, got), want in zip(model.named_parameters(), torch_layers.parameters()):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
-
-
-def _small(layer: nn.Module, x: torch.Tensor) -> bool:
-    """Whether `layer` ran on `x` as a product."""
-    if isinstance(layer, nn.ConvTranspose2d):
-        return x.shape[2] * x.shape[3] <= gemm_conv.MAX_INPUT_PIXELS
-    return gemm_conv._output_pixels(layer, x) <= gemm_conv.MAX_OUTPUT_PIXELS
 
 
 # ----- convolutions into a few channels ------------------------------------------------------------
