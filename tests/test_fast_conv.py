@@ -123,6 +123,12 @@ def test_small_outputs_keep_torch_convolution_under_a_pixel_minimum(monkeypatch)
     assert calls == [torch.Size([1, 3, 13, 13])]
 
 
+def test_pixel_minimum_can_differ_by_kernel_size():
+    net = nn.Sequential(nn.Conv2d(3, 3, 3), nn.Conv2d(3, 3, 4), nn.Conv2d(3, 3, 3))
+    assert use_winograd(net, min_output_pixels={3: 256, 4: 100}) == 3
+    assert [layer.min_output_pixels for layer in net] == [256, 100, 256]
+
+
 def test_runs_torch_convolution_off_float32_cpu_and_under_autocast(monkeypatch):
     conv = nn.Conv2d(3, 3, 3)
     use_winograd(conv)

@@ -21,12 +21,15 @@ from src.nets.winograd_build import WinogradUnavailable, kernels
 log = logging.getLogger(__name__)
 
 #: `auto` gives Winograd to layers with at least this many input channels, run on inputs with at
-#: least this many output pixels. Measured forward + backward on 2 threads
-#: (experiments/bench/README.md): 256 channels 1.3x (32x32) to 1.9x (64x64), 128 channels
+#: least this many output pixels (by kernel size). Measured forward + backward on 2 threads
+#: (experiments/bench/README.md): 3x3, 256 channels 1.3x (32x32) to 1.9x (64x64), 128 channels
 #: 1.2-1.6x, 64 channels no gain, and 64 -> 32 at 256x256 1.8x slower; on a few pixels the
-#: weight transform (36/r^2 times the weights) costs more than the products save.
+#: weight transform (36/r^2 times the weights) costs more than the products save. 4x4 kernels
+#: transform into 36/16 times their weights only, and oneDNN's backward of the PatchGAN's
+#: 256 -> 512 layer is slow: into 15x15 (the PatchGAN at 128 px) 12.9 against 21.5 ms, into 11x11
+#: 11.5 against 14.6, into 10x10 level, into 7x7 slower (14.7 against 8 ms).
 AUTO_WINOGRAD_MIN_CHANNELS = 128
-AUTO_WINOGRAD_MIN_OUTPUT_PIXELS = 256
+AUTO_WINOGRAD_MIN_OUTPUT_PIXELS = {3: 256, 4: 100}
 
 #: The classes switched layers get: each subclasses the torch layer it replaces and overrides only
 #: `forward`.
@@ -37,7 +40,7 @@ def configure_fast_conv(net: nn.Module, setting: bool | str, key: str = "model.f
     """Apply the setting to `net`; returns how many layers each rewrite switched.
 
     auto: Winograd for 3x3 and 4x4 layers of >= AUTO_WINOGRAD_MIN_CHANNELS input channels on
-    inputs with >= AUTO_WINOGRAD_MIN_OUTPUT_PIXELS outputs, if its C kernels build here (a warning
+    inputs with >= AUTO_WINOGRAD_MIN_OUTPUT_PIXELS[kernel size] outputs, if its C kernels build here (a warning
     otherwise), the narrow-output backward for layers of >= MIN_INPUT_CHANNELS inputs, and the
     product form for every other convolution and transposed convolution (used on small images);
     true: every layer each rewrite can take, whatever its width (an error if the Winograd kernels

@@ -15,6 +15,7 @@ kernels (`winograd_kernels.c`, built on first use by `winograd_build`).
 """
 import threading
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -216,9 +217,11 @@ def winograd_eligible(conv: nn.Module, min_channels: int = 1) -> bool:
             and conv.in_channels >= min_channels)
 
 
-def use_winograd(net: nn.Module, min_channels: int = 1, min_output_pixels: int = 0) -> int:
-    """Run the eligible convolutions of `net` by Winograd; returns how many were switched."""
+def use_winograd(net: nn.Module, min_channels: int = 1, min_output_pixels: int | Mapping[int, int] = 0) -> int:
+    """Run the eligible convolutions of `net` by Winograd; returns how many were switched.
+    `min_output_pixels`: one minimum for every layer, or one per kernel size ({3: ..., 4: ...})."""
     layers = switch_layers(net, lambda m: winograd_eligible(m, min_channels), WinogradConv2d)
     for layer in layers:
-        layer.min_output_pixels = min_output_pixels
+        layer.min_output_pixels = (min_output_pixels[layer.kernel_size[0]] if isinstance(min_output_pixels, Mapping)
+                                   else min_output_pixels)
     return len(layers)
