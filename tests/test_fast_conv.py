@@ -398,16 +398,22 @@ def test_unet_iteration_with_its_small_layers_as_products_keeps_losses_and_updat
 
 @pytest.mark.parametrize("c_in,c_out,kernel,padding,size,bias", [
     (64, 3, 7, 0, 14, True),     # the generators' last layer (after a reflection pad)
-    (32, 1, 4, 1, 9, True),      # a PatchGAN's last layer
+    (64, 3, 7, 3, 11, False),    # zero padding as the layer's, an odd side
+    (36, 2, 5, (2, 1), 9, True),
+    (32, 1, 4, 1, 9, True),      # a PatchGAN's last layer: an even kernel, torch's forward
     (40, 4, (3, 5), (1, 2), 8, False),
 ])
-def test_narrow_output_backward_matches_torch(c_in, c_out, kernel, padding, size, bias):
+def test_narrow_output_layer_matches_torch(c_in, c_out, kernel, padding, size, bias):
     layer = nn.Conv2d(c_in, c_out, kernel, padding=padding, bias=bias)
     switched = copy.deepcopy(layer)
     assert use_narrow_output(switched) == 1 and type(switched) is NarrowOutputConv2d
-    x = torch.randn(2, c_in, size, size, requires_grad=True)
+    x = torch.randn(2, c_in, size, size + 1, requires_grad=True)
     expected, result = layer(x), switched(x)
-    assert torch.equal(result, expected)                       # the forward is torch's own
+    assert result.shape == expected.shape and relative_error(result, expected) < 1e-5
+    if kernel in (4, (3, 5)):
+        assert torch.equal(result, expected)                   # no space-to-depth form: torch's own
+    with torch.no_grad():                                      # inference takes the same forward
+        assert torch.equal(switched(x), result)
     grad_out = torch.randn(expected.shape)
     got = torch.autograd.grad(result, [x, *switched.parameters()], grad_out)
     want = torch.autograd.grad(expected, [x, *layer.parameters()], grad_out)

@@ -4,7 +4,8 @@
 - convolutions into at most 4x4 pixels and transposed convolutions on inputs of at most 8x8
   pixels as matrix products (`src/nets/gemm_conv.py`);
 - convolutions into a few channels (the generators' last layer) with their backward through
-  convolutions into many (`src/nets/narrow_conv.py`).
+  convolutions into many and their forward on the input's space-to-depth rearrangement
+  (`src/nets/narrow_conv.py`).
 
 Switched layers keep their parameters and state_dict keys, and run torch's own operator off the
 CPU, outside float32, under autocast and in exported or compiled graphs.
