@@ -41,9 +41,10 @@ def configure_fast_conv(net: nn.Module, setting: bool | str, key: str = "model.f
     """Apply the setting to `net`; returns how many layers each rewrite switched.
 
     auto: Winograd for 3x3 and 4x4 layers of >= AUTO_WINOGRAD_MIN_CHANNELS input channels on
-    inputs with >= AUTO_WINOGRAD_MIN_OUTPUT_PIXELS[kernel size] outputs, if its C kernels build here (a warning
-    otherwise), the narrow-output backward for layers of >= MIN_INPUT_CHANNELS inputs, and the
-    product form for every other convolution and transposed convolution (used on small images);
+    inputs with >= AUTO_WINOGRAD_MIN_OUTPUT_PIXELS[kernel size] outputs, if its C kernels build
+    here (a warning otherwise), the narrow-output forms for layers of >= MIN_INPUT_CHANNELS
+    inputs, and the product form for every other convolution and transposed convolution (used on
+    small images);
     true: every layer each rewrite can take, whatever its width (an error if the Winograd kernels
     cannot be built); false: torch's convolutions everywhere.
     """
