@@ -123,6 +123,20 @@ def test_small_outputs_keep_torch_convolution_under_a_pixel_minimum(monkeypatch)
     assert calls == [torch.Size([1, 3, 13, 13])]
 
 
+def test_below_the_pixel_minimum_a_few_output_pixels_run_as_products(monkeypatch):
+    zero_padded, reflected = nn.Conv2d(3, 5, 4, padding=1), nn.Conv2d(3, 5, 4, padding=1, padding_mode="reflect")
+    reference = copy.deepcopy(zero_padded)
+    use_winograd(zero_padded, min_output_pixels=100), use_winograd(reflected, min_output_pixels=100)
+    products = count_product_calls(monkeypatch)
+    monkeypatch.setattr(winograd, "winograd_conv", lambda *args: pytest.fail("below the minimum"))
+    x = torch.randn(2, 3, 5, 5)                        # 4 x 4 outputs: products
+    assert relative_error(zero_padded(x), reference(x)) < 1e-6
+    assert products == [("conv2d_as_product", (2, 3, 5, 5))]
+    reflected(x)                                       # reflection padding: torch's
+    zero_padded(torch.randn(2, 3, 8, 8))               # 7 x 7: torch's
+    assert len(products) == 1
+
+
 def test_pixel_minimum_can_differ_by_kernel_size():
     net = nn.Sequential(nn.Conv2d(3, 3, 3), nn.Conv2d(3, 3, 4), nn.Conv2d(3, 3, 3))
     assert use_winograd(net, min_output_pixels={3: 256, 4: 100}) == 3

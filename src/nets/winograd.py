@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from src.nets.gemm_conv import small_output_conv2d
 from src.nets.layer_rewrite import rewrite_applies, switch_layers
 from src.nets.winograd_build import kernels
 
@@ -189,8 +190,9 @@ def winograd_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 class WinogradConv2d(nn.Conv2d):
     """nn.Conv2d that runs by Winograd where it can: float32 CPU tensors of at least
-    `min_output_pixels` outputs, outside autocast, tracing, scripting, compilation and export;
-    elsewhere it is the plain convolution.
+    `min_output_pixels` outputs, outside autocast, tracing, scripting, compilation and export.
+    Into a few pixels it runs as products (`small_output_conv2d`), elsewhere as the plain
+    convolution.
 
     Only ever assigned as the class of an existing 3x3 or 4x4, stride-1, dilation-1, ungrouped
     nn.Conv2d (`use_winograd`), so parameters, hooks and state_dict keys stay the same.
@@ -203,7 +205,8 @@ class WinogradConv2d(nn.Conv2d):
         (pad_h, pad_w), r = self.padding, self.kernel_size[0]
         out_pixels = (x.shape[-2] + 2 * pad_h - r + 1) * (x.shape[-1] + 2 * pad_w - r + 1)
         if out_pixels < self.min_output_pixels or not rewrite_applies(x, self.weight):
-            return super().forward(x)
+            small = small_output_conv2d(self, x)     # a few pixels: as products, else torch's
+            return small if small is not None else super().forward(x)
         if pad_h or pad_w:
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode=mode)
