@@ -113,28 +113,33 @@ def test_switches_only_plain_3x3_stride_1_convolutions():
     assert switched == [True, False, True, False, False, False, False, True]
 
 
-def test_small_outputs_keep_torch_convolution_under_a_pixel_minimum(monkeypatch):
+def test_small_outputs_skip_winograd_under_a_pixel_minimum(monkeypatch):
     conv = nn.Conv2d(3, 3, 4, padding=1)
     use_winograd(conv, min_output_pixels=100)
     calls = []
     monkeypatch.setattr(winograd, "winograd_conv", lambda *args: calls.append(args[0].shape) or F.conv2d(*args))
     conv(torch.randn(1, 3, 11, 11))     # 10 x 10 outputs: Winograd
-    conv(torch.randn(1, 3, 10, 10))     # 9 x 9: torch's
+    conv(torch.randn(1, 3, 10, 10))     # 9 x 9: below the minimum, not Winograd
     assert calls == [torch.Size([1, 3, 13, 13])]
 
 
-def test_below_the_pixel_minimum_a_few_output_pixels_run_as_products(monkeypatch):
-    zero_padded, reflected = nn.Conv2d(3, 5, 4, padding=1), nn.Conv2d(3, 5, 4, padding=1, padding_mode="reflect")
-    reference = copy.deepcopy(zero_padded)
-    use_winograd(zero_padded, min_output_pixels=100), use_winograd(reflected, min_output_pixels=100)
+def test_below_the_pixel_minimum_layers_run_as_products_where_they_pay(monkeypatch):
+    k4, k3 = nn.Conv2d(3, 5, 4, padding=1), nn.Conv2d(3, 5, 3, padding=1)
+    reflected = nn.Conv2d(3, 5, 4, padding=1, padding_mode="reflect")
+    reference = copy.deepcopy(k4)
+    for layer in (k4, k3, reflected):
+        use_winograd(layer, min_output_pixels=100)
     products = count_product_calls(monkeypatch)
     monkeypatch.setattr(winograd, "winograd_conv", lambda *args: pytest.fail("below the minimum"))
-    x = torch.randn(2, 3, 5, 5)                        # 4 x 4 outputs: products
-    assert relative_error(zero_padded(x), reference(x)) < 1e-6
-    assert products == [("conv2d_as_product", (2, 3, 5, 5))]
-    reflected(x)                                       # reflection padding: torch's
-    zero_padded(torch.randn(2, 3, 8, 8))               # 7 x 7: torch's
-    assert len(products) == 1
+    x = torch.randn(2, 3, 5, 5)
+    assert relative_error(k4(x), reference(x)) < 1e-6          # 4x4 kernel into 4x4: products
+    k4(torch.randn(2, 3, 9, 9))                                 # into 8x8 as well
+    k3(torch.randn(2, 3, 4, 4))                                 # 3x3 kernel into 4x4: products
+    assert products == [("conv2d_as_product", (2, 3, 5, 5)), ("conv2d_as_product", (2, 3, 9, 9)),
+                        ("conv2d_as_product", (2, 3, 4, 4))]
+    k3(torch.randn(2, 3, 8, 8))                                 # into 8x8: torch's
+    reflected(x)                                                # reflection padding: torch's
+    assert len(products) == 3
 
 
 def test_pixel_minimum_can_differ_by_kernel_size():

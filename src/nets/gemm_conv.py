@@ -131,11 +131,12 @@ def _output_pixels(layer: nn.Conv2d, x: torch.Tensor) -> int:
     return h * w
 
 
-def small_output_conv2d(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:
-    """`layer(x)` as products where it runs into at most MAX_OUTPUT_PIXELS float32 CPU pixels;
+def small_output_conv2d(layer: nn.Conv2d, x: torch.Tensor, max_output_pixels: int = MAX_OUTPUT_PIXELS
+                        ) -> torch.Tensor | None:
+    """`layer(x)` as products where it runs into at most `max_output_pixels` float32 CPU pixels;
     None elsewhere. Also the fallback of the Winograd layers below their minimum size (U-GAT-IT's
     and NICE-GAN's 1024 -> 2048 4x4 layer into 3x3: forward + backward 115 -> 68 ms)."""
-    if (x.dim() == 4 and _output_pixels(layer, x) <= MAX_OUTPUT_PIXELS and rewrite_applies(x, layer.weight)
+    if (x.dim() == 4 and _output_pixels(layer, x) <= max_output_pixels and rewrite_applies(x, layer.weight)
             and (layer.padding_mode == "zeros" or layer.padding == (0, 0))):
         return conv2d_as_product(x, layer.weight, layer.bias, layer.stride, layer.padding)
     return None

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from src.nets.gemm_conv import small_output_conv2d
+from src.nets.gemm_conv import MAX_OUTPUT_PIXELS, small_output_conv2d
 from src.nets.layer_rewrite import rewrite_applies, switch_layers
 from src.nets.winograd_build import kernels
 
@@ -188,11 +188,20 @@ def winograd_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return WinogradConvolution.apply(x.contiguous(), weight.contiguous(), bias)
 
 
+#: Below their Winograd minimum, layers run as products into at most this many pixels (by kernel
+#: size), and as torch's convolution above. oneDNN's backward of 4x4 stride-1 layers is slow at
+#: every size measured: 256 -> 512 forward + backward into 5x5 30.3 ms against 9.9 as products,
+#: 7x7 14.8 against 9.8, 8x8 19.6 against 8.6, 9x9 14.3 against 11.5 (512 -> 1024 into 7x7 1.33x,
+#: 128 -> 256 level). 3x3 layers only into a few pixels, as every other convolution: torch's was
+#: faster from 6x6 (256 channels into 6x6 to 12x12 3.1-6.6 ms against 3.9-8.7).
+MAX_PRODUCT_OUTPUT_PIXELS = {3: MAX_OUTPUT_PIXELS, 4: 1 << 30}
+
+
 class WinogradConv2d(nn.Conv2d):
     """nn.Conv2d that runs by Winograd where it can: float32 CPU tensors of at least
     `min_output_pixels` outputs, outside autocast, tracing, scripting, compilation and export.
-    Into a few pixels it runs as products (`small_output_conv2d`), elsewhere as the plain
-    convolution.
+    Below that it runs as products (`small_output_conv2d`, up to MAX_PRODUCT_OUTPUT_PIXELS),
+    elsewhere as the plain convolution.
 
     Only ever assigned as the class of an existing 3x3 or 4x4, stride-1, dilation-1, ungrouped
     nn.Conv2d (`use_winograd`), so parameters, hooks and state_dict keys stay the same.
@@ -205,7 +214,7 @@ class WinogradConv2d(nn.Conv2d):
         (pad_h, pad_w), r = self.padding, self.kernel_size[0]
         out_pixels = (x.shape[-2] + 2 * pad_h - r + 1) * (x.shape[-1] + 2 * pad_w - r + 1)
         if out_pixels < self.min_output_pixels or not rewrite_applies(x, self.weight):
-            small = small_output_conv2d(self, x)     # a few pixels: as products, else torch's
+            small = small_output_conv2d(self, x, MAX_PRODUCT_OUTPUT_PIXELS[r])
             return small if small is not None else super().forward(x)
         if pad_h or pad_w:
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
