@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from src.nets.layer_rewrite import rewrite_applies, switch_layers
+from src.nets.layer_rewrite import output_pixels, rewrite_applies, switch_layers
 from src.nets.skinny_products import columns_t_times_wide, wide_times_columns
 
 #: transposed convolutions on inputs of at most this many pixels (8x8) take the product form;
@@ -125,18 +125,12 @@ def conv_transpose2d_as_product(x, weight, bias, stride, padding) -> torch.Tenso
     return ConvTransposeAsProduct.apply(x, weight, bias, stride, padding)
 
 
-def _output_pixels(layer: nn.Conv2d, x: torch.Tensor) -> int:
-    h, w = ((size + 2 * p - k) // s + 1
-            for size, p, k, s in zip(x.shape[2:], layer.padding, layer.kernel_size, layer.stride))
-    return h * w
-
-
-def small_output_conv2d(layer: nn.Conv2d, x: torch.Tensor, max_output_pixels: int = MAX_OUTPUT_PIXELS
+def small_output_conv2d(layer: nn.Conv2d, x: torch.Tensor, max_output_pixels: float = MAX_OUTPUT_PIXELS
                         ) -> torch.Tensor | None:
     """`layer(x)` as products where it runs into at most `max_output_pixels` float32 CPU pixels;
     None elsewhere. Also the fallback of the Winograd layers below their minimum size (U-GAT-IT's
     and NICE-GAN's 1024 -> 2048 4x4 layer into 3x3: forward + backward 115 -> 68 ms)."""
-    if (x.dim() == 4 and _output_pixels(layer, x) <= max_output_pixels and rewrite_applies(x, layer.weight)
+    if (x.dim() == 4 and output_pixels(layer, x) <= max_output_pixels and rewrite_applies(x, layer.weight)
             and (layer.padding_mode == "zeros" or layer.padding == (0, 0))):
         return conv2d_as_product(x, layer.weight, layer.bias, layer.stride, layer.padding)
     return None

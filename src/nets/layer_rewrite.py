@@ -20,6 +20,13 @@ def rewrite_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu") and not exporting_or_compiling())
 
 
+def output_pixels(layer: nn.Conv2d, x: torch.Tensor) -> int:
+    """Pixels per image of `layer(x)`, from its kernel size, stride and numeric padding."""
+    h, w = ((size + 2 * p - k) // s + 1
+            for size, p, k, s in zip(x.shape[-2:], layer.padding, layer.kernel_size, layer.stride))
+    return h * w
+
+
 def switch_layers(net: nn.Module, eligible: Callable[[nn.Module], bool], rewritten: type) -> list[nn.Module]:
     """Make every eligible layer of `net` an instance of `rewritten` (a subclass of its class
     that only overrides `forward`), in place: parameters, hooks and state_dict keys stay the

@@ -13,6 +13,7 @@ Same result as `F.conv2d` up to float rounding (relative error ~2e-6 in fp32, ag
 a direct convolution: the transforms multiply by up to 8 and 1/24). The tile transforms are C
 kernels (`winograd_kernels.c`, built on first use by `winograd_build`).
 """
+import math
 import threading
 import weakref
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ from torch.autograd.function import once_differentiable
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from src.nets.gemm_conv import MAX_OUTPUT_PIXELS, small_output_conv2d
-from src.nets.layer_rewrite import rewrite_applies, switch_layers
+from src.nets.layer_rewrite import output_pixels, rewrite_applies, switch_layers
 from src.nets.winograd_build import kernels
 
 _scratch_buffers = threading.local()
@@ -194,7 +195,7 @@ def winograd_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 #: 7x7 14.8 against 9.8, 8x8 19.6 against 8.6, 9x9 14.3 against 11.5 (512 -> 1024 into 7x7 1.33x,
 #: 128 -> 256 level). 3x3 layers only into a few pixels, as every other convolution: torch's was
 #: faster from 6x6 (256 channels into 6x6 to 12x12 3.1-6.6 ms against 3.9-8.7).
-MAX_PRODUCT_OUTPUT_PIXELS = {3: MAX_OUTPUT_PIXELS, 4: 1 << 30}
+MAX_PRODUCT_OUTPUT_PIXELS = {3: MAX_OUTPUT_PIXELS, 4: math.inf}
 
 
 class WinogradConv2d(nn.Conv2d):
@@ -211,11 +212,10 @@ class WinogradConv2d(nn.Conv2d):
     min_output_pixels = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (pad_h, pad_w), r = self.padding, self.kernel_size[0]
-        out_pixels = (x.shape[-2] + 2 * pad_h - r + 1) * (x.shape[-1] + 2 * pad_w - r + 1)
-        if out_pixels < self.min_output_pixels or not rewrite_applies(x, self.weight):
-            small = small_output_conv2d(self, x, MAX_PRODUCT_OUTPUT_PIXELS[r])
+        if output_pixels(self, x) < self.min_output_pixels or not rewrite_applies(x, self.weight):
+            small = small_output_conv2d(self, x, MAX_PRODUCT_OUTPUT_PIXELS[self.kernel_size[0]])
             return small if small is not None else super().forward(x)
+        pad_h, pad_w = self.padding
         if pad_h or pad_w:
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode=mode)
