@@ -20,7 +20,7 @@ from src.nets import gemm_conv, skinny_products
 from src.nets.gemm_conv import (GemmConv2d, GemmConvTranspose2d, conv2d_as_product, conv_transpose2d_as_product,
                                 use_gemm_conv)
 from src.nets.narrow_conv import NarrowOutputConv2d, use_narrow_output
-from src.nets.winograd import WinogradConv2d, use_winograd, winograd_conv
+from src.nets.winograd import Padding, ReflectionPadInNextLayer, WinogradConv2d, use_winograd, winograd_conv
 from src.nets.winograd_build import WinogradUnavailable
 
 try:
@@ -76,6 +76,61 @@ def test_rejects_what_it_cannot_compute():
         winograd_conv(torch.randn(1, 2, 3, 8), torch.randn(2, 2, 4, 4))
 
 
+@pytest.mark.parametrize("r", [3, 4])
+@pytest.mark.parametrize("h,w,pad", [
+    (9, 9, Padding(1, 1, reflect=True)),    # the residual blocks' pad
+    (7, 10, Padding(2, 1, reflect=True)),   # unequal rows and columns, partial tiles
+    (5, 4, Padding(3, 3, reflect=True)),    # as wide as reflection allows (pad < side)
+    (6, 11, Padding(1, 2)),                 # zeros
+])
+def test_padding_applied_while_reading_matches_a_padded_input(r, h, w, pad):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, h, w, generator=gen, requires_grad=True)
+    weight = torch.randn(4, 5, r, r, generator=gen, requires_grad=True)
+    bias = torch.randn(4, generator=gen)
+    padded = F.pad(x, (pad.columns, pad.columns, pad.rows, pad.rows), mode="reflect" if pad.reflect else "constant")
+    expected = F.conv2d(padded, weight, bias)
+    result = winograd_conv(x, weight, bias, pad)
+    assert result.shape == expected.shape
+    assert relative_error(result, expected) < 1e-5
+    grad_out = torch.randn(expected.shape, generator=gen)
+    for got, want in zip(torch.autograd.grad(result, (x, weight), grad_out),
+                         torch.autograd.grad(expected, (x, weight), grad_out)):
+        assert relative_error(got, want) < 1e-5
+
+
+def test_reflection_wider_than_the_input_is_refused():
+    with pytest.raises(ValueError, match="reflection padding must be smaller than the input"):
+        winograd_conv(torch.randn(1, 2, 3, 8), torch.randn(2, 2, 3, 3), pad=Padding(3, 1, reflect=True))
+
+
+def test_reflection_pad_before_a_winograd_layer_moves_into_it():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(4, 4, 3),           # merged
+                        nn.ReflectionPad2d((1, 2, 1, 1)), nn.Conv2d(4, 4, 3),   # uneven: kept
+                        nn.ReflectionPad2d(1), nn.Conv2d(4, 4, 3, stride=2))    # not a Winograd layer: kept
+    reference, keys = copy.deepcopy(net), list(net.state_dict())
+    assert use_winograd(net) == 2
+    assert [type(m).__name__ for m in net] == ["ReflectionPadInNextLayer", "WinogradConv2d", "ReflectionPad2d",
+                                               "WinogradConv2d", "ReflectionPad2d", "Conv2d"]
+    assert net[1].merged_reflection == (1, 1) and net[3].merged_reflection == (0, 0)
+    assert list(net.state_dict()) == keys
+    x = torch.randn(2, 4, 12, 12, requires_grad=True)
+    expected = reference(x)
+    grad_out = torch.randn(expected.shape)
+    want = torch.autograd.grad(expected, (x, reference[1].weight), grad_out)
+    result = net(x)
+    assert relative_error(result, expected) < 1e-5
+    for got, ref in zip(torch.autograd.grad(result, (x, net[1].weight), grad_out), want):
+        assert relative_error(got, ref) < 1e-5
+    # off the Winograd path (float64 here) the layer pads by itself, as the pad it replaced
+    assert relative_error(net.double()(x.double()), reference.double()(x.double())) < 1e-12
+    # both layers back to torch's classes (the benchmark's A/B switch) restore the pair
+    for layer in net[:2]:
+        layer.__class__ = type(layer).__mro__[1]
+    assert relative_error(net(x.double()), reference(x.double())) < 1e-12
+
+
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
 def test_switched_layer_keeps_its_parameters_state_and_result(padding_mode):
     torch.manual_seed(0)
@@ -117,10 +172,11 @@ def test_small_outputs_skip_winograd_under_a_pixel_minimum(monkeypatch):
     conv = nn.Conv2d(3, 3, 4, padding=1)
     use_winograd(conv, min_output_pixels=100)
     calls = []
-    monkeypatch.setattr(winograd, "winograd_conv", lambda *args: calls.append(args[0].shape) or F.conv2d(*args))
+    monkeypatch.setattr(winograd, "winograd_conv",
+                        lambda x, weight, bias, pad: calls.append(x.shape) or F.conv2d(x, weight, bias, padding=1))
     conv(torch.randn(1, 3, 11, 11))     # 10 x 10 outputs: Winograd
     conv(torch.randn(1, 3, 10, 10))     # 9 x 9: below the minimum, not Winograd
-    assert calls == [torch.Size([1, 3, 13, 13])]
+    assert calls == [torch.Size([1, 3, 11, 11])]
 
 
 def test_below_the_pixel_minimum_layers_run_as_products_where_they_pay(monkeypatch):
@@ -285,7 +341,7 @@ def test_model_setting_switches_the_residual_convolutions_and_keeps_the_iteratio
     # last (and first, at ngf <= 4) and the PatchGANs' last
     assert model.fast_conv_layers["winograd"] == 2 * 2 * cfg.model.generator.n_blocks + 2
     assert model.fast_conv_layers["narrow_output"] == 2 * (1 + (cfg.model.generator.ngf <= 4)) + 2
-    same_iteration_with_torch_layers(model, cfg, (WinogradConv2d,))
+    same_iteration_with_torch_layers(model, cfg, (WinogradConv2d, ReflectionPadInNextLayer))
 
 
 # ----- small convolutions and transposed convolutions as products -------------------------------------

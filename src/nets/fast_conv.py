@@ -1,6 +1,7 @@
 """`model.fast_conv`: CPU convolution layers rewritten to compute the same result faster.
 
-- 3x3 and 4x4 stride-1 convolutions by Winograd F(4x4, 3x3) and F(3x3, 4x4) (`src/nets/winograd.py`);
+- 3x3 and 4x4 stride-1 convolutions by Winograd F(4x4, 3x3) and F(3x3, 4x4), with the padding of
+  an nn.ReflectionPad2d just before them applied as they read their input (`src/nets/winograd.py`);
 - convolutions into at most 4x4 pixels and transposed convolutions on inputs of at most 8x8
   pixels as matrix products (`src/nets/gemm_conv.py`);
 - convolutions into a few channels (the generators' last layer) with their backward through
@@ -16,7 +17,7 @@ import torch.nn as nn
 
 from src.nets.gemm_conv import GemmConv2d, GemmConvTranspose2d, use_gemm_conv
 from src.nets.narrow_conv import MIN_INPUT_CHANNELS, NarrowOutputConv2d, use_narrow_output
-from src.nets.winograd import WinogradConv2d, use_winograd, winograd_eligible
+from src.nets.winograd import ReflectionPadInNextLayer, WinogradConv2d, use_winograd, winograd_eligible
 from src.nets.winograd_build import WinogradUnavailable, kernels
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,9 @@ AUTO_WINOGRAD_MIN_CHANNELS = 128
 AUTO_WINOGRAD_MIN_OUTPUT_PIXELS = {3: 256, 4: 100}
 
 #: The classes switched layers get: each subclasses the torch layer it replaces and overrides only
-#: `forward`.
-REWRITTEN_LAYERS = (WinogradConv2d, GemmConv2d, GemmConvTranspose2d, NarrowOutputConv2d)
+#: `forward` (a reflection pad whose padding moved into the Winograd layer after it passes its
+#: input on).
+REWRITTEN_LAYERS = (WinogradConv2d, ReflectionPadInNextLayer, GemmConv2d, GemmConvTranspose2d, NarrowOutputConv2d)
 
 
 def configure_fast_conv(net: nn.Module, setting: bool | str, key: str = "model.fast_conv") -> dict[str, int]:

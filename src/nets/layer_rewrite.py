@@ -20,10 +20,11 @@ def rewrite_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu") and not exporting_or_compiling())
 
 
-def output_pixels(layer: nn.Conv2d, x: torch.Tensor) -> int:
-    """Pixels per image of `layer(x)`, from its kernel size, stride and numeric padding."""
-    h, w = ((size + 2 * p - k) // s + 1
-            for size, p, k, s in zip(x.shape[-2:], layer.padding, layer.kernel_size, layer.stride))
+def output_pixels(layer: nn.Conv2d, x: torch.Tensor, extra_padding: tuple[int, int] = (0, 0)) -> int:
+    """Pixels per image of `layer(x)`, from its kernel size, stride and numeric padding (plus
+    `extra_padding` rows and columns on each side, padding the layer applies beyond its own)."""
+    h, w = ((size + 2 * (p + e) - k) // s + 1 for size, p, e, k, s in
+            zip(x.shape[-2:], layer.padding, extra_padding, layer.kernel_size, layer.stride))
     return h * w
 
 

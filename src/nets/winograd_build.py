@@ -80,8 +80,10 @@ def kernels() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(target))
     pointer, size, threads = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for prefix in ("winograd_", "winograd_k4_"):
-        for name in ("input_transform", "output_transform_adjoint", "input_transform_adjoint"):
-            getattr(lib, prefix + name).argtypes = [pointer, pointer, size, size, size, size, threads]
+        for name in ("input_transform", "input_transform_adjoint"):   # ..., Hs, Ws, ph, pw, reflect
+            getattr(lib, prefix + name).argtypes = [pointer, pointer, size, size, size, size,
+                                                    size, size, size, size, ctypes.c_int, threads]
+        getattr(lib, prefix + "output_transform_adjoint").argtypes = [pointer, pointer, size, size, size, size, threads]
         for name in ("weight_transform", "weight_transform_adjoint"):
             getattr(lib, prefix + name).argtypes = [pointer, pointer, size, size, threads]
         getattr(lib, prefix + "output_transform").argtypes = [pointer, pointer, pointer, size, size, size, size, threads]

@@ -9,7 +9,10 @@
  * (transposition principle), so four 1-D transform loops serve both.
  *
  * Layouts (all float32, C-contiguous), m = outputs per tile side (4 or 3), r = kernel side:
- *   image  x  [N, C, m*th + r - 1, m*tw + r - 1]   the padded input of a valid convolution
+ *   image  x  [N, C, Hs, Ws]                       the layer's input, before its padding
+ *   plane      [m*th + r - 1, m*tw + r - 1]         what the tiles read: x with ph rows and pw
+ *                                                  columns of padding on each side (reflected or
+ *                                                  zeros), then zeros out to the tiles' extent
  *   tiles  V  [36, C, N*th*tw]                     36 transformed values per 6x6 input tile
  *   output Y  [N, K, m*th, m*tw]                   m x m outputs per tile
  *   weights U [36, K, C]
@@ -134,20 +137,81 @@ static void split_phases(const float *row, int64_t width, int64_t step, float *p
     }
 }
 
+/* Padding folded into the transforms: the layers' reflection or zero padding (and the zeros out
+ * to the tiles' extent) is built per image plane in a small per-thread buffer, instead of as a
+ * padded copy of the whole input in memory (a separate op, its own backward, and a copy the
+ * backward keeps). Reflection as torch's ReflectionPad2d: index -1 reads 1, Hs reads Hs - 2. */
+typedef struct {
+    int64_t Hs, Ws;      /* the input plane */
+    int64_t ph, pw;      /* padding rows (top and bottom) and columns (left and right) */
+    int reflect;         /* 1: reflected padding, 0: zeros */
+} padding;
+
+static inline int64_t reflected(int64_t i, int64_t n) { return i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i); }
+
+/* No padding and no zeros beyond it: the plane is the input itself. */
+static int pad_free(const padding *p, int64_t H, int64_t W) {
+    return p->ph == 0 && p->pw == 0 && p->Hs == H && p->Ws == W;
+}
+
+/* src [Hs, Ws] -> dst [H, W] padded as described by p. */
+static void pad_plane(const float *src, const padding *p, float *dst, int64_t H, int64_t W) {
+    const int64_t Hs = p->Hs, Ws = p->Ws, ph = p->ph, pw = p->pw;
+    for (int64_t y = 0; y < H; y++) {
+        float *d = dst + y * W;
+        const int64_t sy = y - ph;
+        if (y >= Hs + 2 * ph || (!p->reflect && (sy < 0 || sy >= Hs))) {
+            memset(d, 0, sizeof(float) * W);
+            continue;
+        }
+        const float *s = src + reflected(sy, Hs) * Ws;
+        for (int64_t x = 0; x < pw; x++) {
+            d[x] = p->reflect ? s[pw - x] : 0.f;
+            d[pw + Ws + x] = p->reflect ? s[Ws - 2 - x] : 0.f;
+        }
+        memcpy(d + pw, s, sizeof(float) * Ws);
+        memset(d + Ws + 2 * pw, 0, sizeof(float) * (W - Ws - 2 * pw));
+    }
+}
+
+/* Adjoint of pad_plane: src [H, W] (a gradient of the plane) -> dst [Hs, Ws], each padding value
+ * added to the input value it copied. */
+static void fold_plane(const float *src, int64_t W, const padding *p, float *dst) {
+    const int64_t Hs = p->Hs, Ws = p->Ws, ph = p->ph, pw = p->pw;
+    for (int64_t sy = 0; sy < Hs; sy++) memcpy(dst + sy * Ws, src + (sy + ph) * W + pw, sizeof(float) * Ws);
+    if (!p->reflect) return;
+    for (int64_t y = 0; y < Hs + 2 * ph; y++) {
+        const float *s = src + y * W;
+        float *d = dst + reflected(y - ph, Hs) * Ws;
+        if (y < ph || y >= Hs + ph)                     /* a padding row: all of it folds back */
+            for (int64_t x = 0; x < Ws; x++) d[x] += s[pw + x];
+        for (int64_t x = 0; x < pw; x++) {
+            d[pw - x] += s[x];
+            d[Ws - 2 - x] += s[pw + Ws + x];
+        }
+    }
+}
+
 /* The data transform B^T d B is the same for both algorithms; only the tiles' step differs
- * (4 for F(4x4, 3x3), 3 for F(3x3, 4x4)). x [N, C, step*th + 6 - step, ...] -> V [36, C, P]. */
-static void input_transform(const float *x, float *V, int64_t N, int64_t C, int64_t th, int64_t tw,
-                            int64_t step, int threads) {
+ * (4 for F(4x4, 3x3), 3 for F(3x3, 4x4)). x [N, C, Hs, Ws] padded by pad -> V [36, C, P]. */
+static void input_transform(const float *x, const padding *pad, float *V, int64_t N, int64_t C,
+                            int64_t th, int64_t tw, int64_t step, int threads) {
     const int64_t W = step * tw + 6 - step, H = step * th + 6 - step, T = th * tw, P = N * T;
     const int64_t q1 = tw + 2;                        /* entries per column phase, rounded up */
+    const int direct = pad_free(pad, H, W);
 #pragma omp parallel num_threads(threads)
     {
         float *t = malloc(sizeof(float) * 6 * W);            /* B^T applied down the 6 rows */
         float *ph = malloc(sizeof(float) * 6 * step * q1);   /* ... split into column phases */
+        float *padded = direct ? NULL : malloc(sizeof(float) * H * W);
 #pragma omp for schedule(static)
         for (int64_t nc = 0; nc < N * C; nc++) {
             const int64_t n = nc / C, c = nc % C;
-            const float *plane = x + nc * H * W;
+            const float *plane = x + nc * pad->Hs * pad->Ws;
+            if (!direct) {
+                pad_plane(plane, pad, padded, H, W);
+                plane = padded;
+            }
             for (int64_t ty = 0; ty < th; ty++) {
                 const float *r = plane + step * ty * W;
 #pragma GCC ivdep
@@ -172,17 +236,20 @@ static void input_transform(const float *x, float *V, int64_t N, int64_t C, int6
         }
         free(t);
         free(ph);
+        free(padded);
     }
 }
 
-/* Adjoint of input_transform: dV [36, C, P] -> dx, overlapping tiles adding up. */
-static void input_transform_adjoint(const float *dV, float *dx, int64_t N, int64_t C, int64_t th,
-                                    int64_t tw, int64_t step, int threads) {
+/* Adjoint of input_transform: dV [36, C, P] -> dx [N, C, Hs, Ws], overlapping tiles adding up. */
+static void input_transform_adjoint(const float *dV, const padding *pad, float *dx, int64_t N,
+                                    int64_t C, int64_t th, int64_t tw, int64_t step, int threads) {
     const int64_t W = step * tw + 6 - step, H = step * th + 6 - step, T = th * tw, P = N * T;
     const int64_t q1 = tw + 2;
+    const int direct = pad_free(pad, H, W);
 #pragma omp parallel num_threads(threads)
     {
         float *u = malloc(sizeof(float) * 36 * tw);      /* B along each tile's columns */
+        float *padded = direct ? NULL : malloc(sizeof(float) * H * W);   /* the plane's gradient */
         /* The plane's sums by column phase (acc[(y*step + x%step)*q1 + x/step]): overlapping
          * tiles add into contiguous rows; the columns are interleaved once at the end. */
         float *acc = malloc(sizeof(float) * H * step * q1);
@@ -218,7 +285,7 @@ static void input_transform_adjoint(const float *dV, float *dx, int64_t N, int64
                     }
                 }
             }
-            float *plane = dx + nc * H * W;
+            float *plane = direct ? dx + nc * H * W : padded;
             for (int64_t y = 0; y < H; y++)
                 for (int64_t r = 0; r < step; r++) {
                     const int64_t count = (W - r + step - 1) / step;
@@ -227,9 +294,11 @@ static void input_transform_adjoint(const float *dV, float *dx, int64_t N, int64
 #pragma GCC ivdep
                     for (int64_t j = 0; j < count; j++) row[step * j] = src[j];
                 }
+            if (!direct) fold_plane(padded, W, pad, dx + nc * pad->Hs * pad->Ws);
         }
         free(u);
         free(acc);
+        free(padded);
     }
 }
 
@@ -374,12 +443,16 @@ static void weight_transform_adjoint(const float *dU, float *dw, int64_t K, int6
  * (its adjoint `out_adj` expands m to six), `filt` expands r to six (`filt_adj` reduces). ---- */
 #define ENTRY_POINTS(prefix, m, r, out, out_adj, filt, filt_adj)                                       \
     void prefix##input_transform(const float *x, float *V, int64_t N, int64_t C, int64_t th,            \
-                                 int64_t tw, int threads) {                                            \
-        input_transform(x, V, N, C, th, tw, m, threads);                                               \
+                                 int64_t tw, int64_t Hs, int64_t Ws, int64_t ph, int64_t pw,           \
+                                 int reflect, int threads) {                                           \
+        const padding pad = {Hs, Ws, ph, pw, reflect};                                                 \
+        input_transform(x, &pad, V, N, C, th, tw, m, threads);                                         \
     }                                                                                                  \
     void prefix##input_transform_adjoint(const float *dV, float *dx, int64_t N, int64_t C, int64_t th,  \
-                                         int64_t tw, int threads) {                                    \
-        input_transform_adjoint(dV, dx, N, C, th, tw, m, threads);                                     \
+                                         int64_t tw, int64_t Hs, int64_t Ws, int64_t ph, int64_t pw,   \
+                                         int reflect, int threads) {                                   \
+        const padding pad = {Hs, Ws, ph, pw, reflect};                                                 \
+        input_transform_adjoint(dV, &pad, dx, N, C, th, tw, m, threads);                               \
     }                                                                                                  \
     void prefix##output_transform(const float *M, const float *bias, float *Y, int64_t N, int64_t K,    \
                                   int64_t th, int64_t tw, int threads) {                               \
