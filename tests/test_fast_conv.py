@@ -1,6 +1,7 @@
 """The rewritten CPU convolutions (`model.fast_conv`): Winograd F(4x4, 3x3) and F(3x3, 4x4) for
 3x3 and 4x4 layers (src/nets/winograd*.py), small transposed convolutions as products
-and convolutions into small outputs as products (src/nets/gemm_conv.py, src/nets/skinny_products.py) and the narrow-output backward (src/nets/narrow_conv.py).
+and convolutions into small outputs as products (src/nets/gemm_conv.py, src/nets/skinny_products.py), the narrow-output backward (src/nets/narrow_conv.py) and instance norm by group norm
+(src/nets/instance_norm.py).
 Same results as torch's convolutions, only where they apply, clear errors when they cannot be
 built."""
 import copy
@@ -19,6 +20,7 @@ from src.nets.fast_conv import configure_fast_conv
 from src.nets import gemm_conv, skinny_products
 from src.nets.gemm_conv import (GemmConv2d, GemmConvTranspose2d, conv2d_as_product, conv_transpose2d_as_product,
                                 use_gemm_conv)
+from src.nets.instance_norm import InstanceNormAsGroupNorm, use_group_norm_for_instance_norm
 from src.nets.narrow_conv import NarrowOutputConv2d, use_narrow_output
 from src.nets.winograd import Padding, ReflectionPadInNextLayer, WinogradConv2d, use_winograd, winograd_conv
 from src.nets.winograd_build import WinogradUnavailable
@@ -262,17 +264,17 @@ def test_weight_transform_is_reused_only_while_the_weight_is_unchanged(monkeypat
 def test_settings_and_their_errors(monkeypatch, caplog):
     def net():
         return nn.Sequential(nn.Conv2d(8, 8, 3), nn.Conv2d(128, 8, 3), nn.ConvTranspose2d(4, 4, 4, 2, 1),
-                             nn.Conv2d(64, 3, 7))
+                             nn.Conv2d(64, 3, 7), nn.InstanceNorm2d(3))
 
     with pytest.raises(ValueError, match=r"model.fast_conv='fast' must be true, false or auto"):
         configure_fast_conv(net(), "fast")
     assert configure_fast_conv(net(), False) == {"winograd": 0, "gemm_conv": 0, "gemm_conv_transpose": 0,
-                                                 "narrow_output": 0}
+                                                 "narrow_output": 0, "instance_norm": 0}
     # the layers no other rewrite takes get the product form (it runs on small outputs only)
     assert configure_fast_conv(net(), "auto") == {"winograd": 1, "gemm_conv": 1, "gemm_conv_transpose": 1,
-                                                  "narrow_output": 1}
+                                                  "narrow_output": 1, "instance_norm": 1}
     assert configure_fast_conv(net(), True) == {"winograd": 2, "gemm_conv": 0, "gemm_conv_transpose": 1,
-                                                "narrow_output": 1}
+                                                "narrow_output": 1, "instance_norm": 1}
 
     def unavailable():
         raise WinogradUnavailable("no C compiler found")
@@ -283,7 +285,7 @@ def test_settings_and_their_errors(monkeypatch, caplog):
     layers = net()
     with caplog.at_level(logging.WARNING):
         assert configure_fast_conv(layers, "auto") == {"winograd": 0, "gemm_conv": 2, "gemm_conv_transpose": 1,
-                                                       "narrow_output": 1}
+                                                       "narrow_output": 1, "instance_norm": 1}
     assert "model.fast_conv=auto: 3x3 and 4x4 convolutions stay torch's" in caplog.text
     assert not any(type(m) is WinogradConv2d for m in layers)
 
@@ -342,6 +344,43 @@ def test_model_setting_switches_the_residual_convolutions_and_keeps_the_iteratio
     assert model.fast_conv_layers["winograd"] == 2 * 2 * cfg.model.generator.n_blocks + 2
     assert model.fast_conv_layers["narrow_output"] == 2 * (1 + (cfg.model.generator.ngf <= 4)) + 2
     same_iteration_with_torch_layers(model, cfg, (WinogradConv2d, ReflectionPadInNextLayer))
+
+
+# ----- instance norm by group norm ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_instance_norm_as_group_norm_matches_torch(affine):
+    torch.manual_seed(0)
+    norm = nn.InstanceNorm2d(6, affine=affine)
+    if affine:
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5), norm.bias.normal_()
+    reference, keys = copy.deepcopy(norm), list(norm.state_dict())
+    running = nn.InstanceNorm2d(6, track_running_stats=True)
+    assert use_group_norm_for_instance_norm(nn.Sequential(norm, running)) == 1
+    assert type(norm) is InstanceNormAsGroupNorm and type(running) is nn.InstanceNorm2d   # running stats: kept
+    assert list(norm.state_dict()) == keys
+    x = (torch.randn(2, 6, 9, 7) * 3 + 5).requires_grad_()   # per-map means and scales of their own
+    params = list(norm.parameters())
+    for mode in ("train", "eval"):
+        getattr(norm, mode)(), getattr(reference, mode)()
+        expected, result = reference(x), norm(x)
+        assert relative_error(result, expected) < 1e-5
+        grad_out = torch.randn(expected.shape)
+        for got, want in zip(torch.autograd.grad(result, [x, *params], grad_out),
+                             torch.autograd.grad(expected, [x, *reference.parameters()], grad_out)):
+            assert relative_error(got, want) < 1e-5
+
+
+def test_instance_norm_as_group_norm_runs_torch_elsewhere(monkeypatch):
+    norm = nn.InstanceNorm2d(3)
+    use_group_norm_for_instance_norm(norm)
+    monkeypatch.setattr(F, "group_norm", lambda *args, **kwargs: pytest.fail("the group-norm path must not run here"))
+    x = torch.randn(3, 5, 5)
+    assert relative_error(norm(x), nn.InstanceNorm2d(3)(x)) < 1e-6   # unbatched (C, H, W)
+    norm(x[None].double())                                            # float64
+    with pytest.raises(pytest.fail.Exception, match="must not run here"):
+        norm(x[None])                                                 # batched float32 on the CPU: group norm
 
 
 # ----- small convolutions and transposed convolutions as products -------------------------------------

@@ -1,4 +1,5 @@
-"""`model.fast_conv`: CPU convolution layers rewritten to compute the same result faster.
+"""`model.fast_conv`: CPU convolution (and instance-norm) layers rewritten to compute the same
+result faster.
 
 - 3x3 and 4x4 stride-1 convolutions by Winograd F(4x4, 3x3) and F(3x3, 4x4), with the padding of
   an nn.ReflectionPad2d just before them applied as they read their input (`src/nets/winograd.py`);
@@ -6,7 +7,9 @@
   pixels as matrix products (`src/nets/gemm_conv.py`);
 - convolutions into a few channels (the generators' last layer) with their backward through
   convolutions into many and their forward on the input's space-to-depth rearrangement
-  (`src/nets/narrow_conv.py`).
+  (`src/nets/narrow_conv.py`);
+- instance norms without running statistics by torch's group norm, one group per channel
+  (`src/nets/instance_norm.py`).
 
 Switched layers keep their parameters and state_dict keys, and run torch's own operator off the
 CPU, outside float32, under autocast and in exported or compiled graphs.
@@ -16,6 +19,7 @@ import logging
 import torch.nn as nn
 
 from src.nets.gemm_conv import GemmConv2d, GemmConvTranspose2d, use_gemm_conv
+from src.nets.instance_norm import InstanceNormAsGroupNorm, use_group_norm_for_instance_norm
 from src.nets.narrow_conv import MIN_INPUT_CHANNELS, NarrowOutputConv2d, use_narrow_output
 from src.nets.winograd import ReflectionPadInNextLayer, WinogradConv2d, use_winograd, winograd_eligible
 from src.nets.winograd_build import WinogradUnavailable, kernels
@@ -36,7 +40,8 @@ AUTO_WINOGRAD_MIN_OUTPUT_PIXELS = {3: 256, 4: 100}
 #: The classes switched layers get: each subclasses the torch layer it replaces and overrides only
 #: `forward` (a reflection pad whose padding moved into the Winograd layer after it passes its
 #: input on).
-REWRITTEN_LAYERS = (WinogradConv2d, ReflectionPadInNextLayer, GemmConv2d, GemmConvTranspose2d, NarrowOutputConv2d)
+REWRITTEN_LAYERS = (WinogradConv2d, ReflectionPadInNextLayer, GemmConv2d, GemmConvTranspose2d, NarrowOutputConv2d,
+                    InstanceNormAsGroupNorm)
 
 
 def configure_fast_conv(net: nn.Module, setting: bool | str, key: str = "model.fast_conv") -> dict[str, int]:
@@ -45,21 +50,22 @@ def configure_fast_conv(net: nn.Module, setting: bool | str, key: str = "model.f
     auto: Winograd for 3x3 and 4x4 layers of >= AUTO_WINOGRAD_MIN_CHANNELS input channels on
     inputs with >= AUTO_WINOGRAD_MIN_OUTPUT_PIXELS[kernel size] outputs, if its C kernels build
     here (a warning otherwise), the narrow-output forms for layers of >= MIN_INPUT_CHANNELS
-    inputs, and the product form for every other convolution and transposed convolution (used on
-    small images);
+    inputs, the product form for every other convolution and transposed convolution (used on
+    small images), and the group-norm form for instance norms;
     true: every layer each rewrite can take, whatever its width (an error if the Winograd kernels
-    cannot be built); false: torch's convolutions everywhere.
+    cannot be built); false: torch's layers everywhere.
     """
     if setting not in (True, False, "auto"):
         raise ValueError(f"{key}={setting!r} must be true, false or auto")
     if setting is False:
-        return {"winograd": 0, "gemm_conv": 0, "gemm_conv_transpose": 0, "narrow_output": 0}
+        return {"winograd": 0, "gemm_conv": 0, "gemm_conv_transpose": 0, "narrow_output": 0, "instance_norm": 0}
     # Layers into a few channels first: they gain more from the narrow-output backward than from
     # Winograd's products, which have only those few rows.
     narrow = use_narrow_output(net, 1 if setting is True else MIN_INPUT_CHANNELS)
     winograd = _configure_winograd(net, setting, key)
     # Last: the product forms take the plain layers the other rewrites left.
-    return {"winograd": winograd, **use_gemm_conv(net), "narrow_output": narrow}
+    return {"winograd": winograd, **use_gemm_conv(net), "narrow_output": narrow,
+            "instance_norm": use_group_norm_for_instance_norm(net)}
 
 
 def _configure_winograd(net: nn.Module, setting: bool | str, key: str) -> int:
