@@ -20,7 +20,7 @@ class InstanceNormAsGroupNorm(nn.InstanceNorm2d):
     without running statistics (`use_group_norm_for_instance_norm`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or not rewrite_applies(x, x if self.weight is None else self.weight):
+        if x.dim() != 4 or not rewrite_applies(x, self.weight):
             return super().forward(x)
         return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
 

@@ -13,10 +13,12 @@ def exporting_or_compiling() -> bool:
             or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
 
 
-def rewrite_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def rewrite_applies(x: torch.Tensor, weight: torch.Tensor | None) -> bool:
     """The rewrites are measured and written for float32 on the CPU, in eager mode; elsewhere
-    (GPUs, autocast, other dtypes, exported or compiled graphs) layers run torch's operator."""
-    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+    (GPUs, autocast, other dtypes, exported or compiled graphs) layers run torch's operator.
+    `weight`: the layer's, if it has one."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32
+            and (weight is None or weight.dtype == torch.float32)
             and not torch.is_autocast_enabled("cpu") and not exporting_or_compiling())
 
 

@@ -79,10 +79,6 @@ class Variant:
         """Tiles along an input side of `size` (a valid convolution's output, rounded up)."""
         return -(-(size - self.kernel + 1) // self.outputs)
 
-    def padded(self, tiles: int) -> int:
-        """The input side the tiles read."""
-        return self.outputs * tiles + self.kernel - 1
-
     def run(self, name: str, *args) -> None:
         getattr(kernels(), self.prefix + name)(*args, torch.get_num_threads())
 
@@ -98,6 +94,10 @@ class Padding:
     rows: int = 0
     columns: int = 0
     reflect: bool = False
+
+    def padded_size(self, x: torch.Tensor) -> tuple[int, int]:
+        """Height and width of x once padded."""
+        return x.shape[2] + 2 * self.rows, x.shape[3] + 2 * self.columns
 
     def args(self, x: torch.Tensor) -> tuple[int, ...]:
         """The C kernels' arguments describing x's planes and this padding."""
@@ -145,7 +145,7 @@ class WinogradConvolution(torch.autograd.Function):
     def forward(ctx, x, weight, bias, pad):
         v = VARIANTS[weight.shape[2]]
         n = x.shape[0]
-        h, w = x.shape[2] + 2 * pad.rows, x.shape[3] + 2 * pad.columns
+        h, w = pad.padded_size(x)
         k, r = weight.shape[0], v.kernel
         th, tw = v.tiles(h), v.tiles(w)
         u = _weight_tiles(weight, v)                                     # (36, K, C)
@@ -168,7 +168,7 @@ class WinogradConvolution(torch.autograd.Function):
         pad = ctx.pad
         v = VARIANTS[weight.shape[2]]
         n, c = x.shape[:2]
-        h, w = x.shape[2] + 2 * pad.rows, x.shape[3] + 2 * pad.columns
+        h, w = pad.padded_size(x)
         k, r = weight.shape[0], v.kernel
         th, tw = v.tiles(h), v.tiles(w)
         extra_h, extra_w = v.outputs * th - (h - r + 1), v.outputs * tw - (w - r + 1)
@@ -200,7 +200,7 @@ def winograd_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     F(4x4, 3x3) or F(3x3, 4x4)."""
     r = weight.shape[2] if weight.dim() == 4 else 0
     if (x.dim() != 4 or r not in VARIANTS or weight.shape[3] != r
-            or min(x.shape[2] + 2 * pad.rows, x.shape[3] + 2 * pad.columns) < r):
+            or min(pad.padded_size(x)) < r):
         raise ValueError(f"winograd_conv needs a (N, C, H, W) input at least as large as a 3x3 or 4x4 "
                          f"kernel once padded, got input {tuple(x.shape)}, {pad} and weight {tuple(weight.shape)}")
     if pad.reflect and (pad.rows >= x.shape[2] or pad.columns >= x.shape[3]):
