@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from src.nets.adalin import LIN, AdaLIN, clip_rho_, rho_statistics
+from src.nets.adalin import LIN, AdaLIN, clip_rho_, map_statistics, rho_statistics
 from src.nets.cam import CAMAttention, ResidualCAMAttention
 from src.nets.nicegan import NICE_LIN_RHO_INIT, NICEGANDiscriminator, NICEGANGenerator
 from src.nets.ugatit import UGATITDiscriminator, UGATITGenerator
@@ -132,6 +132,27 @@ def test_clip_rho_and_statistics():
     assert norm.rho.min() == 0 and norm.rho.max() == 1 and norm.rho.requires_grad
     assert all(0 <= lo and hi <= 1 for _, lo, hi in rho_statistics(g).values())
     assert len(stats) == 2 + 2  # two AdaLIN in the block, two LIN in the upsampling
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 6, 7), (1, 3, 1, 1), (2, 4, 1, 9)])
+def test_map_statistics_match_var_mean_with_their_gradients(shape):
+    torch.manual_seed(0)
+    x = (torch.randn(shape) * 3 + 5).requires_grad_()
+    with torch.no_grad():
+        x[0, 0] = 2.5                                  # a constant map: variance exactly 0
+    expected = torch.var_mean(x, dim=(2, 3), keepdim=True, unbiased=False)
+    result = map_statistics(x)
+    assert result[0][0, 0].item() == 0.0
+    grads = torch.randn(2, shape[0], shape[1], 1, 1)
+    for got, want in zip(result, expected):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for used in ((0, 1), (0,), (1,)):                  # both outputs, or one of them, feed the loss
+        got, = torch.autograd.grad(sum((result[i] * grads[i]).sum() for i in used), x, retain_graph=True)
+        want, = torch.autograd.grad(sum((expected[i] * grads[i]).sum() for i in used), x, retain_graph=True)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    double = x.detach().double()                       # elsewhere: torch's var_mean itself
+    assert torch.equal(map_statistics(double)[0], torch.var_mean(double, dim=(2, 3), keepdim=True, unbiased=False)[0])
 
 
 def test_adalin_limits_are_instance_and_layer_norm():

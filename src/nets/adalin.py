@@ -17,8 +17,42 @@ computes); the PyTorch ports use the unbiased one, which is undefined on a 1x1 m
 """
 import torch
 import torch.nn as nn
+from torch.autograd.function import once_differentiable
 
 EPS = 1e-5
+
+
+class _MapStatistics(torch.autograd.Function):
+    """(biased variance, mean) of each (image, channel) map of x (B, C, H, W), as
+    `torch.var_mean(x, dim=(2, 3), keepdim=True, unbiased=False)`, from group norm's CPU kernel
+    with one group per channel (its outputs mean and 1/std; the normalised copy it also writes is
+    dropped), and a backward in one pass: d/dx = (dmean + 2 dvar (x - mean)) / HW. On the CPU
+    var_mean's reduction is ~13x slower than that kernel (256 x 32x32: 0.83 against 0.06 ms;
+    forward + backward 1.9 against 0.3 ms); equal up to float rounding (~2e-7)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        n, c, h, w = x.shape
+        # eps 0: 1/std is inf on a constant map, and inf^-2 gives its variance, 0, exactly
+        _, mean, rstd = torch.ops.aten.native_group_norm(x, None, None, n, c, h * w, c, 0.0)
+        mean, var = mean.view(n, c, 1, 1), rstd.pow(-2).view(n, c, 1, 1)
+        ctx.save_for_backward(x, mean)
+        return var, mean
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_var, grad_mean):
+        x, mean = ctx.saved_tensors
+        hw = x.shape[2] * x.shape[3]   # an output the loss does not use comes as zeros (materialize_grads)
+        slope = grad_var * (2.0 / hw)
+        return torch.addcmul(grad_mean / hw - slope * mean, x, slope)
+
+
+def map_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(variance, mean) over each (image, channel) map of x (B, C, H, W), biased, keepdim."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4:
+        return _MapStatistics.apply(x)
+    return torch.var_mean(x, dim=(2, 3), keepdim=True, unbiased=False)
 
 
 def instance_layer_mix_affine(x: torch.Tensor, rho: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
@@ -34,7 +68,7 @@ def instance_layer_mix_affine(x: torch.Tensor, rho: torch.Tensor, gamma: torch.T
     to float rounding. LN's statistics come from IN's by the law of total variance (the mean of
     the per-channel variances plus the variance of the per-channel means), not a second pass.
     """
-    in_var, in_mean = torch.var_mean(x, dim=(2, 3), keepdim=True, unbiased=False)
+    in_var, in_mean = map_statistics(x)
     ln_mean = in_mean.mean(1, keepdim=True)
     ln_var = in_var.mean(1, keepdim=True) + (in_mean - ln_mean).pow(2).mean(1, keepdim=True)
     in_rstd, ln_rstd = torch.rsqrt(in_var + eps), torch.rsqrt(ln_var + eps)
