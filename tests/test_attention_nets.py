@@ -153,6 +153,8 @@ def test_map_statistics_match_var_mean_with_their_gradients(shape):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     double = x.detach().double()                       # elsewhere: torch's var_mean itself
     assert torch.equal(map_statistics(double)[0], torch.var_mean(double, dim=(2, 3), keepdim=True, unbiased=False)[0])
+    traced = torch.jit.trace(lambda t: map_statistics(t)[0], x.detach(), check_trace=False)
+    assert "var_mean" in str(traced.graph)             # exported graphs hold torch's operator
 
 
 def test_adalin_limits_are_instance_and_layer_norm():

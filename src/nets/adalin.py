@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
+from src.nets.layer_rewrite import rewrite_applies
+
 EPS = 1e-5
 
 
@@ -49,8 +51,9 @@ class _MapStatistics(torch.autograd.Function):
 
 
 def map_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(variance, mean) over each (image, channel) map of x (B, C, H, W), biased, keepdim."""
-    if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4:
+    """(variance, mean) over each (image, channel) map of x (B, C, H, W), biased, keepdim; in
+    exported, traced or compiled graphs (and off float32 CPU tensors) torch's var_mean."""
+    if x.dim() == 4 and rewrite_applies(x, None):
         return _MapStatistics.apply(x)
     return torch.var_mean(x, dim=(2, 3), keepdim=True, unbiased=False)
 
