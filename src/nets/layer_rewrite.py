@@ -1,5 +1,6 @@
 """What the rewritten CPU layers (`src/nets/fast_conv.py`) share: when a rewrite may run, and
-how a layer is switched to it."""
+how a layer is switched to it. `rewrite_applies` also guards the other CPU-only fast paths
+(AdaLIN's statistics, `src/nets/adalin.py`)."""
 from typing import Callable
 
 import torch

@@ -258,12 +258,11 @@ class ReflectionPadInNextLayer(nn.ReflectionPad2d):
         return x
 
 
-def merge_reflection_padding(net: nn.Module) -> int:
+def merge_reflection_padding(net: nn.Module) -> None:
     """Move the padding of each nn.ReflectionPad2d that feeds a Winograd layer directly (the next
-    layer of an nn.Sequential) into that layer; returns how many were moved. The pad and the
+    layer of an nn.Sequential) into that layer. The pad and the
     convolution then cost one pass over the input instead of three (pad, its backward, and the
     padded copy the backward keeps): 2-3% of a ResNet generator's iteration."""
-    merged = 0
     for sequence in net.modules():
         if not isinstance(sequence, nn.Sequential):
             continue
@@ -275,8 +274,6 @@ def merge_reflection_padding(net: nn.Module) -> int:
             if left == right and top == bottom:
                 pad.__class__ = ReflectionPadInNextLayer
                 conv.merged_reflection = (top, left)
-                merged += 1
-    return merged
 
 
 def winograd_eligible(conv: nn.Module, min_channels: int = 1) -> bool:
