@@ -242,7 +242,28 @@ def test_versus_reference_pairs_ours_with_the_reference_in_alternating_order():
     md = markdown({"machine": {"cpu": "cpu", "cpu_count": 2, "torch": "t", "lightning": "l"},
                    "settings": {"threads": 2, "repeats": 5, "warmup": 2}, "versus_reference": [entry]})
     assert entry["host_gemm_gmac_per_s"] == 70.0   # each pair's two processes, then the median over pairs
-    assert "| X | cpu | 1 | fp32 | 3 | 1.000 | 2.000 | 2.00x (1.50-2.00x) | 2.00 / 3.00 | 2026-11-23 abc, host 70 G/s |" in md
+    assert ("| X | cpu | 1 | fp32 | 3 | 1.000 | 2.000 | 2.00x (1.50-2.00x) | 70-79: 2.00x (3) | 2.00 / 3.00 "
+            "| 2026-11-23 abc, host 70 G/s |") in md
+
+
+def test_versus_reference_groups_the_pairs_by_host_rate():
+    own, reference = versus_specs()
+    row = {"peak_rss_bytes": 1e9, "measured_at": "2026-11-23T10:00:00", "revision": "r"}
+
+    def pair(index, speedup, rate):
+        host = {"host": {"gemm_gmac_per_s": rate}} if rate else {}
+        return bench_versus.pair_summary(index, {**row, **host, "s_per_iter": 1.0},
+                                         {**row, **host, "s_per_iter": speedup})
+    pairs = [pair(0, 1.25, 64.0), pair(1, 1.75, 69.9), pair(2, 1.8, 85.0), pair(3, 1.6, 71.0), pair(4, 1.2, None)]
+    entry = bench_versus.summarise(own, pairs)
+    assert entry["speedup_by_host_rate"] == [   # slowest band first; the pair without a rate in none
+        {"host_gemm_gmac_per_s": [60, 70], "pairs": 2, "speedup": 1.5},
+        {"host_gemm_gmac_per_s": [70, 80], "pairs": 1, "speedup": 1.6},
+        {"host_gemm_gmac_per_s": [80, 90], "pairs": 1, "speedup": 1.8}]
+    assert entry["speedup"] == 1.6   # the overall verdict still counts every pair
+    md = markdown({"machine": {"cpu": "cpu", "cpu_count": 2, "torch": "t", "lightning": "l"},
+                   "settings": {"threads": 2, "repeats": 5, "warmup": 2}, "versus_reference": [entry]})
+    assert "| 60-69: 1.50x (2); 70-79: 1.60x (1); 80-89: 1.80x (1) |" in md
 
 
 def test_versus_reference_drops_a_pair_with_a_skipped_side_and_refuses_no_pairs():

@@ -165,8 +165,9 @@ def data_table(rows: list[dict]) -> list[str]:
 
 def versus_table(entries: list[dict]) -> list[str]:
     lines = ["| configuration | device | batch | precision | pairs | ours s/iter | reference's iteration s/iter "
-             "| speed-up, median of pairs (range) | peak memory ours / reference (GB) | measured |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| speed-up, median of pairs (range) | by host rate, G/s: speed-up (pairs) "
+             "| peak memory ours / reference (GB) | measured |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
         if not e["pairs"]:
             continue
@@ -176,10 +177,16 @@ def versus_table(entries: list[dict]) -> list[str]:
         low, high = e["speedup_range"]
         lines.append(f"| {e['label']} | {e['device']} | {e['batch_size']} | {e['precision']} | {len(e['pairs'])}{note} "
                      f"| {e['own_s_per_iter']:.3f} | {e['reference_s_per_iter']:.3f} "
-                     f"| {e['speedup']:.2f}x ({low:.2f}-{high:.2f}x) "
+                     f"| {e['speedup']:.2f}x ({low:.2f}-{high:.2f}x) | {_by_host_rate_cell(e)} "
                      f"| {e['own_peak_gb']:.2f} / {e['reference_peak_gb']:.2f} "
                      f"| {measured_cell(last, e.get('host_gemm_gmac_per_s'))} |")
     return lines
+
+
+def _by_host_rate_cell(entry: dict) -> str:
+    bands = entry.get("speedup_by_host_rate") or []
+    return "; ".join(f"{b['host_gemm_gmac_per_s'][0]}-{b['host_gemm_gmac_per_s'][1] - 1}: "
+                     f"{b['speedup']:.2f}x ({b['pairs']})" for b in bands) or "-"
 
 
 def usual_settings(rows: list[dict], fallback: dict) -> dict:
@@ -218,7 +225,8 @@ def markdown(results: dict[str, Any]) -> str:
         out += ["## Against the reference's iteration, alternating processes (`versus_reference`)", "",
                 "Each pair: ours and the reference's iteration (`tweaks.iteration=reference`) in fresh processes "
                 "back to back, the order swapped every pair; s/iter and peak memory are medians over the pairs, "
-                "the speed-up the median of the pairs' own ratios.", "", *versus_table(results["versus_reference"]), ""]
+                "the speed-up the median of the pairs' own ratios, overall and by band of the host's product "
+                "rate (the ratio follows that rate: compare runs of different hours band by band).", "", *versus_table(results["versus_reference"]), ""]
     if results.get("data"):
         out += ["## Data pipeline (training loader, batch 1)", "", *data_table(results["data"]), ""]
     return "\n".join(out)

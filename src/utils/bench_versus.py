@@ -10,6 +10,12 @@ So each pair here is two fresh processes back to back, ours and the reference's 
 (`tweaks.iteration=reference`), with the order swapped from one pair to the next (ours first,
 then the reference first, ...), so a steady drift does not favour either side. The verdict is
 the median over pairs of reference s/iter / ours, with every pair's numbers kept.
+
+The ratio itself follows the host's arithmetic rate: ours is nearly all matrix products and
+convolutions, which a slower core stretches, while much of the reference's iteration is
+memory-bound work that it does not (README, "Goal status"). So the pairs are also grouped by
+the host's product rate measured beside them (`speedup_by_host_rate`), to compare runs taken on
+differently loaded hours band by band rather than by their overall medians.
 """
 from __future__ import annotations
 
@@ -59,6 +65,22 @@ def _mean_host_rate(*rows: dict[str, Any]) -> float | None:
     return statistics.fmean(rates) if rates else None
 
 
+#: width of the host-rate bands (G multiply-adds/s) the pairs are grouped by
+HOST_RATE_BAND = 10
+
+
+def speedup_by_host_rate(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pairs' median speed-up per band of host rate, slowest band first; pairs without a
+    host rate are left out."""
+    bands: dict[int, list[float]] = {}
+    for p in pairs:
+        rate = p.get("host_gemm_gmac_per_s")
+        if rate:
+            bands.setdefault(int(rate // HOST_RATE_BAND) * HOST_RATE_BAND, []).append(p["speedup"])
+    return [{"host_gemm_gmac_per_s": [low, low + HOST_RATE_BAND], "pairs": len(speedups),
+             "speedup": statistics.median(speedups)} for low, speedups in sorted(bands.items())]
+
+
 def summarise(spec: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, Any]:
     """The configuration's entry in results.json: every pair, and the medians over them."""
     entry = {key: spec[key] for key in ("name", "label", "device", "batch_size", "precision", "allocator")}
@@ -72,5 +94,6 @@ def summarise(spec: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, An
         entry.update(speedup=median("speedup"), speedup_range=(min(speedups), max(speedups)),
                      own_s_per_iter=median("own_s_per_iter"),
                      reference_s_per_iter=median("reference_s_per_iter"), own_peak_gb=median("own_peak_gb"),
-                     reference_peak_gb=median("reference_peak_gb"))
+                     reference_peak_gb=median("reference_peak_gb"),
+                     speedup_by_host_rate=speedup_by_host_rate(pairs))
     return entry
