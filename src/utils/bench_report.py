@@ -226,7 +226,8 @@ def markdown(results: dict[str, Any]) -> str:
                 "Each pair: ours and the reference's iteration (`tweaks.iteration=reference`) in fresh processes "
                 "back to back, the order swapped every pair; s/iter and peak memory are medians over the pairs, "
                 "the speed-up the median of the pairs' own ratios, overall and by band of the host's product "
-                "rate (the ratio follows that rate: compare runs of different hours band by band).", "", *versus_table(results["versus_reference"]), ""]
+                "rate measured beside each pair (the ratio can follow that rate: compare runs of different hours "
+                "band by band).", "", *versus_table(results["versus_reference"]), ""]
     if results.get("data"):
         out += ["## Data pipeline (training loader, batch 1)", "", *data_table(results["data"]), ""]
     return "\n".join(out)

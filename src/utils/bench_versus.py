@@ -11,11 +11,12 @@ So each pair here is two fresh processes back to back, ours and the reference's 
 then the reference first, ...), so a steady drift does not favour either side. The verdict is
 the median over pairs of reference s/iter / ours, with every pair's numbers kept.
 
-The ratio itself follows the host's arithmetic rate: ours is nearly all matrix products and
+The ratio can follow the host's arithmetic rate: ours is nearly all matrix products and
 convolutions, which a slower core stretches, while much of the reference's iteration is
-memory-bound work that it does not (README, "Goal status"). So the pairs are also grouped by
-the host's product rate measured beside them (`speedup_by_host_rate`), to compare runs taken on
-differently loaded hours band by band rather than by their overall medians.
+memory-bound work that it does not (one run's pairs did; another's did not: README, "Goal
+status"). So the pairs are also grouped by the host's product rate measured beside them
+(`speedup_by_host_rate`), to compare runs of different hours band by band and to see whether a
+run's spread is the host's rate or noise.
 """
 from __future__ import annotations
 
