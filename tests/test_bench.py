@@ -26,6 +26,11 @@ from src.utils.reference_iterations import CycleGANReference, reference_for
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: the machine and settings a results file records, for tables built in the tests
+MACHINE = {"cpu": "cpu", "cpu_count": 2, "torch": "t", "lightning": "l"}
+SETTINGS = {"threads": 2, "repeats": 5, "warmup": 2}
+
+
 def bench_cfg(*overrides: str):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -103,8 +108,7 @@ def test_merge_replaces_remeasured_rows_and_keeps_the_rest():
 
 def test_markdown_puts_the_speedup_beside_the_reference():
     ref = {"code": "ref impl", "s_per_iter": 3.0, "peak_rss_gb": 2.0}
-    results = {"machine": {"cpu": "cpu", "cpu_count": 2, "torch": "t", "lightning": "l"},
-               "settings": {"threads": 2, "repeats": 5, "warmup": 2},
+    results = {"machine": MACHINE, "settings": SETTINGS,
                "train_step": [_row("x", 1.5, reference=ref), _row("x", 1.0, {"adam": "fused"}, reference=ref)]}
     md = markdown(results)
     assert "| 2.00x | 0.50x |" in md  # 3.0 / 1.5 faster, 1 GB of 2 GB
@@ -113,16 +117,14 @@ def test_markdown_puts_the_speedup_beside_the_reference():
 
 def test_an_interleaved_ab_row_is_compared_with_its_own_off_iterations():
     ab_row = {**_row("x", 1.0, {"ab": "fast_conv"}), "ab": {"setting": "fast_conv", "off_s_per_iter": 1.25}}
-    results = {"machine": {"cpu": "cpu", "cpu_count": 2, "torch": "t", "lightning": "l"},
-               "settings": {"threads": 2, "repeats": 5, "warmup": 2},
+    results = {"machine": MACHINE, "settings": SETTINGS,
                "train_step": [_row("x", 2.0), ab_row]}
     md = markdown(results)
     assert "ab=fast_conv" in md and "| 1.250 | 1.25x |" in md   # not 2.0 / 1.0 against the separate run
 
 
 def test_the_reference_iteration_row_is_compared_with_ours_as_it_runs():
-    results = {"machine": {"cpu": "cpu", "cpu_count": 2, "torch": "t", "lightning": "l"},
-               "settings": {"threads": 2, "repeats": 5, "warmup": 2},
+    results = {"machine": MACHINE, "settings": SETTINGS,
                "train_step": [_row("x", 1.0), {**_row("x", 4.0, {"allocator": "default"}), "allocator": "default"},
                               {**_row("x", 2.0, {"iteration": "reference", "allocator": "default"}),
                                "allocator": "default"}]}
@@ -239,8 +241,7 @@ def test_versus_reference_pairs_ours_with_the_reference_in_alternating_order():
     assert [p["speedup"] for p in entry["pairs"]] == [1.5, 2.0, 2.0]   # reference / ours, pair by pair
     assert entry["speedup"] == 2.0 and entry["own_s_per_iter"] == 1.0 and entry["reference_s_per_iter"] == 2.0
     assert entry["own_peak_gb"] == 2.0 and entry["reference_peak_gb"] == 3.0
-    md = markdown({"machine": {"cpu": "cpu", "cpu_count": 2, "torch": "t", "lightning": "l"},
-                   "settings": {"threads": 2, "repeats": 5, "warmup": 2}, "versus_reference": [entry]})
+    md = markdown({"machine": MACHINE, "settings": SETTINGS, "versus_reference": [entry]})
     assert entry["host_gemm_gmac_per_s"] == 70.0   # each pair's two processes, then the median over pairs
     assert ("| X | cpu | 1 | fp32 | 3 | 1.000 | 2.000 | 2.00x (1.50-2.00x) | 70-79: 2.00x (3) | 2.00 / 3.00 "
             "| 2026-11-23 abc, host 70 G/s |") in md
@@ -261,8 +262,7 @@ def test_versus_reference_groups_the_pairs_by_host_rate():
         {"host_gemm_gmac_per_s": [70, 80], "pairs": 1, "speedup": 1.6},
         {"host_gemm_gmac_per_s": [80, 90], "pairs": 1, "speedup": 1.8}]
     assert entry["speedup"] == 1.6   # the overall verdict still counts every pair
-    md = markdown({"machine": {"cpu": "cpu", "cpu_count": 2, "torch": "t", "lightning": "l"},
-                   "settings": {"threads": 2, "repeats": 5, "warmup": 2}, "versus_reference": [entry]})
+    md = markdown({"machine": MACHINE, "settings": SETTINGS, "versus_reference": [entry]})
     assert "| 60-69: 1.50x (2); 70-79: 1.60x (1); 80-89: 1.80x (1) |" in md
 
 
@@ -293,12 +293,11 @@ def test_merge_keeps_versus_entries_per_configuration(tmp_path):
     spec = {"name": "x", "label": "X", "device": "cpu", "batch_size": 1, "precision": "fp32", "allocator": "thp"}
     row = {"s_per_iter": 1.0, "peak_rss_bytes": 1e9, "measured_at": "2026-11-23T10:00:00", "revision": "r"}
     pair = bench_versus.pair_summary(0, row, {**row, "s_per_iter": 1.6})
-    machine, settings = {"cpu": "c", "cpu_count": 2, "torch": "t", "lightning": "l"}, {"threads": 2, "repeats": 5, "warmup": 2}
     path = tmp_path / "r.json"
     first = [bench_versus.summarise(spec, []), bench_versus.summarise({**spec, "name": "y"}, [pair])]
-    write_results(path, tmp_path / "r.md", {"versus_reference": first}, machine, settings)
+    write_results(path, tmp_path / "r.md", {"versus_reference": first}, MACHINE, SETTINGS)
     write_results(path, tmp_path / "r.md", {"versus_reference": [bench_versus.summarise(spec, [pair, pair])]},
-                  machine, settings)
+                  MACHINE, SETTINGS)
     saved = json.loads(path.read_text())["versus_reference"]
     assert [(e["name"], len(e["pairs"])) for e in saved] == [("x", 2), ("y", 1)]   # x re-measured, y kept
     assert "| X | cpu | 1 | fp32 | 2 | 1.000 | 1.600 | 1.60x (1.60-1.60x)" in (tmp_path / "r.md").read_text()
