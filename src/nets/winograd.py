@@ -138,16 +138,20 @@ def _input_tiles(x: torch.Tensor, pad: Padding, th: int, tw: int, v: Variant) ->
     return tiles
 
 
+def _tiling(x: torch.Tensor, weight: torch.Tensor, pad: Padding) -> tuple[Variant, int, int, int, int]:
+    """The layer's algorithm, x's padded height and width, and the tiles along each."""
+    v = VARIANTS[weight.shape[2]]
+    h, w = pad.padded_size(x)
+    return v, h, w, v.tiles(h), v.tiles(w)
+
+
 class WinogradConvolution(torch.autograd.Function):
     """y = conv2d(pad(x), weight, bias) for an r x r kernel (r = 3 or 4), stride 1, x contiguous."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, pad):
-        v = VARIANTS[weight.shape[2]]
-        n = x.shape[0]
-        h, w = pad.padded_size(x)
-        k, r = weight.shape[0], v.kernel
-        th, tw = v.tiles(h), v.tiles(w)
+        v, h, w, th, tw = _tiling(x, weight, pad)
+        n, k, r = x.shape[0], weight.shape[0], v.kernel
         u = _weight_tiles(weight, v)                                     # (36, K, C)
         tiles = _input_tiles(x, pad, th, tw, v)                          # (36, C, P)
         m = torch.bmm(u, tiles, out=_scratch("products", 36, k, tiles.shape[2]))  # (36, K, P)
@@ -166,11 +170,9 @@ class WinogradConvolution(torch.autograd.Function):
     def backward(ctx, grad_y):
         x, weight = ctx.saved_tensors
         pad = ctx.pad
-        v = VARIANTS[weight.shape[2]]
+        v, h, w, th, tw = _tiling(x, weight, pad)
         n, c = x.shape[:2]
-        h, w = pad.padded_size(x)
         k, r = weight.shape[0], v.kernel
-        th, tw = v.tiles(h), v.tiles(w)
         extra_h, extra_w = v.outputs * th - (h - r + 1), v.outputs * tw - (w - r + 1)
         if extra_h or extra_w:
             grad_y = F.pad(grad_y, (0, extra_w, 0, extra_h))
