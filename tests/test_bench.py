@@ -19,7 +19,7 @@ from src.nets.gemm_conv import use_gemm_conv
 from src.nets.narrow_conv import use_narrow_output
 from src.utils import bench_ab, bench_versus
 from src.utils.bench_report import markdown, merge_rows, row_key, write_results
-from src.utils.bench_run import train_step_specs, versus_reference_specs
+from src.utils.bench_run import git_revision, train_step_specs, versus_reference_specs
 from src.utils.bench_step import compose_model_config, measure_training_step
 from src.utils.reference_iterations import CycleGANReference, reference_for
 
@@ -243,7 +243,7 @@ def test_versus_reference_pairs_ours_with_the_reference_in_alternating_order():
     assert entry["own_peak_gb"] == 2.0 and entry["reference_peak_gb"] == 3.0
     md = markdown({"machine": MACHINE, "settings": SETTINGS, "versus_reference": [entry]})
     assert entry["host_gemm_gmac_per_s"] == 70.0   # each pair's two processes, then the median over pairs
-    assert ("| X | cpu | 1 | fp32 | 3 | 1.000 | 2.000 | 2.00x (1.50-2.00x) | 70-79: 2.00x (3) | 2.00 / 3.00 "
+    assert ("| X | cpu | 1 | fp32 | 3 | 1.000 | 2.000 | 2.00x (1.50-2.00x) | - | 70-79: 2.00x (3) | 2.00 / 3.00 "
             "| 2026-11-23 abc, host 70 G/s |") in md
 
 
@@ -301,3 +301,60 @@ def test_merge_keeps_versus_entries_per_configuration(tmp_path):
     saved = json.loads(path.read_text())["versus_reference"]
     assert [(e["name"], len(e["pairs"])) for e in saved] == [("x", 2), ("y", 1)]   # x re-measured, y kept
     assert "| X | cpu | 1 | fp32 | 2 | 1.000 | 1.600 | 1.60x (1.60-1.60x)" in (tmp_path / "r.md").read_text()
+
+
+def test_median_interval_widens_to_the_order_statistics_the_pairs_can_vouch_for():
+    # P(median outside [x_(k), x_(n+1-k)]) = 2 P(Binomial(n, 1/2) < k): five values cannot reach
+    # 95% even with [min, max] (1 - 2/32), six can (1 - 2/64); ten reach it with k = 2 (97.9%),
+    # not with k = 3 (89.1%).
+    assert bench_versus.median_interval([1.4, 1.5, 1.6, 1.3, 1.7]) is None
+    assert bench_versus.median_interval([1.4, 1.5, 1.6, 1.3, 1.7, 1.2]) == (1.2, 1.7)
+    ten = [1.0, 1.9, 1.1, 1.8, 1.2, 1.7, 1.3, 1.6, 1.4, 1.5]
+    assert bench_versus.median_interval(ten) == (1.1, 1.8)
+    assert bench_versus.median_interval(ten, confidence=0.85) == (1.2, 1.7)
+
+
+def test_versus_runs_of_one_clean_revision_pool_their_pairs(tmp_path):
+    spec = {"name": "x", "label": "X", "device": "cpu", "batch_size": 1, "precision": "fp32", "allocator": "thp"}
+
+    def entry(revision, speedups):
+        row = {"s_per_iter": 1.0, "peak_rss_bytes": 1e9, "measured_at": "2026-12-02T10:00:00", "revision": revision}
+        return bench_versus.summarise(spec, [bench_versus.pair_summary(i, row, {**row, "s_per_iter": s})
+                                             for i, s in enumerate(speedups)])
+    path, md = tmp_path / "r.json", tmp_path / "r.md"
+
+    def run(revision, speedups):
+        write_results(path, md, {"versus_reference": [entry(revision, speedups)]}, MACHINE, SETTINGS,
+                      combine={"versus_reference": bench_versus.pool_same_revision})
+        (saved,) = json.loads(path.read_text())["versus_reference"]
+        return saved
+
+    first = run("abc", [1.3, 1.4, 1.5])
+    assert len(first["pairs"]) == 3 and first["speedup_ci95"] is None       # too few pairs for an interval
+    pooled = run("abc", [1.6, 1.7, 1.45])
+    assert [p["speedup"] for p in pooled["pairs"]] == pytest.approx([1.3, 1.4, 1.5, 1.6, 1.7, 1.45])
+    assert [p["pair"] for p in pooled["pairs"]] == [0, 1, 2, 3, 4, 5]
+    assert pooled["speedup"] == pytest.approx(1.475) and pooled["speedup_ci95"] == pytest.approx((1.3, 1.7))
+    assert "| 6 | 1.000 | 1.475 | 1.48x (1.30-1.70x) | 1.30-1.70x |" in md.read_text()
+    assert len(run("def", [1.5])["pairs"]) == 1                              # new code: the pairs start over
+    assert len(run("def+dirty", [1.5])["pairs"]) == 1                        # uncommitted code: never pooled
+    assert len(run("def+dirty", [1.5])["pairs"]) == 1
+
+
+def test_the_revision_ignores_the_benchmarks_own_outputs_and_prose(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "experiments" / "bench").mkdir(parents=True)
+    (repo / "src").mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    files = {"src/a.py": "x = 1\n", "experiments/bench/results.json": "{}\n", "README.md": "r\n"}
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "c"], check=True)
+    clean = git_revision(repo)
+    (repo / "experiments/bench/results.json").write_text('{"x": 1}\n')
+    (repo / "README.md").write_text("changed\n")
+    assert git_revision(repo) == clean and not clean.endswith("+dirty")
+    (repo / "src/a.py").write_text("x = 2\n")
+    assert git_revision(repo) == clean + "+dirty"

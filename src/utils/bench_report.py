@@ -29,19 +29,33 @@ def versus_key(entry: dict[str, Any]) -> str:
 KINDS: dict[str, Callable[[dict], str]] = {"train_step": row_key, "data": row_key, "versus_reference": versus_key}
 
 
-def merge_rows(old: list[dict], new: list[dict], key: Callable[[dict], str] = row_key) -> list[dict]:
-    """Old rows in their order, replaced by new ones with the same key; new keys appended."""
+Combine = Callable[[dict, dict], dict]
+
+
+def _replace(old: dict, new: dict) -> dict:
+    return new
+
+
+def merge_rows(old: list[dict], new: list[dict], key: Callable[[dict], str] = row_key,
+               combine: Combine = _replace) -> list[dict]:
+    """Old rows in their order, each with a new row of the same key combined into it (by default:
+    replaced by it); new keys appended."""
     fresh = {key(r): r for r in new}
-    merged = [fresh.pop(key(r), r) for r in old]
+    merged = [combine(r, fresh.pop(key(r))) if key(r) in fresh else r for r in old]
     return merged + [r for r in new if key(r) in fresh]
 
 
 def write_results(json_path: Path, md_path: Path, rows: dict[str, list], machine: dict, settings: dict,
-                  merge: bool = True) -> dict[str, Any]:
+                  merge: bool = True, combine: dict[str, Combine] | None = None) -> dict[str, Any]:
+    """Write results.json and its markdown. With `merge`, rows of the file that this run did not
+    measure are kept, and a re-measured one is replaced, or combined with the new one by
+    `combine[kind]`."""
     json_path.parent.mkdir(parents=True, exist_ok=True)
     if merge and json_path.exists():
         old = json.loads(json_path.read_text())
-        rows = {kind: merge_rows(old.get(kind, []), rows.get(kind, []), key) for kind, key in KINDS.items()}
+        combine = combine or {}
+        rows = {kind: merge_rows(old.get(kind, []), rows.get(kind, []), key, combine.get(kind, _replace))
+                for kind, key in KINDS.items()}
     results = {"machine": machine, "settings": settings, **rows}
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     md_path.write_text(markdown(results))
@@ -165,9 +179,9 @@ def data_table(rows: list[dict]) -> list[str]:
 
 def versus_table(entries: list[dict]) -> list[str]:
     lines = ["| configuration | device | batch | precision | pairs | ours s/iter | reference's iteration s/iter "
-             "| speed-up, median of pairs (range) | by host rate, G/s: speed-up (pairs) "
+             "| speed-up, median of pairs (range) | 95% CI of the median | by host rate, G/s: speed-up (pairs) "
              "| peak memory ours / reference (GB) | measured |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
         if not e["pairs"]:
             continue
@@ -177,10 +191,15 @@ def versus_table(entries: list[dict]) -> list[str]:
         low, high = e["speedup_range"]
         lines.append(f"| {e['label']} | {e['device']} | {e['batch_size']} | {e['precision']} | {len(e['pairs'])}{note} "
                      f"| {e['own_s_per_iter']:.3f} | {e['reference_s_per_iter']:.3f} "
-                     f"| {e['speedup']:.2f}x ({low:.2f}-{high:.2f}x) | {_by_host_rate_cell(e)} "
+                     f"| {e['speedup']:.2f}x ({low:.2f}-{high:.2f}x) | {_interval_cell(e)} | {_by_host_rate_cell(e)} "
                      f"| {e['own_peak_gb']:.2f} / {e['reference_peak_gb']:.2f} "
                      f"| {measured_cell(last, e.get('host_gemm_gmac_per_s'))} |")
     return lines
+
+
+def _interval_cell(entry: dict) -> str:
+    interval = entry.get("speedup_ci95")
+    return f"{interval[0]:.2f}-{interval[1]:.2f}x" if interval else "-"
 
 
 def _by_host_rate_cell(entry: dict) -> str:
@@ -227,7 +246,9 @@ def markdown(results: dict[str, Any]) -> str:
                 "back to back, the order swapped every pair; s/iter and peak memory are medians over the pairs, "
                 "the speed-up the median of the pairs' own ratios, overall and by band of the host's product "
                 "rate measured beside each pair (the ratio can follow that rate: compare runs of different hours "
-                "band by band).", "", *versus_table(results["versus_reference"]), ""]
+                "band by band). The 95% confidence interval of the median speed-up comes from the pairs' order "
+                "statistics (distribution-free; from 6 pairs on). Runs at one clean revision pool their pairs.", "",
+                *versus_table(results["versus_reference"]), ""]
     if results.get("data"):
         out += ["## Data pipeline (training loader, batch 1)", "", *data_table(results["data"]), ""]
     return "\n".join(out)

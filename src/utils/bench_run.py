@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from src.utils.bench_machine import load_average, wait_until_quiet
 from src.utils.bench_report import is_reference_iteration, memory_gb, memory_kind, write_results
 from src.utils.bench_step import compose_model_config
-from src.utils.bench_versus import run_pairs
+from src.utils.bench_versus import pool_same_revision, run_pairs
 from src.utils.bench_worker import ROOT, run_in_subprocess
 
 log = logging.getLogger(__name__)
@@ -85,13 +85,22 @@ def data_specs(cfg: DictConfig) -> list[dict[str, Any]]:
             for name, node in cfg.data_throughput.datamodules.items()]
 
 
-def git_revision() -> str:
-    """Short commit hash, with '+dirty' when the working tree has changes (results depend on the code)."""
+#: paths whose changes leave the measured code as it was (git pathspecs)
+UNMEASURED_PATHS = (":(exclude)experiments/bench", ":(exclude)*.md")
+
+
+def git_revision(root: Path = ROOT) -> str:
+    """Short commit hash, with '+dirty' when the working tree has changes (results depend on the code).
+
+    The benchmark's own outputs and the prose (experiments/bench, markdown files) do not count:
+    they change nothing that is measured, and a run that follows an uncommitted run's results
+    must still count as measured at the clean revision (`versus_reference` pools the pairs of
+    one clean revision across runs)."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *UNMEASURED_PATHS], cwd=root, capture_output=True, text=True).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -182,8 +191,10 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
             entry = run_pairs(own, reference, int(cfg.versus_reference),
                               lambda spec: measure(cfg, spec, next(calls) == 0, revision))
             if entry["pairs"]:
-                log.info("%s against the reference's iteration: %.2fx (median of %d pairs, %.2f-%.2fx)",
-                         entry["name"], entry["speedup"], len(entry["pairs"]), *entry["speedup_range"])
+                interval = entry["speedup_ci95"]
+                log.info("%s against the reference's iteration: %.2fx (median of %d pairs, %.2f-%.2fx%s)",
+                         entry["name"], entry["speedup"], len(entry["pairs"]), *entry["speedup_range"],
+                         f"; 95% CI of the median {interval[0]:.2f}-{interval[1]:.2f}x" if interval else "")
             rows["versus_reference"].append(entry)
     else:
         for index, spec in enumerate(train_step_specs(cfg) + data_specs(cfg)):
@@ -194,6 +205,7 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
                 "device": cfg.device, "seed": int(cfg.seed)}
     out_dir = Path(cfg.output_dir)
     results = write_results(out_dir / f"{cfg.results_name}.json", out_dir / f"{cfg.results_name}.md", rows,
-                            machine_info(cfg), settings, merge=bool(cfg.merge_results))
+                            machine_info(cfg), settings, merge=bool(cfg.merge_results),
+                            combine={"versus_reference": pool_same_revision})
     log.info("results: %s", out_dir / f"{cfg.results_name}.md")
     return results

@@ -17,9 +17,19 @@ memory-bound work that it does not (one run's pairs did; another's did not: READ
 status"). So the pairs are also grouped by the host's product rate measured beside them
 (`speedup_by_host_rate`), to compare runs of different hours band by band and to see whether a
 run's spread is the host's rate or noise.
+
+One run's few pairs leave the median uncertain (pairs of one run spread 1.2-1.7x here), so:
+- the entry carries a distribution-free 95% confidence interval for the median speed-up
+  (`speedup_ci95`, from the pairs' order statistics; from 6 pairs on), which says whether the
+  pairs decide a goal such as 1.5x or leave it open;
+- a run of the same clean revision as the stored entry adds its pairs to it
+  (`pool_same_revision`) instead of replacing them, so pairs gathered over several runs and
+  hours form one verdict on one code. A new revision, or a tree with uncommitted changes,
+  starts over.
 """
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Any, Callable
 
@@ -82,6 +92,35 @@ def speedup_by_host_rate(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "speedup": statistics.median(speedups)} for low, speedups in sorted(bands.items())]
 
 
+#: coverage the median's confidence interval is built for
+CONFIDENCE = 0.95
+
+
+def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+    """The narrowest interval between order statistics [x_(k), x_(n+1-k)] that holds the median of
+    the distribution the values come from with at least `confidence`, whatever that distribution
+    (each value falls below the median with probability 1/2, so the count below is binomial).
+    None when even [min, max] is not sure enough (fewer than 6 values at 95%)."""
+    n, values = len(values), sorted(values)
+    best = None
+    for k in range(1, n // 2 + 1):
+        outside = 2 * sum(math.comb(n, i) for i in range(k)) / 2 ** n   # median below x_(k) or above x_(n+1-k)
+        if 1 - outside < confidence:
+            break
+        best = (values[k - 1], values[n - k])
+    return best
+
+
+def pool_same_revision(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The stored entry `old` and a new run's `new` for the same configuration as one entry: their
+    pairs pooled when every pair was measured at one clean revision, else `new` alone."""
+    revisions = {p["revision"] for p in old["pairs"] + new["pairs"]}
+    if not old["pairs"] or not new["pairs"] or len(revisions) != 1 or revisions.pop().endswith("+dirty"):
+        return new
+    pairs = [{**p, "pair": index} for index, p in enumerate(old["pairs"] + new["pairs"])]
+    return summarise(new, pairs)
+
+
 def summarise(spec: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, Any]:
     """The configuration's entry in results.json: every pair, and the medians over them."""
     entry = {key: spec[key] for key in ("name", "label", "device", "batch_size", "precision", "allocator")}
@@ -95,6 +134,6 @@ def summarise(spec: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, An
         entry.update(speedup=median("speedup"), speedup_range=(min(speedups), max(speedups)),
                      own_s_per_iter=median("own_s_per_iter"),
                      reference_s_per_iter=median("reference_s_per_iter"), own_peak_gb=median("own_peak_gb"),
-                     reference_peak_gb=median("reference_peak_gb"),
+                     reference_peak_gb=median("reference_peak_gb"), speedup_ci95=median_interval(speedups),
                      speedup_by_host_rate=speedup_by_host_rate(pairs))
     return entry
