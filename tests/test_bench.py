@@ -19,7 +19,7 @@ from src.nets.gemm_conv import use_gemm_conv
 from src.nets.narrow_conv import use_narrow_output
 from src.utils import bench_ab, bench_versus
 from src.utils.bench_report import markdown, merge_rows, row_key, write_results
-from src.utils.bench_run import git_revision, train_step_specs, versus_reference_specs
+from src.utils.bench_run import git_revision, same_measured_code, train_step_specs, versus_reference_specs
 from src.utils.bench_step import compose_model_config, measure_training_step
 from src.utils.reference_iterations import CycleGANReference, reference_for
 
@@ -314,7 +314,7 @@ def test_median_interval_widens_to_the_order_statistics_the_pairs_can_vouch_for(
     assert bench_versus.median_interval(ten, confidence=0.85) == (1.2, 1.7)
 
 
-def test_versus_runs_of_one_clean_revision_pool_their_pairs(tmp_path):
+def test_versus_runs_on_the_same_code_pool_their_pairs(tmp_path):
     spec = {"name": "x", "label": "X", "device": "cpu", "batch_size": 1, "precision": "fp32", "allocator": "thp"}
 
     def entry(revision, speedups):
@@ -323,25 +323,28 @@ def test_versus_runs_of_one_clean_revision_pool_their_pairs(tmp_path):
                                              for i, s in enumerate(speedups)])
     path, md = tmp_path / "r.json", tmp_path / "r.md"
 
+    def same(a, b):   # "abc" and "abd" differ in prose only
+        return {a, b} <= {"abc", "abd"} or a == b
+
     def run(revision, speedups):
         write_results(path, md, {"versus_reference": [entry(revision, speedups)]}, MACHINE, SETTINGS,
-                      combine={"versus_reference": bench_versus.pool_same_revision})
+                      combine={"versus_reference": lambda old, new: bench_versus.pool_same_code(old, new, same)})
         (saved,) = json.loads(path.read_text())["versus_reference"]
         return saved
 
     first = run("abc", [1.3, 1.4, 1.5])
     assert len(first["pairs"]) == 3 and first["speedup_ci95"] is None       # too few pairs for an interval
-    pooled = run("abc", [1.6, 1.7, 1.45])
+    pooled = run("abd", [1.6, 1.7, 1.45])
     assert [p["speedup"] for p in pooled["pairs"]] == pytest.approx([1.3, 1.4, 1.5, 1.6, 1.7, 1.45])
     assert [p["pair"] for p in pooled["pairs"]] == [0, 1, 2, 3, 4, 5]
     assert pooled["speedup"] == pytest.approx(1.475) and pooled["speedup_ci95"] == pytest.approx((1.3, 1.7))
     assert "| 6 | 1.000 | 1.475 | 1.48x (1.30-1.70x) | 1.30-1.70x |" in md.read_text()
-    assert len(run("def", [1.5])["pairs"]) == 1                              # new code: the pairs start over
+    assert len(run("def", [1.5])["pairs"]) == 1                              # changed code: the pairs start over
     assert len(run("def+dirty", [1.5])["pairs"]) == 1                        # uncommitted code: never pooled
     assert len(run("def+dirty", [1.5])["pairs"]) == 1
 
 
-def test_the_revision_ignores_the_benchmarks_own_outputs_and_prose(tmp_path):
+def test_the_revision_and_its_code_ignore_the_benchmarks_own_outputs_and_prose(tmp_path):
     repo = tmp_path / "repo"
     (repo / "experiments" / "bench").mkdir(parents=True)
     (repo / "src").mkdir()
@@ -356,5 +359,11 @@ def test_the_revision_ignores_the_benchmarks_own_outputs_and_prose(tmp_path):
     (repo / "experiments/bench/results.json").write_text('{"x": 1}\n')
     (repo / "README.md").write_text("changed\n")
     assert git_revision(repo) == clean and not clean.endswith("+dirty")
+    subprocess.run([*git, "commit", "-qam", "results and prose"], check=True)
+    prose = git_revision(repo)
     (repo / "src/a.py").write_text("x = 2\n")
-    assert git_revision(repo) == clean + "+dirty"
+    assert git_revision(repo) == prose + "+dirty"
+    subprocess.run([*git, "commit", "-qam", "code"], check=True)
+    code = git_revision(repo)
+    assert same_measured_code(clean, prose, repo) and same_measured_code(code, code, repo)
+    assert not same_measured_code(prose, code, repo) and not same_measured_code(clean, "0000000", repo)

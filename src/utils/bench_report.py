@@ -247,7 +247,7 @@ def markdown(results: dict[str, Any]) -> str:
                 "the speed-up the median of the pairs' own ratios, overall and by band of the host's product "
                 "rate measured beside each pair (the ratio can follow that rate: compare runs of different hours "
                 "band by band). The 95% confidence interval of the median speed-up comes from the pairs' order "
-                "statistics (distribution-free; from 6 pairs on). Runs at one clean revision pool their pairs.", "",
+                "statistics (distribution-free; from 6 pairs on). Runs on the same committed code pool their pairs.", "",
                 *versus_table(results["versus_reference"]), ""]
     if results.get("data"):
         out += ["## Data pipeline (training loader, batch 1)", "", *data_table(results["data"]), ""]

@@ -15,9 +15,9 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src.utils.bench_machine import load_average, wait_until_quiet
-from src.utils.bench_report import is_reference_iteration, memory_gb, memory_kind, write_results
+from src.utils.bench_report import is_reference_iteration, memory_gb, memory_kind, versus_key, write_results
 from src.utils.bench_step import compose_model_config
-from src.utils.bench_versus import pool_same_revision, run_pairs
+from src.utils.bench_versus import pool_same_code, run_pairs
 from src.utils.bench_worker import ROOT, run_in_subprocess
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def git_revision(root: Path = ROOT) -> str:
     The benchmark's own outputs and the prose (experiments/bench, markdown files) do not count:
     they change nothing that is measured, and a run that follows an uncommitted run's results
     must still count as measured at the clean revision (`versus_reference` pools the pairs of
-    one clean revision across runs)."""
+    runs on the same code)."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                              text=True, check=True).stdout.strip()
@@ -104,6 +104,18 @@ def git_revision(root: Path = ROOT) -> str:
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def same_measured_code(a: str, b: str, root: Path = ROOT) -> bool:
+    """Whether revisions `a` and `b` differ only outside what is measured (UNMEASURED_PATHS); False
+    when git cannot tell (a revision it does not know, no git)."""
+    if a == b:
+        return True
+    try:
+        return subprocess.run(["git", "diff", "--quiet", a, b, "--", ".", *UNMEASURED_PATHS], cwd=root,
+                              capture_output=True).returncode == 0
+    except OSError:
+        return False
 
 
 def machine_info(cfg: DictConfig) -> dict[str, Any]:
@@ -180,6 +192,15 @@ def versus_reference_specs(cfg: DictConfig) -> list[tuple[dict[str, Any], dict[s
     return list(zip(train_step_specs(cfg), train_step_specs(reference_cfg)))
 
 
+def pool_with_earlier_runs(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    return pool_same_code(old, new, same_measured_code)
+
+
+def _interval_text(entry: dict[str, Any]) -> str:
+    interval = entry.get("speedup_ci95")
+    return f"; 95% CI of the median {interval[0]:.2f}-{interval[1]:.2f}x" if interval else ""
+
+
 def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device=cuda but torch sees no CUDA device")
@@ -191,10 +212,9 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
             entry = run_pairs(own, reference, int(cfg.versus_reference),
                               lambda spec: measure(cfg, spec, next(calls) == 0, revision))
             if entry["pairs"]:
-                interval = entry["speedup_ci95"]
                 log.info("%s against the reference's iteration: %.2fx (median of %d pairs, %.2f-%.2fx%s)",
                          entry["name"], entry["speedup"], len(entry["pairs"]), *entry["speedup_range"],
-                         f"; 95% CI of the median {interval[0]:.2f}-{interval[1]:.2f}x" if interval else "")
+                         _interval_text(entry))
             rows["versus_reference"].append(entry)
     else:
         for index, spec in enumerate(train_step_specs(cfg) + data_specs(cfg)):
@@ -206,6 +226,11 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.output_dir)
     results = write_results(out_dir / f"{cfg.results_name}.json", out_dir / f"{cfg.results_name}.md", rows,
                             machine_info(cfg), settings, merge=bool(cfg.merge_results),
-                            combine={"versus_reference": pool_same_revision})
+                            combine={"versus_reference": pool_with_earlier_runs})
+    this_run = {versus_key(e): len(e["pairs"]) for e in rows["versus_reference"]}
+    for entry in results.get("versus_reference", []):
+        if this_run.get(versus_key(entry), len(entry["pairs"])) < len(entry["pairs"]):
+            log.info("%s, with the earlier runs' pairs on the same code: %.2fx (median of %d pairs%s)",
+                     entry["name"], entry["speedup"], len(entry["pairs"]), _interval_text(entry))
     log.info("results: %s", out_dir / f"{cfg.results_name}.md")
     return results

@@ -22,10 +22,10 @@ One run's few pairs leave the median uncertain (pairs of one run spread 1.2-1.7x
 - the entry carries a distribution-free 95% confidence interval for the median speed-up
   (`speedup_ci95`, from the pairs' order statistics; from 6 pairs on), which says whether the
   pairs decide a goal such as 1.5x or leave it open;
-- a run of the same clean revision as the stored entry adds its pairs to it
-  (`pool_same_revision`) instead of replacing them, so pairs gathered over several runs and
-  hours form one verdict on one code. A new revision, or a tree with uncommitted changes,
-  starts over.
+- a run on the same code as the stored entry (clean revisions with no change between them
+  outside the benchmark's outputs and prose) adds its pairs to it (`pool_same_code`) instead of
+  replacing them, so pairs gathered over several runs and hours form one verdict on one code.
+  Changed code, or a tree with uncommitted changes, starts over.
 """
 from __future__ import annotations
 
@@ -111,11 +111,17 @@ def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tupl
     return best
 
 
-def pool_same_revision(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+def pool_same_code(old: dict[str, Any], new: dict[str, Any], same_code: Callable[[str, str], bool]
+                   ) -> dict[str, Any]:
     """The stored entry `old` and a new run's `new` for the same configuration as one entry: their
-    pairs pooled when every pair was measured at one clean revision, else `new` alone."""
+    pairs pooled when every pair was measured on clean revisions whose measured code is the same
+    (`same_code(a, b)`: no change between a and b outside the benchmark's outputs and prose), else
+    `new` alone."""
     revisions = {p["revision"] for p in old["pairs"] + new["pairs"]}
-    if not old["pairs"] or not new["pairs"] or len(revisions) != 1 or revisions.pop().endswith("+dirty"):
+    if not old["pairs"] or not new["pairs"] or any(r.endswith("+dirty") or r == "unknown" for r in revisions):
+        return new
+    current = new["pairs"][-1]["revision"]
+    if not all(same_code(r, current) for r in revisions):
         return new
     pairs = [{**p, "pair": index} for index, p in enumerate(old["pairs"] + new["pairs"])]
     return summarise(new, pairs)
