@@ -139,10 +139,11 @@ def _input_tiles(x: torch.Tensor, pad: Padding, th: int, tw: int, v: Variant) ->
 
 
 def _tiling(x: torch.Tensor, weight: torch.Tensor, pad: Padding) -> tuple[Variant, int, int, int, int]:
-    """The layer's algorithm, x's padded height and width, and the tiles along each."""
+    """The layer's algorithm, its output's height and width, and the tiles along each (the tiles
+    may cover a few rows and columns more than the output)."""
     v = VARIANTS[weight.shape[2]]
     h, w = pad.padded_size(x)
-    return v, h, w, v.tiles(h), v.tiles(w)
+    return v, h - v.kernel + 1, w - v.kernel + 1, v.tiles(h), v.tiles(w)
 
 
 class WinogradConvolution(torch.autograd.Function):
@@ -150,8 +151,8 @@ class WinogradConvolution(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, pad):
-        v, h, w, th, tw = _tiling(x, weight, pad)
-        n, k, r = x.shape[0], weight.shape[0], v.kernel
+        v, out_h, out_w, th, tw = _tiling(x, weight, pad)
+        n, k = x.shape[0], weight.shape[0]
         u = _weight_tiles(weight, v)                                     # (36, K, C)
         tiles = _input_tiles(x, pad, th, tw, v)                          # (36, C, P)
         m = torch.bmm(u, tiles, out=_scratch("products", 36, k, tiles.shape[2]))  # (36, K, P)
@@ -162,7 +163,6 @@ class WinogradConvolution(torch.autograd.Function):
         # The weight, not its 36/r^2 times larger transform: recomputing it costs less than holding it.
         ctx.save_for_backward(x, weight)
         ctx.pad, ctx.has_bias = pad, bias is not None
-        out_h, out_w = h - r + 1, w - r + 1
         return y[:, :, :out_h, :out_w] if y.shape[2:] != (out_h, out_w) else y
 
     @staticmethod
@@ -170,10 +170,10 @@ class WinogradConvolution(torch.autograd.Function):
     def backward(ctx, grad_y):
         x, weight = ctx.saved_tensors
         pad = ctx.pad
-        v, h, w, th, tw = _tiling(x, weight, pad)
+        v, out_h, out_w, th, tw = _tiling(x, weight, pad)
         n, c = x.shape[:2]
         k, r = weight.shape[0], v.kernel
-        extra_h, extra_w = v.outputs * th - (h - r + 1), v.outputs * tw - (w - r + 1)
+        extra_h, extra_w = v.outputs * th - out_h, v.outputs * tw - out_w
         if extra_h or extra_w:
             grad_y = F.pad(grad_y, (0, extra_w, 0, extra_h))
         grad_y = grad_y.contiguous()
