@@ -191,15 +191,16 @@ def versus_table(entries: list[dict]) -> list[str]:
         low, high = e["speedup_range"]
         lines.append(f"| {e['label']} | {e['device']} | {e['batch_size']} | {e['precision']} | {len(e['pairs'])}{note} "
                      f"| {e['own_s_per_iter']:.3f} | {e['reference_s_per_iter']:.3f} "
-                     f"| {e['speedup']:.2f}x ({low:.2f}-{high:.2f}x) | {_interval_cell(e)} | {_by_host_rate_cell(e)} "
+                     f"| {e['speedup']:.2f}x ({low:.2f}-{high:.2f}x) | {interval_text(e) or '-'} | {_by_host_rate_cell(e)} "
                      f"| {e['own_peak_gb']:.2f} / {e['reference_peak_gb']:.2f} "
                      f"| {measured_cell(last, e.get('host_gemm_gmac_per_s'))} |")
     return lines
 
 
-def _interval_cell(entry: dict) -> str:
+def interval_text(entry: dict) -> str | None:
+    """The entry's 95% confidence interval of the median speed-up as text; None without one."""
     interval = entry.get("speedup_ci95")
-    return f"{interval[0]:.2f}-{interval[1]:.2f}x" if interval else "-"
+    return f"{interval[0]:.2f}-{interval[1]:.2f}x" if interval else None
 
 
 def _by_host_rate_cell(entry: dict) -> str:

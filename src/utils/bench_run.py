@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import itertools
 import logging
 import platform
@@ -15,7 +16,8 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src.utils.bench_machine import load_average, wait_until_quiet
-from src.utils.bench_report import is_reference_iteration, memory_gb, memory_kind, versus_key, write_results
+from src.utils.bench_report import (interval_text, is_reference_iteration, memory_gb, memory_kind, versus_key,
+                                    write_results)
 from src.utils.bench_step import compose_model_config
 from src.utils.bench_versus import pool_same_code, run_pairs
 from src.utils.bench_worker import ROOT, run_in_subprocess
@@ -192,13 +194,9 @@ def versus_reference_specs(cfg: DictConfig) -> list[tuple[dict[str, Any], dict[s
     return list(zip(train_step_specs(cfg), train_step_specs(reference_cfg)))
 
 
-def pool_with_earlier_runs(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    return pool_same_code(old, new, same_measured_code)
-
-
-def _interval_text(entry: dict[str, Any]) -> str:
-    interval = entry.get("speedup_ci95")
-    return f"; 95% CI of the median {interval[0]:.2f}-{interval[1]:.2f}x" if interval else ""
+def _interval_clause(entry: dict[str, Any]) -> str:
+    interval = interval_text(entry)
+    return f"; 95% CI of the median {interval}" if interval else ""
 
 
 def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
@@ -214,7 +212,7 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
             if entry["pairs"]:
                 log.info("%s against the reference's iteration: %.2fx (median of %d pairs, %.2f-%.2fx%s)",
                          entry["name"], entry["speedup"], len(entry["pairs"]), *entry["speedup_range"],
-                         _interval_text(entry))
+                         _interval_clause(entry))
             rows["versus_reference"].append(entry)
     else:
         for index, spec in enumerate(train_step_specs(cfg) + data_specs(cfg)):
@@ -226,11 +224,13 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.output_dir)
     results = write_results(out_dir / f"{cfg.results_name}.json", out_dir / f"{cfg.results_name}.md", rows,
                             machine_info(cfg), settings, merge=bool(cfg.merge_results),
-                            combine={"versus_reference": pool_with_earlier_runs})
-    this_run = {versus_key(e): len(e["pairs"]) for e in rows["versus_reference"]}
-    for entry in results.get("versus_reference", []):
-        if this_run.get(versus_key(entry), len(entry["pairs"])) < len(entry["pairs"]):
+                            combine={"versus_reference": functools.partial(pool_same_code,
+                                                                           same_code=same_measured_code)})
+    stored = {versus_key(e): e for e in results.get("versus_reference", [])}
+    for entry in rows["versus_reference"]:
+        pooled = stored.get(versus_key(entry))
+        if pooled is not None and len(pooled["pairs"]) > len(entry["pairs"]):
             log.info("%s, with the earlier runs' pairs on the same code: %.2fx (median of %d pairs%s)",
-                     entry["name"], entry["speedup"], len(entry["pairs"]), _interval_text(entry))
+                     pooled["name"], pooled["speedup"], len(pooled["pairs"]), _interval_clause(pooled))
     log.info("results: %s", out_dir / f"{cfg.results_name}.md")
     return results
