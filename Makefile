@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PROJECT_ROOT := $(CURDIR)
 
-.PHONY: install install-fid train test bench clean
+.PHONY: install install-fid train test bench gpu-wheels clean
 
 install: $(STAMP)
 
@@ -32,6 +32,23 @@ test: $(STAMP)
 # Training speed per model configuration (conf/bench.yaml); writes experiments/bench/results.*
 bench: $(STAMP)
 	$(PY) src/bench.py $(ARGS)
+
+# Wheels of the packages a CUDA machine's python (torch, Lightning, torchmetrics already there)
+# lacks, for experiments/bench/gpu_check.sh on a machine that cannot download: carry $(GPU_WHEELS)
+# there. Versions as pinned in requirements.txt; compiled ones for CPython $(GPU_PYTHON) on x86-64.
+# numpy, scipy and OpenCV are left out: such machines have them, and they are large.
+GPU_PYTHON ?= 3.12
+GPU_WHEELS ?= .gpu-wheels
+GPU_PACKAGES := $(shell grep -E '^(hydra-core|omegaconf|albumentations)==' requirements.txt)
+gpu-wheels: $(STAMP)
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	# omegaconf's parser runtime (antlr4-python3-runtime 4.9.3) is published as source only
+	$(PY) -m pip wheel --quiet --no-deps -w $(GPU_WHEELS) antlr4-python3-runtime==4.9.3
+	$(PY) -m pip download --quiet --only-binary=:all: --implementation cp --python-version $(GPU_PYTHON) \
+		--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+		--find-links $(GPU_WHEELS) -d $(GPU_WHEELS) $(GPU_PACKAGES)
+	rm -f $(GPU_WHEELS)/numpy-* $(GPU_WHEELS)/scipy-* $(GPU_WHEELS)/opencv_python*
+	printf '%s\n' $(GPU_PACKAGES) > $(GPU_WHEELS)/packages.txt
 
 clean:
 	rm -rf logs .pytest_cache

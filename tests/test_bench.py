@@ -20,7 +20,7 @@ from src.nets.narrow_conv import use_narrow_output
 from src.utils import bench_ab, bench_versus
 from src.utils.bench_report import markdown, merge_rows, row_key, write_results
 from src.utils.bench_run import git_revision, same_measured_code, train_step_specs, versus_reference_specs
-from src.utils.bench_step import compose_model_config, measure_training_step
+from src.utils.bench_step import compile_networks, compose_model_config, measure_training_step
 from src.utils.reference_iterations import CycleGANReference, reference_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,6 +214,59 @@ def test_ab_settings_that_cannot_be_switched_are_refused():
         bench_ab.make_toggle("allocator", nn.Linear(2, 2))
     with pytest.raises(ValueError, match="ab=fast_conv: this model has no rewritten"):
         bench_ab.make_toggle("fast_conv", nn.Sequential(nn.Conv2d(3, 3, 3)))
+
+
+# ----- torch.compile modes and the GPU check script -------------------------------------------------
+
+def test_an_unknown_compile_mode_is_refused_with_its_key():
+    with pytest.raises(ValueError, match=r"tweaks.compile='fastest' must be one of .*reduce-overhead"):
+        train_step_specs(bench_cfg("tweaks.compile=fastest"))
+
+
+def test_compile_networks_passes_the_mode_to_every_players_network(monkeypatch):
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: modes.append(mode) or fn)
+
+    class Players:
+        def player_modules(self):
+            return {"G": [nn.Linear(2, 2), nn.Linear(2, 2)], "D": [nn.Linear(2, 1)]}
+
+    compile_networks(Players(), "reduce-overhead")
+    assert modes == ["reduce-overhead"] * 3
+    modes.clear()
+    compile_networks(Players(), True)   # torch.compile's own default mode
+    assert modes == [None] * 3
+
+
+def test_the_gpu_check_script_runs_each_step_with_valid_benchmark_commands(tmp_path):
+    """A dry run of experiments/bench/gpu_check.sh with a stand-in python
+    (tests/scripts/gpu_check_dry_run.py): every step runs and its benchmark command lines compose
+    into the GPU rows they are meant to measure; a typo would otherwise cost a GPU machine's time."""
+    shim, log, out, wheels = tmp_path / "python3", tmp_path / "commands.jsonl", tmp_path / "out", tmp_path / "wheels"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{ROOT}/tests/scripts/gpu_check_dry_run.py" "$@"\n')
+    shim.chmod(0o755)
+    env = {**os.environ, "PY": str(shim), "OUT": str(out), "WHEELS": str(wheels), "DRY_RUN_LOG": str(log)}
+    subprocess.run(["bash", str(ROOT / "experiments/bench/gpu_check.sh")], env=env, check=True, timeout=600,
+                   cwd=tmp_path)
+
+    summary = (out / "summary.log").read_text()
+    for step in ("install", "tests", "rows", "step_in_backward", "cuda_graphs"):
+        assert f"{step}: exit 0 " in summary, summary
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    commands = [entry["args"] for entry in entries]
+    assert ["-m", "pytest", "-q", "tests/test_gpu.py"] in commands
+    install = next(args for args in commands if args[:3] == ["-m", "pip", "install"])
+    assert "--no-index" in install and str(wheels / "packages.txt") in install
+    rows, step_in_backward, cuda_graphs = [entry["specs"] for entry in entries if "specs" in entry]
+    assert {s["device"] for s in rows + step_in_backward + cuda_graphs} == {"cuda"}
+    measured = {(s["name"], s["batch_size"], s["precision"]) for s in rows}
+    assert {("nicegan_light_256", 1, "bf16"), ("nicegan_light_256", 8, "fp32"), ("nicegan_light_256", 8, "bf16"),
+            ("ugatit_light_256", 8, "fp32")} <= measured
+    assert all(s["variant"] == {} for s in rows)
+    assert {(s["batch_size"], s["precision"]) for s in step_in_backward + cuda_graphs} == {(1, "fp32")}
+    assert all(s["variant"] == {"ab": "step_in_backward"} for s in step_in_backward)
+    assert [s["variant"] for s in cuda_graphs] == [{"compile": "reduce-overhead"}]
+    assert {p.name for p in out.iterdir()} >= {"results_cuda.json", "results_cuda.md"}
 
 
 # ----- ours against the reference's iteration, alternating processes (versus_reference) -------------

@@ -87,11 +87,16 @@ def use_torch_spectral_norm(model: pl.LightningModule) -> None:
                 hook.__class__ = SpectralNorm
 
 
-def compile_networks(model: pl.LightningModule) -> None:
+#: `tweaks.compile`: off, on (torch.compile's default mode) or one of its modes by name;
+#: "reduce-overhead" records CUDA graphs, for GPU steps bound by kernel launches.
+COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_networks(model: pl.LightningModule, mode: bool | str = True) -> None:
     """torch.compile every network the players train (parameters stay shared with the optimizers)."""
     for modules in model.player_modules().values():
         for module in modules:
-            module.forward = torch.compile(module.forward)
+            module.forward = torch.compile(module.forward, mode=None if mode is True else mode)
 
 
 class IterationTimer(pl.Callback):
@@ -173,7 +178,7 @@ def measure_training_step(spec: dict[str, Any]) -> dict[str, Any]:
     if tweaks.get("step_in_backward") is not None:
         model.optimizer_cfg["step_in_backward"] = bool(tweaks["step_in_backward"])
     if tweaks.get("compile", False):
-        compile_networks(model)
+        compile_networks(model, tweaks["compile"])
 
     warmup, repeats = spec["warmup"], spec["repeats"]
     ab = spec.get("ab")

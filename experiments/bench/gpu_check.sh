@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU checks of the benchmark in one call, for a CUDA machine whose python3 already holds
+# torch, Lightning and torchmetrics but not this project's other packages: those come as wheels,
+# made here by `make gpu-wheels` and carried there in .gpu-wheels/ (nothing can be downloaded on
+# such a machine). Each step runs under its own time limit, so one that hangs or fails leaves the
+# later ones their time; the limits add up to about 8.5 minutes. Logs, a summary and the merged
+# results_cuda.{json,md} go to $OUT (8 files).
+#
+#   make gpu-wheels                                    # here, once
+#   OUT=/some/dir bash experiments/bench/gpu_check.sh  # there, from any directory
+#
+# The steps, most needed first:
+#   tests             tests/test_gpu.py: every model in every precision, resume, FID/KID on CUDA
+#   rows              the GPU grid's rows still missing or stale in results_cuda.md (NICE-GAN light,
+#                     U-GAT-IT light with steady-state memory)
+#   step_in_backward  optimizer steps inside backward on CUDA, interleaved A/B (auto keeps them off there)
+#   cuda_graphs       torch.compile(mode="reduce-overhead") for the launch-bound batch-1 iteration
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-logs/gpu_check}
+PY=${PY:-python3}
+WHEELS=${WHEELS:-.gpu-wheels}
+mkdir -p "$OUT"
+export NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
+
+# A 16-core machine right after the previous step still has a load average above the CPU
+# table's quiet threshold; its wait would eat the step's time. The rows stay flagged if another
+# process was busy while they were measured.
+BENCH=("$PY" src/bench.py device=cuda data_throughput=null quiet.max_load=null quiet.checks=1 quiet.wait_s=5)
+ONE_ROW=(batch_sizes=[1] precision=fp32)
+
+# step NAME SECONDS COMMAND...: COMMAND's output goes to $OUT/NAME.log, its exit status and time
+# to $OUT/summary.log (124: stopped at the limit).
+step() {
+    local name=$1 limit=$2 start=$SECONDS status
+    shift 2
+    timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    status=$?
+    echo "$name: exit $status after $((SECONDS - start)) s (limit $limit s)" | tee -a "$OUT/summary.log"
+}
+
+"$PY" -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())" \
+    | tee "$OUT/summary.log"
+step install 45 "$PY" -m pip install --no-index --find-links "$WHEELS" -r "$WHEELS/packages.txt"
+step tests 150 "$PY" -m pytest -q tests/test_gpu.py
+step rows 140 "${BENCH[@]}" "configurations=[nicegan_light_256,ugatit_light_256]"
+step step_in_backward 70 "${BENCH[@]}" ab=step_in_backward repeats=10 \
+    "configurations=[cyclegan_256,pix2pix_unet256]" "${ONE_ROW[@]}"
+step cuda_graphs 100 "${BENCH[@]}" tweaks.compile=reduce-overhead "configurations=[pix2pix_unet256]" "${ONE_ROW[@]}"
+cp experiments/bench/results_cuda.json experiments/bench/results_cuda.md "$OUT"/
