@@ -17,7 +17,7 @@ from src.models.cyclegan import CycleGAN
 from src.nets.fast_conv import REWRITTEN_LAYERS
 from src.nets.gemm_conv import use_gemm_conv
 from src.nets.narrow_conv import use_narrow_output
-from src.utils import bench_ab, bench_versus
+from src.utils import bench_ab, bench_run, bench_versus
 from src.utils.bench_report import markdown, merge_rows, row_key, write_results
 from src.utils.bench_run import git_revision, same_measured_code, train_step_specs, versus_reference_specs
 from src.utils.bench_step import compile_networks, compose_model_config, measure_training_step
@@ -104,6 +104,21 @@ def test_merge_replaces_remeasured_rows_and_keeps_the_rest():
     merged = merge_rows(old, new)
     assert [(r["name"], r["s_per_iter"]) for r in merged] == [("a", 1.0), ("b", 1.5), ("a", 3.0), ("c", 4.0)]
     assert len({row_key(r) for r in merged}) == 4
+
+
+def test_a_run_stopped_part_way_keeps_the_rows_it_measured(tmp_path, monkeypatch):
+    def measure(cfg, spec, first, revision):
+        if spec["name"] == "cyclegan_64":
+            raise KeyboardInterrupt   # as a time limit or Ctrl-C would stop the run
+        return _row(spec["name"], 0.5)
+
+    monkeypatch.setattr(bench_run, "measure", measure)
+    cfg = bench_cfg("configurations=[smoke,cyclegan_64]", f"output_dir={tmp_path}", "data_throughput=null")
+    with pytest.raises(KeyboardInterrupt):
+        bench_run.run_benchmark(cfg)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["name"], r["s_per_iter"]) for r in results["train_step"]] == [("smoke", 0.5)]
+    assert "| smoke |" in (tmp_path / "results.md").read_text()
 
 
 def test_markdown_puts_the_speedup_beside_the_reference():

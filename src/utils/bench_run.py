@@ -206,6 +206,16 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
         raise RuntimeError("device=cuda but torch sees no CUDA device")
     revision = git_revision()
     rows: dict[str, list] = {"train_step": [], "data": [], "versus_reference": []}
+    settings = {"warmup": int(cfg.warmup), "repeats": int(cfg.repeats), "threads": int(cfg.threads),
+                "device": cfg.device, "seed": int(cfg.seed)}
+    machine = machine_info(cfg)
+    out_dir = Path(cfg.output_dir)
+
+    def save() -> dict[str, Any]:
+        return write_results(out_dir / f"{cfg.results_name}.json", out_dir / f"{cfg.results_name}.md", rows,
+                             machine, settings, merge=bool(cfg.merge_results),
+                             combine={"versus_reference": functools.partial(pool_same_code,
+                                                                            same_code=same_measured_code)})
     if cfg.get("versus_reference") is not None:
         calls = itertools.count()   # only the run's first measurement waits for the load average
         for own, reference in versus_reference_specs(cfg):
@@ -221,13 +231,11 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
             row = measure(cfg, spec, index == 0, revision)
             if row is not None:
                 rows[spec["kind"]].append(row)
-    settings = {"warmup": int(cfg.warmup), "repeats": int(cfg.repeats), "threads": int(cfg.threads),
-                "device": cfg.device, "seed": int(cfg.seed)}
-    out_dir = Path(cfg.output_dir)
-    results = write_results(out_dir / f"{cfg.results_name}.json", out_dir / f"{cfg.results_name}.md", rows,
-                            machine_info(cfg), settings, merge=bool(cfg.merge_results),
-                            combine={"versus_reference": functools.partial(pool_same_code,
-                                                                           same_code=same_measured_code)})
+                # After every row, so a run stopped part-way (a time limit, Ctrl-C) keeps what it
+                # measured. Rows merge by key: saving the same rows again changes nothing. (Not
+                # the pairs above: a save adds them to the stored entry of the same code.)
+                save()
+    results = save()
     stored = {versus_key(e): e for e in results.get("versus_reference", [])}
     for entry in rows["versus_reference"]:
         pooled = stored.get(versus_key(entry))
