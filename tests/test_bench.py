@@ -435,3 +435,14 @@ def test_the_revision_and_its_code_ignore_the_benchmarks_own_outputs_and_prose(t
     code = git_revision(repo)
     assert same_measured_code(clean, prose, repo) and same_measured_code(code, code, repo)
     assert not same_measured_code(prose, code, repo) and not same_measured_code(clean, "0000000", repo)
+
+
+def test_a_copy_without_git_is_labelled_with_the_revision_its_caller_names(tmp_path, monkeypatch):
+    copy = tmp_path / "copy"   # a working tree copied to another machine, without .git
+    copy.mkdir()
+    monkeypatch.delenv("BENCH_REVISION", raising=False)
+    assert git_revision(copy) == "unknown"
+    monkeypatch.setenv("BENCH_REVISION", "877e4df")
+    assert git_revision(copy) == "877e4df (no git)"
+    # a claim git cannot check: never pooled with the revision it names
+    assert not same_measured_code("877e4df (no git)", git_revision(ROOT).removesuffix("+dirty"))

@@ -9,6 +9,9 @@
 #   make gpu-wheels                                    # here, once
 #   OUT=/some/dir bash experiments/bench/gpu_check.sh  # there, from any directory
 #
+# A copy without .git labels its rows "unknown" unless BENCH_REVISION names the revision it is
+# a copy of (the rows then say "<revision> (no git)").
+#
 # The steps, most needed first:
 #   tests             tests/test_gpu.py: every model in every precision, resume, FID/KID on CUDA
 #   rows              the GPU grid's rows still missing or stale in results_cuda.md (NICE-GAN light,

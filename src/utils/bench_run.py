@@ -7,6 +7,7 @@ import datetime
 import functools
 import itertools
 import logging
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -99,7 +100,11 @@ def git_revision(root: Path = ROOT) -> str:
     The benchmark's own outputs and the prose (experiments/bench, markdown files) do not count:
     they change nothing that is measured, and a run that follows an uncommitted run's results
     must still count as measured at the clean revision (`versus_reference` pools the pairs of
-    runs on the same code)."""
+    runs on the same code).
+
+    Without git (a copy of the working tree on another machine) the rows carry $BENCH_REVISION,
+    the revision the caller says the copy is, marked as such; it never pools with a revision git
+    knows (`same_measured_code` cannot check it)."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                              text=True, check=True).stdout.strip()
@@ -107,7 +112,8 @@ def git_revision(root: Path = ROOT) -> str:
                                 *UNMEASURED_PATHS], cwd=root, capture_output=True, text=True).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        given = os.environ.get("BENCH_REVISION")
+        return f"{given} (no git)" if given else "unknown"
 
 
 def same_measured_code(a: str, b: str, root: Path = ROOT) -> bool:
