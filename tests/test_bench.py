@@ -410,6 +410,8 @@ def test_versus_runs_on_the_same_code_pool_their_pairs(tmp_path):
     assert len(run("def", [1.5])["pairs"]) == 1                              # changed code: the pairs start over
     assert len(run("def+dirty", [1.5])["pairs"]) == 1                        # uncommitted code: never pooled
     assert len(run("def+dirty", [1.5])["pairs"]) == 1
+    assert len(run("def (no git)", [1.5])["pairs"]) == 1                     # a copy without git: never pooled
+    assert len(run("def (no git)", [1.5])["pairs"]) == 1
 
 
 def test_the_revision_and_its_code_ignore_the_benchmarks_own_outputs_and_prose(tmp_path):

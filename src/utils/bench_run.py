@@ -103,8 +103,8 @@ def git_revision(root: Path = ROOT) -> str:
     runs on the same code).
 
     Without git (a copy of the working tree on another machine) the rows carry $BENCH_REVISION,
-    the revision the caller says the copy is, marked as such; it never pools with a revision git
-    knows (`same_measured_code` cannot check it)."""
+    the revision the caller says the copy is, marked as such; its pairs never pool
+    (`bench_versus.COMMIT`: git cannot check the claim)."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                              text=True, check=True).stdout.strip()

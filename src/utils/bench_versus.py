@@ -30,6 +30,7 @@ One run's few pairs leave the median uncertain (pairs of one run spread 1.2-1.7x
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from typing import Any, Callable
 
@@ -111,14 +112,19 @@ def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tupl
     return best
 
 
+#: a revision label git vouches for: a bare commit hash (not "+dirty", "unknown" or a copy's
+#: "<hash> (no git)", which name code that git cannot compare)
+COMMIT = re.compile(r"[0-9a-f]+")
+
+
 def pool_same_code(old: dict[str, Any], new: dict[str, Any], same_code: Callable[[str, str], bool]
                    ) -> dict[str, Any]:
     """The stored entry `old` and a new run's `new` for the same configuration as one entry: their
     pairs pooled when every pair was measured on clean revisions whose measured code is the same
     (`same_code(a, b)`: no change between a and b outside the benchmark's outputs and prose), else
-    `new` alone."""
+    `new` alone (also when a revision is not a bare commit hash, see COMMIT)."""
     revisions = {p["revision"] for p in old["pairs"] + new["pairs"]}
-    if not old["pairs"] or not new["pairs"] or any(r.endswith("+dirty") or r == "unknown" for r in revisions):
+    if not old["pairs"] or not new["pairs"] or not all(COMMIT.fullmatch(r) for r in revisions):
         return new
     current = new["pairs"][-1]["revision"]
     if not all(same_code(r, current) for r in revisions):
