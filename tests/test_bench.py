@@ -419,7 +419,11 @@ def test_the_revision_and_its_code_ignore_the_benchmarks_own_outputs_and_prose(t
     (repo / "experiments" / "bench").mkdir(parents=True)
     (repo / "src").mkdir()
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
-    files = {"src/a.py": "x = 1\n", "experiments/bench/results.json": "{}\n", "README.md": "r\n"}
+    (repo / "src" / "utils").mkdir()
+    (repo / "tests").mkdir()
+    files = {"src/a.py": "x = 1\n", "experiments/bench/results.json": "{}\n", "README.md": "r\n",
+             "tests/test_a.py": "t = 1\n", "src/utils/bench_report.py": "f = 1\n",
+             "src/utils/bench_versus.py": "order = 1\n"}
     for name, text in files.items():
         (repo / name).write_text(text)
     subprocess.run([*git, "init", "-q"], check=True)
@@ -428,6 +432,8 @@ def test_the_revision_and_its_code_ignore_the_benchmarks_own_outputs_and_prose(t
     clean = git_revision(repo)
     (repo / "experiments/bench/results.json").write_text('{"x": 1}\n')
     (repo / "README.md").write_text("changed\n")
+    (repo / "tests/test_a.py").write_text("t = 2\n")                  # no benchmark process runs it
+    (repo / "src/utils/bench_report.py").write_text("f = 2\n")        # formats stored results only
     assert git_revision(repo) == clean and not clean.endswith("+dirty")
     subprocess.run([*git, "commit", "-qam", "results and prose"], check=True)
     prose = git_revision(repo)
@@ -437,6 +443,8 @@ def test_the_revision_and_its_code_ignore_the_benchmarks_own_outputs_and_prose(t
     code = git_revision(repo)
     assert same_measured_code(clean, prose, repo) and same_measured_code(code, code, repo)
     assert not same_measured_code(prose, code, repo) and not same_measured_code(clean, "0000000", repo)
+    (repo / "src/utils/bench_versus.py").write_text("order = 2\n")    # the pairs' order is measured code
+    assert git_revision(repo) == code + "+dirty"
 
 
 def test_a_copy_without_git_is_labelled_with_the_revision_its_caller_names(tmp_path, monkeypatch):

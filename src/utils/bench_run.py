@@ -90,15 +90,19 @@ def data_specs(cfg: DictConfig) -> list[dict[str, Any]]:
             for name, node in cfg.data_throughput.datamodules.items()]
 
 
-#: paths whose changes leave the measured code as it was (git pathspecs)
-UNMEASURED_PATHS = (":(exclude)experiments/bench", ":(exclude)*.md")
+#: paths whose changes leave the measured code as it was (git pathspecs): the benchmark's outputs
+#: and the other experiment records, prose, the tests and CI (no benchmark process runs them), and
+#: the module that only formats stored results. Everything a timed process imports or is configured
+#: by stays measured, the benchmark's own timing and pairing code included.
+UNMEASURED_PATHS = (":(exclude)experiments", ":(exclude)*.md", ":(exclude)tests", ":(exclude).ci",
+                    ":(exclude)src/utils/bench_report.py")
 
 
 def git_revision(root: Path = ROOT) -> str:
     """Short commit hash, with '+dirty' when the working tree has changes (results depend on the code).
 
-    The benchmark's own outputs and the prose (experiments/bench, markdown files) do not count:
-    they change nothing that is measured, and a run that follows an uncommitted run's results
+    The benchmark's own outputs, the prose, the tests and the results' formatting
+    (UNMEASURED_PATHS) do not count: they change nothing that is measured, and a run that follows an uncommitted run's results
     must still count as measured at the clean revision (`versus_reference` pools the pairs of
     runs on the same code).
 

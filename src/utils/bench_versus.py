@@ -23,7 +23,7 @@ One run's few pairs leave the median uncertain (pairs of one run spread 1.2-1.7x
   (`speedup_ci95`, from the pairs' order statistics; from 6 pairs on), which says whether the
   pairs decide a goal such as 1.5x or leave it open;
 - a run on the same code as the stored entry (clean revisions with no change between them
-  outside the benchmark's outputs and prose) adds its pairs to it (`pool_same_code`) instead of
+  outside what is not measured: `bench_run.UNMEASURED_PATHS`) adds its pairs to it (`pool_same_code`) instead of
   replacing them, so pairs gathered over several runs and hours form one verdict on one code.
   Changed code, or a tree with uncommitted changes, starts over.
 """
@@ -121,7 +121,7 @@ def pool_same_code(old: dict[str, Any], new: dict[str, Any], same_code: Callable
                    ) -> dict[str, Any]:
     """The stored entry `old` and a new run's `new` for the same configuration as one entry: their
     pairs pooled when every pair was measured on clean revisions whose measured code is the same
-    (`same_code(a, b)`: no change between a and b outside the benchmark's outputs and prose), else
+    (`same_code(a, b)`: no change between a and b outside `bench_run.UNMEASURED_PATHS`), else
     `new` alone (also when a revision is not a bare commit hash, see COMMIT)."""
     revisions = {p["revision"] for p in old["pairs"] + new["pairs"]}
     if not old["pairs"] or not new["pairs"] or not all(COMMIT.fullmatch(r) for r in revisions):
