@@ -20,6 +20,7 @@ from src.losses import AdversarialLoss
 from src.models.image_pool import ImagePool
 from src.models.loss_scaling import PlayerGradScalers
 from src.models.lr_schedules import build_scheduler
+from src.models.size_check import check_image_size
 from src.models import step_in_backward
 from src.nets.init import init_weights
 from src.nets.fast_conv import configure_fast_conv
@@ -97,6 +98,7 @@ class TranslationModel(pl.LightningModule):
         self.grad_scalers: PlayerGradScalers | None = None
         self.logging_losses = True   # whether log_losses logs this iteration (training_step decides)
         self._idle_parameters: dict[tuple[str, ...], list[nn.Parameter]] = {}   # players(): names -> the others'
+        self._image_sizes_checked: set[tuple[int, ...]] = set()   # batch shapes the networks accept
 
     def setup(self, stage: str) -> None:
         # fp16: one loss scaler per player's loss instead of Lightning's shared one (see
@@ -116,6 +118,12 @@ class TranslationModel(pl.LightningModule):
 
     def generator_for(self, direction: str) -> nn.Module:
         raise NotImplementedError
+
+    def image_discriminators(self) -> list[nn.Module]:
+        """The networks that judge whole images (input: a batch of images): by default those
+        of the players named "discriminator(s)"."""
+        return [net for name, nets in self.player_modules().items() if name.startswith("discriminator")
+                for net in nets]
 
     # ----- training length ---------------------------------------------------------------
     @property
@@ -252,11 +260,22 @@ class TranslationModel(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         self.logging_losses = self.logs_this_iteration()   # before the steps move global_step
+        self.check_image_sizes(batch)
         self.train_iteration(batch)
         # Step per-iteration schedules here, not in on_train_batch_end: checkpoint callbacks run
         # before the module's batch-end hook and would save the schedule one step behind.
         if self.lr_schedule_cfg.get("unit", "epoch") == "iteration":
             self._step_schedulers()
+
+    def check_image_sizes(self, batch: dict) -> None:
+        """A clear error naming the data settings, instead of a tensor-size error deep in a
+        forward pass, when the networks cannot run on this batch's image size (once per shape;
+        src/models/size_check.py)."""
+        for key in ("A", "B"):
+            shape = tuple(batch[key].shape[:1]) + tuple(batch[key].shape[2:])
+            if shape not in self._image_sizes_checked:
+                check_image_size(self, batch[key])
+                self._image_sizes_checked.add(shape)
 
     def on_train_epoch_end(self) -> None:
         if self.lr_schedule_cfg.get("unit", "epoch") == "epoch":

@@ -59,6 +59,9 @@ class NICEGAN(TranslationModel):
     def generator_for(self, direction: str) -> nn.Module:
         return self.G_AB if direction == "AtoB" else self.G_BA
 
+    def image_discriminators(self) -> list[nn.Module]:
+        return [self.D_A, self.D_B]   # encoder + classifier heads: the players split them
+
     def discriminator_of(self, domain: str) -> nn.Module:
         return self.D_A if domain == "A" else self.D_B
 

@@ -1,0 +1,135 @@
+"""Check, before the first training step, that the networks can run on the images they get.
+
+An image size the networks cannot take otherwise fails deep inside a forward pass, with a
+message about tensor sizes that names no setting (a U-Net's skip connection: "Sizes of tensors
+must match"; a discriminator that runs out of pixels: "Padding size should be less than the
+corresponding input dimension"), or, worse, a generator whose output is not the input's size
+(a ResNet generator given 30 px returns 32). So the first batch's shape goes through every
+network the training step runs, on the meta device: shapes only, no arithmetic, no memory, a
+few milliseconds. Where a network fails, the error names the image size, the network, the
+nearest sizes every network accepts, and the settings that choose them.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from src.utils.directions import DIRECTIONS
+
+log = logging.getLogger(__name__)
+
+#: how many multiples of the generators' size step to try on each side of a failing size
+SEARCH_STEPS = 64
+
+
+class _Call(nn.Module):
+    """Runs `fn` with `root`'s parameters and buffers swapped by `functional_call`."""
+
+    def __init__(self, root: nn.Module, fn: Callable[..., torch.Tensor]):
+        super().__init__()
+        self.root = root
+        # Not registered as a submodule when `fn` is a network: its parameters would then have
+        # a second name, which functional_call would swap but not put back.
+        self.__dict__["fn"] = fn
+
+    def forward(self, *args: torch.Tensor):
+        return self.fn(*args)
+
+
+def run_on_meta(model: nn.Module, fn: Callable[..., object], *args: torch.Tensor) -> object:
+    """`fn(*args)` with every parameter and buffer of `model` replaced by a meta tensor of its
+    shape: the model's own tensors (weights, spectral-norm vectors, running statistics) are
+    neither read nor written. Compiled networks run eagerly (no compilation for meta inputs)."""
+    state = {f"root.{name}": torch.empty_like(tensor, device="meta")
+             for name, tensor in [*model.named_parameters(), *model.named_buffers()]}
+    # Tensors kept as plain attributes (torch's spectral norm sets `module.weight` in a forward
+    # pre-hook) would be left as meta tensors: put them back.
+    attributes = [(module.__dict__, key, value) for module in model.modules()
+                  for key, value in vars(module).items() if isinstance(value, torch.Tensor)]
+    try:
+        with torch.no_grad(), torch.compiler.set_stance("force_eager"):
+            return functional_call(_Call(model, fn), state, args)
+    finally:
+        for namespace, key, value in attributes:
+            namespace[key] = value
+
+
+def first_conv_channels(net: nn.Module) -> int:
+    return next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels
+
+
+def translatable_directions(model) -> list[str]:
+    directions = []
+    for direction in DIRECTIONS:
+        try:
+            model.generator_for(direction)
+        except ValueError:   # pix2pix translates one way
+            continue
+        directions.append(direction)
+    return directions
+
+
+def size_step(model) -> int:
+    """What every side must be a multiple of for the model's translations."""
+    from src.utils.translation import size_multiple   # not at import: translation imports the models
+    return max(size_multiple(model, direction) for direction in translatable_directions(model))
+
+
+def first_failure(model, batch_size: int, height: int, width: int) -> str | None:
+    """What goes wrong when the model's networks run on batches of `height` x `width` images,
+    or None when every translation keeps the size and every discriminator runs."""
+    from src.utils.translation import input_channels   # not at import: translation imports the models
+    for direction in translatable_directions(model):
+        x = torch.empty(batch_size, input_channels(model, direction), height, width, device="meta")
+        try:
+            y = run_on_meta(model, lambda t: model.translation_forward(t, direction), x)
+        except (RuntimeError, ValueError) as error:
+            return f"the {direction} translation fails: {error}"
+        if tuple(y.shape[-2:]) != (height, width):
+            return f"the {direction} translation returns {y.shape[-2]}x{y.shape[-1]} px images"
+    for net in model.image_discriminators():
+        x = torch.empty(batch_size, first_conv_channels(net), height, width, device="meta")
+        try:
+            run_on_meta(model, net, x)
+        except (RuntimeError, ValueError) as error:
+            return f"the discriminator {type(net).__name__} fails: {error}"
+    return None
+
+
+def nearest_accepted(model, batch_size: int, side: int, step: int) -> tuple[int | None, int | None]:
+    """The largest square side below `side` and the smallest above it, among the SEARCH_STEPS
+    multiples of `step` on each side of it, that every network accepts (None where none is)."""
+    def accepted(s: int) -> bool:
+        return first_failure(model, batch_size, s, s) is None
+
+    below = range((side - 1) // step * step, 0, -step)[:SEARCH_STEPS]
+    above = range((side // step + 1) * step, (side // step + 1 + SEARCH_STEPS) * step, step)
+    return next(filter(accepted, below), None), next(filter(accepted, above), None)
+
+
+def check_image_size(model, images: torch.Tensor) -> None:
+    """Raise a ValueError naming the data settings when the model's networks cannot train on
+    batches shaped like `images` (N, C, H, W)."""
+    batch_size, _, height, width = images.shape
+    try:
+        failure = first_failure(model, batch_size, height, width)
+    except NotImplementedError as error:   # an operator without a meta kernel: nothing to learn here
+        log.warning("Image size check skipped: %s", error)
+        return
+    if failure is None:
+        return
+    step = size_step(model)
+    below, above = nearest_accepted(model, batch_size, min(height, width), step)
+    accepted = " or ".join(f"{s}x{s}" for s in (below, above) if s is not None)
+    hint = (f"the nearest square size its networks accept: {accepted}" if accepted else
+            f"no square size within {SEARCH_STEPS} steps of {step} px works: check the networks' depth "
+            f"(model.generator / model.discriminator)")
+    raise ValueError(
+        f"{type(model).__name__} cannot train on {height}x{width} px images (batch {batch_size}): {failure}. "
+        f"Image sides must be multiples of {step} px for its generators, and {hint}. Set data.crop_size "
+        f"(data.size for the embedded shapes datasets; data.load_size too with preprocess=scale_width), "
+        f"or make the networks shallower or deeper (model.generator.*, model.discriminator.*).")

@@ -1,0 +1,63 @@
+"""The image-size check before the first training step (src/models/size_check.py), and the
+smoke config's image size for datasets of files."""
+import hydra
+import pytest
+import torch
+
+from src.models.size_check import check_image_size
+from src.utils.run import run_training
+from tests.conftest import DATA_OF, MODELS
+
+
+def build(train_cfg, model_name: str, *overrides: str):
+    cfg = train_cfg(f"model={model_name}", f"data={DATA_OF[model_name]}", *overrides)
+    return cfg, hydra.utils.instantiate(cfg.model, _recursive_=False)
+
+
+def images(side: int) -> torch.Tensor:
+    return torch.zeros(1, 3, side, side)
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_sizes_the_networks_take_pass_and_leave_the_model_as_it_was(train_cfg, model_name):
+    cfg, model = build(train_cfg, model_name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = {(name, key): value for name, module in model.named_modules()
+             for key, value in vars(module).items() if isinstance(value, torch.Tensor)}
+    check_image_size(model, images(cfg.data.size))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()])
+    # torch's spectral norm keeps the normalised weight as a plain attribute (U-GAT-IT, NICE-GAN)
+    assert all(vars(dict(model.named_modules())[name])[key] is value for (name, key), value in plain.items())
+
+
+@pytest.mark.parametrize("model_name, side, failing, nearest", [
+    ("pix2pix", 40, "AtoB translation fails", "32x32 or 64x64"),    # U-Net of 5 downs: multiples of 32
+    ("cyclegan", 30, "AtoB translation returns 32x32", "28x28 or 32x32"),
+    ("ugatit", 16, "discriminator UGATITDiscriminator fails", "24x24"),
+    ("nicegan", 32, "discriminator NICEGANDiscriminator fails", "48x48"),
+])
+def test_a_size_the_networks_cannot_take_is_refused_with_the_nearest_sizes_and_the_settings(
+        train_cfg, model_name, side, failing, nearest):
+    _, model = build(train_cfg, model_name)
+    with pytest.raises(ValueError) as error:
+        check_image_size(model, images(side))
+    message = str(error.value)
+    assert f"cannot train on {side}x{side} px images" in message and failing in message
+    assert f"accept: {nearest}." in message and "data.crop_size" in message and "data.size" in message
+
+
+def test_training_stops_at_the_first_batch_with_the_size_error(train_cfg):
+    cfg = train_cfg("model=pix2pix", "data=shapes_paired", "data.size=40", "max_iters=1")
+    with pytest.raises(ValueError, match=r"Pix2Pix cannot train on 40x40 px images .* 32x32 or 64x64"):
+        run_training(cfg)
+
+
+def test_the_smoke_config_sizes_the_embedded_datasets_only(train_cfg):
+    # NICE-GAN's smoke networks need more than the embedded dataset's 32 px; a dataset of files
+    # has no `size` key (its module would refuse it) and keeps its own crop size.
+    assert train_cfg("model=nicegan", "data=shapes").data.size == 64
+    assert train_cfg("model=nicegan", "data=shapes_paired").data.size == 64
+    files = train_cfg("model=nicegan", "data=cat2dog").data
+    assert "size" not in files and files.crop_size == 256
+    assert train_cfg("model=nicegan", "data.size=128").data.crop_size == 128   # the command line still wins
