@@ -106,7 +106,8 @@ def test_smoke_run_writes_checkpoint_samples_and_finite_metrics(train_cfg, model
     assert metrics and all(math.isfinite(v) for v in metrics.values())
     assert any(k.startswith("train/G") for k in metrics)
     run_dir = cfg.paths.output_dir
-    assert (Path(run_dir) / "checkpoints" / "last.ckpt").is_file()
+    # the periodic checkpoint is named by iteration (4), not by optimizer steps (8-12)
+    assert sorted(p.name for p in (Path(run_dir) / "checkpoints").glob("*.ckpt")) == ["best_fid.ckpt", "iter_0000004.ckpt", "last.ckpt"]
     assert sorted(p.name for p in (Path(run_dir) / "samples").glob("*.png")) == ["iter_0000002.png", "iter_0000004.png"]
 
 

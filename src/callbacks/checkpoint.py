@@ -6,13 +6,24 @@ the model's `optimizer_steps_per_iter`, and also saves after the run's last iter
 stopped by `max_iters` mid-epoch would otherwise end without one) and on Ctrl-C.
 """
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 
 class IterationCheckpoint(ModelCheckpoint):
-    def __init__(self, every_n_iters: int | None = None, **kwargs):
-        super().__init__(**kwargs)
+    """Files are named by training iteration (`iter_0004000.ckpt`, like the sample grids), not
+    by Lightning's default `epoch=0-step=8000` whose step counts optimizer steps. A `filename`
+    template can use `{iter}` next to Lightning's `{epoch}`, `{step}` and logged metrics."""
+
+    def __init__(self, every_n_iters: int | None = None, filename: str | None = "iter_{iter:07d}",
+                 auto_insert_metric_name: bool = False, **kwargs):
+        super().__init__(filename=filename, auto_insert_metric_name=auto_insert_metric_name, **kwargs)
         self.every_n_iters = every_n_iters
+
+    def _monitor_candidates(self, trainer: pl.Trainer) -> dict:
+        candidates = super()._monitor_candidates(trainer)
+        candidates["iter"] = torch.tensor(trainer.lightning_module.iteration)
+        return candidates
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.every_n_iters:
