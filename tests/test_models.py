@@ -155,6 +155,26 @@ def test_resume_gives_the_same_weights(train_cfg, tmp_path, model_name, data_nam
     assert_resume_continues_the_run(train_cfg, tmp_path, common)
 
 
+def test_resuming_with_other_model_settings_says_so_before_loading_the_weights(train_cfg, tmp_path):
+    first = train_cfg("model=cyclegan", "max_iters=1", *NO_EVALUATION)
+    run_training(first)
+    run_dir = Path(first.paths.output_dir)
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "config.yaml").write_text("model: {}\n")   # where a Hydra run keeps its config
+    wider = train_cfg("model=cyclegan", "model.generator.ngf=6", "max_iters=2", *NO_EVALUATION,
+                      f"ckpt_path={run_dir}/checkpoints/last.ckpt")
+    wider.paths.output_dir = str(tmp_path / "resumed")
+    with pytest.raises(ValueError) as error:
+        run_training(wider)
+    message = str(error.value)
+    assert message.startswith(f"ckpt_path={run_dir}/checkpoints/last.ckpt: the checkpoint does not fit the CycleGAN")
+    assert "G_A.encoder.1.weight ([4, 3, 7, 7] in the checkpoint, [6, 3, 7, 7] here)" in message
+    assert str(run_dir / ".hydra" / "config.yaml") in message
+    other_model = train_cfg("model=ugatit", "max_iters=2", *NO_EVALUATION, f"ckpt_path={run_dir}/checkpoints/last.ckpt")
+    with pytest.raises(ValueError, match=r"does not fit the UGATIT this run builds \(\d+ tensors missing: G_AB"):
+        run_training(other_model)
+
+
 def test_losses_are_logged_when_lightning_writes_them_and_at_the_end(train_cfg, tmp_path):
     """Losses are logged on the iterations Lightning writes to the loggers (every
     log_every_n_steps batches) and on the last one, whose values training hands back; the CSV

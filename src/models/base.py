@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.strategies import SingleDeviceStrategy
 
 from src.losses import AdversarialLoss
+from src.models.checkpoint_fit import check_resume_fits
 from src.models.image_pool import ImagePool
 from src.models.loss_scaling import PlayerGradScalers
 from src.models.lr_schedules import build_scheduler
@@ -311,6 +312,9 @@ class TranslationModel(pl.LightningModule):
         checkpoint["rng_states"] = collect_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Called before Lightning loads the weights: a checkpoint of other model settings gets
+        # an error that says so, not load_state_dict's list of keys.
+        check_resume_fits(self, checkpoint, self.trainer.ckpt_path if self._trainer is not None else None)
         for name, state in checkpoint.get("image_pools", {}).items():
             if name in self.pools:
                 self.pools[name].load_state_dict(state)

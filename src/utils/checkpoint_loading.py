@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from src.callbacks.ema import averaged_state_dict
 from src.models.base import TranslationModel
+from src.models.checkpoint_fit import run_config_path, state_dict_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,6 @@ KNOWN_MODEL_CLASSES = (
     "src.models.ugatit.UGATIT",
     "src.models.nicegan.NICEGAN",
 )
-
-
-def run_config_path(ckpt_path: str | Path) -> Path:
-    """Where the Hydra config of the run that wrote `<run_dir>/checkpoints/x.ckpt` lives."""
-    return Path(ckpt_path).resolve().parent.parent / ".hydra" / "config.yaml"
 
 
 def model_class_from_run_config(ckpt_path: str | Path) -> type[TranslationModel] | None:
@@ -64,12 +60,6 @@ def _accepts(cls: type, hparams: dict) -> bool:
     except TypeError:
         return False
     return True
-
-
-def _matches(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> bool:
-    expected = model.state_dict()
-    return expected.keys() == state_dict.keys() and all(
-        expected[k].shape == state_dict[k].shape for k in expected)
 
 
 def _build(cls: type[TranslationModel], hparams: dict) -> TranslationModel:
@@ -108,7 +98,7 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
             tried.append(f"{cls.__name__} (other hyperparameters)")
             continue
         model = _build(cls, hparams)
-        if configured is None and not _matches(model, state_dict):
+        if configured is None and state_dict_mismatch(model.state_dict(), state_dict) is not None:
             tried.append(f"{cls.__name__} (other weights)")
             continue
         model.load_state_dict(state_dict, strict=True)

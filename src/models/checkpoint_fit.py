@@ -1,0 +1,53 @@
+"""Whether a checkpoint's weights fit a model, and a resume error that says what to change.
+
+Resuming a run with other model settings than the run that wrote the checkpoint (another
+model, another width or depth) otherwise fails in `load_state_dict` with a list of hundreds of
+missing keys or shape mismatches and no word on the cause. The check runs in the model's
+`on_load_checkpoint`, which Lightning calls before it loads the weights.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+#: mismatches named in a message; the rest are counted
+SHOWN = 3
+
+
+def run_config_path(ckpt_path: str | Path) -> Path:
+    """Where the Hydra config of the run that wrote `<run_dir>/checkpoints/x.ckpt` lives."""
+    return Path(ckpt_path).resolve().parent.parent / ".hydra" / "config.yaml"
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(names[:SHOWN])
+    return shown + (f" and {len(names) - SHOWN} more" if len(names) > SHOWN else "")
+
+
+def state_dict_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str | None:
+    """What keeps the state dict `found` from loading into a model whose own is `expected`
+    (keys and shapes), or None when it loads."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    reshaped = [f"{k} ({list(found[k].shape)} in the checkpoint, {list(expected[k].shape)} here)"
+                for k in expected if k in found and found[k].shape != expected[k].shape]
+    parts = [f"{len(names)} {what}: {_listed(names)}" for what, names in
+             (("tensors of other shapes", reshaped), ("tensors missing", missing),
+              ("tensors this model does not have", unexpected)) if names]
+    return "; ".join(parts) or None
+
+
+def check_resume_fits(model: torch.nn.Module, checkpoint: dict, ckpt_path: str | Path | None) -> None:
+    """Raise a ValueError naming `ckpt_path` and the run's own config when the checkpoint's
+    weights do not fit `model`."""
+    mismatch = state_dict_mismatch(model.state_dict(), checkpoint.get("state_dict", {}))
+    if mismatch is None:
+        return
+    config = run_config_path(ckpt_path) if ckpt_path else None
+    where = (f" Its run's settings are in {config} (the command-line overrides beside it, in overrides.yaml)."
+             if config is not None and config.is_file() else "")
+    raise ValueError(
+        f"ckpt_path={ckpt_path}: the checkpoint does not fit the {type(model).__name__} this run builds "
+        f"({mismatch}). Resuming continues a run, so it needs the model settings of the run that wrote the "
+        f"checkpoint (model=..., model.generator.*, model.discriminator.*, data.input_nc/output_nc).{where}")
