@@ -210,6 +210,15 @@ def test_sync_batchnorm_refuses_test_time_batch_statistics(train_cfg):
         check_sync_batchnorm(cfg, model)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+@pytest.mark.parametrize("trainer_name", ["gpu", "ddp"])
+def test_a_gpu_trainer_without_a_gpu_names_the_trainer_to_use(train_cfg, trainer_name):
+    cfg = train_cfg("model=cyclegan", f"trainer={trainer_name}")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    with pytest.raises(ValueError, match=r"trainer.accelerator=gpu: no CUDA GPU is visible here .* Use trainer=cpu"):
+        build_trainer_kwargs(cfg, model)
+
+
 # ----- EMA of the generators -------------------------------------------------------------------
 
 def with_ema(cfg, **settings):

@@ -20,9 +20,19 @@ def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def check_accelerator(trainer_cfg: dict) -> None:
+    """A GPU configuration on a machine without one fails with a message that says what to
+    pass, instead of Lightning's "No supported gpu backend found!"."""
+    if trainer_cfg.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.accelerator={trainer_cfg['accelerator']}: no CUDA GPU is visible here "
+                         f"(torch {torch.__version__}, built {'with' if torch.version.cuda else 'without'} CUDA). "
+                         "Use trainer=cpu, or trainer=default (it picks what the machine has).")
+
+
 def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     """Trainer arguments, with `max_iters` (training iterations) turned into optimizer steps."""
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    check_accelerator(kwargs)
     if cfg.get("max_iters"):
         kwargs["max_steps"] = int(cfg.max_iters) * model.optimizer_steps_per_iter
         kwargs["max_epochs"] = -1
