@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from src.utils.directions import DIRECTIONS
+from src.utils.directions import DIRECTIONS, untranslated_directions
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +63,8 @@ def first_conv_channels(net: nn.Module) -> int:
 
 
 def translatable_directions(model) -> list[str]:
-    directions = []
-    for direction in DIRECTIONS:
-        try:
-            model.generator_for(direction)
-        except ValueError:   # pix2pix translates one way
-            continue
-        directions.append(direction)
-    return directions
+    untranslated = untranslated_directions(model)   # pix2pix translates one way
+    return [direction for direction in DIRECTIONS if direction not in untranslated]
 
 
 def size_step(model) -> int:
