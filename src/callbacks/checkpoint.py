@@ -3,11 +3,15 @@
 Lightning's `every_n_train_steps` counts optimizer steps, and under manual optimization a GAN
 iteration takes several (2 for CycleGAN, 3 for NICE-GAN). This converts `every_n_iters` with
 the model's `optimizer_steps_per_iter`, and also saves after the run's last iteration (a run
-stopped by `max_iters` mid-epoch would otherwise end without one) and on Ctrl-C.
+stopped by `max_iters` mid-epoch would otherwise end without one), on Ctrl-C and on a crash.
 """
+import logging
+
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+
+log = logging.getLogger(__name__)
 
 
 class IterationCheckpoint(ModelCheckpoint):
@@ -42,7 +46,37 @@ class IterationCheckpoint(ModelCheckpoint):
         self._save_last_checkpoint(trainer, candidates)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        # Ctrl-C makes Lightning exit the process after its graceful shutdown: save first, so no
-        # run ends without a checkpoint.
-        if isinstance(exception, KeyboardInterrupt) and self.dirpath:
-            trainer.save_checkpoint(f"{self.dirpath}/interrupted.ckpt", weights_only=False)
+        """No run ends without a checkpoint: Ctrl-C (after which Lightning exits the process)
+        saves `interrupted.ckpt`, any other error `crashed.ckpt` (a bad image mid-epoch, an
+        out-of-memory step, a callback failing), so the work since last.ckpt is kept."""
+        if not self.dirpath or trainer.global_step == 0:
+            return   # nothing trained yet
+        name = "interrupted.ckpt" if isinstance(exception, KeyboardInterrupt) else "crashed.ckpt"
+        path = f"{self.dirpath}/{name}"
+        if not trainer.is_global_zero:
+            return
+        # Written by rank zero alone: trainer.save_checkpoint ends in a barrier that ranks which
+        # crashed elsewhere, or died, would never reach.
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        partial_steps = trainer.global_step % pl_module.optimizer_steps_per_iter
+        if partial_steps:
+            count_whole_iterations(checkpoint, partial_steps)
+        trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
+        log.error("%s: saved %s at iteration %d; resume with ckpt_path=%s", type(exception).__name__, name,
+                  pl_module.iteration, path)
+        if partial_steps:
+            log.warning("%s was taken inside iteration %d, after %d of its %d optimizer steps: those players keep "
+                        "their update and the resumed run repeats the iteration, so it is not bit-identical to an "
+                        "uninterrupted run (last.ckpt is)", name, pl_module.iteration + 1, partial_steps,
+                        pl_module.optimizer_steps_per_iter)
+
+
+def count_whole_iterations(checkpoint: dict, partial_steps: int) -> None:
+    """Roll the optimizer-step counters back to the start of the iteration a checkpoint was
+    taken in, so the resumed run repeats that iteration in whole and its step counts (periodic
+    checkpoints, max_iters, per-iteration schedules) stay multiples of the steps per iteration."""
+    checkpoint["global_step"] -= partial_steps
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.manual_optimization.optim_step_progress"]
+    for counters in progress.values():
+        for key in ("ready", "completed"):
+            counters[key] = max(0, counters[key] - partial_steps)

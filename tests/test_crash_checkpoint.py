@@ -1,0 +1,75 @@
+"""No run ends without its checkpoint: an error or Ctrl-C mid-run saves one that resumes."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import NO_EVALUATION, last_checkpoint
+from src.models.cyclegan import CycleGAN
+from src.utils.run import run_training
+
+COMMON = ("model=cyclegan", "data.max_dataset_size=4", "seed=7", *NO_EVALUATION)
+
+
+def fail_at_step(monkeypatch, global_step: int, error: BaseException) -> None:
+    """CycleGAN's optimizer steps raise `error` once the run has taken `global_step` of them."""
+    original_update = CycleGAN.update
+
+    def update(self, *args, **kwargs):
+        if self.trainer.global_step == global_step:
+            raise error
+        return original_update(self, *args, **kwargs)
+
+    monkeypatch.setattr(CycleGAN, "update", update)
+
+
+def crash_file(cfg, name: str) -> dict:
+    path = f"{cfg.paths.output_dir}/checkpoints/{name}"
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_an_error_between_iterations_saves_a_checkpoint_that_resumes_the_same_run(train_cfg, tmp_path, monkeypatch):
+    straight = last_checkpoint(train_cfg(*COMMON, "max_iters=4"))
+    crashing = train_cfg(*COMMON, "max_iters=4")
+    crashing.paths.output_dir = str(tmp_path / "crashing")
+    fail_at_step(monkeypatch, 4, RuntimeError("image 3 is unreadable"))   # at the start of iteration 3
+    with pytest.raises(RuntimeError, match="image 3 is unreadable"):
+        run_training(crashing)
+    monkeypatch.undo()
+    saved = crash_file(crashing, "crashed.ckpt")
+    assert saved["global_step"] == 4
+
+    resumed = train_cfg(*COMMON, "max_iters=4", f"ckpt_path={tmp_path}/crashing/checkpoints/crashed.ckpt")
+    resumed.paths.output_dir = str(tmp_path / "resumed")
+    after = last_checkpoint(resumed)
+    assert after["global_step"] == straight["global_step"] == 8
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, after["state_dict"][key]), key
+
+
+def test_ctrl_c_inside_an_iteration_saves_a_checkpoint_counted_in_whole_iterations(train_cfg, tmp_path, monkeypatch):
+    cfg = train_cfg(*COMMON, "max_iters=4", "callbacks.model_checkpoint.every_n_iters=2")
+    fail_at_step(monkeypatch, 5, KeyboardInterrupt())   # after the generators' step of iteration 3
+    with pytest.raises(SystemExit):   # Lightning exits the process after a Ctrl-C
+        run_training(cfg)
+    monkeypatch.undo()
+    saved = crash_file(cfg, "interrupted.ckpt")
+    assert saved["global_step"] == 4   # iteration 3 is repeated in whole on resume
+    progress = saved["loops"]["fit_loop"]["epoch_loop.manual_optimization.optim_step_progress"]
+    assert progress["total"]["completed"] == 4
+
+    resumed = train_cfg(*COMMON, "max_iters=4", "callbacks.model_checkpoint.every_n_iters=2",
+                        f"ckpt_path={cfg.paths.output_dir}/checkpoints/interrupted.ckpt")
+    resumed.paths.output_dir = str(tmp_path / "resumed")
+    after = last_checkpoint(resumed)
+    assert after["global_step"] == 8
+    written = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir())
+    assert written == ["iter_0000004.ckpt", "last.ckpt"]   # the periodic checkpoint stays on its iteration
+
+
+def test_an_error_before_any_step_leaves_no_checkpoint(train_cfg, monkeypatch):
+    cfg = train_cfg(*COMMON, "max_iters=4")
+    fail_at_step(monkeypatch, 0, RuntimeError("bad first batch"))
+    with pytest.raises(RuntimeError, match="bad first batch"):
+        run_training(cfg)
+    assert not Path(cfg.paths.output_dir, "checkpoints", "crashed.ckpt").exists()   # no empty-handed file
