@@ -157,6 +157,28 @@ def test_sample_batch_is_first_items_and_deterministic(tmp_path):
     assert Path(dm.sample_batch(1, split="train")["A_path"][0]).parent.name == "trainA"
 
 
+def test_images_of_mixed_sizes_batch_one_at_a_time_or_fail_naming_the_files(tmp_path, caplog):
+    """preprocess=none keeps each image's size: evaluation batches one image at a time, a batch
+    of several names two files of different sizes and the settings, and sample grids take the
+    first images of the first one's size."""
+    root = make_unpaired(tmp_path / "d", n_test_a=3, n_test_b=3)
+    write_image(root / "testA" / "A1.png", size=(24, 16))   # the others are 20x16
+    dm = module(UnpairedDataModule, root, preprocess="none", batch_size=2)
+    assert dm.eval_batch_size == 1
+    assert [tuple(b["A"].shape[-2:]) for b in dm.test_dataloader()] == [(16, 20), (16, 24), (16, 20)]
+
+    batched = module(UnpairedDataModule, root, preprocess="none", eval_batch_size=2)
+    with pytest.raises(ValueError, match=r"testA/A0.png is 16x20 and .*testA/A1.png is 16x24 after "
+                                         r"data.preprocess=none\. Batch one image at a time \(data.batch_size=1"):
+        next(iter(batched.test_dataloader()))
+    with caplog.at_level("INFO"):
+        grid = dm.sample_batch(3)
+    assert [Path(p).name for p in grid["A_path"]] == ["A0.png", "A2.png"]
+    assert "A1.png" in caplog.text
+    # One output size: the batch stacks as before.
+    assert module(UnpairedDataModule, root, eval_batch_size=3).sample_batch(3)["A"].shape == (3, 3, 8, 8)
+
+
 # -- paired ----------------------------------------------------------------------------------
 
 

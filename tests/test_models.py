@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from conftest import MODELS, NO_EVALUATION, assert_resume_continues_the_run, changed, snapshot
+from src.models.base import sampling_mode
 from src.utils.run import build_trainer_kwargs, run_training
 
 UNPAIRED_MODELS = ("cyclegan", "ugatit", "nicegan")
@@ -235,3 +236,15 @@ def test_pix2pixhd_multiscale_discriminator_with_feature_matching_trains(train_c
                     "+model.discriminator.num_scales=2", "loss.weights.feature_matching=10")
     metrics = run_training(cfg)
     assert math.isfinite(metrics["train/feature_matching"]) and metrics["train/feature_matching"] > 0
+
+
+def test_pix2pix_translates_each_image_alone_with_test_time_batch_statistics(train_cfg):
+    """pix2pix samples with its batch norm's batch statistics (as its paper tests, at batch 1):
+    an image's translation must not depend on the other images of the batch it comes in."""
+    cfg = train_cfg("model=pix2pix", "data=shapes_paired", "model.test_time_dropout=false")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    images = torch.rand(3, 3, cfg.data.size, cfg.data.size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    alone = torch.cat([model.translate(image) for image in images.split(1)])
+    assert torch.allclose(model.translate(images), alone, atol=1e-6)
+    with sampling_mode([model.G], batch_stats=True), torch.no_grad():
+        assert not torch.allclose(model.G(images), alone, atol=1e-3)   # statistics of the whole batch differ

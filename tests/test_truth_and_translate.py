@@ -417,3 +417,75 @@ def test_untranslated_directions_come_with_the_models_reason():
                 raise ValueError("translates AtoB only")
     assert untranslated_directions(OneWay()) == {"BtoA": "translates AtoB only"}
     assert untranslated_directions(CountingIdentity()) == {}
+
+
+def write_folder_dataset(root: Path, test_sizes: dict[str, tuple[int, int]]) -> Path:
+    """trainA/B and testA/B of noise PNGs (width, height): test files as given, the rest 32x32."""
+    rng = np.random.default_rng(0)
+    files = {f"{split}{domain}/{domain}{k}.png": (32, 32) for split in ("train", "test") for domain in "AB"
+             for k in range(2)}
+    files.update(test_sizes)
+    for name, (width, height) in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(root / name)
+    return root
+
+
+def evaluate_on_folders(run, tmp_path, data_root: Path, *overrides):
+    from src.utils.evaluation import run_evaluation
+    cfg = compose_train_cfg([f"ckpt_path={run.ckpt}", "data=horse2zebra", f"data.data_dir={data_root}",
+                             "feature_extractor=random_cnn", "kid_subset_size=2", *overrides],
+                            tmp_path / "eval", tmp_path, config_name="eval")
+    try:
+        return run_evaluation(cfg), Path(cfg.output_dir)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_eval_translates_test_images_of_mixed_sizes_each_at_its_size(smoke_runs, tmp_path):
+    """preprocess=none keeps each image's size: evaluation batches one image at a time instead
+    of failing to stack a batch (eval's batch_size is 8)."""
+    root = write_folder_dataset(tmp_path / "mixed", {"testA/A0.png": (32, 32), "testA/A1.png": (48, 32),
+                                                     "testA/A2.png": (40, 24)})
+    results, out = evaluate_on_folders(smoke_runs["cyclegan"], tmp_path, root, "data.preprocess=none")
+    sizes = {p.name: Image.open(p).size for p in (out / "fakeB").glob("*.png")}
+    assert sizes == {"A0.png": (32, 32), "A1.png": (48, 32), "A2.png": (40, 24)}
+    assert math.isfinite(results["AtoB"]["fid"])
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["directions"]["AtoB"] == {"from": "A", "to": "B", "translated": 3, "real": 2, "output": "fakeB"}
+
+
+def test_eval_refuses_two_test_files_that_would_write_one_output(smoke_runs, tmp_path):
+    root = write_folder_dataset(tmp_path / "stems", {})
+    Image.open(root / "testA" / "A0.png").save(root / "testA" / "A0.jpg")
+    with pytest.raises(ValueError, match=r"testA/A0.jpg and .*testA/A0.png would both be written as .*fakeB/A0.png"):
+        evaluate_on_folders(smoke_runs["cyclegan"], tmp_path, root)
+
+
+def test_eval_reads_the_data_the_way_round_the_model_was_trained(smoke_runs, tmp_path, shared_data_dir):
+    """A run trained with data.direction=BtoA translates the dataset's B images with its AtoB
+    generator: evaluating it with the other direction is refused, and with its own the outputs
+    are named by the dataset domain they imitate."""
+    checkpoint = torch.load(smoke_runs["cyclegan"].ckpt, map_location="cpu", weights_only=True)
+    checkpoint["datamodule_hyper_parameters"]["direction"] = "BtoA"
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save(checkpoint, ckpt)
+    run = SimpleNamespace(ckpt=ckpt, cfg=smoke_runs["cyclegan"].cfg)
+    with pytest.raises(ValueError, match=f"data.direction=AtoB, but ckpt_path={ckpt} was trained with "
+                                         "data.direction=BtoA: pass data.direction=BtoA"):
+        evaluate(run, tmp_path / "wrong", shared_data_dir)
+    _, out = evaluate(run, tmp_path / "right", shared_data_dir, "data.direction=BtoA")
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["data_direction"] == "BtoA"
+    assert report["directions"]["AtoB"]["from"] == "B" and report["directions"]["AtoB"]["output"] == "fakeA"
+    data_dir = Path(smoke_runs["cyclegan"].cfg.data.data_dir)
+    written = sorted(p.name for p in (out / "fakeA").glob("*.png"))   # AtoB's outputs, named by testB files
+    assert written and set(written) <= {p.name for p in (data_dir / "testB").glob("*.png")}
+
+
+def test_a_cut_short_checkpoint_is_named_with_the_fix(smoke_runs, tmp_path):
+    truncated = tmp_path / "last.ckpt"
+    truncated.write_bytes(Path(smoke_runs["cyclegan"].ckpt).read_bytes()[:5000])
+    with pytest.raises(ValueError, match=f"ckpt_path={truncated} cannot be read as a checkpoint .*cut short"):
+        load_model(truncated)

@@ -7,13 +7,15 @@ applied. Subclasses only say how to build a dataset for a split (`_build_dataset
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
+from src.data.batching import SIZE_KEEPING_MODES, collate_same_size, first_items_of_one_size
 from src.data.epoch_order import EpochOrderLoader, EpochOrderSampler, SeededItems
 from src.data.image_io import check_channels
 from src.data.transforms import ImageTransform
@@ -65,7 +67,11 @@ class ImageTranslationDataModule(pl.LightningDataModule):
         self.data_dir = Path(data_dir)
         self.name = name
         self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
+        # Modes that keep each image's size may give every test image its own: evaluation then
+        # translates one at a time unless data.eval_batch_size says otherwise.
+        self.keeps_image_size = preprocess in SIZE_KEEPING_MODES
+        self.eval_batch_size = eval_batch_size or (1 if self.keeps_image_size else batch_size)
+        self.collate = partial(collate_same_size, preprocess=preprocess)
         # Which feature extractor FID/KID use when theirs is "auto": Inception for real data
         # (comparable with papers), a download-free one for the embedded dataset.
         self.feature_extractor = feature_extractor
@@ -133,6 +139,7 @@ class ImageTranslationDataModule(pl.LightningDataModule):
     def _loader_settings(self, batch_size: int) -> dict[str, Any]:
         return dict(
             batch_size=batch_size,
+            collate_fn=self.collate,
             drop_last=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -181,9 +188,9 @@ class ImageTranslationDataModule(pl.LightningDataModule):
         """The first n items (sorted file order) of a split, deterministic transform, as a batch.
 
         Meant for fixed sample grids: the same images, identically preprocessed, every time.
-        Fewer than n items come back when the split is smaller.
+        Fewer than n items come back when the split is smaller, or when it mixes image sizes
+        (preprocess=none, scale_width): a batch holds those of the first image's size.
         """
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"sample_batch needs a positive number of items, got n={n!r}.")
-        dataset = self.dataset(split, train=False)
-        return default_collate([dataset[index] for index in range(min(n, len(dataset)))])
+        return self.collate(first_items_of_one_size(self.dataset(split, train=False), n))

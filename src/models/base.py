@@ -100,6 +100,9 @@ class TranslationModel(pl.LightningModule):
         self.logging_losses = True   # whether log_losses logs this iteration (training_step decides)
         self._idle_parameters: dict[tuple[str, ...], list[nn.Parameter]] = {}   # players(): names -> the others'
         self._image_sizes_checked: set[tuple[int, ...]] = set()   # batch shapes the networks accept
+        # The DataModule settings it was trained with, once loaded from a checkpoint
+        # (src/utils/checkpoint_loading.py); evaluation checks the data direction against them.
+        self.training_data: dict = {}
 
     def setup(self, stage: str) -> None:
         # fp16: one loss scaler per player's loss instead of Lightning's shared one (see
@@ -284,10 +287,18 @@ class TranslationModel(pl.LightningModule):
 
     # ----- sampling ----------------------------------------------------------------------
     def translate(self, x: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
-        """Translate a batch in [-1, 1] under no_grad and eval mode."""
+        """Translate a batch in [-1, 1] under no_grad and eval mode.
+
+        A model that samples with the batch's own statistics (pix2pix's test-time batch norm)
+        translates one image at a time, as its paper tests: an image's translation must not
+        depend on which others share its batch (evaluation, sample grids, translate.py).
+        """
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got '{direction}'")
-        with sampling_mode(self.translation_nets(direction), **self.sampling_options()):
+        options = self.sampling_options()
+        with sampling_mode(self.translation_nets(direction), **options):
+            if options.get("batch_stats") and x.size(0) > 1:
+                return torch.cat([self.translation_forward(image, direction) for image in x.split(1)])
             return self.translation_forward(x, direction)
 
     def translation_nets(self, direction: str) -> list[nn.Module]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import pickle
 from pathlib import Path
 
 import hydra
@@ -77,7 +78,13 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
+        raise ValueError(f"ckpt_path={ckpt_path} cannot be read as a checkpoint ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else 'no detail'}); a copy or save that was "
+                         f"cut short leaves such a file: use another checkpoint of the run "
+                         f"(last.ckpt, iter_*.ckpt)") from error
     if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
         raise ValueError(f"ckpt_path={ckpt_path} is not a training checkpoint of this codebase "
                          f"(needs 'state_dict' and 'hyper_parameters')")
@@ -102,6 +109,7 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
             tried.append(f"{cls.__name__} (other weights)")
             continue
         model.load_state_dict(state_dict, strict=True)
+        model.training_data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
         log.info("Loaded %s from %s (iteration %s)", cls.__name__, path,
                  checkpoint.get("global_step", 0) // cls.optimizer_steps_per_iter)
         return model.to(map_location).eval()

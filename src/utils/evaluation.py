@@ -56,13 +56,30 @@ def truth_backgrounds(datamodule, dataset) -> dict[str, torch.Tensor] | None:
     return {name: background_tensor(meta_k, size) for name, meta_k in meta.items()}
 
 
+def check_trained_direction(model, datamodule, ckpt_path) -> None:
+    """The data must be delivered the way round the model was trained: with the other
+    `data.direction`, its AtoB generator would be scored on the wrong domain's images."""
+    trained = model.training_data.get("direction")
+    if trained is not None and trained != datamodule.direction:
+        raise ValueError(f"data.direction={datamodule.direction}, but ckpt_path={ckpt_path} was trained with "
+                         f"data.direction={trained}: pass data.direction={trained}")
+
+
+def domain_folders(datamodule, direction: str) -> tuple[str, str]:
+    """(source, target) dataset domain letters of a model direction: with data.direction=BtoA
+    the model's AtoB translates the dataset's B images into its A domain."""
+    source, target = datamodule.source_domain, datamodule.target_domain
+    return (source, target) if direction == "AtoB" else (target, source)
+
+
 def evaluate_direction(model, loader, direction: str, counts: tuple[int, int], scorer: FidKidScorer,
-                       backgrounds: dict | None, output_dir: Path, device) -> dict[str, float]:
-    """Translate every distinct source image once, write it, and score it against the targets."""
+                       backgrounds: dict | None, fake_dir: Path, device) -> dict[str, float]:
+    """Translate every distinct source image once, write it to `fake_dir` (one PNG per source
+    file stem), and score it against the targets."""
     source_key, target_key = DIRECTION_KEYS[direction]
     n_source, n_target = counts if direction == "AtoB" else counts[::-1]
-    fake_dir = output_dir / f"fake{target_key}"
     fake_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, str] = {}
     truth = ShapesTruthScorer().to(device) if backgrounds is not None else None
     identity = ShapesTruthScorer().to(device) if backgrounds is not None else None
     scorer.reset()
@@ -75,8 +92,13 @@ def evaluate_direction(model, loader, direction: str, counts: tuple[int, int], s
         source, target = batch[source_key].to(device), batch[target_key].to(device)
         fake = model.translate(source[keep_source], direction)
         scorer.update(real=target[keep_target], fake=fake)
-        names = [Path(p).stem for p, keep in zip(batch[f"{source_key}_path"], keep_source) if keep]
-        for name, image in zip(names, to_uint8_images(fake)):
+        sources = [p for p, keep in zip(batch[f"{source_key}_path"], keep_source) if keep]
+        for source_path, image in zip(sources, to_uint8_images(fake)):
+            name = Path(source_path).stem
+            if name in written:
+                raise ValueError(f"{written[name]} and {source_path} would both be written as "
+                                 f"{fake_dir / name}.png; rename one of them")
+            written[name] = source_path
             save_png(image, fake_dir / f"{name}.png")
         if truth is not None:
             bg = torch.stack([backgrounds[Path(p).name] for p in batch[f"{source_key}_path"]]).to(device)
@@ -107,8 +129,14 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
     datamodule = hydra.utils.instantiate(data_config(cfg))
     datamodule.prepare_data()
     datamodule.setup("test")
+    check_trained_direction(model, datamodule, cfg.ckpt_path)
     dataset = datamodule.dataset("test", train=False)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False)
+    batch_size = cfg.batch_size
+    if datamodule.keeps_image_size and batch_size > 1:
+        log.info("batch_size=1 instead of %d: data.preprocess keeps each image's size", batch_size)
+        batch_size = 1
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         collate_fn=datamodule.collate)
 
     extractor_name = cfg.feature_extractor
     if extractor_name == "auto":
@@ -119,12 +147,17 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
     backgrounds = truth_backgrounds(datamodule, dataset)
 
     output_dir = Path(cfg.output_dir)
-    results = {}
+    results, directions = {}, {}
+    counts = distinct_counts(dataset)
     for direction in supported_directions(model):
-        results[direction] = evaluate_direction(model, loader, direction, distinct_counts(dataset), scorer,
-                                                backgrounds, output_dir, device)
-    report = {"ckpt_path": str(cfg.ckpt_path), "data": datamodule.name, "feature_extractor": extractor_name,
-              "metrics": results}
+        source, target = domain_folders(datamodule, direction)
+        n_source, n_target = counts if direction == "AtoB" else counts[::-1]
+        directions[direction] = {"from": source, "to": target, "translated": n_source, "real": n_target,
+                                 "output": f"fake{target}"}
+        results[direction] = evaluate_direction(model, loader, direction, counts, scorer, backgrounds,
+                                                output_dir / f"fake{target}", device)
+    report = {"ckpt_path": str(cfg.ckpt_path), "data": datamodule.name, "data_direction": datamodule.direction,
+              "feature_extractor": extractor_name, "directions": directions, "metrics": results}
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     name = cfg.get("name") or f"{type(model).__name__} / {datamodule.name}"
     row = markdown_row(name, results)

@@ -160,9 +160,9 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
     """Translate image files; yields (path, HxWxC uint8 output the size of the input).
 
     Files are read with the channels the translation expects (grayscale, RGBA and 16-bit inputs
-    are converted by src.data.image_io) and batched by size. Models that normalise with the
-    batch's own statistics at test time (pix2pix) get batches of one, so an output never depends
-    on which other images shared its batch. The model is moved to `device`. Yields in
+    are converted by src.data.image_io) and batched by size (models that normalise with the
+    batch's own statistics, pix2pix, translate each image alone: TranslationModel.translate).
+    The model is moved to `device`. Yields in
     size-group order, not in `paths` order.
     """
     check_direction(model, direction)
@@ -170,8 +170,6 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
     device = torch.device(device)
     model.to(device)
-    if model.sampling_options().get("batch_stats"):
-        batch_size = 1
     multiple, channels = size_multiple(model, direction), input_channels(model, direction)
     groups = group_by_size([Path(p) for p in paths])
 
