@@ -15,6 +15,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from src.data import download  # noqa: E402
+from src.data.folders import list_images  # noqa: E402
 from src.data.errors import (  # noqa: E402
     DatasetNotFoundError,
     EmptyDatasetError,
@@ -386,6 +387,22 @@ def test_missing_split_folder_and_unknown_dataset(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         dm.setup("fit")
     assert str(root / "trainB") in str(error.value) and "trainA/ trainB/ testA/ testB/" in str(error.value)
+
+
+def test_files_that_are_not_images_are_left_out_with_a_warning(tmp_path, caplog):
+    folder = tmp_path / "trainA"
+    write_image(folder / "a.png")
+    Image.open(folder / "a.png").save(folder / "b.gif")
+    (folder / "notes.txt").write_text("x")
+    (folder / "more").mkdir()
+    with caplog.at_level("WARNING"):
+        assert [p.name for p in list_images(folder)] == ["a.png", "b.gif"]
+    assert f"{folder}: 2 entries are not image files" in caplog.text and "more/, notes.txt" in caplog.text
+
+
+def test_a_setting_that_is_not_a_boolean_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"data.flip='maybe' must be true or false"):
+        module(UnpairedDataModule, tmp_path, flip="maybe")
 
 
 def test_manual_dataset_explains_where_to_get_it(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from hydra.errors import InstantiationException
 
 from conftest import compose_train_cfg
 from src.callbacks.fid_kid import FidKidCallback, isolated_rng, shard_range
@@ -79,6 +80,26 @@ def test_kid_subset_size_is_capped_at_the_number_of_images(extractor):
     assert scorer.kid.subset_size == 20 and all(math.isfinite(v) for v in result.values())
 
 
+def test_kid_settings_it_cannot_compute_are_refused_by_name(extractor):
+    with pytest.raises(ValueError, match=r"kid_subset_size=1 must be an integer >= 2 \(callbacks.fid_kid"):
+        FidKidScorer(extractor, kid_subset_size=1)
+    with pytest.raises(ValueError, match=r"kid_subsets=0 must be an integer >= 1"):
+        FidKidScorer(extractor, kid_subsets=0)
+
+
+def test_a_test_split_too_small_for_fid_stops_the_run_before_training(train_cfg):
+    """One test image: FID/KID are undefined, which must show at the start, not at the first
+    evaluation; the image grid's settings are checked when the callbacks are built."""
+    cfg = train_cfg("model=cyclegan", "data.max_dataset_size=1", "++callbacks.latent=null",
+                    "++callbacks.shapes_truth=null")
+    with pytest.raises(ValueError, match=r"FidKidCallback needs at least 2 test images, and the test split of "
+                                         r".* has 1: add test images, or turn it off with callbacks.fid_kid=null"):
+        run_training(cfg)
+    assert not Path(cfg.paths.output_dir, "checkpoints").exists()
+    with pytest.raises(InstantiationException, match=r"callbacks.image_grid.num_images=0 must be a positive integer"):
+        run_training(train_cfg("model=cyclegan", "callbacks.image_grid.num_images=0"))
+
+
 def test_features_are_computed_once_per_image(extractor):
     calls = []
 
@@ -125,6 +146,10 @@ def test_inception_without_torch_fidelity_names_both_fixes(monkeypatch):
     message = str(error.value)
     assert "make install-fid" in message and "feature_extractor_weights_path=" in message
     assert "pt_inception-2015-12-05-6726825d.pth" in message and "random_cnn" in message
+    assert "callbacks.fid_kid.feature_extractor=random_cnn" in message
+    with pytest.raises(RuntimeError) as error:   # eval.py's settings are top-level keys
+        build_feature_extractor("inception", settings="")
+    assert "\n  * or use the download-free extractor: feature_extractor=random_cnn" in str(error.value)
     monkeypatch.setattr(features_module, "torch_fidelity_available", lambda: True)
     with pytest.raises(RuntimeError, match="weights file not found"):
         build_feature_extractor("inception", weights_path="/nonexistent/inception.pth")

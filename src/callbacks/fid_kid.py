@@ -74,6 +74,8 @@ class PeriodicEvaluation(pl.Callback):
 
     #: the smallest evaluation set the metric is defined on (FID needs two images)
     min_images = 2
+    #: the callback's node in conf/callbacks, for error messages
+    config_key = "callbacks.<name>"
 
     def __init__(self, every_n_iters: int = 5000, max_images: int | None = None, batch_size: int | None = None,
                  seed: int = 0):
@@ -101,6 +103,13 @@ class PeriodicEvaluation(pl.Callback):
             rank_zero_warn(f"{type(self).__name__} disabled: it evaluates on the DataModule's test split, "
                            "and this run has no DataModule with a test_dataloader().")
             self.enabled = False
+        if stage == "fit" and self.enabled:
+            # Here, not at the first evaluation thousands of iterations in.
+            _, subset = self.evaluation_dataset(trainer)
+            if len(subset) < self.min_images:
+                raise ValueError(f"{type(self).__name__} needs at least {self.min_images} test images, and the test "
+                                 f"split of {getattr(datamodule, 'data_dir', 'the data')} has {len(subset)}: add test "
+                                 f"images, or turn it off with {self.config_key}=null")
 
     def evaluation_dataset(self, trainer: pl.Trainer):
         """The test split (with the DataModule's evaluation loader settings), capped at max_images."""
@@ -169,6 +178,8 @@ class FidKidCallback(PeriodicEvaluation):
         dirpath: folder of best_fid.ckpt (null: the checkpoint callback's folder).
         kid_subsets, kid_subset_size: KID protocol (50 subsets of 1000, capped at the set size).
     """
+
+    config_key = "callbacks.fid_kid"
 
     def __init__(self, every_n_iters: int = 5000, feature_extractor: str = "auto",
                  feature_extractor_weights_path: str | None = None, max_images: int | None = None,

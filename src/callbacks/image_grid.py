@@ -17,6 +17,12 @@ class ImageGridCallback(pl.Callback):
     """
 
     def __init__(self, dirpath: str, every_n_iters: int = 500, num_images: int = 4, split: str = "test"):
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f"callbacks.image_grid.num_images={num_images!r} must be a positive integer "
+                             "(the test images in each sample grid); callbacks.image_grid=null turns grids off")
+        if isinstance(every_n_iters, bool) or not isinstance(every_n_iters, int) or every_n_iters < 0:
+            raise ValueError(f"callbacks.image_grid.every_n_iters={every_n_iters!r} must be an integer >= 0 "
+                             "(0: a grid at the end of training only)")
         self.dirpath = Path(dirpath)
         self.every_n_iters, self.num_images, self.split = every_n_iters, num_images, split
         self._batch = None

@@ -95,6 +95,8 @@ class LatentCallback(PeriodicEvaluation):
         pool: "mean" (spatial mean, (B, C)) or "flatten" (B, C*h*w).
     """
 
+    config_key = "callbacks.latent"
+
     def __init__(self, dirpath: str | None = None, every_n_iters: int = 5000, max_images: int | None = 200,
                  batch_size: int | None = None, tsne: bool = True, perplexity: float = 30.0, pool: str = "mean",
                  seed: int = 0):

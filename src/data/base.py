@@ -61,6 +61,10 @@ class ImageTranslationDataModule(pl.LightningDataModule):
         for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{key}={value!r} must be a positive integer.")
+        for key, value in (("data.flip", flip), ("data.pin_memory", pin_memory),
+                           ("data.persistent_workers", persistent_workers)):
+            if not isinstance(value, bool):   # a string like "maybe" would read as true
+                raise ValueError(f"{key}={value!r} must be true or false.")
         if max_dataset_size is not None and (not isinstance(max_dataset_size, int) or max_dataset_size < 1):
             raise ValueError(f"data.max_dataset_size={max_dataset_size!r} must be a positive int or null.")
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from src.data.download import how_to_get
 from src.data.errors import DatasetNotFoundError, EmptyDatasetError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+log = logging.getLogger(__name__)
+
+# What PIL reads and the reference code lists (an animated GIF gives its first frame).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"})
+# Named entries of a skipped-file warning; the rest are counted.
+SKIPPED_NAMES_SHOWN = 5
 
 
 def is_image_file(path: Path) -> bool:
@@ -31,7 +37,15 @@ def list_images(folder: str | Path, max_count: int | None = None) -> list[Path]:
     Raises EmptyDatasetError when the folder holds no image.
     """
     folder = Path(folder)
-    images = sorted(path for path in folder.iterdir() if is_image_file(path))
+    entries = sorted(folder.iterdir())
+    images = [path for path in entries if is_image_file(path)]
+    skipped = [path.name + ("/" if path.is_dir() else "") for path in entries if not is_image_file(path)]
+    if skipped and images:
+        # Not silent: a folder of .heic photos next to a few .jpg ones would otherwise train on
+        # the few, and subfolders are not searched.
+        more = f" and {len(skipped) - SKIPPED_NAMES_SHOWN} more" if len(skipped) > SKIPPED_NAMES_SHOWN else ""
+        log.warning("%s: %d entries are not image files (%s) and are left out: %s%s", folder, len(skipped),
+                    ", ".join(sorted(IMAGE_EXTENSIONS)), ", ".join(skipped[:SKIPPED_NAMES_SHOWN]), more)
     if not images:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise EmptyDatasetError(

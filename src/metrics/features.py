@@ -81,17 +81,23 @@ class RandomCNNFeatures(FrozenExtractor):
         return torch.cat(pooled, dim=1)
 
 
-def inception_unavailable(reason: str) -> RuntimeError:
-    return RuntimeError(
-        f"The Inception feature extractor for FID/KID is unavailable: {reason}\n"
-        "Fix it in one of these ways:\n"
-        "  * install torch-fidelity: `make install-fid` (pip install -r requirements-fid.txt; GPU "
-        "machines only: PyPI's torchvision is a CUDA build and breaks a CPU-only torch);\n"
-        "  * on a machine without internet, give the weights file torch-fidelity downloads: "
-        f"callbacks.fid_kid.feature_extractor_weights_path=/path/to/{INCEPTION_WEIGHTS_FILE};\n"
-        "  * or use the download-free extractor: callbacks.fid_kid.feature_extractor=random_cnn "
-        "(values then not comparable with papers)."
-    )
+class InceptionUnavailable(RuntimeError):
+    """Inception cannot be built; the message says why and how to fix it with `settings`, the
+    config prefix of the caller's extractor settings ("callbacks.fid_kid." in training, "" in
+    eval.py)."""
+
+    def __init__(self, reason: str, settings: str = "callbacks.fid_kid."):
+        self.reason = reason
+        super().__init__(
+            f"The Inception feature extractor for FID/KID is unavailable: {reason}\n"
+            "Fix it in one of these ways:\n"
+            "  * install torch-fidelity: `make install-fid` (pip install -r requirements-fid.txt; GPU "
+            "machines only: PyPI's torchvision is a CUDA build and breaks a CPU-only torch);\n"
+            "  * on a machine without internet, give the weights file torch-fidelity downloads: "
+            f"{settings}feature_extractor_weights_path=/path/to/{INCEPTION_WEIGHTS_FILE};\n"
+            f"  * or use the download-free extractor: {settings}feature_extractor=random_cnn "
+            "(values then not comparable with papers)."
+        )
 
 
 def torch_fidelity_available() -> bool:
@@ -102,11 +108,11 @@ def check_plain_weights_file(weights_path: str) -> None:
     """torch-fidelity unpickles the weights file with `weights_only=False`, which runs any code a
     tampered file carries; so the file must first load as plain tensors (`weights_only=True`)."""
     if not Path(weights_path).is_file():
-        raise inception_unavailable(f"weights file not found: {weights_path}")
+        raise InceptionUnavailable(f"weights file not found: {weights_path}")
     try:
         torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise inception_unavailable(
+        raise InceptionUnavailable(
             f"{weights_path} is not a plain tensor state dict loadable with weights_only=True "
             f"({type(error).__name__}: {error}); use the file torch-fidelity downloads.") from error
 
@@ -120,7 +126,7 @@ class InceptionFeatures(FrozenExtractor):
     def __init__(self, weights_path: str | None = None):
         super().__init__()
         if not torch_fidelity_available():
-            raise inception_unavailable("the package torch-fidelity is not installed.")
+            raise InceptionUnavailable("the package torch-fidelity is not installed.")
         if weights_path is not None:
             check_plain_weights_file(weights_path)
         from torchmetrics.image.fid import NoTrainInceptionV3
@@ -129,7 +135,7 @@ class InceptionFeatures(FrozenExtractor):
             self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                                           feature_extractor_weights_path=weights_path)
         except Exception as error:  # a failed download or an unreadable weights file
-            raise inception_unavailable(f"loading the weights failed ({type(error).__name__}: {error}).") from error
+            raise InceptionUnavailable(f"loading the weights failed ({type(error).__name__}: {error}).") from error
         self.freeze()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -137,11 +143,15 @@ class InceptionFeatures(FrozenExtractor):
         return self.net(uint8)
 
 
-def build_feature_extractor(name: str, weights_path: str | None = None,
-                            device: torch.device | str | None = None) -> nn.Module:
-    """The named extractor ("inception" or "random_cnn"), frozen, on `device`."""
+def build_feature_extractor(name: str, weights_path: str | None = None, device: torch.device | str | None = None,
+                            settings: str = "callbacks.fid_kid.") -> nn.Module:
+    """The named extractor ("inception" or "random_cnn"), frozen, on `device`; errors name the
+    caller's settings under the config prefix `settings`."""
     if name == "inception":
-        extractor = InceptionFeatures(weights_path)
+        try:
+            extractor = InceptionFeatures(weights_path)
+        except InceptionUnavailable as error:
+            raise InceptionUnavailable(error.reason, settings) from error.__cause__
     elif name == "random_cnn":
         extractor = RandomCNNFeatures()
     else:

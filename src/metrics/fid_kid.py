@@ -76,6 +76,11 @@ class FidKidScorer(nn.Module):
     def __init__(self, feature_extractor: nn.Module, kid_subsets: int = 50, kid_subset_size: int = 1000,
                  kid_seed: int = 0):
         super().__init__()
+        for key, value, least in (("kid_subset_size", kid_subset_size, 2), ("kid_subsets", kid_subsets, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                # KID's unbiased MMD compares each image with the others of its subset.
+                raise ValueError(f"{key}={value!r} must be an integer >= {least} (callbacks.fid_kid.{key} in "
+                                 f"training, {key} in eval.py)")
         self.feature_extractor = feature_extractor
         self.num_features = int(feature_extractor.num_features)
         passthrough = PrecomputedFeatures(self.num_features)

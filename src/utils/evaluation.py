@@ -141,7 +141,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
     extractor_name = cfg.feature_extractor
     if extractor_name == "auto":
         extractor_name = getattr(datamodule, "feature_extractor", "inception")
-    extractor = build_feature_extractor(extractor_name, cfg.get("feature_extractor_weights_path"), device)
+    extractor = build_feature_extractor(extractor_name, cfg.get("feature_extractor_weights_path"), device,
+                                        settings="")
     subset_size = cfg.kid_subset_size
     scorer = FidKidScorer(extractor, kid_subsets=cfg.kid_subsets, kid_subset_size=subset_size).to(device)
     backgrounds = truth_backgrounds(datamodule, dataset)
