@@ -489,3 +489,24 @@ def test_a_cut_short_checkpoint_is_named_with_the_fix(smoke_runs, tmp_path):
     truncated.write_bytes(Path(smoke_runs["cyclegan"].ckpt).read_bytes()[:5000])
     with pytest.raises(ValueError, match=f"ckpt_path={truncated} cannot be read as a checkpoint .*cut short"):
         load_model(truncated)
+
+
+def test_eval_takes_the_runs_data_with_the_keys_given_on_the_command_line(smoke_runs, tmp_path, shared_data_dir):
+    """Without data=NAME the run's data config is used, and `+data.<key>=` overrides a key of
+    it (a dataset moved to another folder, another cap on the test images)."""
+    from src.utils.evaluation import run_evaluation
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(smoke_runs["cyclegan"].ckpt.read_bytes())
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create({"data": OmegaConf.to_container(smoke_runs["cyclegan"].cfg.data, resolve=True)}),
+                   run_dir / ".hydra" / "config.yaml")
+    cfg = compose_train_cfg([f"ckpt_path={ckpt}", "+data.max_dataset_size=3"], tmp_path / "eval", shared_data_dir,
+                            config_name="eval")
+    try:
+        run_evaluation(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    report = json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
+    assert report["data"] == "shapes" and report["directions"]["AtoB"]["translated"] == 3

@@ -20,16 +20,22 @@ TABLE_COLUMNS = ("fid", "kid_x100", "iou", "color_error", "l1", "psnr", "ssim")
 
 
 def data_config(cfg: DictConfig) -> DictConfig:
-    """`data=...` if given, else the data config the checkpoint's run was trained with."""
-    if cfg.get("data") is not None:
-        return cfg.data
+    """`data=NAME` if given, else the data config the checkpoint's run was trained with; keys
+    given under `data` without a `data=NAME` (`+data.data_dir=/elsewhere`) override the run's."""
+    given = cfg.get("data")
+    if given is not None and "_target_" in given:
+        return given
     run_config = run_config_path(cfg.ckpt_path)
     if not run_config.is_file():
         raise ValueError(f"No data config: pass data=NAME (e.g. data=shapes); {run_config} does not exist "
                          f"to say which data the checkpoint was trained on")
     # Resolve inside the whole run config: the data node interpolates its `paths`.
     run_cfg = OmegaConf.load(run_config)
-    return OmegaConf.create(OmegaConf.to_container(run_cfg.data, resolve=True))
+    data = OmegaConf.merge(OmegaConf.to_container(run_cfg.data, resolve=True), given or {})
+    if data.get("max_dataset_size") is not None:
+        log.info("data.max_dataset_size=%s: evaluating on the first %s test images of each domain "
+                 "(+data.max_dataset_size=null for all of them)", data.max_dataset_size, data.max_dataset_size)
+    return data
 
 
 def supported_directions(model) -> list[str]:
