@@ -339,6 +339,22 @@ def test_translate_errors_name_the_setting(smoke_runs, tmp_path):
     assert sorted(Path(p).name for p in written) == ["gray.png", "rgb.png", "rgba.png"]
 
 
+def test_a_size_the_generator_cannot_translate_names_the_file_and_the_sizes_it_can(smoke_runs, tmp_path):
+    """A 1x1 image pads to 4x4, where the ResNet generator's instance norm has one pixel left:
+    the file, the nearest size that works and the fix come before any output is written."""
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "in" / "fine.png")
+    Image.new("RGB", (1, 1)).save(tmp_path / "in" / "speck.png")
+    ckpt = str(smoke_runs["cyclegan"].ckpt)
+    with pytest.raises(ValueError, match=r"speck.png \(1x1 px, padded to 4x4\): CycleGAN cannot translate 4x4 px "
+                                         r"images: the AtoB translation fails: .* The nearest square sizes it "
+                                         r"translates: 8x8; resize the input"):
+        run_translation(translate_cfg(ckpt_path=ckpt, input=str(tmp_path / "in"), output=str(tmp_path / "out")))
+    assert not (tmp_path / "out" / "fine.png").exists()
+    with pytest.raises(ValueError, match=r"export_size=2: .* 8x8; set export_size to one of them"):
+        run_translation(translate_cfg(ckpt_path=ckpt, export="torchscript", export_size=2, output=str(tmp_path / "x")))
+
+
 # -- export ---------------------------------------------------------------------------------------
 
 

@@ -73,18 +73,27 @@ def size_step(model) -> int:
     return max(size_multiple(model, direction) for direction in translatable_directions(model))
 
 
+def translation_failure(model, direction: str, batch_size: int, height: int, width: int) -> str | None:
+    """What goes wrong when the `direction` translation runs on `height` x `width` images, or
+    None when it runs and keeps the size."""
+    from src.utils.translation import input_channels   # not at import: translation imports the models
+    x = torch.empty(batch_size, input_channels(model, direction), height, width, device="meta")
+    try:
+        y = run_on_meta(model, lambda t: model.translation_forward(t, direction), x)
+    except (RuntimeError, ValueError) as error:
+        return f"the {direction} translation fails: {error}"
+    if tuple(y.shape[-2:]) != (height, width):
+        return f"the {direction} translation returns {y.shape[-2]}x{y.shape[-1]} px images"
+    return None
+
+
 def first_failure(model, batch_size: int, height: int, width: int) -> str | None:
     """What goes wrong when the model's networks run on batches of `height` x `width` images,
     or None when every translation keeps the size and every discriminator runs."""
-    from src.utils.translation import input_channels   # not at import: translation imports the models
     for direction in translatable_directions(model):
-        x = torch.empty(batch_size, input_channels(model, direction), height, width, device="meta")
-        try:
-            y = run_on_meta(model, lambda t: model.translation_forward(t, direction), x)
-        except (RuntimeError, ValueError) as error:
-            return f"the {direction} translation fails: {error}"
-        if tuple(y.shape[-2:]) != (height, width):
-            return f"the {direction} translation returns {y.shape[-2]}x{y.shape[-1]} px images"
+        failure = translation_failure(model, direction, batch_size, height, width)
+        if failure is not None:
+            return failure
     for net in model.image_discriminators():
         x = torch.empty(batch_size, first_conv_channels(net), height, width, device="meta")
         try:
@@ -94,15 +103,36 @@ def first_failure(model, batch_size: int, height: int, width: int) -> str | None
     return None
 
 
-def nearest_accepted(model, batch_size: int, side: int, step: int) -> tuple[int | None, int | None]:
+def nearest_accepted(accepted: Callable[[int], bool], side: int, step: int) -> tuple[int | None, int | None]:
     """The largest square side below `side` and the smallest above it, among the SEARCH_STEPS
-    multiples of `step` on each side of it, that every network accepts (None where none is)."""
-    def accepted(s: int) -> bool:
-        return first_failure(model, batch_size, s, s) is None
-
+    multiples of `step` on each side of it, that `accepted` takes (None where none is)."""
     below = range((side - 1) // step * step, 0, -step)[:SEARCH_STEPS]
     above = range((side // step + 1) * step, (side // step + 1 + SEARCH_STEPS) * step, step)
     return next(filter(accepted, below), None), next(filter(accepted, above), None)
+
+
+def nearest_sizes_text(below: int | None, above: int | None) -> str:
+    return " or ".join(f"{s}x{s}" for s in (below, above) if s is not None)
+
+
+def check_translation_size(model, direction: str, height: int, width: int, what: str,
+                           fix: str = "resize the input to one of them") -> None:
+    """Raise a ValueError naming `what` (an input file, the export size) and `fix` when the
+    `direction` translation cannot run on `height` x `width` images (padded to its size multiple)."""
+    from src.utils.translation import size_multiple   # not at import: translation imports the models
+    try:
+        failure = translation_failure(model, direction, 1, height, width)
+    except NotImplementedError as error:   # an operator without a meta kernel: nothing to learn here
+        log.warning("Image size check skipped: %s", error)
+        return
+    if failure is None:
+        return
+    step = size_multiple(model, direction)
+    below, above = nearest_accepted(lambda s: translation_failure(model, direction, 1, s, s) is None,
+                                    min(height, width), step)
+    nearest = nearest_sizes_text(below, above) or f"none within {SEARCH_STEPS} steps of {step} px"
+    raise ValueError(f"{what}: {type(model).__name__} cannot translate {height}x{width} px images: {failure}. "
+                     f"The nearest square sizes it translates: {nearest}; {fix}.")
 
 
 def check_image_size(model, images: torch.Tensor) -> None:
@@ -117,8 +147,9 @@ def check_image_size(model, images: torch.Tensor) -> None:
     if failure is None:
         return
     step = size_step(model)
-    below, above = nearest_accepted(model, batch_size, min(height, width), step)
-    accepted = " or ".join(f"{s}x{s}" for s in (below, above) if s is not None)
+    below, above = nearest_accepted(lambda s: first_failure(model, batch_size, s, s) is None,
+                                    min(height, width), step)
+    accepted = nearest_sizes_text(below, above)
     hint = (f"the nearest square size its networks accept: {accepted}" if accepted else
             f"no square size within {SEARCH_STEPS} steps of {step} px works: check the networks' depth "
             f"(model.generator / model.discriminator)")

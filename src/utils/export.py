@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from src.models.base import TranslationModel
+from src.models.size_check import check_translation_size
 from src.utils.translation import check_direction, input_channels, size_multiple
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,8 @@ def export_translation(model: TranslationModel, direction: str, fmt: str, output
     path = export_path(output_dir, direction, fmt)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = example_input(model, direction, size)
+    check_translation_size(model, direction, *example.shape[-2:], what=f"export_size={size}",
+                           fix="set export_size to one of them")
     other = second_input(example, size_multiple(model, direction))
     try:
         with torch.no_grad():

@@ -24,6 +24,7 @@ from src.data.folders import IMAGE_EXTENSIONS, is_image_file
 from src.data.image_io import load_image
 from src.data.transforms import to_tensor
 from src.models.base import TranslationModel
+from src.models.size_check import check_translation_size
 from src.utils.directions import DIRECTIONS
 
 CropBox = tuple[int, int, int, int]  # top, left, height, width
@@ -172,6 +173,11 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
     model.to(device)
     multiple, channels = size_multiple(model, direction), input_channels(model, direction)
     groups = group_by_size([Path(p) for p in paths])
+    for group in groups:   # every size before the first output is written
+        height, width = image_size(group[0])
+        padded = (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
+        check_translation_size(model, direction, *padded,
+                               what=f"{group[0]} ({height}x{width} px, padded to {padded[0]}x{padded[1]})")
 
     def generate() -> Iterator[tuple[Path, np.ndarray]]:
         for group in groups:
