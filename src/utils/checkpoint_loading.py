@@ -55,12 +55,13 @@ def model_class_from_run_config(ckpt_path: str | Path) -> type[TranslationModel]
     return cls
 
 
-def _accepts(cls: type, hparams: dict) -> bool:
+def _hparams_mismatch(cls: type, hparams: dict) -> str | None:
+    """Why `cls` cannot be built from the stored hyperparameters, or None when it can."""
     try:
         inspect.signature(cls.__init__).bind(None, **hparams)
-    except TypeError:
-        return False
-    return True
+    except TypeError as error:
+        return str(error)
+    return None
 
 
 def _build(cls: type[TranslationModel], hparams: dict) -> TranslationModel:
@@ -101,12 +102,17 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
         candidates = [hydra.utils.get_class(name) for name in KNOWN_MODEL_CLASSES]
     tried = []
     for cls in candidates:
-        if not _accepts(cls, hparams):
-            tried.append(f"{cls.__name__} (other hyperparameters)")
-            continue
-        model = _build(cls, hparams)
-        if configured is None and state_dict_mismatch(model.state_dict(), state_dict) is not None:
-            tried.append(f"{cls.__name__} (other weights)")
+        reason = _hparams_mismatch(cls, hparams)
+        model = _build(cls, hparams) if reason is None else None
+        if model is not None:
+            reason = state_dict_mismatch(model.state_dict(), state_dict)
+        if reason is not None and configured is not None:
+            raise ValueError(f"ckpt_path={ckpt_path}: its run's config {run_config_path(path)} names "
+                             f"model._target_={cls.__module__}.{cls.__name__}, but the checkpoint is not one of "
+                             f"that model ({reason}). Was it moved into another run's folder? Load it from a "
+                             f"folder without .hydra/ to have the class found from its weights")
+        if reason is not None:
+            tried.append(f"{cls.__name__} (other {'hyperparameters' if model is None else 'weights'})")
             continue
         model.load_state_dict(state_dict, strict=True)
         model.training_data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
