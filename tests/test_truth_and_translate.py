@@ -527,3 +527,14 @@ def test_eval_takes_the_runs_data_with_the_keys_given_on_the_command_line(smoke_
         GlobalHydra.instance().clear()
     report = json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
     assert report["data"] == "shapes" and report["directions"]["AtoB"]["translated"] == 3
+
+
+def test_eval_of_a_grayscale_run_scores_fid_without_the_colour_ground_truth(train_cfg, tmp_path, shared_data_dir):
+    cfg = train_cfg("model=cyclegan", "data.input_nc=1", "loss.weights.identity=0", "max_iters=1",
+                    "data.max_dataset_size=4", "++callbacks.fid_kid=null", "++callbacks.latent=null",
+                    "++callbacks.shapes_truth=null")
+    run_training(cfg)
+    run = SimpleNamespace(ckpt=Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", cfg=cfg)
+    results, out = evaluate(run, tmp_path / "eval", shared_data_dir, "data.input_nc=1")
+    assert set(results["AtoB"]) == {"fid", "kid_x100", "kid_std_x100"} and math.isfinite(results["BtoA"]["fid"])
+    assert {Image.open(p).mode for p in (out / "fakeA").glob("*.png")} == {"L"}   # domain A is grayscale here

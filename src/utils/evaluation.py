@@ -54,8 +54,12 @@ def distinct_counts(dataset) -> tuple[int, int]:
 
 
 def truth_backgrounds(datamodule, dataset) -> dict[str, torch.Tensor] | None:
-    """Per test file name, the background of its shapes test pair (None for other data)."""
+    """Per test file name, the background of its shapes test pair (None for other data, and for
+    grayscale runs: the shape masks are found by colour, as ShapesTruthCallback says too)."""
     if not is_shapes_dataset(datamodule.data_dir):
+        return None
+    if (datamodule.input_nc, datamodule.output_nc) != (3, 3):
+        log.info("No ground-truth scores: the shapes masks need RGB images (data.input_nc = data.output_nc = 3)")
         return None
     meta = load_test_meta(datamodule.data_dir)
     size = dataset[0]["A"].shape[-1]
