@@ -73,3 +73,14 @@ def test_an_error_before_any_step_leaves_no_checkpoint(train_cfg, monkeypatch):
     with pytest.raises(RuntimeError, match="bad first batch"):
         run_training(cfg)
     assert not Path(cfg.paths.output_dir, "checkpoints", "crashed.ckpt").exists()   # no empty-handed file
+
+
+def test_resuming_from_a_cut_short_or_missing_checkpoint_names_it_before_training(train_cfg, tmp_path):
+    run_training(train_cfg(*COMMON, "max_iters=1"))
+    whole = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(whole.read_bytes()[:-100])   # the zip directory at the end is missing
+    with pytest.raises(ValueError, match=f"ckpt_path={cut} cannot be read as a checkpoint .*cut short"):
+        run_training(train_cfg(*COMMON, "max_iters=2", f"ckpt_path={cut}"))
+    with pytest.raises(FileNotFoundError, match=f"ckpt_path={tmp_path}/nope.ckpt: no such checkpoint file"):
+        run_training(train_cfg(*COMMON, "max_iters=2", f"ckpt_path={tmp_path}/nope.ckpt"))

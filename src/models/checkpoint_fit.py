@@ -7,6 +7,7 @@ missing keys or shape mismatches and no word on the cause. The check runs in the
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import torch
@@ -18,6 +19,27 @@ SHOWN = 3
 def run_config_path(ckpt_path: str | Path) -> Path:
     """Where the Hydra config of the run that wrote `<run_dir>/checkpoints/x.ckpt` lives."""
     return Path(ckpt_path).resolve().parent.parent / ".hydra" / "config.yaml"
+
+
+#: ckpt_path values Lightning resolves itself instead of reading a file
+LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
+
+
+def unreadable_checkpoint(ckpt_path: str | Path, reason: str) -> ValueError:
+    return ValueError(f"ckpt_path={ckpt_path} cannot be read as a checkpoint ({reason}); a copy or save that was "
+                      f"cut short leaves such a file: use another checkpoint of the run (last.ckpt, iter_*.ckpt)")
+
+
+def check_resume_file(ckpt_path: str | Path | None) -> None:
+    """Before training starts: the checkpoint to resume from exists and is a whole file.
+    torch.save writes a zip archive whose directory comes last, so a truncated file shows here
+    without reading the weights (Lightning's own error would name neither file nor fix)."""
+    if ckpt_path is None or str(ckpt_path) in LIGHTNING_CKPT_KEYWORDS or "://" in str(ckpt_path):
+        return
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    if not zipfile.is_zipfile(ckpt_path):
+        raise unreadable_checkpoint(ckpt_path, "not a complete zip archive, as torch.save writes")
 
 
 def _listed(names: list[str]) -> str:

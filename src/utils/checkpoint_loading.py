@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from src.callbacks.ema import averaged_state_dict
 from src.models.base import TranslationModel
-from src.models.checkpoint_fit import run_config_path, state_dict_mismatch
+from src.models.checkpoint_fit import run_config_path, state_dict_mismatch, unreadable_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,8 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
-        raise ValueError(f"ckpt_path={ckpt_path} cannot be read as a checkpoint ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else 'no detail'}); a copy or save that was "
-                         f"cut short leaves such a file: use another checkpoint of the run "
-                         f"(last.ckpt, iter_*.ckpt)") from error
+        detail = str(error).splitlines()[0] if str(error) else "no detail"
+        raise unreadable_checkpoint(ckpt_path, f"{type(error).__name__}: {detail}") from error
     if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
         raise ValueError(f"ckpt_path={ckpt_path} is not a training checkpoint of this codebase "
                          f"(needs 'state_dict' and 'hyper_parameters')")
