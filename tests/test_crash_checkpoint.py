@@ -84,3 +84,16 @@ def test_resuming_from_a_cut_short_or_missing_checkpoint_names_it_before_trainin
         run_training(train_cfg(*COMMON, "max_iters=2", f"ckpt_path={cut}"))
     with pytest.raises(FileNotFoundError, match=f"ckpt_path={tmp_path}/nope.ckpt: no such checkpoint file"):
         run_training(train_cfg(*COMMON, "max_iters=2", f"ckpt_path={tmp_path}/nope.ckpt"))
+
+
+def test_a_crash_checkpoint_that_cannot_be_written_leaves_the_runs_own_error(train_cfg, monkeypatch, caplog):
+    cfg = train_cfg(*COMMON, "max_iters=4")
+    fail_at_step(monkeypatch, 5, RuntimeError("out of memory"))   # inside iteration 3
+
+    def full_disk(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("src.callbacks.checkpoint.count_whole_iterations", full_disk)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_training(cfg)
+    assert "Could not save crashed.ckpt after RuntimeError (OSError: No space left on device)" in caplog.text

@@ -55,13 +55,18 @@ class IterationCheckpoint(ModelCheckpoint):
         path = f"{self.dirpath}/{name}"
         if not trainer.is_global_zero:
             return
-        # Written by rank zero alone: trainer.save_checkpoint ends in a barrier that ranks which
-        # crashed elsewhere, or died, would never reach.
-        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
         partial_steps = trainer.global_step % pl_module.optimizer_steps_per_iter
-        if partial_steps:
-            count_whole_iterations(checkpoint, partial_steps)
-        trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
+        try:
+            # Written by rank zero alone: trainer.save_checkpoint ends in a barrier that ranks
+            # which crashed elsewhere, or died, would never reach.
+            checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+            if partial_steps:
+                count_whole_iterations(checkpoint, partial_steps)
+            trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
+        except Exception as error:   # the run's own error is what must reach the user
+            log.error("Could not save %s after %s (%s: %s); the last checkpoint is %s", name,
+                      type(exception).__name__, type(error).__name__, error, self.last_model_path or "none")
+            return
         log.error("%s: saved %s at iteration %d; resume with ckpt_path=%s", type(exception).__name__, name,
                   pl_module.iteration, path)
         if partial_steps:
