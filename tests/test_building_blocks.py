@@ -57,6 +57,19 @@ def test_multiscale_discriminator_and_feature_matching():
     assert feature_matching_loss(other, feats).item() > 0
 
 
+def test_multiscale_terms_weigh_as_in_pix2pixhd():
+    """pix2pixHD sums the adversarial terms of its discriminators, and its feature matching
+    weighs each of a scale's layers 4 / (number of layers) and averages the scales."""
+    real = [[torch.zeros(1, 2, 4, 4) for _ in range(4)], [torch.zeros(1, 2, 2, 2) for _ in range(2)]]
+    fake = [[t + 1 for t in real[0]], [t + 2 for t in real[1]]]
+    # scale 0: four layers at L1 1, weight 4/4 -> 4; scale 1: two layers at L1 2, weight 4/2 -> 8
+    assert feature_matching_loss(fake, real).item() == pytest.approx((4 + 8) / 2)
+    assert feature_matching_loss(fake[0], real[0]).item() == pytest.approx(4)   # a single PatchGAN
+    lsgan = AdversarialLoss("lsgan")
+    logits = [torch.full((1, 1, 4, 4), 0.5), torch.full((1, 1, 2, 2), 0.0)]
+    assert lsgan(logits, True).item() == pytest.approx(0.25 + 1.0)
+
+
 def test_adversarial_losses_on_known_logits():
     ones, zeros = torch.ones(4), torch.zeros(4)
     ls = AdversarialLoss("lsgan")
@@ -68,7 +81,7 @@ def test_adversarial_losses_on_known_logits():
     assert hinge(ones * 2, True, for_discriminator=False).item() == -2
     wgan = AdversarialLoss("wgangp")
     assert wgan(ones * 3, True).item() == -3 and wgan(ones * 3, False).item() == 3
-    assert ls([ones, zeros], True).item() == 0.5  # lists (multi-scale, CAM logits) are averaged
+    assert ls([ones, zeros], True).item() == 1.0  # a multi-scale discriminator's list is summed
     with pytest.raises(ValueError, match="loss.gan_mode"):
         AdversarialLoss("bogus")
 

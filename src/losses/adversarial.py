@@ -1,8 +1,8 @@
 """Adversarial objectives behind one interface, chosen by the `loss` config group.
 
 `AdversarialLoss(mode)(logits, target_is_real, for_discriminator)` returns a scalar.
-`logits` may be one tensor or a list of tensors (multi-scale discriminators, CAM logits): the
-loss is the mean over the list.
+`logits` may be one tensor or a list of tensors (a multi-scale discriminator's scales): the
+loss is the sum over the list, as pix2pixHD's objective sums its discriminators' terms.
 
 - vanilla: BCE with logits; the generator uses the non-saturating form (-log D(G(z))),
   which is what BCE against the "real" label gives.
@@ -29,7 +29,7 @@ class AdversarialLoss(nn.Module):
 
     def forward(self, logits, target_is_real: bool, for_discriminator: bool = True) -> torch.Tensor:
         if isinstance(logits, (list, tuple)):
-            return torch.stack([self(l, target_is_real, for_discriminator) for l in logits]).mean()
+            return torch.stack([self(l, target_is_real, for_discriminator) for l in logits]).sum()
         if self.mode == "vanilla":
             target = torch.full_like(logits, 1.0 if target_is_real else 0.0)
             return F.binary_cross_entropy_with_logits(logits, target)

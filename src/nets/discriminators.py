@@ -48,7 +48,7 @@ class MultiscaleDiscriminator(nn.Module):
     """pix2pixHD: the same PatchGAN design applied at 1x, 1/2, 1/4, ... resolution.
 
     Each scale has its own weights. Returns a list of logits (and of feature lists), one per
-    scale; the adversarial loss averages over scales.
+    scale; the adversarial loss sums over scales (pix2pixHD's objective).
     """
 
     def __init__(self, num_scales: int = 3, **patchgan_kwargs):
