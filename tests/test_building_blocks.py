@@ -122,3 +122,9 @@ def test_linear_decay_schedule_matches_the_paper_recipe():
     assert lrs[0] == lrs[100] == 2e-4 and lrs[150] == pytest.approx(1e-4) and lrs[200] == 0
     with pytest.raises(ValueError, match="lr_schedule.policy"):
         build_scheduler(opt, policy="exp")
+
+
+def test_unet_depth_auto_reaches_one_pixel_at_the_crop_size():
+    assert [UnetGenerator(num_downs="auto", image_size=s, ngf=2).size_multiple for s in (32, 128, 256)] == [32, 128, 256]
+    with pytest.raises(ValueError, match=r"num_downs=auto needs model.generator.image_size .* at least 32 px, got 16"):
+        UnetGenerator(num_downs="auto", image_size=16)

@@ -8,7 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import MODELS, NO_EVALUATION, assert_resume_continues_the_run, changed, snapshot
+from conftest import MODELS, NO_EVALUATION, assert_resume_continues_the_run, changed, compose_train_cfg, snapshot
 from src.models.base import sampling_mode
 from src.utils.run import build_trainer_kwargs, run_training
 
@@ -248,3 +248,16 @@ def test_pix2pix_translates_each_image_alone_with_test_time_batch_statistics(tra
     assert torch.allclose(model.translate(images), alone, atol=1e-6)
     with sampling_mode([model.G], batch_stats=True), torch.no_grad():
         assert not torch.allclose(model.G(images), alone, atol=1e-3)   # statistics of the whole batch differ
+
+
+def test_the_default_pix2pix_run_trains_on_the_embedded_data(tmp_path, shared_data_dir):
+    """`python src/train.py model=pix2pix`: the U-Net's depth follows the crop size (5 levels at
+    the embedded 32 px, unet_256's 8 on the 256 px crops of the real datasets)."""
+    cfg = compose_train_cfg(["model=pix2pix", "max_iters=1", "data.n_train=4", "data.n_test=4", *NO_EVALUATION],
+                            tmp_path / "run", shared_data_dir)
+    metrics = run_training(cfg)
+    assert math.isfinite(metrics["train/G"])
+    assert hydra.utils.instantiate(cfg.model.generator).size_multiple == 32   # 5 levels
+    facades = compose_train_cfg(["model=pix2pix", "data=facades"], tmp_path / "f", shared_data_dir)
+    generator = hydra.utils.instantiate(facades.model.generator)
+    assert generator.size_multiple == 256   # unet_256, the paper's

@@ -87,19 +87,30 @@ class UnetSkipBlock(nn.Module):
         return torch.cat([x, y], 1)
 
 
+def unet_depth(image_size: int | None) -> int:
+    """Downsamplings that bring a side of `image_size` to 1 pixel (its largest power of two)."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
+        raise ValueError(f"model.generator.num_downs=auto needs model.generator.image_size (the crop size, "
+                         f"data.crop_size) of at least 32 px, got {image_size!r}")
+    return image_size.bit_length() - 1
+
+
 class UnetGenerator(nn.Module):
     """pix2pix U-Net: C64-C128-C256-C512 x (num_downs - 4), mirrored decoder with skips.
 
-    `num_downs` 8 is `unet_256` (a 256 px image reaches 1x1), 7 is `unet_128`. Dropout 0.5 sits
+    `num_downs` 8 is `unet_256` (a 256 px image reaches 1x1), 7 is `unet_128`; "auto" takes as
+    many as bring `image_size` down to 1x1 (8 at 256 px, the paper's). Dropout 0.5 sits
     in the first three decoder blocks (counted from the bottleneck), as the paper says; the
     junyanz code skips the innermost one and drops in the next three instead. `use_skip=False` gives the
     plain encoder-decoder of the paper's ablation.
     """
 
-    def __init__(self, input_nc: int = 3, output_nc: int = 3, num_downs: int = 8, ngf: int = 64,
-                 norm: str = "batch", use_dropout: bool = True, use_skip: bool = True):
+    def __init__(self, input_nc: int = 3, output_nc: int = 3, num_downs: int | str = 8, ngf: int = 64,
+                 norm: str = "batch", use_dropout: bool = True, use_skip: bool = True, image_size: int | None = None):
         super().__init__()
-        if num_downs < 5:
+        if num_downs == "auto":
+            num_downs = unet_depth(image_size)
+        if isinstance(num_downs, bool) or not isinstance(num_downs, int) or num_downs < 5:
             raise ValueError("model.generator.num_downs must be >= 5 (7 for unet_128, 8 for unet_256)")
         kw = dict(norm=norm, use_skip=use_skip)
         block = UnetSkipBlock(ngf * 8, ngf * 8, innermost=True, use_dropout=use_dropout, **kw)
