@@ -261,3 +261,21 @@ def test_the_default_pix2pix_run_trains_on_the_embedded_data(tmp_path, shared_da
     facades = compose_train_cfg(["model=pix2pix", "data=facades"], tmp_path / "f", shared_data_dir)
     generator = hydra.utils.instantiate(facades.model.generator)
     assert generator.size_multiple == 256   # unet_256, the paper's
+
+
+@pytest.mark.parametrize("model_name", ("ugatit", "nicegan"))
+def test_attention_models_decay_the_rate_over_the_second_half_of_any_run_length(train_cfg, model_name):
+    """The papers decay linearly to 0 over the second half of training: with max_iters=6 the
+    rate stays for 3 iterations, then falls to 0 at the 6th."""
+    model = fit_briefly(train_cfg(f"model={model_name}", "max_iters=6", *NO_EVALUATION))
+    factor = model.lr_schedulers()[0].lr_lambdas[0]
+    assert (factor.constant, factor.decay) == (3, 3)
+    assert [factor(t) for t in (3, 4, 6)] == [1.0, pytest.approx(2 / 3), 0.0]
+    assert model.optimizers()[0].param_groups[0]["lr"] == 0.0   # stepped 6 times: the end of the decay
+    # A run measured in epochs: its iterations are epochs x batches (4 items per epoch here).
+    by_epochs = fit_briefly(train_cfg(f"model={model_name}", "max_iters=null", "trainer.max_epochs=1",
+                                      "data.max_dataset_size=4", *NO_EVALUATION))
+    assert by_epochs.lr_schedulers()[0].lr_lambdas[0].constant == 2
+    with pytest.raises(ValueError, match="model.lr_schedule.constant=half needs the run's length in iterations: "
+                                         "set max_iters"):
+        fit_briefly(train_cfg(f"model={model_name}", "max_iters=null", "trainer.max_epochs=-1", *NO_EVALUATION))

@@ -7,6 +7,7 @@ schedulers per epoch or per iteration, keeps image pools and RNG state in checkp
 offers `translate(x, direction)` for sampling and evaluation.
 """
 import contextlib
+import math
 from typing import Any
 
 import hydra
@@ -148,8 +149,35 @@ class TranslationModel(pl.LightningModule):
             params = [p for m in modules for p in m.parameters()]
             optimizers.append(torch.optim.Adam(params, lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.5, 0.999))),
                                                weight_decay=cfg.get("weight_decay", 0.0), **adam_kernel(params)))
-        schedulers = [build_scheduler(opt, **self.lr_schedule_cfg) for opt in optimizers]
+        schedule = self.lr_schedule_of_this_run()
+        schedulers = [build_scheduler(opt, **schedule) for opt in optimizers]
         return optimizers, schedulers
+
+    def lr_schedule_of_this_run(self) -> dict:
+        """`model.lr_schedule` with `constant` / `decay` of "half" replaced by half the run's
+        length in the schedule's unit: the U-GAT-IT and NICE-GAN papers decay the rate over the
+        second half of training, however long it is (max_iters, or trainer.max_epochs)."""
+        schedule = dict(self.lr_schedule_cfg)
+        halves = [key for key in ("constant", "decay") if schedule.get(key) == "half"]
+        if not halves:
+            return schedule
+        unit = schedule.get("unit", "epoch")
+        trainer = self.trainer
+        if unit == "epoch":
+            length = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        elif trainer.max_steps > 0:   # max_iters, in optimizer steps
+            length = trainer.max_steps // self.optimizer_steps_per_iter
+        else:   # epochs x batches (under manual optimization Lightning counts batches here)
+            batches = trainer.estimated_stepping_batches
+            length = int(batches) if math.isfinite(batches) else None
+        if not length:
+            raise ValueError(f"model.lr_schedule.{halves[0]}=half needs the run's length in "
+                             f"{unit}s: set {'max_iters' if unit == 'iteration' else 'trainer.max_epochs'}, or give "
+                             f"model.lr_schedule.constant and decay as numbers")
+        first_half = length // 2
+        schedule.update({"constant": first_half, "decay": length - first_half} if len(halves) == 2 else
+                        {halves[0]: first_half})
+        return schedule
 
     def named_optimizers(self) -> dict:
         optimizers = self.optimizers()
