@@ -128,3 +128,11 @@ def test_unet_depth_auto_reaches_one_pixel_at_the_crop_size():
     assert [UnetGenerator(num_downs="auto", image_size=s, ngf=2).size_multiple for s in (32, 128, 256)] == [32, 128, 256]
     with pytest.raises(ValueError, match=r"num_downs=auto needs model.generator.image_size .* at least 32 px, got 16"):
         UnetGenerator(num_downs="auto", image_size=16)
+
+
+def test_resnet_blocks_auto_follow_the_paper_by_image_size():
+    blocks = [len([m for m in ResnetGenerator(ngf=2, n_blocks="auto", image_size=s).encoder
+                   if type(m).__name__ == "ResnetBlock"]) for s in (128, 256, 512)]
+    assert blocks == [6, 9, 9]
+    with pytest.raises(ValueError, match="n_blocks=auto needs model.generator.image_size"):
+        ResnetGenerator(n_blocks="auto")

@@ -21,19 +21,30 @@ class ResnetBlock(nn.Module):
         return x + self.block(x)
 
 
+def resnet_blocks_for(image_size: int | None) -> int:
+    """CycleGAN's residual blocks for an image size: 9 at 256 px and more, 6 below."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"model.generator.n_blocks=auto needs model.generator.image_size (the crop size, "
+                         f"data.crop_size), got {image_size!r}")
+    return 9 if image_size >= 256 else 6
+
+
 class ResnetGenerator(nn.Module):
     """c7s1-ngf, d(2ngf), d(4ngf), R(4ngf) x n_blocks, u(2ngf), u(ngf), c7s1-output_nc, tanh.
 
-    The paper uses 9 blocks at 256 px and 6 at 128 px. `encoder` (everything up to and
-    including the residual blocks) and `decoder` are separate so the latent callback can read
-    the encoder's output.
+    The paper uses 9 blocks at 256 px and more, 6 below (128 px); `n_blocks="auto"` chooses by
+    `image_size`. `encoder` (everything up to and including the residual blocks) and `decoder`
+    are separate so the latent callback can read the encoder's output.
     """
 
-    def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int = 9,
-                 norm: str = "instance", use_dropout: bool = False, n_downsampling: int = 2):
+    def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int | str = 9,
+                 norm: str = "instance", use_dropout: bool = False, n_downsampling: int = 2,
+                 image_size: int | None = None):
         super().__init__()
-        if n_blocks < 0:
-            raise ValueError("model.generator.n_blocks must be >= 0")
+        if n_blocks == "auto":
+            n_blocks = resnet_blocks_for(image_size)
+        if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 0:
+            raise ValueError(f"model.generator.n_blocks={n_blocks!r} must be an integer >= 0 or auto")
         norm_fn, bias = norm_layer(norm), uses_bias(norm)
         enc = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7, bias=bias), norm_fn(ngf), nn.ReLU(True)]
         for i in range(n_downsampling):
