@@ -136,3 +136,15 @@ def test_resnet_blocks_auto_follow_the_paper_by_image_size():
     assert blocks == [6, 9, 9]
     with pytest.raises(ValueError, match="n_blocks=auto needs model.generator.image_size"):
         ResnetGenerator(n_blocks="auto")
+
+
+def test_lsgan_codes_set_what_the_generator_wants_the_discriminator_to_say():
+    """Mao et al.'s (a, b, c) = (-1, 1, 0): fakes at -1 and reals at 1 cost D nothing, and the
+    generator is done when D says 0 (with c defaulting to b, it would want 1)."""
+    codes = AdversarialLoss("lsgan", real_label=1.0, fake_label=-1.0, generator_label=0.0)
+    zeros = torch.zeros(4)
+    assert codes(zeros - 1, False).item() == 0 and codes(zeros + 1, True).item() == 0
+    assert codes(zeros, True, for_discriminator=False).item() == 0
+    assert AdversarialLoss("lsgan", fake_label=-1.0)(zeros, True, for_discriminator=False).item() == 1
+    with pytest.raises(ValueError, match="always targets 'real'"):
+        codes(zeros, False, for_discriminator=False)

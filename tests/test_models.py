@@ -22,6 +22,7 @@ def test_every_model_and_loss_composes(train_cfg, model_name, loss_name):
     cfg = train_cfg(f"model={model_name}", f"loss={loss_name}")
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     assert model.adversarial.mode == loss_name
+    assert model.adversarial.generator_label == model.adversarial.real_label   # LSGAN's c = b unless set
     assert set(model.player_modules()) and model.optimizer_steps_per_iter == len(model.player_modules())
 
 

@@ -6,8 +6,9 @@ loss is the sum over the list, as pix2pixHD's objective sums its discriminators'
 
 - vanilla: BCE with logits; the generator uses the non-saturating form (-log D(G(z))),
   which is what BCE against the "real" label gives.
-- lsgan: MSE to `real_label` / `fake_label`; the generator pushes D(G(x)) to `real_label`
-  (Mao et al. 2017, codes (a, b, c) = (0, 1, 1) by default).
+- lsgan: MSE to `real_label` (b) / `fake_label` (a); the generator pushes D(G(x)) to
+  `generator_label` (c, default b): Mao et al. 2017's codes (a, b, c), (0, 1, 1) by default,
+  or (-1, 1, 0), which satisfies their b - c = 1, b - a = 2.
 - wgan-gp: -E[D(real)] + E[D(fake)] for the critic, -E[D(fake)] for the generator; the gradient
   penalty is `gradient_penalty()` (the model adds it to its critic loss).
 - hinge: relu(1 - D(real)) + relu(1 + D(fake)) for D, -D(fake) for G.
@@ -21,11 +22,13 @@ GAN_MODES = ("vanilla", "lsgan", "wgangp", "hinge")
 
 
 class AdversarialLoss(nn.Module):
-    def __init__(self, mode: str = "lsgan", real_label: float = 1.0, fake_label: float = 0.0):
+    def __init__(self, mode: str = "lsgan", real_label: float = 1.0, fake_label: float = 0.0,
+                 generator_label: float | None = None):
         super().__init__()
         if mode not in GAN_MODES:
             raise ValueError(f"Unknown adversarial loss '{mode}' (config key loss.gan_mode); choose one of {GAN_MODES}")
         self.mode, self.real_label, self.fake_label = mode, real_label, fake_label
+        self.generator_label = real_label if generator_label is None else generator_label
 
     def forward(self, logits, target_is_real: bool, for_discriminator: bool = True) -> torch.Tensor:
         if isinstance(logits, (list, tuple)):
@@ -34,15 +37,23 @@ class AdversarialLoss(nn.Module):
             target = torch.full_like(logits, 1.0 if target_is_real else 0.0)
             return F.binary_cross_entropy_with_logits(logits, target)
         if self.mode == "lsgan":
+            if not for_discriminator:
+                self.check_generator_target(target_is_real)
+                return F.mse_loss(logits, torch.full_like(logits, self.generator_label))
             target = torch.full_like(logits, self.real_label if target_is_real else self.fake_label)
             return F.mse_loss(logits, target)
         sign = -1.0 if target_is_real else 1.0
         if self.mode == "hinge" and for_discriminator:
             return F.relu(1.0 + sign * logits).mean()
         # wgan-gp (both players) and the hinge generator: the critic's score, signed.
-        if not for_discriminator and not target_is_real:
-            raise ValueError("A generator loss always targets 'real'")
+        if not for_discriminator:
+            self.check_generator_target(target_is_real)
         return sign * logits.mean()
+
+    @staticmethod
+    def check_generator_target(target_is_real: bool) -> None:
+        if not target_is_real:
+            raise ValueError("A generator loss always targets 'real'")
 
     @property
     def needs_gradient_penalty(self) -> bool:
