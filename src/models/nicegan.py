@@ -100,9 +100,8 @@ class NICEGAN(TranslationModel):
             loss_d_b = self.adversarial_terms(self.classify_latent(self.D_B, z_B, cam_B), True, True) \
                 + self.adversarial_terms(self.D_B(fake_AB), False, True)
             if self.adversarial.needs_gradient_penalty:
-                gp = sum(gradient_penalty(lambda x, D=D: D(x)[:3], real, fake)
-                         for D, real, fake in ((self.D_A, real_A, fake_BA), (self.D_B, real_B, fake_AB)))
-                loss_d_a = loss_d_a + self.weight("gp") * gp
+                loss_d_a = loss_d_a + self.weight("gp") * gradient_penalty(lambda x: self.D_A(x)[:3], real_A, fake_BA)
+                loss_d_b = loss_d_b + self.weight("gp") * gradient_penalty(lambda x: self.D_B(x)[:3], real_B, fake_AB)
             loss_d = self.weight("adversarial") * (loss_d_a + loss_d_b)
             self.update(opt_d, loss_d)
 
