@@ -280,3 +280,13 @@ def test_attention_models_decay_the_rate_over_the_second_half_of_any_run_length(
     with pytest.raises(ValueError, match="model.lr_schedule.constant=half needs the run's length in iterations: "
                                          "set max_iters"):
         fit_briefly(train_cfg(f"model={model_name}", "max_iters=null", "trainer.max_epochs=-1", *NO_EVALUATION))
+
+
+def test_wgangp_warns_of_a_batch_norm_critic_and_trains_with_layer_norm(train_cfg, recwarn):
+    common = ("model=pix2pix", "data=shapes_paired", "loss=wgangp", "max_iters=1", *NO_EVALUATION)
+    with pytest.warns(UserWarning, match="loss=wgangp with batch norm in the discriminator.*norm=layer"):
+        fit_briefly(train_cfg(*common))
+    recwarn.clear()
+    model = fit_briefly(train_cfg(*common, "model.discriminator.norm=layer"))
+    assert not [w for w in recwarn if "batch norm in the discriminator" in str(w.message)]
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in model.D.modules())

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.strategies import SingleDeviceStrategy
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 from src.losses import AdversarialLoss
 from src.models.checkpoint_fit import check_resume_fits
@@ -110,6 +111,17 @@ class TranslationModel(pl.LightningModule):
         # src/models/loss_scaling.py). Here, before a resumed run restores the scalers' state.
         if stage == "fit":
             self.grad_scalers = PlayerGradScalers.install(self.trainer)
+            self.warn_of_batch_norm_under_gradient_penalty()
+
+    def warn_of_batch_norm_under_gradient_penalty(self) -> None:
+        """WGAN-GP penalises each image's gradient norm; batch norm in the critic makes an
+        image's score depend on the rest of its batch (harmless at batch size 1)."""
+        if self.adversarial.needs_gradient_penalty and any(
+                isinstance(m, nn.modules.batchnorm._BatchNorm) for net in self.image_discriminators()
+                for m in net.modules()):
+            rank_zero_warn("loss=wgangp with batch norm in the discriminator: its per-image gradient penalty "
+                           "then depends on the other images of the batch. WGAN-GP's paper uses layer norm: "
+                           "model.discriminator.norm=layer (or instance, none)")
 
     def use_fast_conv(self, setting: bool | str) -> None:
         """`model.fast_conv`: CPU convolutions rewritten to compute the same result faster

@@ -3,7 +3,7 @@ import functools
 
 import torch.nn as nn
 
-NORM_NAMES = ("batch", "instance", "none")
+NORM_NAMES = ("batch", "instance", "layer", "none")
 
 
 def norm_layer(name: str):
@@ -11,12 +11,17 @@ def norm_layer(name: str):
 
     Instance norm follows the CycleGAN code: no affine parameters, no running statistics.
     Batch norm keeps running statistics, but pix2pix evaluates with batch statistics (see
-    `Pix2Pix.translate`), which with batch 1 is instance norm, as in the paper.
+    `Pix2Pix.translate`), which with batch 1 is instance norm, as in the paper. Layer norm
+    normalises each image over channels and pixels (GroupNorm with one group).
     """
     if name == "batch":
         return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
     if name == "instance":
         return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
+    if name == "layer":
+        # Per image over (C, H, W), with a per-channel scale and shift: the critic norm of the
+        # WGAN-GP paper, whose penalty needs every image normalised on its own.
+        return lambda num_channels: nn.GroupNorm(1, num_channels, affine=True)
     if name == "none":
         return lambda num_channels: nn.Identity()
     raise ValueError(f"Unknown norm '{name}' (config key model.*.norm); choose one of {NORM_NAMES}")
