@@ -20,9 +20,12 @@ def test_reference_parameter_counts():
     # Public code at the reference config (light, 128 px): U-GAT-IT G 10,589,888, global D
     # 53,130,176, local D 3,290,560; NICE-GAN G 8,104,640, D 46,874,433. The two generator
     # differences are explained in the class docstrings (encoder biases; one rho per channel).
-    assert n_params(UGATITGenerator(3, 3, ngf=64, n_res=4, img_size=128, light=True)) == 10_589_888 + 2_048
-    assert n_params(UGATITDiscriminator(3, ndf=64, n_layers=7)) == 53_130_176
-    assert n_params(UGATITDiscriminator(3, ndf=64, n_layers=5)) == 3_290_560
+    port = {"cam_classifier": "separate"}   # the port's two classifiers; the paper shares one (C weights fewer)
+    assert n_params(UGATITGenerator(3, 3, ngf=64, n_res=4, img_size=128, light=True, **port)) == 10_589_888 + 2_048
+    assert n_params(UGATITDiscriminator(3, ndf=64, n_layers=7, **port)) == 53_130_176
+    assert n_params(UGATITDiscriminator(3, ndf=64, n_layers=5, **port)) == 3_290_560
+    assert n_params(UGATITGenerator(3, 3, ngf=64, n_res=4, img_size=128, light=True)) == 10_589_888 + 2_048 - 256
+    assert n_params(UGATITDiscriminator(3, ndf=64, n_layers=7)) == 53_130_176 - 2_048
     assert n_params(NICEGANGenerator(3, ngf=64, n_res=6, img_size=128, light=True)) == 8_104_640 - 3_712
     assert n_params(NICEGANDiscriminator(3, ndf=64, n_layers=7)) == 46_874_433
 

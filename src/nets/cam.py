@@ -7,10 +7,11 @@ C channels by a 1x1 conv. The channel sum of the fused map is the attention heat
 classifier's outputs are the "CAM logits" (trained by the models' CAM losses).
 
 The public codes differ in how the classifier treats the two pooled vectors; `classifier` picks:
+- "shared": one 1-unit linear layer applied to both, logits (B, 2). This is the paper's
+  auxiliary classifier as the authors' TensorFlow code builds it (the GMP call reuses the GAP
+  call's weights), and U-GAT-IT's default here.
 - "separate": two 1-unit linear layers, one for GAP and one for GMP, logits (B, 2). This is the
-  U-GAT-IT PyTorch port, whose parameter counts we match, and the default for U-GAT-IT.
-- "shared": one 1-unit linear layer applied to both, logits (B, 2). This is the authors'
-  TensorFlow code (and SPEC.md's wording); it has C fewer weights than "separate".
+  U-GAT-IT PyTorch port (C more weights); the benchmark uses it to match the port.
 - "joint": one linear layer on the concatenation [GAP; GMP] (2C -> 1), logit (B, 1). This is
   NICE-GAN's public code. Without spectral norm it equals "separate" with the two logits summed;
   with spectral norm the whole 2C vector is normalised at once.

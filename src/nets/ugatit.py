@@ -42,7 +42,7 @@ class UGATITGenerator(nn.Module):
     """
 
     def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_res: int = 4,
-                 img_size: int = 256, light: bool = True, cam_classifier: str = "separate"):
+                 img_size: int = 256, light: bool = True, cam_classifier: str = "shared"):
         super().__init__()
         if n_res < 0:
             raise ValueError("model.generator.n_res must be >= 0")
@@ -105,7 +105,7 @@ class UGATITDiscriminator(nn.Module):
     """
 
     def __init__(self, input_nc: int = 3, ndf: int = 64, n_layers: int = 5, spectral: bool = True,
-                 cam_classifier: str = "separate"):
+                 cam_classifier: str = "shared"):
         super().__init__()
         if n_layers < 3:
             raise ValueError("model.discriminator n_layers must be >= 3 (7 global, 5 local in U-GAT-IT)")
