@@ -81,6 +81,8 @@ def test_adversarial_losses_on_known_logits():
     assert hinge(ones * 2, True, for_discriminator=False).item() == -2
     wgan = AdversarialLoss("wgangp")
     assert wgan(ones * 3, True).item() == -3 and wgan(ones * 3, False).item() == 3
+    clipped = AdversarialLoss("wgan")   # the same scores; it clips instead of penalising
+    assert clipped(ones * 3, True).item() == -3 and not clipped.needs_gradient_penalty
     assert ls([ones, zeros], True).item() == 1.0  # a multi-scale discriminator's list is summed
     with pytest.raises(ValueError, match="loss.gan_mode"):
         AdversarialLoss("bogus")

@@ -13,7 +13,7 @@ from src.models.base import sampling_mode
 from src.utils.run import build_trainer_kwargs, run_training
 
 UNPAIRED_MODELS = ("cyclegan", "ugatit", "nicegan")
-LOSSES = ("vanilla", "lsgan", "wgangp", "hinge")
+LOSSES = ("vanilla", "lsgan", "wgan", "wgangp", "hinge")
 
 
 @pytest.mark.parametrize("model_name", MODELS)
@@ -290,3 +290,18 @@ def test_wgangp_warns_of_a_batch_norm_critic_and_trains_with_layer_norm(train_cf
     model = fit_briefly(train_cfg(*common, "model.discriminator.norm=layer"))
     assert not [w for w in recwarn if "batch norm in the discriminator" in str(w.message)]
     assert any(isinstance(m, torch.nn.GroupNorm) for m in model.D.modules())
+
+
+@pytest.mark.parametrize("model_name", ("cyclegan", "nicegan"))
+def test_wgan_clips_the_critic_after_its_updates_and_nothing_else(train_cfg, model_name):
+    cfg = train_cfg(f"model={model_name}", "loss=wgan", "loss.clip=0.005", "model.optimizer.type=rmsprop",
+                    "max_iters=2", *NO_EVALUATION)
+    model = fit_briefly(cfg)
+    assert all(isinstance(o.optimizer, torch.optim.RMSprop) for o in model.optimizers())
+    critic = [p for net in model.image_discriminators() for p in net.parameters()]
+    assert max(float(p.abs().max()) for p in critic) <= 0.005
+    generators = [p for name, nets in model.player_modules().items() if name == "generators"
+                  for net in nets for p in net.parameters()]
+    assert max(float(p.abs().max()) for p in generators) > 0.005
+    with pytest.raises(Exception, match=r"loss.clip=0: loss=wgan clips the critic's weights"):
+        hydra.utils.instantiate(train_cfg(f"model={model_name}", "loss=wgan", "loss.clip=0").model, _recursive_=False)

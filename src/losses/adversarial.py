@@ -9,8 +9,11 @@ loss is the sum over the list, as pix2pixHD's objective sums its discriminators'
 - lsgan: MSE to `real_label` (b) / `fake_label` (a); the generator pushes D(G(x)) to
   `generator_label` (c, default b): Mao et al. 2017's codes (a, b, c), (0, 1, 1) by default,
   or (-1, 1, 0), which satisfies their b - c = 1, b - a = 2.
-- wgan-gp: -E[D(real)] + E[D(fake)] for the critic, -E[D(fake)] for the generator; the gradient
-  penalty is `gradient_penalty()` (the model adds it to its critic loss).
+- wgan: -E[D(real)] + E[D(fake)] for the critic, -E[D(fake)] for the generator, no log, no
+  sigmoid; the critic's weights are clipped to [-clip, clip] after each of its updates (the
+  model does it: `TranslationModel.update`).
+- wgan-gp: the same scores; the gradient penalty is `gradient_penalty()` (the model adds it to
+  its critic loss) instead of clipping.
 - hinge: relu(1 - D(real)) + relu(1 + D(fake)) for D, -D(fake) for G.
 """
 
@@ -18,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-GAN_MODES = ("vanilla", "lsgan", "wgangp", "hinge")
+GAN_MODES = ("vanilla", "lsgan", "wgan", "wgangp", "hinge")
 
 
 class AdversarialLoss(nn.Module):
@@ -45,7 +48,7 @@ class AdversarialLoss(nn.Module):
         sign = -1.0 if target_is_real else 1.0
         if self.mode == "hinge" and for_discriminator:
             return F.relu(1.0 + sign * logits).mean()
-        # wgan-gp (both players) and the hinge generator: the critic's score, signed.
+        # wgan, wgan-gp (both players) and the hinge generator: the critic's score, signed.
         if not for_discriminator:
             self.check_generator_target(target_is_real)
         return sign * logits.mean()

@@ -69,6 +69,9 @@ def sampling_mode(nets: list[nn.Module], batch_stats: bool = False, dropout: boo
             net.train(mode)
 
 
+OPTIMIZER_TYPES = ("adam", "rmsprop")
+
+
 def adam_kernel(params: list[torch.Tensor]) -> dict:
     """Adam's fused kernel where torch has one for the parameters' device (CPU, CUDA).
 
@@ -96,6 +99,10 @@ class TranslationModel(pl.LightningModule):
                              "must be true, false or auto")
         self.adversarial = AdversarialLoss(self.loss_cfg.get("gan_mode", "lsgan"),
                                            **self.loss_cfg.get("labels", {}))
+        self.weight_clip = self.critic_weight_clip()
+        if self.optimizer_cfg.get("type", "adam") not in OPTIMIZER_TYPES:
+            raise ValueError(f"model.optimizer.type={self.optimizer_cfg['type']!r} must be one of "
+                             f"{', '.join(OPTIMIZER_TYPES)}")
         self.weights = dict(self.loss_cfg.get("weights", {}))
         self.pools: dict[str, ImagePool] = {}
         self.grad_scalers: PlayerGradScalers | None = None
@@ -105,6 +112,16 @@ class TranslationModel(pl.LightningModule):
         # The DataModule settings it was trained with, once loaded from a checkpoint
         # (src/utils/checkpoint_loading.py); evaluation checks the data direction against them.
         self.training_data: dict = {}
+
+    def critic_weight_clip(self) -> float | None:
+        """WGAN's clipping bound c (`loss.clip`), or None for the objectives without clipping."""
+        if self.adversarial.mode != "wgan":
+            return None
+        clip = self.loss_cfg.get("clip")
+        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0:
+            raise ValueError(f"loss.clip={clip!r}: loss=wgan clips the critic's weights to [-clip, clip] and needs "
+                             "a positive number (the paper's 0.01)")
+        return float(clip)
 
     def setup(self, stage: str) -> None:
         # fp16: one loss scaler per player's loss instead of Lightning's shared one (see
@@ -159,6 +176,9 @@ class TranslationModel(pl.LightningModule):
         optimizers = []
         for modules in self.player_modules().values():
             params = [p for m in modules for p in m.parameters()]
+            if cfg.get("type", "adam") == "rmsprop":   # WGAN's: no momentum
+                optimizers.append(torch.optim.RMSprop(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0)))
+                continue
             optimizers.append(torch.optim.Adam(params, lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.5, 0.999))),
                                                weight_decay=cfg.get("weight_decay", 0.0), **adam_kernel(params)))
         schedule = self.lr_schedule_of_this_run()
@@ -245,11 +265,24 @@ class TranslationModel(pl.LightningModule):
                 # Free the gradients now: they are stale once stepped, and holding them through
                 # the other players' steps only costs memory.
                 opt.zero_grad(set_to_none=True)
+        if self.weight_clip is not None:
+            self.clip_critic_weights(optimizers)
         # Autocast caches the low-precision copy of each trainable weight for the rest of the
         # training step; those copies are stale now that the weights moved.
         if torch.is_autocast_enabled(self.device.type):
             torch.clear_autocast_cache()
         return total
+
+    @torch.no_grad()
+    def clip_critic_weights(self, optimizers) -> None:
+        """WGAN: the discriminators' parameters these optimizers just stepped, clipped to
+        [-c, c] (the generators' steps leave the critic alone)."""
+        critic = {id(p) for net in self.image_discriminators() for p in net.parameters()}
+        for opt in optimizers:
+            for group in step_in_backward.raw_optimizer(opt).param_groups:
+                for p in group["params"]:
+                    if id(p) in critic:
+                        p.clamp_(-self.weight_clip, self.weight_clip)
 
     @property
     def steps_in_backward(self) -> bool:
