@@ -82,12 +82,11 @@ def domain_folders(datamodule, direction: str) -> tuple[str, str]:
     return (source, target) if direction == "AtoB" else (target, source)
 
 
-def evaluate_direction(model, loader, direction: str, counts: tuple[int, int], scorer: FidKidScorer,
+def evaluate_direction(model, loader, direction: str, n_source: int, n_target: int, scorer: FidKidScorer,
                        backgrounds: dict | None, fake_dir: Path, device) -> dict[str, float]:
-    """Translate every distinct source image once, write it to `fake_dir` (one PNG per source
-    file stem), and score it against the targets."""
+    """Translate each of the first `n_source` source images once, write it to `fake_dir` (one
+    PNG per source file stem), and score it against the first `n_target` targets."""
     source_key, target_key = DIRECTION_KEYS[direction]
-    n_source, n_target = counts if direction == "AtoB" else counts[::-1]
     fake_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
     truth = ShapesTruthScorer().to(device) if backgrounds is not None else None
@@ -165,7 +164,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
         n_source, n_target = counts if direction == "AtoB" else counts[::-1]
         directions[direction] = {"from": source, "to": target, "translated": n_source, "real": n_target,
                                  "output": f"fake{target}"}
-        results[direction] = evaluate_direction(model, loader, direction, counts, scorer, backgrounds,
+        results[direction] = evaluate_direction(model, loader, direction, n_source, n_target, scorer, backgrounds,
                                                 output_dir / f"fake{target}", device)
     report = {"ckpt_path": str(cfg.ckpt_path), "data": datamodule.name, "data_direction": datamodule.direction,
               "feature_extractor": extractor_name, "directions": directions, "metrics": results}
