@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python src/tran
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from src.models.checkpoint_fit import check_checkpoint_file  # noqa: E402
 from src.utils.checkpoint_loading import load_model  # noqa: E402
 from src.utils.export import export_translation  # noqa: E402
 from src.utils.translation import (check_direction, list_input_images, output_paths, resolve_device,  # noqa: E402
@@ -27,8 +28,7 @@ def run_translation(cfg: DictConfig) -> dict:
     """Translate `cfg.input` into `cfg.output` (and export); returns what was written."""
     if not cfg.get("ckpt_path"):
         raise ValueError("ckpt_path is required: ckpt_path=path/to/checkpoints/last.ckpt (written by src/train.py)")
-    if not Path(cfg.ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    check_checkpoint_file(cfg.ckpt_path)
     if not cfg.get("input") and not cfg.get("export"):
         raise ValueError("input is required: input=path/to/image_or_folder (or export=onnx|torchscript to only export)")
     paths = list_input_images(cfg.input) if cfg.get("input") else []

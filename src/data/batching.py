@@ -40,13 +40,13 @@ def collate_same_size(items: Sequence[dict[str, Any]], preprocess: str = "") -> 
     return default_collate(list(items))
 
 
-def first_items_of_one_size(dataset, n: int, max_looked_at: int | None = None) -> list[dict[str, Any]]:
+def first_items_of_one_size(dataset, n: int) -> list[dict[str, Any]]:
     """The first `n` items (dataset order) whose images have the first item's sizes, so they
     stack into one batch; items of other sizes are passed over, with a note in the log. At most
-    `max_looked_at` items are read (default 8n), so fewer than n may come back."""
+    8n items are read, so fewer than n may come back."""
     chosen, passed_over = [dataset[0]], []
     sizes = image_sizes(chosen[0])
-    for index in range(1, min(len(dataset), max_looked_at or 8 * n)):
+    for index in range(1, min(len(dataset), 8 * n)):
         if len(chosen) == n:
             break
         item = dataset[index]

@@ -207,8 +207,7 @@ class TranslationModel(pl.LightningModule):
                              f"{unit}s: set {'max_iters' if unit == 'iteration' else 'trainer.max_epochs'}, or give "
                              f"model.lr_schedule.constant and decay as numbers")
         first_half = length // 2
-        schedule.update({"constant": first_half, "decay": length - first_half} if len(halves) == 2 else
-                        {halves[0]: first_half})
+        schedule.update({key: first_half if key == "constant" else length - first_half for key in halves})
         return schedule
 
     def named_optimizers(self) -> dict:

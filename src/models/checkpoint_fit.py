@@ -30,10 +30,10 @@ def unreadable_checkpoint(ckpt_path: str | Path, reason: str) -> ValueError:
                       f"cut short leaves such a file: use another checkpoint of the run (last.ckpt, iter_*.ckpt)")
 
 
-def check_resume_file(ckpt_path: str | Path | None) -> None:
-    """Before training starts: the checkpoint to resume from exists and is a whole file.
+def check_checkpoint_file(ckpt_path: str | Path | None) -> None:
+    """Before any work: the checkpoint to resume from or load exists and is a whole file.
     torch.save writes a zip archive whose directory comes last, so a truncated file shows here
-    without reading the weights (Lightning's own error would name neither file nor fix)."""
+    without reading the weights (torch's and Lightning's own errors name neither file nor fix)."""
     if ckpt_path is None or str(ckpt_path) in LIGHTNING_CKPT_KEYWORDS or "://" in str(ckpt_path):
         return
     if not Path(ckpt_path).is_file():

@@ -24,7 +24,8 @@ from omegaconf import OmegaConf
 
 from src.callbacks.ema import averaged_state_dict
 from src.models.base import TranslationModel
-from src.models.checkpoint_fit import run_config_path, state_dict_mismatch, unreadable_checkpoint
+from src.models.checkpoint_fit import (check_checkpoint_file, run_config_path, state_dict_mismatch,
+                                       unreadable_checkpoint)
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,7 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
     weights replace the trained ones: they are what the run sampled and evaluated with.
     """
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    check_checkpoint_file(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
 from src.metrics.shapes_truth import ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta
+from src.models.checkpoint_fit import check_checkpoint_file
 from src.utils.checkpoint_loading import load_model, run_config_path
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
 from src.utils.translation import resolve_device, save_png, to_uint8_images
@@ -131,8 +132,7 @@ def markdown_row(name: str, metrics: dict[str, dict[str, float]]) -> str:
 def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
     if not cfg.get("ckpt_path"):
         raise ValueError("ckpt_path is required: ckpt_path=path/to/checkpoints/last.ckpt (written by src/train.py)")
-    if not Path(cfg.ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    check_checkpoint_file(cfg.ckpt_path)
     device = resolve_device(cfg.get("device", "auto"))
     model = load_model(cfg.ckpt_path, map_location=device)
     datamodule = hydra.utils.instantiate(data_config(cfg))

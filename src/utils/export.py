@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from src.models.base import TranslationModel
 from src.models.size_check import check_translation_size
-from src.utils.translation import check_direction, input_channels, size_multiple
+from src.utils.translation import check_direction, input_channels, round_up, size_multiple
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,7 @@ def export_path(output_dir: str | Path, direction: str, fmt: str) -> Path:
 
 def example_input(model: TranslationModel, direction: str, size: int, batch: int = 1) -> torch.Tensor:
     """A random input of `size` rounded up to what the translation allows."""
-    multiple = size_multiple(model, direction)
-    side = -(-size // multiple) * multiple
+    side = round_up(size, size_multiple(model, direction))
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(batch, input_channels(model, direction), side, side, generator=generator) * 2 - 1

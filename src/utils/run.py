@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src.callbacks.rank_seed import RankSeed
-from src.models.checkpoint_fit import check_resume_file
+from src.models.checkpoint_fit import check_checkpoint_file
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
 from src.utils.instantiate import instantiate_list
 from src.utils.wandb_run import WandbRunIdCallback, finish_wandb_run, is_wandb_node, with_wandb_identity
@@ -72,7 +72,7 @@ def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.C
 
 
 def run_training(cfg: DictConfig) -> dict[str, float]:
-    check_resume_file(cfg.get("ckpt_path"))
+    check_checkpoint_file(cfg.get("ckpt_path"))
     default_wandb_offline()
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)

@@ -137,12 +137,17 @@ def image_size(path: Path) -> tuple[int, int]:
     return height, width
 
 
-def group_by_size(paths: list[Path]) -> list[list[Path]]:
-    """Paths grouped by image size, in order of first appearance: one batch holds one size."""
+def group_by_size(paths: list[Path]) -> dict[tuple[int, int], list[Path]]:
+    """(height, width) -> its paths, in order of first appearance: one batch holds one size."""
     groups: dict[tuple[int, int], list[Path]] = {}
     for path in paths:
         groups.setdefault(image_size(path), []).append(path)
-    return list(groups.values())
+    return groups
+
+
+def round_up(side: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is at least `side`."""
+    return -(-side // multiple) * multiple
 
 
 def to_uint8_images(batch: torch.Tensor) -> np.ndarray:
@@ -173,14 +178,13 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
     model.to(device)
     multiple, channels = size_multiple(model, direction), input_channels(model, direction)
     groups = group_by_size([Path(p) for p in paths])
-    for group in groups:   # every size before the first output is written
-        height, width = image_size(group[0])
-        padded = (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
+    for (height, width), group in groups.items():   # every size before the first output is written
+        padded = (round_up(height, multiple), round_up(width, multiple))
         check_translation_size(model, direction, *padded,
                                what=f"{group[0]} ({height}x{width} px, padded to {padded[0]}x{padded[1]})")
 
     def generate() -> Iterator[tuple[Path, np.ndarray]]:
-        for group in groups:
+        for group in groups.values():
             for start in range(0, len(group), batch_size):
                 chunk = group[start:start + batch_size]
                 batch = torch.stack([to_tensor(load_image(path, channels)) for path in chunk]).to(device)
