@@ -78,7 +78,7 @@ def assert_resume_continues_the_run(train_cfg, tmp_path: Path, overrides: list[s
     resumed_cfg.paths.output_dir = str(tmp_path / "resumed")
     resumed = last_checkpoint(resumed_cfg)
 
-    steps_per_iter = hydra.utils.get_class(resumed_cfg.model._target_).optimizer_steps_per_iter
+    steps_per_iter = hydra.utils.instantiate(resumed_cfg.model, _recursive_=False).optimizer_steps_per_iter
     assert straight["global_step"] == resumed["global_step"] == 4 * steps_per_iter
     for key, value in straight["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key

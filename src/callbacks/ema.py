@@ -3,8 +3,8 @@
 After every training iteration: `ema = decay * ema + (1 - decay) * weights`; before `start_iter`
 the average just copies the weights (so it does not drag the random initialisation along).
 
-What is averaged: the networks a translation runs through (`pl_module.translation_nets` of each
-direction the model translates): the generators, and for NICE-GAN the encoders too (its
+What is averaged: the networks the model samples with (`pl_module.sampling_nets`: for a
+translator, those a translation runs through in each direction it translates): the generators, and for NICE-GAN the encoders too (its
 translation is G(E(x)), and an averaged G fed by a live E would see latents it was not averaged
 for). Discriminators are not averaged. Parameters only: buffers (spectral-norm vectors,
 batch-norm statistics) stay the live ones.
@@ -35,18 +35,15 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
-from src.utils.directions import DIRECTIONS, untranslated_directions
 
 #: Callback hooks that run between iterations: where other callbacks sample.
 SAMPLING_HOOKS = ("on_train_batch_end", "on_train_epoch_end", "on_train_end")
 
 
 def averaged_parameter_names(pl_module: pl.LightningModule) -> list[str]:
-    """State-dict keys of the parameters of every network a translation runs through."""
-    untranslated = untranslated_directions(pl_module)   # pix2pix: BtoA
-    nets = [net for direction in DIRECTIONS if direction not in untranslated
-            for net in pl_module.translation_nets(direction)]
-    wanted = {id(p) for net in nets for p in net.parameters()}
+    """State-dict keys of the parameters of every network the model samples with
+    (`sampling_nets`: what a translation runs through, or a noise-to-image generator)."""
+    wanted = {id(p) for net in pl_module.sampling_nets() for p in net.parameters()}
     return [name for name, p in pl_module.named_parameters() if id(p) in wanted]
 
 

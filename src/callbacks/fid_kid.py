@@ -6,6 +6,8 @@ model supports: real target-domain images vs translations of the source-domain i
 DataModule's test split (AtoB: real B vs translate(A); BtoA: real A vs translate(B)). Logged as
 `eval/fid_AtoB`, `eval/kid_x100_AtoB`, `eval/kid_std_x100_AtoB`, ... and the means over the
 directions `eval/fid`, `eval/kid_x100` (the value to give `optimized_metric` or a monitor).
+A noise-to-image model (GAN, DCGAN, WGAN...) has one stream instead, `samples`: the real test
+images vs as many samples, with the test images' labels when conditional (`eval/fid_samples`).
 
 Under DDP each rank translates a contiguous block of the evaluation set (no padding, so no image
 counts twice) and the torchmetrics states are gathered, so every rank gets the single-process
@@ -24,7 +26,7 @@ from torch.utils.data import DataLoader, Subset
 
 from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
-from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
+from src.utils.directions import DIRECTIONS
 
 
 def shard_range(n: int, rank: int, world_size: int) -> range:
@@ -216,14 +218,12 @@ class FidKidCallback(PeriodicEvaluation):
         rank_zero_info(f"FID/KID: {name} features ({extractor.num_features}-d) every {self.every_n_iters} iterations")
 
     def supported_directions(self, pl_module: pl.LightningModule) -> tuple[str, ...]:
-        """The configured directions the model translates."""
+        """What is scored: the configured directions the model translates, or a noise-to-image
+        model's samples (`evaluation_streams`)."""
         if self._supported is None:
-            untranslated = untranslated_directions(pl_module)
-            for direction in self.directions:
-                if direction in untranslated:
-                    rank_zero_info(f"FID/KID: skipping {direction} ({type(pl_module).__name__}: "
-                                   f"{untranslated[direction]})")
-            self._supported = tuple(d for d in self.directions if d not in untranslated)
+            self._supported, skipped = pl_module.evaluation_streams(self.directions)
+            for direction, reason in skipped.items():
+                rank_zero_info(f"FID/KID: skipping {direction} ({type(pl_module).__name__}: {reason})")
         return self._supported
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -235,12 +235,10 @@ class FidKidCallback(PeriodicEvaluation):
         scorer = self.scorer.to(pl_module.device)
         metrics = {}
         for direction in directions:
-            source_key, target_key = DIRECTION_KEYS[direction]
             scorer.reset()
             for batch in self.evaluation_loader(trainer):
-                source = batch[source_key].to(pl_module.device)
-                scorer.update(real=batch[target_key].to(pl_module.device),
-                              fake=pl_module.translate(source, direction))
+                real, fake = pl_module.evaluation_pair(batch, direction)
+                scorer.update(real=real, fake=fake)
             for name, value in scorer.compute().items():
                 metrics[f"eval/{name}_{direction}"] = value
         metrics["eval/fid"] = sum(metrics[f"eval/fid_{d}"] for d in directions) / len(directions)

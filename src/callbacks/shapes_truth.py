@@ -55,6 +55,9 @@ class ShapesTruthCallback(PeriodicEvaluation):
         if data_dir is None or not is_shapes_dataset(data_dir):
             self._disable(f"data_dir={data_dir} has no test_meta.json (not the shapes dataset)")
             return
+        if not callable(getattr(pl_module, "translate", None)):
+            self._disable(f"{type(pl_module).__name__} translates no images (it generates them from noise)")
+            return
         if (datamodule.input_nc, datamodule.output_nc) != (3, 3):
             self._disable("the shapes masks need RGB images (data.input_nc = data.output_nc = 3)")
             return

@@ -140,11 +140,22 @@ class ImageTranslationDataModule(pl.LightningDataModule):
             self.dataset("train", train=True)
         self.dataset("test", train=False)
 
-    def _loader_settings(self, batch_size: int) -> dict[str, Any]:
+    @property
+    def train_batch_size(self) -> int:
+        """Items per training-loader batch: batch_size, unless a subclass serves several of the
+        model's batches in one loader batch."""
+        return self.batch_size
+
+    @property
+    def train_drop_last(self) -> bool:
+        """Whether the training loader drops an epoch's incomplete last batch."""
+        return False
+
+    def _loader_settings(self, batch_size: int, drop_last: bool = False) -> dict[str, Any]:
         return dict(
             batch_size=batch_size,
             collate_fn=self.collate,
-            drop_last=False,
+            drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
@@ -161,7 +172,7 @@ class ImageTranslationDataModule(pl.LightningDataModule):
         world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = EpochOrderSampler(dataset, seed=self._order_seed(), num_replicas=world_size, rank=rank)
         return EpochOrderLoader(dataset, sampler=sampler, position=self._training_position,
-                                **self._loader_settings(self.batch_size))
+                                **self._loader_settings(self.train_batch_size, self.train_drop_last))
 
     def _order_seed(self) -> int:
         """A seed read from torch's global RNG (which `seed` fixes) without advancing it, so
@@ -177,7 +188,7 @@ class ImageTranslationDataModule(pl.LightningDataModule):
         if trainer is None:
             return 0, 0
         batches_done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return trainer.current_epoch, batches_done * self.batch_size
+        return trainer.current_epoch, batches_done * self.train_batch_size
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.dataset("test", train=False), **self._loader_settings(self.eval_batch_size))

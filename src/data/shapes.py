@@ -1,4 +1,5 @@
-"""The embedded synthetic dataset: discs (domain A) <-> triangles (domain B).
+"""The embedded synthetic dataset: discs (domain A) <-> triangles (domain B); also served as one
+labelled domain (disc 0, triangle 1) for noise-to-image GANs.
 
 Each image shows one filled shape in a saturated colour over a linear gradient between two
 low-saturation colours. A disc and an upright isosceles triangle (base on the bottom edge of the
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from src.data.labelled import LabelledImageDataModule
 from src.data.paired import PairedDataModule
 from src.data.unpaired import UnpairedDataModule
 
@@ -333,3 +335,16 @@ class ShapesPairedDataModule(_GeneratedShapes, PairedDataModule):
 
     default_name = "shapes_paired"
     paired_training_scenes = True
+
+
+class ShapesLabelledDataModule(_GeneratedShapes, LabelledImageDataModule):
+    """Discs (label 0) and triangles (label 1) as one labelled domain for noise-to-image GANs:
+    the unpaired shapes folders read with layout "domains" (data.classes=[B]: triangles only).
+    Other arguments as LabelledImageDataModule."""
+
+    display_names = SHAPES
+
+    def __init__(self, *args: Any, layout: str = "domains", **kwargs: Any) -> None:
+        if layout != "domains":  # the generated folders are trainA/trainB/testA/testB
+            raise ValueError(f"data.layout={layout!r}: the shapes dataset has the layout 'domains' only.")
+        super().__init__(*args, layout=layout, **kwargs)

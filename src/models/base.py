@@ -1,10 +1,11 @@
-"""The small shared base of every translation model.
+"""The small shared bases of every GAN: `AdversarialModel`, and `TranslationModel` on it.
 
 A subclass builds its networks, declares its players (`player_modules`: optimizer name ->
-modules, in the order the training step uses them) and writes `training_step` with manual
-optimization. The base turns the config into Adam optimizers and LR schedulers, steps the
-schedulers per epoch or per iteration, keeps image pools and RNG state in checkpoints, and
-offers `translate(x, direction)` for sampling and evaluation.
+modules, in the order the training step uses them) and writes `train_iteration` with manual
+optimization. `AdversarialModel` turns the config into optimizers and LR schedulers, steps the
+schedulers per epoch or per iteration, freezes the idle players, keeps image pools and RNG
+state in checkpoints. `TranslationModel` adds `translate(x, direction)` for sampling and
+evaluation; the noise-to-image family has its own base (src/models/noise_base.py).
 """
 import contextlib
 import math
@@ -27,7 +28,7 @@ from src.models.size_check import check_image_size
 from src.models import step_in_backward
 from src.nets.init import init_weights
 from src.nets.fast_conv import configure_fast_conv
-from src.utils.directions import DIRECTIONS
+from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
 from src.utils.rng import collect_rng_states, restore_rng_states
 
 
@@ -83,7 +84,10 @@ def adam_kernel(params: list[torch.Tensor]) -> dict:
     return {"fused": True} if supported else {}
 
 
-class TranslationModel(pl.LightningModule):
+class AdversarialModel(pl.LightningModule):
+    """What every GAN here shares: players, their optimizers and schedules, the training
+    iteration's bookkeeping, checkpoint state. Sampling and evaluation are the subclasses'."""
+
     #: optimizer steps per training iteration; Lightning's global_step counts every one of them.
     optimizer_steps_per_iter: int = 2
 
@@ -123,6 +127,11 @@ class TranslationModel(pl.LightningModule):
                              "a positive number (the paper's 0.01)")
         return float(clip)
 
+    @classmethod
+    def check_data_config(cls, data_cfg, model_name: str) -> None:
+        """Raise a clear error, before anything is built, when `data_cfg` is not a kind of
+        data this model trains on (the DataModules' own checks cover the rest)."""
+
     def setup(self, stage: str) -> None:
         # fp16: one loss scaler per player's loss instead of Lightning's shared one (see
         # src/models/loss_scaling.py). Here, before a resumed run restores the scalers' state.
@@ -150,8 +159,23 @@ class TranslationModel(pl.LightningModule):
         """Optimizer name -> the modules it trains, in the order of `self.optimizers()`."""
         raise NotImplementedError
 
-    def generator_for(self, direction: str) -> nn.Module:
+    def sampling_nets(self) -> list[nn.Module]:
+        """The networks whose outputs are sampled and evaluated (what an EMA averages)."""
         raise NotImplementedError
+
+    def evaluation_pair(self, batch: dict, stream: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(real images, generated images) of one evaluation stream of a test batch, for FID/KID:
+        a translation direction, or the noise-to-image models' samples."""
+        raise NotImplementedError
+
+    def evaluation_streams(self, configured: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
+        """The streams FID/KID score, out of the configured directions, and why others are not."""
+        raise NotImplementedError
+
+    def sampling_options(self) -> dict:
+        """How sampling treats batch norm and dropout (`sampling_mode`'s options): pix2pix
+        samples with the batch's statistics and dropout; the rest in plain eval mode."""
+        return {}
 
     def image_discriminators(self) -> list[nn.Module]:
         """The networks that judge whole images (input: a batch of images): by default those
@@ -336,14 +360,46 @@ class TranslationModel(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         self.logging_losses = self.logs_this_iteration()   # before the steps move global_step
-        self.check_image_sizes(batch)
+        self.check_batch(batch)
         self.train_iteration(batch)
         # Step per-iteration schedules here, not in on_train_batch_end: checkpoint callbacks run
         # before the module's batch-end hook and would save the schedule one step behind.
         if self.lr_schedule_cfg.get("unit", "epoch") == "iteration":
             self._step_schedulers()
 
-    def check_image_sizes(self, batch: dict) -> None:
+    def check_batch(self, batch: dict) -> None:
+        """A clear error naming the data settings, before the first step, for a batch the
+        networks cannot take."""
+
+    def on_train_epoch_end(self) -> None:
+        if self.lr_schedule_cfg.get("unit", "epoch") == "epoch":
+            self._step_schedulers()
+
+    # ----- checkpoint state beyond the nets and optimizers --------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["image_pools"] = {name: pool.state_dict() for name, pool in self.pools.items()}
+        # Resuming must continue the same run: keep the RNG streams that dropout, the pool and
+        # the data pipeline draw from.
+        checkpoint["rng_states"] = collect_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Called before Lightning loads the weights: a checkpoint of other model settings gets
+        # an error that says so, not load_state_dict's list of keys.
+        check_resume_fits(self, checkpoint, self.trainer.ckpt_path if self._trainer is not None else None)
+        for name, state in checkpoint.get("image_pools", {}).items():
+            if name in self.pools:
+                self.pools[name].load_state_dict(state)
+        if "rng_states" in checkpoint:
+            restore_rng_states(checkpoint["rng_states"])
+
+
+class TranslationModel(AdversarialModel):
+    """An image-to-image translator: generators per direction, `translate(x, direction)`."""
+
+    def generator_for(self, direction: str) -> nn.Module:
+        raise NotImplementedError
+
+    def check_batch(self, batch: dict) -> None:
         """A clear error naming the data settings, instead of a tensor-size error deep in a
         forward pass, when the networks cannot run on this batch's image size (once per shape;
         src/models/size_check.py)."""
@@ -352,10 +408,6 @@ class TranslationModel(pl.LightningModule):
             if shape not in self._image_sizes_checked:
                 check_image_size(self, batch[key])
                 self._image_sizes_checked.add(shape)
-
-    def on_train_epoch_end(self) -> None:
-        if self.lr_schedule_cfg.get("unit", "epoch") == "epoch":
-            self._step_schedulers()
 
     # ----- sampling ----------------------------------------------------------------------
     def translate(self, x: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
@@ -380,26 +432,23 @@ class TranslationModel(pl.LightningModule):
     def translation_forward(self, x: torch.Tensor, direction: str) -> torch.Tensor:
         return self.generator_for(direction)(x)
 
-    def sampling_options(self) -> dict:
-        return {}
-
     def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:
         """Rows of the sample grid: real, fake (and reconstruction where the model has one)."""
         return {"real_A": batch["A"], "fake_B": self.translate(batch["A"], "AtoB"), "real_B": batch["B"]}
 
-    # ----- checkpoint state beyond the nets and optimizers --------------------------------
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["image_pools"] = {name: pool.state_dict() for name, pool in self.pools.items()}
-        # Resuming must continue the same run: keep the RNG streams that dropout, the pool and
-        # the data pipeline draw from.
-        checkpoint["rng_states"] = collect_rng_states()
+    def sampling_nets(self) -> list[nn.Module]:
+        """Every network a translation of a translated direction runs through."""
+        untranslated = untranslated_directions(self)   # pix2pix: BtoA
+        nets = {id(net): net for direction in DIRECTIONS if direction not in untranslated
+                for net in self.translation_nets(direction)}
+        return list(nets.values())
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Called before Lightning loads the weights: a checkpoint of other model settings gets
-        # an error that says so, not load_state_dict's list of keys.
-        check_resume_fits(self, checkpoint, self.trainer.ckpt_path if self._trainer is not None else None)
-        for name, state in checkpoint.get("image_pools", {}).items():
-            if name in self.pools:
-                self.pools[name].load_state_dict(state)
-        if "rng_states" in checkpoint:
-            restore_rng_states(checkpoint["rng_states"])
+    def evaluation_streams(self, configured: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
+        untranslated = untranslated_directions(self)
+        skipped = {d: untranslated[d] for d in configured if d in untranslated}
+        return tuple(d for d in configured if d not in untranslated), skipped
+
+    def evaluation_pair(self, batch: dict, stream: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real target-domain images, and the translations of the source-domain ones."""
+        source_key, target_key = DIRECTION_KEYS[stream]
+        return batch[target_key].to(self.device), self.translate(batch[source_key].to(self.device), stream)

@@ -52,7 +52,9 @@ def model_class_from_run_config(ckpt_path: str | Path) -> type[TranslationModel]
         raise ValueError(f"{config_path}: model._target_={target} is not a model of {MODELS_PACKAGE[:-1]}")
     cls = hydra.utils.get_class(target)
     if not (isinstance(cls, type) and issubclass(cls, TranslationModel)):
-        raise TypeError(f"{config_path}: model._target_={target} is not a TranslationModel")
+        raise TypeError(f"{config_path}: model._target_={target} is not an image-to-image translation model, "
+                        "which eval.py and translate.py need (a noise-to-image model's FID/KID of its samples "
+                        "is logged during training: callbacks.fid_kid)")
     return cls
 
 
@@ -115,6 +117,6 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
         model.load_state_dict(state_dict, strict=True)
         model.training_data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
         log.info("Loaded %s from %s (iteration %s)", cls.__name__, path,
-                 checkpoint.get("global_step", 0) // cls.optimizer_steps_per_iter)
+                 checkpoint.get("global_step", 0) // model.optimizer_steps_per_iter)
         return model.to(map_location).eval()
     raise ValueError(f"ckpt_path={ckpt_path}: no model class fits this checkpoint; tried {', '.join(tried)}")

@@ -77,6 +77,9 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
+    # Before the data is built: a model/data mismatch gets the model's own error, not a
+    # constructor's unexpected argument.
+    hydra.utils.get_class(cfg.model._target_).check_data_config(cfg.data, cfg.get("model_name", cfg.model._target_))
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     for name, child in model.named_children():

@@ -22,7 +22,8 @@ class RankProbe(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.rng_state_at_first_batch is None:
             self.rng_state_at_first_batch = torch.get_rng_state()
-        self.paths.extend(zip(batch["A_path"], batch["B_path"]))
+        # A labelled batch (noise-to-image models) has one image domain.
+        self.paths.extend(zip(batch["A_path"], batch.get("B_path", batch["A_path"])))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.sampled_params = {n: p.detach().cpu().clone() for n, p in pl_module.named_parameters()}

@@ -1,0 +1,189 @@
+"""Labelled images of one domain, for noise-to-image GANs (GAN, cGAN, DCGAN, WGAN ...).
+
+Two layouts on disk, with the classes in a fixed order (label = index in that order):
+
+* classes: ``data_dir/train/<class>/*.png`` and ``data_dir/test/<class>/*.png`` (torchvision's
+  ImageFolder convention); the classes are the sorted folder names of ``train/``, or
+  ``classes`` in the order given;
+* domains: the unpaired layout ``data_dir/trainA trainB testA testB``, classes "A" and "B"
+  (``classes`` may pick or reorder the letters), so any unpaired dataset, the embedded shapes
+  included, is also a labelled one.
+
+Batches are dicts ``{"A": [B, input_nc, H, W] in [-1, 1], "label": [B] int64, "A_path": [str],
+"index": [B] int64}`` (the items' indices in their split):
+the one image domain keeps the key "A" so the shared collate and size checks apply unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from src.data.base import ImageTranslationDataModule
+from src.data.errors import DatasetNotFoundError
+from src.data.folders import list_images, require_folder
+from src.data.transforms import ImageTransform
+from src.data.unpaired import preprocess_file
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("classes", "domains")
+CLASSES_LAYOUT = "train/<class>/*.png and test/<class>/*.png, the same class folders in both splits"
+
+
+class LabelledImageDataset(Dataset):
+    """Item i: image i of `items` (path, label), preprocessed, with its label."""
+
+    def __init__(self, items: list[tuple[Path, int]], transform: ImageTransform, channels: int) -> None:
+        self.items, self.transform, self.channels = items, transform, channels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path, label = self.items[index]
+        # The index lets a model tie a fixed latent to each test item (src/models/noise_base.py).
+        return {"A": preprocess_file(path, self.channels, self.transform), "label": label, "A_path": str(path),
+                "index": index}
+
+
+def interleave(per_class: list[list[Path]]) -> list[tuple[Path, int]]:
+    """(path, label) taking one image of each class in turn, until every class is used up.
+
+    The training loader shuffles anyway; evaluation and `sample_batch` read items in this order,
+    so the first few (a sample grid's real row) show every class, not only the first one.
+    """
+    items = []
+    for k in range(max(len(paths) for paths in per_class)):
+        items += [(paths[k], label) for label, paths in enumerate(per_class) if k < len(paths)]
+    return items
+
+
+class LabelledImageDataModule(ImageTranslationDataModule):
+    """Labelled images of one domain; see the module docstring for the layouts.
+
+    Takes the arguments of ImageTranslationDataModule (`direction` and `output_nc` are accepted
+    and unused: there is no target domain) plus:
+
+    * layout: "classes" or "domains";
+    * classes: the class folders (classes layout) or domain letters (domains layout) to use, in
+      label order; null: every class folder of ``train/`` sorted by name, or ["A", "B"];
+    * batches_per_iteration: model batches of batch_size in one training-loader batch (a WGAN
+      critic's n_critic fresh real batches per generator step; the model splits the loader
+      batch). Above 1 the training loader drops an epoch's incomplete last batch, so every
+      loader batch splits evenly. Evaluation loaders keep eval_batch_size.
+
+    `max_dataset_size` keeps the first N sorted files of each class. `class_names` and
+    `num_classes` are read lazily (the classes layout lists ``train/``, generating the data first
+    where this module can); construction touches no folder.
+    """
+
+    paired = False
+    # Display names of class folders (a subclass with meaningful domain letters sets them).
+    display_names: dict[str, str] = {}
+
+    def __init__(self, *args: Any, layout: str = "classes", classes: list[str] | None = None,
+                 batches_per_iteration: int = 1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if layout not in LAYOUTS:
+            raise ValueError(f"data.layout={layout!r} must be one of {', '.join(LAYOUTS)}.")
+        if classes is not None:
+            # A Hydra ListConfig too; YAML reads folder names like `[0, 1]` as ints.
+            classes = [str(c) for c in classes] if isinstance(classes, Sequence) and not isinstance(classes, str) \
+                else classes
+            if not isinstance(classes, list) or not classes or not all(classes) or len(set(classes)) < len(classes):
+                raise ValueError(f"data.classes={classes!r} must be null or a list of distinct folder names.")
+        if isinstance(batches_per_iteration, bool) or not isinstance(batches_per_iteration, int) \
+                or batches_per_iteration < 1:
+            raise ValueError(f"data.batches_per_iteration={batches_per_iteration!r} must be a positive integer "
+                             f"(the real batches a training iteration takes, e.g. model.n_critic).")
+        self.layout = layout
+        self.classes = classes
+        self.batches_per_iteration = batches_per_iteration
+
+    # -- classes -------------------------------------------------------------------------------
+
+    def _require(self, folder: Path) -> Path:
+        if self.layout == "classes" and not folder.is_dir():
+            # require_folder's hint describes the translation layouts; say what this one expects.
+            raise DatasetNotFoundError(f"Dataset folder not found: {folder}. Expected layout of "
+                                       f"{self.data_dir}: {CLASSES_LAYOUT}.")
+        return require_folder(folder, self.name, self.data_dir)
+
+    def _class_folder(self, split: str, name: str) -> Path:
+        if self.layout == "domains":
+            return self.data_dir / f"{split}{name}"
+        return self.data_dir / split / name
+
+    def class_folders(self) -> list[str]:
+        """Folder names (classes layout) or domain letters (domains layout), in label order."""
+        if self.classes is not None:
+            return self.classes
+        if self.layout == "domains":
+            return ["A", "B"]
+        self._ensure_available()
+        train = self._require(self._require(self.data_dir) / "train")
+        # Hidden folders (.ipynb_checkpoints, a Mac's .Trashes) are not classes.
+        found = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not found:
+            raise DatasetNotFoundError(f"{train} holds no class folder. Expected layout of {self.data_dir}: "
+                                       f"{CLASSES_LAYOUT}.")
+        self.classes = found  # fixed from here on: the labels must not change mid-run
+        return found
+
+    @property
+    def class_names(self) -> list[str]:
+        """Readable class names, in label order."""
+        return [self.display_names.get(c, c) for c in self.class_folders()]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_folders())
+
+    # -- datasets and loaders --------------------------------------------------------------------
+
+    def _build_dataset(self, split: str, train: bool) -> Dataset:
+        self._require(self.data_dir)
+        classes = self.class_folders()
+        if self.layout == "classes":
+            split_folder = self._require(self.data_dir / split)
+            extra = sorted(p.name for p in split_folder.iterdir()
+                           if p.is_dir() and not p.name.startswith(".") and p.name not in classes)
+            if extra:
+                log.warning("%s: folders %s are not among the classes (%s) and are left out.",
+                            split_folder, ", ".join(extra), ", ".join(classes))
+        # A class folder missing in one split raises, naming it: a test split without a class
+        # would silently evaluate on fewer classes than the model generates.
+        per_class = [list_images(self._require(self._class_folder(split, c)), self.max_dataset_size)
+                     for c in classes]
+        return LabelledImageDataset(interleave(per_class), self.train_transform if train else self.eval_transform,
+                                    self.input_nc)
+
+    @property
+    def train_batch_size(self) -> int:
+        return self.batch_size * self.batches_per_iteration
+
+    @property
+    def train_drop_last(self) -> bool:
+        # An incomplete last batch would not split into batches_per_iteration equal parts.
+        return self.batches_per_iteration > 1
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        if stage in (None, "fit") and self.train_drop_last:
+            # With drop_last, a split smaller than one loader batch yields no batch at all, and
+            # Lightning would "train" epochs of nothing without a word. Each rank gets its share.
+            world_size = self.trainer.world_size if self.trainer is not None else 1
+            n = len(self.dataset("train"))
+            if -(-n // world_size) < self.train_batch_size:
+                folders = ", ".join(str(self._class_folder("train", c)) for c in self.class_folders())
+                raise ValueError(
+                    f"data.batch_size={self.batch_size} x data.batches_per_iteration={self.batches_per_iteration} "
+                    f"(model.n_critic) = {self.train_batch_size} training images per iteration"
+                    + (f" on each of {world_size} devices" if world_size > 1 else "")
+                    + f", but the train split ({folders}) holds only {n}. Add images, or lower "
+                    f"data.batch_size or model.n_critic.")

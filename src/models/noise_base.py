@@ -1,0 +1,98 @@
+"""The base of the noise-to-image GANs (the classic family: GAN, cGAN, DCGAN, WGAN, WGAN-GP,
+LSGAN): a generator from latent noise (and a class label when conditional), trained on a
+labelled image DataModule (src/data/labelled.py), whose batches are
+`{"A": images, "label": classes, "A_path": files, "index": item indices}`.
+
+Sampling and evaluation draw each test item's noise from a generator seeded by the item's index
+(`noise_for`), so a sample grid shows the same latents all run long, and FID/KID's samples do
+not depend on the batch size nor on how DDP ranks split the test set.
+"""
+from __future__ import annotations
+
+import hydra
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig
+
+from src.models.base import AdversarialModel, sampling_mode
+
+#: the name of the one thing FID/KID score for these models (translators score directions)
+SAMPLES = "samples"
+#: added to a test item's index to seed its latent (fixed, so every run samples the same latents)
+NOISE_SEED = 1_000_003
+
+
+class NoiseToImageModel(AdversarialModel):
+    """Subclasses set `self.generator` (called as `generator(z, labels)`), `self.latent_dim`,
+    `self.num_classes` (0: unconditional), `self.image_shape` (C, H, W) and write
+    `train_iteration`."""
+
+    generator: nn.Module
+    latent_dim: int
+    num_classes: int
+    image_shape: tuple[int, int, int]
+
+    # ----- checks ------------------------------------------------------------------------
+    @classmethod
+    def check_data_config(cls, data_cfg: DictConfig | dict, model_name: str) -> None:
+        """A noise-to-image model trains on a labelled image DataModule."""
+        from src.data.labelled import LabelledImageDataModule   # keeps data code out of the model import
+
+        target = data_cfg.get("_target_")
+        data_class = hydra.utils.get_class(target) if target else None
+        if not (isinstance(data_class, type) and issubclass(data_class, LabelledImageDataModule)):
+            raise ValueError(f"model={model_name} generates images from noise and trains on a labelled image "
+                             f"dataset, but data._target_={target} is not one: use data=shapes_labelled (embedded) "
+                             "or data=class_folders (<data_dir>/<split>/<class>/ folders, or a CycleGAN-style "
+                             "dataset's trainA/trainB as two classes with data.layout=domains)")
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if stage == "fit" and self.num_classes and datamodule is not None:
+            found = datamodule.num_classes
+            if found != self.num_classes:
+                raise ValueError(f"model.num_classes={self.num_classes}, but {datamodule.data_dir} has {found} classes "
+                                 f"({', '.join(datamodule.class_names)}): set model.num_classes={found}")
+
+    def check_batch(self, batch: dict) -> None:
+        images = batch["A"]
+        if tuple(images.shape[1:]) != self.image_shape:
+            c, h, w = self.image_shape
+            raise ValueError(f"The generator makes {c}x{h}x{w} images (model.channels x model.image_size), but the "
+                             f"data gives {'x'.join(map(str, images.shape[1:]))} ({batch['A_path'][0]}): make "
+                             "data.crop_size (and data.input_nc) match, with a preprocess mode of one output size")
+        if self.num_classes and int(batch["label"].max()) >= self.num_classes:
+            raise ValueError(f"A label {int(batch['label'].max())} is out of range for model.num_classes="
+                             f"{self.num_classes}: set it to the dataset's number of classes")
+
+    # ----- sampling ----------------------------------------------------------------------
+    def noise_for(self, indices: torch.Tensor) -> torch.Tensor:
+        """One latent per item index, the same for an index every time (see the module doc)."""
+        rows = [torch.randn(self.latent_dim, generator=torch.Generator().manual_seed(NOISE_SEED + int(i)))
+                for i in indices.tolist()]
+        return torch.stack(rows).to(self.device)
+
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Samples of latents `z` (and classes `labels`) in eval mode under no_grad."""
+        with sampling_mode([self.generator]):
+            return self.generator(z.to(self.device), self.conditioning(labels))
+
+    def conditioning(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """The labels a conditional model's networks take; None for an unconditional one."""
+        return labels.to(self.device) if self.num_classes and labels is not None else None
+
+    def sampling_nets(self) -> list[nn.Module]:
+        return [self.generator]
+
+    def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Rows of the sample grid: the test images, and samples of the same classes."""
+        return {"real": batch["A"], "fake": self.generate(self.noise_for(batch["index"]), batch.get("label"))}
+
+    # ----- evaluation --------------------------------------------------------------------
+    def evaluation_streams(self, configured: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
+        return (SAMPLES,), {}
+
+    def evaluation_pair(self, batch: dict, stream: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The test images, and one sample per image (of its class when conditional)."""
+        return batch["A"].to(self.device), self.generate(self.noise_for(batch["index"]), batch.get("label"))

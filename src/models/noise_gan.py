@@ -1,0 +1,94 @@
+"""GAN, cGAN, DCGAN, WGAN, WGAN-GP and LSGAN: one noise-to-image model, the papers told apart
+by their networks (`model.generator` / `model.discriminator`), objective (the `loss` group),
+conditioning (`model.num_classes`) and critic steps (`model.n_critic`); conf/model/<name>.yaml
+holds each paper's recipe.
+
+One iteration: `n_critic` discriminator steps, each on its own real batch (the loader batch
+holds `n_critic` of them: `data.batches_per_iteration` follows `model.n_critic`) and fresh
+noise, then one generator step on fresh noise. The generator step takes the last real batch's
+labels (a conditional model so trains on the data's class frequencies) and size.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from src.losses import gradient_penalty
+from src.models.base import build_net, to_plain
+from src.models.noise_base import NoiseToImageModel
+
+
+class NoiseGAN(NoiseToImageModel):
+    def __init__(self, generator: dict, discriminator: dict, loss: dict, optimizer: dict, lr_schedule: dict,
+                 init: dict, latent_dim: int = 100, num_classes: int = 0, n_critic: int = 1, image_size: int = 64,
+                 channels: int = 3):
+        super().__init__(loss=loss, optimizer=optimizer, lr_schedule=lr_schedule, init=init)
+        for key, value, least in (("latent_dim", latent_dim, 1), ("num_classes", num_classes, 0),
+                                  ("n_critic", n_critic, 1), ("channels", channels, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"model.{key}={value!r} must be an integer >= {least}")
+        self.save_hyperparameters({"generator": to_plain(generator), "discriminator": to_plain(discriminator),
+                                   "loss": self.loss_cfg, "optimizer": self.optimizer_cfg,
+                                   "lr_schedule": self.lr_schedule_cfg, "init": self.init_cfg,
+                                   "latent_dim": latent_dim, "num_classes": num_classes, "n_critic": n_critic,
+                                   "image_size": image_size, "channels": channels})
+        self.latent_dim, self.num_classes, self.n_critic = latent_dim, num_classes, n_critic
+        self.image_shape = (channels, image_size, image_size)
+        # The critic's steps and the generator's: Lightning's global_step counts each.
+        self.optimizer_steps_per_iter = n_critic + 1
+        self.generator = build_net({**self.hparams.generator, "latent_dim": latent_dim, "output_nc": channels,
+                                    "image_size": image_size, "num_classes": num_classes}, self.init_cfg)
+        self.discriminator = build_net({**self.hparams.discriminator, "input_nc": channels,
+                                        "image_size": image_size, "num_classes": num_classes}, self.init_cfg)
+        if self.adversarial.needs_gradient_penalty:
+            self.weight("gp")   # fail at start on a missing weight
+
+    def player_modules(self) -> dict[str, list[nn.Module]]:
+        return {"discriminator": [self.discriminator], "generator": [self.generator]}
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        per_iteration = getattr(datamodule, "batches_per_iteration", 1)
+        if stage == "fit" and datamodule is not None and per_iteration != self.n_critic:
+            raise ValueError(f"model.n_critic={self.n_critic} critic steps take {self.n_critic} real batches per "
+                             f"iteration, but data.batches_per_iteration={per_iteration}: set "
+                             f"data.batches_per_iteration={self.n_critic}")
+
+    def noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.latent_dim, device=self.device)
+
+    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None) -> dict:
+        """The critic's terms: its loss on real and fake images, and WGAN-GP's penalty. (The
+        vanilla objective sums the two BCE terms, as Goodfellow's minimax value does.)"""
+        D = self.discriminator
+        scores_real, scores_fake = D(real, labels), D(fake, labels)
+        terms = {"D_real": self.adversarial(scores_real, True), "D_fake": self.adversarial(scores_fake, False)}
+        if self.adversarial.needs_gradient_penalty:
+            terms["gp"] = self.weight("gp") * gradient_penalty(lambda x: D(x, labels), real, fake)
+        if self.adversarial.mode in ("wgan", "wgangp"):
+            # The critic's estimate of the Wasserstein distance, the curve the WGAN papers plot.
+            terms["wasserstein"] = (scores_real.mean() - scores_fake.mean()).detach()
+        return terms
+
+    def train_iteration(self, batch: dict) -> None:
+        images = batch["A"]
+        if images.size(0) % self.n_critic:
+            raise ValueError(f"A batch of {images.size(0)} images does not split into model.n_critic={self.n_critic} "
+                             "real batches: data.batches_per_iteration must equal model.n_critic")
+        reals = images.chunk(self.n_critic)
+        labels = (batch["label"].chunk(self.n_critic) if self.num_classes
+                  else [None] * self.n_critic)
+        for real, y in zip(reals, labels):
+            with self.players("discriminator") as opt_d:
+                with torch.no_grad():
+                    fake = self.generator(self.noise(real.size(0)), y)
+                terms = self.discriminator_loss(real, fake, y)
+                loss_d = self.update(opt_d, sum(v for k, v in terms.items() if k != "wasserstein"))
+
+        with self.players("generator") as opt_g:
+            y = labels[-1]
+            fake = self.generator(self.noise(reals[-1].size(0)), y)
+            loss_g = self.update(opt_g, self.adversarial(self.discriminator(fake, y), True, for_discriminator=False))
+
+        self.log_losses(terms, {"G": loss_g, "D": loss_d}, reals[-1].size(0))

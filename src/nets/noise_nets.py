@@ -1,0 +1,156 @@
+"""Generators from noise and their discriminators: the classic GAN family's networks.
+
+Every generator maps `(z, labels)` to images in [-1, 1] (tanh), every discriminator maps
+`(images, labels)` to one logit per image; `labels` is None unless `num_classes` > 0, in which
+case the class is given as a one-hot vector (cGAN, Mirza & Osindero 2014): concatenated to the
+generator's noise, and to the discriminator's input (as constant maps for a convolutional one).
+
+- MLP (GAN, Goodfellow et al. 2014; cGAN): fully connected layers. The papers' discriminators
+  use maxout units with dropout; here LeakyReLU(0.2) with optional dropout, the form later code
+  settled on.
+- DCGAN (Radford et al. 2016): transposed convs up from 4x4 in G, strided convs down to 4x4 in
+  D, batch norm in both (not on D's input layer nor G's output), ReLU in G, LeakyReLU(0.2) in
+  D, no pooling, no fully connected hidden layers.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from src.nets.norms import norm_layer, uses_bias
+
+MLP_NORMS = ("batch", "none")
+
+
+def one_hot(labels: torch.Tensor | None, num_classes: int, like: torch.Tensor) -> torch.Tensor | None:
+    """Labels as one-hot rows in `like`'s dtype and device (None without classes)."""
+    if num_classes == 0:
+        return None
+    if labels is None:
+        raise ValueError(f"This network is conditional (num_classes={num_classes}) and needs the images' labels")
+    return F.one_hot(labels.long(), num_classes).to(dtype=like.dtype, device=like.device)
+
+
+def dcgan_levels(image_size: int, key: str) -> int:
+    """Doublings from 4x4 to `image_size`: DCGAN nets need 4 * 2^k px, k >= 1."""
+    levels = math.log2(image_size / 4) if isinstance(image_size, int) and image_size > 0 else -1
+    if levels < 1 or levels != int(levels):
+        raise ValueError(f"{key}={image_size!r}: a DCGAN network works on square images of 4 * 2^k pixels, "
+                         "k >= 1 (8, 16, 32, 64, 128 ...); set data.crop_size (and data.size for the embedded "
+                         "dataset) to one of them")
+    return int(levels)
+
+
+class DCGANGenerator(nn.Module):
+    """z (+ one-hot label) as a 1x1 map -> 4x4 with ngf * 2^(k-1) channels -> doubling the size
+    and halving the channels k times -> `output_nc` channels at 4 * 2^k px. 64 px: 512-256-128-64
+    channels at ngf 64, the paper's LSUN generator."""
+
+    def __init__(self, latent_dim: int = 100, output_nc: int = 3, image_size: int = 64, ngf: int = 64,
+                 num_classes: int = 0, norm: str = "batch"):
+        super().__init__()
+        levels = dcgan_levels(image_size, "model.image_size")
+        self.latent_dim, self.output_nc, self.image_size, self.num_classes = latent_dim, output_nc, image_size, num_classes
+        norm_fn, bias = norm_layer(norm), uses_bias(norm)
+        channels = ngf * 2 ** (levels - 1)
+        layers = [nn.ConvTranspose2d(latent_dim + num_classes, channels, 4, 1, 0, bias=bias), norm_fn(channels),
+                  nn.ReLU(True)]
+        for _ in range(levels - 1):
+            layers += [nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1, bias=bias), norm_fn(channels // 2),
+                       nn.ReLU(True)]
+            channels //= 2
+        layers += [nn.ConvTranspose2d(channels, output_nc, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        code = one_hot(labels, self.num_classes, z)
+        z = z if code is None else torch.cat([z, code], dim=1)
+        return self.net(z[:, :, None, None])
+
+
+class DCGANDiscriminator(nn.Module):
+    """Image (+ one-hot label maps) -> strided 4x4 convs halving the size down to 4x4 (ndf,
+    2 ndf, ... channels; no norm on the first) -> a 4x4 conv to one logit."""
+
+    def __init__(self, input_nc: int = 3, image_size: int = 64, ndf: int = 64, num_classes: int = 0,
+                 norm: str = "batch"):
+        super().__init__()
+        levels = dcgan_levels(image_size, "model.image_size")
+        self.num_classes = num_classes
+        norm_fn, bias = norm_layer(norm), uses_bias(norm)
+        layers = [nn.Conv2d(input_nc + num_classes, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        channels = ndf
+        for _ in range(levels - 1):
+            layers += [nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=bias), norm_fn(channels * 2),
+                       nn.LeakyReLU(0.2, True)]
+            channels *= 2
+        layers.append(nn.Conv2d(channels, 1, 4, 1, 0))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        code = one_hot(labels, self.num_classes, x)
+        if code is not None:
+            x = torch.cat([x, code[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
+        return self.net(x).flatten(1)
+
+
+def check_mlp_norm(norm: str) -> None:
+    if norm not in MLP_NORMS:
+        raise ValueError(f"model.generator.norm={norm!r}: an MLP generator takes one of {MLP_NORMS}")
+
+
+def check_hidden(hidden, key: str) -> list[int]:
+    hidden = list(hidden)
+    if not hidden or not all(isinstance(h, int) and h > 0 for h in hidden):
+        raise ValueError(f"{key}={hidden!r} must be a non-empty list of positive layer widths")
+    return hidden
+
+
+class MLPGenerator(nn.Module):
+    """z (+ one-hot label) -> fully connected ReLU layers of `hidden` widths -> tanh pixels."""
+
+    def __init__(self, latent_dim: int = 100, output_nc: int = 1, image_size: int = 28,
+                 hidden: list[int] = (256, 512, 1024), num_classes: int = 0, norm: str = "none"):
+        super().__init__()
+        check_mlp_norm(norm)
+        self.latent_dim, self.output_nc, self.image_size, self.num_classes = latent_dim, output_nc, image_size, num_classes
+        layers, width = [], latent_dim + num_classes
+        for out in check_hidden(hidden, "model.generator.hidden"):
+            layers += [nn.Linear(width, out, bias=norm != "batch")]
+            layers += [nn.BatchNorm1d(out)] if norm == "batch" else []
+            layers += [nn.ReLU(True)]
+            width = out
+        layers += [nn.Linear(width, output_nc * image_size * image_size), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        code = one_hot(labels, self.num_classes, z)
+        z = z if code is None else torch.cat([z, code], dim=1)
+        return self.net(z).view(z.size(0), self.output_nc, self.image_size, self.image_size)
+
+
+class MLPDiscriminator(nn.Module):
+    """Flattened image (+ one-hot label) -> LeakyReLU(0.2) layers of `hidden` widths, each
+    followed by dropout when `dropout` > 0 -> one logit."""
+
+    def __init__(self, input_nc: int = 1, image_size: int = 28, hidden: list[int] = (1024, 512, 256),
+                 num_classes: int = 0, dropout: float = 0.0):
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"model.discriminator.dropout={dropout!r} must be in [0, 1)")
+        self.num_classes = num_classes
+        layers, width = [], input_nc * image_size * image_size + num_classes
+        for out in check_hidden(hidden, "model.discriminator.hidden"):
+            layers += [nn.Linear(width, out), nn.LeakyReLU(0.2, True)]
+            layers += [nn.Dropout(dropout)] if dropout > 0 else []
+            width = out
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        x = x.flatten(1)
+        code = one_hot(labels, self.num_classes, x)
+        return self.net(x if code is None else torch.cat([x, code], dim=1))

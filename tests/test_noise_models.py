@@ -1,0 +1,172 @@
+"""The noise-to-image family (GAN, cGAN, DCGAN, WGAN, WGAN-GP, LSGAN): each paper's recipe
+composes, each iteration takes n_critic critic steps then one generator step with every player
+changing only its own weights, the objectives match their formulas, conditioning reaches both
+networks, samples are evaluated with FID/KID, and a run resumes to the same weights."""
+import math
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import NO_EVALUATION, assert_resume_continues_the_run
+from src.models.noise_base import NoiseToImageModel
+from src.nets.noise_nets import DCGANDiscriminator, DCGANGenerator, MLPGenerator
+from src.utils.run import run_training
+from test_models import fit_briefly, record_player_steps
+from test_scale_out import PROBE, assert_ranks_agree_on_different_data, rank_probes
+
+NOISE_MODELS = ("gan", "cgan", "dcgan", "wgan", "wgangp", "lsgan")
+# model -> (objective, critic steps per generator step, optimizer) of its paper
+RECIPES = {"gan": ("vanilla", 1, torch.optim.Adam), "cgan": ("vanilla", 1, torch.optim.Adam),
+           "dcgan": ("vanilla", 1, torch.optim.Adam), "wgan": ("wgan", 5, torch.optim.RMSprop),
+           "wgangp": ("wgangp", 5, torch.optim.Adam), "lsgan": ("lsgan", 1, torch.optim.Adam)}
+
+
+def build(cfg):
+    return hydra.utils.instantiate(cfg.model, _recursive_=False)
+
+
+@pytest.mark.parametrize("name", NOISE_MODELS)
+def test_each_paper_recipe_composes(train_cfg, name):
+    cfg = train_cfg(f"model={name}")
+    model = build(cfg)
+    objective, n_critic, optimizer = RECIPES[name]
+    assert isinstance(model, NoiseToImageModel)
+    assert model.adversarial.mode == objective and model.n_critic == n_critic
+    assert model.optimizer_steps_per_iter == n_critic + 1
+    assert cfg.data.batches_per_iteration == n_critic
+    z = torch.randn(3, model.latent_dim)
+    labels = torch.tensor([0, 1, 0]) if model.num_classes else None
+    images = model.generator(z, labels)
+    assert images.shape == (3, *model.image_shape) and images.abs().max() <= 1
+    assert model.discriminator(images, labels).shape == (3, 1)
+    optimizers, _ = model.configure_optimizers()
+    assert all(type(opt) is optimizer for opt in optimizers)
+
+
+@pytest.mark.parametrize("name", ["dcgan", "wgangp", "cgan"])
+def test_iteration_steps_critic_n_times_then_generator(train_cfg, name):
+    """n_critic critic steps, each on its own real batch, then one generator step; each step
+    changes its own player's weights and nobody else's (record_player_steps)."""
+    cfg = train_cfg(f"model={name}", "max_iters=2", *NO_EVALUATION)
+    model = build(cfg)
+    steps = record_player_steps(model)
+    seen_batches = []
+    real_chunks = model.discriminator_loss
+
+    def counting(real, fake, labels):
+        seen_batches.append(real.size(0))
+        return real_chunks(real, fake, labels)
+
+    model.discriminator_loss = counting
+    fit_briefly(cfg, model)
+    n = model.n_critic
+    assert steps == 2 * ([("discriminator",)] * n + [("generator",)])
+    assert seen_batches == [cfg.data.batch_size] * (2 * n)   # the loader batch holds n real batches
+    assert model.trainer.global_step == 2 * (n + 1) and model.iteration == 2
+
+
+def test_wgan_clips_the_critic_and_not_the_generator(train_cfg):
+    cfg = train_cfg("model=wgan", "max_iters=1", *NO_EVALUATION)
+    model = fit_briefly(cfg)
+    clip = cfg.loss.clip
+    assert all(p.abs().max() <= clip for p in model.discriminator.parameters())
+    assert any(p.abs().max() > clip for p in model.generator.parameters())
+
+
+@pytest.mark.parametrize("mode", ["vanilla", "lsgan", "wgan"])
+def test_discriminator_objective_matches_its_formula(train_cfg, mode):
+    model = build(train_cfg("model=dcgan", f"loss={mode}"))
+    real, fake = torch.rand(4, *model.image_shape) * 2 - 1, torch.rand(4, *model.image_shape) * 2 - 1
+    terms = model.discriminator_loss(real, fake, None)
+    d_real, d_fake = model.discriminator(real), model.discriminator(fake)
+    expected = {
+        "vanilla": -F.logsigmoid(d_real).mean() - torch.log1p(-torch.sigmoid(d_fake)).mean(),
+        "lsgan": ((d_real - 1) ** 2).mean() + (d_fake ** 2).mean(),
+        "wgan": d_fake.mean() - d_real.mean(),
+    }[mode]
+    assert torch.allclose(terms["D_real"] + terms["D_fake"], expected, atol=1e-5)
+    if mode == "wgan":
+        assert torch.allclose(terms["wasserstein"], -expected, atol=1e-5)
+
+
+def test_conditioning_reaches_both_networks():
+    torch.manual_seed(0)
+    G = MLPGenerator(latent_dim=8, output_nc=1, image_size=8, hidden=[16], num_classes=3)
+    z = torch.randn(2, 8)
+    assert not torch.allclose(G(z, torch.tensor([0, 0])), G(z, torch.tensor([2, 2])))
+    D = DCGANDiscriminator(input_nc=1, image_size=8, ndf=4, num_classes=3, norm="none")
+    x = torch.randn(2, 1, 8, 8)
+    assert not torch.allclose(D(x, torch.tensor([0, 0])), D(x, torch.tensor([1, 1])))
+    with pytest.raises(ValueError, match="num_classes=3"):
+        G(z)
+
+
+def test_dcgan_sizes_outside_4_times_a_power_of_two_are_refused():
+    assert DCGANGenerator(latent_dim=4, output_nc=3, image_size=16, ngf=4)(torch.randn(2, 4)).shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"model.image_size=24.*data.crop_size"):
+        DCGANGenerator(image_size=24)
+
+
+def test_samples_get_fid_kid_a_grid_and_a_checkpoint(train_cfg):
+    cfg = train_cfg("model=dcgan", "max_iters=2", "++callbacks.latent=null")
+    metrics = run_training(cfg)
+    assert math.isfinite(metrics["eval/fid_samples"]) and metrics["eval/fid"] == metrics["eval/fid_samples"]
+    assert math.isfinite(metrics["eval/kid_x100_samples"])
+    out = Path(cfg.paths.output_dir)
+    grid = np.asarray(Image.open(out / "samples" / "iter_0000002.png"))
+    assert grid.shape[0] == 2 * (cfg.data.size + 4)   # two rows: the test images, then samples
+    assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "checkpoints" / "best_fid.ckpt").is_file()
+
+
+def test_evaluation_samples_do_not_depend_on_the_batch(train_cfg):
+    """Each test item's latent comes from its index: the same samples in any batch."""
+    cfg = train_cfg("model=cgan")
+    model, datamodule = build(cfg), hydra.utils.instantiate(cfg.data)
+    datamodule.setup("test")
+    items = datamodule.collate([datamodule.dataset("test", train=False)[i] for i in (0, 5, 7)])
+    _, fakes = model.evaluation_pair(items, "samples")
+    single = datamodule.collate([datamodule.dataset("test", train=False)[5]])
+    _, fake_5 = model.evaluation_pair(single, "samples")
+    assert torch.allclose(fakes[1:2], fake_5, atol=1e-6)
+    assert not torch.allclose(fakes[0], fakes[1])
+
+
+@pytest.mark.parametrize("name", ["dcgan", "wgangp"])
+def test_resume_continues_the_run(train_cfg, tmp_path, name):
+    assert_resume_continues_the_run(train_cfg, tmp_path, [f"model={name}", *NO_EVALUATION])
+
+
+def test_translation_data_is_refused_with_the_fix(train_cfg):
+    with pytest.raises(ValueError, match=r"model=dcgan .*data=shapes_labelled"):
+        run_training(train_cfg("model=dcgan", "data=shapes", *NO_EVALUATION))
+
+
+def test_critic_steps_and_real_batches_must_agree(train_cfg):
+    with pytest.raises(ValueError, match=r"data.batches_per_iteration=5"):
+        fit_briefly(train_cfg("model=wgangp", "data.batches_per_iteration=1", "max_iters=1", *NO_EVALUATION))
+
+
+def test_wrong_class_count_is_named(train_cfg):
+    with pytest.raises(ValueError, match=r"model.num_classes=3.*2 classes"):
+        fit_briefly(train_cfg("model=cgan", "model.num_classes=3", "max_iters=1", *NO_EVALUATION))
+
+
+def test_wgangp_trains_and_evaluates_under_ddp_spawn(train_cfg):
+    """Two CPU ranks: each trains on its own images, both end with the same weights, and the
+    samples' FID/KID (each rank scores its block of the test set) reach both."""
+    # Batches of 1 (x 5 critic steps): both iterations in one epoch, where the ranks never share an image.
+    cfg = train_cfg("model=wgangp", "max_iters=2", "data.batch_size=1", "trainer=ddp_sim",
+                    "trainer.strategy=ddp_spawn_find_unused_parameters_true", PROBE, "++callbacks.latent=null")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # two ranks on two shared cores: one thread each
+    try:
+        metrics = run_training(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    assert_ranks_agree_on_different_data(rank_probes(Path(cfg.paths.output_dir)))
+    assert math.isfinite(metrics["eval/fid_samples"])
