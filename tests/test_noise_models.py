@@ -19,11 +19,12 @@ from src.utils.run import run_training
 from test_models import fit_briefly, record_player_steps
 from test_scale_out import PROBE, assert_ranks_agree_on_different_data, rank_probes
 
-NOISE_MODELS = ("gan", "cgan", "dcgan", "wgan", "wgangp", "lsgan")
+NOISE_MODELS = ("gan", "cgan", "dcgan", "wgan", "wgangp", "lsgan", "infogan")
 # model -> (objective, critic steps per generator step, optimizer) of its paper
 RECIPES = {"gan": ("vanilla", 1, torch.optim.Adam), "cgan": ("vanilla", 1, torch.optim.Adam),
            "dcgan": ("vanilla", 1, torch.optim.Adam), "wgan": ("wgan", 5, torch.optim.RMSprop),
-           "wgangp": ("wgangp", 5, torch.optim.Adam), "lsgan": ("lsgan", 1, torch.optim.Adam)}
+           "wgangp": ("wgangp", 5, torch.optim.Adam), "lsgan": ("lsgan", 1, torch.optim.Adam),
+           "infogan": ("vanilla", 1, torch.optim.Adam)}
 
 
 def build(cfg):
@@ -39,7 +40,7 @@ def test_each_paper_recipe_composes(train_cfg, name):
     assert model.adversarial.mode == objective and model.n_critic == n_critic
     assert model.optimizer_steps_per_iter == n_critic + 1
     assert cfg.data.batches_per_iteration == n_critic
-    z = torch.randn(3, model.latent_dim)
+    z, _ = model.sample_latent(3)
     labels = torch.tensor([0, 1, 0]) if model.num_classes else None
     images = model.generator(z, labels)
     assert images.shape == (3, *model.image_shape) and images.abs().max() <= 1
@@ -48,7 +49,7 @@ def test_each_paper_recipe_composes(train_cfg, name):
     assert all(type(opt) is optimizer for opt in optimizers)
 
 
-@pytest.mark.parametrize("name", ["dcgan", "wgangp", "cgan"])
+@pytest.mark.parametrize("name", ["dcgan", "wgangp", "cgan", "infogan"])
 def test_iteration_steps_critic_n_times_then_generator(train_cfg, name):
     """n_critic critic steps, each on its own real batch, then one generator step; each step
     changes its own player's weights and nobody else's (record_player_steps)."""
@@ -58,9 +59,9 @@ def test_iteration_steps_critic_n_times_then_generator(train_cfg, name):
     seen_batches = []
     real_chunks = model.discriminator_loss
 
-    def counting(real, fake, labels):
+    def counting(real, fake, labels, codes):
         seen_batches.append(real.size(0))
-        return real_chunks(real, fake, labels)
+        return real_chunks(real, fake, labels, codes)
 
     model.discriminator_loss = counting
     fit_briefly(cfg, model)
@@ -136,7 +137,7 @@ def test_evaluation_samples_do_not_depend_on_the_batch(train_cfg):
     assert not torch.allclose(fakes[0], fakes[1])
 
 
-@pytest.mark.parametrize("name", ["dcgan", "wgangp"])
+@pytest.mark.parametrize("name", ["dcgan", "wgangp", "infogan"])
 def test_resume_continues_the_run(train_cfg, tmp_path, name):
     assert_resume_continues_the_run(train_cfg, tmp_path, [f"model={name}", *NO_EVALUATION])
 
@@ -170,3 +171,30 @@ def test_wgangp_trains_and_evaluates_under_ddp_spawn(train_cfg):
         torch.set_num_threads(threads)
     assert_ranks_agree_on_different_data(rank_probes(Path(cfg.paths.output_dir)))
     assert math.isfinite(metrics["eval/fid_samples"])
+
+
+def test_infogan_q_recovers_the_codes_it_is_trained_on(train_cfg):
+    """The information term is Q's negative log-likelihood of the codes in G's input: it falls
+    as Q learns to read them back, and a code's rows in the sample grid differ."""
+    cfg = train_cfg("model=infogan", "model.continuous_codes=1", "model.categorical_codes=[3]")
+    model = build(cfg)
+    torch.manual_seed(0)
+    latent, codes = model.sample_latent(64)
+    assert latent.shape == (64, model.latent_dim + 3 + 1)
+    assert torch.equal(latent[:, model.latent_dim:model.latent_dim + 3].argmax(1), codes["categorical"][0])
+    assert torch.equal(latent[:, -1:], codes["continuous"]) and codes["continuous"].abs().max() <= 1
+    with torch.no_grad():
+        fake = model.generator(latent)
+    optimizer = torch.optim.Adam([*model.discriminator.parameters(), *model.q_head.parameters()], lr=1e-3)
+    losses = []
+    for _ in range(30):
+        loss = model.information_loss(model.discriminator.features(fake), codes)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[0] > math.log(3) * 0.9 and losses[-1] < 0.5 * losses[0]
+    batch = {"A": torch.zeros(2, *model.image_shape), "index": torch.tensor([0, 1])}
+    rows = model.sample_images(batch)
+    assert list(rows) == ["real", "fake", "code0=0", "code0=1", "code0=2"]
+    assert not torch.allclose(rows["code0=0"], rows["code0=2"])

@@ -69,9 +69,12 @@ class NoiseToImageModel(AdversarialModel):
     # ----- sampling ----------------------------------------------------------------------
     def noise_for(self, indices: torch.Tensor) -> torch.Tensor:
         """One latent per item index, the same for an index every time (see the module doc)."""
-        rows = [torch.randn(self.latent_dim, generator=torch.Generator().manual_seed(NOISE_SEED + int(i)))
-                for i in indices.tolist()]
+        rows = [self.latent_of_item(torch.Generator().manual_seed(NOISE_SEED + int(i))) for i in indices.tolist()]
         return torch.stack(rows).to(self.device)
+
+    def latent_of_item(self, rng: torch.Generator) -> torch.Tensor:
+        """One generator input drawn from `rng` (a model with structured codes draws those too)."""
+        return torch.randn(self.latent_dim, generator=rng)
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Samples of latents `z` (and classes `labels`) in eval mode under no_grad."""

@@ -36,12 +36,17 @@ class NoiseGAN(NoiseToImageModel):
         self.image_shape = (channels, image_size, image_size)
         # The critic's steps and the generator's: Lightning's global_step counts each.
         self.optimizer_steps_per_iter = n_critic + 1
-        self.generator = build_net({**self.hparams.generator, "latent_dim": latent_dim, "output_nc": channels,
-                                    "image_size": image_size, "num_classes": num_classes}, self.init_cfg)
+        self.generator = self.build_generator(latent_dim)
         self.discriminator = build_net({**self.hparams.discriminator, "input_nc": channels,
                                         "image_size": image_size, "num_classes": num_classes}, self.init_cfg)
         if self.adversarial.needs_gradient_penalty:
             self.weight("gp")   # fail at start on a missing weight
+
+    def build_generator(self, input_dim: int) -> nn.Module:
+        """`model.generator` for inputs of `input_dim` numbers, making images of this model's shape."""
+        channels, image_size, _ = self.image_shape
+        return build_net({**self.hparams.generator, "latent_dim": input_dim, "output_nc": channels,
+                          "image_size": image_size, "num_classes": self.num_classes}, self.init_cfg)
 
     def player_modules(self) -> dict[str, list[nn.Module]]:
         return {"discriminator": [self.discriminator], "generator": [self.generator]}
@@ -55,10 +60,12 @@ class NoiseGAN(NoiseToImageModel):
                              f"iteration, but data.batches_per_iteration={per_iteration}: set "
                              f"data.batches_per_iteration={self.n_critic}")
 
-    def noise(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.latent_dim, device=self.device)
+    def sample_latent(self, n: int) -> tuple[torch.Tensor, dict | None]:
+        """The generator's input for n images, and the codes in it a model must recover (InfoGAN)."""
+        return torch.randn(n, self.latent_dim, device=self.device), None
 
-    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None) -> dict:
+    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None,
+                           codes: dict | None = None) -> dict:
         """The critic's terms: its loss on real and fake images, and WGAN-GP's penalty. (The
         vanilla objective sums the two BCE terms, as Goodfellow's minimax value does.)"""
         D = self.discriminator
@@ -71,6 +78,9 @@ class NoiseGAN(NoiseToImageModel):
             terms["wasserstein"] = (scores_real.mean() - scores_fake.mean()).detach()
         return terms
 
+    def generator_loss(self, fake: torch.Tensor, labels: torch.Tensor | None, codes: dict | None = None) -> dict:
+        return {"G_adv": self.adversarial(self.discriminator(fake, labels), True, for_discriminator=False)}
+
     def train_iteration(self, batch: dict) -> None:
         images = batch["A"]
         if images.size(0) % self.n_critic:
@@ -81,14 +91,21 @@ class NoiseGAN(NoiseToImageModel):
                   else [None] * self.n_critic)
         for real, y in zip(reals, labels):
             with self.players("discriminator") as opt_d:
+                latent, codes = self.sample_latent(real.size(0))
                 with torch.no_grad():
-                    fake = self.generator(self.noise(real.size(0)), y)
-                terms = self.discriminator_loss(real, fake, y)
-                loss_d = self.update(opt_d, sum(v for k, v in terms.items() if k != "wasserstein"))
+                    fake = self.generator(latent, y)
+                d_terms = self.discriminator_loss(real, fake, y, codes)
+                loss_d = self.update(opt_d, total(d_terms))
 
         with self.players("generator") as opt_g:
             y = labels[-1]
-            fake = self.generator(self.noise(reals[-1].size(0)), y)
-            loss_g = self.update(opt_g, self.adversarial(self.discriminator(fake, y), True, for_discriminator=False))
+            latent, codes = self.sample_latent(reals[-1].size(0))
+            g_terms = self.generator_loss(self.generator(latent, y), y, codes)
+            loss_g = self.update(opt_g, total(g_terms))
 
-        self.log_losses(terms, {"G": loss_g, "D": loss_d}, reals[-1].size(0))
+        self.log_losses({**d_terms, **g_terms}, {"G": loss_g, "D": loss_d}, reals[-1].size(0))
+
+
+def total(terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The sum of a player's loss terms (the Wasserstein estimate is logged, not trained on)."""
+    return sum(value for name, value in terms.items() if name != "wasserstein")

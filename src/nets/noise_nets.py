@@ -73,7 +73,10 @@ class DCGANGenerator(nn.Module):
 
 class DCGANDiscriminator(nn.Module):
     """Image (+ one-hot label maps) -> strided 4x4 convs halving the size down to 4x4 (ndf,
-    2 ndf, ... channels; no norm on the first) -> a 4x4 conv to one logit."""
+    2 ndf, ... channels; no norm on the first) -> a 4x4 conv to one logit.
+
+    `features` is everything before that last conv (InfoGAN's Q head reads it too), flattened
+    to `feature_dim` numbers per image."""
 
     def __init__(self, input_nc: int = 3, image_size: int = 64, ndf: int = 64, num_classes: int = 0,
                  norm: str = "batch"):
@@ -87,14 +90,22 @@ class DCGANDiscriminator(nn.Module):
             layers += [nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=bias), norm_fn(channels * 2),
                        nn.LeakyReLU(0.2, True)]
             channels *= 2
-        layers.append(nn.Conv2d(channels, 1, 4, 1, 0))
-        self.net = nn.Sequential(*layers)
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Conv2d(channels, 1, 4, 1, 0)
+        self.feature_dim = channels * 4 * 4
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def features(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         code = one_hot(labels, self.num_classes, x)
         if code is not None:
             x = torch.cat([x, code[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
-        return self.net(x).flatten(1)
+        return self.body(x).flatten(1)
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """One logit per image from `features`."""
+        return self.head(features.view(features.size(0), -1, 4, 4)).flatten(1)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.score(self.features(x, labels))
 
 
 def check_mlp_norm(norm: str) -> None:
@@ -134,7 +145,7 @@ class MLPGenerator(nn.Module):
 
 class MLPDiscriminator(nn.Module):
     """Flattened image (+ one-hot label) -> LeakyReLU(0.2) layers of `hidden` widths, each
-    followed by dropout when `dropout` > 0 -> one logit."""
+    followed by dropout when `dropout` > 0 (`features`, `feature_dim` wide) -> one logit."""
 
     def __init__(self, input_nc: int = 1, image_size: int = 28, hidden: list[int] = (1024, 512, 256),
                  num_classes: int = 0, dropout: float = 0.0):
@@ -147,10 +158,17 @@ class MLPDiscriminator(nn.Module):
             layers += [nn.Linear(width, out), nn.LeakyReLU(0.2, True)]
             layers += [nn.Dropout(dropout)] if dropout > 0 else []
             width = out
-        layers.append(nn.Linear(width, 1))
-        self.net = nn.Sequential(*layers)
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, 1)
+        self.feature_dim = width
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def features(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         x = x.flatten(1)
         code = one_hot(labels, self.num_classes, x)
-        return self.net(x if code is None else torch.cat([x, code], dim=1))
+        return self.body(x if code is None else torch.cat([x, code], dim=1))
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.score(self.features(x, labels))
