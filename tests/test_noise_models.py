@@ -2,6 +2,7 @@
 composes, each iteration takes n_critic critic steps then one generator step with every player
 changing only its own weights, the objectives match their formulas, conditioning reaches both
 networks, samples are evaluated with FID/KID, and a run resumes to the same weights."""
+import json
 import math
 from pathlib import Path
 
@@ -198,3 +199,36 @@ def test_infogan_q_recovers_the_codes_it_is_trained_on(train_cfg):
     rows = model.sample_images(batch)
     assert list(rows) == ["real", "fake", "code0=0", "code0=1", "code0=2"]
     assert not torch.allclose(rows["code0=0"], rows["code0=2"])
+
+
+def test_eval_scores_and_writes_samples_and_translate_refuses(train_cfg, tmp_path, shared_data_dir):
+    """eval.py on a noise model's checkpoint (its class found from the weights): one sample per
+    test image, scored and written; translate.py says it is for the translators."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from conftest import compose_train_cfg
+    from src.utils.evaluation import run_evaluation
+    from src.utils.translation import check_direction
+    from src.utils.checkpoint_loading import load_model
+
+    cfg = train_cfg("model=cgan", "max_iters=2", *NO_EVALUATION)
+    run_training(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    data = cfg.data
+    eval_cfg = compose_train_cfg([f"ckpt_path={ckpt}", "data=shapes_labelled", f"data.size={data.size}",
+                                  f"data.max_dataset_size={data.max_dataset_size}", "batch_size=5"],
+                                 tmp_path / "eval", shared_data_dir, config_name="eval")
+    try:
+        results = run_evaluation(eval_cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    assert set(results) == {"samples"} and math.isfinite(results["samples"]["fid"])
+    out = Path(eval_cfg.output_dir)
+    written = sorted(p.name for p in (out / "samples").glob("*.png"))
+    assert written == [f"{i:06d}.png" for i in range(2 * data.max_dataset_size)]   # two classes
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["directions"]["samples"]["generated"] == len(written)
+    model = load_model(ckpt)
+    assert type(model).__name__ == "NoiseGAN" and model.num_classes == 2
+    with pytest.raises(ValueError, match="translate.py is for the translation models"):
+        check_direction(model, "AtoB")

@@ -23,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from src.callbacks.ema import averaged_state_dict
-from src.models.base import TranslationModel
+from src.models.base import AdversarialModel
 from src.models.checkpoint_fit import (check_checkpoint_file, run_config_path, state_dict_mismatch,
                                        unreadable_checkpoint)
 
@@ -35,10 +35,12 @@ KNOWN_MODEL_CLASSES = (
     "src.models.pix2pix.Pix2Pix",
     "src.models.ugatit.UGATIT",
     "src.models.nicegan.NICEGAN",
+    "src.models.infogan.InfoGAN",
+    "src.models.noise_gan.NoiseGAN",
 )
 
 
-def model_class_from_run_config(ckpt_path: str | Path) -> type[TranslationModel] | None:
+def model_class_from_run_config(ckpt_path: str | Path) -> type[AdversarialModel] | None:
     """The `model._target_` class of the checkpoint's run, or None without a run config."""
     config_path = run_config_path(ckpt_path)
     if not config_path.is_file():
@@ -51,10 +53,8 @@ def model_class_from_run_config(ckpt_path: str | Path) -> type[TranslationModel]
     if not str(target).startswith(MODELS_PACKAGE):
         raise ValueError(f"{config_path}: model._target_={target} is not a model of {MODELS_PACKAGE[:-1]}")
     cls = hydra.utils.get_class(target)
-    if not (isinstance(cls, type) and issubclass(cls, TranslationModel)):
-        raise TypeError(f"{config_path}: model._target_={target} is not an image-to-image translation model, "
-                        "which eval.py and translate.py need (a noise-to-image model's FID/KID of its samples "
-                        "is logged during training: callbacks.fid_kid)")
+    if not (isinstance(cls, type) and issubclass(cls, AdversarialModel)):
+        raise TypeError(f"{config_path}: model._target_={target} is not a GAN model of this codebase")
     return cls
 
 
@@ -67,13 +67,13 @@ def _hparams_mismatch(cls: type, hparams: dict) -> str | None:
     return None
 
 
-def _build(cls: type[TranslationModel], hparams: dict) -> TranslationModel:
+def _build(cls: type[AdversarialModel], hparams: dict) -> AdversarialModel:
     # Building initialises weights randomly (then overwritten): keep the caller's RNG untouched.
     with torch.random.fork_rng(devices=[]):
         return cls(**hparams)
 
 
-def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", use_ema: bool = True) -> TranslationModel:
+def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", use_ema: bool = True) -> AdversarialModel:
     """The model saved in a Lightning checkpoint, on `map_location`, in eval mode.
 
     With `use_ema` (the default) and a run that kept an EMA of its generators, the averaged

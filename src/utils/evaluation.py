@@ -1,4 +1,5 @@
-"""The body of `src/eval.py`: translate a test split, score it, write images and metrics."""
+"""The body of `src/eval.py`: translate a test split (or, for a noise-to-image model, sample as
+many images, of the test images' classes when conditional), score it, write images and metrics."""
 import json
 import logging
 from pathlib import Path
@@ -11,6 +12,7 @@ from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
 from src.metrics.shapes_truth import ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta
 from src.models.checkpoint_fit import check_checkpoint_file
+from src.models.noise_base import SAMPLES, NoiseToImageModel
 from src.utils.checkpoint_loading import load_model, run_config_path
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
 from src.utils.translation import resolve_device, save_png, to_uint8_images
@@ -121,6 +123,19 @@ def evaluate_direction(model, loader, direction: str, n_source: int, n_target: i
     return metrics
 
 
+def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sample_dir: Path) -> dict[str, float]:
+    """One sample per test image (its latent fixed by the image's index, of its class when the
+    model is conditional), written to `sample_dir/<index>.png`, scored against the test images."""
+    sample_dir.mkdir(parents=True, exist_ok=True)
+    scorer.reset()
+    for batch in loader:
+        real, fake = model.evaluation_pair(batch, SAMPLES)
+        scorer.update(real=real, fake=fake)
+        for index, image in zip(batch["index"].tolist(), to_uint8_images(fake)):
+            save_png(image, sample_dir / f"{index:06d}.png")
+    return scorer.compute()
+
+
 def markdown_row(name: str, metrics: dict[str, dict[str, float]]) -> str:
     cells = [name]
     for direction, values in metrics.items():
@@ -138,7 +153,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
     datamodule = hydra.utils.instantiate(data_config(cfg))
     datamodule.prepare_data()
     datamodule.setup("test")
-    check_trained_direction(model, datamodule, cfg.ckpt_path)
+    generates = isinstance(model, NoiseToImageModel)
+    if not generates:
+        check_trained_direction(model, datamodule, cfg.ckpt_path)
     dataset = datamodule.dataset("test", train=False)
     batch_size = cfg.batch_size
     if datamodule.keeps_image_size and batch_size > 1:
@@ -154,12 +171,14 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
                                         settings="")
     subset_size = cfg.kid_subset_size
     scorer = FidKidScorer(extractor, kid_subsets=cfg.kid_subsets, kid_subset_size=subset_size).to(device)
-    backgrounds = truth_backgrounds(datamodule, dataset)
-
     output_dir = Path(cfg.output_dir)
     results, directions = {}, {}
+    if generates:
+        directions[SAMPLES] = {"real": len(dataset), "generated": len(dataset), "output": SAMPLES}
+        results[SAMPLES] = evaluate_samples(model, loader, scorer, output_dir / SAMPLES)
+    backgrounds = None if generates else truth_backgrounds(datamodule, dataset)
     counts = distinct_counts(dataset)
-    for direction in supported_directions(model):
+    for direction in [] if generates else supported_directions(model):
         source, target = domain_folders(datamodule, direction)
         n_source, n_target = counts if direction == "AtoB" else counts[::-1]
         directions[direction] = {"from": source, "to": target, "translated": n_source, "real": n_target,
