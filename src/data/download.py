@@ -1,4 +1,5 @@
-"""Registry of the public image-translation datasets, and a command that downloads them.
+"""Registry of the public datasets (image translation, and the classic GANs' MNIST-format ones),
+and a command that downloads them.
 
 Usage::
 
@@ -21,10 +22,14 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+from src.data.mnist import build_idx_dataset
 
 UNPAIRED_LAYOUT = "trainA/ trainB/ testA/ testB/ (unpaired image folders)"
 ALIGNED_LAYOUT = "train/ val/ [test/] (each image holds A|B side by side: left half A, right half B)"
 PAIRED_FOLDERS_LAYOUT = "trainA/ trainB/ testA/ testB/ (pairs matched by file name)"
+CLASS_FOLDERS_LAYOUT = "train/<class>/ test/<class>/ (one image folder per class, the same classes in both)"
 
 _CYCLEGAN_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{}.zip"
 _PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/{}.tar.gz"
@@ -41,6 +46,9 @@ class DatasetSource:
     # CycleGAN copy of facades unpacks to "facades" but is kept as "facades_unpaired" so that it
     # does not mix with the pix2pix (aligned) copy in the same root.
     archive_folder: str | None = None
+    # Builds the dataset folder itself (build(target, fetch)) instead of one archive at `url`
+    # being unpacked: MNIST's four IDX files become class folders of PNGs.
+    build: Callable[[Path, Callable[[str, Path], None]], None] | None = None
 
 
 def _cyclegan(name: str, note: str = "") -> DatasetSource:
@@ -80,6 +88,18 @@ DATASETS: dict[str, DatasetSource] = {
         "This is the pix2pix mirror (labels|photo pairs) used in the pix2pix paper. The official "
         "Cityscapes release requires registration at https://www.cityscapes-dataset.com.",
     ),
+    # The classic GANs' grayscale benchmarks (LeCun et al. 1998; Xiao et al. 2017), 28 px, 10
+    # classes, written as class folders (class folder names sort in label order).
+    "mnist": DatasetSource(
+        "https://ossci-datasets.s3.amazonaws.com/mnist/", CLASS_FOLDERS_LAYOUT,
+        "The four IDX files of the PyTorch mirror, written as PNG class folders 0-9 (60000 + 10000 images).",
+        build=build_idx_dataset("https://ossci-datasets.s3.amazonaws.com/mnist/", [str(d) for d in range(10)])),
+    "fashion_mnist": DatasetSource(
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", CLASS_FOLDERS_LAYOUT,
+        "Zalando's release, written as PNG class folders 0_tshirt ... 9_ankle_boot (60000 + 10000 images).",
+        build=build_idx_dataset("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                                ["0_tshirt", "1_trouser", "2_pullover", "3_dress", "4_coat", "5_sandal", "6_shirt",
+                                 "7_sneaker", "8_bag", "9_ankle_boot"])),
     # DRIT (Lee et al. 2018) cat2dog, used by U-GAT-IT and NICE-GAN.
     "cat2dog": DatasetSource(
         "http://vllab.ucmerced.edu/hylee/DRIT/datasets/cat2dog.zip",
@@ -106,7 +126,8 @@ def how_to_get(name: str, data_dir: str | Path) -> str:
         return (
             f"'{name}' is not a dataset this project knows how to download ({known}). "
             f"Put your images in {data_dir} with the layout {UNPAIRED_LAYOUT}, or for paired data "
-            f"{ALIGNED_LAYOUT}, or {PAIRED_FOLDERS_LAYOUT}."
+            f"{ALIGNED_LAYOUT}, or {PAIRED_FOLDERS_LAYOUT}, or for the noise-to-image models "
+            f"{CLASS_FOLDERS_LAYOUT}."
         )
     root = data_dir.parent
     if source.url is None:
@@ -191,6 +212,13 @@ def download(name: str, root: str | Path) -> Path:
     # interrupted download never leaves a half-filled dataset folder behind.
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=target.parent) as scratch:
         scratch = Path(scratch)
+        if source.build is not None:
+            source.build(scratch / name, fetch)
+            if target.exists():
+                target.rmdir()  # empty, checked above
+            shutil.move(str(scratch / name), str(target))
+            print(f"Done: {target}")
+            return target
         archive = scratch / source.url.rsplit("/", 1)[-1]
         fetch(source.url, archive)
         extracted = scratch / "extracted"

@@ -24,6 +24,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from src.data.base import ImageTranslationDataModule
+from src.data.download import DATASETS
 from src.data.errors import DatasetNotFoundError
 from src.data.folders import list_images, require_folder
 from src.data.transforms import ImageTransform
@@ -108,8 +109,9 @@ class LabelledImageDataModule(ImageTranslationDataModule):
     # -- classes -------------------------------------------------------------------------------
 
     def _require(self, folder: Path) -> Path:
-        if self.layout == "classes" and not folder.is_dir():
-            # require_folder's hint describes the translation layouts; say what this one expects.
+        if self.layout == "classes" and self.name not in DATASETS and not folder.is_dir():
+            # require_folder's hint for an unknown dataset lists every layout; say which one this is.
+            # (A known one, MNIST, gets its download command from require_folder.)
             raise DatasetNotFoundError(f"Dataset folder not found: {folder}. Expected layout of "
                                        f"{self.data_dir}: {CLASSES_LAYOUT}.")
         return require_folder(folder, self.name, self.data_dir)
