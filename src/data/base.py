@@ -1,6 +1,7 @@
-"""What every image-translation DataModule shares: arguments, transforms, loaders, sample batches.
+"""What the DataModules share: `SplitDataModule` (splits, resumable loaders, sample batches),
+and on it `ImageTranslationDataModule` (image arguments, transforms, domains).
 
-Batches are dicts ``{"A": [B, input_nc, H, W], "B": [B, output_nc, H, W], "A_path": [str],
+Image-translation batches are dicts ``{"A": [B, input_nc, H, W], "B": [B, output_nc, H, W], "A_path": [str],
 "B_path": [str]}`` with images in [-1, 1]; "A" is always the source domain once `direction` is
 applied. Subclasses only say how to build a dataset for a split (`_build_dataset`).
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from src.data.batching import SIZE_KEEPING_MODES, collate_same_size, first_items_of_one_size
 from src.data.epoch_order import EpochOrderLoader, EpochOrderSampler, SeededItems
@@ -24,71 +25,30 @@ from src.utils.directions import DIRECTIONS
 SPLITS = ("train", "test")
 
 
-class ImageTranslationDataModule(pl.LightningDataModule):
-    """Base of the unpaired and paired DataModules (not used on its own).
+class SplitDataModule(pl.LightningDataModule):
+    """Train and test splits of items, with training loaders whose order and randomness are set
+    by (seed, epoch) alone (src/data/epoch_order.py), so a resumed run continues exactly.
 
-    Construction only checks the settings; folders are looked at in `setup`, so configs can be
-    instantiated on machines without the data.
+    The base of the image DataModules and of the sequence one (src/data/sequences.py). A
+    subclass builds a split's dataset (`_build_dataset`) and sets `self.collate`.
     """
 
-    paired: bool = False
-
-    def __init__(
-        self,
-        data_dir: str | Path,
-        name: str,
-        batch_size: int = 1,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        preprocess: str = "resize_and_crop",
-        load_size: int = 286,
-        crop_size: int = 256,
-        flip: bool = True,
-        max_dataset_size: int | None = None,
-        direction: str = "AtoB",
-        input_nc: int = 3,
-        output_nc: int = 3,
-        eval_batch_size: int | None = None,
-        feature_extractor: str = "inception",
-    ) -> None:
+    def __init__(self, batch_size: int = 1, num_workers: int = 0, pin_memory: bool = False,
+                 persistent_workers: bool = False, eval_batch_size: int | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False)
-        if direction not in DIRECTIONS:
-            raise ValueError(f"data.direction={direction!r} must be one of {', '.join(DIRECTIONS)}.")
-        check_channels(input_nc, "data.input_nc")
-        check_channels(output_nc, "data.output_nc")
         for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size)):
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{key}={value!r} must be a positive integer.")
-        for key, value in (("data.flip", flip), ("data.pin_memory", pin_memory),
-                           ("data.persistent_workers", persistent_workers)):
+        for key, value in (("data.pin_memory", pin_memory), ("data.persistent_workers", persistent_workers)):
             if not isinstance(value, bool):   # a string like "maybe" would read as true
                 raise ValueError(f"{key}={value!r} must be true or false.")
-        if max_dataset_size is not None and (not isinstance(max_dataset_size, int) or max_dataset_size < 1):
-            raise ValueError(f"data.max_dataset_size={max_dataset_size!r} must be a positive int or null.")
-
-        self.data_dir = Path(data_dir)
-        self.name = name
         self.batch_size = batch_size
-        # Modes that keep each image's size may give every test image its own: evaluation then
-        # translates one at a time unless data.eval_batch_size says otherwise.
-        self.keeps_image_size = preprocess in SIZE_KEEPING_MODES
-        self.eval_batch_size = eval_batch_size or (1 if self.keeps_image_size else batch_size)
-        self.collate = partial(collate_same_size, preprocess=preprocess)
-        # Which feature extractor FID/KID use when theirs is "auto": Inception for real data
-        # (comparable with papers), a download-free one for the embedded dataset.
-        self.feature_extractor = feature_extractor
+        self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         # DataLoader refuses persistent workers without worker processes.
         self.persistent_workers = persistent_workers and num_workers > 0
-        self.max_dataset_size = max_dataset_size
-        self.direction = direction
-        self.input_nc, self.output_nc = input_nc, output_nc
-        sizes = dict(preprocess=preprocess, load_size=load_size, crop_size=crop_size, flip=flip)
-        self.train_transform = ImageTransform(**sizes, train=True)
-        self.eval_transform = ImageTransform(**sizes, train=False)
+        self.collate = default_collate
         self._datasets: dict[tuple[str, bool], Dataset] = {}
 
     # -- what subclasses provide -------------------------------------------------------------
@@ -102,14 +62,7 @@ class ImageTranslationDataModule(pl.LightningDataModule):
 
     # -- shared machinery ----------------------------------------------------------------------
 
-    @property
-    def source_domain(self) -> str:
-        """Folder letter of the domain delivered as batch["A"]."""
-        return "A" if self.direction == "AtoB" else "B"
-
-    @property
-    def target_domain(self) -> str:
-        return "B" if self.direction == "AtoB" else "A"
+    # -- shared machinery ----------------------------------------------------------------------
 
     def dataset(self, split: str = "train", train: bool | None = None) -> Dataset:
         """The (cached) dataset of a split; "val" is the test split, as val_dataloader serves it.
@@ -209,3 +162,73 @@ class ImageTranslationDataModule(pl.LightningDataModule):
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"sample_batch needs a positive number of items, got n={n!r}.")
         return self.collate(first_items_of_one_size(self.dataset(split, train=False), n))
+
+
+class ImageTranslationDataModule(SplitDataModule):
+    """Base of the unpaired and paired DataModules (not used on its own).
+
+    Construction only checks the settings; folders are looked at in `setup`, so configs can be
+    instantiated on machines without the data.
+    """
+
+    paired: bool = False
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        name: str,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        preprocess: str = "resize_and_crop",
+        load_size: int = 286,
+        crop_size: int = 256,
+        flip: bool = True,
+        max_dataset_size: int | None = None,
+        direction: str = "AtoB",
+        input_nc: int = 3,
+        output_nc: int = 3,
+        eval_batch_size: int | None = None,
+        feature_extractor: str = "inception",
+    ) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+                         persistent_workers=persistent_workers, eval_batch_size=eval_batch_size)
+        self.save_hyperparameters(logger=False)
+        if direction not in DIRECTIONS:
+            raise ValueError(f"data.direction={direction!r} must be one of {', '.join(DIRECTIONS)}.")
+        check_channels(input_nc, "data.input_nc")
+        check_channels(output_nc, "data.output_nc")
+        if not isinstance(flip, bool):   # a string like "maybe" would read as true
+            raise ValueError(f"data.flip={flip!r} must be true or false.")
+        if max_dataset_size is not None and (not isinstance(max_dataset_size, int) or max_dataset_size < 1):
+            raise ValueError(f"data.max_dataset_size={max_dataset_size!r} must be a positive int or null.")
+
+        self.data_dir = Path(data_dir)
+        self.name = name
+        # Modes that keep each image's size may give every test image its own: evaluation then
+        # translates one at a time unless data.eval_batch_size says otherwise.
+        self.keeps_image_size = preprocess in SIZE_KEEPING_MODES
+        if eval_batch_size is None and self.keeps_image_size:
+            self.eval_batch_size = 1
+        self.collate = partial(collate_same_size, preprocess=preprocess)
+        # Which feature extractor FID/KID use when theirs is "auto": Inception for real data
+        # (comparable with papers), a download-free one for the embedded dataset.
+        self.feature_extractor = feature_extractor
+        self.max_dataset_size = max_dataset_size
+        self.direction = direction
+        self.input_nc, self.output_nc = input_nc, output_nc
+        sizes = dict(preprocess=preprocess, load_size=load_size, crop_size=crop_size, flip=flip)
+        self.train_transform = ImageTransform(**sizes, train=True)
+        self.eval_transform = ImageTransform(**sizes, train=False)
+
+    # -- image domains -------------------------------------------------------------------------
+
+    @property
+    def source_domain(self) -> str:
+        """Folder letter of the domain delivered as batch["A"]."""
+        return "A" if self.direction == "AtoB" else "B"
+
+    @property
+    def target_domain(self) -> str:
+        return "B" if self.direction == "AtoB" else "A"
