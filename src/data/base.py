@@ -91,18 +91,50 @@ class SplitDataModule(pl.LightningDataModule):
         """
         if stage in (None, "fit"):
             self.dataset("train", train=True)
+            self.check_training_split_fills_a_batch()
         self.dataset("test", train=False)
+
+    # -- several model batches per loader batch (a WGAN critic's n_critic real batches) -------
+
+    #: model batches of batch_size in one training-loader batch; the model splits the loader
+    #: batch (set by `set_batches_per_iteration` in DataModules that offer it)
+    batches_per_iteration: int = 1
+
+    def set_batches_per_iteration(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"data.batches_per_iteration={value!r} must be a positive integer "
+                             f"(the real batches a training iteration takes, e.g. model.n_critic).")
+        self.batches_per_iteration = value
 
     @property
     def train_batch_size(self) -> int:
-        """Items per training-loader batch: batch_size, unless a subclass serves several of the
-        model's batches in one loader batch."""
-        return self.batch_size
+        """Items per training-loader batch."""
+        return self.batch_size * self.batches_per_iteration
 
     @property
     def train_drop_last(self) -> bool:
-        """Whether the training loader drops an epoch's incomplete last batch."""
-        return False
+        """Whether the training loader drops an epoch's incomplete last batch: with several model
+        batches per loader batch, so that every loader batch splits into equal parts."""
+        return self.batches_per_iteration > 1
+
+    def describe_training_split(self) -> str:
+        """Where the training items come from, for error messages."""
+        return "the train split"
+
+    def check_training_split_fills_a_batch(self) -> None:
+        """With drop_last, a split smaller than one loader batch yields no batch at all, and
+        Lightning would "train" epochs of nothing without a word. Each rank gets its share."""
+        if not self.train_drop_last:
+            return
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        n = len(self.dataset("train"))
+        if -(-n // world_size) < self.train_batch_size:
+            raise ValueError(
+                f"data.batch_size={self.batch_size} x data.batches_per_iteration={self.batches_per_iteration} "
+                f"(model.n_critic) = {self.train_batch_size} training items per iteration"
+                + (f" on each of {world_size} devices" if world_size > 1 else "")
+                + f", but {self.describe_training_split()} holds only {n}. Add data, or lower "
+                f"data.batch_size or model.n_critic.")
 
     def _loader_settings(self, batch_size: int, drop_last: bool = False) -> dict[str, Any]:
         return dict(

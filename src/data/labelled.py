@@ -98,13 +98,9 @@ class LabelledImageDataModule(ImageTranslationDataModule):
                 else classes
             if not isinstance(classes, list) or not classes or not all(classes) or len(set(classes)) < len(classes):
                 raise ValueError(f"data.classes={classes!r} must be null or a list of distinct folder names.")
-        if isinstance(batches_per_iteration, bool) or not isinstance(batches_per_iteration, int) \
-                or batches_per_iteration < 1:
-            raise ValueError(f"data.batches_per_iteration={batches_per_iteration!r} must be a positive integer "
-                             f"(the real batches a training iteration takes, e.g. model.n_critic).")
+        self.set_batches_per_iteration(batches_per_iteration)
         self.layout = layout
         self.classes = classes
-        self.batches_per_iteration = batches_per_iteration
 
     # -- classes -------------------------------------------------------------------------------
 
@@ -165,27 +161,5 @@ class LabelledImageDataModule(ImageTranslationDataModule):
         return LabelledImageDataset(interleave(per_class), self.train_transform if train else self.eval_transform,
                                     self.input_nc)
 
-    @property
-    def train_batch_size(self) -> int:
-        return self.batch_size * self.batches_per_iteration
-
-    @property
-    def train_drop_last(self) -> bool:
-        # An incomplete last batch would not split into batches_per_iteration equal parts.
-        return self.batches_per_iteration > 1
-
-    def setup(self, stage: str | None = None) -> None:
-        super().setup(stage)
-        if stage in (None, "fit") and self.train_drop_last:
-            # With drop_last, a split smaller than one loader batch yields no batch at all, and
-            # Lightning would "train" epochs of nothing without a word. Each rank gets its share.
-            world_size = self.trainer.world_size if self.trainer is not None else 1
-            n = len(self.dataset("train"))
-            if -(-n // world_size) < self.train_batch_size:
-                folders = ", ".join(str(self._class_folder("train", c)) for c in self.class_folders())
-                raise ValueError(
-                    f"data.batch_size={self.batch_size} x data.batches_per_iteration={self.batches_per_iteration} "
-                    f"(model.n_critic) = {self.train_batch_size} training images per iteration"
-                    + (f" on each of {world_size} devices" if world_size > 1 else "")
-                    + f", but the train split ({folders}) holds only {n}. Add images, or lower "
-                    f"data.batch_size or model.n_critic.")
+    def describe_training_split(self) -> str:
+        return "the train split (" + ", ".join(str(self._class_folder("train", c)) for c in self.class_folders()) + ")"
