@@ -210,6 +210,11 @@ class FidKidCallback(PeriodicEvaluation):
         super().setup(trainer, pl_module, stage)
         if stage != "fit" or not self.enabled or self.scorer is not None:
             return
+        if not self.supported_directions(pl_module):   # before building a feature extractor for nothing
+            rank_zero_warn(f"FidKidCallback disabled: {type(pl_module).__name__} makes no images to score for "
+                           f"the configured directions {list(self.directions)}.")
+            self.enabled = False
+            return
         # Built here, not at the first evaluation: a missing Inception fails the run at once.
         name = self.resolve_feature_extractor(trainer)
         extractor = build_feature_extractor(name, self.feature_extractor_weights_path)

@@ -69,7 +69,8 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, target_norm
     `critic` maps an image batch to logits (or a list of logits, which are summed). The graph
     is kept (create_graph) so the penalty trains the critic.
     """
-    alpha = torch.rand(real.size(0), 1, 1, 1, device=real.device, dtype=real.dtype)
+    # One mixing weight per sample, whatever its shape: images (B, C, H, W), series (B, T, C).
+    alpha = torch.rand(real.size(0), *[1] * (real.dim() - 1), device=real.device, dtype=real.dtype)
     x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
     out = critic(x_hat)
     outputs = out if isinstance(out, (list, tuple)) else [out]

@@ -52,19 +52,23 @@ class NoiseToImageModel(AdversarialModel):
         if stage == "fit" and self.num_classes and datamodule is not None:
             found = datamodule.num_classes
             if found != self.num_classes:
-                raise ValueError(f"model.num_classes={self.num_classes}, but {datamodule.data_dir} has {found} classes "
-                                 f"({', '.join(datamodule.class_names)}): set model.num_classes={found}")
+                raise ValueError(f"model.num_classes={self.num_classes}, but the data ({datamodule.name}) has {found} "
+                                 f"classes: set model.num_classes={found}")
 
     def check_batch(self, batch: dict) -> None:
         images = batch["A"]
-        if tuple(images.shape[1:]) != self.image_shape:
-            c, h, w = self.image_shape
-            raise ValueError(f"The generator makes {c}x{h}x{w} images (model.channels x model.image_size), but the "
-                             f"data gives {'x'.join(map(str, images.shape[1:]))} ({batch['A_path'][0]}): make "
-                             "data.crop_size (and data.input_nc) match, with a preprocess mode of one output size")
+        if tuple(images.shape[1:]) != tuple(self.image_shape):
+            raise ValueError(self.shape_mismatch(batch))
         if self.num_classes and int(batch["label"].max()) >= self.num_classes:
             raise ValueError(f"A label {int(batch['label'].max())} is out of range for model.num_classes="
                              f"{self.num_classes}: set it to the dataset's number of classes")
+
+    def shape_mismatch(self, batch: dict) -> str:
+        """Why the data does not fit the generator, and what to set."""
+        c, h, w = self.image_shape
+        return (f"The generator makes {c}x{h}x{w} images (model.channels x model.image_size), but the data gives "
+                f"{'x'.join(map(str, batch['A'].shape[1:]))} ({batch['A_path'][0]}): make data.crop_size (and "
+                "data.input_nc) match, with a preprocess mode of one output size")
 
     # ----- sampling ----------------------------------------------------------------------
     def noise_for(self, indices: torch.Tensor) -> torch.Tensor:

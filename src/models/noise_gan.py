@@ -33,20 +33,28 @@ class NoiseGAN(NoiseToImageModel):
                                    "latent_dim": latent_dim, "num_classes": num_classes, "n_critic": n_critic,
                                    "image_size": image_size, "channels": channels})
         self.latent_dim, self.num_classes, self.n_critic = latent_dim, num_classes, n_critic
-        self.image_shape = (channels, image_size, image_size)
+        self.image_shape = self.sample_shape(image_size, channels)
         # The critic's steps and the generator's: Lightning's global_step counts each.
         self.optimizer_steps_per_iter = n_critic + 1
         self.generator = self.build_generator(latent_dim)
-        self.discriminator = build_net({**self.hparams.discriminator, "input_nc": channels,
-                                        "image_size": image_size, "num_classes": num_classes}, self.init_cfg)
+        self.discriminator = self.build_discriminator()
         if self.adversarial.needs_gradient_penalty:
             self.weight("gp")   # fail at start on a missing weight
+
+    def sample_shape(self, size: int, channels: int) -> tuple[int, ...]:
+        """The shape of one sample: (C, H, W) images here, (T, C) series for the recurrent GAN."""
+        return channels, size, size
 
     def build_generator(self, input_dim: int) -> nn.Module:
         """`model.generator` for inputs of `input_dim` numbers, making images of this model's shape."""
         channels, image_size, _ = self.image_shape
         return build_net({**self.hparams.generator, "latent_dim": input_dim, "output_nc": channels,
                           "image_size": image_size, "num_classes": self.num_classes}, self.init_cfg)
+
+    def build_discriminator(self) -> nn.Module:
+        channels, image_size, _ = self.image_shape
+        return build_net({**self.hparams.discriminator, "input_nc": channels, "image_size": image_size,
+                          "num_classes": self.num_classes}, self.init_cfg)
 
     def player_modules(self) -> dict[str, list[nn.Module]]:
         return {"discriminator": [self.discriminator], "generator": [self.generator]}

@@ -1,0 +1,163 @@
+"""Time series for the recurrent GANs (RGAN / RCGAN, Esteban et al. 2017).
+
+Items are ``{"A": (T, C) float tensor in [-1, 1], "label": int, "index": int}``; a batch stacks
+them to (B, T, C). ("A", "label" and "index" as in the labelled image batches, so the
+noise-to-sample models' base reads both.) Two sources:
+
+* ``source: sines`` (the embedded default, the RGAN paper's toy data): every series holds
+  `channels` sine waves x_c(t) = a_c sin(2 pi f t / T + phi_c), t = 0 .. T - 1, amplitude
+  a_c ~ U[0.1, 0.9], phase phi_c ~ U[-pi, pi], one frequency f ~ U[1, 5] cycles per series.
+  The label is the frequency band of f (`num_classes` equal bands of [1, 5]): the condition an
+  RCGAN can be given. Generated from `seed`, the same on every machine.
+* ``source: csv``: a real series, one row per time step, one numeric column per channel
+  (`columns`; default every column but `label_column`). The last `test_fraction` of the steps
+  is the test part (time order: the test series come after the training ones, and no window
+  holds steps of both), each part is cut into windows of `seq_len` steps every `stride` steps,
+  and each channel is scaled to [-1, 1] by the training part's minimum and maximum. With `label_column`, a window's label is that column's value at
+  its last step (integer classes 0 .. K-1).
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from src.data.base import SplitDataModule
+
+SOURCES = ("sines", "csv")
+FREQUENCY_RANGE = (1.0, 5.0)
+AMPLITUDE_RANGE = (0.1, 0.9)
+
+
+class SequenceDataset(Dataset):
+    def __init__(self, series: np.ndarray, labels: np.ndarray) -> None:
+        self.series = torch.as_tensor(series, dtype=torch.float32)
+        self.labels = labels.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.series)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"A": self.series[index], "label": int(self.labels[index]), "index": index}
+
+
+def sine_series(n: int, seq_len: int, channels: int, num_classes: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n series (n, seq_len, channels) of sines, and each one's frequency band (see the module doc)."""
+    low, high = FREQUENCY_RANGE
+    frequency = rng.uniform(low, high, (n, 1, 1))
+    amplitude = rng.uniform(*AMPLITUDE_RANGE, (n, 1, channels))
+    phase = rng.uniform(-math.pi, math.pi, (n, 1, channels))
+    t = np.arange(seq_len).reshape(1, seq_len, 1)
+    series = amplitude * np.sin(2 * math.pi * frequency * t / seq_len + phase)
+    bands = np.minimum(((frequency[:, 0, 0] - low) / (high - low) * max(num_classes, 1)).astype(np.int64),
+                       max(num_classes, 1) - 1)
+    return series, bands
+
+
+def read_csv_columns(path: Path, columns: list[str] | None, label_column: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(steps, channels) values and the label column of a CSV file with a header row."""
+    if not path.is_file():
+        raise FileNotFoundError(f"data.csv_path={path} does not exist: point it at a CSV file with a header row "
+                                "and one numeric column per channel")
+    with open(path, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    if not rows:
+        raise ValueError(f"data.csv_path={path} holds no data rows")
+    header = list(rows[0].keys())
+    wanted = columns or [c for c in header if c != label_column]
+    missing = [c for c in wanted + ([label_column] if label_column else []) if c not in header]
+    if missing:
+        raise ValueError(f"data.csv_path={path} has no column {missing} (data.columns / data.label_column); "
+                         f"its columns: {header}")
+
+    def numbers(column: str) -> np.ndarray:
+        try:
+            return np.array([float(row[column]) for row in rows])
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"data.csv_path={path}: column {column!r} is not numeric ({error})") from error
+
+    values = np.stack([numbers(c) for c in wanted], axis=1)
+    labels = numbers(label_column).astype(np.int64) if label_column else None
+    return values, labels
+
+
+class SequenceDataModule(SplitDataModule):
+    def __init__(self, source: str = "sines", seq_len: int = 30, channels: int = 5, num_classes: int = 1,
+                 n_train: int = 10000, n_test: int = 1000, seed: int = 0, csv_path: str | None = None,
+                 columns: list[str] | None = None, label_column: str | None = None, stride: int = 1,
+                 test_fraction: float = 0.2, max_dataset_size: int | None = None, name: str = "sines",
+                 batch_size: int = 28,
+                 batches_per_iteration: int = 1, eval_batch_size: int | None = None, num_workers: int = 0,
+                 pin_memory: bool = False, persistent_workers: bool = False) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+                         persistent_workers=persistent_workers, eval_batch_size=eval_batch_size)
+        self.save_hyperparameters(logger=False)
+        if source not in SOURCES:
+            raise ValueError(f"data.source={source!r} must be one of {', '.join(SOURCES)}")
+        for key, value in (("seq_len", seq_len), ("channels", channels), ("num_classes", num_classes),
+                           ("n_train", n_train), ("n_test", n_test), ("stride", stride)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"data.{key}={value!r} must be a positive integer")
+        if source == "csv" and not csv_path:
+            raise ValueError("data.source=csv needs data.csv_path=/path/to/series.csv")
+        if max_dataset_size is not None and (isinstance(max_dataset_size, bool) or not isinstance(max_dataset_size, int)
+                                             or max_dataset_size < 1):
+            raise ValueError(f"data.max_dataset_size={max_dataset_size!r} must be a positive integer or null")
+        if not 0 < test_fraction < 1:
+            raise ValueError(f"data.test_fraction={test_fraction!r} must be between 0 and 1")
+        self.source, self.name = source, name
+        self.seq_len, self.channels, self.num_classes = seq_len, channels, num_classes
+        self.set_batches_per_iteration(batches_per_iteration)
+        self._splits: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+
+    def _build_dataset(self, split: str, train: bool) -> Dataset:
+        if self._splits is None:
+            self._splits = self._sines() if self.source == "sines" else self._csv_windows()
+        series, labels = self._splits[split]
+        first = slice(self.hparams.max_dataset_size)   # the first N series of the split (None: all)
+        return SequenceDataset(series[first], labels[first])
+
+    def _sines(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        # One stream per split, so the test set does not depend on n_train.
+        return {split: sine_series(n, self.seq_len, self.channels, self.num_classes,
+                                   np.random.default_rng([self.seed_value, stream]))
+                for stream, (split, n) in enumerate((("train", self.hparams.n_train), ("test", self.hparams.n_test)))}
+
+    @property
+    def seed_value(self) -> int:
+        return int(self.hparams.seed)
+
+    def _csv_windows(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        hp = self.hparams
+        path = Path(hp.csv_path)
+        values, labels = read_csv_columns(path, list(hp.columns) if hp.columns else None, hp.label_column)
+        if values.shape[1] != self.channels:
+            raise ValueError(f"data.csv_path={path} gives {values.shape[1]} channels, data.channels={self.channels}: "
+                             f"set data.channels={values.shape[1]} (or pick columns with data.columns)")
+        split = int(round(len(values) * (1 - hp.test_fraction)))
+        parts = {"train": (0, split), "test": (split, len(values))}
+        starts = {name: np.arange(first, last - self.seq_len + 1, hp.stride) for name, (first, last) in parts.items()}
+        if min(len(s) for s in starts.values()) < 1:
+            raise ValueError(f"data.csv_path={path}: {len(values)} steps split at data.test_fraction={hp.test_fraction} "
+                             f"give {len(starts['train'])} training and {len(starts['test'])} test windows of "
+                             f"data.seq_len={self.seq_len}: too few; lower seq_len or add data")
+        # Scale by the training part only: the test part must not leak into the scaling.
+        low, high = values[:split].min(0), values[:split].max(0)
+        scaled = 2 * (values - low) / np.where(high > low, high - low, 1.0) - 1
+        if labels is not None and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"data.label_column={hp.label_column} holds labels {labels.min()}..{labels.max()}, "
+                             f"outside 0..{self.num_classes - 1}: set data.num_classes={labels.max() + 1}")
+
+        def windows(first_steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            series = np.stack([scaled[s:s + self.seq_len] for s in first_steps])
+            window_labels = (labels[first_steps + self.seq_len - 1] if labels is not None
+                             else np.zeros(len(first_steps), dtype=np.int64))
+            return series, window_labels
+
+        return {name: windows(first_steps) for name, first_steps in starts.items()}

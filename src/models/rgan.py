@@ -1,0 +1,74 @@
+"""RGAN and RCGAN (Esteban, Hyland & Rätsch, 2017): a recurrent generator and discriminator
+over time series, the discriminator deciding real or fake at every time step (the adversarial
+loss is the per-step cross-entropy, averaged over steps), and, for RCGAN (`model.num_classes` >
+0), a condition concatenated to every step of both networks' inputs.
+
+The noise-to-sample GAN of src/models/noise_gan.py on sequences: the same iteration (n_critic
+critic steps on their own real batches, then a generator step), objectives and checks; a
+latent is a fresh `latent_dim` noise vector per time step, (T * latent_dim) numbers.
+Evaluation: the sample MMD callback (src/callbacks/sample_mmd.py), as the paper evaluates with
+MMD; sample grids plot the series (src/utils/sequence_plot.py).
+"""
+from __future__ import annotations
+
+import hydra
+import torch
+import torch.nn as nn
+
+from src.models.base import build_net
+from src.models.noise_gan import NoiseGAN
+from src.utils.sequence_plot import plot_series
+
+
+class RGAN(NoiseGAN):
+    def __init__(self, generator: dict, discriminator: dict, loss: dict, optimizer: dict, lr_schedule: dict,
+                 init: dict, latent_dim: int = 5, num_classes: int = 0, n_critic: int = 1, seq_len: int = 30,
+                 channels: int = 1):
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+            raise ValueError(f"model.seq_len={seq_len!r} must be a positive integer")
+        super().__init__(generator, discriminator, loss, optimizer, lr_schedule, init, latent_dim=latent_dim,
+                         num_classes=num_classes, n_critic=n_critic, image_size=seq_len, channels=channels)
+        # Stored under this class's own argument name, so a checkpoint rebuilds it.
+        self.hparams["seq_len"] = self.hparams.pop("image_size")
+
+    @classmethod
+    def check_data_config(cls, data_cfg, model_name: str) -> None:
+        """A recurrent GAN trains on a sequence DataModule."""
+        from src.data.sequences import SequenceDataModule   # keeps data code out of the model import
+
+        target = data_cfg.get("_target_")
+        data_class = hydra.utils.get_class(target) if target else None
+        if not (isinstance(data_class, type) and issubclass(data_class, SequenceDataModule)):
+            raise ValueError(f"model={model_name} generates time series and trains on a sequence dataset, but "
+                             f"data._target_={target} is not one: use data=sines (embedded) or data=csv_series")
+
+    def sample_shape(self, size: int, channels: int) -> tuple[int, ...]:
+        return size, channels
+
+    def build_generator(self, input_dim: int) -> nn.Module:
+        seq_len, channels = self.image_shape
+        return build_net({**self.hparams.generator, "latent_dim": input_dim, "channels": channels,
+                          "seq_len": seq_len, "num_classes": self.num_classes}, self.init_cfg)
+
+    def build_discriminator(self) -> nn.Module:
+        return build_net({**self.hparams.discriminator, "channels": self.image_shape[1],
+                          "num_classes": self.num_classes}, self.init_cfg)
+
+    def shape_mismatch(self, batch: dict) -> str:
+        seq_len, channels = self.image_shape
+        got = "x".join(map(str, batch["A"].shape[1:]))
+        return (f"The generator makes series of {seq_len} steps x {channels} channels (model.seq_len x "
+                f"model.channels), but the data gives {got}: make data.seq_len and data.channels match")
+
+    def sample_latent(self, n: int) -> tuple[torch.Tensor, dict | None]:
+        return torch.randn(n, self.image_shape[0] * self.latent_dim, device=self.device), None
+
+    def latent_of_item(self, rng: torch.Generator) -> torch.Tensor:
+        return torch.randn(self.image_shape[0] * self.latent_dim, generator=rng)
+
+    def evaluation_streams(self, configured: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
+        return (), {"samples": "time series, not images (callbacks.sample_mmd scores them)"}
+
+    def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Plots of the test series and of samples (of the same conditions)."""
+        return {name: plot_series(series) for name, series in super().sample_images(batch).items()}

@@ -1,0 +1,59 @@
+"""Recurrent generator and discriminator over sequences (RGAN / RCGAN, Esteban et al. 2017).
+
+Sequences are (B, T, C) with values in [-1, 1]. The generator reads a fresh noise vector at
+every time step (the latent is (B, T, latent_dim)) and emits one C-vector per step through a
+linear layer and tanh; the discriminator emits one real/fake logit per time step, (B, T), so the
+adversarial loss is the per-step cross-entropy averaged over steps. When conditional
+(`num_classes` > 0, RCGAN) the one-hot condition is concatenated to every step's input of both.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from src.nets.noise_nets import one_hot
+
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+
+
+def recurrent_layers(cell: str, input_size: int, hidden: int, num_layers: int) -> nn.RNNBase:
+    if cell not in CELLS:
+        raise ValueError(f"model.generator.cell / model.discriminator.cell={cell!r} must be one of {list(CELLS)}")
+    if hidden < 1 or num_layers < 1:
+        raise ValueError(f"hidden={hidden}, num_layers={num_layers}: a recurrent network needs both >= 1")
+    return CELLS[cell](input_size, hidden, num_layers=num_layers, batch_first=True)
+
+
+def with_condition(x: torch.Tensor, labels: torch.Tensor | None, num_classes: int) -> torch.Tensor:
+    """(B, T, D) steps, each with the one-hot condition appended when there is one."""
+    code = one_hot(labels, num_classes, x)
+    return x if code is None else torch.cat([x, code[:, None, :].expand(-1, x.size(1), -1)], dim=2)
+
+
+class RecurrentGenerator(nn.Module):
+    def __init__(self, latent_dim: int = 5, channels: int = 1, seq_len: int = 30, hidden: int = 100,
+                 num_layers: int = 1, cell: str = "lstm", num_classes: int = 0):
+        super().__init__()
+        self.latent_dim, self.channels, self.seq_len, self.num_classes = latent_dim, channels, seq_len, num_classes
+        self.rnn = recurrent_layers(cell, latent_dim + num_classes, hidden, num_layers)
+        self.out = nn.Linear(hidden, channels)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """z: (B, T * latent_dim) or (B, T, latent_dim) noise -> (B, T, channels) in [-1, 1]."""
+        z = z.view(z.size(0), self.seq_len, self.latent_dim)
+        hidden, _ = self.rnn(with_condition(z, labels, self.num_classes))
+        return torch.tanh(self.out(hidden))
+
+
+class RecurrentDiscriminator(nn.Module):
+    def __init__(self, channels: int = 1, hidden: int = 100, num_layers: int = 1, cell: str = "lstm",
+                 num_classes: int = 0):
+        super().__init__()
+        self.num_classes = num_classes
+        self.rnn = recurrent_layers(cell, channels + num_classes, hidden, num_layers)
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, channels) -> (B, T) logits, one decision per time step."""
+        hidden, _ = self.rnn(with_condition(x, labels, self.num_classes))
+        return self.out(hidden).squeeze(2)

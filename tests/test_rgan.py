@@ -1,0 +1,131 @@
+"""Recurrent GANs over time series (RGAN, RCGAN): the sequence data (sines, CSV windows), the
+per-step discriminator, the condition at every step, the critic/generator iteration, the MMD
+evaluation, plotted sample grids and resume."""
+import math
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+from conftest import NO_EVALUATION, assert_resume_continues_the_run
+from src.data.sequences import SequenceDataModule
+from src.nets.recurrent import RecurrentDiscriminator, RecurrentGenerator
+from src.utils.run import build_callbacks, build_trainer_kwargs, run_training
+from src.utils.sequence_plot import plot_series
+from test_models import fit_briefly, record_player_steps
+
+
+def sines(**kwargs) -> SequenceDataModule:
+    settings = dict(seq_len=20, channels=3, num_classes=4, n_train=64, n_test=16, batch_size=4)
+    datamodule = SequenceDataModule(**{**settings, **kwargs})
+    datamodule.setup("fit")
+    return datamodule
+
+
+def test_sines_are_seeded_sines_labelled_by_frequency_band():
+    datamodule = sines()
+    item = datamodule.dataset("train")[3]
+    series = item["A"]
+    assert series.shape == (20, 3) and series.abs().max() <= 0.9 and item["index"] == 3
+    # Each channel is a sine of one frequency: its spectrum peaks at one bin, in the band of the label.
+    spectrum = np.abs(np.fft.rfft(datamodule.dataset("train").series.numpy(), axis=1)).sum(2)
+    peaks = spectrum[:, 1:].argmax(1) + 1   # cycles per series, rounded
+    labels = datamodule.dataset("train").labels
+    assert np.corrcoef(peaks, labels)[0, 1] > 0.8 and set(labels) == {0, 1, 2, 3}
+    again = sines(n_train=32)   # the test split does not depend on the training split's size
+    assert torch.equal(again.dataset("test").series, datamodule.dataset("test").series)
+    assert not torch.equal(sines(seed=1).dataset("test").series, datamodule.dataset("test").series)
+
+
+def write_csv(path: Path, steps: int) -> np.ndarray:
+    values = np.stack([np.arange(steps, dtype=float), np.arange(steps, dtype=float) * -2], axis=1)
+    labels = (np.arange(steps) // 10) % 2
+    lines = ["a,b,label"] + [f"{x},{y},{c}" for (x, y), c in zip(values, labels)]
+    path.write_text("\n".join(lines) + "\n")
+    return values
+
+
+def test_csv_windows_test_split_comes_last_and_is_scaled_by_training_range(tmp_path):
+    write_csv(tmp_path / "s.csv", 50)
+    datamodule = sines(source="csv", csv_path=str(tmp_path / "s.csv"), label_column="label", num_classes=2,
+                       seq_len=10, channels=2, stride=5, test_fraction=0.4)
+    train, test = datamodule.dataset("train"), datamodule.dataset("test")
+    # Steps 0-29 train (windows from 0, 5, ... 20), 30-49 test (from 30, 35, 40): no window shares steps.
+    assert len(train) == 5 and len(test) == 3
+    first = train[0]["A"]
+    assert first.shape == (10, 2) and torch.isclose(first[0, 0], torch.tensor(-1.0))
+    assert torch.isclose(train.series[:, :, 0].max(), torch.tensor(1.0))   # the training part spans [-1, 1]
+    assert test.series[:, :, 0].min() > 1.0      # the later test part lies above its range
+    assert train[0]["label"] == 0 and train[1]["label"] == 1   # the window's last step: 9 -> 0, 14 -> 1
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"columns": ["a", "z"]}, r"no column \['z'\]"),
+    ({"channels": 3}, "data.channels=3"),
+    ({"seq_len": 60}, "too few"),
+])
+def test_csv_errors_name_the_setting(tmp_path, kwargs, message):
+    write_csv(tmp_path / "s.csv", 50)
+    settings = {"source": "csv", "csv_path": str(tmp_path / "s.csv"), "channels": 2, "seq_len": 10,
+                "label_column": "label", "num_classes": 2, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        sines(**settings)
+
+
+def test_discriminator_decides_per_step_and_the_condition_reaches_every_step():
+    torch.manual_seed(0)
+    G = RecurrentGenerator(latent_dim=3, channels=2, seq_len=7, hidden=8, num_classes=2)
+    D = RecurrentDiscriminator(channels=2, hidden=8, num_classes=2)
+    z = torch.randn(4, 7 * 3)
+    x = G(z, torch.tensor([0, 0, 1, 1]))
+    assert x.shape == (4, 7, 2) and x.abs().max() <= 1
+    assert D(x, torch.tensor([0, 0, 1, 1])).shape == (4, 7)
+    assert not torch.allclose(G(z, torch.zeros(4, dtype=torch.long)), G(z, torch.ones(4, dtype=torch.long)))
+    # A step's decision depends on the steps before it only (the recurrence runs forward).
+    y = x.clone()
+    y[:, 5:] = 0
+    labels = torch.tensor([0, 1, 0, 1])
+    assert torch.allclose(D(x, labels)[:, :5], D(y, labels)[:, :5]) and not torch.allclose(D(x, labels), D(y, labels))
+
+
+@pytest.mark.parametrize("name", ["rgan", "rcgan"])
+def test_iteration_and_mmd_evaluation_and_plotted_grids(train_cfg, name):
+    cfg = train_cfg(f"model={name}", "max_iters=2", "++callbacks.latent=null", "++callbacks.shapes_truth=null")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    assert model.num_classes == (cfg.data.num_classes if name == "rcgan" else 0)
+    steps = record_player_steps(model)
+    trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), callbacks=build_callbacks(cfg, None),
+                         logger=pl.loggers.CSVLogger(cfg.paths.output_dir))   # the LR monitor needs one
+    trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
+    assert steps == 2 * ([("discriminator",)] * 5 + [("generator",)])
+    metrics = trainer.callback_metrics
+    assert math.isfinite(float(metrics["eval/mmd2_samples"])) and "eval/fid" not in metrics
+    grid = np.asarray(Image.open(Path(cfg.paths.output_dir) / "samples" / "iter_0000002.png"))
+    assert grid.shape[0] == 2 * (48 + 4) and (grid < 128).any()   # two rows of line plots
+
+
+def test_wgangp_critic_on_series(train_cfg):
+    """The gradient penalty mixes real and fake series sample by sample (B, T, C)."""
+    model = fit_briefly(train_cfg("model=rgan", "loss=wgangp", "max_iters=1", *NO_EVALUATION))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_resume_continues_the_run(train_cfg, tmp_path):
+    assert_resume_continues_the_run(train_cfg, tmp_path, ["model=rcgan", *NO_EVALUATION])
+
+
+def test_image_data_is_refused_with_the_fix(train_cfg):
+    with pytest.raises(ValueError, match=r"model=rgan .*data=sines"):
+        run_training(train_cfg("model=rgan", "data=shapes", *NO_EVALUATION))
+
+
+def test_series_plot_draws_each_value_where_it_belongs():
+    constant = torch.full((1, 5, 1), 0.5)   # y = 0.5: a quarter of the way down
+    image = plot_series(constant, height=41, width=21)
+    assert image.shape == (1, 3, 41, 21)
+    dark_rows = (image[0] < 0.9).any(0).any(1).nonzero().flatten().tolist()
+    assert dark_rows == [10]
