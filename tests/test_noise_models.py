@@ -232,3 +232,14 @@ def test_eval_scores_and_writes_samples_and_translate_refuses(train_cfg, tmp_pat
     assert type(model).__name__ == "NoiseGAN" and model.num_classes == 2
     with pytest.raises(ValueError, match="translate.py is for the translation models"):
         check_direction(model, "AtoB")
+
+
+@pytest.mark.parametrize("name", ["wgangp", "infogan", "rcgan"])
+def test_bf16_mixed_trains_the_noise_models(train_cfg, name):
+    """Under bf16 autocast (the gradient penalty's double backward, the information term, the
+    LSTMs) the losses stay finite and every player still moves."""
+    cfg = train_cfg(f"model={name}", "max_iters=1", "trainer.precision=bf16-mixed", *NO_EVALUATION)
+    model = build(cfg)
+    steps = record_player_steps(model)
+    fit_briefly(cfg, model)
+    assert steps[-1] == ("generator",) and len(steps) == model.optimizer_steps_per_iter
