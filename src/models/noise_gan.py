@@ -79,12 +79,17 @@ class NoiseGAN(NoiseToImageModel):
         D = self.discriminator
         scores_real, scores_fake = D(real, labels), D(fake, labels)
         terms = {"D_real": self.adversarial(scores_real, True), "D_fake": self.adversarial(scores_fake, False)}
+        terms.update(self.critic_regularizers(scores_real))
         if self.adversarial.needs_gradient_penalty:
             terms["gp"] = self.weight("gp") * gradient_penalty(lambda x: D(x, labels), real, fake)
         if self.adversarial.mode in ("wgan", "wgangp"):
             # The critic's estimate of the Wasserstein distance, the curve the WGAN papers plot.
             terms["wasserstein"] = (scores_real.mean() - scores_fake.mean()).detach()
         return terms
+
+    def critic_regularizers(self, scores_real: torch.Tensor) -> dict:
+        """Terms a model adds to its critic's loss on the real scores (ProGAN's drift)."""
+        return {}
 
     def generator_loss(self, fake: torch.Tensor, labels: torch.Tensor | None, codes: dict | None = None) -> dict:
         return {"G_adv": self.adversarial(self.discriminator(fake, labels), True, for_discriminator=False)}

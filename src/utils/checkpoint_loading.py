@@ -36,6 +36,8 @@ KNOWN_MODEL_CLASSES = (
     "src.models.ugatit.UGATIT",
     "src.models.nicegan.NICEGAN",
     "src.models.infogan.InfoGAN",
+    "src.models.progan.ProGAN",
+    "src.models.rgan.RGAN",
     "src.models.noise_gan.NoiseGAN",
 )
 
@@ -103,7 +105,12 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
     tried = []
     for cls in candidates:
         reason = _hparams_mismatch(cls, hparams)
-        model = _build(cls, hparams) if reason is None else None
+        model = None
+        if reason is None:
+            try:   # a subclass passing **kwargs on binds anything: its parent's __init__ decides
+                model = _build(cls, hparams)
+            except TypeError as error:
+                reason = str(error)
         if model is not None:
             reason = state_dict_mismatch(model.state_dict(), state_dict)
         if reason is not None and configured is not None:

@@ -1,0 +1,51 @@
+"""Progressive GAN (Karras et al., ICLR 2018): generator and discriminator grow from 4x4 to the
+image size (src/nets/progan.py), trained with WGAN-GP plus the paper's drift term
+0.001 * E[D(real)^2] that keeps the critic's scores near zero.
+
+The schedule is a function of the training iteration, so resume needs no state of its own:
+phase p = iteration // phase_iters; phase 0 trains 4x4; an odd phase 2k - 1 fades level k in
+(alpha rises linearly from 0 to 1 over the phase), the even phase 2k after it trains level k
+alone; after the top level's phase the networks stay at full size. (The paper: 800k real images
+per phase, i.e. 50k iterations at batch 16.) The stage is logged as `train/level` and
+`train/alpha`.
+"""
+from __future__ import annotations
+
+from src.models.noise_gan import NoiseGAN
+
+
+def progressive_stage(iteration: int, phase_iters: int, top_level: int) -> tuple[int, float]:
+    """(level, alpha) of training iteration `iteration` (see the module docstring)."""
+    phase = iteration // phase_iters
+    if phase >= 2 * top_level:
+        return top_level, 1.0
+    level = (phase + 1) // 2
+    alpha = (iteration % phase_iters) / phase_iters if phase % 2 else 1.0
+    return level, alpha
+
+
+class ProGAN(NoiseGAN):
+    def __init__(self, *args, phase_iters: int = 50000, drift: float = 0.001, **kwargs):
+        super().__init__(*args, **kwargs)
+        if isinstance(phase_iters, bool) or not isinstance(phase_iters, int) or phase_iters < 1:
+            raise ValueError(f"model.phase_iters={phase_iters!r} must be a positive integer (iterations per phase)")
+        if drift < 0:
+            raise ValueError(f"model.drift={drift!r} must be >= 0")
+        self.hparams.update({"phase_iters": phase_iters, "drift": drift})
+        self.phase_iters, self.drift = phase_iters, float(drift)
+
+    def stage(self, iteration: int) -> tuple[int, float]:
+        return progressive_stage(iteration, self.phase_iters, self.generator.top_level)
+
+    def train_iteration(self, batch: dict) -> None:
+        # Set here, from the iteration, so a resumed run continues at its stage; the sampling
+        # callbacks after this iteration see the stage it trained.
+        level, alpha = self.stage(self.iteration)
+        for net in (self.generator, self.discriminator):
+            net.set_stage(level, alpha)
+        super().train_iteration(batch)
+        if self.logging_losses:
+            self.log_dict({"train/level": float(level), "train/alpha": alpha}, batch_size=batch["A"].size(0))
+
+    def critic_regularizers(self, scores_real):
+        return {"drift": self.drift * scores_real.pow(2).mean()} if self.drift else {}

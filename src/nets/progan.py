@@ -1,0 +1,166 @@
+"""Progressive GAN networks (Karras et al., ICLR 2018): a generator and a discriminator that grow
+from 4x4 by doubling the resolution, each new level faded in with a weight alpha from 0 to 1.
+
+Both networks hold every level from the start and run the levels up to `level` (set with
+`set_stage(level, alpha)`; the model sets it from the training iteration, so a resumed run
+picks the stage up by itself). The generator always returns `image_size` pixels (the current
+resolution upsampled by nearest neighbour) and the discriminator always takes them (average-
+pooled to the current resolution), so data, samples and FID/KID keep one size while the
+networks grow. Nearest upsampling then average pooling by the same factor is the identity, so
+the discriminator sees exactly what the generator made at its resolution.
+
+The paper's building blocks:
+- equalised learning rate: weights drawn from N(0, 1) and scaled at every forward by He's
+  constant sqrt(2 / fan_in), so Adam's step is the same for every layer;
+- pixel norm in the generator after every conv: each pixel's feature vector scaled to unit
+  average square;
+- minibatch standard deviation before the discriminator's last block: the standard deviation of
+  every feature over the batch, averaged into one number, appended as a constant channel;
+- LeakyReLU(0.2) everywhere, a linear output (no tanh) and 1x1 toRGB / fromRGB convs per level.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from src.nets.noise_nets import dcgan_levels, one_hot
+
+
+class EqualizedConv2d(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
+                 gain: float = math.sqrt(2)):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.scale = gain / math.sqrt(in_channels * kernel_size * kernel_size)
+        self.padding = padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
+
+
+class EqualizedLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, gain: float = math.sqrt(2)):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.scale = gain / math.sqrt(in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.scale, self.bias)
+
+
+def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps)
+
+
+def minibatch_stddev(x: torch.Tensor) -> torch.Tensor:
+    """x with one more channel: the batch's standard deviation per feature and pixel, averaged."""
+    std = (x.var(dim=0, unbiased=False) + 1e-8).sqrt().mean()
+    return torch.cat([x, std.expand(x.size(0), 1, *x.shape[2:])], dim=1)
+
+
+def level_channels(levels: int, fmap_base: int, fmap_max: int) -> list[int]:
+    """Channels at 4x4, 8x8, ... (level 0 .. levels): min(fmap_base / 2^(level + 1), fmap_max)."""
+    return [max(1, min(fmap_base // 2 ** (level + 1), fmap_max)) for level in range(levels + 1)]
+
+
+def leaky(x: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(x, 0.2)
+
+
+class GrowingNet(nn.Module):
+    """The stage both networks share: the top level run and its fade-in weight, kept as buffers
+    so a checkpoint loaded for sampling (eval.py) runs at the stage it was trained to."""
+
+    def __init__(self, image_size: int):
+        super().__init__()
+        self.top_level = dcgan_levels(image_size, "model.image_size")
+        self.image_size = image_size
+        self.register_buffer("stage_level", torch.tensor(self.top_level))
+        self.register_buffer("stage_alpha", torch.tensor(1.0))
+
+    def set_stage(self, level: int, alpha: float) -> None:
+        if not 0 <= level <= self.top_level or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"stage level={level}, alpha={alpha}: level must be in 0..{self.top_level}, alpha in [0, 1]")
+        self.stage_level.fill_(level)
+        self.stage_alpha.fill_(alpha)
+
+    @property
+    def level(self) -> int:
+        return int(self.stage_level)
+
+    @property
+    def alpha(self) -> float:
+        return float(self.stage_alpha)
+
+
+class ProGANGenerator(GrowingNet):
+    def __init__(self, latent_dim: int = 512, output_nc: int = 3, image_size: int = 256, fmap_base: int = 8192,
+                 fmap_max: int = 512, num_classes: int = 0, normalize_latent: bool = True):
+        super().__init__(image_size)
+        self.latent_dim, self.output_nc, self.num_classes = latent_dim, output_nc, num_classes
+        self.normalize_latent = normalize_latent
+        channels = level_channels(self.top_level, fmap_base, fmap_max)
+        # 4x4: the latent as a 1x1 map through a 4x4 "transposed conv" (a linear layer), then a 3x3 conv.
+        self.first = EqualizedLinear(latent_dim + num_classes, channels[0] * 16, gain=math.sqrt(2) / 4)
+        self.first_conv = EqualizedConv2d(channels[0], channels[0], 3, padding=1)
+        self.blocks = nn.ModuleList(
+            nn.ModuleList([EqualizedConv2d(channels[k - 1], channels[k], 3, padding=1),
+                           EqualizedConv2d(channels[k], channels[k], 3, padding=1)])
+            for k in range(1, self.top_level + 1))
+        self.to_rgb = nn.ModuleList(EqualizedConv2d(c, output_nc, 1, gain=1.0) for c in channels)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        code = one_hot(labels, self.num_classes, z)
+        z = pixel_norm(z) if self.normalize_latent else z
+        z = z if code is None else torch.cat([z, code], dim=1)
+        x = pixel_norm(leaky(self.first(z).view(z.size(0), -1, 4, 4)))
+        x = pixel_norm(leaky(self.first_conv(x)))
+        previous = x
+        for conv1, conv2 in self.blocks[:self.level]:
+            previous = x
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            x = pixel_norm(leaky(conv2(pixel_norm(leaky(conv1(x))))))
+        image = self.to_rgb[self.level](x)
+        if self.level > 0 and self.alpha < 1.0:   # fading the new level in over the previous one
+            old = F.interpolate(self.to_rgb[self.level - 1](previous), scale_factor=2, mode="nearest")
+            image = torch.lerp(old, image, self.alpha)
+        factor = 2 ** (self.top_level - self.level)
+        return F.interpolate(image, scale_factor=factor, mode="nearest") if factor > 1 else image
+
+
+class ProGANDiscriminator(GrowingNet):
+    def __init__(self, input_nc: int = 3, image_size: int = 256, fmap_base: int = 8192, fmap_max: int = 512,
+                 num_classes: int = 0):
+        super().__init__(image_size)
+        self.num_classes = num_classes
+        channels = level_channels(self.top_level, fmap_base, fmap_max)
+        # A conditional critic reads the one-hot label as constant input maps (as DCGAN's).
+        self.from_rgb = nn.ModuleList(EqualizedConv2d(input_nc + num_classes, c, 1) for c in channels)
+        self.blocks = nn.ModuleList(
+            nn.ModuleList([EqualizedConv2d(channels[k], channels[k], 3, padding=1),
+                           EqualizedConv2d(channels[k], channels[k - 1], 3, padding=1)])
+            for k in range(1, self.top_level + 1))
+        self.last_conv = EqualizedConv2d(channels[0] + 1, channels[0], 3, padding=1)
+        self.last_dense = EqualizedLinear(channels[0] * 16, channels[0])
+        self.out = EqualizedLinear(channels[0], 1, gain=1.0)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        factor = 2 ** (self.top_level - self.level)
+        x = F.avg_pool2d(x, factor) if factor > 1 else x
+        code = one_hot(labels, self.num_classes, x)
+        if code is not None:
+            x = torch.cat([x, code[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
+        h = leaky(self.from_rgb[self.level](x))
+        for k in range(self.level, 0, -1):
+            conv1, conv2 = self.blocks[k - 1]
+            h = F.avg_pool2d(leaky(conv2(leaky(conv1(h)))), 2)
+            if k == self.level and self.alpha < 1.0:   # fading the new level in over the previous one
+                old = leaky(self.from_rgb[k - 1](F.avg_pool2d(x, 2)))
+                h = torch.lerp(old, h, self.alpha)
+        h = leaky(self.last_conv(minibatch_stddev(h)))
+        return self.out(leaky(self.last_dense(h.flatten(1))))

@@ -1,0 +1,97 @@
+"""Progressive GAN: the growth schedule, fading a level in continuously from the one below, the
+paper's building blocks, training across stages with the drift term, and a resume or an
+evaluation that picks the stage up from the checkpoint."""
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+
+from conftest import NO_EVALUATION, assert_resume_continues_the_run
+from src.models.progan import progressive_stage
+from src.nets.progan import (EqualizedLinear, ProGANDiscriminator, ProGANGenerator, minibatch_stddev,
+                             pixel_norm)
+from src.utils.checkpoint_loading import load_model
+from src.utils.run import run_training
+from test_models import fit_briefly, record_player_steps
+
+
+def test_schedule_grows_one_level_per_two_phases_fading_each_in():
+    stages = [progressive_stage(i, 10, 3) for i in (0, 9, 10, 15, 20, 29, 30, 50, 55, 60, 1000)]
+    assert stages == [(0, 1.0), (0, 1.0), (1, 0.0), (1, 0.5), (1, 1.0), (1, 1.0), (2, 0.0), (3, 0.0), (3, 0.5),
+                      (3, 1.0), (3, 1.0)]
+
+
+def nets(seed: int = 0):
+    torch.manual_seed(seed)
+    G = ProGANGenerator(latent_dim=8, output_nc=3, image_size=16, fmap_base=32, fmap_max=8)
+    D = ProGANDiscriminator(input_nc=3, image_size=16, fmap_base=32, fmap_max=8)
+    return G, D
+
+
+def test_every_stage_makes_and_takes_full_size_images_and_a_fade_starts_where_the_level_below_ends():
+    G, D = nets()
+    z = torch.randn(4, 8)
+    x = torch.randn(4, 3, 16, 16)
+    for level in range(3):
+        G.set_stage(level, 1.0)
+        out = G(z)
+        assert out.shape == (4, 3, 16, 16)
+        block = 2 ** (2 - level)   # the current resolution, upsampled: constant blocks
+        assert torch.equal(out, out[:, :, ::block, ::block].repeat_interleave(block, 2).repeat_interleave(block, 3))
+    for level in (1, 2):
+        G.set_stage(level - 1, 1.0), D.set_stage(level - 1, 1.0)
+        below_g, below_d = G(z), D(x)
+        G.set_stage(level, 0.0), D.set_stage(level, 0.0)
+        assert torch.allclose(G(z), below_g, atol=1e-6) and torch.allclose(D(x), below_d, atol=1e-6)
+        G.set_stage(level, 0.5)
+        assert not torch.allclose(G(z), below_g)
+
+
+def test_building_blocks():
+    layer = EqualizedLinear(50, 3)
+    assert layer.weight.std() > 0.5   # N(0, 1) storage, He's constant applied at run time
+    x = torch.randn(7, 50)
+    assert torch.allclose(layer(x), x @ (layer.weight * (2 / 50) ** 0.5).T)
+    normed = pixel_norm(torch.randn(2, 5, 3, 3) * 10)
+    assert torch.allclose(normed.pow(2).mean(1), torch.ones(2, 3, 3), atol=1e-4)
+    same = minibatch_stddev(torch.ones(4, 2, 3, 3))
+    varied = minibatch_stddev(torch.randn(4, 2, 3, 3))
+    assert same.shape == (4, 3, 3, 3) and same[:, 2].max() < 1e-3 and varied[:, 2].min() > 0.3
+
+
+def test_training_grows_through_the_stages_with_the_drift_term(train_cfg):
+    cfg = train_cfg("model=progan", "max_iters=4", *NO_EVALUATION)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    stages = []
+    set_stage = model.generator.set_stage
+
+    def recording(level, alpha):
+        stages.append((level, alpha))
+        set_stage(level, alpha)
+
+    model.generator.set_stage = recording
+    steps = record_player_steps(model)
+    drift = []
+    regularizers = model.critic_regularizers
+
+    def checking(scores_real):
+        terms = regularizers(scores_real)
+        assert torch.allclose(terms["drift"], 0.001 * scores_real.pow(2).mean())
+        drift.append(terms["drift"])
+        return terms
+
+    model.critic_regularizers = checking
+    fit_briefly(cfg, model)
+    assert stages == [(0, 1.0), (1, 0.0), (1, 1.0), (2, 0.0)]   # phase_iters 1 in the smoke config
+    assert len(steps) == 8 and len(drift) == 4
+    assert (model.discriminator.level, model.discriminator.alpha) == (2, 0.0)
+
+
+def test_resume_across_stages_and_eval_loads_the_stage(train_cfg, tmp_path):
+    assert_resume_continues_the_run(train_cfg, tmp_path, ["model=progan", *NO_EVALUATION])
+    cfg = train_cfg("model=progan", "max_iters=3", *NO_EVALUATION)
+    cfg.paths.output_dir = str(tmp_path / "three")
+    run_training(cfg)
+    model = load_model(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    assert (model.generator.level, model.generator.alpha) == (1, 1.0)   # the stage of the third iteration
