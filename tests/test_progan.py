@@ -1,4 +1,4 @@
-"""Progressive GAN: the growth schedule, fading a level in continuously from the one below, the
+"""Progressive GAN (and StyleGAN's generator, which grows the same way): the growth schedule, fading a level in continuously from the one below, the
 paper's building blocks, training across stages with the drift term, and a resume or an
 evaluation that picks the stage up from the checkpoint."""
 from pathlib import Path
@@ -95,3 +95,50 @@ def test_resume_across_stages_and_eval_loads_the_stage(train_cfg, tmp_path):
     run_training(cfg)
     model = load_model(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
     assert (model.generator.level, model.generator.alpha) == (1, 1.0)   # the stage of the third iteration
+
+
+def styled_generator(**kwargs):
+    from src.nets.stylegan import StyleGANGenerator
+    torch.manual_seed(0)
+    settings = dict(latent_dim=8, output_nc=3, image_size=16, fmap_base=32, fmap_max=8, mapping_layers=2, style_dim=8)
+    return StyleGANGenerator(**{**settings, **kwargs})
+
+
+def test_stylegan_generator_styles_noise_mixing_and_truncation():
+    G = styled_generator(mixing_prob=1.0)
+    z = torch.randn(3, 8)
+    G.set_stage(2, 1.0)
+    G.eval()
+    out = G(z)
+    assert out.shape == (3, 3, 16, 16)
+    # Per-pixel noise enters through its learned per-channel scales only (zero at the start).
+    assert torch.equal(out, G(z))
+    with torch.no_grad():
+        for layer in G.modules():
+            if hasattr(layer, "noise") and hasattr(layer.noise, "weight"):
+                layer.noise.weight.fill_(0.5)
+    assert not torch.equal(G(z), G(z))
+    # Training mode mixes two latents' styles at a crossover inside the 6 styled layers.
+    G.train()
+    styles = G.layer_styles(z, None)
+    assert len(styles) == 6 and any(not torch.equal(styles[0], s) for s in styles) and G.w_avg.abs().sum() > 0
+    # Truncation pulls every sample's w to the running mean.
+    G.eval()
+    G.truncation_psi = 0.0
+    assert all(torch.allclose(w, G.w_avg.expand_as(w)) for w in G.layer_styles(z, None))
+    # A fade starts where the level below ends (at alpha 0 the new level contributes nothing).
+    G.truncation_psi = 1.0
+    with torch.no_grad():
+        for layer in G.modules():
+            if hasattr(layer, "noise") and hasattr(layer.noise, "weight"):
+                layer.noise.weight.zero_()
+    G.set_stage(1, 1.0)
+    below = G(z)[:, :, ::2, ::2]   # the 8x8 image (presented nearest-upsampled to 16)
+    G.set_stage(2, 0.0)
+    faded = torch.nn.functional.interpolate(below, scale_factor=2, mode="bilinear", align_corners=False)
+    assert torch.allclose(G(z), faded, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["stylegan"])
+def test_stylegan_trains_across_stages_and_resumes(train_cfg, tmp_path, name):
+    assert_resume_continues_the_run(train_cfg, tmp_path, [f"model={name}", *NO_EVALUATION])

@@ -43,14 +43,19 @@ class EqualizedConv2d(nn.Module):
 
 
 class EqualizedLinear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, gain: float = math.sqrt(2)):
+    """`lr_mul` < 1 slows the layer's learning by that factor (StyleGAN's mapping network: 0.01):
+    weights stored as N(0, 1 / lr_mul^2) and scaled by lr_mul at run time."""
+
+    def __init__(self, in_features: int, out_features: int, gain: float = math.sqrt(2), lr_mul: float = 1.0,
+                 bias_init: float = 0.0):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_features, in_features))
-        self.bias = nn.Parameter(torch.zeros(out_features))
-        self.scale = gain / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
+        self.bias = nn.Parameter(torch.full((out_features,), bias_init / lr_mul))
+        self.scale = gain / math.sqrt(in_features) * lr_mul
+        self.lr_mul = lr_mul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight * self.scale, self.bias)
+        return F.linear(x, self.weight * self.scale, self.bias * self.lr_mul)
 
 
 def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

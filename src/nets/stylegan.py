@@ -1,0 +1,118 @@
+"""StyleGAN's generator (Karras et al., CVPR 2019), growing as ProGAN's (src/nets/progan.py).
+
+- Mapping network: z (pixel-normalised, the one-hot class appended when conditional) through
+  `mapping_layers` (8) equalised fully connected layers with a 100x lower learning rate, to w.
+- Synthesis: a learned constant 4x4 input; at each resolution (bilinear upsampling between
+  them) 3x3 convs, each followed by per-pixel noise scaled by a learned per-channel factor B,
+  LeakyReLU(0.2) and AdaIN with the style A(w) of that layer (src/nets/adain.py).
+- Style mixing regularisation: in training, with probability `mixing_prob`, a second latent's w
+  drives the layers from a crossover point drawn at random.
+- Truncation: in eval mode, w = w_avg + psi (w - w_avg), w_avg a running mean of training w's
+  (`truncation_psi` 1: off).
+
+It returns full-size images like ProGAN's generator, so ProGAN's discriminator, growth schedule
+and training step serve it unchanged (`model=stylegan`).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from src.nets.adain import AdaIN
+from src.nets.noise_nets import one_hot
+from src.nets.progan import EqualizedConv2d, EqualizedLinear, GrowingNet, leaky, level_channels, pixel_norm
+
+#: decay of the running mean of w that truncation pulls towards
+W_AVG_DECAY = 0.995
+
+
+class NoiseInput(nn.Module):
+    """x + B * noise: one noise map per image, shared by the channels, scaled per channel."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(x.size(0), 1, *x.shape[2:], device=x.device, dtype=x.dtype)
+        return x + self.weight[None, :, None, None] * noise
+
+
+class StyledLayer(nn.Module):
+    """(conv 3x3) -> noise -> LeakyReLU -> AdaIN(w); the first layer has no conv (the constant)."""
+
+    def __init__(self, in_channels: int, out_channels: int, style_dim: int, conv: bool = True):
+        super().__init__()
+        self.conv = EqualizedConv2d(in_channels, out_channels, 3, padding=1) if conv else None
+        self.noise = NoiseInput(out_channels)
+        self.adain = AdaIN(out_channels, style_dim)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x) if self.conv is not None else x
+        return self.adain(leaky(self.noise(x)), w)
+
+
+class StyleGANGenerator(GrowingNet):
+    def __init__(self, latent_dim: int = 512, output_nc: int = 3, image_size: int = 256, fmap_base: int = 8192,
+                 fmap_max: int = 512, num_classes: int = 0, mapping_layers: int = 8, style_dim: int = 512,
+                 mixing_prob: float = 0.9, truncation_psi: float = 1.0):
+        super().__init__(image_size)
+        if not 0.0 <= mixing_prob <= 1.0:
+            raise ValueError(f"model.generator.mixing_prob={mixing_prob!r} must be in [0, 1]")
+        self.latent_dim, self.output_nc, self.num_classes = latent_dim, output_nc, num_classes
+        self.mixing_prob, self.truncation_psi = mixing_prob, truncation_psi
+        mapping, width = [], latent_dim + num_classes
+        for _ in range(mapping_layers):
+            mapping += [EqualizedLinear(width, style_dim, lr_mul=0.01), nn.LeakyReLU(0.2)]
+            width = style_dim
+        self.mapping = nn.Sequential(*mapping)
+        self.register_buffer("w_avg", torch.zeros(style_dim))
+        channels = level_channels(self.top_level, fmap_base, fmap_max)
+        self.constant = nn.Parameter(torch.ones(1, channels[0], 4, 4))
+        self.levels = nn.ModuleList([nn.ModuleList([StyledLayer(channels[0], channels[0], style_dim, conv=False),
+                                                    StyledLayer(channels[0], channels[0], style_dim)])])
+        self.levels.extend(nn.ModuleList([StyledLayer(channels[k - 1], channels[k], style_dim),
+                                          StyledLayer(channels[k], channels[k], style_dim)])
+                           for k in range(1, self.top_level + 1))
+        self.to_rgb = nn.ModuleList(EqualizedConv2d(c, output_nc, 1, gain=1.0) for c in channels)
+
+    def styles(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        code = one_hot(labels, self.num_classes, z)
+        z = pixel_norm(z)
+        return self.mapping(z if code is None else torch.cat([z, code], dim=1))
+
+    def layer_styles(self, z: torch.Tensor, labels: torch.Tensor | None) -> list[torch.Tensor]:
+        """The w of each styled layer: one latent's, or two latents' mixed at a random crossover
+        (training), or truncated towards the mean w (eval)."""
+        w = self.styles(z, labels)
+        count = 2 * (self.level + 1)
+        if not self.training:
+            if self.truncation_psi != 1.0:
+                w = torch.lerp(self.w_avg.to(w.dtype), w, self.truncation_psi)
+            return [w] * count
+        with torch.no_grad():
+            self.w_avg.lerp_(w.detach().float().mean(0), 1 - W_AVG_DECAY)
+        if count > 1 and torch.rand(()) < self.mixing_prob:
+            mixed = self.styles(torch.randn_like(z), labels)
+            crossover = int(torch.randint(1, count, ()))
+            return [w] * crossover + [mixed] * (count - crossover)
+        return [w] * count
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        ws = iter(self.layer_styles(z, labels))
+        x = self.constant.expand(z.size(0), -1, -1, -1)
+        previous = x
+        for k in range(self.level + 1):
+            if k > 0:
+                previous = x
+                x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            first, second = self.levels[k]
+            x = second(first(x, next(ws)), next(ws))
+        image = self.to_rgb[self.level](x)
+        if self.level > 0 and self.alpha < 1.0:   # fading the new level in over the previous one
+            old = F.interpolate(self.to_rgb[self.level - 1](previous), scale_factor=2, mode="bilinear",
+                                align_corners=False)
+            image = torch.lerp(old, image, self.alpha)
+        factor = 2 ** (self.top_level - self.level)
+        return F.interpolate(image, scale_factor=factor, mode="nearest") if factor > 1 else image
