@@ -243,3 +243,15 @@ def test_bf16_mixed_trains_the_noise_models(train_cfg, name):
     steps = record_player_steps(model)
     fit_briefly(cfg, model)
     assert steps[-1] == ("generator",) and len(steps) == model.optimizer_steps_per_iter
+
+
+def test_r1_penalises_the_critics_gradient_on_real_images(train_cfg):
+    model = build(train_cfg("model=dcgan", "loss.weights.r1=10", "model.discriminator.norm=none"))
+    real, fake = torch.rand(3, *model.image_shape) * 2 - 1, torch.rand(3, *model.image_shape) * 2 - 1
+    terms = model.discriminator_loss(real, fake, None)
+    x = real.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model.discriminator(x).sum(), x)
+    assert torch.allclose(terms["r1"], 5 * grad.pow(2).flatten(1).sum(1).mean(), rtol=1e-4)
+    terms["r1"].backward()   # it trains the critic (create_graph)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.discriminator.parameters())
+    assert "r1" not in build(train_cfg("model=dcgan")).discriminator_loss(real, fake, None)

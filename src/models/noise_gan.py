@@ -74,11 +74,18 @@ class NoiseGAN(NoiseToImageModel):
 
     def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None,
                            codes: dict | None = None) -> dict:
-        """The critic's terms: its loss on real and fake images, and WGAN-GP's penalty. (The
-        vanilla objective sums the two BCE terms, as Goodfellow's minimax value does.)"""
+        """The critic's terms: its loss on real and fake images, WGAN-GP's penalty, and the R1
+        penalty when `loss.weights.r1` > 0 (Mescheder et al. 2018, StyleGAN's FFHQ setup:
+        r1 / 2 * E ||grad D(real)||^2, on the real images' own pass). (The vanilla objective
+        sums the two BCE terms, as Goodfellow's minimax value does.)"""
         D = self.discriminator
+        r1 = float(self.weights.get("r1", 0.0))
+        real = real.detach().requires_grad_(True) if r1 > 0 else real
         scores_real, scores_fake = D(real, labels), D(fake, labels)
         terms = {"D_real": self.adversarial(scores_real, True), "D_fake": self.adversarial(scores_fake, False)}
+        if r1 > 0:
+            (grad,) = torch.autograd.grad(scores_real.sum(), real, create_graph=True)
+            terms["r1"] = r1 / 2 * grad.pow(2).flatten(1).sum(1).mean()
         terms.update(self.critic_regularizers(scores_real))
         if self.adversarial.needs_gradient_penalty:
             terms["gp"] = self.weight("gp") * gradient_penalty(lambda x: D(x, labels), real, fake)
