@@ -1,7 +1,8 @@
-"""The base of the noise-to-image GANs (the classic family: GAN, cGAN, DCGAN, WGAN, WGAN-GP,
-LSGAN): a generator from latent noise (and a class label when conditional), trained on a
-labelled image DataModule (src/data/labelled.py), whose batches are
-`{"A": images, "label": classes, "A_path": files, "index": item indices}`.
+"""The base of the GANs that generate from noise (the classic family: GAN, cGAN, DCGAN, WGAN,
+WGAN-GP, LSGAN, InfoGAN, ProGAN, StyleGAN; and RGAN/RCGAN for series): a generator from latent
+noise (and a class label when conditional), trained on a labelled image DataModule
+(src/data/labelled.py) or a sequence one, whose batches are
+`{"A": samples, "label": classes, "index": item indices}` (plus "A_path" for images).
 
 Sampling and evaluation draw each test item's noise from a generator seeded by the item's index
 (`noise_for`), so a sample grid shows the same latents all run long, and FID/KID's samples do
@@ -34,17 +35,21 @@ class NoiseToImageModel(AdversarialModel):
 
     # ----- checks ------------------------------------------------------------------------
     @classmethod
-    def check_data_config(cls, data_cfg: DictConfig | dict, model_name: str) -> None:
-        """A noise-to-image model trains on a labelled image DataModule."""
+    def data_kind(cls) -> tuple[type, str]:
+        """The DataModule class this model trains on, and what to pass instead of another."""
         from src.data.labelled import LabelledImageDataModule   # keeps data code out of the model import
 
+        return LabelledImageDataModule, ("a labelled image dataset: use data=shapes_labelled (embedded), data=mnist "
+                                         "or data=class_folders (<data_dir>/<split>/<class>/ folders, or a "
+                                         "CycleGAN-style dataset's trainA/trainB as two classes with data.layout=domains)")
+
+    @classmethod
+    def check_data_config(cls, data_cfg: DictConfig | dict, model_name: str) -> None:
+        required, hint = cls.data_kind()
         target = data_cfg.get("_target_")
         data_class = hydra.utils.get_class(target) if target else None
-        if not (isinstance(data_class, type) and issubclass(data_class, LabelledImageDataModule)):
-            raise ValueError(f"model={model_name} generates images from noise and trains on a labelled image "
-                             f"dataset, but data._target_={target} is not one: use data=shapes_labelled (embedded) "
-                             "or data=class_folders (<data_dir>/<split>/<class>/ folders, or a CycleGAN-style "
-                             "dataset's trainA/trainB as two classes with data.layout=domains)")
+        if not (isinstance(data_class, type) and issubclass(data_class, required)):
+            raise ValueError(f"model={model_name} trains on {hint}; data._target_={target} is not one")
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

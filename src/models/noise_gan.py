@@ -1,7 +1,8 @@
 """GAN, cGAN, DCGAN, WGAN, WGAN-GP and LSGAN: one noise-to-image model, the papers told apart
 by their networks (`model.generator` / `model.discriminator`), objective (the `loss` group),
 conditioning (`model.num_classes`) and critic steps (`model.n_critic`); conf/model/<name>.yaml
-holds each paper's recipe.
+holds each paper's recipe. InfoGAN, ProGAN (and StyleGAN) and RGAN/RCGAN are subclasses that
+add their codes, growth or sequence shape (src/models/{infogan,progan,rgan}.py).
 
 One iteration: `n_critic` discriminator steps, each on its own real batch (the loader batch
 holds `n_critic` of them: `data.batches_per_iteration` follows `model.n_critic`) and fresh

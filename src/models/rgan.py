@@ -11,7 +11,6 @@ MMD; sample grids plot the series (src/utils/sequence_plot.py).
 """
 from __future__ import annotations
 
-import hydra
 import torch
 import torch.nn as nn
 
@@ -32,15 +31,10 @@ class RGAN(NoiseGAN):
         self.hparams["seq_len"] = self.hparams.pop("image_size")
 
     @classmethod
-    def check_data_config(cls, data_cfg, model_name: str) -> None:
-        """A recurrent GAN trains on a sequence DataModule."""
+    def data_kind(cls) -> tuple[type, str]:
         from src.data.sequences import SequenceDataModule   # keeps data code out of the model import
 
-        target = data_cfg.get("_target_")
-        data_class = hydra.utils.get_class(target) if target else None
-        if not (isinstance(data_class, type) and issubclass(data_class, SequenceDataModule)):
-            raise ValueError(f"model={model_name} generates time series and trains on a sequence dataset, but "
-                             f"data._target_={target} is not one: use data=sines (embedded) or data=csv_series")
+        return SequenceDataModule, "a sequence dataset: use data=sines (embedded) or data=csv_series"
 
     def sample_shape(self, size: int, channels: int) -> tuple[int, ...]:
         return size, channels
