@@ -129,3 +129,30 @@ def test_series_plot_draws_each_value_where_it_belongs():
     assert image.shape == (1, 3, 41, 21)
     dark_rows = (image[0] < 0.9).any(0).any(1).nonzero().flatten().tolist()
     assert dark_rows == [10]
+
+
+def test_eval_writes_series_samples_a_plot_and_their_mmd(train_cfg, tmp_path, shared_data_dir):
+    import json
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from conftest import compose_train_cfg
+    from src.utils.evaluation import run_evaluation
+
+    cfg = train_cfg("model=rcgan", "max_iters=2", *NO_EVALUATION)
+    run_training(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    data = cfg.data
+    eval_cfg = compose_train_cfg([f"ckpt_path={ckpt}", "data=sines", f"data.seq_len={data.seq_len}",
+                                  f"data.channels={data.channels}", f"data.n_test={data.n_test}"],
+                                 tmp_path / "eval", shared_data_dir, config_name="eval")
+    try:
+        results = run_evaluation(eval_cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    out = Path(eval_cfg.output_dir)
+    samples = np.load(out / "samples.npy")
+    assert samples.shape == (data.n_test, data.seq_len, data.channels) and np.abs(samples).max() <= 1
+    assert math.isfinite(results["samples"]["mmd2"])
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["samples"]["mmd2"] == results["samples"]["mmd2"]
+    assert np.asarray(Image.open(out / "samples.png")).shape[0] == 2 * (48 + 4)

@@ -5,16 +5,20 @@ import logging
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
+from src.metrics.mmd import mmd2_unbiased
 from src.metrics.shapes_truth import ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta
 from src.models.checkpoint_fit import check_checkpoint_file
 from src.models.noise_base import SAMPLES, NoiseToImageModel
 from src.utils.checkpoint_loading import load_model, run_config_path
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
+from src.utils.image_grid import make_grid, save_image
+from src.utils.sequence_plot import plot_series
 from src.utils.translation import resolve_device, save_png, to_uint8_images
 
 log = logging.getLogger(__name__)
@@ -136,6 +140,32 @@ def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sam
     return scorer.compute()
 
 
+def report_series(cfg: DictConfig, model: NoiseToImageModel, datamodule, loader, output_dir: Path) -> dict:
+    """A series model (RGAN): one sample per test series (`samples.npy`, (N, T, C)), a plot of
+    the first ones beside the real ones (`samples.png`), and the MMD^2 between the two sets,
+    the measure its callback logs during training."""
+    reals, fakes = [], []
+    for batch in loader:
+        real, fake = model.evaluation_pair(batch, SAMPLES)
+        reals.append(real.cpu())
+        fakes.append(fake.cpu())
+    real, fake = torch.cat(reals), torch.cat(fakes)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    np.save(output_dir / "samples.npy", fake.numpy())
+    shown = min(8, len(real))
+    save_image(make_grid({"real": plot_series(real[:shown]), "fake": plot_series(fake[:shown])}),
+               output_dir / "samples.png")
+    results = {SAMPLES: {"mmd2": mmd2_unbiased(real, fake)}}
+    report = {"ckpt_path": str(cfg.ckpt_path), "data": datamodule.name,
+              "directions": {SAMPLES: {"real": len(real), "generated": len(fake), "output": "samples.npy"}},
+              "metrics": results}
+    (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    print(f"| {cfg.get('name') or f'{type(model).__name__} / {datamodule.name}'} | samples: "
+          f"mmd2={results[SAMPLES]['mmd2']:.4f} |")
+    log.info("Wrote %s", output_dir / "metrics.json")
+    return results
+
+
 def markdown_row(name: str, metrics: dict[str, dict[str, float]]) -> str:
     cells = [name]
     for direction, values in metrics.items():
@@ -158,11 +188,14 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
         check_trained_direction(model, datamodule, cfg.ckpt_path)
     dataset = datamodule.dataset("test", train=False)
     batch_size = cfg.batch_size
-    if datamodule.keeps_image_size and batch_size > 1:
+    if getattr(datamodule, "keeps_image_size", False) and batch_size > 1:
         log.info("batch_size=1 instead of %d: data.preprocess keeps each image's size", batch_size)
         batch_size = 1
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          collate_fn=datamodule.collate)
+    output_dir = Path(cfg.output_dir)
+    if generates and SAMPLES not in model.evaluation_streams(())[0]:   # series: no images to score
+        return report_series(cfg, model, datamodule, loader, output_dir)
 
     extractor_name = cfg.feature_extractor
     if extractor_name == "auto":
@@ -171,7 +204,6 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
                                         settings="")
     subset_size = cfg.kid_subset_size
     scorer = FidKidScorer(extractor, kid_subsets=cfg.kid_subsets, kid_subset_size=subset_size).to(device)
-    output_dir = Path(cfg.output_dir)
     results, directions = {}, {}
     if generates:
         directions[SAMPLES] = {"real": len(dataset), "generated": len(dataset), "output": SAMPLES}
