@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.errors import InstantiationException
 from PIL import Image
 
 from conftest import NO_EVALUATION, assert_resume_continues_the_run
@@ -255,3 +256,18 @@ def test_r1_penalises_the_critics_gradient_on_real_images(train_cfg):
     terms["r1"].backward()   # it trains the critic (create_graph)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.discriminator.parameters())
     assert "r1" not in build(train_cfg("model=dcgan")).discriminator_loss(real, fake, None)
+
+
+def test_each_player_can_have_its_own_optimizer(train_cfg):
+    """InfoGAN's paper: 2e-4 for D (with Q), 1e-3 for G; RGAN's code: gradient descent for D."""
+    infogan = build(train_cfg("model=infogan"))
+    (opt_d, opt_g), _ = infogan.configure_optimizers()
+    assert opt_d.param_groups[0]["lr"] == 2e-4 and opt_g.param_groups[0]["lr"] == 1e-3
+    assert isinstance(opt_d, torch.optim.Adam) and opt_d.param_groups[0]["betas"] == opt_g.param_groups[0]["betas"]
+    rgan = build(train_cfg("model=rgan"))
+    (opt_d, opt_g), _ = rgan.configure_optimizers()
+    assert type(opt_d) is torch.optim.SGD and opt_d.param_groups[0]["lr"] == 0.1 and isinstance(opt_g, torch.optim.Adam)
+    with pytest.raises(ValueError, match=r"players has \['critic'\].*\['discriminator', 'generator'\]"):
+        build(train_cfg("model=dcgan", "+model.optimizer.players.critic.lr=1")).configure_optimizers()
+    with pytest.raises(InstantiationException, match=r"model.optimizer.players.generator.type='lbfgs'"):
+        build(train_cfg("model=dcgan", "+model.optimizer.players.generator.type=lbfgs"))

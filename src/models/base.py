@@ -70,7 +70,7 @@ def sampling_mode(nets: list[nn.Module], batch_stats: bool = False, dropout: boo
             net.train(mode)
 
 
-OPTIMIZER_TYPES = ("adam", "rmsprop")
+OPTIMIZER_TYPES = ("adam", "rmsprop", "sgd")
 
 
 def adam_kernel(params: list[torch.Tensor]) -> dict:
@@ -104,9 +104,11 @@ class AdversarialModel(pl.LightningModule):
         self.adversarial = AdversarialLoss(self.loss_cfg.get("gan_mode", "lsgan"),
                                            **self.loss_cfg.get("labels", {}))
         self.weight_clip = self.critic_weight_clip()
-        if self.optimizer_cfg.get("type", "adam") not in OPTIMIZER_TYPES:
-            raise ValueError(f"model.optimizer.type={self.optimizer_cfg['type']!r} must be one of "
-                             f"{', '.join(OPTIMIZER_TYPES)}")
+        for key, settings in [("model.optimizer", self.optimizer_cfg),
+                              *((f"model.optimizer.players.{name}", player)
+                                for name, player in self.optimizer_cfg.get("players", {}).items())]:
+            if settings.get("type", "adam") not in OPTIMIZER_TYPES:
+                raise ValueError(f"{key}.type={settings['type']!r} must be one of {', '.join(OPTIMIZER_TYPES)}")
         self.weights = dict(self.loss_cfg.get("weights", {}))
         self.pools: dict[str, ImagePool] = {}
         self.grad_scalers: PlayerGradScalers | None = None
@@ -195,13 +197,26 @@ class AdversarialModel(pl.LightningModule):
         return float(self.weights[name])
 
     # ----- optimizers and schedules ------------------------------------------------------
+    def optimizer_settings(self, player: str) -> dict:
+        """`model.optimizer`, with `model.optimizer.players.<player>` overriding it for one
+        player (InfoGAN's and RGAN's papers give each player its own optimizer or rate)."""
+        players = self.optimizer_cfg.get("players", {})
+        unknown = sorted(set(players) - set(self.player_modules()))
+        if unknown:
+            raise ValueError(f"model.optimizer.players has {unknown}, which {type(self).__name__} does not have: "
+                             f"its players are {list(self.player_modules())}")
+        return {**{k: v for k, v in self.optimizer_cfg.items() if k != "players"}, **players.get(player, {})}
+
     def configure_optimizers(self):
-        cfg = self.optimizer_cfg
         optimizers = []
-        for modules in self.player_modules().values():
+        for player, modules in self.player_modules().items():
+            cfg = self.optimizer_settings(player)
             params = [p for m in modules for p in m.parameters()]
             if cfg.get("type", "adam") == "rmsprop":   # WGAN's: no momentum
                 optimizers.append(torch.optim.RMSprop(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0)))
+                continue
+            if cfg.get("type", "adam") == "sgd":   # plain gradient descent (RGAN's critic)
+                optimizers.append(torch.optim.SGD(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0)))
                 continue
             optimizers.append(torch.optim.Adam(params, lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.5, 0.999))),
                                                weight_decay=cfg.get("weight_decay", 0.0), **adam_kernel(params)))
