@@ -13,6 +13,7 @@ from PIL import Image
 
 from conftest import NO_EVALUATION, assert_resume_continues_the_run
 from src.data.sequences import SequenceDataModule
+from src.metrics.mmd import mmd2_unbiased
 from src.nets.recurrent import RecurrentDiscriminator, RecurrentGenerator
 from src.utils.run import build_callbacks, build_trainer_kwargs, run_training
 from src.utils.sequence_plot import plot_series
@@ -104,6 +105,11 @@ def test_iteration_and_mmd_evaluation_and_plotted_grids(train_cfg, name):
     assert steps == 2 * ([("discriminator",)] * 5 + [("generator",)])
     metrics = trainer.callback_metrics
     assert math.isfinite(float(metrics["eval/mmd2_samples"])) and "eval/fid" not in metrics
+    # The value is the MMD between the test series and one sample each (latents fixed by index).
+    test = trainer.datamodule.dataset("test", train=False)
+    batch = trainer.datamodule.collate([test[i] for i in range(len(test))])
+    real, fake = model.evaluation_pair(batch, "samples")
+    assert float(metrics["eval/mmd2_samples"]) == pytest.approx(mmd2_unbiased(real, fake), rel=1e-6)
     grid = np.asarray(Image.open(Path(cfg.paths.output_dir) / "samples" / "iter_0000002.png"))
     assert grid.shape[0] == 2 * (48 + 4) and (grid < 128).any()   # two rows of line plots
 
