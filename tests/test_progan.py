@@ -142,3 +142,14 @@ def test_stylegan_generator_styles_noise_mixing_and_truncation():
 @pytest.mark.parametrize("name", ["stylegan"])
 def test_stylegan_trains_across_stages_and_resumes(train_cfg, tmp_path, name):
     assert_resume_continues_the_run(train_cfg, tmp_path, [f"model={name}", *NO_EVALUATION])
+
+
+def test_reals_are_brought_to_the_stage_and_faded_like_the_fakes():
+    from src.models.progan import faded_reals
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(faded_reals(x, 2, 1.0, 2), x)   # full size, faded in: unchanged
+    at_8 = faded_reals(x, 1, 1.0, 2)
+    assert torch.allclose(at_8[:, :, ::2, ::2], torch.nn.functional.avg_pool2d(x, 2), atol=1e-6)
+    assert torch.equal(faded_reals(x, 2, 0.0, 2), at_8)   # a fade starts at the level below
+    half = faded_reals(x, 2, 0.5, 2)
+    assert torch.allclose(half, (x + at_8) / 2, atol=1e-6)

@@ -5,13 +5,30 @@ image size (src/nets/progan.py), trained with WGAN-GP plus the paper's drift ter
 The schedule is a function of the training iteration, so resume needs no state of its own:
 phase p = iteration // phase_iters; phase 0 trains 4x4; an odd phase 2k - 1 fades level k in
 (alpha rises linearly from 0 to 1 over the phase), the even phase 2k after it trains level k
-alone; after the top level's phase the networks stay at full size. (The paper: 800k real images
+alone; after the top level's phase the networks stay at full size. The real images the critic
+sees are brought to the stage's resolution, and faded like the generator's output
+(`faded_reals`). (The paper: 800k real images
 per phase, i.e. 50k iterations at batch 16.) The stage is logged as `train/level` and
 `train/alpha`.
 """
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+
 from src.models.noise_gan import NoiseGAN
+
+
+def faded_reals(images: torch.Tensor, level: int, alpha: float, top_level: int) -> torch.Tensor:
+    """Real images as the generator makes them at this stage, presented at full size: their
+    resolution at `level` and, while the level fades in, blended with the resolution below by
+    alpha, as the generator's output is (the authors' code fades the reals the same way)."""
+    factor = 2 ** (top_level - level)
+    current = F.avg_pool2d(images, factor) if factor > 1 else images
+    if level > 0 and alpha < 1.0:
+        below = F.interpolate(F.avg_pool2d(current, 2), scale_factor=2, mode="nearest")
+        current = torch.lerp(below, current, alpha)
+    return F.interpolate(current, scale_factor=factor, mode="nearest") if factor > 1 else current
 
 
 def progressive_stage(iteration: int, phase_iters: int, top_level: int) -> tuple[int, float]:
@@ -43,7 +60,7 @@ class ProGAN(NoiseGAN):
         level, alpha = self.stage(self.iteration)
         for net in (self.generator, self.discriminator):
             net.set_stage(level, alpha)
-        super().train_iteration(batch)
+        super().train_iteration({**batch, "A": faded_reals(batch["A"], level, alpha, self.generator.top_level)})
         if self.logging_losses:
             self.log_dict({"train/level": float(level), "train/alpha": alpha}, batch_size=batch["A"].size(0))
 
