@@ -271,3 +271,23 @@ def test_each_player_can_have_its_own_optimizer(train_cfg):
         build(train_cfg("model=dcgan", "+model.optimizer.players.critic.lr=1")).configure_optimizers()
     with pytest.raises(InstantiationException, match=r"model.optimizer.players.generator.type='lbfgs'"):
         build(train_cfg("model=dcgan", "+model.optimizer.players.generator.type=lbfgs"))
+
+
+def test_sample_fid_under_ddp_equals_the_single_process_value(train_cfg, tmp_path):
+    """Each rank samples its block of the test set with latents seeded by item index, and the
+    metric states are gathered: two ranks give one process's FID/KID. (Learning rate 0 keeps
+    the weights of both runs at the same seeded initialisation; the MLP nets hold no batch
+    statistics that the runs' different data would change.)"""
+    common = ["model=gan", "max_iters=1", "model.optimizer.lr=0", "++callbacks.latent=null",
+              "++callbacks.shapes_truth=null"]
+    single = run_training(train_cfg(*common))
+    cfg = train_cfg(*common, "trainer=ddp_sim", "trainer.strategy=ddp_spawn_find_unused_parameters_true")
+    cfg.paths.output_dir = str(tmp_path / "ddp")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ddp = run_training(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    for key in ("eval/fid_samples", "eval/kid_x100_samples"):
+        assert ddp[key] == pytest.approx(single[key], rel=1e-5, abs=1e-6), key
