@@ -23,7 +23,7 @@ from src.utils.translation import resolve_device, save_png, to_uint8_images
 
 log = logging.getLogger(__name__)
 
-TABLE_COLUMNS = ("fid", "kid_x100", "iou", "color_error", "l1", "psnr", "ssim")
+TABLE_COLUMNS = ("fid", "kid_x100", "mmd2", "iou", "color_error", "l1", "psnr", "ssim")
 
 
 def data_config(cfg: DictConfig) -> DictConfig:
@@ -140,7 +140,7 @@ def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sam
     return scorer.compute()
 
 
-def report_series(cfg: DictConfig, model: NoiseToImageModel, datamodule, loader, output_dir: Path) -> dict:
+def evaluate_series(model: NoiseToImageModel, loader, output_dir: Path) -> dict[str, float]:
     """A series model (RGAN): one sample per test series (`samples.npy`, (N, T, C)), a plot of
     the first ones beside the real ones (`samples.png`), and the MMD^2 between the two sets,
     the measure its callback logs during training."""
@@ -155,15 +155,32 @@ def report_series(cfg: DictConfig, model: NoiseToImageModel, datamodule, loader,
     shown = min(8, len(real))
     save_image(make_grid({"real": plot_series(real[:shown]), "fake": plot_series(fake[:shown])}),
                output_dir / "samples.png")
-    results = {SAMPLES: {"mmd2": mmd2_unbiased(real, fake)}}
-    report = {"ckpt_path": str(cfg.ckpt_path), "data": datamodule.name,
-              "directions": {SAMPLES: {"real": len(real), "generated": len(fake), "output": "samples.npy"}},
-              "metrics": results}
-    (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
-    print(f"| {cfg.get('name') or f'{type(model).__name__} / {datamodule.name}'} | samples: "
-          f"mmd2={results[SAMPLES]['mmd2']:.4f} |")
-    log.info("Wrote %s", output_dir / "metrics.json")
-    return results
+    return {"mmd2": mmd2_unbiased(real, fake)}
+
+
+def fid_kid_scorer(cfg: DictConfig, datamodule, device) -> tuple[FidKidScorer, str]:
+    """The FID/KID scorer eval's settings ask for, and the name of its feature extractor."""
+    name = cfg.feature_extractor
+    if name == "auto":
+        name = getattr(datamodule, "feature_extractor", "inception")
+    extractor = build_feature_extractor(name, cfg.get("feature_extractor_weights_path"), device, settings="")
+    return FidKidScorer(extractor, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size).to(device), name
+
+
+def evaluate_translations(model, datamodule, dataset, loader, scorer: FidKidScorer, output_dir: Path,
+                          device) -> tuple[dict, dict]:
+    """Every direction the model translates: (what was translated into which folder, its metrics)."""
+    backgrounds = truth_backgrounds(datamodule, dataset)
+    counts = distinct_counts(dataset)
+    directions, results = {}, {}
+    for direction in supported_directions(model):
+        source, target = domain_folders(datamodule, direction)
+        n_source, n_target = counts if direction == "AtoB" else counts[::-1]
+        directions[direction] = {"from": source, "to": target, "translated": n_source, "real": n_target,
+                                 "output": f"fake{target}"}
+        results[direction] = evaluate_direction(model, loader, direction, n_source, n_target, scorer, backgrounds,
+                                                output_dir / f"fake{target}", device)
+    return directions, results
 
 
 def markdown_row(name: str, metrics: dict[str, dict[str, float]]) -> str:
@@ -194,31 +211,19 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          collate_fn=datamodule.collate)
     output_dir = Path(cfg.output_dir)
+    report = {"ckpt_path": str(cfg.ckpt_path), "data": datamodule.name}
     if generates and SAMPLES not in model.evaluation_streams(())[0]:   # series: no images to score
-        return report_series(cfg, model, datamodule, loader, output_dir)
-
-    extractor_name = cfg.feature_extractor
-    if extractor_name == "auto":
-        extractor_name = getattr(datamodule, "feature_extractor", "inception")
-    extractor = build_feature_extractor(extractor_name, cfg.get("feature_extractor_weights_path"), device,
-                                        settings="")
-    subset_size = cfg.kid_subset_size
-    scorer = FidKidScorer(extractor, kid_subsets=cfg.kid_subsets, kid_subset_size=subset_size).to(device)
-    results, directions = {}, {}
-    if generates:
-        directions[SAMPLES] = {"real": len(dataset), "generated": len(dataset), "output": SAMPLES}
-        results[SAMPLES] = evaluate_samples(model, loader, scorer, output_dir / SAMPLES)
-    backgrounds = None if generates else truth_backgrounds(datamodule, dataset)
-    counts = distinct_counts(dataset)
-    for direction in [] if generates else supported_directions(model):
-        source, target = domain_folders(datamodule, direction)
-        n_source, n_target = counts if direction == "AtoB" else counts[::-1]
-        directions[direction] = {"from": source, "to": target, "translated": n_source, "real": n_target,
-                                 "output": f"fake{target}"}
-        results[direction] = evaluate_direction(model, loader, direction, n_source, n_target, scorer, backgrounds,
-                                                output_dir / f"fake{target}", device)
-    report = {"ckpt_path": str(cfg.ckpt_path), "data": datamodule.name, "data_direction": datamodule.direction,
-              "feature_extractor": extractor_name, "directions": directions, "metrics": results}
+        directions = {SAMPLES: {"real": len(dataset), "generated": len(dataset), "output": "samples.npy"}}
+        results = {SAMPLES: evaluate_series(model, loader, output_dir)}
+    elif generates:
+        scorer, report["feature_extractor"] = fid_kid_scorer(cfg, datamodule, device)
+        directions = {SAMPLES: {"real": len(dataset), "generated": len(dataset), "output": SAMPLES}}
+        results = {SAMPLES: evaluate_samples(model, loader, scorer, output_dir / SAMPLES)}
+    else:
+        scorer, report["feature_extractor"] = fid_kid_scorer(cfg, datamodule, device)
+        report["data_direction"] = datamodule.direction
+        directions, results = evaluate_translations(model, datamodule, dataset, loader, scorer, output_dir, device)
+    report.update({"directions": directions, "metrics": results})
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     name = cfg.get("name") or f"{type(model).__name__} / {datamodule.name}"
     row = markdown_row(name, results)
