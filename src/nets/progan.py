@@ -78,8 +78,9 @@ def leaky(x: torch.Tensor) -> torch.Tensor:
 
 
 class GrowingNet(nn.Module):
-    """The stage both networks share: the top level run and its fade-in weight, kept as buffers
-    so a checkpoint loaded for sampling (eval.py) runs at the stage it was trained to."""
+    """The stage both networks share: the top level run and its fade-in weight. Kept as buffers
+    too, so a checkpoint loaded for sampling (eval.py) runs at the stage it was trained to; the
+    forward passes read the plain copies (reading a buffer's value would wait for a GPU)."""
 
     def __init__(self, image_size: int):
         super().__init__()
@@ -87,20 +88,18 @@ class GrowingNet(nn.Module):
         self.image_size = image_size
         self.register_buffer("stage_level", torch.tensor(self.top_level))
         self.register_buffer("stage_alpha", torch.tensor(1.0))
+        self.level, self.alpha = self.top_level, 1.0
 
     def set_stage(self, level: int, alpha: float) -> None:
         if not 0 <= level <= self.top_level or not 0.0 <= alpha <= 1.0:
             raise ValueError(f"stage level={level}, alpha={alpha}: level must be in 0..{self.top_level}, alpha in [0, 1]")
         self.stage_level.fill_(level)
         self.stage_alpha.fill_(alpha)
+        self.level, self.alpha = int(level), float(alpha)
 
-    @property
-    def level(self) -> int:
-        return int(self.stage_level)
-
-    @property
-    def alpha(self) -> float:
-        return float(self.stage_alpha)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.level, self.alpha = int(self.stage_level), float(self.stage_alpha)
 
 
 class ProGANGenerator(GrowingNet):
