@@ -26,22 +26,24 @@ MAX_CODE_ROWS = 10
 class InfoGAN(NoiseGAN):
     def __init__(self, *args, categorical_codes: list[int] = (10,), continuous_codes: int = 2,
                  info_weight: float = 1.0, continuous_weight: float = 0.1, q_hidden: int = 128, **kwargs):
-        super().__init__(*args, **kwargs)
         categorical_codes = [int(k) for k in categorical_codes]
         if any(k < 2 for k in categorical_codes) or continuous_codes < 0 or not (categorical_codes or continuous_codes):
             raise ValueError(f"model.categorical_codes={categorical_codes} (each >= 2 values) and "
                              f"model.continuous_codes={continuous_codes} (>= 0) must give InfoGAN at least one code")
+        # Set before the parent builds the generator, which reads z and the codes (latent_code_dim).
+        self.categorical_codes, self.continuous_codes = categorical_codes, continuous_codes
+        super().__init__(*args, **kwargs)
         self.hparams.update({"categorical_codes": categorical_codes, "continuous_codes": continuous_codes,
                              "info_weight": info_weight, "continuous_weight": continuous_weight,
                              "q_hidden": q_hidden})
-        self.categorical_codes, self.continuous_codes = categorical_codes, continuous_codes
         self.info_weight, self.continuous_weight = float(info_weight), float(continuous_weight)
-        # The generator reads z and the codes.
-        self.generator = self.build_generator(self.latent_dim + sum(categorical_codes) + continuous_codes)
         self.q_head = init_weights(nn.Sequential(
             nn.Linear(self.discriminator.feature_dim, q_hidden), nn.LeakyReLU(0.2, True),
             nn.Linear(q_hidden, sum(categorical_codes) + continuous_codes)), self.init_cfg.get("type", "normal"),
             self.init_cfg.get("gain", 0.02))
+
+    def latent_code_dim(self) -> int:
+        return sum(self.categorical_codes) + self.continuous_codes
 
     def player_modules(self) -> dict[str, list[nn.Module]]:
         # Q shares D's body and is trained in D's step, as the authors' code trains it.
@@ -80,15 +82,11 @@ class InfoGAN(NoiseGAN):
             loss = loss + self.continuous_weight * 0.5 * ((means - codes["continuous"]) ** 2).sum(1).mean()
         return self.info_weight * loss
 
-    def discriminator_loss(self, real, fake, labels, codes=None) -> dict:
-        terms = super().discriminator_loss(real, fake, labels, codes)
-        terms["info_D"] = self.information_loss(self.discriminator.features(fake, labels), codes)
-        return terms
-
-    def generator_loss(self, fake, labels, codes=None) -> dict:
-        features = self.discriminator.features(fake, labels)   # one body pass for both terms
-        return {"G_adv": self.adversarial(self.discriminator.score(features), True, for_discriminator=False),
-                "info_G": self.information_loss(features, codes)}
+    def judge(self, fake, labels, codes):
+        """D's score and Q's information term from one pass through D's body (logged as info_D
+        in the critic's step, info_G in the generator's)."""
+        features = self.discriminator.features(fake, labels)
+        return self.discriminator.score(features), {"info": self.information_loss(features, codes)}
 
     # ----- samples -------------------------------------------------------------------------
     def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:

@@ -97,9 +97,13 @@ class NoiseToImageModel(AdversarialModel):
     def sampling_nets(self) -> list[nn.Module]:
         return [self.generator]
 
+    def samples_of(self, batch: dict) -> torch.Tensor:
+        """One sample per item of a test batch: its index's latent, its class when conditional."""
+        return self.generate(self.noise_for(batch["index"]), batch.get("label"))
+
     def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:
         """Rows of the sample grid: the test images, and samples of the same classes."""
-        return {"real": batch["A"], "fake": self.generate(self.noise_for(batch["index"]), batch.get("label"))}
+        return {"real": batch["A"], "fake": self.samples_of(batch)}
 
     # ----- evaluation --------------------------------------------------------------------
     def evaluation_streams(self, configured: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
@@ -107,4 +111,4 @@ class NoiseToImageModel(AdversarialModel):
 
     def evaluation_pair(self, batch: dict, stream: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The test images, and one sample per image (of its class when conditional)."""
-        return batch["A"].to(self.device), self.generate(self.noise_for(batch["index"]), batch.get("label"))
+        return batch["A"].to(self.device), self.samples_of(batch)

@@ -37,10 +37,14 @@ class NoiseGAN(NoiseToImageModel):
         self.image_shape = self.sample_shape(image_size, channels)
         # The critic's steps and the generator's: Lightning's global_step counts each.
         self.optimizer_steps_per_iter = n_critic + 1
-        self.generator = self.build_generator(latent_dim)
+        self.generator = self.build_generator(latent_dim + self.latent_code_dim())
         self.discriminator = self.build_discriminator()
         if self.adversarial.needs_gradient_penalty:
             self.weight("gp")   # fail at start on a missing weight
+
+    def latent_code_dim(self) -> int:
+        """Numbers the generator reads beside the noise (InfoGAN's codes)."""
+        return 0
 
     def sample_shape(self, size: int, channels: int) -> tuple[int, ...]:
         """The shape of one sample: (C, H, W) images here, (T, C) series for the recurrent GAN."""
@@ -82,8 +86,10 @@ class NoiseGAN(NoiseToImageModel):
         D = self.discriminator
         r1 = float(self.weights.get("r1", 0.0))
         real = real.detach().requires_grad_(True) if r1 > 0 else real
-        scores_real, scores_fake = D(real, labels), D(fake, labels)
-        terms = {"D_real": self.adversarial(scores_real, True), "D_fake": self.adversarial(scores_fake, False)}
+        scores_real = D(real, labels)
+        scores_fake, same_pass = self.judge(fake, labels, codes)
+        terms = {"D_real": self.adversarial(scores_real, True), "D_fake": self.adversarial(scores_fake, False),
+                 **{f"{name}_D": term for name, term in same_pass.items()}}
         if r1 > 0:
             (grad,) = torch.autograd.grad(scores_real.sum(), real, create_graph=True)
             terms["r1"] = r1 / 2 * grad.pow(2).flatten(1).sum(1).mean()
@@ -99,8 +105,15 @@ class NoiseGAN(NoiseToImageModel):
         """Terms a model adds to its critic's loss on the real scores (ProGAN's drift)."""
         return {}
 
+    def judge(self, fake: torch.Tensor, labels: torch.Tensor | None, codes: dict | None) -> tuple[torch.Tensor, dict]:
+        """The critic's scores of generated samples, and the loss terms a model computes on the
+        same pass through the critic (InfoGAN's information term), named without a player."""
+        return self.discriminator(fake, labels), {}
+
     def generator_loss(self, fake: torch.Tensor, labels: torch.Tensor | None, codes: dict | None = None) -> dict:
-        return {"G_adv": self.adversarial(self.discriminator(fake, labels), True, for_discriminator=False)}
+        scores, same_pass = self.judge(fake, labels, codes)
+        return {"G_adv": self.adversarial(scores, True, for_discriminator=False),
+                **{f"{name}_G": term for name, term in same_pass.items()}}
 
     def train_iteration(self, batch: dict) -> None:
         images = batch["A"]
