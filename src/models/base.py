@@ -84,6 +84,17 @@ def adam_kernel(params: list[torch.Tensor]) -> dict:
     return {"fused": True} if supported else {}
 
 
+def build_optimizer(params: list[torch.Tensor], cfg: dict) -> torch.optim.Optimizer:
+    """One player's optimizer from its settings (`type`: adam, rmsprop or sgd)."""
+    kind, decay = cfg.get("type", "adam"), cfg.get("weight_decay", 0.0)
+    if kind == "rmsprop":   # WGAN's: no momentum
+        return torch.optim.RMSprop(params, lr=cfg["lr"], weight_decay=decay)
+    if kind == "sgd":   # plain gradient descent (RGAN's critic)
+        return torch.optim.SGD(params, lr=cfg["lr"], weight_decay=decay)
+    return torch.optim.Adam(params, lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.5, 0.999))), weight_decay=decay,
+                            **adam_kernel(params))
+
+
 class AdversarialModel(pl.LightningModule):
     """What every GAN here shares: players, their optimizers and schedules, the training
     iteration's bookkeeping, checkpoint state. Sampling and evaluation are the subclasses'."""
@@ -197,29 +208,17 @@ class AdversarialModel(pl.LightningModule):
         return float(self.weights[name])
 
     # ----- optimizers and schedules ------------------------------------------------------
-    def optimizer_settings(self, player: str) -> dict:
-        """`model.optimizer`, with `model.optimizer.players.<player>` overriding it for one
-        player (InfoGAN's and RGAN's papers give each player its own optimizer or rate)."""
+    def configure_optimizers(self):
+        # `model.optimizer`, with `model.optimizer.players.<player>` overriding it for one player
+        # (InfoGAN's and RGAN's papers give each player its own optimizer or rate).
+        shared = {k: v for k, v in self.optimizer_cfg.items() if k != "players"}
         players = self.optimizer_cfg.get("players", {})
         unknown = sorted(set(players) - set(self.player_modules()))
         if unknown:
             raise ValueError(f"model.optimizer.players has {unknown}, which {type(self).__name__} does not have: "
                              f"its players are {list(self.player_modules())}")
-        return {**{k: v for k, v in self.optimizer_cfg.items() if k != "players"}, **players.get(player, {})}
-
-    def configure_optimizers(self):
-        optimizers = []
-        for player, modules in self.player_modules().items():
-            cfg = self.optimizer_settings(player)
-            params = [p for m in modules for p in m.parameters()]
-            if cfg.get("type", "adam") == "rmsprop":   # WGAN's: no momentum
-                optimizers.append(torch.optim.RMSprop(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0)))
-                continue
-            if cfg.get("type", "adam") == "sgd":   # plain gradient descent (RGAN's critic)
-                optimizers.append(torch.optim.SGD(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0)))
-                continue
-            optimizers.append(torch.optim.Adam(params, lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.5, 0.999))),
-                                               weight_decay=cfg.get("weight_decay", 0.0), **adam_kernel(params)))
+        optimizers = [build_optimizer([p for m in modules for p in m.parameters()], {**shared, **players.get(name, {})})
+                      for name, modules in self.player_modules().items()]
         schedule = self.lr_schedule_of_this_run()
         schedulers = [build_scheduler(opt, **schedule) for opt in optimizers]
         return optimizers, schedulers
