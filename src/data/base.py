@@ -20,6 +20,7 @@ from src.data.batching import SIZE_KEEPING_MODES, collate_same_size, first_items
 from src.data.epoch_order import EpochOrderLoader, EpochOrderSampler, SeededItems
 from src.data.image_io import check_channels
 from src.data.transforms import ImageTransform
+from src.utils.config_checks import require_int
 from src.utils.directions import DIRECTIONS
 
 SPLITS = ("train", "test")
@@ -36,9 +37,8 @@ class SplitDataModule(pl.LightningDataModule):
     def __init__(self, batch_size: int = 1, num_workers: int = 0, pin_memory: bool = False,
                  persistent_workers: bool = False, eval_batch_size: int | None = None) -> None:
         super().__init__()
-        for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{key}={value!r} must be a positive integer.")
+        require_int("data.batch_size", batch_size)
+        require_int("data.eval_batch_size", eval_batch_size, allow_none=True)
         for key, value in (("data.pin_memory", pin_memory), ("data.persistent_workers", persistent_workers)):
             if not isinstance(value, bool):   # a string like "maybe" would read as true
                 raise ValueError(f"{key}={value!r} must be true or false.")
@@ -101,9 +101,8 @@ class SplitDataModule(pl.LightningDataModule):
     batches_per_iteration: int = 1
 
     def set_batches_per_iteration(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"data.batches_per_iteration={value!r} must be a positive integer "
-                             f"(the real batches a training iteration takes, e.g. model.n_critic).")
+        require_int("data.batches_per_iteration", value,
+                    why=" (the real batches a training iteration takes, e.g. model.n_critic)")
         self.batches_per_iteration = value
 
     @property
@@ -233,8 +232,7 @@ class ImageTranslationDataModule(SplitDataModule):
         check_channels(output_nc, "data.output_nc")
         if not isinstance(flip, bool):   # a string like "maybe" would read as true
             raise ValueError(f"data.flip={flip!r} must be true or false.")
-        if max_dataset_size is not None and (not isinstance(max_dataset_size, int) or max_dataset_size < 1):
-            raise ValueError(f"data.max_dataset_size={max_dataset_size!r} must be a positive int or null.")
+        require_int("data.max_dataset_size", max_dataset_size, allow_none=True)
 
         self.data_dir = Path(data_dir)
         self.name = name

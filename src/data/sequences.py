@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from src.data.base import SplitDataModule
+from src.utils.config_checks import require_int
 
 SOURCES = ("sines", "csv")
 FREQUENCY_RANGE = (1.0, 5.0)
@@ -102,13 +103,10 @@ class SequenceDataModule(SplitDataModule):
             raise ValueError(f"data.source={source!r} must be one of {', '.join(SOURCES)}")
         for key, value in (("seq_len", seq_len), ("channels", channels), ("num_classes", num_classes),
                            ("n_train", n_train), ("n_test", n_test), ("stride", stride)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"data.{key}={value!r} must be a positive integer")
+            require_int(f"data.{key}", value)
         if source == "csv" and not csv_path:
             raise ValueError("data.source=csv needs data.csv_path=/path/to/series.csv")
-        if max_dataset_size is not None and (isinstance(max_dataset_size, bool) or not isinstance(max_dataset_size, int)
-                                             or max_dataset_size < 1):
-            raise ValueError(f"data.max_dataset_size={max_dataset_size!r} must be a positive integer or null")
+        require_int("data.max_dataset_size", max_dataset_size, allow_none=True)
         if not 0 < test_fraction < 1:
             raise ValueError(f"data.test_fraction={test_fraction!r} must be between 0 and 1")
         self.source, self.name = source, name
@@ -126,12 +124,8 @@ class SequenceDataModule(SplitDataModule):
     def _sines(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         # One stream per split, so the test set does not depend on n_train.
         return {split: sine_series(n, self.seq_len, self.channels, self.num_classes,
-                                   np.random.default_rng([self.seed_value, stream]))
+                                   np.random.default_rng([int(self.hparams.seed), stream]))
                 for stream, (split, n) in enumerate((("train", self.hparams.n_train), ("test", self.hparams.n_test)))}
-
-    @property
-    def seed_value(self) -> int:
-        return int(self.hparams.seed)
 
     def _csv_windows(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         hp = self.hparams

@@ -17,6 +17,7 @@ import torch.nn as nn
 from src.losses import gradient_penalty
 from src.models.base import build_net, to_plain
 from src.models.noise_base import NoiseToImageModel
+from src.utils.config_checks import require_int
 
 
 class NoiseGAN(NoiseToImageModel):
@@ -26,8 +27,7 @@ class NoiseGAN(NoiseToImageModel):
         super().__init__(loss=loss, optimizer=optimizer, lr_schedule=lr_schedule, init=init)
         for key, value, least in (("latent_dim", latent_dim, 1), ("num_classes", num_classes, 0),
                                   ("n_critic", n_critic, 1), ("channels", channels, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"model.{key}={value!r} must be an integer >= {least}")
+            require_int(f"model.{key}", value, least)
         self.save_hyperparameters({"generator": to_plain(generator), "discriminator": to_plain(discriminator),
                                    "loss": self.loss_cfg, "optimizer": self.optimizer_cfg,
                                    "lr_schedule": self.lr_schedule_cfg, "init": self.init_cfg,

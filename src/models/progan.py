@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from src.models.noise_gan import NoiseGAN
+from src.utils.config_checks import require_int
 
 
 def faded_reals(images: torch.Tensor, level: int, alpha: float, top_level: int) -> torch.Tensor:
@@ -44,8 +45,7 @@ def progressive_stage(iteration: int, phase_iters: int, top_level: int) -> tuple
 class ProGAN(NoiseGAN):
     def __init__(self, *args, phase_iters: int = 50000, drift: float = 0.001, **kwargs):
         super().__init__(*args, **kwargs)
-        if isinstance(phase_iters, bool) or not isinstance(phase_iters, int) or phase_iters < 1:
-            raise ValueError(f"model.phase_iters={phase_iters!r} must be a positive integer (iterations per phase)")
+        require_int("model.phase_iters", phase_iters, why=" (iterations per phase)")
         if drift < 0:
             raise ValueError(f"model.drift={drift!r} must be >= 0")
         self.hparams.update({"phase_iters": phase_iters, "drift": drift})

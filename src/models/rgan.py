@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from src.models.base import build_net
 from src.models.noise_gan import NoiseGAN
+from src.utils.config_checks import require_int
 from src.utils.sequence_plot import plot_series
 
 
@@ -23,8 +24,7 @@ class RGAN(NoiseGAN):
     def __init__(self, generator: dict, discriminator: dict, loss: dict, optimizer: dict, lr_schedule: dict,
                  init: dict, latent_dim: int = 5, num_classes: int = 0, n_critic: int = 1, seq_len: int = 30,
                  channels: int = 1):
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-            raise ValueError(f"model.seq_len={seq_len!r} must be a positive integer")
+        require_int("model.seq_len", seq_len)
         super().__init__(generator, discriminator, loss, optimizer, lr_schedule, init, latent_dim=latent_dim,
                          num_classes=num_classes, n_critic=n_critic, image_size=seq_len, channels=channels)
         # Stored under this class's own argument name, so a checkpoint rebuilds it.
