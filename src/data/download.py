@@ -213,20 +213,18 @@ def download(name: str, root: str | Path) -> Path:
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=target.parent) as scratch:
         scratch = Path(scratch)
         if source.build is not None:
-            source.build(scratch / name, fetch)
-            if target.exists():
-                target.rmdir()  # empty, checked above
-            shutil.move(str(scratch / name), str(target))
-            print(f"Done: {target}")
-            return target
-        archive = scratch / source.url.rsplit("/", 1)[-1]
-        fetch(source.url, archive)
-        extracted = scratch / "extracted"
-        extracted.mkdir()
-        extract(archive, extracted)
+            built = scratch / name
+            source.build(built, fetch)
+        else:
+            archive = scratch / source.url.rsplit("/", 1)[-1]
+            fetch(source.url, archive)
+            extracted = scratch / "extracted"
+            extracted.mkdir()
+            extract(archive, extracted)
+            built = _dataset_folder_in(extracted, source, name)
         if target.exists():
             target.rmdir()  # empty, checked above
-        shutil.move(str(_dataset_folder_in(extracted, source, name)), str(target))
+        shutil.move(str(built), str(target))
     print(f"Done: {target}")
     return target
 
