@@ -34,6 +34,18 @@ def one_hot(labels: torch.Tensor | None, num_classes: int, like: torch.Tensor) -
     return F.one_hot(labels.long(), num_classes).to(dtype=like.dtype, device=like.device)
 
 
+def append_condition(x: torch.Tensor, labels: torch.Tensor | None, num_classes: int, dim: int = 1) -> torch.Tensor:
+    """x with the labels' one-hot vectors appended along `dim`, repeated over every other axis
+    but the batch: to noise rows (B, D), to image maps (B, C, H, W) as constant maps, to series
+    (B, T, D) at every step (dim=2). x itself when the network is unconditional."""
+    code = one_hot(labels, num_classes, x)
+    if code is None:
+        return x
+    shape, size = [x.size(0)] + [1] * (x.dim() - 1), list(x.shape)
+    shape[dim] = size[dim] = num_classes
+    return torch.cat([x, code.view(shape).expand(size)], dim=dim)
+
+
 def dcgan_levels(image_size: int, key: str) -> int:
     """Doublings from 4x4 to `image_size`: DCGAN nets need 4 * 2^k px, k >= 1."""
     levels = math.log2(image_size / 4) if isinstance(image_size, int) and image_size > 0 else -1
@@ -66,9 +78,7 @@ class DCGANGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        code = one_hot(labels, self.num_classes, z)
-        z = z if code is None else torch.cat([z, code], dim=1)
-        return self.net(z[:, :, None, None])
+        return self.net(append_condition(z, labels, self.num_classes)[:, :, None, None])
 
 
 class DCGANDiscriminator(nn.Module):
@@ -95,10 +105,7 @@ class DCGANDiscriminator(nn.Module):
         self.feature_dim = channels * 4 * 4
 
     def features(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        code = one_hot(labels, self.num_classes, x)
-        if code is not None:
-            x = torch.cat([x, code[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
-        return self.body(x).flatten(1)
+        return self.body(append_condition(x, labels, self.num_classes)).flatten(1)
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """One logit per image from `features`."""
@@ -138,9 +145,8 @@ class MLPGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        code = one_hot(labels, self.num_classes, z)
-        z = z if code is None else torch.cat([z, code], dim=1)
-        return self.net(z).view(z.size(0), self.output_nc, self.image_size, self.image_size)
+        return self.net(append_condition(z, labels, self.num_classes)).view(
+            z.size(0), self.output_nc, self.image_size, self.image_size)
 
 
 class MLPDiscriminator(nn.Module):
@@ -163,9 +169,7 @@ class MLPDiscriminator(nn.Module):
         self.feature_dim = width
 
     def features(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        x = x.flatten(1)
-        code = one_hot(labels, self.num_classes, x)
-        return self.body(x if code is None else torch.cat([x, code], dim=1))
+        return self.body(append_condition(x.flatten(1), labels, self.num_classes))
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)

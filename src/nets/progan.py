@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from src.nets.noise_nets import dcgan_levels, one_hot
+from src.nets.noise_nets import append_condition, dcgan_levels
 
 
 class EqualizedConv2d(nn.Module):
@@ -119,9 +119,7 @@ class ProGANGenerator(GrowingNet):
         self.to_rgb = nn.ModuleList(EqualizedConv2d(c, output_nc, 1, gain=1.0) for c in channels)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        code = one_hot(labels, self.num_classes, z)
-        z = pixel_norm(z) if self.normalize_latent else z
-        z = z if code is None else torch.cat([z, code], dim=1)
+        z = append_condition(pixel_norm(z) if self.normalize_latent else z, labels, self.num_classes)
         x = pixel_norm(leaky(self.first(z).view(z.size(0), -1, 4, 4)))
         x = pixel_norm(leaky(self.first_conv(x)))
         previous = x
@@ -156,9 +154,7 @@ class ProGANDiscriminator(GrowingNet):
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         factor = 2 ** (self.top_level - self.level)
         x = F.avg_pool2d(x, factor) if factor > 1 else x
-        code = one_hot(labels, self.num_classes, x)
-        if code is not None:
-            x = torch.cat([x, code[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
+        x = append_condition(x, labels, self.num_classes)
         h = leaky(self.from_rgb[self.level](x))
         for k in range(self.level, 0, -1):
             conv1, conv2 = self.blocks[k - 1]

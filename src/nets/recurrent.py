@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from src.nets.noise_nets import one_hot
+from src.nets.noise_nets import append_condition
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -22,12 +22,6 @@ def recurrent_layers(cell: str, input_size: int, hidden: int, num_layers: int) -
     if hidden < 1 or num_layers < 1:
         raise ValueError(f"hidden={hidden}, num_layers={num_layers}: a recurrent network needs both >= 1")
     return CELLS[cell](input_size, hidden, num_layers=num_layers, batch_first=True)
-
-
-def with_condition(x: torch.Tensor, labels: torch.Tensor | None, num_classes: int) -> torch.Tensor:
-    """(B, T, D) steps, each with the one-hot condition appended when there is one."""
-    code = one_hot(labels, num_classes, x)
-    return x if code is None else torch.cat([x, code[:, None, :].expand(-1, x.size(1), -1)], dim=2)
 
 
 class RecurrentGenerator(nn.Module):
@@ -41,7 +35,7 @@ class RecurrentGenerator(nn.Module):
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """z: (B, T * latent_dim) or (B, T, latent_dim) noise -> (B, T, channels) in [-1, 1]."""
         z = z.view(z.size(0), self.seq_len, self.latent_dim)
-        hidden, _ = self.rnn(with_condition(z, labels, self.num_classes))
+        hidden, _ = self.rnn(append_condition(z, labels, self.num_classes, dim=2))
         return torch.tanh(self.out(hidden))
 
 
@@ -55,5 +49,5 @@ class RecurrentDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, channels) -> (B, T) logits, one decision per time step."""
-        hidden, _ = self.rnn(with_condition(x, labels, self.num_classes))
+        hidden, _ = self.rnn(append_condition(x, labels, self.num_classes, dim=2))
         return self.out(hidden).squeeze(2)

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from src.nets.adain import AdaIN
-from src.nets.noise_nets import one_hot
+from src.nets.noise_nets import append_condition
 from src.nets.progan import EqualizedConv2d, EqualizedLinear, GrowingNet, leaky, level_channels, pixel_norm
 
 #: decay of the running mean of w that truncation pulls towards
@@ -78,9 +78,7 @@ class StyleGANGenerator(GrowingNet):
         self.to_rgb = nn.ModuleList(EqualizedConv2d(c, output_nc, 1, gain=1.0) for c in channels)
 
     def styles(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        code = one_hot(labels, self.num_classes, z)
-        z = pixel_norm(z)
-        return self.mapping(z if code is None else torch.cat([z, code], dim=1))
+        return self.mapping(append_condition(pixel_norm(z), labels, self.num_classes))
 
     def layer_styles(self, z: torch.Tensor, labels: torch.Tensor | None) -> list[torch.Tensor]:
         """The w of each styled layer: one latent's, or two latents' mixed at a random crossover
