@@ -97,6 +97,17 @@ class GrowingNet(nn.Module):
         self.stage_alpha.fill_(alpha)
         self.level, self.alpha = int(level), float(alpha)
 
+    def full_size_image(self, x: torch.Tensor, previous: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
+        """A generator's output: the current level's toRGB of `x`, faded over the level below's
+        (`previous`, upsampled by `mode`) while alpha < 1, presented at `image_size` by nearest
+        upsampling (the discriminator's average pooling undoes it exactly)."""
+        image = self.to_rgb[self.level](x)
+        if self.level > 0 and self.alpha < 1.0:
+            old = F.interpolate(self.to_rgb[self.level - 1](previous), scale_factor=2, mode=mode)
+            image = torch.lerp(old, image, self.alpha)
+        factor = 2 ** (self.top_level - self.level)
+        return F.interpolate(image, scale_factor=factor, mode="nearest") if factor > 1 else image
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.level, self.alpha = int(self.stage_level), float(self.stage_alpha)
@@ -127,12 +138,7 @@ class ProGANGenerator(GrowingNet):
             previous = x
             x = F.interpolate(x, scale_factor=2, mode="nearest")
             x = pixel_norm(leaky(conv2(pixel_norm(leaky(conv1(x))))))
-        image = self.to_rgb[self.level](x)
-        if self.level > 0 and self.alpha < 1.0:   # fading the new level in over the previous one
-            old = F.interpolate(self.to_rgb[self.level - 1](previous), scale_factor=2, mode="nearest")
-            image = torch.lerp(old, image, self.alpha)
-        factor = 2 ** (self.top_level - self.level)
-        return F.interpolate(image, scale_factor=factor, mode="nearest") if factor > 1 else image
+        return self.full_size_image(x, previous)
 
 
 class ProGANDiscriminator(GrowingNet):

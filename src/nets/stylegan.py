@@ -107,10 +107,4 @@ class StyleGANGenerator(GrowingNet):
                 x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
             first, second = self.levels[k]
             x = second(first(x, next(ws)), next(ws))
-        image = self.to_rgb[self.level](x)
-        if self.level > 0 and self.alpha < 1.0:   # fading the new level in over the previous one
-            old = F.interpolate(self.to_rgb[self.level - 1](previous), scale_factor=2, mode="bilinear",
-                                align_corners=False)
-            image = torch.lerp(old, image, self.alpha)
-        factor = 2 ** (self.top_level - self.level)
-        return F.interpolate(image, scale_factor=factor, mode="nearest") if factor > 1 else image
+        return self.full_size_image(x, previous, mode="bilinear")
