@@ -52,6 +52,12 @@ class LabelledImageDataset(Dataset):
                 "index": index}
 
 
+def class_subfolders(folder: Path) -> list[str]:
+    """The sorted names of a split folder's class folders (hidden ones, .ipynb_checkpoints or a
+    Mac's .Trashes, are not classes)."""
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def interleave(per_class: list[list[Path]]) -> list[tuple[Path, int]]:
     """(path, label) taking one image of each class in turn, until every class is used up.
 
@@ -125,8 +131,7 @@ class LabelledImageDataModule(ImageTranslationDataModule):
             return ["A", "B"]
         self._ensure_available()
         train = self._require(self._require(self.data_dir) / "train")
-        # Hidden folders (.ipynb_checkpoints, a Mac's .Trashes) are not classes.
-        found = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+        found = class_subfolders(train)
         if not found:
             raise DatasetNotFoundError(f"{train} holds no class folder. Expected layout of {self.data_dir}: "
                                        f"{CLASSES_LAYOUT}.")
@@ -149,8 +154,7 @@ class LabelledImageDataModule(ImageTranslationDataModule):
         classes = self.class_folders()
         if self.layout == "classes":
             split_folder = self._require(self.data_dir / split)
-            extra = sorted(p.name for p in split_folder.iterdir()
-                           if p.is_dir() and not p.name.startswith(".") and p.name not in classes)
+            extra = [name for name in class_subfolders(split_folder) if name not in classes]
             if extra:
                 log.warning("%s: folders %s are not among the classes (%s) and are left out.",
                             split_folder, ", ".join(extra), ", ".join(classes))
