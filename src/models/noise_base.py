@@ -61,9 +61,14 @@ class NoiseToImageModel(AdversarialModel):
                                  f"classes: set model.num_classes={found}")
 
     def check_batch(self, batch: dict) -> None:
-        images = batch["A"]
-        if tuple(images.shape[1:]) != tuple(self.image_shape):
+        """Once per batch shape, like the translators' size check: reading a label's value back
+        every iteration would wait for a GPU (and setup has matched the class counts)."""
+        shape = tuple(batch["A"].shape)
+        if shape in self._image_sizes_checked:
+            return
+        if shape[1:] != tuple(self.image_shape):
             raise ValueError(self.shape_mismatch(batch))
+        self._image_sizes_checked.add(shape)
         if self.num_classes and int(batch["label"].max()) >= self.num_classes:
             raise ValueError(f"A label {int(batch['label'].max())} is out of range for model.num_classes="
                              f"{self.num_classes}: set it to the dataset's number of classes")
