@@ -120,22 +120,30 @@ def test_samples_get_fid_kid_a_grid_and_a_checkpoint(train_cfg):
     metrics = run_training(cfg)
     assert math.isfinite(metrics["eval/fid_samples"]) and metrics["eval/fid"] == metrics["eval/fid_samples"]
     assert math.isfinite(metrics["eval/kid_x100_samples"])
+    assert metrics["eval/is_samples"] >= 1.0 and math.isfinite(metrics["eval/is_std_samples"])
     out = Path(cfg.paths.output_dir)
     grid = np.asarray(Image.open(out / "samples" / "iter_0000002.png"))
     assert grid.shape[0] == 2 * (cfg.data.size + 4)   # two rows: the test images, then samples
     assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "checkpoints" / "best_fid.ckpt").is_file()
 
 
-def test_evaluation_samples_do_not_depend_on_the_batch(train_cfg):
-    """Each test item's latent comes from its index: the same samples in any batch."""
-    cfg = train_cfg("model=cgan")
+@pytest.mark.parametrize("name", ["cgan", "stylegan"])
+def test_evaluation_samples_do_not_depend_on_the_batch(train_cfg, name):
+    """Each test item's latent (and StyleGAN's noise maps) come from its index: the same samples
+    in any batch."""
+    cfg = train_cfg(f"model={name}")
     model, datamodule = build(cfg), hydra.utils.instantiate(cfg.data)
+    with torch.no_grad():   # StyleGAN's noise scales start at zero: make its noise count
+        for key, parameter in model.generator.named_parameters():
+            if key.endswith("noise.weight"):
+                parameter.fill_(0.5)
     datamodule.setup("test")
     items = datamodule.collate([datamodule.dataset("test", train=False)[i] for i in (0, 5, 7)])
     _, fakes = model.evaluation_pair(items, "samples")
     single = datamodule.collate([datamodule.dataset("test", train=False)[5]])
     _, fake_5 = model.evaluation_pair(single, "samples")
-    assert torch.allclose(fakes[1:2], fake_5, atol=1e-6)
+    # (float rounding differs with the batch's size: StyleGAN's deeper net shows it at 1e-5)
+    assert torch.allclose(fakes[1:2], fake_5, atol=1e-4)
     assert not torch.allclose(fakes[0], fakes[1])
 
 
@@ -224,6 +232,7 @@ def test_eval_scores_and_writes_samples_and_translate_refuses(train_cfg, tmp_pat
     finally:
         GlobalHydra.instance().clear()
     assert set(results) == {"samples"} and math.isfinite(results["samples"]["fid"])
+    assert results["samples"]["is"] >= 1.0
     out = Path(eval_cfg.output_dir)
     written = sorted(p.name for p in (out / "samples").glob("*.png"))
     assert written == [f"{i:06d}.png" for i in range(2 * data.max_dataset_size)]   # two classes
@@ -273,9 +282,9 @@ def test_each_player_can_have_its_own_optimizer(train_cfg):
         build(train_cfg("model=dcgan", "+model.optimizer.players.generator.type=lbfgs"))
 
 
-def test_sample_fid_under_ddp_equals_the_single_process_value(train_cfg, tmp_path):
+def test_sample_scores_under_ddp_equal_the_single_process_values(train_cfg, tmp_path):
     """Each rank samples its block of the test set with latents seeded by item index, and the
-    metric states are gathered: two ranks give one process's FID/KID. (Learning rate 0 keeps
+    metric states are gathered: two ranks give one process's FID/KID and Inception Score. (Learning rate 0 keeps
     the weights of both runs at the same seeded initialisation; the MLP nets hold no batch
     statistics that the runs' different data would change.)"""
     common = ["model=gan", "max_iters=1", "model.optimizer.lr=0", "++callbacks.latent=null",
@@ -289,5 +298,5 @@ def test_sample_fid_under_ddp_equals_the_single_process_value(train_cfg, tmp_pat
         ddp = run_training(cfg)
     finally:
         torch.set_num_threads(threads)
-    for key in ("eval/fid_samples", "eval/kid_x100_samples"):
+    for key in ("eval/fid_samples", "eval/kid_x100_samples", "eval/is_samples", "eval/is_std_samples"):
         assert ddp[key] == pytest.approx(single[key], rel=1e-5, abs=1e-6), key

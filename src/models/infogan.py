@@ -92,14 +92,12 @@ class InfoGAN(NoiseGAN):
     def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:
         """The test images, samples of their latents, then a row per value of the first
         categorical code with the rest of each latent kept: what the code has learnt to mean."""
-        rows = super().sample_images(batch)
-        if not self.categorical_codes:
-            return rows
         latent = self.noise_for(batch["index"])
+        rows = {"real": batch["A"], "fake": self.samples_of(batch, latent)}
         start = self.latent_dim
-        for value in range(min(self.categorical_codes[0], MAX_CODE_ROWS)):
+        for value in range(min(self.categorical_codes[0], MAX_CODE_ROWS) if self.categorical_codes else 0):
             varied = latent.clone()
             varied[:, start:start + self.categorical_codes[0]] = F.one_hot(
                 torch.tensor(value), self.categorical_codes[0]).to(latent)
-            rows[f"code0={value}"] = self.generate(varied, batch.get("label"))
+            rows[f"code0={value}"] = self.samples_of(batch, varied)
         return rows

@@ -6,7 +6,10 @@ noise (and a class label when conditional), trained on a labelled image DataModu
 
 Sampling and evaluation draw each test item's noise from a generator seeded by the item's index
 (`noise_for`), so a sample grid shows the same latents all run long, and FID/KID's samples do
-not depend on the batch size nor on how DDP ranks split the test set.
+not depend on the batch size nor on how DDP ranks split the test set. A generator that also
+draws noise inside its forward (StyleGAN's per-layer noise maps) says so with a
+`noise_shapes()` method and takes the maps as `noise=`; they are seeded by the index too
+(`noise_maps_for`).
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from src.models.base import AdversarialModel, sampling_mode
 SAMPLES = "samples"
 #: added to a test item's index to seed its latent (fixed, so every run samples the same latents)
 NOISE_SEED = 1_000_003
+#: the same for the noise maps a generator draws inside (kept apart from the latents' streams)
+NOISE_MAP_SEED = 2_000_003
 
 
 class NoiseToImageModel(AdversarialModel):
@@ -90,10 +95,26 @@ class NoiseToImageModel(AdversarialModel):
         """One generator input drawn from `rng` (a model with structured codes draws those too)."""
         return torch.randn(self.latent_dim, generator=rng)
 
-    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Samples of latents `z` (and classes `labels`) in eval mode under no_grad."""
+    def noise_maps_for(self, indices: torch.Tensor) -> list[torch.Tensor] | None:
+        """The noise maps of the generator's layers for each item (batched per layer), drawn from
+        the item's index like its latent; None for a generator with no noise of its own."""
+        shapes = getattr(self.generator, "noise_shapes", None)
+        if shapes is None:
+            return None
+        shapes = shapes()
+        per_item = []
+        for i in indices.tolist():
+            rng = torch.Generator().manual_seed(NOISE_MAP_SEED + int(i))
+            per_item.append([torch.randn(shape, generator=rng) for shape in shapes])
+        return [torch.stack(layer).to(self.device) for layer in zip(*per_item)]
+
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None,
+                 noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Samples of latents `z` (and classes `labels`; the generator's own `noise` maps when it
+        draws any) in eval mode under no_grad."""
+        extra = {} if noise is None else {"noise": noise}
         with sampling_mode([self.generator]):
-            return self.generator(z.to(self.device), self.conditioning(labels))
+            return self.generator(z.to(self.device), self.conditioning(labels), **extra)
 
     def conditioning(self, labels: torch.Tensor | None) -> torch.Tensor | None:
         """The labels a conditional model's networks take; None for an unconditional one."""
@@ -102,9 +123,11 @@ class NoiseToImageModel(AdversarialModel):
     def sampling_nets(self) -> list[nn.Module]:
         return [self.generator]
 
-    def samples_of(self, batch: dict) -> torch.Tensor:
-        """One sample per item of a test batch: its index's latent, its class when conditional."""
-        return self.generate(self.noise_for(batch["index"]), batch.get("label"))
+    def samples_of(self, batch: dict, latent: torch.Tensor | None = None) -> torch.Tensor:
+        """One sample per item of a test batch: its index's latent (or `latent`, when the caller
+        varies it) and noise maps, its class when conditional."""
+        latent = self.noise_for(batch["index"]) if latent is None else latent
+        return self.generate(latent, batch.get("label"), self.noise_maps_for(batch["index"]))
 
     def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:
         """Rows of the sample grid: the test images, and samples of the same classes."""

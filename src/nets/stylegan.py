@@ -9,6 +9,9 @@
   drives the layers from a crossover point drawn at random.
 - Truncation: in eval mode, w = w_avg + psi (w - w_avg), w_avg a running mean of training w's
   (`truncation_psi` 1: off).
+- Noise maps are drawn at every call, or taken from the caller (`noise=`, one map per styled
+  layer of the shapes `noise_shapes()`): evaluation seeds them per test item, so a sample does
+  not depend on the batch it is drawn in (src/models/noise_base.py).
 
 It returns full-size images like ProGAN's generator, so ProGAN's discriminator, growth schedule
 and training step serve it unchanged (`model=stylegan`).
@@ -34,9 +37,10 @@ class NoiseInput(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(channels))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        noise = torch.randn(x.size(0), 1, *x.shape[2:], device=x.device, dtype=x.dtype)
-        return x + self.weight[None, :, None, None] * noise
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        if noise is None:
+            noise = torch.randn(x.size(0), 1, *x.shape[2:], device=x.device, dtype=x.dtype)
+        return x + self.weight[None, :, None, None] * noise.to(x.dtype)
 
 
 class StyledLayer(nn.Module):
@@ -48,9 +52,9 @@ class StyledLayer(nn.Module):
         self.noise = NoiseInput(out_channels)
         self.adain = AdaIN(out_channels, style_dim)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         x = self.conv(x) if self.conv is not None else x
-        return self.adain(leaky(self.noise(x)), w)
+        return self.adain(leaky(self.noise(x, noise)), w)
 
 
 class StyleGANGenerator(GrowingNet):
@@ -97,8 +101,17 @@ class StyleGANGenerator(GrowingNet):
             return [w] * crossover + [mixed] * (count - crossover)
         return [w] * count
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def noise_shapes(self) -> list[tuple[int, int, int]]:
+        """The shape of one image's noise map for each styled layer run at the current stage."""
+        return [(1, 4 * 2 ** k, 4 * 2 ** k) for k in range(self.level + 1) for _ in range(2)]
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None,
+                noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+        if noise is not None and [tuple(n.shape[1:]) for n in noise] != self.noise_shapes():
+            raise ValueError(f"noise maps of shapes {[tuple(n.shape[1:]) for n in noise]} given; the stage "
+                             f"(level {self.level}) takes {self.noise_shapes()} (see noise_shapes())")
         ws = iter(self.layer_styles(z, labels))
+        maps = iter(noise) if noise is not None else None
         x = self.constant.expand(z.size(0), -1, -1, -1)
         previous = x
         for k in range(self.level + 1):
@@ -106,5 +119,6 @@ class StyleGANGenerator(GrowingNet):
                 previous = x
                 x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
             first, second = self.levels[k]
-            x = second(first(x, next(ws)), next(ws))
+            x = first(x, next(ws), next(maps) if maps else None)
+            x = second(x, next(ws), next(maps) if maps else None)
         return self.full_size_image(x, previous, mode="bilinear")
