@@ -9,7 +9,7 @@ import torch
 
 from conftest import NO_EVALUATION, assert_resume_continues_the_run
 from src.models.progan import progressive_stage
-from src.nets.progan import (EqualizedLinear, ProGANDiscriminator, ProGANGenerator, minibatch_stddev,
+from src.nets.progan import (EqualizedLinear, ProGANDiscriminator, ProGANGenerator, blur, minibatch_stddev,
                              pixel_norm)
 from src.utils.checkpoint_loading import load_model
 from src.utils.run import run_training
@@ -153,3 +153,43 @@ def test_reals_are_brought_to_the_stage_and_faded_like_the_fakes():
     assert torch.equal(faded_reals(x, 2, 0.0, 2), at_8)   # a fade starts at the level below
     half = faded_reals(x, 2, 0.5, 2)
     assert torch.allclose(half, (x + at_8) / 2, atol=1e-6)
+
+
+def test_stylegan_discriminator_downsamples_through_the_low_pass_filter(train_cfg):
+    """StyleGAN's critic blurs before each downsampling (SPEC: bilinear down-sampling); ProGAN's
+    does not. The filter keeps flat regions and removes the highest frequency."""
+    flat = blur(torch.full((1, 2, 6, 6), 3.0))
+    assert torch.allclose(flat[..., 1:-1, 1:-1], torch.full((1, 2, 4, 4), 3.0))
+    checkerboard = (torch.arange(6)[:, None] + torch.arange(6)[None, :]) % 2 * 2.0 - 1
+    assert blur(checkerboard[None, None])[..., 1:-1, 1:-1].abs().max() < 1e-6
+    assert hydra.utils.instantiate(train_cfg("model=stylegan").model, _recursive_=False).discriminator.blur
+    assert not hydra.utils.instantiate(train_cfg("model=progan").model, _recursive_=False).discriminator.blur
+    x = torch.randn(2, 3, 16, 16)
+    torch.manual_seed(0)
+    box = ProGANDiscriminator(image_size=16, fmap_base=32, fmap_max=8)
+    torch.manual_seed(0)
+    blurred = ProGANDiscriminator(image_size=16, fmap_base=32, fmap_max=8, blur=True)
+    assert not torch.allclose(box(x), blurred(x))
+    blurred.set_stage(0, 1.0)   # 4x4 alone: no downsampling block runs, so no filter either
+    box.set_stage(0, 1.0)
+    assert torch.equal(box(x), blurred(x))
+
+
+def test_stylegan_takes_its_noise_maps_from_the_caller():
+    G = styled_generator()
+    G.set_stage(1, 0.5)
+    with torch.no_grad():
+        for name, parameter in G.named_parameters():
+            if name.endswith("noise.weight"):
+                parameter.fill_(0.5)
+    assert G.noise_shapes() == [(1, 4, 4), (1, 4, 4), (1, 8, 8), (1, 8, 8)]
+    z = torch.randn(2, 8)
+    noise = [torch.randn(2, *shape) for shape in G.noise_shapes()]
+    G.eval()
+    assert torch.equal(G(z, noise=noise), G(z, noise=noise))
+    other = [n.clone() for n in noise]
+    other[3][1] += 1   # the last layer's map of the second image
+    changed = G(z, noise=other)
+    assert torch.equal(changed[0], G(z, noise=noise)[0]) and not torch.equal(changed[1], G(z, noise=noise)[1])
+    with pytest.raises(ValueError, match="noise_shapes"):
+        G(z, noise=noise[:2])

@@ -77,6 +77,15 @@ def leaky(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, 0.2)
 
 
+def blur(x: torch.Tensor) -> torch.Tensor:
+    """StyleGAN's low-pass filter, [1, 2, 1] x [1, 2, 1] / 16 on each channel (zero padding, as
+    the authors'): run before a 2x2 average pooling, it makes the downsampling bilinear rather
+    than a box filter's."""
+    taps = x.new_tensor([1.0, 2.0, 1.0])
+    kernel = (taps[:, None] * taps[None, :] / 16).expand(x.size(1), 1, 3, 3)
+    return F.conv2d(x, kernel, padding=1, groups=x.size(1))
+
+
 class GrowingNet(nn.Module):
     """The stage both networks share: the top level run and its fade-in weight. Kept as buffers
     too, so a checkpoint loaded for sampling (eval.py) runs at the stage it was trained to; the
@@ -142,10 +151,13 @@ class ProGANGenerator(GrowingNet):
 
 
 class ProGANDiscriminator(GrowingNet):
+    """`blur`: StyleGAN's discriminator, which low-pass filters (`blur`) before each block's
+    downsampling conv; ProGAN's has none."""
+
     def __init__(self, input_nc: int = 3, image_size: int = 256, fmap_base: int = 8192, fmap_max: int = 512,
-                 num_classes: int = 0):
+                 num_classes: int = 0, blur: bool = False):
         super().__init__(image_size)
-        self.num_classes = num_classes
+        self.num_classes, self.blur = num_classes, blur
         channels = level_channels(self.top_level, fmap_base, fmap_max)
         # A conditional critic reads the one-hot label as constant input maps (as DCGAN's).
         self.from_rgb = nn.ModuleList(EqualizedConv2d(input_nc + num_classes, c, 1) for c in channels)
@@ -164,7 +176,8 @@ class ProGANDiscriminator(GrowingNet):
         h = leaky(self.from_rgb[self.level](x))
         for k in range(self.level, 0, -1):
             conv1, conv2 = self.blocks[k - 1]
-            h = F.avg_pool2d(leaky(conv2(leaky(conv1(h)))), 2)
+            h = leaky(conv1(h))
+            h = F.avg_pool2d(leaky(conv2(blur(h) if self.blur else h)), 2)
             if k == self.level and self.alpha < 1.0:   # fading the new level in over the previous one
                 old = leaky(self.from_rgb[k - 1](F.avg_pool2d(x, 2)))
                 h = torch.lerp(old, h, self.alpha)
