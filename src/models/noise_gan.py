@@ -21,6 +21,11 @@ from src.utils.config_checks import require_int
 
 
 class NoiseGAN(NoiseToImageModel):
+    #: the hyperparameter that stores a sample's size, under the name the subclass's constructor
+    #: takes it by (a checkpoint rebuilds the model from its hyperparameters): an image's side
+    #: here, a series' length in RGAN
+    SIZE_HPARAM = "image_size"
+
     def __init__(self, generator: dict, discriminator: dict, loss: dict, optimizer: dict, lr_schedule: dict,
                  init: dict, latent_dim: int = 100, num_classes: int = 0, n_critic: int = 1, image_size: int = 64,
                  channels: int = 3):
@@ -32,7 +37,7 @@ class NoiseGAN(NoiseToImageModel):
                                    "loss": self.loss_cfg, "optimizer": self.optimizer_cfg,
                                    "lr_schedule": self.lr_schedule_cfg, "init": self.init_cfg,
                                    "latent_dim": latent_dim, "num_classes": num_classes, "n_critic": n_critic,
-                                   "image_size": image_size, "channels": channels})
+                                   self.SIZE_HPARAM: image_size, "channels": channels})
         self.latent_dim, self.num_classes, self.n_critic = latent_dim, num_classes, n_critic
         self.image_shape = self.sample_shape(image_size, channels)
         # The critic's steps and the generator's: Lightning's global_step counts each.

@@ -21,14 +21,14 @@ from src.utils.sequence_plot import plot_series
 
 
 class RGAN(NoiseGAN):
+    SIZE_HPARAM = "seq_len"
+
     def __init__(self, generator: dict, discriminator: dict, loss: dict, optimizer: dict, lr_schedule: dict,
                  init: dict, latent_dim: int = 5, num_classes: int = 0, n_critic: int = 1, seq_len: int = 30,
                  channels: int = 1):
         require_int("model.seq_len", seq_len)
         super().__init__(generator, discriminator, loss, optimizer, lr_schedule, init, latent_dim=latent_dim,
                          num_classes=num_classes, n_critic=n_critic, image_size=seq_len, channels=channels)
-        # Stored under this class's own argument name, so a checkpoint rebuilds it.
-        self.hparams["seq_len"] = self.hparams.pop("image_size")
 
     @classmethod
     def data_kind(cls) -> tuple[type, str]:
