@@ -1,5 +1,5 @@
-"""Registry of the public datasets (image translation, and the classic GANs' MNIST-format ones),
-and a command that downloads them.
+"""Registry of the public datasets (image translation, and the classic GANs' MNIST-format ones
+and CIFAR-10), and a command that downloads them.
 
 Usage::
 
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from src.data.cifar import convert_cifar10
 from src.data.mnist import build_idx_dataset
 
 UNPAIRED_LAYOUT = "trainA/ trainB/ testA/ testB/ (unpaired image folders)"
@@ -49,6 +50,9 @@ class DatasetSource:
     # Builds the dataset folder itself (build(target, fetch)) instead of one archive at `url`
     # being unpacked: MNIST's four IDX files become class folders of PNGs.
     build: Callable[[Path, Callable[[str, Path], None]], None] | None = None
+    # Turns the unpacked archive's data folder into the dataset folder (convert(data, target)):
+    # CIFAR-10's binary batches become class folders of PNGs.
+    convert: Callable[[Path, Path], None] | None = None
 
 
 def _cyclegan(name: str, note: str = "") -> DatasetSource:
@@ -100,6 +104,11 @@ DATASETS: dict[str, DatasetSource] = {
         build=build_idx_dataset("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
                                 ["0_tshirt", "1_trouser", "2_pullover", "3_dress", "4_coat", "5_sandal", "6_shirt",
                                  "7_sneaker", "8_bag", "9_ankle_boot"])),
+    # The GAN papers' colour benchmark (Krizhevsky 2009), 32 px, 10 classes.
+    "cifar10": DatasetSource(
+        "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", CLASS_FOLDERS_LAYOUT,
+        "The binary release, written as PNG class folders 0_airplane ... 9_truck (50000 + 10000 images).",
+        convert=convert_cifar10),
     # DRIT (Lee et al. 2018) cat2dog, used by U-GAT-IT and NICE-GAN.
     "cat2dog": DatasetSource(
         "http://vllab.ucmerced.edu/hylee/DRIT/datasets/cat2dog.zip",
@@ -222,6 +231,9 @@ def download(name: str, root: str | Path) -> Path:
             extracted.mkdir()
             extract(archive, extracted)
             built = _dataset_folder_in(extracted, source, name)
+            if source.convert is not None:
+                source.convert(built, scratch / name)
+                built = scratch / name
         if target.exists():
             target.rmdir()  # empty, checked above
         shutil.move(str(built), str(target))
