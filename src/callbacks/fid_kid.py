@@ -7,7 +7,9 @@ DataModule's test split (AtoB: real B vs translate(A); BtoA: real A vs translate
 `eval/fid_AtoB`, `eval/kid_x100_AtoB`, `eval/kid_std_x100_AtoB`, ... and the means over the
 directions `eval/fid`, `eval/kid_x100` (the value to give `optimized_metric` or a monitor).
 A noise-to-image model (GAN, DCGAN, WGAN...) has one stream instead, `samples`: the real test
-images vs as many samples, with the test images' labels when conditional (`eval/fid_samples`).
+images vs as many samples, with the test images' labels when conditional (`eval/fid_samples`),
+and the samples' Inception Score (`eval/is_samples`, `eval/is_std_samples`; its classifier is the
+feature extractor's: Inception's logits, or random_cnn's stand-in).
 
 Under DDP each rank translates a contiguous block of the evaluation set (no padding, so no image
 counts twice) and the torchmetrics states are gathered, so every rank gets the single-process
@@ -26,6 +28,8 @@ from torch.utils.data import DataLoader, Subset
 
 from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
+from src.metrics.inception_score import InceptionScorer
+from src.models.noise_base import SAMPLES
 from src.utils.directions import DIRECTIONS
 
 
@@ -179,6 +183,8 @@ class FidKidCallback(PeriodicEvaluation):
         save_best: write `best_fid.ckpt` whenever `eval/fid` improves.
         dirpath: folder of best_fid.ckpt (null: the checkpoint callback's folder).
         kid_subsets, kid_subset_size: KID protocol (50 subsets of 1000, capped at the set size).
+        inception_score: also score a noise-to-image model's samples with the Inception Score
+            (one more classifier pass over the samples); inception_score_splits: its parts (10).
     """
 
     config_key = "callbacks.fid_kid"
@@ -186,7 +192,8 @@ class FidKidCallback(PeriodicEvaluation):
     def __init__(self, every_n_iters: int = 5000, feature_extractor: str = "auto",
                  feature_extractor_weights_path: str | None = None, max_images: int | None = None,
                  batch_size: int | None = None, directions=DIRECTIONS, save_best: bool = True,
-                 dirpath: str | None = None, kid_subsets: int = 50, kid_subset_size: int = 1000, seed: int = 0):
+                 dirpath: str | None = None, kid_subsets: int = 50, kid_subset_size: int = 1000, seed: int = 0,
+                 inception_score: bool = True, inception_score_splits: int = 10):
         super().__init__(every_n_iters, max_images, batch_size, seed)
         self.directions = tuple(str(d) for d in directions)
         unknown = [d for d in self.directions if d not in DIRECTIONS]
@@ -199,6 +206,8 @@ class FidKidCallback(PeriodicEvaluation):
         self.best_fid = math.inf
         self.best_iteration = -1
         self.scorer: FidKidScorer | None = None
+        self.inception_score, self.inception_score_splits = bool(inception_score), inception_score_splits
+        self.is_scorer: InceptionScorer | None = None
         self._supported: tuple[str, ...] | None = None
 
     def resolve_feature_extractor(self, trainer: pl.Trainer) -> str:
@@ -221,6 +230,9 @@ class FidKidCallback(PeriodicEvaluation):
         self.scorer = FidKidScorer(extractor, kid_subsets=self.kid_subsets, kid_subset_size=self.kid_subset_size,
                                    kid_seed=self.seed)
         rank_zero_info(f"FID/KID: {name} features ({extractor.num_features}-d) every {self.every_n_iters} iterations")
+        if self.inception_score and SAMPLES in self.supported_directions(pl_module):
+            classifier = build_feature_extractor(name, self.feature_extractor_weights_path, output="logits")
+            self.is_scorer = InceptionScorer(classifier, splits=self.inception_score_splits, seed=self.seed)
 
     def supported_directions(self, pl_module: pl.LightningModule) -> tuple[str, ...]:
         """What is scored: the configured directions the model translates, or a noise-to-image
@@ -241,10 +253,17 @@ class FidKidCallback(PeriodicEvaluation):
         metrics = {}
         for direction in directions:
             scorer.reset()
+            is_scorer = self.is_scorer.to(pl_module.device) if self.is_scorer and direction == SAMPLES else None
             for batch in self.evaluation_loader(trainer):
                 real, fake = pl_module.evaluation_pair(batch, direction)
                 scorer.update(real=real, fake=fake)
-            for name, value in scorer.compute().items():
+                if is_scorer is not None:
+                    is_scorer.update(fake)
+            results = scorer.compute()
+            if is_scorer is not None:
+                results.update(is_scorer.compute())
+                is_scorer.reset()
+            for name, value in results.items():
                 metrics[f"eval/{name}_{direction}"] = value
         metrics["eval/fid"] = sum(metrics[f"eval/fid_{d}"] for d in directions) / len(directions)
         metrics["eval/kid_x100"] = sum(metrics[f"eval/kid_x100_{d}"] for d in directions) / len(directions)

@@ -1,14 +1,18 @@
-"""Image feature extractors for FID/KID: images in [-1, 1] -> one feature vector per image.
+"""Image feature extractors for FID/KID (and class logits for the Inception Score): images in
+[-1, 1] -> one vector per image.
 
 `build_feature_extractor(name)` returns a frozen module with a `num_features` attribute that maps
-float images (B, C, H, W) in [-1, 1] (C = 1 is repeated to RGB) to (B, num_features) features:
+float images (B, C, H, W) in [-1, 1] (C = 1 is repeated to RGB) to (B, num_features) features;
+with `output="logits"` it returns class logits instead (`num_features` classes):
 
 * ``inception``: the standard InceptionV3 pool3 (2048-d) of torch-fidelity, as torchmetrics
   wraps it; values are comparable with published FID/KID numbers. Needs torch-fidelity and its
   weights file (downloaded on first use, or given with `weights_path` on offline machines).
+  Logits: its 1008 unbiased logits, as torch-fidelity's Inception Score takes them.
 * ``random_cnn``: a small randomly initialised conv net with fixed weights (seed 0). No download,
   fast on CPU: for tests and the embedded dataset. Its values are only comparable between runs
-  that use this same extractor, never with papers.
+  that use this same extractor, never with papers. Logits: a fixed random linear map of its
+  features to 10 "classes".
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ import torch
 import torch.nn as nn
 
 FEATURE_EXTRACTORS = ("inception", "random_cnn")
+#: what an extractor returns: the features FID/KID compare, or the class logits IS reads
+OUTPUTS = ("features", "logits")
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 
 
@@ -117,14 +123,31 @@ def check_plain_weights_file(weights_path: str) -> None:
             f"({type(error).__name__}: {error}); use the file torch-fidelity downloads.") from error
 
 
+class RandomCNNLogits(RandomCNNFeatures):
+    """RandomCNNFeatures through a fixed random linear map to `classes` logits (seed 1): a
+    download-free stand-in classifier for the Inception Score's plumbing."""
+
+    def __init__(self, seed: int = 0, classes: int = 10):
+        super().__init__(seed)
+        generator = torch.Generator().manual_seed(seed + 1)
+        self.register_buffer("head", torch.randn(self.num_features, classes, generator=generator))
+        self.num_features = classes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return super().forward(images) @ self.head
+
+
 class InceptionFeatures(FrozenExtractor):
-    """InceptionV3 pool3 features (2048-d) as torch-fidelity computes them, through torchmetrics'
-    `NoTrainInceptionV3`: it takes uint8 images in [0, 255] and resizes them to 299x299 itself."""
+    """InceptionV3 pool3 features (2048-d), or its 1008 unbiased logits (`output="logits"`), as
+    torch-fidelity computes them, through torchmetrics' `NoTrainInceptionV3`: it takes uint8
+    images in [0, 255] and resizes them to 299x299 itself."""
 
-    num_features = 2048
+    #: torch-fidelity's name of each output, and its width
+    OUTPUT_LAYERS = {"features": ("2048", 2048), "logits": ("logits_unbiased", 1008)}
 
-    def __init__(self, weights_path: str | None = None):
+    def __init__(self, weights_path: str | None = None, output: str = "features"):
         super().__init__()
+        layer, self.num_features = self.OUTPUT_LAYERS[output]
         if not torch_fidelity_available():
             raise InceptionUnavailable("the package torch-fidelity is not installed.")
         if weights_path is not None:
@@ -132,7 +155,7 @@ class InceptionFeatures(FrozenExtractor):
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         try:
-            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[layer],
                                           feature_extractor_weights_path=weights_path)
         except Exception as error:  # a failed download or an unreadable weights file
             raise InceptionUnavailable(f"loading the weights failed ({type(error).__name__}: {error}).") from error
@@ -144,16 +167,19 @@ class InceptionFeatures(FrozenExtractor):
 
 
 def build_feature_extractor(name: str, weights_path: str | None = None, device: torch.device | str | None = None,
-                            settings: str = "callbacks.fid_kid.") -> nn.Module:
-    """The named extractor ("inception" or "random_cnn"), frozen, on `device`; errors name the
-    caller's settings under the config prefix `settings`."""
+                            settings: str = "callbacks.fid_kid.", output: str = "features") -> nn.Module:
+    """The named extractor ("inception" or "random_cnn"), frozen, on `device`, returning features
+    or class logits (`output`); errors name the caller's settings under the config prefix
+    `settings`."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output={output!r} must be one of {', '.join(OUTPUTS)}")
     if name == "inception":
         try:
-            extractor = InceptionFeatures(weights_path)
+            extractor = InceptionFeatures(weights_path, output)
         except InceptionUnavailable as error:
             raise InceptionUnavailable(error.reason, settings) from error.__cause__
     elif name == "random_cnn":
-        extractor = RandomCNNFeatures()
+        extractor = RandomCNNFeatures() if output == "features" else RandomCNNLogits()
     else:
         raise ValueError(f"feature_extractor={name!r} must be one of {', '.join(FEATURE_EXTRACTORS)} (or auto).")
     return extractor.to(device) if device is not None else extractor

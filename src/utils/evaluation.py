@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src.metrics.features import build_feature_extractor
+from src.metrics.inception_score import InceptionScorer
 from src.metrics.fid_kid import FidKidScorer
 from src.metrics.mmd import mmd2_unbiased
 from src.metrics.shapes_truth import ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta
@@ -23,7 +24,7 @@ from src.utils.translation import resolve_device, save_png, to_uint8_images
 
 log = logging.getLogger(__name__)
 
-TABLE_COLUMNS = ("fid", "kid_x100", "mmd2", "iou", "color_error", "l1", "psnr", "ssim")
+TABLE_COLUMNS = ("fid", "kid_x100", "is", "mmd2", "iou", "color_error", "l1", "psnr", "ssim")
 
 
 def data_config(cfg: DictConfig) -> DictConfig:
@@ -127,17 +128,21 @@ def evaluate_direction(model, loader, direction: str, n_source: int, n_target: i
     return metrics
 
 
-def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sample_dir: Path) -> dict[str, float]:
+def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sample_dir: Path,
+                     is_scorer: InceptionScorer | None = None) -> dict[str, float]:
     """One sample per test image (its latent fixed by the image's index, of its class when the
-    model is conditional), written to `sample_dir/<index>.png`, scored against the test images."""
+    model is conditional), written to `sample_dir/<index>.png`, scored against the test images
+    (and by the Inception Score, given `is_scorer`)."""
     sample_dir.mkdir(parents=True, exist_ok=True)
     scorer.reset()
     for batch in loader:
         real, fake = model.evaluation_pair(batch, SAMPLES)
         scorer.update(real=real, fake=fake)
+        if is_scorer is not None:
+            is_scorer.update(fake)
         for index, image in zip(batch["index"].tolist(), to_uint8_images(fake)):
             save_png(image, sample_dir / f"{index:06d}.png")
-    return scorer.compute()
+    return {**scorer.compute(), **(is_scorer.compute() if is_scorer is not None else {})}
 
 
 def evaluate_series(model: NoiseToImageModel, loader, output_dir: Path) -> dict[str, float]:
@@ -158,13 +163,27 @@ def evaluate_series(model: NoiseToImageModel, loader, output_dir: Path) -> dict[
     return {"mmd2": mmd2_unbiased(real, fake)}
 
 
+def feature_extractor_name(cfg: DictConfig, datamodule) -> str:
+    """The extractor eval's settings ask for (`auto`: the data's choice)."""
+    name = cfg.feature_extractor
+    return getattr(datamodule, "feature_extractor", "inception") if name == "auto" else name
+
+
 def fid_kid_scorer(cfg: DictConfig, datamodule, device) -> tuple[FidKidScorer, str]:
     """The FID/KID scorer eval's settings ask for, and the name of its feature extractor."""
-    name = cfg.feature_extractor
-    if name == "auto":
-        name = getattr(datamodule, "feature_extractor", "inception")
+    name = feature_extractor_name(cfg, datamodule)
     extractor = build_feature_extractor(name, cfg.get("feature_extractor_weights_path"), device, settings="")
     return FidKidScorer(extractor, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size).to(device), name
+
+
+def inception_scorer(cfg: DictConfig, datamodule, device) -> InceptionScorer | None:
+    """The Inception Score of the samples, when eval's `inception_score` asks for it, with the
+    FID/KID extractor's classifier."""
+    if not cfg.get("inception_score", True):
+        return None
+    classifier = build_feature_extractor(feature_extractor_name(cfg, datamodule),
+                                         cfg.get("feature_extractor_weights_path"), device, settings="", output="logits")
+    return InceptionScorer(classifier, splits=cfg.get("inception_score_splits", 10)).to(device)
 
 
 def evaluate_translations(model, datamodule, dataset, loader, scorer: FidKidScorer, output_dir: Path,
@@ -218,7 +237,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
     elif generates:
         scorer, report["feature_extractor"] = fid_kid_scorer(cfg, datamodule, device)
         directions = {SAMPLES: {"real": len(dataset), "generated": len(dataset), "output": SAMPLES}}
-        results = {SAMPLES: evaluate_samples(model, loader, scorer, output_dir / SAMPLES)}
+        results = {SAMPLES: evaluate_samples(model, loader, scorer, output_dir / SAMPLES,
+                                             inception_scorer(cfg, datamodule, device))}
     else:
         scorer, report["feature_extractor"] = fid_kid_scorer(cfg, datamodule, device)
         report["data_direction"] = datamodule.direction

@@ -1,0 +1,71 @@
+"""The Inception Score of generated images (Salimans et al. 2016), the headline metric of the
+WGAN-GP and ProGAN papers' CIFAR-10 tables: exp(E_x KL(p(y|x) || p(y))), its mean and standard
+deviation over `splits` (10) parts of the samples, as torch-fidelity computes it (the 1008
+unbiased Inception logits) and torchmetrics' `InceptionScore` implements it.
+
+`InceptionScorer` runs its classifier itself and hands torchmetrics the logits (an identity
+"feature network"), for the same reasons as FidKidScorer, and fixes two things for DDP and
+reproducibility: the logits are gathered concatenated in rank order (torchmetrics gathers its
+list state element by element) and the shuffle before splitting comes from a fixed seed, so
+two ranks give the single-process value and a run's score does not depend on the training RNG.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn as nn
+from torchmetrics.image.inception import InceptionScore
+from torchmetrics.utilities.data import dim_zero_cat
+
+from src.metrics.fid_kid import PrecomputedFeatures
+
+
+class SeededInceptionScore(InceptionScore):
+    """torchmetrics' Inception Score with the logits gathered concatenated and the split shuffle
+    drawn from `seed`; `splits` is capped so each part holds at least two images."""
+
+    def __init__(self, *args, seed: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seed, self.max_splits = seed, self.splits
+        self.add_state("features", [], dist_reduce_fx="cat")
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        count = len(dim_zero_cat(self.features))   # after the DDP sync: every rank's samples
+        if count < 2:
+            raise RuntimeError(f"The Inception Score needs at least 2 generated images, got {count}")
+        self.splits = max(1, min(self.max_splits, count // 2))
+        with torch.random.fork_rng(devices=[]):   # the shuffle uses the CPU generator only
+            torch.default_generator.manual_seed(self.seed)
+            return super().compute()
+
+
+class InceptionScorer(nn.Module):
+    """`update(images)` once per batch of generated images in [-1, 1], then `compute()`:
+    ``{"is", "is_std"}`` (the std is 0 when the samples make one split). Under DDP every rank
+    calls both; `compute()` syncs."""
+
+    def __init__(self, classifier: nn.Module, splits: int = 10, seed: int = 0):
+        super().__init__()
+        if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
+            raise ValueError(f"inception_score_splits={splits!r} must be an integer >= 1 "
+                             "(callbacks.fid_kid.inception_score_splits in training, inception_score_splits in eval.py)")
+        self.classifier = classifier
+        self.num_classes = int(classifier.num_features)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+            self.metric = SeededInceptionScore(feature=PrecomputedFeatures(self.num_classes), splits=splits, seed=seed)
+
+    @torch.no_grad()
+    def update(self, images: torch.Tensor) -> None:
+        self.metric.update(self.classifier(images).double())
+
+    def compute(self) -> dict[str, float]:
+        if not self.metric.features:   # a rank with no samples still joins the gather, with the right shape
+            device = next((p.device for p in self.classifier.parameters()), torch.device("cpu"))
+            self.metric.features.append(torch.empty(0, self.num_classes, dtype=torch.float64, device=device))
+        mean, std = self.metric.compute()
+        return {"is": float(mean), "is_std": 0.0 if self.metric.splits == 1 else float(std)}
+
+    def reset(self) -> None:
+        self.metric.reset()

@@ -1,0 +1,70 @@
+"""The Inception Score of generated samples: torchmetrics' formula on a classifier's logits,
+reproducible whatever the training RNG, its splits capped for small sample sets, and the
+download-free stand-in classifier fixed across processes."""
+import math
+
+import pytest
+import torch
+
+from src.metrics.features import build_feature_extractor
+from src.metrics.inception_score import InceptionScorer
+
+
+class GivenLogits(torch.nn.Module):
+    """A 'classifier' whose inputs are already its logits."""
+
+    def __init__(self, classes: int):
+        super().__init__()
+        self.num_features = classes
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits
+
+
+def score(logits: torch.Tensor, splits: int, batches: int = 1) -> dict:
+    scorer = InceptionScorer(GivenLogits(logits.size(1)), splits=splits)
+    for part in logits.chunk(batches):
+        scorer.update(part)
+    return scorer.compute()
+
+
+def test_the_score_is_the_exponentiated_kl_of_the_predictions_from_their_marginal():
+    confident = torch.eye(4).repeat(5, 1) * 50   # 20 samples, each sure of its class, the 4 classes balanced
+    assert score(confident, splits=1)["is"] == pytest.approx(4.0, rel=1e-6)
+    assert score(confident[:1].repeat(20, 1), splits=1)["is"] == pytest.approx(1.0, abs=1e-6)   # one class only
+    logits = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))
+    p = logits.double().softmax(1)
+    expected = math.exp(float((p * (p.log() - p.mean(0, keepdim=True).log())).sum(1).mean()))
+    single = score(logits, splits=1)
+    assert single["is"] == pytest.approx(expected, rel=1e-9) and single["is_std"] == 0.0
+    # Batching does not change it.
+    assert score(logits, splits=1, batches=4)["is"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_the_split_shuffle_is_seeded_and_splits_are_capped():
+    logits = torch.randn(40, 6, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(5)
+    first = score(logits, splits=10)
+    torch.manual_seed(6)
+    state = torch.get_rng_state()
+    second = score(logits, splits=10)
+    assert first == second and first["is_std"] > 0
+    assert torch.equal(torch.get_rng_state(), state)   # the training RNG is left as it was
+    # 6 samples: 3 parts of 2, not 10 parts (some empty, some of one sample).
+    scorer = InceptionScorer(GivenLogits(6), splits=10)
+    scorer.update(logits[:6])
+    assert math.isfinite(scorer.compute()["is_std"]) and scorer.metric.splits == 3
+    with pytest.raises(RuntimeError, match="at least 2 generated images"):
+        score(logits[:1], splits=10)
+    with pytest.raises(ValueError, match="inception_score_splits=0"):
+        InceptionScorer(GivenLogits(6), splits=0)
+
+
+def test_the_download_free_classifier_is_fixed_and_gives_ten_logits():
+    first, second = (build_feature_extractor("random_cnn", output="logits") for _ in range(2))
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    assert first(images).shape == (3, 10) and first.num_features == 10
+    assert torch.equal(first(images), second(images))
+    assert build_feature_extractor("random_cnn").num_features == 480   # the FID features are unchanged
+    with pytest.raises(ValueError, match="output='probs'"):
+        build_feature_extractor("random_cnn", output="probs")
