@@ -163,6 +163,30 @@ def test_each_multirun_job_is_its_own_wandb_run(ddp_sweep):
     assert len(set(ids)) == len(ids)
 
 
+# (data: both iterations in the first epoch, where the ranks never share an item; RGAN takes 5
+# critic batches per iteration)
+@pytest.mark.parametrize("model_name,data,metric", [
+    ("stylegan", ["data.max_dataset_size=16"], "eval/fid_samples"),
+    ("rgan", ["data.max_dataset_size=64", "data.batch_size=2"], "eval/mmd2_samples")])
+def test_noise_models_run_under_the_subprocess_ddp_launcher_with_wandb(tmp_path, shared_data_dir, model_name,
+                                                                        data, metric):
+    """A noise-to-image model and a series model through `trainer=ddp_sim` (Lightning's
+    subprocess launcher, as `trainer=ddp`), on their own data, with the EMA and wandb offline:
+    both ranks train on their own items to the same weights, the sampling callbacks see the
+    EMA, and the run's wandb record holds the sample metric."""
+    run_train(f"model={model_name}", "trainer=ddp_sim", "logger=wandb", PROBE, *EMA, *data,
+              cwd=tmp_path, data_dir=shared_data_dir, wandb_mode="offline")
+    (run_dir,) = (tmp_path / "logs" / "smoke" / "runs").iterdir()
+    probes = rank_probes(run_dir)
+    assert_ranks_agree_on_different_data(probes)
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["ema"]["state_dict"]
+    for name, value in checkpoint["ema"]["state_dict"].items():
+        assert torch.equal(probes[0]["sampled_params"][name], value), name
+    (record,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    assert metric.encode() in record.read_bytes()
+
+
 # ----- Optuna under DDP ------------------------------------------------------------------------
 
 def test_optuna_sweep_under_ddp_gives_both_ranks_the_same_trial(tmp_path, shared_data_dir):
@@ -483,6 +507,34 @@ def test_hparams_search_configs_search_keys_the_model_has(compose_with_hydra, mo
     assert cfg.optimized_metric == "truth/AtoB/iou" and cfg.hydra.sweeper.direction == "maximize"
     for key in cfg.hydra.sweeper.params:
         assert OmegaConf.select(cfg, key) is not None, key
+
+
+@pytest.mark.parametrize("model_name", ["dcgan", "wgangp", "stylegan"])
+def test_the_noise_models_search_config_searches_keys_each_has(compose_with_hydra, model_name):
+    cfg = compose_with_hydra("hparams_search=noise_optuna", f"model={model_name}")
+    assert cfg.model_name == model_name and cfg.hydra.mode.name == "MULTIRUN"
+    assert cfg.optimized_metric == "eval/fid_samples" and cfg.hydra.sweeper.direction == "minimize"
+    for key in cfg.hydra.sweeper.params:
+        assert OmegaConf.select(cfg, key) is not None, key
+
+
+def test_a_noise_model_search_minimises_the_sample_fid(tmp_path, shared_data_dir):
+    """Two trials of `hparams_search=noise_optuna`: each trial trains with the values it drew
+    (the critic steps with as many real batches: setup refuses a mismatch) and returns its
+    samples' FID to the sweeper."""
+    run_train("hparams_search=noise_optuna", "hydra.sweeper.n_trials=2", "data.max_dataset_size=16",
+              cwd=tmp_path, data_dir=shared_data_dir)
+    sweep = the_sweep_dir(tmp_path)
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert set(results.best_params) == {"model.optimizer.lr", "model.n_critic"}
+    assert math.isfinite(results.best_value)
+    learning_rates = []
+    for job in job_dirs(sweep):
+        drawn = OmegaConf.load(job / ".hydra" / "config.yaml").model
+        hparams = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
+        assert (hparams["n_critic"], hparams["optimizer"]["lr"]) == (drawn.n_critic, drawn.optimizer.lr)
+        learning_rates.append(drawn.optimizer.lr)
+    assert len(learning_rates) == 2 and learning_rates[0] != learning_rates[1]
 
 
 def test_eval_and_translate_load_the_ema_weights(ddp_sweep):

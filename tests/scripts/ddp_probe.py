@@ -3,8 +3,8 @@
 Added from the command line (`+callbacks.rank_probe._target_=tests.scripts.ddp_probe.RankProbe`),
 so it runs in every rank of a `python src/train.py` subprocess, launched ranks included. Each
 rank writes `rank_probe_<global rank>.pt` into its run dir when fit ends: the images it trained
-on, its RNG state at the first batch, the weights the sampling callbacks saw at train end (the
-EMA when enabled) and the trained weights.
+on (series: their indices), its RNG state at the first batch, the weights the sampling
+callbacks saw at train end (the EMA when enabled) and the trained weights.
 """
 from pathlib import Path
 
@@ -22,8 +22,10 @@ class RankProbe(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.rng_state_at_first_batch is None:
             self.rng_state_at_first_batch = torch.get_rng_state()
-        # A labelled batch (noise-to-image models) has one image domain.
-        self.paths.extend(zip(batch["A_path"], batch.get("B_path", batch["A_path"])))
+        # A labelled batch (noise-to-image models) has one image domain; a series batch (RGAN)
+        # names its items by index.
+        names = batch["A_path"] if "A_path" in batch else batch["index"].tolist()
+        self.paths.extend(zip(names, batch.get("B_path", names)))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.sampled_params = {n: p.detach().cpu().clone() for n, p in pl_module.named_parameters()}
