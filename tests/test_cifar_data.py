@@ -12,6 +12,7 @@ from PIL import Image
 
 import src.data.download as download_module
 from src.data.cifar import CLASS_FOLDERS, RECORD_BYTES, SPLIT_FILES, read_cifar_records
+from test_mnist_data import downloaded_data
 
 PER_FILE = {"train": 4, "test": 10}   # 5 x 4 training images, every class in the test split
 
@@ -64,12 +65,7 @@ def test_download_writes_class_folders_with_every_pixel(fake_release, tmp_path):
 
 
 def test_cifar10_config_trains_a_noise_model_on_it(fake_release, tmp_path, train_cfg):
-    root = tmp_path / "data"
-    download_module.download("cifar10", root)
-    cfg = train_cfg("model=wgangp", "data=cifar10", f"data.data_dir={root / 'cifar10'}", "data.num_workers=0",
-                    "data.persistent_workers=false", "data.max_dataset_size=null")
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.setup("fit")
+    cfg, datamodule = downloaded_data(train_cfg, tmp_path / "data", "cifar10", "wgangp")
     assert datamodule.num_classes == 10
     batch = datamodule.sample_batch(3)
     assert batch["A"].shape == (3, 3, 32, 32)

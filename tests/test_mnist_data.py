@@ -58,13 +58,19 @@ def test_download_writes_class_folders_with_every_pixel(fake_mirror, tmp_path):
             assert np.array_equal(np.asarray(Image.open(path)), image)
 
 
-def test_mnist_config_trains_the_noise_models_on_it(fake_mirror, tmp_path, train_cfg):
-    root = tmp_path / "data"
-    download_module.download("mnist", root)
-    cfg = train_cfg("model=dcgan", "data=mnist", f"data.data_dir={root / 'mnist'}", "data.num_workers=0",
+def downloaded_data(train_cfg, root: Path, name: str, model_name: str):
+    """(config, set-up DataModule) of `model=<model_name> data=<name>` on the dataset the
+    (faked) download writes under `root`, read in-process."""
+    download_module.download(name, root)
+    cfg = train_cfg(f"model={model_name}", f"data={name}", f"data.data_dir={root / name}", "data.num_workers=0",
                     "data.persistent_workers=false", "data.max_dataset_size=null")
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.setup("fit")
+    return cfg, datamodule
+
+
+def test_mnist_config_trains_the_noise_models_on_it(fake_mirror, tmp_path, train_cfg):
+    cfg, datamodule = downloaded_data(train_cfg, tmp_path / "data", "mnist", "dcgan")
     assert datamodule.num_classes == 10
     batch = datamodule.sample_batch(4)
     assert batch["A"].shape == (4, 1, 32, 32) and batch["label"].tolist() == [0, 1, 2, 3]
