@@ -27,6 +27,9 @@ RECIPES = {"gan": ("vanilla", 1, torch.optim.Adam), "cgan": ("vanilla", 1, torch
            "dcgan": ("vanilla", 1, torch.optim.Adam), "wgan": ("wgan", 5, torch.optim.RMSprop),
            "wgangp": ("wgangp", 5, torch.optim.Adam), "lsgan": ("lsgan", 1, torch.optim.Adam),
            "infogan": ("vanilla", 1, torch.optim.Adam)}
+# model -> the distribution its code draws z from
+LATENTS = {"gan": "uniform", "cgan": "uniform", "dcgan": "uniform", "wgan": "normal", "wgangp": "normal",
+           "lsgan": "uniform", "infogan": "uniform"}
 
 
 def build(cfg):
@@ -49,6 +52,19 @@ def test_each_paper_recipe_composes(train_cfg, name):
     assert model.discriminator(images, labels).shape == (3, 1)
     optimizers, _ = model.configure_optimizers()
     assert all(type(opt) is optimizer for opt in optimizers)
+    # z from the paper's code's distribution, in training and for the evaluation's item latents
+    assert model.latent_distribution == LATENTS[name]
+    trained_on, evaluated_on = model.sample_latent(256)[0], model.noise_for(torch.arange(256))
+    for latent in (trained_on[:, :model.latent_dim], evaluated_on[:, :model.latent_dim]):
+        if LATENTS[name] == "uniform":
+            assert latent.abs().max() <= 1 and abs(latent.std() - 3 ** -0.5) < 0.02
+        else:
+            assert latent.abs().max() > 2.5 and abs(latent.std() - 1) < 0.02
+
+
+def test_an_unknown_latent_distribution_is_named(train_cfg):
+    with pytest.raises(InstantiationException, match="latent_distribution='cauchy' must be one of normal, uniform"):
+        build(train_cfg("model=dcgan", "model.latent_distribution=cauchy"))
 
 
 @pytest.mark.parametrize("name", ["dcgan", "wgangp", "cgan", "infogan"])

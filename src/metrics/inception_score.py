@@ -48,8 +48,8 @@ class InceptionScorer(nn.Module):
     def __init__(self, classifier: nn.Module, splits: int = 10, seed: int = 0):
         super().__init__()
         if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
-            raise ValueError(f"inception_score_splits={splits!r} must be an integer >= 1 "
-                             "(callbacks.fid_kid.inception_score_splits in training, inception_score_splits in eval.py)")
+            raise ValueError(f"inception_score_splits={splits!r} must be an integer >= 1 (callbacks.fid_kid."
+                             "inception_score_splits in training, inception_score_splits in eval.py)")
         self.classifier = classifier
         self.num_classes = int(classifier.num_features)
         with warnings.catch_warnings():

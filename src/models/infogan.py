@@ -61,11 +61,11 @@ class InfoGAN(NoiseGAN):
     def sample_latent(self, n: int) -> tuple[torch.Tensor, dict]:
         codes = {"categorical": [torch.randint(k, (n,), device=self.device) for k in self.categorical_codes],
                  "continuous": torch.rand(n, self.continuous_codes, device=self.device) * 2 - 1}
-        z = torch.randn(n, self.latent_dim, device=self.device)
+        z = self.noise(n, self.latent_dim)
         return self.latent_with_codes(z, codes["categorical"], codes["continuous"]), codes
 
     def latent_of_item(self, rng: torch.Generator) -> torch.Tensor:
-        z = torch.randn(1, self.latent_dim, generator=rng)
+        z = self.noise(1, self.latent_dim, rng=rng)
         categorical = [torch.randint(k, (1,), generator=rng) for k in self.categorical_codes]
         continuous = torch.rand(1, self.continuous_codes, generator=rng) * 2 - 1
         return self.latent_with_codes(z, categorical, continuous)[0]

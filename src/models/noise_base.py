@@ -26,6 +26,8 @@ SAMPLES = "samples"
 NOISE_SEED = 1_000_003
 #: the same for the noise maps a generator draws inside (kept apart from the latents' streams)
 NOISE_MAP_SEED = 2_000_003
+#: what a latent's noise is drawn from: N(0, 1), or U(-1, 1) (the GAN, DCGAN, LSGAN and InfoGAN code's)
+LATENT_DISTRIBUTIONS = ("normal", "uniform")
 
 
 class NoiseToImageModel(AdversarialModel):
@@ -35,6 +37,7 @@ class NoiseToImageModel(AdversarialModel):
 
     generator: nn.Module
     latent_dim: int
+    latent_distribution: str = "normal"
     num_classes: int
     image_shape: tuple[int, int, int]
 
@@ -93,7 +96,15 @@ class NoiseToImageModel(AdversarialModel):
 
     def latent_of_item(self, rng: torch.Generator) -> torch.Tensor:
         """One generator input drawn from `rng` (a model with structured codes draws those too)."""
-        return torch.randn(self.latent_dim, generator=rng)
+        return self.noise(self.latent_dim, rng=rng)
+
+    def noise(self, *shape: int, rng: torch.Generator | None = None) -> torch.Tensor:
+        """Latent noise of `shape` from `latent_distribution`: from the item stream `rng` on the
+        CPU when given, else from the global stream on the model's device."""
+        device = "cpu" if rng is not None else self.device
+        if self.latent_distribution == "uniform":
+            return torch.rand(shape, generator=rng, device=device) * 2 - 1
+        return torch.randn(shape, generator=rng, device=device)
 
     def noise_maps_for(self, indices: torch.Tensor) -> list[torch.Tensor] | None:
         """The noise maps of the generator's layers for each item (batched per layer), drawn from

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from src.losses import gradient_penalty
 from src.models.base import build_net, to_plain
-from src.models.noise_base import NoiseToImageModel
+from src.models.noise_base import LATENT_DISTRIBUTIONS, NoiseToImageModel
 from src.utils.config_checks import require_int
 
 
@@ -28,17 +28,22 @@ class NoiseGAN(NoiseToImageModel):
 
     def __init__(self, generator: dict, discriminator: dict, loss: dict, optimizer: dict, lr_schedule: dict,
                  init: dict, latent_dim: int = 100, num_classes: int = 0, n_critic: int = 1, image_size: int = 64,
-                 channels: int = 3):
+                 channels: int = 3, latent_distribution: str = "normal"):
         super().__init__(loss=loss, optimizer=optimizer, lr_schedule=lr_schedule, init=init)
         for key, value, least in (("latent_dim", latent_dim, 1), ("num_classes", num_classes, 0),
                                   ("n_critic", n_critic, 1), ("channels", channels, 1)):
             require_int(f"model.{key}", value, least)
+        if latent_distribution not in LATENT_DISTRIBUTIONS:
+            raise ValueError(f"model.latent_distribution={latent_distribution!r} must be one of "
+                             f"{', '.join(LATENT_DISTRIBUTIONS)}")
         self.save_hyperparameters({"generator": to_plain(generator), "discriminator": to_plain(discriminator),
                                    "loss": self.loss_cfg, "optimizer": self.optimizer_cfg,
                                    "lr_schedule": self.lr_schedule_cfg, "init": self.init_cfg,
                                    "latent_dim": latent_dim, "num_classes": num_classes, "n_critic": n_critic,
-                                   self.SIZE_HPARAM: image_size, "channels": channels})
+                                   self.SIZE_HPARAM: image_size, "channels": channels,
+                                   "latent_distribution": latent_distribution})
         self.latent_dim, self.num_classes, self.n_critic = latent_dim, num_classes, n_critic
+        self.latent_distribution = latent_distribution
         self.image_shape = self.sample_shape(image_size, channels)
         # The critic's steps and the generator's: Lightning's global_step counts each.
         self.optimizer_steps_per_iter = n_critic + 1
@@ -80,7 +85,7 @@ class NoiseGAN(NoiseToImageModel):
 
     def sample_latent(self, n: int) -> tuple[torch.Tensor, dict | None]:
         """The generator's input for n images, and the codes in it a model must recover (InfoGAN)."""
-        return torch.randn(n, self.latent_dim, device=self.device), None
+        return self.noise(n, self.latent_dim), None
 
     def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None,
                            codes: dict | None = None) -> dict:

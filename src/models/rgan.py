@@ -25,10 +25,11 @@ class RGAN(NoiseGAN):
 
     def __init__(self, generator: dict, discriminator: dict, loss: dict, optimizer: dict, lr_schedule: dict,
                  init: dict, latent_dim: int = 5, num_classes: int = 0, n_critic: int = 1, seq_len: int = 30,
-                 channels: int = 1):
+                 channels: int = 1, latent_distribution: str = "normal"):
         require_int("model.seq_len", seq_len)
         super().__init__(generator, discriminator, loss, optimizer, lr_schedule, init, latent_dim=latent_dim,
-                         num_classes=num_classes, n_critic=n_critic, image_size=seq_len, channels=channels)
+                         num_classes=num_classes, n_critic=n_critic, image_size=seq_len, channels=channels,
+                         latent_distribution=latent_distribution)
 
     @classmethod
     def data_kind(cls) -> tuple[type, str]:
@@ -55,10 +56,10 @@ class RGAN(NoiseGAN):
                 f"model.channels), but the data gives {got}: make data.seq_len and data.channels match")
 
     def sample_latent(self, n: int) -> tuple[torch.Tensor, dict | None]:
-        return torch.randn(n, self.image_shape[0] * self.latent_dim, device=self.device), None
+        return self.noise(n, self.image_shape[0] * self.latent_dim), None
 
     def latent_of_item(self, rng: torch.Generator) -> torch.Tensor:
-        return torch.randn(self.image_shape[0] * self.latent_dim, generator=rng)
+        return self.noise(self.image_shape[0] * self.latent_dim, rng=rng)
 
     def evaluation_streams(self, configured: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
         return (), {"samples": "time series, not images (callbacks.sample_mmd scores them)"}

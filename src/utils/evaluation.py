@@ -181,8 +181,8 @@ def inception_scorer(cfg: DictConfig, datamodule, device) -> InceptionScorer | N
     FID/KID extractor's classifier."""
     if not cfg.get("inception_score", True):
         return None
-    classifier = build_feature_extractor(feature_extractor_name(cfg, datamodule),
-                                         cfg.get("feature_extractor_weights_path"), device, settings="", output="logits")
+    name, weights = feature_extractor_name(cfg, datamodule), cfg.get("feature_extractor_weights_path")
+    classifier = build_feature_extractor(name, weights, device, settings="", output="logits")
     return InceptionScorer(classifier, splits=cfg.get("inception_score_splits", 10)).to(device)
 
 
