@@ -240,20 +240,34 @@ def test_eval_scores_and_writes_samples_and_translate_refuses(train_cfg, tmp_pat
     run_training(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     data = cfg.data
-    eval_cfg = compose_train_cfg([f"ckpt_path={ckpt}", "data=shapes_labelled", f"data.size={data.size}",
-                                  f"data.max_dataset_size={data.max_dataset_size}", "batch_size=5"],
-                                 tmp_path / "eval", shared_data_dir, config_name="eval")
-    try:
-        results = run_evaluation(eval_cfg)
-    finally:
-        GlobalHydra.instance().clear()
+
+    def evaluate(name: str, *overrides: str) -> tuple[dict, Path]:
+        eval_cfg = compose_train_cfg([f"ckpt_path={ckpt}", "data=shapes_labelled", f"data.size={data.size}",
+                                      f"data.max_dataset_size={data.max_dataset_size}", *overrides],
+                                     tmp_path / name, shared_data_dir, config_name="eval")
+        try:
+            return run_evaluation(eval_cfg), Path(eval_cfg.output_dir)
+        finally:
+            GlobalHydra.instance().clear()
+
+    results, out = evaluate("eval", "batch_size=5")
     assert set(results) == {"samples"} and math.isfinite(results["samples"]["fid"])
     assert results["samples"]["is"] >= 1.0
-    out = Path(eval_cfg.output_dir)
     written = sorted(p.name for p in (out / "samples").glob("*.png"))
     assert written == [f"{i:06d}.png" for i in range(2 * data.max_dataset_size)]   # two classes
     report = json.loads((out / "metrics.json").read_text())
     assert report["directions"]["samples"]["generated"] == len(written)
+    # The papers' protocol: N samples against the training images. Sample i keeps its latent
+    # (and here its class: item 3 is a disc in both splits) whatever the reference split.
+    results, out_train = evaluate("eval_train", "batch_size=2", "real_split=train", "num_samples=5")
+    assert math.isfinite(results["samples"]["fid"])
+    assert sorted(p.name for p in (out_train / "samples").glob("*.png")) == [f"{i:06d}.png" for i in range(5)]
+    report = json.loads((out_train / "metrics.json").read_text())["directions"]["samples"]
+    assert (report["real_split"], report["generated"]) == ("train", 5)
+    same = [np.asarray(Image.open(folder / "samples" / "000003.png"), dtype=int) for folder in (out, out_train)]
+    assert np.abs(same[0] - same[1]).max() <= 1   # (rounding may differ with the batch size)
+    with pytest.raises(ValueError, match="real_split='val' must be train or test"):
+        evaluate("eval_bad", "real_split=val")
     model = load_model(ckpt)
     assert type(model).__name__ == "NoiseGAN" and model.num_classes == 2
     with pytest.raises(ValueError, match="translate.py is for the translation models"):
@@ -316,3 +330,16 @@ def test_sample_scores_under_ddp_equal_the_single_process_values(train_cfg, tmp_
         torch.set_num_threads(threads)
     for key in ("eval/fid_samples", "eval/kid_x100_samples", "eval/is_samples", "eval/is_std_samples"):
         assert ddp[key] == pytest.approx(single[key], rel=1e-5, abs=1e-6), key
+
+
+def test_the_sample_protocol_settings_are_for_image_noise_models_only(train_cfg):
+    from omegaconf import OmegaConf
+
+    from src.utils.evaluation import sample_protocol
+    settings = OmegaConf.create({"real_split": "train", "num_samples": 50})
+    assert sample_protocol(settings, build(train_cfg("model=dcgan"))) == ("train", 50)
+    for model_name in ("cyclegan", "rgan"):
+        with pytest.raises(ValueError, match=r"real_split=train / num_samples=50 are for the image noise-to-image"):
+            sample_protocol(settings, build(train_cfg(f"model={model_name}")))
+    with pytest.raises(ValueError, match="num_samples=1 must be an integer >= 2"):
+        sample_protocol(OmegaConf.create({"num_samples": 1}), build(train_cfg("model=dcgan")))

@@ -1,5 +1,6 @@
-"""The body of `src/eval.py`: translate a test split (or, for a noise-to-image model, sample as
-many images, of the test images' classes when conditional), score it, write images and metrics."""
+"""The body of `src/eval.py`: translate a test split (or, for a noise-to-image model, sample
+images of the reference images' classes when conditional: one per test image, or `num_samples`
+against the `real_split` images, the papers' "FID 50k"), score it, write images and metrics."""
 import json
 import logging
 from pathlib import Path
@@ -129,19 +130,28 @@ def evaluate_direction(model, loader, direction: str, n_source: int, n_target: i
 
 
 def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sample_dir: Path,
-                     is_scorer: InceptionScorer | None = None) -> dict[str, float]:
-    """One sample per test image (its latent fixed by the image's index, of its class when the
-    model is conditional), written to `sample_dir/<index>.png`, scored against the test images
-    (and by the Inception Score, given `is_scorer`)."""
+                     is_scorer: InceptionScorer | None = None, num_samples: int | None = None) -> dict[str, float]:
+    """The reference images of `loader` against `num_samples` samples (None: one per reference
+    image), written to `sample_dir/<i>.png` and scored (and by the Inception Score, given
+    `is_scorer`). Sample i's latent is fixed by i, as in training's evaluation, and a
+    conditional model draws it of reference image (i mod N)'s class, so the samples keep the
+    reference set's class frequencies."""
     sample_dir.mkdir(parents=True, exist_ok=True)
     scorer.reset()
+    labels = []
     for batch in loader:
-        real, fake = model.evaluation_pair(batch, SAMPLES)
-        scorer.update(real=real, fake=fake)
+        scorer.update(real=batch["A"].to(model.device))
+        labels.append(batch["label"])
+    labels = torch.cat(labels)
+    count = len(labels) if num_samples is None else num_samples
+    for start in range(0, count, loader.batch_size):
+        index = torch.arange(start, min(start + loader.batch_size, count))
+        fake = model.samples_of({"index": index, "label": labels[index % len(labels)]})
+        scorer.update(fake=fake)
         if is_scorer is not None:
             is_scorer.update(fake)
-        for index, image in zip(batch["index"].tolist(), to_uint8_images(fake)):
-            save_png(image, sample_dir / f"{index:06d}.png")
+        for i, image in zip(index.tolist(), to_uint8_images(fake)):
+            save_png(image, sample_dir / f"{i:06d}.png")
     return {**scorer.compute(), **(is_scorer.compute() if is_scorer is not None else {})}
 
 
@@ -202,6 +212,22 @@ def evaluate_translations(model, datamodule, dataset, loader, scorer: FidKidScor
     return directions, results
 
 
+def sample_protocol(cfg: DictConfig, model) -> tuple[str, int | None]:
+    """(reference split, number of samples) of eval's `real_split` / `num_samples`, which only
+    an image noise-to-image model takes."""
+    split, count = cfg.get("real_split", "test"), cfg.get("num_samples")
+    samples_images = isinstance(model, NoiseToImageModel) and SAMPLES in model.evaluation_streams(())[0]
+    if not samples_images and (split != "test" or count is not None):
+        raise ValueError(f"real_split={split} / num_samples={count} are for the image noise-to-image models (GAN ... "
+                         f"StyleGAN); {type(model).__name__} is evaluated on the test split: leave them unset")
+    if split not in ("train", "test"):
+        raise ValueError(f"real_split={split!r} must be train or test (the reference images FID/KID compare with)")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 2):
+        raise ValueError(f"num_samples={count!r} must be an integer >= 2 (FID needs two), or null: one per "
+                         "reference image")
+    return split, count
+
+
 def markdown_row(name: str, metrics: dict[str, dict[str, float]]) -> str:
     cells = [name]
     for direction, values in metrics.items():
@@ -222,7 +248,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
     generates = isinstance(model, NoiseToImageModel)
     if not generates:
         check_trained_direction(model, datamodule, cfg.ckpt_path)
-    dataset = datamodule.dataset("test", train=False)
+    real_split, num_samples = sample_protocol(cfg, model)
+    dataset = datamodule.dataset(real_split, train=False)
     batch_size = cfg.batch_size
     if getattr(datamodule, "keeps_image_size", False) and batch_size > 1:
         log.info("batch_size=1 instead of %d: data.preprocess keeps each image's size", batch_size)
@@ -236,9 +263,10 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
         results = {SAMPLES: evaluate_series(model, loader, output_dir)}
     elif generates:
         scorer, report["feature_extractor"] = fid_kid_scorer(cfg, datamodule, device)
-        directions = {SAMPLES: {"real": len(dataset), "generated": len(dataset), "output": SAMPLES}}
+        directions = {SAMPLES: {"real": len(dataset), "real_split": real_split,
+                                "generated": num_samples or len(dataset), "output": SAMPLES}}
         results = {SAMPLES: evaluate_samples(model, loader, scorer, output_dir / SAMPLES,
-                                             inception_scorer(cfg, datamodule, device))}
+                                             inception_scorer(cfg, datamodule, device), num_samples)}
     else:
         scorer, report["feature_extractor"] = fid_kid_scorer(cfg, datamodule, device)
         report["data_direction"] = datamodule.direction
