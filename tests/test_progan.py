@@ -193,3 +193,11 @@ def test_stylegan_takes_its_noise_maps_from_the_caller():
     assert torch.equal(changed[0], G(z, noise=noise)[0]) and not torch.equal(changed[1], G(z, noise=noise)[1])
     with pytest.raises(ValueError, match="noise_shapes"):
         G(z, noise=noise[:2])
+
+
+@pytest.mark.parametrize("name,decay", [("progan", 0.999), ("stylegan", 0.99889), ("dcgan", None)])
+def test_the_growing_gans_sample_from_the_generators_running_average_as_their_papers(train_cfg, name, decay):
+    ema = train_cfg(f"model={name}").callbacks.ema
+    assert ema.enabled == (decay is not None)
+    if decay is not None:
+        assert ema.decay == decay
