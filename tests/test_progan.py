@@ -201,3 +201,39 @@ def test_the_growing_gans_sample_from_the_generators_running_average_as_their_pa
     assert ema.enabled == (decay is not None)
     if decay is not None:
         assert ema.decay == decay
+
+
+def test_eval_samples_stylegan_with_the_truncation_it_is_given(train_cfg, tmp_path, shared_data_dir):
+    """eval.py truncation_psi=0 samples the loaded generator at the mean w (the generator's own
+    truncation is tested above), and the report says so; other models refuse it."""
+    import json
+
+    import numpy as np
+    from hydra.core.global_hydra import GlobalHydra
+    from PIL import Image
+
+    from conftest import compose_train_cfg
+    from src.utils.evaluation import apply_truncation, run_evaluation
+
+    cfg = train_cfg("model=stylegan", "max_iters=2", *NO_EVALUATION)
+    run_training(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+
+    def evaluate(name: str, *overrides: str) -> tuple[np.ndarray, dict]:
+        eval_cfg = compose_train_cfg([f"ckpt_path={ckpt}", "data=shapes_labelled", f"data.size={cfg.data.size}",
+                                      "data.max_dataset_size=4", "feature_extractor=random_cnn", *overrides],
+                                     tmp_path / name, shared_data_dir, config_name="eval")
+        try:
+            run_evaluation(eval_cfg)
+        finally:
+            GlobalHydra.instance().clear()
+        out = Path(eval_cfg.output_dir)
+        images = np.stack([np.asarray(Image.open(p)) for p in sorted((out / "samples").glob("*.png"))])
+        return images, json.loads((out / "metrics.json").read_text())
+
+    plain, report = evaluate("plain")
+    truncated, truncated_report = evaluate("truncated", "truncation_psi=0")
+    assert "truncation_psi" not in report and truncated_report["truncation_psi"] == 0.0
+    assert plain.shape == truncated.shape and not np.array_equal(plain, truncated)
+    with pytest.raises(ValueError, match="truncation_psi=0.7 is for StyleGAN checkpoints"):
+        apply_truncation(hydra.utils.instantiate(train_cfg("model=progan").model, _recursive_=False), 0.7)

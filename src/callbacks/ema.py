@@ -1,4 +1,5 @@
-"""Exponential moving average (EMA) of the translation networks, for sampling and evaluation.
+"""Exponential moving average (EMA) of the networks a model samples with (translation networks,
+or a noise-to-image generator), for sampling and evaluation.
 
 After every training iteration: `ema = decay * ema + (1 - decay) * weights`; before `start_iter`
 the average just copies the weights (so it does not drag the random initialisation along).
@@ -63,7 +64,7 @@ def averaged_state_dict(checkpoint: dict) -> dict[str, torch.Tensor] | None:
 
 
 class GeneratorEMA(pl.Callback):
-    """EMA of the translation networks (see the module docstring).
+    """EMA of the sampling networks (see the module docstring).
 
     Args:
         decay: weight of the old average in each update (0.999: an average over ~1000 iterations).
@@ -116,7 +117,7 @@ class GeneratorEMA(pl.Callback):
         else:
             self.averaged = [p.detach().clone() for p in self._params]
         self._stash = [torch.empty_like(p) for p in self._params]
-        rank_zero_info(f"EMA of {sum(p.numel() for p in self._params):,} translation-network parameters, "
+        rank_zero_info(f"EMA of {sum(p.numel() for p in self._params):,} sampling-network parameters, "
                        f"decay {self.decay}, averaging from iteration {self.start_iter}")
 
     # ----- the average -----------------------------------------------------------------------

@@ -228,6 +228,19 @@ def sample_protocol(cfg: DictConfig, model) -> tuple[str, int | None]:
     return split, count
 
 
+def apply_truncation(model, psi) -> None:
+    """eval's `truncation_psi` (StyleGAN): sample with w = w_avg + psi (w - w_avg) instead of the
+    checkpoint's setting (the paper's figures use 0.7, its FIDs 1)."""
+    if psi is None:
+        return
+    if not hasattr(getattr(model, "generator", None), "truncation_psi"):
+        raise ValueError(f"truncation_psi={psi} is for StyleGAN checkpoints; {type(model).__name__} has no truncation: "
+                         "leave it unset")
+    if isinstance(psi, bool) or not isinstance(psi, (int, float)):
+        raise ValueError(f"truncation_psi={psi!r} must be a number (1: off, 0: every sample at the mean w)")
+    model.generator.truncation_psi = float(psi)
+
+
 def markdown_row(name: str, metrics: dict[str, dict[str, float]]) -> str:
     cells = [name]
     for direction, values in metrics.items():
@@ -249,6 +262,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
     if not generates:
         check_trained_direction(model, datamodule, cfg.ckpt_path)
     real_split, num_samples = sample_protocol(cfg, model)
+    apply_truncation(model, cfg.get("truncation_psi"))
     dataset = datamodule.dataset(real_split, train=False)
     batch_size = cfg.batch_size
     if getattr(datamodule, "keeps_image_size", False) and batch_size > 1:
@@ -258,6 +272,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
                                          collate_fn=datamodule.collate)
     output_dir = Path(cfg.output_dir)
     report = {"ckpt_path": str(cfg.ckpt_path), "data": datamodule.name}
+    if cfg.get("truncation_psi") is not None:
+        report["truncation_psi"] = float(cfg.truncation_psi)
     if generates and SAMPLES not in model.evaluation_streams(())[0]:   # series: no images to score
         directions = {SAMPLES: {"real": len(dataset), "generated": len(dataset), "output": "samples.npy"}}
         results = {SAMPLES: evaluate_series(model, loader, output_dir)}
