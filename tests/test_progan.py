@@ -237,3 +237,19 @@ def test_eval_samples_stylegan_with_the_truncation_it_is_given(train_cfg, tmp_pa
     assert plain.shape == truncated.shape and not np.array_equal(plain, truncated)
     with pytest.raises(ValueError, match="truncation_psi=0.7 is for StyleGAN checkpoints"):
         apply_truncation(hydra.utils.instantiate(train_cfg("model=progan").model, _recursive_=False), 0.7)
+
+
+@pytest.mark.parametrize("name", ["progan", "stylegan"])
+def test_the_quickstart_grows_to_full_size_with_small_nets(tmp_path, shared_data_dir, name):
+    """`experiment=quickstart model=progan|stylegan`: through every growth phase within the run,
+    on nets a CPU trains in minutes."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from conftest import compose_train_cfg
+    cfg = compose_train_cfg(["experiment=quickstart", f"model={name}"], tmp_path / "run", shared_data_dir)
+    GlobalHydra.instance().clear()
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    top = model.generator.top_level
+    assert top == 3 and model.stage(cfg.max_iters - 1) == (top, 1.0)
+    assert progressive_stage(2 * top * cfg.model.phase_iters - 1, cfg.model.phase_iters, top)[1] < 1.0
+    assert sum(p.numel() for p in model.parameters()) < 5_000_000   # the papers' widths: 41M at 32 px
