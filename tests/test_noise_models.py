@@ -222,8 +222,10 @@ def test_infogan_q_recovers_the_codes_it_is_trained_on(train_cfg):
     assert losses[0] > math.log(3) * 0.9 and losses[-1] < 0.5 * losses[0]
     batch = {"A": torch.zeros(2, *model.image_shape), "index": torch.tensor([0, 1])}
     rows = model.sample_images(batch)
-    assert list(rows) == ["real", "fake", "code0=0", "code0=1", "code0=2"]
+    assert list(rows) == ["real", "fake", "code0=0", "code0=1", "code0=2",
+                          "c0=-2", "c0=-1", "c0=+0", "c0=+1", "c0=+2"]   # the continuous code swept
     assert not torch.allclose(rows["code0=0"], rows["code0=2"])
+    assert not torch.allclose(rows["c0=-2"], rows["c0=+2"])
 
 
 def test_eval_scores_and_writes_samples_and_translate_refuses(train_cfg, tmp_path, shared_data_dir):

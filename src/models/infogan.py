@@ -21,6 +21,8 @@ from src.models.noise_gan import NoiseGAN
 
 #: sample-grid rows of the first categorical code's values, at most
 MAX_CODE_ROWS = 10
+#: sample-grid rows sweeping the first continuous code over [-2, 2]
+CONTINUOUS_STEPS = 5
 
 
 class InfoGAN(NoiseGAN):
@@ -90,8 +92,10 @@ class InfoGAN(NoiseGAN):
 
     # ----- samples -------------------------------------------------------------------------
     def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:
-        """The test images, samples of their latents, then a row per value of the first
-        categorical code with the rest of each latent kept: what the code has learnt to mean."""
+        """The test images, samples of their latents, then rows that vary one code with the rest
+        of each latent kept, what the code has learnt to mean: one per value of the first
+        categorical code, and the first continuous code swept from -2 to 2 (the paper's figures
+        go beyond the training range [-1, 1] to show it generalises)."""
         latent = self.noise_for(batch["index"])
         rows = {"real": batch["A"], "fake": self.samples_of(batch, latent)}
         start = self.latent_dim
@@ -100,4 +104,9 @@ class InfoGAN(NoiseGAN):
             varied[:, start:start + self.categorical_codes[0]] = F.one_hot(
                 torch.tensor(value), self.categorical_codes[0]).to(latent)
             rows[f"code0={value}"] = self.samples_of(batch, varied)
+        first_continuous = self.latent_dim + sum(self.categorical_codes)
+        for value in (torch.linspace(-2, 2, CONTINUOUS_STEPS).tolist() if self.continuous_codes else []):
+            varied = latent.clone()
+            varied[:, first_continuous] = value
+            rows[f"c0={value:+.0f}"] = self.samples_of(batch, varied)
         return rows
