@@ -456,3 +456,14 @@ def test_a_copy_without_git_is_labelled_with_the_revision_its_caller_names(tmp_p
     assert git_revision(copy) == "877e4df (no git)"
     # a claim git cannot check: never pooled with the revision it names
     assert not same_measured_code("877e4df (no git)", git_revision(ROOT).removesuffix("+dirty"))
+
+
+def test_a_noise_model_is_timed_on_labelled_batches_of_its_critic_steps(tmp_path):
+    """The classic family's rows: random labelled batches holding one real batch per critic
+    step, every optimizer step of the iteration timed."""
+    # (batch 3, 2 critic steps: a loader batch of 3 would not split into the two real batches)
+    (spec,) = train_step_specs(bench_cfg("configurations=[noise_smoke]", "batch_sizes=[3]", "precision=fp32",
+                                         "warmup=1", "repeats=2", f"paths.log_dir={tmp_path}"))
+    result = measure_training_step({**spec, "work_dir": str(tmp_path)})
+    assert len(result["iteration_times_s"]) == 3 and result["s_per_iter"] > 0
+    assert result["images_per_s"] == pytest.approx(3 / result["s_per_iter"])

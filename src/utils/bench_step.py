@@ -44,16 +44,23 @@ def compose_model_config(conf_dir: str, model: str, size: int, overrides: list[s
     return cfg
 
 
-def random_batches(n: int, batch_size: int, channels: tuple[int, int], size: int, seed: int,
+def random_batches(n: int, batch_size: int, data_cfg, size: int, seed: int,
                    channels_last: bool) -> list[dict[str, Any]]:
-    """`n` distinct batches in the DataModules' format, uniform in [-1, 1] like real images."""
+    """`n` distinct batches in the DataModules' format, uniform in [-1, 1] like real images: a
+    translator's A and B images, or a noise-to-image model's labelled images (its
+    `data.batches_per_iteration` real batches each, one per critic step)."""
     gen = torch.Generator().manual_seed(seed)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
-    def images(nc: int) -> torch.Tensor:
-        return (torch.rand(batch_size, nc, size, size, generator=gen) * 2 - 1).contiguous(memory_format=fmt)
+    def images(nc: int, count: int = batch_size) -> torch.Tensor:
+        return (torch.rand(count, nc, size, size, generator=gen) * 2 - 1).contiguous(memory_format=fmt)
 
-    return [{"A": images(channels[0]), "B": images(channels[1]),
+    if "output_nc" not in data_cfg:   # a labelled dataset
+        count = batch_size * int(data_cfg.get("batches_per_iteration", 1))
+        return [{"A": images(data_cfg.input_nc, count), "label": torch.zeros(count, dtype=torch.long),
+                 "index": torch.arange(i * count, (i + 1) * count),
+                 "A_path": [f"random_A_{i}_{k}" for k in range(count)]} for i in range(n)]
+    return [{"A": images(data_cfg.input_nc), "B": images(data_cfg.output_nc),
              "A_path": [f"random_A_{i}_{k}" for k in range(batch_size)],
              "B_path": [f"random_B_{i}_{k}" for k in range(batch_size)]} for i in range(n)]
 
@@ -189,8 +196,7 @@ def measure_training_step(spec: dict[str, Any]) -> dict[str, Any]:
         warmup, repeats = warmup + warmup % 2, 2 * repeats
     profile = bool(spec.get("profile"))
     n_batches = warmup + repeats + profile
-    batches = random_batches(n_batches, spec["batch_size"], (cfg.data.input_nc, cfg.data.output_nc),
-                             spec["size"], spec.get("seed", 0), channels_last)
+    batches = random_batches(n_batches, spec["batch_size"], cfg.data, spec["size"], spec.get("seed", 0), channels_last)
     timer = IterationTimer(device, warmup, repeats, profile, toggle)
     trainer = pl.Trainer(accelerator=device, devices=1, precision=TRAINER_PRECISION[precision], max_epochs=1,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
