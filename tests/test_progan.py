@@ -253,3 +253,11 @@ def test_the_quickstart_grows_to_full_size_with_small_nets(tmp_path, shared_data
     assert top == 3 and model.stage(cfg.max_iters - 1) == (top, 1.0)
     assert progressive_stage(2 * top * cfg.model.phase_iters - 1, cfg.model.phase_iters, top)[1] < 1.0
     assert sum(p.numel() for p in model.parameters()) < 5_000_000   # the papers' widths: 41M at 32 px
+
+
+def test_without_growth_every_iteration_trains_at_full_size(train_cfg):
+    model = hydra.utils.instantiate(train_cfg("model=stylegan", "model.grow=false").model, _recursive_=False)
+    assert [model.stage(i) for i in (0, 1, 10 ** 6)] == [(model.generator.top_level, 1.0)] * 3
+    assert model.hparams.grow is False
+    with pytest.raises(Exception, match="model.grow='yes' must be true"):
+        hydra.utils.instantiate(train_cfg("model=progan", "model.grow=yes").model, _recursive_=False)

@@ -43,15 +43,22 @@ def progressive_stage(iteration: int, phase_iters: int, top_level: int) -> tuple
 
 
 class ProGAN(NoiseGAN):
-    def __init__(self, *args, phase_iters: int = 50000, drift: float = 0.001, **kwargs):
+    """`grow: false` trains at full size from the first iteration (no growth: the networks'
+    other levels idle), for ablations and for timing the full-size step."""
+
+    def __init__(self, *args, phase_iters: int = 50000, drift: float = 0.001, grow: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         require_int("model.phase_iters", phase_iters, why=" (iterations per phase)")
         if drift < 0:
             raise ValueError(f"model.drift={drift!r} must be >= 0")
-        self.hparams.update({"phase_iters": phase_iters, "drift": drift})
-        self.phase_iters, self.drift = phase_iters, float(drift)
+        if not isinstance(grow, bool):
+            raise ValueError(f"model.grow={grow!r} must be true (grow from 4x4) or false (full size throughout)")
+        self.hparams.update({"phase_iters": phase_iters, "drift": drift, "grow": grow})
+        self.phase_iters, self.drift, self.grow = phase_iters, float(drift), grow
 
     def stage(self, iteration: int) -> tuple[int, float]:
+        if not self.grow:
+            return self.generator.top_level, 1.0
         return progressive_stage(iteration, self.phase_iters, self.generator.top_level)
 
     def train_iteration(self, batch: dict) -> None:
