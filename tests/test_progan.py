@@ -261,3 +261,19 @@ def test_without_growth_every_iteration_trains_at_full_size(train_cfg):
     assert model.hparams.grow is False
     with pytest.raises(Exception, match="model.grow='yes' must be true"):
         hydra.utils.instantiate(train_cfg("model=progan", "model.grow=yes").model, _recursive_=False)
+
+
+def test_the_minibatch_stddev_groups_images_as_the_authors_code():
+    x = torch.randn(8, 3, 2, 2)
+    whole = minibatch_stddev(x)
+    assert torch.equal(minibatch_stddev(x, 8), whole) and torch.allclose(whole[:, 3], whole[0, 3].expand(8, 2, 2))
+    grouped = minibatch_stddev(x, 4)[:, 3, 0, 0]
+    # Groups of 4: image i with the images of the same i mod 2, as the authors' reshape puts them.
+    for i in range(8):
+        members = x[i % 2::2]
+        expected = (members.var(dim=0, unbiased=False) + 1e-8).sqrt().mean()
+        assert torch.allclose(grouped[i], expected), i
+    assert not torch.allclose(grouped[0], grouped[1])
+    assert minibatch_stddev(torch.randn(6, 3, 2, 2), 4).shape == (6, 4, 2, 2)   # groups of 3 divide 6
+    with pytest.raises(ValueError, match="mbstd_group_size=1 must be an integer >= 2"):
+        ProGANDiscriminator(image_size=16, fmap_base=32, fmap_max=8, mbstd_group_size=1)

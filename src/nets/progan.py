@@ -62,10 +62,19 @@ def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps)
 
 
-def minibatch_stddev(x: torch.Tensor) -> torch.Tensor:
-    """x with one more channel: the batch's standard deviation per feature and pixel, averaged."""
-    std = (x.var(dim=0, unbiased=False) + 1e-8).sqrt().mean()
-    return torch.cat([x, std.expand(x.size(0), 1, *x.shape[2:])], dim=1)
+def minibatch_stddev(x: torch.Tensor, group_size: int | None = None) -> torch.Tensor:
+    """x with one more channel: the standard deviation per feature and pixel over a group of
+    images, averaged into one number per group. `group_size` None: the whole batch is one group
+    (the paper's words); 4: the authors' code, each image with the 3 others of its group (the
+    largest size up to it that divides the batch)."""
+    n = x.size(0)
+    group = n if group_size is None else min(group_size, n)
+    while n % group:
+        group -= 1
+    grouped = x.reshape(group, n // group, *x.shape[1:])   # image i is in subgroup i mod (n / group), as theirs
+    std = (grouped.var(dim=0, unbiased=False) + 1e-8).sqrt().flatten(1).mean(1)   # one per subgroup
+    per_image = std.repeat(group)
+    return torch.cat([x, per_image[:, None, None, None].expand(n, 1, *x.shape[2:]).to(x.dtype)], dim=1)
 
 
 def level_channels(levels: int, fmap_base: int, fmap_max: int) -> list[int]:
@@ -152,12 +161,17 @@ class ProGANGenerator(GrowingNet):
 
 class ProGANDiscriminator(GrowingNet):
     """`blur`: StyleGAN's discriminator, which low-pass filters (`blur`) before each block's
-    downsampling conv; ProGAN's has none."""
+    downsampling conv; ProGAN's has none. `mbstd_group_size`: the images each minibatch
+    standard deviation is taken over (`minibatch_stddev`)."""
 
     def __init__(self, input_nc: int = 3, image_size: int = 256, fmap_base: int = 8192, fmap_max: int = 512,
-                 num_classes: int = 0, blur: bool = False):
+                 num_classes: int = 0, blur: bool = False, mbstd_group_size: int | None = None):
         super().__init__(image_size)
-        self.num_classes, self.blur = num_classes, blur
+        if mbstd_group_size is not None and (isinstance(mbstd_group_size, bool) or not isinstance(mbstd_group_size, int)
+                                             or mbstd_group_size < 2):
+            raise ValueError(f"model.discriminator.mbstd_group_size={mbstd_group_size!r} must be an integer >= 2 "
+                             "(the authors' code: 4) or null (the whole batch)")
+        self.num_classes, self.blur, self.mbstd_group_size = num_classes, blur, mbstd_group_size
         channels = level_channels(self.top_level, fmap_base, fmap_max)
         # A conditional critic reads the one-hot label as constant input maps (as DCGAN's).
         self.from_rgb = nn.ModuleList(EqualizedConv2d(input_nc + num_classes, c, 1) for c in channels)
@@ -181,5 +195,5 @@ class ProGANDiscriminator(GrowingNet):
             if k == self.level and self.alpha < 1.0:   # fading the new level in over the previous one
                 old = leaky(self.from_rgb[k - 1](F.avg_pool2d(x, 2)))
                 h = torch.lerp(old, h, self.alpha)
-        h = leaky(self.last_conv(minibatch_stddev(h)))
+        h = leaky(self.last_conv(minibatch_stddev(h, self.mbstd_group_size)))
         return self.out(leaky(self.last_dense(h.flatten(1))))
