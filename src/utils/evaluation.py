@@ -129,13 +129,21 @@ def evaluate_direction(model, loader, direction: str, n_source: int, n_target: i
     return metrics
 
 
+def reference_items(count: int, references: int) -> torch.Tensor:
+    """The reference image whose class sample i takes, for `count` samples of `references`
+    images: spread evenly through them (i * N // count), so the samples keep the reference
+    set's class frequencies whether there are fewer samples than images or more (the labelled
+    datasets list their images class by class)."""
+    return torch.arange(count) * references // count
+
+
 def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sample_dir: Path,
                      is_scorer: InceptionScorer | None = None, num_samples: int | None = None) -> dict[str, float]:
     """The reference images of `loader` against `num_samples` samples (None: one per reference
     image), written to `sample_dir/<i>.png` and scored (and by the Inception Score, given
-    `is_scorer`). Sample i's latent is fixed by i, as in training's evaluation, and a
-    conditional model draws it of reference image (i mod N)'s class, so the samples keep the
-    reference set's class frequencies."""
+    `is_scorer`). Sample i's latent is fixed by i, as in training's evaluation; a conditional
+    model draws it of the class of reference image `reference_items(...)[i]` (image i when
+    there is one sample per image)."""
     sample_dir.mkdir(parents=True, exist_ok=True)
     scorer.reset()
     labels = []
@@ -144,9 +152,10 @@ def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sam
         labels.append(batch["label"])
     labels = torch.cat(labels)
     count = len(labels) if num_samples is None else num_samples
+    sample_labels = labels[reference_items(count, len(labels))]
     for start in range(0, count, loader.batch_size):
         index = torch.arange(start, min(start + loader.batch_size, count))
-        fake = model.samples_of({"index": index, "label": labels[index % len(labels)]})
+        fake = model.samples_of({"index": index, "label": sample_labels[index]})
         scorer.update(fake=fake)
         if is_scorer is not None:
             is_scorer.update(fake)
