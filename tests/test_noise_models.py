@@ -260,8 +260,7 @@ def test_eval_scores_and_writes_samples_and_translate_refuses(train_cfg, tmp_pat
     report = json.loads((out / "metrics.json").read_text())
     assert report["directions"]["samples"]["generated"] == len(written)
     # The papers' protocol: N samples against the training images. Sample i keeps its latent
-    # (and here its class: twice as many samples as images, sample 3 takes image 1's class, a
-    # disc, as test image 3) whatever the reference split.
+    # (and here its class: sample 0 is of class 0, as test image 0) whatever the reference split.
     n_train = 2 * data.max_dataset_size
     results, out_train = evaluate("eval_train", "batch_size=5", "real_split=train", f"num_samples={2 * n_train}")
     assert math.isfinite(results["samples"]["fid"])
@@ -269,7 +268,7 @@ def test_eval_scores_and_writes_samples_and_translate_refuses(train_cfg, tmp_pat
     assert written == [f"{i:06d}.png" for i in range(2 * n_train)]
     report = json.loads((out_train / "metrics.json").read_text())["directions"]["samples"]
     assert (report["real_split"], report["generated"], report["real"]) == ("train", 2 * n_train, n_train)
-    same = [np.asarray(Image.open(folder / "samples" / "000003.png"), dtype=int) for folder in (out, out_train)]
+    same = [np.asarray(Image.open(folder / "samples" / "000000.png"), dtype=int) for folder in (out, out_train)]
     assert np.abs(same[0] - same[1]).max() <= 1   # (rounding may differ with the batch size)
     with pytest.raises(ValueError, match="real_split='val' must be train or test"):
         evaluate("eval_bad", "real_split=val")
@@ -351,9 +350,10 @@ def test_the_sample_protocol_settings_are_for_image_noise_models_only(train_cfg)
 
 
 def test_samples_of_a_protocol_keep_the_reference_classes_frequencies():
-    from src.utils.evaluation import reference_items
-    labels = torch.arange(3).repeat_interleave(100)   # 300 images listed class by class
-    for count in (30, 300, 1000, 7):
-        counts = torch.bincount(labels[reference_items(count, 300)], minlength=3)
-        assert counts.max() - counts.min() <= 1, (count, counts)
-    assert torch.equal(reference_items(300, 300), torch.arange(300))   # one per image: image i
+    from src.utils.evaluation import sample_classes
+    # 90 + 10 images interleaved as the labelled datasets list them: 10 rounds of both classes,
+    # then the big class alone. 10% of the samples are of the small class, however many.
+    labels = torch.tensor([0, 1] * 10 + [0] * 80)
+    for count in (10, 20, 30, 1000):
+        assert torch.bincount(sample_classes(labels, count), minlength=2)[1] == count // 10, count
+    assert torch.equal(sample_classes(labels, 100), labels)   # one per image: image i's class

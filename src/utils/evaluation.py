@@ -129,12 +129,15 @@ def evaluate_direction(model, loader, direction: str, n_source: int, n_target: i
     return metrics
 
 
-def reference_items(count: int, references: int) -> torch.Tensor:
-    """The reference image whose class sample i takes, for `count` samples of `references`
-    images: spread evenly through them (i * N // count), so the samples keep the reference
-    set's class frequencies whether there are fewer samples than images or more (the labelled
-    datasets list their images class by class)."""
-    return torch.arange(count) * references // count
+def sample_classes(labels: torch.Tensor, count: int) -> torch.Tensor:
+    """The class of each of `count` samples drawn against reference images of `labels`: with
+    one sample per image, image i's own; otherwise the sorted labels taken evenly spaced
+    (i * N // count), so every class has its share of the samples to within one, however many
+    samples there are. (The reference images' own order would not do: the labelled datasets
+    interleave their classes, so their first images over-represent the small classes.)"""
+    if count == len(labels):
+        return labels
+    return labels.sort().values[torch.arange(count) * len(labels) // count]
 
 
 def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sample_dir: Path,
@@ -142,8 +145,8 @@ def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sam
     """The reference images of `loader` against `num_samples` samples (None: one per reference
     image), written to `sample_dir/<i>.png` and scored (and by the Inception Score, given
     `is_scorer`). Sample i's latent is fixed by i, as in training's evaluation; a conditional
-    model draws it of the class of reference image `reference_items(...)[i]` (image i when
-    there is one sample per image)."""
+    model draws it of the class `sample_classes` gives it (image i's when there is one sample
+    per image)."""
     sample_dir.mkdir(parents=True, exist_ok=True)
     scorer.reset()
     labels = []
@@ -152,7 +155,7 @@ def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sam
         labels.append(batch["label"])
     labels = torch.cat(labels)
     count = len(labels) if num_samples is None else num_samples
-    sample_labels = labels[reference_items(count, len(labels))]
+    sample_labels = sample_classes(labels, count)
     for start in range(0, count, loader.batch_size):
         index = torch.arange(start, min(start + loader.batch_size, count))
         fake = model.samples_of({"index": index, "label": sample_labels[index]})
