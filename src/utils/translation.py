@@ -47,7 +47,8 @@ def check_direction(model: TranslationModel, direction: str) -> None:
     """Raise a ValueError naming `direction=` when the model cannot translate this way."""
     if not isinstance(model, TranslationModel):
         raise ValueError(f"{type(model).__name__} generates images from noise and translates none: translate.py "
-                         "is for the translation models (eval.py scores and writes a noise model's samples)")
+                         "is for the translation models (eval.py ckpt_path=... [num_samples=N] writes and scores a "
+                         "noise model's samples)")
     if direction not in DIRECTIONS:
         raise ValueError(f"direction={direction!r} must be one of {', '.join(DIRECTIONS)}")
     try:
