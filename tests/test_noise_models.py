@@ -357,3 +357,13 @@ def test_samples_of_a_protocol_keep_the_reference_classes_frequencies():
     for count in (10, 20, 30, 1000):
         assert torch.bincount(sample_classes(labels, count), minlength=2)[1] == count // 10, count
     assert torch.equal(sample_classes(labels, 100), labels)   # one per image: image i's class
+
+
+@pytest.mark.parametrize("name,iterations", [("dcgan", 5000), ("lsgan", 5000), ("infogan", 5000), ("wgan", 1500),
+                                             ("wgangp", 1500)])
+def test_the_quickstart_runs_the_dcgan_family_on_small_nets(tmp_path, shared_data_dir, name, iterations):
+    from conftest import compose_train_cfg
+    cfg = compose_train_cfg(["experiment=quickstart", f"model={name}"], tmp_path / "run", shared_data_dir)
+    assert cfg.model_name == name and cfg.max_iters == iterations
+    assert (cfg.model.generator.ngf, cfg.model.discriminator.ndf, cfg.data.batch_size) == (16, 16, 64)
+    assert cfg.model.n_critic == RECIPES[name][1]   # the paper's recipe otherwise
