@@ -150,7 +150,8 @@ def test_eval_writes_series_samples_a_plot_and_their_mmd(train_cfg, tmp_path, sh
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     data = cfg.data
     eval_cfg = compose_train_cfg([f"ckpt_path={ckpt}", "data=sines", f"data.seq_len={data.seq_len}",
-                                  f"data.channels={data.channels}", f"data.n_test={data.n_test}"],
+                                  f"data.channels={data.channels}", f"data.n_test={data.n_test}",
+                                  f"data.n_train={data.n_train}"],
                                  tmp_path / "eval", shared_data_dir, config_name="eval")
     try:
         results = run_evaluation(eval_cfg)
@@ -162,3 +163,24 @@ def test_eval_writes_series_samples_a_plot_and_their_mmd(train_cfg, tmp_path, sh
     assert math.isfinite(results["samples"]["mmd2"])
     assert json.loads((out / "metrics.json").read_text())["metrics"]["samples"]["mmd2"] == results["samples"]["mmd2"]
     assert np.asarray(Image.open(out / "samples.png")).shape[0] == 2 * (48 + 4)
+    # RCGAN's own evaluation: a classifier of the condition trained on samples / on real series
+    assert 0 <= results["samples"]["tstr"] <= 1 and 0 <= results["samples"]["trtr"] <= 1
+
+
+def test_tstr_trains_one_fixed_classifier_on_either_side():
+    from src.metrics.tstr import classifier_accuracy, tstr_trtr
+    g = torch.Generator().manual_seed(0)
+
+    def series(n: int, shuffled: bool = False):   # class k: a constant level k, plus noise
+        labels = torch.arange(n) % 3
+        x = labels[:, None, None].float() + 0.3 * torch.randn(n, 10, 2, generator=g)
+        return x, (labels[torch.randperm(n, generator=g)] if shuffled else labels)
+
+    real_train, real_test = series(300), series(90)
+    assert classifier_accuracy(*real_train, *real_test, 3) > 0.95
+    assert classifier_accuracy(*series(300, shuffled=True), *real_test, 3) < 0.6   # labels that mean nothing
+    same = tstr_trtr(real_train, real_train, real_test, 3)
+    assert same["tstr"] == same["trtr"]   # the same data gives the same (seeded) classifier
+    state = torch.get_rng_state()
+    tstr_trtr(series(300, shuffled=True), real_train, real_test, 3)
+    assert torch.equal(torch.get_rng_state(), state)

@@ -14,6 +14,7 @@ from src.metrics.features import build_feature_extractor
 from src.metrics.inception_score import InceptionScorer
 from src.metrics.fid_kid import FidKidScorer
 from src.metrics.mmd import mmd2_unbiased
+from src.metrics.tstr import tstr_trtr
 from src.metrics.shapes_truth import ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta
 from src.models.checkpoint_fit import check_checkpoint_file
 from src.models.noise_base import SAMPLES, NoiseToImageModel
@@ -25,7 +26,7 @@ from src.utils.translation import resolve_device, save_png, to_uint8_images
 
 log = logging.getLogger(__name__)
 
-TABLE_COLUMNS = ("fid", "kid_x100", "is", "mmd2", "iou", "color_error", "l1", "psnr", "ssim")
+TABLE_COLUMNS = ("fid", "kid_x100", "is", "mmd2", "tstr", "trtr", "iou", "color_error", "l1", "psnr", "ssim")
 
 
 def data_config(cfg: DictConfig) -> DictConfig:
@@ -167,22 +168,35 @@ def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sam
     return {**scorer.compute(), **(is_scorer.compute() if is_scorer is not None else {})}
 
 
-def evaluate_series(model: NoiseToImageModel, loader, output_dir: Path) -> dict[str, float]:
-    """A series model (RGAN): one sample per test series (`samples.npy`, (N, T, C)), a plot of
-    the first ones beside the real ones (`samples.png`), and the MMD^2 between the two sets,
-    the measure its callback logs during training."""
-    reals, fakes = [], []
+def real_and_generated(model: NoiseToImageModel, loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(real series, one sample per real series of its condition, the labels), on the CPU."""
+    reals, fakes, labels = [], [], []
     for batch in loader:
         real, fake = model.evaluation_pair(batch, SAMPLES)
         reals.append(real.cpu())
         fakes.append(fake.cpu())
-    real, fake = torch.cat(reals), torch.cat(fakes)
+        labels.append(batch["label"])
+    return torch.cat(reals), torch.cat(fakes), torch.cat(labels)
+
+
+def evaluate_series(model: NoiseToImageModel, loader, output_dir: Path, train_loader=None) -> dict[str, float]:
+    """A series model (RGAN): one sample per test series (`samples.npy`, (N, T, C)), a plot of
+    the first ones beside the real ones (`samples.png`), and the MMD^2 between the two sets,
+    the measure its callback logs during training. Given `train_loader`, a conditional model
+    (RCGAN) is also scored as its paper does: TSTR and TRTR accuracy (src/metrics/tstr.py),
+    with one sample per training series of its condition as the synthetic training set."""
+    real, fake, labels = real_and_generated(model, loader)
     output_dir.mkdir(parents=True, exist_ok=True)
     np.save(output_dir / "samples.npy", fake.numpy())
     shown = min(8, len(real))
     save_image(make_grid({"real": plot_series(real[:shown]), "fake": plot_series(fake[:shown])}),
                output_dir / "samples.png")
-    return {"mmd2": mmd2_unbiased(real, fake)}
+    metrics = {"mmd2": mmd2_unbiased(real, fake)}
+    if train_loader is not None and model.num_classes:
+        real_train, synthetic, train_labels = real_and_generated(model, train_loader)
+        metrics.update(tstr_trtr((synthetic, train_labels), (real_train, train_labels), (real, labels),
+                                 model.num_classes))
+    return metrics
 
 
 def feature_extractor_name(cfg: DictConfig, datamodule) -> str:
@@ -288,7 +302,10 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
         report["truncation_psi"] = float(cfg.truncation_psi)
     if generates and SAMPLES not in model.evaluation_streams(())[0]:   # series: no images to score
         directions = {SAMPLES: {"real": len(dataset), "generated": len(dataset), "output": "samples.npy"}}
-        results = {SAMPLES: evaluate_series(model, loader, output_dir)}
+        train_loader = (torch.utils.data.DataLoader(datamodule.dataset("train", train=False), batch_size=batch_size,
+                                                    collate_fn=datamodule.collate)
+                        if cfg.get("tstr", True) and model.num_classes else None)
+        results = {SAMPLES: evaluate_series(model, loader, output_dir, train_loader)}
     elif generates:
         scorer, report["feature_extractor"] = fid_kid_scorer(cfg, datamodule, device)
         directions = {SAMPLES: {"real": len(dataset), "real_split": real_split,
