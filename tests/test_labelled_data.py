@@ -250,3 +250,20 @@ def test_labelled_configs_instantiate_and_share_the_shapes_folder(tmp_path):
     assert type(folders) is LabelledImageDataModule and folders.layout == "classes"
     assert folders.data_dir == tmp_path / "nowhere" / "my_dataset"
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_capped_evaluation_keeps_the_test_splits_class_proportions(tmp_path):
+    """FID/KID's max_images on unbalanced classes: the first items of the interleaved list would
+    be half small class; the capped set keeps the split's 90/10."""
+    from src.callbacks.fid_kid import FidKidCallback
+    root = make_classes(tmp_path / "d", {"big": 2, "small": 2}, {"big": 45, "small": 5})
+    dm = labelled(root, batch_size=2)
+    dm.setup("fit")
+    test = dm.dataset("test", train=False)
+    assert [test[i]["label"] for i in range(4)] == [0, 1, 0, 1]   # interleaved: the small class first-heavy
+    picked = dm.evaluation_indices("test", 20)
+    assert picked == sorted(picked) and len(set(picked)) == 20
+    assert sorted(test.items[i][1] for i in picked) == [0] * 18 + [1] * 2
+    _, subset = FidKidCallback(max_images=20).evaluation_dataset(SimpleNamespace(datamodule=dm))
+    assert list(subset.indices) == picked
+    assert list(FidKidCallback().evaluation_dataset(SimpleNamespace(datamodule=dm))[1].indices) == list(range(50))

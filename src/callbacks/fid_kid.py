@@ -118,11 +118,15 @@ class PeriodicEvaluation(pl.Callback):
                                  f"images, or turn it off with {self.config_key}=null")
 
     def evaluation_dataset(self, trainer: pl.Trainer):
-        """The test split (with the DataModule's evaluation loader settings), capped at max_images."""
+        """The test split (with the DataModule's evaluation loader settings), capped at max_images
+        (the items the DataModule's `evaluation_indices` picks: the first ones, or for labelled
+        data ones in the split's class proportions)."""
         reference = trainer.datamodule.test_dataloader()
         dataset = reference.dataset
-        n = len(dataset) if self.max_images is None else min(self.max_images, len(dataset))
-        return reference, Subset(dataset, range(n))
+        if self.max_images is None or self.max_images >= len(dataset):
+            return reference, Subset(dataset, range(len(dataset)))
+        pick = getattr(trainer.datamodule, "evaluation_indices", None)
+        return reference, Subset(dataset, pick("test", self.max_images) if pick else range(self.max_images))
 
     def evaluation_block(self, trainer: pl.Trainer) -> range:
         """The indices into the evaluation set that this rank evaluates, in loader order.

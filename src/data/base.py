@@ -183,6 +183,11 @@ class SplitDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
 
+    def evaluation_indices(self, split: str, n: int) -> list[int] | range:
+        """The items of `split` that stand for it when an evaluation takes only `n` of them (a
+        callback's `max_images`): the first n."""
+        return range(min(n, len(self.dataset(split, train=False))))
+
     def sample_batch(self, n: int, split: str = "test") -> dict[str, Any]:
         """The first n items (sorted file order) of a split, deterministic transform, as a batch.
 

@@ -165,5 +165,14 @@ class LabelledImageDataModule(ImageTranslationDataModule):
         return LabelledImageDataset(interleave(per_class), self.train_transform if train else self.eval_transform,
                                     self.input_nc)
 
+    def evaluation_indices(self, split: str, n: int) -> list[int]:
+        """n items in the split's class proportions (to within one per class), in list order:
+        the first n of the interleaved list would over-represent the small classes, which run
+        out first. Spread evenly through the items sorted by label."""
+        labels = [label for _, label in self.dataset(split, train=False).items]
+        n = min(n, len(labels))
+        by_class = sorted(range(len(labels)), key=labels.__getitem__)   # stable: list order within a class
+        return sorted(by_class[i * len(labels) // n] for i in range(n))
+
     def describe_training_split(self) -> str:
         return "the train split (" + ", ".join(str(self._class_folder("train", c)) for c in self.class_folders()) + ")"
