@@ -52,6 +52,14 @@ class LabelledImageDataset(Dataset):
                 "index": index}
 
 
+def proportional_picks(labels: Sequence[int], count: int) -> list[int]:
+    """`count` indices into `labels` whose labels keep the classes' proportions (to within one
+    per class), for any count (an index repeats when count exceeds the labels): the indices
+    sorted by label (stably) taken evenly spaced, i * N // count."""
+    by_class = sorted(range(len(labels)), key=labels.__getitem__)
+    return [by_class[i * len(labels) // count] for i in range(count)]
+
+
 def class_subfolders(folder: Path) -> list[str]:
     """The sorted names of a split folder's class folders (hidden ones, .ipynb_checkpoints or a
     Mac's .Trashes, are not classes)."""
@@ -170,9 +178,7 @@ class LabelledImageDataModule(ImageTranslationDataModule):
         the first n of the interleaved list would over-represent the small classes, which run
         out first. Spread evenly through the items sorted by label."""
         labels = [label for _, label in self.dataset(split, train=False).items]
-        n = min(n, len(labels))
-        by_class = sorted(range(len(labels)), key=labels.__getitem__)   # stable: list order within a class
-        return sorted(by_class[i * len(labels) // n] for i in range(n))
+        return sorted(proportional_picks(labels, min(n, len(labels))))
 
     def describe_training_split(self) -> str:
         return "the train split (" + ", ".join(str(self._class_folder("train", c)) for c in self.class_folders()) + ")"

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from src.data.labelled import proportional_picks
 from src.metrics.features import build_feature_extractor
 from src.metrics.inception_score import InceptionScorer
 from src.metrics.fid_kid import FidKidScorer
@@ -138,7 +139,7 @@ def sample_classes(labels: torch.Tensor, count: int) -> torch.Tensor:
     interleave their classes, so their first images over-represent the small classes.)"""
     if count == len(labels):
         return labels
-    return labels.sort().values[torch.arange(count) * len(labels) // count]
+    return labels[proportional_picks(labels.tolist(), count)]
 
 
 def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sample_dir: Path,
