@@ -10,19 +10,8 @@ from src.metrics.features import build_feature_extractor
 from src.metrics.inception_score import InceptionScorer
 
 
-class GivenLogits(torch.nn.Module):
-    """A 'classifier' whose inputs are already its logits."""
-
-    def __init__(self, classes: int):
-        super().__init__()
-        self.num_features = classes
-
-    def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits
-
-
 def score(logits: torch.Tensor, splits: int, batches: int = 1) -> dict:
-    scorer = InceptionScorer(GivenLogits(logits.size(1)), splits=splits)
+    scorer = InceptionScorer(logits.size(1), splits=splits)
     for part in logits.chunk(batches):
         scorer.update(part)
     return scorer.compute()
@@ -51,20 +40,38 @@ def test_the_split_shuffle_is_seeded_and_splits_are_capped():
     assert first == second and first["is_std"] > 0
     assert torch.equal(torch.get_rng_state(), state)   # the training RNG is left as it was
     # 6 samples: 3 parts of 2, not 10 parts (some empty, some of one sample).
-    scorer = InceptionScorer(GivenLogits(6), splits=10)
+    scorer = InceptionScorer(6, splits=10)
     scorer.update(logits[:6])
     assert math.isfinite(scorer.compute()["is_std"]) and scorer.metric.splits == 3
     with pytest.raises(RuntimeError, match="at least 2 generated images"):
         score(logits[:1], splits=10)
     with pytest.raises(ValueError, match="inception_score_splits=0"):
-        InceptionScorer(GivenLogits(6), splits=0)
+        InceptionScorer(6, splits=0)
 
 
 def test_the_download_free_classifier_is_fixed_and_gives_ten_logits():
-    first, second = (build_feature_extractor("random_cnn", output="logits") for _ in range(2))
+    first, second = (build_feature_extractor("random_cnn") for _ in range(2))
     images = torch.rand(3, 3, 32, 32) * 2 - 1
-    assert first(images).shape == (3, 10) and first.num_features == 10
-    assert torch.equal(first(images), second(images))
+    assert first.logits(first(images)).shape == (3, 10) and first.num_classes == 10
+    assert torch.equal(first.logits(first(images)), second.logits(second(images)))
     assert build_feature_extractor("random_cnn").num_features == 480   # the FID features are unchanged
-    with pytest.raises(ValueError, match="output='probs'"):
-        build_feature_extractor("random_cnn", output="probs")
+
+
+def test_the_scorer_derives_the_score_from_the_fid_features_in_one_pass():
+    """FidKidScorer's Inception Score reads the logits of the features FID already computed:
+    the extractor runs once per image, and the score is the one of those logits."""
+    from src.metrics.fid_kid import FidKidScorer
+    extractor = build_feature_extractor("random_cnn")
+    calls = []
+    extractor.register_forward_hook(lambda module, args, output: calls.append(len(output)))
+    scorer = FidKidScorer(extractor, kid_subset_size=8, inception_score_splits=2)
+    images = torch.rand(8, 3, 32, 32) * 2 - 1
+    scorer.update(real=images.flip(0), fake=images)
+    assert calls == [8, 8]   # one pass for the reals, one for the fakes
+    scores = scorer.compute()
+    with torch.no_grad():
+        expected = score(extractor.logits(extractor(images).double()), splits=2)
+    assert scores["is"] == pytest.approx(expected["is"], rel=1e-9) and scores["is_std"] == expected["is_std"]
+    plain = FidKidScorer(extractor, kid_subset_size=8)   # translators: no Inception Score
+    plain.update(real=images.flip(0), fake=images)
+    assert "is" not in plain.compute()

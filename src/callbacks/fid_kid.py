@@ -28,7 +28,6 @@ from torch.utils.data import DataLoader, Subset
 
 from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
-from src.metrics.inception_score import InceptionScorer
 from src.models.noise_base import SAMPLES
 from src.utils.directions import DIRECTIONS
 
@@ -188,7 +187,7 @@ class FidKidCallback(PeriodicEvaluation):
         dirpath: folder of best_fid.ckpt (null: the checkpoint callback's folder).
         kid_subsets, kid_subset_size: KID protocol (50 subsets of 1000, capped at the set size).
         inception_score: also score a noise-to-image model's samples with the Inception Score
-            (one more classifier pass over the samples); inception_score_splits: its parts (10).
+            (from the FID features: no extra network pass); inception_score_splits: its parts (10).
     """
 
     config_key = "callbacks.fid_kid"
@@ -211,7 +210,6 @@ class FidKidCallback(PeriodicEvaluation):
         self.best_iteration = -1
         self.scorer: FidKidScorer | None = None
         self.inception_score, self.inception_score_splits = bool(inception_score), inception_score_splits
-        self.is_scorer: InceptionScorer | None = None
         self._supported: tuple[str, ...] | None = None
 
     def resolve_feature_extractor(self, trainer: pl.Trainer) -> str:
@@ -231,12 +229,12 @@ class FidKidCallback(PeriodicEvaluation):
         # Built here, not at the first evaluation: a missing Inception fails the run at once.
         name = self.resolve_feature_extractor(trainer)
         extractor = build_feature_extractor(name, self.feature_extractor_weights_path)
+        # The Inception Score only for a noise-to-image model's one stream, the samples.
+        samples = self.inception_score and SAMPLES in self.supported_directions(pl_module)
         self.scorer = FidKidScorer(extractor, kid_subsets=self.kid_subsets, kid_subset_size=self.kid_subset_size,
-                                   kid_seed=self.seed)
+                                   kid_seed=self.seed, inception_score_splits=self.inception_score_splits if samples
+                                   else None)
         rank_zero_info(f"FID/KID: {name} features ({extractor.num_features}-d) every {self.every_n_iters} iterations")
-        if self.inception_score and SAMPLES in self.supported_directions(pl_module):
-            classifier = build_feature_extractor(name, self.feature_extractor_weights_path, output="logits")
-            self.is_scorer = InceptionScorer(classifier, splits=self.inception_score_splits, seed=self.seed)
 
     def supported_directions(self, pl_module: pl.LightningModule) -> tuple[str, ...]:
         """What is scored: the configured directions the model translates, or a noise-to-image
@@ -257,17 +255,10 @@ class FidKidCallback(PeriodicEvaluation):
         metrics = {}
         for direction in directions:
             scorer.reset()
-            is_scorer = self.is_scorer.to(pl_module.device) if self.is_scorer and direction == SAMPLES else None
             for batch in self.evaluation_loader(trainer):
                 real, fake = pl_module.evaluation_pair(batch, direction)
                 scorer.update(real=real, fake=fake)
-                if is_scorer is not None:
-                    is_scorer.update(fake)
-            results = scorer.compute()
-            if is_scorer is not None:
-                results.update(is_scorer.compute())
-                is_scorer.reset()
-            for name, value in results.items():
+            for name, value in scorer.compute().items():
                 metrics[f"eval/{name}_{direction}"] = value
         metrics["eval/fid"] = sum(metrics[f"eval/fid_{d}"] for d in directions) / len(directions)
         metrics["eval/kid_x100"] = sum(metrics[f"eval/kid_x100_{d}"] for d in directions) / len(directions)

@@ -2,8 +2,9 @@
 [-1, 1] -> one vector per image.
 
 `build_feature_extractor(name)` returns a frozen module with a `num_features` attribute that maps
-float images (B, C, H, W) in [-1, 1] (C = 1 is repeated to RGB) to (B, num_features) features;
-with `output="logits"` it returns class logits instead (`num_features` classes):
+float images (B, C, H, W) in [-1, 1] (C = 1 is repeated to RGB) to (B, num_features) features,
+and `logits(features)`: the (B, num_classes) class logits of those features, for the Inception
+Score, without a second pass through the network:
 
 * ``inception``: the standard InceptionV3 pool3 (2048-d) of torch-fidelity, as torchmetrics
   wraps it; values are comparable with published FID/KID numbers. Needs torch-fidelity and its
@@ -23,8 +24,6 @@ import torch
 import torch.nn as nn
 
 FEATURE_EXTRACTORS = ("inception", "random_cnn")
-#: what an extractor returns: the features FID/KID compare, or the class logits IS reads
-OUTPUTS = ("features", "logits")
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 
 
@@ -33,6 +32,17 @@ def to_rgb(images: torch.Tensor) -> torch.Tensor:
     if images.dim() != 4 or images.size(1) not in (1, 3):
         raise ValueError(f"Expected images of shape (B, 1 or 3, H, W), got {tuple(images.shape)}")
     return images.expand(-1, 3, -1, -1) if images.size(1) == 1 else images
+
+
+class PrecomputedFeatures(nn.Module):
+    """Identity 'feature network': the metrics receive feature vectors computed beforehand."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = int(num_features)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
 
 
 class FrozenExtractor(nn.Module):
@@ -61,6 +71,9 @@ class RandomCNNFeatures(FrozenExtractor):
 
     widths = (32, 64, 128, 256)
 
+    #: classes of the fixed random head that stands in for a classifier (`logits`)
+    num_classes = 10
+
     def __init__(self, seed: int = 0):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
@@ -76,6 +89,8 @@ class RandomCNNFeatures(FrozenExtractor):
             in_channels = width
         self.stages = nn.ModuleList(stages)
         self.num_features = sum(self.widths)
+        head = torch.Generator().manual_seed(seed + 1)
+        self.register_buffer("class_head", torch.randn(self.num_features, self.num_classes, generator=head))
         self.freeze()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -85,6 +100,11 @@ class RandomCNNFeatures(FrozenExtractor):
             x = stage(x)
             pooled.append(x.mean(dim=(2, 3)))
         return torch.cat(pooled, dim=1)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """A fixed random linear map of the features to 10 "classes" (seed + 1): a download-free
+        stand-in classifier for the Inception Score's plumbing."""
+        return features @ self.class_head.to(features.dtype)
 
 
 class InceptionUnavailable(RuntimeError):
@@ -123,31 +143,15 @@ def check_plain_weights_file(weights_path: str) -> None:
             f"({type(error).__name__}: {error}); use the file torch-fidelity downloads.") from error
 
 
-class RandomCNNLogits(RandomCNNFeatures):
-    """RandomCNNFeatures through a fixed random linear map to `classes` logits (seed 1): a
-    download-free stand-in classifier for the Inception Score's plumbing."""
-
-    def __init__(self, seed: int = 0, classes: int = 10):
-        super().__init__(seed)
-        generator = torch.Generator().manual_seed(seed + 1)
-        self.register_buffer("head", torch.randn(self.num_features, classes, generator=generator))
-        self.num_features = classes
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return super().forward(images) @ self.head
-
-
 class InceptionFeatures(FrozenExtractor):
-    """InceptionV3 pool3 features (2048-d), or its 1008 unbiased logits (`output="logits"`), as
-    torch-fidelity computes them, through torchmetrics' `NoTrainInceptionV3`: it takes uint8
-    images in [0, 255] and resizes them to 299x299 itself."""
+    """InceptionV3 pool3 features (2048-d) as torch-fidelity computes them, through torchmetrics'
+    `NoTrainInceptionV3`: it takes uint8 images in [0, 255] and resizes them to 299x299 itself."""
 
-    #: torch-fidelity's name of each output, and its width
-    OUTPUT_LAYERS = {"features": ("2048", 2048), "logits": ("logits_unbiased", 1008)}
+    num_features = 2048
+    num_classes = 1008
 
-    def __init__(self, weights_path: str | None = None, output: str = "features"):
+    def __init__(self, weights_path: str | None = None):
         super().__init__()
-        layer, self.num_features = self.OUTPUT_LAYERS[output]
         if not torch_fidelity_available():
             raise InceptionUnavailable("the package torch-fidelity is not installed.")
         if weights_path is not None:
@@ -155,7 +159,7 @@ class InceptionFeatures(FrozenExtractor):
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         try:
-            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[layer],
+            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                                           feature_extractor_weights_path=weights_path)
         except Exception as error:  # a failed download or an unreadable weights file
             raise InceptionUnavailable(f"loading the weights failed ({type(error).__name__}: {error}).") from error
@@ -165,21 +169,23 @@ class InceptionFeatures(FrozenExtractor):
         uint8 = ((to_rgb(images).float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return self.net(uint8)
 
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """torch-fidelity's "logits_unbiased", the Inception Score's: the pool3 features times
+        the last layer's weights, without its bias."""
+        return features @ self.net.fc.weight.T.to(features.dtype)
+
 
 def build_feature_extractor(name: str, weights_path: str | None = None, device: torch.device | str | None = None,
-                            settings: str = "callbacks.fid_kid.", output: str = "features") -> nn.Module:
-    """The named extractor ("inception" or "random_cnn"), frozen, on `device`, returning features
-    or class logits (`output`); errors name the caller's settings under the config prefix
-    `settings`."""
-    if output not in OUTPUTS:
-        raise ValueError(f"output={output!r} must be one of {', '.join(OUTPUTS)}")
+                            settings: str = "callbacks.fid_kid.") -> nn.Module:
+    """The named extractor ("inception" or "random_cnn"), frozen, on `device`; errors name the
+    caller's settings under the config prefix `settings`."""
     if name == "inception":
         try:
-            extractor = InceptionFeatures(weights_path, output)
+            extractor = InceptionFeatures(weights_path)
         except InceptionUnavailable as error:
             raise InceptionUnavailable(error.reason, settings) from error.__cause__
     elif name == "random_cnn":
-        extractor = RandomCNNFeatures() if output == "features" else RandomCNNLogits()
+        extractor = RandomCNNFeatures()
     else:
         raise ValueError(f"feature_extractor={name!r} must be one of {', '.join(FEATURE_EXTRACTORS)} (or auto).")
     return extractor.to(device) if device is not None else extractor

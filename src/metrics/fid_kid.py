@@ -22,16 +22,8 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.utilities.data import dim_zero_cat
 
-
-class PrecomputedFeatures(nn.Module):
-    """Identity 'feature network': the metrics receive feature vectors computed beforehand."""
-
-    def __init__(self, num_features: int):
-        super().__init__()
-        self.num_features = int(num_features)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features
+from src.metrics.features import PrecomputedFeatures
+from src.metrics.inception_score import InceptionScorer
 
 
 class CappedKernelInceptionDistance(KernelInceptionDistance):
@@ -67,14 +59,17 @@ class CappedKernelInceptionDistance(KernelInceptionDistance):
 
 
 class FidKidScorer(nn.Module):
-    """FID and KID (x100) between real and generated images in [-1, 1].
+    """FID and KID (x100) between real and generated images in [-1, 1], and with
+    `inception_score_splits` the generated images' Inception Score from the same features
+    (src/metrics/inception_score.py).
 
     `update(real=..., fake=...)` once per batch (either may be omitted), then `compute()`:
-    ``{"fid", "kid_x100", "kid_std_x100"}``. Under DDP every rank calls both; `compute()` syncs.
+    ``{"fid", "kid_x100", "kid_std_x100"[, "is", "is_std"]}``. Under DDP every rank calls both;
+    `compute()` syncs.
     """
 
     def __init__(self, feature_extractor: nn.Module, kid_subsets: int = 50, kid_subset_size: int = 1000,
-                 kid_seed: int = 0):
+                 kid_seed: int = 0, inception_score_splits: int | None = None):
         super().__init__()
         for key, value, least in (("kid_subset_size", kid_subset_size, 2), ("kid_subsets", kid_subsets, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -91,6 +86,8 @@ class FidKidScorer(nn.Module):
             warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
             self.kid = CappedKernelInceptionDistance(feature=passthrough, subsets=kid_subsets,
                                                      subset_size=kid_subset_size, seed=kid_seed)
+        self.inception_score = None if inception_score_splits is None else InceptionScorer(
+            feature_extractor.num_classes, splits=inception_score_splits, seed=kid_seed)
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -104,6 +101,8 @@ class FidKidScorer(nn.Module):
             features = self.features(images)
             self.fid.update(features, real=is_real)
             self.kid.update(features, real=is_real)
+            if not is_real and self.inception_score is not None:
+                self.inception_score.update(self.feature_extractor.logits(features))
 
     def _prepare_empty_rank(self) -> None:
         """A rank whose shard was empty must still take part in the gather with states of the
@@ -118,10 +117,15 @@ class FidKidScorer(nn.Module):
     def compute(self) -> dict[str, float]:
         self._prepare_empty_rank()
         kid_mean, kid_std = self.kid.compute()
-        return {"fid": float(self.fid.compute()),
-                "kid_x100": 100.0 * float(kid_mean),
-                "kid_std_x100": 100.0 * float(kid_std)}
+        scores = {"fid": float(self.fid.compute()),
+                  "kid_x100": 100.0 * float(kid_mean),
+                  "kid_std_x100": 100.0 * float(kid_std)}
+        if self.inception_score is not None:
+            scores.update(self.inception_score.compute(device=self.fid.real_features_sum.device))
+        return scores
 
     def reset(self) -> None:
         self.fid.reset()
         self.kid.reset()
+        if self.inception_score is not None:
+            self.inception_score.reset()

@@ -3,9 +3,10 @@ WGAN-GP and ProGAN papers' CIFAR-10 tables: exp(E_x KL(p(y|x) || p(y))), its mea
 deviation over `splits` (10) parts of the samples, as torch-fidelity computes it (the 1008
 unbiased Inception logits) and torchmetrics' `InceptionScore` implements it.
 
-`InceptionScorer` runs its classifier itself and hands torchmetrics the logits (an identity
-"feature network"), for the same reasons as FidKidScorer, and fixes two things for DDP and
-reproducibility: the logits are gathered concatenated in rank order (torchmetrics gathers its
+`InceptionScorer` hands torchmetrics logits computed beforehand (an identity "feature
+network"): FidKidScorer derives them from the features it already has for FID (Inception's
+unbiased logits are its pool3 features times the last layer's weights), so the samples go
+through the network once. It also fixes two things for DDP and reproducibility: the logits are gathered concatenated in rank order (torchmetrics gathers its
 list state element by element) and the shuffle before splitting comes from a fixed seed, so
 two ranks give the single-process value and a run's score does not depend on the training RNG.
 """
@@ -18,7 +19,7 @@ import torch.nn as nn
 from torchmetrics.image.inception import InceptionScore
 from torchmetrics.utilities.data import dim_zero_cat
 
-from src.metrics.fid_kid import PrecomputedFeatures
+from src.metrics.features import PrecomputedFeatures
 
 
 class SeededInceptionScore(InceptionScore):
@@ -41,28 +42,25 @@ class SeededInceptionScore(InceptionScore):
 
 
 class InceptionScorer(nn.Module):
-    """`update(images)` once per batch of generated images in [-1, 1], then `compute()`:
-    ``{"is", "is_std"}`` (the std is 0 when the samples make one split). Under DDP every rank
-    calls both; `compute()` syncs."""
+    """`update(logits)` once per batch of generated images' class logits (FidKidScorer derives
+    them from the features it computed anyway), then `compute()`: ``{"is", "is_std"}`` (the std
+    is 0 when the samples make one split). Under DDP every rank calls both; `compute()` syncs."""
 
-    def __init__(self, classifier: nn.Module, splits: int = 10, seed: int = 0):
+    def __init__(self, num_classes: int, splits: int = 10, seed: int = 0):
         super().__init__()
         if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
             raise ValueError(f"inception_score_splits={splits!r} must be an integer >= 1 (callbacks.fid_kid."
                              "inception_score_splits in training, inception_score_splits in eval.py)")
-        self.classifier = classifier
-        self.num_classes = int(classifier.num_features)
+        self.num_classes = int(num_classes)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
             self.metric = SeededInceptionScore(feature=PrecomputedFeatures(self.num_classes), splits=splits, seed=seed)
 
-    @torch.no_grad()
-    def update(self, images: torch.Tensor) -> None:
-        self.metric.update(self.classifier(images).double())
+    def update(self, logits: torch.Tensor) -> None:
+        self.metric.update(logits.double())
 
-    def compute(self) -> dict[str, float]:
+    def compute(self, device: torch.device | str = "cpu") -> dict[str, float]:
         if not self.metric.features:   # a rank with no samples still joins the gather, with the right shape
-            device = next((p.device for p in self.classifier.parameters()), torch.device("cpu"))
             self.metric.features.append(torch.empty(0, self.num_classes, dtype=torch.float64, device=device))
         mean, std = self.metric.compute()
         return {"is": float(mean), "is_std": 0.0 if self.metric.splits == 1 else float(std)}

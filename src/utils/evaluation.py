@@ -12,7 +12,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.data.labelled import proportional_picks
 from src.metrics.features import build_feature_extractor
-from src.metrics.inception_score import InceptionScorer
 from src.metrics.fid_kid import FidKidScorer
 from src.metrics.mmd import mmd2_unbiased
 from src.metrics.tstr import tstr_trtr
@@ -143,10 +142,10 @@ def sample_classes(labels: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sample_dir: Path,
-                     is_scorer: InceptionScorer | None = None, num_samples: int | None = None) -> dict[str, float]:
+                     num_samples: int | None = None) -> dict[str, float]:
     """The reference images of `loader` against `num_samples` samples (None: one per reference
-    image), written to `sample_dir/<i>.png` and scored (and by the Inception Score, given
-    `is_scorer`). Sample i's latent is fixed by i, as in training's evaluation; a conditional
+    image), written to `sample_dir/<i>.png` and scored (with the Inception Score when the
+    scorer computes it). Sample i's latent is fixed by i, as in training's evaluation; a conditional
     model draws it of the class `sample_classes` gives it (image i's when there is one sample
     per image)."""
     sample_dir.mkdir(parents=True, exist_ok=True)
@@ -162,11 +161,9 @@ def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sam
         index = torch.arange(start, min(start + loader.batch_size, count))
         fake = model.samples_of({"index": index, "label": sample_labels[index]})
         scorer.update(fake=fake)
-        if is_scorer is not None:
-            is_scorer.update(fake)
         for i, image in zip(index.tolist(), to_uint8_images(fake)):
             save_png(image, sample_dir / f"{i:06d}.png")
-    return {**scorer.compute(), **(is_scorer.compute() if is_scorer is not None else {})}
+    return scorer.compute()
 
 
 def real_and_generated(model: NoiseToImageModel, loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -200,27 +197,16 @@ def evaluate_series(model: NoiseToImageModel, loader, output_dir: Path, train_lo
     return metrics
 
 
-def feature_extractor_name(cfg: DictConfig, datamodule) -> str:
-    """The extractor eval's settings ask for (`auto`: the data's choice)."""
+def fid_kid_scorer(cfg: DictConfig, datamodule, device, samples: bool = False) -> tuple[FidKidScorer, str]:
+    """The FID/KID scorer eval's settings ask for, and the name of its feature extractor; for a
+    noise model's `samples`, with the Inception Score unless `inception_score=false`."""
     name = cfg.feature_extractor
-    return getattr(datamodule, "feature_extractor", "inception") if name == "auto" else name
-
-
-def fid_kid_scorer(cfg: DictConfig, datamodule, device) -> tuple[FidKidScorer, str]:
-    """The FID/KID scorer eval's settings ask for, and the name of its feature extractor."""
-    name = feature_extractor_name(cfg, datamodule)
+    if name == "auto":
+        name = getattr(datamodule, "feature_extractor", "inception")
     extractor = build_feature_extractor(name, cfg.get("feature_extractor_weights_path"), device, settings="")
-    return FidKidScorer(extractor, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size).to(device), name
-
-
-def inception_scorer(cfg: DictConfig, datamodule, device) -> InceptionScorer | None:
-    """The Inception Score of the samples, when eval's `inception_score` asks for it, with the
-    FID/KID extractor's classifier."""
-    if not cfg.get("inception_score", True):
-        return None
-    name, weights = feature_extractor_name(cfg, datamodule), cfg.get("feature_extractor_weights_path")
-    classifier = build_feature_extractor(name, weights, device, settings="", output="logits")
-    return InceptionScorer(classifier, splits=cfg.get("inception_score_splits", 10)).to(device)
+    splits = cfg.get("inception_score_splits", 10) if samples and cfg.get("inception_score", True) else None
+    return FidKidScorer(extractor, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size,
+                        inception_score_splits=splits).to(device), name
 
 
 def evaluate_translations(model, datamodule, dataset, loader, scorer: FidKidScorer, output_dir: Path,
@@ -308,11 +294,10 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
                         if cfg.get("tstr", True) and model.num_classes else None)
         results = {SAMPLES: evaluate_series(model, loader, output_dir, train_loader)}
     elif generates:
-        scorer, report["feature_extractor"] = fid_kid_scorer(cfg, datamodule, device)
+        scorer, report["feature_extractor"] = fid_kid_scorer(cfg, datamodule, device, samples=True)
         directions = {SAMPLES: {"real": len(dataset), "real_split": real_split,
                                 "generated": num_samples or len(dataset), "output": SAMPLES}}
-        results = {SAMPLES: evaluate_samples(model, loader, scorer, output_dir / SAMPLES,
-                                             inception_scorer(cfg, datamodule, device), num_samples)}
+        results = {SAMPLES: evaluate_samples(model, loader, scorer, output_dir / SAMPLES, num_samples)}
     else:
         scorer, report["feature_extractor"] = fid_kid_scorer(cfg, datamodule, device)
         report["data_direction"] = datamodule.direction
