@@ -225,12 +225,16 @@ def evaluate_translations(model, datamodule, dataset, loader, scorer: FidKidScor
     return directions, results
 
 
+def samples_images(model) -> bool:
+    """Whether the model is a noise-to-image model of images (not of series, not a translator)."""
+    return isinstance(model, NoiseToImageModel) and SAMPLES in model.evaluation_streams(())[0]
+
+
 def sample_protocol(cfg: DictConfig, model) -> tuple[str, int | None]:
     """(reference split, number of samples) of eval's `real_split` / `num_samples`, which only
     an image noise-to-image model takes."""
     split, count = cfg.get("real_split", "test"), cfg.get("num_samples")
-    samples_images = isinstance(model, NoiseToImageModel) and SAMPLES in model.evaluation_streams(())[0]
-    if not samples_images and (split != "test" or count is not None):
+    if not samples_images(model) and (split != "test" or count is not None):
         raise ValueError(f"real_split={split} / num_samples={count} are for the image noise-to-image models (GAN ... "
                          f"StyleGAN); {type(model).__name__} is evaluated on the test split: leave them unset")
     if split not in ("train", "test"):
@@ -287,7 +291,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
     report = {"ckpt_path": str(cfg.ckpt_path), "data": datamodule.name}
     if cfg.get("truncation_psi") is not None:
         report["truncation_psi"] = float(cfg.truncation_psi)
-    if generates and SAMPLES not in model.evaluation_streams(())[0]:   # series: no images to score
+    if generates and not samples_images(model):   # series: no images to score
         directions = {SAMPLES: {"real": len(dataset), "generated": len(dataset), "output": "samples.npy"}}
         train_loader = (torch.utils.data.DataLoader(datamodule.dataset("train", train=False), batch_size=batch_size,
                                                     collate_fn=datamodule.collate)
