@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import NO_EVALUATION, assert_resume_continues_the_run
-from src.models.progan import progressive_stage
+from src.models.progressive_schedule import Phase, ProgressiveSchedule
 from src.nets.progan import (EqualizedLinear, ProGANDiscriminator, ProGANGenerator, blur, minibatch_stddev,
                              pixel_norm)
 from src.utils.checkpoint_loading import load_model
@@ -17,9 +17,56 @@ from test_models import fit_briefly, record_player_steps
 
 
 def test_schedule_grows_one_level_per_two_phases_fading_each_in():
-    stages = [progressive_stage(i, 10, 3) for i in (0, 9, 10, 15, 20, 29, 30, 50, 55, 60, 1000)]
+    schedule = ProgressiveSchedule(top_level=3, phase_images=10, batch_size=1)
+    stages = [schedule.stage(i) for i in (0, 9, 10, 15, 20, 29, 30, 50, 55, 60, 1000)]
     assert stages == [(0, 1.0), (0, 1.0), (1, 0.0), (1, 0.5), (1, 1.0), (1, 1.0), (2, 0.0), (3, 0.0), (3, 0.5),
                       (3, 1.0), (3, 1.0)]
+    assert schedule.images_before(1000) == 1000 and schedule.lr_factor_at(1000) == 1.0
+
+
+def test_schedule_phases_count_images_at_each_resolutions_batch_and_rate():
+    """StyleGAN's code: phases of a number of images, so a level's phases last phase_images /
+    (its batch x devices) iterations; a fade-in runs at the new resolution's batch and rate."""
+    schedule = ProgressiveSchedule(top_level=3, phase_images=12, batch_size=2, batch_sizes={8: 6, 16: 3},
+                                   lr_by_resolution={16: 2e-3, 32: 3e-3}, base_lr=1e-3, start_level=1, world_size=2)
+    # 8x8: 12 / (6 x 2) = 1 iteration; 16x16 fade + alone: 2 each; 32x32 (batch_size 2): fade 3, then on
+    assert [(p.first_iteration, p.level, p.fading) for p in schedule.phases] == [
+        (0, 1, False), (1, 2, True), (3, 2, False), (5, 3, True), (8, 3, False)]
+    assert [schedule.stage(i) for i in (0, 1, 2, 3, 5, 6, 8, 100)] == [
+        (1, 1.0), (2, 0.0), (2, 0.5), (2, 1.0), (3, 0.0), (3, 1 / 3), (3, 1.0), (3, 1.0)]
+    assert [schedule.batch_size_at(i) for i in range(9)] == [6, 3, 3, 3, 3, 2, 2, 2, 2]
+    assert [schedule.lr_factor_at(i) for i in (0, 1, 5)] == [1.0, 2.0, 3.0]
+    assert [schedule.images_before(i) for i in (0, 1, 3, 5, 8, 9)] == [0, 12, 24, 36, 48, 52]
+    assert ProgressiveSchedule(3, 12, 2, {8: 6}, grow=False).phases == [Phase(0, float("inf"), 3, False)]
+
+
+def test_the_loader_follows_the_batch_size_per_resolution_and_the_optimizers_the_rate(train_cfg):
+    """model=stylegan's smoke schedule: 2 iterations of 2 images at 8x8, then 4 (a batch-size
+    change inside the epoch); a rate per resolution reaches both players' optimizers (`++`
+    adds a resolution to the table)."""
+    cfg = train_cfg("model=stylegan", "max_iters=4", "++model.lr_by_resolution.16=0.004", *NO_EVALUATION)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    seen = []
+    train_iteration = model.train_iteration
+
+    def recording(batch):
+        seen.append((batch["A"].size(0), model.stage(model.iteration)))
+        train_iteration(batch)
+        seen[-1] += (sorted({g["lr"] for opt in model.optimizers() for g in opt.param_groups}),)
+
+    model.train_iteration = recording
+    fit_briefly(cfg, model)
+    base = cfg.model.optimizer.lr
+    assert seen == [(2, (1, 1.0), [base]), (2, (1, 1.0), [base]), (4, (2, 0.0), [0.004]), (4, (2, 1.0), [0.004])]
+
+
+def test_schedule_settings_are_checked_with_the_key_named(train_cfg):
+    for override, message in (("++model.batch_sizes.12=4", "model.batch_sizes lists resolution '12': the keys are image sides"),
+                              ("model.batch_sizes.8=0", "model.batch_sizes.8"),
+                              ("model.lr_by_resolution.128=-1", "model.lr_by_resolution.128=-1"),
+                              ("model.start_resolution=6", "model.start_resolution=6 must be one of")):
+        with pytest.raises(Exception, match=message):   # Hydra wraps the model's ValueError
+            hydra.utils.instantiate(train_cfg("model=stylegan", override).model, _recursive_=False)
 
 
 def nets(seed: int = 0):
@@ -83,7 +130,7 @@ def test_training_grows_through_the_stages_with_the_drift_term(train_cfg):
 
     model.critic_regularizers = checking
     fit_briefly(cfg, model)
-    assert stages == [(0, 1.0), (1, 0.0), (1, 1.0), (2, 0.0)]   # phase_iters 1 in the smoke config
+    assert stages == [(0, 1.0), (1, 0.0), (1, 1.0), (2, 0.0)]   # one iteration per phase in the smoke config
     assert len(steps) == 8 and len(drift) == 4
     assert (model.discriminator.level, model.discriminator.alpha) == (2, 0.0)
 
@@ -195,12 +242,17 @@ def test_stylegan_takes_its_noise_maps_from_the_caller():
         G(z, noise=noise[:2])
 
 
-@pytest.mark.parametrize("name,decay", [("progan", 0.999), ("stylegan", 0.99889), ("dcgan", None)])
-def test_the_growing_gans_sample_from_the_generators_running_average_as_their_papers(train_cfg, name, decay):
-    ema = train_cfg(f"model={name}").callbacks.ema
-    assert ema.enabled == (decay is not None)
-    if decay is not None:
-        assert ema.decay == decay
+@pytest.mark.parametrize("name,decay_at_16", [("progan", 0.999), ("stylegan", 0.99889), ("dcgan", None)])
+def test_the_growing_gans_sample_from_the_generators_running_average_as_their_papers(train_cfg, name, decay_at_16):
+    """ProGAN's code: decay 0.999 per iteration; StyleGAN's: a half-life of 10k images, so the
+    decay follows the batch (0.99889 at 16 images, 0.99117 at its 128 at low resolutions)."""
+    ema_cfg = train_cfg(f"model={name}").callbacks.ema
+    assert ema_cfg.enabled == (decay_at_16 is not None)
+    if decay_at_16 is not None:
+        ema = hydra.utils.instantiate(ema_cfg)
+        assert ema.decay_for(16) == pytest.approx(decay_at_16, abs=5e-6)
+        if name == "stylegan":
+            assert ema.decay_for(128) == pytest.approx(0.5 ** (128 / 10000))
 
 
 def test_eval_samples_stylegan_with_the_truncation_it_is_given(train_cfg, tmp_path, shared_data_dir):
@@ -250,8 +302,9 @@ def test_the_quickstart_grows_to_full_size_with_small_nets(tmp_path, shared_data
     GlobalHydra.instance().clear()
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     top = model.generator.top_level
+    last_fade = model.schedule.phases[-2]
     assert top == 3 and model.stage(cfg.max_iters - 1) == (top, 1.0)
-    assert progressive_stage(2 * top * cfg.model.phase_iters - 1, cfg.model.phase_iters, top)[1] < 1.0
+    assert last_fade.level == top and last_fade.fading and last_fade.first_iteration + last_fade.iterations < cfg.max_iters
     assert sum(p.numel() for p in model.parameters()) < 5_000_000   # the papers' widths: 41M at 32 px
 
 
@@ -277,3 +330,15 @@ def test_the_minibatch_stddev_groups_images_as_the_authors_code():
     assert minibatch_stddev(torch.randn(6, 3, 2, 2), 4).shape == (6, 4, 2, 2)   # groups of 3 divide 6
     with pytest.raises(ValueError, match="mbstd_group_size=1 must be an integer >= 2"):
         ProGANDiscriminator(image_size=16, fmap_base=32, fmap_max=8, mbstd_group_size=1)
+
+
+def test_stylegan_averages_its_generator_by_the_images_of_each_iteration(train_cfg, monkeypatch):
+    """The EMA's decay per update follows the scheduled batch (2, 2, then 4 images)."""
+    from src.callbacks.ema import GeneratorEMA
+
+    images_per_update = []
+    decay_for = GeneratorEMA.decay_for
+    monkeypatch.setattr(GeneratorEMA, "decay_for",
+                        lambda self, images: images_per_update.append(images) or decay_for(self, images))
+    run_training(train_cfg("model=stylegan", "max_iters=4", *NO_EVALUATION))
+    assert images_per_update == [2, 2, 4, 4]

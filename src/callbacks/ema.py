@@ -3,6 +3,9 @@ or a noise-to-image generator), for sampling and evaluation.
 
 After every training iteration: `ema = decay * ema + (1 - decay) * weights`; before `start_iter`
 the average just copies the weights (so it does not drag the random initialisation along).
+With `half_life_images` the decay follows the batch: `0.5 ** (images / half_life_images)`, the
+images being the iteration's batch over all devices, so the average's memory is a number of
+images whatever the batch size (StyleGAN's, whose batch changes with the resolution).
 
 What is averaged: the networks the model samples with (`pl_module.sampling_nets`: for a
 translator, those a translation runs through in each direction it translates): the generators, and for NICE-GAN the encoders too (its
@@ -70,17 +73,24 @@ class GeneratorEMA(pl.Callback):
         decay: weight of the old average in each update (0.999: an average over ~1000 iterations).
         start_iter: iterations before this one copy the weights instead of averaging them.
         enabled: false leaves training and sampling exactly as without the callback.
+        half_life_images: when set, each update's decay is 0.5 ** (images / half_life_images)
+            (the iteration's images over all devices), in place of `decay`.
     """
 
     #: src/utils/run.py puts callbacks with this flag first: the others must see the swap.
     runs_first = True
 
-    def __init__(self, decay: float = 0.999, start_iter: int = 0, enabled: bool = True):
+    def __init__(self, decay: float = 0.999, start_iter: int = 0, enabled: bool = True,
+                 half_life_images: float | None = None):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"callbacks.ema.decay={decay!r} must be in [0, 1)")
         if not isinstance(start_iter, int) or start_iter < 0:
             raise ValueError(f"callbacks.ema.start_iter={start_iter!r} must be a non-negative int")
+        if half_life_images is not None and not half_life_images > 0:
+            raise ValueError(f"callbacks.ema.half_life_images={half_life_images!r} must be a positive number of "
+                             "images, or null to use callbacks.ema.decay")
         self.decay, self.start_iter, self.enabled = float(decay), start_iter, enabled
+        self.half_life_images = half_life_images
         self.names: list[str] = []
         self.averaged: list[torch.Tensor] = []  # the EMA, in the order of `names`
         self._stash: list[torch.Tensor] = []  # the training weights while the EMA is swapped in
@@ -118,16 +128,22 @@ class GeneratorEMA(pl.Callback):
             self.averaged = [p.detach().clone() for p in self._params]
         self._stash = [torch.empty_like(p) for p in self._params]
         rank_zero_info(f"EMA of {sum(p.numel() for p in self._params):,} sampling-network parameters, "
-                       f"decay {self.decay}, averaging from iteration {self.start_iter}")
+                       + (f"decay {self.decay}" if self.half_life_images is None
+                          else f"half-life {self.half_life_images:g} images")
+                       + f", averaging from iteration {self.start_iter}")
 
     # ----- the average -----------------------------------------------------------------------
+    def decay_for(self, images: int) -> float:
+        """The decay of an update after an iteration on `images` images (all devices)."""
+        return self.decay if self.half_life_images is None else 0.5 ** (images / self.half_life_images)
+
     @torch.no_grad()
-    def update(self, iteration: int) -> None:
+    def update(self, iteration: int, images: int = 1) -> None:
         current = [p.detach() for p in self._params]
         if iteration < self.start_iter:
             torch._foreach_copy_(self.averaged, current)
         else:
-            ema_update_(self.averaged, current, self.decay)
+            ema_update_(self.averaged, current, self.decay_for(images))
         self.updates += 1
         self._last_update_iter = iteration
 
@@ -156,7 +172,7 @@ class GeneratorEMA(pl.Callback):
             return
         iteration = pl_module.iteration
         if iteration != self._last_update_iter:
-            self.update(iteration)
+            self.update(iteration, pl_module.images_per_iteration(batch) * trainer.world_size)
         self.swap_in()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -177,7 +193,8 @@ class GeneratorEMA(pl.Callback):
             # The model's state dict was read with the average in: give it the training weights.
             for name, weights in zip(self.names, self._stash):
                 state_dict[name] = weights.clone()
-        checkpoint["ema"] = {"decay": self.decay, "start_iter": self.start_iter, "updates": self.updates,
+        checkpoint["ema"] = {"decay": self.decay, "half_life_images": self.half_life_images,
+                             "start_iter": self.start_iter, "updates": self.updates,
                              "state_dict": {n: t.clone() for n, t in zip(self.names, self.averaged)}}
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:

@@ -107,8 +107,27 @@ class SplitDataModule(pl.LightningDataModule):
 
     @property
     def train_batch_size(self) -> int:
-        """Items per training-loader batch."""
+        """Items per training-loader batch (at the base batch size, when a schedule sets it)."""
         return self.batch_size * self.batches_per_iteration
+
+    # -- a batch size that changes during training (ProGAN's and StyleGAN's per resolution) ---
+
+    #: model batch size of each training iteration, set by `set_batch_size_schedule`; None: data.batch_size throughout
+    batch_size_schedule = None
+
+    def set_batch_size_schedule(self, sizes) -> None:
+        """Train with `sizes(iteration)` model batches in iteration `iteration` (times
+        `batches_per_iteration` items per loader batch) instead of data.batch_size; None: back to
+        data.batch_size. The model sets it (src/models/progan.py) before the loader is built."""
+        self.batch_size_schedule = sizes
+
+    def loader_batch_size_at(self, iteration: int) -> int:
+        model_batch = self.batch_size_schedule(iteration) if self.batch_size_schedule else self.batch_size
+        return model_batch * self.batches_per_iteration
+
+    def _iterations_done(self) -> int:
+        """Training iterations done by the running fit (the model counts them from its steps)."""
+        return self.trainer.lightning_module.iteration if self.trainer is not None else 0
 
     @property
     def train_drop_last(self) -> bool:
@@ -155,7 +174,9 @@ class SplitDataModule(pl.LightningDataModule):
         trainer = self.trainer
         world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = EpochOrderSampler(dataset, seed=self._order_seed(), num_replicas=world_size, rank=rank)
-        return EpochOrderLoader(dataset, sampler=sampler, position=self._training_position,
+        scheduled = ({"batch_sizes": self.loader_batch_size_at, "first_iteration": self._iterations_done}
+                     if self.batch_size_schedule else {})
+        return EpochOrderLoader(dataset, sampler=sampler, position=self._training_position, **scheduled,
                                 **self._loader_settings(self.train_batch_size, self.train_drop_last))
 
     def _order_seed(self) -> int:
@@ -172,7 +193,11 @@ class SplitDataModule(pl.LightningDataModule):
         if trainer is None:
             return 0, 0
         batches_done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return trainer.current_epoch, batches_done * self.train_batch_size
+        if not self.batch_size_schedule:
+            return trainer.current_epoch, batches_done * self.train_batch_size
+        epoch_start = self._iterations_done() - batches_done
+        return trainer.current_epoch, sum(self.loader_batch_size_at(i)
+                                          for i in range(epoch_start, epoch_start + batches_done))
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.dataset("test", train=False), **self._loader_settings(self.eval_batch_size))

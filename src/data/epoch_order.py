@@ -17,6 +17,7 @@ RNG seeded by its own seed. So:
 from __future__ import annotations
 
 import math
+from itertools import islice
 from typing import Any, Callable, Iterator
 
 import torch
@@ -77,6 +78,34 @@ class EpochOrderSampler(DistributedSampler):
         return iter(mine[start:])
 
 
+class ScheduledBatches:
+    """Batches of this rank's pairs whose size is a function of the training iteration they
+    feed (ProGAN's and StyleGAN's batch size per resolution, src/models/progressive_schedule.py).
+
+    `sizes(i)` is the loader batch of iteration i; `first_iteration()` is read when an epoch's
+    iterator starts (the iterations trained so far, restored before a resumed epoch starts), so
+    the sizes depend on the iteration count alone, not on how far ahead the loader runs. The
+    epoch's last batch is dropped when short (`drop_last`) or kept. No length: it depends on
+    where the epoch starts, so Lightning runs each epoch until the batches run out.
+    """
+
+    def __init__(self, sampler: EpochOrderSampler, sizes: Callable[[int], int], first_iteration: Callable[[], int],
+                 drop_last: bool = False) -> None:
+        self.sampler, self.sizes, self.first_iteration, self.drop_last = sampler, sizes, first_iteration, drop_last
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return self._batches(iter(self.sampler), self.first_iteration())
+
+    def _batches(self, items: Iterator[tuple[int, int]], iteration: int) -> Iterator[list[tuple[int, int]]]:
+        while True:
+            size = self.sizes(iteration)
+            batch = list(islice(items, size))
+            if not batch or (self.drop_last and len(batch) < size):
+                return
+            yield batch
+            iteration += 1
+
+
 class EpochOrderLoader(DataLoader):
     """A DataLoader over an EpochOrderSampler whose place in the epoch Lightning checkpoints
     (as a stateful loader) and restores before the resumed epoch's iterator starts.
@@ -87,8 +116,21 @@ class EpochOrderLoader(DataLoader):
     """
 
     def __init__(self, dataset: Dataset, *, sampler: EpochOrderSampler,
-                 position: Callable[[], tuple[int, int]], **kwargs: Any) -> None:
-        super().__init__(dataset, sampler=sampler, **kwargs)
+                 position: Callable[[], tuple[int, int]], batch_sizes: Callable[[int], int] | None = None,
+                 first_iteration: Callable[[], int] | None = None, **kwargs: Any) -> None:
+        if batch_sizes is None:
+            super().__init__(dataset, sampler=sampler, **kwargs)
+        else:
+            drop_last = kwargs.pop("drop_last", False)
+            kwargs.pop("batch_size", None)
+            super().__init__(dataset, batch_sampler=ScheduledBatches(sampler, batch_sizes, first_iteration, drop_last),
+                             **kwargs)
+            # A DataLoader given a batch sampler reports a SequentialSampler as its `sampler`;
+            # Lightning reads that attribute to decide whether to put a DistributedSampler in
+            # (which it cannot do around a custom batch sampler), and `state_dict` below reads it
+            # too, so it names the sampler the batches are drawn from. DataLoader forbids setting
+            # it after construction, hence object.__setattr__.
+            object.__setattr__(self, "sampler", sampler)
         self.position = position
 
     def state_dict(self) -> dict[str, int]:

@@ -372,6 +372,11 @@ class AdversarialModel(pl.LightningModule):
         """One training iteration: every player's step, in the model's order."""
         raise NotImplementedError
 
+    def images_per_iteration(self, batch: dict) -> int:
+        """The minibatch one training iteration learns from on this device (the EMA's
+        `half_life_images` counts these)."""
+        return batch["A"].size(0)
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         self.logging_losses = self.logs_this_iteration()   # before the steps move global_step
         self.check_batch(batch)

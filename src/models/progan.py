@@ -2,14 +2,14 @@
 image size (src/nets/progan.py), trained with WGAN-GP plus the paper's drift term
 0.001 * E[D(real)^2] that keeps the critic's scores near zero.
 
-The schedule is a function of the training iteration, so resume needs no state of its own:
-phase p = iteration // phase_iters; phase 0 trains 4x4; an odd phase 2k - 1 fades level k in
-(alpha rises linearly from 0 to 1 over the phase), the even phase 2k after it trains level k
-alone; after the top level's phase the networks stay at full size. The real images the critic
-sees are brought to the stage's resolution, and faded like the generator's output
-(`faded_reals`). (The paper: 800k real images
-per phase, i.e. 50k iterations at batch 16.) The stage is logged as `train/level` and
-`train/alpha`.
+The growth follows src/models/progressive_schedule.py: phases of `phase_images` real images,
+the first training the start level, then each level faded in over one phase (alpha rising
+linearly from 0 to 1) and trained alone over the next; a batch size (`batch_sizes`) and a
+learning rate (`lr_by_resolution`) per resolution, as the authors' code sets them. The schedule
+is a function of the training iteration, so resume needs no state of its own. The real images
+the critic sees are brought to the stage's resolution, and faded like the generator's output
+(`faded_reals`). The stage is logged as `train/level` and `train/alpha`, the real images seen
+so far (all devices) as `train/kimg`.
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from src.models.noise_gan import NoiseGAN
+from src.models.progressive_schedule import ProgressiveSchedule, level_resolution
+from src.nets.progan import GrowingNet
 from src.utils.config_checks import require_int
 
 
@@ -32,44 +34,111 @@ def faded_reals(images: torch.Tensor, level: int, alpha: float, top_level: int) 
     return F.interpolate(current, scale_factor=factor, mode="nearest") if factor > 1 else current
 
 
-def progressive_stage(iteration: int, phase_iters: int, top_level: int) -> tuple[int, float]:
-    """(level, alpha) of training iteration `iteration` (see the module docstring)."""
-    phase = iteration // phase_iters
-    if phase >= 2 * top_level:
-        return top_level, 1.0
-    level = (phase + 1) // 2
-    alpha = (iteration % phase_iters) / phase_iters if phase % 2 else 1.0
-    return level, alpha
+def resolution_table(key: str, table: dict | None, resolutions: list[int]) -> dict[int, object]:
+    """`model.<key>` with its keys as ints (a command line's `++model.<key>.64=...` adds "64").
+    Resolutions above the image size may be listed (a paper's table up to 1024 px)."""
+    checked = {}
+    for resolution, value in dict(table or {}).items():
+        side = int(resolution) if str(resolution).isdigit() else None
+        if side is None or side < 4 or side & (side - 1):
+            raise ValueError(f"model.{key} lists resolution {resolution!r}: the keys are image sides, 4 * 2^k "
+                             f"(this model's: {resolutions})")
+        checked[side] = value
+    return checked
 
 
 class ProGAN(NoiseGAN):
     """`grow: false` trains at full size from the first iteration (no growth: the networks'
-    other levels idle), for ablations and for timing the full-size step."""
+    other levels idle), for ablations and for timing the full-size step.
 
-    def __init__(self, *args, phase_iters: int = 50000, drift: float = 0.001, grow: bool = True, **kwargs):
+    `batch_size` is the batch of a resolution `batch_sizes` does not list (data.batch_size);
+    `lr_by_resolution` gives rates in place of model.optimizer.lr at the resolutions it lists
+    (each player's rate scaled by the same factor)."""
+
+    def __init__(self, *args, phase_images: int = 800_000, drift: float = 0.001, grow: bool = True,
+                 batch_size: int = 16, batch_sizes: dict | None = None, lr_by_resolution: dict | None = None,
+                 start_resolution: int = 4, **kwargs):
         super().__init__(*args, **kwargs)
-        require_int("model.phase_iters", phase_iters, why=" (iterations per phase)")
+        if not isinstance(self.generator, GrowingNet):
+            # A TypeError, as for a wrong argument: checkpoint loading tries the model classes in turn.
+            raise TypeError(f"model.generator is a {type(self.generator).__name__}, which does not grow: ProGAN "
+                            "and StyleGAN take src.nets.progan.ProGANGenerator or src.nets.stylegan.StyleGANGenerator")
+        require_int("model.phase_images", phase_images, why=" (real images per phase)")
+        require_int("model.batch_size", batch_size, why=" (data.batch_size)")
         if drift < 0:
             raise ValueError(f"model.drift={drift!r} must be >= 0")
         if not isinstance(grow, bool):
             raise ValueError(f"model.grow={grow!r} must be true (grow from 4x4) or false (full size throughout)")
-        self.hparams.update({"phase_iters": phase_iters, "drift": drift, "grow": grow})
-        self.phase_iters, self.drift, self.grow = phase_iters, float(drift), grow
+        resolutions = self.resolutions()
+        batch_sizes = resolution_table("batch_sizes", batch_sizes, resolutions)
+        lr_by_resolution = resolution_table("lr_by_resolution", lr_by_resolution, resolutions)
+        for resolution, size in batch_sizes.items():
+            require_int(f"model.batch_sizes.{resolution}", size, why=" (images per device)")
+        for resolution, rate in lr_by_resolution.items():
+            if not rate > 0:
+                raise ValueError(f"model.lr_by_resolution.{resolution}={rate!r} must be a positive rate")
+        if start_resolution not in resolutions:
+            raise ValueError(f"model.start_resolution={start_resolution!r} must be one of {resolutions}")
+        settings = {"phase_images": phase_images, "drift": drift, "grow": grow, "batch_size": batch_size,
+                    "batch_sizes": batch_sizes, "lr_by_resolution": lr_by_resolution,
+                    "start_resolution": start_resolution}
+        self.hparams.update(settings)
+        self.drift, self.grow = float(drift), grow
+        self._schedule: ProgressiveSchedule | None = None
+
+    @property
+    def schedule(self) -> ProgressiveSchedule:
+        """The growth schedule of this run (its phases count the images of every device)."""
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        if self._schedule is None or self._schedule.world_size != world_size:
+            h = self.hparams
+            self._schedule = ProgressiveSchedule(
+                top_level=self.generator.top_level, phase_images=h.phase_images, batch_size=h.batch_size,
+                batch_sizes=h.batch_sizes, lr_by_resolution=h.lr_by_resolution, base_lr=self.optimizer_cfg["lr"],
+                start_level=self.resolutions().index(h.start_resolution), world_size=world_size, grow=self.grow)
+        return self._schedule
+
+    def resolutions(self) -> list[int]:
+        """The image side of each level, 4x4 first."""
+        return [level_resolution(level) for level in range(self.generator.top_level + 1)]
 
     def stage(self, iteration: int) -> tuple[int, float]:
-        if not self.grow:
-            return self.generator.top_level, 1.0
-        return progressive_stage(iteration, self.phase_iters, self.generator.top_level)
+        return self.schedule.stage(iteration)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if stage != "fit" or datamodule is None or not self.hparams.batch_sizes:
+            return
+        if not hasattr(datamodule, "set_batch_size_schedule"):
+            raise ValueError(f"model.batch_sizes sets a batch size per resolution, which {type(datamodule).__name__} "
+                             "cannot follow: set model.batch_sizes=null")
+        datamodule.set_batch_size_schedule(self.schedule.batch_size_at)
 
     def train_iteration(self, batch: dict) -> None:
         # Set here, from the iteration, so a resumed run continues at its stage; the sampling
         # callbacks after this iteration see the stage it trained.
-        level, alpha = self.stage(self.iteration)
+        iteration = self.iteration
+        level, alpha = self.stage(iteration)
         for net in (self.generator, self.discriminator):
             net.set_stage(level, alpha)
+        if self.hparams.lr_by_resolution:
+            self.set_resolution_learning_rates(self.schedule.lr_factor_at(iteration))
         super().train_iteration({**batch, "A": faded_reals(batch["A"], level, alpha, self.generator.top_level)})
         if self.logging_losses:
-            self.log_dict({"train/level": float(level), "train/alpha": alpha}, batch_size=batch["A"].size(0))
+            self.log_dict({"train/level": float(level), "train/alpha": alpha,
+                           "train/kimg": self.schedule.images_before(iteration + 1) / 1000},
+                          batch_size=batch["A"].size(0))
+
+    def set_resolution_learning_rates(self, factor: float) -> None:
+        """Every player's rate: its schedule's current rate (model.lr_schedule) times the
+        resolution's factor. Rewritten each iteration, so a scheduler step in between (which
+        sets the rate from its own base) loses nothing."""
+        schedulers = self.lr_schedulers()
+        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
+        for scheduler in schedulers:
+            for group, rate in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):
+                group["lr"] = rate * factor
 
     def critic_regularizers(self, scores_real):
         return {"drift": self.drift * scores_real.pow(2).mean()} if self.drift else {}

@@ -112,7 +112,7 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
             except TypeError as error:
                 reason = str(error)
         if model is not None and set(model.hparams) != set(hparams):
-            # A subclass with settings of its own (ProGAN's phase_iters) fills them with its
+            # A subclass with settings of its own (ProGAN's phase_images) fills them with its
             # defaults from a parent's checkpoint: not the class that saved it.
             reason = f"its hyperparameters {sorted(set(model.hparams) ^ set(hparams))} differ"
             model = None

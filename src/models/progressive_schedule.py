@@ -1,0 +1,84 @@
+"""The growth schedule of ProGAN and StyleGAN, as their authors' code runs it: phases measured in
+real images, a minibatch size and a learning rate per resolution.
+
+Phase 0 trains the start level; then each level above is faded in over one phase (alpha rises
+from 0 to 1) and trained alone over the next; after the top level's phase the networks stay at
+full size. A phase lasts `phase_images` real images (the papers: 800k for ProGAN, 600k for
+StyleGAN), so its length in iterations is set by the batch size of its level: a fading phase
+already runs at the new level's resolution and takes that resolution's batch size and learning
+rate, as the authors' `TrainingSchedule` does.
+
+Everything is a function of the iteration number, so a resumed run picks its stage, batch size
+and rate up from the step count alone. Batch sizes are per device, as `data.batch_size`; a
+phase counts the images of all `world_size` devices, as the papers count them.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Phase:
+    first_iteration: int
+    iterations: int      # math.inf for the last phase (full size, for the rest of training)
+    level: int
+    fading: bool
+
+
+def level_resolution(level: int) -> int:
+    return 4 * 2 ** level
+
+
+class ProgressiveSchedule:
+    def __init__(self, top_level: int, phase_images: int, batch_size: int, batch_sizes: dict | None = None,
+                 lr_by_resolution: dict | None = None, base_lr: float = 1.0, start_level: int = 0,
+                 world_size: int = 1, grow: bool = True):
+        self.top_level, self.base_lr = top_level, float(base_lr)
+        self.batch_size, self.world_size = batch_size, world_size
+        self.batch_sizes = {int(k): int(v) for k, v in (batch_sizes or {}).items()}
+        self.lr_by_resolution = {int(k): float(v) for k, v in (lr_by_resolution or {}).items()}
+        levels = range(start_level, top_level + 1) if grow else [top_level]
+        self.phases: list[Phase] = []
+        first = 0
+        for level in levels:
+            if level > levels[0]:
+                first = self._add(first, level, fading=True, images=phase_images)
+            first = self._add(first, level, fading=False, images=phase_images if level < top_level else None)
+
+    def _add(self, first: int, level: int, fading: bool, images: int | None) -> int:
+        world_batch = self.level_batch_size(level) * self.world_size
+        iterations = math.ceil(images / world_batch) if images is not None else math.inf
+        self.phases.append(Phase(first, iterations, level, fading))
+        return first + iterations
+
+    def level_batch_size(self, level: int) -> int:
+        """Images per device in one iteration at this level."""
+        return self.batch_sizes.get(level_resolution(level), self.batch_size)
+
+    def phase(self, iteration: int) -> Phase:
+        starts = [phase.first_iteration for phase in self.phases]
+        return self.phases[bisect.bisect_right(starts, iteration) - 1]
+
+    def stage(self, iteration: int) -> tuple[int, float]:
+        """(level, alpha) of training iteration `iteration`."""
+        phase = self.phase(iteration)
+        alpha = (iteration - phase.first_iteration) / phase.iterations if phase.fading else 1.0
+        return phase.level, alpha
+
+    def batch_size_at(self, iteration: int) -> int:
+        return self.level_batch_size(self.phase(iteration).level)
+
+    def lr_factor_at(self, iteration: int) -> float:
+        """The rate of this iteration's resolution over the base rate (1 where none is listed)."""
+        resolution = level_resolution(self.phase(iteration).level)
+        return self.lr_by_resolution.get(resolution, self.base_lr) / self.base_lr
+
+    def images_before(self, iteration: int) -> int:
+        """Real images all devices have trained on before `iteration` (the papers' kimg axis)."""
+        images = 0
+        for phase in self.phases:
+            done = min(max(iteration - phase.first_iteration, 0), phase.iterations)
+            images += done * self.level_batch_size(phase.level) * self.world_size
+        return int(images)
