@@ -44,7 +44,8 @@ def test_the_loader_follows_the_batch_size_per_resolution_and_the_optimizers_the
     """model=stylegan's smoke schedule: 2 iterations of 2 images at 8x8, then 4 (a batch-size
     change inside the epoch); a rate per resolution reaches both players' optimizers (`++`
     adds a resolution to the table)."""
-    cfg = train_cfg("model=stylegan", "max_iters=4", "++model.lr_by_resolution.16=0.004", *NO_EVALUATION)
+    cfg = train_cfg("model=stylegan", "max_iters=4", "++model.lr_by_resolution.16=0.004",
+                    "++model.lr_by_resolution.32=0.002", *NO_EVALUATION)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     seen = []
     train_iteration = model.train_iteration
@@ -58,6 +59,9 @@ def test_the_loader_follows_the_batch_size_per_resolution_and_the_optimizers_the
     fit_briefly(cfg, model)
     base = cfg.model.optimizer.lr
     assert seen == [(2, (1, 1.0), [base]), (2, (1, 1.0), [base]), (4, (2, 0.0), [0.004]), (4, (2, 1.0), [0.004])]
+    # Between iterations the optimizers already hold the next one's rate (the fade-in of 32x32),
+    # where the learning-rate monitor reads it; the scheduler's own step had set it from its base.
+    assert {g["lr"] for opt in model.optimizers() for g in opt.param_groups} == {0.002}
 
 
 def test_schedule_settings_are_checked_with_the_key_named(train_cfg):

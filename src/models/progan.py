@@ -130,6 +130,13 @@ class ProGAN(NoiseGAN):
                            "train/kimg": self.schedule.images_before(iteration + 1) / 1000},
                           batch_size=batch["A"].size(0))
 
+    def _step_schedulers(self) -> None:
+        # Also the next iteration's rate, set now: the learning-rate monitor reads the optimizers
+        # before that iteration starts, and a scheduler step has just set them from its base.
+        super()._step_schedulers()
+        if self.hparams.lr_by_resolution:
+            self.set_resolution_learning_rates(self.schedule.lr_factor_at(self.iteration))
+
     def set_resolution_learning_rates(self, factor: float) -> None:
         """Every player's rate: its schedule's current rate (model.lr_schedule) times the
         resolution's factor. Rewritten each iteration, so a scheduler step in between (which
