@@ -237,23 +237,53 @@ def test_callback_disables_itself_off_the_shapes_dataset(tmp_path, caplog):
 # -- loading checkpoints ------------------------------------------------------------------------
 
 
+def copy_checkpoint(source: Path, target: Path, **changes) -> Path:
+    """`source` saved at `target` with `changes` to its top-level entries (None: removed)."""
+    checkpoint = torch.load(source, weights_only=True)
+    for key, value in changes.items():
+        if value is None:
+            del checkpoint[key]
+        else:
+            checkpoint[key] = value
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, target)
+    return target
+
+
 @pytest.mark.parametrize("name,cls", [("cyclegan", "CycleGAN"), ("pix2pix", "Pix2Pix"), ("nicegan", "NICEGAN")])
-def test_load_model_finds_the_class_from_the_weights(smoke_runs, name, cls):
+def test_load_model_builds_the_class_the_checkpoint_records(smoke_runs, name, cls, tmp_path, monkeypatch):
+    from src.utils import checkpoint_loading
     assert not (smoke_runs[name].ckpt.parents[1] / ".hydra").exists()
+    recorded = torch.load(smoke_runs[name].ckpt, weights_only=True)["model_class"]
+    assert recorded.endswith(f".{cls}")
+    built = []
+    build = checkpoint_loading._build
+    monkeypatch.setattr(checkpoint_loading, "_build", lambda c, h: built.append(c.__name__) or build(c, h))
     rng = torch.get_rng_state()
     model = load_model(smoke_runs[name].ckpt)
-    assert type(model).__name__ == cls and not model.training
+    assert type(model).__name__ == cls and not model.training and built == [cls]   # no class tried in vain
     assert torch.equal(rng, torch.get_rng_state())  # building the model drew no numbers of ours
     saved = torch.load(smoke_runs[name].ckpt, weights_only=True)["state_dict"]
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    # A checkpoint from before the record: the class is found from its weights.
+    legacy = copy_checkpoint(smoke_runs[name].ckpt, tmp_path / "legacy.ckpt", model_class=None)
+    assert type(load_model(legacy)).__name__ == cls and len(built) > 1
+
+
+def test_load_model_refuses_a_recorded_class_that_is_not_the_checkpoints(smoke_runs, tmp_path):
+    source = smoke_runs["cyclegan"].ckpt
+    with pytest.raises(ValueError, match=r"model class os.system is not a model of src.models"):
+        load_model(copy_checkpoint(source, tmp_path / "a.ckpt", model_class="os.system"))
+    with pytest.raises(ValueError, match=r"it records model class src.models.nicegan.NICEGAN, but its "
+                                         r"hyperparameters or weights are not those of that model"):
+        load_model(copy_checkpoint(source, tmp_path / "b.ckpt", model_class="src.models.nicegan.NICEGAN"))
 
 
 def test_load_model_reads_the_run_config(smoke_runs, tmp_path):
+    """For a checkpoint that does not record its class."""
     run_dir = tmp_path / "run"
-    (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / ".hydra").mkdir()
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    ckpt.write_bytes(smoke_runs["cyclegan"].ckpt.read_bytes())
+    (run_dir / ".hydra").mkdir(parents=True)
+    ckpt = copy_checkpoint(smoke_runs["cyclegan"].ckpt, run_dir / "checkpoints" / "last.ckpt", model_class=None)
     (run_dir / ".hydra" / "config.yaml").write_text("model:\n  _target_: src.models.nicegan.NICEGAN\n")
     with pytest.raises(ValueError, match=r"names model._target_=src.models.nicegan.NICEGAN, but the checkpoint "
                                          r"is not one of that model \(.*\). Was it moved"):  # used, not guessed

@@ -396,6 +396,8 @@ class AdversarialModel(pl.LightningModule):
 
     # ----- checkpoint state beyond the nets and optimizers --------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning stores no class: load_model would have to find it from the hyperparameters.
+        checkpoint["model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["image_pools"] = {name: pool.state_dict() for name, pool in self.pools.items()}
         # Resuming must continue the same run: keep the RNG streams that dropout, the pool and
         # the data pipeline draw from.

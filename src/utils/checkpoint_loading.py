@@ -1,10 +1,12 @@
 """Load a translation model from a training checkpoint, for translation, export and evaluation.
 
-Lightning checkpoints hold the hyperparameters and the weights but not the model class. The
-class comes from the run's Hydra config (`<run_dir>/.hydra/config.yaml`, `model._target_`, two
-levels above `<run_dir>/checkpoints/x.ckpt`) when there is one; otherwise every known model
-class whose constructor accepts the stored hyperparameters is built and the one whose state
-dict has exactly the checkpoint's keys and shapes is taken.
+Lightning checkpoints hold the hyperparameters and the weights but not the model class; ours
+record it (`checkpoint["model_class"]`, written by the model). For a checkpoint without that
+record (written before it existed), the class comes from the run's Hydra config
+(`<run_dir>/.hydra/config.yaml`, `model._target_`, two levels above
+`<run_dir>/checkpoints/x.ckpt`) when there is one; otherwise every known model class whose
+constructor accepts the stored hyperparameters is built and the one whose state dict has
+exactly the checkpoint's keys and shapes is taken.
 
 The file is read with `weights_only=True` (a checkpoint may come from anywhere). The model is
 built from the hyperparameters and given the weights directly instead of through
@@ -42,22 +44,25 @@ KNOWN_MODEL_CLASSES = (
 )
 
 
+def model_class(target: str, where: str) -> type[AdversarialModel]:
+    """The model class named `target` by `where` (a checkpoint, or its run's config)."""
+    # Only classes of this codebase: the name travels with the checkpoint and is no more
+    # trusted than it, and naming a class imports its module.
+    if not str(target).startswith(MODELS_PACKAGE):
+        raise ValueError(f"{where}: model class {target} is not a model of {MODELS_PACKAGE[:-1]}")
+    cls = hydra.utils.get_class(target)
+    if not (isinstance(cls, type) and issubclass(cls, AdversarialModel)):
+        raise TypeError(f"{where}: model class {target} is not a GAN model of this codebase")
+    return cls
+
+
 def model_class_from_run_config(ckpt_path: str | Path) -> type[AdversarialModel] | None:
     """The `model._target_` class of the checkpoint's run, or None without a run config."""
     config_path = run_config_path(ckpt_path)
     if not config_path.is_file():
         return None
     target = OmegaConf.select(OmegaConf.load(config_path), "model._target_")
-    if target is None:
-        return None
-    # Only classes of this codebase: the config travels with the checkpoint and is no more
-    # trusted than it, and naming a class imports its module.
-    if not str(target).startswith(MODELS_PACKAGE):
-        raise ValueError(f"{config_path}: model._target_={target} is not a model of {MODELS_PACKAGE[:-1]}")
-    cls = hydra.utils.get_class(target)
-    if not (isinstance(cls, type) and issubclass(cls, AdversarialModel)):
-        raise TypeError(f"{config_path}: model._target_={target} is not a GAN model of this codebase")
-    return cls
+    return None if target is None else model_class(target, f"{config_path} (model._target_)")
 
 
 def _hparams_mismatch(cls: type, hparams: dict) -> str | None:
@@ -97,7 +102,11 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
         log.info("Using the EMA weights of %s", path)
         state_dict = averaged
 
-    configured = model_class_from_run_config(path)
+    recorded = checkpoint.get("model_class")
+    if recorded is not None:
+        configured = model_class(recorded, f"ckpt_path={ckpt_path}")
+    else:
+        configured = model_class_from_run_config(path)
     if configured is not None:
         candidates = [configured]
     else:
@@ -118,6 +127,9 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
             model = None
         if model is not None:
             reason = state_dict_mismatch(model.state_dict(), state_dict)
+        if reason is not None and recorded is not None:
+            raise ValueError(f"ckpt_path={ckpt_path}: it records model class {recorded}, but its hyperparameters or weights are not "
+                             f"those of that model ({reason}): the file was altered, or the class changed since")
         if reason is not None and configured is not None:
             raise ValueError(f"ckpt_path={ckpt_path}: its run's config {run_config_path(path)} names "
                              f"model._target_={cls.__module__}.{cls.__name__}, but the checkpoint is not one of "
