@@ -1,0 +1,63 @@
+"""The training progress bar counts iterations: with max_iters, Lightning's own bar would take
+the optimizer steps left (two per CycleGAN iteration) as the last epoch's total, and Rich's
+would name the epoch "n/-2"."""
+from types import SimpleNamespace
+
+import pytest
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
+
+from conftest import NO_EVALUATION
+from src.callbacks.progress import IterationRichProgressBar, IterationTQDMProgressBar
+from src.utils.run import build_callbacks
+from test_scale_out import fit_with_callbacks
+
+
+def fake_trainer(max_epochs: int, max_steps: int, global_step: int, batches: int, per_iteration: int = 2):
+    return SimpleNamespace(max_epochs=max_epochs, max_steps=max_steps, global_step=global_step,
+                           num_training_batches=batches,
+                           lightning_module=SimpleNamespace(optimizer_steps_per_iter=per_iteration))
+
+
+@pytest.mark.parametrize("bar_class", [IterationRichProgressBar, IterationTQDMProgressBar])
+def test_the_epochs_total_is_the_iterations_left(bar_class):
+    bar = bar_class()
+    bar._trainer = fake_trainer(max_epochs=-1, max_steps=20, global_step=14, batches=100)
+    assert bar.total_train_batches == 3            # (20 - 14) optimizer steps / 2 per iteration
+    bar._trainer = fake_trainer(max_epochs=-1, max_steps=200, global_step=0, batches=100)
+    assert bar.total_train_batches == 100          # the epoch ends first
+    bar._trainer = fake_trainer(max_epochs=5, max_steps=-1, global_step=0, batches=100)
+    assert bar.total_train_batches == 100
+
+
+def test_rich_names_the_epoch_alone_when_training_to_max_iters():
+    bar = IterationRichProgressBar()
+    bar._trainer = fake_trainer(max_epochs=-1, max_steps=20, global_step=0, batches=10)
+    assert bar._get_train_description(3) == "Epoch 3"
+    bar._trainer = fake_trainer(max_epochs=5, max_steps=-1, global_step=0, batches=10)
+    assert bar._get_train_description(3).strip() == "Epoch 3/4"
+
+
+class TotalAtEpochStart(pl.Callback):
+    def __init__(self):
+        self.totals = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.totals.append(trainer.progress_bar_callback.total_train_batches)
+
+
+def test_a_run_shows_its_iterations(train_cfg, tmp_path):
+    cfg = train_cfg("model=cyclegan", "max_iters=3", "data.max_dataset_size=8", "trainer.enable_progress_bar=true",
+                    *NO_EVALUATION)
+    recorder = TotalAtEpochStart()
+    _, trainer = fit_with_callbacks(cfg, recorder)
+    assert isinstance(trainer.progress_bar_callback, (IterationRichProgressBar, IterationTQDMProgressBar))
+    assert recorder.totals == [3]                  # Lightning's bar: min(8 batches, 6 optimizer steps)
+
+
+def test_no_bar_is_added_when_it_is_off_or_configured(train_cfg):
+    assert not any(isinstance(cb, ProgressBar) for cb in build_callbacks(train_cfg("model=cyclegan"), None))
+    cfg = train_cfg("model=cyclegan", "trainer.enable_progress_bar=true",
+                    "+callbacks.bar._target_=pytorch_lightning.callbacks.TQDMProgressBar")
+    bars = [cb for cb in build_callbacks(cfg, None) if isinstance(cb, ProgressBar)]
+    assert len(bars) == 1 and type(bars[0]) is TQDMProgressBar
