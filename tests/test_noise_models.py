@@ -211,7 +211,7 @@ def test_infogan_q_recovers_the_codes_it_is_trained_on(train_cfg):
     assert torch.equal(latent[:, -1:], codes["continuous"]) and codes["continuous"].abs().max() <= 1
     with torch.no_grad():
         fake = model.generator(latent)
-    optimizer = torch.optim.Adam([*model.discriminator.parameters(), *model.q_head.parameters()], lr=1e-3)
+    optimizer = torch.optim.Adam([*model.discriminator.parameters(), *model.q_head.parameters()], lr=1e-2)
     losses = []
     for _ in range(30):
         loss = model.information_loss(model.discriminator.features(fake), codes)
@@ -366,4 +366,29 @@ def test_the_quickstart_runs_the_dcgan_family_on_small_nets(tmp_path, shared_dat
     cfg = compose_train_cfg(["experiment=quickstart", f"model={name}"], tmp_path / "run", shared_data_dir)
     assert cfg.model_name == name and cfg.max_iters == iterations
     assert (cfg.model.generator.ngf, cfg.model.discriminator.ndf, cfg.data.batch_size) == (16, 16, 64)
+    if name == "infogan":   # its own networks, at a quarter of the paper's widths
+        assert (cfg.model.generator.fc, cfg.model.discriminator.fc) == (256, 256)
     assert cfg.model.n_critic == RECIPES[name][1]   # the paper's recipe otherwise
+
+
+def test_infogan_runs_on_its_papers_mnist_networks(train_cfg):
+    """The paper's MNIST layers: FC 1024 - FC 7x7x128 - upconv 64 - upconv 1 in G; conv 64 -
+    conv 128 - FC 1024 in D, whose 1024 features D's output and Q read (Q: FC 128 - batch norm -
+    LeakyReLU - FC); other sizes a multiple of 4 keep the layers on quarter-size maps."""
+    from src.nets.infogan_nets import InfoGANDiscriminator, InfoGANGenerator
+
+    G, D = InfoGANGenerator(latent_dim=74, output_nc=1, image_size=28), InfoGANDiscriminator(input_nc=1, image_size=28)
+    shapes = [tuple(p.shape) for p in G.parameters() if p.dim() > 1]
+    assert shapes == [(1024, 74), (7 * 7 * 128, 1024), (128, 64, 4, 4), (64, 1, 4, 4)]
+    assert [tuple(p.shape) for p in D.parameters() if p.dim() > 1] == [(64, 1, 4, 4), (128, 64, 4, 4),
+                                                                        (1024, 7 * 7 * 128), (1, 1024)]
+    images = G(torch.randn(3, 74))
+    assert images.shape == (3, 1, 28, 28) and images.abs().max() <= 1
+    assert D.features(images).shape == (3, 1024) and D(images).shape == (3, 1)
+    with pytest.raises(ValueError, match="model.image_size=30: InfoGAN's networks halve the image twice"):
+        InfoGANGenerator(image_size=30)
+
+    model = build(train_cfg("model=infogan"))
+    assert isinstance(model.generator, InfoGANGenerator) and isinstance(model.discriminator, InfoGANDiscriminator)
+    assert [type(m).__name__ for m in model.q_head] == ["Linear", "BatchNorm1d", "LeakyReLU", "Linear"]
+    assert model.q_head[0].in_features == model.discriminator.feature_dim

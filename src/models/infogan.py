@@ -16,8 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from src.nets.init import init_weights
 from src.models.noise_gan import NoiseGAN
+from src.nets.infogan_nets import LEAKY_SLOPE
+from src.nets.init import init_weights
 
 #: sample-grid rows of the first categorical code's values, at most
 MAX_CODE_ROWS = 10
@@ -39,8 +40,10 @@ class InfoGAN(NoiseGAN):
                              "info_weight": info_weight, "continuous_weight": continuous_weight,
                              "q_hidden": q_hidden})
         self.info_weight, self.continuous_weight = float(info_weight), float(continuous_weight)
+        # The paper's Q: FC 128 - batch norm - LeakyReLU - FC, on D's features.
         self.q_head = init_weights(nn.Sequential(
-            nn.Linear(self.discriminator.feature_dim, q_hidden), nn.LeakyReLU(0.2, True),
+            nn.Linear(self.discriminator.feature_dim, q_hidden), nn.BatchNorm1d(q_hidden),
+            nn.LeakyReLU(LEAKY_SLOPE, True),
             nn.Linear(q_hidden, sum(categorical_codes) + continuous_codes)), self.init_cfg.get("type", "normal"),
             self.init_cfg.get("gain", 0.02))
 
