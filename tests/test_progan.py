@@ -177,6 +177,12 @@ def test_stylegan_generator_styles_noise_mixing_and_truncation():
     G.eval()
     G.truncation_psi = 0.0
     assert all(torch.allclose(w, G.w_avg.expand_as(w)) for w in G.layer_styles(z, None))
+    # ... in the layers below the cutoff only (the authors' code: the coarse ones)
+    G.truncation_cutoff = 2
+    kept = G.layer_styles(z, None)
+    assert all(torch.allclose(w, G.w_avg.expand_as(w)) for w in kept[:2])
+    assert all(torch.equal(w, G.styles(z, None)) for w in kept[2:])
+    G.truncation_cutoff = None
     # A fade starts where the level below ends (at alpha 0 the new level contributes nothing).
     G.truncation_psi = 1.0
     with torch.no_grad():

@@ -8,7 +8,8 @@
 - Style mixing regularisation: in training, with probability `mixing_prob`, a second latent's w
   drives the layers from a crossover point drawn at random.
 - Truncation: in eval mode, w = w_avg + psi (w - w_avg), w_avg a running mean of training w's
-  (`truncation_psi` 1: off).
+  (`truncation_psi` 1: off), in the styled layers below `truncation_cutoff` (the authors' code:
+  8, the layers up to 32x32, so that the fine details keep their variety; null: every layer).
 - Noise maps are drawn at every call, or taken from the caller (`noise=`, one map per styled
   layer of the shapes `noise_shapes()`): evaluation seeds them per test item, so a sample does
   not depend on the batch it is drawn in (src/models/noise_base.py).
@@ -60,12 +61,16 @@ class StyledLayer(nn.Module):
 class StyleGANGenerator(GrowingNet):
     def __init__(self, latent_dim: int = 512, output_nc: int = 3, image_size: int = 256, fmap_base: int = 8192,
                  fmap_max: int = 512, num_classes: int = 0, mapping_layers: int = 8, style_dim: int = 512,
-                 mixing_prob: float = 0.9, truncation_psi: float = 1.0):
+                 mixing_prob: float = 0.9, truncation_psi: float = 1.0, truncation_cutoff: int | None = None):
         super().__init__(image_size)
         if not 0.0 <= mixing_prob <= 1.0:
             raise ValueError(f"model.generator.mixing_prob={mixing_prob!r} must be in [0, 1]")
+        if truncation_cutoff is not None and (not isinstance(truncation_cutoff, int) or truncation_cutoff < 1):
+            raise ValueError(f"model.generator.truncation_cutoff={truncation_cutoff!r} must be a positive number "
+                             "of styled layers, or null for all of them")
         self.latent_dim, self.output_nc, self.num_classes = latent_dim, output_nc, num_classes
         self.mixing_prob, self.truncation_psi = mixing_prob, truncation_psi
+        self.truncation_cutoff = truncation_cutoff
         mapping, width = [], latent_dim + num_classes
         for _ in range(mapping_layers):
             mapping += [EqualizedLinear(width, style_dim, lr_mul=0.01), nn.LeakyReLU(0.2)]
@@ -90,9 +95,11 @@ class StyleGANGenerator(GrowingNet):
         w = self.styles(z, labels)
         count = 2 * (self.level + 1)
         if not self.training:
-            if self.truncation_psi != 1.0:
-                w = torch.lerp(self.w_avg.to(w.dtype), w, self.truncation_psi)
-            return [w] * count
+            if self.truncation_psi == 1.0:
+                return [w] * count
+            truncated = torch.lerp(self.w_avg.to(w.dtype), w, self.truncation_psi)
+            cutoff = count if self.truncation_cutoff is None else min(self.truncation_cutoff, count)
+            return [truncated] * cutoff + [w] * (count - cutoff)
         with torch.no_grad():
             self.w_avg.lerp_(w.detach().float().mean(0), 1 - W_AVG_DECAY)
         if count > 1 and torch.rand(()) < self.mixing_prob:
