@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ProgressBar
 
+from src.callbacks.image_budget import ImageBudget
 from src.callbacks.progress import iteration_progress_bar
 from src.callbacks.rank_seed import RankSeed
 from src.models.checkpoint_fit import check_checkpoint_file
@@ -39,6 +40,8 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     if cfg.get("max_iters"):
         kwargs["max_steps"] = int(cfg.max_iters) * model.optimizer_steps_per_iter
         kwargs["max_epochs"] = -1
+    elif cfg.get("max_kimg"):   # the image budget (ImageBudget) ends the run, not an epoch count
+        kwargs["max_epochs"] = -1
     return kwargs
 
 
@@ -66,11 +69,13 @@ def order_callbacks(callbacks: list[pl.Callback]) -> list[pl.Callback]:
 
 def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.Callback]:
     """The configured callbacks, plus those every run needs: distinct random streams per DDP
-    rank, the wandb run id in checkpoints when logging to wandb, and a progress bar counting
-    iterations (unless the bar is off, or the config names its own)."""
+    rank, the wandb run id in checkpoints when logging to wandb, the image budget of `max_kimg`,
+    and a progress bar counting iterations (unless the bar is off, or the config names its own)."""
     callbacks = instantiate_list(cfg.get("callbacks"), "callbacks") + [RankSeed()]
     if logger_cfg and any(is_wandb_node(node) for node in logger_cfg.values()):
         callbacks.append(WandbRunIdCallback())
+    if cfg.get("max_kimg"):
+        callbacks.append(ImageBudget(cfg.max_kimg))
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(cb, ProgressBar) for cb in callbacks):
         callbacks.append(iteration_progress_bar())
     return order_callbacks(callbacks)

@@ -1,0 +1,45 @@
+"""Training length in real images (`max_kimg`), the unit of the ProGAN and StyleGAN papers
+(StyleGAN: 25000 kimg), whose batch size changes with the resolution so that no iteration count
+says it.
+
+The callback counts the images each iteration learned from on every device
+(`images_per_iteration` of the model, times the world size: the batches actually loaded, a
+short last batch of an epoch included) and stops the run after the iteration that reaches the
+budget. The count is saved in checkpoints, so a resumed run stops where the whole would have.
+"""
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+
+log = logging.getLogger(__name__)
+
+
+class ImageBudget(pl.Callback):
+    def __init__(self, max_kimg: float):
+        if isinstance(max_kimg, bool) or not isinstance(max_kimg, (int, float)) or not max_kimg > 0:
+            raise ValueError(f"max_kimg={max_kimg!r} must be a positive number of thousands of images, or null")
+        self.max_images = max_kimg * 1000
+        self.images = 0
+        self.restored = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_step > 0 and not self.restored:
+            log.warning("Resumed from a checkpoint without an image count (its run had no max_kimg): the budget "
+                        "of max_kimg=%g counts from this resume, at iteration %d", self.max_images / 1000,
+                        pl_module.iteration)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.images += pl_module.images_per_iteration(batch) * trainer.world_size
+        if self.images >= self.max_images and not trainer.should_stop:
+            trainer.should_stop = True
+            log.info("Trained on %d images, max_kimg=%g reached at iteration %d", self.images,
+                     self.max_images / 1000, pl_module.iteration)
+
+    def state_dict(self) -> dict:
+        return {"images": self.images}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.images = int(state_dict["images"])
+        self.restored = True

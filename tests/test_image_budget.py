@@ -1,0 +1,61 @@
+"""max_kimg: a run's length in real images (the ProGAN/StyleGAN papers' unit), counted over the
+batches actually trained on, ending with its checkpoint and resuming to the same stop."""
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import NO_EVALUATION, last_checkpoint
+from src.callbacks.image_budget import ImageBudget
+
+STATE_KEY = "ImageBudget"
+
+
+def test_the_budget_counts_every_devices_images_and_stops_once_reached():
+    budget = ImageBudget(max_kimg=0.02)
+    trainer = SimpleNamespace(world_size=2, should_stop=False)
+    module = SimpleNamespace(images_per_iteration=lambda batch: batch["A"].size(0), iteration=0)
+    stops = []
+    for _ in range(3):
+        budget.on_train_batch_end(trainer, module, None, {"A": torch.zeros(4, 1)}, 0)
+        stops.append(trainer.should_stop)
+    assert budget.images == 24 and stops == [False, False, True]   # 8, 16, 24 >= 20
+    for bad in (0, -1, "10", True):
+        with pytest.raises(ValueError, match="max_kimg=.* must be a positive number"):
+            ImageBudget(bad)
+
+
+def test_stylegan_stops_after_the_iteration_that_reaches_the_budget(train_cfg, tmp_path):
+    """The smoke schedule's batches are 2, 2, 4, 4 images: 8 images end the run after iteration
+    3, mid-epoch, with last.ckpt there (max_iters unset); a run resumed from iteration 2 stops
+    at the same place with the same weights."""
+    common = ["model=stylegan", "max_iters=null", "max_kimg=0.008", *NO_EVALUATION]
+    whole = last_checkpoint(train_cfg(*common))
+    assert whole["global_step"] == 3 * 2
+    assert next(v for k, v in whole["callbacks"].items() if k.startswith(STATE_KEY)) == {"images": 8}
+
+    first = train_cfg("model=stylegan", "max_iters=2", "max_kimg=0.008", *NO_EVALUATION)
+    first.paths.output_dir = str(tmp_path / "first")
+    last_checkpoint(first)
+    resumed_cfg = train_cfg(*common, f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt")
+    resumed_cfg.paths.output_dir = str(tmp_path / "resumed")
+    resumed = last_checkpoint(resumed_cfg)
+    assert resumed["global_step"] == whole["global_step"]
+    for key, value in whole["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    assert not (Path(resumed_cfg.paths.output_dir) / "checkpoints" / "crashed.ckpt").exists()
+
+
+def test_a_resume_without_a_count_says_the_budget_starts_there(train_cfg, tmp_path, caplog):
+    import logging
+    first = train_cfg("model=stylegan", "max_iters=2", *NO_EVALUATION)
+    first.paths.output_dir = str(tmp_path / "first")
+    last_checkpoint(first)
+    resumed = train_cfg("model=stylegan", "max_iters=null", "max_kimg=0.008", *NO_EVALUATION,
+                        f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt")
+    resumed.paths.output_dir = str(tmp_path / "resumed")
+    with caplog.at_level(logging.WARNING):
+        checkpoint = last_checkpoint(resumed)
+    assert "counts from this resume, at iteration 2" in caplog.text
+    assert checkpoint["global_step"] == 4 * 2   # 4 + 4 more images: iterations 3 and 4
