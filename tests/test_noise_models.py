@@ -392,3 +392,58 @@ def test_infogan_runs_on_its_papers_mnist_networks(train_cfg):
     assert isinstance(model.generator, InfoGANGenerator) and isinstance(model.discriminator, InfoGANDiscriminator)
     assert [type(m).__name__ for m in model.q_head] == ["Linear", "BatchNorm1d", "LeakyReLU", "Linear"]
     assert model.q_head[0].in_features == model.discriminator.feature_dim
+
+
+def test_gan_trains_as_its_papers_code_maxout_dropout_sgd_with_a_momentum_ramp_and_decay(train_cfg):
+    """experiment=gan_paper_code: maxout units (the largest of 5 linear pieces) behind dropout in
+    D, weights drawn uniformly in +-0.05 (G) and +-0.005 (D), SGD lr 0.1 divided by 1.000004
+    every update down to 1e-6, momentum 0.5 rising to 0.7 from epoch 1 to 250."""
+    from src.models.base import ramped_momentum
+    from src.models.lr_schedules import ExponentialDecay
+    from src.nets.noise_nets import Maxout
+
+    unit = Maxout(3, units=2, pieces=5)
+    x = torch.randn(4, 3)
+    assert torch.equal(unit(x), unit.linear(x).view(4, 2, 5).amax(2))
+    with pytest.raises(Exception, match="maxout_pieces=1 must be 0"):   # Hydra wraps the ValueError
+        build(train_cfg("model=gan", "++model.discriminator.maxout_pieces=1"))
+
+    cfg = train_cfg("model=gan", "experiment=gan_paper_code", "model.generator.hidden=[1200,1200]",
+                    "model.discriminator.hidden=[240,240]")   # the smoke config's small nets back to the code's
+    model = build(cfg)
+    D = model.discriminator
+    assert isinstance(D.body[0], torch.nn.Dropout) and D.body[0].p == 0.2
+    assert [type(m).__name__ for m in D.body[1:]] == ["Maxout", "Dropout"] * 2 and D.body[2].p == 0.5
+    assert D.body[1].linear.out_features == 240 * 5
+    g_weight, d_weight = model.generator.net[0].weight, D.body[1].linear.weight
+    assert 0.04 < g_weight.abs().max() <= 0.05 and 0.004 < d_weight.abs().max() <= 0.005
+
+    (opt_d, opt_g), (sched_d, _) = model.configure_optimizers()
+    assert isinstance(opt_d, torch.optim.SGD) and opt_d.param_groups[0]["momentum"] == 0.5
+    assert [ramped_momentum(e, 0.5, 0.7, 1, 250) for e in (0, 1, 125.5, 250, 400)] == [0.5, 0.5, 0.6, 0.7, 0.7]
+    decay = ExponentialDecay(1.000004, 1e-5)
+    assert decay(1) == pytest.approx(1 / 1.000004) and decay(10 ** 7) == 1e-5
+    assert sched_d.lr_lambdas[0].rate == 1.000004
+    plain = build(train_cfg("model=gan"))   # the default recipe: Adam, LeakyReLU units
+    assert isinstance(plain.configure_optimizers()[0][0], torch.optim.Adam)
+    assert not any(isinstance(m, Maxout) for m in plain.discriminator.modules())
+
+
+def test_the_momentum_ramp_reaches_the_optimizers_at_each_epoch(train_cfg):
+    cfg = train_cfg("model=gan", "experiment=gan_paper_code", "max_iters=null", "trainer.max_epochs=3",
+                    "data.max_dataset_size=8", "data.batch_size=4",
+                    "model.optimizer.momentum_ramp.start_epoch=0", "model.optimizer.momentum_ramp.saturate_epoch=2",
+                    *NO_EVALUATION)
+    model = build(cfg)
+    seen = []
+    epoch_start = model.on_train_epoch_start
+
+    def recording():
+        epoch_start()
+        seen.append(sorted({g["momentum"] for opt in model.optimizers() for g in opt.param_groups}))
+
+    model.on_train_epoch_start = recording
+    fit_briefly(cfg, model)
+    assert seen == [[0.5], [pytest.approx(0.6)], [pytest.approx(0.7)]]
+    with pytest.raises(ValueError, match="momentum_ramp ramps SGD's momentum; model.optimizer.type is adam"):
+        build(train_cfg("model=gan", "experiment=gan_paper_code", "model.optimizer.type=adam")).configure_optimizers()

@@ -87,12 +87,31 @@ def adam_kernel(params: list[torch.Tensor]) -> dict:
 def build_optimizer(params: list[torch.Tensor], cfg: dict) -> torch.optim.Optimizer:
     """One player's optimizer from its settings (`type`: adam, rmsprop or sgd)."""
     kind, decay = cfg.get("type", "adam"), cfg.get("weight_decay", 0.0)
+    if cfg.get("momentum_ramp") and kind != "sgd":
+        raise ValueError(f"model.optimizer.momentum_ramp ramps SGD's momentum; model.optimizer.type is {kind}")
     if kind == "rmsprop":   # WGAN's: no momentum
         return torch.optim.RMSprop(params, lr=cfg["lr"], weight_decay=decay)
-    if kind == "sgd":   # plain gradient descent (RGAN's critic)
-        return torch.optim.SGD(params, lr=cfg["lr"], weight_decay=decay)
+    if kind == "sgd":   # plain gradient descent (RGAN's critic), or with momentum (GAN's)
+        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg.get("momentum", 0.0), weight_decay=decay)
     return torch.optim.Adam(params, lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.5, 0.999))), weight_decay=decay,
                             **adam_kernel(params))
+
+
+def with_player_overrides(cfg: dict, player: str) -> dict:
+    """A config shared by the players (model.optimizer, model.init) with one player's overrides
+    under its `players.<player>` applied, the `players` table itself left out."""
+    shared = {k: v for k, v in cfg.items() if k != "players"}
+    return {**shared, **cfg.get("players", {}).get(player, {})}
+
+
+def ramped_momentum(epoch: int, initial: float, final: float, start_epoch: int, saturate_epoch: int) -> float:
+    """Momentum moving linearly from `initial` at `start_epoch` to `final` at `saturate_epoch`
+    (pylearn2's MomentumAdjustor, which the GAN paper's code uses: 0.5 -> 0.7 over epochs 1-250)."""
+    if not 0 <= start_epoch < saturate_epoch:
+        raise ValueError(f"model.optimizer.momentum_ramp: start_epoch={start_epoch} must be >= 0 and below "
+                         f"saturate_epoch={saturate_epoch}")
+    progress = min(max((epoch - start_epoch) / (saturate_epoch - start_epoch), 0.0), 1.0)
+    return initial + (final - initial) * progress
 
 
 class AdversarialModel(pl.LightningModule):
@@ -211,17 +230,28 @@ class AdversarialModel(pl.LightningModule):
     def configure_optimizers(self):
         # `model.optimizer`, with `model.optimizer.players.<player>` overriding it for one player
         # (InfoGAN's and RGAN's papers give each player its own optimizer or rate).
-        shared = {k: v for k, v in self.optimizer_cfg.items() if k != "players"}
-        players = self.optimizer_cfg.get("players", {})
-        unknown = sorted(set(players) - set(self.player_modules()))
+        unknown = sorted(set(self.optimizer_cfg.get("players", {})) - set(self.player_modules()))
         if unknown:
             raise ValueError(f"model.optimizer.players has {unknown}, which {type(self).__name__} does not have: "
                              f"its players are {list(self.player_modules())}")
-        optimizers = [build_optimizer([p for m in modules for p in m.parameters()], {**shared, **players.get(name, {})})
+        optimizers = [build_optimizer([p for m in modules for p in m.parameters()], self.player_optimizer_cfg(name))
                       for name, modules in self.player_modules().items()]
         schedule = self.lr_schedule_of_this_run()
         schedulers = [build_scheduler(opt, **schedule) for opt in optimizers]
         return optimizers, schedulers
+
+    def player_optimizer_cfg(self, name: str) -> dict:
+        """`model.optimizer` with the player's overrides (`model.optimizer.players.<name>`)."""
+        return with_player_overrides(self.optimizer_cfg, name)
+
+    def on_train_epoch_start(self) -> None:
+        # SGD momentum ramped over epochs (`momentum_ramp`: the GAN paper's code, 0.5 -> 0.7).
+        for name, optimizer in self.named_optimizers().items():
+            ramp = self.player_optimizer_cfg(name).get("momentum_ramp")
+            if ramp:
+                momentum = ramped_momentum(self.current_epoch, self.player_optimizer_cfg(name)["momentum"], **ramp)
+                for group in optimizer.param_groups:
+                    group["momentum"] = momentum
 
     def lr_schedule_of_this_run(self) -> dict:
         """`model.lr_schedule` with `constant` / `decay` of "half" replaced by half the run's

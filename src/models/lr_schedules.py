@@ -9,7 +9,7 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-POLICIES = ("constant", "linear", "step", "cosine")
+POLICIES = ("constant", "linear", "step", "cosine", "exponential")
 UNITS = ("epoch", "iteration")
 
 
@@ -42,17 +42,30 @@ class CosineDecay:
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+class ExponentialDecay:
+    """The rate divided by `rate` at every step, down to `min_factor` of the start (the GAN
+    paper's code: pylearn2's ExponentialDecay, 1.000004 per update, down to lr 1e-6)."""
+
+    def __init__(self, rate: float, min_factor: float):
+        self.rate, self.min_factor = rate, min_factor
+
+    def __call__(self, t: int) -> float:
+        return max(self.rate ** -t, self.min_factor)
+
+
 class Constant:
     def __call__(self, t: int) -> float:
         return 1.0
 
 
 def build_scheduler(optimizer: Optimizer, policy: str = "linear", unit: str = "epoch", constant: int = 100,
-                    decay: int = 100, step_size: int = 50, gamma: float = 0.1) -> LambdaLR:
+                    decay: int = 100, step_size: int = 50, gamma: float = 0.1, decay_rate: float = 1.0,
+                    min_factor: float = 0.0) -> LambdaLR:
     if policy not in POLICIES:
         raise ValueError(f"Unknown model.lr_schedule.policy '{policy}'; choose one of {POLICIES}")
     if unit not in UNITS:
         raise ValueError(f"Unknown model.lr_schedule.unit '{unit}'; choose one of {UNITS}")
     factor = {"constant": lambda: Constant(), "linear": lambda: LinearDecay(constant, decay),
-              "step": lambda: StepDecay(step_size, gamma), "cosine": lambda: CosineDecay(constant, decay)}[policy]()
+              "step": lambda: StepDecay(step_size, gamma), "cosine": lambda: CosineDecay(constant, decay),
+              "exponential": lambda: ExponentialDecay(decay_rate, min_factor)}[policy]()
     return LambdaLR(optimizer, factor)

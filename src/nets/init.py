@@ -1,11 +1,12 @@
 """Weight initialisations of the papers (pix2pix/CycleGAN: N(0, 0.02))."""
 import torch.nn as nn
 
-INIT_NAMES = ("normal", "xavier", "kaiming", "orthogonal")
+INIT_NAMES = ("normal", "xavier", "kaiming", "orthogonal", "uniform")
 
 
 def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) -> nn.Module:
-    """Initialise conv/linear weights by `init_type` and norm scales by N(1, gain)."""
+    """Initialise conv/linear weights by `init_type` and norm scales by N(1, gain); `gain` is the
+    standard deviation of `normal` and the half-width of `uniform` (pylearn2's irange)."""
     if init_type not in INIT_NAMES:
         raise ValueError(f"Unknown init '{init_type}' (config key model.init_type); choose one of {INIT_NAMES}")
 
@@ -17,6 +18,8 @@ def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) 
                 nn.init.normal_(weight, 0.0, gain)
             elif init_type == "xavier":
                 nn.init.xavier_normal_(weight, gain=gain)
+            elif init_type == "uniform":
+                nn.init.uniform_(weight, -gain, gain)
             elif init_type == "kaiming":
                 nn.init.kaiming_normal_(weight, a=0, mode="fan_in")
             else:

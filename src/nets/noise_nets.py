@@ -5,9 +5,9 @@ Every generator maps `(z, labels)` to images in [-1, 1] (tanh), every discrimina
 case the class is given as a one-hot vector (cGAN, Mirza & Osindero 2014): concatenated to the
 generator's noise, and to the discriminator's input (as constant maps for a convolutional one).
 
-- MLP (GAN, Goodfellow et al. 2014; cGAN): fully connected layers. The papers' discriminators
-  use maxout units with dropout; here LeakyReLU(0.2) with optional dropout, the form later code
-  settled on.
+- MLP (GAN, Goodfellow et al. 2014; cGAN): fully connected layers. The discriminator's units
+  are maxout units (`maxout_pieces`, the papers' code: 5) or LeakyReLU(0.2) (0 pieces, the form
+  later code settled on), with dropout on its input and hidden layers.
 - DCGAN (Radford et al. 2016): transposed convs up from 4x4 in G, strided convs down to 4x4 in
   D, batch norm in both (not on D's input layer nor G's output), ReLU in G, LeakyReLU(0.2) in
   D, no pooling, no fully connected hidden layers.
@@ -149,19 +149,40 @@ class MLPGenerator(nn.Module):
             z.size(0), self.output_nc, self.image_size, self.image_size)
 
 
+class Maxout(nn.Module):
+    """Maxout units (Goodfellow et al. 2013): each of `units` outputs is the largest of `pieces`
+    linear functions of the input."""
+
+    def __init__(self, in_features: int, units: int, pieces: int):
+        super().__init__()
+        self.units, self.pieces = units, pieces
+        self.linear = nn.Linear(in_features, units * pieces)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x).view(x.size(0), self.units, self.pieces).amax(dim=2)
+
+
 class MLPDiscriminator(nn.Module):
-    """Flattened image (+ one-hot label) -> LeakyReLU(0.2) layers of `hidden` widths, each
-    followed by dropout when `dropout` > 0 (`features`, `feature_dim` wide) -> one logit."""
+    """Flattened image (+ one-hot label) -> dropout `input_dropout` -> layers of `hidden` widths
+    (maxout units of `maxout_pieces` pieces, or LeakyReLU(0.2) when 0), each followed by dropout
+    `dropout` (`features`, `feature_dim` wide) -> one logit. The GAN paper's code: maxout 240 x 5
+    pieces twice, dropout 0.2 on the input and 0.5 after each hidden layer."""
 
     def __init__(self, input_nc: int = 1, image_size: int = 28, hidden: list[int] = (1024, 512, 256),
-                 num_classes: int = 0, dropout: float = 0.0):
+                 num_classes: int = 0, dropout: float = 0.0, input_dropout: float = 0.0, maxout_pieces: int = 0):
         super().__init__()
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"model.discriminator.dropout={dropout!r} must be in [0, 1)")
+        for key, rate in (("dropout", dropout), ("input_dropout", input_dropout)):
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"model.discriminator.{key}={rate!r} must be in [0, 1)")
+        if not isinstance(maxout_pieces, int) or maxout_pieces < 0 or maxout_pieces == 1:
+            raise ValueError(f"model.discriminator.maxout_pieces={maxout_pieces!r} must be 0 (LeakyReLU units) or "
+                             "the pieces of each maxout unit, >= 2")
         self.num_classes = num_classes
-        layers, width = [], input_nc * image_size * image_size + num_classes
+        width = input_nc * image_size * image_size + num_classes
+        layers = [nn.Dropout(input_dropout)] if input_dropout > 0 else []
         for out in check_hidden(hidden, "model.discriminator.hidden"):
-            layers += [nn.Linear(width, out), nn.LeakyReLU(0.2, True)]
+            layers += ([Maxout(width, out, maxout_pieces)] if maxout_pieces
+                       else [nn.Linear(width, out), nn.LeakyReLU(0.2, True)])
             layers += [nn.Dropout(dropout)] if dropout > 0 else []
             width = out
         self.body = nn.Sequential(*layers)
