@@ -352,3 +352,23 @@ def test_stylegan_averages_its_generator_by_the_images_of_each_iteration(train_c
                         lambda self, images: images_per_update.append(images) or decay_for(self, images))
     run_training(train_cfg("model=stylegan", "max_iters=4", *NO_EVALUATION))
     assert images_per_update == [2, 2, 4, 4]
+
+
+def test_a_datamodule_reused_after_a_scheduled_fit_goes_back_to_its_batch_size(train_cfg):
+    import pytorch_lightning as pl
+
+    from src.utils.run import build_trainer_kwargs
+
+    def fit(cfg, datamodule) -> list[int]:
+        model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+        sizes, train_iteration = [], model.train_iteration
+        model.train_iteration = lambda batch: sizes.append(batch["A"].size(0)) or train_iteration(batch)
+        kwargs = {**build_trainer_kwargs(cfg, model), "logger": False, "enable_checkpointing": False}
+        pl.Trainer(**kwargs).fit(model, datamodule=datamodule)
+        return sizes
+
+    scheduled = train_cfg("model=stylegan", "max_iters=3", *NO_EVALUATION)
+    datamodule = hydra.utils.instantiate(scheduled.data)
+    assert fit(scheduled, datamodule) == [2, 2, 4]
+    plain = train_cfg("model=stylegan", "max_iters=2", "model.batch_sizes=null", *NO_EVALUATION)
+    assert fit(plain, datamodule) == [plain.data.batch_size] * 2 and datamodule.batch_size_schedule is None

@@ -108,12 +108,15 @@ class ProGAN(NoiseGAN):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         datamodule = self.trainer.datamodule if self._trainer is not None else None
-        if stage != "fit" or datamodule is None or not self.hparams.batch_sizes:
+        if stage != "fit" or datamodule is None:
             return
         if not hasattr(datamodule, "set_batch_size_schedule"):
-            raise ValueError(f"model.batch_sizes sets a batch size per resolution, which {type(datamodule).__name__} "
-                             "cannot follow: set model.batch_sizes=null")
-        datamodule.set_batch_size_schedule(self.schedule.batch_size_at)
+            if self.hparams.batch_sizes:
+                raise ValueError(f"model.batch_sizes sets a batch size per resolution, which "
+                                 f"{type(datamodule).__name__} cannot follow: set model.batch_sizes=null")
+            return
+        # None without a table: a DataModule used before by a scheduled fit goes back to data.batch_size.
+        datamodule.set_batch_size_schedule(self.schedule.batch_size_at if self.hparams.batch_sizes else None)
 
     def train_iteration(self, batch: dict) -> None:
         # Set here, from the iteration, so a resumed run continues at its stage; the sampling
