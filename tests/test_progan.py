@@ -372,3 +372,22 @@ def test_a_datamodule_reused_after_a_scheduled_fit_goes_back_to_its_batch_size(t
     assert fit(scheduled, datamodule) == [2, 2, 4]
     plain = train_cfg("model=stylegan", "max_iters=2", "model.batch_sizes=null", *NO_EVALUATION)
     assert fit(plain, datamodule) == [plain.data.batch_size] * 2 and datamodule.batch_size_schedule is None
+
+
+def test_a_checkpoint_from_before_the_image_schedule_loads_with_the_same_schedule(train_cfg, tmp_path):
+    """ProGAN checkpoints counted phases in iterations (`phase_iters`) at one batch size: they
+    load as phase_images = phase_iters x the run's batch size, at the stage they were saved at."""
+    cfg = train_cfg("model=progan", "max_iters=3", *NO_EVALUATION)
+    run_training(cfg)
+    checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    new_keys = ("phase_images", "batch_size", "batch_sizes", "lr_by_resolution", "start_resolution")
+    checkpoint["hyper_parameters"] = {**{k: v for k, v in checkpoint["hyper_parameters"].items() if k not in new_keys},
+                                      "phase_iters": 1}
+    del checkpoint["model_class"]
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    model = load_model(old)
+    batch = checkpoint["datamodule_hyper_parameters"]["batch_size"]
+    assert type(model).__name__ == "ProGAN" and model.hparams.phase_images == batch and model.hparams.batch_size == batch
+    assert [model.stage(i) for i in range(4)] == [(0, 1.0), (1, 0.0), (1, 1.0), (2, 0.0)]   # one iteration per phase
+    assert (model.generator.level, model.generator.alpha) == (1, 1.0)   # the third iteration's stage

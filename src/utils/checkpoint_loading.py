@@ -80,6 +80,19 @@ def _build(cls: type[AdversarialModel], hparams: dict) -> AdversarialModel:
         return cls(**hparams)
 
 
+def upgraded_hparams(hparams: dict, checkpoint: dict) -> dict:
+    """Hyperparameters of an older checkpoint in today's names: ProGAN/StyleGAN counted their
+    phases in iterations at one batch size (`phase_iters`); the same schedule is `phase_images`
+    = phase_iters x the run's data.batch_size, with no per-resolution tables."""
+    if "phase_iters" not in hparams:
+        return hparams
+    batch = int((checkpoint.get("datamodule_hyper_parameters") or {}).get("batch_size", 16))
+    upgraded = {key: value for key, value in hparams.items() if key != "phase_iters"}
+    upgraded.update({"phase_images": int(hparams["phase_iters"]) * batch, "batch_size": batch, "batch_sizes": {},
+                     "lr_by_resolution": {}, "start_resolution": 4})
+    return upgraded
+
+
 def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", use_ema: bool = True) -> AdversarialModel:
     """The model saved in a Lightning checkpoint, on `map_location`, in eval mode.
 
@@ -96,7 +109,8 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
     if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
         raise ValueError(f"ckpt_path={ckpt_path} is not a training checkpoint of this codebase "
                          f"(needs 'state_dict' and 'hyper_parameters')")
-    hparams, state_dict = dict(checkpoint["hyper_parameters"]), checkpoint["state_dict"]
+    hparams = upgraded_hparams(dict(checkpoint["hyper_parameters"]), checkpoint)
+    state_dict = checkpoint["state_dict"]
     averaged = averaged_state_dict(checkpoint) if use_ema else None
     if averaged is not None:
         log.info("Using the EMA weights of %s", path)
