@@ -14,8 +14,9 @@ STATE_KEY = "ImageBudget"
 
 def test_the_budget_counts_every_devices_images_and_stops_once_reached():
     budget = ImageBudget(max_kimg=0.02)
-    trainer = SimpleNamespace(world_size=2, should_stop=False)
-    module = SimpleNamespace(images_per_iteration=lambda batch: batch["A"].size(0), iteration=0)
+    trainer = SimpleNamespace(should_stop=False)
+    # the model's count over 2 devices of 4 images each
+    module = SimpleNamespace(images_per_iteration=lambda batch: batch["A"].size(0) * 2, iteration=0)
     stops = []
     for _ in range(3):
         budget.on_train_batch_end(trainer, module, None, {"A": torch.zeros(4, 1)}, 0)

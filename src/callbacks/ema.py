@@ -172,7 +172,7 @@ class GeneratorEMA(pl.Callback):
             return
         iteration = pl_module.iteration
         if iteration != self._last_update_iter:
-            self.update(iteration, pl_module.images_per_iteration(batch) * trainer.world_size)
+            self.update(iteration, pl_module.images_per_iteration(batch))
         self.swap_in()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -247,9 +247,9 @@ class AdversarialModel(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         # SGD momentum ramped over epochs (`momentum_ramp`: the GAN paper's code, 0.5 -> 0.7).
         for name, optimizer in self.named_optimizers().items():
-            ramp = self.player_optimizer_cfg(name).get("momentum_ramp")
-            if ramp:
-                momentum = ramped_momentum(self.current_epoch, self.player_optimizer_cfg(name)["momentum"], **ramp)
+            settings = self.player_optimizer_cfg(name)
+            if settings.get("momentum_ramp"):
+                momentum = ramped_momentum(self.current_epoch, settings["momentum"], **settings["momentum_ramp"])
                 for group in optimizer.param_groups:
                     group["momentum"] = momentum
 
@@ -402,10 +402,14 @@ class AdversarialModel(pl.LightningModule):
         """One training iteration: every player's step, in the model's order."""
         raise NotImplementedError
 
-    def images_per_iteration(self, batch: dict) -> int:
-        """The minibatch one training iteration learns from on this device (the EMA's
-        `half_life_images` counts these)."""
+    def batch_images(self, batch: dict) -> int:
+        """The minibatch one training iteration learns from on this device."""
         return batch["A"].size(0)
+
+    def images_per_iteration(self, batch: dict) -> int:
+        """The images one training iteration learns from over all devices (what the EMA's
+        `half_life_images` and `max_kimg` count)."""
+        return self.batch_images(batch) * self.trainer.world_size
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         self.logging_losses = self.logs_this_iteration()   # before the steps move global_step

@@ -130,7 +130,7 @@ class NoiseGAN(NoiseToImageModel):
         return {"G_adv": self.adversarial(scores, True, for_discriminator=False),
                 **{f"{name}_G": term for name, term in same_pass.items()}}
 
-    def images_per_iteration(self, batch: dict) -> int:
+    def batch_images(self, batch: dict) -> int:
         return batch["A"].size(0) // self.n_critic   # the loader batch holds the critic's n_critic batches
 
     def train_iteration(self, batch: dict) -> None:

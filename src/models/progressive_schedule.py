@@ -46,6 +46,8 @@ class ProgressiveSchedule:
             if level > levels[0]:
                 first = self._add(first, level, fading=True, images=phase_images)
             first = self._add(first, level, fading=False, images=phase_images if level < top_level else None)
+        # Looked up every iteration (stage, batch size, rate): the phases' first iterations, once.
+        self._starts = [phase.first_iteration for phase in self.phases]
 
     def _add(self, first: int, level: int, fading: bool, images: int | None) -> int:
         world_batch = self.level_batch_size(level) * self.world_size
@@ -58,8 +60,7 @@ class ProgressiveSchedule:
         return self.batch_sizes.get(level_resolution(level), self.batch_size)
 
     def phase(self, iteration: int) -> Phase:
-        starts = [phase.first_iteration for phase in self.phases]
-        return self.phases[bisect.bisect_right(starts, iteration) - 1]
+        return self.phases[bisect.bisect_right(self._starts, iteration) - 1]
 
     def stage(self, iteration: int) -> tuple[int, float]:
         """(level, alpha) of training iteration `iteration`."""
