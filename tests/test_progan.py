@@ -391,3 +391,14 @@ def test_a_checkpoint_from_before_the_image_schedule_loads_with_the_same_schedul
     assert type(model).__name__ == "ProGAN" and model.hparams.phase_images == batch and model.hparams.batch_size == batch
     assert [model.stage(i) for i in range(4)] == [(0, 1.0), (1, 0.0), (1, 1.0), (2, 0.0)]   # one iteration per phase
     assert (model.generator.level, model.generator.alpha) == (1, 1.0)   # the third iteration's stage
+
+
+def test_overfit_batches_needs_the_fixed_batch_size(train_cfg):
+    """Lightning's overfit_batches swaps the loader's sampler, which a batch-size schedule
+    cannot take: the run names both keys and the fix, and trains once the table is off."""
+    overfit = ("max_iters=2", "+trainer.overfit_batches=1", *NO_EVALUATION)
+    with pytest.raises(ValueError, match="trainer.overfit_batches cannot be used with model.batch_sizes"):
+        run_training(train_cfg("model=stylegan", *overfit))
+    cfg = train_cfg("model=stylegan", "model.batch_sizes=null", *overfit)
+    run_training(cfg)
+    assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").exists()

@@ -115,6 +115,11 @@ class ProGAN(NoiseGAN):
                 raise ValueError(f"model.batch_sizes sets a batch size per resolution, which "
                                  f"{type(datamodule).__name__} cannot follow: set model.batch_sizes=null")
             return
+        if self.hparams.batch_sizes and self.trainer.overfit_batches:
+            # Lightning's overfit_batches swaps the loader's sampler for a sequential one, which it
+            # cannot do around a batch sampler whose sizes follow the growth schedule.
+            raise ValueError("trainer.overfit_batches cannot be used with model.batch_sizes (a batch size per "
+                             "resolution): set model.batch_sizes=null to overfit at data.batch_size")
         # None without a table: a DataModule used before by a scheduled fit goes back to data.batch_size.
         datamodule.set_batch_size_schedule(self.schedule.batch_size_at if self.hparams.batch_sizes else None)
 
