@@ -6,13 +6,14 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ProgressBar
 
 from src.callbacks.image_budget import ImageBudget
 from src.callbacks.progress import iteration_progress_bar
 from src.callbacks.rank_seed import RankSeed
 from src.models.checkpoint_fit import check_checkpoint_file
+from src.utils.auto_resume import AUTO, resolve_auto_resume
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
 from src.utils.instantiate import instantiate_list
 from src.utils.wandb_run import WandbRunIdCallback, finish_wandb_run, is_wandb_node, with_wandb_identity
@@ -82,6 +83,9 @@ def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.C
 
 
 def run_training(cfg: DictConfig) -> dict[str, float]:
+    if cfg.get("ckpt_path") == AUTO:   # resolved first: the wandb run id is read from the file
+        with open_dict(cfg):
+            cfg.ckpt_path = resolve_auto_resume(cfg)
     check_checkpoint_file(cfg.get("ckpt_path"))
     default_wandb_offline()
     if cfg.get("seed") is not None:

@@ -1,0 +1,70 @@
+"""`ckpt_path=auto`: the same command resumes its run, or starts it when nothing was saved yet.
+
+A job that is preempted or hits a time limit (SLURM requeue, spot instances) is started again
+with the same command line. With a fixed run directory (`hydra.run.dir=...`), `auto` picks the
+most advanced checkpoint the run left there: the last periodic save, `interrupted.ckpt` /
+`crashed.ckpt` written on the way down (they hold the work since `last.ckpt`), or Lightning's
+SLURM `hpc_ckpt_*.ckpt`. Lightning's own `ckpt_path="last"` looks at `last*.ckpt` by time only,
+and resolves the file after the loggers exist, too late for a wandb run to continue.
+
+A job killed while writing leaves a cut-short file; it is passed over with a warning naming it,
+and the next most advanced checkpoint is taken. Without any checkpoint the run starts, saying
+where it looked (Hydra's default run directory is new for every run, so there it always starts).
+"""
+from __future__ import annotations
+
+import logging
+import zipfile
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+
+
+def checkpoint_candidates(checkpoint_dir: Path, run_dir: Path) -> list[Path]:
+    """Every checkpoint of the run: the checkpoint callback's files and Lightning's SLURM saves."""
+    found = sorted(checkpoint_dir.glob("*.ckpt")) if checkpoint_dir.is_dir() else []
+    return found + sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
+
+
+def training_progress(path: Path) -> int | None:
+    """The optimizer steps a checkpoint records, or None for a file that cannot be read whole."""
+    if not zipfile.is_zipfile(path):   # torch.save writes the zip directory last: a cut file has none
+        return None
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception:   # any reason a file is not a checkpoint of ours: it is reported and passed over
+        return None
+
+
+def most_advanced_checkpoint(checkpoint_dir: Path, run_dir: Path) -> Path | None:
+    """The readable checkpoint furthest into training; the newest file among equals."""
+    readable = []
+    for path in checkpoint_candidates(checkpoint_dir, run_dir):
+        steps = training_progress(path)
+        if steps is None:
+            log.warning("ckpt_path=auto: passing over %s, which cannot be read as a checkpoint "
+                        "(a save cut short when the job was stopped leaves such a file)", path)
+        else:
+            readable.append((steps, path.stat().st_mtime, path))
+    return max(readable)[2] if readable else None
+
+
+def resolve_auto_resume(cfg: DictConfig) -> str | None:
+    """The checkpoint `ckpt_path=auto` resumes from, or None to start the run."""
+    checkpointing = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
+    if not checkpointing.get("dirpath"):
+        raise ValueError("ckpt_path=auto looks for checkpoints in callbacks.model_checkpoint.dirpath, "
+                         "which this config does not set (see conf/callbacks/default.yaml)")
+    checkpoint_dir, run_dir = Path(checkpointing.dirpath), Path(cfg.paths.output_dir)
+    chosen = most_advanced_checkpoint(checkpoint_dir, run_dir)
+    if chosen is None:
+        log.info("ckpt_path=auto: no checkpoint in %s, starting the run. To resume a stopped job, start it "
+                 "again with the same hydra.run.dir.", checkpoint_dir)
+        return None
+    log.info("ckpt_path=auto: resuming from %s", chosen)
+    return str(chosen)

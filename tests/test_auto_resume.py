@@ -1,0 +1,73 @@
+"""`ckpt_path=auto`: the same command, started again in the same run directory, continues the
+run from its most advanced readable checkpoint, and starts it when there is none."""
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from conftest import NO_EVALUATION
+from src.models.pix2pix import Pix2Pix
+from src.utils.auto_resume import most_advanced_checkpoint
+from src.utils.run import run_training
+
+PIX2PIX = ("model=pix2pix", "data=shapes_paired", *NO_EVALUATION)
+
+
+def save_progress(path: Path, global_step: int) -> Path:
+    torch.save({"global_step": global_step}, path)
+    return path
+
+
+def test_the_most_advanced_readable_checkpoint_is_chosen_and_a_cut_file_is_named(tmp_path, caplog):
+    checkpoints, run_dir = tmp_path / "checkpoints", tmp_path
+    checkpoints.mkdir()
+    save_progress(checkpoints / "iter_0000002.ckpt", 4)
+    save_progress(checkpoints / "last.ckpt", 8)
+    crashed = save_progress(checkpoints / "crashed.ckpt", 11)     # the work after last.ckpt
+    assert most_advanced_checkpoint(checkpoints, run_dir) == crashed
+
+    hpc = save_progress(run_dir / "hpc_ckpt_1.ckpt", 14)          # Lightning's SLURM save, in the run dir
+    assert most_advanced_checkpoint(checkpoints, run_dir) == hpc
+
+    whole = hpc.read_bytes()
+    hpc.write_bytes(whole[: len(whole) // 2])                      # killed while writing
+    with caplog.at_level(logging.WARNING):
+        assert most_advanced_checkpoint(checkpoints, run_dir) == crashed
+    assert f"passing over {hpc}" in caplog.text
+
+
+def test_equal_progress_takes_the_newest_file(tmp_path):
+    older = save_progress(tmp_path / "last.ckpt", 6)
+    newer = save_progress(tmp_path / "interrupted.ckpt", 6)
+    times = older.stat().st_mtime
+    os.utime(older, (times - 10, times - 10))
+    assert most_advanced_checkpoint(tmp_path, tmp_path / "elsewhere") == newer
+    os.utime(newer, (times - 20, times - 20))
+    assert most_advanced_checkpoint(tmp_path, tmp_path / "elsewhere") == older
+
+
+def test_the_same_command_starts_then_continues_the_run(train_cfg, tmp_path, caplog, monkeypatch):
+    """auto in an empty run directory starts; run again (a longer max_iters, as a requeued job
+    whose first part ran out of time) it resumes, ending on the weights of an unbroken run."""
+    straight = train_cfg(*PIX2PIX, "max_iters=4")
+    straight.paths.output_dir = str(tmp_path / "straight")
+    run_training(straight)
+
+    with caplog.at_level(logging.INFO):
+        run_training(train_cfg(*PIX2PIX, "max_iters=2", "ckpt_path=auto"))
+    assert "ckpt_path=auto: no checkpoint in" in caplog.text
+    caplog.clear()
+    trained = []
+    train_iteration = Pix2Pix.train_iteration
+    monkeypatch.setattr(Pix2Pix, "train_iteration", lambda self, batch: trained.append(self.iteration)
+                        or train_iteration(self, batch))
+    with caplog.at_level(logging.INFO):
+        run_training(train_cfg(*PIX2PIX, "max_iters=4", "ckpt_path=auto"))
+    assert "ckpt_path=auto: resuming from" in caplog.text and trained == [2, 3]
+
+    load = lambda run: torch.load(Path(run, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)  # noqa: E731
+    expected, resumed = load(tmp_path / "straight"), load(tmp_path / "run")
+    assert resumed["global_step"] == expected["global_step"] == 8
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
