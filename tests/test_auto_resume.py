@@ -4,10 +4,12 @@ import logging
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import NO_EVALUATION
 from src.models.pix2pix import Pix2Pix
+from src.models.checkpoint_fit import check_checkpoint_file
 from src.utils.auto_resume import most_advanced_checkpoint
 from src.utils.run import run_training
 
@@ -31,7 +33,7 @@ def test_the_most_advanced_readable_checkpoint_is_chosen_and_a_cut_file_is_named
     assert most_advanced_checkpoint(checkpoints, run_dir) == hpc
 
     whole = hpc.read_bytes()
-    hpc.write_bytes(whole[: len(whole) // 2])                      # killed while writing
+    hpc.write_bytes(whole[: len(whole) // 2])                      # a copy cut short
     with caplog.at_level(logging.WARNING):
         assert most_advanced_checkpoint(checkpoints, run_dir) == crashed
     assert f"passing over {hpc}" in caplog.text
@@ -71,3 +73,8 @@ def test_the_same_command_starts_then_continues_the_run(train_cfg, tmp_path, cap
     assert resumed["global_step"] == expected["global_step"] == 8
     for key, value in expected["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
+
+
+def test_auto_outside_training_asks_for_a_file():
+    with pytest.raises(ValueError, match="ckpt_path=auto resumes a training run .*name a checkpoint file"):
+        check_checkpoint_file("auto")

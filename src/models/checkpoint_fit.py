@@ -37,6 +37,9 @@ def check_checkpoint_file(ckpt_path: str | Path | None) -> None:
     if ckpt_path is None or str(ckpt_path) in LIGHTNING_CKPT_KEYWORDS or "://" in str(ckpt_path):
         return
     if not Path(ckpt_path).is_file():
+        if str(ckpt_path) == "auto":   # train.py resolves it before this check; eval/translate need a file
+            raise ValueError("ckpt_path=auto resumes a training run (src/train.py); here, name a checkpoint "
+                             "file: ckpt_path=path/to/checkpoints/last.ckpt")
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     if not zipfile.is_zipfile(ckpt_path):
         raise unreadable_checkpoint(ckpt_path, "not a complete zip archive, as torch.save writes")

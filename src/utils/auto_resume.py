@@ -7,8 +7,8 @@ most advanced checkpoint the run left there: the last periodic save, `interrupte
 SLURM `hpc_ckpt_*.ckpt`. Lightning's own `ckpt_path="last"` looks at `last*.ckpt` by time only,
 and resolves the file after the loggers exist, too late for a wandb run to continue.
 
-A job killed while writing leaves a cut-short file; it is passed over with a warning naming it,
-and the next most advanced checkpoint is taken. Without any checkpoint the run starts, saying
+A file that cannot be read whole (a copy or sync cut short; Lightning itself writes through a
+temporary file) is passed over with a warning naming it, and the next most advanced one is taken. Without any checkpoint the run starts, saying
 where it looked (Hydra's default run directory is new for every run, so there it always starts).
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def most_advanced_checkpoint(checkpoint_dir: Path, run_dir: Path) -> Path | None
         steps = training_progress(path)
         if steps is None:
             log.warning("ckpt_path=auto: passing over %s, which cannot be read as a checkpoint "
-                        "(a save cut short when the job was stopped leaves such a file)", path)
+                        "(a copy cut short leaves such a file)", path)
         else:
             readable.append((steps, path.stat().st_mtime, path))
     return max(readable)[2] if readable else None
