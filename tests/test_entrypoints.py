@@ -60,3 +60,17 @@ def test_make_train_builds_every_model_and_its_data(tmp_path, shared_data_dir, o
     assert cfg.max_iters is not None
     hydra.utils.instantiate(cfg.data)
     hydra.utils.instantiate(cfg.model, _recursive_=False)
+
+
+@pytest.mark.parametrize("overrides,identity", [([], 5.0), (["loss.weights.cycle=5"], 2.5),
+                                                (["loss.weights.cycle=5", "loss.weights.identity=1"], 1.0)])
+def test_cyclegan_identity_weight_follows_a_cycle_sweep(tmp_path, shared_data_dir, overrides, identity):
+    """CycleGAN's code weighs the identity loss as a fraction (0.5) of the cycle weight, so
+    `-m loss.weights.cycle=5,10` keeps the paper's ratio; an explicit identity weight wins."""
+    import hydra
+
+    from conftest import compose_train_cfg
+    cfg = compose_train_cfg(["debug=smoke", "model=cyclegan", *overrides], tmp_path / "run", shared_data_dir)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    assert model.weight("identity") == identity
+    assert model.hparams.loss["weights"]["identity"] == identity   # saved resolved, as checkpoints load it
