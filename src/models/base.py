@@ -23,7 +23,7 @@ from src.losses import AdversarialLoss
 from src.models.checkpoint_fit import check_resume_fits
 from src.models.image_pool import ImagePool
 from src.models.loss_scaling import PlayerGradScalers
-from src.models.lr_schedules import build_scheduler
+from src.models.lr_schedules import build_scheduler, decay_end_mismatch
 from src.models.size_check import check_image_size
 from src.models import step_in_backward
 from src.nets.init import init_weights
@@ -258,25 +258,30 @@ class AdversarialModel(pl.LightningModule):
         length in the schedule's unit: the U-GAT-IT and NICE-GAN papers decay the rate over the
         second half of training, however long it is (max_iters, or trainer.max_epochs)."""
         schedule = dict(self.lr_schedule_cfg)
-        halves = [key for key in ("constant", "decay") if schedule.get(key) == "half"]
-        if not halves:
-            return schedule
         unit = schedule.get("unit", "epoch")
-        trainer = self.trainer
-        if unit == "epoch":
-            length = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        elif trainer.max_steps > 0:   # max_iters, in optimizer steps
-            length = trainer.max_steps // self.optimizer_steps_per_iter
-        else:   # epochs x batches (under manual optimization Lightning counts batches here)
-            batches = trainer.estimated_stepping_batches
-            length = int(batches) if math.isfinite(batches) else None
-        if not length:
+        length = self.run_length_in(unit)
+        halves = [key for key in ("constant", "decay") if schedule.get(key) == "half"]
+        if halves and not length:
             raise ValueError(f"model.lr_schedule.{halves[0]}=half needs the run's length in "
                              f"{unit}s: set {'max_iters' if unit == 'iteration' else 'trainer.max_epochs'}, or give "
                              f"model.lr_schedule.constant and decay as numbers")
-        first_half = length // 2
-        schedule.update({key: first_half if key == "constant" else length - first_half for key in halves})
+        if halves:
+            first_half = length // 2
+            schedule.update({key: first_half if key == "constant" else length - first_half for key in halves})
+        elif length and (mismatch := decay_end_mismatch(schedule, unit, length)):
+            rank_zero_warn(mismatch)
         return schedule
+
+    def run_length_in(self, unit: str) -> int | None:
+        """How long this fit trains, in epochs or iterations; None where the trainer cannot say
+        (an image budget, or an epoch count of a run limited by iterations)."""
+        trainer = self.trainer
+        if unit == "epoch":
+            return trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        if trainer.max_steps > 0:   # max_iters, in optimizer steps
+            return trainer.max_steps // self.optimizer_steps_per_iter
+        batches = trainer.estimated_stepping_batches   # epochs x batches (manual optimization counts batches)
+        return int(batches) if math.isfinite(batches) else None
 
     def named_optimizers(self) -> dict:
         optimizers = self.optimizers()
