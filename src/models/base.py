@@ -274,8 +274,10 @@ class AdversarialModel(pl.LightningModule):
 
     def run_length_in(self, unit: str) -> int | None:
         """How long this fit trains, in epochs or iterations; None where the trainer cannot say
-        (an image budget, or an epoch count of a run limited by iterations)."""
-        trainer = self.trainer
+        (an image budget, an epoch count of a run limited by iterations, no trainer)."""
+        trainer = self._trainer
+        if trainer is None:   # optimizers built outside a fit
+            return None
         if unit == "epoch":
             return trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         if trainer.max_steps > 0:   # max_iters, in optimizer steps
