@@ -1,8 +1,9 @@
 """Training items in an order, and with augmentations, set by (seed, epoch) alone."""
 import hydra
+import pytest
 import torch
 
-from src.data.epoch_order import EpochOrderSampler, SeededItems
+from src.data.epoch_order import EpochOrderSampler, SeededItems, items_done_on_another_world
 from src.data.unpaired import UnpairedDataModule
 from src.utils.run import run_training
 from conftest import NO_EVALUATION
@@ -51,6 +52,27 @@ def test_resume_starts_that_epoch_after_the_items_done_and_only_that_epoch():
     assert epoch(sampler, 4) == full[4][2:]
     assert epoch(sampler, 5) == full[5]
     assert len(sampler) == 5  # Lightning counts the epoch's batches, the done ones included
+
+
+@pytest.mark.parametrize("saved_world,world,items_done,batch_size", [(1, 2, 4, 1), (2, 1, 2, 1), (2, 3, 3, 1),
+                                                                      (3, 2, 2, 2), (4, 2, 1, 1)])
+def test_an_epoch_resumed_on_another_number_of_ranks_goes_on_after_all_ranks_items(saved_world, world, items_done,
+                                                                                    batch_size):
+    """Saved on `saved_world` ranks that had each trained `items_done`, resumed on `world`: the
+    new ranks together train the rest of the one epoch list, each the same number of whole
+    batches, repeating fewer than world x batch_size items and leaving none out."""
+    dataset = SeededItems(RandomItems())
+    whole = epoch(EpochOrderSampler(dataset, seed=3), 2)
+    trained = whole[: items_done * saved_world]
+    per_rank = items_done_on_another_world(items_done, saved_world, world, batch_size)
+    assert per_rank % batch_size == 0
+    rest = []
+    for rank in range(world):
+        sampler = EpochOrderSampler(dataset, seed=3, num_replicas=world, rank=rank)
+        sampler.resume(epoch=2, items_done=per_rank)
+        rest += epoch(sampler, 2)
+    assert set(trained) | set(rest) == set(whole)
+    assert 0 <= len(trained) + len(rest) - sampler.total_size < world * batch_size
 
 
 def test_an_item_draws_from_its_own_seed_and_leaves_the_callers_rng_alone():

@@ -148,6 +148,26 @@ def test_ddp_resume_mid_epoch_continues_each_ranks_share_exactly(tmp_path, share
             assert torch.equal(resumed[rank]["params"][name], value), f"rank {rank}: {name}"
 
 
+def test_a_run_saved_on_one_device_resumes_mid_epoch_on_two(tmp_path, shared_data_dir):
+    """8 images, 2 trained on one device, then resumed on 2 ranks for 3 iterations each: the
+    ranks train the epoch's other 6 images between them, none twice, then the epoch ends."""
+    common = ("model=cyclegan", "data=shapes", "data.max_dataset_size=8", "seed=3", PROBE, *NO_EVALUATION)
+    first_dir, resumed_dir = tmp_path / "first", tmp_path / "resumed"
+    for cwd in (first_dir, resumed_dir):
+        cwd.mkdir()
+    run_train(*common, "max_iters=2", cwd=first_dir, data_dir=shared_data_dir)
+    (first,) = (first_dir / "logs" / "smoke" / "runs").iterdir()
+    result = run_train(*common, "trainer=ddp_sim", "max_iters=5",
+                       f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", cwd=resumed_dir, data_dir=shared_data_dir)
+    assert "Resumed on 2 devices a run saved on 1: epoch 0 goes on after its first 2" in result.stdout + result.stderr
+    (resumed,) = (resumed_dir / "logs" / "smoke" / "runs").iterdir()
+    trained_first = torch.load(first / "rank_probe_0.pt", weights_only=False)["paths"]
+    ranks = rank_probes(resumed)
+    assert [len(probe["paths"]) for probe in ranks] == [3, 3]
+    domain_a_images = [a for a, _ in trained_first + ranks[0]["paths"] + ranks[1]["paths"]]   # B is a random partner
+    assert len(set(domain_a_images)) == 8
+
+
 def test_each_multirun_job_is_its_own_wandb_run(ddp_sweep):
     ids = []
     for job in job_dirs(ddp_sweep):

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from src.data.batching import SIZE_KEEPING_MODES, collate_same_size, first_items_of_one_size
-from src.data.epoch_order import EpochOrderLoader, EpochOrderSampler, SeededItems
+from src.data.epoch_order import EpochOrderLoader, EpochOrderSampler, SeededItems, items_done_on_another_world
 from src.data.image_io import check_channels
 from src.data.transforms import ImageTransform
 from src.utils.config_checks import require_int
@@ -177,6 +178,7 @@ class SplitDataModule(pl.LightningDataModule):
         scheduled = ({"batch_sizes": self.loader_batch_size_at, "first_iteration": self._iterations_done}
                      if self.batch_size_schedule else {})
         return EpochOrderLoader(dataset, sampler=sampler, position=self._training_position, **scheduled,
+                                resume_on_another_world=self._resume_on_another_world,
                                 **self._loader_settings(self.train_batch_size, self.train_drop_last))
 
     def _order_seed(self) -> int:
@@ -198,6 +200,28 @@ class SplitDataModule(pl.LightningDataModule):
         epoch_start = self._iterations_done() - batches_done
         return trainer.current_epoch, sum(self.loader_batch_size_at(i)
                                           for i in range(epoch_start, epoch_start + batches_done))
+
+    def _resume_on_another_world(self, epoch: int, items_done: int, saved_world: int) -> int:
+        """A run saved on `saved_world` devices resumed on another number inside epoch `epoch`:
+        the epoch goes on after the items all devices had trained (`items_done_on_another_world`),
+        and Lightning's count of the epoch's batches, restored from the checkpoint in the saved
+        run's batches, is set to this rank's batches done, so the epoch ends when its list does."""
+        trainer = self.trainer
+        if self.batch_size_schedule:
+            raise ValueError(f"The checkpoint was saved on {saved_world} devices and this run has "
+                             f"{trainer.world_size}: with a batch size per resolution (model.batch_sizes) the "
+                             f"growth schedule is counted for the saved number; resume on {saved_world} devices")
+        items = items_done_on_another_world(items_done, saved_world, trainer.world_size, self.train_batch_size)
+        # Every counter moves by the same amount: Lightning's restart logic reads their differences
+        # (a save at a batch's end holds completed = ready - 1).
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        shift = items // self.train_batch_size - progress.ready
+        for counter in ("ready", "started", "processed", "completed"):
+            setattr(progress, counter, getattr(progress, counter) + shift)
+        rank_zero_info(f"Resumed on {trainer.world_size} devices a run saved on {saved_world}: epoch {epoch} goes on "
+                       f"after its first {items * trainer.world_size} of the {items_done * saved_world} items the "
+                       f"saved run had trained")
+        return items
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.dataset("test", train=False), **self._loader_settings(self.eval_batch_size))

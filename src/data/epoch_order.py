@@ -78,6 +78,19 @@ class EpochOrderSampler(DistributedSampler):
         return iter(mine[start:])
 
 
+def items_done_on_another_world(items_done: int, saved_world: int, world: int, batch_size: int) -> int:
+    """Items each rank counts as trained in an epoch resumed on `world` ranks, when the run was
+    saved on `saved_world` ranks that had each trained `items_done` of it.
+
+    The ranks take turns through one epoch list, so the saved run had trained the list's first
+    items_done x saved_world items. Each new rank takes its equal share of those as done, rounded
+    down to whole batches, since every rank must run the same number of batches: the epoch goes
+    on from there, nothing in it is left out, and fewer than world x batch_size items of it train
+    a second time."""
+    per_rank = items_done * saved_world // world
+    return per_rank - per_rank % batch_size
+
+
 class ScheduledBatches:
     """Batches of this rank's pairs whose size is a function of the training iteration they
     feed (ProGAN's and StyleGAN's batch size per resolution, src/models/progressive_schedule.py).
@@ -117,7 +130,8 @@ class EpochOrderLoader(DataLoader):
 
     def __init__(self, dataset: Dataset, *, sampler: EpochOrderSampler,
                  position: Callable[[], tuple[int, int]], batch_sizes: Callable[[int], int] | None = None,
-                 first_iteration: Callable[[], int] | None = None, **kwargs: Any) -> None:
+                 first_iteration: Callable[[], int] | None = None,
+                 resume_on_another_world: Callable[[int, int, int], int] | None = None, **kwargs: Any) -> None:
         if batch_sizes is None:
             super().__init__(dataset, sampler=sampler, **kwargs)
         else:
@@ -132,14 +146,24 @@ class EpochOrderLoader(DataLoader):
             # it after construction, hence object.__setattr__.
             object.__setattr__(self, "sampler", sampler)
         self.position = position
+        self.resume_on_another_world = resume_on_another_world
 
     def state_dict(self) -> dict[str, int]:
         if not isinstance(self.sampler, EpochOrderSampler):  # replaced, e.g. by overfit_batches
             return {}
         epoch, items_done = self.position()
-        return {"order_seed": self.sampler.seed, "epoch": epoch, "items_done": items_done}
+        return {"order_seed": self.sampler.seed, "epoch": epoch, "items_done": items_done,
+                "world_size": self.sampler.num_replicas}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        if state_dict and isinstance(self.sampler, EpochOrderSampler):
-            self.sampler.seed = state_dict["order_seed"]
-            self.sampler.resume(state_dict["epoch"], state_dict["items_done"])
+        if not state_dict or not isinstance(self.sampler, EpochOrderSampler):
+            return
+        self.sampler.seed = state_dict["order_seed"]
+        epoch, items_done = state_dict["epoch"], state_dict["items_done"]
+        saved_world = state_dict.get("world_size", self.sampler.num_replicas)   # older checkpoints: not recorded
+        if saved_world != self.sampler.num_replicas:
+            if self.resume_on_another_world is None:
+                raise ValueError(f"This loader cannot continue on {self.sampler.num_replicas} devices an epoch "
+                                 f"saved on {saved_world}")
+            items_done = self.resume_on_another_world(epoch, items_done, saved_world)
+        self.sampler.resume(epoch, items_done)
