@@ -40,6 +40,25 @@ def test_schedule_phases_count_images_at_each_resolutions_batch_and_rate():
     assert ProgressiveSchedule(3, 12, 2, {8: 6}, grow=False).phases == [Phase(0, float("inf"), 3, False)]
 
 
+def test_a_change_of_device_count_finishes_the_phase_with_the_images_it_lacks():
+    """Resumed on 2 devices at iteration 4 of a 1-device run (batch 2, 12 images a phase): the
+    first phase had 8 images and needs 1 iteration of 4 more; the next take 3 iterations each."""
+    schedule = ProgressiveSchedule(top_level=2, phase_images=12, batch_size=2, world_sizes=[(0, 1), (4, 2)])
+    assert [(p.first_iteration, p.iterations, p.level, p.fading, p.world_size) for p in schedule.phases] == [
+        (0, 4, 0, False, 1), (4, 1, 0, False, 2), (5, 3, 1, True, 2), (8, 3, 1, False, 2), (11, 3, 2, True, 2),
+        (14, float("inf"), 2, False, 2)]
+    assert [schedule.images_before(i) for i in (4, 5, 8, 14, 15)] == [8, 12, 24, 48, 52]
+    # A fade-in split by the change goes on from the alpha it had reached.
+    split = ProgressiveSchedule(top_level=2, phase_images=12, batch_size=2, world_sizes=[(0, 1), (7, 2)])
+    assert [split.stage(i) for i in (6, 7, 8, 9, 10)] == [(1, 0.0), (1, pytest.approx(1 / 6)),
+                                                          (1, pytest.approx(1 / 6 + 5 / 18)),
+                                                          (1, pytest.approx(1 / 6 + 10 / 18)), (1, 1.0)]
+    unchanged = ProgressiveSchedule(top_level=2, phase_images=12, batch_size=2, world_size=2)
+    assert ProgressiveSchedule(top_level=2, phase_images=12, batch_size=2, world_sizes=[(0, 2)]).phases == unchanged.phases
+    with pytest.raises(ValueError, match="world_sizes must start at iteration 0 and rise"):
+        ProgressiveSchedule(top_level=2, phase_images=12, batch_size=2, world_sizes=[(0, 1), (0, 2)])
+
+
 def test_the_loader_follows_the_batch_size_per_resolution_and_the_optimizers_the_rate(train_cfg):
     """model=stylegan's smoke schedule: 2 iterations of 2 images at 8x8, then 4 (a batch-size
     change inside the epoch); a rate per resolution reaches both players' optimizers (`++`

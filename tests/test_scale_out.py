@@ -1,6 +1,7 @@
 """Scaling out: DDP (2 CPU processes) for every model, multirun with DDP and Optuna, the EMA of
 the generators, mixed precision, wandb run identity, and the SLURM launcher config."""
 import contextlib
+import csv
 import math
 import os
 import subprocess
@@ -166,6 +167,34 @@ def test_a_run_saved_on_one_device_resumes_mid_epoch_on_two(tmp_path, shared_dat
     assert [len(probe["paths"]) for probe in ranks] == [3, 3]
     domain_a_images = [a for a, _ in trained_first + ranks[0]["paths"] + ranks[1]["paths"]]   # B is a random partner
     assert len(set(domain_a_images)) == 8
+
+
+def test_a_growing_model_resumed_on_more_devices_goes_on_counting_images(tmp_path, shared_data_dir):
+    """StyleGAN's smoke schedule (phases of 4 images; 2 a device at 8x8, 4 from 16x16), 2
+    iterations on one device, then resumed on 2 ranks: the 8x8 phase is done (4 images), so the
+    fade-in of 16x16 takes one iteration of 8 images, as does 16x16 alone; the ranks train the
+    epoch's items the first run had not."""
+    common = ("model=stylegan", "data.max_dataset_size=20", "seed=3", PROBE, *NO_EVALUATION)
+    first_dir, resumed_dir = tmp_path / "first", tmp_path / "resumed"
+    for cwd in (first_dir, resumed_dir):
+        cwd.mkdir()
+    run_train(*common, "max_iters=2", cwd=first_dir, data_dir=shared_data_dir)
+    (first,) = (first_dir / "logs" / "smoke" / "runs").iterdir()
+    run_train(*common, "trainer=ddp_sim", "max_iters=4", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}",
+              cwd=resumed_dir, data_dir=shared_data_dir)
+    (resumed,) = (resumed_dir / "logs" / "smoke" / "runs").iterdir()
+    checkpoint = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["world_sizes"] == [[0, 1], [2, 2]]
+    (loader_state,) = checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert loader_state["items_done"] == 2 + 8 and loader_state["world_size"] == 2   # each rank's share of 20
+    (metrics_file,) = resumed.glob("**/metrics.csv")
+    rows = [row for row in csv.DictReader(metrics_file.open()) if row.get("train/kimg")]
+    stages = [(float(r["train/level"]), float(r["train/alpha"]), float(r["train/kimg"])) for r in rows]
+    assert stages == [(2.0, 0.0, pytest.approx(0.012)), (2.0, 1.0, pytest.approx(0.020))]   # level 2: 16x16
+    ranks = rank_probes(resumed)
+    assert [len(probe["paths"]) for probe in ranks] == [8, 8]
+    trained_first = torch.load(first / "rank_probe_0.pt", weights_only=False)["paths"]
+    assert len({a for a, _ in trained_first + ranks[0]["paths"] + ranks[1]["paths"]}) == 20
 
 
 def test_each_multirun_job_is_its_own_wandb_run(ddp_sweep):

@@ -115,6 +115,9 @@ class SplitDataModule(pl.LightningDataModule):
 
     #: model batch size of each training iteration, set by `set_batch_size_schedule`; None: data.batch_size throughout
     batch_size_schedule = None
+    #: (epoch, items) this rank counts as done in that epoch beyond its own batches: set when a run
+    #: with scheduled batch sizes resumes on another number of devices
+    _position_offset: tuple[int, int] = (-1, 0)
 
     def set_batch_size_schedule(self, sizes) -> None:
         """Train with `sizes(iteration)` model batches in iteration `iteration` (times
@@ -172,6 +175,7 @@ class SplitDataModule(pl.LightningDataModule):
         """Shuffled training items in an order, and with augmentations, set by (seed, epoch)
         alone, so a run resumed mid-epoch continues exactly (src/data/epoch_order.py)."""
         dataset = SeededItems(self.dataset("train", train=True))
+        self._position_offset = (-1, 0)   # a loader state loaded after this sets it again
         trainer = self.trainer
         world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = EpochOrderSampler(dataset, seed=self._order_seed(), num_replicas=world_size, rank=rank)
@@ -198,26 +202,28 @@ class SplitDataModule(pl.LightningDataModule):
         if not self.batch_size_schedule:
             return trainer.current_epoch, batches_done * self.train_batch_size
         epoch_start = self._iterations_done() - batches_done
-        return trainer.current_epoch, sum(self.loader_batch_size_at(i)
-                                          for i in range(epoch_start, epoch_start + batches_done))
+        items = sum(self.loader_batch_size_at(i) for i in range(epoch_start, epoch_start + batches_done))
+        offset_epoch, offset = self._position_offset
+        return trainer.current_epoch, items + (offset if offset_epoch == trainer.current_epoch else 0)
 
     def _resume_on_another_world(self, epoch: int, items_done: int, saved_world: int) -> int:
         """A run saved on `saved_world` devices resumed on another number inside epoch `epoch`:
-        the epoch goes on after the items all devices had trained (`items_done_on_another_world`),
-        and Lightning's count of the epoch's batches, restored from the checkpoint in the saved
-        run's batches, is set to this rank's batches done, so the epoch ends when its list does."""
+        the epoch goes on after the items all devices had trained (`items_done_on_another_world`).
+        Lightning's count of the epoch's batches, restored in the saved run's batches, is set to
+        this rank's batches done, so the epoch ends when its list does; with batch sizes that
+        follow a schedule (no epoch length to end on) the items done are offset instead."""
         trainer = self.trainer
+        whole_batches = 1 if self.batch_size_schedule else self.train_batch_size
+        items = items_done_on_another_world(items_done, saved_world, trainer.world_size, whole_batches)
         if self.batch_size_schedule:
-            raise ValueError(f"The checkpoint was saved on {saved_world} devices and this run has "
-                             f"{trainer.world_size}: with a batch size per resolution (model.batch_sizes) the "
-                             f"growth schedule is counted for the saved number; resume on {saved_world} devices")
-        items = items_done_on_another_world(items_done, saved_world, trainer.world_size, self.train_batch_size)
-        # Every counter moves by the same amount: Lightning's restart logic reads their differences
-        # (a save at a batch's end holds completed = ready - 1).
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        shift = items // self.train_batch_size - progress.ready
-        for counter in ("ready", "started", "processed", "completed"):
-            setattr(progress, counter, getattr(progress, counter) + shift)
+            self._position_offset = (epoch, items - items_done)
+        else:
+            # Every counter moves by the same amount: Lightning's restart logic reads their
+            # differences (a save at a batch's end holds completed = ready - 1).
+            progress = trainer.fit_loop.epoch_loop.batch_progress.current
+            shift = items // self.train_batch_size - progress.ready
+            for counter in ("ready", "started", "processed", "completed"):
+                setattr(progress, counter, getattr(progress, counter) + shift)
         rank_zero_info(f"Resumed on {trainer.world_size} devices a run saved on {saved_world}: epoch {epoch} goes on "
                        f"after its first {items * trainer.world_size} of the {items_done * saved_world} items the "
                        f"saved run had trained")

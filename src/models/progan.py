@@ -85,18 +85,44 @@ class ProGAN(NoiseGAN):
         self.hparams.update(settings)
         self.drift, self.grow = float(drift), grow
         self._schedule: ProgressiveSchedule | None = None
+        #: (first iteration, number of devices) of each part of a resumed run, from its checkpoint
+        self._earlier_world_sizes: list[tuple[int, int]] = []
+        self._resumed_at = 0
+
+    @property
+    def world_sizes(self) -> list[tuple[int, int]]:
+        """The device count of each part of this run: those its checkpoint recorded, and this
+        fit's from the iteration it resumed at when the count changed."""
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        history = list(self._earlier_world_sizes) or [(0, world_size)]
+        if history[-1][1] != world_size:
+            # A part that would start at the resume trained no iteration: this fit's count replaces it.
+            history = [part for part in history if part[0] < self._resumed_at]
+            if history[-1][1] != world_size:
+                history.append((self._resumed_at, world_size))
+        return history
 
     @property
     def schedule(self) -> ProgressiveSchedule:
         """The growth schedule of this run (its phases count the images of every device)."""
-        world_size = self.trainer.world_size if self._trainer is not None else 1
-        if self._schedule is None or self._schedule.world_size != world_size:
+        world_sizes = self.world_sizes
+        if self._schedule is None or self._schedule.world_sizes != world_sizes:
             h = self.hparams
             self._schedule = ProgressiveSchedule(
                 top_level=self.generator.top_level, phase_images=h.phase_images, batch_size=h.batch_size,
                 batch_sizes=h.batch_sizes, lr_by_resolution=h.lr_by_resolution, base_lr=self.optimizer_cfg["lr"],
-                start_level=self.resolutions().index(h.start_resolution), world_size=world_size, grow=self.grow)
+                start_level=self.resolutions().index(h.start_resolution), world_sizes=world_sizes, grow=self.grow)
         return self._schedule
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["world_sizes"] = [list(part) for part in self.world_sizes]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        # Older checkpoints did not record it: their run is taken to have had this fit's count.
+        self._earlier_world_sizes = [(int(first), int(world)) for first, world in checkpoint.get("world_sizes", [])]
+        self._resumed_at = int(checkpoint.get("global_step", 0)) // self.optimizer_steps_per_iter
 
     def resolutions(self) -> list[int]:
         """The image side of each level, 4x4 first."""
@@ -121,7 +147,11 @@ class ProGAN(NoiseGAN):
             raise ValueError("trainer.overfit_batches cannot be used with model.batch_sizes (a batch size per "
                              "resolution): set model.batch_sizes=null to overfit at data.batch_size")
         # None without a table: a DataModule used before by a scheduled fit goes back to data.batch_size.
-        datamodule.set_batch_size_schedule(self.schedule.batch_size_at if self.hparams.batch_sizes else None)
+        # Read through the model: a resume on another device count rebuilds the schedule after this.
+        datamodule.set_batch_size_schedule(self.loader_batch_size_at if self.hparams.batch_sizes else None)
+
+    def loader_batch_size_at(self, iteration: int) -> int:
+        return self.schedule.batch_size_at(iteration)
 
     def train_iteration(self, batch: dict) -> None:
         # Set here, from the iteration, so a resumed run continues at its stage; the sampling
