@@ -4,7 +4,7 @@ import torch
 
 from src.losses import AdversarialLoss, feature_matching_loss, gradient_penalty
 from src.models.image_pool import ImagePool
-from src.models.lr_schedules import build_scheduler, decay_end_mismatch
+from src.models.lr_schedules import CosineDecay, LinearDecay, StepDecay, build_scheduler, decay_end_mismatch
 from src.nets.discriminators import MultiscaleDiscriminator, NLayerDiscriminator
 from src.nets.generators import ResnetGenerator, UnetGenerator
 
@@ -127,12 +127,12 @@ def test_linear_decay_schedule_matches_the_paper_recipe():
 
 
 def test_a_decay_that_misses_the_runs_end_is_named():
-    paper = {"policy": "linear", "unit": "epoch", "constant": 100, "decay": 100}
+    paper = LinearDecay(constant=100, decay=100)
     assert decay_end_mismatch(paper, "epoch", 200) is None
     assert "run is 150 epochs long: it stops with the rate at 0.50 of its start" in decay_end_mismatch(paper, "epoch", 150)
     assert "its last 50 epochs train at a rate of 0" in decay_end_mismatch(paper, "epoch", 250)
-    assert "rate at 0.50" in decay_end_mismatch({**paper, "policy": "cosine"}, "epoch", 150)
-    assert decay_end_mismatch({**paper, "policy": "step"}, "epoch", 150) is None
+    assert "rate at 0.50" in decay_end_mismatch(CosineDecay(100, 100), "epoch", 150)
+    assert decay_end_mismatch(StepDecay(50, 0.1), "epoch", 150) is None
 
 
 def test_unet_depth_auto_reaches_one_pixel_at_the_crop_size():

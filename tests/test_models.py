@@ -292,6 +292,18 @@ def test_a_run_shorter_than_its_decay_warns_and_one_that_fits_does_not(train_cfg
     assert not [w for w in recwarn if "lr_schedule" in str(w.message)]
 
 
+def test_a_run_resumed_with_a_longer_max_iters_warns_that_its_decay_ended(train_cfg, tmp_path):
+    """U-GAT-IT decays over the second half of max_iters=4; resumed to 6 iterations, the restored
+    scheduler (the same run's) has reached 0 at 4, which the run says instead of training on silently."""
+    first = train_cfg("model=ugatit", "max_iters=4", *NO_EVALUATION)
+    first.paths.output_dir = str(tmp_path / "first")
+    run_training(first)
+    resumed = train_cfg("model=ugatit", "max_iters=6", f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt",
+                        *NO_EVALUATION)
+    with pytest.warns(UserWarning, match="over iterations 2-4, but this run is 6 iterations long: its last 2"):
+        run_training(resumed)
+
+
 def test_wgangp_warns_of_a_batch_norm_critic_and_trains_with_layer_norm(train_cfg, recwarn):
     common = ("model=pix2pix", "data=shapes_paired", "loss=wgangp", "max_iters=1", *NO_EVALUATION)
     with pytest.warns(UserWarning, match="loss=wgangp with batch norm in the discriminator.*norm=layer"):

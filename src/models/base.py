@@ -268,9 +268,16 @@ class AdversarialModel(pl.LightningModule):
         if halves:
             first_half = length // 2
             schedule.update({key: first_half if key == "constant" else length - first_half for key in halves})
-        elif length and (mismatch := decay_end_mismatch(schedule, unit, length)):
-            rank_zero_warn(mismatch)
         return schedule
+
+    def on_train_start(self) -> None:
+        # After a resume has restored the schedulers: they, not the config, say when the rate reaches 0.
+        unit = self.lr_schedule_cfg.get("unit", "epoch")
+        length = self.run_length_in(unit)
+        schedulers = self.lr_schedulers()
+        scheduler = schedulers[0] if isinstance(schedulers, list) else schedulers
+        if length and scheduler is not None and (mismatch := decay_end_mismatch(scheduler.lr_lambdas[0], unit, length)):
+            rank_zero_warn(mismatch)
 
     def run_length_in(self, unit: str) -> int | None:
         """How long this fit trains, in epochs or iterations; None where the trainer cannot say

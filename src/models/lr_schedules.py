@@ -58,29 +58,22 @@ class Constant:
         return 1.0
 
 
-#: policies that decay the rate to 0 at `constant` + `decay` steps
-DECAYS_TO_ZERO = ("linear", "cosine")
-
-
-def decay_end_mismatch(schedule: dict, unit: str, length: int) -> str | None:
-    """What goes amiss when a decay to 0 does not end where the run does: a run shortened with
-    trainer.max_epochs alone (CycleGAN's 100 + 100 epochs) would never reach the low rates, one
-    lengthened would train on at a rate of 0. None when they agree."""
-    policy = schedule.get("policy", "linear")
-    if policy not in DECAYS_TO_ZERO:
+def decay_end_mismatch(factor, unit: str, length: int) -> str | None:
+    """What goes amiss when a decay to 0 (`factor`, a scheduler's LinearDecay or CosineDecay)
+    does not end where the run does: a run shortened with trainer.max_epochs alone (CycleGAN's
+    100 + 100 epochs) never reaches the low rates, one lengthened (or resumed with a longer
+    max_iters: the scheduler keeps the decay of the run it continues) trains on at a rate of 0.
+    None when they agree, or for other schedules."""
+    if not isinstance(factor, (LinearDecay, CosineDecay)):
         return None
-    constant, decay = int(schedule.get("constant", 100)), int(schedule.get("decay", 100))
-    end = constant + decay
+    end = factor.constant + factor.decay
     if end == length:
         return None
-    if length < end:
-        factor = (LinearDecay if policy == "linear" else CosineDecay)(constant, decay)(length)
-        outcome = f"it stops with the rate at {factor:.2f} of its start"
-    else:
-        outcome = f"its last {length - end} {unit}s train at a rate of 0"
-    return (f"model.lr_schedule decays the rate to 0 over {unit}s {constant}-{end}, but this run is {length} "
+    outcome = (f"it stops with the rate at {factor(length):.2f} of its start" if length < end
+               else f"its last {length - end} {unit}s train at a rate of 0")
+    return (f"model.lr_schedule decays the rate to 0 over {unit}s {factor.constant}-{end}, but this run is {length} "
             f"{unit}s long: {outcome}. Set model.lr_schedule.constant and decay to fit the run (or both to "
-            f"'half'), or ignore this if it is meant.")
+            f"'half'; a resumed run keeps the schedule of the run it continues), or ignore this if it is meant.")
 
 
 def build_scheduler(optimizer: Optimizer, policy: str = "linear", unit: str = "epoch", constant: int = 100,
