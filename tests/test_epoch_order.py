@@ -1,4 +1,7 @@
 """Training items in an order, and with augmentations, set by (seed, epoch) alone."""
+import logging
+from pathlib import Path
+
 import hydra
 import pytest
 import torch
@@ -122,3 +125,22 @@ def test_lightning_overfit_batches_swaps_in_a_sequential_sampler_and_still_train
     run_training(cfg)
     checkpoint = torch.load(f"{cfg.paths.output_dir}/checkpoints/last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 2 * hydra.utils.get_class(cfg.model._target_).optimizer_steps_per_iter
+
+
+def test_an_epoch_resumed_at_another_batch_size_trains_the_rest_of_its_list(train_cfg, tmp_path, caplog):
+    """2 of 8 items trained at batch 1, resumed at batch 2 for 3 iterations: the other 6, none
+    twice; Lightning's count of the epoch's batches follows, so the epoch ends with its list."""
+    common = ("model=cyclegan", "data.max_dataset_size=8", "seed=3",
+              "+callbacks.rank_probe._target_=tests.scripts.ddp_probe.RankProbe", *NO_EVALUATION)
+    first = train_cfg(*common, "max_iters=2")
+    first.paths.output_dir = str(tmp_path / "first")
+    run_training(first)
+    resumed = train_cfg(*common, "max_iters=5", "data.batch_size=2",
+                        f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt")
+    with caplog.at_level(logging.INFO):
+        run_training(resumed)
+    assert "Resumed on 1 device(s) at batch size 2 a run saved on 1 at batch size 1" in caplog.text
+    trained = [torch.load(Path(run, "rank_probe_0.pt"), weights_only=False)["paths"]
+               for run in (first.paths.output_dir, resumed.paths.output_dir)]
+    assert [len(paths) for paths in trained] == [2, 6]
+    assert len({a for a, _ in trained[0] + trained[1]}) == 8   # domain A's images; B is a random partner

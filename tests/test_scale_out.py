@@ -160,7 +160,7 @@ def test_a_run_saved_on_one_device_resumes_mid_epoch_on_two(tmp_path, shared_dat
     (first,) = (first_dir / "logs" / "smoke" / "runs").iterdir()
     result = run_train(*common, "trainer=ddp_sim", "max_iters=5",
                        f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", cwd=resumed_dir, data_dir=shared_data_dir)
-    assert "Resumed on 2 devices a run saved on 1: epoch 0 goes on after its first 2" in result.stdout + result.stderr
+    assert "Resumed on 2 device(s) at batch size 1 a run saved on 1 at batch size 1: epoch 0 goes on after its first 2" in result.stdout + result.stderr
     (resumed,) = (resumed_dir / "logs" / "smoke" / "runs").iterdir()
     trained_first = torch.load(first / "rank_probe_0.pt", weights_only=False)["paths"]
     ranks = rank_probes(resumed)

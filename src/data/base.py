@@ -182,7 +182,7 @@ class SplitDataModule(pl.LightningDataModule):
         scheduled = ({"batch_sizes": self.loader_batch_size_at, "first_iteration": self._iterations_done}
                      if self.batch_size_schedule else {})
         return EpochOrderLoader(dataset, sampler=sampler, position=self._training_position, **scheduled,
-                                resume_on_another_world=self._resume_on_another_world,
+                                reshard=self._reshard_resumed_epoch,
                                 **self._loader_settings(self.train_batch_size, self.train_drop_last))
 
     def _order_seed(self) -> int:
@@ -206,12 +206,13 @@ class SplitDataModule(pl.LightningDataModule):
         offset_epoch, offset = self._position_offset
         return trainer.current_epoch, items + (offset if offset_epoch == trainer.current_epoch else 0)
 
-    def _resume_on_another_world(self, epoch: int, items_done: int, saved_world: int) -> int:
-        """A run saved on `saved_world` devices resumed on another number inside epoch `epoch`:
-        the epoch goes on after the items all devices had trained (`items_done_on_another_world`).
-        Lightning's count of the epoch's batches, restored in the saved run's batches, is set to
-        this rank's batches done, so the epoch ends when its list does; with batch sizes that
-        follow a schedule (no epoch length to end on) the items done are offset instead."""
+    def _reshard_resumed_epoch(self, epoch: int, items_done: int, saved_world: int, saved_batch: int | None) -> int:
+        """A run saved on `saved_world` devices resumed inside epoch `epoch` on another number of
+        devices or at another batch size: the epoch goes on after the items all devices had
+        trained (`items_done_on_another_world`). Lightning's count of the epoch's batches,
+        restored in the saved run's batches, is set to this rank's batches done, so the epoch
+        ends when its list does; with batch sizes that follow a schedule (no epoch length to end
+        on) the items done are offset instead."""
         trainer = self.trainer
         whole_batches = 1 if self.batch_size_schedule else self.train_batch_size
         items = items_done_on_another_world(items_done, saved_world, trainer.world_size, whole_batches)
@@ -224,9 +225,10 @@ class SplitDataModule(pl.LightningDataModule):
             shift = items // self.train_batch_size - progress.ready
             for counter in ("ready", "started", "processed", "completed"):
                 setattr(progress, counter, getattr(progress, counter) + shift)
-        rank_zero_info(f"Resumed on {trainer.world_size} devices a run saved on {saved_world}: epoch {epoch} goes on "
-                       f"after its first {items * trainer.world_size} of the {items_done * saved_world} items the "
-                       f"saved run had trained")
+        at = (lambda batch: f" at batch size {batch}") if saved_batch else (lambda batch: "")
+        rank_zero_info(f"Resumed on {trainer.world_size} device(s){at(self.train_batch_size)} a run saved on "
+                       f"{saved_world}{at(saved_batch)}: epoch {epoch} goes on after its first "
+                       f"{items * trainer.world_size} of the {items_done * saved_world} items the saved run had trained")
         return items
 
     def test_dataloader(self) -> DataLoader:

@@ -131,7 +131,7 @@ class EpochOrderLoader(DataLoader):
     def __init__(self, dataset: Dataset, *, sampler: EpochOrderSampler,
                  position: Callable[[], tuple[int, int]], batch_sizes: Callable[[int], int] | None = None,
                  first_iteration: Callable[[], int] | None = None,
-                 resume_on_another_world: Callable[[int, int, int], int] | None = None, **kwargs: Any) -> None:
+                 reshard: Callable[[int, int, int, int | None], int] | None = None, **kwargs: Any) -> None:
         if batch_sizes is None:
             super().__init__(dataset, sampler=sampler, **kwargs)
         else:
@@ -146,24 +146,28 @@ class EpochOrderLoader(DataLoader):
             # it after construction, hence object.__setattr__.
             object.__setattr__(self, "sampler", sampler)
         self.position = position
-        self.resume_on_another_world = resume_on_another_world
+        #: (epoch, items done per saved rank, saved device count, saved batch size) -> items done
+        #: per rank here, for an epoch resumed with another device count or batch size
+        self.reshard = reshard
 
     def state_dict(self) -> dict[str, int]:
         if not isinstance(self.sampler, EpochOrderSampler):  # replaced, e.g. by overfit_batches
             return {}
         epoch, items_done = self.position()
         return {"order_seed": self.sampler.seed, "epoch": epoch, "items_done": items_done,
-                "world_size": self.sampler.num_replicas}
+                "world_size": self.sampler.num_replicas, "batch_size": self.batch_size}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         if not state_dict or not isinstance(self.sampler, EpochOrderSampler):
             return
         self.sampler.seed = state_dict["order_seed"]
         epoch, items_done = state_dict["epoch"], state_dict["items_done"]
-        saved_world = state_dict.get("world_size", self.sampler.num_replicas)   # older checkpoints: not recorded
-        if saved_world != self.sampler.num_replicas:
-            if self.resume_on_another_world is None:
-                raise ValueError(f"This loader cannot continue on {self.sampler.num_replicas} devices an epoch "
-                                 f"saved on {saved_world}")
-            items_done = self.resume_on_another_world(epoch, items_done, saved_world)
+        # Older checkpoints recorded neither: they resume as saved.
+        saved_world = state_dict.get("world_size", self.sampler.num_replicas)
+        saved_batch = state_dict.get("batch_size", self.batch_size)
+        if saved_world != self.sampler.num_replicas or saved_batch != self.batch_size:
+            if self.reshard is None:
+                raise ValueError(f"This loader cannot continue an epoch saved on {saved_world} devices at batch size "
+                                 f"{saved_batch} on {self.sampler.num_replicas} at {self.batch_size}")
+            items_done = self.reshard(epoch, items_done, saved_world, saved_batch)
         self.sampler.resume(epoch, items_done)
