@@ -6,7 +6,7 @@ import hydra
 import pytest
 import torch
 
-from src.data.epoch_order import EpochOrderSampler, SeededItems, items_done_on_another_world
+from src.data.epoch_order import EpochOrderSampler, SeededItems, items_done_when_resharded
 from src.data.unpaired import UnpairedDataModule
 from src.utils.run import run_training
 from conftest import NO_EVALUATION
@@ -67,7 +67,7 @@ def test_an_epoch_resumed_on_another_number_of_ranks_goes_on_after_all_ranks_ite
     dataset = SeededItems(RandomItems())
     whole = epoch(EpochOrderSampler(dataset, seed=3), 2)
     trained = whole[: items_done * saved_world]
-    per_rank = items_done_on_another_world(items_done, saved_world, world, batch_size)
+    per_rank = items_done_when_resharded(items_done, saved_world, world, batch_size)
     assert per_rank % batch_size == 0
     rest = []
     for rank in range(world):

@@ -18,7 +18,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from src.data.batching import SIZE_KEEPING_MODES, collate_same_size, first_items_of_one_size
-from src.data.epoch_order import EpochOrderLoader, EpochOrderSampler, SeededItems, items_done_on_another_world
+from src.data.epoch_order import EpochOrderLoader, EpochOrderSampler, SeededItems, items_done_when_resharded
 from src.data.image_io import check_channels
 from src.data.transforms import ImageTransform
 from src.utils.config_checks import require_int
@@ -209,13 +209,13 @@ class SplitDataModule(pl.LightningDataModule):
     def _reshard_resumed_epoch(self, epoch: int, items_done: int, saved_world: int, saved_batch: int | None) -> int:
         """A run saved on `saved_world` devices resumed inside epoch `epoch` on another number of
         devices or at another batch size: the epoch goes on after the items all devices had
-        trained (`items_done_on_another_world`). Lightning's count of the epoch's batches,
+        trained (`items_done_when_resharded`). Lightning's count of the epoch's batches,
         restored in the saved run's batches, is set to this rank's batches done, so the epoch
         ends when its list does; with batch sizes that follow a schedule (no epoch length to end
         on) the items done are offset instead."""
         trainer = self.trainer
         whole_batches = 1 if self.batch_size_schedule else self.train_batch_size
-        items = items_done_on_another_world(items_done, saved_world, trainer.world_size, whole_batches)
+        items = items_done_when_resharded(items_done, saved_world, trainer.world_size, whole_batches)
         if self.batch_size_schedule:
             self._position_offset = (epoch, items - items_done)
         else:

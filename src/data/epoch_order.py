@@ -78,9 +78,10 @@ class EpochOrderSampler(DistributedSampler):
         return iter(mine[start:])
 
 
-def items_done_on_another_world(items_done: int, saved_world: int, world: int, batch_size: int) -> int:
-    """Items each rank counts as trained in an epoch resumed on `world` ranks, when the run was
-    saved on `saved_world` ranks that had each trained `items_done` of it.
+def items_done_when_resharded(items_done: int, saved_world: int, world: int, batch_size: int) -> int:
+    """Items each rank counts as trained in an epoch resumed on `world` ranks at `batch_size`,
+    when the run was saved on `saved_world` ranks (at any batch size) that had each trained
+    `items_done` of it.
 
     The ranks take turns through one epoch list, so the saved run had trained the list's first
     items_done x saved_world items. Each new rank takes its equal share of those as done, rounded

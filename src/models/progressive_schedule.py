@@ -47,7 +47,6 @@ class ProgressiveSchedule:
         self.world_sizes = [(int(first), int(world)) for first, world in (world_sizes or [(0, world_size)])]
         if self.world_sizes[0][0] != 0 or any(a[0] >= b[0] for a, b in zip(self.world_sizes, self.world_sizes[1:])):
             raise ValueError(f"world_sizes must start at iteration 0 and rise: {self.world_sizes}")
-        self.world_size = self.world_sizes[-1][1]
         self.batch_sizes = {int(k): int(v) for k, v in (batch_sizes or {}).items()}
         self.lr_by_resolution = {int(k): float(v) for k, v in (lr_by_resolution or {}).items()}
         levels = range(start_level, top_level + 1) if grow else [top_level]
