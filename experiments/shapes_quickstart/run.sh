@@ -1,20 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces experiments/shapes_quickstart: each translation model trained with
-# `experiment=quickstart` on the embedded shapes data, then scored by src/eval.py.
+# `experiment=quickstart` on the embedded shapes data, then scored by src/eval.py
+# (experiments/run_quickstart.sh).
 # Usage (from the repository root, after `make install`): bash experiments/shapes_quickstart/run.sh [model ...]
 set -euo pipefail
-export NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=disabled PROJECT_ROOT="$PWD"
-here=experiments/shapes_quickstart
-models=("${@:-cyclegan pix2pix ugatit nicegan}")
-for model in ${models[@]}; do
-  run_dir="logs/$here/$model"
-  rm -rf "$run_dir"
-  .venv/bin/python src/train.py experiment=quickstart model="$model" hydra.run.dir="$run_dir"
-  .venv/bin/python src/eval.py ckpt_path="$run_dir/checkpoints/last.ckpt" output_dir="$run_dir/eval" \
-    name="$model" hydra.run.dir="$run_dir/eval" | grep '^|'
-  mkdir -p "$here/$model"
-  cp "$run_dir/eval/metrics.json" "$here/$model/metrics.json"
-  cp "$(ls "$run_dir"/samples/iter_*.png | tail -n 1)" "$here/$model/samples_final.png"
-  rm -rf "$here/$model/hydra_config" && cp -r "$run_dir/.hydra" "$here/$model/hydra_config"
-done
-.venv/bin/python "$here/table.py"
+if [ $# -eq 0 ]; then set -- cyclegan pix2pix ugatit nicegan; fi
+bash experiments/run_quickstart.sh experiments/shapes_quickstart "$@"
