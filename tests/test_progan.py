@@ -421,3 +421,17 @@ def test_overfit_batches_needs_the_fixed_batch_size(train_cfg):
     cfg = train_cfg("model=stylegan", "model.batch_sizes=null", *overfit)
     run_training(cfg)
     assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").exists()
+
+
+def test_resuming_with_other_schedule_settings_warns(train_cfg, tmp_path, recwarn):
+    """The stage is a function of the iteration and the schedule settings: a resume that changes
+    them (here data.batch_size, the base batch) says the stage may jump; one that keeps them does not."""
+    first = train_cfg("model=progan", "max_iters=2", *NO_EVALUATION)
+    first.paths.output_dir = str(tmp_path / "first")
+    run_training(first)
+    resume = (f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt", "max_iters=3", *NO_EVALUATION)
+    with pytest.warns(UserWarning, match=r"other growth-schedule settings .*model.batch_size: 4 -> 2"):
+        run_training(train_cfg("model=progan", "data.batch_size=2", *resume))
+    recwarn.clear()
+    run_training(train_cfg("model=progan", *resume))
+    assert not [w for w in recwarn if "growth-schedule" in str(w.message)]

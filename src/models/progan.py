@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 from src.models.noise_gan import NoiseGAN
 from src.models.progressive_schedule import ProgressiveSchedule, level_resolution
@@ -118,8 +119,18 @@ class ProGAN(NoiseGAN):
         super().on_save_checkpoint(checkpoint)
         checkpoint["world_sizes"] = [list(part) for part in self.world_sizes]
 
+    #: settings the growth schedule is a function of (with the device counts, handled above)
+    SCHEDULE_SETTINGS = ("phase_images", "batch_size", "batch_sizes", "start_resolution", "grow")
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("hyper_parameters", {})
+        changed = [f"model.{key}: {saved[key]!r} -> {self.hparams[key]!r}" for key in self.SCHEDULE_SETTINGS
+                   if key in saved and saved[key] != self.hparams[key]]
+        if changed:
+            rank_zero_warn(f"Resuming with other growth-schedule settings than the run being continued ({'; '.join(changed)}): "
+                           f"the schedule is a function of them, so the resumed iteration may fall in another phase "
+                           f"(another resolution or fade-in) than the one the run was training")
         # Older checkpoints did not record it: their run is taken to have had this fit's count.
         self._earlier_world_sizes = [(int(first), int(world)) for first, world in checkpoint.get("world_sizes", [])]
         self._resumed_at = int(checkpoint.get("global_step", 0)) // self.optimizer_steps_per_iter
