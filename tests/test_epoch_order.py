@@ -144,3 +144,20 @@ def test_an_epoch_resumed_at_another_batch_size_trains_the_rest_of_its_list(trai
                for run in (first.paths.output_dir, resumed.paths.output_dir)]
     assert [len(paths) for paths in trained] == [2, 6]
     assert len({a for a, _ in trained[0] + trained[1]}) == 8   # domain A's images; B is a random partner
+
+
+def test_a_run_measured_in_epochs_resumes_inside_its_epoch(train_cfg, tmp_path):
+    """DCGAN's schedule counts iterations while the run is measured in epochs: nothing may
+    build the training loader before a resume restores its place (Lightning keeps the first
+    loader it builds), so the resumed run trains the other 14 of the epoch's 16 images."""
+    common = ("model=dcgan", "data.max_dataset_size=8", "seed=3", "data.batch_size=1",
+              "+callbacks.rank_probe._target_=tests.scripts.ddp_probe.RankProbe", *NO_EVALUATION)
+    first = train_cfg(*common, "max_iters=2")
+    first.paths.output_dir = str(tmp_path / "first")
+    run_training(first)
+    resumed = train_cfg(*common, "max_iters=null", "trainer.max_epochs=1",
+                        f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt")
+    run_training(resumed)
+    trained = [path for run in (first.paths.output_dir, resumed.paths.output_dir)
+               for path, _ in torch.load(Path(run, "rank_probe_0.pt"), weights_only=False)["paths"]]
+    assert len(trained) == len(set(trained)) == 16

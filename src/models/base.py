@@ -258,16 +258,17 @@ class AdversarialModel(pl.LightningModule):
         length in the schedule's unit: the U-GAT-IT and NICE-GAN papers decay the rate over the
         second half of training, however long it is (max_iters, or trainer.max_epochs)."""
         schedule = dict(self.lr_schedule_cfg)
+        halves = [key for key in ("constant", "decay") if schedule.get(key) == "half"]
+        if not halves:   # the run's length can cost a loader built before a resume restores it
+            return schedule
         unit = schedule.get("unit", "epoch")
         length = self.run_length_in(unit)
-        halves = [key for key in ("constant", "decay") if schedule.get(key) == "half"]
-        if halves and not length:
+        if not length:
             raise ValueError(f"model.lr_schedule.{halves[0]}=half needs the run's length in "
                              f"{unit}s: set {'max_iters' if unit == 'iteration' else 'trainer.max_epochs'}, or give "
                              f"model.lr_schedule.constant and decay as numbers")
-        if halves:
-            first_half = length // 2
-            schedule.update({key: first_half if key == "constant" else length - first_half for key in halves})
+        first_half = length // 2
+        schedule.update({key: first_half if key == "constant" else length - first_half for key in halves})
         return schedule
 
     def on_train_start(self) -> None:
