@@ -28,7 +28,8 @@ def test_schedule_phases_count_images_at_each_resolutions_batch_and_rate():
     """StyleGAN's code: phases of a number of images, so a level's phases last phase_images /
     (its batch x devices) iterations; a fade-in runs at the new resolution's batch and rate."""
     schedule = ProgressiveSchedule(top_level=3, phase_images=12, batch_size=2, batch_sizes={8: 6, 16: 3},
-                                   lr_by_resolution={16: 2e-3, 32: 3e-3}, base_lr=1e-3, start_level=1, world_size=2)
+                                   lr_by_resolution={16: 2e-3, 32: 3e-3}, base_lr=1e-3, start_level=1,
+                                   world_sizes=[(0, 2)])
     # 8x8: 12 / (6 x 2) = 1 iteration; 16x16 fade + alone: 2 each; 32x32 (batch_size 2): fade 3, then on
     assert [(p.first_iteration, p.level, p.fading) for p in schedule.phases] == [
         (0, 1, False), (1, 2, True), (3, 2, False), (5, 3, True), (8, 3, False)]
@@ -53,8 +54,6 @@ def test_a_change_of_device_count_finishes_the_phase_with_the_images_it_lacks():
     assert [split.stage(i) for i in (6, 7, 8, 9, 10)] == [(1, 0.0), (1, pytest.approx(1 / 6)),
                                                           (1, pytest.approx(1 / 6 + 5 / 18)),
                                                           (1, pytest.approx(1 / 6 + 10 / 18)), (1, 1.0)]
-    unchanged = ProgressiveSchedule(top_level=2, phase_images=12, batch_size=2, world_size=2)
-    assert ProgressiveSchedule(top_level=2, phase_images=12, batch_size=2, world_sizes=[(0, 2)]).phases == unchanged.phases
     with pytest.raises(ValueError, match="world_sizes must start at iteration 0 and rise"):
         ProgressiveSchedule(top_level=2, phase_images=12, batch_size=2, world_sizes=[(0, 1), (0, 2)])
 

@@ -181,8 +181,8 @@ class SplitDataModule(pl.LightningDataModule):
         sampler = EpochOrderSampler(dataset, seed=self._order_seed(), num_replicas=world_size, rank=rank)
         scheduled = ({"batch_sizes": self.loader_batch_size_at, "first_iteration": self._iterations_done}
                      if self.batch_size_schedule else {})
-        return EpochOrderLoader(dataset, sampler=sampler, position=self._training_position, **scheduled,
-                                reshard=self._reshard_resumed_epoch,
+        return EpochOrderLoader(dataset, sampler=sampler, position=self._training_position,
+                                reshard=self._reshard_resumed_epoch, **scheduled,
                                 **self._loader_settings(self.train_batch_size, self.train_drop_last))
 
     def _order_seed(self) -> int:
@@ -225,10 +225,12 @@ class SplitDataModule(pl.LightningDataModule):
             shift = items // self.train_batch_size - progress.ready
             for counter in ("ready", "started", "processed", "completed"):
                 setattr(progress, counter, getattr(progress, counter) + shift)
-        at = (lambda batch: f" at batch size {batch}") if saved_batch else (lambda batch: "")
-        rank_zero_info(f"Resumed on {trainer.world_size} device(s){at(self.train_batch_size)} a run saved on "
-                       f"{saved_world}{at(saved_batch)}: epoch {epoch} goes on after its first "
-                       f"{items * trainer.world_size} of the {items_done * saved_world} items the saved run had trained")
+        # A scheduled loader records no batch size (its batches follow the schedule).
+        here = f"{trainer.world_size} device(s)" + (f" at batch size {self.train_batch_size}" if saved_batch else "")
+        saved = f"{saved_world}" + (f" at batch size {saved_batch}" if saved_batch else "")
+        rank_zero_info(f"Resumed on {here} a run saved on {saved}: epoch {epoch} goes on after its first "
+                       f"{items * trainer.world_size} of the {items_done * saved_world} items the saved run "
+                       f"had trained")
         return items
 
     def test_dataloader(self) -> DataLoader:

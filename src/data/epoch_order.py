@@ -129,10 +129,9 @@ class EpochOrderLoader(DataLoader):
     the one Lightning prefetches too.
     """
 
-    def __init__(self, dataset: Dataset, *, sampler: EpochOrderSampler,
-                 position: Callable[[], tuple[int, int]], batch_sizes: Callable[[int], int] | None = None,
-                 first_iteration: Callable[[], int] | None = None,
-                 reshard: Callable[[int, int, int, int | None], int] | None = None, **kwargs: Any) -> None:
+    def __init__(self, dataset: Dataset, *, sampler: EpochOrderSampler, position: Callable[[], tuple[int, int]],
+                 reshard: Callable[[int, int, int, int | None], int], batch_sizes: Callable[[int], int] | None = None,
+                 first_iteration: Callable[[], int] | None = None, **kwargs: Any) -> None:
         if batch_sizes is None:
             super().__init__(dataset, sampler=sampler, **kwargs)
         else:
@@ -167,8 +166,5 @@ class EpochOrderLoader(DataLoader):
         saved_world = state_dict.get("world_size", self.sampler.num_replicas)
         saved_batch = state_dict.get("batch_size", self.batch_size)
         if saved_world != self.sampler.num_replicas or saved_batch != self.batch_size:
-            if self.reshard is None:
-                raise ValueError(f"This loader cannot continue an epoch saved on {saved_world} devices at batch size "
-                                 f"{saved_batch} on {self.sampler.num_replicas} at {self.batch_size}")
             items_done = self.reshard(epoch, items_done, saved_world, saved_batch)
         self.sampler.resume(epoch, items_done)

@@ -40,11 +40,11 @@ def level_resolution(level: int) -> int:
 class ProgressiveSchedule:
     def __init__(self, top_level: int, phase_images: int, batch_size: int, batch_sizes: dict | None = None,
                  lr_by_resolution: dict | None = None, base_lr: float = 1.0, start_level: int = 0,
-                 world_size: int = 1, grow: bool = True, world_sizes: list | None = None):
+                 world_sizes: list | None = None, grow: bool = True):
         self.top_level, self.base_lr = top_level, float(base_lr)
         self.batch_size = batch_size
-        #: (first iteration, number of devices) of each part of the run; `world_size` throughout by default
-        self.world_sizes = [(int(first), int(world)) for first, world in (world_sizes or [(0, world_size)])]
+        #: (first iteration, number of devices) of each part of the run; one device by default
+        self.world_sizes = [(int(first), int(world)) for first, world in (world_sizes or [(0, 1)])]
         if self.world_sizes[0][0] != 0 or any(a[0] >= b[0] for a, b in zip(self.world_sizes, self.world_sizes[1:])):
             raise ValueError(f"world_sizes must start at iteration 0 and rise: {self.world_sizes}")
         self.batch_sizes = {int(k): int(v) for k, v in (batch_sizes or {}).items()}

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from src.nets.noise_nets import append_condition
-from src.nets.norms import norm_layer, uses_bias
+from src.nets.norms import norm_layer, uses_bias, vector_norm_layer
 
 LEAKY_SLOPE = 0.01   # the authors' code (leaky_rectify's default)
 
@@ -29,15 +29,6 @@ def quarter_size(image_size: int) -> int:
     return image_size // 4
 
 
-def vector_norm(norm: str, width: int) -> nn.Module:
-    """The norm of a fully connected layer's output: batch norm, layer norm or none."""
-    if norm == "batch":
-        return nn.BatchNorm1d(width)
-    if norm == "layer":
-        return nn.LayerNorm(width)
-    return nn.Identity()
-
-
 class InfoGANGenerator(nn.Module):
     def __init__(self, latent_dim: int = 74, output_nc: int = 1, image_size: int = 28, ngf: int = 64,
                  fc: int = 1024, num_classes: int = 0, norm: str = "batch"):
@@ -46,8 +37,8 @@ class InfoGANGenerator(nn.Module):
         self.start = quarter_size(image_size)
         norm_fn, bias = norm_layer(norm), uses_bias(norm)
         self.fc = nn.Sequential(
-            nn.Linear(latent_dim + num_classes, fc, bias=bias), vector_norm(norm, fc), nn.ReLU(True),
-            nn.Linear(fc, self.start * self.start * 2 * ngf, bias=bias), vector_norm(norm, self.start ** 2 * 2 * ngf),
+            nn.Linear(latent_dim + num_classes, fc, bias=bias), vector_norm_layer(norm, fc), nn.ReLU(True),
+            nn.Linear(fc, self.start ** 2 * 2 * ngf, bias=bias), vector_norm_layer(norm, self.start ** 2 * 2 * ngf),
             nn.ReLU(True))
         self.conv = nn.Sequential(
             nn.ConvTranspose2d(2 * ngf, ngf, 4, 2, 1, bias=bias), norm_fn(ngf), nn.ReLU(True),
@@ -69,7 +60,7 @@ class InfoGANDiscriminator(nn.Module):
             nn.Conv2d(input_nc + num_classes, ndf, 4, 2, 1), nn.LeakyReLU(LEAKY_SLOPE, True),
             nn.Conv2d(ndf, 2 * ndf, 4, 2, 1, bias=bias), norm_fn(2 * ndf), nn.LeakyReLU(LEAKY_SLOPE, True),
             nn.Flatten(),
-            nn.Linear(2 * ndf * quarter * quarter, fc, bias=bias), vector_norm(norm, fc),
+            nn.Linear(2 * ndf * quarter * quarter, fc, bias=bias), vector_norm_layer(norm, fc),
             nn.LeakyReLU(LEAKY_SLOPE, True))
         self.head = nn.Linear(fc, 1)
         self.feature_dim = fc

@@ -27,6 +27,19 @@ def norm_layer(name: str):
     raise ValueError(f"Unknown norm '{name}' (config key model.*.norm); choose one of {NORM_NAMES}")
 
 
+def vector_norm_layer(name: str, width: int) -> nn.Module:
+    """The named norm for a fully connected layer's `width` outputs: batch norm over the batch,
+    layer norm over the vector (WGAN-GP's critic), or none. Instance norm has no such form."""
+    if name == "batch":
+        return nn.BatchNorm1d(width)
+    if name == "layer":
+        return nn.LayerNorm(width)
+    if name == "none":
+        return nn.Identity()
+    raise ValueError(f"norm '{name}' (config key model.*.norm) has no form for a fully connected layer's output; "
+                     f"choose one of batch, layer, none")
+
+
 def uses_bias(name: str) -> bool:
     """Convs before an affine batch norm need no bias (the norm's shift replaces it)."""
     return name != "batch"
