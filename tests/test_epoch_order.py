@@ -127,21 +127,28 @@ def test_lightning_overfit_batches_swaps_in_a_sequential_sampler_and_still_train
     assert checkpoint["global_step"] == 2 * hydra.utils.get_class(cfg.model._target_).optimizer_steps_per_iter
 
 
+def images_trained_before_and_after_a_resume(train_cfg, tmp_path, common, resumed_overrides) -> list[list]:
+    """Train 2 iterations, resume from that run's last.ckpt with `resumed_overrides`: the
+    (A path, B path) items each run trained on, as the rank probe callback records them."""
+    probe = "+callbacks.rank_probe._target_=tests.scripts.ddp_probe.RankProbe"
+    first = train_cfg(*common, probe, "max_iters=2", *NO_EVALUATION)
+    first.paths.output_dir = str(tmp_path / "first")
+    run_training(first)
+    resumed = train_cfg(*common, probe, *resumed_overrides, f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt",
+                        *NO_EVALUATION)
+    run_training(resumed)
+    return [torch.load(Path(run, "rank_probe_0.pt"), weights_only=False)["paths"]
+            for run in (first.paths.output_dir, resumed.paths.output_dir)]
+
+
 def test_an_epoch_resumed_at_another_batch_size_trains_the_rest_of_its_list(train_cfg, tmp_path, caplog):
     """2 of 8 items trained at batch 1, resumed at batch 2 for 3 iterations: the other 6, none
     twice; Lightning's count of the epoch's batches follows, so the epoch ends with its list."""
-    common = ("model=cyclegan", "data.max_dataset_size=8", "seed=3",
-              "+callbacks.rank_probe._target_=tests.scripts.ddp_probe.RankProbe", *NO_EVALUATION)
-    first = train_cfg(*common, "max_iters=2")
-    first.paths.output_dir = str(tmp_path / "first")
-    run_training(first)
-    resumed = train_cfg(*common, "max_iters=5", "data.batch_size=2",
-                        f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt")
     with caplog.at_level(logging.INFO):
-        run_training(resumed)
+        trained = images_trained_before_and_after_a_resume(
+            train_cfg, tmp_path, ("model=cyclegan", "data.max_dataset_size=8", "seed=3"),
+            ("max_iters=5", "data.batch_size=2"))
     assert "Resumed on 1 device(s) at batch size 2 a run saved on 1 at batch size 1" in caplog.text
-    trained = [torch.load(Path(run, "rank_probe_0.pt"), weights_only=False)["paths"]
-               for run in (first.paths.output_dir, resumed.paths.output_dir)]
     assert [len(paths) for paths in trained] == [2, 6]
     assert len({a for a, _ in trained[0] + trained[1]}) == 8   # domain A's images; B is a random partner
 
@@ -150,14 +157,8 @@ def test_a_run_measured_in_epochs_resumes_inside_its_epoch(train_cfg, tmp_path):
     """DCGAN's schedule counts iterations while the run is measured in epochs: nothing may
     build the training loader before a resume restores its place (Lightning keeps the first
     loader it builds), so the resumed run trains the other 14 of the epoch's 16 images."""
-    common = ("model=dcgan", "data.max_dataset_size=8", "seed=3", "data.batch_size=1",
-              "+callbacks.rank_probe._target_=tests.scripts.ddp_probe.RankProbe", *NO_EVALUATION)
-    first = train_cfg(*common, "max_iters=2")
-    first.paths.output_dir = str(tmp_path / "first")
-    run_training(first)
-    resumed = train_cfg(*common, "max_iters=null", "trainer.max_epochs=1",
-                        f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt")
-    run_training(resumed)
-    trained = [path for run in (first.paths.output_dir, resumed.paths.output_dir)
-               for path, _ in torch.load(Path(run, "rank_probe_0.pt"), weights_only=False)["paths"]]
-    assert len(trained) == len(set(trained)) == 16
+    trained = images_trained_before_and_after_a_resume(
+        train_cfg, tmp_path, ("model=dcgan", "data.max_dataset_size=8", "seed=3", "data.batch_size=1"),
+        ("max_iters=null", "trainer.max_epochs=1"))
+    images = [path for paths in trained for path, _ in paths]
+    assert len(images) == len(set(images)) == 16
