@@ -135,6 +135,20 @@ def test_a_decay_that_misses_the_runs_end_is_named():
     assert decay_end_mismatch(StepDecay(50, 0.1), "epoch", 150) is None
 
 
+def test_a_half_waiting_for_the_run_length_starts_at_full_rate_and_refuses_to_step_unfilled():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(opt, policy="linear", unit="iteration", constant=None, decay=None)
+    factor = scheduler.lr_lambdas[0]
+    assert factor.waits_for_the_run_length and opt.param_groups[0]["lr"] == 1.0
+    with pytest.raises(RuntimeError, match="'half' was not filled in"):
+        factor(1)
+    factor.fill_in_halves(7)
+    assert (factor.constant, factor.decay) == (3, 4) and factor(7) == 0.0
+    given_decay = CosineDecay(constant=None, decay=10)
+    given_decay.fill_in_halves(8)
+    assert (given_decay.constant, given_decay.decay) == (4, 10)   # only the missing half is filled in
+
+
 def test_unet_depth_auto_reaches_one_pixel_at_the_crop_size():
     assert [UnetGenerator(num_downs="auto", image_size=s, ngf=2).size_multiple for s in (32, 128, 256)] == [32, 128, 256]
     with pytest.raises(ValueError, match=r"num_downs=auto needs model.generator.image_size .* at least 32 px, got 16"):

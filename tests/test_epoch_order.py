@@ -11,6 +11,7 @@ from src.data.unpaired import UnpairedDataModule
 from src.utils.run import run_training
 from conftest import NO_EVALUATION
 from tests.test_data import make_unpaired, module
+from tests.test_models import fit_briefly
 
 
 class RandomItems(torch.utils.data.Dataset):
@@ -153,12 +154,30 @@ def test_an_epoch_resumed_at_another_batch_size_trains_the_rest_of_its_list(trai
     assert len({a for a, _ in trained[0] + trained[1]}) == 8   # domain A's images; B is a random partner
 
 
-def test_a_run_measured_in_epochs_resumes_inside_its_epoch(train_cfg, tmp_path):
+HALF_BY_ITERATIONS = ("model.lr_schedule.policy=linear",   # DCGAN counts iterations already
+                      "+model.lr_schedule.constant=half", "+model.lr_schedule.decay=half")
+
+
+@pytest.mark.parametrize("schedule", ((), HALF_BY_ITERATIONS), ids=("constant", "half_by_iterations"))
+def test_a_run_measured_in_epochs_resumes_inside_its_epoch(train_cfg, tmp_path, schedule):
     """DCGAN's schedule counts iterations while the run is measured in epochs: nothing may
     build the training loader before a resume restores its place (Lightning keeps the first
-    loader it builds), so the resumed run trains the other 14 of the epoch's 16 images."""
+    loader it builds), so the resumed run trains the other 14 of the epoch's 16 images. With
+    'half' the schedule's length is the epoch's batches, which the loader says."""
     trained = images_trained_before_and_after_a_resume(
-        train_cfg, tmp_path, ("model=dcgan", "data.max_dataset_size=8", "seed=3", "data.batch_size=1"),
+        train_cfg, tmp_path, ("model=dcgan", "data.max_dataset_size=8", "seed=3", "data.batch_size=1", *schedule),
         ("max_iters=null", "trainer.max_epochs=1"))
     images = [path for paths in trained for path, _ in paths]
     assert len(images) == len(set(images)) == 16
+
+
+def test_half_of_a_run_measured_in_epochs_is_filled_in_once_its_loader_exists(train_cfg):
+    """An iteration schedule of 'half' in a run of 2 epochs: the epochs' batches, read from the
+    loader at the start of training, split in two; the rate reaches 0 at the run's end."""
+    model = fit_briefly(train_cfg("model=dcgan", "data.max_dataset_size=4", "data.batch_size=1", "max_iters=null",
+                                  "trainer.max_epochs=2", *HALF_BY_ITERATIONS, *NO_EVALUATION))
+    factors = [f for scheduler in model.lr_schedulers() for f in scheduler.lr_lambdas]
+    epoch = model.trainer.num_training_batches
+    assert epoch >= 2 and len(factors) == 2
+    assert [(f.constant, f.decay) for f in factors] == [(epoch, epoch)] * 2
+    assert all(group["lr"] == 0.0 for opt in model.optimizers() for group in opt.param_groups)

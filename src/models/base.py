@@ -23,7 +23,7 @@ from src.losses import AdversarialLoss
 from src.models.checkpoint_fit import check_resume_fits
 from src.models.image_pool import ImagePool
 from src.models.loss_scaling import PlayerGradScalers
-from src.models.lr_schedules import build_scheduler, decay_end_mismatch
+from src.models.lr_schedules import DecayToZero, build_scheduler, decay_end_mismatch
 from src.models.size_check import check_image_size
 from src.models import step_in_backward
 from src.nets.init import init_weights
@@ -262,22 +262,43 @@ class AdversarialModel(pl.LightningModule):
         if not halves:   # the run's length can cost a loader built before a resume restores it
             return schedule
         unit = schedule.get("unit", "epoch")
+        if self._length_counts_the_loaders_batches(unit):
+            # Epochs x the loader's batches: Lightning builds the training loader once, and built
+            # here, before a resume has restored the loader's place, a resumed epoch would start
+            # over. on_train_start fills the halves in; a resumed run's schedulers come back
+            # from its checkpoint with them.
+            schedule.update({key: None for key in halves})
+            return schedule
         length = self.run_length_in(unit)
-        if not length:
-            raise ValueError(f"model.lr_schedule.{halves[0]}=half needs the run's length in "
-                             f"{unit}s: set {'max_iters' if unit == 'iteration' else 'trainer.max_epochs'}, or give "
-                             f"model.lr_schedule.constant and decay as numbers")
+        self._require_a_length_for_half(length, halves[0], unit)
         first_half = length // 2
         schedule.update({key: first_half if key == "constant" else length - first_half for key in halves})
         return schedule
 
+    def _length_counts_the_loaders_batches(self, unit: str) -> bool:
+        trainer = self._trainer
+        return (trainer is not None and unit == "iteration" and trainer.max_steps <= 0
+                and bool(trainer.max_epochs) and trainer.max_epochs > 0)
+
+    @staticmethod
+    def _require_a_length_for_half(length: int | None, key: str, unit: str) -> None:
+        if not length:
+            raise ValueError(f"model.lr_schedule.{key}=half needs the run's length in "
+                             f"{unit}s: set {'max_iters' if unit == 'iteration' else 'trainer.max_epochs'}, or give "
+                             f"model.lr_schedule.constant and decay as numbers")
+
     def on_train_start(self) -> None:
-        # After a resume has restored the schedulers: they, not the config, say when the rate reaches 0.
+        # After a resume has restored the schedulers: they, not the config, say when the rate
+        # reaches 0. The training loader exists by now, so the run's length costs nothing.
         unit = self.lr_schedule_cfg.get("unit", "epoch")
         length = self.run_length_in(unit)
         schedulers = self.lr_schedulers()
-        scheduler = schedulers[0] if isinstance(schedulers, list) else schedulers
-        if length and scheduler is not None and (mismatch := decay_end_mismatch(scheduler.lr_lambdas[0], unit, length)):
+        schedulers = schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []
+        for factor in (f for scheduler in schedulers for f in scheduler.lr_lambdas):
+            if isinstance(factor, DecayToZero) and factor.waits_for_the_run_length:
+                self._require_a_length_for_half(length, "constant" if factor.constant is None else "decay", unit)
+                factor.fill_in_halves(length)
+        if length and schedulers and (mismatch := decay_end_mismatch(schedulers[0].lr_lambdas[0], unit, length)):
             rank_zero_warn(mismatch)
 
     def run_length_in(self, unit: str) -> int | None:

@@ -13,13 +13,42 @@ POLICIES = ("constant", "linear", "step", "cosine", "exponential")
 UNITS = ("epoch", "iteration")
 
 
-class LinearDecay:
-    """Constant for `constant` steps, then linear to 0 over `decay` steps (CycleGAN: 100 + 100 epochs)."""
+class DecayToZero:
+    """Constant for `constant` steps, then down to 0 over `decay` steps. Either may be None
+    while it waits for the run's length ("half", filled in by `fill_in_halves` once the
+    training loader exists); until then only LambdaLR's initial call, at step 0, is answered."""
 
-    def __init__(self, constant: int, decay: int):
-        self.constant, self.decay = constant, max(decay, 1)
+    def __init__(self, constant: int | None, decay: int | None):
+        self.constant, self.decay = constant, decay if decay is None else max(decay, 1)
+
+    @property
+    def waits_for_the_run_length(self) -> bool:
+        return self.constant is None or self.decay is None
+
+    def fill_in_halves(self, length: int) -> None:
+        """The first half of a `length`-step run for a missing `constant`, the rest for a missing `decay`."""
+        first_half = length // 2
+        if self.constant is None:
+            self.constant = first_half
+        if self.decay is None:
+            self.decay = max(length - first_half, 1)
 
     def __call__(self, t: int) -> float:
+        if self.waits_for_the_run_length:
+            if t:
+                raise RuntimeError("model.lr_schedule's 'half' was not filled in with the run's length before "
+                                   "the first scheduler step")
+            return 1.0   # any constant >= 0 starts at the full rate
+        return self.factor(t)
+
+    def factor(self, t: int) -> float:
+        raise NotImplementedError
+
+
+class LinearDecay(DecayToZero):
+    """Linear to 0 after the constant part (CycleGAN: 100 + 100 epochs)."""
+
+    def factor(self, t: int) -> float:
         return max(0.0, 1.0 - max(0, t - self.constant) / self.decay)
 
 
@@ -31,13 +60,10 @@ class StepDecay:
         return self.gamma ** (t // self.step_size)
 
 
-class CosineDecay:
-    """Constant for `constant` steps, then half a cosine to 0 over `decay` steps."""
+class CosineDecay(DecayToZero):
+    """Half a cosine to 0 after the constant part."""
 
-    def __init__(self, constant: int, decay: int):
-        self.constant, self.decay = constant, max(decay, 1)
-
-    def __call__(self, t: int) -> float:
+    def factor(self, t: int) -> float:
         progress = min(max(0, t - self.constant), self.decay) / self.decay
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -64,7 +90,7 @@ def decay_end_mismatch(factor, unit: str, length: int) -> str | None:
     100 + 100 epochs) never reaches the low rates, one lengthened (or resumed with a longer
     max_iters: the scheduler keeps the decay of the run it continues) trains on at a rate of 0.
     None when they agree, or for other schedules."""
-    if not isinstance(factor, (LinearDecay, CosineDecay)):
+    if not isinstance(factor, DecayToZero):
         return None
     end = factor.constant + factor.decay
     if end == length:
