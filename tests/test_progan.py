@@ -1,6 +1,8 @@
 """Progressive GAN (and StyleGAN's generator, which grows the same way): the growth schedule, fading a level in continuously from the one below, the
 paper's building blocks, training across stages with the drift term, and a resume or an
 evaluation that picks the stage up from the checkpoint."""
+import csv
+import logging
 from pathlib import Path
 
 import hydra
@@ -8,7 +10,7 @@ import pytest
 import torch
 
 from conftest import NO_EVALUATION, assert_resume_continues_the_run
-from src.models.progressive_schedule import Phase, ProgressiveSchedule
+from src.models.progressive_schedule import Part, Phase, ProgressiveSchedule
 from src.nets.progan import (EqualizedLinear, ProGANDiscriminator, ProGANGenerator, blur, minibatch_stddev,
                              pixel_norm)
 from src.utils.checkpoint_loading import load_model
@@ -17,7 +19,7 @@ from test_models import fit_briefly, record_player_steps
 
 
 def test_schedule_grows_one_level_per_two_phases_fading_each_in():
-    schedule = ProgressiveSchedule(top_level=3, phase_images=10, batch_size=1)
+    schedule = ProgressiveSchedule(top_level=3, parts=[Part(0, phase_images=10, batch_size=1)])
     stages = [schedule.stage(i) for i in (0, 9, 10, 15, 20, 29, 30, 50, 55, 60, 1000)]
     assert stages == [(0, 1.0), (0, 1.0), (1, 0.0), (1, 0.5), (1, 1.0), (1, 1.0), (2, 0.0), (3, 0.0), (3, 0.5),
                       (3, 1.0), (3, 1.0)]
@@ -27,9 +29,8 @@ def test_schedule_grows_one_level_per_two_phases_fading_each_in():
 def test_schedule_phases_count_images_at_each_resolutions_batch_and_rate():
     """StyleGAN's code: phases of a number of images, so a level's phases last phase_images /
     (its batch x devices) iterations; a fade-in runs at the new resolution's batch and rate."""
-    schedule = ProgressiveSchedule(top_level=3, phase_images=12, batch_size=2, batch_sizes={8: 6, 16: 3},
-                                   lr_by_resolution={16: 2e-3, 32: 3e-3}, base_lr=1e-3, start_level=1,
-                                   world_sizes=[(0, 2)])
+    schedule = ProgressiveSchedule(top_level=3, parts=[Part(0, 12, batch_size=2, batch_sizes={8: 6, 16: 3}, world_size=2)],
+                                   lr_by_resolution={16: 2e-3, 32: 3e-3}, base_lr=1e-3, start_level=1)
     # 8x8: 12 / (6 x 2) = 1 iteration; 16x16 fade + alone: 2 each; 32x32 (batch_size 2): fade 3, then on
     assert [(p.first_iteration, p.level, p.fading) for p in schedule.phases] == [
         (0, 1, False), (1, 2, True), (3, 2, False), (5, 3, True), (8, 3, False)]
@@ -38,24 +39,43 @@ def test_schedule_phases_count_images_at_each_resolutions_batch_and_rate():
     assert [schedule.batch_size_at(i) for i in range(9)] == [6, 3, 3, 3, 3, 2, 2, 2, 2]
     assert [schedule.lr_factor_at(i) for i in (0, 1, 5)] == [1.0, 2.0, 3.0]
     assert [schedule.images_before(i) for i in (0, 1, 3, 5, 8, 9)] == [0, 12, 24, 36, 48, 52]
-    assert ProgressiveSchedule(3, 12, 2, {8: 6}, grow=False).phases == [Phase(0, float("inf"), 3, False)]
+    assert ProgressiveSchedule(3, [Part(0, 12, 2, {8: 6})], grow=False).phases == [Phase(0, float("inf"), 3, False,
+                                                                                         batch_size=2)]
 
 
 def test_a_change_of_device_count_finishes_the_phase_with_the_images_it_lacks():
     """Resumed on 2 devices at iteration 4 of a 1-device run (batch 2, 12 images a phase): the
     first phase had 8 images and needs 1 iteration of 4 more; the next take 3 iterations each."""
-    schedule = ProgressiveSchedule(top_level=2, phase_images=12, batch_size=2, world_sizes=[(0, 1), (4, 2)])
+    schedule = ProgressiveSchedule(top_level=2, parts=[Part(0, 12, 2), Part(4, 12, 2, world_size=2)])
     assert [(p.first_iteration, p.iterations, p.level, p.fading, p.world_size) for p in schedule.phases] == [
         (0, 4, 0, False, 1), (4, 1, 0, False, 2), (5, 3, 1, True, 2), (8, 3, 1, False, 2), (11, 3, 2, True, 2),
         (14, float("inf"), 2, False, 2)]
     assert [schedule.images_before(i) for i in (4, 5, 8, 14, 15)] == [8, 12, 24, 48, 52]
     # A fade-in split by the change goes on from the alpha it had reached.
-    split = ProgressiveSchedule(top_level=2, phase_images=12, batch_size=2, world_sizes=[(0, 1), (7, 2)])
+    split = ProgressiveSchedule(top_level=2, parts=[Part(0, 12, 2), Part(7, 12, 2, world_size=2)])
     assert [split.stage(i) for i in (6, 7, 8, 9, 10)] == [(1, 0.0), (1, pytest.approx(1 / 6)),
                                                           (1, pytest.approx(1 / 6 + 5 / 18)),
                                                           (1, pytest.approx(1 / 6 + 10 / 18)), (1, 1.0)]
-    with pytest.raises(ValueError, match="world_sizes must start at iteration 0 and rise"):
-        ProgressiveSchedule(top_level=2, phase_images=12, batch_size=2, world_sizes=[(0, 1), (0, 2)])
+    with pytest.raises(ValueError, match="parts must start at iteration 0 and rise"):
+        ProgressiveSchedule(top_level=2, parts=[Part(0, 12, 2), Part(0, 12, 2, world_size=2)])
+
+
+def test_other_batch_sizes_or_phase_lengths_from_a_resume_on_finish_the_phase_by_its_images():
+    """Resumed at iteration 4 of batch 2 (8 of 12 images) at batch 4: one iteration finishes the
+    phase. A shorter phase from iteration 2 (4 images done, 4 a phase now) ends it there; a
+    fade-in cut short goes on from its alpha to 1 over the images it still lacks."""
+    bigger = ProgressiveSchedule(top_level=2, parts=[Part(0, 12, 2), Part(4, 12, 4)])
+    assert [(p.first_iteration, p.iterations, p.level, p.fading, p.batch_size) for p in bigger.phases] == [
+        (0, 4, 0, False, 2), (4, 1, 0, False, 4), (5, 3, 1, True, 4), (8, 3, 1, False, 4), (11, 3, 2, True, 4),
+        (14, float("inf"), 2, False, 4)]
+    assert [bigger.images_before(i) for i in (4, 5, 8)] == [8, 12, 24]
+    assert [bigger.batch_size_at(i) for i in (3, 4)] == [2, 4]
+    shorter = ProgressiveSchedule(top_level=2, parts=[Part(0, 12, 2), Part(2, 4, 2)])
+    assert [(p.first_iteration, p.level, p.fading) for p in shorter.phases] == [
+        (0, 0, False), (2, 1, True), (4, 1, False), (6, 2, True), (8, 2, False)]
+    fade_cut = ProgressiveSchedule(top_level=2, parts=[Part(0, 12, 2), Part(8, 6, 2)])
+    assert [fade_cut.stage(i) for i in (6, 7, 8, 9)] == [(1, 0.0), (1, pytest.approx(1 / 6)),
+                                                          (1, pytest.approx(1 / 3)), (1, 1.0)]
 
 
 def test_the_loader_follows_the_batch_size_per_resolution_and_the_optimizers_the_rate(train_cfg):
@@ -422,15 +442,32 @@ def test_overfit_batches_needs_the_fixed_batch_size(train_cfg):
     assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").exists()
 
 
-def test_resuming_with_other_schedule_settings_warns(train_cfg, tmp_path, recwarn):
-    """The stage is a function of the iteration and the schedule settings: a resume that changes
-    them (here data.batch_size, the base batch) says the stage may jump; one that keeps them does not."""
+def test_a_resume_at_another_batch_size_finishes_the_phase_by_its_images(train_cfg, tmp_path, caplog, recwarn):
+    """ProGAN's smoke schedule (4 images a phase, batch 4: a phase per iteration): after 2
+    iterations the 8x8 fade-in is done. Resumed at batch 2, 8x8 alone takes 2 iterations (not a
+    fade-in restarted by the new batch), the checkpoint records both parts, and only a change of
+    the growth's structure warns."""
     first = train_cfg("model=progan", "max_iters=2", *NO_EVALUATION)
     first.paths.output_dir = str(tmp_path / "first")
     run_training(first)
-    resume = (f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt", "max_iters=3", *NO_EVALUATION)
-    with pytest.warns(UserWarning, match=r"other growth-schedule settings .*model.batch_size: 4 -> 2"):
-        run_training(train_cfg("model=progan", "data.batch_size=2", *resume))
-    recwarn.clear()
-    run_training(train_cfg("model=progan", *resume))
-    assert not [w for w in recwarn if "growth-schedule" in str(w.message)]
+    resume = (f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt", "max_iters=4", *NO_EVALUATION)
+    resumed = train_cfg("model=progan", "data.batch_size=2", *resume)
+    resumed.paths.output_dir = str(tmp_path / "resumed")
+    with caplog.at_level(logging.INFO):
+        run_training(resumed)
+    assert "Resuming with other schedule settings (model.batch_size: 4 -> 2)" in caplog.text
+    assert not [w for w in recwarn if "growth" in str(w.message)]
+    (metrics_file,) = Path(resumed.paths.output_dir).glob("csv/version_*/metrics.csv")
+    rows = [row for row in csv.DictReader(metrics_file.open()) if row.get("train/kimg")]
+    assert [(float(r["train/level"]), float(r["train/alpha"]), float(r["train/kimg"])) for r in rows] == [
+        (1.0, 1.0, pytest.approx(0.010)), (1.0, 1.0, pytest.approx(0.012))]
+    checkpoint = torch.load(Path(resumed.paths.output_dir, "checkpoints", "last.ckpt"), weights_only=True)
+    assert [(p["first_iteration"], p["batch_size"]) for p in checkpoint["schedule_parts"]] == [(0, 4), (2, 2)]
+    with pytest.warns(UserWarning, match=r"another growth structure .*model.start_resolution: 4 -> 8"):
+        run_training(train_cfg("model=progan", "model.start_resolution=8", *resume))
+    # Checkpoints from before the parts were recorded held each part's device count alone.
+    older = {key: value for key, value in checkpoint.items() if key != "schedule_parts"}
+    older["world_sizes"] = [[0, 1], [1, 2]]
+    model = load_model(Path(resumed.paths.output_dir, "checkpoints", "last.ckpt"))
+    model.on_load_checkpoint(older)   # as a resume calls it (with one device here)
+    assert model.parts == [Part(0, 4, 2, {}, 1), Part(1, 4, 2, {}, 2), Part(4, 4, 2, {}, 1)]

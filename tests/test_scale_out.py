@@ -184,7 +184,7 @@ def test_a_growing_model_resumed_on_more_devices_goes_on_counting_images(tmp_pat
               cwd=resumed_dir, data_dir=shared_data_dir)
     (resumed,) = (resumed_dir / "logs" / "smoke" / "runs").iterdir()
     checkpoint = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert checkpoint["world_sizes"] == [[0, 1], [2, 2]]
+    assert [(part["first_iteration"], part["world_size"]) for part in checkpoint["schedule_parts"]] == [(0, 1), (2, 2)]
     (loader_state,) = checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     assert loader_state["items_done"] == 2 + 8 and loader_state["world_size"] == 2   # each rank's share of 20
     (metrics_file,) = resumed.glob("**/metrics.csv")

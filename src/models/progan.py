@@ -6,19 +6,23 @@ The growth follows src/models/progressive_schedule.py: phases of `phase_images` 
 the first training the start level, then each level faded in over one phase (alpha rising
 linearly from 0 to 1) and trained alone over the next; a batch size (`batch_sizes`) and a
 learning rate (`lr_by_resolution`) per resolution, as the authors' code sets them. The schedule
-is a function of the training iteration, so resume needs no state of its own. The real images
+is a function of the training iteration and of the settings each part of the run trained with
+(recorded in its checkpoints), so a resume with other batch sizes, phase length or devices
+goes on from the images trained. The real images
 the critic sees are brought to the stage's resolution, and faded like the generator's output
 (`faded_reals`). The stage is logged as `train/level` and `train/alpha`, the real images seen
 so far (all devices) as `train/kimg`.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from src.models.noise_gan import NoiseGAN
-from src.models.progressive_schedule import ProgressiveSchedule, level_resolution
+from src.models.progressive_schedule import Part, ProgressiveSchedule, level_resolution
 from src.nets.progan import GrowingNet
 from src.utils.config_checks import require_int
 
@@ -86,54 +90,77 @@ class ProGAN(NoiseGAN):
         self.hparams.update(settings)
         self.drift, self.grow = float(drift), grow
         self._schedule: ProgressiveSchedule | None = None
-        #: (first iteration, number of devices) of each part of a resumed run, from its checkpoint
-        self._earlier_world_sizes: list[tuple[int, int]] = []
+        #: the schedule settings of each part of a resumed run, from its checkpoint
+        self._earlier_parts: list[Part] = []
         self._resumed_at = 0
 
-    @property
-    def world_sizes(self) -> list[tuple[int, int]]:
-        """The device count of each part of this run: those its checkpoint recorded, and this
-        fit's from the iteration it resumed at when the count changed."""
+    def _settings_from(self, first_iteration: int) -> Part:
+        """This fit's schedule settings, as a part of the run starting at `first_iteration`."""
+        h = self.hparams
         world_size = self.trainer.world_size if self._trainer is not None else 1
-        history = list(self._earlier_world_sizes) or [(0, world_size)]
-        if history[-1][1] != world_size:
-            # A part that would start at the resume trained no iteration: this fit's count replaces it.
-            history = [part for part in history if part[0] < self._resumed_at]
-            if history[-1][1] != world_size:
-                history.append((self._resumed_at, world_size))
+        return Part(first_iteration, h.phase_images, h.batch_size, dict(h.batch_sizes), world_size)
+
+    @property
+    def parts(self) -> list[Part]:
+        """The schedule settings of each part of this run: those its checkpoint recorded, and
+        this fit's from the iteration it resumed at where they differ."""
+        # A part that would start at the resume trained no iteration: this fit's settings replace it.
+        history = [part for part in self._earlier_parts if part.first_iteration < self._resumed_at]
+        if not history:
+            return [self._settings_from(0)]
+        current = self._settings_from(self._resumed_at)
+        if dataclasses.replace(history[-1], first_iteration=self._resumed_at) != current:
+            history.append(current)
         return history
 
     @property
     def schedule(self) -> ProgressiveSchedule:
         """The growth schedule of this run (its phases count the images of every device)."""
-        world_sizes = self.world_sizes
-        if self._schedule is None or self._schedule.world_sizes != world_sizes:
+        parts = self.parts
+        if self._schedule is None or self._schedule.parts != parts:
             h = self.hparams
             self._schedule = ProgressiveSchedule(
-                top_level=self.generator.top_level, phase_images=h.phase_images, batch_size=h.batch_size,
-                batch_sizes=h.batch_sizes, lr_by_resolution=h.lr_by_resolution, base_lr=self.optimizer_cfg["lr"],
-                start_level=self.resolutions().index(h.start_resolution), world_sizes=world_sizes, grow=self.grow)
+                top_level=self.generator.top_level, parts=parts, lr_by_resolution=h.lr_by_resolution,
+                base_lr=self.optimizer_cfg["lr"], start_level=self.resolutions().index(h.start_resolution),
+                grow=self.grow)
         return self._schedule
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["world_sizes"] = [list(part) for part in self.world_sizes]
+        checkpoint["schedule_parts"] = [part.as_record() for part in self.parts]
 
-    #: settings the growth schedule is a function of (with the device counts, handled above)
-    SCHEDULE_SETTINGS = ("phase_images", "batch_size", "batch_sizes", "start_resolution", "grow")
+    #: settings that shape the growth itself; changed on resume, the phases are laid out anew
+    STRUCTURE_SETTINGS = ("start_resolution", "grow")
+    #: settings each part of a run records, so that a resume with others goes on from the images trained
+    PART_SETTINGS = ("phase_images", "batch_size", "batch_sizes")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get("hyper_parameters", {})
-        changed = [f"model.{key}: {saved[key]!r} -> {self.hparams[key]!r}" for key in self.SCHEDULE_SETTINGS
-                   if key in saved and saved[key] != self.hparams[key]]
-        if changed:
-            rank_zero_warn(f"Resuming with other growth-schedule settings than the run being continued ({'; '.join(changed)}): "
-                           f"the schedule is a function of them, so the resumed iteration may fall in another phase "
+        changed = {key: f"model.{key}: {saved[key]!r} -> {self.hparams[key]!r}"
+                   for key in (*self.STRUCTURE_SETTINGS, *self.PART_SETTINGS)
+                   if key in saved and saved[key] != self.hparams[key]}
+        if structural := [changed[key] for key in self.STRUCTURE_SETTINGS if key in changed]:
+            rank_zero_warn(f"Resuming with another growth structure than the run being continued ({'; '.join(structural)}): "
+                           f"the phases are laid out anew, so the resumed iteration may fall in another phase "
                            f"(another resolution or fade-in) than the one the run was training")
-        # Older checkpoints did not record it: their run is taken to have had this fit's count.
-        self._earlier_world_sizes = [(int(first), int(world)) for first, world in checkpoint.get("world_sizes", [])]
+        if per_part := [changed[key] for key in self.PART_SETTINGS if key in changed]:
+            rank_zero_info(f"Resuming with other schedule settings ({'; '.join(per_part)}): the phase being trained "
+                           f"goes on with the images it lacks by them")
         self._resumed_at = int(checkpoint.get("global_step", 0)) // self.optimizer_steps_per_iter
+        self._earlier_parts = self._parts_recorded_in(checkpoint, saved)
+
+    def _parts_recorded_in(self, checkpoint: dict, saved: dict) -> list[Part]:
+        if "schedule_parts" in checkpoint:
+            return [Part(**record) for record in checkpoint["schedule_parts"]]
+        # Older checkpoints: the device count of each part (or none: this fit's), the settings
+        # of the run as its hyperparameters hold them.
+        settings = self._settings_from(0)
+        settings = Part(0, saved.get("phase_images", settings.phase_images), saved.get("batch_size", settings.batch_size),
+                        dict(saved.get("batch_sizes", settings.batch_sizes)), settings.world_size)
+        counts = checkpoint.get("world_sizes") or [(0, settings.world_size)]
+        return [Part(int(first), settings.phase_images, settings.batch_size, settings.batch_sizes, int(world))
+                for first, world in counts]
 
     def resolutions(self) -> list[int]:
         """The image side of each level, 4x4 first."""

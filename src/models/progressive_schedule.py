@@ -11,19 +11,41 @@ rate, as the authors' `TrainingSchedule` does.
 Everything is a function of the iteration number, so a resumed run picks its stage, batch size
 and rate up from the step count alone. Batch sizes are per device, as `data.batch_size`; a
 phase counts the images of all devices, as the papers count them. A run resumed on another
-number of devices (`world_sizes`: the iteration from which each count held) finishes the phase
-it was in with the images it still lacked, fading on from the alpha it had reached.
+number of devices, or with other batch sizes or phase lengths (`parts`: the iteration from
+which each set of settings held), finishes the phase it was in with the images it still lacked
+by the new settings, fading on from the alpha it had reached, as the authors' code does when
+resumed from a kimg count under a changed configuration.
 """
 from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Part:
+    """The settings the phases' lengths follow, from iteration `first_iteration` of the run on
+    (the next part's first iteration ends it)."""
+    first_iteration: int
+    phase_images: int
+    batch_size: int                                   # a device's images where batch_sizes lists none
+    batch_sizes: dict = field(default_factory=dict)   # resolution -> a device's images
+    world_size: int = 1
+
+    def level_batch_size(self, level: int) -> int:
+        """Images per device in one iteration at this level."""
+        return self.batch_sizes.get(level_resolution(level), self.batch_size)
+
+    def as_record(self) -> dict:
+        """For a checkpoint (plain types: read back with weights_only=True)."""
+        return {"first_iteration": self.first_iteration, "phase_images": self.phase_images,
+                "batch_size": self.batch_size, "batch_sizes": dict(self.batch_sizes), "world_size": self.world_size}
 
 
 @dataclass(frozen=True)
 class Phase:
-    """A phase, or the part of one trained on one number of devices."""
+    """A phase, or the part of one trained under one set of settings."""
     first_iteration: int
     iterations: int      # math.inf for the last phase (full size, for the rest of training)
     level: int
@@ -31,6 +53,7 @@ class Phase:
     alpha_from: float = 0.0   # a fading part's alpha at its first iteration ...
     alpha_to: float = 1.0     # ... and after its last
     world_size: int = 1
+    batch_size: int = 1       # images per device in one of its iterations
 
 
 def level_resolution(level: int) -> int:
@@ -38,56 +61,54 @@ def level_resolution(level: int) -> int:
 
 
 class ProgressiveSchedule:
-    def __init__(self, top_level: int, phase_images: int, batch_size: int, batch_sizes: dict | None = None,
-                 lr_by_resolution: dict | None = None, base_lr: float = 1.0, start_level: int = 0,
-                 world_sizes: list | None = None, grow: bool = True):
+    def __init__(self, top_level: int, parts: list[Part], lr_by_resolution: dict | None = None,
+                 base_lr: float = 1.0, start_level: int = 0, grow: bool = True):
         self.top_level, self.base_lr = top_level, float(base_lr)
-        self.batch_size = batch_size
-        #: (first iteration, number of devices) of each part of the run; one device by default
-        self.world_sizes = [(int(first), int(world)) for first, world in (world_sizes or [(0, 1)])]
-        if self.world_sizes[0][0] != 0 or any(a[0] >= b[0] for a, b in zip(self.world_sizes, self.world_sizes[1:])):
-            raise ValueError(f"world_sizes must start at iteration 0 and rise: {self.world_sizes}")
-        self.batch_sizes = {int(k): int(v) for k, v in (batch_sizes or {}).items()}
+        self.parts = [Part(p.first_iteration, p.phase_images, p.batch_size,
+                           {int(k): int(v) for k, v in p.batch_sizes.items()}, p.world_size) for p in parts]
+        if not self.parts or self.parts[0].first_iteration != 0 or any(
+                a.first_iteration >= b.first_iteration for a, b in zip(self.parts, self.parts[1:])):
+            raise ValueError(f"the schedule's parts must start at iteration 0 and rise: "
+                             f"{[p.first_iteration for p in self.parts]}")
         self.lr_by_resolution = {int(k): float(v) for k, v in (lr_by_resolution or {}).items()}
         levels = range(start_level, top_level + 1) if grow else [top_level]
         self.phases: list[Phase] = []
         first = 0
         for level in levels:
             if level > levels[0]:
-                first = self._add(first, level, fading=True, images=phase_images)
-            first = self._add(first, level, fading=False, images=phase_images if level < top_level else None)
+                first = self._add(first, level, fading=True)
+            first = self._add(first, level, fading=False, last=level == top_level)
         # Looked up every iteration (stage, batch size, rate): the phases' first iterations, once.
         self._starts = [phase.first_iteration for phase in self.phases]
 
-    def _device_spans(self, first: int):
-        """(start, end, devices) of each part of the run from iteration `first` on."""
-        ends = [start for start, _ in self.world_sizes[1:]] + [math.inf]
-        for (start, world), end in zip(self.world_sizes, ends):
+    def _spans(self, first: int):
+        """(start, end, part) of each part of the run from iteration `first` on."""
+        ends = [part.first_iteration for part in self.parts[1:]] + [math.inf]
+        for part, end in zip(self.parts, ends):
             if end > first:
-                yield max(start, first), end, world
+                yield max(part.first_iteration, first), end, part
 
-    def _add(self, first: int, level: int, fading: bool, images: int | None) -> int:
-        """Appends the phase starting at `first` (in parts where the device count changes inside
-        it) and returns the iteration after it. A part takes the iterations its images need at
-        its device count; each part's alpha goes on from where the one before stopped."""
-        batch, alpha = self.level_batch_size(level), 0.0
-        for start, end, world in self._device_spans(first):
-            if images is None:   # the last phase: a part per device count, for the image count
-                self.phases.append(Phase(start, end - start, level, fading, world_size=world))
+    def _add(self, first: int, level: int, fading: bool, last: bool = False) -> int:
+        """Appends the phase starting at `first` (in pieces where the settings change inside it)
+        and returns the iteration after it. A piece takes the iterations that the images its
+        part's phase length still lacks need at its batch and device count; each piece's alpha
+        goes on from where the one before stopped."""
+        images_done, alpha = 0, 0.0
+        for start, end, part in self._spans(first):
+            batch, world = part.level_batch_size(level), part.world_size
+            if last:   # the last phase: a piece per part, for the image count
+                self.phases.append(Phase(start, end - start, level, fading, world_size=world, batch_size=batch))
                 continue
-            iterations = math.ceil(images / (batch * world))
+            iterations = math.ceil(max(part.phase_images - images_done, 0) / (batch * world))
             if start + iterations <= end:
-                self.phases.append(Phase(start, iterations, level, fading, alpha, 1.0, world))
+                if iterations:
+                    self.phases.append(Phase(start, iterations, level, fading, alpha, 1.0, world, batch))
                 return start + iterations
             done = end - start
             reached = alpha + (1.0 - alpha) * done / iterations
-            self.phases.append(Phase(start, done, level, fading, alpha, reached, world))
-            images, alpha = images - done * batch * world, reached
+            self.phases.append(Phase(start, done, level, fading, alpha, reached, world, batch))
+            images_done, alpha = images_done + done * batch * world, reached
         return math.inf
-
-    def level_batch_size(self, level: int) -> int:
-        """Images per device in one iteration at this level."""
-        return self.batch_sizes.get(level_resolution(level), self.batch_size)
 
     def phase(self, iteration: int) -> Phase:
         return self.phases[bisect.bisect_right(self._starts, iteration) - 1]
@@ -101,7 +122,7 @@ class ProgressiveSchedule:
         return phase.level, phase.alpha_from + (phase.alpha_to - phase.alpha_from) * progress
 
     def batch_size_at(self, iteration: int) -> int:
-        return self.level_batch_size(self.phase(iteration).level)
+        return self.phase(iteration).batch_size
 
     def lr_factor_at(self, iteration: int) -> float:
         """The rate of this iteration's resolution over the base rate (1 where none is listed)."""
@@ -113,5 +134,5 @@ class ProgressiveSchedule:
         images = 0
         for phase in self.phases:
             done = min(max(iteration - phase.first_iteration, 0), phase.iterations)
-            images += done * self.level_batch_size(phase.level) * phase.world_size
+            images += done * phase.batch_size * phase.world_size
         return int(images)
