@@ -169,6 +169,27 @@ def test_a_run_saved_on_one_device_resumes_mid_epoch_on_two(tmp_path, shared_dat
     assert len(set(domain_a_images)) == 8
 
 
+def test_auto_resume_under_ddp_continues_on_every_rank(tmp_path, shared_data_dir):
+    """`ckpt_path=auto` in a fixed run directory under the subprocess DDP launcher, whose rank 1
+    re-runs the command and resolves `auto` itself: run again, both ranks pick the same
+    checkpoint and continue at iteration 2, training the epoch's items not yet trained."""
+    run_dir = tmp_path / "run"
+    common = ("model=cyclegan", "data=shapes", "data.max_dataset_size=8", "seed=3", PROBE, *NO_EVALUATION,
+              "trainer=ddp_sim", f"hydra.run.dir={run_dir}", "ckpt_path=auto")
+    first = run_train(*common, "max_iters=2", cwd=tmp_path, data_dir=shared_data_dir)
+    assert "ckpt_path=auto: no checkpoint in" in first.stdout + first.stderr
+    trained_first = [probe["paths"] for probe in rank_probes(run_dir)]
+    second = run_train(*common, "max_iters=4", cwd=tmp_path, data_dir=shared_data_dir)
+    resumed_from = [line.split("resuming from", 1)[1].split()[0] for line in (second.stdout + second.stderr).splitlines()
+                    if "ckpt_path=auto: resuming from" in line]
+    assert len(resumed_from) == 2 and len(set(resumed_from)) == 1, resumed_from   # each rank, the same file
+    probes = rank_probes(run_dir)
+    assert [probe["iteration"] for probe in probes] == [4, 4]
+    assert [len(probe["paths"]) for probe in probes] == [2, 2]
+    domain_a_images = [a for paths in trained_first + [probe["paths"] for probe in probes] for a, _ in paths]
+    assert len(domain_a_images) == len(set(domain_a_images)) == 8
+
+
 def test_a_growing_model_resumed_on_more_devices_goes_on_counting_images(tmp_path, shared_data_dir):
     """StyleGAN's smoke schedule (phases of 4 images; 2 a device at 8x8, 4 from 16x16), 2
     iterations on one device, then resumed on 2 ranks: the 8x8 phase is done (4 images), so the
