@@ -255,6 +255,9 @@ def test_eval_scores_and_writes_samples_and_translate_refuses(train_cfg, tmp_pat
     results, out = evaluate("eval", "batch_size=5")
     assert set(results) == {"samples"} and math.isfinite(results["samples"]["fid"])
     assert results["samples"]["is"] >= 1.0
+    # A classifier of the two shapes, trained on the training images, scores the conditional samples.
+    assert 1.0 <= results["samples"]["cls_is"] <= 2.0 + 1e-6
+    assert 0.0 <= results["samples"]["cls_acc_fake"] <= 1.0 and 0.0 <= results["samples"]["cls_acc_real"] <= 1.0
     written = sorted(p.name for p in (out / "samples").glob("*.png"))
     assert written == [f"{i:06d}.png" for i in range(2 * data.max_dataset_size)]   # two classes
     report = json.loads((out / "metrics.json").read_text())
@@ -262,8 +265,9 @@ def test_eval_scores_and_writes_samples_and_translate_refuses(train_cfg, tmp_pat
     # The papers' protocol: N samples against the training images. Sample i keeps its latent
     # (and here its class: sample 0 is of class 0, as test image 0) whatever the reference split.
     n_train = 2 * data.max_dataset_size
-    results, out_train = evaluate("eval_train", "batch_size=5", "real_split=train", f"num_samples={2 * n_train}")
-    assert math.isfinite(results["samples"]["fid"])
+    results, out_train = evaluate("eval_train", "batch_size=5", "real_split=train", f"num_samples={2 * n_train}",
+                                  "classifier_score=false")
+    assert math.isfinite(results["samples"]["fid"]) and not any(key.startswith("cls_") for key in results["samples"])
     written = sorted(p.name for p in (out_train / "samples").glob("*.png"))
     assert written == [f"{i:06d}.png" for i in range(2 * n_train)]
     report = json.loads((out_train / "metrics.json").read_text())["directions"]["samples"]
@@ -272,6 +276,8 @@ def test_eval_scores_and_writes_samples_and_translate_refuses(train_cfg, tmp_pat
     assert np.abs(same[0] - same[1]).max() <= 1   # (rounding may differ with the batch size)
     with pytest.raises(ValueError, match="real_split='val' must be train or test"):
         evaluate("eval_bad", "real_split=val")
+    with pytest.raises(ValueError, match="classifier_max_images=1 must be an integer of at least the 2 classes"):
+        evaluate("eval_bad_classifier", "classifier_max_images=1")
     model = load_model(ckpt)
     assert type(model).__name__ == "NoiseGAN" and model.num_classes == 2
     with pytest.raises(ValueError, match="translate.py is for the translation models"):

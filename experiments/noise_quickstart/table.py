@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-COLUMNS = [("fid", "FID*"), ("kid_x100", "KIDx100*"), ("is", "IS*")]
+COLUMNS = [("fid", "FID*"), ("kid_x100", "KIDx100*"), ("is", "IS*"), ("cls_is", "shape IS (real: cls_is_real)")]
 
 
 def fid_during_training(model: str) -> list[tuple[int, float]]:
@@ -23,7 +23,8 @@ def main(models: list[str]) -> None:
     for model in models:
         values = json.loads((HERE / model / "metrics.json").read_text())["metrics"]["samples"]
         curve = ", ".join(f"{iteration}: {fid:.1f}" for iteration, fid in fid_during_training(model))
-        print(f"| {model} | " + " | ".join(f"{values[k]:.3f}" for k, _ in COLUMNS) + f" | {curve} |")
+        cells = [f"{values[k]:.3f}" + (f" ({values['cls_is_real']:.3f})" if k == "cls_is" else "") for k, _ in COLUMNS]
+        print(f"| {model} | " + " | ".join(cells) + f" | {curve} |")
 
 
 if __name__ == "__main__":
