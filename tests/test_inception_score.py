@@ -102,7 +102,7 @@ def test_a_classifier_of_the_data_tells_shapes_from_blobs_and_classes_apart(tmp_
     scores = {}
     for name, fakes, drawn_for in (("shapes", test_images, test_labels), ("blobs", blobs, test_labels),
                                    ("swapped", test_images, 1 - test_labels)):
-        scorer = ClassifierScorer(net, num_classes=2, splits=1)
+        scorer = ClassifierScorer(net, num_classes=2, splits=1, conditional=True)
         scorer.update_real(test_images, test_labels)
         scorer.update_fake(fakes, drawn_for)
         scores[name] = scorer.compute()
@@ -112,7 +112,7 @@ def test_a_classifier_of_the_data_tells_shapes_from_blobs_and_classes_apart(tmp_
     assert scores["shapes"]["cls_acc_fake"] >= 0.9 and scores["swapped"]["cls_acc_fake"] <= 0.1
     unconditional = ClassifierScorer(net, num_classes=2)
     unconditional.update_real(test_images, test_labels)
-    unconditional.update_fake(test_images)
+    unconditional.update_fake(test_images, test_labels)   # labels of an unconditional model's batch: ignored
     assert "cls_acc_fake" not in unconditional.compute()
     with pytest.raises(ValueError, match="at least 2 classes"):
         train_image_classifier(train_images, torch.zeros_like(train_labels), num_classes=1)

@@ -197,6 +197,26 @@ def test_wgangp_trains_and_evaluates_under_ddp_spawn(train_cfg):
         torch.set_num_threads(threads)
     assert_ranks_agree_on_different_data(rank_probes(Path(cfg.paths.output_dir)))
     assert math.isfinite(metrics["eval/fid_samples"])
+    # The shape classifier's scores of the real test images are gathered from both ranks: one
+    # process scoring all of them gets the same values.
+    alone = run_training(train_cfg("model=wgangp", "max_iters=1", "data.batch_size=1", "++callbacks.latent=null"))
+    for key in ("eval/cls_acc_real_samples", "eval/cls_is_real_samples"):
+        assert float(metrics[key]) == pytest.approx(float(alone[key]), rel=1e-4), key
+    assert 1.0 <= float(metrics["eval/cls_is_samples"]) <= 2.0 + 1e-6
+
+
+def test_training_scores_samples_with_a_classifier_of_the_datas_classes(train_cfg):
+    """cGAN on the labelled shapes: the FID/KID callback also logs the shape classifier's
+    scores, the accuracy on the samples against their classes included; on one class there is
+    nothing to classify, and a bad setting names its key."""
+    metrics = run_training(train_cfg("model=cgan", "max_iters=2", "++callbacks.latent=null"))
+    assert 1.0 <= float(metrics["eval/cls_is_samples"]) <= 2.0 + 1e-6
+    assert 0.0 <= float(metrics["eval/cls_acc_fake_samples"]) <= 1.0
+    assert 0.0 <= float(metrics["eval/cls_acc_real_samples"]) <= 1.0
+    one_class = run_training(train_cfg("model=dcgan", "data.classes=[B]", "max_iters=2", "++callbacks.latent=null"))
+    assert math.isfinite(float(one_class["eval/fid_samples"])) and not any("cls_" in key for key in one_class)
+    with pytest.raises(ValueError, match="callbacks.fid_kid.classifier_max_images=1 must be an integer"):
+        run_training(train_cfg("model=dcgan", "max_iters=1", "callbacks.fid_kid.classifier_max_images=1"))
 
 
 def test_infogan_q_recovers_the_codes_it_is_trained_on(train_cfg):

@@ -9,7 +9,10 @@ directions `eval/fid`, `eval/kid_x100` (the value to give `optimized_metric` or 
 A noise-to-image model (GAN, DCGAN, WGAN...) has one stream instead, `samples`: the real test
 images vs as many samples, with the test images' labels when conditional (`eval/fid_samples`),
 and the samples' Inception Score (`eval/is_samples`, `eval/is_std_samples`; its classifier is the
-feature extractor's: Inception's logits, or random_cnn's stand-in).
+feature extractor's: Inception's logits, or random_cnn's stand-in). On labelled data of two or
+more classes the samples are also scored by a classifier of the data's classes, trained on its
+training images when the fit starts (`eval/cls_is_samples`, `eval/cls_acc_fake_samples` ...;
+src/metrics/image_classifier.py).
 
 Under DDP each rank translates a contiguous block of the evaluation set (no padding, so no image
 counts twice) and the torchmetrics states are gathered, so every rank gets the single-process
@@ -28,6 +31,7 @@ from torch.utils.data import DataLoader, Subset
 
 from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
+from src.metrics.image_classifier import ClassifierScorer, classifier_of_the_data
 from src.models.noise_base import SAMPLES
 from src.utils.directions import DIRECTIONS
 
@@ -188,6 +192,10 @@ class FidKidCallback(PeriodicEvaluation):
         kid_subsets, kid_subset_size: KID protocol (50 subsets of 1000, capped at the set size).
         inception_score: also score a noise-to-image model's samples with the Inception Score
             (from the FID features: no extra network pass); inception_score_splits: its parts (10).
+        classifier_score: on labelled data of 2+ classes, also score the samples with a classifier
+            of the classes trained on up to `classifier_max_images` training images for
+            `classifier_epochs` epochs at the start of the fit (its Inception Score, and its
+            accuracy on real images and, for a conditional model, on the samples).
     """
 
     config_key = "callbacks.fid_kid"
@@ -196,7 +204,8 @@ class FidKidCallback(PeriodicEvaluation):
                  feature_extractor_weights_path: str | None = None, max_images: int | None = None,
                  batch_size: int | None = None, directions=DIRECTIONS, save_best: bool = True,
                  dirpath: str | None = None, kid_subsets: int = 50, kid_subset_size: int = 1000, seed: int = 0,
-                 inception_score: bool = True, inception_score_splits: int = 10):
+                 inception_score: bool = True, inception_score_splits: int = 10, classifier_score: bool = True,
+                 classifier_max_images: int = 10000, classifier_epochs: int = 10):
         super().__init__(every_n_iters, max_images, batch_size, seed)
         self.directions = tuple(str(d) for d in directions)
         unknown = [d for d in self.directions if d not in DIRECTIONS]
@@ -210,6 +219,9 @@ class FidKidCallback(PeriodicEvaluation):
         self.best_iteration = -1
         self.scorer: FidKidScorer | None = None
         self.inception_score, self.inception_score_splits = bool(inception_score), inception_score_splits
+        self.classifier_score = bool(classifier_score)
+        self.classifier_max_images, self.classifier_epochs = classifier_max_images, classifier_epochs
+        self.classifier: ClassifierScorer | None = None
         self._supported: tuple[str, ...] | None = None
 
     def resolve_feature_extractor(self, trainer: pl.Trainer) -> str:
@@ -235,6 +247,18 @@ class FidKidCallback(PeriodicEvaluation):
                                    kid_seed=self.seed, inception_score_splits=self.inception_score_splits if samples
                                    else None)
         rank_zero_info(f"FID/KID: {name} features ({extractor.num_features}-d) every {self.every_n_iters} iterations")
+        if self.classifier_score and SAMPLES in self.supported_directions(pl_module):
+            self.classifier = self.build_classifier(trainer, pl_module)
+
+    def build_classifier(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ClassifierScorer | None:
+        """The classifier of the data's classes (None for unlabelled or one-class data); every
+        rank trains it, and takes rank zero's weights so all score alike."""
+        scorer = classifier_of_the_data(trainer.datamodule, self.classifier_max_images, self.classifier_epochs,
+                                        self.inception_score_splits, conditional=bool(pl_module.num_classes),
+                                        key=f"{self.config_key}.classifier_max_images")
+        if scorer is not None and trainer.world_size > 1:
+            scorer.net.load_state_dict(trainer.strategy.broadcast(scorer.net.state_dict(), src=0))
+        return scorer
 
     def supported_directions(self, pl_module: pl.LightningModule) -> tuple[str, ...]:
         """What is scored: the configured directions the model translates, or a noise-to-image
@@ -255,11 +279,18 @@ class FidKidCallback(PeriodicEvaluation):
         metrics = {}
         for direction in directions:
             scorer.reset()
+            classifier = self.classifier.to(pl_module.device) if self.classifier and direction == SAMPLES else None
             for batch in self.evaluation_loader(trainer):
                 real, fake = pl_module.evaluation_pair(batch, direction)
                 scorer.update(real=real, fake=fake)
-            for name, value in scorer.compute().items():
+                if classifier is not None:
+                    classifier.update_real(real, batch["label"])
+                    classifier.update_fake(fake, batch["label"])
+            scores = {**scorer.compute(), **(classifier.compute() if classifier is not None else {})}
+            for name, value in scores.items():
                 metrics[f"eval/{name}_{direction}"] = value
+            if classifier is not None:
+                classifier.reset()
         metrics["eval/fid"] = sum(metrics[f"eval/fid_{d}"] for d in directions) / len(directions)
         metrics["eval/kid_x100"] = sum(metrics[f"eval/kid_x100_{d}"] for d in directions) / len(directions)
         scorer.reset()  # frees the stored KID features until the next evaluation

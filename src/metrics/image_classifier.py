@@ -21,11 +21,16 @@ images, 300 on only 75% (random colours, sizes and places), which `cls_acc_real`
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
 
 from src.metrics.inception_score import InceptionScorer   # torchmetrics' IS, fed the classifier's logits
+
+log = logging.getLogger(__name__)
 
 MAX_SIDE = 64
 WIDTHS = (32, 64, 128)
@@ -67,38 +72,66 @@ def train_image_classifier(images: torch.Tensor, labels: torch.Tensor, num_class
 
 @torch.no_grad()
 def classifier_logits(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    return net(classifier_input(images.cpu()))
+    return net(classifier_input(images.to(next(net.parameters()).device)))
 
 
-class ClassifierScorer:
+def classifier_of_the_data(datamodule, max_images: int = 10000, epochs: int = 10, splits: int = 10,
+                           conditional: bool = False, key: str = "classifier_max_images") -> ClassifierScorer | None:
+    """A scorer with the classifier of `datamodule`'s classes, trained on up to `max_images` of
+    its training images (a seeded pick); None where the data has no two classes to tell apart
+    (unlabelled, or one class). `key` names the setting in errors."""
+    num_classes = getattr(datamodule, "num_classes", 0)
+    if num_classes < 2:
+        return None
+    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < num_classes:
+        raise ValueError(f"{key}={max_images!r} must be an integer of at least the {num_classes} classes")
+    train = datamodule.dataset("train", train=False)
+    picks = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:max_images].tolist()
+    items = [train[i] for i in picks]
+    images, labels = torch.stack([item["A"] for item in items]), torch.tensor([int(item["label"]) for item in items])
+    net = train_image_classifier(images, labels, num_classes, epochs=epochs)
+    log.info("Classifier of the %d classes trained on %d training images (classifier score)", num_classes, len(items))
+    return ClassifierScorer(net, num_classes, splits=splits, conditional=conditional)
+
+
+class ClassifierScorer(nn.Module):
     """The trained classifier's scores, accumulated batch by batch: `update_real` with the
-    reference images and their labels, `update_fake` with samples (and, for a conditional model,
-    the classes they were drawn for), then `compute()`."""
+    reference images and their labels, `update_fake` with samples (and, for a `conditional`
+    model, the classes they were drawn for), then `compute()`. Its states are torchmetrics
+    metrics, so under DDP every rank gets the scores of all ranks' images (move it to the
+    module's device first)."""
 
-    def __init__(self, net: nn.Module, num_classes: int, splits: int = 10, seed: int = 0):
-        self.net, self.num_classes = net, num_classes
-        self.inception_score = {kind: InceptionScorer(num_classes, splits=splits, seed=seed) for kind in ("real", "fake")}
-        self.correct = {"real": 0, "fake": 0}
-        self.seen = {"real": 0, "fake": 0}
+    KINDS = ("real", "fake")
 
-    def _count(self, kind: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.correct[kind] += int((logits.argmax(1) == labels.cpu().long()).sum())
-        self.seen[kind] += len(labels)
+    def __init__(self, net: nn.Module, num_classes: int, splits: int = 10, seed: int = 0, conditional: bool = False):
+        super().__init__()
+        self.net, self.num_classes, self.conditional = net, num_classes, conditional
+        self.inception_score = nn.ModuleDict({kind: InceptionScorer(num_classes, splits=splits, seed=seed)
+                                              for kind in self.KINDS})
+        self.accuracy = nn.ModuleDict({kind: MulticlassAccuracy(num_classes, average="micro") for kind in self.KINDS})
+
+    def _update(self, kind: str, images: torch.Tensor, labels: torch.Tensor | None) -> None:
+        logits = classifier_logits(self.net, images)
+        self.inception_score[kind].update(logits)
+        if labels is not None:
+            self.accuracy[kind].update(logits, labels.to(logits.device).long())
 
     def update_real(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        logits = classifier_logits(self.net, images)
-        self.inception_score["real"].update(logits)
-        self._count("real", logits, labels)
+        self._update("real", images, labels)
 
     def update_fake(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
-        logits = classifier_logits(self.net, images)
-        self.inception_score["fake"].update(logits)
-        if labels is not None:
-            self._count("fake", logits, labels)
+        self._update("fake", images, labels if self.conditional else None)
 
     def compute(self) -> dict[str, float]:
-        scores = {f"cls_{key}": value for key, value in self.inception_score["fake"].compute().items()}
-        scores["cls_is_real"] = self.inception_score["real"].compute()["is"]
-        scores.update({f"cls_acc_{kind}": self.correct[kind] / self.seen[kind] for kind in ("real", "fake")
-                       if self.seen[kind]})
+        device = next(self.net.parameters()).device
+        fake_is = self.inception_score["fake"].compute(device)
+        scores = {"cls_is": fake_is["is"], "cls_is_std": fake_is["is_std"],
+                  "cls_is_real": self.inception_score["real"].compute(device)["is"],
+                  "cls_acc_real": float(self.accuracy["real"].compute())}
+        if self.conditional:
+            scores["cls_acc_fake"] = float(self.accuracy["fake"].compute())
         return scores
+
+    def reset(self) -> None:
+        for metric in (*self.inception_score.values(), *self.accuracy.values()):
+            metric.reset()

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.data.labelled import proportional_picks
 from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
-from src.metrics.image_classifier import ClassifierScorer, train_image_classifier
+from src.metrics.image_classifier import ClassifierScorer, classifier_of_the_data
 from src.metrics.mmd import mmd2_unbiased
 from src.metrics.tstr import tstr_trtr
 from src.metrics.shapes_truth import ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta
@@ -166,29 +166,10 @@ def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sam
         fake = model.samples_of({"index": index, "label": sample_labels[index]})
         scorer.update(fake=fake)
         if classifier is not None:
-            classifier.update_fake(fake, sample_labels[index] if model.num_classes else None)
+            classifier.update_fake(fake, sample_labels[index])
         for i, image in zip(index.tolist(), to_uint8_images(fake)):
             save_png(image, sample_dir / f"{i:06d}.png")
     return {**scorer.compute(), **(classifier.compute() if classifier is not None else {})}
-
-
-def data_classifier(cfg: DictConfig, datamodule) -> ClassifierScorer | None:
-    """The classifier of the data's classes that `classifier_score` asks for, trained on up to
-    `classifier_max_images` of its training images (a seeded pick); None where the data has no
-    two classes to tell apart (an unlabelled or one-class domain) or the score is off."""
-    num_classes = getattr(datamodule, "num_classes", 0)
-    if not cfg.get("classifier_score", True) or num_classes < 2:
-        return None
-    train = datamodule.dataset("train", train=False)
-    limit = cfg.get("classifier_max_images", 10000)
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < num_classes:
-        raise ValueError(f"classifier_max_images={limit!r} must be an integer of at least the {num_classes} classes")
-    picks = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:limit].tolist()
-    items = [train[i] for i in picks]
-    images, labels = torch.stack([item["A"] for item in items]), torch.tensor([int(item["label"]) for item in items])
-    net = train_image_classifier(images, labels, num_classes, epochs=cfg.get("classifier_epochs", 10))
-    log.info("Classifier of the %d classes trained on %d training images (classifier_score)", num_classes, len(items))
-    return ClassifierScorer(net, num_classes, splits=cfg.get("inception_score_splits", 10))
 
 
 def real_and_generated(model: NoiseToImageModel, loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -326,8 +307,12 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
         scorer, report["feature_extractor"] = fid_kid_scorer(cfg, datamodule, device, samples=True)
         directions = {SAMPLES: {"real": len(dataset), "real_split": real_split,
                                 "generated": num_samples or len(dataset), "output": SAMPLES}}
+        classifier = (classifier_of_the_data(datamodule, cfg.get("classifier_max_images", 10000),
+                                             cfg.get("classifier_epochs", 10), cfg.get("inception_score_splits", 10),
+                                             conditional=bool(model.num_classes))
+                      if cfg.get("classifier_score", True) else None)
         results = {SAMPLES: evaluate_samples(model, loader, scorer, output_dir / SAMPLES, num_samples,
-                                             data_classifier(cfg, datamodule))}
+                                             classifier and classifier.to(device))}
     else:
         scorer, report["feature_extractor"] = fid_kid_scorer(cfg, datamodule, device)
         report["data_direction"] = datamodule.direction
