@@ -155,11 +155,10 @@ class ProGAN(NoiseGAN):
             return [Part(**record) for record in checkpoint["schedule_parts"]]
         # Older checkpoints: the device count of each part (or none: this fit's), the settings
         # of the run as its hyperparameters hold them.
-        settings = self._settings_from(0)
-        settings = Part(0, saved.get("phase_images", settings.phase_images), saved.get("batch_size", settings.batch_size),
-                        dict(saved.get("batch_sizes", settings.batch_sizes)), settings.world_size)
+        settings = dataclasses.replace(self._settings_from(0), **{key: saved[key] for key in self.PART_SETTINGS
+                                                                  if key in saved})
         counts = checkpoint.get("world_sizes") or [(0, settings.world_size)]
-        return [Part(int(first), settings.phase_images, settings.batch_size, settings.batch_sizes, int(world))
+        return [dataclasses.replace(settings, first_iteration=int(first), world_size=int(world))
                 for first, world in counts]
 
     def resolutions(self) -> list[int]:
