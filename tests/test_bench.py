@@ -138,6 +138,17 @@ def test_an_interleaved_ab_row_is_compared_with_its_own_off_iterations():
     assert "ab=fast_conv" in md and "| 1.250 | 1.25x |" in md   # not 2.0 / 1.0 against the separate run
 
 
+def test_a_trial_keeps_the_baseline_it_was_saved_with(tmp_path):
+    """A later run of the plain configuration (a slower hour) replaces the baseline row, not the
+    comparison of the trials saved before it; a trial measured again takes the new baseline."""
+    path, md = tmp_path / "r.json", tmp_path / "r.md"
+    write_results(path, md, {"train_step": [_row("x", 1.0), _row("x", 0.8, {"channels_last": True})]}, MACHINE, SETTINGS)
+    write_results(path, md, {"train_step": [_row("x", 2.0)]}, MACHINE, SETTINGS)
+    assert "| default | 0.800 | 1.000 | 1.25x |" in md.read_text()
+    write_results(path, md, {"train_step": [_row("x", 1.6, {"channels_last": True})]}, MACHINE, SETTINGS)
+    assert "| default | 1.600 | 2.000 | 1.25x |" in md.read_text()
+
+
 def test_the_reference_iteration_row_is_compared_with_ours_as_it_runs():
     results = {"machine": MACHINE, "settings": SETTINGS,
                "train_step": [_row("x", 1.0), {**_row("x", 4.0, {"allocator": "default"}), "allocator": "default"},

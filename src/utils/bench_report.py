@@ -56,6 +56,7 @@ def write_results(json_path: Path, md_path: Path, rows: dict[str, list], machine
         combine = combine or {}
         rows = {kind: merge_rows(old.get(kind, []), rows.get(kind, []), key, combine.get(kind, _replace))
                 for kind, key in KINDS.items()}
+    freeze_trial_baselines(rows.get("train_step", []))
     results = {"machine": machine, "settings": settings, **rows}
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     md_path.write_text(markdown(results))
@@ -149,17 +150,39 @@ def baseline_row(row: dict, rows: list[dict]) -> dict | None:
                  and allocator_of(r) == allocator_of(row)), None)
 
 
+def freeze_trial_baselines(rows: list[dict]) -> None:
+    """Give each trial row that has none the s/iter of its baseline as it stands when the trial
+    is saved (`baseline_s_per_iter`): a later run of the plain configuration, at another hour,
+    replaces the baseline row, and would otherwise change every trial's comparison with it."""
+    for row in rows:
+        if is_variant(row) and not row.get("ab") and "baseline_s_per_iter" not in row:
+            base = baseline_row(row, rows)
+            if base is not None:
+                row["baseline_s_per_iter"] = base["s_per_iter"]
+
+
+def trial_baseline(row: dict, all_rows: list[dict]) -> float | None:
+    """The s/iter a trial is compared with: an interleaved A/B's own iterations with the setting
+    off, the baseline recorded when the trial was saved, or (rows from before that was recorded,
+    tables built in memory) the baseline row there is now."""
+    if row.get("ab"):
+        return row["ab"]["off_s_per_iter"]
+    if "baseline_s_per_iter" in row:
+        return row["baseline_s_per_iter"]
+    base = baseline_row(row, all_rows)
+    return base["s_per_iter"] if base else None
+
+
 def variant_table(rows: list[dict], all_rows: list[dict], usual: dict | None = None) -> list[str]:
     lines = ["| configuration | variant | allocator | s/iter | baseline s/iter | speed-up vs baseline | peak memory (GB) "
              "| measured |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        # An interleaved A/B row carries its own baseline: the iterations with the setting off.
-        base = {"s_per_iter": r["ab"]["off_s_per_iter"]} if r.get("ab") else baseline_row(r, all_rows)
-        ratio = base["s_per_iter"] / r["s_per_iter"] if base else None
+        base = trial_baseline(r, all_rows)
+        ratio = base / r["s_per_iter"] if base else None
         changes = {**r["variant"], **({"precision": r["precision"]} if r["precision"] != "fp32" else {})}
         variant = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
         lines.append(f"| {r['label']} ({r['device']}, batch {r['batch_size']}, {r['precision']}) | {variant}{row_note(r, usual)} "
-                     f"| {allocator_of(r)} | {r['s_per_iter']:.3f} | {_fmt(base['s_per_iter'], 3) if base else '-'} "
+                     f"| {allocator_of(r)} | {r['s_per_iter']:.3f} | {_fmt(base, 3) if base else '-'} "
                      f"| {_fmt(ratio) + 'x' if ratio else '-'} | {memory_gb(r):.2f} "
                      f"| {measured_cell(r, host_gemm_rate(r))} |")
     return lines
@@ -238,9 +261,10 @@ def markdown(results: dict[str, Any]) -> str:
            "## Training iterations", "", *train_step_table(plain, s), ""]
     if variants:
         out += ["## Variants (trials against the default)", "",
-                "Each trial is compared with the same configuration without it under the same allocator "
-                "(an allocator trial: with the default row; an `ab` row, with the same run's iterations that "
-                "had the setting off, interleaved with the ones it had on).", "", *variant_table(variants, rows, s), ""]
+                "Each trial is compared with the same configuration without it under the same allocator, "
+                "as that row stood when the trial was saved (an allocator trial: with the default row; an `ab` "
+                "row, with the same run's iterations that had the setting off, interleaved with the ones it had "
+                "on).", "", *variant_table(variants, rows, s), ""]
     if any(e["pairs"] for e in results.get("versus_reference", [])):
         out += ["## Against the reference's iteration, alternating processes (`versus_reference`)", "",
                 "Each pair: ours and the reference's iteration (`tweaks.iteration=reference`) in fresh processes "
