@@ -431,6 +431,24 @@ def test_a_checkpoint_from_before_the_image_schedule_loads_with_the_same_schedul
     assert (model.generator.level, model.generator.alpha) == (1, 1.0)   # the third iteration's stage
 
 
+def test_growing_models_train_on_whole_batches_only(train_cfg, monkeypatch):
+    """The authors' minibatches never fall short: 32 items at batch 5 make 6 batches an epoch,
+    the 2 left over are dropped, so 7 iterations all train on 5 images; a split too small for
+    the largest batch the schedule asks for is named, with the setting to change."""
+    from src.models.progan import ProGAN
+
+    sizes = []
+    train_iteration = ProGAN.train_iteration
+    monkeypatch.setattr(ProGAN, "train_iteration", lambda self, batch: sizes.append(batch["A"].size(0))
+                        or train_iteration(self, batch))
+    run_training(train_cfg("model=progan", "data.max_dataset_size=16", "data.batch_size=5", "max_iters=7",
+                           *NO_EVALUATION))
+    assert sizes == [5] * 7
+    with pytest.raises(ValueError, match=r"the largest batch of model.batch_sizes, 40, .* holds only 32"):
+        run_training(train_cfg("model=stylegan", "data.max_dataset_size=16", "++model.batch_sizes.32=40",
+                               "max_iters=1", *NO_EVALUATION))
+
+
 def test_overfit_batches_needs_the_fixed_batch_size(train_cfg):
     """Lightning's overfit_batches swaps the loader's sampler, which a batch-size schedule
     cannot take: the run names both keys and the fix, and trains once the table is off."""

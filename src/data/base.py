@@ -133,11 +133,23 @@ class SplitDataModule(pl.LightningDataModule):
         """Training iterations done by the running fit (the model counts them from its steps)."""
         return self.trainer.lightning_module.iteration if self.trainer is not None else 0
 
+    #: the largest model batch of a growing model's schedule that must come whole (ProGAN and
+    #: StyleGAN: their authors' minibatches never fall short); None: short last batches are kept
+    #: unless several model batches make one loader batch. Set by `keep_whole_batches`.
+    whole_model_batch: int | None = None
+
+    def keep_whole_batches(self, largest_model_batch: int) -> None:
+        """Drop every epoch's short last batch, and check that each rank's share of the split
+        fills the largest model batch the run will ask for."""
+        self.whole_model_batch = largest_model_batch
+        self.check_training_split_fills_a_batch()
+
     @property
     def train_drop_last(self) -> bool:
         """Whether the training loader drops an epoch's incomplete last batch: with several model
-        batches per loader batch, so that every loader batch splits into equal parts."""
-        return self.batches_per_iteration > 1
+        batches per loader batch, so that every loader batch splits into equal parts, or where
+        the model asks for whole batches."""
+        return self.batches_per_iteration > 1 or self.whole_model_batch is not None
 
     def describe_training_split(self) -> str:
         """Where the training items come from, for error messages."""
@@ -150,13 +162,17 @@ class SplitDataModule(pl.LightningDataModule):
             return
         world_size = self.trainer.world_size if self.trainer is not None else 1
         n = len(self.dataset("train"))
-        if -(-n // world_size) < self.train_batch_size:
+        model_batch = max(self.batch_size, self.whole_model_batch or 0)
+        items = model_batch * self.batches_per_iteration
+        if -(-n // world_size) < items:
+            batch = (f"data.batch_size={self.batch_size}" if model_batch == self.batch_size
+                     else f"the largest batch of model.batch_sizes, {model_batch},")
             raise ValueError(
-                f"data.batch_size={self.batch_size} x data.batches_per_iteration={self.batches_per_iteration} "
-                f"(model.n_critic) = {self.train_batch_size} training items per iteration"
+                f"{batch} x data.batches_per_iteration={self.batches_per_iteration} "
+                f"(model.n_critic) = {items} training items per iteration"
                 + (f" on each of {world_size} devices" if world_size > 1 else "")
                 + f", but {self.describe_training_split()} holds only {n}. Add data, or lower "
-                f"data.batch_size or model.n_critic.")
+                f"data.batch_size, model.batch_sizes or model.n_critic.")
 
     def _loader_settings(self, batch_size: int, drop_last: bool = False) -> dict[str, Any]:
         return dict(

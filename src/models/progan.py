@@ -186,6 +186,16 @@ class ProGAN(NoiseGAN):
         # None without a table: a DataModule used before by a scheduled fit goes back to data.batch_size.
         # Read through the model: a resume on another device count rebuilds the schedule after this.
         datamodule.set_batch_size_schedule(self.loader_batch_size_at if self.hparams.batch_sizes else None)
+        # The authors' minibatches are always whole: a short last batch would train fewer images
+        # than the phases count, and give the minibatch-stddev layer a group it never sees otherwise.
+        if hasattr(datamodule, "keep_whole_batches"):
+            datamodule.keep_whole_batches(self.largest_model_batch())
+
+    def largest_model_batch(self) -> int:
+        """The largest per-device batch the growth schedule asks for at the levels it trains."""
+        settings, start = self._settings_from(0), self.resolutions().index(self.hparams.start_resolution)
+        levels = range(start if self.grow else self.generator.top_level, self.generator.top_level + 1)
+        return max(settings.level_batch_size(level) for level in levels)
 
     def loader_batch_size_at(self, iteration: int) -> int:
         return self.schedule.batch_size_at(iteration)
