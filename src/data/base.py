@@ -162,7 +162,7 @@ class SplitDataModule(pl.LightningDataModule):
             return
         world_size = self.trainer.world_size if self.trainer is not None else 1
         n = len(self.dataset("train"))
-        model_batch = max(self.batch_size, self.whole_model_batch or 0)
+        model_batch = self.whole_model_batch or self.batch_size   # the model's largest, when it names one
         items = model_batch * self.batches_per_iteration
         if -(-n // world_size) < items:
             batch = (f"data.batch_size={self.batch_size}" if model_batch == self.batch_size

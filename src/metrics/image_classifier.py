@@ -88,7 +88,9 @@ def classifier_of_the_data(datamodule, max_images: int = 10000, epochs: int = 10
     train = datamodule.dataset("train", train=False)
     picks = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:max_images].tolist()
     items = [train[i] for i in picks]
-    images, labels = torch.stack([item["A"] for item in items]), torch.tensor([int(item["label"]) for item in items])
+    # Brought to the classifier's size one by one: 10,000 images of 256 px would take 8 GB at once.
+    images = torch.cat([classifier_input(item["A"][None]) for item in items])
+    labels = torch.tensor([int(item["label"]) for item in items])
     net = train_image_classifier(images, labels, num_classes, epochs=epochs)
     log.info("Classifier of the %d classes trained on %d training images (classifier score)", num_classes, len(items))
     return ClassifierScorer(net, num_classes, splits=splits, conditional=conditional)

@@ -292,8 +292,7 @@ class AdversarialModel(pl.LightningModule):
         # reaches 0. The training loader exists by now, so the run's length costs nothing.
         unit = self.lr_schedule_cfg.get("unit", "epoch")
         length = self.run_length_in(unit)
-        schedulers = self.lr_schedulers()
-        schedulers = schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []
+        schedulers = self.scheduler_list()
         for factor in (f for scheduler in schedulers for f in scheduler.lr_lambdas):
             if isinstance(factor, DecayToZero) and factor.waits_for_the_run_length:
                 self._require_a_length_for_half(length, "constant" if factor.constant is None else "decay", unit)
@@ -313,6 +312,12 @@ class AdversarialModel(pl.LightningModule):
             return trainer.max_steps // self.optimizer_steps_per_iter
         batches = trainer.estimated_stepping_batches   # epochs x batches (manual optimization counts batches)
         return int(batches) if math.isfinite(batches) else None
+
+    def scheduler_list(self) -> list:
+        """The players' learning-rate schedulers as a list (Lightning hands back one alone, or
+        None when there are none)."""
+        schedulers = self.lr_schedulers()
+        return schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []
 
     def named_optimizers(self) -> dict:
         optimizers = self.optimizers()
@@ -430,9 +435,8 @@ class AdversarialModel(pl.LightningModule):
         return due or last or trainer.should_stop
 
     def _step_schedulers(self) -> None:
-        schedulers = self.lr_schedulers()
-        for s in schedulers if isinstance(schedulers, list) else [schedulers]:
-            s.step()
+        for scheduler in self.scheduler_list():
+            scheduler.step()
 
     def train_iteration(self, batch: dict) -> None:
         """One training iteration: every player's step, in the model's order."""

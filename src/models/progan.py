@@ -115,12 +115,13 @@ class ProGAN(NoiseGAN):
 
     @property
     def schedule(self) -> ProgressiveSchedule:
-        """The growth schedule of this run (its phases count the images of every device)."""
-        parts = self.parts
-        if self._schedule is None or self._schedule.parts != parts:
+        """The growth schedule of this run (its phases count the images of every device). Read
+        several times an iteration, so built once: `setup` (the device count) and
+        `on_load_checkpoint` (the run's earlier parts) drop it, the only places its parts change."""
+        if self._schedule is None:
             h = self.hparams
             self._schedule = ProgressiveSchedule(
-                top_level=self.generator.top_level, parts=parts, lr_by_resolution=h.lr_by_resolution,
+                top_level=self.generator.top_level, parts=self.parts, lr_by_resolution=h.lr_by_resolution,
                 base_lr=self.optimizer_cfg["lr"], start_level=self.resolutions().index(h.start_resolution),
                 grow=self.grow)
         return self._schedule
@@ -149,6 +150,7 @@ class ProGAN(NoiseGAN):
                            f"goes on with the images it lacks by them")
         self._resumed_at = int(checkpoint.get("global_step", 0)) // self.optimizer_steps_per_iter
         self._earlier_parts = self._parts_recorded_in(checkpoint, saved)
+        self._schedule = None
 
     def _parts_recorded_in(self, checkpoint: dict, saved: dict) -> list[Part]:
         if "schedule_parts" in checkpoint:
@@ -170,6 +172,7 @@ class ProGAN(NoiseGAN):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        self._schedule = None   # built again with this fit's device count
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if stage != "fit" or datamodule is None:
             return
@@ -226,9 +229,7 @@ class ProGAN(NoiseGAN):
         """Every player's rate: its schedule's current rate (model.lr_schedule) times the
         resolution's factor. Rewritten each iteration, so a scheduler step in between (which
         sets the rate from its own base) loses nothing."""
-        schedulers = self.lr_schedulers()
-        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
-        for scheduler in schedulers:
+        for scheduler in self.scheduler_list():
             for group, rate in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):
                 group["lr"] = rate * factor
 

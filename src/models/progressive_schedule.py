@@ -19,6 +19,7 @@ resumed from a kimg count under a changed configuration.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -39,8 +40,7 @@ class Part:
 
     def as_record(self) -> dict:
         """For a checkpoint (plain types: read back with weights_only=True)."""
-        return {"first_iteration": self.first_iteration, "phase_images": self.phase_images,
-                "batch_size": self.batch_size, "batch_sizes": dict(self.batch_sizes), "world_size": self.world_size}
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,8 @@ class ProgressiveSchedule:
     def __init__(self, top_level: int, parts: list[Part], lr_by_resolution: dict | None = None,
                  base_lr: float = 1.0, start_level: int = 0, grow: bool = True):
         self.top_level, self.base_lr = top_level, float(base_lr)
-        self.parts = [Part(p.first_iteration, p.phase_images, p.batch_size,
-                           {int(k): int(v) for k, v in p.batch_sizes.items()}, p.world_size) for p in parts]
+        self.parts = [dataclasses.replace(p, batch_sizes={int(k): int(v) for k, v in p.batch_sizes.items()})
+                      for p in parts]
         if not self.parts or self.parts[0].first_iteration != 0 or any(
                 a.first_iteration >= b.first_iteration for a, b in zip(self.parts, self.parts[1:])):
             raise ValueError(f"the schedule's parts must start at iteration 0 and rise: "

@@ -27,7 +27,8 @@ from src.utils.translation import resolve_device, save_png, to_uint8_images
 
 log = logging.getLogger(__name__)
 
-TABLE_COLUMNS = ("fid", "kid_x100", "is", "cls_is", "cls_is_real", "cls_acc_fake", "cls_acc_real", "mmd2", "tstr", "trtr", "iou", "color_error", "l1", "psnr", "ssim")
+TABLE_COLUMNS = ("fid", "kid_x100", "is", "cls_is", "cls_is_real", "cls_acc_fake", "cls_acc_real", "mmd2", "tstr",
+                 "trtr", "iou", "color_error", "l1", "psnr", "ssim")
 
 
 def data_config(cfg: DictConfig) -> DictConfig:
