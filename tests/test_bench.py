@@ -17,7 +17,7 @@ from src.models.cyclegan import CycleGAN
 from src.nets.fast_conv import REWRITTEN_LAYERS
 from src.nets.gemm_conv import use_gemm_conv
 from src.nets.narrow_conv import use_narrow_output
-from src.utils import bench_ab, bench_run, bench_versus
+from src.utils import bench_ab, bench_machine, bench_run, bench_versus
 from src.utils.bench_report import markdown, merge_rows, row_key, write_results
 from src.utils.bench_run import git_revision, same_measured_code, train_step_specs, versus_reference_specs
 from src.utils.bench_step import compile_networks, compose_model_config, measure_training_step
@@ -62,7 +62,9 @@ def test_bench_runs_a_tiny_configuration_end_to_end(tmp_path):
         assert row["s_per_iter"] > 0 and row["images_per_s"] > 0
         assert row["peak_rss_bytes"] > row["rss_before_model_bytes"] > 0
         assert row["foreign_cpu_cores"] >= 0
-        assert row["host"]["gemm_gmac_per_s"] > 0 and row["host"]["copy_gb_per_s"] > 0   # the host's speed that day
+        host = row["host"]   # the host's speed that day, and what kind of CPU it is
+        assert host["gemm_gmac_per_s"] > 0 and host["conv_gmac_per_s"] > 0 and host["copy_gb_per_s"] > 0
+        assert host["cpu_kind"] == bench_machine.cpu_kind() == results["machine"]["cpu"]
         assert row["profile"]["top_ops"] and row["profile"]["profiled_s"] > 0
         assert Path(row["profile"]["table"]).is_file()
         by_shape = Path(row["profile"]["table_by_shape"]).read_text()
@@ -323,7 +325,7 @@ def test_versus_reference_pairs_ours_with_the_reference_in_alternating_order():
     md = markdown({"machine": MACHINE, "settings": SETTINGS, "versus_reference": [entry]})
     assert entry["host_gemm_gmac_per_s"] == 70.0   # each pair's two processes, then the median over pairs
     assert ("| X | cpu | 1 | fp32 | 3 | 1.000 | 2.000 | 2.00x (1.50-2.00x) | - | 70-79: 2.00x (3) | 2.00 / 3.00 "
-            "| 2026-11-23 abc, host 70 G/s |") in md
+            "| not recorded | 2026-11-23 abc, host 70 G/s |") in md
 
 
 def test_versus_reference_groups_the_pairs_by_host_rate():
@@ -478,3 +480,54 @@ def test_a_noise_model_is_timed_on_labelled_batches_of_its_critic_steps(tmp_path
     result = measure_training_step({**spec, "work_dir": str(tmp_path)})
     assert len(result["iteration_times_s"]) == 3 and result["s_per_iter"] > 0
     assert result["images_per_s"] == pytest.approx(3 / result["s_per_iter"])
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: {family}
+model\t\t: {model}
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx fma {flags}
+
+processor\t: 1
+model name\t: something else
+"""
+
+
+def test_cpu_kind_tells_apart_hosts_of_one_model_name():
+    zen2 = bench_machine.cpu_kind(CPUINFO.format(family=23, model=49, flags="avx2"))
+    zen4 = bench_machine.cpu_kind(CPUINFO.format(family=25, model=17, flags="avx2 avx512f avx512_bf16"))
+    assert zen2 == "AMD EPYC (family 23 model 49, AVX2)"          # the first processor's block
+    assert zen4 == "AMD EPYC (family 25 model 17, AVX-512 with BF16)"
+    arm = bench_machine.cpu_kind("Features\t: fp asimd\nCPU part\t: 0xd0c\n")   # no x86 fields: the name alone
+    assert arm and "family" not in arm
+
+
+def test_versus_reference_keeps_one_verdict_per_kind_of_cpu(tmp_path):
+    spec = {"name": "x", "label": "X", "device": "cpu", "batch_size": 1, "precision": "fp32", "allocator": "thp"}
+
+    def entry(kind, speedups, conv=80.0):
+        row = {"s_per_iter": 1.0, "peak_rss_bytes": 1e9, "measured_at": "2026-12-03T10:00:00", "revision": "abc",
+               "host": {"gemm_gmac_per_s": 50.0, "conv_gmac_per_s": conv, "cpu_kind": kind}}
+        return bench_versus.summarise(spec, [bench_versus.pair_summary(i, row, {**row, "s_per_iter": s})
+                                             for i, s in enumerate(speedups)])
+    path, md = tmp_path / "r.json", tmp_path / "r.md"
+
+    def run(new):
+        write_results(path, md, {"versus_reference": [new]}, MACHINE, SETTINGS,
+                      combine={"versus_reference": lambda old, new: bench_versus.pool_same_code(old, new,
+                                                                                                 lambda a, b: True)})
+        return json.loads(path.read_text())["versus_reference"]
+
+    run(entry("AVX2 part", [1.4, 1.5]))
+    saved = run(entry("AVX-512 part", [1.7, 1.8], conv=100.0))
+    # the second kind is a verdict of its own, not pooled with the first
+    assert [(e["cpu_kind"], len(e["pairs"]), e["speedup"]) for e in saved] == [
+        ("AVX2 part", 2, pytest.approx(1.45)), ("AVX-512 part", 2, pytest.approx(1.75))]
+    saved = run(entry("AVX2 part", [1.6]))                       # the same kind again: pooled
+    assert [len(e["pairs"]) for e in saved] == [3, 2] and saved[0]["host_conv_gmac_per_s"] == 80.0
+    text = md.read_text()
+    assert "| AVX2 part | 2026-12-03 abc, host 50 G/s (oneDNN conv 80) |" in text
+    assert "| AVX-512 part | 2026-12-03 abc, host 50 G/s (oneDNN conv 100) |" in text
+    with pytest.raises(ValueError, match="different kinds of CPU"):
+        bench_versus.summarise(spec, entry("a", [1.5])["pairs"] + entry("b", [1.5])["pairs"])

@@ -12,9 +12,11 @@ process on the other core slows a training step 7-25x. Two views of "busy" are u
 from __future__ import annotations
 
 import os
+import platform
 import resource
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 
@@ -103,15 +105,49 @@ def current_rss_bytes() -> int:
     return 0
 
 
-def host_speed(repeats: int = 3) -> dict[str, float]:
+#: the widest vector instructions a CPU has, by its /proc/cpuinfo flag, widest first
+VECTOR_LEVELS = (("avx512_bf16", "AVX-512 with BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
+
+
+def cpu_kind(cpuinfo: str | None = None) -> str:
+    """The CPU's name, generation and widest vector instructions, e.g. "AMD EPYC (family 23
+    model 49, AVX2)". The model name alone does not tell hosts apart: the shared hosts this is
+    measured on all report "AMD EPYC", yet some are AVX2-only parts and others have AVX-512 with
+    BF16, and MKL's products run at a different share of the FMA peak on each, while the oneDNN
+    convolutions the references spend their time in do not. So results record it, and
+    `versus_reference` keeps one verdict per kind."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break   # the first processor's block describes them all
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    if "cpu family" not in fields:
+        return name
+    flags = set(fields.get("flags", "").split())
+    vectors = next((label for flag, label in VECTOR_LEVELS if flag in flags), "no AVX")
+    return f"{name} (family {fields['cpu family']} model {fields.get('model', '?')}, {vectors})"
+
+
+def host_speed(repeats: int = 3) -> dict[str, float | str]:
     """What this host delivers right now, on the threads torch is set to use: the rate of a
-    2048^3 fp32 matrix product (G multiply-adds/s, MKL's peak on these shapes) and of a 64 MB
-    copy (GB/s read + written; twice the 32 MB L3). The same code measures 10-20% apart on
-    different days here, and the ratio against the reference moves with it (a slower core
-    stretches our arithmetic-bound iteration more than the reference's memory-heavier one), so
-    every row records the host it was measured on. Run after the row's measurement: its buffers
-    must not raise the row's peak memory."""
+    2048^3 fp32 matrix product (G multiply-adds/s, MKL's peak on these shapes), of oneDNN's 3x3
+    convolution of 256 channels at 32x32 (what the references' direct convolutions run at),
+    and of a 64 MB copy (GB/s read + written; twice the 32 MB L3), and the CPU's kind
+    (`cpu_kind`). The same code measures 10-20% apart on different days here, and the ratio
+    against the reference moves with it: much of our iteration is MKL's products (Winograd's
+    and the small layers'), much of the reference's is oneDNN's convolutions, and the two
+    stand in a different proportion on different CPUs (51 against 76-84 G/s on an AVX2 host).
+    So every row records the host it was measured on. Run after the row's measurement: its
+    buffers must not raise the row's peak memory."""
     import torch
+    import torch.nn.functional as F
 
     def median_seconds(fn: Callable[[], object]) -> float:
         fn()   # warm-up: first touch of the output, thread start-up
@@ -128,4 +164,7 @@ def host_speed(repeats: int = 3) -> dict[str, float]:
     source = torch.ones(16 * 1024 * 1024)   # 64 MB
     target = torch.empty_like(source)
     copy_s = median_seconds(lambda: target.copy_(source))
-    return {"gemm_gmac_per_s": n ** 3 / gemm_s / 1e9, "copy_gb_per_s": 2 * source.numel() * 4 / copy_s / 1e9}
+    image, weight = torch.randn(1, 256, 32, 32), torch.randn(256, 256, 3, 3)
+    conv_s = median_seconds(lambda: F.conv2d(image, weight, padding=1))
+    return {"gemm_gmac_per_s": n ** 3 / gemm_s / 1e9, "conv_gmac_per_s": 256 * 256 * 9 * 32 * 32 / conv_s / 1e9,
+            "copy_gb_per_s": 2 * source.numel() * 4 / copy_s / 1e9, "cpu_kind": cpu_kind()}

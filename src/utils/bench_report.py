@@ -22,7 +22,10 @@ def row_key(row: dict[str, Any]) -> str:
 
 
 def versus_key(entry: dict[str, Any]) -> str:
-    return f"versus/{entry['name']}/{entry['device']}/b{entry['batch_size']}/{entry['precision']}"
+    """One verdict per configuration and kind of CPU (entries from before kinds were recorded
+    have none, and keep their own key)."""
+    kind = f"/{entry['cpu_kind']}" if entry.get("cpu_kind") else ""
+    return f"versus/{entry['name']}/{entry['device']}/b{entry['batch_size']}/{entry['precision']}{kind}"
 
 
 #: results.json's lists, and what makes two of their entries the same measurement
@@ -82,9 +85,10 @@ def host_gemm_rate(row: dict) -> float | None:
     return row.get("host", {}).get("gemm_gmac_per_s")
 
 
-def measured_cell(row: dict, gemm_rate: float | None) -> str:
+def measured_cell(row: dict, gemm_rate: float | None, conv_rate: float | None = None) -> str:
     host = f", host {gemm_rate:.0f} G/s" if gemm_rate else ""
-    return f"{row['measured_at'][:10]} {row['revision']}{host}"
+    conv = f" (oneDNN conv {conv_rate:.0f})" if conv_rate else ""
+    return f"{row['measured_at'][:10]} {row['revision']}{host}{conv}"
 
 
 def is_reference_iteration(row: dict) -> bool:
@@ -203,8 +207,8 @@ def data_table(rows: list[dict]) -> list[str]:
 def versus_table(entries: list[dict]) -> list[str]:
     lines = ["| configuration | device | batch | precision | pairs | ours s/iter | reference's iteration s/iter "
              "| speed-up, median of pairs (range) | 95% CI of the median | by host rate, G/s: speed-up (pairs) "
-             "| peak memory ours / reference (GB) | measured |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| peak memory ours / reference (GB) | CPU | measured |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
         if not e["pairs"]:
             continue
@@ -215,8 +219,8 @@ def versus_table(entries: list[dict]) -> list[str]:
         lines.append(f"| {e['label']} | {e['device']} | {e['batch_size']} | {e['precision']} | {len(e['pairs'])}{note} "
                      f"| {e['own_s_per_iter']:.3f} | {e['reference_s_per_iter']:.3f} "
                      f"| {e['speedup']:.2f}x ({low:.2f}-{high:.2f}x) | {interval_text(e) or '-'} | {_by_host_rate_cell(e)} "
-                     f"| {e['own_peak_gb']:.2f} / {e['reference_peak_gb']:.2f} "
-                     f"| {measured_cell(last, e.get('host_gemm_gmac_per_s'))} |")
+                     f"| {e['own_peak_gb']:.2f} / {e['reference_peak_gb']:.2f} | {e.get('cpu_kind', 'not recorded')} "
+                     f"| {measured_cell(last, e.get('host_gemm_gmac_per_s'), e.get('host_conv_gmac_per_s'))} |")
     return lines
 
 
@@ -248,7 +252,7 @@ def markdown(results: dict[str, Any]) -> str:
     before = sorted(r["rss_before_model_bytes"] for r in rows if r.get("rss_before_model_bytes"))
     baseline_gb = before[len(before) // 2] / GB if before else 0.0
     out = ["# Training-speed benchmark", "",
-           f"`python src/bench.py` (`make bench`) on {m['cpu']} ({m['cpu_count']} cores"
+           f"`python src/bench.py` (`make bench`), last run on {m['cpu']} ({m['cpu_count']} cores"
            + (f", {m['gpu']}" if m.get("gpu") else "") + f"), torch {m['torch']}, Lightning {m['lightning']}, "
            f"{s['threads']} threads. One row = one full training iteration (every optimizer step) through "
            f"`pl.Trainer` on pre-generated random batches, median of {s['repeats']} after {s['warmup']} warm-ups, "
@@ -257,7 +261,8 @@ def markdown(results: dict[str, Any]) -> str:
            "peak allocated CUDA memory over the timed iterations on a GPU. Speed-up = reference "
            "s/iter / ours (CPU, batch 1, fp32 rows only). Host: the rate of a 2048^3 fp32 matrix "
            "product in G multiply-adds/s, taken in the row's process right after it (the same code "
-           "measures 10-20% apart on different days here). Method and findings: README.md.", "",
+           "measures 10-20% apart on different days here, and rows kept from earlier runs may come from "
+           "another kind of CPU: results.json's `host` names each row's). Method and findings: README.md.", "",
            "## Training iterations", "", *train_step_table(plain, s), ""]
     if variants:
         out += ["## Variants (trials against the default)", "",
@@ -272,7 +277,10 @@ def markdown(results: dict[str, Any]) -> str:
                 "the speed-up the median of the pairs' own ratios, overall and by band of the host's product "
                 "rate measured beside each pair (the ratio can follow that rate: compare runs of different hours "
                 "band by band). The 95% confidence interval of the median speed-up comes from the pairs' order "
-                "statistics (distribution-free; from 6 pairs on). Runs on the same committed code pool their pairs.", "",
+                "statistics (distribution-free; from 6 pairs on). Runs on the same committed code and the same "
+                "kind of CPU pool their pairs; each kind of CPU keeps its own verdict (the hosts differ in "
+                "generation under one model name, and the ratio with it). Measured: the host's MKL product rate, "
+                "and oneDNN's 3x3 convolution rate in brackets, G multiply-adds/s.", "",
                 *versus_table(results["versus_reference"]), ""]
     if results.get("data"):
         out += ["## Data pipeline (training loader, batch 1)", "", *data_table(results["data"]), ""]

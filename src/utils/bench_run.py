@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from src.utils.bench_machine import load_average, wait_until_quiet
+from src.utils.bench_machine import cpu_kind, load_average, wait_until_quiet
 from src.utils.bench_report import (interval_text, is_reference_iteration, memory_gb, memory_kind, versus_key,
                                     write_results)
 from src.utils.bench_step import COMPILE_MODES, compose_model_config
@@ -134,22 +134,12 @@ def same_measured_code(a: str, b: str, root: Path = ROOT) -> bool:
 
 def machine_info(cfg: DictConfig) -> dict[str, Any]:
     import pytorch_lightning as pl
-    info = {"cpu": _cpu_name(), "cpu_count": torch.multiprocessing.cpu_count(), "threads": int(cfg.threads),
+    info = {"cpu": cpu_kind(), "cpu_count": torch.multiprocessing.cpu_count(), "threads": int(cfg.threads),
             "python": platform.python_version(), "torch": torch.__version__, "lightning": pl.__version__,
             "device": cfg.device}
     if cfg.device == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def wait_for_quiet(cfg: DictConfig, name: str, first: bool) -> bool:

@@ -16,7 +16,12 @@ convolutions, which a slower core stretches, while much of the reference's itera
 memory-bound work that it does not (one run's pairs did; another's did not: README, "Goal
 status"). So the pairs are also grouped by the host's product rate measured beside them
 (`speedup_by_host_rate`), to compare runs of different hours band by band and to see whether a
-run's spread is the host's rate or noise.
+run's spread is the host's rate or noise. The kind of CPU matters more than the hour: the
+shared hosts are of different generations under one name, and MKL's products, which much of
+our iteration is, run at a different share of what oneDNN's direct convolutions reach on each.
+So every pair records the CPU's kind and oneDNN's rate beside MKL's, and results.json keeps one
+entry per configuration and kind of CPU (`bench_report.versus_key`): pairs of different kinds
+are never pooled into one verdict.
 
 One run's few pairs leave the median uncertain (pairs of one run spread 1.2-1.7x here), so:
 - the entry carries a distribution-free 95% confidence interval for the median speed-up
@@ -34,7 +39,7 @@ import re
 import statistics
 from typing import Any, Callable
 
-from src.utils.bench_report import host_gemm_rate, memory_gb
+from src.utils.bench_report import memory_gb
 
 #: runs one spec in a fresh process (waiting for a quiet machine first); None: it was skipped
 Measure = Callable[[dict[str, Any]], "dict[str, Any] | None"]
@@ -68,12 +73,14 @@ def pair_summary(index: int, own: dict[str, Any], reference: dict[str, Any]) -> 
             "speedup": reference["s_per_iter"] / own["s_per_iter"],
             "own_peak_gb": memory_gb(own), "reference_peak_gb": memory_gb(reference),
             "disturbed": bool(own.get("disturbed") or reference.get("disturbed")),
-            "host_gemm_gmac_per_s": _mean_host_rate(own, reference),
+            "host_gemm_gmac_per_s": _mean_host_rate("gemm_gmac_per_s", own, reference),
+            "host_conv_gmac_per_s": _mean_host_rate("conv_gmac_per_s", own, reference),
+            "cpu_kind": own.get("host", {}).get("cpu_kind"),
             "measured_at": own["measured_at"], "revision": own["revision"]}
 
 
-def _mean_host_rate(*rows: dict[str, Any]) -> float | None:
-    rates = [rate for rate in map(host_gemm_rate, rows) if rate]
+def _mean_host_rate(rate: str, *rows: dict[str, Any]) -> float | None:
+    rates = [row["host"][rate] for row in rows if row.get("host", {}).get(rate)]
     return statistics.fmean(rates) if rates else None
 
 
@@ -137,12 +144,18 @@ def summarise(spec: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, An
     """The configuration's entry in results.json: every pair, and the medians over them."""
     entry = {key: spec[key] for key in ("name", "label", "device", "batch_size", "precision", "allocator")}
     entry["pairs"] = pairs
+    kinds = {p.get("cpu_kind") for p in pairs}
+    if len(kinds) > 1:
+        raise ValueError(f"pairs measured on different kinds of CPU cannot form one verdict: {sorted(map(str, kinds))}")
+    if kinds and None not in kinds:
+        entry["cpu_kind"] = kinds.pop()
     if pairs:
         def median(key: str) -> float:
             return statistics.median(p[key] for p in pairs)
         speedups = [p["speedup"] for p in pairs]
-        rates = [p["host_gemm_gmac_per_s"] for p in pairs if p.get("host_gemm_gmac_per_s")]
-        entry["host_gemm_gmac_per_s"] = statistics.median(rates) if rates else None
+        for rate in ("host_gemm_gmac_per_s", "host_conv_gmac_per_s"):
+            rates = [p[rate] for p in pairs if p.get(rate)]
+            entry[rate] = statistics.median(rates) if rates else None
         entry.update(speedup=median("speedup"), speedup_range=(min(speedups), max(speedups)),
                      own_s_per_iter=median("own_s_per_iter"),
                      reference_s_per_iter=median("reference_s_per_iter"), own_peak_gb=median("own_peak_gb"),
