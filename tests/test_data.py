@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -132,6 +133,22 @@ def test_worker_processes_are_seeded_from_torch(tmp_path):
         return [(b["B_path"][0], b["A"].sum().item()) for b in dm.train_dataloader()]
 
     assert run() == run()
+
+
+def test_pinned_memory_only_with_a_gpu(tmp_path, monkeypatch):
+    # data.pin_memory=true serves host -> GPU copies; on a CPU-only machine torch would warn at
+    # every loader ("no accelerator is found") and ignore it
+    root = make_unpaired(tmp_path / "d")
+    for cuda in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        dm = module(UnpairedDataModule, root, pin_memory=True)
+        assert dm.pin_memory is cuda
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    dm = module(UnpairedDataModule, root, pin_memory=True)
+    dm.setup("fit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        next(iter(dm.train_dataloader()))
 
 
 def test_test_loader_pairs_in_sorted_order(tmp_path):

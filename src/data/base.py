@@ -46,7 +46,9 @@ class SplitDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        self.pin_memory = pin_memory
+        # Pinned pages only speed up copies to a GPU; without CUDA torch ignores the setting
+        # and warns at every loader, so the data configs' `true` means "when there is a GPU".
+        self.pin_memory = pin_memory and torch.cuda.is_available()
         # DataLoader refuses persistent workers without worker processes.
         self.persistent_workers = persistent_workers and num_workers > 0
         self.collate = default_collate
