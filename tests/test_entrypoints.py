@@ -1,4 +1,6 @@
 """`python src/train.py` as users run it: multirun and clear errors for bad config."""
+import csv
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +31,25 @@ def test_multirun_writes_one_run_dir_per_job(tmp_path, shared_data_dir):
     for job in jobs:
         assert (job / "checkpoints" / "last.ckpt").is_file()
         assert (job / ".hydra" / "overrides.yaml").is_file()
+        final = json.loads((job / "final_metrics.json").read_text())
+        assert final["status"] == "completed" and final["iteration"] == 2
+        assert final["checkpoint"] == str(job / "checkpoints" / "last.ckpt") and "eval/fid" in final["metrics"]
+    # the sweep's table: one row per job, the override that differs, the job's own FID
+    table = (sweeps[0] / "summary.md").read_text()
+    for job, loss in zip(jobs, ("lsgan", "hinge")):
+        fid = json.loads((job / "final_metrics.json").read_text())["metrics"]["eval/fid"]
+        assert f"| {job.name} | loss={loss} | completed | 2 | {fid:.4g} |" in table
+    rows = list(csv.DictReader((sweeps[0] / "summary.csv").open()))
+    assert ["loss=lsgan" in r["overrides"] for r in rows] == [True, False] and "train/G" in rows[0]
+
+
+def test_multirun_table_names_a_failed_job_and_keeps_the_others(tmp_path, shared_data_dir):
+    result = run_train("-m", "data.batch_size=0,1", "max_iters=2", tmp_path=tmp_path, data_dir=shared_data_dir)
+    assert result.returncode != 0   # Hydra reports the failed job at the end
+    (sweep,) = (tmp_path / "logs" / "smoke" / "multiruns").iterdir()
+    table = (sweep / "summary.md").read_text()
+    assert "| 0 | data.batch_size=0 | failed: " in table and "data.batch_size=0 must be a positive integer" in table
+    assert "| 1 | data.batch_size=1 | completed | 2 |" in table
 
 
 @pytest.mark.parametrize("override,message", [

@@ -109,6 +109,10 @@ def test_ddp_multirun_runs_each_job_once_in_its_own_dir(ddp_sweep):
         assert (job / ".hydra" / "overrides.yaml").is_file()
         assert (job / "train_ddp_process_1.log").is_file()  # rank 1 ran in this job's dir
         assert len(rank_probes(job)) == 2
+    # one table of the sweep (rank zero's), a completed row per job
+    table = (ddp_sweep / "summary.md").read_text()
+    assert [f"| {job.name} | model={model}" in table for job, model in zip(jobs, MODELS)] == [True] * len(MODELS)
+    assert table.count("| completed |") == len(MODELS)
 
 
 @pytest.mark.parametrize("index,model_name", list(enumerate(MODELS)))

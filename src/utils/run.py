@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ProgressBar
 
+from src.callbacks.fid_kid import FidKidCallback
 from src.callbacks.image_budget import ImageBudget
 from src.callbacks.progress import iteration_progress_bar
 from src.callbacks.rank_seed import RankSeed
@@ -16,6 +17,7 @@ from src.models.checkpoint_fit import check_checkpoint_file
 from src.utils.auto_resume import AUTO, resolve_auto_resume
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
 from src.utils.instantiate import instantiate_list
+from src.utils.sweep_summary import write_final_metrics
 from src.utils.wandb_run import WandbRunIdCallback, finish_wandb_run, is_wandb_node, with_wandb_identity
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,9 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.is_global_zero:
+        fid = next((c for c in trainer.callbacks if isinstance(c, FidKidCallback)), None)
+        write_final_metrics(run_dir, metrics, model.iteration, trainer.checkpoint_callback.last_model_path or None,
+                            *((fid.best_fid, fid.best_iteration) if fid is not None else ()))
         log.info("Run directory: %s", run_dir)
         log.info("Checkpoint to resume from: %s", trainer.checkpoint_callback.last_model_path)
         log.info("Sample grids: %s", run_dir / "samples")

@@ -1,0 +1,188 @@
+"""One table of a sweep's jobs: what each job changed and where it ended.
+
+A multirun leaves one directory per job (`<sweep dir>/<job number>/`). Comparing them meant
+opening each job's CSV log. Here:
+
+- every training run writes `final_metrics.json` into its run directory when it ends
+  (`write_final_metrics`): its status, the iteration it reached, the last value of every logged
+  metric, the best FID and the iteration it came at, and the checkpoint to resume from;
+- the Hydra callback `SweepSummary` (conf/hydra/default.yaml) gathers the jobs' files after each
+  job and at the end of the sweep into `<sweep dir>/summary.csv` (every metric) and `summary.md`
+  (the overrides and the metrics in `metrics`, those present). A job that raised is listed as
+  failed with its error, one without a file as not finished. After each job, not only at the
+  end, because Hydra's basic sweeper stops the sweep at the first failed job and never reaches
+  its end-of-sweep hook, and so that a sweep stopped part-way still has its table;
+- `python -m src.utils.sweep_summary <sweep dir>` rebuilds the table, e.g. of a SLURM sweep
+  whose jobs ran elsewhere, or after adding jobs with `ckpt_path=auto`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+FINAL_METRICS = "final_metrics.json"
+SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
+#: what the markdown table shows by default, where a job logged it (the CSV has every metric)
+DEFAULT_METRICS = ("eval/fid", "eval/kid_x100", "truth/AtoB/iou", "truth/BtoA/iou",          # translation
+                   "eval/fid_samples", "eval/kid_x100_samples", "eval/is_samples", "eval/cls_is_samples",  # noise
+                   "eval/mmd2_samples")                                                        # series
+
+
+def write_final_metrics(run_dir: Path, metrics: dict[str, float], iteration: int, checkpoint: str | None,
+                        best_fid: float | None = None, best_fid_iteration: int | None = None) -> Path:
+    """The run's end state as JSON in its directory (rank zero only; the caller checks)."""
+    record: dict[str, Any] = {"status": "completed", "iteration": iteration, "checkpoint": checkpoint,
+                              "metrics": {name: _json_number(value) for name, value in sorted(metrics.items())}}
+    if best_fid is not None and math.isfinite(best_fid):
+        record.update(best_fid=best_fid, best_fid_iteration=best_fid_iteration)
+    path = Path(run_dir) / FINAL_METRICS
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def _json_number(value: float) -> float | str:
+    """JSON has no NaN or infinity: those are written as text ("nan", "inf")."""
+    return value if math.isfinite(value) else str(value)
+
+
+def write_failure(run_dir: Path, error: BaseException) -> None:
+    """A failed job's file, unless the run got as far as writing its own."""
+    path = Path(run_dir) / FINAL_METRICS
+    if not path.exists():
+        path.write_text(json.dumps({"status": "failed", "error": f"{type(error).__name__}: {error}"}, indent=2) + "\n")
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The sweep's job directories, in job order (Hydra's subdir is the job number)."""
+    return sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def read_job(job_dir: Path) -> dict[str, Any]:
+    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    result_file = job_dir / FINAL_METRICS
+    result = json.loads(result_file.read_text()) if result_file.is_file() else {"status": "not finished"}
+    return {"job": int(job_dir.name), "overrides": overrides, **result}
+
+
+def summary_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    return [read_job(job) for job in job_dirs(sweep_dir)]
+
+
+def _varying_overrides(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Each job's overrides without those every job shares (the sweep's fixed settings)."""
+    shared = set.intersection(*(set(r["overrides"]) for r in rows)) if len(rows) > 1 else set()
+    return [[o for o in r["overrides"] if o not in shared] for r in rows]
+
+
+def summary_csv(rows: list[dict[str, Any]]) -> str:
+    metric_names = sorted({name for r in rows for name in r.get("metrics", {})})
+    columns = ["job", "status", "overrides", "iteration", "best_fid", "best_fid_iteration", "checkpoint", "error",
+               *metric_names]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**{k: r.get(k, "") for k in columns[:8]}, "overrides": " ".join(r["overrides"]),
+                         **r.get("metrics", {})})
+    return out.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None or value == "" else str(value)
+
+
+def summary_markdown(rows: list[dict[str, Any]], metrics: list[str], sweep_dir: Path) -> str:
+    shown = [m for m in metrics if any(m in r.get("metrics", {}) for r in rows)]
+    has_best = any("best_fid" in r for r in rows)
+    header = ["job", "overrides", "status", "iteration", *shown] + (["best FID (iteration)"] if has_best else [])
+    lines = [f"# Sweep {sweep_dir}", "",
+             f"{len(rows)} job(s). Overrides shared by every job are left out; the last value of each metric "
+             f"(every metric: {SUMMARY_CSV}).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r, overrides in zip(rows, _varying_overrides(rows)):
+        status = r["status"] if r["status"] != "failed" else f"failed: {r.get('error', '')}"
+        status = " ".join(status.replace("|", "/").split())   # one table row, whatever the message
+        cells = [str(r["job"]), " ".join(overrides) or "-", status, _cell(r.get("iteration")),
+                 *(_cell(r.get("metrics", {}).get(m)) for m in shown)]
+        if has_best:
+            cells.append(f"{r['best_fid']:.4g} ({r['best_fid_iteration']})" if "best_fid" in r else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(sweep_dir: Path, metrics: list[str] | tuple[str, ...] = DEFAULT_METRICS) -> Path | None:
+    """summary.csv and summary.md of the sweep's jobs so far; None when it has none yet."""
+    sweep_dir = Path(sweep_dir)
+    rows = summary_rows(sweep_dir) if sweep_dir.is_dir() else []
+    if not rows:
+        return None
+    (sweep_dir / SUMMARY_CSV).write_text(summary_csv(rows))
+    path = sweep_dir / SUMMARY_MD
+    path.write_text(summary_markdown(rows, list(metrics), sweep_dir))
+    return path
+
+
+def _is_rank_zero() -> bool:
+    # The ranks a DDP job launches run the job's Hydra too (src/utils/ddp_multirun.py); only
+    # rank zero writes. Lightning reads the rank from the launcher's environment at import.
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:   # hydra-core without the callback API: the summary CLI still works
+    Callback = object   # type: ignore[misc,assignment]
+
+
+class SweepSummary(Callback):
+    """Hydra callback: the sweep's table after each job and at the end (multirun only)."""
+
+    def __init__(self, metrics: list[str] | None = None) -> None:
+        self.metrics = list(metrics) if metrics is not None else list(DEFAULT_METRICS)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+        from hydra.types import RunMode
+        if config.hydra.mode != RunMode.MULTIRUN or not _is_rank_zero():
+            return
+        if job_return.status == JobStatus.FAILED:
+            # the exception itself: JobReturn.return_value would raise it (and print it once more)
+            write_failure(Path(config.hydra.runtime.output_dir), job_return._return_value)
+        write_summary(Path(config.hydra.sweep.dir), self.metrics)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not _is_rank_zero():
+            return
+        path = write_summary(Path(config.hydra.sweep.dir), self.metrics)
+        if path is not None:
+            log.info("Sweep summary: %s\n%s", path, path.read_text())
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m src.utils.sweep_summary <sweep dir>", file=sys.stderr)
+        return 2
+    path = write_summary(Path(argv[0]))
+    if path is None:
+        print(f"{argv[0]}: no job directories (0/, 1/, ...) found", file=sys.stderr)
+        return 1
+    print(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

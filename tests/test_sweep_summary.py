@@ -1,0 +1,52 @@
+"""The sweep table (src/utils/sweep_summary.py) from job directories as training leaves them."""
+import json
+import math
+
+from omegaconf import OmegaConf
+
+from src.utils import sweep_summary
+
+
+def make_job(sweep, number, overrides, **final):
+    job = sweep / str(number)
+    (job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
+    if final:
+        sweep_summary.write_final_metrics(job, **final)
+    return job
+
+
+def test_table_lists_jobs_in_number_order_with_what_differs(tmp_path):
+    sweep = tmp_path / "sweep"
+    shared = ["model=cyclegan", "data=shapes"]
+    make_job(sweep, 10, [*shared, "loss.weights.cycle=10"], metrics={"eval/fid": 12.5, "train/G": 1.0},
+             iteration=40, checkpoint="ckpt10", best_fid=11.0, best_fid_iteration=30)
+    make_job(sweep, 2, [*shared, "loss.weights.cycle=5"], metrics={"eval/fid": math.nan}, iteration=40,
+             checkpoint="ckpt2", best_fid=math.inf, best_fid_iteration=-1)   # never evaluated finite
+    make_job(sweep, 3, [*shared, "loss.weights.cycle=1"])                      # still running, or killed
+    failed = make_job(sweep, 4, [*shared, "loss.weights.cycle=0"])
+    sweep_summary.write_failure(failed, ValueError("bad |\nvalue"))
+    sweep_summary.write_failure(sweep / "10", ValueError("not this"))         # a finished run keeps its file
+    (sweep / "notes").mkdir()                                                 # not a job
+
+    path = sweep_summary.write_summary(sweep, ["eval/fid", "eval/kid_x100"])
+    lines = path.read_text().splitlines()
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| job")]
+    assert rows == [
+        "| 2 | loss.weights.cycle=5 | completed | 40 | nan | - |",
+        "| 3 | loss.weights.cycle=1 | not finished | - | - | - |",
+        "| 4 | loss.weights.cycle=0 | failed: ValueError: bad / value | - | - | - |",
+        "| 10 | loss.weights.cycle=10 | completed | 40 | 12.5 | 11 (30) |",
+    ]
+    assert "| job | overrides | status | iteration | eval/fid | best FID (iteration) |" in lines   # no KID logged
+    csv_lines = (sweep / "summary.csv").read_text().splitlines()
+    assert csv_lines[0].endswith("error,eval/fid,train/G") and csv_lines[-1].startswith("10,completed,")
+    assert json.loads((sweep / "2" / "final_metrics.json").read_text())["metrics"]["eval/fid"] == "nan"
+
+
+def test_command_line_rebuilds_the_table_or_says_there_is_none(tmp_path, capsys):
+    assert sweep_summary.main([str(tmp_path)]) == 1
+    assert "no job directories" in capsys.readouterr().err
+    make_job(tmp_path, 0, ["model=pix2pix"], metrics={"eval/fid": 3.0}, iteration=5, checkpoint=None)
+    assert sweep_summary.main([str(tmp_path)]) == 0
+    assert "| 0 | model=pix2pix | completed | 5 | 3 |" in capsys.readouterr().out
