@@ -304,7 +304,7 @@ def test_eval_scores_and_writes_samples_and_translate_refuses(train_cfg, tmp_pat
         check_direction(model, "AtoB")
 
 
-@pytest.mark.parametrize("name", ["wgangp", "infogan", "rcgan"])
+@pytest.mark.parametrize("name", ["wgangp", "infogan", "rcgan", "rgan"])
 def test_bf16_mixed_trains_the_noise_models(train_cfg, name):
     """Under bf16 autocast (the gradient penalty's double backward, the information term, the
     LSTMs) the losses stay finite and every player still moves."""

@@ -24,6 +24,16 @@ def recurrent_layers(cell: str, input_size: int, hidden: int, num_layers: int) -
     return CELLS[cell](input_size, hidden, num_layers=num_layers, batch_first=True)
 
 
+def run_recurrent(rnn: nn.RNNBase, x: torch.Tensor) -> torch.Tensor:
+    """The layer's outputs for every step. On the CPU under autocast it runs in fp32: oneDNN has
+    no bf16 LSTM on CPUs without AVX-512 BF16 and fails there ("could not create a primitive
+    descriptor for the LSTM forward propagation primitive"), and these layers are small."""
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return rnn(x.float())[0]
+    return rnn(x)[0]
+
+
 class RecurrentGenerator(nn.Module):
     def __init__(self, latent_dim: int = 5, channels: int = 1, seq_len: int = 30, hidden: int = 100,
                  num_layers: int = 1, cell: str = "lstm", num_classes: int = 0):
@@ -35,7 +45,7 @@ class RecurrentGenerator(nn.Module):
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """z: (B, T * latent_dim) or (B, T, latent_dim) noise -> (B, T, channels) in [-1, 1]."""
         z = z.view(z.size(0), self.seq_len, self.latent_dim)
-        hidden, _ = self.rnn(append_condition(z, labels, self.num_classes, dim=2))
+        hidden = run_recurrent(self.rnn, append_condition(z, labels, self.num_classes, dim=2))
         return torch.tanh(self.out(hidden))
 
 
@@ -49,5 +59,5 @@ class RecurrentDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, channels) -> (B, T) logits, one decision per time step."""
-        hidden, _ = self.rnn(append_condition(x, labels, self.num_classes, dim=2))
+        hidden = run_recurrent(self.rnn, append_condition(x, labels, self.num_classes, dim=2))
         return self.out(hidden).squeeze(2)
