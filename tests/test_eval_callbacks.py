@@ -2,6 +2,7 @@
 image, the callbacks in smoke runs (metrics returned, best-FID checkpoint, t-SNE map), pix2pix
 without an encoder, and DDP (2 CPU processes) giving the single-process values."""
 import csv
+import json
 import math
 import os
 import socket
@@ -253,6 +254,10 @@ def test_callbacks_under_ddp_match_a_single_process(single_process_run, shared_d
         assert metrics[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), key
     assert (tmp_path / "ddp" / "checkpoints" / "best_fid.ckpt").is_file()
     assert len(list((tmp_path / "ddp" / "latent").glob("latent_tsne_iter_*.png"))) == 2
+    # the run's end state, written by the rank-zero process that trained (not the spawning one)
+    final = json.loads((tmp_path / "ddp" / "final_metrics.json").read_text())
+    assert final["iteration"] == 4 and final["metrics"]["eval/fid"] == pytest.approx(metrics["eval/fid"])
+    assert final["best_fid"] == min(final["best_fid"], metrics["eval/fid"]) and final["best_fid_iteration"] in (2, 4)
 
 
 def free_port() -> int:

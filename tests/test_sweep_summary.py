@@ -4,6 +4,7 @@ import math
 
 from omegaconf import OmegaConf
 
+from src.callbacks.final_metrics import write_failure, write_final_metrics
 from src.utils import sweep_summary
 
 
@@ -12,7 +13,7 @@ def make_job(sweep, number, overrides, **final):
     (job / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
     if final:
-        sweep_summary.write_final_metrics(job, **final)
+        write_final_metrics(job, **final)
     return job
 
 
@@ -25,8 +26,8 @@ def test_table_lists_jobs_in_number_order_with_what_differs(tmp_path):
              checkpoint="ckpt2", best_fid=math.inf, best_fid_iteration=-1)   # never evaluated finite
     make_job(sweep, 3, [*shared, "loss.weights.cycle=1"])                      # still running, or killed
     failed = make_job(sweep, 4, [*shared, "loss.weights.cycle=0"])
-    sweep_summary.write_failure(failed, ValueError("bad |\nvalue"))
-    sweep_summary.write_failure(sweep / "10", ValueError("not this"))         # a finished run keeps its file
+    write_failure(failed, ValueError("bad |\nvalue"))
+    write_failure(sweep / "10", ValueError("not this"))         # a finished run keeps its file
     (sweep / "notes").mkdir()                                                 # not a job
 
     path = sweep_summary.write_summary(sweep, ["eval/fid", "eval/kid_x100"])

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ProgressBar
 
-from src.callbacks.fid_kid import FidKidCallback
+from src.callbacks.final_metrics import FinalMetrics
 from src.callbacks.image_budget import ImageBudget
 from src.callbacks.progress import iteration_progress_bar
 from src.callbacks.rank_seed import RankSeed
@@ -17,7 +17,6 @@ from src.models.checkpoint_fit import check_checkpoint_file
 from src.utils.auto_resume import AUTO, resolve_auto_resume
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
 from src.utils.instantiate import instantiate_list
-from src.utils.sweep_summary import write_final_metrics
 from src.utils.wandb_run import WandbRunIdCallback, finish_wandb_run, is_wandb_node, with_wandb_identity
 
 log = logging.getLogger(__name__)
@@ -72,9 +71,9 @@ def order_callbacks(callbacks: list[pl.Callback]) -> list[pl.Callback]:
 
 def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.Callback]:
     """The configured callbacks, plus those every run needs: distinct random streams per DDP
-    rank, the wandb run id in checkpoints when logging to wandb, the image budget of `max_kimg`,
+    rank, the end state in final_metrics.json, the wandb run id in checkpoints when logging to wandb, the image budget of `max_kimg`,
     and a progress bar counting iterations (unless the bar is off, or the config names its own)."""
-    callbacks = instantiate_list(cfg.get("callbacks"), "callbacks") + [RankSeed()]
+    callbacks = instantiate_list(cfg.get("callbacks"), "callbacks") + [RankSeed(), FinalMetrics(cfg.paths.output_dir)]
     if logger_cfg and any(is_wandb_node(node) for node in logger_cfg.values()):
         callbacks.append(WandbRunIdCallback())
     if cfg.get("max_kimg"):
@@ -119,9 +118,6 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.is_global_zero:
-        fid = next((c for c in trainer.callbacks if isinstance(c, FidKidCallback)), None)
-        write_final_metrics(run_dir, metrics, model.iteration, trainer.checkpoint_callback.last_model_path or None,
-                            *((fid.best_fid, fid.best_iteration) if fid is not None else ()))
         log.info("Run directory: %s", run_dir)
         log.info("Checkpoint to resume from: %s", trainer.checkpoint_callback.last_model_path)
         log.info("Sample grids: %s", run_dir / "samples")

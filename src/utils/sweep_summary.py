@@ -3,8 +3,8 @@
 A multirun leaves one directory per job (`<sweep dir>/<job number>/`). Comparing them meant
 opening each job's CSV log. Here:
 
-- every training run writes `final_metrics.json` into its run directory when it ends
-  (`write_final_metrics`): its status, the iteration it reached, the last value of every logged
+- every training run writes `final_metrics.json` into its run directory when its fit ends
+  (src/callbacks/final_metrics.py): the iteration it reached, the last value of every logged
   metric, the best FID and the iteration it came at, and the checkpoint to resume from;
 - the Hydra callback `SweepSummary` (conf/hydra/default.yaml) gathers the jobs' files after each
   job and at the end of the sweep into `<sweep dir>/summary.csv` (every metric) and `summary.md`
@@ -21,45 +21,21 @@ import csv
 import io
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from src.callbacks.final_metrics import FINAL_METRICS, write_failure
+
 log = logging.getLogger(__name__)
 
-FINAL_METRICS = "final_metrics.json"
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
 #: what the markdown table shows by default, where a job logged it (the CSV has every metric)
 DEFAULT_METRICS = ("eval/fid", "eval/kid_x100", "truth/AtoB/iou", "truth/BtoA/iou",          # translation
                    "eval/fid_samples", "eval/kid_x100_samples", "eval/is_samples", "eval/cls_is_samples",  # noise
                    "eval/mmd2_samples")                                                        # series
-
-
-def write_final_metrics(run_dir: Path, metrics: dict[str, float], iteration: int, checkpoint: str | None,
-                        best_fid: float | None = None, best_fid_iteration: int | None = None) -> Path:
-    """The run's end state as JSON in its directory (rank zero only; the caller checks)."""
-    record: dict[str, Any] = {"status": "completed", "iteration": iteration, "checkpoint": checkpoint,
-                              "metrics": {name: _json_number(value) for name, value in sorted(metrics.items())}}
-    if best_fid is not None and math.isfinite(best_fid):
-        record.update(best_fid=best_fid, best_fid_iteration=best_fid_iteration)
-    path = Path(run_dir) / FINAL_METRICS
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return path
-
-
-def _json_number(value: float) -> float | str:
-    """JSON has no NaN or infinity: those are written as text ("nan", "inf")."""
-    return value if math.isfinite(value) else str(value)
-
-
-def write_failure(run_dir: Path, error: BaseException) -> None:
-    """A failed job's file, unless the run got as far as writing its own."""
-    path = Path(run_dir) / FINAL_METRICS
-    if not path.exists():
-        path.write_text(json.dumps({"status": "failed", "error": f"{type(error).__name__}: {error}"}, indent=2) + "\n")
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
