@@ -2,6 +2,7 @@
 the generators, mixed precision, wandb run identity, and the SLURM launcher config."""
 import contextlib
 import csv
+import logging
 import math
 import os
 import subprocess
@@ -21,6 +22,7 @@ from conftest import DATA_OF, MODELS, NO_EVALUATION, finite_train_losses, genera
 from src.callbacks.ema import GeneratorEMA, averaged_state_dict, ema_update_
 from src.callbacks.image_grid import ImageGridCallback
 from src.models.loss_scaling import PlayerGradScalers
+from src.utils import run as run_module
 from src.utils.ddp_multirun import JOB_ENV, argv_for_launched_rank
 from src.utils.run import build_callbacks, build_trainer_kwargs, check_sync_batchnorm, order_callbacks, run_training
 from src.utils.wandb_run import CHECKPOINT_KEY
@@ -315,6 +317,20 @@ def test_a_gpu_trainer_without_a_gpu_names_the_trainer_to_use(train_cfg, trainer
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     with pytest.raises(ValueError, match=r"trainer.accelerator=gpu: no CUDA GPU is visible here .* Use trainer=cpu"):
         build_trainer_kwargs(cfg, model)
+
+
+@pytest.mark.parametrize("trainer_settings,computes_bf16,warned", [
+    (["trainer=cpu", "trainer.precision=bf16-mixed"], False, True),
+    (["trainer=cpu", "trainer.precision=bf16-mixed"], True, False),     # AVX-512 BF16 / AMX: no warning
+    (["trainer=cpu", "trainer.precision=32-true"], False, False),
+])
+def test_bf16_on_a_cpu_that_emulates_it_is_warned_at_start(train_cfg, monkeypatch, caplog, trainer_settings,
+                                                           computes_bf16, warned):
+    monkeypatch.setattr(run_module, "cpu_computes_bf16", lambda: computes_bf16)
+    cfg = train_cfg("model=cyclegan", *trainer_settings)
+    with caplog.at_level(logging.WARNING, logger="src.utils.run"):
+        build_trainer_kwargs(cfg, hydra.utils.instantiate(cfg.model, _recursive_=False))
+    assert ("Use trainer.precision=32-true here" in caplog.text) is warned
 
 
 # ----- EMA of the generators -------------------------------------------------------------------
