@@ -51,3 +51,15 @@ def test_command_line_rebuilds_the_table_or_says_there_is_none(tmp_path, capsys)
     make_job(tmp_path, 0, ["model=pix2pix"], metrics={"eval/fid": 3.0}, iteration=5, checkpoint=None)
     assert sweep_summary.main([str(tmp_path)]) == 0
     assert "| 0 | model=pix2pix | completed | 5 | 3 |" in capsys.readouterr().out
+
+
+def test_an_evaluation_sweep_reads_each_jobs_metrics_by_direction(tmp_path):
+    for number, fid in ((0, 20.0), (1, 30.0)):
+        job = make_job(tmp_path, number, [f"ckpt_path=run{number}/last.ckpt"])
+        report = {"ckpt_path": "x", "directions": {"AtoB": {"real": 4}},
+                  "metrics": {"AtoB": {"fid": fid, "iou": 0.5}, "BtoA": {"fid": fid + 1}}}
+        (job / "metrics.json").write_text(json.dumps(report))
+    assert sweep_summary.main([str(tmp_path), "metrics.json"]) == 0
+    table = (tmp_path / "summary.md").read_text()
+    assert "| job | overrides | status | AtoB/fid | BtoA/fid | AtoB/iou |" in table   # no iteration: an evaluation
+    assert "| 1 | ckpt_path=run1/last.ckpt | completed | 30 | 31 | 0.5 |" in table

@@ -444,6 +444,27 @@ def test_eval_writes_translations_per_source_file_and_every_metric(smoke_runs, t
     assert capsys.readouterr().out.strip().startswith("| CycleGAN / shapes | AtoB: fid=")
 
 
+def test_eval_multirun_tables_the_checkpoints_it_compared(smoke_runs, tmp_path, shared_data_dir):
+    """`python src/eval.py -m ckpt_path=a,b`: one row per checkpoint in <sweep dir>/summary.md,
+    with its direction-wise scores, and a checkpoint that cannot be read listed as failed."""
+    run = smoke_runs["cyclegan"]
+    data = run.cfg.data
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, str(ROOT / "src" / "eval.py"), "-m", f"ckpt_path={run.ckpt},{tmp_path / 'missing.ckpt'}",
+           f"data={data.name}", f"data.size={data.size}", f"data.n_train={data.n_train}", f"data.n_test={data.n_test}",
+           f"data.max_dataset_size={data.max_dataset_size}", f"paths.data_dir={shared_data_dir}",
+           f"paths.log_dir={tmp_path}/logs", f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "PROJECT_ROOT": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "no such checkpoint file" in result.stderr   # Hydra reports the failure
+    report = json.loads((sweep / "0" / "metrics.json").read_text())["metrics"]
+    table = (sweep / "summary.md").read_text()
+    assert (f"| 0 | ckpt_path={run.ckpt} | completed | {report['AtoB']['fid']:.4g} | {report['BtoA']['fid']:.4g} |"
+            in table)
+    assert f"| 1 | ckpt_path={tmp_path / 'missing.ckpt'} | failed: FileNotFoundError" in table
+    assert "| job | overrides | status | AtoB/fid | BtoA/fid | AtoB/kid_x100 |" in table   # no iteration column
+
+
 def test_eval_scores_pix2pix_one_way(smoke_runs, tmp_path, shared_data_dir):
     results, out = evaluate(smoke_runs["pix2pix"], tmp_path, shared_data_dir)
     assert set(results) == {"AtoB"} and not (out / "fakeA").exists()

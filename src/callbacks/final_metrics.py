@@ -28,15 +28,16 @@ def write_final_metrics(run_dir: Path, metrics: dict[str, float], iteration: int
     return _write(Path(run_dir), record)
 
 
-def write_failure(run_dir: Path, error: BaseException) -> None:
-    """A failed run's file (status "failed" and the error), unless it got as far as its own."""
-    if not (Path(run_dir) / FINAL_METRICS).exists():
-        _write(Path(run_dir), {"status": "failed", "error": f"{type(error).__name__}: {error}"})
+def write_failure(run_dir: Path, error: BaseException, name: str = FINAL_METRICS) -> None:
+    """A failed run's result file `name` (status "failed" and the error), unless it got as far
+    as writing its own."""
+    if not (Path(run_dir) / name).exists():
+        _write(Path(run_dir), {"status": "failed", "error": f"{type(error).__name__}: {error}"}, name)
 
 
-def _write(run_dir: Path, record: dict[str, Any]) -> Path:
+def _write(run_dir: Path, record: dict[str, Any], name: str = FINAL_METRICS) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / FINAL_METRICS
+    path = run_dir / name
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
 

@@ -12,8 +12,11 @@ opening each job's CSV log. Here:
   failed with its error, one without a file as not finished. After each job, not only at the
   end, because Hydra's basic sweeper stops the sweep at the first failed job and never reaches
   its end-of-sweep hook, and so that a sweep stopped part-way still has its table;
-- `python -m src.utils.sweep_summary <sweep dir>` rebuilds the table, e.g. of a SLURM sweep
-  whose jobs ran elsewhere, or after adding jobs with `ckpt_path=auto`.
+- an evaluation sweep (`python src/eval.py -m ckpt_path=a.ckpt,b.ckpt`) gets the same table
+  from each job's `metrics.json` (conf/eval.yaml), its metrics named direction/metric
+  ("AtoB/fid", "samples/is");
+- `python -m src.utils.sweep_summary <sweep dir> [result file]` rebuilds the table, e.g. of a
+  SLURM sweep whose jobs ran elsewhere, or after adding jobs with `ckpt_path=auto`.
 """
 from __future__ import annotations
 
@@ -32,10 +35,15 @@ from src.callbacks.final_metrics import FINAL_METRICS, write_failure
 log = logging.getLogger(__name__)
 
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
-#: what the markdown table shows by default, where a job logged it (the CSV has every metric)
-DEFAULT_METRICS = ("eval/fid", "eval/kid_x100", "truth/AtoB/iou", "truth/BtoA/iou",          # translation
-                   "eval/fid_samples", "eval/kid_x100_samples", "eval/is_samples", "eval/cls_is_samples",  # noise
-                   "eval/mmd2_samples")                                                        # series
+EVAL_RESULT = "metrics.json"   # what src/eval.py writes in its output directory (src/utils/evaluation.py)
+#: what the markdown table shows by default, per result file, where a job has it (the CSV has every metric)
+DEFAULT_METRICS = {
+    FINAL_METRICS: ("eval/fid", "eval/kid_x100", "truth/AtoB/iou", "truth/BtoA/iou",            # translation
+                    "eval/fid_samples", "eval/kid_x100_samples", "eval/is_samples", "eval/cls_is_samples",  # noise
+                    "eval/mmd2_samples"),                                                         # series
+    EVAL_RESULT: ("AtoB/fid", "BtoA/fid", "AtoB/kid_x100", "BtoA/kid_x100", "AtoB/iou", "BtoA/iou",
+                  "samples/fid", "samples/kid_x100", "samples/is", "samples/cls_is", "samples/mmd2", "samples/tstr"),
+}
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -43,16 +51,32 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
 
 
-def read_job(job_dir: Path) -> dict[str, Any]:
+def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"AtoB": {"fid": 1.0}} -> {"AtoB/fid": 1.0}: an evaluation's metrics per direction as
+    one row's columns (training's are flat already)."""
+    flat: dict[str, Any] = {}
+    for name, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(flat_metrics(value, f"{prefix}{name}/"))
+        else:
+            flat[prefix + name] = value
+    return flat
+
+
+def read_job(job_dir: Path, result_name: str = FINAL_METRICS) -> dict[str, Any]:
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
     overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
-    result_file = job_dir / FINAL_METRICS
-    result = json.loads(result_file.read_text()) if result_file.is_file() else {"status": "not finished"}
+    result_file = job_dir / result_name
+    if not result_file.is_file():
+        return {"job": int(job_dir.name), "overrides": overrides, "status": "not finished"}
+    result = json.loads(result_file.read_text())
+    result.setdefault("status", "completed")   # an evaluation's metrics.json is written at its end
+    result["metrics"] = flat_metrics(result.get("metrics", {}))
     return {"job": int(job_dir.name), "overrides": overrides, **result}
 
 
-def summary_rows(sweep_dir: Path) -> list[dict[str, Any]]:
-    return [read_job(job) for job in job_dirs(sweep_dir)]
+def summary_rows(sweep_dir: Path, result_name: str = FINAL_METRICS) -> list[dict[str, Any]]:
+    return [read_job(job, result_name) for job in job_dirs(sweep_dir)]
 
 
 def _varying_overrides(rows: list[dict[str, Any]]) -> list[list[str]]:
@@ -82,27 +106,33 @@ def _cell(value: Any) -> str:
 
 def summary_markdown(rows: list[dict[str, Any]], metrics: list[str], sweep_dir: Path) -> str:
     shown = [m for m in metrics if any(m in r.get("metrics", {}) for r in rows)]
+    has_iteration = any("iteration" in r for r in rows)   # training runs; an evaluation has none
     has_best = any("best_fid" in r for r in rows)
-    header = ["job", "overrides", "status", "iteration", *shown] + (["best FID (iteration)"] if has_best else [])
+    header = (["job", "overrides", "status"] + ["iteration"] * has_iteration + shown
+              + ["best FID (iteration)"] * has_best)
     lines = [f"# Sweep {sweep_dir}", "",
-             f"{len(rows)} job(s). Overrides shared by every job are left out; the last value of each metric "
+             f"{len(rows)} job(s). Overrides shared by every job are left out; each job's metrics as it ended "
              f"(every metric: {SUMMARY_CSV}).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r, overrides in zip(rows, _varying_overrides(rows)):
         status = r["status"] if r["status"] != "failed" else f"failed: {r.get('error', '')}"
         status = " ".join(status.replace("|", "/").split())   # one table row, whatever the message
-        cells = [str(r["job"]), " ".join(overrides) or "-", status, _cell(r.get("iteration")),
-                 *(_cell(r.get("metrics", {}).get(m)) for m in shown)]
+        cells = ([str(r["job"]), " ".join(overrides) or "-", status] + [_cell(r.get("iteration"))] * has_iteration
+                 + [_cell(r.get("metrics", {}).get(m)) for m in shown])
         if has_best:
             cells.append(f"{r['best_fid']:.4g} ({r['best_fid_iteration']})" if "best_fid" in r else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_summary(sweep_dir: Path, metrics: list[str] | tuple[str, ...] = DEFAULT_METRICS) -> Path | None:
-    """summary.csv and summary.md of the sweep's jobs so far; None when it has none yet."""
+def write_summary(sweep_dir: Path, metrics: list[str] | tuple[str, ...] | None = None,
+                  result_name: str = FINAL_METRICS) -> Path | None:
+    """summary.csv and summary.md of the sweep's jobs so far; None when it has none yet.
+    `metrics`: the markdown table's columns (None: DEFAULT_METRICS of the result file)."""
+    if metrics is None:
+        metrics = DEFAULT_METRICS.get(result_name, ())
     sweep_dir = Path(sweep_dir)
-    rows = summary_rows(sweep_dir) if sweep_dir.is_dir() else []
+    rows = summary_rows(sweep_dir, result_name) if sweep_dir.is_dir() else []
     if not rows:
         return None
     (sweep_dir / SUMMARY_CSV).write_text(summary_csv(rows))
@@ -127,8 +157,10 @@ except ImportError:   # hydra-core without the callback API: the summary CLI sti
 class SweepSummary(Callback):
     """Hydra callback: the sweep's table after each job and at the end (multirun only)."""
 
-    def __init__(self, metrics: list[str] | None = None) -> None:
-        self.metrics = list(metrics) if metrics is not None else list(DEFAULT_METRICS)
+    def __init__(self, metrics: list[str] | None = None, result_file: str = FINAL_METRICS) -> None:
+        """metrics: the markdown table's columns (None: DEFAULT_METRICS of `result_file`)."""
+        self.metrics = metrics
+        self.result_file = result_file
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
@@ -137,22 +169,23 @@ class SweepSummary(Callback):
             return
         if job_return.status == JobStatus.FAILED:
             # the exception itself: JobReturn.return_value would raise it (and print it once more)
-            write_failure(Path(config.hydra.runtime.output_dir), job_return._return_value)
-        write_summary(Path(config.hydra.sweep.dir), self.metrics)
+            write_failure(Path(config.hydra.runtime.output_dir), job_return._return_value, self.result_file)
+        write_summary(Path(config.hydra.sweep.dir), self.metrics, self.result_file)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not _is_rank_zero():
             return
-        path = write_summary(Path(config.hydra.sweep.dir), self.metrics)
+        path = write_summary(Path(config.hydra.sweep.dir), self.metrics, self.result_file)
         if path is not None:
             log.info("Sweep summary: %s\n%s", path, path.read_text())
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m src.utils.sweep_summary <sweep dir>", file=sys.stderr)
+    if len(argv) not in (1, 2):
+        print(f"usage: python -m src.utils.sweep_summary <sweep dir> [result file: {FINAL_METRICS} "
+              f"(training, the default) or {EVAL_RESULT} (src/eval.py)]", file=sys.stderr)
         return 2
-    path = write_summary(Path(argv[0]))
+    path = write_summary(Path(argv[0]), result_name=argv[1] if len(argv) == 2 else FINAL_METRICS)
     if path is None:
         print(f"{argv[0]}: no job directories (0/, 1/, ...) found", file=sys.stderr)
         return 1
