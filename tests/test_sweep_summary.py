@@ -1,11 +1,16 @@
 """The sweep table (src/utils/sweep_summary.py) from job directories as training leaves them."""
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from src.callbacks.final_metrics import write_failure, write_final_metrics
 from src.utils import sweep_summary
+from src.utils.run_results import write_failure, write_final_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_job(sweep, number, overrides, **final):
@@ -63,3 +68,10 @@ def test_an_evaluation_sweep_reads_each_jobs_metrics_by_direction(tmp_path):
     table = (tmp_path / "summary.md").read_text()
     assert "| job | overrides | status | AtoB/fid | BtoA/fid | AtoB/iou |" in table   # no iteration: an evaluation
     assert "| 1 | ckpt_path=run1/last.ckpt | completed | 30 | 31 | 0.5 |" in table
+
+
+def test_the_sweep_callback_loads_no_torch():
+    """Hydra builds its callbacks before src/train.py sets the allocator, which must precede torch."""
+    code = "import sys; import src.utils.sweep_summary; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr

@@ -7,44 +7,11 @@ state (the best FID), so the file could not be written after `fit` returns there
 """
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
-from typing import Any
 
 import pytorch_lightning as pl
 
-FINAL_METRICS = "final_metrics.json"
-
-
-def write_final_metrics(run_dir: Path, metrics: dict[str, float], iteration: int, checkpoint: str | None,
-                        best_fid: float | None = None, best_fid_iteration: int | None = None) -> Path:
-    """status "completed", the iteration reached, the last value of every logged metric, the best
-    FID and its iteration (when one was finite) and the checkpoint to resume from."""
-    record: dict[str, Any] = {"status": "completed", "iteration": iteration, "checkpoint": checkpoint,
-                              "metrics": {name: _json_number(value) for name, value in sorted(metrics.items())}}
-    if best_fid is not None and math.isfinite(best_fid):
-        record.update(best_fid=best_fid, best_fid_iteration=best_fid_iteration)
-    return _write(Path(run_dir), record)
-
-
-def write_failure(run_dir: Path, error: BaseException, name: str = FINAL_METRICS) -> None:
-    """A failed run's result file `name` (status "failed" and the error), unless it got as far
-    as writing its own."""
-    if not (Path(run_dir) / name).exists():
-        _write(Path(run_dir), {"status": "failed", "error": f"{type(error).__name__}: {error}"}, name)
-
-
-def _write(run_dir: Path, record: dict[str, Any], name: str = FINAL_METRICS) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / name
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return path
-
-
-def _json_number(value: float) -> float | str:
-    """JSON has no NaN or infinity: those are written as text ("nan", "inf")."""
-    return value if math.isfinite(value) else str(value)
+from src.utils.run_results import write_final_metrics
 
 
 class FinalMetrics(pl.Callback):

@@ -4,9 +4,9 @@ A multirun leaves one directory per job (`<sweep dir>/<job number>/`). Comparing
 opening each job's CSV log. Here:
 
 - every training run writes `final_metrics.json` into its run directory when its fit ends
-  (src/callbacks/final_metrics.py): the iteration it reached, the last value of every logged
+  (src/callbacks/final_metrics.py, src/utils/run_results.py): the iteration it reached, the last value of every logged
   metric, the best FID and the iteration it came at, and the checkpoint to resume from;
-- the Hydra callback `SweepSummary` (conf/hydra/default.yaml) gathers the jobs' files after each
+- the Hydra callback `SweepSummary` (conf/train.yaml: hydra.callbacks) gathers the jobs' files after each
   job and at the end of the sweep into `<sweep dir>/summary.csv` (every metric) and `summary.md`
   (the overrides and the metrics in `metrics`, those present). A job that raised is listed as
   failed with its error, one without a file as not finished. After each job, not only at the
@@ -28,9 +28,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from src.callbacks.final_metrics import FINAL_METRICS, write_failure
+from src.utils.run_results import FINAL_METRICS, write_failure
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +145,11 @@ def write_summary(sweep_dir: Path, metrics: list[str] | tuple[str, ...] | None =
 def _is_rank_zero() -> bool:
     # The ranks a DDP job launches run the job's Hydra too (src/utils/ddp_multirun.py); only
     # rank zero writes. Lightning reads the rank from the launcher's environment at import.
+    # Imported here, not above: this module loads before the allocator is set, torch after.
     from lightning_fabric.utilities.rank_zero import rank_zero_only
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
-try:
-    from hydra.experimental.callback import Callback
-except ImportError:   # hydra-core without the callback API: the summary CLI still works
-    Callback = object   # type: ignore[misc,assignment]
 
 
 class SweepSummary(Callback):

@@ -1,0 +1,45 @@
+"""The result file a run leaves in its directory, `final_metrics.json`, written when its fit
+ends (src/callbacks/final_metrics.py) or, for a failed multirun job, by the sweep table's Hydra
+callback (src/utils/sweep_summary.py).
+
+Free of torch on purpose: Hydra builds its callbacks before `src/train.py` has chosen the
+allocator, which must happen before torch loads (src/utils/allocator.py).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+FINAL_METRICS = "final_metrics.json"
+
+
+def write_final_metrics(run_dir: Path, metrics: dict[str, float], iteration: int, checkpoint: str | None,
+                        best_fid: float | None = None, best_fid_iteration: int | None = None) -> Path:
+    """status "completed", the iteration reached, the last value of every logged metric, the best
+    FID and its iteration (when one was finite) and the checkpoint to resume from."""
+    record: dict[str, Any] = {"status": "completed", "iteration": iteration, "checkpoint": checkpoint,
+                              "metrics": {name: _json_number(value) for name, value in sorted(metrics.items())}}
+    if best_fid is not None and math.isfinite(best_fid):
+        record.update(best_fid=best_fid, best_fid_iteration=best_fid_iteration)
+    return _write(Path(run_dir), record)
+
+
+def write_failure(run_dir: Path, error: BaseException, name: str = FINAL_METRICS) -> None:
+    """A failed run's result file `name` (status "failed" and the error), unless it got as far
+    as writing its own."""
+    if not (Path(run_dir) / name).exists():
+        _write(Path(run_dir), {"status": "failed", "error": f"{type(error).__name__}: {error}"}, name)
+
+
+def _write(run_dir: Path, record: dict[str, Any], name: str = FINAL_METRICS) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / name
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def _json_number(value: float) -> float | str:
+    """JSON has no NaN or infinity: those are written as text ("nan", "inf")."""
+    return value if math.isfinite(value) else str(value)
