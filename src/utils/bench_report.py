@@ -80,9 +80,10 @@ def memory_kind(row: dict) -> str:
     return "alloc" if "peak_cuda_allocated_bytes" in row else "RSS"
 
 
-def host_gemm_rate(row: dict) -> float | None:
-    """The host's fp32 product rate (G multiply-adds/s) measured right after the row, if it was."""
-    return row.get("host", {}).get("gemm_gmac_per_s")
+def host_rate(row: dict, rate: str = "gemm_gmac_per_s") -> float | None:
+    """A rate of the host measured right after the row, if it was (`bench_machine.host_speed`):
+    by default its fp32 product rate (G multiply-adds/s)."""
+    return row.get("host", {}).get(rate)
 
 
 def measured_cell(row: dict, gemm_rate: float | None, conv_rate: float | None = None) -> str:
@@ -126,7 +127,7 @@ def train_step_table(rows: list[dict], usual: dict | None = None) -> list[str]:
             f"| {r['images_per_s']:.2f} | {memory:.2f} {memory_kind(r)} | {ref.get('code', '-')} "
             f"| {_fmt(ref.get('s_per_iter'))} | {_fmt(ref.get('peak_rss_gb'))} "
             f"| {_fmt(speedup) + 'x' if speedup else '-'} | {_fmt(memory_ratio) + 'x' if memory_ratio else '-'} "
-            f"| {measured_cell(r, host_gemm_rate(r))}{note} |")
+            f"| {measured_cell(r, host_rate(r))}{note} |")
     return lines
 
 
@@ -188,7 +189,7 @@ def variant_table(rows: list[dict], all_rows: list[dict], usual: dict | None = N
         lines.append(f"| {r['label']} ({r['device']}, batch {r['batch_size']}, {r['precision']}) | {variant}{row_note(r, usual)} "
                      f"| {allocator_of(r)} | {r['s_per_iter']:.3f} | {_fmt(base, 3) if base else '-'} "
                      f"| {_fmt(ratio) + 'x' if ratio else '-'} | {memory_gb(r):.2f} "
-                     f"| {measured_cell(r, host_gemm_rate(r))} |")
+                     f"| {measured_cell(r, host_rate(r))} |")
     return lines
 
 

@@ -39,7 +39,7 @@ import re
 import statistics
 from typing import Any, Callable
 
-from src.utils.bench_report import memory_gb
+from src.utils.bench_report import host_rate, memory_gb
 
 #: runs one spec in a fresh process (waiting for a quiet machine first); None: it was skipped
 Measure = Callable[[dict[str, Any]], "dict[str, Any] | None"]
@@ -80,7 +80,7 @@ def pair_summary(index: int, own: dict[str, Any], reference: dict[str, Any]) -> 
 
 
 def _mean_host_rate(rate: str, *rows: dict[str, Any]) -> float | None:
-    rates = [row["host"][rate] for row in rows if row.get("host", {}).get(rate)]
+    rates = [value for value in (host_rate(row, rate) for row in rows) if value]
     return statistics.fmean(rates) if rates else None
 
 

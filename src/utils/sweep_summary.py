@@ -28,7 +28,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from src.utils.run_results import FINAL_METRICS, write_failure
@@ -86,15 +88,17 @@ def _varying_overrides(rows: list[dict[str, Any]]) -> list[list[str]]:
     return [[o for o in r["overrides"] if o not in shared] for r in rows]
 
 
+#: the CSV's columns before the metrics: a job's own fields
+JOB_COLUMNS = ("job", "status", "overrides", "iteration", "best_fid", "best_fid_iteration", "checkpoint", "error")
+
+
 def summary_csv(rows: list[dict[str, Any]]) -> str:
     metric_names = sorted({name for r in rows for name in r.get("metrics", {})})
-    columns = ["job", "status", "overrides", "iteration", "best_fid", "best_fid_iteration", "checkpoint", "error",
-               *metric_names]
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+    writer = csv.DictWriter(out, fieldnames=[*JOB_COLUMNS, *metric_names])
     writer.writeheader()
     for r in rows:
-        writer.writerow({**{k: r.get(k, "") for k in columns[:8]}, "overrides": " ".join(r["overrides"]),
+        writer.writerow({**{k: r.get(k, "") for k in JOB_COLUMNS}, "overrides": " ".join(r["overrides"]),
                          **r.get("metrics", {})})
     return out.getvalue()
 
@@ -160,9 +164,7 @@ class SweepSummary(Callback):
         self.metrics = metrics
         self.result_file = result_file
 
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        from hydra.core.utils import JobStatus
-        from hydra.types import RunMode
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN or not _is_rank_zero():
             return
         if job_return.status == JobStatus.FAILED:
