@@ -589,3 +589,48 @@ def test_eval_of_a_grayscale_run_scores_fid_without_the_colour_ground_truth(trai
     results, out = evaluate(run, tmp_path / "eval", shared_data_dir, "data.input_nc=1")
     assert set(results["AtoB"]) == {"fid", "kid_x100", "kid_std_x100"} and math.isfinite(results["BtoA"]["fid"])
     assert {Image.open(p).mode for p in (out / "fakeA").glob("*.png")} == {"L"}   # domain A is grayscale here
+
+
+def copy_into_run_dir(run, run_dir: Path, run_config: dict) -> Path:
+    """The smoke run's last checkpoint in `run_dir/checkpoints`, beside a Hydra run config."""
+    (run_dir / "checkpoints").mkdir(parents=True)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(run.ckpt.read_bytes())
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(run_config), run_dir / ".hydra" / "config.yaml")
+    return ckpt
+
+
+@pytest.mark.parametrize("fid_kid, data, expected", [
+    ({"feature_extractor": "random_cnn", "feature_extractor_weights_path": None}, {"feature_extractor": "inception"},
+     ("random_cnn", None)),
+    ({"feature_extractor": "auto", "feature_extractor_weights_path": "/w/inception.pth"},
+     {"feature_extractor": "inception"}, ("inception", "/w/inception.pth")),
+    (None, {"feature_extractor": "random_cnn"}, ("random_cnn", None)),
+])
+def test_runs_feature_extractor_reads_the_fid_callback_then_the_data(smoke_runs, tmp_path, fid_kid, data, expected):
+    from src.utils.evaluation import runs_feature_extractor
+    ckpt = copy_into_run_dir(smoke_runs["cyclegan"], tmp_path / "run", {"callbacks": {"fid_kid": fid_kid},
+                                                                        "data": data})
+    assert runs_feature_extractor(ckpt) == expected
+    assert runs_feature_extractor(smoke_runs["cyclegan"].ckpt.parent / "elsewhere" / "x.ckpt") == (None, None)
+
+
+def test_eval_scores_with_the_feature_extractor_the_run_trained_with(smoke_runs, tmp_path):
+    """A run on real-image folders scored its FIDs with random_cnn: `feature_extractor=auto`
+    scores its checkpoint with random_cnn too, not with the folders' Inception (which would also
+    need a download here), and says so in metrics.json."""
+    from src.utils.evaluation import run_evaluation
+    root = write_folder_dataset(tmp_path / "folders", {})
+    ckpt = copy_into_run_dir(smoke_runs["cyclegan"], tmp_path / "run",
+                             {"callbacks": {"fid_kid": {"feature_extractor": "random_cnn"}},
+                              "data": {"feature_extractor": "inception"}})
+    cfg = compose_train_cfg([f"ckpt_path={ckpt}", "data=horse2zebra", f"data.data_dir={root}", "kid_subset_size=2"],
+                            tmp_path / "eval", tmp_path, config_name="eval")
+    try:
+        assert cfg.feature_extractor == "auto"
+        results = run_evaluation(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    assert json.loads((Path(cfg.output_dir) / "metrics.json").read_text())["feature_extractor"] == "random_cnn"
+    assert math.isfinite(results["AtoB"]["fid"])

@@ -204,13 +204,45 @@ def evaluate_series(model: NoiseToImageModel, loader, output_dir: Path, train_lo
     return metrics
 
 
+def runs_feature_extractor(ckpt_path) -> tuple[str | None, str | None]:
+    """(extractor, weights file) the checkpoint's run scored its FIDs with, from its Hydra
+    config: its `callbacks.fid_kid` settings, `auto` there meaning its data's choice; (None,
+    None) without a run config."""
+    run_config = run_config_path(ckpt_path)
+    if not run_config.is_file():
+        return None, None
+    run_cfg = OmegaConf.load(run_config)
+
+    def setting(key: str):
+        return OmegaConf.select(run_cfg, key, default=None, throw_on_resolution_failure=False)
+
+    name = setting("callbacks.fid_kid.feature_extractor")
+    if name in (None, "auto"):
+        name = setting("data.feature_extractor")
+    return name, setting("callbacks.fid_kid.feature_extractor_weights_path")
+
+
+def feature_extractor_choice(cfg: DictConfig, datamodule) -> tuple[str, str | None]:
+    """(extractor, weights file) for eval's `feature_extractor`: `auto` takes the one the
+    checkpoint's run scored its FIDs with, so eval's numbers compare with the run's logged ones
+    (a run trained with random_cnn on real data is scored with random_cnn, not Inception), and
+    the data's choice when the run's config is gone."""
+    name, weights_path = cfg.feature_extractor, cfg.get("feature_extractor_weights_path")
+    if name != "auto":
+        return name, weights_path
+    run_name, run_weights_path = runs_feature_extractor(cfg.ckpt_path)
+    if run_name is not None:
+        log.info("feature_extractor=%s: the extractor of the checkpoint's run (feature_extractor=NAME for another)",
+                 run_name)
+        return run_name, weights_path or run_weights_path
+    return getattr(datamodule, "feature_extractor", None) or "inception", weights_path
+
+
 def fid_kid_scorer(cfg: DictConfig, datamodule, device, samples: bool = False) -> tuple[FidKidScorer, str]:
     """The FID/KID scorer eval's settings ask for, and the name of its feature extractor; for a
     noise model's `samples`, with the Inception Score unless `inception_score=false`."""
-    name = cfg.feature_extractor
-    if name == "auto":
-        name = getattr(datamodule, "feature_extractor", "inception")
-    extractor = build_feature_extractor(name, cfg.get("feature_extractor_weights_path"), device, settings="")
+    name, weights_path = feature_extractor_choice(cfg, datamodule)
+    extractor = build_feature_extractor(name, weights_path, device, settings="")
     splits = cfg.get("inception_score_splits", 10) if samples and cfg.get("inception_score", True) else None
     return FidKidScorer(extractor, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size,
                         inception_score_splits=splits).to(device), name
