@@ -219,6 +219,29 @@ def test_smoke_run_returns_eval_metrics_and_writes_best_checkpoint_and_tsne(sing
     assert sum(bool(row["eval/fid"]) for row in rows) == sum(bool(row["latent/mmd2"]) for row in rows) == 2
 
 
+def test_real_features_are_extracted_at_the_first_evaluation_only(shared_data_dir, tmp_path, monkeypatch):
+    """Two evaluations (iterations 2 and 4) of 7 test items in both directions: the real images
+    pass the feature network once per direction, the translations at every evaluation, and the
+    second evaluation, of the same weights (lr 0), gives the first one's values from the kept
+    real features."""
+    extracted = []
+    features = FidKidScorer.features
+
+    def counting_features(self, images):
+        extracted.append(len(images))
+        return features(self, images)
+
+    monkeypatch.setattr(FidKidScorer, "features", counting_features)
+    cfg = eval_run_cfg(tmp_path, shared_data_dir)
+    run_training(cfg)
+    assert sum(extracted) == 2 * 7 + 2 * 2 * 7   # real: once per direction; fakes: per evaluation
+    with open(next(tmp_path.glob("csv/version_*/metrics.csv"))) as f:
+        logged = [row for row in csv.DictReader(f) if row["eval/fid_AtoB"]]
+    assert len(logged) == 2
+    for key in ("eval/fid_AtoB", "eval/fid_BtoA", "eval/kid_x100_AtoB", "eval/kid_x100_BtoA"):
+        assert float(logged[1][key]) == pytest.approx(float(logged[0][key]), rel=1e-9), key
+
+
 def test_evaluations_leave_the_training_run_unchanged(train_cfg, tmp_path):
     """Same seed, with and without the evaluation callbacks: identical final weights (the
     evaluations draw from their own seeded RNG and restore the training one)."""

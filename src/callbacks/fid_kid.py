@@ -14,6 +14,10 @@ more classes the samples are also scored by a classifier of the data's classes, 
 training images when the fit starts (`eval/cls_is_samples`, `eval/cls_acc_fake_samples` ...;
 src/metrics/image_classifier.py).
 
+The real images' features are extracted at the fit's first evaluation and kept (on the CPU,
+8 bytes per feature per image), so later evaluations pass only the generated images through the
+feature network.
+
 Under DDP each rank translates a contiguous block of the evaluation set (no padding, so no image
 counts twice) and the torchmetrics states are gathered, so every rank gets the single-process
 value, and every rank takes part in saving the best-FID checkpoint (saving has a barrier).
@@ -223,6 +227,10 @@ class FidKidCallback(PeriodicEvaluation):
         self.classifier_max_images, self.classifier_epochs = classifier_max_images, classifier_epochs
         self.classifier: ClassifierScorer | None = None
         self._supported: tuple[str, ...] | None = None
+        # Per stream, this rank's real-image features batch by batch (on the CPU), from the first
+        # evaluation of the fit: the real images of the evaluation set do not change, so later
+        # evaluations run the extractor on the generated images only.
+        self._real_features: dict[str, list[torch.Tensor]] = {}
 
     def resolve_feature_extractor(self, trainer: pl.Trainer) -> str:
         if self.feature_extractor != "auto":
@@ -231,6 +239,7 @@ class FidKidCallback(PeriodicEvaluation):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        self._real_features = {}   # as the evaluation loader: a new fit may bring other data or ranks
         if stage != "fit" or not self.enabled or self.scorer is not None:
             return
         if not self.supported_directions(pl_module):   # before building a feature extractor for nothing
@@ -280,12 +289,22 @@ class FidKidCallback(PeriodicEvaluation):
         for direction in directions:
             scorer.reset()
             classifier = self.classifier.to(pl_module.device) if self.classifier and direction == SAMPLES else None
-            for batch in self.evaluation_loader(trainer):
+            kept = self._real_features.get(direction)
+            extracted = []
+            for index, batch in enumerate(self.evaluation_loader(trainer)):
                 real, fake = pl_module.evaluation_pair(batch, direction)
-                scorer.update(real=real, fake=fake)
+                if kept is None:
+                    real_features = scorer.features(real)
+                    extracted.append(real_features.cpu())
+                else:
+                    real_features = kept[index].to(pl_module.device)
+                scorer.update_features(real_features, real=True)
+                scorer.update(fake=fake)
                 if classifier is not None:
                     classifier.update_real(real, batch["label"])
                     classifier.update_fake(fake, batch["label"])
+            if kept is None:
+                self._real_features[direction] = extracted
             scores = {**scorer.compute(), **(classifier.compute() if classifier is not None else {})}
             for name, value in scores.items():
                 metrics[f"eval/{name}_{direction}"] = value

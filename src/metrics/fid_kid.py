@@ -63,7 +63,8 @@ class FidKidScorer(nn.Module):
     `inception_score_splits` the generated images' Inception Score from the same features
     (src/metrics/inception_score.py).
 
-    `update(real=..., fake=...)` once per batch (either may be omitted), then `compute()`:
+    `update(real=..., fake=...)` once per batch (either may be omitted; `update_features` takes
+    features extracted before), then `compute()`:
     ``{"fid", "kid_x100", "kid_std_x100"[, "is", "is_std"]}``. Under DDP every rank calls both;
     `compute()` syncs.
     """
@@ -96,13 +97,15 @@ class FidKidScorer(nn.Module):
 
     def update(self, real: torch.Tensor | None = None, fake: torch.Tensor | None = None) -> None:
         for images, is_real in ((real, True), (fake, False)):
-            if images is None:
-                continue
-            features = self.features(images)
-            self.fid.update(features, real=is_real)
-            self.kid.update(features, real=is_real)
-            if not is_real and self.inception_score is not None:
-                self.inception_score.update(self.feature_extractor.logits(features))
+            if images is not None:
+                self.update_features(self.features(images), real=is_real)
+
+    def update_features(self, features: torch.Tensor, real: bool) -> None:
+        """`update` with feature vectors `features()` gave before (a fixed real set's, kept)."""
+        self.fid.update(features, real=real)
+        self.kid.update(features, real=real)
+        if not real and self.inception_score is not None:
+            self.inception_score.update(self.feature_extractor.logits(features))
 
     def _prepare_empty_rank(self) -> None:
         """A rank whose shard was empty must still take part in the gather with states of the

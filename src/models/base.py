@@ -197,7 +197,9 @@ class AdversarialModel(pl.LightningModule):
 
     def evaluation_pair(self, batch: dict, stream: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(real images, generated images) of one evaluation stream of a test batch, for FID/KID:
-        a translation direction, or the noise-to-image models' samples."""
+        a translation direction, or the noise-to-image models' samples. The real images are the
+        batch's own, never the model's work: the FID/KID callback extracts their features once
+        per fit."""
         raise NotImplementedError
 
     def evaluation_streams(self, configured: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
