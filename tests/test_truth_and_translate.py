@@ -616,6 +616,21 @@ def test_runs_feature_extractor_reads_the_fid_callback_then_the_data(smoke_runs,
     assert runs_feature_extractor(smoke_runs["cyclegan"].ckpt.parent / "elsewhere" / "x.ckpt") == (None, None)
 
 
+def test_eval_takes_the_runs_weights_file_only_where_it_exists(smoke_runs, tmp_path):
+    from src.utils.evaluation import feature_extractor_choice
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"")
+    for run_weights, expected in ((weights, str(weights)), (tmp_path / "elsewhere.pth", None)):
+        ckpt = copy_into_run_dir(smoke_runs["cyclegan"], tmp_path / run_weights.stem,
+                                 {"callbacks": {"fid_kid": {"feature_extractor": "inception",
+                                                            "feature_extractor_weights_path": str(run_weights)}}})
+        eval_cfg = OmegaConf.create({"ckpt_path": str(ckpt), "feature_extractor": "auto",
+                                     "feature_extractor_weights_path": None})
+        assert feature_extractor_choice(eval_cfg, datamodule=None) == ("inception", expected)
+        eval_cfg.feature_extractor_weights_path = "/given.pth"   # eval's own setting wins
+        assert feature_extractor_choice(eval_cfg, datamodule=None) == ("inception", "/given.pth")
+
+
 def test_eval_scores_with_the_feature_extractor_the_run_trained_with(smoke_runs, tmp_path):
     """A run on real-image folders scored its FIDs with random_cnn: `feature_extractor=auto`
     scores its checkpoint with random_cnn too, not with the folders' Inception (which would also

@@ -234,7 +234,16 @@ def feature_extractor_choice(cfg: DictConfig, datamodule) -> tuple[str, str | No
     if run_name is not None:
         log.info("feature_extractor=%s: the extractor of the checkpoint's run (feature_extractor=NAME for another)",
                  run_name)
-        return run_name, weights_path or run_weights_path
+        if weights_path is None and run_weights_path is not None:
+            # The run's offline copy of torch-fidelity's file; on another machine it may be
+            # elsewhere, and torch-fidelity fetches the same file itself.
+            if Path(run_weights_path).is_file():
+                weights_path = run_weights_path
+            else:
+                log.info("The run's feature_extractor_weights_path %s is not on this machine: torch-fidelity's "
+                         "download (feature_extractor_weights_path=/path/to/the/file for a local copy)",
+                         run_weights_path)
+        return run_name, weights_path
     return getattr(datamodule, "feature_extractor", None) or "inception", weights_path
 
 
