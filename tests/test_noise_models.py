@@ -342,6 +342,19 @@ def test_each_player_can_have_its_own_optimizer(train_cfg):
         build(train_cfg("model=dcgan", "+model.optimizer.players.generator.type=lbfgs"))
 
 
+@pytest.mark.parametrize("override, message", [
+    ("model.optimizer.betas=[0.5]", r"model.optimizer.betas=\[0.5\] must be two numbers in \[0, 1\)"),
+    ("model.optimizer.betas=[0.5,1.5]", r"model.optimizer.betas=\[0.5, 1.5\] must be two numbers"),
+    ("model.optimizer.lr=-1", r"model.optimizer.lr=-1 must be a number >= 0"),
+    ("model.optimizer.weight_decay=high", r"model.optimizer.weight_decay='high' must be a number >= 0"),
+    ("+model.optimizer.players.generator.momentum=1.2", r"model.optimizer.players.generator.momentum=1.2 must be a "
+                                                        r"number >= 0 and < 1"),
+])
+def test_optimizer_settings_torch_would_refuse_are_named_by_key(train_cfg, override, message):
+    with pytest.raises(InstantiationException, match=message):
+        build(train_cfg("model=dcgan", override))
+
+
 def test_sample_scores_under_ddp_equal_the_single_process_values(train_cfg, tmp_path):
     """Each rank samples its block of the test set with latents seeded by item index, and the
     metric states are gathered: two ranks give one process's FID/KID and Inception Score. (Learning rate 0 keeps

@@ -73,6 +73,27 @@ def sampling_mode(nets: list[nn.Module], batch_stats: bool = False, dropout: boo
 OPTIMIZER_TYPES = ("adam", "rmsprop", "sgd")
 
 
+def check_optimizer_settings(key: str, settings: dict) -> None:
+    """Refuse, by config key, optimizer settings torch would reject later with a message that
+    names neither the key nor the fix (an IndexError for a one-element `betas`)."""
+    if settings.get("type", "adam") not in OPTIMIZER_TYPES:
+        raise ValueError(f"{key}.type={settings['type']!r} must be one of {', '.join(OPTIMIZER_TYPES)}")
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    for name, low, high in (("lr", 0.0, None), ("weight_decay", 0.0, None), ("momentum", 0.0, 1.0)):
+        value = settings.get(name)
+        if value is not None and not (number(value) and value >= low and (high is None or value < high)):
+            bound = f">= {low:g}" + (f" and < {high:g}" if high is not None else "")
+            raise ValueError(f"{key}.{name}={value!r} must be a number {bound}")
+    betas = settings.get("betas")
+    if betas is not None and not (isinstance(betas, (list, tuple)) and len(betas) == 2
+                                  and all(number(b) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"{key}.betas={betas!r} must be two numbers in [0, 1), Adam's (beta1, beta2): "
+                         "e.g. [0.5,0.999]")
+
+
 def adam_kernel(params: list[torch.Tensor]) -> dict:
     """Adam's fused kernel where torch has one for the parameters' device (CPU, CUDA).
 
@@ -137,8 +158,7 @@ class AdversarialModel(pl.LightningModule):
         for key, settings in [("model.optimizer", self.optimizer_cfg),
                               *((f"model.optimizer.players.{name}", player)
                                 for name, player in self.optimizer_cfg.get("players", {}).items())]:
-            if settings.get("type", "adam") not in OPTIMIZER_TYPES:
-                raise ValueError(f"{key}.type={settings['type']!r} must be one of {', '.join(OPTIMIZER_TYPES)}")
+            check_optimizer_settings(key, settings)
         self.weights = dict(self.loss_cfg.get("weights", {}))
         self.pools: dict[str, ImagePool] = {}
         self.grad_scalers: PlayerGradScalers | None = None
