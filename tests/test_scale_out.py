@@ -319,6 +319,16 @@ def test_a_gpu_trainer_without_a_gpu_names_the_trainer_to_use(train_cfg, trainer
         build_trainer_kwargs(cfg, model)
 
 
+@pytest.mark.parametrize("max_iters", [-1, 0, 1.5, "ten"])
+def test_max_iters_must_be_a_positive_integer_named_in_iterations(train_cfg, max_iters):
+    cfg = train_cfg("model=cyclegan", f"max_iters={max_iters}")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    with pytest.raises(ValueError, match=rf"max_iters={max_iters!r} must be a positive integer"):
+        build_trainer_kwargs(cfg, model)
+    cfg.max_iters = 3   # two optimizer steps per CycleGAN iteration
+    assert build_trainer_kwargs(cfg, model)["max_steps"] == 6
+
+
 @pytest.mark.parametrize("trainer_settings,computes_bf16,warned", [
     (["trainer=cpu", "trainer.precision=bf16-mixed"], False, True),
     (["trainer=cpu", "trainer.precision=bf16-mixed"], True, False),     # AVX-512 BF16 / AMX: no warning

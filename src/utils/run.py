@@ -61,7 +61,12 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     check_accelerator(kwargs)
     warn_emulated_cpu_bf16(kwargs)
-    if cfg.get("max_iters"):
+    max_iters = cfg.get("max_iters")
+    if max_iters is not None and (isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1):
+        # Lightning would see max_steps (twice this for a two-player model) in its own error.
+        raise ValueError(f"max_iters={max_iters!r} must be a positive integer (training iterations), or null to "
+                         "train for trainer.max_epochs")
+    if max_iters:
         kwargs["max_steps"] = int(cfg.max_iters) * model.optimizer_steps_per_iter
         kwargs["max_epochs"] = -1
     elif cfg.get("max_kimg"):   # the image budget (ImageBudget) ends the run, not an epoch count
