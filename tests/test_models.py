@@ -113,6 +113,17 @@ def test_smoke_run_writes_checkpoint_samples_and_finite_metrics(train_cfg, model
     assert sorted(p.name for p in (Path(run_dir) / "samples").glob("*.png")) == ["iter_0000002.png", "iter_0000004.png"]
 
 
+@pytest.mark.parametrize("override, message", [
+    ("model=nicegan model.generator.n_res=abc", r"model.generator.n_res='abc' must be an integer \(NICEGANGenerator's"),
+    ("model=ugatit model.local_discriminator.n_layers=2.5", r"model.local_discriminator.n_layers=2.5 must be an integer"),
+    ("model=cyclegan model.generator.use_dropout=1", r"model.generator.use_dropout=1 must be true or false"),
+    ("model=cyclegan model.discriminator.ndf=true", r"model.discriminator.ndf=True must be an integer"),
+])
+def test_network_settings_of_the_wrong_type_are_named_by_key(train_cfg, override, message):
+    with pytest.raises(hydra.errors.InstantiationException, match=message):
+        hydra.utils.instantiate(train_cfg(*override.split()).model, _recursive_=False)
+
+
 def test_pix2pix_refuses_unpaired_data(train_cfg):
     cfg = train_cfg("model=pix2pix", "data=shapes")
     with pytest.raises(ValueError, match="paired data"):

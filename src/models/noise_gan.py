@@ -64,12 +64,13 @@ class NoiseGAN(NoiseToImageModel):
         """`model.generator` for inputs of `input_dim` numbers, making images of this model's shape."""
         channels, image_size, _ = self.image_shape
         return build_net({**self.hparams.generator, "latent_dim": input_dim, "output_nc": channels,
-                          "image_size": image_size, "num_classes": self.num_classes}, self.net_init("generator"))
+                          "image_size": image_size, "num_classes": self.num_classes}, self.net_init("generator"),
+                         "model.generator")
 
     def build_discriminator(self) -> nn.Module:
         channels, image_size, _ = self.image_shape
         return build_net({**self.hparams.discriminator, "input_nc": channels, "image_size": image_size,
-                          "num_classes": self.num_classes}, self.net_init("discriminator"))
+                          "num_classes": self.num_classes}, self.net_init("discriminator"), "model.discriminator")
 
     def net_init(self, player: str) -> dict:
         """`model.init` with the player's overrides (`model.init.players.<player>`: the GAN

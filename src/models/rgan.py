@@ -43,11 +43,11 @@ class RGAN(NoiseGAN):
     def build_generator(self, input_dim: int) -> nn.Module:
         seq_len, channels = self.image_shape
         return build_net({**self.hparams.generator, "latent_dim": input_dim, "channels": channels,
-                          "seq_len": seq_len, "num_classes": self.num_classes}, self.init_cfg)
+                          "seq_len": seq_len, "num_classes": self.num_classes}, self.init_cfg, "model.generator")
 
     def build_discriminator(self) -> nn.Module:
         return build_net({**self.hparams.discriminator, "channels": self.image_shape[1],
-                          "num_classes": self.num_classes}, self.init_cfg)
+                          "num_classes": self.num_classes}, self.init_cfg, "model.discriminator")
 
     def shape_mismatch(self, batch: dict) -> str:
         seq_len, channels = self.image_shape

@@ -10,3 +10,45 @@ def require_int(key: str, value, least: int = 1, allow_none: bool = False, why: 
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         need = "a positive integer" if least == 1 else f"an integer >= {least}"
         raise ValueError(f"{key}={value!r} must be {need}{' or null' if allow_none else ''}{why}")
+
+
+#: the annotations `check_argument_types` checks, and what a value needs to pass as each
+_SCALAR_CHECKS = {
+    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    str: ("a string", lambda v: isinstance(v, str)),
+}
+
+
+def check_argument_types(node: dict, key: str) -> None:
+    """ValueError naming the setting when a value of a `_target_` config node does not have the
+    scalar type its constructor's annotation asks for (`n_res: int` given 'abc'), instead of the
+    TypeError deep in the network that the value would cause. Only int / float / bool / str
+    annotations, optionally `| None`, are checked; anything else is left to the constructor."""
+    import inspect
+    import types
+    import typing
+
+    import hydra
+
+    target = hydra.utils.get_object(node["_target_"])
+    try:
+        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    except Exception:   # an annotation that does not resolve: nothing to check against
+        return
+    for name, value in node.items():
+        hint = hints.get(name)
+        if name.startswith("_") or hint is None:
+            continue
+        union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        options = typing.get_args(hint) if union else (hint,)
+        if value is None and type(None) in options:
+            continue
+        checks = [_SCALAR_CHECKS[t] for t in options if t in _SCALAR_CHECKS]
+        if len(checks) != len([t for t in options if t is not type(None)]):
+            continue   # a type this check does not know
+        if not any(accepts(value) for _, accepts in checks):
+            need = " or ".join(what for what, _ in checks) + (" or null" if type(None) in options else "")
+            raise ValueError(f"{key}.{name}={value!r} must be {need} ({getattr(target, '__name__', target)}'s "
+                             f"{name})")

@@ -15,6 +15,7 @@ from src.callbacks.progress import iteration_progress_bar
 from src.callbacks.rank_seed import RankSeed
 from src.models.checkpoint_fit import check_checkpoint_file
 from src.utils.auto_resume import AUTO, resolve_auto_resume
+from src.utils.config_checks import require_int
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
 from src.utils.instantiate import instantiate_list
 from src.utils.wandb_run import WandbRunIdCallback, finish_wandb_run, is_wandb_node, with_wandb_identity
@@ -62,10 +63,8 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     check_accelerator(kwargs)
     warn_emulated_cpu_bf16(kwargs)
     max_iters = cfg.get("max_iters")
-    if max_iters is not None and (isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1):
-        # Lightning would see max_steps (twice this for a two-player model) in its own error.
-        raise ValueError(f"max_iters={max_iters!r} must be a positive integer (training iterations), or null to "
-                         "train for trainer.max_epochs")
+    # Checked here: Lightning would name max_steps (twice this for a two-player model).
+    require_int("max_iters", max_iters, allow_none=True, why=" (training iterations; null: trainer.max_epochs)")
     if max_iters:
         kwargs["max_steps"] = int(cfg.max_iters) * model.optimizer_steps_per_iter
         kwargs["max_epochs"] = -1
