@@ -124,6 +124,15 @@ def test_network_settings_of_the_wrong_type_are_named_by_key(train_cfg, override
         hydra.utils.instantiate(train_cfg(*override.split()).model, _recursive_=False)
 
 
+@pytest.mark.parametrize("override, message", [
+    ("loss.weights.cam=abc", r"loss.weights.cam='abc' must be a number >= 0"),
+    ("loss.weights.cycle=-1", r"loss.weights.cycle=-1 must be a number >= 0"),
+])
+def test_loss_weights_must_be_non_negative_numbers(train_cfg, override, message):
+    with pytest.raises(hydra.errors.InstantiationException, match=message):
+        hydra.utils.instantiate(train_cfg("model=ugatit", override).model, _recursive_=False)
+
+
 def test_pix2pix_refuses_unpaired_data(train_cfg):
     cfg = train_cfg("model=pix2pix", "data=shapes")
     with pytest.raises(ValueError, match="paired data"):

@@ -249,7 +249,10 @@ class AdversarialModel(pl.LightningModule):
     def weight(self, name: str) -> float:
         if name not in self.weights:
             raise KeyError(f"Missing loss weight 'loss.weights.{name}' for {type(self).__name__}")
-        return float(self.weights[name])
+        value = self.weights[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"loss.weights.{name}={value!r} must be a number >= 0 (0 turns the term off)")
+        return float(value)
 
     # ----- optimizers and schedules ------------------------------------------------------
     def configure_optimizers(self):
