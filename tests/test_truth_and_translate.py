@@ -365,9 +365,19 @@ def test_translate_errors_name_the_setting(smoke_runs, tmp_path):
     with pytest.raises(ValueError, match="direction=BtoA"):
         run_translation(translate_cfg(ckpt_path=str(smoke_runs["pix2pix"].ckpt), input=str(tmp_path / "in"),
                                       output=str(tmp_path / "out"), direction="BtoA"))
+    with pytest.raises(ValueError, match=r"device='tpu' is not a device torch knows: use auto, cpu, cuda"):
+        run_translation(translate_cfg(ckpt_path=str(smoke_runs["pix2pix"].ckpt), input=str(tmp_path / "in"),
+                                      output=str(tmp_path / "out"), device="tpu"))
     written = run_translation(translate_cfg(ckpt_path=str(smoke_runs["pix2pix"].ckpt), input=str(tmp_path / "in"),
                                             output=str(tmp_path / "out")))["written"]
     assert sorted(Path(p).name for p in written) == ["gray.png", "rgb.png", "rgba.png"]
+
+
+@pytest.mark.parametrize("override, message", [("batch_size=0", r"batch_size=0 must be a positive integer"),
+                                               ("device=tpu", r"device='tpu' is not a device torch knows")])
+def test_eval_settings_it_cannot_use_are_named(smoke_runs, tmp_path, shared_data_dir, override, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate(smoke_runs["cyclegan"], tmp_path, shared_data_dir, override)
 
 
 def test_a_size_the_generator_cannot_translate_names_the_file_and_the_sizes_it_can(smoke_runs, tmp_path):

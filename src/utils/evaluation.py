@@ -20,6 +20,7 @@ from src.metrics.shapes_truth import ShapesTruthScorer, background_tensor, is_sh
 from src.models.checkpoint_fit import check_checkpoint_file
 from src.models.noise_base import SAMPLES, NoiseToImageModel
 from src.utils.checkpoint_loading import load_model, run_config_path
+from src.utils.config_checks import require_int
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
 from src.utils.image_grid import make_grid, save_image
 from src.utils.sequence_plot import plot_series
@@ -318,6 +319,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
     if not cfg.get("ckpt_path"):
         raise ValueError("ckpt_path is required: ckpt_path=path/to/checkpoints/last.ckpt (written by src/train.py)")
     check_checkpoint_file(cfg.ckpt_path)
+    require_int("batch_size", cfg.batch_size)
     device = resolve_device(cfg.get("device", "auto"))
     model = load_model(cfg.ckpt_path, map_location=device)
     datamodule = hydra.utils.instantiate(data_config(cfg))

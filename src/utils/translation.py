@@ -37,7 +37,10 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """"auto" -> cuda when available, else cpu; "cuda" without a GPU is an error."""
     if str(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"device={name!r} is not a device torch knows: use auto, cpu, cuda or cuda:N") from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name}: no CUDA device is available here; use device=cpu or device=auto")
     return device
