@@ -94,6 +94,18 @@ def test_unknown_configuration_is_named():
         train_step_specs(bench_cfg("configurations=[no_such_model]"))
 
 
+@pytest.mark.parametrize("override, message", [
+    ("device=gpu", r"device='gpu' must be cpu or cuda"),
+    ("threads=0", r"threads=0 must be a positive integer"),
+    ("repeats=0", r"repeats=0 must be a positive integer"),
+    ("warmup=-1", r"warmup=-1 must be an integer >= 0"),
+    ("ab=foo", r"ab='foo' must be one of fast_conv, step_in_backward, or null"),
+])
+def test_settings_a_worker_would_fail_on_are_refused_before_any_starts(override, message):
+    with pytest.raises(ValueError, match=message):
+        bench_run.run_benchmark(bench_cfg(override))
+
+
 def _row(name, s_per_iter, variant=None, reference=None):
     return {"kind": "train_step", "name": name, "label": name, "device": "cpu", "batch_size": 1, "precision": "fp32",
             "variant": variant or {}, "s_per_iter": s_per_iter, "images_per_s": 1 / s_per_iter,

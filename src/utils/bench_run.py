@@ -16,12 +16,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from src.utils.bench_ab import TOGGLES
 from src.utils.bench_machine import cpu_kind, load_average, wait_until_quiet
 from src.utils.bench_report import (interval_text, is_reference_iteration, memory_gb, memory_kind, versus_key,
                                     write_results)
 from src.utils.bench_step import COMPILE_MODES, compose_model_config
 from src.utils.bench_versus import pool_same_code, run_pairs
 from src.utils.bench_worker import ROOT, run_in_subprocess
+from src.utils.config_checks import require_int
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +203,18 @@ def _interval_clause(entry: dict[str, Any]) -> str:
     return f"; 95% CI of the median {interval}" if interval else ""
 
 
+def check_settings(cfg: DictConfig) -> None:
+    """Refuse, before any process starts, settings a worker would fail on after minutes."""
+    if cfg.device not in ("cpu", "cuda"):
+        raise ValueError(f"device={cfg.device!r} must be cpu or cuda (conf/bench.yaml: suites)")
+    for key, least in (("threads", 1), ("repeats", 1), ("warmup", 0)):
+        require_int(key, cfg[key], least=least, why=" (conf/bench.yaml)")
+    if cfg.get("ab") is not None and cfg.ab not in TOGGLES:
+        raise ValueError(f"ab={cfg.ab!r} must be one of {', '.join(TOGGLES)}, or null (conf/bench.yaml)")
+
+
 def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
+    check_settings(cfg)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device=cuda but torch sees no CUDA device")
     revision = git_revision()
