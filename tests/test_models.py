@@ -133,6 +133,17 @@ def test_loss_weights_must_be_non_negative_numbers(train_cfg, override, message)
         hydra.utils.instantiate(train_cfg("model=ugatit", override).model, _recursive_=False)
 
 
+@pytest.mark.parametrize("model_name, typo", [("cyclegan", "cylce"), ("ugatit", "identy"), ("dcgan", "r_1")])
+def test_a_loss_weight_the_model_never_reads_stops_the_fit(train_cfg, model_name, typo):
+    """A misspelt weight would be ignored: refused when the fit starts, naming the weights the
+    model reads; the model itself still builds (an older checkpoint loads for inference)."""
+    cfg = train_cfg(f"model={model_name}", f"+loss.weights.{typo}=5", "max_iters=1")
+    hydra.utils.instantiate(cfg.model, _recursive_=False)
+    with pytest.raises(ValueError, match=rf"loss.weights.{typo} is not a weight \w+ reads \(its weights: .*\): fix "
+                                         rf"the name, or remove it \(~loss.weights.{typo}\)"):
+        run_training(cfg)
+
+
 def test_pix2pix_refuses_unpaired_data(train_cfg):
     cfg = train_cfg("model=pix2pix", "data=shapes")
     with pytest.raises(ValueError, match="paired data"):

@@ -144,6 +144,8 @@ class AdversarialModel(pl.LightningModule):
 
     #: optimizer steps per training iteration; Lightning's global_step counts every one of them.
     optimizer_steps_per_iter: int = 2
+    #: the `loss.weights` names the model reads; any other is refused when a fit starts
+    loss_weights: tuple[str, ...] = ()
 
     def __init__(self, loss: dict, optimizer: dict, lr_schedule: dict, init: dict):
         super().__init__()
@@ -191,8 +193,19 @@ class AdversarialModel(pl.LightningModule):
         # fp16: one loss scaler per player's loss instead of Lightning's shared one (see
         # src/models/loss_scaling.py). Here, before a resumed run restores the scalers' state.
         if stage == "fit":
+            self.check_loss_weight_names()
             self.grad_scalers = PlayerGradScalers.install(self.trainer)
             self.warn_of_batch_norm_under_gradient_penalty()
+
+    def check_loss_weight_names(self) -> None:
+        """A weight the model never reads (`+loss.weights.cylce=5`) would be ignored in silence.
+        Checked when a fit starts, not at construction, so that loading an older checkpoint for
+        inference never fails on a name its run carried."""
+        unknown = sorted(set(self.weights) - set(self.loss_weights))
+        if unknown:
+            raise ValueError(f"loss.weights.{unknown[0]} is not a weight {type(self).__name__} reads (its weights: "
+                             f"{', '.join(self.loss_weights) or 'none'}): fix the name, or remove it "
+                             f"(~loss.weights.{unknown[0]})")
 
     def warn_of_batch_norm_under_gradient_penalty(self) -> None:
         """WGAN-GP penalises each image's gradient norm; batch norm in the critic makes an

@@ -21,6 +21,7 @@ from src.utils.config_checks import require_int
 
 
 class NoiseGAN(NoiseToImageModel):
+    loss_weights = ("gp", "r1")
     #: the hyperparameter that stores a sample's size, under the name the subclass's constructor
     #: takes it by (a checkpoint rebuilds the model from its hyperparameters): an image's side
     #: here, a series' length in RGAN

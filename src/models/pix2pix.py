@@ -16,6 +16,7 @@ from src.models.image_pool import ImagePool
 
 class Pix2Pix(TranslationModel):
     optimizer_steps_per_iter = 2
+    loss_weights = ("l1", "feature_matching", "gp")
 
     def __init__(self, generator: dict, discriminator: dict, loss: dict, optimizer: dict, lr_schedule: dict,
                  init: dict, pool_size: int = 0, test_time_batch_stats: bool = True, test_time_dropout: bool = True,
