@@ -349,6 +349,10 @@ def test_each_player_can_have_its_own_optimizer(train_cfg):
     ("model.optimizer.weight_decay=high", r"model.optimizer.weight_decay='high' must be a number >= 0"),
     ("+model.optimizer.players.generator.momentum=1.2", r"model.optimizer.players.generator.momentum=1.2 must be a "
                                                         r"number >= 0 and < 1"),
+    ("+model.optimizer.beta=[0.5,0.9]", r"model.optimizer.beta is not an optimizer setting \(they are type, lr, "
+                                        r"betas, .*players, step_in_backward\)"),
+    ("+model.optimizer.players.generator.step_in_backward=false", r"model.optimizer.players.generator."
+                                                                 r"step_in_backward is not an optimizer setting"),
 ])
 def test_optimizer_settings_torch_would_refuse_are_named_by_key(train_cfg, override, message):
     with pytest.raises(InstantiationException, match=message):

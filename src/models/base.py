@@ -76,9 +76,18 @@ def sampling_mode(nets: list[nn.Module], batch_stats: bool = False, dropout: boo
 OPTIMIZER_TYPES = ("adam", "rmsprop", "sgd")
 
 
-def check_optimizer_settings(key: str, settings: dict) -> None:
+#: the settings `model.optimizer` and each `players.<player>` table may hold
+OPTIMIZER_KEYS = ("type", "lr", "betas", "weight_decay", "momentum", "momentum_ramp")
+
+
+def check_optimizer_settings(key: str, settings: dict, extra_keys: tuple[str, ...] = ()) -> None:
     """Refuse, by config key, optimizer settings torch would reject later with a message that
-    names neither the key nor the fix (an IndexError for a one-element `betas`)."""
+    names neither the key nor the fix (an IndexError for a one-element `betas`), and names no
+    optimizer reads (`+model.optimizer.beta=...` would be ignored)."""
+    unknown = sorted(set(settings) - set(OPTIMIZER_KEYS) - set(extra_keys))
+    if unknown:
+        raise ValueError(f"{key}.{unknown[0]} is not an optimizer setting (they are "
+                         f"{', '.join((*OPTIMIZER_KEYS, *extra_keys))}): fix the name, or remove it")
     if settings.get("type", "adam") not in OPTIMIZER_TYPES:
         raise ValueError(f"{key}.type={settings['type']!r} must be one of {', '.join(OPTIMIZER_TYPES)}")
 
@@ -163,7 +172,7 @@ class AdversarialModel(pl.LightningModule):
         for key, settings in [("model.optimizer", self.optimizer_cfg),
                               *((f"model.optimizer.players.{name}", player)
                                 for name, player in self.optimizer_cfg.get("players", {}).items())]:
-            check_optimizer_settings(key, settings)
+            check_optimizer_settings(key, settings, ("players", "step_in_backward") if key == "model.optimizer" else ())
         self.weights = dict(self.loss_cfg.get("weights", {}))
         self.pools: dict[str, ImagePool] = {}
         self.grad_scalers: PlayerGradScalers | None = None
