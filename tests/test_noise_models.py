@@ -349,12 +349,15 @@ def test_each_player_can_have_its_own_optimizer(train_cfg):
     ("model.optimizer.weight_decay=high", r"model.optimizer.weight_decay='high' must be a number >= 0"),
     ("+model.optimizer.players.generator.momentum=1.2", r"model.optimizer.players.generator.momentum=1.2 must be a "
                                                         r"number >= 0 and < 1"),
-    ("+model.optimizer.beta=[0.5,0.9]", r"model.optimizer.beta is not an optimizer setting \(they are type, lr, "
+    ("+model.optimizer.beta=[0.5,0.9]", r"model.optimizer.beta is not a setting there \(they are type, lr, "
                                         r"betas, .*players, step_in_backward\)"),
     ("+model.optimizer.players.generator.step_in_backward=false", r"model.optimizer.players.generator."
-                                                                 r"step_in_backward is not an optimizer setting"),
+                                                                 r"step_in_backward is not a setting there"),
+    ("+loss.weight.gp=5", r"loss.weight is not a setting there \(they are gan_mode, labels, weights, clip\)"),
+    ("+model.init.gian=0.1", r"model.init.gian is not a setting there \(they are type, gain, players\)"),
+    ("+model.init.players.generator.players=1", r"model.init.players.generator.players is not a setting there"),
 ])
-def test_optimizer_settings_torch_would_refuse_are_named_by_key(train_cfg, override, message):
+def test_model_settings_refused_or_unread_are_named_by_key(train_cfg, override, message):
     with pytest.raises(InstantiationException, match=message):
         build(train_cfg("model=dcgan", override))
 

@@ -28,7 +28,7 @@ from src.models.size_check import check_image_size
 from src.models import step_in_backward
 from src.nets.init import init_weights
 from src.nets.fast_conv import configure_fast_conv
-from src.utils.config_checks import check_argument_types
+from src.utils.config_checks import check_argument_types, refuse_unknown_keys
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
 from src.utils.rng import collect_rng_states, restore_rng_states
 
@@ -76,6 +76,9 @@ def sampling_mode(nets: list[nn.Module], batch_stats: bool = False, dropout: boo
 OPTIMIZER_TYPES = ("adam", "rmsprop", "sgd")
 
 
+#: the settings of `loss` and of `model.init` (whose `players.<player>` tables hold the others)
+LOSS_KEYS = ("gan_mode", "labels", "weights", "clip")
+INIT_KEYS = ("type", "gain", "players")
 #: the settings `model.optimizer` and each `players.<player>` table may hold
 OPTIMIZER_KEYS = ("type", "lr", "betas", "weight_decay", "momentum", "momentum_ramp")
 
@@ -84,10 +87,7 @@ def check_optimizer_settings(key: str, settings: dict, extra_keys: tuple[str, ..
     """Refuse, by config key, optimizer settings torch would reject later with a message that
     names neither the key nor the fix (an IndexError for a one-element `betas`), and names no
     optimizer reads (`+model.optimizer.beta=...` would be ignored)."""
-    unknown = sorted(set(settings) - set(OPTIMIZER_KEYS) - set(extra_keys))
-    if unknown:
-        raise ValueError(f"{key}.{unknown[0]} is not an optimizer setting (they are "
-                         f"{', '.join((*OPTIMIZER_KEYS, *extra_keys))}): fix the name, or remove it")
+    refuse_unknown_keys(key, settings, (*OPTIMIZER_KEYS, *extra_keys))
     if settings.get("type", "adam") not in OPTIMIZER_TYPES:
         raise ValueError(f"{key}.type={settings['type']!r} must be one of {', '.join(OPTIMIZER_TYPES)}")
 
@@ -163,6 +163,11 @@ class AdversarialModel(pl.LightningModule):
         self.optimizer_cfg = to_plain(optimizer)
         self.lr_schedule_cfg = to_plain(lr_schedule)
         self.init_cfg = to_plain(init)
+        refuse_unknown_keys("loss", self.loss_cfg, LOSS_KEYS)
+        for key, settings in (("model.init", self.init_cfg),
+                              *((f"model.init.players.{name}", player)
+                                for name, player in self.init_cfg.get("players", {}).items())):
+            refuse_unknown_keys(key, settings, INIT_KEYS if key == "model.init" else INIT_KEYS[:-1])
         if self.optimizer_cfg.get("step_in_backward", "auto") not in (True, False, "auto"):
             raise ValueError(f"model.optimizer.step_in_backward={self.optimizer_cfg['step_in_backward']!r} "
                              "must be true, false or auto")

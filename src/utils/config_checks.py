@@ -12,6 +12,15 @@ def require_int(key: str, value, least: int = 1, allow_none: bool = False, why: 
         raise ValueError(f"{key}={value!r} must be {need}{' or null' if allow_none else ''}{why}")
 
 
+def refuse_unknown_keys(key: str, settings: dict, known) -> None:
+    """ValueError for a name under the config node `key` that nothing reads: a misspelt setting
+    (`+model.optimizer.beta=...`) would otherwise be ignored in silence."""
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise ValueError(f"{key}.{unknown[0]} is not a setting there (they are {', '.join(known)}): fix the name, "
+                         f"or remove it")
+
+
 #: the annotations `check_argument_types` checks, and what a value needs to pass as each
 _SCALAR_CHECKS = {
     int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
