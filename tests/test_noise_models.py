@@ -354,6 +354,7 @@ def test_each_player_can_have_its_own_optimizer(train_cfg):
     ("+model.optimizer.players.generator.step_in_backward=false", r"model.optimizer.players.generator."
                                                                  r"step_in_backward is not a setting there"),
     ("+loss.weight.gp=5", r"loss.weight is not a setting there \(they are gan_mode, labels, weights, clip\)"),
+    ("+model.lr_schedule.decya=5", r"model.lr_schedule.decya is not a setting there \(they are policy, unit, "),
     ("+model.init.gian=0.1", r"model.init.gian is not a setting there \(they are type, gain, players\)"),
     ("+model.init.players.generator.players=1", r"model.init.players.generator.players is not a setting there"),
 ])

@@ -8,6 +8,7 @@ state in checkpoints. `TranslationModel` adds `translate(x, direction)` for samp
 evaluation; the noise-to-image family has its own base (src/models/noise_base.py).
 """
 import contextlib
+import inspect
 import math
 from typing import Any
 
@@ -79,6 +80,7 @@ OPTIMIZER_TYPES = ("adam", "rmsprop", "sgd")
 #: the settings of `loss` and of `model.init` (whose `players.<player>` tables hold the others)
 LOSS_KEYS = ("gan_mode", "labels", "weights", "clip")
 INIT_KEYS = ("type", "gain", "players")
+SCHEDULE_KEYS = tuple(inspect.signature(build_scheduler).parameters)[1:]   # after the optimizer
 #: the settings `model.optimizer` and each `players.<player>` table may hold
 OPTIMIZER_KEYS = ("type", "lr", "betas", "weight_decay", "momentum", "momentum_ramp")
 
@@ -164,6 +166,7 @@ class AdversarialModel(pl.LightningModule):
         self.lr_schedule_cfg = to_plain(lr_schedule)
         self.init_cfg = to_plain(init)
         refuse_unknown_keys("loss", self.loss_cfg, LOSS_KEYS)
+        refuse_unknown_keys("model.lr_schedule", self.lr_schedule_cfg, SCHEDULE_KEYS)
         for key, settings in (("model.init", self.init_cfg),
                               *((f"model.init.players.{name}", player)
                                 for name, player in self.init_cfg.get("players", {}).items())):
