@@ -13,12 +13,14 @@ import logging
 
 import pytorch_lightning as pl
 
+from src.utils.config_checks import is_number
+
 log = logging.getLogger(__name__)
 
 
 class ImageBudget(pl.Callback):
     def __init__(self, max_kimg: float):
-        if isinstance(max_kimg, bool) or not isinstance(max_kimg, (int, float)) or not max_kimg > 0:
+        if not is_number(max_kimg) or not max_kimg > 0:
             raise ValueError(f"max_kimg={max_kimg!r} must be a positive number of thousands of images, or null")
         self.max_images = max_kimg * 1000
         self.images = 0

@@ -29,7 +29,7 @@ from src.models.size_check import check_image_size
 from src.models import step_in_backward
 from src.nets.init import init_weights
 from src.nets.fast_conv import configure_fast_conv
-from src.utils.config_checks import check_argument_types, refuse_unknown_keys
+from src.utils.config_checks import check_argument_types, is_number, refuse_unknown_keys
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
 from src.utils.rng import collect_rng_states, restore_rng_states
 
@@ -77,7 +77,8 @@ def sampling_mode(nets: list[nn.Module], batch_stats: bool = False, dropout: boo
 OPTIMIZER_TYPES = ("adam", "rmsprop", "sgd")
 
 
-#: the settings of `loss` and of `model.init` (whose `players.<player>` tables hold the others)
+#: the settings `loss`, `model.init` (its `players.<player>` tables: all but players) and
+#: `model.lr_schedule` may hold; any other name is refused rather than ignored
 LOSS_KEYS = ("gan_mode", "labels", "weights", "clip")
 INIT_KEYS = ("type", "gain", "players")
 SCHEDULE_KEYS = tuple(inspect.signature(build_scheduler).parameters)[1:]   # after the optimizer
@@ -92,18 +93,14 @@ def check_optimizer_settings(key: str, settings: dict, extra_keys: tuple[str, ..
     refuse_unknown_keys(key, settings, (*OPTIMIZER_KEYS, *extra_keys))
     if settings.get("type", "adam") not in OPTIMIZER_TYPES:
         raise ValueError(f"{key}.type={settings['type']!r} must be one of {', '.join(OPTIMIZER_TYPES)}")
-
-    def number(value) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
     for name, low, high in (("lr", 0.0, None), ("weight_decay", 0.0, None), ("momentum", 0.0, 1.0)):
         value = settings.get(name)
-        if value is not None and not (number(value) and value >= low and (high is None or value < high)):
+        if value is not None and not (is_number(value) and value >= low and (high is None or value < high)):
             bound = f">= {low:g}" + (f" and < {high:g}" if high is not None else "")
             raise ValueError(f"{key}.{name}={value!r} must be a number {bound}")
     betas = settings.get("betas")
     if betas is not None and not (isinstance(betas, (list, tuple)) and len(betas) == 2
-                                  and all(number(b) and 0 <= b < 1 for b in betas)):
+                                  and all(is_number(b) and 0 <= b < 1 for b in betas)):
         raise ValueError(f"{key}.betas={betas!r} must be two numbers in [0, 1), Adam's (beta1, beta2): "
                          "e.g. [0.5,0.999]")
 
@@ -196,7 +193,7 @@ class AdversarialModel(pl.LightningModule):
         if self.adversarial.mode != "wgan":
             return None
         clip = self.loss_cfg.get("clip")
-        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0:
+        if not is_number(clip) or clip <= 0:
             raise ValueError(f"loss.clip={clip!r}: loss=wgan clips the critic's weights to [-clip, clip] and needs "
                              "a positive number (the paper's 0.01)")
         return float(clip)
@@ -280,7 +277,7 @@ class AdversarialModel(pl.LightningModule):
         if name not in self.weights:
             raise KeyError(f"Missing loss weight 'loss.weights.{name}' for {type(self).__name__}")
         value = self.weights[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        if not is_number(value) or value < 0:
             raise ValueError(f"loss.weights.{name}={value!r} must be a number >= 0 (0 turns the term off)")
         return float(value)
 

@@ -1,6 +1,17 @@
 """Checks of config values that name the key and what it needs."""
 from __future__ import annotations
 
+import inspect
+import types
+import typing
+
+import hydra
+
+
+def is_number(value) -> bool:
+    """An int or float, not a bool (YAML's `true` is an int to Python)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
 
 def require_int(key: str, value, least: int = 1, allow_none: bool = False, why: str = "") -> None:
     """ValueError unless `value` is an int >= `least` (a bool is not: YAML's `true` would pass
@@ -24,7 +35,7 @@ def refuse_unknown_keys(key: str, settings: dict, known) -> None:
 #: the annotations `check_argument_types` checks, and what a value needs to pass as each
 _SCALAR_CHECKS = {
     int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-    float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    float: ("a number", is_number),
     bool: ("true or false", lambda v: isinstance(v, bool)),
     str: ("a string", lambda v: isinstance(v, str)),
 }
@@ -35,12 +46,6 @@ def check_argument_types(node: dict, key: str) -> None:
     scalar type its constructor's annotation asks for (`n_res: int` given 'abc'), instead of the
     TypeError deep in the network that the value would cause. Only int / float / bool / str
     annotations, optionally `| None`, are checked; anything else is left to the constructor."""
-    import inspect
-    import types
-    import typing
-
-    import hydra
-
     target = hydra.utils.get_object(node["_target_"])
     try:
         hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)

@@ -20,7 +20,7 @@ from src.metrics.shapes_truth import ShapesTruthScorer, background_tensor, is_sh
 from src.models.checkpoint_fit import check_checkpoint_file
 from src.models.noise_base import SAMPLES, NoiseToImageModel
 from src.utils.checkpoint_loading import load_model, run_config_path
-from src.utils.config_checks import require_int
+from src.utils.config_checks import is_number, require_int
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
 from src.utils.image_grid import make_grid, save_image
 from src.utils.sequence_plot import plot_series
@@ -302,7 +302,7 @@ def apply_truncation(model, psi) -> None:
     if not hasattr(getattr(model, "generator", None), "truncation_psi"):
         raise ValueError(f"truncation_psi={psi} is for StyleGAN checkpoints; {type(model).__name__} has no truncation: "
                          "leave it unset")
-    if isinstance(psi, bool) or not isinstance(psi, (int, float)):
+    if not is_number(psi):
         raise ValueError(f"truncation_psi={psi!r} must be a number (1: off, 0: every sample at the mean w)")
     model.generator.truncation_psi = float(psi)
 
