@@ -101,6 +101,20 @@ def test_a_test_split_too_small_for_fid_stops_the_run_before_training(train_cfg)
         run_training(train_cfg("model=cyclegan", "callbacks.image_grid.num_images=0"))
 
 
+@pytest.mark.parametrize("override, error, message", [
+    ("callbacks.latent.max_images=1", InstantiationException,
+     r"callbacks.latent.max_images=1 must be an integer >= 2 or null"),
+    ("callbacks.fid_kid.every_n_iters=-5", InstantiationException,
+     r"callbacks.fid_kid.every_n_iters=-5 must be an integer >= 0"),
+    # Lightning's own setting, annotated on ModelCheckpoint, which IterationCheckpoint passes it to
+    ("callbacks.model_checkpoint.save_top_k=abc", ValueError,
+     r"callbacks.model_checkpoint.save_top_k='abc' must be an integer \(IterationCheckpoint's save_top_k\)"),
+])
+def test_callback_settings_of_the_wrong_kind_are_named_by_key(train_cfg, override, error, message):
+    with pytest.raises(error, match=message):
+        run_training(train_cfg("model=cyclegan", override))
+
+
 def test_features_are_computed_once_per_image(extractor):
     calls = []
 

@@ -37,6 +37,7 @@ from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
 from src.metrics.image_classifier import ClassifierScorer, classifier_of_the_data
 from src.models.noise_base import SAMPLES
+from src.utils.config_checks import require_int
 from src.utils.directions import DIRECTIONS
 
 
@@ -92,13 +93,11 @@ class PeriodicEvaluation(pl.Callback):
 
     def __init__(self, every_n_iters: int = 5000, max_images: int | None = None, batch_size: int | None = None,
                  seed: int = 0):
-        if not isinstance(every_n_iters, int) or every_n_iters < 0:
-            raise ValueError(f"every_n_iters={every_n_iters!r} must be a non-negative int (0: only at the end)")
-        if max_images is not None and (not isinstance(max_images, int) or max_images < self.min_images):
-            raise ValueError(f"max_images={max_images!r} must be an int >= {self.min_images} or null "
-                             "(the whole test split)")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size={batch_size!r} must be a positive int or null")
+        key = self.config_key
+        require_int(f"{key}.every_n_iters", every_n_iters, least=0, why=" (0: only at the end of training)")
+        require_int(f"{key}.max_images", max_images, least=self.min_images, allow_none=True,
+                    why=" (null: the whole test split)")
+        require_int(f"{key}.batch_size", batch_size, allow_none=True, why=" (null: the data's evaluation batch size)")
         self.every_n_iters, self.max_images, self.batch_size, self.seed = every_n_iters, max_images, batch_size, seed
         self.enabled = True
         self._last_evaluated = -1

@@ -45,12 +45,17 @@ def check_argument_types(node: dict, key: str) -> None:
     """ValueError naming the setting when a value of a `_target_` config node does not have the
     scalar type its constructor's annotation asks for (`n_res: int` given 'abc'), instead of the
     TypeError deep in the network that the value would cause. Only int / float / bool / str
-    annotations, optionally `| None`, are checked; anything else is left to the constructor."""
+    annotations, optionally `| None` / `Optional`, are checked; anything else is left to the
+    constructor."""
     target = hydra.utils.get_object(node["_target_"])
-    try:
-        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
-    except Exception:   # an annotation that does not resolve: nothing to check against
-        return
+    # The bases' constructors too, the class's own annotations over theirs: a subclass may pass
+    # **kwargs on (IterationCheckpoint to Lightning's ModelCheckpoint).
+    hints = {}
+    for owner in reversed(target.__mro__) if inspect.isclass(target) else (target,):
+        try:
+            hints.update(typing.get_type_hints(owner.__init__ if inspect.isclass(owner) else owner))
+        except Exception:   # an annotation that does not resolve: nothing to check against
+            pass
     for name, value in node.items():
         hint = hints.get(name)
         if name.startswith("_") or hint is None:

@@ -2,6 +2,8 @@
 import hydra
 from omegaconf import DictConfig
 
+from src.utils.config_checks import check_argument_types
+
 
 def instantiate_list(cfg: DictConfig | None, key: str) -> list:
     """Instantiate every `_target_` node under `cfg`; a null entry disables that item."""
@@ -15,5 +17,6 @@ def instantiate_list(cfg: DictConfig | None, key: str) -> list:
             continue
         if not isinstance(node, DictConfig) or "_target_" not in node:
             raise ValueError(f"Config '{key}.{name}' needs a '_target_' key (or null to disable it)")
+        check_argument_types(node, f"{key}.{name}")
         items.append(hydra.utils.instantiate(node))
     return items
