@@ -423,6 +423,12 @@ def test_a_setting_that_is_not_a_boolean_is_refused(tmp_path):
         module(UnpairedDataModule, tmp_path, flip="maybe")
 
 
+def test_a_data_setting_of_the_wrong_type_stops_the_run_by_key(train_cfg):
+    from src.utils.run import run_training
+    with pytest.raises(ValueError, match=r"data.num_workers='x' must be an integer \(ShapesDataModule's num_workers\)"):
+        run_training(train_cfg("model=cyclegan", "data.num_workers=x"))
+
+
 def test_manual_dataset_explains_where_to_get_it(tmp_path):
     dm = UnpairedDataModule(data_dir=tmp_path / "selfie2anime", name="selfie2anime")
     with pytest.raises(DatasetNotFoundError, match="Google Drive"):

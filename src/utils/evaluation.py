@@ -20,7 +20,7 @@ from src.metrics.shapes_truth import ShapesTruthScorer, background_tensor, is_sh
 from src.models.checkpoint_fit import check_checkpoint_file
 from src.models.noise_base import SAMPLES, NoiseToImageModel
 from src.utils.checkpoint_loading import load_model, run_config_path
-from src.utils.config_checks import is_number, require_int
+from src.utils.config_checks import check_argument_types, is_number, require_int
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
 from src.utils.image_grid import make_grid, save_image
 from src.utils.sequence_plot import plot_series
@@ -322,7 +322,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
     require_int("batch_size", cfg.batch_size)
     device = resolve_device(cfg.get("device", "auto"))
     model = load_model(cfg.ckpt_path, map_location=device)
-    datamodule = hydra.utils.instantiate(data_config(cfg))
+    data = data_config(cfg)
+    check_argument_types(data, "data")
+    datamodule = hydra.utils.instantiate(data)
     datamodule.prepare_data()
     datamodule.setup("test")
     generates = isinstance(model, NoiseToImageModel)

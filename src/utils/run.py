@@ -15,7 +15,7 @@ from src.callbacks.progress import iteration_progress_bar
 from src.callbacks.rank_seed import RankSeed
 from src.models.checkpoint_fit import check_checkpoint_file
 from src.utils.auto_resume import AUTO, resolve_auto_resume
-from src.utils.config_checks import require_int
+from src.utils.config_checks import check_argument_types, require_int
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
 from src.utils.instantiate import instantiate_list
 from src.utils.wandb_run import WandbRunIdCallback, finish_wandb_run, is_wandb_node, with_wandb_identity
@@ -121,6 +121,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     # Before the data is built: a model/data mismatch gets the model's own error, not a
     # constructor's unexpected argument.
     hydra.utils.get_class(cfg.model._target_).check_data_config(cfg.data, cfg.get("model_name", cfg.model._target_))
+    check_argument_types(cfg.data, "data")
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     for name, child in model.named_children():
