@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import ExifTags, Image  # noqa: E402
 
 from src.data import download  # noqa: E402
 from src.data.folders import list_images  # noqa: E402
@@ -23,7 +23,7 @@ from src.data.errors import (  # noqa: E402
     ImageReadError,
     MissingPartnerError,
 )
-from src.data.image_io import load_image  # noqa: E402
+from src.data.image_io import load_image, upright_size  # noqa: E402
 from src.data.paired import PairedDataModule  # noqa: E402
 from src.data.sequences import SequenceDataModule  # noqa: E402
 from src.data.shapes import (  # noqa: E402
@@ -302,6 +302,28 @@ def test_image_modes(tmp_path):
     assert len(np.unique(deep)) > 200
     with pytest.raises(ValueError, match="data.input_nc"):
         load_image(tmp_path / "gray.png", 2)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif"])
+def test_photos_are_turned_upright_by_their_exif_orientation(tmp_path, suffix):
+    # Stored 16 rows x 24 columns, the left 8 columns white (8x8-aligned, so JPEG keeps the edge).
+    # Orientation 6 means "turn 90 degrees clockwise to view": 24 rows x 16 columns, the top 8
+    # rows white. Orientation 1 (upright) and no tag keep the stored picture.
+    stored = np.zeros((16, 24, 3), np.uint8)
+    stored[:, :8] = 255
+    for orientation in (6, 1, None):
+        path = tmp_path / f"photo_{orientation}{suffix}"
+        exif = Image.Exif()
+        if orientation is not None:
+            exif[ExifTags.Base.Orientation] = orientation
+        Image.fromarray(stored).save(path, exif=exif, **({"quality": 100} if suffix == ".jpg" else {}))
+        array = load_image(path, 3).astype(int)
+        if orientation == 6:
+            assert array.shape == (24, 16, 3) and upright_size(path) == (24, 16)
+            assert array[:8].mean() > 250 and array[8:].mean() < 5
+        else:
+            assert array.shape == (16, 24, 3) and upright_size(path) == (16, 24)
+            assert np.abs(array - stored).max() <= 8
 
 
 def test_grayscale_channels_in_batches(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
-from PIL import Image
+from PIL import ExifTags, Image
 
 from src.callbacks.shapes_truth import ShapesTruthCallback
 from src.data.image_io import load_image
@@ -296,13 +296,17 @@ def test_load_model_reads_the_run_config(smoke_runs, tmp_path):
 
 
 def write_odd_inputs(folder: Path) -> dict[str, tuple[int, int]]:
-    """RGBA 37x45, grayscale 30x22 and RGB 37x45 images; name -> (height, width)."""
+    """RGBA 37x45, grayscale 30x22, RGB 37x45 images and a photo stored 37x45 that its EXIF
+    orientation turns to 45x37; name -> (height, width) as viewed."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (37, 45, 4), dtype=np.uint8), "RGBA").save(folder / "rgba.png")
     Image.fromarray(rng.integers(0, 256, (30, 22), dtype=np.uint8), "L").save(folder / "gray.jpg")
     Image.fromarray(rng.integers(0, 256, (37, 45, 3), dtype=np.uint8)).save(folder / "rgb.png")
-    return {"rgba": (37, 45), "gray": (30, 22), "rgb": (37, 45)}
+    turned = Image.Exif()
+    turned[ExifTags.Base.Orientation] = 8
+    Image.fromarray(rng.integers(0, 256, (37, 45, 3), dtype=np.uint8)).save(folder / "portrait.jpg", exif=turned)
+    return {"rgba": (37, 45), "gray": (30, 22), "rgb": (37, 45), "portrait": (45, 37)}
 
 
 def test_translate_script_writes_input_sized_outputs_and_an_onnx_graph(smoke_runs, tmp_path):
@@ -370,7 +374,7 @@ def test_translate_errors_name_the_setting(smoke_runs, tmp_path):
                                       output=str(tmp_path / "out"), device="tpu"))
     written = run_translation(translate_cfg(ckpt_path=str(smoke_runs["pix2pix"].ckpt), input=str(tmp_path / "in"),
                                             output=str(tmp_path / "out")))["written"]
-    assert sorted(Path(p).name for p in written) == ["gray.png", "rgb.png", "rgba.png"]
+    assert sorted(Path(p).name for p in written) == ["gray.png", "portrait.png", "rgb.png", "rgba.png"]
 
 
 @pytest.mark.parametrize("override, message", [("batch_size=0", r"batch_size=0 must be a positive integer"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from src.data.errors import ImageReadError
 
@@ -28,14 +28,17 @@ def check_channels(channels: int, key: str = "data.input_nc/data.output_nc") -> 
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image, raising ImageReadError that names the file on failure.
+    """Open and fully decode an image, upright, raising ImageReadError that names the file on failure.
 
     Decoding happens here (``load()``), not lazily later, so that truncated files fail with
-    their path instead of deep inside a transform.
+    their path instead of deep inside a transform. Cameras and phones store a portrait photo as
+    landscape pixels plus an EXIF orientation tag; the picture is turned as that tag says, so
+    the network sees what every image viewer shows (PIL alone would return it sideways).
     """
     try:
         with Image.open(path) as image:
             image.load()
+            ImageOps.exif_transpose(image, in_place=True)
             return image
     except FileNotFoundError:
         raise
@@ -44,6 +47,16 @@ def open_image(path: str | Path) -> Image.Image:
             f"Cannot read image file {path}: {error}. Delete or replace the file "
             f"(it may be truncated or not an image)."
         ) from error
+
+
+def upright_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of the image as open_image returns it, EXIF orientation applied.
+
+    Decodes the file: only that agrees with open_image in every format (a PNG may keep its EXIF
+    block after the pixels, and PIL's TIFF reader turns the picture itself and reports the turned
+    size in the header, dropping the tag on load)."""
+    width, height = open_image(path).size
+    return height, width
 
 
 def _high_bit_depth_to_uint8(image: Image.Image) -> Image.Image:

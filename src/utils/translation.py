@@ -19,9 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from src.data.errors import ImageReadError
 from src.data.folders import IMAGE_EXTENSIONS, is_image_file
-from src.data.image_io import load_image
+from src.data.image_io import load_image, upright_size
 from src.data.transforms import to_tensor
 from src.models.base import TranslationModel
 from src.models.size_check import check_translation_size
@@ -132,23 +131,11 @@ def list_input_images(path: str | Path) -> list[Path]:
     return images
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file header, without decoding the pixels."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # PIL raises several unrelated types for non-images
-        raise ImageReadError(f"Cannot read image file {path}: {error}") from error
-    return height, width
-
-
 def group_by_size(paths: list[Path]) -> dict[tuple[int, int], list[Path]]:
     """(height, width) -> its paths, in order of first appearance: one batch holds one size."""
     groups: dict[tuple[int, int], list[Path]] = {}
     for path in paths:
-        groups.setdefault(image_size(path), []).append(path)
+        groups.setdefault(upright_size(path), []).append(path)
     return groups
 
 
