@@ -329,6 +329,17 @@ def test_max_iters_must_be_a_positive_integer_named_in_iterations(train_cfg, max
     assert build_trainer_kwargs(cfg, model)["max_steps"] == 6
 
 
+@pytest.mark.parametrize("precision", ["64-true", 64, "16-true", "bf16-true", "transformer-engine"])
+def test_a_precision_that_casts_the_weights_is_refused_by_key(train_cfg, precision):
+    cfg = train_cfg("model=cyclegan", "trainer=cpu", f"trainer.precision={precision}")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    with pytest.raises(ValueError, match=rf"trainer.precision={precision!r} is not supported.*Use trainer.precision=32-true"):
+        build_trainer_kwargs(cfg, model)
+    for supported in ("32-true", 32, "bf16-mixed", "16-mixed"):
+        cfg.trainer.precision = supported
+        assert build_trainer_kwargs(cfg, model)["precision"] == supported
+
+
 @pytest.mark.parametrize("trainer_settings,computes_bf16,warned", [
     (["trainer=cpu", "trainer.precision=bf16-mixed"], False, True),
     (["trainer=cpu", "trainer.precision=bf16-mixed"], True, False),     # AVX-512 BF16 / AMX: no warning

@@ -57,10 +57,28 @@ def warn_emulated_cpu_bf16(trainer_cfg: dict) -> None:
                     trainer_cfg.get("precision"))
 
 
+# Lightning's precision settings that keep the weights in float32 (the mixed ones autocast the
+# forward). The "-true" settings of 64, 16 and bf16 cast the modules' weights, while the batches,
+# image pools, sample grids, evaluation callbacks and fast_conv's C kernels stay float32.
+FLOAT32_WEIGHT_PRECISIONS = ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16")
+
+
+def check_precision(trainer_cfg: dict) -> None:
+    """ValueError at start for a precision this codebase does not train in, instead of a dtype
+    mismatch in the first convolution ("Input type (float) and bias type (double)")."""
+    precision = trainer_cfg.get("precision")
+    if precision is not None and str(precision) not in FLOAT32_WEIGHT_PRECISIONS:
+        raise ValueError(
+            f"trainer.precision={precision!r} is not supported: the models train float32 weights (their "
+            f"batches, image pools, samples and evaluation stay float32). Use trainer.precision=32-true, "
+            f"bf16-mixed (CPUs with bf16 arithmetic, Ampere or newer GPUs) or 16-mixed (GPUs).")
+
+
 def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     """Trainer arguments, with `max_iters` (training iterations) turned into optimizer steps."""
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     check_accelerator(kwargs)
+    check_precision(kwargs)
     warn_emulated_cpu_bf16(kwargs)
     max_iters = cfg.get("max_iters")
     # Checked here: Lightning would name max_steps (twice this for a two-player model).
