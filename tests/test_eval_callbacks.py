@@ -19,6 +19,7 @@ from hydra.errors import InstantiationException
 from conftest import compose_train_cfg
 from src.callbacks.fid_kid import FidKidCallback, isolated_rng, shard_range
 from src.callbacks.latent import gather_rows
+from src.data.shapes import ShapesDataModule
 from src.metrics import features as features_module
 from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
@@ -360,3 +361,12 @@ def test_inception_weights_must_load_as_plain_tensors(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="weights_only=True") as error:
         build_feature_extractor("inception", weights_path=str(unsafe))
     assert str(unsafe) in str(error.value)
+
+
+def test_an_unknown_feature_extractor_is_named_by_its_key(tmp_path):
+    with pytest.raises(ValueError, match=r"callbacks.fid_kid.feature_extractor='clip' must be one of inception, random_cnn"):
+        build_feature_extractor("clip")
+    with pytest.raises(ValueError, match=r"^feature_extractor='clip' must be one of"):   # eval.py's own setting
+        build_feature_extractor("clip", settings="")
+    with pytest.raises(ValueError, match=r"data.feature_extractor='clip' must be one of inception, random_cnn"):
+        ShapesDataModule(data_dir=str(tmp_path), feature_extractor="clip")

@@ -21,6 +21,7 @@ from src.data.batching import SIZE_KEEPING_MODES, collate_same_size, first_items
 from src.data.epoch_order import EpochOrderLoader, EpochOrderSampler, SeededItems, items_done_when_resharded
 from src.data.image_io import check_channels
 from src.data.transforms import ImageTransform
+from src.metrics.features import FEATURE_EXTRACTORS
 from src.utils.config_checks import require_int
 from src.utils.directions import DIRECTIONS
 
@@ -315,6 +316,9 @@ class ImageTranslationDataModule(SplitDataModule):
         if not isinstance(flip, bool):   # a string like "maybe" would read as true
             raise ValueError(f"data.flip={flip!r} must be true or false.")
         require_int("data.max_dataset_size", max_dataset_size, allow_none=True)
+        if feature_extractor not in FEATURE_EXTRACTORS:   # else the FID callback would name its own key
+            raise ValueError(f"data.feature_extractor={feature_extractor!r} must be one of "
+                             f"{', '.join(FEATURE_EXTRACTORS)}.")
 
         self.data_dir = Path(data_dir)
         self.name = name

@@ -187,5 +187,6 @@ def build_feature_extractor(name: str, weights_path: str | None = None, device: 
     elif name == "random_cnn":
         extractor = RandomCNNFeatures()
     else:
-        raise ValueError(f"feature_extractor={name!r} must be one of {', '.join(FEATURE_EXTRACTORS)} (or auto).")
+        raise ValueError(f"{settings}feature_extractor={name!r} must be one of {', '.join(FEATURE_EXTRACTORS)} "
+                         "(or auto).")
     return extractor.to(device) if device is not None else extractor
