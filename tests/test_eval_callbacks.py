@@ -107,6 +107,10 @@ def test_a_test_split_too_small_for_fid_stops_the_run_before_training(train_cfg)
      r"callbacks.latent.max_images=1 must be an integer >= 2 or null"),
     ("callbacks.fid_kid.every_n_iters=-5", InstantiationException,
      r"callbacks.fid_kid.every_n_iters=-5 must be an integer >= 0"),
+    ("callbacks.latent.pool=max", InstantiationException, r"callbacks.latent.pool='max' must be one of mean, flatten"),
+    ("callbacks.latent.perplexity=-3", InstantiationException, r"callbacks.latent.perplexity=-3 must be a number > 0"),
+    ("callbacks.fid_kid.directions=[XtoY]", InstantiationException,
+     r"callbacks.fid_kid.directions=\['XtoY'\] must be a non-empty subset of \['AtoB', 'BtoA'\]"),
     # Lightning's own setting, annotated on ModelCheckpoint, which IterationCheckpoint passes it to
     ("callbacks.model_checkpoint.save_top_k=abc", ValueError,
      r"callbacks.model_checkpoint.save_top_k='abc' must be an integer \(IterationCheckpoint's save_top_k\)"),

@@ -213,7 +213,8 @@ class FidKidCallback(PeriodicEvaluation):
         self.directions = tuple(str(d) for d in directions)
         unknown = [d for d in self.directions if d not in DIRECTIONS]
         if unknown or not self.directions:
-            raise ValueError(f"directions={list(self.directions)} must be a non-empty subset of {list(DIRECTIONS)}")
+            raise ValueError(f"{self.config_key}.directions={list(self.directions)} must be a non-empty subset of "
+                             f"{list(DIRECTIONS)}")
         self.feature_extractor = feature_extractor
         self.feature_extractor_weights_path = feature_extractor_weights_path
         self.save_best, self.dirpath = save_best, dirpath

@@ -29,6 +29,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from src.callbacks.fid_kid import PeriodicEvaluation, publish_metrics
 from src.metrics.mmd import mmd2_unbiased
+from src.utils.config_checks import is_number
 
 POOLS = ("mean", "flatten")
 DOMAIN_COLORS = {"A": (31, 119, 180), "B": (255, 127, 14)}  # blue, orange
@@ -102,7 +103,10 @@ class LatentCallback(PeriodicEvaluation):
                  seed: int = 0):
         super().__init__(every_n_iters, max_images, batch_size, seed)
         if pool not in POOLS:
-            raise ValueError(f"pool={pool!r} must be one of {', '.join(POOLS)}")
+            raise ValueError(f"{self.config_key}.pool={pool!r} must be one of {', '.join(POOLS)}")
+        if not is_number(perplexity) or perplexity <= 0:   # tsne_2d caps it for small sets, never raises it
+            raise ValueError(f"{self.config_key}.perplexity={perplexity!r} must be a number > 0 (t-SNE's "
+                             "effective number of neighbours; 5-50 are usual)")
         self.dirpath = Path(dirpath) if dirpath else None
         self.tsne, self.perplexity, self.pool = tsne, perplexity, pool
         self._latent_dim: int | None = None
