@@ -118,6 +118,11 @@ def test_smoke_run_writes_checkpoint_samples_and_finite_metrics(train_cfg, model
     ("model=ugatit model.local_discriminator.n_layers=2.5", r"model.local_discriminator.n_layers=2.5 must be an integer"),
     ("model=cyclegan model.generator.use_dropout=1", r"model.generator.use_dropout=1 must be true or false"),
     ("model=cyclegan model.discriminator.ndf=true", r"model.discriminator.ndf=True must be an integer"),
+    # sizes: a width of 0 or a negative count would end in a shape error inside the network
+    ("model=cyclegan model.generator.ngf=0", r"model.generator.ngf=0 must be a positive integer"),
+    ("model=cyclegan model.discriminator.ndf=-4", r"model.discriminator.ndf=-4 must be a positive integer"),
+    ("model=ugatit model.generator.n_res=-1", r"model.generator.n_res=-1 must be an integer >= 0"),
+    ("model=rgan data=sines model.discriminator.hidden=0", r"model.discriminator.hidden=0 must be a positive integer"),
 ])
 def test_network_settings_of_the_wrong_type_are_named_by_key(train_cfg, override, message):
     with pytest.raises(hydra.errors.InstantiationException, match=message):

@@ -29,7 +29,7 @@ from src.models.size_check import check_image_size
 from src.models import step_in_backward
 from src.nets.init import init_weights
 from src.nets.fast_conv import configure_fast_conv
-from src.utils.config_checks import check_argument_types, is_number, refuse_unknown_keys
+from src.utils.config_checks import check_argument_types, check_network_sizes, is_number, refuse_unknown_keys
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
 from src.utils.rng import collect_rng_states, restore_rng_states
 
@@ -43,6 +43,7 @@ def build_net(net_cfg: dict, init: dict, key: str) -> nn.Module:
     """Instantiate a network from its `_target_` config (the config node `key`, which errors
     name) and initialise its weights."""
     check_argument_types(net_cfg, key)
+    check_network_sizes(net_cfg, key)
     return init_weights(hydra.utils.instantiate(net_cfg), init.get("type", "normal"), init.get("gain", 0.02))
 
 

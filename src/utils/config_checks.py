@@ -71,3 +71,23 @@ def check_argument_types(node: dict, key: str) -> None:
             need = " or ".join(what for what, _ in checks) + (" or null" if type(None) in options else "")
             raise ValueError(f"{key}.{name}={value!r} must be {need} ({getattr(target, '__name__', target)}'s "
                              f"{name})")
+
+
+#: network settings that are sizes: a width, a channel count, an image side or a length. Zero
+#: builds a layer of no units, which fails later as a shape error far from the setting.
+POSITIVE_NETWORK_SETTINGS = frozenset({
+    "ngf", "ndf", "fc", "hidden", "latent_dim", "style_dim", "fmap_base", "fmap_max", "input_nc", "output_nc",
+    "channels", "image_size", "img_size", "seq_len", "num_scales", "num_layers"})
+
+
+def check_network_sizes(node: dict, key: str) -> None:
+    """ValueError naming the setting when a network's integer setting is negative (no network
+    setting is: widths, depths and counts start at 0), or 0 where it is a size
+    (POSITIVE_NETWORK_SETTINGS): torch would report a negative dimension or a zero-size tensor
+    somewhere inside the network instead."""
+    for name, value in node.items():
+        if name.startswith("_") or isinstance(value, bool) or not isinstance(value, int):
+            continue
+        least = 1 if name in POSITIVE_NETWORK_SETTINGS else 0
+        if value < least:
+            require_int(f"{key}.{name}", value, least=least)
