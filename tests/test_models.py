@@ -130,6 +130,20 @@ def test_network_settings_of_the_wrong_type_are_named_by_key(train_cfg, override
 
 
 @pytest.mark.parametrize("override, message", [
+    ("model.lr_schedule.decay=abc", r"model.lr_schedule.decay='abc' must be an integer >= 0 or half \(epochs"),
+    ("model.lr_schedule.constant=-1", r"model.lr_schedule.constant=-1 must be an integer >= 0 or half"),
+    ("++model.lr_schedule.step_size=0", r"model.lr_schedule.step_size=0 must be a positive integer"),
+    ("++model.lr_schedule.gamma=-0.5", r"model.lr_schedule.gamma=-0.5 must be a number > 0"),
+    ("model.lr_schedule.unit=step", r"Unknown model.lr_schedule.unit 'step'"),
+])
+def test_a_schedule_setting_it_cannot_use_is_named_when_the_model_is_built(train_cfg, override, message):
+    with pytest.raises(hydra.errors.InstantiationException, match=message):
+        hydra.utils.instantiate(train_cfg("model=cyclegan", override).model, _recursive_=False)
+    # U-GAT-IT's default: half the run's iterations
+    assert hydra.utils.instantiate(train_cfg("model=ugatit").model, _recursive_=False).lr_schedule_cfg["decay"] == "half"
+
+
+@pytest.mark.parametrize("override, message", [
     ("loss.weights.cam=abc", r"loss.weights.cam='abc' must be a number >= 0"),
     ("loss.weights.cycle=-1", r"loss.weights.cycle=-1 must be a number >= 0"),
 ])

@@ -9,6 +9,8 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from src.utils.config_checks import is_number, require_int
+
 POLICIES = ("constant", "linear", "step", "cosine", "exponential")
 UNITS = ("epoch", "iteration")
 
@@ -102,13 +104,30 @@ def decay_end_mismatch(factor, unit: str, length: int) -> str | None:
             f"'half'; a resumed run keeps the schedule of the run it continues), or ignore this if it is meant.")
 
 
-def build_scheduler(optimizer: Optimizer, policy: str = "linear", unit: str = "epoch", constant: int = 100,
-                    decay: int = 100, step_size: int = 50, gamma: float = 0.1, decay_rate: float = 1.0,
-                    min_factor: float = 0.0) -> LambdaLR:
+def check_schedule_settings(policy: str = "linear", unit: str = "epoch", constant=100, decay=100, step_size=50,
+                            gamma=0.1, decay_rate=1.0, min_factor=0.0) -> None:
+    """ValueError naming the `model.lr_schedule` key of a value build_scheduler cannot use, at the
+    model's construction rather than as a TypeError, or a schedule that silently never moves
+    (a negative `constant`), at the first scheduler step."""
     if policy not in POLICIES:
         raise ValueError(f"Unknown model.lr_schedule.policy '{policy}'; choose one of {POLICIES}")
     if unit not in UNITS:
         raise ValueError(f"Unknown model.lr_schedule.unit '{unit}'; choose one of {UNITS}")
+    # `half` has been replaced by the run's length, or by None while it waits for it (DecayToZero).
+    for key, value in (("constant", constant), ("decay", decay)):
+        if value not in ("half", None):
+            require_int(f"model.lr_schedule.{key}", value, least=0, why=f" or half ({unit}s; half: half the run)")
+    require_int("model.lr_schedule.step_size", step_size, why=f" ({unit}s between the rate's steps)")
+    for key, value, least in (("gamma", gamma, 0.0), ("decay_rate", decay_rate, 0.0), ("min_factor", min_factor, None)):
+        if not is_number(value) or (value <= least if least is not None else value < 0):
+            raise ValueError(f"model.lr_schedule.{key}={value!r} must be a number "
+                             f"{'> 0' if least is not None else '>= 0'}")
+
+
+def build_scheduler(optimizer: Optimizer, policy: str = "linear", unit: str = "epoch", constant: int = 100,
+                    decay: int = 100, step_size: int = 50, gamma: float = 0.1, decay_rate: float = 1.0,
+                    min_factor: float = 0.0) -> LambdaLR:
+    check_schedule_settings(policy, unit, constant, decay, step_size, gamma, decay_rate, min_factor)
     factor = {"constant": lambda: Constant(), "linear": lambda: LinearDecay(constant, decay),
               "step": lambda: StepDecay(step_size, gamma), "cosine": lambda: CosineDecay(constant, decay),
               "exponential": lambda: ExponentialDecay(decay_rate, min_factor)}[policy]()
