@@ -100,6 +100,7 @@ def test_unknown_configuration_is_named():
     ("repeats=0", r"repeats=0 must be a positive integer"),
     ("warmup=-1", r"warmup=-1 must be an integer >= 0"),
     ("ab=foo", r"ab='foo' must be one of fast_conv, step_in_backward, or null"),
+    ("seed=abc", r"seed='abc' must be an integer >= 0$"),
 ])
 def test_settings_a_worker_would_fail_on_are_refused_before_any_starts(override, message):
     with pytest.raises(ValueError, match=message):

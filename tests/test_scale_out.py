@@ -319,6 +319,18 @@ def test_a_gpu_trainer_without_a_gpu_names_the_trainer_to_use(train_cfg, trainer
         build_trainer_kwargs(cfg, model)
 
 
+@pytest.mark.parametrize("seed, message", [
+    ("abc", r"seed='abc' must be an integer >= 0 or null \(null: unseeded\)"),
+    (-1, r"seed=-1 must be an integer >= 0"),
+    (2**32, r"seed=4294967296 must be at most 4294967295"),   # Lightning would warn and seed 0
+])
+def test_a_seed_numpy_cannot_take_is_refused_by_key(train_cfg, seed, message):
+    cfg = train_cfg("model=cyclegan", f"seed={seed}")
+    with pytest.raises(ValueError, match=message):
+        run_training(cfg)
+    assert not Path(cfg.paths.output_dir, "checkpoints").exists()
+
+
 @pytest.mark.parametrize("max_iters", [-1, 0, 1.5, "ten"])
 def test_max_iters_must_be_a_positive_integer_named_in_iterations(train_cfg, max_iters):
     cfg = train_cfg("model=cyclegan", f"max_iters={max_iters}")

@@ -23,7 +23,7 @@ from src.utils.bench_report import (interval_text, is_reference_iteration, memor
 from src.utils.bench_step import COMPILE_MODES, compose_model_config
 from src.utils.bench_versus import pool_same_code, run_pairs
 from src.utils.bench_worker import ROOT, run_in_subprocess
-from src.utils.config_checks import require_int
+from src.utils.config_checks import check_seed, require_int
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +209,7 @@ def check_settings(cfg: DictConfig) -> None:
         raise ValueError(f"device={cfg.device!r} must be cpu or cuda (conf/bench.yaml: suites)")
     for key, least in (("threads", 1), ("repeats", 1), ("warmup", 0)):
         require_int(key, cfg[key], least=least, why=" (conf/bench.yaml)")
+    check_seed("seed", cfg.seed, allow_none=False)
     if cfg.get("ab") is not None and cfg.ab not in TOGGLES:
         raise ValueError(f"ab={cfg.ab!r} must be one of {', '.join(TOGGLES)}, or null (conf/bench.yaml)")
 

@@ -23,6 +23,17 @@ def require_int(key: str, value, least: int = 1, allow_none: bool = False, why: 
         raise ValueError(f"{key}={value!r} must be {need}{' or null' if allow_none else ''}{why}")
 
 
+#: numpy's seeds, and so Lightning's seed_everything's, which would warn and use 0 for any other
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(key: str, value, allow_none: bool = True) -> None:
+    """ValueError unless `value` is an integer seed in 0..MAX_SEED (or None: unseeded)."""
+    require_int(key, value, least=0, allow_none=allow_none, why=" (null: unseeded)" if allow_none else "")
+    if value is not None and value > MAX_SEED:
+        raise ValueError(f"{key}={value!r} must be at most {MAX_SEED} (numpy's largest seed)")
+
+
 def refuse_unknown_keys(key: str, settings: dict, known) -> None:
     """ValueError for a name under the config node `key` that nothing reads: a misspelt setting
     (`+model.optimizer.beta=...`) would otherwise be ignored in silence."""

@@ -15,7 +15,7 @@ from src.callbacks.progress import iteration_progress_bar
 from src.callbacks.rank_seed import RankSeed
 from src.models.checkpoint_fit import check_checkpoint_file
 from src.utils.auto_resume import AUTO, resolve_auto_resume
-from src.utils.config_checks import check_argument_types, require_int
+from src.utils.config_checks import check_argument_types, check_seed, require_int
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
 from src.utils.instantiate import instantiate_list
 from src.utils.wandb_run import WandbRunIdCallback, finish_wandb_run, is_wandb_node, with_wandb_identity
@@ -133,6 +133,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
             cfg.ckpt_path = resolve_auto_resume(cfg)
     check_checkpoint_file(cfg.get("ckpt_path"))
     default_wandb_offline()
+    check_seed("seed", cfg.get("seed"))
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
