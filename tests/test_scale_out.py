@@ -331,6 +331,12 @@ def test_a_seed_numpy_cannot_take_is_refused_by_key(train_cfg, seed, message):
     assert not Path(cfg.paths.output_dir, "checkpoints").exists()
 
 
+def test_a_model_setting_of_the_wrong_type_is_named_by_key(train_cfg):
+    cfg = train_cfg("model=cyclegan", "model.pool_size=abc")   # was: '<' not supported between str and int
+    with pytest.raises(ValueError, match=r"model.pool_size='abc' must be an integer \(CycleGAN's pool_size\)"):
+        run_training(cfg)
+
+
 @pytest.mark.parametrize("max_iters", [-1, 0, 1.5, "ten"])
 def test_max_iters_must_be_a_positive_integer_named_in_iterations(train_cfg, max_iters):
     cfg = train_cfg("model=cyclegan", f"max_iters={max_iters}")

@@ -141,6 +141,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     # constructor's unexpected argument.
     hydra.utils.get_class(cfg.model._target_).check_data_config(cfg.data, cfg.get("model_name", cfg.model._target_))
     check_argument_types(cfg.data, "data")
+    check_argument_types(cfg.model, "model")   # its networks' nodes: build_net
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     for name, child in model.named_children():
