@@ -136,11 +136,12 @@ def test_network_settings_of_the_wrong_type_are_named_by_key(train_cfg, override
     ("++model.lr_schedule.gamma=-0.5", r"model.lr_schedule.gamma=-0.5 must be a number > 0"),
     ("model.lr_schedule.unit=step", r"Unknown model.lr_schedule.unit 'step'"),
 ])
-def test_a_schedule_setting_it_cannot_use_is_named_when_the_model_is_built(train_cfg, override, message):
-    with pytest.raises(hydra.errors.InstantiationException, match=message):
-        hydra.utils.instantiate(train_cfg("model=cyclegan", override).model, _recursive_=False)
-    # U-GAT-IT's default: half the run's iterations
-    assert hydra.utils.instantiate(train_cfg("model=ugatit").model, _recursive_=False).lr_schedule_cfg["decay"] == "half"
+def test_a_schedule_setting_it_cannot_use_stops_the_fit_at_start(train_cfg, override, message):
+    cfg = train_cfg("model=cyclegan", override, "max_iters=1")
+    hydra.utils.instantiate(cfg.model, _recursive_=False)   # the model builds: an old checkpoint still loads
+    with pytest.raises(ValueError, match=message):
+        run_training(cfg)
+    assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))   # refused before the first step
 
 
 @pytest.mark.parametrize("override, message", [

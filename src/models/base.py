@@ -24,7 +24,7 @@ from src.losses import AdversarialLoss
 from src.models.checkpoint_fit import check_resume_fits
 from src.models.image_pool import ImagePool
 from src.models.loss_scaling import PlayerGradScalers
-from src.models.lr_schedules import DecayToZero, build_scheduler, check_schedule_settings, decay_end_mismatch
+from src.models.lr_schedules import DecayToZero, build_scheduler, decay_end_mismatch
 from src.models.size_check import check_image_size
 from src.models import step_in_backward
 from src.nets.init import init_weights
@@ -165,7 +165,6 @@ class AdversarialModel(pl.LightningModule):
         self.init_cfg = to_plain(init)
         refuse_unknown_keys("loss", self.loss_cfg, LOSS_KEYS)
         refuse_unknown_keys("model.lr_schedule", self.lr_schedule_cfg, SCHEDULE_KEYS)
-        check_schedule_settings(**self.lr_schedule_cfg)
         for key, settings in (("model.init", self.init_cfg),
                               *((f"model.init.players.{name}", player)
                                 for name, player in self.init_cfg.get("players", {}).items())):

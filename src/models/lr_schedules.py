@@ -106,9 +106,10 @@ def decay_end_mismatch(factor, unit: str, length: int) -> str | None:
 
 def check_schedule_settings(policy: str = "linear", unit: str = "epoch", constant=100, decay=100, step_size=50,
                             gamma=0.1, decay_rate=1.0, min_factor=0.0) -> None:
-    """ValueError naming the `model.lr_schedule` key of a value build_scheduler cannot use, at the
-    model's construction rather than as a TypeError, or a schedule that silently never moves
-    (a negative `constant`), at the first scheduler step."""
+    """ValueError naming the `model.lr_schedule` key of a value build_scheduler cannot use (instead
+    of a TypeError at the first scheduler step), or one that silently misbehaves (a negative
+    `constant` decays from the start). Checked when a fit configures its optimizers, not when the
+    model is built, so a checkpoint of an older run still loads for inference."""
     if policy not in POLICIES:
         raise ValueError(f"Unknown model.lr_schedule.policy '{policy}'; choose one of {POLICIES}")
     if unit not in UNITS:
