@@ -379,7 +379,8 @@ def test_translate_errors_name_the_setting(smoke_runs, tmp_path):
 
 @pytest.mark.parametrize("override, message", [("batch_size=0", r"batch_size=0 must be a positive integer"),
                                                ("device=tpu", r"device='tpu' is not a device torch knows"),
-                                               ("data.num_workers=x", r"data.num_workers='x' must be an integer")])
+                                               ("data.num_workers=x", r"data.num_workers='x' must be an integer"),
+                                               ("name=[a,b]", r"name=\['a', 'b'\] must be a single name")])
 def test_eval_settings_it_cannot_use_are_named(smoke_runs, tmp_path, shared_data_dir, override, message):
     with pytest.raises(ValueError, match=message):
         evaluate(smoke_runs["cyclegan"], tmp_path, shared_data_dir, override)

@@ -320,6 +320,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
         raise ValueError("ckpt_path is required: ckpt_path=path/to/checkpoints/last.ckpt (written by src/train.py)")
     check_checkpoint_file(cfg.ckpt_path)
     require_int("batch_size", cfg.batch_size)
+    if OmegaConf.is_config(cfg.get("name")):
+        raise ValueError(f"name={OmegaConf.to_container(cfg.name)!r} must be a single name (the row of the printed "
+                         "table), or null for the model class and data name")
     device = resolve_device(cfg.get("device", "auto"))
     model = load_model(cfg.ckpt_path, map_location=device)
     data = data_config(cfg)
@@ -365,7 +368,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
         directions, results = evaluate_translations(model, datamodule, dataset, loader, scorer, output_dir, device)
     report.update({"directions": directions, "metrics": results})
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
-    name = cfg.get("name") or f"{type(model).__name__} / {datamodule.name}"
+    name = str(cfg.name) if cfg.get("name") is not None else f"{type(model).__name__} / {datamodule.name}"
     row = markdown_row(name, results)
     print(row)
     log.info("Wrote %s", output_dir / "metrics.json")
