@@ -23,7 +23,7 @@ from src.data.errors import (  # noqa: E402
     ImageReadError,
     MissingPartnerError,
 )
-from src.data.image_io import load_image, upright_size  # noqa: E402
+from src.data.image_io import load_image, open_image, upright_size  # noqa: E402
 from src.data.paired import PairedDataModule  # noqa: E402
 from src.data.sequences import SequenceDataModule  # noqa: E402
 from src.data.shapes import (  # noqa: E402
@@ -324,6 +324,58 @@ def test_photos_are_turned_upright_by_their_exif_orientation(tmp_path, suffix):
         else:
             assert array.shape == (16, 24, 3) and upright_size(path) == (16, 24)
             assert np.abs(array - stored).max() <= 8
+
+
+def write_photo(path: Path, width: int, height: int, orientation: int | None = None) -> Path:
+    """A smooth JPEG photo stand-in (gradients and broad waves, which JPEG's DCT scaling keeps)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    pixels = np.stack([x, y, 0.5 + 0.5 * np.sin(6 * x + 4 * y)], -1) * 255
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[ExifTags.Base.Orientation] = orientation
+    Image.fromarray(pixels.round().astype(np.uint8)).save(path, quality=95, exif=exif)
+    return path
+
+
+def test_a_large_jpeg_decodes_at_reduced_scale_never_below_the_size_asked(tmp_path):
+    photo = write_photo(tmp_path / "photo.jpg", 1024, 768)
+    # (height, width) asked -> the largest of 1/1, 1/2, 1/4, 1/8 that keeps both sides at least that
+    for asked, decoded in (((100, 100), (256, 192)), ((50, 50), (128, 96)), ((400, 400), (1024, 768)),
+                           (None, (1024, 768))):
+        assert open_image(photo, asked).size == decoded
+    # asked in upright terms: a portrait stored 1024 x 768 and turned (orientation 6) is 768 wide
+    turned = write_photo(tmp_path / "turned.jpg", 1024, 768, orientation=6)
+    assert open_image(turned, (300, 200)).size == (384, 512)   # 1/2: 200 <= 384, 300 <= 512
+    Image.open(photo).save(tmp_path / "photo.png")
+    assert open_image(tmp_path / "photo.png", (50, 50)).size == (1024, 768)   # only JPEG has it
+
+
+@pytest.mark.parametrize("layout", ["unpaired", "aligned"])
+def test_reduced_jpeg_decode_gives_the_full_decodes_items(tmp_path, layout):
+    """Decoding a photo at 1/8 scale before the resize to 64 px gives what the full decode's resize
+    does, up to rounding; only resize_and_crop, whose first resize has a fixed size, uses it."""
+    root = tmp_path / layout
+    for split in ("train", "test"):
+        if layout == "unpaired":
+            for domain in "AB":
+                write_photo(root / f"{split}{domain}" / "p.jpg", 1024, 768)
+        else:   # A|B side by side: each half is resized to 64, so the whole image to 64 x 128
+            write_photo(root / split / "p.jpg", 2048, 768)
+    cls = UnpairedDataModule if layout == "unpaired" else PairedDataModule
+    items = {}
+    for reduced in (True, False):
+        dm = module(cls, root, load_size=64, crop_size=64, flip=False, reduced_jpeg_decode=reduced)
+        dm.setup("fit")
+        assert dm.eval_transform.decode_at_least == ((64, 64) if reduced else None)
+        items[reduced] = dm.test_dataloader().dataset[0]
+    for key in "AB":
+        assert items[True][key].shape == items[False][key].shape == (3, 64, 64)
+        difference = (items[True][key] - items[False][key]).abs()
+        assert difference.mean() < 0.005 and difference.max() < 0.03   # of the [-1, 1] range: 0.7 and 4 levels
+    assert module(cls, root, preprocess="scale_width", load_size=64, crop_size=64).train_transform.decode_at_least is None
+    with pytest.raises(ValueError, match="data.reduced_jpeg_decode='yes' must be true or false"):
+        module(cls, root, reduced_jpeg_decode="yes")
 
 
 def test_grayscale_channels_in_batches(tmp_path):

@@ -305,6 +305,7 @@ class ImageTranslationDataModule(SplitDataModule):
         output_nc: int = 3,
         eval_batch_size: int | None = None,
         feature_extractor: str = "inception",
+        reduced_jpeg_decode: bool = True,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          persistent_workers=persistent_workers, eval_batch_size=eval_batch_size)
@@ -313,8 +314,9 @@ class ImageTranslationDataModule(SplitDataModule):
             raise ValueError(f"data.direction={direction!r} must be one of {', '.join(DIRECTIONS)}.")
         check_channels(input_nc, "data.input_nc")
         check_channels(output_nc, "data.output_nc")
-        if not isinstance(flip, bool):   # a string like "maybe" would read as true
-            raise ValueError(f"data.flip={flip!r} must be true or false.")
+        for key, value in (("flip", flip), ("reduced_jpeg_decode", reduced_jpeg_decode)):
+            if not isinstance(value, bool):   # a string like "maybe" would read as true
+                raise ValueError(f"data.{key}={value!r} must be true or false.")
         require_int("data.max_dataset_size", max_dataset_size, allow_none=True)
         if feature_extractor not in FEATURE_EXTRACTORS:   # else the FID callback would name its own key
             raise ValueError(f"data.feature_extractor={feature_extractor!r} must be one of "
@@ -334,7 +336,8 @@ class ImageTranslationDataModule(SplitDataModule):
         self.max_dataset_size = max_dataset_size
         self.direction = direction
         self.input_nc, self.output_nc = input_nc, output_nc
-        sizes = dict(preprocess=preprocess, load_size=load_size, crop_size=crop_size, flip=flip)
+        sizes = dict(preprocess=preprocess, load_size=load_size, crop_size=crop_size, flip=flip,
+                     reduced_jpeg_decode=reduced_jpeg_decode)
         self.train_transform = ImageTransform(**sizes, train=True)
         self.eval_transform = ImageTransform(**sizes, train=False)
 

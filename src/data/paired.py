@@ -87,12 +87,14 @@ class PairedImageDataset(Dataset):
         return len(self.pairs)
 
     def _load(self, source_path: Path, target_path: Path) -> tuple[np.ndarray, np.ndarray]:
+        at_least = self.transform.decode_at_least
         if self.source_half is None:
             return (
-                load_image(source_path, self.source_channels),
-                load_image(target_path, self.target_channels),
+                load_image(source_path, self.source_channels, at_least),
+                load_image(target_path, self.target_channels, at_least),
             )
-        left, right = split_side_by_side(open_image(source_path))
+        # Each half is resized to that size: the whole A|B image to twice its width.
+        left, right = split_side_by_side(open_image(source_path, at_least and (at_least[0], 2 * at_least[1])))
         source, target = (left, right) if self.source_half == "left" else (right, left)
         return (
             to_uint8_array(source, self.source_channels),

@@ -135,9 +135,16 @@ class ImageTransform:
         crop_size: int = 256,
         flip: bool = True,
         train: bool = True,
+        reduced_jpeg_decode: bool = True,
     ) -> None:
         validate_preprocess(preprocess, load_size, crop_size)
         self.preprocess, self.load_size, self.crop_size = preprocess, load_size, crop_size
+        # What the loader may decode a large JPEG down to (open_image's decode_at_least): the size
+        # every image is first resized to, in the one mode that has such a size. In the others
+        # the output's size follows the image's own (scale_width's height) or takes its pixels
+        # as they are (crop, none).
+        first_resize = (load_size, load_size) if train else (crop_size, crop_size)
+        self.decode_at_least = first_resize if reduced_jpeg_decode and preprocess == "resize_and_crop" else None
         steps = _geometry(preprocess, load_size, crop_size, train)
         if train and flip:
             steps.append(A.HorizontalFlip(p=0.5))
