@@ -24,7 +24,7 @@ from src.data.errors import (  # noqa: E402
     MissingPartnerError,
 )
 from src.data.image_io import load_image, open_image, upright_size  # noqa: E402
-from src.data.paired import PairedDataModule  # noqa: E402
+from src.data.paired import PairedDataModule, match_by_name  # noqa: E402
 from src.data.sequences import SequenceDataModule  # noqa: E402
 from src.data.shapes import (  # noqa: E402
     ShapesDataModule,
@@ -486,10 +486,43 @@ def test_files_that_are_not_images_are_left_out_with_a_warning(tmp_path, caplog)
     write_image(folder / "a.png")
     Image.open(folder / "a.png").save(folder / "b.gif")
     (folder / "notes.txt").write_text("x")
-    (folder / "more").mkdir()
+    (folder / "empty").mkdir()
     with caplog.at_level("WARNING"):
         assert [p.name for p in list_images(folder)] == ["a.png", "b.gif"]
-    assert f"{folder}: 2 entries are not image files" in caplog.text and "more/, notes.txt" in caplog.text
+    assert f"{folder}: 1 entries are hidden or not image files" in caplog.text and ": notes.txt" in caplog.text
+
+
+def test_subfolders_are_read_as_the_reference_code_reads_them(tmp_path, caplog):
+    """Images in subfolders count (junyanz's, U-GAT-IT's and NICE-GAN's datasets walk the tree),
+    in path order; hidden files and folders (a Mac's ._ resource forks) are left out with a
+    warning; a link back up the tree is walked once."""
+    folder = tmp_path / "trainA"
+    for name in ("b.png", "a/z.png", "a/deeper/y.png", "c/x.png", ".thumbs/t.png"):
+        write_image(folder / name)
+    (folder / "._b.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble, not a PNG")
+    (folder / "c" / "up").symlink_to(folder, target_is_directory=True)
+    with caplog.at_level("WARNING"):
+        listed = [p.relative_to(folder).as_posix() for p in list_images(folder)]
+    assert listed == ["a/deeper/y.png", "a/z.png", "b.png", "c/x.png"]
+    assert "2 entries are hidden or not image files" in caplog.text and "._b.png, .thumbs/" in caplog.text
+    assert [p.name for p in list_images(folder, max_count=2)] == ["y.png", "z.png"]
+
+
+def test_paired_folders_match_by_the_path_inside_each_folder(tmp_path):
+    root = tmp_path / "clips"
+    for split in ("train", "test"):
+        for clip, color in (("clip1", RED), ("clip2", BLUE)):   # the same file names in both clips
+            write_image(root / f"{split}A" / clip / "0001.png", color=color)
+            write_image(root / f"{split}B" / clip / "0001.jpg", color=color)
+    dm = module(PairedDataModule, root, layout="folders", flip=False)
+    dm.setup("fit")
+    dataset = dm.test_dataloader().dataset
+    assert [(Path(a).parent.name, Path(b).parent.name) for a, b in dataset.pairs] == [("clip1", "clip1"),
+                                                                                     ("clip2", "clip2")]
+    assert dataset[1]["A"][2].mean() > 0.9 and dataset[1]["B"][2].mean() > 0.9   # both blue
+    write_image(root / "testA" / "clip3" / "0001.png")
+    with pytest.raises(MissingPartnerError, match=r"clip3/0001.png has no partner named 'clip3/0001.\*'"):
+        match_by_name(root / "testA", root / "testB")
 
 
 def test_a_setting_that_is_not_a_boolean_is_refused(tmp_path):

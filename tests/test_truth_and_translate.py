@@ -546,6 +546,16 @@ def test_eval_refuses_two_test_files_that_would_write_one_output(smoke_runs, tmp
         evaluate_on_folders(smoke_runs["cyclegan"], tmp_path, root)
 
 
+def test_eval_names_translations_by_their_path_inside_the_test_folder(smoke_runs, tmp_path):
+    """Test images in subfolders (frames of two clips, same file names) are all read and their
+    translations keep the subfolders, so neither overwrites the other."""
+    root = write_folder_dataset(tmp_path / "clips", {"testA/clip1/0001.png": (32, 32), "testA/clip2/0001.png": (32, 32)})
+    results, out = evaluate_on_folders(smoke_runs["cyclegan"], tmp_path, root)
+    written = sorted(p.relative_to(out / "fakeB").as_posix() for p in (out / "fakeB").rglob("*.png"))
+    assert written == ["A0.png", "A1.png", "clip1/0001.png", "clip2/0001.png"]
+    assert json.loads((out / "metrics.json").read_text())["directions"]["AtoB"]["translated"] == 4
+
+
 def test_eval_reads_the_data_the_way_round_the_model_was_trained(smoke_runs, tmp_path, shared_data_dir):
     """A run trained with data.direction=BtoA translates the dataset's B images with its AtoB
     generator: evaluating it with the other direction is refused, and with its own the outputs

@@ -351,3 +351,9 @@ class ImageTranslationDataModule(SplitDataModule):
     @property
     def target_domain(self) -> str:
         return "B" if self.direction == "AtoB" else "A"
+
+    def split_folder(self, split: str, domain: str) -> Path | None:
+        """The folder whose tree holds the images of dataset domain `domain` ("A" or "B") in
+        `split`, which evaluation names its outputs within; None where images are not files of
+        one folder tree."""
+        return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from src.data.download import how_to_get
@@ -31,25 +32,47 @@ def require_folder(folder: str | Path, dataset_name: str, data_dir: str | Path) 
 
 
 def list_images(folder: str | Path, max_count: int | None = None) -> list[Path]:
-    """Image files directly inside folder, sorted by name, at most max_count (the first ones).
+    """Image files in folder and its subfolders, sorted by their path inside folder, at most
+    max_count (the first ones).
 
-    Sorting makes the file order (and so test pairs and sample grids) the same on every machine.
-    Raises EmptyDatasetError when the folder holds no image.
+    Subfolders are read as the reference implementations read them (junyanz's, U-GAT-IT's and
+    NICE-GAN's datasets walk the folder tree), symbolic links followed, each folder once.
+    Hidden files and folders (a Mac's `._photo.jpg` resource forks, `.ipynb_checkpoints`) are
+    left out, with the files that are not images, in one warning. Sorting makes the file order
+    (and so test pairs and sample grids) the same on every machine. Raises EmptyDatasetError
+    when the tree holds no image.
     """
     folder = Path(folder)
-    entries = sorted(folder.iterdir())
-    images = [path for path in entries if is_image_file(path)]
-    skipped = [path.name + ("/" if path.is_dir() else "") for path in entries if not is_image_file(path)]
+    images: list[Path] = []
+    skipped: list[str] = []
+    visited: set[str] = set()
+    for root, subfolders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited:   # a link back up the tree: walked already
+            subfolders[:] = []
+            continue
+        visited.add(real)
+        here = Path(root)
+        skipped += [(here / name).relative_to(folder).as_posix() + "/" for name in subfolders if name.startswith(".")]
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for name in files:
+            path = here / name
+            if name.startswith(".") or not is_image_file(path):
+                skipped.append(path.relative_to(folder).as_posix())
+            else:
+                images.append(path)
+    images.sort(key=lambda path: path.relative_to(folder).parts)
     if skipped and images:
-        # Not silent: a folder of .heic photos next to a few .jpg ones would otherwise train on
-        # the few, and subfolders are not searched.
+        # Not silent: a folder of .heic photos next to a few .jpg ones would otherwise train on the few.
+        skipped.sort()
         more = f" and {len(skipped) - SKIPPED_NAMES_SHOWN} more" if len(skipped) > SKIPPED_NAMES_SHOWN else ""
-        log.warning("%s: %d entries are not image files (%s) and are left out: %s%s", folder, len(skipped),
-                    ", ".join(sorted(IMAGE_EXTENSIONS)), ", ".join(skipped[:SKIPPED_NAMES_SHOWN]), more)
+        log.warning("%s: %d entries are hidden or not image files (%s) and are left out: %s%s", folder,
+                    len(skipped), ", ".join(sorted(IMAGE_EXTENSIONS)), ", ".join(skipped[:SKIPPED_NAMES_SHOWN]),
+                    more)
     if not images:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise EmptyDatasetError(
-            f"No images found in {folder} (looked for {extensions}). Put the images of this "
+            f"No images found in {folder} or its subfolders (looked for {extensions}). Put the images of this "
             f"domain/split there, or point data.data_dir at the right dataset folder."
         )
     return images if max_count is None else images[:max_count]

@@ -35,32 +35,35 @@ def split_side_by_side(image: Image.Image) -> tuple[Image.Image, Image.Image]:
 
 
 def match_by_name(folder_a: Path, folder_b: Path) -> list[tuple[Path, Path]]:
-    """Pair the images of two folders by file stem, sorted; any unmatched file is an error."""
+    """Pair the images of two folders by name: their path inside the folder without the
+    extension (`trainA/x.jpg` with `trainB/x.png`, `trainA/day1/x.jpg` with `trainB/day1/x.png`),
+    sorted; any unmatched file is an error."""
 
-    def by_stem(folder: Path) -> dict[str, Path]:
-        stems: dict[str, Path] = {}
+    def by_name(folder: Path) -> dict[str, Path]:
+        names: dict[str, Path] = {}
         for path in list_images(folder):
-            if path.stem in stems:
+            name = path.relative_to(folder).with_suffix("").as_posix()
+            if name in names:
                 raise MissingPartnerError(
-                    f"{stems[path.stem]} and {path} share the name {path.stem!r}, so their "
+                    f"{names[name]} and {path} share the name {name!r}, so their "
                     f"partner in the other folder is ambiguous. Rename or remove one of them."
                 )
-            stems[path.stem] = path
-        return stems
+            names[name] = path
+        return names
 
     def require_partners(files: dict[str, Path], partners: dict[str, Path], partner_folder: Path) -> None:
-        for stem, path in sorted(files.items()):
-            if stem not in partners:
+        for name, path in sorted(files.items()):
+            if name not in partners:
                 raise MissingPartnerError(
-                    f"{path} has no partner named '{stem}.*' in {partner_folder}. Paired data "
+                    f"{path} has no partner named '{name}.*' in {partner_folder}. Paired data "
                     f"needs both images of every pair under the same file name; add the partner "
                     f"or remove the file."
                 )
 
-    files_a, files_b = by_stem(folder_a), by_stem(folder_b)
+    files_a, files_b = by_name(folder_a), by_name(folder_b)
     require_partners(files_a, files_b, folder_b)
     require_partners(files_b, files_a, folder_a)
-    return [(files_a[stem], files_b[stem]) for stem in sorted(files_a)]
+    return [(files_a[name], files_b[name]) for name in sorted(files_a, key=lambda name: name.split("/"))]
 
 
 class PairedImageDataset(Dataset):
@@ -150,6 +153,11 @@ class PairedDataModule(ImageTranslationDataModule):
         if split == "test" and not (self.data_dir / "test").is_dir() and (self.data_dir / "val").is_dir():
             return self.data_dir / "val"  # pix2pix facades/maps ship val/ as their test split
         return require_folder(self.data_dir / split, self.name, self.data_dir)
+
+    def split_folder(self, split: str, domain: str) -> Path:
+        if self.resolved_layout() == "aligned":
+            return self._aligned_folder(split)
+        return self.data_dir / f"{split}{domain}"
 
     def _pairs(self, split: str) -> tuple[list[tuple[Path, Path]], str | None]:
         if self.resolved_layout() == "aligned":

@@ -77,6 +77,9 @@ class UnpairedDataModule(ImageTranslationDataModule):
         require_folder(self.data_dir, self.name, self.data_dir)
         return require_folder(self.data_dir / f"{split}{domain}", self.name, self.data_dir)
 
+    def split_folder(self, split: str, domain: str) -> Path:
+        return self.data_dir / f"{split}{domain}"
+
     def _build_dataset(self, split: str, train: bool) -> Dataset:
         source = self._domain_folder(split, self.source_domain)
         target = self._domain_folder(split, self.target_domain)
