@@ -33,7 +33,7 @@ def run_translation(cfg: DictConfig) -> dict:
         raise ValueError("input is required: input=path/to/image_or_folder (or export=onnx|torchscript to only export)")
     paths = list_input_images(cfg.input) if cfg.get("input") else []
     output_dir = Path(cfg.output)
-    targets = output_paths(paths, output_dir)
+    targets = output_paths(paths, output_dir, Path(cfg.input) if paths and Path(cfg.input).is_dir() else None)
     device = resolve_device(cfg.get("device", "auto"))
 
     model = load_model(cfg.ckpt_path, map_location=device)

@@ -335,6 +335,17 @@ def test_batched_translation_matches_one_at_a_time(smoke_runs, tmp_path):
         assert np.abs(batched[path].astype(int) - single[path].astype(int)).max() <= 1
 
 
+def test_translate_keeps_the_input_folders_subfolders(smoke_runs, tmp_path):
+    for clip in ("clip1", "clip2"):   # the same file name in both
+        (tmp_path / "in" / clip).mkdir(parents=True)
+        Image.fromarray(np.full((32, 40, 3), 90, np.uint8)).save(tmp_path / "in" / clip / "0001.png")
+    written = run_translation(translate_cfg(ckpt_path=str(smoke_runs["cyclegan"].ckpt), input=str(tmp_path / "in"),
+                                            output=str(tmp_path / "out")))["written"]
+    assert sorted(Path(p).relative_to(tmp_path / "out").as_posix() for p in written) == ["clip1/0001.png",
+                                                                                         "clip2/0001.png"]
+    assert Image.open(tmp_path / "out" / "clip2" / "0001.png").size == (40, 32)
+
+
 def test_pad_to_multiple_crops_back_exactly():
     x = torch.rand(2, 3, 37, 45)
     padded, box = pad_to_multiple(x, 4)

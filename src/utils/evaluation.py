@@ -24,7 +24,7 @@ from src.utils.config_checks import check_argument_types, is_number, require_int
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
 from src.utils.image_grid import make_grid, save_image
 from src.utils.sequence_plot import plot_series
-from src.utils.translation import resolve_device, save_png, to_uint8_images
+from src.utils.translation import output_name, resolve_device, save_png, to_uint8_images
 
 log = logging.getLogger(__name__)
 
@@ -95,21 +95,11 @@ def domain_folders(datamodule, direction: str) -> tuple[str, str]:
     return (source, target) if direction == "AtoB" else (target, source)
 
 
-def fake_name(source_path: str | Path, source_folder: Path | None) -> str:
-    """What a translation is saved as (without .png): its source file's path inside the split
-    folder without the extension, subfolders kept (`testA/day1/x.jpg` -> `day1/x`), so that
-    `day1/0001.jpg` and `day2/0001.jpg` stay apart; the file's stem elsewhere."""
-    path = Path(source_path)
-    if source_folder is not None and path.is_relative_to(source_folder):
-        return path.relative_to(source_folder).with_suffix("").as_posix()
-    return path.stem
-
-
 def evaluate_direction(model, loader, direction: str, n_source: int, n_target: int, scorer: FidKidScorer,
                        backgrounds: dict | None, fake_dir: Path, device,
                        source_folder: Path | None = None) -> dict[str, float]:
     """Translate each of the first `n_source` source images once, write it to `fake_dir` (one
-    PNG per source file, named by `fake_name`), and score it against the first `n_target` targets."""
+    PNG per source file, named by `output_name`), and score it against the first `n_target` targets."""
     source_key, target_key = DIRECTION_KEYS[direction]
     fake_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
@@ -127,12 +117,11 @@ def evaluate_direction(model, loader, direction: str, n_source: int, n_target: i
         scorer.update(real=target[keep_target], fake=fake)
         sources = [p for p, keep in zip(batch[f"{source_key}_path"], keep_source) if keep]
         for source_path, image in zip(sources, to_uint8_images(fake)):
-            name = fake_name(source_path, source_folder)
+            name = output_name(Path(source_path), source_folder)
             if name in written:
                 raise ValueError(f"{written[name]} and {source_path} would both be written as "
                                  f"{fake_dir / name}.png; rename one of them")
             written[name] = source_path
-            (fake_dir / name).parent.mkdir(parents=True, exist_ok=True)
             save_png(image, fake_dir / f"{name}.png")
         if truth is not None:
             bg = torch.stack([backgrounds[Path(p).name] for p in batch[f"{source_key}_path"]]).to(device)

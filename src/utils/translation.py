@@ -19,7 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from src.data.folders import IMAGE_EXTENSIONS, is_image_file
+from src.data.errors import EmptyDatasetError
+from src.data.folders import IMAGE_EXTENSIONS, list_images
 from src.data.image_io import load_image, upright_size
 from src.data.transforms import to_tensor
 from src.models.base import TranslationModel
@@ -119,16 +120,17 @@ def crop_to_box(x: torch.Tensor, box: CropBox) -> torch.Tensor:
 
 
 def list_input_images(path: str | Path) -> list[Path]:
-    """The image itself, or the image files directly inside a folder (sorted)."""
+    """The image itself, or the image files of a folder and its subfolders, as the datasets list
+    them (`list_images`: sorted, hidden entries left out with a warning)."""
     path = Path(path)
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"input={path}: no such file or folder")
-    images = sorted(p for p in path.iterdir() if is_image_file(p))
-    if not images:
-        raise FileNotFoundError(f"input={path} holds no image file ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return images
+    try:
+        return list_images(path)
+    except EmptyDatasetError as error:
+        raise FileNotFoundError(f"input={path} holds no image file ({', '.join(sorted(IMAGE_EXTENSIONS))})") from error
 
 
 def group_by_size(paths: list[Path]) -> dict[tuple[int, int], list[Path]]:
@@ -151,7 +153,8 @@ def to_uint8_images(batch: torch.Tensor) -> np.ndarray:
 
 
 def save_png(image: np.ndarray, path: str | Path) -> None:
-    """Write an HxWxC uint8 array (C = 1 or 3) as PNG."""
+    """Write an HxWxC uint8 array (C = 1 or 3) as PNG, making its folder if needed."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(Path(path), format="PNG")
 
 
@@ -189,15 +192,26 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
     return generate()
 
 
-def output_paths(paths: list[Path], output_dir: str | Path) -> dict[Path, Path]:
-    """Input path -> `output_dir/<input stem>.png`; two inputs with one stem are an error."""
+def output_name(path: Path, folder: Path | None) -> str:
+    """What the translation of `path` is saved as (without .png): its path inside `folder`
+    without the extension, subfolders kept (`day1/x.jpg` -> `day1/x`), so that `day1/0001.jpg`
+    and `day2/0001.jpg` stay apart; the file's stem when it is not in `folder`."""
+    path = Path(path)
+    if folder is not None and path.is_relative_to(folder):
+        return path.relative_to(folder).with_suffix("").as_posix()
+    return path.stem
+
+
+def output_paths(paths: list[Path], output_dir: str | Path, folder: Path | None = None) -> dict[Path, Path]:
+    """Input path -> `output_dir/<output_name>.png`; two inputs of one name are an error."""
     output_dir = Path(output_dir)
     targets: dict[Path, Path] = {}
     seen: dict[str, Path] = {}
     for path in paths:
-        if path.stem in seen:
-            raise ValueError(f"{seen[path.stem]} and {path} would both be written as {path.stem}.png; "
+        name = output_name(path, folder)
+        if name in seen:
+            raise ValueError(f"{seen[name]} and {path} would both be written as {output_dir / name}.png; "
                              f"rename one of them")
-        seen[path.stem] = path
-        targets[path] = output_dir / f"{path.stem}.png"
+        seen[name] = path
+        targets[path] = output_dir / f"{name}.png"
     return targets
