@@ -40,7 +40,7 @@ def run_translation(cfg: DictConfig) -> dict:
     check_direction(model, cfg.direction)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for path, image in translate_images(model, paths, cfg.direction, cfg.batch_size, device):
+    for path, image in translate_images(model, paths, cfg.direction, cfg.batch_size, device, cfg.get("short_side")):
         save_png(image, targets[path])
         written.append(str(targets[path]))
     if paths:

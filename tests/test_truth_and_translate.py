@@ -346,6 +346,19 @@ def test_translate_keeps_the_input_folders_subfolders(smoke_runs, tmp_path):
     assert Image.open(tmp_path / "out" / "clip2" / "0001.png").size == (40, 32)
 
 
+def test_short_side_scales_each_input_to_the_training_scale_first(smoke_runs, tmp_path):
+    sizes = write_odd_inputs(tmp_path / "in")   # (height, width): 37x45, 30x22, 37x45, turned 45x37
+    written = run_translation(translate_cfg(ckpt_path=str(smoke_runs["cyclegan"].ckpt), input=str(tmp_path / "in"),
+                                            output=str(tmp_path / "out"), short_side=16))["written"]
+    shorter_16 = {"rgba": (16, 19), "gray": (22, 16), "rgb": (16, 19), "portrait": (19, 16)}
+    assert set(shorter_16) == set(sizes) and len(written) == 4
+    for name, (height, width) in shorter_16.items():
+        assert Image.open(tmp_path / "out" / f"{name}.png").size == (width, height)
+    with pytest.raises(ValueError, match=r"short_side=0 must be a positive integer or null"):
+        run_translation(translate_cfg(ckpt_path=str(smoke_runs["cyclegan"].ckpt), input=str(tmp_path / "in"),
+                                      output=str(tmp_path / "out"), short_side=0))
+
+
 def test_pad_to_multiple_crops_back_exactly():
     x = torch.rand(2, 3, 37, 45)
     padded, box = pad_to_multiple(x, 4)
@@ -365,7 +378,8 @@ def test_size_multiples_follow_the_networks(smoke_runs):
 
 def translate_cfg(**values):
     return OmegaConf.create({"ckpt_path": None, "input": None, "output": None, "direction": "AtoB",
-                             "batch_size": 8, "device": "cpu", "export": None, "export_size": 32, **values})
+                             "batch_size": 8, "device": "cpu", "export": None, "export_size": 32, "short_side": None,
+                             **values})
 
 
 def test_translate_errors_name_the_setting(smoke_runs, tmp_path):

@@ -62,7 +62,8 @@ def validate_preprocess(preprocess: str, load_size: int, crop_size: int) -> None
         raise ValueError(f"data.load_size={load_size} must be at least {SIDE_MULTIPLE}.")
 
 
-def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """HxWxC uint8 image resized to height x width: area averaging when shrinking, bicubic otherwise."""
     shrinking = height * width < image.shape[0] * image.shape[1]
     resized = cv2.resize(
         image, (width, height), interpolation=cv2.INTER_AREA if shrinking else _INTERPOLATION
@@ -77,7 +78,15 @@ def scale_width(image: np.ndarray, load_size: int, crop_size: int, **_: object) 
     new_height = max(int(round(load_size * height / width)), crop_size)
     if (new_height, load_size) == (height, width):
         return image
-    return _resize(image, new_height, load_size)
+    return resize_image(image, new_height, load_size)
+
+
+def short_side_size(height: int, width: int, side: int) -> tuple[int, int]:
+    """(height, width) scaled so that the shorter side is `side` px, the aspect kept (the longer
+    side rounded)."""
+    if height <= width:
+        return side, max(1, round(width * side / height))
+    return max(1, round(height * side / width)), side
 
 
 def floor_to_multiple(image: np.ndarray, multiple: int = SIDE_MULTIPLE, **_: object) -> np.ndarray:
@@ -190,7 +199,7 @@ class ImageTransform:
         window covers the same content in both (channel counts may differ).
         """
         if partner.shape[:2] != image.shape[:2]:
-            partner = _resize(partner, *image.shape[:2])
+            partner = resize_image(partner, *image.shape[:2])
         self._check_fits(image)
         self._seed_pipeline(seed)
         out = self._pipeline(image=image, image_b=partner)

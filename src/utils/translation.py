@@ -22,9 +22,10 @@ from PIL import Image
 from src.data.errors import EmptyDatasetError
 from src.data.folders import IMAGE_EXTENSIONS, list_images
 from src.data.image_io import load_image, upright_size
-from src.data.transforms import to_tensor
+from src.data.transforms import resize_image, short_side_size, to_tensor
 from src.models.base import TranslationModel
 from src.models.size_check import check_translation_size
+from src.utils.config_checks import require_int
 from src.utils.directions import DIRECTIONS
 
 CropBox = tuple[int, int, int, int]  # top, left, height, width
@@ -133,11 +134,13 @@ def list_input_images(path: str | Path) -> list[Path]:
         raise FileNotFoundError(f"input={path} holds no image file ({', '.join(sorted(IMAGE_EXTENSIONS))})") from error
 
 
-def group_by_size(paths: list[Path]) -> dict[tuple[int, int], list[Path]]:
-    """(height, width) -> its paths, in order of first appearance: one batch holds one size."""
+def group_by_size(paths: list[Path], short_side: int | None = None) -> dict[tuple[int, int], list[Path]]:
+    """(height, width) -> its paths, in order of first appearance: one batch holds one size.
+    With `short_side`, the size each image is scaled to first (`short_side_size`)."""
     groups: dict[tuple[int, int], list[Path]] = {}
     for path in paths:
-        groups.setdefault(upright_size(path), []).append(path)
+        size = upright_size(path)
+        groups.setdefault(short_side_size(*size, short_side) if short_side else size, []).append(path)
     return groups
 
 
@@ -159,8 +162,10 @@ def save_png(image: np.ndarray, path: str | Path) -> None:
 
 
 def translate_images(model: TranslationModel, paths: list[str | Path], direction: str = "AtoB",
-                     batch_size: int = 8, device: str | torch.device = "cpu") -> Iterator[tuple[Path, np.ndarray]]:
-    """Translate image files; yields (path, HxWxC uint8 output the size of the input).
+                     batch_size: int = 8, device: str | torch.device = "cpu",
+                     short_side: int | None = None) -> Iterator[tuple[Path, np.ndarray]]:
+    """Translate image files; yields (path, HxWxC uint8 output the size of the input, or of the
+    input scaled to a shorter side of `short_side` px: the scale the model was trained at).
 
     Files are read with the channels the translation expects (grayscale, RGBA and 16-bit inputs
     are converted by src.data.image_io) and batched by size (models that normalise with the
@@ -169,22 +174,27 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
     size-group order, not in `paths` order.
     """
     check_direction(model, direction)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+    require_int("batch_size", batch_size)
+    require_int("short_side", short_side, allow_none=True, why=" (px; null: translate at the input's size)")
     device = torch.device(device)
     model.to(device)
     multiple, channels = size_multiple(model, direction), input_channels(model, direction)
-    groups = group_by_size([Path(p) for p in paths])
+    groups = group_by_size([Path(p) for p in paths], short_side)
     for (height, width), group in groups.items():   # every size before the first output is written
         padded = (round_up(height, multiple), round_up(width, multiple))
         check_translation_size(model, direction, *padded,
                                what=f"{group[0]} ({height}x{width} px, padded to {padded[0]}x{padded[1]})")
 
+    def read(path: Path, size: tuple[int, int]) -> torch.Tensor:
+        if short_side is None:
+            return to_tensor(load_image(path, channels))
+        return to_tensor(resize_image(load_image(path, channels, decode_at_least=size), *size))
+
     def generate() -> Iterator[tuple[Path, np.ndarray]]:
-        for group in groups.values():
+        for size, group in groups.items():
             for start in range(0, len(group), batch_size):
                 chunk = group[start:start + batch_size]
-                batch = torch.stack([to_tensor(load_image(path, channels)) for path in chunk]).to(device)
+                batch = torch.stack([read(path, size) for path in chunk]).to(device)
                 padded, box = pad_to_multiple(batch, multiple)
                 outputs = to_uint8_images(crop_to_box(model.translate(padded, direction), box))
                 yield from zip(chunk, outputs)
