@@ -66,9 +66,20 @@ def open_image(path: str | Path, decode_at_least: tuple[int, int] | None = None)
 def upright_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of the image as open_image returns it, EXIF orientation applied.
 
-    Decodes the file: only that agrees with open_image in every format (a PNG may keep its EXIF
-    block after the pixels, and PIL's TIFF reader turns the picture itself and reports the turned
-    size in the header, dropping the tag on load)."""
+    A JPEG's comes from its header (its EXIF block precedes the pixels, and PIL does not turn
+    JPEGs itself). Other files are decoded: only that agrees with open_image in every format (a
+    PNG may keep its EXIF block after the pixels, and PIL's TIFF reader turns the picture itself
+    and reports the turned size in the header, dropping the tag on load)."""
+    try:
+        with Image.open(path) as image:
+            if image.format == "JPEG":
+                width, height = image.size
+                turned = image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
+                return (width, height) if turned else (height, width)
+    except FileNotFoundError:
+        raise
+    except Exception:   # open_image below raises the error that names the file
+        pass
     width, height = open_image(path).size
     return height, width
 
