@@ -123,6 +123,9 @@ def test_smoke_run_writes_checkpoint_samples_and_finite_metrics(train_cfg, model
     ("model=cyclegan model.discriminator.ndf=-4", r"model.discriminator.ndf=-4 must be a positive integer"),
     ("model=ugatit model.generator.n_res=-1", r"model.generator.n_res=-1 must be an integer >= 0"),
     ("model=rgan data=sines model.discriminator.hidden=0", r"model.discriminator.hidden=0 must be a positive integer"),
+    ("model=gan model.generator.hidden=[256,abc]",
+     r"model.generator.hidden=\[256, 'abc'\] must be a list of integers \(MLPGenerator's hidden\)"),
+    ("model=gan model.discriminator.hidden=[1024,0]", r"model.discriminator.hidden=\[1024, 0\] must hold positive integers"),
 ])
 def test_network_settings_of_the_wrong_type_are_named_by_key(train_cfg, override, message):
     with pytest.raises(hydra.errors.InstantiationException, match=message):

@@ -1,11 +1,13 @@
 """Checks of config values that name the key and what it needs."""
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import types
 import typing
 
 import hydra
+from omegaconf import ListConfig
 
 
 def is_number(value) -> bool:
@@ -52,12 +54,32 @@ _SCALAR_CHECKS = {
 }
 
 
+#: what a list of each scalar type needs to be, in the words of the errors
+_LISTS_OF = {int: "a list of integers", float: "a list of numbers", bool: "a list of true/false values",
+             str: "a list of strings"}
+
+
+def _type_check(annotation) -> tuple[str, typing.Callable] | None:
+    """(what a value needs, its test) for a scalar annotation or a list of one (`list[int]`,
+    `tuple[str, ...]`, `Sequence[float]`); None for any other annotation."""
+    if annotation in _SCALAR_CHECKS:
+        return _SCALAR_CHECKS[annotation]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+        return None   # a fixed-length tuple: left to the constructor
+    if origin in (list, tuple, collections.abc.Sequence) and args and args[0] in _SCALAR_CHECKS:
+        accepts_element = _SCALAR_CHECKS[args[0]][1]
+        return _LISTS_OF[args[0]], lambda v: (isinstance(v, (list, tuple, ListConfig))
+                                              and all(accepts_element(x) for x in v))
+    return None
+
+
 def check_argument_types(node: dict, key: str) -> None:
     """ValueError naming the setting when a value of a `_target_` config node does not have the
-    scalar type its constructor's annotation asks for (`n_res: int` given 'abc'), instead of the
-    TypeError deep in the network that the value would cause. Only int / float / bool / str
-    annotations, optionally `| None` / `Optional`, are checked; anything else is left to the
-    constructor."""
+    type its constructor's annotation asks for (`n_res: int` given 'abc', `hidden: list[int]`
+    given [a, b]), instead of the TypeError deep in the network that the value would cause.
+    Only int / float / bool / str annotations and lists of them, optionally `| None` /
+    `Optional`, are checked; anything else is left to the constructor."""
     target = hydra.utils.get_object(node["_target_"])
     # The bases' constructors too, the class's own annotations over theirs: a subclass may pass
     # **kwargs on (IterationCheckpoint to Lightning's ModelCheckpoint).
@@ -75,8 +97,8 @@ def check_argument_types(node: dict, key: str) -> None:
         options = typing.get_args(hint) if union else (hint,)
         if value is None and type(None) in options:
             continue
-        checks = [_SCALAR_CHECKS[t] for t in options if t in _SCALAR_CHECKS]
-        if len(checks) != len([t for t in options if t is not type(None)]):
+        checks = [_type_check(t) for t in options if t is not type(None)]
+        if None in checks:
             continue   # a type this check does not know
         if not any(accepts(value) for _, accepts in checks):
             need = " or ".join(what for what, _ in checks) + (" or null" if type(None) in options else "")
@@ -97,8 +119,11 @@ def check_network_sizes(node: dict, key: str) -> None:
     (POSITIVE_NETWORK_SETTINGS): torch would report a negative dimension or a zero-size tensor
     somewhere inside the network instead."""
     for name, value in node.items():
-        if name.startswith("_") or isinstance(value, bool) or not isinstance(value, int):
-            continue
         least = 1 if name in POSITIVE_NETWORK_SETTINGS else 0
-        if value < least:
-            require_int(f"{key}.{name}", value, least=least)
+        values = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]   # hidden: [256, 512]
+        for item in values:
+            if name.startswith("_") or isinstance(item, bool) or not isinstance(item, int) or item >= least:
+                continue
+            if item is value:
+                require_int(f"{key}.{name}", value, least=least)
+            raise ValueError(f"{key}.{name}={values} must hold {'positive integers' if least else 'integers >= 0'}")
