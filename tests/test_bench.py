@@ -49,6 +49,7 @@ def test_bench_runs_a_tiny_configuration_end_to_end(tmp_path):
            "quiet.max_load=null", "quiet.max_busy_cores=null", "data_throughput.epochs=2",
            "~data_throughput.datamodules.shapes_286crop256_workers2", "~data_throughput.datamodules.shapes_256_workers0",
            "~data_throughput.datamodules.shapes_256_workers2_persistent",
+           "~data_throughput.datamodules.photos_12mp_workers2", "~data_throughput.datamodules.photos_12mp_workers2_full_decode",
            f"{data}.size=32", f"{data}.n_train=4", f"{data}.num_workers=0"]
     env = {**os.environ, "PROJECT_ROOT": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1", "HYDRA_FULL_ERROR": "1"}
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -544,3 +545,15 @@ def test_versus_reference_keeps_one_verdict_per_kind_of_cpu(tmp_path):
     assert "| AVX-512 part | 2026-12-03 abc, host 50 G/s (oneDNN conv 100) |" in text
     with pytest.raises(ValueError, match="different kinds of CPU"):
         bench_versus.summarise(spec, entry("a", [1.5])["pairs"] + entry("b", [1.5])["pairs"])
+
+
+def test_data_throughput_of_stand_in_photos_decoded_at_reduced_scale_and_whole():
+    """The photo rows: JPEGs written into the DataModule's folders, the items of the configured
+    size either way (reduced decode changes the time, not the output's shape)."""
+    from src.utils.bench_data import measure_data_throughput
+    node = {"_target_": "src.data.unpaired.UnpairedDataModule", "name": "photos", "batch_size": 1, "num_workers": 0,
+            "photos": {"count": 3, "width": 640, "height": 480}, "preprocess": "resize_and_crop", "load_size": 72,
+            "crop_size": 64}
+    for reduced in (True, False):
+        row = measure_data_throughput({"threads": 1, "epochs": 2, "datamodule": {**node, "reduced_jpeg_decode": reduced}})
+        assert row["items_per_epoch"] == 3 and row["image_shape"] == [3, 64, 64] and row["items_per_s"] > 0
