@@ -508,6 +508,24 @@ def test_subfolders_are_read_as_the_reference_code_reads_them(tmp_path, caplog):
     assert [p.name for p in list_images(folder, max_count=2)] == ["y.png", "z.png"]
 
 
+def test_a_folder_that_cannot_be_listed_is_named_not_passed_over(tmp_path, monkeypatch):
+    folder = tmp_path / "trainA"
+    write_image(folder / "a.png")
+    write_image(folder / "locked" / "b.png")
+    scandir = os.scandir
+
+    def no_permission_for_locked(path):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", no_permission_for_locked)
+    with pytest.raises(PermissionError, match="locked"):
+        list_images(folder)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        list_images(tmp_path / "missing")
+
+
 def test_paired_folders_match_by_the_path_inside_each_folder(tmp_path):
     root = tmp_path / "clips"
     for split in ("train", "test"):

@@ -31,6 +31,12 @@ def require_folder(folder: str | Path, dataset_name: str, data_dir: str | Path) 
     return folder
 
 
+def _raise(error: OSError) -> None:
+    """os.walk's error handler: a folder that cannot be listed (missing, no permission) stops the
+    run with its path, instead of being passed over in silence (os.walk's default)."""
+    raise error
+
+
 def list_images(folder: str | Path, max_count: int | None = None) -> list[Path]:
     """Image files in folder and its subfolders, sorted by their path inside folder, at most
     max_count (the first ones).
@@ -46,7 +52,7 @@ def list_images(folder: str | Path, max_count: int | None = None) -> list[Path]:
     images: list[Path] = []
     skipped: list[str] = []
     visited: set[str] = set()
-    for root, subfolders, files in os.walk(folder, followlinks=True):
+    for root, subfolders, files in os.walk(folder, followlinks=True, onerror=_raise):
         real = os.path.realpath(root)
         if real in visited:   # a link back up the tree: walked already
             subfolders[:] = []
