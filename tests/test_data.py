@@ -349,6 +349,13 @@ def test_a_large_jpeg_decodes_at_reduced_scale_never_below_the_size_asked(tmp_pa
     assert open_image(turned, (300, 200)).size == (384, 512)   # 1/2: 200 <= 384, 300 <= 512
     Image.open(photo).save(tmp_path / "photo.png")
     assert open_image(tmp_path / "photo.png", (50, 50)).size == (1024, 768)   # only JPEG has it
+    # a camera's multi-picture JPEG (MPO): the same decoder, the same scaling and orientation
+    with Image.open(turned) as picture:
+        picture.save(tmp_path / "turned.mpo", format="MPO", save_all=True, append_images=[picture.copy()],
+                     exif=picture.getexif())
+    assert Image.open(tmp_path / "turned.mpo").format == "MPO"
+    assert open_image(tmp_path / "turned.mpo", (300, 200)).size == (384, 512)
+    assert upright_size(tmp_path / "turned.mpo") == (1024, 768)
 
 
 @pytest.mark.parametrize("layout", ["unpaired", "aligned"])

@@ -29,6 +29,9 @@ def check_channels(channels: int, key: str = "data.input_nc/data.output_nc") -> 
 
 # EXIF orientations that turn the stored picture by 90 or 270 degrees (5-8; 1-4 keep its shape).
 _QUARTER_TURNS = (5, 6, 7, 8)
+# JPEG files as PIL names them: MPO is the multi-picture JPEG some cameras write (its first
+# picture is a plain JPEG, read by the same decoder).
+_JPEG_FORMATS = ("JPEG", "MPO")
 
 
 def open_image(path: str | Path, decode_at_least: tuple[int, int] | None = None) -> Image.Image:
@@ -46,7 +49,7 @@ def open_image(path: str | Path, decode_at_least: tuple[int, int] | None = None)
     """
     try:
         with Image.open(path) as image:
-            if decode_at_least is not None and image.format == "JPEG":
+            if decode_at_least is not None and image.format in _JPEG_FORMATS:
                 height, width = decode_at_least
                 if image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS:
                     height, width = width, height   # draft works on the stored, unturned picture
@@ -72,7 +75,7 @@ def upright_size(path: str | Path) -> tuple[int, int]:
     and reports the turned size in the header, dropping the tag on load)."""
     try:
         with Image.open(path) as image:
-            if image.format == "JPEG":
+            if image.format in _JPEG_FORMATS:
                 width, height = image.size
                 turned = image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
                 return (width, height) if turned else (height, width)
