@@ -82,3 +82,14 @@ def list_images(folder: str | Path, max_count: int | None = None) -> list[Path]:
             f"domain/split there, or point data.data_dir at the right dataset folder."
         )
     return images if max_count is None else images[:max_count]
+
+
+def name_in_folder(path: Path, folder: Path | None) -> str:
+    """A file's name within the tree `list_images` found it in: its path inside `folder` without
+    the extension, subfolders kept (`day1/x.jpg` -> `day1/x`, so `day1/0001.jpg` and
+    `day2/0001.jpg` stay apart); the file's stem when it is not inside `folder`. Pairs match by
+    it, and evaluation and translation name their outputs by it."""
+    path = Path(path)
+    if folder is not None and path.is_relative_to(folder):
+        return path.relative_to(folder).with_suffix("").as_posix()
+    return path.stem

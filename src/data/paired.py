@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from src.data.base import ImageTranslationDataModule
 from src.data.download import how_to_get
 from src.data.errors import DatasetNotFoundError, MissingPartnerError
-from src.data.folders import list_images, require_folder
+from src.data.folders import list_images, name_in_folder, require_folder
 from src.data.image_io import load_image, open_image, to_uint8_array
 from src.data.transforms import ImageTransform
 
@@ -42,7 +42,7 @@ def match_by_name(folder_a: Path, folder_b: Path) -> list[tuple[Path, Path]]:
     def by_name(folder: Path) -> dict[str, Path]:
         names: dict[str, Path] = {}
         for path in list_images(folder):
-            name = path.relative_to(folder).with_suffix("").as_posix()
+            name = name_in_folder(path, folder)
             if name in names:
                 raise MissingPartnerError(
                     f"{names[name]} and {path} share the name {name!r}, so their "
@@ -164,7 +164,7 @@ class PairedDataModule(ImageTranslationDataModule):
             files = list_images(self._aligned_folder(split))
             return [(path, path) for path in files], ("left" if self.direction == "AtoB" else "right")
         folders = {
-            domain: require_folder(self.data_dir / f"{split}{domain}", self.name, self.data_dir)
+            domain: require_folder(self.split_folder(split, domain), self.name, self.data_dir)
             for domain in (self.source_domain, self.target_domain)
         }
         return match_by_name(folders[self.source_domain], folders[self.target_domain]), None

@@ -75,7 +75,7 @@ class UnpairedDataModule(ImageTranslationDataModule):
 
     def _domain_folder(self, split: str, domain: str) -> Path:
         require_folder(self.data_dir, self.name, self.data_dir)
-        return require_folder(self.data_dir / f"{split}{domain}", self.name, self.data_dir)
+        return require_folder(self.split_folder(split, domain), self.name, self.data_dir)
 
     def split_folder(self, split: str, domain: str) -> Path:
         return self.data_dir / f"{split}{domain}"

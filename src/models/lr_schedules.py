@@ -119,10 +119,11 @@ def check_schedule_settings(policy: str = "linear", unit: str = "epoch", constan
         if value not in ("half", None):
             require_int(f"model.lr_schedule.{key}", value, least=0, why=f" or half ({unit}s; half: half the run)")
     require_int("model.lr_schedule.step_size", step_size, why=f" ({unit}s between the rate's steps)")
-    for key, value, least in (("gamma", gamma, 0.0), ("decay_rate", decay_rate, 0.0), ("min_factor", min_factor, None)):
-        if not is_number(value) or (value <= least if least is not None else value < 0):
-            raise ValueError(f"model.lr_schedule.{key}={value!r} must be a number "
-                             f"{'> 0' if least is not None else '>= 0'}")
+    for key, value in (("gamma", gamma), ("decay_rate", decay_rate)):
+        if not is_number(value) or value <= 0:
+            raise ValueError(f"model.lr_schedule.{key}={value!r} must be a number > 0")
+    if not is_number(min_factor) or min_factor < 0:
+        raise ValueError(f"model.lr_schedule.min_factor={min_factor!r} must be a number >= 0")
 
 
 def build_scheduler(optimizer: Optimizer, policy: str = "linear", unit: str = "epoch", constant: int = 100,

@@ -118,12 +118,14 @@ def check_network_sizes(node: dict, key: str) -> None:
     setting is: widths, depths and counts start at 0), or 0 where it is a size
     (POSITIVE_NETWORK_SETTINGS): torch would report a negative dimension or a zero-size tensor
     somewhere inside the network instead."""
+    is_int = _SCALAR_CHECKS[int][1]
     for name, value in node.items():
+        if name.startswith("_"):
+            continue
         least = 1 if name in POSITIVE_NETWORK_SETTINGS else 0
-        values = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]   # hidden: [256, 512]
-        for item in values:
-            if name.startswith("_") or isinstance(item, bool) or not isinstance(item, int) or item >= least:
-                continue
-            if item is value:
-                require_int(f"{key}.{name}", value, least=least)
-            raise ValueError(f"{key}.{name}={values} must hold {'positive integers' if least else 'integers >= 0'}")
+        if isinstance(value, (list, tuple, ListConfig)):   # hidden: [256, 512]
+            if any(is_int(item) and item < least for item in value):
+                raise ValueError(f"{key}.{name}={list(value)} must hold "
+                                 f"{'positive integers' if least else 'integers >= 0'}")
+        elif is_int(value) and value < least:
+            require_int(f"{key}.{name}", value, least=least)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from src.data.folders import name_in_folder
 from src.data.labelled import proportional_picks
 from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
@@ -24,7 +25,7 @@ from src.utils.config_checks import check_argument_types, is_number, require_int
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
 from src.utils.image_grid import make_grid, save_image
 from src.utils.sequence_plot import plot_series
-from src.utils.translation import output_name, resolve_device, save_png, to_uint8_images
+from src.utils.translation import resolve_device, save_png, to_uint8_images
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def evaluate_direction(model, loader, direction: str, n_source: int, n_target: i
                        backgrounds: dict | None, fake_dir: Path, device,
                        source_folder: Path | None = None) -> dict[str, float]:
     """Translate each of the first `n_source` source images once, write it to `fake_dir` (one
-    PNG per source file, named by `output_name`), and score it against the first `n_target` targets."""
+    PNG per source file, named by `name_in_folder`), and score it against the first `n_target` targets."""
     source_key, target_key = DIRECTION_KEYS[direction]
     fake_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
@@ -117,7 +118,7 @@ def evaluate_direction(model, loader, direction: str, n_source: int, n_target: i
         scorer.update(real=target[keep_target], fake=fake)
         sources = [p for p, keep in zip(batch[f"{source_key}_path"], keep_source) if keep]
         for source_path, image in zip(sources, to_uint8_images(fake)):
-            name = output_name(Path(source_path), source_folder)
+            name = name_in_folder(Path(source_path), source_folder)
             if name in written:
                 raise ValueError(f"{written[name]} and {source_path} would both be written as "
                                  f"{fake_dir / name}.png; rename one of them")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from src.data.errors import EmptyDatasetError
-from src.data.folders import IMAGE_EXTENSIONS, list_images
+from src.data.folders import IMAGE_EXTENSIONS, list_images, name_in_folder
 from src.data.image_io import load_image, upright_size
 from src.data.transforms import resize_image, short_side_size, to_tensor
 from src.models.base import TranslationModel
@@ -202,23 +202,13 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
     return generate()
 
 
-def output_name(path: Path, folder: Path | None) -> str:
-    """What the translation of `path` is saved as (without .png): its path inside `folder`
-    without the extension, subfolders kept (`day1/x.jpg` -> `day1/x`), so that `day1/0001.jpg`
-    and `day2/0001.jpg` stay apart; the file's stem when it is not in `folder`."""
-    path = Path(path)
-    if folder is not None and path.is_relative_to(folder):
-        return path.relative_to(folder).with_suffix("").as_posix()
-    return path.stem
-
-
 def output_paths(paths: list[Path], output_dir: str | Path, folder: Path | None = None) -> dict[Path, Path]:
-    """Input path -> `output_dir/<output_name>.png`; two inputs of one name are an error."""
+    """Input path -> `output_dir/<its name_in_folder>.png`; two inputs of one name are an error."""
     output_dir = Path(output_dir)
     targets: dict[Path, Path] = {}
     seen: dict[str, Path] = {}
     for path in paths:
-        name = output_name(path, folder)
+        name = name_in_folder(path, folder)
         if name in seen:
             raise ValueError(f"{seen[name]} and {path} would both be written as {output_dir / name}.png; "
                              f"rename one of them")
