@@ -31,6 +31,7 @@ from src.utils.run import run_training
 from src.utils.translation import crop_to_box, pad_to_multiple, size_multiple, translate_images
 from src.utils.directions import untranslated_directions
 from tests.conftest import compose_train_cfg
+from tests.test_label_scores import export_segmenter, write_label_map_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 N_PAIRS = 16
@@ -549,6 +550,75 @@ def evaluate_on_folders(run, tmp_path, data_root: Path, *overrides):
         return run_evaluation(cfg), Path(cfg.output_dir)
     finally:
         GlobalHydra.instance().clear()
+
+
+def evaluate_label_maps(run, tmp_path, data_root: Path, *overrides):
+    """eval.py on the cityscapes config (its label palette) over `data_root`'s 32 px label maps."""
+    from src.utils.evaluation import run_evaluation
+    cfg = compose_train_cfg([f"ckpt_path={run.ckpt}", "data=cityscapes", f"data.data_dir={data_root}",
+                             "data.layout=folders", "data.direction=AtoB", "data.load_size=32", "data.crop_size=32",
+                             "feature_extractor=random_cnn", "kid_subset_size=2", *overrides],
+                            tmp_path / "eval", tmp_path, config_name="eval")
+    try:
+        return run_evaluation(cfg), Path(cfg.output_dir)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_eval_scores_label_maps_both_ways_on_the_cityscapes_palette(smoke_runs, tmp_path, capsys):
+    """pix2pix AtoB on label maps: into the label domain, its outputs are scored as classes
+    against the real maps; out of it, with a segmenter, the FCN-score of its outputs and of the
+    real "photos" (here the label maps themselves, so the stand-in net gets them all right)."""
+    root = write_label_map_dataset(tmp_path / "labels")
+    segmenter = export_segmenter(tmp_path / "nearest.pt2", size=(32, 32))
+    results, out = evaluate_label_maps(smoke_runs["pix2pix"], tmp_path / "to_labels", root, "data.label_domain=B")
+    scores = results["AtoB"]
+    assert {"label_pixel_acc", "label_class_acc", "label_class_iou"} <= set(scores)
+    assert all(0 <= scores[k] < 1 for k in ("label_pixel_acc", "label_class_acc", "label_class_iou"))
+    assert not any(k.startswith("fcn_") for k in scores)
+    assert f"label_pixel_acc={scores['label_pixel_acc']:.3f}" in capsys.readouterr().out
+
+    results, out = evaluate_label_maps(smoke_runs["pix2pix"], tmp_path / "to_photos", root, "data.label_domain=A",
+                                       f"segmenter_path={segmenter}")
+    scores = results["AtoB"]
+    assert [scores[f"real_fcn_{k}"] for k in ("pixel_acc", "class_acc", "class_iou")] == [1.0, 1.0, 1.0]
+    assert all(0 <= scores[f"fcn_{k}"] < 1 for k in ("pixel_acc", "class_acc", "class_iou"))
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["AtoB"]["fcn_class_iou"] == scores["fcn_class_iou"]
+
+
+def test_eval_of_a_perfect_translator_scores_one_on_the_label_maps(tmp_path):
+    """The whole scoring path of both directions on a translator that returns its input, A and
+    B being the same label maps: every label-map score is exactly 1."""
+    from src.data.paired import PairedDataModule
+    from src.metrics.features import build_feature_extractor
+    from src.metrics.fid_kid import FidKidScorer
+    from src.metrics.segmenter import Segmenter
+    from src.utils.evaluation import evaluate_translations
+    root = write_label_map_dataset(tmp_path / "labels")
+    segmenter = Segmenter(export_segmenter(tmp_path / "nearest.pt2", size=(32, 32)), 19, None, "cpu", "segmenter_path")
+    scorer = FidKidScorer(build_feature_extractor("random_cnn", None, "cpu", settings=""), kid_subsets=2,
+                          kid_subset_size=2)
+    datamodule = PairedDataModule(data_dir=root, name="labels", layout="folders", load_size=32, crop_size=32,
+                                  label_palette="cityscapes", label_domain="B")
+    datamodule.setup("test")
+    dataset = datamodule.dataset("test", train=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=3, collate_fn=datamodule.collate)
+    _, results = evaluate_translations(CountingIdentity(), datamodule, dataset, loader, scorer, tmp_path / "out",
+                                       "cpu", segmenter)
+    expected = {"AtoB": ("label_pixel_acc", "label_class_acc", "label_class_iou"),
+                "BtoA": ("fcn_pixel_acc", "fcn_class_acc", "fcn_class_iou", "real_fcn_pixel_acc",
+                         "real_fcn_class_acc", "real_fcn_class_iou")}
+    for direction, keys in expected.items():
+        assert {k: results[direction].get(k) for k in keys} == dict.fromkeys(keys, 1.0), direction
+
+
+def test_eval_label_map_settings_name_the_fix(smoke_runs, tmp_path):
+    root = write_label_map_dataset(tmp_path / "labels")
+    with pytest.raises(ValueError, match=r"segmenter_size=\[32\] must be \[height, width\]"):
+        evaluate_label_maps(smoke_runs["pix2pix"], tmp_path, root, "segmenter_size=[32]")
+    with pytest.raises(ValueError, match="data horse2zebra has none: set data.label_palette"):
+        evaluate_on_folders(smoke_runs["cyclegan"], tmp_path, write_folder_dataset(tmp_path / "plain", {}),
+                            f"segmenter_path={tmp_path / 'any.pt2'}")
 
 
 def test_eval_translates_test_images_of_mixed_sizes_each_at_its_size(smoke_runs, tmp_path):

@@ -22,6 +22,7 @@ from src.data.epoch_order import EpochOrderLoader, EpochOrderSampler, SeededItem
 from src.data.image_io import check_channels
 from src.data.transforms import ImageTransform
 from src.metrics.features import FEATURE_EXTRACTORS
+from src.metrics.label_maps import palette_named
 from src.utils.config_checks import require_int
 from src.utils.directions import DIRECTIONS
 
@@ -306,6 +307,8 @@ class ImageTranslationDataModule(SplitDataModule):
         eval_batch_size: int | None = None,
         feature_extractor: str = "inception",
         reduced_jpeg_decode: bool = True,
+        label_palette: str | None = None,
+        label_domain: str = "B",
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          persistent_workers=persistent_workers, eval_batch_size=eval_batch_size)
@@ -321,6 +324,8 @@ class ImageTranslationDataModule(SplitDataModule):
         if feature_extractor not in FEATURE_EXTRACTORS:   # else the FID callback would name its own key
             raise ValueError(f"data.feature_extractor={feature_extractor!r} must be one of "
                              f"{', '.join(FEATURE_EXTRACTORS)}.")
+        if label_domain not in ("A", "B"):
+            raise ValueError(f"data.label_domain={label_domain!r} must be A or B: the domain of the label maps")
 
         self.data_dir = Path(data_dir)
         self.name = name
@@ -333,6 +338,10 @@ class ImageTranslationDataModule(SplitDataModule):
         # Which feature extractor FID/KID use when theirs is "auto": Inception for real data
         # (comparable with papers), a download-free one for the embedded dataset.
         self.feature_extractor = feature_extractor
+        # Which domain holds colour-coded semantic label maps, and their palette: evaluation
+        # then scores label maps as classes (src/utils/label_evaluation.py).
+        self.label_palette = palette_named(label_palette, "data.label_palette") if label_palette is not None else None
+        self.label_domain = label_domain
         self.max_dataset_size = max_dataset_size
         self.direction = direction
         self.input_nc, self.output_nc = input_nc, output_nc

@@ -16,6 +16,7 @@ from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
 from src.metrics.image_classifier import ClassifierScorer, classifier_of_the_data
 from src.metrics.mmd import mmd2_unbiased
+from src.metrics.segmenter import Segmenter
 from src.metrics.tstr import tstr_trtr
 from src.metrics.shapes_truth import ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta
 from src.models.checkpoint_fit import check_checkpoint_file
@@ -24,13 +25,16 @@ from src.utils.checkpoint_loading import load_model, run_config_path
 from src.utils.config_checks import check_argument_types, is_number, require_int
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
 from src.utils.image_grid import make_grid, save_image
+from src.utils.label_evaluation import label_scores_for
 from src.utils.sequence_plot import plot_series
 from src.utils.translation import resolve_device, save_png, to_uint8_images
 
 log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = ("fid", "kid_x100", "is", "cls_is", "cls_is_real", "cls_acc_fake", "cls_acc_real", "mmd2", "tstr",
-                 "trtr", "iou", "color_error", "l1", "psnr", "ssim")
+                 "trtr", "iou", "color_error", "l1", "psnr", "ssim", "label_pixel_acc", "label_class_acc",
+                 "label_class_iou", "fcn_pixel_acc", "fcn_class_acc", "fcn_class_iou", "real_fcn_pixel_acc",
+                 "real_fcn_class_acc", "real_fcn_class_iou")
 
 
 def data_config(cfg: DictConfig) -> DictConfig:
@@ -98,9 +102,10 @@ def domain_folders(datamodule, direction: str) -> tuple[str, str]:
 
 def evaluate_direction(model, loader, direction: str, n_source: int, n_target: int, scorer: FidKidScorer,
                        backgrounds: dict | None, fake_dir: Path, device,
-                       source_folder: Path | None = None) -> dict[str, float]:
+                       source_folder: Path | None = None, label_scores=None) -> dict[str, float]:
     """Translate each of the first `n_source` source images once, write it to `fake_dir` (one
-    PNG per source file, named by `name_in_folder`), and score it against the first `n_target` targets."""
+    PNG per source file, named by `name_in_folder`), and score it against the first `n_target`
+    targets (and, given `label_scores`, as label maps: src/utils/label_evaluation.py)."""
     source_key, target_key = DIRECTION_KEYS[direction]
     fake_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
@@ -128,7 +133,11 @@ def evaluate_direction(model, loader, direction: str, n_source: int, n_target: i
             bg = torch.stack([backgrounds[Path(p).name] for p in batch[f"{source_key}_path"]]).to(device)
             truth.update(fake, target[keep_source], bg[keep_source])
             identity.update(source[keep_source], target[keep_source], bg[keep_source])
+        if label_scores is not None:
+            label_scores.update(source[keep_source], target[keep_source], fake)
     metrics = scorer.compute()
+    if label_scores is not None:
+        metrics.update(label_scores.compute())
     if truth is not None:
         metrics.update({k: float(v) for k, v in truth.compute().items()})
         metrics.update({f"identity_{k}": float(v) for k, v in identity.compute().items()})
@@ -261,7 +270,7 @@ def fid_kid_scorer(cfg: DictConfig, datamodule, device, samples: bool = False) -
 
 
 def evaluate_translations(model, datamodule, dataset, loader, scorer: FidKidScorer, output_dir: Path,
-                          device) -> tuple[dict, dict]:
+                          device, segmenter: Segmenter | None = None) -> tuple[dict, dict]:
     """Every direction the model translates: (what was translated into which folder, its metrics)."""
     backgrounds = truth_backgrounds(datamodule, dataset)
     counts = distinct_counts(dataset)
@@ -273,7 +282,8 @@ def evaluate_translations(model, datamodule, dataset, loader, scorer: FidKidScor
                                  "output": f"fake{target}"}
         results[direction] = evaluate_direction(model, loader, direction, n_source, n_target, scorer, backgrounds,
                                                 output_dir / f"fake{target}", device,
-                                                datamodule.split_folder("test", source))
+                                                datamodule.split_folder("test", source),
+                                                label_scores_for(datamodule, source, target, segmenter, device))
     return directions, results
 
 
@@ -310,6 +320,23 @@ def apply_truncation(model, psi) -> None:
     model.generator.truncation_psi = float(psi)
 
 
+def segmenter_of(cfg: DictConfig, datamodule, device) -> Segmenter | None:
+    """The FCN-score's segmentation net of eval's `segmenter_path` / `segmenter_size`, or None."""
+    path, size = cfg.get("segmenter_path"), cfg.get("segmenter_size")
+    if size is not None:
+        size = OmegaConf.to_container(size) if OmegaConf.is_config(size) else size
+        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+            raise ValueError(f"segmenter_size={size!r} must be [height, width] in pixels (the size the segmenter "
+                             "was exported for), or null: the label maps' size")
+    if path is None:
+        return None
+    if getattr(datamodule, "label_palette", None) is None:
+        raise ValueError(f"segmenter_path={path} scores generated photos against label maps, but data {datamodule.name} "
+                         "has none: set data.label_palette (e.g. cityscapes) and data.label_domain (the domain of "
+                         "the colour label maps), or leave segmenter_path unset")
+    return Segmenter(path, datamodule.label_palette.num_classes, size, device, key="segmenter_path")
+
+
 def markdown_row(name: str, metrics: dict[str, dict[str, float]]) -> str:
     cells = [name]
     for direction, values in metrics.items():
@@ -337,6 +364,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
     if not generates:
         check_trained_direction(model, datamodule, cfg.ckpt_path)
     real_split, num_samples = sample_protocol(cfg, model)
+    if generates and cfg.get("segmenter_path") is not None:
+        raise ValueError(f"segmenter_path={cfg.segmenter_path} scores photos translated from label maps; "
+                         f"{type(model).__name__} generates from noise: leave it unset")
     apply_truncation(model, cfg.get("truncation_psi"))
     dataset = datamodule.dataset(real_split, train=False)
     batch_size = cfg.batch_size
@@ -368,7 +398,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
     else:
         scorer, report["feature_extractor"] = fid_kid_scorer(cfg, datamodule, device)
         report["data_direction"] = datamodule.direction
-        directions, results = evaluate_translations(model, datamodule, dataset, loader, scorer, output_dir, device)
+        directions, results = evaluate_translations(model, datamodule, dataset, loader, scorer, output_dir, device,
+                                                    segmenter_of(cfg, datamodule, device))
     report.update({"directions": directions, "metrics": results})
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     name = str(cfg.name) if cfg.get("name") is not None else f"{type(model).__name__} / {datamodule.name}"

@@ -45,6 +45,7 @@ DEFAULT_METRICS = {
                     "eval/fid_samples", "eval/kid_x100_samples", "eval/is_samples", "eval/cls_is_samples",  # noise
                     "eval/mmd2_samples"),                                                         # series
     EVAL_RESULT: ("AtoB/fid", "BtoA/fid", "AtoB/kid_x100", "BtoA/kid_x100", "AtoB/iou", "BtoA/iou",
+                  "AtoB/label_class_iou", "BtoA/label_class_iou", "AtoB/fcn_class_iou", "BtoA/fcn_class_iou",
                   "samples/fid", "samples/kid_x100", "samples/is", "samples/cls_is", "samples/mmd2", "samples/tstr"),
 }
 

@@ -1,0 +1,66 @@
+"""The semantic segmentation net of the FCN-score: an exported program (`torch.export.save`)
+given by file, so any net trained on the labels can score generated photos without its code.
+
+The pix2pix paper scores labels->photo with an FCN-8s trained on Cityscapes (Caffe weights;
+junyanz's scripts/eval_cityscapes). Whatever net is used, its file takes a float (1, 3, H, W)
+RGB image in [0, 1] and returns (1, C, h, w) class scores (or a dict holding them under "out",
+as torchvision's segmentation models do); any other preprocessing (BGR, mean subtraction) is the
+exported module's job, so the file alone says how the net is fed. Export it at the size it is
+run at (`segmenter_size`, or the label maps' size), batch 1:
+
+    program = torch.export.export(net.eval(), (torch.rand(1, 3, 1024, 2048),))
+    torch.export.save(program, "segmenter.pt2")
+
+An exported program holds a graph and tensors, not pickled Python objects, so loading a file
+from elsewhere runs no code of its author's.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+class Segmenter:
+    """Classes of images by an exported segmentation net, one image at a time (exports are
+    usually made for batch 1, and the reference runs the FCN on one frame at a time)."""
+
+    def __init__(self, path: str | Path, num_classes: int, size: tuple[int, int] | None, device, key: str):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{key}={path}: no such file (a segmentation net saved by torch.export.save)")
+        try:
+            self.module = torch.export.load(str(path)).module().to(device)
+        except Exception as error:   # a zip of another kind, a pickle, a truncated file
+            raise ValueError(f"{key}={path} is not a program saved by torch.export.save ({error}); "
+                             "export the net as src/metrics/segmenter.py shows") from error
+        self.path, self.num_classes, self.size, self.key = path, num_classes, size, key
+
+    @torch.no_grad()
+    def classes(self, images: torch.Tensor, label_size: tuple[int, int]) -> torch.Tensor:
+        """(N, H, W) classes at `label_size` of (N, 3, h, w) images in [-1, 1]: each image resized
+        (bilinear, as the reference resizes its generated image to the label's size) to the net's
+        size, segmented, and its class scores resized to the label maps' size before the argmax."""
+        size = tuple(self.size) if self.size is not None else label_size
+        maps = []
+        for image in images:
+            image = (image.unsqueeze(0).float() + 1) / 2
+            if tuple(image.shape[-2:]) != size:
+                image = F.interpolate(image, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+            try:
+                scores = self.module(image)
+            except Exception as error:   # an export made for another size or batch
+                raise ValueError(f"{self.key}={self.path} cannot segment a {tuple(image.shape)} image: {error}. "
+                                 "Export it for that shape, or set segmenter_size to the size it was exported "
+                                 "for") from error
+            if isinstance(scores, dict) and "out" in scores:
+                scores = scores["out"]
+            if not (isinstance(scores, torch.Tensor) and scores.dim() == 4 and scores.size(1) == self.num_classes):
+                shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+                raise ValueError(f"{self.key}={self.path} returned {shape}; it must return (1, {self.num_classes}, "
+                                 f"h, w) class scores, one channel per class of the label palette")
+            if tuple(scores.shape[-2:]) != tuple(label_size):
+                scores = F.interpolate(scores.float(), size=label_size, mode="bilinear", align_corners=False)
+            maps.append(scores.argmax(1))
+        return torch.cat(maps)

@@ -1,0 +1,81 @@
+"""Eval's scores of the papers' Cityscapes tables, for data with one domain of colour-coded
+semantic label maps (`data.label_palette`, `data.label_domain`; the cityscapes config sets them):
+
+* photo -> labels (CycleGAN's Table 2, pix2pix's photo->labels): the generated label map's
+  colours as classes (nearest palette colour) against the real label map's, on paired data.
+  Keys `label_pixel_acc`, `label_class_acc`, `label_class_iou`.
+* labels -> photo, the FCN-score (pix2pix's Table 1-2, CycleGAN's Table 1): a segmentation net
+  (eval's `segmenter_path`) segments the generated photo, scored against the classes of the label
+  map it was generated from. Keys `fcn_pixel_acc`, ...; on paired data also the net's scores on
+  the real photos, `real_fcn_*`, the papers' "ground truth" row and the ceiling of the others.
+
+All scores come from a confusion matrix summed over the test set (src/metrics/segmentation_scores.py)
+at the size of the label maps as evaluation loads them (the data's crop size). The papers' FCN-
+score compares at the official gtFine labels' 2048x1024 instead; see the README for how close
+the colour maps come and how to feed the net at its own size (`segmenter_size`).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from src.metrics.label_maps import Palette, colours_to_classes
+from src.metrics.segmentation_scores import SegmentationScorer
+from src.metrics.segmenter import Segmenter
+
+log = logging.getLogger(__name__)
+
+
+class GeneratedLabelScores:
+    """photo -> labels: the classes of the generated label maps against the real ones."""
+
+    def __init__(self, palette: Palette, device):
+        self.palette = palette
+        self.scorer = SegmentationScorer(palette.num_classes).to(device)
+
+    def update(self, source: torch.Tensor, target: torch.Tensor, fake: torch.Tensor) -> None:
+        self.scorer.update(colours_to_classes(fake, self.palette), colours_to_classes(target, self.palette))
+
+    def compute(self) -> dict[str, float]:
+        return {f"label_{name}": value for name, value in self.scorer.compute().items()}
+
+
+class FcnScores:
+    """labels -> photo: the segmenter's classes of the generated photos (and, given `real`, of
+    the real ones) against the classes of the source label maps."""
+
+    def __init__(self, palette: Palette, segmenter: Segmenter, real: bool, device):
+        self.palette, self.segmenter = palette, segmenter
+        self.scorers = {"fcn": SegmentationScorer(palette.num_classes).to(device)}
+        if real:
+            self.scorers["real_fcn"] = SegmentationScorer(palette.num_classes).to(device)
+
+    def update(self, source: torch.Tensor, target: torch.Tensor, fake: torch.Tensor) -> None:
+        truth = colours_to_classes(source, self.palette)
+        photos = {"fcn": fake, "real_fcn": target}
+        for name, scorer in self.scorers.items():
+            scorer.update(self.segmenter.classes(photos[name], tuple(truth.shape[-2:])), truth)
+
+    def compute(self) -> dict[str, float]:
+        return {f"{prefix}_{name}": value for prefix, scorer in self.scorers.items()
+                for name, value in scorer.compute().items()}
+
+
+def label_scores_for(datamodule, source: str, target: str, segmenter: Segmenter | None, device):
+    """The label-map scores of translating dataset domain `source` into `target`, or None
+    (with the reason logged) where the data has no label maps or the direction cannot be scored."""
+    palette, labels = getattr(datamodule, "label_palette", None), getattr(datamodule, "label_domain", None)
+    if palette is None or labels not in (source, target):
+        return None
+    if target == labels:
+        if not datamodule.paired:
+            log.info("No photo->labels scores for %s->%s: unpaired test images have no real label map to "
+                     "compare with", source, target)
+            return None
+        return GeneratedLabelScores(palette, device)
+    if segmenter is None:
+        log.info("No FCN-score for %s->%s: segmenter_path=/path/to/segmenter.pt2 (a segmentation net of the "
+                 "label classes, src/metrics/segmenter.py) scores the generated photos", source, target)
+        return None
+    return FcnScores(palette, segmenter, real=datamodule.paired, device=device)

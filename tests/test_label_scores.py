@@ -1,0 +1,228 @@
+"""Label maps as classes (palette colours), the Cityscapes-table segmentation scores, and the
+FCN-score's exported segmentation net."""
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from src.data.paired import PairedDataModule
+from src.metrics.label_maps import CITYSCAPES, IGNORE, colours_to_classes
+from src.metrics.segmentation_scores import SegmentationScorer
+from src.metrics.segmenter import Segmenter
+from src.utils.label_evaluation import FcnScores, GeneratedLabelScores, label_scores_for
+
+
+def colour_image(colours, height: int = 4) -> torch.Tensor:
+    """(1, 3, height, len(colours)) image in [-1, 1], column k of colour k."""
+    rgb = torch.tensor(colours, dtype=torch.float32).T.reshape(1, 3, 1, -1)
+    return (rgb / 127.5 - 1).expand(1, 3, height, -1).contiguous()
+
+
+def random_label_map(classes: torch.Tensor) -> torch.Tensor:
+    """The colour image of an (N, H, W) class map."""
+    colours = torch.tensor(CITYSCAPES.colours, dtype=torch.float32) / 127.5 - 1
+    return colours[classes].permute(0, 3, 1, 2).contiguous()
+
+
+def write_label_map_dataset(root: Path, count: int = 4, size: int = 32) -> Path:
+    """testA/ and testB/ of the same colour label maps (8 px blocks of random classes), PNG so
+    the colours stay exact: label maps whose "photos" are the label maps themselves."""
+    generator = torch.Generator().manual_seed(4)
+    for k in range(count):
+        classes = torch.randint(0, 19, (1, size // 8, size // 8), generator=generator)
+        classes = classes.repeat_interleave(8, 1).repeat_interleave(8, 2)
+        pixels = ((random_label_map(classes)[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
+        for domain in "AB":
+            (root / f"test{domain}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / f"test{domain}" / f"{k:04d}.png")
+    return root
+
+
+class NearestColour(torch.nn.Module):
+    """Stand-in segmentation net: class scores are minus the distance to each palette colour."""
+
+    def __init__(self, num_classes: int = CITYSCAPES.num_classes):
+        super().__init__()
+        colours = torch.tensor(CITYSCAPES.colours[:num_classes], dtype=torch.float32) / 255
+        self.register_buffer("colours", colours)
+
+    def forward(self, x):
+        return -((x.unsqueeze(1) - self.colours.view(1, -1, 3, 1, 1)) ** 2).sum(2)
+
+
+def export_segmenter(path: Path, size=(16, 16), num_classes: int = CITYSCAPES.num_classes) -> Path:
+    program = torch.export.export(NearestColour(num_classes).eval(), (torch.rand(1, 3, *size),))
+    torch.export.save(program, str(path))
+    return path
+
+
+# -- colours to classes --------------------------------------------------------------------------
+
+
+def test_palette_colours_come_back_as_their_classes_and_unscored_labels_as_ignore():
+    classes = colours_to_classes(colour_image(CITYSCAPES.colours + CITYSCAPES.ignored_colours), CITYSCAPES)
+    expected = list(range(19)) + [IGNORE] * len(CITYSCAPES.ignored_colours)
+    assert classes.shape == (1, 4, 29) and (classes == torch.tensor(expected)).all()
+
+
+def test_colours_a_little_off_take_the_nearest_palette_colour():
+    """JPEG and generators only come close: the closest palette colours (truck, caravan,
+    trailer: 20 levels apart) must still be told apart at +-5 levels per channel."""
+    generator = torch.Generator().manual_seed(0)
+    clean = colour_image(CITYSCAPES.colours + CITYSCAPES.ignored_colours, height=16)
+    noisy = (clean + (torch.rand(clean.shape, generator=generator) - 0.5) * 10 / 127.5).clamp(-1, 1)
+    assert torch.equal(colours_to_classes(noisy, CITYSCAPES), colours_to_classes(clean, CITYSCAPES))
+
+
+def test_label_maps_must_be_rgb():
+    with pytest.raises(ValueError, match=r"RGB images \(N, 3, H, W\), got shape \(2, 1, 8, 8\)"):
+        colours_to_classes(torch.zeros(2, 1, 8, 8), CITYSCAPES)
+
+
+# -- the scores ----------------------------------------------------------------------------------
+
+
+def reference_scores(truth: np.ndarray, predicted: np.ndarray, n: int) -> tuple[float, float, float]:
+    """The pix2pix/CycleGAN evaluation as published: one histogram of the valid ground-truth
+    pixels, accuracies and IoU with a 1e-12 guard, averaged over every class."""
+    valid = (truth >= 0) & (truth < n)
+    hist = np.bincount(n * truth[valid] + predicted[valid], minlength=n * n).reshape(n, n)
+    acc = np.diag(hist).sum() / (hist.sum() + 1e-12)
+    class_acc = np.diag(hist) / (hist.sum(1) + 1e-12)
+    iou = np.diag(hist) / (hist.sum(1) + hist.sum(0) - np.diag(hist) + 1e-12)
+    return acc, np.nanmean(class_acc), np.nanmean(iou)
+
+
+def test_scores_agree_with_the_published_evaluation_when_every_class_is_present():
+    generator = torch.Generator().manual_seed(1)
+    truth = torch.randint(0, 19, (3, 24, 24), generator=generator)
+    truth[:, :2] = IGNORE                                              # unscored labels
+    predicted = torch.where(torch.rand(truth.shape, generator=generator) < 0.6, truth,
+                            torch.randint(0, 19, truth.shape, generator=generator))
+    predicted[:, :2] = torch.randint(0, 19, (3, 2, 24), generator=generator)
+    scorer = SegmentationScorer(19)
+    scorer.update(predicted, truth)
+    scores = scorer.compute()
+    expected = reference_scores(truth.numpy().ravel(), predicted.numpy().ravel(), 19)
+    assert [scores["pixel_acc"], scores["class_acc"], scores["class_iou"]] == pytest.approx(expected, abs=1e-9)
+    assert 0.55 < scores["pixel_acc"] < 0.75   # 60% kept, 1/19 of the rest right by chance
+
+
+def scores_of(predicted, truth, n):
+    scorer = SegmentationScorer(n)
+    scorer.update(predicted, truth)
+    return scorer.compute()
+
+
+def test_a_class_missing_from_the_truth_leaves_the_class_accuracy_but_counts_in_iou_when_predicted():
+    truth = torch.tensor([[[0, 0, 1, 1]]])
+    predicted = torch.tensor([[[0, 2, 1, 1]]])
+    scores = scores_of(predicted, truth, 3)
+    # class 0: 1 of 2 right, class 1: 2 of 2; class 2 has no true pixel: out of the accuracy
+    # mean, but it is predicted once, so its IoU (0) counts: (1/2 + 1 + 0) / 3.
+    assert scores == pytest.approx({"pixel_acc": 0.75, "class_acc": 0.75, "class_iou": 0.5})
+
+
+def test_a_prediction_of_no_class_is_a_miss_and_unscored_truth_pixels_count_nowhere():
+    truth = torch.tensor([[[0, 0, 1, IGNORE]]])
+    predicted = torch.tensor([[[0, IGNORE, 1, 0]]])
+    scores = scores_of(predicted, truth, 2)
+    # class 0: 1 of 2 (the other predicted as no class), class 1: 1 of 1; the IGNORE truth
+    # pixel's prediction of 0 counts neither as a hit nor against class 0's IoU.
+    assert scores == pytest.approx({"pixel_acc": 2 / 3, "class_acc": 0.75, "class_iou": 0.75})
+
+
+def test_scores_sum_over_batches_like_one_call():
+    generator = torch.Generator().manual_seed(2)
+    truth = torch.randint(0, 5, (4, 8, 8), generator=generator)
+    predicted = torch.randint(0, 5, (4, 8, 8), generator=generator)
+    whole, parts = SegmentationScorer(5), SegmentationScorer(5)
+    whole.update(predicted, truth)
+    for k in range(4):
+        parts.update(predicted[k:k + 1], truth[k:k + 1])
+    assert parts.compute() == whole.compute()
+
+
+def test_scores_need_matching_shapes_and_a_scored_pixel():
+    scorer = SegmentationScorer(3)
+    with pytest.raises(ValueError, match=r"predicted classes \(1, 4, 4\) and ground truth \(1, 4, 5\)"):
+        scorer.update(torch.zeros(1, 4, 4, dtype=torch.long), torch.zeros(1, 4, 5, dtype=torch.long))
+    scorer.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.full((1, 2, 2), IGNORE))
+    with pytest.raises(ValueError, match="no scored pixel"):
+        scorer.compute()
+
+
+# -- the FCN-score's segmenter -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def segmenter_file(tmp_path_factory) -> Path:
+    return export_segmenter(tmp_path_factory.mktemp("segmenter") / "nearest.pt2")
+
+
+def test_segmenter_classes_images_at_the_label_size(segmenter_file):
+    generator = torch.Generator().manual_seed(3)
+    classes = torch.randint(0, 19, (2, 8, 8), generator=generator).repeat_interleave(2, 1).repeat_interleave(2, 2)
+    images = random_label_map(classes)                                           # (2, 3, 16, 16)
+    segmenter = Segmenter(segmenter_file, 19, None, "cpu", key="segmenter_path")
+    assert torch.equal(segmenter.classes(images, (16, 16)), classes)
+    # 8 px label maps, the net exported for 16 px (segmenter_size): each image is enlarged to
+    # 16 px to be segmented, and its class scores shrunk back to the label maps' 8 px.
+    # (One colour per image: enlarging blends neighbouring colours, which need not segment alike.)
+    plain = torch.tensor([4, 13]).view(2, 1, 1).expand(2, 8, 8)
+    resized = Segmenter(segmenter_file, 19, (16, 16), "cpu", key="segmenter_path").classes(random_label_map(plain),
+                                                                                            (8, 8))
+    assert torch.equal(resized, plain)
+
+
+def test_segmenter_errors_name_the_setting_and_the_fix(segmenter_file, tmp_path):
+    with pytest.raises(FileNotFoundError, match="segmenter_path=.*missing.pt2: no such file"):
+        Segmenter(tmp_path / "missing.pt2", 19, None, "cpu", key="segmenter_path")
+    torch.save({"state_dict": {}}, tmp_path / "weights.pt")
+    with pytest.raises(ValueError, match="segmenter_path=.*weights.pt is not a program saved by torch.export.save"):
+        Segmenter(tmp_path / "weights.pt", 19, None, "cpu", key="segmenter_path")
+    images = torch.zeros(1, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"returned \(1, 19, 16, 16\); it must return \(1, 18, h, w\)"):
+        Segmenter(segmenter_file, 18, None, "cpu", key="segmenter_path").classes(images, (16, 16))
+    with pytest.raises(ValueError, match=r"cannot segment a \(1, 3, 12, 12\) image: .*set segmenter_size"):
+        Segmenter(segmenter_file, 19, None, "cpu", key="segmenter_path").classes(torch.zeros(1, 3, 12, 12), (12, 12))
+
+
+# -- the data's label maps -----------------------------------------------------------------------
+
+
+def test_data_names_its_label_palette_and_domain_settings(tmp_path):
+    datamodule = PairedDataModule(data_dir=tmp_path, name="cityscapes", label_palette="cityscapes", label_domain="A")
+    assert datamodule.label_palette is CITYSCAPES and datamodule.label_domain == "A"
+    assert PairedDataModule(data_dir=tmp_path, name="facades").label_palette is None
+    with pytest.raises(ValueError, match="data.label_palette='ade20k' must be one of cityscapes"):
+        PairedDataModule(data_dir=tmp_path, name="x", label_palette="ade20k")
+    with pytest.raises(ValueError, match="data.label_domain='labels' must be A or B"):
+        PairedDataModule(data_dir=tmp_path, name="x", label_palette="cityscapes", label_domain="labels")
+
+
+# -- which direction is scored how ---------------------------------------------------------------
+
+
+def test_each_direction_gets_the_scores_its_data_allows(segmenter_file, caplog):
+    """photo->labels needs the real label map of the same image (paired data); labels->photo
+    needs the segmenter, and compares with the real photos only where they are paired."""
+    segmenter = Segmenter(segmenter_file, 19, None, "cpu", key="segmenter_path")
+
+    def data(paired, label_domain="B", palette=CITYSCAPES):
+        return SimpleNamespace(label_palette=palette, label_domain=label_domain, paired=paired)
+
+    assert isinstance(label_scores_for(data(True), "A", "B", None, "cpu"), GeneratedLabelScores)
+    fcn = label_scores_for(data(True), "B", "A", segmenter, "cpu")
+    assert isinstance(fcn, FcnScores) and set(fcn.scorers) == {"fcn", "real_fcn"}
+    assert set(label_scores_for(data(False), "B", "A", segmenter, "cpu").scorers) == {"fcn"}
+    assert label_scores_for(data(True, palette=None), "A", "B", segmenter, "cpu") is None
+    with caplog.at_level(logging.INFO, logger="src.utils.label_evaluation"):
+        assert label_scores_for(data(False), "A", "B", segmenter, "cpu") is None
+        assert label_scores_for(data(True), "B", "A", None, "cpu") is None
+    assert "unpaired test images have no real label map" in caplog.text
+    assert "No FCN-score for B->A: segmenter_path=" in caplog.text
