@@ -1,6 +1,9 @@
 """Label maps as classes (palette colours), the Cityscapes-table segmentation scores, and the
 FCN-score's exported segmentation net."""
 import logging
+import math
+import os
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -9,11 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
+from src.callbacks.label_scores import LabelScoresCallback
 from src.data.paired import PairedDataModule
 from src.metrics.label_maps import CITYSCAPES, IGNORE, colours_to_classes
 from src.metrics.segmentation_scores import SegmentationScorer
 from src.metrics.segmenter import Segmenter
 from src.utils.label_evaluation import FcnScores, GeneratedLabelScores, label_scores_for
+from src.utils.run import run_training
+from tests.conftest import compose_train_cfg
 
 
 def colour_image(colours, height: int = 4) -> torch.Tensor:
@@ -28,17 +34,18 @@ def random_label_map(classes: torch.Tensor) -> torch.Tensor:
     return colours[classes].permute(0, 3, 1, 2).contiguous()
 
 
-def write_label_map_dataset(root: Path, count: int = 4, size: int = 32) -> Path:
-    """testA/ and testB/ of the same colour label maps (8 px blocks of random classes), PNG so
-    the colours stay exact: label maps whose "photos" are the label maps themselves."""
+def write_label_map_dataset(root: Path, count: int = 4, size: int = 32, splits=("test",)) -> Path:
+    """testA/ and testB/ (and the other `splits`) of the same colour label maps (8 px blocks of
+    random classes), PNG so the colours stay exact: label maps whose "photos" are themselves."""
     generator = torch.Generator().manual_seed(4)
-    for k in range(count):
-        classes = torch.randint(0, 19, (1, size // 8, size // 8), generator=generator)
-        classes = classes.repeat_interleave(8, 1).repeat_interleave(8, 2)
-        pixels = ((random_label_map(classes)[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
-        for domain in "AB":
-            (root / f"test{domain}").mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(root / f"test{domain}" / f"{k:04d}.png")
+    for split in splits:
+        for k in range(count):
+            classes = torch.randint(0, 19, (1, size // 8, size // 8), generator=generator)
+            classes = classes.repeat_interleave(8, 1).repeat_interleave(8, 2)
+            pixels = ((random_label_map(classes)[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
+            for domain in "AB":
+                (root / f"{split}{domain}").mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(root / f"{split}{domain}" / f"{k:04d}.png")
     return root
 
 
@@ -164,6 +171,11 @@ def segmenter_file(tmp_path_factory) -> Path:
     return export_segmenter(tmp_path_factory.mktemp("segmenter") / "nearest.pt2")
 
 
+@pytest.fixture(scope="module")
+def segmenter_file_32(tmp_path_factory) -> Path:
+    return export_segmenter(tmp_path_factory.mktemp("segmenter") / "nearest32.pt2", size=(32, 32))
+
+
 def test_segmenter_classes_images_at_the_label_size(segmenter_file):
     generator = torch.Generator().manual_seed(3)
     classes = torch.randint(0, 19, (2, 8, 8), generator=generator).repeat_interleave(2, 1).repeat_interleave(2, 2)
@@ -226,3 +238,84 @@ def test_each_direction_gets_the_scores_its_data_allows(segmenter_file, caplog):
         assert label_scores_for(data(True), "B", "A", None, "cpu") is None
     assert "unpaired test images have no real label map" in caplog.text
     assert "No FCN-score for B->A: segmenter_path=" in caplog.text
+
+
+# -- the training callback -----------------------------------------------------------------------
+
+
+def test_training_logs_the_label_scores_of_both_directions(tmp_path, segmenter_file_32):
+    """CycleGAN on label maps (B): AtoB makes label maps, scored as classes; BtoA makes "photos",
+    FCN-scored by the stand-in segmenter, which gets the real ones (the maps themselves) right."""
+    root = write_label_map_dataset(tmp_path / "labels", splits=("train", "test"))
+    cfg = compose_train_cfg(["debug=smoke", "model=cyclegan", "data=cityscapes", f"data.data_dir={root}",
+                             "data.layout=folders", "data.direction=AtoB", "data.load_size=32", "data.crop_size=32",
+                             "data.feature_extractor=random_cnn", "callbacks.latent=null",
+                             f"callbacks.label_scores.segmenter_path={segmenter_file_32}"], tmp_path / "run", tmp_path)
+    metrics = run_training(cfg)
+    logged = {k: v for k, v in metrics.items() if k.startswith("segmentation/")}
+    scores = ("pixel_acc", "class_acc", "class_iou")
+    assert set(logged) == {f"segmentation/{d}/{prefix}_{k}" for d, prefix in
+                           (("AtoB", "label"), ("BtoA", "fcn"), ("BtoA", "real_fcn")) for k in scores}
+    assert all(0 <= v <= 1 and math.isfinite(v) for v in logged.values())
+    assert [logged[f"segmentation/BtoA/real_fcn_{k}"] for k in scores] == [1.0, 1.0, 1.0]
+
+
+def test_callback_is_off_without_label_maps_and_checks_its_segmenter_at_start(tmp_path):
+    callback = LabelScoresCallback()
+    trainer = SimpleNamespace(datamodule=PairedDataModule(data_dir=tmp_path, name="facades"))
+    callback.setup(trainer, SimpleNamespace(translate=lambda x, d: x), "fit")
+    assert not callback.enabled
+    with pytest.raises(ValueError, match=r"callbacks.label_scores.segmenter_size=\[0, 16\] must be \[height, width\]"):
+        LabelScoresCallback(segmenter_size=[0, 16])
+    labelled = SimpleNamespace(datamodule=PairedDataModule(data_dir=write_label_map_dataset(tmp_path / "labels"),
+                                                           name="labels", layout="folders", label_palette="cityscapes"))
+    with pytest.raises(FileNotFoundError, match="callbacks.label_scores.segmenter_path=.*missing.pt2: no such file"):
+        LabelScoresCallback(segmenter_path=str(tmp_path / "missing.pt2")).setup(
+            labelled, SimpleNamespace(translate=lambda x, d: x), "fit")
+
+
+class Road:
+    """Stands in for a translator that paints everything road-coloured."""
+
+    device, iteration = torch.device("cpu"), 0
+
+    def generator_for(self, direction):
+        if direction != "AtoB":
+            raise ValueError("AtoB only")
+
+    def translate(self, x, direction):
+        return random_label_map(torch.zeros(x.size(0), *x.shape[-2:], dtype=torch.long))
+
+
+def label_scores_of_shard(data_dir: str, rank: int, world_size: int) -> dict:
+    datamodule = PairedDataModule(data_dir=data_dir, name="labels", layout="folders", load_size=32, crop_size=32,
+                                  eval_batch_size=2, label_palette="cityscapes", label_domain="B")
+    trainer = SimpleNamespace(datamodule=datamodule, global_rank=rank, world_size=world_size)
+    callback = LabelScoresCallback(max_images=5)
+    callback.setup(trainer, Road(), "fit")
+    return callback.scores(trainer, Road())
+
+
+def label_scores_on_rank(rank: int, world_size: int, port: int, data_dir: str, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        torch.save(label_scores_of_shard(data_dir, rank, world_size), Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_callback_sums_the_confusion_of_every_ddp_rank(tmp_path):
+    """Two gloo processes, each scoring its block of 5 test maps (3 + 2): both log the scores of
+    all 5, the same as one process; a rank's own block alone would score differently."""
+    root = str(write_label_map_dataset(tmp_path / "labels", count=5))
+    expected = label_scores_of_shard(root, 0, 1)
+    assert set(expected) == {f"segmentation/AtoB/label_{k}" for k in ("pixel_acc", "class_acc", "class_iou")}
+    assert label_scores_of_shard(root, 1, 2) != expected   # the test is only as good as the blocks differ
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    torch.multiprocessing.spawn(label_scores_on_rank, args=(2, port, root, str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        assert torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) == pytest.approx(expected, rel=1e-9)

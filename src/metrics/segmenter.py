@@ -37,6 +37,10 @@ class Segmenter:
                              "export the net as src/metrics/segmenter.py shows") from error
         self.path, self.num_classes, self.size, self.key = path, num_classes, size, key
 
+    def to(self, device) -> "Segmenter":
+        self.module = self.module.to(device)
+        return self
+
     @torch.no_grad()
     def classes(self, images: torch.Tensor, label_size: tuple[int, int]) -> torch.Tensor:
         """(N, H, W) classes at `label_size` of (N, 3, h, w) images in [-1, 1]: each image resized

@@ -6,6 +6,13 @@ DIRECTIONS = ("AtoB", "BtoA")
 DIRECTION_KEYS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}
 
 
+def domain_folders(datamodule, direction: str) -> tuple[str, str]:
+    """(source, target) dataset domain letters of a model direction: with data.direction=BtoA
+    the model's AtoB translates the dataset's B images into its A domain."""
+    source, target = datamodule.source_domain, datamodule.target_domain
+    return (source, target) if direction == "AtoB" else (target, source)
+
+
 def untranslated_directions(model) -> dict[str, str]:
     """Direction -> why `model` does not translate it (pix2pix: BtoA). Asked of the model's
     `generator_for`, which raises ValueError for a direction it has no generator for; no

@@ -23,9 +23,9 @@ from src.models.checkpoint_fit import check_checkpoint_file
 from src.models.noise_base import SAMPLES, NoiseToImageModel
 from src.utils.checkpoint_loading import load_model, run_config_path
 from src.utils.config_checks import check_argument_types, is_number, require_int
-from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
+from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, domain_folders, untranslated_directions
 from src.utils.image_grid import make_grid, save_image
-from src.utils.label_evaluation import label_scores_for
+from src.utils.label_evaluation import label_scores_for, segmenter_for
 from src.utils.sequence_plot import plot_series
 from src.utils.translation import resolve_device, save_png, to_uint8_images
 
@@ -91,13 +91,6 @@ def check_trained_direction(model, datamodule, ckpt_path) -> None:
     if trained is not None and trained != datamodule.direction:
         raise ValueError(f"data.direction={datamodule.direction}, but ckpt_path={ckpt_path} was trained with "
                          f"data.direction={trained}: pass data.direction={trained}")
-
-
-def domain_folders(datamodule, direction: str) -> tuple[str, str]:
-    """(source, target) dataset domain letters of a model direction: with data.direction=BtoA
-    the model's AtoB translates the dataset's B images into its A domain."""
-    source, target = datamodule.source_domain, datamodule.target_domain
-    return (source, target) if direction == "AtoB" else (target, source)
 
 
 def evaluate_direction(model, loader, direction: str, n_source: int, n_target: int, scorer: FidKidScorer,
@@ -320,23 +313,6 @@ def apply_truncation(model, psi) -> None:
     model.generator.truncation_psi = float(psi)
 
 
-def segmenter_of(cfg: DictConfig, datamodule, device) -> Segmenter | None:
-    """The FCN-score's segmentation net of eval's `segmenter_path` / `segmenter_size`, or None."""
-    path, size = cfg.get("segmenter_path"), cfg.get("segmenter_size")
-    if size is not None:
-        size = OmegaConf.to_container(size) if OmegaConf.is_config(size) else size
-        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-            raise ValueError(f"segmenter_size={size!r} must be [height, width] in pixels (the size the segmenter "
-                             "was exported for), or null: the label maps' size")
-    if path is None:
-        return None
-    if getattr(datamodule, "label_palette", None) is None:
-        raise ValueError(f"segmenter_path={path} scores generated photos against label maps, but data {datamodule.name} "
-                         "has none: set data.label_palette (e.g. cityscapes) and data.label_domain (the domain of "
-                         "the colour label maps), or leave segmenter_path unset")
-    return Segmenter(path, datamodule.label_palette.num_classes, size, device, key="segmenter_path")
-
-
 def markdown_row(name: str, metrics: dict[str, dict[str, float]]) -> str:
     cells = [name]
     for direction, values in metrics.items():
@@ -399,7 +375,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
         scorer, report["feature_extractor"] = fid_kid_scorer(cfg, datamodule, device)
         report["data_direction"] = datamodule.direction
         directions, results = evaluate_translations(model, datamodule, dataset, loader, scorer, output_dir, device,
-                                                    segmenter_of(cfg, datamodule, device))
+                                                    segmenter_for(datamodule, cfg.get("segmenter_path"),
+                                                                  cfg.get("segmenter_size"), device))
     report.update({"directions": directions, "metrics": results})
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     name = str(cfg.name) if cfg.get("name") is not None else f"{type(model).__name__} / {datamodule.name}"

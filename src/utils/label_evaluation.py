@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from omegaconf import OmegaConf
 
 from src.metrics.label_maps import Palette, colours_to_classes
 from src.metrics.segmentation_scores import SegmentationScorer
@@ -62,9 +63,11 @@ class FcnScores:
                 for name, value in scorer.compute().items()}
 
 
-def label_scores_for(datamodule, source: str, target: str, segmenter: Segmenter | None, device):
+def label_scores_for(datamodule, source: str, target: str, segmenter: Segmenter | None, device,
+                     real_photos: bool = True):
     """The label-map scores of translating dataset domain `source` into `target`, or None
-    (with the reason logged) where the data has no label maps or the direction cannot be scored."""
+    (with the reason logged) where the data has no label maps or the direction cannot be scored;
+    `real_photos=False` leaves out the real photos' FCN-score (known from an earlier call)."""
     palette, labels = getattr(datamodule, "label_palette", None), getattr(datamodule, "label_domain", None)
     if palette is None or labels not in (source, target):
         return None
@@ -78,4 +81,22 @@ def label_scores_for(datamodule, source: str, target: str, segmenter: Segmenter 
         log.info("No FCN-score for %s->%s: segmenter_path=/path/to/segmenter.pt2 (a segmentation net of the "
                  "label classes, src/metrics/segmenter.py) scores the generated photos", source, target)
         return None
-    return FcnScores(palette, segmenter, real=datamodule.paired, device=device)
+    return FcnScores(palette, segmenter, real=real_photos and datamodule.paired, device=device)
+
+
+def segmenter_for(datamodule, path, size, device, key_prefix: str = "") -> Segmenter | None:
+    """The FCN-score's segmentation net of the settings `<key_prefix>segmenter_path` and
+    `<key_prefix>segmenter_size` (checked even without a path), or None without a path."""
+    if size is not None:
+        size = OmegaConf.to_container(size) if OmegaConf.is_config(size) else size
+        if not (isinstance(size, (list, tuple)) and len(size) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+            raise ValueError(f"{key_prefix}segmenter_size={size!r} must be [height, width] in pixels (the size the "
+                             "segmenter was exported for), or null: the label maps' size")
+    if path is None:
+        return None
+    if getattr(datamodule, "label_palette", None) is None:
+        raise ValueError(f"{key_prefix}segmenter_path={path} scores generated photos against label maps, but data "
+                         f"{datamodule.name} has none: set data.label_palette (e.g. cityscapes) and data.label_domain "
+                         f"(the domain of the colour label maps), or leave {key_prefix}segmenter_path unset")
+    return Segmenter(path, datamodule.label_palette.num_classes, size, device, key=f"{key_prefix}segmenter_path")

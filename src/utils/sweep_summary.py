@@ -42,6 +42,8 @@ EVAL_RESULT = "metrics.json"   # what src/eval.py writes in its output directory
 #: what the markdown table shows by default, per result file, where a job has it (the CSV has every metric)
 DEFAULT_METRICS = {
     FINAL_METRICS: ("eval/fid", "eval/kid_x100", "truth/AtoB/iou", "truth/BtoA/iou",            # translation
+                    "segmentation/AtoB/label_class_iou", "segmentation/BtoA/label_class_iou",
+                    "segmentation/AtoB/fcn_class_iou", "segmentation/BtoA/fcn_class_iou",
                     "eval/fid_samples", "eval/kid_x100_samples", "eval/is_samples", "eval/cls_is_samples",  # noise
                     "eval/mmd2_samples"),                                                         # series
     EVAL_RESULT: ("AtoB/fid", "BtoA/fid", "AtoB/kid_x100", "BtoA/kid_x100", "AtoB/iou", "BtoA/iou",
