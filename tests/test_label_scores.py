@@ -198,8 +198,9 @@ def test_segmenter_errors_name_the_setting_and_the_fix(segmenter_file, tmp_path)
     with pytest.raises(ValueError, match="segmenter_path=.*weights.pt is not a program saved by torch.export.save"):
         Segmenter(tmp_path / "weights.pt", 19, None, "cpu", key="segmenter_path")
     images = torch.zeros(1, 3, 16, 16)
-    with pytest.raises(ValueError, match=r"returned \(1, 19, 16, 16\); it must return \(1, 18, h, w\)"):
-        Segmenter(segmenter_file, 18, None, "cpu", key="segmenter_path").classes(images, (16, 16))
+    with pytest.raises(ValueError, match=r"returned \(1, 19, 16, 16\); it must return \(1, C, h, w\) class scores, "
+                                         r"channel k for class k of the label palette's 20"):
+        Segmenter(segmenter_file, 20, None, "cpu", key="segmenter_path").classes(images, (16, 16))
     with pytest.raises(ValueError, match=r"cannot segment a \(1, 3, 12, 12\) image: .*set segmenter_size"):
         Segmenter(segmenter_file, 19, None, "cpu", key="segmenter_path").classes(torch.zeros(1, 3, 12, 12), (12, 12))
 

@@ -3,8 +3,9 @@ given by file, so any net trained on the labels can score generated photos witho
 
 The pix2pix paper scores labels->photo with an FCN-8s trained on Cityscapes (Caffe weights;
 junyanz's scripts/eval_cityscapes). Whatever net is used, its file takes a float (1, 3, H, W)
-RGB image in [0, 1] and returns (1, C, h, w) class scores (or a dict holding them under "out",
-as torchvision's segmentation models do); any other preprocessing (BGR, mean subtraction) is the
+RGB image in [0, 1] and returns (1, C, h, w) class scores, channel k for the palette's class k
+(channels beyond its classes are predictions of no class, scored as misses), or a dict holding
+them under "out", as torchvision's segmentation models do; any other preprocessing (BGR, mean subtraction) is the
 exported module's job, so the file alone says how the net is fed. Export it at the size it is
 run at (`segmenter_size`, or the label maps' size), batch 1:
 
@@ -60,10 +61,11 @@ class Segmenter:
                                  "for") from error
             if isinstance(scores, dict) and "out" in scores:
                 scores = scores["out"]
-            if not (isinstance(scores, torch.Tensor) and scores.dim() == 4 and scores.size(1) == self.num_classes):
+            if not (isinstance(scores, torch.Tensor) and scores.dim() == 4 and scores.size(1) >= self.num_classes):
                 shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-                raise ValueError(f"{self.key}={self.path} returned {shape}; it must return (1, {self.num_classes}, "
-                                 f"h, w) class scores, one channel per class of the label palette")
+                raise ValueError(f"{self.key}={self.path} returned {shape}; it must return (1, C, h, w) class "
+                                 f"scores, channel k for class k of the label palette's {self.num_classes} (channels "
+                                 "beyond them, such as a background class, are predictions of no class)")
             if tuple(scores.shape[-2:]) != tuple(label_size):
                 scores = F.interpolate(scores.float(), size=label_size, mode="bilinear", align_corners=False)
             maps.append(scores.argmax(1))
