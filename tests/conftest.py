@@ -6,6 +6,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import math  # noqa: E402
+import socket  # noqa: E402
 
 import hydra  # noqa: E402
 import pytest  # noqa: E402
@@ -138,3 +139,27 @@ def fit_one_batch(model, batch: dict) -> pl.Trainer:
                          limit_val_batches=0)
     trainer.fit(model, train_dataloaders=DataLoader([batch], batch_size=None))
     return trainer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gloo_rank(rank: int, world_size: int, port: int, score, args: tuple, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)   # two ranks on two cores
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        torch.save(score(*args, rank, world_size), Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def results_of_gloo_ranks(score, args: tuple, world_size: int, out_dir: Path) -> list:
+    """`score(*args, rank, world_size)` of each rank of a gloo process group (spawned: the
+    subprocess launcher would re-run pytest), in rank order; `score` must be a module-level function."""
+    torch.multiprocessing.spawn(_gloo_rank, args=(world_size, free_port(), score, args, str(out_dir)),
+                                nprocs=world_size)
+    return [torch.load(Path(out_dir) / f"rank{rank}.pt", weights_only=False) for rank in range(world_size)]

@@ -5,7 +5,6 @@ import csv
 import json
 import math
 import os
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from hydra.errors import InstantiationException
 
-from conftest import compose_train_cfg
+from conftest import compose_train_cfg, free_port
 from src.callbacks.fid_kid import FidKidCallback, isolated_rng, shard_range
 from src.callbacks.latent import gather_rows
 from src.data.shapes import ShapesDataModule
@@ -300,12 +299,6 @@ def test_callbacks_under_ddp_match_a_single_process(single_process_run, shared_d
     final = json.loads((tmp_path / "ddp" / "final_metrics.json").read_text())
     assert final["iteration"] == 4 and final["metrics"]["eval/fid"] == pytest.approx(metrics["eval/fid"])
     assert final["best_fid"] == min(final["best_fid"], metrics["eval/fid"]) and final["best_fid_iteration"] in (2, 4)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def empty_rank_worker(rank: int, port: int, real, fake, rows, out_dir: str) -> None:

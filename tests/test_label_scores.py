@@ -2,8 +2,6 @@
 FCN-score's exported segmentation net."""
 import logging
 import math
-import os
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,7 +17,7 @@ from src.metrics.segmentation_scores import SegmentationScorer
 from src.metrics.segmenter import Segmenter
 from src.utils.label_evaluation import FcnScores, GeneratedLabelScores, label_scores_for
 from src.utils.run import run_training
-from tests.conftest import compose_train_cfg
+from tests.conftest import compose_train_cfg, results_of_gloo_ranks
 
 
 def colour_image(colours, height: int = 4) -> torch.Tensor:
@@ -297,16 +295,6 @@ def label_scores_of_shard(data_dir: str, rank: int, world_size: int) -> dict:
     return callback.scores(trainer, Road())
 
 
-def label_scores_on_rank(rank: int, world_size: int, port: int, data_dir: str, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        torch.save(label_scores_of_shard(data_dir, rank, world_size), Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        torch.distributed.destroy_process_group()
-
-
 def test_callback_sums_the_confusion_of_every_ddp_rank(tmp_path):
     """Two gloo processes, each scoring its block of 5 test maps (3 + 2): both log the scores of
     all 5, the same as one process; a rank's own block alone would score differently."""
@@ -314,9 +302,5 @@ def test_callback_sums_the_confusion_of_every_ddp_rank(tmp_path):
     expected = label_scores_of_shard(root, 0, 1)
     assert set(expected) == {f"segmentation/AtoB/label_{k}" for k in ("pixel_acc", "class_acc", "class_iou")}
     assert label_scores_of_shard(root, 1, 2) != expected   # the test is only as good as the blocks differ
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    torch.multiprocessing.spawn(label_scores_on_rank, args=(2, port, root, str(tmp_path)), nprocs=2)
-    for rank in (0, 1):
-        assert torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) == pytest.approx(expected, rel=1e-9)
+    for scores in results_of_gloo_ranks(label_scores_of_shard, (root,), 2, tmp_path):
+        assert scores == pytest.approx(expected, rel=1e-9)

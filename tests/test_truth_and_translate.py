@@ -4,7 +4,6 @@ import json
 import logging
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ from src.utils.export import export_translation
 from src.utils.run import run_training
 from src.utils.translation import crop_to_box, pad_to_multiple, size_multiple, translate_images
 from src.utils.directions import untranslated_directions
-from tests.conftest import compose_train_cfg
+from tests.conftest import compose_train_cfg, results_of_gloo_ranks
 from tests.test_label_scores import export_segmenter, write_label_map_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,27 +199,13 @@ def score_shard(data_dir: str, rank: int, world_size: int) -> tuple[dict, int]:
     return callback.scores(trainer, model), model.translated
 
 
-def score_on_rank(rank: int, world_size: int, port: int, data_dir: str, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        torch.save(score_shard(data_dir, rank, world_size), Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        torch.distributed.destroy_process_group()
-
-
 def test_callback_scores_shards_and_sums_them_across_ddp_ranks(smoke_runs, tmp_path):
     """Two gloo processes: each translates its own pairs (3 + 2 of 5, per direction) and both
     log the means over all 5, the same as one process scoring them all."""
     data_dir = str(smoke_runs["cyclegan"].cfg.data.data_dir)
     expected, translated = score_shard(data_dir, 0, 1)
     assert translated == 2 * 5
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    torch.multiprocessing.spawn(score_on_rank, args=(2, port, data_dir, str(tmp_path)), nprocs=2)
-    results = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+    results = results_of_gloo_ranks(score_shard, (data_dir,), 2, tmp_path)
     assert [count for _, count in results] == [2 * 3, 2 * 2]
     for metrics, _ in results:
         assert metrics.keys() == expected.keys()
@@ -541,9 +526,9 @@ def write_folder_dataset(root: Path, test_sizes: dict[str, tuple[int, int]]) -> 
     return root
 
 
-def evaluate_on_folders(run, tmp_path, data_root: Path, *overrides):
+def evaluate_on_folders(run, tmp_path, data_root: Path, *overrides, data: str = "horse2zebra"):
     from src.utils.evaluation import run_evaluation
-    cfg = compose_train_cfg([f"ckpt_path={run.ckpt}", "data=horse2zebra", f"data.data_dir={data_root}",
+    cfg = compose_train_cfg([f"ckpt_path={run.ckpt}", f"data={data}", f"data.data_dir={data_root}",
                              "feature_extractor=random_cnn", "kid_subset_size=2", *overrides],
                             tmp_path / "eval", tmp_path, config_name="eval")
     try:
@@ -554,15 +539,8 @@ def evaluate_on_folders(run, tmp_path, data_root: Path, *overrides):
 
 def evaluate_label_maps(run, tmp_path, data_root: Path, *overrides):
     """eval.py on the cityscapes config (its label palette) over `data_root`'s 32 px label maps."""
-    from src.utils.evaluation import run_evaluation
-    cfg = compose_train_cfg([f"ckpt_path={run.ckpt}", "data=cityscapes", f"data.data_dir={data_root}",
-                             "data.layout=folders", "data.direction=AtoB", "data.load_size=32", "data.crop_size=32",
-                             "feature_extractor=random_cnn", "kid_subset_size=2", *overrides],
-                            tmp_path / "eval", tmp_path, config_name="eval")
-    try:
-        return run_evaluation(cfg), Path(cfg.output_dir)
-    finally:
-        GlobalHydra.instance().clear()
+    return evaluate_on_folders(run, tmp_path, data_root, "data.layout=folders", "data.direction=AtoB",
+                               "data.load_size=32", "data.crop_size=32", *overrides, data="cityscapes")
 
 
 def test_eval_scores_label_maps_both_ways_on_the_cityscapes_palette(smoke_runs, tmp_path, capsys):

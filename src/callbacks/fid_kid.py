@@ -104,8 +104,15 @@ class PeriodicEvaluation(pl.Callback):
         self._loader: DataLoader | None = None
 
     # ----- what subclasses provide -------------------------------------------------------
-    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def scores(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """The metrics of one evaluation, the same on every rank (a collective call under DDP)."""
         raise NotImplementedError
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Log `scores` at the module's iteration; callbacks that also save or plot override it."""
+        metrics = self.scores(trainer, pl_module)
+        if metrics:
+            publish_metrics(trainer, metrics, step=pl_module.iteration)
 
     # ----- the evaluation set ------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -16,7 +16,7 @@ import logging
 
 import pytorch_lightning as pl
 
-from src.callbacks.fid_kid import PeriodicEvaluation, publish_metrics
+from src.callbacks.fid_kid import PeriodicEvaluation
 from src.metrics.segmenter import Segmenter
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, domain_folders, untranslated_directions
 from src.utils.label_evaluation import FcnScores, label_scores_for, segmenter_for
@@ -74,8 +74,3 @@ class LabelScoresCallback(PeriodicEvaluation):
                 results.update(self._real[direction])
             metrics.update({f"segmentation/{direction}/{k}": v for k, v in results.items()})
         return metrics
-
-    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        metrics = self.scores(trainer, pl_module)
-        if metrics:
-            publish_metrics(trainer, metrics, step=pl_module.iteration)

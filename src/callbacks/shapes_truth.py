@@ -23,7 +23,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from src.callbacks.fid_kid import PeriodicEvaluation, publish_metrics
+from src.callbacks.fid_kid import PeriodicEvaluation
 from src.metrics.shapes_truth import (ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta,
                                       test_image_size)
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
@@ -125,8 +125,3 @@ class ShapesTruthCallback(PeriodicEvaluation):
             scores = self._score_direction(trainer, pl_module, direction)
             metrics.update({f"truth/{direction}/{k}": v for k, v in scores.items()})
         return metrics
-
-    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        metrics = self.scores(trainer, pl_module)
-        if metrics:
-            publish_metrics(trainer, metrics, step=pl_module.iteration)
