@@ -237,6 +237,10 @@ def test_each_direction_gets_the_scores_its_data_allows(segmenter_file, caplog):
         assert label_scores_for(data(True), "B", "A", None, "cpu") is None
     assert "unpaired test images have no real label map" in caplog.text
     assert "No FCN-score for B->A: segmenter_path=" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="src.utils.label_evaluation"):
+        assert label_scores_for(data(True), "B", "A", None, "cpu", explain=False) is None
+    assert not caplog.text   # the training callback says it at its first evaluation only
 
 
 # -- the training callback -----------------------------------------------------------------------
@@ -293,6 +297,18 @@ def label_scores_of_shard(data_dir: str, rank: int, world_size: int) -> dict:
     callback = LabelScoresCallback(max_images=5)
     callback.setup(trainer, Road(), "fit")
     return callback.scores(trainer, Road())
+
+
+def test_callback_says_why_a_direction_is_not_scored_at_its_first_evaluation_only(tmp_path, caplog):
+    datamodule = PairedDataModule(data_dir=write_label_map_dataset(tmp_path / "labels"), name="labels",
+                                  layout="folders", load_size=32, crop_size=32, label_palette="cityscapes",
+                                  label_domain="A")   # AtoB makes photos, and there is no segmenter
+    trainer = SimpleNamespace(datamodule=datamodule, global_rank=0, world_size=1)
+    callback = LabelScoresCallback()
+    callback.setup(trainer, Road(), "fit")
+    with caplog.at_level(logging.INFO, logger="src.utils.label_evaluation"):
+        assert callback.scores(trainer, Road()) == {} and callback.scores(trainer, Road()) == {}
+    assert caplog.text.count("No FCN-score for A->B") == 1
 
 
 def test_callback_sums_the_confusion_of_every_ddp_rank(tmp_path):

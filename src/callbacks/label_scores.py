@@ -35,6 +35,7 @@ class LabelScoresCallback(PeriodicEvaluation):
         segmenter_for(None, None, segmenter_size, "cpu", key_prefix=f"{self.config_key}.")   # its size, at start
         self._segmenter: Segmenter | None = None
         self._real: dict[str, dict[str, float]] = {}   # real photos' FCN-scores, by direction
+        self._explained: set[str] = set()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
@@ -60,7 +61,8 @@ class LabelScoresCallback(PeriodicEvaluation):
         skipped = untranslated_directions(pl_module)
         for direction in [d for d in DIRECTIONS if d not in skipped]:
             scores = label_scores_for(datamodule, *domain_folders(datamodule, direction), self._segmenter, device,
-                                      real_photos=direction not in self._real)
+                                      real_photos=direction not in self._real, explain=direction not in self._explained)
+            self._explained.add(direction)   # why a direction is not scored, said at the first evaluation only
             if scores is None:
                 continue
             source_key, target_key = DIRECTION_KEYS[direction]

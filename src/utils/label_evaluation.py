@@ -64,21 +64,23 @@ class FcnScores:
 
 
 def label_scores_for(datamodule, source: str, target: str, segmenter: Segmenter | None, device,
-                     real_photos: bool = True):
+                     real_photos: bool = True, explain: bool = True):
     """The label-map scores of translating dataset domain `source` into `target`, or None
-    (with the reason logged) where the data has no label maps or the direction cannot be scored;
-    `real_photos=False` leaves out the real photos' FCN-score (known from an earlier call)."""
+    (with the reason logged unless `explain=False`) where the data has no label maps or the
+    direction cannot be scored; `real_photos=False` leaves out the real photos' FCN-score
+    (known from an earlier call)."""
     palette, labels = getattr(datamodule, "label_palette", None), getattr(datamodule, "label_domain", None)
     if palette is None or labels not in (source, target):
         return None
+    say = log.info if explain else log.debug
     if target == labels:
         if not datamodule.paired:
-            log.info("No photo->labels scores for %s->%s: unpaired test images have no real label map to "
+            say("No photo->labels scores for %s->%s: unpaired test images have no real label map to "
                      "compare with", source, target)
             return None
         return GeneratedLabelScores(palette, device)
     if segmenter is None:
-        log.info("No FCN-score for %s->%s: segmenter_path=/path/to/segmenter.pt2 (a segmentation net of the "
+        say("No FCN-score for %s->%s: segmenter_path=/path/to/segmenter.pt2 (a segmentation net of the "
                  "label classes, src/metrics/segmenter.py) scores the generated photos", source, target)
         return None
     return FcnScores(palette, segmenter, real=real_photos and datamodule.paired, device=device)
