@@ -550,6 +550,29 @@ def test_paired_folders_match_by_the_path_inside_each_folder(tmp_path):
         match_by_name(root / "testA", root / "testB")
 
 
+@pytest.mark.parametrize("direction", ["AtoB", "BtoA"])
+def test_pairs_named_with_their_domain_letter_match(tmp_path, direction):
+    """CycleGAN's copies of the paired datasets (and junyanz's prepare_cityscapes_dataset.py)
+    name pair i `i_A.jpg` / `i_B.jpg`: they pair up, either way round; a folder where not every
+    name carries its letter is matched by the names as they are."""
+    root = tmp_path / "cityscapes"
+    colors = {"0": (255, 0, 0), "1": (0, 0, 255)}
+    for split in ("train", "test"):
+        for k, color in colors.items():
+            write_image(root / f"{split}A" / f"{k}_A.jpg", color=color)
+            write_image(root / f"{split}B" / f"{k}_B.png", color=color)
+    dm = module(PairedDataModule, root, layout="folders", flip=False, direction=direction)
+    dm.setup("fit")
+    dataset = dm.test_dataloader().dataset
+    source, target = ("A", "B") if direction == "AtoB" else ("B", "A")
+    assert [(Path(a).stem, Path(b).stem) for a, b in dataset.pairs] == [(f"0_{source}", f"0_{target}"),
+                                                                       (f"1_{source}", f"1_{target}")]
+    assert dataset[1]["A"][2].mean() > 0.9 and dataset[1]["B"][2].mean() > 0.9   # both blue
+    write_image(root / "testA" / "2.jpg")
+    with pytest.raises(MissingPartnerError, match=r"0_A.jpg has no partner named '0_A.\*'"):
+        match_by_name(root / "testA", root / "testB")
+
+
 def test_a_setting_that_is_not_a_boolean_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"data.flip='maybe' must be true or false"):
         module(UnpairedDataModule, tmp_path, flip="maybe")

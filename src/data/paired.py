@@ -34,15 +34,23 @@ def split_side_by_side(image: Image.Image) -> tuple[Image.Image, Image.Image]:
     return image.crop((0, 0, half, image.height)), image.crop((half, 0, 2 * half, image.height))
 
 
-def match_by_name(folder_a: Path, folder_b: Path) -> list[tuple[Path, Path]]:
+def match_by_name(folder_a: Path, folder_b: Path, domains: tuple[str, str] = ("A", "B")) -> list[tuple[Path, Path]]:
     """Pair the images of two folders by name: their path inside the folder without the
     extension (`trainA/x.jpg` with `trainB/x.png`, `trainA/day1/x.jpg` with `trainB/day1/x.png`),
-    sorted; any unmatched file is an error."""
+    sorted; any unmatched file is an error.
 
-    def by_name(folder: Path) -> dict[str, Path]:
+    `domains` are the folders' domain letters. CycleGAN's copies of the paired datasets, and
+    junyanz's prepare scripts, name pair i `i_A.jpg` in trainA and `i_B.jpg` in trainB: where
+    every name in a folder ends in its own domain's `_A` / `_B`, that ending is left out."""
+
+    def by_name(folder: Path, domain: str) -> dict[str, Path]:
+        paths = list_images(folder)
+        found = [name_in_folder(path, folder) for path in paths]
+        ending = f"_{domain}"
+        if found and all(name.endswith(ending) for name in found):
+            found = [name[: -len(ending)] for name in found]
         names: dict[str, Path] = {}
-        for path in list_images(folder):
-            name = name_in_folder(path, folder)
+        for path, name in zip(paths, found):
             if name in names:
                 raise MissingPartnerError(
                     f"{names[name]} and {path} share the name {name!r}, so their "
@@ -60,7 +68,7 @@ def match_by_name(folder_a: Path, folder_b: Path) -> list[tuple[Path, Path]]:
                     f"or remove the file."
                 )
 
-    files_a, files_b = by_name(folder_a), by_name(folder_b)
+    files_a, files_b = by_name(folder_a, domains[0]), by_name(folder_b, domains[1])
     require_partners(files_a, files_b, folder_b)
     require_partners(files_b, files_a, folder_a)
     return [(files_a[name], files_b[name]) for name in sorted(files_a, key=lambda name: name.split("/"))]
@@ -167,7 +175,8 @@ class PairedDataModule(ImageTranslationDataModule):
             domain: require_folder(self.split_folder(split, domain), self.name, self.data_dir)
             for domain in (self.source_domain, self.target_domain)
         }
-        return match_by_name(folders[self.source_domain], folders[self.target_domain]), None
+        return match_by_name(folders[self.source_domain], folders[self.target_domain],
+                             (self.source_domain, self.target_domain)), None
 
     def _build_dataset(self, split: str, train: bool) -> Dataset:
         pairs, source_half = self._pairs(split)
