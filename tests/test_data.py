@@ -761,3 +761,15 @@ def test_all_data_configs_instantiate_without_data(tmp_path):
         paired = {"facades", "maps", "edges2shoes", "cityscapes", "shapes_paired"}
         assert dm.paired == (Path(file).stem in paired), file
     assert not (tmp_path / "nowhere").exists()  # construction touched no folder
+
+
+@pytest.mark.parametrize("name", ["cityscapes_unpaired", "facades_unpaired", "maps_unpaired"])
+def test_cyclegans_unpaired_copies_have_a_config_and_a_download(tmp_path, name):
+    """CycleGAN's papers train on these copies with B drawn at random; their configs point at
+    the folders `python -m src.data.download NAME` fills, and say so when they are missing."""
+    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path)}, "data": OmegaConf.load(CONF_DATA / f"{name}.yaml")})
+    dm = instantiate(cfg.data)
+    assert isinstance(dm, UnpairedDataModule) and dm.data_dir == tmp_path / name and name in download.DATASETS
+    assert (dm.label_palette is not None) == (name == "cityscapes_unpaired")
+    with pytest.raises(DatasetNotFoundError, match=f"python -m src.data.download {name}"):
+        dm.setup("fit")

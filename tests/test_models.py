@@ -1,6 +1,7 @@
 """Translation models: players update only their own parameters, losses are finite and move,
 every model x loss composes, and a seeded run resumes to the same weights."""
 import math
+import warnings
 from pathlib import Path
 
 import hydra
@@ -381,3 +382,31 @@ def test_wgan_clips_the_critic_after_its_updates_and_nothing_else(train_cfg, mod
     assert max(float(p.abs().max()) for p in generators) > 0.005
     with pytest.raises(Exception, match=r"loss.clip=0: loss=wgan clips the critic's weights"):
         hydra.utils.instantiate(train_cfg(f"model={model_name}", "loss=wgan", "loss.clip=0").model, _recursive_=False)
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_data_of_the_wrong_kind_for_the_method_is_named_at_fit_start(train_cfg, model_name, tmp_path):
+    """pix2pix refuses unpaired data; an unpaired method on an aligned config is warned that its
+    paper draws each B at random."""
+    from types import SimpleNamespace
+    from src.data.paired import PairedDataModule
+    from src.data.unpaired import UnpairedDataModule
+    model = hydra.utils.instantiate(train_cfg(f"model={model_name}").model, _recursive_=False)
+    paired = PairedDataModule(data_dir=tmp_path, name="facades")
+    unpaired = UnpairedDataModule(data_dir=tmp_path, name="horse2zebra")
+    if model_name == "pix2pix":
+        model.trainer = SimpleNamespace(datamodule=unpaired)
+        with pytest.raises(ValueError, match="Pix2Pix needs paired data"):
+            model.on_fit_start()
+        model.trainer = SimpleNamespace(datamodule=paired)
+        model.on_fit_start()
+        return
+    model.trainer = SimpleNamespace(datamodule=paired)
+    with pytest.warns(UserWarning, match=r"is an unpaired method, and data facades serves aligned pairs.*"
+                                         r"data=cityscapes_unpaired, facades_unpaired, maps_unpaired"):
+        model.on_fit_start()
+    model.trainer = SimpleNamespace(datamodule=unpaired)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.on_fit_start()
+    assert not [w for w in caught if "unpaired method" in str(w.message)]

@@ -547,8 +547,26 @@ class AdversarialModel(pl.LightningModule):
 class TranslationModel(AdversarialModel):
     """An image-to-image translator: generators per direction, `translate(x, direction)`."""
 
+    #: whether the method learns from aligned pairs (pix2pix); the unpaired methods' papers and
+    #: reference loaders draw each B at random, independently of its A
+    learns_from_pairs = False
+
     def generator_for(self, direction: str) -> nn.Module:
         raise NotImplementedError
+
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "paired"):
+            return
+        name = type(self).__name__
+        if self.learns_from_pairs and not datamodule.paired:
+            raise ValueError(f"{name} needs paired data: choose a paired data config (e.g. data=shapes_paired, "
+                             "data=facades), not an unpaired one")
+        if not self.learns_from_pairs and datamodule.paired:
+            rank_zero_warn(f"{name} is an unpaired method, and data {datamodule.name} serves aligned pairs: every "
+                           "batch's B is its A's own partner, where the paper's loader draws B at random. For the "
+                           "paper's setting use an unpaired data config (the public paired datasets have one: "
+                           "data=cityscapes_unpaired, facades_unpaired, maps_unpaired).")
 
     def check_batch(self, batch: dict) -> None:
         """A clear error naming the data settings, instead of a tensor-size error deep in a

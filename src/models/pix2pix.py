@@ -16,6 +16,7 @@ from src.models.image_pool import ImagePool
 
 class Pix2Pix(TranslationModel):
     optimizer_steps_per_iter = 2
+    learns_from_pairs = True
     loss_weights = ("l1", "feature_matching", "gp")
 
     def __init__(self, generator: dict, discriminator: dict, loss: dict, optimizer: dict, lr_schedule: dict,
@@ -36,12 +37,6 @@ class Pix2Pix(TranslationModel):
         self.weight("l1")
         self.use_feature_matching = float(self.weights.get("feature_matching", 0.0)) > 0
         self.use_fast_conv(fast_conv)
-
-    def on_fit_start(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and not getattr(datamodule, "paired", False):
-            raise ValueError("pix2pix needs paired data: choose a paired data config (e.g. data=shapes_paired, "
-                             "data=facades), not an unpaired one")
 
     def player_modules(self) -> dict[str, list[nn.Module]]:
         return {"discriminator": [self.D], "generator": [self.G]}
