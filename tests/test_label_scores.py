@@ -32,9 +32,11 @@ def random_label_map(classes: torch.Tensor) -> torch.Tensor:
     return colours[classes].permute(0, 3, 1, 2).contiguous()
 
 
-def write_label_map_dataset(root: Path, count: int = 4, size: int = 32, splits=("test",)) -> Path:
+def write_label_map_dataset(root: Path, count: int = 4, size: int = 32, splits=("test",),
+                            domain_endings: bool = False) -> Path:
     """testA/ and testB/ (and the other `splits`) of the same colour label maps (8 px blocks of
-    random classes), PNG so the colours stay exact: label maps whose "photos" are themselves."""
+    random classes), PNG so the colours stay exact: label maps whose "photos" are themselves;
+    named 0000.png, or with `domain_endings` as CycleGAN's copies name pairs (0000_A.png, 0000_B.png)."""
     generator = torch.Generator().manual_seed(4)
     for split in splits:
         for k in range(count):
@@ -43,7 +45,8 @@ def write_label_map_dataset(root: Path, count: int = 4, size: int = 32, splits=(
             pixels = ((random_label_map(classes)[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
             for domain in "AB":
                 (root / f"{split}{domain}").mkdir(parents=True, exist_ok=True)
-                Image.fromarray(pixels).save(root / f"{split}{domain}" / f"{k:04d}.png")
+                ending = f"_{domain}" if domain_endings else ""
+                Image.fromarray(pixels).save(root / f"{split}{domain}" / f"{k:04d}{ending}.png")
     return root
 
 
@@ -225,7 +228,7 @@ def test_each_direction_gets_the_scores_its_data_allows(segmenter_file, caplog):
     segmenter = Segmenter(segmenter_file, 19, None, "cpu", key="segmenter_path")
 
     def data(paired, label_domain="B", palette=CITYSCAPES):
-        return SimpleNamespace(label_palette=palette, label_domain=label_domain, paired=paired)
+        return SimpleNamespace(label_palette=palette, label_domain=label_domain, test_items_are_pairs=lambda: paired)
 
     assert isinstance(label_scores_for(data(True), "A", "B", None, "cpu"), GeneratedLabelScores)
     fcn = label_scores_for(data(True), "B", "A", segmenter, "cpu")
@@ -235,7 +238,7 @@ def test_each_direction_gets_the_scores_its_data_allows(segmenter_file, caplog):
     with caplog.at_level(logging.INFO, logger="src.utils.label_evaluation"):
         assert label_scores_for(data(False), "A", "B", segmenter, "cpu") is None
         assert label_scores_for(data(True), "B", "A", None, "cpu") is None
-    assert "unpaired test images have no real label map" in caplog.text
+    assert "the test images are not pairs" in caplog.text
     assert "No FCN-score for B->A: segmenter_path=" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="src.utils.label_evaluation"):
@@ -309,6 +312,36 @@ def test_callback_says_why_a_direction_is_not_scored_at_its_first_evaluation_onl
     with caplog.at_level(logging.INFO, logger="src.utils.label_evaluation"):
         assert callback.scores(trainer, Road()) == {} and callback.scores(trainer, Road()) == {}
     assert caplog.text.count("No FCN-score for A->B") == 1
+
+
+class Identity(Road):
+    def translate(self, x, direction):
+        return x
+
+
+def test_cyclegans_unpaired_copy_is_scored_on_its_test_pairs(tmp_path):
+    """CycleGAN's copies name pair i `i_A` / `i_B`: the unpaired data serves real pairs at test
+    time, so photo->labels (CycleGAN's Table 2) is scored during training on the paper's data;
+    folders whose names do not match one to one are not taken for pairs."""
+    from src.data.unpaired import UnpairedDataModule
+    root = write_label_map_dataset(tmp_path / "copy", count=3, domain_endings=True)
+
+    def datamodule():
+        dm = UnpairedDataModule(data_dir=root, name="cityscapes_unpaired", load_size=32, crop_size=32,
+                                label_palette="cityscapes", label_domain="B")
+        dm.setup("test")
+        return dm
+
+    trainer = SimpleNamespace(datamodule=datamodule(), global_rank=0, world_size=1)
+    assert trainer.datamodule.test_items_are_pairs()
+    callback = LabelScoresCallback()
+    callback.setup(trainer, Identity(), "fit")
+    assert callback.scores(trainer, Identity()) == {f"segmentation/AtoB/label_{k}": 1.0
+                                                    for k in ("pixel_acc", "class_acc", "class_iou")}
+    (root / "testB" / "0002_B.png").rename(root / "testB" / "0003_B.png")
+    assert not datamodule().test_items_are_pairs()
+    (root / "testB" / "0003_B.png").unlink()
+    assert not datamodule().test_items_are_pairs()   # 3 against 2: item 2 would cycle to a stranger
 
 
 def test_callback_sums_the_confusion_of_every_ddp_rank(tmp_path):

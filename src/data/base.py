@@ -361,6 +361,11 @@ class ImageTranslationDataModule(SplitDataModule):
     def target_domain(self) -> str:
         return "B" if self.direction == "AtoB" else "A"
 
+    def test_items_are_pairs(self) -> bool:
+        """Whether test item i holds a real pair (source and its own target), which scores that
+        compare a translation with its target need (the label maps' photo->labels)."""
+        return self.paired
+
     def split_folder(self, split: str, domain: str) -> Path | None:
         """The folder whose tree holds the images of dataset domain `domain` ("A" or "B") in
         `split`, which evaluation names its outputs within; None where images are not files of

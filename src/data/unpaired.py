@@ -9,8 +9,10 @@ import torch
 from torch.utils.data import Dataset
 
 from src.data.base import ImageTranslationDataModule
+from src.data.errors import MissingPartnerError
 from src.data.folders import list_images, require_folder
 from src.data.image_io import load_image
+from src.data.paired import match_by_name
 from src.data.transforms import ImageTransform
 
 
@@ -72,6 +74,7 @@ class UnpairedDataModule(ImageTranslationDataModule):
     """
 
     paired = False
+    _test_items_are_pairs: bool | None = None
 
     def _domain_folder(self, split: str, domain: str) -> Path:
         require_folder(self.data_dir, self.name, self.data_dir)
@@ -79,6 +82,27 @@ class UnpairedDataModule(ImageTranslationDataModule):
 
     def split_folder(self, split: str, domain: str) -> Path:
         return self.data_dir / f"{split}{domain}"
+
+    def test_items_are_pairs(self) -> bool:
+        """True when the test folders match one to one by name (CycleGAN's copies of the paired
+        datasets: `testA/0_A.jpg` with `testB/0_B.jpg`), so that test item i, which takes the i-th
+        file of each sorted folder, is a real pair. Training still draws its partners at random."""
+        if self._test_items_are_pairs is None:
+            domains = (self.source_domain, self.target_domain)
+            source, target = (self._domain_folder("test", domain) for domain in domains)
+            try:
+                matched = set(match_by_name(source, target, domains))
+            except MissingPartnerError:
+                matched = set()
+            sources = list_images(source, self.max_dataset_size)
+            targets = list_images(target, self.max_dataset_size)
+            self._test_items_are_pairs = len(sources) == len(targets) and all(
+                pair in matched for pair in zip(sources, targets))
+        return self._test_items_are_pairs
+
+    def setup(self, stage: str | None = None) -> None:
+        self._test_items_are_pairs = None   # the folders may have changed since the last look
+        super().setup(stage)
 
     def _build_dataset(self, split: str, train: bool) -> Dataset:
         source = self._domain_folder(split, self.source_domain)

@@ -2,12 +2,14 @@
 semantic label maps (`data.label_palette`, `data.label_domain`; the cityscapes config sets them):
 
 * photo -> labels (CycleGAN's Table 2, pix2pix's photo->labels): the generated label map's
-  colours as classes (nearest palette colour) against the real label map's, on paired data.
+  colours as classes (nearest palette colour) against the real label map's, where test items
+  are pairs (paired data, or unpaired folders whose names match: CycleGAN's copies).
   Keys `label_pixel_acc`, `label_class_acc`, `label_class_iou`.
 * labels -> photo, the FCN-score (pix2pix's Table 1-2, CycleGAN's Table 1): a segmentation net
   (eval's `segmenter_path`) segments the generated photo, scored against the classes of the label
-  map it was generated from. Keys `fcn_pixel_acc`, ...; on paired data also the net's scores on
-  the real photos, `real_fcn_*`, the papers' "ground truth" row and the ceiling of the others.
+  map it was generated from. Keys `fcn_pixel_acc`, ...; where test items are pairs, also the
+  net's scores on the real photos, `real_fcn_*`: the papers' "ground truth" row, the ceiling of
+  the others.
 
 All scores come from a confusion matrix summed over the test set (src/metrics/segmentation_scores.py)
 at the size of the label maps as evaluation loads them (the data's crop size). The papers' FCN-
@@ -73,17 +75,18 @@ def label_scores_for(datamodule, source: str, target: str, segmenter: Segmenter 
     if palette is None or labels not in (source, target):
         return None
     say = log.info if explain else log.debug
+    pairs = datamodule.test_items_are_pairs()
     if target == labels:
-        if not datamodule.paired:
-            say("No photo->labels scores for %s->%s: unpaired test images have no real label map to "
-                     "compare with", source, target)
+        if not pairs:
+            say("No photo->labels scores for %s->%s: the test images are not pairs (their names do not match "
+                "one to one), so no real label map goes with a translation", source, target)
             return None
         return GeneratedLabelScores(palette, device)
     if segmenter is None:
         say("No FCN-score for %s->%s: segmenter_path=/path/to/segmenter.pt2 (a segmentation net of the "
-                 "label classes, src/metrics/segmenter.py) scores the generated photos", source, target)
+            "label classes, src/metrics/segmenter.py) scores the generated photos", source, target)
         return None
-    return FcnScores(palette, segmenter, real=real_photos and datamodule.paired, device=device)
+    return FcnScores(palette, segmenter, real=real_photos and pairs, device=device)
 
 
 def segmenter_for(datamodule, path, size, device, key_prefix: str = "") -> Segmenter | None:
