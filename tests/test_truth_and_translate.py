@@ -564,6 +564,36 @@ def test_eval_scores_label_maps_both_ways_on_the_cityscapes_palette(smoke_runs, 
     assert json.loads((out / "metrics.json").read_text())["metrics"]["AtoB"]["fcn_class_iou"] == scores["fcn_class_iou"]
 
 
+def test_eval_of_a_run_older_than_a_data_setting_says_how_to_turn_it_on(smoke_runs, tmp_path, caplog):
+    """A cityscapes run saved before data.label_palette existed: eval takes the run's data as
+    saved (no label scores) and says which setting the config has gained and how to pass it."""
+    from src.utils.evaluation import run_evaluation
+    root = write_label_map_dataset(tmp_path / "labels")
+    data = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "data" / "cityscapes.yaml"))
+    data.update(data_dir=str(root), layout="folders", direction="AtoB", load_size=32, crop_size=32)
+    del data["label_palette"], data["label_domain"]
+    run_dir = tmp_path / "run"
+    ckpt = copy_into_run_dir(smoke_runs["pix2pix"], run_dir, {"data": data})
+    OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": {"data": "cityscapes"}}}}),
+                   run_dir / ".hydra" / "hydra.yaml")
+
+    def evaluate(*overrides):
+        cfg = compose_train_cfg([f"ckpt_path={ckpt}", "feature_extractor=random_cnn", "kid_subset_size=2", *overrides],
+                                tmp_path / "eval", tmp_path, config_name="eval")
+        try:
+            return run_evaluation(cfg)
+        finally:
+            GlobalHydra.instance().clear()
+
+    with caplog.at_level(logging.INFO, logger="src.utils.evaluation"):
+        results = evaluate()
+    assert not any(k.startswith("label_") for k in results["AtoB"])
+    assert "data.label_palette=cityscapes is in the data config now" in caplog.text
+    assert "+data.label_palette=cityscapes to use it" in caplog.text and "+data.label_domain=B" in caplog.text
+    results = evaluate("+data.label_palette=cityscapes", "+data.label_domain=B")
+    assert 0 <= results["AtoB"]["label_pixel_acc"] < 1
+
+
 def test_eval_of_a_perfect_translator_scores_one_on_the_label_maps(tmp_path):
     """The whole scoring path of both directions on a translator that returns its input, A and
     B being the same label maps: every label-map score is exactly 1."""

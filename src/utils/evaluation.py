@@ -30,6 +30,7 @@ from src.utils.sequence_plot import plot_series
 from src.utils.translation import resolve_device, save_png, to_uint8_images
 
 log = logging.getLogger(__name__)
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 TABLE_COLUMNS = ("fid", "kid_x100", "is", "cls_is", "cls_is_real", "cls_acc_fake", "cls_acc_real", "mmd2", "tstr",
                  "trtr", "iou", "color_error", "l1", "psnr", "ssim", "label_pixel_acc", "label_class_acc",
@@ -50,10 +51,28 @@ def data_config(cfg: DictConfig) -> DictConfig:
     # Resolve inside the whole run config: the data node interpolates its `paths`.
     run_cfg = OmegaConf.load(run_config)
     data = OmegaConf.merge(OmegaConf.to_container(run_cfg.data, resolve=True), given or {})
+    for key, value in data_keys_added_since(run_config, data).items():
+        log.info("data.%s=%s is in the data config now, not in the run's (older) one, so it is off here: "
+                 "+data.%s=%s to use it", key, value, key, value)
     if data.get("max_dataset_size") is not None:
         log.info("data.max_dataset_size=%s: evaluating on the first %s test images of each domain "
                  "(+data.max_dataset_size=null for all of them)", data.max_dataset_size, data.max_dataset_size)
     return data
+
+
+def data_keys_added_since(run_config: Path, data: DictConfig) -> dict:
+    """Keys that the run's data config (`conf/data/<name>.yaml`, by the run's recorded choice)
+    has now and `data`, the run's as saved, lacks: settings added since the run, which keep
+    their constructor defaults unless given (cityscapes' label_palette turns on its label scores)."""
+    hydra_file = run_config.parent / "hydra.yaml"
+    if not hydra_file.is_file():
+        return {}
+    choice = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices.data", default=None)
+    current = CONF_DIR / "data" / f"{choice}.yaml"
+    if choice is None or not current.is_file():
+        return {}
+    now = OmegaConf.to_container(OmegaConf.load(current), resolve=False)
+    return {key: value for key, value in now.items() if key not in data and key != "defaults"}
 
 
 def supported_directions(model) -> list[str]:
