@@ -217,6 +217,11 @@ def test_data_names_its_label_palette_and_domain_settings(tmp_path):
         PairedDataModule(data_dir=tmp_path, name="x", label_palette="ade20k")
     with pytest.raises(ValueError, match="data.label_domain='labels' must be A or B"):
         PairedDataModule(data_dir=tmp_path, name="x", label_palette="cityscapes", label_domain="labels")
+    with pytest.raises(ValueError, match="domain B needs 3 channels, and data.output_nc=1: set data.output_nc=3"):
+        PairedDataModule(data_dir=tmp_path, name="x", label_palette="cityscapes", output_nc=1)
+    with pytest.raises(ValueError, match="domain B needs 3 channels, and data.input_nc=1: set data.input_nc=3"):
+        PairedDataModule(data_dir=tmp_path, name="x", label_palette="cityscapes", direction="BtoA", input_nc=1)
+    PairedDataModule(data_dir=tmp_path, name="x", label_palette="cityscapes", input_nc=1)   # photos may be grey
 
 
 # -- which direction is scored how ---------------------------------------------------------------
