@@ -304,6 +304,31 @@ def test_image_modes(tmp_path):
         load_image(tmp_path / "gray.png", 2)
 
 
+def test_12_bit_data_in_16_bit_files_is_read_at_its_bit_depth(tmp_path):
+    """A scanner's 12-bit values stored in 16-bit PNGs: read as 16-bit data they stay dark (at
+    most 16 of 255); with data.bit_depth=12 they fill 0..255, in the datasets as in load_image;
+    a value beyond the declared depth names the file and the setting instead of being clipped."""
+    twelve = (np.arange(16 * 16).reshape(16, 16) * 16).astype(np.uint16)   # 0 .. 4080
+    twelve[-1, -1] = 4095
+    for split in ("train", "test"):
+        for domain in "AB":
+            (tmp_path / "scans" / f"{split}{domain}").mkdir(parents=True)
+            Image.fromarray(twelve).save(tmp_path / "scans" / f"{split}{domain}" / "scan.png")
+    path = tmp_path / "scans" / "testA" / "scan.png"
+    assert load_image(path, 1).max() == 16
+    assert load_image(path, 1, bit_depth=12).max() == 255 and load_image(path, 1, bit_depth=12).min() == 0
+    dm = module(UnpairedDataModule, tmp_path / "scans", input_nc=1, output_nc=1, preprocess="none", flip=False,
+                bit_depth=12)
+    dm.setup("fit")
+    assert dm.test_dataloader().dataset[0]["A"].max() == 1.0   # 4095 -> 255 -> 1 in [-1, 1]
+    with pytest.raises(ImageReadError, match=r"scan.png: values 0..4095 lie outside the 10-bit range 0..1023: "
+                                             r"set data.bit_depth"):
+        load_image(path, 1, bit_depth=10)
+    for wrong in (7, 17, "12"):
+        with pytest.raises(ValueError, match=f"data.bit_depth={wrong!r}"):
+            module(UnpairedDataModule, tmp_path / "scans", bit_depth=wrong)
+
+
 @pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif"])
 def test_photos_are_turned_upright_by_their_exif_orientation(tmp_path, suffix):
     # Stored 16 rows x 24 columns, the left 8 columns white (8x8-aligned, so JPEG keeps the edge).

@@ -310,6 +310,23 @@ def test_translate_script_writes_input_sized_outputs_and_an_onnx_graph(smoke_run
     assert (tmp_path / "out" / "generator_BtoA.onnx").is_file()
 
 
+def test_translate_reads_deep_grayscale_files_at_the_runs_bit_depth(smoke_runs, tmp_path):
+    """A run trained with data.bit_depth=12 (recorded in its checkpoint) gets a 12-bit file in a
+    16-bit PNG read as that translates as the same picture in an 8-bit file does; read as 16-bit
+    data it is a dark copy with 1/16 of the grey levels. (Instance norm ignores the brightness,
+    not the lost levels.)"""
+    levels = ((np.arange(32)[:, None] * 8 + np.arange(32)[None, :] * 5) % 256).astype(np.uint8)
+    Image.fromarray(np.rint(levels * (4095 / 255)).astype(np.uint16)).save(tmp_path / "deep.png")
+    Image.fromarray(levels).save(tmp_path / "eight.png")
+    model = load_model(smoke_runs["cyclegan"].ckpt)
+    paths = [tmp_path / "deep.png", tmp_path / "eight.png"]
+    as_16_bit = dict(translate_images(model, paths, "AtoB"))
+    assert not np.array_equal(as_16_bit[paths[0]], as_16_bit[paths[1]])
+    model.training_data["bit_depth"] = 12
+    as_12_bit = dict(translate_images(model, paths, "AtoB"))
+    assert np.array_equal(as_12_bit[paths[0]], as_12_bit[paths[1]])
+
+
 def test_batched_translation_matches_one_at_a_time(smoke_runs, tmp_path):
     sizes = write_odd_inputs(tmp_path)
     model = load_model(smoke_runs["cyclegan"].ckpt)

@@ -309,6 +309,7 @@ class ImageTranslationDataModule(SplitDataModule):
         reduced_jpeg_decode: bool = True,
         label_palette: str | None = None,
         label_domain: str = "B",
+        bit_depth: int = 16,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          persistent_workers=persistent_workers, eval_batch_size=eval_batch_size)
@@ -321,6 +322,10 @@ class ImageTranslationDataModule(SplitDataModule):
             if not isinstance(value, bool):   # a string like "maybe" would read as true
                 raise ValueError(f"data.{key}={value!r} must be true or false.")
         require_int("data.max_dataset_size", max_dataset_size, allow_none=True)
+        require_int("data.bit_depth", bit_depth, least=8, why=" (the bits of integer grayscale files over 8 bit)")
+        if bit_depth > 16:
+            raise ValueError(f"data.bit_depth={bit_depth} must be at most 16 (16-bit PNG/TIFF; 32-bit integer "
+                             "images are read as 16-bit data)")
         if feature_extractor not in FEATURE_EXTRACTORS:   # else the FID callback would name its own key
             raise ValueError(f"data.feature_extractor={feature_extractor!r} must be one of "
                              f"{', '.join(FEATURE_EXTRACTORS)}.")
@@ -353,7 +358,7 @@ class ImageTranslationDataModule(SplitDataModule):
         self.direction = direction
         self.input_nc, self.output_nc = input_nc, output_nc
         sizes = dict(preprocess=preprocess, load_size=load_size, crop_size=crop_size, flip=flip,
-                     reduced_jpeg_decode=reduced_jpeg_decode)
+                     reduced_jpeg_decode=reduced_jpeg_decode, bit_depth=bit_depth)
         self.train_transform = ImageTransform(**sizes, train=True)
         self.eval_transform = ImageTransform(**sizes, train=False)
 

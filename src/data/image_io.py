@@ -87,12 +87,15 @@ def upright_size(path: str | Path) -> tuple[int, int]:
     return height, width
 
 
-def _high_bit_depth_to_uint8(image: Image.Image) -> Image.Image:
+def _high_bit_depth_to_uint8(image: Image.Image, bit_depth: int = 16) -> Image.Image:
     """Rescale 16/32-bit integer and float grayscale images to 8 bit, keeping their full range.
 
     PIL's own convert("L") clips such images at 255, which turns a 16-bit photo white.
-    Integer modes are read as 16-bit data (what 16-bit PNG/TIFF decode to); float images are
-    taken as 0..1 when they lie in that range, otherwise stretched from their min to their max.
+    Integer modes are read as `bit_depth`-bit data (16: what 16-bit PNG/TIFF hold; 12 or 10 for
+    a scanner's or camera's data stored in 16-bit files, which would otherwise come out dark: one
+    range for every image, so their brightness compares); a value beyond it is an error, not
+    clipped. Float images are taken as 0..1 when they lie in that range, otherwise stretched
+    from their min to their max.
     """
     values = np.asarray(image)
     if image.mode == "F":
@@ -102,7 +105,11 @@ def _high_bit_depth_to_uint8(image: Image.Image) -> Image.Image:
         else:
             scaled = (values - low) * (255.0 / max(high - low, 1e-12))
     else:
-        scaled = np.clip(values.astype(np.float64), 0, 65535) * (255.0 / 65535.0)
+        top = 2 ** bit_depth - 1
+        if values.size and (values.min() < 0 or values.max() > top):
+            raise ValueError(f"values {values.min()}..{values.max()} lie outside the {bit_depth}-bit range 0..{top}: "
+                             "set data.bit_depth to the images' bit depth (16 for full 16-bit images)")
+        scaled = values.astype(np.float64) * (255.0 / top)
     return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
 
 
@@ -118,11 +125,12 @@ def _drop_transparency(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def to_uint8_array(image: Image.Image, channels: int) -> np.ndarray:
-    """Convert a decoded PIL image of any mode to an HxWxC uint8 array, C = channels (1 or 3)."""
+def to_uint8_array(image: Image.Image, channels: int, bit_depth: int = 16) -> np.ndarray:
+    """Convert a decoded PIL image of any mode to an HxWxC uint8 array, C = channels (1 or 3);
+    integer grayscale images of more than 8 bits are read as `bit_depth`-bit data."""
     check_channels(channels)
     if image.mode in _HIGH_BIT_DEPTH_MODES:
-        image = _high_bit_depth_to_uint8(image)
+        image = _high_bit_depth_to_uint8(image, bit_depth)
     image = _drop_transparency(image)
     # convert() handles the rest: L, 1, P, CMYK, YCbCr, LAB, HSV, RGB.
     image = image.convert("L" if channels == 1 else "RGB")
@@ -132,8 +140,13 @@ def to_uint8_array(image: Image.Image, channels: int) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def load_image(path: str | Path, channels: int, decode_at_least: tuple[int, int] | None = None) -> np.ndarray:
+def load_image(path: str | Path, channels: int, decode_at_least: tuple[int, int] | None = None,
+               bit_depth: int = 16) -> np.ndarray:
     """Read an image file as an HxWxC uint8 array with C = channels (1 -> grayscale, 3 -> RGB);
-    `decode_at_least`: see open_image."""
+    `decode_at_least`: see open_image; `bit_depth`: see to_uint8_array."""
     check_channels(channels)
-    return to_uint8_array(open_image(path, decode_at_least), channels)
+    image = open_image(path, decode_at_least)
+    try:
+        return to_uint8_array(image, channels, bit_depth)
+    except ValueError as error:
+        raise ImageReadError(f"{path}: {error}") from error

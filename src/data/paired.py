@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from src.data.base import ImageTranslationDataModule
 from src.data.download import how_to_get
-from src.data.errors import DatasetNotFoundError, MissingPartnerError
+from src.data.errors import DatasetNotFoundError, ImageReadError, MissingPartnerError
 from src.data.folders import list_images, name_in_folder, require_folder
 from src.data.image_io import load_image, open_image, to_uint8_array
 from src.data.transforms import ImageTransform
@@ -98,19 +98,22 @@ class PairedImageDataset(Dataset):
         return len(self.pairs)
 
     def _load(self, source_path: Path, target_path: Path) -> tuple[np.ndarray, np.ndarray]:
-        at_least = self.transform.decode_at_least
+        at_least, bit_depth = self.transform.decode_at_least, self.transform.bit_depth
         if self.source_half is None:
             return (
-                load_image(source_path, self.source_channels, at_least),
-                load_image(target_path, self.target_channels, at_least),
+                load_image(source_path, self.source_channels, at_least, bit_depth),
+                load_image(target_path, self.target_channels, at_least, bit_depth),
             )
         # Each half is resized to that size: the whole A|B image to twice its width.
         left, right = split_side_by_side(open_image(source_path, at_least and (at_least[0], 2 * at_least[1])))
         source, target = (left, right) if self.source_half == "left" else (right, left)
-        return (
-            to_uint8_array(source, self.source_channels),
-            to_uint8_array(target, self.target_channels),
-        )
+        try:
+            return (
+                to_uint8_array(source, self.source_channels, bit_depth),
+                to_uint8_array(target, self.target_channels, bit_depth),
+            )
+        except ValueError as error:
+            raise ImageReadError(f"{source_path}: {error}") from error
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         source_path, target_path = self.pairs[index]

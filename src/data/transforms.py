@@ -145,9 +145,12 @@ class ImageTransform:
         flip: bool = True,
         train: bool = True,
         reduced_jpeg_decode: bool = True,
+        bit_depth: int = 16,
     ) -> None:
         validate_preprocess(preprocess, load_size, crop_size)
         self.preprocess, self.load_size, self.crop_size = preprocess, load_size, crop_size
+        # How the loader reads integer grayscale files of more than 8 bits (load_image's bit_depth).
+        self.bit_depth = bit_depth
         # What the loader may decode a large JPEG down to (open_image's decode_at_least): the size
         # every image is first resized to, in the one mode that has such a size. In the others
         # the output's size follows the image's own (scale_width's height) or takes its pixels
