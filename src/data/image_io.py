@@ -107,8 +107,10 @@ def _high_bit_depth_to_uint8(image: Image.Image, bit_depth: int = 16) -> Image.I
     else:
         top = 2 ** bit_depth - 1
         if values.size and (values.min() < 0 or values.max() > top):
-            raise ValueError(f"values {values.min()}..{values.max()} lie outside the {bit_depth}-bit range 0..{top}: "
-                             "set data.bit_depth to the images' bit depth (16 for full 16-bit images)")
+            fix = ("set data.bit_depth to the images' bit depth (16 for full 16-bit images)" if bit_depth < 16
+                   else "the file holds more than unsigned 16-bit data; convert it to 16-bit or 8-bit images")
+            raise ValueError(f"values {values.min()}..{values.max()} lie outside the {bit_depth}-bit range "
+                             f"0..{top}: {fix}")
         scaled = values.astype(np.float64) * (255.0 / top)
     return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
 
