@@ -116,7 +116,8 @@ class CaffeInput(nn.Module):
 
 def _caffe_messages() -> dict[str, type]:
     """Message classes for the part of caffe.proto (proto2, package caffe) that holds weights:
-    field numbers as there, every other field left out (protobuf skips unknown fields)."""
+    field numbers and packing as there, every other field left out (protobuf skips unknown
+    fields; it reads repeated numbers packed or not, and writes them packed as Caffe does)."""
     fields = descriptor_pb2.FieldDescriptorProto
     schema = {
         "BlobShape": [("dim", 1, fields.TYPE_INT64, fields.LABEL_REPEATED, None)],
@@ -141,6 +142,8 @@ def _caffe_messages() -> dict[str, type]:
             field = proto.field.add(name=name, number=number, type=kind, label=label)
             if type_name:
                 field.type_name = type_name
+            if label == fields.LABEL_REPEATED and kind in (fields.TYPE_INT64, fields.TYPE_FLOAT, fields.TYPE_DOUBLE):
+                field.options.packed = True
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
     return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"caffe.{name}")) for name in schema}
