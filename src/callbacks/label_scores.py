@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 from src.callbacks.fid_kid import PeriodicEvaluation
 from src.metrics.segmenter import Segmenter
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, domain_folders, untranslated_directions
-from src.utils.label_evaluation import FcnScores, label_scores_for, segmenter_for
+from src.utils.label_evaluation import FcnScores, check_segmenter_size, label_scores_for, segmenter_for
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class LabelScoresCallback(PeriodicEvaluation):
                  segmenter_path: str | None = None, segmenter_size: list[int] | None = None, seed: int = 0):
         super().__init__(every_n_iters=every_n_iters, max_images=max_images, batch_size=batch_size, seed=seed)
         self.segmenter_path, self.segmenter_size = segmenter_path, segmenter_size
-        segmenter_for(None, None, segmenter_size, "cpu", key_prefix=f"{self.config_key}.")   # its size, at start
+        check_segmenter_size(segmenter_size, f"{self.config_key}.segmenter_size")
         self._segmenter: Segmenter | None = None
         self._real: dict[str, dict[str, float]] = {}   # real photos' FCN-scores, by direction
         self._explained: set[str] = set()

@@ -332,9 +332,9 @@ class ImageTranslationDataModule(SplitDataModule):
         if label_domain not in ("A", "B"):
             raise ValueError(f"data.label_domain={label_domain!r} must be A or B: the domain of the label maps")
         if label_palette is not None:
-            # The delivered source is data.input_nc's: domain A with direction AtoB, B with BtoA.
-            key = "data.input_nc" if (label_domain == "A") == (direction == "AtoB") else "data.output_nc"
-            channels = input_nc if key == "data.input_nc" else output_nc
+            # data.input_nc is the delivered source's: domain A with direction AtoB, B with BtoA.
+            is_source = (label_domain == "A") == (direction == "AtoB")
+            key, channels = ("data.input_nc", input_nc) if is_source else ("data.output_nc", output_nc)
             if channels != 3:
                 raise ValueError(f"data.label_palette={label_palette} reads colour label maps, so domain {label_domain} "
                                  f"needs 3 channels, and {key}={channels}: set {key}=3 (or data.label_palette=null)")

@@ -29,6 +29,13 @@ def check_channels(channels: int, key: str = "data.input_nc/data.output_nc") -> 
 
 # EXIF orientations that turn the stored picture by 90 or 270 degrees (5-8; 1-4 keep its shape).
 _QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def _turned_a_quarter(image: Image.Image) -> bool:
+    """Whether the EXIF orientation turns the stored picture by 90 or 270 degrees."""
+    return image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
+
+
 # JPEG files as PIL names them: MPO is the multi-picture JPEG some cameras write (its first
 # picture is a plain JPEG, read by the same decoder).
 _JPEG_FORMATS = ("JPEG", "MPO")
@@ -51,7 +58,7 @@ def open_image(path: str | Path, decode_at_least: tuple[int, int] | None = None)
         with Image.open(path) as image:
             if decode_at_least is not None and image.format in _JPEG_FORMATS:
                 height, width = decode_at_least
-                if image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS:
+                if _turned_a_quarter(image):
                     height, width = width, height   # draft works on the stored, unturned picture
                 image.draft(None, (width, height))
             image.load()
@@ -77,8 +84,7 @@ def upright_size(path: str | Path) -> tuple[int, int]:
         with Image.open(path) as image:
             if image.format in _JPEG_FORMATS:
                 width, height = image.size
-                turned = image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
-                return (width, height) if turned else (height, width)
+                return (width, height) if _turned_a_quarter(image) else (height, width)
     except FileNotFoundError:
         raise
     except Exception:   # open_image below raises the error that names the file
@@ -127,12 +133,16 @@ def _drop_transparency(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def to_uint8_array(image: Image.Image, channels: int, bit_depth: int = 16) -> np.ndarray:
+def to_uint8_array(image: Image.Image, channels: int, bit_depth: int = 16, source: str | Path = "image") -> np.ndarray:
     """Convert a decoded PIL image of any mode to an HxWxC uint8 array, C = channels (1 or 3);
-    integer grayscale images of more than 8 bits are read as `bit_depth`-bit data."""
+    integer grayscale images of more than 8 bits are read as `bit_depth`-bit data, and values
+    beyond it raise ImageReadError naming `source` (the file the image came from)."""
     check_channels(channels)
     if image.mode in _HIGH_BIT_DEPTH_MODES:
-        image = _high_bit_depth_to_uint8(image, bit_depth)
+        try:
+            image = _high_bit_depth_to_uint8(image, bit_depth)
+        except ValueError as error:
+            raise ImageReadError(f"{source}: {error}") from error
     image = _drop_transparency(image)
     # convert() handles the rest: L, 1, P, CMYK, YCbCr, LAB, HSV, RGB.
     image = image.convert("L" if channels == 1 else "RGB")
@@ -147,8 +157,4 @@ def load_image(path: str | Path, channels: int, decode_at_least: tuple[int, int]
     """Read an image file as an HxWxC uint8 array with C = channels (1 -> grayscale, 3 -> RGB);
     `decode_at_least`: see open_image; `bit_depth`: see to_uint8_array."""
     check_channels(channels)
-    image = open_image(path, decode_at_least)
-    try:
-        return to_uint8_array(image, channels, bit_depth)
-    except ValueError as error:
-        raise ImageReadError(f"{path}: {error}") from error
+    return to_uint8_array(open_image(path, decode_at_least), channels, bit_depth, source=path)

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from src.data.base import ImageTranslationDataModule
 from src.data.download import how_to_get
-from src.data.errors import DatasetNotFoundError, ImageReadError, MissingPartnerError
+from src.data.errors import DatasetNotFoundError, MissingPartnerError
 from src.data.folders import list_images, name_in_folder, require_folder
 from src.data.image_io import load_image, open_image, to_uint8_array
 from src.data.transforms import ImageTransform
@@ -107,13 +107,10 @@ class PairedImageDataset(Dataset):
         # Each half is resized to that size: the whole A|B image to twice its width.
         left, right = split_side_by_side(open_image(source_path, at_least and (at_least[0], 2 * at_least[1])))
         source, target = (left, right) if self.source_half == "left" else (right, left)
-        try:
-            return (
-                to_uint8_array(source, self.source_channels, bit_depth),
-                to_uint8_array(target, self.target_channels, bit_depth),
-            )
-        except ValueError as error:
-            raise ImageReadError(f"{source_path}: {error}") from error
+        return (
+            to_uint8_array(source, self.source_channels, bit_depth, source=source_path),
+            to_uint8_array(target, self.target_channels, bit_depth, source=source_path),
+        )
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         source_path, target_path = self.pairs[index]

@@ -88,21 +88,16 @@ class UnpairedDataModule(ImageTranslationDataModule):
         datasets: `testA/0_A.jpg` with `testB/0_B.jpg`), so that test item i, which takes the i-th
         file of each sorted folder, is a real pair. Training still draws its partners at random."""
         if self._test_items_are_pairs is None:
+            # Fixed at the first look, as the test dataset's file lists are.
+            dataset = self.dataset("test", train=False)
             domains = (self.source_domain, self.target_domain)
-            source, target = (self._domain_folder("test", domain) for domain in domains)
             try:
-                matched = set(match_by_name(source, target, domains))
+                matched = set(match_by_name(*(self.split_folder("test", domain) for domain in domains), domains))
             except MissingPartnerError:
                 matched = set()
-            sources = list_images(source, self.max_dataset_size)
-            targets = list_images(target, self.max_dataset_size)
-            self._test_items_are_pairs = len(sources) == len(targets) and all(
-                pair in matched for pair in zip(sources, targets))
+            self._test_items_are_pairs = len(dataset.source_paths) == len(dataset.target_paths) and all(
+                pair in matched for pair in zip(dataset.source_paths, dataset.target_paths))
         return self._test_items_are_pairs
-
-    def setup(self, stage: str | None = None) -> None:
-        self._test_items_are_pairs = None   # the folders may have changed since the last look
-        super().setup(stage)
 
     def _build_dataset(self, split: str, train: bool) -> Dataset:
         source = self._domain_folder(split, self.source_domain)

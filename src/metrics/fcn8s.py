@@ -153,8 +153,7 @@ CAFFE = _caffe_messages()
 
 
 def blob_array(blob) -> np.ndarray:
-    shape = tuple(blob.shape.dim) if blob.HasField("shape") else tuple(
-        d for d in (blob.num, blob.channels, blob.height, blob.width))
+    shape = tuple(blob.shape.dim) if blob.HasField("shape") else (blob.num, blob.channels, blob.height, blob.width)
     values = blob.data if len(blob.data) else blob.double_data
     array = np.asarray(values, dtype=np.float32)
     if array.size != int(np.prod(shape)):

@@ -15,6 +15,11 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def is_int(value) -> bool:
+    """An int, not a bool (YAML's `true` is an int to Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def require_int(key: str, value, least: int = 1, allow_none: bool = False, why: str = "") -> None:
     """ValueError unless `value` is an int >= `least` (a bool is not: YAML's `true` would pass
     as 1), or None when `allow_none`; `why` is appended to the message."""
@@ -47,7 +52,7 @@ def refuse_unknown_keys(key: str, settings: dict, known) -> None:
 
 #: the annotations `check_argument_types` checks, and what a value needs to pass as each
 _SCALAR_CHECKS = {
-    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    int: ("an integer", is_int),
     float: ("a number", is_number),
     bool: ("true or false", lambda v: isinstance(v, bool)),
     str: ("a string", lambda v: isinstance(v, str)),
@@ -118,7 +123,6 @@ def check_network_sizes(node: dict, key: str) -> None:
     setting is: widths, depths and counts start at 0), or 0 where it is a size
     (POSITIVE_NETWORK_SETTINGS): torch would report a negative dimension or a zero-size tensor
     somewhere inside the network instead."""
-    is_int = _SCALAR_CHECKS[int][1]
     for name, value in node.items():
         if name.startswith("_"):
             continue

@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from src.metrics.label_maps import Palette, colours_to_classes
 from src.metrics.segmentation_scores import SegmentationScorer
 from src.metrics.segmenter import Segmenter
+from src.utils.config_checks import is_int
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +90,20 @@ def label_scores_for(datamodule, source: str, target: str, segmenter: Segmenter 
     return FcnScores(palette, segmenter, real=real_photos and pairs, device=device)
 
 
+def check_segmenter_size(size, key: str) -> None:
+    """ValueError naming `key` unless `size` is null or [height, width] in pixels."""
+    if size is None:
+        return
+    size = OmegaConf.to_container(size) if OmegaConf.is_config(size) else size
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(is_int(v) and v > 0 for v in size)):
+        raise ValueError(f"{key}={size!r} must be [height, width] in pixels (the size the segmenter was exported "
+                         "for), or null: the label maps' size")
+
+
 def segmenter_for(datamodule, path, size, device, key_prefix: str = "") -> Segmenter | None:
     """The FCN-score's segmentation net of the settings `<key_prefix>segmenter_path` and
     `<key_prefix>segmenter_size` (checked even without a path), or None without a path."""
-    if size is not None:
-        size = OmegaConf.to_container(size) if OmegaConf.is_config(size) else size
-        if not (isinstance(size, (list, tuple)) and len(size) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-            raise ValueError(f"{key_prefix}segmenter_size={size!r} must be [height, width] in pixels (the size the "
-                             "segmenter was exported for), or null: the label maps' size")
+    check_segmenter_size(size, f"{key_prefix}segmenter_size")
     if path is None:
         return None
     if getattr(datamodule, "label_palette", None) is None:

@@ -186,7 +186,7 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
                                what=f"{group[0]} ({height}x{width} px, padded to {padded[0]}x{padded[1]})")
 
     # Grayscale files of more than 8 bits are read as the model's training data were.
-    bit_depth = getattr(model, "training_data", {}).get("bit_depth", 16)
+    bit_depth = model.training_data.get("bit_depth", 16)
 
     def read(path: Path, size: tuple[int, int]) -> torch.Tensor:
         if short_side is None:
