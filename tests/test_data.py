@@ -36,6 +36,7 @@ from src.data.shapes import (  # noqa: E402
 )
 from src.data.transforms import PREPROCESS_MODES, ImageTransform  # noqa: E402
 from src.data.unpaired import UnpairedDataModule  # noqa: E402
+from tests.icc_profiles import linear_gray_profile, rgb_profile_with_red_and_blue_swapped  # noqa: E402
 
 CONF_DATA = Path(__file__).resolve().parents[1] / "conf" / "data"
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -327,6 +328,52 @@ def test_12_bit_data_in_16_bit_files_is_read_at_its_bit_depth(tmp_path):
     for wrong in (7, 17, "12"):
         with pytest.raises(ValueError, match=f"data.bit_depth={wrong!r}"):
             module(UnpairedDataModule, tmp_path / "scans", bit_depth=wrong)
+
+
+def test_colours_in_an_embedded_icc_profile_are_read_as_srgb(tmp_path):
+    """Pixels stored in a profile whose red and blue primaries are swapped: the stored
+    (255, 0, 0) is sRGB blue. They are read as blue in every mode that carries colour (alpha
+    kept apart, palette entries converted), a linear grey profile's 128 as sRGB's 188, and with
+    icc_to_srgb=False, in load_image as in the datasets, as the stored values."""
+    swapped, gray = rgb_profile_with_red_and_blue_swapped(), linear_gray_profile()
+    rgba = Image.new("RGBA", (8, 6), RED + (255,))
+    rgba.putpixel((0, 0), (0, 0, 0, 0))
+    images = {
+        "rgb.png": (Image.new("RGB", (8, 6), RED), swapped),
+        "rgb.jpg": (Image.new("RGB", (8, 6), RED), swapped),
+        "rgba.png": (rgba, swapped),
+        "palette.png": (Image.new("RGB", (8, 6), RED).convert("P", palette=Image.Palette.ADAPTIVE), swapped),
+        "gray.png": (Image.new("L", (8, 6), 128), gray),
+    }
+    for name, (image, profile) in images.items():
+        image.save(tmp_path / name, icc_profile=profile)
+    assert load_image(tmp_path / "rgb.png", 3)[2, 3].tolist() == list(BLUE)
+    assert load_image(tmp_path / "rgb.png", 3, icc_to_srgb=False)[2, 3].tolist() == list(RED)
+    assert load_image(tmp_path / "rgb.jpg", 3)[2, 3].argmax() == 2
+    assert load_image(tmp_path / "rgba.png", 3)[0, 0].tolist() == [255, 255, 255]   # transparent -> white
+    assert load_image(tmp_path / "rgba.png", 3)[2, 3].tolist() == list(BLUE)
+    assert load_image(tmp_path / "palette.png", 3)[2, 3].tolist() == list(BLUE)
+    assert load_image(tmp_path / "gray.png", 1)[2, 3, 0] == 188
+    assert load_image(tmp_path / "gray.png", 1, icc_to_srgb=False)[2, 3, 0] == 128
+    for split in ("train", "test"):
+        for domain in "AB":
+            (tmp_path / "p3" / f"{split}{domain}").mkdir(parents=True)
+            images["rgb.png"][0].save(tmp_path / "p3" / f"{split}{domain}" / "red.png", icc_profile=swapped)
+    for icc_to_srgb, colour in ((True, BLUE), (False, RED)):
+        dm = module(UnpairedDataModule, tmp_path / "p3", preprocess="none", flip=False, icc_to_srgb=icc_to_srgb)
+        dm.setup("fit")
+        assert dm.test_dataloader().dataset[0]["A"][:, 0, 0].tolist() == [1.0 if c else -1.0 for c in colour]
+
+
+def test_a_profile_that_does_not_fit_the_pixels_names_the_file_and_the_setting(tmp_path):
+    Image.new("L", (8, 6), 128).save(tmp_path / "gray.png", icc_profile=rgb_profile_with_red_and_blue_swapped())
+    Image.new("RGB", (8, 6), RED).save(tmp_path / "broken.png", icc_profile=b"not a profile")
+    for name in ("gray.png", "broken.png"):
+        with pytest.raises(ImageReadError, match=f"{name}: its embedded ICC colour profile .*data.icc_to_srgb=false"):
+            load_image(tmp_path / name, 3)
+        assert load_image(tmp_path / name, 3, icc_to_srgb=False).shape == (6, 8, 3)
+    with pytest.raises(ValueError, match="data.icc_to_srgb='yes'"):
+        module(UnpairedDataModule, tmp_path, icc_to_srgb="yes")
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif"])

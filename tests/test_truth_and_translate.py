@@ -31,6 +31,7 @@ from src.utils.translation import crop_to_box, pad_to_multiple, size_multiple, t
 from src.utils.directions import untranslated_directions
 from tests.conftest import compose_train_cfg, results_of_gloo_ranks
 from tests.test_label_scores import export_segmenter, write_label_map_dataset
+from tests.icc_profiles import rgb_profile_with_red_and_blue_swapped
 
 ROOT = Path(__file__).resolve().parents[1]
 N_PAIRS = 16
@@ -325,6 +326,24 @@ def test_translate_reads_deep_grayscale_files_at_the_runs_bit_depth(smoke_runs, 
     model.training_data["bit_depth"] = 12
     as_12_bit = dict(translate_images(model, paths, "AtoB"))
     assert np.array_equal(as_12_bit[paths[0]], as_12_bit[paths[1]])
+
+
+def test_translate_reads_colour_profiles_as_the_runs_data_were(smoke_runs, tmp_path):
+    """A file whose profile stores sRGB blue as (255, 0, 0) translates as a plain blue file
+    does; in a run trained with data.icc_to_srgb=false, as a plain red one."""
+    pattern = np.zeros((32, 32, 3), np.uint8)
+    pattern[:, :16, 0] = 255   # left half: stored red, which the profile says is blue
+    Image.fromarray(pattern).save(tmp_path / "profiled.png", icc_profile=rgb_profile_with_red_and_blue_swapped())
+    Image.fromarray(pattern).save(tmp_path / "red.png")
+    Image.fromarray(pattern[..., ::-1].copy()).save(tmp_path / "blue.png")
+    model = load_model(smoke_runs["cyclegan"].ckpt)
+    paths = [tmp_path / "profiled.png", tmp_path / "red.png", tmp_path / "blue.png"]
+    converted = dict(translate_images(model, paths, "AtoB"))
+    assert np.array_equal(converted[paths[0]], converted[paths[2]])
+    assert not np.array_equal(converted[paths[0]], converted[paths[1]])
+    model.training_data["icc_to_srgb"] = False
+    as_stored = dict(translate_images(model, paths, "AtoB"))
+    assert np.array_equal(as_stored[paths[0]], as_stored[paths[1]])
 
 
 def test_batched_translation_matches_one_at_a_time(smoke_runs, tmp_path):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image, ImageCms, ImageOps
 
 from src.data.errors import ImageReadError
 
@@ -121,28 +123,73 @@ def _high_bit_depth_to_uint8(image: Image.Image, bit_depth: int = 16) -> Image.I
     return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
 
 
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
+
+
 def _drop_transparency(image: Image.Image) -> Image.Image:
     """Composite images that carry alpha (RGBA, LA, PA, palette with transparency) on white."""
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        image.mode == "P" and "transparency" in image.info
-    )
-    if not has_alpha:
+    if not _has_alpha(image):
         return image
     rgba = image.convert("RGBA")
     background = Image.new("RGBA", rgba.size, _BACKGROUND_FOR_ALPHA + (255,))
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def to_uint8_array(image: Image.Image, channels: int, bit_depth: int = 16, source: str | Path = "image") -> np.ndarray:
+# The colour space an embedded profile describes, per pixel mode; alpha is kept apart.
+_PROFILE_SPACES = {"1": "L", "L": "L", "LA": "L", "RGB": "RGB", "RGBA": "RGB", "CMYK": "CMYK"}
+_SRGB = ImageCms.createProfile("sRGB")
+
+
+@lru_cache(maxsize=16)
+def _transform_to_srgb(icc_profile: bytes, mode: str) -> ImageCms.ImageCmsTransform:
+    """littlecms transform from an embedded profile to sRGB; built once per profile and mode
+    (a few ms each), since a dataset's photos mostly share one or two profiles."""
+    return ImageCms.buildTransform(ImageCms.ImageCmsProfile(io.BytesIO(icc_profile)), _SRGB, mode, "RGB")
+
+
+def _to_srgb(image: Image.Image, icc_profile: bytes, source: str | Path) -> Image.Image:
+    """Convert pixels stored in an embedded ICC profile's colour space to sRGB (RGB or RGBA).
+
+    Phones, cameras and editors store photos in Display P3, Adobe RGB or a CMYK press profile;
+    their numbers mean other colours than the same numbers in sRGB, which is what untagged
+    images, image viewers and the network's outputs are taken to be in.
+    """
+    if image.mode in ("P", "PA"):   # palette entries are colours of the profile's space
+        image = image.convert("RGBA" if _has_alpha(image) else "RGB")
+    space = _PROFILE_SPACES.get(image.mode)
+    fix = ("re-save the file without its profile, or set data.icc_to_srgb=false to read the stored "
+           "values as they are (as the papers' loaders do)")
+    if space is None:
+        raise ImageReadError(f"{source}: carries an ICC colour profile on {image.mode} pixels, which cannot be "
+                             f"converted to sRGB: {fix}")
+    alpha = image.getchannel("A") if _has_alpha(image) else None
+    colour = image.convert(space) if image.mode != space else image
+    try:
+        converted = ImageCms.applyTransform(colour, _transform_to_srgb(icc_profile, space))
+    except (ImageCms.PyCMSError, OSError, ValueError) as error:
+        raise ImageReadError(f"{source}: its embedded ICC colour profile does not fit its {image.mode} pixels "
+                             f"or cannot be read ({error}): {fix}") from error
+    if alpha is not None:
+        converted.putalpha(alpha)
+    return converted
+
+
+def to_uint8_array(image: Image.Image, channels: int, bit_depth: int = 16, source: str | Path = "image",
+                   icc_to_srgb: bool = True) -> np.ndarray:
     """Convert a decoded PIL image of any mode to an HxWxC uint8 array, C = channels (1 or 3);
     integer grayscale images of more than 8 bits are read as `bit_depth`-bit data, and values
-    beyond it raise ImageReadError naming `source` (the file the image came from)."""
+    beyond it raise ImageReadError naming `source` (the file the image came from). With
+    `icc_to_srgb`, pixels in an embedded ICC profile's colour space are converted to sRGB."""
     check_channels(channels)
+    icc_profile = image.info.get("icc_profile") if icc_to_srgb else None
     if image.mode in _HIGH_BIT_DEPTH_MODES:
         try:
             image = _high_bit_depth_to_uint8(image, bit_depth)
         except ValueError as error:
             raise ImageReadError(f"{source}: {error}") from error
+    if icc_profile:
+        image = _to_srgb(image, icc_profile, source)
     image = _drop_transparency(image)
     # convert() handles the rest: L, 1, P, CMYK, YCbCr, LAB, HSV, RGB.
     image = image.convert("L" if channels == 1 else "RGB")
@@ -153,8 +200,8 @@ def to_uint8_array(image: Image.Image, channels: int, bit_depth: int = 16, sourc
 
 
 def load_image(path: str | Path, channels: int, decode_at_least: tuple[int, int] | None = None,
-               bit_depth: int = 16) -> np.ndarray:
+               bit_depth: int = 16, icc_to_srgb: bool = True) -> np.ndarray:
     """Read an image file as an HxWxC uint8 array with C = channels (1 -> grayscale, 3 -> RGB);
-    `decode_at_least`: see open_image; `bit_depth`: see to_uint8_array."""
+    `decode_at_least`: see open_image; `bit_depth`, `icc_to_srgb`: see to_uint8_array."""
     check_channels(channels)
-    return to_uint8_array(open_image(path, decode_at_least), channels, bit_depth, source=path)
+    return to_uint8_array(open_image(path, decode_at_least), channels, bit_depth, source=path, icc_to_srgb=icc_to_srgb)

@@ -98,18 +98,18 @@ class PairedImageDataset(Dataset):
         return len(self.pairs)
 
     def _load(self, source_path: Path, target_path: Path) -> tuple[np.ndarray, np.ndarray]:
-        at_least, bit_depth = self.transform.decode_at_least, self.transform.bit_depth
+        at_least, reading = self.transform.decode_at_least, self.transform.reading
         if self.source_half is None:
             return (
-                load_image(source_path, self.source_channels, at_least, bit_depth),
-                load_image(target_path, self.target_channels, at_least, bit_depth),
+                load_image(source_path, self.source_channels, at_least, **reading),
+                load_image(target_path, self.target_channels, at_least, **reading),
             )
         # Each half is resized to that size: the whole A|B image to twice its width.
         left, right = split_side_by_side(open_image(source_path, at_least and (at_least[0], 2 * at_least[1])))
         source, target = (left, right) if self.source_half == "left" else (right, left)
         return (
-            to_uint8_array(source, self.source_channels, bit_depth, source=source_path),
-            to_uint8_array(target, self.target_channels, bit_depth, source=source_path),
+            to_uint8_array(source, self.source_channels, source=source_path, **reading),
+            to_uint8_array(target, self.target_channels, source=source_path, **reading),
         )
 
     def __getitem__(self, index: int) -> dict[str, Any]:

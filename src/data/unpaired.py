@@ -18,7 +18,7 @@ from src.data.transforms import ImageTransform
 
 def preprocess_file(path: Path, channels: int, transform: ImageTransform) -> torch.Tensor:
     """Load and preprocess one image file; size errors get the file's path added."""
-    image = load_image(path, channels, transform.decode_at_least, transform.bit_depth)
+    image = load_image(path, channels, transform.decode_at_least, **transform.reading)
     try:
         return transform(image)
     except ValueError as error:

@@ -185,13 +185,14 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
         check_translation_size(model, direction, *padded,
                                what=f"{group[0]} ({height}x{width} px, padded to {padded[0]}x{padded[1]})")
 
-    # Grayscale files of more than 8 bits are read as the model's training data were.
-    bit_depth = model.training_data.get("bit_depth", 16)
+    # Pixel values (deep grayscale files, colour profiles) are read as the model's training data were.
+    reading = {"bit_depth": model.training_data.get("bit_depth", 16),
+               "icc_to_srgb": model.training_data.get("icc_to_srgb", True)}
 
     def read(path: Path, size: tuple[int, int]) -> torch.Tensor:
         if short_side is None:
-            return to_tensor(load_image(path, channels, bit_depth=bit_depth))
-        return to_tensor(resize_image(load_image(path, channels, decode_at_least=size, bit_depth=bit_depth), *size))
+            return to_tensor(load_image(path, channels, **reading))
+        return to_tensor(resize_image(load_image(path, channels, decode_at_least=size, **reading), *size))
 
     def generate() -> Iterator[tuple[Path, np.ndarray]]:
         for size, group in groups.items():
