@@ -341,6 +341,7 @@ def test_colours_in_an_embedded_icc_profile_are_read_as_srgb(tmp_path):
     images = {
         "rgb.png": (Image.new("RGB", (8, 6), RED), swapped),
         "rgb.jpg": (Image.new("RGB", (8, 6), RED), swapped),
+        "rgb.heic": (Image.new("RGB", (8, 6), RED), swapped),
         "rgba.png": (rgba, swapped),
         "palette.png": (Image.new("RGB", (8, 6), RED).convert("P", palette=Image.Palette.ADAPTIVE), swapped),
         "gray.png": (Image.new("L", (8, 6), 128), gray),
@@ -350,6 +351,7 @@ def test_colours_in_an_embedded_icc_profile_are_read_as_srgb(tmp_path):
     assert load_image(tmp_path / "rgb.png", 3)[2, 3].tolist() == list(BLUE)
     assert load_image(tmp_path / "rgb.png", 3, icc_to_srgb=False)[2, 3].tolist() == list(RED)
     assert load_image(tmp_path / "rgb.jpg", 3)[2, 3].argmax() == 2
+    assert load_image(tmp_path / "rgb.heic", 3)[2, 3].argmax() == 2
     assert load_image(tmp_path / "rgba.png", 3)[0, 0].tolist() == [255, 255, 255]   # transparent -> white
     assert load_image(tmp_path / "rgba.png", 3)[2, 3].tolist() == list(BLUE)
     assert load_image(tmp_path / "palette.png", 3)[2, 3].tolist() == list(BLUE)
@@ -376,7 +378,7 @@ def test_a_profile_that_does_not_fit_the_pixels_names_the_file_and_the_setting(t
         module(UnpairedDataModule, tmp_path, icc_to_srgb="yes")
 
 
-@pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif"])
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif", ".heic", ".avif"])
 def test_photos_are_turned_upright_by_their_exif_orientation(tmp_path, suffix):
     # Stored 16 rows x 24 columns, the left 8 columns white (8x8-aligned, so JPEG keeps the edge).
     # Orientation 6 means "turn 90 degrees clockwise to view": 24 rows x 16 columns, the top 8
@@ -388,7 +390,11 @@ def test_photos_are_turned_upright_by_their_exif_orientation(tmp_path, suffix):
         exif = Image.Exif()
         if orientation is not None:
             exif[ExifTags.Base.Orientation] = orientation
-        Image.fromarray(stored).save(path, exif=exif, **({"quality": 100} if suffix == ".jpg" else {}))
+        quality = {".jpg": 100, ".avif": 100, ".heic": -1}   # -1: lossless
+        # As bytes: pillow-heif then writes the orientation as HEIF's own rotation, as phones do (the
+        # rotation is what HEIF readers apply; its reader resets the EXIF tag).
+        Image.fromarray(stored).save(path, exif=exif.tobytes(),
+                                     **({"quality": quality[suffix]} if suffix in quality else {}))
         array = load_image(path, 3).astype(int)
         if orientation == 6:
             assert array.shape == (24, 16, 3) and upright_size(path) == (24, 16)

@@ -11,8 +11,11 @@ from src.data.errors import DatasetNotFoundError, EmptyDatasetError
 
 log = logging.getLogger(__name__)
 
-# What PIL reads and the reference code lists (an animated GIF gives its first frame).
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"})
+# What PIL reads and the reference code lists (an animated GIF gives its first frame), and the
+# formats phones save photos in: HEIC/HEIF (iPhones' default; read through pillow-heif, which
+# image_io registers) and AVIF.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif",
+                              ".heic", ".heif", ".avif"})
 # Named entries of a skipped-file warning; the rest are counted.
 SKIPPED_NAMES_SHOWN = 5
 
@@ -69,7 +72,7 @@ def list_images(folder: str | Path, max_count: int | None = None) -> list[Path]:
                 images.append(path)
     images.sort(key=lambda path: path.relative_to(folder).parts)
     if skipped and images:
-        # Not silent: a folder of .heic photos next to a few .jpg ones would otherwise train on the few.
+        # Not silent: a folder of .jxl photos next to a few .jpg ones would otherwise train on the few.
         skipped.sort()
         more = f" and {len(skipped) - SKIPPED_NAMES_SHOWN} more" if len(skipped) > SKIPPED_NAMES_SHOWN else ""
         log.warning("%s: %d entries are hidden or not image files (%s) and are left out: %s%s", folder,

@@ -8,8 +8,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image, ImageCms, ImageOps
+from pillow_heif import register_heif_opener
 
 from src.data.errors import ImageReadError
+
+# HEIC/HEIF photos open through PIL like any other format. libheif applies the file's rotation
+# and mirroring itself and resets the EXIF orientation, so they come out upright; HDR (10/12 bit)
+# photos are delivered as 8 bit.
+register_heif_opener()
 
 # Modes whose samples do not fit in 8 bits; they are rescaled, not clipped, to 0..255.
 _HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
