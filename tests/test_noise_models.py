@@ -298,6 +298,9 @@ def test_eval_scores_and_writes_samples_and_translate_refuses(train_cfg, tmp_pat
         evaluate("eval_bad", "real_split=val")
     with pytest.raises(ValueError, match="classifier_max_images=1 must be an integer of at least the 2 classes"):
         evaluate("eval_bad_classifier", "classifier_max_images=1")
+    with pytest.raises(ValueError, match="segmenter_path=fcn.pt2 scores photos translated from label maps; "
+                                         "NoiseGAN generates from noise: leave it unset"):
+        evaluate("eval_segmenter", "segmenter_path=fcn.pt2")
     model = load_model(ckpt)
     assert type(model).__name__ == "NoiseGAN" and model.num_classes == 2
     with pytest.raises(ValueError, match="translate.py is for the translation models"):

@@ -85,14 +85,18 @@ def upright_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of the image as open_image returns it, EXIF orientation applied.
 
     A JPEG's comes from its header (its EXIF block precedes the pixels, and PIL does not turn
-    JPEGs itself). Other files are decoded: only that agrees with open_image in every format (a
-    PNG may keep its EXIF block after the pixels, and PIL's TIFF reader turns the picture itself
-    and reports the turned size in the header, dropping the tag on load)."""
+    JPEGs itself), a HEIF's too (libheif reports the size after its rotation). Other files are
+    decoded: only that agrees with open_image in every format (a PNG may keep its EXIF block
+    after the pixels, and PIL's TIFF reader turns the picture itself and reports the turned size
+    in the header, dropping the tag on load)."""
     try:
         with Image.open(path) as image:
             if image.format in _JPEG_FORMATS:
                 width, height = image.size
                 return (width, height) if _turned_a_quarter(image) else (height, width)
+            if image.format == "HEIF":
+                width, height = image.size
+                return height, width
     except FileNotFoundError:
         raise
     except Exception:   # open_image below raises the error that names the file
