@@ -36,7 +36,9 @@ from src.data.shapes import (  # noqa: E402
 )
 from src.data.transforms import PREPROCESS_MODES, ImageTransform  # noqa: E402
 from src.data.unpaired import UnpairedDataModule  # noqa: E402
-from tests.icc_profiles import linear_gray_profile, rgb_profile_with_red_and_blue_swapped  # noqa: E402
+from src.data.colour_profiles import SRGB_CURVE, rgb_profile  # noqa: E402
+from tests.icc_profiles import (D65_WHITE, SRGB_BLUE, SRGB_GREEN, SRGB_RED, linear_gray_profile,  # noqa: E402
+                                rgb_profile_with_red_and_blue_swapped)
 
 CONF_DATA = Path(__file__).resolve().parents[1] / "conf" / "data"
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -334,7 +336,7 @@ def test_colours_in_an_embedded_icc_profile_are_read_as_srgb(tmp_path):
     """Pixels stored in a profile whose red and blue primaries are swapped: the stored
     (255, 0, 0) is sRGB blue. They are read as blue in every mode that carries colour (alpha
     kept apart, palette entries converted), a linear grey profile's 128 as sRGB's 188, and with
-    icc_to_srgb=False, in load_image as in the datasets, as the stored values."""
+    to_srgb=False, in load_image as in the datasets, as the stored values."""
     swapped, gray = rgb_profile_with_red_and_blue_swapped(), linear_gray_profile()
     rgba = Image.new("RGBA", (8, 6), RED + (255,))
     rgba.putpixel((0, 0), (0, 0, 0, 0))
@@ -349,33 +351,75 @@ def test_colours_in_an_embedded_icc_profile_are_read_as_srgb(tmp_path):
     for name, (image, profile) in images.items():
         image.save(tmp_path / name, icc_profile=profile)
     assert load_image(tmp_path / "rgb.png", 3)[2, 3].tolist() == list(BLUE)
-    assert load_image(tmp_path / "rgb.png", 3, icc_to_srgb=False)[2, 3].tolist() == list(RED)
+    assert load_image(tmp_path / "rgb.png", 3, to_srgb=False)[2, 3].tolist() == list(RED)
     assert load_image(tmp_path / "rgb.jpg", 3)[2, 3].argmax() == 2
     assert load_image(tmp_path / "rgb.heic", 3)[2, 3].argmax() == 2
     assert load_image(tmp_path / "rgba.png", 3)[0, 0].tolist() == [255, 255, 255]   # transparent -> white
     assert load_image(tmp_path / "rgba.png", 3)[2, 3].tolist() == list(BLUE)
     assert load_image(tmp_path / "palette.png", 3)[2, 3].tolist() == list(BLUE)
     assert load_image(tmp_path / "gray.png", 1)[2, 3, 0] == 188
-    assert load_image(tmp_path / "gray.png", 1, icc_to_srgb=False)[2, 3, 0] == 128
+    assert load_image(tmp_path / "gray.png", 1, to_srgb=False)[2, 3, 0] == 128
     for split in ("train", "test"):
         for domain in "AB":
             (tmp_path / "p3" / f"{split}{domain}").mkdir(parents=True)
             images["rgb.png"][0].save(tmp_path / "p3" / f"{split}{domain}" / "red.png", icc_profile=swapped)
-    for icc_to_srgb, colour in ((True, BLUE), (False, RED)):
-        dm = module(UnpairedDataModule, tmp_path / "p3", preprocess="none", flip=False, icc_to_srgb=icc_to_srgb)
+    for to_srgb, colour in ((True, BLUE), (False, RED)):
+        dm = module(UnpairedDataModule, tmp_path / "p3", preprocess="none", flip=False, to_srgb=to_srgb)
         dm.setup("fit")
         assert dm.test_dataloader().dataset[0]["A"][:, 0, 0].tolist() == [1.0 if c else -1.0 for c in colour]
+
+
+def test_a_profile_written_from_srgbs_description_converts_sRGB_to_itself(tmp_path):
+    """The profile maths (colourants adapted to D50, the sRGB tone curve) against littlecms's own
+    sRGB: a random image in a profile built from sRGB's chromaticities reads back unchanged."""
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "srgb.png",
+                                 icc_profile=rgb_profile(SRGB_RED, SRGB_GREEN, SRGB_BLUE, D65_WHITE, SRGB_CURVE))
+    assert np.abs(load_image(tmp_path / "srgb.png", 3).astype(int) - pixels).max() <= 1
+
+
+def srgb_encode(linear: np.ndarray) -> np.ndarray:
+    linear = np.clip(linear, 0.0, 1.0)
+    return np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055) * 255
+
+
+def srgb_decode(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, np.float64) / 255
+    return np.where(values <= 0.04045, values / 12.92, ((values + 0.055) / 1.055) ** 2.4)
+
+
+def test_a_heif_photo_in_display_p3_by_its_nclx_colour_information_is_read_as_srgb(tmp_path):
+    """Phones other than Apple's describe a HEIF's colours by number (nclx: primaries 12 =
+    Display P3, transfer 13 = the sRGB curve) instead of an ICC profile. The colour comes out as
+    the published P3 -> sRGB matrix (in linear light) says; sRGB's own numbers stay as stored;
+    an HDR transfer (PQ) names the file and the setting."""
+    stored = (200, 100, 50)
+    nclx = {"color_primaries": 12, "transfer_characteristics": 13, "matrix_coefficients": 0, "full_range_flag": 1}
+    Image.new("RGB", (16, 16), stored).save(tmp_path / "p3.heic", quality=-1, nclx_profile=nclx)
+    p3_to_srgb = np.array([[1.2249401, -0.2249404, 0.0], [-0.0420569, 1.0420571, 0.0],
+                           [-0.0196376, -0.0786361, 1.0982735]])
+    expected = srgb_encode(p3_to_srgb @ srgb_decode(stored))
+    assert np.abs(load_image(tmp_path / "p3.heic", 3)[8, 8] - expected).max() <= 2
+    assert np.abs(load_image(tmp_path / "p3.heic", 3, to_srgb=False)[8, 8].astype(int) - stored).max() <= 2
+    srgb = {**nclx, "color_primaries": 1}
+    Image.new("RGB", (16, 16), stored).save(tmp_path / "srgb.heic", quality=-1, nclx_profile=srgb)
+    assert np.abs(load_image(tmp_path / "srgb.heic", 3)[8, 8].astype(int) - stored).max() <= 2
+    Image.new("RGB", (16, 16), stored).save(tmp_path / "pq.heic", quality=-1,
+                                            nclx_profile={**nclx, "color_primaries": 9, "transfer_characteristics": 16})
+    with pytest.raises(ImageReadError, match=r"pq.heic: its nclx colour information has transfer characteristics 16 "
+                                             r".*data.to_srgb=false"):
+        load_image(tmp_path / "pq.heic", 3)
 
 
 def test_a_profile_that_does_not_fit_the_pixels_names_the_file_and_the_setting(tmp_path):
     Image.new("L", (8, 6), 128).save(tmp_path / "gray.png", icc_profile=rgb_profile_with_red_and_blue_swapped())
     Image.new("RGB", (8, 6), RED).save(tmp_path / "broken.png", icc_profile=b"not a profile")
     for name in ("gray.png", "broken.png"):
-        with pytest.raises(ImageReadError, match=f"{name}: its embedded ICC colour profile .*data.icc_to_srgb=false"):
+        with pytest.raises(ImageReadError, match=f"{name}: its embedded ICC colour profile .*data.to_srgb=false"):
             load_image(tmp_path / name, 3)
-        assert load_image(tmp_path / name, 3, icc_to_srgb=False).shape == (6, 8, 3)
-    with pytest.raises(ValueError, match="data.icc_to_srgb='yes'"):
-        module(UnpairedDataModule, tmp_path, icc_to_srgb="yes")
+        assert load_image(tmp_path / name, 3, to_srgb=False).shape == (6, 8, 3)
+    with pytest.raises(ValueError, match="data.to_srgb='yes'"):
+        module(UnpairedDataModule, tmp_path, to_srgb="yes")
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif", ".heic", ".avif"])

@@ -330,7 +330,7 @@ def test_translate_reads_deep_grayscale_files_at_the_runs_bit_depth(smoke_runs, 
 
 def test_translate_reads_colour_profiles_as_the_runs_data_were(smoke_runs, tmp_path):
     """A file whose profile stores sRGB blue as (255, 0, 0) translates as a plain blue file
-    does; in a run trained with data.icc_to_srgb=false, as a plain red one."""
+    does; in a run trained with data.to_srgb=false, as a plain red one."""
     pattern = np.zeros((32, 32, 3), np.uint8)
     pattern[:, :16, 0] = 255   # left half: stored red, which the profile says is blue
     Image.fromarray(pattern).save(tmp_path / "profiled.png", icc_profile=rgb_profile_with_red_and_blue_swapped())
@@ -341,7 +341,7 @@ def test_translate_reads_colour_profiles_as_the_runs_data_were(smoke_runs, tmp_p
     converted = dict(translate_images(model, paths, "AtoB"))
     assert np.array_equal(converted[paths[0]], converted[paths[2]])
     assert not np.array_equal(converted[paths[0]], converted[paths[1]])
-    model.training_data["icc_to_srgb"] = False
+    model.training_data["to_srgb"] = False
     as_stored = dict(translate_images(model, paths, "AtoB"))
     assert np.array_equal(as_stored[paths[0]], as_stored[paths[1]])
 

@@ -310,7 +310,7 @@ class ImageTranslationDataModule(SplitDataModule):
         label_palette: str | None = None,
         label_domain: str = "B",
         bit_depth: int = 16,
-        icc_to_srgb: bool = True,
+        to_srgb: bool = True,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          persistent_workers=persistent_workers, eval_batch_size=eval_batch_size)
@@ -319,7 +319,7 @@ class ImageTranslationDataModule(SplitDataModule):
             raise ValueError(f"data.direction={direction!r} must be one of {', '.join(DIRECTIONS)}.")
         check_channels(input_nc, "data.input_nc")
         check_channels(output_nc, "data.output_nc")
-        for key, value in (("flip", flip), ("reduced_jpeg_decode", reduced_jpeg_decode), ("icc_to_srgb", icc_to_srgb)):
+        for key, value in (("flip", flip), ("reduced_jpeg_decode", reduced_jpeg_decode), ("to_srgb", to_srgb)):
             if not isinstance(value, bool):   # a string like "maybe" would read as true
                 raise ValueError(f"data.{key}={value!r} must be true or false.")
         require_int("data.max_dataset_size", max_dataset_size, allow_none=True)
@@ -359,7 +359,7 @@ class ImageTranslationDataModule(SplitDataModule):
         self.direction = direction
         self.input_nc, self.output_nc = input_nc, output_nc
         sizes = dict(preprocess=preprocess, load_size=load_size, crop_size=crop_size, flip=flip,
-                     reduced_jpeg_decode=reduced_jpeg_decode, bit_depth=bit_depth, icc_to_srgb=icc_to_srgb)
+                     reduced_jpeg_decode=reduced_jpeg_decode, bit_depth=bit_depth, to_srgb=to_srgb)
         self.train_transform = ImageTransform(**sizes, train=True)
         self.eval_transform = ImageTransform(**sizes, train=False)
 

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageCms, ImageOps
 from pillow_heif import register_heif_opener
 
+from src.data.colour_profiles import profile_for_nclx
 from src.data.errors import ImageReadError
 
 # HEIC/HEIF photos open through PIL like any other format. libheif applies the file's rotation
@@ -149,6 +150,8 @@ def _drop_transparency(image: Image.Image) -> Image.Image:
 # The colour space an embedded profile describes, per pixel mode; alpha is kept apart.
 _PROFILE_SPACES = {"1": "L", "L": "L", "LA": "L", "RGB": "RGB", "RGBA": "RGB", "CMYK": "CMYK"}
 _SRGB = ImageCms.createProfile("sRGB")
+_PROFILE_FIX = ("re-save the file in sRGB or without its colour profile, or set data.to_srgb=false to read the "
+                "stored values as they are (as the papers' loaders do)")
 
 
 @lru_cache(maxsize=16)
@@ -168,31 +171,43 @@ def _to_srgb(image: Image.Image, icc_profile: bytes, source: str | Path) -> Imag
     if image.mode in ("P", "PA"):   # palette entries are colours of the profile's space
         image = image.convert("RGBA" if _has_alpha(image) else "RGB")
     space = _PROFILE_SPACES.get(image.mode)
-    fix = ("re-save the file without its profile, or set data.icc_to_srgb=false to read the stored "
-           "values as they are (as the papers' loaders do)")
     if space is None:
         raise ImageReadError(f"{source}: carries an ICC colour profile on {image.mode} pixels, which cannot be "
-                             f"converted to sRGB: {fix}")
+                             f"converted to sRGB: {_PROFILE_FIX}")
     alpha = image.getchannel("A") if _has_alpha(image) else None
     colour = image.convert(space) if image.mode != space else image
     try:
         converted = ImageCms.applyTransform(colour, _transform_to_srgb(icc_profile, space))
     except (ImageCms.PyCMSError, OSError, ValueError) as error:
         raise ImageReadError(f"{source}: its embedded ICC colour profile does not fit its {image.mode} pixels "
-                             f"or cannot be read ({error}): {fix}") from error
+                             f"or cannot be read ({error}): {_PROFILE_FIX}") from error
     if alpha is not None:
         converted.putalpha(alpha)
     return converted
 
 
+def _colour_profile(image: Image.Image, source: str | Path) -> bytes | None:
+    """The ICC profile the pixels are stored in: the embedded one, or one written from a HEIF's
+    nclx colour information (primaries and tone curve by number); None for sRGB or no profile."""
+    if icc_profile := image.info.get("icc_profile"):
+        return icc_profile
+    if nclx := image.info.get("nclx_profile"):
+        try:
+            return profile_for_nclx(nclx)
+        except ValueError as error:
+            raise ImageReadError(f"{source}: {error}: {_PROFILE_FIX}") from error
+    return None
+
+
 def to_uint8_array(image: Image.Image, channels: int, bit_depth: int = 16, source: str | Path = "image",
-                   icc_to_srgb: bool = True) -> np.ndarray:
+                   to_srgb: bool = True) -> np.ndarray:
     """Convert a decoded PIL image of any mode to an HxWxC uint8 array, C = channels (1 or 3);
     integer grayscale images of more than 8 bits are read as `bit_depth`-bit data, and values
     beyond it raise ImageReadError naming `source` (the file the image came from). With
-    `icc_to_srgb`, pixels in an embedded ICC profile's colour space are converted to sRGB."""
+    `to_srgb`, pixels in another colour space than sRGB (an embedded ICC profile, a HEIF's nclx
+    colour information) are converted to sRGB."""
     check_channels(channels)
-    icc_profile = image.info.get("icc_profile") if icc_to_srgb else None
+    icc_profile = _colour_profile(image, source) if to_srgb else None
     if image.mode in _HIGH_BIT_DEPTH_MODES:
         try:
             image = _high_bit_depth_to_uint8(image, bit_depth)
@@ -210,8 +225,8 @@ def to_uint8_array(image: Image.Image, channels: int, bit_depth: int = 16, sourc
 
 
 def load_image(path: str | Path, channels: int, decode_at_least: tuple[int, int] | None = None,
-               bit_depth: int = 16, icc_to_srgb: bool = True) -> np.ndarray:
+               bit_depth: int = 16, to_srgb: bool = True) -> np.ndarray:
     """Read an image file as an HxWxC uint8 array with C = channels (1 -> grayscale, 3 -> RGB);
-    `decode_at_least`: see open_image; `bit_depth`, `icc_to_srgb`: see to_uint8_array."""
+    `decode_at_least`: see open_image; `bit_depth`, `to_srgb`: see to_uint8_array."""
     check_channels(channels)
-    return to_uint8_array(open_image(path, decode_at_least), channels, bit_depth, source=path, icc_to_srgb=icc_to_srgb)
+    return to_uint8_array(open_image(path, decode_at_least), channels, bit_depth, source=path, to_srgb=to_srgb)

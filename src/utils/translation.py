@@ -187,7 +187,7 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
 
     # Pixel values (deep grayscale files, colour profiles) are read as the model's training data were.
     reading = {"bit_depth": model.training_data.get("bit_depth", 16),
-               "icc_to_srgb": model.training_data.get("icc_to_srgb", True)}
+               "to_srgb": model.training_data.get("to_srgb", True)}
 
     def read(path: Path, size: tuple[int, int]) -> torch.Tensor:
         if short_side is None:
