@@ -18,8 +18,9 @@ from omegaconf import DictConfig  # noqa: E402
 from src.models.checkpoint_fit import check_checkpoint_file  # noqa: E402
 from src.utils.checkpoint_loading import load_model  # noqa: E402
 from src.utils.export import export_translation  # noqa: E402
-from src.utils.translation import (check_direction, list_input_images, output_paths, resolve_device,  # noqa: E402
-                                   save_png, translate_images)
+from src.data.folders import output_paths  # noqa: E402
+from src.utils.translation import (check_direction, list_input_images, resolve_device, save_png,  # noqa: E402
+                                   translate_images)
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from PIL import ExifTags, Image  # noqa: E402
 
-from src.data import download  # noqa: E402
+from src.data import convert_images, download  # noqa: E402
 from src.data.folders import list_images  # noqa: E402
 from src.data.errors import (  # noqa: E402
     DatasetNotFoundError,
@@ -446,6 +446,41 @@ def test_photos_are_turned_upright_by_their_exif_orientation(tmp_path, suffix):
         else:
             assert array.shape == (16, 24, 3) and upright_size(path) == (16, 24)
             assert np.abs(array - stored).max() <= 8
+
+
+def test_a_folder_is_converted_once_into_upright_srgb_jpegs_at_a_short_side(tmp_path, capsys):
+    """convert_images reads each image as the datasets do (a HEIC turned by its rotation, a
+    transparent PNG on white), shrinks it to the short side (never enlarges) and writes it under
+    the same path inside the output folder; it refuses collisions, existing files (unless told)
+    and an output inside the input."""
+    stored = np.zeros((16, 24, 3), np.uint8)
+    stored[:, :8] = 255
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    (tmp_path / "in" / "day1").mkdir(parents=True)
+    Image.fromarray(stored).save(tmp_path / "in" / "phone.heic", exif=exif.tobytes(), quality=-1)
+    Image.new("RGBA", (40, 20), (0, 0, 0, 0)).save(tmp_path / "in" / "day1" / "logo.png")
+    Image.new("RGB", (6, 4), RED).save(tmp_path / "in" / "small.png")
+    assert convert_images.main([str(tmp_path / "in"), str(tmp_path / "out"), "--short-side", "8"]) == 0
+    assert "Wrote 3 image(s)" in capsys.readouterr().out
+    phone = load_image(tmp_path / "out" / "phone.jpg", 3).astype(int)
+    assert phone.shape == (12, 8, 3) and phone[:4].min() > 240 and phone[-4:].max() < 15   # upright: white on top
+    assert load_image(tmp_path / "out" / "day1" / "logo.jpg", 3).shape == (8, 16, 3)
+    assert load_image(tmp_path / "out" / "day1" / "logo.jpg", 3).min() > 250   # transparent -> white
+    small = load_image(tmp_path / "out" / "small.jpg", 3)
+    assert small.shape == (4, 6, 3) and small[..., 0].min() > 240 and small[..., 1:].max() < 15
+    with pytest.raises(FileExistsError, match="3 output file.*--overwrite"):
+        convert_images.convert_images(tmp_path / "in", tmp_path / "out")
+    written = convert_images.convert_images(tmp_path / "in", tmp_path / "out", image_format="png", channels=1,
+                                            overwrite=True)
+    assert load_image(tmp_path / "out" / "small.png", 3)[0, 0].tolist() == [76, 76, 76]   # red's luma, as stored
+    assert sorted(path.name for path in written) == ["logo.png", "phone.png", "small.png"]
+    with pytest.raises(ValueError, match="lies inside"):
+        convert_images.convert_images(tmp_path / "in", tmp_path / "in" / "converted")
+    Image.new("RGB", (6, 4), RED).save(tmp_path / "in" / "small.jpg")
+    with pytest.raises(ValueError, match="small.jpg and .*small.png would both be written as .*out2/small.jpg"):
+        convert_images.convert_images(tmp_path / "in", tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
 
 
 def write_photo(path: Path, width: int, height: int, orientation: int | None = None) -> Path:

@@ -96,3 +96,19 @@ def name_in_folder(path: Path, folder: Path | None) -> str:
     if folder is not None and path.is_relative_to(folder):
         return path.relative_to(folder).with_suffix("").as_posix()
     return path.stem
+
+
+def output_paths(paths: list[Path], output_dir: str | Path, folder: Path | None = None,
+                 suffix: str = ".png") -> dict[Path, Path]:
+    """Input path -> `output_dir/<its name_in_folder><suffix>`; two inputs of one name are an error."""
+    output_dir = Path(output_dir)
+    targets: dict[Path, Path] = {}
+    seen: dict[str, Path] = {}
+    for path in paths:
+        name = name_in_folder(path, folder)
+        if name in seen:
+            raise ValueError(f"{seen[name]} and {path} would both be written as {output_dir / name}{suffix}; "
+                             f"rename one of them")
+        seen[name] = path
+        targets[path] = output_dir / f"{name}{suffix}"
+    return targets

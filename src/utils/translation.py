@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from src.data.errors import EmptyDatasetError
-from src.data.folders import IMAGE_EXTENSIONS, list_images, name_in_folder
+from src.data.folders import IMAGE_EXTENSIONS, list_images
 from src.data.image_io import load_image, upright_size
 from src.data.transforms import resize_image, short_side_size, to_tensor
 from src.models.base import TranslationModel
@@ -204,18 +204,3 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
                 yield from zip(chunk, outputs)
 
     return generate()
-
-
-def output_paths(paths: list[Path], output_dir: str | Path, folder: Path | None = None) -> dict[Path, Path]:
-    """Input path -> `output_dir/<its name_in_folder>.png`; two inputs of one name are an error."""
-    output_dir = Path(output_dir)
-    targets: dict[Path, Path] = {}
-    seen: dict[str, Path] = {}
-    for path in paths:
-        name = name_in_folder(path, folder)
-        if name in seen:
-            raise ValueError(f"{seen[name]} and {path} would both be written as {output_dir / name}.png; "
-                             f"rename one of them")
-        seen[name] = path
-        targets[path] = output_dir / f"{name}.png"
-    return targets
