@@ -37,7 +37,8 @@ from src.data.shapes import (  # noqa: E402
 from src.data.transforms import PREPROCESS_MODES, ImageTransform  # noqa: E402
 from src.data.unpaired import UnpairedDataModule  # noqa: E402
 from src.data.colour_profiles import SRGB_CURVE, rgb_profile  # noqa: E402
-from tests.icc_profiles import (D65_WHITE, SRGB_BLUE, SRGB_GREEN, SRGB_RED, linear_gray_profile,  # noqa: E402
+from tests.icc_profiles import (D65_WHITE, SRGB_BLUE, SRGB_GREEN, SRGB_RED,  # noqa: E402
+                                cmyk_profile_that_prints_everything_black, linear_gray_profile,
                                 rgb_profile_with_red_and_blue_swapped)
 
 CONF_DATA = Path(__file__).resolve().parents[1] / "conf" / "data"
@@ -335,8 +336,9 @@ def test_12_bit_data_in_16_bit_files_is_read_at_its_bit_depth(tmp_path):
 def test_colours_in_an_embedded_icc_profile_are_read_as_srgb(tmp_path):
     """Pixels stored in a profile whose red and blue primaries are swapped: the stored
     (255, 0, 0) is sRGB blue. They are read as blue in every mode that carries colour (alpha
-    kept apart, palette entries converted), a linear grey profile's 128 as sRGB's 188, and with
-    to_srgb=False, in load_image as in the datasets, as the stored values."""
+    kept apart, palette entries converted), a linear grey profile's 128 as sRGB's 188 (with or
+    without alpha), a CMYK press profile's colours as its table says, and with to_srgb=False, in
+    load_image as in the datasets, as the stored values."""
     swapped, gray = rgb_profile_with_red_and_blue_swapped(), linear_gray_profile()
     rgba = Image.new("RGBA", (8, 6), RED + (255,))
     rgba.putpixel((0, 0), (0, 0, 0, 0))
@@ -347,6 +349,8 @@ def test_colours_in_an_embedded_icc_profile_are_read_as_srgb(tmp_path):
         "rgba.png": (rgba, swapped),
         "palette.png": (Image.new("RGB", (8, 6), RED).convert("P", palette=Image.Palette.ADAPTIVE), swapped),
         "gray.png": (Image.new("L", (8, 6), 128), gray),
+        "gray_alpha.png": (Image.new("LA", (8, 6), (128, 255)), gray),
+        "cmyk.jpg": (Image.new("CMYK", (8, 6), (0, 0, 0, 0)), cmyk_profile_that_prints_everything_black()),
     }
     for name, (image, profile) in images.items():
         image.save(tmp_path / name, icc_profile=profile)
@@ -359,6 +363,9 @@ def test_colours_in_an_embedded_icc_profile_are_read_as_srgb(tmp_path):
     assert load_image(tmp_path / "palette.png", 3)[2, 3].tolist() == list(BLUE)
     assert load_image(tmp_path / "gray.png", 1)[2, 3, 0] == 188
     assert load_image(tmp_path / "gray.png", 1, to_srgb=False)[2, 3, 0] == 128
+    assert load_image(tmp_path / "gray_alpha.png", 1)[2, 3, 0] == 188
+    assert load_image(tmp_path / "cmyk.jpg", 3).max() == 0   # the profile's black, where PIL alone gives white
+    assert load_image(tmp_path / "cmyk.jpg", 3, to_srgb=False).min() >= 250
     for split in ("train", "test"):
         for domain in "AB":
             (tmp_path / "p3" / f"{split}{domain}").mkdir(parents=True)

@@ -46,16 +46,17 @@ def curve_tag(parameters: tuple[float, float, float, float, float]) -> bytes:
     return b"para" + bytes(4) + struct.pack(">HH", 3, 0) + b"".join(_s15_fixed16(v) for v in parameters)
 
 
-def icc_profile(colour_space: bytes, tags: list[tuple[bytes, bytes]]) -> bytes:
-    """An ICC v2 display profile of `colour_space` (b"RGB ", b"GRAY") holding `tags`
-    ((signature, data) pairs), with XYZ as its connection space."""
+def icc_profile(colour_space: bytes, tags: list[tuple[bytes, bytes]], device_class: bytes = b"mntr",
+                connection_space: bytes = b"XYZ ") -> bytes:
+    """An ICC v2 profile of `colour_space` (b"RGB ", b"GRAY", b"CMYK") holding `tags`
+    ((signature, data) pairs); a display profile ("mntr") with XYZ as its connection space unless told."""
     table_end = 128 + 4 + 12 * len(tags)
     entries, body = b"", b""
     for signature, data in tags:
         entries += struct.pack(">4sII", signature, table_end + len(body), len(data))
         body += data + bytes(-len(data) % 4)   # tags start on 4-byte boundaries
-    header = struct.pack(">I4sI4s4s4s12s4s", table_end + len(body), b"none", 0x02100000, b"mntr",
-                         colour_space, b"XYZ ", bytes(12), b"acsp")
+    header = struct.pack(">I4sI4s4s4s12s4s", table_end + len(body), b"none", 0x02100000, device_class,
+                         colour_space, connection_space, bytes(12), b"acsp")
     header += bytes(68 - len(header)) + b"".join(_s15_fixed16(v) for v in D50_XYZ)   # the illuminant field
     return header + bytes(128 - len(header)) + struct.pack(">I", len(tags)) + entries + body
 
