@@ -468,7 +468,7 @@ def test_a_folder_is_converted_once_into_upright_srgb_jpegs_at_a_short_side(tmp_
     Image.fromarray(stored).save(tmp_path / "in" / "phone.heic", exif=exif.tobytes(), quality=-1)
     Image.new("RGBA", (40, 20), (0, 0, 0, 0)).save(tmp_path / "in" / "day1" / "logo.png")
     Image.new("RGB", (6, 4), RED).save(tmp_path / "in" / "small.png")
-    assert convert_images.main([str(tmp_path / "in"), str(tmp_path / "out"), "--short-side", "8"]) == 0
+    assert convert_images.main([str(tmp_path / "in"), str(tmp_path / "out"), "--short-side", "8", "--workers", "2"]) == 0
     assert "Wrote 3 image(s)" in capsys.readouterr().out
     phone = load_image(tmp_path / "out" / "phone.jpg", 3).astype(int)
     assert phone.shape == (12, 8, 3) and phone[:4].min() > 240 and phone[-4:].max() < 15   # upright: white on top
@@ -488,6 +488,12 @@ def test_a_folder_is_converted_once_into_upright_srgb_jpegs_at_a_short_side(tmp_
     with pytest.raises(ValueError, match="small.jpg and .*small.png would both be written as .*out2/small.jpg"):
         convert_images.convert_images(tmp_path / "in", tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
+    (tmp_path / "in" / "small.jpg").unlink()
+    (tmp_path / "in" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ImageReadError, match="broken.png"):   # named from a worker process too
+        convert_images.convert_images(tmp_path / "in", tmp_path / "out3", workers=2)
+    with pytest.raises(ValueError, match="--workers 0 must be at least 1"):
+        convert_images.convert_images(tmp_path / "in", tmp_path / "out3", workers=0)
 
 
 def write_photo(path: Path, width: int, height: int, orientation: int | None = None) -> Path:

@@ -13,7 +13,10 @@ enlarged), and written under OUTPUT with its path inside INPUT, so paired folder
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from PIL import Image
@@ -27,12 +30,25 @@ from src.data.transforms import resize_image, short_side_size
 FORMATS = {"jpg": (".jpg", {"quality": 95, "subsampling": 0}), "png": (".png", {})}
 
 
+def _convert_one(paths: tuple[Path, Path], short_side: int | None, image_format: str, channels: int,
+                 to_srgb: bool, bit_depth: int) -> None:
+    source, target = paths
+    # Decoding a JPEG at reduced scale stops at the size asked for on both sides, so at short_side.
+    at_least = (short_side, short_side) if short_side else None
+    image = load_image(source, channels, at_least, bit_depth=bit_depth, to_srgb=to_srgb)
+    height, width = image.shape[:2]
+    if short_side is not None and min(height, width) > short_side:
+        image = resize_image(image, *short_side_size(height, width, short_side))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image[..., 0] if channels == 1 else image).save(target, **FORMATS[image_format][1])
+
+
 def convert_images(input_dir: str | Path, output_dir: str | Path, short_side: int | None = None,
                    image_format: str = "jpg", channels: int = 3, to_srgb: bool = True, bit_depth: int = 16,
-                   overwrite: bool = False) -> list[Path]:
-    """Convert every image under `input_dir` into `output_dir` (see the module's doc); returns
-    the files written. Nothing is written when a name would collide or, without `overwrite`,
-    when a file to write exists already."""
+                   overwrite: bool = False, workers: int = 1) -> list[Path]:
+    """Convert every image under `input_dir` into `output_dir` (see the module's doc), in
+    `workers` processes; returns the files written. Nothing is written when a name would
+    collide or, without `overwrite`, when a file to write exists already."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if image_format not in FORMATS:
         raise ValueError(f"--format {image_format!r} must be one of {', '.join(FORMATS)}")
@@ -43,21 +59,24 @@ def convert_images(input_dir: str | Path, output_dir: str | Path, short_side: in
                          f"time; write them elsewhere")
     if not input_dir.is_dir():
         raise FileNotFoundError(f"{input_dir}: no such folder")
-    suffix, save_options = FORMATS[image_format]
-    targets = output_paths(list_images(input_dir), output_dir, input_dir, suffix)
+    if workers < 1:
+        raise ValueError(f"--workers {workers} must be at least 1")
+    targets = output_paths(list_images(input_dir), output_dir, input_dir, FORMATS[image_format][0])
     existing = [target for target in targets.values() if target.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{len(existing)} output file(s) exist already, e.g. {existing[0]}: choose another "
                               f"output folder or pass --overwrite")
-    for source, target in targets.items():
-        # Decoding a JPEG at reduced scale stops at the size asked for on both sides, so at short_side.
-        at_least = (short_side, short_side) if short_side else None
-        image = load_image(source, channels, at_least, bit_depth=bit_depth, to_srgb=to_srgb)
-        height, width = image.shape[:2]
-        if short_side is not None and min(height, width) > short_side:
-            image = resize_image(image, *short_side_size(height, width, short_side))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image[..., 0] if channels == 1 else image).save(target, **save_options)
+    convert = partial(_convert_one, short_side=short_side, image_format=image_format, channels=channels,
+                      to_srgb=to_srgb, bit_depth=bit_depth)
+    if workers == 1:
+        for pair in targets.items():
+            convert(pair)
+    else:
+        # Each image is decoded in one process (a HEIC: about a second of a core); the first
+        # error, naming its file, stops the conversion.
+        with ProcessPoolExecutor(workers) as pool:
+            for _ in pool.map(convert, targets.items(), chunksize=4):
+                pass
     return list(targets.values())
 
 
@@ -75,9 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bit-depth", type=int, default=16, choices=range(8, 17), metavar="8..16",
                         help="bits of integer grayscale files over 8 bit (data.bit_depth; default 16)")
     parser.add_argument("--overwrite", action="store_true", help="replace files that exist in the output folder")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes converting in parallel (default: one per CPU core)")
     args = parser.parse_args(argv)
     written = convert_images(args.input, args.output, args.short_side, args.format, args.channels,
-                             to_srgb=not args.keep_stored_colours, bit_depth=args.bit_depth, overwrite=args.overwrite)
+                             to_srgb=not args.keep_stored_colours, bit_depth=args.bit_depth, overwrite=args.overwrite,
+                             workers=args.workers)
     print(f"Wrote {len(written)} image(s) into {args.output}")
     return 0
 
