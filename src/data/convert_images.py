@@ -72,11 +72,15 @@ def convert_images(input_dir: str | Path, output_dir: str | Path, short_side: in
         for pair in targets.items():
             convert(pair)
     else:
-        # Each image is decoded in one process (a HEIC: about a second of a core); the first
-        # error, naming its file, stops the conversion.
+        # Each image is decoded in one process (a HEIC: about a second of a core). The first
+        # error, naming its file, stops the conversion: images not yet started are dropped.
         with ProcessPoolExecutor(workers) as pool:
-            for _ in pool.map(convert, targets.items(), chunksize=4):
-                pass
+            try:
+                for _ in pool.map(convert, targets.items(), chunksize=4):
+                    pass
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
     return list(targets.values())
 
 
