@@ -385,6 +385,28 @@ def test_a_profile_written_from_srgbs_description_converts_sRGB_to_itself(tmp_pa
     assert np.abs(load_image(tmp_path / "srgb.png", 3).astype(int) - pixels).max() <= 1
 
 
+def test_an_srgb_profile_costs_no_conversion_per_image(tmp_path, monkeypatch):
+    """A profile that converts every probe colour to itself (sRGB, as editors embed it) is found
+    out once, when its transform is built; its images are then read as stored, without running
+    the transform per item. Another profile's images are converted on every read."""
+    from src.data import image_io
+
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    srgb = rgb_profile(SRGB_RED, SRGB_GREEN, SRGB_BLUE, D65_WHITE, SRGB_CURVE)
+    Image.fromarray(pixels).save(tmp_path / "srgb.png", icc_profile=srgb)
+    Image.fromarray(pixels).save(tmp_path / "swapped.png", icc_profile=rgb_profile_with_red_and_blue_swapped())
+    image_io._transform_to_srgb.cache_clear()
+    calls = []
+    apply_transform = image_io.ImageCms.applyTransform
+    monkeypatch.setattr(image_io.ImageCms, "applyTransform", lambda *args: calls.append(1) or apply_transform(*args))
+    for _ in range(3):
+        assert np.array_equal(load_image(tmp_path / "srgb.png", 3), pixels)
+    assert len(calls) == 1   # the probe, when the transform was built
+    for _ in range(3):
+        load_image(tmp_path / "swapped.png", 3)
+    assert len(calls) == 1 + 1 + 3
+
+
 def srgb_encode(linear: np.ndarray) -> np.ndarray:
     linear = np.clip(linear, 0.0, 1.0)
     return np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055) * 255

@@ -19,10 +19,8 @@ from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
-from PIL import Image
-
 from src.data.folders import list_images, output_paths
-from src.data.image_io import load_image
+from src.data.image_io import load_image, save_image
 from src.data.transforms import resize_image, short_side_size
 
 # Output format -> (suffix, PIL's save options): JPEG quality 95 with full-resolution colour, as
@@ -39,8 +37,7 @@ def _convert_one(paths: tuple[Path, Path], short_side: int | None, image_format:
     height, width = image.shape[:2]
     if short_side is not None and min(height, width) > short_side:
         image = resize_image(image, *short_side_size(height, width, short_side))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image[..., 0] if channels == 1 else image).save(target, **FORMATS[image_format][1])
+    save_image(image, target, **FORMATS[image_format][1])
 
 
 def convert_images(input_dir: str | Path, output_dir: str | Path, short_side: int | None = None,

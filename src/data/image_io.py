@@ -154,11 +154,25 @@ _PROFILE_FIX = ("re-save the file in sRGB or without its colour profile, or set 
                 "stored values as they are (as the papers' loaders do)")
 
 
+# Colours that show whether a transform changes anything: every grey, and a 17-level RGB grid.
+_PROBES = {"L": Image.fromarray(np.arange(256, dtype=np.uint8)[None]),
+           "RGB": Image.fromarray(np.stack(np.meshgrid(*[np.linspace(0, 255, 17).round().astype(np.uint8)] * 3),
+                                           -1).reshape(1, -1, 3))}
+
+
 @lru_cache(maxsize=16)
-def _transform_to_srgb(icc_profile: bytes, mode: str) -> ImageCms.ImageCmsTransform:
-    """littlecms transform from an embedded profile to sRGB; built once per profile and mode
-    (a few ms each), since a dataset's photos mostly share one or two profiles."""
-    return ImageCms.buildTransform(ImageCms.ImageCmsProfile(io.BytesIO(icc_profile)), _SRGB, mode, "RGB")
+def _transform_to_srgb(icc_profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """littlecms transform from an embedded profile to sRGB, or None where it leaves every probe
+    colour as it is (an sRGB profile, as many editors and cameras embed: converting would be
+    per-item work for nothing). Built and probed once per profile and mode (a few ms), since a
+    dataset's photos mostly share one or two profiles."""
+    transform = ImageCms.buildTransform(ImageCms.ImageCmsProfile(io.BytesIO(icc_profile)), _SRGB, mode, "RGB")
+    probe = _PROBES.get(mode)
+    if probe is not None:
+        converted = np.asarray(ImageCms.applyTransform(probe, transform))
+        if np.array_equal(converted, np.asarray(probe.convert("RGB"))):
+            return None
+    return transform
 
 
 def _to_srgb(image: Image.Image, icc_profile: bytes, source: str | Path) -> Image.Image:
@@ -174,10 +188,12 @@ def _to_srgb(image: Image.Image, icc_profile: bytes, source: str | Path) -> Imag
     if space is None:
         raise ImageReadError(f"{source}: carries an ICC colour profile on {image.mode} pixels, which cannot be "
                              f"converted to sRGB: {_PROFILE_FIX}")
-    alpha = image.getchannel("A") if _has_alpha(image) else None
-    colour = image.convert(space) if image.mode != space else image
     try:
-        converted = ImageCms.applyTransform(colour, _transform_to_srgb(icc_profile, space))
+        transform = _transform_to_srgb(icc_profile, space)
+        if transform is None:
+            return image
+        alpha = image.getchannel("A") if _has_alpha(image) else None
+        converted = ImageCms.applyTransform(image.convert(space) if image.mode != space else image, transform)
     except (ImageCms.PyCMSError, OSError, ValueError) as error:
         raise ImageReadError(f"{source}: its embedded ICC colour profile does not fit its {image.mode} pixels "
                              f"or cannot be read ({error}): {_PROFILE_FIX}") from error
@@ -222,6 +238,17 @@ def to_uint8_array(image: Image.Image, channels: int, bit_depth: int = 16, sourc
     if array.ndim == 2:
         array = array[:, :, None]
     return np.ascontiguousarray(array)
+
+
+def save_image(image: np.ndarray, path: str | Path, **save_options) -> None:
+    """Write an HxWxC uint8 array (C = 1 or 3) in the format of the path's suffix (or
+    `save_options`' format), making its folder if needed."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(Path(path), **save_options)
+
+
+#: load_image's keywords for how pixel values are read, which a run's data settings record.
+PIXEL_READING_KEYS = ("bit_depth", "to_srgb")
 
 
 def load_image(path: str | Path, channels: int, decode_at_least: tuple[int, int] | None = None,

@@ -17,11 +17,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
 
 from src.data.errors import EmptyDatasetError
 from src.data.folders import IMAGE_EXTENSIONS, list_images
-from src.data.image_io import load_image, upright_size
+from src.data.image_io import PIXEL_READING_KEYS, load_image, save_image, upright_size
 from src.data.transforms import resize_image, short_side_size, to_tensor
 from src.models.base import TranslationModel
 from src.models.size_check import check_translation_size
@@ -157,8 +156,7 @@ def to_uint8_images(batch: torch.Tensor) -> np.ndarray:
 
 def save_png(image: np.ndarray, path: str | Path) -> None:
     """Write an HxWxC uint8 array (C = 1 or 3) as PNG, making its folder if needed."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(Path(path), format="PNG")
+    save_image(image, path, format="PNG")
 
 
 def translate_images(model: TranslationModel, paths: list[str | Path], direction: str = "AtoB",
@@ -185,9 +183,9 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
         check_translation_size(model, direction, *padded,
                                what=f"{group[0]} ({height}x{width} px, padded to {padded[0]}x{padded[1]})")
 
-    # Pixel values (deep grayscale files, colour profiles) are read as the model's training data were.
-    reading = {"bit_depth": model.training_data.get("bit_depth", 16),
-               "to_srgb": model.training_data.get("to_srgb", True)}
+    # Pixel values (deep grayscale files, colour profiles) are read as the model's training data
+    # were; a setting the run predates keeps load_image's default.
+    reading = {key: model.training_data[key] for key in PIXEL_READING_KEYS if key in model.training_data}
 
     def read(path: Path, size: tuple[int, int]) -> torch.Tensor:
         if short_side is None:
