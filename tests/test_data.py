@@ -8,6 +8,7 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -37,6 +38,7 @@ from src.data.shapes import (  # noqa: E402
 from src.data.transforms import PREPROCESS_MODES, ImageTransform  # noqa: E402
 from src.data.unpaired import UnpairedDataModule  # noqa: E402
 from src.data.colour_profiles import SRGB_CURVE, rgb_profile  # noqa: E402
+from tests.deep_images import exif_chunk, icc_chunk, write_png_16, write_tiff_16  # noqa: E402
 from tests.icc_profiles import (D65_WHITE, SRGB_BLUE, SRGB_GREEN, SRGB_RED,  # noqa: E402
                                 cmyk_profile_that_prints_everything_black, linear_gray_profile,
                                 rgb_profile_with_red_and_blue_swapped)
@@ -332,6 +334,79 @@ def test_12_bit_data_in_16_bit_files_is_read_at_its_bit_depth(tmp_path):
         with pytest.raises(ValueError, match=f"data.bit_depth={wrong!r}"):
             module(UnpairedDataModule, tmp_path / "scans", bit_depth=wrong)
 
+
+def test_12_bit_colour_in_16_bit_files_is_read_at_its_bit_depth(tmp_path):
+    """12-bit colour in 16-bit PNG and TIFF files (RGB, RGBA, grey with alpha; uncompressed and
+    OpenCV's LZW): PIL alone keeps each sample's high byte, so they stay at most 15 of 255; with
+    bit_depth=12 they fill 0..255, with alpha kept at 16 bits (a transparent pixel reads white),
+    in the datasets (A|B halves too) as in load_image."""
+    twelve = np.random.default_rng(0).integers(0, 4096, (8, 8, 3)).astype(np.uint16)   # sides a multiple of 4
+    twelve[0, 0] = 4095
+    expected = np.rint(twelve * (255 / 4095)).astype(np.uint8)
+    alpha = np.full((8, 8, 1), 65535, np.uint16)
+    alpha[-1, -1] = 0
+    files = {
+        "rgb.png": write_png_16(tmp_path / "rgb.png", twelve),
+        "rgba.png": write_png_16(tmp_path / "rgba.png", np.concatenate([twelve, alpha], 2)),
+        "grey_alpha.png": write_png_16(tmp_path / "grey_alpha.png", np.concatenate([twelve[..., :1], alpha], 2)),
+        "rgb.tif": write_tiff_16(tmp_path / "rgb.tif", twelve),
+        "rgba.tif": write_tiff_16(tmp_path / "rgba.tif", np.concatenate([twelve, alpha], 2)),
+    }
+    cv2.imwrite(str(tmp_path / "lzw.tif"), np.ascontiguousarray(twelve[..., ::-1]))   # OpenCV writes BGR, LZW
+    files["lzw.tif"] = tmp_path / "lzw.tif"
+    for name, path in files.items():
+        channels = 1 if name.startswith("grey") else 3
+        for bit_depth, values in ((16, twelve >> 8), (12, expected)):   # as 16-bit data: dark
+            want = values[..., :channels].astype(np.uint8)
+            if "alpha" in name or "rgba" in name:
+                want[-1, -1] = 255   # transparent -> white
+            assert np.array_equal(load_image(path, channels, bit_depth=bit_depth), want), (name, bit_depth)
+    # the datasets pass data.bit_depth on, the A|B loader included
+    root = tmp_path / "aligned"
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True)
+        write_png_16(root / split / "0.png", np.concatenate([twelve, twelve[..., ::-1]], 1))
+    dm = module(PairedDataModule, root, preprocess="none", flip=False, bit_depth=12)
+    dm.setup("fit")
+    item = dm.dataset("test")[0]
+    for key, half in (("A", expected), ("B", expected[..., ::-1])):
+        assert torch.allclose(item[key], torch.from_numpy(half.copy()).permute(2, 0, 1) / 127.5 - 1, atol=1e-6), key
+    # a value beyond the declared depth names the file and the setting
+    over = twelve.copy()
+    over[1, 1, 1] = 4096
+    with pytest.raises(ImageReadError, match=r"over.png: values \d+..4096 lie outside the 12-bit range 0..4095: "
+                                             r"set data.bit_depth"):
+        load_image(write_png_16(tmp_path / "over.png", over), 3, bit_depth=12)
+
+
+def test_16_bit_colour_read_at_its_bit_depth_keeps_orientation_and_colour_profile(tmp_path):
+    """The file's EXIF orientation turns the picture as it does at 16 bits (a PNG's eXIf chunk
+    before or after the pixels; each of a TIFF's 8), and its embedded profile converts its
+    colours. A file OpenCV cannot decode names itself and the fix."""
+    twelve = np.random.default_rng(1).integers(0, 4096, (6, 8, 3)).astype(np.uint16)
+    expected = np.rint(twelve * (255 / 4095)).astype(np.uint8)
+    # How each orientation turns the stored picture to view it (6: 90 degrees clockwise); PIL's
+    # reading at 16 bits (the high bytes) must be turned the same way.
+    turns = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+             5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+             7: lambda a: np.rot90(a, 2).transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1)}
+    files = [(write_png_16(tmp_path / f"{where}.png", twelve, **{where: exif_chunk(6)}), 6)
+             for where in ("before_pixels", "after_pixels")]
+    files += [(write_tiff_16(tmp_path / f"o{orientation}.tif", twelve, orientation), orientation)
+              for orientation in turns]
+    for path, orientation in files:
+        assert np.array_equal(load_image(path, 3, bit_depth=12), turns[orientation](expected)), path.name
+        assert np.array_equal(load_image(path, 3), turns[orientation](twelve >> 8)), path.name
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(write_png_16(tmp_path / "whole.png", twelve).read_bytes()[:-40])   # pixel data cut short
+    with pytest.raises(ImageReadError, match=r"cut.png: OpenCV cannot decode .*data.bit_depth=16"):
+        load_image(cut, 3, bit_depth=12)
+    red = np.zeros((4, 4, 3), np.uint16)
+    red[..., 0] = 4095
+    path = write_png_16(tmp_path / "profile.png", red, before_pixels=icc_chunk(rgb_profile_with_red_and_blue_swapped()))
+    read = load_image(path, 3, bit_depth=12).astype(int)
+    assert read[..., 2].min() >= 250 and read[..., :2].max() <= 5   # stored red is the profile's blue
+    assert np.array_equal(load_image(path, 3, bit_depth=12, to_srgb=False)[0, 0], [255, 0, 0])
 
 def test_colours_in_an_embedded_icc_profile_are_read_as_srgb(tmp_path):
     """Pixels stored in a profile whose red and blue primaries are swapped: the stored

@@ -323,7 +323,7 @@ class ImageTranslationDataModule(SplitDataModule):
             if not isinstance(value, bool):   # a string like "maybe" would read as true
                 raise ValueError(f"data.{key}={value!r} must be true or false.")
         require_int("data.max_dataset_size", max_dataset_size, allow_none=True)
-        require_int("data.bit_depth", bit_depth, least=8, why=" (the bits of integer grayscale files over 8 bit)")
+        require_int("data.bit_depth", bit_depth, least=8, why=" (the bits of the samples of 16-bit PNG/TIFF files)")
         if bit_depth > 16:
             raise ValueError(f"data.bit_depth={bit_depth} must be at most 16 (16-bit PNG/TIFF; 32-bit integer "
                              "images are read as 16-bit data)")

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-stored-colours", action="store_true",
                         help="do not convert colour profiles to sRGB (data.to_srgb=false)")
     parser.add_argument("--bit-depth", type=int, default=16, choices=range(8, 17), metavar="8..16",
-                        help="bits of integer grayscale files over 8 bit (data.bit_depth; default 16)")
+                        help="bits of the samples of 16-bit files (data.bit_depth; default 16)")
     parser.add_argument("--overwrite", action="store_true", help="replace files that exist in the output folder")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes converting in parallel (default: one per CPU core)")

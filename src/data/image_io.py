@@ -10,6 +10,8 @@ import numpy as np
 from PIL import ExifTags, Image, ImageCms, ImageOps
 from pillow_heif import register_heif_opener
 
+from src.data.bit_depth import (HIGH_BIT_DEPTH_GRAYSCALE_MODES, grayscale_to_uint8, has_16_bit_colour,
+                                read_16_bit_colour)
 from src.data.colour_profiles import profile_for_nclx
 from src.data.errors import ImageReadError
 
@@ -18,8 +20,6 @@ from src.data.errors import ImageReadError
 # photos are delivered as 8 bit.
 register_heif_opener()
 
-# Modes whose samples do not fit in 8 bits; they are rescaled, not clipped, to 0..255.
-_HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _VALID_CHANNELS = (1, 3)
 
 # Transparent pixels are composited on white: images with alpha (logos, drawings, sketches) are
@@ -50,7 +50,7 @@ def _turned_a_quarter(image: Image.Image) -> bool:
 _JPEG_FORMATS = ("JPEG", "MPO")
 
 
-def open_image(path: str | Path, decode_at_least: tuple[int, int] | None = None) -> Image.Image:
+def open_image(path: str | Path, decode_at_least: tuple[int, int] | None = None, bit_depth: int = 16) -> Image.Image:
     """Open and fully decode an image, upright, raising ImageReadError that names the file on failure.
 
     Decoding happens here (``load()``), not lazily later, so that truncated files fail with
@@ -62,9 +62,18 @@ def open_image(path: str | Path, decode_at_least: tuple[int, int] | None = None)
     in both sides is decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling (PIL's `draft`),
     never below it. A 12-megapixel photo that training resizes to 286 px decodes in a sixth of
     the time, and the resize that follows averages fewer pixels; other formats decode whole.
+
+    `bit_depth` below 16: the samples of a 16-bit colour PNG or TIFF are read as `bit_depth`-bit
+    data (see src.data.bit_depth); PIL alone keeps their high byte, which is right for 16-bit data
+    only. Grayscale files keep their deep mode here and are rescaled by to_uint8_array.
     """
     try:
         with Image.open(path) as image:
+            if bit_depth < 16 and has_16_bit_colour(image):
+                try:
+                    return read_16_bit_colour(path, image, bit_depth)
+                except ValueError as error:
+                    raise ImageReadError(f"{path}: {error}") from error
             if decode_at_least is not None and image.format in _JPEG_FORMATS:
                 height, width = decode_at_least
                 if _turned_a_quarter(image):
@@ -73,7 +82,7 @@ def open_image(path: str | Path, decode_at_least: tuple[int, int] | None = None)
             image.load()
             ImageOps.exif_transpose(image, in_place=True)
             return image
-    except FileNotFoundError:
+    except (FileNotFoundError, ImageReadError):
         raise
     except Exception as error:  # PIL raises several unrelated types for corrupt data
         raise ImageReadError(
@@ -104,34 +113,6 @@ def upright_size(path: str | Path) -> tuple[int, int]:
         pass
     width, height = open_image(path).size
     return height, width
-
-
-def _high_bit_depth_to_uint8(image: Image.Image, bit_depth: int = 16) -> Image.Image:
-    """Rescale 16/32-bit integer and float grayscale images to 8 bit, keeping their full range.
-
-    PIL's own convert("L") clips such images at 255, which turns a 16-bit photo white.
-    Integer modes are read as `bit_depth`-bit data (16: what 16-bit PNG/TIFF hold; 12 or 10 for
-    a scanner's or camera's data stored in 16-bit files, which would otherwise come out dark: one
-    range for every image, so their brightness compares); a value beyond it is an error, not
-    clipped. Float images are taken as 0..1 when they lie in that range, otherwise stretched
-    from their min to their max.
-    """
-    values = np.asarray(image)
-    if image.mode == "F":
-        low, high = float(values.min()), float(values.max())
-        if low >= 0.0 and high <= 1.0:
-            scaled = values * 255.0
-        else:
-            scaled = (values - low) * (255.0 / max(high - low, 1e-12))
-    else:
-        top = 2 ** bit_depth - 1
-        if values.size and (values.min() < 0 or values.max() > top):
-            fix = ("set data.bit_depth to the images' bit depth (16 for full 16-bit images)" if bit_depth < 16
-                   else "the file holds more than unsigned 16-bit data; convert it to 16-bit or 8-bit images")
-            raise ValueError(f"values {values.min()}..{values.max()} lie outside the {bit_depth}-bit range "
-                             f"0..{top}: {fix}")
-        scaled = values.astype(np.float64) * (255.0 / top)
-    return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
 
 
 def _has_alpha(image: Image.Image) -> bool:
@@ -218,15 +199,16 @@ def _colour_profile(image: Image.Image, source: str | Path) -> bytes | None:
 def to_uint8_array(image: Image.Image, channels: int, bit_depth: int = 16, source: str | Path = "image",
                    to_srgb: bool = True) -> np.ndarray:
     """Convert a decoded PIL image of any mode to an HxWxC uint8 array, C = channels (1 or 3);
-    integer grayscale images of more than 8 bits are read as `bit_depth`-bit data, and values
-    beyond it raise ImageReadError naming `source` (the file the image came from). With
+    integer grayscale images of more than 8 bits are read as `bit_depth`-bit data (colour ones
+    already are by open_image), and values beyond it raise ImageReadError naming `source` (the
+    file the image came from). With
     `to_srgb`, pixels in another colour space than sRGB (an embedded ICC profile, a HEIF's nclx
     colour information) are converted to sRGB."""
     check_channels(channels)
     icc_profile = _colour_profile(image, source) if to_srgb else None
-    if image.mode in _HIGH_BIT_DEPTH_MODES:
+    if image.mode in HIGH_BIT_DEPTH_GRAYSCALE_MODES:
         try:
-            image = _high_bit_depth_to_uint8(image, bit_depth)
+            image = grayscale_to_uint8(image, bit_depth)
         except ValueError as error:
             raise ImageReadError(f"{source}: {error}") from error
     if icc_profile:
@@ -256,4 +238,5 @@ def load_image(path: str | Path, channels: int, decode_at_least: tuple[int, int]
     """Read an image file as an HxWxC uint8 array with C = channels (1 -> grayscale, 3 -> RGB);
     `decode_at_least`: see open_image; `bit_depth`, `to_srgb`: see to_uint8_array."""
     check_channels(channels)
-    return to_uint8_array(open_image(path, decode_at_least), channels, bit_depth, source=path, to_srgb=to_srgb)
+    return to_uint8_array(open_image(path, decode_at_least, bit_depth), channels, bit_depth, source=path,
+                          to_srgb=to_srgb)

@@ -105,7 +105,8 @@ class PairedImageDataset(Dataset):
                 load_image(target_path, self.target_channels, at_least, **reading),
             )
         # Each half is resized to that size: the whole A|B image to twice its width.
-        left, right = split_side_by_side(open_image(source_path, at_least and (at_least[0], 2 * at_least[1])))
+        left, right = split_side_by_side(open_image(source_path, at_least and (at_least[0], 2 * at_least[1]),
+                                                    reading["bit_depth"]))
         source, target = (left, right) if self.source_half == "left" else (right, left)
         return (
             to_uint8_array(source, self.source_channels, source=source_path, **reading),

@@ -150,8 +150,8 @@ class ImageTransform:
     ) -> None:
         validate_preprocess(preprocess, load_size, crop_size)
         self.preprocess, self.load_size, self.crop_size = preprocess, load_size, crop_size
-        # How the loader reads pixel values (load_image's keywords): integer grayscale files of
-        # more than 8 bits, and colours in an embedded ICC profile.
+        # How the loader reads pixel values (load_image's keywords): the samples of files of more
+        # than 8 bits, and colours in an embedded ICC profile.
         self.reading = {"bit_depth": bit_depth, "to_srgb": to_srgb}
         # What the loader may decode a large JPEG down to (open_image's decode_at_least): the size
         # every image is first resized to, in the one mode that has such a size. In the others

@@ -1,0 +1,104 @@
+"""Reading samples deeper than 8 bits (16-bit PNG/TIFF, 32-bit integer or float grayscale) as 8-bit
+values, at the data's own bit depth (`data.bit_depth`).
+
+A scanner's or camera's 12-bit values are often stored in 16-bit files. Read as 16-bit data they
+come out dark (at most 16 of 255); read at their own depth they fill 0..255, with one range for
+every image so that brightness compares across the dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import ExifTags, Image, ImageOps
+
+# Grayscale modes whose samples do not fit in 8 bits; PIL's convert("L") would clip them at 255.
+HIGH_BIT_DEPTH_GRAYSCALE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def integers_to_uint8(values: np.ndarray, bit_depth: int) -> np.ndarray:
+    """`bit_depth`-bit integer samples as uint8, 0..2**bit_depth-1 onto 0..255, rounded. A value
+    beyond that range raises ValueError (with the fix), rather than being clipped."""
+    top = 2 ** bit_depth - 1
+    if values.size and (values.min() < 0 or values.max() > top):
+        fix = ("set data.bit_depth to the images' bit depth (16 for full 16-bit images)" if bit_depth < 16
+               else "the file holds more than unsigned 16-bit data; convert it to 16-bit or 8-bit images")
+        raise ValueError(f"values {values.min()}..{values.max()} lie outside the {bit_depth}-bit range "
+                         f"0..{top}: {fix}")
+    return np.rint(values.astype(np.float64) * (255.0 / top)).astype(np.uint8)
+
+
+def grayscale_to_uint8(image: Image.Image, bit_depth: int = 16) -> Image.Image:
+    """A 16/32-bit integer or float grayscale image (HIGH_BIT_DEPTH_GRAYSCALE_MODES) as an "L" image.
+
+    Integer modes are read as `bit_depth`-bit data (integers_to_uint8). Float images are taken
+    as 0..1 when they lie in that range, otherwise stretched from their min to their max.
+    """
+    values = np.asarray(image)
+    if image.mode != "F":
+        return Image.fromarray(integers_to_uint8(values, bit_depth), mode="L")
+    low, high = float(values.min()), float(values.max())
+    scaled = values * 255.0 if low >= 0.0 and high <= 1.0 else (values - low) * (255.0 / max(high - low, 1e-12))
+    return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+
+
+def _raw_modes(image: Image.Image) -> list[str]:
+    """The raw sample layouts of an opened, not yet loaded image's tiles ("RGB;16B", ...)."""
+    modes = []
+    for tile in image.tile:
+        args = tile.args if isinstance(tile.args, tuple) else (tile.args,)
+        modes += [arg for arg in args[:1] if isinstance(arg, str)]
+    return modes
+
+
+def has_16_bit_colour(image: Image.Image) -> bool:
+    """Whether an opened, not yet loaded PNG or TIFF holds 16-bit colour (or grey with alpha)
+    samples, which PIL can only decode to 8 bits: it keeps each sample's high byte."""
+    return (image.format in ("PNG", "TIFF") and image.mode in ("RGB", "RGBA")
+            and any(";16" in raw_mode for raw_mode in _raw_modes(image)))
+
+
+def _png_orientation(path: str | Path) -> int | None:
+    """The EXIF orientation of a PNG file. Its eXIf chunk may follow the pixel data, which PIL reads
+    only by decoding them: the chunks are walked by their headers instead."""
+    with open(path, "rb") as file:
+        file.seek(8)   # the PNG signature
+        while len(header := file.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", header)
+            if kind == b"eXIf":
+                exif = Image.Exif()
+                exif.load(file.read(length))
+                return exif.get(ExifTags.Base.Orientation)
+            if kind == b"IEND":
+                break
+            file.seek(length + 4, io.SEEK_CUR)   # the chunk's data and CRC
+    return None
+
+
+def read_16_bit_colour(path: str | Path, image: Image.Image, bit_depth: int) -> Image.Image:
+    """The 16-bit colour samples of `image` (opened from `path`, has_16_bit_colour) read at
+    `bit_depth`, as an upright RGB or RGBA image carrying the file's colour profile.
+
+    PIL has no mode for them, so OpenCV decodes the file. Alpha is read at the full 16 bits: it is
+    coverage, which editors write over the whole range whatever the depth of the colours. Raises
+    ValueError (with the fix) for values beyond `bit_depth` and files OpenCV cannot decode.
+    """
+    samples = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    if samples is None or samples.dtype != np.uint16 or samples.ndim != 3:
+        raise ValueError("OpenCV cannot decode its 16-bit colour samples (the file may be truncated): replace "
+                         "the file, or read it as 16-bit data (data.bit_depth=16, the default) through PIL")
+    planes = [integers_to_uint8(samples[..., 2::-1], bit_depth)]   # OpenCV's BGR(A) -> RGB
+    if samples.shape[2] == 4:
+        planes.append(integers_to_uint8(samples[..., 3:], 16))
+    result = Image.fromarray(np.ascontiguousarray(np.concatenate(planes, axis=2)))
+    if icc_profile := image.info.get("icc_profile"):
+        result.info["icc_profile"] = icc_profile
+    # OpenCV's TIFF decoder applies the file's orientation itself; its PNG decoder ignores it here.
+    if image.format == "PNG" and (orientation := _png_orientation(path)):
+        result.getexif()[ExifTags.Base.Orientation] = orientation
+        ImageOps.exif_transpose(result, in_place=True)
+    return result
