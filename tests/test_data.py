@@ -408,6 +408,21 @@ def test_16_bit_colour_read_at_its_bit_depth_keeps_orientation_and_colour_profil
     assert read[..., 2].min() >= 250 and read[..., :2].max() <= 5   # stored red is the profile's blue
     assert np.array_equal(load_image(path, 3, bit_depth=12, to_srgb=False)[0, 0], [255, 0, 0])
 
+
+def test_colour_samples_pil_cannot_read_are_named_instead_of_called_broken(tmp_path):
+    """A valid TIFF of float (HDR) or 32-bit integer colour samples, which PIL cannot open, is
+    named as such with the fix; a file that is no image keeps the replace-the-file message."""
+    samples = np.random.default_rng(0).random((4, 6, 3), dtype=np.float32)
+    cv2.imwrite(str(tmp_path / "hdr.tif"), samples)
+    cv2.imwrite(str(tmp_path / "counts.tif"), (samples * 1000).astype(np.int32))
+    for name, held in (("hdr.tif", "3-channel float32"), ("counts.tif", "3-channel int32")):
+        with pytest.raises(ImageReadError, match=f"{name}: it holds {held} samples, which PIL cannot read. "
+                                                 f"Convert it to 8- or 16-bit integer sRGB images"):
+            load_image(tmp_path / name, 3)
+    (tmp_path / "notes.tif").write_bytes(b"II*\0 not really a TIFF")
+    with pytest.raises(ImageReadError, match="notes.tif: cannot identify image file .*Delete or replace the file"):
+        load_image(tmp_path / "notes.tif", 3)
+
 def test_colours_in_an_embedded_icc_profile_are_read_as_srgb(tmp_path):
     """Pixels stored in a profile whose red and blue primaries are swapped: the stored
     (255, 0, 0) is sRGB blue. They are read as blue in every mode that carries colour (alpha

@@ -102,3 +102,17 @@ def read_16_bit_colour(path: str | Path, image: Image.Image, bit_depth: int) -> 
         result.getexif()[ExifTags.Base.Orientation] = orientation
         ImageOps.exif_transpose(result, in_place=True)
     return result
+
+
+def samples_pil_cannot_read(path: str | Path) -> str | None:
+    """What a file PIL cannot identify holds, where OpenCV decodes it: colour samples of 32 bits
+    (float HDR or scientific TIFFs), for which PIL has no mode. None where OpenCV cannot decode
+    it either (not an image, or truncated)."""
+    try:
+        samples = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    except (cv2.error, OSError, ValueError):
+        return None
+    if samples is None:
+        return None
+    channels = samples.shape[2] if samples.ndim == 3 else 1
+    return f"{channels}-channel {samples.dtype} samples"

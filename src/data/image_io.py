@@ -7,11 +7,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageCms, ImageOps
+from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
 from pillow_heif import register_heif_opener
 
 from src.data.bit_depth import (HIGH_BIT_DEPTH_GRAYSCALE_MODES, grayscale_to_uint8, has_16_bit_colour,
-                                read_16_bit_colour)
+                                read_16_bit_colour, samples_pil_cannot_read)
 from src.data.colour_profiles import profile_for_nclx
 from src.data.errors import ImageReadError
 
@@ -85,6 +85,12 @@ def open_image(path: str | Path, decode_at_least: tuple[int, int] | None = None,
     except (FileNotFoundError, ImageReadError):
         raise
     except Exception as error:  # PIL raises several unrelated types for corrupt data
+        # A valid file whose samples PIL has no mode for is named as such, not as a broken file.
+        if isinstance(error, UnidentifiedImageError) and (held := samples_pil_cannot_read(path)):
+            raise ImageReadError(
+                f"Cannot read image file {path}: it holds {held}, which PIL cannot read. Convert it to 8- or "
+                f"16-bit integer sRGB images (float colour is usually linear HDR light: tone-map it first)."
+            ) from error
         raise ImageReadError(
             f"Cannot read image file {path}: {error}. Delete or replace the file "
             f"(it may be truncated or not an image)."
