@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from PIL import ExifTags, Image  # noqa: E402
 
-from src.data import convert_images, download  # noqa: E402
+from src.data import check_images, convert_images, download  # noqa: E402
 from src.data.folders import list_images  # noqa: E402
 from src.data.errors import (  # noqa: E402
     DatasetNotFoundError,
@@ -607,6 +608,34 @@ def test_a_folder_is_converted_once_into_upright_srgb_jpegs_at_a_short_side(tmp_
     with pytest.raises(ValueError, match="--workers 0 must be at least 1"):
         convert_images.convert_images(tmp_path / "in", tmp_path / "out3", workers=0)
 
+
+
+def test_check_images_lists_every_unreadable_image_and_the_small_ones(tmp_path, capsys):
+    """check_images reads every image under its folders as the datasets do (here in 2 processes):
+    each unreadable one is listed with its reason, where a run stops at the first; the sizes are
+    summed up, --min-side lists the small images, and the exit status says whether all is well."""
+    train, test = tmp_path / "d" / "trainA", tmp_path / "d" / "testA"
+    write_image(train / "a.png", size=(20, 16))
+    write_image(train / "day1" / "b.png", size=(40, 30))
+    (train / "broken.jpg").write_bytes(b"not an image")
+    cut = write_image(test / "cut.png", size=(20, 16))
+    cut.write_bytes(cut.read_bytes()[:-30])   # its pixel data cut short
+    scan = np.full((18, 18, 3), 4095, np.uint16)   # 12-bit data: beyond 10 bits
+    write_png_16(test / "scan.png", scan)
+    folders = [str(train), str(test)]
+    assert check_images.main([*folders, "--workers", "2", "--min-side", "20", "--bit-depth", "10"]) == 1
+    out = capsys.readouterr().out
+    assert "Read 2 of 5 image(s).\nShorter sides 16..30 px; the largest image is 30x40 (height x width)." in out
+    assert "3 image(s) cannot be read:" in out
+    for reason in ("broken.jpg: cannot identify image file", "cut.png: image file is truncated",
+                   "scan.png: values 4095..4095 lie outside the 10-bit range"):
+        assert re.search(rf"\n  Cannot read image file \S+{reason}|\n  \S+{reason}", out), reason
+    assert f"1 image(s) have a shorter side under --min-side 20:\n  {train / 'a.png'}: 16x20" in out
+    (train / "broken.jpg").unlink()
+    cut.unlink()
+    assert check_images.main([*folders, "--bit-depth", "12", "--min-side", "16"]) == 0
+    assert "Read 3 of 3 image(s).\nShorter sides 16..30 px" in capsys.readouterr().out
+    assert check_images.check_images(folders, bit_depth=12).sizes[test / "scan.png"] == (18, 18)
 
 def write_photo(path: Path, width: int, height: int, orientation: int | None = None) -> Path:
     """A smooth JPEG photo stand-in (gradients and broad waves, which JPEG's DCT scaling keeps)."""

@@ -5,7 +5,7 @@
 Phones' photos are slow to read on every training item: a 12-megapixel HEIC takes about 0.5 s of
 a CPU core to decode and 0.3 s more to convert its Display P3 colours, where a JPEG of the same
 photo decoded at reduced scale takes about 10 ms. Each image is read as the datasets read it
-(upright by its orientation, colours converted to sRGB, transparency on white, deep grayscale at
+(upright by its orientation, colours converted to sRGB, transparency on white, 16-bit files at
 --bit-depth), shrunk by area averaging so that its shorter side is --short-side pixels (never
 enlarged), and written under OUTPUT with its path inside INPUT, so paired folders still pair.
 """
@@ -13,12 +13,11 @@ enlarged), and written under OUTPUT with its path inside INPUT, so paired folder
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
+from src.data.folder_tools import add_reading_arguments, map_in_processes, reading_settings
 from src.data.folders import list_images, output_paths
 from src.data.image_io import load_image, save_image
 from src.data.transforms import resize_image, short_side_size
@@ -56,8 +55,6 @@ def convert_images(input_dir: str | Path, output_dir: str | Path, short_side: in
                          f"time; write them elsewhere")
     if not input_dir.is_dir():
         raise FileNotFoundError(f"{input_dir}: no such folder")
-    if workers < 1:
-        raise ValueError(f"--workers {workers} must be at least 1")
     targets = output_paths(list_images(input_dir), output_dir, input_dir, FORMATS[image_format][0])
     existing = [target for target in targets.values() if target.exists()]
     if existing and not overwrite:
@@ -65,19 +62,8 @@ def convert_images(input_dir: str | Path, output_dir: str | Path, short_side: in
                               f"output folder or pass --overwrite")
     convert = partial(_convert_one, short_side=short_side, image_format=image_format, channels=channels,
                       to_srgb=to_srgb, bit_depth=bit_depth)
-    if workers == 1:
-        for pair in targets.items():
-            convert(pair)
-    else:
-        # Each image is decoded in one process (a HEIC: about a second of a core). The first
-        # error, naming its file, stops the conversion: images not yet started are dropped.
-        with ProcessPoolExecutor(workers) as pool:
-            try:
-                for _ in pool.map(convert, targets.items(), chunksize=4):
-                    pass
-            except BaseException:
-                pool.shutdown(cancel_futures=True)
-                raise
+    for _ in map_in_processes(convert, targets.items(), workers):
+        pass
     return list(targets.values())
 
 
@@ -89,18 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short-side", type=int, default=None,
                         help="shrink so that the shorter side is this many pixels (default: keep the size)")
     parser.add_argument("--format", default="jpg", choices=sorted(FORMATS), help="output format (default: jpg)")
-    parser.add_argument("--channels", type=int, default=3, choices=(1, 3), help="3: RGB (default), 1: grayscale")
-    parser.add_argument("--keep-stored-colours", action="store_true",
-                        help="do not convert colour profiles to sRGB (data.to_srgb=false)")
-    parser.add_argument("--bit-depth", type=int, default=16, choices=range(8, 17), metavar="8..16",
-                        help="bits of the samples of 16-bit files (data.bit_depth; default 16)")
     parser.add_argument("--overwrite", action="store_true", help="replace files that exist in the output folder")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="processes converting in parallel (default: one per CPU core)")
+    add_reading_arguments(parser)
     args = parser.parse_args(argv)
     written = convert_images(args.input, args.output, args.short_side, args.format, args.channels,
-                             to_srgb=not args.keep_stored_colours, bit_depth=args.bit_depth, overwrite=args.overwrite,
-                             workers=args.workers)
+                             overwrite=args.overwrite, workers=args.workers, **reading_settings(args))
     print(f"Wrote {len(written)} image(s) into {args.output}")
     return 0
 
