@@ -105,9 +105,9 @@ def read_16_bit_colour(path: str | Path, image: Image.Image, bit_depth: int) -> 
 
 
 def samples_pil_cannot_read(path: str | Path) -> str | None:
-    """What a file PIL cannot identify holds, where OpenCV decodes it: colour samples of 32 bits
-    (float HDR or scientific TIFFs), for which PIL has no mode. None where OpenCV cannot decode
-    it either (not an image, or truncated)."""
+    """What a file PIL cannot identify holds ("3-channel float32 samples"), where OpenCV decodes
+    it: such as the colour samples of 32 bits of float HDR or scientific TIFFs, for which PIL has
+    no mode. None where OpenCV cannot decode it either (not an image, or truncated)."""
     try:
         samples = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
     except (cv2.error, OSError, ValueError):
