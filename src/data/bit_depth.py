@@ -62,6 +62,13 @@ def has_16_bit_colour(image: Image.Image) -> bool:
             and any(";16" in raw_mode for raw_mode in _raw_modes(image)))
 
 
+def pil_misreads_16_bit_colour(image: Image.Image, bit_depth: int) -> bool:
+    """Whether PIL's 8-bit decode of this opened, not yet loaded image would be wrong: 16-bit colour
+    read at a depth under 16 (PIL keeps the high byte), or with a transparent colour (PNG's tRNS:
+    PIL compares its 16-bit value with the 8-bit samples, so no pixel matches)."""
+    return has_16_bit_colour(image) and (bit_depth < 16 or "transparency" in image.info)
+
+
 def _png_orientation(path: str | Path) -> int | None:
     """The EXIF orientation of a PNG file. Its eXIf chunk may follow the pixel data, which PIL reads
     only by decoding them: the chunks are walked by their headers instead."""
@@ -83,8 +90,9 @@ def read_16_bit_colour(path: str | Path, image: Image.Image, bit_depth: int) -> 
     """The 16-bit colour samples of `image` (opened from `path`, has_16_bit_colour) read at
     `bit_depth`, as an upright RGB or RGBA image carrying the file's colour profile.
 
-    PIL has no mode for them, so OpenCV decodes the file. Alpha is read at the full 16 bits: it is
-    coverage, which editors write over the whole range whatever the depth of the colours. Raises
+    PIL has no mode for them, so OpenCV decodes the file (a transparent colour becomes alpha).
+    Alpha is read at the full 16 bits: it is coverage, which editors write over the whole range
+    whatever the depth of the colours. Raises
     ValueError (with the fix) for values beyond `bit_depth` and files OpenCV cannot decode.
     """
     samples = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)

@@ -10,8 +10,8 @@ import numpy as np
 from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
 from pillow_heif import register_heif_opener
 
-from src.data.bit_depth import (HIGH_BIT_DEPTH_GRAYSCALE_MODES, grayscale_to_uint8, has_16_bit_colour,
-                                read_16_bit_colour, samples_pil_cannot_read)
+from src.data.bit_depth import (HIGH_BIT_DEPTH_GRAYSCALE_MODES, grayscale_to_uint8,
+                                pil_misreads_16_bit_colour, read_16_bit_colour, samples_pil_cannot_read)
 from src.data.colour_profiles import profile_for_nclx
 from src.data.errors import ImageReadError
 
@@ -65,11 +65,12 @@ def open_image(path: str | Path, decode_at_least: tuple[int, int] | None = None,
 
     `bit_depth` below 16: the samples of a 16-bit colour PNG or TIFF are read as `bit_depth`-bit
     data (see src.data.bit_depth); PIL alone keeps their high byte, which is right for 16-bit data
-    only. Grayscale files keep their deep mode here and are rescaled by to_uint8_array.
+    only (and misses a transparent colour). Grayscale files keep their deep mode here and are
+    rescaled by to_uint8_array.
     """
     try:
         with Image.open(path) as image:
-            if bit_depth < 16 and has_16_bit_colour(image):
+            if pil_misreads_16_bit_colour(image, bit_depth):
                 try:
                     return read_16_bit_colour(path, image, bit_depth)
                 except ValueError as error:
@@ -122,11 +123,13 @@ def upright_size(path: str | Path) -> tuple[int, int]:
 
 
 def _has_alpha(image: Image.Image) -> bool:
-    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
+    """Alpha channels, and a transparent colour (PNG's tRNS) on palette, grey or RGB pixels."""
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode in ("P", "L", "RGB")
+                                                                and "transparency" in image.info)
 
 
 def _drop_transparency(image: Image.Image) -> Image.Image:
-    """Composite images that carry alpha (RGBA, LA, PA, palette with transparency) on white."""
+    """Composite images that carry alpha (RGBA, LA, PA, a transparent colour) on white."""
     if not _has_alpha(image):
         return image
     rgba = image.convert("RGBA")
@@ -171,6 +174,8 @@ def _to_srgb(image: Image.Image, icc_profile: bytes, source: str | Path) -> Imag
     """
     if image.mode in ("P", "PA"):   # palette entries are colours of the profile's space
         image = image.convert("RGBA" if _has_alpha(image) else "RGB")
+    elif image.mode in ("L", "RGB") and _has_alpha(image):   # a transparent colour matches stored values
+        image = image.convert("LA" if image.mode == "L" else "RGBA")
     space = _PROFILE_SPACES.get(image.mode)
     if space is None:
         raise ImageReadError(f"{source}: carries an ICC colour profile on {image.mode} pixels, which cannot be "
