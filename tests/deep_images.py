@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image
 
-# PNG colour types by channel count: grey + alpha, RGB, RGBA.
-_PNG_COLOUR_TYPES = {2: 4, 3: 2, 4: 6}
+# PNG colour types by channel count: grey, grey + alpha, RGB, RGBA.
+_PNG_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -30,7 +30,7 @@ def icc_chunk(profile: bytes) -> bytes:
 
 
 def write_png_16(path: Path, samples: np.ndarray, before_pixels: bytes = b"", after_pixels: bytes = b"") -> Path:
-    """A 16-bit PNG of HxWxC samples (C = 2, 3 or 4), with extra chunks before or after its pixels."""
+    """A 16-bit PNG of HxWxC samples (C = 1 to 4), with extra chunks before or after its pixels."""
     height, width, channels = samples.shape
     rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in samples)   # filter 0 (none) per row
     header = struct.pack(">IIBBBBB", width, height, 16, _PNG_COLOUR_TYPES[channels], 0, 0, 0)

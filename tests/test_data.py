@@ -315,8 +315,8 @@ def test_image_modes(tmp_path):
 
 def test_a_transparent_colour_reads_white_like_alpha(tmp_path):
     """PNG's tRNS marks one stored grey or RGB value transparent, as a palette entry can be: its
-    pixels are composited on white like alpha, with a colour profile converted, and in a 16-bit
-    RGB file at 16 bits and at data.bit_depth=12 alike; the other pixels keep their value."""
+    pixels are composited on white like alpha, with a colour profile converted, and in 16-bit
+    files at 16 bits and at data.bit_depth=12 alike; the other pixels keep their value."""
     rgb = Image.new("RGB", (4, 2), (1, 2, 3))
     rgb.putpixel((3, 1), (90, 60, 30))
     rgb.save(tmp_path / "rgb.png", transparency=(1, 2, 3))
@@ -328,14 +328,18 @@ def test_a_transparent_colour_reads_white_like_alpha(tmp_path):
     deep = np.full((2, 4, 3), 4000, np.uint16)
     deep[1, 3] = (1000, 2000, 3000)
     write_png_16(tmp_path / "deep.png", deep, before_pixels=png_chunk(b"tRNS", struct.pack(">3H", 4000, 4000, 4000)))
-    kept = {"rgb.png": [90, 60, 30], "rgb_profile.png": [30, 60, 90], "grey.png": [77] * 3, "deep.png": [3, 7, 11]}
+    write_png_16(tmp_path / "deep_grey.png", deep[..., :1], before_pixels=png_chunk(b"tRNS", struct.pack(">H", 4000)))
+    kept = {"rgb.png": [90, 60, 30], "rgb_profile.png": [30, 60, 90], "grey.png": [77] * 3, "deep.png": [3, 7, 11],
+            "deep_grey.png": [3] * 3}
     for name, bit_depth in [(name, 16) for name in ("rgb.png", "rgb_profile.png", "grey.png", "grey_profile.png",
-                                                    "deep.png")] + [("deep.png", 12)]:
+                                                    "deep.png", "deep_grey.png")] + [("deep.png", 12),
+                                                                                     ("deep_grey.png", 12)]:
         read = load_image(tmp_path / name, 3, bit_depth=bit_depth).astype(int)
         assert (read[0] == 255).all() and (read[1, :3] == 255).all(), (name, bit_depth)
         if name in kept and bit_depth == 16:
             assert np.abs(read[1, 3] - kept[name]).max() <= 2, name
     assert load_image(tmp_path / "deep.png", 3, bit_depth=12)[1, 3].tolist() == [62, 125, 187]
+    assert load_image(tmp_path / "deep_grey.png", 1, bit_depth=12)[1, 3].tolist() == [62]
 
 def test_12_bit_data_in_16_bit_files_is_read_at_its_bit_depth(tmp_path):
     """A scanner's 12-bit values stored in 16-bit PNGs: read as 16-bit data they stay dark (at

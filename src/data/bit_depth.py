@@ -35,12 +35,16 @@ def integers_to_uint8(values: np.ndarray, bit_depth: int) -> np.ndarray:
 def grayscale_to_uint8(image: Image.Image, bit_depth: int = 16) -> Image.Image:
     """A 16/32-bit integer or float grayscale image (HIGH_BIT_DEPTH_GRAYSCALE_MODES) as an "L" image.
 
-    Integer modes are read as `bit_depth`-bit data (integers_to_uint8). Float images are taken
-    as 0..1 when they lie in that range, otherwise stretched from their min to their max.
+    Integer modes are read as `bit_depth`-bit data (integers_to_uint8); a transparent grey value
+    (PNG's tRNS) is matched before scaling and kept as alpha ("LA"). Float images are taken as
+    0..1 when they lie in that range, otherwise stretched from their min to their max.
     """
     values = np.asarray(image)
     if image.mode != "F":
-        return Image.fromarray(integers_to_uint8(values, bit_depth), mode="L")
+        grey = Image.fromarray(integers_to_uint8(values, bit_depth), mode="L")
+        if isinstance(key := image.info.get("transparency"), int):
+            grey.putalpha(Image.fromarray(np.where(values == key, 0, 255).astype(np.uint8)))
+        return grey
     low, high = float(values.min()), float(values.max())
     scaled = values * 255.0 if low >= 0.0 and high <= 1.0 else (values - low) * (255.0 / max(high - low, 1e-12))
     return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
