@@ -667,6 +667,29 @@ def test_check_images_lists_every_unreadable_image_and_the_small_ones(tmp_path, 
     assert "Read 3 of 3 image(s).\nShorter sides 16..30 px" in capsys.readouterr().out
     assert check_images.check_images(folders, bit_depth=12).sizes[test / "scan.png"] == (18, 18)
 
+
+def test_check_images_reads_a_data_configs_folders_with_its_settings(tmp_path, capsys):
+    """Given Hydra overrides, check_images checks the train and test folders of the dataset the
+    training config names, each domain with its channels, at the config's bit depth, and with
+    preprocess=crop takes the crop size as --min-side; a missing folder gets the data modules'
+    error, and the folder options are refused there instead of being ignored."""
+    root = make_unpaired(tmp_path / "mine", size=(20, 16))
+    write_image(root / "testB" / "big.png", size=(40, 30))
+    write_png_16(root / "trainA" / "scan.png", np.full((18, 18, 3), 4095, np.uint16))   # 12-bit data
+    data = ["data=horse2zebra", f"data.data_dir={root}"]
+    assert check_images.main([*data, "+data.bit_depth=10", "data.preprocess=crop", "data.crop_size=18"]) == 1
+    out = capsys.readouterr().out
+    assert all(str(root / folder) in out.splitlines()[0] for folder in ("trainA", "trainB", "testA", "testB"))
+    assert "Read 13 of 14 image(s)." in out and "scan.png: values 4095..4095 lie outside the 10-bit range" in out
+    assert f"12 image(s) have a shorter side under --min-side 18:\n  {root / 'trainA' / 'A0.png'}: 16x20" in out
+    assert check_images.main([*data, "+data.bit_depth=12", "data.input_nc=1"]) == 0
+    assert "Read 14 of 14 image(s).\nShorter sides 16..30 px" in capsys.readouterr().out
+    with pytest.raises(DatasetNotFoundError, match="nowhere/trainA"):
+        check_images.main(["data=horse2zebra", f"data.data_dir={tmp_path / 'nowhere'}"])
+    with pytest.raises(SystemExit):
+        check_images.main([*data, "--bit-depth", "12"])
+    assert "--bit-depth and --keep-stored-colours are for folders" in capsys.readouterr().err
+
 def write_photo(path: Path, width: int, height: int, orientation: int | None = None) -> Path:
     """A smooth JPEG photo stand-in (gradients and broad waves, which JPEG's DCT scaling keeps)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,11 @@
 cannot be read, with its reason and fix, before a long run meets them one crash at a time.
 
     python -m src.data.check_images data/my_dataset --bit-depth 12 --min-side 256
+    python -m src.data.check_images data=horse2zebra data.data_dir=/path/to/my_data
+
+Given Hydra overrides instead of folders, it checks the train and test folders of the dataset
+that `python src/train.py <overrides>` trains on, read with that data config's channels,
+bit depth and colour conversion (and, with preprocess=crop, its crop size as --min-side).
 
 Training stops at the first unreadable image (saving crashed.ckpt); this finds all of them in one
 pass, in parallel processes. It also reports the range of image sizes and, with --min-side, the
@@ -13,14 +18,24 @@ image cannot be read or is under --min-side.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
 from src.data.folder_tools import add_reading_arguments, map_in_processes, reading_settings
-from src.data.folders import list_images
+from src.data.folders import list_images, require_folder
 from src.data.image_io import load_image
+from src.utils.config_checks import check_argument_types
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # Files named in full in each list of the report; the rest are counted.
 NAMED_IN_REPORT = 20
@@ -36,27 +51,59 @@ class FolderCheck:
         return {path: size for path, size in self.sizes.items() if min(size) < min_side}
 
 
-def _read_one(path: Path, channels: int, bit_depth: int, to_srgb: bool) -> tuple[int, int] | str:
-    """(height, width) of the image as the datasets read it, or why it cannot be read."""
+def _read_one(item: tuple[Path, int], bit_depth: int, to_srgb: bool) -> tuple[int, int] | str:
+    """(height, width) of the image (path, channels) as the datasets read it, or why it cannot be read."""
+    path, channels = item
     try:
         return load_image(path, channels, bit_depth=bit_depth, to_srgb=to_srgb).shape[:2]
     except (OSError, ValueError) as error:   # ImageReadError is an OSError, whose message names the file
         return str(error) if str(path) in str(error) else f"{path}: {error}"
 
 
-def check_images(folders: list[str | Path], channels: int = 3, bit_depth: int = 16, to_srgb: bool = True,
-                 workers: int = 1) -> FolderCheck:
-    """Read every image under `folders` (subfolders too, as list_images finds them) in `workers`
+def check_images(folders: Sequence[str | Path] | Mapping[str | Path, int], channels: int = 3, bit_depth: int = 16,
+                 to_srgb: bool = True, workers: int = 1) -> FolderCheck:
+    """Read every image under `folders` (subfolders too, as list_images finds them) with
+    `channels`, or each folder's own channel count where `folders` maps them to one, in `workers`
     processes; an unreadable image is recorded, not raised."""
-    paths = [path for folder in folders for path in list_images(folder)]
-    read = partial(_read_one, channels=channels, bit_depth=bit_depth, to_srgb=to_srgb)
+    folders = folders if isinstance(folders, Mapping) else dict.fromkeys(folders, channels)
+    items = [(path, count) for folder, count in folders.items() for path in list_images(folder)]
+    read = partial(_read_one, bit_depth=bit_depth, to_srgb=to_srgb)
     check = FolderCheck()
-    for path, outcome in zip(paths, map_in_processes(read, paths, workers)):
+    for (path, _), outcome in zip(items, map_in_processes(read, items, workers)):
         if isinstance(outcome, str):
             check.errors[path] = outcome
         else:
             check.sizes[path] = tuple(outcome)
     return check
+
+
+def data_config_folders(overrides: list[str]) -> tuple[dict[Path, int], dict, int | None]:
+    """The train and test folders of the dataset `python src/train.py <overrides>` trains on, each
+    with the channels its domain is read with; the data config's pixel-reading settings
+    (load_image's keywords); and its crop size where preprocess=crop, which cannot crop smaller
+    images. Missing folders raise the data modules' errors (with the download command)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    GlobalHydra.instance().clear()
+    if not any(override.startswith("paths.root_dir=") for override in overrides):
+        with open_dict(cfg):   # outside a Hydra run there is no ${hydra:runtime.cwd}: this is it
+            cfg.paths.root_dir = os.environ.get("PROJECT_ROOT", os.getcwd())
+    check_argument_types(cfg.data, "data")
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()   # the embedded datasets are written to disk here
+    folders: dict[Path, int] = {}
+    for split in ("train", "test"):
+        for domain in ("A", "B"):
+            folder = datamodule.split_folder(split, domain) if hasattr(datamodule, "split_folder") else None
+            if folder is None:
+                raise ValueError(f"data={cfg.data.get('name')} does not keep its images in a folder per split and "
+                                 f"domain: pass its image folders to check_images instead")
+            require_folder(folder, datamodule.name, datamodule.data_dir)
+            channels = datamodule.input_nc if domain == datamodule.source_domain else datamodule.output_nc
+            folders[folder] = max(folders.get(folder, 0), channels)   # A|B files hold both domains
+    transform = datamodule.eval_transform
+    return folders, transform.reading, transform.crop_size if transform.preprocess == "crop" else None
 
 
 def _listed(lines: list[str]) -> str:
@@ -82,14 +129,28 @@ def report(check: FolderCheck, min_side: int | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.data.check_images", description=__doc__.split("\n\n")[0])
-    parser.add_argument("folders", nargs="+", help="folders of images (subfolders are read too)")
+    parser.add_argument("folders", nargs="+",
+                        help="folders of images (subfolders are read too), or Hydra overrides of the training config "
+                             "that name a dataset (data=horse2zebra data.data_dir=...), whose settings then apply")
     parser.add_argument("--min-side", type=int, default=None,
                         help="list the images whose shorter side is under this many pixels")
     add_reading_arguments(parser)
     args = parser.parse_args(argv)
-    check = check_images(args.folders, args.channels, workers=args.workers, **reading_settings(args))
-    print(report(check, args.min_side))
-    under = check.smaller_than(args.min_side) if args.min_side is not None else {}
+    overrides = [item for item in args.folders if "=" in item]
+    if overrides and len(overrides) < len(args.folders):
+        parser.error("give either folders or Hydra overrides (data=NAME ...), not both")
+    if overrides and (args.channels != 3 or args.bit_depth != 16 or args.keep_stored_colours):
+        parser.error("--channels, --bit-depth and --keep-stored-colours are for folders: with a data config, "
+                     "give data.input_nc / data.output_nc, data.bit_depth and data.to_srgb")
+    if overrides:
+        folders, reading, crop_size = data_config_folders(overrides)
+        min_side = args.min_side if args.min_side is not None else crop_size
+    else:
+        folders, reading, min_side = dict.fromkeys(args.folders, args.channels), reading_settings(args), args.min_side
+    print("Checking " + ", ".join(str(folder) for folder in folders))
+    check = check_images(folders, workers=args.workers, **reading)
+    print(report(check, min_side))
+    under = check.smaller_than(min_side) if min_side is not None else {}
     return 1 if check.errors or under else 0
 
 
