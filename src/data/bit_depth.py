@@ -50,20 +50,20 @@ def grayscale_to_uint8(image: Image.Image, bit_depth: int = 16) -> Image.Image:
     return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
 
 
-def _raw_modes(image: Image.Image) -> list[str]:
-    """The raw sample layouts of an opened, not yet loaded image's tiles ("RGB;16B", ...)."""
-    modes = []
-    for tile in image.tile:
-        args = tile.args if isinstance(tile.args, tuple) else (tile.args,)
-        modes += [arg for arg in args[:1] if isinstance(arg, str)]
-    return modes
+def _raw_mode(image: Image.Image) -> str:
+    """The raw sample layout of an opened, not yet loaded image ("RGB;16B", ...), from its first
+    tile: a PNG or TIFF stores every tile (strip) the same way."""
+    if not image.tile:
+        return ""
+    args = image.tile[0].args
+    first = args[0] if isinstance(args, tuple) and args else args   # PNG: the raw mode; TIFF: (raw mode, ...)
+    return first if isinstance(first, str) else ""
 
 
 def has_16_bit_colour(image: Image.Image) -> bool:
     """Whether an opened, not yet loaded PNG or TIFF holds 16-bit colour (or grey with alpha)
     samples, which PIL can only decode to 8 bits: it keeps each sample's high byte."""
-    return (image.format in ("PNG", "TIFF") and image.mode in ("RGB", "RGBA")
-            and any(";16" in raw_mode for raw_mode in _raw_modes(image)))
+    return image.format in ("PNG", "TIFF") and image.mode in ("RGB", "RGBA") and ";16" in _raw_mode(image)
 
 
 def pil_misreads_16_bit_colour(image: Image.Image, bit_depth: int) -> bool:
@@ -90,16 +90,22 @@ def _png_orientation(path: str | Path) -> int | None:
     return None
 
 
+def _decode_with_opencv(path: str | Path) -> np.ndarray | None:
+    """The file's samples as stored (any depth, alpha kept, BGR order), or None where OpenCV
+    cannot decode it; read as bytes, so that any path works."""
+    return cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
 def read_16_bit_colour(path: str | Path, image: Image.Image, bit_depth: int) -> Image.Image:
     """The 16-bit colour samples of `image` (opened from `path`, has_16_bit_colour) read at
     `bit_depth`, as an upright RGB or RGBA image carrying the file's colour profile.
 
     PIL has no mode for them, so OpenCV decodes the file (a transparent colour becomes alpha).
     Alpha is read at the full 16 bits: it is coverage, which editors write over the whole range
-    whatever the depth of the colours. Raises
-    ValueError (with the fix) for values beyond `bit_depth` and files OpenCV cannot decode.
+    whatever the depth of the colours. Raises ValueError (with the fix) for values beyond
+    `bit_depth` and files OpenCV cannot decode.
     """
-    samples = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    samples = _decode_with_opencv(path)
     if samples is None or samples.dtype != np.uint16 or samples.ndim != 3:
         raise ValueError("OpenCV cannot decode its 16-bit colour samples (the file may be truncated): replace "
                          "the file, or read it as 16-bit data (data.bit_depth=16, the default) through PIL")
@@ -121,7 +127,7 @@ def samples_pil_cannot_read(path: str | Path) -> str | None:
     it: such as the colour samples of 32 bits of float HDR or scientific TIFFs, for which PIL has
     no mode. None where OpenCV cannot decode it either (not an image, or truncated)."""
     try:
-        samples = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+        samples = _decode_with_opencv(path)
     except (cv2.error, OSError, ValueError):
         return None
     if samples is None:

@@ -18,24 +18,19 @@ image cannot be read or is under --min-side.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from omegaconf import open_dict
 
 from src.data.folder_tools import add_reading_arguments, map_in_processes, reading_settings
 from src.data.folders import list_images, require_folder
 from src.data.image_io import load_image
 from src.utils.config_checks import check_argument_types
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+from src.utils.training_config import compose_training_config
 
 # Files named in full in each list of the report; the rest are counted.
 NAMED_IN_REPORT = 20
@@ -82,13 +77,7 @@ def data_config_folders(overrides: list[str]) -> tuple[dict[Path, int], dict, in
     with the channels its domain is read with; the data config's pixel-reading settings
     (load_image's keywords); and its crop size where preprocess=crop, which cannot crop smaller
     images. Missing folders raise the data modules' errors (with the download command)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    GlobalHydra.instance().clear()
-    if not any(override.startswith("paths.root_dir=") for override in overrides):
-        with open_dict(cfg):   # outside a Hydra run there is no ${hydra:runtime.cwd}: this is it
-            cfg.paths.root_dir = os.environ.get("PROJECT_ROOT", os.getcwd())
+    cfg = compose_training_config(overrides)
     check_argument_types(cfg.data, "data")
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()   # the embedded datasets are written to disk here

@@ -21,8 +21,6 @@ from typing import Any, Callable
 import hydra
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.utils.data import DataLoader
 
@@ -30,6 +28,7 @@ from src.utils.bench_ab import make_toggle, setting_is_on, split_times
 from src.utils.bench_machine import ForeignCpuMeter, current_rss_bytes, host_speed, peak_rss_bytes
 from src.utils.bench_profile import summarise_profile
 from src.utils.reference_iterations import reference_for
+from src.utils.training_config import compose_training_config
 
 #: bench precision name -> Lightning Trainer precision
 TRAINER_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed"}
@@ -37,11 +36,7 @@ TRAINER_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed"}
 
 def compose_model_config(conf_dir: str, model: str, size: int, overrides: list[str]):
     """The model's training config at `size` px, as `src/train.py model=<model> data.size=<size>` composes it."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"model={model}", f"data.size={size}", *overrides])
-    GlobalHydra.instance().clear()
-    return cfg
+    return compose_training_config([f"model={model}", f"data.size={size}", *overrides], conf_dir)
 
 
 def random_batches(n: int, batch_size: int, data_cfg, size: int, seed: int,

@@ -27,10 +27,10 @@ from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, domain_folders, unt
 from src.utils.image_grid import make_grid, save_image
 from src.utils.label_evaluation import label_scores_for, segmenter_for
 from src.utils.sequence_plot import plot_series
+from src.utils.training_config import CONF_DIR
 from src.utils.translation import resolve_device, save_png, to_uint8_images
 
 log = logging.getLogger(__name__)
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 TABLE_COLUMNS = ("fid", "kid_x100", "is", "cls_is", "cls_is_real", "cls_acc_fake", "cls_acc_real", "mmd2", "tstr",
                  "trtr", "iou", "color_error", "l1", "psnr", "ssim", "label_pixel_acc", "label_class_acc",
