@@ -39,7 +39,7 @@ bench: $(STAMP)
 # numpy, scipy and OpenCV are left out: such machines have them, and they are large.
 GPU_PYTHON ?= 3.12
 GPU_WHEELS ?= .gpu-wheels
-GPU_PACKAGES := $(shell grep -E '^(hydra-core|omegaconf|albumentations)==' requirements.txt)
+GPU_PACKAGES := $(shell grep -E '^(hydra-core|omegaconf|albumentations|pillow-heif)==' requirements.txt)
 gpu-wheels: $(STAMP)
 	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
 	# omegaconf's parser runtime (antlr4-python3-runtime 4.9.3) is published as source only
