@@ -100,12 +100,14 @@ def changed(before: dict, modules) -> set[str]:
 
 def record_generator_outputs(model, describe) -> list:
     """`describe(output)` of each output of the AtoB generator during training (a forward hook
-    sees them; its first output where it returns several)."""
+    sees them; its first output where it returns several). The size check's shape-only pass on
+    the meta device before the first step is left out."""
     seen = []
 
     def record(module, inputs, output):
-        if module.training:
-            seen.append(describe(output[0] if isinstance(output, tuple) else output))
+        output = output[0] if isinstance(output, tuple) else output
+        if module.training and output.device.type != "meta":
+            seen.append(describe(output))
 
     model.generator_for("AtoB").register_forward_hook(record)
     return seen

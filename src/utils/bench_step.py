@@ -101,6 +101,16 @@ def compile_networks(model: pl.LightningModule, mode: bool | str = True) -> None
             module.forward = torch.compile(module.forward, mode=None if mode is True else mode)
 
 
+class MarkCudaGraphIterations(pl.Callback):
+    """Tells torch.compile's CUDA graphs (mode="reduce-overhead") where each training iteration
+    starts. A replay writes its outputs into the memory of the previous replay's; without the
+    mark, the graphs cannot tell a GAN iteration's several forward and backward passes from the
+    next iteration's, and a pass reads an output that a later replay has already overwritten."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        torch.compiler.cudagraph_mark_step_begin()
+
+
 class IterationTimer(pl.Callback):
     """Wall time of every training batch (one full GAN iteration), from batch start to batch end.
 
@@ -193,10 +203,11 @@ def measure_training_step(spec: dict[str, Any]) -> dict[str, Any]:
     n_batches = warmup + repeats + profile
     batches = random_batches(n_batches, spec["batch_size"], cfg.data, spec["size"], spec.get("seed", 0), channels_last)
     timer = IterationTimer(device, warmup, repeats, profile, toggle)
+    cuda_graph_marks = [MarkCudaGraphIterations()] if tweaks.get("compile") == "reduce-overhead" else []
     trainer = pl.Trainer(accelerator=device, devices=1, precision=TRAINER_PRECISION[precision], max_epochs=1,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                         callbacks=[timer], default_root_dir=spec.get("work_dir"))
+                         callbacks=[timer, *cuda_graph_marks], default_root_dir=spec.get("work_dir"))
     # batch_size=None: each list item is already a batch.
     trainer.fit(model, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
 
