@@ -165,6 +165,29 @@ def test_a_trial_keeps_the_baseline_it_was_saved_with(tmp_path):
     assert "| default | 1.600 | 2.000 | 1.25x |" in md.read_text()
 
 
+def test_rows_of_one_configuration_on_different_gpus_are_kept_apart(tmp_path):
+    """An H200 run neither replaces the H100's rows nor becomes the baseline of its trials; rows
+    from before the GPU was recorded stay plain "cuda"."""
+    def on(gpu, s_per_iter, variant=None):
+        row = {**_row("x", s_per_iter, variant), "device": "cuda", "peak_cuda_allocated_bytes": 1e9,
+               "warmup_peak_cuda_allocated_bytes": 2e9}
+        return {**row, "gpu_name": gpu} if gpu else row
+
+    path, md = tmp_path / "r.json", tmp_path / "r.md"
+    write_results(path, md, {"train_step": [on("NVIDIA H100 80GB HBM3", 0.016), on(None, 0.02)]}, MACHINE, SETTINGS)
+    write_results(path, md, {"train_step": [on("NVIDIA H200", 0.009, {"compile": "reduce-overhead"})]},
+                  MACHINE, SETTINGS)
+    assert "baseline_s_per_iter" not in json.loads(path.read_text())["train_step"][-1]
+    write_results(path, md, {"train_step": [on("NVIDIA H200", 0.018)]}, MACHINE, SETTINGS)
+    rows = json.loads(path.read_text())["train_step"]
+    assert [(r.get("gpu_name"), r["s_per_iter"]) for r in rows] == [
+        ("NVIDIA H100 80GB HBM3", 0.016), (None, 0.02), ("NVIDIA H200", 0.009), ("NVIDIA H200", 0.018)]
+    text = md.read_text()
+    assert "| x | cuda H100 80GB HBM3 | 1 |" in text and "| x | cuda | 1 |" in text
+    trial = next(line for line in text.splitlines() if "compile=reduce-overhead" in line)
+    assert trial.startswith("| x (cuda H200, batch 1, fp32) |") and "| 0.009 | 0.018 | 2.00x |" in trial
+
+
 def test_the_reference_iteration_row_is_compared_with_ours_as_it_runs():
     results = {"machine": MACHINE, "settings": SETTINGS,
                "train_step": [_row("x", 1.0), {**_row("x", 4.0, {"allocator": "default"}), "allocator": "default"},
@@ -292,21 +315,20 @@ def test_the_gpu_check_script_runs_each_step_with_valid_benchmark_commands(tmp_p
                    cwd=tmp_path)
 
     summary = (out / "summary.log").read_text()
-    for step in ("install", "tests", "rows", "step_in_backward", "cuda_graphs"):
+    for step in ("install", "tests", "rows", "cuda_graphs"):
         assert f"{step}: exit 0 " in summary, summary
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     commands = [entry["args"] for entry in entries]
     assert ["-m", "pytest", "-q", "tests/test_gpu.py"] in commands
     install = next(args for args in commands if args[:3] == ["-m", "pip", "install"])
     assert "--no-index" in install and str(wheels / "packages.txt") in install
-    rows, step_in_backward, cuda_graphs = [entry["specs"] for entry in entries if "specs" in entry]
-    assert {s["device"] for s in rows + step_in_backward + cuda_graphs} == {"cuda"}
+    rows, cuda_graphs = [entry["specs"] for entry in entries if "specs" in entry]
+    assert {s["device"] for s in rows + cuda_graphs} == {"cuda"}
     measured = {(s["name"], s["batch_size"], s["precision"]) for s in rows}
-    assert {("nicegan_light_256", 1, "bf16"), ("nicegan_light_256", 8, "fp32"), ("nicegan_light_256", 8, "bf16"),
-            ("ugatit_light_256", 8, "fp32")} <= measured
+    assert measured == {(name, batch, precision) for name in ("pix2pix_unet256", "cyclegan_256", "nicegan_full_256")
+                        for batch in (1, 8) for precision in ("fp32", "bf16")}
     assert all(s["variant"] == {} for s in rows)
-    assert {(s["batch_size"], s["precision"]) for s in step_in_backward + cuda_graphs} == {(1, "fp32")}
-    assert all(s["variant"] == {"ab": "step_in_backward"} for s in step_in_backward)
+    assert {(s["batch_size"], s["precision"]) for s in cuda_graphs} == {(1, "fp32")}
     assert [s["variant"] for s in cuda_graphs] == [{"compile": "reduce-overhead"}]
     assert {p.name for p in out.iterdir()} >= {"results_cuda.json", "results_cuda.md"}
 

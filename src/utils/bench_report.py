@@ -14,11 +14,19 @@ from typing import Any, Callable
 GB = 1e9
 
 
+def device_of(row: dict[str, Any]) -> str:
+    """The row's device, naming the GPU on CUDA ("cuda H200"): one configuration runs at
+    different speeds on different GPUs, so their rows are different measurements. Rows from
+    before the GPU was recorded say "cuda"."""
+    gpu = row.get("gpu_name") if row["device"] == "cuda" else None
+    return f"cuda {gpu.removeprefix('NVIDIA ')}" if gpu else row["device"]
+
+
 def row_key(row: dict[str, Any]) -> str:
     if row["kind"] == "data":
         return f"data/{row['name']}"
     variant = json.dumps(row.get("variant", {}), sort_keys=True)
-    return f"train_step/{row['name']}/{row['device']}/b{row['batch_size']}/{row['precision']}/{variant}"
+    return f"train_step/{row['name']}/{device_of(row)}/b{row['batch_size']}/{row['precision']}/{variant}"
 
 
 def versus_key(entry: dict[str, Any]) -> str:
@@ -123,7 +131,7 @@ def train_step_table(rows: list[dict], usual: dict | None = None) -> list[str]:
         memory_ratio = memory / ref["peak_rss_gb"] if comparable else None
         note = row_note(r, usual)
         lines.append(
-            f"| {r['label']} | {r['device']} | {r['batch_size']} | {r['precision']} | {allocator_of(r)} | {r['s_per_iter']:.3f} "
+            f"| {r['label']} | {device_of(r)} | {r['batch_size']} | {r['precision']} | {allocator_of(r)} | {r['s_per_iter']:.3f} "
             f"| {r['images_per_s']:.2f} | {memory:.2f} {memory_kind(r)} | {ref.get('code', '-')} "
             f"| {_fmt(ref.get('s_per_iter'))} | {_fmt(ref.get('peak_rss_gb'))} "
             f"| {_fmt(speedup) + 'x' if speedup else '-'} | {_fmt(memory_ratio) + 'x' if memory_ratio else '-'} "
@@ -141,13 +149,13 @@ def allocator_of(row: dict) -> str:
 
 
 def baseline_row(row: dict, rows: list[dict]) -> dict | None:
-    """What a trial is compared with: the same configuration without the trial's tweaks, under
-    the same allocator (a default row, or an allocator-only trial), in fp32 on a CPU. An
+    """What a trial is compared with: the same configuration without the trial's tweaks, on the
+    same device (the same GPU), under the same allocator (a default row, or an allocator-only trial), in fp32 on a CPU. An
     allocator trial is compared with the default row, and the reference's iteration
     (`iteration=reference`, run with the reference's allocator) with ours as it runs."""
     precision = "fp32" if row["device"] == "cpu" else row["precision"]
-    same = [r for r in rows if (r["name"], r["device"], r["batch_size"], r["precision"]) ==
-            (row["name"], row["device"], row["batch_size"], precision)]
+    same = [r for r in rows if (r["name"], device_of(r), r["batch_size"], r["precision"]) ==
+            (row["name"], device_of(row), row["batch_size"], precision)]
     tweaks = set(row.get("variant", {})) - {"allocator"}
     if (not tweaks and row["precision"] == precision) or is_reference_iteration(row):
         return next((r for r in same if not r.get("variant")), None)
@@ -186,7 +194,7 @@ def variant_table(rows: list[dict], all_rows: list[dict], usual: dict | None = N
         ratio = base / r["s_per_iter"] if base else None
         changes = {**r["variant"], **({"precision": r["precision"]} if r["precision"] != "fp32" else {})}
         variant = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
-        lines.append(f"| {r['label']} ({r['device']}, batch {r['batch_size']}, {r['precision']}) | {variant}{row_note(r, usual)} "
+        lines.append(f"| {r['label']} ({device_of(r)}, batch {r['batch_size']}, {r['precision']}) | {variant}{row_note(r, usual)} "
                      f"| {allocator_of(r)} | {r['s_per_iter']:.3f} | {_fmt(base, 3) if base else '-'} "
                      f"| {_fmt(ratio) + 'x' if ratio else '-'} | {memory_gb(r):.2f} "
                      f"| {measured_cell(r, host_rate(r))} |")
