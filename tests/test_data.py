@@ -672,7 +672,8 @@ def test_check_images_reads_a_data_configs_folders_with_its_settings(tmp_path, c
     """Given Hydra overrides, check_images checks the train and test folders of the dataset the
     training config names, each domain with its channels, at the config's bit depth, and with
     preprocess=crop takes the crop size as --min-side; a missing folder gets the data modules'
-    error, and the folder options are refused there instead of being ignored."""
+    error (one line, as a bad option: no traceback), and the folder options are refused there
+    instead of being ignored."""
     root = make_unpaired(tmp_path / "mine", size=(20, 16))
     write_image(root / "testB" / "big.png", size=(40, 30))
     write_png_16(root / "trainA" / "scan.png", np.full((18, 18, 3), 4095, np.uint16))   # 12-bit data
@@ -684,11 +685,31 @@ def test_check_images_reads_a_data_configs_folders_with_its_settings(tmp_path, c
     assert f"12 image(s) have a shorter side under --min-side 18:\n  {root / 'trainA' / 'A0.png'}: 16x20" in out
     assert check_images.main([*data, "+data.bit_depth=12", "data.input_nc=1"]) == 0
     assert "Read 14 of 14 image(s).\nShorter sides 16..30 px" in capsys.readouterr().out
-    with pytest.raises(DatasetNotFoundError, match="nowhere/trainA"):
-        check_images.main(["data=horse2zebra", f"data.data_dir={tmp_path / 'nowhere'}"])
-    with pytest.raises(SystemExit):
-        check_images.main([*data, "--bit-depth", "12"])
-    assert "--bit-depth and --keep-stored-colours are for folders" in capsys.readouterr().err
+    for overrides, message in [(["data=horse2zebra", f"data.data_dir={tmp_path / 'nowhere'}"],
+                                 f"Dataset folder not found: {tmp_path / 'nowhere' / 'trainA'}. Download it with"),
+                                ([*data, "data.load_size=big"], "data.load_size='big' must be an integer"),
+                                (["data=horse2zebr"], "data/horse2zebr"),
+                                ([*data, "--bit-depth", "12"], "--bit-depth and --keep-stored-colours are for folders")]:
+        with pytest.raises(SystemExit) as stop:
+            check_images.main(overrides)
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_folder_tools_name_a_missing_or_empty_folder_in_one_line(tmp_path, capsys):
+    """A missing, empty or not-a-folder input is reported as a bad option is (exit status 2, the
+    path in the message), not as a traceback."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    for folder, message in [("missing", "No such file or directory"), ("empty", "No images found in"),
+                            ("file.txt", "Not a directory")]:
+        with pytest.raises(SystemExit) as stop:
+            check_images.main([str(tmp_path / folder)])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and message in err and str(tmp_path / folder) in err
+    with pytest.raises(SystemExit) as stop:
+        convert_images.main([str(tmp_path / "missing"), str(tmp_path / "out")])
+    assert stop.value.code == 2 and f"{tmp_path / 'missing'}: no such folder" in capsys.readouterr().err
+
 
 def write_photo(path: Path, width: int, height: int, orientation: int | None = None) -> Path:
     """A smooth JPEG photo stand-in (gradients and broad waves, which JPEG's DCT scaling keeps)."""

@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from hydra.errors import HydraException
 from hydra.utils import instantiate
+from omegaconf.errors import OmegaConfBaseException
 
-from src.data.folder_tools import add_reading_arguments, map_in_processes, reading_settings
+from src.data.folder_tools import add_reading_arguments, input_errors_as_usage, map_in_processes, reading_settings
 from src.data.folders import list_images, require_folder
 from src.data.image_io import load_image
 from src.utils.config_checks import check_argument_types
@@ -132,12 +134,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--channels, --bit-depth and --keep-stored-colours are for folders: with a data config, "
                      "give data.input_nc / data.output_nc, data.bit_depth and data.to_srgb")
     if overrides:
-        folders, reading, crop_size = data_config_folders(overrides)
+        # A misspelt config name or key is the input's fault too.
+        with input_errors_as_usage(parser, HydraException, OmegaConfBaseException):
+            folders, reading, crop_size = data_config_folders(overrides)
         min_side = args.min_side if args.min_side is not None else crop_size
     else:
         folders, reading, min_side = dict.fromkeys(args.folders, args.channels), reading_settings(args), args.min_side
     print("Checking " + ", ".join(str(folder) for folder in folders))
-    check = check_images(folders, workers=args.workers, **reading)
+    with input_errors_as_usage(parser):
+        check = check_images(folders, workers=args.workers, **reading)
     print(report(check, min_side))
     under = check.smaller_than(min_side) if min_side is not None else {}
     return 1 if check.errors or under else 0

@@ -17,7 +17,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from src.data.folder_tools import add_reading_arguments, map_in_processes, reading_settings
+from src.data.folder_tools import add_reading_arguments, input_errors_as_usage, map_in_processes, reading_settings
 from src.data.folders import list_images, output_paths
 from src.data.image_io import load_image, save_image
 from src.data.transforms import resize_image, short_side_size
@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace files that exist in the output folder")
     add_reading_arguments(parser)
     args = parser.parse_args(argv)
-    written = convert_images(args.input, args.output, args.short_side, args.format, args.channels,
-                             overwrite=args.overwrite, workers=args.workers, **reading_settings(args))
+    with input_errors_as_usage(parser):
+        written = convert_images(args.input, args.output, args.short_side, args.format, args.channels,
+                                 overwrite=args.overwrite, workers=args.workers, **reading_settings(args))
     print(f"Wrote {len(written)} image(s) into {args.output}")
     return 0
 

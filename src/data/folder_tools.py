@@ -4,10 +4,29 @@ processes, and the options that say how pixels are read (those of the data confi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
+
+from src.data.errors import ImageReadError
+
+#: What a tool's input can be wrong with: a missing or empty folder, a dataset not downloaded,
+#: an output that exists, an unreadable image, an impossible option. Each message names the path
+#: or option and the fix.
+INPUT_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, ImageReadError, ValueError)
+
+
+@contextlib.contextmanager
+def input_errors_as_usage(parser: argparse.ArgumentParser, *more: type[BaseException]) -> Iterator[None]:
+    """Report INPUT_ERRORS (and `more`) as the parser reports a bad option, one line and exit
+    status 2, instead of a traceback: they are the input's fault, and their messages say what
+    to change."""
+    try:
+        yield
+    except (*INPUT_ERRORS, *more) as error:
+        parser.error(str(error))
 
 
 def map_in_processes(function: Callable, items: Iterable, workers: int) -> Iterator[Any]:
