@@ -20,7 +20,7 @@ from src.nets.narrow_conv import use_narrow_output
 from src.utils import bench_ab, bench_machine, bench_run, bench_versus
 from src.utils.bench_report import markdown, merge_rows, row_key, write_results
 from src.utils.bench_run import git_revision, same_measured_code, train_step_specs, versus_reference_specs
-from src.utils.bench_step import compile_networks, compose_model_config, measure_training_step
+from src.utils.bench_step import compose_model_config, measure_training_step
 from src.utils.reference_iterations import CycleGANReference, reference_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,21 +288,6 @@ def test_an_unknown_compile_mode_is_refused_with_its_key():
         train_step_specs(bench_cfg("tweaks.compile=fastest"))
 
 
-def test_compile_networks_passes_the_mode_to_every_players_network(monkeypatch):
-    modes = []
-    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: modes.append(mode) or fn)
-
-    class Players:
-        def player_modules(self):
-            return {"G": [nn.Linear(2, 2), nn.Linear(2, 2)], "D": [nn.Linear(2, 1)]}
-
-    compile_networks(Players(), "reduce-overhead")
-    assert modes == ["reduce-overhead"] * 3
-    modes.clear()
-    compile_networks(Players(), True)   # torch.compile's own default mode
-    assert modes == [None] * 3
-
-
 def test_the_gpu_check_script_runs_each_step_with_valid_benchmark_commands(tmp_path):
     """A dry run of experiments/bench/gpu_check.sh with a stand-in python
     (tests/scripts/gpu_check_dry_run.py): every step runs and its benchmark command lines compose
@@ -319,7 +304,7 @@ def test_the_gpu_check_script_runs_each_step_with_valid_benchmark_commands(tmp_p
         assert f"{step}: exit 0 " in summary, summary
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     commands = [entry["args"] for entry in entries]
-    assert ["-m", "pytest", "-q", "tests/test_gpu.py"] in commands
+    assert ["-m", "pytest", "-q", "tests/test_gpu.py", "tests/test_compile.py"] in commands
     install = next(args for args in commands if args[:3] == ["-m", "pip", "install"])
     assert "--no-index" in install and str(wheels / "packages.txt") in install
     rows, cuda_graphs = [entry["specs"] for entry in entries if "specs" in entry]

@@ -3,7 +3,7 @@
 # torch, Lightning and torchmetrics but not this project's other packages: those come as wheels,
 # made here by `make gpu-wheels` and carried there in .gpu-wheels/ (nothing can be downloaded on
 # such a machine). Each step runs under its own time limit, so one that hangs or fails leaves the
-# later ones their time; the limits add up to about 9 minutes. Logs, a summary and the merged
+# later ones their time; the limits add up to about 9.5 minutes. Logs, a summary and the merged
 # results_cuda.{json,md} go to $OUT (8 files).
 #
 #   make gpu-wheels                                    # here, once
@@ -13,7 +13,8 @@
 # a copy of (the rows then say "<revision> (no git)").
 #
 # The steps, most needed first:
-#   tests             tests/test_gpu.py: every model in every precision, resume, FID/KID on CUDA
+#   tests             tests/test_gpu.py: every model in every precision, resume, FID/KID on CUDA;
+#                     tests/test_compile.py: CUDA graphs train pix2pix as eager mode does
 #   rows              the GPU grid's rows that one GPU still lacks: CycleGAN, pix2pix and NICE-GAN
 #                     full were measured on an H100 only (U-GAT-IT and NICE-GAN light on an H200)
 #   cuda_graphs       torch.compile(mode="reduce-overhead") for the launch-bound batch-1 iteration
@@ -45,7 +46,7 @@ step() {
 "$PY" -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())" \
     | tee "$OUT/summary.log"
 step install 45 "$PY" -m pip install --no-index --find-links "$WHEELS" -r "$WHEELS/packages.txt"
-step tests 150 "$PY" -m pytest -q tests/test_gpu.py
+step tests 180 "$PY" -m pytest -q tests/test_gpu.py tests/test_compile.py
 step rows 240 "${BENCH[@]}" "configurations=[pix2pix_unet256,cyclegan_256,nicegan_full_256]"
 step cuda_graphs 100 "${BENCH[@]}" tweaks.compile=reduce-overhead "configurations=[pix2pix_unet256]" "${ONE_ROW[@]}"
 cp experiments/bench/results_cuda.json experiments/bench/results_cuda.md "$OUT"/

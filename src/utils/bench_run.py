@@ -20,7 +20,8 @@ from src.utils.bench_ab import TOGGLES
 from src.utils.bench_machine import cpu_kind, load_average, wait_until_quiet
 from src.utils.bench_report import (interval_text, is_reference_iteration, memory_gb, memory_kind, versus_key,
                                     write_results)
-from src.utils.bench_step import COMPILE_MODES, compose_model_config
+from src.callbacks.compile_networks import check_compile_mode
+from src.utils.bench_step import compose_model_config
 from src.utils.bench_versus import pool_same_code, run_pairs
 from src.utils.bench_worker import ROOT, run_in_subprocess
 from src.utils.config_checks import check_seed, require_int
@@ -46,8 +47,7 @@ def train_step_specs(cfg: DictConfig) -> list[dict[str, Any]]:
     iteration = tweaks.get("iteration", "own")
     if iteration not in ("own", "reference"):
         raise ValueError(f"tweaks.iteration={iteration!r} must be own or reference (conf/bench.yaml)")
-    if tweaks.get("compile", False) not in COMPILE_MODES:
-        raise ValueError(f"tweaks.compile={tweaks['compile']!r} must be one of {list(COMPILE_MODES)} (conf/bench.yaml)")
+    check_compile_mode("tweaks.compile", tweaks.get("compile", False))
     if iteration == "reference" and cfg.ab:
         raise ValueError(f"tweaks.iteration=reference runs only the reference's iteration, so it cannot be combined "
                          f"with ab={cfg.ab}: compare separate runs (experiments/bench/README.md says why)")

@@ -24,6 +24,7 @@ import torch
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.utils.data import DataLoader
 
+from src.callbacks.compile_networks import CompileNetworks
 from src.utils.bench_ab import make_toggle, setting_is_on, split_times
 from src.utils.bench_machine import ForeignCpuMeter, current_rss_bytes, host_speed, peak_rss_bytes
 from src.utils.bench_profile import summarise_profile
@@ -87,28 +88,6 @@ def use_torch_spectral_norm(model: pl.LightningModule) -> None:
         for hook in module._forward_pre_hooks.values():
             if isinstance(hook, SpectralNorm):
                 hook.__class__ = SpectralNorm
-
-
-#: `tweaks.compile`: off, on (torch.compile's default mode) or one of its modes by name;
-#: "reduce-overhead" records CUDA graphs, for GPU steps bound by kernel launches.
-COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def compile_networks(model: pl.LightningModule, mode: bool | str = True) -> None:
-    """torch.compile every network the players train (parameters stay shared with the optimizers)."""
-    for modules in model.player_modules().values():
-        for module in modules:
-            module.forward = torch.compile(module.forward, mode=None if mode is True else mode)
-
-
-class MarkCudaGraphIterations(pl.Callback):
-    """Tells torch.compile's CUDA graphs (mode="reduce-overhead") where each training iteration
-    starts. A replay writes its outputs into the memory of the previous replay's; without the
-    mark, the graphs cannot tell a GAN iteration's several forward and backward passes from the
-    next iteration's, and a pass reads an output that a later replay has already overwritten."""
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        torch.compiler.cudagraph_mark_step_begin()
 
 
 class IterationTimer(pl.Callback):
@@ -189,8 +168,6 @@ def measure_training_step(spec: dict[str, Any]) -> dict[str, Any]:
         use_torch_spectral_norm(model)
     if tweaks.get("step_in_backward") is not None:
         model.optimizer_cfg["step_in_backward"] = bool(tweaks["step_in_backward"])
-    if tweaks.get("compile", False):
-        compile_networks(model, tweaks["compile"])
 
     warmup, repeats = spec["warmup"], spec["repeats"]
     ab = spec.get("ab")
@@ -203,11 +180,11 @@ def measure_training_step(spec: dict[str, Any]) -> dict[str, Any]:
     n_batches = warmup + repeats + profile
     batches = random_batches(n_batches, spec["batch_size"], cfg.data, spec["size"], spec.get("seed", 0), channels_last)
     timer = IterationTimer(device, warmup, repeats, profile, toggle)
-    cuda_graph_marks = [MarkCudaGraphIterations()] if tweaks.get("compile") == "reduce-overhead" else []
+    compiling = [CompileNetworks(tweaks["compile"], "tweaks.compile")] if tweaks.get("compile") else []
     trainer = pl.Trainer(accelerator=device, devices=1, precision=TRAINER_PRECISION[precision], max_epochs=1,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                         callbacks=[timer, *cuda_graph_marks], default_root_dir=spec.get("work_dir"))
+                         callbacks=[timer, *compiling], default_root_dir=spec.get("work_dir"))
     # batch_size=None: each list item is already a batch.
     trainer.fit(model, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
 

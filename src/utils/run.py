@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ProgressBar
 
+from src.callbacks.compile_networks import CompileNetworks
 from src.callbacks.final_metrics import FinalMetrics
 from src.callbacks.image_budget import ImageBudget
 from src.callbacks.progress import iteration_progress_bar
@@ -116,12 +117,14 @@ def order_callbacks(callbacks: list[pl.Callback]) -> list[pl.Callback]:
 def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.Callback]:
     """The configured callbacks, plus those every run needs: distinct random streams per DDP
     rank, the end state in final_metrics.json, the wandb run id in checkpoints when logging to wandb, the image budget of `max_kimg`,
-    and a progress bar counting iterations (unless the bar is off, or the config names its own)."""
+    the networks compiled with `compile`, and a progress bar counting iterations (unless the bar is off, or the config names its own)."""
     callbacks = instantiate_list(cfg.get("callbacks"), "callbacks") + [RankSeed(), FinalMetrics(cfg.paths.output_dir)]
     if logger_cfg and any(is_wandb_node(node) for node in logger_cfg.values()):
         callbacks.append(WandbRunIdCallback())
     if cfg.get("max_kimg"):
         callbacks.append(ImageBudget(cfg.max_kimg))
+    if cfg.get("compile"):
+        callbacks.append(CompileNetworks(cfg.compile))
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(cb, ProgressBar) for cb in callbacks):
         callbacks.append(iteration_progress_bar())
     return order_callbacks(callbacks)

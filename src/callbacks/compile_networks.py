@@ -1,0 +1,58 @@
+"""`compile`: torch.compile every network the players train, for the run (and the benchmark).
+
+Off by default. Where it pays: on a GPU, a batch-1 GAN iteration is paced by the CPU launching
+its thousands of small kernels, and `compile=reduce-overhead` records them as CUDA graphs that
+replay with one launch (pix2pix unet_256 on an H200: 0.009 s against 0.017 s eager,
+experiments/bench/README.md). On a CPU it costs 50-80 s of compilation per input shape and was
+slower than eager for a ResNet generator; there the convolution rewrites of `model.fast_conv`
+are what speeds training up (inside a compiled graph they run torch's own operators).
+
+The networks are compiled in `setup`, in each process (a `ddp_spawn` worker pickles the model,
+and a compiled forward would not pickle). Their forward is replaced on the module itself, so
+state dicts, checkpoints and the optimizers' parameters stay those of the plain networks, and
+forward hooks still run.
+"""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+#: `compile`: off, on (torch.compile's default mode) or one of its modes by name;
+#: "reduce-overhead" records CUDA graphs, for GPU steps bound by kernel launches.
+COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def check_compile_mode(key: str, mode) -> None:
+    """ValueError naming `key` unless `mode` is one of COMPILE_MODES."""
+    if mode not in COMPILE_MODES:
+        names = ", ".join(str(m).lower() if isinstance(m, bool) else m for m in COMPILE_MODES)
+        raise ValueError(f"{key}={mode!r} must be one of {names}")
+
+
+def compile_networks(model: pl.LightningModule, mode: bool | str = True) -> None:
+    """torch.compile every network the players train (parameters stay shared with the optimizers)."""
+    for modules in model.player_modules().values():
+        for module in modules:
+            module.forward = torch.compile(module.forward, mode=None if mode is True else mode)
+
+
+class CompileNetworks(pl.Callback):
+    """Compiles the model's networks when a fit starts; with CUDA graphs, marks where each
+    training iteration starts."""
+
+    def __init__(self, mode: bool | str = True, key: str = "compile"):
+        check_compile_mode(key, mode)
+        self.mode = mode
+        self._compiled: set[int] = set()   # id() of the models compiled: setup runs once per stage
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.mode and id(pl_module) not in self._compiled:
+            compile_networks(pl_module, self.mode)
+            self._compiled.add(id(pl_module))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # A replay writes its outputs into the memory of the previous replay's. Without the mark,
+        # the graphs cannot tell a GAN iteration's several forward and backward passes from the
+        # next iteration's, and a pass reads an output that a later replay has overwritten.
+        if self.mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
