@@ -66,23 +66,24 @@ def test_reduce_overhead_marks_every_iteration_and_compiles_once(train_cfg, monk
     pytest.param("reduce-overhead", "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                        reason="CUDA graphs need a CUDA GPU")),
 ])
-def test_compiled_networks_train_as_the_eager_ones_do(train_cfg, monkeypatch, mode, device):
+def test_compiled_networks_train_as_the_eager_ones_do(train_cfg, mode, device):
     """Two iterations of a tiny pix2pix with its networks compiled (inductor on a CPU, CUDA
     graphs on a GPU) end with the losses and weights of the same run in eager mode, to float
     rounding: the compiled forward is the module's own, so the optimizers update the same
     parameters. (Inductor draws dropout's masks from its own generator unless told to use
     torch's, as here: otherwise the runs differ by their masks, as two seeds would.)"""
     import torch._inductor.config as inductor_config
-    monkeypatch.setattr(inductor_config, "fallback_random", True)
     on_device = ["trainer=gpu", "trainer.deterministic=true"] if device == "cuda" else []
-    eager, _, eager_losses = fit_pix2pix(train_cfg, *on_device)
-    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    try:
-        compiled, _, compiled_losses = fit_pix2pix(train_cfg, f"compile={mode}", *on_device)
-        # the generator and the discriminator were compiled: a graph each at least
-        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= graphs_before + 2
-    finally:
-        torch._dynamo.reset()   # later tests build other networks: no compiled code kept for them
+    # config.patch, not monkeypatch: deleting a config attribute on undo hides it for good
+    with inductor_config.patch(fallback_random=True):
+        eager, _, eager_losses = fit_pix2pix(train_cfg, *on_device)
+        graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        try:
+            compiled, _, compiled_losses = fit_pix2pix(train_cfg, f"compile={mode}", *on_device)
+            # the generator and the discriminator were compiled: a graph each at least
+            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= graphs_before + 2
+        finally:
+            torch._dynamo.reset()   # later tests build other networks: no compiled code kept for them
     assert eager_losses.keys() == compiled_losses.keys() and eager_losses
     for name, value in eager_losses.items():
         assert compiled_losses[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
