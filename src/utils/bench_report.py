@@ -150,9 +150,10 @@ def allocator_of(row: dict) -> str:
 
 def baseline_row(row: dict, rows: list[dict]) -> dict | None:
     """What a trial is compared with: the same configuration without the trial's tweaks, on the
-    same device (the same GPU), under the same allocator (a default row, or an allocator-only trial), in fp32 on a CPU. An
-    allocator trial is compared with the default row, and the reference's iteration
-    (`iteration=reference`, run with the reference's allocator) with ours as it runs."""
+    same device (the same GPU), under the same allocator (a default row, or an allocator-only
+    trial), in fp32 on a CPU. An allocator trial is compared with the default row, and the
+    reference's iteration (`iteration=reference`, run with the reference's allocator) with ours
+    as it runs."""
     precision = "fp32" if row["device"] == "cpu" else row["precision"]
     same = [r for r in rows if (r["name"], device_of(r), r["batch_size"], r["precision"]) ==
             (row["name"], device_of(row), row["batch_size"], precision)]
