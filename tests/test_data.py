@@ -695,6 +695,31 @@ def test_check_images_reads_a_data_configs_folders_with_its_settings(tmp_path, c
         assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_check_images_reads_a_labelled_datasets_class_folders(tmp_path, capsys, shared_data_dir):
+    """A labelled dataset (data=class_folders) is checked class folder by class folder in both
+    splits, with the config's channels; a class missing from the test split is named."""
+    root = tmp_path / "labelled"
+    for split, count in (("train", 3), ("test", 2)):
+        for name in ("cat", "dog"):
+            for i in range(count):
+                write_image(root / split / name / f"{i}.png", size=(12, 10), seed=i)
+    (root / "train" / "dog" / "broken.png").write_bytes(b"not a png")
+    data = ["data=class_folders", f"data.data_dir={root}"]
+    assert check_images.main([*data, "data.input_nc=1"]) == 1
+    out = capsys.readouterr().out
+    assert all(str(root / split / name) in out.splitlines()[0] for split in ("train", "test") for name in ("cat", "dog"))
+    assert "Read 10 of 11 image(s)." in out and f"{root / 'train' / 'dog' / 'broken.png'}:" in out
+    (root / "train" / "dog" / "broken.png").unlink()
+    assert check_images.main([*data, "data.input_nc=1"]) == 0
+    for path in (root / "test" / "dog").iterdir():
+        path.unlink()
+    (root / "test" / "dog").rmdir()
+    with pytest.raises(SystemExit) as stop:
+        check_images.main(data)
+    assert stop.value.code == 2 and str(root / "test" / "dog") in capsys.readouterr().err
+    assert check_images.main(["data=shapes_labelled", f"paths.data_dir={shared_data_dir}"]) == 0
+
+
 def test_the_folder_tools_name_a_missing_or_empty_folder_in_one_line(tmp_path, capsys):
     """A missing, empty or not-a-folder input is reported as a bad option is (exit status 2, the
     path in the message), not as a traceback."""

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from src.data.batching import SIZE_KEEPING_MODES, collate_same_size, first_items_of_one_size
 from src.data.epoch_order import EpochOrderLoader, EpochOrderSampler, SeededItems, items_done_when_resharded
+from src.data.folders import require_folder
 from src.data.image_io import check_channels
 from src.data.transforms import ImageTransform
 from src.metrics.features import FEATURE_EXTRACTORS
@@ -384,3 +385,19 @@ class ImageTranslationDataModule(SplitDataModule):
         `split`, which evaluation names its outputs within; None where images are not files of
         one folder tree."""
         return None
+
+    def image_folders(self) -> dict[Path, int]:
+        """Every folder whose image files the module reads, in the train and test splits, each
+        with the channels its images are read with (`python -m src.data.check_images` reads
+        them); empty where images are not files of folder trees. A missing folder raises
+        DatasetNotFoundError with the way to get the dataset."""
+        folders: dict[Path, int] = {}
+        for split in ("train", "test"):
+            for domain in ("A", "B"):
+                folder = self.split_folder(split, domain)
+                if folder is None:
+                    return {}
+                require_folder(folder, self.name, self.data_dir)
+                channels = self.input_nc if domain == self.source_domain else self.output_nc
+                folders[folder] = max(folders.get(folder, 0), channels)   # A|B files hold both domains
+        return folders

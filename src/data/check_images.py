@@ -29,7 +29,7 @@ from hydra.utils import instantiate
 from omegaconf.errors import OmegaConfBaseException
 
 from src.data.folder_tools import add_reading_arguments, input_errors_as_usage, map_in_processes, reading_settings
-from src.data.folders import list_images, require_folder
+from src.data.folders import list_images
 from src.data.image_io import load_image
 from src.utils.config_checks import check_argument_types
 from src.utils.training_config import compose_training_config
@@ -75,24 +75,19 @@ def check_images(folders: Sequence[str | Path] | Mapping[str | Path, int], chann
 
 
 def data_config_folders(overrides: list[str]) -> tuple[dict[Path, int], dict, int | None]:
-    """The train and test folders of the dataset `python src/train.py <overrides>` trains on, each
-    with the channels its domain is read with; the data config's pixel-reading settings
-    (load_image's keywords); and its crop size where preprocess=crop, which cannot crop smaller
-    images. Missing folders raise the data modules' errors (with the download command)."""
+    """The train and test folders of the dataset `python src/train.py <overrides>` trains on (a
+    folder per domain, or per class of a labelled dataset), each with the channels it is read
+    with; the data config's pixel-reading settings (load_image's keywords); and its crop size
+    where preprocess=crop, which cannot crop smaller images. Missing folders raise the data
+    modules' errors (with the download command)."""
     cfg = compose_training_config(overrides)
     check_argument_types(cfg.data, "data")
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()   # the embedded datasets are written to disk here
-    folders: dict[Path, int] = {}
-    for split in ("train", "test"):
-        for domain in ("A", "B"):
-            folder = datamodule.split_folder(split, domain) if hasattr(datamodule, "split_folder") else None
-            if folder is None:
-                raise ValueError(f"data={cfg.data.get('name')} does not keep its images in a folder per split and "
-                                 f"domain: pass its image folders to check_images instead")
-            require_folder(folder, datamodule.name, datamodule.data_dir)
-            channels = datamodule.input_nc if domain == datamodule.source_domain else datamodule.output_nc
-            folders[folder] = max(folders.get(folder, 0), channels)   # A|B files hold both domains
+    folders = datamodule.image_folders() if hasattr(datamodule, "image_folders") else {}
+    if not folders:
+        raise ValueError(f"data={cfg.data.get('name')} does not keep its images in folders of image files: pass "
+                         f"its image folders to check_images instead")
     transform = datamodule.eval_transform
     return folders, transform.reading, transform.crop_size if transform.preprocess == "crop" else None
 

@@ -146,6 +146,11 @@ class LabelledImageDataModule(ImageTranslationDataModule):
         self.classes = found  # fixed from here on: the labels must not change mid-run
         return found
 
+    def image_folders(self) -> dict[Path, int]:
+        """Each class's folder in the train and test splits, read with `input_nc` channels."""
+        return {self._require(self._class_folder(split, name)): self.input_nc
+                for split in ("train", "test") for name in self.class_folders()}
+
     @property
     def class_names(self) -> list[str]:
         """Readable class names, in label order."""
