@@ -9,7 +9,7 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from conftest import NO_EVALUATION, snapshot  # noqa: E402
+from conftest import DATA_OF, MODELS, NO_EVALUATION, snapshot  # noqa: E402
 from src.callbacks.compile_networks import CompileNetworks, compile_networks  # noqa: E402
 from src.utils.run import build_callbacks, build_trainer_kwargs  # noqa: E402
 
@@ -35,19 +35,22 @@ def test_an_unknown_compile_mode_is_refused_with_its_key(train_cfg):
     assert not any(isinstance(cb, CompileNetworks) for cb in build_callbacks(train_cfg(), None))
 
 
-def fit_pix2pix(train_cfg, *overrides, iterations=2):
-    """A tiny pix2pix trained `iterations` iterations with the compiling callback the run builds
-    from the config (if any); its model, trainer and the losses of its last iteration."""
-    cfg = train_cfg("model=pix2pix", "data=shapes_paired", f"max_iters={iterations}", "data.max_dataset_size=4",
+def fit(train_cfg, model_name, *overrides, iterations=2, optimizer=()):
+    """A tiny `model_name` trained `iterations` iterations with the compiling callback the run
+    builds from the config (if any); its model, trainer, the losses of its last iteration, and
+    each player's weights before training."""
+    cfg = train_cfg(f"model={model_name}", f"data={DATA_OF[model_name]}", f"max_iters={iterations}",
+                    "data.max_dataset_size=4", *optimizer,
                     "model.fast_conv=false", *NO_EVALUATION, *overrides)
     pl.seed_everything(3)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    start = {name: snapshot(modules) for name, modules in model.player_modules().items()}
     compiling = [cb for cb in build_callbacks(cfg, None) if isinstance(cb, CompileNetworks)]
     trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), callbacks=compiling, logger=False,
                          enable_checkpointing=False)
     trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
     losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-    return model, trainer, losses
+    return model, trainer, losses, start
 
 
 def test_reduce_overhead_marks_every_iteration_and_compiles_once(train_cfg, monkeypatch):
@@ -56,7 +59,7 @@ def test_reduce_overhead_marks_every_iteration_and_compiles_once(train_cfg, monk
     compiled, marks = [], []
     monkeypatch.setattr(torch, "compile", lambda fn, mode=None: compiled.append(mode) or fn)
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
-    model, trainer, _ = fit_pix2pix(train_cfg, "compile=reduce-overhead", iterations=3)
+    model, *_ = fit(train_cfg, "pix2pix", "compile=reduce-overhead", iterations=3)
     assert len(marks) == 3
     assert compiled == ["reduce-overhead"] * sum(len(m) for m in model.player_modules().values())
 
@@ -66,20 +69,26 @@ def test_reduce_overhead_marks_every_iteration_and_compiles_once(train_cfg, monk
     pytest.param("reduce-overhead", "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                        reason="CUDA graphs need a CUDA GPU")),
 ])
-def test_compiled_networks_train_as_the_eager_ones_do(train_cfg, mode, device):
-    """Two iterations of a tiny pix2pix with its networks compiled (inductor on a CPU, CUDA
-    graphs on a GPU) end with the losses and weights of the same run in eager mode, to float
-    rounding: the compiled forward is the module's own, so the optimizers update the same
-    parameters. (Inductor draws dropout's masks from its own generator unless told to use
-    torch's, as here: otherwise the runs differ by their masks, as two seeds would.)"""
+@pytest.mark.parametrize("model_name", MODELS)
+def test_compiled_networks_train_as_the_eager_ones_do(train_cfg, model_name, mode, device):
+    """Two iterations of a tiny model with its networks compiled (inductor on a CPU, CUDA graphs
+    on a GPU) end with the losses of the same run in eager mode, to float rounding, and each
+    player's weights moved as in that run: the compiled forward is the module's own, so the
+    optimizers update the same parameters with the same gradients. (Inductor draws dropout's
+    masks from its own generator unless told to use torch's, as here: otherwise the runs differ
+    by their masks, as two seeds would.)"""
     import torch._inductor.config as inductor_config
     on_device = ["trainer=gpu", "trainer.deterministic=true"] if device == "cuda" else []
+    # Plain gradient descent: Adam's first step is +-lr whatever a gradient's size, and turns the
+    # rounding of a near-zero gradient (a bias before instance norm) into opposite steps.
+    sgd = ("model.optimizer.type=sgd", "~model.optimizer.betas", "model.optimizer.lr=0.01")
     # config.patch, not monkeypatch: deleting a config attribute on undo hides it for good
     with inductor_config.patch(fallback_random=True):
-        eager, _, eager_losses = fit_pix2pix(train_cfg, *on_device)
+        eager, _, eager_losses, start = fit(train_cfg, model_name, *on_device, optimizer=sgd)
         graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         try:
-            compiled, _, compiled_losses = fit_pix2pix(train_cfg, f"compile={mode}", *on_device)
+            compiled, _, compiled_losses, _ = fit(train_cfg, model_name, f"compile={mode}", *on_device,
+                                                  optimizer=sgd)
             # the generator and the discriminator were compiled: a graph each at least
             assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= graphs_before + 2
         finally:
@@ -88,6 +97,17 @@ def test_compiled_networks_train_as_the_eager_ones_do(train_cfg, mode, device):
     for name, value in eager_losses.items():
         assert compiled_losses[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
     for name in eager.player_modules():
-        before, after = snapshot(eager.player_modules()[name]), snapshot(compiled.player_modules()[name])
-        for key in before:
-            torch.testing.assert_close(after[key], before[key], rtol=1e-4, atol=1e-5, msg=f"{name} {key}")
+        # The whole update, not each weight: a bias in front of an instance norm has a true
+        # gradient of zero, and its update is rounding noise in both runs (0.4% of CycleGAN's
+        # generators' update after two iterations), where a lost or extra gradient term would
+        # move the update by its own size.
+        eager_update = update_of(start[name], eager.player_modules()[name])
+        compiled_update = update_of(start[name], compiled.player_modules()[name])
+        assert eager_update.norm() > 0, f"{name} never moved"
+        assert (compiled_update - eager_update).norm() <= 1e-2 * eager_update.norm(), name
+
+
+def update_of(start: dict[str, torch.Tensor], modules) -> torch.Tensor:
+    """All of the modules' weights' change since `start`, as one vector."""
+    now = snapshot(modules)
+    return torch.cat([(now[key] - start[key]).flatten() for key in start])

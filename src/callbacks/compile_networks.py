@@ -7,6 +7,9 @@ experiments/bench/README.md). On a CPU it costs 50-80 s of compilation per input
 slower than eager for a ResNet generator; there the convolution rewrites of `model.fast_conv`
 are what speeds training up (inside a compiled graph they run torch's own operators).
 
+Spectral norm's power iteration runs outside the graphs (src/nets/spectral_norm.py), a graph
+break per layer in U-GAT-IT's and NICE-GAN's discriminators.
+
 The networks are compiled in `setup`, in each process (a `ddp_spawn` worker pickles the model,
 and a compiled forward would not pickle). Their forward is replaced on the module itself, so
 state dicts, checkpoints and the optimizers' parameters stay those of the plain networks, and

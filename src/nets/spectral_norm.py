@@ -40,6 +40,27 @@ class _SpectrallyNormalisedWeight(torch.autograd.Function):
         return grad_weight, None, None
 
 
+@torch.compiler.disable
+@torch.no_grad()
+def _power_iteration(weight_mat: torch.Tensor, u: torch.Tensor, v: torch.Tensor, steps: int,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch's power iteration, step for step: new u and v, also written into the buffers `u`
+    and `v` for the next call. The weight's backward keeps the new tensors, which no later call
+    writes (torch updates the buffers in place and clones them after, so that D(real) then
+    D(fake) keeps the vectors of the first call intact).
+
+    Outside torch.compile graphs: inside one, the buffers' update becomes a write at the graph's
+    end, and the backward, which may recompute the vectors from the buffers instead of keeping
+    them, finds them overwritten ("modified by an inplace operation")."""
+    u_buffer, v_buffer = u, v
+    for _ in range(steps):
+        v = nn.functional.normalize(torch.mv(weight_mat.t(), u), dim=0, eps=eps)
+        u = nn.functional.normalize(torch.mv(weight_mat, v), dim=0, eps=eps)
+    u_buffer.copy_(u)
+    v_buffer.copy_(v)
+    return u, v
+
+
 class FastSpectralNorm(SpectralNorm):
     """torch's SpectralNorm hook whose weight goes through `_SpectrallyNormalisedWeight`."""
 
@@ -51,16 +72,8 @@ class FastSpectralNorm(SpectralNorm):
             return super().compute_weight(module, do_power_iteration)
         u = getattr(module, self.name + "_u")
         v = getattr(module, self.name + "_v")
-        if do_power_iteration:
-            weight_mat = weight.reshape(weight.size(0), -1)
-            with torch.no_grad():  # the parent's power iteration, step for step
-                for _ in range(self.n_power_iterations):
-                    v = nn.functional.normalize(torch.mv(weight_mat.t(), u), dim=0, eps=self.eps, out=v)
-                    u = nn.functional.normalize(torch.mv(weight_mat, v), dim=0, eps=self.eps, out=u)
-                if self.n_power_iterations > 0:
-                    # clones, as the parent does: later calls update u and v in place
-                    u = u.clone(memory_format=torch.contiguous_format)
-                    v = v.clone(memory_format=torch.contiguous_format)
+        if do_power_iteration and self.n_power_iterations > 0:
+            u, v = _power_iteration(weight.reshape(weight.size(0), -1), u, v, self.n_power_iterations, self.eps)
         return _SpectrallyNormalisedWeight.apply(weight, u, v)
 
 
