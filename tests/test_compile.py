@@ -1,5 +1,6 @@
 """`compile`: torch.compile of the players' networks in training (src/callbacks/compile_networks.py)."""
 import os
+import re
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -33,6 +34,23 @@ def test_an_unknown_compile_mode_is_refused_with_its_key(train_cfg):
     with pytest.raises(ValueError, match=r"compile='fastest' must be one of false, true, default, reduce-overhead"):
         build_callbacks(train_cfg("compile=fastest"), None)
     assert not any(isinstance(cb, CompileNetworks) for cb in build_callbacks(train_cfg(), None))
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["model=wgangp", "data=shapes_labelled"], "loss=wgangp's gradient penalty"),
+    (["model=cyclegan", "loss=wgangp"], "loss=wgangp's gradient penalty"),
+    (["model=dcgan", "data=shapes_labelled", "loss=vanilla", "loss.weights.r1=10"], "the R1 penalty (loss.weights.r1)"),
+])
+def test_compile_refuses_a_penalty_on_the_discriminators_gradient(train_cfg, overrides, named):
+    """torch.compile has no double backward: a gradient penalty would fail at the first step with
+    torch's words; the run stops before it, naming the term and the setting."""
+    cfg = train_cfg(*overrides, "compile=true", *NO_EVALUATION)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    compiling = [cb for cb in build_callbacks(cfg, None) if isinstance(cb, CompileNetworks)]
+    trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), callbacks=compiling, logger=False,
+                         enable_checkpointing=False)
+    with pytest.raises(ValueError, match=f"compile=true cannot train {re.escape(named)}.*Set compile=false"):
+        trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
 
 
 def fit(train_cfg, model_name, *overrides, iterations=2, optimizer=()):

@@ -25,11 +25,15 @@ import torch
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def as_written(mode) -> str:
+    """A mode as the config writes it (YAML's true and false)."""
+    return str(mode).lower() if isinstance(mode, bool) else str(mode)
+
+
 def check_compile_mode(key: str, mode) -> None:
     """ValueError naming `key` unless `mode` is one of COMPILE_MODES."""
     if mode not in COMPILE_MODES:
-        names = ", ".join(str(m).lower() if isinstance(m, bool) else m for m in COMPILE_MODES)
-        raise ValueError(f"{key}={mode!r} must be one of {names}")
+        raise ValueError(f"{key}={mode!r} must be one of {', '.join(map(as_written, COMPILE_MODES))}")
 
 
 def compile_networks(model: pl.LightningModule, mode: bool | str = True) -> None:
@@ -45,11 +49,16 @@ class CompileNetworks(pl.Callback):
 
     def __init__(self, mode: bool | str = True, key: str = "compile"):
         check_compile_mode(key, mode)
-        self.mode = mode
+        self.mode, self.key = mode, key
         self._compiled: set[int] = set()   # id() of the models compiled: setup runs once per stage
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.mode and id(pl_module) not in self._compiled:
+            penalties = pl_module.gradient_penalties()
+            if penalties:   # torch.compile's autograd has no double backward: it fails at the first step
+                raise ValueError(f"{self.key}={as_written(self.mode)} cannot train {' and '.join(penalties)}: it differentiates "
+                                 f"the discriminator's gradient, which torch.compile does not support. Set "
+                                 f"{self.key}=false")
             compile_networks(pl_module, self.mode)
             self._compiled.add(id(pl_module))
 
