@@ -992,6 +992,12 @@ def test_a_data_setting_of_the_wrong_type_stops_the_run_by_key(train_cfg):
     from src.utils.run import run_training
     with pytest.raises(ValueError, match=r"data.num_workers='x' must be an integer \(ShapesDataModule's num_workers\)"):
         run_training(train_cfg("model=cyclegan", "data.num_workers=x"))
+    # a folder's name the YAML reads as a number: Path(123) would fail with a TypeError naming no key
+    with pytest.raises(ValueError, match=r"data.data_dir=123 must be a path \(UnpairedDataModule's data_dir\)"):
+        run_training(train_cfg("model=cyclegan", "data=horse2zebra", "data.data_dir=123"))
+    cfg = train_cfg("model=cyclegan", "data=horse2zebra", "data.data_dir=/nowhere/horse2zebra")
+    with pytest.raises(DatasetNotFoundError):   # a string passes the check and reaches the folder's check
+        run_training(cfg)
 
 
 def test_manual_dataset_explains_where_to_get_it(tmp_path):

@@ -5,6 +5,7 @@ import collections.abc
 import inspect
 import types
 import typing
+from pathlib import Path
 
 import hydra
 from omegaconf import ListConfig
@@ -56,6 +57,7 @@ _SCALAR_CHECKS = {
     float: ("a number", is_number),
     bool: ("true or false", lambda v: isinstance(v, bool)),
     str: ("a string", lambda v: isinstance(v, str)),
+    Path: ("a path", lambda v: isinstance(v, (str, Path))),   # a config writes paths as strings
 }
 
 
@@ -83,7 +85,7 @@ def check_argument_types(node: dict, key: str) -> None:
     """ValueError naming the setting when a value of a `_target_` config node does not have the
     type its constructor's annotation asks for (`n_res: int` given 'abc', `hidden: list[int]`
     given [a, b]), instead of the TypeError deep in the network that the value would cause.
-    Only int / float / bool / str annotations and lists of them, optionally `| None` /
+    Only int / float / bool / str / Path annotations and lists of them, optionally `| None` /
     `Optional`, are checked; anything else is left to the constructor."""
     target = hydra.utils.get_object(node["_target_"])
     # The bases' constructors too, the class's own annotations over theirs: a subclass may pass
@@ -100,6 +102,8 @@ def check_argument_types(node: dict, key: str) -> None:
             continue
         union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
         options = typing.get_args(hint) if union else (hint,)
+        if Path in options:   # `str | Path` takes a path: say so once
+            options = tuple(t for t in options if t is not str)
         if value is None and type(None) in options:
             continue
         checks = [_type_check(t) for t in options if t is not type(None)]
