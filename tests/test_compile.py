@@ -46,11 +46,16 @@ def test_compile_refuses_a_penalty_on_the_discriminators_gradient(train_cfg, ove
     torch's words; the run stops before it, naming the term and the setting."""
     cfg = train_cfg(*overrides, "compile=true", *NO_EVALUATION)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
-    compiling = [cb for cb in build_callbacks(cfg, None) if isinstance(cb, CompileNetworks)]
-    trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), callbacks=compiling, logger=False,
-                         enable_checkpointing=False)
+    trainer = compiling_trainer(cfg, model)
     with pytest.raises(ValueError, match=f"compile=true cannot train {re.escape(named)}.*Set compile=false"):
         trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
+
+
+def compiling_trainer(cfg, model) -> pl.Trainer:
+    """A trainer for `cfg` whose only callback is the compiling one the run builds from it (if any)."""
+    compiling = [cb for cb in build_callbacks(cfg, None) if isinstance(cb, CompileNetworks)]
+    return pl.Trainer(**build_trainer_kwargs(cfg, model), callbacks=compiling, logger=False,
+                      enable_checkpointing=False)
 
 
 def fit(train_cfg, model_name, *overrides, iterations=2, optimizer=()):
@@ -63,9 +68,7 @@ def fit(train_cfg, model_name, *overrides, iterations=2, optimizer=()):
     pl.seed_everything(3)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     start = {name: snapshot(modules) for name, modules in model.player_modules().items()}
-    compiling = [cb for cb in build_callbacks(cfg, None) if isinstance(cb, CompileNetworks)]
-    trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), callbacks=compiling, logger=False,
-                         enable_checkpointing=False)
+    trainer = compiling_trainer(cfg, model)
     trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
     losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     return model, trainer, losses, start
@@ -80,6 +83,9 @@ def test_reduce_overhead_marks_every_iteration_and_compiles_once(train_cfg, monk
     model, *_ = fit(train_cfg, "pix2pix", "compile=reduce-overhead", iterations=3)
     assert len(marks) == 3
     assert compiled == ["reduce-overhead"] * sum(len(m) for m in model.player_modules().values())
+    compiled.clear()
+    compile_networks(model, "reduce-overhead")   # a second fit of the same model
+    assert compiled == []
 
 
 @pytest.mark.parametrize("mode, device", [

@@ -37,10 +37,13 @@ def check_compile_mode(key: str, mode) -> None:
 
 
 def compile_networks(model: pl.LightningModule, mode: bool | str = True) -> None:
-    """torch.compile every network the players train (parameters stay shared with the optimizers)."""
+    """torch.compile every network the players train (parameters stay shared with the optimizers),
+    once: a network compiled already holds its compiled forward as an attribute of its own, where
+    a plain one has its class's."""
     for modules in model.player_modules().values():
         for module in modules:
-            module.forward = torch.compile(module.forward, mode=None if mode is True else mode)
+            if "forward" not in vars(module):
+                module.forward = torch.compile(module.forward, mode=None if mode is True else mode)
 
 
 class CompileNetworks(pl.Callback):
@@ -50,17 +53,16 @@ class CompileNetworks(pl.Callback):
     def __init__(self, mode: bool | str = True, key: str = "compile"):
         check_compile_mode(key, mode)
         self.mode, self.key = mode, key
-        self._compiled: set[int] = set()   # id() of the models compiled: setup runs once per stage
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and self.mode and id(pl_module) not in self._compiled:
-            penalties = pl_module.gradient_penalties()
-            if penalties:   # torch.compile's autograd has no double backward: it fails at the first step
-                raise ValueError(f"{self.key}={as_written(self.mode)} cannot train {' and '.join(penalties)}: it differentiates "
-                                 f"the discriminator's gradient, which torch.compile does not support. Set "
-                                 f"{self.key}=false")
-            compile_networks(pl_module, self.mode)
-            self._compiled.add(id(pl_module))
+        if stage != "fit" or not self.mode:
+            return
+        penalties = pl_module.gradient_penalties()
+        if penalties:   # torch.compile's autograd has no double backward: it fails at the first step
+            raise ValueError(f"{self.key}={as_written(self.mode)} cannot train {' and '.join(penalties)}: it "
+                             f"differentiates the discriminator's gradient, which torch.compile does not "
+                             f"support. Set {self.key}=false")
+        compile_networks(pl_module, self.mode)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # A replay writes its outputs into the memory of the previous replay's. Without the mark,

@@ -234,11 +234,8 @@ class AdversarialModel(pl.LightningModule):
 
     def gradient_penalties(self) -> list[str]:
         """The loss terms that differentiate the discriminator's gradient (a backward through a
-        backward), by config name: WGAN-GP's penalty, and the R1 penalty where a model has it."""
-        penalties = ["loss=wgangp's gradient penalty"] if self.adversarial.needs_gradient_penalty else []
-        if "r1" in self.loss_weights and float(self.weights.get("r1", 0.0)) > 0:
-            penalties.append("the R1 penalty (loss.weights.r1)")
-        return penalties
+        backward), by config name: WGAN-GP's penalty here; a model with others adds them."""
+        return ["loss=wgangp's gradient penalty"] if self.adversarial.needs_gradient_penalty else []
 
     def use_fast_conv(self, setting: bool | str) -> None:
         """`model.fast_conv`: CPU convolutions rewritten to compute the same result faster

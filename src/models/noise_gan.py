@@ -118,6 +118,10 @@ class NoiseGAN(NoiseToImageModel):
             terms["wasserstein"] = (scores_real.mean() - scores_fake.mean()).detach()
         return terms
 
+    def gradient_penalties(self) -> list[str]:
+        r1 = ["the R1 penalty (loss.weights.r1)"] if float(self.weights.get("r1", 0.0)) > 0 else []
+        return super().gradient_penalties() + r1
+
     def critic_regularizers(self, scores_real: torch.Tensor) -> dict:
         """Terms a model adds to its critic's loss on the real scores (ProGAN's drift)."""
         return {}

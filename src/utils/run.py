@@ -116,8 +116,9 @@ def order_callbacks(callbacks: list[pl.Callback]) -> list[pl.Callback]:
 
 def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.Callback]:
     """The configured callbacks, plus those every run needs: distinct random streams per DDP
-    rank, the end state in final_metrics.json, the wandb run id in checkpoints when logging to wandb, the image budget of `max_kimg`,
-    the networks compiled with `compile`, and a progress bar counting iterations (unless the bar is off, or the config names its own)."""
+    rank, the end state in final_metrics.json, the wandb run id in checkpoints when logging to
+    wandb, the image budget of `max_kimg`, the networks compiled with `compile`, and a progress
+    bar counting iterations (unless the bar is off, or the config names its own)."""
     callbacks = instantiate_list(cfg.get("callbacks"), "callbacks") + [RankSeed(), FinalMetrics(cfg.paths.output_dir)]
     if logger_cfg and any(is_wandb_node(node) for node in logger_cfg.values()):
         callbacks.append(WandbRunIdCallback())
