@@ -14,7 +14,8 @@
 #
 # The steps, most needed first:
 #   tests             tests/test_gpu.py: every model in every precision, resume, FID/KID on CUDA;
-#                     tests/test_compile.py: CUDA graphs train pix2pix as eager mode does
+#                     tests/test_compile.py's CUDA variant: CUDA graphs train each translation
+#                     model as eager mode does (its CPU variant belongs to the CPU suite)
 #   rows              the GPU grid's rows that one GPU still lacks: CycleGAN, pix2pix and NICE-GAN
 #                     full were measured on an H100 only (U-GAT-IT and NICE-GAN light on an H200)
 #   cuda_graphs       torch.compile(mode="reduce-overhead") for the launch-bound batch-1 iteration
@@ -46,7 +47,7 @@ step() {
 "$PY" -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())" \
     | tee "$OUT/summary.log"
 step install 45 "$PY" -m pip install --no-index --find-links "$WHEELS" -r "$WHEELS/packages.txt"
-step tests 180 "$PY" -m pytest -q tests/test_gpu.py tests/test_compile.py
+step tests 180 "$PY" -m pytest -q tests/test_gpu.py tests/test_compile.py -k "test_gpu or cuda"
 step rows 240 "${BENCH[@]}" "configurations=[pix2pix_unet256,cyclegan_256,nicegan_full_256]"
 step cuda_graphs 100 "${BENCH[@]}" tweaks.compile=reduce-overhead "configurations=[pix2pix_unet256]" "${ONE_ROW[@]}"
 cp experiments/bench/results_cuda.json experiments/bench/results_cuda.md "$OUT"/
