@@ -300,20 +300,20 @@ def test_the_gpu_check_script_runs_each_step_with_valid_benchmark_commands(tmp_p
                    cwd=tmp_path)
 
     summary = (out / "summary.log").read_text()
-    for step in ("install", "tests", "rows", "cuda_graphs"):
+    for step in ("install", "gpu_tests", "compile_tests", "cuda_graphs", "rows"):
         assert f"{step}: exit 0 " in summary, summary
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     commands = [entry["args"] for entry in entries]
-    assert ["-m", "pytest", "-q", "tests/test_gpu.py", "tests/test_compile.py"] in commands
+    assert ["-m", "pytest", "-q", "tests/test_gpu.py"] in commands
+    assert ["-m", "pytest", "-q", "tests/test_compile.py", "-k", "eager_ones and cuda"] in commands
     install = next(args for args in commands if args[:3] == ["-m", "pip", "install"])
     assert "--no-index" in install and str(wheels / "packages.txt") in install
-    rows, cuda_graphs = [entry["specs"] for entry in entries if "specs" in entry]
+    cuda_graphs, rows = [entry["specs"] for entry in entries if "specs" in entry]
     assert {s["device"] for s in rows + cuda_graphs} == {"cuda"}
     measured = {(s["name"], s["batch_size"], s["precision"]) for s in rows}
-    assert measured == {(name, batch, precision) for name in ("pix2pix_unet256", "cyclegan_256", "nicegan_full_256")
-                        for batch in (1, 8) for precision in ("fp32", "bf16")}
+    assert measured == {("nicegan_full_256", batch, precision) for batch in (1, 8) for precision in ("fp32", "bf16")}
     assert all(s["variant"] == {} for s in rows)
-    assert {(s["batch_size"], s["precision"]) for s in cuda_graphs} == {(1, "fp32")}
+    assert {(s["name"], s["batch_size"], s["precision"]) for s in cuda_graphs} == {("cyclegan_256", 1, "fp32")}
     assert [s["variant"] for s in cuda_graphs] == [{"compile": "reduce-overhead"}]
     assert {p.name for p in out.iterdir()} >= {"results_cuda.json", "results_cuda.md"}
 

@@ -8,7 +8,10 @@ slower than eager for a ResNet generator; there the convolution rewrites of `mod
 are what speeds training up (inside a compiled graph they run torch's own operators).
 
 Spectral norm's power iteration runs outside the graphs (src/nets/spectral_norm.py), a graph
-break per layer in U-GAT-IT's and NICE-GAN's discriminators.
+break per layer in U-GAT-IT's and NICE-GAN's discriminators. With CUDA graphs those two models
+trained differently from eager mode (an H200: U-GAT-IT's adversarial loss 8% off after two
+iterations, NICE-GAN's 0.04%, where CycleGAN and pix2pix agree to float rounding; the cause is not
+found), so a CUDA-graphs mode refuses networks with spectral norm on a GPU.
 
 The networks are compiled in `setup`, in each process (a `ddp_spawn` worker pickles the model,
 and a compiled forward would not pickle). Their forward is replaced on the module itself, so
@@ -20,9 +23,13 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
+from src.nets.spectral_norm import has_spectral_norm
+
 #: `compile`: off, on (torch.compile's default mode) or one of its modes by name;
 #: "reduce-overhead" records CUDA graphs, for GPU steps bound by kernel launches.
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: the modes that record CUDA graphs on a GPU (max-autotune too, by torch.compile's documentation)
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def as_written(mode) -> str:
@@ -62,11 +69,21 @@ class CompileNetworks(pl.Callback):
             raise ValueError(f"{self.key}={as_written(self.mode)} cannot train {' and '.join(penalties)}: it "
                              f"differentiates the discriminator's gradient, which torch.compile does not "
                              f"support. Set {self.key}=false")
+        if self.mode in CUDA_GRAPH_MODES and trainer.strategy.root_device.type == "cuda":
+            self.refuse_spectral_norm_in_cuda_graphs(pl_module)
         compile_networks(pl_module, self.mode)
+
+    def refuse_spectral_norm_in_cuda_graphs(self, pl_module: pl.LightningModule) -> None:
+        for player, modules in pl_module.player_modules().items():
+            if any(has_spectral_norm(module) for module in modules):
+                raise ValueError(
+                    f"{self.key}={self.mode} records CUDA graphs, and networks with spectral norm ({player} of "
+                    f"{type(pl_module).__name__}) trained differently under them than in eager mode. Set "
+                    f"{self.key}=true or {self.key}=max-autotune-no-cudagraphs (compiled, without CUDA graphs)")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # A replay writes its outputs into the memory of the previous replay's. Without the mark,
         # the graphs cannot tell a GAN iteration's several forward and backward passes from the
         # next iteration's, and a pass reads an output that a later replay has overwritten.
-        if self.mode == "reduce-overhead":
+        if self.mode in CUDA_GRAPH_MODES:
             torch.compiler.cudagraph_mark_step_begin()

@@ -77,6 +77,18 @@ class FastSpectralNorm(SpectralNorm):
         return _SpectrallyNormalisedWeight.apply(weight, u, v)
 
 
+def spectral_norm_hooks(network: nn.Module):
+    """The spectral-norm hooks (torch's or ours) of every layer in `network`."""
+    for module in network.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, SpectralNorm):
+                yield hook
+
+
+def has_spectral_norm(network: nn.Module) -> bool:
+    return any(True for _ in spectral_norm_hooks(network))
+
+
 def spectral_norm(module: nn.Module, name: str = "weight") -> nn.Module:
     """`torch.nn.utils.spectral_norm(module)` with the cheaper backward (same state_dict keys)."""
     nn.utils.spectral_norm(module, name)

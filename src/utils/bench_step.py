@@ -25,6 +25,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.utils.data import DataLoader
 
 from src.callbacks.compile_networks import CompileNetworks
+from src.nets.spectral_norm import spectral_norm_hooks
 from src.utils.bench_ab import make_toggle, setting_is_on, split_times
 from src.utils.bench_machine import ForeignCpuMeter, current_rss_bytes, host_speed, peak_rss_bytes
 from src.utils.bench_profile import summarise_profile
@@ -84,10 +85,8 @@ def apply_adam_implementation(model: pl.LightningModule, implementation: str | N
 
 def use_torch_spectral_norm(model: pl.LightningModule) -> None:
     """Swap the models' spectral-norm hooks back to torch's own (to measure what ours saves)."""
-    for module in model.modules():
-        for hook in module._forward_pre_hooks.values():
-            if isinstance(hook, SpectralNorm):
-                hook.__class__ = SpectralNorm
+    for hook in spectral_norm_hooks(model):
+        hook.__class__ = SpectralNorm
 
 
 class IterationTimer(pl.Callback):
