@@ -92,6 +92,30 @@ def test_cuda_graph_modes_mark_every_iteration_and_compile_once(train_cfg, monke
     assert compiled == []
 
 
+def test_networks_run_compiled_while_training_and_eagerly_when_sampling(train_cfg, monkeypatch):
+    """Training iterations call the compiled forward; translation (eval mode, as the sampling and
+    evaluation callbacks call it, here with pix2pix's dropout kept on inside) the networks' own."""
+    calls = []
+
+    def recording_compile(fn, mode=None):
+        def compiled(*args, **kwargs):
+            calls.append(fn)
+            return fn(*args, **kwargs)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    model, *_ = fit(train_cfg, "pix2pix", "compile=true", iterations=2)
+    assert {fn.__self__ for fn in calls} == {model.G, model.D}
+    calls.clear()
+    size = train_cfg("model=pix2pix", "data=shapes_paired").data.size
+    image = torch.rand(1, 3, size, size) * 2 - 1
+    model.translate(image, "AtoB")
+    assert calls == []
+    model.G.train()
+    model.G(image)
+    assert [fn.__self__ for fn in calls] == [model.G]
+
+
 def trainer_on(device: str):
     """What the callback's setup reads of a trainer: the device its strategy trains on."""
     return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))

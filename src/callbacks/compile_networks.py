@@ -13,6 +13,7 @@ trained differently from eager mode (an H200: U-GAT-IT's adversarial loss 8% off
 iterations, NICE-GAN's 0.04%, where CycleGAN and pix2pix agree to float rounding; the cause is not
 found), so a CUDA-graphs mode refuses networks with spectral norm on a GPU.
 
+Only training runs compiled: in eval mode (sampling, evaluation) a network runs its own forward.
 The networks are compiled in `setup`, in each process (a `ddp_spawn` worker pickles the model,
 and a compiled forward would not pickle). Their forward is replaced on the module itself, so
 state dicts, checkpoints and the optimizers' parameters stay those of the plain networks, and
@@ -50,7 +51,21 @@ def compile_networks(model: pl.LightningModule, mode: bool | str = True) -> None
     for modules in model.player_modules().values():
         for module in modules:
             if "forward" not in vars(module):
-                module.forward = torch.compile(module.forward, mode=None if mode is True else mode)
+                module.forward = compiled_while_training(
+                    module, torch.compile(module.forward, mode=None if mode is True else mode))
+
+
+def compiled_while_training(module: torch.nn.Module, compiled):
+    """A forward for `module` that runs `compiled` while the module trains and its own (eager) one
+    in eval mode. Sampling and evaluation (image grids, FID/KID, translate) call the networks in
+    eval mode, a few times per epoch at other batch sizes: compiled, each would be another graph
+    (50-80 s per shape on a CPU), and CUDA graphs would write one call's outputs over the memory
+    of the outputs a sampling callback still holds, as no iteration mark separates its calls."""
+    eager = module.forward
+
+    def forward(*args, **kwargs):
+        return (compiled if module.training else eager)(*args, **kwargs)
+    return forward
 
 
 class CompileNetworks(pl.Callback):
