@@ -18,6 +18,7 @@ from src.models.checkpoint_fit import check_checkpoint_file
 from src.utils.auto_resume import AUTO, resolve_auto_resume
 from src.utils.config_checks import check_argument_types, check_seed, require_int
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
+from src.utils.ddp_strategy import choose_strategy
 from src.utils.instantiate import instantiate_list
 from src.utils.wandb_run import WandbRunIdCallback, finish_wandb_run, is_wandb_node, with_wandb_identity
 
@@ -79,6 +80,7 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     """Trainer arguments, with `max_iters` (training iterations) turned into optimizer steps."""
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     check_accelerator(kwargs)
+    choose_strategy(kwargs)
     check_precision(kwargs)
     warn_emulated_cpu_bf16(kwargs)
     max_iters = cfg.get("max_iters")

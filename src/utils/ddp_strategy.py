@@ -1,0 +1,57 @@
+"""The DDP strategy a GAN's manual optimization needs, for any run on more than one device.
+
+Each player's step back-propagates its own loss while the other players' parameters get no
+gradient, which plain DDP takes for an error at the second backward ("... parameters that were
+not used in producing the loss"; conf/trainer/ddp.yaml says more). Lightning's `auto` strategy
+picks plain `ddp` as soon as a run has several devices, so `trainer.devices=4` alone would fail
+after the ranks have started: here `auto` becomes the DDP that finds the parameters each
+backward reached, and a plain DDP strategy named in the config is refused with its fix.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
+
+log = logging.getLogger(__name__)
+
+FIND_UNUSED = "_find_unused_parameters_true"
+#: Lightning's DDP strategies by name, without the parameter search each needs here
+PLAIN_DDP = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def choose_strategy(trainer_kwargs: dict) -> None:
+    """Sets `trainer_kwargs["strategy"]` to DDP with the unused-parameter search where `auto`
+    would start several processes; ValueError naming the fix for a plain DDP strategy."""
+    strategy = trainer_kwargs.get("strategy", "auto")
+    if not isinstance(strategy, str):   # a strategy object or config the user built: theirs
+        return
+    plain = strategy.removesuffix("_find_unused_parameters_false")
+    if plain in PLAIN_DDP:
+        raise ValueError(f"trainer.strategy={strategy} fails at a GAN's second backward: each player's step leaves "
+                         f"the other players' parameters without gradients, which this DDP takes for an error. "
+                         f"Use trainer.strategy={plain}{FIND_UNUSED} (trainer=ddp sets it)")
+    processes = process_count(trainer_kwargs)
+    if strategy == "auto" and processes and processes > 1:
+        trainer_kwargs["strategy"] = "ddp" + FIND_UNUSED
+        log.info("%d processes (trainer.devices x trainer.num_nodes): trainer.strategy=ddp%s, as trainer=ddp sets it",
+                 processes, FIND_UNUSED)
+
+
+def process_count(trainer_kwargs: dict) -> int | None:
+    """How many processes Lightning would train with on CPUs or CUDA GPUs (None for another
+    accelerator, or devices this machine lacks: Lightning's own check names those)."""
+    accelerator = trainer_kwargs.get("accelerator", "auto")
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    kind = {"cpu": CPUAccelerator, "gpu": CUDAAccelerator, "cuda": CUDAAccelerator}.get(accelerator)
+    if kind is None:
+        return None
+    devices = trainer_kwargs.get("devices", "auto")
+    try:
+        per_node = kind.auto_device_count() if devices == "auto" else len(kind.get_parallel_devices(
+            kind.parse_devices(devices)))
+    except Exception:   # Lightning's MisconfigurationException and its parsers' TypeErrors
+        return None
+    return per_node * int(trainer_kwargs.get("num_nodes", 1))

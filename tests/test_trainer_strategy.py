@@ -1,0 +1,60 @@
+"""The DDP strategy chosen for runs on several devices (src/utils/ddp_strategy.py): plain DDP
+fails at a GAN's second backward, so `auto` becomes DDP with the unused-parameter search."""
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import hydra  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from src.utils.ddp_strategy import choose_strategy, process_count  # noqa: E402
+from src.utils.run import build_trainer_kwargs  # noqa: E402
+
+
+def chosen(**trainer) -> str:
+    choose_strategy(trainer)
+    return trainer.get("strategy", "auto")
+
+
+def test_several_devices_train_under_ddp_with_the_unused_parameter_search(train_cfg):
+    """`trainer.devices=2` alone (the default trainer's `auto` strategy) gets the strategy
+    trainer=ddp sets; Lightning's own pick, plain ddp, fails after the ranks have started."""
+    cfg = train_cfg("trainer.devices=2")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    assert build_trainer_kwargs(cfg, model)["strategy"] == "ddp_find_unused_parameters_true"
+    assert build_trainer_kwargs(train_cfg(), model)["strategy"] == "auto"   # one device: no DDP
+    assert chosen(accelerator="cpu", devices=1, num_nodes=2) == "ddp_find_unused_parameters_true"
+    assert chosen(accelerator="cpu", devices="3", num_nodes=1) == "ddp_find_unused_parameters_true"
+
+
+def test_a_strategy_the_config_names_is_kept(train_cfg):
+    cfg = train_cfg("trainer=ddp_sim")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    assert build_trainer_kwargs(cfg, model)["strategy"] == "ddp_find_unused_parameters_true"
+    assert chosen(accelerator="cpu", devices=2, strategy="ddp_spawn_find_unused_parameters_true") == \
+        "ddp_spawn_find_unused_parameters_true"
+
+
+@pytest.mark.parametrize("strategy, fix", [
+    ("ddp", "ddp_find_unused_parameters_true"),
+    ("ddp_spawn", "ddp_spawn_find_unused_parameters_true"),
+    ("ddp_find_unused_parameters_false", "ddp_find_unused_parameters_true"),
+    ("ddp_fork_find_unused_parameters_false", "ddp_fork_find_unused_parameters_true"),
+])
+def test_plain_ddp_is_refused_naming_the_strategy_that_works(train_cfg, strategy, fix):
+    cfg = train_cfg(f"trainer.strategy={strategy}", "trainer.devices=2")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    with pytest.raises(ValueError, match=f"trainer.strategy={strategy} fails at a GAN's second backward.*"
+                                         f"Use trainer.strategy={fix} "):
+        build_trainer_kwargs(cfg, model)
+
+
+def test_the_process_count_follows_lightnings_reading_of_the_devices():
+    assert process_count({"accelerator": "cpu", "devices": 2, "num_nodes": 3}) == 6
+    assert process_count({"accelerator": "cpu", "devices": "auto"}) == 1
+    assert process_count({"accelerator": "tpu", "devices": 8}) is None   # not ours to count
+    if not torch.cuda.is_available():
+        # GPUs this machine lacks: left to Lightning, whose error names them
+        assert process_count({"accelerator": "gpu", "devices": 2}) is None
+        assert process_count({"accelerator": "auto", "devices": 2}) == 2   # auto is the CPU here
