@@ -161,10 +161,10 @@ ON_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA 
     *[pytest.param(model_name, "reduce-overhead", "cuda", marks=ON_GPU) for model_name in ("cyclegan", "pix2pix")],
     *[pytest.param(model_name, "true", "cuda", marks=ON_GPU) for model_name in ("ugatit", "nicegan")],
 ])
-def test_compiled_networks_train_as_the_eager_ones_do(train_cfg, model_name, mode, device):
+def test_compiled_networks_train_as_the_eager_ones_do(train_cfg, monkeypatch, model_name, mode, device):
     """Two iterations of a tiny model with its networks compiled (inductor on a CPU; on a GPU, CUDA
-    graphs or, with spectral norm, Triton kernels alone) end with the losses of the same run in eager mode, to float rounding, and each
-    player's weights moved as in that run: the compiled forward is the module's own, so the
+    graphs or, with spectral norm, Triton kernels alone) end with the losses of the same run in
+    eager mode, to float rounding, and each player's weights moved as in that run: the compiled forward is the module's own, so the
     optimizers update the same parameters with the same gradients. (Inductor draws dropout's
     masks from its own generator unless told to use torch's, as here: otherwise the runs differ
     by their masks, as two seeds would.)"""
@@ -172,6 +172,10 @@ def test_compiled_networks_train_as_the_eager_ones_do(train_cfg, model_name, mod
     # cuDNN's repeatable algorithms, not timed picks; "warn", as reflection padding's CUDA backward
     # has no deterministic kernel and `true` would refuse it
     on_device = ["trainer=gpu", "trainer.deterministic=warn"] if device == "cuda" else []
+    # Exact float32 products: TF32 rounds each to ~1e-3, and inductor's layouts (channels-last
+    # convolutions) pick other kernels than eager mode, whose TF32 roundings then differ.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     # Plain gradient descent: Adam's first step is +-lr whatever a gradient's size, and turns the
     # rounding of a near-zero gradient (a bias before instance norm) into opposite steps.
     sgd = ("model.optimizer.type=sgd", "~model.optimizer.betas", "model.optimizer.lr=0.01")

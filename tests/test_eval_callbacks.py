@@ -289,7 +289,7 @@ def test_pix2pix_skips_btoa_and_disables_the_latent_callback(train_cfg):
 def test_callbacks_under_ddp_match_a_single_process(single_process_run, shared_data_dir, tmp_path):
     _, expected = single_process_run
     cfg = eval_run_cfg(tmp_path / "ddp", shared_data_dir, "trainer.devices=2",
-                       "+trainer.strategy=ddp_spawn_find_unused_parameters_true")
+                       "trainer.strategy=ddp_spawn_find_unused_parameters_true")
     metrics = run_training(cfg)
     for key in EVAL_KEYS:
         assert metrics[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), key
