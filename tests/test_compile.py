@@ -175,7 +175,8 @@ def test_compiled_networks_train_as_the_eager_ones_do(train_cfg, monkeypatch, mo
     # Exact float32 products: TF32 rounds each to ~1e-3, and inductor's layouts (channels-last
     # convolutions) pick other kernels than eager mode, whose TF32 roundings then differ.
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    matmul_precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
     # Plain gradient descent: Adam's first step is +-lr whatever a gradient's size, and turns the
     # rounding of a near-zero gradient (a bias before instance norm) into opposite steps.
     sgd = ("model.optimizer.type=sgd", "~model.optimizer.betas", "model.optimizer.lr=0.01")
@@ -191,6 +192,7 @@ def test_compiled_networks_train_as_the_eager_ones_do(train_cfg, monkeypatch, mo
         finally:
             torch._dynamo.reset()   # later tests build other networks: no compiled code kept for them
             torch.use_deterministic_algorithms(False)   # Lightning set it for the whole process
+            torch.set_float32_matmul_precision(matmul_precision)
     assert eager_losses.keys() == compiled_losses.keys() and eager_losses
     for name, value in eager_losses.items():
         assert compiled_losses[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
