@@ -9,12 +9,9 @@ backward reached, and a plain DDP strategy named in the config is refused with i
 """
 from __future__ import annotations
 
-import logging
-
 import torch
 from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
-
-log = logging.getLogger(__name__)
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 FIND_UNUSED = "_find_unused_parameters_true"
 #: Lightning's DDP strategies by name, without the parameter search each needs here
@@ -32,11 +29,10 @@ def choose_strategy(trainer_kwargs: dict) -> None:
         raise ValueError(f"trainer.strategy={strategy} fails at a GAN's second backward: each player's step leaves "
                          f"the other players' parameters without gradients, which this DDP takes for an error. "
                          f"Use trainer.strategy={plain}{FIND_UNUSED} (trainer=ddp sets it)")
-    processes = process_count(trainer_kwargs)
-    if strategy == "auto" and processes and processes > 1:
+    if strategy == "auto" and (processes := process_count(trainer_kwargs) or 1) > 1:
         trainer_kwargs["strategy"] = "ddp" + FIND_UNUSED
-        log.info("%d processes (trainer.devices x trainer.num_nodes): trainer.strategy=ddp%s, as trainer=ddp sets it",
-                 processes, FIND_UNUSED)
+        rank_zero_info(f"{processes} processes (trainer.devices x trainer.num_nodes): "
+                       f"trainer.strategy=ddp{FIND_UNUSED}, as trainer=ddp sets it")
 
 
 def process_count(trainer_kwargs: dict) -> int | None:
