@@ -46,13 +46,17 @@ def cpu_computes_bf16() -> bool:
         return True
 
 
+def trains_on_cpu(trainer_cfg: dict) -> bool:
+    """Whether the trainer config runs on the CPU here (its accelerator, or auto without a GPU)."""
+    return trainer_cfg.get("accelerator") == "cpu" or (
+        trainer_cfg.get("accelerator") in (None, "auto") and not torch.cuda.is_available())
+
+
 def warn_emulated_cpu_bf16(trainer_cfg: dict) -> None:
     """bf16 autocast on a CPU without bf16 arithmetic is not a little slower but two orders of
     magnitude: a 3x3 256-channel convolution at 32x32 took 1.65 s against 7 ms in fp32 on an
     AVX2-only EPYC. Said at start, not discovered an hour later."""
-    on_cpu = trainer_cfg.get("accelerator") == "cpu" or (
-        trainer_cfg.get("accelerator") in (None, "auto") and not torch.cuda.is_available())
-    if on_cpu and str(trainer_cfg.get("precision")).startswith("bf16") and not cpu_computes_bf16():
+    if trains_on_cpu(trainer_cfg) and str(trainer_cfg.get("precision")).startswith("bf16") and not cpu_computes_bf16():
         log.warning("trainer.precision=%s on a CPU without bf16 arithmetic (no AVX-512 BF16 or AMX): oneDNN "
                     "emulates it, and convolutions run about 100x slower than in fp32. Use "
                     "trainer.precision=32-true here; bf16 pays on recent GPUs and on CPUs with bf16 arithmetic.",
@@ -74,6 +78,12 @@ def check_precision(trainer_cfg: dict) -> None:
             f"trainer.precision={precision!r} is not supported: the models train float32 weights (their "
             f"batches, image pools, samples and evaluation stay float32). Use trainer.precision=32-true, "
             f"bf16-mixed (CPUs with bf16 arithmetic, Ampere or newer GPUs) or 16-mixed (GPUs).")
+    # Lightning has no fp16 autocast on CPUs and would swap in bf16-mixed, unasked, which on a CPU
+    # without bf16 arithmetic runs about 100x slower than float32 (warn_emulated_cpu_bf16).
+    if str(precision) in ("16-mixed", "16") and trains_on_cpu(trainer_cfg):
+        raise ValueError(f"trainer.precision={precision} (fp16 with loss scaling) needs a GPU, and this run trains "
+                         f"on the CPU. Use trainer.precision=32-true here (bf16-mixed only on a CPU with bf16 "
+                         f"arithmetic), or trainer=gpu on a machine with one.")
 
 
 def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
