@@ -1,4 +1,6 @@
 """No run ends without its checkpoint: an error or Ctrl-C mid-run saves one that resumes."""
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,33 @@ def test_ctrl_c_inside_an_iteration_saves_a_checkpoint_counted_in_whole_iteratio
     assert after["global_step"] == 8
     written = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir())
     assert written == ["iter_0000004.ckpt", "last.ckpt"]   # the periodic checkpoint stays on its iteration
+
+
+def test_sigterm_saves_an_interrupted_checkpoint_and_exits_with_the_signals_status(train_cfg, tmp_path, monkeypatch):
+    """A cluster's preemption or time limit (SIGTERM) saves interrupted.ckpt, and the process
+    ends with status 143 as a shell reports a SIGTERMed one: Lightning's own ending (SystemExit
+    without a status) exits 0, and a scheduler or sweep would count the run as finished."""
+    cfg = train_cfg(*COMMON, "max_iters=4")
+    original_update = CycleGAN.update
+
+    def update(self, *args, **kwargs):
+        if self.trainer.global_step == 4:   # after iteration 2; Lightning stops after the batch
+            os.kill(os.getpid(), signal.SIGTERM)   # to its own handler, installed for the fit
+        return original_update(self, *args, **kwargs)
+
+    monkeypatch.setattr(CycleGAN, "update", update)
+    with pytest.raises(SystemExit) as stopped:
+        run_training(cfg)
+    assert stopped.value.code == 143
+    monkeypatch.undo()
+    saved = crash_file(cfg, "interrupted.ckpt")
+    assert saved["global_step"] == 6   # iteration 3 ended before Lightning looked at the signal
+    assert not Path(cfg.paths.output_dir, "checkpoints", "crashed.ckpt").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # Lightning put the handler back
+
+    resumed = train_cfg(*COMMON, "max_iters=4", f"ckpt_path={cfg.paths.output_dir}/checkpoints/interrupted.ckpt")
+    resumed.paths.output_dir = str(tmp_path / "resumed")
+    assert last_checkpoint(resumed)["global_step"] == 8
 
 
 def test_an_error_before_any_step_leaves_no_checkpoint(train_cfg, monkeypatch):

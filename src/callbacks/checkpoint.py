@@ -3,13 +3,15 @@
 Lightning's `every_n_train_steps` counts optimizer steps, and under manual optimization a GAN
 iteration takes several (2 for CycleGAN, 3 for NICE-GAN). This converts `every_n_iters` with
 the model's `optimizer_steps_per_iter`, and also saves after the run's last iteration (a run
-stopped by `max_iters` mid-epoch would otherwise end without one), on Ctrl-C and on a crash.
+stopped by `max_iters` mid-epoch would otherwise end without one), on Ctrl-C or SIGTERM and on
+a crash.
 """
 import logging
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +48,14 @@ class IterationCheckpoint(ModelCheckpoint):
         self._save_last_checkpoint(trainer, candidates)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        """No run ends without a checkpoint: Ctrl-C (after which Lightning exits the process)
-        saves `interrupted.ckpt`, any other error `crashed.ckpt` (a bad image mid-epoch, an
-        out-of-memory step, a callback failing), so the work since last.ckpt is kept."""
+        """No run ends without a checkpoint: Ctrl-C (after which Lightning exits the process) and
+        SIGTERM (a cluster's preemption or time limit, `kill`) save `interrupted.ckpt`, any other
+        error `crashed.ckpt` (a bad image mid-epoch, an out-of-memory step, a callback failing),
+        so the work since last.ckpt is kept."""
         if not self.dirpath or trainer.global_step == 0:
             return   # nothing trained yet
-        name = "interrupted.ckpt" if isinstance(exception, KeyboardInterrupt) else "crashed.ckpt"
+        interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+        name = "interrupted.ckpt" if interrupted else "crashed.ckpt"
         path = f"{self.dirpath}/{name}"
         if not trainer.is_global_zero:
             return
@@ -67,8 +71,8 @@ class IterationCheckpoint(ModelCheckpoint):
             log.error("Could not save %s after %s (%s: %s); the last checkpoint is %s", name,
                       type(exception).__name__, type(error).__name__, error, self.last_model_path or "none")
             return
-        log.error("%s: saved %s at iteration %d; resume with ckpt_path=%s", type(exception).__name__, name,
-                  pl_module.iteration, path)
+        log.log(logging.WARNING if interrupted else logging.ERROR, "%s: saved %s at iteration %d; resume with "
+                "ckpt_path=%s", type(exception).__name__, name, pl_module.iteration, path)
         if partial_steps:
             log.warning("%s was taken inside iteration %d, after %d of its %d optimizer steps: those players keep "
                         "their update and the resumed run repeats the iteration, so it is not bit-identical to an "

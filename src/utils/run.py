@@ -1,6 +1,7 @@
 """The body of a training run, kept apart from the Hydra entry point so tests can call it."""
 import logging
 import os
+import signal
 from pathlib import Path
 
 import hydra
@@ -8,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ProgressBar
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from src.callbacks.compile_networks import CompileNetworks
 from src.callbacks.final_metrics import FinalMetrics
@@ -23,6 +25,9 @@ from src.utils.instantiate import instantiate_list
 from src.utils.wandb_run import WandbRunIdCallback, finish_wandb_run, is_wandb_node, with_wandb_identity
 
 log = logging.getLogger(__name__)
+
+#: the exit status of a run stopped by SIGTERM (after its interrupted.ckpt): 128 + the signal
+SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM
 
 
 def count_parameters(module: torch.nn.Module) -> int:
@@ -176,6 +181,11 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     try:
         with job_shared_with_launched_ranks(trainer):
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except SIGTERMException as stop:
+        # Lightning ends a fit stopped by SIGTERM with SystemExit(None), exit status 0: a job
+        # preempted or out of time would look finished to its scheduler, a sweep or a script.
+        # 143 = 128 + SIGTERM, the status a shell gives a process SIGTERM ended.
+        raise SystemExit(SIGTERM_EXIT_STATUS) from stop
     finally:
         finish_wandb_run()
 
