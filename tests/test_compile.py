@@ -124,8 +124,8 @@ def trainer_on(device: str):
 @pytest.mark.parametrize("model_name, player", [("ugatit", "discriminators"), ("nicegan", "heads")])
 def test_cuda_graphs_refuse_spectral_norm_on_a_gpu(train_cfg, monkeypatch, model_name, player):
     """U-GAT-IT and NICE-GAN trained differently under CUDA graphs than in eager mode (measured on
-    a GPU): on one, the fit stops before compiling, naming the networks and the modes that work.
-    On a CPU (no CUDA graphs there) and in a mode without them, the same model compiles."""
+    an H200): on a GPU the fit stops before compiling, naming the networks and the modes that
+    work. On a CPU (no CUDA graphs there) and in a mode without them, the same model compiles."""
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda fn, mode=None: compiled.append(mode) or fn)
     model = hydra.utils.instantiate(train_cfg(f"model={model_name}").model, _recursive_=False)
@@ -164,10 +164,10 @@ ON_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA 
 def test_compiled_networks_train_as_the_eager_ones_do(train_cfg, monkeypatch, model_name, mode, device):
     """Two iterations of a tiny model with its networks compiled (inductor on a CPU; on a GPU, CUDA
     graphs or, with spectral norm, Triton kernels alone) end with the losses of the same run in
-    eager mode, to float rounding, and each player's weights moved as in that run: the compiled forward is the module's own, so the
-    optimizers update the same parameters with the same gradients. (Inductor draws dropout's
-    masks from its own generator unless told to use torch's, as here: otherwise the runs differ
-    by their masks, as two seeds would.)"""
+    eager mode, to float rounding, and each player's weights moved as in that run: the compiled
+    forward is the module's own, so the optimizers update the same parameters with the same
+    gradients. (Inductor draws dropout's masks from its own generator unless told to use torch's,
+    as here: otherwise the runs differ by their masks, as two seeds would.)"""
     import torch._inductor.config as inductor_config
     # cuDNN's repeatable algorithms, not timed picks; "warn", as reflection padding's CUDA backward
     # has no deterministic kernel and `true` would refuse it
