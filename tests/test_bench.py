@@ -305,7 +305,7 @@ def test_the_gpu_check_script_runs_each_step_with_valid_benchmark_commands(tmp_p
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     commands = [entry["args"] for entry in entries]
     assert ["-m", "pytest", "-q", "tests/test_gpu.py"] in commands
-    assert ["-m", "pytest", "-q", "tests/test_compile.py", "-k", "eager_ones and cuda"] in commands
+    assert ["-m", "pytest", "-q", "-rxX", "tests/test_compile.py", "-k", "eager_ones and cuda"] in commands
     install = next(args for args in commands if args[:3] == ["-m", "pip", "install"])
     assert "--no-index" in install and str(wheels / "packages.txt") in install
     cuda_graphs, rows = [entry["specs"] for entry in entries if "specs" in entry]

@@ -152,14 +152,20 @@ def test_cuda_graphs_accept_networks_without_spectral_norm_on_a_gpu(train_cfg, m
 
 
 ON_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+# Why the refusal exists, kept as a test: while it fails, the refusal is needed; an XPASS in the
+# report says CUDA graphs (or exact float32, for NICE-GAN's 0.04%) have caught up with eager mode.
+REFUSED_CUDA_GRAPHS = pytest.mark.xfail(reason="trained differently under CUDA graphs than in eager mode on an "
+                                               "H200, hence the refusal", strict=False)
 
 
 @pytest.mark.parametrize("model_name, mode, device", [
     *[(model_name, "true", "cpu") for model_name in MODELS],
-    # CUDA graphs for the models without spectral norm (the others are refused them, test above),
-    # which compile in the default mode on a GPU instead
+    # CUDA graphs for the models without spectral norm; the others compile in the default mode on
+    # a GPU, and are refused CUDA graphs (test above) for the failure the last two entries keep
     *[pytest.param(model_name, "reduce-overhead", "cuda", marks=ON_GPU) for model_name in ("cyclegan", "pix2pix")],
     *[pytest.param(model_name, "true", "cuda", marks=ON_GPU) for model_name in ("ugatit", "nicegan")],
+    *[pytest.param(model_name, "reduce-overhead", "cuda", marks=[ON_GPU, REFUSED_CUDA_GRAPHS])
+      for model_name in ("ugatit", "nicegan")],
 ])
 def test_compiled_networks_train_as_the_eager_ones_do(train_cfg, monkeypatch, model_name, mode, device):
     """Two iterations of a tiny model with its networks compiled (inductor on a CPU; on a GPU, CUDA
@@ -175,6 +181,8 @@ def test_compiled_networks_train_as_the_eager_ones_do(train_cfg, monkeypatch, mo
     # Exact float32 products: TF32 rounds each to ~1e-3, and inductor's layouts (channels-last
     # convolutions) pick other kernels than eager mode, whose TF32 roundings then differ.
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    # the refused combinations run all the same, to show whether the refusal is still needed
+    monkeypatch.setattr(CompileNetworks, "refuse_spectral_norm_in_cuda_graphs", lambda self, model: None)
     matmul_precision = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
     # Plain gradient descent: Adam's first step is +-lr whatever a gradient's size, and turns the
