@@ -5,8 +5,10 @@ import csv
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -44,8 +46,9 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def run_train(*args: str, cwd: Path, data_dir: Path, wandb_mode: str = "disabled") -> subprocess.CompletedProcess:
-    """`python src/train.py debug=smoke <args>` as a user runs it, logs under cwd/logs."""
+def train_command(*args: str, cwd: Path, data_dir: Path, wandb_mode: str = "disabled") -> tuple[list[str], dict]:
+    """`python src/train.py debug=smoke <args>` as a user runs it, logs under cwd/logs: the
+    command line and its environment."""
     env = {**os.environ, "PROJECT_ROOT": str(ROOT), "WANDB_MODE": wandb_mode, "NO_ALBUMENTATIONS_UPDATE": "1",
            "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
     env.pop(JOB_ENV, None)
@@ -53,6 +56,12 @@ def run_train(*args: str, cwd: Path, data_dir: Path, wandb_mode: str = "disabled
     overrides = [a for a in args if not a.startswith("-")]
     cmd = [sys.executable, str(ROOT / "src" / "train.py"), *flags, "debug=smoke", f"paths.log_dir={cwd}/logs",
            f"paths.data_dir={data_dir}", "data.max_dataset_size=4", "max_iters=2", *overrides]
+    return cmd, env
+
+
+def run_train(*args: str, cwd: Path, data_dir: Path, wandb_mode: str = "disabled") -> subprocess.CompletedProcess:
+    """`train_command`'s run, which must succeed."""
+    cmd, env = train_command(*args, cwd=cwd, data_dir=data_dir, wandb_mode=wandb_mode)
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
@@ -173,6 +182,51 @@ def test_a_run_saved_on_one_device_resumes_mid_epoch_on_two(tmp_path, shared_dat
     assert [len(probe["paths"]) for probe in ranks] == [3, 3]
     domain_a_images = [a for a, _ in trained_first + ranks[0]["paths"] + ranks[1]["paths"]]   # B is a random partner
     assert len(set(domain_a_images)) == 8
+
+
+def launched_rank_pid(run_dir: Path, rank: int) -> int:
+    """The process of a rank Lightning's subprocess launcher started for the run in `run_dir`."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                if f"hydra.job.name=train_ddp_process_{rank}".encode() in argv and \
+                        f"hydra.run.dir={run_dir}".encode() in argv:
+                    return int(proc.name)
+    raise AssertionError(f"no process of rank {rank}")
+
+
+@pytest.mark.parametrize("signalled_rank", [0, 1])
+def test_sigterm_under_ddp_stops_every_rank_with_its_checkpoint(tmp_path, shared_data_dir, signalled_rank):
+    """SIGTERM to a two-rank run (the subprocess launcher's, as trainer=ddp), to the process the
+    user started (rank 0) or to another rank alone: both ranks stop after the same iteration,
+    rank zero saves interrupted.ckpt in whole iterations, and the run exits 143. With Lightning's
+    handling alone, a signal to rank 1 alone stopped that rank a batch before rank 0, which then
+    waited for it in the next gradient all-reduce for good (and a signal to rank 0 could leave
+    both ranks idle in mismatched collectives)."""
+    run_dir = tmp_path / "run"
+    cmd, env = train_command("model=cyclegan", "data=shapes", *NO_EVALUATION, "trainer=ddp_sim",
+                             f"hydra.run.dir={run_dir}", "max_iters=100000", cwd=tmp_path, data_dir=shared_data_dir)
+    log_path = tmp_path / "log.txt"
+    with log_path.open("w") as log:
+        run = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run_dir / "checkpoints" / "last.ckpt").exists():   # training is under way
+            assert run.poll() is None and time.monotonic() < deadline, log_path.read_text()[-4000:]
+            time.sleep(0.5)
+        os.kill(run.pid if signalled_rank == 0 else launched_rank_pid(run_dir, 1), signal.SIGTERM)
+        assert run.wait(timeout=120) == 143, log_path.read_text()[-4000:]
+        time.sleep(2)
+        with pytest.raises(ProcessLookupError):   # the other rank ended too
+            os.killpg(run.pid, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+    saved = torch.load(run_dir / "checkpoints" / "interrupted.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] > 0 and saved["global_step"] % 2 == 0   # CycleGAN: two steps an iteration
+    assert "SIGTERM: every rank stops after iteration" in log_path.read_text()
 
 
 def test_auto_resume_under_ddp_continues_on_every_rank(tmp_path, shared_data_dir):

@@ -12,6 +12,7 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from src.callbacks.compile_networks import CompileNetworks
+from src.callbacks.ddp_sigterm import DistributedSigterm
 from src.callbacks.final_metrics import FinalMetrics
 from src.callbacks.image_budget import ImageBudget
 from src.callbacks.progress import iteration_progress_bar
@@ -133,10 +134,12 @@ def order_callbacks(callbacks: list[pl.Callback]) -> list[pl.Callback]:
 
 def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.Callback]:
     """The configured callbacks, plus those every run needs: distinct random streams per DDP
-    rank, the end state in final_metrics.json, the wandb run id in checkpoints when logging to
-    wandb, the image budget of `max_kimg`, the networks compiled with `compile`, and a progress
-    bar counting iterations (unless the bar is off, or the config names its own)."""
-    callbacks = instantiate_list(cfg.get("callbacks"), "callbacks") + [RankSeed(), FinalMetrics(cfg.paths.output_dir)]
+    rank, SIGTERM handled by all DDP ranks together, the end state in final_metrics.json, the
+    wandb run id in checkpoints when logging to wandb, the image budget of `max_kimg`, the
+    networks compiled with `compile`, and a progress bar counting iterations (unless the bar is
+    off, or the config names its own)."""
+    callbacks = instantiate_list(cfg.get("callbacks"), "callbacks") + [RankSeed(), DistributedSigterm(),
+                                                                       FinalMetrics(cfg.paths.output_dir)]
     if logger_cfg and any(is_wandb_node(node) for node in logger_cfg.values()):
         callbacks.append(WandbRunIdCallback())
     if cfg.get("max_kimg"):
