@@ -9,9 +9,10 @@ backward reached, and a plain DDP strategy named in the config is refused with i
 """
 from __future__ import annotations
 
-import torch
 from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
+
+from src.utils.accelerator import resolved_accelerator
 
 FIND_UNUSED = "_find_unused_parameters_true"
 #: Lightning's DDP strategies by name, without the parameter search each needs here
@@ -38,10 +39,7 @@ def choose_strategy(trainer_kwargs: dict) -> None:
 def process_count(trainer_kwargs: dict) -> int | None:
     """How many processes Lightning would train with on CPUs or CUDA GPUs (None for another
     accelerator, or devices this machine lacks: Lightning's own check names those)."""
-    accelerator = trainer_kwargs.get("accelerator", "auto")
-    if accelerator == "auto":
-        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
-    kind = {"cpu": CPUAccelerator, "gpu": CUDAAccelerator, "cuda": CUDAAccelerator}.get(accelerator)
+    kind = {"cpu": CPUAccelerator, "cuda": CUDAAccelerator}.get(resolved_accelerator(trainer_kwargs))
     if kind is None:
         return None
     devices = trainer_kwargs.get("devices", "auto")

@@ -18,6 +18,7 @@ from src.callbacks.image_budget import ImageBudget
 from src.callbacks.progress import iteration_progress_bar
 from src.callbacks.rank_seed import RankSeed
 from src.models.checkpoint_fit import check_checkpoint_file
+from src.utils.accelerator import resolved_accelerator
 from src.utils.auto_resume import AUTO, resolve_auto_resume
 from src.utils.config_checks import check_argument_types, check_seed, require_int
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
@@ -52,17 +53,12 @@ def cpu_computes_bf16() -> bool:
         return True
 
 
-def trains_on_cpu(trainer_cfg: dict) -> bool:
-    """Whether the trainer config runs on the CPU here (its accelerator, or auto without a GPU)."""
-    return trainer_cfg.get("accelerator") == "cpu" or (
-        trainer_cfg.get("accelerator") in (None, "auto") and not torch.cuda.is_available())
-
-
 def warn_emulated_cpu_bf16(trainer_cfg: dict) -> None:
     """bf16 autocast on a CPU without bf16 arithmetic is not a little slower but two orders of
     magnitude: a 3x3 256-channel convolution at 32x32 took 1.65 s against 7 ms in fp32 on an
     AVX2-only EPYC. Said at start, not discovered an hour later."""
-    if trains_on_cpu(trainer_cfg) and str(trainer_cfg.get("precision")).startswith("bf16") and not cpu_computes_bf16():
+    on_cpu = resolved_accelerator(trainer_cfg) == "cpu"
+    if on_cpu and str(trainer_cfg.get("precision")).startswith("bf16") and not cpu_computes_bf16():
         log.warning("trainer.precision=%s on a CPU without bf16 arithmetic (no AVX-512 BF16 or AMX): oneDNN "
                     "emulates it, and convolutions run about 100x slower than in fp32. Use "
                     "trainer.precision=32-true here; bf16 pays on recent GPUs and on CPUs with bf16 arithmetic.",
@@ -86,7 +82,7 @@ def check_precision(trainer_cfg: dict) -> None:
             f"bf16-mixed (CPUs with bf16 arithmetic, Ampere or newer GPUs) or 16-mixed (GPUs).")
     # Lightning has no fp16 autocast on CPUs and would swap in bf16-mixed, unasked, which on a CPU
     # without bf16 arithmetic runs about 100x slower than float32 (warn_emulated_cpu_bf16).
-    if str(precision) in ("16-mixed", "16") and trains_on_cpu(trainer_cfg):
+    if str(precision) in ("16-mixed", "16") and resolved_accelerator(trainer_cfg) == "cpu":
         raise ValueError(f"trainer.precision={precision} (fp16 with loss scaling) needs a GPU, and this run trains "
                          f"on the CPU. Use trainer.precision=32-true here (bf16-mixed only on a CPU with bf16 "
                          f"arithmetic), or trainer=gpu on a machine with one.")
