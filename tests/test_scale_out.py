@@ -649,6 +649,16 @@ def test_an_overflow_backs_off_only_its_own_loss_scale():
 
 # ----- wandb -------------------------------------------------------------------------------------
 
+def written_record(path: Path, expected: bytes, timeout_s: float = 30) -> bytes:
+    """An offline run file's bytes once they hold `expected`: wandb's service process writes the
+    file on its own schedule, and once (of many runs) it held only its 7-byte header right after
+    `wandb.finish()` had returned."""
+    deadline = time.monotonic() + timeout_s
+    while expected not in (record := path.read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return record
+
+
 def test_wandb_offline_run_is_written_and_a_resume_continues_it(train_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     common = ["model=cyclegan", "logger=wandb", "data.max_dataset_size=2", *NO_EVALUATION]
@@ -658,7 +668,7 @@ def test_wandb_offline_run_is_written_and_a_resume_continues_it(train_cfg, tmp_p
     runs = list((tmp_path / "first" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
     run_id = runs[0].stem.removeprefix("run-")
-    record = runs[0].read_bytes()
+    record = written_record(runs[0], b"cyclegan-shapes")
     assert b"cyclegan-shapes" in record and b"smoke" in record and b"debug:smoke" in record  # name, group, tag
     checkpoint = tmp_path / "first" / "checkpoints" / "last.ckpt"
     assert torch.load(checkpoint, weights_only=True)[CHECKPOINT_KEY] == run_id
