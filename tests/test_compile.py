@@ -16,9 +16,17 @@ from src.callbacks.compile_networks import CompileNetworks, compile_networks  # 
 from src.utils.run import build_callbacks, build_trainer_kwargs  # noqa: E402
 
 
-def test_compile_networks_passes_the_mode_to_every_players_network(monkeypatch):
+@pytest.fixture
+def compiled_modes(monkeypatch) -> list:
+    """torch.compile replaced by a stand-in that returns the function as it is and records the
+    mode of each call here (None: torch.compile's default)."""
     modes = []
     monkeypatch.setattr(torch, "compile", lambda fn, mode=None: modes.append(mode) or fn)
+    return modes
+
+
+def test_compile_networks_passes_the_mode_to_every_players_network(compiled_modes):
+    modes = compiled_modes
 
     class Players:
         def player_modules(self):
@@ -77,12 +85,12 @@ def fit(train_cfg, model_name, *overrides, iterations=2, optimizer=()):
 
 @pytest.mark.parametrize("mode, marked", [("reduce-overhead", True), ("max-autotune", True),
                                            ("max-autotune-no-cudagraphs", False)])
-def test_cuda_graph_modes_mark_every_iteration_and_compile_once(train_cfg, monkeypatch, mode, marked):
+def test_cuda_graph_modes_mark_every_iteration_and_compile_once(train_cfg, monkeypatch, compiled_modes, mode,
+                                                                marked):
     """With CUDA graphs (reduce-overhead, and max-autotune, which records them too) each training
     iteration is marked as a new step for them (on a CPU the mark does nothing; here it is
     counted), and the networks are compiled once per fit."""
-    compiled, marks = [], []
-    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: compiled.append(mode) or fn)
+    compiled, marks = compiled_modes, []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     model, *_ = fit(train_cfg, "pix2pix", f"compile={mode}", iterations=3)
     assert len(marks) == (3 if marked else 0)
@@ -122,12 +130,11 @@ def trainer_on(device: str):
 
 
 @pytest.mark.parametrize("model_name, player", [("ugatit", "discriminators"), ("nicegan", "heads")])
-def test_cuda_graphs_refuse_spectral_norm_on_a_gpu(train_cfg, monkeypatch, model_name, player):
+def test_cuda_graphs_refuse_spectral_norm_on_a_gpu(train_cfg, compiled_modes, model_name, player):
     """U-GAT-IT and NICE-GAN trained differently under CUDA graphs than in eager mode (measured on
     an H200): on a GPU the fit stops before compiling, naming the networks and the modes that
     work. On a CPU (no CUDA graphs there) and in a mode without them, the same model compiles."""
-    compiled = []
-    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: compiled.append(mode) or fn)
+    compiled = compiled_modes
     model = hydra.utils.instantiate(train_cfg(f"model={model_name}").model, _recursive_=False)
     for mode in ("reduce-overhead", "max-autotune"):
         with pytest.raises(ValueError, match=rf"compile={mode} records CUDA graphs, and networks with spectral "
@@ -143,12 +150,10 @@ def test_cuda_graphs_refuse_spectral_norm_on_a_gpu(train_cfg, monkeypatch, model
     assert compiled
 
 
-def test_cuda_graphs_accept_networks_without_spectral_norm_on_a_gpu(train_cfg, monkeypatch):
-    compiled = []
-    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: compiled.append(mode) or fn)
+def test_cuda_graphs_accept_networks_without_spectral_norm_on_a_gpu(train_cfg, compiled_modes):
     model = hydra.utils.instantiate(train_cfg("model=cyclegan").model, _recursive_=False)
     CompileNetworks("reduce-overhead").setup(trainer_on("cuda"), model, "fit")
-    assert compiled == ["reduce-overhead"] * 4
+    assert compiled_modes == ["reduce-overhead"] * 4
 
 
 ON_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -21,8 +21,6 @@ import signal
 import threading
 
 import pytorch_lightning as pl
-import torch
-import torch.distributed as dist
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
@@ -31,14 +29,10 @@ class DistributedSigterm(pl.Callback):
     def __init__(self):
         self.received = False
 
-    @staticmethod
-    def distributed(trainer: pl.Trainer) -> bool:
-        return trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
-
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.received = False
         # signal.signal works only in the main thread (a notebook's fit in another keeps Lightning's)
-        if self.distributed(trainer) and threading.current_thread() is threading.main_thread():
+        if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.note_sigterm)
 
     def note_sigterm(self, signum, frame) -> None:
@@ -47,10 +41,7 @@ class DistributedSigterm(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
-        if not self.distributed(trainer):
-            return
-        received = torch.tensor([float(self.received)], device=trainer.strategy.root_device)
-        dist.all_reduce(received, op=dist.ReduceOp.MAX)
-        if received.item() > 0:
+        # Any rank's note, on every rank (one all-reduce under DDP; a single process has none to make)
+        if trainer.strategy.reduce_boolean_decision(self.received, all=False):
             rank_zero_warn(f"SIGTERM: every rank stops after iteration {pl_module.iteration}")
             raise SIGTERMException()

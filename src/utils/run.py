@@ -39,7 +39,7 @@ def count_parameters(module: torch.nn.Module) -> int:
 def check_accelerator(trainer_cfg: dict) -> None:
     """A GPU configuration on a machine without one fails with a message that says what to
     pass, instead of Lightning's "No supported gpu backend found!"."""
-    if trainer_cfg.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+    if resolved_accelerator(trainer_cfg) == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"trainer.accelerator={trainer_cfg['accelerator']}: no CUDA GPU is visible here "
                          f"(torch {torch.__version__}, built {'with' if torch.version.cuda else 'without'} CUDA). "
                          "Use trainer=cpu, or trainer=default (it picks what the machine has).")
