@@ -6,6 +6,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import math  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 
 import hydra  # noqa: E402
@@ -141,6 +142,39 @@ def fit_one_batch(model, batch: dict) -> pl.Trainer:
                          limit_val_batches=0)
     trainer.fit(model, train_dataloaders=DataLoader([batch], batch_size=None))
     return trainer
+
+
+def slurm_task_env(rank: int, tasks: int) -> dict[str, str]:
+    """The variables SLURM's srun gives task `rank` of a one-node job of `tasks` tasks (job 4242),
+    from which Lightning takes its cluster environment and ranks."""
+    return {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": str(tasks),
+            "SLURM_NTASKS_PER_NODE": str(tasks), "SLURM_NNODES": "1", "SLURM_NODEID": "0",
+            "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NODELIST": "127.0.0.1",
+            "SLURM_JOB_NODELIST": "127.0.0.1"}
+
+
+@pytest.fixture
+def fake_scontrol(tmp_path, monkeypatch) -> Path:
+    """An `scontrol` first on PATH that records each call in the returned file: its arguments,
+    then `|` and the names in $SCONTROL_WATCH (the run's checkpoint folder), so a test sees
+    what was on disk when the job asked to be requeued."""
+    bin_dir, record = tmp_path / "fake_bin", tmp_path / "scontrol_calls.txt"
+    bin_dir.mkdir()
+    script = bin_dir / "scontrol"
+    script.write_text(f'#!/bin/sh\necho "$* |" $(ls "$SCONTROL_WATCH" 2>/dev/null) >> "{record}"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return record
+
+
+@pytest.fixture
+def signal_handlers_kept():
+    """The process's handlers of the signals a cluster job sees, put back after the test."""
+    signums = (signal.SIGTERM, signal.SIGCONT, signal.SIGUSR1, signal.SIGUSR2)
+    kept = {signum: signal.getsignal(signum) for signum in signums}
+    yield
+    for signum, handler in kept.items():
+        signal.signal(signum, handler)
 
 
 def free_port() -> int:

@@ -1,4 +1,5 @@
 """No run ends without its checkpoint: an error or Ctrl-C mid-run saves one that resumes."""
+import logging
 import os
 import signal
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import NO_EVALUATION, last_checkpoint
+from conftest import NO_EVALUATION, last_checkpoint, slurm_task_env
 from src.models.cyclegan import CycleGAN
 from src.utils.run import run_training
 
@@ -94,6 +95,69 @@ def test_sigterm_saves_an_interrupted_checkpoint_and_exits_with_the_signals_stat
     resumed = train_cfg(*COMMON, "max_iters=4", f"ckpt_path={cfg.paths.output_dir}/checkpoints/interrupted.ckpt")
     resumed.paths.output_dir = str(tmp_path / "resumed")
     assert last_checkpoint(resumed)["global_step"] == 8
+
+
+def submitit_job_signals(tmp_path: Path) -> None:
+    """The signal handlers submitit installs in a SLURM job's process at its start (SIGUSR2:
+    requeue the job, then exit), for a job of a plain function with 60 minutes of time left."""
+    import submitit
+    from submitit.core.utils import DelayedSubmission, JobPaths
+
+    delayed = DelayedSubmission(print)
+    delayed.set_timeout(60, 0)
+    submitit.JobEnvironment()._handle_signals(JobPaths(tmp_path / "submitit"), delayed)
+
+
+def test_a_requeue_warning_stops_at_a_whole_iteration_then_submitit_requeues_and_the_job_resumes(
+        train_cfg, tmp_path, monkeypatch, fake_scontrol, signal_handlers_kept, caplog):
+    """hydra/launcher=slurm: SLURM warns a job of its time limit or preemption with submitit's
+    signal (SIGUSR2), whose handler requeues the job and exits. Sent inside iteration 2, the run
+    first finishes that iteration and saves interrupted.ckpt, then submitit's handler runs
+    (scontrol requeue, exit). The requeued job, started again with the same command line
+    (ckpt_path=null), resumes from that checkpoint. Before, submitit's handler ran mid-iteration
+    and exited before any checkpoint of the iteration was saved, and the requeued job trained
+    from scratch over the run's checkpoints."""
+    for name, value in {**slurm_task_env(0, tasks=1), "SUBMITIT_EXECUTOR": "slurm"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):   # Lightning's SLURM environment sets them
+        monkeypatch.delenv(name, raising=False)
+    cfg = train_cfg(*COMMON, "max_iters=6")
+    checkpoints = Path(cfg.paths.output_dir, "checkpoints")
+    monkeypatch.setenv("SCONTROL_WATCH", str(checkpoints))
+    submitit_job_signals(tmp_path)
+    original_update = CycleGAN.update
+
+    def update(self, *args, **kwargs):
+        if self.trainer.global_step == 3:   # between iteration 2's discriminator and generator steps
+            os.kill(os.getpid(), signal.SIGUSR2)
+        return original_update(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CycleGAN, "update", update)
+        with pytest.raises(SystemExit) as stopped:
+            run_training(cfg)
+    assert stopped.value.code == -1   # submitit's own exit, after requeueing
+    (call,) = fake_scontrol.read_text().splitlines()
+    requeue, on_disk = call.split("|")
+    assert requeue.split() == ["requeue", "4242"]
+    assert "interrupted.ckpt" in on_disk.split()   # saved before the job asked to be requeued
+    assert crash_file(cfg, "interrupted.ckpt")["global_step"] == 4   # iteration 2, whole
+    assert not (checkpoints / "crashed.ckpt").exists()
+
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")   # SLURM starts the same command again
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="src.utils.auto_resume")
+    steps_taken = []
+
+    def counted_update(self, *args, **kwargs):
+        steps_taken.append(self.trainer.global_step)
+        return original_update(self, *args, **kwargs)
+
+    monkeypatch.setattr(CycleGAN, "update", counted_update)
+    resumed = last_checkpoint(train_cfg(*COMMON, "max_iters=6"))
+    assert "SLURM_RESTART_COUNT=1: this job was requeued" in caplog.text
+    assert f"resuming from {checkpoints / 'interrupted.ckpt'}" in caplog.text
+    assert steps_taken == list(range(4, 12)) and resumed["global_step"] == 12   # iterations 3-6 only
 
 
 def test_an_error_before_any_step_leaves_no_checkpoint(train_cfg, monkeypatch):

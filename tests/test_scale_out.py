@@ -20,7 +20,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 from pytorch_lightning.plugins.precision import MixedPrecision
 
-from conftest import DATA_OF, MODELS, NO_EVALUATION, finite_train_losses, generator_output_dtypes
+from conftest import (DATA_OF, MODELS, NO_EVALUATION, finite_train_losses, free_port, generator_output_dtypes,
+                      slurm_task_env)
 from src.callbacks.ema import GeneratorEMA, averaged_state_dict, ema_update_
 from src.callbacks.image_grid import ImageGridCallback
 from src.models.loss_scaling import PlayerGradScalers
@@ -227,6 +228,49 @@ def test_sigterm_under_ddp_stops_every_rank_with_its_checkpoint(tmp_path, shared
     saved = torch.load(run_dir / "checkpoints" / "interrupted.ckpt", map_location="cpu", weights_only=True)
     assert saved["global_step"] > 0 and saved["global_step"] % 2 == 0   # CycleGAN: two steps an iteration
     assert "SIGTERM: every rank stops after iteration" in log_path.read_text()
+
+
+@pytest.mark.parametrize("signalled_ranks", [(1,), (0, 1)])
+def test_a_requeue_warning_under_slurm_stops_every_rank_then_lightning_requeues(tmp_path, shared_data_dir,
+                                                                               fake_scontrol, signalled_ranks):
+    """Two ranks started as srun starts them (SLURM's variables, no launcher), Lightning's SLURM
+    auto-requeue on: SIGUSR1 (`#SBATCH --signal=USR1@90`) to rank 1 alone, or to both as SLURM
+    sends it. Both ranks finish
+    the same iteration and stop, rank zero saves interrupted.ckpt, and only then does Lightning's
+    requeue handler run, on every rank: its hpc checkpoint (a save that ends in a barrier every
+    rank reaches) and one `scontrol requeue` from rank zero; both exit 143. Lightning's handler
+    used to run inside the signal handler, mid-iteration, and its barrier met whatever
+    collective the other rank was in (rank 1 alone: a hang every time)."""
+    run_dir, port = tmp_path / "run", free_port()
+    ranks, logs = [], []
+    for rank in (0, 1):
+        cmd, env = train_command("model=cyclegan", "data=shapes", *NO_EVALUATION, "trainer=ddp_sim",
+                                 f"hydra.run.dir={run_dir}", "max_iters=100000", cwd=tmp_path, data_dir=shared_data_dir)
+        env.update(slurm_task_env(rank, tasks=2), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   SCONTROL_WATCH=str(run_dir / "checkpoints"))
+        logs.append(tmp_path / f"rank{rank}.txt")
+        with logs[-1].open("w") as log:
+            ranks.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        deadline = time.monotonic() + 240
+        while not (run_dir / "checkpoints" / "last.ckpt").exists():   # training is under way
+            assert all(r.poll() is None for r in ranks) and time.monotonic() < deadline, logs[0].read_text()[-4000:]
+            time.sleep(0.5)
+        for rank in signalled_ranks:
+            ranks[rank].send_signal(signal.SIGUSR1)
+        statuses = [r.wait(timeout=120) for r in ranks]
+    finally:
+        for r in ranks:
+            r.kill()
+    assert statuses == [143, 143], logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
+    interrupted = torch.load(run_dir / "checkpoints" / "interrupted.ckpt", map_location="cpu", weights_only=True)
+    hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
+    assert interrupted["global_step"] > 0 and interrupted["global_step"] % 2 == 0   # whole iterations
+    assert hpc["global_step"] == interrupted["global_step"]
+    (call,) = fake_scontrol.read_text().splitlines()   # rank zero's alone
+    requeue, on_disk = call.split("|")
+    assert requeue.split() == ["requeue", "4242"] and "interrupted.ckpt" in on_disk.split()
+    assert "SIGUSR1: every rank stops after iteration" in logs[0].read_text()
 
 
 def test_auto_resume_under_ddp_continues_on_every_rank(tmp_path, shared_data_dir):

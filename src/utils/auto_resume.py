@@ -14,15 +14,29 @@ where it looked (Hydra's default run directory is new for every run, so there it
 from __future__ import annotations
 
 import logging
+import os
 import zipfile
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
+
+
+def resume_a_requeued_job(cfg: DictConfig) -> None:
+    """A job SLURM requeued (`SLURM_RESTART_COUNT` > 0: preempted, or stopped at its time limit
+    and requeued by submitit or Lightning) that names no checkpoint resumes as with `auto`: its
+    command line and run directory are the first start's, and starting over there would train
+    from scratch over the checkpoints the stopped job saved for it."""
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if cfg.get("ckpt_path") is None and restarts > 0:
+        log.warning("SLURM_RESTART_COUNT=%d: this job was requeued, so ckpt_path=null resumes as ckpt_path=%s",
+                    restarts, AUTO)
+        with open_dict(cfg):
+            cfg.ckpt_path = AUTO
 
 
 def checkpoint_candidates(checkpoint_dir: Path, run_dir: Path) -> list[Path]:

@@ -12,14 +12,14 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from src.callbacks.compile_networks import CompileNetworks
-from src.callbacks.ddp_sigterm import DistributedSigterm
+from src.callbacks.stop_signals import RequeueStop, StopSignals
 from src.callbacks.final_metrics import FinalMetrics
 from src.callbacks.image_budget import ImageBudget
 from src.callbacks.progress import iteration_progress_bar
 from src.callbacks.rank_seed import RankSeed
 from src.models.checkpoint_fit import check_checkpoint_file
 from src.utils.accelerator import resolved_accelerator
-from src.utils.auto_resume import AUTO, resolve_auto_resume
+from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_job
 from src.utils.config_checks import check_argument_types, check_seed, require_int
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
 from src.utils.ddp_strategy import choose_strategy
@@ -130,11 +130,11 @@ def order_callbacks(callbacks: list[pl.Callback]) -> list[pl.Callback]:
 
 def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.Callback]:
     """The configured callbacks, plus those every run needs: distinct random streams per DDP
-    rank, SIGTERM handled by all DDP ranks together, the end state in final_metrics.json, the
+    rank, SIGTERM and requeue warnings handled by all ranks together, the end state in final_metrics.json, the
     wandb run id in checkpoints when logging to wandb, the image budget of `max_kimg`, the
     networks compiled with `compile`, and a progress bar counting iterations (unless the bar is
     off, or the config names its own)."""
-    callbacks = instantiate_list(cfg.get("callbacks"), "callbacks") + [RankSeed(), DistributedSigterm(),
+    callbacks = instantiate_list(cfg.get("callbacks"), "callbacks") + [RankSeed(), StopSignals(),
                                                                        FinalMetrics(cfg.paths.output_dir)]
     if logger_cfg and any(is_wandb_node(node) for node in logger_cfg.values()):
         callbacks.append(WandbRunIdCallback())
@@ -148,6 +148,7 @@ def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.C
 
 
 def run_training(cfg: DictConfig) -> dict[str, float]:
+    resume_a_requeued_job(cfg)
     if cfg.get("ckpt_path") == AUTO:   # resolved first: the wandb run id is read from the file
         with open_dict(cfg):
             cfg.ckpt_path = resolve_auto_resume(cfg)
@@ -181,6 +182,8 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         with job_shared_with_launched_ranks(trainer):
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     except SIGTERMException as stop:
+        if isinstance(stop, RequeueStop):
+            stop.hand_over()   # the cluster's requeue, now that the checkpoint is on disk
         # Lightning ends a fit stopped by SIGTERM with SystemExit(None), exit status 0: a job
         # preempted or out of time would look finished to its scheduler, a sweep or a script.
         # 143 = 128 + SIGTERM, the status a shell gives a process SIGTERM ended.

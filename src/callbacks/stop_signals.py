@@ -1,0 +1,120 @@
+"""Stop signals: SIGTERM under DDP, and a cluster's requeue warning, end training after a whole
+iteration on every rank together, with interrupted.ckpt, instead of hanging or stopping inside
+an iteration.
+
+SIGTERM under DDP. A cluster's preemption or time limit sends SIGTERM. Lightning's handler
+forwards it to the ranks it launched and calls `torch.distributed.broadcast` inside the signal
+handler, which runs wherever the main thread was: in the middle of a gradient all-reduce, say.
+The ranks' collectives then no longer pair up and the job hangs until the scheduler kills it,
+without the interrupted.ckpt that the checkpoint callback would write (measured: two gloo ranks,
+both idle after SIGTERM, with trainer=ddp_sim; Lightning issue #20806). Its per-rank check after
+each batch can also stop one rank a batch before the others.
+
+Requeue warnings. Before a time limit or a preemption SLURM can send a signal of its own
+(`--signal`): SIGUSR1 for Lightning's SLURM auto-requeue, SIGUSR2 for submitit
+(hydra/launcher=slurm). Their handlers also run inside the signal handler, mid-iteration:
+Lightning's saves its hpc checkpoint there (after a discriminator step and before the
+generator's, say) and under DDP ends that save in a barrier that meets whatever collective the
+other ranks are in; submitit's requeues the job and exits rank zero on the spot, without a
+checkpoint, leaving the other ranks waiting for it.
+
+This callback replaces those handlers for the training loop with ones that only note the
+signal. After each iteration the ranks combine their notes in one all-reduce, at the same point
+of every rank's loop, and all stop there together (Lightning's SIGTERMException): the checkpoint
+callback saves interrupted.ckpt (rank zero, no collectives). Only then, after the fit, does
+`hand_over` run the requeue handler that was noted (`run_training`), so the job is requeued with
+its checkpoint on disk; the run exits with 143. Lightning puts every handler back when the fit
+ends. A single process keeps Lightning's SIGTERM handling, which has no collectives.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.environments import SLURMEnvironment
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+
+log = logging.getLogger(__name__)
+
+#: the signals clusters warn of a requeue with (SLURM's `--signal`); SIGTERM stops a run either way
+REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+#: every signal whose note the ranks combine, in the order of the all-reduced vector
+NOTED_SIGNALS = (signal.SIGTERM, *REQUEUE_SIGNALS)
+
+
+def requeue_signals(trainer: pl.Trainer) -> set[signal.Signals]:
+    """The signals a cluster sends ahead of a requeue, for the job-level tools that handle them:
+    Lightning's SLURM auto-requeue (its cluster environment's `requeue_signal`) and submitit
+    (`SUBMITIT_EXECUTOR` is set in its jobs; its signal is `JobEnvironment.USR_SIG`)."""
+    signals = set()
+    # Where Lightning's own signal connector reads it (a single-device strategy has none of its own)
+    environment = trainer._accelerator_connector.cluster_environment
+    if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
+        signals.add(environment.requeue_signal or signal.SIGUSR1)
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        import submitit   # only inside submitit's jobs, which have it
+        signals.add(signal.Signals[f"SIG{submitit.JobEnvironment.USR_SIG}"])
+    return {s for s in signals if s in REQUEUE_SIGNALS}
+
+
+class RequeueStop(SIGTERMException):
+    """Training stopped at a whole iteration for a requeue warning; `hand_over` then runs the
+    handler the warning was meant for (it requeues the job)."""
+
+    def __init__(self, signum: int, handler: Callable):
+        super().__init__()
+        self.signum, self.handler = signum, handler
+
+    def hand_over(self) -> None:
+        log.warning("%s: training stopped at a whole iteration, its checkpoint saved; now running the handler "
+                    "the signal was meant for (%s)", signal.Signals(self.signum).name, getattr(
+                        self.handler, "__qualname__", type(self.handler).__qualname__))
+        self.handler(self.signum, None)
+
+
+class StopSignals(pl.Callback):
+    def __init__(self):
+        self.noted: set[int] = set()
+        self.deferred: dict[int, Callable] = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.noted, self.deferred = set(), {}
+        # signal.signal works only in the main thread (a notebook's fit in another keeps Lightning's)
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if trainer.world_size > 1:
+            signal.signal(signal.SIGTERM, self.note)
+        for signum in requeue_signals(trainer):
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                self.deferred[signum] = handler
+                signal.signal(signum, self.note)
+
+    def note(self, signum: int, frame) -> None:
+        # Only a note: a collective or a save here would run in the middle of whatever the main
+        # thread is doing.
+        self.noted.add(signum)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        if trainer.world_size == 1 and not self.deferred:
+            return   # nothing replaced, nothing to note
+        # Any rank's notes, on every rank: one all-reduce under DDP, none in a single process
+        notes = torch.tensor([float(s in self.noted) for s in NOTED_SIGNALS], device=trainer.strategy.root_device)
+        everywhere = trainer.strategy.reduce(notes, reduce_op="sum")
+        arrived = [s for s, count in zip(NOTED_SIGNALS, everywhere.tolist()) if count > 0]
+        if not arrived:
+            return
+        names = ", ".join(signal.Signals(s).name for s in arrived)
+        rank_zero_warn(f"{names}: every rank stops after iteration {pl_module.iteration}")
+        requeue = [s for s in arrived if s in self.deferred]
+        if requeue:
+            raise RequeueStop(requeue[0], self.deferred[requeue[0]])
+        raise SIGTERMException()
+
