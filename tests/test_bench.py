@@ -554,6 +554,36 @@ def test_versus_reference_keeps_one_verdict_per_kind_of_cpu(tmp_path):
         bench_versus.summarise(spec, entry("a", [1.5])["pairs"] + entry("b", [1.5])["pairs"])
 
 
+def test_versus_reference_keeps_a_trials_pairs_apart_from_ours_as_configured(tmp_path):
+    """`versus_reference=N tweaks.allocator=default`: the trial's pairs are a verdict of their
+    own, labelled with the trial in results.md, and ours as configured keeps its verdict (the
+    trial used to replace it, or be pooled with it on the same code)."""
+    spec = {"name": "x", "label": "X", "device": "cpu", "batch_size": 1, "precision": "fp32", "allocator": "thp"}
+    row = {"s_per_iter": 1.0, "peak_rss_bytes": 1e9, "measured_at": "2026-12-04T10:00:00", "revision": "abc",
+           "host": {"gemm_gmac_per_s": 150.0, "conv_gmac_per_s": 160.0, "cpu_kind": "AVX-512 part"}}
+
+    def entry(spec, speedups):
+        return bench_versus.summarise(spec, [bench_versus.pair_summary(i, row, {**row, "s_per_iter": s})
+                                             for i, s in enumerate(speedups)])
+    path, md = tmp_path / "r.json", tmp_path / "r.md"
+
+    def run(new):
+        write_results(path, md, {"versus_reference": [new]}, MACHINE, SETTINGS,
+                      combine={"versus_reference": lambda old, new: bench_versus.pool_same_code(old, new,
+                                                                                                 lambda a, b: True)})
+        return json.loads(path.read_text())["versus_reference"]
+
+    run(entry(spec, [1.3, 1.4]))
+    trial = {**spec, "allocator": "default", "variant": {"allocator": "default"}}
+    saved = run(entry(trial, [1.8, 1.9]))
+    assert [(e.get("variant"), len(e["pairs"]), e["speedup"]) for e in saved] == [
+        (None, 2, pytest.approx(1.35)), ({"allocator": "default"}, 2, pytest.approx(1.85))]
+    saved = run(entry(trial, [2.0]))                             # the same trial again: pooled with its own
+    assert [len(e["pairs"]) for e in saved] == [2, 3]
+    rows = [line for line in md.read_text().splitlines() if line.startswith("| X")]
+    assert [line.split(" | ")[0] for line in rows] == ["| X", "| X (allocator=default)"]
+
+
 def test_data_throughput_of_stand_in_photos_decoded_at_reduced_scale_and_whole():
     """The photo rows: JPEGs written into the DataModule's folders, the items of the configured
     size either way (reduced decode changes the time, not the output's shape)."""

@@ -30,10 +30,16 @@ def row_key(row: dict[str, Any]) -> str:
 
 
 def versus_key(entry: dict[str, Any]) -> str:
-    """One verdict per configuration and kind of CPU (entries from before kinds were recorded
-    have none, and keep their own key)."""
+    """One verdict per configuration, kind of CPU and trial: pairs run with tweaks (an allocator
+    trial, say) are a verdict of their own, never pooled with ours as configured (entries from
+    before kinds were recorded have none, and keep their own key; so do those without tweaks)."""
     kind = f"/{entry['cpu_kind']}" if entry.get("cpu_kind") else ""
-    return f"versus/{entry['name']}/{entry['device']}/b{entry['batch_size']}/{entry['precision']}{kind}"
+    variant = f"/{json.dumps(entry['variant'], sort_keys=True)}" if entry.get("variant") else ""
+    return f"versus/{entry['name']}/{entry['device']}/b{entry['batch_size']}/{entry['precision']}{kind}{variant}"
+
+
+def variant_text(variant: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(variant.items()))
 
 
 #: results.json's lists, and what makes two of their entries the same measurement
@@ -194,7 +200,7 @@ def variant_table(rows: list[dict], all_rows: list[dict], usual: dict | None = N
         base = trial_baseline(r, all_rows)
         ratio = base / r["s_per_iter"] if base else None
         changes = {**r["variant"], **({"precision": r["precision"]} if r["precision"] != "fp32" else {})}
-        variant = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
+        variant = variant_text(changes)
         lines.append(f"| {r['label']} ({device_of(r)}, batch {r['batch_size']}, {r['precision']}) | {variant}{row_note(r, usual)} "
                      f"| {allocator_of(r)} | {r['s_per_iter']:.3f} | {_fmt(base, 3) if base else '-'} "
                      f"| {_fmt(ratio) + 'x' if ratio else '-'} | {memory_gb(r):.2f} "
@@ -226,7 +232,8 @@ def versus_table(entries: list[dict]) -> list[str]:
         note = f" ({disturbed} disturbed)" if disturbed else ""
         last = e["pairs"][-1]
         low, high = e["speedup_range"]
-        lines.append(f"| {e['label']} | {e['device']} | {e['batch_size']} | {e['precision']} | {len(e['pairs'])}{note} "
+        trial = f" ({variant_text(e['variant'])})" if e.get("variant") else ""
+        lines.append(f"| {e['label']}{trial} | {e['device']} | {e['batch_size']} | {e['precision']} | {len(e['pairs'])}{note} "
                      f"| {e['own_s_per_iter']:.3f} | {e['reference_s_per_iter']:.3f} "
                      f"| {e['speedup']:.2f}x ({low:.2f}-{high:.2f}x) | {interval_text(e) or '-'} | {_by_host_rate_cell(e)} "
                      f"| {e['own_peak_gb']:.2f} / {e['reference_peak_gb']:.2f} | {e.get('cpu_kind', 'not recorded')} "

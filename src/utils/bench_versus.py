@@ -143,6 +143,8 @@ def pool_same_code(old: dict[str, Any], new: dict[str, Any], same_code: Callable
 def summarise(spec: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, Any]:
     """The configuration's entry in results.json: every pair, and the medians over them."""
     entry = {key: spec[key] for key in ("name", "label", "device", "batch_size", "precision", "allocator")}
+    if spec.get("variant"):   # our side's tweaks: a trial's pairs are a verdict of their own
+        entry["variant"] = spec["variant"]
     entry["pairs"] = pairs
     kinds = {p.get("cpu_kind") for p in pairs}
     if len(kinds) > 1:
