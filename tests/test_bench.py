@@ -524,64 +524,60 @@ def test_cpu_kind_tells_apart_hosts_of_one_model_name():
     assert arm and "family" not in arm
 
 
+VERSUS_SPEC = {"name": "x", "label": "X", "device": "cpu", "batch_size": 1, "precision": "fp32", "allocator": "thp"}
+
+
+def versus_entry(spec: dict, speedups: list[float], kind: str = "AVX2 part", conv: float = 80.0) -> dict:
+    """A versus_reference entry of `spec` with one pair per speed-up, measured on CPU `kind`."""
+    row = {"s_per_iter": 1.0, "peak_rss_bytes": 1e9, "measured_at": "2026-12-03T10:00:00", "revision": "abc",
+           "host": {"gemm_gmac_per_s": 50.0, "conv_gmac_per_s": conv, "cpu_kind": kind}}
+    return bench_versus.summarise(spec, [bench_versus.pair_summary(i, row, {**row, "s_per_iter": s})
+                                         for i, s in enumerate(speedups)])
+
+
+def stored_after(path: Path, md: Path, new: dict) -> list[dict]:
+    """results.json's versus entries once `new` is saved, as a run on the same code saves it."""
+    write_results(path, md, {"versus_reference": [new]}, MACHINE, SETTINGS,
+                  combine={"versus_reference": lambda old, new: bench_versus.pool_same_code(old, new,
+                                                                                             lambda a, b: True)})
+    return json.loads(path.read_text())["versus_reference"]
+
+
 def test_versus_reference_keeps_one_verdict_per_kind_of_cpu(tmp_path):
-    spec = {"name": "x", "label": "X", "device": "cpu", "batch_size": 1, "precision": "fp32", "allocator": "thp"}
-
-    def entry(kind, speedups, conv=80.0):
-        row = {"s_per_iter": 1.0, "peak_rss_bytes": 1e9, "measured_at": "2026-12-03T10:00:00", "revision": "abc",
-               "host": {"gemm_gmac_per_s": 50.0, "conv_gmac_per_s": conv, "cpu_kind": kind}}
-        return bench_versus.summarise(spec, [bench_versus.pair_summary(i, row, {**row, "s_per_iter": s})
-                                             for i, s in enumerate(speedups)])
     path, md = tmp_path / "r.json", tmp_path / "r.md"
-
-    def run(new):
-        write_results(path, md, {"versus_reference": [new]}, MACHINE, SETTINGS,
-                      combine={"versus_reference": lambda old, new: bench_versus.pool_same_code(old, new,
-                                                                                                 lambda a, b: True)})
-        return json.loads(path.read_text())["versus_reference"]
-
-    run(entry("AVX2 part", [1.4, 1.5]))
-    saved = run(entry("AVX-512 part", [1.7, 1.8], conv=100.0))
+    stored_after(path, md, versus_entry(VERSUS_SPEC, [1.4, 1.5], "AVX2 part"))
+    saved = stored_after(path, md, versus_entry(VERSUS_SPEC, [1.7, 1.8], "AVX-512 part", conv=100.0))
     # the second kind is a verdict of its own, not pooled with the first
     assert [(e["cpu_kind"], len(e["pairs"]), e["speedup"]) for e in saved] == [
         ("AVX2 part", 2, pytest.approx(1.45)), ("AVX-512 part", 2, pytest.approx(1.75))]
-    saved = run(entry("AVX2 part", [1.6]))                       # the same kind again: pooled
+    saved = stored_after(path, md, versus_entry(VERSUS_SPEC, [1.6], "AVX2 part"))   # the same kind again: pooled
     assert [len(e["pairs"]) for e in saved] == [3, 2] and saved[0]["host_conv_gmac_per_s"] == 80.0
     text = md.read_text()
     assert "| AVX2 part | 2026-12-03 abc, host 50 G/s (oneDNN conv 80) |" in text
     assert "| AVX-512 part | 2026-12-03 abc, host 50 G/s (oneDNN conv 100) |" in text
     with pytest.raises(ValueError, match="different kinds of CPU"):
-        bench_versus.summarise(spec, entry("a", [1.5])["pairs"] + entry("b", [1.5])["pairs"])
+        bench_versus.summarise(VERSUS_SPEC, versus_entry(VERSUS_SPEC, [1.5], "a")["pairs"]
+                               + versus_entry(VERSUS_SPEC, [1.5], "b")["pairs"])
 
 
 def test_versus_reference_keeps_a_trials_pairs_apart_from_ours_as_configured(tmp_path):
-    """`versus_reference=N tweaks.allocator=default`: the trial's pairs are a verdict of their
-    own, labelled with the trial in results.md, and ours as configured keeps its verdict (the
-    trial used to replace it, or be pooled with it on the same code)."""
-    spec = {"name": "x", "label": "X", "device": "cpu", "batch_size": 1, "precision": "fp32", "allocator": "thp"}
-    row = {"s_per_iter": 1.0, "peak_rss_bytes": 1e9, "measured_at": "2026-12-04T10:00:00", "revision": "abc",
-           "host": {"gemm_gmac_per_s": 150.0, "conv_gmac_per_s": 160.0, "cpu_kind": "AVX-512 part"}}
-
-    def entry(spec, speedups):
-        return bench_versus.summarise(spec, [bench_versus.pair_summary(i, row, {**row, "s_per_iter": s})
-                                             for i, s in enumerate(speedups)])
+    """`versus_reference=N tweaks.allocator=default` (or `warmup=8`): the trial's pairs are a
+    verdict of their own, labelled with the trial in results.md, and ours as configured keeps
+    its verdict (the trial used to replace it, or be pooled with it on the same code)."""
     path, md = tmp_path / "r.json", tmp_path / "r.md"
-
-    def run(new):
-        write_results(path, md, {"versus_reference": [new]}, MACHINE, SETTINGS,
-                      combine={"versus_reference": lambda old, new: bench_versus.pool_same_code(old, new,
-                                                                                                 lambda a, b: True)})
-        return json.loads(path.read_text())["versus_reference"]
-
-    run(entry(spec, [1.3, 1.4]))
-    trial = {**spec, "allocator": "default", "variant": {"allocator": "default"}}
-    saved = run(entry(trial, [1.8, 1.9]))
+    stored_after(path, md, versus_entry(VERSUS_SPEC, [1.3, 1.4]))
+    trial = {**VERSUS_SPEC, "allocator": "default", "variant": {"allocator": "default"}}
+    saved = stored_after(path, md, versus_entry(trial, [1.8, 1.9]))
     assert [(e.get("variant"), len(e["pairs"]), e["speedup"]) for e in saved] == [
         (None, 2, pytest.approx(1.35)), ({"allocator": "default"}, 2, pytest.approx(1.85))]
-    saved = run(entry(trial, [2.0]))                             # the same trial again: pooled with its own
+    saved = stored_after(path, md, versus_entry(trial, [2.0]))   # the same trial again: pooled with its own
     assert [len(e["pairs"]) for e in saved] == [2, 3]
+    longer_warmup = {**VERSUS_SPEC, "warmup": 8, "repeats": 5, "threads": 2}   # the protocol is part of the verdict
+    saved = stored_after(path, md, versus_entry(longer_warmup, [1.6]))
+    assert [(e.get("variant"), len(e["pairs"])) for e in saved] == [
+        (None, 2), ({"allocator": "default"}, 3), ({"warmup": 8}, 1)]
     rows = [line for line in md.read_text().splitlines() if line.startswith("| X")]
-    assert [line.split(" | ")[0] for line in rows] == ["| X", "| X (allocator=default)"]
+    assert [line.split(" | ")[0] for line in rows] == ["| X", "| X (allocator=default)", "| X (warmup=8)"]
 
 
 def test_data_throughput_of_stand_in_photos_decoded_at_reduced_scale_and_whole():

@@ -45,6 +45,10 @@ from src.utils.bench_report import host_rate, memory_gb
 Measure = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
 
+#: how the reference table was measured: 2 warm-ups, the median of 5 iterations, 2 threads
+REFERENCE_PROTOCOL = {"warmup": 2, "repeats": 5, "threads": 2}
+
+
 def pair_order(index: int) -> tuple[str, str]:
     """Which side runs first in pair `index`: ours in even pairs, the reference's in odd ones."""
     return ("own", "reference") if index % 2 == 0 else ("reference", "own")
@@ -143,8 +147,11 @@ def pool_same_code(old: dict[str, Any], new: dict[str, Any], same_code: Callable
 def summarise(spec: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, Any]:
     """The configuration's entry in results.json: every pair, and the medians over them."""
     entry = {key: spec[key] for key in ("name", "label", "device", "batch_size", "precision", "allocator")}
-    if spec.get("variant"):   # our side's tweaks: a trial's pairs are a verdict of their own
-        entry["variant"] = spec["variant"]
+    # Our side's tweaks, and a timing protocol other than the reference table's: such pairs are
+    # a verdict of their own (bench_report.versus_key)
+    protocol = {key: spec[key] for key, value in REFERENCE_PROTOCOL.items() if spec.get(key, value) != value}
+    if spec.get("variant") or protocol:
+        entry["variant"] = {**spec.get("variant", {}), **protocol}
     entry["pairs"] = pairs
     kinds = {p.get("cpu_kind") for p in pairs}
     if len(kinds) > 1:
