@@ -117,4 +117,3 @@ class StopSignals(pl.Callback):
         if requeue:
             raise RequeueStop(requeue[0], self.deferred[requeue[0]])
         raise SIGTERMException()
-

@@ -12,11 +12,11 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from src.callbacks.compile_networks import CompileNetworks
-from src.callbacks.stop_signals import RequeueStop, StopSignals
 from src.callbacks.final_metrics import FinalMetrics
 from src.callbacks.image_budget import ImageBudget
 from src.callbacks.progress import iteration_progress_bar
 from src.callbacks.rank_seed import RankSeed
+from src.callbacks.stop_signals import RequeueStop, StopSignals
 from src.models.checkpoint_fit import check_checkpoint_file
 from src.utils.accelerator import resolved_accelerator
 from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_job
@@ -130,10 +130,10 @@ def order_callbacks(callbacks: list[pl.Callback]) -> list[pl.Callback]:
 
 def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.Callback]:
     """The configured callbacks, plus those every run needs: distinct random streams per DDP
-    rank, SIGTERM and requeue warnings handled by all ranks together, the end state in final_metrics.json, the
-    wandb run id in checkpoints when logging to wandb, the image budget of `max_kimg`, the
-    networks compiled with `compile`, and a progress bar counting iterations (unless the bar is
-    off, or the config names its own)."""
+    rank, SIGTERM and requeue warnings handled by all ranks together at a whole iteration, the
+    end state in final_metrics.json, the wandb run id in checkpoints when logging to wandb, the
+    image budget of `max_kimg`, the networks compiled with `compile`, and a progress bar
+    counting iterations (unless the bar is off, or the config names its own)."""
     callbacks = instantiate_list(cfg.get("callbacks"), "callbacks") + [RankSeed(), StopSignals(),
                                                                        FinalMetrics(cfg.paths.output_dir)]
     if logger_cfg and any(is_wandb_node(node) for node in logger_cfg.values()):
