@@ -26,6 +26,19 @@ def fail_at_step(monkeypatch, global_step: int, error: BaseException) -> None:
     monkeypatch.setattr(CycleGAN, "update", update)
 
 
+def signal_at_step(patch, global_step: int, signum: int) -> None:
+    """CycleGAN's optimizer steps send `signum` to this process once the run has taken
+    `global_step` of them (`patch`: a monkeypatch or its context)."""
+    original_update = CycleGAN.update
+
+    def update(self, *args, **kwargs):
+        if self.trainer.global_step == global_step:
+            os.kill(os.getpid(), signum)
+        return original_update(self, *args, **kwargs)
+
+    patch.setattr(CycleGAN, "update", update)
+
+
 def crash_file(cfg, name: str) -> dict:
     path = f"{cfg.paths.output_dir}/checkpoints/{name}"
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -75,14 +88,8 @@ def test_sigterm_saves_an_interrupted_checkpoint_and_exits_with_the_signals_stat
     ends with status 143 as a shell reports a SIGTERMed one: Lightning's own ending (SystemExit
     without a status) exits 0, and a scheduler or sweep would count the run as finished."""
     cfg = train_cfg(*COMMON, "max_iters=4")
-    original_update = CycleGAN.update
-
-    def update(self, *args, **kwargs):
-        if self.trainer.global_step == 4:   # after iteration 2; Lightning stops after the batch
-            os.kill(os.getpid(), signal.SIGTERM)   # to its own handler, installed for the fit
-        return original_update(self, *args, **kwargs)
-
-    monkeypatch.setattr(CycleGAN, "update", update)
+    # after iteration 2, to Lightning's own handler (installed for the fit); it stops after the batch
+    signal_at_step(monkeypatch, 4, signal.SIGTERM)
     with pytest.raises(SystemExit) as stopped:
         run_training(cfg)
     assert stopped.value.code == 143
@@ -126,14 +133,8 @@ def test_a_requeue_warning_stops_at_a_whole_iteration_then_submitit_requeues_and
     monkeypatch.setenv("SCONTROL_WATCH", str(checkpoints))
     submitit_job_signals(tmp_path)
     original_update = CycleGAN.update
-
-    def update(self, *args, **kwargs):
-        if self.trainer.global_step == 3:   # between iteration 2's discriminator and generator steps
-            os.kill(os.getpid(), signal.SIGUSR2)
-        return original_update(self, *args, **kwargs)
-
     with monkeypatch.context() as patch:
-        patch.setattr(CycleGAN, "update", update)
+        signal_at_step(patch, 3, signal.SIGUSR2)   # between iteration 2's discriminator and generator steps
         with pytest.raises(SystemExit) as stopped:
             run_training(cfg)
     assert stopped.value.code == -1   # submitit's own exit, after requeueing

@@ -197,6 +197,22 @@ def launched_rank_pid(run_dir: Path, rank: int) -> int:
     raise AssertionError(f"no process of rank {rank}")
 
 
+def wait_until_training(run_dir: Path, processes: list[subprocess.Popen], log: Path, timeout_s: float = 240) -> None:
+    """Until the run in `run_dir` has saved last.ckpt (training is under way), while its
+    processes all run; otherwise the test fails with the end of `log`."""
+    deadline = time.monotonic() + timeout_s
+    while not (run_dir / "checkpoints" / "last.ckpt").exists():
+        assert all(p.poll() is None for p in processes) and time.monotonic() < deadline, log.read_text()[-4000:]
+        time.sleep(0.5)
+
+
+def interrupted_in_whole_iterations(run_dir: Path) -> dict:
+    """The run's interrupted.ckpt, which holds whole CycleGAN iterations (two steps each)."""
+    saved = torch.load(run_dir / "checkpoints" / "interrupted.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] > 0 and saved["global_step"] % 2 == 0
+    return saved
+
+
 @pytest.mark.parametrize("signalled_rank", [0, 1])
 def test_sigterm_under_ddp_stops_every_rank_with_its_checkpoint(tmp_path, shared_data_dir, signalled_rank):
     """SIGTERM to a two-rank run (the subprocess launcher's, as trainer=ddp), to the process the
@@ -213,10 +229,7 @@ def test_sigterm_under_ddp_stops_every_rank_with_its_checkpoint(tmp_path, shared
         run = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
-        while not (run_dir / "checkpoints" / "last.ckpt").exists():   # training is under way
-            assert run.poll() is None and time.monotonic() < deadline, log_path.read_text()[-4000:]
-            time.sleep(0.5)
+        wait_until_training(run_dir, [run], log_path)
         os.kill(run.pid if signalled_rank == 0 else launched_rank_pid(run_dir, 1), signal.SIGTERM)
         assert run.wait(timeout=120) == 143, log_path.read_text()[-4000:]
         time.sleep(2)
@@ -225,8 +238,7 @@ def test_sigterm_under_ddp_stops_every_rank_with_its_checkpoint(tmp_path, shared
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(run.pid, signal.SIGKILL)
-    saved = torch.load(run_dir / "checkpoints" / "interrupted.ckpt", map_location="cpu", weights_only=True)
-    assert saved["global_step"] > 0 and saved["global_step"] % 2 == 0   # CycleGAN: two steps an iteration
+    interrupted_in_whole_iterations(run_dir)
     assert "SIGTERM: every rank stops after iteration" in log_path.read_text()
 
 
@@ -235,10 +247,10 @@ def test_a_requeue_warning_under_slurm_stops_every_rank_then_lightning_requeues(
                                                                                fake_scontrol, signalled_ranks):
     """Two ranks started as srun starts them (SLURM's variables, no launcher), Lightning's SLURM
     auto-requeue on: SIGUSR1 (`#SBATCH --signal=USR1@90`) to rank 1 alone, or to both as SLURM
-    sends it. Both ranks finish
-    the same iteration and stop, rank zero saves interrupted.ckpt, and only then does Lightning's
-    requeue handler run, on every rank: its hpc checkpoint (a save that ends in a barrier every
-    rank reaches) and one `scontrol requeue` from rank zero; both exit 143. Lightning's handler
+    sends it. Both ranks finish the same iteration and stop, rank zero saves interrupted.ckpt,
+    and only then does Lightning's requeue handler run, on every rank: its hpc checkpoint (a
+    save that ends in a barrier every rank reaches) and one `scontrol requeue` from rank zero;
+    both exit 143. Lightning's handler
     used to run inside the signal handler, mid-iteration, and its barrier met whatever
     collective the other rank was in (rank 1 alone: a hang every time)."""
     run_dir, port = tmp_path / "run", free_port()
@@ -252,10 +264,7 @@ def test_a_requeue_warning_under_slurm_stops_every_rank_then_lightning_requeues(
         with logs[-1].open("w") as log:
             ranks.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT))
     try:
-        deadline = time.monotonic() + 240
-        while not (run_dir / "checkpoints" / "last.ckpt").exists():   # training is under way
-            assert all(r.poll() is None for r in ranks) and time.monotonic() < deadline, logs[0].read_text()[-4000:]
-            time.sleep(0.5)
+        wait_until_training(run_dir, ranks, logs[0])
         for rank in signalled_ranks:
             ranks[rank].send_signal(signal.SIGUSR1)
         statuses = [r.wait(timeout=120) for r in ranks]
@@ -263,9 +272,8 @@ def test_a_requeue_warning_under_slurm_stops_every_rank_then_lightning_requeues(
         for r in ranks:
             r.kill()
     assert statuses == [143, 143], logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
-    interrupted = torch.load(run_dir / "checkpoints" / "interrupted.ckpt", map_location="cpu", weights_only=True)
+    interrupted = interrupted_in_whole_iterations(run_dir)
     hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
-    assert interrupted["global_step"] > 0 and interrupted["global_step"] % 2 == 0   # whole iterations
     assert hpc["global_step"] == interrupted["global_step"]
     (call,) = fake_scontrol.read_text().splitlines()   # rank zero's alone
     requeue, on_disk = call.split("|")

@@ -103,12 +103,7 @@ class StopSignals(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
-        if trainer.world_size == 1 and not self.deferred:
-            return   # nothing replaced, nothing to note
-        # Any rank's notes, on every rank: one all-reduce under DDP, none in a single process
-        notes = torch.tensor([float(s in self.noted) for s in NOTED_SIGNALS], device=trainer.strategy.root_device)
-        everywhere = trainer.strategy.reduce(notes, reduce_op="sum")
-        arrived = [s for s, count in zip(NOTED_SIGNALS, everywhere.tolist()) if count > 0]
+        arrived = self.noted_on_any_rank(trainer)
         if not arrived:
             return
         names = ", ".join(signal.Signals(s).name for s in arrived)
@@ -117,3 +112,12 @@ class StopSignals(pl.Callback):
         if requeue:
             raise RequeueStop(requeue[0], self.deferred[requeue[0]])
         raise SIGTERMException()
+
+    def noted_on_any_rank(self, trainer: pl.Trainer) -> list[int]:
+        """The signals any rank noted, in NOTED_SIGNALS' order, on every rank."""
+        if trainer.world_size == 1:   # nothing to combine, and no tensor or device sync per iteration
+            return [s for s in NOTED_SIGNALS if s in self.noted]
+        # one all-reduce, at the same point of every rank's loop
+        notes = torch.tensor([float(s in self.noted) for s in NOTED_SIGNALS], device=trainer.strategy.root_device)
+        everywhere = trainer.strategy.reduce(notes, reduce_op="sum")
+        return [s for s, count in zip(NOTED_SIGNALS, everywhere.tolist()) if count > 0]
