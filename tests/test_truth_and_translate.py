@@ -169,9 +169,10 @@ def test_callback_follows_the_datamodule_direction(smoke_runs, caplog):
     trainer = SimpleNamespace(datamodule=datamodule, global_rank=0, world_size=1)
     oracle = OracleModel(data_dir, source_folder="testB", target_folder="testA")
     callback = ShapesTruthCallback(every_n_iters=1, max_pairs=6)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         callback.setup(trainer, oracle, "fit")
     assert callback.enabled and callback.directions == ["AtoB"] and "not scoring BtoA" in caplog.text
+    assert not warnings_in(caplog)   # a one-way model is no fault of the settings
     scores = callback.scores(trainer, oracle)
     assert scores["truth/AtoB/iou"] == 1.0 and scores["truth/AtoB/color_error"] == 0.0
     assert 0.4 < scores["truth/AtoB/identity_iou"] < 0.6
@@ -213,12 +214,27 @@ def test_callback_scores_shards_and_sums_them_across_ddp_ranks(smoke_runs, tmp_p
         assert all(metrics[k] == pytest.approx(v, rel=1e-5) for k, v in expected.items() if math.isfinite(v))
 
 
-def test_callback_disables_itself_off_the_shapes_dataset(tmp_path, caplog):
-    trainer = SimpleNamespace(datamodule=SimpleNamespace(data_dir=tmp_path))
+def warnings_in(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+def test_callback_is_off_without_a_warning_where_it_does_not_apply(tmp_path, caplog):
+    """Other data, or a model that translates nothing: a log line, no warning (the default
+    callbacks meet these on every such run)."""
     callback = ShapesTruthCallback()
-    with caplog.at_level(logging.WARNING):
-        callback.setup(trainer, None, "fit")
-    assert not callback.enabled and "test_meta.json" in caplog.text
+    with caplog.at_level(logging.INFO):
+        callback.setup(SimpleNamespace(datamodule=SimpleNamespace(data_dir=tmp_path)), None, "fit")
+    assert not callback.enabled and "test_meta.json" in caplog.text and not warnings_in(caplog)
+
+
+def test_callback_warns_where_the_settings_keep_it_from_the_shapes_data(smoke_runs, caplog):
+    data_dir = Path(smoke_runs["cyclegan"].cfg.data.data_dir)
+    trainer = SimpleNamespace(datamodule=small_shapes_datamodule(data_dir, input_nc=1), global_rank=0, world_size=1)
+    callback = ShapesTruthCallback()
+    with caplog.at_level(logging.INFO):
+        callback.setup(trainer, CountingIdentity(), "fit")
+    assert not callback.enabled and warnings_in(caplog) == [
+        "ShapesTruthCallback disabled: the shapes masks need RGB images (data.input_nc = data.output_nc = 3)."]
 
 
 # -- loading checkpoints ------------------------------------------------------------------------

@@ -250,8 +250,11 @@ class FidKidCallback(PeriodicEvaluation):
         if stage != "fit" or not self.enabled or self.scorer is not None:
             return
         if not self.supported_directions(pl_module):   # before building a feature extractor for nothing
-            rank_zero_warn(f"FidKidCallback disabled: {type(pl_module).__name__} makes no images to score for "
-                           f"the configured directions {list(self.directions)}.")
+            if not pl_module.evaluation_streams(DIRECTIONS)[0]:   # series (RGAN): nothing to warn about
+                rank_zero_info(f"FidKidCallback off: {type(pl_module).__name__} makes no images to score.")
+            else:
+                rank_zero_warn(f"FidKidCallback disabled: {type(pl_module).__name__} makes no images to score for "
+                               f"the configured directions {list(self.directions)}.")
             self.enabled = False
             return
         # Built here, not at the first evaluation: a missing Inception fails the run at once.

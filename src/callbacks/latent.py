@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from src.callbacks.fid_kid import PeriodicEvaluation, publish_metrics
@@ -114,7 +114,9 @@ class LatentCallback(PeriodicEvaluation):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage == "fit" and not callable(getattr(pl_module, "encode", None)):
-            rank_zero_warn(f"LatentCallback disabled: {type(pl_module).__name__} has no encode(x, domain) "
+            # Said, not warned: the default callbacks hold this one for every model, and a
+            # warning on every pix2pix or noise-model run would teach users to skip warnings.
+            rank_zero_info(f"LatentCallback off: {type(pl_module).__name__} has no encode(x, domain) "
                            "(a shared latent space); the latent t-SNE/MMD applies to unpaired models such as "
                            "CycleGAN, U-GAT-IT and NICE-GAN.")
             self.enabled = False

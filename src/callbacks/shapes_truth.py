@@ -53,10 +53,11 @@ class ShapesTruthCallback(PeriodicEvaluation):
         datamodule = trainer.datamodule
         data_dir = getattr(datamodule, "data_dir", None)
         if data_dir is None or not is_shapes_dataset(data_dir):
-            self._disable(f"data_dir={data_dir} has no test_meta.json (not the shapes dataset)")
+            self._disable(f"data_dir={data_dir} has no test_meta.json (not the shapes dataset)", applies=False)
             return
         if not callable(getattr(pl_module, "translate", None)):
-            self._disable(f"{type(pl_module).__name__} translates no images (it generates them from noise)")
+            self._disable(f"{type(pl_module).__name__} translates no images (it generates them from noise)",
+                          applies=False)
             return
         if (datamodule.input_nc, datamodule.output_nc) != (3, 3):
             self._disable("the shapes masks need RGB images (data.input_nc = data.output_nc = 3)")
@@ -87,12 +88,17 @@ class ShapesTruthCallback(PeriodicEvaluation):
         the directions before any collective sync, including ranks with an empty shard."""
         untranslated = untranslated_directions(pl_module)
         for direction in [d for d in self.directions if d in untranslated]:
-            log.warning("ShapesTruthCallback: not scoring %s: %s", direction, untranslated[direction])
+            # As FID/KID says it: a one-way model's other direction is no fault of the settings.
+            log.info("ShapesTruthCallback: not scoring %s: %s", direction, untranslated[direction])
             self.directions.remove(direction)
 
-    def _disable(self, reason: str) -> None:
+    def _disable(self, reason: str, applies: bool = True) -> None:
+        """Off, with the reason: a warning where the scores would apply but the settings prevent
+        them; only a log line where they do not apply (other data, a noise model), which the
+        default callbacks meet on every such run."""
         self.enabled = False
-        log.warning("ShapesTruthCallback disabled: %s.", reason)
+        log.log(logging.WARNING if applies else logging.INFO, "ShapesTruthCallback %s: %s.",
+                "disabled" if applies else "off", reason)
 
     # -- scoring -----------------------------------------------------------------------------
 

@@ -68,17 +68,14 @@ class SplitDataModule(pl.LightningDataModule):
 
     # -- shared machinery ----------------------------------------------------------------------
 
-    # -- shared machinery ----------------------------------------------------------------------
-
     def dataset(self, split: str = "train", train: bool | None = None) -> Dataset:
-        """The (cached) dataset of a split; "val" is the test split, as val_dataloader serves it.
+        """The (cached) dataset of a split.
 
         train defaults to True for the train split; train=False gives the deterministic
         evaluation transform and sorted-order pairing for any split.
         """
-        split = "test" if split == "val" else split
         if split not in SPLITS:
-            raise ValueError(f"split={split!r} must be one of train, test, val.")
+            raise ValueError(f"split={split!r} must be one of {', '.join(SPLITS)}.")
         train = (split == "train") if train is None else train
         key = (split, train)
         if key not in self._datasets:
@@ -92,7 +89,7 @@ class SplitDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Index the folders a stage needs, raising clear errors for missing or empty ones.
 
-        Fitting also needs the test split: validation and the fixed sample grids read it, and a
+        Fitting also needs the test split: the evaluation callbacks and the sample grids read it, and a
         missing folder should stop the run before the first epoch, not after it.
         """
         if stage in (None, "fit"):
@@ -254,11 +251,11 @@ class SplitDataModule(pl.LightningDataModule):
                        f"had trained")
         return items
 
+    # No val_dataloader: the models have no validation_step (Lightning would only warn that it
+    # skips the loop on every run); FID/KID, latents and sample grids are callbacks that read
+    # the test split at their own iteration intervals.
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.dataset("test", train=False), **self._loader_settings(self.eval_batch_size))
-
-    def val_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

@@ -24,6 +24,7 @@ from src.utils.config_checks import check_argument_types, check_seed, require_in
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
 from src.utils.ddp_strategy import choose_strategy
 from src.utils.instantiate import instantiate_list
+from src.utils.library_warnings import silence_known_library_noise
 from src.utils.wandb_run import WandbRunIdCallback, finish_wandb_run, is_wandb_node, with_wandb_identity
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.C
 
 
 def run_training(cfg: DictConfig) -> dict[str, float]:
+    silence_known_library_noise()
     resume_a_requeued_job(cfg)
     if cfg.get("ckpt_path") == AUTO:   # resolved first: the wandb run id is read from the file
         with open_dict(cfg):

@@ -1,0 +1,16 @@
+"""Warnings of the libraries that a user of this codebase cannot act on, silenced one by one:
+each entry is one known message from one module, so anything else a library says still reaches
+the user."""
+import warnings
+
+#: (message regex, category, regex of the module that issues it)
+KNOWN_NOISE = (
+    # Lightning 2.6.6 (the latest release) builds its CombinedLoader with torch's LeafSpec, which
+    # torch 2.13 deprecates: every fit printed it.
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"pytorch_lightning\.utilities\._pytree"),
+)
+
+
+def silence_known_library_noise() -> None:
+    for message, category, module in KNOWN_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
