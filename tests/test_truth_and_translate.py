@@ -549,11 +549,33 @@ def test_eval_scores_pix2pix_one_way(smoke_runs, tmp_path, shared_data_dir):
     assert set(results) == {"AtoB"} and not (out / "fakeA").exists()
 
 
-def test_eval_without_data_or_run_config_says_what_to_pass(smoke_runs, tmp_path, shared_data_dir):
+def test_eval_of_a_checkpoint_away_from_its_run_takes_the_data_it_records(smoke_runs, tmp_path, shared_data_dir):
+    """No run config beside the checkpoint (a copied file, a run with its own paths.output_dir):
+    the data is rebuilt from the DataModule class and settings the checkpoint records, and
+    `+data.KEY=` still overrides one of them."""
     from src.utils.evaluation import run_evaluation
-    cfg = compose_train_cfg([f"ckpt_path={smoke_runs['cyclegan'].ckpt}"], tmp_path, shared_data_dir,
+    alone = tmp_path / "alone.ckpt"
+    alone.write_bytes(smoke_runs["cyclegan"].ckpt.read_bytes())
+    cfg = compose_train_cfg([f"ckpt_path={alone}", "+data.max_dataset_size=3"], tmp_path / "eval", shared_data_dir,
                             config_name="eval")
-    with pytest.raises(ValueError, match="pass data=NAME"):
+    run_evaluation(cfg)
+    report = json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
+    assert report["data"] == "shapes" and report["directions"]["AtoB"]["translated"] == 3
+    assert report["feature_extractor"] == smoke_runs["cyclegan"].cfg.data.feature_extractor   # the data's choice
+
+
+@pytest.mark.parametrize("recorded, message", [(None, "pass data=NAME .* older than the record"),
+                                               ("os.system", "its data class os.system is not a DataModule")])
+def test_eval_without_data_or_a_usable_record_says_what_to_pass(smoke_runs, tmp_path, shared_data_dir, recorded,
+                                                                message):
+    from src.utils.evaluation import run_evaluation
+    checkpoint = torch.load(smoke_runs["cyclegan"].ckpt, map_location="cpu", weights_only=True)
+    assert checkpoint["datamodule_class"] == "src.data.shapes.ShapesDataModule"
+    checkpoint["datamodule_class"] = recorded
+    torch.save(checkpoint, tmp_path / "altered.ckpt")
+    cfg = compose_train_cfg([f"ckpt_path={tmp_path / 'altered.ckpt'}"], tmp_path, shared_data_dir,
+                            config_name="eval")
+    with pytest.raises(ValueError, match=message):
         run_evaluation(cfg)
 
 

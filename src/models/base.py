@@ -185,9 +185,11 @@ class AdversarialModel(pl.LightningModule):
         self.logging_losses = True   # whether log_losses logs this iteration (training_step decides)
         self._idle_parameters: dict[tuple[str, ...], list[nn.Parameter]] = {}   # players(): names -> the others'
         self._image_sizes_checked: set[tuple[int, ...]] = set()   # batch shapes the networks accept
-        # The DataModule settings it was trained with, once loaded from a checkpoint
-        # (src/utils/checkpoint_loading.py); evaluation checks the data direction against them.
+        # The DataModule settings it was trained with, and the DataModule's class, once loaded
+        # from a checkpoint (src/utils/checkpoint_loading.py); evaluation checks the data
+        # direction against them, and rebuilds the data from them without the run's config.
         self.training_data: dict = {}
+        self.training_data_class: str | None = None
 
     def critic_weight_clip(self) -> float | None:
         """WGAN's clipping bound c (`loss.clip`), or None for the objectives without clipping."""
@@ -533,6 +535,11 @@ class AdversarialModel(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning stores no class: load_model would have to find it from the hyperparameters.
         checkpoint["model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        # Beside the datamodule's hyperparameters (Lightning's), its class: with both, the
+        # checkpoint alone rebuilds the data it was trained on (eval.py away from its run folder).
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None:
+            checkpoint["datamodule_class"] = f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
         checkpoint["image_pools"] = {name: pool.state_dict() for name, pool in self.pools.items()}
         # Resuming must continue the same run: keep the RNG streams that dropout, the pool and
         # the data pipeline draw from.

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import hydra
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,32 +33,54 @@ from src.utils.translation import resolve_device, save_png, to_uint8_images
 
 log = logging.getLogger(__name__)
 
+#: where the DataModule classes a checkpoint may name live
+DATA_PACKAGE = "src.data."
+
 TABLE_COLUMNS = ("fid", "kid_x100", "is", "cls_is", "cls_is_real", "cls_acc_fake", "cls_acc_real", "mmd2", "tstr",
                  "trtr", "iou", "color_error", "l1", "psnr", "ssim", "label_pixel_acc", "label_class_acc",
                  "label_class_iou", "fcn_pixel_acc", "fcn_class_acc", "fcn_class_iou", "real_fcn_pixel_acc",
                  "real_fcn_class_acc", "real_fcn_class_iou")
 
 
-def data_config(cfg: DictConfig) -> DictConfig:
-    """`data=NAME` if given, else the data config the checkpoint's run was trained with; keys
-    given under `data` without a `data=NAME` (`+data.data_dir=/elsewhere`) override the run's."""
+def data_config(cfg: DictConfig, model) -> DictConfig:
+    """`data=NAME` if given, else the data config the checkpoint's run was trained with: from
+    the run's Hydra config beside the checkpoint's folder, or, without one (a checkpoint copied
+    out of its run), from the checkpoint itself. Keys given under `data` without a `data=NAME`
+    (`+data.data_dir=/elsewhere`) override the run's."""
     given = cfg.get("data")
     if given is not None and "_target_" in given:
         return given
     run_config = run_config_path(cfg.ckpt_path)
-    if not run_config.is_file():
-        raise ValueError(f"No data config: pass data=NAME (e.g. data=shapes); {run_config} does not exist "
-                         f"to say which data the checkpoint was trained on")
-    # Resolve inside the whole run config: the data node interpolates its `paths`.
-    run_cfg = OmegaConf.load(run_config)
-    data = OmegaConf.merge(OmegaConf.to_container(run_cfg.data, resolve=True), given or {})
-    for key, value in data_keys_added_since(run_config, data).items():
-        log.info("data.%s=%s is in the data config now, not in the run's (older) one, so it is off here: "
-                 "+data.%s=%s to use it", key, value, key, value)
+    if run_config.is_file():
+        # Resolve inside the whole run config: the data node interpolates its `paths`.
+        run_cfg = OmegaConf.load(run_config)
+        data = OmegaConf.merge(OmegaConf.to_container(run_cfg.data, resolve=True), given or {})
+        for key, value in data_keys_added_since(run_config, data).items():
+            log.info("data.%s=%s is in the data config now, not in the run's (older) one, so it is off here: "
+                     "+data.%s=%s to use it", key, value, key, value)
+    else:
+        data = OmegaConf.merge(checkpoints_data_config(cfg.ckpt_path, model, run_config), given or {})
     if data.get("max_dataset_size") is not None:
         log.info("data.max_dataset_size=%s: evaluating on the first %s test images of each domain "
                  "(+data.max_dataset_size=null for all of them)", data.max_dataset_size, data.max_dataset_size)
     return data
+
+
+def checkpoints_data_config(ckpt_path, model, run_config: Path) -> dict:
+    """The data config a checkpoint records (its DataModule's class and settings), for one
+    away from its run's folder."""
+    target = model.training_data_class
+    if target is None or not model.training_data:
+        raise ValueError(f"No data config: pass data=NAME (e.g. data=shapes); {run_config} does not exist to say "
+                         f"which data the checkpoint was trained on, and ckpt_path={ckpt_path} is older than the "
+                         f"record of it in checkpoints")
+    # The name comes with the file, no more trusted than it, and naming a class imports its module.
+    if not target.startswith(DATA_PACKAGE) or not issubclass(hydra.utils.get_class(target), pl.LightningDataModule):
+        raise ValueError(f"ckpt_path={ckpt_path}: its data class {target} is not a DataModule of "
+                         f"{DATA_PACKAGE[:-1]}; pass data=NAME")
+    log.info("data: the settings recorded in %s (%s; no run config at %s); data=NAME for other data, "
+             "+data.KEY=VALUE to change one", ckpt_path, target, run_config)
+    return {"_target_": target, **model.training_data}
 
 
 def data_keys_added_since(run_config: Path, data: DictConfig) -> dict:
@@ -350,7 +373,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
                          "table), or null for the model class and data name")
     device = resolve_device(cfg.get("device", "auto"))
     model = load_model(cfg.ckpt_path, map_location=device)
-    data = data_config(cfg)
+    data = data_config(cfg, model)
     check_argument_types(data, "data")
     datamodule = hydra.utils.instantiate(data)
     datamodule.prepare_data()
