@@ -66,6 +66,7 @@ def test_bench_runs_a_tiny_configuration_end_to_end(tmp_path):
         host = row["host"]   # the host's speed that day, and what kind of CPU it is
         assert host["gemm_gmac_per_s"] > 0 and host["conv_gmac_per_s"] > 0 and host["copy_gb_per_s"] > 0
         assert host["cpu_kind"] == bench_machine.cpu_kind() == results["machine"]["cpu"]
+        assert host["free_page_reporting_order"] == bench_machine.free_page_reporting_order()
         assert row["profile"]["top_ops"] and row["profile"]["profiled_s"] > 0
         assert Path(row["profile"]["table"]).is_file()
         by_shape = Path(row["profile"]["table_by_shape"]).read_text()
@@ -522,6 +523,28 @@ def test_cpu_kind_tells_apart_hosts_of_one_model_name():
     assert zen4 == "AMD EPYC (family 25 model 17, AVX-512 with BF16)"
     arm = bench_machine.cpu_kind("Features\t: fp asimd\nCPU part\t: 0xd0c\n")   # no x86 fields: the name alone
     assert arm and "family" not in arm
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"page_reporting_order": "9\n", "reported_kib": "338025840\n"}, 9),   # a Firecracker guest
+    ({"page_reporting_order": "9\n"}, 9),                                 # a kernel that counts nothing
+    ({"page_reporting_order": "9\n", "reported_kib": "0\n"}, None),      # no device reports
+    ({"page_reporting_order": "11\n", "reported_kib": "5\n"}, None),     # above any block's order: off
+    ({}, None),                                                          # no page reporting at all
+])
+def test_free_page_reporting_is_read_from_the_guest_kernel(tmp_path, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    params = tmp_path if files else tmp_path / "absent"
+    assert bench_machine.free_page_reporting_order(params) == expected
+
+
+def test_pairs_keep_both_sides_warm_ups_and_the_page_reporting():
+    row = {"s_per_iter": 1.0, "peak_rss_bytes": 1e9, "measured_at": "2026-12-04T23:00:00", "revision": "r",
+           "warmup_times_s": [4.8, 0.8], "host": {"cpu_kind": "Xeon", "free_page_reporting_order": 9}}
+    pair = bench_versus.pair_summary(0, row, {**row, "s_per_iter": 1.5, "warmup_times_s": [0.65, 0.4]})
+    assert pair["own_warmup_s"] == [4.8, 0.8] and pair["reference_warmup_s"] == [0.65, 0.4]
+    assert pair["free_page_reporting_order"] == 9 and pair["speedup"] == 1.5
 
 
 VERSUS_SPEC = {"name": "x", "label": "X", "device": "cpu", "batch_size": 1, "precision": "fp32", "allocator": "thp"}

@@ -135,6 +135,32 @@ def cpu_kind(cpuinfo: str | None = None) -> str:
     return f"{name} (family {fields['cpu family']} model {fields.get('model', '?')}, {vectors})"
 
 
+#: where a Linux guest's free page reporting (virtio-balloon) keeps its settings
+PAGE_REPORTING = Path("/sys/module/page_reporting/parameters")
+#: the largest order of a free block on x86-64 (4 MB); a reporting order above it reports nothing
+MAX_PAGE_ORDER = 10
+
+
+def free_page_reporting_order(params: Path = PAGE_REPORTING) -> int | None:
+    """The smallest order of the free memory blocks this virtual machine hands back to its
+    hypervisor (9: every free 2 MB block), or None where none is handed back (no reporting
+    device, or not a virtual machine). The hypervisor drops a reported block's memory and backs
+    it again on its next first touch, and transparent huge pages are taken from exactly those
+    blocks: on a Firecracker guest with order 9 the first 512 MB of huge pages a process filled
+    took 0.5-7.7 s, against 0.1-0.16 s with reporting off (experiments/bench/README.md). That
+    moves `allocator=thp`'s warm-up by seconds, so every row records it."""
+    try:
+        order = int((params / "page_reporting_order").read_text())
+    except (OSError, ValueError):
+        return None
+    try:   # some kernels count what they reported: nothing means no device reports
+        if int((params / "reported_kib").read_text()) == 0:
+            return None
+    except (OSError, ValueError):
+        pass
+    return order if order <= MAX_PAGE_ORDER else None
+
+
 def host_speed(repeats: int = 3) -> dict[str, float | str]:
     """What this host delivers right now, on the threads torch is set to use: the rate of a
     2048^3 fp32 matrix product (G multiply-adds/s, MKL's peak on these shapes), of oneDNN's 3x3
@@ -144,7 +170,7 @@ def host_speed(repeats: int = 3) -> dict[str, float | str]:
     against the reference moves with it: much of our iteration is MKL's products (Winograd's
     and the small layers'), much of the reference's is oneDNN's convolutions, and the two
     stand in a different proportion on different CPUs (51 against 76-84 G/s on an AVX2 host).
-    So every row records the host it was measured on. Run after the row's measurement: its
+    So every row records the host it was measured on, with its free page reporting. Run after the row's measurement: its
     buffers must not raise the row's peak memory."""
     import torch
     import torch.nn.functional as F
@@ -167,4 +193,5 @@ def host_speed(repeats: int = 3) -> dict[str, float | str]:
     image, weight = torch.randn(1, 256, 32, 32), torch.randn(256, 256, 3, 3)
     conv_s = median_seconds(lambda: F.conv2d(image, weight, padding=1))
     return {"gemm_gmac_per_s": n ** 3 / gemm_s / 1e9, "conv_gmac_per_s": 256 * 256 * 9 * 32 * 32 / conv_s / 1e9,
-            "copy_gb_per_s": 2 * source.numel() * 4 / copy_s / 1e9, "cpu_kind": cpu_kind()}
+            "copy_gb_per_s": 2 * source.numel() * 4 / copy_s / 1e9, "cpu_kind": cpu_kind(),
+            "free_page_reporting_order": free_page_reporting_order()}

@@ -80,6 +80,9 @@ def pair_summary(index: int, own: dict[str, Any], reference: dict[str, Any]) -> 
             "host_gemm_gmac_per_s": _mean_host_rate("gemm_gmac_per_s", own, reference),
             "host_conv_gmac_per_s": _mean_host_rate("conv_gmac_per_s", own, reference),
             "cpu_kind": own.get("host", {}).get("cpu_kind"),
+            # the warm-ups are not in the verdict, but show what a host's memory costs a fresh process
+            "own_warmup_s": own.get("warmup_times_s"), "reference_warmup_s": reference.get("warmup_times_s"),
+            "free_page_reporting_order": own.get("host", {}).get("free_page_reporting_order"),
             "measured_at": own["measured_at"], "revision": own["revision"]}
 
 
