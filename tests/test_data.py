@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import struct
 import warnings
 from pathlib import Path
@@ -997,6 +998,30 @@ def test_a_data_setting_of_the_wrong_type_stops_the_run_by_key(train_cfg):
     cfg = train_cfg("model=cyclegan", "data=horse2zebra", "data.data_dir=/nowhere/horse2zebra")
     with pytest.raises(DatasetNotFoundError):   # a string passes the check and reaches the folder's check
         run_training(cfg)
+
+
+@pytest.mark.parametrize("layout", ["missing", "no trainB", "pix2pix, no test/"])
+def test_a_dataset_not_on_disk_stops_the_run_before_the_model_is_built(train_cfg, tmp_path, monkeypatch, layout):
+    """Named with the missing folder and the download command at once, not in Lightning's setup
+    after a full-size model was built (and DDP started)."""
+    from src.models.cyclegan import CycleGAN
+    from src.models.pix2pix import Pix2Pix
+    from src.utils.run import run_training
+    built = []
+    for cls in (CycleGAN, Pix2Pix):
+        monkeypatch.setattr(cls, "__init__", lambda self, *a, **k: built.append(type(self).__name__))
+    root = tmp_path / "data"
+    if layout == "no trainB":
+        make_unpaired(root)
+        shutil.rmtree(root / "trainB")
+    if layout == "pix2pix, no test/":
+        make_aligned(root, splits=("train",))
+    model = "pix2pix" if layout.startswith("pix2pix") else "cyclegan"
+    data = "facades" if model == "pix2pix" else "horse2zebra"
+    missing = {"missing": root, "no trainB": root / "trainB", "pix2pix, no test/": root / "test"}[layout]
+    with pytest.raises(DatasetNotFoundError, match=f"Dataset folder not found: {missing}\\. Download it with"):
+        run_training(train_cfg(f"model={model}", f"data={data}", f"data.data_dir={root}"))
+    assert built == []
 
 
 def test_manual_dataset_explains_where_to_get_it(tmp_path):

@@ -66,6 +66,10 @@ class SplitDataModule(pl.LightningDataModule):
     def _ensure_available(self) -> None:
         """Make the data exist on disk when this module can (the synthetic dataset does)."""
 
+    def check_present(self) -> None:
+        """Raise the dataset's not-found error now for data that is not on disk and that this
+        module cannot make itself (src/utils/run.py calls it before the model is built)."""
+
     # -- shared machinery ----------------------------------------------------------------------
 
     def dataset(self, split: str = "train", train: bool | None = None) -> Dataset:
@@ -383,12 +387,16 @@ class ImageTranslationDataModule(SplitDataModule):
         one folder tree."""
         return None
 
+    def check_present(self) -> None:
+        self.image_folders()
+
     def image_folders(self) -> dict[Path, int]:
         """Every folder whose image files the module reads, in the train and test splits, each
         with the channels its images are read with (`python -m src.data.check_images` reads
         them); empty where images are not files of folder trees. A missing folder raises
         DatasetNotFoundError with the way to get the dataset."""
         folders: dict[Path, int] = {}
+        require_folder(self.data_dir, self.name, self.data_dir)   # the dataset itself first, then its splits
         for split in ("train", "test"):
             for domain in ("A", "B"):
                 folder = self.split_folder(split, domain)

@@ -317,6 +317,9 @@ class _GeneratedShapes:
             **kwargs,
         )
 
+    def check_present(self) -> None:
+        """Nothing to check: prepare_data writes the dataset (once, on one rank under DDP)."""
+
     def _ensure_available(self) -> None:
         # Called from prepare_data and again before any dataset is indexed, because
         # prepare_data does not run in every code path (direct setup, sample_batch, tests).

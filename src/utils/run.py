@@ -166,6 +166,9 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     check_argument_types(cfg.data, "data")
     check_argument_types(cfg.model, "model")   # its networks' nodes: build_net
     datamodule = hydra.utils.instantiate(cfg.data)
+    # A dataset not on disk stops the run here, with its folder and download command, instead
+    # of in Lightning's setup after the model is built (seconds at full size) and DDP started.
+    datamodule.check_present()
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     for name, child in model.named_children():
         log.info("%s: %s parameters", name, f"{count_parameters(child):,}")
