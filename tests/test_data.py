@@ -686,7 +686,7 @@ def test_check_images_reads_a_data_configs_folders_with_its_settings(tmp_path, c
     assert check_images.main([*data, "+data.bit_depth=12", "data.input_nc=1"]) == 0
     assert "Read 14 of 14 image(s).\nShorter sides 16..30 px" in capsys.readouterr().out
     for overrides, message in [(["data=horse2zebra", f"data.data_dir={tmp_path / 'nowhere'}"],
-                                 f"Dataset folder not found: {tmp_path / 'nowhere' / 'trainA'}. Download it with"),
+                                 f"Dataset folder not found: {tmp_path / 'nowhere'}. Download it with"),
                                 ([*data, "data.load_size=big"], "data.load_size='big' must be an integer"),
                                 (["data=horse2zebr"], "data/horse2zebr"),
                                 ([*data, "--bit-depth", "12"], "--bit-depth and --keep-stored-colours are for folders")]:
