@@ -93,8 +93,8 @@ class SplitDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Index the folders a stage needs, raising clear errors for missing or empty ones.
 
-        Fitting also needs the test split: the evaluation callbacks and the sample grids read it, and a
-        missing folder should stop the run before the first epoch, not after it.
+        Fitting also needs the test split: the evaluation callbacks and the sample grids read it,
+        and a missing folder should stop the run before the first epoch, not after it.
         """
         if stage in (None, "fit"):
             self.dataset("train", train=True)

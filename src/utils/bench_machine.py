@@ -170,8 +170,8 @@ def host_speed(repeats: int = 3) -> dict[str, float | str]:
     against the reference moves with it: much of our iteration is MKL's products (Winograd's
     and the small layers'), much of the reference's is oneDNN's convolutions, and the two
     stand in a different proportion on different CPUs (51 against 76-84 G/s on an AVX2 host).
-    So every row records the host it was measured on, with its free page reporting. Run after the row's measurement: its
-    buffers must not raise the row's peak memory."""
+    So every row records the host it was measured on, with its free page reporting. Run after
+    the row's measurement: its buffers must not raise the row's peak memory."""
     import torch
     import torch.nn.functional as F
 
