@@ -72,6 +72,7 @@ def run_pairs(own: dict[str, Any], reference: dict[str, Any], pairs: int, measur
 
 
 def pair_summary(index: int, own: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    host = own.get("host", {})
     return {"pair": index, "first": pair_order(index)[0],
             "own_s_per_iter": own["s_per_iter"], "reference_s_per_iter": reference["s_per_iter"],
             "speedup": reference["s_per_iter"] / own["s_per_iter"],
@@ -79,10 +80,10 @@ def pair_summary(index: int, own: dict[str, Any], reference: dict[str, Any]) -> 
             "disturbed": bool(own.get("disturbed") or reference.get("disturbed")),
             "host_gemm_gmac_per_s": _mean_host_rate("gemm_gmac_per_s", own, reference),
             "host_conv_gmac_per_s": _mean_host_rate("conv_gmac_per_s", own, reference),
-            "cpu_kind": own.get("host", {}).get("cpu_kind"),
+            "cpu_kind": host.get("cpu_kind"),
             # the warm-ups are not in the verdict, but show what a host's memory costs a fresh process
             "own_warmup_s": own.get("warmup_times_s"), "reference_warmup_s": reference.get("warmup_times_s"),
-            "free_page_reporting_order": own.get("host", {}).get("free_page_reporting_order"),
+            "free_page_reporting_order": host.get("free_page_reporting_order"),
             "measured_at": own["measured_at"], "revision": own["revision"]}
 
 

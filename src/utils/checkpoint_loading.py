@@ -44,16 +44,21 @@ KNOWN_MODEL_CLASSES = (
 )
 
 
+def recorded_class(target: str, where: str, package: str, base: type, kind: str, member: str) -> type:
+    """The class named `target` by `where` (a checkpoint, or its run's config), if it is a
+    subclass of `base` in `package`: the name travels with the file and is no more trusted than
+    it, and naming a class imports its module."""
+    if not str(target).startswith(package):
+        raise ValueError(f"{where}: its {kind} class {target} is not a {member} of {package[:-1]}")
+    cls = hydra.utils.get_class(target)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(f"{where}: its {kind} class {target} is not a {member} of this codebase")
+    return cls
+
+
 def model_class(target: str, where: str) -> type[AdversarialModel]:
     """The model class named `target` by `where` (a checkpoint, or its run's config)."""
-    # Only classes of this codebase: the name travels with the checkpoint and is no more
-    # trusted than it, and naming a class imports its module.
-    if not str(target).startswith(MODELS_PACKAGE):
-        raise ValueError(f"{where}: model class {target} is not a model of {MODELS_PACKAGE[:-1]}")
-    cls = hydra.utils.get_class(target)
-    if not (isinstance(cls, type) and issubclass(cls, AdversarialModel)):
-        raise TypeError(f"{where}: model class {target} is not a GAN model of this codebase")
-    return cls
+    return recorded_class(target, where, MODELS_PACKAGE, AdversarialModel, "model", "model")
 
 
 def model_class_from_run_config(ckpt_path: str | Path) -> type[AdversarialModel] | None:

@@ -22,7 +22,7 @@ from src.metrics.tstr import tstr_trtr
 from src.metrics.shapes_truth import ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta
 from src.models.checkpoint_fit import check_checkpoint_file
 from src.models.noise_base import SAMPLES, NoiseToImageModel
-from src.utils.checkpoint_loading import load_model, run_config_path
+from src.utils.checkpoint_loading import load_model, recorded_class, run_config_path
 from src.utils.config_checks import check_argument_types, is_number, require_int
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, domain_folders, untranslated_directions
 from src.utils.image_grid import make_grid, save_image
@@ -74,10 +74,8 @@ def checkpoints_data_config(ckpt_path, model, run_config: Path) -> dict:
         raise ValueError(f"No data config: pass data=NAME (e.g. data=shapes); {run_config} does not exist to say "
                          f"which data the checkpoint was trained on, and ckpt_path={ckpt_path} is older than the "
                          f"record of it in checkpoints")
-    # The name comes with the file, no more trusted than it, and naming a class imports its module.
-    if not target.startswith(DATA_PACKAGE) or not issubclass(hydra.utils.get_class(target), pl.LightningDataModule):
-        raise ValueError(f"ckpt_path={ckpt_path}: its data class {target} is not a DataModule of "
-                         f"{DATA_PACKAGE[:-1]}; pass data=NAME")
+    recorded_class(target, f"ckpt_path={ckpt_path} (data=NAME for other data)", DATA_PACKAGE, pl.LightningDataModule,
+                   "data", "DataModule")
     log.info("data: the settings recorded in %s (%s; no run config at %s); data=NAME for other data, "
              "+data.KEY=VALUE to change one", ckpt_path, target, run_config)
     return {"_target_": target, **model.training_data}
