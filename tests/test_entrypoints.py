@@ -58,6 +58,8 @@ def test_multirun_table_names_a_failed_job_and_keeps_the_others(tmp_path, shared
     ("model.lr_schedule.policy=exp", "model.lr_schedule.policy"),
     ("+model.no_such_arg=1", "no_such_arg"),
     ("allocator=huge", "allocator='huge' is not one of default, thp, reuse, thp_reuse (conf/train.yaml: allocator)"),
+    # the run folder is Hydra's: one named in paths alone would leave .hydra/ and train.log behind
+    ("paths.output_dir=/elsewhere/run", "choose the run folder with hydra.run.dir=/elsewhere/run"),
 ])
 def test_bad_config_fails_at_start_naming_the_key(tmp_path, shared_data_dir, override, message):
     result = run_train(override, tmp_path=tmp_path, data_dir=shared_data_dir)

@@ -8,6 +8,8 @@ import typing
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import ListConfig
 
 
@@ -49,6 +51,23 @@ def refuse_unknown_keys(key: str, settings: dict, known) -> None:
     if unknown:
         raise ValueError(f"{key}.{unknown[0]} is not a setting there (they are {', '.join(known)}): fix the name, "
                          f"or remove it")
+
+
+def check_run_folder(output_dir: str | Path) -> None:
+    """ValueError when `paths.output_dir` names another folder than the one Hydra made for the
+    run: the checkpoints and samples would go there while `.hydra/config.yaml` and `train.log`
+    (what eval.py, translate.py and a resumed job read beside the checkpoints) stayed behind in
+    Hydra's folder, splitting the run in two. Without Hydra (a test calling run_training) the
+    config's own value is the run folder."""
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    if Path(output_dir).resolve() != Path(hydra_cfg.runtime.output_dir).resolve():
+        choose = ("hydra.sweep.dir=DIR (each job runs in DIR/<job number>)" if hydra_cfg.mode == RunMode.MULTIRUN
+                  else f"hydra.run.dir={output_dir}")
+        raise ValueError(f"paths.output_dir={output_dir} is not the run folder Hydra made "
+                         f"({hydra_cfg.runtime.output_dir}), which holds the run's .hydra/config.yaml and "
+                         f"train.log: choose the run folder with {choose} and leave paths.output_dir as it is")
 
 
 #: the annotations `check_argument_types` checks, and what a value needs to pass as each

@@ -20,7 +20,7 @@ from src.callbacks.stop_signals import RequeueStop, StopSignals
 from src.models.checkpoint_fit import check_checkpoint_file
 from src.utils.accelerator import resolved_accelerator
 from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_job
-from src.utils.config_checks import check_argument_types, check_seed, require_int
+from src.utils.config_checks import check_argument_types, check_run_folder, check_seed, require_int
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
 from src.utils.ddp_strategy import choose_strategy
 from src.utils.instantiate import instantiate_list
@@ -150,6 +150,7 @@ def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.C
 
 def run_training(cfg: DictConfig) -> dict[str, float]:
     silence_known_library_noise()
+    check_run_folder(cfg.paths.output_dir)
     resume_a_requeued_job(cfg)
     if cfg.get("ckpt_path") == AUTO:   # resolved first: the wandb run id is read from the file
         with open_dict(cfg):
