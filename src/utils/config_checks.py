@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import ListConfig
+from omegaconf import ListConfig, OmegaConf
 
 
 def is_number(value) -> bool:
@@ -57,9 +57,9 @@ def check_run_folder(output_dir: str | Path) -> None:
     """ValueError when `paths.output_dir` names another folder than the one Hydra made for the
     run: the checkpoints and samples would go there while `.hydra/config.yaml` and `train.log`
     (what eval.py, translate.py and a resumed job read beside the checkpoints) stayed behind in
-    Hydra's folder, splitting the run in two. Without Hydra (a test calling run_training) the
-    config's own value is the run folder."""
-    if not HydraConfig.initialized():
+    Hydra's folder, splitting the run in two. Outside a Hydra run (a config composed with
+    Hydra's compose API, as the tests and notebooks do) the config's own value is the run folder."""
+    if not HydraConfig.initialized() or OmegaConf.is_missing(HydraConfig.get().runtime, "output_dir"):
         return
     hydra_cfg = HydraConfig.get()
     if Path(output_dir).resolve() != Path(hydra_cfg.runtime.output_dir).resolve():
