@@ -115,13 +115,16 @@ class GrowingNet(nn.Module):
         self.stage_alpha.fill_(alpha)
         self.level, self.alpha = int(level), float(alpha)
 
-    def full_size_image(self, x: torch.Tensor, previous: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
+    def full_size_image(self, x: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         """A generator's output: the current level's toRGB of `x`, faded over the level below's
-        (`previous`, upsampled by `mode`) while alpha < 1, presented at `image_size` by nearest
-        upsampling (the discriminator's average pooling undoes it exactly)."""
+        (`previous`) while alpha < 1, presented at `image_size`. Both upsamplings are nearest, in
+        StyleGAN too (its features are upsampled bilinearly, its images not: the authors'
+        `upscale2d`): the reals are faded the same way (`faded_reals`), and the discriminator's
+        average pooling undoes it exactly. A smoother fade of the fakes alone would show the
+        critic a difference that is not one of quality."""
         image = self.to_rgb[self.level](x)
         if self.level > 0 and self.alpha < 1.0:
-            old = F.interpolate(self.to_rgb[self.level - 1](previous), scale_factor=2, mode=mode)
+            old = F.interpolate(self.to_rgb[self.level - 1](previous), scale_factor=2, mode="nearest")
             image = torch.lerp(old, image, self.alpha)
         factor = 2 ** (self.top_level - self.level)
         return F.interpolate(image, scale_factor=factor, mode="nearest") if factor > 1 else image

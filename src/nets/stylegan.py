@@ -128,4 +128,4 @@ class StyleGANGenerator(GrowingNet):
             first, second = self.levels[k]
             x = first(x, next(ws), next(maps) if maps else None)
             x = second(x, next(ws), next(maps) if maps else None)
-        return self.full_size_image(x, previous, mode="bilinear")
+        return self.full_size_image(x, previous)
