@@ -442,6 +442,11 @@ def test_infogan_runs_on_its_papers_mnist_networks(train_cfg):
     assert isinstance(model.generator, InfoGANGenerator) and isinstance(model.discriminator, InfoGANDiscriminator)
     assert [type(m).__name__ for m in model.q_head] == ["Linear", "BatchNorm1d", "LeakyReLU", "Linear"]
     assert model.q_head[0].in_features == model.discriminator.feature_dim
+    # appendix C: "lRELU with leaky rate 0.1" in the discriminator's hidden layers (its code's default: 0.01)
+    slopes = {m.negative_slope for net in (model.discriminator, model.q_head) for m in net.modules()
+              if isinstance(m, torch.nn.LeakyReLU)}
+    assert slopes == {0.1}
+    assert model.continuous_weight == model.info_weight == 1.0   # lambda = 1 for both codes, as the paper ran
 
 
 def test_gan_trains_as_its_papers_code_maxout_dropout_sgd_with_a_momentum_ramp_and_decay(train_cfg):

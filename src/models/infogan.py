@@ -7,8 +7,8 @@ Q on the fakes' codes, the generator's step trains G to make its codes recoverab
 
 Q: a categorical distribution per categorical variable (cross-entropy), and a unit-variance
 Gaussian per continuous one (0.5 * squared error, the paper's fixed-variance factored Gaussian),
-the continuous part weighted by `continuous_weight` (the paper uses a smaller lambda for
-continuous codes).
+the continuous part weighted by `continuous_weight` on top of lambda: 1 as in the paper's
+experiments and code (its text suggests a smaller lambda for continuous codes, without a value).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ CONTINUOUS_STEPS = 5
 
 class InfoGAN(NoiseGAN):
     def __init__(self, *args, categorical_codes: list[int] = (10,), continuous_codes: int = 2,
-                 info_weight: float = 1.0, continuous_weight: float = 0.1, q_hidden: int = 128, **kwargs):
+                 info_weight: float = 1.0, continuous_weight: float = 1.0, q_hidden: int = 128, **kwargs):
         categorical_codes = [int(k) for k in categorical_codes]
         if any(k < 2 for k in categorical_codes) or continuous_codes < 0 or not (categorical_codes or continuous_codes):
             raise ValueError(f"model.categorical_codes={categorical_codes} (each >= 2 values) and "

@@ -4,8 +4,9 @@ Generator: FC 1024 - FC (s/4 x s/4 x 2 ngf), each ReLU + batch norm, then a 4x4 
 transposed conv to ngf channels (batch norm, ReLU) and one to the image (tanh): 7x7x128 -> 14x14x64
 -> 28x28 at the paper's 28 px and ngf 64. Discriminator: 4x4 stride-2 convs to ndf (LeakyReLU,
 no norm) and 2 ndf channels (batch norm, LeakyReLU), FC 1024 (batch norm, LeakyReLU): its
-`features`, which D's output layer and InfoGAN's head Q both read. The paper does not state the
-LeakyReLU slope; its code's `leaky_rectify` leaks 0.01.
+`features`, which D's output layer and InfoGAN's head Q both read. LeakyReLU leaks 0.1, as the
+paper's appendix C states for the hidden layers of D (its code's `leaky_rectify` default, 0.01,
+differs; the paper is followed).
 
 Sizes other than 28 take the same layers on s/4 maps (s divisible by 4). `norm` replaces batch
 norm in D (layer norm for WGAN-GP's critic, or none); G keeps batch norm unless `norm: none`.
@@ -18,7 +19,7 @@ import torch.nn as nn
 from src.nets.noise_nets import append_condition
 from src.nets.norms import norm_layer, uses_bias, vector_norm_layer
 
-LEAKY_SLOPE = 0.01   # the authors' code (leaky_rectify's default)
+LEAKY_SLOPE = 0.1   # the paper, appendix C: "lRELU with leaky rate 0.1" in D's hidden layers (and Q's)
 
 
 def quarter_size(image_size: int) -> int:
