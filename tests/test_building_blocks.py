@@ -121,7 +121,12 @@ def test_linear_decay_schedule_matches_the_paper_recipe():
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert lrs[0] == lrs[100] == 2e-4 and lrs[150] == pytest.approx(1e-4) and lrs[200] == 0
+    # Epochs 1-100 (lrs[0..99]) at the initial rate, 101-200 from 100/101 down to 1/101 of it,
+    # as CycleGAN's code (lambda_rule: 1 - max(0, epoch + 1 - 100) / 101); 0 once the run is over.
+    assert lrs[0] == lrs[99] == 2e-4
+    assert lrs[100] == pytest.approx(2e-4 * 100 / 101) and lrs[199] == pytest.approx(2e-4 / 101) and lrs[200] == 0
+    cosine = CosineDecay(constant=100, decay=100)
+    assert cosine(99) == 1.0 and 0.999 < cosine(100) < 1.0 and cosine(149) > 0.5 > cosine(150) and cosine(200) == 0
     with pytest.raises(ValueError, match="lr_schedule.policy"):
         build_scheduler(opt, policy="exp")
 
@@ -131,7 +136,7 @@ def test_a_decay_that_misses_the_runs_end_is_named():
     assert decay_end_mismatch(paper, "epoch", 200) is None
     assert "run is 150 epochs long: it stops with the rate at 0.50 of its start" in decay_end_mismatch(paper, "epoch", 150)
     assert "its last 50 epochs train at a rate of 0" in decay_end_mismatch(paper, "epoch", 250)
-    assert "rate at 0.50" in decay_end_mismatch(CosineDecay(100, 100), "epoch", 150)
+    assert "rate at 0.49" in decay_end_mismatch(CosineDecay(100, 100), "epoch", 150)
     assert decay_end_mismatch(StepDecay(50, 0.1), "epoch", 150) is None
 
 

@@ -47,11 +47,20 @@ class DecayToZero:
         raise NotImplementedError
 
 
+def decay_progress(t: int, constant: int, decay: int) -> float:
+    """How far step `t` (0-based: the rate step t trains at) is into the decay, 0 to 1: steps
+    0..constant-1 at the full rate, then `decay` steps at 1 - k / (decay + 1), k = 1..decay, and
+    0 once the run is over (CycleGAN's and pix2pix's code: epochs 1-100 at the initial rate,
+    101-200 from 100/101 down to 1/101 of it. U-GAT-IT's and NICE-GAN's code decay per iteration
+    by 1/decay and train their last iteration at 0; the difference is a factor of 1/decay)."""
+    return min(max(0, t + 1 - constant), decay + 1) / (decay + 1)
+
+
 class LinearDecay(DecayToZero):
     """Linear to 0 after the constant part (CycleGAN: 100 + 100 epochs)."""
 
     def factor(self, t: int) -> float:
-        return max(0.0, 1.0 - max(0, t - self.constant) / self.decay)
+        return 1.0 - decay_progress(t, self.constant, self.decay)
 
 
 class StepDecay:
@@ -66,8 +75,7 @@ class CosineDecay(DecayToZero):
     """Half a cosine to 0 after the constant part."""
 
     def factor(self, t: int) -> float:
-        progress = min(max(0, t - self.constant), self.decay) / self.decay
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 0.5 * (1.0 + math.cos(math.pi * decay_progress(t, self.constant, self.decay)))
 
 
 class ExponentialDecay:
