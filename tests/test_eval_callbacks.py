@@ -291,6 +291,31 @@ def test_pix2pix_skips_btoa_and_turns_the_latent_callback_off_without_warnings(t
     assert not (Path(cfg.paths.output_dir) / "latent").exists()
 
 
+def test_each_test_image_counts_once_when_the_test_domains_differ_in_size(tmp_path, monkeypatch):
+    """An unpaired test split is as long as its larger domain and cycles the smaller one
+    (horse2zebra: 120 horses, 140 zebras). Training-time FID/KID and the latent MMD score each
+    image once, as eval.py and the papers' code do: the last evaluation's FID is eval.py's on
+    the last checkpoint, and the MMD compares the 3 A latents with the 5 B ones."""
+    from src.callbacks import latent as latent_module
+    from test_truth_and_translate import evaluate_on_folders, write_folder_dataset
+
+    root = write_folder_dataset(tmp_path / "uneven", {"testA/A2.png": (32, 32),
+                                                      **{f"testB/B{k}.png": (32, 32) for k in (2, 3, 4)}})
+    compared = []
+    mmd2 = latent_module.mmd2_unbiased
+    monkeypatch.setattr(latent_module, "mmd2_unbiased", lambda a, b: compared.append((len(a), len(b))) or mmd2(a, b))
+    sizes = ("data.load_size=32", "data.crop_size=32")
+    cfg = compose_train_cfg(["debug=smoke", "model=cyclegan", "data=horse2zebra", f"data.data_dir={root}", *sizes,
+                             "callbacks.fid_kid.feature_extractor=random_cnn", "callbacks.fid_kid.kid_subset_size=2"],
+                            tmp_path / "run", tmp_path)
+    metrics = run_training(cfg)
+    assert compared == [(3, 5), (3, 5)]   # iterations 2 and 4
+    checkpoint = SimpleNamespace(ckpt=tmp_path / "run" / "checkpoints" / "last.ckpt")
+    results, _ = evaluate_on_folders(checkpoint, tmp_path, root, *sizes)
+    for direction in ("AtoB", "BtoA"):
+        assert metrics[f"eval/fid_{direction}"] == pytest.approx(results[direction]["fid"], rel=1e-5), direction
+
+
 # ----- DDP: 2 CPU processes give the single-process values --------------------------------
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -33,6 +34,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Subset
 
+from src.data.unpaired import distinct_images
 from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
 from src.metrics.image_classifier import ClassifierScorer, classifier_of_the_data
@@ -159,6 +161,31 @@ class PeriodicEvaluation(pl.Callback):
                                       shuffle=False, drop_last=False, num_workers=reference.num_workers,
                                       collate_fn=reference.collate_fn, pin_memory=reference.pin_memory)
         return self._loader
+
+    def distinct_batches(self, trainer: pl.Trainer) -> Iterator[dict]:
+        """This rank's evaluation batches, each image key ("A", "B") cut to the images not shown
+        earlier in the evaluation set: a test split that cycles its smaller domain
+        (`distinct_images`) would otherwise count some images twice in FID/KID and the latent
+        MMD, unlike eval.py and the papers' code. The keys' rows then no longer pair up; the
+        scores that pair them (ground truth, label maps) read `evaluation_loader`. An item's
+        image is a repeat exactly when its index is past the domain's count, because the
+        evaluation set starts at item 0 (`evaluation_indices`)."""
+        _, subset = self.evaluation_dataset(trainer)
+        counts = distinct_images(subset.dataset)
+        indices = [subset.indices[i] for i in self.evaluation_block(trainer)]
+        start = 0
+        for batch in self.evaluation_loader(trainer):
+            if counts:
+                size = len(batch[next(iter(counts))])
+                index = torch.tensor(indices[start:start + size])
+                start += size
+                batch = dict(batch)
+                for key, count in counts.items():
+                    keep = index < count
+                    batch[key] = batch[key][keep]
+                    if f"{key}_path" in batch:
+                        batch[f"{key}_path"] = [path for path, kept in zip(batch[f"{key}_path"], keep) if kept]
+            yield batch
 
     def first_item(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
         """Item 0 of the evaluation set as a batch of one, on the module's device (the same on
@@ -301,15 +328,18 @@ class FidKidCallback(PeriodicEvaluation):
             classifier = self.classifier.to(pl_module.device) if self.classifier and direction == SAMPLES else None
             kept = self._real_features.get(direction)
             extracted = []
-            for index, batch in enumerate(self.evaluation_loader(trainer)):
+            for index, batch in enumerate(self.distinct_batches(trainer)):
                 real, fake = pl_module.evaluation_pair(batch, direction)
                 if kept is None:
-                    real_features = scorer.features(real)
-                    extracted.append(real_features.cpu())
+                    real_features = scorer.features(real) if len(real) else None
+                    extracted.append(None if real_features is None else real_features.cpu())
                 else:
-                    real_features = kept[index].to(pl_module.device)
-                scorer.update_features(real_features, real=True)
-                scorer.update(fake=fake)
+                    real_features = None if kept[index] is None else kept[index].to(pl_module.device)
+                # A batch past one domain's distinct images has none of them left.
+                if real_features is not None:
+                    scorer.update_features(real_features, real=True)
+                if len(fake):
+                    scorer.update(fake=fake)
                 if classifier is not None:
                     classifier.update_real(real, batch["label"])
                     classifier.update_fake(fake, batch["label"])

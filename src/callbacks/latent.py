@@ -131,15 +131,14 @@ class LatentCallback(PeriodicEvaluation):
         """This rank's codes per domain, (n_rank, D) each; (0, D) for an empty block, whose D
         comes from encoding the first item (every rank must gather tensors of one width)."""
         codes = {"A": [], "B": []}
-        for batch in self.evaluation_loader(trainer):
+        for batch in self.distinct_batches(trainer):   # each test image once
             for domain in codes:
-                codes[domain].append(self.encode(pl_module, batch[domain], domain))
-        if not codes["A"]:
-            if self._latent_dim is None:
-                self._latent_dim = self.encode(pl_module, self.first_item(trainer, pl_module)["A"], "A").shape[1]
-            empty = torch.empty(0, self._latent_dim, dtype=torch.float64, device=pl_module.device)
-            return {domain: empty for domain in codes}
-        return {domain: torch.cat(rows) for domain, rows in codes.items()}
+                if len(batch[domain]):
+                    codes[domain].append(self.encode(pl_module, batch[domain], domain))
+        if self._latent_dim is None:
+            self._latent_dim = self.encode(pl_module, self.first_item(trainer, pl_module)["A"], "A").shape[1]
+        empty = torch.empty(0, self._latent_dim, dtype=torch.float64, device=pl_module.device)
+        return {domain: torch.cat(rows) if rows else empty for domain, rows in codes.items()}
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         local = self.local_latents(trainer, pl_module)

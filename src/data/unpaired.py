@@ -66,6 +66,16 @@ class UnpairedImageDataset(Dataset):
         }
 
 
+def distinct_images(dataset) -> dict[str, int]:
+    """How many distinct images each image key of a split's items holds, where the split repeats
+    some: an unpaired split is as long as its larger domain, item i showing A[i % nA] and
+    B[i % nB] (horse2zebra's test split: 120 A, 140 B), so items from a domain's count on repeat
+    its images. Empty for a dataset whose items are all distinct."""
+    if isinstance(dataset, UnpairedImageDataset):
+        return {"A": len(dataset.source_paths), "B": len(dataset.target_paths)}
+    return {}
+
+
 class UnpairedDataModule(ImageTranslationDataModule):
     """Two folders per split, one per domain, with no correspondence between their images.
 

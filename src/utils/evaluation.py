@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.data.folders import name_in_folder
 from src.data.labelled import proportional_picks
+from src.data.unpaired import distinct_images
 from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
 from src.metrics.image_classifier import ClassifierScorer, classifier_of_the_data
@@ -104,11 +105,10 @@ def supported_directions(model) -> list[str]:
 
 
 def distinct_counts(dataset) -> tuple[int, int]:
-    """Number of distinct source and target images: an unpaired test split cycles the smaller
-    domain to the larger one's length, and a repeated image must not count twice in FID/KID."""
-    if hasattr(dataset, "source_paths"):
-        return len(dataset.source_paths), len(dataset.target_paths)
-    return len(dataset), len(dataset)
+    """Number of distinct source and target images (`distinct_images`): a repeated image must
+    not count twice in FID/KID."""
+    counts = distinct_images(dataset)
+    return counts.get("A", len(dataset)), counts.get("B", len(dataset))
 
 
 def truth_backgrounds(datamodule, dataset) -> dict[str, torch.Tensor] | None:
