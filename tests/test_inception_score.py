@@ -49,6 +49,21 @@ def test_the_split_shuffle_is_seeded_and_splits_are_capped():
         InceptionScorer(6, splits=0)
 
 
+def test_parts_differ_by_at_most_one_sample_and_the_std_is_over_the_parts_as_torch_fidelity():
+    """torch-fidelity's split (part i: samples i*N//splits up to (i+1)*N//splits of the seeded
+    shuffle) and its np.std over the parts: 19 samples make 6 parts of 3 or 4."""
+    logits = torch.randn(19, 6, generator=torch.Generator().manual_seed(2)).double()
+    shuffled = logits[torch.randperm(19, generator=torch.Generator().manual_seed(0))]
+    parts = []
+    for i in range(6):
+        p = shuffled[i * 19 // 6:(i + 1) * 19 // 6].softmax(1)
+        parts.append(math.exp(float((p * (p.log() - p.mean(0, keepdim=True).log())).sum(1).mean())))
+    mean = sum(parts) / 6
+    result = score(logits, splits=6)
+    assert result["is"] == pytest.approx(mean, rel=1e-9)
+    assert result["is_std"] == pytest.approx(math.sqrt(sum((s - mean) ** 2 for s in parts) / 6), rel=1e-9)
+
+
 def test_the_download_free_classifier_is_fixed_and_gives_ten_logits():
     first, second = (build_feature_extractor("random_cnn") for _ in range(2))
     images = torch.rand(3, 3, 32, 32) * 2 - 1

@@ -1,7 +1,10 @@
 """The Inception Score of generated images (Salimans et al. 2016), the headline metric of the
 WGAN-GP and ProGAN papers' CIFAR-10 tables: exp(E_x KL(p(y|x) || p(y))), its mean and standard
 deviation over `splits` (10) parts of the samples, as torch-fidelity computes it (the 1008
-unbiased Inception logits) and torchmetrics' `InceptionScore` implements it.
+unbiased Inception logits; parts that differ by at most one sample; the population standard
+deviation of the parts' scores, as the original TF code's np.std). torchmetrics'
+`InceptionScore` keeps the samples; its own split (`chunk`: parts of ceil(N / splits), so 19
+samples in 6 parts make five, the last of three) and its sample standard deviation are not used.
 
 `InceptionScorer` hands torchmetrics logits computed beforehand (an identity "feature
 network"): FidKidScorer derives them from the features it already has for FID (Inception's
@@ -23,8 +26,9 @@ from src.metrics.features import PrecomputedFeatures
 
 
 class SeededInceptionScore(InceptionScore):
-    """torchmetrics' Inception Score with the logits gathered concatenated and the split shuffle
-    drawn from `seed`; `splits` is capped so each part holds at least two images."""
+    """torchmetrics' Inception Score state, its logits gathered concatenated, scored as
+    torch-fidelity does with the split shuffle drawn from `seed`; `splits` is capped so each
+    part holds at least two images."""
 
     def __init__(self, *args, seed: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -32,13 +36,21 @@ class SeededInceptionScore(InceptionScore):
         self.add_state("features", [], dist_reduce_fx="cat")
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
-        count = len(dim_zero_cat(self.features))   # after the DDP sync: every rank's samples
+        logits = dim_zero_cat(self.features)   # after the DDP sync: every rank's samples
+        count = len(logits)
         if count < 2:
             raise RuntimeError(f"The Inception Score needs at least 2 generated images, got {count}")
         self.splits = max(1, min(self.max_splits, count // 2))
-        with torch.random.fork_rng(devices=[]):   # the shuffle uses the CPU generator only
-            torch.default_generator.manual_seed(self.seed)
-            return super().compute()
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(self.seed))
+        logits = logits[order.to(logits.device)]
+        probabilities, log_probabilities = logits.softmax(1), logits.log_softmax(1)
+        scores = []
+        for part in range(self.splits):
+            rows = slice(part * count // self.splits, (part + 1) * count // self.splits)
+            p, log_p = probabilities[rows], log_probabilities[rows]
+            scores.append((p * (log_p - p.mean(0, keepdim=True).log())).sum(1).mean().exp())
+        scores = torch.stack(scores)
+        return scores.mean(), scores.std(correction=0)
 
 
 class InceptionScorer(nn.Module):
