@@ -38,7 +38,7 @@ from src.data.shapes import (  # noqa: E402
     shape_coverage,
     shapes_params,
 )
-from src.data.transforms import PREPROCESS_MODES, ImageTransform  # noqa: E402
+from src.data.transforms import PREPROCESS_MODES, ImageTransform, to_tensor  # noqa: E402
 from src.data.unpaired import UnpairedDataModule  # noqa: E402
 from src.data.colour_profiles import SRGB_CURVE, rgb_profile  # noqa: E402
 from tests.deep_images import exif_chunk, icc_chunk, png_chunk, write_png_16, write_tiff_16  # noqa: E402
@@ -833,6 +833,24 @@ def test_scale_width_keeps_height_at_least_crop_and_multiple_of_4():
     assert ImageTransform("scale_width", 24, 16, train=False)(wide).shape == (3, 16, 24)
     tall = np.zeros((45, 43, 3), np.uint8)  # height round(24 * 45 / 43) = 25 -> floored to 24
     assert ImageTransform("scale_width", 24, 16, train=False)(tall).shape == (3, 24, 24)
+
+
+def test_resize_interpolation_picks_the_kernel_that_enlarges_and_is_checked_by_name():
+    """Bicubic as CycleGAN's loader (the default), bilinear as U-GAT-IT's and NICE-GAN's (their
+    data configs: cat2dog, selfie2anime); shrinking averages areas either way."""
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    enlarged = {kernel: ImageTransform("resize_and_crop", 24, 24, flip=False, resize_interpolation=kernel)(image)
+                for kernel in ("bicubic", "bilinear")}
+    bilinear = cv2.resize(image, (24, 24), interpolation=cv2.INTER_LINEAR)
+    assert torch.allclose(enlarged["bilinear"], to_tensor(bilinear)) and not torch.allclose(
+        enlarged["bicubic"], enlarged["bilinear"])
+    shrunk = [ImageTransform("resize_and_crop", 8, 8, flip=False, resize_interpolation=kernel)(image)
+              for kernel in ("bicubic", "bilinear")]
+    assert torch.equal(shrunk[0], shrunk[1])
+    with pytest.raises(ValueError, match=r"data.resize_interpolation='nearest' must be one of bicubic, bilinear"):
+        ImageTransform(resize_interpolation="nearest")
+    for name in ("cat2dog", "selfie2anime"):
+        assert OmegaConf.load(CONF_DATA / f"{name}.yaml").resize_interpolation == "bilinear"
 
 
 def test_eval_transform_is_deterministic_and_unflipped():

@@ -313,6 +313,7 @@ class ImageTranslationDataModule(SplitDataModule):
         label_domain: str = "B",
         bit_depth: int = 16,
         to_srgb: bool = True,
+        resize_interpolation: str = "bicubic",
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          persistent_workers=persistent_workers, eval_batch_size=eval_batch_size)
@@ -361,7 +362,8 @@ class ImageTranslationDataModule(SplitDataModule):
         self.direction = direction
         self.input_nc, self.output_nc = input_nc, output_nc
         sizes = dict(preprocess=preprocess, load_size=load_size, crop_size=crop_size, flip=flip,
-                     reduced_jpeg_decode=reduced_jpeg_decode, bit_depth=bit_depth, to_srgb=to_srgb)
+                     reduced_jpeg_decode=reduced_jpeg_decode, bit_depth=bit_depth, to_srgb=to_srgb,
+                     resize_interpolation=resize_interpolation)
         self.train_transform = ImageTransform(**sizes, train=True)
         self.eval_transform = ImageTransform(**sizes, train=False)
 

@@ -37,9 +37,11 @@ PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_c
 # so modes that keep the image's own size make each side a multiple of this.
 SIDE_MULTIPLE = 4
 
-# Bicubic like the reference implementation (PIL BICUBIC); cv2's bicubic does not low-pass
-# when shrinking, so downscaling uses area averaging instead, which avoids aliasing on photos.
-_INTERPOLATION = cv2.INTER_CUBIC
+# The kernel that enlarges an image (`data.resize_interpolation`): bicubic as CycleGAN's and
+# pix2pix's loaders (PIL BICUBIC), bilinear as U-GAT-IT's and NICE-GAN's (torchvision's Resize
+# default). cv2's kernels do not low-pass when shrinking, so downscaling uses area averaging
+# instead, which avoids aliasing on photos.
+RESIZE_INTERPOLATIONS = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR}
 
 
 def validate_preprocess(preprocess: str, load_size: int, crop_size: int) -> None:
@@ -62,23 +64,25 @@ def validate_preprocess(preprocess: str, load_size: int, crop_size: int) -> None
         raise ValueError(f"data.load_size={load_size} must be at least {SIDE_MULTIPLE}.")
 
 
-def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """HxWxC uint8 image resized to height x width: area averaging when shrinking, bicubic otherwise."""
+def resize_image(image: np.ndarray, height: int, width: int, interpolation: str = "bicubic") -> np.ndarray:
+    """HxWxC uint8 image resized to height x width: area averaging when shrinking, else
+    `interpolation` (a RESIZE_INTERPOLATIONS name)."""
     shrinking = height * width < image.shape[0] * image.shape[1]
     resized = cv2.resize(
-        image, (width, height), interpolation=cv2.INTER_AREA if shrinking else _INTERPOLATION
+        image, (width, height), interpolation=cv2.INTER_AREA if shrinking else RESIZE_INTERPOLATIONS[interpolation]
     )
     return resized.reshape(height, width, image.shape[2])  # cv2 drops a single channel axis
 
 
-def scale_width(image: np.ndarray, load_size: int, crop_size: int, **_: object) -> np.ndarray:
+def scale_width(image: np.ndarray, load_size: int, crop_size: int, interpolation: str = "bicubic",
+                **_: object) -> np.ndarray:
     """Scale so that the width is load_size, keeping the aspect ratio; the height is kept at least
     crop_size so a crop_size crop always fits (as in the reference implementation)."""
     height, width = image.shape[:2]
     new_height = max(int(round(load_size * height / width)), crop_size)
     if (new_height, load_size) == (height, width):
         return image
-    return resize_image(image, new_height, load_size)
+    return resize_image(image, new_height, load_size, interpolation)
 
 
 def short_side_size(height: int, width: int, side: int) -> tuple[int, int]:
@@ -101,12 +105,14 @@ def floor_to_multiple(image: np.ndarray, multiple: int = SIDE_MULTIPLE, **_: obj
     return image[top : top + new_height, left : left + new_width]
 
 
-def _geometry(preprocess: str, load_size: int, crop_size: int, train: bool) -> list[A.BasicTransform]:
+def _geometry(preprocess: str, load_size: int, crop_size: int, train: bool,
+              interpolation: str = "bicubic") -> list[A.BasicTransform]:
     """The resize/crop steps of one mode, random in training and deterministic in evaluation."""
     crop = A.RandomCrop if train else A.CenterCrop
-    to_width = A.Lambda(image=partial(scale_width, load_size=load_size, crop_size=crop_size))
+    to_width = A.Lambda(image=partial(scale_width, load_size=load_size, crop_size=crop_size,
+                                      interpolation=interpolation))
     to_multiple = A.Lambda(image=partial(floor_to_multiple, multiple=SIDE_MULTIPLE))
-    resize = partial(A.Resize, interpolation=_INTERPOLATION, area_for_downscale="image")
+    resize = partial(A.Resize, interpolation=RESIZE_INTERPOLATIONS[interpolation], area_for_downscale="image")
     if preprocess == "resize_and_crop":
         if train:
             return [resize(load_size, load_size), A.RandomCrop(crop_size, crop_size)]
@@ -147,9 +153,14 @@ class ImageTransform:
         reduced_jpeg_decode: bool = True,
         bit_depth: int = 16,
         to_srgb: bool = True,
+        resize_interpolation: str = "bicubic",
     ) -> None:
         validate_preprocess(preprocess, load_size, crop_size)
+        if resize_interpolation not in RESIZE_INTERPOLATIONS:
+            raise ValueError(f"data.resize_interpolation={resize_interpolation!r} must be one of "
+                             f"{', '.join(RESIZE_INTERPOLATIONS)} (the kernel that enlarges images)")
         self.preprocess, self.load_size, self.crop_size = preprocess, load_size, crop_size
+        self.resize_interpolation = resize_interpolation
         # How the loader reads pixel values (load_image's keywords): the samples of files of more
         # than 8 bits, and colours in an embedded ICC profile.
         self.reading = {"bit_depth": bit_depth, "to_srgb": to_srgb}
@@ -159,7 +170,7 @@ class ImageTransform:
         # as they are (crop, none).
         first_resize = (load_size, load_size) if train else (crop_size, crop_size)
         self.decode_at_least = first_resize if reduced_jpeg_decode and preprocess == "resize_and_crop" else None
-        steps = _geometry(preprocess, load_size, crop_size, train)
+        steps = _geometry(preprocess, load_size, crop_size, train, resize_interpolation)
         if train and flip:
             steps.append(A.HorizontalFlip(p=0.5))
         self.is_random = train and (flip or preprocess in ("resize_and_crop", "crop", "scale_width_and_crop"))
@@ -204,7 +215,7 @@ class ImageTransform:
         window covers the same content in both (channel counts may differ).
         """
         if partner.shape[:2] != image.shape[:2]:
-            partner = resize_image(partner, *image.shape[:2])
+            partner = resize_image(partner, *image.shape[:2], self.resize_interpolation)
         self._check_fits(image)
         self._seed_pipeline(seed)
         out = self._pipeline(image=image, image_b=partner)
