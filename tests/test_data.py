@@ -38,7 +38,7 @@ from src.data.shapes import (  # noqa: E402
     shape_coverage,
     shapes_params,
 )
-from src.data.transforms import PREPROCESS_MODES, ImageTransform, to_tensor  # noqa: E402
+from src.data.transforms import PREPROCESS_MODES, ImageTransform, scale_width, to_tensor  # noqa: E402
 from src.data.unpaired import UnpairedDataModule  # noqa: E402
 from src.data.colour_profiles import SRGB_CURVE, rgb_profile  # noqa: E402
 from tests.deep_images import exif_chunk, icc_chunk, png_chunk, write_png_16, write_tiff_16  # noqa: E402
@@ -815,7 +815,7 @@ def test_grayscale_channels_in_batches(tmp_path):
     [
         ("resize_and_crop", (16, 16)),  # train: 24x24 then crop 16; eval: straight to 16
         ("crop", (16, 16)),
-        ("scale_width", (16, 24)),  # width -> 24, height round(24 * 45 / 67) = 16
+        ("scale_width", (16, 24)),  # width -> 24, height int(24 * 45 / 67) = 16
         ("scale_width_and_crop", (16, 16)),
         ("none", (44, 64)),  # 45x67 floored to multiples of 4
     ],
@@ -829,10 +829,12 @@ def test_preprocess_output_sizes(mode, expected_hw):
 
 
 def test_scale_width_keeps_height_at_least_crop_and_multiple_of_4():
-    wide = np.zeros((10, 67, 3), np.uint8)  # height round(24 * 10 / 67) = 4 < crop 16 -> 16
+    wide = np.zeros((10, 67, 3), np.uint8)  # height 24 * 10 / 67 = 3.6 < crop 16 -> 16
     assert ImageTransform("scale_width", 24, 16, train=False)(wide).shape == (3, 16, 24)
-    tall = np.zeros((45, 43, 3), np.uint8)  # height round(24 * 45 / 43) = 25 -> floored to 24
+    tall = np.zeros((45, 43, 3), np.uint8)  # height 24 * 45 / 43 = 25.1 -> 25 -> floored to 24
     assert ImageTransform("scale_width", 24, 16, train=False)(tall).shape == (3, 24, 24)
+    # The height is truncated as the reference's int(): 8 * 17 / 10 = 13.6 -> 13
+    assert scale_width(np.zeros((17, 10, 3), np.uint8), load_size=8, crop_size=4).shape == (13, 8, 3)
 
 
 def test_resize_interpolation_picks_the_kernel_that_enlarges_and_is_checked_by_name():

@@ -77,9 +77,10 @@ def resize_image(image: np.ndarray, height: int, width: int, interpolation: str 
 def scale_width(image: np.ndarray, load_size: int, crop_size: int, interpolation: str = "bicubic",
                 **_: object) -> np.ndarray:
     """Scale so that the width is load_size, keeping the aspect ratio; the height is kept at least
-    crop_size so a crop_size crop always fits (as in the reference implementation)."""
+    crop_size so a crop_size crop always fits, the height truncated to whole pixels (both as in
+    the reference implementation: int(max(load * h / w, crop)))."""
     height, width = image.shape[:2]
-    new_height = max(int(round(load_size * height / width)), crop_size)
+    new_height = int(max(load_size * height / width, crop_size))
     if (new_height, load_size) == (height, width):
         return image
     return resize_image(image, new_height, load_size, interpolation)
