@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from hydra.errors import InstantiationException
 
-from conftest import compose_train_cfg, free_port
+from conftest import NO_EVALUATION, compose_train_cfg, free_port
 from src.callbacks.fid_kid import FidKidCallback, isolated_rng, shard_range
 from src.callbacks.latent import gather_rows
 from src.data.shapes import ShapesDataModule
@@ -272,6 +272,20 @@ def test_evaluations_leave_the_training_run_unchanged(train_cfg, tmp_path):
         run_training(cfg)
         weights.append(torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
     assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_sample_grids_leave_the_training_run_unchanged(train_cfg, tmp_path):
+    """pix2pix samples its grids with test-time dropout: drawn from the grid's own seeded RNG,
+    a run that saves a grid every iteration trains exactly as one that saves it at the end."""
+    weights = []
+    for every in (1, 0):
+        cfg = train_cfg("model=pix2pix", "data=shapes_paired", "max_iters=3", f"callbacks.image_grid.every_n_iters={every}",
+                        *NO_EVALUATION)
+        cfg.paths.output_dir = str(tmp_path / str(every))
+        run_training(cfg)
+        weights.append(torch.load(tmp_path / str(every) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
+    assert len(list((tmp_path / "1" / "samples").glob("*.png"))) == 3
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 

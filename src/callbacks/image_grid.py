@@ -5,6 +5,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from src.callbacks.fid_kid import isolated_rng
 from src.utils.image_grid import make_grid, save_image
 
 
@@ -13,10 +14,14 @@ class ImageGridCallback(pl.Callback):
     `num_images` test images and write `<dirpath>/iter_XXXXXXX.png`.
 
     The batch comes from the DataModule's `sample_batch` (the first test images, deterministic
-    transform), so successive grids show the same inputs.
+    transform), so successive grids show the same inputs. Sampling draws from its own RNG seeded
+    with `seed` (pix2pix's test-time dropout), as the evaluation callbacks do: the grids neither
+    move the training's random streams (a run would depend on how often it saved grids) nor
+    differ in their noise from one grid to the next.
     """
 
-    def __init__(self, dirpath: str, every_n_iters: int = 500, num_images: int = 4, split: str = "test"):
+    def __init__(self, dirpath: str, every_n_iters: int = 500, num_images: int = 4, split: str = "test",
+                 seed: int = 0):
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f"callbacks.image_grid.num_images={num_images!r} must be a positive integer "
                              "(the test images in each sample grid); callbacks.image_grid=null turns grids off")
@@ -24,7 +29,7 @@ class ImageGridCallback(pl.Callback):
             raise ValueError(f"callbacks.image_grid.every_n_iters={every_n_iters!r} must be an integer >= 0 "
                              "(0: a grid at the end of training only)")
         self.dirpath = Path(dirpath)
-        self.every_n_iters, self.num_images, self.split = every_n_iters, num_images, split
+        self.every_n_iters, self.num_images, self.split, self.seed = every_n_iters, num_images, split, seed
         self._batch = None
         self._last_saved = -1
 
@@ -37,7 +42,8 @@ class ImageGridCallback(pl.Callback):
     @rank_zero_only
     def save(self, trainer, pl_module) -> Path:
         iteration = pl_module.iteration
-        grid = make_grid(pl_module.sample_images(self._sample_batch(trainer, pl_module)))
+        with isolated_rng(pl_module.device, self.seed):
+            grid = make_grid(pl_module.sample_images(self._sample_batch(trainer, pl_module)))
         self.dirpath.mkdir(parents=True, exist_ok=True)
         path = self.dirpath / f"iter_{iteration:07d}.png"
         save_image(grid, path)
