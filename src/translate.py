@@ -20,7 +20,7 @@ from src.utils.checkpoint_loading import load_model  # noqa: E402
 from src.utils.export import export_translation  # noqa: E402
 from src.data.folders import output_paths  # noqa: E402
 from src.utils.translation import (check_direction, list_input_images, resolve_device, save_png,  # noqa: E402
-                                   translate_images)
+                                   seed_sampling, translate_images)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def run_translation(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.output)
     targets = output_paths(paths, output_dir, Path(cfg.input) if paths and Path(cfg.input).is_dir() else None)
     device = resolve_device(cfg.get("device", "auto"))
+    seed_sampling(cfg.get("seed"))
 
     model = load_model(cfg.ckpt_path, map_location=device)
     check_direction(model, cfg.direction)

@@ -30,7 +30,7 @@ from src.utils.image_grid import make_grid, save_image
 from src.utils.label_evaluation import label_scores_for, segmenter_for
 from src.utils.sequence_plot import plot_series
 from src.utils.training_config import CONF_DIR
-from src.utils.translation import resolve_device, save_png, to_uint8_images
+from src.utils.translation import resolve_device, save_png, seed_sampling, to_uint8_images
 
 log = logging.getLogger(__name__)
 
@@ -370,6 +370,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
         raise ValueError(f"name={OmegaConf.to_container(cfg.name)!r} must be a single name (the row of the printed "
                          "table), or null for the model class and data name")
     device = resolve_device(cfg.get("device", "auto"))
+    seed_sampling(cfg.get("seed"))
     model = load_model(cfg.ckpt_path, map_location=device)
     data = data_config(cfg, model)
     check_argument_types(data, "data")
