@@ -609,6 +609,12 @@ def test_ema_resumes_exactly(train_cfg, tmp_path):
         assert torch.equal(value, resumed["state_dict"][name]), name
     for name, value in straight["ema"]["state_dict"].items():
         assert torch.equal(value, resumed["ema"]["state_dict"][name]), name
+    # Another decay on resume goes on with it, and says so.
+    with pytest.warns(UserWarning, match=r"callbacks.ema.decay=0.9 \(the checkpoint's run: 0.6\)"):
+        cfg = with_ema(train_cfg(*common, "max_iters=3", f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt"),
+                       decay=0.9, start_iter=1)
+        cfg.paths.output_dir = str(tmp_path / "other_decay")
+        run_training(cfg)
 
 
 # ----- mixed precision ---------------------------------------------------------------------------

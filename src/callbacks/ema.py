@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
 
@@ -201,5 +201,12 @@ class GeneratorEMA(pl.Callback):
         ema = checkpoint.get("ema")
         if not self.enabled or not ema:
             return  # without a saved average, on_train_start starts one from the resumed weights
+        saved = {"decay": ema.get("decay"), "half_life_images": ema.get("half_life_images")}
+        now = {"decay": self.decay, "half_life_images": self.half_life_images}
+        changed = [f"callbacks.ema.{key}={now[key]} (the checkpoint's run: {saved[key]})" for key in now
+                   if key in ema and saved[key] != now[key]]
+        if changed:
+            rank_zero_warn(f"Resuming the generators' EMA with other settings: {'; '.join(changed)}. The average "
+                           "goes on with this run's; pass the checkpoint's to continue the same run.")
         self._restored = dict(ema["state_dict"])
         self.updates = int(ema.get("updates", 0))
