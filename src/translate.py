@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def run_translation(cfg: DictConfig) -> dict:
-    """Translate `cfg.input` into `cfg.output` (and export); returns what was written."""
+    """Translate `cfg.input` into `cfg.output` (and export); returns what was written, and with
+    which weights ("ema": the generators' average of a run that kept one, or "trained")."""
     if not cfg.get("ckpt_path"):
         raise ValueError("ckpt_path is required: ckpt_path=path/to/checkpoints/last.ckpt (written by src/train.py)")
     check_checkpoint_file(cfg.ckpt_path)
@@ -38,7 +39,7 @@ def run_translation(cfg: DictConfig) -> dict:
     device = resolve_device(cfg.get("device", "auto"))
     seed_sampling(cfg.get("seed"))
 
-    model = load_model(cfg.ckpt_path, map_location=device)
+    model = load_model(cfg.ckpt_path, map_location=device, use_ema=cfg.get("use_ema", True))
     check_direction(model, cfg.direction)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -51,7 +52,7 @@ def run_translation(cfg: DictConfig) -> dict:
     report = None
     if cfg.get("export"):
         report = export_translation(model, cfg.direction, cfg.export, output_dir, size=cfg.export_size)
-    return {"written": written, "export": report}
+    return {"written": written, "export": report, "weights": model.loaded_weights}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="translate.yaml")

@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 
 import hydra
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
+from PIL import Image
 from pytorch_lightning.plugins.precision import MixedPrecision
 
 from conftest import (DATA_OF, MODELS, NO_EVALUATION, finite_train_losses, free_port, generator_output_dtypes,
@@ -803,8 +805,10 @@ def test_a_noise_model_search_minimises_the_sample_fid(tmp_path, shared_data_dir
     assert len(learning_rates) == 2 and learning_rates[0] != learning_rates[1]
 
 
-def test_eval_and_translate_load_the_ema_weights(ddp_sweep):
+def test_eval_and_translate_load_the_ema_weights(ddp_sweep, tmp_path):
+    from src.translate import run_translation
     from src.utils.checkpoint_loading import load_model
+    from test_truth_and_translate import translate_cfg
     ckpt_path = job_dirs(ddp_sweep)[0] / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(ckpt_path, weights_only=True)
     averaged, trained = load_model(ckpt_path).state_dict(), load_model(ckpt_path, use_ema=False).state_dict()
@@ -812,6 +816,16 @@ def test_eval_and_translate_load_the_ema_weights(ddp_sweep):
         assert torch.equal(averaged[name], value), name
     for name, value in checkpoint["state_dict"].items():
         assert torch.equal(trained[name], value), name
+    # translate.py (and eval.py) take the average unless use_ema=false, and say which they used
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "in" / "x.png")
+    outputs = {}
+    for use_ema in (True, False):
+        out = tmp_path / str(use_ema)
+        report = run_translation(translate_cfg(ckpt_path=str(ckpt_path), input=str(tmp_path / "in"), output=str(out),
+                                               use_ema=use_ema))
+        outputs[report["weights"]] = np.asarray(Image.open(out / "x.png"))
+    assert set(outputs) == {"ema", "trained"} and not np.array_equal(outputs["ema"], outputs["trained"])
 
 
 def test_a_player_updated_inside_autocast_is_seen_updated_by_the_next_forward(train_cfg):

@@ -520,6 +520,7 @@ def test_eval_writes_translations_per_source_file_and_every_metric(smoke_runs, t
         assert written and written == expected
     report = json.loads((out / "metrics.json").read_text())
     assert report["metrics"]["AtoB"]["fid"] == results["AtoB"]["fid"]
+    assert report["weights"] == "trained"   # a run without an EMA of its generators
     assert capsys.readouterr().out.strip().startswith("| CycleGAN / shapes | AtoB: fid=")
 
 

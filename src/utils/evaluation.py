@@ -371,7 +371,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
                          "table), or null for the model class and data name")
     device = resolve_device(cfg.get("device", "auto"))
     seed_sampling(cfg.get("seed"))
-    model = load_model(cfg.ckpt_path, map_location=device)
+    model = load_model(cfg.ckpt_path, map_location=device, use_ema=cfg.get("use_ema", True))
     data = data_config(cfg, model)
     check_argument_types(data, "data")
     datamodule = hydra.utils.instantiate(data)
@@ -393,7 +393,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          collate_fn=datamodule.collate)
     output_dir = Path(cfg.output_dir)
-    report = {"ckpt_path": str(cfg.ckpt_path), "data": datamodule.name}
+    report = {"ckpt_path": str(cfg.ckpt_path), "weights": model.loaded_weights, "data": datamodule.name}
     if cfg.get("truncation_psi") is not None:
         report["truncation_psi"] = float(cfg.truncation_psi)
     if generates and not samples_images(model):   # series: no images to score
