@@ -280,8 +280,8 @@ def test_sample_grids_leave_the_training_run_unchanged(train_cfg, tmp_path):
     a run that saves a grid every iteration trains exactly as one that saves it at the end."""
     weights = []
     for every in (1, 0):
-        cfg = train_cfg("model=pix2pix", "data=shapes_paired", "max_iters=3", f"callbacks.image_grid.every_n_iters={every}",
-                        *NO_EVALUATION)
+        cfg = train_cfg("model=pix2pix", "data=shapes_paired", "max_iters=3",
+                        f"callbacks.image_grid.every_n_iters={every}", *NO_EVALUATION)
         cfg.paths.output_dir = str(tmp_path / str(every))
         run_training(cfg)
         weights.append(torch.load(tmp_path / str(every) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])

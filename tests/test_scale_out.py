@@ -808,7 +808,7 @@ def test_a_noise_model_search_minimises_the_sample_fid(tmp_path, shared_data_dir
 def test_eval_and_translate_load_the_ema_weights(ddp_sweep, tmp_path):
     from src.translate import run_translation
     from src.utils.checkpoint_loading import load_model
-    from test_truth_and_translate import translate_cfg
+    from test_truth_and_translate import translate_cfg, write_noise_image
     ckpt_path = job_dirs(ddp_sweep)[0] / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(ckpt_path, weights_only=True)
     averaged, trained = load_model(ckpt_path).state_dict(), load_model(ckpt_path, use_ema=False).state_dict()
@@ -817,8 +817,7 @@ def test_eval_and_translate_load_the_ema_weights(ddp_sweep, tmp_path):
     for name, value in checkpoint["state_dict"].items():
         assert torch.equal(trained[name], value), name
     # translate.py (and eval.py) take the average unless use_ema=false, and say which they used
-    (tmp_path / "in").mkdir()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "in" / "x.png")
+    write_noise_image(tmp_path / "in" / "x.png")
     outputs = {}
     for use_ema in (True, False):
         out = tmp_path / str(use_ema)

@@ -414,6 +414,12 @@ def test_size_multiples_follow_the_networks(smoke_runs):
     assert size_multiple(load_model(smoke_runs["nicegan"].ckpt), "AtoB") == 4  # the source encoder's
 
 
+def write_noise_image(path: Path) -> None:
+    """A 32x32 RGB PNG of seeded noise at `path` (its folder made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+
+
 def translate_cfg(**values):
     return OmegaConf.create({"ckpt_path": None, "input": None, "output": None, "direction": "AtoB",
                              "batch_size": 8, "device": "cpu", "export": None, "export_size": 32, "short_side": None,
@@ -556,8 +562,7 @@ def test_eval_scores_pix2pix_one_way(smoke_runs, tmp_path, shared_data_dir):
 
 def test_translate_gives_pix2pix_the_same_translation_on_every_call(smoke_runs, tmp_path):
     """Test-time dropout draws from translate's seed (0 unless set)."""
-    (tmp_path / "in").mkdir()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "in" / "x.png")
+    write_noise_image(tmp_path / "in" / "x.png")
     outputs = []
     for name, seed in (("first", 0), ("again", 0), ("other", 1)):
         run_translation(translate_cfg(ckpt_path=str(smoke_runs["pix2pix"].ckpt), input=str(tmp_path / "in"),
