@@ -201,10 +201,9 @@ class GeneratorEMA(pl.Callback):
         ema = checkpoint.get("ema")
         if not self.enabled or not ema:
             return  # without a saved average, on_train_start starts one from the resumed weights
-        saved = {"decay": ema.get("decay"), "half_life_images": ema.get("half_life_images")}
         now = {"decay": self.decay, "half_life_images": self.half_life_images}
-        changed = [f"callbacks.ema.{key}={now[key]} (the checkpoint's run: {saved[key]})" for key in now
-                   if key in ema and saved[key] != now[key]]
+        changed = [f"callbacks.ema.{key}={value} (the checkpoint's run: {ema[key]})" for key, value in now.items()
+                   if key in ema and ema[key] != value]
         if changed:
             rank_zero_warn(f"Resuming the generators' EMA with other settings: {'; '.join(changed)}. The average "
                            "goes on with this run's; pass the checkpoint's to continue the same run.")

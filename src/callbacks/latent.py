@@ -135,8 +135,10 @@ class LatentCallback(PeriodicEvaluation):
             for domain in codes:
                 if len(batch[domain]):
                     codes[domain].append(self.encode(pl_module, batch[domain], domain))
-        if self._latent_dim is None:
-            self._latent_dim = self.encode(pl_module, self.first_item(trainer, pl_module)["A"], "A").shape[1]
+        if self._latent_dim is None:   # the width of a code; encoded for it only where this rank has none
+            encoded = [rows[0] for rows in codes.values() if rows]
+            self._latent_dim = (encoded[0] if encoded else
+                                self.encode(pl_module, self.first_item(trainer, pl_module)["A"], "A")).shape[1]
         empty = torch.empty(0, self._latent_dim, dtype=torch.float64, device=pl_module.device)
         return {domain: torch.cat(rows) if rows else empty for domain, rows in codes.items()}
 

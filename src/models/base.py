@@ -190,6 +190,7 @@ class AdversarialModel(pl.LightningModule):
         # direction against them, and rebuilds the data from them without the run's config.
         self.training_data: dict = {}
         self.training_data_class: str | None = None
+        self.loaded_weights: str | None = None   # "ema" or "trained": which load_model put in
 
     def critic_weight_clip(self) -> float | None:
         """WGAN's clipping bound c (`loss.clip`), or None for the objectives without clipping."""

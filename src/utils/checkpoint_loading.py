@@ -161,7 +161,7 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
         model.load_state_dict(state_dict, strict=True)
         model.training_data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
         model.training_data_class = checkpoint.get("datamodule_class")
-        model.loaded_weights = "ema" if averaged is not None else "trained"   # for reports
+        model.loaded_weights = "ema" if averaged is not None else "trained"
         log.info("Loaded %s from %s (iteration %s)", cls.__name__, path,
                  checkpoint.get("global_step", 0) // model.optimizer_steps_per_iter)
         return model.to(map_location).eval()
