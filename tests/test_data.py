@@ -614,7 +614,7 @@ def test_a_folder_is_converted_once_into_upright_srgb_jpegs_at_a_short_side(tmp_
     assert convert_images.main([str(tmp_path / "in"), str(tmp_path / "out"), "--short-side", "8", "--workers", "2"]) == 0
     assert "Wrote 3 image(s)" in capsys.readouterr().out
     phone = load_image(tmp_path / "out" / "phone.jpg", 3).astype(int)
-    assert phone.shape == (12, 8, 3) and phone[:4].min() > 240 and phone[-4:].max() < 15   # upright: white on top
+    assert phone.shape == (12, 8, 3) and phone[:3].min() > 240 and phone[-4:].max() < 15   # upright: white on top
     assert load_image(tmp_path / "out" / "day1" / "logo.jpg", 3).shape == (8, 16, 3)
     assert load_image(tmp_path / "out" / "day1" / "logo.jpg", 3).min() > 250   # transparent -> white
     small = load_image(tmp_path / "out" / "small.jpg", 3)
@@ -837,18 +837,29 @@ def test_scale_width_keeps_height_at_least_crop_and_multiple_of_4():
     assert scale_width(np.zeros((17, 10, 3), np.uint8), load_size=8, crop_size=4).shape == (13, 8, 3)
 
 
-def test_resize_interpolation_picks_the_kernel_that_enlarges_and_is_checked_by_name():
+def reference_loader(image: np.ndarray, size: int, kernel: int) -> torch.Tensor:
+    """The references' loading of an HxWx3 uint8 image: PIL resize, then ToTensor and
+    Normalize((0.5,) * 3, (0.5,) * 3)."""
+    resized = np.asarray(Image.fromarray(image).resize((size, size), kernel), dtype=np.float32)
+    return (torch.from_numpy(resized).permute(2, 0, 1) / 255 - 0.5) / 0.5
+
+
+def test_resizing_gives_the_reference_loaders_pixels_with_the_configured_kernel():
     """Bicubic as CycleGAN's loader (the default), bilinear as U-GAT-IT's and NICE-GAN's (their
-    data configs: cat2dog, selfie2anime); shrinking averages areas either way."""
-    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    enlarged = {kernel: ImageTransform("resize_and_crop", 24, 24, flip=False, resize_interpolation=kernel)(image)
-                for kernel in ("bicubic", "bilinear")}
-    bilinear = cv2.resize(image, (24, 24), interpolation=cv2.INTER_LINEAR)
-    assert torch.allclose(enlarged["bilinear"], to_tensor(bilinear)) and not torch.allclose(
-        enlarged["bicubic"], enlarged["bilinear"])
-    shrunk = [ImageTransform("resize_and_crop", 8, 8, flip=False, resize_interpolation=kernel)(image)
-              for kernel in ("bicubic", "bilinear")]
-    assert torch.equal(shrunk[0], shrunk[1])
+    data configs: cat2dog, selfie2anime), enlarging and shrinking: PIL's, not cv2's kernels."""
+    image = np.random.default_rng(0).integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    kernels = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+    for size in (24, 8):  # enlarging, shrinking
+        made = {name: ImageTransform("resize_and_crop", size, size, flip=False, train=False,
+                                     resize_interpolation=name)(image) for name in kernels}
+        for name, kernel in kernels.items():
+            assert torch.allclose(made[name], reference_loader(image, size, kernel), atol=1e-6), (name, size)
+        assert not torch.allclose(made["bicubic"], made["bilinear"])
+    # Training resizes to load_size and crops a window of exactly that image.
+    load = reference_loader(image, 24, Image.Resampling.BICUBIC)
+    crop = ImageTransform("resize_and_crop", 24, 16, flip=False, train=True)(image, seed=3)
+    windows = [load[:, top:top + 16, left:left + 16] for top in range(9) for left in range(9)]
+    assert any(torch.allclose(crop, window, atol=1e-6) for window in windows)
     with pytest.raises(ValueError, match=r"data.resize_interpolation='nearest' must be one of bicubic, bilinear"):
         ImageTransform(resize_interpolation="nearest")
     for name in ("cat2dog", "selfie2anime"):

@@ -362,6 +362,23 @@ def test_translate_reads_colour_profiles_as_the_runs_data_were(smoke_runs, tmp_p
     assert np.array_equal(as_stored[paths[0]], as_stored[paths[1]])
 
 
+def test_translate_resizes_with_the_runs_kernel(smoke_runs, tmp_path):
+    """short_side resizes inputs as the run's data were (data.resize_interpolation); a run that
+    predates the key resizes bicubic, the default."""
+    write_odd_inputs(tmp_path)
+    model = load_model(smoke_runs["cyclegan"].ckpt)
+    paths = sorted(tmp_path.glob("*.*"))
+    outputs = {}
+    for kernel in ("bicubic", "bilinear", None):
+        model.training_data.pop("resize_interpolation", None)
+        if kernel:
+            model.training_data["resize_interpolation"] = kernel
+        outputs[kernel] = dict(translate_images(model, paths, "AtoB", short_side=16))
+    for path in paths:
+        assert np.array_equal(outputs[None][path], outputs["bicubic"][path])
+        assert not np.array_equal(outputs["bilinear"][path], outputs["bicubic"][path])
+
+
 def test_batched_translation_matches_one_at_a_time(smoke_runs, tmp_path):
     sizes = write_odd_inputs(tmp_path)
     model = load_model(smoke_runs["cyclegan"].ckpt)

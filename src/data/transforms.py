@@ -27,9 +27,9 @@ import random
 from functools import partial
 
 import albumentations as A
-import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
 
@@ -37,11 +37,12 @@ PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_c
 # so modes that keep the image's own size make each side a multiple of this.
 SIDE_MULTIPLE = 4
 
-# The kernel that enlarges an image (`data.resize_interpolation`): bicubic as CycleGAN's and
-# pix2pix's loaders (PIL BICUBIC), bilinear as U-GAT-IT's and NICE-GAN's (torchvision's Resize
-# default). cv2's kernels do not low-pass when shrinking, so downscaling uses area averaging
-# instead, which avoids aliasing on photos.
-RESIZE_INTERPOLATIONS = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR}
+# The resampling kernel (`data.resize_interpolation`): bicubic as CycleGAN's and pix2pix's
+# loaders (PIL BICUBIC), bilinear as U-GAT-IT's and NICE-GAN's (torchvision's Resize default,
+# which resizes a PIL image with PIL). Resizing is PIL's own, so the pixels the networks see are
+# the references' to the bit: PIL's cubic kernel (a = -0.5; cv2's is -0.75, sharper, with more
+# overshoot) widened by the scale when shrinking, which low-passes against aliasing.
+RESIZE_INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
 def validate_preprocess(preprocess: str, load_size: int, crop_size: int) -> None:
@@ -64,14 +65,14 @@ def validate_preprocess(preprocess: str, load_size: int, crop_size: int) -> None
         raise ValueError(f"data.load_size={load_size} must be at least {SIDE_MULTIPLE}.")
 
 
-def resize_image(image: np.ndarray, height: int, width: int, interpolation: str = "bicubic") -> np.ndarray:
-    """HxWxC uint8 image resized to height x width: area averaging when shrinking, else
-    `interpolation` (a RESIZE_INTERPOLATIONS name)."""
-    shrinking = height * width < image.shape[0] * image.shape[1]
-    resized = cv2.resize(
-        image, (width, height), interpolation=cv2.INTER_AREA if shrinking else RESIZE_INTERPOLATIONS[interpolation]
-    )
-    return resized.reshape(height, width, image.shape[2])  # cv2 drops a single channel axis
+def resize_image(image: np.ndarray, height: int, width: int, interpolation: str = "bicubic",
+                 **_: object) -> np.ndarray:
+    """HxWxC uint8 image (C = 1 or 3) resized to height x width with PIL's `interpolation` (a
+    RESIZE_INTERPOLATIONS name), as the references' loaders resize."""
+    channels = image.shape[2]
+    pil_image = Image.fromarray(image[:, :, 0] if channels == 1 else image)  # mode L or RGB
+    resized = pil_image.resize((width, height), RESIZE_INTERPOLATIONS[interpolation])
+    return np.array(resized, dtype=np.uint8).reshape(height, width, channels)  # a writable copy
 
 
 def scale_width(image: np.ndarray, load_size: int, crop_size: int, interpolation: str = "bicubic",
@@ -113,7 +114,10 @@ def _geometry(preprocess: str, load_size: int, crop_size: int, train: bool,
     to_width = A.Lambda(image=partial(scale_width, load_size=load_size, crop_size=crop_size,
                                       interpolation=interpolation))
     to_multiple = A.Lambda(image=partial(floor_to_multiple, multiple=SIDE_MULTIPLE))
-    resize = partial(A.Resize, interpolation=RESIZE_INTERPOLATIONS[interpolation], area_for_downscale="image")
+
+    def resize(height: int, width: int) -> A.Lambda:
+        return A.Lambda(image=partial(resize_image, height=height, width=width, interpolation=interpolation))
+
     if preprocess == "resize_and_crop":
         if train:
             return [resize(load_size, load_size), A.RandomCrop(crop_size, crop_size)]
@@ -159,7 +163,7 @@ class ImageTransform:
         validate_preprocess(preprocess, load_size, crop_size)
         if resize_interpolation not in RESIZE_INTERPOLATIONS:
             raise ValueError(f"data.resize_interpolation={resize_interpolation!r} must be one of "
-                             f"{', '.join(RESIZE_INTERPOLATIONS)} (the kernel that enlarges images)")
+                             f"{', '.join(RESIZE_INTERPOLATIONS)} (the kernel that resizes images)")
         self.preprocess, self.load_size, self.crop_size = preprocess, load_size, crop_size
         self.resize_interpolation = resize_interpolation
         # How the loader reads pixel values (load_image's keywords): the samples of files of more

@@ -191,14 +191,16 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
         check_translation_size(model, direction, *padded,
                                what=f"{group[0]} ({height}x{width} px, padded to {padded[0]}x{padded[1]})")
 
-    # Pixel values (deep grayscale files, colour profiles) are read as the model's training data
-    # were; a setting the run predates keeps load_image's default.
+    # Pixel values (deep grayscale files, colour profiles) are read, and images resized, as the
+    # model's training data were; a setting the run predates keeps the default.
     reading = {key: model.training_data[key] for key in PIXEL_READING_KEYS if key in model.training_data}
+    interpolation = model.training_data.get("resize_interpolation", "bicubic")
 
     def read(path: Path, size: tuple[int, int]) -> torch.Tensor:
         if short_side is None:
             return to_tensor(load_image(path, channels, **reading))
-        return to_tensor(resize_image(load_image(path, channels, decode_at_least=size, **reading), *size))
+        image = load_image(path, channels, decode_at_least=size, **reading)
+        return to_tensor(resize_image(image, *size, interpolation))
 
     def generate() -> Iterator[tuple[Path, np.ndarray]]:
         for size, group in groups.items():
