@@ -15,7 +15,7 @@ from hydra.errors import InstantiationException
 from PIL import Image
 
 from conftest import NO_EVALUATION, assert_resume_continues_the_run
-from src.models.noise_base import NoiseToImageModel
+from src.models.noise_base import REFERENCE_ITEMS_START, NoiseToImageModel
 from src.nets.noise_nets import DCGANDiscriminator, DCGANGenerator, MLPGenerator
 from src.utils.run import run_training
 from test_models import fit_briefly, record_player_steps
@@ -161,6 +161,58 @@ def test_evaluation_samples_do_not_depend_on_the_batch(train_cfg, name):
     # (float rounding differs with the batch's size: StyleGAN's deeper net shows it at 1e-5)
     assert torch.allclose(fakes[1:2], fake_5, atol=1e-4)
     assert not torch.allclose(fakes[0], fakes[1])
+
+
+@pytest.mark.parametrize("overrides", [["model=dcgan"], ["model=dcgan", "model.num_classes=2"]])
+def test_dcgan_samples_with_the_batch_statistics_of_a_fixed_reference_batch(train_cfg, overrides):
+    """As the DCGAN code samples (G in training mode: batch norm by the batch's own statistics),
+    with the statistics of one fixed reference batch, so that a sample depends on its own latent
+    only; the running averages are left as they were."""
+    cfg = train_cfg(*overrides)
+    model = build(cfg)
+    assert model.test_time_batch_stats and model.reference_batch_size == cfg.data.batch_size == 4
+    G = model.generator
+    with torch.no_grad():   # running averages unlike any batch's statistics, as after training
+        for layer in G.modules():
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.running_mean.uniform_(-1, 1)
+                layer.running_var.uniform_(0.5, 2)
+    indices = REFERENCE_ITEMS_START + torch.arange(4)
+    reference_z = model.noise_for(indices)
+    reference_labels = indices % 2 if model.num_classes else None
+    with torch.no_grad():
+        in_training_mode = G(reference_z, reference_labels)   # the code's sampling of this batch
+    buffers = {k: v.clone() for k, v in G.state_dict().items()}
+    assert torch.allclose(model.generate(reference_z, reference_labels), in_training_mode, atol=1e-5)
+    for key, value in buffers.items():   # sampling moved no running statistic back
+        assert torch.equal(G.state_dict()[key], value), key
+    assert G.training
+    z, labels = model.noise_for(torch.arange(3)), torch.tensor([1, 0, 1]) if model.num_classes else None
+    batch = model.generate(z, labels)
+    alone = model.generate(z[1:2], labels[1:2] if model.num_classes else None)
+    assert torch.allclose(batch[1:2], alone, atol=1e-5) and not torch.allclose(batch[0], batch[1])
+    model.test_time_batch_stats = False   # the running averages: other samples
+    assert not torch.allclose(model.generate(z, labels), batch, atol=1e-2)
+
+
+def test_the_dcgan_family_samples_as_its_code(tmp_path):
+    """Batch statistics where the code samples in training mode (DCGAN, WGAN, WGAN-GP, InfoGAN),
+    the moving averages where its sampler reads them (LSGAN); the reference batch is the paper's
+    batch size."""
+    from conftest import compose_train_cfg
+    for name, expected in {"dcgan": True, "wgan": True, "wgangp": True, "infogan": True, "lsgan": False}.items():
+        cfg = compose_train_cfg([f"model={name}"], tmp_path, tmp_path)
+        assert cfg.model.test_time_batch_stats is expected, name
+        assert cfg.model.reference_batch_size == cfg.data.batch_size == (128 if name == "dcgan" else 64), name
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.test_time_batch_stats=maybe", r"model.test_time_batch_stats='maybe' must be true or false"),
+    ("data.batch_size=1", r"model.reference_batch_size=1 must be an integer >= 2 .*data.batch_size"),
+])
+def test_reference_batch_settings_are_checked_by_key(train_cfg, override, message):
+    with pytest.raises(InstantiationException, match=message):
+        build(train_cfg("model=dcgan", override))
 
 
 @pytest.mark.parametrize("name", ["dcgan", "wgangp", "infogan"])

@@ -24,7 +24,7 @@ from src.data.image_io import check_channels
 from src.data.transforms import ImageTransform
 from src.metrics.features import FEATURE_EXTRACTORS
 from src.metrics.label_maps import palette_named
-from src.utils.config_checks import require_int
+from src.utils.config_checks import require_bool, require_int
 from src.utils.directions import DIRECTIONS
 
 SPLITS = ("train", "test")
@@ -44,8 +44,7 @@ class SplitDataModule(pl.LightningDataModule):
         require_int("data.batch_size", batch_size)
         require_int("data.eval_batch_size", eval_batch_size, allow_none=True)
         for key, value in (("data.pin_memory", pin_memory), ("data.persistent_workers", persistent_workers)):
-            if not isinstance(value, bool):   # a string like "maybe" would read as true
-                raise ValueError(f"{key}={value!r} must be true or false.")
+            require_bool(key, value)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -323,8 +322,7 @@ class ImageTranslationDataModule(SplitDataModule):
         check_channels(input_nc, "data.input_nc")
         check_channels(output_nc, "data.output_nc")
         for key, value in (("flip", flip), ("reduced_jpeg_decode", reduced_jpeg_decode), ("to_srgb", to_srgb)):
-            if not isinstance(value, bool):   # a string like "maybe" would read as true
-                raise ValueError(f"data.{key}={value!r} must be true or false.")
+            require_bool(f"data.{key}", value)
         require_int("data.max_dataset_size", max_dataset_size, allow_none=True)
         require_int("data.bit_depth", bit_depth, least=8, why=" (the bits of the samples of 16-bit PNG/TIFF files)")
         if bit_depth > 16:

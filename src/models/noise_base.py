@@ -6,7 +6,10 @@ noise (and a class label when conditional), trained on a labelled image DataModu
 
 Sampling and evaluation draw each test item's noise from a generator seeded by the item's index
 (`noise_for`), so a sample grid shows the same latents all run long, and FID/KID's samples do
-not depend on the batch size nor on how DDP ranks split the test set. A generator that also
+not depend on the batch size nor on how DDP ranks split the test set. With
+`test_time_batch_stats` (DCGAN and the models built on its networks) the generator's batch norm
+normalises by a fixed reference batch's statistics (src/models/reference_batch_norm.py), which
+keeps that independence. A generator that also
 draws noise inside its forward (StyleGAN's per-layer noise maps) says so with a
 `noise_shapes()` method and takes the maps as `noise=`; they are seeded by the index too
 (`noise_maps_for`).
@@ -19,6 +22,7 @@ import torch.nn as nn
 from omegaconf import DictConfig
 
 from src.models.base import AdversarialModel, sampling_mode
+from src.models.reference_batch_norm import reference_batch_statistics, tracked_batch_norms
 
 #: the name of the one thing FID/KID score for these models (translators score directions)
 SAMPLES = "samples"
@@ -26,6 +30,8 @@ SAMPLES = "samples"
 NOISE_SEED = 1_000_003
 #: the same for the noise maps a generator draws inside (kept apart from the latents' streams)
 NOISE_MAP_SEED = 2_000_003
+#: the item index of the first latent of the reference batch (far from any test item's)
+REFERENCE_ITEMS_START = 1 << 40
 #: what a latent's noise is drawn from: N(0, 1), or U(-1, 1) (the GAN, DCGAN, LSGAN and InfoGAN code's)
 LATENT_DISTRIBUTIONS = ("normal", "uniform")
 
@@ -38,6 +44,9 @@ class NoiseToImageModel(AdversarialModel):
     generator: nn.Module
     latent_dim: int
     latent_distribution: str = "normal"
+    #: sample with batch statistics (of the reference batch), as the DCGAN code; else running averages
+    test_time_batch_stats: bool = False
+    reference_batch_size: int = 64
     num_classes: int
     image_shape: tuple[int, int, int]
 
@@ -123,9 +132,21 @@ class NoiseToImageModel(AdversarialModel):
                  noise: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Samples of latents `z` (and classes `labels`; the generator's own `noise` maps when it
         draws any) in eval mode under no_grad."""
-        extra = {} if noise is None else {"noise": noise}
+        z, labels = z.to(self.device), self.conditioning(labels)
         with sampling_mode([self.generator]):
-            return self.generator(z.to(self.device), self.conditioning(labels), **extra)
+            if not (self.test_time_batch_stats and tracked_batch_norms(self.generator)):
+                return self.generator(z, labels, **({} if noise is None else {"noise": noise}))
+            # The reference batch goes first in the same forward pass: its rows set every layer's
+            # statistics, which normalise the samples' rows too.
+            indices = REFERENCE_ITEMS_START + torch.arange(self.reference_batch_size)
+            z = torch.cat([self.noise_for(indices), z])
+            if labels is not None:
+                labels = torch.cat([(indices % self.num_classes).to(labels), labels])
+            if noise is not None:
+                noise = [torch.cat([reference, maps]) for reference, maps in zip(self.noise_maps_for(indices), noise)]
+            with reference_batch_statistics(self.generator, rows=self.reference_batch_size):
+                samples = self.generator(z, labels, **({} if noise is None else {"noise": noise}))
+            return samples[self.reference_batch_size:]
 
     def conditioning(self, labels: torch.Tensor | None) -> torch.Tensor | None:
         """The labels a conditional model's networks take; None for an unconditional one."""

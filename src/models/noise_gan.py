@@ -17,7 +17,7 @@ import torch.nn as nn
 from src.losses import gradient_penalty
 from src.models.base import build_net, to_plain, with_player_overrides
 from src.models.noise_base import LATENT_DISTRIBUTIONS, NoiseToImageModel
-from src.utils.config_checks import require_int
+from src.utils.config_checks import require_bool, require_int
 
 
 class NoiseGAN(NoiseToImageModel):
@@ -29,11 +29,16 @@ class NoiseGAN(NoiseToImageModel):
 
     def __init__(self, generator: dict, discriminator: dict, loss: dict, optimizer: dict, lr_schedule: dict,
                  init: dict, latent_dim: int = 100, num_classes: int = 0, n_critic: int = 1, image_size: int = 64,
-                 channels: int = 3, latent_distribution: str = "normal"):
+                 channels: int = 3, latent_distribution: str = "normal", test_time_batch_stats: bool = False,
+                 reference_batch_size: int = 64):
         super().__init__(loss=loss, optimizer=optimizer, lr_schedule=lr_schedule, init=init)
         for key, value, least in (("latent_dim", latent_dim, 1), ("num_classes", num_classes, 0),
                                   ("n_critic", n_critic, 1), ("channels", channels, 1)):
             require_int(f"model.{key}", value, least)
+        require_bool("model.test_time_batch_stats", test_time_batch_stats)
+        require_int("model.reference_batch_size", reference_batch_size, 2,
+                    why=" (the latents whose batch statistics normalise every sample; DCGAN's config takes "
+                        "data.batch_size)")
         if latent_distribution not in LATENT_DISTRIBUTIONS:
             raise ValueError(f"model.latent_distribution={latent_distribution!r} must be one of "
                              f"{', '.join(LATENT_DISTRIBUTIONS)}")
@@ -42,9 +47,12 @@ class NoiseGAN(NoiseToImageModel):
                                    "lr_schedule": self.lr_schedule_cfg, "init": self.init_cfg,
                                    "latent_dim": latent_dim, "num_classes": num_classes, "n_critic": n_critic,
                                    self.SIZE_HPARAM: image_size, "channels": channels,
-                                   "latent_distribution": latent_distribution})
+                                   "latent_distribution": latent_distribution,
+                                   "test_time_batch_stats": test_time_batch_stats,
+                                   "reference_batch_size": reference_batch_size})
         self.latent_dim, self.num_classes, self.n_critic = latent_dim, num_classes, n_critic
         self.latent_distribution = latent_distribution
+        self.test_time_batch_stats, self.reference_batch_size = test_time_batch_stats, reference_batch_size
         self.image_shape = self.sample_shape(image_size, channels)
         # The critic's steps and the generator's: Lightning's global_step counts each.
         self.optimizer_steps_per_iter = n_critic + 1

@@ -33,6 +33,12 @@ def require_int(key: str, value, least: int = 1, allow_none: bool = False, why: 
         raise ValueError(f"{key}={value!r} must be {need}{' or null' if allow_none else ''}{why}")
 
 
+def require_bool(key: str, value) -> None:
+    """ValueError unless `value` is true or false (a string like "maybe" would read as true)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{key}={value!r} must be true or false.")
+
+
 #: numpy's seeds, and so Lightning's seed_everything's, which would warn and use 0 for any other
 MAX_SEED = 2**32 - 1
 
