@@ -38,7 +38,7 @@ from src.data.shapes import (  # noqa: E402
     shape_coverage,
     shapes_params,
 )
-from src.data.transforms import PREPROCESS_MODES, ImageTransform, scale_width, to_tensor  # noqa: E402
+from src.data.transforms import PREPROCESS_MODES, ImageTransform, scale_width  # noqa: E402
 from src.data.unpaired import UnpairedDataModule  # noqa: E402
 from src.data.colour_profiles import SRGB_CURVE, rgb_profile  # noqa: E402
 from tests.deep_images import exif_chunk, icc_chunk, png_chunk, write_png_16, write_tiff_16  # noqa: E402
@@ -855,6 +855,10 @@ def test_resizing_gives_the_reference_loaders_pixels_with_the_configured_kernel(
         for name, kernel in kernels.items():
             assert torch.allclose(made[name], reference_loader(image, size, kernel), atol=1e-6), (name, size)
         assert not torch.allclose(made["bicubic"], made["bilinear"])
+    gray = image[:, :, :1]   # one channel: PIL's mode L, the same kernel
+    made = ImageTransform("resize_and_crop", 24, 24, flip=False, train=False)(gray)
+    assert torch.allclose(made, reference_loader(np.repeat(gray, 3, axis=2), 24, Image.Resampling.BICUBIC)[:1],
+                          atol=1e-6)
     # Training resizes to load_size and crops a window of exactly that image.
     load = reference_loader(image, 24, Image.Resampling.BICUBIC)
     crop = ImageTransform("resize_and_crop", 24, 16, flip=False, train=True)(image, seed=3)

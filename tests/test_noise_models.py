@@ -16,6 +16,7 @@ from PIL import Image
 
 from conftest import NO_EVALUATION, assert_resume_continues_the_run
 from src.models.noise_base import REFERENCE_ITEMS_START, NoiseToImageModel
+from src.utils.checkpoint_loading import load_model
 from src.nets.noise_nets import DCGANDiscriminator, DCGANGenerator, MLPGenerator
 from src.utils.run import run_training
 from test_models import fit_briefly, record_player_steps
@@ -163,7 +164,7 @@ def test_evaluation_samples_do_not_depend_on_the_batch(train_cfg, name):
     assert not torch.allclose(fakes[0], fakes[1])
 
 
-@pytest.mark.parametrize("overrides", [["model=dcgan"], ["model=dcgan", "model.num_classes=2"]])
+@pytest.mark.parametrize("overrides", [["model=dcgan"], ["model=dcgan", "model.num_classes=2"], ["model=infogan"]])
 def test_dcgan_samples_with_the_batch_statistics_of_a_fixed_reference_batch(train_cfg, overrides):
     """As the DCGAN code samples (G in training mode: batch norm by the batch's own statistics),
     with the statistics of one fixed reference batch, so that a sample depends on its own latent
@@ -173,8 +174,8 @@ def test_dcgan_samples_with_the_batch_statistics_of_a_fixed_reference_batch(trai
     assert model.test_time_batch_stats and model.reference_batch_size == cfg.data.batch_size == 4
     G = model.generator
     with torch.no_grad():   # running averages unlike any batch's statistics, as after training
-        for layer in G.modules():
-            if isinstance(layer, torch.nn.BatchNorm2d):
+        for layer in G.modules():   # (InfoGAN's: BatchNorm1d after its FC layers, 2d after the convs)
+            if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
                 layer.running_mean.uniform_(-1, 1)
                 layer.running_var.uniform_(0.5, 2)
     indices = REFERENCE_ITEMS_START + torch.arange(4)
@@ -206,9 +207,25 @@ def test_the_dcgan_family_samples_as_its_code(tmp_path):
         assert cfg.model.reference_batch_size == cfg.data.batch_size == (128 if name == "dcgan" else 64), name
 
 
+def test_a_checkpoint_from_before_reference_batch_sampling_samples_as_it_did(train_cfg, tmp_path):
+    """A noise model's checkpoint without the setting loads, sampling with the running averages
+    as it did; one with it keeps batch statistics."""
+    cfg = train_cfg("model=dcgan", "max_iters=1", *NO_EVALUATION)
+    run_training(cfg)
+    path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert load_model(path).test_time_batch_stats
+    checkpoint = torch.load(path, weights_only=True)
+    for key in ("test_time_batch_stats", "reference_batch_size"):
+        del checkpoint["hyper_parameters"][key]
+    del checkpoint["model_class"]
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    old = load_model(tmp_path / "old.ckpt")
+    assert type(old).__name__ == "NoiseGAN" and not old.test_time_batch_stats
+
+
 @pytest.mark.parametrize("override, message", [
     ("model.test_time_batch_stats=maybe", r"model.test_time_batch_stats='maybe' must be true or false"),
-    ("data.batch_size=1", r"model.reference_batch_size=1 must be an integer >= 2 .*data.batch_size"),
+    ("model.reference_batch_size=0", r"model.reference_batch_size=0 must be a positive integer .*data.batch_size"),
 ])
 def test_reference_batch_settings_are_checked_by_key(train_cfg, override, message):
     with pytest.raises(InstantiationException, match=message):

@@ -6,8 +6,9 @@ Phones' photos are slow to read on every training item: a 12-megapixel HEIC take
 a CPU core to decode and 0.3 s more to convert its Display P3 colours, where a JPEG of the same
 photo decoded at reduced scale takes about 10 ms. Each image is read as the datasets read it
 (upright by its orientation, colours converted to sRGB, transparency on white, 16-bit files at
---bit-depth), shrunk (PIL's bicubic, which low-passes as it shrinks) so that its shorter side is --short-side pixels (never
-enlarged), and written under OUTPUT with its path inside INPUT, so paired folders still pair.
+--bit-depth), shrunk with PIL's bicubic (which low-passes as it shrinks) so that its shorter
+side is --short-side pixels (never enlarged), and written under OUTPUT with its path inside
+INPUT, so paired folders still pair.
 """
 
 from __future__ import annotations

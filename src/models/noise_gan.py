@@ -36,7 +36,7 @@ class NoiseGAN(NoiseToImageModel):
                                   ("n_critic", n_critic, 1), ("channels", channels, 1)):
             require_int(f"model.{key}", value, least)
         require_bool("model.test_time_batch_stats", test_time_batch_stats)
-        require_int("model.reference_batch_size", reference_batch_size, 2,
+        require_int("model.reference_batch_size", reference_batch_size,
                     why=" (the latents whose batch statistics normalise every sample; DCGAN's config takes "
                         "data.batch_size)")
         if latent_distribution not in LATENT_DISTRIBUTIONS:

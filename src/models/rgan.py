@@ -25,11 +25,13 @@ class RGAN(NoiseGAN):
 
     def __init__(self, generator: dict, discriminator: dict, loss: dict, optimizer: dict, lr_schedule: dict,
                  init: dict, latent_dim: int = 5, num_classes: int = 0, n_critic: int = 1, seq_len: int = 30,
-                 channels: int = 1, latent_distribution: str = "normal"):
+                 channels: int = 1, latent_distribution: str = "normal", test_time_batch_stats: bool = False,
+                 reference_batch_size: int = 64):
         require_int("model.seq_len", seq_len)
         super().__init__(generator, discriminator, loss, optimizer, lr_schedule, init, latent_dim=latent_dim,
                          num_classes=num_classes, n_critic=n_critic, image_size=seq_len, channels=channels,
-                         latent_distribution=latent_distribution)
+                         latent_distribution=latent_distribution, test_time_batch_stats=test_time_batch_stats,
+                         reference_batch_size=reference_batch_size)
 
     @classmethod
     def data_kind(cls) -> tuple[type, str]:

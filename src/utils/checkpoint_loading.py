@@ -86,15 +86,19 @@ def _build(cls: type[AdversarialModel], hparams: dict) -> AdversarialModel:
 
 
 def upgraded_hparams(hparams: dict, checkpoint: dict) -> dict:
-    """Hyperparameters of an older checkpoint in today's names: ProGAN/StyleGAN counted their
-    phases in iterations at one batch size (`phase_iters`); the same schedule is `phase_images`
-    = phase_iters x the run's data.batch_size, with no per-resolution tables."""
-    if "phase_iters" not in hparams:
-        return hparams
-    batch = int((checkpoint.get("datamodule_hyper_parameters") or {}).get("batch_size", 16))
-    upgraded = {key: value for key, value in hparams.items() if key != "phase_iters"}
-    upgraded.update({"phase_images": int(hparams["phase_iters"]) * batch, "batch_size": batch, "batch_sizes": {},
-                     "lr_by_resolution": {}, "start_resolution": 4})
+    """Hyperparameters of an older checkpoint in today's names:
+    - ProGAN/StyleGAN counted their phases in iterations at one batch size (`phase_iters`); the
+      same schedule is `phase_images` = phase_iters x the run's data.batch_size, with no
+      per-resolution tables.
+    - The noise models (`latent_dim`) sampled with their batch norm's running averages before
+      `test_time_batch_stats` existed, and keep doing so."""
+    upgraded = dict(hparams)
+    if "phase_iters" in upgraded:
+        batch = int((checkpoint.get("datamodule_hyper_parameters") or {}).get("batch_size", 16))
+        upgraded.update({"phase_images": int(upgraded.pop("phase_iters")) * batch, "batch_size": batch,
+                         "batch_sizes": {}, "lr_by_resolution": {}, "start_resolution": 4})
+    if "latent_dim" in upgraded and "test_time_batch_stats" not in upgraded:
+        upgraded.update({"test_time_batch_stats": False, "reference_batch_size": 64})
     return upgraded
 
 
