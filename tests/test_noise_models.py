@@ -435,12 +435,13 @@ def test_model_settings_refused_or_unread_are_named_by_key(train_cfg, override, 
         build(train_cfg("model=dcgan", override))
 
 
-def test_sample_scores_under_ddp_equal_the_single_process_values(train_cfg, tmp_path):
+@pytest.mark.parametrize("name", ["gan", "dcgan"])
+def test_sample_scores_under_ddp_equal_the_single_process_values(train_cfg, tmp_path, name):
     """Each rank samples its block of the test set with latents seeded by item index, and the
     metric states are gathered: two ranks give one process's FID/KID and Inception Score. (Learning rate 0 keeps
-    the weights of both runs at the same seeded initialisation; the MLP nets hold no batch
-    statistics that the runs' different data would change.)"""
-    common = ["model=gan", "max_iters=1", "model.optimizer.lr=0", "++callbacks.latent=null",
+    the weights of both runs at the same seeded initialisation. The MLP nets hold no batch
+    statistics; DCGAN samples with its reference batch's on every rank.)"""
+    common = [f"model={name}", "max_iters=1", "model.optimizer.lr=0", "++callbacks.latent=null",
               "++callbacks.shapes_truth=null"]
     single = run_training(train_cfg(*common))
     cfg = train_cfg(*common, "trainer=ddp_sim", "trainer.strategy=ddp_spawn_find_unused_parameters_true")
