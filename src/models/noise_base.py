@@ -16,6 +16,8 @@ draws noise inside its forward (StyleGAN's per-layer noise maps) says so with a
 """
 from __future__ import annotations
 
+import contextlib
+
 import hydra
 import torch
 import torch.nn as nn
@@ -133,20 +135,20 @@ class NoiseToImageModel(AdversarialModel):
         """Samples of latents `z` (and classes `labels`; the generator's own `noise` maps when it
         draws any) in eval mode under no_grad."""
         z, labels = z.to(self.device), self.conditioning(labels)
-        with sampling_mode([self.generator]):
-            if not (self.test_time_batch_stats and tracked_batch_norms(self.generator)):
-                return self.generator(z, labels, **({} if noise is None else {"noise": noise}))
+        rows = self.reference_batch_size if self.test_time_batch_stats and tracked_batch_norms(self.generator) else 0
+        if rows:
             # The reference batch goes first in the same forward pass: its rows set every layer's
             # statistics, which normalise the samples' rows too.
-            indices = REFERENCE_ITEMS_START + torch.arange(self.reference_batch_size)
+            indices = REFERENCE_ITEMS_START + torch.arange(rows)
             z = torch.cat([self.noise_for(indices), z])
             if labels is not None:
                 labels = torch.cat([(indices % self.num_classes).to(labels), labels])
             if noise is not None:
                 noise = [torch.cat([reference, maps]) for reference, maps in zip(self.noise_maps_for(indices), noise)]
-            with reference_batch_statistics(self.generator, rows=self.reference_batch_size):
-                samples = self.generator(z, labels, **({} if noise is None else {"noise": noise}))
-            return samples[self.reference_batch_size:]
+        statistics = reference_batch_statistics(self.generator, rows) if rows else contextlib.nullcontext()
+        with sampling_mode([self.generator]), statistics:
+            samples = self.generator(z, labels, **({} if noise is None else {"noise": noise}))
+        return samples[rows:]
 
     def conditioning(self, labels: torch.Tensor | None) -> torch.Tensor | None:
         """The labels a conditional model's networks take; None for an unconditional one."""
