@@ -40,15 +40,15 @@ LATENT_DISTRIBUTIONS = ("normal", "uniform")
 
 class NoiseToImageModel(AdversarialModel):
     """Subclasses set `self.generator` (called as `generator(z, labels)`), `self.latent_dim`,
-    `self.num_classes` (0: unconditional), `self.image_shape` (C, H, W) and write
-    `train_iteration`."""
+    `self.num_classes` (0: unconditional), `self.image_shape` (C, H, W), the two sampling
+    settings below (NoiseGAN from its hyperparameters) and write `train_iteration`."""
 
     generator: nn.Module
     latent_dim: int
     latent_distribution: str = "normal"
     #: sample with batch statistics (of the reference batch), as the DCGAN code; else running averages
-    test_time_batch_stats: bool = False
-    reference_batch_size: int = 64
+    test_time_batch_stats: bool
+    reference_batch_size: int
     num_classes: int
     image_shape: tuple[int, int, int]
 
