@@ -13,14 +13,17 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python src/translate.py` from the root
 
 import hydra  # noqa: E402
+import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from src.models.checkpoint_fit import check_checkpoint_file  # noqa: E402
 from src.utils.checkpoint_loading import load_model  # noqa: E402
 from src.utils.export import export_translation  # noqa: E402
 from src.data.folders import output_paths  # noqa: E402
+from src.utils.config_checks import check_seed  # noqa: E402
+from src.utils.rng import isolated_rng  # noqa: E402
 from src.utils.translation import (check_direction, list_input_images, resolve_device, save_png,  # noqa: E402
-                                   seed_sampling, translate_images)
+                                   translate_images)
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +37,16 @@ def run_translation(cfg: DictConfig) -> dict:
     if not cfg.get("input") and not cfg.get("export"):
         raise ValueError("input is required: input=path/to/image_or_folder (or export=onnx|torchscript to only export)")
     paths = list_input_images(cfg.input) if cfg.get("input") else []
-    output_dir = Path(cfg.output)
-    targets = output_paths(paths, output_dir, Path(cfg.input) if paths and Path(cfg.input).is_dir() else None)
+    targets = output_paths(paths, Path(cfg.output), Path(cfg.input) if paths and Path(cfg.input).is_dir() else None)
     device = resolve_device(cfg.get("device", "auto"))
-    seed_sampling(cfg.get("seed"))
+    check_seed("seed", cfg.get("seed"))
+    with isolated_rng(device, cfg.get("seed")):
+        return translate_and_export(cfg, paths, targets, device)
 
+
+def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path, Path], device: torch.device) -> dict:
+    """The body of `run_translation`, its settings checked, inside the translation's seeded RNG."""
+    output_dir = Path(cfg.output)
     model = load_model(cfg.ckpt_path, map_location=device, use_ema=cfg.get("use_ema", True))
     check_direction(model, cfg.direction)
     output_dir.mkdir(parents=True, exist_ok=True)

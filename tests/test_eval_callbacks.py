@@ -18,13 +18,14 @@ import torch.multiprocessing as mp
 from hydra.errors import InstantiationException
 
 from conftest import NO_EVALUATION, compose_train_cfg, free_port
-from src.callbacks.fid_kid import FidKidCallback, isolated_rng, shard_range
+from src.callbacks.fid_kid import FidKidCallback, shard_range
 from src.callbacks.latent import gather_rows
 from src.data.shapes import ShapesDataModule
 from src.metrics import features as features_module
 from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
 from src.metrics.mmd import mmd2_unbiased
+from src.utils.rng import isolated_rng
 from src.utils.run import run_training
 
 # Both callbacks every 2 iterations on 7 test items (uneven DDP blocks: 4 + 3), KID subsets of 5
@@ -183,6 +184,15 @@ def test_evaluation_rng_is_seeded_and_leaves_training_rng_alone():
     with isolated_rng(torch.device("cpu"), seed=3):
         assert torch.equal(torch.rand(3), first)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_unseeded_evaluation_rng_draws_on_from_the_callers_state_and_restores_it():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    with isolated_rng(torch.device("cpu"), seed=None):
+        assert torch.equal(torch.rand(3), expected)
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_shards_are_contiguous_disjoint_and_complete():

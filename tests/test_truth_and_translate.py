@@ -571,21 +571,26 @@ def test_eval_multirun_tables_the_checkpoints_it_compared(smoke_runs, tmp_path, 
 def test_eval_scores_pix2pix_one_way(smoke_runs, tmp_path, shared_data_dir):
     results, out = evaluate(smoke_runs["pix2pix"], tmp_path, shared_data_dir)
     assert set(results) == {"AtoB"} and not (out / "fakeA").exists()
-    # Its test-time dropout draws from eval's seed: the same scores on every call, others with another seed.
+    # Its test-time dropout draws from eval's seed: the same scores on every call, others with another seed,
+    # and the caller's RNG is left as it was (eval seeds its own, not the process's).
+    before = torch.get_rng_state()
     again, _ = evaluate(smoke_runs["pix2pix"], tmp_path / "again", shared_data_dir)
     other, _ = evaluate(smoke_runs["pix2pix"], tmp_path / "other", shared_data_dir, "seed=1")
     assert again == results and other["AtoB"]["fid"] != results["AtoB"]["fid"]
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_translate_gives_pix2pix_the_same_translation_on_every_call(smoke_runs, tmp_path):
     """Test-time dropout draws from translate's seed (0 unless set)."""
     write_noise_image(tmp_path / "in" / "x.png")
     outputs = []
+    before = torch.get_rng_state()
     for name, seed in (("first", 0), ("again", 0), ("other", 1)):
         run_translation(translate_cfg(ckpt_path=str(smoke_runs["pix2pix"].ckpt), input=str(tmp_path / "in"),
                                       output=str(tmp_path / name), seed=seed))
         outputs.append(np.asarray(Image.open(tmp_path / name / "x.png")))
     assert np.array_equal(outputs[0], outputs[1]) and not np.array_equal(outputs[0], outputs[2])
+    assert torch.equal(torch.get_rng_state(), before)   # translate seeds its own RNG, not the process's
 
 
 def test_eval_of_a_checkpoint_away_from_its_run_takes_the_data_it_records(smoke_runs, tmp_path, shared_data_dir):

@@ -24,7 +24,6 @@ value, and every rank takes part in saving the best-FID checkpoint (saving has a
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +40,7 @@ from src.metrics.image_classifier import ClassifierScorer, classifier_of_the_dat
 from src.models.noise_base import SAMPLES
 from src.utils.config_checks import require_int
 from src.utils.directions import DIRECTIONS
+from src.utils.rng import isolated_rng
 
 
 def shard_range(n: int, rank: int, world_size: int) -> range:
@@ -49,20 +49,6 @@ def shard_range(n: int, rank: int, world_size: int) -> range:
     base, extra = divmod(n, world_size)
     start = rank * base + min(rank, extra)
     return range(start, start + base + (1 if rank < extra else 0))
-
-
-@contextlib.contextmanager
-def isolated_rng(device: torch.device, seed: int = 0):
-    """Seeded RNG inside the block, training RNG restored after it: an evaluation (pix2pix's
-    test-time dropout, KID subsets) is reproducible and does not change the training run."""
-    cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_devices):
-        torch.default_generator.manual_seed(seed)
-        for index in cuda_devices:
-            with torch.cuda.device(index):
-                torch.cuda.manual_seed(seed)
-        yield
 
 
 def publish_metrics(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:

@@ -5,8 +5,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from src.callbacks.fid_kid import isolated_rng
 from src.utils.image_grid import make_grid, save_image
+from src.utils.rng import isolated_rng
 
 
 class ImageGridCallback(pl.Callback):

@@ -24,13 +24,14 @@ from src.metrics.shapes_truth import ShapesTruthScorer, background_tensor, is_sh
 from src.models.checkpoint_fit import check_checkpoint_file
 from src.models.noise_base import SAMPLES, NoiseToImageModel
 from src.utils.checkpoint_loading import load_model, recorded_class, run_config_path
-from src.utils.config_checks import check_argument_types, is_number, require_int
+from src.utils.config_checks import check_argument_types, check_seed, is_number, require_int
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, domain_folders, untranslated_directions
 from src.utils.image_grid import make_grid, save_image
 from src.utils.label_evaluation import label_scores_for, segmenter_for
+from src.utils.rng import isolated_rng
 from src.utils.sequence_plot import plot_series
 from src.utils.training_config import CONF_DIR
-from src.utils.translation import resolve_device, save_png, seed_sampling, to_uint8_images
+from src.utils.translation import resolve_device, save_png, to_uint8_images
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +371,13 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
         raise ValueError(f"name={OmegaConf.to_container(cfg.name)!r} must be a single name (the row of the printed "
                          "table), or null for the model class and data name")
     device = resolve_device(cfg.get("device", "auto"))
-    seed_sampling(cfg.get("seed"))
+    check_seed("seed", cfg.get("seed"))
+    with isolated_rng(device, cfg.get("seed")):
+        return evaluate_checkpoint(cfg, device)
+
+
+def evaluate_checkpoint(cfg: DictConfig, device: torch.device) -> dict[str, dict[str, float]]:
+    """The body of `run_evaluation`, its settings checked, inside the evaluation's seeded RNG."""
     model = load_model(cfg.ckpt_path, map_location=device, use_ema=cfg.get("use_ema", True))
     data = data_config(cfg, model)
     check_argument_types(data, "data")

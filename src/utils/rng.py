@@ -1,8 +1,10 @@
-"""RNG states in a form `torch.load(weights_only=True)` accepts (tensors, tuples, ints).
+"""Random number generator states: saved in checkpoints, and set aside around evaluations.
 
-Lightning's own collector keeps numpy's state as an ndarray, which weights-only loading
-refuses; checkpoints must stay loadable that way.
+Checkpoints keep them in a form `torch.load(weights_only=True)` accepts (tensors, tuples,
+ints): Lightning's own collector keeps numpy's state as an ndarray, which weights-only loading
+refuses.
 """
+import contextlib
 import random
 
 import numpy as np
@@ -25,3 +27,21 @@ def restore_rng_states(states: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+@contextlib.contextmanager
+def isolated_rng(device: torch.device, seed: int | None = 0):
+    """Torch's RNG (CPU and `device`'s GPU) seeded with `seed` inside the block and restored
+    after it: an evaluation (pix2pix's test-time dropout, KID subsets, noise models' latents) is
+    reproducible and leaves its caller's draws (a training run's, a notebook's) as they were.
+    `seed=None` leaves the block unseeded: it draws on from the caller's state, which is
+    restored all the same."""
+    cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        if seed is not None:
+            torch.default_generator.manual_seed(seed)
+            for index in cuda_devices:
+                with torch.cuda.device(index):
+                    torch.cuda.manual_seed(seed)
+        yield

@@ -24,7 +24,7 @@ from src.data.image_io import PIXEL_READING_KEYS, load_image, save_image, uprigh
 from src.data.transforms import resize_image, short_side_size, to_tensor
 from src.models.base import TranslationModel
 from src.models.size_check import check_translation_size
-from src.utils.config_checks import check_seed, require_int
+from src.utils.config_checks import require_int
 from src.utils.directions import DIRECTIONS
 
 CropBox = tuple[int, int, int, int]  # top, left, height, width
@@ -44,14 +44,6 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name}: no CUDA device is available here; use device=cpu or device=auto")
     return device
-
-
-def seed_sampling(seed: int | None) -> None:
-    """Seed torch (CPU and every GPU) for eval.py and translate.py: pix2pix's test-time dropout
-    then gives the same translations, and scores, on every call. None leaves it unseeded."""
-    check_seed("seed", seed)
-    if seed is not None:
-        torch.manual_seed(seed)
 
 
 def check_direction(model: TranslationModel, direction: str) -> None:
