@@ -38,7 +38,7 @@ from src.data.shapes import (  # noqa: E402
     shape_coverage,
     shapes_params,
 )
-from src.data.transforms import PREPROCESS_MODES, ImageTransform, scale_width  # noqa: E402
+from src.data.transforms import PREPROCESS_MODES, RESIZE_INTERPOLATIONS, ImageTransform, scale_width  # noqa: E402
 from src.data.unpaired import UnpairedDataModule  # noqa: E402
 from src.data.colour_profiles import SRGB_CURVE, rgb_profile  # noqa: E402
 from tests.deep_images import exif_chunk, icc_chunk, png_chunk, write_png_16, write_tiff_16  # noqa: E402
@@ -637,6 +637,20 @@ def test_a_folder_is_converted_once_into_upright_srgb_jpegs_at_a_short_side(tmp_
         convert_images.convert_images(tmp_path / "in", tmp_path / "out3", workers=2)
     with pytest.raises(ValueError, match="--workers 0 must be at least 1"):
         convert_images.convert_images(tmp_path / "in", tmp_path / "out3", workers=0)
+
+
+def test_convert_images_shrinks_with_the_kernel_asked_for(tmp_path):
+    """--interpolation picks PIL's kernel (the dataset's data.resize_interpolation), bicubic unless told."""
+    noise = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(noise).save(tmp_path / "in" / "noise.png")
+    for kernel in ("bicubic", "bilinear"):
+        args = [str(tmp_path / "in"), str(tmp_path / kernel), "--short-side", "8", "--format", "png"]
+        assert convert_images.main(args + (["--interpolation", kernel] if kernel == "bilinear" else [])) == 0
+        expected = Image.fromarray(noise).resize((12, 8), RESIZE_INTERPOLATIONS[kernel])
+        assert np.array_equal(np.asarray(Image.open(tmp_path / kernel / "noise.png")), np.asarray(expected))
+    with pytest.raises(ValueError, match="--interpolation 'nearest' must be one of bicubic, bilinear"):
+        convert_images.convert_images(tmp_path / "in", tmp_path / "out", interpolation="nearest")
 
 
 
