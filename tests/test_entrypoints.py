@@ -11,18 +11,28 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_train(*args: str, tmp_path: Path, data_dir: Path) -> subprocess.CompletedProcess:
+def run_train(*args: str, tmp_path: Path, data_dir: Path, log_dir_from_cwd: bool = False
+              ) -> subprocess.CompletedProcess:
+    """`src/train.py debug=smoke <args>` run in tmp_path, its logs under tmp_path/logs: named by
+    `paths.log_dir`, or (`log_dir_from_cwd`) found as a user's are, from the working directory,
+    without $PROJECT_ROOT (which `make test` sets)."""
     env = {**os.environ, "PROJECT_ROOT": str(ROOT), "WANDB_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1",
            "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    if log_dir_from_cwd:
+        del env["PROJECT_ROOT"]
     flags = [a for a in args if a.startswith("-")]  # Hydra's flags go before the overrides
     overrides = [a for a in args if not a.startswith("-")]
-    cmd = [sys.executable, str(ROOT / "src" / "train.py"), *flags, "debug=smoke", f"paths.log_dir={tmp_path}/logs",
+    log_dir = [] if log_dir_from_cwd else [f"paths.log_dir={tmp_path}/logs"]
+    cmd = [sys.executable, str(ROOT / "src" / "train.py"), *flags, "debug=smoke", *log_dir,
            f"paths.data_dir={data_dir}", *overrides]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_multirun_writes_one_run_dir_per_job(tmp_path, shared_data_dir):
-    result = run_train("-m", "loss=lsgan,hinge", "max_iters=2", tmp_path=tmp_path, data_dir=shared_data_dir)
+    # As a user runs it: the sweep folder under the working directory's logs/ (resolved before
+    # any job's Hydra config exists).
+    result = run_train("-m", "loss=lsgan,hinge", "max_iters=2", tmp_path=tmp_path, data_dir=shared_data_dir,
+                       log_dir_from_cwd=True)
     assert result.returncode == 0, result.stderr[-3000:]
     sweeps = list((tmp_path / "logs" / "smoke" / "multiruns").iterdir())
     assert len(sweeps) == 1

@@ -3,26 +3,21 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def compose_training_config(overrides: Sequence[str], conf_dir: str | Path = CONF_DIR) -> DictConfig:
-    """The training config with `overrides`. Outside a Hydra app there is no
-    ${hydra:runtime.cwd}, so `paths.root_dir` is taken as the app would: $PROJECT_ROOT, else the
-    working directory (unless an override sets it)."""
+    """The training config with `overrides`; `paths.root_dir` resolves as in the app ($PROJECT_ROOT,
+    else the working directory), `paths.output_dir` (Hydra's run folder) does not."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         cfg = compose(config_name="train", overrides=list(overrides))
     GlobalHydra.instance().clear()
-    if not any(override.startswith("paths.root_dir=") for override in overrides):
-        with open_dict(cfg):
-            cfg.paths.root_dir = os.environ.get("PROJECT_ROOT", os.getcwd())
     return cfg
