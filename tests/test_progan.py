@@ -44,6 +44,43 @@ def test_schedule_phases_count_images_at_each_resolutions_batch_and_rate():
                                                                                          batch_size=2)]
 
 
+def test_a_phase_opens_where_the_level_or_the_fade_changes_not_where_only_the_settings_do():
+    schedule = ProgressiveSchedule(top_level=2, parts=[Part(0, phase_images=4, batch_size=1)])
+    # phases: level 0 at 0-3, fade to 1 at 4-7, level 1 at 8-11, fade to 2 at 12-15, level 2 from 16
+    assert [i for i in range(30) if schedule.opens_phase(i)] == [4, 8, 12, 16]
+    # The batch doubles at iteration 6, inside the fade-in: the same phase, finished in pieces.
+    pieces = ProgressiveSchedule(top_level=2, parts=[Part(0, 4, 1), Part(6, 4, 2)])
+    assert [p.first_iteration for p in pieces.phases] == [0, 4, 6, 7, 9, 11]
+    assert [i for i in range(30) if pieces.opens_phase(i)] == [4, 7, 9, 11]
+
+
+def adam_steps_after_each_iteration(cfg) -> list[set[int]]:
+    """Fit `cfg`'s model, recording after each iteration the step counts its optimizers' state
+    holds (one set over both players' parameters)."""
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    counts = []
+    train_iteration = model.train_iteration
+
+    def recording(batch):
+        train_iteration(batch)
+        counts.append({int(state["step"]) for opt in model.optimizers() for state in opt.optimizer.state.values()})
+
+    model.train_iteration = recording
+    fit_briefly(cfg, model)
+    return counts
+
+
+def test_the_optimizers_start_afresh_at_each_phase_as_in_the_authors_code(train_cfg):
+    """StyleGAN's smoke schedule: two iterations at 8x8, then a fade-in to 16x16 and 16x16 alone,
+    one iteration each. Adam's state (moments and step count) is cleared as each phase begins,
+    kept inside one; `model.reset_optimizers_per_phase=false` keeps it throughout."""
+    cfg = train_cfg("model=stylegan", "max_iters=4", *NO_EVALUATION)
+    assert adam_steps_after_each_iteration(cfg) == [{1}, {2}, {1}, {1}]
+    cfg = train_cfg("model=stylegan", "max_iters=4", "model.reset_optimizers_per_phase=false", *NO_EVALUATION)
+    # (the new level's layers have state only from their first gradient on)
+    assert [max(steps) for steps in adam_steps_after_each_iteration(cfg)] == [1, 2, 3, 4]
+
+
 def test_a_change_of_device_count_finishes_the_phase_with_the_images_it_lacks():
     """Resumed on 2 devices at iteration 4 of a 1-device run (batch 2, 12 images a phase): the
     first phase had 8 images and needs 1 iteration of 4 more; the next take 3 iterations each."""
@@ -428,7 +465,8 @@ def test_a_checkpoint_from_before_the_image_schedule_loads_with_the_same_schedul
     cfg = train_cfg("model=progan", "max_iters=3", *NO_EVALUATION)
     run_training(cfg)
     checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
-    new_keys = ("phase_images", "batch_size", "batch_sizes", "lr_by_resolution", "start_resolution")
+    new_keys = ("phase_images", "batch_size", "batch_sizes", "lr_by_resolution", "start_resolution",
+                "reset_optimizers_per_phase")
     checkpoint["hyper_parameters"] = {**{k: v for k, v in checkpoint["hyper_parameters"].items() if k not in new_keys},
                                       "phase_iters": 1}
     del checkpoint["model_class"]
@@ -437,6 +475,7 @@ def test_a_checkpoint_from_before_the_image_schedule_loads_with_the_same_schedul
     model = load_model(old)
     batch = checkpoint["datamodule_hyper_parameters"]["batch_size"]
     assert type(model).__name__ == "ProGAN" and model.hparams.phase_images == batch and model.hparams.batch_size == batch
+    assert model.hparams.reset_optimizers_per_phase is False   # as it trained
     assert [model.stage(i) for i in range(4)] == [(0, 1.0), (1, 0.0), (1, 1.0), (2, 0.0)]   # one iteration per phase
     assert (model.generator.level, model.generator.alpha) == (1, 1.0)   # the third iteration's stage
 

@@ -24,7 +24,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from src.models.noise_gan import NoiseGAN
 from src.models.progressive_schedule import Part, ProgressiveSchedule, level_resolution
 from src.nets.progan import GrowingNet
-from src.utils.config_checks import require_int
+from src.utils.config_checks import require_bool, require_int
 
 
 def faded_reals(images: torch.Tensor, level: int, alpha: float, top_level: int) -> torch.Tensor:
@@ -58,11 +58,13 @@ class ProGAN(NoiseGAN):
 
     `batch_size` is the batch of a resolution `batch_sizes` does not list (data.batch_size);
     `lr_by_resolution` gives rates in place of model.optimizer.lr at the resolutions it lists
-    (each player's rate scaled by the same factor)."""
+    (each player's rate scaled by the same factor). `reset_optimizers_per_phase` clears both
+    players' optimizer state (Adam's moments and step count) as each fade-in and each
+    stabilising phase begins, as both authors' codes do (`reset_opt_for_new_lod`)."""
 
     def __init__(self, *args, phase_images: int = 800_000, drift: float = 0.001, grow: bool = True,
                  batch_size: int = 16, batch_sizes: dict | None = None, lr_by_resolution: dict | None = None,
-                 start_resolution: int = 4, **kwargs):
+                 start_resolution: int = 4, reset_optimizers_per_phase: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         if not isinstance(self.generator, GrowingNet):
             # A TypeError, as for a wrong argument: checkpoint loading tries the model classes in turn.
@@ -84,9 +86,10 @@ class ProGAN(NoiseGAN):
                 raise ValueError(f"model.lr_by_resolution.{resolution}={rate!r} must be a positive rate")
         if start_resolution not in resolutions:
             raise ValueError(f"model.start_resolution={start_resolution!r} must be one of {resolutions}")
+        require_bool("model.reset_optimizers_per_phase", reset_optimizers_per_phase)
         settings = {"phase_images": phase_images, "drift": drift, "grow": grow, "batch_size": batch_size,
                     "batch_sizes": batch_sizes, "lr_by_resolution": lr_by_resolution,
-                    "start_resolution": start_resolution}
+                    "start_resolution": start_resolution, "reset_optimizers_per_phase": reset_optimizers_per_phase}
         self.hparams.update(settings)
         self.drift, self.grow = float(drift), grow
         self._schedule: ProgressiveSchedule | None = None
@@ -212,6 +215,10 @@ class ProGAN(NoiseGAN):
             net.set_stage(level, alpha)
         if self.hparams.lr_by_resolution:
             self.set_resolution_learning_rates(self.schedule.lr_factor_at(iteration))
+        if self.hparams.reset_optimizers_per_phase and self.schedule.opens_phase(iteration):
+            # From the iteration, like the stage: a run resumed anywhere resets where it would have.
+            for optimizer in self.named_optimizers().values():
+                optimizer.optimizer.state.clear()
         super().train_iteration({**batch, "A": faded_reals(batch["A"], level, alpha, self.generator.top_level)})
         if self.logging_losses:
             self.log_dict({"train/level": float(level), "train/alpha": alpha,

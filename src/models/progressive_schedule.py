@@ -113,6 +113,14 @@ class ProgressiveSchedule:
     def phase(self, iteration: int) -> Phase:
         return self.phases[bisect.bisect_right(self._starts, iteration) - 1]
 
+    def opens_phase(self, iteration: int) -> bool:
+        """Whether `iteration` is the first of a fade-in or a stabilising phase (not the run's
+        first, nor a piece of one phase where only the settings change)."""
+        if iteration == 0:
+            return False
+        this, before = self.phase(iteration), self.phase(iteration - 1)
+        return (this.level, this.fading) != (before.level, before.fading)
+
     def stage(self, iteration: int) -> tuple[int, float]:
         """(level, alpha) of training iteration `iteration`."""
         phase = self.phase(iteration)

@@ -91,12 +91,16 @@ def upgraded_hparams(hparams: dict, checkpoint: dict) -> dict:
       same schedule is `phase_images` = phase_iters x the run's data.batch_size, with no
       per-resolution tables.
     - The noise models (`latent_dim`) sampled with their batch norm's running averages before
-      `test_time_batch_stats` existed, and keep doing so."""
+      `test_time_batch_stats` existed, and keep doing so.
+    - ProGAN/StyleGAN (`phase_images`) kept their optimizers' state across phases before
+      `reset_optimizers_per_phase` existed."""
     upgraded = dict(hparams)
     if "phase_iters" in upgraded:
         batch = int((checkpoint.get("datamodule_hyper_parameters") or {}).get("batch_size", 16))
         upgraded.update({"phase_images": int(upgraded.pop("phase_iters")) * batch, "batch_size": batch,
                          "batch_sizes": {}, "lr_by_resolution": {}, "start_resolution": 4})
+    if "phase_images" in upgraded and "reset_optimizers_per_phase" not in upgraded:
+        upgraded["reset_optimizers_per_phase"] = False
     if "latent_dim" in upgraded and "test_time_batch_stats" not in upgraded:
         upgraded.update({"test_time_batch_stats": False, "reference_batch_size": 64})
     return upgraded
