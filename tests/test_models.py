@@ -148,6 +148,42 @@ def test_a_schedule_setting_it_cannot_use_stops_the_fit_at_start(train_cfg, over
     assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))   # refused before the first step
 
 
+def player_weights(model, *players: str) -> list[torch.Tensor]:
+    """The players' conv and linear weights (what `model.init` draws; spectral norm's are `weight_orig`)."""
+    layers = (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)
+    return [getattr(layer, "weight_orig", layer.weight).detach().clone() for name in players
+            for net in model.player_modules()[name] for layer in net.modules() if isinstance(layer, layers)]
+
+
+@pytest.mark.parametrize("model_name, player, others", [
+    ("pix2pix", "discriminator", ["generator"]), ("cyclegan", "discriminators", ["generators"]),
+    ("ugatit", "discriminators", ["generators"]), ("nicegan", "generators", ["encoders", "heads"])])
+def test_a_players_own_init_reaches_its_networks_and_no_others(train_cfg, model_name, player, others):
+    """`model.init.players.<player>` draws that player's weights (here uniform in +-0.5, far
+    wider than the default N(0, 0.02)); the other players' are the default's, draw for draw."""
+    def build(*overrides):
+        torch.manual_seed(0)
+        return hydra.utils.instantiate(train_cfg(f"model={model_name}", *overrides).model, _recursive_=False)
+
+    default = build()
+    own = build(f"+model.init.players.{player}.type=uniform", f"+model.init.players.{player}.gain=0.5")
+    drawn = player_weights(own, player)
+    assert all(w.abs().max() <= 0.5 for w in drawn) and max(w.abs().max() for w in drawn) > 0.3
+    assert max(w.abs().max() for w in player_weights(default, player)) < 0.3
+    assert all(torch.equal(a, b) for a, b in zip(player_weights(own, *others), player_weights(default, *others)))
+
+
+def test_an_init_for_a_player_the_model_lacks_is_refused(train_cfg):
+    cfg = train_cfg("model=cyclegan", "+model.init.players.critic.gain=1", "max_iters=1")
+    with pytest.raises(ValueError, match=r"model.init.players has \['critic'\], which CycleGAN does not have: its "
+                                         r"players are \['generators', 'discriminators'\]"):
+        run_training(cfg)
+    with pytest.raises(hydra.errors.InstantiationException, match=r"model.init.players.encoders: NICE-GAN "
+                                                                  r"initialises each discriminator"):
+        hydra.utils.instantiate(train_cfg("model=nicegan", "+model.init.players.encoders.gain=1").model,
+                                _recursive_=False)
+
+
 @pytest.mark.parametrize("override, message", [
     ("loss.weights.cam=abc", r"loss.weights.cam='abc' must be a number >= 0"),
     ("loss.weights.cycle=-1", r"loss.weights.cycle=-1 must be a number >= 0"),

@@ -294,15 +294,21 @@ class AdversarialModel(pl.LightningModule):
     def configure_optimizers(self):
         # `model.optimizer`, with `model.optimizer.players.<player>` overriding it for one player
         # (InfoGAN's and RGAN's papers give each player its own optimizer or rate).
-        unknown = sorted(set(self.optimizer_cfg.get("players", {})) - set(self.player_modules()))
-        if unknown:
-            raise ValueError(f"model.optimizer.players has {unknown}, which {type(self).__name__} does not have: "
-                             f"its players are {list(self.player_modules())}")
+        for key, table in (("model.optimizer.players", self.optimizer_cfg), ("model.init.players", self.init_cfg)):
+            unknown = sorted(set(table.get("players", {})) - set(self.player_modules()))
+            if unknown:
+                raise ValueError(f"{key} has {unknown}, which {type(self).__name__} does not have: "
+                                 f"its players are {list(self.player_modules())}")
         optimizers = [build_optimizer([p for m in modules for p in m.parameters()], self.player_optimizer_cfg(name))
                       for name, modules in self.player_modules().items()]
         schedule = self.lr_schedule_of_this_run()
         schedulers = [build_scheduler(opt, **schedule) for opt in optimizers]
         return optimizers, schedulers
+
+    def net_init(self, player: str) -> dict:
+        """`model.init` with the player's overrides (`model.init.players.<player>`: the GAN
+        paper's code draws G's weights in +-0.05 and D's in +-0.005), for building its networks."""
+        return with_player_overrides(self.init_cfg, player)
 
     def player_optimizer_cfg(self, name: str) -> dict:
         """`model.optimizer` with the player's overrides (`model.optimizer.players.<name>`)."""

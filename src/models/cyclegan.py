@@ -29,11 +29,12 @@ class CycleGAN(TranslationModel):
                                    "pool_size": pool_size})
         g_cfg, d_cfg = self.hparams.generator, self.hparams.discriminator
         # G_A: A -> B and D_A judges domain B (fakes of G_A); G_B: B -> A and D_B judges domain A.
-        self.G_A = build_net(g_cfg, self.init_cfg, "model.generator")
-        self.G_B = build_net({**g_cfg, "input_nc": g_cfg["output_nc"], "output_nc": g_cfg["input_nc"]}, self.init_cfg,
+        g_init, d_init = self.net_init("generators"), self.net_init("discriminators")
+        self.G_A = build_net(g_cfg, g_init, "model.generator")
+        self.G_B = build_net({**g_cfg, "input_nc": g_cfg["output_nc"], "output_nc": g_cfg["input_nc"]}, g_init,
                              "model.generator")
-        self.D_A = build_net({**d_cfg, "input_nc": g_cfg["output_nc"]}, self.init_cfg, "model.discriminator")
-        self.D_B = build_net({**d_cfg, "input_nc": g_cfg["input_nc"]}, self.init_cfg, "model.discriminator")
+        self.D_A = build_net({**d_cfg, "input_nc": g_cfg["output_nc"]}, d_init, "model.discriminator")
+        self.D_B = build_net({**d_cfg, "input_nc": g_cfg["input_nc"]}, d_init, "model.discriminator")
         self.pools = {"fake_A": ImagePool(pool_size), "fake_B": ImagePool(pool_size)}
         self.weight("cycle"), self.weight("identity")  # fail at start on a missing weight
         if self.weights["identity"] > 0 and g_cfg["input_nc"] != g_cfg["output_nc"]:

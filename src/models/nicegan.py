@@ -42,12 +42,17 @@ class NICEGAN(TranslationModel):
         g_cfg, d_cfg = self.hparams.generator, self.hparams.discriminator
         # Domain A's channels come from the discriminator config, B's from the generator config.
         a_nc, b_nc = d_cfg["input_nc"], g_cfg["output_nc"]
+        if split := sorted({"encoders", "heads"} & set(self.init_cfg.get("players", {}))):
+            raise ValueError(f"model.init.players.{split[0]}: NICE-GAN initialises each discriminator (its encoder "
+                             "and heads) as one network; set model.init for it (or players.generators for the "
+                             "generators alone)")
         self.D_A = build_net({**d_cfg, "input_nc": a_nc}, self.init_cfg, "model.discriminator")
         self.D_B = build_net({**d_cfg, "input_nc": b_nc}, self.init_cfg, "model.discriminator")
         latent_nc = self.D_A.latent_nc
         # G_AB decodes E_A's latent into domain B; G_BA decodes E_B's latent into domain A.
-        self.G_AB = build_net({**g_cfg, "output_nc": b_nc, "latent_nc": latent_nc}, self.init_cfg, "model.generator")
-        self.G_BA = build_net({**g_cfg, "output_nc": a_nc, "latent_nc": latent_nc}, self.init_cfg, "model.generator")
+        g_init = self.net_init("generators")
+        self.G_AB = build_net({**g_cfg, "output_nc": b_nc, "latent_nc": latent_nc}, g_init, "model.generator")
+        self.G_BA = build_net({**g_cfg, "output_nc": a_nc, "latent_nc": latent_nc}, g_init, "model.generator")
         for name in ("adversarial", "cycle", "reconstruction"):
             self.weight(name)
         self.use_fast_conv(fast_conv)

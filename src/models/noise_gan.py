@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from src.losses import gradient_penalty
-from src.models.base import build_net, to_plain, with_player_overrides
+from src.models.base import build_net, to_plain
 from src.models.noise_base import LATENT_DISTRIBUTIONS, NoiseToImageModel
 from src.utils.config_checks import require_bool, require_int
 
@@ -80,11 +80,6 @@ class NoiseGAN(NoiseToImageModel):
         channels, image_size, _ = self.image_shape
         return build_net({**self.hparams.discriminator, "input_nc": channels, "image_size": image_size,
                           "num_classes": self.num_classes}, self.net_init("discriminator"), "model.discriminator")
-
-    def net_init(self, player: str) -> dict:
-        """`model.init` with the player's overrides (`model.init.players.<player>`: the GAN
-        paper's code draws G's weights in +-0.05 and D's in +-0.005)."""
-        return with_player_overrides(self.init_cfg, player)
 
     def player_modules(self) -> dict[str, list[nn.Module]]:
         return {"discriminator": [self.discriminator], "generator": [self.generator]}

@@ -29,10 +29,10 @@ class Pix2Pix(TranslationModel):
                                    "pool_size": pool_size, "test_time_batch_stats": test_time_batch_stats,
                                    "test_time_dropout": test_time_dropout})
         g_cfg = self.hparams.generator
-        self.G = build_net(g_cfg, self.init_cfg, "model.generator")
+        self.G = build_net(g_cfg, self.net_init("generator"), "model.generator")
         # Conditional D: it sees the input and the (real or fake) output stacked on channels.
         self.D = build_net({**self.hparams.discriminator, "input_nc": g_cfg["input_nc"] + g_cfg["output_nc"]},
-                           self.init_cfg, "model.discriminator")
+                           self.net_init("discriminator"), "model.discriminator")
         self.pools = {"fake_AB": ImagePool(pool_size)}
         self.weight("l1")
         self.use_feature_matching = float(self.weights.get("feature_matching", 0.0)) > 0

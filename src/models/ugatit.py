@@ -36,16 +36,17 @@ class UGATIT(TranslationModel):
                                    "log_rho_every_n_iters": log_rho_every_n_iters})
         g_cfg = self.hparams.generator
         a_nc, b_nc = g_cfg["input_nc"], g_cfg["output_nc"]
-        self.G_AB = build_net(g_cfg, self.init_cfg, "model.generator")
-        self.G_BA = build_net({**g_cfg, "input_nc": b_nc, "output_nc": a_nc}, self.init_cfg, "model.generator")
+        g_init, d_init = self.net_init("generators"), self.net_init("discriminators")
+        self.G_AB = build_net(g_cfg, g_init, "model.generator")
+        self.G_BA = build_net({**g_cfg, "input_nc": b_nc, "output_nc": a_nc}, g_init, "model.generator")
         # D_*A judge domain A (fakes of G_BA); D_*B judge domain B.
-        self.D_GA = build_net({**self.hparams.global_discriminator, "input_nc": a_nc}, self.init_cfg,
+        self.D_GA = build_net({**self.hparams.global_discriminator, "input_nc": a_nc}, d_init,
                               "model.global_discriminator")
-        self.D_LA = build_net({**self.hparams.local_discriminator, "input_nc": a_nc}, self.init_cfg,
+        self.D_LA = build_net({**self.hparams.local_discriminator, "input_nc": a_nc}, d_init,
                               "model.local_discriminator")
-        self.D_GB = build_net({**self.hparams.global_discriminator, "input_nc": b_nc}, self.init_cfg,
+        self.D_GB = build_net({**self.hparams.global_discriminator, "input_nc": b_nc}, d_init,
                               "model.global_discriminator")
-        self.D_LB = build_net({**self.hparams.local_discriminator, "input_nc": b_nc}, self.init_cfg,
+        self.D_LB = build_net({**self.hparams.local_discriminator, "input_nc": b_nc}, d_init,
                               "model.local_discriminator")
         for name in ("adversarial", "cycle", "identity", "cam"):
             self.weight(name)  # fail at start on a missing weight
