@@ -7,6 +7,7 @@ from src.models.image_pool import ImagePool
 from src.models.lr_schedules import CosineDecay, LinearDecay, StepDecay, build_scheduler, decay_end_mismatch
 from src.nets.discriminators import MultiscaleDiscriminator, NLayerDiscriminator
 from src.nets.generators import ResnetGenerator, UnetGenerator
+from src.nets.init import init_weights
 
 
 def n_params(m):
@@ -178,3 +179,21 @@ def test_lsgan_codes_set_what_the_generator_wants_the_discriminator_to_say():
     assert AdversarialLoss("lsgan", fake_label=-1.0)(zeros, True, for_discriminator=False).item() == 1
     with pytest.raises(ValueError, match="always targets 'real'"):
         codes(zeros, False, for_discriminator=False)
+
+
+def small_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Linear(8, 4))
+
+
+def test_pytorch_init_keeps_the_layers_own_weights_and_the_others_draw_anew():
+    """`pytorch`: NICE-GAN's public code never calls an init; `normal`: N(0, gain) weights, zero
+    biases, batch-norm scales N(1, gain)."""
+    constructed = small_net().state_dict()
+    kept = init_weights(small_net(), "pytorch").state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in constructed.items())
+    drawn = init_weights(small_net(), "normal", 0.02).state_dict()
+    assert not torch.equal(drawn["0.weight"], constructed["0.weight"]) and drawn["0.weight"].abs().max() < 0.1
+    assert not drawn["0.bias"].any() and (drawn["1.weight"] - 1).abs().max() < 0.1
+    with pytest.raises(ValueError, match=r"Unknown init 'he' \(config key model.init.type\)"):
+        init_weights(small_net(), "he")

@@ -160,10 +160,11 @@ def player_weights(model, *players: str) -> list[torch.Tensor]:
     ("ugatit", "discriminators", ["generators"]), ("nicegan", "generators", ["encoders", "heads"])])
 def test_a_players_own_init_reaches_its_networks_and_no_others(train_cfg, model_name, player, others):
     """`model.init.players.<player>` draws that player's weights (here uniform in +-0.5, far
-    wider than the default N(0, 0.02)); the other players' are the default's, draw for draw."""
+    wider than the shared N(0, 0.02)); the other players' are the shared init's, draw for draw."""
     def build(*overrides):
         torch.manual_seed(0)
-        return hydra.utils.instantiate(train_cfg(f"model={model_name}", *overrides).model, _recursive_=False)
+        return hydra.utils.instantiate(train_cfg(f"model={model_name}", "model.init.type=normal", *overrides).model,
+                                       _recursive_=False)
 
     default = build()
     own = build(f"+model.init.players.{player}.type=uniform", f"+model.init.players.{player}.gain=0.5")

@@ -1,14 +1,17 @@
 """Weight initialisations of the papers (pix2pix/CycleGAN: N(0, 0.02))."""
 import torch.nn as nn
 
-INIT_NAMES = ("normal", "xavier", "kaiming", "orthogonal", "uniform")
+INIT_NAMES = ("normal", "xavier", "kaiming", "orthogonal", "uniform", "pytorch")
 
 
 def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) -> nn.Module:
-    """Initialise conv/linear weights by `init_type` and norm scales by N(1, gain); `gain` is the
-    standard deviation of `normal` and the half-width of `uniform` (pylearn2's irange)."""
+    """Initialise conv/linear weights by `init_type` and batch-norm scales by N(1, gain); `gain`
+    is the standard deviation of `normal` and the half-width of `uniform` (pylearn2's irange).
+    `pytorch` keeps the layers' own initialisation, as code that never calls an init does."""
     if init_type not in INIT_NAMES:
-        raise ValueError(f"Unknown init '{init_type}' (config key model.init_type); choose one of {INIT_NAMES}")
+        raise ValueError(f"Unknown init '{init_type}' (config key model.init.type); choose one of {INIT_NAMES}")
+    if init_type == "pytorch":
+        return net
 
     def init_module(m: nn.Module) -> None:
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
