@@ -859,8 +859,8 @@ def reference_loader(image: np.ndarray, size: int, kernel: int) -> torch.Tensor:
 
 
 def test_resizing_gives_the_reference_loaders_pixels_with_the_configured_kernel():
-    """Bicubic as CycleGAN's loader (the default), bilinear as U-GAT-IT's and NICE-GAN's (their
-    data configs: cat2dog, selfie2anime), enlarging and shrinking: PIL's, not cv2's kernels."""
+    """Bicubic as CycleGAN's loader (the default), bilinear as U-GAT-IT's and NICE-GAN's,
+    enlarging and shrinking: PIL's, not cv2's kernels."""
     image = np.random.default_rng(0).integers(0, 256, (16, 20, 3), dtype=np.uint8)
     kernels = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
     for size in (24, 8):  # enlarging, shrinking
@@ -880,8 +880,15 @@ def test_resizing_gives_the_reference_loaders_pixels_with_the_configured_kernel(
     assert any(torch.allclose(crop, window, atol=1e-6) for window in windows)
     with pytest.raises(ValueError, match=r"data.resize_interpolation='nearest' must be one of bicubic, bilinear"):
         ImageTransform(resize_interpolation="nearest")
-    for name in ("cat2dog", "selfie2anime"):
-        assert OmegaConf.load(CONF_DATA / f"{name}.yaml").resize_interpolation == "bilinear"
+
+
+@pytest.mark.parametrize("overrides, kernel", [
+    (["model=cyclegan", "data=cat2dog"], "bicubic"), (["model=pix2pix", "data=facades"], "bicubic"),
+    (["model=ugatit", "data=horse2zebra"], "bilinear"), (["model=nicegan", "data=horse2zebra"], "bilinear"),
+    (["model=nicegan", "data=horse2zebra", "data.resize_interpolation=bicubic"], "bicubic"),   # the command line wins
+    (["model=dcgan", "data=cat2dog"], "bicubic")])   # a noise model: the DataModule's default
+def test_the_resampling_kernel_is_the_translation_methods_code_whatever_the_data(train_cfg, overrides, kernel):
+    assert train_cfg(*overrides).data.get("resize_interpolation", "bicubic") == kernel
 
 
 def test_eval_transform_is_deterministic_and_unflipped():

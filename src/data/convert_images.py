@@ -10,8 +10,7 @@ photo decoded at reduced scale takes about 10 ms. Each image is read as the data
 it shrinks, so it low-passes) so that its shorter side is --short-side pixels (never enlarged),
 and written under OUTPUT with its path inside INPUT, so paired folders still pair. Training
 resizes the converted images once more, with `data.resize_interpolation`: give the same kernel
-here (bilinear for selfie2anime and cat2dog, U-GAT-IT's and NICE-GAN's data) to resample with one
-kind throughout.
+here (bilinear for U-GAT-IT and NICE-GAN) to resample with one kind throughout.
 """
 
 from __future__ import annotations
