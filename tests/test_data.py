@@ -640,7 +640,7 @@ def test_a_folder_is_converted_once_into_upright_srgb_jpegs_at_a_short_side(tmp_
 
 
 def test_convert_images_shrinks_with_the_kernel_asked_for(tmp_path):
-    """--interpolation picks PIL's kernel (the dataset's data.resize_interpolation), bicubic unless told."""
+    """--interpolation picks PIL's kernel (the run's data.resize_interpolation), bicubic unless told."""
     noise = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     (tmp_path / "in").mkdir()
     Image.fromarray(noise).save(tmp_path / "in" / "noise.png")

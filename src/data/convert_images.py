@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short-side", type=int, default=None,
                         help="shrink so that the shorter side is this many pixels (default: keep the size)")
     parser.add_argument("--interpolation", default="bicubic", choices=sorted(RESIZE_INTERPOLATIONS),
-                        help="PIL's kernel for shrinking (default: bicubic); the dataset's data.resize_interpolation "
-                             "keeps one kind of resampling from photo to training crop")
+                        help="PIL's kernel for shrinking (default: bicubic); the run's data.resize_interpolation "
+                             "(bilinear for U-GAT-IT and NICE-GAN) keeps one kind of resampling from photo to crop")
     parser.add_argument("--format", default="jpg", choices=sorted(FORMATS), help="output format (default: jpg)")
     parser.add_argument("--overwrite", action="store_true", help="replace files that exist in the output folder")
     add_reading_arguments(parser)
