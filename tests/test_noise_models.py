@@ -549,6 +549,9 @@ def test_gan_trains_as_its_papers_code_maxout_dropout_sgd_with_a_momentum_ramp_a
     decay = ExponentialDecay(1.000004, 1e-5)
     assert decay(1) == pytest.approx(1 / 1.000004) and decay(10 ** 7) == 1e-5
     assert sched_d.lr_lambdas[0].rate == 1.000004
+    # The recipe is GAN's unless the command line names cGAN (nets of the translation default would not take it).
+    assert [train_cfg("experiment=gan_paper_code", *model).model_name for model in ([], ["model=cgan"])] == [
+        "gan", "cgan"]
     plain = build(train_cfg("model=gan"))   # the default recipe: Adam, LeakyReLU units
     assert isinstance(plain.configure_optimizers()[0][0], torch.optim.Adam)
     assert not any(isinstance(m, Maxout) for m in plain.discriminator.modules())
