@@ -408,6 +408,35 @@ def test_inception_path_gives_2048_features_from_a_local_weights_file(tmp_path, 
     assert not torch.allclose(features[0], features[1])
 
 
+@pytest.mark.skipif(not features_module.torch_fidelity_available(), reason="needs torch-fidelity (make install-fid)")
+def test_inception_features_are_torch_fidelitys_own(tmp_path, monkeypatch):
+    """The same weights through torch-fidelity's extractor (TF1's bilinear resize to 299, the
+    published numbers' protocol) give the same features, at a size it must resize."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    weights = random_inception_weights(tmp_path / "w.pth", monkeypatch)
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    ours = build_feature_extractor("inception", weights_path=str(weights))(images)
+    fidelity = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
+    uint8 = ((images + 1) * 127.5).round().to(torch.uint8)
+    assert torch.allclose(ours, fidelity.eval()(uint8)[0], atol=1e-4)
+
+
+def test_inception_resizes_as_torch_fidelity_not_antialiased(monkeypatch):
+    """torchmetrics' Inception defaults to an antialiased resize; ours asks for TF1's."""
+    import torchmetrics.image.fid as torchmetrics_fid
+    made = {}
+
+    class Recording(torch.nn.Module):
+        def __init__(self, **settings):
+            super().__init__()
+            made.update(settings)
+
+    monkeypatch.setattr(features_module, "torch_fidelity_available", lambda: True)
+    monkeypatch.setattr(torchmetrics_fid, "NoTrainInceptionV3", Recording)
+    build_feature_extractor("inception")
+    assert made["antialias"] is False and made["features_list"] == ["2048"]
+
+
 def test_inception_weights_must_load_as_plain_tensors(tmp_path, monkeypatch):
     monkeypatch.setattr(features_module, "torch_fidelity_available", lambda: True)
     unsafe = tmp_path / "unsafe.pth"

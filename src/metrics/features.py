@@ -145,7 +145,9 @@ def check_plain_weights_file(weights_path: str) -> None:
 
 class InceptionFeatures(FrozenExtractor):
     """InceptionV3 pool3 features (2048-d) as torch-fidelity computes them, through torchmetrics'
-    `NoTrainInceptionV3`: it takes uint8 images in [0, 255] and resizes them to 299x299 itself."""
+    `NoTrainInceptionV3`: it takes uint8 images in [0, 255] and resizes them to 299x299 itself,
+    with TF1's bilinear resize as torch-fidelity and the TTUR code do (torchmetrics' default is
+    an antialiased resize, which moves FID away from published numbers)."""
 
     num_features = 2048
     num_classes = 1008
@@ -160,7 +162,7 @@ class InceptionFeatures(FrozenExtractor):
 
         try:
             self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                          feature_extractor_weights_path=weights_path)
+                                          feature_extractor_weights_path=weights_path, antialias=False)
         except Exception as error:  # a failed download or an unreadable weights file
             raise InceptionUnavailable(f"loading the weights failed ({type(error).__name__}: {error}).") from error
         self.freeze()
