@@ -49,6 +49,30 @@ def test_equal_progress_takes_the_newest_file(tmp_path):
     assert most_advanced_checkpoint(tmp_path, tmp_path / "elsewhere") == older
 
 
+def test_equal_progress_prefers_an_exact_checkpoint_to_a_crash_inside_an_iteration(tmp_path):
+    """A crash in iteration k+1 rolls crashed.ckpt's count back to k, last.ckpt's progress, but
+    keeps a player's update: the exact file wins though it is older."""
+    from src.callbacks.checkpoint import PARTIAL_STEPS_KEY
+    last = save_progress(tmp_path / "last.ckpt", 6)
+    torch.save({"global_step": 6, PARTIAL_STEPS_KEY: 1}, tmp_path / "crashed.ckpt")
+    times = last.stat().st_mtime
+    os.utime(last, (times - 10, times - 10))
+    assert most_advanced_checkpoint(tmp_path, tmp_path / "elsewhere") == last
+    ahead = tmp_path / "crashed.ckpt"
+    torch.save({"global_step": 8, PARTIAL_STEPS_KEY: 1}, ahead)   # further on: taken all the same
+    assert most_advanced_checkpoint(tmp_path, tmp_path / "elsewhere") == ahead
+
+
+def test_a_whole_file_a_weights_only_load_refuses_stops_auto_naming_it(tmp_path):
+    """Passing it over would train again over the work it holds; resuming would fail on it."""
+    from omegaconf import ListConfig
+    save_progress(tmp_path / "iter_0000002.ckpt", 4)
+    refused = tmp_path / "last.ckpt"
+    torch.save({"global_step": 8, "datamodule_hyper_parameters": {"classes": ListConfig(["B"])}}, refused)
+    with pytest.raises(ValueError, match=rf"{refused} is whole but holds objects a weights-only load refuses"):
+        most_advanced_checkpoint(tmp_path, tmp_path / "elsewhere")
+
+
 def test_the_same_command_starts_then_continues_the_run(train_cfg, tmp_path, caplog, monkeypatch):
     """auto in an empty run directory starts; run again (a longer max_iters, as a requeued job
     whose first part ran out of time) it resumes, ending on the weights of an unbroken run."""

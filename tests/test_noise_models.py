@@ -274,7 +274,7 @@ def test_wgangp_trains_and_evaluates_under_ddp_spawn(train_cfg):
     assert 1.0 <= float(metrics["eval/cls_is_samples"]) <= 2.0 + 1e-6
 
 
-def test_training_scores_samples_with_a_classifier_of_the_datas_classes(train_cfg):
+def test_training_scores_samples_with_a_classifier_of_the_datas_classes(train_cfg, tmp_path):
     """cGAN on the labelled shapes: the FID/KID callback also logs the shape classifier's
     scores, the accuracy on the samples against their classes included; on one class there is
     nothing to classify, and a bad setting names its key."""
@@ -282,8 +282,13 @@ def test_training_scores_samples_with_a_classifier_of_the_datas_classes(train_cf
     assert 1.0 <= float(metrics["eval/cls_is_samples"]) <= 2.0 + 1e-6
     assert 0.0 <= float(metrics["eval/cls_acc_fake_samples"]) <= 1.0
     assert 0.0 <= float(metrics["eval/cls_acc_real_samples"]) <= 1.0
-    one_class = run_training(train_cfg("model=dcgan", "data.classes=[B]", "max_iters=2", "++callbacks.latent=null"))
+    cfg = train_cfg("model=dcgan", "data.classes=[B]", "max_iters=2", "++callbacks.latent=null")
+    cfg.paths.output_dir = str(tmp_path / "one_class")   # its own run folder: its own last.ckpt
+    one_class = run_training(cfg)
     assert math.isfinite(float(one_class["eval/fid_samples"])) and not any("cls_" in key for key in one_class)
+    # The config's list reaches the checkpoint as a plain list: it loads weights-only (resume, eval).
+    checkpoint = torch.load(f"{cfg.paths.output_dir}/checkpoints/last.ckpt", weights_only=True)
+    assert checkpoint["datamodule_hyper_parameters"]["classes"] == ["B"]
     with pytest.raises(ValueError, match="callbacks.fid_kid.classifier_max_images=1 must be an integer"):
         run_training(train_cfg("model=dcgan", "max_iters=1", "callbacks.fid_kid.classifier_max_images=1"))
 

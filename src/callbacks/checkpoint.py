@@ -15,6 +15,9 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
 
+#: in a crash checkpoint taken inside an iteration: the optimizer steps it had taken (rolled back)
+PARTIAL_STEPS_KEY = "partial_iteration_steps"
+
 
 class IterationCheckpoint(ModelCheckpoint):
     """Files are named by training iteration (`iter_0004000.ckpt`, like the sample grids), not
@@ -83,7 +86,10 @@ class IterationCheckpoint(ModelCheckpoint):
 def count_whole_iterations(checkpoint: dict, partial_steps: int) -> None:
     """Roll the optimizer-step counters back to the start of the iteration a checkpoint was
     taken in, so the resumed run repeats that iteration in whole and its step counts (periodic
-    checkpoints, max_iters, per-iteration schedules) stay multiples of the steps per iteration."""
+    checkpoints, max_iters, per-iteration schedules) stay multiples of the steps per iteration.
+    The steps taken are recorded (`PARTIAL_STEPS_KEY`): `ckpt_path=auto` prefers an exact
+    checkpoint of the same progress."""
+    checkpoint[PARTIAL_STEPS_KEY] = partial_steps
     checkpoint["global_step"] -= partial_steps
     progress = checkpoint["loops"]["fit_loop"]["epoch_loop.manual_optimization.optim_step_progress"]
     for counters in progress.values():

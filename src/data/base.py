@@ -24,7 +24,7 @@ from src.data.image_io import check_channels
 from src.data.transforms import ImageTransform
 from src.metrics.features import FEATURE_EXTRACTORS
 from src.metrics.label_maps import palette_named
-from src.utils.config_checks import require_bool, require_int
+from src.utils.config_checks import require_bool, require_int, to_plain
 from src.utils.directions import DIRECTIONS
 
 SPLITS = ("train", "test")
@@ -55,6 +55,13 @@ class SplitDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.collate = default_collate
         self._datasets: dict[tuple[str, bool], Dataset] = {}
+
+    def keep_hyperparameters_plain(self) -> None:
+        """After `save_hyperparameters`: the config's lists (`data.classes`, `data.columns`) arrive
+        as OmegaConf containers, and Lightning writes `hparams` into every checkpoint, where a
+        weights-only load (resume, eval) refuses them. Kept as plain lists and dicts."""
+        for key, value in self.hparams.items():
+            self.hparams[key] = to_plain(value)
 
     # -- what subclasses provide -------------------------------------------------------------
 
@@ -317,6 +324,7 @@ class ImageTranslationDataModule(SplitDataModule):
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          persistent_workers=persistent_workers, eval_batch_size=eval_batch_size)
         self.save_hyperparameters(logger=False)
+        self.keep_hyperparameters_plain()
         if direction not in DIRECTIONS:
             raise ValueError(f"data.direction={direction!r} must be one of {', '.join(DIRECTIONS)}.")
         check_channels(input_nc, "data.input_nc")

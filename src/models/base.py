@@ -10,13 +10,11 @@ evaluation; the noise-to-image family has its own base (src/models/noise_base.py
 import contextlib
 import inspect
 import math
-from typing import Any
 
 import hydra
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
-from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.strategies import SingleDeviceStrategy
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
@@ -29,14 +27,9 @@ from src.models.size_check import check_image_size
 from src.models import step_in_backward
 from src.nets.init import init_weights
 from src.nets.fast_conv import configure_fast_conv
-from src.utils.config_checks import check_argument_types, check_network_sizes, is_number, refuse_unknown_keys
+from src.utils.config_checks import check_argument_types, check_network_sizes, is_number, refuse_unknown_keys, to_plain
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
 from src.utils.rng import collect_rng_states, restore_rng_states
-
-
-def to_plain(value: Any) -> Any:
-    """DictConfig -> dict, so hyperparameters load back with `weights_only=True`."""
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
 
 def build_net(net_cfg: dict, init: dict, key: str) -> nn.Module:

@@ -8,18 +8,25 @@ SLURM `hpc_ckpt_*.ckpt`. Lightning's own `ckpt_path="last"` looks at `last*.ckpt
 and resolves the file after the loggers exist, too late for a wandb run to continue.
 
 A file that cannot be read whole (a copy or sync cut short; Lightning itself writes through a
-temporary file) is passed over with a warning naming it, and the next most advanced one is taken. Without any checkpoint the run starts, saying
-where it looked (Hydra's default run directory is new for every run, so there it always starts).
+temporary file) is passed over with a warning naming it, and the next most advanced one is taken.
+A whole file that a weights-only load refuses stops the run, naming it: resuming from it would
+fail the same way, and passing it over would train again over the work it holds. Among files of
+equal progress an exact one wins over a crash checkpoint taken inside an iteration, then the
+newest. Without any checkpoint the run starts, saying where it looked (Hydra's default run
+directory is new for every run, so there it always starts).
 """
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import zipfile
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, open_dict
+
+from src.callbacks.checkpoint import PARTIAL_STEPS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -45,27 +52,36 @@ def checkpoint_candidates(checkpoint_dir: Path, run_dir: Path) -> list[Path]:
     return found + sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
 
 
-def training_progress(path: Path) -> int | None:
-    """The optimizer steps a checkpoint records, or None for a file that cannot be read whole."""
+def training_progress(path: Path) -> tuple[int, bool] | None:
+    """The optimizer steps a checkpoint records and whether it was taken between iterations, or
+    None for a file that cannot be read whole."""
     if not zipfile.is_zipfile(path):   # torch.save writes the zip directory last: a cut file has none
         return None
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
-    except Exception:   # any reason a file is not a checkpoint of ours: it is reported and passed over
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(checkpoint["global_step"]), not checkpoint.get(PARTIAL_STEPS_KEY)
+    except pickle.UnpicklingError as error:
+        if "weights only load failed" not in str(error).lower():
+            return None
+        raise ValueError(f"ckpt_path=auto: {path} is whole but holds objects a weights-only load refuses "
+                         f"({str(error).splitlines()[0]}), so the run cannot resume from it safely. Move it out "
+                         f"of {path.parent} to resume from the next checkpoint (or to start over)") from error
+    except Exception:   # any other reason a file is not a checkpoint of ours: it is reported and passed over
         return None
 
 
 def most_advanced_checkpoint(checkpoint_dir: Path, run_dir: Path) -> Path | None:
-    """The readable checkpoint furthest into training; the newest file among equals."""
+    """The readable checkpoint furthest into training; among equals an exact one (not a crash
+    checkpoint taken inside an iteration), then the newest file."""
     readable = []
     for path in checkpoint_candidates(checkpoint_dir, run_dir):
-        steps = training_progress(path)
-        if steps is None:
+        progress = training_progress(path)
+        if progress is None:
             log.warning("ckpt_path=auto: passing over %s, which cannot be read as a checkpoint "
                         "(a copy cut short leaves such a file)", path)
         else:
-            readable.append((steps, path.stat().st_mtime, path))
-    return max(readable)[2] if readable else None
+            readable.append((*progress, path.stat().st_mtime, path))
+    return max(readable)[-1] if readable else None
 
 
 def resolve_auto_resume(cfg: DictConfig) -> str | None:

@@ -1,4 +1,4 @@
-"""Checks of config values that name the key and what it needs."""
+"""Checks of config values that name the key and what it needs, and their plain form."""
 from __future__ import annotations
 
 import collections.abc
@@ -10,7 +10,13 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import ListConfig, OmegaConf
+from omegaconf import Container, ListConfig, OmegaConf
+
+
+def to_plain(value: typing.Any) -> typing.Any:
+    """An OmegaConf container (DictConfig, ListConfig) as a plain dict or list, anything else as
+    it is: hyperparameters go into every checkpoint, which must load with `weights_only=True`."""
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, Container) else value
 
 
 def is_number(value) -> bool:
