@@ -186,6 +186,19 @@ def test_evaluation_rng_is_seeded_and_leaves_training_rng_alone():
     assert torch.equal(torch.get_rng_state(), before)
 
 
+def test_a_resume_on_fewer_gpus_restores_the_states_of_those_it_has(monkeypatch):
+    """A checkpoint holds one CUDA RNG state per GPU its process saw (8 on a node, say); a resume
+    that sees fewer restores those it has, where restoring all raised an IndexError."""
+    from src.utils.rng import collect_rng_states, restore_rng_states
+    states = {**collect_rng_states(), "cuda": tuple(torch.full((16,), i, dtype=torch.uint8) for i in range(3))}
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, index: restored.append((index, int(state[0]))))
+    restore_rng_states(states)
+    assert restored == [(0, 0), (1, 1)]
+
+
 def test_unseeded_evaluation_rng_draws_on_from_the_callers_state_and_restores_it():
     torch.manual_seed(5)
     expected = torch.rand(3)

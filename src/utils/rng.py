@@ -26,7 +26,10 @@ def restore_rng_states(states: dict) -> None:
     kind, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        # One state per GPU the saving process saw; a resume may see fewer (a job saved on 8 GPUs
+        # requeued on 4, a one-GPU run of a multi-GPU node resumed on a one-GPU allocation).
+        for index, state in enumerate(states["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, index)
 
 
 @contextlib.contextmanager
