@@ -79,6 +79,22 @@ def test_csv_errors_name_the_setting(tmp_path, kwargs, message):
         sines(**settings)
 
 
+@pytest.mark.parametrize("line, message", [
+    ("1.5,nan,0", r"column 'b' holds 'nan' on line 3: every value must be a finite number"),
+    ("1.5,inf,0", r"column 'b' holds 'inf' on line 3"),
+    ("1.5,2,0.5", r"label column 'label' holds '0.5' on line 3: labels are class indices"),
+])
+def test_csv_values_that_are_not_finite_or_labels_that_are_not_whole_are_named_by_line(tmp_path, line, message):
+    """float() reads nan and inf: they would scale a whole channel to NaN; 2.7 would be class 2."""
+    write_csv(tmp_path / "s.csv", 50)
+    rows = (tmp_path / "s.csv").read_text().splitlines()
+    rows[2] = line
+    (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=message):
+        sines(source="csv", csv_path=str(tmp_path / "s.csv"), channels=2, seq_len=10, label_column="label",
+              num_classes=2)
+
+
 def test_discriminator_decides_per_step_and_the_condition_reaches_every_step():
     torch.manual_seed(0)
     G = RecurrentGenerator(latent_dim=3, channels=2, seq_len=7, hidden=8, num_classes=2)

@@ -77,14 +77,31 @@ def read_csv_columns(path: Path, columns: list[str] | None, label_column: str | 
         raise ValueError(f"data.csv_path={path} has no column {missing} (data.columns / data.label_column); "
                          f"its columns: {header}")
 
+    def first_line_where(column: str, bad: np.ndarray) -> str:
+        row = int(np.flatnonzero(bad)[0])
+        return f"{rows[row][column]!r} on line {row + 2}"   # line 1 is the header
+
     def numbers(column: str) -> np.ndarray:
         try:
-            return np.array([float(row[column]) for row in rows])
+            values = np.array([float(row[column]) for row in rows])
         except (TypeError, ValueError) as error:
             raise ValueError(f"data.csv_path={path}: column {column!r} is not numeric ({error})") from error
+        # float() reads nan and inf too; one of them would turn the column's scaling into NaN.
+        if not np.isfinite(values).all():
+            raise ValueError(f"data.csv_path={path}: column {column!r} holds "
+                             f"{first_line_where(column, ~np.isfinite(values))}: every value must be a finite "
+                             "number (fill or drop the gaps first)")
+        return values
 
     values = np.stack([numbers(c) for c in wanted], axis=1)
-    labels = numbers(label_column).astype(np.int64) if label_column else None
+    labels = None
+    if label_column:
+        labels = numbers(label_column)
+        if (labels != np.round(labels)).any():
+            raise ValueError(f"data.csv_path={path}: label column {label_column!r} holds "
+                             f"{first_line_where(label_column, labels != np.round(labels))}: labels are class "
+                             "indices (whole numbers from 0)")
+        labels = labels.astype(np.int64)
     return values, labels
 
 
