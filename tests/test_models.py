@@ -88,6 +88,20 @@ def test_encode_gives_a_latent_per_image(train_cfg, model_name):
         assert z.dim() == 4 and z.size(0) == 3 and z.shape[-1] == size // 4 and not z.requires_grad
 
 
+def test_the_latent_callbacks_encoding_leaves_the_training_state_alone(train_cfg):
+    """A batch-norm CycleGAN with dropout: encoding for the t-SNE/MMD callback (mid-training, in
+    train mode) reads the running statistics without updating them, and draws no dropout."""
+    cfg = train_cfg("model=cyclegan", "model.generator.norm=batch", "model.generator.use_dropout=true")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False).train()
+    buffers = {k: v.clone() for k, v in model.G_A.state_dict().items() if "running" in k}
+    x = torch.rand(2, 3, cfg.data.size, cfg.data.size) * 2 - 1
+    z = model.encode(x, "A")
+    assert all(torch.equal(model.G_A.state_dict()[k], v) for k, v in buffers.items()) and model.G_A.training
+    assert torch.equal(z, model.encode(x, "A"))
+    with torch.no_grad():
+        assert torch.equal(z, model.G_A.encoder.eval()(x))
+
+
 @pytest.mark.parametrize("model_name", ("ugatit", "nicegan"))
 def test_rho_stays_in_unit_interval_under_a_large_learning_rate(train_cfg, model_name):
     from src.nets.adalin import rho_statistics

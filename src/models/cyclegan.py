@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from src.losses import gradient_penalty
-from src.models.base import TranslationModel, build_net, to_plain
+from src.models.base import TranslationModel, build_net, sampling_mode, to_plain
 from src.models.image_pool import ImagePool
 
 
@@ -49,9 +49,9 @@ class CycleGAN(TranslationModel):
 
     def encode(self, x: torch.Tensor, domain: str) -> torch.Tensor:
         """Latent of the generator that reads `domain`: its encoder half's output."""
-        net = self.G_A if domain == "A" else self.G_B
-        with torch.no_grad():
-            return net.encoder(x)
+        encoder = (self.G_A if domain == "A" else self.G_B).encoder
+        with sampling_mode([encoder]):   # as it translates: a batch-norm or dropout generator too
+            return encoder(x)
 
     def discriminator_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         loss = 0.5 * (self.adversarial(D(real), True) + self.adversarial(D(fake), False))

@@ -65,8 +65,9 @@ class UGATIT(TranslationModel):
 
     def encode(self, x: torch.Tensor, domain: str) -> torch.Tensor:
         """Latent of the generator that reads `domain`: its encoder's feature map."""
-        with torch.no_grad():
-            return (self.G_AB if domain == "A" else self.G_BA).encode(x)
+        generator = self.G_AB if domain == "A" else self.G_BA
+        with sampling_mode([generator]):
+            return generator.encode(x)
 
     def discriminators_of(self, domain: str) -> tuple[nn.Module, nn.Module]:
         return (self.D_GA, self.D_LA) if domain == "A" else (self.D_GB, self.D_LB)
