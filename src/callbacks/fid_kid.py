@@ -20,7 +20,11 @@ feature network.
 
 Under DDP each rank translates a contiguous block of the evaluation set (no padding, so no image
 counts twice) and the torchmetrics states are gathered, so every rank gets the single-process
-value, and every rank takes part in saving the best-FID checkpoint (saving has a barrier).
+value, and every rank takes part in saving the best-FID checkpoint (saving has a barrier). The
+exception is a model that samples with random draws per translation, pix2pix's test-time
+dropout: every rank starts its block from the same seed, so its images get other dropout masks
+than in one process and its score is another draw of the same distribution (the noise models'
+latents are seeded per item, so they are exact).
 """
 from __future__ import annotations
 
