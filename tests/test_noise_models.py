@@ -568,15 +568,16 @@ def test_the_momentum_ramp_reaches_the_optimizers_at_each_epoch(train_cfg):
                     "model.optimizer.momentum_ramp.start_epoch=0", "model.optimizer.momentum_ramp.saturate_epoch=2",
                     *NO_EVALUATION)
     model = build(cfg)
-    seen = []
-    epoch_start = model.on_train_epoch_start
+    seen = {}
+    train_iteration = model.train_iteration
 
-    def recording():
-        epoch_start()
-        seen.append(sorted({g["momentum"] for opt in model.optimizers() for g in opt.param_groups}))
+    def recording(batch):
+        seen.setdefault(model.current_epoch, set()).update(round(g["momentum"], 6) for opt in model.optimizers()
+                                                          for g in opt.param_groups)
+        train_iteration(batch)
 
-    model.on_train_epoch_start = recording
+    model.train_iteration = recording
     fit_briefly(cfg, model)
-    assert seen == [[0.5], [pytest.approx(0.6)], [pytest.approx(0.7)]]
+    assert seen == {0: {0.5}, 1: {0.6}, 2: {0.7}}
     with pytest.raises(ValueError, match="momentum_ramp ramps SGD's momentum; model.optimizer.type is adam"):
         build(train_cfg("model=gan", "experiment=gan_paper_code", "model.optimizer.type=adam")).configure_optimizers()

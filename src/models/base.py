@@ -307,8 +307,10 @@ class AdversarialModel(pl.LightningModule):
         """`model.optimizer` with the player's overrides (`model.optimizer.players.<name>`)."""
         return with_player_overrides(self.optimizer_cfg, name)
 
-    def on_train_epoch_start(self) -> None:
-        # SGD momentum ramped over epochs (`momentum_ramp`: the GAN paper's code, 0.5 -> 0.7).
+    def ramp_momentum(self) -> None:
+        """SGD momentum ramped over epochs (`momentum_ramp`: the GAN paper's code, 0.5 -> 0.7), set
+        before every iteration: a run resumed from an epoch's last batch starts the next epoch
+        without Lightning's epoch-start hooks."""
         for name, optimizer in self.named_optimizers().items():
             settings = self.player_optimizer_cfg(name)
             if settings.get("momentum_ramp"):
@@ -517,19 +519,26 @@ class AdversarialModel(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> None:
         self.logging_losses = self.logs_this_iteration()   # before the steps move global_step
         self.check_batch(batch)
+        self.ramp_momentum()
         self.train_iteration(batch)
-        # Step per-iteration schedules here, not in on_train_batch_end: checkpoint callbacks run
-        # before the module's batch-end hook and would save the schedule one step behind.
-        if self.lr_schedule_cfg.get("unit", "epoch") == "iteration":
+        # Step the schedules here, per-epoch ones after an epoch's last batch, not in the batch-
+        # or epoch-end hooks: checkpoint callbacks save before the module's batch-end hook, and a
+        # checkpoint at an epoch's last batch precedes the epoch-end hooks, which a run resumed
+        # from it never calls (the schedule would stay an epoch behind). A run stopped inside an
+        # epoch (max_iters) steps it when the resumed run ends that epoch.
+        unit = self.lr_schedule_cfg.get("unit", "epoch")
+        if unit == "iteration" or (unit == "epoch" and self.ends_an_epoch(batch_idx)):
             self._step_schedulers()
+
+    def ends_an_epoch(self, batch_idx: int) -> bool:
+        """Whether this batch is the epoch's last (its loader is exhausted, or
+        `trainer.limit_train_batches` is reached)."""
+        trainer = self.trainer
+        return trainer.is_last_batch or batch_idx + 1 == trainer.num_training_batches
 
     def check_batch(self, batch: dict) -> None:
         """A clear error naming the data settings, before the first step, for a batch the
         networks cannot take."""
-
-    def on_train_epoch_end(self) -> None:
-        if self.lr_schedule_cfg.get("unit", "epoch") == "epoch":
-            self._step_schedulers()
 
     # ----- checkpoint state beyond the nets and optimizers --------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
