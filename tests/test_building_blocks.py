@@ -105,13 +105,27 @@ def test_image_pool_fills_then_mixes_and_round_trips():
     assert torch.equal(pool.query(first), first)  # filling: returns what it stores
     mixed = torch.cat([pool.query(torch.full((1, 1, 1, 1), 10.0 + i)) for i in range(50)])
     assert (mixed < 10).any() and (mixed >= 10).any()  # some old fakes come back, some new pass
-    restored = ImagePool(0)
+    restored = ImagePool(3)
     restored.load_state_dict(pool.state_dict())
     torch.manual_seed(1)
     a = pool.query(torch.full((4, 1, 1, 1), 99.0))
     torch.manual_seed(1)
     assert torch.equal(a, restored.query(torch.full((4, 1, 1, 1), 99.0)))
     assert torch.equal(ImagePool(0).query(first), first)
+
+
+def test_a_resume_with_another_pool_size_keeps_the_configured_one(caplog):
+    """model.pool_size=0 (or smaller) on resume is obeyed, not replaced by the checkpoint's size."""
+    saved = ImagePool(3)
+    saved.query(torch.arange(3.0).view(3, 1, 1, 1))
+    smaller, off = ImagePool(2), ImagePool(0)
+    with caplog.at_level("WARNING"):
+        smaller.load_state_dict(saved.state_dict())
+        off.load_state_dict(saved.state_dict())
+    assert smaller.size == 2 and [float(i) for i in smaller.images] == [0.0, 1.0]
+    fresh = torch.full((2, 1, 1, 1), 7.0)
+    assert off.size == 0 and not off.images and torch.equal(off.query(fresh), fresh)
+    assert "model.pool_size=0, but the checkpoint's image pool held up to 3 images" in caplog.text
 
 
 def test_linear_decay_schedule_matches_the_paper_recipe():

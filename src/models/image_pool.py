@@ -1,5 +1,9 @@
 """Image history buffer (Shrivastava et al. 2017), used by CycleGAN's discriminators."""
+import logging
+
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class ImagePool:
@@ -39,5 +43,9 @@ class ImagePool:
         return {"size": self.size, "images": [img.cpu() for img in self.images]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.size = state["size"]
-        self.images = list(state["images"])
+        """The saved history. A resume with another `model.pool_size` keeps the configured size
+        (the first of the saved images that fit), and says so."""
+        if state["size"] != self.size:
+            log.warning("model.pool_size=%d, but the checkpoint's image pool held up to %d images: the resumed run "
+                        "keeps %d (of the %d saved)", self.size, state["size"], self.size, len(state["images"]))
+        self.images = list(state["images"])[:self.size]
