@@ -48,6 +48,17 @@ def test_stylegan_stops_after_the_iteration_that_reaches_the_budget(train_cfg, t
     assert not (Path(resumed_cfg.paths.output_dir) / "checkpoints" / "crashed.ckpt").exists()
 
 
+def test_a_checkpoint_written_at_batch_end_holds_the_count_with_that_batch(train_cfg):
+    """best_fid.ckpt is saved by the FID callback at batch end: its count must include the
+    batch it follows, or a run resumed from it trains one batch more than the budget."""
+    cfg = train_cfg("model=stylegan", "max_iters=null", "max_kimg=0.012", "++callbacks.latent=null")
+    last_checkpoint(cfg)
+    best = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "best_fid.ckpt", weights_only=True)
+    images_after = {1: 2, 2: 4, 3: 8, 4: 12}   # the smoke schedule's batches: 2, 2, 4, 4
+    count = next(v for k, v in best["callbacks"].items() if k.startswith(STATE_KEY))
+    assert count == {"images": images_after[best["global_step"] // 2]}
+
+
 def test_a_resume_without_a_count_says_the_budget_starts_there(train_cfg, tmp_path, caplog):
     import logging
     first = train_cfg("model=stylegan", "max_iters=2", *NO_EVALUATION)

@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 
 
 class ImageBudget(pl.Callback):
+    #: src/utils/run.py puts callbacks with this flag first: checkpoints written at batch end
+    #: (best FID, a stop signal's) must hold the count with this batch in it.
+    runs_first = True
+
     def __init__(self, max_kimg: float):
         if not is_number(max_kimg) or not max_kimg > 0:
             raise ValueError(f"max_kimg={max_kimg!r} must be a positive number of thousands of images, or null")

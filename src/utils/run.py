@@ -125,7 +125,8 @@ def check_sync_batchnorm(cfg: DictConfig, model) -> None:
 
 def order_callbacks(callbacks: list[pl.Callback]) -> list[pl.Callback]:
     """Callbacks flagged `runs_first` (the EMA, which swaps in the weights the others sample
-    with) before the rest; the rest keep their config order."""
+    with; the image budget, whose count checkpoints save) before the rest, in their own order;
+    the rest keep their config order."""
     return sorted(callbacks, key=lambda cb: not getattr(cb, "runs_first", False))
 
 
