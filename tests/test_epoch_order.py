@@ -154,6 +154,16 @@ def test_an_epoch_resumed_at_another_batch_size_trains_the_rest_of_its_list(trai
     assert len({a for a, _ in trained[0] + trained[1]}) == 8   # domain A's images; B is a random partner
 
 
+def test_an_epoch_resumed_over_a_changed_training_set_says_its_order_is_new(train_cfg, tmp_path, caplog):
+    """2 of the smoke config's 16 items trained, resumed over 6 (data.max_dataset_size changed):
+    the saved place in the epoch no longer names the same items, and the resumed run says so."""
+    with caplog.at_level(logging.WARNING):
+        images_trained_before_and_after_a_resume(train_cfg, tmp_path, ("model=cyclegan", "seed=3"),
+                                                 ("max_iters=3", "data.max_dataset_size=6"))
+    assert "The training set had 16 items when the checkpoint was saved and has 6 now" in caplog.text
+    assert "epoch 0 resumes in a new order after 2 items per device" in caplog.text
+
+
 HALF_BY_ITERATIONS = ("model.lr_schedule.policy=linear",   # DCGAN counts iterations already
                       "+model.lr_schedule.constant=half", "+model.lr_schedule.decay=half")
 

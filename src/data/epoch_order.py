@@ -16,12 +16,15 @@ RNG seeded by its own seed. So:
 """
 from __future__ import annotations
 
+import logging
 import math
 from itertools import islice
 from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+log = logging.getLogger(__name__)
 
 
 class SeededItems(Dataset):
@@ -155,7 +158,8 @@ class EpochOrderLoader(DataLoader):
             return {}
         epoch, items_done = self.position()
         return {"order_seed": self.sampler.seed, "epoch": epoch, "items_done": items_done,
-                "world_size": self.sampler.num_replicas, "batch_size": self.batch_size}
+                "world_size": self.sampler.num_replicas, "batch_size": self.batch_size,
+                "dataset_size": len(self.sampler.dataset)}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         if not state_dict or not isinstance(self.sampler, EpochOrderSampler):
@@ -165,6 +169,12 @@ class EpochOrderLoader(DataLoader):
         # Older checkpoints recorded neither: they resume as saved.
         saved_world = state_dict.get("world_size", self.sampler.num_replicas)
         saved_batch = state_dict.get("batch_size", self.batch_size)
+        saved_size, size = state_dict.get("dataset_size", len(self.sampler.dataset)), len(self.sampler.dataset)
+        if saved_size != size and items_done:
+            log.warning("The training set had %d items when the checkpoint was saved and has %d now (images added or "
+                        "removed, or data.max_dataset_size changed): epoch %d resumes in a new order after %d items "
+                        "per device, so this epoch some items train twice and others not at all; the epochs after "
+                        "it are whole", saved_size, size, epoch, items_done)
         if saved_world != self.sampler.num_replicas or saved_batch != self.batch_size:
             items_done = self.reshard(epoch, items_done, saved_world, saved_batch)
         self.sampler.resume(epoch, items_done)
