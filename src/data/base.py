@@ -8,6 +8,8 @@ applied. Subclasses only say how to build a dataset for a split (`_build_dataset
 
 from __future__ import annotations
 
+import inspect
+import types
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -56,10 +58,12 @@ class SplitDataModule(pl.LightningDataModule):
         self.collate = default_collate
         self._datasets: dict[tuple[str, bool], Dataset] = {}
 
-    def keep_hyperparameters_plain(self) -> None:
-        """After `save_hyperparameters`: the config's lists (`data.classes`, `data.columns`) arrive
-        as OmegaConf containers, and Lightning writes `hparams` into every checkpoint, where a
-        weights-only load (resume, eval) refuses them. Kept as plain lists and dicts."""
+    def save_hyperparameters(self, *args: Any, frame: types.FrameType | None = None, **kwargs: Any) -> None:
+        """Lightning's, with the values kept plain: the config's lists (`data.classes`,
+        `data.columns`) arrive as OmegaConf containers, and Lightning writes `hparams` into every
+        checkpoint, where a weights-only load (resume, eval) refuses them."""
+        # Lightning reads the caller's __init__ arguments from the frame that calls it: the caller's.
+        super().save_hyperparameters(*args, frame=frame or inspect.currentframe().f_back, **kwargs)
         for key, value in self.hparams.items():
             self.hparams[key] = to_plain(value)
 
@@ -324,7 +328,6 @@ class ImageTranslationDataModule(SplitDataModule):
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          persistent_workers=persistent_workers, eval_batch_size=eval_batch_size)
         self.save_hyperparameters(logger=False)
-        self.keep_hyperparameters_plain()
         if direction not in DIRECTIONS:
             raise ValueError(f"data.direction={direction!r} must be one of {', '.join(DIRECTIONS)}.")
         check_channels(input_nc, "data.input_nc")

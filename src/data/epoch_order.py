@@ -169,7 +169,8 @@ class EpochOrderLoader(DataLoader):
         # Older checkpoints recorded neither: they resume as saved.
         saved_world = state_dict.get("world_size", self.sampler.num_replicas)
         saved_batch = state_dict.get("batch_size", self.batch_size)
-        saved_size, size = state_dict.get("dataset_size", len(self.sampler.dataset)), len(self.sampler.dataset)
+        size = len(self.sampler.dataset)
+        saved_size = state_dict.get("dataset_size", size)
         if saved_size != size and items_done:
             log.warning("The training set had %d items when the checkpoint was saved and has %d now (images added or "
                         "removed, or data.max_dataset_size changed): epoch %d resumes in a new order after %d items "

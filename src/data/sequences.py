@@ -116,7 +116,6 @@ class SequenceDataModule(SplitDataModule):
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          persistent_workers=persistent_workers, eval_batch_size=eval_batch_size)
         self.save_hyperparameters(logger=False)
-        self.keep_hyperparameters_plain()
         if source not in SOURCES:
             raise ValueError(f"data.source={source!r} must be one of {', '.join(SOURCES)}")
         for key, value in (("seq_len", seq_len), ("channels", channels), ("num_classes", num_classes),
