@@ -1,6 +1,7 @@
 """Data layer: folder DataModules, preprocessing, image decoding, errors, the shapes dataset."""
 
 import glob
+import io
 import json
 import os
 import re
@@ -1143,6 +1144,50 @@ def test_download_extracts_into_root_name(tmp_path, monkeypatch, capsys):
     assert download.download("toy", root) == root / "toy"  # present: nothing to do
     assert "nothing to do" in capsys.readouterr().out
     assert sorted(p.name for p in root.iterdir()) == ["toy", "toy_copy"]  # no scratch left
+
+    # A broken archive names its URL; the command prints one line and fails.
+    zipped.write_bytes(zipped.read_bytes()[:200])
+    assert download.main(["toy", "--root", str(tmp_path / "other")]) == 1
+    assert f"toy.zip from {zipped.as_uri()} is not a whole archive" in capsys.readouterr().err
+    assert not (tmp_path / "other" / "toy").exists()
+
+
+def test_a_download_cut_short_is_an_error_not_a_truncated_file(tmp_path, monkeypatch):
+    """urllib ends a read early without an error when the connection drops: the byte count is
+    checked against the announced length."""
+    class DroppedConnection(io.BytesIO):
+        headers = {"Content-Length": "100"}
+
+    monkeypatch.setattr(download.urllib.request, "urlopen", lambda url, timeout: DroppedConnection(b"x" * 60))
+    with pytest.raises(download.DownloadError, match=r"Downloading http://host/a.zip stopped after 60 of 100 bytes"):
+        download.fetch("http://host/a.zip", tmp_path / "a.zip")
+
+    def refused(url, timeout):
+        raise download.urllib.error.URLError("Connection refused")
+
+    monkeypatch.setattr(download.urllib.request, "urlopen", refused)
+    with pytest.raises(download.DownloadError, match=r"Downloading http://host/a.zip failed: .*Connection refused"):
+        download.fetch("http://host/a.zip", tmp_path / "a.zip")
+
+
+def test_a_folder_unpacked_one_level_down_is_found_not_downloaded_again(tmp_path):
+    """Unzipping by hand into data/horse2zebra/ gives data/horse2zebra/horse2zebra/trainA: the
+    training error names the inner folder, and the download command does not claim the dataset
+    is there (it used to say "nothing to do" over the same folder)."""
+    outer = tmp_path / "horse2zebra"
+    make_unpaired(outer / "horse2zebra")
+    with pytest.raises(DatasetNotFoundError, match=f"one folder down, in {outer / 'horse2zebra'}: "
+                                                   f"set data.data_dir={outer / 'horse2zebra'}"):
+        UnpairedDataModule(data_dir=outer, name="horse2zebra").setup("fit")
+    with pytest.raises(download.DownloadError, match=f"{outer} exists but lacks trainA/, trainB/, testA/, testB/. "
+                                                     f"The dataset is one folder down"):
+        download.download("horse2zebra", tmp_path)
+    shutil.rmtree(outer / "horse2zebra")
+    write_image(outer / "trainA" / "0.png")
+    with pytest.raises(download.DownloadError, match=f"lacks trainB/, testA/, testB/. Download it with: "
+                                                     f"python -m src.data.download horse2zebra --root {tmp_path} "
+                                                     f"\\(after moving the incomplete {outer} away\\)"):
+        download.download("horse2zebra", tmp_path)
 
 
 # -- the shapes dataset ------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,6 +32,15 @@ UNPAIRED_LAYOUT = "trainA/ trainB/ testA/ testB/ (unpaired image folders)"
 ALIGNED_LAYOUT = "train/ val/ [test/] (each image holds A|B side by side: left half A, right half B)"
 PAIRED_FOLDERS_LAYOUT = "trainA/ trainB/ testA/ testB/ (pairs matched by file name)"
 CLASS_FOLDERS_LAYOUT = "train/<class>/ test/<class>/ (one image folder per class, the same classes in both)"
+# The folders each layout must hold, as alternatives: an aligned dataset's test split may be val/.
+REQUIRED_FOLDERS = {
+    UNPAIRED_LAYOUT: (("trainA",), ("trainB",), ("testA",), ("testB",)),
+    PAIRED_FOLDERS_LAYOUT: (("trainA",), ("trainB",), ("testA",), ("testB",)),
+    ALIGNED_LAYOUT: (("train",), ("test", "val")),
+    CLASS_FOLDERS_LAYOUT: (("train",), ("test",)),
+}
+# A server that stops answering ends the download with an error instead of hanging it.
+FETCH_TIMEOUT_S = 60
 
 _CYCLEGAN_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{}.zip"
 _PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/{}.tar.gz"
@@ -126,10 +136,35 @@ DATASETS: dict[str, DatasetSource] = {
 }
 
 
+class DownloadError(RuntimeError):
+    """A download that cannot complete: the URL, what went wrong and what to do."""
+
+
+def missing_folders(folder: Path, layout: str) -> list[str]:
+    """The folders of `layout` that `folder` lacks (for the aligned test split: "test/ or val/")."""
+    return [" or ".join(f"{name}/" for name in choices) for choices in REQUIRED_FOLDERS[layout]
+            if not any((folder / name).is_dir() for name in choices)]
+
+
+def nested_dataset(folder: Path, layout: str) -> Path | None:
+    """A subfolder of `folder` that holds the whole layout, when `folder` itself does not: an
+    archive unpacked by hand one level too deep (data/horse2zebra/horse2zebra/trainA)."""
+    if not folder.is_dir() or not missing_folders(folder, layout):
+        return None
+    for child in sorted(folder.iterdir()):
+        if child.is_dir() and not missing_folders(child, layout):
+            return child
+    return None
+
+
 def how_to_get(name: str, data_dir: str | Path) -> str:
     """Explain how to obtain a dataset so that it ends up in data_dir; used in error messages."""
     data_dir = Path(data_dir)
     source = DATASETS.get(name)
+    for layout in ((source.layout,) if source else REQUIRED_FOLDERS):
+        nested = nested_dataset(data_dir, layout)
+        if nested is not None:
+            return f"The dataset is one folder down, in {nested}: set data.data_dir={nested}."
     if source is None:
         known = ", ".join(sorted(DATASETS))
         return (
@@ -145,6 +180,8 @@ def how_to_get(name: str, data_dir: str | Path) -> str:
         hint = f"Download it with: python -m src.data.download {name} --root {root}"
         if data_dir.name != name:
             hint += f" and set data.data_dir={root / name}"
+        elif data_dir.is_dir() and any(data_dir.iterdir()):
+            hint += f" (after moving the incomplete {data_dir} away)"
         if source.note:
             hint += f". {source.note}"
     return f"{hint} Expected layout of {data_dir}: {source.layout}."
@@ -160,16 +197,24 @@ def _report_progress(done: int, total: int | None) -> None:
 
 
 def fetch(url: str, destination: Path, chunk_bytes: int = 1 << 20) -> None:
-    """Download url to destination, printing progress."""
+    """Download url to destination, printing progress; a failed or cut-short transfer raises
+    DownloadError (a dropped connection otherwise ends the read early without an error)."""
     print(f"Downloading {url}")
-    with urllib.request.urlopen(url) as response, open(destination, "wb") as out:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        done = 0
-        while chunk := response.read(chunk_bytes):
-            out.write(chunk)
-            done += len(chunk)
-            _report_progress(done, total)
-    print()
+    total, done = None, 0
+    try:
+        with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response, open(destination, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            while chunk := response.read(chunk_bytes):
+                out.write(chunk)
+                done += len(chunk)
+                _report_progress(done, total)
+    except OSError as error:  # URLError, HTTPError, timeouts, a refused connection
+        raise DownloadError(f"Downloading {url} failed: {error}. Run the command again.") from error
+    finally:
+        print()
+    if total is not None and done != total:
+        raise DownloadError(f"Downloading {url} stopped after {done:,} of {total:,} bytes (the connection "
+                            f"dropped). Run the command again.")
 
 
 def _inside(root: Path, member: str) -> bool:
@@ -214,8 +259,12 @@ def download(name: str, root: str | Path) -> Path:
     if source.url is None:
         raise RuntimeError(f"{name} cannot be downloaded automatically. {how_to_get(name, target)}")
     if target.is_dir() and any(target.iterdir()):
-        print(f"{target} already exists and is not empty; nothing to do.")
-        return target
+        missing = missing_folders(target, source.layout)
+        if not missing:
+            print(f"{target} already holds {name}; nothing to do.")
+            return target
+        raise DownloadError(f"{target} exists but lacks {', '.join(missing)}. "
+                            f"{how_to_get(name, target)}")
     target.parent.mkdir(parents=True, exist_ok=True)
     # Work in a scratch folder next to the target so the final move is a cheap rename and an
     # interrupted download never leaves a half-filled dataset folder behind.
@@ -229,7 +278,11 @@ def download(name: str, root: str | Path) -> Path:
             fetch(source.url, archive)
             extracted = scratch / "extracted"
             extracted.mkdir()
-            extract(archive, extracted)
+            try:
+                extract(archive, extracted)
+            except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as error:
+                raise DownloadError(f"{archive.name} from {source.url} is not a whole archive ({error}). "
+                                    f"Run the command again.") from error
             built = _dataset_folder_in(extracted, source, name)
             if source.convert is not None:
                 source.convert(built, scratch / name)
@@ -270,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         # Nothing to download: say where the data lives and how to lay it out.
         print(how_to_get(args.name, Path(args.root) / args.name))
         return 1
-    download(args.name, args.root)
+    try:
+        download(args.name, args.root)
+    except DownloadError as error:
+        print(error, file=sys.stderr)
+        return 1
     return 0
 
 
