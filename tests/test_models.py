@@ -330,6 +330,16 @@ def test_all_loggers_write_offline(train_cfg, monkeypatch):
     assert list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
 
 
+def test_a_run_without_logger_trains_and_checkpoints(train_cfg):
+    """logger=none: Lightning refuses its learning-rate monitor without a logger, so the default
+    callbacks drop it; the run still ends with its checkpoint and final metrics."""
+    cfg = train_cfg("logger=none", "max_iters=2")
+    metrics = run_training(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "final_metrics.json").is_file()
+    assert math.isfinite(metrics["train/G"]) and not list(run_dir.glob("csv"))
+
+
 @pytest.mark.parametrize("model_name", MODELS)
 def test_gradient_penalty_objective_trains_every_model(train_cfg, model_name):
     """WGAN-GP differentiates the critic's input gradient: the penalty path (double backward

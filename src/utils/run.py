@@ -8,7 +8,7 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import ProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from src.callbacks.compile_networks import CompileNetworks
@@ -138,6 +138,10 @@ def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.C
     counting iterations (unless the bar is off, or the config names its own)."""
     callbacks = instantiate_list(cfg.get("callbacks"), "callbacks") + [RankSeed(), StopSignals(),
                                                                        FinalMetrics(cfg.paths.output_dir)]
+    if not logger_cfg and any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
+        # Lightning refuses the monitor without a logger; the rates have nowhere to go then.
+        log.info("logger=none: the learning-rate monitor (callbacks.lr_monitor) is off, having no logger to write to")
+        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     if logger_cfg and any(is_wandb_node(node) for node in logger_cfg.values()):
         callbacks.append(WandbRunIdCallback())
     if cfg.get("max_kimg"):
