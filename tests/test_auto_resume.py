@@ -2,6 +2,7 @@
 run from its most advanced readable checkpoint, and starts it when there is none."""
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from conftest import NO_EVALUATION
 from src.models.pix2pix import Pix2Pix
-from src.models.checkpoint_fit import check_checkpoint_file
+from src.models.checkpoint_fit import changed_settings, check_checkpoint_file
 from src.utils.auto_resume import most_advanced_checkpoint
 from src.utils.run import run_training
 
@@ -102,3 +103,41 @@ def test_the_same_command_starts_then_continues_the_run(train_cfg, tmp_path, cap
 def test_auto_outside_training_asks_for_a_file():
     with pytest.raises(ValueError, match="ckpt_path=auto resumes a training run .*name a checkpoint file"):
         check_checkpoint_file("auto")
+
+
+def test_auto_refuses_a_checkpoint_of_other_settings_and_a_named_one_warns(train_cfg, tmp_path):
+    """A sweep started again over a fixed sweep folder with other values (or an Optuna study
+    resumed from its storage) reuses job folders by number: auto would resume another run's
+    checkpoint under the new settings and credit its training to them. Settings a resume may
+    change (the batch size, the loader's) pass; a named checkpoint warns, saying the optimizers
+    keep their saved learning rates."""
+    run_training(train_cfg(*PIX2PIX, "max_iters=2"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ValueError, match=r"ckpt_path=auto found .*last.ckpt, written by a run with other settings "
+                                         r"\(model.loss.weights.l1=100.0 -> 5; model.optimizer.lr=0.0002 -> 0.001\)"):
+        run_training(train_cfg(*PIX2PIX, "max_iters=4", "ckpt_path=auto", "loss.weights.l1=5",
+                               "model.optimizer.lr=1e-3"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_training(train_cfg(*PIX2PIX, "max_iters=3", "ckpt_path=auto", "data.batch_size=2", "data.num_workers=1",
+                               "model.optimizer.step_in_backward=false"))
+        assert not [w for w in caught if "other settings" in str(w.message)]
+        run_training(train_cfg(*PIX2PIX, "max_iters=4", f"ckpt_path={last}", "model.optimizer.lr=1e-3"))
+    assert [str(w.message) for w in caught if "other settings" in str(w.message)] == [
+        f"ckpt_path={last} was written with other settings (model.optimizer.lr=0.0002 -> 0.001): the run goes on "
+        "with this run's settings, except that the optimizers and learning-rate schedules continue from their "
+        "saved states (their learning rates included)"]
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 8 and {g["lr"] for o in saved["optimizer_states"] for g in o["param_groups"]} == {2e-4}
+
+
+def test_settings_a_resume_may_change_and_settings_added_since_are_not_compared():
+    checkpoint = {"hyper_parameters": {"loss": {"weights": {"cycle": 10.0}}, "pool_size": 50,
+                                       "optimizer": {"players": {"G": {"step_in_backward": True}}}},
+                  "datamodule_hyper_parameters": {"batch_size": 1, "data_dir": "/a", "crop_size": 256}}
+    same = changed_settings(checkpoint, {"loss": {"weights": {"cycle": 10}}, "pool_size": 0, "init": {"type": "x"},
+                                         "optimizer": {"players": {"G": {"step_in_backward": False}}}},
+                            {"batch_size": 4, "data_dir": "/b", "crop_size": 256})
+    assert same == []
+    assert changed_settings(checkpoint, {"loss": {"weights": {"cycle": 5.0}}}, {"crop_size": 128}) == [
+        "data.crop_size=256 -> 128", "model.loss.weights.cycle=10.0 -> 5.0"]

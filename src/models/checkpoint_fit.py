@@ -76,3 +76,60 @@ def check_resume_fits(model: torch.nn.Module, checkpoint: dict, ckpt_path: str |
         f"ckpt_path={ckpt_path}: the checkpoint does not fit the {type(model).__name__} this run builds "
         f"({mismatch}). Resuming continues a run, so it needs the model settings of the run that wrote the "
         f"checkpoint (model=..., model.generator.*, model.discriminator.*, data.input_nc/output_nc).{where}")
+
+
+#: settings a resume may change and still continue the same run: where the data lives and how it
+#: is loaded, the batch size and ProGAN's growth settings (README "Resuming"), the image pool's
+#: size (warned by the pool), speed and logging options
+RESUMABLE_SETTINGS = ("data.data_dir", "data.num_workers", "data.pin_memory", "data.persistent_workers",
+                      "data.eval_batch_size", "data.batch_size", "model.batch_sizes", "model.phase_images",
+                      "model.start_resolution", "model.grow", "model.pool_size", "model.log_rho_every_n_iters")
+#: speed options that may sit under a per-player key (model.optimizer.players.G.step_in_backward)
+RESUMABLE_LEAVES = ("step_in_backward",)
+
+
+def _flat(settings: dict, prefix: str) -> dict[str, object]:
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}.{key}"))
+        else:
+            flat[f"{prefix}.{key}"] = value
+    return flat
+
+
+def changed_settings(checkpoint: dict, model_settings: dict, data_settings: dict) -> list[str]:
+    """`key=<checkpoint's> -> <this run's>` for each model or data setting the two runs both have
+    and set differently, beyond those a resume may change (a setting added to the code since the
+    checkpoint was written is not compared)."""
+    saved = {**_flat(checkpoint.get("hyper_parameters") or {}, "model"),
+             **_flat(checkpoint.get("datamodule_hyper_parameters") or {}, "data")}
+    here = {**_flat(model_settings, "model"), **_flat(data_settings, "data")}
+    return [f"{key}={saved[key]!r} -> {here[key]!r}" for key in sorted(saved.keys() & here.keys())
+            if saved[key] != here[key] and key not in RESUMABLE_SETTINGS
+            and key.rsplit(".", 1)[-1] not in RESUMABLE_LEAVES]
+
+
+def check_resume_settings(ckpt_path: str | Path, model_settings: dict, data_settings: dict,
+                          must_match: bool) -> str | None:
+    """Compare the settings of the run that wrote `ckpt_path` with this run's. With `must_match`
+    (`ckpt_path=auto`: the checkpoint was found, not named) a difference raises: the run folder
+    holds another run, as when a sweep started again with other values reuses job folders by
+    number, and resuming would credit that run's training to these settings. Otherwise the
+    differences are returned for a warning (None when there are none)."""
+    if str(ckpt_path) in LIGHTNING_CKPT_KEYWORDS or "://" in str(ckpt_path):
+        return None
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    changed = changed_settings(checkpoint, model_settings, data_settings)
+    if not changed:
+        return None
+    listed = "; ".join(changed)
+    if must_match:
+        raise ValueError(
+            f"ckpt_path=auto found {ckpt_path}, written by a run with other settings ({listed}). Resuming would "
+            f"continue that run under these settings: this run folder holds another run (a sweep started again with "
+            f"other values reuses its job folders by number). Give this run its own folder (hydra.run.dir, "
+            f"hydra.sweep.dir), or name the checkpoint (ckpt_path={ckpt_path}) to continue it with the new settings")
+    return (f"ckpt_path={ckpt_path} was written with other settings ({listed}): the run goes on with this run's "
+            f"settings, except that the optimizers and learning-rate schedules continue from their saved states "
+            f"(their learning rates included)")

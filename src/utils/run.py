@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar
+from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from src.callbacks.compile_networks import CompileNetworks
@@ -17,10 +18,10 @@ from src.callbacks.image_budget import ImageBudget
 from src.callbacks.progress import iteration_progress_bar
 from src.callbacks.rank_seed import RankSeed
 from src.callbacks.stop_signals import RequeueStop, StopSignals
-from src.models.checkpoint_fit import check_checkpoint_file
+from src.models.checkpoint_fit import check_checkpoint_file, check_resume_settings
 from src.utils.accelerator import resolved_accelerator
 from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_job
-from src.utils.config_checks import check_argument_types, check_run_folder, check_seed, require_int
+from src.utils.config_checks import check_argument_types, check_run_folder, check_seed, require_int, to_plain
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
 from src.utils.ddp_strategy import choose_strategy
 from src.utils.instantiate import instantiate_list
@@ -157,7 +158,8 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     silence_known_library_noise()
     check_run_folder(cfg.paths.output_dir)
     resume_a_requeued_job(cfg)
-    if cfg.get("ckpt_path") == AUTO:   # resolved first: the wandb run id is read from the file
+    found_by_auto = cfg.get("ckpt_path") == AUTO
+    if found_by_auto:   # resolved first: the wandb run id is read from the file
         with open_dict(cfg):
             cfg.ckpt_path = resolve_auto_resume(cfg)
     check_checkpoint_file(cfg.get("ckpt_path"))
@@ -179,6 +181,11 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     for name, child in model.named_children():
         log.info("%s: %s parameters", name, f"{count_parameters(child):,}")
     check_sync_batchnorm(cfg, model)
+    if cfg.get("ckpt_path") is not None:
+        changed = check_resume_settings(cfg.ckpt_path, to_plain(dict(model.hparams)),
+                                        to_plain(dict(getattr(datamodule, "hparams", {}))), must_match=found_by_auto)
+        if changed:
+            rank_zero_warn(changed)
     logger_cfg = with_wandb_identity(cfg.get("logger"), cfg)
     callbacks = build_callbacks(cfg, logger_cfg)
     loggers = instantiate_list(logger_cfg, "logger")
