@@ -262,6 +262,25 @@ def test_smoke_run_returns_eval_metrics_and_writes_best_checkpoint_and_tsne(sing
     assert sum(bool(row["eval/fid"]) for row in rows) == sum(bool(row["latent/mmd2"]) for row in rows) == 2
 
 
+def test_the_last_evaluation_precedes_the_last_checkpoint_and_a_best_checkpoint_keeps_trainings_rng(
+        shared_data_dir, tmp_path):
+    """A run ending off the evaluation schedule (here FID only at the end, 3 iterations) evaluates
+    at its last batch's end, before last.ckpt is written there, so last.ckpt holds that best FID
+    (evaluated in on_train_end, after it, a run extended from last.ckpt compared with a stale
+    best). best_fid.ckpt, saved at the same iteration, holds training's random streams, as
+    last.ckpt does, not the evaluation's seeded ones: a resume from it draws as the run did."""
+    cfg = eval_run_cfg(tmp_path, shared_data_dir, "max_iters=3", "callbacks.fid_kid.every_n_iters=0",
+                       "model.optimizer.lr=2e-4")
+    metrics = run_training(cfg)
+    load = lambda name: torch.load(tmp_path / "checkpoints" / name, map_location="cpu", weights_only=True)  # noqa: E731
+    last, best = load("last.ckpt"), load("best_fid.ckpt")
+    assert last["global_step"] == best["global_step"] == 6
+    assert last["callbacks"]["FidKidCallback"] == {"best_fid": pytest.approx(metrics["eval/fid"]), "best_iteration": 3}
+    assert torch.equal(last["rng_states"]["torch"], best["rng_states"]["torch"])
+    assert last["rng_states"]["python"] == best["rng_states"]["python"]
+    assert torch.equal(last["rng_states"]["numpy"][1], best["rng_states"]["numpy"][1])
+
+
 def test_real_features_are_extracted_at_the_first_evaluation_only(shared_data_dir, tmp_path, monkeypatch):
     """Two evaluations (iterations 2 and 4) of 7 test items in both directions: the real images
     pass the feature network once per direction, the translations at every evaluation, and the

@@ -185,15 +185,31 @@ class PeriodicEvaluation(pl.Callback):
         return {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     # ----- the schedule ------------------------------------------------------------------
+    def after_evaluation(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Work after an evaluation, back on training's random streams: a checkpoint saved here
+        records those streams, which a resume from it continues (not the evaluation's seeded ones)."""
+
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         with isolated_rng(pl_module.device, self.seed):
             self.evaluate(trainer, pl_module)
+        self.after_evaluation(trainer, pl_module)
         self._last_evaluated = pl_module.iteration
+
+    @staticmethod
+    def training_ends_here(trainer: pl.Trainer) -> bool:
+        """Whether the iteration that just ended is the run's last (`max_iters`, the last batch of
+        `trainer.max_epochs`, or a stop asked for, as `max_kimg`'s): its evaluation then runs at the
+        batch's end, before the checkpoint Lightning writes there or at the epoch's end, so that
+        last.ckpt holds its result (a best FID), instead of in `on_train_end`, after it."""
+        if trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step:
+            return True
+        max_epochs = trainer.max_epochs
+        return bool(trainer.is_last_batch) and max_epochs is not None and 0 < max_epochs <= trainer.current_epoch + 1
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         iteration = pl_module.iteration
-        if (self.enabled and self.every_n_iters > 0 and iteration % self.every_n_iters == 0
-                and iteration != self._last_evaluated):
+        due = self.every_n_iters > 0 and iteration % self.every_n_iters == 0
+        if self.enabled and (due or self.training_ends_here(trainer)) and iteration != self._last_evaluated:
             self._run(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -245,6 +261,7 @@ class FidKidCallback(PeriodicEvaluation):
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
         self.best_fid = math.inf
         self.best_iteration = -1
+        self._latest_fid: float | None = None   # the evaluation's FID, for the best checkpoint after it
         self.scorer: FidKidScorer | None = None
         self.inception_score, self.inception_score_splits = bool(inception_score), inception_score_splits
         self.classifier_score = bool(classifier_score)
@@ -344,8 +361,12 @@ class FidKidCallback(PeriodicEvaluation):
         metrics["eval/kid_x100"] = sum(metrics[f"eval/kid_x100_{d}"] for d in directions) / len(directions)
         scorer.reset()  # frees the stored KID features until the next evaluation
         publish_metrics(trainer, metrics, step=pl_module.iteration)
-        if self.save_best:
-            self.save_if_best(trainer, pl_module, metrics["eval/fid"])
+        self._latest_fid = metrics["eval/fid"]
+
+    def after_evaluation(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.save_best and self._latest_fid is not None:
+            self.save_if_best(trainer, pl_module, self._latest_fid)
+        self._latest_fid = None
 
     def best_checkpoint_path(self, trainer: pl.Trainer) -> Path:
         dirpath = self.dirpath or getattr(trainer.checkpoint_callback, "dirpath", None) \
