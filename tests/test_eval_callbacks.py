@@ -177,6 +177,22 @@ def test_inception_without_torch_fidelity_names_both_fixes(monkeypatch):
         build_feature_extractor("inception", weights_path="/nonexistent/inception.pth")
 
 
+def test_building_an_extractor_leaves_trainings_rng_alone(monkeypatch):
+    """Inception's layers draw their default initialisation before its weights load; built in
+    the FID callback's setup, inside a seeded run, those draws moved training's stream (a run
+    trained differently with FID on than off). A stand-in that draws as its layers do:"""
+    class DrawingExtractor(torch.nn.Module):
+        def __init__(self, weights_path=None):
+            super().__init__()
+            self.layer = torch.nn.Linear(8, 8)   # default init: draws from the CPU RNG
+
+    monkeypatch.setattr(features_module, "InceptionFeatures", DrawingExtractor)
+    before = torch.get_rng_state()
+    build_feature_extractor("inception")
+    build_feature_extractor("random_cnn")
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_evaluation_rng_is_seeded_and_leaves_training_rng_alone():
     before = torch.get_rng_state()
     with isolated_rng(torch.device("cpu"), seed=3):

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from src.utils.rng import isolated_rng
+
 FEATURE_EXTRACTORS = ("inception", "random_cnn")
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 
@@ -180,15 +182,20 @@ class InceptionFeatures(FrozenExtractor):
 def build_feature_extractor(name: str, weights_path: str | None = None, device: torch.device | str | None = None,
                             settings: str = "callbacks.fid_kid.") -> nn.Module:
     """The named extractor ("inception" or "random_cnn"), frozen, on `device`; errors name the
-    caller's settings under the config prefix `settings`."""
-    if name == "inception":
-        try:
-            extractor = InceptionFeatures(weights_path)
-        except InceptionUnavailable as error:
-            raise InceptionUnavailable(error.reason, settings) from error.__cause__
-    elif name == "random_cnn":
-        extractor = RandomCNNFeatures()
-    else:
+    caller's settings under the config prefix `settings`.
+
+    Built on a forked CPU RNG: Inception's layers draw their default initialisation before its
+    weights load, and built inside a training run (the FID callback's setup, after seeding) those
+    draws would move training's random stream, so a run would train differently with FID on."""
+    if name not in FEATURE_EXTRACTORS:
         raise ValueError(f"{settings}feature_extractor={name!r} must be one of {', '.join(FEATURE_EXTRACTORS)} "
                          "(or auto).")
+    with isolated_rng(torch.device("cpu"), seed=None):
+        if name == "random_cnn":
+            extractor = RandomCNNFeatures()
+        else:
+            try:
+                extractor = InceptionFeatures(weights_path)
+            except InceptionUnavailable as error:
+                raise InceptionUnavailable(error.reason, settings) from error.__cause__
     return extractor.to(device) if device is not None else extractor
