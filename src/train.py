@@ -15,6 +15,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from src.utils.allocator import configure_allocator  # noqa: E402
 from src.utils.ddp_multirun import argv_for_launched_rank  # noqa: E402
+from src.utils.objective import objective_value, sweeper_direction  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")
@@ -28,7 +29,7 @@ def main(cfg: DictConfig) -> float | None:
         return None
     if metric_name not in metrics:
         raise KeyError(f"optimized_metric '{metric_name}' was not logged; logged metrics: {sorted(metrics)}")
-    return float(metrics[metric_name])
+    return objective_value(metric_name, float(metrics[metric_name]), sweeper_direction())
 
 
 if __name__ == "__main__":

@@ -82,6 +82,8 @@ class PeriodicEvaluation(pl.Callback):
     min_images = 2
     #: the callback's node in conf/callbacks, for error messages
     config_key = "callbacks.<name>"
+    #: the start of the names of the metrics it logs (`optimized_metric` is checked against it)
+    metric_prefix: str | None = None
 
     def __init__(self, every_n_iters: int = 5000, max_images: int | None = None, batch_size: int | None = None,
                  seed: int = 0):
@@ -242,6 +244,7 @@ class FidKidCallback(PeriodicEvaluation):
     """
 
     config_key = "callbacks.fid_kid"
+    metric_prefix = "eval/"
 
     def __init__(self, every_n_iters: int = 5000, feature_extractor: str = "auto",
                  feature_extractor_weights_path: str | None = None, max_images: int | None = None,

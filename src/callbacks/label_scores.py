@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 class LabelScoresCallback(PeriodicEvaluation):
     min_images = 1
     config_key = "callbacks.label_scores"
+    metric_prefix = "segmentation/"
 
     def __init__(self, every_n_iters: int = 5000, max_images: int | None = None, batch_size: int | None = None,
                  segmenter_path: str | None = None, segmenter_size: list[int] | None = None, seed: int = 0):

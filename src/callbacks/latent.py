@@ -97,6 +97,7 @@ class LatentCallback(PeriodicEvaluation):
     """
 
     config_key = "callbacks.latent"
+    metric_prefix = "latent/"
 
     def __init__(self, dirpath: str | None = None, every_n_iters: int = 5000, max_images: int | None = 200,
                  batch_size: int | None = None, tsne: bool = True, perplexity: float = 30.0, pool: str = "mean",

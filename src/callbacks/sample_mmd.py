@@ -22,6 +22,7 @@ from src.models.noise_base import SAMPLES, NoiseToImageModel
 
 class SampleMMDCallback(PeriodicEvaluation):
     config_key = "callbacks.sample_mmd"
+    metric_prefix = "eval/mmd2_samples"
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and not isinstance(pl_module, NoiseToImageModel):

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 class ShapesTruthCallback(PeriodicEvaluation):
     min_images = 1  # a score per pair: one pair is a valid (if noisy) evaluation set
     config_key = "callbacks.shapes_truth"
+    metric_prefix = "truth/"
 
     def __init__(self, every_n_iters: int = 1000, directions: tuple[str, ...] | list[str] = DIRECTIONS,
                  max_pairs: int | None = None, batch_size: int | None = None, seed: int = 0):

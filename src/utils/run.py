@@ -15,6 +15,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from src.callbacks.compile_networks import CompileNetworks
 from src.callbacks.final_metrics import FinalMetrics
 from src.callbacks.image_budget import ImageBudget
+from src.callbacks.optimized_metric import OptimizedMetricCheck
 from src.callbacks.progress import iteration_progress_bar
 from src.callbacks.rank_seed import RankSeed
 from src.callbacks.stop_signals import RequeueStop, StopSignals
@@ -26,6 +27,7 @@ from src.utils.ddp_multirun import job_shared_with_launched_ranks
 from src.utils.ddp_strategy import choose_strategy
 from src.utils.instantiate import instantiate_list
 from src.utils.library_warnings import silence_known_library_noise
+from src.utils.objective import sweeper_direction
 from src.utils.wandb_run import WandbRunIdCallback, finish_wandb_run, is_wandb_node, with_wandb_identity
 
 log = logging.getLogger(__name__)
@@ -147,6 +149,8 @@ def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.C
         callbacks.append(WandbRunIdCallback())
     if cfg.get("max_kimg"):
         callbacks.append(ImageBudget(cfg.max_kimg))
+    if cfg.get("optimized_metric"):
+        callbacks.append(OptimizedMetricCheck(cfg.optimized_metric, sweeper_direction()))
     if cfg.get("compile"):
         callbacks.append(CompileNetworks(cfg.compile))
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(cb, ProgressBar) for cb in callbacks):

@@ -1,0 +1,59 @@
+"""`optimized_metric`, what a sweep optimises: checked before training, and a diverged run's
+value given to Optuna as the worst instead of a NaN that ends the whole study."""
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+
+from src.callbacks.optimized_metric import OptimizedMetricCheck, better_direction
+from src.utils.objective import objective_value
+from src.utils.run import run_training
+
+
+def test_a_metric_no_callback_of_the_run_logs_stops_the_run_before_training(train_cfg):
+    """The searches' default, truth/AtoB/iou, comes from the shapes ground truth, which is off
+    off the shapes data or (here) for grayscale shapes: the trial used to train to its end and
+    fail on the missing value."""
+    cfg = train_cfg("model=cyclegan", "data.input_nc=1", "data.output_nc=1", "optimized_metric=truth/AtoB/iou")
+    with pytest.raises(ValueError, match=r"optimized_metric=truth/AtoB/iou comes from callbacks.shapes_truth, "
+                                         r"which is off for this run"):
+        run_training(cfg)
+    assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))   # nothing trained
+    with pytest.raises(ValueError, match=r"optimized_metric=latent/mmd2: no callback of this run logs it"):
+        run_training(train_cfg("model=cyclegan", "callbacks.latent=null", "optimized_metric=latent/mmd2"))
+
+
+def test_a_metric_the_run_logs_passes_and_is_returned(train_cfg):
+    metrics = run_training(train_cfg("model=cyclegan", "optimized_metric=truth/AtoB/iou", "max_iters=2"))
+    assert math.isfinite(metrics["truth/AtoB/iou"])
+
+
+@pytest.mark.parametrize("metric, better", [("eval/fid", "minimize"), ("eval/fid_AtoB", "minimize"),
+                                            ("eval/kid_x100", "minimize"), ("latent/mmd2", "minimize"),
+                                            ("truth/AtoB/color_error", "minimize"), ("truth/AtoB/iou", "maximize"),
+                                            ("eval/is_samples", "maximize"), ("eval/cls_acc_fake_samples", "maximize"),
+                                            ("segmentation/AtoB/label_class_iou", "maximize"), ("train/G", None)])
+def test_a_search_going_the_wrong_way_is_refused(metric, better):
+    assert better_direction(metric) == better
+    OptimizedMetricCheck(metric, better)
+    if better is not None:
+        wrong = "maximize" if better == "minimize" else "minimize"
+        with pytest.raises(ValueError, match=f"hydra.sweeper.direction={wrong}: the search would look for the worst "
+                                             f"runs. Set hydra.sweeper.direction={better}"):
+            OptimizedMetricCheck(metric, wrong)
+
+
+def test_a_diverged_trial_is_the_worst_value_and_the_study_goes_on():
+    """Optuna refuses a NaN objective, and the Hydra sweeper's own failure handling then raises
+    again, ending the study; the worst value in the search's direction is a completed trial."""
+    assert objective_value("eval/fid", 3.5, "minimize") == 3.5
+    assert objective_value("eval/fid", math.nan, "minimize") == math.inf
+    assert objective_value("truth/AtoB/iou", math.nan, "maximize") == -math.inf
+    with pytest.raises(ValueError, match="optimized_metric eval/fid is nan: the run diverged"):
+        objective_value("eval/fid", math.nan, None)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize")
+    for value in (2.0, objective_value("eval/fid", math.nan, "minimize"), 1.0):
+        study.tell(study.ask(), values=[value])
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3 and study.best_value == 1.0
