@@ -38,6 +38,9 @@ def run_translation(cfg: DictConfig) -> dict:
         raise ValueError("input is required: input=path/to/image_or_folder (or export=onnx|torchscript to only export)")
     paths = list_input_images(cfg.input) if cfg.get("input") else []
     targets = output_paths(paths, Path(cfg.output), Path(cfg.input) if paths and Path(cfg.input).is_dir() else None)
+    if paths and Path(cfg.input).is_dir() and Path(cfg.output).resolve().is_relative_to(Path(cfg.input).resolve()):
+        log.warning("output=%s is inside input=%s: a later run on the same input translates these outputs too",
+                    cfg.output, cfg.input)
     device = resolve_device(cfg.get("device", "auto"))
     check_seed("seed", cfg.get("seed"))
     with isolated_rng(device, cfg.get("seed")):
@@ -49,6 +52,10 @@ def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path,
     output_dir = Path(cfg.output)
     model = load_model(cfg.ckpt_path, map_location=device, use_ema=cfg.get("use_ema", True))
     check_direction(model, cfg.direction)
+    if model.training_data.get("direction") == "BtoA":
+        source, target = ("B", "A") if cfg.direction == "AtoB" else ("A", "B")
+        log.info("The model was trained with data.direction=BtoA: direction=%s translates the dataset's domain %s "
+                 "into %s", cfg.direction, source, target)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path, image in translate_images(model, paths, cfg.direction, cfg.batch_size, device, cfg.get("short_side")):

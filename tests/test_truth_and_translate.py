@@ -461,6 +461,32 @@ def test_translate_errors_name_the_setting(smoke_runs, tmp_path):
     written = run_translation(translate_cfg(ckpt_path=str(smoke_runs["pix2pix"].ckpt), input=str(tmp_path / "in"),
                                             output=str(tmp_path / "out")))["written"]
     assert sorted(Path(p).name for p in written) == ["gray.png", "portrait.png", "rgb.png", "rgba.png"]
+    for keyword in ("last", "https://host/run.ckpt"):   # Lightning's resume keywords are no files to load
+        with pytest.raises(ValueError, match=f"ckpt_path={keyword}: name a checkpoint file here"):
+            run_translation(translate_cfg(ckpt_path=keyword, input=str(tmp_path / "in"), output=str(tmp_path / "o")))
+
+
+def test_translate_refuses_to_overwrite_its_inputs(smoke_runs, tmp_path, caplog):
+    """PNG inputs translated into their own folder would be replaced by their translations;
+    an output folder inside the input folder is translated too by a later run (warned)."""
+    write_odd_inputs(tmp_path / "in")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "in").iterdir()}
+    with pytest.raises(ValueError, match=r"rgb.png would be overwritten by its own output: choose an output folder"):
+        run_translation(translate_cfg(ckpt_path=str(smoke_runs["cyclegan"].ckpt), input=str(tmp_path / "in"),
+                                      output=str(tmp_path / "in")))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "in").iterdir()} == before
+    with caplog.at_level("WARNING"):
+        run_translation(translate_cfg(ckpt_path=str(smoke_runs["cyclegan"].ckpt), input=str(tmp_path / "in"),
+                                      output=str(tmp_path / "in" / "out")))
+    assert "is inside input=" in caplog.text and (tmp_path / "in" / "out" / "rgb.png").is_file()
+
+
+def test_a_checkpoint_with_objects_a_weights_only_load_refuses_is_named_as_such(tmp_path):
+    from src.utils.checkpoint_loading import load_model
+    path = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": Path("/a")}}, path)   # a Path: not weights-only
+    with pytest.raises(ValueError, match=r"foreign.ckpt is whole but holds objects a weights-only load refuses"):
+        load_model(path)
 
 
 @pytest.mark.parametrize("override, message", [("batch_size=0", r"batch_size=0 must be a positive integer"),
@@ -511,6 +537,17 @@ def test_export_matches_pytorch_at_any_size(smoke_runs, tmp_path, fmt, name, dir
     assert path.name == f"generator_{direction}{'.pt' if fmt == 'torchscript' else '.onnx'}"
     x = torch.rand(3, 3, 36, 20) * 2 - 1  # another batch size and a non-square size than traced
     assert torch.allclose(run_exported(path, x), model.translate(x, direction), atol=1e-4)
+    assert report["matches_translate"]
+
+
+def test_pix2pix_export_says_it_is_the_eval_mode_network(smoke_runs, tmp_path, caplog):
+    """pix2pix samples with test-time batch statistics and dropout; the exported graph cannot, and
+    its translations differ from translate.py's: the report and a warning say so."""
+    model = load_model(smoke_runs["pix2pix"].ckpt)
+    with caplog.at_level("WARNING"):
+        report = export_translation(model, "AtoB", "torchscript", tmp_path, size=smoke_runs["pix2pix"].cfg.data.size)
+    assert report["matches_translate"] is False
+    assert "Pix2Pix samples with test-time batch_stats and dropout" in caplog.text
 
 
 # -- eval.py ---------------------------------------------------------------------------------

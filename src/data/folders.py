@@ -111,4 +111,7 @@ def output_paths(paths: list[Path], output_dir: str | Path, folder: Path | None 
                              f"rename one of them")
         seen[name] = path
         targets[path] = output_dir / f"{name}{suffix}"
+        if targets[path].resolve() == path.resolve():
+            raise ValueError(f"{path} would be overwritten by its own output: choose an output folder other than "
+                             f"the input's")
     return targets

@@ -153,6 +153,12 @@ def export_translation(model: TranslationModel, direction: str, fmt: str, output
     finally:
         for net, mode in zip(graph.nets, was_training):
             net.train(mode)
+    if sampling := [name for name, on in model.sampling_options().items() if on]:
+        # The graph is the eval-mode network; the model samples otherwise (translate.py, eval.py).
+        log.warning("%s samples with test-time %s (model.sampling_options), which the exported graph does not: "
+                    "it is the eval-mode network (running statistics, no dropout), so its translations differ "
+                    "from translate.py's", type(model).__name__, " and ".join(sampling))
+    report["matches_translate"] = not sampling
     log.info("Exported %s %s to %s: %s", type(model).__name__, direction, path, report)
     return report
 
