@@ -864,6 +864,45 @@ def test_eval_takes_the_runs_data_with_the_keys_given_on_the_command_line(smoke_
     assert report["data"] == "shapes" and report["directions"]["AtoB"]["translated"] == 3
 
 
+def test_eval_reads_the_folder_the_run_read_wherever_it_runs_from(smoke_runs, tmp_path, shared_data_dir):
+    """The run's data config interpolates its root (`$PROJECT_ROOT` or the working directory),
+    which resolves as eval.py runs: started elsewhere, it pointed at a folder that does not exist.
+    The folder the checkpoint records is read."""
+    from src.utils.evaluation import run_evaluation
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(smoke_runs["cyclegan"].ckpt.read_bytes())
+    data = OmegaConf.to_container(smoke_runs["cyclegan"].cfg.data, resolve=True)
+    data["data_dir"] = "${paths.data_dir}/" + Path(data["data_dir"]).name
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create({"paths": {"data_dir": str(tmp_path / "elsewhere" / "data")}, "data": data}),
+                   run_dir / ".hydra" / "config.yaml")
+    cfg = compose_train_cfg([f"ckpt_path={ckpt}", "+data.max_dataset_size=3"], tmp_path / "eval", shared_data_dir,
+                            config_name="eval")
+    try:
+        run_evaluation(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    assert json.loads((Path(cfg.output_dir) / "metrics.json").read_text())["directions"]["AtoB"]["translated"] == 3
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_eval_with_a_data_config_of_other_image_settings_than_the_run_says_so(smoke_runs, tmp_path, shared_data_dir,
+                                                                             caplog):
+    """data=NAME brings that config's image settings: a run trained at another crop size is then
+    scored on images it never saw the like of, and its scores do not compare with the run's."""
+    checkpoint = torch.load(smoke_runs["cyclegan"].ckpt, map_location="cpu", weights_only=True)
+    checkpoint["datamodule_hyper_parameters"]["crop_size"] = 24
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save(checkpoint, ckpt)
+    with caplog.at_level("WARNING"):
+        evaluate(SimpleNamespace(ckpt=ckpt, cfg=smoke_runs["cyclegan"].cfg), tmp_path / "eval", shared_data_dir)
+    assert "The data is read otherwise than the run was trained on" in caplog.text
+    assert "pass data.crop_size=24 to read it as trained" in caplog.text
+
+
 def test_eval_of_a_grayscale_run_scores_fid_without_the_colour_ground_truth(train_cfg, tmp_path, shared_data_dir):
     cfg = train_cfg("model=cyclegan", "data.input_nc=1", "loss.weights.identity=0", "max_iters=1",
                     "data.max_dataset_size=4", "++callbacks.fid_kid=null", "++callbacks.latent=null",

@@ -54,9 +54,14 @@ def data_config(cfg: DictConfig, model) -> DictConfig:
         return given
     run_config = run_config_path(cfg.ckpt_path)
     if run_config.is_file():
-        # Resolve inside the whole run config: the data node interpolates its `paths`.
+        # Resolve inside the whole run config: the data node interpolates its `paths`. Its root
+        # (`$PROJECT_ROOT` or the working directory) resolves as eval.py runs, perhaps from
+        # elsewhere: the folder the run read, which the checkpoint records, is taken where it
+        # exists (on another machine, the run config's folder under this root).
         run_cfg = OmegaConf.load(run_config)
-        data = OmegaConf.merge(OmegaConf.to_container(run_cfg.data, resolve=True), given or {})
+        read = model.training_data.get("data_dir")
+        recorded = {"data_dir": str(read)} if read and Path(read).is_dir() else {}
+        data = OmegaConf.merge(OmegaConf.to_container(run_cfg.data, resolve=True), recorded, given or {})
         for key, value in data_keys_added_since(run_config, data).items():
             log.info("data.%s=%s is in the data config now, not in the run's (older) one, so it is off here: "
                      "+data.%s=%s to use it", key, value, key, value)
@@ -123,6 +128,23 @@ def truth_backgrounds(datamodule, dataset) -> dict[str, torch.Tensor] | None:
     meta = load_test_meta(datamodule.data_dir)
     size = dataset[0]["A"].shape[-1]
     return {name: background_tensor(meta_k, size) for name, meta_k in meta.items()}
+
+
+#: data settings that shape the images a model sees: evaluated otherwise than trained, its scores
+#: no longer compare with the run's
+IMAGE_SETTINGS = ("preprocess", "load_size", "crop_size", "size", "input_nc", "output_nc", "resize_interpolation",
+                  "bit_depth", "to_srgb")
+
+
+def warn_about_other_image_settings(model, datamodule) -> None:
+    """`data=NAME` brings that config's image settings, perhaps not the run's (a run trained at
+    crop_size=128 on a config of 256): named with the values that read the data as trained."""
+    hparams = getattr(datamodule, "hparams", {})
+    differing = [f"data.{key}={model.training_data[key]}" for key in IMAGE_SETTINGS
+                 if key in model.training_data and key in hparams and hparams[key] != model.training_data[key]]
+    if differing:
+        log.warning("The data is read otherwise than the run was trained on, so the scores do not compare with the "
+                    "run's: pass %s to read it as trained", " ".join(differing))
 
 
 def check_trained_direction(model, datamodule, ckpt_path) -> None:
@@ -387,6 +409,7 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device) -> dict[str, dict
     generates = isinstance(model, NoiseToImageModel)
     if not generates:
         check_trained_direction(model, datamodule, cfg.ckpt_path)
+    warn_about_other_image_settings(model, datamodule)
     real_split, num_samples = sample_protocol(cfg, model)
     if generates and cfg.get("segmenter_path") is not None:
         raise ValueError(f"segmenter_path={cfg.segmenter_path} scores photos translated from label maps; "
