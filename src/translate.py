@@ -39,8 +39,8 @@ def run_translation(cfg: DictConfig) -> dict:
     paths = list_input_images(cfg.input) if cfg.get("input") else []
     targets = output_paths(paths, Path(cfg.output), Path(cfg.input) if paths and Path(cfg.input).is_dir() else None)
     if paths and Path(cfg.input).is_dir() and Path(cfg.output).resolve().is_relative_to(Path(cfg.input).resolve()):
-        log.warning("output=%s is inside input=%s: a later run on the same input translates these outputs too",
-                    cfg.output, cfg.input)
+        raise ValueError(f"output={cfg.output} lies inside input={cfg.input}: a later run on that input would "
+                         f"translate these outputs too; write them elsewhere")
     device = resolve_device(cfg.get("device", "auto"))
     check_seed("seed", cfg.get("seed"))
     with isolated_rng(device, cfg.get("seed")):
