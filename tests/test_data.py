@@ -1312,5 +1312,51 @@ def test_cyclegans_unpaired_copies_have_a_config_and_a_download(tmp_path, name):
     dm = instantiate(cfg.data)
     assert isinstance(dm, UnpairedDataModule) and dm.data_dir == tmp_path / name and name in download.DATASETS
     assert (dm.label_palette is not None) == (name == "cityscapes_unpaired")
-    with pytest.raises(DatasetNotFoundError, match=f"python -m src.data.download {name}"):
+    how = "prepare_cityscapes --gtfine gtFine --leftimg8bit leftImg8bit" if name == "cityscapes_unpaired" else \
+        f"download {name}"
+    with pytest.raises(DatasetNotFoundError, match=f"python -m src.data.{how}"):
         dm.setup("fit")
+
+
+def test_cityscapes_is_built_from_the_official_release_in_both_layouts(tmp_path):
+    """The authors withdrew their Cityscapes copies: the registry sends users to the official
+    release and to prepare_cityscapes, which pairs each photo with its label colours by id, at
+    the papers' size, as an A|B image (photo left) and as trainA/i_A, trainB/i_B; val is the
+    test split. Both data configs read the folder it writes."""
+    from src.data import prepare_cityscapes
+    assert download.DATASETS["cityscapes"].url is None and download.DATASETS["cityscapes_unpaired"].url is None
+    assert download.main(["cityscapes", "--root", str(tmp_path / "data")]) == 1
+    gtfine, photos = tmp_path / "gtFine", tmp_path / "leftImg8bit"
+    colours = {"train": [(200, 0, 0), (0, 200, 0)], "val": [(0, 0, 200)]}
+    for split, split_colours in colours.items():
+        for k, colour in enumerate(split_colours):
+            name = f"aachen_{k:06d}_000019"
+            write_image(photos / split / "aachen" / f"{name}_leftImg8bit.png", size=(64, 32), color=colour)
+            write_image(gtfine / split / "aachen" / f"{name}_gtFine_color.png", size=(64, 32), color=(128, 64, 128))
+    output = tmp_path / "data" / "cityscapes"
+    assert prepare_cityscapes.main(["--gtfine", str(gtfine), "--leftimg8bit", str(photos), "--output", str(output),
+                                    "--size", "16"]) == 0
+    assert sorted(p.name for p in output.iterdir()) == ["test", "testA", "testB", "train", "trainA", "trainB"]
+    side_by_side = np.asarray(Image.open(output / "train" / "1.jpg"))
+    assert side_by_side.shape == (16, 32, 3)
+    assert np.abs(side_by_side[:, :16].astype(int) - (0, 200, 0)).max() < 8          # photo left: A
+    assert np.abs(side_by_side[:, 16:].astype(int) - (128, 64, 128)).max() < 8       # labels right: B
+    assert sorted(p.name for p in (output / "testA").iterdir()) == ["0_A.jpg"]
+    for config, cls in (("cityscapes", PairedDataModule), ("cityscapes_unpaired", UnpairedDataModule)):
+        cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path / "data")},
+                                "data": OmegaConf.load(CONF_DATA / f"{config}.yaml")})
+        dm = instantiate(cfg.data, data_dir=str(output), load_size=16, crop_size=16, preprocess="none", num_workers=0)
+        assert isinstance(dm, cls)
+        dm.setup("fit")
+        item = dm.test_dataloader().dataset[0]
+        photo = item["B"] if config == "cityscapes" else item["A"]   # cityscapes: BtoA, labels -> photo
+        assert photo[2].mean() > 0.5 and photo[0].mean() < -0.5       # the val photo, blue
+    (photos / "train" / "aachen" / "aachen_000001_000019_leftImg8bit.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"aachen_000001_000019_gtFine_color.png has no partner "
+                                                r"aachen_000001_000019_leftImg8bit.png"):
+        prepare_cityscapes.prepare_cityscapes(gtfine, photos, tmp_path / "again")
+    (photos / "val" / "aachen" / "aachen_000000_000019_leftImg8bit.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"leftImg8bit/val holds no <city>/\*_leftImg8bit.png"):
+        prepare_cityscapes.find_pairs(gtfine, photos, "val")
+    with pytest.raises(FileExistsError, match="is not empty"):
+        prepare_cityscapes.prepare_cityscapes(gtfine, photos, output)

@@ -65,6 +65,16 @@ class DatasetSource:
     convert: Callable[[Path, Path], None] | None = None
 
 
+# The pix2pix and CycleGAN authors withdrew their Cityscapes copies (its licence): built from the
+# official release instead, as their scripts say.
+_CITYSCAPES_NOTE = (
+    "Cityscapes is not downloaded: register at https://www.cityscapes-dataset.com, download "
+    "gtFine_trainvaltest.zip and leftImg8bit_trainvaltest.zip, unpack them, and build the papers' 256x256 pairs "
+    "(both the A|B and the trainA/trainB layouts, one folder for data=cityscapes and data=cityscapes_unpaired) "
+    "with: python -m src.data.prepare_cityscapes --gtfine gtFine --leftimg8bit leftImg8bit "
+    "--output <root>/{output}")
+
+
 def _cyclegan(name: str, note: str = "") -> DatasetSource:
     return DatasetSource(_CYCLEGAN_URL.format(name), UNPAIRED_LAYOUT, note)
 
@@ -90,18 +100,14 @@ DATASETS: dict[str, DatasetSource] = {
     "iphone2dslr_flower": _cyclegan("iphone2dslr_flower"),
     "facades_unpaired": _cyclegan_copy_of_paired("facades"),
     "maps_unpaired": _cyclegan_copy_of_paired("maps"),
-    "cityscapes_unpaired": _cyclegan_copy_of_paired("cityscapes"),
+    "cityscapes_unpaired": DatasetSource(None, UNPAIRED_LAYOUT, _CITYSCAPES_NOTE.format(output="cityscapes_unpaired")),
     # pix2pix datasets (Isola et al. 2017), aligned A|B images.
     "facades": _pix2pix("facades"),
     "maps": _pix2pix("maps"),
     "edges2shoes": _pix2pix("edges2shoes", "About 2 GB."),
     "edges2handbags": _pix2pix("edges2handbags", "About 8 GB."),
     "night2day": _pix2pix("night2day"),
-    "cityscapes": _pix2pix(
-        "cityscapes",
-        "This is the pix2pix mirror (labels|photo pairs) used in the pix2pix paper. The official "
-        "Cityscapes release requires registration at https://www.cityscapes-dataset.com.",
-    ),
+    "cityscapes": DatasetSource(None, ALIGNED_LAYOUT, _CITYSCAPES_NOTE.format(output="cityscapes")),
     # The classic GANs' grayscale benchmarks (LeCun et al. 1998; Xiao et al. 2017), 28 px, 10
     # classes, written as class folders (class folder names sort in label order).
     "mnist": DatasetSource(
@@ -175,7 +181,7 @@ def how_to_get(name: str, data_dir: str | Path) -> str:
         )
     root = data_dir.parent
     if source.url is None:
-        hint = source.note
+        hint = source.note.replace("<root>", str(root))
     else:
         hint = f"Download it with: python -m src.data.download {name} --root {root}"
         if data_dir.name != name:

@@ -1,0 +1,102 @@
+"""Cityscapes for pix2pix and CycleGAN, built from the official release.
+
+    python -m src.data.prepare_cityscapes --gtfine gtFine --leftimg8bit leftImg8bit --output data/cityscapes
+
+The pix2pix and CycleGAN authors no longer hand out their copies of Cityscapes (its licence):
+their download scripts send users to https://www.cityscapes-dataset.com (registration) for
+gtFine_trainvaltest.zip and leftImg8bit_trainvaltest.zip, and to a script that builds the papers'
+256x256 pairs from them. This builds the same folders: each photo
+(`leftImg8bit/<split>/<city>/<id>_leftImg8bit.png`) with its label colours
+(`gtFine/<split>/<city>/<id>_gtFine_color.png`), both resized to --size (PIL bicubic, as that
+script), written as JPEG quality 100 with full-resolution colour, pair i as
+
+    train/<i>.jpg  test/<i>.jpg       photo | labels side by side (pix2pix; val becomes test)
+    trainA/<i>_A.jpg  trainB/<i>_B.jpg  testA/ testB/   photo, labels (CycleGAN)
+
+in sorted order of the pairs' ids. One folder serves `data=cityscapes` (A = photo, B = labels;
+the paper's labels -> photo is its `direction: BtoA`) and, with `data.data_dir` pointing at it,
+`data=cityscapes_unpaired`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+PHOTO_SUFFIX = "_leftImg8bit.png"
+LABEL_SUFFIX = "_gtFine_color.png"
+#: the release's split -> the split written (the papers test on Cityscapes' val images)
+SPLITS = {"train": "train", "val": "test"}
+
+
+def find_pairs(gtfine: Path, leftimg8bit: Path, split: str) -> list[tuple[Path, Path]]:
+    """(photo, label colours) of every image of `split`, by id; an id with one file only is an
+    error naming it (the two archives of another release, or one unpacked in part)."""
+    photos = {path.name[:-len(PHOTO_SUFFIX)]: path for path in (leftimg8bit / split).glob(f"*/*{PHOTO_SUFFIX}")}
+    labels = {path.name[:-len(LABEL_SUFFIX)]: path for path in (gtfine / split).glob(f"*/*{LABEL_SUFFIX}")}
+    if not photos or not labels:
+        empty = leftimg8bit / split if not photos else gtfine / split
+        raise FileNotFoundError(f"{empty} holds no <city>/*{PHOTO_SUFFIX if not photos else LABEL_SUFFIX}: give the "
+                                f"unpacked {'leftImg8bit' if not photos else 'gtFine'} folder of "
+                                f"{'leftImg8bit' if not photos else 'gtFine'}_trainvaltest.zip")
+    for ids, have, lack in ((photos.keys() - labels.keys(), photos, LABEL_SUFFIX),
+                            (labels.keys() - photos.keys(), labels, PHOTO_SUFFIX)):
+        if ids:
+            first = sorted(ids)[0]
+            raise FileNotFoundError(f"{have[first]} has no partner {first}{lack} ({len(ids)} such files)")
+    return [(photos[key], labels[key]) for key in sorted(photos)]
+
+
+def _resized(path: Path, size: int) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+
+
+def prepare_cityscapes(gtfine: str | Path, leftimg8bit: str | Path, output: str | Path, size: int = 256) -> int:
+    """Write the pairs of both splits into `output` (see the module's doc); returns their number.
+    An output folder that holds files already is refused (nothing is written)."""
+    gtfine, leftimg8bit, output = Path(gtfine), Path(leftimg8bit), Path(output)
+    if size < 1:
+        raise ValueError(f"--size {size} must be a positive number of pixels")
+    if output.is_dir() and any(output.iterdir()):
+        raise FileExistsError(f"{output} is not empty: write into a new folder")
+    pairs = {written: find_pairs(gtfine, leftimg8bit, split) for split, written in SPLITS.items()}
+    save = {"quality": 100, "subsampling": 0}
+    for split, split_pairs in pairs.items():
+        for folder in (split, f"{split}A", f"{split}B"):
+            (output / folder).mkdir(parents=True, exist_ok=True)
+        for index, (photo_path, label_path) in enumerate(split_pairs):
+            photo, label = _resized(photo_path, size), _resized(label_path, size)
+            side_by_side = Image.new("RGB", (2 * size, size))
+            side_by_side.paste(photo, (0, 0))
+            side_by_side.paste(label, (size, 0))
+            side_by_side.save(output / split / f"{index}.jpg", **save)
+            photo.save(output / f"{split}A" / f"{index}_A.jpg", **save)
+            label.save(output / f"{split}B" / f"{index}_B.jpg", **save)
+        print(f"{split}: {len(split_pairs)} pairs")
+    return sum(map(len, pairs.values()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m src.data.prepare_cityscapes",
+                                     description="Build the pix2pix / CycleGAN Cityscapes pairs from the official "
+                                                 "gtFine and leftImg8bit folders.")
+    parser.add_argument("--gtfine", required=True, help="the unpacked gtFine folder (gtFine_trainvaltest.zip)")
+    parser.add_argument("--leftimg8bit", required=True, help="the unpacked leftImg8bit folder "
+                                                             "(leftImg8bit_trainvaltest.zip)")
+    parser.add_argument("--output", required=True, help="the dataset folder to write, e.g. data/cityscapes")
+    parser.add_argument("--size", type=int, default=256, help="side of the square images (default: 256)")
+    args = parser.parse_args(argv)
+    try:
+        count = prepare_cityscapes(args.gtfine, args.leftimg8bit, args.output, args.size)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(error, file=sys.stderr)
+        return 2
+    print(f"Done: {count} pairs in {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
