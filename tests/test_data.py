@@ -892,6 +892,34 @@ def test_the_resampling_kernel_is_the_translation_methods_code_whatever_the_data
     assert train_cfg(*overrides).data.get("resize_interpolation", "bicubic") == kernel
 
 
+@pytest.mark.parametrize("config", ["maps", "maps_unpaired"])
+def test_the_maps_configs_read_their_large_jpegs_as_the_papers_loaders(tmp_path, config):
+    """The maps images (600 px a side) are over twice the 286 px they are resized to: a reduced
+    JPEG decode would read them at 300 px first. The public configs compared with the papers
+    decode whole, so an item is the reference loader's bicubic resize of the full image (here at
+    a tenth of the size: 120 px halves for 28 px items)."""
+    rng = np.random.default_rng(0)
+    pair = rng.integers(0, 256, (120, 240, 3), dtype=np.uint8)
+    root = tmp_path / config
+    if config == "maps":
+        for split in ("train", "val"):
+            (root / split).mkdir(parents=True)
+            Image.fromarray(pair).save(root / split / "1.jpg", quality=95)
+    else:
+        for split in ("train", "test"):
+            for domain, half in (("A", pair[:, :120]), ("B", pair[:, 120:])):
+                (root / f"{split}{domain}").mkdir(parents=True)
+                Image.fromarray(np.ascontiguousarray(half)).save(root / f"{split}{domain}" / "1.jpg", quality=95)
+    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path)}, "data": OmegaConf.load(CONF_DATA / f"{config}.yaml")})
+    dm = instantiate(cfg.data, load_size=28, crop_size=28, num_workers=0)
+    dm.setup("fit")
+    item = dm.test_dataloader().dataset[0]
+    source = root / ("val/1.jpg" if config == "maps" else "testA/1.jpg")
+    decoded = np.asarray(Image.open(source).convert("RGB"))[:, :120]
+    assert torch.allclose(item["A"], reference_loader(np.ascontiguousarray(decoded), 28, Image.Resampling.BICUBIC),
+                          atol=1e-6)
+
+
 def test_eval_transform_is_deterministic_and_unflipped():
     image = np.random.default_rng(0).integers(0, 256, (20, 20, 3), dtype=np.uint8)
     transform = ImageTransform("crop", 20, 12, flip=True, train=False)
