@@ -892,6 +892,17 @@ def test_the_resampling_kernel_is_the_translation_methods_code_whatever_the_data
     assert train_cfg(*overrides).data.get("resize_interpolation", "bicubic") == kernel
 
 
+@pytest.mark.parametrize("overrides, load_size", [
+    (["model=ugatit", "data=horse2zebra"], 286), (["model=ugatit", "data=horse2zebra", "data.crop_size=128"], 158),
+    (["model=nicegan", "data=cat2dog", "data.crop_size=128"], 158),
+    (["model=nicegan", "data=cat2dog", "data.crop_size=128", "data.load_size=200"], 200),   # the command line wins
+    (["model=cyclegan", "data=horse2zebra", "data.crop_size=128"], 286)])   # CycleGAN's two sizes are separate options
+def test_the_attention_models_resize_to_the_crop_size_plus_30_as_their_code(train_cfg, overrides, load_size):
+    """U-GAT-IT's and NICE-GAN's code resize to img_size + 30 before the random crop: at
+    crop_size 128 a load_size of 286 would crop under half the image."""
+    assert train_cfg(*overrides).data.load_size == load_size
+
+
 @pytest.mark.parametrize("config", ["maps", "maps_unpaired"])
 def test_the_maps_configs_read_their_large_jpegs_as_the_papers_loaders(tmp_path, config):
     """The maps images (600 px a side) are over twice the 286 px they are resized to: a reduced

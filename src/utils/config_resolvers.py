@@ -4,6 +4,9 @@ point or test composes a config.
 - `${mul:a,b}`: a weight defined relative to another. CycleGAN's identity weight is a fraction
   of the cycle weight in its code (lambda_identity = 0.5, multiplied by lambda_A), so a sweep
   over `loss.weights.cycle` must move it too.
+- `${add:a,b}`: a size defined relative to another. U-GAT-IT's and NICE-GAN's code resize to
+  the image size + 30 before the random crop, whatever the image size, so `data.load_size`
+  follows `data.crop_size` there.
 - `${cwd:}`: the working directory, for `paths.root_dir`. Hydra's `${hydra:runtime.cwd}` is
   not set yet when a multirun's sweep folder is resolved (`-m` failed with "HydraConfig was not
   set"), nor outside a Hydra app; the runs never change directory (`hydra.job.chdir: false`),
@@ -21,8 +24,15 @@ def multiply(*factors: float) -> float:
     return product
 
 
+def add(*terms: float) -> float:
+    """The sum, an int when every term is one (an image size stays an int)."""
+    return sum(terms) if all(isinstance(term, int) for term in terms) else sum(float(term) for term in terms)
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("mul"):
         OmegaConf.register_new_resolver("mul", multiply)
+    if not OmegaConf.has_resolver("add"):
+        OmegaConf.register_new_resolver("add", add)
     if not OmegaConf.has_resolver("cwd"):
         OmegaConf.register_new_resolver("cwd", os.getcwd)
