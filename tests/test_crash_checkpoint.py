@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.errors import InstantiationException
 
 from conftest import NO_EVALUATION, last_checkpoint, slurm_task_env
 from src.models.cyclegan import CycleGAN
@@ -191,3 +192,10 @@ def test_a_crash_checkpoint_that_cannot_be_written_leaves_the_runs_own_error(tra
     with pytest.raises(RuntimeError, match="out of memory"):
         run_training(cfg)
     assert "Could not save crashed.ckpt after RuntimeError (OSError: No space left on device)" in caplog.text
+
+
+def test_a_time_interval_for_checkpoints_is_refused_not_ignored(train_cfg):
+    """Lightning's train_time_interval is read by the batch-end saving IterationCheckpoint
+    replaces: accepted, it would do nothing."""
+    with pytest.raises(InstantiationException, match=r"callbacks.model_checkpoint.train_time_interval is not used here"):
+        run_training(train_cfg("+callbacks.model_checkpoint.train_time_interval=00:01:00"))

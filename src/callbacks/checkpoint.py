@@ -26,6 +26,10 @@ class IterationCheckpoint(ModelCheckpoint):
 
     def __init__(self, every_n_iters: int | None = None, filename: str | None = "iter_{iter:07d}",
                  auto_insert_metric_name: bool = False, **kwargs):
+        if kwargs.get("train_time_interval") is not None:
+            # The batch-end saving below replaces the parent's, the one that reads it.
+            raise ValueError("callbacks.model_checkpoint.train_time_interval is not used here: checkpoints are written "
+                             "every callbacks.model_checkpoint.every_n_iters training iterations (and on SIGTERM)")
         super().__init__(filename=filename, auto_insert_metric_name=auto_insert_metric_name, **kwargs)
         self.every_n_iters = every_n_iters
 
