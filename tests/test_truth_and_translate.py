@@ -843,24 +843,29 @@ def test_a_cut_short_checkpoint_is_named_with_the_fix(smoke_runs, tmp_path):
         load_model(truncated)
 
 
-def test_eval_takes_the_runs_data_with_the_keys_given_on_the_command_line(smoke_runs, tmp_path, shared_data_dir):
-    """Without data=NAME the run's data config is used, and `+data.<key>=` overrides a key of
-    it (a dataset moved to another folder, another cap on the test images)."""
+def evaluate_a_copy_of_the_run(run, tmp_path, shared_data_dir, run_config: dict, *overrides: str) -> dict:
+    """eval.py without data=NAME on a copy of `run`'s checkpoint in a run folder whose
+    .hydra/config.yaml is `run_config`; returns its metrics.json."""
     from src.utils.evaluation import run_evaluation
-    run_dir = tmp_path / "run"
-    (run_dir / "checkpoints").mkdir(parents=True)
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    ckpt.write_bytes(smoke_runs["cyclegan"].ckpt.read_bytes())
-    (run_dir / ".hydra").mkdir()
-    OmegaConf.save(OmegaConf.create({"data": OmegaConf.to_container(smoke_runs["cyclegan"].cfg.data, resolve=True)}),
-                   run_dir / ".hydra" / "config.yaml")
-    cfg = compose_train_cfg([f"ckpt_path={ckpt}", "+data.max_dataset_size=3"], tmp_path / "eval", shared_data_dir,
-                            config_name="eval")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(run.ckpt.read_bytes())
+    (tmp_path / "run" / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(run_config), tmp_path / "run" / ".hydra" / "config.yaml")
+    cfg = compose_train_cfg([f"ckpt_path={ckpt}", *overrides], tmp_path / "eval", shared_data_dir, config_name="eval")
     try:
         run_evaluation(cfg)
     finally:
         GlobalHydra.instance().clear()
-    report = json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
+    return json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
+
+
+def test_eval_takes_the_runs_data_with_the_keys_given_on_the_command_line(smoke_runs, tmp_path, shared_data_dir):
+    """Without data=NAME the run's data config is used, and `+data.<key>=` overrides a key of
+    it (a dataset moved to another folder, another cap on the test images)."""
+    data = OmegaConf.to_container(smoke_runs["cyclegan"].cfg.data, resolve=True)
+    report = evaluate_a_copy_of_the_run(smoke_runs["cyclegan"], tmp_path, shared_data_dir, {"data": data},
+                                        "+data.max_dataset_size=3")
     assert report["data"] == "shapes" and report["directions"]["AtoB"]["translated"] == 3
 
 
@@ -868,24 +873,12 @@ def test_eval_reads_the_folder_the_run_read_wherever_it_runs_from(smoke_runs, tm
     """The run's data config interpolates its root (`$PROJECT_ROOT` or the working directory),
     which resolves as eval.py runs: started elsewhere, it pointed at a folder that does not exist.
     The folder the checkpoint records is read."""
-    from src.utils.evaluation import run_evaluation
-    run_dir = tmp_path / "run"
-    (run_dir / "checkpoints").mkdir(parents=True)
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    ckpt.write_bytes(smoke_runs["cyclegan"].ckpt.read_bytes())
     data = OmegaConf.to_container(smoke_runs["cyclegan"].cfg.data, resolve=True)
     data["data_dir"] = "${paths.data_dir}/" + Path(data["data_dir"]).name
-    (run_dir / ".hydra").mkdir()
-    OmegaConf.save(OmegaConf.create({"paths": {"data_dir": str(tmp_path / "elsewhere" / "data")}, "data": data}),
-                   run_dir / ".hydra" / "config.yaml")
-    cfg = compose_train_cfg([f"ckpt_path={ckpt}", "+data.max_dataset_size=3"], tmp_path / "eval", shared_data_dir,
-                            config_name="eval")
-    try:
-        run_evaluation(cfg)
-    finally:
-        GlobalHydra.instance().clear()
-    assert json.loads((Path(cfg.output_dir) / "metrics.json").read_text())["directions"]["AtoB"]["translated"] == 3
-    assert not (tmp_path / "elsewhere").exists()
+    run_config = {"paths": {"data_dir": str(tmp_path / "elsewhere" / "data")}, "data": data}
+    report = evaluate_a_copy_of_the_run(smoke_runs["cyclegan"], tmp_path, shared_data_dir, run_config,
+                                        "+data.max_dataset_size=3")
+    assert report["directions"]["AtoB"]["translated"] == 3 and not (tmp_path / "elsewhere").exists()
 
 
 def test_eval_with_a_data_config_of_other_image_settings_than_the_run_says_so(smoke_runs, tmp_path, shared_data_dir,
