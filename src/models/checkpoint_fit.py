@@ -7,6 +7,7 @@ missing keys or shape mismatches and no word on the cause. The check runs in the
 """
 from __future__ import annotations
 
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -23,6 +24,12 @@ def run_config_path(ckpt_path: str | Path) -> Path:
 
 #: ckpt_path values Lightning resolves itself instead of reading a file
 LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
+
+
+def refused_by_weights_only(error: BaseException) -> bool:
+    """Whether `error` is a weights-only load refusing a whole file's objects (a class, a path),
+    not a damaged file failing to unpickle."""
+    return isinstance(error, pickle.UnpicklingError) and "weights only load failed" in str(error).lower()
 
 
 def unreadable_checkpoint(ckpt_path: str | Path, reason: str) -> ValueError:

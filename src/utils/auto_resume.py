@@ -27,6 +27,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from src.callbacks.checkpoint import PARTIAL_STEPS_KEY
+from src.models.checkpoint_fit import refused_by_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def training_progress(path: Path) -> tuple[int, bool] | None:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return int(checkpoint["global_step"]), not checkpoint.get(PARTIAL_STEPS_KEY)
     except pickle.UnpicklingError as error:
-        if "weights only load failed" not in str(error).lower():
+        if not refused_by_weights_only(error):
             return None
         raise ValueError(f"ckpt_path=auto: {path} is whole but holds objects a weights-only load refuses "
                          f"({str(error).splitlines()[0]}), so the run cannot resume from it safely. Move it out "

@@ -26,8 +26,8 @@ from omegaconf import OmegaConf
 
 from src.callbacks.ema import averaged_state_dict
 from src.models.base import AdversarialModel
-from src.models.checkpoint_fit import (LIGHTNING_CKPT_KEYWORDS, check_checkpoint_file, run_config_path,
-                                       state_dict_mismatch, unreadable_checkpoint)
+from src.models.checkpoint_fit import (LIGHTNING_CKPT_KEYWORDS, check_checkpoint_file, refused_by_weights_only,
+                                       run_config_path, state_dict_mismatch, unreadable_checkpoint)
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights only load failed" not in str(error).lower():
+        if not refused_by_weights_only(error):
             raise unreadable_checkpoint(ckpt_path, f"UnpicklingError: {str(error).splitlines()[0]}") from error
         raise ValueError(f"ckpt_path={ckpt_path} is whole but holds objects a weights-only load refuses "
                          f"({str(error).splitlines()[0]}): a checkpoint from elsewhere is not loaded with code "
