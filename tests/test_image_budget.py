@@ -61,7 +61,7 @@ def test_a_checkpoint_written_at_batch_end_holds_the_count_with_that_batch(train
 
 def test_a_resume_without_a_count_says_the_budget_starts_there(train_cfg, tmp_path, caplog):
     import logging
-    first = train_cfg("model=stylegan", "max_iters=2", *NO_EVALUATION)
+    first = train_cfg("model=stylegan", "max_iters=2", "max_kimg=null", *NO_EVALUATION)   # a run with no budget
     first.paths.output_dir = str(tmp_path / "first")
     last_checkpoint(first)
     resumed = train_cfg("model=stylegan", "max_iters=null", "max_kimg=0.008", *NO_EVALUATION,

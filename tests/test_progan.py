@@ -8,6 +8,8 @@ from pathlib import Path
 import hydra
 import pytest
 import torch
+from hydra.errors import InstantiationException
+from omegaconf import OmegaConf
 
 from conftest import NO_EVALUATION, assert_resume_continues_the_run
 from src.models.progressive_schedule import Part, Phase, ProgressiveSchedule
@@ -315,6 +317,31 @@ def test_stylegan_discriminator_downsamples_through_the_low_pass_filter(train_cf
     blurred.set_stage(0, 1.0)   # 4x4 alone: no downsampling block runs, so no filter either
     box.set_stage(0, 1.0)
     assert torch.equal(box(x), blurred(x))
+
+
+@pytest.mark.parametrize("name, length", [("progan", ("max_kimg", 15000)), ("stylegan", ("max_kimg", 25000)),
+                                          ("wgangp", ("max_iters", 200000))])
+def test_the_growing_models_and_wgangp_train_for_their_codes_length(train_cfg, name, length):
+    """Not the noise models' 25 epochs (DCGAN's code default), which end ProGAN inside its first
+    phases on CelebA-HQ and give WGAN-GP a fiftieth of its code's 200k generator iterations: the
+    budget of the code, and no epoch limit beside it."""
+    from src.utils.run import build_trainer_kwargs
+    from src.utils.training_config import CONF_DIR
+    key, value = length
+    assert OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")[key] == value
+    if key == "max_kimg":   # composed over the noise models' 25 epochs: the budget alone ends the run
+        cfg = train_cfg(f"model={name}", "~max_iters")
+        assert cfg.max_kimg == value and cfg.trainer.max_epochs == 25
+        assert build_trainer_kwargs(cfg, hydra.utils.instantiate(cfg.model, _recursive_=False))["max_epochs"] == -1
+
+
+def test_stylegan_refuses_a_latent_its_style_mixing_would_not_draw(train_cfg):
+    with pytest.raises(InstantiationException, match=r"model.latent_distribution='uniform': StyleGAN's style mixing draws its "
+                                         r"second latent from N\(0, 1\)"):
+        hydra.utils.instantiate(train_cfg("model=stylegan", "model.latent_distribution=uniform").model,
+                                _recursive_=False)
+    hydra.utils.instantiate(train_cfg("model=stylegan", "model.latent_distribution=uniform",
+                                      "model.generator.mixing_prob=0").model, _recursive_=False)
 
 
 def test_stylegan_takes_its_noise_maps_from_the_caller():

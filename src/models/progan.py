@@ -70,6 +70,10 @@ class ProGAN(NoiseGAN):
             # A TypeError, as for a wrong argument: checkpoint loading tries the model classes in turn.
             raise TypeError(f"model.generator is a {type(self.generator).__name__}, which does not grow: ProGAN "
                             "and StyleGAN take src.nets.progan.ProGANGenerator or src.nets.stylegan.StyleGANGenerator")
+        if getattr(self.generator, "mixing_prob", 0) > 0 and self.latent_distribution != "normal":
+            raise ValueError(f"model.latent_distribution={self.latent_distribution!r}: StyleGAN's style mixing draws "
+                             f"its second latent from N(0, 1), as its code does; use normal (or turn mixing off with "
+                             f"model.generator.mixing_prob=0)")
         require_int("model.phase_images", phase_images, why=" (real images per phase)")
         require_int("model.batch_size", batch_size, why=" (data.batch_size)")
         if drift < 0:
