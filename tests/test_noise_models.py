@@ -368,6 +368,13 @@ def test_eval_scores_and_writes_samples_and_translate_refuses(train_cfg, tmp_pat
     assert (report["real_split"], report["generated"], report["real"]) == ("train", 2 * n_train, n_train)
     same = [np.asarray(Image.open(folder / "samples" / "000000.png"), dtype=int) for folder in (out, out_train)]
     assert np.abs(same[0] - same[1]).max() <= 1   # (rounding may differ with the batch size)
+    # The papers' FID 50k takes 50k of a larger training set: num_real caps the reference images.
+    _, out_capped = evaluate("eval_train_capped", "batch_size=5", "real_split=train", "num_real=5",
+                             "classifier_score=false")
+    report = json.loads((out_capped / "metrics.json").read_text())["directions"]["samples"]
+    assert (report["real"], report["generated"]) == (5, 5)
+    with pytest.raises(ValueError, match=r"num_real=1 must be an integer >= 2 \(FID needs two\), or null"):
+        evaluate("eval_bad_real", "num_real=1")
     with pytest.raises(ValueError, match="real_split='val' must be train or test"):
         evaluate("eval_bad", "real_split=val")
     with pytest.raises(ValueError, match="classifier_max_images=1 must be an integer of at least the 2 classes"):
@@ -466,9 +473,9 @@ def test_the_sample_protocol_settings_are_for_image_noise_models_only(train_cfg)
 
     from src.utils.evaluation import sample_protocol
     settings = OmegaConf.create({"real_split": "train", "num_samples": 50})
-    assert sample_protocol(settings, build(train_cfg("model=dcgan"))) == ("train", 50)
+    assert sample_protocol(settings, build(train_cfg("model=dcgan"))) == ("train", 50, None)
     for model_name in ("cyclegan", "rgan"):
-        with pytest.raises(ValueError, match=r"real_split=train / num_samples=50 are for the image noise-to-image"):
+        with pytest.raises(ValueError, match=r"real_split=train / num_samples=50 / num_real=None are for the image "):
             sample_protocol(settings, build(train_cfg(f"model={model_name}")))
     with pytest.raises(ValueError, match="num_samples=1 must be an integer >= 2"):
         sample_protocol(OmegaConf.create({"num_samples": 1}), build(train_cfg("model=dcgan")))

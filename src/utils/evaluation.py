@@ -348,19 +348,21 @@ def samples_images(model) -> bool:
     return isinstance(model, NoiseToImageModel) and SAMPLES in model.evaluation_streams(())[0]
 
 
-def sample_protocol(cfg: DictConfig, model) -> tuple[str, int | None]:
-    """(reference split, number of samples) of eval's `real_split` / `num_samples`, which only
-    an image noise-to-image model takes."""
-    split, count = cfg.get("real_split", "test"), cfg.get("num_samples")
-    if not samples_images(model) and (split != "test" or count is not None):
-        raise ValueError(f"real_split={split} / num_samples={count} are for the image noise-to-image models (GAN ... "
-                         f"StyleGAN); {type(model).__name__} is evaluated on the test split: leave them unset")
+def sample_protocol(cfg: DictConfig, model) -> tuple[str, int | None, int | None]:
+    """(reference split, number of samples, number of reference images) of eval's `real_split` /
+    `num_samples` / `num_real`, which only an image noise-to-image model takes."""
+    split, count, reals = cfg.get("real_split", "test"), cfg.get("num_samples"), cfg.get("num_real")
+    if not samples_images(model) and (split != "test" or count is not None or reals is not None):
+        raise ValueError(f"real_split={split} / num_samples={count} / num_real={reals} are for the image "
+                         f"noise-to-image models (GAN ... StyleGAN); {type(model).__name__} is evaluated on the test "
+                         f"split: leave them unset")
     if split not in ("train", "test"):
         raise ValueError(f"real_split={split!r} must be train or test (the reference images FID/KID compare with)")
-    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 2):
-        raise ValueError(f"num_samples={count!r} must be an integer >= 2 (FID needs two), or null: one per "
-                         "reference image")
-    return split, count
+    for key, value, unset in (("num_samples", count, "one per reference image"),
+                              ("num_real", reals, "every image of real_split")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
+            raise ValueError(f"{key}={value!r} must be an integer >= 2 (FID needs two), or null: {unset}")
+    return split, count, reals
 
 
 def apply_truncation(model, psi) -> None:
@@ -410,12 +412,16 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device) -> dict[str, dict
     if not generates:
         check_trained_direction(model, datamodule, cfg.ckpt_path)
     warn_about_other_image_settings(model, datamodule)
-    real_split, num_samples = sample_protocol(cfg, model)
+    real_split, num_samples, num_real = sample_protocol(cfg, model)
     if generates and cfg.get("segmenter_path") is not None:
         raise ValueError(f"segmenter_path={cfg.segmenter_path} scores photos translated from label maps; "
                          f"{type(model).__name__} generates from noise: leave it unset")
     apply_truncation(model, cfg.get("truncation_psi"))
     dataset = datamodule.dataset(real_split, train=False)
+    if num_real is not None and num_real < len(dataset):
+        # The papers' FID 50k takes 50k reference images of a larger training set (FFHQ's 70k,
+        # LSUN's millions: all of them would cost hours and their features' memory).
+        dataset = torch.utils.data.Subset(dataset, list(datamodule.evaluation_indices(real_split, num_real)))
     batch_size = cfg.batch_size
     if getattr(datamodule, "keeps_image_size", False) and batch_size > 1:
         log.info("batch_size=1 instead of %d: data.preprocess keeps each image's size", batch_size)
