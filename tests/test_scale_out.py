@@ -757,9 +757,10 @@ def compose_with_hydra():
     GlobalHydra.instance().clear()
 
 
+@pytest.mark.parametrize("trainer", ("ddp", "gpu"))   # every trainer config has num_nodes
 @pytest.mark.parametrize("launcher", ("submitit_slurm", "slurm"))
-def test_slurm_launcher_configs_compose(compose_with_hydra, launcher):
-    cfg = compose_with_hydra(f"hydra/launcher={launcher}", "hydra.mode=MULTIRUN", "trainer=ddp",
+def test_slurm_launcher_configs_compose(compose_with_hydra, launcher, trainer):
+    cfg = compose_with_hydra(f"hydra/launcher={launcher}", "hydra.mode=MULTIRUN", f"trainer={trainer}",
                              "trainer.devices=4", "trainer.num_nodes=2", "hydra.launcher.partition=gpu")
     launcher_cfg = cfg.hydra.launcher
     assert launcher_cfg._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
