@@ -38,6 +38,20 @@ def test_each_epoch_is_a_permutation_fixed_by_seed_and_epoch():
     assert epoch(EpochOrderSampler(dataset, seed=4), 0) != first
 
 
+def test_seeded_work_leaves_the_gpus_random_streams_alone(monkeypatch):
+    """An item's seed (and the classifier score's fixed seed) seed the CPU generator only:
+    torch.manual_seed also reseeds every GPU's generator, which fork_rng([]) does not restore,
+    so on a GPU each item loaded in the main process set training's CUDA stream to its seed
+    (latents, penalties and dropout drawn on the GPU). Seen here as calls to the GPUs' seeding."""
+    from src.metrics.image_classifier import train_image_classifier
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    dataset = SeededItems(RandomItems())
+    assert dataset[(3, 7)] == dataset[(3, 7)]   # the item's draws follow its seed
+    train_image_classifier(torch.rand(8, 3, 8, 8) * 2 - 1, torch.arange(8) % 2, num_classes=2, epochs=1)
+    assert reseeded == []
+
+
 def test_ranks_split_the_one_epoch_list_without_overlap():
     dataset = SeededItems(RandomItems())
     whole = epoch(EpochOrderSampler(dataset, seed=3), 2)

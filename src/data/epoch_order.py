@@ -42,8 +42,11 @@ class SeededItems(Dataset):
         if not isinstance(key, tuple):
             return self.dataset[key]
         index, seed = key
+        # The CPU generator only: torch.manual_seed would also reseed every GPU's, which
+        # fork_rng([]) does not restore (an item loaded in the main process would set training's
+        # CUDA stream to its seed).
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             return self.dataset[index]
 
 

@@ -59,7 +59,7 @@ def train_image_classifier(images: torch.Tensor, labels: torch.Tensor, num_class
         raise ValueError(f"A classifier score needs at least 2 classes, the data has {num_classes}")
     inputs, targets = classifier_input(images), labels.long()
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)   # not torch.manual_seed: it reseeds the GPUs too
         net = build_classifier(inputs.size(1), num_classes)
         optimizer = torch.optim.Adam(net.parameters(), lr=lr)
         for _ in range(epochs):
