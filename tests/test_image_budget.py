@@ -16,7 +16,7 @@ def test_the_budget_counts_every_devices_images_and_stops_once_reached():
     budget = ImageBudget(max_kimg=0.02)
     trainer = SimpleNamespace(should_stop=False)
     # the model's count over 2 devices of 4 images each
-    module = SimpleNamespace(images_per_iteration=lambda batch: batch["A"].size(0) * 2, iteration=0)
+    module = SimpleNamespace(loaded_images=lambda batch: batch["A"].size(0) * 2, iteration=0)
     stops = []
     for _ in range(3):
         budget.on_train_batch_end(trainer, module, None, {"A": torch.zeros(4, 1)}, 0)
@@ -25,6 +25,15 @@ def test_the_budget_counts_every_devices_images_and_stops_once_reached():
     for bad in (0, -1, "10", True):
         with pytest.raises(ValueError, match="max_kimg=.* must be a positive number"):
             ImageBudget(bad)
+
+
+def test_a_critics_several_batches_count_as_the_images_they_are(train_cfg):
+    """WGAN-GP's iteration loads model.n_critic real batches, all of which its critic sees: the
+    budget counts them (it counted the generator step's one batch, 1/n_critic of them)."""
+    cfg = train_cfg("model=wgangp", "max_iters=null", "max_kimg=0.01", "data.batch_size=1", *NO_EVALUATION)
+    checkpoint = last_checkpoint(cfg)
+    assert cfg.model.n_critic == 5 and checkpoint["global_step"] == 2 * 6   # 2 iterations of 5 images
+    assert next(v for k, v in checkpoint["callbacks"].items() if k.startswith(STATE_KEY)) == {"images": 10}
 
 
 def test_stylegan_stops_after_the_iteration_that_reaches_the_budget(train_cfg, tmp_path):

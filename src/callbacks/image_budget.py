@@ -2,9 +2,8 @@
 (StyleGAN: 25000 kimg), whose batch size changes with the resolution so that no iteration count
 says it.
 
-The callback counts the images each iteration learned from on every device
-(`images_per_iteration` of the model: the batches actually loaded, a short last batch of an
-epoch included) and stops the run after the iteration that reaches the
+The callback counts the real images each iteration loaded on every device (`loaded_images` of
+the model: a WGAN critic's several batches and a short last batch of an epoch included) and stops the run after the iteration that reaches the
 budget. The count is saved in checkpoints, so a resumed run stops where the whole would have.
 """
 from __future__ import annotations
@@ -37,7 +36,7 @@ class ImageBudget(pl.Callback):
                         pl_module.iteration)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.images += pl_module.images_per_iteration(batch)
+        self.images += pl_module.loaded_images(batch)
         if self.images >= self.max_images and not trainer.should_stop:
             trainer.should_stop = True
             log.info("Trained on %d images, max_kimg=%g reached at iteration %d", self.images,

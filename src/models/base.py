@@ -512,9 +512,15 @@ class AdversarialModel(pl.LightningModule):
         return batch["A"].size(0)
 
     def images_per_iteration(self, batch: dict) -> int:
-        """The images one training iteration learns from over all devices (what the EMA's
-        `half_life_images` and `max_kimg` count)."""
+        """The images one training iteration's generator step learns from over all devices (what
+        the EMA's `half_life_images` counts)."""
         return self.batch_images(batch) * self.trainer.world_size
+
+    def loaded_images(self, batch: dict) -> int:
+        """The real images one training iteration loaded over all devices, a WGAN critic's several
+        batches included (what `max_kimg` counts, as the ProGAN/StyleGAN codes count every
+        minibatch their discriminator sees)."""
+        return batch["A"].size(0) * self.trainer.world_size
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         self.logging_losses = self.logs_this_iteration()   # before the steps move global_step
