@@ -237,6 +237,19 @@ def test_resume_continues_the_run(train_cfg, tmp_path, name):
     assert_resume_continues_the_run(train_cfg, tmp_path, [f"model={name}", *NO_EVALUATION])
 
 
+def test_a_resume_with_another_critic_step_count_is_refused(train_cfg, tmp_path):
+    """An iteration is n_critic + 1 optimizer steps: resumed with another n_critic, 2 WGAN-GP
+    iterations (12 steps) would read as 6, and max_iters, schedules and checkpoint names with them."""
+    first = train_cfg("model=wgangp", "max_iters=2", *NO_EVALUATION)
+    run_training(first)
+    resumed = train_cfg("model=wgangp", "model.n_critic=1", "max_iters=4", *NO_EVALUATION,
+                        f"ckpt_path={first.paths.output_dir}/checkpoints/last.ckpt")
+    resumed.paths.output_dir = str(tmp_path / "resumed")
+    with pytest.raises(ValueError, match=r"model.n_critic=1, but the checkpoint's run trained with 5: its 2 iterations "
+                                         r"would count as 6 .* Resume with model.n_critic=5"):
+        run_training(resumed)
+
+
 def test_translation_data_is_refused_with_the_fix(train_cfg):
     with pytest.raises(ValueError, match=r"model=dcgan .*data=shapes_labelled"):
         run_training(train_cfg("model=dcgan", "data=shapes", *NO_EVALUATION))
