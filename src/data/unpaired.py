@@ -28,9 +28,9 @@ def preprocess_file(path: Path, channels: int, transform: ImageTransform) -> tor
 class UnpairedImageDataset(Dataset):
     """Item i: source image i (cycling) with a target image that is not its partner.
 
-    The length is that of the larger domain, so every image of both domains is seen each epoch
-    (the smaller domain cycles). With random_partner the target is drawn afresh from torch's
-    global RNG on every access (training); otherwise it is target[i % len(target)], which pairs
+    The length is that of the larger domain (the smaller source domain cycles), as CycleGAN's
+    loader has it. With random_partner the target is drawn afresh from torch's global RNG on
+    every access (training), so an epoch need not show every target image; otherwise it is target[i % len(target)], which pairs
     equal-length test folders in sorted order (evaluation).
     """
 
