@@ -235,8 +235,17 @@ class AdversarialModel(pl.LightningModule):
 
     def use_fast_conv(self, setting: bool | str) -> None:
         """`model.fast_conv`: CPU convolutions rewritten to compute the same result faster
-        (src/nets/fast_conv.py). Subclasses call it once their networks exist."""
-        self.fast_conv_layers = configure_fast_conv(self, setting)
+        (src/nets/fast_conv.py). Subclasses call it once their networks exist. Under a gradient
+        penalty the discriminators' gradient is differentiated again: they get only the
+        rewrites that support it (first, so the whole-model pass finds their layers taken)."""
+        counts: dict[str, int] = {}
+        if setting is not False and self.gradient_penalties():
+            for net in self.image_discriminators():
+                for name, count in configure_fast_conv(net, setting, second_order=True).items():
+                    counts[name] = counts.get(name, 0) + count
+        for name, count in configure_fast_conv(self, setting).items():
+            counts[name] = counts.get(name, 0) + count
+        self.fast_conv_layers = counts
 
     # ----- what subclasses provide -------------------------------------------------------
     def player_modules(self) -> dict[str, list[nn.Module]]:

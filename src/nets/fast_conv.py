@@ -44,8 +44,13 @@ REWRITTEN_LAYERS = (WinogradConv2d, ReflectionPadInNextLayer, GemmConv2d, GemmCo
                     InstanceNormAsGroupNorm)
 
 
-def configure_fast_conv(net: nn.Module, setting: bool | str, key: str = "model.fast_conv") -> dict[str, int]:
+def configure_fast_conv(net: nn.Module, setting: bool | str, key: str = "model.fast_conv",
+                        second_order: bool = False) -> dict[str, int]:
     """Apply the setting to `net`; returns how many layers each rewrite switched.
+
+    second_order: `net`'s gradient is itself differentiated (a critic under WGAN-GP's penalty):
+    only the rewrites whose backward differentiates again (the product forms, the group-norm
+    instance norm), not Winograd's or the narrow-output backward (once-differentiable).
 
     auto: Winograd for 3x3 and 4x4 layers of >= AUTO_WINOGRAD_MIN_CHANNELS input channels on
     inputs with >= AUTO_WINOGRAD_MIN_OUTPUT_PIXELS[kernel size] outputs, if its C kernels build
@@ -59,6 +64,9 @@ def configure_fast_conv(net: nn.Module, setting: bool | str, key: str = "model.f
         raise ValueError(f"{key}={setting!r} must be true, false or auto")
     if setting is False:
         return {"winograd": 0, "gemm_conv": 0, "gemm_conv_transpose": 0, "narrow_output": 0, "instance_norm": 0}
+    if second_order:
+        return {"winograd": 0, **use_gemm_conv(net), "narrow_output": 0,
+                "instance_norm": use_group_norm_for_instance_norm(net)}
     # Layers into a few channels first: they gain more from the narrow-output backward than from
     # Winograd's products, which have only those few rows.
     narrow = use_narrow_output(net, 1 if setting is True else MIN_INPUT_CHANNELS)
