@@ -346,6 +346,63 @@ def test_model_setting_switches_the_residual_convolutions_and_keeps_the_iteratio
     same_iteration_with_torch_layers(model, cfg, (WinogradConv2d, ReflectionPadInNextLayer))
 
 
+def test_under_a_gradient_penalty_the_critics_keep_only_rewrites_that_differentiate_twice(train_cfg):
+    """WGAN-GP's penalty differentiates the critic's input gradient again; Winograd's and the
+    narrow-output backward are once-differentiable (at full width the penalty crashed, or left
+    the narrow last layer out of it). The critics get the product forms only; the generators all
+    rewrites; the penalty's weight gradients equal torch's layers'."""
+    cfg = train_cfg("model=cyclegan", "model.fast_conv=true", "loss=wgangp")
+    torch.manual_seed(0)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    critic_layers = {type(m) for d in model.image_discriminators() for m in d.modules()}
+    assert not critic_layers & {WinogradConv2d, NarrowOutputConv2d} and GemmConv2d in critic_layers
+    assert model.fast_conv_layers["winograd"] == 2 * 2 * cfg.model.generator.n_blocks   # the generators' alone
+    critic = model.D_A
+    plain = copy.deepcopy(critic)
+    for m in plain.modules():
+        if type(m) in (GemmConv2d,):
+            m.__class__ = nn.Conv2d
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)
+    grads = []
+    for net in (critic, plain):
+        net.zero_grad()
+        gradient, = torch.autograd.grad(net(x).sum(), x, create_graph=True)
+        gradient.pow(2).sum().backward()
+        # (a bias does not move the input gradient: no gradient from the penalty)
+        grads.append([torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in net.parameters()])
+    assert any(g.abs().sum() > 0 for g in grads[0])
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(*grads))
+
+
+def test_a_winograd_output_of_partial_tiles_takes_an_in_place_activation():
+    """Outputs that are not a whole number of tiles (31x31 from 3x3 tiles) were a view of the
+    tiles, and an in-place op on a custom Function's view output is an error: U-GAT-IT's local
+    critic (LeakyReLU(inplace=True) after its stride-1 layer) crashed at 256 px."""
+    conv = nn.Conv2d(8, 4, 4, padding=1)
+    use_winograd(conv)
+    x = torch.randn(1, 8, 32, 32, requires_grad=True)
+    y = conv(x)
+    assert y.shape[-2:] == (31, 31)
+    F.leaky_relu_(y, 0.2).sum().backward()
+    assert x.grad is not None
+
+
+def test_unbatched_images_and_channels_last_weights_run_as_torchs_layers():
+    torch.manual_seed(0)
+    for layer in (nn.Conv2d(8, 4, 3, padding=1), nn.Conv2d(64, 2, 3, padding=1)):
+        switched = copy.deepcopy(layer)
+        configure_fast_conv(switched, True)
+        assert type(switched) is not nn.Conv2d
+        x = torch.randn(layer.in_channels, 12, 12)   # (C, H, W): torch's layers take it
+        assert torch.allclose(switched(x), layer(x), atol=1e-5)
+    small = nn.Conv2d(8, 4, 3, padding=1)
+    product = copy.deepcopy(small)
+    use_gemm_conv(product)
+    product.weight.data = product.weight.data.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 3, 3)
+    assert torch.allclose(product(x), small(x), atol=1e-5)
+
+
 # ----- instance norm by group norm ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("affine", [False, True])

@@ -68,7 +68,7 @@ class ConvolutionAsProduct(torch.autograd.Function):
         c_out, _, kh, kw = weight.shape
         out_hw = ((h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1)
         cols = _columns(F.unfold(x, (kh, kw), stride=stride, padding=padding))      # [C_in*k*k, N*L]
-        y = _images(wide_times_columns(weight.view(c_out, -1), cols), n, out_hw)
+        y = _images(wide_times_columns(weight.reshape(c_out, -1), cols), n, out_hw)
         return _finish_forward(ctx, y, x, weight, bias, stride, padding)
 
     @staticmethod
@@ -79,7 +79,7 @@ class ConvolutionAsProduct(torch.autograd.Function):
         g = _columns(grad_y.reshape(n, c_out, -1))                                   # [C_out, N*L]
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_cols = columns_t_times_wide(g, weight.view(c_out, -1)).t()          # [C_in*k*k, N*L]
+            grad_cols = columns_t_times_wide(g, weight.reshape(c_out, -1)).t()          # [C_in*k*k, N*L]
             grad_x = F.fold(_images(grad_cols, n, (grad_cols.shape[1] // n,)), in_hw, (kh, kw),
                             stride=stride, padding=padding)
         if ctx.needs_input_grad[1]:
@@ -98,7 +98,7 @@ class ConvTransposeAsProduct(torch.autograd.Function):
         _, c_out, kh, kw = weight.shape
         out_hw = ((h - 1) * stride[0] - 2 * padding[0] + kh, (w - 1) * stride[1] - 2 * padding[1] + kw)
         x_cols = _columns(x.reshape(n, c_in, h * w))                                  # [C_in, N*H*W]
-        patches = columns_t_times_wide(x_cols, weight.view(c_in, -1)).t()           # [C_out*k*k, N*H*W]
+        patches = columns_t_times_wide(x_cols, weight.reshape(c_in, -1)).t()           # [C_out*k*k, N*H*W]
         y = F.fold(_images(patches, n, (h * w,)), out_hw, (kh, kw), stride=stride, padding=padding)
         return _finish_forward(ctx, y, x, weight, bias, stride, padding)
 
@@ -110,7 +110,7 @@ class ConvTransposeAsProduct(torch.autograd.Function):
         grad_patches = _columns(F.unfold(grad_y, (kh, kw), stride=stride, padding=padding))  # [C_out*k*k, N*H*W]
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = _images(wide_times_columns(weight.view(c_in, -1), grad_patches), n, in_hw)
+            grad_x = _images(wide_times_columns(weight.reshape(c_in, -1), grad_patches), n, in_hw)
         if ctx.needs_input_grad[1]:
             x_cols = _columns(x.reshape(n, c_in, -1))
             grad_w = (x_cols @ grad_patches.t()).view(weight.shape)

@@ -17,8 +17,9 @@ def exporting_or_compiling() -> bool:
 def rewrite_applies(x: torch.Tensor, weight: torch.Tensor | None) -> bool:
     """The rewrites are measured and written for float32 on the CPU, in eager mode; elsewhere
     (GPUs, autocast, other dtypes, exported or compiled graphs) layers run torch's operator.
-    `weight`: the layer's, if it has one."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32
+    `weight`: the layer's, if it has one. Batched images only: torch's layers also take an
+    unbatched (C, H, W) one."""
+    return (x.dim() == 4 and x.device.type == "cpu" and x.dtype == torch.float32
             and (weight is None or weight.dtype == torch.float32)
             and not torch.is_autocast_enabled("cpu") and not exporting_or_compiling())
 

@@ -163,7 +163,9 @@ class WinogradConvolution(torch.autograd.Function):
         # The weight, not its 36/r^2 times larger transform: recomputing it costs less than holding it.
         ctx.save_for_backward(x, weight)
         ctx.pad, ctx.has_bias = pad, bias is not None
-        return y[:, :, :out_h, :out_w] if y.shape[2:] != (out_h, out_w) else y
+        # A copy, not a view of the whole tiles: an in-place op on a custom Function's view output
+        # (a LeakyReLU(inplace=True) after the layer) is an error.
+        return y[:, :, :out_h, :out_w].contiguous() if y.shape[2:] != (out_h, out_w) else y
 
     @staticmethod
     @once_differentiable
