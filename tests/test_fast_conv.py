@@ -259,6 +259,14 @@ def test_weight_transform_is_reused_only_while_the_weight_is_unchanged(monkeypat
     other(x)                                             # another layer's transform replaces it
     forward_matches_torch()
     assert weight_transforms() == 5
+    layer.double().float()                               # .data swapped (values rounded): no version bump
+    layer.weight.data = layer.weight.data + 0.5          # nor here
+    forward_matches_torch()
+    assert weight_transforms() == 6
+    with torch.inference_mode():                         # an inference tensor has no version to compare
+        weight = layer.weight * 1.0
+        y = winograd_conv(x.detach(), weight, layer.bias, Padding())
+        assert relative_error(y, F.conv2d(x.detach(), weight, layer.bias)) < 1e-5
 
 
 def test_settings_and_their_errors(monkeypatch, caplog):

@@ -116,13 +116,15 @@ def _weight_tiles(weight: torch.Tensor, v: Variant) -> torch.Tensor:
     gradients of both) transforms its weights once instead of four times (2.2 ms each for the
     PatchGAN's 512 x 256 x 4 x 4 weights). A weight written through `.data` outside an
     optimizer step bumps neither count and would not be seen: write weights under
-    `torch.no_grad()` instead (as `load_state_dict` and the EMA callback do).
+    `torch.no_grad()` instead (as `load_state_dict` and the EMA callback do). Its storage is
+    compared too: `Module.to`/`.float()` swap a parameter's `.data` without a version bump. An
+    inference tensor (torch.inference_mode) has no version: transformed every time.
     """
     k, c = weight.shape[:2]
     u = _scratch("weight_tiles", 36, k, c)
-    made_from = (weight._version, _optimizer_steps, v)
+    made_from = None if weight.is_inference() else (weight._version, weight.data_ptr(), _optimizer_steps, v)
     held = _scratch_buffers.__dict__.get("weight_tiles_of")
-    if held is not None and held[0]() is weight and held[1] == made_from:
+    if made_from is not None and held is not None and held[0]() is weight and held[1] == made_from:
         return u
     v.run("weight_transform", weight.data_ptr(), u.data_ptr(), k, c)
     _scratch_buffers.weight_tiles_of = (weakref.ref(weight), made_from)
