@@ -444,6 +444,8 @@ def test_instance_norm_as_group_norm_runs_torch_elsewhere(monkeypatch):
     x = torch.randn(3, 5, 5)
     assert relative_error(norm(x), nn.InstanceNorm2d(3)(x)) < 1e-6   # unbatched (C, H, W)
     norm(x[None].double())                                            # float64
+    with pytest.raises(ValueError, match="Expected more than 1 spatial element"):
+        norm(torch.randn(2, 3, 1, 1))                                 # 1x1: torch refuses, group norm would not
     with pytest.raises(pytest.fail.Exception, match="must not run here"):
         norm(x[None])                                                 # batched float32 on the CPU: group norm
 
