@@ -79,7 +79,7 @@ class ConvolutionAsProduct(torch.autograd.Function):
         g = _columns(grad_y.reshape(n, c_out, -1))                                   # [C_out, N*L]
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_cols = columns_t_times_wide(g, weight.reshape(c_out, -1)).t()          # [C_in*k*k, N*L]
+            grad_cols = columns_t_times_wide(g, weight.reshape(c_out, -1)).t()       # [C_in*k*k, N*L]
             grad_x = F.fold(_images(grad_cols, n, (grad_cols.shape[1] // n,)), in_hw, (kh, kw),
                             stride=stride, padding=padding)
         if ctx.needs_input_grad[1]:
@@ -98,7 +98,7 @@ class ConvTransposeAsProduct(torch.autograd.Function):
         _, c_out, kh, kw = weight.shape
         out_hw = ((h - 1) * stride[0] - 2 * padding[0] + kh, (w - 1) * stride[1] - 2 * padding[1] + kw)
         x_cols = _columns(x.reshape(n, c_in, h * w))                                  # [C_in, N*H*W]
-        patches = columns_t_times_wide(x_cols, weight.reshape(c_in, -1)).t()           # [C_out*k*k, N*H*W]
+        patches = columns_t_times_wide(x_cols, weight.reshape(c_in, -1)).t()        # [C_out*k*k, N*H*W]
         y = F.fold(_images(patches, n, (h * w,)), out_hw, (kh, kw), stride=stride, padding=padding)
         return _finish_forward(ctx, y, x, weight, bias, stride, padding)
 

@@ -114,11 +114,11 @@ def _weight_tiles(weight: torch.Tensor, v: Variant) -> torch.Tensor:
     since (its version counter, and no optimizer step in between), gets it back. A layer run
     twice before its step (pix2pix's discriminator on the real and the fake pair, then the input
     gradients of both) transforms its weights once instead of four times (2.2 ms each for the
-    PatchGAN's 512 x 256 x 4 x 4 weights). A weight written through `.data` outside an
-    optimizer step bumps neither count and would not be seen: write weights under
-    `torch.no_grad()` instead (as `load_state_dict` and the EMA callback do). Its storage is
-    compared too: `Module.to`/`.float()` swap a parameter's `.data` without a version bump. An
-    inference tensor (torch.inference_mode) has no version: transformed every time.
+    PatchGAN's 512 x 256 x 4 x 4 weights). Its storage is compared too: `Module.to`/`.float()`
+    and `weight.data = ...` swap it without a version bump. A weight written in place through
+    `.data` outside an optimizer step changes neither and would not be seen: write weights under
+    `torch.no_grad()` instead (as `load_state_dict` and the EMA callback do). An inference
+    tensor (torch.inference_mode) has no version: transformed every time.
     """
     k, c = weight.shape[:2]
     u = _scratch("weight_tiles", 36, k, c)
