@@ -19,12 +19,26 @@ def test_the_budget_counts_every_devices_images_and_stops_once_reached():
     module = SimpleNamespace(loaded_images=lambda batch: batch["A"].size(0) * 2, iteration=0)
     stops = []
     for _ in range(3):
+        budget.on_train_batch_start(trainer, module, {"A": torch.zeros(4, 1)}, 0)
+        stops.append(trainer.should_stop)   # known before the iteration runs
         budget.on_train_batch_end(trainer, module, None, {"A": torch.zeros(4, 1)}, 0)
-        stops.append(trainer.should_stop)
     assert budget.images == 24 and stops == [False, False, True]   # 8, 16, 24 >= 20
     for bad in (0, -1, "10", True):
         with pytest.raises(ValueError, match="max_kimg=.* must be a positive number"):
             ImageBudget(bad)
+
+
+def test_the_last_iteration_logs_its_own_losses(train_cfg, monkeypatch):
+    """The model chooses before its steps whether an iteration logs; a stop decided after them
+    left the loggers the previous logged iteration's losses under the last step."""
+    from src.models.progan import ProGAN
+    chosen = []
+    original = ProGAN.logs_this_iteration
+    monkeypatch.setattr(ProGAN, "logs_this_iteration", lambda self: chosen.append(original(self)) or chosen[-1])
+    cfg = train_cfg("model=stylegan", "max_iters=null", "max_kimg=0.008", "trainer.log_every_n_steps=50",
+                    *NO_EVALUATION)
+    last_checkpoint(cfg)
+    assert chosen == [False, False, True]   # 2, 2, 4 images: the budget of 8 ends iteration 3
 
 
 def test_a_critics_several_batches_count_as_the_images_they_are(train_cfg):

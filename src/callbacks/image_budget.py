@@ -35,10 +35,16 @@ class ImageBudget(pl.Callback):
                         "of max_kimg=%g counts from this resume, at iteration %d", self.max_images / 1000,
                         pl_module.iteration)
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # The stop is known before the iteration runs: the model decides before its steps whether
+        # to log its losses, and logs the last iteration's (decided after, the loggers got the
+        # previous logged iteration's values under the last step). The batch still trains.
+        if self.images + pl_module.loaded_images(batch) >= self.max_images and not trainer.should_stop:
+            trainer.should_stop = True
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.images += pl_module.loaded_images(batch)
-        if self.images >= self.max_images and not trainer.should_stop:
-            trainer.should_stop = True
+        if self.images >= self.max_images:
             log.info("Trained on %d images, max_kimg=%g reached at iteration %d", self.images,
                      self.max_images / 1000, pl_module.iteration)
 
