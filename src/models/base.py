@@ -8,6 +8,7 @@ state in checkpoints. `TranslationModel` adds `translate(x, direction)` for samp
 evaluation; the noise-to-image family has its own base (src/models/noise_base.py).
 """
 import contextlib
+from collections import Counter
 import inspect
 import math
 
@@ -238,14 +239,12 @@ class AdversarialModel(pl.LightningModule):
         (src/nets/fast_conv.py). Subclasses call it once their networks exist. Under a gradient
         penalty the discriminators' gradient is differentiated again: they get only the
         rewrites that support it (first, so the whole-model pass finds their layers taken)."""
-        counts: dict[str, int] = {}
+        counts = Counter()
         if setting is not False and self.gradient_penalties():
             for net in self.image_discriminators():
-                for name, count in configure_fast_conv(net, setting, second_order=True).items():
-                    counts[name] = counts.get(name, 0) + count
-        for name, count in configure_fast_conv(self, setting).items():
-            counts[name] = counts.get(name, 0) + count
-        self.fast_conv_layers = counts
+                counts.update(configure_fast_conv(net, setting, second_order=True))
+        counts.update(configure_fast_conv(self, setting))
+        self.fast_conv_layers = dict(counts)
 
     # ----- what subclasses provide -------------------------------------------------------
     def player_modules(self) -> dict[str, list[nn.Module]]:

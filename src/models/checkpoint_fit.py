@@ -26,10 +26,20 @@ def run_config_path(ckpt_path: str | Path) -> Path:
 LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
 
 
+def resolved_by_lightning(ckpt_path: str | Path) -> bool:
+    """A `ckpt_path` that is no local file: one of Lightning's keywords or a URL."""
+    return str(ckpt_path) in LIGHTNING_CKPT_KEYWORDS or "://" in str(ckpt_path)
+
+
 def refused_by_weights_only(error: BaseException) -> bool:
     """Whether `error` is a weights-only load refusing a whole file's objects (a class, a path),
     not a damaged file failing to unpickle."""
     return isinstance(error, pickle.UnpicklingError) and "weights only load failed" in str(error).lower()
+
+
+def weights_only_refusal(path: str | Path, error: BaseException) -> str:
+    """What a weights-only refusal of a whole file says, for the callers' messages."""
+    return f"{path} is whole but holds objects a weights-only load refuses ({str(error).splitlines()[0]})"
 
 
 def unreadable_checkpoint(ckpt_path: str | Path, reason: str) -> ValueError:
@@ -41,7 +51,7 @@ def check_checkpoint_file(ckpt_path: str | Path | None) -> None:
     """Before any work: the checkpoint to resume from or load exists and is a whole file.
     torch.save writes a zip archive whose directory comes last, so a truncated file shows here
     without reading the weights (torch's and Lightning's own errors name neither file nor fix)."""
-    if ckpt_path is None or str(ckpt_path) in LIGHTNING_CKPT_KEYWORDS or "://" in str(ckpt_path):
+    if ckpt_path is None or resolved_by_lightning(ckpt_path):
         return
     if not Path(ckpt_path).is_file():
         if str(ckpt_path) == "auto":   # train.py resolves it before this check; eval/translate need a file
@@ -124,7 +134,7 @@ def check_resume_settings(ckpt_path: str | Path, model_settings: dict, data_sett
     holds another run, as when a sweep started again with other values reuses job folders by
     number, and resuming would credit that run's training to these settings. Otherwise the
     differences are returned for a warning (None when there are none)."""
-    if str(ckpt_path) in LIGHTNING_CKPT_KEYWORDS or "://" in str(ckpt_path):
+    if resolved_by_lightning(ckpt_path):
         return None
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     changed = changed_settings(checkpoint, model_settings, data_settings)

@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from src.callbacks.checkpoint import PARTIAL_STEPS_KEY
-from src.models.checkpoint_fit import refused_by_weights_only
+from src.models.checkpoint_fit import refused_by_weights_only, weights_only_refusal
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,9 @@ def training_progress(path: Path) -> tuple[int, bool] | None:
     except pickle.UnpicklingError as error:
         if not refused_by_weights_only(error):
             return None
-        raise ValueError(f"ckpt_path=auto: {path} is whole but holds objects a weights-only load refuses "
-                         f"({str(error).splitlines()[0]}), so the run cannot resume from it safely. Move it out "
-                         f"of {path.parent} to resume from the next checkpoint (or to start over)") from error
+        raise ValueError(f"ckpt_path=auto: {weights_only_refusal(path, error)}, so the run cannot resume from it "
+                         f"safely. Move it out of {path.parent} to resume from the next checkpoint (or to start "
+                         f"over)") from error
     except Exception:   # any other reason a file is not a checkpoint of ours: it is reported and passed over
         return None
 

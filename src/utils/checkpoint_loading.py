@@ -26,8 +26,9 @@ from omegaconf import OmegaConf
 
 from src.callbacks.ema import averaged_state_dict
 from src.models.base import AdversarialModel
-from src.models.checkpoint_fit import (LIGHTNING_CKPT_KEYWORDS, check_checkpoint_file, refused_by_weights_only,
-                                       run_config_path, state_dict_mismatch, unreadable_checkpoint)
+from src.models.checkpoint_fit import (check_checkpoint_file, refused_by_weights_only, resolved_by_lightning,
+                                       run_config_path, state_dict_mismatch, unreadable_checkpoint,
+                                       weights_only_refusal)
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
     weights replace the trained ones: they are what the run sampled and evaluated with.
     `model.loaded_weights` says which came in: "ema" or "trained".
     """
-    if str(ckpt_path) in LIGHTNING_CKPT_KEYWORDS or "://" in str(ckpt_path):
+    if resolved_by_lightning(ckpt_path):
         raise ValueError(f"ckpt_path={ckpt_path}: name a checkpoint file here (ckpt_path=path/to/checkpoints/"
                          f"last.ckpt); Lightning's keywords and URLs are for resuming training (src/train.py)")
     path = Path(ckpt_path)
@@ -123,9 +124,8 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
     except pickle.UnpicklingError as error:
         if not refused_by_weights_only(error):
             raise unreadable_checkpoint(ckpt_path, f"UnpicklingError: {str(error).splitlines()[0]}") from error
-        raise ValueError(f"ckpt_path={ckpt_path} is whole but holds objects a weights-only load refuses "
-                         f"({str(error).splitlines()[0]}): a checkpoint from elsewhere is not loaded with code "
-                         f"execution; checkpoints src/train.py writes hold none") from error
+        raise ValueError(f"ckpt_path={weights_only_refusal(ckpt_path, error)}: a checkpoint from elsewhere is not "
+                         f"loaded with code execution; checkpoints src/train.py writes hold none") from error
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         detail = str(error).splitlines()[0] if str(error) else "no detail"
         raise unreadable_checkpoint(ckpt_path, f"{type(error).__name__}: {detail}") from error

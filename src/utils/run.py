@@ -22,7 +22,7 @@ from src.callbacks.stop_signals import RequeueStop, StopSignals
 from src.models.checkpoint_fit import check_checkpoint_file, check_resume_settings
 from src.utils.accelerator import resolved_accelerator
 from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_job
-from src.utils.config_checks import check_argument_types, check_run_folder, check_seed, require_int, to_plain
+from src.utils.config_checks import check_argument_types, check_run_folder, check_seed, require_int
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
 from src.utils.ddp_strategy import choose_strategy
 from src.utils.instantiate import instantiate_list
@@ -186,8 +186,9 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         log.info("%s: %s parameters", name, f"{count_parameters(child):,}")
     check_sync_batchnorm(cfg, model)
     if cfg.get("ckpt_path") is not None:
-        changed = check_resume_settings(cfg.ckpt_path, to_plain(dict(model.hparams)),
-                                        to_plain(dict(getattr(datamodule, "hparams", {}))), must_match=found_by_auto)
+        # Both hold plain values already (the models' and SplitDataModule's save_hyperparameters).
+        changed = check_resume_settings(cfg.ckpt_path, dict(model.hparams), dict(getattr(datamodule, "hparams", {})),
+                                        must_match=found_by_auto)
         if changed:
             rank_zero_warn(changed)
     logger_cfg = with_wandb_identity(cfg.get("logger"), cfg)
