@@ -102,11 +102,13 @@ class PeriodicEvaluation(pl.Callback):
         """The metrics of one evaluation, the same on every rank (a collective call under DDP)."""
         raise NotImplementedError
 
-    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Log `scores` at the module's iteration; callbacks that also save or plot override it."""
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float] | None:
+        """Log `scores` at the module's iteration and return them; callbacks that also save or
+        plot override it."""
         metrics = self.scores(trainer, pl_module)
         if metrics:
             publish_metrics(trainer, metrics, step=pl_module.iteration)
+        return metrics
 
     # ----- the evaluation set ------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -187,14 +189,16 @@ class PeriodicEvaluation(pl.Callback):
         return {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     # ----- the schedule ------------------------------------------------------------------
-    def after_evaluation(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Work after an evaluation, back on training's random streams: a checkpoint saved here
-        records those streams, which a resume from it continues (not the evaluation's seeded ones)."""
+    def after_evaluation(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                         metrics: dict[str, float] | None) -> None:
+        """Work after an evaluation (`metrics`: what `evaluate` returned), back on training's
+        random streams: a checkpoint saved here records those streams, which a resume from it
+        continues (not the evaluation's seeded ones)."""
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         with isolated_rng(pl_module.device, self.seed):
-            self.evaluate(trainer, pl_module)
-        self.after_evaluation(trainer, pl_module)
+            metrics = self.evaluate(trainer, pl_module)
+        self.after_evaluation(trainer, pl_module, metrics)
         self._last_evaluated = pl_module.iteration
 
     @staticmethod
@@ -264,7 +268,6 @@ class FidKidCallback(PeriodicEvaluation):
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
         self.best_fid = math.inf
         self.best_iteration = -1
-        self._latest_fid: float | None = None   # the evaluation's FID, for the best checkpoint after it
         self.scorer: FidKidScorer | None = None
         self.inception_score, self.inception_score_splits = bool(inception_score), inception_score_splits
         self.classifier_score = bool(classifier_score)
@@ -325,12 +328,12 @@ class FidKidCallback(PeriodicEvaluation):
                 rank_zero_info(f"FID/KID: skipping {direction} ({type(pl_module).__name__}: {reason})")
         return self._supported
 
-    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float] | None:
         directions = self.supported_directions(pl_module)
         if not directions:
             rank_zero_warn("FidKidCallback disabled: the model translates none of the configured directions.")
             self.enabled = False
-            return
+            return None
         scorer = self.scorer.to(pl_module.device)
         metrics = {}
         for direction in directions:
@@ -364,12 +367,12 @@ class FidKidCallback(PeriodicEvaluation):
         metrics["eval/kid_x100"] = sum(metrics[f"eval/kid_x100_{d}"] for d in directions) / len(directions)
         scorer.reset()  # frees the stored KID features until the next evaluation
         publish_metrics(trainer, metrics, step=pl_module.iteration)
-        self._latest_fid = metrics["eval/fid"]
+        return metrics
 
-    def after_evaluation(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.save_best and self._latest_fid is not None:
-            self.save_if_best(trainer, pl_module, self._latest_fid)
-        self._latest_fid = None
+    def after_evaluation(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                         metrics: dict[str, float] | None) -> None:
+        if self.save_best and metrics:
+            self.save_if_best(trainer, pl_module, metrics["eval/fid"])
 
     def best_checkpoint_path(self, trainer: pl.Trainer) -> Path:
         dirpath = self.dirpath or getattr(trainer.checkpoint_callback, "dirpath", None) \
