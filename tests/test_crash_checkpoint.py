@@ -9,7 +9,10 @@ import torch
 from hydra.errors import InstantiationException
 
 from conftest import NO_EVALUATION, last_checkpoint, slurm_task_env
+from src.callbacks.checkpoint import TORN_STEP_KEY
+from src.models import step_in_backward
 from src.models.cyclegan import CycleGAN
+from src.utils.auto_resume import most_advanced_checkpoint
 from src.utils.run import run_training
 
 COMMON = ("model=cyclegan", "data.max_dataset_size=4", "seed=7", *NO_EVALUATION)
@@ -55,6 +58,7 @@ def test_an_error_between_iterations_saves_a_checkpoint_that_resumes_the_same_ru
     monkeypatch.undo()
     saved = crash_file(crashing, "crashed.ckpt")
     assert saved["global_step"] == 4
+    assert TORN_STEP_KEY not in saved   # between two players' steps: nothing half-stepped
 
     resumed = train_cfg(*COMMON, "max_iters=4", f"ckpt_path={tmp_path}/crashing/checkpoints/crashed.ckpt")
     resumed.paths.output_dir = str(tmp_path / "resumed")
@@ -62,6 +66,42 @@ def test_an_error_between_iterations_saves_a_checkpoint_that_resumes_the_same_ru
     assert after["global_step"] == straight["global_step"] == 8
     for key, value in straight["state_dict"].items():
         assert torch.equal(value, after["state_dict"][key]), key
+
+
+def test_an_error_inside_a_step_in_backward_marks_the_crash_checkpoint_as_not_exact(train_cfg, monkeypatch, caplog):
+    """Stepping in backward (the CPU default) updates a player's tensors one by one: an error
+    there (out of memory, Ctrl-C) leaves some updated, and crashed.ckpt, at last.ckpt's
+    progress, holds that half step. It says so, and ckpt_path=auto takes the exact last.ckpt."""
+    cfg = train_cfg(*COMMON, "max_iters=4", "callbacks.model_checkpoint.every_n_iters=2")
+    monkeypatch.setattr(step_in_backward, "MIN_ELEMENTS", 0)   # the tiny nets' tensors are stepped in backward too
+    original_update, original_step_one = CycleGAN.update, step_in_backward.step_one
+    steps_in_iteration_3 = []
+
+    def update(self, *args, **kwargs):
+        assert self.steps_in_backward
+        if self.trainer.global_step == 4:
+            steps_in_iteration_3.append("started")
+        return original_update(self, *args, **kwargs)
+
+    def step_one(*args):
+        if steps_in_iteration_3:
+            steps_in_iteration_3.append("tensor")
+            if len(steps_in_iteration_3) == 4:   # two tensors of the generators stepped, not the third
+                raise RuntimeError("out of memory")
+        original_step_one(*args)
+
+    monkeypatch.setattr(CycleGAN, "update", update)
+    monkeypatch.setattr(step_in_backward, "step_one", step_one)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_training(cfg)
+    monkeypatch.undo()
+    checkpoints = Path(cfg.paths.output_dir, "checkpoints")
+    saved, last = crash_file(cfg, "crashed.ckpt"), crash_file(cfg, "last.ckpt")
+    assert saved[TORN_STEP_KEY] and saved["global_step"] == last["global_step"] == 4
+    changed = [key for key, value in saved["state_dict"].items() if not torch.equal(value, last["state_dict"][key])]
+    assert len(changed) == 2 and all(key.startswith("G_") for key in changed)
+    assert "crashed.ckpt was taken inside an optimizer step of iteration 3" in caplog.text
+    assert most_advanced_checkpoint(checkpoints, checkpoints.parent) == checkpoints / "last.ckpt"
 
 
 def test_ctrl_c_inside_an_iteration_saves_a_checkpoint_counted_in_whole_iterations(train_cfg, tmp_path, monkeypatch):

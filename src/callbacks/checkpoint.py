@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 #: in a crash checkpoint taken inside an iteration: the optimizer steps it had taken (rolled back)
 PARTIAL_STEPS_KEY = "partial_iteration_steps"
+#: in a crash checkpoint taken inside a player's optimizer step: true (some tensors stepped)
+TORN_STEP_KEY = "inside_an_optimizer_step"
 
 
 class IterationCheckpoint(ModelCheckpoint):
@@ -67,12 +69,17 @@ class IterationCheckpoint(ModelCheckpoint):
         if not trainer.is_global_zero:
             return
         partial_steps = trainer.global_step % pl_module.optimizer_steps_per_iter
+        # With steps in backward a player's tensors are updated one by one as backward reaches
+        # them: an out-of-memory error or Ctrl-C there leaves some updated and the rest not.
+        torn = getattr(pl_module, "inside_a_step", False)
         try:
             # Written by rank zero alone: trainer.save_checkpoint ends in a barrier that ranks
             # which crashed elsewhere, or died, would never reach.
             checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
             if partial_steps:
                 count_whole_iterations(checkpoint, partial_steps)
+            if torn:
+                checkpoint[TORN_STEP_KEY] = True
             trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
         except Exception as error:   # the run's own error is what must reach the user
             log.error("Could not save %s after %s (%s: %s); the last checkpoint is %s", name,
@@ -85,6 +92,10 @@ class IterationCheckpoint(ModelCheckpoint):
                         "their update and the resumed run repeats the iteration, so it is not bit-identical to an "
                         "uninterrupted run (last.ckpt is)", name, pl_module.iteration + 1, partial_steps,
                         pl_module.optimizer_steps_per_iter)
+        if torn:
+            log.warning("%s was taken inside an optimizer step of iteration %d, with part of a player's tensors "
+                        "updated: the resumed run steps them again, so it is not the uninterrupted run (last.ckpt "
+                        "is, and ckpt_path=auto prefers it at equal progress)", name, pl_module.iteration + 1)
 
 
 def count_whole_iterations(checkpoint: dict, partial_steps: int) -> None:

@@ -177,6 +177,9 @@ class AdversarialModel(pl.LightningModule):
         self.pools: dict[str, ImagePool] = {}
         self.grad_scalers: PlayerGradScalers | None = None
         self.logging_losses = True   # whether log_losses logs this iteration (training_step decides)
+        # True from a player's first parameter update until its step is whole: an error in
+        # between leaves the player half-stepped (the crash checkpoint says so).
+        self.inside_a_step = False
         self._idle_parameters: dict[tuple[str, ...], list[nn.Parameter]] = {}   # players(): names -> the others'
         self._image_sizes_checked: set[tuple[int, ...]] = set()   # batch shapes the networks accept
         # The DataModule settings it was trained with, and the DataModule's class, once loaded
@@ -436,9 +439,11 @@ class AdversarialModel(pl.LightningModule):
                 # Only the last backward completes the gradients, so only it may step them.
                 stepping = (step_in_backward.stepping_in_backward(optimizers, step_in_backward.MIN_ELEMENTS)
                             if last and self.steps_in_backward else contextlib.nullcontext())
+                self.inside_a_step = last and self.steps_in_backward
                 with stepping:
                     self.manual_backward(loss)
                 total = loss.detach() if total is None else total + loss.detach()
+            self.inside_a_step = True
             for opt in optimizers:
                 # Steps what was not stepped in backward (the small tensors, or everything when
                 # that is off), and counts the optimizer step for Lightning either way.
@@ -448,6 +453,7 @@ class AdversarialModel(pl.LightningModule):
                 opt.zero_grad(set_to_none=True)
         if self.weight_clip is not None:
             self.clip_critic_weights(optimizers)
+        self.inside_a_step = False
         # Autocast caches the low-precision copy of each trainable weight for the rest of the
         # training step; those copies are stale now that the weights moved.
         if torch.is_autocast_enabled(self.device.type):

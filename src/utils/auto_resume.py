@@ -11,8 +11,8 @@ A file that cannot be read whole (a copy or sync cut short; Lightning itself wri
 temporary file) is passed over with a warning naming it, and the next most advanced one is taken.
 A whole file that a weights-only load refuses stops the run, naming it: resuming from it would
 fail the same way, and passing it over would train again over the work it holds. Among files of
-equal progress an exact one wins over a crash checkpoint taken inside an iteration, then the
-newest. Without any checkpoint the run starts, saying where it looked (Hydra's default run
+equal progress an exact one wins over a crash checkpoint taken inside an iteration or inside a
+player's optimizer step, then the newest. Without any checkpoint the run starts, saying where it looked (Hydra's default run
 directory is new for every run, so there it always starts).
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, open_dict
 
-from src.callbacks.checkpoint import PARTIAL_STEPS_KEY
+from src.callbacks.checkpoint import PARTIAL_STEPS_KEY, TORN_STEP_KEY
 from src.models.checkpoint_fit import refused_by_weights_only, weights_only_refusal
 
 log = logging.getLogger(__name__)
@@ -54,13 +54,13 @@ def checkpoint_candidates(checkpoint_dir: Path, run_dir: Path) -> list[Path]:
 
 
 def training_progress(path: Path) -> tuple[int, bool] | None:
-    """The optimizer steps a checkpoint records and whether it was taken between iterations, or
-    None for a file that cannot be read whole."""
+    """The optimizer steps a checkpoint records and whether it is exact (taken between
+    iterations, not inside one), or None for a file that cannot be read whole."""
     if not zipfile.is_zipfile(path):   # torch.save writes the zip directory last: a cut file has none
         return None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(checkpoint["global_step"]), not checkpoint.get(PARTIAL_STEPS_KEY)
+        return int(checkpoint["global_step"]), not (checkpoint.get(PARTIAL_STEPS_KEY) or checkpoint.get(TORN_STEP_KEY))
     except pickle.UnpicklingError as error:
         if not refused_by_weights_only(error):
             return None
@@ -73,7 +73,7 @@ def training_progress(path: Path) -> tuple[int, bool] | None:
 
 def most_advanced_checkpoint(checkpoint_dir: Path, run_dir: Path) -> Path | None:
     """The readable checkpoint furthest into training; among equals an exact one (not a crash
-    checkpoint taken inside an iteration), then the newest file."""
+    checkpoint taken inside an iteration or a step), then the newest file."""
     readable = []
     for path in checkpoint_candidates(checkpoint_dir, run_dir):
         progress = training_progress(path)
