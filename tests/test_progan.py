@@ -3,6 +3,7 @@ paper's building blocks, training across stages with the drift term, and a resum
 evaluation that picks the stage up from the checkpoint."""
 import csv
 import logging
+import warnings
 from pathlib import Path
 
 import hydra
@@ -215,6 +216,26 @@ def test_training_grows_through_the_stages_with_the_drift_term(train_cfg):
     assert stages == [(0, 1.0), (1, 0.0), (1, 1.0), (2, 0.0)]   # one iteration per phase in the smoke config
     assert len(steps) == 8 and len(drift) == 4
     assert (model.discriminator.level, model.discriminator.alpha) == (2, 0.0)
+
+
+@pytest.mark.parametrize("length, budget, warned", [
+    ("max_iters=4", None, "max_iters=4 ends the run before the networks reach 32x32, which takes 6 iterations, 0.024 kimg"),
+    ("max_iters=6", None, None),
+    ("max_iters=null", 0.02, "max_kimg=0.02 ends the run before the networks reach 32x32, which takes 6 iterations"),
+    ("max_iters=null", 0.024, None)])
+def test_a_run_ending_before_the_growth_completes_warns_with_the_length_it_needs(train_cfg, length, budget, warned):
+    """The smoke config grows a level per iteration: 32 px from the 7th (6 iterations, 24 images before it)."""
+    from src.callbacks.image_budget import ImageBudget
+    cfg = train_cfg("model=progan", length, *NO_EVALUATION)
+    callbacks = [ImageBudget(budget)] if budget else []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit_briefly(cfg, callbacks=callbacks, max_epochs=-1 if budget else None)
+    growth = [str(w.message) for w in caught if "before the networks reach" in str(w.message)]
+    if warned is None:
+        assert growth == []
+    else:
+        assert len(growth) == 1 and warned in growth[0], growth
 
 
 def test_resume_across_stages_and_eval_loads_the_stage(train_cfg, tmp_path):

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from src.callbacks.image_budget import ImageBudget
 from src.models.noise_gan import NoiseGAN
 from src.models.progressive_schedule import Part, ProgressiveSchedule, level_resolution
 from src.nets.progan import GrowingNet
@@ -176,6 +177,32 @@ class ProGAN(NoiseGAN):
 
     def stage(self, iteration: int) -> tuple[int, float]:
         return self.schedule.stage(iteration)
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if message := self.growth_outlasting_the_run():
+            rank_zero_warn(message)
+
+    def growth_outlasting_the_run(self) -> str | None:
+        """A warning for a run whose length (`max_iters`, `max_kimg`) ends it before the networks
+        reach full size, with the length the growth needs: its last samples, FID and checkpoint
+        are then at a lower resolution, upsampled. (Short runs do it on purpose: the smoke tests.)"""
+        if not self.grow:
+            return None
+        top = self.generator.top_level
+        full_size = next(p.first_iteration for p in self.schedule.phases if p.level == top and not p.fading)
+        resolution = level_resolution(top)
+        needed = (f"{full_size} iterations, {self.schedule.images_before(full_size) * self.n_critic / 1000:g} kimg "
+                  f"(model.phase_images={self.hparams.phase_images} real images per fade-in and per stabilising phase)")
+        iterations = self.run_length_in("iteration") if self.trainer.max_steps > 0 else None
+        if iterations is not None and iterations < full_size:
+            return (f"max_iters={iterations} ends the run before the networks reach {resolution}x{resolution}, "
+                    f"which takes {needed}")
+        budget = next((c for c in self.trainer.callbacks if isinstance(c, ImageBudget)), None)
+        if budget is not None and budget.max_images < self.schedule.images_before(full_size) * self.n_critic:
+            return (f"max_kimg={budget.max_images / 1000:g} ends the run before the networks reach "
+                    f"{resolution}x{resolution}, which takes {needed}")
+        return None
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
