@@ -692,6 +692,26 @@ def test_one_backward_into_two_optimizers_is_unscaled_with_the_scale_it_was_scal
     assert per_loss.scalers["heads+encoders"].get_scale() == 2048.0  # one update for the backward
 
 
+def test_an_overflow_in_one_optimizers_gradients_skips_every_optimizer_of_the_backward():
+    """NICE-GAN's discriminator step: inf in the encoders' gradients skips the heads' step too,
+    as the authors' single optimizer skips the whole step; finite gradients step both."""
+    def stepped(encoder_factor: float) -> tuple[list[bool], float]:
+        scalers = PlayerGradScalers("cpu", {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                                            "growth_interval": 100, "_growth_tracker": 0})
+        heads, encoder = torch.nn.Parameter(torch.ones(1)), torch.nn.Parameter(torch.ones(1))
+        opts = [torch.optim.SGD([heads], lr=0.1), torch.optim.SGD([encoder], lr=0.1)]
+        with scalers.scaling("heads+encoders", opts):
+            scalers.scale((3.0 * heads + encoder_factor * encoder).sum()).backward()
+            for opt in opts:  # Lightning's MixedPrecision.optimizer_step, once per optimizer
+                scalers.unscale_(opt)
+                scalers.step(opt)
+                scalers.update()
+        return [p.item() != 1.0 for p in (heads, encoder)], scalers.scalers["heads+encoders"].get_scale()
+
+    assert stepped(float("inf")) == ([False, False], 512.0)
+    assert stepped(5.0) == ([True, True], 1024.0)
+
+
 def test_an_overflow_backs_off_only_its_own_loss_scale():
     scalers = PlayerGradScalers("cpu", {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5,
                                         "growth_interval": 100, "_growth_tracker": 0})

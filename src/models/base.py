@@ -489,7 +489,7 @@ class AdversarialModel(pl.LightningModule):
         if self.grad_scalers is None:
             return contextlib.nullcontext()
         names = [name for name, opt in self.named_optimizers().items() if any(opt is o for o in optimizers)]
-        return self.grad_scalers.scaling("+".join(names))
+        return self.grad_scalers.scaling("+".join(names), [step_in_backward.raw_optimizer(o) for o in optimizers])
 
     def log_losses(self, terms: dict[str, torch.Tensor], totals: dict[str, torch.Tensor], batch_size: int) -> None:
         """Log every weighted loss term as `train/<term>` and the players' totals (also on the

@@ -11,6 +11,9 @@ per-optimizer inf checks are right, but for a GAN two things are not:
 - NICE-GAN's discriminator step is ONE backward into TWO optimizers (heads, encoders). The
   `update()` after the first step changes the scale before the second optimizer's gradients are
   unscaled, so they come out wrong by the update's factor (x2 after an overflow or a growth).
+  And GradScaler checks each optimizer's gradients for inf on its own: an overflow in the
+  encoders' gradients skipped their step but not the heads', where the authors' one optimizer
+  skips the whole step. The optimizers of one backward are checked together, and skip together.
 
 `PlayerGradScalers` takes the place of Lightning's scaler inside its precision plugin. Lightning
 keeps calling scale / unscale_ / step / update exactly as before, so a step skipped on inf still
@@ -37,6 +40,8 @@ class PlayerGradScalers:
         self.scalers: dict[str, torch.amp.GradScaler] = {}
         self._restored: dict[str, dict] = {}
         self._active: str | None = None
+        self._fed: list = []          # the optimizers the active backward feeds
+        self._unscaled: set[int] = set()
 
     @classmethod
     def install(cls, trainer) -> PlayerGradScalers | None:
@@ -53,16 +58,19 @@ class PlayerGradScalers:
         return scalers
 
     @contextlib.contextmanager
-    def scaling(self, loss_name: str):
-        """Backward and optimizer steps of one loss: they use its scaler, updated once at the end."""
+    def scaling(self, loss_name: str, optimizers=()):
+        """Backward and optimizer steps of one loss: they use its scaler, updated once at the end.
+        `optimizers` (torch optimizers) are those its backward feeds: none steps unless all of
+        their gradients are finite."""
         if self._active is not None:
             raise RuntimeError(f"Loss '{loss_name}' scaled while '{self._active}' is still being stepped")
         scaler = self._scaler(loss_name)
-        self._active = loss_name
+        self._active, self._fed = loss_name, list(optimizers)
         try:
             yield scaler
         finally:
-            self._active = None
+            self._active, self._fed = None, []
+            self._unscaled.clear()
         scaler.update()
 
     def _scaler(self, name: str) -> torch.amp.GradScaler:
@@ -86,10 +94,22 @@ class PlayerGradScalers:
         return self.active.scale(outputs)
 
     def unscale_(self, optimizer) -> None:
-        self.active.unscale_(optimizer)
+        # Once per optimizer and backward: `step` may have unscaled it before Lightning asks.
+        if id(optimizer) not in self._unscaled:
+            self.active.unscale_(optimizer)
+            self._unscaled.add(id(optimizer))
 
     def step(self, optimizer, *args, **kwargs):
+        for fed in self._fed:   # every gradient of the backward is checked before its first step
+            self.unscale_(fed)
+        if any(self._found_inf(fed) for fed in self._fed):
+            return None   # as GradScaler skips an optimizer whose own gradients overflowed
         return self.active.step(optimizer, *args, **kwargs)
+
+    def _found_inf(self, optimizer) -> bool:
+        # What GradScaler.step reads to skip an optimizer (its per-optimizer record of unscale_).
+        found = self.active._per_optimizer_states[id(optimizer)]["found_inf_per_device"]
+        return sum(value.item() for value in found.values()) > 0
 
     def update(self, new_scale=None) -> None:
         """Lightning calls this after every optimizer step; the real update waits for the end of
