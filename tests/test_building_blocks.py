@@ -1,4 +1,5 @@
 """Nets, losses, image pool and LR schedules on known inputs."""
+import hydra
 import pytest
 import torch
 
@@ -198,6 +199,30 @@ def test_lsgan_codes_set_what_the_generator_wants_the_discriminator_to_say():
 def small_net() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Linear(8, 4))
+
+
+def test_tflib_init_draws_the_wgan_gp_codes_uniform_ranges():
+    """tflib: uniform, std sqrt(4 / (fan_in + fan_out)) for convs, the stride's area dividing a
+    conv's fan_out and a transposed conv's fan_in; Glorot's sqrt(2 / (in + out)) for linear."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(64, 128, 5, stride=2), torch.nn.ConvTranspose2d(128, 64, 5, stride=2),
+                              torch.nn.Linear(4096, 1), torch.nn.BatchNorm2d(8))
+    init_weights(net, "tflib")
+    stds = {"0.weight": (4 / (64 * 25 + 128 * 25 / 4)) ** 0.5, "1.weight": (4 / (128 * 25 / 4 + 64 * 25)) ** 0.5,
+            "2.weight": (2 / 4097) ** 0.5}
+    for key, std in stds.items():
+        weight = net.state_dict()[key]
+        assert weight.abs().max() <= std * 3 ** 0.5 and weight.abs().max() > 0.99 * std * 3 ** 0.5, key
+        assert abs(weight.std().item() / std - 1) < 0.05, key
+    assert torch.equal(net[3].weight, torch.ones(8)) and not net[0].bias.any()
+
+
+def test_wgan_gp_takes_its_codes_init(train_cfg):
+    model = hydra.utils.instantiate(train_cfg("model=wgangp").model, _recursive_=False)
+    conv = next(m for m in model.discriminator.modules() if isinstance(m, torch.nn.Conv2d))
+    fan_in, fan_out = conv.in_channels * 16, conv.out_channels * 16 / 4   # 4x4 kernels, stride 2
+    bound = (4 / (fan_in + fan_out)) ** 0.5 * 3 ** 0.5
+    assert model.init_cfg["type"] == "tflib" and 0.99 * bound < conv.weight.abs().max() <= bound
 
 
 def test_pytorch_init_keeps_the_layers_own_weights_and_the_others_draw_anew():

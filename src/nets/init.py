@@ -1,13 +1,34 @@
 """Weight initialisations of the papers (pix2pix/CycleGAN: N(0, 0.02))."""
+import math
+
 import torch.nn as nn
 
-INIT_NAMES = ("normal", "xavier", "kaiming", "orthogonal", "uniform", "pytorch")
+INIT_NAMES = ("normal", "xavier", "kaiming", "orthogonal", "uniform", "tflib", "pytorch")
+
+
+def tflib_uniform_(m: nn.Module) -> None:
+    """The WGAN-GP code's (tflib) init: uniform with standard deviation sqrt(4 / (fan_in +
+    fan_out)) for convolutions (its `he_init`; a strided conv's fan_out and a transposed conv's
+    fan_in divided by the stride's area) and sqrt(2 / (in + out)) for linear layers (Glorot)."""
+    weight = getattr(m, "weight_orig", m.weight)
+    if isinstance(m, nn.Linear):
+        std = math.sqrt(2.0 / (m.in_features + m.out_features))
+    else:
+        kernel, stride_area = math.prod(m.kernel_size), math.prod(m.stride)
+        fan_in, fan_out = m.in_channels * kernel, m.out_channels * kernel
+        if isinstance(m, nn.ConvTranspose2d):
+            fan_in /= stride_area
+        else:
+            fan_out /= stride_area
+        std = math.sqrt(4.0 / (fan_in + fan_out))
+    nn.init.uniform_(weight, -std * math.sqrt(3), std * math.sqrt(3))
 
 
 def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) -> nn.Module:
     """Initialise conv/linear weights by `init_type` and batch-norm scales by N(1, gain); `gain`
     is the standard deviation of `normal` and the half-width of `uniform` (pylearn2's irange).
-    `pytorch` keeps the layers' own initialisation, as code that never calls an init does."""
+    `tflib` (no gain) sets batch-norm scales to 1, as that code does. `pytorch` keeps the
+    layers' own initialisation, as code that never calls an init does."""
     if init_type not in INIT_NAMES:
         raise ValueError(f"Unknown init '{init_type}' (config key model.init.type); choose one of {INIT_NAMES}")
     if init_type == "pytorch":
@@ -25,12 +46,17 @@ def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) 
                 nn.init.uniform_(weight, -gain, gain)
             elif init_type == "kaiming":
                 nn.init.kaiming_normal_(weight, a=0, mode="fan_in")
+            elif init_type == "tflib":
+                tflib_uniform_(m)
             else:
                 nn.init.orthogonal_(weight, gain=gain)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d) and m.weight is not None:
-            nn.init.normal_(m.weight, 1.0, gain)
+            if init_type == "tflib":
+                nn.init.ones_(m.weight)
+            else:
+                nn.init.normal_(m.weight, 1.0, gain)
             nn.init.zeros_(m.bias)
 
     net.apply(init_module)
