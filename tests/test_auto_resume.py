@@ -133,9 +133,10 @@ def test_auto_refuses_a_checkpoint_of_other_settings_and_a_named_one_warns(train
 
 def test_settings_a_resume_may_change_and_settings_added_since_are_not_compared():
     checkpoint = {"hyper_parameters": {"loss": {"weights": {"cycle": 10.0}}, "pool_size": 50,
+                                       "init": {"type": "normal", "gain": 0.02},   # weights loaded over it
                                        "optimizer": {"players": {"G": {"step_in_backward": True}}}},
                   "datamodule_hyper_parameters": {"batch_size": 1, "data_dir": "/a", "crop_size": 256}}
-    same = changed_settings(checkpoint, {"loss": {"weights": {"cycle": 10}}, "pool_size": 0, "init": {"type": "x"},
+    same = changed_settings(checkpoint, {"loss": {"weights": {"cycle": 10}}, "pool_size": 0, "init": {"type": "tflib", "gain": 1},
                                          "optimizer": {"players": {"G": {"step_in_backward": False}}}},
                             {"batch_size": 4, "data_dir": "/b", "crop_size": 256})
     assert same == []

@@ -103,6 +103,8 @@ RESUMABLE_SETTINGS = ("data.data_dir", "data.num_workers", "data.pin_memory", "d
                       "model.start_resolution", "model.grow", "model.pool_size", "model.log_rho_every_n_iters")
 #: speed options that may sit under a per-player key (model.optimizer.players.G.step_in_backward)
 RESUMABLE_LEAVES = ("step_in_backward",)
+#: settings read only when the networks are built, before a resume loads its weights over them
+RESUMABLE_GROUPS = ("model.init.",)
 
 
 def _flat(settings: dict, prefix: str) -> dict[str, object]:
@@ -124,7 +126,7 @@ def changed_settings(checkpoint: dict, model_settings: dict, data_settings: dict
     here = {**_flat(model_settings, "model"), **_flat(data_settings, "data")}
     return [f"{key}={saved[key]!r} -> {here[key]!r}" for key in sorted(saved.keys() & here.keys())
             if saved[key] != here[key] and key not in RESUMABLE_SETTINGS
-            and key.rsplit(".", 1)[-1] not in RESUMABLE_LEAVES]
+            and key.rsplit(".", 1)[-1] not in RESUMABLE_LEAVES and not key.startswith(RESUMABLE_GROUPS)]
 
 
 def check_resume_settings(ckpt_path: str | Path, model_settings: dict, data_settings: dict,
