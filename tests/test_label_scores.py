@@ -349,6 +349,32 @@ def test_cyclegans_unpaired_copy_is_scored_on_its_test_pairs(tmp_path):
     assert not datamodule().test_items_are_pairs()   # 3 against 2: item 2 would cycle to a stranger
 
 
+class RoadBothWays(Road):
+    def generator_for(self, direction):
+        pass
+
+
+def test_an_unpaired_split_cycling_its_label_maps_scores_each_map_once(tmp_path, segmenter_file_32):
+    """3 photos and 2 label maps: the split's item 2 shows label map 0 again. The FCN-score of
+    labels->photos counts each map once, as eval.py does (and as a split of 2 photos gives)."""
+    from src.data.unpaired import UnpairedDataModule
+
+    def fcn_scores(root: Path) -> dict:
+        datamodule = UnpairedDataModule(data_dir=root, name="cityscapes_unpaired", load_size=32, crop_size=32,
+                                        label_palette="cityscapes", label_domain="B", eval_batch_size=2)
+        trainer = SimpleNamespace(datamodule=datamodule, global_rank=0, world_size=1)
+        callback = LabelScoresCallback(segmenter_path=str(segmenter_file_32))
+        callback.setup(trainer, RoadBothWays(), "fit")
+        scores = callback.scores(trainer, RoadBothWays())
+        return {k: v for k, v in scores.items() if k.startswith("segmentation/BtoA/fcn_")}
+
+    cycling, distinct = (write_label_map_dataset(tmp_path / name, count=3) for name in ("cycling", "distinct"))
+    (cycling / "testB" / "0002.png").unlink()
+    for domain in "AB":
+        (distinct / f"test{domain}" / "0002.png").unlink()
+    assert len(fcn_scores(distinct)) == 3 and fcn_scores(cycling) == fcn_scores(distinct)
+
+
 @pytest.mark.parametrize("max_images", [5, 1])
 def test_callback_sums_the_confusion_of_every_ddp_rank(tmp_path, max_images):
     """Two gloo processes, each scoring its block of the test maps (3 + 2 of 5; 1 + none of 1):

@@ -160,8 +160,9 @@ class PeriodicEvaluation(pl.Callback):
         """This rank's evaluation batches, each image key ("A", "B") cut to the images not shown
         earlier in the evaluation set: a test split that cycles its smaller domain
         (`distinct_images`) would otherwise count some images twice in FID/KID and the latent
-        MMD, unlike eval.py and the papers' code. The keys' rows then no longer pair up; the
-        scores that pair them (ground truth, label maps) read `evaluation_loader`. An item's
+        MMD, unlike eval.py and the papers' code. The keys' rows then no longer pair up (where the
+        items are real pairs, the domains have one count and nothing is cut; the shapes' ground
+        truth reads `evaluation_loader`). An item's
         image is a repeat exactly when its index is past the domain's count, because the
         evaluation set starts at item 0 (`evaluation_indices`)."""
         _, subset = self.evaluation_dataset(trainer)

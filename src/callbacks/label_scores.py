@@ -67,7 +67,12 @@ class LabelScoresCallback(PeriodicEvaluation):
             if scores is None:
                 continue
             source_key, target_key = DIRECTION_KEYS[direction]
-            for batch in self.evaluation_loader(trainer):
+            # Each source image once, as eval.py scores them: an unpaired test split cycles its
+            # smaller domain. Where the scores pair source and target the items are real pairs,
+            # whose domains have one count, so nothing is cut there.
+            for batch in self.distinct_batches(trainer):
+                if not len(batch[source_key]):
+                    continue   # past the source domain's distinct images
                 source, target = batch[source_key].to(device), batch[target_key].to(device)
                 scores.update(source, target, pl_module.translate(source, direction))
             results = scores.compute()
