@@ -178,6 +178,28 @@ def test_callback_follows_the_datamodule_direction(smoke_runs, caplog):
     assert 0.4 < scores["truth/AtoB/identity_iou"] < 0.6
 
 
+def test_a_second_fit_with_the_same_callback_decides_everything_again(smoke_runs):
+    """A notebook fits again with the callbacks it has: grayscale data or a one-way model in an
+    earlier fit must not leave the callback off or a direction out of the next one."""
+    data_dir = Path(smoke_runs["cyclegan"].cfg.data.data_dir)
+
+    def trainer(**settings):
+        return SimpleNamespace(datamodule=small_shapes_datamodule(data_dir, **settings), global_rank=0, world_size=1)
+
+    callback = ShapesTruthCallback(every_n_iters=1, max_pairs=4)
+    callback.setup(trainer(input_nc=1), CountingIdentity(), "fit")
+    assert not callback.enabled
+    oracle = OracleModel(data_dir, source_folder="testB", target_folder="testA")
+    callback.setup(trainer(direction="BtoA"), oracle, "fit")
+    assert callback.enabled and callback.directions == ["AtoB"]
+    callback.scores(trainer(direction="BtoA"), oracle)
+    fresh = ShapesTruthCallback(every_n_iters=1, max_pairs=4)
+    for each in (callback, fresh):
+        each.setup(trainer(), CountingIdentity(), "fit")
+    scores = callback.scores(trainer(), CountingIdentity())
+    assert "truth/BtoA/iou" in scores and scores == fresh.scores(trainer(), CountingIdentity())
+
+
 class CountingIdentity:
     """Stands in for a LightningModule that returns its input, counting the images it sees."""
 

@@ -112,7 +112,8 @@ class PeriodicEvaluation(pl.Callback):
 
     # ----- the evaluation set ------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._loader = None  # a new fit may bring another DataModule or world size
+        # A new fit may bring another DataModule, world size or model: it decides all of this again.
+        self.enabled, self._last_evaluated, self._loader = True, -1, None
         datamodule = trainer.datamodule
         if stage == "fit" and (datamodule is None or not hasattr(datamodule, "test_dataloader")):
             rank_zero_warn(f"{type(self).__name__} disabled: it evaluates on the DataModule's test split, "

@@ -39,6 +39,7 @@ class LabelScoresCallback(PeriodicEvaluation):
         self._explained: set[str] = set()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._real, self._explained = {}, set()   # a new fit may bring other data
         datamodule = trainer.datamodule
         if getattr(datamodule, "label_palette", None) is None:
             # Most data has no label maps: not worth a warning on every run.

@@ -114,6 +114,7 @@ class LatentCallback(PeriodicEvaluation):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        self._latent_dim = None   # a new fit may bring another model
         if stage == "fit" and not callable(getattr(pl_module, "encode", None)):
             # Said, not warned: the default callbacks hold this one for every model, and a
             # warning on every pix2pix or noise-model run would teach users to skip warnings.

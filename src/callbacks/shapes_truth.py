@@ -44,13 +44,16 @@ class ShapesTruthCallback(PeriodicEvaluation):
         if max_pairs is not None and (not isinstance(max_pairs, int) or max_pairs < 1):
             raise ValueError(f"callbacks.shapes_truth.max_pairs={max_pairs!r} must be a positive int or null")
         super().__init__(every_n_iters=every_n_iters, max_images=max_pairs, batch_size=batch_size, seed=seed)
-        self.directions = list(directions)
+        self.configured_directions = list(directions)
+        self.directions = list(directions)   # those the model of this fit translates
         self._backgrounds: torch.Tensor | None = None  # (N, 3, H, W) in [-1, 1], by evaluation index
         self._identity: dict[str, dict[str, float]] = {}  # the baseline never changes: scored once
 
     # -- setup -------------------------------------------------------------------------------
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # A new fit may bring another model or data.
+        self.directions, self._identity = list(self.configured_directions), {}
         datamodule = trainer.datamodule
         data_dir = getattr(datamodule, "data_dir", None)
         if data_dir is None or not is_shapes_dataset(data_dir):
