@@ -40,6 +40,31 @@ def test_the_most_advanced_readable_checkpoint_is_chosen_and_a_cut_file_is_named
     assert f"passing over {hpc}" in caplog.text
 
 
+def test_a_requeued_job_naming_an_earlier_runs_checkpoint_resumes_from_its_own_further_one(tmp_path, monkeypatch):
+    """The README's continuation job (`ckpt_path=<old run>/last.ckpt`, a new run directory),
+    requeued after it saved: the same command line resumes from its own last.ckpt, not the
+    old run's file again; a first start, or its own files not further on, keep the named one."""
+    from omegaconf import OmegaConf
+    from src.utils.auto_resume import resume_a_requeued_job
+    (tmp_path / "old").mkdir()
+    old = save_progress(tmp_path / "old" / "last.ckpt", 4)
+    run = tmp_path / "new"
+    (run / "checkpoints").mkdir(parents=True)
+
+    def resumed_from(restarts: str) -> str:
+        monkeypatch.setenv("SLURM_RESTART_COUNT", restarts)
+        cfg = OmegaConf.create({"ckpt_path": str(old), "paths": {"output_dir": str(run)},
+                                "callbacks": {"model_checkpoint": {"dirpath": str(run / "checkpoints")}}})
+        resume_a_requeued_job(cfg)
+        return cfg.ckpt_path
+
+    save_progress(run / "checkpoints" / "iter_0000002.ckpt", 4)   # not further on than the named file
+    assert resumed_from("1") == str(old)
+    save_progress(run / "checkpoints" / "last.ckpt", 10)
+    assert resumed_from("0") == str(old)
+    assert resumed_from("1") == str(run / "checkpoints" / "last.ckpt")
+
+
 def test_equal_progress_takes_the_newest_file(tmp_path):
     older = save_progress(tmp_path / "last.ckpt", 6)
     newer = save_progress(tmp_path / "interrupted.ckpt", 6)

@@ -36,15 +36,39 @@ AUTO = "auto"
 
 def resume_a_requeued_job(cfg: DictConfig) -> None:
     """A job SLURM requeued (`SLURM_RESTART_COUNT` > 0: preempted, or stopped at its time limit
-    and requeued by submitit or Lightning) that names no checkpoint resumes as with `auto`: its
-    command line and run directory are the first start's, and starting over there would train
-    from scratch over the checkpoints the stopped job saved for it."""
+    and requeued by submitit or Lightning) runs its first start's command line in the same run
+    directory. Naming no checkpoint it resumes as with `auto`: starting over there would train
+    from scratch over the checkpoints the stopped job saved for it. Naming one (a job started to
+    continue an earlier one, `ckpt_path=<old run>/last.ckpt`) it resumes from its own run's most
+    advanced checkpoint where that is further on: the named file would train again over the
+    stopped job's work."""
     restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-    if cfg.get("ckpt_path") is None and restarts > 0:
+    named = cfg.get("ckpt_path")
+    if restarts == 0 or named == AUTO:
+        return
+    if named is None:
         log.warning("SLURM_RESTART_COUNT=%d: this job was requeued, so ckpt_path=null resumes as ckpt_path=%s",
                     restarts, AUTO)
         with open_dict(cfg):
             cfg.ckpt_path = AUTO
+        return
+    dirs = run_checkpoint_dirs(cfg)
+    own = most_advanced_checkpoint(*dirs) if dirs and Path(named).is_file() else None
+    named_progress = training_progress(Path(named)) if own is not None else None
+    if own is not None and named_progress is not None and training_progress(own)[0] > named_progress[0]:
+        log.warning("SLURM_RESTART_COUNT=%d: this job was requeued and saved %s, further on than ckpt_path=%s it "
+                    "was started with: resuming from it", restarts, own, named)
+        with open_dict(cfg):
+            cfg.ckpt_path = str(own)
+
+
+def run_checkpoint_dirs(cfg: DictConfig) -> tuple[Path, Path] | None:
+    """The run's checkpoint folder (callbacks.model_checkpoint.dirpath) and run folder, or None
+    where no checkpoint folder is configured."""
+    checkpointing = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
+    if not checkpointing.get("dirpath"):
+        return None
+    return Path(checkpointing.dirpath), Path(cfg.paths.output_dir)
 
 
 def checkpoint_candidates(checkpoint_dir: Path, run_dir: Path) -> list[Path]:
@@ -87,11 +111,11 @@ def most_advanced_checkpoint(checkpoint_dir: Path, run_dir: Path) -> Path | None
 
 def resolve_auto_resume(cfg: DictConfig) -> str | None:
     """The checkpoint `ckpt_path=auto` resumes from, or None to start the run."""
-    checkpointing = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
-    if not checkpointing.get("dirpath"):
+    dirs = run_checkpoint_dirs(cfg)
+    if dirs is None:
         raise ValueError("ckpt_path=auto looks for checkpoints in callbacks.model_checkpoint.dirpath, "
                          "which this config does not set (see conf/callbacks/default.yaml)")
-    checkpoint_dir, run_dir = Path(checkpointing.dirpath), Path(cfg.paths.output_dir)
+    checkpoint_dir, run_dir = dirs
     chosen = most_advanced_checkpoint(checkpoint_dir, run_dir)
     if chosen is None:
         log.info("ckpt_path=auto: no checkpoint in %s, starting the run. To resume a stopped job, start it "
