@@ -739,7 +739,7 @@ def written_record(path: Path, expected: bytes, timeout_s: float = 30) -> bytes:
     return record
 
 
-def test_wandb_offline_run_is_written_and_a_resume_continues_it(train_cfg, tmp_path, monkeypatch):
+def test_wandb_offline_run_is_written_and_a_resume_continues_it(train_cfg, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("WANDB_MODE", "offline")
     common = ["model=cyclegan", "logger=wandb", "data.max_dataset_size=2", *NO_EVALUATION]
     first = train_cfg(*common, "max_iters=2")
@@ -755,8 +755,12 @@ def test_wandb_offline_run_is_written_and_a_resume_continues_it(train_cfg, tmp_p
 
     resumed = train_cfg(*common, "max_iters=4", f"ckpt_path={checkpoint}")
     resumed.paths.output_dir = str(tmp_path / "resumed")
-    run_training(resumed)
+    with caplog.at_level(logging.WARNING, logger="src.utils.wandb_run"):
+        run_training(resumed)
     assert [p.stem for p in (tmp_path / "resumed" / "wandb").glob("offline-run-*/run-*.wandb")] == [f"run-{run_id}"]
+    # Offline, wandb cannot continue the run: a second offline run of its id, to be appended on upload.
+    assert f"this resume writes a new offline run with the id {run_id}" in caplog.text
+    assert "wandb sync --append" in caplog.text
 
 
 def test_wandb_disabled_runs_and_writes_nothing(train_cfg, monkeypatch):

@@ -15,6 +15,7 @@ in the config or on the command line wins):
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -27,6 +28,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 WANDB_LOGGER_TARGETS = ("pytorch_lightning.loggers.WandbLogger", "pytorch_lightning.loggers.wandb.WandbLogger",
                         "lightning.pytorch.loggers.WandbLogger", "lightning.pytorch.loggers.wandb.WandbLogger")
+log = logging.getLogger(__name__)
+
 #: Checkpoint key of the wandb run id.
 CHECKPOINT_KEY = "wandb_run_id"
 #: Overrides left out of run names: where things are, not what is trained.
@@ -102,6 +105,13 @@ def with_wandb_identity(logger_cfg: DictConfig | None, cfg: DictConfig) -> DictC
                 for key, value in derived.items():
                     if node.get(key) is None and value is not None:
                         node[key] = value
+                if node.get("id") and (node.get("offline") or node.get("mode") == "offline"):
+                    # wandb ignores `resume` offline: it writes a second offline run of this id,
+                    # and a plain `wandb sync` of it replaces the first one's history.
+                    log.warning("wandb is offline, so this resume writes a new offline run with the id %s of the run "
+                                "it continues: upload the earlier run first, then this one with `wandb sync --append "
+                                "<its offline-run folder>`, or resume online (WANDB_MODE=online) to continue that "
+                                "run directly", node.id)
     return logger_cfg
 
 
