@@ -1,4 +1,5 @@
 """No run ends without its checkpoint: an error or Ctrl-C mid-run saves one that resumes."""
+import contextlib
 import logging
 import os
 import signal
@@ -143,6 +144,29 @@ def test_sigterm_saves_an_interrupted_checkpoint_and_exits_with_the_signals_stat
     resumed = train_cfg(*COMMON, "max_iters=4", f"ckpt_path={cfg.paths.output_dir}/checkpoints/interrupted.ckpt")
     resumed.paths.output_dir = str(tmp_path / "resumed")
     assert last_checkpoint(resumed)["global_step"] == 8
+
+
+def test_the_wandb_run_ends_with_the_process_exit_status(train_cfg, tmp_path, monkeypatch):
+    """A run stopped by an error or by SIGTERM must not show as finished in wandb: exit codes
+    0, 1 and 143 (marked preempted), as the process exits."""
+    finished = []
+    monkeypatch.setattr("src.utils.run.finish_wandb_run",
+                        lambda exit_code=0, preempted=False: finished.append((exit_code, preempted)))
+
+    def run(name: str, stopped_by=None) -> None:
+        cfg = train_cfg(*COMMON, "max_iters=2")
+        cfg.paths.output_dir = str(tmp_path / name)
+        with pytest.raises(stopped_by) if stopped_by else contextlib.nullcontext():
+            run_training(cfg)
+
+    run("whole")
+    with monkeypatch.context() as patch:
+        fail_at_step(patch, 2, RuntimeError("image 1 is unreadable"))
+        run("failed", RuntimeError)
+    with monkeypatch.context() as patch:
+        signal_at_step(patch, 2, signal.SIGTERM)
+        run("preempted", SystemExit)
+    assert finished == [(0, False), (1, False), (143, True)]
 
 
 def submitit_job_signals(tmp_path: Path) -> None:

@@ -201,18 +201,23 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     if trainer.checkpoint_callback is None:
         raise ValueError("No checkpoint callback configured: add callbacks.model_checkpoint "
                          "(see conf/callbacks/default.yaml) so the run ends with a checkpoint")
+    exit_code = 0
     try:
         with job_shared_with_launched_ranks(trainer):
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     except SIGTERMException as stop:
+        exit_code = SIGTERM_EXIT_STATUS
         if isinstance(stop, RequeueStop):
             stop.hand_over()   # the cluster's requeue, now that the checkpoint is on disk
         # Lightning ends a fit stopped by SIGTERM with SystemExit(None), exit status 0: a job
         # preempted or out of time would look finished to its scheduler, a sweep or a script.
         # 143 = 128 + SIGTERM, the status a shell gives a process SIGTERM ended.
         raise SystemExit(SIGTERM_EXIT_STATUS) from stop
+    except BaseException:
+        exit_code = 1
+        raise
     finally:
-        finish_wandb_run()
+        finish_wandb_run(exit_code, preempted=exit_code == SIGTERM_EXIT_STATUS)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.is_global_zero:

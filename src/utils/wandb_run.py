@@ -126,9 +126,13 @@ class WandbRunIdCallback(pl.Callback):
                 checkpoint[CHECKPOINT_KEY] = str(logger.version)
 
 
-def finish_wandb_run() -> None:
+def finish_wandb_run(exit_code: int = 0, preempted: bool = False) -> None:
     """End the process' wandb run: the next job of a multirun would otherwise be logged into it
-    (WandbLogger reuses a run in progress)."""
+    (WandbLogger reuses a run in progress). With the process' exit status, so a run stopped by
+    an error is not shown as finished, and one stopped by SIGTERM (a cluster's preemption or
+    time limit) is shown as preempted."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
-        wandb.finish()
+        if preempted:
+            wandb.run.mark_preempting()
+        wandb.finish(exit_code=exit_code)
