@@ -42,6 +42,7 @@ class PlayerGradScalers:
         self._active: str | None = None
         self._fed: list = []          # the optimizers the active backward feeds
         self._unscaled: set[int] = set()
+        self._overflowed: bool | None = None   # whether the active backward's gradients hold inf/NaN
 
     @classmethod
     def install(cls, trainer) -> PlayerGradScalers | None:
@@ -69,7 +70,7 @@ class PlayerGradScalers:
         try:
             yield scaler
         finally:
-            self._active, self._fed = None, []
+            self._active, self._fed, self._overflowed = None, [], None
             self._unscaled.clear()
         scaler.update()
 
@@ -100,9 +101,11 @@ class PlayerGradScalers:
             self._unscaled.add(id(optimizer))
 
     def step(self, optimizer, *args, **kwargs):
-        for fed in self._fed:   # every gradient of the backward is checked before its first step
-            self.unscale_(fed)
-        if any(self._found_inf(fed) for fed in self._fed):
+        if self._overflowed is None:   # every gradient of the backward is checked before its first step
+            for fed in self._fed:
+                self.unscale_(fed)
+            self._overflowed = any(self._found_inf(fed) for fed in self._fed)
+        if self._overflowed:
             return None   # as GradScaler skips an optimizer whose own gradients overflowed
         return self.active.step(optimizer, *args, **kwargs)
 

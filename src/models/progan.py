@@ -192,14 +192,16 @@ class ProGAN(NoiseGAN):
         top = self.generator.top_level
         full_size = next(p.first_iteration for p in self.schedule.phases if p.level == top and not p.fading)
         resolution = level_resolution(top)
-        needed = (f"{full_size} iterations, {self.schedule.images_before(full_size) * self.n_critic / 1000:g} kimg "
+        # What max_kimg counts: every real batch loaded, a critic's several included.
+        images = self.schedule.images_before(full_size) * self.n_critic
+        needed = (f"{full_size} iterations, {images / 1000:g} kimg "
                   f"(model.phase_images={self.hparams.phase_images} real images per fade-in and per stabilising phase)")
         iterations = self.run_length_in("iteration") if self.trainer.max_steps > 0 else None
         if iterations is not None and iterations < full_size:
             return (f"max_iters={iterations} ends the run before the networks reach {resolution}x{resolution}, "
                     f"which takes {needed}")
         budget = next((c for c in self.trainer.callbacks if isinstance(c, ImageBudget)), None)
-        if budget is not None and budget.max_images < self.schedule.images_before(full_size) * self.n_critic:
+        if budget is not None and budget.max_images < images:
             return (f"max_kimg={budget.max_images / 1000:g} ends the run before the networks reach "
                     f"{resolution}x{resolution}, which takes {needed}")
         return None

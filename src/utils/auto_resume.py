@@ -12,8 +12,8 @@ temporary file) is passed over with a warning naming it, and the next most advan
 A whole file that a weights-only load refuses stops the run, naming it: resuming from it would
 fail the same way, and passing it over would train again over the work it holds. Among files of
 equal progress an exact one wins over a crash checkpoint taken inside an iteration or inside a
-player's optimizer step, then the newest. Without any checkpoint the run starts, saying where it looked (Hydra's default run
-directory is new for every run, so there it always starts).
+player's optimizer step, then the newest. Without any checkpoint the run starts, saying where
+it looked (Hydra's default run directory is new for every run, so there it always starts).
 """
 from __future__ import annotations
 
