@@ -3,8 +3,8 @@
 says it.
 
 The callback counts the real images each iteration loaded on every device (`loaded_images` of
-the model: a WGAN critic's several batches and a short last batch of an epoch included) and stops the run after the iteration that reaches the
-budget. The count is saved in checkpoints, so a resumed run stops where the whole would have.
+the model: a WGAN critic's several batches and a short last batch of an epoch included) and
+stops the run after the iteration that reaches the budget. The count is saved in checkpoints, so a resumed run stops where the whole would have.
 """
 from __future__ import annotations
 

@@ -36,11 +36,11 @@ def find_pairs(gtfine: Path, leftimg8bit: Path, split: str) -> list[tuple[Path, 
     error naming it (the two archives of another release, or one unpacked in part)."""
     photos = {path.name[:-len(PHOTO_SUFFIX)]: path for path in (leftimg8bit / split).glob(f"*/*{PHOTO_SUFFIX}")}
     labels = {path.name[:-len(LABEL_SUFFIX)]: path for path in (gtfine / split).glob(f"*/*{LABEL_SUFFIX}")}
-    if not photos or not labels:
-        empty = leftimg8bit / split if not photos else gtfine / split
-        raise FileNotFoundError(f"{empty} holds no <city>/*{PHOTO_SUFFIX if not photos else LABEL_SUFFIX}: give the "
-                                f"unpacked {'leftImg8bit' if not photos else 'gtFine'} folder of "
-                                f"{'leftImg8bit' if not photos else 'gtFine'}_trainvaltest.zip")
+    for found, folder, suffix, release in ((photos, leftimg8bit, PHOTO_SUFFIX, "leftImg8bit"),
+                                           (labels, gtfine, LABEL_SUFFIX, "gtFine")):
+        if not found:
+            raise FileNotFoundError(f"{folder / split} holds no <city>/*{suffix}: give the unpacked {release} folder "
+                                    f"of {release}_trainvaltest.zip")
     for ids, have, lack in ((photos.keys() - labels.keys(), photos, LABEL_SUFFIX),
                             (labels.keys() - photos.keys(), labels, PHOTO_SUFFIX)):
         if ids:

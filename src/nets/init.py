@@ -6,11 +6,11 @@ import torch.nn as nn
 INIT_NAMES = ("normal", "xavier", "kaiming", "orthogonal", "uniform", "tflib", "pytorch")
 
 
-def tflib_uniform_(m: nn.Module) -> None:
+def tflib_uniform_(m: nn.Module, weight) -> None:
     """The WGAN-GP code's (tflib) init: uniform with standard deviation sqrt(4 / (fan_in +
     fan_out)) for convolutions (its `he_init`; a strided conv's fan_out and a transposed conv's
-    fan_in divided by the stride's area) and sqrt(2 / (in + out)) for linear layers (Glorot)."""
-    weight = getattr(m, "weight_orig", m.weight)
+    fan_in divided by the stride's area) and sqrt(2 / (in + out)) for linear layers (Glorot).
+    `weight`: the layer's trainable weight."""
     if isinstance(m, nn.Linear):
         std = math.sqrt(2.0 / (m.in_features + m.out_features))
     else:
@@ -47,7 +47,7 @@ def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) 
             elif init_type == "kaiming":
                 nn.init.kaiming_normal_(weight, a=0, mode="fan_in")
             elif init_type == "tflib":
-                tflib_uniform_(m)
+                tflib_uniform_(m, weight)
             else:
                 nn.init.orthogonal_(weight, gain=gain)
             if m.bias is not None:

@@ -53,9 +53,9 @@ def resume_a_requeued_job(cfg: DictConfig) -> None:
             cfg.ckpt_path = AUTO
         return
     dirs = run_checkpoint_dirs(cfg)
-    own = most_advanced_checkpoint(*dirs) if dirs and Path(named).is_file() else None
-    named_progress = training_progress(Path(named)) if own is not None else None
-    if own is not None and named_progress is not None and training_progress(own)[0] > named_progress[0]:
+    named_progress = training_progress(Path(named)) if Path(named).is_file() else None
+    own = most_advanced_checkpoint(*dirs) if dirs and named_progress else None
+    if own is not None and training_progress(own)[0] > named_progress[0]:
         log.warning("SLURM_RESTART_COUNT=%d: this job was requeued and saved %s, further on than ckpt_path=%s it "
                     "was started with: resuming from it", restarts, own, named)
         with open_dict(cfg):

@@ -26,10 +26,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-WANDB_LOGGER_TARGETS = ("pytorch_lightning.loggers.WandbLogger", "pytorch_lightning.loggers.wandb.WandbLogger",
-                        "lightning.pytorch.loggers.WandbLogger", "lightning.pytorch.loggers.wandb.WandbLogger")
 log = logging.getLogger(__name__)
 
+WANDB_LOGGER_TARGETS = ("pytorch_lightning.loggers.WandbLogger", "pytorch_lightning.loggers.wandb.WandbLogger",
+                        "lightning.pytorch.loggers.WandbLogger", "lightning.pytorch.loggers.wandb.WandbLogger")
 #: Checkpoint key of the wandb run id.
 CHECKPOINT_KEY = "wandb_run_id"
 #: Overrides left out of run names: where things are, not what is trained.
