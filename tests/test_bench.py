@@ -17,7 +17,8 @@ from src.models.cyclegan import CycleGAN
 from src.nets.fast_conv import REWRITTEN_LAYERS
 from src.nets.gemm_conv import use_gemm_conv
 from src.nets.narrow_conv import use_narrow_output
-from src.utils import bench_ab, bench_machine, bench_run, bench_versus
+from src.callbacks.ema import GeneratorEMA
+from src.utils import bench_ab, bench_machine, bench_profile, bench_run, bench_step, bench_versus
 from src.utils.bench_report import markdown, merge_rows, row_key, write_results
 from src.utils.bench_run import git_revision, same_measured_code, train_step_specs, versus_reference_specs
 from src.utils.bench_step import compose_model_config, measure_training_step
@@ -111,7 +112,7 @@ def test_settings_a_worker_would_fail_on_are_refused_before_any_starts(override,
 
 def _row(name, s_per_iter, variant=None, reference=None):
     return {"kind": "train_step", "name": name, "label": name, "device": "cpu", "batch_size": 1, "precision": "fp32",
-            "variant": variant or {}, "s_per_iter": s_per_iter, "images_per_s": 1 / s_per_iter,
+            "threads": 2, "variant": variant or {}, "s_per_iter": s_per_iter, "images_per_s": 1 / s_per_iter,
             "peak_rss_bytes": 1e9, "reference": reference, "measured_at": "2026-01-01T00:00:00", "revision": "abc"}
 
 
@@ -189,6 +190,94 @@ def test_rows_of_one_configuration_on_different_gpus_are_kept_apart(tmp_path):
     assert trial.startswith("| x (cuda H200, batch 1, fp32) |") and "| 0.009 | 0.018 | 2.00x |" in trial
 
 
+def test_rows_of_other_cpu_kinds_or_thread_counts_are_kept_apart(tmp_path):
+    """A run on another kind of CPU, or with other threads, neither replaces the stored rows nor
+    becomes the baseline of their trials; a 4-thread row gets no speed-up against the 2-thread
+    reference times."""
+    ref = {"code": "ref impl", "s_per_iter": 3.0, "peak_rss_gb": 2.0}
+
+    def on(kind, s_per_iter, variant=None, threads=2):
+        return {**_row("x", s_per_iter, variant, reference=ref), "threads": threads,
+                "host": {"cpu_kind": kind, "gemm_gmac_per_s": 50.0}}
+
+    path, md = tmp_path / "r.json", tmp_path / "r.md"
+    write_results(path, md, {"train_step": [on("EPYC", 1.5)]}, MACHINE, SETTINGS)
+    write_results(path, md, {"train_step": [on("Xeon", 0.6, {"channels_last": True})]}, MACHINE, SETTINGS)
+    assert "baseline_s_per_iter" not in json.loads(path.read_text())["train_step"][-1]   # not EPYC's row
+    write_results(path, md, {"train_step": [on("Xeon", 1.2), on("Xeon", 0.5, threads=4)]}, MACHINE, SETTINGS)
+    rows = json.loads(path.read_text())["train_step"]
+    assert [(r["host"]["cpu_kind"], r["threads"], r["s_per_iter"]) for r in rows] == [
+        ("EPYC", 2, 1.5), ("Xeon", 2, 0.6), ("Xeon", 2, 1.2), ("Xeon", 4, 0.5)]
+    lines = md.read_text().splitlines()
+    assert any(line.startswith("| x | cpu EPYC | 1 |") and "| 2.00x |" in line for line in lines)
+    assert any(line.startswith("| x | cpu Xeon | 1 |") and "| 2.50x |" in line for line in lines)
+    four_threads = [line for line in lines if line.startswith("| x | cpu Xeon | 1 |") and "| 0.500 |" in line]
+    assert len(four_threads) == 1 and "| - | - |" in four_threads[0]   # no speed-up, no memory ratio
+    trial = next(line for line in lines if "channels_last=True" in line)
+    assert "| 0.600 | 1.200 | 2.00x |" in trial   # against the Xeon row measured after it
+
+
+def test_a_save_cut_short_leaves_the_earlier_results_whole(tmp_path, monkeypatch):
+    path, md = tmp_path / "r.json", tmp_path / "r.md"
+    write_results(path, md, {"train_step": [_row("x", 1.0)]}, MACHINE, SETTINGS)
+    before = path.read_text()
+
+    def killed(src, dst):   # the process dies between writing the new text and putting it in place
+        raise KeyboardInterrupt
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_results(path, md, {"train_step": [_row("y", 2.0)]}, MACHINE, SETTINGS)
+    assert path.read_text() == before
+    monkeypatch.undo()
+    write_results(path, md, {"train_step": [_row("y", 2.0)]}, MACHINE, SETTINGS)
+    assert [r["name"] for r in json.loads(path.read_text())["train_step"]] == ["x", "y"]
+
+
+def test_the_profile_counts_steps_taken_inside_the_backward_once():
+    """With step_in_backward the optimizer steps run inside the engine's backward spans: they are
+    the optimizer's time, not the backward's as well."""
+    net = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256))
+    optimizers = {p: torch.optim.Adam([p]) for p in net.parameters()}
+
+    def step(param):
+        optimizers[param].step()
+        optimizers[param].zero_grad()
+    for param in net.parameters():
+        param.register_post_accumulate_grad_hook(step)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        net(torch.randn(16, 256)).sum().backward()
+    events = profiler.events()
+    engine_us = sum(e.cpu_time_total for e in events if e.name.startswith(bench_profile.BACKWARD_SPAN))
+    split = bench_profile.time_split_us(events)
+    assert split["optimizer_step"] > 0 and split["zero_grad"] > 0 and split["backward"] > 0
+    assert split["backward"] + split["optimizer_step"] + split["zero_grad"] == pytest.approx(engine_us)
+
+
+def test_the_timer_reads_peak_memory_after_the_timed_iterations_and_leaves_the_last_batch_untimed(monkeypatch):
+    """The untimed last batch (an epoch's end, or the profiled one) adds neither a time nor its
+    memory to the row."""
+    readings = iter(range(100))
+    monkeypatch.setattr(bench_step, "peak_rss_bytes", lambda: next(readings))
+    timer = bench_step.IterationTimer("cpu", warmup=1, repeats=2)
+    for batch_idx in range(4):
+        timer.starter.on_train_batch_start(None, None, None, batch_idx)
+        timer.on_train_batch_end(None, None, None, None, batch_idx)
+        if batch_idx == 2:
+            assert timer.peak_memory == {"peak_rss_bytes": 0}
+    assert len(timer.times) == 3 and timer.peak_memory == {"peak_rss_bytes": 0} and timer.foreign_cores is not None
+
+
+def test_the_ema_a_model_trains_with_is_part_of_its_timed_iteration():
+    """ProGAN and StyleGAN average their generators after every iteration (their configs turn the
+    EMA on); the translation models' EMA is off unless configured."""
+    conf = str(ROOT / "conf")
+    (ema,) = bench_step.training_callbacks(compose_model_config(conf, "stylegan", 32, []))
+    assert isinstance(ema, GeneratorEMA) and ema.enabled and ema.half_life_images == 10000
+    assert bench_step.training_callbacks(compose_model_config(conf, "cyclegan", 32, [])) == []
+    (ema,) = bench_step.training_callbacks(compose_model_config(conf, "cyclegan", 32, ["callbacks.ema.enabled=true"]))
+    assert ema.enabled
+
+
 def test_the_reference_iteration_row_is_compared_with_ours_as_it_runs():
     results = {"machine": MACHINE, "settings": SETTINGS,
                "train_step": [_row("x", 1.0), {**_row("x", 4.0, {"allocator": "default"}), "allocator": "default"},
@@ -212,8 +301,9 @@ def test_ab_measures_both_settings_alternately_in_one_run(tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(bench_ab, "TOGGLES", {**bench_ab.TOGGLES, "step_in_backward": recording})
         result = measure_training_step({**spec, "work_dir": str(tmp_path)})
-    # an even warm-up (1 -> 2) so both settings warm up, then 2 timed iterations of each
-    assert seen == [True, False, True, False, True, False]
+    # an even warm-up (1 -> 2) so both settings warm up, then 2 timed iterations of each, then
+    # the untimed last batch
+    assert seen == [True, False, True, False, True, False, True]
     ab = result["ab"]
     assert len(ab["on_times_s"]) == len(ab["off_times_s"]) == 2
     assert result["s_per_iter"] == ab["on_s_per_iter"] > 0 and ab["off_s_per_iter"] > 0 and ab["pair_speedup"] > 0
@@ -236,7 +326,7 @@ def test_iteration_reference_runs_only_the_reference_on_torch_layers(tmp_path):
         mp.setattr(CycleGAN, "train_iteration", lambda self, batch: calls.append("own"))
         mp.setattr(CycleGANReference, "__call__", reference)
         measure_training_step({**spec, "work_dir": str(tmp_path)})
-    assert calls == [0, 0]   # every iteration the reference's, none of them on rewritten layers
+    assert calls == [0, 0, 0]   # every iteration the reference's (the untimed last one too), none on rewritten layers
     with pytest.raises(ValueError, match="tweaks.iteration='theirs' must be own or reference"):
         train_step_specs(bench_cfg("configurations=[smoke]", "tweaks.iteration=theirs"))
     with pytest.raises(ValueError, match="cannot be combined with ab=fast_conv"):
@@ -347,7 +437,7 @@ def test_versus_reference_pairs_ours_with_the_reference_in_alternating_order():
     md = markdown({"machine": MACHINE, "settings": SETTINGS, "versus_reference": [entry]})
     assert entry["host_gemm_gmac_per_s"] == 70.0   # each pair's two processes, then the median over pairs
     assert ("| X | cpu | 1 | fp32 | 3 | 1.000 | 2.000 | 2.00x (1.50-2.00x) | - | 70-79: 2.00x (3) | 2.00 / 3.00 "
-            "| not recorded | 2026-11-23 abc, host 70 G/s |") in md
+            "| 2026-11-23 abc, host 70 G/s |") in md
 
 
 def test_versus_reference_groups_the_pairs_by_host_rate():
@@ -576,11 +666,42 @@ def test_versus_reference_keeps_one_verdict_per_kind_of_cpu(tmp_path):
     saved = stored_after(path, md, versus_entry(VERSUS_SPEC, [1.6], "AVX2 part"))   # the same kind again: pooled
     assert [len(e["pairs"]) for e in saved] == [3, 2] and saved[0]["host_conv_gmac_per_s"] == 80.0
     text = md.read_text()
-    assert "| AVX2 part | 2026-12-03 abc, host 50 G/s (oneDNN conv 80) |" in text
-    assert "| AVX-512 part | 2026-12-03 abc, host 50 G/s (oneDNN conv 100) |" in text
+    assert "| X | cpu AVX2 part | 1 | fp32 | 3 |" in text and "| X | cpu AVX-512 part | 1 | fp32 | 2 |" in text
+    assert "| 2026-12-03 abc, host 50 G/s (oneDNN conv 80) |" in text
     with pytest.raises(ValueError, match="different kinds of CPU"):
         bench_versus.summarise(VERSUS_SPEC, versus_entry(VERSUS_SPEC, [1.5], "a")["pairs"]
                                + versus_entry(VERSUS_SPEC, [1.5], "b")["pairs"])
+
+
+def test_versus_reference_keeps_one_verdict_per_gpu(tmp_path):
+    """H100 and H200 pairs are verdicts of their own (they pooled under "cuda")."""
+    path, md = tmp_path / "r.json", tmp_path / "r.md"
+    spec = {**VERSUS_SPEC, "device": "cuda"}
+
+    def on(gpu, speedups):
+        row = {"s_per_iter": 0.01, "peak_rss_bytes": 1e9, "peak_cuda_allocated_bytes": 2e9, "gpu_name": gpu,
+               "measured_at": "2026-12-03T10:00:00", "revision": "abc"}
+        return bench_versus.summarise(spec, [bench_versus.pair_summary(i, row, {**row, "s_per_iter": 0.01 * s})
+                                             for i, s in enumerate(speedups)])
+    stored_after(path, md, on("NVIDIA H100 80GB HBM3", [1.4, 1.5]))
+    saved = stored_after(path, md, on("NVIDIA H200", [1.9]))
+    assert [(e["gpu_name"], len(e["pairs"])) for e in saved] == [("NVIDIA H100 80GB HBM3", 2), ("NVIDIA H200", 1)]
+    assert "| X | cuda H200 | 1 | fp32 | 1 |" in md.read_text()
+    with pytest.raises(ValueError, match="different GPUs"):
+        bench_versus.summarise(spec, on("a", [1.5])["pairs"] + on("b", [1.5])["pairs"])
+
+
+def test_a_versus_run_whose_pairs_were_all_skipped_leaves_the_stored_verdict(tmp_path, monkeypatch):
+    """A busy machine (`quiet.on_busy=skip`) skipped every pair: nothing is stored for the run,
+    and pooling keeps the stored pairs (an entry without pairs used to replace them)."""
+    stored = versus_entry(VERSUS_SPEC, [1.4, 1.5])
+    assert bench_versus.pool_same_code(stored, bench_versus.summarise(VERSUS_SPEC, []), lambda a, b: True) is stored
+    out = tmp_path / "bench"
+    write_results(out / "results.json", out / "results.md", {"versus_reference": [stored]}, MACHINE, SETTINGS)
+    monkeypatch.setattr(bench_run, "measure", lambda cfg, spec, first, revision: None)
+    results = bench_run.run_benchmark(bench_cfg("versus_reference=2", "configurations=[pix2pix_unet128]",
+                                                f"output_dir={out}", "data_throughput=null"))
+    assert [len(e["pairs"]) for e in results["versus_reference"]] == [2]
 
 
 def test_versus_reference_keeps_a_trials_pairs_apart_from_ours_as_configured(tmp_path):

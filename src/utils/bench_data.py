@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from src.utils.bench_machine import peak_rss_bytes
+from src.utils.bench_machine import cpu_kind, peak_rss_bytes
 
 
 def write_stand_in_photos(folder: Path, count: int, width: int, height: int, seed: int = 0) -> None:
@@ -64,4 +64,5 @@ def measure_data_throughput(spec: dict[str, Any]) -> dict[str, Any]:
         "steady_items_per_s": items * len(steady) / sum(steady),
         "image_shape": list(batch["A"].shape[1:]),
         "peak_rss_bytes": peak_rss_bytes(),
+        "host": {"cpu_kind": cpu_kind()},   # the rows of each kind of CPU are their own (bench_report.row_key)
     }

@@ -7,35 +7,48 @@ row records when it was measured and at which code revision.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
 GB = 1e9
 
+#: how the issue's reference table was measured: 2 warm-ups, the median of 5 iterations, 2 threads
+#: (on a CPU, batch 1, fp32)
+REFERENCE_PROTOCOL = {"warmup": 2, "repeats": 5, "threads": 2}
+
 
 def device_of(row: dict[str, Any]) -> str:
-    """The row's device, naming the GPU on CUDA ("cuda H200"): one configuration runs at
-    different speeds on different GPUs, so their rows are different measurements. Rows from
-    before the GPU was recorded say "cuda"."""
-    gpu = row.get("gpu_name") if row["device"] == "cuda" else None
-    return f"cuda {gpu.removeprefix('NVIDIA ')}" if gpu else row["device"]
+    """The row's device with the hardware it ran on: the GPU on CUDA ("cuda H200"), the kind of
+    CPU on a CPU ("cpu AMD EPYC (family 23 model 49, AVX2)"). One configuration runs at
+    different speeds on different GPUs and CPU generations, so their rows are different
+    measurements. Rows from before the hardware was recorded say "cuda" or "cpu". A row keeps
+    the CPU's kind in `host` (measured beside it), a `versus_reference` entry at its top level."""
+    if row["device"] == "cuda":
+        gpu = row.get("gpu_name")
+        return f"cuda {gpu.removeprefix('NVIDIA ')}" if gpu else "cuda"
+    kind = row.get("host", {}).get("cpu_kind") or row.get("cpu_kind")
+    return f"{row['device']} {kind}" if kind else row["device"]
 
 
 def row_key(row: dict[str, Any]) -> str:
+    """What makes two rows the same measurement: configuration, hardware, threads, batch,
+    precision and tweaks (a run on another CPU or thread count adds rows, never replaces)."""
+    threads = f"t{row.get('threads')}"
     if row["kind"] == "data":
-        return f"data/{row['name']}"
+        return f"data/{row['name']}/{device_of(row)}/{threads}" if "device" in row else f"data/{row['name']}"
     variant = json.dumps(row.get("variant", {}), sort_keys=True)
-    return f"train_step/{row['name']}/{device_of(row)}/b{row['batch_size']}/{row['precision']}/{variant}"
+    return (f"train_step/{row['name']}/{device_of(row)}/{threads}/b{row['batch_size']}/{row['precision']}"
+            f"/{variant}")
 
 
 def versus_key(entry: dict[str, Any]) -> str:
-    """One verdict per configuration, kind of CPU and trial: pairs run with tweaks (an allocator
-    trial, say) are a verdict of their own, never pooled with ours as configured (entries from
-    before kinds were recorded have none, and keep their own key; so do those without tweaks)."""
-    kind = f"/{entry['cpu_kind']}" if entry.get("cpu_kind") else ""
+    """One verdict per configuration, hardware (kind of CPU, GPU) and trial: pairs run with
+    tweaks (an allocator trial, say) are a verdict of their own, never pooled with ours as
+    configured (entries from before the hardware was recorded keep a key of their own)."""
     variant = f"/{json.dumps(entry['variant'], sort_keys=True)}" if entry.get("variant") else ""
-    return f"versus/{entry['name']}/{entry['device']}/b{entry['batch_size']}/{entry['precision']}{kind}{variant}"
+    return f"versus/{entry['name']}/{device_of(entry)}/b{entry['batch_size']}/{entry['precision']}{variant}"
 
 
 def variant_text(variant: dict[str, Any]) -> str:
@@ -75,9 +88,18 @@ def write_results(json_path: Path, md_path: Path, rows: dict[str, list], machine
                 for kind, key in KINDS.items()}
     freeze_trial_baselines(rows.get("train_step", []))
     results = {"machine": machine, "settings": settings, **rows}
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    md_path.write_text(markdown(results))
+    write_atomically(json_path, json.dumps(results, indent=2) + "\n")
+    write_atomically(md_path, markdown(results))
     return results
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one rename: a run killed mid-write (a time limit) leaves the
+    earlier file whole, where a plain write would leave a truncated results.json that the next
+    run cannot merge into."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -129,8 +151,9 @@ def train_step_table(rows: list[dict], usual: dict | None = None) -> list[str]:
              "| ref s/iter | ref peak RSS (GB) | speed-up | memory vs ref | measured |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        # The references were measured on this CPU at batch 1 in fp32: other rows have none.
-        comparable = bool(r.get("reference")) and r["device"] == "cpu" and r["batch_size"] == 1 and r["precision"] == "fp32"
+        # The references were measured on a CPU at batch 1 in fp32 with 2 threads: other rows have none.
+        comparable = (bool(r.get("reference")) and r["device"] == "cpu" and r["batch_size"] == 1
+                      and r["precision"] == "fp32" and r.get("threads") == REFERENCE_PROTOCOL["threads"])
         ref = r["reference"] if comparable else {}
         speedup = ref["s_per_iter"] / r["s_per_iter"] if comparable else None
         memory = memory_gb(r)
@@ -156,13 +179,13 @@ def allocator_of(row: dict) -> str:
 
 def baseline_row(row: dict, rows: list[dict]) -> dict | None:
     """What a trial is compared with: the same configuration without the trial's tweaks, on the
-    same device (the same GPU), under the same allocator (a default row, or an allocator-only
+    same device (the same GPU or kind of CPU) and threads, under the same allocator (a default row, or an allocator-only
     trial), in fp32 on a CPU. An allocator trial is compared with the default row, and the
     reference's iteration (`iteration=reference`, run with the reference's allocator) with ours
     as it runs."""
     precision = "fp32" if row["device"] == "cpu" else row["precision"]
-    same = [r for r in rows if (r["name"], device_of(r), r["batch_size"], r["precision"]) ==
-            (row["name"], device_of(row), row["batch_size"], precision)]
+    same = [r for r in rows if (r["name"], device_of(r), r.get("threads"), r["batch_size"], r["precision"]) ==
+            (row["name"], device_of(row), row.get("threads"), row["batch_size"], precision)]
     tweaks = set(row.get("variant", {})) - {"allocator"}
     if (not tweaks and row["precision"] == precision) or is_reference_iteration(row):
         return next((r for r in same if not r.get("variant")), None)
@@ -209,12 +232,13 @@ def variant_table(rows: list[dict], all_rows: list[dict], usual: dict | None = N
 
 
 def data_table(rows: list[dict]) -> list[str]:
-    lines = ["| DataModule | image | workers | persistent | items/s, all epochs | items/s after the first epoch |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| DataModule | device | image | workers | persistent | items/s, all epochs | items/s after the first epoch |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         dm = r["datamodule"]
         pipeline = f"{dm.get('preprocess', 'none')}" + (f" {dm['load_size']}->{dm['crop_size']}" if dm.get("load_size") else "")
-        lines.append(f"| {r['name']} ({pipeline}) | {'x'.join(map(str, r['image_shape']))} | {dm.get('num_workers', 0)} "
+        device = device_of(r) if "device" in r else "cpu"
+        lines.append(f"| {r['name']} ({pipeline}) | {device} | {'x'.join(map(str, r['image_shape']))} | {dm.get('num_workers', 0)} "
                      f"| {'yes' if dm.get('persistent_workers') else 'no'} "
                      f"| {r['items_per_s']:.1f} | {r['steady_items_per_s']:.1f} |")
     return lines
@@ -223,8 +247,8 @@ def data_table(rows: list[dict]) -> list[str]:
 def versus_table(entries: list[dict]) -> list[str]:
     lines = ["| configuration | device | batch | precision | pairs | ours s/iter | reference's iteration s/iter "
              "| speed-up, median of pairs (range) | 95% CI of the median | by host rate, G/s: speed-up (pairs) "
-             "| peak memory ours / reference (GB) | CPU | measured |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| peak memory ours / reference (GB) | measured |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
         if not e["pairs"]:
             continue
@@ -233,10 +257,10 @@ def versus_table(entries: list[dict]) -> list[str]:
         last = e["pairs"][-1]
         low, high = e["speedup_range"]
         trial = f" ({variant_text(e['variant'])})" if e.get("variant") else ""
-        lines.append(f"| {e['label']}{trial} | {e['device']} | {e['batch_size']} | {e['precision']} | {len(e['pairs'])}{note} "
+        lines.append(f"| {e['label']}{trial} | {device_of(e)} | {e['batch_size']} | {e['precision']} | {len(e['pairs'])}{note} "
                      f"| {e['own_s_per_iter']:.3f} | {e['reference_s_per_iter']:.3f} "
                      f"| {e['speedup']:.2f}x ({low:.2f}-{high:.2f}x) | {interval_text(e) or '-'} | {_by_host_rate_cell(e)} "
-                     f"| {e['own_peak_gb']:.2f} / {e['reference_peak_gb']:.2f} | {e.get('cpu_kind', 'not recorded')} "
+                     f"| {e['own_peak_gb']:.2f} / {e['reference_peak_gb']:.2f} "
                      f"| {measured_cell(last, e.get('host_gemm_gmac_per_s'), e.get('host_conv_gmac_per_s'))} |")
     return lines
 
@@ -275,15 +299,19 @@ def markdown(results: dict[str, Any]) -> str:
            f"`pl.Trainer` on pre-generated random batches, median of {s['repeats']} after {s['warmup']} warm-ups, "
            "each configuration in a fresh process. Peak memory: the process's peak RSS on CPU (imports "
            f"included, as for the references; ours holds {baseline_gb:.2f} GB before the model is built), "
-           "peak allocated CUDA memory over the timed iterations on a GPU. Speed-up = reference "
-           "s/iter / ours (CPU, batch 1, fp32 rows only). Host: the rate of a 2048^3 fp32 matrix "
+           "peak allocated CUDA memory over the timed iterations on a GPU. The device column names the "
+           "GPU or the kind of CPU a row ran on (a bare \"cpu\": a row from before the kind was recorded); "
+           "rows of different kinds or thread counts are different rows. Speed-up = the issue's fixed "
+           "reference s/iter / ours (CPU, batch 1, fp32, 2-thread rows only); those reference times were "
+           "measured on a CPU whose kind was not recorded, so this column can compare across kinds: the "
+           "same-host verdict is `versus_reference`'s, below. Host: the rate of a 2048^3 fp32 matrix "
            "product in G multiply-adds/s, taken in the row's process right after it (the same code "
-           "measures 10-20% apart on different days here, and rows kept from earlier runs may come from "
-           "another kind of CPU: results.json's `host` names each row's). Method and findings: README.md.", "",
+           "measures 10-20% apart on different days here). Method and findings: README.md.", "",
            "## Training iterations", "", *train_step_table(plain, s), ""]
     if variants:
         out += ["## Variants (trials against the default)", "",
-                "Each trial is compared with the same configuration without it under the same allocator, "
+                "Each trial is compared with the same configuration without it on the same device and "
+                "threads under the same allocator, "
                 "as that row stood when the trial was saved (an allocator trial: with the default row; an `ab` "
                 "row, with the same run's iterations that had the setting off, interleaved with the ones it had "
                 "on).", "", *variant_table(variants, rows, s), ""]

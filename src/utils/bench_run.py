@@ -25,6 +25,7 @@ from src.utils.bench_step import compose_model_config
 from src.utils.bench_versus import pool_same_code, run_pairs
 from src.utils.bench_worker import ROOT, run_in_subprocess
 from src.utils.config_checks import check_seed, require_int
+from src.utils.training_config import compose_training_config
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,13 @@ def train_step_specs(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 def data_specs(cfg: DictConfig) -> list[dict[str, Any]]:
+    """One spec per DataModule, its loader run on the CPU under the allocator training uses
+    (conf/train.yaml's `allocator`, unless a trial sets one)."""
     if not cfg.get("data_throughput"):
         return []
-    return [{"kind": "data", "name": name, "threads": int(cfg.threads), "epochs": int(cfg.data_throughput.epochs),
+    allocator = cfg.tweaks.get("allocator") or compose_training_config([], str(ROOT / "conf")).get("allocator", "default")
+    return [{"kind": "data", "name": name, "device": "cpu", "threads": int(cfg.threads),
+             "epochs": int(cfg.data_throughput.epochs), "allocator": allocator,
              "datamodule": OmegaConf.to_container(node, resolve=True)}
             for name, node in cfg.data_throughput.datamodules.items()]
 
@@ -235,10 +240,12 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
         for own, reference in versus_reference_specs(cfg):
             entry = run_pairs(own, reference, int(cfg.versus_reference),
                               lambda spec: measure(cfg, spec, next(calls) == 0, revision))
-            if entry["pairs"]:
-                log.info("%s against the reference's iteration: %.2fx (median of %d pairs, %.2f-%.2fx%s)",
-                         entry["name"], entry["speedup"], len(entry["pairs"]), *entry["speedup_range"],
-                         _interval_clause(entry))
+            if not entry["pairs"]:   # every pair skipped (a busy machine): nothing to store
+                log.warning("%s: no pair measured", entry["name"])
+                continue
+            log.info("%s against the reference's iteration: %.2fx (median of %d pairs, %.2f-%.2fx%s)",
+                     entry["name"], entry["speedup"], len(entry["pairs"]), *entry["speedup_range"],
+                     _interval_clause(entry))
             rows["versus_reference"].append(entry)
     else:
         for index, spec in enumerate(train_step_specs(cfg) + data_specs(cfg)):

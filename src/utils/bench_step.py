@@ -92,10 +92,14 @@ def use_torch_spectral_norm(model: pl.LightningModule) -> None:
 class IterationTimer(pl.Callback):
     """Wall time of every training batch (one full GAN iteration), from batch start to batch end.
 
-    On CUDA the clock reads after a synchronize, so queued kernels are counted in their batch.
-    Batches `warmup` .. `warmup + repeats - 1` are the timed ones; over them it also measures
-    how much CPU other processes took. With `profile` the batch after them runs under
-    torch.profiler and is not timed (the profiler's overhead would skew the time).
+    The clock starts in the batch-start hook of `starter` (the Trainer's first callback) and stops
+    in this callback's batch-end hook (its last), so the training callbacks' per-batch work (the
+    EMA's update and swaps) is inside it. On CUDA the clock reads after a synchronize, so queued
+    kernels are counted in their batch. Batches `warmup` .. `warmup + repeats - 1` are the timed
+    ones; over them it also measures how much CPU other processes took, and after the last of them
+    it reads the peak memory. One batch follows them untimed: the run's last, which pays for an
+    epoch's end (the losses logged for the end of training, per-epoch schedules), and with
+    `profile` runs under torch.profiler (whose overhead and trace would skew the time and memory).
     """
 
     def __init__(self, device: str, warmup: int, repeats: int, profile: bool = False,
@@ -109,13 +113,15 @@ class IterationTimer(pl.Callback):
         self.foreign = ForeignCpuMeter()
         self.foreign_cores: float | None = None
         self.warmup_peak_cuda_bytes: int | None = None
+        self.peak_memory: dict[str, int] = {}
         self._start = 0.0
+        self.starter = StartClock(self)
 
     def _sync(self) -> None:
         if self.device == "cuda":
             torch.cuda.synchronize()
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def start(self, batch_idx: int) -> None:
         if batch_idx == self.first_timed:
             self.foreign.start()
             if self.device == "cuda":
@@ -141,10 +147,33 @@ class IterationTimer(pl.Callback):
         elapsed = time.perf_counter() - self._start
         if batch_idx == self.profile_batch:
             self.profiler.__exit__(None, None, None)
+        if batch_idx > self.last_timed:   # the untimed last batch
             return
         self.times.append(elapsed)
         if batch_idx == self.last_timed:
             self.foreign_cores = self.foreign.stop()
+            self.peak_memory = {"peak_rss_bytes": peak_rss_bytes()}
+            if self.device == "cuda":
+                self.peak_memory.update(peak_cuda_allocated_bytes=torch.cuda.max_memory_allocated(),
+                                        peak_cuda_reserved_bytes=torch.cuda.max_memory_reserved())
+
+
+class StartClock(pl.Callback):
+    """Starts an `IterationTimer`'s clock at batch start, placed before every other callback."""
+
+    def __init__(self, timer: IterationTimer):
+        self.timer = timer
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.timer.start(batch_idx)
+
+
+def training_callbacks(cfg) -> list[pl.Callback]:
+    """The configured callbacks whose work is part of every training iteration: the EMA of the
+    generators where the model's config turns it on (ProGAN, StyleGAN). The evaluations and
+    logging callbacks run every so many iterations and are left out."""
+    ema = cfg.get("callbacks", {}).get("ema")
+    return [hydra.utils.instantiate(ema)] if ema is not None and ema.get("enabled") else []
 
 
 def measure_training_step(spec: dict[str, Any]) -> dict[str, Any]:
@@ -176,14 +205,15 @@ def measure_training_step(spec: dict[str, Any]) -> dict[str, Any]:
     if ab:   # `repeats` timed iterations of each setting, alternating; an even warm-up warms both
         warmup, repeats = warmup + warmup % 2, 2 * repeats
     profile = bool(spec.get("profile"))
-    n_batches = warmup + repeats + profile
+    n_batches = warmup + repeats + 1   # the last one untimed (IterationTimer)
     batches = random_batches(n_batches, spec["batch_size"], cfg.data, spec["size"], spec.get("seed", 0), channels_last)
     timer = IterationTimer(device, warmup, repeats, profile, toggle)
     compiling = [CompileNetworks(tweaks["compile"], "tweaks.compile")] if tweaks.get("compile") else []
     trainer = pl.Trainer(accelerator=device, devices=1, precision=TRAINER_PRECISION[precision], max_epochs=1,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                         callbacks=[timer, *compiling], default_root_dir=spec.get("work_dir"))
+                         callbacks=[timer.starter, *training_callbacks(cfg), *compiling, timer],
+                         default_root_dir=spec.get("work_dir"))
     # batch_size=None: each list item is already a batch.
     trainer.fit(model, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
 
@@ -202,17 +232,15 @@ def measure_training_step(spec: dict[str, Any]) -> dict[str, Any]:
         "max_s_per_iter": max(timed),
         "foreign_cpu_cores": timer.foreign_cores,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "peak_rss_bytes": peak_rss_bytes(),
+        **timer.peak_memory,   # read after the timed iterations, before the untimed last one
         "rss_before_model_bytes": rss_before_model,
     }
     if halves:
         result["ab"] = halves
     if device == "cpu":
-        result["host"] = host_speed()   # after peak_rss_bytes: its buffers are not the row's memory
+        result["host"] = host_speed()   # after the peak memory was read: its buffers are not the row's
     if device == "cuda":
-        result["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated()
         result["warmup_peak_cuda_allocated_bytes"] = timer.warmup_peak_cuda_bytes
-        result["peak_cuda_reserved_bytes"] = torch.cuda.max_memory_reserved()
         result["gpu_name"] = torch.cuda.get_device_name()
     if timer.profiler is not None:
         variant = "".join(f"_{k}-{v}" for k, v in sorted(spec.get("variant", {}).items()))

@@ -20,7 +20,7 @@ run's spread is the host's rate or noise. The kind of CPU matters more than the 
 shared hosts are of different generations under one name, and MKL's products, which much of
 our iteration is, run at a different share of what oneDNN's direct convolutions reach on each.
 So every pair records the CPU's kind and oneDNN's rate beside MKL's, and results.json keeps one
-entry per configuration and kind of CPU (`bench_report.versus_key`): pairs of different kinds
+entry per configuration and kind of CPU or GPU (`bench_report.versus_key`): pairs of different kinds
 are never pooled into one verdict.
 
 One run's few pairs leave the median uncertain (pairs of one run spread 1.2-1.7x here), so:
@@ -39,14 +39,10 @@ import re
 import statistics
 from typing import Any, Callable
 
-from src.utils.bench_report import host_rate, memory_gb
+from src.utils.bench_report import REFERENCE_PROTOCOL, host_rate, memory_gb
 
 #: runs one spec in a fresh process (waiting for a quiet machine first); None: it was skipped
 Measure = Callable[[dict[str, Any]], "dict[str, Any] | None"]
-
-
-#: how the reference table was measured: 2 warm-ups, the median of 5 iterations, 2 threads
-REFERENCE_PROTOCOL = {"warmup": 2, "repeats": 5, "threads": 2}
 
 
 def pair_order(index: int) -> tuple[str, str]:
@@ -80,7 +76,7 @@ def pair_summary(index: int, own: dict[str, Any], reference: dict[str, Any]) -> 
             "disturbed": bool(own.get("disturbed") or reference.get("disturbed")),
             "host_gemm_gmac_per_s": _mean_host_rate("gemm_gmac_per_s", own, reference),
             "host_conv_gmac_per_s": _mean_host_rate("conv_gmac_per_s", own, reference),
-            "cpu_kind": host.get("cpu_kind"),
+            "cpu_kind": host.get("cpu_kind"), "gpu_name": own.get("gpu_name"),
             # the warm-ups are not in the verdict, but show what a host's memory costs a fresh process
             "own_warmup_s": own.get("warmup_times_s"), "reference_warmup_s": reference.get("warmup_times_s"),
             "free_page_reporting_order": host.get("free_page_reporting_order"),
@@ -137,9 +133,12 @@ def pool_same_code(old: dict[str, Any], new: dict[str, Any], same_code: Callable
     """The stored entry `old` and a new run's `new` for the same configuration as one entry: their
     pairs pooled when every pair was measured on clean revisions whose measured code is the same
     (`same_code(a, b)`: no change between a and b outside `bench_run.UNMEASURED_PATHS`), else
-    `new` alone (also when a revision is not a bare commit hash, see COMMIT)."""
+    `new` alone (also when a revision is not a bare commit hash, see COMMIT). A run whose every
+    pair was skipped (a busy machine, `quiet.on_busy=skip`) measured nothing: `old` stays."""
+    if not new["pairs"]:
+        return old
     revisions = {p["revision"] for p in old["pairs"] + new["pairs"]}
-    if not old["pairs"] or not new["pairs"] or not all(COMMIT.fullmatch(r) for r in revisions):
+    if not old["pairs"] or not all(COMMIT.fullmatch(r) for r in revisions):
         return new
     current = new["pairs"][-1]["revision"]
     if not all(same_code(r, current) for r in revisions):
@@ -157,11 +156,12 @@ def summarise(spec: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, An
     if spec.get("variant") or protocol:
         entry["variant"] = {**spec.get("variant", {}), **protocol}
     entry["pairs"] = pairs
-    kinds = {p.get("cpu_kind") for p in pairs}
-    if len(kinds) > 1:
-        raise ValueError(f"pairs measured on different kinds of CPU cannot form one verdict: {sorted(map(str, kinds))}")
-    if kinds and None not in kinds:
-        entry["cpu_kind"] = kinds.pop()
+    for hardware, what in (("cpu_kind", "kinds of CPU"), ("gpu_name", "GPUs")):
+        kinds = {p.get(hardware) for p in pairs}
+        if len(kinds) > 1:
+            raise ValueError(f"pairs measured on different {what} cannot form one verdict: {sorted(map(str, kinds))}")
+        if kinds and None not in kinds:
+            entry[hardware] = kinds.pop()
     if pairs:
         def median(key: str) -> float:
             return statistics.median(p[key] for p in pairs)
