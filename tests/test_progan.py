@@ -340,7 +340,7 @@ def test_stylegan_discriminator_downsamples_through_the_low_pass_filter(train_cf
     assert torch.equal(box(x), blurred(x))
 
 
-@pytest.mark.parametrize("name, length", [("progan", ("max_kimg", 15000)), ("stylegan", ("max_kimg", 25000)),
+@pytest.mark.parametrize("name, length", [("progan", ("max_kimg", 19000)), ("stylegan", ("max_kimg", 25000)),
                                           ("wgangp", ("max_iters", 200000))])
 def test_the_growing_models_and_wgangp_train_for_their_codes_length(train_cfg, name, length):
     """Not the noise models' 25 epochs (DCGAN's code default), which end ProGAN inside its first
