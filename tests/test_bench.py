@@ -18,7 +18,7 @@ from src.nets.fast_conv import REWRITTEN_LAYERS
 from src.nets.gemm_conv import use_gemm_conv
 from src.nets.narrow_conv import use_narrow_output
 from src.callbacks.ema import GeneratorEMA
-from src.utils import bench_ab, bench_machine, bench_profile, bench_run, bench_step, bench_versus
+from src.utils import bench_ab, bench_machine, bench_profile, bench_report, bench_run, bench_step, bench_versus
 from src.utils.bench_report import markdown, merge_rows, row_key, write_results
 from src.utils.bench_run import git_revision, same_measured_code, train_step_specs, versus_reference_specs
 from src.utils.bench_step import compose_model_config, measure_training_step
@@ -704,6 +704,26 @@ def test_a_versus_run_whose_pairs_were_all_skipped_leaves_the_stored_verdict(tmp
     assert [len(e["pairs"]) for e in results["versus_reference"]] == [2]
 
 
+def test_the_goal_is_judged_by_the_interval_of_the_median_per_kind_of_cpu():
+    """Met only when the 95% interval lies at or above 1.5x, not met when below, open across it;
+    too few pairs for an interval are judged by the median and say so; more peak memory than the
+    reference in any pair is named; trials are not verdicts on the goal."""
+    met = versus_entry(VERSUS_SPEC, [1.6, 1.55, 1.7, 1.65, 1.58, 1.62], "Xeon")
+    below = versus_entry(VERSUS_SPEC, [1.3, 1.4, 1.45, 1.35, 1.42, 1.38], "EPYC")
+    spans = versus_entry({**VERSUS_SPEC, "name": "y", "label": "Y"}, [1.3, 1.6, 1.7, 1.45, 1.8, 1.55], "Xeon")
+    few = versus_entry({**VERSUS_SPEC, "name": "z", "label": "Z"}, [1.6, 1.7], "Xeon")
+    heavier = {**few, "pairs": [{**p, "own_peak_gb": 2.0, "reference_peak_gb": 1.5} for p in few["pairs"]]}
+    trial = versus_entry({**VERSUS_SPEC, "variant": {"allocator": "default"}}, [2.0], "Xeon")
+    assert bench_report.goal_verdict(met) == "met"
+    assert bench_report.goal_verdict(below) == "not met"
+    assert bench_report.goal_verdict(spans) == "open (the interval spans 1.5x)"
+    assert bench_report.goal_verdict(few) == "met by the median (2 pairs: too few for an interval)"
+    assert bench_report.goal_verdict(heavier).endswith("; more peak memory than the reference in some pair")
+    rows = bench_report.goal_table([met, spans, below, trial, few])[2:]
+    assert [row.split(" | ")[:3] for row in rows] == [["| X", "cpu EPYC", "6"], ["| X", "cpu Xeon", "6"],
+                                                      ["| Y", "cpu Xeon", "6"], ["| Z", "cpu Xeon", "2"]]
+
+
 def test_versus_reference_keeps_a_trials_pairs_apart_from_ours_as_configured(tmp_path):
     """`versus_reference=N tweaks.allocator=default` (or `warmup=8`): the trial's pairs are a
     verdict of their own, labelled with the trial in results.md, and ours as configured keeps
@@ -720,7 +740,8 @@ def test_versus_reference_keeps_a_trials_pairs_apart_from_ours_as_configured(tmp
     saved = stored_after(path, md, versus_entry(longer_warmup, [1.6]))
     assert [(e.get("variant"), len(e["pairs"])) for e in saved] == [
         (None, 2), ({"allocator": "default"}, 3), ({"warmup": 8}, 1)]
-    rows = [line for line in md.read_text().splitlines() if line.startswith("| X")]
+    pairs_table = md.read_text().split("## Against the reference's iteration")[1]
+    rows = [line for line in pairs_table.splitlines() if line.startswith("| X")]
     assert [line.split(" | ")[0] for line in rows] == ["| X", "| X (allocator=default)", "| X (warmup=8)"]
 
 

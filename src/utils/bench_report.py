@@ -265,6 +265,42 @@ def versus_table(entries: list[dict]) -> list[str]:
     return lines
 
 
+#: the issue's goal: ours at least this many times faster than the reference's iteration
+GOAL_SPEEDUP = 1.5
+
+
+def goal_verdict(entry: dict, goal: float = GOAL_SPEEDUP) -> str:
+    """Whether an entry's pairs show ours `goal` times faster with no more peak memory: decided by
+    the 95% interval of the median where the pairs give one (met above it, not met below it,
+    open across it), else by the median alone, which says so."""
+    memory = "" if all(p["own_peak_gb"] <= p["reference_peak_gb"] for p in entry["pairs"]) else \
+        "; more peak memory than the reference in some pair"
+    interval = entry.get("speedup_ci95")
+    if interval:
+        low, high = interval
+        speed = "met" if low >= goal else "not met" if high < goal else f"open (the interval spans {goal}x)"
+    else:
+        speed = (f"{'met' if entry['speedup'] >= goal else 'not met'} by the median "
+                 f"({len(entry['pairs'])} pairs: too few for an interval)")
+    return speed + memory
+
+
+def goal_table(entries: list[dict], goal: float = GOAL_SPEEDUP) -> list[str]:
+    """Each configuration's verdict per device (kind of CPU, GPU), as configured (trials left out),
+    in the order the configurations were first measured."""
+    plain = [e for e in entries if e["pairs"] and not e.get("variant")]
+    order = {name: i for i, name in reversed(list(enumerate(e["name"] for e in plain)))}
+    lines = [f"| configuration | device | pairs | speed-up (median of pairs) | 95% CI of the median "
+             f"| peak memory ours / reference, worst pair (GB) | goal: {goal}x, no more memory |",
+             "|---|---|---|---|---|---|---|"]
+    for e in sorted(plain, key=lambda e: (order[e["name"]], device_of(e))):
+        worst = max(e["pairs"], key=lambda p: p["own_peak_gb"] / p["reference_peak_gb"])
+        lines.append(f"| {e['label']} | {device_of(e)} | {len(e['pairs'])} | {e['speedup']:.2f}x "
+                     f"| {interval_text(e) or '-'} | {worst['own_peak_gb']:.2f} / {worst['reference_peak_gb']:.2f} "
+                     f"| {goal_verdict(e, goal)} |")
+    return lines
+
+
 def interval_text(entry: dict) -> str | None:
     """The entry's 95% confidence interval of the median speed-up as text; None without one."""
     interval = entry.get("speedup_ci95")
@@ -316,6 +352,13 @@ def markdown(results: dict[str, Any]) -> str:
                 "row, with the same run's iterations that had the setting off, interleaved with the ones it had "
                 "on).", "", *variant_table(variants, rows, s), ""]
     if any(e["pairs"] for e in results.get("versus_reference", [])):
+        out += ["## Where the goal stands", "",
+                f"Per configuration and device, ours as configured against the reference's iteration in "
+                f"alternating fresh processes (the pairs of the table below): met where the 95% interval of the "
+                f"median speed-up lies at or above {GOAL_SPEEDUP}x, not met where it lies below, open where it "
+                "spans the line; entries with fewer than 6 pairs are judged by the median alone. A bare \"cpu\": "
+                "pairs from before the kind of CPU was recorded.", "",
+                *goal_table(results["versus_reference"]), ""]
         out += ["## Against the reference's iteration, alternating processes (`versus_reference`)", "",
                 "Each pair: ours and the reference's iteration (`tweaks.iteration=reference`) in fresh processes "
                 "back to back, the order swapped every pair; s/iter and peak memory are medians over the pairs, "
