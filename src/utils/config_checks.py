@@ -56,12 +56,12 @@ def check_seed(key: str, value, allow_none: bool = True) -> None:
         raise ValueError(f"{key}={value!r} must be at most {MAX_SEED} (numpy's largest seed)")
 
 
-def refuse_unknown_keys(key: str, settings: dict, known) -> None:
+def refuse_unknown_keys(key: str, settings: dict, known, where: str = "there") -> None:
     """ValueError for a name under the config node `key` that nothing reads: a misspelt setting
     (`+model.optimizer.beta=...`) would otherwise be ignored in silence."""
     unknown = sorted(set(settings) - set(known))
     if unknown:
-        raise ValueError(f"{key}.{unknown[0]} is not a setting there (they are {', '.join(known)}): fix the name, "
+        raise ValueError(f"{key}.{unknown[0]} is not a setting {where} (they are {', '.join(known)}): fix the name, "
                          f"or remove it")
 
 
@@ -117,8 +117,10 @@ def check_argument_types(node: dict, key: str) -> None:
     type its constructor's annotation asks for (`n_res: int` given 'abc', `hidden: list[int]`
     given [a, b]), instead of the TypeError deep in the network that the value would cause.
     Only int / float / bool / str / Path annotations and lists of them, optionally `| None` /
-    `Optional`, are checked; anything else is left to the constructor."""
+    `Optional`, are checked; anything else is left to the constructor. A name the constructor
+    does not take (a misspelt `+model.n_blocs=6`) is named with the settings it does take."""
     target = hydra.utils.get_object(node["_target_"])
+    refuse_unknown_arguments(target, node, key)
     # The bases' constructors too, the class's own annotations over theirs: a subclass may pass
     # **kwargs on (IterationCheckpoint to Lightning's ModelCheckpoint).
     hints = {}
@@ -144,6 +146,20 @@ def check_argument_types(node: dict, key: str) -> None:
             need = " or ".join(what for what, _ in checks) + (" or null" if type(None) in options else "")
             raise ValueError(f"{key}.{name}={value!r} must be {need} ({getattr(target, '__name__', target)}'s "
                              f"{name})")
+
+
+def refuse_unknown_arguments(target, node: dict, key: str) -> None:
+    """ValueError for a setting of `node` that `target`'s signature has no parameter for (it
+    would fail as Hydra's "unexpected keyword argument"), unless the target takes **kwargs."""
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):   # a builtin without a signature: left to the call
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    settings = {name: value for name, value in node.items() if not str(name).startswith("_")}
+    known = [name for name, p in parameters.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    refuse_unknown_keys(key, settings, known, where=f"of {getattr(target, '__name__', target)}")
 
 
 #: network settings that are sizes: a width, a channel count, an image side or a length. Zero
