@@ -495,6 +495,40 @@ def test_bf16_on_a_cpu_that_emulates_it_is_warned_at_start(train_cfg, monkeypatc
     assert ("Use trainer.precision=32-true here" in caplog.text) is warned
 
 
+@pytest.mark.parametrize("capability, warned", [((7, 0), True), ((8, 0), False)])
+def test_bf16_on_a_gpu_before_ampere_is_warned_at_start(train_cfg, monkeypatch, caplog, capability, warned):
+    """A V100 or T4 has no bf16 arithmetic: torch's check counts emulation as support, so the run
+    would start and crawl or fail inside cuDNN without naming the setting."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2-16GB")
+    cfg = train_cfg("model=cyclegan", "trainer=gpu", "trainer.precision=bf16-mixed")
+    with caplog.at_level(logging.WARNING, logger="src.utils.run"):
+        build_trainer_kwargs(cfg, hydra.utils.instantiate(cfg.model, _recursive_=False))
+    message = ("trainer.precision=bf16-mixed on Tesla V100-SXM2-16GB (compute capability 7.0): no bf16 arithmetic "
+               "before Ampere (8.0)")
+    assert (message in caplog.text) is warned, caplog.text
+
+
+def test_apple_gpus_are_resolved_as_lightning_resolves_them(train_cfg, monkeypatch):
+    """On a Mac with MPS, Lightning trains `auto` and `gpu` there: neither is refused as a missing
+    CUDA GPU, fp16 is not refused as a CPU run, and inference's device=auto picks it too."""
+    from lightning_fabric.accelerators import MPSAccelerator
+
+    from src.utils.accelerator import resolved_accelerator
+    from src.utils.translation import resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolved_accelerator({"accelerator": "auto"}) == "cpu" and resolve_device("auto").type == "cpu"
+    monkeypatch.setattr(MPSAccelerator, "is_available", staticmethod(lambda: True))
+    assert resolved_accelerator({"accelerator": "auto"}) == resolved_accelerator({"accelerator": "gpu"}) == "mps"
+    assert resolved_accelerator({}) == "mps" and resolved_accelerator({"accelerator": "cpu"}) == "cpu"
+    assert resolve_device("auto") == torch.device("mps")
+    model = hydra.utils.instantiate(train_cfg("model=cyclegan").model, _recursive_=False)
+    for trainer in ("gpu", "default"):
+        cfg = train_cfg("model=cyclegan", f"trainer={trainer}", "trainer.precision=16-mixed")
+        assert build_trainer_kwargs(cfg, model)["precision"] == "16-mixed"
+
+
 # ----- EMA of the generators -------------------------------------------------------------------
 
 def with_ema(cfg, **settings):
@@ -769,6 +803,19 @@ def test_wandb_disabled_runs_and_writes_nothing(train_cfg, monkeypatch):
     run_training(cfg)
     assert not list(Path(cfg.paths.output_dir).glob("wandb/offline-run-*"))
     assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("configured, expected_mode", [({}, "offline"), ({"WANDB_API_KEY": "k"}, None),
+                                                      ({"WANDB_MODE": "online"}, "online")])
+def test_wandb_goes_offline_unless_the_user_configured_it(monkeypatch, configured, expected_mode):
+    """No login and no mode: offline, so a run never waits on a login prompt or the network; an
+    API key or a mode the user set is left as it is."""
+    for key in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in configured.items():
+        monkeypatch.setenv(key, value)
+    run_module.default_wandb_offline()
+    assert os.environ.get("WANDB_MODE") == expected_mode
 
 
 # ----- sweep and cluster configs -----------------------------------------------------------------

@@ -1,11 +1,20 @@
-"""Which accelerator a trainer config trains on here, as Lightning resolves `auto`."""
+"""Which accelerator a trainer config trains on here, as Lightning resolves `auto` and `gpu`."""
 import torch
+from lightning_fabric.accelerators import MPSAccelerator
 
 
 def resolved_accelerator(trainer_cfg: dict) -> str:
-    """"cuda" or "cpu" for the configured accelerator ("gpu" is CUDA; auto, or none, is CUDA where
-    a GPU is visible, else the CPU); any other accelerator by its own name."""
+    """"mps", "cuda" or "cpu" for the configured accelerator, in Lightning's order: "gpu" is
+    Apple's MPS where the machine has it, else CUDA; auto (or none) is MPS, else CUDA where a GPU
+    is visible, else the CPU. Any other accelerator by its own name."""
     accelerator = trainer_cfg.get("accelerator") or "auto"
-    if accelerator == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return "cuda" if accelerator == "gpu" else str(accelerator)
+    if accelerator not in ("auto", "gpu"):
+        return str(accelerator)
+    if MPSAccelerator.is_available():
+        return "mps"
+    return "cuda" if accelerator == "gpu" or torch.cuda.is_available() else "cpu"
+
+
+def available_device() -> str:
+    """The device `auto` means for inference, in the same order: "mps", "cuda" or "cpu"."""
+    return resolved_accelerator({"accelerator": "auto"})

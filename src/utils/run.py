@@ -46,7 +46,8 @@ def check_accelerator(trainer_cfg: dict) -> None:
     if resolved_accelerator(trainer_cfg) == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"trainer.accelerator={trainer_cfg['accelerator']}: no CUDA GPU is visible here "
                          f"(torch {torch.__version__}, built {'with' if torch.version.cuda else 'without'} CUDA). "
-                         "Use trainer=cpu, or trainer=default (it picks what the machine has).")
+                         "Use trainer=cpu, or trainer=default (it picks what the machine has: Apple's MPS, a CUDA "
+                         "GPU or the CPU).")
 
 
 def cpu_computes_bf16() -> bool:
@@ -67,6 +68,21 @@ def warn_emulated_cpu_bf16(trainer_cfg: dict) -> None:
                     "emulates it, and convolutions run about 100x slower than in fp32. Use "
                     "trainer.precision=32-true here; bf16 pays on recent GPUs and on CPUs with bf16 arithmetic.",
                     trainer_cfg.get("precision"))
+
+
+def warn_bf16_before_ampere(trainer_cfg: dict) -> None:
+    """bf16 autocast on a CUDA GPU before Ampere (compute capability 8.0: V100, T4) has no bf16
+    arithmetic, and torch's `is_bf16_supported()` counts emulation as support, so nothing else
+    stops the run: it crawls, or fails inside cuDNN without naming the setting."""
+    if (resolved_accelerator(trainer_cfg) != "cuda" or not torch.cuda.is_available()
+            or not str(trainer_cfg.get("precision")).startswith("bf16")):
+        return
+    major, minor = torch.cuda.get_device_capability()
+    if major < 8:
+        log.warning("trainer.precision=%s on %s (compute capability %d.%d): no bf16 arithmetic before Ampere "
+                    "(8.0); it runs emulated, far slower, or fails in cuDNN. Use trainer.precision=16-mixed "
+                    "(fp16 with a loss scaler per GAN loss) or 32-true.", trainer_cfg.get("precision"),
+                    torch.cuda.get_device_name(), major, minor)
 
 
 # Lightning's precision settings that keep the weights in float32 (the mixed ones autocast the
@@ -99,6 +115,7 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     choose_strategy(kwargs)
     check_precision(kwargs)
     warn_emulated_cpu_bf16(kwargs)
+    warn_bf16_before_ampere(kwargs)
     max_iters = cfg.get("max_iters")
     # Checked here: Lightning would name max_steps (twice this for a two-player model).
     require_int("max_iters", max_iters, allow_none=True, why=" (training iterations; null: trainer.max_epochs)")
