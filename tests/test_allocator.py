@@ -103,3 +103,35 @@ def test_a_second_setting_in_the_same_process_is_refused_with_a_warning():
                                "PYTHONPATH": str(ROOT)})
     assert proc.stdout.strip() == "None"
     assert "allocator=reuse ignored: this process already runs with allocator=thp" in proc.stderr
+
+
+class CappedGlibc:
+    """glibc's mallopt as older releases answer it: an mmap threshold above `cap` is refused
+    (HEAP_MAX_SIZE / 2, 32 MiB on 64-bit), every other setting taken."""
+
+    def __init__(self, cap: int):
+        self.cap, self.calls = cap, []
+
+    def mallopt(self, param, value) -> int:
+        self.calls.append((param, value.value))
+        return 0 if param == -3 and value.value > self.cap else 1
+
+
+@pytest.mark.parametrize("cap", [32 << 20, 0])
+def test_reuse_on_a_glibc_that_caps_the_mmap_threshold(monkeypatch, caplog, cap):
+    """The threshold falls back to the cap (for this process and its children). Where even that is
+    refused, nothing is applied: a trim threshold alone would freeze glibc's dynamic mmap
+    threshold at 128 KiB, mapping more blocks fresh than its default."""
+    from src.utils import allocator
+    libc = CappedGlibc(cap)
+    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda path: libc)
+    monkeypatch.setattr(allocator, "_applied", None)
+    monkeypatch.setattr(os, "environ", {})   # the variables configure_allocator sets stay in this test
+    allocator.configure_allocator("reuse")
+    if cap:
+        assert libc.calls == [(-3, 1 << 30), (-3, cap), (-1, (1 << 31) - 1)]
+        assert os.environ == {"MALLOC_MMAP_THRESHOLD_": str(cap), "MALLOC_TRIM_THRESHOLD_": str((1 << 31) - 1)}
+        assert f"using {cap}" in caplog.text
+    else:
+        assert libc.calls == [(-3, 1 << 30), (-3, 32 << 20)]
+        assert os.environ == {} and "allocator 'reuse' is not applied" in caplog.text

@@ -33,6 +33,9 @@ THP_ENV = {"THP_MEM_ALLOC_ENABLE": "1"}
 REUSE_BYTES = {"MALLOC_MMAP_THRESHOLD_": 1 << 30, "MALLOC_TRIM_THRESHOLD_": (1 << 31) - 1}
 # mallopt parameter numbers from glibc's malloc.h.
 _MALLOPT_PARAM = {"MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}
+#: the largest mmap threshold older glibc releases accept (HEAP_MAX_SIZE / 2 on 64-bit); newer
+#: ones take any
+GLIBC_CAPPED_MMAP_THRESHOLD = 32 << 20
 
 
 def allocator_environment(name: str) -> dict[str, str]:
@@ -63,14 +66,20 @@ def configure_allocator(name: str) -> None:
     if "thp" in name and "torch" in sys.modules:
         log.warning("allocator=%s: torch is already imported, so THP_MEM_ALLOC_ENABLE may come too late "
                     "for this process (it still reaches the processes it starts)", name)
+    set_here = [key for key in allocator_environment(name) if key not in os.environ]
     for key, value in allocator_environment(name).items():
         os.environ.setdefault(key, value)
     if "reuse" in name:
-        _apply_to_this_process()
+        _apply_to_this_process(set_here)
 
 
-def _apply_to_this_process() -> None:
-    """glibc reads MALLOC_*_ only at process start: set the same values with mallopt."""
+def _apply_to_this_process(set_here: list[str]) -> None:
+    """glibc reads MALLOC_*_ only at process start: set the same values with mallopt.
+
+    Older glibc refuses an mmap threshold above 32 MiB, and takes the trim threshold anyway,
+    which freezes its dynamic mmap threshold at the 128 KiB start: more blocks mapped fresh than
+    with no setting at all. So the threshold falls back to 32 MiB, and where even that is refused
+    neither is set (nor left in the environment, `set_here`, where children would meet the same)."""
     libc_path = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(libc_path)
@@ -79,7 +88,20 @@ def _apply_to_this_process() -> None:
         log.warning("allocator 'reuse' needs glibc's mallopt, which this platform lacks (%s); "
                     "running with the platform's allocator", libc_path)
         return
-    for key in REUSE_BYTES:
-        value = int(os.environ[key])
-        if mallopt(_MALLOPT_PARAM[key], ctypes.c_int(value)) != 1:
-            log.warning("mallopt refused %s=%d; that setting is not applied", key, value)
+    threshold_key = "MALLOC_MMAP_THRESHOLD_"
+    threshold = int(os.environ[threshold_key])
+    if mallopt(_MALLOPT_PARAM[threshold_key], ctypes.c_int(threshold)) != 1:
+        capped = min(threshold, GLIBC_CAPPED_MMAP_THRESHOLD)
+        if capped == threshold or mallopt(_MALLOPT_PARAM[threshold_key], ctypes.c_int(capped)) != 1:
+            log.warning("mallopt refused %s=%d: allocator 'reuse' is not applied (a trim threshold alone would "
+                        "map more blocks fresh than glibc's default)", threshold_key, threshold)
+            for key in set_here:
+                os.environ.pop(key, None)
+            return
+        log.warning("mallopt refused %s=%d (this glibc caps it): using %d", threshold_key, threshold, capped)
+        if threshold_key in set_here:
+            os.environ[threshold_key] = str(capped)
+    trim_key = "MALLOC_TRIM_THRESHOLD_"
+    value = int(os.environ[trim_key])
+    if mallopt(_MALLOPT_PARAM[trim_key], ctypes.c_int(value)) != 1:
+        log.warning("mallopt refused %s=%d; that setting is not applied", trim_key, value)
