@@ -3,13 +3,14 @@ the optimizer steps left (two per CycleGAN iteration) as the last epoch's total,
 would name the epoch "n/-2"."""
 from types import SimpleNamespace
 
+import hydra
 import pytest
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
 
 from conftest import NO_EVALUATION
 from src.callbacks.progress import IterationRichProgressBar, IterationTQDMProgressBar
-from src.utils.run import build_callbacks
+from src.utils.run import build_callbacks, build_trainer_kwargs, order_callbacks, run_training
 from test_scale_out import fit_with_callbacks
 
 
@@ -61,3 +62,29 @@ def test_no_bar_is_added_when_it_is_off_or_configured(train_cfg):
                     "+callbacks.bar._target_=pytorch_lightning.callbacks.TQDMProgressBar")
     bars = [cb for cb in build_callbacks(cfg, None) if isinstance(cb, ProgressBar)]
     assert len(bars) == 1 and type(bars[0]) is TQDMProgressBar
+
+
+class BarTotalAtBatchEnd(pl.Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen.append((batch_idx, trainer.progress_bar_callback.train_progress_bar.total))
+
+
+def test_a_run_resumed_inside_an_epoch_shows_the_epochs_total(train_cfg, tmp_path):
+    """Lightning calls no epoch-start hook in an epoch it resumes inside, where the bar takes its
+    total: the bar counts the epoch's batches done before the resume and the iterations left."""
+    common = ["model=cyclegan", "data.max_dataset_size=8", "trainer.enable_progress_bar=true",
+              "+callbacks.bar._target_=src.callbacks.progress.IterationTQDMProgressBar", *NO_EVALUATION]
+    first = train_cfg(*common, "max_iters=2")
+    run_training(first)   # last.ckpt at iteration 2, inside the first epoch of 8 batches
+    cfg = train_cfg(*common, "max_iters=5")
+    cfg.paths.output_dir = str(tmp_path / "resumed")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    recorder = BarTotalAtBatchEnd()
+    trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), logger=False,
+                         callbacks=order_callbacks(build_callbacks(cfg, None) + [recorder]))
+    trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data),
+                ckpt_path=f"{first.paths.output_dir}/checkpoints/last.ckpt")
+    assert recorder.seen == [(2, 5), (3, 5), (4, 5)]   # 2 batches before the resume + 3 iterations left

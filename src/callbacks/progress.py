@@ -5,6 +5,10 @@ iteration) and `max_epochs=-1`. Lightning's bars then take the epoch's total as 
 the epoch's batches and the optimizer steps left, so in a run's last epoch the bar stops short
 of its total (at 1/2 of it for CycleGAN's two steps per iteration), and Rich's bar names the
 epoch "Epoch 3/-2". These bars count iterations left instead, and name the epoch alone.
+
+A run resumed inside an epoch gets no `on_train_epoch_start` from Lightning (the epoch has
+started), so its bar would have no total: the bar sets one up at train start instead, counting
+the batches the epoch had done before the resume.
 """
 from __future__ import annotations
 
@@ -21,8 +25,22 @@ class IterationTotals:
         if trainer.max_epochs == -1 and trainer.max_steps > 0:
             per_iteration = getattr(trainer.lightning_module, "optimizer_steps_per_iter", 1)
             iterations_left = -(-(trainer.max_steps - trainer.global_step) // per_iteration)
-            return min(trainer.num_training_batches, iterations_left)
+            # the bar counts the epoch's batches from its start, a resumed run's included
+            return min(trainer.num_training_batches, self._batches_before_resume + iterations_left)
         return trainer.num_training_batches
+
+    #: batches the epoch had done when the run resumed inside it (0 once that epoch has ended)
+    _batches_before_resume = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        if trainer.fit_loop.restarted_mid_epoch:   # Lightning will not call the epoch's start hook
+            self._batches_before_resume = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            self.on_train_epoch_start(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._batches_before_resume = 0
 
 
 class IterationRichProgressBar(IterationTotals, RichProgressBar):
