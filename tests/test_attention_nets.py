@@ -10,6 +10,7 @@ from src.nets.adalin import LIN, AdaLIN, clip_rho_, map_statistics, rho_statisti
 from src.nets.cam import CAMAttention, ResidualCAMAttention
 from src.nets.nicegan import NICE_LIN_RHO_INIT, NICEGANDiscriminator, NICEGANGenerator
 from src.nets.ugatit import UGATITDiscriminator, UGATITGenerator
+from src.utils.heatmap import overlay_heatmap
 
 
 def n_params(m: nn.Module) -> int:
@@ -212,3 +213,19 @@ def test_invalid_depths_are_rejected():
         UGATITDiscriminator(3, n_layers=2)
     with pytest.raises(ValueError, match="n_layers"):
         NICEGANDiscriminator(3, n_layers=5)
+
+
+def test_the_cam_heatmap_paints_each_images_strongest_attention_red_and_weakest_blue():
+    """Min-max per image (a weak map still spans the colours), resized to the image, blended by
+    `alpha`; a grey image is shown in RGB."""
+    heat = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]], [[[10.0, 10.5], [11.0, 13.0]]]])
+    black = -torch.ones(2, 3, 8, 8)
+    full = overlay_heatmap(black, heat, alpha=1.0)
+    assert full.shape == (2, 3, 8, 8)
+    for image in full:   # bottom-right: the highest attention, top-left: the lowest
+        assert torch.allclose(image[:, -1, -1], torch.tensor([1.0, -1.0, -1.0]))
+        assert torch.allclose(image[:, 0, 0], torch.tensor([-1.0, -1.0, 1.0]))
+    half = overlay_heatmap(black, heat, alpha=0.5)
+    assert torch.allclose(half, 0.5 * black + 0.5 * full)
+    grey = overlay_heatmap(torch.zeros(2, 1, 8, 8), heat, alpha=0.0)
+    assert grey.shape == (2, 3, 8, 8) and torch.equal(grey, torch.zeros(2, 3, 8, 8))

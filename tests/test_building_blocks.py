@@ -24,11 +24,21 @@ def test_paper_networks_match_reference_parameter_counts():
 
 @pytest.mark.parametrize("size,num_downs", [(32, 5), (128, 7)])
 def test_unet_shapes_and_skip_ablation(size, num_downs):
+    """Without skips the decoder's layers take only the level below (half the input channels)."""
     x = torch.randn(2, 3, size, size)
+    counts = {}
     for use_skip in (True, False):
         g = UnetGenerator(3, 1, num_downs=num_downs, ngf=4, use_skip=use_skip)
         y = g(x)
         assert y.shape == (2, 1, size, size) and y.abs().max() <= 1
+        counts[use_skip] = n_params(g)
+    assert counts[False] < counts[True]
+    up = [m for m in UnetGenerator(3, 1, num_downs=num_downs, ngf=4, use_skip=False).modules()
+          if isinstance(m, torch.nn.ConvTranspose2d)]
+    up_skip = [m for m in UnetGenerator(3, 1, num_downs=num_downs, ngf=4, use_skip=True).modules()
+               if isinstance(m, torch.nn.ConvTranspose2d)]
+    # the innermost up layer has no skip to take in either; every other one takes half without
+    assert [m.in_channels * 2 for m in up[1:]] == [m.in_channels for m in up_skip[1:]]
 
 
 def test_resnet_generator_shapes_and_encoder_split():
@@ -145,6 +155,17 @@ def test_linear_decay_schedule_matches_the_paper_recipe():
     assert cosine(99) == 1.0 and 0.999 < cosine(100) < 1.0 and cosine(149) > 0.5 > cosine(150) and cosine(200) == 0
     with pytest.raises(ValueError, match="lr_schedule.policy"):
         build_scheduler(opt, policy="exp")
+
+
+def test_step_decay_multiplies_the_rate_by_gamma_every_step_size():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, policy="step", step_size=50, gamma=0.1)
+    lrs = []
+    for _ in range(101):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == lrs[49] == 1.0 and lrs[50] == lrs[99] == pytest.approx(0.1) and lrs[100] == pytest.approx(0.01)
 
 
 def test_a_decay_that_misses_the_runs_end_is_named():

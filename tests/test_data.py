@@ -139,10 +139,14 @@ def test_worker_processes_are_seeded_from_torch(tmp_path):
     dm.setup("fit")
 
     def run():
-        torch.manual_seed(3)
         return [(b["B_path"][0], b["A"].sum().item()) for b in dm.train_dataloader()]
 
-    assert run() == run()
+    torch.manual_seed(3)
+    first = run()
+    torch.manual_seed(3)
+    assert run() == first
+    torch.manual_seed(4)
+    assert run() != first   # the workers' streams come from torch's seed, not a fixed one
 
 
 def test_pinned_memory_only_with_a_gpu(tmp_path, monkeypatch):

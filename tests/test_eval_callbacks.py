@@ -403,7 +403,8 @@ def test_callbacks_under_ddp_match_a_single_process(single_process_run, shared_d
     # the run's end state, written by the rank-zero process that trained (not the spawning one)
     final = json.loads((tmp_path / "ddp" / "final_metrics.json").read_text())
     assert final["iteration"] == 4 and final["metrics"]["eval/fid"] == pytest.approx(metrics["eval/fid"])
-    assert final["best_fid"] == min(final["best_fid"], metrics["eval/fid"]) and final["best_fid_iteration"] in (2, 4)
+    # lr 0: iteration 4 evaluates the same weights as iteration 2, and only an improvement is the best
+    assert final["best_fid"] == pytest.approx(metrics["eval/fid"]) and final["best_fid_iteration"] == 2
 
 
 def empty_rank_worker(rank: int, port: int, real, fake, rows, out_dir: str) -> None:

@@ -15,6 +15,7 @@ from PIL import Image
 from conftest import NO_EVALUATION, assert_resume_continues_the_run
 from src.callbacks.fid_kid import FidKidCallback
 from src.data.sequences import SequenceDataModule
+from src.losses import gradient_penalty
 from src.metrics.mmd import mmd2_unbiased
 from src.nets.recurrent import RecurrentDiscriminator, RecurrentGenerator
 from src.utils.run import build_callbacks, build_trainer_kwargs, run_training
@@ -138,9 +139,27 @@ def test_iteration_and_mmd_evaluation_and_plotted_grids(train_cfg, name):
 
 
 def test_wgangp_critic_on_series(train_cfg):
-    """The gradient penalty mixes real and fake series sample by sample (B, T, C)."""
+    """RGAN's per-step critic trains with the gradient penalty on series: the term is in its loss."""
     model = fit_briefly(train_cfg("model=rgan", "loss=wgangp", "max_iters=1", *NO_EVALUATION))
+    penalties = {k: float(v) for k, v in model.trainer.callback_metrics.items() if k.endswith("gp")}
+    assert penalties and all(math.isfinite(v) and v > 0 for v in penalties.values()), penalties
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_the_gradient_penalty_mixes_series_sample_by_sample():
+    """One mixing weight per series (B, T, C), not per step or channel: with fake series at zero
+    and a critic whose gradient is its input, each series' gradient norm is its weight times its
+    real series' norm."""
+    real, fake = torch.randn(5, 7, 3), torch.zeros(5, 7, 3)
+
+    def critic(x):   # a score per time step, as RGAN's critic gives: d/dx sum(x^2)/2 = x
+        return (x ** 2).sum(-1) / 2
+    torch.manual_seed(0)
+    penalty = gradient_penalty(critic, real, fake)
+    torch.manual_seed(0)
+    alpha = torch.rand(5)
+    expected = ((alpha * real.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    assert penalty.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_resume_continues_the_run(train_cfg, tmp_path):

@@ -110,7 +110,6 @@ def test_masks_recover_the_rendered_shapes(test_pairs):
         masks = foreground_masks(getattr(test_pairs, domain), test_pairs.backgrounds)
         coverage = torch.from_numpy(shape_coverage(kind, boxes, masks.shape[-1]))
         assert bool(masks[coverage >= 0.5].all()) and not bool(masks[coverage == 0].any())
-    assert FOREGROUND_THRESHOLD == pytest.approx(0.145)
 
 
 def test_scorer_accumulates_batches_like_one_call(test_pairs):
