@@ -20,7 +20,7 @@ from src.callbacks.shapes_truth import ShapesTruthCallback
 from src.data.image_io import load_image
 from src.data.shapes import ShapesDataModule, shape_coverage
 from src.data.transforms import to_tensor
-from src.metrics.shapes_truth import (FOREGROUND_THRESHOLD, ShapesTruthScorer, foreground_masks,
+from src.metrics.shapes_truth import (ShapesTruthScorer, foreground_masks,
                                       load_test_backgrounds, load_test_meta, per_image_scores,
                                       score_translations)
 from src.translate import run_translation
