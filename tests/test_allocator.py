@@ -135,3 +135,6 @@ def test_reuse_on_a_glibc_that_caps_the_mmap_threshold(monkeypatch, caplog, cap)
     else:
         assert libc.calls == [(-3, 1 << 30), (-3, 32 << 20)]
         assert os.environ == {} and "allocator 'reuse' is not applied" in caplog.text
+        monkeypatch.setattr(allocator, "_applied", None)
+        allocator.configure_allocator("thp_reuse")   # the huge pages stay
+        assert os.environ == {"THP_MEM_ALLOC_ENABLE": "1"}

@@ -217,6 +217,18 @@ def test_rows_of_other_cpu_kinds_or_thread_counts_are_kept_apart(tmp_path):
     assert "| 0.600 | 1.200 | 2.00x |" in trial   # against the Xeon row measured after it
 
 
+def test_data_rows_of_an_allocator_trial_are_kept_apart_from_trainings(tmp_path):
+    def data_row(allocator, items_per_s):
+        return {"kind": "data", "name": "shapes", "device": "cpu", "threads": 2, "allocator": allocator,
+                "host": {"cpu_kind": "Xeon"}, "datamodule": {"num_workers": 0}, "image_shape": [3, 8, 8],
+                "items_per_s": items_per_s, "steady_items_per_s": items_per_s}
+    path, md = tmp_path / "r.json", tmp_path / "r.md"
+    write_results(path, md, {"data": [data_row("thp", 300.0)]}, MACHINE, SETTINGS)
+    write_results(path, md, {"data": [data_row("reuse", 320.0)]}, MACHINE, SETTINGS)
+    assert [r["allocator"] for r in json.loads(path.read_text())["data"]] == ["thp", "reuse"]
+    assert "| shapes (none) | cpu Xeon | reuse | 3x8x8 |" in md.read_text()
+
+
 def test_a_save_cut_short_leaves_the_earlier_results_whole(tmp_path, monkeypatch):
     path, md = tmp_path / "r.json", tmp_path / "r.md"
     write_results(path, md, {"train_step": [_row("x", 1.0)]}, MACHINE, SETTINGS)
@@ -720,8 +732,10 @@ def test_the_goal_is_judged_by_the_interval_of_the_median_per_kind_of_cpu():
     assert bench_report.goal_verdict(few) == "met by the median (2 pairs: too few for an interval)"
     assert bench_report.goal_verdict(heavier).endswith("; more peak memory than the reference in some pair")
     rows = bench_report.goal_table([met, spans, below, trial, few])[2:]
-    assert [row.split(" | ")[:3] for row in rows] == [["| X", "cpu EPYC", "6"], ["| X", "cpu Xeon", "6"],
-                                                      ["| Y", "cpu Xeon", "6"], ["| Z", "cpu Xeon", "2"]]
+    assert [row.split(" | ")[:5] for row in rows] == [["| X", "cpu EPYC", "1", "fp32", "6"],
+                                                      ["| X", "cpu Xeon", "1", "fp32", "6"],
+                                                      ["| Y", "cpu Xeon", "1", "fp32", "6"],
+                                                      ["| Z", "cpu Xeon", "1", "fp32", "2"]]
 
 
 def test_versus_reference_keeps_a_trials_pairs_apart_from_ours_as_configured(tmp_path):

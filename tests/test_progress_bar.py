@@ -72,14 +72,18 @@ class BarTotalAtBatchEnd(pl.Callback):
         self.seen.append((batch_idx, trainer.progress_bar_callback.train_progress_bar.total))
 
 
-def test_a_run_resumed_inside_an_epoch_shows_the_epochs_total(train_cfg, tmp_path):
+@pytest.mark.parametrize("stopped_at, expected", [
+    (2, [(2, 5), (3, 5), (4, 5)]),   # inside the first epoch of 8: 2 batches before the resume + 3 left
+    (8, [(0, 3), (1, 3), (2, 3)]),   # at its last batch: the next epoch, 3 iterations left
+])
+def test_a_run_resumed_inside_an_epoch_shows_the_epochs_total(train_cfg, tmp_path, stopped_at, expected):
     """Lightning calls no epoch-start hook in an epoch it resumes inside, where the bar takes its
     total: the bar counts the epoch's batches done before the resume and the iterations left."""
     common = ["model=cyclegan", "data.max_dataset_size=8", "trainer.enable_progress_bar=true",
               "+callbacks.bar._target_=src.callbacks.progress.IterationTQDMProgressBar", *NO_EVALUATION]
-    first = train_cfg(*common, "max_iters=2")
-    run_training(first)   # last.ckpt at iteration 2, inside the first epoch of 8 batches
-    cfg = train_cfg(*common, "max_iters=5")
+    first = train_cfg(*common, f"max_iters={stopped_at}")
+    run_training(first)
+    cfg = train_cfg(*common, f"max_iters={stopped_at + 3}")
     cfg.paths.output_dir = str(tmp_path / "resumed")
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     recorder = BarTotalAtBatchEnd()
@@ -87,4 +91,4 @@ def test_a_run_resumed_inside_an_epoch_shows_the_epochs_total(train_cfg, tmp_pat
                          callbacks=order_callbacks(build_callbacks(cfg, None) + [recorder]))
     trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data),
                 ckpt_path=f"{first.paths.output_dir}/checkpoints/last.ckpt")
-    assert recorder.seen == [(2, 5), (3, 5), (4, 5)]   # 2 batches before the resume + 3 iterations left
+    assert recorder.seen == expected

@@ -35,7 +35,10 @@ class IterationTotals:
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
         if trainer.fit_loop.restarted_mid_epoch:   # Lightning will not call the epoch's start hook
-            self._batches_before_resume = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            # A checkpoint of an epoch's last batch resumes at the next epoch's start (Lightning
+            # counts it as mid-epoch, and resets the count only after this hook).
+            self._batches_before_resume = done if done < trainer.num_training_batches else 0
             self.on_train_epoch_start(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

@@ -13,8 +13,3 @@ def resolved_accelerator(trainer_cfg: dict) -> str:
     if MPSAccelerator.is_available():
         return "mps"
     return "cuda" if accelerator == "gpu" or torch.cuda.is_available() else "cpu"
-
-
-def available_device() -> str:
-    """The device `auto` means for inference, in the same order: "mps", "cuda" or "cpu"."""
-    return resolved_accelerator({"accelerator": "auto"})

@@ -79,7 +79,8 @@ def _apply_to_this_process(set_here: list[str]) -> None:
     Older glibc refuses an mmap threshold above 32 MiB, and takes the trim threshold anyway,
     which freezes its dynamic mmap threshold at the 128 KiB start: more blocks mapped fresh than
     with no setting at all. So the threshold falls back to 32 MiB, and where even that is refused
-    neither is set (nor left in the environment, `set_here`, where children would meet the same)."""
+    neither is set (nor left in the environment where this call put them, `set_here`: children
+    would meet the same)."""
     libc_path = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(libc_path)
@@ -96,7 +97,8 @@ def _apply_to_this_process(set_here: list[str]) -> None:
             log.warning("mallopt refused %s=%d: allocator 'reuse' is not applied (a trim threshold alone would "
                         "map more blocks fresh than glibc's default)", threshold_key, threshold)
             for key in set_here:
-                os.environ.pop(key, None)
+                if key in REUSE_BYTES:   # thp_reuse keeps its huge pages
+                    os.environ.pop(key, None)
             return
         log.warning("mallopt refused %s=%d (this glibc caps it): using %d", threshold_key, threshold, capped)
         if threshold_key in set_here:

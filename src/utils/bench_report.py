@@ -36,8 +36,9 @@ def row_key(row: dict[str, Any]) -> str:
     """What makes two rows the same measurement: configuration, hardware, threads, batch,
     precision and tweaks (a run on another CPU or thread count adds rows, never replaces)."""
     threads = f"t{row.get('threads')}"
-    if row["kind"] == "data":
-        return f"data/{row['name']}/{device_of(row)}/{threads}" if "device" in row else f"data/{row['name']}"
+    if row["kind"] == "data":   # the allocator too: a trial's rows are not training's
+        return (f"data/{row['name']}/{device_of(row)}/{threads}/{allocator_of(row)}" if "device" in row
+                else f"data/{row['name']}")
     variant = json.dumps(row.get("variant", {}), sort_keys=True)
     return (f"train_step/{row['name']}/{device_of(row)}/{threads}/b{row['batch_size']}/{row['precision']}"
             f"/{variant}")
@@ -232,13 +233,13 @@ def variant_table(rows: list[dict], all_rows: list[dict], usual: dict | None = N
 
 
 def data_table(rows: list[dict]) -> list[str]:
-    lines = ["| DataModule | device | image | workers | persistent | items/s, all epochs | items/s after the first epoch |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| DataModule | device | allocator | image | workers | persistent | items/s, all epochs "
+             "| items/s after the first epoch |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         dm = r["datamodule"]
         pipeline = f"{dm.get('preprocess', 'none')}" + (f" {dm['load_size']}->{dm['crop_size']}" if dm.get("load_size") else "")
         device = device_of(r) if "device" in r else "cpu"
-        lines.append(f"| {r['name']} ({pipeline}) | {device} | {'x'.join(map(str, r['image_shape']))} | {dm.get('num_workers', 0)} "
+        lines.append(f"| {r['name']} ({pipeline}) | {device} | {allocator_of(r)} | {'x'.join(map(str, r['image_shape']))} | {dm.get('num_workers', 0)} "
                      f"| {'yes' if dm.get('persistent_workers') else 'no'} "
                      f"| {r['items_per_s']:.1f} | {r['steady_items_per_s']:.1f} |")
     return lines
@@ -290,12 +291,13 @@ def goal_table(entries: list[dict], goal: float = GOAL_SPEEDUP) -> list[str]:
     in the order the configurations were first measured."""
     plain = [e for e in entries if e["pairs"] and not e.get("variant")]
     order = {name: i for i, name in reversed(list(enumerate(e["name"] for e in plain)))}
-    lines = [f"| configuration | device | pairs | speed-up (median of pairs) | 95% CI of the median "
+    lines = [f"| configuration | device | batch | precision | pairs | speed-up (median of pairs) | 95% CI of the median "
              f"| peak memory ours / reference, worst pair (GB) | goal: {goal}x, no more memory |",
-             "|---|---|---|---|---|---|---|"]
-    for e in sorted(plain, key=lambda e: (order[e["name"]], device_of(e))):
+             "|---|---|---|---|---|---|---|---|---|"]
+    for e in sorted(plain, key=lambda e: (order[e["name"]], device_of(e), e["batch_size"], e["precision"])):
         worst = max(e["pairs"], key=lambda p: p["own_peak_gb"] / p["reference_peak_gb"])
-        lines.append(f"| {e['label']} | {device_of(e)} | {len(e['pairs'])} | {e['speedup']:.2f}x "
+        lines.append(f"| {e['label']} | {device_of(e)} | {e['batch_size']} | {e['precision']} | {len(e['pairs'])} "
+                     f"| {e['speedup']:.2f}x "
                      f"| {interval_text(e) or '-'} | {worst['own_peak_gb']:.2f} / {worst['reference_peak_gb']:.2f} "
                      f"| {goal_verdict(e, goal)} |")
     return lines

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from src.utils.allocator import ALLOCATORS, allocator_environment
+from src.utils.allocator import ALLOCATORS, allocator_environment, configure_allocator
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +36,7 @@ def run_in_subprocess(spec: dict[str, Any], timeout_s: float | None = None) -> d
            **allocator_environment(allocator)}
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
-        spec_path.write_text(json.dumps({**spec, "work_dir": tmp}))
+        spec_path.write_text(json.dumps({**spec, "work_dir": tmp, "allocator": allocator}))
         proc = subprocess.run([sys.executable, "-m", "src.utils.bench_worker", str(spec_path), str(out_path)],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
         if proc.returncode != 0 or not out_path.exists():
@@ -46,6 +46,9 @@ def run_in_subprocess(spec: dict[str, Any], timeout_s: float | None = None) -> d
 
 def main(spec_path: str, out_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
+    # As src/train.py applies it (its variables are already in this process's environment): a
+    # glibc that caps the mmap threshold gets the same fallback as in training.
+    configure_allocator(spec.get("allocator", "default"))
     if spec["kind"] == "train_step":
         from src.utils.bench_step import measure_training_step
         result = measure_training_step(spec)

@@ -24,7 +24,6 @@ from src.data.image_io import PIXEL_READING_KEYS, load_image, save_image, uprigh
 from src.data.transforms import resize_image, short_side_size, to_tensor
 from src.models.base import TranslationModel
 from src.models.size_check import check_translation_size
-from src.utils.accelerator import available_device
 from src.utils.config_checks import require_int
 from src.utils.directions import DIRECTIONS
 
@@ -35,14 +34,15 @@ CropBox = tuple[int, int, int, int]  # top, left, height, width
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """"auto" -> Apple's MPS or CUDA when available (Lightning's order), else cpu; "cuda" without
-    a GPU is an error."""
+    """"auto" -> cuda when available, else cpu; "cuda" without a GPU is an error. Apple's MPS is
+    not chosen: the FID/KID states are float64, which MPS lacks, and the sampling noise's
+    generator is forked on the CPU and CUDA only (`isolated_rng`)."""
     if str(name) == "auto":
-        return torch.device(available_device())
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as error:
-        raise ValueError(f"device={name!r} is not a device torch knows: use auto, cpu, cuda, cuda:N or mps") from error
+        raise ValueError(f"device={name!r} is not a device torch knows: use auto, cpu, cuda or cuda:N") from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name}: no CUDA device is available here; use device=cpu or device=auto")
     return device
