@@ -138,6 +138,26 @@ def test_iteration_and_mmd_evaluation_and_plotted_grids(train_cfg, name):
     assert grid.shape[0] == 2 * (48 + 4) and (grid < 128).any()   # two rows of line plots
 
 
+@pytest.mark.parametrize("name", ["rgan", "rcgan"])
+def test_sample_mmd_under_ddp_equals_the_single_process_value(train_cfg, tmp_path, name):
+    """Each rank samples its block of the test series (latents seeded by item index, RCGAN's by
+    its conditions too) and the rows are gathered: two ranks give one process's MMD. (Learning
+    rates 0, the discriminator's own SGD rate included, keep both runs' weights at the same
+    seeded initialisation.)"""
+    common = [f"model={name}", "max_iters=1", "model.optimizer.lr=0", "model.optimizer.players.discriminator.lr=0"]
+    single = run_training(train_cfg(*common))
+    cfg = train_cfg(*common, "trainer=ddp_sim", "trainer.strategy=ddp_spawn_find_unused_parameters_true")
+    cfg.paths.output_dir = str(tmp_path / "ddp")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ddp = run_training(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    assert math.isfinite(single["eval/mmd2_samples"])
+    assert ddp["eval/mmd2_samples"] == pytest.approx(single["eval/mmd2_samples"], rel=1e-6, abs=1e-9)
+
+
 def test_wgangp_critic_on_series(train_cfg):
     """RGAN's per-step critic trains with the gradient penalty on series: the term is in its loss."""
     model = fit_briefly(train_cfg("model=rgan", "loss=wgangp", "max_iters=1", *NO_EVALUATION))
