@@ -69,18 +69,24 @@ class BarTotalAtBatchEnd(pl.Callback):
         self.seen = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.seen.append((batch_idx, trainer.progress_bar_callback.train_progress_bar.total))
+        bar = trainer.progress_bar_callback
+        if isinstance(bar, TQDMProgressBar):
+            total = bar.train_progress_bar.total
+        else:   # Rich: the training task's total
+            total = next(task.total for task in bar.progress.tasks if task.id == bar.train_progress_bar_id)
+        self.seen.append((batch_idx, total))
 
 
+@pytest.mark.parametrize("bar_class", ["IterationTQDMProgressBar", "IterationRichProgressBar"])
 @pytest.mark.parametrize("stopped_at, expected", [
     (2, [(2, 5), (3, 5), (4, 5)]),   # inside the first epoch of 8: 2 batches before the resume + 3 left
     (8, [(0, 3), (1, 3), (2, 3)]),   # at its last batch: the next epoch, 3 iterations left
 ])
-def test_a_run_resumed_inside_an_epoch_shows_the_epochs_total(train_cfg, tmp_path, stopped_at, expected):
+def test_a_run_resumed_inside_an_epoch_shows_the_epochs_total(train_cfg, tmp_path, stopped_at, expected, bar_class):
     """Lightning calls no epoch-start hook in an epoch it resumes inside, where the bar takes its
     total: the bar counts the epoch's batches done before the resume and the iterations left."""
     common = ["model=cyclegan", "data.max_dataset_size=8", "trainer.enable_progress_bar=true",
-              "+callbacks.bar._target_=src.callbacks.progress.IterationTQDMProgressBar", *NO_EVALUATION]
+              f"+callbacks.bar._target_=src.callbacks.progress.{bar_class}", *NO_EVALUATION]
     first = train_cfg(*common, f"max_iters={stopped_at}")
     run_training(first)
     cfg = train_cfg(*common, f"max_iters={stopped_at + 3}")
