@@ -74,6 +74,27 @@ def train_cfg(tmp_path, shared_data_dir):
     GlobalHydra.instance().clear()
 
 
+# ----- runs on two DDP ranks -------------------------------------------------------------------
+def run_training_on_two_ranks(cfg: DictConfig) -> dict[str, float]:
+    """`run_training` of a two-rank config (`trainer=ddp_sim`, spawned) with one torch thread:
+    two ranks of two threads each on 2 shared cores slow each other down many times."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_training(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def single_and_two_rank_metrics(train_cfg, tmp_path: Path, *overrides: str) -> tuple[dict, dict]:
+    """The metrics of one run in a single process and of the same run on two spawned CPU ranks
+    (its own run folder), for evaluations that must not depend on how the test set is sharded."""
+    single = run_training(train_cfg(*overrides))
+    cfg = train_cfg(*overrides, "trainer=ddp_sim", "trainer.strategy=ddp_spawn_find_unused_parameters_true")
+    cfg.paths.output_dir = str(tmp_path / "ddp")
+    return single, run_training_on_two_ranks(cfg)
+
+
 # ----- shared checks of trained models ---------------------------------------------------------
 def last_checkpoint(cfg: DictConfig) -> dict:
     """Train as `src/train.py` would, and load the run's last.ckpt."""

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from hydra.errors import InstantiationException
 
-from conftest import NO_EVALUATION, compose_train_cfg, free_port
+from conftest import NO_EVALUATION, compose_train_cfg, free_port, run_training_on_two_ranks
 from src.callbacks.fid_kid import FidKidCallback, shard_range
 from src.callbacks.latent import gather_rows
 from src.data.shapes import ShapesDataModule
@@ -395,7 +395,7 @@ def test_callbacks_under_ddp_match_a_single_process(single_process_run, shared_d
     _, expected = single_process_run
     cfg = eval_run_cfg(tmp_path / "ddp", shared_data_dir, "trainer.devices=2",
                        "trainer.strategy=ddp_spawn_find_unused_parameters_true")
-    metrics = run_training(cfg)
+    metrics = run_training_on_two_ranks(cfg)
     for key in EVAL_KEYS:
         assert metrics[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), key
     assert (tmp_path / "ddp" / "checkpoints" / "best_fid.ckpt").is_file()

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from hydra.errors import InstantiationException
 from PIL import Image
 
-from conftest import NO_EVALUATION, assert_resume_continues_the_run
+from conftest import (NO_EVALUATION, assert_resume_continues_the_run, run_training_on_two_ranks,
+                      single_and_two_rank_metrics)
 from src.models.noise_base import REFERENCE_ITEMS_START, NoiseToImageModel
 from src.utils.checkpoint_loading import load_model
 from src.nets.noise_nets import DCGANDiscriminator, DCGANGenerator, MLPGenerator
@@ -271,12 +272,7 @@ def test_wgangp_trains_and_evaluates_under_ddp_spawn(train_cfg):
     # Batches of 1 (x 5 critic steps): both iterations in one epoch, where the ranks never share an image.
     cfg = train_cfg("model=wgangp", "max_iters=2", "data.batch_size=1", "trainer=ddp_sim",
                     "trainer.strategy=ddp_spawn_find_unused_parameters_true", PROBE, "++callbacks.latent=null")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # two ranks on two shared cores: one thread each
-    try:
-        metrics = run_training(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    metrics = run_training_on_two_ranks(cfg)
     assert_ranks_agree_on_different_data(rank_probes(Path(cfg.paths.output_dir)))
     assert math.isfinite(metrics["eval/fid_samples"])
     # The shape classifier's scores of the real test images are gathered from both ranks: one
@@ -466,17 +462,9 @@ def test_sample_scores_under_ddp_equal_the_single_process_values(train_cfg, tmp_
     metric states are gathered: two ranks give one process's FID/KID and Inception Score. (Learning rate 0 keeps
     the weights of both runs at the same seeded initialisation. The MLP nets hold no batch
     statistics; DCGAN samples with its reference batch's on every rank.)"""
-    common = [f"model={name}", "max_iters=1", "model.optimizer.lr=0", "++callbacks.latent=null",
-              "++callbacks.shapes_truth=null"]
-    single = run_training(train_cfg(*common))
-    cfg = train_cfg(*common, "trainer=ddp_sim", "trainer.strategy=ddp_spawn_find_unused_parameters_true")
-    cfg.paths.output_dir = str(tmp_path / "ddp")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ddp = run_training(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    single, ddp = single_and_two_rank_metrics(train_cfg, tmp_path, f"model={name}", "max_iters=1",
+                                              "model.optimizer.lr=0", "++callbacks.latent=null",
+                                              "++callbacks.shapes_truth=null")
     for key in ("eval/fid_samples", "eval/kid_x100_samples", "eval/is_samples", "eval/is_std_samples"):
         assert ddp[key] == pytest.approx(single[key], rel=1e-5, abs=1e-6), key
 

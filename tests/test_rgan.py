@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from conftest import NO_EVALUATION, assert_resume_continues_the_run
+from conftest import NO_EVALUATION, assert_resume_continues_the_run, single_and_two_rank_metrics
 from src.callbacks.fid_kid import FidKidCallback
 from src.data.sequences import SequenceDataModule
 from src.losses import gradient_penalty
@@ -144,16 +144,8 @@ def test_sample_mmd_under_ddp_equals_the_single_process_value(train_cfg, tmp_pat
     its conditions too) and the rows are gathered: two ranks give one process's MMD. (Learning
     rates 0, the discriminator's own SGD rate included, keep both runs' weights at the same
     seeded initialisation.)"""
-    common = [f"model={name}", "max_iters=1", "model.optimizer.lr=0", "model.optimizer.players.discriminator.lr=0"]
-    single = run_training(train_cfg(*common))
-    cfg = train_cfg(*common, "trainer=ddp_sim", "trainer.strategy=ddp_spawn_find_unused_parameters_true")
-    cfg.paths.output_dir = str(tmp_path / "ddp")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ddp = run_training(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    single, ddp = single_and_two_rank_metrics(train_cfg, tmp_path, f"model={name}", "max_iters=1",
+                                              "model.optimizer.lr=0", "model.optimizer.players.discriminator.lr=0")
     assert math.isfinite(single["eval/mmd2_samples"])
     assert ddp["eval/mmd2_samples"] == pytest.approx(single["eval/mmd2_samples"], rel=1e-6, abs=1e-9)
 
