@@ -23,13 +23,15 @@ def device_of(row: dict[str, Any]) -> str:
     """The row's device with the hardware it ran on: the GPU on CUDA ("cuda H200"), the kind of
     CPU on a CPU ("cpu AMD EPYC (family 23 model 49, AVX2)"). One configuration runs at
     different speeds on different GPUs and CPU generations, so their rows are different
-    measurements. Rows from before the hardware was recorded say "cuda" or "cpu". A row keeps
-    the CPU's kind in `host` (measured beside it), a `versus_reference` entry at its top level."""
-    if row["device"] == "cuda":
+    measurements. Rows from before the hardware was recorded say "cuda" or "cpu" (data rows from
+    before their device was recorded ran on the CPU). A row keeps the CPU's kind in `host`
+    (measured beside it), a `versus_reference` entry at its top level."""
+    device = row.get("device", "cpu")
+    if device == "cuda":
         gpu = row.get("gpu_name")
         return f"cuda {gpu.removeprefix('NVIDIA ')}" if gpu else "cuda"
     kind = row.get("host", {}).get("cpu_kind") or row.get("cpu_kind")
-    return f"{row['device']} {kind}" if kind else row["device"]
+    return f"{device} {kind}" if kind else device
 
 
 def row_key(row: dict[str, Any]) -> str:
@@ -37,8 +39,7 @@ def row_key(row: dict[str, Any]) -> str:
     precision and tweaks (a run on another CPU or thread count adds rows, never replaces)."""
     threads = f"t{row.get('threads')}"
     if row["kind"] == "data":   # the allocator too: a trial's rows are not training's
-        return (f"data/{row['name']}/{device_of(row)}/{threads}/{allocator_of(row)}" if "device" in row
-                else f"data/{row['name']}")
+        return f"data/{row['name']}/{device_of(row)}/{threads}/{allocator_of(row)}"
     variant = json.dumps(row.get("variant", {}), sort_keys=True)
     return (f"train_step/{row['name']}/{device_of(row)}/{threads}/b{row['batch_size']}/{row['precision']}"
             f"/{variant}")
@@ -238,8 +239,7 @@ def data_table(rows: list[dict]) -> list[str]:
     for r in rows:
         dm = r["datamodule"]
         pipeline = f"{dm.get('preprocess', 'none')}" + (f" {dm['load_size']}->{dm['crop_size']}" if dm.get("load_size") else "")
-        device = device_of(r) if "device" in r else "cpu"
-        lines.append(f"| {r['name']} ({pipeline}) | {device} | {allocator_of(r)} | {'x'.join(map(str, r['image_shape']))} | {dm.get('num_workers', 0)} "
+        lines.append(f"| {r['name']} ({pipeline}) | {device_of(r)} | {allocator_of(r)} | {'x'.join(map(str, r['image_shape']))} | {dm.get('num_workers', 0)} "
                      f"| {'yes' if dm.get('persistent_workers') else 'no'} "
                      f"| {r['items_per_s']:.1f} | {r['steady_items_per_s']:.1f} |")
     return lines
@@ -290,7 +290,7 @@ def goal_table(entries: list[dict], goal: float = GOAL_SPEEDUP) -> list[str]:
     """Each configuration's verdict per device (kind of CPU, GPU), as configured (trials left out),
     in the order the configurations were first measured."""
     plain = [e for e in entries if e["pairs"] and not e.get("variant")]
-    order = {name: i for i, name in reversed(list(enumerate(e["name"] for e in plain)))}
+    order = {name: i for i, name in enumerate(dict.fromkeys(e["name"] for e in plain))}
     lines = [f"| configuration | device | batch | precision | pairs | speed-up (median of pairs) | 95% CI of the median "
              f"| peak memory ours / reference, worst pair (GB) | goal: {goal}x, no more memory |",
              "|---|---|---|---|---|---|---|---|---|"]
