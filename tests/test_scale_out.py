@@ -495,19 +495,27 @@ def test_bf16_on_a_cpu_that_emulates_it_is_warned_at_start(train_cfg, monkeypatc
     assert ("Use trainer.precision=32-true here" in caplog.text) is warned
 
 
-@pytest.mark.parametrize("capability, warned", [((7, 0), True), ((8, 0), False)])
-def test_bf16_on_a_gpu_before_ampere_is_warned_at_start(train_cfg, monkeypatch, caplog, capability, warned):
+@pytest.mark.parametrize("devices, warned_gpus", [
+    ("1", ["GPU 0 Tesla V100-SXM2-16GB (compute capability 7.0)"]),
+    ("[1]", []),
+    ("[1,2]", ["GPU 2 Tesla T4 (compute capability 7.5)"]),
+    ("auto", ["GPU 0 Tesla V100-SXM2-16GB (compute capability 7.0)", "GPU 2 Tesla T4 (compute capability 7.5)"]),
+])
+def test_bf16_on_a_gpu_before_ampere_is_warned_at_start(train_cfg, monkeypatch, caplog, devices, warned_gpus):
     """A V100 or T4 has no bf16 arithmetic: torch's check counts emulation as support, so the run
-    would start and crawl or fail inside cuDNN without naming the setting."""
+    would start and crawl or fail inside cuDNN without naming the setting. On a machine of mixed
+    generations, the GPUs that trainer.devices selects are the ones that count."""
+    gpus = {0: ("Tesla V100-SXM2-16GB", (7, 0)), 1: ("NVIDIA A100-SXM4-40GB", (8, 0)), 2: ("Tesla T4", (7, 5))}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2-16GB")
-    cfg = train_cfg("model=cyclegan", "trainer=gpu", "trainer.precision=bf16-mixed")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(gpus))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpus[device][0])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: gpus[device][1])
+    cfg = train_cfg("model=cyclegan", "trainer=gpu", f"trainer.devices={devices}", "trainer.precision=bf16-mixed")
     with caplog.at_level(logging.WARNING, logger="src.utils.run"):
         build_trainer_kwargs(cfg, hydra.utils.instantiate(cfg.model, _recursive_=False))
-    message = ("trainer.precision=bf16-mixed on Tesla V100-SXM2-16GB (compute capability 7.0): no bf16 arithmetic "
-               "before Ampere (8.0)")
-    assert (message in caplog.text) is warned, caplog.text
+    expected = (f"trainer.precision=bf16-mixed on {', '.join(warned_gpus)}: no bf16 arithmetic before Ampere (8.0)"
+                if warned_gpus else "no bf16 arithmetic")
+    assert (expected in caplog.text) is bool(warned_gpus), caplog.text
 
 
 def test_apple_gpus_are_resolved_as_lightning_resolves_them(train_cfg, monkeypatch):

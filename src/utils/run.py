@@ -8,9 +8,10 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar
 from pytorch_lightning.utilities import rank_zero_warn
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from src.callbacks.compile_networks import CompileNetworks
 from src.callbacks.final_metrics import FinalMetrics
@@ -73,16 +74,26 @@ def warn_emulated_cpu_bf16(trainer_cfg: dict) -> None:
 def warn_bf16_before_ampere(trainer_cfg: dict) -> None:
     """bf16 autocast on a CUDA GPU before Ampere (compute capability 8.0: V100, T4) has no bf16
     arithmetic, and torch's `is_bf16_supported()` counts emulation as support, so nothing else
-    stops the run: it crawls, or fails inside cuDNN without naming the setting."""
+    stops the run: it crawls, or fails inside cuDNN without naming the setting. Every GPU that
+    `trainer.devices` selects is checked, since a machine can mix generations."""
     if (resolved_accelerator(trainer_cfg) != "cuda" or not torch.cuda.is_available()
             or not str(trainer_cfg.get("precision")).startswith("bf16")):
         return
-    major, minor = torch.cuda.get_device_capability()
-    if major < 8:
-        log.warning("trainer.precision=%s on %s (compute capability %d.%d): no bf16 arithmetic before Ampere "
-                    "(8.0); it runs emulated, far slower, or fails in cuDNN. Use trainer.precision=16-mixed "
-                    "(fp16 with a loss scaler per GAN loss) or 32-true.", trainer_cfg.get("precision"),
-                    torch.cuda.get_device_name(), major, minor)
+    devices = trainer_cfg.get("devices", "auto")
+    try:
+        # Lightning's own reading of `devices` ("auto" is every visible GPU, as its connector takes it).
+        indices = CUDAAccelerator.parse_devices(-1 if devices == "auto" else devices) or []
+    except MisconfigurationException:
+        return  # Lightning refuses the setting itself, naming it, when the trainer is built.
+    before_ampere = [(index, torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index))
+                     for index in indices if torch.cuda.get_device_capability(index)[0] < 8]
+    if before_ampere:
+        gpus = ", ".join(f"GPU {index} {name} (compute capability {major}.{minor})"
+                         for index, name, (major, minor) in before_ampere)
+        log.warning("trainer.precision=%s on %s: no bf16 arithmetic before Ampere (8.0); it runs emulated, far "
+                    "slower, or fails in cuDNN. Use trainer.precision=16-mixed (fp16 with a loss scaler per GAN "
+                    "loss) or 32-true, or leave those GPUs out of trainer.devices.",
+                    trainer_cfg.get("precision"), gpus)
 
 
 # Lightning's precision settings that keep the weights in float32 (the mixed ones autocast the
