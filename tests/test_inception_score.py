@@ -30,6 +30,16 @@ def test_the_score_is_the_exponentiated_kl_of_the_predictions_from_their_margina
     assert score(logits, splits=1, batches=4)["is"] == pytest.approx(expected, rel=1e-9)
 
 
+def test_a_class_no_sample_gives_any_probability_leaves_the_score_finite():
+    """A class 1000 below the others in every sample's logits has a softmax of exactly 0 in
+    float64: it adds nothing to the KL divergence, so the score is the one without that class."""
+    logits = torch.randn(40, 6, generator=torch.Generator().manual_seed(3)).double()
+    with_dead_class = torch.cat([logits, torch.full((40, 1), -1000.0, dtype=torch.float64)], 1)
+    assert with_dead_class.softmax(1)[:, -1].eq(0).all()
+    for splits in (1, 4):
+        assert score(with_dead_class, splits)["is"] == pytest.approx(score(logits, splits)["is"], rel=1e-12)
+
+
 def test_the_split_shuffle_is_seeded_and_splits_are_capped():
     logits = torch.randn(40, 6, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(5)

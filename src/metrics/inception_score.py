@@ -15,6 +15,7 @@ two ranks give the single-process value and a run's score does not depend on the
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -48,7 +49,11 @@ class SeededInceptionScore(InceptionScore):
         for part in range(self.splits):
             rows = slice(part * count // self.splits, (part + 1) * count // self.splits)
             p, log_p = probabilities[rows], log_probabilities[rows]
-            scores.append((p * (log_p - p.mean(0, keepdim=True).log())).sum(1).mean().exp())
+            # log of the part's marginal from the log-probabilities: a class that every sample's
+            # softmax rounds to 0 (logit gaps over ~745 in float64, a confident classifier) gives
+            # a finite log instead of log(0), whose 0 * -inf made the score NaN.
+            log_marginal = log_p.logsumexp(0, keepdim=True) - math.log(len(log_p))
+            scores.append((p * (log_p - log_marginal)).sum(1).mean().exp())
         scores = torch.stack(scores)
         return scores.mean(), scores.std(correction=0)
 
