@@ -908,13 +908,21 @@ def test_eval_with_a_data_config_of_other_image_settings_than_the_run_says_so(sm
     scored on images it never saw the like of, and its scores do not compare with the run's."""
     checkpoint = torch.load(smoke_runs["cyclegan"].ckpt, map_location="cpu", weights_only=True)
     checkpoint["datamodule_hyper_parameters"]["crop_size"] = 24
+    # A key the data config lacks (the U-GAT-IT and NICE-GAN configs add it): its fix is a `++`.
+    checkpoint["datamodule_hyper_parameters"]["resize_interpolation"] = "bilinear"
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
     torch.save(checkpoint, ckpt)
+    run = SimpleNamespace(ckpt=ckpt, cfg=smoke_runs["cyclegan"].cfg)
     with caplog.at_level("WARNING"):
-        evaluate(SimpleNamespace(ckpt=ckpt, cfg=smoke_runs["cyclegan"].cfg), tmp_path / "eval", shared_data_dir)
+        evaluate(run, tmp_path / "eval", shared_data_dir)
     assert "The data is read otherwise than the run was trained on" in caplog.text
-    assert "pass data.crop_size=24 to read it as trained" in caplog.text
+    fix = "++data.crop_size=24 ++data.resize_interpolation=bilinear"
+    assert f"pass {fix} to read it as trained" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        evaluate(run, tmp_path / "as_trained", shared_data_dir, *fix.split())   # the fix as given
+    assert "The data is read otherwise" not in caplog.text
 
 
 def test_eval_of_a_grayscale_run_scores_fid_without_the_colour_ground_truth(train_cfg, tmp_path, shared_data_dir):

@@ -25,7 +25,7 @@ def integers_to_uint8(values: np.ndarray, bit_depth: int) -> np.ndarray:
     beyond that range raises ValueError (with the fix), rather than being clipped."""
     top = 2 ** bit_depth - 1
     if values.size and (values.min() < 0 or values.max() > top):
-        fix = ("set data.bit_depth to the images' bit depth (16 for full 16-bit images)" if bit_depth < 16
+        fix = ("set data.bit_depth to the images' bit depth (++data.bit_depth=16 for full 16-bit images)" if bit_depth < 16
                else "the file holds more than unsigned 16-bit data; convert it to 16-bit or 8-bit images")
         raise ValueError(f"values {values.min()}..{values.max()} lie outside the {bit_depth}-bit range "
                          f"0..{top}: {fix}")

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give either folders or Hydra overrides (data=NAME ...), not both")
     if overrides and (args.channels != 3 or args.bit_depth != 16 or args.keep_stored_colours):
         parser.error("--channels, --bit-depth and --keep-stored-colours are for folders: with a data config, "
-                     "give data.input_nc / data.output_nc, data.bit_depth and data.to_srgb")
+                     "give data.input_nc / data.output_nc, ++data.bit_depth and ++data.to_srgb")
     if overrides:
         # A misspelt config name or key is the input's fault too.
         with input_errors_as_usage(parser, HydraException, OmegaConfBaseException):

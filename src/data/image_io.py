@@ -140,7 +140,7 @@ def _drop_transparency(image: Image.Image) -> Image.Image:
 # The colour space an embedded profile describes, per pixel mode; alpha is kept apart.
 _PROFILE_SPACES = {"1": "L", "L": "L", "LA": "L", "RGB": "RGB", "RGBA": "RGB", "CMYK": "CMYK"}
 _SRGB = ImageCms.createProfile("sRGB")
-_PROFILE_FIX = ("re-save the file in sRGB or without its colour profile, or set data.to_srgb=false to read the "
+_PROFILE_FIX = ("re-save the file in sRGB or without its colour profile, or pass ++data.to_srgb=false to read the "
                 "stored values as they are (as the papers' loaders do)")
 
 

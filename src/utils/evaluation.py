@@ -140,7 +140,9 @@ def warn_about_other_image_settings(model, datamodule) -> None:
     """`data=NAME` brings that config's image settings, perhaps not the run's (a run trained at
     crop_size=128 on a config of 256): named with the values that read the data as trained."""
     hparams = getattr(datamodule, "hparams", {})
-    differing = [f"data.{key}={model.training_data[key]}" for key in IMAGE_SETTINGS
+    # `++`: most of these keys are in no data config (a model's config adds resize_interpolation),
+    # and Hydra refuses a plain override of a key the config lacks.
+    differing = [f"++data.{key}={model.training_data[key]}" for key in IMAGE_SETTINGS
                  if key in model.training_data and key in hparams and hparams[key] != model.training_data[key]]
     if differing:
         log.warning("The data is read otherwise than the run was trained on, so the scores do not compare with the "
