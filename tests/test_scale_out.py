@@ -412,7 +412,7 @@ def test_spectral_norm_models_train_under_ddp_spawn(train_cfg, tmp_path, model_n
 
 
 def test_sync_batchnorm_refuses_test_time_batch_statistics(train_cfg):
-    cfg = train_cfg("model=pix2pix", "data=shapes_paired", "+trainer.sync_batchnorm=true")
+    cfg = train_cfg("model=pix2pix", "data=shapes_paired", "trainer.sync_batchnorm=true")   # a key of every trainer config
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     with pytest.raises(ValueError, match="test_time_batch_stats"):
         check_sync_batchnorm(cfg, model)
