@@ -319,6 +319,30 @@ def test_losses_are_logged_when_lightning_writes_them_and_at_the_end(train_cfg, 
     assert written == [g for _, g in logged[:2]]
 
 
+def test_logged_losses_reach_the_host_in_one_copy(train_cfg, monkeypatch):
+    """Lightning keeps the last logged values and reads the progress bar's with .item() after
+    every batch: device tensors there would make each GPU iteration wait for the GPU's queue.
+    log_losses copies an iteration's values to the host at once and logs those copies."""
+    model = hydra.utils.instantiate(train_cfg("model=cyclegan").model, _recursive_=False)
+    model.logging_losses = True
+    copies, original_cpu = [], torch.Tensor.cpu
+
+    def counted_cpu(tensor, *args, **kwargs):
+        copies.append(tuple(tensor.shape))
+        return original_cpu(tensor, *args, **kwargs)
+    monkeypatch.setattr(torch.Tensor, "cpu", counted_cpu)
+    logged = {}
+    model.log_dict = lambda metrics, prog_bar=False, **kwargs: logged.update(
+        {name: (value, prog_bar) for name, value in metrics.items()})
+    weight = torch.tensor(1.5, requires_grad=True)
+    model.log_losses({"adv": weight * 2, "cycle": torch.tensor(0.25)},
+                     {"G": weight * 2 + 0.25, "D": torch.tensor(0.5, dtype=torch.float64)}, batch_size=1)
+    assert copies == [(4,)]
+    assert {name: (float(value), bar) for name, (value, bar) in logged.items()} == {
+        "train/adv": (3.0, False), "train/cycle": (0.25, False), "train/G": (3.25, True), "train/D": (0.5, True)}
+    assert not any(value.requires_grad for value, _ in logged.values())
+
+
 def test_all_loggers_write_offline(train_cfg, monkeypatch):
     """csv, tensorboard and wandb (offline: no login, no network) all receive the run."""
     monkeypatch.setenv("WANDB_MODE", "offline")

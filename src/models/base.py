@@ -496,8 +496,13 @@ class AdversarialModel(pl.LightningModule):
         progress bar) as `train/<total>`, on the iterations `logs_this_iteration` chose."""
         if not self.logging_losses:
             return
-        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size)
-        self.log_dict({f"train/{k}": v.detach() for k, v in totals.items()}, prog_bar=True, batch_size=batch_size)
+        # On the host, in one copy: Lightning keeps the last logged values until the epoch ends
+        # and reads the progress bar's with `.item()` after every batch, which for GPU tensors
+        # would wait for the GPU's queue each iteration instead of once per logged one.
+        values = torch.stack([v.detach().float() for v in (*terms.values(), *totals.values())]).cpu().unbind()
+        self.log_dict({f"train/{k}": v for k, v in zip(terms, values)}, batch_size=batch_size)
+        self.log_dict({f"train/{k}": v for k, v in zip(totals, values[len(terms):])}, prog_bar=True,
+                      batch_size=batch_size)
 
     def logs_this_iteration(self) -> bool:
         """Whether this iteration's losses are logged (asked before its first step): on the
