@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from conftest import NO_EVALUATION, assert_resume_continues_the_run
 from src.models.progressive_schedule import Part, Phase, ProgressiveSchedule
-from src.nets.progan import (EqualizedLinear, ProGANDiscriminator, ProGANGenerator, blur, minibatch_stddev,
+from src.nets.progan import (EqualizedLinear, ProGANDiscriminator, ProGANGenerator, blur, blur_kernel, minibatch_stddev,
                              pixel_norm)
 from src.nets.stylegan import StyleGANGenerator
 from src.utils.checkpoint_loading import load_model
@@ -324,10 +324,10 @@ def test_a_generators_fade_in_starts_from_the_level_below_as_the_reals_do(genera
 def test_stylegan_discriminator_downsamples_through_the_low_pass_filter(train_cfg):
     """StyleGAN's critic blurs before each downsampling (SPEC: bilinear down-sampling); ProGAN's
     does not. The filter keeps flat regions and removes the highest frequency."""
-    flat = blur(torch.full((1, 2, 6, 6), 3.0))
+    flat = blur(torch.full((1, 2, 6, 6), 3.0), blur_kernel())
     assert torch.allclose(flat[..., 1:-1, 1:-1], torch.full((1, 2, 4, 4), 3.0))
     checkerboard = (torch.arange(6)[:, None] + torch.arange(6)[None, :]) % 2 * 2.0 - 1
-    assert blur(checkerboard[None, None])[..., 1:-1, 1:-1].abs().max() < 1e-6
+    assert blur(checkerboard[None, None], blur_kernel())[..., 1:-1, 1:-1].abs().max() < 1e-6
     assert hydra.utils.instantiate(train_cfg("model=stylegan").model, _recursive_=False).discriminator.blur
     assert not hydra.utils.instantiate(train_cfg("model=progan").model, _recursive_=False).discriminator.blur
     x = torch.randn(2, 3, 16, 16)
@@ -336,6 +336,12 @@ def test_stylegan_discriminator_downsamples_through_the_low_pass_filter(train_cf
     torch.manual_seed(0)
     blurred = ProGANDiscriminator(image_size=16, fmap_base=32, fmap_max=8, blur=True)
     assert not torch.allclose(box(x), blurred(x))
+    # The kernel is the network's buffer, moved with it, not a tensor made (and, on a GPU,
+    # copied from the host) per call; checkpoints keep their keys.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.Tensor, "new_tensor", lambda *args, **kwargs: pytest.fail("a tensor made per call"))
+        assert torch.allclose(blurred.double()(x.double()).float(), blurred.float()(x), atol=1e-5)
+    assert box.state_dict().keys() == blurred.state_dict().keys()
     blurred.set_stage(0, 1.0)   # 4x4 alone: no downsampling block runs, so no filter either
     box.set_stage(0, 1.0)
     assert torch.equal(box(x), blurred(x))

@@ -86,13 +86,18 @@ def leaky(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, 0.2)
 
 
-def blur(x: torch.Tensor) -> torch.Tensor:
-    """StyleGAN's low-pass filter, [1, 2, 1] x [1, 2, 1] / 16 on each channel (zero padding, as
-    the authors'): run before a 2x2 average pooling, it makes the downsampling bilinear rather
-    than a box filter's."""
-    taps = x.new_tensor([1.0, 2.0, 1.0])
-    kernel = (taps[:, None] * taps[None, :] / 16).expand(x.size(1), 1, 3, 3)
-    return F.conv2d(x, kernel, padding=1, groups=x.size(1))
+def blur_kernel() -> torch.Tensor:
+    """StyleGAN's low-pass filter, [1, 2, 1] x [1, 2, 1] / 16, as a [1, 1, 3, 3] kernel."""
+    taps = torch.tensor([1.0, 2.0, 1.0])
+    return (taps[:, None] * taps[None, :] / 16)[None, None]
+
+
+def blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """`kernel` (`blur_kernel()`) on each channel, zero padding as the authors': run before a 2x2
+    average pooling, it makes the downsampling bilinear rather than a box filter's. The network
+    keeps the kernel as a buffer on its device: one made per call would be a blocking copy to
+    the GPU at every block of every discriminator pass."""
+    return F.conv2d(x, kernel.to(x.dtype).expand(x.size(1), 1, 3, 3), padding=1, groups=x.size(1))
 
 
 class GrowingNet(nn.Module):
@@ -175,6 +180,8 @@ class ProGANDiscriminator(GrowingNet):
             raise ValueError(f"model.discriminator.mbstd_group_size={mbstd_group_size!r} must be an integer >= 2 "
                              "(the authors' code: 4) or null (the whole batch)")
         self.num_classes, self.blur, self.mbstd_group_size = num_classes, blur, mbstd_group_size
+        if blur:   # not saved: checkpoints keep their keys, and the kernel is a constant
+            self.register_buffer("low_pass", blur_kernel(), persistent=False)
         channels = level_channels(self.top_level, fmap_base, fmap_max)
         # A conditional critic reads the one-hot label as constant input maps (as DCGAN's).
         self.from_rgb = nn.ModuleList(EqualizedConv2d(input_nc + num_classes, c, 1) for c in channels)
@@ -194,7 +201,7 @@ class ProGANDiscriminator(GrowingNet):
         for k in range(self.level, 0, -1):
             conv1, conv2 = self.blocks[k - 1]
             h = leaky(conv1(h))
-            h = F.avg_pool2d(leaky(conv2(blur(h) if self.blur else h)), 2)
+            h = F.avg_pool2d(leaky(conv2(blur(h, self.low_pass) if self.blur else h)), 2)
             if k == self.level and self.alpha < 1.0:   # fading the new level in over the previous one
                 old = leaky(self.from_rgb[k - 1](F.avg_pool2d(x, 2)))
                 h = torch.lerp(old, h, self.alpha)
