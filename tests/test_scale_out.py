@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import hydra
 import numpy as np
@@ -242,6 +243,29 @@ def test_sigterm_under_ddp_stops_every_rank_with_its_checkpoint(tmp_path, shared
             os.killpg(run.pid, signal.SIGKILL)
     interrupted_in_whole_iterations(run_dir)
     assert "SIGTERM: every rank stops after iteration" in log_path.read_text()
+
+
+@pytest.mark.parametrize("backend, new_group", [("nccl", True), ("gloo", False)])
+def test_ranks_combine_their_signal_notes_on_the_host(monkeypatch, backend, new_group):
+    """The notes are all-reduced as a CPU tensor over gloo (a group of its own beside NCCL's):
+    a GPU tensor read back every iteration would make each one wait for the GPU's queue."""
+    from src.callbacks import stop_signals
+    created, reduced = [], []
+    monkeypatch.setattr(stop_signals.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(stop_signals.dist, "get_backend", lambda group=None: backend)
+    monkeypatch.setattr(stop_signals.dist, "new_group", lambda **kwargs: created.append(kwargs) or "gloo group")
+
+    def all_reduce(tensor, group=None):
+        reduced.append((tensor.device.type, group))
+        tensor.add_(torch.tensor([0.0, 1.0, 0.0]))   # another rank noted SIGUSR1
+    monkeypatch.setattr(stop_signals.dist, "all_reduce", all_reduce)
+    callback = stop_signals.StopSignals()
+    callback.group = stop_signals.notes_group(world_size=2)
+    assert created == ([{"backend": "gloo"}] if new_group else [])
+    callback.noted = {signal.SIGTERM}
+    assert callback.noted_on_any_rank(SimpleNamespace(world_size=2)) == [signal.SIGTERM, signal.SIGUSR1]
+    assert reduced == [("cpu", "gloo group" if new_group else None)]
+    assert stop_signals.notes_group(world_size=1) is None
 
 
 @pytest.mark.parametrize("signalled_ranks", [(1,), (0, 1)])
