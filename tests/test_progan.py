@@ -593,3 +593,26 @@ def test_a_resume_at_another_batch_size_finishes_the_phase_by_its_images(train_c
     model = load_model(Path(resumed.paths.output_dir, "checkpoints", "last.ckpt"))
     model.on_load_checkpoint(older)   # as a resume calls it (with one device here)
     assert model.parts == [Part(0, 4, 2, {}, 1), Part(1, 4, 2, {}, 2), Part(4, 4, 2, {}, 1)]
+
+
+def test_a_fade_in_does_not_recompile_the_compiled_networks():
+    """Under compile the fade-in weight, which moves every iteration, is a tensor the graphs read
+    (the stage buffer), not a Python float they are specialised on: a fade-in compiles each
+    network once, not once per iteration (torch.compile gives up after 8 and runs eagerly)."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    generator = ProGANGenerator(latent_dim=8, image_size=16, fmap_base=32, fmap_max=8)
+    discriminator = ProGANDiscriminator(image_size=16, fmap_base=32, fmap_max=8, blur=True)
+    compiled_generator, compiled_discriminator = (torch.compile(net, backend="eager")
+                                                  for net in (generator, discriminator))
+    z = torch.randn(2, 8)
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for alpha in (0.1, 0.35, 0.6, 0.85):
+        for net in (generator, discriminator):
+            net.set_stage(2, alpha)
+        images = compiled_generator(z)
+        assert torch.equal(images, generator(z))   # the weight the eager forward uses too
+        assert torch.allclose(compiled_discriminator(images), discriminator(images))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before == 2
+    torch._dynamo.reset()

@@ -103,7 +103,10 @@ def blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 class GrowingNet(nn.Module):
     """The stage both networks share: the top level run and its fade-in weight. Kept as buffers
     too, so a checkpoint loaded for sampling (eval.py) runs at the stage it was trained to; the
-    forward passes read the plain copies (reading a buffer's value would wait for a GPU)."""
+    forward passes read the plain level and whether a level is fading in (reading a buffer's
+    value would wait for a GPU), and take the fade-in weight as the buffer's tensor: under
+    `compile` a Python float that changes every iteration would recompile the network every
+    iteration, where a bool and a level recompile once per stage."""
 
     def __init__(self, image_size: int):
         super().__init__()
@@ -111,7 +114,7 @@ class GrowingNet(nn.Module):
         self.image_size = image_size
         self.register_buffer("stage_level", torch.tensor(self.top_level))
         self.register_buffer("stage_alpha", torch.tensor(1.0))
-        self.level, self.alpha = self.top_level, 1.0
+        self.level, self.alpha, self.fading = self.top_level, 1.0, False
 
     def set_stage(self, level: int, alpha: float) -> None:
         if not 0 <= level <= self.top_level or not 0.0 <= alpha <= 1.0:
@@ -119,6 +122,11 @@ class GrowingNet(nn.Module):
         self.stage_level.fill_(level)
         self.stage_alpha.fill_(alpha)
         self.level, self.alpha = int(level), float(alpha)
+        self.fading = self.level > 0 and self.alpha < 1.0
+
+    def fade(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """`new` weighted by alpha over `old` (the level below's), alpha read from the buffer."""
+        return torch.lerp(old, new, self.stage_alpha.to(new.dtype))
 
     def full_size_image(self, x: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         """A generator's output: the current level's toRGB of `x`, faded over the level below's
@@ -128,15 +136,15 @@ class GrowingNet(nn.Module):
         average pooling undoes it exactly. A smoother fade of the fakes alone would show the
         critic a difference that is not one of quality."""
         image = self.to_rgb[self.level](x)
-        if self.level > 0 and self.alpha < 1.0:
+        if self.fading:
             old = F.interpolate(self.to_rgb[self.level - 1](previous), scale_factor=2, mode="nearest")
-            image = torch.lerp(old, image, self.alpha)
+            image = self.fade(old, image)
         factor = 2 ** (self.top_level - self.level)
         return F.interpolate(image, scale_factor=factor, mode="nearest") if factor > 1 else image
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.level, self.alpha = int(self.stage_level), float(self.stage_alpha)
+        self.set_stage(int(self.stage_level), float(self.stage_alpha))
 
 
 class ProGANGenerator(GrowingNet):
@@ -202,8 +210,8 @@ class ProGANDiscriminator(GrowingNet):
             conv1, conv2 = self.blocks[k - 1]
             h = leaky(conv1(h))
             h = F.avg_pool2d(leaky(conv2(blur(h, self.low_pass) if self.blur else h)), 2)
-            if k == self.level and self.alpha < 1.0:   # fading the new level in over the previous one
+            if k == self.level and self.fading:   # fading the new level in over the previous one
                 old = leaky(self.from_rgb[k - 1](F.avg_pool2d(x, 2)))
-                h = torch.lerp(old, h, self.alpha)
+                h = self.fade(old, h)
         h = leaky(self.last_conv(minibatch_stddev(h, self.mbstd_group_size)))
         return self.out(leaky(self.last_dense(h.flatten(1))))
