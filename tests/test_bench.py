@@ -97,6 +97,18 @@ def test_unknown_configuration_is_named():
         train_step_specs(bench_cfg("configurations=[no_such_model]"))
 
 
+def test_a_fast_conv_trial_names_a_configuration_without_the_setting():
+    """model.fast_conv is the translation models' setting: a trial of it over a noise model's row
+    is named, not a Hydra refusal of the override; the reference's iteration (which turns it off)
+    leaves such a row to the worker, which says the model has no reference iteration."""
+    (spec,) = train_step_specs(bench_cfg("configurations=[cyclegan_64]", "tweaks.fast_conv=false"))
+    assert spec["overrides"][-1] == "model.fast_conv=false"
+    with pytest.raises(ValueError, match="configuration 'dcgan_64' \\(model=dcgan\\) has no model.fast_conv"):
+        train_step_specs(bench_cfg("configurations=[dcgan_64]", "tweaks.fast_conv=false"))
+    (spec,) = train_step_specs(bench_cfg("configurations=[dcgan_64]", "tweaks.iteration=reference"))
+    assert not any("fast_conv" in override for override in spec["overrides"])
+
+
 @pytest.mark.parametrize("override, message", [
     ("device=gpu", r"device='gpu' must be cpu or cuda"),
     ("threads=0", r"threads=0 must be a positive integer"),

@@ -204,6 +204,10 @@ def test_segmenter_errors_name_the_setting_and_the_fix(segmenter_file, tmp_path)
         Segmenter(segmenter_file, 20, None, "cpu", key="segmenter_path").classes(images, (16, 16))
     with pytest.raises(ValueError, match=r"cannot segment a \(1, 3, 12, 12\) image: .*set segmenter_size"):
         Segmenter(segmenter_file, 19, None, "cpu", key="segmenter_path").classes(torch.zeros(1, 3, 12, 12), (12, 12))
+    # In training the settings are the callback's: the fix names its key.
+    with pytest.raises(ValueError, match=r"set callbacks\.label_scores\.segmenter_size to the size"):
+        Segmenter(segmenter_file, 19, None, "cpu", key="callbacks.label_scores.segmenter_path").classes(
+            torch.zeros(1, 3, 12, 12), (12, 12))
 
 
 # -- the data's label maps -----------------------------------------------------------------------
@@ -316,7 +320,7 @@ def test_callback_says_why_a_direction_is_not_scored_at_its_first_evaluation_onl
     callback.setup(trainer, Road(), "fit")
     with caplog.at_level(logging.INFO, logger="src.utils.label_evaluation"):
         assert callback.scores(trainer, Road()) == {} and callback.scores(trainer, Road()) == {}
-    assert caplog.text.count("No FCN-score for A->B") == 1
+    assert caplog.text.count("No FCN-score for A->B: callbacks.label_scores.segmenter_path=") == 1
 
 
 class Identity(Road):

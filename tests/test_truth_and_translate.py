@@ -846,7 +846,7 @@ def test_eval_reads_the_data_the_way_round_the_model_was_trained(smoke_runs, tmp
     torch.save(checkpoint, ckpt)
     run = SimpleNamespace(ckpt=ckpt, cfg=smoke_runs["cyclegan"].cfg)
     with pytest.raises(ValueError, match=f"data.direction=AtoB, but ckpt_path={ckpt} was trained with "
-                                         "data.direction=BtoA: pass data.direction=BtoA"):
+                                         "data.direction=BtoA: pass \\+\\+data.direction=BtoA"):
         evaluate(run, tmp_path / "wrong", shared_data_dir)
     _, out = evaluate(run, tmp_path / "right", shared_data_dir, "data.direction=BtoA")
     report = json.loads((out / "metrics.json").read_text())

@@ -63,7 +63,8 @@ class LabelScoresCallback(PeriodicEvaluation):
         skipped = untranslated_directions(pl_module)
         for direction in [d for d in DIRECTIONS if d not in skipped]:
             scores = label_scores_for(datamodule, *domain_folders(datamodule, direction), self._segmenter, device,
-                                      real_photos=direction not in self._real, explain=direction not in self._explained)
+                                      real_photos=direction not in self._real, explain=direction not in self._explained,
+                                      key_prefix=f"{self.config_key}.")
             self._explained.add(direction)   # why a direction is not scored, said at the first evaluation only
             if scores is None:
                 continue

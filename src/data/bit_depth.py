@@ -108,7 +108,7 @@ def read_16_bit_colour(path: str | Path, image: Image.Image, bit_depth: int) -> 
     samples = _decode_with_opencv(path)
     if samples is None or samples.dtype != np.uint16 or samples.ndim != 3:
         raise ValueError("OpenCV cannot decode its 16-bit colour samples (the file may be truncated): replace "
-                         "the file, or read it as 16-bit data (data.bit_depth=16, the default) through PIL")
+                         "the file, or read it as 16-bit data (++data.bit_depth=16, the default) through PIL")
     planes = [integers_to_uint8(samples[..., 2::-1], bit_depth)]   # OpenCV's BGR(A) -> RGB
     if samples.shape[2] == 4:
         planes.append(integers_to_uint8(samples[..., 3:], 16))

@@ -170,7 +170,7 @@ def how_to_get(name: str, data_dir: str | Path) -> str:
     for layout in ((source.layout,) if source else REQUIRED_FOLDERS):
         nested = nested_dataset(data_dir, layout)
         if nested is not None:
-            return f"The dataset is one folder down, in {nested}: set data.data_dir={nested}."
+            return f"The dataset is one folder down, in {nested}: pass ++data.data_dir={nested}."
     if source is None:
         known = ", ".join(sorted(DATASETS))
         return (
@@ -185,7 +185,7 @@ def how_to_get(name: str, data_dir: str | Path) -> str:
     else:
         hint = f"Download it with: python -m src.data.download {name} --root {root}"
         if data_dir.name != name:
-            hint += f" and set data.data_dir={root / name}"
+            hint += f" and pass ++data.data_dir={root / name}"
         elif data_dir.is_dir() and any(data_dir.iterdir()):
             hint += f" (after moving the incomplete {data_dir} away)"
         if source.note:

@@ -52,7 +52,7 @@ def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
     data.bit_depth read images) and --workers."""
     parser.add_argument("--channels", type=int, default=3, choices=(1, 3), help="3: RGB (default), 1: grayscale")
     parser.add_argument("--keep-stored-colours", action="store_true",
-                        help="do not convert colour profiles to sRGB (data.to_srgb=false)")
+                        help="do not convert colour profiles to sRGB (++data.to_srgb=false in a run)")
     parser.add_argument("--bit-depth", type=int, default=16, choices=range(8, 17), metavar="8..16",
                         help="bits of the samples of 16-bit files (data.bit_depth; default 16)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,

@@ -122,7 +122,8 @@ class SequenceDataModule(SplitDataModule):
                            ("n_train", n_train), ("n_test", n_test), ("stride", stride)):
             require_int(f"data.{key}", value)
         if source == "csv" and not csv_path:
-            raise ValueError("data.source=csv needs data.csv_path=/path/to/series.csv")
+            raise ValueError("data.source=csv needs data.csv_path=/path/to/series.csv (data=csv_series has the key; "
+                             "on another data config, ++data.csv_path=...)")
         require_int("data.max_dataset_size", max_dataset_size, allow_none=True)
         if not 0 < test_fraction < 1:
             raise ValueError(f"data.test_fraction={test_fraction!r} must be between 0 and 1")

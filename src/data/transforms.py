@@ -188,7 +188,7 @@ class ImageTransform:
             raise ValueError(
                 f"data.crop_size={self.crop_size} is larger than an image of {height}x{width} "
                 f"(preprocess='crop' does not resize). Lower data.crop_size or use "
-                f"preprocess=resize_and_crop."
+                f"data.preprocess=resize_and_crop."
             )
         if self.preprocess == "none" and min(height, width) < SIDE_MULTIPLE:
             raise ValueError(

@@ -57,8 +57,8 @@ class Segmenter:
                 scores = self.module(image)
             except Exception as error:   # an export made for another size or batch
                 raise ValueError(f"{self.key}={self.path} cannot segment a {tuple(image.shape)} image: {error}. "
-                                 "Export it for that shape, or set segmenter_size to the size it was exported "
-                                 "for") from error
+                                 f"Export it for that shape, or set {self.key.removesuffix('path')}size to the size it "
+                                 "was exported for") from error
             if isinstance(scores, dict) and "out" in scores:
                 scores = scores["out"]
             if not (isinstance(scores, torch.Tensor) and scores.dim() == 4 and scores.size(1) >= self.num_classes):

@@ -62,11 +62,18 @@ def train_step_specs(cfg: DictConfig) -> list[dict[str, Any]]:
             raise KeyError(f"configuration '{name}' is not in the catalog of conf/bench.yaml; "
                            f"known: {sorted(cfg.catalog)}")
         entry = OmegaConf.to_container(cfg.catalog[name], resolve=True)
+        training_cfg = compose_model_config(str(ROOT / "conf"), entry["model"], int(entry["size"]),
+                                            entry.get("overrides", []))
         if tweaks.get("fast_conv") is not None:   # a model setting: composed like the row's overrides
-            entry["overrides"] = [*entry.get("overrides", []), f"model.fast_conv={str(tweaks['fast_conv']).lower()}"]
+            if "fast_conv" in training_cfg.model:
+                entry["overrides"] = [*entry.get("overrides", []),
+                                      f"model.fast_conv={str(tweaks['fast_conv']).lower()}"]
+            elif iteration != "reference":   # (which names the models it has an iteration for)
+                raise ValueError(f"tweaks.fast_conv={tweaks['fast_conv']}: configuration '{name}' (model="
+                                 f"{entry['model']}) has no model.fast_conv, a setting of the translation models; "
+                                 f"leave it out of configurations")
         # As src/train.py runs this model (its config may choose the allocator), unless a trial sets one.
-        allocator = tweaks.get("allocator") or compose_model_config(
-            str(ROOT / "conf"), entry["model"], int(entry["size"]), entry.get("overrides", [])).get("allocator", "default")
+        allocator = tweaks.get("allocator") or training_cfg.get("allocator", "default")
         for batch_size in as_list(cfg.batch_sizes):
             for precision in as_list(cfg.precision):
                 if precision not in ("fp32", "bf16"):

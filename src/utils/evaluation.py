@@ -155,7 +155,7 @@ def check_trained_direction(model, datamodule, ckpt_path) -> None:
     trained = model.training_data.get("direction")
     if trained is not None and trained != datamodule.direction:
         raise ValueError(f"data.direction={datamodule.direction}, but ckpt_path={ckpt_path} was trained with "
-                         f"data.direction={trained}: pass data.direction={trained}")
+                         f"data.direction={trained}: pass ++data.direction={trained}")
 
 
 def evaluate_direction(model, loader, direction: str, n_source: int, n_target: int, scorer: FidKidScorer,

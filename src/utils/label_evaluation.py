@@ -67,11 +67,11 @@ class FcnScores:
 
 
 def label_scores_for(datamodule, source: str, target: str, segmenter: Segmenter | None, device,
-                     real_photos: bool = True, explain: bool = True):
+                     real_photos: bool = True, explain: bool = True, key_prefix: str = ""):
     """The label-map scores of translating dataset domain `source` into `target`, or None
     (with the reason logged unless `explain=False`) where the data has no label maps or the
     direction cannot be scored; `real_photos=False` leaves out the real photos' FCN-score
-    (known from an earlier call)."""
+    (known from an earlier call); `key_prefix`: where the segmenter's setting lives in the config."""
     palette, labels = getattr(datamodule, "label_palette", None), getattr(datamodule, "label_domain", None)
     if palette is None or labels not in (source, target):
         return None
@@ -84,8 +84,8 @@ def label_scores_for(datamodule, source: str, target: str, segmenter: Segmenter 
             return None
         return GeneratedLabelScores(palette, device)
     if segmenter is None:
-        say("No FCN-score for %s->%s: segmenter_path=/path/to/segmenter.pt2 (a segmentation net of the "
-            "label classes, src/metrics/segmenter.py) scores the generated photos", source, target)
+        say("No FCN-score for %s->%s: %ssegmenter_path=/path/to/segmenter.pt2 (a segmentation net of the "
+            "label classes, src/metrics/segmenter.py) scores the generated photos", source, target, key_prefix)
         return None
     return FcnScores(palette, segmenter, real=real_photos and pairs, device=device)
 
