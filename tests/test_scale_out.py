@@ -776,6 +776,32 @@ def test_an_overflow_in_one_optimizers_gradients_skips_every_optimizer_of_the_ba
     assert stepped(5.0) == ([True, True], 1024.0)
 
 
+def test_fused_optimizers_of_one_backward_skip_together_without_a_read_of_the_flag(monkeypatch):
+    """Fused Adam reads GradScaler's overflow flag inside its kernel. The flags of one backward's
+    optimizers are combined on the device, so no step reads them on the host (.item(), a wait for
+    the GPU at every backward), and an overflow in either or both still skips both (a fused kernel
+    skips on a flag of exactly 1, not on a sum of 2)."""
+    def stepped(encoder_factor: float, heads_factor: float = 3.0) -> tuple[list[bool], float, int]:
+        scalers = PlayerGradScalers("cpu", {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                                            "growth_interval": 100, "_growth_tracker": 0})
+        heads, encoder = torch.nn.Parameter(torch.ones(1)), torch.nn.Parameter(torch.ones(1))
+        opts = [torch.optim.Adam([heads], lr=0.1, fused=True), torch.optim.Adam([encoder], lr=0.1, fused=True)]
+        reads, item = [], torch.Tensor.item
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.Tensor, "item", lambda tensor: reads.append(tensor.shape) or item(tensor))
+            with scalers.scaling("heads+encoders", opts):
+                scalers.scale((heads_factor * heads + encoder_factor * encoder).sum()).backward()
+                for opt in opts:  # Lightning's MixedPrecision.optimizer_step, once per optimizer
+                    scalers.unscale_(opt)
+                    scalers.step(opt)
+                    scalers.update()
+        return [p.item() != 1.0 for p in (heads, encoder)], scalers.scalers["heads+encoders"].get_scale(), len(reads)
+
+    assert stepped(float("inf")) == ([False, False], 512.0, 0)
+    assert stepped(float("inf"), heads_factor=float("inf")) == ([False, False], 512.0, 0)
+    assert stepped(5.0) == ([True, True], 1024.0, 0)
+
+
 def test_an_overflow_backs_off_only_its_own_loss_scale():
     scalers = PlayerGradScalers("cpu", {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5,
                                         "growth_interval": 100, "_growth_tracker": 0})

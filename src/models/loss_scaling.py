@@ -42,7 +42,7 @@ class PlayerGradScalers:
         self._active: str | None = None
         self._fed: list = []          # the optimizers the active backward feeds
         self._unscaled: set[int] = set()
-        self._overflowed: bool | None = None   # whether the active backward's gradients hold inf/NaN
+        self._shared = False          # whether the active backward's overflow flags are combined
 
     @classmethod
     def install(cls, trainer) -> PlayerGradScalers | None:
@@ -70,7 +70,7 @@ class PlayerGradScalers:
         try:
             yield scaler
         finally:
-            self._active, self._fed, self._overflowed = None, [], None
+            self._active, self._fed, self._shared = None, [], False
             self._unscaled.clear()
         scaler.update()
 
@@ -101,18 +101,28 @@ class PlayerGradScalers:
             self._unscaled.add(id(optimizer))
 
     def step(self, optimizer, *args, **kwargs):
-        if self._overflowed is None:   # every gradient of the backward is checked before its first step
+        if not self._shared:   # every gradient of the backward is checked before its first step
             for fed in self._fed:
                 self.unscale_(fed)
-            self._overflowed = any(self._found_inf(fed) for fed in self._fed)
-        if self._overflowed:
-            return None   # as GradScaler skips an optimizer whose own gradients overflowed
+            self._share_overflow(self._fed)
+            self._shared = True
         return self.active.step(optimizer, *args, **kwargs)
 
-    def _found_inf(self, optimizer) -> bool:
-        # What GradScaler.step reads to skip an optimizer (its per-optimizer record of unscale_).
-        found = self.active._per_optimizer_states[id(optimizer)]["found_inf_per_device"]
-        return sum(value.item() for value in found.values()) > 0
+    def _share_overflow(self, optimizers) -> None:
+        """Give every optimizer of the backward the overflow flag of all of them, their maximum on
+        the device (1 or 0: fused kernels skip on exactly 1): GradScaler then skips each one where
+        any overflowed. What GradScaler.step reads
+        is its per-optimizer record of unscale_; a fused optimizer (Adam's on CUDA and CPU) reads
+        the flag inside its kernel, so nothing waits for the GPU, where reading it on the host
+        here would, every backward."""
+        records = [self.active._per_optimizer_states[id(opt)]["found_inf_per_device"] for opt in optimizers]
+        flags = [flag for record in records for flag in record.values()]
+        if not flags:
+            return
+        combined = torch.stack([flag.to(flags[0].device, non_blocking=True).reshape(()) for flag in flags]).amax()
+        for record in records:
+            for device in record:
+                record[device] = combined.to(device, non_blocking=True)
 
     def update(self, new_scale=None) -> None:
         """Lightning calls this after every optimizer step; the real update waits for the end of
