@@ -592,7 +592,7 @@ def test_ema_update_is_the_decayed_average_and_copies_before_start_iter(train_cf
     move_weights()
     ema.update(iteration=2)
     for avg, prev, param in zip(ema.averaged, previous, ema._params):
-        assert torch.equal(avg, 0.75 * prev + (1 - 0.75) * param)
+        assert torch.allclose(avg, 0.75 * prev + (1 - 0.75) * param, rtol=1e-6, atol=1e-6)
         assert not torch.equal(avg, param)
 
 
