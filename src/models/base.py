@@ -465,11 +465,11 @@ class AdversarialModel(pl.LightningModule):
         """WGAN: the discriminators' parameters these optimizers just stepped, clipped to
         [-c, c] (the generators' steps leave the critic alone)."""
         critic = {id(p) for net in self.image_discriminators() for p in net.parameters()}
-        for opt in optimizers:
-            for group in step_in_backward.raw_optimizer(opt).param_groups:
-                for p in group["params"]:
-                    if id(p) in critic:
-                        p.clamp_(-self.weight_clip, self.weight_clip)
+        stepped = [p for opt in optimizers for group in step_in_backward.raw_optimizer(opt).param_groups
+                   for p in group["params"] if id(p) in critic]
+        if stepped:   # two fused passes, not two kernels per tensor
+            torch._foreach_clamp_min_(stepped, -self.weight_clip)
+            torch._foreach_clamp_max_(stepped, self.weight_clip)
 
     @property
     def steps_in_backward(self) -> bool:
