@@ -19,7 +19,7 @@ from omegaconf import DictConfig  # noqa: E402
 from src.models.checkpoint_fit import check_checkpoint_file  # noqa: E402
 from src.utils.checkpoint_loading import load_model  # noqa: E402
 from src.utils.export import export_translation  # noqa: E402
-from src.data.folders import output_paths  # noqa: E402
+from src.data.folders import output_paths, refuse_existing_outputs  # noqa: E402
 from src.utils.config_checks import check_seed  # noqa: E402
 from src.utils.rng import isolated_rng  # noqa: E402
 from src.utils.translation import (check_direction, list_input_images, resolve_device, save_png,  # noqa: E402
@@ -41,6 +41,8 @@ def run_translation(cfg: DictConfig) -> dict:
     if paths and Path(cfg.input).is_dir() and Path(cfg.output).resolve().is_relative_to(Path(cfg.input).resolve()):
         raise ValueError(f"output={cfg.output} lies inside input={cfg.input}: a later run on that input would "
                          f"translate these outputs too; write them elsewhere")
+    if not cfg.get("overwrite", False):
+        refuse_existing_outputs(targets.values(), "pass overwrite=true to replace them")
     device = resolve_device(cfg.get("device", "auto"))
     check_seed("seed", cfg.get("seed"))
     with isolated_rng(device, cfg.get("seed")):
@@ -59,6 +61,7 @@ def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path,
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path, image in translate_images(model, paths, cfg.direction, cfg.batch_size, device, cfg.get("short_side")):
+        targets[path].unlink(missing_ok=True)   # (overwrite=true) replaced, not written through a link
         save_png(image, targets[path])
         written.append(str(targets[path]))
     if paths:

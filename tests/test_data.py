@@ -1025,6 +1025,26 @@ def test_subfolders_are_read_as_the_reference_code_reads_them(tmp_path, caplog):
     assert [p.name for p in list_images(folder, max_count=2)] == ["y.png", "z.png"]
 
 
+def test_a_folder_reached_by_a_link_too_is_named_by_its_own_path(tmp_path):
+    """A link to a folder beside it ("a_view" -> "sub", listed first by name): the folder is read
+    once, under its real name, whatever order the file system lists the two in."""
+    folder = tmp_path / "testA"
+    write_image(folder / "sub" / "s.png")
+    (folder / "a_view").symlink_to(folder / "sub", target_is_directory=True)
+    assert [p.relative_to(folder).as_posix() for p in list_images(folder)] == ["sub/s.png"]
+
+
+def test_output_names_that_differ_only_in_case_or_unicode_form_are_refused(tmp_path):
+    """On a disk that ignores case (macOS, Windows, exFAT) `Photo.png` and `photo.png` are one
+    file, and so are the composed and decomposed spellings of an accented name."""
+    from src.data.folders import output_paths
+    for first, second in (("Photo.jpg", "photo.png"), ("caf\u00e9.png", "cafe\u0301.jpg")):
+        paths = [tmp_path / "in" / first, tmp_path / "in" / second]
+        with pytest.raises(ValueError, match=r"would both be written as .* \(on a disk that ignores case"):
+            output_paths(paths, tmp_path / "out", tmp_path / "in")
+    assert len(output_paths([tmp_path / "in" / "a.png", tmp_path / "in" / "b.png"], tmp_path / "out")) == 2
+
+
 def test_a_folder_that_cannot_be_listed_is_named_not_passed_over(tmp_path, monkeypatch):
     folder = tmp_path / "trainA"
     write_image(folder / "a.png")

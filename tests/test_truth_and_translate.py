@@ -432,7 +432,7 @@ def test_short_side_scales_each_input_to_the_training_scale_first(smoke_runs, tm
         assert Image.open(tmp_path / "out" / f"{name}.png").size == (width, height)
     with pytest.raises(ValueError, match=r"short_side=0 must be a positive integer or null"):
         run_translation(translate_cfg(ckpt_path=str(smoke_runs["cyclegan"].ckpt), input=str(tmp_path / "in"),
-                                      output=str(tmp_path / "out"), short_side=0))
+                                      output=str(tmp_path / "out0"), short_side=0))
 
 
 def test_pad_to_multiple_crops_back_exactly():
@@ -500,6 +500,33 @@ def test_translate_refuses_to_overwrite_its_inputs(smoke_runs, tmp_path):
         run_translation(translate_cfg(ckpt_path=str(smoke_runs["cyclegan"].ckpt), input=str(tmp_path / "in"),
                                       output=str(tmp_path / "in" / "out")))
     assert not (tmp_path / "in" / "out").exists()
+    # An output that is the input under another name (a hard link here; `X.png` is `X.PNG` on a
+    # Mac's disk): the same file, whatever the paths say
+    (tmp_path / "out").mkdir()
+    os.link(tmp_path / "in" / "rgb.png", tmp_path / "out" / "rgb.png")
+    with pytest.raises(ValueError, match=r"rgb.png would be overwritten by its own output"):
+        run_translation(translate_cfg(ckpt_path=str(smoke_runs["cyclegan"].ckpt), input=str(tmp_path / "in" / "rgb.png"),
+                                      output=str(tmp_path / "out"), overwrite=True))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "in").iterdir()} == before
+
+
+def test_translate_refuses_existing_outputs_unless_told_to_replace_them(smoke_runs, tmp_path):
+    """A second run into the same folder would replace the first's outputs, or mix with them,
+    without a word: refused before anything is written; overwrite=true replaces them, a link
+    among them as a file of its own, not the file it points to."""
+    write_odd_inputs(tmp_path / "in")
+    ckpt = str(smoke_runs["cyclegan"].ckpt)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "elsewhere.png").write_bytes(b"kept")
+    (tmp_path / "out" / "gray.png").symlink_to(tmp_path / "elsewhere.png")
+    with pytest.raises(FileExistsError, match=r"1 output file\(s\) exist already, e.g. .*gray.png: choose another "
+                                              r"output folder or pass overwrite=true"):
+        run_translation(translate_cfg(ckpt_path=ckpt, input=str(tmp_path / "in"), output=str(tmp_path / "out")))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gray.png"]
+    written = run_translation(translate_cfg(ckpt_path=ckpt, input=str(tmp_path / "in"), output=str(tmp_path / "out"),
+                                            overwrite=True))["written"]
+    assert len(written) == 4 and not (tmp_path / "out" / "gray.png").is_symlink()
+    assert (tmp_path / "elsewhere.png").read_bytes() == b"kept"
 
 
 def test_a_checkpoint_with_objects_a_weights_only_load_refuses_is_named_as_such(tmp_path):

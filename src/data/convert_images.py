@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 
 from src.data.folder_tools import add_reading_arguments, input_errors_as_usage, map_in_processes, reading_settings
-from src.data.folders import list_images, output_paths
+from src.data.folders import list_images, output_paths, refuse_existing_outputs
 from src.data.image_io import load_image, save_image
 from src.data.transforms import RESIZE_INTERPOLATIONS, resize_image, short_side_size
 
@@ -61,10 +61,8 @@ def convert_images(input_dir: str | Path, output_dir: str | Path, short_side: in
     if not input_dir.is_dir():
         raise FileNotFoundError(f"{input_dir}: no such folder")
     targets = output_paths(list_images(input_dir), output_dir, input_dir, FORMATS[image_format][0])
-    existing = [target for target in targets.values() if target.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{len(existing)} output file(s) exist already, e.g. {existing[0]}: choose another "
-                              f"output folder or pass --overwrite")
+    if not overwrite:
+        refuse_existing_outputs(targets.values(), "pass --overwrite")
     convert = partial(_convert_one, short_side=short_side, interpolation=interpolation, image_format=image_format,
                       channels=channels, to_srgb=to_srgb, bit_depth=bit_depth)
     for _ in map_in_processes(convert, targets.items(), workers):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from pathlib import Path
 
 from src.data.download import how_to_get
@@ -63,7 +64,10 @@ def list_images(folder: str | Path, max_count: int | None = None) -> list[Path]:
         visited.add(real)
         here = Path(root)
         skipped += [(here / name).relative_to(folder).as_posix() + "/" for name in subfolders if name.startswith(".")]
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        # Sorted, real folders before links to them: a folder reached both ways is named by its
+        # own path whatever order the file system lists it in.
+        subfolders[:] = sorted((name for name in subfolders if not name.startswith(".")),
+                               key=lambda name: (os.path.islink(here / name), name))
         for name in files:
             path = here / name
             if name.startswith(".") or not is_image_file(path):
@@ -98,20 +102,34 @@ def name_in_folder(path: Path, folder: Path | None) -> str:
     return path.stem
 
 
+def refuse_existing_outputs(targets, how_to_replace: str) -> None:
+    """FileExistsError when any of the files to write exists already (nothing is written then):
+    another run's outputs would be replaced, or mixed in with these, without a word."""
+    existing = [target for target in targets if Path(target).exists()]
+    if existing:
+        raise FileExistsError(f"{len(existing)} output file(s) exist already, e.g. {existing[0]}: choose another "
+                              f"output folder or {how_to_replace}")
+
+
 def output_paths(paths: list[Path], output_dir: str | Path, folder: Path | None = None,
                  suffix: str = ".png") -> dict[Path, Path]:
-    """Input path -> `output_dir/<its name_in_folder><suffix>`; two inputs of one name are an error."""
+    """Input path -> `output_dir/<its name_in_folder><suffix>`; two inputs of one name are an error,
+    also where the names differ only in case or Unicode form (`Photo.jpg`, `photo.png`): a disk
+    that ignores case (macOS, Windows, exFAT) would write one over the other."""
     output_dir = Path(output_dir)
     targets: dict[Path, Path] = {}
     seen: dict[str, Path] = {}
     for path in paths:
         name = name_in_folder(path, folder)
-        if name in seen:
-            raise ValueError(f"{seen[name]} and {path} would both be written as {output_dir / name}{suffix}; "
-                             f"rename one of them")
-        seen[name] = path
+        key = unicodedata.normalize("NFC", name).casefold()
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {path} would both be written as {output_dir / name}{suffix} (on a "
+                             f"disk that ignores case, where names differ only in it); rename one of them")
+        seen[key] = path
         targets[path] = output_dir / f"{name}{suffix}"
-        if targets[path].resolve() == path.resolve():
+        # samefile also sees the input behind a link, or behind another case of its name
+        if targets[path].resolve() == path.resolve() or (targets[path].exists()
+                                                          and os.path.samefile(targets[path], path)):
             raise ValueError(f"{path} would be overwritten by its own output: choose an output folder other than "
                              f"the input's")
     return targets

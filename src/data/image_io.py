@@ -92,6 +92,11 @@ def open_image(path: str | Path, decode_at_least: tuple[int, int] | None = None,
                 f"Cannot read image file {path}: it holds {held}, which PIL cannot read. Convert it to 8- or "
                 f"16-bit integer sRGB images (float colour is usually linear HDR light: tone-map it first)."
             ) from error
+        if isinstance(error, Image.DecompressionBombError):   # a scan or panorama over PIL's ~179 M pixel guard
+            raise ImageReadError(
+                f"Cannot read image file {path}: {error}. Shrink it with an image editor or tool first (PIL "
+                f"refuses pixel counts this large as a guard against decompression bombs), or split it into tiles."
+            ) from error
         raise ImageReadError(
             f"Cannot read image file {path}: {error}. Delete or replace the file "
             f"(it may be truncated or not an image)."

@@ -180,7 +180,9 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
     model.to(device)
     multiple, channels = size_multiple(model, direction), input_channels(model, direction)
     groups = group_by_size([Path(p) for p in paths], short_side)
-    for (height, width), group in groups.items():   # every size before the first output is written
+    # Every size before the first output is written (a JPEG's from its header: one broken further
+    # in stops the run when it is read, naming it).
+    for (height, width), group in groups.items():
         padded = (round_up(height, multiple), round_up(width, multiple))
         check_translation_size(model, direction, *padded,
                                what=f"{group[0]} ({height}x{width} px, padded to {padded[0]}x{padded[1]})")
