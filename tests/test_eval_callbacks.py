@@ -148,6 +148,27 @@ def test_mmd_is_near_zero_within_a_distribution_and_positive_across():
     assert abs(same) < 0.02 and shifted > 0.2
     # the median-heuristic bandwidth makes the value scale-free
     assert mmd2_unbiased(10 * x, 10 * (y + 1.0)) == pytest.approx(shifted, rel=1e-6)
+    # also where most codes coincide (a half-collapsed encoder): the bandwidth comes from the
+    # distances between distinct points, so the value still does not depend on the scale
+    collapsed_x = torch.cat([torch.zeros(8, 16), x[:2]])
+    collapsed_y = torch.cat([torch.zeros(8, 16), y[:2] + 1.0])
+    small, large = (mmd2_unbiased(s * collapsed_x, s * collapsed_y) for s in (1e-3, 1e3))
+    assert small == pytest.approx(large, rel=1e-6) and small != 0
+
+
+def test_a_latent_map_is_left_out_where_the_codes_admit_none(tmp_path):
+    """NaN codes (a diverged encoder) make scikit-learn raise, and codes that are all the same
+    (a collapsed one) crash the process inside its PCA init: no map then, with a warning; the
+    run goes on."""
+    from src.callbacks.latent import LatentCallback
+    callback = LatentCallback(dirpath=tmp_path)
+    trainer = SimpleNamespace(loggers=[])
+    codes = torch.randn(6, 5, dtype=torch.float64)
+    for latents, said in (({"A": torch.zeros(6, 5), "B": torch.zeros(6, 5)}, "every latent code at iteration 7 is"),
+                          ({"A": codes, "B": codes.clone().fill_(float("nan"))}, "hold NaN or inf")):
+        with pytest.warns(UserWarning, match=said):
+            assert callback.save_tsne(trainer, 7, latents, mmd2=0.0) is None
+    assert callback.save_tsne(trainer, 7, {"A": codes, "B": codes + 1}, mmd2=0.5).is_file()
 
 
 def test_random_cnn_is_fixed_and_draws_nothing_from_the_global_rng():

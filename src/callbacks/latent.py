@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from src.callbacks.fid_kid import PeriodicEvaluation, publish_metrics
@@ -152,8 +152,20 @@ class LatentCallback(PeriodicEvaluation):
         if self.tsne and trainer.is_global_zero:
             self.save_tsne(trainer, pl_module.iteration, latents, mmd2)
 
-    def save_tsne(self, trainer: pl.Trainer, iteration: int, latents: dict[str, torch.Tensor], mmd2: float) -> Path:
+    def save_tsne(self, trainer: pl.Trainer, iteration: int, latents: dict[str, torch.Tensor],
+                  mmd2: float) -> Path | None:
+        """The map's PNG (also sent to wandb / TensorBoard); None, said in the log, where the codes
+        admit no map: scikit-learn raises on NaN, and crashes the process (PCA init divides by a
+        zero spread) where every code is the same, as a collapsed encoder's are."""
         points = torch.cat([latents["A"], latents["B"]]).numpy()
+        if not np.isfinite(points).all():
+            rank_zero_warn(f"LatentCallback: the latent codes at iteration {iteration} hold NaN or inf (the encoder "
+                           f"diverged): no t-SNE map")
+            return None
+        if np.ptp(points, axis=0).max() == 0:
+            rank_zero_warn(f"LatentCallback: every latent code at iteration {iteration} is the same (a collapsed "
+                           f"encoder): no t-SNE map")
+            return None
         domains = ["A"] * len(latents["A"]) + ["B"] * len(latents["B"])
         embedding = tsne_2d(points, self.perplexity, self.seed)
         image = render_scatter(embedding, domains, f"latent t-SNE, iteration {iteration}, MMD^2 = {mmd2:.4f}")

@@ -27,9 +27,12 @@ def median_heuristic_sigma(x: torch.Tensor, y: torch.Tensor) -> float:
     pooled = torch.cat([x, y]).double()
     d2 = squared_distances(pooled, pooled)
     off_diagonal = d2[torch.triu_indices(len(pooled), len(pooled), offset=1, device=d2.device).unbind()]
-    median = float(off_diagonal.median())
-    # All points identical: any bandwidth gives MMD 0; avoid dividing by zero.
-    return (median / 2.0) ** 0.5 if median > 0 else 1.0
+    # Over the distances between distinct points: where most points coincide (a half-collapsed
+    # code) the median of all pairs is 0, and any fixed fallback would ignore the data's scale.
+    distinct = off_diagonal[off_diagonal > 0]
+    if len(distinct) == 0:   # all points identical: any bandwidth gives MMD 0
+        return 1.0
+    return (float(distinct.median()) / 2.0) ** 0.5
 
 
 def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None) -> float:
