@@ -75,6 +75,24 @@ def test_fid_kid_are_near_zero_for_identical_sets_and_grow_with_a_shift(extracto
     assert abs(same["kid_x100"]) < 0.05 * brighter["kid_x100"]
 
 
+def test_images_holding_nan_give_nan_scores_not_a_crash_or_a_plausible_number(extractor, shapes_images):
+    """A diverged generator's NaN images: their features made FID's eigendecomposition crash the
+    process inside MKL (random_cnn), or passed Inception's uint8 input as black images with a
+    finite FID. Every score is NaN then, with a warning; the next evaluation starts clean."""
+    discs, triangles = shapes_images
+    diverged = triangles.clone()
+    diverged[1, 0, 5, 5] = float("nan")
+    scorer = FidKidScorer(extractor, kid_subset_size=8, inception_score_splits=2)
+    scorer.update(real=discs, fake=diverged)
+    with pytest.warns(UserWarning, match=r"1 image\(s\) hold NaN or inf values .*FID, KID and the Inception Score"):
+        result = scorer.compute()
+    assert set(result) == {"fid", "kid_x100", "kid_std_x100", "is", "is_std"}
+    assert all(math.isnan(value) for value in result.values())
+    scorer.reset()
+    scorer.update(real=discs, fake=triangles)
+    assert all(math.isfinite(value) for value in scorer.compute().values())
+
+
 def test_kid_subset_size_is_capped_at_the_number_of_images(extractor):
     images = torch.rand(20, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     scorer = FidKidScorer(extractor)  # 50 subsets of 1000 requested

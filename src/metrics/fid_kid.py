@@ -14,11 +14,14 @@ images (a test set of 120 uses subsets of 120), reported x100.
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
 import torch.nn as nn
+from pytorch_lightning.utilities import rank_zero_warn
 from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.aggregation import SumMetric
 from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.utilities.data import dim_zero_cat
 
@@ -89,6 +92,10 @@ class FidKidScorer(nn.Module):
                                                      subset_size=kid_subset_size, seed=kid_seed)
         self.inception_score = None if inception_score_splits is None else InceptionScorer(
             feature_extractor.num_classes, splits=inception_score_splits, seed=kid_seed)
+        # Images holding NaN or inf (a diverged generator), over every rank: their features would
+        # make FID's eigendecomposition crash the process (a NaN matrix in MKL), or, through
+        # Inception's uint8 input, pass as black images with a plausible score.
+        self.non_finite = SumMetric()
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -98,6 +105,7 @@ class FidKidScorer(nn.Module):
     def update(self, real: torch.Tensor | None = None, fake: torch.Tensor | None = None) -> None:
         for images, is_real in ((real, True), (fake, False)):
             if images is not None:
+                self.non_finite.update((~torch.isfinite(images).flatten(1).all(1)).sum())
                 self.update_features(self.features(images), real=is_real)
 
     def update_features(self, features: torch.Tensor, real: bool) -> None:
@@ -118,6 +126,14 @@ class FidKidScorer(nn.Module):
             self.fid.orig_dtype = torch.float64
 
     def compute(self) -> dict[str, float]:
+        """The scores; every one NaN, with a warning, where an image held NaN or inf."""
+        self.non_finite.update(0)   # a rank without images still joins the sum
+        count = int(self.non_finite.compute())
+        if count:
+            rank_zero_warn(f"{count} image(s) hold NaN or inf values (a diverged generator?): FID, KID"
+                           f"{' and the Inception Score' if self.inception_score is not None else ''} are NaN")
+            names = ["fid", "kid_x100", "kid_std_x100"] + (["is", "is_std"] if self.inception_score is not None else [])
+            return dict.fromkeys(names, math.nan)
         self._prepare_empty_rank()
         kid_mean, kid_std = self.kid.compute()
         scores = {"fid": float(self.fid.compute()),
@@ -130,5 +146,6 @@ class FidKidScorer(nn.Module):
     def reset(self) -> None:
         self.fid.reset()
         self.kid.reset()
+        self.non_finite.reset()
         if self.inception_score is not None:
             self.inception_score.reset()
