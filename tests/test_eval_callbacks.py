@@ -1,6 +1,7 @@
 """Evaluation metrics and callbacks: FID/KID and latent MMD on known inputs, one feature pass per
 image, the callbacks in smoke runs (metrics returned, best-FID checkpoint, t-SNE map), pix2pix
 without an encoder, and DDP (2 CPU processes) giving the single-process values."""
+import copy
 import csv
 import json
 import logging
@@ -127,7 +128,7 @@ def test_a_test_split_too_small_for_fid_stops_the_run_before_training(train_cfg)
      r"callbacks.latent.max_images=1 must be an integer >= 2 or null"),
     ("callbacks.fid_kid.every_n_iters=-5", InstantiationException,
      r"callbacks.fid_kid.every_n_iters=-5 must be an integer >= 0"),
-    ("callbacks.latent.pool=max", InstantiationException, r"callbacks.latent.pool='max' must be one of mean, flatten"),
+    ("callbacks.latent.pool=max", InstantiationException, r"callbacks.latent.pool='max' must be one of mean_std, mean, flatten"),
     ("callbacks.latent.perplexity=-3", InstantiationException, r"callbacks.latent.perplexity=-3 must be a number > 0"),
     ("callbacks.fid_kid.directions=[XtoY]", InstantiationException,
      r"callbacks.fid_kid.directions=\['XtoY'\] must be a non-empty subset of \['AtoB', 'BtoA'\]"),
@@ -172,6 +173,26 @@ def test_mmd_is_near_zero_within_a_distribution_and_positive_across():
     collapsed_y = torch.cat([torch.zeros(8, 16), y[:2] + 1.0])
     small, large = (mmd2_unbiased(s * collapsed_x, s * collapsed_y) for s in (1e-3, 1e3))
     assert small == pytest.approx(large, rel=1e-6) and small != 0
+
+
+def test_the_default_latent_pooling_sees_cyclegans_residual_blocks():
+    """Each residual block adds an instance-normalised, zero-mean map to its input: the code's
+    channel means are those of the blocks' input whatever the blocks do. Their spatial spread is
+    not, so the default pooling (means and standard deviations) tells two generators apart that
+    differ only in their residual blocks."""
+    from src.callbacks.latent import pool_latent
+    from src.nets.generators import ResnetGenerator
+    torch.manual_seed(0)
+    first = ResnetGenerator(ngf=4, n_blocks=2)
+    second = copy.deepcopy(first)
+    with torch.no_grad():
+        for p in second.encoder[-2:].parameters():   # the two residual blocks
+            p.normal_()
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    codes = first.encoder(x), second.encoder(x)
+    assert torch.allclose(*(pool_latent(z, "mean") for z in codes), atol=1e-5)
+    with_spread = [pool_latent(z, "mean_std") for z in codes]
+    assert with_spread[0].shape == (3, 32) and not torch.allclose(*with_spread, atol=1e-2)
 
 
 def test_a_latent_map_is_left_out_where_the_codes_admit_none(tmp_path):

@@ -6,10 +6,13 @@ Every `every_n_iters` training iterations and at the end: encode the A and B ima
 bandwidth: see src/metrics/mmd.py), and write `latent_tsne_iter_XXXXXXX.png` (t-SNE of both
 domains' codes, coloured by domain) to `dirpath` and to the TensorBoard / wandb loggers.
 
-Codes are spatially mean-pooled by default (`pool: mean`, (B, C, h, w) -> (B, C)): a flattened
-NICE-GAN code at 256 px has 256 x 64 x 64 = 1M values per image (1.6 GB for 2 x 200 images, all
-gathered to every rank), and in that many dimensions pairwise distances concentrate, leaving the
-kernel little to see. `pool: flatten` keeps the whole code (small images).
+Codes are pooled over space by default, each channel's mean and standard deviation (`pool:
+mean_std`, (B, C, h, w) -> (B, 2C)): a flattened NICE-GAN code at 256 px has 256 x 64 x 64 = 1M
+values per image (1.6 GB for 2 x 200 images, all gathered to every rank), and in that many
+dimensions pairwise distances concentrate, leaving the kernel little to see. The means alone
+(`pool: mean`) see nothing of CycleGAN's and U-GAT-IT's residual blocks: each block adds an
+instance-normalised (zero-mean) map to its input, so the code's channel means are those of the
+blocks' input. `pool: flatten` keeps the whole code (small images).
 
 Under DDP each rank encodes a contiguous block of the set; the codes are gathered (uneven blocks
 padded for the transfer and trimmed after) in rank order, i.e. the single-process order, so every
@@ -31,14 +34,16 @@ from src.callbacks.fid_kid import PeriodicEvaluation, publish_metrics
 from src.metrics.mmd import mmd2_unbiased
 from src.utils.config_checks import is_number
 
-POOLS = ("mean", "flatten")
+POOLS = ("mean_std", "mean", "flatten")
 DOMAIN_COLORS = {"A": (31, 119, 180), "B": (255, 127, 14)}  # blue, orange
 
 
 def pool_latent(z: torch.Tensor, pool: str) -> torch.Tensor:
-    """(B, C, h, w) code -> (B, C) by spatial mean, or (B, C*h*w) flattened."""
-    if pool == "mean" and z.dim() > 2:
-        return z.flatten(2).mean(2)
+    """(B, C, h, w) code -> (B, 2C) by each channel's spatial mean and standard deviation
+    (`mean_std`), (B, C) by its mean, or (B, C*h*w) flattened."""
+    if pool in ("mean", "mean_std") and z.dim() > 2:
+        means = z.flatten(2).mean(2)
+        return means if pool == "mean" else torch.cat([means, z.flatten(2).std(2, correction=0)], 1)
     return z.flatten(1)
 
 
@@ -100,7 +105,7 @@ class LatentCallback(PeriodicEvaluation):
     metric_prefix = "latent/"
 
     def __init__(self, dirpath: str | None = None, every_n_iters: int = 5000, max_images: int | None = 200,
-                 batch_size: int | None = None, tsne: bool = True, perplexity: float = 30.0, pool: str = "mean",
+                 batch_size: int | None = None, tsne: bool = True, perplexity: float = 30.0, pool: str = "mean_std",
                  seed: int = 0):
         super().__init__(every_n_iters, max_images, batch_size, seed)
         if pool not in POOLS:
