@@ -78,6 +78,24 @@ def test_ground_truth_against_itself_is_perfect(test_pairs):
     assert scores["ssim"] > 0.999 and scores["psnr"] == math.inf
 
 
+def test_ssim_windows_fit_small_images():
+    """torchmetrics sizes SSIM's Gaussian window from sigma alone: the 11 px window is shrunk by
+    its sigma for images under 11 px (it failed to pad a 4 px image, and overhung 6-10 px ones)."""
+    from src.metrics.shapes_truth import _ssim_sigma
+    assert _ssim_sigma(32, 32) == 1.5
+    for side, window in ((8, 7), (4, 3), (10, 9)):
+        assert 2 * int(3.5 * _ssim_sigma(side, side) + 0.5) + 1 == window
+    torch.manual_seed(0)
+    for size in (4, 8):
+        images = torch.rand(2, 3, size, size) * 2 - 1
+        noisy = (images + 0.2 * torch.randn_like(images)).clamp(-1, 1)
+        background = torch.zeros_like(images)
+        assert torch.allclose(per_image_scores(images, images, background)["ssim"], torch.ones(2))
+        assert bool((per_image_scores(noisy, images, background)["ssim"] < 0.99).all())
+    with pytest.raises(ValueError, match="SSIM needs images of at least 3x3 px, got 2x5"):
+        _ssim_sigma(2, 5)
+
+
 def test_identity_baseline_keeps_colour_and_half_the_shape(test_pairs):
     scores = per_image_scores(test_pairs.A, test_pairs.B, test_pairs.backgrounds)
     assert 0.4 < float(scores["iou"].mean()) < 0.6 and bool((scores["iou"] < 0.7).all())

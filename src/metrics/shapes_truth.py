@@ -49,7 +49,7 @@ MIN_SHAPE_SEPARATION = (SHAPE_SATURATION[0] * SHAPE_VALUE[0]
 FOREGROUND_THRESHOLD = MIN_SHAPE_SEPARATION / 2.0
 
 SCORE_NAMES = ("iou", "color_error", "l1", "psnr", "ssim")
-_SSIM_KERNEL = 11  # torchmetrics' default Gaussian window
+_SSIM_KERNEL, _SSIM_SIGMA = 11, 1.5  # torchmetrics' default Gaussian window (the SSIM paper's)
 
 
 # -- the known backgrounds ---------------------------------------------------------------------
@@ -137,10 +137,15 @@ def color_error(fakes: torch.Tensor, targets: torch.Tensor, fake_masks: torch.Te
     return difference.norm(dim=1)
 
 
-def _ssim_kernel(height: int, width: int) -> int:
-    """The default 11 px window, shrunk to the largest odd size that fits tiny images."""
+def _ssim_sigma(height: int, width: int) -> float:
+    """The Gaussian window's sigma: the default 1.5 (an 11 px window), or for images under 11 px
+    the sigma whose window is the largest odd size that fits. torchmetrics sizes a Gaussian
+    window from sigma alone (2 * int(3.5 sigma + 0.5) + 1) and ignores `kernel_size`."""
     side = min(_SSIM_KERNEL, height, width)
-    return side if side % 2 == 1 else side - 1
+    side = side if side % 2 == 1 else side - 1
+    if side < 3:
+        raise ValueError(f"SSIM needs images of at least 3x3 px, got {height}x{width}")
+    return _SSIM_SIGMA if side == _SSIM_KERNEL else (side - 1) / 7
 
 
 def per_image_scores(fakes: torch.Tensor, targets: torch.Tensor, backgrounds: torch.Tensor,
@@ -168,7 +173,7 @@ def per_image_scores(fakes: torch.Tensor, targets: torch.Tensor, backgrounds: to
         "l1": (fake01 - target01).abs().flatten(1).mean(1),
         "psnr": peak_signal_noise_ratio(fake01, target01, data_range=1.0, reduction="none", dim=(1, 2, 3)),
         "ssim": structural_similarity_index_measure(fake01, target01, data_range=1.0, reduction="none",
-                                                    kernel_size=_ssim_kernel(*fake01.shape[-2:])),
+                                                    sigma=_ssim_sigma(*fake01.shape[-2:])),
     }
 
 
