@@ -320,6 +320,31 @@ def test_kernels_build_into_the_cache_directory(tmp_path, monkeypatch):
         winograd_build.kernels.cache_clear()
 
 
+def test_kernels_that_cannot_be_loaded_are_unavailable_once_and_for_all(tmp_path, monkeypatch):
+    """A library the loader refuses (Windows without the OpenMP DLL on its search path) is a
+    WinogradUnavailable, which the models turn into torch's convolutions, not a crash; a failure
+    is not retried for every model built. Without /proc/cpuinfo or os.uname (Windows) the cache
+    key still comes out."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(winograd_build, "_failure", [])
+    monkeypatch.setattr(winograd_build, "_build", lambda target: target.parent.mkdir(parents=True) or target.touch())
+    loads = []
+
+    def refusing_loader(path):
+        loads.append(path)
+        raise OSError(f"Could not find module '{path}' (or one of its dependencies)")
+    monkeypatch.setattr(winograd_build.ctypes, "CDLL", refusing_loader)
+    monkeypatch.delattr(winograd_build.os, "uname", raising=False)
+    winograd_build.kernels.cache_clear()
+    try:
+        for _ in range(2):
+            with pytest.raises(WinogradUnavailable, match=r"cannot be loaded \(Could not find module .*model.fast_conv=false"):
+                winograd_build.kernels()
+        assert len(loads) == 1
+    finally:
+        winograd_build.kernels.cache_clear()
+
+
 def same_iteration_with_torch_layers(model, cfg, rewritten: tuple[type, ...]) -> nn.Module:
     """One seeded training iteration of `model` and of a copy whose `rewritten` layers are torch's
     again log the same losses; returns the copy (trained) for comparing updates. (Not compared

@@ -12,6 +12,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -28,10 +29,10 @@ class WinogradUnavailable(RuntimeError):
 def _cpu_signature() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return os.uname().machine
+    except OSError:   # not Linux (platform.machine: Windows has no os.uname)
+        return platform.machine()
     flags = next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
-    return os.uname().machine + flags
+    return platform.machine() + flags
 
 
 def _cache_dir() -> Path:
@@ -66,12 +67,33 @@ def _build(target: Path) -> None:
             os.unlink(tmp)
 
 
+#: why the kernels could not be built or loaded in this process (not tried again: every model
+#: built would otherwise run the compiler once more, or open macOS's install-the-tools dialog)
+_failure: list[WinogradUnavailable] = []
+
+
 @functools.cache
 def kernels() -> ctypes.CDLL:
     """The compiled kernels, built on first use and cached on disk.
 
-    Raises WinogradUnavailable (with the compiler's message) when they cannot be built.
+    Raises WinogradUnavailable (with the compiler's or the loader's message) when they cannot be
+    built or loaded; the models then keep torch's convolutions (`model.fast_conv=auto`).
     """
+    if _failure:
+        raise _failure[0]
+    try:
+        return load_kernels()
+    except WinogradUnavailable as error:
+        _failure.append(error)
+        raise
+    except OSError as error:   # built, but not loadable here (Windows: no OpenMP DLL on the search path), or not replaceable
+        _failure.append(WinogradUnavailable(f"the Winograd kernels cannot be loaded ({error}); set "
+                                            f"model.fast_conv=false to use torch's convolution"))
+        raise _failure[0] from error
+
+
+def load_kernels() -> ctypes.CDLL:
+    """`kernels()` without the memory of a failure: build if needed, load, declare the signatures."""
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()
                          + _cpu_signature().encode()).hexdigest()[:16]
     target = _cache_dir() / f"winograd_{key}.so"
