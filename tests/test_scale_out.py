@@ -245,6 +245,18 @@ def test_sigterm_under_ddp_stops_every_rank_with_its_checkpoint(tmp_path, shared
     assert "SIGTERM: every rank stops after iteration" in log_path.read_text()
 
 
+def test_the_stop_signals_module_loads_where_there_are_no_user_signals(monkeypatch):
+    """Windows' signal module has no SIGUSR1/SIGUSR2: the training entry point imports this
+    module, so naming them at import stopped every run there before it began."""
+    import runpy
+
+    from src.callbacks import stop_signals
+    for name in ("SIGUSR1", "SIGUSR2"):
+        monkeypatch.delattr(signal, name)
+    loaded = runpy.run_path(stop_signals.__file__)
+    assert loaded["REQUEUE_SIGNALS"] == () and loaded["NOTED_SIGNALS"] == (signal.SIGTERM,)
+
+
 @pytest.mark.parametrize("backend, new_group", [("nccl", True), ("gloo", False)])
 def test_ranks_combine_their_signal_notes_on_the_host(monkeypatch, backend, new_group):
     """The notes are all-reduced as a CPU tensor over gloo (a group of its own beside NCCL's):

@@ -43,8 +43,9 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 log = logging.getLogger(__name__)
 
-#: the signals clusters warn of a requeue with (SLURM's `--signal`); SIGTERM stops a run either way
-REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+#: the signals clusters warn of a requeue with (SLURM's `--signal`); SIGTERM stops a run either way.
+#: (Windows has neither: none there.)
+REQUEUE_SIGNALS = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2") if hasattr(signal, name))
 #: every signal whose note the ranks combine, in the order of the all-reduced vector
 NOTED_SIGNALS = (signal.SIGTERM, *REQUEUE_SIGNALS)
 
@@ -57,7 +58,7 @@ def requeue_signals(trainer: pl.Trainer) -> set[signal.Signals]:
     # Where Lightning's own signal connector reads it (a single-device strategy has none of its own)
     environment = trainer._accelerator_connector.cluster_environment
     if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
-        signals.add(environment.requeue_signal or signal.SIGUSR1)
+        signals.add(environment.requeue_signal or getattr(signal, "SIGUSR1", None))
     if os.environ.get("SUBMITIT_EXECUTOR"):
         import submitit   # only inside submitit's jobs, which have it
         signals.add(signal.Signals[f"SIG{submitit.JobEnvironment.USR_SIG}"])
