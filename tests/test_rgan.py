@@ -65,6 +65,11 @@ def test_csv_windows_test_split_comes_last_and_is_scaled_by_training_range(tmp_p
     assert torch.isclose(train.series[:, :, 0].max(), torch.tensor(1.0))   # the training part spans [-1, 1]
     assert test.series[:, :, 0].min() > 1.0      # the later test part lies above its range
     assert train[0]["label"] == 0 and train[1]["label"] == 1   # the window's last step: 9 -> 0, 14 -> 1
+    # A spreadsheet's UTF-8 export starts with a byte-order mark: the first column keeps its name.
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "s.csv").read_bytes())
+    from_bom = sines(source="csv", csv_path=str(tmp_path / "bom.csv"), columns=["a", "b"], label_column="label",
+                     num_classes=2, seq_len=10, channels=2, stride=5, test_fraction=0.4)
+    assert torch.equal(from_bom.dataset("train").series, train.series)
 
 
 @pytest.mark.parametrize("kwargs,message", [

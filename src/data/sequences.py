@@ -66,7 +66,9 @@ def read_csv_columns(path: Path, columns: list[str] | None, label_column: str | 
     if not path.is_file():
         raise FileNotFoundError(f"data.csv_path={path} does not exist: point it at a CSV file with a header row "
                                 "and one numeric column per channel")
-    with open(path, newline="") as stream:
+    # utf-8-sig: a spreadsheet's byte-order mark would otherwise become part of the first column's
+    # name (and the locale's codec, Windows' default, would misread UTF-8 names)
+    with open(path, newline="", encoding="utf-8-sig") as stream:
         rows = list(csv.DictReader(stream))
     if not rows:
         raise ValueError(f"data.csv_path={path} holds no data rows")

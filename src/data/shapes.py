@@ -270,7 +270,10 @@ def ensure_shapes_dataset(folder: str | Path, params: dict[str, Any]) -> Path:
             os.rename(folder, stale)
             shutil.rmtree(stale, ignore_errors=True)
         try:
-            # Atomic: readers see no folder or a complete one (an empty folder is replaced).
+            # Atomic: readers see no folder or a complete one. POSIX renames over an empty folder;
+            # Windows refuses any existing target, so an empty one is removed first.
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
             os.rename(scratch, folder)
         except OSError:
             if _read_meta(folder) != params:  # another process won the race with other params
