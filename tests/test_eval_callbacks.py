@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import hydra
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -27,7 +28,7 @@ from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
 from src.metrics.mmd import mmd2_unbiased
 from src.utils.rng import isolated_rng
-from src.utils.run import run_training
+from src.utils.run import build_callbacks, build_trainer_kwargs, run_training
 
 # Both callbacks every 2 iterations on 7 test items (uneven DDP blocks: 4 + 3), KID subsets of 5
 # (smaller than the set, so the subsets drawn depend on the order of the gathered features).
@@ -320,6 +321,40 @@ def eval_run_cfg(output_dir: Path, data_dir: Path, *overrides: str):
 def single_process_run(shared_data_dir, tmp_path_factory):
     cfg = eval_run_cfg(tmp_path_factory.mktemp("single"), shared_data_dir)
     return cfg, run_training(cfg)
+
+
+class ReportsMPS:
+    """A trained module seen through a view that says it lives on Apple's MPS (whose tensors
+    cannot be made here: a callback that put its float64 values there fails)."""
+
+    def __init__(self, module: pl.LightningModule):
+        self.__dict__["module"] = module
+
+    def __getattr__(self, name: str):
+        return getattr(self.module, name)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("mps")
+
+
+def test_on_apples_mps_the_evaluations_keep_their_float64_values_on_the_cpu(shared_data_dir, tmp_path):
+    """MPS has no float64: FID/KID's sums and features and the latent codes for the MMD are kept
+    on the CPU there, and the scores are those of a CPU run."""
+    from src.callbacks.latent import LatentCallback
+    cfg = eval_run_cfg(tmp_path, shared_data_dir, "max_iters=1")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    callbacks = [cb for cb in build_callbacks(cfg, None) if isinstance(cb, (FidKidCallback, LatentCallback))]
+    assert len(callbacks) == 2
+    trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), callbacks=callbacks, logger=False,
+                         enable_checkpointing=False)
+    trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
+    for callback, key in zip(callbacks, ("eval/fid", "latent/mmd2")):
+        scores = []
+        for seen_as in (model, ReportsMPS(model)):
+            callback.evaluate(trainer, seen_as)
+            scores.append(float(trainer.callback_metrics[key]))
+        assert math.isfinite(scores[0]) and scores[1] == pytest.approx(scores[0], rel=1e-9), key
 
 
 def test_smoke_run_returns_eval_metrics_and_writes_best_checkpoint_and_tsne(single_process_run):

@@ -42,6 +42,7 @@ from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
 from src.metrics.image_classifier import ClassifierScorer, classifier_of_the_data
 from src.models.noise_base import SAMPLES
+from src.utils.accelerator import float64_device
 from src.utils.config_checks import require_int
 from src.utils.directions import DIRECTIONS
 from src.utils.rng import isolated_rng
@@ -336,28 +337,29 @@ class FidKidCallback(PeriodicEvaluation):
             rank_zero_warn("FidKidCallback disabled: the model translates none of the configured directions.")
             self.enabled = False
             return None
-        scorer = self.scorer.to(pl_module.device)
+        device = float64_device(pl_module.device)   # the images' features are scored there
+        scorer = self.scorer.to(device)
         metrics = {}
         for direction in directions:
             scorer.reset()
-            classifier = self.classifier.to(pl_module.device) if self.classifier and direction == SAMPLES else None
+            classifier = self.classifier.to(device) if self.classifier and direction == SAMPLES else None
             kept = self._real_features.get(direction)
             extracted = []
             for index, batch in enumerate(self.distinct_batches(trainer)):
-                real, fake = pl_module.evaluation_pair(batch, direction)
+                real, fake = (images.to(device) for images in pl_module.evaluation_pair(batch, direction))
                 if kept is None:
                     real_features = scorer.features(real) if len(real) else None
                     extracted.append(None if real_features is None else real_features.cpu())
                 else:
-                    real_features = None if kept[index] is None else kept[index].to(pl_module.device)
+                    real_features = None if kept[index] is None else kept[index].to(device)
                 # A batch past one domain's distinct images has none of them left.
                 if real_features is not None:
                     scorer.update_features(real_features, real=True)
                 if len(fake):
                     scorer.update(fake=fake)
                 if classifier is not None:
-                    classifier.update_real(real, batch["label"])
-                    classifier.update_fake(fake, batch["label"])
+                    classifier.update_real(real, batch["label"].to(device))
+                    classifier.update_fake(fake, batch["label"].to(device))
             if kept is None:
                 self._real_features[direction] = extracted
             scores = {**scorer.compute(), **(classifier.compute() if classifier is not None else {})}

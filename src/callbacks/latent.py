@@ -32,6 +32,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from src.callbacks.fid_kid import PeriodicEvaluation, publish_metrics
 from src.metrics.mmd import mmd2_unbiased
+from src.utils.accelerator import float64_device
 from src.utils.config_checks import is_number
 
 POOLS = ("mean_std", "mean", "flatten")
@@ -132,7 +133,9 @@ class LatentCallback(PeriodicEvaluation):
 
     def encode(self, pl_module: pl.LightningModule, images: torch.Tensor, domain: str) -> torch.Tensor:
         with torch.no_grad():
-            return pool_latent(pl_module.encode(images.to(pl_module.device), domain), self.pool).double()
+            networks_device = next(pl_module.parameters()).device
+            code = pool_latent(pl_module.encode(images.to(networks_device), domain), self.pool)
+            return code.to(float64_device(pl_module.device)).double()
 
     def local_latents(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
         """This rank's codes per domain, (n_rank, D) each; (0, D) for an empty block, whose D
@@ -146,7 +149,7 @@ class LatentCallback(PeriodicEvaluation):
             encoded = [rows[0] for rows in codes.values() if rows]
             self._latent_dim = (encoded[0] if encoded else
                                 self.encode(pl_module, self.first_item(trainer, pl_module)["A"], "A")).shape[1]
-        empty = torch.empty(0, self._latent_dim, dtype=torch.float64, device=pl_module.device)
+        empty = torch.empty(0, self._latent_dim, dtype=torch.float64, device=float64_device(pl_module.device))
         return {domain: torch.cat(rows) if rows else empty for domain, rows in codes.items()}
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -18,6 +18,7 @@ from src.callbacks.fid_kid import PeriodicEvaluation, publish_metrics
 from src.callbacks.latent import gather_rows
 from src.metrics.mmd import mmd2_unbiased
 from src.models.noise_base import SAMPLES, NoiseToImageModel
+from src.utils.accelerator import float64_device
 
 
 class SampleMMDCallback(PeriodicEvaluation):
@@ -33,12 +34,13 @@ class SampleMMDCallback(PeriodicEvaluation):
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         reals, fakes = [], []
+        device = float64_device(pl_module.device)
         for batch in self.evaluation_loader(trainer):
             real, fake = pl_module.evaluation_pair(batch, SAMPLES)
-            reals.append(real.flatten(1).double())
-            fakes.append(fake.flatten(1).double())
+            reals.append(real.flatten(1).to(device).double())
+            fakes.append(fake.flatten(1).to(device).double())
         width = reals[0].shape[1] if reals else self.sample_width(trainer, pl_module)
-        empty = torch.empty(0, width, dtype=torch.float64, device=pl_module.device)
+        empty = torch.empty(0, width, dtype=torch.float64, device=device)
         real = gather_rows(torch.cat(reals) if reals else empty).cpu()
         fake = gather_rows(torch.cat(fakes) if fakes else empty).cpu()
         publish_metrics(trainer, {"eval/mmd2_samples": mmd2_unbiased(real, fake)}, step=pl_module.iteration)

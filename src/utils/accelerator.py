@@ -3,6 +3,13 @@ import torch
 from lightning_fabric.accelerators import MPSAccelerator
 
 
+def float64_device(device: torch.device | str) -> torch.device:
+    """Where evaluation keeps its float64 values (torchmetrics' FID sums, KID's and the MMDs'
+    features): the CPU in place of Apple's MPS, which has no float64; `device` elsewhere."""
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 def resolved_accelerator(trainer_cfg: dict) -> str:
     """"mps", "cuda" or "cpu" for the configured accelerator, in Lightning's order: "gpu" is
     Apple's MPS where the machine has it, else CUDA; auto (or none) is MPS, else CUDA where a GPU
