@@ -528,6 +528,26 @@ def test_translate_refuses_to_overwrite_its_inputs(smoke_runs, tmp_path):
     assert {p.name: p.read_bytes() for p in (tmp_path / "in").iterdir()} == before
 
 
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB"),
+                                   RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
+                                                "can't allocate memory: you tried to allocate 9663676416 bytes.")])
+def test_a_batch_too_large_for_the_device_names_the_images_and_the_settings_that_fit(smoke_runs, tmp_path, error):
+    """A phone's photos at full size through a generator run out of GPU (or host) memory: the
+    error names the images and their size, and short_side / batch_size, not only torch's words."""
+    write_odd_inputs(tmp_path / "in")
+    model = load_model(smoke_runs["cyclegan"].ckpt)
+
+    def exhausted(images, direction):
+        raise error
+    model.translate = exhausted
+    paths = sorted((tmp_path / "in").iterdir())
+    with pytest.raises(MemoryError, match=r"translating \d image\(s\) of \d+x\d+ px \(.*\) ran out of memory: "
+                                          r"translate at the scale .* with short_side=N .*, or pass batch_size=1"):
+        list(translate_images(model, paths, "AtoB", batch_size=2))
+    with pytest.raises(MemoryError, match=r"lower short_side=16, or pass batch_size=1"):
+        list(translate_images(model, paths, "AtoB", batch_size=2, short_side=16))
+
+
 def test_translate_refuses_existing_outputs_unless_told_to_replace_them(smoke_runs, tmp_path):
     """A second run into the same folder would replace the first's outputs, or mix with them,
     without a word: refused before anything is written; overwrite=true replaces them, a link

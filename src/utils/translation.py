@@ -161,6 +161,16 @@ def save_png(image: np.ndarray, path: str | Path) -> None:
     save_image(image, path, format="PNG")
 
 
+def out_of_memory(chunk: list[Path], size: tuple[int, int], short_side: int | None) -> MemoryError:
+    """The error of a batch too large for the device, with the images and the settings that fit it
+    (a phone's 12 MP photo through a ResNet generator takes several GB of activations)."""
+    scale = ("translate at the scale the model was trained at with short_side=N (its data.load_size, e.g. 286)"
+             if short_side is None else f"lower short_side={short_side}")
+    return MemoryError(f"translating {len(chunk)} image(s) of {size[0]}x{size[1]} px ({chunk[0]}"
+                       f"{' and others' if len(chunk) > 1 else ''}) ran out of memory: {scale}, or pass "
+                       f"batch_size=1")
+
+
 def translate_images(model: TranslationModel, paths: list[str | Path], direction: str = "AtoB",
                      batch_size: int = 8, device: str | torch.device = "cpu",
                      short_side: int | None = None) -> Iterator[tuple[Path, np.ndarray]]:
@@ -204,7 +214,14 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
                 chunk = group[start:start + batch_size]
                 batch = torch.stack([read(path, size) for path in chunk]).to(device)
                 padded, box = pad_to_multiple(batch, multiple)
-                outputs = to_uint8_images(crop_to_box(model.translate(padded, direction), box))
-                yield from zip(chunk, outputs)
+                try:
+                    translated = model.translate(padded, direction)
+                except (torch.OutOfMemoryError, MemoryError) as error:
+                    raise out_of_memory(chunk, size, short_side) from error
+                except RuntimeError as error:   # the CPU allocator's failure is a plain RuntimeError
+                    if "can't allocate memory" not in str(error):
+                        raise
+                    raise out_of_memory(chunk, size, short_side) from error
+                yield from zip(chunk, to_uint8_images(crop_to_box(translated, box)))
 
     return generate()
