@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import hydra
 import numpy as np
@@ -255,29 +254,6 @@ def test_the_stop_signals_module_loads_where_there_are_no_user_signals(monkeypat
         monkeypatch.delattr(signal, name)
     loaded = runpy.run_path(stop_signals.__file__)
     assert loaded["REQUEUE_SIGNALS"] == () and loaded["NOTED_SIGNALS"] == (signal.SIGTERM,)
-
-
-@pytest.mark.parametrize("backend, new_group", [("nccl", True), ("gloo", False)])
-def test_ranks_combine_their_signal_notes_on_the_host(monkeypatch, backend, new_group):
-    """The notes are all-reduced as a CPU tensor over gloo (a group of its own beside NCCL's):
-    a GPU tensor read back every iteration would make each one wait for the GPU's queue."""
-    from src.callbacks import stop_signals
-    created, reduced = [], []
-    monkeypatch.setattr(stop_signals.dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(stop_signals.dist, "get_backend", lambda group=None: backend)
-    monkeypatch.setattr(stop_signals.dist, "new_group", lambda **kwargs: created.append(kwargs) or "gloo group")
-
-    def all_reduce(tensor, group=None):
-        reduced.append((tensor.device.type, group))
-        tensor.add_(torch.tensor([0.0, 1.0, 0.0]))   # another rank noted SIGUSR1
-    monkeypatch.setattr(stop_signals.dist, "all_reduce", all_reduce)
-    callback = stop_signals.StopSignals()
-    callback.group = stop_signals.notes_group(world_size=2)
-    assert created == ([{"backend": "gloo"}] if new_group else [])
-    callback.noted = {signal.SIGTERM}
-    assert callback.noted_on_any_rank(SimpleNamespace(world_size=2)) == [signal.SIGTERM, signal.SIGUSR1]
-    assert reduced == [("cpu", "gloo group" if new_group else None)]
-    assert stop_signals.notes_group(world_size=1) is None
 
 
 @pytest.mark.parametrize("signalled_ranks", [(1,), (0, 1)])

@@ -19,8 +19,8 @@ other ranks are in; submitit's requeues the job and exits rank zero on the spot,
 checkpoint, leaving the other ranks waiting for it.
 
 This callback replaces those handlers for the training loop with ones that only note the
-signal. After each iteration the ranks combine their notes in one all-reduce (on the host, over gloo),
-at the same point of every rank's loop, and all stop there together (Lightning's SIGTERMException): the checkpoint
+signal. After each iteration the ranks combine their notes in one all-reduce, at the same point
+of every rank's loop, and all stop there together (Lightning's SIGTERMException): the checkpoint
 callback saves interrupted.ckpt (rank zero, no collectives). Only then, after the fit, does
 `hand_over` run the requeue handler that was noted (`run_training`), so the job is requeued with
 its checkpoint on disk; the run exits with 143. Lightning puts every handler back when the fit
@@ -36,7 +36,6 @@ from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
@@ -80,25 +79,13 @@ class RequeueStop(SIGTERMException):
         self.handler(self.signum, None)
 
 
-def notes_group(world_size: int):
-    """The process group the ranks combine their notes over, on the CPU: the default group
-    where that is gloo already (None), else a gloo group of all ranks. An all-reduce of a GPU
-    tensor read back on the host would make every iteration wait for the GPU's queue. Every
-    rank calls this at the same point (on_train_start), as creating a group needs."""
-    if world_size == 1 or not dist.is_initialized() or dist.get_backend() == "gloo":
-        return None
-    return dist.new_group(backend="gloo")
-
-
 class StopSignals(pl.Callback):
     def __init__(self):
         self.noted: set[int] = set()
         self.deferred: dict[int, Callable] = {}
-        self.group = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.noted, self.deferred = set(), {}
-        self.group = notes_group(trainer.world_size)
         # signal.signal works only in the main thread (a notebook's fit in another keeps Lightning's)
         if threading.current_thread() is not threading.main_thread():
             return
@@ -131,7 +118,10 @@ class StopSignals(pl.Callback):
         """The signals any rank noted, in NOTED_SIGNALS' order, on every rank."""
         if trainer.world_size == 1:   # nothing to combine, and no tensor or device sync per iteration
             return [s for s in NOTED_SIGNALS if s in self.noted]
-        # one all-reduce, at the same point of every rank's loop, on the host
-        notes = torch.tensor([float(s in self.noted) for s in NOTED_SIGNALS])
-        dist.all_reduce(notes, group=self.group)
-        return [s for s, count in zip(NOTED_SIGNALS, notes.tolist()) if count > 0]
+        # One all-reduce, at the same point of every rank's loop. Read on the host, it waits for the
+        # GPU's queue; so does Lightning's own SIGTERM broadcast before every batch under DDP
+        # (`_broadcast_sigterm_tensor`), so a side group on the CPU would save nothing, and gloo
+        # across nodes can fail where NCCL works (its address comes from the host name).
+        notes = torch.tensor([float(s in self.noted) for s in NOTED_SIGNALS], device=trainer.strategy.root_device)
+        everywhere = trainer.strategy.reduce(notes, reduce_op="sum")
+        return [s for s, count in zip(NOTED_SIGNALS, everywhere.tolist()) if count > 0]
