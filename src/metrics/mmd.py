@@ -25,7 +25,9 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def median_heuristic_sigma(x: torch.Tensor, y: torch.Tensor) -> float:
     """sigma with sigma^2 = median of the pairwise squared distances of the pooled sample / 2."""
     pooled = torch.cat([x, y]).double()
-    d2 = squared_distances(pooled, pooled)
+    # Differences, not |a|^2 + |b|^2 - 2ab: that form leaves rounding noise (~1e-16 |a|^2) between
+    # identical non-zero codes, which the filter below would take for distinct points.
+    d2 = torch.cdist(pooled, pooled, compute_mode="donot_use_mm_for_euclid_dist") ** 2
     off_diagonal = d2[torch.triu_indices(len(pooled), len(pooled), offset=1, device=d2.device).unbind()]
     # Over the distances between distinct points: where most points coincide (a half-collapsed
     # code) the median of all pairs is 0, and any fixed fallback would ignore the data's scale.

@@ -218,8 +218,8 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
                     translated = model.translate(padded, direction)
                 except (torch.OutOfMemoryError, MemoryError) as error:
                     raise out_of_memory(chunk, size, short_side) from error
-                except RuntimeError as error:   # the CPU allocator's failure is a plain RuntimeError
-                    if "can't allocate memory" not in str(error):
+                except RuntimeError as error:   # the CPU's and MPS's allocators raise plain RuntimeErrors
+                    if "can't allocate memory" not in str(error) and "out of memory" not in str(error):
                         raise
                     raise out_of_memory(chunk, size, short_side) from error
                 yield from zip(chunk, to_uint8_images(crop_to_box(translated, box)))
