@@ -69,6 +69,13 @@ def test_stylegan_stops_after_the_iteration_that_reaches_the_budget(train_cfg, t
     for key, value in whole["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
     assert not (Path(resumed_cfg.paths.output_dir) / "checkpoints" / "crashed.ckpt").exists()
+    # The finished run resumed (the same command again, ckpt_path=auto): nothing more trains.
+    again_cfg = train_cfg(*common, f"ckpt_path={resumed_cfg.paths.output_dir}/checkpoints/last.ckpt")
+    again_cfg.paths.output_dir = str(tmp_path / "again")
+    again = last_checkpoint(again_cfg)
+    assert again["global_step"] == whole["global_step"]
+    for key, value in whole["state_dict"].items():
+        assert torch.equal(value, again["state_dict"][key]), key
 
 
 def test_a_checkpoint_written_at_batch_end_holds_the_count_with_that_batch(train_cfg):

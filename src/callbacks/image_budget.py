@@ -30,6 +30,12 @@ class ImageBudget(pl.Callback):
         self.restored = False
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if self.images >= self.max_images:
+            # A finished run resumed (the same command again, ckpt_path=auto): it stops before
+            # its first batch, as a run whose max_iters is reached does, and trains nothing.
+            log.info("max_kimg=%g was reached before this resume (%d images, iteration %d): nothing to train",
+                     self.max_images / 1000, self.images, pl_module.iteration)
+            trainer.should_stop = True
         if trainer.global_step > 0 and not self.restored:
             log.warning("Resumed from a checkpoint without an image count (its run had no max_kimg): the budget "
                         "of max_kimg=%g counts from this resume, at iteration %d", self.max_images / 1000,
