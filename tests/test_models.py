@@ -428,12 +428,20 @@ def test_attention_models_decay_the_rate_over_the_second_half_of_any_run_length(
 
 
 def test_a_run_shorter_than_its_decay_warns_and_one_that_fits_does_not(train_cfg, recwarn):
-    """CycleGAN's 100 + 100 epochs with trainer.max_epochs=1 alone: the rate would never decay."""
+    """CycleGAN's 100 + 100 epochs with trainer.max_epochs=1 alone, or max_iters=3: the rate would
+    never decay."""
     epoch_run = ("model=cyclegan", "max_iters=null", "trainer.max_epochs=1", "data.max_dataset_size=2", *NO_EVALUATION)
     with pytest.warns(UserWarning, match="decays the rate to 0 over epochs 100-200, but this run is 1 epochs long"):
         fit_briefly(train_cfg(*epoch_run))
     recwarn.clear()
     fit_briefly(train_cfg(*epoch_run, "model.lr_schedule.constant=0", "model.lr_schedule.decay=1"))
+    assert not [w for w in recwarn if "lr_schedule" in str(w.message)]
+    # Limited by max_iters instead: as many epochs as the iterations fill (3 of 2 batches: 2).
+    iteration_run = ("model=cyclegan", "max_iters=3", "data.max_dataset_size=2", *NO_EVALUATION)
+    with pytest.warns(UserWarning, match="decays the rate to 0 over epochs 100-200, but this run is 2 epochs long"):
+        fit_briefly(train_cfg(*iteration_run))
+    recwarn.clear()
+    fit_briefly(train_cfg(*iteration_run, "model.lr_schedule.constant=0", "model.lr_schedule.decay=2"))
     assert not [w for w in recwarn if "lr_schedule" in str(w.message)]
 
 

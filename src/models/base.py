@@ -378,12 +378,18 @@ class AdversarialModel(pl.LightningModule):
 
     def run_length_in(self, unit: str) -> int | None:
         """How long this fit trains, in epochs or iterations; None where the trainer cannot say
-        (an image budget, an epoch count of a run limited by iterations, no trainer)."""
+        (an image budget, no trainer). A run limited by iterations lasts as many epochs as they
+        fill, the last perhaps in part."""
         trainer = self._trainer
         if trainer is None:   # optimizers built outside a fit
             return None
         if unit == "epoch":
-            return trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+            if trainer.max_epochs and trainer.max_epochs > 0:
+                return trainer.max_epochs
+            batches = trainer.num_training_batches
+            if trainer.max_steps > 0 and math.isfinite(batches) and batches > 0:
+                return math.ceil(trainer.max_steps // self.optimizer_steps_per_iter / batches)
+            return None
         if trainer.max_steps > 0:   # max_iters, in optimizer steps
             return trainer.max_steps // self.optimizer_steps_per_iter
         batches = trainer.estimated_stepping_batches   # epochs x batches (manual optimization counts batches)
