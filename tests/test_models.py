@@ -1,5 +1,6 @@
 """Translation models: players update only their own parameters, losses are finite and move,
 every model x loss composes, and a seeded run resumes to the same weights."""
+import csv
 import math
 import warnings
 from pathlib import Path
@@ -317,6 +318,18 @@ def test_losses_are_logged_when_lightning_writes_them_and_at_the_end(train_cfg, 
     column = header.split(",").index("train/G")
     written = [float(r.split(",")[column]) for r in rows if r.split(",")[column]]
     assert written == [g for _, g in logged[:2]]
+
+
+def test_the_learning_rate_is_logged_at_every_logged_iteration(train_cfg):
+    """U-GAT-IT decays its rate per iteration over the second half of the run: the monitor logs
+    the rate each logged iteration trains at, not one value per epoch."""
+    cfg = train_cfg("model=ugatit", "max_iters=4", *NO_EVALUATION)   # smoke: log_every_n_steps=1
+    run_training(cfg)
+    with open(next(Path(cfg.paths.output_dir).glob("csv/version_*/metrics.csv"))) as f:
+        rates = [float(row["lr-Adam"]) for row in csv.DictReader(f) if row.get("lr-Adam")]
+    base = cfg.model.optimizer.lr
+    # iterations 1-2 at the rate, 3 and 4 decaying (to 1/(decay + 1) at the last: lr_schedules.py)
+    assert rates == pytest.approx([base, base, base * 2 / 3, base / 3])
 
 
 def test_logged_losses_reach_the_host_in_one_copy(train_cfg, monkeypatch):
