@@ -125,6 +125,23 @@ def test_the_same_command_starts_then_continues_the_run(train_cfg, tmp_path, cap
         assert torch.equal(value, resumed["state_dict"][key]), key
 
 
+@pytest.mark.parametrize("overrides", [(*PIX2PIX, "max_iters=2"),
+                                       ("model=stylegan", "max_iters=null", "max_kimg=0.004", *NO_EVALUATION)])
+def test_a_finished_run_run_again_trains_nothing_and_keeps_its_record(train_cfg, tmp_path, overrides):
+    """A finished job run again in its folder with ckpt_path=auto (a grid sweep restarted):
+    nothing trains and no checkpoint is rewritten, whether max_iters or max_kimg ended it, its
+    final_metrics.json (the sweep table's row) stays, and train() returns the run's metrics."""
+    finished = run_training(train_cfg(*overrides, "ckpt_path=auto"))
+    run_dir = tmp_path / "run"
+    record = (run_dir / "final_metrics.json").read_text()
+    last = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    assert finished
+    again = run_training(train_cfg(*overrides, "ckpt_path=auto"))
+    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == last
+    assert (run_dir / "final_metrics.json").read_text() == record
+    assert again == pytest.approx(finished)
+
+
 def test_auto_outside_training_asks_for_a_file():
     with pytest.raises(ValueError, match="ckpt_path=auto resumes a training run .*name a checkpoint file"):
         check_checkpoint_file("auto")

@@ -59,21 +59,16 @@ def test_stylegan_stops_after_the_iteration_that_reaches_the_budget(train_cfg, t
     assert whole["global_step"] == 3 * 2
     assert next(v for k, v in whole["callbacks"].items() if k.startswith(STATE_KEY)) == {"images": 8}
 
-    def resume_ends_as_the_whole_run(checkpoint: Path, folder: str) -> None:
-        cfg = train_cfg(*common, f"ckpt_path={checkpoint}")
-        cfg.paths.output_dir = str(tmp_path / folder)
-        resumed = last_checkpoint(cfg)
-        assert resumed["global_step"] == whole["global_step"]
-        for key, value in whole["state_dict"].items():
-            assert torch.equal(value, resumed["state_dict"][key]), key
-        assert not (tmp_path / folder / "checkpoints" / "crashed.ckpt").exists()
-
     first = train_cfg("model=stylegan", "max_iters=2", "max_kimg=0.008", *NO_EVALUATION)
     first.paths.output_dir = str(tmp_path / "first")
     last_checkpoint(first)
-    resume_ends_as_the_whole_run(tmp_path / "first" / "checkpoints" / "last.ckpt", "resumed")
-    # The finished run resumed (the same command again, ckpt_path=auto): nothing more trains.
-    resume_ends_as_the_whole_run(tmp_path / "resumed" / "checkpoints" / "last.ckpt", "again")
+    resumed_cfg = train_cfg(*common, f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt")
+    resumed_cfg.paths.output_dir = str(tmp_path / "resumed")
+    resumed = last_checkpoint(resumed_cfg)
+    assert resumed["global_step"] == whole["global_step"]
+    for key, value in whole["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    assert not (Path(resumed_cfg.paths.output_dir) / "checkpoints" / "crashed.ckpt").exists()
 
 
 def test_a_checkpoint_written_at_batch_end_holds_the_count_with_that_batch(train_cfg):

@@ -11,15 +11,26 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from src.utils.run_results import write_final_metrics
+from src.utils.run_results import FINAL_METRICS, write_final_metrics
 
 
 class FinalMetrics(pl.Callback):
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
+        self.trained = False
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.trained = False
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args, **kwargs) -> None:
+        self.trained = True
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
+            return
+        if not self.trained and (self.run_dir / FINAL_METRICS).is_file():
+            # A finished run resumed into its own folder (a sweep's job run again with
+            # ckpt_path=auto) trains nothing and logs nothing: its record stays as it was.
             return
         from src.callbacks.fid_kid import FidKidCallback   # imported late: it loads the metrics stack
         fid = next((c for c in trainer.callbacks if isinstance(c, FidKidCallback)), None)

@@ -29,17 +29,26 @@ class ImageBudget(pl.Callback):
         self.images = 0
         self.restored = False
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # The count is restored by now (except under strategies that restore after setup:
+        # on_train_start checks again). Stopped here, Lightning skips the loop and its hooks, as
+        # for a run whose max_iters is reached: no evaluation or checkpoint of unchanged weights.
+        self.stop_if_spent(trainer, pl_module)
+
     def on_train_start(self, trainer, pl_module) -> None:
-        if self.images >= self.max_images:
-            # A finished run resumed (the same command again, ckpt_path=auto): it stops before
-            # its first batch, as a run whose max_iters is reached does, and trains nothing.
-            log.info("max_kimg=%g was reached before this resume (%d images, iteration %d): nothing to train",
-                     self.max_images / 1000, self.images, pl_module.iteration)
-            trainer.should_stop = True
+        self.stop_if_spent(trainer, pl_module)
         if trainer.global_step > 0 and not self.restored:
             log.warning("Resumed from a checkpoint without an image count (its run had no max_kimg): the budget "
                         "of max_kimg=%g counts from this resume, at iteration %d", self.max_images / 1000,
                         pl_module.iteration)
+
+    def stop_if_spent(self, trainer, pl_module) -> None:
+        """A finished run resumed (the same command again, ckpt_path=auto) stops before its first
+        batch and trains nothing."""
+        if self.images >= self.max_images and not trainer.should_stop:
+            log.info("max_kimg=%g was reached before this resume (%d images, iteration %d): nothing to train",
+                     self.max_images / 1000, self.images, pl_module.iteration)
+            trainer.should_stop = True
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # The stop is known before the iteration runs: the model decides before its steps whether

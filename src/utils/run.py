@@ -29,6 +29,7 @@ from src.utils.ddp_strategy import choose_strategy
 from src.utils.instantiate import instantiate_list
 from src.utils.library_warnings import silence_known_library_noise
 from src.utils.objective import sweeper_direction
+from src.utils.run_results import completed_metrics
 from src.utils.wandb_run import WandbRunIdCallback, finish_wandb_run, is_wandb_node, with_wandb_identity
 
 log = logging.getLogger(__name__)
@@ -248,6 +249,8 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         finish_wandb_run(exit_code, preempted=exit_code == SIGTERM_EXIT_STATUS)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if not metrics:   # a finished run resumed into its own folder trained and logged nothing
+        metrics = completed_metrics(run_dir) or {}
     if trainer.is_global_zero:
         log.info("Run directory: %s", run_dir)
         log.info("Checkpoint to resume from: %s", trainer.checkpoint_callback.last_model_path)

@@ -26,6 +26,18 @@ def write_final_metrics(run_dir: Path, metrics: dict[str, float], iteration: int
     return _write(Path(run_dir), record)
 
 
+def completed_metrics(run_dir: Path) -> dict[str, float] | None:
+    """The metrics of a completed run's `final_metrics.json` in `run_dir` (non-finite ones back
+    to floats), or None where there is none."""
+    path = Path(run_dir) / FINAL_METRICS
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("status") != "completed":
+        return None
+    return {name: float(value) for name, value in record.get("metrics", {}).items()}
+
+
 def write_failure(run_dir: Path, error: BaseException, name: str = FINAL_METRICS) -> None:
     """A failed run's result file `name` (status "failed" and the error), unless it got as far
     as writing its own."""
