@@ -532,7 +532,9 @@ def test_translate_refuses_to_overwrite_its_inputs(smoke_runs, tmp_path):
                                    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
                                                 "can't allocate memory: you tried to allocate 9663676416 bytes."),
                                    RuntimeError("MPS backend out of memory (MPS allocated: 17.80 GB, other "
-                                                "allocations: 1.02 GB, max allowed: 18.13 GB).")])
+                                                "allocations: 1.02 GB, max allowed: 18.13 GB)."),
+                                   RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
+                                                "not enough memory: you tried to allocate 9663676416 bytes.")])
 def test_a_batch_too_large_for_the_device_names_the_images_and_the_settings_that_fit(smoke_runs, tmp_path, error):
     """A phone's photos at full size through a generator run out of GPU (or host) memory: the
     error names the images and their size, and short_side / batch_size, not only torch's words."""

@@ -161,6 +161,10 @@ def save_png(image: np.ndarray, path: str | Path) -> None:
     save_image(image, path, format="PNG")
 
 
+#: how the CPU's allocator (Linux, Windows) and MPS's word running out of memory
+OUT_OF_MEMORY_WORDS = ("can't allocate memory", "not enough memory", "out of memory")
+
+
 def out_of_memory(chunk: list[Path], size: tuple[int, int], short_side: int | None) -> MemoryError:
     """The error of a batch too large for the device, with the images and the settings that fit it
     (a phone's 12 MP photo through a ResNet generator takes several GB of activations)."""
@@ -219,7 +223,7 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
                 except (torch.OutOfMemoryError, MemoryError) as error:
                     raise out_of_memory(chunk, size, short_side) from error
                 except RuntimeError as error:   # the CPU's and MPS's allocators raise plain RuntimeErrors
-                    if "can't allocate memory" not in str(error) and "out of memory" not in str(error):
+                    if not any(words in str(error) for words in OUT_OF_MEMORY_WORDS):
                         raise
                     raise out_of_memory(chunk, size, short_side) from error
                 yield from zip(chunk, to_uint8_images(crop_to_box(translated, box)))
