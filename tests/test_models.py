@@ -438,6 +438,11 @@ def test_attention_models_decay_the_rate_over_the_second_half_of_any_run_length(
     with pytest.raises(ValueError, match="model.lr_schedule.constant=half needs the run's length in iterations: "
                                          "set max_iters"):
         fit_briefly(train_cfg(f"model={model_name}", "max_iters=null", "trainer.max_epochs=-1", *NO_EVALUATION))
+    # Halves in epochs of a run measured in iterations: as many epochs as they fill (5 of 2 batches: 3).
+    in_epochs = fit_briefly(train_cfg(f"model={model_name}", "max_iters=5", "data.max_dataset_size=2",
+                                      "model.lr_schedule.unit=epoch", *NO_EVALUATION))
+    factor = in_epochs.lr_schedulers()[0].lr_lambdas[0]
+    assert (factor.constant, factor.decay) == (1, 2)
 
 
 def test_a_run_shorter_than_its_decay_warns_and_one_that_fits_does_not(train_cfg, recwarn):

@@ -339,8 +339,8 @@ class AdversarialModel(pl.LightningModule):
             return schedule
         unit = schedule.get("unit", "epoch")
         if self._length_counts_the_loaders_batches(unit):
-            # Epochs x the loader's batches: Lightning builds the training loader once, and built
-            # here, before a resume has restored the loader's place, a resumed epoch would start
+            # The length needs the loader's batches: Lightning builds the training loader once, and
+            # built here, before a resume has restored the loader's place, a resumed epoch would start
             # over. on_train_start fills the halves in; a resumed run's schedulers come back
             # from its checkpoint with them.
             schedule.update({key: None for key in halves})
@@ -352,9 +352,15 @@ class AdversarialModel(pl.LightningModule):
         return schedule
 
     def _length_counts_the_loaders_batches(self, unit: str) -> bool:
+        """Whether the run's length in `unit` needs the training loader's batches: iterations of
+        a run measured in epochs, or epochs of one measured in iterations (as many as they fill)."""
         trainer = self._trainer
-        return (trainer is not None and unit == "iteration" and trainer.max_steps <= 0
-                and bool(trainer.max_epochs) and trainer.max_epochs > 0)
+        if trainer is None:
+            return False
+        by_epochs = bool(trainer.max_epochs) and trainer.max_epochs > 0
+        if unit == "iteration":
+            return trainer.max_steps <= 0 and by_epochs
+        return trainer.max_steps > 0 and not by_epochs
 
     @staticmethod
     def _require_a_length_for_half(length: int | None, key: str, unit: str) -> None:
