@@ -17,18 +17,19 @@ import torch
 
 
 def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise ||a_i - b_j||^2 for rows of a (N, D) and b (M, D), clamped at 0 (rounding)."""
-    d2 = (a * a).sum(1, keepdim=True) + (b * b).sum(1) - 2.0 * a @ b.T
-    return d2.clamp_min_(0.0)
+    """Pairwise ||a_i - b_j||^2 for rows of a (N, D) and b (M, D), from the differences: the
+    |a|^2 + |b|^2 - 2ab form leaves rounding noise (~1e-16 |a|^2) between identical non-zero
+    rows, which the bandwidth's median would take for distinct points."""
+    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist") ** 2
 
 
-def median_heuristic_sigma(x: torch.Tensor, y: torch.Tensor) -> float:
-    """sigma with sigma^2 = median of the pairwise squared distances of the pooled sample / 2."""
-    pooled = torch.cat([x, y]).double()
-    # Differences, not |a|^2 + |b|^2 - 2ab: that form leaves rounding noise (~1e-16 |a|^2) between
-    # identical non-zero codes, which the filter below would take for distinct points.
-    d2 = torch.cdist(pooled, pooled, compute_mode="donot_use_mm_for_euclid_dist") ** 2
-    off_diagonal = d2[torch.triu_indices(len(pooled), len(pooled), offset=1, device=d2.device).unbind()]
+def median_heuristic_sigma(x: torch.Tensor, y: torch.Tensor, d2: torch.Tensor | None = None) -> float:
+    """sigma with sigma^2 = median of the pairwise squared distances of the pooled sample / 2;
+    `d2`: those distances, where the caller has them."""
+    if d2 is None:
+        pooled = torch.cat([x, y]).double()
+        d2 = squared_distances(pooled, pooled)
+    off_diagonal = d2[torch.triu_indices(len(d2), len(d2), offset=1, device=d2.device).unbind()]
     # Over the distances between distinct points: where most points coincide (a half-collapsed
     # code) the median of all pairs is 0, and any fixed fallback would ignore the data's scale.
     distinct = off_diagonal[off_diagonal > 0]
@@ -47,13 +48,13 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = No
     n, m = len(x), len(y)
     if n < 2 or m < 2:
         raise ValueError(f"mmd2_unbiased needs at least 2 samples on each side, got {n} and {m}")
-    sigma = median_heuristic_sigma(x, y) if bandwidth is None else float(bandwidth)
+    pooled = torch.cat([x, y])
+    d2 = squared_distances(pooled, pooled)   # once: the bandwidth's median and the three kernels
+    sigma = median_heuristic_sigma(x, y, d2) if bandwidth is None else float(bandwidth)
     if sigma <= 0:
         raise ValueError(f"bandwidth must be positive, got {bandwidth}")
-    scale = -1.0 / (2.0 * sigma * sigma)
-    k_xx = torch.exp(squared_distances(x, x) * scale)
-    k_yy = torch.exp(squared_distances(y, y) * scale)
-    k_xy = torch.exp(squared_distances(x, y) * scale)
+    kernel = torch.exp(d2 * (-1.0 / (2.0 * sigma * sigma)))
+    k_xx, k_yy, k_xy = kernel[:n, :n], kernel[n:, n:], kernel[:n, n:]
     within_x = (k_xx.sum() - k_xx.diagonal().sum()) / (n * (n - 1))
     within_y = (k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))
     return float(within_x + within_y - 2.0 * k_xy.mean())
