@@ -161,8 +161,15 @@ def save_png(image: np.ndarray, path: str | Path) -> None:
     save_image(image, path, format="PNG")
 
 
-#: how the CPU's allocator (Linux, Windows) and MPS's word running out of memory
+#: how CUDA's, the CPU's (Linux, Windows) and MPS's allocators word running out of memory
 OUT_OF_MEMORY_WORDS = ("can't allocate memory", "not enough memory", "out of memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is a device or host allocator running out of memory (the CPU's and MPS's
+    raise plain RuntimeErrors, told apart by their words)."""
+    return (isinstance(error, (torch.OutOfMemoryError, MemoryError))
+            or any(words in str(error) for words in OUT_OF_MEMORY_WORDS))
 
 
 def out_of_memory(chunk: list[Path], size: tuple[int, int], short_side: int | None) -> MemoryError:
@@ -220,10 +227,8 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
                 padded, box = pad_to_multiple(batch, multiple)
                 try:
                     translated = model.translate(padded, direction)
-                except (torch.OutOfMemoryError, MemoryError) as error:
-                    raise out_of_memory(chunk, size, short_side) from error
-                except RuntimeError as error:   # the CPU's and MPS's allocators raise plain RuntimeErrors
-                    if not any(words in str(error) for words in OUT_OF_MEMORY_WORDS):
+                except (RuntimeError, MemoryError) as error:   # torch.OutOfMemoryError is a RuntimeError
+                    if not is_out_of_memory(error):
                         raise
                     raise out_of_memory(chunk, size, short_side) from error
                 yield from zip(chunk, to_uint8_images(crop_to_box(translated, box)))
