@@ -61,7 +61,6 @@ def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path,
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path, image in translate_images(model, paths, cfg.direction, cfg.batch_size, device, cfg.get("short_side")):
-        targets[path].unlink(missing_ok=True)   # (overwrite=true) replaced, not written through a link
         save_png(image, targets[path])
         written.append(str(targets[path]))
     if paths:

@@ -127,9 +127,8 @@ def output_paths(paths: list[Path], output_dir: str | Path, folder: Path | None 
                              f"disk that ignores case, where names differ only in it); rename one of them")
         seen[key] = path
         targets[path] = output_dir / f"{name}{suffix}"
-        # samefile also sees the input behind a link, or behind another case of its name
-        if targets[path].resolve() == path.resolve() or (targets[path].exists()
-                                                          and os.path.samefile(targets[path], path)):
+        # samefile: the input itself, behind a link, or behind another case of its name
+        if targets[path].exists() and os.path.samefile(targets[path], path):
             raise ValueError(f"{path} would be overwritten by its own output: choose an output folder other than "
                              f"the input's")
     return targets

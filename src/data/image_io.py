@@ -240,8 +240,10 @@ def to_uint8_array(image: Image.Image, channels: int, bit_depth: int = 16, sourc
 
 def save_image(image: np.ndarray, path: str | Path, **save_options) -> None:
     """Write an HxWxC uint8 array (C = 1 or 3) in the format of the path's suffix (or
-    `save_options`' format), making its folder if needed."""
+    `save_options`' format), making its folder if needed. A file there is replaced, not written
+    through: a link among the outputs keeps the file it points to."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).unlink(missing_ok=True)
     Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(Path(path), **save_options)
 
 
