@@ -42,9 +42,11 @@ DOMAIN_COLORS = {"A": (31, 119, 180), "B": (255, 127, 14)}  # blue, orange
 def pool_latent(z: torch.Tensor, pool: str) -> torch.Tensor:
     """(B, C, h, w) code -> (B, 2C) by each channel's spatial mean and standard deviation
     (`mean_std`), (B, C) by its mean, or (B, C*h*w) flattened."""
-    if pool in ("mean", "mean_std") and z.dim() > 2:
-        means = z.flatten(2).mean(2)
-        return means if pool == "mean" else torch.cat([means, z.flatten(2).std(2, correction=0)], 1)
+    if pool == "mean" and z.dim() > 2:
+        return z.flatten(2).mean(2)
+    if pool == "mean_std" and z.dim() > 2:
+        std, mean = torch.std_mean(z.flatten(2), 2, correction=0)
+        return torch.cat([mean, std], 1)
     return z.flatten(1)
 
 
@@ -99,7 +101,8 @@ class LatentCallback(PeriodicEvaluation):
         batch_size: encoding batch size (null: the DataModule's eval batch size).
         tsne: draw the t-SNE map (the MMD is always logged).
         perplexity: t-SNE perplexity (capped for small sets).
-        pool: "mean" (spatial mean, (B, C)) or "flatten" (B, C*h*w).
+        pool: "mean_std" (each channel's spatial mean and standard deviation, (B, 2C)), "mean"
+            (B, C) or "flatten" (B, C*h*w).
     """
 
     config_key = "callbacks.latent"

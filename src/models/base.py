@@ -389,15 +389,16 @@ class AdversarialModel(pl.LightningModule):
         trainer = self._trainer
         if trainer is None:   # optimizers built outside a fit
             return None
+        iterations = trainer.max_steps // self.optimizer_steps_per_iter if trainer.max_steps > 0 else None
         if unit == "epoch":
             if trainer.max_epochs and trainer.max_epochs > 0:
                 return trainer.max_epochs
             batches = trainer.num_training_batches
-            if trainer.max_steps > 0 and math.isfinite(batches) and batches > 0:
-                return math.ceil(trainer.max_steps // self.optimizer_steps_per_iter / batches)
+            if iterations and math.isfinite(batches) and batches > 0:
+                return math.ceil(iterations / batches)
             return None
-        if trainer.max_steps > 0:   # max_iters, in optimizer steps
-            return trainer.max_steps // self.optimizer_steps_per_iter
+        if iterations:   # max_iters (max_steps counts optimizer steps)
+            return iterations
         batches = trainer.estimated_stepping_batches   # epochs x batches (manual optimization counts batches)
         return int(batches) if math.isfinite(batches) else None
 
