@@ -66,8 +66,9 @@ def configure_allocator(name: str) -> None:
     if "thp" in name and "torch" in sys.modules:
         log.warning("allocator=%s: torch is already imported, so THP_MEM_ALLOC_ENABLE may come too late "
                     "for this process (it still reaches the processes it starts)", name)
-    set_here = [key for key in allocator_environment(name) if key not in os.environ]
-    for key, value in allocator_environment(name).items():
+    environment = allocator_environment(name)
+    set_here = [key for key in environment if key not in os.environ]
+    for key, value in environment.items():
         os.environ.setdefault(key, value)
     if "reuse" in name:
         _apply_to_this_process(set_here)

@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_in_subprocess(spec: dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
     """Run `spec` in a fresh Python process and return its result (or raise with its stderr)."""
-    # The allocator src/train.py would run this model with (bench_run resolves it), or a trial's.
-    allocator = spec.get("allocator") or (spec.get("tweaks") or {}).get("allocator") or "default"
+    # The allocator src/train.py would run this model with, or a trial's (every spec of bench_run
+    # carries the one it resolved).
+    allocator = spec.get("allocator") or "default"
     # Only the chosen allocator's variables: none leak in from the caller's shell. They are in
     # the worker's environment from its start, where glibc and torch read them.
     every_allocator_key = {key for name in ALLOCATORS for key in allocator_environment(name)}
