@@ -98,6 +98,27 @@ def test_make_train_builds_every_model_and_its_data(tmp_path, shared_data_dir, o
     hydra.utils.instantiate(cfg.model, _recursive_=False)
 
 
+@pytest.mark.parametrize("model,data,kind", [
+    ("cyclegan", "shapes_labelled", "trains on two image domains"), ("pix2pix", "sines", "trains on two image domains"),
+    ("dcgan", "shapes", "trains on a labelled image dataset"), ("rgan", "shapes_labelled", "trains on a sequence dataset"),
+])
+def test_a_model_on_another_kind_of_data_is_refused_before_anything_is_built(tmp_path, shared_data_dir, model, data,
+                                                                             kind):
+    """A translator on labelled images failed with OmegaConf's missing `data.output_nc`, and
+    with it added, a KeyError 'B' at the first batch: the check names the model and the fix.
+    The right kind passes."""
+    import hydra
+
+    from conftest import compose_train_cfg
+    cfg = compose_train_cfg(["debug=smoke", f"model={model}", f"data={data}"], tmp_path / "run", shared_data_dir)
+    model_class = hydra.utils.get_class(cfg.model._target_)
+    with pytest.raises(ValueError, match=f"model={model} {kind}: use .*; data._target_=src.data.* is not one"):
+        model_class.check_data_config(cfg.data, model)
+    right = {"cyclegan": "shapes", "pix2pix": "shapes_paired", "dcgan": "shapes_labelled", "rgan": "sines"}[model]
+    cfg = compose_train_cfg(["debug=smoke", f"model={model}", f"data={right}"], tmp_path / "run", shared_data_dir)
+    model_class.check_data_config(cfg.data, model)
+
+
 @pytest.mark.parametrize("overrides,identity", [([], 5.0), (["loss.weights.cycle=5"], 2.5),
                                                 (["loss.weights.cycle=5", "loss.weights.identity=1"], 1.0)])
 def test_cyclegan_identity_weight_follows_a_cycle_sweep(tmp_path, shared_data_dir, overrides, identity):

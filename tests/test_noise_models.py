@@ -391,6 +391,9 @@ def test_eval_scores_and_writes_samples_and_translate_refuses(train_cfg, tmp_pat
     with pytest.raises(ValueError, match="segmenter_path=fcn.pt2 scores photos translated from label maps; "
                                          "NoiseGAN generates from noise: leave it unset"):
         evaluate("eval_segmenter", "segmenter_path=fcn.pt2")
+    with pytest.raises(ValueError, match=r"last.ckpt generates 2 classes, and the data \(shapes\) has 1: "
+                                         "evaluate it on the data it was trained on"):
+        evaluate("eval_one_class", "data.classes=[B]")
     model = load_model(ckpt)
     assert type(model).__name__ == "NoiseGAN" and model.num_classes == 2
     with pytest.raises(ValueError, match="translate.py is for the translation models"):

@@ -588,6 +588,14 @@ def test_eval_settings_it_cannot_use_are_named(smoke_runs, tmp_path, shared_data
         evaluate(smoke_runs["cyclegan"], tmp_path, shared_data_dir, override)
 
 
+def test_eval_on_data_of_another_kind_than_the_model_names_both(smoke_runs, tmp_path, shared_data_dir):
+    """A translator's checkpoint with data=shapes_labelled failed with a KeyError 'B' at the
+    first batch."""
+    with pytest.raises(ValueError, match=r"model=CycleGAN \(ckpt_path=.*last.ckpt\) trains on two image domains: "
+                                         r".*data._target_=src.data.shapes.ShapesLabelledDataModule is not one"):
+        evaluate(smoke_runs["cyclegan"], tmp_path, shared_data_dir, "data=shapes_labelled")
+
+
 def test_a_size_the_generator_cannot_translate_names_the_file_and_the_sizes_it_can(smoke_runs, tmp_path):
     """A 1x1 image pads to 4x4, where the ResNet generator's instance norm has one pixel left:
     the file, the nearest size that works and the fix come before any output is written."""

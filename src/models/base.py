@@ -200,9 +200,24 @@ class AdversarialModel(pl.LightningModule):
         return float(clip)
 
     @classmethod
+    def data_kind(cls) -> tuple[type | tuple[type, ...], str] | None:
+        """The DataModule class(es) this model trains on, and what to pass instead of another
+        (None: any)."""
+        return None
+
+    @classmethod
     def check_data_config(cls, data_cfg, model_name: str) -> None:
         """Raise a clear error, before anything is built, when `data_cfg` is not a kind of
-        data this model trains on (the DataModules' own checks cover the rest)."""
+        data this model trains on (the DataModules' own checks cover the rest): another kind
+        fails later with a missing interpolation key or a batch without the model's inputs."""
+        kind = cls.data_kind()
+        if kind is None:
+            return
+        required, hint = kind
+        target = data_cfg.get("_target_")
+        data_class = hydra.utils.get_class(target) if target else None
+        if not (isinstance(data_class, type) and issubclass(data_class, required)):
+            raise ValueError(f"model={model_name} trains on {hint}; data._target_={target} is not one")
 
     def setup(self, stage: str) -> None:
         # fp16: one loss scaler per player's loss instead of Lightning's shared one (see
@@ -609,6 +624,15 @@ class TranslationModel(AdversarialModel):
     #: whether the method learns from aligned pairs (pix2pix); the unpaired methods' papers and
     #: reference loaders draw each B at random, independently of its A
     learns_from_pairs = False
+
+    @classmethod
+    def data_kind(cls) -> tuple[tuple[type, ...], str]:
+        from src.data.paired import PairedDataModule   # keeps data code out of the model import
+        from src.data.unpaired import UnpairedDataModule
+
+        return (PairedDataModule, UnpairedDataModule), (
+            "two image domains: use an unpaired data config (data=shapes, horse2zebra, ...) or a paired one "
+            "(data=shapes_paired, facades, ...)")
 
     def generator_for(self, direction: str) -> nn.Module:
         raise NotImplementedError

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import contextlib
 
-import hydra
 import torch
 import torch.nn as nn
-from omegaconf import DictConfig
 
 from src.models.base import AdversarialModel, sampling_mode
 from src.models.reference_batch_norm import reference_batch_statistics, tracked_batch_norms
@@ -61,14 +59,6 @@ class NoiseToImageModel(AdversarialModel):
         return LabelledImageDataModule, ("a labelled image dataset: use data=shapes_labelled (embedded), data=mnist "
                                          "or data=class_folders (<data_dir>/<split>/<class>/ folders, or a "
                                          "CycleGAN-style dataset's trainA/trainB as two classes with data.layout=domains)")
-
-    @classmethod
-    def check_data_config(cls, data_cfg: DictConfig | dict, model_name: str) -> None:
-        required, hint = cls.data_kind()
-        target = data_cfg.get("_target_")
-        data_class = hydra.utils.get_class(target) if target else None
-        if not (isinstance(data_class, type) and issubclass(data_class, required)):
-            raise ValueError(f"model={model_name} trains on {hint}; data._target_={target} is not one")
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

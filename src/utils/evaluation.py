@@ -407,10 +407,15 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device) -> dict[str, dict
     model = load_model(cfg.ckpt_path, map_location=device, use_ema=cfg.get("use_ema", True))
     data = data_config(cfg, model)
     check_argument_types(data, "data")
+    # data=NAME of another kind than the model's would fail at the first batch with a KeyError.
+    type(model).check_data_config(data, f"{type(model).__name__} (ckpt_path={cfg.ckpt_path})")
     datamodule = hydra.utils.instantiate(data)
     datamodule.prepare_data()
     datamodule.setup("test")
     generates = isinstance(model, NoiseToImageModel)
+    if generates and model.num_classes and datamodule.num_classes != model.num_classes:
+        raise ValueError(f"ckpt_path={cfg.ckpt_path} generates {model.num_classes} classes, and the data "
+                         f"({datamodule.name}) has {datamodule.num_classes}: evaluate it on the data it was trained on")
     if not generates:
         check_trained_direction(model, datamodule, cfg.ckpt_path)
     warn_about_other_image_settings(model, datamodule)
