@@ -18,7 +18,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from src.models.checkpoint_fit import check_checkpoint_file  # noqa: E402
 from src.utils.checkpoint_loading import load_model  # noqa: E402
-from src.utils.export import export_translation  # noqa: E402
+from src.utils.export import check_export_format, export_translation  # noqa: E402
 from src.data.folders import output_paths, refuse_existing_outputs  # noqa: E402
 from src.utils.config_checks import check_seed  # noqa: E402
 from src.utils.rng import isolated_rng  # noqa: E402
@@ -36,6 +36,8 @@ def run_translation(cfg: DictConfig) -> dict:
     check_checkpoint_file(cfg.ckpt_path)
     if not cfg.get("input") and not cfg.get("export"):
         raise ValueError("input is required: input=path/to/image_or_folder (or export=onnx|torchscript to only export)")
+    if cfg.get("export"):
+        check_export_format(cfg.export)
     paths = list_input_images(cfg.input) if cfg.get("input") else []
     targets = output_paths(paths, Path(cfg.output), Path(cfg.input) if paths and Path(cfg.input).is_dir() else None)
     if paths and Path(cfg.input).is_dir() and Path(cfg.output).resolve().is_relative_to(Path(cfg.input).resolve()):

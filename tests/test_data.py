@@ -1108,6 +1108,13 @@ def test_a_setting_that_is_not_a_boolean_is_refused(tmp_path):
         module(UnpairedDataModule, tmp_path, flip="maybe")
 
 
+def test_a_negative_worker_count_is_refused_by_key(tmp_path):
+    """`-1` ("all cores" elsewhere) reached torch's DataLoader first in the FID callback's setup,
+    whose message names no config key."""
+    with pytest.raises(ValueError, match=r"data.num_workers=-1 must be an integer >= 0 \(worker processes"):
+        module(UnpairedDataModule, tmp_path, num_workers=-1)
+
+
 def test_a_data_setting_of_the_wrong_type_stops_the_run_by_key(train_cfg):
     from src.utils.run import run_training
     with pytest.raises(ValueError, match=r"data.num_workers='x' must be an integer \(ShapesDataModule's num_workers\)"):
@@ -1346,6 +1353,16 @@ def test_shapes_datamodules_generate_lazily(tmp_path):
     assert torch.equal(sample["A"][:, :, 0, 0], sample["B"][:, :, 0, 0])
     assert not torch.equal(sample["A"], sample["B"])
     assert (tmp_path / "p" / "train_meta.json").exists()
+
+
+def test_shapes_crop_size_unread_at_their_own_size_is_refused(tmp_path):
+    """`data.crop_size=128` on the 32 px shapes trained at 32 px, with networks sized for 128
+    (n_blocks / num_downs: auto): the message says which key sets the size. A crop is read."""
+    with pytest.raises(ValueError, match=r"data.crop_size=128: the shapes images are generated at data.size=32 .* "
+                                         r"set data.size=128 instead"):
+        ShapesDataModule(data_dir=tmp_path / "u", size=32, crop_size=128)
+    dm = ShapesDataModule(data_dir=tmp_path / "u", size=16, n_train=2, n_test=2, preprocess="crop", crop_size=8)
+    assert dm.sample_batch(1, split="train")["A"].shape == (1, 3, 8, 8)
 
 
 # -- configs -----------------------------------------------------------------------------------

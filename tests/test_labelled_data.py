@@ -89,8 +89,13 @@ def test_given_classes_set_the_order_and_may_be_a_subset(tmp_path):
     data = dm.dataset("train")
     assert dm.class_names == ["bee", "ant"]
     assert {(folder_class(data[i]["A_path"]), data[i]["label"]) for i in range(len(data))} == {("bee", 0), ("ant", 1)}
-    with pytest.raises(DatasetNotFoundError, match="train/cow"):
+    # A wrong name is named as one, with the classes there are (a known dataset's message told
+    # the user to move it away and download it again)
+    with pytest.raises(DatasetNotFoundError, match=r"data.classes: 'cow' is not a class of .*d/train \(those are "
+                                                   r"ant, bee, cat\): fix the name, or data.classes=null for all"):
         labelled(root, classes=["ant", "cow"]).setup("fit")
+    with pytest.raises(DatasetNotFoundError, match=r"data.classes: 'cow' is not a class"):
+        labelled(root, classes=["ant", "cow"], name="cifar10").setup("fit")
 
 
 def test_domains_layout_labels_a_0_and_b_1(tmp_path):
@@ -107,6 +112,9 @@ def test_domains_layout_labels_a_0_and_b_1(tmp_path):
     data = only_b.dataset("train")
     assert len(data) == 2 and {data[i]["label"] for i in range(2)} == {0}
     assert all(folder_class(data[i]["A_path"]) == "trainB" for i in range(2))
+    with pytest.raises(DatasetNotFoundError, match=r"data.classes: 'b' is not a class of .*d's train<X> folders "
+                                                   r"\(those are A, B\)"):
+        labelled(root, layout="domains", classes=["b"]).setup("fit")
 
 
 def test_max_dataset_size_caps_each_class(tmp_path):

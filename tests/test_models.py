@@ -28,6 +28,30 @@ def test_every_model_and_loss_composes(train_cfg, model_name, loss_name):
     assert set(model.player_modules()) and model.optimizer_steps_per_iter == len(model.player_modules())
 
 
+@pytest.mark.parametrize("overrides,message", [
+    # one-sided label smoothing on the BCE objective: its targets are fixed, the setting did nothing
+    (["loss=vanilla", "+loss.labels.real_label=0.9"],
+     r"loss.labels.real_label=0.9: loss.gan_mode=vanilla does not read loss.labels"),
+    (["loss=lsgan", "+loss.labels.real_lable=0.9"], r"loss.labels.real_lable is not a setting there \(they are "
+                                                    r"real_label, fake_label, generator_label\)"),
+])
+def test_loss_labels_another_objective_ignores_or_misspelt_are_refused(train_cfg, overrides, message):
+    with pytest.raises(Exception, match=message):
+        hydra.utils.instantiate(train_cfg("model=cyclegan", *overrides).model, _recursive_=False)
+    # LSGAN's default codes left over under another objective say nothing, and pass
+    model = hydra.utils.instantiate(train_cfg("model=cyclegan", "loss=lsgan", "loss.gan_mode=hinge").model,
+                                    _recursive_=False)
+    assert model.adversarial.mode == "hinge"
+
+
+@pytest.mark.parametrize("model_name,weight", [("pix2pix", "feature_matching"), ("dcgan", "r1")])
+def test_a_negative_optional_weight_is_refused_not_read_as_off(train_cfg, model_name, weight):
+    with pytest.raises(Exception, match=rf"loss.weights.{weight}=-1.0 must be a number >= 0"):
+        model = hydra.utils.instantiate(train_cfg(f"model={model_name}", f"loss.weights.{weight}=-1.0").model,
+                                        _recursive_=False)
+        model.gradient_penalties()
+
+
 def record_player_steps(model) -> list[tuple[str, ...]]:
     """Wrap `model.update` to check every optimizer step as it happens: the stepped players'
     parameters all change, nobody else's do, and the idle players hold no gradients (they were

@@ -497,6 +497,11 @@ def test_translate_errors_name_the_setting(smoke_runs, tmp_path):
     with pytest.raises(ValueError, match=r"device='tpu' is not a device torch knows: use auto, cpu, cuda"):
         run_translation(translate_cfg(ckpt_path=str(smoke_runs["pix2pix"].ckpt), input=str(tmp_path / "in"),
                                       output=str(tmp_path / "out"), device="tpu"))
+    # before a folder is translated, not after
+    with pytest.raises(ValueError, match=r"export='onnxx' must be one of onnx, torchscript \(or null\)"):
+        run_translation(translate_cfg(ckpt_path=str(smoke_runs["pix2pix"].ckpt), input=str(tmp_path / "in"),
+                                      output=str(tmp_path / "out"), export="onnxx"))
+    assert not (tmp_path / "out").exists()
     written = run_translation(translate_cfg(ckpt_path=str(smoke_runs["pix2pix"].ckpt), input=str(tmp_path / "in"),
                                             output=str(tmp_path / "out")))["written"]
     assert sorted(Path(p).name for p in written) == ["gray.png", "portrait.png", "rgb.png", "rgba.png"]

@@ -45,6 +45,8 @@ class SplitDataModule(pl.LightningDataModule):
         super().__init__()
         require_int("data.batch_size", batch_size)
         require_int("data.eval_batch_size", eval_batch_size, allow_none=True)
+        require_int("data.num_workers", num_workers, least=0,
+                    why=" (worker processes besides the main one; 0 loads in the main process)")
         for key, value in (("data.pin_memory", pin_memory), ("data.persistent_workers", persistent_workers)):
             require_bool(key, value)
         self.batch_size = batch_size

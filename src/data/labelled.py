@@ -115,6 +115,7 @@ class LabelledImageDataModule(ImageTranslationDataModule):
         self.set_batches_per_iteration(batches_per_iteration)
         self.layout = layout
         self.classes = classes
+        self.classes_given = classes is not None
 
     # -- classes -------------------------------------------------------------------------------
 
@@ -130,6 +131,23 @@ class LabelledImageDataModule(ImageTranslationDataModule):
         if self.layout == "domains":
             return self.data_dir / f"{split}{name}"
         return self.data_dir / split / name
+
+    def _require_class_folder(self, split: str, name: str) -> Path:
+        """A class's folder in a split. A class named in `data.classes` that the split lacks,
+        beside folders it has, is a wrong name, not a dataset to download again (CIFAR-10's
+        folders are `3_cat`, not `cat`)."""
+        folder = self._class_folder(split, name)
+        if self.classes_given and not folder.is_dir():
+            if self.layout == "domains":
+                present = sorted(p.name[len(split):] for p in self.data_dir.glob(f"{split}?*") if p.is_dir())
+                where = f"{self.data_dir}'s {split}<X> folders"
+            else:
+                present = class_subfolders(folder.parent) if folder.parent.is_dir() else []
+                where = str(folder.parent)
+            if present:
+                raise DatasetNotFoundError(f"data.classes: {name!r} is not a class of {where} (those are "
+                                           f"{', '.join(present)}): fix the name, or data.classes=null for all")
+        return self._require(folder)
 
     def class_folders(self) -> list[str]:
         """Folder names (classes layout) or domain letters (domains layout), in label order."""
@@ -148,7 +166,7 @@ class LabelledImageDataModule(ImageTranslationDataModule):
 
     def image_folders(self) -> dict[Path, int]:
         """Each class's folder in the train and test splits, read with `input_nc` channels."""
-        return {self._require(self._class_folder(split, name)): self.input_nc
+        return {self._require_class_folder(split, name): self.input_nc
                 for split in ("train", "test") for name in self.class_folders()}
 
     @property
@@ -173,7 +191,7 @@ class LabelledImageDataModule(ImageTranslationDataModule):
                             split_folder, ", ".join(extra), ", ".join(classes))
         # A class folder missing in one split raises, naming it: a test split without a class
         # would silently evaluate on fewer classes than the model generates.
-        per_class = [list_images(self._require(self._class_folder(split, c)), self.max_dataset_size)
+        per_class = [list_images(self._require_class_folder(split, c), self.max_dataset_size)
                      for c in classes]
         return LabelledImageDataset(interleave(per_class), self.train_transform if train else self.eval_transform,
                                     self.input_nc)

@@ -310,6 +310,11 @@ class _GeneratedShapes:
         **kwargs: Any,
     ) -> None:
         self.shapes_params = shapes_params(size, n_train, n_test, seed, self.paired_training_scenes)
+        if preprocess == "none" and crop_size is not None and crop_size != size:
+            # Unread with preprocess none, while the models size their networks from it.
+            raise ValueError(f"data.crop_size={crop_size}: the shapes images are generated at data.size={size} and "
+                             f"used as they are (data.preprocess=none); set data.size={crop_size} instead, or crop "
+                             f"with data.preprocess=crop and a data.crop_size up to data.size")
         kwargs.setdefault("feature_extractor", "random_cnn")  # no Inception download for toy data
         super().__init__(  # the DataModule this is mixed into
             data_dir=data_dir,

@@ -75,6 +75,8 @@ OPTIMIZER_TYPES = ("adam", "rmsprop", "sgd")
 #: the settings `loss`, `model.init` (its `players.<player>` tables: all but players) and
 #: `model.lr_schedule` may hold; any other name is refused rather than ignored
 LOSS_KEYS = ("gan_mode", "labels", "weights", "clip")
+#: `loss.labels` and their defaults (conf/loss/lsgan.yaml)
+LSGAN_LABELS = {"real_label": 1.0, "fake_label": 0.0, "generator_label": None}
 INIT_KEYS = ("type", "gain", "players")
 SCHEDULE_KEYS = tuple(inspect.signature(build_scheduler).parameters)[1:]   # after the optimizer
 #: the settings `model.optimizer` and each `players.<player>` table may hold
@@ -166,8 +168,7 @@ class AdversarialModel(pl.LightningModule):
         if self.optimizer_cfg.get("step_in_backward", "auto") not in (True, False, "auto"):
             raise ValueError(f"model.optimizer.step_in_backward={self.optimizer_cfg['step_in_backward']!r} "
                              "must be true, false or auto")
-        self.adversarial = AdversarialLoss(self.loss_cfg.get("gan_mode", "lsgan"),
-                                           **self.loss_cfg.get("labels", {}))
+        self.adversarial = AdversarialLoss(self.loss_cfg.get("gan_mode", "lsgan"), **self.loss_labels())
         self.weight_clip = self.critic_weight_clip()
         for key, settings in [("model.optimizer", self.optimizer_cfg),
                               *((f"model.optimizer.players.{name}", player)
@@ -188,6 +189,20 @@ class AdversarialModel(pl.LightningModule):
         self.training_data: dict = {}
         self.training_data_class: str | None = None
         self.loaded_weights: str | None = None   # "ema" or "trained": which load_model put in
+
+    def loss_labels(self) -> dict:
+        """`loss.labels`, LSGAN's target codes: checked by name, and refused where another
+        objective would ignore them (its targets are fixed; `loss.gan_mode=vanilla` over
+        loss=lsgan keeps the config's default codes, which say nothing)."""
+        labels = self.loss_cfg.get("labels") or {}
+        refuse_unknown_keys("loss.labels", labels, LSGAN_LABELS)
+        mode = self.loss_cfg.get("gan_mode", "lsgan")
+        changed = {k: v for k, v in labels.items() if v != LSGAN_LABELS[k]}
+        if mode != "lsgan" and changed:
+            key = next(iter(changed))
+            raise ValueError(f"loss.labels.{key}={changed[key]!r}: loss.gan_mode={mode} does not read loss.labels "
+                             "(its targets are fixed); they are LSGAN's codes (loss=lsgan), or remove the setting")
+        return labels
 
     def critic_weight_clip(self) -> float | None:
         """WGAN's clipping bound c (`loss.clip`), or None for the objectives without clipping."""
@@ -308,6 +323,10 @@ class AdversarialModel(pl.LightningModule):
         if not is_number(value) or value < 0:
             raise ValueError(f"loss.weights.{name}={value!r} must be a number >= 0 (0 turns the term off)")
         return float(value)
+
+    def optional_weight(self, name: str) -> float:
+        """A weight the model may go without (0: the term is off), checked as `weight` checks."""
+        return self.weight(name) if name in self.weights else 0.0
 
     # ----- optimizers and schedules ------------------------------------------------------
     def configure_optimizers(self):

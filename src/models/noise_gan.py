@@ -104,7 +104,7 @@ class NoiseGAN(NoiseToImageModel):
         r1 / 2 * E ||grad D(real)||^2, on the real images' own pass). (The vanilla objective
         sums the two BCE terms, as Goodfellow's minimax value does.)"""
         D = self.discriminator
-        r1 = float(self.weights.get("r1", 0.0))
+        r1 = self.optional_weight("r1")
         real = real.detach().requires_grad_(True) if r1 > 0 else real
         scores_real = D(real, labels)
         scores_fake, same_pass = self.judge(fake, labels, codes)
@@ -122,7 +122,7 @@ class NoiseGAN(NoiseToImageModel):
         return terms
 
     def gradient_penalties(self) -> list[str]:
-        r1 = ["the R1 penalty (loss.weights.r1)"] if float(self.weights.get("r1", 0.0)) > 0 else []
+        r1 = ["the R1 penalty (loss.weights.r1)"] if self.optional_weight("r1") > 0 else []
         return super().gradient_penalties() + r1
 
     def critic_regularizers(self, scores_real: torch.Tensor) -> dict:

@@ -35,7 +35,7 @@ class Pix2Pix(TranslationModel):
                            self.net_init("discriminator"), "model.discriminator")
         self.pools = {"fake_AB": ImagePool(pool_size)}
         self.weight("l1")
-        self.use_feature_matching = float(self.weights.get("feature_matching", 0.0)) > 0
+        self.use_feature_matching = self.optional_weight("feature_matching") > 0
         self.use_fast_conv(fast_conv)
 
     def player_modules(self) -> dict[str, list[nn.Module]]:

@@ -123,6 +123,12 @@ _WRITERS = {"onnx": _write_onnx, "torchscript": _write_torchscript}
 _RUNNERS = {"onnx": _onnx_runner, "torchscript": _torchscript_runner}
 
 
+def check_export_format(fmt: str) -> None:
+    """translate.py checks it before translating a folder, not after."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"export={fmt!r} must be one of {', '.join(EXPORT_FORMATS)} (or null)")
+
+
 def export_translation(model: TranslationModel, direction: str, fmt: str, output_dir: str | Path,
                        size: int = 256, tolerance: float = TOLERANCE) -> dict:
     """Write `output_dir/generator_<direction>.onnx|.pt` and check it against PyTorch.
@@ -131,8 +137,7 @@ def export_translation(model: TranslationModel, direction: str, fmt: str, output
     when onnxruntime is missing), max_difference. Raises when the graph does not match PyTorch
     even at the example's size.
     """
-    if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"export={fmt!r} must be one of {', '.join(EXPORT_FORMATS)} (or null)")
+    check_export_format(fmt)
     graph = TranslationGraph(model, direction)
     was_training = [net.training for net in graph.nets]
     graph.eval()
