@@ -102,14 +102,27 @@ def last_checkpoint(cfg: DictConfig) -> dict:
     return torch.load(f"{cfg.paths.output_dir}/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
 
 
-def assert_resume_continues_the_run(train_cfg, tmp_path: Path, overrides: list[str]) -> None:
+def assert_resume_continues_the_run(train_cfg, tmp_path: Path, overrides: list[str],
+                                    iterations_per_epoch: int | None = None) -> None:
     """4 iterations straight == 2 iterations, then a resume from last.ckpt for 2 more: the same
-    step count, weights and optimizer moments bit for bit, and the same scheduler state."""
-    straight = last_checkpoint(train_cfg(*overrides, "max_iters=4"))
-    first = train_cfg(*overrides, "max_iters=2")
+    step count, weights and optimizer moments bit for bit, and the same scheduler state.
+
+    With `iterations_per_epoch` (2 or 1) the runs are measured in epochs, as the recipes of
+    CycleGAN and pix2pix are (max_iters=null, trainer.max_epochs): the first run's last.ckpt is
+    then the one its last epoch's end wrote, from which Lightning restores no loader state."""
+    def length(iterations: int) -> list[str]:
+        if iterations_per_epoch is None:
+            return [f"max_iters={iterations}"]
+        # Periodic checkpoints off: one at an epoch's last batch would be last.ckpt, and the
+        # epoch end's (the same step) not written.
+        return ["max_iters=null", f"trainer.max_epochs={iterations // iterations_per_epoch}",
+                "callbacks.model_checkpoint.every_n_iters=1000"]
+
+    straight = last_checkpoint(train_cfg(*overrides, *length(4)))
+    first = train_cfg(*overrides, *length(2))
     first.paths.output_dir = str(tmp_path / "first")
     last_checkpoint(first)
-    resumed_cfg = train_cfg(*overrides, "max_iters=4", f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt")
+    resumed_cfg = train_cfg(*overrides, *length(4), f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt")
     resumed_cfg.paths.output_dir = str(tmp_path / "resumed")
     resumed = last_checkpoint(resumed_cfg)
 

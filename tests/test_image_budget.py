@@ -71,6 +71,24 @@ def test_stylegan_stops_after_the_iteration_that_reaches_the_budget(train_cfg, t
     assert not (Path(resumed_cfg.paths.output_dir) / "checkpoints" / "crashed.ckpt").exists()
 
 
+def test_a_budget_reached_mid_epoch_and_raised_continues_that_epoch(train_cfg, tmp_path):
+    """The run stopped by max_kimg=0.008 after iteration 3, mid-epoch, wrote its last.ckpt at the
+    epoch's end, as a finished epoch: resumed with a larger budget, it skipped the rest of that
+    epoch. Saved at the stopping batch's end, it resumes inside the epoch, as the longer run."""
+    common = ["model=stylegan", "max_iters=null", *NO_EVALUATION]
+    longer = last_checkpoint(train_cfg(*common, "max_kimg=0.012"))
+    first = train_cfg(*common, "max_kimg=0.008")
+    first.paths.output_dir = str(tmp_path / "first")
+    last_checkpoint(first)
+    resumed_cfg = train_cfg(*common, "max_kimg=0.012", f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt")
+    resumed_cfg.paths.output_dir = str(tmp_path / "resumed")
+    resumed = last_checkpoint(resumed_cfg)
+    assert resumed["global_step"] == longer["global_step"] == 4 * 2
+    assert resumed["epoch"] == longer["epoch"]
+    for key, value in longer["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+
+
 def test_a_checkpoint_written_at_batch_end_holds_the_count_with_that_batch(train_cfg):
     """best_fid.ckpt is saved by the FID callback at batch end: its count must include the
     batch it follows, or a run resumed from it trains one batch more than the budget."""

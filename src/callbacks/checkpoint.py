@@ -49,7 +49,10 @@ class IterationCheckpoint(ModelCheckpoint):
         # Replaces the parent's manual-optimization branch, which warns on every save.
         step = trainer.global_step
         due = self._every_n_train_steps > 0 and step % self._every_n_train_steps == 0
-        last_step = 0 < trainer.max_steps <= step
+        # The run's last iteration: by max_iters, or a stop decided by now (max_kimg's, at the
+        # batch's start). Saved here, inside its epoch: the epoch end's checkpoint (then skipped,
+        # at the same step) would mark an unfinished epoch done, and a resume would skip its rest.
+        last_step = 0 < trainer.max_steps <= step or trainer.should_stop
         if not (due or last_step) or self._should_skip_saving_checkpoint(trainer):
             return
         candidates = self._monitor_candidates(trainer)

@@ -59,6 +59,7 @@ class SplitDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.collate = default_collate
         self._datasets: dict[tuple[str, bool], Dataset] = {}
+        self._train_order_seed: int | None = None
 
     def save_hyperparameters(self, *args: Any, frame: types.FrameType | None = None, **kwargs: Any) -> None:
         """Lightning's, with the values kept plain: the config's lists (`data.classes`,
@@ -221,11 +222,26 @@ class SplitDataModule(pl.LightningDataModule):
 
     def _order_seed(self) -> int:
         """A seed read from torch's global RNG (which `seed` fixes) without advancing it, so
-        building the loader changes no other random draw; every rank takes rank 0's. A resumed
-        run's loader gets its original one back from the checkpoint."""
-        with torch.random.fork_rng(devices=[]):
-            seed = int(torch.randint(2**31 - 1, ()).item())
-        return self.trainer.strategy.broadcast(seed) if self.trainer is not None else seed
+        building the loader changes no other random draw; every rank takes rank 0's. Drawn once:
+        a resumed run's comes back with the DataModule's state (`load_state_dict`)."""
+        if self._train_order_seed is None:
+            with torch.random.fork_rng(devices=[]):
+                seed = int(torch.randint(2**31 - 1, ()).item())
+            self._train_order_seed = self.trainer.strategy.broadcast(seed) if self.trainer is not None else seed
+        return self._train_order_seed
+
+    def state_dict(self) -> dict[str, int]:
+        """The training order's seed. Lightning restores a DataModule's state from every
+        checkpoint, and the training loader's (which holds the seed too, with the place in the
+        epoch) only from one taken inside an epoch: from the one an epoch's end writes (a run
+        measured in epochs), a seed drawn again from the restored RNG would give every later
+        epoch another order and other augmentations than the uninterrupted run's."""
+        return {} if self._train_order_seed is None else {"order_seed": self._train_order_seed}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        # An older checkpoint has none: its loader's state, where Lightning loads it, sets it.
+        if "order_seed" in state_dict:
+            self._train_order_seed = int(state_dict["order_seed"])
 
     def _training_position(self) -> tuple[int, int]:
         """(epoch, items this rank has trained on in it) of the running fit."""
