@@ -184,3 +184,8 @@ def test_settings_a_resume_may_change_and_settings_added_since_are_not_compared(
     assert same == []
     assert changed_settings(checkpoint, {"loss": {"weights": {"cycle": 5.0}}}, {"crop_size": 128}) == [
         "data.crop_size=256 -> 128", "model.loss.weights.cycle=10.0 -> 5.0"]
+    # A table of settings a resume may change (README "Resuming": StyleGAN's batch per resolution
+    # lowered after running out of memory) is compared by its entries' keys, which name the table
+    growing = {"hyper_parameters": {"batch_sizes": {"512": 4, "1024": 4}, "batch_size": 16, "phase_images": {"4": 800}}}
+    assert changed_settings(growing, {"batch_sizes": {"512": 2, "1024": 4}, "batch_size": 8, "phase_images": {"4": 600}},
+                            {}) == []

@@ -97,9 +97,11 @@ def check_resume_fits(model: torch.nn.Module, checkpoint: dict, ckpt_path: str |
 
 #: settings a resume may change and still continue the same run: where the data lives and how it
 #: is loaded, the batch size and ProGAN's growth settings (README "Resuming"), the image pool's
-#: size (warned by the pool), speed and logging options
+#: size (warned by the pool), speed and logging options; a table's entries with it
+#: (model.batch_sizes.512)
 RESUMABLE_SETTINGS = ("data.data_dir", "data.num_workers", "data.pin_memory", "data.persistent_workers",
-                      "data.eval_batch_size", "data.batch_size", "model.batch_sizes", "model.phase_images",
+                      "data.eval_batch_size", "data.batch_size", "model.batch_size", "model.batch_sizes",
+                      "model.phase_images",
                       "model.start_resolution", "model.grow", "model.pool_size", "model.log_rho_every_n_iters")
 #: speed options that may sit under a per-player key (model.optimizer.players.G.step_in_backward)
 RESUMABLE_LEAVES = ("step_in_backward",)
@@ -125,7 +127,7 @@ def changed_settings(checkpoint: dict, model_settings: dict, data_settings: dict
              **_flat(checkpoint.get("datamodule_hyper_parameters") or {}, "data")}
     here = {**_flat(model_settings, "model"), **_flat(data_settings, "data")}
     return [f"{key}={saved[key]!r} -> {here[key]!r}" for key in sorted(saved.keys() & here.keys())
-            if saved[key] != here[key] and key not in RESUMABLE_SETTINGS
+            if saved[key] != here[key] and not any(key == s or key.startswith(s + ".") for s in RESUMABLE_SETTINGS)
             and key.rsplit(".", 1)[-1] not in RESUMABLE_LEAVES and not key.startswith(RESUMABLE_GROUPS)]
 
 
