@@ -10,7 +10,7 @@ import torch
 from hydra.errors import InstantiationException
 
 from conftest import NO_EVALUATION, last_checkpoint, slurm_task_env
-from src.callbacks.checkpoint import TORN_STEP_KEY
+from src.callbacks.checkpoint import INSIDE_ITERATION_KEY, TORN_STEP_KEY
 from src.models import step_in_backward
 from src.models.cyclegan import CycleGAN
 from src.utils.auto_resume import most_advanced_checkpoint
@@ -49,7 +49,12 @@ def crash_file(cfg, name: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_an_error_between_iterations_saves_a_checkpoint_that_resumes_the_same_run(train_cfg, tmp_path, monkeypatch):
+def test_an_error_between_iterations_saves_a_checkpoint_that_resumes_the_same_run(train_cfg, tmp_path, monkeypatch,
+                                                                                 caplog):
+    """Raised in iteration 3's training step before its first optimizer step: the checkpoint
+    resumes to the same weights (CycleGAN draws no random numbers before its first step), and
+    says it was taken inside an iteration, whose random draws (pix2pix's dropout, a noise
+    model's latents) would be spent, so ckpt_path=auto prefers last.ckpt at that progress."""
     straight = last_checkpoint(train_cfg(*COMMON, "max_iters=4"))
     crashing = train_cfg(*COMMON, "max_iters=4")
     crashing.paths.output_dir = str(tmp_path / "crashing")
@@ -60,6 +65,10 @@ def test_an_error_between_iterations_saves_a_checkpoint_that_resumes_the_same_ru
     saved = crash_file(crashing, "crashed.ckpt")
     assert saved["global_step"] == 4
     assert TORN_STEP_KEY not in saved   # between two players' steps: nothing half-stepped
+    assert saved[INSIDE_ITERATION_KEY] and "crashed.ckpt was taken inside iteration 3, before its first" in caplog.text
+    checkpoints = Path(crashing.paths.output_dir, "checkpoints")
+    assert crash_file(crashing, "last.ckpt")["global_step"] == 4
+    assert most_advanced_checkpoint(checkpoints, checkpoints.parent) == checkpoints / "last.ckpt"
 
     resumed = train_cfg(*COMMON, "max_iters=4", f"ckpt_path={tmp_path}/crashing/checkpoints/crashed.ckpt")
     resumed.paths.output_dir = str(tmp_path / "resumed")
@@ -232,6 +241,18 @@ def test_an_error_before_any_step_leaves_no_checkpoint(train_cfg, monkeypatch):
     with pytest.raises(RuntimeError, match="bad first batch"):
         run_training(cfg)
     assert not Path(cfg.paths.output_dir, "checkpoints", "crashed.ckpt").exists()   # no empty-handed file
+
+
+def test_a_resumed_run_failing_before_its_first_iteration_ends_writes_no_crash_checkpoint(train_cfg, monkeypatch):
+    """Such a file held nothing the checkpoint resumed from lacks, and it could lack what the
+    callbacks restore only as training starts (the EMA): at the same progress and newer,
+    ckpt_path=auto took it over last.ckpt."""
+    cfg = train_cfg(*COMMON, "max_iters=2")
+    run_training(cfg)
+    fail_at_step(monkeypatch, 2 * 2, RuntimeError("bad batch"))   # the resumed run's first step
+    with pytest.raises(RuntimeError, match="bad batch"):
+        run_training(train_cfg(*COMMON, "max_iters=4", "ckpt_path=auto"))
+    assert not Path(cfg.paths.output_dir, "checkpoints", "crashed.ckpt").exists()
 
 
 def test_resuming_from_a_cut_short_or_missing_checkpoint_names_it_before_training(train_cfg, tmp_path):

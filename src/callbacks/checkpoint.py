@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 PARTIAL_STEPS_KEY = "partial_iteration_steps"
 #: in a crash checkpoint taken inside a player's optimizer step: true (some tensors stepped)
 TORN_STEP_KEY = "inside_an_optimizer_step"
+#: in a crash checkpoint taken inside an iteration's training step, before its first optimizer
+#: step: true (the iteration's random draws so far, dropout's, latents', pool picks, are spent)
+INSIDE_ITERATION_KEY = "inside_an_iteration"
 
 
 class IterationCheckpoint(ModelCheckpoint):
@@ -34,6 +37,7 @@ class IterationCheckpoint(ModelCheckpoint):
                              "every callbacks.model_checkpoint.every_n_iters training iterations (and on SIGTERM)")
         super().__init__(filename=filename, auto_insert_metric_name=auto_insert_metric_name, **kwargs)
         self.every_n_iters = every_n_iters
+        self.iterations_ended = 0   # in this fit: before its first, a crash has nothing new to save
 
     def _monitor_candidates(self, trainer: pl.Trainer) -> dict:
         candidates = super()._monitor_candidates(trainer)
@@ -44,9 +48,11 @@ class IterationCheckpoint(ModelCheckpoint):
         if self.every_n_iters:
             self._every_n_train_steps = self.every_n_iters * pl_module.optimizer_steps_per_iter
         super().setup(trainer, pl_module, stage)
+        self.iterations_ended = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # Replaces the parent's manual-optimization branch, which warns on every save.
+        self.iterations_ended += 1
         step = trainer.global_step
         due = self._every_n_train_steps > 0 and step % self._every_n_train_steps == 0
         # The run's last iteration: by max_iters, or a stop decided by now (max_kimg's, at the
@@ -64,8 +70,13 @@ class IterationCheckpoint(ModelCheckpoint):
         SIGTERM (a cluster's preemption or time limit, `kill`) save `interrupted.ckpt`, any other
         error `crashed.ckpt` (a bad image mid-epoch, an out-of-memory step, a callback failing),
         so the work since last.ckpt is kept."""
-        if not self.dirpath or trainer.global_step == 0:
-            return   # nothing trained yet
+        if not self.dirpath or not self.iterations_ended:
+            # Nothing trained since the fit began (from scratch, or from the checkpoint it resumed,
+            # which holds everything: a file written here, before a resumed run's callbacks have
+            # their state back, would lack some, the EMA's, and be newer for ckpt_path=auto).
+            log.info("%s before this run's first iteration ended: no checkpoint written (it has trained nothing "
+                     "since it started)", type(exception).__name__)
+            return
         interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
         name = "interrupted.ckpt" if interrupted else "crashed.ckpt"
         path = f"{self.dirpath}/{name}"
@@ -75,6 +86,11 @@ class IterationCheckpoint(ModelCheckpoint):
         # With steps in backward a player's tensors are updated one by one as backward reaches
         # them: an out-of-memory error or Ctrl-C there leaves some updated and the rest not.
         torn = getattr(pl_module, "inside_a_step", False)
+        # Inside the training step (started, not processed), before any optimizer step: the
+        # iteration drew random numbers already, and the saved RNG state is after them. (A bad
+        # image fails in the loader, before the iteration starts: that checkpoint is exact.)
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        drawn = not partial_steps and not torn and progress.started > progress.processed
         try:
             # Written by rank zero alone: trainer.save_checkpoint ends in a barrier that ranks
             # which crashed elsewhere, or died, would never reach.
@@ -83,6 +99,8 @@ class IterationCheckpoint(ModelCheckpoint):
                 count_whole_iterations(checkpoint, partial_steps)
             if torn:
                 checkpoint[TORN_STEP_KEY] = True
+            if drawn:
+                checkpoint[INSIDE_ITERATION_KEY] = True
             trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
         except Exception as error:   # the run's own error is what must reach the user
             log.error("Could not save %s after %s (%s: %s); the last checkpoint is %s", name,
@@ -95,6 +113,11 @@ class IterationCheckpoint(ModelCheckpoint):
                         "their update and the resumed run repeats the iteration, so it is not bit-identical to an "
                         "uninterrupted run (last.ckpt is)", name, pl_module.iteration + 1, partial_steps,
                         pl_module.optimizer_steps_per_iter)
+        if drawn:
+            log.warning("%s was taken inside iteration %d, before its first optimizer step: the random numbers it "
+                        "had drawn (dropout, latents, image-pool picks) are spent, so the resumed run repeats it "
+                        "with others and is not bit-identical to an uninterrupted run (last.ckpt is)", name,
+                        pl_module.iteration + 1)
         if torn:
             log.warning("%s was taken inside an optimizer step of iteration %d, with part of a player's tensors "
                         "updated: the resumed run steps them again, so it is not the uninterrupted run (last.ckpt "

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, open_dict
 
-from src.callbacks.checkpoint import PARTIAL_STEPS_KEY, TORN_STEP_KEY
+from src.callbacks.checkpoint import INSIDE_ITERATION_KEY, PARTIAL_STEPS_KEY, TORN_STEP_KEY
 from src.models.checkpoint_fit import refused_by_weights_only, weights_only_refusal
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,8 @@ def training_progress(path: Path) -> tuple[int, bool] | None:
         return None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(checkpoint["global_step"]), not (checkpoint.get(PARTIAL_STEPS_KEY) or checkpoint.get(TORN_STEP_KEY))
+        inexact = (PARTIAL_STEPS_KEY, TORN_STEP_KEY, INSIDE_ITERATION_KEY)
+        return int(checkpoint["global_step"]), not any(checkpoint.get(key) for key in inexact)
     except pickle.UnpicklingError as error:
         if not refused_by_weights_only(error):
             return None
