@@ -307,10 +307,30 @@ def test_best_fid_survives_a_resume_and_only_improvements_save(tmp_path):
     callback = FidKidCallback()
     callback.load_state_dict(FidKidCallback().state_dict() | {"best_fid": 5.0, "best_iteration": 10})
     callback.save_if_best(trainer, SimpleNamespace(iteration=20), 6.0)
-    assert saved == [] and callback.state_dict() == {"best_fid": 5.0, "best_iteration": 10}
+    assert saved == [] and best_of(callback.state_dict()) == {"best_fid": 5.0, "best_iteration": 10}
     callback.save_if_best(trainer, SimpleNamespace(iteration=30), 4.0)
     assert saved == [(tmp_path / "checkpoints" / "best_fid.ckpt", False)]  # full state: resumable
-    assert callback.state_dict() == {"best_fid": 4.0, "best_iteration": 30}
+    assert best_of(callback.state_dict()) == {"best_fid": 4.0, "best_iteration": 30}
+
+
+def best_of(state: dict) -> dict:
+    return {key: state[key] for key in ("best_fid", "best_iteration")}
+
+
+def test_a_best_fid_of_other_settings_starts_over_on_resume():
+    """Resumed with another feature extractor or number of images, the FIDs are on another
+    scale: the saved best would keep best_fid.ckpt from ever being written, or be beaten by
+    chance. The settings that do not change the FID (KID's subsets) keep it."""
+    saved = FidKidCallback(feature_extractor="random_cnn", max_images=100).state_dict() | {"best_fid": 5.0,
+                                                                                            "best_iteration": 10}
+    kept = FidKidCallback(feature_extractor="random_cnn", max_images=100, kid_subsets=3)
+    kept.load_state_dict(saved)
+    assert best_of(kept.state_dict()) == {"best_fid": 5.0, "best_iteration": 10}
+    other = FidKidCallback(feature_extractor="inception", max_images=100)
+    with pytest.warns(UserWarning, match=r"best FID so far \(5.0000, iteration 10\) was measured with other settings "
+                                         r"\(callbacks.fid_kid.feature_extractor='random_cnn' -> 'inception'\)"):
+        other.load_state_dict(saved)
+    assert best_of(other.state_dict()) == {"best_fid": math.inf, "best_iteration": -1}
 
 
 # ----- the callbacks in training runs ------------------------------------------------------
@@ -370,8 +390,8 @@ def test_smoke_run_returns_eval_metrics_and_writes_best_checkpoint_and_tsne(sing
     run_dir = Path(cfg.paths.output_dir)
     checkpoint = torch.load(run_dir / "checkpoints" / "best_fid.ckpt", map_location="cpu", weights_only=True)
     # the weights do not move (lr 0): the first evaluation stays the best
-    assert checkpoint["callbacks"]["FidKidCallback"] == {"best_fid": pytest.approx(metrics["eval/fid"]),
-                                                         "best_iteration": 2}
+    assert best_of(checkpoint["callbacks"]["FidKidCallback"]) == {"best_fid": pytest.approx(metrics["eval/fid"]),
+                                                                  "best_iteration": 2}
     assert sorted(p.name for p in (run_dir / "latent").glob("*.png")) == [
         "latent_tsne_iter_0000002.png", "latent_tsne_iter_0000004.png"]
     with open(next(run_dir.glob("csv/version_*/metrics.csv"))) as f:
@@ -392,7 +412,8 @@ def test_the_last_evaluation_precedes_the_last_checkpoint_and_a_best_checkpoint_
     load = lambda name: torch.load(tmp_path / "checkpoints" / name, map_location="cpu", weights_only=True)  # noqa: E731
     last, best = load("last.ckpt"), load("best_fid.ckpt")
     assert last["global_step"] == best["global_step"] == 6
-    assert last["callbacks"]["FidKidCallback"] == {"best_fid": pytest.approx(metrics["eval/fid"]), "best_iteration": 3}
+    assert best_of(last["callbacks"]["FidKidCallback"]) == {"best_fid": pytest.approx(metrics["eval/fid"]),
+                                                            "best_iteration": 3}
     assert torch.equal(last["rng_states"]["torch"], best["rng_states"]["torch"])
     assert last["rng_states"]["python"] == best["rng_states"]["python"]
     assert torch.equal(last["rng_states"]["numpy"][1], best["rng_states"]["numpy"][1])

@@ -395,9 +395,23 @@ class FidKidCallback(PeriodicEvaluation):
         rank_zero_info(f"FID {fid:.4f} at iteration {pl_module.iteration}: new best, saved {path}")
 
     # ----- the best value survives a resume ----------------------------------------------
+    def fid_measure(self) -> dict:
+        """The settings an FID value depends on: a best FID of other settings is no bar to beat."""
+        return {"feature_extractor": self.feature_extractor,
+                "feature_extractor_weights_path": self.feature_extractor_weights_path,
+                "max_images": self.max_images, "directions": list(self.directions)}
+
     def state_dict(self) -> dict:
-        return {"best_fid": self.best_fid, "best_iteration": self.best_iteration}
+        return {"best_fid": self.best_fid, "best_iteration": self.best_iteration, "measure": self.fid_measure()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best_fid = float(state_dict.get("best_fid", math.inf))
         self.best_iteration = int(state_dict.get("best_iteration", -1))
+        saved = state_dict.get("measure")   # older checkpoints have none: taken as the same
+        if saved is not None and saved != self.fid_measure() and self.best_iteration >= 0:
+            changed = ", ".join(f"{self.config_key}.{key}={saved.get(key)!r} -> {value!r}"
+                                for key, value in self.fid_measure().items() if saved.get(key) != value)
+            rank_zero_warn(f"The best FID so far ({self.best_fid:.4f}, iteration {self.best_iteration}) was measured "
+                           f"with other settings ({changed}), so this run's FIDs do not compare with it: the best "
+                           "starts over, and best_fid.ckpt is replaced at the next evaluation")
+            self.best_fid, self.best_iteration = math.inf, -1
