@@ -28,6 +28,16 @@ def test_several_devices_train_under_ddp_with_the_unused_parameter_search(train_
     assert chosen(accelerator="cpu", devices="3", num_nodes=1) == "ddp_find_unused_parameters_true"
 
 
+@pytest.mark.parametrize("overrides,benchmark", [([], True), (["trainer.deterministic=true"], False),
+                                                 (["trainer.benchmark=false"], False)])
+def test_cudnn_times_its_algorithms_unless_deterministic_or_turned_off(train_cfg, overrides, benchmark):
+    """Lightning leaves torch's default (off) for `benchmark: null`, which the GPU benchmark's
+    numbers do not assume; deterministic runs keep it off (it would override them)."""
+    cfg = train_cfg(*overrides)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    assert build_trainer_kwargs(cfg, model)["benchmark"] is benchmark
+
+
 def test_a_strategy_the_config_names_is_kept(train_cfg):
     cfg = train_cfg("trainer=ddp_sim")
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)

@@ -128,6 +128,9 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     check_precision(kwargs)
     warn_emulated_cpu_bf16(kwargs)
     warn_bf16_before_ampere(kwargs)
+    if kwargs.get("benchmark") is None:
+        # Lightning's null leaves torch's default, off: GPU runs then train slower than measured.
+        kwargs["benchmark"] = not kwargs.get("deterministic")
     max_iters = cfg.get("max_iters")
     # Checked here: Lightning would name max_steps (twice this for a two-player model).
     require_int("max_iters", max_iters, allow_none=True, why=" (training iterations; null: trainer.max_epochs)")
