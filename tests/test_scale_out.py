@@ -584,6 +584,27 @@ def test_ema_update_is_the_decayed_average_and_copies_before_start_iter(train_cf
         assert not torch.equal(avg, param)
 
 
+def test_the_swap_exchanges_tensors_and_gives_the_training_storage_back(train_cfg):
+    """The average goes in as the parameters' tensors, not a copy into them (three copies of the
+    sampling networks per iteration), and the training weights come back to their own storage
+    (CUDA graphs and the Winograd weight cache key on it), to the same Parameter objects the
+    optimizers hold."""
+    model = hydra.utils.instantiate(train_cfg("model=cyclegan").model, _recursive_=False)
+    ema = GeneratorEMA(decay=0.5)
+    ema.on_train_start(None, model)
+    params = list(ema._params)
+    training = [(p.data_ptr(), p.detach().clone()) for p in params]
+    with torch.no_grad():
+        for a in ema.averaged:
+            a.add_(1.0)
+    ema.swap_in()
+    assert all(p.data_ptr() == a.data_ptr() for p, a in zip(params, ema.averaged))
+    ema.swap_out()
+    assert all(p is q for p, q in zip(ema._params, params))
+    for p, (pointer, values) in zip(params, training):
+        assert p.data_ptr() == pointer and torch.equal(p, values)
+
+
 def test_ema_update_arithmetic():
     averaged, current = [torch.tensor([1.0, 2.0])], [torch.tensor([3.0, -2.0])]
     ema_update_(averaged, current, 0.5)
