@@ -69,12 +69,15 @@ def test_multirun_table_names_a_failed_job_and_keeps_the_others(tmp_path, shared
     ("model.lr_schedule.policy=exp", "Unknown model.lr_schedule.policy 'exp'; choose one of"),
     ("+model.no_such_arg=1", "model.no_such_arg is not a setting of CycleGAN (they are generator, discriminator"),
     ("+model.generator.n_blocs=6", "model.generator.n_blocs is not a setting of ResnetGenerator (they are "),
+    # the default data's class passes **kwargs to its bases: their settings are the ones it takes
+    ("++data.crop_sise=64", "data.crop_sise is not a setting of ShapesDataModule (they are data_dir, name, size, "),
+    ("model=progan ++model.phase_image=1000", "model.phase_image is not a setting of ProGAN (they are phase_images"),
     ("allocator=huge", "allocator='huge' is not one of default, thp, reuse, thp_reuse (conf/train.yaml: allocator)"),
     # the run folder is Hydra's: one named in paths alone would leave .hydra/ and train.log behind
     ("paths.output_dir=/elsewhere/run", "choose the run folder with hydra.run.dir=/elsewhere/run"),
 ])
 def test_bad_config_fails_at_start_naming_the_key(tmp_path, shared_data_dir, override, message):
-    result = run_train(override, tmp_path=tmp_path, data_dir=shared_data_dir)
+    result = run_train(*override.split(), tmp_path=tmp_path, data_dir=shared_data_dir)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-3000:]
     assert not list(tmp_path.rglob("*.ckpt"))   # at start: nothing trained

@@ -148,17 +148,34 @@ def check_argument_types(node: dict, key: str) -> None:
                              f"{name})")
 
 
+def accepted_arguments(target) -> list[str] | None:
+    """The keyword arguments `target` takes, or None where that cannot be known. A class whose
+    constructor passes **kwargs on to its bases' (the shapes DataModules, ProGAN) takes theirs
+    too: the constructors along its MRO up to the first without **kwargs."""
+    owners = [c for c in target.__mro__ if "__init__" in vars(c)] if inspect.isclass(target) else [target]
+    known: list[str] = []
+    for owner in owners:
+        try:
+            parameters = inspect.signature(vars(owner)["__init__"] if inspect.isclass(owner) else owner).parameters
+        except (TypeError, ValueError):   # a builtin without a signature: left to the call
+            return None
+        known += [name for name, p in parameters.items() if p.kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                                                            inspect.Parameter.VAR_KEYWORD)
+                  and name != "self" and name not in known]
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return known
+        if not owner.__module__.startswith("src."):
+            return None   # another library's **kwargs: where they go is its own business
+    return None
+
+
 def refuse_unknown_arguments(target, node: dict, key: str) -> None:
-    """ValueError for a setting of `node` that `target`'s signature has no parameter for (it
-    would fail as Hydra's "unexpected keyword argument"), unless the target takes **kwargs."""
-    try:
-        parameters = inspect.signature(target).parameters
-    except (TypeError, ValueError):   # a builtin without a signature: left to the call
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    """ValueError for a setting of `node` that `target` takes no argument for (it would fail as
+    Hydra's "unexpected keyword argument"), unless where its **kwargs go cannot be known."""
+    known = accepted_arguments(target)
+    if known is None:
         return
     settings = {name: value for name, value in node.items() if not str(name).startswith("_")}
-    known = [name for name, p in parameters.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
     refuse_unknown_keys(key, settings, known, where=f"of {getattr(target, '__name__', target)}")
 
 
