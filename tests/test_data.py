@@ -238,6 +238,19 @@ def test_aligned_pairs_split_left_a_right_b(tmp_path):
         assert batch["B"][:, tgt].mean() > 0.9 and batch["B"][:, src].mean() < -0.9
 
 
+def test_two_photo_folders_under_train_are_not_cut_in_half_as_aligned_pairs(tmp_path):
+    """`train/` makes `auto` pick the aligned layout, which walks subfolders: train/A and train/B
+    of whole photos trained on each one's left half against its right half."""
+    root = tmp_path / "mine"
+    for split in ("train", "test"):
+        for domain in ("A", "B"):
+            write_image(root / split / domain / "x.png", color=RED)
+    dm = module(PairedDataModule, root, preprocess="none")
+    with pytest.raises(DatasetNotFoundError, match=r"mine/(train|test) holds A/ and B/ folders, and the aligned layout reads "
+                                                   r"each image as A\|B side by side .* with data.layout=folders"):
+        dm.sample_batch(1)
+
+
 def test_folders_pairs_matched_by_name(tmp_path):
     root = tmp_path / "pairs"
     for split in ("train", "test"):

@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from src.data.base import ImageTranslationDataModule
-from src.data.download import how_to_get
+from src.data.download import ALIGNED_LAYOUT, PAIRED_FOLDERS_LAYOUT, how_to_get
 from src.data.errors import DatasetNotFoundError, MissingPartnerError
 from src.data.folders import list_images, name_in_folder, require_folder
 from src.data.image_io import load_image, open_image, to_uint8_array
@@ -160,8 +160,17 @@ class PairedDataModule(ImageTranslationDataModule):
     def _aligned_folder(self, split: str) -> Path:
         require_folder(self.data_dir, self.name, self.data_dir)
         if split == "test" and not (self.data_dir / "test").is_dir() and (self.data_dir / "val").is_dir():
-            return self.data_dir / "val"  # pix2pix facades/maps ship val/ as their test split
-        return require_folder(self.data_dir / split, self.name, self.data_dir)
+            folder = self.data_dir / "val"  # pix2pix facades/maps ship val/ as their test split
+        else:
+            folder = require_folder(self.data_dir / split, self.name, self.data_dir)
+        if (folder / "A").is_dir() and (folder / "B").is_dir():
+            # The aligned layout walks subfolders and cuts every image in half: two photos'
+            # folders would train on the left half of each against its right half.
+            raise DatasetNotFoundError(
+                f"{folder} holds A/ and B/ folders, and the aligned layout reads each image as A|B side by side "
+                f"({ALIGNED_LAYOUT}). For pairs in two folders matched by file name, lay them out as "
+                f"{PAIRED_FOLDERS_LAYOUT} with data.layout=folders.")
+        return folder
 
     def split_folder(self, split: str, domain: str) -> Path:
         if self.resolved_layout() == "aligned":
