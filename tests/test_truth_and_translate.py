@@ -989,7 +989,7 @@ def test_eval_with_a_data_config_of_other_image_settings_than_the_run_says_so(sm
     """data=NAME brings that config's image settings: a run trained at another crop size is then
     scored on images it never saw the like of, and its scores do not compare with the run's."""
     checkpoint = torch.load(smoke_runs["cyclegan"].ckpt, map_location="cpu", weights_only=True)
-    checkpoint["datamodule_hyper_parameters"]["crop_size"] = 24
+    checkpoint["datamodule_hyper_parameters"].update(preprocess="crop", crop_size=24)
     # A key the data config lacks (the U-GAT-IT and NICE-GAN configs add it): its fix is a `++`.
     checkpoint["datamodule_hyper_parameters"]["resize_interpolation"] = "bilinear"
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -999,7 +999,7 @@ def test_eval_with_a_data_config_of_other_image_settings_than_the_run_says_so(sm
     with caplog.at_level("WARNING"):
         evaluate(run, tmp_path / "eval", shared_data_dir)
     assert "The data is read otherwise than the run was trained on" in caplog.text
-    fix = "++data.crop_size=24 ++data.resize_interpolation=bilinear"
+    fix = "++data.preprocess=crop ++data.crop_size=24 ++data.resize_interpolation=bilinear"
     assert f"pass {fix} to read it as trained" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):

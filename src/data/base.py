@@ -59,7 +59,8 @@ class SplitDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.collate = default_collate
         self._datasets: dict[tuple[str, bool], Dataset] = {}
-        self._train_order_seed: int | None = None
+        self._train_order_seed: int | None = None      # the training loader's, for checkpoints
+        self._restored_order_seed: int | None = None   # a resumed run's, for its next loader
 
     def save_hyperparameters(self, *args: Any, frame: types.FrameType | None = None, **kwargs: Any) -> None:
         """Lightning's, with the values kept plain: the config's lists (`data.classes`,
@@ -222,13 +223,16 @@ class SplitDataModule(pl.LightningDataModule):
 
     def _order_seed(self) -> int:
         """A seed read from torch's global RNG (which `seed` fixes) without advancing it, so
-        building the loader changes no other random draw; every rank takes rank 0's. Drawn once:
-        a resumed run's comes back with the DataModule's state (`load_state_dict`)."""
-        if self._train_order_seed is None:
+        building the loader changes no other random draw; every rank takes rank 0's. A resumed
+        run's loader takes the saved one (`load_state_dict`)."""
+        if self._restored_order_seed is not None:
+            seed, self._restored_order_seed = self._restored_order_seed, None
+        else:
             with torch.random.fork_rng(devices=[]):
                 seed = int(torch.randint(2**31 - 1, ()).item())
-            self._train_order_seed = self.trainer.strategy.broadcast(seed) if self.trainer is not None else seed
-        return self._train_order_seed
+            seed = self.trainer.strategy.broadcast(seed) if self.trainer is not None else seed
+        self._train_order_seed = seed
+        return seed
 
     def state_dict(self) -> dict[str, int]:
         """The training order's seed. Lightning restores a DataModule's state from every
@@ -241,7 +245,7 @@ class SplitDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         # An older checkpoint has none: its loader's state, where Lightning loads it, sets it.
         if "order_seed" in state_dict:
-            self._train_order_seed = int(state_dict["order_seed"])
+            self._restored_order_seed = int(state_dict["order_seed"])
 
     def _training_position(self) -> tuple[int, int]:
         """(epoch, items this rank has trained on in it) of the running fit."""
