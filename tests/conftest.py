@@ -5,6 +5,7 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+import contextlib  # noqa: E402
 import math  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -30,16 +31,42 @@ DATA_OF = {"cyclegan": "shapes", "pix2pix": "shapes_paired", "ugatit": "shapes",
 NO_EVALUATION = ("++callbacks.fid_kid=null", "++callbacks.latent=null", "++callbacks.shapes_truth=null")
 
 
+#: what runs leave in the environment: Lightning's global seed (a later `seed=null` run would be
+#: seeded silently), the DDP rendezvous of an in-process spawn (every later DDP run would reuse its
+#: port), wandb's service of an in-process run
+RUN_ENVIRONMENT = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK",
+                   "WORLD_SIZE", "WANDB_SERVICE")
+
+
 @pytest.fixture(autouse=True)
 def no_run_state_left_behind():
     """Each test leaves what a process keeps between runs as a fresh process has it: no Hydra run
-    config (code that asks `HydraConfig.initialized()` would read an earlier test's), and no
-    Lightning global seed in the environment (`seed_everything` leaves it there, and a later
-    `seed=null` run would be seeded silently)."""
+    config (code that asks `HydraConfig.initialized()` would read an earlier test's), none of
+    RUN_ENVIRONMENT set by it, and torch's thread count as it found it (the benchmark sets its
+    own, and later tests would otherwise run on it, or not, by test order)."""
+    before = {key: os.environ.get(key) for key in RUN_ENVIRONMENT}
+    threads = torch.get_num_threads()
     yield
     HydraConfig.instance().cfg = None
-    for key in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
-        os.environ.pop(key, None)
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Two ranks on two shared cores run one thread each (two each slow each other many times);
+    a single-process run compared with them exactly runs on one too, as a product's rounding
+    may depend on how many threads split it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -76,20 +103,16 @@ def train_cfg(tmp_path, shared_data_dir):
 
 # ----- runs on two DDP ranks -------------------------------------------------------------------
 def run_training_on_two_ranks(cfg: DictConfig) -> dict[str, float]:
-    """`run_training` of a two-rank config (`trainer=ddp_sim`, spawned) with one torch thread:
-    two ranks of two threads each on 2 shared cores slow each other down many times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    """`run_training` of a two-rank config (`trainer=ddp_sim`, spawned), one torch thread each."""
+    with one_torch_thread():
         return run_training(cfg)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def single_and_two_rank_metrics(train_cfg, tmp_path: Path, *overrides: str) -> tuple[dict, dict]:
     """The metrics of one run in a single process and of the same run on two spawned CPU ranks
     (its own run folder), for evaluations that must not depend on how the test set is sharded."""
-    single = run_training(train_cfg(*overrides))
+    with one_torch_thread():
+        single = run_training(train_cfg(*overrides))
     cfg = train_cfg(*overrides, "trainer=ddp_sim", "trainer.strategy=ddp_spawn_find_unused_parameters_true")
     cfg.paths.output_dir = str(tmp_path / "ddp")
     return single, run_training_on_two_ranks(cfg)

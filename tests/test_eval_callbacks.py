@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from hydra.errors import InstantiationException
 
-from conftest import NO_EVALUATION, compose_train_cfg, free_port, run_training_on_two_ranks
+from conftest import NO_EVALUATION, compose_train_cfg, free_port, one_torch_thread, run_training_on_two_ranks
 from src.callbacks.fid_kid import FidKidCallback, shard_range
 from src.callbacks.latent import gather_rows
 from src.data.shapes import ShapesDataModule
@@ -346,7 +346,8 @@ def eval_run_cfg(output_dir: Path, data_dir: Path, *overrides: str):
 @pytest.fixture(scope="module")
 def single_process_run(shared_data_dir, tmp_path_factory):
     cfg = eval_run_cfg(tmp_path_factory.mktemp("single"), shared_data_dir)
-    return cfg, run_training(cfg)
+    with one_torch_thread():   # as the two ranks it is compared with
+        return cfg, run_training(cfg)
 
 
 class ReportsMPS:

@@ -65,7 +65,8 @@ def train_command(*args: str, cwd: Path, data_dir: Path, wandb_mode: str = "disa
 def run_train(*args: str, cwd: Path, data_dir: Path, wandb_mode: str = "disabled") -> subprocess.CompletedProcess:
     """`train_command`'s run, which must succeed."""
     cmd, env = train_command(*args, cwd=cwd, data_dir=data_dir, wandb_mode=wandb_mode)
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    # 900 s: a four-model sweep of two DDP ranks each on a loaded 2-core machine
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 
@@ -208,6 +209,17 @@ def wait_until_training(run_dir: Path, processes: list[subprocess.Popen], log: P
         time.sleep(0.5)
 
 
+def live_members_of_group(pgid: int) -> list[int]:
+    """The processes of process group `pgid` that have not exited (zombies left out)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()   # after "pid (comm)": state ppid pgrp
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(stat.parent.name))
+    return members
+
+
 def interrupted_in_whole_iterations(run_dir: Path) -> dict:
     """The run's interrupted.ckpt, which holds whole CycleGAN iterations (two steps each)."""
     saved = torch.load(run_dir / "checkpoints" / "interrupted.ckpt", map_location="cpu", weights_only=True)
@@ -234,9 +246,12 @@ def test_sigterm_under_ddp_stops_every_rank_with_its_checkpoint(tmp_path, shared
         wait_until_training(run_dir, [run], log_path)
         os.kill(run.pid if signalled_rank == 0 else launched_rank_pid(run_dir, 1), signal.SIGTERM)
         assert run.wait(timeout=120) == 143, log_path.read_text()[-4000:]
-        time.sleep(2)
-        with pytest.raises(ProcessLookupError):   # the other rank ended too
-            os.killpg(run.pid, 0)
+        # The other rank ended too (in time: its interpreter's shutdown may outlast rank 0's on a
+        # loaded machine; an exited rank may stay a zombie where no init process reaps orphans).
+        deadline = time.monotonic() + 60
+        while live_members_of_group(run.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not live_members_of_group(run.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(run.pid, signal.SIGKILL)
@@ -491,6 +506,13 @@ def test_fp16_on_a_cpu_is_refused_rather_than_swapped_for_bf16(train_cfg, monkey
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     cfg = train_cfg("model=cyclegan", "trainer=gpu", f"trainer.precision={precision}")
     assert build_trainer_kwargs(cfg, model)["precision"] == precision
+
+
+def test_the_cpu_bf16_probe_is_torchs_own():
+    """cpu_computes_bf16 reads a private op and takes its absence for "supported" (a torch
+    without oneDNN): a torch that renamed it would drop the warning below in silence."""
+    assert isinstance(torch.ops.mkldnn._is_mkldnn_bf16_supported(), bool)
+    assert run_module.cpu_computes_bf16() is torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 @pytest.mark.parametrize("trainer_settings,computes_bf16,warned", [

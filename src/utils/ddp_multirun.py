@@ -141,7 +141,9 @@ def job_shared_with_launched_ranks(trainer):
 def _wait_for_launched_ranks(launcher) -> dict[int, int | None]:
     """Local rank -> exit code (None: still running after the timeout)."""
     codes = {}
-    for local_rank, proc in enumerate(getattr(launcher, "procs", []), start=1):
+    # Lightning's subprocess launcher's own list (job_shared_with_launched_ranks runs only under
+    # it): read without a default, so a renamed attribute fails here rather than waiting for no rank.
+    for local_rank, proc in enumerate(launcher.procs, start=1):
         try:
             codes[local_rank] = proc.wait(timeout=RANK_EXIT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
