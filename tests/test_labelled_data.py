@@ -14,6 +14,7 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from src.data.epoch_order import SeededItems  # noqa: E402
 from src.data.errors import DatasetNotFoundError, EmptyDatasetError  # noqa: E402
 from src.data.labelled import LabelledImageDataModule  # noqa: E402
 from src.data.shapes import ShapesLabelledDataModule  # noqa: E402
@@ -115,6 +116,30 @@ def test_domains_layout_labels_a_0_and_b_1(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=r"data.classes: 'b' is not a class of .*d's train<X> folders "
                                                    r"\(those are A, B\)"):
         labelled(root, layout="domains", classes=["b"]).setup("fit")
+
+
+def test_cached_decoding_reads_each_file_once_and_gives_the_same_batches(tmp_path, monkeypatch):
+    """data.cache_decoded: a file is decoded on its first read only, the items are those of an
+    uncached dataset (the random steps still run per access), and a step that changed its
+    image in place would not change the cached one."""
+    from src.data import unpaired
+    root = make_classes(tmp_path / "d", {"ant": 3, "bee": 2}, {"ant": 1, "bee": 1})
+    decodes = []
+    original = unpaired.load_image
+    monkeypatch.setattr(unpaired, "load_image", lambda path, *a, **k: decodes.append(path) or original(path, *a, **k))
+    plain, cached = labelled(root, flip=True), labelled(root, flip=True, cache_decoded=True)
+    for dm in (plain, cached):
+        dm.setup("fit")
+    items = [[SeededItems(dm.dataset("train", train=True))[i, seed] for dm in (plain, cached)]
+             for seed in (1, 2) for i in range(5)]
+    assert all(torch.equal(a["A"], b["A"]) for a, b in items)
+    assert len(decodes) == 2 * 5 + 5   # uncached: each access; cached: each file once
+    cache = cached.dataset("train", train=True).decoded
+    image = cache.get(root / "train" / "ant" / "ant0.png", 3, lambda: None)
+    image[:] = 0
+    assert cache.get(root / "train" / "ant" / "ant0.png", 3, lambda: None).any()
+    with pytest.raises(ValueError, match=r"data.cache_decoded='yes' must be true or false"):
+        labelled(root, cache_decoded="yes")
 
 
 def test_max_dataset_size_caps_each_class(tmp_path):

@@ -20,6 +20,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from src.data.batching import SIZE_KEEPING_MODES, collate_same_size, first_items_of_one_size
+from src.data.decoded_cache import DecodedImages
 from src.data.epoch_order import EpochOrderLoader, EpochOrderSampler, SeededItems, items_done_when_resharded
 from src.data.folders import require_folder
 from src.data.image_io import check_channels
@@ -346,6 +347,7 @@ class ImageTranslationDataModule(SplitDataModule):
         bit_depth: int = 16,
         to_srgb: bool = True,
         resize_interpolation: str = "bicubic",
+        cache_decoded: bool = False,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          persistent_workers=persistent_workers, eval_batch_size=eval_batch_size)
@@ -354,7 +356,8 @@ class ImageTranslationDataModule(SplitDataModule):
             raise ValueError(f"data.direction={direction!r} must be one of {', '.join(DIRECTIONS)}.")
         check_channels(input_nc, "data.input_nc")
         check_channels(output_nc, "data.output_nc")
-        for key, value in (("flip", flip), ("reduced_jpeg_decode", reduced_jpeg_decode), ("to_srgb", to_srgb)):
+        for key, value in (("flip", flip), ("reduced_jpeg_decode", reduced_jpeg_decode), ("to_srgb", to_srgb),
+                           ("cache_decoded", cache_decoded)):
             require_bool(f"data.{key}", value)
         require_int("data.max_dataset_size", max_dataset_size, allow_none=True)
         require_int("data.bit_depth", bit_depth, least=8, why=" (the bits of the samples of 16-bit PNG/TIFF files)")
@@ -392,11 +395,16 @@ class ImageTranslationDataModule(SplitDataModule):
         self.max_dataset_size = max_dataset_size
         self.direction = direction
         self.input_nc, self.output_nc = input_nc, output_nc
+        self.cache_decoded = cache_decoded
         sizes = dict(preprocess=preprocess, load_size=load_size, crop_size=crop_size, flip=flip,
                      reduced_jpeg_decode=reduced_jpeg_decode, bit_depth=bit_depth, to_srgb=to_srgb,
                      resize_interpolation=resize_interpolation)
         self.train_transform = ImageTransform(**sizes, train=True)
         self.eval_transform = ImageTransform(**sizes, train=False)
+
+    def decoded_images(self) -> DecodedImages | None:
+        """A new split dataset's cache of decoded images (src/data/decoded_cache.py), or None."""
+        return DecodedImages() if self.cache_decoded else None
 
     # -- image domains -------------------------------------------------------------------------
 

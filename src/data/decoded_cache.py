@@ -1,6 +1,8 @@
 """Decoded images kept in memory (`data.cache_decoded`), for datasets of small images read many
-times: the noise models' 32 px shapes, MNIST and CIFAR-10 decode 64 PNGs (a WGAN critic 320)
-per iteration, which takes longer than a GPU's iteration on them.
+times: the noise models' 32 px shapes, MNIST and CIFAR-10 decode 64 PNGs per batch (a WGAN
+critic's iteration 320), on the training process's thread without loader workers. Measured on
+a 2-core Xeon, the 32 px shapes: 11 ms per 64-image batch decoding, 3.5 ms from the cache (from
+the second epoch on).
 
 Decoding is deterministic, so a cached image is the one the file would give again; the random
 steps (flips, crops) run on every access as before. Each loader process keeps its own cache

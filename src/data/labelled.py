@@ -28,6 +28,7 @@ from src.data.download import DATASETS
 from src.data.errors import DatasetNotFoundError
 from src.data.folders import list_images, require_folder
 from src.data.transforms import ImageTransform
+from src.data.decoded_cache import DecodedImages
 from src.data.unpaired import preprocess_file
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,9 @@ CLASSES_LAYOUT = "train/<class>/*.png and test/<class>/*.png, the same class fol
 class LabelledImageDataset(Dataset):
     """Item i: image i of `items` (path, label), preprocessed, with its label."""
 
-    def __init__(self, items: list[tuple[Path, int]], transform: ImageTransform, channels: int) -> None:
-        self.items, self.transform, self.channels = items, transform, channels
+    def __init__(self, items: list[tuple[Path, int]], transform: ImageTransform, channels: int,
+                 decoded: DecodedImages | None = None) -> None:
+        self.items, self.transform, self.channels, self.decoded = items, transform, channels, decoded
 
     def __len__(self) -> int:
         return len(self.items)
@@ -48,7 +50,7 @@ class LabelledImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         path, label = self.items[index]
         # The index lets a model tie a fixed latent to each test item (src/models/noise_base.py).
-        return {"A": preprocess_file(path, self.channels, self.transform), "label": label, "A_path": str(path),
+        return {"A": preprocess_file(path, self.channels, self.transform, self.decoded), "label": label, "A_path": str(path),
                 "index": index}
 
 
@@ -194,7 +196,7 @@ class LabelledImageDataModule(ImageTranslationDataModule):
         per_class = [list_images(self._require_class_folder(split, c), self.max_dataset_size)
                      for c in classes]
         return LabelledImageDataset(interleave(per_class), self.train_transform if train else self.eval_transform,
-                                    self.input_nc)
+                                    self.input_nc, self.decoded_images())
 
     def evaluation_indices(self, split: str, n: int) -> list[int]:
         """n items in the split's class proportions (to within one per class), in list order:

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from src.data.base import ImageTranslationDataModule
+from src.data.decoded_cache import DecodedImages
 from src.data.errors import MissingPartnerError
 from src.data.folders import list_images, require_folder
 from src.data.image_io import load_image
@@ -16,9 +17,14 @@ from src.data.paired import match_by_name
 from src.data.transforms import ImageTransform
 
 
-def preprocess_file(path: Path, channels: int, transform: ImageTransform) -> torch.Tensor:
-    """Load and preprocess one image file; size errors get the file's path added."""
-    image = load_image(path, channels, transform.decode_at_least, **transform.reading)
+def preprocess_file(path: Path, channels: int, transform: ImageTransform,
+                    decoded: DecodedImages | None = None) -> torch.Tensor:
+    """Load (from `decoded` when given: data.cache_decoded) and preprocess one image file; size
+    errors get the file's path added."""
+    def decode():
+        return load_image(path, channels, transform.decode_at_least, **transform.reading)
+
+    image = decoded.get(path, channels, decode) if decoded is not None else decode()
     try:
         return transform(image)
     except ValueError as error:
@@ -42,8 +48,10 @@ class UnpairedImageDataset(Dataset):
         source_channels: int,
         target_channels: int,
         random_partner: bool,
+        decoded: DecodedImages | None = None,
     ) -> None:
         self.source_paths, self.target_paths = source_paths, target_paths
+        self.decoded = decoded
         self.transform = transform
         self.source_channels, self.target_channels = source_channels, target_channels
         self.random_partner = random_partner
@@ -59,8 +67,8 @@ class UnpairedImageDataset(Dataset):
             target_index = index % len(self.target_paths)
         target_path = self.target_paths[target_index]
         return {
-            "A": preprocess_file(source_path, self.source_channels, self.transform),
-            "B": preprocess_file(target_path, self.target_channels, self.transform),
+            "A": preprocess_file(source_path, self.source_channels, self.transform, self.decoded),
+            "B": preprocess_file(target_path, self.target_channels, self.transform, self.decoded),
             "A_path": str(source_path),
             "B_path": str(target_path),
         }
@@ -119,4 +127,5 @@ class UnpairedDataModule(ImageTranslationDataModule):
             source_channels=self.input_nc,
             target_channels=self.output_nc,
             random_partner=train,
+            decoded=self.decoded_images(),
         )
