@@ -238,6 +238,20 @@ def test_aligned_pairs_split_left_a_right_b(tmp_path):
         assert batch["B"][:, tgt].mean() > 0.9 and batch["B"][:, src].mean() < -0.9
 
 
+def test_cached_aligned_pairs_decode_each_file_once_and_give_the_same_pairs(tmp_path, monkeypatch):
+    from src.data import paired
+    from src.data.epoch_order import SeededItems
+    root = make_aligned(tmp_path / "facades", n=3)
+    opened = []
+    original = paired.open_image
+    monkeypatch.setattr(paired, "open_image", lambda path, *a: opened.append(path) or original(path, *a))
+    plain, cached = (module(PairedDataModule, root, preprocess="crop", crop_size=6, cache_decoded=c) for c in (False, True))
+    pairs = [[SeededItems(dm.dataset("train", train=True))[i, seed] for dm in (plain, cached)]
+             for seed in (1, 2) for i in range(3)]
+    assert all(torch.equal(a[key], b[key]) for a, b in pairs for key in ("A", "B"))
+    assert len(opened) == 2 * 3 + 3   # cached: each file once
+
+
 def test_two_photo_folders_under_train_are_not_cut_in_half_as_aligned_pairs(tmp_path):
     """`train/` makes `auto` pick the aligned layout, which walks subfolders: train/A and train/B
     of whole photos trained on each one's left half against its right half."""

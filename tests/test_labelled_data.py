@@ -135,9 +135,9 @@ def test_cached_decoding_reads_each_file_once_and_gives_the_same_batches(tmp_pat
     assert all(torch.equal(a["A"], b["A"]) for a, b in items)
     assert len(decodes) == 2 * 5 + 5   # uncached: each access; cached: each file once
     cache = cached.dataset("train", train=True).decoded
-    image = cache.get(root / "train" / "ant" / "ant0.png", 3, lambda: None)
+    image = cache.get((str(root / "train" / "ant" / "ant0.png"), 3), lambda: None)
     image[:] = 0
-    assert cache.get(root / "train" / "ant" / "ant0.png", 3, lambda: None).any()
+    assert cache.get((str(root / "train" / "ant" / "ant0.png"), 3), lambda: None).any()
     with pytest.raises(ValueError, match=r"data.cache_decoded='yes' must be true or false"):
         labelled(root, cache_decoded="yes")
 

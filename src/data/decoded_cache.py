@@ -11,25 +11,27 @@ process, which is why it is off for folders of photos.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable
+from collections.abc import Hashable
+from typing import Callable, TypeVar
 
 import numpy as np
 
+Decoded = TypeVar("Decoded", np.ndarray, tuple[np.ndarray, ...])
+
 
 class DecodedImages:
-    """`get(path, channels, decode)`: `decode()`'s array for that file, decoded once."""
+    """`get(key, decode)`: `decode()`'s array (or arrays: a pair's) for `key` (a file and how it
+    is read), decoded once."""
 
     def __init__(self) -> None:
-        self._images: dict[tuple[str, int], np.ndarray] = {}
+        self._images: dict[Hashable, np.ndarray | tuple[np.ndarray, ...]] = {}
 
-    def get(self, path: Path, channels: int, decode: Callable[[], np.ndarray]) -> np.ndarray:
-        key = (str(path), channels)
-        image = self._images.get(key)
-        if image is None:
-            image = self._images[key] = decode()
-        # A copy (a few KB): a step that works in place must not change the cached image.
-        return image.copy()
+    def get(self, key: Hashable, decode: Callable[[], Decoded]) -> Decoded:
+        images = self._images.get(key)
+        if images is None:
+            images = self._images[key] = decode()
+        # Copies (a few KB): a step that works in place must not change the cached image.
+        return images.copy() if isinstance(images, np.ndarray) else tuple(image.copy() for image in images)
 
     def __len__(self) -> int:
         return len(self._images)

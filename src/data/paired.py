@@ -19,6 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from src.data.base import ImageTranslationDataModule
+from src.data.decoded_cache import DecodedImages
 from src.data.download import ALIGNED_LAYOUT, PAIRED_FOLDERS_LAYOUT, how_to_get
 from src.data.errors import DatasetNotFoundError, MissingPartnerError
 from src.data.folders import list_images, name_in_folder, require_folder
@@ -88,8 +89,10 @@ class PairedImageDataset(Dataset):
         source_channels: int,
         target_channels: int,
         source_half: str | None = None,
+        decoded: DecodedImages | None = None,
     ) -> None:
         self.pairs = pairs
+        self.decoded = decoded
         self.transform = transform
         self.source_channels, self.target_channels = source_channels, target_channels
         self.source_half = source_half
@@ -115,7 +118,11 @@ class PairedImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         source_path, target_path = self.pairs[index]
-        source, target = self._load(source_path, target_path)
+        if self.decoded is None:
+            source, target = self._load(source_path, target_path)
+        else:
+            source, target = self.decoded.get((str(source_path), str(target_path)),
+                                              lambda: self._load(source_path, target_path))
         try:
             source_tensor, target_tensor = self.transform.pair(source, target)
         except ValueError as error:
@@ -198,4 +205,5 @@ class PairedDataModule(ImageTranslationDataModule):
             source_channels=self.input_nc,
             target_channels=self.output_nc,
             source_half=source_half,
+            decoded=self.decoded_images(),
         )

@@ -24,7 +24,7 @@ def preprocess_file(path: Path, channels: int, transform: ImageTransform,
     def decode():
         return load_image(path, channels, transform.decode_at_least, **transform.reading)
 
-    image = decoded.get(path, channels, decode) if decoded is not None else decode()
+    image = decoded.get((str(path), channels), decode) if decoded is not None else decode()
     try:
         return transform(image)
     except ValueError as error:
