@@ -177,10 +177,11 @@ def test_settings_a_resume_may_change_and_settings_added_since_are_not_compared(
     checkpoint = {"hyper_parameters": {"loss": {"weights": {"cycle": 10.0}}, "pool_size": 50,
                                        "init": {"type": "normal", "gain": 0.02},   # weights loaded over it
                                        "optimizer": {"players": {"G": {"step_in_backward": True}}}},
-                  "datamodule_hyper_parameters": {"batch_size": 1, "data_dir": "/a", "crop_size": 256}}
+                  "datamodule_hyper_parameters": {"batch_size": 1, "data_dir": "/a", "crop_size": 256,
+                                                  "cache_decoded": False}}
     same = changed_settings(checkpoint, {"loss": {"weights": {"cycle": 10}}, "pool_size": 0, "init": {"type": "tflib", "gain": 1},
                                          "optimizer": {"players": {"G": {"step_in_backward": False}}}},
-                            {"batch_size": 4, "data_dir": "/b", "crop_size": 256})
+                            {"batch_size": 4, "data_dir": "/b", "crop_size": 256, "cache_decoded": True})
     assert same == []
     assert changed_settings(checkpoint, {"loss": {"weights": {"cycle": 5.0}}}, {"crop_size": 128}) == [
         "data.crop_size=256 -> 128", "model.loss.weights.cycle=10.0 -> 5.0"]
