@@ -49,8 +49,8 @@ def crash_file(cfg, name: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_an_error_between_iterations_saves_a_checkpoint_that_resumes_the_same_run(train_cfg, tmp_path, monkeypatch,
-                                                                                 caplog):
+def test_an_error_before_an_iterations_first_step_saves_a_checkpoint_that_resumes_the_same_run(
+        train_cfg, tmp_path, monkeypatch, caplog):
     """Raised in iteration 3's training step before its first optimizer step: the checkpoint
     resumes to the same weights (CycleGAN draws no random numbers before its first step), and
     says it was taken inside an iteration, whose random draws (pix2pix's dropout, a noise
@@ -241,6 +241,34 @@ def test_an_error_before_any_step_leaves_no_checkpoint(train_cfg, monkeypatch):
     with pytest.raises(RuntimeError, match="bad first batch"):
         run_training(cfg)
     assert not Path(cfg.paths.output_dir, "checkpoints", "crashed.ckpt").exists()   # no empty-handed file
+
+
+def test_a_failure_at_the_first_iterations_end_saves_that_iteration(train_cfg, monkeypatch):
+    """A stop signal (raised at batch end) or a failing callback at the end of a run's first
+    iteration: that iteration is trained and saved, whole."""
+    from src.callbacks.stop_signals import StopSignals
+    cfg = train_cfg(*COMMON, "max_iters=4", "callbacks.model_checkpoint.every_n_iters=1000")
+    monkeypatch.setattr(StopSignals, "on_train_batch_end", lambda *args: (_ for _ in ()).throw(RuntimeError("hook")))
+    with pytest.raises(RuntimeError, match="hook"):
+        run_training(cfg)
+    saved = crash_file(cfg, "crashed.ckpt")
+    assert saved["global_step"] == 2 and INSIDE_ITERATION_KEY not in saved
+
+
+def test_an_error_after_an_iterations_last_step_is_not_said_to_come_before_its_first(train_cfg, monkeypatch, caplog):
+    original = CycleGAN.log_losses
+
+    def log_losses(self, *args, **kwargs):
+        if self.trainer.global_step == 6:   # iteration 3's steps all taken
+            raise RuntimeError("logging failed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CycleGAN, "log_losses", log_losses)
+    cfg = train_cfg(*COMMON, "max_iters=4")
+    with pytest.raises(RuntimeError, match="logging failed"):
+        run_training(cfg)
+    assert INSIDE_ITERATION_KEY not in crash_file(cfg, "crashed.ckpt")
+    assert "before its first optimizer step" not in caplog.text
 
 
 def test_a_resumed_run_failing_before_its_first_iteration_ends_writes_no_crash_checkpoint(train_cfg, monkeypatch):

@@ -1385,9 +1385,11 @@ def test_shapes_datamodules_generate_lazily(tmp_path):
 def test_shapes_crop_size_unread_at_their_own_size_is_refused(tmp_path):
     """`data.crop_size=128` on the 32 px shapes trained at 32 px, with networks sized for 128
     (n_blocks / num_downs: auto): the message says which key sets the size. A crop is read."""
+    unread = ShapesDataModule(data_dir=tmp_path / "u", size=32, n_train=2, n_test=2, crop_size=128)
     with pytest.raises(ValueError, match=r"data.crop_size=128: the shapes images are generated at data.size=32 .* "
                                          r"set data.size=128 instead"):
-        ShapesDataModule(data_dir=tmp_path / "u", size=32, crop_size=128)
+        unread.setup("fit")
+    unread.setup("test")   # a run that trained so is still evaluated
     dm = ShapesDataModule(data_dir=tmp_path / "u", size=16, n_train=2, n_test=2, preprocess="crop", crop_size=8)
     assert dm.sample_batch(1, split="train")["A"].shape == (1, 3, 8, 8)
 

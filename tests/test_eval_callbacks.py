@@ -317,18 +317,23 @@ def best_of(state: dict) -> dict:
     return {key: state[key] for key in ("best_fid", "best_iteration")}
 
 
-def test_a_best_fid_of_other_settings_starts_over_on_resume():
-    """Resumed with another feature extractor or number of images, the FIDs are on another
-    scale: the saved best would keep best_fid.ckpt from ever being written, or be beaten by
-    chance. The settings that do not change the FID (KID's subsets) keep it."""
-    saved = FidKidCallback(feature_extractor="random_cnn", max_images=100).state_dict() | {"best_fid": 5.0,
-                                                                                            "best_iteration": 10}
-    kept = FidKidCallback(feature_extractor="random_cnn", max_images=100, kid_subsets=3)
+def test_a_best_fid_of_another_measure_starts_over_on_resume():
+    """Resumed with other features or test images, the FIDs are on another scale: the saved best
+    would keep best_fid.ckpt from ever being written, or be beaten by chance. The measure is the
+    one `setup` resolved (the run below checks it is), so settings that resolve the same (auto
+    for the extractor it picks, max_images past the split's size) and those that do not change
+    the FID (KID's subsets) keep it."""
+    measure = {"feature_extractor": "random_cnn", "feature_extractor_weights_path": None, "images": 100,
+               "directions": ["AtoB", "BtoA"]}
+    saved = {"best_fid": 5.0, "best_iteration": 10, "measure": measure}
+    kept = FidKidCallback(feature_extractor="auto", max_images=5000, kid_subsets=3)
+    kept.measured = dict(measure)
     kept.load_state_dict(saved)
     assert best_of(kept.state_dict()) == {"best_fid": 5.0, "best_iteration": 10}
-    other = FidKidCallback(feature_extractor="inception", max_images=100)
+    other = FidKidCallback(feature_extractor="inception")
+    other.measured = {**measure, "feature_extractor": "inception"}
     with pytest.warns(UserWarning, match=r"best FID so far \(5.0000, iteration 10\) was measured with other settings "
-                                         r"\(callbacks.fid_kid.feature_extractor='random_cnn' -> 'inception'\)"):
+                                         r"\(feature_extractor 'random_cnn' -> 'inception'\)"):
         other.load_state_dict(saved)
     assert best_of(other.state_dict()) == {"best_fid": math.inf, "best_iteration": -1}
 
@@ -393,6 +398,10 @@ def test_smoke_run_returns_eval_metrics_and_writes_best_checkpoint_and_tsne(sing
     # the weights do not move (lr 0): the first evaluation stays the best
     assert best_of(checkpoint["callbacks"]["FidKidCallback"]) == {"best_fid": pytest.approx(metrics["eval/fid"]),
                                                                   "best_iteration": 2}
+    # the measure it was taken with, as resolved: feature_extractor auto -> the shapes' random_cnn
+    measure = checkpoint["callbacks"]["FidKidCallback"]["measure"]
+    assert measure["feature_extractor"] == "random_cnn" and measure["directions"] == ["AtoB", "BtoA"]
+    assert measure["images"] == cfg.callbacks.fid_kid.max_images == 7   # of the 16 test images
     assert sorted(p.name for p in (run_dir / "latent").glob("*.png")) == [
         "latent_tsne_iter_0000002.png", "latent_tsne_iter_0000004.png"]
     with open(next(run_dir.glob("csv/version_*/metrics.csv"))) as f:

@@ -622,7 +622,8 @@ def test_the_swap_exchanges_tensors_and_gives_the_training_storage_back(train_cf
     ema.swap_in()
     assert all(p.data_ptr() == a.data_ptr() for p, a in zip(params, ema.averaged))
     ema.swap_out()
-    assert all(p is q for p, q in zip(ema._params, params))
+    named = dict(model.named_parameters())   # the Parameter objects the optimizers are built on
+    assert all(named[name] is p for name, p in zip(ema.names, params))
     for p, (pointer, values) in zip(params, training):
         assert p.data_ptr() == pointer and torch.equal(p, values)
 

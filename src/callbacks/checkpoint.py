@@ -37,7 +37,10 @@ class IterationCheckpoint(ModelCheckpoint):
                              "every callbacks.model_checkpoint.every_n_iters training iterations (and on SIGTERM)")
         super().__init__(filename=filename, auto_insert_metric_name=auto_insert_metric_name, **kwargs)
         self.every_n_iters = every_n_iters
-        self.iterations_ended = 0   # in this fit: before its first, a crash has nothing new to save
+        # Optimizer steps where this fit's training started (None before it does: the callbacks'
+        # state is restored by then) and where the current batch started.
+        self.started_at_step: int | None = None
+        self.batch_started_at_step = 0
 
     def _monitor_candidates(self, trainer: pl.Trainer) -> dict:
         candidates = super()._monitor_candidates(trainer)
@@ -48,11 +51,18 @@ class IterationCheckpoint(ModelCheckpoint):
         if self.every_n_iters:
             self._every_n_train_steps = self.every_n_iters * pl_module.optimizer_steps_per_iter
         super().setup(trainer, pl_module, stage)
-        self.iterations_ended = 0
+        self.started_at_step = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.started_at_step = trainer.global_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self.batch_started_at_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # Replaces the parent's manual-optimization branch, which warns on every save.
-        self.iterations_ended += 1
         step = trainer.global_step
         due = self._every_n_train_steps > 0 and step % self._every_n_train_steps == 0
         # The run's last iteration: by max_iters, or a stop decided by now (max_kimg's, at the
@@ -70,11 +80,11 @@ class IterationCheckpoint(ModelCheckpoint):
         SIGTERM (a cluster's preemption or time limit, `kill`) save `interrupted.ckpt`, any other
         error `crashed.ckpt` (a bad image mid-epoch, an out-of-memory step, a callback failing),
         so the work since last.ckpt is kept."""
-        if not self.dirpath or not self.iterations_ended:
+        if not self.dirpath or self.started_at_step in (None, trainer.global_step):
             # Nothing trained since the fit began (from scratch, or from the checkpoint it resumed,
-            # which holds everything: a file written here, before a resumed run's callbacks have
-            # their state back, would lack some, the EMA's, and be newer for ckpt_path=auto).
-            log.info("%s before this run's first iteration ended: no checkpoint written (it has trained nothing "
+            # which holds everything: a file written here, perhaps before a resumed run's callbacks
+            # have their state back, would lack some, the EMA's, and be newer for ckpt_path=auto).
+            log.info("%s before this run took an optimizer step: no checkpoint written (it has trained nothing "
                      "since it started)", type(exception).__name__)
             return
         interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
@@ -86,11 +96,12 @@ class IterationCheckpoint(ModelCheckpoint):
         # With steps in backward a player's tensors are updated one by one as backward reaches
         # them: an out-of-memory error or Ctrl-C there leaves some updated and the rest not.
         torn = getattr(pl_module, "inside_a_step", False)
-        # Inside the training step (started, not processed), before any optimizer step: the
-        # iteration drew random numbers already, and the saved RNG state is after them. (A bad
-        # image fails in the loader, before the iteration starts: that checkpoint is exact.)
+        # Inside the training step (started, not processed), before its first optimizer step:
+        # the iteration drew random numbers already, and the saved RNG state is after them. (A
+        # bad image fails in the loader, before the iteration starts: that checkpoint is exact.)
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        drawn = not partial_steps and not torn and progress.started > progress.processed
+        drawn = (not torn and progress.started > progress.processed
+                 and trainer.global_step == self.batch_started_at_step)
         try:
             # Written by rank zero alone: trainer.save_checkpoint ends in a barrier that ranks
             # which crashed elsewhere, or died, would never reach.

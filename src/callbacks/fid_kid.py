@@ -271,6 +271,7 @@ class FidKidCallback(PeriodicEvaluation):
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
         self.best_fid = math.inf
         self.best_iteration = -1
+        self.measured: dict = {}   # set up by `setup` (fid_measure)
         self.scorer: FidKidScorer | None = None
         self.inception_score, self.inception_score_splits = bool(inception_score), inception_score_splits
         self.classifier_score = bool(classifier_score)
@@ -302,6 +303,11 @@ class FidKidCallback(PeriodicEvaluation):
             return
         # Built here, not at the first evaluation: a missing Inception fails the run at once.
         name = self.resolve_feature_extractor(trainer)
+        # What the FIDs of this fit measure, resolved ("auto", max_images past the test split's
+        # size): checked against a resumed best's (callbacks' state is loaded after setup).
+        self.measured = {"feature_extractor": name, "feature_extractor_weights_path": self.feature_extractor_weights_path,
+                         "images": len(self.evaluation_dataset(trainer)[1]),
+                         "directions": list(self.supported_directions(pl_module))}
         extractor = build_feature_extractor(name, self.feature_extractor_weights_path)
         # The Inception Score only for a noise-to-image model's one stream, the samples.
         samples = self.inception_score and SAMPLES in self.supported_directions(pl_module)
@@ -396,10 +402,9 @@ class FidKidCallback(PeriodicEvaluation):
 
     # ----- the best value survives a resume ----------------------------------------------
     def fid_measure(self) -> dict:
-        """The settings an FID value depends on: a best FID of other settings is no bar to beat."""
-        return {"feature_extractor": self.feature_extractor,
-                "feature_extractor_weights_path": self.feature_extractor_weights_path,
-                "max_images": self.max_images, "directions": list(self.directions)}
+        """What an FID value depends on (the features, the test images, the directions averaged),
+        as resolved at setup: a best FID of another measure is no bar to beat."""
+        return self.measured
 
     def state_dict(self) -> dict:
         return {"best_fid": self.best_fid, "best_iteration": self.best_iteration, "measure": self.fid_measure()}
@@ -408,9 +413,9 @@ class FidKidCallback(PeriodicEvaluation):
         self.best_fid = float(state_dict.get("best_fid", math.inf))
         self.best_iteration = int(state_dict.get("best_iteration", -1))
         saved = state_dict.get("measure")   # older checkpoints have none: taken as the same
-        if saved is not None and saved != self.fid_measure() and self.best_iteration >= 0:
-            changed = ", ".join(f"{self.config_key}.{key}={saved.get(key)!r} -> {value!r}"
-                                for key, value in self.fid_measure().items() if saved.get(key) != value)
+        if saved and self.measured and saved != self.measured and self.best_iteration >= 0:
+            changed = ", ".join(f"{key} {saved.get(key)!r} -> {value!r}"
+                                for key, value in self.measured.items() if saved.get(key) != value)
             rank_zero_warn(f"The best FID so far ({self.best_fid:.4f}, iteration {self.best_iteration}) was measured "
                            f"with other settings ({changed}), so this run's FIDs do not compare with it: the best "
                            "starts over, and best_fid.ckpt is replaced at the next evaluation")

@@ -310,11 +310,7 @@ class _GeneratedShapes:
         **kwargs: Any,
     ) -> None:
         self.shapes_params = shapes_params(size, n_train, n_test, seed, self.paired_training_scenes)
-        if preprocess == "none" and crop_size is not None and crop_size != size:
-            # Unread with preprocess none, while the models size their networks from it.
-            raise ValueError(f"data.crop_size={crop_size}: the shapes images are generated at data.size={size} and "
-                             f"used as they are (data.preprocess=none); set data.size={crop_size} instead, or crop "
-                             f"with data.preprocess=crop and a data.crop_size up to data.size")
+        self.unread_crop_size = crop_size if preprocess == "none" and crop_size not in (None, size) else None
         kwargs.setdefault("feature_extractor", "random_cnn")  # no Inception download for toy data
         super().__init__(  # the DataModule this is mixed into
             data_dir=data_dir,
@@ -327,6 +323,16 @@ class _GeneratedShapes:
 
     def check_present(self) -> None:
         """Nothing to check: prepare_data writes the dataset (once, on one rank under DDP)."""
+
+    def setup(self, stage: str) -> None:
+        # Training only: evaluating a run that trained so (at data.size) must still work.
+        if stage == "fit" and self.unread_crop_size is not None:
+            # Unread with preprocess none, while the models size their networks from it.
+            size, crop = self.shapes_params["size"], self.unread_crop_size
+            raise ValueError(f"data.crop_size={crop}: the shapes images are generated at data.size={size} and used "
+                             f"as they are (data.preprocess=none); set data.size={crop} instead, or crop with "
+                             f"data.preprocess=crop and a data.crop_size up to data.size")
+        super().setup(stage)
 
     def _ensure_available(self) -> None:
         # Called from prepare_data and again before any dataset is indexed, because

@@ -168,7 +168,9 @@ class AdversarialModel(pl.LightningModule):
         if self.optimizer_cfg.get("step_in_backward", "auto") not in (True, False, "auto"):
             raise ValueError(f"model.optimizer.step_in_backward={self.optimizer_cfg['step_in_backward']!r} "
                              "must be true, false or auto")
-        self.adversarial = AdversarialLoss(self.loss_cfg.get("gan_mode", "lsgan"), **self.loss_labels())
+        # LSGAN's codes by name; the others are refused when a fit starts (check_loss_settings).
+        labels = {k: v for k, v in (self.loss_cfg.get("labels") or {}).items() if k in LSGAN_LABELS}
+        self.adversarial = AdversarialLoss(self.loss_cfg.get("gan_mode", "lsgan"), **labels)
         self.weight_clip = self.critic_weight_clip()
         for key, settings in [("model.optimizer", self.optimizer_cfg),
                               *((f"model.optimizer.players.{name}", player)
@@ -189,20 +191,6 @@ class AdversarialModel(pl.LightningModule):
         self.training_data: dict = {}
         self.training_data_class: str | None = None
         self.loaded_weights: str | None = None   # "ema" or "trained": which load_model put in
-
-    def loss_labels(self) -> dict:
-        """`loss.labels`, LSGAN's target codes: checked by name, and refused where another
-        objective would ignore them (its targets are fixed; `loss.gan_mode=vanilla` over
-        loss=lsgan keeps the config's default codes, which say nothing)."""
-        labels = self.loss_cfg.get("labels") or {}
-        refuse_unknown_keys("loss.labels", labels, LSGAN_LABELS)
-        mode = self.loss_cfg.get("gan_mode", "lsgan")
-        changed = {k: v for k, v in labels.items() if v != LSGAN_LABELS[k]}
-        if mode != "lsgan" and changed:
-            key = next(iter(changed))
-            raise ValueError(f"loss.labels.{key}={changed[key]!r}: loss.gan_mode={mode} does not read loss.labels "
-                             "(its targets are fixed); they are LSGAN's codes (loss=lsgan), or remove the setting")
-        return labels
 
     def critic_weight_clip(self) -> float | None:
         """WGAN's clipping bound c (`loss.clip`), or None for the objectives without clipping."""
@@ -238,19 +226,33 @@ class AdversarialModel(pl.LightningModule):
         # fp16: one loss scaler per player's loss instead of Lightning's shared one (see
         # src/models/loss_scaling.py). Here, before a resumed run restores the scalers' state.
         if stage == "fit":
-            self.check_loss_weight_names()
+            self.check_loss_settings()
             self.grad_scalers = PlayerGradScalers.install(self.trainer)
             self.warn_of_batch_norm_under_gradient_penalty()
 
-    def check_loss_weight_names(self) -> None:
-        """A weight the model never reads (`+loss.weights.cylce=5`) would be ignored in silence.
+    def check_loss_settings(self) -> None:
+        """Loss settings that would be ignored in silence, or read only when their term first
+        runs: a weight the model never reads (`+loss.weights.cylce=5`), a weight that is not a
+        number >= 0 (a negative optional one read as "off"), and `loss.labels`, LSGAN's target
+        codes, misspelt or under another objective, whose targets are fixed (LSGAN's default
+        codes left over by `loss.gan_mode=vanilla` on loss=lsgan say nothing, and pass).
         Checked when a fit starts, not at construction, so that loading an older checkpoint for
-        inference never fails on a name its run carried."""
+        inference never fails on a setting its run carried."""
         unknown = sorted(set(self.weights) - set(self.loss_weights))
         if unknown:
             raise ValueError(f"loss.weights.{unknown[0]} is not a weight {type(self).__name__} reads (its weights: "
                              f"{', '.join(self.loss_weights) or 'none'}): fix the name, or remove it "
                              f"(~loss.weights.{unknown[0]})")
+        for name in self.weights:
+            self.weight(name)
+        labels = self.loss_cfg.get("labels") or {}
+        refuse_unknown_keys("loss.labels", labels, LSGAN_LABELS)
+        mode = self.adversarial.mode
+        changed = {k: v for k, v in labels.items() if v != LSGAN_LABELS[k]}
+        if mode != "lsgan" and changed:
+            key = next(iter(changed))
+            raise ValueError(f"loss.labels.{key}={changed[key]!r}: loss.gan_mode={mode} does not read loss.labels "
+                             "(its targets are fixed); they are LSGAN's codes (loss=lsgan), or remove the setting")
 
     def warn_of_batch_norm_under_gradient_penalty(self) -> None:
         """WGAN-GP penalises each image's gradient norm; batch norm in the critic makes an

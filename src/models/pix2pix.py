@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from src.losses import feature_matching_loss, gradient_penalty
+from src.utils.config_checks import is_number
 from src.models.base import TranslationModel, build_net, to_plain
 from src.models.image_pool import ImagePool
 
@@ -35,7 +36,9 @@ class Pix2Pix(TranslationModel):
                            self.net_init("discriminator"), "model.discriminator")
         self.pools = {"fake_AB": ImagePool(pool_size)}
         self.weight("l1")
-        self.use_feature_matching = self.optional_weight("feature_matching") > 0
+        # Read leniently here (a checkpoint loads whatever its run carried); a fit checks the value.
+        matching = self.weights.get("feature_matching", 0.0)
+        self.use_feature_matching = is_number(matching) and matching > 0
         self.use_fast_conv(fast_conv)
 
     def player_modules(self) -> dict[str, list[nn.Module]]:
