@@ -10,9 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from src.losses import feature_matching_loss, gradient_penalty
-from src.utils.config_checks import is_number
 from src.models.base import TranslationModel, build_net, to_plain
 from src.models.image_pool import ImagePool
+from src.utils.config_checks import is_number
 
 
 class Pix2Pix(TranslationModel):
