@@ -235,6 +235,24 @@ def test_a_requeue_warning_stops_at_a_whole_iteration_then_submitit_requeues_and
     assert steps_taken == list(range(4, 12)) and resumed["global_step"] == 12   # iterations 3-6 only
 
 
+@pytest.mark.parametrize("every_n_epochs,saved_at", [(None, [12]), (1, [4, 8, 12])])
+def test_a_run_in_epochs_saves_at_its_last_epochs_end_not_every_one(train_cfg, monkeypatch, every_n_epochs, saved_at):
+    """Lightning saved a full checkpoint at every epoch end besides the periodic ones: on 8 GPUs
+    an epoch is a few dozen seconds. The run's end is still saved (a run measured in epochs has
+    no batch-end save there); `every_n_epochs` asks for the others."""
+    from src.callbacks.checkpoint import IterationCheckpoint
+    steps = []
+    original = IterationCheckpoint._save_last_checkpoint
+    monkeypatch.setattr(IterationCheckpoint, "_save_last_checkpoint",
+                        lambda self, trainer, *a: steps.append(trainer.global_step) or original(self, trainer, *a))
+    asked = [] if every_n_epochs is None else [f"+callbacks.model_checkpoint.every_n_epochs={every_n_epochs}"]
+    cfg = train_cfg(*COMMON, "data.max_dataset_size=2", "max_iters=null", "trainer.max_epochs=3",
+                    "callbacks.model_checkpoint.every_n_iters=1000", *asked)
+    run_training(cfg)
+    assert steps == saved_at
+    assert crash_file(cfg, "last.ckpt")["global_step"] == 12
+
+
 def test_an_error_before_any_step_leaves_no_checkpoint(train_cfg, monkeypatch):
     cfg = train_cfg(*COMMON, "max_iters=4")
     fail_at_step(monkeypatch, 0, RuntimeError("bad first batch"))

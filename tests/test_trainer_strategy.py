@@ -28,6 +28,19 @@ def test_several_devices_train_under_ddp_with_the_unused_parameter_search(train_
     assert chosen(accelerator="cpu", devices="3", num_nodes=1) == "ddp_find_unused_parameters_true"
 
 
+def test_iterations_on_several_processes_say_the_images_they_train_on(train_cfg, caplog):
+    """data.batch_size is per process: U-GAT-IT's 1M iterations on 8 GPUs are 8M images."""
+    model = hydra.utils.instantiate(train_cfg().model, _recursive_=False)
+    with caplog.at_level("WARNING", logger="src.utils.run"):
+        build_trainer_kwargs(train_cfg("trainer=ddp_sim", "max_iters=1001"), model)
+    assert ("max_iters=1001 on 2 processes: every iteration trains data.batch_size=1 images on each, 2 times an "
+            "iteration on one. For the images of 1001 iterations on one device, set max_iters=501") in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="src.utils.run"):
+        build_trainer_kwargs(train_cfg("max_iters=1001"), model)
+    assert "processes" not in caplog.text
+
+
 @pytest.mark.parametrize("overrides,benchmark", [([], True), (["trainer.deterministic=true"], False),
                                                  (["trainer.benchmark=false"], False)])
 def test_cudnn_times_its_algorithms_unless_deterministic_or_turned_off(train_cfg, overrides, benchmark):

@@ -37,6 +37,8 @@ class IterationCheckpoint(ModelCheckpoint):
                              "every callbacks.model_checkpoint.every_n_iters training iterations (and on SIGTERM)")
         super().__init__(filename=filename, auto_insert_metric_name=auto_insert_metric_name, **kwargs)
         self.every_n_iters = every_n_iters
+        # Lightning also saves at every epoch end unless told otherwise (`every_n_epochs` given).
+        self.epoch_end_saves_asked = kwargs.get("every_n_epochs") is not None
         # Optimizer steps where this fit's training started (None before it does: the callbacks'
         # state is restored by then) and where the current batch started.
         self.started_at_step: int | None = None
@@ -74,6 +76,15 @@ class IterationCheckpoint(ModelCheckpoint):
         candidates = self._monitor_candidates(trainer)
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """At the end of the run's last epoch only (a run measured in epochs ends there, after
+        no batch-end save), unless `every_n_epochs` is set. Lightning's save at every epoch end
+        added one full checkpoint per epoch to the periodic ones: on 8 GPUs a CycleGAN epoch of
+        horse2zebra is 167 iterations. A resume from any batch-end checkpoint is exact."""
+        last_epoch = trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
+        if self.epoch_end_saves_asked or last_epoch or trainer.should_stop:
+            super().on_train_epoch_end(trainer, pl_module)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """No run ends without a checkpoint: Ctrl-C (after which Lightning exits the process) and

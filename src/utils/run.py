@@ -25,7 +25,7 @@ from src.utils.accelerator import resolved_accelerator
 from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_job
 from src.utils.config_checks import check_argument_types, check_run_folder, check_seed, require_int
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
-from src.utils.ddp_strategy import choose_strategy
+from src.utils.ddp_strategy import choose_strategy, process_count
 from src.utils.instantiate import instantiate_list
 from src.utils.library_warnings import silence_known_library_noise
 from src.utils.objective import sweeper_direction
@@ -137,9 +137,21 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     if max_iters:
         kwargs["max_steps"] = int(cfg.max_iters) * model.optimizer_steps_per_iter
         kwargs["max_epochs"] = -1
+        warn_iterations_of_several_processes(max_iters, kwargs, cfg.data.get("batch_size"))
     elif cfg.get("max_kimg"):   # the image budget (ImageBudget) ends the run, not an epoch count
         kwargs["max_epochs"] = -1
     return kwargs
+
+
+def warn_iterations_of_several_processes(max_iters: int, trainer_kwargs: dict, batch_size) -> None:
+    """`max_iters` counts iterations, and `data.batch_size` is per process: on N processes a run
+    of the paper's iterations (U-GAT-IT's and NICE-GAN's 1M at batch 1) trains on N times its
+    images, for N times the GPU hours. Said, with the setting that keeps the paper's image count."""
+    processes = process_count(trainer_kwargs)
+    if processes and processes > 1:
+        log.warning("max_iters=%d on %d processes: every iteration trains data.batch_size=%s images on each, %d "
+                    "times an iteration on one. For the images of %d iterations on one device, set max_iters=%d",
+                    max_iters, processes, batch_size, processes, max_iters, -(-max_iters // processes))
 
 
 def default_wandb_offline() -> None:
