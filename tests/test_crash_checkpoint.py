@@ -235,7 +235,7 @@ def test_a_requeue_warning_stops_at_a_whole_iteration_then_submitit_requeues_and
     assert steps_taken == list(range(4, 12)) and resumed["global_step"] == 12   # iterations 3-6 only
 
 
-@pytest.mark.parametrize("every_n_epochs,saved_at", [(None, [12]), (1, [4, 8, 12])])
+@pytest.mark.parametrize("every_n_epochs,saved_at", [(None, [12]), (1, [4, 8, 12]), (2, [8, 12]), (0, [12])])
 def test_a_run_in_epochs_saves_at_its_last_epochs_end_not_every_one(train_cfg, monkeypatch, every_n_epochs, saved_at):
     """Lightning saved a full checkpoint at every epoch end besides the periodic ones: on 8 GPUs
     an epoch is a few dozen seconds. The run's end is still saved (a run measured in epochs has

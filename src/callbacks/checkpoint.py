@@ -37,7 +37,7 @@ class IterationCheckpoint(ModelCheckpoint):
                              "every callbacks.model_checkpoint.every_n_iters training iterations (and on SIGTERM)")
         super().__init__(filename=filename, auto_insert_metric_name=auto_insert_metric_name, **kwargs)
         self.every_n_iters = every_n_iters
-        # Lightning also saves at every epoch end unless told otherwise (`every_n_epochs` given).
+        # Lightning also saves at every epoch end by default; here only `every_n_epochs` asks for that.
         self.epoch_end_saves_asked = kwargs.get("every_n_epochs") is not None
         # Optimizer steps where this fit's training started (None before it does: the callbacks'
         # state is restored by then) and where the current batch started.
@@ -82,9 +82,15 @@ class IterationCheckpoint(ModelCheckpoint):
         no batch-end save), unless `every_n_epochs` is set. Lightning's save at every epoch end
         added one full checkpoint per epoch to the periodic ones: on 8 GPUs a CycleGAN epoch of
         horse2zebra is 167 iterations. A resume from any batch-end checkpoint is exact."""
+        if self.epoch_end_saves_asked:
+            super().on_train_epoch_end(trainer, pl_module)   # its every_n_epochs
         last_epoch = trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
-        if self.epoch_end_saves_asked or last_epoch or trainer.should_stop:
-            super().on_train_epoch_end(trainer, pl_module)
+        # Saved here whatever every_n_epochs says (an N that does not divide max_epochs, or 0),
+        # once per step (skipped where the save above or the last batch's end wrote this step).
+        if (last_epoch or trainer.should_stop) and not self._should_skip_saving_checkpoint(trainer):
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """No run ends without a checkpoint: Ctrl-C (after which Lightning exits the process) and

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from src.callbacks.compile_networks import CompileNetworks
@@ -148,7 +148,7 @@ def warn_iterations_of_several_processes(max_iters: int, trainer_kwargs: dict, b
     of the paper's iterations (U-GAT-IT's and NICE-GAN's 1M at batch 1) trains on N times its
     images, for N times the GPU hours. Said, with the setting that keeps the paper's image count."""
     processes = process_count(trainer_kwargs)
-    if processes and processes > 1:
+    if processes and processes > 1 and rank_zero_only.rank == 0:   # every rank builds the trainer
         log.warning("max_iters=%d on %d processes: every iteration trains data.batch_size=%s images on each, %d "
                     "times an iteration on one. For the images of %d iterations on one device, set max_iters=%d",
                     max_iters, processes, batch_size, processes, max_iters, -(-max_iters // processes))
