@@ -71,11 +71,16 @@ class IterationCheckpoint(ModelCheckpoint):
         # batch's start). Saved here, inside its epoch: the epoch end's checkpoint (then skipped,
         # at the same step) would mark an unfinished epoch done, and a resume would skip its rest.
         last_step = 0 < trainer.max_steps <= step or trainer.should_stop
-        if not (due or last_step) or self._should_skip_saving_checkpoint(trainer):
-            return
-        candidates = self._monitor_candidates(trainer)
-        self._save_topk_checkpoint(trainer, candidates)
-        self._save_last_checkpoint(trainer, candidates)
+        if due or last_step:
+            self.save_now(trainer)
+
+    def save_now(self, trainer: pl.Trainer) -> None:
+        """The periodic file and last.ckpt, once per step (a save of this step already made, or a
+        sanity check, skips it)."""
+        if not self._should_skip_saving_checkpoint(trainer):
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """At the end of the run's last epoch only (a run measured in epochs ends there, after
@@ -86,11 +91,9 @@ class IterationCheckpoint(ModelCheckpoint):
             super().on_train_epoch_end(trainer, pl_module)   # its every_n_epochs
         last_epoch = trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
         # Saved here whatever every_n_epochs says (an N that does not divide max_epochs, or 0),
-        # once per step (skipped where the save above or the last batch's end wrote this step).
-        if (last_epoch or trainer.should_stop) and not self._should_skip_saving_checkpoint(trainer):
-            candidates = self._monitor_candidates(trainer)
-            self._save_topk_checkpoint(trainer, candidates)
-            self._save_last_checkpoint(trainer, candidates)
+        # unless the save above or the last batch's end wrote this step.
+        if last_epoch or trainer.should_stop:
+            self.save_now(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """No run ends without a checkpoint: Ctrl-C (after which Lightning exits the process) and

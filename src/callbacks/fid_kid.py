@@ -271,7 +271,9 @@ class FidKidCallback(PeriodicEvaluation):
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
         self.best_fid = math.inf
         self.best_iteration = -1
-        self.measured: dict = {}   # set up by `setup` (fid_measure)
+        # What an FID value depends on (the features, the test images, the directions averaged),
+        # as `setup` resolves them: a resumed best of another measure is no bar to beat.
+        self.measured: dict = {}
         self.scorer: FidKidScorer | None = None
         self.inception_score, self.inception_score_splits = bool(inception_score), inception_score_splits
         self.classifier_score = bool(classifier_score)
@@ -401,13 +403,8 @@ class FidKidCallback(PeriodicEvaluation):
         rank_zero_info(f"FID {fid:.4f} at iteration {pl_module.iteration}: new best, saved {path}")
 
     # ----- the best value survives a resume ----------------------------------------------
-    def fid_measure(self) -> dict:
-        """What an FID value depends on (the features, the test images, the directions averaged),
-        as resolved at setup: a best FID of another measure is no bar to beat."""
-        return self.measured
-
     def state_dict(self) -> dict:
-        return {"best_fid": self.best_fid, "best_iteration": self.best_iteration, "measure": self.fid_measure()}
+        return {"best_fid": self.best_fid, "best_iteration": self.best_iteration, "measure": self.measured}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best_fid = float(state_dict.get("best_fid", math.inf))

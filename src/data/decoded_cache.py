@@ -32,6 +32,3 @@ class DecodedImages:
             images = self._images[key] = decode()
         # Copies (a few KB): a step that works in place must not change the cached image.
         return images.copy() if isinstance(images, np.ndarray) else tuple(image.copy() for image in images)
-
-    def __len__(self) -> int:
-        return len(self._images)

@@ -24,11 +24,11 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from src.data.base import ImageTranslationDataModule
+from src.data.decoded_cache import DecodedImages
 from src.data.download import DATASETS
 from src.data.errors import DatasetNotFoundError
 from src.data.folders import list_images, require_folder
 from src.data.transforms import ImageTransform
-from src.data.decoded_cache import DecodedImages
 from src.data.unpaired import preprocess_file
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,8 @@ class LabelledImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         path, label = self.items[index]
         # The index lets a model tie a fixed latent to each test item (src/models/noise_base.py).
-        return {"A": preprocess_file(path, self.channels, self.transform, self.decoded), "label": label, "A_path": str(path),
-                "index": index}
+        return {"A": preprocess_file(path, self.channels, self.transform, self.decoded), "label": label,
+                "A_path": str(path), "index": index}
 
 
 def proportional_picks(labels: Sequence[int], count: int) -> list[int]:

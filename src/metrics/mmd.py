@@ -23,12 +23,14 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist") ** 2
 
 
-def median_heuristic_sigma(x: torch.Tensor, y: torch.Tensor, d2: torch.Tensor | None = None) -> float:
-    """sigma with sigma^2 = median of the pairwise squared distances of the pooled sample / 2;
-    `d2`: those distances, where the caller has them."""
-    if d2 is None:
-        pooled = torch.cat([x, y]).double()
-        d2 = squared_distances(pooled, pooled)
+def median_heuristic_sigma(x: torch.Tensor, y: torch.Tensor) -> float:
+    """sigma with sigma^2 = median of the pairwise squared distances of the pooled sample / 2."""
+    pooled = torch.cat([x, y]).double()
+    return sigma_from_distances(squared_distances(pooled, pooled))
+
+
+def sigma_from_distances(d2: torch.Tensor) -> float:
+    """`median_heuristic_sigma` from the pooled sample's pairwise squared distances `d2`."""
     off_diagonal = d2[torch.triu_indices(len(d2), len(d2), offset=1, device=d2.device).unbind()]
     # Over the distances between distinct points: where most points coincide (a half-collapsed
     # code) the median of all pairs is 0, and any fixed fallback would ignore the data's scale.
@@ -50,7 +52,7 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = No
         raise ValueError(f"mmd2_unbiased needs at least 2 samples on each side, got {n} and {m}")
     pooled = torch.cat([x, y])
     d2 = squared_distances(pooled, pooled)   # once: the bandwidth's median and the three kernels
-    sigma = median_heuristic_sigma(x, y, d2) if bandwidth is None else float(bandwidth)
+    sigma = sigma_from_distances(d2) if bandwidth is None else float(bandwidth)
     if sigma <= 0:
         raise ValueError(f"bandwidth must be positive, got {bandwidth}")
     kernel = torch.exp(d2 * (-1.0 / (2.0 * sigma * sigma)))

@@ -100,10 +100,9 @@ def check_resume_fits(model: torch.nn.Module, checkpoint: dict, ckpt_path: str |
 #: size (warned by the pool), speed and logging options; a table's entries with it
 #: (model.batch_sizes.512)
 RESUMABLE_SETTINGS = ("data.data_dir", "data.num_workers", "data.pin_memory", "data.persistent_workers",
-                      "data.cache_decoded",
-                      "data.eval_batch_size", "data.batch_size", "model.batch_size", "model.batch_sizes",
-                      "model.phase_images",
-                      "model.start_resolution", "model.grow", "model.pool_size", "model.log_rho_every_n_iters")
+                      "data.cache_decoded", "data.eval_batch_size", "data.batch_size", "model.batch_size",
+                      "model.batch_sizes", "model.phase_images", "model.start_resolution", "model.grow",
+                      "model.pool_size", "model.log_rho_every_n_iters")
 #: speed options that may sit under a per-player key (model.optimizer.players.G.step_in_backward)
 RESUMABLE_LEAVES = ("step_in_backward",)
 #: settings read only when the networks are built, before a resume loads its weights over them

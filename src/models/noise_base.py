@@ -86,8 +86,8 @@ class NoiseToImageModel(AdversarialModel):
         """Why the data does not fit the generator, and what to set."""
         c, h, w = self.image_shape
         return (f"The generator makes {c}x{h}x{w} images (model.channels x model.image_size), but the data gives "
-                f"{'x'.join(map(str, batch['A'].shape[1:]))} ({batch['A_path'][0]}): make data.crop_size (data.size for "
-                "the embedded shapes datasets; and data.input_nc) match, with a preprocess mode of one output size")
+                f"{'x'.join(map(str, batch['A'].shape[1:]))} ({batch['A_path'][0]}): make data.crop_size (data.size "
+                "for the embedded shapes datasets; and data.input_nc) match, with a preprocess mode of one output size")
 
     # ----- sampling ----------------------------------------------------------------------
     def noise_for(self, indices: torch.Tensor) -> torch.Tensor:

@@ -152,11 +152,12 @@ def accepted_arguments(target) -> list[str] | None:
     """The keyword arguments `target` takes, or None where that cannot be known. A class whose
     constructor passes **kwargs on to its bases' (the shapes DataModules, ProGAN) takes theirs
     too: the constructors along its MRO up to the first without **kwargs."""
-    owners = [c for c in target.__mro__ if "__init__" in vars(c)] if inspect.isclass(target) else [target]
+    inits = [vars(c)["__init__"] for c in target.__mro__ if "__init__" in vars(c)] if inspect.isclass(target) \
+        else [target]
     known: list[str] = []
-    for owner in owners:
+    for init in inits:
         try:
-            parameters = inspect.signature(vars(owner)["__init__"] if inspect.isclass(owner) else owner).parameters
+            parameters = inspect.signature(init).parameters
         except (TypeError, ValueError):   # a builtin without a signature: left to the call
             return None
         known += [name for name, p in parameters.items() if p.kind not in (inspect.Parameter.VAR_POSITIONAL,
@@ -164,7 +165,6 @@ def accepted_arguments(target) -> list[str] | None:
                   and name != "self" and name not in known]
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
             return known
-        init = vars(owner)["__init__"] if inspect.isclass(owner) else owner
         if not getattr(init, "__module__", "").startswith("src."):
             return None   # another library's (or a test's stand-in's) **kwargs: where they go is its own business
     return None

@@ -143,12 +143,13 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     return kwargs
 
 
+@rank_zero_only   # every rank builds the trainer
 def warn_iterations_of_several_processes(max_iters: int, trainer_kwargs: dict, batch_size) -> None:
     """`max_iters` counts iterations, and `data.batch_size` is per process: on N processes a run
     of the paper's iterations (U-GAT-IT's and NICE-GAN's 1M at batch 1) trains on N times its
     images, for N times the GPU hours. Said, with the setting that keeps the paper's image count."""
     processes = process_count(trainer_kwargs)
-    if processes and processes > 1 and rank_zero_only.rank == 0:   # every rank builds the trainer
+    if processes and processes > 1:
         log.warning("max_iters=%d on %d processes: every iteration trains data.batch_size=%s images on each, %d "
                     "times an iteration on one. For the images of %d iterations on one device, set max_iters=%d",
                     max_iters, processes, batch_size, processes, max_iters, -(-max_iters // processes))
