@@ -56,6 +56,14 @@ def test_a_negative_optional_weight_is_refused_not_read_as_off(train_cfg, model_
         model.check_loss_settings()
 
 
+def test_ugatit_refuses_domains_of_different_channel_counts_even_without_identity(train_cfg):
+    """Its generator CAM loss runs each generator on its target domain's images: the identity
+    weight at 0 would still fail in a convolution at the first step."""
+    cfg = train_cfg("model=ugatit", "data.input_nc=1", "loss.weights.identity=0")
+    with pytest.raises(Exception, match=r"U-GAT-IT needs data.input_nc == data.output_nc \(here 1 and 3\)"):
+        hydra.utils.instantiate(cfg.model, _recursive_=False)
+
+
 def record_player_steps(model) -> list[tuple[str, ...]]:
     """Wrap `model.update` to check every optimizer step as it happens: the stepped players'
     parameters all change, nobody else's do, and the idle players hold no gradients (they were

@@ -50,8 +50,12 @@ class UGATIT(TranslationModel):
                               "model.local_discriminator")
         for name in ("adversarial", "cycle", "identity", "cam"):
             self.weight(name)  # fail at start on a missing weight
-        if self.weight("identity") > 0 and a_nc != b_nc:
-            raise ValueError("loss.weights.identity > 0 needs data.input_nc == data.output_nc; set it to 0")
+        if a_nc != b_nc:
+            # Whatever the identity weight: the generators' CAM loss feeds each generator images
+            # of its target domain as well (labelled 0), and the identity term reuses that pass.
+            raise ValueError(f"U-GAT-IT needs data.input_nc == data.output_nc (here {a_nc} and {b_nc}): its generator "
+                             f"CAM loss runs each generator on images of its target domain too. Convert one domain's "
+                             f"images (e.g. data.input_nc={b_nc}), or use model=cyclegan with loss.weights.identity=0")
         self.use_fast_conv(fast_conv)
 
     def player_modules(self) -> dict[str, list[nn.Module]]:
