@@ -13,6 +13,8 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from src.models.divergence import TrainingDiverged, diverged_message, first_non_finite
+
 log = logging.getLogger(__name__)
 
 #: in a crash checkpoint taken inside an iteration: the optimizer steps it had taken (rolled back)
@@ -78,9 +80,19 @@ class IterationCheckpoint(ModelCheckpoint):
         """The periodic file and last.ckpt, once per step (a save of this step already made, or a
         sanity check, skips it)."""
         if not self._should_skip_saving_checkpoint(trainer):
+            self.refuse_non_finite_weights(trainer.lightning_module)
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
+
+    def refuse_non_finite_weights(self, pl_module: pl.LightningModule) -> None:
+        """A diverged run stops before its NaN weights replace the last good checkpoints
+        (last.ckpt, and the periodic file Lightning deletes when it saves the next)."""
+        tensor = first_non_finite(pl_module)
+        if tensor is not None:
+            raise TrainingDiverged(diverged_message(f"{tensor} is not finite (checked before saving a checkpoint); "
+                                                    f"the last saved is {self.last_model_path or 'none'}",
+                                                    pl_module.iteration))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """At the end of the run's last epoch only (a run measured in epochs ends there, after
@@ -111,6 +123,14 @@ class IterationCheckpoint(ModelCheckpoint):
         name = "interrupted.ckpt" if interrupted else "crashed.ckpt"
         path = f"{self.dirpath}/{name}"
         if not trainer.is_global_zero:
+            return
+        try:
+            tensor = first_non_finite(pl_module)
+        except Exception:   # a device left unusable by the error: the save below fails, and says so
+            tensor = None
+        if tensor is not None:   # a diverged run: its last checkpoint holds what is worth keeping
+            log.error("%s: no %s written, %s is not finite; the last checkpoint is %s", type(exception).__name__,
+                      name, tensor, self.last_model_path or "none")
             return
         partial_steps = trainer.global_step % pl_module.optimizer_steps_per_iter
         # With steps in backward a player's tensors are updated one by one as backward reaches

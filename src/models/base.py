@@ -21,6 +21,8 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 from src.losses import AdversarialLoss
 from src.models.checkpoint_fit import check_resume_fits
+from src.models.divergence import (LOW_LOSS_SCALE, TrainingDiverged, diverged_message, first_non_finite,
+                                   non_finite_losses)
 from src.models.image_pool import ImagePool
 from src.models.loss_scaling import PlayerGradScalers
 from src.models.lr_schedules import DecayToZero, build_scheduler, decay_end_mismatch
@@ -180,6 +182,7 @@ class AdversarialModel(pl.LightningModule):
         self.pools: dict[str, ImagePool] = {}
         self.grad_scalers: PlayerGradScalers | None = None
         self.logging_losses = True   # whether log_losses logs this iteration (training_step decides)
+        self.low_scale_warned: set[str] = set()   # the fp16 losses whose low scale was warned of
         # True from a player's first parameter update until its step is whole: an error in
         # between leaves the player half-stepped (the crash checkpoint says so).
         self.inside_a_step = False
@@ -548,10 +551,36 @@ class AdversarialModel(pl.LightningModule):
         # On the host, in one copy: Lightning keeps the last logged values until the epoch ends
         # and reads the progress bar's with `.item()` after every batch, which for GPU tensors
         # would wait for the GPU's queue each iteration instead of once per logged one.
-        values = torch.stack([v.detach().float() for v in (*terms.values(), *totals.values())]).cpu().unbind()
+        values = torch.stack([v.detach().float() for v in (*terms.values(), *totals.values())]).cpu()
+        self.check_losses_finite([*terms, *totals], values)
+        values = values.unbind()
         self.log_dict({f"train/{k}": v for k, v in zip(terms, values)}, batch_size=batch_size)
         self.log_dict({f"train/{k}": v for k, v in zip(totals, values[len(terms):])}, prog_bar=True,
                       batch_size=batch_size)
+
+    def check_losses_finite(self, names: list[str], values: torch.Tensor) -> None:
+        """Stop a run whose logged losses (host tensor) are NaN or infinite (src/models/divergence.py).
+        Under DDP the weights are checked instead: they are the same on every rank, so every
+        rank stops at the same iteration (a loss can go NaN on one rank first, and a rank that
+        stopped alone would leave the others waiting in their next collective). Under fp16 loss
+        scaling, where an overflow only skips a step, warn once per loss whose scale has fallen
+        so low that its steps are being skipped."""
+        if self.grad_scalers is None:
+            if self.trainer.world_size == 1:
+                bad = non_finite_losses(names, values)
+                where = ", ".join(f"train/{name} is {value}" for name, value in bad.items()) if bad else None
+            else:
+                where = first_non_finite(self)
+                where = f"{where} is not finite" if where else None
+            if where:
+                raise TrainingDiverged(diverged_message(where, self.iteration))
+            return
+        for name, scale in self.grad_scalers.scales().items():
+            if scale < LOW_LOSS_SCALE and name not in self.low_scale_warned:
+                self.low_scale_warned.add(name)
+                rank_zero_warn(f"Iteration {self.iteration}: the fp16 loss scale of the {name} is down to {scale:g}: "
+                               f"their gradients overflow fp16 even unscaled, so their steps are being "
+                               f"skipped. trainer.precision=bf16-mixed (same range as fp32) or 32 avoids it.")
 
     def logs_this_iteration(self) -> bool:
         """Whether this iteration's losses are logged (asked before its first step): on the

@@ -134,6 +134,10 @@ class PlayerGradScalers:
     def get_scale(self) -> float:
         return self.active.get_scale()
 
+    def scales(self) -> dict[str, float]:
+        """Every loss's current scale (a wait for the device each: ask on logged iterations)."""
+        return {name: scaler.get_scale() for name, scaler in self.scalers.items()}
+
     def state_dict(self) -> dict:
         return {**self._restored, **{name: s.state_dict() for name, s in self.scalers.items()}}
 

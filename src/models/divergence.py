@@ -1,0 +1,57 @@
+"""Stopping a diverged run before it trains on, and saves, weights that are NaN or infinite.
+
+A NaN or infinite loss in fp32 or bf16 gives NaN gradients, and one Adam step with them makes
+every weight of that player NaN for good (the generators' average, the EMA, follows). Left
+running, the run would go on for hours and replace its good checkpoints (last.ckpt, the
+periodic file) with NaN ones, and `ckpt_path=auto` would resume those. Here the losses are
+checked on the iterations they are logged (already on the host then: no extra wait for the
+GPU; under DDP the weights instead, the same on every rank), and the weights before every
+checkpoint save; either stops the run with
+`TrainingDiverged`, naming the iteration, the term or tensor, and the last checkpoint saved.
+
+Under fp16 loss scaling an overflowing loss is expected now and then: the scaler skips that
+step and the weights stay finite. There the losses are not checked, and the loss scales are:
+a scale that keeps falling means the player's steps are being skipped, iteration after
+iteration.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+#: a loss scale below this means the player's gradients overflowed fp16 even unscaled (the
+#: scale starts at 2**16 and halves on each overflow): its steps are being skipped
+LOW_LOSS_SCALE = 1.0
+
+
+class TrainingDiverged(FloatingPointError):
+    """The run's losses or weights are NaN or infinite."""
+
+
+def first_non_finite(module: nn.Module) -> str | None:
+    """The name of the first parameter of `module` holding a NaN or an infinity, or None when
+    all are finite (one wait for the device, not one per tensor). Parameters only: under DDP
+    they are the same on every rank, where buffers (batch norm's running statistics) are not,
+    and every rank must come to the same answer."""
+    named = [(name, t) for name, t in module.named_parameters() if t.numel()]
+    if not named:
+        return None
+    with torch.no_grad():
+        finite = torch.stack([torch.isfinite(t).all() for _, t in named]).cpu()
+    bad = (~finite).nonzero()
+    return named[int(bad[0])][0] if len(bad) else None
+
+
+def non_finite_losses(names, values: torch.Tensor) -> dict[str, float]:
+    """The logged loss names whose values (host tensor, one per name) are NaN or infinite."""
+    return {name: float(v) for name, v in zip(names, values.tolist()) if not math.isfinite(v)}
+
+
+def diverged_message(where: str, iteration: int) -> str:
+    return (f"Training diverged at iteration {iteration}: {where}. The run stops here rather than train on, and "
+            f"overwrite its checkpoints, with weights that are not finite; those it saved hold finite weights (they "
+            f"are checked before each save), last.ckpt the latest. A lower learning rate (model.optimizer.lr), a smaller "
+            f"loss weight, trainer.precision=32 or a new seed may avoid it; a resume keeps the checkpoint's "
+            f"optimizer state and learning rates.")
