@@ -566,7 +566,7 @@ class AdversarialModel(pl.LightningModule):
         scaling, where an overflow only skips a step, warn once per loss whose scale has fallen
         so low that its steps are being skipped."""
         if self.grad_scalers is None:
-            if self.trainer.world_size == 1:
+            if self._trainer is None or self.trainer.world_size == 1:
                 bad = non_finite_losses(names, values)
                 where = ", ".join(f"train/{name} is {value}" for name, value in bad.items()) if bad else None
             else:
