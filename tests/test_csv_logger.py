@@ -1,0 +1,58 @@
+"""metrics.csv has one row per logged step, in step order, whatever order the values come in."""
+import csv
+from pathlib import Path
+
+from src.utils.csv_logger import StepRowsCSVLogger
+
+
+def read_rows(logger) -> list[dict]:
+    with open(Path(logger.log_dir, "metrics.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def log(logger, metrics: dict, step: int) -> None:
+    """As Lightning's logger connector and the callbacks do: log, then save."""
+    logger.log_metrics(metrics, step=step)
+    logger.save()
+
+
+def test_values_of_one_step_share_a_row_and_rows_follow_the_steps(tmp_path):
+    logger = StepRowsCSVLogger(tmp_path)
+    log(logger, {"lr-Adam": 0.1}, 0)              # the learning-rate monitor, at the batch's start
+    log(logger, {"eval/fid": 30.0}, 1)            # an evaluation at the batch's end, logged at the next step
+    log(logger, {"train/G": 2.0, "epoch": 0}, 0)  # the losses, after the batch's callbacks
+    log(logger, {"lr-Adam": 0.1}, 1)
+    log(logger, {"train/G": 1.5, "epoch": 0}, 1)
+    log(logger, {"lr-Adam": 0.05}, 2)
+    log(logger, {"train/G": 1.0, "epoch": 0}, 2)
+    logger.finalize("success")
+    rows = read_rows(logger)
+    assert [r["step"] for r in rows] == ["0", "1", "2"]
+    assert [(r["lr-Adam"], r["train/G"]) for r in rows] == [("0.1", "2.0"), ("0.1", "1.5"), ("0.05", "1.0")]
+    assert [r["eval/fid"] for r in rows] == ["", "30.0", ""]
+
+
+def test_a_value_for_a_step_already_written_joins_its_row(tmp_path):
+    logger = StepRowsCSVLogger(tmp_path)
+    for step in range(3):
+        log(logger, {"train/G": float(step)}, step)
+    log(logger, {"eval/kid": 7.0}, 0)   # late: step 0 is in the file already
+    logger.finalize("success")
+    rows = read_rows(logger)
+    assert [(r["step"], r["train/G"], r["eval/kid"]) for r in rows] == [("0", "0.0", "7.0"), ("1", "1.0", ""),
+                                                                         ("2", "2.0", "")]
+
+
+def test_a_runs_metrics_csv_has_a_whole_row_per_iteration(train_cfg):
+    """Losses, learning rates and the evaluations (FID/KID every 2 iterations here) of a smoke run:
+    each step once, in order, every row with its losses and rates."""
+    from src.utils.run import run_training
+
+    cfg = train_cfg("model=cyclegan", "max_iters=4", "++callbacks.latent=null", "++callbacks.shapes_truth=null")
+    run_training(cfg)
+    with open(next(Path(cfg.paths.output_dir).glob("csv/version_*/metrics.csv")), newline="") as f:
+        rows = list(csv.DictReader(f))
+    steps = [int(r["step"]) for r in rows]
+    assert steps == sorted(set(steps)) and steps[:4] == [0, 1, 2, 3]
+    assert all(r["train/G"] and r["lr-Adam"] for r in rows if int(r["step"]) < 4)
+    assert [int(r["step"]) for r in rows if r["eval/fid"]] == [2, 4]
