@@ -18,17 +18,17 @@ def log(logger, metrics: dict, step: int) -> None:
 
 def test_values_of_one_step_share_a_row_and_rows_follow_the_steps(tmp_path):
     logger = StepRowsCSVLogger(tmp_path)
-    log(logger, {"lr-Adam": 0.1}, 0)              # the learning-rate monitor, at the batch's start
+    log(logger, {"lr/generators": 0.1}, 0)              # the learning-rate monitor, at the batch's start
     log(logger, {"eval/fid": 30.0}, 1)            # an evaluation at the batch's end, logged at the next step
     log(logger, {"train/G": 2.0, "epoch": 0}, 0)  # the losses, after the batch's callbacks
-    log(logger, {"lr-Adam": 0.1}, 1)
+    log(logger, {"lr/generators": 0.1}, 1)
     log(logger, {"train/G": 1.5, "epoch": 0}, 1)
-    log(logger, {"lr-Adam": 0.05}, 2)
+    log(logger, {"lr/generators": 0.05}, 2)
     log(logger, {"train/G": 1.0, "epoch": 0}, 2)
     logger.finalize("success")
     rows = read_rows(logger)
     assert [r["step"] for r in rows] == ["0", "1", "2"]
-    assert [(r["lr-Adam"], r["train/G"]) for r in rows] == [("0.1", "2.0"), ("0.1", "1.5"), ("0.05", "1.0")]
+    assert [(r["lr/generators"], r["train/G"]) for r in rows] == [("0.1", "2.0"), ("0.1", "1.5"), ("0.05", "1.0")]
     assert [r["eval/fid"] for r in rows] == ["", "30.0", ""]
 
 
@@ -54,5 +54,5 @@ def test_a_runs_metrics_csv_has_a_whole_row_per_iteration(train_cfg):
         rows = list(csv.DictReader(f))
     steps = [int(r["step"]) for r in rows]
     assert steps == sorted(set(steps)) and steps[:4] == [0, 1, 2, 3]
-    assert all(r["train/G"] and r["lr-Adam"] for r in rows if int(r["step"]) < 4)
+    assert all(r["train/G"] and r["lr/generators"] for r in rows if int(r["step"]) < 4)
     assert [int(r["step"]) for r in rows if r["eval/fid"]] == [2, 4]

@@ -345,7 +345,10 @@ class AdversarialModel(pl.LightningModule):
         optimizers = [build_optimizer([p for m in modules for p in m.parameters()], self.player_optimizer_cfg(name))
                       for name, modules in self.player_modules().items()]
         schedule = self.lr_schedule_of_this_run()
-        schedulers = [build_scheduler(opt, **schedule) for opt in optimizers]
+        # Named by player: the learning-rate monitor logs `lr/<player>` (`lr/generators`), not
+        # Lightning's `lr-Adam`, `lr-Adam-1`, whose order differs between models.
+        schedulers = [{"scheduler": build_scheduler(opt, **schedule), "name": f"lr/{name}"}
+                      for name, opt in zip(self.player_modules(), optimizers)]
         return optimizers, schedulers
 
     def net_init(self, player: str) -> dict:

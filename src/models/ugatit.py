@@ -124,7 +124,8 @@ class UGATIT(TranslationModel):
         clip_rho_(self.G_BA)
 
         batch_size = real_A.size(0)
-        self.log_losses(losses, {"G": loss_g, "D_A": loss_d_a, "D_B": loss_d_b}, batch_size)
+        self.log_losses(losses, {"G": loss_g, "D": loss_d_a + loss_d_b, "D_A": loss_d_a, "D_B": loss_d_b},
+                        batch_size)
         if self.iteration % self.hparams.log_rho_every_n_iters == 0:
             self.log_dict(rho_metrics({"G_AB": self.G_AB, "G_BA": self.G_BA}), batch_size=batch_size)
 
