@@ -564,7 +564,7 @@ def test_gan_trains_as_its_papers_code_maxout_dropout_sgd_with_a_momentum_ramp_a
     assert [ramped_momentum(e, 0.5, 0.7, 1, 250) for e in (0, 1, 125.5, 250, 400)] == [0.5, 0.5, 0.6, 0.7, 0.7]
     decay = ExponentialDecay(1.000004, 1e-5)
     assert decay(1) == pytest.approx(1 / 1.000004) and decay(10 ** 7) == 1e-5
-    assert sched_d.lr_lambdas[0].rate == 1.000004
+    assert sched_d["name"] == "lr/discriminator" and sched_d["scheduler"].lr_lambdas[0].rate == 1.000004
     # The recipe is GAN's unless the command line names cGAN (nets of the translation default would not take it).
     assert [train_cfg("experiment=gan_paper_code", *model).model_name for model in ([], ["model=cgan"])] == [
         "gan", "cgan"]
