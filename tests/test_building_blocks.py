@@ -257,3 +257,10 @@ def test_pytorch_init_keeps_the_layers_own_weights_and_the_others_draw_anew():
     assert not drawn["0.bias"].any() and (drawn["1.weight"] - 1).abs().max() < 0.1
     with pytest.raises(ValueError, match=r"Unknown init 'he' \(config key model.init.type\)"):
         init_weights(small_net(), "he")
+
+
+def test_one_dimensional_batch_norm_scales_are_drawn_too():
+    """InfoGAN's fully connected layers and the MLP generator use BatchNorm1d."""
+    torch.manual_seed(0)
+    net = init_weights(torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.BatchNorm1d(64)), "normal", 0.02)
+    assert not torch.equal(net[1].weight, torch.ones(64)) and (net[1].weight - 1).abs().max() < 0.1

@@ -40,12 +40,14 @@ class InfoGAN(NoiseGAN):
                              "info_weight": info_weight, "continuous_weight": continuous_weight,
                              "q_hidden": q_hidden})
         self.info_weight, self.continuous_weight = float(info_weight), float(continuous_weight)
-        # The paper's Q: FC 128 - batch norm - LeakyReLU - FC, on D's features.
+        # The paper's Q: FC 128 - batch norm - LeakyReLU - FC, on D's features; initialised as
+        # the player it trains with (model.init.players.discriminator).
+        q_init = self.net_init("discriminator")
         self.q_head = init_weights(nn.Sequential(
             nn.Linear(self.discriminator.feature_dim, q_hidden), nn.BatchNorm1d(q_hidden),
             nn.LeakyReLU(LEAKY_SLOPE, True),
-            nn.Linear(q_hidden, sum(categorical_codes) + continuous_codes)), self.init_cfg.get("type", "normal"),
-            self.init_cfg.get("gain", 0.02))
+            nn.Linear(q_hidden, sum(categorical_codes) + continuous_codes)), q_init.get("type", "normal"),
+            q_init.get("gain", 0.02))
 
     def latent_code_dim(self) -> int:
         return sum(self.categorical_codes) + self.continuous_codes

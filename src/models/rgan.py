@@ -45,11 +45,12 @@ class RGAN(NoiseGAN):
     def build_generator(self, input_dim: int) -> nn.Module:
         seq_len, channels = self.image_shape
         return build_net({**self.hparams.generator, "latent_dim": input_dim, "channels": channels,
-                          "seq_len": seq_len, "num_classes": self.num_classes}, self.init_cfg, "model.generator")
+                          "seq_len": seq_len, "num_classes": self.num_classes}, self.net_init("generator"),
+                         "model.generator")
 
     def build_discriminator(self) -> nn.Module:
         return build_net({**self.hparams.discriminator, "channels": self.image_shape[1],
-                          "num_classes": self.num_classes}, self.init_cfg, "model.discriminator")
+                          "num_classes": self.num_classes}, self.net_init("discriminator"), "model.discriminator")
 
     def shape_mismatch(self, batch: dict) -> str:
         seq_len, channels = self.image_shape

@@ -4,6 +4,8 @@ import math
 import torch.nn as nn
 
 INIT_NAMES = ("normal", "xavier", "kaiming", "orthogonal", "uniform", "tflib", "pytorch")
+#: the batch norms whose scale is drawn (InfoGAN's and the MLP generator's are 1-d)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
 def tflib_uniform_(m: nn.Module, weight) -> None:
@@ -52,7 +54,7 @@ def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) 
                 nn.init.orthogonal_(weight, gain=gain)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d) and m.weight is not None:
+        elif isinstance(m, BATCH_NORMS) and m.weight is not None:
             if init_type == "tflib":
                 nn.init.ones_(m.weight)
             else:
