@@ -183,6 +183,9 @@ class AdversarialModel(pl.LightningModule):
         self.grad_scalers: PlayerGradScalers | None = None
         self.logging_losses = True   # whether log_losses logs this iteration (training_step decides)
         self.low_scale_warned: set[str] = set()   # the fp16 losses whose low scale was warned of
+        # (value, "norm" or "value"): trainer.gradient_clip_val, which Lightning applies under
+        # automatic optimization only; update() clips each optimizer's gradients with it.
+        self.gradient_clipping: tuple[float, str] | None = None
         # True from a player's first parameter update until its step is whole: an error in
         # between leaves the player half-stepped (the crash checkpoint says so).
         self.inside_a_step = False
@@ -498,6 +501,8 @@ class AdversarialModel(pl.LightningModule):
                 with stepping:
                     self.manual_backward(loss)
                 total = loss.detach() if total is None else total + loss.detach()
+            if self.gradient_clipping is not None:
+                self.clip_gradients_of(optimizers)
             self.inside_a_step = True
             for opt in optimizers:
                 # Steps what was not stepped in backward (the small tensors, or everything when
@@ -516,6 +521,22 @@ class AdversarialModel(pl.LightningModule):
         return total
 
     @torch.no_grad()
+    def clip_gradients_of(self, optimizers) -> None:
+        """`trainer.gradient_clip_val` by `trainer.gradient_clip_algorithm`, per optimizer as
+        Lightning clips under automatic optimization; under fp16 the gradients are unscaled first
+        (the clip value is in the loss's own units)."""
+        value, algorithm = self.gradient_clipping
+        for opt in optimizers:
+            raw = step_in_backward.raw_optimizer(opt)
+            if self.grad_scalers is not None:
+                self.grad_scalers.unscale_(raw)
+            grads = [p for group in raw.param_groups for p in group["params"] if p.grad is not None]
+            if algorithm == "value":
+                torch.nn.utils.clip_grad_value_(grads, value)
+            else:
+                torch.nn.utils.clip_grad_norm_(grads, value)
+
+    @torch.no_grad()
     def clip_critic_weights(self, optimizers) -> None:
         """WGAN: the discriminators' parameters these optimizers just stepped, clipped to
         [-c, c] (the generators' steps leave the critic alone)."""
@@ -530,14 +551,14 @@ class AdversarialModel(pl.LightningModule):
     def steps_in_backward(self) -> bool:
         """Whether `update` steps each parameter during backward (src/models/step_in_backward.py):
         `model.optimizer.step_in_backward` true, or "auto" on a CPU, and never with fp16 loss
-        scaling or under a multi-process strategy, which need all gradients before the first
-        step. "auto" leaves it off on GPUs: there it turns one multi-tensor Adam kernel per
+        scaling, gradient clipping or under a multi-process strategy, which need all gradients
+        before the first step. "auto" leaves it off on GPUs: there it turns one multi-tensor Adam kernel per
         player into a kernel launch per parameter tensor, and a GPU step at small batches is
         bound by launches (measured on CPU only, where it saves memory at no cost in speed)."""
         setting = self.optimizer_cfg.get("step_in_backward", "auto")
         wanted = self.device.type == "cpu" if setting == "auto" else setting
         single_process = self._trainer is None or isinstance(self._trainer.strategy, SingleDeviceStrategy)
-        return wanted and self.grad_scalers is None and single_process
+        return wanted and self.grad_scalers is None and single_process and self.gradient_clipping is None
 
     def loss_scaling(self, optimizers):
         """fp16: the loss scaler of the players these optimizers train; otherwise nothing."""

@@ -23,7 +23,7 @@ from src.callbacks.stop_signals import RequeueStop, StopSignals
 from src.models.checkpoint_fit import check_checkpoint_file, check_resume_settings
 from src.utils.accelerator import resolved_accelerator
 from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_job
-from src.utils.config_checks import check_argument_types, check_run_folder, check_seed, require_int
+from src.utils.config_checks import check_argument_types, check_run_folder, check_seed, is_number, require_int
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
 from src.utils.ddp_strategy import choose_strategy, process_count
 from src.utils.instantiate import instantiate_list
@@ -128,6 +128,12 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     check_precision(kwargs)
     warn_emulated_cpu_bf16(kwargs)
     warn_bf16_before_ampere(kwargs)
+    take_gradient_clipping(kwargs, model)
+    if kwargs.get("accumulate_grad_batches", 1) != 1:
+        raise ValueError(f"trainer.accumulate_grad_batches={kwargs['accumulate_grad_batches']}: a GAN's players step "
+                         f"in turn, each once per iteration, and the next player trains against the one just "
+                         f"stepped, so gradients cannot wait for later batches. Raise data.batch_size, or train on "
+                         f"more devices (trainer.devices), instead")
     if kwargs.get("benchmark") is None:
         # Lightning's null leaves torch's default, off: GPU runs then train slower than measured.
         kwargs["benchmark"] = not kwargs.get("deterministic")
@@ -141,6 +147,20 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     elif cfg.get("max_kimg"):   # the image budget (ImageBudget) ends the run, not an epoch count
         kwargs["max_epochs"] = -1
     return kwargs
+
+
+def take_gradient_clipping(trainer_kwargs: dict, model) -> None:
+    """`trainer.gradient_clip_val` / `gradient_clip_algorithm` go to the model, which clips each
+    player's gradients before its step (Lightning refuses them under manual optimization)."""
+    value = trainer_kwargs.pop("gradient_clip_val", None)
+    algorithm = trainer_kwargs.pop("gradient_clip_algorithm", None) or "norm"
+    if algorithm not in ("norm", "value"):
+        raise ValueError(f"trainer.gradient_clip_algorithm={algorithm!r}: choose norm or value")
+    if value is None or value == 0:
+        return
+    if not is_number(value) or value < 0:
+        raise ValueError(f"trainer.gradient_clip_val={value!r} must be a number > 0 (or null: no clipping)")
+    model.gradient_clipping = (float(value), algorithm)
 
 
 @rank_zero_only   # every rank builds the trainer
