@@ -330,3 +330,12 @@ def test_a_time_interval_for_checkpoints_is_refused_not_ignored(train_cfg):
     replaces: accepted, it would do nothing."""
     with pytest.raises(InstantiationException, match=r"callbacks.model_checkpoint.train_time_interval is not used here"):
         run_training(train_cfg("+callbacks.model_checkpoint.train_time_interval=00:01:00"))
+
+
+def test_running_out_of_memory_says_what_fits_a_run_in_less(train_cfg, monkeypatch, caplog):
+    cfg = train_cfg(*COMMON, "max_iters=4")
+    fail_at_step(monkeypatch, 2, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    with pytest.raises(torch.OutOfMemoryError):
+        run_training(cfg)
+    assert "Out of memory while training. What fits a run in less: a smaller data.batch_size (now 1)" in caplog.text
+    assert Path(cfg.paths.output_dir, "checkpoints", "crashed.ckpt").exists()

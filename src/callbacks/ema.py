@@ -199,13 +199,16 @@ class GeneratorEMA(pl.Callback):
         if not self.enabled or not self.names:
             return
         state_dict = checkpoint["state_dict"]
+        # Copies on the host: torch.save writes from there anyway, and a copy on the GPU could
+        # itself run out of memory (a crash checkpoint after an out-of-memory error).
         if self._swapped_in:
             # The model's state dict was read with the average in: give it the training weights.
             for name, weights in zip(self.names, self._stash):
-                state_dict[name] = weights.clone()
+                state_dict[name] = weights.detach().to("cpu", copy=True)
         checkpoint["ema"] = {"decay": self.decay, "half_life_images": self.half_life_images,
                              "start_iter": self.start_iter, "updates": self.updates,
-                             "state_dict": {n: t.clone() for n, t in zip(self.names, self.averaged)}}
+                             "state_dict": {n: t.detach().to("cpu", copy=True)
+                                            for n, t in zip(self.names, self.averaged)}}
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         ema = checkpoint.get("ema")

@@ -53,5 +53,6 @@ def diverged_message(where: str, iteration: int) -> str:
     return (f"Training diverged at iteration {iteration}: {where}. The run stops here rather than train on, and "
             f"overwrite its checkpoints, with weights that are not finite; those it saved hold finite weights (they "
             f"are checked before each save), last.ckpt the latest. A lower learning rate (model.optimizer.lr), a smaller "
-            f"loss weight, trainer.precision=32 or a new seed may avoid it; a resume keeps the checkpoint's "
+            f"loss weight, gradient clipping (+trainer.gradient_clip_val=1.0), trainer.precision=32 or a new seed "
+            f"may avoid it; a resume keeps the checkpoint's "
             f"optimizer state and learning rates.")

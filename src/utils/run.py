@@ -30,6 +30,7 @@ from src.utils.instantiate import instantiate_list
 from src.utils.library_warnings import silence_known_library_noise
 from src.utils.objective import sweeper_direction
 from src.utils.run_results import completed_metrics
+from src.utils.translation import is_out_of_memory
 from src.utils.wandb_run import WandbRunIdCallback, finish_wandb_run, is_wandb_node, with_wandb_identity
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,14 @@ def check_precision(trainer_cfg: dict) -> None:
         raise ValueError(f"trainer.precision={precision} (fp16 with loss scaling) needs a GPU, and this run trains "
                          f"on the CPU. Use trainer.precision=32-true here (bf16-mixed only on a CPU with bf16 "
                          f"arithmetic), or trainer=gpu on a machine with one.")
+
+
+OUT_OF_MEMORY_HINT = (
+    "Out of memory while training. What fits a run in less: a smaller data.batch_size (now %s) or "
+    "data.crop_size; model.generator.light=true (U-GAT-IT, NICE-GAN: the full gamma/beta MLP holds 268M weights "
+    "per generator at 256 px); trainer.precision=bf16-mixed on a recent GPU; model.optimizer.step_in_backward=true "
+    "(one process: each weight stepped as its gradient is done); more devices (trainer.devices). `make bench` reports "
+    "each model's peak memory.")
 
 
 def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
@@ -278,8 +287,10 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         # preempted or out of time would look finished to its scheduler, a sweep or a script.
         # 143 = 128 + SIGTERM, the status a shell gives a process SIGTERM ended.
         raise SystemExit(SIGTERM_EXIT_STATUS) from stop
-    except BaseException:
+    except BaseException as error:
         exit_code = 1
+        if is_out_of_memory(error):
+            log.error(OUT_OF_MEMORY_HINT, cfg.data.get("batch_size"))
         raise
     finally:
         finish_wandb_run(exit_code, preempted=exit_code == SIGTERM_EXIT_STATUS)
