@@ -339,3 +339,16 @@ def test_running_out_of_memory_says_what_fits_a_run_in_less(train_cfg, monkeypat
         run_training(cfg)
     assert "Out of memory while training. What fits a run in less: a smaller data.batch_size (now 1)" in caplog.text
     assert Path(cfg.paths.output_dir, "checkpoints", "crashed.ckpt").exists()
+
+
+def test_an_operation_without_a_deterministic_kernel_names_the_setting_that_runs_it(train_cfg, monkeypatch, caplog):
+    cfg = train_cfg(*COMMON, "max_iters=4", "trainer.deterministic=true")
+    fail_at_step(monkeypatch, 2, RuntimeError("reflection_pad2d_backward_cuda does not have a deterministic "
+                                              "implementation, but you set 'torch.use_deterministic_algorithms(True)'"))
+    try:
+        with pytest.raises(RuntimeError, match="reflection_pad2d_backward_cuda"):
+            run_training(cfg)
+    finally:   # Lightning switches deterministic algorithms on for the whole process
+        torch.use_deterministic_algorithms(False)
+    assert "trainer.deterministic=True stops at an operation torch has no deterministic kernel for" in caplog.text
+    assert "trainer.deterministic=warn takes the deterministic kernels" in caplog.text

@@ -291,6 +291,10 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         exit_code = 1
         if is_out_of_memory(error):
             log.error(OUT_OF_MEMORY_HINT, cfg.data.get("batch_size"))
+        elif "does not have a deterministic implementation" in str(error):
+            log.error("trainer.deterministic=%s stops at an operation torch has no deterministic kernel for on this "
+                      "device (above). trainer.deterministic=warn takes the deterministic kernels where there are "
+                      "some and warns about the rest.", cfg.trainer.get("deterministic"))
         raise
     finally:
         finish_wandb_run(exit_code, preempted=exit_code == SIGTERM_EXIT_STATUS)
