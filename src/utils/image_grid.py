@@ -1,24 +1,51 @@
 """Tensor batches -> one image grid (no torchvision: it cannot be installed with CPU torch)."""
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+#: text height of the row names, as a fraction of a row's height (and at least MIN_TEXT px)
+TEXT_FRACTION, MIN_TEXT = 0.25, 10
 
 
-def make_grid(rows: dict[str, torch.Tensor], padding: int = 2) -> np.ndarray:
+def make_grid(rows: dict[str, torch.Tensor], padding: int = 2, labels: bool = True) -> np.ndarray:
     """Stack named rows of [N, C, H, W] images in [-1, 1] into one HxWx3 uint8 array.
 
-    Each row is one entry of `rows` (e.g. real_A / fake_B / rec_A); 1-channel images are shown
-    in grey. Rows of a different spatial size are not expected (all come from one batch).
+    Each row is one entry of `rows` (e.g. real_A / fake_B / rec_A), its name written in a margin
+    on the left (`labels`): U-GAT-IT's grid has ten rows, InfoGAN's one per code value.
+    1-channel images are shown in grey; NaN pixels (a diverging run's) in black, not whatever a
+    cast of NaN gives. Rows of a different spatial size are not expected (all come from one batch).
     """
     tiles = []
     for images in rows.values():
-        images = images.detach().float().cpu().clamp(-1, 1)
+        images = torch.nan_to_num(images.detach().float().cpu(), nan=-1.0).clamp(-1, 1)
         if images.size(1) == 1:
             images = images.expand(-1, 3, -1, -1)
         images = torch.nn.functional.pad(images[:, :3], (padding,) * 4, value=1.0)
         tiles.append(torch.cat(list(images), dim=2))  # one row: [3, H, N * W]
-    grid = torch.cat(tiles, dim=1)
-    return ((grid.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+    grid = ((torch.cat(tiles, dim=1).permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+    if not labels:
+        return grid
+    return np.concatenate([row_names(list(rows), tiles[0].size(1), grid.shape[0]), grid], axis=1)
+
+
+def row_names(names: list[str], row_height: int, height: int) -> np.ndarray:
+    """A white margin with each name, in black, beside its row."""
+    font = row_font(row_height)
+    width = max(font.getbbox(name)[2] for name in names) + 6
+    margin = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(margin)
+    for i, name in enumerate(names):
+        _, top, _, bottom = font.getbbox(name)   # centred by hand: a bitmap font takes no anchor
+        draw.text((3, i * row_height + (row_height - bottom - top) // 2), name, fill="black", font=font)
+    return np.asarray(margin)
+
+
+def row_font(row_height: int) -> ImageFont.ImageFont:
+    size = max(MIN_TEXT, round(row_height * TEXT_FRACTION))
+    try:
+        return ImageFont.load_default(size=size)   # Pillow's own font (needs FreeType): no file to find
+    except (ImportError, OSError, TypeError):       # Pillow built without FreeType: its bitmap font
+        return ImageFont.load_default()
 
 
 def save_image(array: np.ndarray, path) -> None:
