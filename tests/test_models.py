@@ -1,6 +1,7 @@
 """Translation models: players update only their own parameters, losses are finite and move,
 every model x loss composes, and a seeded run resumes to the same weights."""
 import csv
+import json
 import math
 import warnings
 from pathlib import Path
@@ -400,6 +401,34 @@ def test_logged_losses_reach_the_host_in_one_copy(train_cfg, monkeypatch):
     assert {name: (float(value), bar) for name, (value, bar) in logged.items()} == {
         "train/adv": (3.0, False), "train/cycle": (0.25, False), "train/G": (3.25, True), "train/D": (0.5, True)}
     assert not any(value.requires_grad for value, _ in logged.values())
+
+
+def test_tensorboard_shows_the_config_and_wandb_keeps_the_best_fid(train_cfg, monkeypatch):
+    """TensorBoard lists hyperparameters only beside metrics given with them (none here): the
+    config goes to its TEXT tab. wandb's summary holds last values; the best FID is added."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import src.utils.run as run_module
+    built = []
+    original = run_module.instantiate_list
+
+    def recording(*args, **kwargs):
+        built.extend(made := original(*args, **kwargs))
+        return made
+    monkeypatch.setattr(run_module, "instantiate_list", recording)
+    monkeypatch.setenv("WANDB_MODE", "disabled")   # a summary kept in memory, readable here
+    cfg = train_cfg("model=cyclegan", "logger=many", "max_iters=4", "++callbacks.latent=null",
+                    "++callbacks.shapes_truth=null")
+    run_training(cfg)
+    (events,) = Path(cfg.paths.output_dir).glob("tensorboard/**/events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    (config,) = [e for e in accumulator.Tensors("config/text_summary")]
+    assert "model_name: cyclegan" in config.tensor_proto.string_val[0].decode()
+    wandb_logger = next(logger for logger in built if isinstance(logger, pl.loggers.WandbLogger))
+    record = json.loads(Path(cfg.paths.output_dir, "final_metrics.json").read_text())
+    assert wandb_logger.experiment.summary["best_fid"] == record["best_fid"]
+    assert wandb_logger.experiment.summary["best_fid_iteration"] == record["best_fid_iteration"] in (2, 4)
 
 
 def test_all_loggers_write_offline(train_cfg, monkeypatch):

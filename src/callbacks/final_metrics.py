@@ -7,9 +7,11 @@ state (the best FID), so the file could not be written after `fit` returns there
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.loggers import WandbLogger
 
 from src.utils.run_results import FINAL_METRICS, write_final_metrics
 
@@ -38,3 +40,10 @@ class FinalMetrics(pl.Callback):
         write_final_metrics(self.run_dir, {k: float(v) for k, v in trainer.callback_metrics.items()},
                             pl_module.iteration, checkpoint or None,
                             *((fid.best_fid, fid.best_iteration) if fid is not None else ()))
+        if fid is not None and math.isfinite(fid.best_fid):
+            # The run's summary holds each metric's last value; the best FID is what runs are
+            # compared by (the runs table of a sweep).
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.experiment.summary.update({"best_fid": fid.best_fid,
+                                                      "best_fid_iteration": fid.best_iteration})

@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar
+from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
@@ -271,6 +272,10 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if isinstance(logger, TensorBoardLogger):
+            # Its HPARAMS tab lists runs by their metrics only (none here: hparams.yaml holds the
+            # config on disk); the TEXT tab shows the config beside the run's charts.
+            logger.experiment.add_text("config", "    " + OmegaConf.to_yaml(cfg, resolve=True).replace("\n", "\n    "))
 
     if trainer.checkpoint_callback is None:
         raise ValueError("No checkpoint callback configured: add callbacks.model_checkpoint "
