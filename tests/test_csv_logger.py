@@ -1,7 +1,11 @@
-"""metrics.csv has one row per logged step, in step order, whatever order the values come in."""
+"""metrics.csv has one row per logged step, in step order, whatever order the values come in; its
+train/kimg column counts the images trained on."""
 import csv
 from pathlib import Path
 
+import pytest
+
+from conftest import NO_EVALUATION
 from src.utils.csv_logger import StepRowsCSVLogger
 
 
@@ -56,3 +60,40 @@ def test_a_runs_metrics_csv_has_a_whole_row_per_iteration(train_cfg):
     assert steps == sorted(set(steps)) and steps[:4] == [0, 1, 2, 3]
     assert all(r["train/G"] and r["lr/generators"] for r in rows if int(r["step"]) < 4)
     assert [int(r["step"]) for r in rows if r["eval/fid"]] == [2, 4]
+
+
+def kimg_column(cfg) -> list[float]:
+    with open(next(Path(cfg.paths.output_dir).glob("csv/version_*/metrics.csv")), newline="") as f:
+        return [float(r["train/kimg"]) for r in csv.DictReader(f) if r.get("train/kimg")]
+
+
+def test_train_kimg_counts_the_images_of_every_iteration_across_batch_sizes_and_resumes(train_cfg, tmp_path):
+    """The axis on which runs of other batch sizes line up; a resumed run continues the count,
+    also from a checkpoint written before it was kept (estimated from the iterations)."""
+    import torch
+
+    from src.utils.run import run_training
+
+    common = ("model=cyclegan", "data.max_dataset_size=8", *NO_EVALUATION)
+    runs = {}
+    for batch in (1, 2):
+        cfg = train_cfg(*common, "max_iters=4", f"data.batch_size={batch}")
+        cfg.paths.output_dir = str(tmp_path / f"batch{batch}")
+        run_training(cfg)
+        runs[batch] = kimg_column(cfg)
+    assert runs[1] == pytest.approx([0.001, 0.002, 0.003, 0.004])
+    assert runs[2] == pytest.approx([0.002, 0.004, 0.006, 0.008])
+
+    first = train_cfg(*common, "max_iters=2")
+    first.paths.output_dir = str(tmp_path / "first")
+    run_training(first)
+    last = Path(first.paths.output_dir, "checkpoints", "last.ckpt")
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["images_seen"] == 2
+    del checkpoint["images_seen"]
+    torch.save(checkpoint, tmp_path / "older.ckpt")
+    for name, path in (("resumed", last), ("from_older", tmp_path / "older.ckpt")):
+        resumed = train_cfg(*common, "max_iters=4", f"ckpt_path={path}")
+        resumed.paths.output_dir = str(tmp_path / name)
+        run_training(resumed)
+        assert kimg_column(resumed) == pytest.approx([0.003, 0.004]), name

@@ -183,6 +183,11 @@ class AdversarialModel(pl.LightningModule):
         self.grad_scalers: PlayerGradScalers | None = None
         self.logging_losses = True   # whether log_losses logs this iteration (training_step decides)
         self.low_scale_warned: set[str] = set()   # the fp16 losses whose low scale was warned of
+        # Real images trained on over all devices, by finished iterations (`loaded_images`):
+        # logged as train/kimg, an axis on which runs of other batch sizes or device counts line
+        # up. None: resumed from a checkpoint without the count (estimated at the first batch).
+        self.images_seen: int | None = 0
+        self.iteration_images = 0   # the current iteration's
         # (value, "norm" or "value"): trainer.gradient_clip_val, which Lightning applies under
         # automatic optimization only; update() clips each optimizer's gradients with it.
         self.gradient_clipping: tuple[float, str] | None = None
@@ -581,6 +586,11 @@ class AdversarialModel(pl.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in zip(terms, values)}, batch_size=batch_size)
         self.log_dict({f"train/{k}": v for k, v in zip(totals, values[len(terms):])}, prog_bar=True,
                       batch_size=batch_size)
+        self.log("train/kimg", self.kimg_after_this_iteration(), batch_size=batch_size)
+
+    def kimg_after_this_iteration(self) -> float:
+        """Thousands of real images trained on, this iteration's included (train/kimg)."""
+        return (self.images_seen + self.iteration_images) / 1000
 
     def check_losses_finite(self, names: list[str], values: torch.Tensor) -> None:
         """Stop a run whose logged losses (host tensor) are NaN or infinite (src/models/divergence.py).
@@ -647,7 +657,13 @@ class AdversarialModel(pl.LightningModule):
         self.logging_losses = self.logs_this_iteration()   # before the steps move global_step
         self.check_batch(batch)
         self.ramp_momentum()
+        self.iteration_images = self.loaded_images(batch)
+        if self.images_seen is None:   # as if every earlier iteration had loaded as many
+            self.images_seen = self.iteration * self.iteration_images
         self.train_iteration(batch)
+        # Counted once the iteration is done: a crash checkpoint inside it, which the resumed
+        # run repeats, holds the count without it.
+        self.images_seen += self.iteration_images
         # Step the schedules here, per-epoch ones after an epoch's last batch, not in the batch-
         # or epoch-end hooks: checkpoint callbacks save before the module's batch-end hook, and a
         # checkpoint at an epoch's last batch precedes the epoch-end hooks, which a run resumed
@@ -677,6 +693,7 @@ class AdversarialModel(pl.LightningModule):
         if datamodule is not None:
             checkpoint["datamodule_class"] = f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
         checkpoint["image_pools"] = {name: pool.state_dict() for name, pool in self.pools.items()}
+        checkpoint["images_seen"] = self.images_seen
         # Resuming must continue the same run: keep the RNG streams that dropout, the pool and
         # the data pipeline draw from.
         checkpoint["rng_states"] = collect_rng_states()
@@ -688,6 +705,7 @@ class AdversarialModel(pl.LightningModule):
         for name, state in checkpoint.get("image_pools", {}).items():
             if name in self.pools:
                 self.pools[name].load_state_dict(state)
+        self.images_seen = checkpoint.get("images_seen")
         if "rng_states" in checkpoint:
             restore_rng_states(checkpoint["rng_states"])
 

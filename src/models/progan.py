@@ -254,9 +254,12 @@ class ProGAN(NoiseGAN):
                 optimizer.optimizer.state.clear()
         super().train_iteration({**batch, "A": faded_reals(batch["A"], level, alpha, self.generator.top_level)})
         if self.logging_losses:
-            self.log_dict({"train/level": float(level), "train/alpha": alpha,
-                           "train/kimg": self.schedule.images_before(iteration + 1) / 1000},
-                          batch_size=batch["A"].size(0))
+            self.log_dict({"train/level": float(level), "train/alpha": alpha}, batch_size=batch["A"].size(0))
+
+    def kimg_after_this_iteration(self) -> float:
+        """The schedule's count (the papers' kimg axis, which the growth follows), called after
+        the iteration's steps."""
+        return self.schedule.images_before(self.iteration) / 1000
 
     def _step_schedulers(self) -> None:
         # Also the next iteration's rate, set now: the learning-rate monitor reads the optimizers
