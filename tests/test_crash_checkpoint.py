@@ -325,11 +325,13 @@ def test_a_crash_checkpoint_that_cannot_be_written_leaves_the_runs_own_error(tra
     assert "Could not save crashed.ckpt after RuntimeError (OSError: No space left on device)" in caplog.text
 
 
-def test_a_time_interval_for_checkpoints_is_refused_not_ignored(train_cfg):
-    """Lightning's train_time_interval is read by the batch-end saving IterationCheckpoint
-    replaces: accepted, it would do nothing."""
-    with pytest.raises(InstantiationException, match=r"callbacks.model_checkpoint.train_time_interval is not used here"):
-        run_training(train_cfg("+callbacks.model_checkpoint.train_time_interval=00:01:00"))
+@pytest.mark.parametrize("setting", ["train_time_interval=00:01:00", "every_n_train_steps=10"])
+def test_a_time_or_step_interval_for_checkpoints_is_refused_not_ignored(train_cfg, setting):
+    """Lightning's train_time_interval and every_n_train_steps are read by the batch-end saving
+    IterationCheckpoint replaces: accepted, they would do nothing."""
+    key = setting.split("=")[0]
+    with pytest.raises(InstantiationException, match=rf"callbacks.model_checkpoint.{key} is not used here"):
+        run_training(train_cfg(f"+callbacks.model_checkpoint.{setting}"))
 
 
 def test_running_out_of_memory_says_what_fits_a_run_in_less(train_cfg, monkeypatch, caplog):

@@ -33,10 +33,11 @@ class IterationCheckpoint(ModelCheckpoint):
 
     def __init__(self, every_n_iters: int | None = None, filename: str | None = "iter_{iter:07d}",
                  auto_insert_metric_name: bool = False, **kwargs):
-        if kwargs.get("train_time_interval") is not None:
-            # The batch-end saving below replaces the parent's, the one that reads it.
-            raise ValueError("callbacks.model_checkpoint.train_time_interval is not used here: checkpoints are written "
-                             "every callbacks.model_checkpoint.every_n_iters training iterations (and on SIGTERM)")
+        for unread in ("train_time_interval", "every_n_train_steps"):
+            if kwargs.get(unread) is not None:
+                # The batch-end saving below replaces the parent's, the one that reads them.
+                raise ValueError(f"callbacks.model_checkpoint.{unread} is not used here: checkpoints are written every "
+                                 f"callbacks.model_checkpoint.every_n_iters training iterations (and on SIGTERM)")
         super().__init__(filename=filename, auto_insert_metric_name=auto_insert_metric_name, **kwargs)
         self.every_n_iters = every_n_iters
         # Lightning also saves at every epoch end by default; here only `every_n_epochs` asks for that.

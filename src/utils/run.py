@@ -32,7 +32,8 @@ from src.utils.library_warnings import silence_known_library_noise
 from src.utils.objective import sweeper_direction
 from src.utils.run_results import completed_metrics
 from src.utils.translation import is_out_of_memory
-from src.utils.wandb_run import WandbRunIdCallback, finish_wandb_run, is_wandb_node, with_wandb_identity
+from src.utils.wandb_run import (WandbRunIdCallback, finish_wandb_run, is_wandb_node, job_overrides,
+                                  with_wandb_identity)
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     max_iters = cfg.get("max_iters")
     # Checked here: Lightning would name max_steps (twice this for a two-player model).
     require_int("max_iters", max_iters, allow_none=True, why=" (training iterations; null: trainer.max_epochs)")
+    refuse_overridden_length(job_overrides(), max_iters, cfg.get("max_kimg"))
     if max_iters:
         kwargs["max_steps"] = int(cfg.max_iters) * model.optimizer_steps_per_iter
         kwargs["max_epochs"] = -1
@@ -157,6 +159,21 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     elif cfg.get("max_kimg"):   # the image budget (ImageBudget) ends the run, not an epoch count
         kwargs["max_epochs"] = -1
     return kwargs
+
+
+def refuse_overridden_length(overrides: list[str], max_iters, max_kimg) -> None:
+    """`trainer.max_epochs=N` (or `max_steps`) on the command line of a run whose length
+    `max_iters` or `max_kimg` sets (U-GAT-IT's, NICE-GAN's, WGAN-GP's configs, ProGAN's,
+    StyleGAN's, the quickstart) would be replaced by it without a word."""
+    if not (max_iters or max_kimg):
+        return
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key in ("trainer.max_epochs", "trainer.max_steps"):
+            length = f"max_iters={max_iters}" if max_iters else f"max_kimg={max_kimg}"
+            unset = "max_iters=null" if max_iters else "max_kimg=null"
+            raise ValueError(f"{override}: this run's length is {length}, which replaces {key}. Set "
+                             f"the length with max_iters or max_kimg, or pass {unset} to train by {key}")
 
 
 def take_gradient_clipping(trainer_kwargs: dict, model) -> None:
