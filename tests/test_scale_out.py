@@ -681,6 +681,20 @@ def test_callbacks_sample_with_the_ema_while_training_never_sees_it(train_cfg, t
     averaged_model.load_state_dict(averaged_state_dict(checkpoint))
 
 
+@pytest.mark.parametrize("settings,message", [
+    ({"enabled": False, "decay": 0.9999}, r"callbacks.ema.decay=0.9999 is not used: the EMA is off .* Add "
+                                          r"callbacks.ema.enabled=true"),
+    ({"enabled": False, "start_iter": 100}, r"callbacks.ema.start_iter=100 is not used: the EMA is off"),
+    ({"half_life_images": 10000, "decay": 0.99}, r"callbacks.ema.decay=0.99 is not used: "
+                                                 r"callbacks.ema.half_life_images=10000 sets each update's decay"),
+])
+def test_ema_settings_that_would_change_nothing_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        GeneratorEMA(**settings)
+    GeneratorEMA(enabled=False)   # the translation models' default
+    GeneratorEMA(half_life_images=10000)   # StyleGAN's
+
+
 def test_ema_must_run_before_the_callbacks_that_sample(train_cfg, tmp_path):
     model = hydra.utils.instantiate(train_cfg("model=cyclegan").model, _recursive_=False)
     ema = GeneratorEMA()
