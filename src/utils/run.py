@@ -31,6 +31,7 @@ from src.utils.instantiate import instantiate_list
 from src.utils.library_warnings import silence_known_library_noise
 from src.utils.objective import sweeper_direction
 from src.utils.run_results import completed_metrics
+from src.utils.unread_overrides import refuse_unread_overrides
 from src.utils.translation import is_out_of_memory
 from src.utils.wandb_run import (WandbRunIdCallback, finish_wandb_run, is_wandb_node, job_overrides,
                                   with_wandb_identity)
@@ -274,6 +275,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     # of in Lightning's setup after the model is built (seconds at full size) and DDP started.
     datamodule.check_present()
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    refuse_unread_overrides(job_overrides(), model)
     for name, child in model.named_children():
         log.info("%s: %s parameters", name, f"{count_parameters(child):,}")
     check_sync_batchnorm(cfg, model)

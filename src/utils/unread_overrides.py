@@ -1,0 +1,62 @@
+"""Command-line settings this run would not read, refused with the setting that leaves them unread.
+
+Each shipped model config carries the settings of every variant it offers (a gradient-penalty
+weight for `loss=wgangp`, Adam's betas, the linear schedule's lengths), so their presence means
+nothing; but a value given on the command line, or swept (`loss.weights.gp=1,10` under LSGAN),
+is meant to change the run, and here it would not: the sweep's jobs would all train the same.
+"""
+from __future__ import annotations
+
+#: the optimizer settings only some optimizer types read
+OPTIMIZER_ONLY = {"momentum": "sgd", "momentum_ramp": "sgd", "betas": "adam"}
+#: the schedule settings only some policies read
+SCHEDULE_ONLY = {"constant": ("linear", "cosine"), "decay": ("linear", "cosine"), "step_size": ("step",),
+                 "gamma": ("step",), "decay_rate": ("exponential",), "min_factor": ("exponential",)}
+#: the initialisations that read `gain`
+INITS_WITH_GAIN = ("normal", "xavier", "uniform", "orthogonal")
+
+
+def refuse_unread_overrides(overrides: list[str], model) -> None:
+    """ValueError for the first command-line override (`key=value`, Hydra's syntax) the model
+    would not read under the rest of its settings."""
+    for override in overrides:
+        if override.startswith("~"):   # a deletion reads nothing either way
+            continue
+        key = override.lstrip("+").split("=", 1)[0]
+        why = unread_because(key.split("."), model)
+        if why:
+            raise ValueError(f"{override} would change nothing: {why}. Remove it, or change what makes it unread")
+
+
+def unread_because(path: list[str], model) -> str | None:
+    """Why the setting at `path` is not read by `model`, or None when it is (or is not one of
+    the settings checked here)."""
+    if path[:2] == ["loss", "weights"] and path[2:] == ["gp"] and not model.adversarial.needs_gradient_penalty:
+        return f"loss.gan_mode={model.adversarial.mode} has no gradient penalty (loss=wgangp has)"
+    if path == ["loss", "clip"] and model.adversarial.mode != "wgan":
+        return f"only loss=wgan clips the critic's weights (loss.gan_mode is {model.adversarial.mode})"
+    if path[:2] == ["model", "optimizer"] and len(path) >= 3:
+        players, name = player_and_setting(path[2:], model)
+        kind = OPTIMIZER_ONLY.get(name)
+        types = {model.player_optimizer_cfg(p).get("type", "adam") for p in players}
+        if kind and kind not in types:
+            return f"only model.optimizer.type={kind} reads {name} ({', '.join(players)}: {', '.join(sorted(types))})"
+    if path[:2] == ["model", "lr_schedule"] and len(path) == 3:
+        policy = model.lr_schedule_cfg.get("policy", "linear")
+        if path[2] in SCHEDULE_ONLY and policy not in SCHEDULE_ONLY[path[2]]:
+            return (f"model.lr_schedule.policy={policy} does not read {path[2]} "
+                    f"(policy {' or '.join(SCHEDULE_ONLY[path[2]])} does)")
+    if path[:2] == ["model", "init"] and len(path) >= 3:
+        players, name = player_and_setting(path[2:], model)
+        types = {model.net_init(p).get("type", "normal") for p in players}
+        if name == "gain" and not types & set(INITS_WITH_GAIN):
+            return f"model.init.type={'/'.join(sorted(types))} draws without a gain (those with one: {INITS_WITH_GAIN})"
+    return None
+
+
+def player_and_setting(rest: list[str], model) -> tuple[list[str], str]:
+    """The players a `model.optimizer...` or `model.init...` path reaches, and its setting's
+    name: `players.<p>.<name>` one player, `<name>` every player."""
+    if rest[0] == "players" and len(rest) == 3:
+        return [rest[1]], rest[2]
+    return list(model.player_modules()), rest[-1]

@@ -1,0 +1,52 @@
+"""A command-line setting the run would not read (a sweep over it would train the same run
+again and again) is refused, naming the setting that leaves it unread."""
+import re
+
+import hydra
+import pytest
+
+from src.utils.unread_overrides import refuse_unread_overrides
+
+
+def model_of(train_cfg, *overrides):
+    return hydra.utils.instantiate(train_cfg(*overrides).model, _recursive_=False)
+
+
+@pytest.mark.parametrize("model_overrides,override,message", [
+    (["model=cyclegan"], "loss.weights.gp=1", r"loss.gan_mode=lsgan has no gradient penalty \(loss=wgangp has\)"),
+    (["model=cyclegan"], "+loss.clip=0.05", r"only loss=wgan clips the critic's weights \(loss.gan_mode is lsgan\)"),
+    (["model=cyclegan"], "+model.optimizer.momentum=0.9", r"only model.optimizer.type=sgd reads momentum "
+                                                          r"\(generators, discriminators: adam\)"),
+    (["model=wgan"], "+model.optimizer.betas=[0.5,0.9]", r"only model.optimizer.type=adam reads betas"),
+    (["model=infogan"], "+model.optimizer.players.generator.momentum=0.5", r"only model.optimizer.type=sgd reads momentum \(generator: adam\)"),
+    (["model=dcgan"], "+model.lr_schedule.decay=5000", r"model.lr_schedule.policy=constant does not read decay "
+                                                       r"\(policy linear or cosine does\)"),
+    (["model=cyclegan"], "+model.lr_schedule.gamma=0.5", r"model.lr_schedule.policy=linear does not read gamma \(policy step does\)"),
+    (["model=nicegan"], "model.init.gain=0.5", r"model.init.type=pytorch draws without a gain"),
+])
+def test_a_setting_the_run_would_not_read_is_refused(train_cfg, model_overrides, override, message):
+    model = model_of(train_cfg, *model_overrides, override)
+    with pytest.raises(ValueError, match="^" + re.escape(override) + " would change nothing: " + message):
+        refuse_unread_overrides(["data=shapes", override], model)
+
+
+@pytest.mark.parametrize("model_overrides,overrides", [
+    (["model=cyclegan", "loss=wgangp"], ["loss=wgangp", "loss.weights.gp=5"]),
+    (["model=wgan"], ["loss.clip=0.05"]),
+    (["model=rgan"], ["+model.optimizer.momentum=0.5"]),   # its critic's SGD reads it
+    (["model=cyclegan"], ["model.lr_schedule.decay=50", "model.optimizer.betas=[0.5,0.99]", "model.init.gain=0.05",
+                          "loss.weights.cycle=5"]),
+    (["model=cyclegan", "model.lr_schedule.policy=step"], ["model.lr_schedule.policy=step",
+                                                           "+model.lr_schedule.gamma=0.5"]),
+    (["model=cyclegan", "model.optimizer.type=sgd"], ["~model.optimizer.betas"]),
+])
+def test_settings_the_run_reads_pass(train_cfg, model_overrides, overrides):
+    refuse_unread_overrides(overrides, model_of(train_cfg, *model_overrides, *overrides))
+
+
+def test_a_run_checks_its_command_line_before_training(train_cfg, monkeypatch):
+    from src.utils import run as run_module
+
+    monkeypatch.setattr(run_module, "job_overrides", lambda: ["model=cyclegan", "loss.weights.gp=3"])
+    with pytest.raises(ValueError, match=r"loss.weights.gp=3 would change nothing"):
+        run_module.run_training(train_cfg("model=cyclegan", "loss.weights.gp=3"))
