@@ -50,3 +50,11 @@ def test_a_run_checks_its_command_line_before_training(train_cfg, monkeypatch):
     monkeypatch.setattr(run_module, "job_overrides", lambda: ["model=cyclegan", "loss.weights.gp=3"])
     with pytest.raises(ValueError, match=r"loss.weights.gp=3 would change nothing"):
         run_module.run_training(train_cfg("model=cyclegan", "loss.weights.gp=3"))
+
+
+def test_in_a_sweep_an_unread_setting_is_warned_of_and_the_job_goes_on(train_cfg, caplog):
+    """`-m loss=lsgan,wgangp loss.weights.gp=10`: the wgangp job reads it; ending the lsgan job
+    with an error would end the sweep."""
+    model = model_of(train_cfg, "model=cyclegan")
+    refuse_unread_overrides(["loss=lsgan", "loss.weights.gp=10"], model, in_a_sweep=True)
+    assert "loss.weights.gp=10 would change nothing" in caplog.text and "this sweep job goes on" in caplog.text

@@ -31,9 +31,9 @@ from src.utils.instantiate import instantiate_list
 from src.utils.library_warnings import silence_known_library_noise
 from src.utils.objective import sweeper_direction
 from src.utils.run_results import completed_metrics
-from src.utils.unread_overrides import refuse_unread_overrides
+from src.utils.unread_overrides import refuse_or_warn, refuse_unread_overrides
 from src.utils.translation import is_out_of_memory
-from src.utils.wandb_run import (WandbRunIdCallback, finish_wandb_run, is_wandb_node, job_overrides,
+from src.utils.wandb_run import (WandbRunIdCallback, finish_wandb_run, is_multirun, is_wandb_node, job_overrides,
                                   with_wandb_identity)
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     max_iters = cfg.get("max_iters")
     # Checked here: Lightning would name max_steps (twice this for a two-player model).
     require_int("max_iters", max_iters, allow_none=True, why=" (training iterations; null: trainer.max_epochs)")
-    refuse_overridden_length(job_overrides(), max_iters, cfg.get("max_kimg"))
+    refuse_overridden_length(job_overrides(), max_iters, cfg.get("max_kimg"), in_a_sweep=is_multirun())
     if max_iters:
         kwargs["max_steps"] = int(cfg.max_iters) * model.optimizer_steps_per_iter
         kwargs["max_epochs"] = -1
@@ -162,10 +162,11 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     return kwargs
 
 
-def refuse_overridden_length(overrides: list[str], max_iters, max_kimg) -> None:
+def refuse_overridden_length(overrides: list[str], max_iters, max_kimg, in_a_sweep: bool = False) -> None:
     """`trainer.max_epochs=N` (or `max_steps`) on the command line of a run whose length
     `max_iters` or `max_kimg` sets (U-GAT-IT's, NICE-GAN's, WGAN-GP's configs, ProGAN's,
-    StyleGAN's, the quickstart) would be replaced by it without a word."""
+    StyleGAN's, the quickstart) would be replaced by it without a word (in a sweep, a warning:
+    `-m model=cyclegan,ugatit trainer.max_epochs=10` sets CycleGAN's length)."""
     if not (max_iters or max_kimg):
         return
     for override in overrides:
@@ -173,8 +174,8 @@ def refuse_overridden_length(overrides: list[str], max_iters, max_kimg) -> None:
         if key in ("trainer.max_epochs", "trainer.max_steps"):
             length = f"max_iters={max_iters}" if max_iters else f"max_kimg={max_kimg}"
             unset = "max_iters=null" if max_iters else "max_kimg=null"
-            raise ValueError(f"{override}: this run's length is {length}, which replaces {key}. Set "
-                             f"the length with max_iters or max_kimg, or pass {unset} to train by {key}")
+            refuse_or_warn(f"{override}: this run's length is {length}, which replaces {key}. Set the length "
+                           f"with max_iters or max_kimg, or pass {unset} to train by {key}", in_a_sweep)
 
 
 def take_gradient_clipping(trainer_kwargs: dict, model) -> None:
@@ -275,7 +276,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     # of in Lightning's setup after the model is built (seconds at full size) and DDP started.
     datamodule.check_present()
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
-    refuse_unread_overrides(job_overrides(), model)
+    refuse_unread_overrides(job_overrides(), model, in_a_sweep=is_multirun())
     for name, child in model.named_children():
         log.info("%s: %s parameters", name, f"{count_parameters(child):,}")
     check_sync_batchnorm(cfg, model)

@@ -7,6 +7,10 @@ is meant to change the run, and here it would not: the sweep's jobs would all tr
 """
 from __future__ import annotations
 
+import logging
+
+log = logging.getLogger(__name__)
+
 #: the optimizer settings only some optimizer types read
 OPTIMIZER_ONLY = {"momentum": "sgd", "momentum_ramp": "sgd", "betas": "adam"}
 #: the schedule settings only some policies read
@@ -16,16 +20,24 @@ SCHEDULE_ONLY = {"constant": ("linear", "cosine"), "decay": ("linear", "cosine")
 INITS_WITH_GAIN = ("normal", "xavier", "uniform", "orthogonal")
 
 
-def refuse_unread_overrides(overrides: list[str], model) -> None:
+def refuse_unread_overrides(overrides: list[str], model, in_a_sweep: bool = False) -> None:
     """ValueError for the first command-line override (`key=value`, Hydra's syntax) the model
-    would not read under the rest of its settings."""
+    would not read under the rest of its settings. In a sweep, a warning: its other jobs may
+    read it (`-m loss=lsgan,wgangp loss.weights.gp=10`), and an error would end the sweep."""
     for override in overrides:
         if override.startswith("~"):   # a deletion reads nothing either way
             continue
         key = override.lstrip("+").split("=", 1)[0]
         why = unread_because(key.split("."), model)
         if why:
-            raise ValueError(f"{override} would change nothing: {why}. Remove it, or change what makes it unread")
+            refuse_or_warn(f"{override} would change nothing: {why}. Remove it, or change what makes it unread",
+                           in_a_sweep)
+
+
+def refuse_or_warn(message: str, in_a_sweep: bool) -> None:
+    if not in_a_sweep:
+        raise ValueError(message)
+    log.warning("%s (this sweep job goes on without it)", message)
 
 
 def unread_because(path: list[str], model) -> str | None:
