@@ -59,15 +59,17 @@ def test_command_line_rebuilds_the_table_or_says_there_is_none(tmp_path, capsys)
 
 
 def test_an_evaluation_sweep_reads_each_jobs_metrics_by_direction(tmp_path):
-    for number, fid in ((0, 20.0), (1, 30.0)):
+    for number, fid, extractor in ((0, 20.0, "inception"), (1, 30.0, "random_cnn")):
         job = make_job(tmp_path, number, [f"ckpt_path=run{number}/last.ckpt"])
-        report = {"ckpt_path": "x", "directions": {"AtoB": {"real": 4}},
+        report = {"ckpt_path": "x", "directions": {"AtoB": {"real": 4}}, "feature_extractor": extractor,
                   "metrics": {"AtoB": {"fid": fid, "iou": 0.5}, "BtoA": {"fid": fid + 1}}}
         (job / "metrics.json").write_text(json.dumps(report))
     assert sweep_summary.main([str(tmp_path), "metrics.json"]) == 0
     table = (tmp_path / "summary.md").read_text()
-    assert "| job | overrides | status | AtoB/fid | BtoA/fid | AtoB/iou |" in table   # no iteration: an evaluation
-    assert "| 1 | ckpt_path=run1/last.ckpt | completed | 30 | 31 | 0.5 |" in table
+    # no iteration: an evaluation; the features each FID was measured on, beside it
+    assert "| job | overrides | status | features | AtoB/fid | BtoA/fid | AtoB/iou |" in table
+    assert "| 1 | ckpt_path=run1/last.ckpt | completed | random_cnn | 30 | 31 | 0.5 |" in table
+    assert "feature_extractor" in (tmp_path / "summary.csv").read_text().splitlines()[0]
 
 
 def test_the_sweep_callback_loads_no_torch():
@@ -75,3 +77,12 @@ def test_the_sweep_callback_loads_no_torch():
     code = "import sys; import src.utils.sweep_summary; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_training_sweep_records_the_features_its_fid_was_measured_on(train_cfg, tmp_path):
+    from src.utils.run import run_training
+
+    cfg = train_cfg("model=cyclegan", "max_iters=2", "++callbacks.latent=null", "++callbacks.shapes_truth=null")
+    run_training(cfg)
+    record = json.loads(Path(cfg.paths.output_dir, "final_metrics.json").read_text())
+    assert record["feature_extractor"] == "random_cnn"   # the embedded shapes' (auto)

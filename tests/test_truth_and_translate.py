@@ -684,7 +684,7 @@ def test_eval_writes_translations_per_source_file_and_every_metric(smoke_runs, t
     report = json.loads((out / "metrics.json").read_text())
     assert report["metrics"]["AtoB"]["fid"] == results["AtoB"]["fid"]
     assert report["weights"] == "trained"   # a run without an EMA of its generators
-    assert capsys.readouterr().out.strip().startswith("| CycleGAN / shapes | AtoB: fid=")
+    assert capsys.readouterr().out.strip().startswith("| CycleGAN / shapes [random_cnn] | AtoB: fid=")
 
 
 def test_eval_multirun_tables_the_checkpoints_it_compared(smoke_runs, tmp_path, shared_data_dir):
@@ -702,10 +702,10 @@ def test_eval_multirun_tables_the_checkpoints_it_compared(smoke_runs, tmp_path, 
     assert result.returncode != 0 and "no such checkpoint file" in result.stderr   # Hydra reports the failure
     report = json.loads((sweep / "0" / "metrics.json").read_text())["metrics"]
     table = (sweep / "summary.md").read_text()
-    assert (f"| 0 | ckpt_path={run.ckpt} | completed | {report['AtoB']['fid']:.4g} | {report['BtoA']['fid']:.4g} |"
-            in table)
+    assert (f"| 0 | ckpt_path={run.ckpt} | completed | random_cnn | {report['AtoB']['fid']:.4g} | "
+            f"{report['BtoA']['fid']:.4g} |" in table)
     assert f"| 1 | ckpt_path={tmp_path / 'missing.ckpt'} | failed: FileNotFoundError" in table
-    assert "| job | overrides | status | AtoB/fid | BtoA/fid | AtoB/kid_x100 |" in table   # no iteration column
+    assert "| job | overrides | status | features | AtoB/fid | BtoA/fid | AtoB/kid_x100 |" in table   # no iteration
 
 
 def test_eval_scores_pix2pix_one_way(smoke_runs, tmp_path, shared_data_dir):

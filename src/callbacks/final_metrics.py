@@ -39,7 +39,8 @@ class FinalMetrics(pl.Callback):
         checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
         write_final_metrics(self.run_dir, {k: float(v) for k, v in trainer.callback_metrics.items()},
                             pl_module.iteration, checkpoint or None,
-                            *((fid.best_fid, fid.best_iteration) if fid is not None else ()))
+                            *((fid.best_fid, fid.best_iteration) if fid is not None else ()),
+                            feature_extractor=fid.measured.get("feature_extractor") if fid is not None else None)
         if fid is not None and math.isfinite(fid.best_fid):
             # The run's summary holds each metric's last value; the best FID is what runs are
             # compared by (the runs table of a sweep).

@@ -464,6 +464,8 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device) -> dict[str, dict
     report.update({"directions": directions, "metrics": results})
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     name = str(cfg.name) if cfg.get("name") is not None else f"{type(model).__name__} / {datamodule.name}"
+    if report.get("feature_extractor"):   # a random CNN's FID beside an Inception one would mislead
+        name += f" [{report['feature_extractor']}]"
     row = markdown_row(name, results)
     print(row)
     log.info("Wrote %s", output_dir / "metrics.json")

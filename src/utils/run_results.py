@@ -16,11 +16,15 @@ FINAL_METRICS = "final_metrics.json"
 
 
 def write_final_metrics(run_dir: Path, metrics: dict[str, float], iteration: int, checkpoint: str | None,
-                        best_fid: float | None = None, best_fid_iteration: int | None = None) -> Path:
+                        best_fid: float | None = None, best_fid_iteration: int | None = None,
+                        feature_extractor: str | None = None) -> Path:
     """status "completed", the iteration reached, the last value of every logged metric, the best
-    FID and its iteration (when one was finite) and the checkpoint to resume from."""
+    FID and its iteration (when one was finite), the features FID/KID were measured on, and the
+    checkpoint to resume from."""
     record: dict[str, Any] = {"status": "completed", "iteration": iteration, "checkpoint": checkpoint,
                               "metrics": {name: _json_number(value) for name, value in sorted(metrics.items())}}
+    if feature_extractor:
+        record["feature_extractor"] = feature_extractor
     if best_fid is not None and math.isfinite(best_fid):
         record.update(best_fid=best_fid, best_fid_iteration=best_fid_iteration)
     return _write(Path(run_dir), record)

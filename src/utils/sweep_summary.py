@@ -92,7 +92,8 @@ def _varying_overrides(rows: list[dict[str, Any]]) -> list[list[str]]:
 
 
 #: the CSV's columns before the metrics: a job's own fields
-JOB_COLUMNS = ("job", "status", "overrides", "iteration", "best_fid", "best_fid_iteration", "checkpoint", "error")
+JOB_COLUMNS = ("job", "status", "overrides", "iteration", "feature_extractor", "best_fid", "best_fid_iteration",
+               "checkpoint", "error")
 
 
 def summary_csv(rows: list[dict[str, Any]]) -> str:
@@ -116,7 +117,9 @@ def summary_markdown(rows: list[dict[str, Any]], metrics: list[str], sweep_dir: 
     shown = [m for m in metrics if any(m in r.get("metrics", {}) for r in rows)]
     has_iteration = any("iteration" in r for r in rows)   # training runs; an evaluation has none
     has_best = any("best_fid" in r for r in rows)
-    header = (["job", "overrides", "status"] + ["iteration"] * has_iteration + shown
+    # FID/KID of another feature extractor are other numbers: said beside them
+    has_extractor = any("feature_extractor" in r for r in rows)
+    header = (["job", "overrides", "status"] + ["iteration"] * has_iteration + ["features"] * has_extractor + shown
               + ["best FID (iteration)"] * has_best)
     lines = [f"# Sweep {sweep_dir}", "",
              f"{len(rows)} job(s). Overrides shared by every job are left out; each job's metrics as it ended "
@@ -126,7 +129,7 @@ def summary_markdown(rows: list[dict[str, Any]], metrics: list[str], sweep_dir: 
         status = r["status"] if r["status"] != "failed" else f"failed: {r.get('error', '')}"
         status = " ".join(status.replace("|", "/").split())   # one table row, whatever the message
         cells = ([str(r["job"]), " ".join(overrides) or "-", status] + [_cell(r.get("iteration"))] * has_iteration
-                 + [_cell(r.get("metrics", {}).get(m)) for m in shown])
+                 + [_cell(r.get("feature_extractor"))] * has_extractor + [_cell(r.get("metrics", {}).get(m)) for m in shown])
         if has_best:
             cells.append(f"{r['best_fid']:.4g} ({r['best_fid_iteration']})" if "best_fid" in r else "-")
         lines.append("| " + " | ".join(cells) + " |")
