@@ -234,7 +234,7 @@ def test_inception_without_torch_fidelity_names_both_fixes(monkeypatch):
         build_feature_extractor("inception")
     message = str(error.value)
     assert "make install-fid" in message and "feature_extractor_weights_path=" in message
-    assert "pt_inception-2015-12-05-6726825d.pth" in message and "random_cnn" in message
+    assert "weights-inception-2015-12-05-6726825d.pth" in message and "random_cnn" in message
     assert "callbacks.fid_kid.feature_extractor=random_cnn" in message
     with pytest.raises(RuntimeError) as error:   # eval.py's settings are top-level keys
         build_feature_extractor("inception", settings="")

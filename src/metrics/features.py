@@ -26,7 +26,10 @@ import torch.nn as nn
 from src.utils.rng import isolated_rng
 
 FEATURE_EXTRACTORS = ("inception", "random_cnn")
-INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+#: the weights torchmetrics' Inception loads (torch-fidelity's release; the same TF graph's port
+#: as pytorch-fid's pt_inception-2015-12-05-6726825d.pth, by its name's hash)
+INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS_FILE}"
 
 
 def to_rgb(images: torch.Tensor) -> torch.Tensor:
@@ -121,8 +124,9 @@ class InceptionUnavailable(RuntimeError):
             "Fix it in one of these ways:\n"
             "  * install torch-fidelity: `make install-fid` (pip install -r requirements-fid.txt; GPU "
             "machines only: PyPI's torchvision is a CUDA build and breaks a CPU-only torch);\n"
-            "  * on a machine without internet, give the weights file torch-fidelity downloads: "
-            f"{settings}feature_extractor_weights_path=/path/to/{INCEPTION_WEIGHTS_FILE};\n"
+            f"  * on a machine without internet, give the weights file torch-fidelity downloads ({INCEPTION_WEIGHTS_URL}, "
+            f"copied from a machine with internet): {settings}feature_extractor_weights_path=/path/to/"
+            f"{INCEPTION_WEIGHTS_FILE};\n"
             f"  * or use the download-free extractor: {settings}feature_extractor=random_cnn "
             "(values then not comparable with papers)."
         )
