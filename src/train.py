@@ -3,6 +3,7 @@
 Composes conf/train.yaml, instantiates data, model, callbacks, loggers and trainer, fits, saves
 and returns the metrics (the value of `optimized_metric` for sweepers).
 """
+import math
 import os
 import sys
 from pathlib import Path
@@ -21,10 +22,18 @@ from src.utils.objective import objective_value, sweeper_direction  # noqa: E402
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
     configure_allocator(cfg.get("allocator", "default"))
-    from src.utils.run import run_training  # loads torch: only once the allocator is set
+    from src.models.divergence import TrainingDiverged   # these load torch: only once the allocator is set
+    from src.utils.run import run_training
 
-    metrics = run_training(cfg)
     metric_name = cfg.get("optimized_metric")
+    try:
+        metrics = run_training(cfg)
+    except TrainingDiverged:
+        # In a search, a diverged trial is the worst value (the study goes on; its checkpoints
+        # stay finite); an error would end the whole study (the sweeper fails on any error).
+        if not metric_name or sweeper_direction() is None:
+            raise
+        return objective_value(metric_name, math.nan, sweeper_direction())
     if not metric_name:
         return None
     if metric_name not in metrics:

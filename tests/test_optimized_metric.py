@@ -57,3 +57,22 @@ def test_a_diverged_trial_is_the_worst_value_and_the_study_goes_on():
     for value in (2.0, objective_value("eval/fid", math.nan, "minimize"), 1.0):
         study.tell(study.ask(), values=[value])
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3 and study.best_value == 1.0
+
+
+def test_a_trial_stopped_for_diverging_gives_the_search_the_worst_value(train_cfg, monkeypatch):
+    """TrainingDiverged stops the run before NaN weights are saved; in a search the trial still
+    ends as the worst value, not as the error that would end the study."""
+    import src.train as train_script
+    import src.utils.run as run_module
+    from src.models.divergence import TrainingDiverged
+
+    def diverge(cfg):
+        raise TrainingDiverged("Training diverged at iteration 3: train/G is nan")
+
+    monkeypatch.setattr(run_module, "run_training", diverge)
+    cfg = train_cfg("model=cyclegan", "optimized_metric=eval/fid")
+    monkeypatch.setattr(train_script, "sweeper_direction", lambda: "minimize")
+    assert train_script.main(cfg) == math.inf
+    monkeypatch.setattr(train_script, "sweeper_direction", lambda: None)   # no search: the error stands
+    with pytest.raises(TrainingDiverged):
+        train_script.main(cfg)
