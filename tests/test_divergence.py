@@ -118,3 +118,34 @@ def test_under_ddp_every_rank_stops_at_the_same_iteration_when_one_ranks_loss_go
     with one_torch_thread(), pytest.raises(Exception, match=r"Training diverged at iteration 3: G_A\.\S+ is not finite"):
         run_training(cfg)
     assert saved(cfg, "last.ckpt")["global_step"] == 2 * 2
+
+
+def test_best_fid_is_not_saved_with_a_discriminator_that_went_nan(train_cfg, monkeypatch):
+    """The generators can still be finite (and the FID improve) when a discriminator, which
+    steps after them, is not: best_fid.ckpt would resume a diverged run."""
+    from src.callbacks.fid_kid import FidKidCallback
+
+    cfg = train_cfg("model=cyclegan", "data.max_dataset_size=4", "max_iters=6",
+                    "callbacks.model_checkpoint.every_n_iters=100", "++callbacks.latent=null",
+                    "++callbacks.shapes_truth=null")   # FID every 2 iterations, no periodic save before
+    original_step, original_save = CycleGAN.training_step, FidKidCallback.save_if_best
+
+    def training_step(self, batch, batch_idx):
+        out = original_step(self, batch, batch_idx)
+        if self.iteration == 4:
+            with torch.no_grad():
+                next(self.D_A.parameters()).fill_(math.nan)
+        return out
+
+    def every_fid_is_a_best(self, trainer, pl_module, fid):
+        self.best_fid = math.inf
+        original_save(self, trainer, pl_module, fid)
+
+    monkeypatch.setattr(CycleGAN, "training_step", training_step)
+    monkeypatch.setattr(FidKidCallback, "save_if_best", every_fid_is_a_best)
+    with pytest.raises(TrainingDiverged, match=r"iteration 4: D_A\.\S+ is not finite \(checked before saving a "
+                                               r"checkpoint\); the last saved is \S+best_fid.ckpt"):
+        run_training(cfg)
+    best = saved(cfg, "best_fid.ckpt")
+    assert best["global_step"] == 2 * 2
+    assert_finite(best)

@@ -306,9 +306,11 @@ def test_best_fid_survives_a_resume_and_only_improvements_save(tmp_path):
                               default_root_dir=str(tmp_path))
     callback = FidKidCallback()
     callback.load_state_dict(FidKidCallback().state_dict() | {"best_fid": 5.0, "best_iteration": 10})
-    callback.save_if_best(trainer, SimpleNamespace(iteration=20), 6.0)
+    def module(iteration):   # a model whose weights are finite
+        return SimpleNamespace(iteration=iteration, named_parameters=lambda: iter([("w", torch.ones(2))]))
+    callback.save_if_best(trainer, module(20), 6.0)
     assert saved == [] and best_of(callback.state_dict()) == {"best_fid": 5.0, "best_iteration": 10}
-    callback.save_if_best(trainer, SimpleNamespace(iteration=30), 4.0)
+    callback.save_if_best(trainer, module(30), 4.0)
     assert saved == [(tmp_path / "checkpoints" / "best_fid.ckpt", False)]  # full state: resumable
     assert best_of(callback.state_dict()) == {"best_fid": 4.0, "best_iteration": 30}
 

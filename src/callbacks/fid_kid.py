@@ -41,6 +41,7 @@ from src.data.unpaired import distinct_images
 from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
 from src.metrics.image_classifier import ClassifierScorer, classifier_of_the_data
+from src.models.divergence import refuse_non_finite_weights
 from src.models.noise_base import SAMPLES
 from src.utils.accelerator import float64_device
 from src.utils.config_checks import require_int
@@ -397,8 +398,11 @@ class FidKidCallback(PeriodicEvaluation):
         improved = trainer.strategy.broadcast(bool(fid < self.best_fid), src=0)
         if not improved:
             return
-        self.best_fid, self.best_iteration = float(fid), pl_module.iteration
         path = self.best_checkpoint_path(trainer)
+        # The generators can be finite (a good FID) while a discriminator that stepped after
+        # them is not: such a file would resume a diverged run.
+        refuse_non_finite_weights(pl_module, pl_module.iteration, str(path) if path.is_file() else None)
+        self.best_fid, self.best_iteration = float(fid), pl_module.iteration
         trainer.save_checkpoint(path, weights_only=False)  # full state: a best checkpoint can be resumed
         rank_zero_info(f"FID {fid:.4f} at iteration {pl_module.iteration}: new best, saved {path}")
 

@@ -44,6 +44,15 @@ def first_non_finite(module: nn.Module) -> str | None:
     return named[int(bad[0])][0] if len(bad) else None
 
 
+def refuse_non_finite_weights(module: nn.Module, iteration: int, last_saved: str | None) -> None:
+    """Before a checkpoint save: a diverged run stops rather than write NaN weights over its good
+    files (`last_saved`: the latest checkpoint the run wrote, for the message)."""
+    tensor = first_non_finite(module)
+    if tensor is not None:
+        raise TrainingDiverged(diverged_message(f"{tensor} is not finite (checked before saving a checkpoint); the "
+                                                f"last saved is {last_saved or 'none'}", iteration))
+
+
 def non_finite_losses(names, values: torch.Tensor) -> dict[str, float]:
     """The logged loss names whose values (host tensor, one per name) are NaN or infinite."""
     return {name: float(v) for name, v in zip(names, values.tolist()) if not math.isfinite(v)}
