@@ -264,3 +264,6 @@ def test_one_dimensional_batch_norm_scales_are_drawn_too():
     torch.manual_seed(0)
     net = init_weights(torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.BatchNorm1d(64)), "normal", 0.02)
     assert not torch.equal(net[1].weight, torch.ones(64)) and (net[1].weight - 1).abs().max() < 0.1
+    # xavier's gain multiplies the weights (1.0 for the GAN's FC layers): no N(1, 1) scales
+    net = init_weights(torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.BatchNorm1d(64)), "xavier", 1.0)
+    assert torch.equal(net[1].weight, torch.ones(64))

@@ -29,7 +29,9 @@ def tflib_uniform_(m: nn.Module, weight) -> None:
 def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) -> nn.Module:
     """Initialise conv/linear weights by `init_type` and batch-norm scales by N(1, gain); `gain`
     is the standard deviation of `normal` and the half-width of `uniform` (pylearn2's irange).
-    `tflib` (no gain) sets batch-norm scales to 1, as that code does. `pytorch` keeps the
+    `tflib` (no gain) sets batch-norm scales to 1, as that code does, and so do `xavier` and
+    `orthogonal`, whose gain multiplies the weights (1.0 for the GAN's fully connected layers:
+    N(1, 1) scales would start some negative). `pytorch` keeps the
     layers' own initialisation, as code that never calls an init does."""
     if init_type not in INIT_NAMES:
         raise ValueError(f"Unknown init '{init_type}' (config key model.init.type); choose one of {INIT_NAMES}")
@@ -55,10 +57,10 @@ def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) 
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, BATCH_NORMS) and m.weight is not None:
-            if init_type == "tflib":
-                nn.init.ones_(m.weight)
-            else:
+            if init_type in ("normal", "uniform", "kaiming"):
                 nn.init.normal_(m.weight, 1.0, gain)
+            else:   # tflib's code sets 1; xavier's and orthogonal's gain (~1) is a scale, not a spread
+                nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
     net.apply(init_module)
