@@ -16,13 +16,16 @@ def test_the_budget_counts_every_devices_images_and_stops_once_reached():
     budget = ImageBudget(max_kimg=0.02)
     trainer = SimpleNamespace(should_stop=False)
     # the model's count over 2 devices of 4 images each
-    module = SimpleNamespace(loaded_images=lambda batch: batch["A"].size(0) * 2, iteration=0)
+    module = SimpleNamespace(loaded_images=lambda batch: batch["A"].size(0) * 2, iteration=0, images_seen=0)
+    module.images_before = lambda batch: module.images_seen
     stops = []
+    batch = {"A": torch.zeros(4, 1)}
     for _ in range(3):
-        budget.on_train_batch_start(trainer, module, {"A": torch.zeros(4, 1)}, 0)
+        budget.on_train_batch_start(trainer, module, batch, 0)
         stops.append(trainer.should_stop)   # known before the iteration runs
-        budget.on_train_batch_end(trainer, module, None, {"A": torch.zeros(4, 1)}, 0)
-    assert budget.images == 24 and stops == [False, False, True]   # 8, 16, 24 >= 20
+        module.images_seen += module.loaded_images(batch)   # the training step
+        budget.on_train_batch_end(trainer, module, None, batch, 0)
+    assert module.images_seen == 24 and stops == [False, False, True]   # 8, 16, 24 >= 20
     for bad in (0, -1, "10", True):
         with pytest.raises(ValueError, match="max_kimg=.* must be a positive number"):
             ImageBudget(bad)
@@ -47,7 +50,7 @@ def test_a_critics_several_batches_count_as_the_images_they_are(train_cfg):
     cfg = train_cfg("model=wgangp", "max_iters=null", "max_kimg=0.01", "data.batch_size=1", *NO_EVALUATION)
     checkpoint = last_checkpoint(cfg)
     assert cfg.model.n_critic == 5 and checkpoint["global_step"] == 2 * 6   # 2 iterations of 5 images
-    assert next(v for k, v in checkpoint["callbacks"].items() if k.startswith(STATE_KEY)) == {"images": 10}
+    assert checkpoint["images_seen"] == 10
 
 
 def test_stylegan_stops_after_the_iteration_that_reaches_the_budget(train_cfg, tmp_path):
@@ -57,7 +60,7 @@ def test_stylegan_stops_after_the_iteration_that_reaches_the_budget(train_cfg, t
     common = ["model=stylegan", "max_iters=null", "max_kimg=0.008", *NO_EVALUATION]
     whole = last_checkpoint(train_cfg(*common))
     assert whole["global_step"] == 3 * 2
-    assert next(v for k, v in whole["callbacks"].items() if k.startswith(STATE_KEY)) == {"images": 8}
+    assert whole["images_seen"] == 8
 
     first = train_cfg("model=stylegan", "max_iters=2", "max_kimg=0.008", *NO_EVALUATION)
     first.paths.output_dir = str(tmp_path / "first")
@@ -96,19 +99,30 @@ def test_a_checkpoint_written_at_batch_end_holds_the_count_with_that_batch(train
     last_checkpoint(cfg)
     best = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "best_fid.ckpt", weights_only=True)
     images_after = {1: 2, 2: 4, 3: 8, 4: 12}   # the smoke schedule's batches: 2, 2, 4, 4
-    count = next(v for k, v in best["callbacks"].items() if k.startswith(STATE_KEY))
-    assert count == {"images": images_after[best["global_step"] // 2]}
+    assert best["images_seen"] == images_after[best["global_step"] // 2]
 
 
-def test_a_resume_without_a_count_says_the_budget_starts_there(train_cfg, tmp_path, caplog):
-    import logging
+def test_a_budget_counts_the_images_before_it_was_set_and_in_older_checkpoints(train_cfg, tmp_path):
+    """The model keeps the count (train/kimg's), budget or not: a run given max_kimg on a resume
+    counts the images already trained on. A checkpoint from before the model kept it gives the
+    budget's own count; one with neither, an estimate from its iterations, said."""
     first = train_cfg("model=stylegan", "max_iters=2", "max_kimg=null", *NO_EVALUATION)   # a run with no budget
     first.paths.output_dir = str(tmp_path / "first")
-    last_checkpoint(first)
-    resumed = train_cfg("model=stylegan", "max_iters=null", "max_kimg=0.008", *NO_EVALUATION,
-                        f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt")
-    resumed.paths.output_dir = str(tmp_path / "resumed")
-    with caplog.at_level(logging.WARNING):
-        checkpoint = last_checkpoint(resumed)
-    assert "counts from this resume, at iteration 2" in caplog.text
-    assert checkpoint["global_step"] == 4 * 2   # 4 + 4 more images: iterations 3 and 4
+    saved = last_checkpoint(first)
+    assert saved["images_seen"] == 4   # the smoke schedule's batches: 2, 2
+    older = {k: v for k, v in saved.items() if k != "images_seen"}
+    older["callbacks"] = {**older["callbacks"], STATE_KEY: {"images": 4}}   # the callback's state then
+    torch.save(older, tmp_path / "older.ckpt")
+    oldest = {k: v for k, v in saved.items() if k != "images_seen"}
+    torch.save(oldest, tmp_path / "oldest.ckpt")
+    for name, path in (("resumed", f"{tmp_path}/first/checkpoints/last.ckpt"), ("older", tmp_path / "older.ckpt"),
+                       ("oldest", tmp_path / "oldest.ckpt")):
+        resumed = train_cfg("model=stylegan", "max_iters=null", "max_kimg=0.008", *NO_EVALUATION, f"ckpt_path={path}")
+        resumed.paths.output_dir = str(tmp_path / name)
+        if name == "oldest":
+            with pytest.warns(UserWarning, match=r"holds no image count: train/kimg \(and max_kimg\) take 4 images "
+                                                 r"for its 2 iterations"):
+                checkpoint = last_checkpoint(resumed)
+        else:
+            checkpoint = last_checkpoint(resumed)
+        assert checkpoint["global_step"] == 3 * 2 and checkpoint["images_seen"] == 8, name   # 4 + iteration 3's 4

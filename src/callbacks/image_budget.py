@@ -2,9 +2,11 @@
 (StyleGAN: 25000 kimg), whose batch size changes with the resolution so that no iteration count
 says it.
 
-The callback counts the real images each iteration loaded on every device (`loaded_images` of
-the model: a WGAN critic's several batches and a short last batch of an epoch included) and
-stops the run after the iteration that reaches the budget. The count is saved in checkpoints, so a resumed run stops where the whole would have.
+The model counts the real images each iteration loaded on every device (`images_seen`, from
+its `loaded_images`: a WGAN critic's several batches and a short last batch of an epoch
+included; also the train/kimg axis); the callback stops the run after the iteration that
+reaches the budget. The count is saved in checkpoints, so a resumed run stops where the whole
+would have.
 """
 from __future__ import annotations
 
@@ -18,16 +20,17 @@ log = logging.getLogger(__name__)
 
 
 class ImageBudget(pl.Callback):
-    #: src/utils/run.py puts callbacks with this flag first: checkpoints written at batch end
-    #: (best FID, a stop signal's) must hold the count with this batch in it.
+    #: src/utils/run.py puts callbacks with this flag first: its stop is decided at a batch's
+    #: start, before the others' batch-start hooks.
     runs_first = True
 
     def __init__(self, max_kimg: float):
         if not is_number(max_kimg) or not max_kimg > 0:
             raise ValueError(f"max_kimg={max_kimg!r} must be a positive number of thousands of images, or null")
         self.max_images = max_kimg * 1000
-        self.images = 0
-        self.restored = False
+        # A checkpoint written before the model kept the count held it here: given to the model
+        # when training starts, where that checkpoint left the model without one.
+        self.restored_images: int | None = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
         # The count is restored by now (except under strategies that restore after setup:
@@ -37,35 +40,31 @@ class ImageBudget(pl.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.stop_if_spent(trainer, pl_module)
-        if trainer.global_step > 0 and not self.restored:
-            log.warning("Resumed from a checkpoint without an image count (its run had no max_kimg): the budget "
-                        "of max_kimg=%g counts from this resume, at iteration %d", self.max_images / 1000,
-                        pl_module.iteration)
 
     def stop_if_spent(self, trainer, pl_module) -> None:
         """A finished run resumed (the same command again, ckpt_path=auto) stops before its first
         batch and trains nothing."""
-        if self.images >= self.max_images and not trainer.should_stop:
+        if pl_module.images_seen is None and self.restored_images is not None:
+            pl_module.images_seen = self.restored_images
+        images = pl_module.images_seen
+        if images is not None and images >= self.max_images and not trainer.should_stop:
             log.info("max_kimg=%g was reached before this resume (%d images, iteration %d): nothing to train",
-                     self.max_images / 1000, self.images, pl_module.iteration)
+                     self.max_images / 1000, images, pl_module.iteration)
             trainer.should_stop = True
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # The stop is known before the iteration runs: the model decides before its steps whether
         # to log its losses, and logs the last iteration's (decided after, the loggers got the
         # previous logged iteration's values under the last step). The batch still trains.
-        if self.images + pl_module.loaded_images(batch) >= self.max_images and not trainer.should_stop:
+        after = pl_module.images_before(batch) + pl_module.loaded_images(batch)
+        if after >= self.max_images and not trainer.should_stop:
             trainer.should_stop = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.images += pl_module.loaded_images(batch)
-        if self.images >= self.max_images:
-            log.info("Trained on %d images, max_kimg=%g reached at iteration %d", self.images,
+        if pl_module.images_seen >= self.max_images:
+            log.info("Trained on %d images, max_kimg=%g reached at iteration %d", pl_module.images_seen,
                      self.max_images / 1000, pl_module.iteration)
 
-    def state_dict(self) -> dict:
-        return {"images": self.images}
-
     def load_state_dict(self, state_dict: dict) -> None:
-        self.images = int(state_dict["images"])
-        self.restored = True
+        if "images" in state_dict:
+            self.restored_images = int(state_dict["images"])

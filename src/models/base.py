@@ -653,13 +653,25 @@ class AdversarialModel(pl.LightningModule):
         minibatch their discriminator sees)."""
         return batch["A"].size(0) * self.trainer.world_size
 
+    def images_before(self, batch: dict) -> int:
+        """The real images trained on before this batch's iteration; from a checkpoint without the
+        count, estimated (`estimated_images_before`) and said."""
+        if self.images_seen is None:
+            self.images_seen = self.estimated_images_before(batch)
+            rank_zero_warn(f"The checkpoint resumed holds no image count: train/kimg (and max_kimg) take "
+                           f"{self.images_seen} images for its {self.iteration} iterations")
+        return self.images_seen
+
+    def estimated_images_before(self, batch: dict) -> int:
+        """As if every earlier iteration had loaded as many images as this one."""
+        return self.iteration * self.loaded_images(batch)
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         self.logging_losses = self.logs_this_iteration()   # before the steps move global_step
         self.check_batch(batch)
         self.ramp_momentum()
         self.iteration_images = self.loaded_images(batch)
-        if self.images_seen is None:   # as if every earlier iteration had loaded as many
-            self.images_seen = self.iteration * self.iteration_images
+        self.images_seen = self.images_before(batch)
         self.train_iteration(batch)
         # Counted once the iteration is done: a crash checkpoint inside it, which the resumed
         # run repeats, holds the count without it.

@@ -256,6 +256,9 @@ class ProGAN(NoiseGAN):
         if self.logging_losses:
             self.log_dict({"train/level": float(level), "train/alpha": alpha}, batch_size=batch["A"].size(0))
 
+    def estimated_images_before(self, batch: dict) -> int:
+        return self.schedule.images_before(self.iteration)   # exact: the growth's batch sizes
+
     def kimg_after_this_iteration(self) -> float:
         """The schedule's count (the papers' kimg axis, which the growth follows), called after
         the iteration's steps."""
