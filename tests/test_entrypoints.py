@@ -48,7 +48,7 @@ def test_multirun_writes_one_run_dir_per_job(tmp_path, shared_data_dir):
     table = (sweeps[0] / "summary.md").read_text()
     for job, loss in zip(jobs, ("lsgan", "hinge")):
         fid = json.loads((job / "final_metrics.json").read_text())["metrics"]["eval/fid"]
-        assert f"| {job.name} | loss={loss} | completed | 2 | {fid:.4g} |" in table
+        assert f"| {job.name} | loss={loss} | completed | 2 | random_cnn | {fid:.4g} |" in table
     rows = list(csv.DictReader((sweeps[0] / "summary.csv").open()))
     assert ["loss=lsgan" in r["overrides"] for r in rows] == [True, False] and "train/G" in rows[0]
 

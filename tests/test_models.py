@@ -188,12 +188,13 @@ def test_network_settings_of_the_wrong_type_are_named_by_key(train_cfg, override
 @pytest.mark.parametrize("override, message", [
     ("model.lr_schedule.decay=abc", r"model.lr_schedule.decay='abc' must be an integer >= 0 or half \(epochs"),
     ("model.lr_schedule.constant=-1", r"model.lr_schedule.constant=-1 must be an integer >= 0 or half"),
-    ("++model.lr_schedule.step_size=0", r"model.lr_schedule.step_size=0 must be a positive integer"),
-    ("++model.lr_schedule.gamma=-0.5", r"model.lr_schedule.gamma=-0.5 must be a number > 0"),
+    ("model.lr_schedule.policy=step ++model.lr_schedule.step_size=0",
+     r"model.lr_schedule.step_size=0 must be a positive integer"),
+    ("model.lr_schedule.policy=step ++model.lr_schedule.gamma=-0.5", r"model.lr_schedule.gamma=-0.5 must be a number > 0"),
     ("model.lr_schedule.unit=step", r"Unknown model.lr_schedule.unit 'step'"),
 ])
 def test_a_schedule_setting_it_cannot_use_stops_the_fit_at_start(train_cfg, override, message):
-    cfg = train_cfg("model=cyclegan", override, "max_iters=1")
+    cfg = train_cfg("model=cyclegan", *override.split(), "max_iters=1")
     hydra.utils.instantiate(cfg.model, _recursive_=False)   # the model builds: an old checkpoint still loads
     with pytest.raises(ValueError, match=message):
         run_training(cfg)

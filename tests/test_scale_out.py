@@ -385,7 +385,9 @@ def test_noise_models_run_under_the_subprocess_ddp_launcher_with_wandb(tmp_path,
     subprocess launcher, as `trainer=ddp`), on their own data, with the EMA and wandb offline:
     both ranks train on their own items to the same weights, the sampling callbacks see the
     EMA, and the run's wandb record holds the sample metric."""
-    run_train(f"model={model_name}", "trainer=ddp_sim", "logger=wandb", PROBE, *EMA, *data,
+    # StyleGAN's EMA is set by a half-life in images, which a fixed decay would not change
+    ema = EMA if model_name != "stylegan" else [setting for setting in EMA if ".decay=" not in setting]
+    run_train(f"model={model_name}", "trainer=ddp_sim", "logger=wandb", PROBE, *ema, *data,
               cwd=tmp_path, data_dir=shared_data_dir, wandb_mode="offline")
     (run_dir,) = (tmp_path / "logs" / "smoke" / "runs").iterdir()
     probes = rank_probes(run_dir)
@@ -679,20 +681,6 @@ def test_callbacks_sample_with_the_ema_while_training_never_sees_it(train_cfg, t
         assert torch.equal(checkpoint["ema"]["state_dict"][name], value)
     averaged_model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     averaged_model.load_state_dict(averaged_state_dict(checkpoint))
-
-
-@pytest.mark.parametrize("settings,message", [
-    ({"enabled": False, "decay": 0.9999}, r"callbacks.ema.decay=0.9999 is not used: the EMA is off .* Add "
-                                          r"callbacks.ema.enabled=true"),
-    ({"enabled": False, "start_iter": 100}, r"callbacks.ema.start_iter=100 is not used: the EMA is off"),
-    ({"half_life_images": 10000, "decay": 0.99}, r"callbacks.ema.decay=0.99 is not used: "
-                                                 r"callbacks.ema.half_life_images=10000 sets each update's decay"),
-])
-def test_ema_settings_that_would_change_nothing_are_refused(settings, message):
-    with pytest.raises(ValueError, match=message):
-        GeneratorEMA(**settings)
-    GeneratorEMA(enabled=False)   # the translation models' default
-    GeneratorEMA(half_life_images=10000)   # StyleGAN's
 
 
 def test_ema_must_run_before_the_callbacks_that_sample(train_cfg, tmp_path):

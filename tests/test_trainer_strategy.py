@@ -87,7 +87,7 @@ def test_the_process_count_follows_lightnings_reading_of_the_devices():
     (["model=ugatit", "trainer.max_epochs=10"], 1_000_000, None,
      r"trainer.max_epochs=10: this run's length is max_iters=1000000, which replaces "
      r"trainer.max_epochs.* pass max_iters=null to train by trainer.max_epochs"),
-    (["+trainer.max_steps=50"], None, 25000, r"\+trainer.max_steps=50: this run's length is max_kimg=25000"),
+    (["trainer.max_epochs=50"], None, 25000, r"trainer.max_epochs=50: this run's length is max_kimg=25000"),
 ])
 def test_a_length_the_run_would_replace_is_refused(overrides, max_iters, max_kimg, message):
     """On the command line of a run whose config sets max_iters or max_kimg (U-GAT-IT's 1M
@@ -97,4 +97,5 @@ def test_a_length_the_run_would_replace_is_refused(overrides, max_iters, max_kim
     with pytest.raises(ValueError, match=message):
         refuse_overridden_length(overrides, max_iters, max_kimg)
     refuse_overridden_length(overrides, None, None)   # a run measured in epochs takes it
+    refuse_overridden_length(["+trainer.max_steps=50"], None, 25000)   # the first limit reached ends the run
     refuse_overridden_length(["trainer.max_epochs=10", "max_iters=null"], None, None)

@@ -8,8 +8,9 @@ import pytest
 from src.utils.unread_overrides import refuse_unread_overrides
 
 
-def model_of(train_cfg, *overrides):
-    return hydra.utils.instantiate(train_cfg(*overrides).model, _recursive_=False)
+def model_and_cfg(train_cfg, *overrides):
+    cfg = train_cfg(*overrides)
+    return hydra.utils.instantiate(cfg.model, _recursive_=False), cfg
 
 
 @pytest.mark.parametrize("model_overrides,override,message", [
@@ -23,11 +24,14 @@ def model_of(train_cfg, *overrides):
                                                        r"\(policy linear or cosine does\)"),
     (["model=cyclegan"], "+model.lr_schedule.gamma=0.5", r"model.lr_schedule.policy=linear does not read gamma \(policy step does\)"),
     (["model=nicegan"], "model.init.gain=0.5", r"model.init.type=pytorch draws without a gain"),
+    (["model=cyclegan"], "callbacks.ema.decay=0.9999", r"the EMA is off \(callbacks.ema.enabled=false"),
+    (["model=cyclegan"], "callbacks.ema.start_iter=100", r"the EMA is off"),
+    (["model=stylegan"], "callbacks.ema.decay=0.99", r"callbacks.ema.half_life_images=10000 sets each update's decay"),
 ])
 def test_a_setting_the_run_would_not_read_is_refused(train_cfg, model_overrides, override, message):
-    model = model_of(train_cfg, *model_overrides, override)
+    model, cfg = model_and_cfg(train_cfg, *model_overrides, override)
     with pytest.raises(ValueError, match="^" + re.escape(override) + " would change nothing: " + message):
-        refuse_unread_overrides(["data=shapes", override], model)
+        refuse_unread_overrides(["data=shapes", override], model, cfg)
 
 
 @pytest.mark.parametrize("model_overrides,overrides", [
@@ -39,9 +43,12 @@ def test_a_setting_the_run_would_not_read_is_refused(train_cfg, model_overrides,
     (["model=cyclegan", "model.lr_schedule.policy=step"], ["model.lr_schedule.policy=step",
                                                            "+model.lr_schedule.gamma=0.5"]),
     (["model=cyclegan", "model.optimizer.type=sgd"], ["~model.optimizer.betas"]),
+    (["model=cyclegan"], ["callbacks.ema.enabled=true", "callbacks.ema.decay=0.9999"]),
+    (["model=stylegan"], ["callbacks.ema.enabled=false"]),   # its half_life_images, not given here, stays
+    (["model=pix2pix"], ["model.init.type=kaiming", "model.init.gain=0.05"]),   # batch-norm scales read it
 ])
 def test_settings_the_run_reads_pass(train_cfg, model_overrides, overrides):
-    refuse_unread_overrides(overrides, model_of(train_cfg, *model_overrides, *overrides))
+    refuse_unread_overrides(overrides, *model_and_cfg(train_cfg, *model_overrides, *overrides))
 
 
 def test_a_run_checks_its_command_line_before_training(train_cfg, monkeypatch):
@@ -55,6 +62,6 @@ def test_a_run_checks_its_command_line_before_training(train_cfg, monkeypatch):
 def test_in_a_sweep_an_unread_setting_is_warned_of_and_the_job_goes_on(train_cfg, caplog):
     """`-m loss=lsgan,wgangp loss.weights.gp=10`: the wgangp job reads it; ending the lsgan job
     with an error would end the sweep."""
-    model = model_of(train_cfg, "model=cyclegan")
-    refuse_unread_overrides(["loss=lsgan", "loss.weights.gp=10"], model, in_a_sweep=True)
+    model, cfg = model_and_cfg(train_cfg, "model=cyclegan")
+    refuse_unread_overrides(["loss=lsgan", "loss.weights.gp=10"], model, cfg, in_a_sweep=True)
     assert "loss.weights.gp=10 would change nothing" in caplog.text and "this sweep job goes on" in caplog.text

@@ -67,7 +67,6 @@ def averaged_state_dict(checkpoint: dict) -> dict[str, torch.Tensor] | None:
     return {**checkpoint["state_dict"], **ema["state_dict"]}
 
 
-#: conf/callbacks/ema.yaml's; another value with the EMA off, or beside half_life_images, is refused
 DEFAULT_DECAY = 0.999
 
 
@@ -87,15 +86,6 @@ class GeneratorEMA(pl.Callback):
 
     def __init__(self, decay: float = DEFAULT_DECAY, start_iter: int = 0, enabled: bool = True,
                  half_life_images: float | None = None):
-        unread = ([f"decay={decay}"] * (decay != DEFAULT_DECAY) + [f"start_iter={start_iter}"] * (start_iter != 0)
-                  + [f"half_life_images={half_life_images}"] * (half_life_images is not None))
-        if not enabled and unread:
-            raise ValueError(f"callbacks.ema.{unread[0]} is not used: the EMA is off (callbacks.ema.enabled=false, "
-                             f"the default of the translation models). Add callbacks.ema.enabled=true")
-        if half_life_images is not None and decay != DEFAULT_DECAY:
-            raise ValueError(f"callbacks.ema.decay={decay} is not used: callbacks.ema.half_life_images="
-                             f"{half_life_images} sets each update's decay (StyleGAN's config sets it). Pass "
-                             f"callbacks.ema.half_life_images=null to average with a fixed decay")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"callbacks.ema.decay={decay!r} must be in [0, 1)")
         if not isinstance(start_iter, int) or start_iter < 0:

@@ -25,7 +25,7 @@ from src.models.checkpoint_fit import check_checkpoint_file, check_resume_settin
 from src.utils.accelerator import resolved_accelerator
 from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_job
 from src.utils.config_checks import check_argument_types, check_run_folder, check_seed, is_number, require_int
-from src.utils.ddp_multirun import job_shared_with_launched_ranks
+from src.utils.ddp_multirun import JOB_ENV, job_shared_with_launched_ranks
 from src.utils.ddp_strategy import choose_strategy, process_count
 from src.utils.instantiate import instantiate_list
 from src.utils.library_warnings import silence_known_library_noise
@@ -152,7 +152,7 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     max_iters = cfg.get("max_iters")
     # Checked here: Lightning would name max_steps (twice this for a two-player model).
     require_int("max_iters", max_iters, allow_none=True, why=" (training iterations; null: trainer.max_epochs)")
-    refuse_overridden_length(job_overrides(), max_iters, cfg.get("max_kimg"), in_a_sweep=is_multirun())
+    refuse_overridden_length(job_overrides(), max_iters, cfg.get("max_kimg"), in_a_sweep=in_a_sweep())
     if max_iters:
         kwargs["max_steps"] = int(cfg.max_iters) * model.optimizer_steps_per_iter
         kwargs["max_epochs"] = -1
@@ -162,6 +162,12 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     return kwargs
 
 
+def in_a_sweep() -> bool:
+    """A job of a multirun, or a DDP rank Lightning launched for one (which runs Hydra in RUN
+    mode): every rank of the job must come to the same decision."""
+    return is_multirun() or JOB_ENV in os.environ
+
+
 def refuse_overridden_length(overrides: list[str], max_iters, max_kimg, in_a_sweep: bool = False) -> None:
     """`trainer.max_epochs=N` (or `max_steps`) on the command line of a run whose length
     `max_iters` or `max_kimg` sets (U-GAT-IT's, NICE-GAN's, WGAN-GP's configs, ProGAN's,
@@ -169,9 +175,11 @@ def refuse_overridden_length(overrides: list[str], max_iters, max_kimg, in_a_swe
     `-m model=cyclegan,ugatit trainer.max_epochs=10` sets CycleGAN's length)."""
     if not (max_iters or max_kimg):
         return
+    # max_iters replaces both; max_kimg only the epochs (a max_steps ends the run if it comes first)
+    replaced = ("trainer.max_epochs", "trainer.max_steps") if max_iters else ("trainer.max_epochs",)
     for override in overrides:
         key = override.lstrip("+~").split("=", 1)[0]
-        if key in ("trainer.max_epochs", "trainer.max_steps"):
+        if key in replaced:
             length = f"max_iters={max_iters}" if max_iters else f"max_kimg={max_kimg}"
             unset = "max_iters=null" if max_iters else "max_kimg=null"
             refuse_or_warn(f"{override}: this run's length is {length}, which replaces {key}. Set the length "
@@ -276,7 +284,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     # of in Lightning's setup after the model is built (seconds at full size) and DDP started.
     datamodule.check_present()
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
-    refuse_unread_overrides(job_overrides(), model, in_a_sweep=is_multirun())
+    refuse_unread_overrides(job_overrides(), model, cfg, in_a_sweep=in_a_sweep())
     for name, child in model.named_children():
         log.info("%s: %s parameters", name, f"{count_parameters(child):,}")
     check_sync_batchnorm(cfg, model)

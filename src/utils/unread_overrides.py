@@ -17,10 +17,10 @@ OPTIMIZER_ONLY = {"momentum": "sgd", "momentum_ramp": "sgd", "betas": "adam"}
 SCHEDULE_ONLY = {"constant": ("linear", "cosine"), "decay": ("linear", "cosine"), "step_size": ("step",),
                  "gamma": ("step",), "decay_rate": ("exponential",), "min_factor": ("exponential",)}
 #: the initialisations that read `gain`
-INITS_WITH_GAIN = ("normal", "xavier", "uniform", "orthogonal")
+INITS_WITH_GAIN = ("normal", "xavier", "uniform", "orthogonal", "kaiming")   # kaiming: batch-norm scales
 
 
-def refuse_unread_overrides(overrides: list[str], model, in_a_sweep: bool = False) -> None:
+def refuse_unread_overrides(overrides: list[str], model, cfg, in_a_sweep: bool = False) -> None:
     """ValueError for the first command-line override (`key=value`, Hydra's syntax) the model
     would not read under the rest of its settings. In a sweep, a warning: its other jobs may
     read it (`-m loss=lsgan,wgangp loss.weights.gp=10`), and an error would end the sweep."""
@@ -28,7 +28,7 @@ def refuse_unread_overrides(overrides: list[str], model, in_a_sweep: bool = Fals
         if override.startswith("~"):   # a deletion reads nothing either way
             continue
         key = override.lstrip("+").split("=", 1)[0]
-        why = unread_because(key.split("."), model)
+        why = unread_because(key.split("."), model, cfg)
         if why:
             refuse_or_warn(f"{override} would change nothing: {why}. Remove it, or change what makes it unread",
                            in_a_sweep)
@@ -40,9 +40,16 @@ def refuse_or_warn(message: str, in_a_sweep: bool) -> None:
     log.warning("%s (this sweep job goes on without it)", message)
 
 
-def unread_because(path: list[str], model) -> str | None:
-    """Why the setting at `path` is not read by `model`, or None when it is (or is not one of
-    the settings checked here)."""
+def unread_because(path: list[str], model, cfg) -> str | None:
+    """Why the setting at `path` is not read by `model` and the run's config `cfg`, or None when
+    it is (or is not one of the settings checked here)."""
+    if path[:2] == ["callbacks", "ema"] and len(path) == 3:
+        ema = cfg.get("callbacks", {}).get("ema") or {}
+        if path[2] in ("decay", "start_iter", "half_life_images") and not ema.get("enabled", True):
+            return "the EMA is off (callbacks.ema.enabled=false, the translation models' default)"
+        if path[2] == "decay" and ema.get("half_life_images") is not None:
+            return (f"callbacks.ema.half_life_images={ema.get('half_life_images')} sets each update's decay "
+                    f"(StyleGAN's config sets it; null: a fixed decay)")
     if path[:2] == ["loss", "weights"] and path[2:] == ["gp"] and not model.adversarial.needs_gradient_penalty:
         return f"loss.gan_mode={model.adversarial.mode} has no gradient penalty (loss=wgangp has)"
     if path == ["loss", "clip"] and model.adversarial.mode != "wgan":
