@@ -616,3 +616,14 @@ def test_a_fade_in_does_not_recompile_the_compiled_networks():
         assert torch.allclose(compiled_discriminator(images), discriminator(images))
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before == 2
     torch._dynamo.reset()
+
+
+def test_a_model_batch_the_loader_would_not_serve_is_refused(train_cfg):
+    """Without model.batch_sizes the loader serves data.batch_size, and model.batch_size (which
+    follows it unless set) sizes the phases: set alone, each phase trained another number of
+    images than it counted, and train/kimg read double."""
+    cfg = train_cfg("model=progan", "model.batch_size=8", *NO_EVALUATION)
+    with pytest.raises(ValueError, match=r"model.batch_size=8, but the loader serves data.batch_size=4 \(model."
+                                         r"batch_sizes is null\): set data.batch_size=8 instead"):
+        run_training(cfg)
+    run_training(train_cfg("model=progan", "data.batch_size=8", "max_iters=1", *NO_EVALUATION))   # both follow
