@@ -1,5 +1,6 @@
 """`optimized_metric`, what a sweep optimises: checked before training, and a diverged run's
 value given to Optuna as the worst instead of a NaN that ends the whole study."""
+import json
 import math
 from pathlib import Path
 
@@ -73,6 +74,9 @@ def test_a_trial_stopped_for_diverging_gives_the_search_the_worst_value(train_cf
     cfg = train_cfg("model=cyclegan", "optimized_metric=eval/fid")
     monkeypatch.setattr(train_script, "sweeper_direction", lambda: "minimize")
     assert train_script.main(cfg) == math.inf
+    # Hydra sees a completed job: its record, which the sweep table reads, says it diverged
+    record = json.loads(Path(cfg.paths.output_dir, "final_metrics.json").read_text())
+    assert record == {"status": "diverged", "error": "TrainingDiverged: Training diverged at iteration 3: train/G is nan"}
     monkeypatch.setattr(train_script, "sweeper_direction", lambda: None)   # no search: the error stands
     with pytest.raises(TrainingDiverged):
         train_script.main(cfg)

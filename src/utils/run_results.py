@@ -42,11 +42,11 @@ def completed_metrics(run_dir: Path) -> dict[str, float] | None:
     return {name: float(value) for name, value in record.get("metrics", {}).items()}
 
 
-def write_failure(run_dir: Path, error: BaseException, name: str = FINAL_METRICS) -> None:
-    """A failed run's result file `name` (status "failed" and the error), unless it got as far
-    as writing its own."""
+def write_failure(run_dir: Path, error: BaseException, name: str = FINAL_METRICS, status: str = "failed") -> None:
+    """A failed run's result file `name` (`status`, "failed" or a search trial's "diverged", and
+    the error), unless it got as far as writing its own."""
     if not (Path(run_dir) / name).exists():
-        _write(Path(run_dir), {"status": "failed", "error": f"{type(error).__name__}: {error}"}, name)
+        _write(Path(run_dir), {"status": status, "error": f"{type(error).__name__}: {error}"}, name)
 
 
 def _write(run_dir: Path, record: dict[str, Any], name: str = FINAL_METRICS) -> Path:

@@ -126,7 +126,7 @@ def summary_markdown(rows: list[dict[str, Any]], metrics: list[str], sweep_dir: 
              f"(every metric: {SUMMARY_CSV}).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r, overrides in zip(rows, _varying_overrides(rows)):
-        status = r["status"] if r["status"] != "failed" else f"failed: {r.get('error', '')}"
+        status = r["status"] if "error" not in r else f"{r['status']}: {r['error']}"
         status = " ".join(status.replace("|", "/").split())   # one table row, whatever the message
         cells = ([str(r["job"]), " ".join(overrides) or "-", status] + [_cell(r.get("iteration"))] * has_iteration
                  + [_cell(r.get("feature_extractor"))] * has_extractor + [_cell(r.get("metrics", {}).get(m)) for m in shown])
@@ -152,7 +152,7 @@ def write_summary(sweep_dir: Path, metrics: list[str] | tuple[str, ...] | None =
     return path
 
 
-def _is_rank_zero() -> bool:
+def is_rank_zero() -> bool:
     # The ranks a DDP job launches run the job's Hydra too (src/utils/ddp_multirun.py); only
     # rank zero writes. Lightning reads the rank from the launcher's environment at import.
     # Imported here, not above: this module loads before the allocator is set, torch after.
@@ -171,7 +171,7 @@ class SweepSummary(Callback):
         self.result_file = result_file
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if config.hydra.mode != RunMode.MULTIRUN or not _is_rank_zero():
+        if config.hydra.mode != RunMode.MULTIRUN or not is_rank_zero():
             return
         if job_return.status == JobStatus.FAILED:
             # the exception itself: JobReturn.return_value would raise it (and print it once more)
@@ -179,7 +179,7 @@ class SweepSummary(Callback):
         write_summary(Path(config.hydra.sweep.dir), self.metrics, self.result_file)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if not _is_rank_zero():
+        if not is_rank_zero():
             return
         path = write_summary(Path(config.hydra.sweep.dir), self.metrics, self.result_file)
         if path is not None:
