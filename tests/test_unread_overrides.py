@@ -24,6 +24,8 @@ def model_and_cfg(train_cfg, *overrides):
                                                        r"\(policy linear or cosine does\)"),
     (["model=cyclegan"], "+model.lr_schedule.gamma=0.5", r"model.lr_schedule.policy=linear does not read gamma \(policy step does\)"),
     (["model=nicegan"], "model.init.gain=0.5", r"model.init.type=pytorch draws without a gain"),
+    (["model=cyclegan", "model.init.type=kaiming"], "model.init.gain=0.5", r"model.init.type=kaiming draws "
+                                                                           r"without a gain"),   # instance norm
     (["model=cyclegan"], "callbacks.ema.decay=0.9999", r"the EMA is off \(callbacks.ema.enabled=false"),
     (["model=cyclegan"], "callbacks.ema.start_iter=100", r"the EMA is off"),
     (["model=stylegan"], "callbacks.ema.decay=0.99", r"callbacks.ema.half_life_images=10000 sets each update's decay"),

@@ -4,7 +4,7 @@ says it.
 
 The model counts the real images each iteration loaded on every device (`images_seen`, from
 its `loaded_images`: a WGAN critic's several batches and a short last batch of an epoch
-included; also the train/kimg axis); the callback stops the run after the iteration that
+included); the callback stops the run after the iteration that
 reaches the budget. The count is saved in checkpoints, so a resumed run stops where the whole
 would have.
 """
@@ -20,10 +20,6 @@ log = logging.getLogger(__name__)
 
 
 class ImageBudget(pl.Callback):
-    #: src/utils/run.py puts callbacks with this flag first: its stop is decided at a batch's
-    #: start, before the others' batch-start hooks.
-    runs_first = True
-
     def __init__(self, max_kimg: float):
         if not is_number(max_kimg) or not max_kimg > 0:
             raise ValueError(f"max_kimg={max_kimg!r} must be a positive number of thousands of images, or null")

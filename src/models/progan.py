@@ -264,7 +264,8 @@ class ProGAN(NoiseGAN):
             self.log_dict({"train/level": float(level), "train/alpha": alpha}, batch_size=batch["A"].size(0))
 
     def estimated_images_before(self, batch: dict) -> int:
-        return self.schedule.images_before(self.iteration)   # exact: the growth's batch sizes
+        # exact: the growth's batch sizes, each iteration loading n_critic of them
+        return self.schedule.images_before(self.iteration) * self.n_critic
 
     def kimg_after_this_iteration(self) -> float:
         """The schedule's count (the papers' kimg axis, which the growth follows), called after

@@ -230,8 +230,7 @@ def check_sync_batchnorm(cfg: DictConfig, model) -> None:
 
 def order_callbacks(callbacks: list[pl.Callback]) -> list[pl.Callback]:
     """Callbacks flagged `runs_first` (the EMA, which swaps in the weights the others sample
-    with; the image budget, whose count checkpoints save) before the rest, in their own order;
-    the rest keep their config order."""
+    with) before the rest, in their own order; the rest keep their config order."""
     return sorted(callbacks, key=lambda cb: not getattr(cb, "runs_first", False))
 
 

@@ -17,7 +17,7 @@ OPTIMIZER_ONLY = {"momentum": "sgd", "momentum_ramp": "sgd", "betas": "adam"}
 SCHEDULE_ONLY = {"constant": ("linear", "cosine"), "decay": ("linear", "cosine"), "step_size": ("step",),
                  "gamma": ("step",), "decay_rate": ("exponential",), "min_factor": ("exponential",)}
 #: the initialisations that read `gain`
-INITS_WITH_GAIN = ("normal", "xavier", "uniform", "orthogonal", "kaiming")   # kaiming: batch-norm scales
+INITS_WITH_GAIN = ("normal", "xavier", "uniform", "orthogonal")   # and kaiming, for batch-norm scales
 
 
 def refuse_unread_overrides(overrides: list[str], model, cfg, in_a_sweep: bool = False) -> None:
@@ -68,9 +68,16 @@ def unread_because(path: list[str], model, cfg) -> str | None:
     if path[:2] == ["model", "init"] and len(path) >= 3:
         players, name = player_and_setting(path[2:], model)
         types = {model.net_init(p).get("type", "normal") for p in players}
-        if name == "gain" and not types & set(INITS_WITH_GAIN):
+        reading = set(INITS_WITH_GAIN) | ({"kaiming"} if has_batch_norm(model) else set())
+        if name == "gain" and not types & reading:
             return f"model.init.type={'/'.join(sorted(types))} draws without a gain (those with one: {INITS_WITH_GAIN})"
     return None
+
+
+def has_batch_norm(model) -> bool:
+    """Whether the model has batch norms with a scale, which kaiming's init draws with the gain."""
+    from src.nets.init import BATCH_NORMS   # torch: loaded by the time a model exists
+    return any(isinstance(m, BATCH_NORMS) and m.weight is not None for m in model.modules())
 
 
 def player_and_setting(rest: list[str], model) -> tuple[list[str], str]:
