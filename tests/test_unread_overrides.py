@@ -67,3 +67,17 @@ def test_in_a_sweep_an_unread_setting_is_warned_of_and_the_job_goes_on(train_cfg
     model, cfg = model_and_cfg(train_cfg, "model=cyclegan")
     refuse_unread_overrides(["loss=lsgan", "loss.weights.gp=10"], model, cfg, in_a_sweep=True)
     assert "loss.weights.gp=10 would change nothing" in caplog.text and "this sweep job goes on" in caplog.text
+
+
+def test_a_rank_launched_for_a_sweep_job_decides_as_its_rank_zero(monkeypatch):
+    """Lightning launches a multirun job's other DDP ranks with Hydra in RUN mode: they know the
+    job by its environment, and must warn as rank zero does rather than stop alone (rank zero
+    would then wait in its first collective)."""
+    from src.utils import run as run_module
+    from src.utils.ddp_multirun import JOB_ENV
+
+    monkeypatch.delenv(JOB_ENV, raising=False)
+    monkeypatch.setattr(run_module, "is_multirun", lambda: False)
+    assert not run_module.in_a_sweep()
+    monkeypatch.setenv(JOB_ENV, "{}")
+    assert run_module.in_a_sweep()
