@@ -23,6 +23,7 @@ from src.utils.bench_report import (interval_text, is_reference_iteration, memor
                                     write_results)
 from src.utils.bench_step import compose_model_config
 from src.utils.bench_versus import pool_same_code, run_pairs
+from src.utils import code_version
 from src.utils.bench_worker import ROOT, run_in_subprocess
 from src.utils.config_checks import check_seed, require_int
 from src.utils.training_config import compose_training_config
@@ -123,15 +124,11 @@ def git_revision(root: Path = ROOT) -> str:
     Without git (a copy of the working tree on another machine) the rows carry $BENCH_REVISION,
     the revision the caller says the copy is, marked as such; its pairs never pool
     (`bench_versus.COMMIT`: git cannot check the claim)."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                *UNMEASURED_PATHS], cwd=root, capture_output=True, text=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        given = os.environ.get("BENCH_REVISION")
-        return f"{given} (no git)" if given else "unknown"
+    revision = code_version.git_revision(root, UNMEASURED_PATHS)
+    if revision is not None:
+        return revision
+    given = os.environ.get("BENCH_REVISION")
+    return f"{given} (no git)" if given else "unknown"
 
 
 def same_measured_code(a: str, b: str, root: Path = ROOT) -> bool:

@@ -24,6 +24,7 @@ from src.callbacks.stop_signals import RequeueStop, StopSignals
 from src.models.checkpoint_fit import check_checkpoint_file, check_resume_settings
 from src.utils.accelerator import resolved_accelerator
 from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_job
+from src.utils.code_version import git_revision
 from src.utils.config_checks import check_argument_types, check_run_folder, check_seed, is_number, require_int
 from src.utils.ddp_multirun import JOB_ENV, job_shared_with_launched_ranks
 from src.utils.ddp_strategy import choose_strategy, process_count
@@ -297,8 +298,12 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     callbacks = build_callbacks(cfg, logger_cfg)
     loggers = instantiate_list(logger_cfg, "logger")
     trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), callbacks=callbacks, logger=loggers or False)
+    # The code the run trained with, beside its config (wandb records it itself; csv and
+    # tensorboard would not): "+dirty" says uncommitted changes took part.
+    hyperparameters = {**OmegaConf.to_container(cfg, resolve=True),
+                       "code_revision": git_revision(Path(cfg.paths.root_dir)) or "unknown (no git checkout)"}
     for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(hyperparameters)
         if isinstance(logger, TensorBoardLogger):
             # Its HPARAMS tab lists runs by their metrics only (none here: hparams.yaml holds the
             # config on disk); the TEXT tab shows the config beside the run's charts.
