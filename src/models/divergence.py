@@ -61,7 +61,7 @@ def non_finite_losses(names, values: torch.Tensor) -> dict[str, float]:
 def diverged_message(where: str, iteration: int) -> str:
     return (f"Training diverged at iteration {iteration}: {where}. The run stops here rather than train on, and "
             f"overwrite its checkpoints, with weights that are not finite; those it saved hold finite weights (they "
-            f"are checked before each save), last.ckpt the latest. A lower learning rate (model.optimizer.lr), a smaller "
-            f"loss weight, gradient clipping (+trainer.gradient_clip_val=1.0), trainer.precision=32 or a new seed "
+            f"are checked before each save), last.ckpt the latest. A lower learning rate (model.optimizer.lr), a "
+            f"smaller loss weight, gradient clipping (+trainer.gradient_clip_val=1.0), trainer.precision=32 or a new seed "
             f"may avoid it; a resume keeps the checkpoint's "
             f"optimizer state and learning rates.")

@@ -222,8 +222,8 @@ class ProGAN(NoiseGAN):
             # Without a table the loader serves data.batch_size, while the phases (their length in
             # images, the kimg axis) count model.batch_size: each phase would train another number.
             raise ValueError(f"model.batch_size={self.hparams.batch_size}, but the loader serves data.batch_size="
-                             f"{loader_batch} (model.batch_sizes is null): set data.batch_size={self.hparams.batch_size} "
-                             f"instead (model.batch_size follows it), or give model.batch_sizes")
+                             f"{loader_batch} (model.batch_sizes is null): set data.batch_size="
+                             f"{self.hparams.batch_size} instead (model.batch_size follows it), or give model.batch_sizes")
         if self.hparams.batch_sizes and self.trainer.overfit_batches:
             # Lightning's overfit_batches swaps the loader's sampler for a sequential one, which it
             # cannot do around a batch sampler whose sizes follow the growth schedule.
