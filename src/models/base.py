@@ -21,8 +21,8 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 from src.losses import AdversarialLoss
 from src.models.checkpoint_fit import check_resume_fits
-from src.models.divergence import (LOW_LOSS_SCALE, TrainingDiverged, diverged_message, first_non_finite,
-                                   non_finite_losses)
+from src.models.divergence import (LOW_LOSS_SCALE, TrainingDiverged, diverged_message, non_finite_losses,
+                                   refuse_non_finite_weights)
 from src.models.image_pool import ImagePool
 from src.models.loss_scaling import PlayerGradScalers
 from src.models.lr_schedules import DecayToZero, build_scheduler, decay_end_mismatch
@@ -586,11 +586,8 @@ class AdversarialModel(pl.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in zip(terms, values)}, batch_size=batch_size)
         self.log_dict({f"train/{k}": v for k, v in zip(totals, values[len(terms):])}, prog_bar=True,
                       batch_size=batch_size)
-        self.log("train/kimg", self.kimg_after_this_iteration(), batch_size=batch_size)
-
-    def kimg_after_this_iteration(self) -> float:
-        """Thousands of real images trained on, this iteration's included (train/kimg)."""
-        return (self.images_seen + self.iteration_images) / 1000
+        # Thousands of real images trained on, this iteration's included.
+        self.log("train/kimg", (self.images_seen + self.iteration_images) / 1000, batch_size=batch_size)
 
     def check_losses_finite(self, names: list[str], values: torch.Tensor) -> None:
         """Stop a run whose logged losses (host tensor) are NaN or infinite (src/models/divergence.py).
@@ -600,14 +597,11 @@ class AdversarialModel(pl.LightningModule):
         scaling, where an overflow only skips a step, warn once per loss whose scale has fallen
         so low that its steps are being skipped."""
         if self.grad_scalers is None:
-            if self._trainer is None or self.trainer.world_size == 1:
-                bad = non_finite_losses(names, values)
-                where = ", ".join(f"train/{name} is {value}" for name, value in bad.items()) if bad else None
-            else:
-                where = first_non_finite(self)
-                where = f"{where} is not finite" if where else None
-            if where:
-                raise TrainingDiverged(diverged_message(where, self.iteration))
+            if self._trainer is not None and self.trainer.world_size > 1:
+                refuse_non_finite_weights(self, self.iteration)
+            elif bad := non_finite_losses(names, values):
+                listed = ", ".join(f"train/{name} is {value}" for name, value in bad.items())
+                raise TrainingDiverged(diverged_message(listed, self.iteration))
             return
         for name, scale in self.grad_scalers.scales().items():
             if scale < LOW_LOSS_SCALE and name not in self.low_scale_warned:

@@ -91,12 +91,11 @@ class CycleGAN(TranslationModel):
         with self.players("discriminators") as opt_d:
             loss_d_a = self.discriminator_loss(self.D_A, real_B, self.pools["fake_B"].query(fakes["B"]))
             loss_d_b = self.discriminator_loss(self.D_B, real_A, self.pools["fake_A"].query(fakes["A"]))
-            self.update(opt_d, loss_d_a + loss_d_b)
+            loss_d = self.update(opt_d, loss_d_a + loss_d_b)
 
         # train/D as every model logs it (both discriminators' losses); D_A judges domain B here,
         # as in the authors' code (README, Weights & Biases).
-        self.log_losses(losses, {"G": loss_g, "D": loss_d_a + loss_d_b, "D_A": loss_d_a, "D_B": loss_d_b},
-                        real_A.size(0))
+        self.log_losses(losses, {"G": loss_g, "D": loss_d, "D_A": loss_d_a, "D_B": loss_d_b}, real_A.size(0))
 
     def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:
         fake_B, fake_A = self.translate(batch["A"], "AtoB"), self.translate(batch["B"], "BtoA")

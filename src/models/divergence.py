@@ -6,8 +6,8 @@ running, the run would go on for hours and replace its good checkpoints (last.ck
 periodic file) with NaN ones, and `ckpt_path=auto` would resume those. Here the losses are
 checked on the iterations they are logged (already on the host then: no extra wait for the
 GPU; under DDP the weights instead, the same on every rank), and the weights before every
-checkpoint save; either stops the run with
-`TrainingDiverged`, naming the iteration, the term or tensor, and the last checkpoint saved.
+checkpoint save; either stops the run with `TrainingDiverged`, naming the iteration, the term
+or tensor, and the last checkpoint saved.
 
 Under fp16 loss scaling an overflowing loss is expected now and then: the scaler skips that
 step and the weights stay finite. There the losses are not checked, and the loss scales are:
@@ -44,13 +44,18 @@ def first_non_finite(module: nn.Module) -> str | None:
     return named[int(bad[0])][0] if len(bad) else None
 
 
-def refuse_non_finite_weights(module: nn.Module, iteration: int, last_saved: str | None) -> None:
-    """Before a checkpoint save: a diverged run stops rather than write NaN weights over its good
-    files (`last_saved`: the latest checkpoint the run wrote, for the message)."""
+def refuse_non_finite_weights(module: nn.Module, iteration: int, context: str = "") -> None:
+    """TrainingDiverged where a weight of `module` is not finite; `context` is added to the
+    message (before a save: the latest checkpoint the run wrote)."""
     tensor = first_non_finite(module)
     if tensor is not None:
-        raise TrainingDiverged(diverged_message(f"{tensor} is not finite (checked before saving a checkpoint); the "
-                                                f"last saved is {last_saved or 'none'}", iteration))
+        raise TrainingDiverged(diverged_message(f"{tensor} is not finite{context}", iteration))
+
+
+def before_saving(last_saved: str | None) -> str:
+    """`refuse_non_finite_weights`'s context before a checkpoint save: a diverged run stops
+    rather than write NaN weights over its good files."""
+    return f" (checked before saving a checkpoint); the last saved is {last_saved or 'none'}"
 
 
 def non_finite_losses(names, values: torch.Tensor) -> dict[str, float]:
@@ -62,6 +67,5 @@ def diverged_message(where: str, iteration: int) -> str:
     return (f"Training diverged at iteration {iteration}: {where}. The run stops here rather than train on, and "
             f"overwrite its checkpoints, with weights that are not finite; those it saved hold finite weights (they "
             f"are checked before each save), last.ckpt the latest. A lower learning rate (model.optimizer.lr), a "
-            f"smaller loss weight, gradient clipping (+trainer.gradient_clip_val=1.0), trainer.precision=32 or a new seed "
-            f"may avoid it; a resume keeps the checkpoint's "
-            f"optimizer state and learning rates.")
+            f"smaller loss weight, gradient clipping (+trainer.gradient_clip_val=1.0), trainer.precision=32 or a new "
+            f"seed may avoid it; a resume keeps the checkpoint's optimizer state and learning rates.")

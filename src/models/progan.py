@@ -267,11 +267,6 @@ class ProGAN(NoiseGAN):
         # exact: the growth's batch sizes, each iteration loading n_critic of them
         return self.schedule.images_before(self.iteration) * self.n_critic
 
-    def kimg_after_this_iteration(self) -> float:
-        """The schedule's count (the papers' kimg axis, which the growth follows), called after
-        the iteration's steps."""
-        return self.schedule.images_before(self.iteration) / 1000
-
     def _step_schedulers(self) -> None:
         # Also the next iteration's rate, set now: the learning-rate monitor reads the optimizers
         # before that iteration starts, and a scheduler step has just set them from its base.

@@ -101,7 +101,7 @@ class UGATIT(TranslationModel):
         with self.players("discriminators") as opt_d:
             loss_d_a = self.discriminator_loss("A", real_A, fake_BA.detach())
             loss_d_b = self.discriminator_loss("B", real_B, fake_AB.detach())
-            self.update(opt_d, loss_d_a + loss_d_b)
+            loss_d = self.update(opt_d, loss_d_a + loss_d_b)
 
         with self.players("generators") as opt_g:
             rec_A, rec_B = self.G_BA(fake_AB)[0], self.G_AB(fake_BA)[0]
@@ -124,8 +124,7 @@ class UGATIT(TranslationModel):
         clip_rho_(self.G_BA)
 
         batch_size = real_A.size(0)
-        self.log_losses(losses, {"G": loss_g, "D": loss_d_a + loss_d_b, "D_A": loss_d_a, "D_B": loss_d_b},
-                        batch_size)
+        self.log_losses(losses, {"G": loss_g, "D": loss_d, "D_A": loss_d_a, "D_B": loss_d_b}, batch_size)
         if self.iteration % self.hparams.log_rho_every_n_iters == 0:
             self.log_dict(rho_metrics({"G_AB": self.G_AB, "G_BA": self.G_BA}), batch_size=batch_size)
 
