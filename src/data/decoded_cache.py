@@ -32,3 +32,8 @@ class DecodedImages:
             images = self._images[key] = decode()
         # Copies (a few KB): a step that works in place must not change the cached image.
         return images.copy() if isinstance(images, np.ndarray) else tuple(image.copy() for image in images)
+
+
+def read(decoded: DecodedImages | None, key: Hashable, decode: Callable[[], Decoded]) -> Decoded:
+    """`decode()`'s result, from `decoded` where a dataset keeps one (data.cache_decoded)."""
+    return decode() if decoded is None else decoded.get(key, decode)

@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from src.data.base import ImageTranslationDataModule
-from src.data.decoded_cache import DecodedImages
+from src.data.decoded_cache import DecodedImages, read
 from src.data.download import ALIGNED_LAYOUT, PAIRED_FOLDERS_LAYOUT, how_to_get
 from src.data.errors import DatasetNotFoundError, MissingPartnerError
 from src.data.folders import list_images, name_in_folder, require_folder
@@ -118,11 +118,8 @@ class PairedImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         source_path, target_path = self.pairs[index]
-        if self.decoded is None:
-            source, target = self._load(source_path, target_path)
-        else:
-            source, target = self.decoded.get((str(source_path), str(target_path)),
-                                              lambda: self._load(source_path, target_path))
+        source, target = read(self.decoded, (str(source_path), str(target_path)),
+                              lambda: self._load(source_path, target_path))
         try:
             source_tensor, target_tensor = self.transform.pair(source, target)
         except ValueError as error:

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from src.data.base import ImageTranslationDataModule
-from src.data.decoded_cache import DecodedImages
+from src.data.decoded_cache import DecodedImages, read
 from src.data.errors import MissingPartnerError
 from src.data.folders import list_images, require_folder
 from src.data.image_io import load_image
@@ -21,10 +21,8 @@ def preprocess_file(path: Path, channels: int, transform: ImageTransform,
                     decoded: DecodedImages | None = None) -> torch.Tensor:
     """Load (from `decoded` when given: data.cache_decoded) and preprocess one image file; size
     errors get the file's path added."""
-    def decode():
-        return load_image(path, channels, transform.decode_at_least, **transform.reading)
-
-    image = decoded.get((str(path), channels), decode) if decoded is not None else decode()
+    image = read(decoded, (str(path), channels),
+                 lambda: load_image(path, channels, transform.decode_at_least, **transform.reading))
     try:
         return transform(image)
     except ValueError as error:
