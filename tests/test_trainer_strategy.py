@@ -92,7 +92,7 @@ def test_the_process_count_follows_lightnings_reading_of_the_devices():
 def test_a_length_the_run_would_replace_is_refused(overrides, max_iters, max_kimg, message):
     """On the command line of a run whose config sets max_iters or max_kimg (U-GAT-IT's 1M
     iterations, StyleGAN's 25000 kimg), trainer.max_epochs did nothing."""
-    from src.utils.run import refuse_overridden_length
+    from src.utils.unread_overrides import refuse_overridden_length
 
     with pytest.raises(ValueError, match=message):
         refuse_overridden_length(overrides, max_iters, max_kimg)

@@ -32,7 +32,7 @@ from src.utils.instantiate import instantiate_list
 from src.utils.library_warnings import silence_known_library_noise
 from src.utils.objective import sweeper_direction
 from src.utils.run_results import completed_metrics
-from src.utils.unread_overrides import refuse_or_warn, refuse_unread_overrides
+from src.utils.unread_overrides import refuse_unread_overrides
 from src.utils.translation import is_out_of_memory
 from src.utils.wandb_run import (WandbRunIdCallback, finish_wandb_run, is_multirun, is_wandb_node, job_overrides,
                                   with_wandb_identity)
@@ -153,7 +153,6 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     max_iters = cfg.get("max_iters")
     # Checked here: Lightning would name max_steps (twice this for a two-player model).
     require_int("max_iters", max_iters, allow_none=True, why=" (training iterations; null: trainer.max_epochs)")
-    refuse_overridden_length(job_overrides(), max_iters, cfg.get("max_kimg"), in_a_sweep=in_a_sweep())
     if max_iters:
         kwargs["max_steps"] = int(cfg.max_iters) * model.optimizer_steps_per_iter
         kwargs["max_epochs"] = -1
@@ -167,24 +166,6 @@ def in_a_sweep() -> bool:
     """A job of a multirun, or a DDP rank Lightning launched for one (which runs Hydra in RUN
     mode): every rank of the job must come to the same decision."""
     return is_multirun() or JOB_ENV in os.environ
-
-
-def refuse_overridden_length(overrides: list[str], max_iters, max_kimg, in_a_sweep: bool = False) -> None:
-    """`trainer.max_epochs=N` (or `max_steps`) on the command line of a run whose length
-    `max_iters` or `max_kimg` sets (U-GAT-IT's, NICE-GAN's, WGAN-GP's configs, ProGAN's,
-    StyleGAN's, the quickstart) would be replaced by it without a word (in a sweep, a warning:
-    `-m model=cyclegan,ugatit trainer.max_epochs=10` sets CycleGAN's length)."""
-    if not (max_iters or max_kimg):
-        return
-    # max_iters replaces both; max_kimg only the epochs (a max_steps ends the run if it comes first)
-    replaced = ("trainer.max_epochs", "trainer.max_steps") if max_iters else ("trainer.max_epochs",)
-    for override in overrides:
-        key = override.lstrip("+~").split("=", 1)[0]
-        if key in replaced:
-            length = f"max_iters={max_iters}" if max_iters else f"max_kimg={max_kimg}"
-            unset = "max_iters=null" if max_iters else "max_kimg=null"
-            refuse_or_warn(f"{override}: this run's length is {length}, which replaces {key}. Set the length "
-                           f"with max_iters or max_kimg, or pass {unset} to train by {key}", in_a_sweep)
 
 
 def take_gradient_clipping(trainer_kwargs: dict, model) -> None:

@@ -24,6 +24,7 @@ def refuse_unread_overrides(overrides: list[str], model, cfg, in_a_sweep: bool =
     """ValueError for the first command-line override (`key=value`, Hydra's syntax) the model
     would not read under the rest of its settings. In a sweep, a warning: its other jobs may
     read it (`-m loss=lsgan,wgangp loss.weights.gp=10`), and an error would end the sweep."""
+    refuse_overridden_length(overrides, cfg.get("max_iters"), cfg.get("max_kimg"), in_a_sweep)
     for override in overrides:
         if override.startswith("~"):   # a deletion reads nothing either way
             continue
@@ -32,6 +33,24 @@ def refuse_unread_overrides(overrides: list[str], model, cfg, in_a_sweep: bool =
         if why:
             refuse_or_warn(f"{override} would change nothing: {why}. Remove it, or change what makes it unread",
                            in_a_sweep)
+
+
+def refuse_overridden_length(overrides: list[str], max_iters, max_kimg, in_a_sweep: bool = False) -> None:
+    """`trainer.max_epochs=N` (or `max_steps`) on the command line of a run whose length
+    `max_iters` or `max_kimg` sets (U-GAT-IT's, NICE-GAN's, WGAN-GP's configs, ProGAN's,
+    StyleGAN's, the quickstart) would be replaced by it without a word (in a sweep, a warning:
+    `-m model=cyclegan,ugatit trainer.max_epochs=10` sets CycleGAN's length)."""
+    if not (max_iters or max_kimg):
+        return
+    # max_iters replaces both; max_kimg only the epochs (a max_steps ends the run if it comes first)
+    replaced = ("trainer.max_epochs", "trainer.max_steps") if max_iters else ("trainer.max_epochs",)
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key in replaced:
+            length = f"max_iters={max_iters}" if max_iters else f"max_kimg={max_kimg}"
+            unset = "max_iters=null" if max_iters else "max_kimg=null"
+            refuse_or_warn(f"{override}: this run's length is {length}, which replaces {key}. Set the length "
+                           f"with max_iters or max_kimg, or pass {unset} to train by {key}", in_a_sweep)
 
 
 def refuse_or_warn(message: str, in_a_sweep: bool) -> None:
