@@ -37,11 +37,13 @@ class FinalMetrics(pl.Callback):
         from src.callbacks.fid_kid import FidKidCallback   # imported late: it loads the metrics stack
         fid = next((c for c in trainer.callbacks if isinstance(c, FidKidCallback)), None)
         checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
-        write_final_metrics(self.run_dir, {k: float(v) for k, v in trainer.callback_metrics.items()},
-                            pl_module.iteration, checkpoint or None,
-                            *((fid.best_fid, fid.best_iteration) if fid is not None else ()),
-                            feature_extractor=fid.measured.get("feature_extractor") if fid is not None else None)
-        if fid is not None and math.isfinite(fid.best_fid):
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if fid is None:
+            write_final_metrics(self.run_dir, metrics, pl_module.iteration, checkpoint or None)
+            return
+        write_final_metrics(self.run_dir, metrics, pl_module.iteration, checkpoint or None, fid.best_fid,
+                            fid.best_iteration, feature_extractor=fid.measured.get("feature_extractor"))
+        if math.isfinite(fid.best_fid):
             # The run's summary holds each metric's last value; the best FID is what runs are
             # compared by (the runs table of a sweep).
             for logger in trainer.loggers:

@@ -4,9 +4,8 @@ says it.
 
 The model counts the real images each iteration loaded on every device (`images_seen`, from
 its `loaded_images`: a WGAN critic's several batches and a short last batch of an epoch
-included); the callback stops the run after the iteration that
-reaches the budget. The count is saved in checkpoints, so a resumed run stops where the whole
-would have.
+included); the callback stops the run after the iteration that reaches the budget. The count
+is saved in checkpoints, so a resumed run stops where the whole would have.
 """
 from __future__ import annotations
 

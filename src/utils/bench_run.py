@@ -17,13 +17,13 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src.callbacks.compile_networks import check_compile_mode
+from src.utils import code_version
 from src.utils.bench_ab import TOGGLES
 from src.utils.bench_machine import cpu_kind, load_average, wait_until_quiet
 from src.utils.bench_report import (interval_text, is_reference_iteration, memory_gb, memory_kind, versus_key,
                                     write_results)
 from src.utils.bench_step import compose_model_config
 from src.utils.bench_versus import pool_same_code, run_pairs
-from src.utils import code_version
 from src.utils.bench_worker import ROOT, run_in_subprocess
 from src.utils.config_checks import check_seed, require_int
 from src.utils.training_config import compose_training_config

@@ -25,14 +25,14 @@ def make_grid(rows: dict[str, torch.Tensor], padding: int = 2, labels: bool = Tr
     grid = ((torch.cat(tiles, dim=1).permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
     if not labels:
         return grid
-    return np.concatenate([row_names(list(rows), tiles[0].size(1), grid.shape[0]), grid], axis=1)
+    return np.concatenate([row_names(list(rows), tiles[0].size(1)), grid], axis=1)
 
 
-def row_names(names: list[str], row_height: int, height: int) -> np.ndarray:
+def row_names(names: list[str], row_height: int) -> np.ndarray:
     """A white margin with each name, in black, beside its row."""
     font = row_font(row_height)
     width = max(font.getbbox(name)[2] for name in names) + 6
-    margin = Image.new("RGB", (width, height), "white")
+    margin = Image.new("RGB", (width, len(names) * row_height), "white")
     draw = ImageDraw.Draw(margin)
     for i, name in enumerate(names):
         _, top, _, bottom = font.getbbox(name)   # centred by hand: a bitmap font takes no anchor
