@@ -22,7 +22,7 @@ from src.utils.objective import objective_value, sweeper_direction  # noqa: E402
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
     configure_allocator(cfg.get("allocator", "default"))
-    from src.models.divergence import TrainingDiverged   # these load torch: only once the allocator is set
+    from src.models.divergence import divergence_of   # these load torch: only once the allocator is set
     from src.utils.run import run_training
     from src.utils.run_results import write_failure
     from src.utils.sweep_summary import is_rank_zero
@@ -30,10 +30,11 @@ def main(cfg: DictConfig) -> float | None:
     metric_name = cfg.get("optimized_metric")
     try:
         metrics = run_training(cfg)
-    except TrainingDiverged as diverged:
+    except Exception as error:
         # In a search, a diverged trial is the worst value (the study goes on; its checkpoints
         # stay finite); an error would end the whole study (the sweeper fails on any error).
-        if not metric_name or sweeper_direction() is None:
+        diverged = divergence_of(error)
+        if diverged is None or not metric_name or sweeper_direction() is None:
             raise
         if is_rank_zero():   # the job ends "completed" for Hydra: its record says what happened
             write_failure(Path(cfg.paths.output_dir), diverged, status="diverged")

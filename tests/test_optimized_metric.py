@@ -80,3 +80,32 @@ def test_a_trial_stopped_for_diverging_gives_the_search_the_worst_value(train_cf
     monkeypatch.setattr(train_script, "sweeper_direction", lambda: None)   # no search: the error stands
     with pytest.raises(TrainingDiverged):
         train_script.main(cfg)
+
+
+def diverging_rank(rank: int) -> None:
+    """A spawned rank that stops as a diverged run does (module level: spawn pickles it by name)."""
+    from src.models.divergence import TrainingDiverged, diverged_message
+    raise TrainingDiverged(diverged_message(f"train/G is nan on rank {rank}", 3))
+
+
+def test_a_trial_whose_spawned_rank_diverged_gives_the_search_the_worst_value(train_cfg, monkeypatch):
+    """Under ddp_spawn the main process gets torch's ProcessRaisedException, the rank's error as
+    text: the trial is still the worst value, not the error that ends the study."""
+    import torch.multiprocessing as mp
+
+    import src.train as train_script
+    import src.utils.run as run_module
+
+    monkeypatch.setattr(run_module, "run_training", lambda cfg: mp.start_processes(diverging_rank, nprocs=1,
+                                                                                    start_method="spawn"))
+    monkeypatch.setattr(train_script, "sweeper_direction", lambda: "minimize")
+    cfg = train_cfg("model=cyclegan", "optimized_metric=eval/fid")
+    assert train_script.main(cfg) == math.inf
+    record = json.loads(Path(cfg.paths.output_dir, "final_metrics.json").read_text())
+    assert record["status"] == "diverged"
+    assert record["error"].startswith("TrainingDiverged: Training diverged at iteration 3: train/G is nan on rank 0.")
+    # any other error of a spawned rank still ends the trial as an error
+    monkeypatch.setattr(run_module, "run_training", lambda cfg: mp.start_processes(math.log, nprocs=1,  # log(rank 0)
+                                                                                    start_method="spawn"))
+    with pytest.raises(mp.ProcessRaisedException, match="ValueError: math domain error"):
+        train_script.main(train_cfg("model=cyclegan", "optimized_metric=eval/fid"))

@@ -63,6 +63,20 @@ def non_finite_losses(names, values: torch.Tensor) -> dict[str, float]:
     return {name: float(v) for name, v in zip(names, values.tolist()) if not math.isfinite(v)}
 
 
+def divergence_of(error: BaseException) -> TrainingDiverged | None:
+    """`error` as TrainingDiverged where it is one, also where a process Lightning spawned
+    (`ddp_spawn`) raised it: the main process then gets torch's ProcessRaisedException, which
+    carries the rank's traceback as text only. None for any other error."""
+    if isinstance(error, TrainingDiverged):
+        return error
+    if isinstance(error, torch.multiprocessing.ProcessRaisedException):
+        marker = f"{TrainingDiverged.__name__}: "
+        raised = [line.split(marker, 1)[1] for line in str(error).splitlines() if marker in line]
+        if raised:
+            return TrainingDiverged(raised[-1])
+    return None
+
+
 def diverged_message(where: str, iteration: int) -> str:
     return (f"Training diverged at iteration {iteration}: {where}. The run stops here rather than train on, and "
             f"overwrite its checkpoints, with weights that are not finite; those it saved hold finite weights (they "
