@@ -103,7 +103,8 @@ def test_a_trial_whose_spawned_rank_diverged_gives_the_search_the_worst_value(tr
     assert train_script.main(cfg) == math.inf
     record = json.loads(Path(cfg.paths.output_dir, "final_metrics.json").read_text())
     assert record["status"] == "diverged"
-    assert record["error"].startswith("TrainingDiverged: Training diverged at iteration 3: train/G is nan on rank 0.")
+    assert record["error"].startswith("TrainingDiverged: Training diverged at iteration 3: "
+                                      "train/G is nan on rank 0.")
     # any other error of a spawned rank still ends the trial as an error
     monkeypatch.setattr(run_module, "run_training", lambda cfg: mp.start_processes(math.log, nprocs=1,  # log(rank 0)
                                                                                     start_method="spawn"))
