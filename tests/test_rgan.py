@@ -16,7 +16,7 @@ from conftest import NO_EVALUATION, assert_resume_continues_the_run, single_and_
 from src.callbacks.fid_kid import FidKidCallback
 from src.data.sequences import SequenceDataModule
 from src.losses import gradient_penalty
-from src.metrics.mmd import mmd2_unbiased
+from src.metrics.mmd import mmd2_unbiased, sample_mmd2
 from src.nets.recurrent import RecurrentDiscriminator, RecurrentGenerator
 from src.utils.run import build_callbacks, build_trainer_kwargs, run_training
 from src.utils.sequence_plot import plot_series
@@ -117,6 +117,21 @@ def test_discriminator_decides_per_step_and_the_condition_reaches_every_step():
     assert torch.allclose(D(x, labels)[:, :5], D(y, labels)[:, :5]) and not torch.allclose(D(x, labels), D(y, labels))
 
 
+def test_the_sample_mmd_kernel_is_fixed_by_the_real_series():
+    """The bandwidth comes from the real series alone: the MMD of a generator against the test
+    set is measured with one kernel whatever it generates. From the pooled sample, a generator
+    far off (or collapsed) would widen (or narrow) the kernel and read as closer than it is."""
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(60, 30, 5, generator=g), torch.randn(60, 30, 5, generator=g)
+    sigma = (float(torch.pdist(real.flatten(1).double()).pow(2).median()) / 2) ** 0.5
+    assert sample_mmd2(real, fake) == pytest.approx(mmd2_unbiased(real, fake, bandwidth=sigma), rel=1e-9)
+    assert abs(sample_mmd2(real, fake)) < 0.01 and sample_mmd2(real, fake + 3) > 0.5
+    # Far off, the kernel between real and fake is ~0 whatever the distance: one value, where the
+    # pooled bandwidth grows with the distance and the value with it.
+    assert sample_mmd2(real, fake + 100) == pytest.approx(sample_mmd2(real, fake + 1000), rel=1e-6)
+    assert mmd2_unbiased(real, fake + 100) != pytest.approx(mmd2_unbiased(real, fake + 1000), rel=1e-3)
+
+
 @pytest.mark.parametrize("name", ["rgan", "rcgan"])
 def test_iteration_and_mmd_evaluation_and_plotted_grids(train_cfg, name):
     cfg = train_cfg(f"model={name}", "max_iters=2", "++callbacks.latent=null", "++callbacks.shapes_truth=null")
@@ -138,7 +153,7 @@ def test_iteration_and_mmd_evaluation_and_plotted_grids(train_cfg, name):
     test = trainer.datamodule.dataset("test", train=False)
     batch = trainer.datamodule.collate([test[i] for i in range(len(test))])
     real, fake = model.evaluation_pair(batch, "samples")
-    assert float(metrics["eval/mmd2_samples"]) == pytest.approx(mmd2_unbiased(real, fake), rel=1e-6)
+    assert float(metrics["eval/mmd2_samples"]) == pytest.approx(sample_mmd2(real, fake), rel=1e-6)
     grid = np.asarray(Image.open(Path(cfg.paths.output_dir) / "samples" / "iter_0000002.png"))
     assert grid.shape[0] == 2 * (48 + 4) and (grid < 128).any()   # two rows of line plots
 
@@ -219,7 +234,10 @@ def test_eval_writes_series_samples_a_plot_and_their_mmd(train_cfg, tmp_path, sh
     out = Path(eval_cfg.output_dir)
     samples = np.load(out / "samples.npy")
     assert samples.shape == (data.n_test, data.seq_len, data.channels) and np.abs(samples).max() <= 1
-    assert math.isfinite(results["samples"]["mmd2"])
+    # the measure the training callback logs: the samples against the test series, the kernel fixed by the latter
+    test = hydra.utils.instantiate(eval_cfg.data).dataset("test", train=False)
+    real = torch.stack([test[i]["A"] for i in range(len(test))])
+    assert results["samples"]["mmd2"] == pytest.approx(sample_mmd2(real, torch.from_numpy(samples)), rel=1e-6)
     assert json.loads((out / "metrics.json").read_text())["metrics"]["samples"]["mmd2"] == results["samples"]["mmd2"]
     assert np.asarray(Image.open(out / "samples.png")).shape[0] == 2 * (48 + 4)
     # RCGAN's own evaluation: a classifier of the condition trained on samples / on real series

@@ -3,8 +3,8 @@ model of time series (and usable for any noise-to-sample model).
 
 Every `every_n_iters` training iterations and at the end: one sample per test item (its latent
 fixed by the item's index, of its condition when the model is conditional, `evaluation_pair`),
-and the unbiased Gaussian-kernel MMD^2 between the test items and the samples, bandwidth by the
-median heuristic (src/metrics/mmd.py), logged as `eval/mmd2_samples`. Under DDP each rank
+and the unbiased Gaussian-kernel MMD^2 between the test items and the samples, its bandwidth
+fixed by the test items (`sample_mmd2`, src/metrics/mmd.py), logged as `eval/mmd2_samples`. Under DDP each rank
 samples its block of the test set and the rows are gathered, so every rank gets the
 single-process value.
 """
@@ -16,7 +16,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from src.callbacks.fid_kid import PeriodicEvaluation, publish_metrics
 from src.callbacks.latent import gather_rows
-from src.metrics.mmd import mmd2_unbiased
+from src.metrics.mmd import sample_mmd2
 from src.models.noise_base import SAMPLES, NoiseToImageModel
 from src.utils.accelerator import float64_device
 
@@ -43,7 +43,7 @@ class SampleMMDCallback(PeriodicEvaluation):
         empty = torch.empty(0, width, dtype=torch.float64, device=device)
         real = gather_rows(torch.cat(reals) if reals else empty).cpu()
         fake = gather_rows(torch.cat(fakes) if fakes else empty).cpu()
-        publish_metrics(trainer, {"eval/mmd2_samples": mmd2_unbiased(real, fake)}, step=pl_module.iteration)
+        publish_metrics(trainer, {"eval/mmd2_samples": sample_mmd2(real, fake)}, step=pl_module.iteration)
 
     def sample_width(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
         """Numbers per sample, for a rank whose block is empty (every rank gathers one width)."""

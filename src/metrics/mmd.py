@@ -40,6 +40,18 @@ def sigma_from_distances(d2: torch.Tensor) -> float:
     return (float(distinct.median()) / 2.0) ** 0.5
 
 
+def sample_mmd2(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """Unbiased MMD^2 between real samples and generated ones (RGAN's measure), under a kernel
+    fixed by the real sample alone: the median heuristic's sigma of the real sample (sigma^2 =
+    median squared distance between real samples / 2). From the pooled sample the bandwidth
+    would move with the generator (one far off widens it, a collapsing one narrows it), so the
+    values along a run, and those of runs on the same test set, would each be measured with
+    another kernel. (The RGAN authors' code starts from sigma = the median distance of the real
+    validation series and then tunes two bandwidths on part of the evaluation set.)"""
+    real = real.flatten(1).double()
+    return mmd2_unbiased(real, fake, bandwidth=sigma_from_distances(squared_distances(real, real)))
+
+
 def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None) -> float:
     """Unbiased Gaussian-kernel MMD^2 between samples x (N, ...) and y (M, ...), N, M >= 2.
 

@@ -17,7 +17,7 @@ from src.data.unpaired import distinct_images
 from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
 from src.metrics.image_classifier import ClassifierScorer, classifier_of_the_data
-from src.metrics.mmd import mmd2_unbiased
+from src.metrics.mmd import sample_mmd2
 from src.metrics.segmenter import Segmenter
 from src.metrics.tstr import tstr_trtr
 from src.metrics.shapes_truth import ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta
@@ -266,7 +266,7 @@ def evaluate_series(model: NoiseToImageModel, loader, output_dir: Path, train_lo
     shown = min(8, len(real))
     save_image(make_grid({"real": plot_series(real[:shown]), "fake": plot_series(fake[:shown])}),
                output_dir / "samples.png")
-    metrics = {"mmd2": mmd2_unbiased(real, fake)}
+    metrics = {"mmd2": sample_mmd2(real, fake)}
     if train_loader is not None and model.num_classes:
         real_train, synthetic, train_labels = real_and_generated(model, train_loader)
         metrics.update(tstr_trtr((synthetic, train_labels), (real_train, train_labels), (real, labels),
