@@ -76,6 +76,8 @@ def test_csv_windows_test_split_comes_last_and_is_scaled_by_training_range(tmp_p
     ({"columns": ["a", "z"]}, r"no column \['z'\]"),
     ({"channels": 3}, "data.channels=3"),
     ({"seq_len": 60}, "too few"),
+    ({"label_column": None}, r"data.num_classes=2 but no data.label_column: without a column of classes every "
+                             r"window's label is 0"),
 ])
 def test_csv_errors_name_the_setting(tmp_path, kwargs, message):
     write_csv(tmp_path / "s.csv", 50)
@@ -130,6 +132,12 @@ def test_the_sample_mmd_kernel_is_fixed_by_the_real_series():
     # pooled bandwidth grows with the distance and the value with it.
     assert sample_mmd2(real, fake + 100) == pytest.approx(sample_mmd2(real, fake + 1000), rel=1e-6)
     assert mmd2_unbiased(real, fake + 100) != pytest.approx(mmd2_unbiased(real, fake + 1000), rel=1e-3)
+
+
+def test_a_conditional_model_of_one_class_is_refused(train_cfg):
+    """One label for every series: RCGAN's condition would say nothing and its TSTR score 1.0."""
+    with pytest.raises(ValueError, match=r"model.num_classes=1: a conditional model needs two classes or more"):
+        run_training(train_cfg("model=rcgan", "data.num_classes=1", "max_iters=1", *NO_EVALUATION))
 
 
 @pytest.mark.parametrize("name", ["rgan", "rcgan"])

@@ -126,6 +126,10 @@ class SequenceDataModule(SplitDataModule):
         if source == "csv" and not csv_path:
             raise ValueError("data.source=csv needs data.csv_path=/path/to/series.csv (data=csv_series has the key; "
                              "on another data config, ++data.csv_path=...)")
+        if source == "csv" and not label_column and num_classes != 1:
+            raise ValueError(f"data.num_classes={num_classes} but no data.label_column: without a column of classes "
+                             f"every window's label is 0. Name the column (data.label_column=...) or set "
+                             f"data.num_classes=1")
         require_int("data.max_dataset_size", max_dataset_size, allow_none=True)
         if not 0 < test_fraction < 1:
             raise ValueError(f"data.test_fraction={test_fraction!r} must be between 0 and 1")

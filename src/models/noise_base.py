@@ -63,6 +63,11 @@ class NoiseToImageModel(AdversarialModel):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if stage == "fit" and self.num_classes == 1:
+            # one label for every sample: the condition says nothing (and RCGAN's TSTR, a
+            # classifier of one class, would score a meaningless 1.0)
+            raise ValueError("model.num_classes=1: a conditional model needs two classes or more (data.num_classes "
+                             "and its labels); without classes train the unconditional one (model.num_classes=0)")
         if stage == "fit" and self.num_classes and datamodule is not None:
             found = datamodule.num_classes
             if found != self.num_classes:
