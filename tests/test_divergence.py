@@ -91,7 +91,7 @@ def test_fp16_warns_once_of_a_loss_scale_so_low_that_steps_are_skipped(train_cfg
     del kwargs["precision"]  # given by the plugin
     plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=0.25,
                                                                            growth_interval=1000))
-    trainer = pl.Trainer(**kwargs, plugins=[plugin])
+    trainer = pl.Trainer(**{**kwargs, "plugins": [*kwargs["plugins"], plugin]})
     with pytest.warns(UserWarning, match=r"Iteration 1: the fp16 loss scale of the generators is down to 0.25") as seen:
         trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
     low = [w for w in seen if "fp16 loss scale" in str(w.message)]

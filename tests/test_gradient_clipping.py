@@ -75,7 +75,8 @@ def test_under_fp16_the_gradients_are_unscaled_before_the_clip(train_cfg):
     kwargs = {**build_trainer_kwargs(cfg, model), "logger": False, "enable_checkpointing": False}
     del kwargs["precision"]  # given by the plugin
     scaler = torch.amp.GradScaler("cpu", init_scale=256.0)   # no overflow: every step taken
-    trainer = pl.Trainer(**kwargs, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    fp16 = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+    trainer = pl.Trainer(**{**kwargs, "plugins": [*kwargs["plugins"], fp16]})
     with gradients_at_each_step() as seen:
         trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
     assert model.grad_scalers is not None and len(seen) == 2 * 2

@@ -747,7 +747,7 @@ def test_fp16_gives_each_loss_its_own_scaler(train_cfg, tmp_path, model_name):
     dtypes = generator_output_dtypes(model)
     kwargs = {**build_trainer_kwargs(cfg, model), "logger": False, "enable_checkpointing": False}
     del kwargs["precision"]  # given by the plugin
-    trainer = pl.Trainer(**kwargs, plugins=[MixedPrecision("16-mixed", "cpu")])
+    trainer = pl.Trainer(**{**kwargs, "plugins": [*kwargs["plugins"], MixedPrecision("16-mixed", "cpu")]})
     trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
     assert torch.float16 in dtypes
     scalers = trainer.precision_plugin.scaler

@@ -7,6 +7,7 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins import CheckpointIO
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar
@@ -24,6 +25,7 @@ from src.callbacks.stop_signals import RequeueStop, StopSignals
 from src.models.checkpoint_fit import check_checkpoint_file, check_resume_settings
 from src.utils.accelerator import resolved_accelerator
 from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_job
+from src.utils.checkpoint_io import DurableCheckpointIO
 from src.utils.code_version import git_revision
 from src.utils.config_checks import check_argument_types, check_run_folder, check_seed, is_number, require_int
 from src.utils.ddp_multirun import JOB_ENV, job_shared_with_launched_ranks
@@ -142,6 +144,7 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     warn_emulated_cpu_bf16(kwargs)
     warn_bf16_before_ampere(kwargs)
     take_gradient_clipping(kwargs, model)
+    use_durable_checkpoints(kwargs)
     if kwargs.get("accumulate_grad_batches", 1) != 1:
         raise ValueError(f"trainer.accumulate_grad_batches={kwargs['accumulate_grad_batches']}: a GAN's players step "
                          f"in turn, each once per iteration, and the next player trains against the one just "
@@ -160,6 +163,15 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     elif cfg.get("max_kimg"):   # the image budget (ImageBudget) ends the run, not an epoch count
         kwargs["max_epochs"] = -1
     return kwargs
+
+
+def use_durable_checkpoints(trainer_kwargs: dict) -> None:
+    """Checkpoint files written whole, through a synced file beside them (src/utils/checkpoint_io.py),
+    unless the config names a CheckpointIO of its own."""
+    plugins = trainer_kwargs.get("plugins") or []
+    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        trainer_kwargs["plugins"] = [*plugins, DurableCheckpointIO()]
 
 
 def in_a_sweep() -> bool:

@@ -1,0 +1,58 @@
+"""Checkpoint files are written whole: through a synced temporary file beside them, renamed over
+the old one, never through the system's temp folder (on another filesystem the move is a copy
+that a kill cuts short)."""
+import tempfile
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from src.utils.checkpoint_io import DurableCheckpointIO, write_whole
+from src.utils.run import build_trainer_kwargs
+
+
+def test_a_checkpoint_is_written_beside_its_target_not_in_the_temp_folder(tmp_path, monkeypatch):
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    # Lightning's own save (fsspec) makes its temporary file in the temp folder: here that fails
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no_such_folder"))
+    with pytest.raises(FileNotFoundError):
+        pl.plugins.TorchCheckpointIO().save_checkpoint({"step": 1}, target)
+    DurableCheckpointIO().save_checkpoint({"step": 1, "w": torch.ones(3)}, target)
+    loaded = torch.load(target, weights_only=True)
+    assert loaded["step"] == 1 and torch.equal(loaded["w"], torch.ones(3))
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]   # no temporary file left
+
+
+def test_a_write_that_fails_leaves_the_old_file_whole_and_no_temporary_file(tmp_path):
+    target = tmp_path / "last.ckpt"
+    DurableCheckpointIO().save_checkpoint({"step": 1}, target)
+
+    def fail_halfway(stream):
+        stream.write(b"PK\x03\x04 the start of a zip archive")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        write_whole(target, fail_halfway)
+    assert torch.load(target, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_save(tmp_path):
+    """A process killed during a write leaves its temporary file (gigabytes for U-GAT-IT); the
+    next save of the same file deletes it. The hidden name keeps it out of `*.ckpt` searches."""
+    stale = tmp_path / ".last.ckpt.0123abcd.tmp"
+    stale.write_bytes(b"cut short")
+    assert not list(tmp_path.glob("*.ckpt"))
+    DurableCheckpointIO().save_checkpoint({"step": 2}, tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+@pytest.mark.parametrize("trainer", ["default", "ddp_sim"])
+def test_the_trainer_of_a_run_saves_through_it(train_cfg, trainer):
+    """On one device and under DDP, where only rank zero writes through the strategy's IO."""
+    import hydra
+
+    cfg = train_cfg("model=cyclegan", *(["trainer=ddp_sim"] if trainer == "ddp_sim" else []))
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    built = pl.Trainer(**build_trainer_kwargs(cfg, model), logger=False)
+    assert isinstance(built.strategy.checkpoint_io, DurableCheckpointIO)
