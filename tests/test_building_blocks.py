@@ -267,3 +267,21 @@ def test_one_dimensional_batch_norm_scales_are_drawn_too():
     # xavier's gain multiplies the weights (1.0 for the GAN's FC layers): no N(1, 1) scales
     net = init_weights(torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.BatchNorm1d(64)), "xavier", 1.0)
     assert torch.equal(net[1].weight, torch.ones(64))
+
+
+def test_the_output_tanh_is_torchs_tanh_through_a_sigmoid_on_the_cpu():
+    """torch's CPU tanh (MKL's vector math) can round the same input differently from one call
+    to the next on two threads, and seeded runs drifted from their repetitions and resumes; the
+    generators' outputs go through torch's sigmoid there (src/nets/tanh.py)."""
+    from src.nets.generators import ResnetGenerator, UnetGenerator
+    from src.nets.tanh import Tanh, tanh
+
+    x = torch.linspace(-12, 12, 4001, dtype=torch.float32, requires_grad=True)
+    y = tanh(x)
+    assert torch.equal(y, 2 * torch.sigmoid(2 * x) - 1)
+    assert (y.double() - torch.tanh(x.double())).abs().max() < 2.5e-7 and y.min() == -1 and y.max() == 1
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert (grad.double() - (1 - torch.tanh(x.detach().double()) ** 2)).abs().max() < 5e-7
+    assert torch.equal(tanh(x.detach().double()), torch.tanh(x.detach().double()))   # elsewhere torch's own
+    for net in (ResnetGenerator(3, 3, ngf=4, n_blocks=1), UnetGenerator(3, 3, num_downs=5, ngf=4)):
+        assert [type(m) for m in net.modules() if isinstance(m, torch.nn.Tanh)] == [Tanh]

@@ -3,6 +3,7 @@ import torch
 import torch.nn as nn
 
 from src.nets.norms import norm_layer, uses_bias
+from src.nets.tanh import Tanh
 
 
 class ResnetBlock(nn.Module):
@@ -57,7 +58,7 @@ class ResnetGenerator(nn.Module):
             c = ngf * 2 ** (n_downsampling - i)
             dec += [nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1, bias=bias),
                     norm_fn(c // 2), nn.ReLU(True)]
-        dec += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7), nn.Tanh()]
+        dec += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7), Tanh()]
         self.encoder = nn.Sequential(*enc)
         self.decoder = nn.Sequential(*dec)
         self.size_multiple = 2 ** n_downsampling
@@ -81,7 +82,7 @@ class UnetSkipBlock(nn.Module):
         up_in = inner_nc if innermost or not use_skip else inner_nc * 2
         if outermost:
             down = [down_conv]
-            up = [nn.ReLU(True), nn.ConvTranspose2d(up_in, outer_nc, 4, stride=2, padding=1), nn.Tanh()]
+            up = [nn.ReLU(True), nn.ConvTranspose2d(up_in, outer_nc, 4, stride=2, padding=1), Tanh()]
         else:
             down = [nn.LeakyReLU(0.2, True), down_conv] + ([] if innermost else [norm_fn(inner_nc)])
             up = [nn.ReLU(True), nn.ConvTranspose2d(up_in, outer_nc, 4, stride=2, padding=1, bias=bias),

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from src.nets.noise_nets import append_condition
 from src.nets.norms import norm_layer, uses_bias, vector_norm_layer
+from src.nets.tanh import Tanh
 
 LEAKY_SLOPE = 0.1   # the paper, appendix C: "lRELU with leaky rate 0.1" in D's hidden layers (and Q's)
 
@@ -43,7 +44,7 @@ class InfoGANGenerator(nn.Module):
             nn.ReLU(True))
         self.conv = nn.Sequential(
             nn.ConvTranspose2d(2 * ngf, ngf, 4, 2, 1, bias=bias), norm_fn(ngf), nn.ReLU(True),
-            nn.ConvTranspose2d(ngf, output_nc, 4, 2, 1), nn.Tanh())
+            nn.ConvTranspose2d(ngf, output_nc, 4, 2, 1), Tanh())
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         h = self.fc(append_condition(z, labels, self.num_classes))

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from src.nets.norms import norm_layer, uses_bias
+from src.nets.tanh import Tanh
 
 MLP_NORMS = ("batch", "none")
 
@@ -74,7 +75,7 @@ class DCGANGenerator(nn.Module):
             layers += [nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1, bias=bias), norm_fn(channels // 2),
                        nn.ReLU(True)]
             channels //= 2
-        layers += [nn.ConvTranspose2d(channels, output_nc, 4, 2, 1), nn.Tanh()]
+        layers += [nn.ConvTranspose2d(channels, output_nc, 4, 2, 1), Tanh()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -141,7 +142,7 @@ class MLPGenerator(nn.Module):
             layers += [nn.BatchNorm1d(out)] if norm == "batch" else []
             layers += [nn.ReLU(True)]
             width = out
-        layers += [nn.Linear(width, output_nc * image_size * image_size), nn.Tanh()]
+        layers += [nn.Linear(width, output_nc * image_size * image_size), Tanh()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

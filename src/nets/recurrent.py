@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from src.nets.noise_nets import append_condition
+from src.nets.tanh import tanh
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -46,7 +47,7 @@ class RecurrentGenerator(nn.Module):
         """z: (B, T * latent_dim) or (B, T, latent_dim) noise -> (B, T, channels) in [-1, 1]."""
         z = z.view(z.size(0), self.seq_len, self.latent_dim)
         hidden = run_recurrent(self.rnn, append_condition(z, labels, self.num_classes, dim=2))
-        return torch.tanh(self.out(hidden))
+        return tanh(self.out(hidden))
 
 
 class RecurrentDiscriminator(nn.Module):

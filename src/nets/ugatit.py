@@ -10,6 +10,7 @@ import torch.nn as nn
 from src.nets.adalin import LIN, AdaLINResnetBlock, GammaBetaMLP
 from src.nets.cam import CAMAttention, spectral_norm_if
 from src.nets.generators import ResnetBlock
+from src.nets.tanh import Tanh
 
 N_DOWNSAMPLING = 2  # the generator works at 1/4 resolution, as in CycleGAN
 
@@ -22,7 +23,7 @@ def nearest_upsample_block(in_nc: int, out_nc: int) -> nn.Sequential:
 
 def to_image_block(ngf: int, output_nc: int) -> nn.Sequential:
     """c7s1-output_nc with reflection padding, then tanh into [-1, 1]."""
-    return nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7, bias=False), nn.Tanh())
+    return nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7, bias=False), Tanh())
 
 
 class UGATITGenerator(nn.Module):
