@@ -56,3 +56,20 @@ def test_the_trainer_of_a_run_saves_through_it(train_cfg, trainer):
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     built = pl.Trainer(**build_trainer_kwargs(cfg, model), logger=False)
     assert isinstance(built.strategy.checkpoint_io, DurableCheckpointIO)
+
+
+def test_a_checkpoint_from_a_url_is_loaded_weights_only(train_cfg, monkeypatch):
+    """Lightning unpickles a URL's checkpoint in full unless told otherwise (its local loads
+    follow torch's weights-only default): a file from anyone could run code."""
+    from src.utils.run import run_training
+
+    asked = {}
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        asked.update(url=path, weights_only=weights_only)
+        raise ConnectionError("no network in tests")
+
+    monkeypatch.setattr(DurableCheckpointIO, "load_checkpoint", load_checkpoint)
+    with pytest.raises(ConnectionError):
+        run_training(train_cfg("model=cyclegan", "max_iters=1", "ckpt_path=https://example.org/last.ckpt"))
+    assert asked == {"url": "https://example.org/last.ckpt", "weights_only": True}

@@ -308,7 +308,9 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     exit_code = 0
     try:
         with job_shared_with_launched_ranks(trainer):
-            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            # weights_only: a checkpoint can come from anyone (a URL's, which Lightning would
+            # otherwise unpickle in full); ours hold tensors and plain values only.
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     except SIGTERMException as stop:
         exit_code = SIGTERM_EXIT_STATUS
         if isinstance(stop, RequeueStop):
