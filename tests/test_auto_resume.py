@@ -40,6 +40,22 @@ def test_the_most_advanced_readable_checkpoint_is_chosen_and_a_cut_file_is_named
     assert f"passing over {hpc}" in caplog.text
 
 
+def test_auto_stops_where_every_checkpoint_is_unreadable_rather_than_start_over_them(tmp_path):
+    from omegaconf import OmegaConf
+    from src.utils.auto_resume import resolve_auto_resume
+
+    checkpoints = tmp_path / "checkpoints"
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)},
+                            "callbacks": {"model_checkpoint": {"dirpath": str(checkpoints)}}})
+    assert resolve_auto_resume(cfg) is None   # nothing saved yet: the run starts
+    checkpoints.mkdir()
+    last = save_progress(checkpoints / "last.ckpt", 8)
+    last.write_bytes(last.read_bytes()[:100])                       # cut short: the only file
+    with pytest.raises(ValueError, match=rf"no checkpoint of this run can be read \({last}; each is named above\)\. "
+                                         r"Name one to resume from with ckpt_path="):
+        resolve_auto_resume(cfg)
+
+
 def test_a_requeued_job_naming_an_earlier_runs_checkpoint_resumes_from_its_own_further_one(tmp_path, monkeypatch):
     """The README's continuation job (`ckpt_path=<old run>/last.ckpt`, a new run directory),
     requeued after it saved: the same command line resumes from its own last.ckpt, not the

@@ -12,7 +12,8 @@ temporary file) is passed over with a warning naming it, and the next most advan
 A whole file that a weights-only load refuses stops the run, naming it: resuming from it would
 fail the same way, and passing it over would train again over the work it holds. Among files of
 equal progress an exact one wins over a crash checkpoint taken inside an iteration or inside a
-player's optimizer step, then the newest. Without any checkpoint the run starts, saying where
+player's optimizer step, then the newest. Where every file is unreadable the run stops, naming
+them, rather than train from scratch over them. Without any checkpoint the run starts, saying where
 it looked (Hydra's default run directory is new for every run, so there it always starts).
 """
 from __future__ import annotations
@@ -118,6 +119,12 @@ def resolve_auto_resume(cfg: DictConfig) -> str | None:
                          "which this config does not set (see conf/callbacks/default.yaml)")
     checkpoint_dir, run_dir = dirs
     chosen = most_advanced_checkpoint(checkpoint_dir, run_dir)
+    unreadable = checkpoint_candidates(checkpoint_dir, run_dir) if chosen is None else []
+    if unreadable:
+        # Starting here would train from scratch and, save by save, replace what they hold.
+        raise ValueError(f"ckpt_path=auto: no checkpoint of this run can be read ({', '.join(map(str, unreadable))}"
+                         f"; each is named above). Name one to resume from with ckpt_path=..., or move them out of "
+                         f"{checkpoint_dir} to start the run over")
     if chosen is None:
         log.info("ckpt_path=auto: no checkpoint in %s, starting the run. To resume a stopped job, start it "
                  "again with the same hydra.run.dir.", checkpoint_dir)
