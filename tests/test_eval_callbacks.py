@@ -282,6 +282,27 @@ def test_a_resume_on_fewer_gpus_restores_the_states_of_those_it_has(monkeypatch)
     assert restored == [(0, 0), (1, 1)]
 
 
+def test_on_apple_gpus_evaluation_seeds_and_restores_the_mps_generator_and_checkpoints_keep_it(monkeypatch):
+    """The noise models' latents and dropout on an Apple GPU draw from the MPS generator, which
+    fork_rng (CUDA's) leaves alone: an evaluation moved training's draws, and a resume lost them.
+    A CPU generator stands in for the MPS one."""
+    from src.utils.rng import collect_rng_states, restore_rng_states
+    mps = torch.Generator().manual_seed(11)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda device="mps": mps.get_state())
+    monkeypatch.setattr(torch.mps, "set_rng_state", lambda state, device="mps": mps.set_state(state))
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda seed: mps.manual_seed(seed))
+    before = mps.get_state()
+    with isolated_rng(torch.device("mps"), seed=3):
+        assert torch.equal(torch.rand(3, generator=mps), torch.rand(3, generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(mps.get_state(), before)
+
+    saved = collect_rng_states()
+    expected = torch.rand(3, generator=mps)
+    restore_rng_states(saved)
+    assert torch.equal(torch.rand(3, generator=mps), expected)
+
+
 def test_unseeded_evaluation_rng_draws_on_from_the_callers_state_and_restores_it():
     torch.manual_seed(5)
     expected = torch.rand(3)

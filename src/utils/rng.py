@@ -17,6 +17,8 @@ def collect_rng_states() -> dict:
               "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.backends.mps.is_available():   # Apple GPUs: the noise models' latents, dropout
+        states["mps"] = torch.mps.get_rng_state()
     return states
 
 
@@ -30,21 +32,31 @@ def restore_rng_states(states: dict) -> None:
         # requeued on 4, a one-GPU run of a multi-GPU node resumed on a one-GPU allocation).
         for index, state in enumerate(states["cuda"][:torch.cuda.device_count()]):
             torch.cuda.set_rng_state(state, index)
+    if "mps" in states and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(states["mps"])
 
 
 @contextlib.contextmanager
 def isolated_rng(device: torch.device, seed: int | None = 0):
-    """Torch's RNG (CPU and `device`'s GPU) seeded with `seed` inside the block and restored
-    after it: an evaluation (pix2pix's test-time dropout, KID subsets, noise models' latents) is
-    reproducible and leaves its caller's draws (a training run's, a notebook's) as they were.
-    `seed=None` leaves the block unseeded: it draws on from the caller's state, which is
-    restored all the same."""
+    """Torch's RNG (CPU and `device`'s GPU, CUDA or Apple's MPS) seeded with `seed` inside the
+    block and restored after it: an evaluation (pix2pix's test-time dropout, KID subsets, noise
+    models' latents) is reproducible and leaves its caller's draws (a training run's, a
+    notebook's) as they were. `seed=None` leaves the block unseeded: it draws on from the
+    caller's state, which is restored all the same."""
     cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_devices):
-        if seed is not None:
-            torch.default_generator.manual_seed(seed)
-            for index in cuda_devices:
-                with torch.cuda.device(index):
-                    torch.cuda.manual_seed(seed)
-        yield
+    # fork_rng forks one device type, CUDA here; the MPS generator is set aside by hand
+    mps_state = torch.mps.get_rng_state() if device.type == "mps" else None
+    try:
+        with torch.random.fork_rng(devices=cuda_devices):
+            if seed is not None:
+                torch.default_generator.manual_seed(seed)
+                for index in cuda_devices:
+                    with torch.cuda.device(index):
+                        torch.cuda.manual_seed(seed)
+                if mps_state is not None:
+                    torch.mps.manual_seed(seed)
+            yield
+    finally:
+        if mps_state is not None:
+            torch.mps.set_rng_state(mps_state)
