@@ -42,9 +42,29 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_save(tmp_path):
     next save of the same file deletes it. The hidden name keeps it out of `*.ckpt` searches."""
     stale = tmp_path / ".last.ckpt.0123abcd.tmp"
     stale.write_bytes(b"cut short")
+    never_again = tmp_path / ".crashed.ckpt.4567cdef.tmp"   # a name the run may never write again
+    never_again.write_bytes(b"cut short")
     assert not list(tmp_path.glob("*.ckpt"))
     DurableCheckpointIO().save_checkpoint({"step": 2}, tmp_path / "last.ckpt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_a_folder_that_cannot_be_synced_is_said_once_and_the_save_stands(tmp_path, monkeypatch, caplog):
+    """Some network and FUSE file systems refuse to sync a folder (EINVAL): the file is written,
+    synced and renamed already, and the run must not die at its first checkpoint."""
+    import errno
+    import logging
+    import os
+
+    def refuse(path, flags, *args):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "open", refuse)
+    with caplog.at_level(logging.WARNING):
+        for step in (1, 2):
+            DurableCheckpointIO().save_checkpoint({"step": step}, tmp_path / "last.ckpt")
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True) == {"step": 2}
+    assert caplog.text.count("Could not sync the folder") == 1
 
 
 @pytest.mark.parametrize("trainer", ["default", "ddp_sim"])

@@ -6,15 +6,17 @@ can differ in the last bit from one call to the next when torch runs on two or m
 different results in some processes). A seeded run then drifted from its repetition, or from
 its resume, by ~1e-8 after a few iterations, in about one process of twenty. On a CPU the
 outputs here are 2 sigmoid(2x) - 1, through torch's own vectorised sigmoid, which gave one
-result in every process: the same function, to ~2e-7 (its gradient to ~3e-7). Elsewhere (GPUs, other dtypes) torch's
-tanh.
+result in every process: the same function, to ~2e-7 (its gradient to ~3e-7). Elsewhere (GPUs,
+other dtypes, exported or compiled graphs, which hold torch's own operators) torch's tanh.
 """
 import torch
 import torch.nn as nn
 
+from src.nets.layer_rewrite import exporting_or_compiling
+
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
-    if x.device.type == "cpu" and x.dtype == torch.float32:
+    if x.device.type == "cpu" and x.dtype == torch.float32 and not exporting_or_compiling():
         return 2 * torch.sigmoid(2 * x) - 1
     return torch.tanh(x)
 

@@ -7,8 +7,8 @@ most advanced checkpoint the run left there: the last periodic save, `interrupte
 SLURM `hpc_ckpt_*.ckpt`. Lightning's own `ckpt_path="last"` looks at `last*.ckpt` by time only,
 and resolves the file after the loggers exist, too late for a wandb run to continue.
 
-A file that cannot be read whole (a copy or sync cut short; Lightning itself writes through a
-temporary file) is passed over with a warning naming it, and the next most advanced one is taken.
+A file that cannot be read whole (a copy or sync cut short; the run's own saves go through a
+synced file beside the target, src/utils/checkpoint_io.py) is passed over with a warning naming it, and the next most advanced one is taken.
 A whole file that a weights-only load refuses stops the run, naming it: resuming from it would
 fail the same way, and passing it over would train again over the work it holds. Among files of
 equal progress an exact one wins over a crash checkpoint taken inside an iteration or inside a

@@ -16,14 +16,20 @@ entry is synced. Paths with a scheme (`s3://`, `gs://`) keep Lightning's way.
 from __future__ import annotations
 
 import contextlib
-import glob
+import logging
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+log = logging.getLogger(__name__)
+#: Windows refuses to replace a file another program holds open (an eval.py reading last.ckpt,
+#: a virus scanner, a sync client): the rename is retried for this long
+REPLACE_RETRY_SECONDS = 10.0
 
 
 class DurableCheckpointIO(TorchCheckpointIO):
@@ -38,7 +44,9 @@ def write_whole(path: Path, write) -> None:
     """`write(stream)` into a temporary file beside `path`, synced, then renamed over `path`:
     `path` is the old file or the new one, whole, at every moment."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):   # left by a writer that was killed
+    # Left by a writer that was killed (gigabytes each): the run writes one checkpoint at a
+    # time, so any other here is stale, also of a name never written again (crashed.ckpt).
+    for stale in path.parent.glob(".*.ckpt.*.tmp"):
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
     temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
@@ -47,7 +55,7 @@ def write_whole(path: Path, write) -> None:
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temporary, path)
+        replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
@@ -55,12 +63,36 @@ def write_whole(path: Path, write) -> None:
     sync_folder(path.parent)
 
 
+def replace(source: Path, target: Path) -> None:
+    """os.replace, retried for a while on Windows where another program holds `target` open."""
+    deadline = time.monotonic() + REPLACE_RETRY_SECONDS
+    while True:
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError:
+            if os.name != "nt" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def sync_folder(folder: Path) -> None:
-    """Make a rename in `folder` durable (POSIX; Windows cannot open a folder for syncing)."""
+    """Make a rename in `folder` durable (POSIX; Windows cannot open a folder for syncing). Some
+    network and FUSE file systems refuse to sync a folder: the file itself is synced and renamed
+    already, so that is said once, not raised."""
     if os.name == "nt":
         return
-    descriptor = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    except OSError as error:
+        if folder not in _unsyncable_folders:
+            _unsyncable_folders.add(folder)
+            log.warning("Could not sync the folder %s after renaming a checkpoint into it (%s); the file itself "
+                        "is synced", folder, error)
+
+
+_unsyncable_folders: set[Path] = set()

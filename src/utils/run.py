@@ -167,7 +167,9 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
 
 def use_durable_checkpoints(trainer_kwargs: dict) -> None:
     """Checkpoint files written whole, through a synced file beside them (src/utils/checkpoint_io.py),
-    unless the config names a CheckpointIO of its own."""
+    unless the config names a CheckpointIO of its own, or on TPUs (whose strategy takes XLA's only)."""
+    if str(trainer_kwargs.get("accelerator")) == "tpu":
+        return
     plugins = trainer_kwargs.get("plugins") or []
     plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
     if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
