@@ -334,6 +334,12 @@ def test_a_time_or_step_interval_for_checkpoints_is_refused_not_ignored(train_cf
         run_training(train_cfg(f"+callbacks.model_checkpoint.{setting}"))
 
 
+def test_a_config_that_would_write_no_checkpoint_is_refused(train_cfg):
+    with pytest.raises(InstantiationException, match=r"save_top_k=0 with save_last=false writes no checkpoint"):
+        run_training(train_cfg("callbacks.model_checkpoint.save_top_k=0", "callbacks.model_checkpoint.save_last=false"))
+    run_training(train_cfg("callbacks.model_checkpoint.save_top_k=0", "max_iters=1"))   # last.ckpt alone is one
+
+
 def test_running_out_of_memory_says_what_fits_a_run_in_less(train_cfg, monkeypatch, caplog):
     cfg = train_cfg(*COMMON, "max_iters=4")
     fail_at_step(monkeypatch, 2, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))

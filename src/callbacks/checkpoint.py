@@ -38,6 +38,9 @@ class IterationCheckpoint(ModelCheckpoint):
                 # The batch-end saving below replaces the parent's, the one that reads them.
                 raise ValueError(f"callbacks.model_checkpoint.{unread} is not used here: checkpoints are written every "
                                  f"callbacks.model_checkpoint.every_n_iters training iterations (and on SIGTERM)")
+        if kwargs.get("save_top_k", 1) == 0 and not kwargs.get("save_last"):
+            raise ValueError("callbacks.model_checkpoint.save_top_k=0 with save_last=false writes no checkpoint, so the "
+                             "run would end without one: keep save_last=true (last.ckpt) or save_top_k >= 1")
         super().__init__(filename=filename, auto_insert_metric_name=auto_insert_metric_name, **kwargs)
         self.every_n_iters = every_n_iters
         # Lightning also saves at every epoch end by default; here only `every_n_epochs` asks for that.
