@@ -13,7 +13,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from src.models.divergence import before_saving, first_non_finite, refuse_non_finite_weights
+from src.models.divergence import first_non_finite, refuse_saving_non_finite
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,7 @@ class IterationCheckpoint(ModelCheckpoint):
         """The periodic file and last.ckpt, once per step (a save of this step already made, or a
         sanity check, skips it)."""
         if not self._should_skip_saving_checkpoint(trainer):
-            module = trainer.lightning_module
-            refuse_non_finite_weights(module, module.iteration, before_saving(self.last_model_path))
+            refuse_saving_non_finite(trainer.lightning_module, self.last_model_path)
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
@@ -96,7 +95,7 @@ class IterationCheckpoint(ModelCheckpoint):
         added one full checkpoint per epoch to the periodic ones: on 8 GPUs a CycleGAN epoch of
         horse2zebra is 167 iterations. A resume from any batch-end checkpoint is exact."""
         if self.epoch_end_saves_asked:
-            refuse_non_finite_weights(pl_module, pl_module.iteration, before_saving(self.last_model_path))
+            refuse_saving_non_finite(pl_module, self.last_model_path)
             super().on_train_epoch_end(trainer, pl_module)   # its every_n_epochs
         last_epoch = trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
         # Saved here whatever every_n_epochs says (an N that does not divide max_epochs, or 0),

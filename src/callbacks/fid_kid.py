@@ -41,7 +41,7 @@ from src.data.unpaired import distinct_images
 from src.metrics.features import build_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
 from src.metrics.image_classifier import ClassifierScorer, classifier_of_the_data
-from src.models.divergence import before_saving, refuse_non_finite_weights
+from src.models.divergence import refuse_saving_non_finite
 from src.models.noise_base import SAMPLES
 from src.utils.accelerator import float64_device
 from src.utils.config_checks import require_int
@@ -401,7 +401,7 @@ class FidKidCallback(PeriodicEvaluation):
         path = self.best_checkpoint_path(trainer)
         # The generators can be finite (a good FID) while a discriminator that stepped after
         # them is not: such a file would resume a diverged run.
-        refuse_non_finite_weights(pl_module, pl_module.iteration, before_saving(str(path) if path.is_file() else None))
+        refuse_saving_non_finite(pl_module, str(path) if path.is_file() else None)
         self.best_fid, self.best_iteration = float(fid), pl_module.iteration
         trainer.save_checkpoint(path, weights_only=False)  # full state: a best checkpoint can be resumed
         rank_zero_info(f"FID {fid:.4f} at iteration {pl_module.iteration}: new best, saved {path}")

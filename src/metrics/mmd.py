@@ -48,15 +48,16 @@ def sample_mmd2(real: torch.Tensor, fake: torch.Tensor) -> float:
     values along a run, and those of runs on the same test set, would each be measured with
     another kernel. (The RGAN authors' code starts from sigma = the median distance of the real
     validation series and then tunes two bandwidths on part of the evaluation set.)"""
-    real = real.flatten(1).double()
-    return mmd2_unbiased(real, fake, bandwidth=sigma_from_distances(squared_distances(real, real)))
+    return mmd2_unbiased(real, fake, bandwidth_from_x=True)
 
 
-def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None) -> float:
+def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None,
+                  bandwidth_from_x: bool = False) -> float:
     """Unbiased Gaussian-kernel MMD^2 between samples x (N, ...) and y (M, ...), N, M >= 2.
 
     Rows are flattened to vectors. `bandwidth` is the kernel's sigma; None: median heuristic
-    (see the module docstring). Computed in float64.
+    (see the module docstring) on the pooled sample, or with `bandwidth_from_x` on x alone.
+    Computed in float64.
     """
     x, y = x.flatten(1).double(), y.flatten(1).double()
     n, m = len(x), len(y)
@@ -64,7 +65,10 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = No
         raise ValueError(f"mmd2_unbiased needs at least 2 samples on each side, got {n} and {m}")
     pooled = torch.cat([x, y])
     d2 = squared_distances(pooled, pooled)   # once: the bandwidth's median and the three kernels
-    sigma = sigma_from_distances(d2) if bandwidth is None else float(bandwidth)
+    if bandwidth is not None:
+        sigma = float(bandwidth)
+    else:
+        sigma = sigma_from_distances(d2[:n, :n] if bandwidth_from_x else d2)
     if sigma <= 0:
         raise ValueError(f"bandwidth must be positive, got {bandwidth}")
     kernel = torch.exp(d2 * (-1.0 / (2.0 * sigma * sigma)))

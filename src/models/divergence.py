@@ -52,10 +52,11 @@ def refuse_non_finite_weights(module: nn.Module, iteration: int, context: str = 
         raise TrainingDiverged(diverged_message(f"{tensor} is not finite{context}", iteration))
 
 
-def before_saving(last_saved: str | None) -> str:
-    """`refuse_non_finite_weights`'s context before a checkpoint save: a diverged run stops
-    rather than write NaN weights over its good files."""
-    return f" (checked before saving a checkpoint); the last saved is {last_saved or 'none'}"
+def refuse_saving_non_finite(module, last_saved: str | None) -> None:
+    """Before a checkpoint save of `module` (an AdversarialModel): a diverged run stops rather
+    than write NaN weights over its good files; the message names the last file it saved."""
+    refuse_non_finite_weights(module, module.iteration,
+                              f" (checked before saving a checkpoint); the last saved is {last_saved or 'none'}")
 
 
 def non_finite_losses(names, values: torch.Tensor) -> dict[str, float]:
