@@ -338,6 +338,8 @@ def test_a_config_that_would_write_no_checkpoint_is_refused(train_cfg):
     with pytest.raises(InstantiationException, match=r"save_top_k=0 with save_last=false writes no checkpoint"):
         run_training(train_cfg("callbacks.model_checkpoint.save_top_k=0", "callbacks.model_checkpoint.save_last=false"))
     run_training(train_cfg("callbacks.model_checkpoint.save_top_k=0", "max_iters=1"))   # last.ckpt alone is one
+    with pytest.raises(InstantiationException, match=r"save_weights_only=true writes checkpoints a run cannot resume"):
+        run_training(train_cfg("+callbacks.model_checkpoint.save_weights_only=true"))
 
 
 def test_running_out_of_memory_says_what_fits_a_run_in_less(train_cfg, monkeypatch, caplog):

@@ -41,6 +41,12 @@ class IterationCheckpoint(ModelCheckpoint):
         if kwargs.get("save_top_k", 1) == 0 and not kwargs.get("save_last"):
             raise ValueError("callbacks.model_checkpoint.save_top_k=0 with save_last=false writes no checkpoint, so the "
                              "run would end without one: keep save_last=true (last.ckpt) or save_top_k >= 1")
+        if kwargs.get("save_weights_only"):
+            # Every file of the callback would lack the optimizers, schedulers, pools and loop
+            # state a resume needs, and `ckpt_path=auto` would pick them all the same.
+            raise ValueError("callbacks.model_checkpoint.save_weights_only=true writes checkpoints a run cannot resume "
+                             "from (no optimizer, scheduler, image pool or loop state): remove it. src/eval.py and "
+                             "src/translate.py load the networks from full checkpoints as they are")
         super().__init__(filename=filename, auto_insert_metric_name=auto_insert_metric_name, **kwargs)
         self.every_n_iters = every_n_iters
         # Lightning also saves at every epoch end by default; here only `every_n_epochs` asks for that.
