@@ -141,6 +141,28 @@ def test_the_same_command_starts_then_continues_the_run(train_cfg, tmp_path, cap
         assert torch.equal(value, resumed["state_dict"][key]), key
 
 
+def test_rolling_back_to_an_earlier_checkpoint_sets_the_abandoned_branch_aside(train_cfg, tmp_path, caplog):
+    """Resuming from iter_0000002.ckpt in a folder that holds iteration 4: the files further on
+    are moved into an abandoned_* folder, so auto (a requeue) continues the new branch, not them."""
+    every_save = ("callbacks.model_checkpoint.every_n_iters=2", "callbacks.model_checkpoint.save_top_k=-1")
+    run_training(train_cfg(*PIX2PIX, *every_save, "max_iters=4"))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    rolled_back_to = checkpoints / "iter_0000002.ckpt"
+    with caplog.at_level(logging.WARNING):
+        run_training(train_cfg(*PIX2PIX, *every_save, "max_iters=3", f"ckpt_path={rolled_back_to}"))
+    (shelf,) = checkpoints.glob("abandoned_*")
+    assert sorted(p.name for p in shelf.iterdir()) == ["iter_0000004.ckpt", "last.ckpt"]
+    assert f"moved iter_0000004.ckpt, last.ckpt into {shelf}" in caplog.text
+    assert torch.load(shelf / "last.ckpt", weights_only=True)["global_step"] == 8   # the old branch, kept whole
+    assert most_advanced_checkpoint(checkpoints, tmp_path / "run").name in ("last.ckpt", "iter_0000003.ckpt")
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert rolled_back_to.exists()
+    # Resuming from the newest file moves nothing.
+    caplog.clear()
+    run_training(train_cfg(*PIX2PIX, *every_save, "max_iters=3", f"ckpt_path={checkpoints / 'last.ckpt'}"))
+    assert len(list(checkpoints.glob("abandoned_*"))) == 1 and "abandoned" not in caplog.text
+
+
 @pytest.mark.parametrize("overrides", [(*PIX2PIX, "max_iters=2"),
                                        ("model=stylegan", "max_iters=null", "max_kimg=0.004", *NO_EVALUATION)])
 def test_a_finished_run_run_again_trains_nothing_and_keeps_its_record(train_cfg, tmp_path, overrides):

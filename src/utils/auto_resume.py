@@ -21,11 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import time
 import zipfile
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, open_dict
+from pytorch_lightning.utilities import rank_zero_only
 
 from src.callbacks.checkpoint import INSIDE_ITERATION_KEY, PARTIAL_STEPS_KEY, TORN_STEP_KEY
 from src.models.checkpoint_fit import refused_by_weights_only, weights_only_refusal
@@ -61,6 +63,34 @@ def resume_a_requeued_job(cfg: DictConfig) -> None:
                     "was started with: resuming from it", restarts, own, named)
         with open_dict(cfg):
             cfg.ckpt_path = str(own)
+
+
+def set_aside_abandoned_checkpoints(cfg: DictConfig) -> Path | None:
+    """A run that resumes from a named checkpoint (rolling back to an earlier `iter_*.ckpt` after
+    a divergence, or starting over in a folder used before) branches off whatever this run folder
+    holds further on. Those files would win `ckpt_path=auto` and a requeued job's choice over the
+    new branch's own until it passed them, so the job would go back to the abandoned branch.
+    They are moved, not deleted, into a dated `abandoned_*` subfolder (out of auto's sight);
+    returns it, or None when there was nothing to move. Rank 0 only: the other ranks of a
+    multi-process launch start after it, or load the named file, which stays."""
+    named, dirs = cfg.get("ckpt_path"), run_checkpoint_dirs(cfg)
+    if getattr(rank_zero_only, "rank", 0) != 0 or named in (None, AUTO) or dirs is None or not Path(named).is_file():
+        return None
+    named_progress = training_progress(Path(named))
+    if named_progress is None:
+        return None   # not a whole checkpoint: the resume itself names the problem
+    ahead = [path for path in dict.fromkeys(checkpoint_candidates(*dirs))   # one list where both folders are one
+             if not path.samefile(named) and (training_progress(path) or (-1,))[0] > named_progress[0]]
+    if not ahead:
+        return None
+    shelf = dirs[0] / time.strftime("abandoned_%Y%m%d-%H%M%S")
+    shelf.mkdir(exist_ok=True)
+    for path in ahead:
+        path.replace(shelf / path.name)
+    log.warning("ckpt_path=%s resumes a run this folder holds further on: moved %s into %s, so that "
+                "ckpt_path=auto and a requeued job resume the new branch and not the abandoned one",
+                named, ", ".join(path.name for path in ahead), shelf)
+    return shelf
 
 
 def run_checkpoint_dirs(cfg: DictConfig) -> tuple[Path, Path] | None:
