@@ -1,7 +1,11 @@
 """Label maps as classes (palette colours), the Cityscapes-table segmentation scores, and the
 FCN-score's exported segmentation net."""
+import io
+import json
 import logging
 import math
+import os
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -190,6 +194,54 @@ def test_segmenter_classes_images_at_the_label_size(segmenter_file):
     resized = Segmenter(segmenter_file, 19, (16, 16), "cpu", key="segmenter_path").classes(random_label_map(plain),
                                                                                             (8, 8))
     assert torch.equal(resized, plain)
+
+
+class OpensAFile:
+    """Unpickled in full, it creates `marker`: the code a file's author could run on load."""
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def rewritten_archive(source: Path, target: Path, replace: dict[str, bytes], add: dict[str, bytes] = {}) -> Path:
+    """A copy of the zip `source` with the members whose names end in a key of `replace`
+    replaced, and the members of `add` (named inside its top folder) added."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for name in old.namelist():
+            new.writestr(name, next((data for end, data in replace.items() if name.endswith(end)), old.read(name)))
+        top = old.namelist()[0].split("/")[0]
+        for name, data in add.items():
+            new.writestr(f"{top}/{name}", data)
+    return target
+
+
+def test_a_segmenter_file_runs_none_of_its_authors_code(segmenter_file, tmp_path):
+    """torch.export.load loads a weight stored in pickle form with weights_only=False: a file
+    whose weight is a pickled call is refused before the call runs; a file with Python objects
+    among its constants (unpickled in full) is refused by name."""
+    marker = tmp_path / "ran"
+    payload = io.BytesIO()
+    torch.save(OpensAFile(marker), payload)
+    with zipfile.ZipFile(segmenter_file) as archive:
+        (config_name,) = [n for n in archive.namelist() if n.endswith("weights/model_weights_config.json")]
+        config = json.loads(archive.read(config_name))
+    config["config"]["colours"]["use_pickle"] = True
+    pickled = rewritten_archive(segmenter_file, tmp_path / "pickled.pt2",
+                                {"weights/model_weights_config.json": json.dumps(config).encode(),
+                                 "weights/weight_0": payload.getvalue()})
+    with pytest.raises(ValueError, match=r"pickled.pt2 is not a program saved by torch.export.save .*Weights only load"):
+        Segmenter(pickled, 19, None, "cpu", key="segmenter_path")
+    assert not marker.exists()
+    assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") is None   # set for the load only
+
+    objects = rewritten_archive(segmenter_file, tmp_path / "objects.pt2", {},
+                                add={"data/constants/opaque_obj_0": payload.getvalue()})
+    with pytest.raises(ValueError, match=r"objects.pt2 holds pickled Python or TorchScript objects \(.*opaque_obj_0\)"):
+        Segmenter(objects, 19, None, "cpu", key="segmenter_path")
+    assert not marker.exists()
+    assert Segmenter(segmenter_file, 19, None, "cpu", key="segmenter_path").module is not None
 
 
 def test_segmenter_errors_name_the_setting_and_the_fix(segmenter_file, tmp_path):

@@ -12,15 +12,51 @@ run at (`segmenter_size`, or the label maps' size), batch 1:
     program = torch.export.export(net.eval(), (torch.rand(1, 3, 1024, 2048),))
     torch.export.save(program, "segmenter.pt2")
 
-An exported program holds a graph and tensors, not pickled Python objects, so loading a file
-from elsewhere runs no code of its author's.
+A file from elsewhere is loaded without running code of its author's: torch.export.load
+unpickles tensors stored in pickle form with `weights_only=False`, and Python or TorchScript
+objects among the constants in full, so its tensor loads are forced weights-only and a file
+holding such objects (no segmentation net needs one) is refused.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import zipfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+
+# Constants torch.export.load unpickles in full (pt2_archive: custom_obj_*, TorchScript objects,
+# and opaque_obj_*, plain pickle), where its tensor loads can be made weights-only.
+_OBJECT_CONSTANT_PREFIXES = ("custom_obj_", "opaque_obj_")
+
+
+def refuse_pickled_objects(path: Path, key: str) -> None:
+    if not zipfile.is_zipfile(path):
+        return   # torch.export.load's own error says what the file is not
+    with zipfile.ZipFile(path) as archive:
+        objects = [name for name in archive.namelist() if "/constants/" in name
+                   and os.path.basename(name).startswith(_OBJECT_CONSTANT_PREFIXES)]
+    if objects:
+        raise ValueError(f"{key}={path} holds pickled Python or TorchScript objects ({', '.join(objects)}), which "
+                         "loading would run: export a net of tensors and torch operations only")
+
+
+@contextlib.contextmanager
+def forced_weights_only_loads():
+    """Every torch.load inside is weights-only, also one that passes weights_only=False
+    (torch.load reads TORCH_FORCE_WEIGHTS_ONLY_LOAD at each call, and it wins over the argument)."""
+    before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
 
 
 class Segmenter:
@@ -31,8 +67,11 @@ class Segmenter:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{key}={path}: no such file (a segmentation net saved by torch.export.save)")
+        refuse_pickled_objects(path, key)
         try:
-            self.module = torch.export.load(str(path)).module().to(device)
+            with forced_weights_only_loads():
+                program = torch.export.load(str(path))
+            self.module = program.module().to(device)
         except Exception as error:   # a zip of another kind, a pickle, a truncated file
             raise ValueError(f"{key}={path} is not a program saved by torch.export.save ({error}); "
                              "export the net as src/metrics/segmenter.py shows") from error
