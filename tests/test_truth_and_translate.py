@@ -687,6 +687,17 @@ def test_eval_writes_translations_per_source_file_and_every_metric(smoke_runs, t
     assert capsys.readouterr().out.strip().startswith("| CycleGAN / shapes [random_cnn] | AtoB: fid=")
 
 
+def test_eval_decodes_with_the_datas_workers(smoke_runs, tmp_path, shared_data_dir, monkeypatch):
+    loaders = []
+    original = torch.utils.data.DataLoader.__init__
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__init__",
+                        lambda self, *args, **kwargs: loaders.append(kwargs.get("num_workers", 0))
+                        or original(self, *args, **kwargs))
+    results, _ = evaluate(smoke_runs["cyclegan"], tmp_path, shared_data_dir, "data.num_workers=1")
+    assert loaders and set(loaders) == {1}
+    assert math.isfinite(results["AtoB"]["fid"])
+
+
 def test_eval_multirun_tables_the_checkpoints_it_compared(smoke_runs, tmp_path, shared_data_dir):
     """`python src/eval.py -m ckpt_path=a,b`: one row per checkpoint in <sweep dir>/summary.md,
     with its direction-wise scores, and a checkpoint that cannot be read listed as failed."""

@@ -195,7 +195,8 @@ class SplitDataModule(pl.LightningDataModule):
                 + f", but {self.describe_training_split()} holds only {n}. Add data, or lower "
                 f"data.batch_size, model.batch_sizes or model.n_critic.")
 
-    def _loader_settings(self, batch_size: int, drop_last: bool = False) -> dict[str, Any]:
+    def loader_settings(self, batch_size: int, drop_last: bool = False) -> dict[str, Any]:
+        """DataLoader settings of the data config (workers, pinning), for any loader of its items."""
         return dict(
             batch_size=batch_size,
             collate_fn=self.collate,
@@ -220,7 +221,7 @@ class SplitDataModule(pl.LightningDataModule):
                      if self.batch_size_schedule else {})
         return EpochOrderLoader(dataset, sampler=sampler, position=self._training_position,
                                 reshard=self._reshard_resumed_epoch, **scheduled,
-                                **self._loader_settings(self.train_batch_size, self.train_drop_last))
+                                **self.loader_settings(self.train_batch_size, self.train_drop_last))
 
     def _order_seed(self) -> int:
         """A seed read from torch's global RNG (which `seed` fixes) without advancing it, so
@@ -292,7 +293,7 @@ class SplitDataModule(pl.LightningDataModule):
     # skips the loop on every run); FID/KID, latents and sample grids are callbacks that read
     # the test split at their own iteration intervals.
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset("test", train=False), **self._loader_settings(self.eval_batch_size))
+        return DataLoader(self.dataset("test", train=False), **self.loader_settings(self.eval_batch_size))
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

@@ -433,16 +433,16 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device) -> dict[str, dict
     if getattr(datamodule, "keeps_image_size", False) and batch_size > 1:
         log.info("batch_size=1 instead of %d: data.preprocess keeps each image's size", batch_size)
         batch_size = 1
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         collate_fn=datamodule.collate)
+    # data.num_workers decode in parallel: FID 50k of a training split is 50k decodes.
+    loader = torch.utils.data.DataLoader(dataset, shuffle=False, **datamodule.loader_settings(batch_size))
     output_dir = Path(cfg.output_dir)
     report = {"ckpt_path": str(cfg.ckpt_path), "weights": model.loaded_weights, "data": datamodule.name}
     if cfg.get("truncation_psi") is not None:
         report["truncation_psi"] = float(cfg.truncation_psi)
     if generates and not samples_images(model):   # series: no images to score
         directions = {SAMPLES: {"real": len(dataset), "generated": len(dataset), "output": "samples.npy"}}
-        train_loader = (torch.utils.data.DataLoader(datamodule.dataset("train", train=False), batch_size=batch_size,
-                                                    collate_fn=datamodule.collate)
+        train_loader = (torch.utils.data.DataLoader(datamodule.dataset("train", train=False),
+                                                    **datamodule.loader_settings(batch_size))
                         if cfg.get("tstr", True) and model.num_classes else None)
         results = {SAMPLES: evaluate_series(model, loader, output_dir, train_loader)}
     elif generates:
