@@ -182,6 +182,32 @@ def test_mmd_is_near_zero_within_a_distribution_and_positive_across():
     assert median_heuristic_sigma(collapsed_x, collapsed_y) > 1.0   # the distinct points' scale, not rounding's
 
 
+def test_mmd_sums_its_kernel_in_blocks_and_takes_the_median_of_an_even_spread(monkeypatch):
+    """Large samples (20k test windows of a long CSV series and as many samples) would need
+    (N+M)^2 float64 matrices: the kernel is summed BLOCK_ROWS rows at a time, to the value of
+    the whole matrices, and the bandwidth is the median over MEDIAN_ROWS evenly spread points."""
+    import src.metrics.mmd as mmd
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(23, 5, generator=g, dtype=torch.float64), torch.randn(17, 5, generator=g, dtype=torch.float64) + 0.5
+    sigma = 1.3
+
+    def whole_matrices(a, b):
+        k = lambda u, v: torch.exp(-torch.cdist(u, v) ** 2 / (2 * sigma ** 2))  # noqa: E731
+        n, m = len(a), len(b)
+        return float((k(a, a).sum() - n) / (n * (n - 1)) + (k(b, b).sum() - m) / (m * (m - 1)) - 2 * k(a, b).mean())
+
+    monkeypatch.setattr(mmd, "BLOCK_ROWS", 4)   # 23 rows: five blocks and a part one
+    shapes, distances = [], mmd.squared_distances
+    monkeypatch.setattr(mmd, "squared_distances", lambda a, b: shapes.append((len(a), len(b))) or distances(a, b))
+    assert mmd2_unbiased(x, y, bandwidth=sigma) == pytest.approx(whole_matrices(x, y), rel=1e-12)
+    assert max(rows for rows, _ in shapes) == 4 and max(columns for _, columns in shapes) == 23
+    monkeypatch.setattr(mmd, "MEDIAN_ROWS", 6)
+    spread = x[[0, 4, 9, 13, 18, 22]]            # linspace(0, 22, 6) rounded
+    assert mmd.sigma_of_sample(x) == mmd.sigma_of_sample(spread)
+    monkeypatch.setattr(mmd, "MEDIAN_ROWS", 4096)
+    assert mmd.sigma_of_sample(x) != mmd.sigma_of_sample(spread)   # all points where there are fewer
+
+
 def test_the_default_latent_pooling_sees_cyclegans_residual_blocks():
     """Each residual block adds an instance-normalised, zero-mean map to its input: the code's
     channel means are those of the blocks' input whatever the blocks do. Their spatial spread is
