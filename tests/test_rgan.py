@@ -72,6 +72,21 @@ def test_csv_windows_test_split_comes_last_and_is_scaled_by_training_range(tmp_p
     assert torch.equal(from_bom.dataset("train").series, train.series)
 
 
+def test_csv_windows_are_views_of_one_scaled_series(tmp_path):
+    """With stride 1 a copy of every window would hold each value seq_len times (12 GB of a
+    5M-step, 10-channel series at seq_len 30): the windows of both splits share the series' memory."""
+    expected = write_csv(tmp_path / "s.csv", 50)
+    datamodule = sines(source="csv", csv_path=str(tmp_path / "s.csv"), label_column="label", num_classes=2,
+                       seq_len=10, channels=2, stride=1, test_fraction=0.4)
+    train, test = datamodule.dataset("train"), datamodule.dataset("test")
+    assert len(train) == 21 and len(test) == 11
+    storage = train.series.untyped_storage()
+    assert storage.nbytes() == 50 * 2 * 4 and storage.data_ptr() == test.series.untyped_storage().data_ptr()
+    low, high = expected[:30].min(0), expected[:30].max(0)
+    scaled = torch.as_tensor(2 * (expected - low) / (high - low) - 1, dtype=torch.float32)
+    assert torch.equal(train[7]["A"], scaled[7:17]) and torch.equal(test[3]["A"], scaled[33:43])
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"columns": ["a", "z"]}, r"no column \['z'\]"),
     ({"channels": 3}, "data.channels=3"),
@@ -91,6 +106,8 @@ def test_csv_errors_name_the_setting(tmp_path, kwargs, message):
     ("1.5,nan,0", r"column 'b' holds 'nan' on line 3: every value must be a finite number"),
     ("1.5,inf,0", r"column 'b' holds 'inf' on line 3"),
     ("1.5,2,0.5", r"label column 'label' holds '0.5' on line 3: labels are class indices"),
+    ("1.5,two,0", r"column 'b' is not numeric \('two' on line 3: could not convert"),
+    ("1.5", r"column 'b' is not numeric \(None on line 3"),
 ])
 def test_csv_values_that_are_not_finite_or_labels_that_are_not_whole_are_named_by_line(tmp_path, line, message):
     """float() reads nan and inf: they would scale a whole channel to NaN; 2.7 would be class 2."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import math
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ AMPLITUDE_RANGE = (0.1, 0.9)
 
 
 class SequenceDataset(Dataset):
-    def __init__(self, series: np.ndarray, labels: np.ndarray) -> None:
+    def __init__(self, series: np.ndarray | torch.Tensor, labels: np.ndarray) -> None:
         self.series = torch.as_tensor(series, dtype=torch.float32)
         self.labels = labels.astype(np.int64)
 
@@ -69,41 +70,39 @@ def read_csv_columns(path: Path, columns: list[str] | None, label_column: str | 
     # utf-8-sig: a spreadsheet's byte-order mark would otherwise become part of the first column's
     # name (and the locale's codec, Windows' default, would misread UTF-8 names)
     with open(path, newline="", encoding="utf-8-sig") as stream:
-        rows = list(csv.DictReader(stream))
-    if not rows:
+        reader = csv.reader(stream)
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"data.csv_path={path} holds no data rows")
+        wanted = columns or [c for c in header if c != label_column]
+        missing = [c for c in wanted + ([label_column] if label_column else []) if c not in header]
+        if missing:
+            raise ValueError(f"data.csv_path={path} has no column {missing} (data.columns / data.label_column); "
+                             f"its columns: {header}")
+        read = wanted + ([label_column] if label_column else [])
+        positions = [header.index(c) for c in read]
+        # Parsed row by row into 8 bytes a value: rows kept as Python strings and dicts would
+        # take ~1 KB each, gigabytes for a series of millions of steps.
+        parsed = [array("d") for _ in read]
+        for line, row in enumerate(reader, start=2):   # line 1 is the header
+            for column, position, numbers in zip(read, positions, parsed):
+                text = row[position] if position < len(row) else None
+                try:
+                    numbers.append(float(text))
+                except (TypeError, ValueError) as error:
+                    raise ValueError(f"data.csv_path={path}: column {column!r} is not numeric ({text!r} on line "
+                                     f"{line}: {error})") from error
+                # float() reads nan and inf too; one of them would turn the column's scaling into NaN.
+                if not math.isfinite(numbers[-1]):
+                    raise ValueError(f"data.csv_path={path}: column {column!r} holds {text!r} on line {line}: every "
+                                     "value must be a finite number (fill or drop the gaps first)")
+                if column == label_column and numbers[-1] != round(numbers[-1]):
+                    raise ValueError(f"data.csv_path={path}: label column {label_column!r} holds {text!r} on line "
+                                     f"{line}: labels are class indices (whole numbers from 0)")
+    if not parsed or not len(parsed[0]):
         raise ValueError(f"data.csv_path={path} holds no data rows")
-    header = list(rows[0].keys())
-    wanted = columns or [c for c in header if c != label_column]
-    missing = [c for c in wanted + ([label_column] if label_column else []) if c not in header]
-    if missing:
-        raise ValueError(f"data.csv_path={path} has no column {missing} (data.columns / data.label_column); "
-                         f"its columns: {header}")
-
-    def first_line_where(column: str, bad: np.ndarray) -> str:
-        row = int(np.flatnonzero(bad)[0])
-        return f"{rows[row][column]!r} on line {row + 2}"   # line 1 is the header
-
-    def numbers(column: str) -> np.ndarray:
-        try:
-            values = np.array([float(row[column]) for row in rows])
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"data.csv_path={path}: column {column!r} is not numeric ({error})") from error
-        # float() reads nan and inf too; one of them would turn the column's scaling into NaN.
-        if not np.isfinite(values).all():
-            raise ValueError(f"data.csv_path={path}: column {column!r} holds "
-                             f"{first_line_where(column, ~np.isfinite(values))}: every value must be a finite "
-                             "number (fill or drop the gaps first)")
-        return values
-
-    values = np.stack([numbers(c) for c in wanted], axis=1)
-    labels = None
-    if label_column:
-        labels = numbers(label_column)
-        if (labels != np.round(labels)).any():
-            raise ValueError(f"data.csv_path={path}: label column {label_column!r} holds "
-                             f"{first_line_where(label_column, labels != np.round(labels))}: labels are class "
-                             "indices (whole numbers from 0)")
-        labels = labels.astype(np.int64)
+    values = np.stack([np.frombuffer(numbers) for numbers in parsed[:len(wanted)]], axis=1)
+    labels = np.frombuffer(parsed[-1]).astype(np.int64) if label_column else None
     return values, labels
 
 
@@ -136,7 +135,7 @@ class SequenceDataModule(SplitDataModule):
         self.source, self.name = source, name
         self.seq_len, self.channels, self.num_classes = seq_len, channels, num_classes
         self.set_batches_per_iteration(batches_per_iteration)
-        self._splits: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+        self._splits: dict[str, tuple[np.ndarray | torch.Tensor, np.ndarray]] | None = None
 
     def _build_dataset(self, split: str, train: bool) -> Dataset:
         if self._splits is None:
@@ -151,7 +150,7 @@ class SequenceDataModule(SplitDataModule):
                                    np.random.default_rng([int(self.hparams.seed), stream]))
                 for stream, (split, n) in enumerate((("train", self.hparams.n_train), ("test", self.hparams.n_test)))}
 
-    def _csv_windows(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def _csv_windows(self) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
         hp = self.hparams
         path = Path(hp.csv_path)
         values, labels = read_csv_columns(path, list(hp.columns) if hp.columns else None, hp.label_column)
@@ -172,8 +171,12 @@ class SequenceDataModule(SplitDataModule):
             raise ValueError(f"data.label_column={hp.label_column} holds labels {labels.min()}..{labels.max()}, "
                              f"outside 0..{self.num_classes - 1}: set data.num_classes={labels.max() + 1}")
 
-        def windows(first_steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            series = np.stack([scaled[s:s + self.seq_len] for s in first_steps])
+        # Every window (steps, seq_len, channels) as a view of the scaled series: with stride 1 a
+        # copy would hold each value seq_len times.
+        every_window = torch.as_tensor(scaled, dtype=torch.float32).unfold(0, self.seq_len, 1).transpose(1, 2)
+
+        def windows(first_steps: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+            series = every_window[first_steps[0]:first_steps[-1] + 1:hp.stride]
             window_labels = (labels[first_steps + self.seq_len - 1] if labels is not None
                              else np.zeros(len(first_steps), dtype=np.int64))
             return series, window_labels
