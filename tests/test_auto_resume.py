@@ -81,6 +81,21 @@ def test_a_requeued_job_naming_an_earlier_runs_checkpoint_resumes_from_its_own_f
     assert resumed_from("1") == str(run / "checkpoints" / "last.ckpt")
 
 
+def test_a_requeued_job_in_a_folder_named_by_its_start_time_stops_rather_than_start_over(train_cfg, monkeypatch,
+                                                                                        tmp_path):
+    """Hydra's default run folder is named by the start time: a plain sbatch job requeued by SLURM
+    lands in a new, empty one, where it would train from scratch; a fixed folder starts a job
+    requeued before its first save."""
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    cfg = train_cfg(*PIX2PIX, "max_iters=1")
+    with pytest.raises(ValueError, match=r"SLURM_RESTART_COUNT=1: this job was requeued, but its run folder .* is "
+                                         r"new \(hydra.run.dir is named by the start time\) and holds no checkpoint"):
+        run_training(cfg)
+    assert not list(tmp_path.rglob("*.ckpt"))
+    run_training(train_cfg(*PIX2PIX, "max_iters=1", f"hydra.run.dir={tmp_path}/fixed"))
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
 def test_equal_progress_takes_the_newest_file(tmp_path):
     older = save_progress(tmp_path / "last.ckpt", 6)
     newer = save_progress(tmp_path / "interrupted.ckpt", 6)

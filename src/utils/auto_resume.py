@@ -26,7 +26,9 @@ import zipfile
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, open_dict
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from src.callbacks.checkpoint import INSIDE_ITERATION_KEY, PARTIAL_STEPS_KEY, TORN_STEP_KEY
@@ -141,6 +143,30 @@ def most_advanced_checkpoint(checkpoint_dir: Path, run_dir: Path) -> Path | None
     return max(readable)[-1] if readable else None
 
 
+def run_dir_named_by_start_time() -> bool:
+    """Whether this (single, not multirun) job's run folder is named by its start time, as
+    Hydra's default `hydra.run.dir` is: every start of the same command gets a new folder."""
+    if not HydraConfig.initialized():
+        return False
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.get("mode") == RunMode.MULTIRUN:   # a multirun job keeps its folder (submitit pickles it)
+        return False
+    return "${now:" in str(OmegaConf.to_container(hydra_cfg.run, resolve=False).get("dir", ""))
+
+
+def refuse_a_requeued_start_in_a_new_folder(run_dir: Path) -> None:
+    """A requeued job (SLURM_RESTART_COUNT > 0) whose run folder is named by the start time is
+    in a new, empty folder: its checkpoints are in the first start's. Starting would train from
+    scratch, in silence."""
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if restarts > 0 and run_dir_named_by_start_time():
+        raise ValueError(f"SLURM_RESTART_COUNT={restarts}: this job was requeued, but its run folder {run_dir} is "
+                         f"new (hydra.run.dir is named by the start time) and holds no checkpoint, so it would train "
+                         f"from scratch. Resume the stopped start's run with ckpt_path=<its run folder>/checkpoints/"
+                         f"last.ckpt, and give requeueable jobs a fixed folder: "
+                         f"hydra.run.dir=logs/train/runs/slurm-$SLURM_JOB_ID")
+
+
 def resolve_auto_resume(cfg: DictConfig) -> str | None:
     """The checkpoint `ckpt_path=auto` resumes from, or None to start the run."""
     dirs = run_checkpoint_dirs(cfg)
@@ -156,6 +182,7 @@ def resolve_auto_resume(cfg: DictConfig) -> str | None:
                          f"; each is named above). Name one to resume from with ckpt_path=..., or move them out of "
                          f"{checkpoint_dir} to start the run over")
     if chosen is None:
+        refuse_a_requeued_start_in_a_new_folder(run_dir)
         log.info("ckpt_path=auto: no checkpoint in %s, starting the run. To resume a stopped job, start it "
                  "again with the same hydra.run.dir.", checkpoint_dir)
         return None
