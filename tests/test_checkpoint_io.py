@@ -39,14 +39,23 @@ def test_a_write_that_fails_leaves_the_old_file_whole_and_no_temporary_file(tmp_
 
 def test_a_killed_writers_temporary_file_is_removed_by_the_next_save(tmp_path):
     """A process killed during a write leaves its temporary file (gigabytes for U-GAT-IT); the
-    next save of the same file deletes it. The hidden name keeps it out of `*.ckpt` searches."""
+    next save into the folder deletes it once it is untouched for STALE_TEMPORARY_SECONDS. A
+    recent one may be another process's save in progress: it stays. The hidden name keeps them
+    out of `*.ckpt` searches."""
+    import os
+    import time
+    from src.utils.checkpoint_io import STALE_TEMPORARY_SECONDS
     stale = tmp_path / ".last.ckpt.0123abcd.tmp"
-    stale.write_bytes(b"cut short")
     never_again = tmp_path / ".crashed.ckpt.4567cdef.tmp"   # a name the run may never write again
-    never_again.write_bytes(b"cut short")
+    in_progress = tmp_path / ".last.ckpt.89abcdef.tmp"       # another job's save, in the same folder
+    long_ago = time.time() - STALE_TEMPORARY_SECONDS - 5
+    for temporary in (stale, never_again, in_progress):
+        temporary.write_bytes(b"cut short")
+    for temporary in (stale, never_again):
+        os.utime(temporary, (long_ago, long_ago))
     assert not list(tmp_path.glob("*.ckpt"))
     DurableCheckpointIO().save_checkpoint({"step": 2}, tmp_path / "last.ckpt")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [in_progress.name, "last.ckpt"]
 
 
 def test_a_folder_that_cannot_be_synced_is_said_once_and_the_save_stands(tmp_path, monkeypatch, caplog):

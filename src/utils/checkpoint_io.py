@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 #: Windows refuses to replace a file another program holds open (an eval.py reading last.ckpt,
 #: a virus scanner, a sync client): the rename is retried for this long
 REPLACE_RETRY_SECONDS = 10.0
+#: a temporary checkpoint untouched for this long is a killed writer's: one being written (by
+#: another job sharing the folder, say) has its modification time moved by every write
+STALE_TEMPORARY_SECONDS = 600.0
 
 
 class DurableCheckpointIO(TorchCheckpointIO):
@@ -44,11 +47,12 @@ def write_whole(path: Path, write) -> None:
     """`write(stream)` into a temporary file beside `path`, synced, then renamed over `path`:
     `path` is the old file or the new one, whole, at every moment."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Left by a writer that was killed (gigabytes each): the run writes one checkpoint at a
-    # time, so any other here is stale, also of a name never written again (crashed.ckpt).
+    # Left by a writer that was killed (gigabytes each), also of a name never written again
+    # (crashed.ckpt). Only old ones: another process may be writing into this folder right now.
     for stale in path.parent.glob(".*.ckpt.*.tmp"):
         with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
+            if time.time() - stale.stat().st_mtime > STALE_TEMPORARY_SECONDS:
+                stale.unlink()
     temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
         with open(temporary, "xb") as stream:   # created with the umask's permissions, as the target would be
