@@ -155,6 +155,28 @@ def test_sigterm_saves_an_interrupted_checkpoint_and_exits_with_the_signals_stat
     assert last_checkpoint(resumed)["global_step"] == 8
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_under_ddp_every_rank_waits_for_rank_zeros_interrupted_checkpoint(rank, tmp_path):
+    """SIGTERM stops every rank at one iteration (StopSignals); a rank that then exited at once
+    would get rank zero killed mid-save (torchrun, srun under KillOnBadExit, torch's spawn): all
+    wait in a barrier after the save. A crash or Ctrl-C, which need not reach every rank, does
+    not wait; neither does a single process."""
+    from types import SimpleNamespace
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+    from src.callbacks.checkpoint import IterationCheckpoint
+
+    events = []
+    callback = IterationCheckpoint(dirpath=str(tmp_path))
+    callback.save_crash_checkpoint = lambda trainer, module, error: events.append(("save", trainer.is_global_zero))
+    for world_size, error, waits in ((2, SIGTERMException(), True), (2, RuntimeError("boom"), False),
+                                     (2, KeyboardInterrupt(), False), (1, SIGTERMException(), False)):
+        events.clear()
+        trainer = SimpleNamespace(world_size=world_size, is_global_zero=rank == 0,
+                                  strategy=SimpleNamespace(barrier=lambda name: events.append(("barrier", name))))
+        callback.on_exception(trainer, None, error)
+        assert events == [("save", rank == 0)] + ([("barrier", "interrupted.ckpt saved")] if waits else []), error
+
+
 def test_the_wandb_run_ends_with_the_process_exit_status(train_cfg, tmp_path, monkeypatch):
     """A run stopped by an error or by SIGTERM must not show as finished in wandb: exit codes
     0, 1 and 143 (marked preempted), as the process exits."""

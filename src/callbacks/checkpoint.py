@@ -113,7 +113,21 @@ class IterationCheckpoint(ModelCheckpoint):
         """No run ends without a checkpoint: Ctrl-C (after which Lightning exits the process) and
         SIGTERM (a cluster's preemption or time limit, `kill`) save `interrupted.ckpt`, any other
         error `crashed.ckpt` (a bad image mid-epoch, an out-of-memory step, a callback failing),
-        so the work since last.ckpt is kept."""
+        so the work since last.ckpt is kept.
+
+        Under DDP, SIGTERM stops every rank at the same iteration (StopSignals), so all of them
+        are here: the others wait for rank zero's save. One exiting first gets rank zero killed
+        mid-save: torchrun stops every worker once one exits, so does srun under KillOnBadExit,
+        and torch's spawn terminates the rest of its processes."""
+        try:
+            self.save_crash_checkpoint(trainer, pl_module, exception)
+        finally:
+            if isinstance(exception, SIGTERMException) and trainer.world_size > 1:
+                trainer.strategy.barrier("interrupted.ckpt saved")
+
+    def save_crash_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                              exception: BaseException) -> None:
+        """interrupted.ckpt or crashed.ckpt, by rank zero."""
         if not self.dirpath or self.started_at_step in (None, trainer.global_step):
             # Nothing trained since the fit began (from scratch, or from the checkpoint it resumed,
             # which holds everything: a file written here, perhaps before a resumed run's callbacks
