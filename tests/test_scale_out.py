@@ -418,6 +418,26 @@ def test_optuna_sweep_under_ddp_gives_both_ranks_the_same_trial(tmp_path, shared
     assert trials[0][0]["hparams"]["optimizer"]["lr"] != trials[1][0]["hparams"]["optimizer"]["lr"]
 
 
+def test_a_study_kept_in_storage_resumes_with_new_trials_under_its_data_sets_name(tmp_path, shared_data_dir,
+                                                                                  compose_with_hydra):
+    """`hydra.sweeper.storage=sqlite:///...` keeps a study across sweeps. A seeded sampler would
+    start its random draws over in the second sweep and repeat the first one's trial; the study
+    is named by model, data and score, so another data set's search does not pool with it."""
+    import optuna
+    storage = f"sqlite:///{tmp_path}/study.db"
+    for sweep in ("first", "second"):
+        run_train("hparams_search=cyclegan_optuna", "optimized_metric=train/G", "hydra.sweeper.direction=minimize",
+                  "hydra.sweeper.n_trials=1", f"hydra.sweeper.storage={storage}", "max_iters=1",
+                  "data.max_dataset_size=4", *NO_EVALUATION, f"hydra.sweep.dir={tmp_path}/{sweep}",
+                  cwd=tmp_path, data_dir=shared_data_dir)
+    (summary,) = optuna.get_all_study_summaries(storage)
+    assert summary.study_name == "cyclegan_shapes_train/G"
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+    assert len(trials) == 2 and trials[0].params != trials[1].params
+    # Without storage the search stays seeded, and so repeatable.
+    assert compose_with_hydra("hparams_search=cyclegan_optuna").hydra.sweeper.sampler.seed == 1234
+
+
 def test_launched_rank_runs_only_its_own_job():
     job = '{"overrides": ["model.optimizer.lr=0.001", "loss=hinge"], "hydra_overrides": ["hydra.verbose=true"], ' \
           '"run_dir": "/runs/sweep/3"}'

@@ -11,6 +11,9 @@ point or test composes a config.
   not set yet when a multirun's sweep folder is resolved (`-m` failed with "HydraConfig was not
   set"), nor outside a Hydra app; the runs never change directory (`hydra.job.chdir: false`),
   so the process's own is the same folder.
+- `${seed_unless_stored:storage,seed}`: an Optuna sampler's seed, or None where the study is kept
+  in `storage`. A seeded sampler starts its random draws over in every process, so a study
+  resumed from its storage (or shared by two machines) would repeat its first trials.
 """
 import os
 
@@ -29,6 +32,10 @@ def add(*terms: float) -> float:
     return sum(terms) if all(isinstance(term, int) for term in terms) else sum(float(term) for term in terms)
 
 
+def seed_unless_stored(storage, seed):
+    return seed if storage is None else None
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("mul"):
         OmegaConf.register_new_resolver("mul", multiply)
@@ -36,3 +43,5 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("add", add)
     if not OmegaConf.has_resolver("cwd"):
         OmegaConf.register_new_resolver("cwd", os.getcwd)
+    if not OmegaConf.has_resolver("seed_unless_stored"):
+        OmegaConf.register_new_resolver("seed_unless_stored", seed_unless_stored)
