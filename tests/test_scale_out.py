@@ -950,6 +950,26 @@ def test_slurm_launcher_configs_compose(compose_with_hydra, launcher, trainer):
         assert (launcher_cfg.nodes, launcher_cfg.tasks_per_node, launcher_cfg.gpus_per_node) == (2, 4, 4)
 
 
+@pytest.mark.parametrize("python", ["python3", "no-python-here"])
+def test_the_slurm_launcher_gives_each_job_a_free_rendezvous_port(compose_with_hydra, tmp_path, python):
+    """Lightning's port, 15000 + the job id's last 4 digits, is one for jobs 10000 ids apart that
+    share a node: the sbatch setup exports a free one (or, without python3, Lightning's own)."""
+    import socket
+    setup = compose_with_hydra("hydra/launcher=slurm", "hydra.mode=MULTIRUN").hydra.launcher.setup
+    (line,) = [line for line in setup if "MASTER_PORT" in line]
+    env = {"SLURM_JOB_ID": "123456", "PATH": os.environ["PATH"]}
+    if python != "python3":   # a PATH where python3 cannot be found
+        env["PATH"] = str(tmp_path)
+    port = subprocess.run(["/bin/bash", "-c", f"{line}; echo $MASTER_PORT"], env=env, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    if python == "python3":
+        assert 1024 <= int(port) < 65536 and int(port) != 15000 + 3456
+        with socket.socket() as probe:
+            probe.bind(("", int(port)))   # free
+    else:
+        assert int(port) == 15000 + 3456
+
+
 @pytest.mark.parametrize("model_name", MODELS)
 def test_hparams_search_configs_search_keys_the_model_has(compose_with_hydra, model_name):
     cfg = compose_with_hydra(f"hparams_search={model_name}_optuna")
