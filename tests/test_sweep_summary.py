@@ -50,6 +50,32 @@ def test_table_lists_jobs_in_number_order_with_what_differs(tmp_path):
     assert json.loads((sweep / "2" / "final_metrics.json").read_text())["metrics"]["eval/fid"] == "nan"
 
 
+def test_the_table_and_a_jobs_result_are_replaced_whole(tmp_path, monkeypatch):
+    """The jobs of a cluster sweep end at once, each rewriting the table while others read it or
+    a job's result: a write cut off (here: its sync fails) leaves the previous file, not part of
+    the new one, and no temporary file."""
+    import pytest
+    from src.utils import whole_files
+    sweep = tmp_path / "sweep"
+    job = make_job(sweep, 0, ["loss.weights.cycle=5"], metrics={"eval/fid": 3.0}, iteration=5, checkpoint=None)
+    before = {name: (sweep / name).read_text() for name in ("summary.csv", "summary.md")} \
+        if sweep_summary.write_summary(sweep) else {}
+    result = (job / "final_metrics.json").read_text()
+    make_job(sweep, 1, ["loss.weights.cycle=10"])
+
+    def cut_off(descriptor):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(whole_files.os, "fsync", cut_off)
+    with pytest.raises(OSError, match="Input/output error"):
+        sweep_summary.write_summary(sweep)
+    with pytest.raises(OSError, match="Input/output error"):
+        write_final_metrics(job, metrics={"eval/fid": 4.0}, iteration=6, checkpoint=None)
+    assert before and {name: (sweep / name).read_text() for name in before} == before
+    assert (job / "final_metrics.json").read_text() == result
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
 def test_command_line_rebuilds_the_table_or_says_there_is_none(tmp_path, capsys):
     assert sweep_summary.main([str(tmp_path)]) == 1
     assert "no job directories" in capsys.readouterr().err

@@ -16,20 +16,15 @@ entry is synced. Paths with a scheme (`s3://`, `gs://`) keep Lightning's way.
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-log = logging.getLogger(__name__)
-#: Windows refuses to replace a file another program holds open (an eval.py reading last.ckpt,
-#: a virus scanner, a sync client): the rename is retried for this long
-REPLACE_RETRY_SECONDS = 10.0
+from src.utils.whole_files import write_whole
+
 #: a temporary checkpoint untouched for this long is a killed writer's: one being written (by
 #: another job sharing the folder, say) has its modification time moved by every write
 STALE_TEMPORARY_SECONDS = 600.0
@@ -40,63 +35,15 @@ class DurableCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
+        remove_stale_temporaries(Path(path).parent)
         write_whole(Path(path), lambda stream: torch.save(checkpoint, stream))
 
 
-def write_whole(path: Path, write) -> None:
-    """`write(stream)` into a temporary file beside `path`, synced, then renamed over `path`:
-    `path` is the old file or the new one, whole, at every moment."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Left by a writer that was killed (gigabytes each), also of a name never written again
-    # (crashed.ckpt). Only old ones: another process may be writing into this folder right now.
-    for stale in path.parent.glob(".*.ckpt.*.tmp"):
+def remove_stale_temporaries(folder: Path) -> None:
+    """Temporary checkpoints left by a writer that was killed (gigabytes each), also of a name
+    never written again (crashed.ckpt). Only old ones: another process may be writing into this
+    folder right now."""
+    for stale in folder.glob(".*.ckpt.*.tmp"):
         with contextlib.suppress(FileNotFoundError):
             if time.time() - stale.stat().st_mtime > STALE_TEMPORARY_SECONDS:
                 stale.unlink()
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(temporary, "xb") as stream:   # created with the umask's permissions, as the target would be
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        raise
-    sync_folder(path.parent)
-
-
-def replace(source: Path, target: Path) -> None:
-    """os.replace, retried for a while on Windows where another program holds `target` open."""
-    deadline = time.monotonic() + REPLACE_RETRY_SECONDS
-    while True:
-        try:
-            os.replace(source, target)
-            return
-        except PermissionError:
-            if os.name != "nt" or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-def sync_folder(folder: Path) -> None:
-    """Make a rename in `folder` durable (POSIX; Windows cannot open a folder for syncing). Some
-    network and FUSE file systems refuse to sync a folder: the file itself is synced and renamed
-    already, so that is said once, not raised."""
-    if os.name == "nt":
-        return
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-    except OSError as error:
-        if folder not in _unsyncable_folders:
-            _unsyncable_folders.add(folder)
-            log.warning("Could not sync the folder %s after renaming a checkpoint into it (%s); the file itself "
-                        "is synced", folder, error)
-
-
-_unsyncable_folders: set[Path] = set()

@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from src.utils.whole_files import write_text_whole
+
 FINAL_METRICS = "final_metrics.json"
 
 
@@ -52,7 +54,8 @@ def write_failure(run_dir: Path, error: BaseException, name: str = FINAL_METRICS
 def _write(run_dir: Path, record: dict[str, Any], name: str = FINAL_METRICS) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / name
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    # Whole: another job of the sweep may be reading it for the sweep's table right now.
+    write_text_whole(path, json.dumps(record, indent=2) + "\n")
     return path
 
 

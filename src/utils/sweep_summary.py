@@ -34,6 +34,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from src.utils.run_results import FINAL_METRICS, write_failure
+from src.utils.whole_files import write_text_whole
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +147,10 @@ def write_summary(sweep_dir: Path, metrics: list[str] | tuple[str, ...] | None =
     rows = summary_rows(sweep_dir, result_name) if sweep_dir.is_dir() else []
     if not rows:
         return None
-    (sweep_dir / SUMMARY_CSV).write_text(summary_csv(rows))
+    # Whole files: the jobs of a sweep on a cluster end, and rewrite the table, at the same time.
+    write_text_whole(sweep_dir / SUMMARY_CSV, summary_csv(rows))
     path = sweep_dir / SUMMARY_MD
-    path.write_text(summary_markdown(rows, list(metrics), sweep_dir))
+    write_text_whole(path, summary_markdown(rows, list(metrics), sweep_dir))
     return path
 
 

@@ -1,0 +1,78 @@
+"""Files that are whole or absent: written beside their target, synced, renamed into place.
+
+A reader (a resumed job, `ckpt_path=auto`, another job of a sweep reading its table) sees the
+old file or the new one, never one cut short by a writer killed mid-write or by two writers
+taking turns. The temporary file sits beside its target under a hidden name (`.<name>.<id>.tmp`),
+on the same filesystem, so the rename is one atomic step; the folder's entry is then synced so
+the rename survives a power loss.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+#: Windows refuses to replace a file another program holds open (an eval.py reading last.ckpt,
+#: a virus scanner, a sync client): the rename is retried for this long
+REPLACE_RETRY_SECONDS = 10.0
+
+
+def write_whole(path: Path, write) -> None:
+    """`write(stream)` into a temporary file beside `path`, synced, then renamed over `path`:
+    `path` is the old file or the new one, whole, at every moment."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(temporary, "xb") as stream:   # created with the umask's permissions, as the target would be
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        raise
+    sync_folder(path.parent)
+
+
+def replace(source: Path, target: Path) -> None:
+    """os.replace, retried for a while on Windows where another program holds `target` open."""
+    deadline = time.monotonic() + REPLACE_RETRY_SECONDS
+    while True:
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError:
+            if os.name != "nt" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def sync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (POSIX; Windows cannot open a folder for syncing). Some
+    network and FUSE file systems refuse to sync a folder: the file itself is synced and renamed
+    already, so that is said once, not raised."""
+    if os.name == "nt":
+        return
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    except OSError as error:
+        if folder not in _unsyncable_folders:
+            _unsyncable_folders.add(folder)
+            log.warning("Could not sync the folder %s after renaming a checkpoint into it (%s); the file itself "
+                        "is synced", folder, error)
+
+
+_unsyncable_folders: set[Path] = set()
+
+
+def write_text_whole(path: Path, text: str) -> None:
+    write_whole(Path(path), lambda stream: stream.write(text.encode()))
