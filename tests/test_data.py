@@ -1249,6 +1249,31 @@ def test_download_extracts_into_root_name(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "other" / "toy").exists()
 
 
+def test_two_jobs_downloading_the_same_dataset_leave_one_whole_copy(tmp_path, monkeypatch, capsys):
+    """Two jobs started together both download; the one that finishes second finds the dataset in
+    place (a rename onto a full folder fails, where a move would have nested its copy inside)."""
+    import zipfile
+    source_dir = make_unpaired(tmp_path / "src" / "toy", n_a=1, n_b=1, n_test_a=1, n_test_b=1)
+    zipped = tmp_path / "toy.zip"
+    with zipfile.ZipFile(zipped, "w") as archive:
+        for path in source_dir.rglob("*.png"):
+            archive.write(path, path.relative_to(source_dir.parent))
+    monkeypatch.setitem(download.DATASETS, "toy", download.DatasetSource(zipped.as_uri(), download.UNPAIRED_LAYOUT))
+    root = tmp_path / "data"
+    fetch = download.fetch
+
+    def the_other_job_finishes_first(url, destination):
+        fetch(url, destination)
+        if not (root / "toy").exists():
+            monkeypatch.setattr(download, "fetch", fetch)
+            download.download("toy", root)            # the other job, from start to end
+    monkeypatch.setattr(download, "fetch", the_other_job_finishes_first)
+    assert download.download("toy", root) == root / "toy"
+    assert "filled by another download of toy meanwhile" in capsys.readouterr().out
+    assert sorted(p.name for p in (root / "toy").iterdir()) == ["testA", "testB", "trainA", "trainB"]
+    assert sorted(p.name for p in root.iterdir()) == ["toy"]   # no scratch folder left
+
+
 def test_a_download_cut_short_is_an_error_not_a_truncated_file(tmp_path, monkeypatch):
     """urllib ends a read early without an error when the connection drops: the byte count is
     checked against the announced length."""
@@ -1469,3 +1494,32 @@ def test_cityscapes_is_built_from_the_official_release_in_both_layouts(tmp_path)
         prepare_cityscapes.find_pairs(gtfine, photos, "val")
     with pytest.raises(FileExistsError, match="is not empty"):
         prepare_cityscapes.prepare_cityscapes(gtfine, photos, output)
+
+
+def test_a_cityscapes_build_stopped_part_way_leaves_no_dataset_folder(tmp_path, monkeypatch):
+    """The pairs are written into a scratch folder renamed into place at the end: a run stopped
+    part-way left a folder with some of the pairs, which the data configs took for the dataset and
+    a second run refused as not empty."""
+    from src.data import prepare_cityscapes
+    gtfine, photos = tmp_path / "gtFine", tmp_path / "leftImg8bit"
+    for split, count in (("train", 3), ("val", 1)):
+        for k in range(count):
+            name = f"aachen_{k:06d}_000019"
+            write_image(photos / split / "aachen" / f"{name}_leftImg8bit.png", size=(32, 16))
+            write_image(gtfine / split / "aachen" / f"{name}_gtFine_color.png", size=(32, 16))
+    output = tmp_path / "data" / "cityscapes"
+    resized, calls = prepare_cityscapes._resized, []
+
+    def stopped_at_the_fifth_image(path, size):
+        calls.append(path)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return resized(path, size)
+
+    monkeypatch.setattr(prepare_cityscapes, "_resized", stopped_at_the_fifth_image)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_cityscapes.prepare_cityscapes(gtfine, photos, output, size=8)
+    assert not output.exists() and not list(output.parent.iterdir())   # nor a scratch folder
+    monkeypatch.setattr(prepare_cityscapes, "_resized", resized)
+    assert prepare_cityscapes.prepare_cityscapes(gtfine, photos, output, size=8) == 4
+    assert sorted(p.name for p in (output / "trainA").iterdir()) == ["0_A.jpg", "1_A.jpg", "2_A.jpg"]

@@ -14,7 +14,7 @@ Only the standard library is used (urllib, zipfile, tarfile).
 from __future__ import annotations
 
 import argparse
-import shutil
+import os
 import sys
 import tarfile
 import tempfile
@@ -293,11 +293,26 @@ def download(name: str, root: str | Path) -> Path:
             if source.convert is not None:
                 source.convert(built, scratch / name)
                 built = scratch / name
-        if target.exists():
-            target.rmdir()  # empty, checked above
-        shutil.move(str(built), str(target))
+        if not place(built, target, source.layout):
+            print(f"{target} was filled by another download of {name} meanwhile; nothing to do.")
+            return target
     print(f"Done: {target}")
     return target
+
+
+def place(built: Path, target: Path, layout) -> bool:
+    """Rename the dataset `built` beside `target` into place; False where another process (a job
+    started at the same time, downloading the same data) put a whole dataset there first. A
+    rename never nests one folder in the other, as a move into an existing folder would."""
+    try:
+        if target.exists():
+            target.rmdir()   # empty when the download started; not where another job filled it since
+        os.rename(built, target)
+        return True
+    except OSError:
+        if target.is_dir() and not missing_folders(target, layout):
+            return False
+        raise
 
 
 def _list_datasets() -> str:

@@ -20,7 +20,9 @@ the paper's labels -> photo is its `direction: BtoA`) and, with `data.data_dir` 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from PIL import Image
@@ -56,7 +58,9 @@ def _resized(path: Path, size: int) -> Image.Image:
 
 def prepare_cityscapes(gtfine: str | Path, leftimg8bit: str | Path, output: str | Path, size: int = 256) -> int:
     """Write the pairs of both splits into `output` (see the module's doc); returns their number.
-    An output folder that holds files already is refused (nothing is written)."""
+    An output folder that holds files already is refused (nothing is written). They are written
+    into a scratch folder beside it, renamed into place when complete: a run stopped part-way
+    (minutes for the 3475 pairs) leaves no dataset folder that looks whole and is not."""
     gtfine, leftimg8bit, output = Path(gtfine), Path(leftimg8bit), Path(output)
     if size < 1:
         raise ValueError(f"--size {size} must be a positive number of pixels")
@@ -64,18 +68,24 @@ def prepare_cityscapes(gtfine: str | Path, leftimg8bit: str | Path, output: str 
         raise FileExistsError(f"{output} is not empty: write into a new folder")
     pairs = {written: find_pairs(gtfine, leftimg8bit, split) for split, written in SPLITS.items()}
     save = {"quality": 100, "subsampling": 0}
-    for split, split_pairs in pairs.items():
-        for folder in (split, f"{split}A", f"{split}B"):
-            (output / folder).mkdir(parents=True, exist_ok=True)
-        for index, (photo_path, label_path) in enumerate(split_pairs):
-            photo, label = _resized(photo_path, size), _resized(label_path, size)
-            side_by_side = Image.new("RGB", (2 * size, size))
-            side_by_side.paste(photo, (0, 0))
-            side_by_side.paste(label, (size, 0))
-            side_by_side.save(output / split / f"{index}.jpg", **save)
-            photo.save(output / f"{split}A" / f"{index}_A.jpg", **save)
-            label.save(output / f"{split}B" / f"{index}_B.jpg", **save)
-        print(f"{split}: {len(split_pairs)} pairs")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}-", dir=output.parent) as scratch:
+        built = Path(scratch) / output.name
+        for split, split_pairs in pairs.items():
+            for folder in (split, f"{split}A", f"{split}B"):
+                (built / folder).mkdir(parents=True, exist_ok=True)
+            for index, (photo_path, label_path) in enumerate(split_pairs):
+                photo, label = _resized(photo_path, size), _resized(label_path, size)
+                side_by_side = Image.new("RGB", (2 * size, size))
+                side_by_side.paste(photo, (0, 0))
+                side_by_side.paste(label, (size, 0))
+                side_by_side.save(built / split / f"{index}.jpg", **save)
+                photo.save(built / f"{split}A" / f"{index}_A.jpg", **save)
+                label.save(built / f"{split}B" / f"{index}_B.jpg", **save)
+            print(f"{split}: {len(split_pairs)} pairs")
+        if output.exists():
+            output.rmdir()   # empty, checked above
+        os.rename(built, output)
     return sum(map(len, pairs.values()))
 
 
