@@ -1052,6 +1052,35 @@ def test_subfolders_are_read_as_the_reference_code_reads_them(tmp_path, caplog):
     assert [p.name for p in list_images(folder, max_count=2)] == ["y.png", "z.png"]
 
 
+def test_listing_a_folder_takes_no_file_system_call_per_image(tmp_path, monkeypatch, caplog):
+    """On network storage a stat call per file costs minutes for a million images, per listing
+    and rank: the listing's own entry types are used (a link is still followed, and a broken one
+    left out with the warning)."""
+    calls = []
+    for name in ("stat", "lstat"):
+        original = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda *args, _original=original, **kwargs: calls.append(args) or
+                            _original(*args, **kwargs))
+
+    def calls_to_list(count: int) -> int:
+        folder = tmp_path / str(count)
+        for index in range(count):
+            (folder / f"{index:03d}.png").parent.mkdir(parents=True, exist_ok=True)
+            (folder / f"{index:03d}.png").write_bytes(b"not decoded by a listing")
+        calls.clear()
+        assert len(list_images(folder)) == count
+        return len(calls)
+
+    assert calls_to_list(5) == calls_to_list(60)
+    folder = tmp_path / "linked"
+    write_image(folder / "a.png")
+    (folder / "b.png").symlink_to(folder / "a.png")
+    (folder / "c.png").symlink_to(folder / "missing.png")
+    with caplog.at_level("WARNING"):
+        assert [p.name for p in list_images(folder)] == ["a.png", "b.png"]
+    assert "1 entries are hidden or not image files" in caplog.text and ": c.png" in caplog.text
+
+
 def test_a_folder_reached_by_a_link_too_is_named_by_its_own_path(tmp_path):
     """A link to a folder beside it ("a_view" -> "sub", listed first by name): the folder is read
     once, under its real name, whatever order the file system lists the two in."""
