@@ -198,6 +198,14 @@ def test_the_wandb_run_ends_with_the_process_exit_status(train_cfg, tmp_path, mo
         signal_at_step(patch, 2, signal.SIGTERM)
         run("preempted", SystemExit)
     assert finished == [(0, False), (1, False), (143, True)]
+    # Also a failure after the loggers' first record (where a wandb run starts) and before the
+    # fit: the next run of the process would otherwise log into the open run.
+    from pytorch_lightning.loggers import CSVLogger
+    finished.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(CSVLogger, "log_hyperparams", lambda self, params: (_ for _ in ()).throw(OSError("disk full")))
+        run("logging_failed", OSError)
+    assert finished == [(1, False)]
 
 
 def submitit_job_signals(tmp_path: Path) -> None:

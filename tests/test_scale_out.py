@@ -928,6 +928,31 @@ def test_wandb_goes_offline_unless_the_user_configured_it(monkeypatch, configure
     assert os.environ.get("WANDB_MODE") == expected_mode
 
 
+def test_the_offline_default_is_decided_afresh_for_each_run_of_a_process(monkeypatch):
+    """A notebook runs once without a login (offline by default), then sets an API key: its next
+    run goes online; the mode set for the first run is no setting of the user's."""
+    for key in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    run_module.default_wandb_offline()
+    assert os.environ.get("WANDB_MODE") == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "k")
+    run_module.default_wandb_offline()
+    assert "WANDB_MODE" not in os.environ
+    monkeypatch.setenv("WANDB_MODE", "offline")   # the user's own choice stays
+    run_module.default_wandb_offline()
+    assert os.environ.get("WANDB_MODE") == "offline"
+
+
+def test_an_unseeded_run_after_a_seeded_one_leaves_lightning_no_seed_to_reseed_ranks_with(train_cfg):
+    """`-m seed=42,null trainer=ddp` in one process: pl.seed_everything leaves PL_GLOBAL_SEED,
+    from which Lightning's DDP setup reseeds every rank, so the unseeded job replayed seed 42."""
+    run_module.run_training(train_cfg("model=pix2pix", "data=shapes_paired", "max_iters=1", "seed=42", *NO_EVALUATION))
+    assert os.environ.get("PL_GLOBAL_SEED") == "42"
+    run_module.run_training(train_cfg("model=pix2pix", "data=shapes_paired", "max_iters=1", "seed=null",
+                                      "callbacks.model_checkpoint.dirpath=${paths.output_dir}/again", *NO_EVALUATION))
+    assert not {"PL_GLOBAL_SEED", "PL_SEED_WORKERS"} & set(os.environ)
+
+
 # ----- sweep and cluster configs -----------------------------------------------------------------
 
 @pytest.fixture

@@ -208,10 +208,21 @@ def warn_iterations_of_several_processes(max_iters: int, trainer_kwargs: dict, b
                     max_iters, processes, batch_size, processes, max_iters, -(-max_iters // processes))
 
 
+_wandb_offline_by_default = False
+#: where pl.seed_everything leaves the seed for Lightning's DDP setup and its launched ranks
+SEED_ENVIRONMENT = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+
+
 def default_wandb_offline() -> None:
     """wandb goes offline unless the user configured it (WANDB_MODE, or an API key), so a run
-    never blocks on a missing login or network."""
-    if "WANDB_MODE" not in os.environ and "WANDB_API_KEY" not in os.environ:
+    never blocks on a missing login or network. Decided afresh for every run of the process (a
+    notebook's, a multirun's jobs): an offline mode set here for an earlier run is no setting of
+    the user's."""
+    global _wandb_offline_by_default
+    if _wandb_offline_by_default and os.environ.get("WANDB_MODE") == "offline":
+        del os.environ["WANDB_MODE"]
+    _wandb_offline_by_default = "WANDB_MODE" not in os.environ and "WANDB_API_KEY" not in os.environ
+    if _wandb_offline_by_default:
         os.environ["WANDB_MODE"] = "offline"
 
 
@@ -255,6 +266,19 @@ def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.C
     return order_callbacks(callbacks)
 
 
+def log_run_config(trainer: pl.Trainer, cfg: DictConfig) -> None:
+    """The run's config, and the code it trained with, to every logger (wandb records the code
+    itself; csv and tensorboard would not): "+dirty" says uncommitted changes took part."""
+    hyperparameters = {**OmegaConf.to_container(cfg, resolve=True),
+                       "code_revision": git_revision(Path(cfg.paths.root_dir)) or "unknown (no git checkout)"}
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hyperparameters)   # a wandb logger starts its run here
+        if isinstance(logger, TensorBoardLogger):
+            # Its HPARAMS tab lists runs by their metrics only (none here: hparams.yaml holds the
+            # config on disk); the TEXT tab shows the config beside the run's charts.
+            logger.experiment.add_text("config", "    " + OmegaConf.to_yaml(cfg, resolve=True).replace("\n", "\n    "))
+
+
 def run_training(cfg: DictConfig) -> dict[str, float]:
     silence_known_library_noise()
     check_run_folder(cfg.paths.output_dir)
@@ -268,6 +292,9 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     check_seed("seed", cfg.get("seed"))
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
+    else:   # an earlier seeded run of the process left them: Lightning's DDP setup would reseed every rank with it
+        for name in SEED_ENVIRONMENT:
+            os.environ.pop(name, None)
     run_dir = Path(cfg.paths.output_dir)
     # Before the data is built: a model/data mismatch gets the model's own error, not a
     # constructor's unexpected argument.
@@ -293,24 +320,14 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     callbacks = build_callbacks(cfg, logger_cfg)
     loggers = instantiate_list(logger_cfg, "logger")
     trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), callbacks=callbacks, logger=loggers or False)
-    # The code the run trained with, beside its config (wandb records it itself; csv and
-    # tensorboard would not): "+dirty" says uncommitted changes took part.
-    hyperparameters = {**OmegaConf.to_container(cfg, resolve=True),
-                       "code_revision": git_revision(Path(cfg.paths.root_dir)) or "unknown (no git checkout)"}
-    for logger in trainer.loggers:
-        logger.log_hyperparams(hyperparameters)
-        if isinstance(logger, TensorBoardLogger):
-            # Its HPARAMS tab lists runs by their metrics only (none here: hparams.yaml holds the
-            # config on disk); the TEXT tab shows the config beside the run's charts.
-            logger.experiment.add_text("config", "    " + OmegaConf.to_yaml(cfg, resolve=True).replace("\n", "\n    "))
-
     if trainer.checkpoint_callback is None:
         raise ValueError("No checkpoint callback configured: add callbacks.model_checkpoint "
                          "(see conf/callbacks/default.yaml) so the run ends with a checkpoint")
     if not found_by_auto:   # (auto took the most advanced file: none is further on) once every check passed
         set_aside_abandoned_checkpoints(cfg)
     exit_code = 0
-    try:
+    try:   # from the loggers' first record on: a wandb run started here is finished whatever happens
+        log_run_config(trainer, cfg)
         with job_shared_with_launched_ranks(trainer):
             # weights_only: a checkpoint can come from anyone (a URL's, which Lightning would
             # otherwise unpickle in full); ours hold tensors and plain values only.
