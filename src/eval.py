@@ -17,11 +17,16 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from src.utils.evaluation import run_evaluation  # noqa: E402
+from src.utils.run import release_failed_run  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval.yaml")
 def main(cfg: DictConfig) -> None:
-    run_evaluation(cfg)
+    try:
+        run_evaluation(cfg)
+    except Exception as error:
+        release_failed_run(error)   # `eval.py -m ckpt_path=a,b`: the next checkpoint is scored beside it
+        raise
 
 
 if __name__ == "__main__":

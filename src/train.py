@@ -23,7 +23,7 @@ from src.utils.objective import objective_value, sweeper_direction  # noqa: E402
 def main(cfg: DictConfig) -> float | None:
     configure_allocator(cfg.get("allocator", "default"))
     from src.models.divergence import divergence_of   # these load torch: only once the allocator is set
-    from src.utils.run import run_training
+    from src.utils.run import release_failed_run, run_training
     from src.utils.run_results import write_failure
     from src.utils.sweep_summary import is_rank_zero
 
@@ -35,6 +35,7 @@ def main(cfg: DictConfig) -> float | None:
         # stay finite); an error would end the whole study (the sweeper fails on any error).
         diverged = divergence_of(error)
         if diverged is None or not metric_name or sweeper_direction() is None:
+            release_failed_run(error)   # a multirun goes on to its next jobs, Hydra keeping this error
             raise
         if is_rank_zero():   # the job ends "completed" for Hydra: its record says what happened
             write_failure(Path(cfg.paths.output_dir), diverged, status="diverged")

@@ -177,6 +177,35 @@ def test_under_ddp_every_rank_waits_for_rank_zeros_interrupted_checkpoint(rank, 
         assert events == [("save", rank == 0)] + ([("barrier", "interrupted.ckpt saved")] if waits else []), error
 
 
+def test_a_failed_runs_error_no_longer_holds_its_model_once_released(train_cfg, monkeypatch):
+    """Hydra's launcher keeps a failed job's error until the multirun ends; its traceback's frames
+    held the model, trainer and activations (GPU memory an out-of-memory error's later jobs need).
+    Released, the error keeps what it prints and nothing else."""
+    import gc
+    import traceback
+    import weakref
+    from src.utils.run import release_failed_run
+    models = []
+    original_update = CycleGAN.update
+
+    def update(self, *args, **kwargs):
+        models.append(weakref.ref(self))
+        if self.trainer.global_step == 2:
+            raise RuntimeError("out of memory at iteration 2")
+        return original_update(self, *args, **kwargs)
+
+    monkeypatch.setattr(CycleGAN, "update", update)
+    with pytest.raises(RuntimeError) as caught:
+        run_training(train_cfg(*COMMON, "max_iters=4"))
+    error = caught.value   # kept, as the launcher keeps it
+    gc.collect()
+    assert models[-1]() is not None   # alive through the error's frames
+    release_failed_run(error)
+    assert models[-1]() is None
+    printed = "".join(traceback.format_exception(error))
+    assert "out of memory at iteration 2" in printed and "trainer.fit(" in printed
+
+
 def test_the_wandb_run_ends_with_the_process_exit_status(train_cfg, tmp_path, monkeypatch):
     """A run stopped by an error or by SIGTERM must not show as finished in wandb: exit codes
     0, 1 and 143 (marked preempted), as the process exits."""

@@ -1,7 +1,9 @@
 """The body of a training run, kept apart from the Hydra entry point so tests can call it."""
+import gc
 import logging
 import os
 import signal
+import traceback
 from pathlib import Path
 
 import hydra
@@ -264,6 +266,22 @@ def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.C
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(cb, ProgressBar) for cb in callbacks):
         callbacks.append(iteration_progress_bar())
     return order_callbacks(callbacks)
+
+
+def release_failed_run(error: BaseException) -> None:
+    """Free what a failed run still holds through its error: the frames of its traceback keep
+    the model, trainer, batch and activations (on the GPU) alive, and Hydra's launcher keeps a
+    failed job's error until the whole multirun ends, so the next jobs (say `-m
+    data.batch_size=8,4,2` after an out-of-memory error) would run beside it. The error still
+    prints in full: a traceback needs the frames' code and lines, not their variables."""
+    seen = set()
+    while error is not None and id(error) not in seen:   # the error and those it was raised from
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def log_run_config(trainer: pl.Trainer, cfg: DictConfig) -> None:
