@@ -93,12 +93,17 @@ def test_cuda_graph_modes_mark_every_iteration_and_compile_once(train_cfg, monke
     counted), and the networks are compiled once per fit."""
     compiled, marks = compiled_modes, []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    resets = []
+    monkeypatch.setattr(torch.compiler, "reset", lambda: resets.append(1))
     model, *_ = fit(train_cfg, "pix2pix", f"compile={mode}", iterations=3)
     assert len(marks) == (3 if marked else 0)
     assert compiled == [mode] * sum(len(m) for m in model.player_modules().values())
+    # The fit's end drops its compiled code: the next run of the process starts afresh.
+    assert resets == [1] and not any("forward" in vars(m) for ms in model.player_modules().values() for m in ms)
     compiled.clear()
-    compile_networks(model, mode)   # a second fit of the same model
-    assert compiled == []
+    compile_networks(model, mode)
+    compile_networks(model, mode)   # compiled once, however often asked
+    assert compiled == [mode] * sum(len(m) for m in model.player_modules().values())
 
 
 def test_networks_run_compiled_while_training_and_eagerly_when_sampling(train_cfg, monkeypatch):
@@ -116,6 +121,7 @@ def test_networks_run_compiled_while_training_and_eagerly_when_sampling(train_cf
     model, *_ = fit(train_cfg, "pix2pix", "compile=true", iterations=2)
     assert {fn.__self__ for fn in calls} == {model.G, model.D}
     calls.clear()
+    compile_networks(model)   # as inside a fit (its end drops the compiled forwards)
     size = train_cfg("model=pix2pix", "data=shapes_paired").data.size
     image = torch.rand(1, 3, size, size) * 2 - 1
     model.translate(image, "AtoB")

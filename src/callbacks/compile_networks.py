@@ -96,6 +96,18 @@ class CompileNetworks(pl.Callback):
                     f"{type(pl_module).__name__}) trained differently under them than in eager mode. Set "
                     f"{self.key}=true or {self.key}=max-autotune-no-cudagraphs (compiled, without CUDA graphs)")
 
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """The fit's compiled code goes with it. torch keeps compiled graphs, and which input sizes
+        varied, per network class for the whole process: the next run of a multirun (or a
+        notebook), with new networks of the same classes, would compile them for varying sizes,
+        and after 8 recompilations of a forward run it uncompiled without a word."""
+        if stage != "fit" or not self.mode:
+            return
+        for modules in pl_module.player_modules().values():
+            for module in modules:
+                vars(module).pop("forward", None)   # the class's own forward again
+        torch.compiler.reset()
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # A replay writes its outputs into the memory of the previous replay's. Without the mark,
         # the graphs cannot tell a GAN iteration's several forward and backward passes from the
