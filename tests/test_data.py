@@ -1552,3 +1552,21 @@ def test_a_cityscapes_build_stopped_part_way_leaves_no_dataset_folder(tmp_path, 
     monkeypatch.setattr(prepare_cityscapes, "_resized", resized)
     assert prepare_cityscapes.prepare_cityscapes(gtfine, photos, output, size=8) == 4
     assert sorted(p.name for p in (output / "trainA").iterdir()) == ["0_A.jpg", "1_A.jpg", "2_A.jpg"]
+
+
+def test_dataset_paths_are_kept_in_arrays_that_workers_share_and_read_back_whole(tmp_path):
+    """A list of Path objects is copied into every forked DataLoader worker as the epoch reads
+    it (reference counts are writes): the paths are one buffer and its offsets, made into Paths on
+    access, names that are not UTF-8 included, and they pickle (spawned workers) as they are."""
+    import pickle
+    from src.data.path_table import PathColumn, path_rows
+    names = [tmp_path / f"domain/sub/{index:06d}.png" for index in range(1000)]
+    names += [tmp_path / "caf\u00e9.png", Path(os.fsdecode(b"/data/\xff\xfe.png"))]
+    column = PathColumn(names)
+    assert list(column) == names and column[-1] == names[-1] and column[3:5] == names[3:5]
+    with pytest.raises(IndexError):
+        column[len(names)]
+    # ~one byte per character and 8 per path, where a Path object holds ~370 bytes
+    assert column._buffer.nbytes + column._offsets.nbytes < sum(len(str(n)) + 9 for n in names)
+    rows = pickle.loads(pickle.dumps(path_rows([(names[0], 3), (names[1], 0)])))
+    assert rows[0] == (names[0], 3) and type(rows[1][1]) is int and len(rows) == 2

@@ -28,6 +28,7 @@ from src.data.decoded_cache import DecodedImages
 from src.data.download import DATASETS
 from src.data.errors import DatasetNotFoundError
 from src.data.folders import list_images, require_folder
+from src.data.path_table import path_rows
 from src.data.transforms import ImageTransform
 from src.data.unpaired import preprocess_file
 
@@ -42,7 +43,8 @@ class LabelledImageDataset(Dataset):
 
     def __init__(self, items: list[tuple[Path, int]], transform: ImageTransform, channels: int,
                  decoded: DecodedImages | None = None) -> None:
-        self.items, self.transform, self.channels, self.decoded = items, transform, channels, decoded
+        # Compact: a list of Path objects would be copied into every DataLoader worker.
+        self.items, self.transform, self.channels, self.decoded = path_rows(items), transform, channels, decoded
 
     def __len__(self) -> int:
         return len(self.items)

@@ -23,6 +23,7 @@ from src.data.decoded_cache import DecodedImages, read
 from src.data.download import ALIGNED_LAYOUT, PAIRED_FOLDERS_LAYOUT, how_to_get
 from src.data.errors import DatasetNotFoundError, MissingPartnerError
 from src.data.folders import list_images, name_in_folder, require_folder
+from src.data.path_table import path_rows
 from src.data.image_io import load_image, open_image, to_uint8_array
 from src.data.transforms import ImageTransform
 
@@ -91,7 +92,7 @@ class PairedImageDataset(Dataset):
         source_half: str | None = None,
         decoded: DecodedImages | None = None,
     ) -> None:
-        self.pairs = pairs
+        self.pairs = path_rows(pairs)   # compact: a list of Paths would be copied into every worker
         self.decoded = decoded
         self.transform = transform
         self.source_channels, self.target_channels = source_channels, target_channels

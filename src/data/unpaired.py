@@ -12,6 +12,7 @@ from src.data.base import ImageTranslationDataModule
 from src.data.decoded_cache import DecodedImages, read
 from src.data.errors import MissingPartnerError
 from src.data.folders import list_images, require_folder
+from src.data.path_table import PathColumn
 from src.data.image_io import load_image
 from src.data.paired import match_by_name
 from src.data.transforms import ImageTransform
@@ -48,7 +49,8 @@ class UnpairedImageDataset(Dataset):
         random_partner: bool,
         decoded: DecodedImages | None = None,
     ) -> None:
-        self.source_paths, self.target_paths = source_paths, target_paths
+        # Compact: a list of Path objects would be copied into every DataLoader worker.
+        self.source_paths, self.target_paths = PathColumn(source_paths), PathColumn(target_paths)
         self.decoded = decoded
         self.transform = transform
         self.source_channels, self.target_channels = source_channels, target_channels
