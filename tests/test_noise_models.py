@@ -283,6 +283,26 @@ def test_wgangp_trains_and_evaluates_under_ddp_spawn(train_cfg):
     assert 1.0 <= float(metrics["eval/cls_is_samples"]) <= 2.0 + 1e-6
 
 
+def test_only_rank_zero_trains_the_classifier_and_the_others_take_its_weights(train_cfg, monkeypatch):
+    """Every rank decoded its training images and trained the same classifier, on the node's
+    shared CPUs, to replace it with rank zero's: a rank other than zero builds it untrained."""
+    from types import SimpleNamespace
+    from src.metrics import image_classifier
+    cfg = train_cfg("model=cgan")
+    model, datamodule = build(cfg), hydra.utils.instantiate(cfg.data)
+    datamodule.setup("fit")
+    callback = hydra.utils.instantiate(cfg.callbacks.fid_kid)
+    rank_zeros = image_classifier.classifier_of_the_data(datamodule, 64, 1).net.state_dict()
+    monkeypatch.setattr(image_classifier, "train_image_classifier",
+                        lambda *args, **kwargs: pytest.fail("a rank other than zero trained the classifier"))
+    rng = torch.get_rng_state()
+    rank_one = SimpleNamespace(datamodule=datamodule, world_size=2, is_global_zero=False,
+                               strategy=SimpleNamespace(broadcast=lambda state, src: rank_zeros))
+    taken = callback.build_classifier(rank_one, model).net.state_dict()
+    assert torch.equal(torch.get_rng_state(), rng)   # training's random stream untouched
+    assert taken.keys() == rank_zeros.keys() and all(torch.equal(taken[k], rank_zeros[k]) for k in taken)
+
+
 def test_training_scores_samples_with_a_classifier_of_the_datas_classes(train_cfg, tmp_path):
     """cGAN on the labelled shapes: the FID/KID callback also logs the shape classifier's
     scores, the accuracy on the samples against their classes included; on one class there is

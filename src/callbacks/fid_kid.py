@@ -322,11 +322,12 @@ class FidKidCallback(PeriodicEvaluation):
             self.classifier = self.build_classifier(trainer, pl_module)
 
     def build_classifier(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ClassifierScorer | None:
-        """The classifier of the data's classes (None for unlabelled or one-class data); every
-        rank trains it, and takes rank zero's weights so all score alike."""
+        """The classifier of the data's classes (None for unlabelled or one-class data): rank zero
+        trains it, and the other ranks take its weights."""
         scorer = classifier_of_the_data(trainer.datamodule, self.classifier_max_images, self.classifier_epochs,
                                         self.inception_score_splits, conditional=bool(pl_module.num_classes),
-                                        key=f"{self.config_key}.classifier_max_images")
+                                        key=f"{self.config_key}.classifier_max_images",
+                                        trained=trainer.is_global_zero)
         if scorer is not None and trainer.world_size > 1:
             scorer.net.load_state_dict(trainer.strategy.broadcast(scorer.net.state_dict(), src=0))
         return scorer

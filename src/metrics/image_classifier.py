@@ -76,16 +76,23 @@ def classifier_logits(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def classifier_of_the_data(datamodule, max_images: int = 10000, epochs: int = 10, splits: int = 10,
-                           conditional: bool = False, key: str = "classifier_max_images") -> ClassifierScorer | None:
+                           conditional: bool = False, key: str = "classifier_max_images",
+                           trained: bool = True) -> ClassifierScorer | None:
     """A scorer with the classifier of `datamodule`'s classes, trained on up to `max_images` of
     its training images (a seeded pick); None where the data has no two classes to tell apart
-    (unlabelled, or one class). `key` names the setting in errors."""
+    (unlabelled, or one class). `key` names the setting in errors. `trained=False`: the
+    classifier untrained, for a DDP rank that takes rank zero's weights (training it on every
+    rank decoded the images and trained the net once per rank, on the node's shared CPUs)."""
     num_classes = getattr(datamodule, "num_classes", 0)
     if num_classes < 2:
         return None
     if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < num_classes:
         raise ValueError(f"{key}={max_images!r} must be an integer of at least the {num_classes} classes")
     train = datamodule.dataset("train", train=False)
+    if not trained:
+        with torch.random.fork_rng(devices=[]):   # its initial weights are replaced anyway
+            net = build_classifier(train[0]["A"].size(0), num_classes).eval()
+        return ClassifierScorer(net, num_classes, splits=splits, conditional=conditional)
     picks = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:max_images].tolist()
     items = [train[i] for i in picks]
     # Brought to the classifier's size one by one: 10,000 images of 256 px would take 8 GB at once.
