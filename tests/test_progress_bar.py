@@ -98,3 +98,43 @@ def test_a_run_resumed_inside_an_epoch_shows_the_epochs_total(train_cfg, tmp_pat
     trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data),
                 ckpt_path=f"{first.paths.output_dir}/checkpoints/last.ckpt")
     assert recorder.seen == expected
+
+
+def progress_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "src.callbacks.progress_log"]
+
+
+@pytest.mark.parametrize("length, position", [
+    (("max_iters=3",), r"iteration 3/3 \(100.0%\)"),
+    (("max_iters=null", "trainer.max_epochs=2", "data.max_dataset_size=2"), r"iteration 4, epoch 2.00/2"),
+])
+def test_a_batch_job_logs_its_progress_where_no_bar_is_drawn(train_cfg, caplog, length, position):
+    """Rich's bar draws only on a terminal: a SLURM job's output showed no progress until the end.
+    Where stdout is not a terminal (as under pytest) rank zero logs a line every
+    every_n_seconds, and one after the first iteration and one at the end."""
+    import re
+    with caplog.at_level("INFO", logger="src.callbacks.progress_log"):
+        run_training(train_cfg("model=pix2pix", "data=shapes_paired", *length, *NO_EVALUATION,
+                               "callbacks.progress_log.every_n_seconds=3600"))
+    lines = progress_lines(caplog)
+    assert len(lines) == 2 and lines[0].startswith("iteration 1")   # the first iteration, then the end
+    assert re.match(position, lines[-1]), lines[-1]
+    assert re.search(r"\| [\d.e+-]+ it/s, [\d.e+-]+ images/s \| ETA 00:00:00 \| .*G_adv [\d.e+-]+", lines[-1]), lines[-1]
+
+
+def test_the_progress_line_counts_a_kimg_budget_and_stays_off_beside_a_drawn_bar(train_cfg, caplog, monkeypatch):
+    with caplog.at_level("INFO", logger="src.callbacks.progress_log"):
+        run_training(train_cfg("model=stylegan", "max_iters=null", "max_kimg=0.004", *NO_EVALUATION,
+                               "callbacks.progress_log.every_n_seconds=1e-9"))
+    lines = progress_lines(caplog)
+    assert len(lines) >= 2 and all(", kimg " in line for line in lines)
+    assert "kimg 0.0/0.0" not in lines[-1] and "(100.0%)" in lines[-1]
+    caplog.clear()
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)   # a terminal: the bar shows it
+    with caplog.at_level("INFO", logger="src.callbacks.progress_log"):
+        run_training(train_cfg("model=pix2pix", "data=shapes_paired", "max_iters=2", *NO_EVALUATION,
+                               "trainer.enable_progress_bar=true", "callbacks.progress_log.every_n_seconds=1e-9",
+                               "callbacks.model_checkpoint.dirpath=${paths.output_dir}/terminal"))
+    assert progress_lines(caplog) == []
+    with pytest.raises(Exception, match=r"every_n_seconds=0 must be a positive number"):
+        run_training(train_cfg("model=pix2pix", "data=shapes_paired", "callbacks.progress_log.every_n_seconds=0"))

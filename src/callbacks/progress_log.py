@@ -1,0 +1,115 @@
+"""A line of progress in the run's log every few minutes, where no progress bar is drawn.
+
+Rich's bar draws only on a terminal: a batch job (SLURM's .out file, nohup, a submitit job)
+shows nothing of it until training ends, and train.log holds no progress either. There, rank
+zero logs every `every_n_seconds` (and after the first iteration, so a job shows that training
+started):
+
+    iteration 12350/1000000 (1.2%) | 3.41 it/s, 3.41 images/s | ETA 3d 08:15 | G 2.31 D 0.45 | peak GPU 11.2 GB
+
+The rates are over the interval since the previous line (a resumed run's included: they start
+at the resume). On a terminal the bar shows the same, and the line is left out unless
+`always` is set.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import pytorch_lightning as pl
+import torch
+
+from src.callbacks.image_budget import ImageBudget
+
+log = logging.getLogger(__name__)
+
+
+def duration(seconds: float) -> str:
+    """`3d 08:15`, `08:15:02`: days, hours and minutes, or hours, minutes and seconds."""
+    seconds = int(round(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{days}d {hours:02d}:{minutes:02d}" if days else f"{hours:02d}:{minutes:02d}:{seconds:02d}"
+
+
+def kimg(images: float) -> str:
+    """Thousands of images, to a tenth once there are ten (a short budget's 0.004 shows)."""
+    return f"{images / 1000:.1f}" if images >= 10_000 else f"{images / 1000:.3g}"
+
+
+class ProgressLog(pl.Callback):
+    def __init__(self, every_n_seconds: float = 300.0, always: bool = False):
+        if isinstance(every_n_seconds, bool) or not isinstance(every_n_seconds, (int, float)) or every_n_seconds <= 0:
+            raise ValueError(f"callbacks.progress_log.every_n_seconds={every_n_seconds!r} must be a positive number")
+        self.every_n_seconds, self.always = float(every_n_seconds), always
+        self.active = False
+        self._last: tuple[float, int, int, float] = (0.0, 0, 0, 0.0)   # time, iteration, images, progress
+        self._due = 0.0   # when the next line is
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        bar_drawn = trainer.progress_bar_callback is not None and sys.stdout.isatty()
+        self.active = trainer.is_global_zero and (self.always or not bar_drawn)
+        now = time.monotonic()
+        self._mark(trainer, pl_module, now)
+        self._due = now   # the first line comes after the first iteration: a job shows training started
+
+    def _mark(self, trainer: pl.Trainer, pl_module: pl.LightningModule, when: float) -> None:
+        """Where the rates of the next line are measured from."""
+        self._last = (when, pl_module.iteration, pl_module.images_seen or 0, self.length(trainer, pl_module)[0])
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        now = time.monotonic()
+        if self.active and now >= self._due:
+            log.info(self.line(trainer, pl_module, now))
+            self._mark(trainer, pl_module, now)
+            self._due = now + self.every_n_seconds
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.active and pl_module.iteration != self._last[1]:
+            log.info(self.line(trainer, pl_module, time.monotonic()))
+
+    @staticmethod
+    def length(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[float, float | None, str]:
+        """(done, total, what): the run's progress in the unit its length is set in (a kimg
+        budget's images, max_iters' iterations, or epochs); total None when the run is open-ended."""
+        budget = next((cb for cb in trainer.callbacks if isinstance(cb, ImageBudget)), None)
+        if budget is not None:
+            return float(pl_module.images_seen or 0), float(budget.max_images), "images"
+        if trainer.max_steps and trainer.max_steps > 0:
+            return float(pl_module.iteration), trainer.max_steps / pl_module.optimizer_steps_per_iter, "iterations"
+        batches = trainer.num_training_batches
+        epochs = trainer.current_epoch + (trainer.fit_loop.epoch_loop.batch_progress.current.processed / batches
+                                          if batches and batches != float("inf") else 0.0)
+        total = float(trainer.max_epochs) if trainer.max_epochs and trainer.max_epochs > 0 else None
+        # (at the end the epoch counter has moved past the last epoch, whose batches are all done)
+        return (min(epochs, total) if total else epochs), total, "epochs"
+
+    def line(self, trainer: pl.Trainer, pl_module: pl.LightningModule, now: float) -> str:
+        then, last_iteration, last_images, last_done = self._last
+        elapsed = max(now - then, 1e-9)
+        done, total, unit = self.length(trainer, pl_module)
+        position = f"iteration {pl_module.iteration}"
+        if unit == "iterations":
+            position += f"/{total:.0f} ({100 * done / total:.1f}%)"
+        elif unit == "images" and total:
+            position += f", kimg {kimg(done)}/{kimg(total)} ({100 * done / total:.1f}%)"
+        elif total:
+            position += f", epoch {done:.2f}/{total:.0f}"
+        parts = [position]
+        iterations = pl_module.iteration - last_iteration
+        if iterations > 0:
+            images = (pl_module.images_seen or 0) - last_images
+            parts.append(f"{iterations / elapsed:.3g} it/s, {images / elapsed:.3g} images/s")
+            rate = (done - last_done) / elapsed
+            if total is not None and rate > 0:
+                parts.append(f"ETA {duration(max(total - done, 0.0) / rate)}")
+        losses = {name.removeprefix("train/"): float(value) for name, value in trainer.callback_metrics.items()
+                  if name.startswith("train/") and name != "train/kimg" and value.numel() == 1}
+        if losses:
+            parts.append(" ".join(f"{name} {value:.4g}" for name, value in sorted(losses.items())))
+        if pl_module.device.type == "cuda":
+            parts.append(f"peak GPU {torch.cuda.max_memory_allocated(pl_module.device) / 2**30:.1f} GB")
+        return " | ".join(parts)
