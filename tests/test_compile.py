@@ -98,8 +98,8 @@ def test_cuda_graph_modes_mark_every_iteration_and_compile_once(train_cfg, monke
     model, *_ = fit(train_cfg, "pix2pix", f"compile={mode}", iterations=3)
     assert len(marks) == (3 if marked else 0)
     assert compiled == [mode] * sum(len(m) for m in model.player_modules().values())
-    # The fit's end drops its compiled code: the next run of the process starts afresh.
-    assert resets == [1] and not any("forward" in vars(m) for ms in model.player_modules().values() for m in ms)
+    # The fit's start and end drop compiled code: each run of the process starts afresh.
+    assert resets == [1, 1] and not any("forward" in vars(m) for ms in model.player_modules().values() for m in ms)
     compiled.clear()
     compile_networks(model, mode)
     compile_networks(model, mode)   # compiled once, however often asked

@@ -236,10 +236,11 @@ def test_a_segmenter_file_runs_none_of_its_authors_code(segmenter_file, tmp_path
     assert not marker.exists()
     assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") is None   # set for the load only
 
-    objects = rewritten_archive(segmenter_file, tmp_path / "objects.pt2", {},
-                                add={"data/constants/opaque_obj_0": payload.getvalue()})
-    with pytest.raises(ValueError, match=r"objects.pt2 holds pickled Python or TorchScript objects \(.*opaque_obj_0\)"):
-        Segmenter(objects, 19, None, "cpu", key="segmenter_path")
+    for name in ("opaque_obj_0", "opaque_obj_x/inner", "custom_obj_1"):   # torch reads each by its path there
+        objects = rewritten_archive(segmenter_file, tmp_path / "objects.pt2", {},
+                                    add={f"data/constants/{name}": payload.getvalue()})
+        with pytest.raises(ValueError, match=rf"objects.pt2 holds pickled Python or TorchScript objects \(.*{name}\)"):
+            Segmenter(objects, 19, None, "cpu", key="segmenter_path")
     assert not marker.exists()
     assert Segmenter(segmenter_file, 19, None, "cpu", key="segmenter_path").module is not None
 

@@ -108,6 +108,7 @@ def test_csv_errors_name_the_setting(tmp_path, kwargs, message):
     ("1.5,2,0.5", r"label column 'label' holds '0.5' on line 3: labels are class indices"),
     ("1.5,two,0", r"column 'b' is not numeric \('two' on line 3: could not convert"),
     ("1.5", r"column 'b' is not numeric \(None on line 3"),
+    ("\n\n1.5,nan,0", r"column 'b' holds 'nan' on line 5"),   # blank lines are passed over, and counted
 ])
 def test_csv_values_that_are_not_finite_or_labels_that_are_not_whole_are_named_by_line(tmp_path, line, message):
     """float() reads nan and inf: they would scale a whole channel to NaN; 2.7 would be class 2."""

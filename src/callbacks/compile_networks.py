@@ -86,6 +86,7 @@ class CompileNetworks(pl.Callback):
                              f"support. Set {self.key}=false")
         if self.mode in CUDA_GRAPH_MODES and trainer.strategy.root_device.type == "cuda":
             self.refuse_spectral_norm_in_cuda_graphs(pl_module)
+        torch.compiler.reset()   # also after an earlier fit that failed, whose teardown did not run
         compile_networks(pl_module, self.mode)
 
     def refuse_spectral_norm_in_cuda_graphs(self, pl_module: pl.LightningModule) -> None:
@@ -100,7 +101,8 @@ class CompileNetworks(pl.Callback):
         """The fit's compiled code goes with it. torch keeps compiled graphs, and which input sizes
         varied, per network class for the whole process: the next run of a multirun (or a
         notebook), with new networks of the same classes, would compile them for varying sizes,
-        and after 8 recompilations of a forward run it uncompiled without a word."""
+        and after 8 recompilations of a forward run it uncompiled without a word. (Lightning
+        skips teardown when a fit fails: `setup` resets the caches too.)"""
         if stage != "fit" or not self.mode:
             return
         for modules in pl_module.player_modules().values():

@@ -26,8 +26,9 @@ Checkpoints: `checkpoint["state_dict"]` always holds the training weights (a che
 while the average is swapped in is corrected in `on_save_checkpoint`); the average is under
 `checkpoint["ema"]["state_dict"]` with the model's own keys, so `averaged_state_dict(checkpoint)`
 is a full state dict of the averaged model. Resuming continues the average. (A weights-only
-checkpoint, `save_weights_only`, skips callback hooks: saved between iterations, its `state_dict`
-holds the average.)
+checkpoint, `trainer.save_checkpoint(..., weights_only=True)`, skips callback hooks: saved between
+iterations, its `state_dict` holds the average. The run's checkpoint callback refuses
+`save_weights_only`.)
 
 Lightning's EMAWeightAveraging is not used: it averages the whole module (discriminators too),
 writes the average over `state_dict` and leaves it in the model when fit ends.

@@ -21,7 +21,7 @@ checkpoint, leaving the other ranks waiting for it.
 This callback replaces those handlers for the training loop with ones that only note the
 signal. After each iteration the ranks combine their notes in one all-reduce, at the same point
 of every rank's loop, and all stop there together (Lightning's SIGTERMException): the checkpoint
-callback saves interrupted.ckpt (rank zero, no collectives). Only then, after the fit, does
+callback saves interrupted.ckpt (rank zero; the other ranks wait for it in a barrier). Only then, after the fit, does
 `hand_over` run the requeue handler that was noted (`run_training`), so the job is requeued with
 its checkpoint on disk; the run exits with 143. Lightning puts every handler back when the fit
 ends. A single process keeps Lightning's SIGTERM handling, which has no collectives.

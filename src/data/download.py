@@ -14,6 +14,7 @@ Only the standard library is used (urllib, zipfile, tarfile).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tarfile
@@ -306,7 +307,8 @@ def place(built: Path, target: Path, layout) -> bool:
     rename never nests one folder in the other, as a move into an existing folder would."""
     try:
         if target.exists():
-            target.rmdir()   # empty when the download started; not where another job filled it since
+            with contextlib.suppress(FileNotFoundError):   # another job removed it first
+                target.rmdir()   # empty when the download started; not where another job filled it since
         os.rename(built, target)
         return True
     except OSError:

@@ -20,12 +20,13 @@ the paper's labels -> photo is its `direction: BtoA`) and, with `data.data_dir` 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 from PIL import Image
+
+from src.data.download import DATASETS, place
 
 PHOTO_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_color.png"
@@ -61,7 +62,8 @@ def prepare_cityscapes(gtfine: str | Path, leftimg8bit: str | Path, output: str 
     An output folder that holds files already is refused (nothing is written). They are written
     into a scratch folder beside it, renamed into place when complete: a run stopped part-way
     (minutes for the 3475 pairs) leaves no dataset folder that looks whole and is not."""
-    gtfine, leftimg8bit, output = Path(gtfine), Path(leftimg8bit), Path(output)
+    # resolved: a link to an empty folder on another disk gets the scratch folder beside its target
+    gtfine, leftimg8bit, output = Path(gtfine), Path(leftimg8bit), Path(output).resolve()
     if size < 1:
         raise ValueError(f"--size {size} must be a positive number of pixels")
     if output.is_dir() and any(output.iterdir()):
@@ -83,9 +85,8 @@ def prepare_cityscapes(gtfine: str | Path, leftimg8bit: str | Path, output: str 
                 photo.save(built / f"{split}A" / f"{index}_A.jpg", **save)
                 label.save(built / f"{split}B" / f"{index}_B.jpg", **save)
             print(f"{split}: {len(split_pairs)} pairs")
-        if output.exists():
-            output.rmdir()   # empty, checked above
-        os.rename(built, output)
+        if not place(built, output, DATASETS["cityscapes"].layout):
+            print(f"{output} was filled by another run meanwhile; this run's pairs are discarded")
     return sum(map(len, pairs.values()))
 
 

@@ -84,7 +84,10 @@ def read_csv_columns(path: Path, columns: list[str] | None, label_column: str | 
         # Parsed row by row into 8 bytes a value: rows kept as Python strings and dicts would
         # take ~1 KB each, gigabytes for a series of millions of steps.
         parsed = [array("d") for _ in read]
-        for line, row in enumerate(reader, start=2):   # line 1 is the header
+        for row in reader:
+            if not row:   # a blank line (spreadsheets' exports end with some)
+                continue
+            line = reader.line_num   # the file's line, quoted line breaks counted
             for column, position, numbers in zip(read, positions, parsed):
                 text = row[position] if position < len(row) else None
                 try:

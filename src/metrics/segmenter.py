@@ -37,8 +37,9 @@ def refuse_pickled_objects(path: Path, key: str) -> None:
     if not zipfile.is_zipfile(path):
         return   # torch.export.load's own error says what the file is not
     with zipfile.ZipFile(path) as archive:
-        objects = [name for name in archive.namelist() if "/constants/" in name
-                   and os.path.basename(name).startswith(_OBJECT_CONSTANT_PREFIXES)]
+        # torch picks a constant's loader by its path inside data/constants/ (which may hold folders)
+        objects = [name for name in archive.namelist()
+                   if name.partition("data/constants/")[2].startswith(_OBJECT_CONSTANT_PREFIXES)]
     if objects:
         raise ValueError(f"{key}={path} holds pickled Python or TorchScript objects ({', '.join(objects)}), which "
                          "loading would run: export a net of tensors and torch operations only")

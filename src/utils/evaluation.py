@@ -32,6 +32,7 @@ from src.utils.rng import isolated_rng
 from src.utils.sequence_plot import plot_series
 from src.utils.training_config import CONF_DIR
 from src.utils.translation import resolve_device, save_png, to_uint8_images
+from src.utils.whole_files import write_text_whole
 
 log = logging.getLogger(__name__)
 
@@ -462,7 +463,8 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device) -> dict[str, dict
                                                     segmenter_for(datamodule, cfg.get("segmenter_path"),
                                                                   cfg.get("segmenter_size"), device))
     report.update({"directions": directions, "metrics": results})
-    (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    # Whole: the table of an eval sweep (`eval.py -m`) reads it while other jobs write theirs.
+    write_text_whole(output_dir / "metrics.json", json.dumps(report, indent=2))
     name = str(cfg.name) if cfg.get("name") is not None else f"{type(model).__name__} / {datamodule.name}"
     if report.get("feature_extractor"):   # a random CNN's FID beside an Inception one would mislead
         name += f" [{report['feature_extractor']}]"

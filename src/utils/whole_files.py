@@ -67,7 +67,7 @@ def sync_folder(folder: Path) -> None:
     except OSError as error:
         if folder not in _unsyncable_folders:
             _unsyncable_folders.add(folder)
-            log.warning("Could not sync the folder %s after renaming a checkpoint into it (%s); the file itself "
+            log.warning("Could not sync the folder %s after renaming a file into it (%s); the file itself "
                         "is synced", folder, error)
 
 
