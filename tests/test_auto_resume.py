@@ -81,19 +81,44 @@ def test_a_requeued_job_naming_an_earlier_runs_checkpoint_resumes_from_its_own_f
     assert resumed_from("1") == str(run / "checkpoints" / "last.ckpt")
 
 
-def test_a_requeued_job_in_a_folder_named_by_its_start_time_stops_rather_than_start_over(train_cfg, monkeypatch,
-                                                                                        tmp_path):
+def test_a_requeued_job_in_a_new_folder_named_by_its_start_time_resumes_its_earlier_starts_run(
+        train_cfg, monkeypatch, tmp_path, caplog):
     """Hydra's default run folder is named by the start time: a plain sbatch job requeued by SLURM
-    lands in a new, empty one, where it would train from scratch; a fixed folder starts a job
-    requeued before its first save."""
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    cfg = train_cfg(*PIX2PIX, "max_iters=1")
-    with pytest.raises(ValueError, match=r"SLURM_RESTART_COUNT=1: this job was requeued, but its run folder .* is "
-                                         r"new \(hydra.run.dir is named by the start time\) and holds no checkpoint"):
+    lands in a new, empty one, where it trained from scratch. The first start records its job id
+    in its folder; the requeued one finds it beside its own and goes on from its checkpoint, in
+    its new folder, ending on the weights of an unbroken run. A requeue with no such folder starts,
+    saying so."""
+    straight = train_cfg(*PIX2PIX, "max_iters=4")
+    straight.paths.output_dir = str(tmp_path / "straight")
+    run_training(straight)
+
+    def start(folder: str, max_iters: int) -> None:
+        cfg = train_cfg(*PIX2PIX, f"max_iters={max_iters}")   # hydra.run.dir: Hydra's, named by the start time
+        cfg.paths.output_dir = str(tmp_path / "runs" / folder)
+        cfg.callbacks.model_checkpoint.dirpath = str(tmp_path / "runs" / folder / "checkpoints")
         run_training(cfg)
-    assert not list(tmp_path.rglob("*.ckpt"))
-    run_training(train_cfg(*PIX2PIX, "max_iters=1", f"hydra.run.dir={tmp_path}/fixed"))
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    start("2026-12-06_01-00-00-000001", 2)
+    monkeypatch.setenv("SLURM_JOB_ID", "777")   # another job of the same folder's parent
+    start("2026-12-06_01-00-00-000002", 1)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with caplog.at_level(logging.INFO):
+        start("2026-12-06_02-00-00-000000", 4)
+    earlier = tmp_path / "runs" / "2026-12-06_01-00-00-000001"
+    assert f"the stopped start of this job ran in {earlier}" in caplog.text
+    assert f"ckpt_path=auto: resuming from {earlier / 'checkpoints' / 'last.ckpt'}" in caplog.text
+    load = lambda run: torch.load(Path(run, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)  # noqa: E731
+    expected, resumed = load(tmp_path / "straight"), load(tmp_path / "runs" / "2026-12-06_02-00-00-000000")
+    assert resumed["global_step"] == expected["global_step"] == 8
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    caplog.clear()
+    monkeypatch.setenv("SLURM_JOB_ID", "9999")   # requeued before any start recorded it: it starts
+    with caplog.at_level(logging.INFO):
+        start("2026-12-06_03-00-00-000000", 1)
+    assert "no run folder beside it records an earlier start of job 9999: nothing to resume from" in caplog.text
 
 
 def test_equal_progress_takes_the_newest_file(tmp_path):

@@ -39,14 +39,19 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 
 
+#: in a run folder of a SLURM job: its job id, by which a requeued start finds the folder of the
+#: start before it where the run folder is named by the start time (Hydra's default)
+SLURM_JOB_MARKER = ".slurm_job_id"
+
+
 def resume_a_requeued_job(cfg: DictConfig) -> None:
     """A job SLURM requeued (`SLURM_RESTART_COUNT` > 0: preempted, or stopped at its time limit
-    and requeued by submitit or Lightning) runs its first start's command line in the same run
-    directory. Naming no checkpoint it resumes as with `auto`: starting over there would train
-    from scratch over the checkpoints the stopped job saved for it. Naming one (a job started to
-    continue an earlier one, `ckpt_path=<old run>/last.ckpt`) it resumes from its own run's most
-    advanced checkpoint where that is further on: the named file would train again over the
-    stopped job's work."""
+    and requeued by submitit or Lightning) runs its first start's command line again. Naming no
+    checkpoint it resumes as with `auto`: starting over would train from scratch over the
+    checkpoints the stopped job saved. Naming one (a job started to continue an earlier one,
+    `ckpt_path=<old run>/last.ckpt`) it resumes from its own run's most advanced checkpoint where
+    that is further on: the named file would train again over the stopped job's work. Its own
+    checkpoints: `own_checkpoint_dirs`."""
     restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     named = cfg.get("ckpt_path")
     if restarts == 0 or named == AUTO:
@@ -57,14 +62,60 @@ def resume_a_requeued_job(cfg: DictConfig) -> None:
         with open_dict(cfg):
             cfg.ckpt_path = AUTO
         return
-    dirs = run_checkpoint_dirs(cfg)
     named_progress = training_progress(Path(named)) if Path(named).is_file() else None
-    own = most_advanced_checkpoint(*dirs) if dirs and named_progress else None
+    own = most_advanced_in(own_checkpoint_dirs(cfg)) if named_progress else None
     if own is not None and training_progress(own)[0] > named_progress[0]:
         log.warning("SLURM_RESTART_COUNT=%d: this job was requeued and saved %s, further on than ckpt_path=%s it "
                     "was started with: resuming from it", restarts, own, named)
         with open_dict(cfg):
             cfg.ckpt_path = str(own)
+
+
+def own_checkpoint_dirs(cfg: DictConfig) -> list[tuple[Path, Path]]:
+    """(checkpoint folder, run folder) of this run's checkpoints: its own folders, and, for a
+    requeued SLURM job whose run folder is named by the start time (Hydra's default, a new one at
+    every start), those of the start before it, found by the job id it recorded
+    (`SLURM_JOB_MARKER`); the run goes on in the new folder."""
+    dirs = run_checkpoint_dirs(cfg)
+    if dirs is None:
+        return []
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if restarts == 0 or not run_dir_named_by_start_time():
+        return [dirs]
+    earlier = earlier_start_of_this_job(*dirs)
+    if earlier is None:
+        log.warning("SLURM_RESTART_COUNT=%d: this job was requeued into a new run folder (hydra.run.dir is named by "
+                    "the start time), and no run folder beside it records an earlier start of job %s: nothing to "
+                    "resume from. hydra.run.dir=logs/train/runs/slurm-$SLURM_JOB_ID keeps one folder for every start",
+                    restarts, os.environ.get("SLURM_JOB_ID"))
+        return [dirs]
+    log.info("SLURM_RESTART_COUNT=%d: the stopped start of this job ran in %s", restarts, earlier[1])
+    return [dirs, earlier]
+
+
+def mark_slurm_job(cfg: DictConfig) -> None:
+    """Record the SLURM job id in the run folder (rank zero, single runs), for a requeued start of
+    the job that lands in a new folder to find this one (`resume_a_requeued_job`)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and getattr(rank_zero_only, "rank", 0) == 0 and not in_multirun():
+        run_dir = Path(cfg.paths.output_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / SLURM_JOB_MARKER).write_text(job)
+
+
+def earlier_start_of_this_job(checkpoint_dir: Path, run_dir: Path) -> tuple[Path, Path] | None:
+    """(checkpoint folder, run folder) of the latest other run folder beside `run_dir` that this
+    SLURM job recorded as its own, or None."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or not run_dir.parent.is_dir():
+        return None
+    starts = sorted(marker.parent for marker in run_dir.parent.glob(f"*/{SLURM_JOB_MARKER}")
+                    if marker.parent != run_dir and marker.read_text().strip() == job)
+    if not starts:
+        return None
+    # The checkpoint folder where it is inside the run folder; a folder elsewhere is shared already.
+    inside = checkpoint_dir.is_relative_to(run_dir)
+    return (starts[-1] / checkpoint_dir.relative_to(run_dir) if inside else checkpoint_dir), starts[-1]
 
 
 def set_aside_abandoned_checkpoints(cfg: DictConfig) -> Path | None:
@@ -132,8 +183,13 @@ def training_progress(path: Path) -> tuple[int, bool] | None:
 def most_advanced_checkpoint(checkpoint_dir: Path, run_dir: Path) -> Path | None:
     """The readable checkpoint furthest into training; among equals an exact one (not a crash
     checkpoint taken inside an iteration or a step), then the newest file."""
+    return most_advanced_in([(checkpoint_dir, run_dir)])
+
+
+def most_advanced_in(folders: list[tuple[Path, Path]]) -> Path | None:
+    """`most_advanced_checkpoint` over several (checkpoint folder, run folder) pairs."""
     readable = []
-    for path in checkpoint_candidates(checkpoint_dir, run_dir):
+    for path in dict.fromkeys(path for folder_pair in folders for path in checkpoint_candidates(*folder_pair)):
         progress = training_progress(path)
         if progress is None:
             log.warning("ckpt_path=auto: passing over %s, which cannot be read as a checkpoint "
@@ -143,28 +199,16 @@ def most_advanced_checkpoint(checkpoint_dir: Path, run_dir: Path) -> Path | None
     return max(readable)[-1] if readable else None
 
 
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().get("mode") == RunMode.MULTIRUN
+
+
 def run_dir_named_by_start_time() -> bool:
     """Whether this (single, not multirun) job's run folder is named by its start time, as
     Hydra's default `hydra.run.dir` is: every start of the same command gets a new folder."""
-    if not HydraConfig.initialized():
+    if not HydraConfig.initialized() or in_multirun():   # a multirun job keeps its folder (submitit pickles it)
         return False
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.get("mode") == RunMode.MULTIRUN:   # a multirun job keeps its folder (submitit pickles it)
-        return False
-    return "${now:" in str(OmegaConf.to_container(hydra_cfg.run, resolve=False).get("dir", ""))
-
-
-def refuse_a_requeued_start_in_a_new_folder(run_dir: Path) -> None:
-    """A requeued job (SLURM_RESTART_COUNT > 0) whose run folder is named by the start time is
-    in a new, empty folder: its checkpoints are in the first start's. Starting would train from
-    scratch, in silence."""
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-    if restarts > 0 and run_dir_named_by_start_time():
-        raise ValueError(f"SLURM_RESTART_COUNT={restarts}: this job was requeued, but its run folder {run_dir} is "
-                         f"new (hydra.run.dir is named by the start time) and holds no checkpoint, so it would train "
-                         f"from scratch. Resume the stopped start's run with ckpt_path=<its run folder>/checkpoints/"
-                         f"last.ckpt, and give requeueable jobs a fixed folder: "
-                         f"hydra.run.dir=logs/train/runs/slurm-$SLURM_JOB_ID")
+    return "${now:" in str(OmegaConf.to_container(HydraConfig.get().run, resolve=False).get("dir", ""))
 
 
 def resolve_auto_resume(cfg: DictConfig) -> str | None:
@@ -174,15 +218,15 @@ def resolve_auto_resume(cfg: DictConfig) -> str | None:
         raise ValueError("ckpt_path=auto looks for checkpoints in callbacks.model_checkpoint.dirpath, "
                          "which this config does not set (see conf/callbacks/default.yaml)")
     checkpoint_dir, run_dir = dirs
-    chosen = most_advanced_checkpoint(checkpoint_dir, run_dir)
-    unreadable = checkpoint_candidates(checkpoint_dir, run_dir) if chosen is None else []
+    own = own_checkpoint_dirs(cfg)
+    chosen = most_advanced_in(own)
+    unreadable = [] if chosen is not None else [path for folder_pair in own for path in checkpoint_candidates(*folder_pair)]
     if unreadable:
         # Starting here would train from scratch and, save by save, replace what they hold.
         raise ValueError(f"ckpt_path=auto: no checkpoint of this run can be read ({', '.join(map(str, unreadable))}"
                          f"; each is named above). Name one to resume from with ckpt_path=..., or move them out of "
                          f"{checkpoint_dir} to start the run over")
     if chosen is None:
-        refuse_a_requeued_start_in_a_new_folder(run_dir)
         log.info("ckpt_path=auto: no checkpoint in %s, starting the run. To resume a stopped job, start it "
                  "again with the same hydra.run.dir.", checkpoint_dir)
         return None
