@@ -97,3 +97,37 @@ def test_train_kimg_counts_the_images_of_every_iteration_across_batch_sizes_and_
         resumed.paths.output_dir = str(tmp_path / name)
         run_training(resumed)
         assert kimg_column(resumed) == pytest.approx([0.003, 0.004]), name
+
+
+def test_a_resumed_run_goes_on_in_its_metrics_csv(train_cfg, tmp_path):
+    """Lightning started a new csv/version_N at every resume: a run requeued three times was split
+    over four files, the older ones holding the iterations the resume repeats. The resumed run
+    continues the file: the stopped run's rows past its checkpoint are set aside in a file of
+    their own, the resume step's evaluation stays, and the file reads as one unbroken run."""
+    from src.utils.run import run_training
+
+    common = ("model=cyclegan", "max_iters=4", "++callbacks.latent=null", "++callbacks.shapes_truth=null")
+
+    def metrics(run_dir: Path) -> list[dict]:
+        (path,) = Path(run_dir, "csv").glob("version_*/metrics.csv")
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    straight = train_cfg(*common)
+    straight.paths.output_dir = str(tmp_path / "straight")
+    run_training(straight)
+    # The stopped run got to iteration 3 (rows up to step 3 written), its last checkpoint at 2.
+    first = train_cfg(*common, "max_iters=3", "callbacks.model_checkpoint.every_n_iters=2",
+                      "callbacks.model_checkpoint.save_top_k=-1")
+    run_training(first)
+    run_dir = Path(first.paths.output_dir)
+    run_training(train_cfg(*common, f"ckpt_path={run_dir}/checkpoints/iter_0000002.ckpt"))
+    assert [p.name for p in (run_dir / "csv").iterdir()] == ["version_0"]
+    rows, expected = metrics(run_dir), metrics(straight.paths.output_dir)
+    assert [r["step"] for r in rows] == [r["step"] for r in expected] == ["0", "1", "2", "3", "4"]
+    assert rows[2]["eval/fid"] and rows[2]["train/G"]   # the resume step: its evaluation kept, its losses new
+    for row, unbroken in zip(rows, expected):
+        assert row.keys() == unbroken.keys() and row["train/G"] == unbroken["train/G"], row["step"]
+    (aside,) = (run_dir / "csv" / "version_0").glob("metrics.replaced_*.csv")
+    with open(aside, newline="") as f:
+        assert [r["step"] for r in csv.DictReader(f)] == ["3"]   # the stopped run's work past its checkpoint

@@ -7,10 +7,20 @@ rows per step, out of order, and a column such as `train/G` alternated between a
 nothing, which plots as no line at all. Here the rows of one step are merged, and written in
 step order: the latest step's row is held back until a later step shows it is complete (or the
 run ends), so nothing already written is read back in the usual case.
+
+A resumed run goes on in the file of the run it resumes (the latest `version_N` of its folder),
+where Lightning started a new `version_N+1` at every resume: a run requeued three times was
+split over four files, each older one holding the iterations the resume repeats. The first step
+the resumed run logs is its resume iteration: the file's rows after it (the stopped run's work
+past its checkpoint, or a whole earlier run in the folder where a new one starts at step 0) are
+moved to `metrics.replaced_<time>.csv` beside it, and that step's own row is merged with the new
+values (its evaluation, logged before the checkpoint was saved, stays).
 """
 from __future__ import annotations
 
 import csv
+import os
+import time
 
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
@@ -22,9 +32,16 @@ class StepRowsWriter(ExperimentWriter):
     def __init__(self, log_dir: str) -> None:
         super().__init__(log_dir)
         self.written_up_to = -1   # the highest step in the file
+        self.continued = False    # whether the file of an earlier process has been taken up
+
+    def _check_log_dir_exists(self) -> None:
+        """Lightning deletes the version's metrics.csv here: a resumed run goes on in it instead."""
 
     def log_metrics(self, metrics_dict: dict, step: int | None = None) -> None:
         super().log_metrics(metrics_dict, step)
+        if not self.continued:
+            self.continued = True
+            self._continue_file(self.metrics[-1]["step"])
         row = self.metrics.pop()
         pending = next((r for r in self.metrics if r["step"] == row["step"]), None)
         if pending is None:
@@ -50,6 +67,32 @@ class StepRowsWriter(ExperimentWriter):
             self.written_up_to = max(self.written_up_to, highest)
         self.metrics = held
 
+    def _continue_file(self, first_step: int) -> None:
+        """Take up the file an earlier process of the run wrote: its rows up to `first_step` (a
+        resumed run's first step: its rows after it are the stopped run's work past the
+        checkpoint) stay; the rest go to a `metrics.replaced_<time>.csv` beside it. A run that
+        starts at step 0 replaces every row."""
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            reader = csv.DictReader(file)
+            header, rows = list(reader.fieldnames or []), list(reader)
+        kept = [0 < first_step and int(r["step"]) <= first_step for r in rows]
+        keep = [r for r, stays in zip(rows, kept) if stays]
+        replaced = [r for r, stays in zip(rows, kept) if not stays]
+        if replaced:
+            aside = os.path.join(self.log_dir, time.strftime("metrics.replaced_%Y%m%d-%H%M%S.csv"))
+            with self._fs.open(aside, "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=header)
+                writer.writeheader()
+                writer.writerows(replaced)
+        with self._fs.open(self.metrics_file_path, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(keep)
+        self.metrics_keys = sorted(set(header))
+        self.written_up_to = max((int(r["step"]) for r in keep), default=-1)
+
     def _merge_into_file(self) -> None:
         """Rows for steps the file already has (a value logged late): merged into the file's own
         rows, and the file rewritten in step order."""
@@ -66,7 +109,15 @@ class StepRowsWriter(ExperimentWriter):
 
 
 class StepRowsCSVLogger(CSVLogger):
-    """`CSVLogger` whose `metrics.csv` has one row per step, in step order (StepRowsWriter)."""
+    """`CSVLogger` whose `metrics.csv` has one row per step, in step order, and that a resumed
+    run continues (StepRowsWriter): without a `version` it writes into the folder's latest
+    `version_N` (version_0 in a new run folder)."""
+
+    def __init__(self, *args, version: int | str | None = None, **kwargs):
+        super().__init__(*args, version=version, **kwargs)
+        if version is None:
+            following = self._get_next_version()
+            self._version = max(following - 1, 0)
 
     @property
     @rank_zero_experiment
