@@ -61,3 +61,22 @@ def test_the_smoke_config_sizes_the_embedded_datasets_only(train_cfg):
     files = train_cfg("model=nicegan", "data=cat2dog").data
     assert "size" not in files and files.crop_size == 256
     assert train_cfg("model=nicegan", "data.size=128").data.crop_size == 128   # the command line still wins
+
+
+def test_the_size_check_passes_synchronised_batch_norm_under_a_process_group(train_cfg, tmp_path):
+    """trainer.sync_batchnorm=true (conf/trainer/ddp.yaml): Lightning makes the batch norms
+    SyncBatchNorm, which refuses a tensor off the GPU in training mode once a process group
+    exists, so the meta-device size check failed every size and stopped the run. It checks them
+    in eval mode, leaving them in training mode after."""
+    import torch.distributed as dist
+    cfg, model = build(train_cfg, "pix2pix")
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    synced = [m for m in model.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert synced
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model.train()
+        check_image_size(model, images(cfg.data.size))
+        assert all(m.training for m in synced)
+    finally:
+        dist.destroy_process_group()

@@ -50,10 +50,17 @@ def run_on_meta(model: nn.Module, fn: Callable[..., object], *args: torch.Tensor
     # pre-hook) would be left as meta tensors: put them back.
     attributes = [(module.__dict__, key, value) for module in model.modules()
                   for key, value in vars(module).items() if isinstance(value, torch.Tensor)]
+    # SyncBatchNorm (trainer.sync_batchnorm) refuses a tensor off the GPU in training mode once
+    # the process group exists: in eval mode it normalises alone, with the same output shape.
+    synced = [module for module in model.modules() if isinstance(module, nn.SyncBatchNorm) and module.training]
     try:
+        for module in synced:
+            module.training = False
         with torch.no_grad(), torch.compiler.set_stance("force_eager"):
             return functional_call(_Call(model, fn), state, args)
     finally:
+        for module in synced:
+            module.training = True
         for namespace, key, value in attributes:
             namespace[key] = value
 
