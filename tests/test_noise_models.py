@@ -297,24 +297,31 @@ def test_only_rank_zero_trains_the_classifier_and_the_others_take_its_weights(tr
                         lambda *args, **kwargs: pytest.fail("a rank other than zero trained the classifier"))
     rng = torch.get_rng_state()
     rank_one = SimpleNamespace(datamodule=datamodule, world_size=2, is_global_zero=False,
-                               strategy=SimpleNamespace(broadcast=lambda sent, src: rank_zeros if sent else None))
+                               strategy=SimpleNamespace(broadcast=lambda state, src: rank_zeros,
+                                                        reduce_boolean_decision=lambda ok, all: ok))
     taken = callback.build_classifier(rank_one, model).net.state_dict()
     assert torch.equal(torch.get_rng_state(), rng)   # training's random stream untouched
     assert taken.keys() == rank_zeros.keys() and all(torch.equal(taken[k], rank_zeros[k]) for k in taken)
-    # Rank zero failing (an unreadable image) stops every rank, which would otherwise wait for its weights.
+    # A rank failing (rank zero on an unreadable image) stops every rank: they decide together,
+    # where the others would wait for its weights (or it for theirs) for good.
     def unreadable(*args, **kwargs):
         raise OSError("image 7 is unreadable")
 
     monkeypatch.setattr(image_classifier, "train_image_classifier", unreadable)
-    sent = []
+    decided = []
+
+    def together(ok, all):   # what the ranks' all-reduce returns, with rank one fine
+        decided.append(ok)
+        return ok and True
+
     rank_zero = SimpleNamespace(datamodule=datamodule, world_size=2, is_global_zero=True,
-                                strategy=SimpleNamespace(broadcast=lambda obj, src: sent.append(obj) or obj))
+                                strategy=SimpleNamespace(reduce_boolean_decision=together))
     with pytest.raises(OSError, match="image 7 is unreadable"):   # rank zero's own error
         callback.build_classifier(rank_zero, model)
-    assert sent == ["OSError: image 7 is unreadable"]
+    assert decided == [False]
     told = SimpleNamespace(datamodule=datamodule, world_size=2, is_global_zero=False,
-                           strategy=SimpleNamespace(broadcast=lambda obj, src: "OSError: image 7 is unreadable"))
-    with pytest.raises(RuntimeError, match="Rank zero could not train the classifier .*: OSError: image 7"):
+                           strategy=SimpleNamespace(reduce_boolean_decision=lambda ok, all: False))
+    with pytest.raises(RuntimeError, match="Another rank could not build the classifier"):
         callback.build_classifier(told, model)
 
 

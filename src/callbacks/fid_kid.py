@@ -323,8 +323,9 @@ class FidKidCallback(PeriodicEvaluation):
 
     def build_classifier(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ClassifierScorer | None:
         """The classifier of the data's classes (None for unlabelled or one-class data): rank zero
-        trains it, and the other ranks take its weights. Where rank zero fails (an unreadable
-        image), every rank stops with its error: the others would wait for its weights for good."""
+        trains it, and the other ranks take its weights. Where any rank fails (rank zero on an
+        unreadable image, every rank on a bad setting), every rank stops: the others would wait
+        for its weights, or it for theirs, for good."""
         failure, scorer = None, None
         try:
             scorer = classifier_of_the_data(trainer.datamodule, self.classifier_max_images, self.classifier_epochs,
@@ -332,17 +333,14 @@ class FidKidCallback(PeriodicEvaluation):
                                             key=f"{self.config_key}.classifier_max_images",
                                             trained=trainer.is_global_zero)
         except Exception as error:
-            if trainer.world_size == 1 or not trainer.is_global_zero:
-                raise
             failure = error
-        if trainer.world_size > 1:
-            failed = trainer.strategy.broadcast(f"{type(failure).__name__}: {failure}" if failure else None, src=0)
-            if failure is not None:
-                raise failure
-            if failed is not None:
-                raise RuntimeError(f"Rank zero could not train the classifier of the data's classes: {failed}")
-            if scorer is not None:
-                scorer.net.load_state_dict(trainer.strategy.broadcast(scorer.net.state_dict(), src=0))
+        if trainer.world_size > 1 and not trainer.strategy.reduce_boolean_decision(failure is None, all=True):
+            raise failure or RuntimeError("Another rank could not build the classifier of the data's classes "
+                                          "(its error is in its output)")
+        if failure is not None:
+            raise failure
+        if scorer is not None and trainer.world_size > 1:
+            scorer.net.load_state_dict(trainer.strategy.broadcast(scorer.net.state_dict(), src=0))
         return scorer
 
     def supported_directions(self, pl_module: pl.LightningModule) -> tuple[str, ...]:
