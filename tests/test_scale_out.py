@@ -259,6 +259,22 @@ def test_sigterm_under_ddp_stops_every_rank_with_its_checkpoint(tmp_path, shared
     assert "SIGTERM: every rank stops after iteration" in log_path.read_text()
 
 
+def test_a_sigterm_before_training_started_is_decided_on_by_every_rank(monkeypatch):
+    """Lightning's own SIGTERM handler runs from the fit's start; a signal it took before the
+    training loop set the receiving rank alone to stop after its first batch (the others went on
+    into collectives it never joined). StopSignals takes it over, for the ranks' shared decision."""
+    import signal as signals
+    from types import SimpleNamespace
+    from src.callbacks.stop_signals import StopSignals
+    monkeypatch.setattr(signals, "signal", lambda signum, handler: None)   # the test process keeps its handlers
+    connector = SimpleNamespace(received_sigterm=True)
+    trainer = SimpleNamespace(world_size=2, _signal_connector=connector,
+                              _accelerator_connector=SimpleNamespace(cluster_environment=None))
+    stops = StopSignals()
+    stops.on_train_start(trainer, None)
+    assert connector.received_sigterm is False and stops.noted == {signals.SIGTERM}
+
+
 def test_the_stop_signals_module_loads_where_there_are_no_user_signals(monkeypatch):
     """Windows' signal module has no SIGUSR1/SIGUSR2: the training entry point imports this
     module, so naming them at import stopped every run there before it began."""

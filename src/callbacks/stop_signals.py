@@ -91,6 +91,13 @@ class StopSignals(pl.Callback):
             return
         if trainer.world_size > 1:
             signal.signal(signal.SIGTERM, self.note)
+            # A SIGTERM that came before this (Lightning's handler runs from the fit's start) is
+            # the receiving rank's alone: Lightning would stop that rank after its first batch,
+            # the others going on. Noted here, the ranks decide on it together.
+            connector = trainer._signal_connector
+            if connector.received_sigterm:
+                connector.received_sigterm = False
+                self.noted.add(signal.SIGTERM)
         for signum in requeue_signals(trainer):
             handler = signal.getsignal(signum)
             if callable(handler):
