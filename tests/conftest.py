@@ -35,7 +35,7 @@ NO_EVALUATION = ("++callbacks.fid_kid=null", "++callbacks.latent=null", "++callb
 #: seeded silently), the DDP rendezvous of an in-process spawn (every later DDP run would reuse its
 #: port), wandb's service of an in-process run
 RUN_ENVIRONMENT = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK",
-                   "WORLD_SIZE", "WANDB_SERVICE")
+                   "WORLD_SIZE", "WANDB_SERVICE", "GAN_TRAIN_RESOLVED_CHECKPOINT")
 
 
 @pytest.fixture(autouse=True)

@@ -121,6 +121,24 @@ def test_a_requeued_job_in_a_new_folder_named_by_its_start_time_resumes_its_earl
     assert "no run folder beside it records an earlier start of job 9999: nothing to resume from" in caplog.text
 
 
+def test_the_ranks_lightning_launches_resume_from_rank_zeros_choice(tmp_path, monkeypatch):
+    """Lightning launches ranks 1.. with rank zero's run folder named: a requeued job's ranks
+    would not look in its earlier start's folder, and start from scratch while rank zero
+    resumed. Rank zero's choice reaches them through the environment they inherit."""
+    import src.utils.run as run_module
+    from omegaconf import OmegaConf
+    checkpoints = tmp_path / "earlier" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    chosen = save_progress(checkpoints / "last.ckpt", 4)
+    monkeypatch.setattr(run_module, "resolve_auto_resume", lambda cfg: str(chosen))   # rank zero's search
+    rank_zero = OmegaConf.create({"ckpt_path": "auto"})
+    assert run_module.resolve_checkpoint(rank_zero) is True and rank_zero.ckpt_path == str(chosen)
+    monkeypatch.setenv("LOCAL_RANK", "1")   # a launched rank, its environment inherited from rank zero
+    monkeypatch.setattr(run_module, "resolve_auto_resume", lambda cfg: pytest.fail("a launched rank searched again"))
+    launched = OmegaConf.create({"ckpt_path": "auto"})
+    assert run_module.resolve_checkpoint(launched) is True and launched.ckpt_path == str(chosen)
+
+
 def test_equal_progress_takes_the_newest_file(tmp_path):
     older = save_progress(tmp_path / "last.ckpt", 6)
     newer = save_progress(tmp_path / "interrupted.ckpt", 6)

@@ -5,6 +5,7 @@ import csv
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -989,6 +990,21 @@ def test_slurm_launcher_configs_compose(compose_with_hydra, launcher, trainer):
     assert launcher_cfg.partition == "gpu"
     if launcher == "slurm":  # ours: one SLURM task per GPU, as many nodes as the trainer has
         assert (launcher_cfg.nodes, launcher_cfg.tasks_per_node, launcher_cfg.gpus_per_node) == (2, 4, 4)
+
+
+@pytest.mark.parametrize("job", [None, "4242"])
+def test_a_run_folder_in_a_slurm_job_carries_its_job_id(compose_with_hydra, monkeypatch, job):
+    """The tasks of a job array start in the same second: their run folders, named by the start
+    time, would be one, each task writing over the others' checkpoints. The sweep folder is
+    named to the microsecond."""
+    if job:
+        monkeypatch.setenv("SLURM_JOB_ID", job)
+    else:
+        monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    hydra_cfg = compose_with_hydra().hydra
+    name = Path(hydra_cfg.run.dir).name
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d" + (f"_slurm-{job}" if job else ""), name), name
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}", Path(hydra_cfg.sweep.dir).name)
 
 
 @pytest.mark.parametrize("python", ["python3", "no-python-here"])

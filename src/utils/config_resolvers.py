@@ -11,6 +11,8 @@ point or test composes a config.
   not set yet when a multirun's sweep folder is resolved (`-m` failed with "HydraConfig was not
   set"), nor outside a Hydra app; the runs never change directory (`hydra.job.chdir: false`),
   so the process's own is the same folder.
+- `${slurm_job_suffix:}`: `_slurm-<job id>` inside a SLURM job, else nothing, for run folder
+  names: the tasks of a job array start in the same second.
 - `${seed_unless_stored:storage,seed}`: an Optuna sampler's seed, or None where the study is kept
   in `storage`. A seeded sampler starts its random draws over in every process, so a study
   resumed from its storage (or shared by two machines) would repeat its first trials.
@@ -32,6 +34,11 @@ def add(*terms: float) -> float:
     return sum(terms) if all(isinstance(term, int) for term in terms) else sum(float(term) for term in terms)
 
 
+def slurm_job_suffix() -> str:
+    job = os.environ.get("SLURM_JOB_ID")
+    return f"_slurm-{job}" if job else ""
+
+
 def seed_unless_stored(storage, seed):
     return seed if storage is None else None
 
@@ -43,5 +50,7 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("add", add)
     if not OmegaConf.has_resolver("cwd"):
         OmegaConf.register_new_resolver("cwd", os.getcwd)
+    if not OmegaConf.has_resolver("slurm_job_suffix"):
+        OmegaConf.register_new_resolver("slurm_job_suffix", slurm_job_suffix)
     if not OmegaConf.has_resolver("seed_unless_stored"):
         OmegaConf.register_new_resolver("seed_unless_stored", seed_unless_stored)

@@ -1,5 +1,6 @@
 """The body of a training run, kept apart from the Hydra entry point so tests can call it."""
 import gc
+import json
 import logging
 import os
 import signal
@@ -269,6 +270,29 @@ def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.C
     return order_callbacks(callbacks)
 
 
+#: the checkpoint rank zero resumes from, for the ranks Lightning launches: they run with rank
+#: zero's run folder named, so a requeued job's ranks would look for the checkpoint in other places
+RESOLVED_CHECKPOINT_ENV = "GAN_TRAIN_RESOLVED_CHECKPOINT"
+
+
+def resolve_checkpoint(cfg: DictConfig) -> bool:
+    """Set `cfg.ckpt_path` to the file the run resumes from (a requeued job's, `auto`'s), before
+    the loggers exist (the wandb run id is read from the file); returns whether `auto` chose it.
+    A rank Lightning launched takes rank zero's choice, which its environment carries."""
+    handed = os.environ.get(RESOLVED_CHECKPOINT_ENV) if os.environ.get("LOCAL_RANK", "0") != "0" else None
+    if handed is not None:
+        choice = json.loads(handed)
+    else:
+        resume_a_requeued_job(cfg)
+        found_by_auto = cfg.get("ckpt_path") == AUTO
+        path = resolve_auto_resume(cfg) if found_by_auto else cfg.get("ckpt_path")
+        choice = {"ckpt_path": path, "found_by_auto": found_by_auto}
+        os.environ[RESOLVED_CHECKPOINT_ENV] = json.dumps(choice)   # inherited by the ranks launched later
+    with open_dict(cfg):
+        cfg.ckpt_path = choice["ckpt_path"]
+    return choice["found_by_auto"]
+
+
 def release_failed_run(error: BaseException) -> None:
     """Free what a failed run still holds through its error: the frames of its traceback keep
     the model, trainer, batch and activations (on the GPU) alive, and Hydra's launcher keeps a
@@ -301,11 +325,7 @@ def log_run_config(trainer: pl.Trainer, cfg: DictConfig) -> None:
 def run_training(cfg: DictConfig) -> dict[str, float]:
     silence_known_library_noise()
     check_run_folder(cfg.paths.output_dir)
-    resume_a_requeued_job(cfg)
-    found_by_auto = cfg.get("ckpt_path") == AUTO
-    if found_by_auto:   # resolved first: the wandb run id is read from the file
-        with open_dict(cfg):
-            cfg.ckpt_path = resolve_auto_resume(cfg)
+    found_by_auto = resolve_checkpoint(cfg)
     check_checkpoint_file(cfg.get("ckpt_path"))
     default_wandb_offline()
     check_seed("seed", cfg.get("seed"))
