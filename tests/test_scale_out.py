@@ -329,8 +329,9 @@ def test_a_requeue_warning_under_slurm_stops_every_rank_then_lightning_requeues(
 
 def test_auto_resume_under_ddp_continues_on_every_rank(tmp_path, shared_data_dir):
     """`ckpt_path=auto` in a fixed run directory under the subprocess DDP launcher, whose rank 1
-    re-runs the command and resolves `auto` itself: run again, both ranks pick the same
-    checkpoint and continue at iteration 2, training the epoch's items not yet trained."""
+    re-runs the command: run again, rank 0 resolves `auto` and rank 1 takes its choice (handed
+    down in its environment), and both continue at iteration 2, training the epoch's items not
+    yet trained."""
     run_dir = tmp_path / "run"
     common = ("model=cyclegan", "data=shapes", "data.max_dataset_size=8", "seed=3", PROBE, *NO_EVALUATION,
               "trainer=ddp_sim", f"hydra.run.dir={run_dir}", "ckpt_path=auto")
@@ -340,7 +341,7 @@ def test_auto_resume_under_ddp_continues_on_every_rank(tmp_path, shared_data_dir
     second = run_train(*common, "max_iters=4", cwd=tmp_path, data_dir=shared_data_dir)
     resumed_from = [line.split("resuming from", 1)[1].split()[0] for line in (second.stdout + second.stderr).splitlines()
                     if "ckpt_path=auto: resuming from" in line]
-    assert len(resumed_from) == 2 and len(set(resumed_from)) == 1, resumed_from   # each rank, the same file
+    assert len(resumed_from) == 1, resumed_from   # rank 0's search; rank 1 resumes from its choice
     probes = rank_probes(run_dir)
     assert [probe["iteration"] for probe in probes] == [4, 4]
     assert [len(probe["paths"]) for probe in probes] == [2, 2]
