@@ -1,16 +1,20 @@
 """U-GAT-IT and NICE-GAN networks: reference parameter counts, shapes, LIN/AdaLIN, CAM, pickling."""
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from conftest import NO_EVALUATION
 from src.nets.adalin import LIN, AdaLIN, clip_rho_, map_statistics, rho_statistics
 from src.nets.cam import CAMAttention, ResidualCAMAttention
 from src.nets.nicegan import NICE_LIN_RHO_INIT, NICEGANDiscriminator, NICEGANGenerator
 from src.nets.ugatit import UGATITDiscriminator, UGATITGenerator
+from src.utils.checkpoint_loading import load_model
 from src.utils.heatmap import overlay_heatmap
+from src.utils.run import run_training
 
 
 def n_params(m: nn.Module) -> int:
@@ -229,3 +233,22 @@ def test_the_cam_heatmap_paints_each_images_strongest_attention_red_and_weakest_
     assert torch.allclose(half, 0.5 * black + 0.5 * full)
     grey = overlay_heatmap(torch.zeros(2, 1, 8, 8), heat, alpha=0.0)
     assert grey.shape == (2, 3, 8, 8) and torch.equal(grey, torch.zeros(2, 3, 8, 8))
+
+
+def test_a_ugatit_checkpoint_from_before_the_cam_classifier_setting_loads_with_its_two_classifiers(
+        train_cfg, tmp_path):
+    """U-GAT-IT had the PyTorch port's two CAM classifiers before `cam_classifier` existed; its
+    default is now the paper's shared one, so an older checkpoint's networks did not fit."""
+    cfg = train_cfg("model=ugatit", "data=shapes", "max_iters=1", *NO_EVALUATION,
+                    *(f"model.{net}.cam_classifier=separate" for net in
+                      ("generator", "global_discriminator", "local_discriminator")))
+    run_training(cfg)
+    checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    for net in ("generator", "global_discriminator", "local_discriminator"):
+        del checkpoint["hyper_parameters"][net]["cam_classifier"]
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    model = load_model(old, use_ema=False)
+    for name, value in checkpoint["state_dict"].items():
+        assert torch.equal(model.state_dict()[name], value), name
+    assert model.hparams.generator["cam_classifier"] == "separate"

@@ -535,6 +535,29 @@ def test_a_checkpoint_from_before_the_image_schedule_loads_with_the_same_schedul
     assert (model.generator.level, model.generator.alpha) == (1, 1.0)   # the third iteration's stage
 
 
+def test_a_run_resumed_from_before_the_image_schedule_goes_on_with_its_own_schedule(train_cfg, tmp_path):
+    """A checkpoint counting its phases in iterations (`phase_iters`) was converted for
+    load_model only: resumed, its past was laid out with today's settings (here one iteration
+    per phase where it trained two), so the run went on at another resolution."""
+    cfg = train_cfg("model=progan", "max_iters=3", *NO_EVALUATION)
+    run_training(cfg)
+    checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    new_keys = ("phase_images", "batch_size", "batch_sizes", "lr_by_resolution", "start_resolution",
+                "reset_optimizers_per_phase")
+    checkpoint["hyper_parameters"] = {**{k: v for k, v in checkpoint["hyper_parameters"].items() if k not in new_keys},
+                                      "phase_iters": 2}   # two iterations per phase, as that run trained
+    for newer in ("schedule_parts", "world_sizes"):
+        checkpoint.pop(newer, None)
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    resumed = train_cfg("model=progan", "max_iters=4", f"ckpt_path={old}", *NO_EVALUATION)
+    resumed.paths.output_dir = str(tmp_path / "resumed")
+    run_training(resumed)
+    parts = torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)["schedule_parts"]
+    # Its first three iterations as trained: 8 images (two iterations of 4) a phase; then today's.
+    assert [(p["first_iteration"], p["phase_images"]) for p in parts] == [(0, 8), (3, 4)]
+
+
 def test_growing_models_train_on_whole_batches_only(train_cfg, monkeypatch):
     """The authors' minibatches never fall short: 32 items at batch 5 make 6 batches an epoch,
     the 2 left over are dropped, so 7 iterations all train on 5 images; a split too small for

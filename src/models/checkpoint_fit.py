@@ -154,3 +154,30 @@ def check_resume_settings(ckpt_path: str | Path, model_settings: dict, data_sett
     return (f"ckpt_path={ckpt_path} was written with other settings ({listed}): the run goes on with this run's "
             f"settings, except that the optimizers and learning-rate schedules continue from their saved states "
             f"(their learning rates included)")
+
+
+def upgraded_hparams(hparams: dict, checkpoint: dict) -> dict:
+    """Hyperparameters of an older checkpoint in today's names:
+    - ProGAN/StyleGAN counted their phases in iterations at one batch size (`phase_iters`); the
+      same schedule is `phase_images` = phase_iters x the run's data.batch_size, with no
+      per-resolution tables.
+    - The noise models (`latent_dim`) sampled with their batch norm's running averages before
+      `test_time_batch_stats` existed, and keep doing so.
+    - ProGAN/StyleGAN (`phase_images`) kept their optimizers' state across phases before
+      `reset_optimizers_per_phase` existed.
+    - U-GAT-IT's networks had two CAM classifiers (GAP and GMP, the PyTorch port's) before
+      `cam_classifier` existed; its default is now the paper's shared one."""
+    upgraded = dict(hparams)
+    for key, node in upgraded.items():
+        if isinstance(node, dict) and str(node.get("_target_", "")).startswith("src.nets.ugatit.UGATIT") \
+                and "cam_classifier" not in node:
+            upgraded[key] = {**node, "cam_classifier": "separate"}
+    if "phase_iters" in upgraded:
+        batch = int((checkpoint.get("datamodule_hyper_parameters") or {}).get("batch_size", 16))
+        upgraded.update({"phase_images": int(upgraded.pop("phase_iters")) * batch, "batch_size": batch,
+                         "batch_sizes": {}, "lr_by_resolution": {}, "start_resolution": 4})
+    if "phase_images" in upgraded and "reset_optimizers_per_phase" not in upgraded:
+        upgraded["reset_optimizers_per_phase"] = False
+    if "latent_dim" in upgraded and "test_time_batch_stats" not in upgraded:
+        upgraded.update({"test_time_batch_stats": False, "reference_batch_size": 64})
+    return upgraded

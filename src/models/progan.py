@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from src.callbacks.image_budget import ImageBudget
+from src.models.checkpoint_fit import upgraded_hparams
 from src.models.noise_gan import NoiseGAN
 from src.models.progressive_schedule import Part, ProgressiveSchedule, level_resolution
 from src.nets.progan import GrowingNet
@@ -145,7 +146,8 @@ class ProGAN(NoiseGAN):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
-        saved = checkpoint.get("hyper_parameters", {})
+        # an older run's settings in today's names (phase_iters: its phases in images, at its batch size)
+        saved = upgraded_hparams(checkpoint.get("hyper_parameters", {}), checkpoint)
         changed = {key: f"model.{key}: {saved[key]!r} -> {self.hparams[key]!r}"
                    for key in (*self.STRUCTURE_SETTINGS, *self.PART_SETTINGS)
                    if key in saved and saved[key] != self.hparams[key]}

@@ -28,7 +28,7 @@ from src.callbacks.ema import averaged_state_dict
 from src.models.base import AdversarialModel
 from src.models.checkpoint_fit import (check_checkpoint_file, refused_by_weights_only, resolved_by_lightning,
                                        run_config_path, state_dict_mismatch, unreadable_checkpoint,
-                                       weights_only_refusal)
+                                       upgraded_hparams, weights_only_refusal)
 
 log = logging.getLogger(__name__)
 
@@ -84,27 +84,6 @@ def _build(cls: type[AdversarialModel], hparams: dict) -> AdversarialModel:
     # Building initialises weights randomly (then overwritten): keep the caller's RNG untouched.
     with torch.random.fork_rng(devices=[]):
         return cls(**hparams)
-
-
-def upgraded_hparams(hparams: dict, checkpoint: dict) -> dict:
-    """Hyperparameters of an older checkpoint in today's names:
-    - ProGAN/StyleGAN counted their phases in iterations at one batch size (`phase_iters`); the
-      same schedule is `phase_images` = phase_iters x the run's data.batch_size, with no
-      per-resolution tables.
-    - The noise models (`latent_dim`) sampled with their batch norm's running averages before
-      `test_time_batch_stats` existed, and keep doing so.
-    - ProGAN/StyleGAN (`phase_images`) kept their optimizers' state across phases before
-      `reset_optimizers_per_phase` existed."""
-    upgraded = dict(hparams)
-    if "phase_iters" in upgraded:
-        batch = int((checkpoint.get("datamodule_hyper_parameters") or {}).get("batch_size", 16))
-        upgraded.update({"phase_images": int(upgraded.pop("phase_iters")) * batch, "batch_size": batch,
-                         "batch_sizes": {}, "lr_by_resolution": {}, "start_resolution": 4})
-    if "phase_images" in upgraded and "reset_optimizers_per_phase" not in upgraded:
-        upgraded["reset_optimizers_per_phase"] = False
-    if "latent_dim" in upgraded and "test_time_batch_stats" not in upgraded:
-        upgraded.update({"test_time_batch_stats": False, "reference_batch_size": 64})
-    return upgraded
 
 
 def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", use_ema: bool = True) -> AdversarialModel:
