@@ -514,19 +514,26 @@ def test_a_datamodule_reused_after_a_scheduled_fit_goes_back_to_its_batch_size(t
     assert fit(plain, datamodule) == [plain.data.batch_size] * 2 and datamodule.batch_size_schedule is None
 
 
-def test_a_checkpoint_from_before_the_image_schedule_loads_with_the_same_schedule(train_cfg, tmp_path):
-    """ProGAN checkpoints counted phases in iterations (`phase_iters`) at one batch size: they
-    load as phase_images = phase_iters x the run's batch size, at the stage they were saved at."""
+def checkpoint_from_before_the_image_schedule(train_cfg, tmp_path, phase_iters: int) -> tuple[Path, dict]:
+    """A 3-iteration ProGAN checkpoint as the code that counted phases in iterations wrote it."""
     cfg = train_cfg("model=progan", "max_iters=3", *NO_EVALUATION)
     run_training(cfg)
     checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     new_keys = ("phase_images", "batch_size", "batch_sizes", "lr_by_resolution", "start_resolution",
                 "reset_optimizers_per_phase")
     checkpoint["hyper_parameters"] = {**{k: v for k, v in checkpoint["hyper_parameters"].items() if k not in new_keys},
-                                      "phase_iters": 1}
-    del checkpoint["model_class"]
+                                      "phase_iters": phase_iters}
+    for newer in ("model_class", "schedule_parts", "world_sizes"):
+        checkpoint.pop(newer, None)
     old = tmp_path / "old.ckpt"
     torch.save(checkpoint, old)
+    return old, checkpoint
+
+
+def test_a_checkpoint_from_before_the_image_schedule_loads_with_the_same_schedule(train_cfg, tmp_path):
+    """ProGAN checkpoints counted phases in iterations (`phase_iters`) at one batch size: they
+    load as phase_images = phase_iters x the run's batch size, at the stage they were saved at."""
+    old, checkpoint = checkpoint_from_before_the_image_schedule(train_cfg, tmp_path, phase_iters=1)
     model = load_model(old)
     batch = checkpoint["datamodule_hyper_parameters"]["batch_size"]
     assert type(model).__name__ == "ProGAN" and model.hparams.phase_images == batch and model.hparams.batch_size == batch
@@ -539,17 +546,7 @@ def test_a_run_resumed_from_before_the_image_schedule_goes_on_with_its_own_sched
     """A checkpoint counting its phases in iterations (`phase_iters`) was converted for
     load_model only: resumed, its past was laid out with today's settings (here one iteration
     per phase where it trained two), so the run went on at another resolution."""
-    cfg = train_cfg("model=progan", "max_iters=3", *NO_EVALUATION)
-    run_training(cfg)
-    checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
-    new_keys = ("phase_images", "batch_size", "batch_sizes", "lr_by_resolution", "start_resolution",
-                "reset_optimizers_per_phase")
-    checkpoint["hyper_parameters"] = {**{k: v for k, v in checkpoint["hyper_parameters"].items() if k not in new_keys},
-                                      "phase_iters": 2}   # two iterations per phase, as that run trained
-    for newer in ("schedule_parts", "world_sizes"):
-        checkpoint.pop(newer, None)
-    old = tmp_path / "old.ckpt"
-    torch.save(checkpoint, old)
+    old, _ = checkpoint_from_before_the_image_schedule(train_cfg, tmp_path, phase_iters=2)   # two iterations a phase
     resumed = train_cfg("model=progan", "max_iters=4", f"ckpt_path={old}", *NO_EVALUATION)
     resumed.paths.output_dir = str(tmp_path / "resumed")
     run_training(resumed)
