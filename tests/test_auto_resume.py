@@ -84,8 +84,8 @@ def test_a_requeued_job_naming_an_earlier_runs_checkpoint_resumes_from_its_own_f
 def test_a_requeued_job_in_a_new_folder_named_by_its_start_time_resumes_its_earlier_starts_run(
         train_cfg, monkeypatch, tmp_path, caplog):
     """Hydra's default run folder is named by the start time: a plain sbatch job requeued by SLURM
-    lands in a new, empty one, where it trained from scratch. The first start records its job id
-    in its folder; the requeued one finds it beside its own and goes on from its checkpoint, in
+    lands in a new, empty one, where it trained from scratch. Each start's folder carries its job
+    id; the requeued one finds the earlier one beside its own and goes on from its checkpoint, in
     its new folder, ending on the weights of an unbroken run. A requeue with no such folder starts,
     saying so."""
     straight = train_cfg(*PIX2PIX, "max_iters=4")
@@ -99,25 +99,25 @@ def test_a_requeued_job_in_a_new_folder_named_by_its_start_time_resumes_its_earl
         run_training(cfg)
 
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    start("2026-12-06_01-00-00-000001", 2)
+    start("2026-12-06_01-00-00_slurm-4242", 2)
     monkeypatch.setenv("SLURM_JOB_ID", "777")   # another job of the same folder's parent
-    start("2026-12-06_01-00-00-000002", 1)
+    start("2026-12-06_01-00-00_slurm-777", 1)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     with caplog.at_level(logging.INFO):
-        start("2026-12-06_02-00-00-000000", 4)
-    earlier = tmp_path / "runs" / "2026-12-06_01-00-00-000001"
+        start("2026-12-06_02-00-00_slurm-4242", 4)
+    earlier = tmp_path / "runs" / "2026-12-06_01-00-00_slurm-4242"
     assert f"the stopped start of this job ran in {earlier}" in caplog.text
     assert f"ckpt_path=auto: resuming from {earlier / 'checkpoints' / 'last.ckpt'}" in caplog.text
     load = lambda run: torch.load(Path(run, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)  # noqa: E731
-    expected, resumed = load(tmp_path / "straight"), load(tmp_path / "runs" / "2026-12-06_02-00-00-000000")
+    expected, resumed = load(tmp_path / "straight"), load(tmp_path / "runs" / "2026-12-06_02-00-00_slurm-4242")
     assert resumed["global_step"] == expected["global_step"] == 8
     for key, value in expected["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
     caplog.clear()
     monkeypatch.setenv("SLURM_JOB_ID", "9999")   # requeued before any start recorded it: it starts
     with caplog.at_level(logging.INFO):
-        start("2026-12-06_03-00-00-000000", 1)
+        start("2026-12-06_03-00-00_slurm-9999", 1)
     assert "no run folder beside it records an earlier start of job 9999: nothing to resume from" in caplog.text
 
 

@@ -19,10 +19,10 @@ holding such objects (no segmentation net needs one) is refused.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import zipfile
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -45,21 +45,6 @@ def refuse_pickled_objects(path: Path, key: str) -> None:
                          "loading would run: export a net of tensors and torch operations only")
 
 
-@contextlib.contextmanager
-def forced_weights_only_loads():
-    """Every torch.load inside is weights-only, also one that passes weights_only=False
-    (torch.load reads TORCH_FORCE_WEIGHTS_ONLY_LOAD at each call, and it wins over the argument)."""
-    before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
-        else:
-            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
-
-
 class Segmenter:
     """Classes of images by an exported segmentation net, one image at a time (exports are
     usually made for batch 1, and the reference runs the FCN on one frame at a time)."""
@@ -70,7 +55,9 @@ class Segmenter:
             raise FileNotFoundError(f"{key}={path}: no such file (a segmentation net saved by torch.export.save)")
         refuse_pickled_objects(path, key)
         try:
-            with forced_weights_only_loads():
+            # Every torch.load inside weights-only, also one passing weights_only=False: torch.load
+            # reads this variable at each call, and it wins over the argument.
+            with mock.patch.dict(os.environ, {"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1"}):
                 program = torch.export.load(str(path))
             self.module = program.module().to(device)
         except Exception as error:   # a zip of another kind, a pickle, a truncated file

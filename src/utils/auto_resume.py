@@ -27,21 +27,22 @@ from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.utilities import rank_zero_only
 
 from src.callbacks.checkpoint import INSIDE_ITERATION_KEY, PARTIAL_STEPS_KEY, TORN_STEP_KEY
 from src.models.checkpoint_fit import refused_by_weights_only, weights_only_refusal
+from src.utils.config_resolvers import slurm_job_suffix
+from src.utils.sweep_summary import is_rank_zero
+from src.utils.wandb_run import is_multirun
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
 
 
-#: in a run folder of a SLURM job: its job id, by which a requeued start finds the folder of the
-#: start before it where the run folder is named by the start time (Hydra's default)
-SLURM_JOB_MARKER = ".slurm_job_id"
+def slurm_restarts() -> int:
+    """How often SLURM requeued this job (0: its first start, or no SLURM)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
 def resume_a_requeued_job(cfg: DictConfig) -> None:
@@ -52,7 +53,7 @@ def resume_a_requeued_job(cfg: DictConfig) -> None:
     `ckpt_path=<old run>/last.ckpt`) it resumes from its own run's most advanced checkpoint where
     that is further on: the named file would train again over the stopped job's work. Its own
     checkpoints: `own_checkpoint_dirs`."""
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    restarts = slurm_restarts()
     named = cfg.get("ckpt_path")
     if restarts == 0 or named == AUTO:
         return
@@ -74,12 +75,12 @@ def resume_a_requeued_job(cfg: DictConfig) -> None:
 def own_checkpoint_dirs(cfg: DictConfig) -> list[tuple[Path, Path]]:
     """(checkpoint folder, run folder) of this run's checkpoints: its own folders, and, for a
     requeued SLURM job whose run folder is named by the start time (Hydra's default, a new one at
-    every start), those of the start before it, found by the job id it recorded
-    (`SLURM_JOB_MARKER`); the run goes on in the new folder."""
+    every start), those of the start before it, found by the job id its name carries
+    (`${slurm_job_suffix:}`); the run goes on in the new folder."""
     dirs = run_checkpoint_dirs(cfg)
     if dirs is None:
         return []
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    restarts = slurm_restarts()
     if restarts == 0 or not run_dir_named_by_start_time():
         return [dirs]
     earlier = earlier_start_of_this_job(*dirs)
@@ -93,24 +94,13 @@ def own_checkpoint_dirs(cfg: DictConfig) -> list[tuple[Path, Path]]:
     return [dirs, earlier]
 
 
-def mark_slurm_job(cfg: DictConfig) -> None:
-    """Record the SLURM job id in the run folder (rank zero, single runs), for a requeued start of
-    the job that lands in a new folder to find this one (`resume_a_requeued_job`)."""
-    job = os.environ.get("SLURM_JOB_ID")
-    if job and getattr(rank_zero_only, "rank", 0) == 0 and not in_multirun():
-        run_dir = Path(cfg.paths.output_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / SLURM_JOB_MARKER).write_text(job)
-
-
 def earlier_start_of_this_job(checkpoint_dir: Path, run_dir: Path) -> tuple[Path, Path] | None:
-    """(checkpoint folder, run folder) of the latest other run folder beside `run_dir` that this
-    SLURM job recorded as its own, or None."""
-    job = os.environ.get("SLURM_JOB_ID")
-    if not job or not run_dir.parent.is_dir():
+    """(checkpoint folder, run folder) of the latest other run folder beside `run_dir` named for
+    this SLURM job (`<start time>_slurm-<job id>`: the latest start sorts last), or None."""
+    suffix = slurm_job_suffix()
+    if not suffix or not run_dir.parent.is_dir():
         return None
-    starts = sorted(marker.parent for marker in run_dir.parent.glob(f"*/{SLURM_JOB_MARKER}")
-                    if marker.parent != run_dir and marker.read_text().strip() == job)
+    starts = sorted(folder for folder in run_dir.parent.glob(f"*{suffix}") if folder.is_dir() and folder != run_dir)
     if not starts:
         return None
     # The checkpoint folder where it is inside the run folder; a folder elsewhere is shared already.
@@ -127,7 +117,7 @@ def set_aside_abandoned_checkpoints(cfg: DictConfig) -> Path | None:
     returns it, or None when there was nothing to move. Rank 0 only: the other ranks of a
     multi-process launch start after it, or load the named file, which stays."""
     named, dirs = cfg.get("ckpt_path"), run_checkpoint_dirs(cfg)
-    if getattr(rank_zero_only, "rank", 0) != 0 or named in (None, AUTO) or dirs is None or not Path(named).is_file():
+    if not is_rank_zero() or named in (None, AUTO) or dirs is None or not Path(named).is_file():
         return None
     named_progress = training_progress(Path(named))
     if named_progress is None:
@@ -199,14 +189,10 @@ def most_advanced_in(folders: list[tuple[Path, Path]]) -> Path | None:
     return max(readable)[-1] if readable else None
 
 
-def in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().get("mode") == RunMode.MULTIRUN
-
-
 def run_dir_named_by_start_time() -> bool:
     """Whether this (single, not multirun) job's run folder is named by its start time, as
     Hydra's default `hydra.run.dir` is: every start of the same command gets a new folder."""
-    if not HydraConfig.initialized() or in_multirun():   # a multirun job keeps its folder (submitit pickles it)
+    if not HydraConfig.initialized() or is_multirun():   # a multirun job keeps its folder (submitit pickles it)
         return False
     return "${now:" in str(OmegaConf.to_container(HydraConfig.get().run, resolve=False).get("dir", ""))
 

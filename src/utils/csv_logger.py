@@ -81,15 +81,9 @@ class StepRowsWriter(ExperimentWriter):
         keep = [r for r, stays in zip(rows, kept) if stays]
         replaced = [r for r, stays in zip(rows, kept) if not stays]
         if replaced:
-            aside = os.path.join(self.log_dir, time.strftime("metrics.replaced_%Y%m%d-%H%M%S.csv"))
-            with self._fs.open(aside, "w", newline="") as file:
-                writer = csv.DictWriter(file, fieldnames=header)
-                writer.writeheader()
-                writer.writerows(replaced)
-        with self._fs.open(self.metrics_file_path, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(keep)
+            self._write_rows(os.path.join(self.log_dir, time.strftime("metrics.replaced_%Y%m%d-%H%M%S.csv")),
+                             header, replaced)
+        self._write_rows(self.metrics_file_path, header, keep)
         self.metrics_keys = sorted(set(header))
         self.written_up_to = max((int(r["step"]) for r in keep), default=-1)
 
@@ -101,11 +95,14 @@ class StepRowsWriter(ExperimentWriter):
             rows = {int(r["step"]): {k: v for k, v in r.items() if v != ""} for r in csv.DictReader(file)}
         for row in self.metrics:
             rows.setdefault(row["step"], {}).update(row)
-        with self._fs.open(self.metrics_file_path, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
-            writer.writeheader()
-            writer.writerows(rows[step] for step in sorted(rows))
+        self._write_rows(self.metrics_file_path, self.metrics_keys, [rows[step] for step in sorted(rows)])
         self.metrics = []
+
+    def _write_rows(self, path: str, header: list[str], rows: list[dict]) -> None:
+        with self._fs.open(path, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 class StepRowsCSVLogger(CSVLogger):

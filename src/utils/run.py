@@ -27,8 +27,7 @@ from src.callbacks.rank_seed import RankSeed
 from src.callbacks.stop_signals import RequeueStop, StopSignals
 from src.models.checkpoint_fit import check_checkpoint_file, check_resume_settings
 from src.utils.accelerator import resolved_accelerator
-from src.utils.auto_resume import (AUTO, mark_slurm_job, resolve_auto_resume, resume_a_requeued_job,
-                                   set_aside_abandoned_checkpoints)
+from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_job, set_aside_abandoned_checkpoints
 from src.utils.checkpoint_io import DurableCheckpointIO
 from src.utils.code_version import git_revision
 from src.utils.config_checks import check_argument_types, check_run_folder, check_seed, is_number, require_int
@@ -364,7 +363,6 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
                          "(see conf/callbacks/default.yaml) so the run ends with a checkpoint")
     if not found_by_auto:   # (auto took the most advanced file: none is further on) once every check passed
         set_aside_abandoned_checkpoints(cfg)
-    mark_slurm_job(cfg)
     exit_code = 0
     try:   # from the loggers' first record on: a wandb run started here is finished whatever happens
         log_run_config(trainer, cfg)
