@@ -18,9 +18,9 @@ import sys
 import time
 
 import pytorch_lightning as pl
-import torch
 
 from src.callbacks.image_budget import ImageBudget
+from src.callbacks.throughput import peak_gpu_gb
 
 log = logging.getLogger(__name__)
 
@@ -111,5 +111,5 @@ class ProgressLog(pl.Callback):
         if losses:
             parts.append(" ".join(f"{name} {value:.4g}" for name, value in sorted(losses.items())))
         if pl_module.device.type == "cuda":
-            parts.append(f"peak GPU {torch.cuda.max_memory_allocated(pl_module.device) / 2**30:.1f} GB")
+            parts.append(f"peak GPU {peak_gpu_gb(pl_module.device):.1f} GB")
         return " | ".join(parts)

@@ -11,6 +11,7 @@ import contextlib
 from collections import Counter
 import inspect
 import math
+import time
 
 import hydra
 import pytorch_lightning as pl
@@ -188,6 +189,7 @@ class AdversarialModel(pl.LightningModule):
         # up. None: resumed from a checkpoint without the count (estimated at the first batch).
         self.images_seen: int | None = 0
         self.iteration_images = 0   # the current iteration's
+        self.batch_finished_at: float | None = None   # time.perf_counter() at the last batch's end
         # (value, "norm" or "value"): trainer.gradient_clip_val, which Lightning applies under
         # automatic optimization only; update() clips each optimizer's gradients with it.
         self.gradient_clipping: tuple[float, str] | None = None
@@ -678,6 +680,11 @@ class AdversarialModel(pl.LightningModule):
         unit = self.lr_schedule_cfg.get("unit", "epoch")
         if unit == "iteration" or (unit == "epoch" and self.ends_an_epoch(batch_idx)):
             self._step_schedulers()
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        # A batch's last hook, after every callback's: from here to the next batch's start the
+        # loop waits for data (time/data_wait, src/callbacks/throughput.py).
+        self.batch_finished_at = time.perf_counter()
 
     def ends_an_epoch(self, batch_idx: int) -> bool:
         """Whether this batch is the epoch's last (its loader is exhausted, or
