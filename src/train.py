@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> float | None:
     from src.models.divergence import divergence_of   # these load torch: only once the allocator is set
     from src.utils.run import release_failed_run, run_training
     from src.utils.run_results import write_failure
-    from src.utils.sweep_summary import is_rank_zero
+    from src.utils.hydra_runtime import is_rank_zero
 
     metric_name = cfg.get("optimized_metric")
     try:

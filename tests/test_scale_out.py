@@ -29,7 +29,8 @@ from src.callbacks.ema import GeneratorEMA, averaged_state_dict, ema_update_
 from src.callbacks.image_grid import ImageGridCallback
 from src.models.loss_scaling import PlayerGradScalers
 from src.utils import run as run_module
-from src.utils.ddp_multirun import JOB_ENV, argv_for_launched_rank
+from src.utils.ddp_multirun import argv_for_launched_rank
+from src.utils.hydra_runtime import DDP_JOB_ENV
 from src.utils.run import build_callbacks, build_trainer_kwargs, check_sync_batchnorm, order_callbacks, run_training
 from src.utils.wandb_run import CHECKPOINT_KEY
 
@@ -55,7 +56,7 @@ def train_command(*args: str, cwd: Path, data_dir: Path, wandb_mode: str = "disa
     command line and its environment."""
     env = {**os.environ, "PROJECT_ROOT": str(ROOT), "WANDB_MODE": wandb_mode, "NO_ALBUMENTATIONS_UPDATE": "1",
            "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
-    env.pop(JOB_ENV, None)
+    env.pop(DDP_JOB_ENV, None)
     flags = [a for a in args if a.startswith("-")]  # Hydra's flags go before the overrides
     overrides = [a for a in args if not a.startswith("-")]
     cmd = [sys.executable, str(ROOT / "src" / "train.py"), *flags, "debug=smoke", f"paths.log_dir={cwd}/logs",
@@ -460,11 +461,11 @@ def test_launched_rank_runs_only_its_own_job():
     job = '{"overrides": ["model.optimizer.lr=0.001", "loss=hinge"], "hydra_overrides": ["hydra.verbose=true"], ' \
           '"run_dir": "/runs/sweep/3"}'
     argv = ["src/train.py", "-m", "--config-name", "train", "loss=lsgan,hinge", 'hydra.run.dir="/runs/x"']
-    assert argv_for_launched_rank(argv, {JOB_ENV: job, "LOCAL_RANK": "1"}) == [
+    assert argv_for_launched_rank(argv, {DDP_JOB_ENV: job, "LOCAL_RANK": "1"}) == [
         "src/train.py", "--config-name", "train", "hydra.verbose=true", "model.optimizer.lr=0.001", "loss=hinge",
         "hydra.run.dir='/runs/sweep/3'", "hydra.output_subdir=null", "hydra.job.name=train_ddp_process_1",
         "hydra.mode=RUN"]
-    assert argv_for_launched_rank(argv, {JOB_ENV: job, "LOCAL_RANK": "0"}) is None  # rank 0 runs the sweep
+    assert argv_for_launched_rank(argv, {DDP_JOB_ENV: job, "LOCAL_RANK": "0"}) is None  # rank 0 runs the sweep
     assert argv_for_launched_rank(argv, {"LOCAL_RANK": "1"}) is None  # torchrun / single runs: untouched
 
 

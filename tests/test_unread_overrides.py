@@ -73,11 +73,9 @@ def test_a_rank_launched_for_a_sweep_job_decides_as_its_rank_zero(monkeypatch):
     """Lightning launches a multirun job's other DDP ranks with Hydra in RUN mode: they know the
     job by its environment, and must warn as rank zero does rather than stop alone (rank zero
     would then wait in its first collective)."""
-    from src.utils import run as run_module
-    from src.utils.ddp_multirun import JOB_ENV
+    from src.utils.hydra_runtime import DDP_JOB_ENV, in_a_sweep
 
-    monkeypatch.delenv(JOB_ENV, raising=False)
-    monkeypatch.setattr(run_module, "is_multirun", lambda: False)
-    assert not run_module.in_a_sweep()
-    monkeypatch.setenv(JOB_ENV, "{}")
-    assert run_module.in_a_sweep()
+    monkeypatch.delenv(DDP_JOB_ENV, raising=False)
+    assert not in_a_sweep()   # outside Hydra: no multirun
+    monkeypatch.setenv(DDP_JOB_ENV, "{}")
+    assert in_a_sweep()

@@ -32,8 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from src.callbacks.checkpoint import INSIDE_ITERATION_KEY, PARTIAL_STEPS_KEY, TORN_STEP_KEY
 from src.models.checkpoint_fit import refused_by_weights_only, weights_only_refusal
 from src.utils.config_resolvers import slurm_job_suffix
-from src.utils.sweep_summary import is_rank_zero
-from src.utils.wandb_run import is_multirun
+from src.utils.hydra_runtime import is_multirun, is_rank_zero
 
 log = logging.getLogger(__name__)
 

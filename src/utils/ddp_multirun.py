@@ -32,12 +32,11 @@ import os
 import subprocess
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
+
+from src.utils.hydra_runtime import DDP_JOB_ENV, is_multirun
 
 log = logging.getLogger(__name__)
 
-#: Carries the multirun job (overrides and run dir) from rank 0 to the ranks Lightning launches.
-JOB_ENV = "GAN_TRAIN_DDP_JOB"
 #: What Lightning's launcher sets in rank 0's own environment for its children.
 LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 #: Seconds rank 0 waits for a job's other ranks to exit before starting the next job.
@@ -71,7 +70,7 @@ def argv_for_launched_rank(argv: list[str], environ=os.environ) -> list[str] | N
     """For a process Lightning launched as rank > 0 of a multirun job: the command line of that
     single job (same flags and overrides, same run dir, Hydra in run mode). None for any other
     process."""
-    job = environ.get(JOB_ENV)
+    job = environ.get(DDP_JOB_ENV)
     local_rank = environ.get("LOCAL_RANK", "0")
     if not job or local_rank == "0":
         return None
@@ -97,7 +96,7 @@ def _job_spec() -> dict:
 
 def launches_ranks_for_multirun_job(trainer) -> bool:
     """True on rank 0 of a Hydra multirun job whose Trainer will launch the other ranks itself."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not is_multirun():
         return False
     launcher = getattr(trainer.strategy, "launcher", None)
     # Imported here, as torch.distributed below: src/train.py imports this module before torch,
@@ -114,8 +113,8 @@ def job_shared_with_launched_ranks(trainer):
     if not launches_ranks_for_multirun_job(trainer):
         yield
         return
-    saved = {key: os.environ.get(key) for key in (JOB_ENV, *LAUNCHER_ENV)}
-    os.environ[JOB_ENV] = json.dumps(_job_spec())
+    saved = {key: os.environ.get(key) for key in (DDP_JOB_ENV, *LAUNCHER_ENV)}
+    os.environ[DDP_JOB_ENV] = json.dumps(_job_spec())
     failed = False
     try:
         yield

@@ -31,7 +31,8 @@ from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_j
 from src.utils.checkpoint_io import DurableCheckpointIO
 from src.utils.code_version import git_revision
 from src.utils.config_checks import check_argument_types, check_run_folder, check_seed, is_number, require_int
-from src.utils.ddp_multirun import JOB_ENV, job_shared_with_launched_ranks
+from src.utils.ddp_multirun import job_shared_with_launched_ranks
+from src.utils.hydra_runtime import in_a_sweep, job_overrides
 from src.utils.ddp_strategy import choose_strategy, process_count
 from src.utils.instantiate import instantiate_list
 from src.utils.library_warnings import silence_known_library_noise
@@ -39,8 +40,7 @@ from src.utils.objective import sweeper_direction
 from src.utils.run_results import completed_metrics
 from src.utils.unread_overrides import refuse_unread_overrides
 from src.utils.translation import is_out_of_memory
-from src.utils.wandb_run import (WandbRunIdCallback, finish_wandb_run, is_multirun, is_wandb_node, job_overrides,
-                                  with_wandb_identity)
+from src.utils.wandb_run import WandbRunIdCallback, finish_wandb_run, is_wandb_node, with_wandb_identity
 
 log = logging.getLogger(__name__)
 
@@ -177,12 +177,6 @@ def use_durable_checkpoints(trainer_kwargs: dict) -> None:
     plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
     if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
         trainer_kwargs["plugins"] = [*plugins, DurableCheckpointIO()]
-
-
-def in_a_sweep() -> bool:
-    """A job of a multirun, or a DDP rank Lightning launched for one (which runs Hydra in RUN
-    mode): every rank of the job must come to the same decision."""
-    return is_multirun() or JOB_ENV in os.environ
 
 
 def take_gradient_clipping(trainer_kwargs: dict, model) -> None:

@@ -33,6 +33,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from src.utils.hydra_runtime import is_rank_zero
 from src.utils.run_results import FINAL_METRICS, write_failure
 from src.utils.whole_files import write_text_whole
 
@@ -152,14 +153,6 @@ def write_summary(sweep_dir: Path, metrics: list[str] | tuple[str, ...] | None =
     path = sweep_dir / SUMMARY_MD
     write_text_whole(path, summary_markdown(rows, list(metrics), sweep_dir))
     return path
-
-
-def is_rank_zero() -> bool:
-    # The ranks a DDP job launches run the job's Hydra too (src/utils/ddp_multirun.py); only
-    # rank zero writes. Lightning reads the rank from the launcher's environment at import.
-    # Imported here, not above: this module loads before the allocator is set, torch after.
-    from lightning_fabric.utilities.rank_zero import rank_zero_only
-    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 

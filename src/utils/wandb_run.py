@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from src.utils.hydra_runtime import hydra_config, is_multirun, job_overrides
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +40,6 @@ TAGGED_GROUPS = ("experiment", "hparams_search", "debug")
 MAX_NAME_LENGTH = 128
 
 
-def _hydra_config() -> DictConfig | None:
-    return HydraConfig.get() if HydraConfig.initialized() else None
-
-
-def job_overrides() -> list[str]:
-    hydra_cfg = _hydra_config()
-    return list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
-
-
 def run_name(cfg: DictConfig, overrides: list[str]) -> str:
     kept = [o.lstrip("+~") for o in overrides if not o.lstrip("+~").startswith(NAME_EXCLUDED_PREFIXES)]
     parts = [str(cfg.get("model_name", "model")), str(cfg.data.get("name", "data"))]
@@ -57,21 +48,16 @@ def run_name(cfg: DictConfig, overrides: list[str]) -> str:
     return "-".join(parts)[:MAX_NAME_LENGTH]
 
 
-def is_multirun() -> bool:
-    hydra_cfg = _hydra_config()
-    return hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
-
-
 def run_group(cfg: DictConfig) -> str:
     task = str(cfg.get("task_name", "train"))
     if is_multirun():
-        return f"{task}/{Path(_hydra_config().sweep.dir).name}"
+        return f"{task}/{Path(hydra_config().sweep.dir).name}"
     return task
 
 
 def run_tags(cfg: DictConfig) -> list[str]:
     tags = [str(t) for t in (cfg.get("tags") or [])]
-    hydra_cfg = _hydra_config()
+    hydra_cfg = hydra_config()
     if hydra_cfg is not None:
         choices = hydra_cfg.runtime.choices
         tags += [f"{group}:{choices[group]}" for group in TAGGED_GROUPS if choices.get(group) not in (None, "null")]

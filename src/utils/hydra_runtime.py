@@ -1,0 +1,47 @@
+"""What the running Hydra job is: its config, its overrides, whether it is one job of a
+multirun, and whether this process is the rank that writes.
+
+Imports neither torch nor Lightning at module level: src/train.py loads it before the CUDA
+allocator is configured (src/utils/allocator.py), and torch must not load before that.
+"""
+from __future__ import annotations
+
+import os
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+#: environment variable carrying a multirun job's spec to the DDP ranks Lightning launches for it
+#: (src/utils/ddp_multirun.py): they run Hydra in RUN mode, yet belong to the sweep
+DDP_JOB_ENV = "GAN_TRAIN_DDP_JOB"
+
+
+def hydra_config() -> DictConfig | None:
+    """The running job's Hydra config; None outside a Hydra app (a notebook, a test)."""
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def job_overrides() -> list[str]:
+    """The job's command-line overrides of the config (not Hydra's own)."""
+    hydra_cfg = hydra_config()
+    return list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
+
+
+def is_multirun() -> bool:
+    hydra_cfg = hydra_config()
+    return hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
+
+
+def in_a_sweep() -> bool:
+    """A job of a multirun, or a DDP rank Lightning launched for one (which runs Hydra in RUN
+    mode): every rank of the job must come to the same decision."""
+    return is_multirun() or DDP_JOB_ENV in os.environ
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is rank zero. The ranks a DDP job launches run the job's Hydra too
+    (src/utils/ddp_multirun.py); only rank zero writes. Lightning reads the rank from the
+    launcher's environment when it is imported, which is done here, late (module docstring)."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+    return getattr(rank_zero_only, "rank", 0) == 0
