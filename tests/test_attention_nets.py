@@ -165,6 +165,26 @@ def test_map_statistics_match_var_mean_with_their_gradients(shape):
     assert "var_mean" in str(traced.graph)             # exported graphs hold torch's operator
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_map_statistics_of_half_precision_maps_are_taken_in_float32(dtype):
+    """Under mixed precision a LIN/AdaLIN layer gets fp16 or bf16 maps: an fp16 variance of a map
+    with std 300 overflows to inf (the layer would output beta alone), and a bf16 mean of maps
+    around 1000 is off by ~4, more than their std of 1."""
+    torch.manual_seed(0)
+    wide = torch.randn(2, 3, 8, 8) * 300
+    shifted = torch.randn(2, 3, 8, 8) + 1000
+    for x in (wide, shifted):
+        half = x.to(dtype)
+        var, mean = map_statistics(half)
+        assert var.dtype == mean.dtype == torch.float32
+        want_var, want_mean = torch.var_mean(half.float(), dim=(2, 3), keepdim=True, unbiased=False)
+        torch.testing.assert_close(var, want_var, rtol=1e-4, atol=1e-4)   # group norm's kernel, as above
+        torch.testing.assert_close(mean, want_mean, rtol=1e-4, atol=1e-4)
+    layer = LIN(3, rho_init=0.5)
+    out = layer(wide.to(dtype))
+    assert torch.isfinite(out).all() and out.float().std() < 10   # normalised, not beta alone or inf
+
+
 def test_adalin_limits_are_instance_and_layer_norm():
     torch.manual_seed(0)
     x = torch.randn(3, 5, 6, 7) * 3 + 1

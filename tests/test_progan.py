@@ -482,6 +482,16 @@ def test_the_minibatch_stddev_groups_images_as_the_authors_code():
         ProGANDiscriminator(image_size=16, fmap_base=32, fmap_max=8, mbstd_group_size=1)
 
 
+def test_the_minibatch_stddev_of_identical_half_precision_images_has_finite_gradients():
+    """fp16 (mixed precision): 1e-8 rounds to 0 there, so a group of identical features (one
+    image per group, or a collapsed generator) took sqrt(0) and sent NaN into the critic's grads."""
+    x = torch.ones(5, 3, 2, 2, dtype=torch.float16, requires_grad=True)   # 5 images: groups of 1
+    out = minibatch_stddev(x, 4)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
 def test_stylegan_averages_its_generator_by_the_images_of_each_iteration(train_cfg, monkeypatch):
     """The EMA's decay per update follows the scheduled batch (2, 2, then 4 images)."""
     from src.callbacks.ema import GeneratorEMA

@@ -52,7 +52,14 @@ class _MapStatistics(torch.autograd.Function):
 
 def map_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(variance, mean) over each (image, channel) map of x (B, C, H, W), biased, keepdim; in
-    exported, traced or compiled graphs (and off float32 CPU tensors) torch's var_mean."""
+    exported, traced or compiled graphs (and off float32 CPU tensors) torch's var_mean.
+
+    Always in float32: under mixed precision, x is fp16 or bf16, and var_mean on it returns its
+    dtype (it is on no autocast list). An fp16 variance overflows to inf for a map whose std
+    passes 256 (the layer then outputs beta alone), and a bf16 mean, off by ~4e-3 of itself, is
+    subtracted from every pixel. The statistics are (B, C, 1, 1): one cast of x is their cost."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
     if x.dim() == 4 and rewrite_applies(x, None):
         return _MapStatistics.apply(x)
     return torch.var_mean(x, dim=(2, 3), keepdim=True, unbiased=False)

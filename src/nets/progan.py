@@ -72,7 +72,9 @@ def minibatch_stddev(x: torch.Tensor, group_size: int | None = None) -> torch.Te
     while n % group:
         group -= 1
     grouped = x.reshape(group, n // group, *x.shape[1:])   # image i is in subgroup i mod (n / group), as theirs
-    std = (grouped.var(dim=0, unbiased=False) + 1e-8).sqrt().flatten(1).mean(1)   # one per subgroup
+    # In float32: in fp16, 1e-8 rounds to 0, and a group of identical features (one image, or a
+    # collapsed generator) gives sqrt(0), whose gradient is inf, then NaN through var's.
+    std = (grouped.float().var(dim=0, unbiased=False) + 1e-8).sqrt().flatten(1).mean(1)   # one per subgroup
     per_image = std.repeat(group)
     return torch.cat([x, per_image[:, None, None, None].expand(n, 1, *x.shape[2:]).to(x.dtype)], dim=1)
 
