@@ -63,11 +63,27 @@ class AdversarialLoss(nn.Module):
         return self.mode == "wgangp"
 
 
-def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, target_norm: float = 1.0) -> torch.Tensor:
+def input_gradient(score: torch.Tensor, inputs: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """d score / d inputs, in float32 or wider, with the graph kept (create_graph) so that a penalty on it
+    trains the critic.
+
+    `scale`: under fp16 loss scaling, the scale of the critic's loss (a device tensor; the model's
+    `penalty_scale()`). The backward through the critic's fp16 layers starts from the score's
+    gradient of 1, where small gradients (R1 drives them to 0) fall below fp16's range and vanish:
+    PyTorch's AMP recipe for gradient penalties scales the score as the loss is scaled, then
+    divides the gradient back. An inner overflow then makes the penalty inf, and the critic's
+    scaler skips the step and lowers the scale, as for any overflow of its loss."""
+    (grad,) = torch.autograd.grad(score if scale is None else score * scale, inputs, create_graph=True)
+    grad = grad.to(torch.promote_types(grad.dtype, torch.float32))
+    return grad if scale is None else grad / scale
+
+
+def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, target_norm: float = 1.0,
+                     scale: torch.Tensor | None = None) -> torch.Tensor:
     """WGAN-GP: E[(||grad critic(x_hat)||_2 - 1)^2] on random interpolates of real and fake.
 
-    `critic` maps an image batch to logits (or a list of logits, which are summed). The graph
-    is kept (create_graph) so the penalty trains the critic.
+    `critic` maps an image batch to logits (or a list of logits, which are summed). `scale`: as
+    `input_gradient`'s.
     """
     # One mixing weight per sample, whatever its shape: images (B, C, H, W), series (B, T, C).
     alpha = torch.rand(real.size(0), *[1] * (real.dim() - 1), device=real.device, dtype=real.dtype)
@@ -75,5 +91,5 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, target_norm
     out = critic(x_hat)
     outputs = out if isinstance(out, (list, tuple)) else [out]
     score = sum(o.sum() for o in outputs)
-    (grad,) = torch.autograd.grad(score, x_hat, create_graph=True)
+    grad = input_gradient(score, x_hat, scale)
     return ((grad.flatten(1).norm(2, dim=1) - target_norm) ** 2).mean()

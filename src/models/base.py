@@ -20,7 +20,7 @@ import torch.nn as nn
 from pytorch_lightning.strategies import SingleDeviceStrategy
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
-from src.losses import AdversarialLoss
+from src.losses import AdversarialLoss, gradient_penalty
 from src.models.checkpoint_fit import check_resume_fits
 from src.models.divergence import (LOW_LOSS_SCALE, TrainingDiverged, diverged_message, non_finite_losses,
                                    refuse_non_finite_weights)
@@ -197,6 +197,7 @@ class AdversarialModel(pl.LightningModule):
         # between leaves the player half-stepped (the crash checkpoint says so).
         self.inside_a_step = False
         self._idle_parameters: dict[tuple[str, ...], list[nn.Parameter]] = {}   # players(): names -> the others'
+        self._players_in_training: tuple[str, ...] = ()   # the names of the `players` block being run
         self._image_sizes_checked: set[tuple[int, ...]] = set()   # batch shapes the networks accept
         # The DataModule settings it was trained with, and the DataModule's class, once loaded
         # from a checkpoint (src/utils/checkpoint_loading.py); evaluation checks the data
@@ -479,11 +480,29 @@ class AdversarialModel(pl.LightningModule):
         frozen = [p for p in self._idle_parameters[names] if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
+        outer, self._players_in_training = self._players_in_training, names
         try:
             yield active
         finally:
+            self._players_in_training = outer
             for p in frozen:
                 p.requires_grad_(True)
+
+    def penalty_scale(self) -> torch.Tensor | None:
+        """Under fp16 loss scaling, the loss scale of the players being trained (the `players`
+        block this is called in), as a device tensor, for a gradient penalty's inner gradient
+        (`src.losses.input_gradient`); None otherwise."""
+        if self.grad_scalers is None:
+            return None
+        if not self._players_in_training:
+            raise RuntimeError("penalty_scale() is asked inside `with self.players(...)`: it is the trained players' scale")
+        loss_name = "+".join(name for name in self.named_optimizers() if name in self._players_in_training)
+        return self.grad_scalers.scale_tensor(loss_name, self.device)
+
+    def gradient_penalty(self, critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """WGAN-GP's penalty (`src.losses.gradient_penalty`) of the critic being trained, its
+        inner gradient scaled as the critic's loss is under fp16."""
+        return gradient_penalty(critic, real, fake, scale=self.penalty_scale())
 
     def update(self, optimizers, *losses) -> torch.Tensor:
         """Back-propagate each loss in turn, then step every given optimizer (a list, or one).

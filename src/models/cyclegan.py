@@ -9,7 +9,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from src.losses import gradient_penalty
 from src.models.base import TranslationModel, build_net, sampling_mode, to_plain
 from src.models.image_pool import ImagePool
 
@@ -56,7 +55,7 @@ class CycleGAN(TranslationModel):
     def discriminator_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         loss = 0.5 * (self.adversarial(D(real), True) + self.adversarial(D(fake), False))
         if self.adversarial.needs_gradient_penalty:
-            loss = loss + self.weight("gp") * gradient_penalty(D, real, fake)
+            loss = loss + self.weight("gp") * self.gradient_penalty(D, real, fake)
         return loss
 
     def train_iteration(self, batch: dict) -> None:

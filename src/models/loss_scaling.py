@@ -74,6 +74,11 @@ class PlayerGradScalers:
             self._unscaled.clear()
         scaler.update()
 
+    def scale_tensor(self, loss_name: str, device: torch.device) -> torch.Tensor:
+        """The current scale of this loss's scaler, as a tensor on `device` (no wait for the
+        device: a copy, which the scaler's update after the backward leaves as it was)."""
+        return self._scaler(loss_name).scale(torch.ones((), device=device))
+
     def _scaler(self, name: str) -> torch.amp.GradScaler:
         if name not in self.scalers:
             scaler = torch.amp.GradScaler(self.device)

@@ -20,7 +20,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from src.losses import gradient_penalty
 from src.models.base import TranslationModel, build_net, sampling_mode, to_plain
 from src.models.ugatit import rho_metrics
 from src.nets.adalin import clip_rho_
@@ -106,8 +105,8 @@ class NICEGAN(TranslationModel):
             loss_d_b = self.adversarial_terms(self.classify_latent(self.D_B, z_B, cam_B), True, True) \
                 + self.adversarial_terms(self.D_B(fake_AB), False, True)
             if self.adversarial.needs_gradient_penalty:
-                loss_d_a = loss_d_a + self.weight("gp") * gradient_penalty(lambda x: self.D_A(x)[:3], real_A, fake_BA)
-                loss_d_b = loss_d_b + self.weight("gp") * gradient_penalty(lambda x: self.D_B(x)[:3], real_B, fake_AB)
+                loss_d_a = loss_d_a + self.weight("gp") * self.gradient_penalty(lambda x: self.D_A(x)[:3], real_A, fake_BA)
+                loss_d_b = loss_d_b + self.weight("gp") * self.gradient_penalty(lambda x: self.D_B(x)[:3], real_B, fake_AB)
             loss_d = self.weight("adversarial") * (loss_d_a + loss_d_b)
             self.update(opt_d, loss_d)
 

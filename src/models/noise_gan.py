@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from src.losses import gradient_penalty
+from src.losses import input_gradient
 from src.models.base import build_net, to_plain
 from src.models.noise_base import LATENT_DISTRIBUTIONS, NoiseToImageModel
 from src.utils.config_checks import require_bool, require_int
@@ -111,11 +111,11 @@ class NoiseGAN(NoiseToImageModel):
         terms = {"D_real": self.adversarial(scores_real, True), "D_fake": self.adversarial(scores_fake, False),
                  **{f"{name}_D": term for name, term in same_pass.items()}}
         if r1 > 0:
-            (grad,) = torch.autograd.grad(scores_real.sum(), real, create_graph=True)
+            grad = input_gradient(scores_real.sum(), real, self.penalty_scale())
             terms["r1"] = r1 / 2 * grad.pow(2).flatten(1).sum(1).mean()
         terms.update(self.critic_regularizers(scores_real))
         if self.adversarial.needs_gradient_penalty:
-            terms["gp"] = self.weight("gp") * gradient_penalty(lambda x: D(x, labels), real, fake)
+            terms["gp"] = self.weight("gp") * self.gradient_penalty(lambda x: D(x, labels), real, fake)
         if self.adversarial.mode in ("wgan", "wgangp"):
             # The critic's estimate of the Wasserstein distance, the curve the WGAN papers plot.
             terms["wasserstein"] = (scores_real.mean() - scores_fake.mean()).detach()

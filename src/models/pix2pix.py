@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from src.losses import feature_matching_loss, gradient_penalty
+from src.losses import feature_matching_loss
 from src.models.base import TranslationModel, build_net, to_plain
 from src.models.image_pool import ImagePool
 from src.utils.config_checks import is_number
@@ -65,7 +65,7 @@ class Pix2Pix(TranslationModel):
             loss_d_fake = self.adversarial(self.D(pooled_fake_AB), False)
             loss_d = 0.5 * (loss_d_real + loss_d_fake)
             if self.adversarial.needs_gradient_penalty:
-                loss_d = loss_d + self.weight("gp") * gradient_penalty(self.D, real_AB, pooled_fake_AB)
+                loss_d = loss_d + self.weight("gp") * self.gradient_penalty(self.D, real_AB, pooled_fake_AB)
             self.update(opt_d, loss_d)
 
         with self.players("generator") as opt_g:

@@ -14,7 +14,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from src.losses import gradient_penalty
 from src.models.base import TranslationModel, build_net, sampling_mode, to_plain
 from src.nets.adalin import clip_rho_, rho_statistics
 from src.utils.heatmap import overlay_heatmap
@@ -90,7 +89,7 @@ class UGATIT(TranslationModel):
         loss = self.adversarial_terms(domain, real, True, True) + self.adversarial_terms(domain, fake, False, True)
         if self.adversarial.needs_gradient_penalty:
             for D in self.discriminators_of(domain):
-                loss = loss + self.weight("gp") * gradient_penalty(lambda x, D=D: D(x)[:2], real, fake)
+                loss = loss + self.weight("gp") * self.gradient_penalty(lambda x, D=D: D(x)[:2], real, fake)
         return self.weight("adversarial") * loss
 
     def train_iteration(self, batch: dict) -> None:

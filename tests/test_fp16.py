@@ -1,0 +1,97 @@
+"""fp16 mixed precision beyond the translation models' per-loss scalers (test_scale_out.py):
+gradient penalties under loss scaling, the noise models, and a resume of the scalers.
+
+fp16 autocast runs on a CPU when the plugin is given explicitly (`precision="16-mixed"` on a
+CPU trainer becomes bf16), so these run here; speed needs a GPU."""
+import hydra
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.plugins.precision import MixedPrecision
+
+from conftest import NO_EVALUATION, finite_train_losses
+from src.losses import input_gradient
+from src.models.loss_scaling import PlayerGradScalers
+from src.utils.run import build_trainer_kwargs
+
+
+def test_a_penalty_gradient_scaled_as_the_loss_keeps_what_fp16_would_flush_to_zero():
+    """The critic's backward in fp16 (as a GPU runs it under autocast) starts from the score's
+    gradient of 1: input gradients near 1e-9, common once R1 has pushed them down, flush to 0.
+    Scaled as the critic's loss is, they come back within fp16's precision. A scale past fp16's
+    range makes the gradient inf, which the critic's scaler then skips and backs off from."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+
+    def score(dtype):   # an explicit cast stands in for autocast's fp16 layers
+        return ((x.to(dtype) * 1e-3).pow(2) * 1e-3).sum()
+
+    exact = input_gradient(score(torch.float32), x)
+    unscaled = input_gradient(score(torch.float16), x)
+    scaled = input_gradient(score(torch.float16), x, scale=torch.tensor(32768.0))
+    assert exact.abs().min() > 0 and unscaled.abs().max() == 0
+    assert scaled.dtype == torch.float32
+    torch.testing.assert_close(scaled, exact, rtol=2e-3, atol=exact.abs().max().item() * 2e-3)
+    assert not torch.isfinite(input_gradient(score(torch.float16), x, scale=torch.tensor(65536.0))).all()
+
+
+def fp16_trainer(cfg, model, **overrides) -> pl.Trainer:
+    kwargs = {**build_trainer_kwargs(cfg, model), "logger": False, "enable_checkpointing": False, **overrides}
+    del kwargs["precision"]  # given by the plugin
+    return pl.Trainer(**{**kwargs, "plugins": [*kwargs["plugins"], MixedPrecision("16-mixed", "cpu")]})
+
+
+@pytest.mark.parametrize("name, overrides, penalised", [
+    ("stylegan", (), True),                   # R1, minibatch stddev, growth, noise inputs, equalised lr
+    ("wgangp", (), True),                     # the gradient penalty, five critic steps per iteration
+    ("wgan", (), False),                      # RMSprop (unfused: Lightning unscales), weight clipping
+    ("infogan", (), False),                   # the information term through the Q head
+])
+def test_fp16_trains_the_noise_models_with_a_scaler_per_player(train_cfg, name, overrides, penalised):
+    cfg = train_cfg(f"model={name}", "max_iters=2", *overrides, *NO_EVALUATION)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    scales = []
+    plain_penalty_scale = model.penalty_scale
+
+    def recorded_penalty_scale():
+        scales.append(plain_penalty_scale())
+        return scales[-1]
+    model.penalty_scale = recorded_penalty_scale
+    before = {name: [p.detach().clone() for p in nets[0].parameters()] for name, nets in model.player_modules().items()}
+    trainer = fp16_trainer(cfg, model)
+    trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
+    scalers = trainer.precision_plugin.scaler
+    assert isinstance(scalers, PlayerGradScalers) and set(scalers.scalers) == {"discriminator", "generator"}
+    assert trainer.global_step == 2 * model.optimizer_steps_per_iter
+    finite_train_losses(trainer)
+    # the penalties' inner gradients were scaled by the critic's loss scale
+    assert (len(scales) > 0 and all(isinstance(s, torch.Tensor) and s.item() >= 1 for s in scales)) == penalised
+    for player, nets in model.player_modules().items():
+        moved = any(not torch.equal(a, b) for a, b in zip(before[player], nets[0].parameters()))
+        # a step skipped on overflow (the first ones, at fp16's 65536 scale) may leave a player where it was;
+        # two iterations of five critic steps move the critic for certain
+        if player == "discriminator" and model.n_critic > 1:
+            assert moved, player
+
+
+def test_an_fp16_run_resumes_each_losss_scaler_where_it_stopped(train_cfg, tmp_path):
+    cfg = train_cfg("model=pix2pix", "data=shapes_paired", "max_iters=2", *NO_EVALUATION)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    trainer = fp16_trainer(cfg, model)
+    trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
+    saved = {name: scaler.state_dict() for name, scaler in trainer.precision_plugin.scaler.scalers.items()}
+    trainer.save_checkpoint(tmp_path / "fp16.ckpt")
+    # each moved on from a fresh scaler's state (steps counted towards growth, or overflows backed off)
+    assert all((state["scale"], state["_growth_tracker"]) != (65536.0, 0) for state in saved.values()), saved
+
+    class ScalersAtStart(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            scalers = trainer.precision_plugin.scaler
+            self.seen = {name: scalers._scaler(name).state_dict() for name in saved}
+
+    seen = ScalersAtStart()
+    cfg = train_cfg("model=pix2pix", "data=shapes_paired", "max_iters=3", *NO_EVALUATION)
+    resumed = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    trainer = fp16_trainer(cfg, resumed, callbacks=[seen])
+    trainer.fit(resumed, datamodule=hydra.utils.instantiate(cfg.data), ckpt_path=tmp_path / "fp16.ckpt")
+    assert seen.seen == saved
