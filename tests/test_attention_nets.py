@@ -272,3 +272,26 @@ def test_a_ugatit_checkpoint_from_before_the_cam_classifier_setting_loads_with_i
     for name, value in checkpoint["state_dict"].items():
         assert torch.equal(model.state_dict()[name], value), name
     assert model.hparams.generator["cam_classifier"] == "separate"
+
+
+def test_an_older_checkpoints_upgrades_leave_a_newer_model_that_shares_a_name_alone():
+    """The upgrades of older files key on names other models may share: a new noise model with
+    `latent_dim` but no `test_time_batch_stats`, or a new translator on U-GAT-IT's networks with
+    the shared classifier, would have been given settings they do not take, and eval.py and
+    translate.py refused their checkpoints as altered."""
+    from src.models.checkpoint_fit import upgraded_hparams
+    from src.models.noise_gan import NoiseGAN
+
+    class NewNoiseTranslator:   # a class of a researcher's own
+        def __init__(self, latent_dim: int, generator: dict):
+            pass
+
+    hparams = {"latent_dim": 8, "generator": {"_target_": "src.nets.ugatit.UGATITGenerator", "ngf": 4}}
+    shared_classifier = {"state_dict": {"G_A.cam.classifier.fc.weight": torch.zeros(1)}}
+    assert upgraded_hparams(hparams, shared_classifier, NewNoiseTranslator) == hparams
+    assert upgraded_hparams(hparams, shared_classifier, NoiseGAN)["generator"] == hparams["generator"]
+    # an older file: a class that takes the settings, weights of the port's two classifiers
+    two_classifiers = {"state_dict": {"G_A.cam.classifier.gap_fc.weight": torch.zeros(1)}}
+    old = upgraded_hparams(hparams, two_classifiers, NoiseGAN)
+    assert old["test_time_batch_stats"] is False and old["reference_batch_size"] == 64
+    assert old["generator"] == {**hparams["generator"], "cam_classifier": "separate"}

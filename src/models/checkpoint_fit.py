@@ -7,6 +7,7 @@ missing keys or shape mismatches and no word on the cause. The check runs in the
 """
 from __future__ import annotations
 
+import inspect
 import pickle
 import zipfile
 from pathlib import Path
@@ -156,8 +157,27 @@ def check_resume_settings(ckpt_path: str | Path, model_settings: dict, data_sett
             f"(their learning rates included)")
 
 
-def upgraded_hparams(hparams: dict, checkpoint: dict) -> dict:
-    """Hyperparameters of an older checkpoint in today's names:
+def _settings_taken(model_class: type | None) -> set[str] | None:
+    """The keyword settings `model_class` is built from; None where that cannot be told (no
+    class, or one that passes **kwargs on)."""
+    if model_class is None:
+        return None
+    parameters = inspect.signature(model_class.__init__).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters}
+
+
+#: a weight of the PyTorch port's two CAM classifiers (src/nets/cam.py, cam_classifier=separate)
+SEPARATE_CAM_WEIGHT = ".cam.classifier.gap_fc."
+
+
+def upgraded_hparams(hparams: dict, checkpoint: dict, model_class: type | None = None) -> dict:
+    """Hyperparameters of an older checkpoint in today's names. A setting is added only for a
+    `model_class` that takes it (checkpoints record every setting their class takes, so one
+    lacking it is older than the setting), and U-GAT-IT's classifiers only for weights that
+    hold two: a newer model that reuses a name (`latent_dim`, `phase_images`, U-GAT-IT's
+    networks) without the setting is left as it is.
     - ProGAN/StyleGAN counted their phases in iterations at one batch size (`phase_iters`); the
       same schedule is `phase_images` = phase_iters x the run's data.batch_size, with no
       per-resolution tables.
@@ -168,16 +188,22 @@ def upgraded_hparams(hparams: dict, checkpoint: dict) -> dict:
     - U-GAT-IT's networks had two CAM classifiers (GAP and GMP, the PyTorch port's) before
       `cam_classifier` existed; its default is now the paper's shared one."""
     upgraded = dict(hparams)
-    for key, node in upgraded.items():
-        if isinstance(node, dict) and str(node.get("_target_", "")).startswith("src.nets.ugatit.UGATIT") \
-                and "cam_classifier" not in node:
-            upgraded[key] = {**node, "cam_classifier": "separate"}
-    if "phase_iters" in upgraded:
+    taken = _settings_taken(model_class)
+
+    def adds(*keys: str) -> bool:
+        return all(key not in upgraded for key in keys) and (taken is None or all(key in taken for key in keys))
+
+    if any(SEPARATE_CAM_WEIGHT in key for key in checkpoint.get("state_dict") or {}):
+        for key, node in upgraded.items():
+            if isinstance(node, dict) and str(node.get("_target_", "")).startswith("src.nets.ugatit.UGATIT") \
+                    and "cam_classifier" not in node:
+                upgraded[key] = {**node, "cam_classifier": "separate"}
+    if "phase_iters" in upgraded and (taken is None or "phase_iters" not in taken):
         batch = int((checkpoint.get("datamodule_hyper_parameters") or {}).get("batch_size", 16))
         upgraded.update({"phase_images": int(upgraded.pop("phase_iters")) * batch, "batch_size": batch,
                          "batch_sizes": {}, "lr_by_resolution": {}, "start_resolution": 4})
-    if "phase_images" in upgraded and "reset_optimizers_per_phase" not in upgraded:
+    if "phase_images" in upgraded and adds("reset_optimizers_per_phase"):
         upgraded["reset_optimizers_per_phase"] = False
-    if "latent_dim" in upgraded and "test_time_batch_stats" not in upgraded:
+    if "latent_dim" in upgraded and adds("test_time_batch_stats", "reference_batch_size"):
         upgraded.update({"test_time_batch_stats": False, "reference_batch_size": 64})
     return upgraded

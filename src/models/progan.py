@@ -147,7 +147,7 @@ class ProGAN(NoiseGAN):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         # an older run's settings in today's names (phase_iters: its phases in images, at its batch size)
-        saved = upgraded_hparams(checkpoint.get("hyper_parameters", {}), checkpoint)
+        saved = upgraded_hparams(checkpoint.get("hyper_parameters", {}), checkpoint, type(self))
         changed = {key: f"model.{key}: {saved[key]!r} -> {self.hparams[key]!r}"
                    for key in (*self.STRUCTURE_SETTINGS, *self.PART_SETTINGS)
                    if key in saved and saved[key] != self.hparams[key]}

@@ -111,7 +111,6 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
     if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
         raise ValueError(f"ckpt_path={ckpt_path} is not a training checkpoint of this codebase "
                          f"(needs 'state_dict' and 'hyper_parameters')")
-    hparams = upgraded_hparams(dict(checkpoint["hyper_parameters"]), checkpoint)
     state_dict = checkpoint["state_dict"]
     averaged = averaged_state_dict(checkpoint) if use_ema else None
     if averaged is not None:
@@ -129,6 +128,7 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
         candidates = [hydra.utils.get_class(name) for name in KNOWN_MODEL_CLASSES]
     tried = []
     for cls in candidates:
+        hparams = upgraded_hparams(dict(checkpoint["hyper_parameters"]), checkpoint, cls)
         reason = _hparams_mismatch(cls, hparams)
         model = None
         if reason is None:
