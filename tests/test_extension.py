@@ -75,3 +75,22 @@ def test_an_added_model_resumes_to_the_same_weights(added_model_cfg, tmp_path):
     assert_resume_continues_the_run(lambda *o: added_model_cfg(*o), tmp_path,
                                     ["++callbacks.fid_kid=null", "++callbacks.latent=null",
                                      "++callbacks.shapes_truth=null", "seed=7"])
+
+
+def test_an_added_model_is_told_what_it_declares_wrong(added_model_cfg, monkeypatch):
+    """What an added model must get right, said when its fit starts or at its first iteration,
+    not found later: iterations are counted from global_step by `optimizer_steps_per_iter` (a
+    wrong count ran to the wrong length, checkpoints off schedule), and WGAN's clipping finds the
+    critics among the players named "discriminator..." (another name clipped nothing)."""
+    from tests.extension.one_way_gan import OneWayGAN
+
+    monkeypatch.setattr(OneWayGAN, "optimizer_steps_per_iter", 3)
+    with pytest.raises(RuntimeError, match=r"OneWayGAN.train_iteration took 2 optimizer steps, but its "
+                                           r"optimizer_steps_per_iter is 3"):
+        run_training(added_model_cfg("max_iters=2", name="steps"))
+    monkeypatch.undo()
+    monkeypatch.setattr("src.utils.checkpoint_loading.MODELS_PACKAGE", "tests.extension.")
+    monkeypatch.setattr(OneWayGAN, "player_modules", lambda self: {"critic": [self.D], "generator": [self.G]})
+    with pytest.raises(ValueError, match=r"loss=wgan's weight clipping acts on the critics.*its players are "
+                                         r"\['critic', 'generator'\]"):
+        run_training(added_model_cfg("loss=wgan", name="critic"))

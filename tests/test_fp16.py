@@ -18,8 +18,8 @@ from src.utils.run import build_trainer_kwargs
 def test_a_penalty_gradient_scaled_as_the_loss_keeps_what_fp16_would_flush_to_zero():
     """The critic's backward in fp16 (as a GPU runs it under autocast) starts from the score's
     gradient of 1: input gradients near 1e-9, common once R1 has pushed them down, flush to 0.
-    Scaled as the critic's loss is, they come back within fp16's precision. A scale past fp16's
-    range makes the gradient inf, which the critic's scaler then skips and backs off from."""
+    Scaled as the critic's loss is, they come back within fp16's precision. The factor is capped
+    inside fp16's range: GradScaler's 65536, applied whole to a sum's outputs, was inf."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
 
@@ -28,11 +28,12 @@ def test_a_penalty_gradient_scaled_as_the_loss_keeps_what_fp16_would_flush_to_ze
 
     exact = input_gradient(score(torch.float32), x)
     unscaled = input_gradient(score(torch.float16), x)
-    scaled = input_gradient(score(torch.float16), x, scale=torch.tensor(32768.0))
+    scaled = input_gradient(score(torch.float16), x, scale=torch.tensor(8192.0))
     assert exact.abs().min() > 0 and unscaled.abs().max() == 0
     assert scaled.dtype == torch.float32
     torch.testing.assert_close(scaled, exact, rtol=2e-3, atol=exact.abs().max().item() * 2e-3)
-    assert not torch.isfinite(input_gradient(score(torch.float16), x, scale=torch.tensor(65536.0))).all()
+    at_start = input_gradient(score(torch.float16), x, scale=torch.tensor(65536.0))   # GradScaler's first
+    torch.testing.assert_close(at_start, exact, rtol=2e-3, atol=exact.abs().max().item() * 2e-3)
 
 
 def fp16_trainer(cfg, model, **overrides) -> pl.Trainer:

@@ -20,7 +20,7 @@ import time
 import pytorch_lightning as pl
 
 from src.callbacks.image_budget import ImageBudget
-from src.callbacks.throughput import peak_gpu_gb
+from src.callbacks.throughput import RateWindow, peak_gpu_gb
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ class ProgressLog(pl.Callback):
             raise ValueError(f"callbacks.progress_log.every_n_seconds={every_n_seconds!r} must be a positive number")
         self.every_n_seconds, self.always = float(every_n_seconds), always
         self.active = False
-        self._last: tuple[float, int, int, float] = (0.0, 0, 0, 0.0)   # time, iteration, images, progress
+        self._window = RateWindow()   # since the previous line
+        self._last_done = 0.0         # the run's progress at the previous line
         self._due = 0.0   # when the next line is
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -57,7 +58,8 @@ class ProgressLog(pl.Callback):
 
     def _mark(self, trainer: pl.Trainer, pl_module: pl.LightningModule, when: float) -> None:
         """Where the rates of the next line are measured from."""
-        self._last = (when, pl_module.iteration, pl_module.images_seen or 0, self.length(trainer, pl_module)[0])
+        self._window.mark(pl_module, when)
+        self._last_done = self.length(trainer, pl_module)[0]
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
@@ -68,7 +70,7 @@ class ProgressLog(pl.Callback):
             self._due = now + self.every_n_seconds
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.active and pl_module.iteration != self._last[1]:
+        if self.active and pl_module.iteration != self._window.iteration:
             log.info(self.line(trainer, pl_module, time.monotonic()))
 
     @staticmethod
@@ -88,8 +90,7 @@ class ProgressLog(pl.Callback):
         return (min(epochs, total) if total else epochs), total, "epochs"
 
     def line(self, trainer: pl.Trainer, pl_module: pl.LightningModule, now: float) -> str:
-        then, last_iteration, last_images, last_done = self._last
-        elapsed = max(now - then, 1e-9)
+        elapsed = max(now - self._window.when, 1e-9)
         done, total, unit = self.length(trainer, pl_module)
         position = f"iteration {pl_module.iteration}"
         if unit == "iterations":
@@ -99,11 +100,10 @@ class ProgressLog(pl.Callback):
         elif total:
             position += f", epoch {done:.2f}/{total:.0f}"
         parts = [position]
-        iterations = pl_module.iteration - last_iteration
-        if iterations > 0:
-            images = (pl_module.images_seen or 0) - last_images
-            parts.append(f"{iterations / elapsed:.3g} it/s, {images / elapsed:.3g} images/s")
-            rate = (done - last_done) / elapsed
+        if pl_module.iteration > self._window.iteration:
+            it_per_s, images_per_s = self._window.rates(pl_module, now)
+            parts.append(f"{it_per_s:.3g} it/s" + ("" if images_per_s is None else f", {images_per_s:.3g} images/s"))
+            rate = (done - self._last_done) / elapsed
             if total is not None and rate > 0:
                 parts.append(f"ETA {duration(max(total - done, 0.0) / rate)}")
         losses = {name.removeprefix("train/"): float(value) for name, value in trainer.callback_metrics.items()

@@ -63,6 +63,11 @@ class AdversarialLoss(nn.Module):
         return self.mode == "wgangp"
 
 
+#: the most a penalty's score is scaled by under fp16 (input_gradient): 2^14, well inside fp16's
+#: range, lifts gradients of 1e-9 to 1.6e-5, where fp16 keeps ~10 bits
+MAX_INNER_SCALE = 2.0 ** 14
+
+
 def input_gradient(score: torch.Tensor, inputs: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
     """d score / d inputs, in float32 or wider, with the graph kept (create_graph) so that a penalty on it
     trains the critic.
@@ -70,12 +75,19 @@ def input_gradient(score: torch.Tensor, inputs: torch.Tensor, scale: torch.Tenso
     `scale`: under fp16 loss scaling, the scale of the critic's loss (a device tensor; the model's
     `penalty_scale()`). The backward through the critic's fp16 layers starts from the score's
     gradient of 1, where small gradients (R1 drives them to 0) fall below fp16's range and vanish:
-    PyTorch's AMP recipe for gradient penalties scales the score as the loss is scaled, then
-    divides the gradient back. An inner overflow then makes the penalty inf, and the critic's
-    scaler skips the step and lowers the scale, as for any overflow of its loss."""
-    (grad,) = torch.autograd.grad(score if scale is None else score * scale, inputs, create_graph=True)
-    grad = grad.to(torch.promote_types(grad.dtype, torch.float32))
-    return grad if scale is None else grad / scale
+    PyTorch's AMP recipe for gradient penalties (and the ProGAN authors' code) scales the score
+    as the loss is scaled, then divides the gradient back. The score is a sum, so each critic
+    output's gradient is the whole factor, and fp16 holds at most 65504: the factor is capped at
+    `MAX_INNER_SCALE` (GradScaler starts at 65536 and grows back to it every 2000 clean steps,
+    each time an overflow that would skip a critic step). An inner overflow past that makes the
+    penalty inf, and the critic's scaler skips the step and lowers the scale, as for any
+    overflow of its loss."""
+    if scale is None:
+        (grad,) = torch.autograd.grad(score, inputs, create_graph=True)
+        return grad.to(torch.promote_types(grad.dtype, torch.float32))
+    factor = scale.clamp(max=MAX_INNER_SCALE)
+    (grad,) = torch.autograd.grad(score * factor, inputs, create_graph=True)
+    return grad.to(torch.promote_types(grad.dtype, torch.float32)) / factor
 
 
 def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, target_norm: float = 1.0,

@@ -11,7 +11,6 @@ import contextlib
 from collections import Counter
 import inspect
 import math
-import time
 
 import hydra
 import pytorch_lightning as pl
@@ -146,6 +145,11 @@ def ramped_momentum(epoch: int, initial: float, final: float, start_epoch: int, 
     return initial + (final - initial) * progress
 
 
+def must_define(model, method: str) -> NotImplementedError:
+    """The error for a method a model class must provide and does not."""
+    return NotImplementedError(f"{type(model).__name__} must define {method} (README, \"Adding a model\")")
+
+
 class AdversarialModel(pl.LightningModule):
     """What every GAN here shares: players, their optimizers and schedules, the training
     iteration's bookkeeping, checkpoint state. Sampling and evaluation are the subclasses'."""
@@ -189,7 +193,6 @@ class AdversarialModel(pl.LightningModule):
         # up. None: resumed from a checkpoint without the count (estimated at the first batch).
         self.images_seen: int | None = 0
         self.iteration_images = 0   # the current iteration's
-        self.batch_finished_at: float | None = None   # time.perf_counter() at the last batch's end
         # (value, "norm" or "value"): trainer.gradient_clip_val, which Lightning applies under
         # automatic optimization only; update() clips each optimizer's gradients with it.
         self.gradient_clipping: tuple[float, str] | None = None
@@ -267,6 +270,13 @@ class AdversarialModel(pl.LightningModule):
             key = next(iter(changed))
             raise ValueError(f"loss.labels.{key}={changed[key]!r}: loss.gan_mode={mode} does not read loss.labels "
                              "(its targets are fixed); they are LSGAN's codes (loss=lsgan), or remove the setting")
+        critic_setting = ["loss=wgan's weight clipping"] if self.weight_clip is not None else self.gradient_penalties()
+        if critic_setting and not self.image_discriminators():
+            # Clipping, and the rewrites a double backward supports, find the critics by name.
+            raise ValueError(f"{critic_setting[0]} acts on the critics, which {type(self).__name__} finds among the "
+                             f"players named 'discriminator...' (image_discriminators()); its players are "
+                             f"{list(self.player_modules())}: name the critic's player so, or override "
+                             f"image_discriminators()")
 
     def warn_of_batch_norm_under_gradient_penalty(self) -> None:
         """WGAN-GP penalises each image's gradient norm; batch norm in the critic makes an
@@ -298,22 +308,22 @@ class AdversarialModel(pl.LightningModule):
     # ----- what subclasses provide -------------------------------------------------------
     def player_modules(self) -> dict[str, list[nn.Module]]:
         """Optimizer name -> the modules it trains, in the order of `self.optimizers()`."""
-        raise NotImplementedError
+        raise must_define(self, "player_modules()")
 
     def sampling_nets(self) -> list[nn.Module]:
         """The networks whose outputs are sampled and evaluated (what an EMA averages)."""
-        raise NotImplementedError
+        raise must_define(self, "sampling_nets()")
 
     def evaluation_pair(self, batch: dict, stream: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(real images, generated images) of one evaluation stream of a test batch, for FID/KID:
         a translation direction, or the noise-to-image models' samples. The real images are the
         batch's own, never the model's work: the FID/KID callback extracts their features once
         per fit."""
-        raise NotImplementedError
+        raise must_define(self, "evaluation_pair(batch, stream)")
 
     def evaluation_streams(self, configured: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
         """The streams FID/KID score, out of the configured directions, and why others are not."""
-        raise NotImplementedError
+        raise must_define(self, "evaluation_streams(configured)")
 
     def sampling_options(self) -> dict:
         """How sampling treats batch norm and dropout (`sampling_mode`'s options): pix2pix
@@ -495,9 +505,13 @@ class AdversarialModel(pl.LightningModule):
         if self.grad_scalers is None:
             return None
         if not self._players_in_training:
-            raise RuntimeError("penalty_scale() is asked inside `with self.players(...)`: it is the trained players' scale")
-        loss_name = "+".join(name for name in self.named_optimizers() if name in self._players_in_training)
-        return self.grad_scalers.scale_tensor(loss_name, self.device)
+            raise RuntimeError("penalty_scale() must be called inside `with self.players(...)`: it is the scale "
+                               "of the trained players' loss")
+        return self.grad_scalers.scale_tensor(self.loss_name(self._players_in_training), self.device)
+
+    def loss_name(self, players) -> str:
+        """The name the loss of these players is scaled under (fp16): theirs, in optimizer order."""
+        return "+".join(name for name in self.named_optimizers() if name in players)
 
     def gradient_penalty(self, critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """WGAN-GP's penalty (`src.losses.gradient_penalty`) of the critic being trained, its
@@ -591,7 +605,7 @@ class AdversarialModel(pl.LightningModule):
         if self.grad_scalers is None:
             return contextlib.nullcontext()
         names = [name for name, opt in self.named_optimizers().items() if any(opt is o for o in optimizers)]
-        return self.grad_scalers.scaling("+".join(names), [step_in_backward.raw_optimizer(o) for o in optimizers])
+        return self.grad_scalers.scaling(self.loss_name(names), [step_in_backward.raw_optimizer(o) for o in optimizers])
 
     def log_losses(self, terms: dict[str, torch.Tensor], totals: dict[str, torch.Tensor], batch_size: int) -> None:
         """Log every weighted loss term as `train/<term>` and the players' totals (also on the
@@ -651,7 +665,7 @@ class AdversarialModel(pl.LightningModule):
 
     def train_iteration(self, batch: dict) -> None:
         """One training iteration: every player's step, in the model's order."""
-        raise NotImplementedError
+        raise must_define(self, "train_iteration(batch)")
 
     def batch_images(self, batch: dict) -> int:
         """The minibatch one training iteration learns from on this device."""
@@ -687,7 +701,9 @@ class AdversarialModel(pl.LightningModule):
         self.ramp_momentum()
         self.iteration_images = self.loaded_images(batch)
         self.images_seen = self.images_before(batch)
+        steps_before = self.trainer.global_step
         self.train_iteration(batch)
+        self.check_steps_taken(self.trainer.global_step - steps_before)
         # Counted once the iteration is done: a crash checkpoint inside it, which the resumed
         # run repeats, holds the count without it.
         self.images_seen += self.iteration_images
@@ -700,10 +716,15 @@ class AdversarialModel(pl.LightningModule):
         if unit == "iteration" or (unit == "epoch" and self.ends_an_epoch(batch_idx)):
             self._step_schedulers()
 
-    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
-        # A batch's last hook, after every callback's: from here to the next batch's start the
-        # loop waits for data (time/data_wait, src/callbacks/throughput.py).
-        self.batch_finished_at = time.perf_counter()
+    def check_steps_taken(self, steps: int) -> None:
+        """An iteration must take `optimizer_steps_per_iter` optimizer steps: iterations are
+        counted from Lightning's global_step by it (max_iters, checkpoint and evaluation
+        schedules, the resume point), and a model that declares another number runs to the
+        wrong length without a word."""
+        if steps != self.optimizer_steps_per_iter:
+            raise RuntimeError(f"{type(self).__name__}.train_iteration took {steps} optimizer steps, but its "
+                               f"optimizer_steps_per_iter is {self.optimizer_steps_per_iter}: set it to the steps "
+                               f"one iteration takes (iterations are counted from global_step by it)")
 
     def ends_an_epoch(self, batch_idx: int) -> bool:
         """Whether this batch is the epoch's last (its loader is exhausted, or
@@ -759,7 +780,7 @@ class TranslationModel(AdversarialModel):
             "(data=shapes_paired, facades, ...)")
 
     def generator_for(self, direction: str) -> nn.Module:
-        raise NotImplementedError
+        raise must_define(self, "generator_for(direction)")
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)

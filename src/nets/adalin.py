@@ -57,7 +57,8 @@ def map_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Always in float32: under mixed precision, x is fp16 or bf16, and var_mean on it returns its
     dtype (it is on no autocast list). An fp16 variance overflows to inf for a map whose std
     passes 256 (the layer then outputs beta alone), and a bf16 mean, off by ~4e-3 of itself, is
-    subtracted from every pixel. The statistics are (B, C, 1, 1): one cast of x is their cost."""
+    subtracted from every pixel. The cost: var_mean keeps the float32 copy for its backward, an
+    fp32 copy of each LIN/AdaLIN input beside the half-precision one until the backward."""
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
     if x.dim() == 4 and rewrite_applies(x, None):

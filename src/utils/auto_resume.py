@@ -26,13 +26,12 @@ import zipfile
 from pathlib import Path
 
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.callbacks.checkpoint import INSIDE_ITERATION_KEY, PARTIAL_STEPS_KEY, TORN_STEP_KEY
 from src.models.checkpoint_fit import refused_by_weights_only, weights_only_refusal
 from src.utils.config_resolvers import slurm_job_suffix
-from src.utils.hydra_runtime import is_multirun, is_rank_zero
+from src.utils.hydra_runtime import hydra_config, is_multirun, is_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -191,9 +190,10 @@ def most_advanced_in(folders: list[tuple[Path, Path]]) -> Path | None:
 def run_dir_named_by_start_time() -> bool:
     """Whether this (single, not multirun) job's run folder is named by its start time, as
     Hydra's default `hydra.run.dir` is: every start of the same command gets a new folder."""
-    if not HydraConfig.initialized() or is_multirun():   # a multirun job keeps its folder (submitit pickles it)
+    hydra_cfg = hydra_config()
+    if hydra_cfg is None or is_multirun():   # a multirun job keeps its folder (submitit pickles it)
         return False
-    return "${now:" in str(OmegaConf.to_container(HydraConfig.get().run, resolve=False).get("dir", ""))
+    return "${now:" in str(OmegaConf.to_container(hydra_cfg.run, resolve=False).get("dir", ""))
 
 
 def resolve_auto_resume(cfg: DictConfig) -> str | None:

@@ -8,9 +8,9 @@ import typing
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import Container, ListConfig, OmegaConf
+
+from src.utils.hydra_runtime import hydra_config, is_multirun
 
 
 def to_plain(value: typing.Any) -> typing.Any:
@@ -71,11 +71,11 @@ def check_run_folder(output_dir: str | Path) -> None:
     (what eval.py, translate.py and a resumed job read beside the checkpoints) stayed behind in
     Hydra's folder, splitting the run in two. Outside a Hydra run (a config composed with
     Hydra's compose API, as the tests and notebooks do) the config's own value is the run folder."""
-    if not HydraConfig.initialized() or OmegaConf.is_missing(HydraConfig.get().runtime, "output_dir"):
+    hydra_cfg = hydra_config()
+    if hydra_cfg is None or OmegaConf.is_missing(hydra_cfg.runtime, "output_dir"):
         return
-    hydra_cfg = HydraConfig.get()
     if Path(output_dir).resolve() != Path(hydra_cfg.runtime.output_dir).resolve():
-        choose = ("hydra.sweep.dir=DIR (each job runs in DIR/<job number>)" if hydra_cfg.mode == RunMode.MULTIRUN
+        choose = ("hydra.sweep.dir=DIR (each job runs in DIR/<job number>)" if is_multirun()
                   else f"hydra.run.dir={output_dir}")
         raise ValueError(f"paths.output_dir={output_dir} is not the run folder Hydra made "
                          f"({hydra_cfg.runtime.output_dir}), which holds the run's .hydra/config.yaml and "

@@ -33,7 +33,7 @@ import subprocess
 
 from hydra.core.hydra_config import HydraConfig
 
-from src.utils.hydra_runtime import DDP_JOB_ENV, is_multirun
+from src.utils.hydra_runtime import DDP_JOB_ENV, is_multirun, job_overrides
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _job_spec() -> dict:
     hydra_cfg = HydraConfig.get()
     hydra_overrides = [o for o in hydra_cfg.overrides.hydra
                        if not o.lstrip("+~").split("=", 1)[0].startswith(_REPLACED_HYDRA_KEYS)]
-    return {"overrides": list(hydra_cfg.overrides.task), "hydra_overrides": hydra_overrides,
+    return {"overrides": job_overrides(), "hydra_overrides": hydra_overrides,
             "run_dir": hydra_cfg.runtime.output_dir}
 
 
