@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 
 from src.callbacks.image_budget import ImageBudget
 from src.callbacks.throughput import RateWindow, peak_gpu_gb
+from src.utils.config_checks import is_number
 
 log = logging.getLogger(__name__)
 
@@ -41,47 +42,49 @@ def kimg(images: float) -> str:
 
 class ProgressLog(pl.Callback):
     def __init__(self, every_n_seconds: float = 300.0, always: bool = False):
-        if isinstance(every_n_seconds, bool) or not isinstance(every_n_seconds, (int, float)) or every_n_seconds <= 0:
+        if not is_number(every_n_seconds) or every_n_seconds <= 0:
             raise ValueError(f"callbacks.progress_log.every_n_seconds={every_n_seconds!r} must be a positive number")
         self.every_n_seconds, self.always = float(every_n_seconds), always
         self.active = False
         self._window = RateWindow()   # since the previous line
         self._last_done = 0.0         # the run's progress at the previous line
         self._due = 0.0   # when the next line is
+        self._budget: ImageBudget | None = None   # the run's kimg budget, if it has one
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         bar_drawn = trainer.progress_bar_callback is not None and sys.stdout.isatty()
         self.active = trainer.is_global_zero and (self.always or not bar_drawn)
+        self._budget = next((cb for cb in trainer.callbacks if isinstance(cb, ImageBudget)), None)
         now = time.monotonic()
-        self._mark(trainer, pl_module, now)
-        self._due = now   # the first line comes after the first iteration: a job shows training started
-
-    def _mark(self, trainer: pl.Trainer, pl_module: pl.LightningModule, when: float) -> None:
-        """Where the rates of the next line are measured from."""
-        self._window.mark(pl_module, when)
+        self._window.mark(pl_module, now)
         self._last_done = self.length(trainer, pl_module)[0]
+        self._due = now   # the first line comes after the first iteration: a job shows training started
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
         now = time.monotonic()
         if self.active and now >= self._due:
-            log.info(self.line(trainer, pl_module, now))
-            self._mark(trainer, pl_module, now)
+            self._log_line(trainer, pl_module, now)
             self._due = now + self.every_n_seconds
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.active and pl_module.iteration != self._window.iteration:
-            log.info(self.line(trainer, pl_module, time.monotonic()))
+            self._log_line(trainer, pl_module, time.monotonic())
 
-    @staticmethod
-    def length(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[float, float | None, str]:
+    def _log_line(self, trainer: pl.Trainer, pl_module: pl.LightningModule, now: float) -> None:
+        """Log the line, and measure the next one's rates from here."""
+        progress = self.length(trainer, pl_module)
+        log.info(self.line(trainer, pl_module, now, progress))
+        self._window.mark(pl_module, now)
+        self._last_done = progress[0]
+
+    def length(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[float, float | None, str]:
         """(done, total, what): the run's progress in the unit its length is set in (a kimg
         budget's images, max_iters' iterations, or epochs); total None when the run is open-ended."""
-        budget = next((cb for cb in trainer.callbacks if isinstance(cb, ImageBudget)), None)
-        if budget is not None:
-            return float(pl_module.images_seen or 0), float(budget.max_images), "images"
+        if self._budget is not None:
+            return float(pl_module.images_seen or 0), float(self._budget.max_images), "images"
         if trainer.max_steps and trainer.max_steps > 0:
-            return float(pl_module.iteration), trainer.max_steps / pl_module.optimizer_steps_per_iter, "iterations"
+            return float(pl_module.iteration), float(pl_module.run_length_in("iteration")), "iterations"
         batches = trainer.num_training_batches
         epochs = trainer.current_epoch + (trainer.fit_loop.epoch_loop.batch_progress.current.processed / batches
                                           if batches and batches != float("inf") else 0.0)
@@ -89,9 +92,9 @@ class ProgressLog(pl.Callback):
         # (at the end the epoch counter has moved past the last epoch, whose batches are all done)
         return (min(epochs, total) if total else epochs), total, "epochs"
 
-    def line(self, trainer: pl.Trainer, pl_module: pl.LightningModule, now: float) -> str:
-        elapsed = max(now - self._window.when, 1e-9)
-        done, total, unit = self.length(trainer, pl_module)
+    def line(self, trainer: pl.Trainer, pl_module: pl.LightningModule, now: float,
+             progress: tuple[float, float | None, str]) -> str:
+        done, total, unit = progress
         position = f"iteration {pl_module.iteration}"
         if unit == "iterations":
             position += f"/{total:.0f} ({100 * done / total:.1f}%)"
@@ -103,7 +106,7 @@ class ProgressLog(pl.Callback):
         if pl_module.iteration > self._window.iteration:
             it_per_s, images_per_s = self._window.rates(pl_module, now)
             parts.append(f"{it_per_s:.3g} it/s" + ("" if images_per_s is None else f", {images_per_s:.3g} images/s"))
-            rate = (done - self._last_done) / elapsed
+            rate = (done - self._last_done) / self._window.elapsed(now)
             if total is not None and rate > 0:
                 parts.append(f"ETA {duration(max(total - done, 0.0) / rate)}")
         losses = {name.removeprefix("train/"): float(value) for name, value in trainer.callback_metrics.items()

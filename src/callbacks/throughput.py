@@ -45,9 +45,13 @@ class RateWindow:
         # images_seen is None from a checkpoint without the count, until the first batch estimates it
         self.when, self.iteration, self.images = when, pl_module.iteration, pl_module.images_seen
 
+    def elapsed(self, now: float) -> float:
+        """Seconds since the mark (never 0: rates divide by it)."""
+        return max(now - self.when, 1e-9)
+
     def rates(self, pl_module: pl.LightningModule, now: float) -> tuple[float, float | None]:
         """(iterations/s, images/s) since the mark; images/s None where the mark had no count."""
-        elapsed = max(now - self.when, 1e-9)
+        elapsed = self.elapsed(now)
         images = None if self.images is None else ((pl_module.images_seen or 0) - self.images) / elapsed
         return (pl_module.iteration - self.iteration) / elapsed, images
 
@@ -107,8 +111,8 @@ class ThroughputMetrics(pl.Callback):
             return
         now = time.perf_counter()
         it_per_s, images_per_s = self._window.rates(pl_module, now)
-        elapsed = max(now - self._window.when, 1e-9)
-        metrics = {"time/it_per_s": it_per_s, "time/data_wait": min(self._fetches.waited / elapsed, 1.0)}
+        waited = min(self._fetches.waited / self._window.elapsed(now), 1.0)
+        metrics = {"time/it_per_s": it_per_s, "time/data_wait": waited}
         if images_per_s is not None:
             metrics["time/images_per_s"] = images_per_s
         if pl_module.device.type == "cuda":

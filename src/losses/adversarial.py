@@ -82,12 +82,10 @@ def input_gradient(score: torch.Tensor, inputs: torch.Tensor, scale: torch.Tenso
     each time an overflow that would skip a critic step). An inner overflow past that makes the
     penalty inf, and the critic's scaler skips the step and lowers the scale, as for any
     overflow of its loss."""
-    if scale is None:
-        (grad,) = torch.autograd.grad(score, inputs, create_graph=True)
-        return grad.to(torch.promote_types(grad.dtype, torch.float32))
-    factor = scale.clamp(max=MAX_INNER_SCALE)
-    (grad,) = torch.autograd.grad(score * factor, inputs, create_graph=True)
-    return grad.to(torch.promote_types(grad.dtype, torch.float32)) / factor
+    factor = None if scale is None else scale.clamp(max=MAX_INNER_SCALE)
+    (grad,) = torch.autograd.grad(score if factor is None else score * factor, inputs, create_graph=True)
+    grad = grad.to(torch.promote_types(grad.dtype, torch.float32))
+    return grad if factor is None else grad / factor
 
 
 def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, target_norm: float = 1.0,

@@ -200,7 +200,7 @@ class AdversarialModel(pl.LightningModule):
         # between leaves the player half-stepped (the crash checkpoint says so).
         self.inside_a_step = False
         self._idle_parameters: dict[tuple[str, ...], list[nn.Parameter]] = {}   # players(): names -> the others'
-        self._players_in_training: tuple[str, ...] = ()   # the names of the `players` block being run
+        self._loss_in_training: str | None = None   # loss_name of the `players` block being run
         self._image_sizes_checked: set[tuple[int, ...]] = set()   # batch shapes the networks accept
         # The DataModule settings it was trained with, and the DataModule's class, once loaded
         # from a checkpoint (src/utils/checkpoint_loading.py); evaluation checks the data
@@ -490,11 +490,11 @@ class AdversarialModel(pl.LightningModule):
         frozen = [p for p in self._idle_parameters[names] if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
-        outer, self._players_in_training = self._players_in_training, names
+        outer, self._loss_in_training = self._loss_in_training, self.loss_name(n for n in optimizers if n in names)
         try:
             yield active
         finally:
-            self._players_in_training = outer
+            self._loss_in_training = outer
             for p in frozen:
                 p.requires_grad_(True)
 
@@ -504,14 +504,16 @@ class AdversarialModel(pl.LightningModule):
         (`src.losses.input_gradient`); None otherwise."""
         if self.grad_scalers is None:
             return None
-        if not self._players_in_training:
+        if self._loss_in_training is None:
             raise RuntimeError("penalty_scale() must be called inside `with self.players(...)`: it is the scale "
                                "of the trained players' loss")
-        return self.grad_scalers.scale_tensor(self.loss_name(self._players_in_training), self.device)
+        return self.grad_scalers.scale_tensor(self._loss_in_training, self.device)
 
-    def loss_name(self, players) -> str:
-        """The name the loss of these players is scaled under (fp16): theirs, in optimizer order."""
-        return "+".join(name for name in self.named_optimizers() if name in players)
+    @staticmethod
+    def loss_name(players) -> str:
+        """The name the loss of these players is scaled under (fp16): their names, given in
+        optimizer order, joined."""
+        return "+".join(players)
 
     def gradient_penalty(self, critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """WGAN-GP's penalty (`src.losses.gradient_penalty`) of the critic being trained, its

@@ -7,12 +7,13 @@ missing keys or shape mismatches and no word on the cause. The check runs in the
 """
 from __future__ import annotations
 
-import inspect
 import pickle
 import zipfile
 from pathlib import Path
 
 import torch
+
+from src.utils.config_checks import accepted_arguments
 
 #: mismatches named in a message; the rest are counted
 SHOWN = 3
@@ -157,17 +158,6 @@ def check_resume_settings(ckpt_path: str | Path, model_settings: dict, data_sett
             f"(their learning rates included)")
 
 
-def _settings_taken(model_class: type | None) -> set[str] | None:
-    """The keyword settings `model_class` is built from; None where that cannot be told (no
-    class, or one that passes **kwargs on)."""
-    if model_class is None:
-        return None
-    parameters = inspect.signature(model_class.__init__).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return None
-    return {p.name for p in parameters}
-
-
 #: a weight of the PyTorch port's two CAM classifiers (src/nets/cam.py, cam_classifier=separate)
 SEPARATE_CAM_WEIGHT = ".cam.classifier.gap_fc."
 
@@ -188,7 +178,7 @@ def upgraded_hparams(hparams: dict, checkpoint: dict, model_class: type | None =
     - U-GAT-IT's networks had two CAM classifiers (GAP and GMP, the PyTorch port's) before
       `cam_classifier` existed; its default is now the paper's shared one."""
     upgraded = dict(hparams)
-    taken = _settings_taken(model_class)
+    taken = None if model_class is None else accepted_arguments(model_class)   # None: cannot be told
 
     def adds(*keys: str) -> bool:
         return all(key not in upgraded for key in keys) and (taken is None or all(key in taken for key in keys))
