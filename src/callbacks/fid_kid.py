@@ -334,11 +334,10 @@ class FidKidCallback(PeriodicEvaluation):
                                             trained=trainer.is_global_zero)
         except Exception as error:
             failure = error
-        if trainer.world_size > 1 and not trainer.strategy.reduce_boolean_decision(failure is None, all=True):
+        # (on one device the decision is this process's own)
+        if not trainer.strategy.reduce_boolean_decision(failure is None, all=True):
             raise failure or RuntimeError("Another rank could not build the classifier of the data's classes "
                                           "(its error is in its output)")
-        if failure is not None:
-            raise failure
         if scorer is not None and trainer.world_size > 1:
             scorer.net.load_state_dict(trainer.strategy.broadcast(scorer.net.state_dict(), src=0))
         return scorer

@@ -14,8 +14,6 @@ Only the standard library is used (urllib, zipfile, tarfile).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
 import tarfile
 import tempfile
@@ -28,6 +26,7 @@ from typing import Callable
 
 from src.data.cifar import convert_cifar10
 from src.data.mnist import build_idx_dataset
+from src.data.placement import place
 
 UNPAIRED_LAYOUT = "trainA/ trainB/ testA/ testB/ (unpaired image folders)"
 ALIGNED_LAYOUT = "train/ val/ [test/] (each image holds A|B side by side: left half A, right half B)"
@@ -294,27 +293,11 @@ def download(name: str, root: str | Path) -> Path:
             if source.convert is not None:
                 source.convert(built, scratch / name)
                 built = scratch / name
-        if not place(built, target, source.layout):
+        if not place(built, target, lambda folder: not missing_folders(folder, source.layout)):
             print(f"{target} was filled by another download of {name} meanwhile; nothing to do.")
             return target
     print(f"Done: {target}")
     return target
-
-
-def place(built: Path, target: Path, layout) -> bool:
-    """Rename the dataset `built` beside `target` into place; False where another process (a job
-    started at the same time, downloading the same data) put a whole dataset there first. A
-    rename never nests one folder in the other, as a move into an existing folder would."""
-    try:
-        if target.exists():
-            with contextlib.suppress(FileNotFoundError):   # another job removed it first
-                target.rmdir()   # empty when the download started; not where another job filled it since
-        os.rename(built, target)
-        return True
-    except OSError:
-        if target.is_dir() and not missing_folders(target, layout):
-            return False
-        raise
 
 
 def _list_datasets() -> str:

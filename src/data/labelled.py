@@ -204,7 +204,7 @@ class LabelledImageDataModule(ImageTranslationDataModule):
         """n items in the split's class proportions (to within one per class), in list order:
         the first n of the interleaved list would over-represent the small classes, which run
         out first. Spread evenly through the items sorted by label."""
-        labels = [label for _, label in self.dataset(split, train=False).items]
+        labels = self.dataset(split, train=False).items.columns[1].tolist()   # the labels, without making paths
         return sorted(proportional_picks(labels, min(n, len(labels))))
 
     def describe_training_split(self) -> str:

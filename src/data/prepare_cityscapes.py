@@ -26,7 +26,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from src.data.download import DATASETS, place
+from src.data.download import DATASETS, missing_folders
+from src.data.placement import place
 
 PHOTO_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_color.png"
@@ -85,7 +86,7 @@ def prepare_cityscapes(gtfine: str | Path, leftimg8bit: str | Path, output: str 
                 photo.save(built / f"{split}A" / f"{index}_A.jpg", **save)
                 label.save(built / f"{split}B" / f"{index}_B.jpg", **save)
             print(f"{split}: {len(split_pairs)} pairs")
-        if not place(built, output, DATASETS["cityscapes"].layout):
+        if not place(built, output, lambda folder: not missing_folders(folder, DATASETS["cityscapes"].layout)):
             print(f"{output} was filled by another run meanwhile; this run's pairs are discarded")
     return sum(map(len, pairs.values()))
 

@@ -37,6 +37,7 @@ from PIL import Image
 
 from src.data.labelled import LabelledImageDataModule
 from src.data.paired import PairedDataModule
+from src.data.placement import place
 from src.data.unpaired import UnpairedDataModule
 
 GENERATOR_VERSION = 1
@@ -269,15 +270,8 @@ def ensure_shapes_dataset(folder: str | Path, params: dict[str, Any]) -> Path:
             stale = folder.parent / f".{folder.name}.stale-{uuid.uuid4().hex[:8]}"
             os.rename(folder, stale)
             shutil.rmtree(stale, ignore_errors=True)
-        try:
-            # Atomic: readers see no folder or a complete one. POSIX renames over an empty folder;
-            # Windows refuses any existing target, so an empty one is removed first.
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-            os.rename(scratch, folder)
-        except OSError:
-            if _read_meta(folder) != params:  # another process won the race with other params
-                raise
+        # (False: another process generated the same parameters first; other ones raise)
+        place(scratch, folder, lambda placed: _read_meta(placed) == params)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return folder

@@ -88,11 +88,11 @@ def classifier_of_the_data(datamodule, max_images: int = 10000, epochs: int = 10
         return None
     if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < num_classes:
         raise ValueError(f"{key}={max_images!r} must be an integer of at least the {num_classes} classes")
-    train = datamodule.dataset("train", train=False)
     if not trained:
         with torch.random.fork_rng(devices=[]):   # its initial weights are replaced anyway
-            net = build_classifier(train[0]["A"].size(0), num_classes).eval()
+            net = build_classifier(datamodule.input_nc, num_classes).eval()
         return ClassifierScorer(net, num_classes, splits=splits, conditional=conditional)
+    train = datamodule.dataset("train", train=False)
     picks = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:max_images].tolist()
     items = [train[i] for i in picks]
     # Brought to the classifier's size one by one: 10,000 images of 256 px would take 8 GB at once.

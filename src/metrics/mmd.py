@@ -79,7 +79,7 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = No
     if bandwidth is not None:
         sigma = float(bandwidth)
     else:
-        sigma = sigma_of_sample(x if bandwidth_from_x else torch.cat([x, y]))
+        sigma = sigma_of_sample(x) if bandwidth_from_x else median_heuristic_sigma(x, y)
     if sigma <= 0:
         raise ValueError(f"bandwidth must be positive, got {bandwidth}")
     # The diagonals k(a, a) are exactly 1 (squared_distances gives exactly 0 for a row and itself).
