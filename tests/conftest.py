@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from src.utils.auto_resume import most_advanced_in  # noqa: E402
 from src.utils.run import run_training  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,6 +201,12 @@ def finite_train_losses(trainer) -> dict[str, float]:
     assert losses and all(math.isfinite(v) for v in losses.values()), losses
     return losses
 
+
+
+def most_advanced_checkpoint(checkpoint_dir: Path, run_dir: Path) -> Path | None:
+    """What `ckpt_path=auto` resumes from in one (checkpoint folder, run folder) pair."""
+    found = most_advanced_in([(checkpoint_dir, run_dir)])
+    return None if found is None else found[1]
 
 # ----- one training iteration outside train.py ----------------------------------------------------
 def random_batch(cfg) -> dict:

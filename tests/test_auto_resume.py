@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import NO_EVALUATION
+from conftest import NO_EVALUATION, most_advanced_checkpoint
 from src.models.pix2pix import Pix2Pix
 from src.models.checkpoint_fit import changed_settings, check_checkpoint_file
-from src.utils.auto_resume import most_advanced_checkpoint
 from src.utils.run import run_training
 
 PIX2PIX = ("model=pix2pix", "data=shapes_paired", *NO_EVALUATION)

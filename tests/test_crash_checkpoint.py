@@ -9,11 +9,10 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 
-from conftest import NO_EVALUATION, last_checkpoint, slurm_task_env
+from conftest import NO_EVALUATION, last_checkpoint, most_advanced_checkpoint, slurm_task_env
 from src.callbacks.checkpoint import INSIDE_ITERATION_KEY, TORN_STEP_KEY
 from src.models import step_in_backward
 from src.models.cyclegan import CycleGAN
-from src.utils.auto_resume import most_advanced_checkpoint
 from src.utils.run import run_training
 
 COMMON = ("model=cyclegan", "data.max_dataset_size=4", "seed=7", *NO_EVALUATION)

@@ -62,8 +62,9 @@ def resume_a_requeued_job(cfg: DictConfig) -> None:
             cfg.ckpt_path = AUTO
         return
     named_progress = training_progress(Path(named)) if Path(named).is_file() else None
-    own = most_advanced_in(own_checkpoint_dirs(cfg)) if named_progress else None
-    if own is not None and training_progress(own)[0] > named_progress[0]:
+    found = most_advanced_in(own_checkpoint_dirs(cfg)) if named_progress else None
+    if found is not None and found[0][0] > named_progress[0]:
+        own = found[1]
         log.warning("SLURM_RESTART_COUNT=%d: this job was requeued and saved %s, further on than ckpt_path=%s it "
                     "was started with: resuming from it", restarts, own, named)
         with open_dict(cfg):
@@ -96,7 +97,7 @@ def earlier_start_of_this_job(checkpoint_dir: Path, run_dir: Path) -> tuple[Path
     """(checkpoint folder, run folder) of the latest other run folder beside `run_dir` named for
     this SLURM job (`<start time>_slurm-<job id>`: the latest start sorts last), or None."""
     suffix = slurm_job_suffix()
-    if not suffix or not run_dir.parent.is_dir():
+    if not suffix:
         return None
     starts = sorted(folder for folder in run_dir.parent.glob(f"*{suffix}") if folder.is_dir() and folder != run_dir)
     if not starts:
@@ -115,12 +116,12 @@ def set_aside_abandoned_checkpoints(cfg: DictConfig) -> Path | None:
     returns it, or None when there was nothing to move. Rank 0 only: the other ranks of a
     multi-process launch start after it, or load the named file, which stays."""
     named, dirs = cfg.get("ckpt_path"), run_checkpoint_dirs(cfg)
-    if not is_rank_zero() or named in (None, AUTO) or dirs is None or not Path(named).is_file():
+    if not is_rank_zero() or named is None or dirs is None or not Path(named).is_file():
         return None
     named_progress = training_progress(Path(named))
     if named_progress is None:
         return None   # not a whole checkpoint: the resume itself names the problem
-    ahead = [path for path in dict.fromkeys(checkpoint_candidates(*dirs))   # one list where both folders are one
+    ahead = [path for path in checkpoint_candidates([dirs])
              if not path.samefile(named) and (training_progress(path) or (-1,))[0] > named_progress[0]]
     if not ahead:
         return None
@@ -143,10 +144,15 @@ def run_checkpoint_dirs(cfg: DictConfig) -> tuple[Path, Path] | None:
     return Path(checkpointing.dirpath), Path(cfg.paths.output_dir)
 
 
-def checkpoint_candidates(checkpoint_dir: Path, run_dir: Path) -> list[Path]:
-    """Every checkpoint of the run: the checkpoint callback's files and Lightning's SLURM saves."""
-    found = sorted(checkpoint_dir.glob("*.ckpt")) if checkpoint_dir.is_dir() else []
-    return found + sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
+def checkpoint_candidates(folders: list[tuple[Path, Path]]) -> list[Path]:
+    """Every checkpoint of the run in these (checkpoint folder, run folder) pairs: the checkpoint
+    callback's files and Lightning's SLURM saves, each once (a checkpoint folder may be its run
+    folder, or one shared by two starts)."""
+    found = []
+    for checkpoint_dir, run_dir in folders:
+        found += sorted(checkpoint_dir.glob("*.ckpt")) if checkpoint_dir.is_dir() else []
+        found += sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
+    return list(dict.fromkeys(found))
 
 
 def training_progress(path: Path) -> tuple[int, bool] | None:
@@ -168,23 +174,22 @@ def training_progress(path: Path) -> tuple[int, bool] | None:
         return None
 
 
-def most_advanced_checkpoint(checkpoint_dir: Path, run_dir: Path) -> Path | None:
-    """The readable checkpoint furthest into training; among equals an exact one (not a crash
-    checkpoint taken inside an iteration or a step), then the newest file."""
-    return most_advanced_in([(checkpoint_dir, run_dir)])
-
-
-def most_advanced_in(folders: list[tuple[Path, Path]]) -> Path | None:
-    """`most_advanced_checkpoint` over several (checkpoint folder, run folder) pairs."""
+def most_advanced_in(folders: list[tuple[Path, Path]]) -> tuple[tuple[int, bool], Path] | None:
+    """(its `training_progress`, path) of the readable checkpoint in these (checkpoint folder, run
+    folder) pairs furthest into training; among equals an exact one (not a crash checkpoint
+    taken inside an iteration or a step), then the newest file. None where none is readable."""
     readable = []
-    for path in dict.fromkeys(path for folder_pair in folders for path in checkpoint_candidates(*folder_pair)):
+    for path in checkpoint_candidates(folders):
         progress = training_progress(path)
         if progress is None:
             log.warning("ckpt_path=auto: passing over %s, which cannot be read as a checkpoint "
                         "(a copy cut short leaves such a file)", path)
         else:
             readable.append((*progress, path.stat().st_mtime, path))
-    return max(readable)[-1] if readable else None
+    if not readable:
+        return None
+    steps, exact, _, path = max(readable)
+    return (steps, exact), path
 
 
 def run_dir_named_by_start_time() -> bool:
@@ -198,22 +203,21 @@ def run_dir_named_by_start_time() -> bool:
 
 def resolve_auto_resume(cfg: DictConfig) -> str | None:
     """The checkpoint `ckpt_path=auto` resumes from, or None to start the run."""
-    dirs = run_checkpoint_dirs(cfg)
-    if dirs is None:
+    own = own_checkpoint_dirs(cfg)
+    if not own:
         raise ValueError("ckpt_path=auto looks for checkpoints in callbacks.model_checkpoint.dirpath, "
                          "which this config does not set (see conf/callbacks/default.yaml)")
-    checkpoint_dir, run_dir = dirs
-    own = own_checkpoint_dirs(cfg)
-    chosen = most_advanced_in(own)
-    unreadable = [] if chosen is not None else [path for folder_pair in own for path in checkpoint_candidates(*folder_pair)]
+    checkpoint_dir = own[0][0]
+    found = most_advanced_in(own)
+    unreadable = [] if found is not None else checkpoint_candidates(own)
     if unreadable:
         # Starting here would train from scratch and, save by save, replace what they hold.
         raise ValueError(f"ckpt_path=auto: no checkpoint of this run can be read ({', '.join(map(str, unreadable))}"
                          f"; each is named above). Name one to resume from with ckpt_path=..., or move them out of "
                          f"{checkpoint_dir} to start the run over")
-    if chosen is None:
+    if found is None:
         log.info("ckpt_path=auto: no checkpoint in %s, starting the run. To resume a stopped job, start it "
                  "again with the same hydra.run.dir.", checkpoint_dir)
         return None
-    log.info("ckpt_path=auto: resuming from %s", chosen)
-    return str(chosen)
+    log.info("ckpt_path=auto: resuming from %s", found[1])
+    return str(found[1])

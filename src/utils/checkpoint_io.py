@@ -15,15 +15,13 @@ entry is synced. Paths with a scheme (`s3://`, `gs://`) keep Lightning's way.
 """
 from __future__ import annotations
 
-import contextlib
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from src.utils.whole_files import write_whole
+from src.utils.whole_files import remove_stale_temporaries, write_whole
 
 #: a temporary checkpoint untouched for this long is a killed writer's: one being written (by
 #: another job sharing the folder, say) has its modification time moved by every write
@@ -35,15 +33,7 @@ class DurableCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        remove_stale_temporaries(Path(path).parent)
+        # Temporary checkpoints of killed writers are gigabytes each, also of a name never written
+        # again (crashed.ckpt).
+        remove_stale_temporaries(Path(path).parent, "*.ckpt", STALE_TEMPORARY_SECONDS)
         write_whole(Path(path), lambda stream: torch.save(checkpoint, stream))
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Temporary checkpoints left by a writer that was killed (gigabytes each), also of a name
-    never written again (crashed.ckpt). Only old ones: another process may be writing into this
-    folder right now."""
-    for stale in folder.glob(".*.ckpt.*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            if time.time() - stale.stat().st_mtime > STALE_TEMPORARY_SECONDS:
-                stale.unlink()

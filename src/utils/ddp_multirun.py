@@ -31,9 +31,7 @@ import logging
 import os
 import subprocess
 
-from hydra.core.hydra_config import HydraConfig
-
-from src.utils.hydra_runtime import DDP_JOB_ENV, is_multirun, job_overrides
+from src.utils.hydra_runtime import DDP_JOB_ENV, hydra_config, is_multirun, job_overrides, launched_rank
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +69,13 @@ def argv_for_launched_rank(argv: list[str], environ=os.environ) -> list[str] | N
     single job (same flags and overrides, same run dir, Hydra in run mode). None for any other
     process."""
     job = environ.get(DDP_JOB_ENV)
-    local_rank = environ.get("LOCAL_RANK", "0")
-    if not job or local_rank == "0":
+    if not job or not launched_rank(environ):
         return None
     spec = json.loads(job)
     return [argv[0], *hydra_flags(argv[1:]), *spec["hydra_overrides"], *spec["overrides"],
             f"hydra.run.dir={quote_override_value(spec['run_dir'])}",
             "hydra.output_subdir=null",  # rank 0 wrote the job's .hydra/ already
-            f"hydra.job.name=train_ddp_process_{local_rank}",  # its own log file in the run dir
+            f"hydra.job.name=train_ddp_process_{environ['LOCAL_RANK']}",  # its own log file in the run dir
             "hydra.mode=RUN"]  # also when the config itself asks for a sweep (hparams_search)
 
 
@@ -87,7 +84,7 @@ _REPLACED_HYDRA_KEYS = ("hydra.run.dir", "hydra.output_subdir", "hydra.job.name"
 
 
 def _job_spec() -> dict:
-    hydra_cfg = HydraConfig.get()
+    hydra_cfg = hydra_config()
     hydra_overrides = [o for o in hydra_cfg.overrides.hydra
                        if not o.lstrip("+~").split("=", 1)[0].startswith(_REPLACED_HYDRA_KEYS)]
     return {"overrides": job_overrides(), "hydra_overrides": hydra_overrides,

@@ -15,6 +15,10 @@ from omegaconf import DictConfig
 #: environment variable carrying a multirun job's spec to the DDP ranks Lightning launches for it
 #: (src/utils/ddp_multirun.py): they run Hydra in RUN mode, yet belong to the sweep
 DDP_JOB_ENV = "GAN_TRAIN_DDP_JOB"
+#: environment variable carrying the checkpoint rank zero resumes from to the ranks Lightning
+#: launches (src/utils/run.py): they run with rank zero's run folder named, so a requeued job's
+#: ranks would look for the checkpoint in other places
+RESOLVED_CHECKPOINT_ENV = "GAN_TRAIN_RESOLVED_CHECKPOINT"
 
 
 def hydra_config() -> DictConfig | None:
@@ -37,6 +41,11 @@ def in_a_sweep() -> bool:
     """A job of a multirun, or a DDP rank Lightning launched for one (which runs Hydra in RUN
     mode): every rank of the job must come to the same decision."""
     return is_multirun() or DDP_JOB_ENV in os.environ
+
+
+def launched_rank(environ=os.environ) -> bool:
+    """Whether this process is a rank Lightning's launcher started (its LOCAL_RANK is not 0)."""
+    return environ.get("LOCAL_RANK", "0") != "0"
 
 
 def is_rank_zero() -> bool:

@@ -32,7 +32,7 @@ from src.utils.checkpoint_io import DurableCheckpointIO
 from src.utils.code_version import git_revision
 from src.utils.config_checks import check_argument_types, check_run_folder, check_seed, is_number, require_int
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
-from src.utils.hydra_runtime import in_a_sweep, job_overrides
+from src.utils.hydra_runtime import RESOLVED_CHECKPOINT_ENV, in_a_sweep, job_overrides, launched_rank
 from src.utils.ddp_strategy import choose_strategy, process_count
 from src.utils.instantiate import instantiate_list
 from src.utils.library_warnings import silence_known_library_noise
@@ -263,16 +263,13 @@ def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.C
     return order_callbacks(callbacks)
 
 
-#: the checkpoint rank zero resumes from, for the ranks Lightning launches: they run with rank
-#: zero's run folder named, so a requeued job's ranks would look for the checkpoint in other places
-RESOLVED_CHECKPOINT_ENV = "GAN_TRAIN_RESOLVED_CHECKPOINT"
 
 
 def resolve_checkpoint(cfg: DictConfig) -> bool:
     """Set `cfg.ckpt_path` to the file the run resumes from (a requeued job's, `auto`'s), before
     the loggers exist (the wandb run id is read from the file); returns whether `auto` chose it.
     A rank Lightning launched takes rank zero's choice, which its environment carries."""
-    handed = os.environ.get(RESOLVED_CHECKPOINT_ENV) if os.environ.get("LOCAL_RANK", "0") != "0" else None
+    handed = os.environ.get(RESOLVED_CHECKPOINT_ENV) if launched_rank() else None
     if handed is not None:
         choice = json.loads(handed)
     else:

@@ -52,8 +52,7 @@ def write_failure(run_dir: Path, error: BaseException, name: str = FINAL_METRICS
 
 
 def _write(run_dir: Path, record: dict[str, Any], name: str = FINAL_METRICS) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / name
+    path = run_dir / name   # (write_whole makes the folder)
     # Whole: another job of the sweep may be reading it for the sweep's table right now.
     write_text_whole(path, json.dumps(record, indent=2) + "\n")
     return path

@@ -21,11 +21,26 @@ log = logging.getLogger(__name__)
 REPLACE_RETRY_SECONDS = 10.0
 
 
+def temporary_name(name: str, writer: str) -> str:
+    """The hidden name a writer's temporary file of `name` has (`writer`: a glob's `*` too)."""
+    return f".{name}.{writer}.tmp"
+
+
+def remove_stale_temporaries(folder: Path, name_glob: str, older_than_s: float) -> None:
+    """Temporary files of the names `name_glob` matches, left by writers that were killed (and of
+    names never written again), untouched for `older_than_s` seconds: younger ones may be
+    another process's write in progress."""
+    for stale in folder.glob(temporary_name(name_glob, "*")):
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - stale.stat().st_mtime > older_than_s:
+                stale.unlink()
+
+
 def write_whole(path: Path, write) -> None:
     """`write(stream)` into a temporary file beside `path`, synced, then renamed over `path`:
     `path` is the old file or the new one, whole, at every moment."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    temporary = path.parent / temporary_name(path.name, uuid.uuid4().hex)
     try:
         with open(temporary, "xb") as stream:   # created with the umask's permissions, as the target would be
             write(stream)
