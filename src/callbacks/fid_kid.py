@@ -38,7 +38,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Subset
 
 from src.data.unpaired import distinct_images
-from src.metrics.features import build_feature_extractor
+from src.metrics.features import build_feature_extractor, data_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
 from src.metrics.image_classifier import ClassifierScorer, classifier_of_the_data
 from src.models.divergence import refuse_saving_non_finite
@@ -289,7 +289,7 @@ class FidKidCallback(PeriodicEvaluation):
     def resolve_feature_extractor(self, trainer: pl.Trainer) -> str:
         if self.feature_extractor != "auto":
             return self.feature_extractor
-        return getattr(trainer.datamodule, "feature_extractor", None) or "inception"
+        return data_feature_extractor(trainer.datamodule)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)

@@ -5,7 +5,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from src.utils.image_grid import make_grid, save_image
+from src.data.image_io import save_image
+from src.utils.image_grid import make_grid
 from src.utils.rng import isolated_rng
 
 

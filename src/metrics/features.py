@@ -184,6 +184,12 @@ class InceptionFeatures(FrozenExtractor):
         return features @ self.net.fc.weight.T.to(features.dtype)
 
 
+def data_feature_extractor(datamodule) -> str:
+    """The extractor `auto` means for this data: the DataModule's `feature_extractor` (the shapes'
+    random_cnn), else Inception."""
+    return getattr(datamodule, "feature_extractor", None) or "inception"
+
+
 def build_feature_extractor(name: str, weights_path: str | None = None, device: torch.device | str | None = None,
                             settings: str = "callbacks.fid_kid.") -> nn.Module:
     """The named extractor ("inception" or "random_cnn"), frozen, on `device`; errors name the

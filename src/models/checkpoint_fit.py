@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from src.utils.config_checks import accepted_arguments
+from src.utils.nested import flattened
 
 #: mismatches named in a message; the rest are counted
 SHOWN = 3
@@ -111,23 +112,13 @@ RESUMABLE_LEAVES = ("step_in_backward",)
 RESUMABLE_GROUPS = ("model.init.",)
 
 
-def _flat(settings: dict, prefix: str) -> dict[str, object]:
-    flat = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}.{key}"))
-        else:
-            flat[f"{prefix}.{key}"] = value
-    return flat
-
-
 def changed_settings(checkpoint: dict, model_settings: dict, data_settings: dict) -> list[str]:
     """`key=<checkpoint's> -> <this run's>` for each model or data setting the two runs both have
     and set differently, beyond those a resume may change (a setting added to the code since the
     checkpoint was written is not compared)."""
-    saved = {**_flat(checkpoint.get("hyper_parameters") or {}, "model"),
-             **_flat(checkpoint.get("datamodule_hyper_parameters") or {}, "data")}
-    here = {**_flat(model_settings, "model"), **_flat(data_settings, "data")}
+    saved = {**flattened(checkpoint.get("hyper_parameters") or {}, ".", "model"),
+             **flattened(checkpoint.get("datamodule_hyper_parameters") or {}, ".", "data")}
+    here = {**flattened(model_settings, ".", "model"), **flattened(data_settings, ".", "data")}
     return [f"{key}={saved[key]!r} -> {here[key]!r}" for key in sorted(saved.keys() & here.keys())
             if saved[key] != here[key] and not any(key == s or key.startswith(s + ".") for s in RESUMABLE_SETTINGS)
             and key.rsplit(".", 1)[-1] not in RESUMABLE_LEAVES and not key.startswith(RESUMABLE_GROUPS)]

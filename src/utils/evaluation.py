@@ -12,9 +12,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.folders import name_in_folder
+from src.data.image_io import save_image
 from src.data.labelled import proportional_picks
 from src.data.unpaired import distinct_images
-from src.metrics.features import build_feature_extractor
+from src.metrics.features import build_feature_extractor, data_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
 from src.metrics.image_classifier import ClassifierScorer, classifier_of_the_data
 from src.metrics.mmd import sample_mmd2
@@ -26,12 +27,12 @@ from src.models.noise_base import SAMPLES, NoiseToImageModel
 from src.utils.checkpoint_loading import load_model, recorded_class, run_config_path
 from src.utils.config_checks import check_argument_types, check_seed, is_number, require_int
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, domain_folders, untranslated_directions
-from src.utils.image_grid import make_grid, save_image
+from src.utils.image_grid import make_grid, to_uint8_images
 from src.utils.label_evaluation import label_scores_for, segmenter_for
 from src.utils.rng import isolated_rng
 from src.utils.sequence_plot import plot_series
 from src.utils.training_config import CONF_DIR
-from src.utils.translation import resolve_device, save_png, to_uint8_images
+from src.utils.translation import resolve_device, save_png
 from src.utils.whole_files import write_text_whole
 
 log = logging.getLogger(__name__)
@@ -315,7 +316,7 @@ def feature_extractor_choice(cfg: DictConfig, datamodule) -> tuple[str, str | No
                          "download (feature_extractor_weights_path=/path/to/the/file for a local copy)",
                          run_weights_path)
         return run_name, weights_path
-    return getattr(datamodule, "feature_extractor", None) or "inception", weights_path
+    return data_feature_extractor(datamodule), weights_path
 
 
 def fid_kid_scorer(cfg: DictConfig, datamodule, device, samples: bool = False) -> tuple[FidKidScorer, str]:

@@ -7,6 +7,12 @@ from PIL import Image, ImageDraw, ImageFont
 TEXT_FRACTION, MIN_TEXT = 0.25, 10
 
 
+def to_uint8_images(batch: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8."""
+    images = ((batch.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return images.permute(0, 2, 3, 1).cpu().numpy()
+
+
 def make_grid(rows: dict[str, torch.Tensor], padding: int = 2, labels: bool = True) -> np.ndarray:
     """Stack named rows of [N, C, H, W] images in [-1, 1] into one HxWx3 uint8 array.
 
@@ -22,7 +28,7 @@ def make_grid(rows: dict[str, torch.Tensor], padding: int = 2, labels: bool = Tr
             images = images.expand(-1, 3, -1, -1)
         images = torch.nn.functional.pad(images[:, :3], (padding,) * 4, value=1.0)
         tiles.append(torch.cat(list(images), dim=2))  # one row: [3, H, N * W]
-    grid = ((torch.cat(tiles, dim=1).permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+    grid = to_uint8_images(torch.cat(tiles, dim=1)[None])[0]
     if not labels:
         return grid
     return np.concatenate([row_names(list(rows), tiles[0].size(1)), grid], axis=1)
@@ -46,7 +52,3 @@ def row_font(row_height: int) -> ImageFont.ImageFont:
         return ImageFont.load_default(size=size)   # Pillow's own font (needs FreeType): no file to find
     except (ImportError, OSError, TypeError):       # Pillow built without FreeType: its bitmap font
         return ImageFont.load_default()
-
-
-def save_image(array: np.ndarray, path) -> None:
-    Image.fromarray(array).save(path)

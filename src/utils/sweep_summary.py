@@ -34,6 +34,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from src.utils.hydra_runtime import is_rank_zero
+from src.utils.nested import flattened
 from src.utils.run_results import FINAL_METRICS, write_failure
 from src.utils.whole_files import write_text_whole
 
@@ -59,18 +60,6 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
 
 
-def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"AtoB": {"fid": 1.0}} -> {"AtoB/fid": 1.0}: an evaluation's metrics per direction as
-    one row's columns (training's are flat already)."""
-    flat: dict[str, Any] = {}
-    for name, value in metrics.items():
-        if isinstance(value, dict):
-            flat.update(flat_metrics(value, f"{prefix}{name}/"))
-        else:
-            flat[prefix + name] = value
-    return flat
-
-
 def read_job(job_dir: Path, result_name: str = FINAL_METRICS) -> dict[str, Any]:
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
     overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
@@ -79,7 +68,9 @@ def read_job(job_dir: Path, result_name: str = FINAL_METRICS) -> dict[str, Any]:
         return {"job": int(job_dir.name), "overrides": overrides, "status": "not finished"}
     result = json.loads(result_file.read_text())
     result.setdefault("status", "completed")   # an evaluation's metrics.json is written at its end
-    result["metrics"] = flat_metrics(result.get("metrics", {}))
+    # {"AtoB": {"fid": 1.0}} -> {"AtoB/fid": 1.0}: an evaluation's metrics per direction as one
+    # row's columns (training's are flat already)
+    result["metrics"] = flattened(result.get("metrics", {}), "/")
     return {"job": int(job_dir.name), "overrides": overrides, **result}
 
 

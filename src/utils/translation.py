@@ -26,6 +26,7 @@ from src.models.base import TranslationModel
 from src.models.size_check import check_translation_size
 from src.utils.config_checks import require_int
 from src.utils.directions import DIRECTIONS
+from src.utils.image_grid import to_uint8_images
 
 CropBox = tuple[int, int, int, int]  # top, left, height, width
 
@@ -148,12 +149,6 @@ def group_by_size(paths: list[Path], short_side: int | None = None) -> dict[tupl
 def round_up(side: int, multiple: int) -> int:
     """The smallest multiple of `multiple` that is at least `side`."""
     return -(-side // multiple) * multiple
-
-
-def to_uint8_images(batch: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8."""
-    images = ((batch.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    return images.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def save_png(image: np.ndarray, path: str | Path) -> None:
