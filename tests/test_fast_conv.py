@@ -269,6 +269,21 @@ def test_weight_transform_is_reused_only_while_the_weight_is_unchanged(monkeypat
         assert relative_error(y, F.conv2d(x.detach(), weight, layer.bias)) < 1e-5
 
 
+def test_a_weight_storage_swapped_in_at_a_freed_ones_address_is_transformed_anew():
+    """The transform is kept by its weight's storage address: one freed (`.double().float()`)
+    could be handed to the storage swapped in next (`.data = ...`), which then got the stale
+    transform (19 of 300 tries here, before the compared storage was held)."""
+    x = torch.randn(1, 4, 9, 9)
+    for seed in range(300):
+        torch.manual_seed(seed)
+        layer = nn.Conv2d(4, 4, 4)
+        use_winograd(layer)
+        layer(x)
+        layer.double().float()
+        layer.weight.data = layer.weight.data + 0.5
+        assert relative_error(layer(x), F.conv2d(x, layer.weight, layer.bias)) < 1e-5, seed
+
+
 def test_settings_and_their_errors(monkeypatch, caplog):
     def net():
         return nn.Sequential(nn.Conv2d(8, 8, 3), nn.Conv2d(128, 8, 3), nn.ConvTranspose2d(4, 4, 4, 2, 1),

@@ -118,7 +118,9 @@ def _weight_tiles(weight: torch.Tensor, v: Variant) -> torch.Tensor:
     and `weight.data = ...` swap it without a version bump. A weight written in place through
     `.data` outside an optimizer step changes neither and would not be seen: write weights under
     `torch.no_grad()` instead (as `load_state_dict` and the EMA callback do). An inference
-    tensor (torch.inference_mode) has no version: transformed every time.
+    tensor (torch.inference_mode) has no version: transformed every time. The storage compared is
+    held until the next transform: freed, its address could be handed to the storage swapped in,
+    which would then pass for it (seen once in a test run: `.data` swapped twice in a row).
     """
     k, c = weight.shape[:2]
     u = _scratch("weight_tiles", 36, k, c)
@@ -127,7 +129,7 @@ def _weight_tiles(weight: torch.Tensor, v: Variant) -> torch.Tensor:
     if made_from is not None and held is not None and held[0]() is weight and held[1] == made_from:
         return u
     v.run("weight_transform", weight.data_ptr(), u.data_ptr(), k, c)
-    _scratch_buffers.weight_tiles_of = (weakref.ref(weight), made_from)
+    _scratch_buffers.weight_tiles_of = (weakref.ref(weight), made_from, weight.untyped_storage())
     return u
 
 
