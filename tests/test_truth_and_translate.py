@@ -321,6 +321,27 @@ def test_load_model_refuses_a_recorded_class_that_is_not_the_checkpoints(smoke_r
         load_model(copy_checkpoint(source, tmp_path / "b.ckpt", model_class="src.models.nicegan.NICEGAN"))
 
 
+@pytest.mark.parametrize("where, refused", [
+    ("generator", r"\(generator._target_\): its network class builtins.open is not a network of src.nets"),
+    ("nested", r"\(generator.norm._target_\): its network class builtins.open is not a network of src.nets"),
+    ("arguments", r"its settings hold generator._args_, which Hydra would build a call from"),
+])
+def test_load_model_builds_nothing_but_networks_from_a_checkpoints_settings(smoke_runs, tmp_path, where, refused):
+    """The settings are plain values, so `weights_only` lets them through: a `_target_` they
+    name would be called as the model is built (here, one creating a file). Only network
+    classes of src.nets are."""
+    source = smoke_runs["cyclegan"].ckpt
+    hparams = torch.load(source, weights_only=True)["hyper_parameters"]
+    marker = tmp_path / "called"
+    call = {"_target_": "builtins.open", "file": str(marker), "mode": "w"}
+    generator = {"generator": call, "nested": {**hparams["generator"], "norm": call},
+                 "arguments": {**hparams["generator"], "_args_": [call]}}[where]
+    altered = copy_checkpoint(source, tmp_path / "a.ckpt", hyper_parameters={**hparams, "generator": generator})
+    with pytest.raises(ValueError, match=refused):
+        load_model(altered)
+    assert not marker.exists()
+
+
 def test_load_model_reads_the_run_config(smoke_runs, tmp_path):
     """For a checkpoint that does not record its class."""
     run_dir = tmp_path / "run"
@@ -772,6 +793,34 @@ def test_eval_without_data_or_a_usable_record_says_what_to_pass(smoke_runs, tmp_
                             config_name="eval")
     with pytest.raises(ValueError, match=message):
         run_evaluation(cfg)
+
+
+@pytest.mark.parametrize("from_run_config", [False, True])
+def test_eval_builds_nothing_but_the_data_class_from_a_recorded_data_config(smoke_runs, tmp_path, shared_data_dir,
+                                                                           from_run_config):
+    """The data settings a checkpoint records, or its run's config holds, are built by Hydra:
+    a `_target_` nested in them (here, one creating a file) is refused before anything is built."""
+    from src.utils.evaluation import run_evaluation
+    marker = tmp_path / "called"
+    call = {"_target_": "builtins.open", "file": str(marker), "mode": "w"}
+    checkpoint = torch.load(smoke_runs["cyclegan"].ckpt, map_location="cpu", weights_only=True)
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    if from_run_config:
+        (run_dir / ".hydra").mkdir()
+        data = {"_target_": checkpoint["datamodule_class"], **checkpoint["datamodule_hyper_parameters"],
+                "max_dataset_size": call}
+        (run_dir / ".hydra" / "config.yaml").write_text(json.dumps({"data": data}))   # YAML reads JSON
+    else:
+        checkpoint["datamodule_hyper_parameters"]["max_dataset_size"] = call
+    torch.save(checkpoint, run_dir / "checkpoints" / "last.ckpt")
+    cfg = compose_train_cfg([f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"], tmp_path / "eval", shared_data_dir,
+                            config_name="eval")
+    node = "data" if from_run_config else "datamodule_hyper_parameters"
+    with pytest.raises(ValueError, match=rf"\({node}.max_dataset_size._target_\): its data class builtins.open is not "
+                                         rf"a DataModule of src.data"):
+        run_evaluation(cfg)
+    assert not marker.exists()
 
 
 def test_untranslated_directions_come_with_the_models_reason():

@@ -1,4 +1,5 @@
-"""Load a translation model from a training checkpoint, for translation, export and evaluation.
+"""Load a model (translator or noise model) from a training checkpoint, for translation,
+export and evaluation.
 
 Lightning checkpoints hold the hyperparameters and the weights but not the model class; ours
 record it (`checkpoint["model_class"]`, written by the model). For a checkpoint without that
@@ -18,10 +19,12 @@ from __future__ import annotations
 import inspect
 import logging
 import pickle
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import hydra
 import torch
+import torch.nn as nn
 from omegaconf import OmegaConf
 
 from src.callbacks.ema import averaged_state_dict
@@ -33,6 +36,7 @@ from src.models.checkpoint_fit import (check_checkpoint_file, refused_by_weights
 log = logging.getLogger(__name__)
 
 MODELS_PACKAGE = "src.models."
+NETS_PACKAGE = "src.nets."
 KNOWN_MODEL_CLASSES = (
     "src.models.cyclegan.CycleGAN",
     "src.models.pix2pix.Pix2Pix",
@@ -55,6 +59,28 @@ def recorded_class(target: str, where: str, package: str, base: type, kind: str,
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise TypeError(f"{where}: its {kind} class {target} is not a {member} of this codebase")
     return cls
+
+
+def refuse_foreign_targets(settings, where: str, package: str, base: type, kind: str, member: str,
+                           node: str = "") -> None:
+    """Every `_target_` in `settings` (nested mappings and lists, read from a checkpoint or its
+    run's config) names a `base` subclass in `package` (`recorded_class`), and no other key of
+    Hydra's (`_args_`, `_partial_`, ...) is there. Building the settings calls what they name with
+    what they hold: a file from elsewhere could otherwise run any function on loading, past
+    `weights_only`, which guards the unpickling only."""
+    if isinstance(settings, Mapping):
+        for key, value in settings.items():
+            name = f"{node}.{key}" if node else str(key)
+            if key == "_target_":
+                recorded_class(value, f"{where} ({name})", package, base, kind, member)
+            elif isinstance(key, str) and key.startswith("_") and key.endswith("_"):
+                raise ValueError(f"{where}: its settings hold {name}, which Hydra would build a call from: settings "
+                                 f"read from a file may name {kind} classes (_target_) and their arguments only")
+            else:
+                refuse_foreign_targets(value, where, package, base, kind, member, name)
+    elif isinstance(settings, Sequence) and not isinstance(settings, str):
+        for index, value in enumerate(settings):
+            refuse_foreign_targets(value, where, package, base, kind, member, f"{node}[{index}]")
 
 
 def model_class(target: str, where: str) -> type[AdversarialModel]:
@@ -117,6 +143,8 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
         log.info("Using the EMA weights of %s", path)
         state_dict = averaged
 
+    refuse_foreign_targets(checkpoint["hyper_parameters"], f"ckpt_path={ckpt_path}", NETS_PACKAGE, nn.Module,
+                           "network", "network")
     recorded = checkpoint.get("model_class")
     if recorded is not None:
         configured = model_class(recorded, f"ckpt_path={ckpt_path}")

@@ -24,7 +24,7 @@ from src.metrics.tstr import tstr_trtr
 from src.metrics.shapes_truth import ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta
 from src.models.checkpoint_fit import check_checkpoint_file
 from src.models.noise_base import SAMPLES, NoiseToImageModel
-from src.utils.checkpoint_loading import load_model, recorded_class, run_config_path
+from src.utils.checkpoint_loading import load_model, recorded_class, refuse_foreign_targets, run_config_path
 from src.utils.config_checks import check_argument_types, check_seed, is_number, require_int
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, domain_folders, untranslated_directions
 from src.utils.image_grid import make_grid, to_uint8_images
@@ -63,7 +63,10 @@ def data_config(cfg: DictConfig, model) -> DictConfig:
         run_cfg = OmegaConf.load(run_config)
         read = model.training_data.get("data_dir")
         recorded = {"data_dir": str(read)} if read and Path(read).is_dir() else {}
-        data = OmegaConf.merge(OmegaConf.to_container(run_cfg.data, resolve=True), recorded, given or {})
+        saved = OmegaConf.to_container(run_cfg.data, resolve=True)
+        refuse_foreign_targets(saved, f"{run_config} (data)", DATA_PACKAGE, pl.LightningDataModule, "data",
+                               "DataModule", "data")
+        data = OmegaConf.merge(saved, recorded, given or {})
         for key, value in data_keys_added_since(run_config, data).items():
             log.info("data.%s=%s is in the data config now, not in the run's (older) one, so it is off here: "
                      "+data.%s=%s to use it", key, value, key, value)
@@ -85,6 +88,8 @@ def checkpoints_data_config(ckpt_path, model, run_config: Path) -> dict:
                          f"record of it in checkpoints")
     recorded_class(target, f"ckpt_path={ckpt_path} (data=NAME for other data)", DATA_PACKAGE, pl.LightningDataModule,
                    "data", "DataModule")
+    refuse_foreign_targets(model.training_data, f"ckpt_path={ckpt_path} (data=NAME for other data)", DATA_PACKAGE,
+                           pl.LightningDataModule, "data", "DataModule", "datamodule_hyper_parameters")
     log.info("data: the settings recorded in %s (%s; no run config at %s); data=NAME for other data, "
              "+data.KEY=VALUE to change one", ckpt_path, target, run_config)
     return {"_target_": target, **model.training_data}
