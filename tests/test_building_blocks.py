@@ -139,6 +139,13 @@ def test_a_resume_with_another_pool_size_keeps_the_configured_one(caplog):
     assert "model.pool_size=0, but the checkpoint's image pool held up to 3 images" in caplog.text
 
 
+def test_the_image_pool_keeps_float32_fakes_made_in_half_precision():
+    pool = ImagePool(2)
+    for dtype in (torch.bfloat16, torch.float16, torch.bfloat16):
+        assert pool.query(torch.ones(1, 1, 1, 1, dtype=dtype)).dtype == torch.float32
+    assert [image.dtype for image in pool.state_dict()["images"]] == [torch.float32] * 2
+
+
 def test_linear_decay_schedule_matches_the_paper_recipe():
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2e-4)
     sched = build_scheduler(opt, policy="linear", unit="epoch", constant=100, decay=100)

@@ -13,6 +13,8 @@ class ImagePool:
     0.5 return a random stored image and store the new one in its place, else return the new one.
     Randomness comes from torch's global RNG so that a seeded, resumed run draws the same.
     The buffer is part of the checkpoint (`state_dict`), so resuming continues the same history.
+    It holds float32 whatever the precision the fakes were made in (bf16/fp16 under autocast):
+    a resume may change `trainer.precision`, and the discriminator casts its input anyway.
     """
 
     def __init__(self, size: int):
@@ -25,6 +27,7 @@ class ImagePool:
         images = images.detach()
         if self.size == 0:
             return images
+        images = images.float()
         out = []
         for image in images:
             image = image.unsqueeze(0)
