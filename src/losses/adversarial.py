@@ -11,7 +11,7 @@ loss is the sum over the list, as pix2pixHD's objective sums its discriminators'
   or (-1, 1, 0), which satisfies their b - c = 1, b - a = 2.
 - wgan: -E[D(real)] + E[D(fake)] for the critic, -E[D(fake)] for the generator, no log, no
   sigmoid; the critic's weights are clipped to [-clip, clip] after each of its updates (the
-  model does it: `TranslationModel.update`).
+  model does it: `AdversarialModel.update`).
 - wgan-gp: the same scores; the gradient penalty is `gradient_penalty()` (the model adds it to
   its critic loss) instead of clipping.
 - hinge: relu(1 - D(real)) + relu(1 + D(fake)) for D, -D(fake) for G.

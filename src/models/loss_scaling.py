@@ -92,7 +92,7 @@ class PlayerGradScalers:
     def active(self) -> torch.amp.GradScaler:
         if self._active is None:
             raise RuntimeError("fp16 backward or optimizer step outside `PlayerGradScalers.scaling(...)`: "
-                               "translation models must back-propagate through TranslationModel.update")
+                               "models must back-propagate through AdversarialModel.update")
         return self.scalers[self._active]
 
     # ----- the GradScaler surface Lightning's MixedPrecision plugin uses ------------------

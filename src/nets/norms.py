@@ -11,7 +11,8 @@ def norm_layer(name: str):
 
     Instance norm follows the CycleGAN code: no affine parameters, no running statistics.
     Batch norm keeps running statistics, but pix2pix evaluates with batch statistics (see
-    `Pix2Pix.translate`), which with batch 1 is instance norm, as in the paper. Layer norm
+    `Pix2Pix.sampling_options`, read by `TranslationModel.translate`), which with batch 1 is
+    instance norm, as in the paper. Layer norm
     normalises each image over channels and pixels (GroupNorm with one group).
     """
     if name == "batch":
