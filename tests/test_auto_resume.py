@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from conftest import NO_EVALUATION, most_advanced_checkpoint
+from src.models.cyclegan import CycleGAN
 from src.models.pix2pix import Pix2Pix
+from src.models.progan import ProGAN
+from src.models.ugatit import UGATIT
 from src.models.checkpoint_fit import changed_settings, check_checkpoint_file
 from src.utils.run import run_training
 
@@ -276,7 +279,8 @@ def test_settings_a_resume_may_change_and_settings_added_since_are_not_compared(
                                                   "cache_decoded": False}}
     same = changed_settings(checkpoint, {"loss": {"weights": {"cycle": 10}}, "pool_size": 0, "init": {"type": "tflib", "gain": 1},
                                          "optimizer": {"players": {"G": {"step_in_backward": False}}}},
-                            {"batch_size": 4, "data_dir": "/b", "crop_size": 256, "cache_decoded": True})
+                            {"batch_size": 4, "data_dir": "/b", "crop_size": 256, "cache_decoded": True},
+                            CycleGAN.resumable_settings)
     assert same == []
     assert changed_settings(checkpoint, {"loss": {"weights": {"cycle": 5.0}}}, {"crop_size": 128}) == [
         "data.crop_size=256 -> 128", "model.loss.weights.cycle=10.0 -> 5.0"]
@@ -284,4 +288,20 @@ def test_settings_a_resume_may_change_and_settings_added_since_are_not_compared(
     # lowered after running out of memory) is compared by its entries' keys, which name the table
     growing = {"hyper_parameters": {"batch_sizes": {"512": 4, "1024": 4}, "batch_size": 16, "phase_images": {"4": 800}}}
     assert changed_settings(growing, {"batch_sizes": {"512": 2, "1024": 4}, "batch_size": 8, "phase_images": {"4": 600}},
-                            {}) == []
+                            {}, ProGAN.resumable_settings) == []
+
+
+def test_each_model_class_names_the_settings_a_resume_may_change():
+    """A model's own resumable settings belong to its class: another model's setting of the
+    same name is compared, and a new model extends its parent's list without editing this code."""
+    checkpoint = {"hyper_parameters": {"pool_size": 50, "log_rho_every_n_iters": 100, "batch_size": 16}}
+    here = {"pool_size": 0, "log_rho_every_n_iters": 10, "batch_size": 8}
+    assert changed_settings(checkpoint, here, {}, CycleGAN.resumable_settings) == [
+        "model.batch_size=16 -> 8", "model.log_rho_every_n_iters=100 -> 10"]
+    assert changed_settings(checkpoint, here, {}, UGATIT.resumable_settings) == [
+        "model.batch_size=16 -> 8", "model.pool_size=50 -> 0"]
+
+    class UGATITWithPreview(UGATIT):
+        resumable_settings = UGATIT.resumable_settings + ("batch_size",)
+
+    assert changed_settings(checkpoint, here, {}, UGATITWithPreview.resumable_settings) == ["model.pool_size=50 -> 0"]

@@ -365,6 +365,14 @@ def test_the_reference_iteration_is_refused_where_the_reference_trains_something
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     with pytest.raises(ValueError, match=r"loss.gan_mode=vanilla \(the reference's: lsgan\)"):
         reference_for(model)
+    # A model built on CycleGAN's may train another algorithm: it gets no CycleGAN reference.
+    cfg = compose_model_config(str(ROOT / "conf"), "cyclegan", 32, ["model.generator.ngf=4", "model.generator.n_blocks=1",
+                                                                     "model.discriminator.ndf=4"])
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    assert isinstance(reference_for(model), CycleGANReference)
+    model.__class__ = type("CycleGANVariant", (CycleGAN,), {})
+    with pytest.raises(ValueError, match="CycleGANVariant has no reference iteration here"):
+        reference_for(model)
 
 
 def test_pairs_compare_neighbouring_iterations():

@@ -122,6 +122,21 @@ def test_a_model_on_another_kind_of_data_is_refused_before_anything_is_built(tmp
     model_class.check_data_config(cfg.data, model)
 
 
+def test_a_translator_accepts_a_two_domain_datamodule_of_another_layout(monkeypatch):
+    """A two-domain DataModule need not be a paired or unpaired folder layout: subclassing
+    TwoDomainDataModule is what a translator asks for (the labelled images are not one)."""
+    from src.data.base import TwoDomainDataModule
+    from src.models.cyclegan import CycleGAN
+
+    class VideoFramePairs(TwoDomainDataModule):
+        paired = False
+
+    monkeypatch.setattr(sys.modules[__name__], "VideoFramePairs", VideoFramePairs, raising=False)
+    CycleGAN.check_data_config({"_target_": f"{__name__}.VideoFramePairs"}, "cyclegan")
+    with pytest.raises(ValueError, match="trains on two image domains"):
+        CycleGAN.check_data_config({"_target_": "src.data.labelled.LabelledImageDataModule"}, "cyclegan")
+
+
 @pytest.mark.parametrize("overrides,identity", [([], 5.0), (["loss.weights.cycle=5"], 2.5),
                                                 (["loss.weights.cycle=5", "loss.weights.identity=1"], 1.0)])
 def test_cyclegan_identity_weight_follows_a_cycle_sweep(tmp_path, shared_data_dir, overrides, identity):

@@ -338,7 +338,8 @@ def test_resuming_with_other_model_settings_says_so_before_loading_the_weights(t
 def test_losses_are_logged_when_lightning_writes_them_and_at_the_end(train_cfg, tmp_path):
     """Losses are logged on the iterations Lightning writes to the loggers (every
     log_every_n_steps batches) and on the last one, whose values training hands back; the CSV
-    logger receives one row of them per write."""
+    logger receives one row of them per write. Each is the mean over the iterations since the
+    last logged one."""
     cfg = train_cfg("max_iters=5", "trainer.log_every_n_steps=2", *NO_EVALUATION)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     logged = []   # (batch index, train/G) at each log of the losses
@@ -354,16 +355,49 @@ def test_losses_are_logged_when_lightning_writes_them_and_at_the_end(train_cfg, 
             logged.append((batch_index[0], float(metrics["train/G"])))
         original_log_dict(metrics, **kwargs)
     model.training_step, model.log_dict = recording_training_step, recording_log_dict
+    each_iteration = []   # train/G as each iteration computed it
+    original_log_losses = model.log_losses
+
+    def recording_log_losses(terms, totals, batch_size):
+        each_iteration.append(float(totals["G"]))
+        original_log_losses(terms, totals, batch_size)
+    model.log_losses = recording_log_losses
     trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), logger=pl.loggers.CSVLogger(tmp_path),
                          enable_checkpointing=False)
     trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
 
     assert [i for i, _ in logged] == [1, 3, 4]
+    assert each_iteration[0] != each_iteration[1]
+    windows = [each_iteration[0:2], each_iteration[2:4], each_iteration[4:5]]
+    assert [g for _, g in logged] == pytest.approx([sum(w) / len(w) for w in windows], rel=1e-6)
     assert float(trainer.callback_metrics["train/G"]) == logged[-1][1]
     header, *rows = Path(trainer.logger.log_dir, "metrics.csv").read_text().splitlines()
     column = header.split(",").index("train/G")
     written = [float(r.split(",")[column]) for r in rows if r.split(",")[column]]
     assert written == [g for _, g in logged[:2]]
+
+
+def test_under_ddp_the_logged_losses_are_the_mean_over_the_ranks(train_cfg, tmp_path, monkeypatch):
+    """Each rank trains on its own shard, so its losses differ: the logged value is their mean,
+    not rank zero's (forked ranks keep this test's patch and write what they computed)."""
+    from conftest import one_torch_thread
+    from src.models.base import AdversarialModel
+
+    original = AdversarialModel.log_losses
+
+    def recording_log_losses(self, terms, totals, batch_size):
+        with open(tmp_path / f"rank{self.trainer.global_rank}.txt", "a") as f:
+            f.write(f"{float(totals['G'])!r}\n")
+        original(self, terms, totals, batch_size)
+
+    monkeypatch.setattr(AdversarialModel, "log_losses", recording_log_losses)
+    cfg = train_cfg("model=cyclegan", "data.max_dataset_size=4", "max_iters=2", "trainer.log_every_n_steps=2",
+                    *NO_EVALUATION, "trainer=ddp_sim", "trainer.strategy=ddp_fork_find_unused_parameters_true")
+    with one_torch_thread():
+        metrics = run_training(cfg)
+    per_rank = [[float(v) for v in (tmp_path / f"rank{r}.txt").read_text().split()] for r in (0, 1)]
+    assert all(len(values) == 2 for values in per_rank) and per_rank[0] != per_rank[1]
+    assert metrics["train/G"] == pytest.approx(sum(map(sum, per_rank)) / 4, rel=1e-6)
 
 
 def test_the_learning_rate_is_logged_at_every_logged_iteration(train_cfg):

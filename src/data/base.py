@@ -1,5 +1,6 @@
 """What the DataModules share: `SplitDataModule` (splits, resumable loaders, sample batches),
-and on it `ImageTranslationDataModule` (image arguments, transforms, domains).
+and on it `ImageTranslationDataModule` (image arguments, transforms, domains) and
+`TwoDomainDataModule` (the source and target domains a translator trains on).
 
 Image-translation batches are dicts ``{"A": [B, input_nc, H, W], "B": [B, output_nc, H, W], "A_path": [str],
 "B_path": [str]}`` with images in [-1, 1]; "A" is always the source domain once `direction` is
@@ -316,7 +317,7 @@ class SplitDataModule(pl.LightningDataModule):
 
 
 class ImageTranslationDataModule(SplitDataModule):
-    """Base of the unpaired and paired DataModules (not used on its own).
+    """Base of the unpaired, paired and labelled DataModules (not used on its own).
 
     Construction only checks the settings; folders are looked at in `setup`, so configs can be
     instantiated on machines without the data.
@@ -448,3 +449,10 @@ class ImageTranslationDataModule(SplitDataModule):
                 channels = self.input_nc if domain == self.source_domain else self.output_nc
                 folders[folder] = max(folders.get(folder, 0), channels)   # A|B files hold both domains
         return folders
+
+
+class TwoDomainDataModule(ImageTranslationDataModule):
+    """Base of the DataModules the translators train on: batches hold a source domain "A" and a
+    target domain "B"; `paired` says whether each B is its A's counterpart (pix2pix needs it,
+    the unpaired methods refuse it). A new two-domain DataModule subclasses this (or
+    `PairedDataModule`/`UnpairedDataModule`)."""

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from src.data.base import ImageTranslationDataModule
+from src.data.base import TwoDomainDataModule
 from src.data.decoded_cache import DecodedImages, read
 from src.data.download import ALIGNED_LAYOUT, PAIRED_FOLDERS_LAYOUT, how_to_get
 from src.data.errors import DatasetNotFoundError, MissingPartnerError
@@ -133,7 +133,7 @@ class PairedImageDataset(Dataset):
         }
 
 
-class PairedDataModule(ImageTranslationDataModule):
+class PairedDataModule(TwoDomainDataModule):
     """Paired images for pix2pix-style training; the layout is detected or set with `layout`.
 
     Takes the arguments of ImageTranslationDataModule plus `layout` ("auto", "aligned",

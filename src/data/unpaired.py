@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from src.data.base import ImageTranslationDataModule
+from src.data.base import TwoDomainDataModule
 from src.data.decoded_cache import DecodedImages, read
 from src.data.errors import MissingPartnerError
 from src.data.folders import list_images, require_folder
@@ -31,7 +31,9 @@ def preprocess_file(path: Path, channels: int, transform: ImageTransform,
 
 
 class UnpairedImageDataset(Dataset):
-    """Item i: source image i (cycling) with a target image that is not its partner.
+    """Item i: source image i (cycling) with a target image: in training one drawn at random,
+    in evaluation target i (cycling), which is its partner only where the test folders match by
+    name (`UnpairedDataModule.test_items_are_pairs`); no correspondence is assumed.
 
     The length is that of the larger domain (the smaller source domain cycles), as CycleGAN's
     loader has it. With random_partner the target is drawn afresh from torch's global RNG on
@@ -84,7 +86,7 @@ def distinct_images(dataset) -> dict[str, int]:
     return {}
 
 
-class UnpairedDataModule(ImageTranslationDataModule):
+class UnpairedDataModule(TwoDomainDataModule):
     """Two folders per split, one per domain, with no correspondence between their images.
 
     Takes the arguments of ImageTranslationDataModule. `max_dataset_size` keeps the first N

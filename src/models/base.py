@@ -25,6 +25,7 @@ from src.models.divergence import (LOW_LOSS_SCALE, TrainingDiverged, diverged_me
                                    refuse_non_finite_weights)
 from src.models.image_pool import ImagePool
 from src.models.loss_scaling import PlayerGradScalers
+from src.models.loss_window import LossWindow
 from src.models.lr_schedules import DecayToZero, build_scheduler, decay_end_mismatch
 from src.models.size_check import check_image_size
 from src.models import step_in_backward
@@ -158,6 +159,11 @@ class AdversarialModel(pl.LightningModule):
     optimizer_steps_per_iter: int = 2
     #: the `loss.weights` names the model reads; any other is refused when a fit starts
     loss_weights: tuple[str, ...] = ()
+    #: the model's own settings (keys under `model.`, a table's with it) that a resume may change
+    #: and still continue the same run: batch sizes, growth, logging options. Subclasses extend
+    #: their parent's; the data loading settings and speed options every model shares are in
+    #: src/models/checkpoint_fit.py.
+    resumable_settings: tuple[str, ...] = ()
 
     def __init__(self, loss: dict, optimizer: dict, lr_schedule: dict, init: dict):
         super().__init__()
@@ -187,6 +193,7 @@ class AdversarialModel(pl.LightningModule):
         self.pools: dict[str, ImagePool] = {}
         self.grad_scalers: PlayerGradScalers | None = None
         self.logging_losses = True   # whether log_losses logs this iteration (training_step decides)
+        self.loss_window: LossWindow | None = None   # the losses since the last logged iteration
         self.low_scale_warned: set[str] = set()   # the fp16 losses whose low scale was warned of
         # Real images trained on over all devices, by finished iterations (`loaded_images`):
         # logged as train/kimg, an axis on which runs of other batch sizes or device counts line
@@ -433,6 +440,7 @@ class AdversarialModel(pl.LightningModule):
                              f"model.lr_schedule.constant and decay as numbers")
 
     def on_train_start(self) -> None:
+        self.loss_window = None   # a window begins with the fit (a resume's first one is shorter)
         # After a resume has restored the schedulers: they, not the config, say when the rate
         # reaches 0. The training loader exists by now, so the run's length costs nothing.
         unit = self.lr_schedule_cfg.get("unit", "epoch")
@@ -596,7 +604,8 @@ class AdversarialModel(pl.LightningModule):
         scaling, gradient clipping or under a multi-process strategy, which need all gradients
         before the first step. "auto" leaves it off on GPUs: there it turns one multi-tensor Adam kernel per
         player into a kernel launch per parameter tensor, and a GPU step at small batches is
-        bound by launches (measured on CPU only, where it saves memory at no cost in speed)."""
+        bound by launches (on an H200, batch-1 iterations ran 0.79-0.90x as fast with it on; on
+        the CPU it saves memory, at 0.95-1.13x the speed: README, "Speed")."""
         setting = self.optimizer_cfg.get("step_in_backward", "auto")
         wanted = self.device.type == "cpu" if setting == "auto" else setting
         single_process = self._trainer is None or isinstance(self._trainer.strategy, SingleDeviceStrategy)
@@ -611,14 +620,27 @@ class AdversarialModel(pl.LightningModule):
 
     def log_losses(self, terms: dict[str, torch.Tensor], totals: dict[str, torch.Tensor], batch_size: int) -> None:
         """Log every weighted loss term as `train/<term>` and the players' totals (also on the
-        progress bar) as `train/<total>`, on the iterations `logs_this_iteration` chose."""
+        progress bar) as `train/<total>`, on the iterations `logs_this_iteration` chose: each the
+        mean over the iterations since the last logged one and over the DDP ranks (one
+        iteration's value of one rank swings too much to read a trend from; StyleGAN's
+        training_stats average the same way)."""
+        names = [*terms, *totals]
+        values = torch.stack([v.detach().float() for v in (*terms.values(), *totals.values())])
+        if self.loss_window is None or self.loss_window.names != names:
+            self.loss_window = LossWindow(names, torch.zeros_like(values))
+        self.loss_window.add(values)
         if not self.logging_losses:
             return
-        # On the host, in one copy: Lightning keeps the last logged values until the epoch ends
-        # and reads the progress bar's with `.item()` after every batch, which for GPU tensors
-        # would wait for the GPU's queue each iteration instead of once per logged one.
-        values = torch.stack([v.detach().float() for v in (*terms.values(), *totals.values())]).cpu()
-        self.check_losses_finite([*terms, *totals], values)
+        # One collective for all the losses, on the logged iterations only (every rank logs the
+        # same ones). Then on the host, in one copy: Lightning keeps the last logged values until
+        # the epoch ends and reads the progress bar's with `.item()` after every batch, which for
+        # GPU tensors would wait for the GPU's queue each iteration instead of once per logged one.
+        values, iterations = self.loss_window.mean(), self.loss_window.count
+        if self._trainer is not None and self.trainer.world_size > 1:
+            values = self.trainer.strategy.reduce(values, reduce_op="mean")
+        values = values.cpu()
+        self.loss_window = None
+        self.check_losses_finite(names, values, iterations)
         values = values.unbind()
         self.log_dict({f"train/{k}": v for k, v in zip(terms, values)}, batch_size=batch_size)
         self.log_dict({f"train/{k}": v for k, v in zip(totals, values[len(terms):])}, prog_bar=True,
@@ -626,8 +648,9 @@ class AdversarialModel(pl.LightningModule):
         # Thousands of real images trained on, this iteration's included.
         self.log("train/kimg", (self.images_seen + self.iteration_images) / 1000, batch_size=batch_size)
 
-    def check_losses_finite(self, names: list[str], values: torch.Tensor) -> None:
-        """Stop a run whose logged losses (host tensor) are NaN or infinite (src/models/divergence.py).
+    def check_losses_finite(self, names: list[str], values: torch.Tensor, iterations: int = 1) -> None:
+        """Stop a run whose logged losses (host tensor, the means over `iterations`) are NaN or
+        infinite (src/models/divergence.py).
         Under DDP the weights are checked instead: they are the same on every rank, so every
         rank stops at the same iteration (a loss can go NaN on one rank first, and a rank that
         stopped alone would leave the others waiting in their next collective). Under fp16 loss
@@ -638,6 +661,8 @@ class AdversarialModel(pl.LightningModule):
                 refuse_non_finite_weights(self, self.iteration)
             elif bad := non_finite_losses(names, values):
                 listed = ", ".join(f"train/{name} is {value}" for name, value in bad.items())
+                if iterations > 1:
+                    listed += f" (means over the {iterations} iterations since the last logged one)"
                 raise TrainingDiverged(diverged_message(listed, self.iteration))
             return
         for name, scale in self.grad_scalers.scales().items():
@@ -773,11 +798,10 @@ class TranslationModel(AdversarialModel):
     learns_from_pairs = False
 
     @classmethod
-    def data_kind(cls) -> tuple[tuple[type, ...], str]:
-        from src.data.paired import PairedDataModule   # keeps data code out of the model import
-        from src.data.unpaired import UnpairedDataModule
+    def data_kind(cls) -> tuple[type, str]:
+        from src.data.base import TwoDomainDataModule   # keeps data code out of the model import
 
-        return (PairedDataModule, UnpairedDataModule), (
+        return TwoDomainDataModule, (
             "two image domains: use an unpaired data config (data=shapes, horse2zebra, ...) or a paired one "
             "(data=shapes_paired, facades, ...)")
 

@@ -98,35 +98,37 @@ def check_resume_fits(model: torch.nn.Module, checkpoint: dict, ckpt_path: str |
         f"checkpoint (model=..., model.generator.*, model.discriminator.*, data.input_nc/output_nc).{where}")
 
 
-#: settings a resume may change and still continue the same run: where the data lives and how it
-#: is loaded, the batch size and ProGAN's growth settings (README "Resuming"), the image pool's
-#: size (warned by the pool), speed and logging options; a table's entries with it
-#: (model.batch_sizes.512)
-RESUMABLE_SETTINGS = ("data.data_dir", "data.num_workers", "data.pin_memory", "data.persistent_workers",
-                      "data.cache_decoded", "data.eval_batch_size", "data.batch_size", "model.batch_size",
-                      "model.batch_sizes", "model.phase_images", "model.start_resolution", "model.grow",
-                      "model.pool_size", "model.log_rho_every_n_iters")
+#: data settings a resume may change and still continue the same run: where the data lives, how
+#: it is loaded and the batch size (README "Resuming"). Each model class lists its own such
+#: settings (`resumable_settings`: ProGAN's growth, the image pool's size, logging options).
+RESUMABLE_DATA_SETTINGS = ("data_dir", "num_workers", "pin_memory", "persistent_workers", "cache_decoded",
+                           "eval_batch_size", "batch_size")
 #: speed options that may sit under a per-player key (model.optimizer.players.G.step_in_backward)
 RESUMABLE_LEAVES = ("step_in_backward",)
 #: settings read only when the networks are built, before a resume loads its weights over them
 RESUMABLE_GROUPS = ("model.init.",)
 
 
-def changed_settings(checkpoint: dict, model_settings: dict, data_settings: dict) -> list[str]:
+def changed_settings(checkpoint: dict, model_settings: dict, data_settings: dict,
+                     model_resumable: tuple[str, ...] = ()) -> list[str]:
     """`key=<checkpoint's> -> <this run's>` for each model or data setting the two runs both have
-    and set differently, beyond those a resume may change (a setting added to the code since the
-    checkpoint was written is not compared)."""
+    and set differently, beyond those a resume may change (`model_resumable`: the model class's
+    `resumable_settings`). A setting added to the code since the checkpoint was written is not
+    compared."""
     saved = {**flattened(checkpoint.get("hyper_parameters") or {}, ".", "model"),
              **flattened(checkpoint.get("datamodule_hyper_parameters") or {}, ".", "data")}
     here = {**flattened(model_settings, ".", "model"), **flattened(data_settings, ".", "data")}
+    resumable = ([f"model.{key}" for key in model_resumable]
+                 + [f"data.{key}" for key in RESUMABLE_DATA_SETTINGS])
     return [f"{key}={saved[key]!r} -> {here[key]!r}" for key in sorted(saved.keys() & here.keys())
-            if saved[key] != here[key] and not any(key == s or key.startswith(s + ".") for s in RESUMABLE_SETTINGS)
+            if saved[key] != here[key] and not any(key == s or key.startswith(s + ".") for s in resumable)
             and key.rsplit(".", 1)[-1] not in RESUMABLE_LEAVES and not key.startswith(RESUMABLE_GROUPS)]
 
 
-def check_resume_settings(ckpt_path: str | Path, model_settings: dict, data_settings: dict,
+def check_resume_settings(ckpt_path: str | Path, model: torch.nn.Module, data_settings: dict,
                           must_match: bool) -> str | None:
-    """Compare the settings of the run that wrote `ckpt_path` with this run's. With `must_match`
+    """Compare the settings of the run that wrote `ckpt_path` with this run's (`model`'s
+    hyperparameters, `data_settings`). With `must_match`
     (`ckpt_path=auto`: the checkpoint was found, not named) a difference raises: the run folder
     holds another run, as when a sweep started again with other values reuses job folders by
     number, and resuming would credit that run's training to these settings. Otherwise the
@@ -134,7 +136,8 @@ def check_resume_settings(ckpt_path: str | Path, model_settings: dict, data_sett
     if resolved_by_lightning(ckpt_path):
         return None
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    changed = changed_settings(checkpoint, model_settings, data_settings)
+    changed = changed_settings(checkpoint, dict(model.hparams), data_settings,
+                               getattr(type(model), "resumable_settings", ()))
     if not changed:
         return None
     listed = "; ".join(changed)

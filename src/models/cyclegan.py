@@ -16,6 +16,7 @@ from src.models.image_pool import ImagePool
 class CycleGAN(TranslationModel):
     optimizer_steps_per_iter = 2
     loss_weights = ("cycle", "identity", "gp")
+    resumable_settings = TranslationModel.resumable_settings + ("pool_size",)   # a new size is warned by the pool
 
     def __init__(self, generator: dict, discriminator: dict, loss: dict, optimizer: dict, lr_schedule: dict,
                  init: dict, pool_size: int = 50,

@@ -29,6 +29,7 @@ from src.utils.heatmap import overlay_heatmap
 class NICEGAN(TranslationModel):
     optimizer_steps_per_iter = 3
     loss_weights = ("adversarial", "cycle", "reconstruction", "gp")
+    resumable_settings = TranslationModel.resumable_settings + ("log_rho_every_n_iters",)
 
     def __init__(self, generator: dict, discriminator: dict, loss: dict, optimizer: dict, lr_schedule: dict,
                  init: dict, log_rho_every_n_iters: int = 100,

@@ -19,6 +19,7 @@ class Pix2Pix(TranslationModel):
     optimizer_steps_per_iter = 2
     learns_from_pairs = True
     loss_weights = ("l1", "feature_matching", "gp")
+    resumable_settings = TranslationModel.resumable_settings + ("pool_size",)   # a new size is warned by the pool
 
     def __init__(self, generator: dict, discriminator: dict, loss: dict, optimizer: dict, lr_schedule: dict,
                  init: dict, pool_size: int = 0, test_time_batch_stats: bool = True, test_time_dropout: bool = True,

@@ -64,6 +64,10 @@ class ProGAN(NoiseGAN):
     players' optimizer state (Adam's moments and step count) as each fade-in and each
     stabilising phase begins, as both authors' codes do (`reset_opt_for_new_lod`)."""
 
+    # README "Resuming": StyleGAN's batch per resolution lowered after running out of memory
+    resumable_settings = NoiseGAN.resumable_settings + ("batch_size", "batch_sizes", "phase_images", "start_resolution",
+                                                        "grow")
+
     def __init__(self, *args, phase_images: int = 800_000, drift: float = 0.001, grow: bool = True,
                  batch_size: int = 16, batch_sizes: dict | None = None, lr_by_resolution: dict | None = None,
                  start_resolution: int = 4, reset_optimizers_per_phase: bool = True, **kwargs):

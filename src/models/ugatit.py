@@ -22,6 +22,7 @@ from src.utils.heatmap import overlay_heatmap
 class UGATIT(TranslationModel):
     optimizer_steps_per_iter = 2
     loss_weights = ("adversarial", "cycle", "identity", "cam", "gp")
+    resumable_settings = TranslationModel.resumable_settings + ("log_rho_every_n_iters",)
 
     def __init__(self, generator: dict, global_discriminator: dict, local_discriminator: dict, loss: dict,
                  optimizer: dict, lr_schedule: dict, init: dict, log_rho_every_n_iters: int = 100,

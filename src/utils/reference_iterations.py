@@ -332,7 +332,8 @@ def reference_for(model: nn.Module, optimizer: OptimizerFactory | None = None):
     speed)."""
     kinds = {Pix2Pix: Pix2PixReference, CycleGAN: CycleGANReference, UGATIT: UGATITReference,
              NICEGAN: NICEGANReference}
-    reference = next((ref for cls, ref in kinds.items() if isinstance(model, cls)), None)
+    # The class itself, not a subclass: a model built on CycleGAN's may train another algorithm.
+    reference = kinds.get(type(model))
     if reference is None:
         raise ValueError(f"tweaks.iteration=reference: {type(model).__name__} has no reference iteration here "
                          f"(pix2pix, CycleGAN, U-GAT-IT and NICE-GAN have); compare it with the reference numbers "

@@ -341,7 +341,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     check_sync_batchnorm(cfg, model)
     if cfg.get("ckpt_path") is not None:
         # Both hold plain values already (the models' and SplitDataModule's save_hyperparameters).
-        changed = check_resume_settings(cfg.ckpt_path, dict(model.hparams), dict(getattr(datamodule, "hparams", {})),
+        changed = check_resume_settings(cfg.ckpt_path, model, dict(getattr(datamodule, "hparams", {})),
                                         must_match=found_by_auto)
         if changed:
             rank_zero_warn(changed)
