@@ -18,7 +18,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from src.models.checkpoint_fit import check_checkpoint_file  # noqa: E402
 from src.utils.checkpoint_loading import load_model  # noqa: E402
-from src.utils.export import check_export_format, export_translation  # noqa: E402
+from src.utils.export import check_export_format, export_path, export_translation  # noqa: E402
 from src.data.folders import output_paths, refuse_existing_outputs  # noqa: E402
 from src.utils.config_checks import check_seed  # noqa: E402
 from src.utils.rng import isolated_rng  # noqa: E402
@@ -44,7 +44,8 @@ def run_translation(cfg: DictConfig) -> dict:
         raise ValueError(f"output={cfg.output} lies inside input={cfg.input}: a later run on that input would "
                          f"translate these outputs too; write them elsewhere")
     if not cfg.get("overwrite", False):
-        refuse_existing_outputs(targets.values(), "pass overwrite=true to replace them")
+        exported = [export_path(cfg.output, cfg.direction, cfg.export)] if cfg.get("export") else []
+        refuse_existing_outputs([*targets.values(), *exported], "pass overwrite=true to replace them")
     device = resolve_device(cfg.get("device", "auto"))
     check_seed("seed", cfg.get("seed"))
     with isolated_rng(device, cfg.get("seed")):

@@ -131,3 +131,35 @@ def test_a_resumed_run_goes_on_in_its_metrics_csv(train_cfg, tmp_path):
     (aside,) = (run_dir / "csv" / "version_0").glob("metrics.replaced_*.csv")
     with open(aside, newline="") as f:
         assert [r["step"] for r in csv.DictReader(f)] == ["3"]   # the stopped run's work past its checkpoint
+
+
+def test_a_rewrite_cut_short_leaves_the_old_file_and_a_resume_drops_a_row_cut_short(tmp_path, monkeypatch, caplog):
+    """A job killed while the file is rewritten (here, the disk failing the write) leaves the old
+    file, not the run's history cut short; an append cut short leaves a row without its step,
+    which the resumed run drops (and says so) instead of failing on it."""
+    import os
+
+    logger = StepRowsCSVLogger(tmp_path)
+    for step in range(3):
+        log(logger, {"eval/kid": 1.0, "train/G": float(step)}, step)
+    logger.finalize("success")
+    metrics = Path(logger.log_dir, "metrics.csv")
+    before = metrics.read_bytes()
+
+    def disk_fails(descriptor):
+        raise OSError("No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fsync", disk_fails)
+        with pytest.raises(OSError, match="No space left"):
+            log(StepRowsCSVLogger(tmp_path), {"train/G": 9.0}, 1)   # a resume rewrites the file
+    assert metrics.read_bytes() == before
+    with open(metrics, "a") as f:
+        f.write("2.0")   # the next row, cut short before its step
+    resumed = StepRowsCSVLogger(tmp_path)
+    with caplog.at_level("WARNING"):
+        log(resumed, {"eval/kid": 1.0, "train/G": 3.0}, 3)
+    resumed.finalize("success")
+    assert "1 row(s) without a step (cut short by a writer that was stopped) are dropped" in caplog.text
+    assert [(r["step"], r["train/G"]) for r in read_rows(resumed)] == [("0", "0.0"), ("1", "1.0"), ("2", "2.0"),
+                                                                     ("3", "3.0")]

@@ -1305,13 +1305,18 @@ def test_two_jobs_downloading_the_same_dataset_leave_one_whole_copy(tmp_path, mo
 
 def test_a_download_cut_short_is_an_error_not_a_truncated_file(tmp_path, monkeypatch):
     """urllib ends a read early without an error when the connection drops: the byte count is
-    checked against the announced length."""
+    checked against the announced length, and no file is left (a later run finding one would
+    take it as whole: the FCN weights' download is kept where it lands)."""
     class DroppedConnection(io.BytesIO):
         headers = {"Content-Length": "100"}
 
     monkeypatch.setattr(download.urllib.request, "urlopen", lambda url, timeout: DroppedConnection(b"x" * 60))
     with pytest.raises(download.DownloadError, match=r"Downloading http://host/a.zip stopped after 60 of 100 bytes"):
         download.fetch("http://host/a.zip", tmp_path / "a.zip")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(download.urllib.request, "urlopen", lambda url, timeout: DroppedConnection(b"x" * 100))
+    download.fetch("http://host/a.zip", tmp_path / "a.zip")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.zip"] and (tmp_path / "a.zip").read_bytes() == b"x" * 100
 
     def refused(url, timeout):
         raise download.urllib.error.URLError("Connection refused")

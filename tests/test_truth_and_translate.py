@@ -552,6 +552,14 @@ def test_translate_refuses_to_overwrite_its_inputs(smoke_runs, tmp_path):
         run_translation(translate_cfg(ckpt_path=str(smoke_runs["cyclegan"].ckpt), input=str(tmp_path / "in" / "rgb.png"),
                                       output=str(tmp_path / "out"), overwrite=True))
     assert {p.name: p.read_bytes() for p in (tmp_path / "in").iterdir()} == before
+    # Another input's output: the input folder inside the output (output=. for input=in), whose
+    # subfolder in/in/ maps onto in/ itself
+    (tmp_path / "in" / "in").mkdir()
+    (tmp_path / "in" / "in" / "rgb.png").write_bytes(before["rgb.png"][::-1])   # not an image: never read
+    with pytest.raises(ValueError, match=r"/in/rgb.png would be overwritten by the output of \S+/in/in/rgb.png"):
+        run_translation(translate_cfg(ckpt_path=str(smoke_runs["cyclegan"].ckpt), input=str(tmp_path / "in"),
+                                      output=str(tmp_path), overwrite=True))
+    assert (tmp_path / "in" / "rgb.png").read_bytes() == before["rgb.png"]
 
 
 @pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB"),
@@ -662,6 +670,24 @@ def test_export_matches_pytorch_at_any_size(smoke_runs, tmp_path, fmt, name, dir
     x = torch.rand(3, 3, 36, 20) * 2 - 1  # another batch size and a non-square size than traced
     assert torch.allclose(run_exported(path, x), model.translate(x, direction), atol=1e-4)
     assert report["matches_translate"]
+
+
+def test_an_export_that_fails_its_check_replaces_nothing(smoke_runs, tmp_path, monkeypatch):
+    """The graph is checked under a temporary name: one that differs from PyTorch neither stays
+    nor replaces the earlier export; translate.py refuses to replace an export unasked."""
+    from src.utils import export
+    model = load_model(smoke_runs["cyclegan"].ckpt)
+    path = Path(export_translation(model, "AtoB", "torchscript", tmp_path, size=16)["path"])
+    earlier = path.read_bytes()
+    with torch.no_grad():
+        next(model.G_A.parameters()).add_(1.0)   # another graph
+    monkeypatch.setattr(export, "max_difference", lambda got, expected: 0.5)
+    with pytest.raises(RuntimeError, match=r"generator_AtoB.pt: exported torchscript graph differs from PyTorch"):
+        export_translation(model, "AtoB", "torchscript", tmp_path, size=16)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name] and path.read_bytes() == earlier
+    with pytest.raises(FileExistsError, match=r"exist already, e.g. \S+generator_AtoB.pt: .* overwrite=true"):
+        run_translation(translate_cfg(ckpt_path=str(smoke_runs["cyclegan"].ckpt), export="torchscript",
+                                      export_size=16, output=str(tmp_path)))
 
 
 def test_pix2pix_export_says_it_is_the_eval_mode_network(smoke_runs, tmp_path, caplog):

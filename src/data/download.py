@@ -27,6 +27,7 @@ from typing import Callable
 from src.data.cifar import convert_cifar10
 from src.data.mnist import build_idx_dataset
 from src.data.placement import place
+from src.utils.whole_files import write_whole
 
 UNPAIRED_LAYOUT = "trainA/ trainB/ testA/ testB/ (unpaired image folders)"
 ALIGNED_LAYOUT = "train/ val/ [test/] (each image holds A|B side by side: left half A, right half B)"
@@ -204,11 +205,16 @@ def _report_progress(done: int, total: int | None) -> None:
 
 def fetch(url: str, destination: Path, chunk_bytes: int = 1 << 20) -> None:
     """Download url to destination, printing progress; a failed or cut-short transfer raises
-    DownloadError (a dropped connection otherwise ends the read early without an error)."""
+    DownloadError (a dropped connection otherwise ends the read early without an error). The
+    file is whole or absent (`write_whole`): a later run that finds it need not check it."""
     print(f"Downloading {url}")
+    write_whole(Path(destination), lambda out: _download(url, out, chunk_bytes))
+
+
+def _download(url: str, out, chunk_bytes: int) -> None:
     total, done = None, 0
     try:
-        with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response, open(destination, "wb") as out:
+        with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             while chunk := response.read(chunk_bytes):
                 out.write(chunk)

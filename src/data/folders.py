@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import unicodedata
@@ -129,8 +130,25 @@ def output_paths(paths: list[Path], output_dir: str | Path, folder: Path | None 
                              f"disk that ignores case, where names differ only in it); rename one of them")
         seen[key] = path
         targets[path] = output_dir / f"{name}{suffix}"
-        # samefile: the input itself, behind a link, or behind another case of its name
-        if targets[path].exists() and os.path.samefile(targets[path], path):
-            raise ValueError(f"{path} would be overwritten by its own output: choose an output folder other than "
-                             f"the input's")
+    refuse_outputs_over_inputs(targets)
     return targets
+
+
+def refuse_outputs_over_inputs(targets: dict[Path, Path]) -> None:
+    """ValueError when an output would be written over any of the inputs: its own (the same
+    folder), or another's (output=. over input=photos maps photos/photos/a.png onto
+    photos/a.png). Compared as files, so a link or another case of a name is caught too."""
+    inputs = {}
+    for path in targets:
+        with contextlib.suppress(OSError):
+            status = path.stat()
+            inputs[(status.st_dev, status.st_ino)] = path
+    for path, target in targets.items():
+        try:
+            status = target.stat()
+        except OSError:   # not there yet: nothing to overwrite
+            continue
+        if (overwritten := inputs.get((status.st_dev, status.st_ino))) is not None:
+            whose = "its own output" if overwritten == path else f"the output of {path}"
+            raise ValueError(f"{overwritten} would be overwritten by {whose}: choose an output folder outside "
+                             f"the input")

@@ -150,6 +150,14 @@ def check_plain_weights_file(weights_path: str) -> None:
             f"({type(error).__name__}: {error}); use the file torch-fidelity downloads.") from error
 
 
+#: where torch-fidelity downloads the Inception weights (torch.hub's cache, `$TORCH_HOME`)
+TORCH_FIDELITY_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
+
+
+def cached_inception_weights() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / TORCH_FIDELITY_WEIGHTS
+
+
 class InceptionFeatures(FrozenExtractor):
     """InceptionV3 pool3 features (2048-d) as torch-fidelity computes them, through torchmetrics'
     `NoTrainInceptionV3`: it takes uint8 images in [0, 255] and resizes them to 299x299 itself,
@@ -163,6 +171,11 @@ class InceptionFeatures(FrozenExtractor):
         super().__init__()
         if not torch_fidelity_available():
             raise InceptionUnavailable("the package torch-fidelity is not installed.")
+        if weights_path is None and cached_inception_weights().is_file():
+            # torch-fidelity unpickles its cached download with weights_only=False too: a file
+            # planted in a shared cache ($TORCH_HOME on a cluster) is checked, then read by path.
+            # (A first download, fresh from torch-fidelity's release, it loads itself.)
+            weights_path = str(cached_inception_weights())
         if weights_path is not None:
             check_plain_weights_file(weights_path)
         from torchmetrics.image.fid import NoTrainInceptionV3

@@ -15,17 +15,29 @@ the resumed run logs is its resume iteration: the file's rows after it (the stop
 past its checkpoint, or a whole earlier run in the folder where a new one starts at step 0) are
 moved to `metrics.replaced_<time>.csv` beside it, and that step's own row is merged with the new
 values (its evaluation, logged before the checkpoint was saved, stays).
+
+Rewrites of the file (a resume, a late value, a new column) replace it whole (`write_whole`, on
+a local disk): a job killed mid-rewrite leaves the old file, not the run's history cut short.
+Appends may still end in a row cut short; a resume drops it, and says so.
 """
 from __future__ import annotations
 
 import csv
+import io
+import logging
 import os
 import time
+from pathlib import Path
 
+from fsspec.implementations.local import LocalFileSystem
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from src.utils.whole_files import write_text_whole
+
+log = logging.getLogger(__name__)
 
 
 class StepRowsWriter(ExperimentWriter):
@@ -77,6 +89,10 @@ class StepRowsWriter(ExperimentWriter):
         with self._fs.open(self.metrics_file_path, "r", newline="") as file:
             reader = csv.DictReader(file)
             header, rows = list(reader.fieldnames or []), list(reader)
+        if cut := [r for r in rows if not str(r.get("step") or "").isdigit()]:
+            log.warning("%s: %d row(s) without a step (cut short by a writer that was stopped) are dropped",
+                        self.metrics_file_path, len(cut))
+            rows = [r for r in rows if str(r.get("step") or "").isdigit()]
         kept = [0 < first_step and int(r["step"]) <= first_step for r in rows]
         keep = [r for r, stays in zip(rows, kept) if stays]
         replaced = [r for r, stays in zip(rows, kept) if not stays]
@@ -98,11 +114,22 @@ class StepRowsWriter(ExperimentWriter):
         self._write_rows(self.metrics_file_path, self.metrics_keys, [rows[step] for step in sorted(rows)])
         self.metrics = []
 
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        """Lightning's rewrite under a header with new columns, replacing the file whole."""
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            rows = list(csv.DictReader(file))
+        self._write_rows(self.metrics_file_path, fieldnames, rows)
+
     def _write_rows(self, path: str, header: list[str], rows: list[dict]) -> None:
-        with self._fs.open(path, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(rows)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+        if isinstance(self._fs, LocalFileSystem):
+            write_text_whole(Path(path), text.getvalue())
+        else:   # a remote store (s3://...) replaces an object whole anyway
+            with self._fs.open(path, "w", newline="") as file:
+                file.write(text.getvalue())
 
 
 class StepRowsCSVLogger(CSVLogger):

@@ -16,6 +16,7 @@ so.
 from __future__ import annotations
 
 import logging
+import uuid
 import warnings
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import torch.nn as nn
 from src.models.base import TranslationModel
 from src.models.size_check import check_translation_size
 from src.utils.translation import check_direction, input_channels, round_up, size_multiple
+from src.utils.whole_files import replace, temporary_name
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +156,15 @@ def export_translation(model: TranslationModel, direction: str, fmt: str, output
                 expected_other = graph(other)
             except (RuntimeError, ValueError):  # the nets take one size only (full-mode MLPs)
                 expected_other = None
-            report = _export_and_check(graph, fmt, path, example, expected, other, expected_other, tolerance)
+            # Written and checked under a temporary name, then renamed over the path: a graph that
+            # fails its check never replaces an earlier export, nor stays to be used.
+            staged = path.parent / temporary_name(path.name, uuid.uuid4().hex)
+            try:
+                report = _export_and_check(graph, fmt, path, staged, example, expected, other, expected_other,
+                                           tolerance)
+                replace(staged, path)
+            finally:
+                staged.unlink(missing_ok=True)
     finally:
         for net, mode in zip(graph.nets, was_training):
             net.train(mode)
@@ -168,11 +178,12 @@ def export_translation(model: TranslationModel, direction: str, fmt: str, output
     return report
 
 
-def _export_and_check(graph, fmt, path, example, expected, other, expected_other, tolerance) -> dict:
+def _export_and_check(graph, fmt, path, staged, example, expected, other, expected_other, tolerance) -> dict:
+    """Export to `staged` and check it; `path`, where it will be, names it in the report and messages."""
     report = {"path": str(path), "format": fmt, "input_shape": list(example.shape)}
     for dynamic in (True, False) if expected_other is not None else (False,):
-        _WRITERS[fmt](graph, example, path, dynamic)
-        run = _RUNNERS[fmt](path)
+        _WRITERS[fmt](graph, example, staged, dynamic)
+        run = _RUNNERS[fmt](staged)
         if run is None:
             log.warning("onnxruntime is not installed: %s was written but not checked against PyTorch", path)
             return {**report, "dynamic": dynamic, "checked": False, "max_difference": None}
