@@ -149,3 +149,47 @@ def test_cyclegan_identity_weight_follows_a_cycle_sweep(tmp_path, shared_data_di
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     assert model.weight("identity") == identity
     assert model.hparams.loss["weights"]["identity"] == identity   # saved resolved, as checkpoints load it
+
+
+def test_training_and_translating_from_python_as_the_readme_shows(tmp_path, shared_data_dir, monkeypatch):
+    """README "From Python": compose the config with an output folder, train, load the
+    checkpoint and translate tensors and files, from a working directory elsewhere (a notebook's)
+    and with the caller's own Hydra initialised, which stays so."""
+    import math
+
+    import numpy as np
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from conftest import NO_EVALUATION
+    from src.utils.checkpoint_loading import load_model
+    from src.utils.run import run_training
+    from src.utils.training_config import CONF_DIR, ROOT_DIR, compose_training_config
+    from src.utils.translation import translate_images
+
+    monkeypatch.delenv("PROJECT_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)   # a notebook's folder
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):   # the caller's own
+        cfg = compose_training_config(["debug=smoke", "model=cyclegan", "max_iters=2", *NO_EVALUATION,
+                                       f"paths.data_dir={shared_data_dir}"], output_dir=tmp_path / "run")
+        assert cfg.paths.root_dir == str(ROOT_DIR) and cfg.paths.output_dir == str(tmp_path / "run")
+        assert compose(config_name="train").model_name   # still initialised
+    try:
+        metrics = run_training(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    assert math.isfinite(metrics["train/G"])
+    model = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    batch = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert model.translate(batch, "AtoB").shape == batch.shape
+    with pytest.raises(ValueError, match=r"translate takes a batch of float images \(N, C, H, W\) in \[-1, 1\], got a "
+                                         r"torch.float32 tensor of shape \(3, 16, 16\) \(one image: x\[None\]"):
+        model.translate(batch[0], "AtoB")
+    with pytest.raises(ValueError, match=r"translated \(15, 15\) px images into \(16, 16\) px: pad them to a multiple "
+                                         r"of 4 px first"):
+        model.translate(batch[..., :15, :15], "AtoB")
+    source = next(Path(cfg.data.data_dir).glob("testA/*.png"))
+    ((path, image),) = translate_images(model, [source], "AtoB")
+    assert path == source and image.dtype == np.uint8 and str(model.device) == "cpu"

@@ -95,6 +95,14 @@ def test_images_holding_nan_give_nan_scores_not_a_crash_or_a_plausible_number(ex
     assert all(math.isfinite(value) for value in scorer.compute().values())
 
 
+def test_uint8_images_are_refused_not_scored_as_white(extractor, shapes_images):
+    discs, triangles = shapes_images
+    pixels = ((triangles + 1) * 127.5).round().to(torch.uint8)
+    with pytest.raises(TypeError, match=r"FID/KID take float images in \[-1, 1\]; the fake ones are torch.uint8 "
+                                        r"\(uint8 pixels: images / 127.5 - 1\)"):
+        FidKidScorer(extractor).update(real=discs, fake=pixels)
+
+
 def test_kid_subset_size_is_capped_at_the_number_of_images(extractor):
     images = torch.rand(20, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     scorer = FidKidScorer(extractor)  # 50 subsets of 1000 requested

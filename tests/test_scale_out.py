@@ -947,19 +947,28 @@ def test_wandb_goes_offline_unless_the_user_configured_it(monkeypatch, configure
     assert os.environ.get("WANDB_MODE") == expected_mode
 
 
-def test_the_offline_default_is_decided_afresh_for_each_run_of_a_process(monkeypatch):
-    """A notebook runs once without a login (offline by default), then sets an API key: its next
-    run goes online; the mode set for the first run is no setting of the user's."""
+def test_a_run_leaves_the_process_and_the_callers_config_as_it_found_them(train_cfg, monkeypatch, caplog):
+    """A notebook trains, then goes on: torch's cuDNN and deterministic-algorithms flags (which
+    Lightning's Trainer sets process-wide) and the environment (wandb's offline default: a later
+    run with an API key goes online) are as before, and the config still says ckpt_path=auto, so
+    the same cell run again resumes the run instead of starting over in its folder."""
     for key in ("WANDB_MODE", "WANDB_API_KEY"):
         monkeypatch.delenv(key, raising=False)
-    run_module.default_wandb_offline()
-    assert os.environ.get("WANDB_MODE") == "offline"
-    monkeypatch.setenv("WANDB_API_KEY", "k")
-    run_module.default_wandb_offline()
-    assert "WANDB_MODE" not in os.environ
-    monkeypatch.setenv("WANDB_MODE", "offline")   # the user's own choice stays
-    run_module.default_wandb_offline()
-    assert os.environ.get("WANDB_MODE") == "offline"
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        cfg = train_cfg("max_iters=1", *NO_EVALUATION, "ckpt_path=auto", "trainer.benchmark=true",
+                        "trainer.deterministic=false")
+        run_training(cfg)
+        assert cfg.ckpt_path == "auto" and "WANDB_MODE" not in os.environ
+        assert torch.backends.cudnn.benchmark is False
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        with caplog.at_level("INFO"):
+            run_training(cfg)
+        assert "ckpt_path=auto: resuming from" in caplog.text
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def test_an_unseeded_run_after_a_seeded_one_leaves_lightning_no_seed_to_reseed_ranks_with(train_cfg):

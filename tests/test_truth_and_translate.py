@@ -312,6 +312,19 @@ def test_load_model_builds_the_class_the_checkpoint_records(smoke_runs, name, cl
     assert type(load_model(legacy)).__name__ == cls and len(built) > 1
 
 
+def test_load_model_reads_the_checkpoint_onto_the_cpu_and_moves_only_the_model(smoke_runs, monkeypatch):
+    """The file holds the optimizers' moments and the EMA copies beside the model: read onto a
+    GPU they could take more memory than the model needs there."""
+    from src.utils import checkpoint_loading
+    read_onto, moved_to = [], []
+    original_load, original_to = torch.load, torch.nn.Module.to
+    monkeypatch.setattr(checkpoint_loading.torch, "load",
+                        lambda *a, **kw: read_onto.append(kw.get("map_location")) or original_load(*a, **kw))
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **kw: moved_to.append(a) or original_to(self, *a, **kw))
+    load_model(smoke_runs["cyclegan"].ckpt, map_location="meta")
+    assert read_onto == ["cpu"] and ("meta",) in moved_to
+
+
 def test_load_model_refuses_a_recorded_class_that_is_not_the_checkpoints(smoke_runs, tmp_path):
     source = smoke_runs["cyclegan"].ckpt
     with pytest.raises(ValueError, match=r"model class os.system is not a model of src.models"):

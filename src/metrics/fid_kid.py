@@ -104,6 +104,11 @@ class FidKidScorer(nn.Module):
 
     def update(self, real: torch.Tensor | None = None, fake: torch.Tensor | None = None) -> None:
         for images, is_real in ((real, True), (fake, False)):
+            if images is not None and not images.is_floating_point():
+                # The extractors take [-1, 1] and clamp: uint8 pixels would all read as white.
+                raise TypeError(f"FID/KID take float images in [-1, 1]; the {'real' if is_real else 'fake'} ones are "
+                                f"{images.dtype} (uint8 pixels: images / 127.5 - 1)")
+        for images, is_real in ((real, True), (fake, False)):
             if images is not None:
                 self.non_finite.update((~torch.isfinite(images).flatten(1).all(1)).sum())
                 self.update_features(self.features(images), real=is_real)

@@ -834,7 +834,9 @@ class TranslationModel(AdversarialModel):
 
     # ----- sampling ----------------------------------------------------------------------
     def translate(self, x: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
-        """Translate a batch in [-1, 1] under no_grad and eval mode.
+        """Translate a batch (N, C, H, W) of float images in [-1, 1] under no_grad and eval mode,
+        on the model's device. The sizes are the caller's to fit: image files of any size go
+        through src.utils.translation.translate_images, which pads them.
 
         A model that samples with the batch's own statistics (pix2pix's test-time batch norm)
         translates one image at a time, as its paper tests: an image's translation must not
@@ -842,11 +844,22 @@ class TranslationModel(AdversarialModel):
         """
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got '{direction}'")
+        if x.dim() != 4 or not x.is_floating_point():
+            raise ValueError(f"translate takes a batch of float images (N, C, H, W) in [-1, 1], got a {x.dtype} tensor "
+                             f"of shape {tuple(x.shape)} (one image: x[None]; uint8 pixels: x / 127.5 - 1)")
+        x = x.to(self.device)
         options = self.sampling_options()
         with sampling_mode(self.translation_nets(direction), **options):
             if options.get("batch_stats") and x.size(0) > 1:
-                return torch.cat([self.translation_forward(image, direction) for image in x.split(1)])
-            return self.translation_forward(x, direction)
+                y = torch.cat([self.translation_forward(image, direction) for image in x.split(1)])
+            else:
+                y = self.translation_forward(x, direction)
+        if y.shape[-2:] != x.shape[-2:]:   # a ResNet generator turns 250 px into 252 px without a word
+            from src.utils.translation import size_multiple   # (it imports this module)
+            raise ValueError(f"{type(self).__name__} translated {tuple(x.shape[-2:])} px images into "
+                             f"{tuple(y.shape[-2:])} px: pad them to a multiple of "
+                             f"{size_multiple(self, direction)} px first (translate_images does)")
+        return y
 
     def translation_nets(self, direction: str) -> list[nn.Module]:
         """Every network a translation runs through (NICE-GAN: the source encoder too)."""

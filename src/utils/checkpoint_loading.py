@@ -125,7 +125,9 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
     path = Path(ckpt_path)
     check_checkpoint_file(path)
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        # On the CPU first: the file holds the optimizers' moments and the EMA copies too, which
+        # on `map_location` (a GPU) could take more memory than the model; the model moves there.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if not refused_by_weights_only(error):
             raise unreadable_checkpoint(ckpt_path, f"UnpicklingError: {str(error).splitlines()[0]}") from error

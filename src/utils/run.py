@@ -1,4 +1,5 @@
 """The body of a training run, kept apart from the Hydra entry point so tests can call it."""
+import copy
 import gc
 import json
 import logging
@@ -37,6 +38,7 @@ from src.utils.ddp_strategy import choose_strategy, process_count
 from src.utils.instantiate import instantiate_list
 from src.utils.library_warnings import silence_known_library_noise
 from src.utils.objective import sweeper_direction
+from src.utils.process_state import process_state_restored
 from src.utils.run_results import completed_metrics
 from src.utils.unread_overrides import refuse_unread_overrides
 from src.utils.translation import is_out_of_memory
@@ -205,7 +207,6 @@ def warn_iterations_of_several_processes(max_iters: int, trainer_kwargs: dict, b
                     max_iters, processes, batch_size, processes, max_iters, -(-max_iters // processes))
 
 
-_wandb_offline_by_default = False
 #: where pl.seed_everything leaves the seed for Lightning's DDP setup and its launched ranks
 SEED_ENVIRONMENT = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
 
@@ -213,13 +214,9 @@ SEED_ENVIRONMENT = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
 def default_wandb_offline() -> None:
     """wandb goes offline unless the user configured it (WANDB_MODE, or an API key), so a run
     never blocks on a missing login or network. Decided afresh for every run of the process (a
-    notebook's, a multirun's jobs): an offline mode set here for an earlier run is no setting of
-    the user's."""
-    global _wandb_offline_by_default
-    if _wandb_offline_by_default and os.environ.get("WANDB_MODE") == "offline":
-        del os.environ["WANDB_MODE"]
-    _wandb_offline_by_default = "WANDB_MODE" not in os.environ and "WANDB_API_KEY" not in os.environ
-    if _wandb_offline_by_default:
+    notebook's, a multirun's jobs): the run's end takes the setting away again
+    (`process_state_restored`)."""
+    if "WANDB_MODE" not in os.environ and "WANDB_API_KEY" not in os.environ:
         os.environ["WANDB_MODE"] = "offline"
 
 
@@ -313,6 +310,14 @@ def log_run_config(trainer: pl.Trainer, cfg: DictConfig) -> None:
 
 
 def run_training(cfg: DictConfig) -> dict[str, float]:
+    """Train as configured; returns the final metrics. The caller's `cfg` is left as given (the
+    run resolves `ckpt_path=auto` in its own copy: a notebook's second call resolves it afresh),
+    and torch's global flags and the environment as found (`process_state_restored`)."""
+    with process_state_restored():
+        return _train(copy.deepcopy(cfg))
+
+
+def _train(cfg: DictConfig) -> dict[str, float]:
     silence_known_library_noise()
     check_run_folder(cfg.paths.output_dir)
     found_by_auto = resolve_checkpoint(cfg)

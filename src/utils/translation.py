@@ -178,7 +178,7 @@ def out_of_memory(chunk: list[Path], size: tuple[int, int], short_side: int | No
 
 
 def translate_images(model: TranslationModel, paths: list[str | Path], direction: str = "AtoB",
-                     batch_size: int = 8, device: str | torch.device = "cpu",
+                     batch_size: int = 8, device: str | torch.device | None = None,
                      short_side: int | None = None) -> Iterator[tuple[Path, np.ndarray]]:
     """Translate image files; yields (path, HxWxC uint8 output the size of the input, or of the
     input scaled to a shorter side of `short_side` px: the scale the model was trained at).
@@ -186,14 +186,17 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
     Files are read with the channels the translation expects (grayscale, RGBA and 16-bit inputs
     are converted by src.data.image_io) and batched by size (models that normalise with the
     batch's own statistics, pix2pix, translate each image alone: TranslationModel.translate).
-    The model is moved to `device`. Yields in
-    size-group order, not in `paths` order.
+    The model is moved to `device` (None: it translates where it is). Yields in size-group
+    order, not in `paths` order.
     """
     check_direction(model, direction)
     require_int("batch_size", batch_size)
     require_int("short_side", short_side, allow_none=True, why=" (px; null: translate at the input's size)")
-    device = torch.device(device)
-    model.to(device)
+    if device is None:
+        device = model.device
+    else:
+        device = torch.device(device)
+        model.to(device)
     multiple, channels = size_multiple(model, direction), input_channels(model, direction)
     groups = group_by_size([Path(p) for p in paths], short_side)
     # Every size before the first output is written (a JPEG's from its header: one broken further
