@@ -144,6 +144,12 @@ def test_the_image_pool_keeps_float32_fakes_made_in_half_precision():
     for dtype in (torch.bfloat16, torch.float16, torch.bfloat16):
         assert pool.query(torch.ones(1, 1, 1, 1, dtype=dtype)).dtype == torch.float32
     assert [image.dtype for image in pool.state_dict()["images"]] == [torch.float32] * 2
+    # A pool saved in bf16 (before the pools kept float32), resumed in float32: the batch of one
+    # it hands back may be a stored image, which a float32 discriminator would refuse
+    restored = ImagePool(2)
+    restored.load_state_dict({"size": 2, "images": [torch.ones(1, 1, 1, 1, dtype=torch.bfloat16)] * 2})
+    torch.manual_seed(0)
+    assert all(restored.query(torch.zeros(1, 1, 1, 1)).dtype == torch.float32 for _ in range(8))
 
 
 def test_linear_decay_schedule_matches_the_paper_recipe():

@@ -155,11 +155,11 @@ def test_a_rewrite_cut_short_leaves_the_old_file_and_a_resume_drops_a_row_cut_sh
             log(StepRowsCSVLogger(tmp_path), {"train/G": 9.0}, 1)   # a resume rewrites the file
     assert metrics.read_bytes() == before
     with open(metrics, "a") as f:
-        f.write("2.0")   # the next row, cut short before its step
+        f.write("1.0,1,9.")   # a row cut short in its last field (and, were it step 12's, in its step)
     resumed = StepRowsCSVLogger(tmp_path)
     with caplog.at_level("WARNING"):
         log(resumed, {"eval/kid": 1.0, "train/G": 3.0}, 3)
     resumed.finalize("success")
-    assert "1 row(s) without a step (cut short by a writer that was stopped) are dropped" in caplog.text
+    assert "1 row(s) cut short by a writer that was stopped are dropped" in caplog.text
     assert [(r["step"], r["train/G"]) for r in read_rows(resumed)] == [("0", "0.0"), ("1", "1.0"), ("2", "2.0"),
                                                                      ("3", "3.0")]

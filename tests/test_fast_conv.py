@@ -335,6 +335,20 @@ def test_kernels_build_into_the_cache_directory(tmp_path, monkeypatch):
         winograd_build.kernels.cache_clear()
 
 
+def test_a_cached_library_that_does_not_load_is_built_again(tmp_path, monkeypatch):
+    """A library cut short in the cache (a machine that went down before it reached the disk)
+    would otherwise be refused by every later run, which then trained without the kernels."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "first"))
+    winograd_build.load_kernels()
+    (library,) = (tmp_path / "first").rglob("winograd_*.so")
+    cut_short = tmp_path / "second" / library.relative_to(tmp_path / "first")   # another path: dlopen loads it anew
+    cut_short.parent.mkdir(parents=True)
+    cut_short.write_bytes(library.read_bytes()[:100])
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "second"))
+    assert winograd_build.load_kernels().winograd_input_transform is not None
+    assert cut_short.read_bytes() == library.read_bytes()
+
+
 def test_kernels_that_cannot_be_loaded_are_unavailable_once_and_for_all(tmp_path, monkeypatch):
     """A library the loader refuses (Windows without the OpenMP DLL on its search path) is a
     WinogradUnavailable, which the models turn into torch's convolutions, not a crash; a failure

@@ -96,3 +96,21 @@ def test_an_fp16_run_resumes_each_losss_scaler_where_it_stopped(train_cfg, tmp_p
     trainer = fp16_trainer(cfg, resumed, callbacks=[seen])
     trainer.fit(resumed, datamodule=hydra.utils.instantiate(cfg.data), ckpt_path=tmp_path / "fp16.ckpt")
     assert seen.seen == saved
+
+
+def test_under_loss_scaling_an_overflowing_loss_is_left_out_of_its_logged_mean():
+    """Under fp16 an overflow only skips its step, now and then: it must not make the whole
+    window's logged mean inf. Without loss scaling it stays in, and stops the run."""
+    from src.models.loss_window import LossWindow
+
+    def window_of(skip: bool) -> LossWindow:
+        window = LossWindow(["G", "D"], torch.zeros(2), skip_non_finite=skip)
+        for values in ([1.0, float("inf")], [3.0, 2.0], [2.0, float("nan")]):
+            window.add(torch.tensor(values))
+        return window
+
+    assert window_of(True).mean().tolist() == [2.0, 2.0] and window_of(True).iterations == 3
+    assert window_of(False).mean()[1].isnan()
+    every_one_overflowed = LossWindow(["G"], torch.zeros(1), skip_non_finite=True)
+    every_one_overflowed.add(torch.tensor([float("inf")]))
+    assert every_one_overflowed.mean().isnan().all()

@@ -516,6 +516,28 @@ def translate_cfg(**values):
                              "seed": 0, **values})
 
 
+def test_pix2pix_translations_from_python_are_translate_pys_under_its_seed(smoke_runs, tmp_path):
+    """README "From Python": pix2pix's test-time dropout draws on torch's RNG; seeded as
+    translate.py seeds it, the notebook's translations are the command line's, and its own
+    random state is left as it was."""
+    from src.utils.rng import isolated_rng
+    from src.utils.translation import translate_images
+    write_odd_inputs(tmp_path / "in")
+    ckpt = str(smoke_runs["pix2pix"].ckpt)
+    run_translation(translate_cfg(ckpt_path=ckpt, input=str(tmp_path / "in"), output=str(tmp_path / "out")))
+    model = load_model(ckpt)
+    state = torch.get_rng_state()
+    with isolated_rng(model.device, 0):
+        translated = list(translate_images(model, sorted((tmp_path / "in").iterdir()), "AtoB"))
+    assert torch.equal(state, torch.get_rng_state())
+    assert len(translated) == 4
+    for path, image in translated:
+        saved = np.asarray(Image.open(tmp_path / "out" / f"{path.stem}.png"))
+        assert np.array_equal(saved.reshape(image.shape), image), path.name
+    unseeded = list(translate_images(model, sorted((tmp_path / "in").iterdir()), "AtoB"))
+    assert any(not np.array_equal(a, b) for (_, a), (_, b) in zip(translated, unseeded))   # dropout draws
+
+
 def test_translate_errors_name_the_setting(smoke_runs, tmp_path):
     write_odd_inputs(tmp_path / "in")
     with pytest.raises(ValueError, match="ckpt_path is required"):
@@ -690,6 +712,9 @@ def test_an_export_that_fails_its_check_replaces_nothing(smoke_runs, tmp_path, m
     nor replaces the earlier export; translate.py refuses to replace an export unasked."""
     from src.utils import export
     model = load_model(smoke_runs["cyclegan"].ckpt)
+    killed = tmp_path / ".generator_AtoB.pt.0123.tmp"   # a killed export's, two hours ago: cleared
+    killed.write_bytes(b"partial")
+    os.utime(killed, (killed.stat().st_mtime - 7200,) * 2)
     path = Path(export_translation(model, "AtoB", "torchscript", tmp_path, size=16)["path"])
     earlier = path.read_bytes()
     with torch.no_grad():

@@ -627,15 +627,15 @@ class AdversarialModel(pl.LightningModule):
         names = [*terms, *totals]
         values = torch.stack([v.detach().float() for v in (*terms.values(), *totals.values())])
         if self.loss_window is None or self.loss_window.names != names:
-            self.loss_window = LossWindow(names, torch.zeros_like(values))
+            self.loss_window = LossWindow(names, torch.zeros_like(values), skip_non_finite=self.grad_scalers is not None)
         self.loss_window.add(values)
         if not self.logging_losses:
             return
-        # One collective for all the losses, on the logged iterations only (every rank logs the
-        # same ones). Then on the host, in one copy: Lightning keeps the last logged values until
+        # One reduction for all the losses (Lightning's: a barrier, then an all-reduce), on the
+        # logged iterations only, which every rank takes alike. Then on the host, in one copy: Lightning keeps the last logged values until
         # the epoch ends and reads the progress bar's with `.item()` after every batch, which for
         # GPU tensors would wait for the GPU's queue each iteration instead of once per logged one.
-        values, iterations = self.loss_window.mean(), self.loss_window.count
+        values, iterations = self.loss_window.mean(), self.loss_window.iterations
         if self._trainer is not None and self.trainer.world_size > 1:
             values = self.trainer.strategy.reduce(values, reduce_op="mean")
         values = values.cpu()

@@ -51,4 +51,4 @@ class ImagePool:
         if state["size"] != self.size:
             log.warning("model.pool_size=%d, but the checkpoint's image pool held up to %d images: the resumed run "
                         "keeps %d (of the %d saved)", self.size, state["size"], self.size, len(state["images"]))
-        self.images = list(state["images"])[:self.size]
+        self.images = [image.float() for image in state["images"][:self.size]]   # a file of an earlier version

@@ -61,6 +61,8 @@ def _build(target: Path) -> None:
             raise WinogradUnavailable(f"compiling {SOURCE} with {compiler} failed "
                                       f"(set model.fast_conv=false to use torch's convolution):\n"
                                       f"{result.stderr.strip()}")
+        with open(tmp, "rb") as built:   # on disk before the name says it is there
+            os.fsync(built.fileno())
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -97,9 +99,18 @@ def load_kernels() -> ctypes.CDLL:
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()
                          + _cpu_signature().encode()).hexdigest()[:16]
     target = _cache_dir() / f"winograd_{key}.so"
-    if not target.exists():
+    built = not target.exists()
+    if built:
         _build(target)
-    lib = ctypes.CDLL(str(target))
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError:
+        if built:
+            raise
+        # A cached library that does not load (cut short by a machine that went down before
+        # it reached the disk) is built again, once, rather than refused by every later run.
+        _build(target)
+        lib = ctypes.CDLL(str(target))
     pointer, size, threads = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for prefix in ("winograd_", "winograd_k4_"):
         for name in ("input_transform", "input_transform_adjoint"):   # ..., Hs, Ws, ph, pw, reflect

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 MODELS_PACKAGE = "src.models."
 NETS_PACKAGE = "src.nets."
+#: the keys Hydra builds a call from, besides `_target_`
+HYDRA_CALL_KEYS = ("_args_", "_partial_", "_recursive_", "_convert_")
 KNOWN_MODEL_CLASSES = (
     "src.models.cyclegan.CycleGAN",
     "src.models.pix2pix.Pix2Pix",
@@ -73,7 +75,7 @@ def refuse_foreign_targets(settings, where: str, package: str, base: type, kind:
             name = f"{node}.{key}" if node else str(key)
             if key == "_target_":
                 recorded_class(value, f"{where} ({name})", package, base, kind, member)
-            elif isinstance(key, str) and key.startswith("_") and key.endswith("_"):
+            elif key in HYDRA_CALL_KEYS:
                 raise ValueError(f"{where}: its settings hold {name}, which Hydra would build a call from: settings "
                                  f"read from a file may name {kind} classes (_target_) and their arguments only")
             else:
@@ -125,9 +127,10 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
     path = Path(ckpt_path)
     check_checkpoint_file(path)
     try:
-        # On the CPU first: the file holds the optimizers' moments and the EMA copies too, which
-        # on `map_location` (a GPU) could take more memory than the model; the model moves there.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # On the CPU, mapped rather than read: the file holds the optimizers' moments and the EMA
+        # copies too, which on `map_location` (a GPU) could take more memory than the model, and
+        # read whole, host memory; only what the model takes is copied, then moved there.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as error:
         if not refused_by_weights_only(error):
             raise unreadable_checkpoint(ckpt_path, f"UnpicklingError: {str(error).splitlines()[0]}") from error

@@ -40,6 +40,11 @@ from src.utils.whole_files import write_text_whole
 log = logging.getLogger(__name__)
 
 
+def is_whole_row(row: dict) -> bool:
+    """A row with all its fields (DictReader fills a short row's with None) and a step."""
+    return None not in row and None not in row.values() and str(row.get("step") or "").isdigit()
+
+
 class StepRowsWriter(ExperimentWriter):
     def __init__(self, log_dir: str) -> None:
         super().__init__(log_dir)
@@ -87,12 +92,16 @@ class StepRowsWriter(ExperimentWriter):
         if not self._fs.isfile(self.metrics_file_path):
             return
         with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-            reader = csv.DictReader(file)
-            header, rows = list(reader.fieldnames or []), list(reader)
-        if cut := [r for r in rows if not str(r.get("step") or "").isdigit()]:
-            log.warning("%s: %d row(s) without a step (cut short by a writer that was stopped) are dropped",
-                        self.metrics_file_path, len(cut))
-            rows = [r for r in rows if str(r.get("step") or "").isdigit()]
+            text = file.read()
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header, rows = list(reader.fieldnames or []), list(reader)
+        whole = [r for r in rows if is_whole_row(r)]
+        if rows and whole and whole[-1] is rows[-1] and not text.endswith("\n"):
+            whole.pop()   # its last field may be cut short too (a step of 1200 read as 12)
+        if len(whole) < len(rows):
+            log.warning("%s: %d row(s) cut short by a writer that was stopped are dropped", self.metrics_file_path,
+                        len(rows) - len(whole))
+            rows = whole
         kept = [0 < first_step and int(r["step"]) <= first_step for r in rows]
         keep = [r for r, stays in zip(rows, kept) if stays]
         replaced = [r for r, stays in zip(rows, kept) if not stays]

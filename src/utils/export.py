@@ -27,13 +27,15 @@ import torch.nn as nn
 from src.models.base import TranslationModel
 from src.models.size_check import check_translation_size
 from src.utils.translation import check_direction, input_channels, round_up, size_multiple
-from src.utils.whole_files import replace, temporary_name
+from src.utils.whole_files import move_whole, remove_stale_temporaries, temporary_name
 
 log = logging.getLogger(__name__)
 
 EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = 1e-3  # max abs difference on outputs in [-1, 1] (float32 reorderings stay below 1e-5)
 ONNX_OPSET = 17
+#: a temporary export untouched this long was left by a killed export (a running one writes it in minutes)
+STALE_EXPORT_SECONDS = 3600
 
 
 class TranslationGraph(nn.Module):
@@ -158,11 +160,12 @@ def export_translation(model: TranslationModel, direction: str, fmt: str, output
                 expected_other = None
             # Written and checked under a temporary name, then renamed over the path: a graph that
             # fails its check never replaces an earlier export, nor stays to be used.
+            remove_stale_temporaries(path.parent, path.name, STALE_EXPORT_SECONDS)   # of killed exports
             staged = path.parent / temporary_name(path.name, uuid.uuid4().hex)
             try:
                 report = _export_and_check(graph, fmt, path, staged, example, expected, other, expected_other,
                                            tolerance)
-                replace(staged, path)
+                move_whole(staged, path)
             finally:
                 staged.unlink(missing_ok=True)
     finally:

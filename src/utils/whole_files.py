@@ -54,6 +54,15 @@ def write_whole(path: Path, write) -> None:
     sync_folder(path.parent)
 
 
+def move_whole(staged: Path, target: Path) -> None:
+    """A file written elsewhere by other code (an exporter) beside `target`, synced and renamed
+    over it, as `write_whole` does with its own."""
+    with open(staged, "rb") as stream:
+        os.fsync(stream.fileno())
+    replace(staged, target)
+    sync_folder(target.parent)
+
+
 def replace(source: Path, target: Path) -> None:
     """os.replace, retried for a while on Windows where another program holds `target` open."""
     deadline = time.monotonic() + REPLACE_RETRY_SECONDS
