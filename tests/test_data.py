@@ -486,6 +486,18 @@ def test_colour_samples_pil_cannot_read_are_named_instead_of_called_broken(tmp_p
     with pytest.raises(ImageReadError, match="notes.tif: cannot identify image file .*Delete or replace the file"):
         load_image(tmp_path / "notes.tif", 3)
 
+def test_float_grey_samples_are_read_as_0_to_1_and_others_refused(tmp_path):
+    """A depth map in metres was stretched from its own min to its own max: every image on a
+    scale of its own. Float samples are read as 0..1, and values beyond are an error naming the
+    file and the fix."""
+    Image.fromarray(np.array([[0.0, 0.5], [1.0, 0.25]], np.float32), mode="F").save(tmp_path / "unit.tif")
+    assert load_image(tmp_path / "unit.tif", 1)[..., 0].tolist() == [[0, 128], [255, 64]]
+    Image.fromarray(np.array([[0.5, 2.0], [7.5, 1.0]], np.float32), mode="F").save(tmp_path / "metres.tif")
+    with pytest.raises(ImageReadError, match=r"metres.tif: float samples 0.5..7.5 lie outside 0..1, .* store them as "
+                                             r"16-bit integers \(with data.bit_depth\)"):
+        load_image(tmp_path / "metres.tif", 1)
+
+
 def test_colours_in_an_embedded_icc_profile_are_read_as_srgb(tmp_path):
     """Pixels stored in a profile whose red and blue primaries are swapped: the stored
     (255, 0, 0) is sRGB blue. They are read as blue in every mode that carries colour (alpha

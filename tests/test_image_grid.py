@@ -32,3 +32,17 @@ def test_nan_pixels_are_black_and_grey_rows_grey():
         grid = make_grid(images, labels=False)
     assert (grid[20 + 2:20 + 6, 2:6] == 0).all()   # the fake_B row's first tile, its NaN corner
     assert (grid[20:40, :, 0] == grid[20:40, :, 1]).all()   # 1-channel: the same in R, G and B
+
+
+def test_rows_of_other_sizes_keep_them():
+    """Two domains of other shapes (portraits to squares under preprocess=scale_width): each row
+    keeps its height, a narrower row is padded white, and every name sits beside its own row."""
+    torch.manual_seed(0)
+    grid = make_grid({"real_A": torch.rand(2, 3, 24, 16) * 2 - 1, "fake_B": torch.rand(2, 3, 24, 16) * 2 - 1,
+                      "real_B": torch.rand(2, 3, 16, 24) * 2 - 1})
+    plain = make_grid({"real_A": -torch.ones(2, 3, 24, 16), "real_B": -torch.ones(2, 3, 16, 24)}, labels=False)
+    assert plain.shape == (28 + 20, 2 * 28, 3) and grid.shape[0] == 28 + 28 + 20
+    assert (plain[:28, 2 * 20:] == 255).all() and (plain[28:, 2 * 20:] == 0).any()   # the narrower row padded white
+    margin = grid.shape[1] - 2 * 28
+    for start, height in ((0, 28), (28, 28), (56, 20)):
+        assert grid[start:start + height, :margin].min() < 100   # its name, in its own band

@@ -783,6 +783,17 @@ def test_eval_decodes_with_the_datas_workers(smoke_runs, tmp_path, shared_data_d
     assert math.isfinite(results["AtoB"]["fid"])
 
 
+def test_eval_scores_no_ground_truth_on_cropped_shapes(smoke_runs, tmp_path, shared_data_dir, caplog):
+    """The backgrounds are drawn at the generated size: on center crops they would not line up
+    with the shapes (and a redrawn, squeezed one gave wrong IoU and colour errors)."""
+    size = smoke_runs["cyclegan"].cfg.data.size
+    with caplog.at_level("INFO"):
+        results, _ = evaluate(smoke_runs["cyclegan"], tmp_path, shared_data_dir, "data.preprocess=crop",
+                              f"data.crop_size={size - 8}")
+    assert set(results["AtoB"]) == {"fid", "kid_x100", "kid_std_x100"}
+    assert f"No ground-truth scores: the test images are preprocessed to ({size - 8}, {size - 8})" in caplog.text
+
+
 def test_eval_multirun_tables_the_checkpoints_it_compared(smoke_runs, tmp_path, shared_data_dir):
     """`python src/eval.py -m ckpt_path=a,b`: one row per checkpoint in <sweep dir>/summary.md,
     with its direction-wise scores, and a checkpoint that cannot be read listed as failed."""

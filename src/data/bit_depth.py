@@ -36,8 +36,9 @@ def grayscale_to_uint8(image: Image.Image, bit_depth: int = 16) -> Image.Image:
     """A 16/32-bit integer or float grayscale image (HIGH_BIT_DEPTH_GRAYSCALE_MODES) as an "L" image.
 
     Integer modes are read as `bit_depth`-bit data (integers_to_uint8); a transparent grey value
-    (PNG's tRNS) is matched before scaling and kept as alpha ("LA"). Float images are taken as
-    0..1 when they lie in that range, otherwise stretched from their min to their max.
+    (PNG's tRNS) is matched before scaling and kept as alpha ("LA"). Float images are read as
+    0..1; values beyond it raise ValueError: no range fits every image then, and stretching each
+    to its own would give every image (a depth map in metres, say) a scale of its own.
     """
     values = np.asarray(image)
     if image.mode != "F":
@@ -45,9 +46,12 @@ def grayscale_to_uint8(image: Image.Image, bit_depth: int = 16) -> Image.Image:
         if isinstance(key := image.info.get("transparency"), int):
             grey.putalpha(Image.fromarray(np.where(values == key, 0, 255).astype(np.uint8)))
         return grey
-    low, high = float(values.min()), float(values.max())
-    scaled = values * 255.0 if low >= 0.0 and high <= 1.0 else (values - low) * (255.0 / max(high - low, 1e-12))
-    return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if not (0.0 <= low and high <= 1.0):   # NaN fails too
+        raise ValueError(f"float samples {low:g}..{high:g} lie outside 0..1, the range float images are read in (one "
+                         f"for every image, so values compare across the dataset): scale the dataset's samples to 0..1 "
+                         f"by one range, or store them as 16-bit integers (with data.bit_depth)")
+    return Image.fromarray(np.rint(values * 255.0).astype(np.uint8), mode="L")
 
 
 def _raw_mode(image: Image.Image) -> str:

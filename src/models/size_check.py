@@ -163,5 +163,6 @@ def check_image_size(model, images: torch.Tensor) -> None:
     raise ValueError(
         f"{type(model).__name__} cannot train on {height}x{width} px images (batch {batch_size}): {failure}. "
         f"Image sides must be multiples of {step} px for its generators, and {hint}. Set data.crop_size "
-        f"(data.size for the embedded shapes datasets; data.load_size too with preprocess=scale_width), "
+        f"(data.size for the embedded shapes datasets; data.load_size too with preprocess=scale_width; "
+        f"preprocess=none keeps each image's own size: resize the dataset, or choose a cropping preprocess), "
         f"or make the networks shallower or deeper (model.generator.*, model.discriminator.*).")

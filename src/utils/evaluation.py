@@ -21,7 +21,8 @@ from src.metrics.image_classifier import ClassifierScorer, classifier_of_the_dat
 from src.metrics.mmd import sample_mmd2
 from src.metrics.segmenter import Segmenter
 from src.metrics.tstr import tstr_trtr
-from src.metrics.shapes_truth import ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta
+from src.metrics.shapes_truth import (ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta,
+                                      test_image_size)
 from src.models.checkpoint_fit import check_checkpoint_file
 from src.models.noise_base import SAMPLES, NoiseToImageModel
 from src.utils.checkpoint_loading import load_model, recorded_class, refuse_foreign_targets, run_config_path
@@ -132,8 +133,12 @@ def truth_backgrounds(datamodule, dataset) -> dict[str, torch.Tensor] | None:
     if (datamodule.input_nc, datamodule.output_nc) != (3, 3):
         log.info("No ground-truth scores: the shapes masks need RGB images (data.input_nc = data.output_nc = 3)")
         return None
+    size, shape = test_image_size(datamodule.data_dir), tuple(dataset[0]["A"].shape[-2:])
+    if shape != (size, size):   # cropped: a redrawn background would not line up with the shapes
+        log.info("No ground-truth scores: the test images are preprocessed to %s, not the generated %dx%d the "
+                 "backgrounds are drawn at (data.preprocess=none scores them)", shape, size, size)
+        return None
     meta = load_test_meta(datamodule.data_dir)
-    size = dataset[0]["A"].shape[-1]
     return {name: background_tensor(meta_k, size) for name, meta_k in meta.items()}
 
 

@@ -19,7 +19,8 @@ def make_grid(rows: dict[str, torch.Tensor], padding: int = 2, labels: bool = Tr
     Each row is one entry of `rows` (e.g. real_A / fake_B / rec_A), its name written in a margin
     on the left (`labels`): U-GAT-IT's grid has ten rows, InfoGAN's one per code value.
     1-channel images are shown in grey; NaN pixels (a diverging run's) in black, not whatever a
-    cast of NaN gives. Rows of a different spatial size are not expected (all come from one batch).
+    cast of NaN gives. Rows may differ in size (domains of other shapes under
+    `preprocess=scale_width` or `none`): each keeps its own, the narrower padded white on the right.
     """
     tiles = []
     for images in rows.values():
@@ -28,21 +29,25 @@ def make_grid(rows: dict[str, torch.Tensor], padding: int = 2, labels: bool = Tr
             images = images.expand(-1, 3, -1, -1)
         images = torch.nn.functional.pad(images[:, :3], (padding,) * 4, value=1.0)
         tiles.append(torch.cat(list(images), dim=2))  # one row: [3, H, N * W]
+    width = max(tile.size(2) for tile in tiles)
+    tiles = [torch.nn.functional.pad(tile, (0, width - tile.size(2)), value=1.0) for tile in tiles]
     grid = to_uint8_images(torch.cat(tiles, dim=1)[None])[0]
     if not labels:
         return grid
-    return np.concatenate([row_names(list(rows), tiles[0].size(1)), grid], axis=1)
+    return np.concatenate([row_names(list(rows), [tile.size(1) for tile in tiles]), grid], axis=1)
 
 
-def row_names(names: list[str], row_height: int) -> np.ndarray:
-    """A white margin with each name, in black, beside its row."""
-    font = row_font(row_height)
+def row_names(names: list[str], row_heights: list[int]) -> np.ndarray:
+    """A white margin with each name, in black, beside its row (of its height)."""
+    font = row_font(min(row_heights))
     width = max(font.getbbox(name)[2] for name in names) + 6
-    margin = Image.new("RGB", (width, len(names) * row_height), "white")
+    margin = Image.new("RGB", (width, sum(row_heights)), "white")
     draw = ImageDraw.Draw(margin)
-    for i, name in enumerate(names):
+    top_of_row = 0
+    for name, height in zip(names, row_heights):
         _, top, _, bottom = font.getbbox(name)   # centred by hand: a bitmap font takes no anchor
-        draw.text((3, i * row_height + (row_height - bottom - top) // 2), name, fill="black", font=font)
+        draw.text((3, top_of_row + (height - bottom - top) // 2), name, fill="black", font=font)
+        top_of_row += height
     return np.asarray(margin)
 
 
