@@ -967,6 +967,8 @@ def test_a_run_leaves_the_process_and_the_callers_config_as_it_found_them(train_
         with caplog.at_level("INFO"):
             run_training(cfg)
         assert "ckpt_path=auto: resuming from" in caplog.text
+        # and says what a user can act on: no network's count of 0 parameters, no Lightning ads
+        assert "D_A: " in caplog.text and "adversarial: 0" not in caplog.text and "💡 Tip" not in caplog.text
     finally:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 

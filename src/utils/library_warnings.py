@@ -1,6 +1,7 @@
-"""Warnings of the libraries that a user of this codebase cannot act on, silenced one by one:
-each entry is one known message from one module, so anything else a library says still reaches
-the user."""
+"""Warnings and messages of the libraries that a user of this codebase cannot act on, silenced one
+by one: each entry is one known message from one module, so anything else a library says still
+reaches the user."""
+import logging
 import warnings
 
 #: (message regex, category, regex of the module that issues it)
@@ -9,8 +10,21 @@ KNOWN_NOISE = (
     # torch 2.13 deprecates: every fit printed it.
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"pytorch_lightning\.utilities\._pytree"),
 )
+#: the logger Lightning's rank-zero messages come through
+LIGHTNING_RANK_ZERO_LOGGER = "pytorch_lightning.utilities.rank_zero"
+
+
+class LightningTips(logging.Filter):
+    """Lightning's "💡 Tip:" lines, which advertise its cloud services at every fit (its logger
+    and checkpoint connectors)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
 
 
 def silence_known_library_noise() -> None:
     for message, category, module in KNOWN_NOISE:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    rank_zero = logging.getLogger(LIGHTNING_RANK_ZERO_LOGGER)
+    if not any(isinstance(f, LightningTips) for f in rank_zero.filters):
+        rank_zero.addFilter(LightningTips())

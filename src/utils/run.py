@@ -342,7 +342,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     refuse_unread_overrides(job_overrides(), model, cfg, in_a_sweep=in_a_sweep())
     for name, child in model.named_children():
-        log.info("%s: %s parameters", name, f"{count_parameters(child):,}")
+        if count := count_parameters(child):   # not the loss modules
+            log.info("%s: %s parameters", name, f"{count:,}")
     check_sync_batchnorm(cfg, model)
     if cfg.get("ckpt_path") is not None:
         # Both hold plain values already (the models' and SplitDataModule's save_hyperparameters).
