@@ -152,6 +152,11 @@ class LatentCallback(PeriodicEvaluation):
             encoded = [rows[0] for rows in codes.values() if rows]
             self._latent_dim = (encoded[0] if encoded else
                                 self.encode(pl_module, self.first_item(trainer, pl_module)["A"], "A")).shape[1]
+        if widths := sorted({row.shape[1] for rows in codes.values() for row in rows} - {self._latent_dim}):
+            # Codes flattened from maps of other sizes: one space holds no distance between them.
+            raise ValueError(f"callbacks.latent.pool={self.pool}: the test images encode to codes of "
+                             f"{[self._latent_dim, *widths]} values (images of other sizes, as preprocess=none or "
+                             f"scale_width keep them); pool=mean_std or mean gives every image one width")
         empty = torch.empty(0, self._latent_dim, dtype=torch.float64, device=float64_device(pl_module.device))
         return {domain: torch.cat(rows) if rows else empty for domain, rows in codes.items()}
 
