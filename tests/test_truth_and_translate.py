@@ -300,7 +300,7 @@ def test_load_model_builds_the_class_the_checkpoint_records(smoke_runs, name, cl
     assert recorded.endswith(f".{cls}")
     built = []
     build = checkpoint_loading._build
-    monkeypatch.setattr(checkpoint_loading, "_build", lambda c, h: built.append(c.__name__) or build(c, h))
+    monkeypatch.setattr(checkpoint_loading, "_build", lambda c, h, s: built.append(c.__name__) or build(c, h, s))
     rng = torch.get_rng_state()
     model = load_model(smoke_runs[name].ckpt)
     assert type(model).__name__ == cls and not model.training and built == [cls]   # no class tried in vain
@@ -323,6 +323,13 @@ def test_load_model_reads_the_checkpoint_onto_the_cpu_and_moves_only_the_model(s
     monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **kw: moved_to.append(a) or original_to(self, *a, **kw))
     load_model(smoke_runs["cyclegan"].ckpt, map_location="meta")
     assert read_onto == ["cpu"] and ("meta",) in moved_to
+
+
+def test_a_model_loaded_for_another_device_than_the_cpu_gets_torchs_layers(smoke_runs):
+    """fast_conv's rewrites are CPU convolutions, which on a GPU defer to torch's: a model loaded
+    for one builds none (nor compiles their kernels, or warns where it cannot)."""
+    assert any(load_model(smoke_runs["cyclegan"].ckpt).fast_conv_layers.values())
+    assert not any(load_model(smoke_runs["cyclegan"].ckpt, map_location="meta").fast_conv_layers.values())
 
 
 def test_load_model_refuses_a_recorded_class_that_is_not_the_checkpoints(smoke_runs, tmp_path):

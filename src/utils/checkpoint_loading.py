@@ -28,6 +28,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from src.callbacks.ema import averaged_state_dict
+from src.utils.config_checks import accepted_arguments
 from src.models.base import AdversarialModel
 from src.models.checkpoint_fit import (check_checkpoint_file, refused_by_weights_only, resolved_by_lightning,
                                        run_config_path, state_dict_mismatch, unreadable_checkpoint,
@@ -108,10 +109,19 @@ def _hparams_mismatch(cls: type, hparams: dict) -> str | None:
     return None
 
 
-def _build(cls: type[AdversarialModel], hparams: dict) -> AdversarialModel:
+def _build(cls: type[AdversarialModel], hparams: dict, settings: dict) -> AdversarialModel:
     # Building initialises weights randomly (then overwritten): keep the caller's RNG untouched.
     with torch.random.fork_rng(devices=[]):
-        return cls(**hparams)
+        return cls(**hparams, **settings)
+
+
+def build_settings(cls: type, map_location: str | torch.device) -> dict:
+    """Settings a checkpoint does not record (speed options) for the place the model will run:
+    for a GPU, none of `fast_conv`'s rewrites, which are CPU convolutions (building them would
+    compile the C kernels, or warn where they cannot be, for layers that then defer to torch's)."""
+    if torch.device(map_location).type != "cpu" and "fast_conv" in (accepted_arguments(cls) or ()):
+        return {"fast_conv": False}
+    return {}
 
 
 def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", use_ema: bool = True) -> AdversarialModel:
@@ -166,7 +176,7 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
         model = None
         if reason is None:
             try:   # a subclass passing **kwargs on binds anything: its parent's __init__ decides
-                model = _build(cls, hparams)
+                model = _build(cls, hparams, build_settings(cls, map_location))
             except TypeError as error:
                 reason = str(error)
         if model is not None and set(model.hparams) != set(hparams):
