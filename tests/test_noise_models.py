@@ -581,7 +581,7 @@ def test_gan_trains_as_its_papers_code_maxout_dropout_sgd_with_a_momentum_ramp_a
     """experiment=gan_paper_code: maxout units (the largest of 5 linear pieces) behind dropout in
     D, weights drawn uniformly in +-0.05 (G) and +-0.005 (D), SGD lr 0.1 divided by 1.000004
     every update down to 1e-6, momentum 0.5 rising to 0.7 from epoch 1 to 250."""
-    from src.models.base import ramped_momentum
+    from src.models.optimizers import ramped_momentum
     from src.models.lr_schedules import ExponentialDecay
     from src.nets.noise_nets import Maxout
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from conftest import fit_one_batch, random_batch
-from src.models.base import adam_kernel
+from src.models.optimizers import adam_kernel
 from src.utils.reference_iterations import CycleGANReference, NICEGANReference, Pix2PixReference, UGATITReference
 
 SEED = 1234

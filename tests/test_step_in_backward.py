@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import src.models.step_in_backward as step_in_backward
-from src.models.base import adam_kernel
+from src.models.optimizers import adam_kernel
 from src.models.step_in_backward import stepping_in_backward
 from conftest import DATA_OF, MODELS, fit_one_batch, random_batch
 

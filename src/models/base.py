@@ -26,6 +26,7 @@ from src.models.divergence import (LOW_LOSS_SCALE, TrainingDiverged, diverged_me
 from src.models.image_pool import ImagePool
 from src.models.loss_scaling import PlayerGradScalers
 from src.models.loss_window import LossWindow
+from src.models.optimizers import build_optimizer, check_optimizer_settings, ramped_momentum, with_player_overrides
 from src.models.lr_schedules import DecayToZero, build_scheduler, decay_end_mismatch
 from src.models.size_check import check_image_size
 from src.models import step_in_backward
@@ -72,9 +73,6 @@ def sampling_mode(nets: list[nn.Module], batch_stats: bool = False, dropout: boo
             net.train(mode)
 
 
-OPTIMIZER_TYPES = ("adam", "rmsprop", "sgd")
-
-
 #: the settings `loss`, `model.init` (its `players.<player>` tables: all but players) and
 #: `model.lr_schedule` may hold; any other name is refused rather than ignored
 LOSS_KEYS = ("gan_mode", "labels", "weights", "clip")
@@ -82,70 +80,6 @@ LOSS_KEYS = ("gan_mode", "labels", "weights", "clip")
 LSGAN_LABELS = {"real_label": 1.0, "fake_label": 0.0, "generator_label": None}
 INIT_KEYS = ("type", "gain", "players")
 SCHEDULE_KEYS = tuple(inspect.signature(build_scheduler).parameters)[1:]   # after the optimizer
-#: the settings `model.optimizer` and each `players.<player>` table may hold
-OPTIMIZER_KEYS = ("type", "lr", "betas", "weight_decay", "momentum", "momentum_ramp")
-
-
-def check_optimizer_settings(key: str, settings: dict, extra_keys: tuple[str, ...] = ()) -> None:
-    """Refuse, by config key, optimizer settings torch would reject later with a message that
-    names neither the key nor the fix (an IndexError for a one-element `betas`), and names no
-    optimizer reads (`+model.optimizer.beta=...` would be ignored)."""
-    refuse_unknown_keys(key, settings, (*OPTIMIZER_KEYS, *extra_keys))
-    if settings.get("type", "adam") not in OPTIMIZER_TYPES:
-        raise ValueError(f"{key}.type={settings['type']!r} must be one of {', '.join(OPTIMIZER_TYPES)}")
-    for name, low, high in (("lr", 0.0, None), ("weight_decay", 0.0, None), ("momentum", 0.0, 1.0)):
-        value = settings.get(name)
-        if value is not None and not (is_number(value) and value >= low and (high is None or value < high)):
-            bound = f">= {low:g}" + (f" and < {high:g}" if high is not None else "")
-            raise ValueError(f"{key}.{name}={value!r} must be a number {bound}")
-    betas = settings.get("betas")
-    if betas is not None and not (isinstance(betas, (list, tuple)) and len(betas) == 2
-                                  and all(is_number(b) and 0 <= b < 1 for b in betas)):
-        raise ValueError(f"{key}.betas={betas!r} must be two numbers in [0, 1), Adam's (beta1, beta2): "
-                         "e.g. [0.5,0.999]")
-
-
-def adam_kernel(params: list[torch.Tensor]) -> dict:
-    """Adam's fused kernel where torch has one for the parameters' device (CPU, CUDA).
-
-    It updates each tensor in one pass; torch's default on CPU is a Python loop of ~10
-    elementwise ops per tensor, which over U-GAT-IT's 113M discriminator parameters takes ~1.2 s
-    a step against ~0.1 s fused (1 thread). Same update up to float rounding.
-    """
-    supported = params and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    return {"fused": True} if supported else {}
-
-
-def build_optimizer(params: list[torch.Tensor], cfg: dict) -> torch.optim.Optimizer:
-    """One player's optimizer from its settings (`type`: adam, rmsprop or sgd)."""
-    kind, decay = cfg.get("type", "adam"), cfg.get("weight_decay", 0.0)
-    if cfg.get("momentum_ramp") and kind != "sgd":
-        raise ValueError(f"model.optimizer.momentum_ramp ramps SGD's momentum; model.optimizer.type is {kind}")
-    if kind == "rmsprop":   # WGAN's: no momentum
-        return torch.optim.RMSprop(params, lr=cfg["lr"], weight_decay=decay)
-    if kind == "sgd":   # plain gradient descent (RGAN's critic), or with momentum (GAN's)
-        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg.get("momentum", 0.0), weight_decay=decay)
-    return torch.optim.Adam(params, lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.5, 0.999))), weight_decay=decay,
-                            **adam_kernel(params))
-
-
-def with_player_overrides(cfg: dict, player: str) -> dict:
-    """A config shared by the players (model.optimizer, model.init) with one player's overrides
-    under its `players.<player>` applied, the `players` table itself left out."""
-    shared = {k: v for k, v in cfg.items() if k != "players"}
-    return {**shared, **cfg.get("players", {}).get(player, {})}
-
-
-def ramped_momentum(epoch: int, initial: float, final: float, start_epoch: int, saturate_epoch: int) -> float:
-    """Momentum moving linearly from `initial` at `start_epoch` to `final` at `saturate_epoch`
-    (pylearn2's MomentumAdjustor, which the GAN paper's code uses: 0.5 -> 0.7 over epochs 1-250)."""
-    if not 0 <= start_epoch < saturate_epoch:
-        raise ValueError(f"model.optimizer.momentum_ramp: start_epoch={start_epoch} must be >= 0 and below "
-                         f"saturate_epoch={saturate_epoch}")
-    progress = min(max((epoch - start_epoch) / (saturate_epoch - start_epoch), 0.0), 1.0)
-    return initial + (final - initial) * progress
-
-
 def must_define(model, method: str) -> NotImplementedError:
     """The error for a method a model class must provide and does not."""
     return NotImplementedError(f"{type(model).__name__} must define {method} (README, \"Adding a model\")")
