@@ -305,3 +305,34 @@ def test_each_model_class_names_the_settings_a_resume_may_change():
         resumable_settings = UGATIT.resumable_settings + ("batch_size",)
 
     assert changed_settings(checkpoint, here, {}, UGATITWithPreview.resumable_settings) == ["model.pool_size=50 -> 0"]
+
+
+def test_a_resume_at_another_learning_rate_scales_the_restored_rates_once(train_cfg, tmp_path):
+    """After a divergence a run rolls back and goes on at a lower rate: the restored rates and
+    their schedule (U-GAT-IT's decays per iteration) are scaled by new / saved, the schedule's
+    shape going on from where it was; a requeued job resuming the branch scales nothing again."""
+    common = ("model=ugatit", *NO_EVALUATION, "callbacks.model_checkpoint.every_n_iters=1",
+              "callbacks.model_checkpoint.save_top_k=-1")
+    first = train_cfg(*common, "max_iters=6")   # constant for 3 iterations, then decaying to 0
+    run_training(first)
+    saved = Path(first.paths.output_dir) / "checkpoints" / "iter_0000002.ckpt"
+    lr = first.model.optimizer.lr
+
+    def resumed(folder: str, *overrides: str) -> dict:
+        """The branch's checkpoint at iteration 5 (decaying, not yet at 0)."""
+        cfg = train_cfg(*common, *overrides)
+        cfg.paths.output_dir = str(tmp_path / folder)
+        run_training(cfg)
+        return torch.load(tmp_path / folder / "checkpoints" / "iter_0000005.ckpt", weights_only=True)
+
+    def rates(checkpoint: dict) -> tuple[list[float], list[float]]:
+        return ([group["lr"] for state in checkpoint["optimizer_states"] for group in state["param_groups"]],
+                [base for state in checkpoint["lr_schedulers"] for base in state["base_lrs"]])
+
+    straight = rates(resumed("straight", "max_iters=6", f"ckpt_path={saved}"))
+    halved = resumed("halved", "max_iters=6", f"ckpt_path={saved}", f"model.optimizer.lr={lr / 2}")
+    assert 0 < straight[0][0] < lr   # decaying: the resumed schedule is under way
+    assert rates(halved) == (pytest.approx([r / 2 for r in straight[0]]), pytest.approx([b / 2 for b in straight[1]]))
+    requeued = resumed("requeued", "max_iters=6", f"ckpt_path={tmp_path / 'halved' / 'checkpoints' / 'iter_0000004.ckpt'}",
+                       f"model.optimizer.lr={lr / 2}")
+    assert rates(requeued) == rates(halved)

@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 from pytorch_lightning.strategies import SingleDeviceStrategy
-from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from src.losses import AdversarialLoss, gradient_penalty
 from src.models.checkpoint_fit import check_resume_fits
@@ -26,7 +26,8 @@ from src.models.divergence import (LOW_LOSS_SCALE, TrainingDiverged, diverged_me
 from src.models.image_pool import ImagePool
 from src.models.loss_scaling import PlayerGradScalers
 from src.models.loss_window import LossWindow
-from src.models.optimizers import build_optimizer, check_optimizer_settings, ramped_momentum, with_player_overrides
+from src.models.optimizers import (build_optimizer, changed_learning_rates, check_optimizer_settings, ramped_momentum,
+                                   with_player_overrides)
 from src.models.lr_schedules import DecayToZero, build_scheduler, decay_end_mismatch
 from src.models.size_check import check_image_size
 from src.models import step_in_backward
@@ -128,6 +129,9 @@ class AdversarialModel(pl.LightningModule):
         self.grad_scalers: PlayerGradScalers | None = None
         self.logging_losses = True   # whether log_losses logs this iteration (training_step decides)
         self.loss_window: LossWindow | None = None   # the losses since the last logged iteration
+        # Per player, the factor a resume's new learning rate puts on the restored rates
+        # (`rescale_resumed_learning_rates`), read from the checkpoint before the optimizers are.
+        self.resumed_lr_factors: dict[str, float] = {}
         self.low_scale_warned: set[str] = set()   # the fp16 losses whose low scale was warned of
         # Real images trained on over all devices, by finished iterations (`loaded_images`):
         # logged as train/kimg, an axis on which runs of other batch sizes or device counts line
@@ -375,6 +379,7 @@ class AdversarialModel(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.loss_window = None   # a window begins with the fit (a resume's first one is shorter)
+        self.rescale_resumed_learning_rates()
         # After a resume has restored the schedulers: they, not the config, say when the rate
         # reaches 0. The training loader exists by now, so the run's length costs nothing.
         unit = self.lr_schedule_cfg.get("unit", "epoch")
@@ -386,6 +391,30 @@ class AdversarialModel(pl.LightningModule):
                 factor.fill_in_halves(length)
         if length and schedulers and (mismatch := decay_end_mismatch(schedulers[0].lr_lambdas[0], unit, length)):
             rank_zero_warn(mismatch)
+
+    def rescale_resumed_learning_rates(self) -> None:
+        """A resume with another `model.optimizer.lr` (or a player's own) trains on at the new
+        rate: the restored optimizers' rates and their schedules' bases are scaled by new / saved,
+        after Lightning has restored both. The run's next checkpoint records the new rate, so a
+        requeued job resuming from it scales nothing again (README "Resuming")."""
+        factors, self.resumed_lr_factors = self.resumed_lr_factors, {}
+        by_optimizer = {id(step_in_backward.raw_optimizer(opt)): factors[name]
+                        for name, opt in self.named_optimizers().items() if name in factors}
+        for scheduler in self.scheduler_list():
+            factor = by_optimizer.pop(id(scheduler.optimizer), None)
+            if factor is None:
+                continue
+            scheduler.base_lrs = [rate * factor for rate in scheduler.base_lrs]
+            for group in scheduler.optimizer.param_groups:
+                group["lr"] *= factor
+                if "initial_lr" in group:
+                    group["initial_lr"] *= factor
+            # what get_last_lr() hands back until the next step (ProGAN reads it every iteration)
+            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+        if factors:
+            listed = ", ".join(f"{name} x{factor:g}" for name, factor in factors.items())
+            rank_zero_info(f"Resumed with another learning rate: the restored rates and their schedules are scaled "
+                           f"by new / saved ({listed})")
 
     def run_length_in(self, unit: str) -> int | None:
         """How long this fit trains, in epochs or iterations; None where the trainer cannot say
@@ -720,6 +749,8 @@ class AdversarialModel(pl.LightningModule):
             if name in self.pools:
                 self.pools[name].load_state_dict(state)
         self.images_seen = checkpoint.get("images_seen")
+        self.resumed_lr_factors = changed_learning_rates(
+            (checkpoint.get("hyper_parameters") or {}).get("optimizer"), self.optimizer_cfg, list(self.player_modules()))
         if "rng_states" in checkpoint:
             restore_rng_states(checkpoint["rng_states"])
 

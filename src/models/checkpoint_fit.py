@@ -149,7 +149,7 @@ def check_resume_settings(ckpt_path: str | Path, model: torch.nn.Module, data_se
             f"hydra.sweep.dir), or name the checkpoint (ckpt_path={ckpt_path}) to continue it with the new settings")
     return (f"ckpt_path={ckpt_path} was written with other settings ({listed}): the run goes on with this run's "
             f"settings, except that the optimizers and learning-rate schedules continue from their saved states "
-            f"(their learning rates included)")
+            f"(a new model.optimizer.lr scales their restored rates)")
 
 
 #: a weight of the PyTorch port's two CAM classifiers (src/nets/cam.py, cam_classifier=separate)

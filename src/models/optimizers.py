@@ -69,3 +69,17 @@ def ramped_momentum(epoch: int, initial: float, final: float, start_epoch: int, 
                          f"saturate_epoch={saturate_epoch}")
     progress = min(max((epoch - start_epoch) / (saturate_epoch - start_epoch), 0.0), 1.0)
     return initial + (final - initial) * progress
+
+
+def changed_learning_rates(saved: dict | None, configured: dict, players: list[str]) -> dict[str, float]:
+    """Per player whose rate a resume changes, new / saved: `saved` is the `model.optimizer` of
+    the run that wrote the checkpoint, `configured` this run's (with `players.<player>` overrides
+    in both). A checkpoint without its settings changes nothing."""
+    if not saved:
+        return {}
+    factors = {}
+    for player in players:
+        before, after = with_player_overrides(saved, player).get("lr"), with_player_overrides(configured, player).get("lr")
+        if is_number(before) and is_number(after) and before > 0 and before != after:
+            factors[player] = after / before
+    return factors
