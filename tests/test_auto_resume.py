@@ -266,7 +266,7 @@ def test_auto_refuses_a_checkpoint_of_other_settings_and_a_named_one_warns(train
     assert [str(w.message) for w in caught if "other settings" in str(w.message)] == [
         f"ckpt_path={last} was written with other settings (model.optimizer.lr=0.0002 -> 0.001): the run goes on "
         "with this run's settings, except that the optimizers and learning-rate schedules continue from their "
-        "saved states (their learning rates included)"]
+        "saved states (a new model.optimizer.lr scales their restored rates)"]
     saved = torch.load(last, map_location="cpu", weights_only=True)
     assert saved["global_step"] == 8 and {g["lr"] for o in saved["optimizer_states"] for g in o["param_groups"]} == {2e-4}
 
