@@ -268,7 +268,8 @@ def test_auto_refuses_a_checkpoint_of_other_settings_and_a_named_one_warns(train
         "with this run's settings, except that the optimizers and learning-rate schedules continue from their "
         "saved states (a new model.optimizer.lr scales their restored rates)"]
     saved = torch.load(last, map_location="cpu", weights_only=True)
-    assert saved["global_step"] == 8 and {g["lr"] for o in saved["optimizer_states"] for g in o["param_groups"]} == {2e-4}
+    # the restored rate scaled to the new one (pix2pix's smoke schedule is constant here)
+    assert saved["global_step"] == 8 and {g["lr"] for o in saved["optimizer_states"] for g in o["param_groups"]} == {1e-3}
 
 
 def test_settings_a_resume_may_change_and_settings_added_since_are_not_compared():
