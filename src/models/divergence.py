@@ -83,4 +83,5 @@ def diverged_message(where: str, iteration: int) -> str:
             f"overwrite its checkpoints, with weights that are not finite; those it saved hold finite weights (they "
             f"are checked before each save), last.ckpt the latest. A lower learning rate (model.optimizer.lr), a "
             f"smaller loss weight, gradient clipping (+trainer.gradient_clip_val=1.0), trainer.precision=32 or a new "
-            f"seed may avoid it; a resume keeps the checkpoint's optimizer state and learning rates.")
+            f"seed may avoid it: resuming from a saved checkpoint (ckpt_path=...) with a lower model.optimizer.lr "
+            f"scales its restored rates and schedule by new / saved.")
