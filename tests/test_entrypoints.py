@@ -184,7 +184,7 @@ def test_training_and_translating_from_python_as_the_readme_shows(tmp_path, shar
     model = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
     batch = torch.rand(2, 3, 16, 16) * 2 - 1
     assert model.translate(batch, "AtoB").shape == batch.shape
-    with pytest.raises(ValueError, match=r"translate takes a batch of float images \(N, C, H, W\) in \[-1, 1\], got a "
+    with pytest.raises(TypeError, match=r"translate takes a batch of float images \(N, C, H, W\) in \[-1, 1\], got a "
                                          r"torch.float32 tensor of shape \(3, 16, 16\) \(one image: x\[None\]"):
         model.translate(batch[0], "AtoB")
     with pytest.raises(ValueError, match=r"translated \(15, 15\) px images into \(16, 16\) px: pad them to a multiple "

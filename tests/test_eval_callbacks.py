@@ -98,8 +98,8 @@ def test_images_holding_nan_give_nan_scores_not_a_crash_or_a_plausible_number(ex
 def test_uint8_images_are_refused_not_scored_as_white(extractor, shapes_images):
     discs, triangles = shapes_images
     pixels = ((triangles + 1) * 127.5).round().to(torch.uint8)
-    with pytest.raises(TypeError, match=r"FID/KID take float images in \[-1, 1\]; the fake ones are torch.uint8 "
-                                        r"\(uint8 pixels: images / 127.5 - 1\)"):
+    with pytest.raises(TypeError, match=r"FID/KID \(fake images\) takes a batch of float images \(N, C, H, W\) in "
+                                        r"\[-1, 1\], got a torch.uint8 tensor .*uint8 pixels: x / 127.5 - 1"):
         FidKidScorer(extractor).update(real=discs, fake=pixels)
 
 

@@ -104,13 +104,12 @@ def test_under_loss_scaling_an_overflowing_loss_is_left_out_of_its_logged_mean()
     from src.models.loss_window import LossWindow
 
     def window_of(skip: bool) -> LossWindow:
-        window = LossWindow(["G", "D"], torch.zeros(2), skip_non_finite=skip)
-        for values in ([1.0, float("inf")], [3.0, 2.0], [2.0, float("nan")]):
+        window = LossWindow.start(["G", "D"], torch.tensor([1.0, float("inf")]), skip_non_finite=skip)
+        for values in ([3.0, 2.0], [2.0, float("nan")]):
             window.add(torch.tensor(values))
         return window
 
     assert window_of(True).mean().tolist() == [2.0, 2.0] and window_of(True).iterations == 3
-    assert window_of(False).mean()[1].isnan()
-    every_one_overflowed = LossWindow(["G"], torch.zeros(1), skip_non_finite=True)
-    every_one_overflowed.add(torch.tensor([float("inf")]))
+    assert window_of(False).mean()[0] == 2.0 and window_of(False).mean()[1].isnan()
+    every_one_overflowed = LossWindow.start(["G"], torch.tensor([float("inf")]), skip_non_finite=True)
     assert every_one_overflowed.mean().isnan().all()

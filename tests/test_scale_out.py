@@ -973,14 +973,17 @@ def test_a_run_leaves_the_process_and_the_callers_config_as_it_found_them(train_
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
-def test_an_unseeded_run_after_a_seeded_one_leaves_lightning_no_seed_to_reseed_ranks_with(train_cfg):
+def test_an_unseeded_run_after_a_seeded_one_leaves_lightning_no_seed_to_reseed_ranks_with(train_cfg, monkeypatch):
     """`-m seed=42,null trainer=ddp` in one process: pl.seed_everything leaves PL_GLOBAL_SEED,
-    from which Lightning's DDP setup reseeds every rank, so the unseeded job replayed seed 42."""
+    from which Lightning's DDP setup reseeds every rank, so the unseeded job replayed seed 42.
+    The seeded run's fit sees it; the unseeded one's does not, nor does the process after."""
+    seen, fit = [], pl.Trainer.fit
+    monkeypatch.setattr(pl.Trainer, "fit", lambda self, *args, **kwargs: seen.append(os.environ.get("PL_GLOBAL_SEED"))
+                        or fit(self, *args, **kwargs))
     run_module.run_training(train_cfg("model=pix2pix", "data=shapes_paired", "max_iters=1", "seed=42", *NO_EVALUATION))
-    assert os.environ.get("PL_GLOBAL_SEED") == "42"
     run_module.run_training(train_cfg("model=pix2pix", "data=shapes_paired", "max_iters=1", "seed=null",
                                       "callbacks.model_checkpoint.dirpath=${paths.output_dir}/again", *NO_EVALUATION))
-    assert not {"PL_GLOBAL_SEED", "PL_SEED_WORKERS"} & set(os.environ)
+    assert seen == ["42", None] and not {"PL_GLOBAL_SEED", "PL_SEED_WORKERS"} & set(os.environ)
 
 
 # ----- sweep and cluster configs -----------------------------------------------------------------

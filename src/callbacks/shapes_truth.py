@@ -25,7 +25,7 @@ import torch
 
 from src.callbacks.fid_kid import PeriodicEvaluation
 from src.metrics.shapes_truth import (ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta,
-                                      test_image_size)
+                                      test_image_size, truth_unavailable)
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
 
 log = logging.getLogger(__name__)
@@ -63,13 +63,14 @@ class ShapesTruthCallback(PeriodicEvaluation):
             self._disable(f"{type(pl_module).__name__} translates no images (it generates them from noise)",
                           applies=False)
             return
-        if (datamodule.input_nc, datamodule.output_nc) != (3, 3):
-            self._disable("the shapes masks need RGB images (data.input_nc = data.output_nc = 3)")
-            return
         super().setup(trainer, pl_module, stage)
         if not self.enabled:
             return
         _, pairs = self.evaluation_dataset(trainer)
+        channels = (datamodule.input_nc, datamodule.output_nc)
+        if why := truth_unavailable(data_dir, channels, pairs[0]["A"].shape[-2:]):   # the shapes' images share a size
+            self._disable(why)
+            return
         meta = load_test_meta(data_dir)
         size = test_image_size(data_dir)
         backgrounds = []
@@ -78,10 +79,6 @@ class ShapesTruthCallback(PeriodicEvaluation):
             source, target = Path(item["A_path"]).name, Path(item["B_path"]).name
             if source != target or source not in meta:
                 self._disable(f"test item {index} pairs {source} with {target}, not one test pair")
-                return
-            if tuple(item["A"].shape[-2:]) != (size, size):
-                self._disable(f"test images are preprocessed to {tuple(item['A'].shape[-2:])}, not the generated "
-                              f"{size}x{size} the backgrounds are rendered at (use data.preprocess=none)")
                 return
             backgrounds.append(background_tensor(meta[source], size))
         self._backgrounds = torch.stack(backgrounds)

@@ -225,7 +225,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.caffemodel.is_file():
         from src.data.download import fetch   # the datasets' downloader
         log.info("Downloading %s to %s", CAFFEMODEL_URL, args.caffemodel)
-        args.caffemodel.parent.mkdir(parents=True, exist_ok=True)
         fetch(CAFFEMODEL_URL, args.caffemodel)
     output = segmenter_from_caffemodel(args.caffemodel, args.output, tuple(args.size))
     log.info("Wrote %s: segmenter_path=%s segmenter_size=[%d,%d]", output, output, *args.size)

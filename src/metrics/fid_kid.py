@@ -27,6 +27,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from src.metrics.features import PrecomputedFeatures
 from src.metrics.inception_score import InceptionScorer
+from src.utils.image_grid import require_float_images
 
 
 class CappedKernelInceptionDistance(KernelInceptionDistance):
@@ -103,11 +104,9 @@ class FidKidScorer(nn.Module):
         return self.feature_extractor(images).double()
 
     def update(self, real: torch.Tensor | None = None, fake: torch.Tensor | None = None) -> None:
-        for images, is_real in ((real, True), (fake, False)):
-            if images is not None and not images.is_floating_point():
-                # The extractors take [-1, 1] and clamp: uint8 pixels would all read as white.
-                raise TypeError(f"FID/KID take float images in [-1, 1]; the {'real' if is_real else 'fake'} ones are "
-                                f"{images.dtype} (uint8 pixels: images / 127.5 - 1)")
+        for images, what in ((real, "FID/KID (real images)"), (fake, "FID/KID (fake images)")):
+            if images is not None:
+                require_float_images(images, what)
         for images, is_real in ((real, True), (fake, False)):
             if images is not None:
                 self.non_finite.update((~torch.isfinite(images).flatten(1).all(1)).sum())

@@ -35,6 +35,7 @@ from src.nets.init import init_weights
 from src.nets.fast_conv import configure_fast_conv
 from src.utils.config_checks import check_argument_types, check_network_sizes, is_number, refuse_unknown_keys, to_plain
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
+from src.utils.image_grid import require_float_images
 from src.utils.rng import collect_rng_states, restore_rng_states
 
 
@@ -590,8 +591,9 @@ class AdversarialModel(pl.LightningModule):
         names = [*terms, *totals]
         values = torch.stack([v.detach().float() for v in (*terms.values(), *totals.values())])
         if self.loss_window is None or self.loss_window.names != names:
-            self.loss_window = LossWindow(names, torch.zeros_like(values), skip_non_finite=self.grad_scalers is not None)
-        self.loss_window.add(values)
+            self.loss_window = LossWindow.start(names, values, skip_non_finite=self.grad_scalers is not None)
+        else:
+            self.loss_window.add(values)
         if not self.logging_losses:
             return
         # One reduction for all the losses (Lightning's: a barrier, then an all-reduce), on the
@@ -809,9 +811,7 @@ class TranslationModel(AdversarialModel):
         """
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got '{direction}'")
-        if x.dim() != 4 or not x.is_floating_point():
-            raise ValueError(f"translate takes a batch of float images (N, C, H, W) in [-1, 1], got a {x.dtype} tensor "
-                             f"of shape {tuple(x.shape)} (one image: x[None]; uint8 pixels: x / 127.5 - 1)")
+        require_float_images(x, "translate")
         x = x.to(self.device)
         options = self.sampling_options()
         with sampling_mode(self.translation_nets(direction), **options):

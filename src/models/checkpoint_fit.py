@@ -137,7 +137,7 @@ def check_resume_settings(ckpt_path: str | Path, model: torch.nn.Module, data_se
         return None
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     changed = changed_settings(checkpoint, dict(model.hparams), data_settings,
-                               getattr(type(model), "resumable_settings", ()))
+                               type(model).resumable_settings)
     if not changed:
         return None
     listed = "; ".join(changed)

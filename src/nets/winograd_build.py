@@ -18,6 +18,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from src.utils.whole_files import move_whole
+
 SOURCE = Path(__file__).with_name("winograd_kernels.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 
@@ -61,9 +63,7 @@ def _build(target: Path) -> None:
             raise WinogradUnavailable(f"compiling {SOURCE} with {compiler} failed "
                                       f"(set model.fast_conv=false to use torch's convolution):\n"
                                       f"{result.stderr.strip()}")
-        with open(tmp, "rb") as built:   # on disk before the name says it is there
-            os.fsync(built.fileno())
-        os.replace(tmp, target)
+        move_whole(Path(tmp), target)   # on disk before the name says it is there
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -99,13 +99,13 @@ def load_kernels() -> ctypes.CDLL:
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()
                          + _cpu_signature().encode()).hexdigest()[:16]
     target = _cache_dir() / f"winograd_{key}.so"
-    built = not target.exists()
-    if built:
+    fresh = not target.exists()
+    if fresh:
         _build(target)
     try:
         lib = ctypes.CDLL(str(target))
     except OSError:
-        if built:
+        if fresh:
             raise
         # A cached library that does not load (cut short by a machine that went down before
         # it reached the disk) is built again, once, rather than refused by every later run.

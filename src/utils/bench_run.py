@@ -24,9 +24,9 @@ from src.utils.bench_report import (interval_text, is_reference_iteration, memor
                                     write_results)
 from src.utils.bench_step import compose_model_config
 from src.utils.bench_versus import pool_same_code, run_pairs
-from src.utils.bench_worker import ROOT, run_in_subprocess
+from src.utils.bench_worker import run_in_subprocess
 from src.utils.config_checks import check_seed, require_int
-from src.utils.training_config import compose_training_config
+from src.utils.training_config import CONF_DIR, ROOT_DIR, compose_training_config
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def train_step_specs(cfg: DictConfig) -> list[dict[str, Any]]:
             raise KeyError(f"configuration '{name}' is not in the catalog of conf/bench.yaml; "
                            f"known: {sorted(cfg.catalog)}")
         entry = OmegaConf.to_container(cfg.catalog[name], resolve=True)
-        training_cfg = compose_model_config(str(ROOT / "conf"), entry["model"], int(entry["size"]),
+        training_cfg = compose_model_config(str(CONF_DIR), entry["model"], int(entry["size"]),
                                             entry.get("overrides", []))
         if tweaks.get("fast_conv") is not None:   # a model setting: composed like the row's overrides
             if "fast_conv" in training_cfg.model:
@@ -87,7 +87,7 @@ def train_step_specs(cfg: DictConfig) -> list[dict[str, Any]]:
                     "repeats": int(cfg.repeats), "seed": int(cfg.seed), "tweaks": tweaks,
                     "variant": {**active_tweaks(tweaks, cfg.device), **({"ab": cfg.ab} if cfg.ab else {})},
                     "ab": cfg.ab, "allocator": allocator,
-                    "conf_dir": str(ROOT / "conf"),
+                    "conf_dir": str(CONF_DIR),
                     "profile": {"dir": str(cfg.profile_dir), "row_limit": int(cfg.profile_rows)} if cfg.profile else None,
                 })
     return specs
@@ -98,7 +98,7 @@ def data_specs(cfg: DictConfig) -> list[dict[str, Any]]:
     (conf/train.yaml's `allocator`, unless a trial sets one)."""
     if not cfg.get("data_throughput"):
         return []
-    allocator = cfg.tweaks.get("allocator") or compose_training_config([], str(ROOT / "conf")).get("allocator", "default")
+    allocator = cfg.tweaks.get("allocator") or compose_training_config([], str(CONF_DIR)).get("allocator", "default")
     return [{"kind": "data", "name": name, "device": "cpu", "threads": int(cfg.threads),
              "epochs": int(cfg.data_throughput.epochs), "allocator": allocator,
              "datamodule": OmegaConf.to_container(node, resolve=True)}
@@ -113,7 +113,7 @@ UNMEASURED_PATHS = (":(exclude)experiments", ":(exclude)*.md", ":(exclude)tests"
                     ":(exclude)src/utils/bench_report.py")
 
 
-def git_revision(root: Path = ROOT) -> str:
+def git_revision(root: Path = ROOT_DIR) -> str:
     """Short commit hash, with '+dirty' when the working tree has changes (results depend on the code).
 
     The benchmark's own outputs, the prose, the tests and the results' formatting
@@ -131,7 +131,7 @@ def git_revision(root: Path = ROOT) -> str:
     return f"{given} (no git)" if given else "unknown"
 
 
-def same_measured_code(a: str, b: str, root: Path = ROOT) -> bool:
+def same_measured_code(a: str, b: str, root: Path = ROOT_DIR) -> bool:
     """Whether revisions `a` and `b` differ only outside what is measured (UNMEASURED_PATHS); False
     when git cannot tell (a revision it does not know, no git)."""
     if a == b:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from src.utils.allocator import ALLOCATORS, allocator_environment, configure_allocator
+from src.utils.training_config import ROOT_DIR
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_in_subprocess(spec: dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
@@ -29,8 +29,8 @@ def run_in_subprocess(spec: dict[str, Any], timeout_s: float | None = None) -> d
     # the worker's environment from its start, where glibc and torch read them.
     every_allocator_key = {key for name in ALLOCATORS for key in allocator_environment(name)}
     inherited = {k: v for k, v in os.environ.items() if k not in every_allocator_key}
-    # ROOT first so `src` resolves; the caller's own entries (extra site dirs) stay after it.
-    python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    # ROOT_DIR first so `src` resolves; the caller's own entries (extra site dirs) stay after it.
+    python_path = os.pathsep.join(p for p in (str(ROOT_DIR), os.environ.get("PYTHONPATH", "")) if p)
     env = {**inherited, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": python_path,
            # OpenMP and MKL read these at start-up, before torch.set_num_threads can act.
            "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
@@ -39,7 +39,7 @@ def run_in_subprocess(spec: dict[str, Any], timeout_s: float | None = None) -> d
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_path.write_text(json.dumps({**spec, "work_dir": tmp, "allocator": allocator}))
         proc = subprocess.run([sys.executable, "-m", "src.utils.bench_worker", str(spec_path), str(out_path)],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+                              cwd=ROOT_DIR, env=env, capture_output=True, text=True, timeout=timeout_s)
         if proc.returncode != 0 or not out_path.exists():
             raise RuntimeError(f"benchmark '{spec.get('name')}' failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
         return {**json.loads(out_path.read_text()), "allocator": allocator}

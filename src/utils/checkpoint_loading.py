@@ -112,7 +112,7 @@ def _hparams_mismatch(cls: type, hparams: dict) -> str | None:
 def _build(cls: type[AdversarialModel], hparams: dict, settings: dict) -> AdversarialModel:
     # Building initialises weights randomly (then overwritten): keep the caller's RNG untouched.
     with torch.random.fork_rng(devices=[]):
-        return cls(**hparams, **settings)
+        return cls(**{**hparams, **settings})
 
 
 def build_settings(cls: type, map_location: str | torch.device) -> dict:

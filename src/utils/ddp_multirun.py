@@ -31,7 +31,9 @@ import logging
 import os
 import subprocess
 
-from src.utils.hydra_runtime import DDP_JOB_ENV, hydra_config, is_multirun, job_overrides, launched_rank
+from src.utils.environment import environment_restored
+from src.utils.hydra_runtime import (DDP_JOB_ENV, hydra_config, is_multirun, job_overrides, launched_rank,
+                                     override_key)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ _REPLACED_HYDRA_KEYS = ("hydra.run.dir", "hydra.output_subdir", "hydra.job.name"
 def _job_spec() -> dict:
     hydra_cfg = hydra_config()
     hydra_overrides = [o for o in hydra_cfg.overrides.hydra
-                       if not o.lstrip("+~").split("=", 1)[0].startswith(_REPLACED_HYDRA_KEYS)]
+                       if not override_key(o).startswith(_REPLACED_HYDRA_KEYS)]
     return {"overrides": job_overrides(), "hydra_overrides": hydra_overrides,
             "run_dir": hydra_cfg.runtime.output_dir}
 
@@ -110,25 +112,20 @@ def job_shared_with_launched_ranks(trainer):
     if not launches_ranks_for_multirun_job(trainer):
         yield
         return
-    saved = {key: os.environ.get(key) for key in (DDP_JOB_ENV, *LAUNCHER_ENV)}
-    os.environ[DDP_JOB_ENV] = json.dumps(_job_spec())
-    failed = False
-    try:
-        yield
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        codes = _wait_for_launched_ranks(trainer.strategy.launcher)
-        import torch.distributed as dist
+    with environment_restored((DDP_JOB_ENV, *LAUNCHER_ENV)):
+        os.environ[DDP_JOB_ENV] = json.dumps(_job_spec())
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            codes = _wait_for_launched_ranks(trainer.strategy.launcher)
+            import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
     bad = {rank: code for rank, code in codes.items() if code not in (0, None)}
     if bad and not failed:
         raise RuntimeError(f"Ranks of this multirun job exited with codes {bad}")

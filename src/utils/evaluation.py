@@ -22,10 +22,10 @@ from src.metrics.mmd import sample_mmd2
 from src.metrics.segmenter import Segmenter
 from src.metrics.tstr import tstr_trtr
 from src.metrics.shapes_truth import (ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta,
-                                      test_image_size)
+                                      test_image_size, truth_unavailable)
 from src.models.checkpoint_fit import check_checkpoint_file
 from src.models.noise_base import SAMPLES, NoiseToImageModel
-from src.utils.checkpoint_loading import load_model, recorded_class, refuse_foreign_targets, run_config_path
+from src.utils.checkpoint_loading import load_model, refuse_foreign_targets, run_config_path
 from src.utils.config_checks import check_argument_types, check_seed, is_number, require_int
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, domain_folders, untranslated_directions
 from src.utils.image_grid import make_grid, to_uint8_images
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: where the DataModule classes a checkpoint may name live
 DATA_PACKAGE = "src.data."
+#: what a `_target_` in data settings read from a file may name (refuse_foreign_targets' arguments)
+DATA_CLASSES = (DATA_PACKAGE, pl.LightningDataModule, "data", "DataModule")
 
 TABLE_COLUMNS = ("fid", "kid_x100", "is", "cls_is", "cls_is_real", "cls_acc_fake", "cls_acc_real", "mmd2", "tstr",
                  "trtr", "iou", "color_error", "l1", "psnr", "ssim", "label_pixel_acc", "label_class_acc",
@@ -65,8 +67,7 @@ def data_config(cfg: DictConfig, model) -> DictConfig:
         read = model.training_data.get("data_dir")
         recorded = {"data_dir": str(read)} if read and Path(read).is_dir() else {}
         saved = OmegaConf.to_container(run_cfg.data, resolve=True)
-        refuse_foreign_targets(saved, f"{run_config} (data)", DATA_PACKAGE, pl.LightningDataModule, "data",
-                               "DataModule", "data")
+        refuse_foreign_targets(saved, f"{run_config} (data)", *DATA_CLASSES, "data")
         data = OmegaConf.merge(saved, recorded, given or {})
         for key, value in data_keys_added_since(run_config, data).items():
             log.info("data.%s=%s is in the data config now, not in the run's (older) one, so it is off here: "
@@ -87,13 +88,12 @@ def checkpoints_data_config(ckpt_path, model, run_config: Path) -> dict:
         raise ValueError(f"No data config: pass data=NAME (e.g. data=shapes); {run_config} does not exist to say "
                          f"which data the checkpoint was trained on, and ckpt_path={ckpt_path} is older than the "
                          f"record of it in checkpoints")
-    recorded_class(target, f"ckpt_path={ckpt_path} (data=NAME for other data)", DATA_PACKAGE, pl.LightningDataModule,
-                   "data", "DataModule")
-    refuse_foreign_targets(model.training_data, f"ckpt_path={ckpt_path} (data=NAME for other data)", DATA_PACKAGE,
-                           pl.LightningDataModule, "data", "DataModule", "datamodule_hyper_parameters")
+    recorded = {"_target_": target, **model.training_data}   # the class, and the settings it is built with
+    refuse_foreign_targets(recorded, f"ckpt_path={ckpt_path} (data=NAME for other data)", *DATA_CLASSES,
+                           "datamodule_hyper_parameters")
     log.info("data: the settings recorded in %s (%s; no run config at %s); data=NAME for other data, "
              "+data.KEY=VALUE to change one", ckpt_path, target, run_config)
-    return {"_target_": target, **model.training_data}
+    return recorded
 
 
 def data_keys_added_since(run_config: Path, data: DictConfig) -> dict:
@@ -130,16 +130,12 @@ def truth_backgrounds(datamodule, dataset) -> dict[str, torch.Tensor] | None:
     grayscale runs: the shape masks are found by colour, as ShapesTruthCallback says too)."""
     if not is_shapes_dataset(datamodule.data_dir):
         return None
-    if (datamodule.input_nc, datamodule.output_nc) != (3, 3):
-        log.info("No ground-truth scores: the shapes masks need RGB images (data.input_nc = data.output_nc = 3)")
+    channels = (datamodule.input_nc, datamodule.output_nc)
+    if why := truth_unavailable(datamodule.data_dir, channels, dataset[0]["A"].shape[-2:]):
+        log.info("No ground-truth scores: %s", why)
         return None
-    size, shape = test_image_size(datamodule.data_dir), tuple(dataset[0]["A"].shape[-2:])
-    if shape != (size, size):   # cropped: a redrawn background would not line up with the shapes
-        log.info("No ground-truth scores: the test images are preprocessed to %s, not the generated %dx%d the "
-                 "backgrounds are drawn at (data.preprocess=none scores them)", shape, size, size)
-        return None
-    meta = load_test_meta(datamodule.data_dir)
-    return {name: background_tensor(meta_k, size) for name, meta_k in meta.items()}
+    size = test_image_size(datamodule.data_dir)
+    return {name: background_tensor(meta_k, size) for name, meta_k in load_test_meta(datamodule.data_dir).items()}
 
 
 #: data settings that shape the images a model sees: evaluated otherwise than trained, its scores

@@ -21,6 +21,11 @@ DDP_JOB_ENV = "GAN_TRAIN_DDP_JOB"
 RESOLVED_CHECKPOINT_ENV = "GAN_TRAIN_RESOLVED_CHECKPOINT"
 
 
+def override_key(override: str) -> str:
+    """The config key a command-line override sets, adds or deletes (`+a.b=1`, `~a.b`: `a.b`)."""
+    return override.lstrip("+~").split("=", 1)[0]
+
+
 def hydra_config() -> DictConfig | None:
     """The running job's Hydra config; None outside a Hydra app (a notebook, a test)."""
     return HydraConfig.get() if HydraConfig.initialized() else None

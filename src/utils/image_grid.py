@@ -7,6 +7,14 @@ from PIL import Image, ImageDraw, ImageFont
 TEXT_FRACTION, MIN_TEXT = 0.25, 10
 
 
+def require_float_images(images: torch.Tensor, what: str) -> None:
+    """TypeError for images that are not float (N, C, H, W), the [-1, 1] convention everything
+    here reads: uint8 pixels would be clamped to white, one image's (C, H, W) split wrongly."""
+    if images.dim() != 4 or not images.is_floating_point():
+        raise TypeError(f"{what} takes a batch of float images (N, C, H, W) in [-1, 1], got a {images.dtype} tensor "
+                        f"of shape {tuple(images.shape)} (one image: x[None]; uint8 pixels: x / 127.5 - 1)")
+
+
 def to_uint8_images(batch: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8."""
     images = ((batch.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)

@@ -2,34 +2,32 @@
 that a notebook's or script's next call (or its own code) finds torch and the environment as it
 left them: Lightning's Trainer sets cuDNN's autotuner and torch's deterministic-algorithms mode
 process-wide (`trainer.benchmark`, `trainer.deterministic`, and CUBLAS_WORKSPACE_CONFIG with the
-latter), and a run sets wandb's offline default and the checkpoint it resolved for its ranks."""
+latter), `pl.seed_everything` leaves the seed for Lightning's DDP setup in the environment (an
+unseeded run after a seeded one would reseed its ranks with it), and a run sets wandb's offline
+default and the checkpoint it resolved for its ranks."""
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 
+from src.utils.environment import environment_restored
 from src.utils.hydra_runtime import RESOLVED_CHECKPOINT_ENV
 
 #: environment variables a run sets for itself and its launched ranks
-RUN_SET_ENVIRONMENT = ("CUBLAS_WORKSPACE_CONFIG", "WANDB_MODE", RESOLVED_CHECKPOINT_ENV)
+RUN_SET_ENVIRONMENT = ("CUBLAS_WORKSPACE_CONFIG", "WANDB_MODE", "PL_GLOBAL_SEED", "PL_SEED_WORKERS",
+                       RESOLVED_CHECKPOINT_ENV)
 
 
 @contextlib.contextmanager
 def process_state_restored():
     """Torch's global backend flags and the run's environment variables as they were before."""
-    environment = {name: os.environ.get(name) for name in RUN_SET_ENVIRONMENT}
     cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     deterministic = (torch.are_deterministic_algorithms_enabled(),
                      torch.is_deterministic_algorithms_warn_only_enabled())
     try:
-        yield
+        with environment_restored(RUN_SET_ENVIRONMENT):
+            yield
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
-        for name, value in environment.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value

@@ -207,8 +207,6 @@ def warn_iterations_of_several_processes(max_iters: int, trainer_kwargs: dict, b
                     max_iters, processes, batch_size, processes, max_iters, -(-max_iters // processes))
 
 
-#: where pl.seed_everything leaves the seed for Lightning's DDP setup and its launched ranks
-SEED_ENVIRONMENT = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
 
 
 def default_wandb_offline() -> None:
@@ -324,11 +322,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     check_checkpoint_file(cfg.get("ckpt_path"))
     default_wandb_offline()
     check_seed("seed", cfg.get("seed"))
-    if cfg.get("seed") is not None:
+    if cfg.get("seed") is not None:   # (its environment variables go with the run: process_state_restored)
         pl.seed_everything(cfg.seed, workers=True)
-    else:   # an earlier seeded run of the process left them: Lightning's DDP setup would reseed every rank with it
-        for name in SEED_ENVIRONMENT:
-            os.environ.pop(name, None)
     run_dir = Path(cfg.paths.output_dir)
     # Before the data is built: a model/data mismatch gets the model's own error, not a
     # constructor's unexpected argument.

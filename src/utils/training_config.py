@@ -13,8 +13,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, open_dict
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-ROOT_DIR = CONF_DIR.parent
+from src.utils.hydra_runtime import override_key
+
+ROOT_DIR = Path(__file__).resolve().parents[2]   # the repository
+CONF_DIR = ROOT_DIR / "conf"
 
 
 def compose_training_config(overrides: Sequence[str], conf_dir: str | Path = CONF_DIR,
@@ -33,8 +35,7 @@ def compose_training_config(overrides: Sequence[str], conf_dir: str | Path = CON
         restore_gh_from_backup(backup)
     if output_dir is not None:
         with open_dict(cfg):
-            if "PROJECT_ROOT" not in os.environ and not any(o.split("=", 1)[0].lstrip("+~") == "paths.root_dir"
-                                                            for o in overrides):
+            if "PROJECT_ROOT" not in os.environ and "paths.root_dir" not in map(override_key, overrides):
                 cfg.paths.root_dir = str(ROOT_DIR)
             cfg.paths.output_dir = str(Path(output_dir).resolve())
     return cfg

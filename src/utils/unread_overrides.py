@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 
+from src.utils.hydra_runtime import override_key
+
 log = logging.getLogger(__name__)
 
 #: the optimizer settings only some optimizer types read
@@ -28,7 +30,7 @@ def refuse_unread_overrides(overrides: list[str], model, cfg, in_a_sweep: bool =
     for override in overrides:
         if override.startswith("~"):   # a deletion reads nothing either way
             continue
-        key = override.lstrip("+").split("=", 1)[0]
+        key = override_key(override)
         why = unread_because(key.split("."), model, cfg)
         if why:
             refuse_or_warn(f"{override} would change nothing: {why}. Remove it, or change what makes it unread",
@@ -45,7 +47,7 @@ def refuse_overridden_length(overrides: list[str], max_iters, max_kimg, in_a_swe
     # max_iters replaces both; max_kimg only the epochs (a max_steps ends the run if it comes first)
     replaced = ("trainer.max_epochs", "trainer.max_steps") if max_iters else ("trainer.max_epochs",)
     for override in overrides:
-        key = override.lstrip("+~").split("=", 1)[0]
+        key = override_key(override)
         if key in replaced:
             length = f"max_iters={max_iters}" if max_iters else f"max_kimg={max_kimg}"
             unset = "max_iters=null" if max_iters else "max_kimg=null"
