@@ -133,6 +133,30 @@ def test_a_resumed_run_goes_on_in_its_metrics_csv(train_cfg, tmp_path):
         assert [r["step"] for r in csv.DictReader(f)] == ["3"]   # the stopped run's work past its checkpoint
 
 
+def test_a_rolled_back_run_is_one_run_in_tensorboard_without_its_abandoned_steps(train_cfg):
+    """TensorBoard got a new version_N at every resume, as the CSV logger did: a requeued run was
+    several runs there. The resumed run writes into the same folder, and TensorBoard drops the
+    abandoned branch's events past the resumed checkpoint's step (its purge step); that step's
+    losses, logged by both, show twice with the same value."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from src.utils.run import run_training
+
+    common = ("model=cyclegan", "logger=tensorboard", "max_iters=3", "++callbacks.latent=null",
+              "++callbacks.shapes_truth=null", "callbacks.model_checkpoint.every_n_iters=1",
+              "callbacks.model_checkpoint.save_top_k=-1")
+    first = train_cfg(*common)
+    run_training(first)
+    run_dir = Path(first.paths.output_dir)
+    run_training(train_cfg(*common, f"ckpt_path={run_dir}/checkpoints/iter_0000001.ckpt"))
+    assert [p.name for p in (run_dir / "tensorboard").iterdir()] == ["version_0"]
+    assert len(list((run_dir / "tensorboard" / "version_0").glob("events.out.tfevents.*"))) == 2
+    accumulator = EventAccumulator(str(run_dir / "tensorboard" / "version_0"))
+    accumulator.Reload()
+    events = accumulator.Scalars("train/G")
+    assert [event.step for event in events] == [0, 1, 1, 2] and events[1].value == events[2].value
+
+
 def test_a_rewrite_cut_short_leaves_the_old_file_and_a_resume_drops_a_row_cut_short(tmp_path, monkeypatch, caplog):
     """A job killed while the file is rewritten (here, the disk failing the write) leaves the old
     file, not the run's history cut short; an append cut short leaves a row without its step,

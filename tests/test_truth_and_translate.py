@@ -790,6 +790,17 @@ def test_eval_decodes_with_the_datas_workers(smoke_runs, tmp_path, shared_data_d
     assert math.isfinite(results["AtoB"]["fid"])
 
 
+def test_eval_into_a_used_output_dir_keeps_only_its_own_images(smoke_runs, tmp_path, shared_data_dir, caplog):
+    """Evaluated again into the same folder on fewer images: the earlier evaluation's extra
+    translations would stay beside the new ones, for a tool scoring the folder to count."""
+    _, out = evaluate(smoke_runs["cyclegan"], tmp_path, shared_data_dir)
+    before = len(list((out / "fakeB").glob("*.png")))
+    with caplog.at_level("INFO"):
+        _, again = evaluate(smoke_runs["cyclegan"], tmp_path, shared_data_dir, "data.max_dataset_size=2")
+    assert again == out and before > 2 and len(list((out / "fakeB").glob("*.png"))) == 2
+    assert f"Removing the {before} images an earlier evaluation left in {out / 'fakeB'}" in caplog.text
+
+
 def test_eval_scores_no_ground_truth_on_cropped_shapes(smoke_runs, tmp_path, shared_data_dir, caplog):
     """The backgrounds are drawn at the generated size: on center crops they would not line up
     with the shapes (and a redrawn, squeezed one gave wrong IoU and colour errors)."""

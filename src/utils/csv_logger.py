@@ -35,6 +35,7 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from src.utils.logger_versions import latest_version
 from src.utils.whole_files import write_text_whole
 
 log = logging.getLogger(__name__)
@@ -149,8 +150,7 @@ class StepRowsCSVLogger(CSVLogger):
     def __init__(self, *args, version: int | str | None = None, **kwargs):
         super().__init__(*args, version=version, **kwargs)
         if version is None:
-            following = self._get_next_version()
-            self._version = max(following - 1, 0)
+            self._version = latest_version(self)
 
     @property
     @rank_zero_experiment

@@ -166,6 +166,18 @@ def check_trained_direction(model, datamodule, ckpt_path) -> None:
                          f"data.direction={trained}: pass ++data.direction={trained}")
 
 
+def clear_earlier_outputs(folder: Path) -> None:
+    """`folder` (fakeA/, fakeB/, samples/ of `output_dir`) made, and emptied of an earlier
+    evaluation's images: an output_dir used again keeps only this evaluation's, which a tool
+    scoring the folder (pytorch-fid, say) would otherwise mix with fewer or other images."""
+    earlier = sorted(folder.rglob("*.png")) if folder.is_dir() else []
+    if earlier:
+        log.info("Removing the %d images an earlier evaluation left in %s", len(earlier), folder)
+        for path in earlier:
+            path.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+
+
 def evaluate_direction(model, loader, direction: str, n_source: int, n_target: int, scorer: FidKidScorer,
                        backgrounds: dict | None, fake_dir: Path, device,
                        source_folder: Path | None = None, label_scores=None) -> dict[str, float]:
@@ -173,7 +185,7 @@ def evaluate_direction(model, loader, direction: str, n_source: int, n_target: i
     PNG per source file, named by `name_in_folder`), and score it against the first `n_target`
     targets (and, given `label_scores`, as label maps: src/utils/label_evaluation.py)."""
     source_key, target_key = DIRECTION_KEYS[direction]
-    fake_dir.mkdir(parents=True, exist_ok=True)
+    clear_earlier_outputs(fake_dir)
     written: dict[str, str] = {}
     truth = ShapesTruthScorer().to(device) if backgrounds is not None else None
     identity = ShapesTruthScorer().to(device) if backgrounds is not None else None
@@ -229,7 +241,7 @@ def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sam
     model draws it of the class `sample_classes` gives it (image i's when there is one sample
     per image). Given `classifier`, the samples (and the reference images) are also scored by
     a classifier of the data's classes (src/metrics/image_classifier.py)."""
-    sample_dir.mkdir(parents=True, exist_ok=True)
+    clear_earlier_outputs(sample_dir)
     scorer.reset()
     labels = []
     for batch in loader:

@@ -1,0 +1,41 @@
+"""Lightning's TensorBoard logger, continued by a resumed run (as the CSV logger is).
+
+Without a `version` it writes into the run folder's latest `version_N`, so TensorBoard shows a
+requeued or resumed run as one run. Its event files record every step of the run they come from,
+a stopped run's work past its checkpoint too: a resumed run's writer starts with a purge step
+(SummaryWriter's `purge_step`), from which TensorBoard drops the earlier files' events, so a run
+rolled back to an earlier checkpoint shows its new branch alone. The purge starts past the
+checkpoint's own step, whose evaluation (logged before the checkpoint was saved) the resumed run
+does not repeat; that step's losses then show twice, the same values.
+"""
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from src.utils.logger_versions import latest_version
+
+
+class ContinuedTensorBoardLogger(TensorBoardLogger):
+    def __init__(self, *args, version: int | str | None = None, **kwargs):
+        super().__init__(*args, version=version, **kwargs)
+        if version is None:
+            self._version = latest_version(self)
+
+
+TARGET = f"{ContinuedTensorBoardLogger.__module__}.{ContinuedTensorBoardLogger.__qualname__}"
+
+
+def with_purge_step(logger_cfg: DictConfig | None, resumed_iteration: int | None) -> DictConfig | None:
+    """A copy of the logger config whose TensorBoard logger purges the steps after
+    `resumed_iteration` (the iterations the checkpoint a run resumes from had finished; None: a
+    new run, or a checkpoint Lightning resolves, whose step is not known here)."""
+    nodes = [name for name, node in (logger_cfg or {}).items()
+             if isinstance(node, DictConfig) and node.get("_target_") == TARGET and node.get("purge_step") is None]
+    if resumed_iteration is None or not nodes:
+        return logger_cfg
+    logger_cfg = OmegaConf.create(OmegaConf.to_container(logger_cfg, resolve=True))
+    with open_dict(logger_cfg):
+        for name in nodes:
+            logger_cfg[name].purge_step = resumed_iteration + 1
+    return logger_cfg
