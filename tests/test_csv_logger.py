@@ -155,6 +155,12 @@ def test_a_rolled_back_run_is_one_run_in_tensorboard_without_its_abandoned_steps
     accumulator.Reload()
     events = accumulator.Scalars("train/G")
     assert [event.step for event in events] == [0, 1, 1, 2] and events[1].value == events[2].value
+    # A new run in the folder (no checkpoint) purges the earlier run's events, as the CSV logger
+    # sets its rows aside
+    run_training(train_cfg(*common[:2], "max_iters=2", *common[3:], "callbacks.model_checkpoint.dirpath=${paths.output_dir}/again"))
+    accumulator = EventAccumulator(str(run_dir / "tensorboard" / "version_0"))
+    accumulator.Reload()
+    assert [event.step for event in accumulator.Scalars("train/G")] == [0, 1]
 
 
 def test_a_rewrite_cut_short_leaves_the_old_file_and_a_resume_drops_a_row_cut_short(tmp_path, monkeypatch, caplog):

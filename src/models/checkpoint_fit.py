@@ -34,10 +34,10 @@ def resolved_by_lightning(ckpt_path: str | Path) -> bool:
     return str(ckpt_path) in LIGHTNING_CKPT_KEYWORDS or "://" in str(ckpt_path)
 
 
-def resumed_iteration(ckpt_path: str | Path | None, model) -> int | None:
-    """The iterations the checkpoint a run resumes from had finished (None: no checkpoint, or one
-    of Lightning's keywords or URLs, read only as the fit starts)."""
-    if ckpt_path is None or resolved_by_lightning(ckpt_path):
+def resumed_iteration(ckpt_path: str | Path, model) -> int | None:
+    """The iterations the checkpoint a run resumes from had finished (None for one of Lightning's
+    keywords or URLs, read only as the fit starts)."""
+    if resolved_by_lightning(ckpt_path):
         return None
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     return int(checkpoint.get("global_step", 0)) // model.optimizer_steps_per_iter

@@ -26,7 +26,7 @@ from src.callbacks.optimized_metric import OptimizedMetricCheck
 from src.callbacks.progress import iteration_progress_bar
 from src.callbacks.rank_seed import RankSeed
 from src.callbacks.stop_signals import RequeueStop, StopSignals
-from src.models.checkpoint_fit import check_checkpoint_file, check_resume_settings, resumed_iteration
+from src.models.checkpoint_fit import check_checkpoint_file, check_resume_settings
 from src.utils.accelerator import resolved_accelerator
 from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_job, set_aside_abandoned_checkpoints
 from src.utils.checkpoint_io import DurableCheckpointIO
@@ -39,7 +39,7 @@ from src.utils.instantiate import instantiate_list
 from src.utils.library_warnings import silence_known_library_noise
 from src.utils.objective import sweeper_direction
 from src.utils.process_state import process_state_restored
-from src.utils.tensorboard_logger import with_purge_step
+from src.utils.tensorboard_logger import purge_step, with_purge_step
 from src.utils.run_results import completed_metrics
 from src.utils.unread_overrides import refuse_unread_overrides
 from src.utils.translation import is_out_of_memory
@@ -347,8 +347,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
                                         must_match=found_by_auto)
         if changed:
             rank_zero_warn(changed)
-    logger_cfg = with_purge_step(with_wandb_identity(cfg.get("logger"), cfg),
-                                 resumed_iteration(cfg.get("ckpt_path"), model))
+    logger_cfg = with_purge_step(with_wandb_identity(cfg.get("logger"), cfg), purge_step(cfg.get("ckpt_path"), model))
     callbacks = build_callbacks(cfg, logger_cfg)
     loggers = instantiate_list(logger_cfg, "logger")
     trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), callbacks=callbacks, logger=loggers or False)

@@ -6,13 +6,15 @@ a stopped run's work past its checkpoint too: a resumed run's writer starts with
 (SummaryWriter's `purge_step`), from which TensorBoard drops the earlier files' events, so a run
 rolled back to an earlier checkpoint shows its new branch alone. The purge starts past the
 checkpoint's own step, whose evaluation (logged before the checkpoint was saved) the resumed run
-does not repeat; that step's losses then show twice, the same values.
+does not repeat; that step's losses then show twice, the same values. A new run in a folder that
+holds an earlier run's events purges them all (as the CSV logger sets its rows aside).
 """
 from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from src.models.checkpoint_fit import resumed_iteration
 from src.utils.logger_versions import latest_version
 
 
@@ -26,16 +28,24 @@ class ContinuedTensorBoardLogger(TensorBoardLogger):
 TARGET = f"{ContinuedTensorBoardLogger.__module__}.{ContinuedTensorBoardLogger.__qualname__}"
 
 
-def with_purge_step(logger_cfg: DictConfig | None, resumed_iteration: int | None) -> DictConfig | None:
-    """A copy of the logger config whose TensorBoard logger purges the steps after
-    `resumed_iteration` (the iterations the checkpoint a run resumes from had finished; None: a
-    new run, or a checkpoint Lightning resolves, whose step is not known here)."""
+def purge_step(ckpt_path: str | None, model) -> int | None:
+    """The step from which a run's TensorBoard writer purges earlier events: past the iteration
+    the checkpoint it resumes from had finished, 0 for a new run; None for a checkpoint Lightning
+    resolves (a keyword or URL), whose step is not known before the fit."""
+    if ckpt_path is None:
+        return 0
+    finished = resumed_iteration(ckpt_path, model)
+    return None if finished is None else finished + 1
+
+
+def with_purge_step(logger_cfg: DictConfig | None, step: int | None) -> DictConfig | None:
+    """A copy of the logger config whose TensorBoard logger purges the events from `step` on."""
     nodes = [name for name, node in (logger_cfg or {}).items()
              if isinstance(node, DictConfig) and node.get("_target_") == TARGET and node.get("purge_step") is None]
-    if resumed_iteration is None or not nodes:
+    if step is None or not nodes:
         return logger_cfg
     logger_cfg = OmegaConf.create(OmegaConf.to_container(logger_cfg, resolve=True))
     with open_dict(logger_cfg):
         for name in nodes:
-            logger_cfg[name].purge_step = resumed_iteration + 1
+            logger_cfg[name].purge_step = step
     return logger_cfg
