@@ -143,6 +143,36 @@ def test_the_loader_follows_the_batch_size_per_resolution_and_the_optimizers_the
     assert {g["lr"] for opt in model.optimizers() for g in opt.param_groups} == {0.002}
 
 
+def test_a_resume_at_another_rate_keeps_the_rates_a_resolution_names(train_cfg, tmp_path, monkeypatch):
+    """model=stylegan's smoke schedule: iterations 1-2 at 8x8 (the base rate), 3-4 fading in
+    16x16, whose rate the table gives. Resumed at half the base rate from iteration 1 or 3: 8x8
+    trains at the new base, 16x16 at the table's rate (the restored schedule's rate, not the
+    optimizers' rate, which holds the resolution's factor already, is what the factor multiplies)."""
+    from src.models.progan import ProGAN
+
+    seen = []
+    train_iteration = ProGAN.train_iteration
+
+    def recording(self, batch):
+        train_iteration(self, batch)
+        seen.append((self.iteration, sorted({g["lr"] for opt in self.optimizers() for g in opt.param_groups})))
+
+    monkeypatch.setattr(ProGAN, "train_iteration", recording)
+    common = ("model=stylegan", "max_iters=4", "++model.lr_by_resolution.16=0.004", *NO_EVALUATION,
+              "callbacks.model_checkpoint.every_n_iters=1", "callbacks.model_checkpoint.save_top_k=-1")
+    first = train_cfg(*common)
+    run_training(first)
+    base = first.model.optimizer.lr
+    assert seen == [(1, [base]), (2, [base]), (3, [0.004]), (4, [0.004])]   # (iterations done, rates)
+    for resumed_at in (1, 3):
+        seen.clear()
+        cfg = train_cfg(*common, f"model.optimizer.lr={base / 2}",
+                        f"ckpt_path={first.paths.output_dir}/checkpoints/iter_000000{resumed_at}.ckpt")
+        cfg.paths.output_dir = str(tmp_path / f"from_{resumed_at}")
+        run_training(cfg)
+        assert seen == [(i, [base / 2] if i <= 2 else [0.004]) for i in range(resumed_at + 1, 5)]
+
+
 def test_schedule_settings_are_checked_with_the_key_named(train_cfg):
     for override, message in (("++model.batch_sizes.12=4", "model.batch_sizes lists resolution '12': the keys are image sides"),
                               ("++model.batch_sizes.8=0", r"model.batch_sizes.8=0 must be a positive integer \(images per device\)"),

@@ -410,8 +410,9 @@ class AdversarialModel(pl.LightningModule):
                 group["lr"] *= factor
                 if "initial_lr" in group:
                     group["initial_lr"] *= factor
-            # what get_last_lr() hands back until the next step (ProGAN reads it every iteration)
-            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+            # What get_last_lr() hands back until the next step: the schedule's own rate, which
+            # ProGAN multiplies by its resolution's factor (not the group's, which holds it already).
+            scheduler._last_lr = [rate * factor for rate in scheduler.get_last_lr()]
         if factors:
             listed = ", ".join(f"{name} x{factor:g}" for name, factor in factors.items())
             rank_zero_info(f"Resumed with another learning rate: the restored rates and their schedules are scaled "
