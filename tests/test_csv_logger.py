@@ -182,8 +182,8 @@ def test_a_rewrite_cut_short_leaves_the_old_file_and_a_resume_drops_a_row_cut_sh
     with monkeypatch.context() as patched:
         patched.setattr(os, "fsync", disk_fails)
         with pytest.raises(OSError, match="No space left"):
-            log(StepRowsCSVLogger(tmp_path), {"train/G": 9.0}, 1)   # a resume rewrites the file
-    assert metrics.read_bytes() == before
+            log(StepRowsCSVLogger(tmp_path), {"train/G": 9.0}, 2)   # a resume at step 2 rewrites the file
+    assert metrics.read_bytes() == before and sorted(p.name for p in metrics.parent.iterdir()) == ["metrics.csv"]
     with open(metrics, "a") as f:
         f.write("1.0,1,9.")   # a row cut short in its last field (and, were it step 12's, in its step)
     resumed = StepRowsCSVLogger(tmp_path)

@@ -165,17 +165,19 @@ def test_training_and_translating_from_python_as_the_readme_shows(tmp_path, shar
     from conftest import NO_EVALUATION
     from src.utils.checkpoint_loading import load_model
     from src.utils.run import run_training
-    from src.utils.training_config import CONF_DIR, ROOT_DIR, compose_training_config
+    from src.utils.training_config import ROOT_DIR, compose_training_config
     from src.utils.translation import translate_images
 
     monkeypatch.delenv("PROJECT_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)   # a notebook's folder
+    (tmp_path / "own_conf").mkdir()
+    (tmp_path / "own_conf" / "mine.yaml").write_text("answer: 42\n")
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):   # the caller's own
+    with initialize_config_dir(config_dir=str(tmp_path / "own_conf"), version_base="1.3"):   # the caller's own
         cfg = compose_training_config(["debug=smoke", "model=cyclegan", "max_iters=2", *NO_EVALUATION,
                                        f"paths.data_dir={shared_data_dir}"], output_dir=tmp_path / "run")
         assert cfg.paths.root_dir == str(ROOT_DIR) and cfg.paths.output_dir == str(tmp_path / "run")
-        assert compose(config_name="train").model_name   # still initialised
+        assert compose(config_name="mine").answer == 42   # the caller's Hydra, as it was
     try:
         metrics = run_training(cfg)
     finally:
@@ -192,4 +194,11 @@ def test_training_and_translating_from_python_as_the_readme_shows(tmp_path, shar
         model.translate(batch[..., :15, :15], "AtoB")
     source = next(Path(cfg.data.data_dir).glob("testA/*.png"))
     ((path, image),) = translate_images(model, [source], "AtoB")
-    assert path == source and image.dtype == np.uint8 and str(model.device) == "cpu"
+    assert path == source and image.dtype == np.uint8
+    # On the model's device, which translate_images leaves where it is (it moved it to the CPU)
+    elsewhere = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="meta")
+    assert model.translate(batch, "AtoB").device.type == "cpu" and elsewhere.translate(batch, "AtoB").is_meta
+    moved = []
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *args, **kwargs: moved.append(args) or self)
+    translate_images(elsewhere, [source], "AtoB")
+    assert moved == []

@@ -345,8 +345,10 @@ def test_a_cached_library_that_does_not_load_is_built_again(tmp_path, monkeypatc
     cut_short.parent.mkdir(parents=True)
     cut_short.write_bytes(library.read_bytes()[:100])
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "second"))
+    builds, build = [], winograd_build._build
+    monkeypatch.setattr(winograd_build, "_build", lambda target: builds.append(target) or build(target))
     assert winograd_build.load_kernels().winograd_input_transform is not None
-    assert cut_short.read_bytes() == library.read_bytes()
+    assert builds == [cut_short] and cut_short.stat().st_size > 100
 
 
 def test_kernels_that_cannot_be_loaded_are_unavailable_once_and_for_all(tmp_path, monkeypatch):
