@@ -292,6 +292,16 @@ def test_settings_a_resume_may_change_and_settings_added_since_are_not_compared(
                             {}, ProGAN.resumable_settings) == []
 
 
+def test_auto_resumes_a_run_whose_model_changed_a_setting_its_class_lets_a_resume_change(train_cfg, caplog):
+    """Through the run: CycleGAN lists the image pool's size (the pool warns of it), so a
+    requeued job with another model.pool_size continues its run rather than being refused as
+    another run's."""
+    run_training(train_cfg("model=cyclegan", "max_iters=1", "ckpt_path=auto", *NO_EVALUATION))
+    with caplog.at_level(logging.INFO):
+        run_training(train_cfg("model=cyclegan", "max_iters=2", "ckpt_path=auto", "model.pool_size=1", *NO_EVALUATION))
+    assert "ckpt_path=auto: resuming from" in caplog.text and "the resumed run keeps 1" in caplog.text
+
+
 def test_each_model_class_names_the_settings_a_resume_may_change():
     """A model's own resumable settings belong to its class: another model's setting of the
     same name is compared, and a new model extends its parent's list without editing this code."""

@@ -98,6 +98,32 @@ def test_an_fp16_run_resumes_each_losss_scaler_where_it_stopped(train_cfg, tmp_p
     assert seen.seen == saved
 
 
+def test_log_losses_leaves_an_overflow_out_only_under_loss_scaling(train_cfg):
+    """Through the model: with fp16 loss scalers an iteration's inf loss is left out of the
+    window's logged mean; without them it is logged, and stops the run."""
+    from types import SimpleNamespace
+
+    from src.models.divergence import TrainingDiverged
+
+    for scaled in (True, False):
+        model = hydra.utils.instantiate(train_cfg("model=cyclegan").model, _recursive_=False)
+        model.grad_scalers = SimpleNamespace(scales=dict) if scaled else None   # no scale low enough to warn of
+        logged = {}
+        model.log_dict = lambda metrics, **kwargs: logged.update({k: float(v) for k, v in metrics.items()})
+        model.log = lambda *args, **kwargs: None
+        model.images_seen, model._trainer = 0, SimpleNamespace(global_step=2, world_size=1)
+        for value, logs in ((float("inf"), False), (3.0, True)):
+            model.logging_losses = logs
+            if scaled or not logs:
+                model.log_losses({"adv": torch.tensor(value)}, {"G": torch.tensor(value)}, batch_size=1)
+            else:
+                with pytest.raises(TrainingDiverged, match=r"train/adv is inf, train/G is inf \(means over the 2 "
+                                                           r"iterations since the last logged one\)"):
+                    model.log_losses({"adv": torch.tensor(value)}, {"G": torch.tensor(value)}, batch_size=1)
+        if scaled:
+            assert logged == {"train/adv": 3.0, "train/G": 3.0}
+
+
 def test_under_loss_scaling_an_overflowing_loss_is_left_out_of_its_logged_mean():
     """Under fp16 an overflow only skips its step, now and then: it must not make the whole
     window's logged mean inf. Without loss scaling it stays in, and stops the run."""

@@ -967,6 +967,12 @@ def test_a_run_leaves_the_process_and_the_callers_config_as_it_found_them(train_
         with caplog.at_level("INFO"):
             run_training(cfg)
         assert "ckpt_path=auto: resuming from" in caplog.text
+        # and so does a run that stops with an error (pix2pix on unpaired data, refused once the
+        # Trainer, which sets the flags, is built)
+        with pytest.raises(ValueError, match="paired data"):
+            run_training(train_cfg("model=pix2pix", "data=shapes", "max_iters=1", "seed=3",
+                                   "trainer.benchmark=true", *NO_EVALUATION))
+        assert torch.backends.cudnn.benchmark is False and "PL_GLOBAL_SEED" not in os.environ
         # and says what a user can act on: no network's count of 0 parameters, no Lightning ads
         assert "D_A: " in caplog.text and "adversarial: 0" not in caplog.text and "💡 Tip" not in caplog.text
     finally:

@@ -266,14 +266,18 @@ def test_callback_is_off_without_a_warning_where_it_does_not_apply(tmp_path, cap
     assert not callback.enabled and "test_meta.json" in caplog.text and not warnings_in(caplog)
 
 
-def test_callback_warns_where_the_settings_keep_it_from_the_shapes_data(smoke_runs, caplog):
+@pytest.mark.parametrize("settings, reason", [
+    ({"input_nc": 1}, "the shapes masks need RGB images (data.input_nc = data.output_nc = 3)"),
+    ({"preprocess": "crop", "crop_size": 24}, "the test images are preprocessed to (24, 24), not the generated 32x32 "
+                                              "the backgrounds are drawn at (data.preprocess=none scores them)"),
+])
+def test_callback_warns_where_the_settings_keep_it_from_the_shapes_data(smoke_runs, caplog, settings, reason):
     data_dir = Path(smoke_runs["cyclegan"].cfg.data.data_dir)
-    trainer = SimpleNamespace(datamodule=small_shapes_datamodule(data_dir, input_nc=1), global_rank=0, world_size=1)
+    trainer = SimpleNamespace(datamodule=small_shapes_datamodule(data_dir, **settings), global_rank=0, world_size=1)
     callback = ShapesTruthCallback()
     with caplog.at_level(logging.INFO):
         callback.setup(trainer, CountingIdentity(), "fit")
-    assert not callback.enabled and warnings_in(caplog) == [
-        "ShapesTruthCallback disabled: the shapes masks need RGB images (data.input_nc = data.output_nc = 3)."]
+    assert not callback.enabled and warnings_in(caplog) == [f"ShapesTruthCallback disabled: {reason}."]
 
 
 # -- loading checkpoints ------------------------------------------------------------------------
