@@ -1587,3 +1587,28 @@ def test_dataset_paths_are_kept_in_arrays_that_workers_share_and_read_back_whole
     assert column._buffer.nbytes + column._offsets.nbytes < sum(len(str(n)) + 9 for n in names)
     rows = pickle.loads(pickle.dumps(path_rows([(names[0], 3), (names[1], 0)])))
     assert rows[0] == (names[0], 3) and type(rows[1][1]) is int and len(rows) == 2
+
+
+def test_an_image_write_cut_short_leaves_the_earlier_file_and_a_link_keeps_its_target(tmp_path, monkeypatch):
+    """translate.py or eval.py killed mid-write left a cut PNG that a later run (or a tool
+    scoring the folder) read as whole; an output that is a link is replaced, not written through."""
+    from src.data.image_io import save_image
+
+    earlier, newer = np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 255, np.uint8)
+    save_image(earlier, tmp_path / "out.png")
+    written = Image.Image.save
+
+    def cut_short(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"\x89PNG cut")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Image.Image, "save", cut_short)
+        with pytest.raises(KeyboardInterrupt):
+            save_image(newer, tmp_path / "out.png")
+    assert written is Image.Image.save and np.array_equal(load_image(tmp_path / "out.png", 3), earlier)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+    (tmp_path / "kept.png").symlink_to(tmp_path / "out.png")
+    save_image(newer, tmp_path / "kept.png")
+    assert np.array_equal(load_image(tmp_path / "out.png", 3), earlier) and not (tmp_path / "kept.png").is_symlink()
+    assert np.array_equal(load_image(tmp_path / "kept.png", 3), newer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from src.data.bit_depth import (HIGH_BIT_DEPTH_GRAYSCALE_MODES, grayscale_to_uin
                                 pil_misreads_16_bit_colour, read_16_bit_colour, samples_pil_cannot_read)
 from src.data.colour_profiles import profile_for_nclx
 from src.data.errors import ImageReadError
+from src.utils.whole_files import replace, temporary_name
 
 # HEIC/HEIF photos open through PIL like any other format. libheif applies the file's rotation
 # and mirroring itself and resets the EXIF orientation, so they come out upright; HDR (10/12 bit)
@@ -240,11 +242,22 @@ def to_uint8_array(image: Image.Image, channels: int, bit_depth: int = 16, sourc
 
 def save_image(image: np.ndarray, path: str | Path, **save_options) -> None:
     """Write an HxWxC uint8 array (C = 1 or 3) in the format of the path's suffix (or
-    `save_options`' format), making its folder if needed. A file there is replaced, not written
-    through: a link among the outputs keeps the file it points to."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).unlink(missing_ok=True)
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(Path(path), **save_options)
+    `save_options`' format), making its folder if needed. Written beside and renamed over the
+    path: a file there is replaced, not written through (a link among the outputs keeps the file
+    it points to), and a process killed mid-write leaves the old file or none, not a cut one.
+    (Not synced: an image is remade by running again, unlike a checkpoint.)"""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_format = save_options.pop("format", None) or Image.registered_extensions().get(path.suffix.lower())
+    if image_format is None:
+        raise ValueError(f"{path}: no image format is known for the suffix {path.suffix!r}")
+    staged = path.parent / temporary_name(path.name, uuid.uuid4().hex)
+    try:
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(staged, format=image_format,
+                                                                                **save_options)
+        replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 #: load_image's keywords for how pixel values are read, which a run's data settings record.
