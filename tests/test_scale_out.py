@@ -973,6 +973,14 @@ def test_a_run_leaves_the_process_and_the_callers_config_as_it_found_them(train_
             run_training(train_cfg("model=pix2pix", "data=shapes", "max_iters=1", "seed=3",
                                    "trainer.benchmark=true", *NO_EVALUATION))
         assert torch.backends.cudnn.benchmark is False and "PL_GLOBAL_SEED" not in os.environ
+        # trainer.deterministic=true: Lightning turns the deterministic kernels on everywhere, with
+        # cuBLAS's workspace setting in the environment
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+        torch.use_deterministic_algorithms(False)
+        run_training(train_cfg("max_iters=1", *NO_EVALUATION, "trainer.deterministic=true",
+                               "callbacks.model_checkpoint.dirpath=${paths.output_dir}/deterministic"))
+        assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        assert torch.backends.cudnn.deterministic is False
         # and says what a user can act on: no network's count of 0 parameters, no Lightning ads
         assert "D_A: " in caplog.text and "adversarial: 0" not in caplog.text and "💡 Tip" not in caplog.text
     finally:

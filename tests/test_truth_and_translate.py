@@ -329,11 +329,26 @@ def test_load_model_reads_the_checkpoint_onto_the_cpu_and_moves_only_the_model(s
     assert read_onto == ["cpu"] and ("meta",) in moved_to
 
 
-def test_a_model_loaded_for_another_device_than_the_cpu_gets_torchs_layers(smoke_runs):
+def test_a_model_loaded_for_another_device_than_the_cpu_gets_torchs_layers(smoke_runs, monkeypatch, caplog):
     """fast_conv's rewrites are CPU convolutions, which on a GPU defer to torch's: a model loaded
     for one builds none (nor compiles their kernels, or warns where it cannot)."""
+    from src.nets import fast_conv
+    from src.nets.winograd_build import WinogradUnavailable
+
     assert any(load_model(smoke_runs["cyclegan"].ckpt).fast_conv_layers.values())
-    assert not any(load_model(smoke_runs["cyclegan"].ckpt, map_location="meta").fast_conv_layers.values())
+
+    def no_compiler():
+        raise WinogradUnavailable("no C compiler found")
+
+    monkeypatch.setattr(fast_conv, "kernels", no_compiler)
+    monkeypatch.setattr(fast_conv, "AUTO_WINOGRAD_MIN_CHANNELS", 1)   # the smoke nets' layers are eligible
+    with caplog.at_level(logging.WARNING):
+        load_model(smoke_runs["cyclegan"].ckpt)
+    assert "the Winograd kernels are unavailable" in caplog.text   # on the CPU, it tries them
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        elsewhere = load_model(smoke_runs["cyclegan"].ckpt, map_location="meta")
+    assert not any(elsewhere.fast_conv_layers.values()) and "fast_conv" not in caplog.text
 
 
 def test_load_model_refuses_a_recorded_class_that_is_not_the_checkpoints(smoke_runs, tmp_path):
