@@ -453,6 +453,6 @@ class ImageTranslationDataModule(SplitDataModule):
 
 class TwoDomainDataModule(ImageTranslationDataModule):
     """Base of the DataModules the translators train on: batches hold a source domain "A" and a
-    target domain "B"; `paired` says whether each B is its A's counterpart (pix2pix needs it;
-    the unpaired methods warn that they ignore it). A new two-domain DataModule subclasses this (or
+    target domain "B"; `paired` (False unless a subclass says otherwise) says whether each B is
+    its A's counterpart (pix2pix needs it; the unpaired methods warn that they ignore it). A new two-domain DataModule subclasses this (or
     `PairedDataModule`/`UnpairedDataModule`)."""

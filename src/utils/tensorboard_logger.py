@@ -6,7 +6,8 @@ a stopped run's work past its checkpoint too: a resumed run's writer starts with
 (SummaryWriter's `purge_step`), from which TensorBoard drops the earlier files' events, so a run
 rolled back to an earlier checkpoint shows its new branch alone. The purge starts past the
 checkpoint's own step, whose evaluation (logged before the checkpoint was saved) the resumed run
-does not repeat; that step's losses then show twice, the same values. A new run in a folder that
+does not repeat; where that step is a logged one too (`log_every_n_steps=1`), its losses show
+twice. A new run in a folder that
 holds an earlier run's events purges them all (as the CSV logger sets its rows aside).
 """
 from __future__ import annotations
