@@ -717,7 +717,7 @@ def test_inception_weights_must_load_as_plain_tensors(tmp_path, monkeypatch):
     assert str(unsafe) in str(error.value)
     # The file torch-fidelity would download to, found in torch.hub's cache (shared on a cluster)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    cached = tmp_path / "hub" / "checkpoints" / features_module.TORCH_FIDELITY_WEIGHTS
+    cached = tmp_path / "hub" / "checkpoints" / features_module.INCEPTION_WEIGHTS_FILE
     cached.parent.mkdir(parents=True)
     cached.write_bytes(unsafe.read_bytes())
     with pytest.raises(RuntimeError, match="weights_only=True") as error:

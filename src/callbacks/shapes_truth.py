@@ -67,12 +67,11 @@ class ShapesTruthCallback(PeriodicEvaluation):
         if not self.enabled:
             return
         _, pairs = self.evaluation_dataset(trainer)
-        channels = (datamodule.input_nc, datamodule.output_nc)
-        if why := truth_unavailable(data_dir, channels, pairs[0]["A"].shape[-2:]):   # the shapes' images share a size
+        size, channels = test_image_size(data_dir), (datamodule.input_nc, datamodule.output_nc)
+        if why := truth_unavailable(size, channels, pairs[0]["A"].shape[-2:]):   # the shapes' images share a size
             self._disable(why)
             return
         meta = load_test_meta(data_dir)
-        size = test_image_size(data_dir)
         backgrounds = []
         for index in range(len(pairs)):
             item = pairs[index]

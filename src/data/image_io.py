@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import uuid
 from functools import lru_cache
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from src.data.bit_depth import (HIGH_BIT_DEPTH_GRAYSCALE_MODES, grayscale_to_uin
                                 pil_misreads_16_bit_colour, read_16_bit_colour, samples_pil_cannot_read)
 from src.data.colour_profiles import profile_for_nclx
 from src.data.errors import ImageReadError
-from src.utils.whole_files import replace, temporary_name
+from src.utils.whole_files import write_whole
 
 # HEIC/HEIF photos open through PIL like any other format. libheif applies the file's rotation
 # and mirroring itself and resets the EXIF orientation, so they come out upright; HDR (10/12 bit)
@@ -251,13 +250,8 @@ def save_image(image: np.ndarray, path: str | Path, **save_options) -> None:
     image_format = save_options.pop("format", None) or Image.registered_extensions().get(path.suffix.lower())
     if image_format is None:
         raise ValueError(f"{path}: no image format is known for the suffix {path.suffix!r}")
-    staged = path.parent / temporary_name(path.name, uuid.uuid4().hex)
-    try:
-        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(staged, format=image_format,
-                                                                                **save_options)
-        replace(staged, path)
-    finally:
-        staged.unlink(missing_ok=True)
+    picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    write_whole(path, lambda stream: picture.save(stream, format=image_format, **save_options), sync=False)
 
 
 #: load_image's keywords for how pixel values are read, which a run's data settings record.

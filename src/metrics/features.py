@@ -150,12 +150,9 @@ def check_plain_weights_file(weights_path: str) -> None:
             f"({type(error).__name__}: {error}); use the file torch-fidelity downloads.") from error
 
 
-#: where torch-fidelity downloads the Inception weights (torch.hub's cache, `$TORCH_HOME`)
-TORCH_FIDELITY_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
-
-
 def cached_inception_weights() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / TORCH_FIDELITY_WEIGHTS
+    """Where torch-fidelity downloads the Inception weights: torch.hub's cache (`$TORCH_HOME`)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
 
 
 class InceptionFeatures(FrozenExtractor):
@@ -171,11 +168,12 @@ class InceptionFeatures(FrozenExtractor):
         super().__init__()
         if not torch_fidelity_available():
             raise InceptionUnavailable("the package torch-fidelity is not installed.")
-        if weights_path is None and cached_inception_weights().is_file():
+        cached = cached_inception_weights()
+        if weights_path is None and cached.is_file():
             # torch-fidelity unpickles its cached download with weights_only=False too: a file
             # planted in a shared cache ($TORCH_HOME on a cluster) is checked, then read by path.
             # (A first download, fresh from torch-fidelity's release, it loads itself.)
-            weights_path = str(cached_inception_weights())
+            weights_path = str(cached)
         if weights_path is not None:
             check_plain_weights_file(weights_path)
         from torchmetrics.image.fid import NoTrainInceptionV3

@@ -70,13 +70,13 @@ def test_image_size(data_dir: str | Path) -> int:
     return int(json.loads((Path(data_dir) / TEST_META_FILE).read_text())["size"])
 
 
-def truth_unavailable(data_dir: str | Path, channels: tuple[int, int], image_shape: tuple[int, ...]) -> str | None:
-    """Why the ground truth cannot score a shapes dataset's test images read with `channels`
-    (input_nc, output_nc) at `image_shape` (H, W), or None: the masks are found by colour, and
-    the backgrounds are drawn at the generated size, which a crop would not line up with."""
+def truth_unavailable(size: int, channels: tuple[int, int], image_shape: tuple[int, ...]) -> str | None:
+    """Why the ground truth cannot score the test images of a shapes dataset generated at `size`
+    (`test_image_size`) read with `channels` (input_nc, output_nc) at `image_shape` (H, W), or
+    None: the masks are found by colour, and the backgrounds are drawn at the generated size,
+    which a crop would not line up with."""
     if tuple(channels) != (3, 3):
         return "the shapes masks need RGB images (data.input_nc = data.output_nc = 3)"
-    size = test_image_size(data_dir)
     if tuple(image_shape) != (size, size):
         return (f"the test images are preprocessed to {tuple(image_shape)}, not the generated {size}x{size} the "
                 f"backgrounds are drawn at (data.preprocess=none scores them)")

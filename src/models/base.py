@@ -28,7 +28,7 @@ from src.models.loss_scaling import PlayerGradScalers
 from src.models.loss_window import LossWindow
 from src.models.optimizers import (build_optimizer, changed_learning_rates, check_optimizer_settings, ramped_momentum,
                                    with_player_overrides)
-from src.models.lr_schedules import DecayToZero, build_scheduler, decay_end_mismatch
+from src.models.lr_schedules import DecayToZero, build_scheduler, decay_end_mismatch, rescale_schedule
 from src.models.size_check import check_image_size
 from src.models import step_in_backward
 from src.nets.init import init_weights
@@ -399,20 +399,10 @@ class AdversarialModel(pl.LightningModule):
         after Lightning has restored both. The run's next checkpoint records the new rate, so a
         requeued job resuming from it scales nothing again (README "Resuming")."""
         factors, self.resumed_lr_factors = self.resumed_lr_factors, {}
-        by_optimizer = {id(step_in_backward.raw_optimizer(opt)): factors[name]
-                        for name, opt in self.named_optimizers().items() if name in factors}
-        for scheduler in self.scheduler_list():
-            factor = by_optimizer.pop(id(scheduler.optimizer), None)
-            if factor is None:
-                continue
-            scheduler.base_lrs = [rate * factor for rate in scheduler.base_lrs]
-            for group in scheduler.optimizer.param_groups:
-                group["lr"] *= factor
-                if "initial_lr" in group:
-                    group["initial_lr"] *= factor
-            # What get_last_lr() hands back until the next step: the schedule's own rate, which
-            # ProGAN multiplies by its resolution's factor (not the group's, which holds it already).
-            scheduler._last_lr = [rate * factor for rate in scheduler.get_last_lr()]
+        # one scheduler per player, in the players' order (configure_optimizers)
+        for name, scheduler in zip(self.player_modules(), self.scheduler_list()):
+            if name in factors:
+                rescale_schedule(scheduler, factors[name])
         if factors:
             listed = ", ".join(f"{name} x{factor:g}" for name, factor in factors.items())
             rank_zero_info(f"Resumed with another learning rate: the restored rates and their schedules are scaled "

@@ -34,13 +34,13 @@ def resolved_by_lightning(ckpt_path: str | Path) -> bool:
     return str(ckpt_path) in LIGHTNING_CKPT_KEYWORDS or "://" in str(ckpt_path)
 
 
-def resumed_iteration(ckpt_path: str | Path, model) -> int | None:
-    """The iterations the checkpoint a run resumes from had finished (None for one of Lightning's
-    keywords or URLs, read only as the fit starts)."""
-    if resolved_by_lightning(ckpt_path):
+def resumed_checkpoint(ckpt_path: str | Path | None) -> dict | None:
+    """The checkpoint a run resumes from, mapped (its settings, step and wandb id are read before
+    the fit; Lightning loads it again for the weights); None without one, or for one of
+    Lightning's keywords or URLs, which it resolves only as the fit starts."""
+    if ckpt_path is None or resolved_by_lightning(ckpt_path):
         return None
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    return int(checkpoint.get("global_step", 0)) // model.optimizer_steps_per_iter
+    return torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
 
 
 def refused_by_weights_only(error: BaseException) -> bool:
@@ -134,17 +134,16 @@ def changed_settings(checkpoint: dict, model_settings: dict, data_settings: dict
             and key.rsplit(".", 1)[-1] not in RESUMABLE_LEAVES and not key.startswith(RESUMABLE_GROUPS)]
 
 
-def check_resume_settings(ckpt_path: str | Path, model: torch.nn.Module, data_settings: dict,
-                          must_match: bool) -> str | None:
+def check_resume_settings(ckpt_path: str | Path, checkpoint: dict | None, model: torch.nn.Module,
+                          data_settings: dict, must_match: bool) -> str | None:
     """Compare the settings of the run that wrote `ckpt_path` with this run's (`model`'s
     hyperparameters, `data_settings`). With `must_match`
     (`ckpt_path=auto`: the checkpoint was found, not named) a difference raises: the run folder
     holds another run, as when a sweep started again with other values reuses job folders by
     number, and resuming would credit that run's training to these settings. Otherwise the
     differences are returned for a warning (None when there are none)."""
-    if resolved_by_lightning(ckpt_path):
+    if checkpoint is None:   # one Lightning resolves
         return None
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     changed = changed_settings(checkpoint, dict(model.hparams), data_settings,
                                type(model).resumable_settings)
     if not changed:

@@ -15,14 +15,14 @@ class LossWindow:
     names: list[str]
     sums: torch.Tensor
     counts: torch.Tensor | None = None   # None: every iteration counts for every loss
-    iterations: int = 1
+    iterations: int = 0
 
     @classmethod
     def start(cls, names: list[str], values: torch.Tensor, skip_non_finite: bool = False) -> LossWindow:
-        if not skip_non_finite:
-            return cls(names, values)
-        finite = torch.isfinite(values)
-        return cls(names, torch.where(finite, values, 0.0), finite.float())
+        """A window holding this first iteration's `values`."""
+        window = cls(names, torch.zeros_like(values), torch.zeros_like(values) if skip_non_finite else None)
+        window.add(values)
+        return window
 
     def add(self, values: torch.Tensor) -> None:
         if self.counts is None:

@@ -142,3 +142,15 @@ def build_scheduler(optimizer: Optimizer, policy: str = "linear", unit: str = "e
               "step": lambda: StepDecay(step_size, gamma), "cosine": lambda: CosineDecay(constant, decay),
               "exponential": lambda: ExponentialDecay(decay_rate, min_factor)}[policy]()
     return LambdaLR(optimizer, factor)
+
+
+def rescale_schedule(scheduler: LambdaLR, factor: float) -> None:
+    """Scale a restored schedule and its optimizer's rates by `factor`, the schedule's shape kept
+    (a resume at another learning rate): its bases, the groups' current and initial rates, and
+    what `get_last_lr()` hands back until the next step, the schedule's own rate (ProGAN
+    multiplies that by its resolution's factor, which the groups' rates hold already)."""
+    scheduler.base_lrs = [rate * factor for rate in scheduler.base_lrs]
+    for group in scheduler.optimizer.param_groups:
+        group["lr"] *= factor
+        group["initial_lr"] *= factor   # set by LambdaLR
+    scheduler._last_lr = [rate * factor for rate in scheduler.get_last_lr()]

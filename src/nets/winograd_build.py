@@ -15,10 +15,9 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
-from src.utils.whole_files import move_whole
+from src.utils.whole_files import staged
 
 SOURCE = Path(__file__).with_name("winograd_kernels.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
@@ -52,21 +51,15 @@ def _compiler() -> str:
 
 def _build(target: Path) -> None:
     compiler = _compiler()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename: ranks of a DDP run may build at the same time.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp],
+    # Built beside the target, synced and renamed: ranks of a DDP run may build at the same time,
+    # and a library the name points at is on disk whole.
+    with staged(target) as tmp:
+        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(tmp)],
                                 capture_output=True, text=True)
         if result.returncode != 0:
             raise WinogradUnavailable(f"compiling {SOURCE} with {compiler} failed "
                                       f"(set model.fast_conv=false to use torch's convolution):\n"
                                       f"{result.stderr.strip()}")
-        move_whole(Path(tmp), target)   # on disk before the name says it is there
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 #: why the kernels could not be built or loaded in this process (not tried again: every model

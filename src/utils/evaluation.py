@@ -130,11 +130,10 @@ def truth_backgrounds(datamodule, dataset) -> dict[str, torch.Tensor] | None:
     grayscale runs: the shape masks are found by colour, as ShapesTruthCallback says too)."""
     if not is_shapes_dataset(datamodule.data_dir):
         return None
-    channels = (datamodule.input_nc, datamodule.output_nc)
-    if why := truth_unavailable(datamodule.data_dir, channels, dataset[0]["A"].shape[-2:]):
+    size, channels = test_image_size(datamodule.data_dir), (datamodule.input_nc, datamodule.output_nc)
+    if why := truth_unavailable(size, channels, dataset[0]["A"].shape[-2:]):
         log.info("No ground-truth scores: %s", why)
         return None
-    size = test_image_size(datamodule.data_dir)
     return {name: background_tensor(meta_k, size) for name, meta_k in load_test_meta(datamodule.data_dir).items()}
 
 

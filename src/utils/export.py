@@ -16,7 +16,6 @@ so.
 from __future__ import annotations
 
 import logging
-import uuid
 import warnings
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch.nn as nn
 from src.models.base import TranslationModel
 from src.models.size_check import check_translation_size
 from src.utils.translation import check_direction, input_channels, round_up, size_multiple
-from src.utils.whole_files import move_whole, remove_stale_temporaries, temporary_name
+from src.utils.whole_files import remove_stale_temporaries, staged
 
 log = logging.getLogger(__name__)
 
@@ -161,13 +160,9 @@ def export_translation(model: TranslationModel, direction: str, fmt: str, output
             # Written and checked under a temporary name, then renamed over the path: a graph that
             # fails its check never replaces an earlier export, nor stays to be used.
             remove_stale_temporaries(path.parent, path.name, STALE_EXPORT_SECONDS)   # of killed exports
-            staged = path.parent / temporary_name(path.name, uuid.uuid4().hex)
-            try:
-                report = _export_and_check(graph, fmt, path, staged, example, expected, other, expected_other,
+            with staged(path) as temporary:
+                report = _export_and_check(graph, fmt, path, temporary, example, expected, other, expected_other,
                                            tolerance)
-                move_whole(staged, path)
-            finally:
-                staged.unlink(missing_ok=True)
     finally:
         for net, mode in zip(graph.nets, was_training):
             net.train(mode)

@@ -8,16 +8,17 @@ from __future__ import annotations
 import logging
 import math
 
-from hydra.core.hydra_config import HydraConfig
+from src.utils.hydra_runtime import hydra_config
 
 log = logging.getLogger(__name__)
 
 
 def sweeper_direction() -> str | None:
     """The direction a single-objective sweeper (Optuna's) optimises in, when one runs this job."""
-    if not HydraConfig.initialized():
+    hydra_cfg = hydra_config()
+    if hydra_cfg is None:
         return None
-    direction = (HydraConfig.get().get("sweeper") or {}).get("direction")
+    direction = (hydra_cfg.get("sweeper") or {}).get("direction")
     return direction if isinstance(direction, str) else None
 
 

@@ -26,7 +26,7 @@ from src.callbacks.optimized_metric import OptimizedMetricCheck
 from src.callbacks.progress import iteration_progress_bar
 from src.callbacks.rank_seed import RankSeed
 from src.callbacks.stop_signals import RequeueStop, StopSignals
-from src.models.checkpoint_fit import check_checkpoint_file, check_resume_settings
+from src.models.checkpoint_fit import check_checkpoint_file, check_resume_settings, resumed_checkpoint
 from src.utils.accelerator import resolved_accelerator
 from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_job, set_aside_abandoned_checkpoints
 from src.utils.checkpoint_io import DurableCheckpointIO
@@ -341,13 +341,15 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         if count := count_parameters(child):   # not the loss modules
             log.info("%s: %s parameters", name, f"{count:,}")
     check_sync_batchnorm(cfg, model)
+    resumed = resumed_checkpoint(cfg.get("ckpt_path"))   # read once for the checks and loggers below
     if cfg.get("ckpt_path") is not None:
         # Both hold plain values already (the models' and SplitDataModule's save_hyperparameters).
-        changed = check_resume_settings(cfg.ckpt_path, model, dict(getattr(datamodule, "hparams", {})),
+        changed = check_resume_settings(cfg.ckpt_path, resumed, model, dict(getattr(datamodule, "hparams", {})),
                                         must_match=found_by_auto)
         if changed:
             rank_zero_warn(changed)
-    logger_cfg = with_purge_step(with_wandb_identity(cfg.get("logger"), cfg), purge_step(cfg.get("ckpt_path"), model))
+    logger_cfg = with_purge_step(with_wandb_identity(cfg.get("logger"), cfg, resumed),
+                                 purge_step(cfg.get("ckpt_path"), resumed, model))
     callbacks = build_callbacks(cfg, logger_cfg)
     loggers = instantiate_list(logger_cfg, "logger")
     trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), callbacks=callbacks, logger=loggers or False)

@@ -15,7 +15,6 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from src.models.checkpoint_fit import resumed_iteration
 from src.utils.logger_versions import latest_version
 
 
@@ -29,14 +28,15 @@ class ContinuedTensorBoardLogger(TensorBoardLogger):
 TARGET = f"{ContinuedTensorBoardLogger.__module__}.{ContinuedTensorBoardLogger.__qualname__}"
 
 
-def purge_step(ckpt_path: str | None, model) -> int | None:
+def purge_step(ckpt_path: str | None, checkpoint: dict | None, model) -> int | None:
     """The step from which a run's TensorBoard writer purges earlier events: past the iteration
-    the checkpoint it resumes from had finished, 0 for a new run; None for a checkpoint Lightning
-    resolves (a keyword or URL), whose step is not known before the fit."""
+    `checkpoint` (the file the run resumes from) had finished, 0 for a new run; None for a
+    checkpoint Lightning resolves (a keyword or URL), whose step is not known before the fit."""
     if ckpt_path is None:
         return 0
-    finished = resumed_iteration(ckpt_path, model)
-    return None if finished is None else finished + 1
+    if checkpoint is None:
+        return None
+    return int(checkpoint.get("global_step", 0)) // model.optimizer_steps_per_iter + 1
 
 
 def with_purge_step(logger_cfg: DictConfig | None, step: int | None) -> DictConfig | None:

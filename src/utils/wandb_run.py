@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.utils.hydra_runtime import hydra_config, is_multirun, job_overrides
@@ -66,25 +65,19 @@ def run_tags(cfg: DictConfig) -> list[str]:
     return list(dict.fromkeys(tags))  # unique, in order
 
 
-def run_id_from_checkpoint(ckpt_path: str | None) -> str | None:
-    """The wandb run id a checkpoint was written under (None: no checkpoint, or no wandb run)."""
-    if not ckpt_path or not Path(ckpt_path).is_file():
-        return None
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    return checkpoint.get(CHECKPOINT_KEY)
-
-
 def is_wandb_node(node) -> bool:
     return isinstance(node, DictConfig) and node.get("_target_") in WANDB_LOGGER_TARGETS
 
 
-def with_wandb_identity(logger_cfg: DictConfig | None, cfg: DictConfig) -> DictConfig | None:
-    """A copy of the logger config with name, group, tags and (on resume) id filled in for wandb."""
+def with_wandb_identity(logger_cfg: DictConfig | None, cfg: DictConfig,
+                        checkpoint: dict | None = None) -> DictConfig | None:
+    """A copy of the logger config with name, group, tags and (resuming `checkpoint`) the id of
+    the wandb run it was written under filled in for wandb."""
     if not logger_cfg or not any(is_wandb_node(node) for node in logger_cfg.values()):
         return logger_cfg
     logger_cfg = OmegaConf.create(OmegaConf.to_container(logger_cfg, resolve=True))
     derived = {"name": run_name(cfg, job_overrides()), "group": run_group(cfg), "tags": run_tags(cfg),
-               "id": run_id_from_checkpoint(cfg.get("ckpt_path")), "mode": os.environ.get("WANDB_MODE")}
+               "id": (checkpoint or {}).get(CHECKPOINT_KEY), "mode": os.environ.get("WANDB_MODE")}
     with open_dict(logger_cfg):
         for node in logger_cfg.values():
             if is_wandb_node(node):

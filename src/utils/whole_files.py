@@ -36,31 +36,33 @@ def remove_stale_temporaries(folder: Path, name_glob: str, older_than_s: float) 
                 stale.unlink()
 
 
-def write_whole(path: Path, write) -> None:
-    """`write(stream)` into a temporary file beside `path`, synced, then renamed over `path`:
-    `path` is the old file or the new one, whole, at every moment."""
+@contextlib.contextmanager
+def staged(path: Path, sync: bool = True):
+    """A temporary path beside `path` for the block to write (itself, an exporter, a compiler):
+    renamed over `path` when the block ends well, removed when it fails, so `path` is the old
+    file or the new one, whole, at every moment. Synced before the rename, and the folder after,
+    unless `sync=False` (against a power loss; a killed writer is covered without them), for
+    files remade by running again."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.parent / temporary_name(path.name, uuid.uuid4().hex)
     try:
+        yield temporary
+        if sync:
+            with open(temporary, "rb") as stream:
+                os.fsync(stream.fileno())
+        replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()   # a failed block's (renamed, it is gone)
+    if sync:
+        sync_folder(path.parent)
+
+
+def write_whole(path: Path, write, sync: bool = True) -> None:
+    """`write(stream)` into a file at `path`, whole or not at all (`staged`)."""
+    with staged(path, sync) as temporary:
         with open(temporary, "xb") as stream:   # created with the umask's permissions, as the target would be
             write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        raise
-    sync_folder(path.parent)
-
-
-def move_whole(staged: Path, target: Path) -> None:
-    """A file written elsewhere by other code (an exporter) beside `target`, synced and renamed
-    over it, as `write_whole` does with its own."""
-    with open(staged, "rb") as stream:
-        os.fsync(stream.fileno())
-    replace(staged, target)
-    sync_folder(target.parent)
 
 
 def replace(source: Path, target: Path) -> None:
