@@ -54,24 +54,26 @@ def weights_only_refusal(path: str | Path, error: BaseException) -> str:
     return f"{path} is whole but holds objects a weights-only load refuses ({str(error).splitlines()[0]})"
 
 
-def unreadable_checkpoint(ckpt_path: str | Path, reason: str) -> ValueError:
-    return ValueError(f"ckpt_path={ckpt_path} cannot be read as a checkpoint ({reason}); a copy or save that was "
+def unreadable_checkpoint(ckpt_path: str | Path, reason: str, key: str = "ckpt_path") -> ValueError:
+    """The error for a checkpoint file that does not load, named by its setting `key`."""
+    return ValueError(f"{key}={ckpt_path} cannot be read as a checkpoint ({reason}); a copy or save that was "
                       f"cut short leaves such a file: use another checkpoint of the run (last.ckpt, iter_*.ckpt)")
 
 
-def check_checkpoint_file(ckpt_path: str | Path | None) -> None:
-    """Before any work: the checkpoint to resume from or load exists and is a whole file.
-    torch.save writes a zip archive whose directory comes last, so a truncated file shows here
-    without reading the weights (torch's and Lightning's own errors name neither file nor fix)."""
+def check_checkpoint_file(ckpt_path: str | Path | None, key: str = "ckpt_path") -> None:
+    """Before any work: the checkpoint to resume from or load (the setting `key`) exists and is
+    a whole file. torch.save writes a zip archive whose directory comes last, so a truncated file
+    shows here without reading the weights (torch's and Lightning's own errors name neither file
+    nor fix)."""
     if ckpt_path is None or resolved_by_lightning(ckpt_path):
         return
     if not Path(ckpt_path).is_file():
         if str(ckpt_path) == "auto":   # train.py resolves it before this check; eval/translate need a file
-            raise ValueError("ckpt_path=auto resumes a training run (src/train.py); here, name a checkpoint "
-                             "file: ckpt_path=path/to/checkpoints/last.ckpt")
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+            raise ValueError(f"{key}=auto resumes a training run (src/train.py, ckpt_path=auto); here, name a "
+                             f"checkpoint file: {key}=path/to/checkpoints/last.ckpt")
+        raise FileNotFoundError(f"{key}={ckpt_path}: no such checkpoint file")
     if not zipfile.is_zipfile(ckpt_path):
-        raise unreadable_checkpoint(ckpt_path, "not a complete zip archive, as torch.save writes")
+        raise unreadable_checkpoint(ckpt_path, "not a complete zip archive, as torch.save writes", key)
 
 
 def _listed(names: list[str]) -> str:

@@ -124,6 +124,32 @@ def build_settings(cls: type, map_location: str | torch.device) -> dict:
     return {}
 
 
+def read_training_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
+    """The training checkpoint at `path` (the setting `key`), mapped on the CPU, read with
+    `weights_only=True`; a ValueError naming `key` for a file that is no such checkpoint."""
+    if resolved_by_lightning(path):
+        raise ValueError(f"{key}={path}: name a checkpoint file here ({key}=path/to/checkpoints/last.ckpt); "
+                         f"Lightning's keywords and URLs are for resuming training (src/train.py ckpt_path=...)")
+    check_checkpoint_file(path, key)
+    try:
+        # Mapped rather than read: the file holds the optimizers' moments and the EMA copies too,
+        # which on a GPU could take more memory than the model, and read whole, host memory; only
+        # what the model takes is copied, then moved there.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        if not refused_by_weights_only(error):
+            raise unreadable_checkpoint(path, f"UnpicklingError: {str(error).splitlines()[0]}", key) from error
+        raise ValueError(f"{key}={weights_only_refusal(path, error)}: a checkpoint from elsewhere is not "
+                         f"loaded with code execution; checkpoints src/train.py writes hold none") from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        detail = str(error).splitlines()[0] if str(error) else "no detail"
+        raise unreadable_checkpoint(path, f"{type(error).__name__}: {detail}", key) from error
+    if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
+        raise ValueError(f"{key}={path} is not a training checkpoint of this codebase "
+                         f"(needs 'state_dict' and 'hyper_parameters')")
+    return checkpoint
+
+
 def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", use_ema: bool = True) -> AdversarialModel:
     """The model saved in a Lightning checkpoint, on `map_location`, in eval mode.
 
@@ -131,27 +157,8 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
     weights replace the trained ones: they are what the run sampled and evaluated with.
     `model.loaded_weights` says which came in: "ema" or "trained".
     """
-    if resolved_by_lightning(ckpt_path):
-        raise ValueError(f"ckpt_path={ckpt_path}: name a checkpoint file here (ckpt_path=path/to/checkpoints/"
-                         f"last.ckpt); Lightning's keywords and URLs are for resuming training (src/train.py)")
     path = Path(ckpt_path)
-    check_checkpoint_file(path)
-    try:
-        # On the CPU, mapped rather than read: the file holds the optimizers' moments and the EMA
-        # copies too, which on `map_location` (a GPU) could take more memory than the model, and
-        # read whole, host memory; only what the model takes is copied, then moved there.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as error:
-        if not refused_by_weights_only(error):
-            raise unreadable_checkpoint(ckpt_path, f"UnpicklingError: {str(error).splitlines()[0]}") from error
-        raise ValueError(f"ckpt_path={weights_only_refusal(ckpt_path, error)}: a checkpoint from elsewhere is not "
-                         f"loaded with code execution; checkpoints src/train.py writes hold none") from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        detail = str(error).splitlines()[0] if str(error) else "no detail"
-        raise unreadable_checkpoint(ckpt_path, f"{type(error).__name__}: {detail}") from error
-    if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
-        raise ValueError(f"ckpt_path={ckpt_path} is not a training checkpoint of this codebase "
-                         f"(needs 'state_dict' and 'hyper_parameters')")
+    checkpoint = read_training_checkpoint(path)
     state_dict = checkpoint["state_dict"]
     averaged = averaged_state_dict(checkpoint) if use_ema else None
     if averaged is not None:

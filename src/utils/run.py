@@ -35,6 +35,7 @@ from src.utils.config_checks import check_argument_types, check_run_folder, chec
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
 from src.utils.hydra_runtime import RESOLVED_CHECKPOINT_ENV, in_a_sweep, job_overrides, launched_rank
 from src.utils.ddp_strategy import choose_strategy, process_count
+from src.utils.initial_weights import initial_weights_to_load, start_from_checkpoint
 from src.utils.instantiate import instantiate_list
 from src.utils.library_warnings import silence_known_library_noise
 from src.utils.objective import sweeper_direction
@@ -321,6 +322,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     check_run_folder(cfg.paths.output_dir)
     found_by_auto = resolve_checkpoint(cfg)
     check_checkpoint_file(cfg.get("ckpt_path"))
+    init_from = initial_weights_to_load(cfg)
     default_wandb_offline()
     check_seed("seed", cfg.get("seed"))
     if cfg.get("seed") is not None:   # (its environment variables go with the run: process_state_restored)
@@ -341,11 +343,13 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         if count := count_parameters(child):   # not the loss modules
             log.info("%s: %s parameters", name, f"{count:,}")
     check_sync_batchnorm(cfg, model)
+    # Both hold plain values already (the models' and SplitDataModule's save_hyperparameters).
+    data_settings = dict(getattr(datamodule, "hparams", {}))
+    if init_from is not None:
+        start_from_checkpoint(model, init_from, cfg.get("init_from_weights", "trained"), data_settings)
     resumed = resumed_checkpoint(cfg.get("ckpt_path"))   # read once for the checks and loggers below
     if cfg.get("ckpt_path") is not None:
-        # Both hold plain values already (the models' and SplitDataModule's save_hyperparameters).
-        changed = check_resume_settings(cfg.ckpt_path, resumed, model, dict(getattr(datamodule, "hparams", {})),
-                                        must_match=found_by_auto)
+        changed = check_resume_settings(cfg.ckpt_path, resumed, model, data_settings, must_match=found_by_auto)
         if changed:
             rank_zero_warn(changed)
     logger_cfg = with_purge_step(with_wandb_identity(cfg.get("logger"), cfg, resumed),

@@ -1,0 +1,107 @@
+"""`init_from`: a new run that starts from another run's networks (src/utils/initial_weights.py)."""
+from __future__ import annotations
+
+import logging
+import shutil
+
+import hydra
+import pytest
+import torch
+
+from src.utils.initial_weights import start_from_checkpoint
+from src.utils.run import run_training
+from tests.conftest import last_checkpoint
+
+
+def build_model(cfg):
+    return hydra.utils.instantiate(cfg.model, _recursive_=False)
+
+
+def save_checkpoint(path, model, **extra) -> str:
+    """A file holding what src/train.py's checkpoints hold of the networks."""
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "model_class": f"{type(model).__module__}.{type(model).__qualname__}", "global_step": 6, **extra}, path)
+    return str(path)
+
+
+def test_a_started_run_trains_the_checkpoints_networks_from_iteration_zero(train_cfg, tmp_path):
+    source_cfg = train_cfg("max_iters=2")
+    source_cfg.paths.output_dir = str(tmp_path / "source")
+    source = last_checkpoint(source_cfg)
+    source_file = tmp_path / "source" / "checkpoints" / "last.ckpt"
+
+    cfg = train_cfg("max_iters=1", f"init_from={source_file}")
+    started = last_checkpoint(cfg)
+    model = build_model(cfg)
+    assert started["global_step"] == model.optimizer_steps_per_iter   # iteration 0 on, not the source's 2
+    for state in started["optimizer_states"]:   # new optimizers: one Adam step each
+        assert state["state"] and all(int(s["step"]) == 1 for s in state["state"].values())
+    # One Adam step moves a weight by at most the learning rate: every parameter is the source's
+    # plus at most one step (a fresh draw is ~0.02 away), and the step did move them.
+    lr = cfg.model.optimizer.lr
+    parameters = [name for name, _ in model.named_parameters()]
+    moved = {name: float((started["state_dict"][name] - source["state_dict"][name]).abs().max()) for name in parameters}
+    assert max(moved.values()) <= lr * 1.001, moved
+    assert sum(value > 0 for value in moved.values()) > len(parameters) // 2, moved
+
+    # A requeued job runs the same command line with ckpt_path=auto: it continues its own run
+    # and reads nothing of init_from (here deleted since).
+    shutil.rmtree(tmp_path / "source")
+    resumed = last_checkpoint(train_cfg("max_iters=2", f"init_from={source_file}", "ckpt_path=auto"))
+    assert resumed["global_step"] == 2 * model.optimizer_steps_per_iter
+    for state in resumed["optimizer_states"]:
+        assert all(int(s["step"]) == 2 for s in state["state"].values())
+
+
+def test_a_missing_init_from_stops_the_run_before_any_work(train_cfg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="init_from=.*nowhere.ckpt: no such checkpoint file"):
+        run_training(train_cfg(f"init_from={tmp_path}/nowhere.ckpt"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    with pytest.raises(ValueError, match="init_from_weights='best': choose one of trained, ema"):
+        run_training(train_cfg(f"init_from={tmp_path}/nowhere.ckpt", "init_from_weights=best"))
+
+
+def test_the_ema_choice_takes_the_averaged_generators_and_the_trained_discriminators(train_cfg, tmp_path):
+    cfg = train_cfg()
+    source = build_model(cfg)
+    generator_keys = [key for key in source.state_dict() if key.startswith("G_A.")]
+    averaged = {key: torch.full_like(source.state_dict()[key], 0.5) for key in generator_keys}
+    path = save_checkpoint(tmp_path / "ema.ckpt", source, ema={"state_dict": averaged})
+
+    model = build_model(cfg)
+    start_from_checkpoint(model, path, "ema")
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[key], averaged[key]) for key in generator_keys)
+    assert all(torch.equal(loaded[key], value) for key, value in source.state_dict().items() if key not in averaged)
+
+    trained = build_model(cfg)
+    start_from_checkpoint(trained, path, "trained")
+    assert all(torch.equal(trained.state_dict()[key], value) for key, value in source.state_dict().items())
+
+
+def test_checkpoints_that_do_not_fit_are_refused_naming_the_setting(train_cfg, tmp_path):
+    cfg = train_cfg()
+    source = build_model(cfg)
+    no_ema = save_checkpoint(tmp_path / "plain.ckpt", source)
+    with pytest.raises(ValueError, match="init_from_weights=ema: the run that wrote init_from=.*kept no EMA"):
+        start_from_checkpoint(build_model(cfg), no_ema, "ema")
+
+    other_class = save_checkpoint(tmp_path / "other.ckpt", source, model_class="src.models.pix2pix.Pix2Pix")
+    with pytest.raises(ValueError, match=r"init_from=.*holds a Pix2Pix, and this run builds a CycleGAN"):
+        start_from_checkpoint(build_model(cfg), other_class)
+
+    wider = build_model(train_cfg("model.generator.ngf=8"))
+    with pytest.raises(ValueError, match=r"init_from=.*do not fit the CycleGAN.*tensors of other shapes"):
+        start_from_checkpoint(wider, no_ema)
+
+
+def test_settings_that_differ_from_the_source_run_are_logged(train_cfg, tmp_path, caplog):
+    cfg = train_cfg()
+    source = build_model(cfg)
+    hparams = dict(source.hparams)
+    hparams["loss"] = {**hparams["loss"], "weights": {**hparams["loss"]["weights"], "cycle": 0.123}}
+    path = save_checkpoint(tmp_path / "source.ckpt", source, hyper_parameters=hparams)
+    with caplog.at_level(logging.INFO, logger="src.utils.initial_weights"):
+        start_from_checkpoint(build_model(cfg), path, data_settings={})
+    assert "model.loss.weights.cycle=0.123 ->" in caplog.text
+    assert "its iteration 3" in caplog.text   # global_step 6 at two optimizer steps per iteration
