@@ -205,3 +205,14 @@ def test_half_of_a_run_measured_in_epochs_is_filled_in_once_its_loader_exists(tr
     assert epoch >= 2 and len(factors) == 2
     assert [(f.constant, f.decay) for f in factors] == [(epoch, epoch)] * 2
     assert all(group["lr"] == 0.0 for opt in model.optimizers() for group in opt.param_groups)
+
+
+def test_a_loader_built_again_each_epoch_resumes_the_same_run(train_cfg, tmp_path):
+    """trainer.reload_dataloaders_every_n_epochs=1 builds the training loader at every epoch,
+    each with an order seed drawn from the global RNG (which pix2pix's dropout moves): a run
+    resumed from an epoch's end still trains the same items as the straight run."""
+    from conftest import assert_resume_continues_the_run
+    assert_resume_continues_the_run(
+        train_cfg, tmp_path, ["model=pix2pix", "data=shapes_paired", "data.max_dataset_size=4", "data.batch_size=2",
+                              "seed=7", "+trainer.reload_dataloaders_every_n_epochs=1", *NO_EVALUATION],
+        iterations_per_epoch=2)

@@ -466,9 +466,9 @@ def test_tensorboard_shows_the_config_and_wandb_keeps_the_best_fid(train_cfg, mo
     assert wandb_logger.experiment.summary["best_fid_iteration"] == record["best_fid_iteration"] in (2, 4)
 
 
-def test_the_loggers_record_the_code_revision_the_run_trained_with(train_cfg):
+def test_the_loggers_record_the_code_revision_the_run_trained_with(train_cfg, tmp_path):
     """Beside the config: the commit (and "+dirty" with uncommitted changes), which csv's and
-    tensorboard's records lacked."""
+    tensorboard's records lacked; the code's own, whatever folder paths.root_dir names."""
     import shutil
     import subprocess
 
@@ -476,9 +476,10 @@ def test_the_loggers_record_the_code_revision_the_run_trained_with(train_cfg):
     if shutil.which("git") is None or not (Path(__file__).parents[1] / ".git").exists():
         pytest.skip("not a git checkout")
     cfg = train_cfg("model=cyclegan", "max_iters=1", *NO_EVALUATION)
+    cfg.paths.root_dir = str(tmp_path)   # data and logs elsewhere (paths set already), not a checkout
     run_training(cfg)
     (hparams,) = Path(cfg.paths.output_dir).glob("csv/version_*/hparams.yaml")
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cfg.paths.root_dir, capture_output=True,
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parents[1], capture_output=True,
                           text=True, check=True).stdout.strip()
     revision = yaml.safe_load(hparams.read_text())["code_revision"]
     assert revision in (head, head + "+dirty")

@@ -99,3 +99,29 @@ def test_a_length_the_run_would_replace_is_refused(overrides, max_iters, max_kim
     refuse_overridden_length(overrides, None, None)   # a run measured in epochs takes it
     refuse_overridden_length(["+trainer.max_steps=50"], None, 25000)   # the first limit reached ends the run
     refuse_overridden_length(["trainer.max_epochs=10", "max_iters=null"], None, None)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    # no validation loop: these would do nothing (or fail in Lightning over a loop that never runs)
+    (["+trainer.val_check_interval=0.5"], "trainer.val_check_interval=0.5: no validation loop runs here"),
+    (["+trainer.check_val_every_n_epoch=null"], "trainer.check_val_every_n_epoch=None: no validation loop"),
+    (["trainer.limit_val_batches=1.0"], "callbacks.fid_kid.every_n_iters"),
+    (["trainer.num_sanity_val_steps=2"], "Remove trainer.num_sanity_val_steps"),
+    (["+trainer.fast_dev_run=true"], "Use debug=smoke"),
+    # optimizer steps, not iterations: 2 per CycleGAN iteration
+    (["max_iters=null", "+trainer.max_steps=10"], "trainer.max_steps=10 counts optimizer steps"),
+    (["max_iters=null", "trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing"),
+    (["+trainer.limit_train_batches=0"], "trainer.limit_train_batches=0 trains nothing"),
+])
+def test_loop_settings_that_would_not_do_what_they_say_are_refused(train_cfg, overrides, message):
+    cfg = train_cfg(*overrides)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        build_trainer_kwargs(cfg, model)
+
+
+def test_the_default_loop_settings_pass(train_cfg):
+    cfg = train_cfg("max_iters=null", "trainer.max_epochs=3")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    kwargs = build_trainer_kwargs(cfg, model)
+    assert kwargs["max_epochs"] == 3 and kwargs["limit_val_batches"] == 0 and kwargs.get("max_steps", -1) == -1

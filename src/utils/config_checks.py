@@ -74,6 +74,12 @@ def check_run_folder(output_dir: str | Path) -> None:
     hydra_cfg = hydra_config()
     if hydra_cfg is None or OmegaConf.is_missing(hydra_cfg.runtime, "output_dir"):
         return
+    if OmegaConf.select(hydra_cfg, "job.chdir"):
+        # paths.root_dir defaults to the working directory (${cwd:}): inside the run folder, the
+        # data would be looked for, and the logs written, under the run folder itself.
+        raise ValueError("hydra.job.chdir=true: the runs keep the working directory, which paths.root_dir "
+                         "(data and logs) defaults to; remove the override (relative paths given on the command "
+                         "line are read from where the command runs)")
     if Path(output_dir).resolve() != Path(hydra_cfg.runtime.output_dir).resolve():
         choose = ("hydra.sweep.dir=DIR (each job runs in DIR/<job number>)" if is_multirun()
                   else f"hydra.run.dir={output_dir}")

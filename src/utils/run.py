@@ -41,6 +41,7 @@ from src.utils.library_warnings import silence_known_library_noise
 from src.utils.objective import sweeper_direction
 from src.utils.process_state import process_state_restored
 from src.utils.tensorboard_logger import purge_step, with_purge_step
+from src.utils.training_config import ROOT_DIR
 from src.utils.run_results import completed_metrics
 from src.utils.unread_overrides import refuse_unread_overrides
 from src.utils.translation import is_out_of_memory
@@ -152,6 +153,7 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     warn_bf16_before_ampere(kwargs)
     take_gradient_clipping(kwargs, model)
     use_durable_checkpoints(kwargs)
+    refuse_loop_settings(kwargs)
     if kwargs.get("accumulate_grad_batches", 1) != 1:
         raise ValueError(f"trainer.accumulate_grad_batches={kwargs['accumulate_grad_batches']}: a GAN's players step "
                          f"in turn, each once per iteration, and the next player trains against the one just "
@@ -170,6 +172,36 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     elif cfg.get("max_kimg"):   # the image budget (ImageBudget) ends the run, not an epoch count
         kwargs["max_epochs"] = -1
     return kwargs
+
+
+#: where the evaluations are scheduled instead of Lightning's validation loop
+EVALUATION_SCHEDULE = ("callbacks.fid_kid.every_n_iters, callbacks.image_grid.every_n_iters, "
+                       "callbacks.latent.every_n_iters (conf/callbacks/default.yaml)")
+
+
+def refuse_loop_settings(trainer_kwargs: dict) -> None:
+    """ValueError for Lightning loop settings that would do nothing here, or not what they say:
+    no model has a validation loop (evaluation runs in callbacks, by iteration), `max_steps`
+    counts optimizer steps (several per GAN iteration), and a length of zero trains nothing and
+    ends without a checkpoint."""
+    for key in ("val_check_interval", "check_val_every_n_epoch", "limit_val_batches", "num_sanity_val_steps"):
+        value = trainer_kwargs.get(key)
+        if value not in (None, 0) or (key == "check_val_every_n_epoch" and key in trainer_kwargs):
+            raise ValueError(f"trainer.{key}={value}: no validation loop runs here (the models have no "
+                             f"validation_step); the evaluations run in callbacks, every N iterations: "
+                             f"{EVALUATION_SCHEDULE}. Remove trainer.{key}")
+    if trainer_kwargs.get("fast_dev_run"):
+        raise ValueError(f"trainer.fast_dev_run={trainer_kwargs['fast_dev_run']}: Lightning's quick check turns the "
+                         f"checkpoints and loggers off while the evaluation callbacks still run in full. Use "
+                         f"debug=smoke (tiny networks, 4 iterations, every callback) or max_iters=1 instead")
+    if trainer_kwargs.get("max_steps", -1) not in (-1, None):
+        raise ValueError(f"trainer.max_steps={trainer_kwargs['max_steps']} counts optimizer steps, several per GAN "
+                         f"iteration (one per player): set the length in iterations with max_iters (or in images "
+                         f"with max_kimg) and remove trainer.max_steps")
+    for key in ("max_epochs", "limit_train_batches"):
+        if trainer_kwargs.get(key) == 0:
+            raise ValueError(f"trainer.{key}=0 trains nothing, and the run would end without a checkpoint: "
+                             f"set a length (max_iters, trainer.max_epochs) of at least one iteration")
 
 
 def use_durable_checkpoints(trainer_kwargs: dict) -> None:
@@ -300,7 +332,9 @@ def log_run_config(trainer: pl.Trainer, cfg: DictConfig) -> None:
     """The run's config, and the code it trained with, to every logger (wandb records the code
     itself; csv and tensorboard would not): "+dirty" says uncommitted changes took part."""
     hyperparameters = {**OmegaConf.to_container(cfg, resolve=True),
-                       "code_revision": git_revision(Path(cfg.paths.root_dir)) or "unknown (no git checkout)"}
+                       # the code's own checkout, not paths.root_dir (where data and logs go, which
+                       # may be another folder, or another repository)
+                       "code_revision": git_revision(ROOT_DIR) or "unknown (no git checkout)"}
     for logger in trainer.loggers:
         logger.log_hyperparams(hyperparameters)   # a wandb logger starts its run here
         if isinstance(logger, TensorBoardLogger):

@@ -44,7 +44,7 @@ def refuse_overridden_length(overrides: list[str], max_iters, max_kimg, in_a_swe
     `-m model=cyclegan,ugatit trainer.max_epochs=10` sets CycleGAN's length)."""
     if not (max_iters or max_kimg):
         return
-    # max_iters replaces both; max_kimg only the epochs (a max_steps ends the run if it comes first)
+    # max_iters replaces both; max_kimg only the epochs (a max_steps is refused anyway: run.refuse_loop_settings)
     replaced = ("trainer.max_epochs", "trainer.max_steps") if max_iters else ("trainer.max_epochs",)
     for override in overrides:
         key = override_key(override)
