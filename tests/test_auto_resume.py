@@ -39,7 +39,25 @@ def test_the_most_advanced_readable_checkpoint_is_chosen_and_a_cut_file_is_named
     hpc.write_bytes(whole[: len(whole) // 2])                      # a copy cut short
     with caplog.at_level(logging.WARNING):
         assert most_advanced_checkpoint(checkpoints, run_dir) == crashed
-    assert f"passing over {hpc}" in caplog.text
+    assert f"passing over {hpc}, which cannot be read as a checkpoint (not a complete zip archive" in caplog.text
+
+
+def test_a_read_the_system_refuses_stops_auto_rather_than_pass_over_the_file(tmp_path, monkeypatch):
+    """A whole last.ckpt on a file system that fails a read (an I/O error, permissions): passing
+    over it would resume from the older iter_*.ckpt, whose next save overwrites last.ckpt."""
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    save_progress(checkpoints / "iter_0000002.ckpt", 4)
+    last = save_progress(checkpoints / "last.ckpt", 8)
+    real_load = torch.load
+
+    def failing_load(path, *args, **kwargs):
+        if Path(path) == last:
+            raise OSError(5, "Input/output error")
+        return real_load(path, *args, **kwargs)
+    monkeypatch.setattr(torch, "load", failing_load)
+    with pytest.raises(OSError, match=rf"reading {last} failed \(Input/output error\); the file may be whole"):
+        most_advanced_checkpoint(checkpoints, tmp_path)
 
 
 def test_auto_stops_where_every_checkpoint_is_unreadable_rather_than_start_over_them(tmp_path):

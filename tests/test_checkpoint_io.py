@@ -102,3 +102,16 @@ def test_a_checkpoint_from_a_url_is_loaded_weights_only(train_cfg, monkeypatch):
     with pytest.raises(ConnectionError):
         run_training(train_cfg("model=cyclegan", "max_iters=1", "ckpt_path=https://example.org/last.ckpt"))
     assert asked == {"url": "https://example.org/last.ckpt", "weights_only": True}
+
+
+def test_resuming_from_a_file_a_weights_only_load_refuses_names_the_setting(train_cfg, tmp_path):
+    """Resuming read the file with torch's own error, which names no setting and suggests
+    weights_only=False; the same reading as eval's and translate's names ckpt_path instead."""
+    from pathlib import Path
+
+    from src.utils.run import run_training
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": Path("/a")}, "global_step": 2}, foreign)
+    with pytest.raises(ValueError, match=rf"ckpt_path={foreign} is whole but holds objects a weights-only load "
+                                         r"refuses .*checkpoints src/train.py writes hold none"):
+        run_training(train_cfg("model=cyclegan", "max_iters=1", f"ckpt_path={foreign}"))

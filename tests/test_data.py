@@ -486,6 +486,24 @@ def test_colour_samples_pil_cannot_read_are_named_instead_of_called_broken(tmp_p
     with pytest.raises(ImageReadError, match="notes.tif: cannot identify image file .*Delete or replace the file"):
         load_image(tmp_path / "notes.tif", 3)
 
+
+@pytest.mark.parametrize("refusal", [PermissionError(13, "Permission denied"), OSError(5, "Input/output error")])
+def test_a_read_the_system_refuses_is_not_called_a_broken_file(tmp_path, monkeypatch, refusal):
+    """A file this user may not read, or a network file system's I/O error: the advice to
+    delete the file would destroy a whole one."""
+    import src.data.image_io as image_io
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+
+    def refuse(*args, **kwargs):
+        raise refusal
+    monkeypatch.setattr(image_io.Image, "open", refuse)
+    with pytest.raises(ImageReadError, match=r"a.png: the system refused the read \(\[Errno \d+\] .*permissions") as caught:
+        load_image(tmp_path / "a.png", 3)
+    assert "Delete" not in str(caught.value)
+    monkeypatch.setattr(image_io.Image, "open", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    with pytest.raises(MemoryError):
+        load_image(tmp_path / "a.png", 3)
+
 def test_float_grey_samples_are_read_as_0_to_1_and_others_refused(tmp_path):
     """A depth map in metres was stretched from its own min to its own max: every image on a
     scale of its own. Float samples are read as 0..1, and values beyond are an error naming the

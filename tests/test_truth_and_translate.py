@@ -674,6 +674,20 @@ def test_a_checkpoint_with_objects_a_weights_only_load_refuses_is_named_as_such(
         load_model(path)
 
 
+def test_a_constructors_own_error_stays_the_cause_of_the_load_error(smoke_runs, monkeypatch):
+    """A TypeError raised inside a model's constructor (a bug there, not in the file) was kept as
+    text only: the traceback that locates it was lost."""
+    import src.utils.checkpoint_loading as checkpoint_loading
+    bug = TypeError("unsupported operand inside a network's __init__")
+
+    def build(*args, **kwargs):
+        raise bug
+    monkeypatch.setattr(checkpoint_loading, "_build", build)
+    with pytest.raises(ValueError, match="unsupported operand inside") as caught:
+        checkpoint_loading.load_model(smoke_runs["cyclegan"].ckpt)
+    assert caught.value.__cause__ is bug
+
+
 @pytest.mark.parametrize("override, message", [("batch_size=0", r"batch_size=0 must be a positive integer"),
                                                ("device=tpu", r"device='tpu' is not a device torch knows"),
                                                ("data.num_workers=x", r"data.num_workers='x' must be an integer"),

@@ -84,9 +84,15 @@ def open_image(path: str | Path, decode_at_least: tuple[int, int] | None = None,
             image.load()
             ImageOps.exif_transpose(image, in_place=True)
             return image
-    except (FileNotFoundError, ImageReadError):
+    except (FileNotFoundError, ImageReadError, MemoryError):
         raise
     except Exception as error:  # PIL raises several unrelated types for corrupt data
+        if isinstance(error, OSError) and error.errno is not None:
+            # The system refused the read (permissions, a network file system's I/O error): the
+            # file itself may be whole, and deleting it is not the fix. (PIL's own OSErrors, for a
+            # truncated or unidentified file, carry no system error number.)
+            raise ImageReadError(f"Cannot read image file {path}: the system refused the read ({error}). Check "
+                                 f"the file's permissions for this user and the storage it is on.") from error
         # A valid file whose samples PIL has no mode for is named as such, not as a broken file.
         if isinstance(error, UnidentifiedImageError) and (held := samples_pil_cannot_read(path)):
             raise ImageReadError(

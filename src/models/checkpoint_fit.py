@@ -40,7 +40,7 @@ def resumed_checkpoint(ckpt_path: str | Path | None) -> dict | None:
     Lightning's keywords or URLs, which it resolves only as the fit starts."""
     if ckpt_path is None or resolved_by_lightning(ckpt_path):
         return None
-    return torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    return read_training_checkpoint(ckpt_path)
 
 
 def refused_by_weights_only(error: BaseException) -> bool:
@@ -74,6 +74,35 @@ def check_checkpoint_file(ckpt_path: str | Path | None, key: str = "ckpt_path") 
         raise FileNotFoundError(f"{key}={ckpt_path}: no such checkpoint file")
     if not zipfile.is_zipfile(ckpt_path):
         raise unreadable_checkpoint(ckpt_path, "not a complete zip archive, as torch.save writes", key)
+
+
+def read_training_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
+    """The training checkpoint at `path` (the setting `key`), mapped on the CPU, read with
+    `weights_only=True`; a ValueError naming `key` for a file that is no such checkpoint."""
+    if resolved_by_lightning(path):
+        raise ValueError(f"{key}={path}: name a checkpoint file here ({key}=path/to/checkpoints/last.ckpt); "
+                         f"Lightning's keywords and URLs are for resuming training (src/train.py ckpt_path=...)")
+    check_checkpoint_file(path, key)
+    try:
+        # Mapped rather than read: the file holds the optimizers' moments and the EMA copies too,
+        # which on a GPU could take more memory than the model, and read whole, host memory; only
+        # what the model takes is copied, then moved there.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        if not refused_by_weights_only(error):
+            raise unreadable_checkpoint(path, f"UnpicklingError: {str(error).splitlines()[0]}", key) from error
+        raise ValueError(f"{key}={weights_only_refusal(path, error)}: a checkpoint from elsewhere is not "
+                         f"loaded with code execution; checkpoints src/train.py writes hold none") from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        if isinstance(error, OSError) and error.errno is not None:   # not the file's fault: say so
+            raise OSError(error.errno, f"{key}={path}: the system refused the read ({error.strerror}); the file may "
+                                       f"be whole: check its permissions and the storage it is on") from error
+        detail = str(error).splitlines()[0] if str(error) else "no detail"
+        raise unreadable_checkpoint(path, f"{type(error).__name__}: {detail}", key) from error
+    if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
+        raise ValueError(f"{key}={path} is not a training checkpoint of this codebase "
+                         f"(needs 'state_dict' and 'hyper_parameters')")
+    return checkpoint
 
 
 def _listed(names: list[str]) -> str:

@@ -155,22 +155,43 @@ def checkpoint_candidates(folders: list[tuple[Path, Path]]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def training_progress(path: Path) -> tuple[int, bool] | None:
+class UnreadableCheckpoint(Exception):
+    """A file that cannot be read whole as a checkpoint of ours; the message says why."""
+
+
+def read_progress(path: Path) -> tuple[int, bool]:
     """The optimizer steps a checkpoint records and whether it is exact (taken between
-    iterations, not inside one), or None for a file that cannot be read whole."""
+    iterations, not inside one); UnreadableCheckpoint for a file that cannot be read whole.
+    A read the system refuses (permissions, a network file system's I/O error) is raised as it
+    is: passing over a whole last.ckpt would resume from an older file, whose next save would
+    overwrite the progress it holds."""
     if not zipfile.is_zipfile(path):   # torch.save writes the zip directory last: a cut file has none
-        return None
+        raise UnreadableCheckpoint("not a complete zip archive: a copy or save cut short leaves such a file")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         inexact = (PARTIAL_STEPS_KEY, TORN_STEP_KEY, INSIDE_ITERATION_KEY)
         return int(checkpoint["global_step"]), not any(checkpoint.get(key) for key in inexact)
     except pickle.UnpicklingError as error:
         if not refused_by_weights_only(error):
-            return None
+            raise UnreadableCheckpoint(f"UnpicklingError: {str(error).splitlines()[0]}") from error
         raise ValueError(f"ckpt_path=auto: {weights_only_refusal(path, error)}, so the run cannot resume from it "
                          f"safely. Move it out of {path.parent} to resume from the next checkpoint (or to start "
                          f"over)") from error
-    except Exception:   # any other reason a file is not a checkpoint of ours: it is reported and passed over
+    except OSError as error:
+        if error.errno is not None:
+            raise OSError(error.errno, f"ckpt_path=auto: reading {path} failed ({error.strerror}); the file may be "
+                                       f"whole, and passing over it could resume from an older one. Fix the "
+                                       f"storage or permissions, or move the file away") from error
+        raise UnreadableCheckpoint(f"{type(error).__name__}: {error}") from error
+    except Exception as error:   # any other reason a file is not a checkpoint of ours: reported and passed over
+        raise UnreadableCheckpoint(f"{type(error).__name__}: {error}") from error
+
+
+def training_progress(path: Path) -> tuple[int, bool] | None:
+    """`read_progress`, or None for a file that cannot be read whole."""
+    try:
+        return read_progress(path)
+    except UnreadableCheckpoint:
         return None
 
 
@@ -180,10 +201,10 @@ def most_advanced_in(folders: list[tuple[Path, Path]]) -> tuple[tuple[int, bool]
     taken inside an iteration or a step), then the newest file. None where none is readable."""
     readable = []
     for path in checkpoint_candidates(folders):
-        progress = training_progress(path)
-        if progress is None:
-            log.warning("ckpt_path=auto: passing over %s, which cannot be read as a checkpoint "
-                        "(a copy cut short leaves such a file)", path)
+        try:
+            progress = read_progress(path)
+        except UnreadableCheckpoint as reason:
+            log.warning("ckpt_path=auto: passing over %s, which cannot be read as a checkpoint (%s)", path, reason)
         else:
             readable.append((*progress, path.stat().st_mtime, path))
     if not readable:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -30,9 +29,7 @@ from omegaconf import OmegaConf
 from src.callbacks.ema import averaged_state_dict
 from src.utils.config_checks import accepted_arguments
 from src.models.base import AdversarialModel
-from src.models.checkpoint_fit import (check_checkpoint_file, refused_by_weights_only, resolved_by_lightning,
-                                       run_config_path, state_dict_mismatch, unreadable_checkpoint,
-                                       upgraded_hparams, weights_only_refusal)
+from src.models.checkpoint_fit import read_training_checkpoint, run_config_path, state_dict_mismatch, upgraded_hparams
 
 log = logging.getLogger(__name__)
 
@@ -124,32 +121,6 @@ def build_settings(cls: type, map_location: str | torch.device) -> dict:
     return {}
 
 
-def read_training_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
-    """The training checkpoint at `path` (the setting `key`), mapped on the CPU, read with
-    `weights_only=True`; a ValueError naming `key` for a file that is no such checkpoint."""
-    if resolved_by_lightning(path):
-        raise ValueError(f"{key}={path}: name a checkpoint file here ({key}=path/to/checkpoints/last.ckpt); "
-                         f"Lightning's keywords and URLs are for resuming training (src/train.py ckpt_path=...)")
-    check_checkpoint_file(path, key)
-    try:
-        # Mapped rather than read: the file holds the optimizers' moments and the EMA copies too,
-        # which on a GPU could take more memory than the model, and read whole, host memory; only
-        # what the model takes is copied, then moved there.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as error:
-        if not refused_by_weights_only(error):
-            raise unreadable_checkpoint(path, f"UnpicklingError: {str(error).splitlines()[0]}", key) from error
-        raise ValueError(f"{key}={weights_only_refusal(path, error)}: a checkpoint from elsewhere is not "
-                         f"loaded with code execution; checkpoints src/train.py writes hold none") from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        detail = str(error).splitlines()[0] if str(error) else "no detail"
-        raise unreadable_checkpoint(path, f"{type(error).__name__}: {detail}", key) from error
-    if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
-        raise ValueError(f"{key}={path} is not a training checkpoint of this codebase "
-                         f"(needs 'state_dict' and 'hyper_parameters')")
-    return checkpoint
-
-
 def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", use_ema: bool = True) -> AdversarialModel:
     """The model saved in a Lightning checkpoint, on `map_location`, in eval mode.
 
@@ -157,8 +128,8 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
     weights replace the trained ones: they are what the run sampled and evaluated with.
     `model.loaded_weights` says which came in: "ema" or "trained".
     """
+    checkpoint = read_training_checkpoint(ckpt_path)   # as given: a Path would turn a URL's // into /
     path = Path(ckpt_path)
-    checkpoint = read_training_checkpoint(path)
     state_dict = checkpoint["state_dict"]
     averaged = averaged_state_dict(checkpoint) if use_ema else None
     if averaged is not None:
@@ -180,12 +151,12 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
     for cls in candidates:
         hparams = upgraded_hparams(dict(checkpoint["hyper_parameters"]), checkpoint, cls)
         reason = _hparams_mismatch(cls, hparams)
-        model = None
+        model = cause = None
         if reason is None:
             try:   # a subclass passing **kwargs on binds anything: its parent's __init__ decides
                 model = _build(cls, hparams, build_settings(cls, map_location))
             except TypeError as error:
-                reason = str(error)
+                reason, cause = str(error), error   # kept: the error may be a constructor's own bug
         if model is not None and set(model.hparams) != set(hparams):
             # A subclass with settings of its own (ProGAN's phase_images) fills them with its
             # defaults from a parent's checkpoint: not the class that saved it.
@@ -195,12 +166,12 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
             reason = state_dict_mismatch(model.state_dict(), state_dict)
         if reason is not None and recorded is not None:
             raise ValueError(f"ckpt_path={ckpt_path}: it records model class {recorded}, but its hyperparameters or weights are not "
-                             f"those of that model ({reason}): the file was altered, or the class changed since")
+                             f"those of that model ({reason}): the file was altered, or the class changed since") from cause
         if reason is not None and configured is not None:
             raise ValueError(f"ckpt_path={ckpt_path}: its run's config {run_config_path(path)} names "
                              f"model._target_={cls.__module__}.{cls.__name__}, but the checkpoint is not one of "
                              f"that model ({reason}). Was it moved into another run's folder? Load it from a "
-                             f"folder without .hydra/ to have the class found from its weights")
+                             f"folder without .hydra/ to have the class found from its weights") from cause
         if reason is not None:
             tried.append(f"{cls.__name__} (other {'hyperparameters' if model is None else 'weights'})")
             continue

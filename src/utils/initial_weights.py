@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from src.callbacks.ema import averaged_state_dict
-from src.models.checkpoint_fit import changed_settings, check_checkpoint_file, state_dict_mismatch
-from src.utils.checkpoint_loading import read_training_checkpoint
+from src.models.checkpoint_fit import (changed_settings, check_checkpoint_file, read_training_checkpoint,
+                                       state_dict_mismatch)
 
 log = logging.getLogger(__name__)
 
