@@ -14,6 +14,8 @@ Only the standard library is used (urllib, zipfile, tarfile).
 from __future__ import annotations
 
 import argparse
+import re
+import shlex
 import sys
 import tarfile
 import tempfile
@@ -27,6 +29,7 @@ from typing import Callable
 from src.data.cifar import convert_cifar10
 from src.data.mnist import build_idx_dataset
 from src.data.placement import place
+from src.utils.ddp_multirun import quote_override_value
 from src.utils.whole_files import write_whole
 
 UNPAIRED_LAYOUT = "trainA/ trainB/ testA/ testB/ (unpaired image folders)"
@@ -164,14 +167,32 @@ def nested_dataset(folder: Path, layout: str) -> Path | None:
     return None
 
 
+def pasteable_override(key: str, path: str | Path) -> str:
+    """`++key=path` as a user pastes it onto a shell's command line: the path quoted for Hydra
+    where its grammar would read it otherwise (spaces, '=', ',', parentheses, non-ASCII letters
+    are not plain values), then the whole quoted for the shell where needed. A plain path (one
+    with a '/': `null` or `1` alone would be read as other types) is shown as it is."""
+    value = str(path)
+    if "/" not in value or not re.fullmatch(r"[A-Za-z0-9_./-]+", value):
+        value = quote_override_value(value)
+    override = f"++{key}={value}"
+    if override != shlex.quote(override) and not re.search(r'["$`\\!]', override):
+        # double quotes read better around Hydra's single ones than shlex's '"'"', and the
+        # shell changes nothing inside them but these characters
+        return f'"{override}"'
+    return shlex.quote(override)
+
+
 def how_to_get(name: str, data_dir: str | Path) -> str:
-    """Explain how to obtain a dataset so that it ends up in data_dir; used in error messages."""
+    """Explain how to obtain a dataset so that it ends up in data_dir; used in error messages.
+    The paths in its commands are quoted to paste back as they are (`pasteable_override`)."""
     data_dir = Path(data_dir)
     source = DATASETS.get(name)
     for layout in ((source.layout,) if source else REQUIRED_FOLDERS):
         nested = nested_dataset(data_dir, layout)
         if nested is not None:
-            return f"The dataset is one folder down, in {nested}: pass ++data.data_dir={nested}."
+            return (f"The dataset is one folder down, in {nested}: pass "
+                    f"{pasteable_override('data.data_dir', nested)}.")
     if source is None:
         known = ", ".join(sorted(DATASETS))
         return (
@@ -182,11 +203,11 @@ def how_to_get(name: str, data_dir: str | Path) -> str:
         )
     root = data_dir.parent
     if source.url is None:
-        hint = source.note.replace("<root>", str(root))
+        hint = source.note.replace("<root>", shlex.quote(str(root)))
     else:
-        hint = f"Download it with: python -m src.data.download {name} --root {root}"
+        hint = f"Download it with: python -m src.data.download {name} --root {shlex.quote(str(root))}"
         if data_dir.name != name:
-            hint += f" and pass ++data.data_dir={root / name}"
+            hint += f" and pass {pasteable_override('data.data_dir', root / name)}"
         elif data_dir.is_dir() and any(data_dir.iterdir()):
             hint += f" (after moving the incomplete {data_dir} away)"
         if source.note:
@@ -277,10 +298,13 @@ def download(name: str, root: str | Path) -> Path:
             return target
         raise DownloadError(f"{target} exists but lacks {', '.join(missing)}. "
                             f"{how_to_get(name, target)}")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    # Resolved: where data/<name> is a link to scratch storage, the data goes to the link's target
+    # (a rename onto the link itself fails), built beside it on the same file system.
+    destination = target.resolve()
+    destination.parent.mkdir(parents=True, exist_ok=True)
     # Work in a scratch folder next to the target so the final move is a cheap rename and an
     # interrupted download never leaves a half-filled dataset folder behind.
-    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=target.parent) as scratch:
+    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=destination.parent) as scratch:
         scratch = Path(scratch)
         if source.build is not None:
             built = scratch / name
@@ -299,7 +323,7 @@ def download(name: str, root: str | Path) -> Path:
             if source.convert is not None:
                 source.convert(built, scratch / name)
                 built = scratch / name
-        if not place(built, target, lambda folder: not missing_folders(folder, source.layout)):
+        if not place(built, destination, lambda folder: not missing_folders(folder, source.layout)):
             print(f"{target} was filled by another download of {name} meanwhile; nothing to do.")
             return target
     print(f"Done: {target}")

@@ -13,7 +13,13 @@ def place(built: Path, target: Path, complete: Callable[[Path], bool]) -> bool:
     job started at the same time, building the same data) put a dataset that `complete` accepts
     there first. A rename never nests one folder in the other, as a move into an existing folder
     would. POSIX renames over an empty folder; Windows refuses any existing target, so an empty
-    one is removed first (a filled one refuses, and is then judged by `complete`)."""
+    one is removed first (a filled one refuses, and is then judged by `complete`).
+
+    A `target` that is a symbolic link (data/<name> pointing at scratch storage, its folder empty
+    or not made yet) is filled through it: the link itself can be neither removed as a folder nor
+    renamed over (NotADirectoryError). Build beside the link's target (`target.resolve()`), so the
+    rename stays on one file system."""
+    target = target.resolve()
     try:
         if target.exists():
             with contextlib.suppress(FileNotFoundError):   # another job removed it first

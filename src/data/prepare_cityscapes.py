@@ -20,6 +20,7 @@ the paper's labels -> photo is its `direction: BtoA`) and, with `data.data_dir` 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -29,17 +30,31 @@ from PIL import Image
 from src.data.download import DATASETS, missing_folders
 from src.data.placement import place
 
+log = logging.getLogger(__name__)
+
 PHOTO_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_color.png"
 #: the release's split -> the split written (the papers test on Cityscapes' val images)
 SPLITS = {"train": "train", "val": "test"}
 
 
+def _visible(folder: Path, pattern: str) -> list[Path]:
+    """The files `pattern` matches in `folder`, less hidden ones (a Mac's `._<name>` resource
+    forks, which pathlib's `*` matches and which would be pairs of their own, without a partner),
+    their number in a warning, as the image folders' listing (src/data/folders.py) gives it."""
+    found = list(folder.glob(pattern))
+    visible = [path for path in found if not any(part.startswith(".") for part in path.relative_to(folder).parts)]
+    if len(visible) < len(found):
+        log.warning("%s: %d hidden files (names starting with '.', such as a Mac's ._* files) are left out", folder,
+                    len(found) - len(visible))
+    return visible
+
+
 def find_pairs(gtfine: Path, leftimg8bit: Path, split: str) -> list[tuple[Path, Path]]:
     """(photo, label colours) of every image of `split`, by id; an id with one file only is an
     error naming it (the two archives of another release, or one unpacked in part)."""
-    photos = {path.name[:-len(PHOTO_SUFFIX)]: path for path in (leftimg8bit / split).glob(f"*/*{PHOTO_SUFFIX}")}
-    labels = {path.name[:-len(LABEL_SUFFIX)]: path for path in (gtfine / split).glob(f"*/*{LABEL_SUFFIX}")}
+    photos = {path.name[:-len(PHOTO_SUFFIX)]: path for path in _visible(leftimg8bit / split, f"*/*{PHOTO_SUFFIX}")}
+    labels = {path.name[:-len(LABEL_SUFFIX)]: path for path in _visible(gtfine / split, f"*/*{LABEL_SUFFIX}")}
     for found, folder, suffix, release in ((photos, leftimg8bit, PHOTO_SUFFIX, "leftImg8bit"),
                                            (labels, gtfine, LABEL_SUFFIX, "gtFine")):
         if not found:

@@ -14,7 +14,9 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 from src.utils.whole_files import staged
@@ -36,9 +38,56 @@ def _cpu_signature() -> str:
     return platform.machine() + flags
 
 
+def _writable(folder: Path) -> bool:
+    """Whether `folder` can be made and written: its nearest existing ancestor is a folder this
+    user may write in (a read-only home, a file in the way, no permission: no). Nothing is made
+    here; `_build` makes the folder."""
+    try:
+        existing = next((parent for parent in (folder, *folder.parents) if parent.exists()), None)
+    except OSError:   # a folder on the way that cannot be looked into
+        return False
+    return existing is not None and existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+
+
+def _user_cache_dir() -> Path | None:
+    """XDG_CACHE_HOME, or ~/.cache; None without a home (HOME unset and no passwd entry, as in
+    some containers, where Path.home() raises RuntimeError)."""
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"])
+    try:
+        return Path.home() / ".cache"
+    except RuntimeError:
+        return None
+
+
+def _temporary_cache_dir() -> Path:
+    """This user's own folder under the temporary directory: made private, and refused when someone
+    else owns it or may write in it (a library planted there would be loaded into the run)."""
+    if not hasattr(os, "getuid"):   # Windows: the temporary directory is the user's own already
+        return Path(tempfile.gettempdir()) / "gan-i2i" / "winograd"
+    uid = os.getuid()
+    private = Path(tempfile.gettempdir()) / f"gan-i2i-{uid}"
+    try:
+        private.mkdir(mode=0o700, exist_ok=True)
+        status = private.lstat()
+    except OSError as error:
+        raise WinogradUnavailable(f"no folder to cache the compiled kernels in ({private}: {error}); set "
+                                  f"XDG_CACHE_HOME to a writable folder, or model.fast_conv=false") from error
+    if not stat.S_ISDIR(status.st_mode) or status.st_uid != uid or status.st_mode & 0o022:   # a link: not S_ISDIR
+        raise WinogradUnavailable(f"{private}, the fallback folder for the compiled kernels, is not this user's own "
+                                  f"private folder; set XDG_CACHE_HOME to a writable folder of yours, or "
+                                  f"model.fast_conv=false")
+    return private / "winograd"
+
+
 def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "gan-i2i" / "winograd"
+    """Where the compiled library is cached: XDG_CACHE_HOME or ~/.cache, or, where that cannot be
+    written (a read-only or missing home on a cluster's compute node), a private folder under the
+    temporary directory, built again there by each new machine, rather than no kernels at all."""
+    root = _user_cache_dir()
+    if root is not None and _writable(root / "gan-i2i" / "winograd"):
+        return root / "gan-i2i" / "winograd"
+    return _temporary_cache_dir()
 
 
 def _compiler() -> str:

@@ -3,7 +3,8 @@
 Filled into every WandbLogger node of the logger config whose value is null (an explicit value
 in the config or on the command line wins):
 - name:  `<model>-<data>[-<overrides>]`, the job's command-line overrides minus those that say
-  where rather than what (paths, ckpt_path, model=, data=): jobs of one sweep differ by name;
+  where rather than what (paths, keys ending in _dir or _path, absolute paths, ckpt_path, model=,
+  data=): jobs of one sweep differ by name;
 - group: `<task_name>` for a single run, `<task_name>/<sweep dir name>` for the jobs of a
   multirun, so a sweep's runs sit together and compare side by side;
 - tags:  `tags` of the config plus the chosen experiment, hparams_search and debug configs, and
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from src.utils.hydra_runtime import hydra_config, is_multirun, job_overrides
+from src.utils.hydra_runtime import hydra_config, is_multirun, job_overrides, override_key
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,24 @@ NAME_EXCLUDED_PREFIXES = ("paths.", "ckpt_path", "hydra", "model=", "data=", "lo
                           "trainer.num_nodes")
 #: Config groups whose choice becomes a tag.
 TAGGED_GROUPS = ("experiment", "hparams_search", "debug")
+#: Keys whose overrides are left out of run names wherever they are: folders and files
+#: (data.data_dir, data.csv_path), which would fill the name and say nothing about the run.
+NAME_EXCLUDED_KEY_SUFFIXES = ("_dir", "_path")
 MAX_NAME_LENGTH = 128
 
 
+def _names_the_run(override: str) -> bool:
+    """Whether an override says what is trained rather than where things are."""
+    if override.lstrip("+~").startswith(NAME_EXCLUDED_PREFIXES):
+        return False
+    if override_key(override).endswith(NAME_EXCLUDED_KEY_SUFFIXES):
+        return False
+    value = override.partition("=")[2].strip("'\"")
+    return not (os.path.isabs(value) or value.startswith("~"))   # a path under a key of another name
+
+
 def run_name(cfg: DictConfig, overrides: list[str]) -> str:
-    kept = [o.lstrip("+~") for o in overrides if not o.lstrip("+~").startswith(NAME_EXCLUDED_PREFIXES)]
+    kept = [o.lstrip("+~") for o in overrides if _names_the_run(o)]
     parts = [str(cfg.get("model_name", "model")), str(cfg.data.get("name", "data"))]
     if kept:
         parts.append(",".join(kept))

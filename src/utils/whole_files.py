@@ -4,7 +4,8 @@ A reader (a resumed job, `ckpt_path=auto`, another job of a sweep reading its ta
 old file or the new one, never one cut short by a writer killed mid-write or by two writers
 taking turns. The temporary file sits beside its target under a hidden name (`.<name>.<id>.tmp`),
 on the same filesystem, so the rename is one atomic step; the folder's entry is then synced so
-the rename survives a power loss.
+the rename survives a power loss. A name too long for that is cut at its start in the hidden one
+(`NAME_MAX_BYTES`).
 """
 from __future__ import annotations
 
@@ -21,8 +22,33 @@ log = logging.getLogger(__name__)
 REPLACE_RETRY_SECONDS = 10.0
 
 
+#: the longest file name, in bytes, of the common file systems (ext4, XFS, APFS, Lustre, NFS
+#: exports of those); a temporary name longer than its target's is refused with ENAMETOOLONG
+NAME_MAX_BYTES = 255
+#: bytes a writer's id takes at most (`writer_id`), kept free in every temporary name
+WRITER_ID_BYTES = 16
+
+
+def writer_id() -> str:
+    """This write's part of a temporary name: the process id (at most 8 hex digits), which no live
+    process shares, and 8 random hex digits for two threads of one process or two machines
+    writing to one network folder. (A 32-digit uuid made the temporary names of legal names of
+    218 bytes and more too long to create.)"""
+    return f"{os.getpid():x}{uuid.uuid4().hex[:8]}"
+
+
 def temporary_name(name: str, writer: str) -> str:
-    """The hidden name a writer's temporary file of `name` has (`writer`: a glob's `*` too)."""
+    """The hidden name a writer's temporary file of `name` has (`writer`: a glob's `*` too). A
+    `name` too long to take the hidden name's 22 more bytes within NAME_MAX_BYTES loses its start,
+    whole characters, so that its end (the extension a `*.ckpt` glob of stale ones matches) stays
+    and the same `name` always gives the same cut (a glob of one exact name finds its files)."""
+    room = NAME_MAX_BYTES - len(f"..{'x' * WRITER_ID_BYTES}.tmp")
+    encoded = os.fsencode(name)   # the bytes the file system counts (undecodable ones included)
+    if len(encoded) > room:
+        cut = encoded[-room:]
+        while cut and cut[0] & 0xC0 == 0x80:   # a UTF-8 character's continuation byte: drop its rest
+            cut = cut[1:]
+        name = os.fsdecode(cut)
     return f".{name}.{writer}.tmp"
 
 
@@ -44,7 +70,7 @@ def staged(path: Path, sync: bool = True):
     unless `sync=False` (against a power loss; a killed writer is covered without them), for
     files remade by running again."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / temporary_name(path.name, uuid.uuid4().hex)
+    temporary = path.parent / temporary_name(path.name, writer_id())
     try:
         yield temporary
         if sync:

@@ -1,0 +1,201 @@
+"""Paths as clusters and shared machines have them: dataset folders that are links to scratch
+storage, long file names, a Mac's `._*` files, path-valued overrides, a home that cannot be
+written or is not there, paths with spaces and commas in the commands the messages suggest."""
+import logging
+import os
+import shlex
+import tempfile
+from pathlib import Path
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from src.data import download
+from src.data.placement import place
+from src.data.prepare_cityscapes import find_pairs
+from src.nets import winograd_build
+from src.nets.winograd_build import WinogradUnavailable
+from src.utils.whole_files import NAME_MAX_BYTES, remove_stale_temporaries, temporary_name, write_whole, writer_id
+
+LAYOUT = ("trainA", "trainB", "testA", "testB")
+
+
+def unpaired_dataset(folder: Path) -> Path:
+    for split in LAYOUT:
+        (folder / split).mkdir(parents=True)
+        (folder / split / "0.png").write_bytes(b"png")
+    return folder
+
+
+def link_to_scratch(tmp_path: Path, made: bool) -> tuple[Path, Path]:
+    """data/horse2zebra -> scratch/horse2zebra, that folder empty or not made yet."""
+    real = tmp_path / "scratch" / "horse2zebra"
+    (real if made else real.parent).mkdir(parents=True)
+    link = tmp_path / "data" / "horse2zebra"
+    link.parent.mkdir()
+    link.symlink_to(real, target_is_directory=True)
+    return link, real
+
+
+@pytest.mark.parametrize("made", [True, False], ids=["empty", "not_made_yet"])
+def test_a_dataset_placed_on_a_link_to_scratch_fills_the_links_target(tmp_path, made):
+    """A rename onto the link (or removing it as an empty folder) raised NotADirectoryError."""
+    link, real = link_to_scratch(tmp_path, made)
+    built = unpaired_dataset(tmp_path / "scratch" / ".extracted" / "horse2zebra")   # an unpacked archive
+    assert place(built, link, lambda folder: False)
+    assert link.is_symlink() and sorted(p.name for p in real.iterdir()) == sorted(LAYOUT)
+
+
+@pytest.mark.parametrize("made", [True, False], ids=["empty", "not_made_yet"])
+def test_a_download_into_a_link_to_scratch_builds_beside_the_links_target(tmp_path, monkeypatch, made):
+    """The scratch folder sits beside the link's target (one file system, a cheap rename), not
+    beside the link, and the data lands in the target: no network (a build in place of a fetch)."""
+    link, real = link_to_scratch(tmp_path, made)
+    builds = []
+
+    def build(folder: Path, fetch) -> None:
+        builds.append(folder)
+        unpaired_dataset(folder)
+
+    source = download.DatasetSource("http://not.fetched.invalid/", download.UNPAIRED_LAYOUT, build=build)
+    monkeypatch.setitem(download.DATASETS, "horse2zebra", source)
+    assert download.download("horse2zebra", tmp_path / "data") == link
+    (built,) = builds
+    assert built.parent.parent == real.parent   # scratch/.horse2zebra-xxxx/horse2zebra
+    assert link.is_symlink() and not download.missing_folders(real, download.UNPAIRED_LAYOUT)
+    assert sorted(p.name for p in tmp_path.glob("*/.*")) == []   # no scratch folder left behind
+
+
+@pytest.mark.parametrize("made", [True, False], ids=["empty", "not_made_yet"])
+def test_shapes_generated_into_a_link_to_scratch_fill_the_links_target(tmp_path, made):
+    from src.data.shapes import ensure_shapes_dataset, shapes_params
+
+    link, real = link_to_scratch(tmp_path, made)
+    params = shapes_params(size=8, n_train=1, n_test=1, seed=0, paired=False)
+    assert ensure_shapes_dataset(link, params) == link
+    assert link.is_symlink() and (real / "meta.json").is_file()
+    assert sorted(p.name for p in tmp_path.glob("*/.*")) == []   # scratch folders gone
+
+
+@pytest.mark.parametrize("name", ["a" * 246 + ".bin", "漢" * 82 + ".bin"], ids=["ascii", "cjk"])
+def test_a_whole_file_of_a_250_byte_name_is_written(tmp_path, name):
+    """A legal name of 218 bytes or more made a temporary name over 255 bytes (ENAMETOOLONG):
+    its start is cut in the temporary name, which stale-file globs of the name still find."""
+    assert len(name.encode()) == 250
+    write_whole(tmp_path / name, lambda stream: stream.write(b"whole"))
+    assert (tmp_path / name).read_bytes() == b"whole" and [p.name for p in tmp_path.iterdir()] == [name]
+    writer = writer_id()
+    temporary = temporary_name(name, writer)
+    assert len(temporary.encode()) <= NAME_MAX_BYTES and temporary.endswith(f".bin.{writer}.tmp")
+    (tmp_path / temporary).write_bytes(b"left by a killed writer")
+    for name_glob in (name, "*.bin"):
+        remove_stale_temporaries(tmp_path, name_glob, older_than_s=-1)
+        assert [p.name for p in tmp_path.iterdir()] == [name]
+        (tmp_path / temporary).write_bytes(b"left by a killed writer")
+
+
+def test_cityscapes_pairs_leave_out_a_macs_resource_forks(tmp_path, caplog):
+    """A `._<id>_leftImg8bit.png` (a Mac copying to a FAT or network disk) was an id of its own,
+    without a partner: the build stopped with a FileNotFoundError."""
+    photos, labels = tmp_path / "leftImg8bit" / "train" / "aachen", tmp_path / "gtFine" / "train" / "aachen"
+    photos.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    (photos / "aachen_000000_000019_leftImg8bit.png").write_bytes(b"png")
+    (labels / "aachen_000000_000019_gtFine_color.png").write_bytes(b"png")
+    (photos / "._aachen_000000_000019_leftImg8bit.png").write_bytes(b"resource fork")
+    with caplog.at_level(logging.WARNING, logger="src.data.prepare_cityscapes"):
+        pairs = find_pairs(tmp_path / "gtFine", tmp_path / "leftImg8bit", "train")
+    assert [(photo.name, label.name) for photo, label in pairs] == [
+        ("aachen_000000_000019_leftImg8bit.png", "aachen_000000_000019_gtFine_color.png")]
+    assert "1 hidden files" in caplog.text and "leftImg8bit/train" in caplog.text
+
+
+def test_wandb_run_names_leave_out_path_valued_overrides():
+    """data.data_dir=<a long scratch path> filled the 128 characters, and every job of a sweep
+    had the same name."""
+    from src.utils.wandb_run import run_name
+
+    cfg = OmegaConf.create({"model_name": "cyclegan", "data": {"name": "horse2zebra"}})
+    scratch = "/scratch/group/someone/datasets/" + "x" * 100
+    overrides = [f"data.data_dir={scratch}", "data.csv_path=tables/pairs.csv", "+data.label_dir=labels",
+                 f"init_from='{scratch}/last.ckpt'", "loss.weights.cycle=5", "model.optimizer.lr=0.0002"]
+    assert run_name(cfg, overrides) == "cyclegan-horse2zebra-loss.weights.cycle=5,model.optimizer.lr=0.0002"
+
+
+def no_home():
+    raise RuntimeError("Could not determine home directory.")
+
+
+@pytest.fixture
+def temporary_dir(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(folder))
+    return folder
+
+
+def test_the_kernel_cache_is_the_users_cache_folder_where_it_can_be_written(tmp_path, temporary_dir, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))   # not made yet: it will be
+    assert winograd_build._cache_dir() == tmp_path / "cache" / "gan-i2i" / "winograd"
+    assert list(temporary_dir.iterdir()) == [] and not (tmp_path / "cache").exists()   # nothing made yet
+
+
+@pytest.mark.parametrize("home", ["a_file", "no_home", "read_only"])
+def test_the_kernel_cache_falls_back_to_a_private_temporary_folder(tmp_path, temporary_dir, monkeypatch, home):
+    """A cache folder that cannot be made (a file in its way, a read-only home) lost the kernels'
+    speed-up; without a home (HOME unset, no passwd entry) Path.home()'s RuntimeError crashed a
+    CPU run. Neither compiles anything here."""
+    if home == "a_file":
+        (tmp_path / "cache").write_text("not a folder")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    elif home == "no_home":
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    else:
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        (tmp_path / "home").mkdir(mode=0o555)
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    folder = winograd_build._cache_dir()
+    if not hasattr(os, "getuid"):
+        assert folder == temporary_dir / "gan-i2i" / "winograd"
+        return
+    assert folder == temporary_dir / f"gan-i2i-{os.getuid()}" / "winograd"
+    assert folder.parent.stat().st_mode & 0o077 == 0   # private: no other user plants a library there
+    assert winograd_build._cache_dir() == folder        # found again
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX ownership and modes")
+def test_a_temporary_kernel_cache_others_may_write_in_is_refused(tmp_path, temporary_dir, monkeypatch):
+    """A library another user planted there would be loaded into the run: the kernels are
+    unavailable instead (the models keep torch's convolutions), the message saying what to set."""
+    (tmp_path / "cache").write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    shared = temporary_dir / f"gan-i2i-{os.getuid()}"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(WinogradUnavailable, match="not this user's own private folder; set XDG_CACHE_HOME"):
+        winograd_build._cache_dir()
+    shared.rmdir()
+    shared.symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(WinogradUnavailable, match="not this user's own private folder"):
+        winograd_build._cache_dir()
+
+
+def test_the_download_hint_pastes_back_paths_with_spaces_commas_and_accents(tmp_path):
+    """`--root <path>` and `++data.data_dir=<path>` were printed bare: a path with a space, ',',
+    '=', parentheses or 'é' split into several shell words or broke Hydra's override grammar."""
+    root = tmp_path / "runs, v=2 (épreuve)"
+    hint = download.how_to_get("horse2zebra", root / "h2z")
+    command, _, rest = hint.removeprefix("Download it with: ").partition(" and pass ")
+    assert shlex.split(command)[-2:] == ["--root", str(root)]
+    (override,) = shlex.split(rest.partition(" Expected layout of ")[0])
+    (parsed,) = OverridesParser.create().parse_overrides([override])
+    assert parsed.key_or_group == "data.data_dir" and parsed.value() == str(root / "horse2zebra")
+    nested = unpaired_dataset(root / "horse2zebra" / "horse2zebra")   # unpacked a folder too deep
+    hint = download.how_to_get("horse2zebra", root / "horse2zebra")
+    (override,) = shlex.split(hint.partition(": pass ")[2].removesuffix("."))
+    assert OverridesParser.create().parse_overrides([override])[0].value() == str(nested)
+    assert download.pasteable_override("data.data_dir", "/data/horse2zebra") == "++data.data_dir=/data/horse2zebra"
