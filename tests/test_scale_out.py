@@ -1025,7 +1025,8 @@ def test_slurm_launcher_configs_compose(compose_with_hydra, launcher, trainer):
 @pytest.mark.parametrize("job", [None, "4242"])
 def test_a_run_folder_in_a_slurm_job_carries_its_job_id(compose_with_hydra, monkeypatch, job):
     """The tasks of a job array start in the same second: their run folders, named by the start
-    time, would be one, each task writing over the others' checkpoints. The sweep folder is
+    time, would be one, each task writing over the others' checkpoints; so would runs a shell
+    loop starts together, whose folders carry the start's microseconds. The sweep folder is
     named to the microsecond."""
     if job:
         monkeypatch.setenv("SLURM_JOB_ID", job)
@@ -1033,8 +1034,10 @@ def test_a_run_folder_in_a_slurm_job_carries_its_job_id(compose_with_hydra, monk
         monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     hydra_cfg = compose_with_hydra().hydra
     name = Path(hydra_cfg.run.dir).name
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d" + (f"_slurm-{job}" if job else ""), name), name
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d" + (f"_slurm-{job}" if job else r"-\d{6}"), name), name
     assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}", Path(hydra_cfg.sweep.dir).name)
+    if not job:   # two runs started together (within a second: the same stamp to the second)
+        assert compose_with_hydra().hydra.run.dir != compose_with_hydra().hydra.run.dir
 
 
 @pytest.mark.parametrize("python", ["python3", "no-python-here"])
@@ -1143,3 +1146,19 @@ def test_a_player_updated_inside_autocast_is_seen_updated_by_the_next_forward(tr
         fresh = discriminator(x)
     assert not torch.equal(before, after)
     assert torch.equal(after, fresh)
+
+
+def test_a_launched_rank_stuck_past_the_timeout_is_stopped_and_fails_the_job(monkeypatch):
+    """A multirun job's rank still running after the timeout kept its process (and its GPU
+    memory) beside the next job, and the job counted as done."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    import src.utils.ddp_multirun as ddp_multirun
+    monkeypatch.setattr(ddp_multirun, "RANK_EXIT_TIMEOUT_S", 0.5)
+    stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    codes = ddp_multirun._wait_for_launched_ranks(SimpleNamespace(procs=[done, stuck]))
+    assert codes == {1: 0, 2: None}
+    assert stuck.poll() is not None   # stopped, not left running

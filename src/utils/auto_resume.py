@@ -75,7 +75,7 @@ def own_checkpoint_dirs(cfg: DictConfig) -> list[tuple[Path, Path]]:
     """(checkpoint folder, run folder) of this run's checkpoints: its own folders, and, for a
     requeued SLURM job whose run folder is named by the start time (Hydra's default, a new one at
     every start), those of the start before it, found by the job id its name carries
-    (`${slurm_job_suffix:}`); the run goes on in the new folder."""
+    (`${run_dir_suffix:}`); the run goes on in the new folder."""
     dirs = run_checkpoint_dirs(cfg)
     if dirs is None:
         return []

@@ -11,13 +11,17 @@ point or test composes a config.
   not set yet when a multirun's sweep folder is resolved (`-m` failed with "HydraConfig was not
   set"), nor outside a Hydra app; the runs never change directory (`hydra.job.chdir: false`),
   so the process's own is the same folder.
-- `${slurm_job_suffix:}`: `_slurm-<job id>` inside a SLURM job, else nothing, for run folder
-  names: the tasks of a job array start in the same second.
+- `${run_dir_suffix:}`: what makes a run folder named by its start time its own:
+  `_slurm-<job id>` inside a SLURM job (the tasks of a job array start in the same second; the
+  tasks of one srun, one run's ranks, share the folder), else `-<microseconds>` (runs a script
+  or a shell loop starts together, `for lr in ...; do python src/train.py ... & done`, would
+  otherwise share one, each writing over the others' checkpoints and configs).
 - `${seed_unless_stored:storage,seed}`: an Optuna sampler's seed, or None where the study is kept
   in `storage`. A seeded sampler starts its random draws over in every process, so a study
   resumed from its storage (or shared by two machines) would repeat its first trials.
 """
 import os
+from datetime import datetime
 
 from omegaconf import OmegaConf
 
@@ -39,6 +43,10 @@ def slurm_job_suffix() -> str:
     return f"_slurm-{job}" if job else ""
 
 
+def run_dir_suffix() -> str:
+    return slurm_job_suffix() or f"-{datetime.now():%f}"
+
+
 def seed_unless_stored(storage, seed):
     return seed if storage is None else None
 
@@ -52,5 +60,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("cwd", os.getcwd)
     if not OmegaConf.has_resolver("slurm_job_suffix"):
         OmegaConf.register_new_resolver("slurm_job_suffix", slurm_job_suffix)
+    if not OmegaConf.has_resolver("run_dir_suffix"):
+        # cached: the folder is named once, however often the config is resolved
+        OmegaConf.register_new_resolver("run_dir_suffix", run_dir_suffix, use_cache=True)
     if not OmegaConf.has_resolver("seed_unless_stored"):
         OmegaConf.register_new_resolver("seed_unless_stored", seed_unless_stored)

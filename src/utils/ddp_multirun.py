@@ -126,13 +126,13 @@ def job_shared_with_launched_ranks(trainer):
 
             if dist.is_available() and dist.is_initialized():
                 dist.destroy_process_group()
-    bad = {rank: code for rank, code in codes.items() if code not in (0, None)}
+    bad = {rank: "stuck, stopped" if code is None else code for rank, code in codes.items() if code != 0}
     if bad and not failed:
         raise RuntimeError(f"Ranks of this multirun job exited with codes {bad}")
 
 
 def _wait_for_launched_ranks(launcher) -> dict[int, int | None]:
-    """Local rank -> exit code (None: still running after the timeout)."""
+    """Local rank -> exit code (None: still running after the timeout, then stopped)."""
     codes = {}
     # Lightning's subprocess launcher's own list (job_shared_with_launched_ranks runs only under
     # it): read without a default, so a renamed attribute fails here rather than waiting for no rank.
@@ -140,8 +140,12 @@ def _wait_for_launched_ranks(launcher) -> dict[int, int | None]:
         try:
             codes[local_rank] = proc.wait(timeout=RANK_EXIT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            # A stuck rank must not stall the rest of the sweep.
-            log.warning("Rank %d (pid %d) still running after %d s; starting the next job anyway",
+            # A stuck rank must not stall the rest of the sweep, nor keep its device (memory) from
+            # the next job: it is stopped (rank 0 has saved the job's checkpoints; a rank
+            # launched beside it writes none), and the job counts as failed.
+            log.warning("Rank %d (pid %d) still running after %d s; stopping it before the next job",
                         local_rank, proc.pid, RANK_EXIT_TIMEOUT_S)
+            proc.kill()
+            proc.wait()
             codes[local_rank] = None
     return codes
