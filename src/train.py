@@ -43,7 +43,9 @@ def main(cfg: DictConfig) -> float | None:
     if not metric_name:
         return None
     if metric_name not in metrics:
-        raise KeyError(f"optimized_metric '{metric_name}' was not logged; logged metrics: {sorted(metrics)}")
+        from src.callbacks.optimized_metric import closest_names
+        raise ValueError(f"optimized_metric={metric_name} was not logged by this run ({closest_names(metric_name, metrics)}): "
+                         f"set optimized_metric to one of the names it logs")
     return objective_value(metric_name, float(metrics[metric_name]), sweeper_direction())
 
 

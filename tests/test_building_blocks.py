@@ -299,3 +299,21 @@ def test_the_output_tanh_is_torchs_tanh_through_a_sigmoid_on_the_cpu():
     assert torch.equal(tanh(x.detach().double()), torch.tanh(x.detach().double()))   # elsewhere torch's own
     for net in (ResnetGenerator(3, 3, ngf=4, n_blocks=1), UnetGenerator(3, 3, num_downs=5, ngf=4)):
         assert [type(m) for m in net.modules() if isinstance(m, torch.nn.Tanh)] == [Tanh]
+
+
+def test_a_networks_refusal_names_the_config_node_it_sits_under(train_cfg):
+    """U-GAT-IT's global and local discriminators share one class, whose error named a
+    model.discriminator key the model does not have: the node goes in front now."""
+    from hydra.errors import InstantiationException
+    cfg = train_cfg("model=ugatit", "model.local_discriminator.n_layers=2")
+    with pytest.raises(InstantiationException, match=r"model.local_discriminator \(UGATITDiscriminator\): "
+                                                     r"n_layers=2 must be >= 3"):
+        hydra.utils.instantiate(cfg.model, _recursive_=False)
+
+
+def test_a_removed_loss_weight_is_named_with_the_fix(train_cfg):
+    from hydra.errors import InstantiationException
+    cfg = train_cfg("~loss.weights.identity")
+    with pytest.raises(InstantiationException, match=r"loss.weights.identity is missing, and CycleGAN needs it: add "
+                                                     r"\+loss.weights.identity=<weight> \(0 turns the term off\)"):
+        hydra.utils.instantiate(cfg.model, _recursive_=False)

@@ -1032,6 +1032,9 @@ def test_unknown_preprocess_and_bad_sizes_name_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"data.crop_size=64.*") as error:
         dm.sample_batch(1)
     assert "A0.png" in str(error.value)
+    with pytest.raises(ValueError, match=r"An image of 2x3 is too small for data.preprocess='none' .*: remove it, "
+                                         r"or resize the images to one size with data.preprocess=resize_and_crop"):
+        ImageTransform("none", 286, 256, train=False)(np.zeros((2, 3, 3), np.uint8))
 
 
 # -- clear errors -------------------------------------------------------------------------------

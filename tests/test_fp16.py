@@ -139,3 +139,22 @@ def test_under_loss_scaling_an_overflowing_loss_is_left_out_of_its_logged_mean()
     assert window_of(False).mean()[0] == 2.0 and window_of(False).mean()[1].isnan()
     every_one_overflowed = LossWindow.start(["G"], torch.tensor([float("inf")]), skip_non_finite=True)
     assert every_one_overflowed.mean().isnan().all()
+
+
+def test_a_loss_scale_fallen_past_any_recovery_stops_the_run_as_diverged(train_cfg):
+    """Below 1 a player's steps are being skipped (a warning); far below, the player has stopped
+    training for good, and the run is stopped as diverged, as an fp32 NaN would be (a sweep
+    records the trial so) instead of training on for hours."""
+    from types import SimpleNamespace
+
+    from src.models.divergence import TrainingDiverged
+
+    model = hydra.utils.instantiate(train_cfg("model=cyclegan").model, _recursive_=False)
+    model._trainer = SimpleNamespace(global_step=8, world_size=1)
+    model.grad_scalers = SimpleNamespace(scales=lambda: {"generators": 0.5, "discriminators": 1024.0})
+    with pytest.warns(UserWarning, match="the fp16 loss scale of the generators is down to 0.5"):
+        model.check_losses_finite(["G"], torch.tensor([float("inf")]))
+    model.grad_scalers = SimpleNamespace(scales=lambda: {"generators": 2.0 ** -17, "discriminators": 1024.0})
+    with pytest.raises(TrainingDiverged, match=r"Training diverged at iteration 4: the fp16 loss scale of the "
+                                               r"generators is 7.62939e-06 \(its gradients overflow fp16"):
+        model.check_losses_finite(["G"], torch.tensor([float("inf")]))

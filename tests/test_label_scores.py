@@ -245,6 +245,17 @@ def test_a_segmenter_file_runs_none_of_its_authors_code(segmenter_file, tmp_path
     assert Segmenter(segmenter_file, 19, None, "cpu", key="segmenter_path").module is not None
 
 
+def test_a_segmenter_out_of_memory_is_not_called_an_export_of_another_shape(segmenter_file):
+    """Out of memory on the device is said as it is, not as "export it for that shape"."""
+    segmenter = Segmenter(segmenter_file, 19, None, "cpu", key="segmenter_path")
+
+    def out_of_memory(image):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    segmenter.module = out_of_memory
+    with pytest.raises(torch.OutOfMemoryError, match="CUDA out of memory"):
+        segmenter.classes(torch.zeros(1, 3, 16, 16), (16, 16))
+
+
 def test_segmenter_errors_name_the_setting_and_the_fix(segmenter_file, tmp_path):
     with pytest.raises(FileNotFoundError, match="segmenter_path=.*missing.pt2: no such file"):
         Segmenter(tmp_path / "missing.pt2", 19, None, "cpu", key="segmenter_path")

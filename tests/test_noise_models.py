@@ -634,3 +634,18 @@ def test_the_momentum_ramp_reaches_the_optimizers_at_each_epoch(train_cfg):
     assert seen == {0: {0.5}, 1: {0.6}, 2: {0.7}}
     with pytest.raises(ValueError, match="momentum_ramp ramps SGD's momentum; model.optimizer.type is adam"):
         build(train_cfg("model=gan", "experiment=gan_paper_code", "model.optimizer.type=adam")).configure_optimizers()
+
+
+def test_infogan_batch_norm_over_vectors_never_gets_a_batch_of_one(train_cfg):
+    """torch's batch norm over vectors stops on a batch of one in training, naming no setting:
+    data.batch_size=1 is refused at the start, and an epoch's short last batch is dropped
+    (4 images in batches of 3: the last would hold one, at the end of the first epoch)."""
+    from conftest import last_checkpoint
+    with pytest.raises(ValueError, match=r"data.batch_size=1: InfoGAN's batch norm over vectors \(in .*\) needs two "
+                                         r"samples or more per batch in training"):
+        run_training(train_cfg("model=infogan", "data.batch_size=1", *NO_EVALUATION))
+    cfg = train_cfg("model=infogan", "data.max_dataset_size=2", "data.batch_size=3", "max_iters=null",
+                    "trainer.max_epochs=2", *NO_EVALUATION)
+    checkpoint = last_checkpoint(cfg)
+    steps_per_iter = build(cfg).optimizer_steps_per_iter
+    assert checkpoint["global_step"] == 2 * steps_per_iter   # one whole batch per epoch

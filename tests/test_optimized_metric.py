@@ -25,6 +25,24 @@ def test_a_metric_no_callback_of_the_run_logs_stops_the_run_before_training(trai
         run_training(train_cfg("model=cyclegan", "callbacks.latent=null", "optimized_metric=latent/mmd2"))
 
 
+def test_a_name_the_first_evaluation_did_not_log_stops_the_run_there(train_cfg):
+    """eval/kid (the logged name is eval/kid_x100) passed the family check and failed only after
+    the trial's whole training; the first evaluation (iteration 2 of 4) decides it now."""
+    cfg = train_cfg("model=cyclegan", "optimized_metric=eval/kid", "max_iters=4")
+    with pytest.raises(ValueError, match=r"optimized_metric=eval/kid: callbacks.fid_kid evaluated at iteration 2 "
+                                         r"without logging it \(the closest: eval/kid_x100"):
+        run_training(cfg)
+
+
+def test_a_name_logged_by_no_evaluation_is_named_with_the_closest_at_the_end(train_cfg):
+    """A name outside the evaluations' families (a loss) can only be told at the end: a
+    ValueError naming the setting and the closest logged names, not a KeyError listing all."""
+    import src.train as train_script
+    with pytest.raises(ValueError, match=r"optimized_metric=train/Gx was not logged by this run \(the closest: "
+                                         r"train/G"):
+        train_script.main(train_cfg("model=cyclegan", "optimized_metric=train/Gx", "max_iters=1"))
+
+
 def test_a_metric_the_run_logs_passes_and_is_returned(train_cfg):
     metrics = run_training(train_cfg("model=cyclegan", "optimized_metric=truth/AtoB/iou", "max_iters=2"))
     assert math.isfinite(metrics["truth/AtoB/iou"])

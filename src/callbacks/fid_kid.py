@@ -199,6 +199,11 @@ class PeriodicEvaluation(pl.Callback):
         random streams: a checkpoint saved here records those streams, which a resume from it
         continues (not the evaluation's seeded ones)."""
 
+    @property
+    def has_evaluated(self) -> bool:
+        """Whether an evaluation of this fit has run (and logged what it logs)."""
+        return self._last_evaluated >= 0
+
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         with isolated_rng(pl_module.device, self.seed):
             metrics = self.evaluate(trainer, pl_module)

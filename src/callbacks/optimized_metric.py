@@ -4,10 +4,13 @@ An Optuna search returns `optimized_metric` after each trial has trained to its 
 no callback of the run logs (`truth/AtoB/iou`, the searches' default, off the shapes data) or a
 direction that searches for the worst score (`eval/fid` maximised) would only show then, or
 never. Both are checked once every callback's `setup` has decided whether it applies, before the
-first iteration.
+first iteration. A name that no evaluation of its family logs (`eval/kid` for `eval/kid_x100`,
+`eval/fid_BtoA` of pix2pix) is refused after the first evaluations of the callbacks that could
+log it, naming the closest they did log, instead of at the end of the trial.
 """
 from __future__ import annotations
 
+import difflib
 import re
 
 import pytorch_lightning as pl
@@ -42,17 +45,30 @@ def check_search_direction(metric: str, direction: str | None) -> None:
                          f"hydra.sweeper.direction={better}")
 
 
+def closest_names(metric: str, logged) -> str:
+    """The logged names nearest `metric`, for a message (all of them where none is near)."""
+    names = sorted(logged)
+    # a name it begins (eval/kid of eval/kid_x100) first, then the most alike
+    extending = sorted((name for name in names if name.startswith(metric)), key=len)
+    near = (extending + [name for name in difflib.get_close_matches(metric, names, n=3, cutoff=0.6)
+                         if name not in extending])[:3]
+    return f"the closest: {', '.join(near)}" if near else f"they are: {', '.join(names) or 'none'}"
+
+
 class OptimizedMetricCheck(pl.Callback):
-    """Stops the run at fit start when no enabled evaluation callback logs `metric`."""
+    """Stops the run at fit start when no enabled evaluation callback logs `metric`, and after
+    the first evaluations of those that could when none of them logged it."""
 
     def __init__(self, metric: str, direction: str | None = None):
         check_search_direction(metric, direction)
         self.metric = metric
+        self._producers: list[PeriodicEvaluation] = []   # those whose first evaluations decide
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         producers = [cb for cb in trainer.callbacks if isinstance(cb, PeriodicEvaluation) and cb.metric_prefix
                      and self.metric.startswith(cb.metric_prefix)]
-        if any(cb.enabled for cb in producers) or not self.metric.startswith(EVALUATION_FAMILIES):
+        self._producers = [cb for cb in producers if cb.enabled]
+        if self._producers or not self.metric.startswith(EVALUATION_FAMILIES):
             return
         if not producers:
             raise ValueError(f"optimized_metric={self.metric}: no callback of this run logs it (conf/callbacks/"
@@ -61,3 +77,16 @@ class OptimizedMetricCheck(pl.Callback):
         raise ValueError(f"optimized_metric={self.metric} comes from {keys}, which is off for this run (its log "
                          f"line above says why): the run would train to its end and return nothing. Choose a metric "
                          f"this run logs (eval/fid on real data, with hydra.sweeper.direction=minimize)")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self._producers or not all(cb.has_evaluated for cb in self._producers):
+            return
+        producers, self._producers = self._producers, []   # decided: checked once
+        if self.metric in trainer.callback_metrics:
+            return
+        family = [name for name in trainer.callback_metrics
+                  if any(name.startswith(cb.metric_prefix) for cb in producers)]
+        keys = ", ".join(cb.config_key for cb in producers)
+        raise ValueError(f"optimized_metric={self.metric}: {keys} evaluated at iteration {pl_module.iteration} "
+                         f"without logging it ({closest_names(self.metric, family)}): the run would train to its end "
+                         f"and return nothing. Choose one of the names this run logs")

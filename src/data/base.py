@@ -296,9 +296,6 @@ class SplitDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.dataset("test", train=False), **self.loader_settings(self.eval_batch_size))
 
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
-
     def evaluation_indices(self, split: str, n: int) -> list[int] | range:
         """The items of `split` that stand for it when an evaluation takes only `n` of them (a
         callback's `max_images`): the first n."""

@@ -193,7 +193,8 @@ class ImageTransform:
         if self.preprocess == "none" and min(height, width) < SIDE_MULTIPLE:
             raise ValueError(
                 f"An image of {height}x{width} is too small for data.preprocess='none' "
-                f"(sides must be at least {SIDE_MULTIPLE})."
+                f"(sides must be at least {SIDE_MULTIPLE}): remove it, or resize the images to one size with "
+                f"data.preprocess=resize_and_crop."
             )
 
     def _seed_pipeline(self, seed: int | None) -> None:

@@ -59,10 +59,11 @@ class Segmenter:
             # reads this variable at each call, and it wins over the argument.
             with mock.patch.dict(os.environ, {"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1"}):
                 program = torch.export.load(str(path))
-            self.module = program.module().to(device)
+            module = program.module()
         except Exception as error:   # a zip of another kind, a pickle, a truncated file
             raise ValueError(f"{key}={path} is not a program saved by torch.export.save ({error}); "
                              "export the net as src/metrics/segmenter.py shows") from error
+        self.module = module.to(device)   # outside: a device's own error is not the file's
         self.path, self.num_classes, self.size, self.key = path, num_classes, size, key
 
     def to(self, device) -> "Segmenter":
@@ -83,6 +84,9 @@ class Segmenter:
             try:
                 scores = self.module(image)
             except Exception as error:   # an export made for another size or batch
+                from src.utils.translation import is_out_of_memory   # not at import: it imports the models
+                if is_out_of_memory(error):   # the device's, not the export's: said as it is
+                    raise
                 raise ValueError(f"{self.key}={self.path} cannot segment a {tuple(image.shape)} image: {error}. "
                                  f"Export it for that shape, or set {self.key.removesuffix('path')}size to the size it "
                                  "was exported for") from error

@@ -13,6 +13,7 @@ import inspect
 import math
 
 import hydra
+from hydra.errors import InstantiationException
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
@@ -21,7 +22,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from src.losses import AdversarialLoss, gradient_penalty
 from src.models.checkpoint_fit import check_resume_fits
-from src.models.divergence import (LOW_LOSS_SCALE, TrainingDiverged, diverged_message, non_finite_losses,
+from src.models.divergence import (DIVERGED_LOSS_SCALE, LOW_LOSS_SCALE, TrainingDiverged, diverged_message, non_finite_losses,
                                    refuse_non_finite_weights)
 from src.models.image_pool import ImagePool
 from src.models.loss_scaling import PlayerGradScalers
@@ -44,7 +45,16 @@ def build_net(net_cfg: dict, init: dict, key: str) -> nn.Module:
     name) and initialise its weights."""
     check_argument_types(net_cfg, key)
     check_network_sizes(net_cfg, key)
-    return init_weights(hydra.utils.instantiate(net_cfg), init.get("type", "normal"), init.get("gain", 0.02))
+    try:
+        net = hydra.utils.instantiate(net_cfg)
+    except InstantiationException as error:
+        # A network's own refusal of a setting names the setting, not always the node it sits
+        # under (U-GAT-IT's two discriminators share one class): the node goes in front.
+        cause = error.__cause__
+        if isinstance(cause, ValueError) and key not in str(cause):
+            raise ValueError(f"{key} ({str(net_cfg.get('_target_', '')).rsplit('.', 1)[-1]}): {cause}") from cause
+        raise
+    return init_weights(net, init.get("type", "normal"), init.get("gain", 0.02))
 
 
 @contextlib.contextmanager
@@ -192,6 +202,25 @@ class AdversarialModel(pl.LightningModule):
             self.check_loss_settings()
             self.grad_scalers = PlayerGradScalers.install(self.trainer)
             self.warn_of_batch_norm_under_gradient_penalty()
+            self.keep_batches_vector_batch_norm_takes()
+
+    def keep_batches_vector_batch_norm_takes(self) -> None:
+        """Batch norm over vectors (InfoGAN's fully connected layers and Q head, an MLP's
+        norm=batch) cannot normalise a batch of one sample in training: torch stops inside the
+        layer ("Expected more than 1 value per channel"), naming no setting, and a short last
+        batch of one does so at the end of an epoch, hours in. So data.batch_size=1 is refused
+        here, and every epoch's short last batch is dropped (`keep_whole_batches`)."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        norms = sorted({name.split(".")[0] for name, module in self.named_modules()
+                        if isinstance(module, nn.BatchNorm1d)})
+        if not norms or datamodule is None or not hasattr(datamodule, "keep_whole_batches"):
+            return
+        if datamodule.batch_size < 2:
+            raise ValueError(f"data.batch_size={datamodule.batch_size}: {type(self).__name__}'s batch norm over vectors "
+                             f"(in {', '.join(norms)}) needs two samples or more per batch in training; set "
+                             f"data.batch_size=2 or more")
+        if datamodule.whole_model_batch is None:
+            datamodule.keep_whole_batches(datamodule.batch_size)
 
     def check_loss_settings(self) -> None:
         """Loss settings that would be ignored in silence, or read only when their term first
@@ -290,7 +319,8 @@ class AdversarialModel(pl.LightningModule):
 
     def weight(self, name: str) -> float:
         if name not in self.weights:
-            raise KeyError(f"Missing loss weight 'loss.weights.{name}' for {type(self).__name__}")
+            raise ValueError(f"loss.weights.{name} is missing, and {type(self).__name__} needs it: add "
+                             f"+loss.weights.{name}=<weight> (0 turns the term off)")
         value = self.weights[name]
         if not is_number(value) or value < 0:
             raise ValueError(f"loss.weights.{name}={value!r} must be a number >= 0 (0 turns the term off)")
@@ -611,7 +641,8 @@ class AdversarialModel(pl.LightningModule):
         rank stops at the same iteration (a loss can go NaN on one rank first, and a rank that
         stopped alone would leave the others waiting in their next collective). Under fp16 loss
         scaling, where an overflow only skips a step, warn once per loss whose scale has fallen
-        so low that its steps are being skipped."""
+        so low that its steps are being skipped, and stop the run once it has fallen so far that
+        the player no longer trains (DIVERGED_LOSS_SCALE; the scales are the same on every rank)."""
         if self.grad_scalers is None:
             if self._trainer is not None and self.trainer.world_size > 1:
                 refuse_non_finite_weights(self, self.iteration)
@@ -621,7 +652,12 @@ class AdversarialModel(pl.LightningModule):
                     listed += f" (means over the {iterations} iterations since the last logged one)"
                 raise TrainingDiverged(diverged_message(listed, self.iteration))
             return
-        for name, scale in self.grad_scalers.scales().items():
+        scales = self.grad_scalers.scales()
+        if stuck := {name: scale for name, scale in scales.items() if scale < DIVERGED_LOSS_SCALE}:
+            listed = ", ".join(f"the fp16 loss scale of the {name} is {scale:g}" for name, scale in stuck.items())
+            raise TrainingDiverged(diverged_message(f"{listed} (its gradients overflow fp16 at 2**-16 of their size: "
+                                                    f"its steps have been skipped for many iterations)", self.iteration))
+        for name, scale in scales.items():
             if scale < LOW_LOSS_SCALE and name not in self.low_scale_warned:
                 self.low_scale_warned.add(name)
                 rank_zero_warn(f"Iteration {self.iteration}: the fp16 loss scale of the {name} is down to {scale:g}: "

@@ -12,7 +12,8 @@ or tensor, and the last checkpoint saved.
 Under fp16 loss scaling an overflowing loss is expected now and then: the scaler skips that
 step and the weights stay finite. There the losses are not checked, and the loss scales are:
 a scale that keeps falling means the player's steps are being skipped, iteration after
-iteration.
+iteration: warned of below 1, and the run stopped as diverged below 2**-16 (a sweep then
+records the trial as diverged, rather than training a frozen player for hours).
 """
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ import torch.nn as nn
 #: a loss scale below this means the player's gradients overflowed fp16 even unscaled (the
 #: scale starts at 2**16 and halves on each overflow): its steps are being skipped
 LOW_LOSS_SCALE = 1.0
+#: a loss scale below this means its gradients overflowed fp16 at 2**-16 of their size: 32 more
+#: skipped steps than 2000-step growth intervals since the start; the player has stopped
+#: training, and the run has diverged as surely as one whose fp32 loss went NaN
+DIVERGED_LOSS_SCALE = 2.0 ** -16
 
 
 class TrainingDiverged(FloatingPointError):

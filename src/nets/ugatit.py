@@ -109,7 +109,7 @@ class UGATITDiscriminator(nn.Module):
                  cam_classifier: str = "shared"):
         super().__init__()
         if n_layers < 3:
-            raise ValueError("model.discriminator n_layers must be >= 3 (7 global, 5 local in U-GAT-IT)")
+            raise ValueError(f"n_layers={n_layers} must be >= 3 (7 global, 5 local in U-GAT-IT)")
         layers = [discriminator_conv(input_nc, ndf, 2, spectral)]
         for i in range(n_layers - 3):
             layers.append(discriminator_conv(ndf * 2 ** i, ndf * 2 ** (i + 1), 2, spectral))
