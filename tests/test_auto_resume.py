@@ -42,21 +42,40 @@ def test_the_most_advanced_readable_checkpoint_is_chosen_and_a_cut_file_is_named
     assert f"passing over {hpc}, which cannot be read as a checkpoint (not a complete zip archive" in caplog.text
 
 
-def test_a_read_the_system_refuses_stops_auto_rather_than_pass_over_the_file(tmp_path, monkeypatch):
-    """A whole last.ckpt on a file system that fails a read (an I/O error, permissions): passing
-    over it would resume from the older iter_*.ckpt, whose next save overwrites last.ckpt."""
+def refuse_reads_of(path: Path, monkeypatch, where: str) -> None:
+    """Make the system refuse reads of `path`: its opening for the zip directory's check (where a
+    file this user may not read fails first) or its contents (torch.load)."""
+    import io
+    if where == "directory":
+        real_open = io.open
+
+        def refusing_open(file, *args, **kwargs):
+            if isinstance(file, (str, Path)) and Path(file) == path:
+                raise PermissionError(13, "Permission denied")
+            return real_open(file, *args, **kwargs)
+        monkeypatch.setattr(io, "open", refusing_open)
+    else:
+        real_load = torch.load
+
+        def failing_load(file, *args, **kwargs):
+            if Path(file) == path:
+                raise OSError(5, "Input/output error")
+            return real_load(file, *args, **kwargs)
+        monkeypatch.setattr(torch, "load", failing_load)
+
+
+@pytest.mark.parametrize("where", ["directory", "contents"])
+def test_a_read_the_system_refuses_stops_auto_rather_than_pass_over_the_file(tmp_path, monkeypatch, where):
+    """A whole last.ckpt on a file system that fails a read (permissions, an I/O error): passing
+    over it would resume from the older iter_*.ckpt, whose next save overwrites last.ckpt.
+    zipfile.is_zipfile answers False for such a read, as for a file cut short."""
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
     save_progress(checkpoints / "iter_0000002.ckpt", 4)
     last = save_progress(checkpoints / "last.ckpt", 8)
-    real_load = torch.load
-
-    def failing_load(path, *args, **kwargs):
-        if Path(path) == last:
-            raise OSError(5, "Input/output error")
-        return real_load(path, *args, **kwargs)
-    monkeypatch.setattr(torch, "load", failing_load)
-    with pytest.raises(OSError, match=rf"reading {last} failed \(Input/output error\); the file may be whole"):
+    refuse_reads_of(last, monkeypatch, where)
+    with pytest.raises(OSError, match=rf"reading {last} failed \((Permission denied|Input/output error)\); the "
+                                      r"file may be whole"):
         most_advanced_checkpoint(checkpoints, tmp_path)
 
 
@@ -259,7 +278,7 @@ def test_a_finished_run_run_again_trains_nothing_and_keeps_its_record(train_cfg,
 
 
 def test_auto_outside_training_asks_for_a_file():
-    with pytest.raises(ValueError, match="ckpt_path=auto resumes a training run .*name a checkpoint file"):
+    with pytest.raises(ValueError, match="ckpt_path=auto: name a checkpoint file here .*resumes a run from its own folder"):
         check_checkpoint_file("auto")
 
 

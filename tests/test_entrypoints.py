@@ -77,8 +77,6 @@ def test_multirun_table_names_a_failed_job_and_keeps_the_others(tmp_path, shared
     ("paths.output_dir=/elsewhere/run", "choose the run folder with hydra.run.dir=/elsewhere/run"),
     # paths.root_dir is the working directory: inside the run folder, data and logs would go there
     ("hydra.job.chdir=true", "hydra.job.chdir=true: the runs keep the working directory"),
-    # wired into the trainer's arguments (tests/test_trainer_strategy.py has the rest)
-    ("+trainer.val_check_interval=0.5", "trainer.val_check_interval=0.5: no validation loop runs here"),
 ])
 def test_bad_config_fails_at_start_naming_the_key(tmp_path, shared_data_dir, override, message):
     result = run_train(*override.split(), tmp_path=tmp_path, data_dir=shared_data_dir)

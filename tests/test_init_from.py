@@ -10,7 +10,7 @@ import torch
 
 from src.utils.initial_weights import start_from_checkpoint
 from src.utils.run import run_training
-from tests.conftest import last_checkpoint
+from tests.conftest import NO_EVALUATION, last_checkpoint
 
 
 def build_model(cfg):
@@ -25,12 +25,13 @@ def save_checkpoint(path, model, **extra) -> str:
 
 
 def test_a_started_run_trains_the_checkpoints_networks_from_iteration_zero(train_cfg, tmp_path):
-    source_cfg = train_cfg("max_iters=2")
+    source_cfg = train_cfg("max_iters=2", *NO_EVALUATION)
     source_cfg.paths.output_dir = str(tmp_path / "source")
     source = last_checkpoint(source_cfg)
     source_file = tmp_path / "source" / "checkpoints" / "last.ckpt"
 
-    cfg = train_cfg("max_iters=1", f"init_from={source_file}")
+    # The command line a requeued job runs again: ckpt_path=auto finds nothing yet, so it starts.
+    cfg = train_cfg("max_iters=1", f"init_from={source_file}", "ckpt_path=auto", *NO_EVALUATION)
     started = last_checkpoint(cfg)
     model = build_model(cfg)
     assert started["global_step"] == model.optimizer_steps_per_iter   # iteration 0 on, not the source's 2
@@ -47,18 +48,41 @@ def test_a_started_run_trains_the_checkpoints_networks_from_iteration_zero(train
     # A requeued job runs the same command line with ckpt_path=auto: it continues its own run
     # and reads nothing of init_from (here deleted since).
     shutil.rmtree(tmp_path / "source")
-    resumed = last_checkpoint(train_cfg("max_iters=2", f"init_from={source_file}", "ckpt_path=auto"))
+    resumed = last_checkpoint(train_cfg("max_iters=2", f"init_from={source_file}", "ckpt_path=auto", *NO_EVALUATION))
     assert resumed["global_step"] == 2 * model.optimizer_steps_per_iter
     for state in resumed["optimizer_states"]:
         assert all(int(s["step"]) == 2 for s in state["state"].values())
 
 
-def test_a_missing_init_from_stops_the_run_before_any_work(train_cfg, tmp_path):
+def test_a_missing_init_from_stops_the_run_before_any_work(train_cfg, tmp_path, monkeypatch):
+    import src.utils.run as run_module
+    built = []
+    monkeypatch.setattr(run_module.hydra.utils, "instantiate", lambda *a, **k: built.append(a) or pytest.fail("built"))
     with pytest.raises(FileNotFoundError, match="init_from=.*nowhere.ckpt: no such checkpoint file"):
         run_training(train_cfg(f"init_from={tmp_path}/nowhere.ckpt"))
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not built   # before the data and the model are built
     with pytest.raises(ValueError, match="init_from_weights='best': choose one of trained, ema"):
         run_training(train_cfg(f"init_from={tmp_path}/nowhere.ckpt", "init_from_weights=best"))
+
+
+def test_a_run_started_from_the_ema_trains_from_the_averaged_generators(train_cfg, tmp_path):
+    """init_from_weights=ema through a run: the generators start from the averages, the
+    discriminators from the trained weights, and the run's own EMA from what was loaded."""
+    cfg = train_cfg()
+    source = build_model(cfg)
+    averaged = {key: torch.full_like(value, 0.5) for key, value in source.state_dict().items()
+                if key.startswith(("G_A.", "G_B.")) and value.is_floating_point()}
+    path = save_checkpoint(tmp_path / "ema.ckpt", source, ema={"state_dict": averaged})
+    started = last_checkpoint(train_cfg(f"init_from={path}", "init_from_weights=ema", "callbacks.ema.enabled=true",
+                                        "max_iters=1", *NO_EVALUATION))
+    lr = cfg.model.optimizer.lr
+    for key, value in source.state_dict().items():
+        expected = averaged.get(key, value)
+        if key in dict(source.named_parameters()):
+            assert float((started["state_dict"][key] - expected).abs().max()) <= lr * 1.001, key
+    run_average = started["ema"]["state_dict"]
+    assert run_average and all(float((run_average[key] - averaged[key]).abs().max()) <= lr * 1.001
+                               for key in run_average)
 
 
 def test_the_ema_choice_takes_the_averaged_generators_and_the_trained_discriminators(train_cfg, tmp_path):

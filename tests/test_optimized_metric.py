@@ -10,6 +10,7 @@ import pytest
 from src.callbacks.optimized_metric import OptimizedMetricCheck, better_direction
 from src.utils.objective import objective_value
 from src.utils.run import run_training
+from conftest import NO_EVALUATION
 
 
 def test_a_metric_no_callback_of_the_run_logs_stops_the_run_before_training(train_cfg):
@@ -28,10 +29,24 @@ def test_a_metric_no_callback_of_the_run_logs_stops_the_run_before_training(trai
 def test_a_name_the_first_evaluation_did_not_log_stops_the_run_there(train_cfg):
     """eval/kid (the logged name is eval/kid_x100) passed the family check and failed only after
     the trial's whole training; the first evaluation (iteration 2 of 4) decides it now."""
-    cfg = train_cfg("model=cyclegan", "optimized_metric=eval/kid", "max_iters=4")
+    cfg = train_cfg("model=cyclegan", "optimized_metric=eval/kid", "max_iters=4", "callbacks.latent=null",
+                    "callbacks.shapes_truth=null", "callbacks.image_grid=null")
     with pytest.raises(ValueError, match=r"optimized_metric=eval/kid: callbacks.fid_kid evaluated at iteration 2 "
                                          r"without logging it \(the closest: eval/kid_x100"):
         run_training(cfg)
+
+
+def test_a_name_whose_first_evaluation_is_the_last_is_left_to_the_end_of_the_run(train_cfg):
+    """Where the first evaluation is the run's last (every_n_iters past max_iters), the run ends
+    with its checkpoint, and the missing name is reported after it."""
+    import src.train as train_script
+    cfg = train_cfg("model=cyclegan", "optimized_metric=eval/kid", "max_iters=1", "callbacks.latent=null",
+                    "callbacks.shapes_truth=null", "callbacks.image_grid=null")
+    with pytest.raises(ValueError, match=r"optimized_metric=eval/kid was not logged by this run \(the closest: "
+                                         r"eval/kid_x100"):
+        train_script.main(cfg)
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    assert (checkpoints / "last.ckpt").is_file() and not (checkpoints / "crashed.ckpt").exists()
 
 
 def test_a_name_logged_by_no_evaluation_is_named_with_the_closest_at_the_end(train_cfg):
@@ -40,7 +55,7 @@ def test_a_name_logged_by_no_evaluation_is_named_with_the_closest_at_the_end(tra
     import src.train as train_script
     with pytest.raises(ValueError, match=r"optimized_metric=train/Gx was not logged by this run \(the closest: "
                                          r"train/G"):
-        train_script.main(train_cfg("model=cyclegan", "optimized_metric=train/Gx", "max_iters=1"))
+        train_script.main(train_cfg("model=cyclegan", "optimized_metric=train/Gx", "max_iters=1", *NO_EVALUATION))
 
 
 def test_a_metric_the_run_logs_passes_and_is_returned(train_cfg):

@@ -68,14 +68,25 @@ def test_a_download_into_a_link_to_scratch_builds_beside_the_links_target(tmp_pa
 
 
 @pytest.mark.parametrize("made", [True, False], ids=["empty", "not_made_yet"])
-def test_shapes_generated_into_a_link_to_scratch_fill_the_links_target(tmp_path, made):
+def test_shapes_generated_into_a_link_to_scratch_fill_the_links_target(tmp_path, made, monkeypatch):
     from src.data.shapes import ensure_shapes_dataset, shapes_params
 
+    import src.data.shapes as shapes
     link, real = link_to_scratch(tmp_path, made)
     params = shapes_params(size=8, n_train=1, n_test=1, seed=0, paired=False)
     assert ensure_shapes_dataset(link, params) == link
     assert link.is_symlink() and (real / "meta.json").is_file()
     assert sorted(p.name for p in tmp_path.glob("*/.*")) == []   # scratch folders gone
+    # Generated again with other parameters: the stale data is moved aside beside the target,
+    # never the link itself (which the old code renamed away, leaving a plain folder behind).
+    scratch_folders = []
+    generate = shapes.generate
+    monkeypatch.setattr(shapes, "generate", lambda folder, p: scratch_folders.append(folder) or generate(folder, p))
+    other = shapes_params(size=8, n_train=2, n_test=1, seed=0, paired=False)
+    assert ensure_shapes_dataset(link, other) == link
+    assert link.is_symlink() and shapes._read_meta(real) == other
+    assert [folder.parent for folder in scratch_folders] == [real.parent]
+    assert sorted(p.name for p in tmp_path.glob("*/.*")) == []
 
 
 @pytest.mark.parametrize("name", ["a" * 246 + ".bin", "漢" * 82 + ".bin"], ids=["ascii", "cjk"])
@@ -119,7 +130,8 @@ def test_wandb_run_names_leave_out_path_valued_overrides():
     cfg = OmegaConf.create({"model_name": "cyclegan", "data": {"name": "horse2zebra"}})
     scratch = "/scratch/group/someone/datasets/" + "x" * 100
     overrides = [f"data.data_dir={scratch}", "data.csv_path=tables/pairs.csv", "+data.label_dir=labels",
-                 f"init_from='{scratch}/last.ckpt'", "loss.weights.cycle=5", "model.optimizer.lr=0.0002"]
+                 f"init_from='{scratch}/last.ckpt'", "init_from=logs/train/runs/h2z/checkpoints/last.ckpt",
+                 "loss.weights.cycle=5", "model.optimizer.lr=0.0002"]
     assert run_name(cfg, overrides) == "cyclegan-horse2zebra-loss.weights.cycle=5,model.optimizer.lr=0.0002"
 
 
@@ -199,3 +211,15 @@ def test_the_download_hint_pastes_back_paths_with_spaces_commas_and_accents(tmp_
     (override,) = shlex.split(hint.partition(": pass ")[2].removesuffix("."))
     assert OverridesParser.create().parse_overrides([override])[0].value() == str(nested)
     assert download.pasteable_override("data.data_dir", "/data/horse2zebra") == "++data.data_dir=/data/horse2zebra"
+
+
+def test_the_download_hint_quotes_for_windows_shells_there(monkeypatch):
+    """cmd.exe passes POSIX single quotes through as part of the argument: on Windows the hint's
+    arguments are quoted as its C runtime reads them."""
+    monkeypatch.setattr(download, "WINDOWS", True)
+    assert download.shell_quoted(r"C:\data") == r"C:\data"
+    assert download.shell_quoted(r"C:\my data") == r'"C:\my data"'
+    override = download.pasteable_override("data.data_dir", r"C:\my data\h2z")
+    assert override.startswith('"++data.data_dir=') and "'\"'\"'" not in override
+    (parsed,) = OverridesParser.create().parse_overrides([override[1:-1]])   # the shell's removal of "..."
+    assert parsed.value() == r"C:\my data\h2z"

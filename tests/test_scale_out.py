@@ -1038,6 +1038,14 @@ def test_a_run_folder_in_a_slurm_job_carries_its_job_id(compose_with_hydra, monk
     assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}", Path(hydra_cfg.sweep.dir).name)
     if not job:   # two runs started together (within a second: the same stamp to the second)
         assert compose_with_hydra().hydra.run.dir != compose_with_hydra().hydra.run.dir
+    if not job:   # the processes torchrun starts for one run share its folder, as before
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", Path(compose_with_hydra().hydra.run.dir).name)
+        monkeypatch.delenv("LOCAL_RANK")
+    cfg = compose_with_hydra()   # one run: one folder, however often its config is resolved
+    first = cfg.hydra.run.dir
+    time.sleep(0.002)
+    assert cfg.hydra.run.dir == first
 
 
 @pytest.mark.parametrize("python", ["python3", "no-python-here"])
@@ -1159,6 +1167,18 @@ def test_a_launched_rank_stuck_past_the_timeout_is_stopped_and_fails_the_job(mon
     monkeypatch.setattr(ddp_multirun, "RANK_EXIT_TIMEOUT_S", 0.5)
     stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     done = subprocess.Popen([sys.executable, "-c", "pass"])
-    codes = ddp_multirun._wait_for_launched_ranks(SimpleNamespace(procs=[done, stuck]))
-    assert codes == {1: 0, 2: None}
-    assert stuck.poll() is not None   # stopped, not left running
+    try:
+        done.wait()
+        codes = ddp_multirun._wait_for_launched_ranks(SimpleNamespace(procs=[done, stuck]))
+        assert codes == {1: 0, 2: None}
+        assert stuck.poll() is not None   # stopped, not left running
+    finally:
+        stuck.kill()
+        stuck.wait()
+    # and the job fails, naming the rank
+    monkeypatch.setattr(ddp_multirun, "launches_ranks_for_multirun_job", lambda trainer: True)
+    monkeypatch.setattr(ddp_multirun, "_job_spec", dict)
+    monkeypatch.setattr(ddp_multirun, "_wait_for_launched_ranks", lambda launcher: {1: 0, 2: None})
+    with pytest.raises(RuntimeError, match=r"exited with codes \{2: 'stuck, stopped'\}"):
+        with ddp_multirun.job_shared_with_launched_ranks(SimpleNamespace(strategy=SimpleNamespace(launcher=None))):
+            pass

@@ -97,7 +97,9 @@ def test_a_length_the_run_would_replace_is_refused(overrides, max_iters, max_kim
     with pytest.raises(ValueError, match=message):
         refuse_overridden_length(overrides, max_iters, max_kimg)
     refuse_overridden_length(overrides, None, None)   # a run measured in epochs takes it
-    refuse_overridden_length(["+trainer.max_steps=50"], None, 25000)   # the first limit reached ends the run
+    # trainer.max_steps is refused whatever the length (refuse_loop_settings), not with advice to
+    # pass max_iters=null, which would only lead there
+    refuse_overridden_length(["+trainer.max_steps=50"], 1000, None)
     refuse_overridden_length(["trainer.max_epochs=10", "max_iters=null"], None, None)
 
 

@@ -666,6 +666,27 @@ def test_translate_refuses_existing_outputs_unless_told_to_replace_them(smoke_ru
     assert (tmp_path / "elsewhere.png").read_bytes() == b"kept"
 
 
+@pytest.mark.parametrize("where", ["directory", "contents"])
+def test_a_checkpoint_read_the_system_refuses_is_not_called_cut_short(smoke_runs, tmp_path, monkeypatch, where):
+    """Permissions or an I/O error on a whole checkpoint: the advice to use another checkpoint
+    of the run is wrong there, and init_from names its own setting."""
+    import shutil
+
+    from src.utils.checkpoint_loading import load_model
+    from src.utils.initial_weights import initial_weights_to_load
+    from tests.test_auto_resume import refuse_reads_of
+    path = tmp_path / "last.ckpt"
+    shutil.copy(smoke_runs["cyclegan"].ckpt, path)
+    refuse_reads_of(path, monkeypatch, where)
+    with pytest.raises(OSError, match=rf"ckpt_path={path}: the system refused the read .*check its permissions"):
+        load_model(path)
+    if where == "directory":   # checked before any work
+        with pytest.raises(OSError, match=rf"init_from={path}: the system refused the read"):
+            initial_weights_to_load({"init_from": str(path), "ckpt_path": None})
+    with pytest.raises(ValueError, match=r"init_from=auto: name a checkpoint file here .*ckpt_path=auto"):
+        initial_weights_to_load({"init_from": "auto", "ckpt_path": None})
+
+
 def test_a_checkpoint_with_objects_a_weights_only_load_refuses_is_named_as_such(tmp_path):
     from src.utils.checkpoint_loading import load_model
     path = tmp_path / "foreign.ckpt"

@@ -81,6 +81,11 @@ class OptimizedMetricCheck(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self._producers or not all(cb.has_evaluated for cb in self._producers):
             return
+        if PeriodicEvaluation.training_ends_here(trainer):
+            # the run's last evaluation: let it end with its checkpoint; src/train.py names the
+            # metric then, with the names it logged
+            self._producers = []
+            return
         producers, self._producers = self._producers, []   # decided: checked once
         if self.metric in trainer.callback_metrics:
             return

@@ -14,8 +14,10 @@ Only the standard library is used (urllib, zipfile, tarfile).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -167,6 +169,16 @@ def nested_dataset(folder: Path, layout: str) -> Path | None:
     return None
 
 
+#: Windows' shells (cmd.exe, and PowerShell for a native program) pass POSIX single quotes
+#: through as part of the argument: arguments are quoted as its C runtime reads them there
+WINDOWS = os.name == "nt"
+
+
+def shell_quoted(argument: str) -> str:
+    """`argument` as one word of the user's shell, quoted only where it needs to be."""
+    return subprocess.list2cmdline([argument]) if WINDOWS else shlex.quote(argument)
+
+
 def pasteable_override(key: str, path: str | Path) -> str:
     """`++key=path` as a user pastes it onto a shell's command line: the path quoted for Hydra
     where its grammar would read it otherwise (spaces, '=', ',', parentheses, non-ASCII letters
@@ -176,6 +188,8 @@ def pasteable_override(key: str, path: str | Path) -> str:
     if "/" not in value or not re.fullmatch(r"[A-Za-z0-9_./-]+", value):
         value = quote_override_value(value)
     override = f"++{key}={value}"
+    if WINDOWS:
+        return shell_quoted(override)
     if override != shlex.quote(override) and not re.search(r'["$`\\!]', override):
         # double quotes read better around Hydra's single ones than shlex's '"'"', and the
         # shell changes nothing inside them but these characters
@@ -203,9 +217,9 @@ def how_to_get(name: str, data_dir: str | Path) -> str:
         )
     root = data_dir.parent
     if source.url is None:
-        hint = source.note.replace("<root>", shlex.quote(str(root)))
+        hint = source.note.replace("<root>", shell_quoted(str(root)))
     else:
-        hint = f"Download it with: python -m src.data.download {name} --root {shlex.quote(str(root))}"
+        hint = f"Download it with: python -m src.data.download {name} --root {shell_quoted(str(root))}"
         if data_dir.name != name:
             hint += f" and pass {pasteable_override('data.data_dir', root / name)}"
         elif data_dir.is_dir() and any(data_dir.iterdir()):

@@ -54,10 +54,28 @@ def weights_only_refusal(path: str | Path, error: BaseException) -> str:
     return f"{path} is whole but holds objects a weights-only load refuses ({str(error).splitlines()[0]})"
 
 
+def system_refused_read(path: str | Path, error: OSError, key: str = "ckpt_path") -> OSError:
+    """The error for a checkpoint read the system refused (`error` has an errno): not the file's fault."""
+    return OSError(error.errno, f"{key}={path}: the system refused the read ({error.strerror}); the file may be "
+                                f"whole: check its permissions and the storage it is on")
+
+
 def unreadable_checkpoint(ckpt_path: str | Path, reason: str, key: str = "ckpt_path") -> ValueError:
     """The error for a checkpoint file that does not load, named by its setting `key`."""
     return ValueError(f"{key}={ckpt_path} cannot be read as a checkpoint ({reason}); a copy or save that was "
                       f"cut short leaves such a file: use another checkpoint of the run (last.ckpt, iter_*.ckpt)")
+
+
+def whole_zip_archive(path: str | Path) -> bool:
+    """Whether `path` is a whole zip archive, as torch.save writes (its directory comes last, so
+    a file cut short has none). Unlike zipfile.is_zipfile, which answers False for any OSError,
+    a read the system refuses (permissions, a network file system's I/O error) is raised: the
+    file may be whole."""
+    try:
+        with zipfile.ZipFile(path):
+            return True
+    except zipfile.BadZipFile:
+        return False
 
 
 def check_checkpoint_file(ckpt_path: str | Path | None, key: str = "ckpt_path") -> None:
@@ -68,11 +86,15 @@ def check_checkpoint_file(ckpt_path: str | Path | None, key: str = "ckpt_path") 
     if ckpt_path is None or resolved_by_lightning(ckpt_path):
         return
     if not Path(ckpt_path).is_file():
-        if str(ckpt_path) == "auto":   # train.py resolves it before this check; eval/translate need a file
-            raise ValueError(f"{key}=auto resumes a training run (src/train.py, ckpt_path=auto); here, name a "
-                             f"checkpoint file: {key}=path/to/checkpoints/last.ckpt")
+        if str(ckpt_path) == "auto":   # train.py resolves ckpt_path=auto before this check
+            raise ValueError(f"{key}=auto: name a checkpoint file here ({key}=path/to/checkpoints/last.ckpt); "
+                             f"auto is src/train.py's ckpt_path=auto, which resumes a run from its own folder")
         raise FileNotFoundError(f"{key}={ckpt_path}: no such checkpoint file")
-    if not zipfile.is_zipfile(ckpt_path):
+    try:
+        whole = whole_zip_archive(ckpt_path)
+    except OSError as error:
+        raise system_refused_read(ckpt_path, error, key) from error
+    if not whole:
         raise unreadable_checkpoint(ckpt_path, "not a complete zip archive, as torch.save writes", key)
 
 
@@ -95,8 +117,7 @@ def read_training_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
                          f"loaded with code execution; checkpoints src/train.py writes hold none") from error
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         if isinstance(error, OSError) and error.errno is not None:   # not the file's fault: say so
-            raise OSError(error.errno, f"{key}={path}: the system refused the read ({error.strerror}); the file may "
-                                       f"be whole: check its permissions and the storage it is on") from error
+            raise system_refused_read(path, error, key) from error
         detail = str(error).splitlines()[0] if str(error) else "no detail"
         raise unreadable_checkpoint(path, f"{type(error).__name__}: {detail}", key) from error
     if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():

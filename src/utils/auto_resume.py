@@ -22,14 +22,13 @@ import logging
 import os
 import pickle
 import time
-import zipfile
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.callbacks.checkpoint import INSIDE_ITERATION_KEY, PARTIAL_STEPS_KEY, TORN_STEP_KEY
-from src.models.checkpoint_fit import refused_by_weights_only, weights_only_refusal
+from src.models.checkpoint_fit import refused_by_weights_only, weights_only_refusal, whole_zip_archive
 from src.utils.config_resolvers import slurm_job_suffix
 from src.utils.hydra_runtime import hydra_config, is_multirun, is_rank_zero
 
@@ -165,9 +164,9 @@ def read_progress(path: Path) -> tuple[int, bool]:
     A read the system refuses (permissions, a network file system's I/O error) is raised as it
     is: passing over a whole last.ckpt would resume from an older file, whose next save would
     overwrite the progress it holds."""
-    if not zipfile.is_zipfile(path):   # torch.save writes the zip directory last: a cut file has none
-        raise UnreadableCheckpoint("not a complete zip archive: a copy or save cut short leaves such a file")
     try:
+        if not whole_zip_archive(path):   # torch.save writes the zip directory last: a cut file has none
+            raise UnreadableCheckpoint("not a complete zip archive: a copy or save cut short leaves such a file")
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         inexact = (PARTIAL_STEPS_KEY, TORN_STEP_KEY, INSIDE_ITERATION_KEY)
         return int(checkpoint["global_step"]), not any(checkpoint.get(key) for key in inexact)
@@ -177,18 +176,21 @@ def read_progress(path: Path) -> tuple[int, bool]:
         raise ValueError(f"ckpt_path=auto: {weights_only_refusal(path, error)}, so the run cannot resume from it "
                          f"safely. Move it out of {path.parent} to resume from the next checkpoint (or to start "
                          f"over)") from error
+    except UnreadableCheckpoint:
+        raise
     except OSError as error:
         if error.errno is not None:
-            raise OSError(error.errno, f"ckpt_path=auto: reading {path} failed ({error.strerror}); the file may be "
-                                       f"whole, and passing over it could resume from an older one. Fix the "
-                                       f"storage or permissions, or move the file away") from error
+            raise OSError(error.errno, f"reading {path} failed ({error.strerror}); the file may be whole, and "
+                                       f"passing over it could resume from an older one. Fix the storage or "
+                                       f"permissions, or move the file away") from error
         raise UnreadableCheckpoint(f"{type(error).__name__}: {error}") from error
     except Exception as error:   # any other reason a file is not a checkpoint of ours: reported and passed over
         raise UnreadableCheckpoint(f"{type(error).__name__}: {error}") from error
 
 
 def training_progress(path: Path) -> tuple[int, bool] | None:
-    """`read_progress`, or None for a file that cannot be read whole."""
+    """`read_progress`, or None for a file that cannot be read whole (a read the system refuses
+    is raised, as there)."""
     try:
         return read_progress(path)
     except UnreadableCheckpoint:

@@ -13,7 +13,9 @@ point or test composes a config.
   so the process's own is the same folder.
 - `${run_dir_suffix:}`: what makes a run folder named by its start time its own:
   `_slurm-<job id>` inside a SLURM job (the tasks of a job array start in the same second; the
-  tasks of one srun, one run's ranks, share the folder), else `-<microseconds>` (runs a script
+  tasks of one srun, one run's ranks, share the folder; so do two runs one job script starts
+  together: give them their own hydra.run.dir), nothing in a process torchrun started (its
+  ranks share the folder as before), else `-<microseconds>` (runs a script
   or a shell loop starts together, `for lr in ...; do python src/train.py ... & done`, would
   otherwise share one, each writing over the others' checkpoints and configs).
 - `${seed_unless_stored:storage,seed}`: an Optuna sampler's seed, or None where the study is kept
@@ -43,8 +45,18 @@ def slurm_job_suffix() -> str:
     return f"_slurm-{job}" if job else ""
 
 
+#: set in each process torchrun (torch.distributed.run) starts: the ranks of one run, which
+#: compose their configs apart and share the folder named to the second (README: fix
+#: hydra.run.dir for them)
+TORCHRUN_VARIABLES = ("TORCHELASTIC_RUN_ID", "LOCAL_RANK")
+
+
 def run_dir_suffix() -> str:
-    return slurm_job_suffix() or f"-{datetime.now():%f}"
+    if slurm := slurm_job_suffix():
+        return slurm
+    if any(name in os.environ for name in TORCHRUN_VARIABLES):
+        return ""
+    return f"-{datetime.now():%f}"
 
 
 def seed_unless_stored(storage, seed):

@@ -38,14 +38,14 @@ def refuse_unread_overrides(overrides: list[str], model, cfg, in_a_sweep: bool =
 
 
 def refuse_overridden_length(overrides: list[str], max_iters, max_kimg, in_a_sweep: bool = False) -> None:
-    """`trainer.max_epochs=N` (or `max_steps`) on the command line of a run whose length
+    """`trainer.max_epochs=N` on the command line of a run whose length
     `max_iters` or `max_kimg` sets (U-GAT-IT's, NICE-GAN's, WGAN-GP's configs, ProGAN's,
     StyleGAN's, the quickstart) would be replaced by it without a word (in a sweep, a warning:
     `-m model=cyclegan,ugatit trainer.max_epochs=10` sets CycleGAN's length)."""
     if not (max_iters or max_kimg):
         return
-    # max_iters replaces both; max_kimg only the epochs (a max_steps is refused anyway: run.refuse_loop_settings)
-    replaced = ("trainer.max_epochs", "trainer.max_steps") if max_iters else ("trainer.max_epochs",)
+    # (trainer.max_steps, in optimizer steps, is refused whatever the length: run.refuse_loop_settings)
+    replaced = ("trainer.max_epochs",)
     for override in overrides:
         key = override_key(override)
         if key in replaced:

@@ -33,8 +33,8 @@ WANDB_LOGGER_TARGETS = ("pytorch_lightning.loggers.WandbLogger", "pytorch_lightn
 #: Checkpoint key of the wandb run id.
 CHECKPOINT_KEY = "wandb_run_id"
 #: Overrides left out of run names: where things are, not what is trained.
-NAME_EXCLUDED_PREFIXES = ("paths.", "ckpt_path", "hydra", "model=", "data=", "logger", "trainer.devices",
-                          "trainer.num_nodes")
+NAME_EXCLUDED_PREFIXES = ("paths.", "ckpt_path", "init_from=", "hydra", "model=", "data=", "logger",
+                          "trainer.devices", "trainer.num_nodes")
 #: Config groups whose choice becomes a tag.
 TAGGED_GROUPS = ("experiment", "hparams_search", "debug")
 #: Keys whose overrides are left out of run names wherever they are: folders and files
