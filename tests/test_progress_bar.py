@@ -31,6 +31,14 @@ def test_the_epochs_total_is_the_iterations_left(bar_class):
     assert bar.total_train_batches == 100
 
 
+@pytest.mark.parametrize("bar_class", [IterationRichProgressBar, IterationTQDMProgressBar])
+def test_the_bar_shows_the_losses_without_the_loggers_version(bar_class):
+    """Rich formatted the version as a loss: "v_num: 0.000"."""
+    bar = bar_class()
+    trainer = SimpleNamespace(loggers=[SimpleNamespace(version=0)], progress_bar_metrics={"train/G": 1.5})
+    assert bar.get_metrics(trainer, None) == {"train/G": 1.5}
+
+
 def test_rich_names_the_epoch_alone_when_training_to_max_iters():
     bar = IterationRichProgressBar()
     bar._trainer = fake_trainer(max_epochs=-1, max_steps=20, global_step=0, batches=10)

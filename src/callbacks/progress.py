@@ -45,6 +45,13 @@ class IterationTotals:
         super().on_train_epoch_end(trainer, pl_module)
         self._batches_before_resume = 0
 
+    def get_metrics(self, trainer, pl_module) -> dict:
+        # Without the loggers' version: the run folder names the run, and Rich's bar printed the
+        # version in its loss format ("v_num: 0.000").
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
 
 class IterationRichProgressBar(IterationTotals, RichProgressBar):
     def _get_train_description(self, current_epoch: int) -> str:
