@@ -29,6 +29,7 @@ def model_and_cfg(train_cfg, *overrides):
     (["model=cyclegan"], "callbacks.ema.decay=0.9999", r"the EMA is off \(callbacks.ema.enabled=false"),
     (["model=cyclegan"], "callbacks.ema.start_iter=100", r"the EMA is off"),
     (["model=stylegan"], "callbacks.ema.decay=0.99", r"callbacks.ema.half_life_images=10000 sets each update's decay"),
+    (["model=cyclegan"], "init_from_weights=ema", r"init_from is not set"),
 ])
 def test_a_setting_the_run_would_not_read_is_refused(train_cfg, model_overrides, override, message):
     model, cfg = model_and_cfg(train_cfg, *model_overrides, override)
@@ -48,6 +49,7 @@ def test_a_setting_the_run_would_not_read_is_refused(train_cfg, model_overrides,
     (["model=cyclegan"], ["callbacks.ema.enabled=true", "callbacks.ema.decay=0.9999"]),
     (["model=stylegan"], ["callbacks.ema.enabled=false"]),   # its half_life_images, not given here, stays
     (["model=pix2pix"], ["model.init.type=kaiming", "model.init.gain=0.05"]),   # batch-norm scales read it
+    (["model=cyclegan", "init_from=/runs/a/last.ckpt"], ["init_from=/runs/a/last.ckpt", "init_from_weights=ema"]),
 ])
 def test_settings_the_run_reads_pass(train_cfg, model_overrides, overrides):
     refuse_unread_overrides(overrides, *model_and_cfg(train_cfg, *model_overrides, *overrides))

@@ -64,6 +64,8 @@ def refuse_or_warn(message: str, in_a_sweep: bool) -> None:
 def unread_because(path: list[str], model, cfg) -> str | None:
     """Why the setting at `path` is not read by `model` and the run's config `cfg`, or None when
     it is (or is not one of the settings checked here)."""
+    if path == ["init_from_weights"] and cfg.get("init_from") is None:
+        return "init_from is not set (the checkpoint whose weights it chooses)"
     if path[:2] == ["callbacks", "ema"] and len(path) == 3:
         ema = cfg.get("callbacks", {}).get("ema") or {}
         if path[2] in ("decay", "start_iter", "half_life_images") and not ema.get("enabled", True):
