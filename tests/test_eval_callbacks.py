@@ -572,6 +572,8 @@ def test_pix2pix_skips_btoa_and_turns_the_latent_callback_off_without_warnings(t
                     "model.lr_schedule.decay=1", *EVAL_CALLBACKS)
     with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
         warnings.simplefilter("always")
+        # Lightning's advice on a machine of 3 cores or more, for the smoke config's in-process loading
+        warnings.filterwarnings("ignore", message=".*does not have many workers")
         metrics = run_training(cfg)
     # (a library's deprecation notices, which a fresh install's newer numpy or pillow may add,
     # are not this run's to answer for)

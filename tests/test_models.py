@@ -479,8 +479,11 @@ def test_the_loggers_record_the_code_revision_the_run_trained_with(train_cfg, tm
     cfg.paths.root_dir = str(tmp_path)   # data and logs elsewhere (paths set already), not a checkout
     run_training(cfg)
     (hparams,) = Path(cfg.paths.output_dir).glob("csv/version_*/hparams.yaml")
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parents[1], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parents[1], capture_output=True,
+                         text=True)
+    if git.returncode != 0:   # a checkout git refuses (another owner's, "dubious ownership")
+        pytest.skip(f"git rev-parse failed: {git.stderr.strip()}")
+    head = git.stdout.strip()
     revision = yaml.safe_load(hparams.read_text())["code_revision"]
     assert revision in (head, head + "+dirty")
 

@@ -44,5 +44,6 @@ def test_each_logged_row_carries_the_speed_and_the_share_of_time_spent_waiting_f
         assert row["time/images_per_s"] == pytest.approx(row["time/it_per_s"]), row
         assert "memory/peak_gpu_gb" not in row   # CUDA only
     fast = run_with_fetch_delay(train_cfg, monkeypatch, 0.0, tmp_path / "fast")
-    assert max(row["time/data_wait"] for row in fast) < min(row["time/data_wait"] for row in slow)
-    assert min(row["time/it_per_s"] for row in fast) > max(row["time/it_per_s"] for row in slow)
+    # (the first rows left out: they carry the fit's one-time costs, which a busy machine stretches)
+    assert max(row["time/data_wait"] for row in fast[1:]) < min(row["time/data_wait"] for row in slow[1:])
+    assert min(row["time/it_per_s"] for row in fast[1:]) > max(row["time/it_per_s"] for row in slow[1:])
