@@ -31,20 +31,24 @@ def test_sizes_the_networks_take_pass_and_leave_the_model_as_it_was(train_cfg, m
     assert all(vars(dict(model.named_modules())[name])[key] is value for (name, key), value in plain.items())
 
 
-@pytest.mark.parametrize("model_name, side, failing, nearest", [
-    ("pix2pix", 40, "AtoB translation fails", "32x32 or 64x64"),    # U-Net of 5 downs: multiples of 32
-    ("cyclegan", 30, "AtoB translation returns 32x32", "28x28 or 32x32"),
-    ("ugatit", 16, "discriminator UGATITDiscriminator fails", "24x24"),
-    ("nicegan", 32, "discriminator NICEGANDiscriminator fails", "48x48"),
+@pytest.mark.parametrize("model_name, side, failing, nearest, networks", [
+    ("pix2pix", 40, "AtoB translation fails", "32x32 or 64x64",    # U-Net of 5 downs: multiples of 32
+     "model.generator.*, model.discriminator.*"),
+    ("cyclegan", 30, "AtoB translation returns 32x32", "28x28 or 32x32", "model.generator.*, model.discriminator.*"),
+    # its discriminators by their own nodes (there is no model.discriminator)
+    ("ugatit", 16, "discriminator UGATITDiscriminator fails", "24x24",
+     "model.generator.*, model.global_discriminator.*, model.local_discriminator.*"),
+    ("nicegan", 32, "discriminator NICEGANDiscriminator fails", "48x48", "model.generator.*, model.discriminator.*"),
 ])
 def test_a_size_the_networks_cannot_take_is_refused_with_the_nearest_sizes_and_the_settings(
-        train_cfg, model_name, side, failing, nearest):
+        train_cfg, model_name, side, failing, nearest, networks):
     _, model = build(train_cfg, model_name)
     with pytest.raises(ValueError) as error:
         check_image_size(model, images(side))
     message = str(error.value)
     assert f"cannot train on {side}x{side} px images" in message and failing in message
     assert f"accept: {nearest}." in message and "data.crop_size" in message and "data.size" in message
+    assert f"make the networks shallower or deeper ({networks})." in message
 
 
 def test_training_stops_at_the_first_batch_with_the_size_error(train_cfg):

@@ -9,6 +9,7 @@ evaluation; the noise-to-image family has its own base (src/models/noise_base.py
 """
 import contextlib
 from collections import Counter
+from collections.abc import Mapping
 import inspect
 import math
 
@@ -288,6 +289,13 @@ class AdversarialModel(pl.LightningModule):
     def sampling_nets(self) -> list[nn.Module]:
         """The networks whose outputs are sampled and evaluated (what an EMA averages)."""
         raise must_define(self, "sampling_nets()")
+
+    def network_settings(self) -> str:
+        """The config nodes its networks are built from, for messages: `model.generator.*,
+        model.discriminator.*`, or U-GAT-IT's `model.global_discriminator.*` and others by their
+        own names."""
+        nodes = [key for key, value in self.hparams.items() if isinstance(value, Mapping) and "_target_" in value]
+        return ", ".join(f"model.{key}.*" for key in nodes) or "model.*"
 
     def evaluation_pair(self, batch: dict, stream: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(real images, generated images) of one evaluation stream of a test batch, for FID/KID:

@@ -156,7 +156,7 @@ def check_resume_fits(model: torch.nn.Module, checkpoint: dict, ckpt_path: str |
     raise ValueError(
         f"ckpt_path={ckpt_path}: the checkpoint does not fit the {type(model).__name__} this run builds "
         f"({mismatch}). Resuming continues a run, so it needs the model settings of the run that wrote the "
-        f"checkpoint (model=..., model.generator.*, model.discriminator.*, data.input_nc/output_nc).{where}")
+        f"checkpoint (model=..., {model.network_settings()}, data.input_nc/output_nc).{where}")
 
 
 #: data settings a resume may change and still continue the same run: where the data lives, how

@@ -159,10 +159,10 @@ def check_image_size(model, images: torch.Tensor) -> None:
     accepted = nearest_sizes_text(below, above)
     hint = (f"the nearest square size its networks accept: {accepted}" if accepted else
             f"no square size within {SEARCH_STEPS} steps of {step} px works: check the networks' depth "
-            f"(model.generator / model.discriminator)")
+            f"({model.network_settings()})")
     raise ValueError(
         f"{type(model).__name__} cannot train on {height}x{width} px images (batch {batch_size}): {failure}. "
         f"Image sides must be multiples of {step} px for its generators, and {hint}. Set data.crop_size "
         f"(data.size for the embedded shapes datasets; data.load_size too with preprocess=scale_width; "
         f"preprocess=none keeps each image's own size: resize the dataset, or choose a cropping preprocess), "
-        f"or make the networks shallower or deeper (model.generator.*, model.discriminator.*).")
+        f"or make the networks shallower or deeper ({model.network_settings()}).")
