@@ -122,6 +122,22 @@ def test_loop_settings_that_would_not_do_what_they_say_are_refused(train_cfg, ov
         build_trainer_kwargs(cfg, model)
 
 
+def test_a_run_without_an_end_says_so_at_start(train_cfg, caplog):
+    """trainer.max_epochs=-1 without max_iters or max_kimg trains until stopped, CycleGAN's
+    decay at rate 0 after its 200 epochs."""
+    import logging
+    cfg = train_cfg("max_iters=null", "trainer.max_epochs=-1")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    with caplog.at_level(logging.WARNING):
+        build_trainer_kwargs(cfg, model)
+    assert "trainer.max_epochs=-1 with neither max_iters nor max_kimg: the run has no end" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        build_trainer_kwargs(train_cfg("max_iters=null", "trainer.max_epochs=3"), model)
+        build_trainer_kwargs(train_cfg("max_iters=5", "trainer.max_epochs=-1"), model)
+    assert "has no end" not in caplog.text
+
+
 def test_the_default_loop_settings_pass(train_cfg):
     cfg = train_cfg("max_iters=null", "trainer.max_epochs=3")
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)

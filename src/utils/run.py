@@ -171,6 +171,12 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
         warn_iterations_of_several_processes(max_iters, kwargs, cfg.data.get("batch_size"))
     elif cfg.get("max_kimg"):   # the image budget (ImageBudget) ends the run, not an epoch count
         kwargs["max_epochs"] = -1
+    elif kwargs.get("max_epochs") in (-1, None):
+        # Lightning's "train until stopped": said at start, since the learning-rate schedules
+        # (counted in epochs or iterations) reach their end and stay there, at rate 0 for a decay
+        log.warning("trainer.max_epochs=%s with neither max_iters nor max_kimg: the run has no end and trains until "
+                    "stopped (Ctrl-C or SIGTERM save interrupted.ckpt); a learning-rate decay (model.lr_schedule) "
+                    "that reaches 0 keeps it there. Give the run a length to end it", kwargs.get("max_epochs"))
     return kwargs
 
 
