@@ -22,7 +22,8 @@ from src.utils.objective import objective_value, sweeper_direction  # noqa: E402
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
     configure_allocator(cfg.get("allocator", "default"))
-    from src.models.divergence import divergence_of   # these load torch: only once the allocator is set
+    from src.callbacks.optimized_metric import closest_names   # these load torch: only once the allocator is set
+    from src.models.divergence import divergence_of
     from src.utils.run import release_failed_run, run_training
     from src.utils.run_results import write_failure
     from src.utils.hydra_runtime import is_rank_zero
@@ -43,9 +44,8 @@ def main(cfg: DictConfig) -> float | None:
     if not metric_name:
         return None
     if metric_name not in metrics:
-        from src.callbacks.optimized_metric import closest_names
-        raise ValueError(f"optimized_metric={metric_name} was not logged by this run ({closest_names(metric_name, metrics)}): "
-                         f"set optimized_metric to one of the names it logs")
+        raise ValueError(f"optimized_metric={metric_name} was not logged by this run "
+                         f"({closest_names(metric_name, metrics)}): set optimized_metric to one of the names this run logs")
     return objective_value(metric_name, float(metrics[metric_name]), sweeper_direction())
 
 

@@ -94,4 +94,4 @@ class OptimizedMetricCheck(pl.Callback):
         keys = ", ".join(cb.config_key for cb in producers)
         raise ValueError(f"optimized_metric={self.metric}: {keys} evaluated at iteration {pl_module.iteration} "
                          f"without logging it ({closest_names(self.metric, family)}): the run would train to its end "
-                         f"and return nothing. Choose one of the names this run logs")
+                         f"and return nothing: set optimized_metric to one of the names this run logs")

@@ -17,7 +17,8 @@ from pytorch_lightning.utilities.imports import _RICH_AVAILABLE
 
 
 class IterationTotals:
-    """The epoch's total in iterations, for a bar class it comes before."""
+    """The epoch's total in iterations, and the bar's metrics without the loggers' version, for
+    a bar class it comes before."""
 
     @property
     def total_train_batches(self) -> int | float:

@@ -188,13 +188,11 @@ def pasteable_override(key: str, path: str | Path) -> str:
     if "/" not in value or not re.fullmatch(r"[A-Za-z0-9_./-]+", value):
         value = quote_override_value(value)
     override = f"++{key}={value}"
-    if WINDOWS:
-        return shell_quoted(override)
-    if override != shlex.quote(override) and not re.search(r'["$`\\!]', override):
+    if not WINDOWS and override != shlex.quote(override) and not re.search(r'["$`\\!]', override):
         # double quotes read better around Hydra's single ones than shlex's '"'"', and the
         # shell changes nothing inside them but these characters
         return f'"{override}"'
-    return shlex.quote(override)
+    return shell_quoted(override)
 
 
 def how_to_get(name: str, data_dir: str | Path) -> str:

@@ -27,6 +27,8 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
+from src.utils.whole_files import whole_zip_archive
+
 
 # Constants torch.export.load unpickles in full (pt2_archive: custom_obj_*, TorchScript objects,
 # and opaque_obj_*, plain pickle), where its tensor loads can be made weights-only.
@@ -34,7 +36,7 @@ _OBJECT_CONSTANT_PREFIXES = ("custom_obj_", "opaque_obj_")
 
 
 def refuse_pickled_objects(path: Path, key: str) -> None:
-    if not zipfile.is_zipfile(path):
+    if not whole_zip_archive(path):   # (a read the system refuses is raised, as it is)
         return   # torch.export.load's own error says what the file is not
     with zipfile.ZipFile(path) as archive:
         # torch picks a constant's loader by its path inside data/constants/ (which may hold folders)

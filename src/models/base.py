@@ -23,8 +23,8 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from src.losses import AdversarialLoss, gradient_penalty
 from src.models.checkpoint_fit import check_resume_fits
-from src.models.divergence import (DIVERGED_LOSS_SCALE, LOW_LOSS_SCALE, TrainingDiverged, diverged_message, non_finite_losses,
-                                   refuse_non_finite_weights)
+from src.models.divergence import (DIVERGED_LOSS_SCALE, LOW_LOSS_SCALE, TrainingDiverged, diverged_message,
+                                   non_finite_losses, refuse_non_finite_weights)
 from src.models.image_pool import ImagePool
 from src.models.loss_scaling import PlayerGradScalers
 from src.models.loss_window import LossWindow
@@ -203,15 +203,15 @@ class AdversarialModel(pl.LightningModule):
             self.check_loss_settings()
             self.grad_scalers = PlayerGradScalers.install(self.trainer)
             self.warn_of_batch_norm_under_gradient_penalty()
-            self.keep_batches_vector_batch_norm_takes()
+            self.check_batches_for_vector_batch_norm()
 
-    def keep_batches_vector_batch_norm_takes(self) -> None:
+    def check_batches_for_vector_batch_norm(self) -> None:
         """Batch norm over vectors (InfoGAN's fully connected layers and Q head, an MLP's
         norm=batch) cannot normalise a batch of one sample in training: torch stops inside the
         layer ("Expected more than 1 value per channel"), naming no setting, and a short last
         batch of one does so at the end of an epoch, hours in. So data.batch_size=1 is refused
         here, and every epoch's short last batch is dropped (`keep_whole_batches`)."""
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        datamodule = self.trainer.datamodule
         norms = sorted({name.split(".")[0] for name, module in self.named_modules()
                         if isinstance(module, nn.BatchNorm1d)})
         if not norms or datamodule is None or not hasattr(datamodule, "keep_whole_batches"):

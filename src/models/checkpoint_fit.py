@@ -1,4 +1,8 @@
-"""Whether a checkpoint's weights fit a model, and a resume error that says what to change.
+"""Reading a training checkpoint, and whether its weights and settings fit the run.
+
+`read_training_checkpoint` is the one reading of a checkpoint file that resumes, `load_model`
+(eval, translate) and `init_from` share: weights-only, mapped, with errors that name the setting
+and tell a file cut short from a read the system refused.
 
 Resuming a run with other model settings than the run that wrote the checkpoint (another
 model, another width or depth) otherwise fails in `load_state_dict` with a list of hundreds of
@@ -8,12 +12,12 @@ missing keys or shape mismatches and no word on the cause. The check runs in the
 from __future__ import annotations
 
 import pickle
-import zipfile
 from pathlib import Path
 
 import torch
 
 from src.utils.config_checks import accepted_arguments
+from src.utils.whole_files import whole_zip_archive
 from src.utils.nested import flattened
 
 #: mismatches named in a message; the rest are counted
@@ -64,18 +68,6 @@ def unreadable_checkpoint(ckpt_path: str | Path, reason: str, key: str = "ckpt_p
     """The error for a checkpoint file that does not load, named by its setting `key`."""
     return ValueError(f"{key}={ckpt_path} cannot be read as a checkpoint ({reason}); a copy or save that was "
                       f"cut short leaves such a file: use another checkpoint of the run (last.ckpt, iter_*.ckpt)")
-
-
-def whole_zip_archive(path: str | Path) -> bool:
-    """Whether `path` is a whole zip archive, as torch.save writes (its directory comes last, so
-    a file cut short has none). Unlike zipfile.is_zipfile, which answers False for any OSError,
-    a read the system refuses (permissions, a network file system's I/O error) is raised: the
-    file may be whole."""
-    try:
-        with zipfile.ZipFile(path):
-            return True
-    except zipfile.BadZipFile:
-        return False
 
 
 def check_checkpoint_file(ckpt_path: str | Path | None, key: str = "ckpt_path") -> None:

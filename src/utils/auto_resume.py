@@ -8,7 +8,9 @@ SLURM `hpc_ckpt_*.ckpt`. Lightning's own `ckpt_path="last"` looks at `last*.ckpt
 and resolves the file after the loggers exist, too late for a wandb run to continue.
 
 A file that cannot be read whole (a copy or sync cut short; the run's own saves go through a
-synced file beside the target, src/utils/checkpoint_io.py) is passed over with a warning naming it, and the next most advanced one is taken.
+synced file beside the target, src/utils/checkpoint_io.py) is passed over with a warning naming it
+and why, and the next most advanced one is taken. A read the system refuses (permissions, an I/O
+error) stops the run: the file may be whole, and passing over it would resume from an older one.
 A whole file that a weights-only load refuses stops the run, naming it: resuming from it would
 fail the same way, and passing it over would train again over the work it holds. Among files of
 equal progress an exact one wins over a crash checkpoint taken inside an iteration or inside a
@@ -28,9 +30,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.callbacks.checkpoint import INSIDE_ITERATION_KEY, PARTIAL_STEPS_KEY, TORN_STEP_KEY
-from src.models.checkpoint_fit import refused_by_weights_only, weights_only_refusal, whole_zip_archive
+from src.models.checkpoint_fit import refused_by_weights_only, weights_only_refusal
 from src.utils.config_resolvers import slurm_job_suffix
 from src.utils.hydra_runtime import hydra_config, is_multirun, is_rank_zero
+from src.utils.whole_files import whole_zip_archive
 
 log = logging.getLogger(__name__)
 

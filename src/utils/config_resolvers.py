@@ -17,7 +17,8 @@ point or test composes a config.
   together: give them their own hydra.run.dir), nothing in a process torchrun started (its
   ranks share the folder as before), else `-<microseconds>` (runs a script
   or a shell loop starts together, `for lr in ...; do python src/train.py ... & done`, would
-  otherwise share one, each writing over the others' checkpoints and configs).
+  otherwise share one, each writing over the others' checkpoints and configs). `${slurm_job_suffix:}`,
+  its SLURM part, stays registered for the run configs of older runs.
 - `${seed_unless_stored:storage,seed}`: an Optuna sampler's seed, or None where the study is kept
   in `storage`. A seeded sampler starts its random draws over in every process, so a study
   resumed from its storage (or shared by two machines) would repeat its first trials.

@@ -14,8 +14,9 @@ So, on rank 0 of a multirun job (`job_shared_with_launched_ranks`):
 - before fit, the job's own overrides (sweep values and Optuna samples included, as Hydra
   resolved them for this job) and its run dir go into an environment variable that Lightning
   copies into the launched ranks;
-- after fit, it waits for those ranks, destroys the process group and restores the launcher's
-  environment variables, so the next job starts clean.
+- after fit, it waits for those ranks (one still running after RANK_EXIT_TIMEOUT_S is stopped,
+  and the job fails), destroys the process group and restores the launcher's environment
+  variables, so the next job starts clean.
 A launched rank (`argv_for_launched_rank`, called by src/train.py before Hydra parses the
 command line) replaces its command line by that one job's, as a single run in the same run dir.
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 #: What Lightning's launcher sets in rank 0's own environment for its children.
 LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
-#: Seconds rank 0 waits for a job's other ranks to exit before starting the next job.
+#: Seconds rank 0 waits for a job's other ranks to exit before stopping them and failing the job.
 RANK_EXIT_TIMEOUT_S = 600
 
 

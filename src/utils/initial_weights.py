@@ -71,8 +71,8 @@ def start_from_checkpoint(model: torch.nn.Module, init_from: str | Path, weights
     if mismatch is not None:
         raise ValueError(f"init_from={init_from}: its networks do not fit the {type(model).__name__} this run builds "
                          f"({mismatch}). The networks start from the checkpoint's as they are, so the network "
-                         f"settings ({model.network_settings()}, data.input_nc/output_nc, and for "
-                         f"U-GAT-IT's full networks the image size) must be those of the run that wrote it")
+                         f"settings ({model.network_settings()}, data.input_nc/output_nc, and data.crop_size for "
+                         f"ProGAN, StyleGAN and full U-GAT-IT) must be those of the run that wrote it")
     model.load_state_dict(state_dict, strict=True)
     iteration = int(checkpoint.get("global_step", 0)) // model.optimizer_steps_per_iter
     log.info("Networks from %s (its iteration %d, %s weights); iteration, optimizers, schedules and image pools "

@@ -40,11 +40,11 @@ from src.utils.instantiate import instantiate_list
 from src.utils.library_warnings import silence_known_library_noise
 from src.utils.objective import sweeper_direction
 from src.utils.process_state import process_state_restored
+from src.utils.run_results import completed_metrics
 from src.utils.tensorboard_logger import purge_step, with_purge_step
 from src.utils.training_config import ROOT_DIR
-from src.utils.run_results import completed_metrics
-from src.utils.unread_overrides import refuse_unread_overrides
 from src.utils.translation import is_out_of_memory
+from src.utils.unread_overrides import refuse_unread_overrides
 from src.utils.wandb_run import WandbRunIdCallback, finish_wandb_run, is_wandb_node, with_wandb_identity
 
 log = logging.getLogger(__name__)
@@ -383,7 +383,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         if count := count_parameters(child):   # not the loss modules
             log.info("%s: %s parameters", name, f"{count:,}")
     check_sync_batchnorm(cfg, model)
-    # Both hold plain values already (the models' and SplitDataModule's save_hyperparameters).
+    # Plain values already (SplitDataModule's save_hyperparameters), as the model's hparams are.
     data_settings = dict(getattr(datamodule, "hparams", {}))
     if init_from is not None:
         start_from_checkpoint(model, init_from, cfg.get("init_from_weights", "trained"), data_settings)

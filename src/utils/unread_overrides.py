@@ -45,10 +45,9 @@ def refuse_overridden_length(overrides: list[str], max_iters, max_kimg, in_a_swe
     if not (max_iters or max_kimg):
         return
     # (trainer.max_steps, in optimizer steps, is refused whatever the length: run.refuse_loop_settings)
-    replaced = ("trainer.max_epochs",)
     for override in overrides:
         key = override_key(override)
-        if key in replaced:
+        if key == "trainer.max_epochs":
             length = f"max_iters={max_iters}" if max_iters else f"max_kimg={max_kimg}"
             unset = "max_iters=null" if max_iters else "max_kimg=null"
             refuse_or_warn(f"{override}: this run's length is {length}, which replaces {key}. Set the length "

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 import uuid
+import zipfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -128,3 +129,15 @@ _unsyncable_folders: set[Path] = set()
 
 def write_text_whole(path: Path, text: str) -> None:
     write_whole(Path(path), lambda stream: stream.write(text.encode()))
+
+
+def whole_zip_archive(path: str | Path) -> bool:
+    """Whether `path` is a whole zip archive, as torch.save writes (its directory comes last, so
+    a file cut short has none). Unlike zipfile.is_zipfile, which answers False for any OSError,
+    a read the system refuses (permissions, a network file system's I/O error) is raised: the
+    file may be whole."""
+    try:
+        with zipfile.ZipFile(path):
+            return True
+    except zipfile.BadZipFile:
+        return False
