@@ -1094,11 +1094,18 @@ def test_each_search_builds_networks_that_run_on_its_default_data(compose_with_h
 
 @pytest.mark.parametrize("data", ["shapes", "shapes_paired"])
 @pytest.mark.parametrize("model_name", ["ugatit", "nicegan"])
-def test_the_quickstart_builds_networks_that_run_on_the_embedded_data(compose_with_hydra, model_name, data):
-    """`make train ARGS="model=nicegan data=shapes_paired"`: NICE-GAN's quickstart networks need
-    64 px, which only the unpaired shapes were given."""
+@pytest.mark.parametrize("experiment, size", [(None, 128), ("quickstart", None)])
+def test_a_run_builds_networks_that_run_on_the_embedded_data(compose_with_hydra, model_name, data, experiment, size):
+    """`python src/train.py model=ugatit` (the paper-size networks: 96 px and up) and `make train
+    ARGS="model=nicegan data=shapes_paired"` (NICE-GAN's quickstart networks: 64 px) were
+    refused at their first batch on the embedded data's 32 px. The quickstart keeps its sizes."""
     from src.models.size_check import check_image_size
-    cfg = compose_with_hydra("experiment=quickstart", f"model={model_name}", f"data={data}")
+    cfg = compose_with_hydra(*([f"experiment={experiment}"] if experiment else []), f"model={model_name}",
+                             f"data={data}")
+    if size is not None:
+        assert cfg.data.size == size
+    else:   # U-GAT-IT's quickstart networks run at the data's own 32 px, NICE-GAN's at 64
+        assert cfg.data.size == {"ugatit": 32, "nicegan": 64}[model_name]
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     check_image_size(model, torch.zeros(1, cfg.data.input_nc, cfg.data.size, cfg.data.size))
 

@@ -62,6 +62,8 @@ def test_the_smoke_config_sizes_the_embedded_datasets_only(train_cfg):
     # has no `size` key (its module would refuse it) and keeps its own crop size.
     assert train_cfg("model=nicegan", "data=shapes").data.size == 64
     assert train_cfg("model=nicegan", "data=shapes_paired").data.size == 64
+    # U-GAT-IT's smoke networks keep the data's 32 px (its paper-size networks get 128)
+    assert train_cfg("model=ugatit", "data=shapes").data.size == train_cfg("model=ugatit", "data=shapes_paired").data.size == 32
     files = train_cfg("model=nicegan", "data=cat2dog").data
     assert "size" not in files and files.crop_size == 256
     assert train_cfg("model=nicegan", "data.size=128").data.crop_size == 128   # the command line still wins
