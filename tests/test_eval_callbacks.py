@@ -279,6 +279,32 @@ def test_flattened_codes_of_images_of_other_sizes_are_an_error_naming_the_poolin
                                                                                                         "B": (1, 6)}
 
 
+def test_codes_of_other_widths_on_another_rank_stop_every_rank(monkeypatch):
+    """Under DDP a rank whose own codes share one width went on into the gather while the rank
+    that saw another width raised, and waited there for good: the ranks decide together."""
+    import src.callbacks.latent as latent
+
+    class Encoder(torch.nn.Module):
+        device = torch.device("cpu")
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(()))
+
+        def encode(self, x, domain):
+            return x * self.weight
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    other_rank = torch.tensor([288, 288])   # the other rank's images: 8x12 px
+    monkeypatch.setattr(latent, "gather_all_tensors", lambda span: [span, other_rank])
+    callback = latent.LatentCallback(pool="flatten")
+    callback.distinct_batches = lambda trainer: iter([{"A": torch.zeros(1, 3, 8, 8), "B": torch.zeros(1, 3, 8, 8)}])
+    with pytest.raises(ValueError, match=r"callbacks.latent.pool=flatten: the test images encode to codes of "
+                                         r"\[192, 288\] values"):
+        callback.local_latents(None, Encoder())
+
+
 def test_random_cnn_is_fixed_and_draws_nothing_from_the_global_rng():
     state = torch.get_rng_state()
     first, second = build_feature_extractor("random_cnn"), build_feature_extractor("random_cnn")

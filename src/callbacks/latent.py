@@ -58,6 +58,17 @@ def gather_rows(rows: torch.Tensor) -> torch.Tensor:
     return torch.cat(gather_all_tensors(rows.contiguous()))
 
 
+def widths_on_every_rank(widths: set[int], device: torch.device) -> set[int]:
+    """The narrowest and widest of every rank's code widths (`widths`: this rank's): ranks decide
+    together whether the codes mix widths, since one raising alone would leave the others waiting
+    in the gather."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+            or torch.distributed.get_world_size() == 1:
+        return widths
+    span = torch.tensor([min(widths), max(widths)], device=device)
+    return {int(width) for width in torch.cat(gather_all_tensors(span)).tolist()}
+
+
 def tsne_2d(points: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
     """2-D t-SNE embedding (scikit-learn, PCA init, fixed random_state)."""
     from sklearn.manifold import TSNE
@@ -152,7 +163,8 @@ class LatentCallback(PeriodicEvaluation):
             encoded = [rows[0] for rows in codes.values() if rows]
             self._latent_dim = (encoded[0] if encoded else
                                 self.encode(pl_module, self.first_item(trainer, pl_module)["A"], "A")).shape[1]
-        if widths := sorted({row.shape[1] for rows in codes.values() for row in rows} - {self._latent_dim}):
+        local = {row.shape[1] for rows in codes.values() for row in rows} | {self._latent_dim}
+        if widths := sorted(widths_on_every_rank(local, pl_module.device) - {self._latent_dim}):
             # Codes flattened from maps of other sizes: one space holds no distance between them.
             raise ValueError(f"callbacks.latent.pool={self.pool}: the test images encode to codes of "
                              f"{[self._latent_dim, *widths]} values (images of other sizes, as preprocess=none or "
