@@ -252,7 +252,6 @@ def save_image(image: np.ndarray, path: str | Path, **save_options) -> None:
     it points to), and a process killed mid-write leaves the old file or none, not a cut one.
     (Not synced: an image is remade by running again, unlike a checkpoint.)"""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     image_format = save_options.pop("format", None) or Image.registered_extensions().get(path.suffix.lower())
     if image_format is None:
         raise ValueError(f"{path}: no image format is known for the suffix {path.suffix!r}")

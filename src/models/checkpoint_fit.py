@@ -47,6 +47,12 @@ def resumed_checkpoint(ckpt_path: str | Path | None) -> dict | None:
     return read_training_checkpoint(ckpt_path)
 
 
+def checkpoint_iteration(checkpoint: dict, model) -> int:
+    """The training iterations a checkpoint of `model` records (its `global_step` counts every
+    optimizer step, several per iteration)."""
+    return int(checkpoint.get("global_step", 0)) // model.optimizer_steps_per_iter
+
+
 def refused_by_weights_only(error: BaseException) -> bool:
     """Whether `error` is a weights-only load refusing a whole file's objects (a class, a path),
     not a damaged file failing to unpickle."""
@@ -178,7 +184,7 @@ def changed_settings(checkpoint: dict, model_settings: dict, data_settings: dict
             and key.rsplit(".", 1)[-1] not in RESUMABLE_LEAVES and not key.startswith(RESUMABLE_GROUPS)]
 
 
-def check_resume_settings(ckpt_path: str | Path, checkpoint: dict | None, model: torch.nn.Module,
+def check_resume_settings(ckpt_path: str | Path, checkpoint: dict, model: torch.nn.Module,
                           data_settings: dict, must_match: bool) -> str | None:
     """Compare the settings of the run that wrote `ckpt_path` with this run's (`model`'s
     hyperparameters, `data_settings`). With `must_match`
@@ -186,8 +192,6 @@ def check_resume_settings(ckpt_path: str | Path, checkpoint: dict | None, model:
     holds another run, as when a sweep started again with other values reuses job folders by
     number, and resuming would credit that run's training to these settings. Otherwise the
     differences are returned for a warning (None when there are none)."""
-    if checkpoint is None:   # one Lightning resolves
-        return None
     changed = changed_settings(checkpoint, dict(model.hparams), data_settings,
                                type(model).resumable_settings)
     if not changed:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from src.callbacks.image_budget import ImageBudget
-from src.models.checkpoint_fit import upgraded_hparams
+from src.models.checkpoint_fit import checkpoint_iteration, upgraded_hparams
 from src.models.noise_gan import NoiseGAN
 from src.models.progressive_schedule import Part, ProgressiveSchedule, level_resolution
 from src.nets.progan import GrowingNet
@@ -162,7 +162,7 @@ class ProGAN(NoiseGAN):
         if per_part := [changed[key] for key in self.PART_SETTINGS if key in changed]:
             rank_zero_info(f"Resuming with other schedule settings ({'; '.join(per_part)}): the phase being trained "
                            f"goes on with the images it lacks by them")
-        self._resumed_at = int(checkpoint.get("global_step", 0)) // self.optimizer_steps_per_iter
+        self._resumed_at = checkpoint_iteration(checkpoint, self)
         self._earlier_parts = self._parts_recorded_in(checkpoint, saved)
         self._schedule = None
 

@@ -157,12 +157,12 @@ def check_image_size(model, images: torch.Tensor) -> None:
     below, above = nearest_accepted(lambda s: first_failure(model, batch_size, s, s) is None,
                                     min(height, width), step)
     accepted = nearest_sizes_text(below, above)
+    networks = model.network_settings()
     hint = (f"the nearest square size its networks accept: {accepted}" if accepted else
-            f"no square size within {SEARCH_STEPS} steps of {step} px works: check the networks' depth "
-            f"({model.network_settings()})")
+            f"no square size within {SEARCH_STEPS} steps of {step} px works: check the networks' depth ({networks})")
     raise ValueError(
         f"{type(model).__name__} cannot train on {height}x{width} px images (batch {batch_size}): {failure}. "
         f"Image sides must be multiples of {step} px for its generators, and {hint}. Set data.crop_size "
         f"(data.size for the embedded shapes datasets; data.load_size too with preprocess=scale_width; "
         f"preprocess=none keeps each image's own size: resize the dataset, or choose a cropping preprocess), "
-        f"or make the networks shallower or deeper ({model.network_settings()}).")
+        f"or make the networks shallower or deeper ({networks}).")

@@ -29,7 +29,8 @@ from omegaconf import OmegaConf
 from src.callbacks.ema import averaged_state_dict
 from src.utils.config_checks import accepted_arguments
 from src.models.base import AdversarialModel
-from src.models.checkpoint_fit import read_training_checkpoint, run_config_path, state_dict_mismatch, upgraded_hparams
+from src.models.checkpoint_fit import (checkpoint_iteration, read_training_checkpoint, run_config_path,
+                                       state_dict_mismatch, upgraded_hparams)
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,6 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
         model.training_data_class = checkpoint.get("datamodule_class")
         model.loaded_weights = "ema" if averaged is not None else "trained"
         log.info("Loaded %s from %s (iteration %s)", cls.__name__, path,
-                 checkpoint.get("global_step", 0) // model.optimizer_steps_per_iter)
+                 checkpoint_iteration(checkpoint, model))
         return model.to(map_location).eval()
     raise ValueError(f"ckpt_path={ckpt_path}: no model class fits this checkpoint; tried {', '.join(tried)}")

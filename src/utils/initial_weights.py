@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from src.callbacks.ema import averaged_state_dict
-from src.models.checkpoint_fit import (changed_settings, check_checkpoint_file, read_training_checkpoint,
-                                       state_dict_mismatch)
+from src.models.checkpoint_fit import (changed_settings, check_checkpoint_file, checkpoint_iteration,
+                                       read_training_checkpoint, state_dict_mismatch)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def start_from_checkpoint(model: torch.nn.Module, init_from: str | Path, weights
                          f"settings ({model.network_settings()}, data.input_nc/output_nc, and data.crop_size for "
                          f"ProGAN, StyleGAN and full U-GAT-IT) must be those of the run that wrote it")
     model.load_state_dict(state_dict, strict=True)
-    iteration = int(checkpoint.get("global_step", 0)) // model.optimizer_steps_per_iter
+    iteration = checkpoint_iteration(checkpoint, model)
     log.info("Networks from %s (its iteration %d, %s weights); iteration, optimizers, schedules and image pools "
              "start afresh", init_from, iteration, weights)
     changed = changed_settings(checkpoint, dict(model.hparams), data_settings or {})

@@ -26,7 +26,7 @@ from src.callbacks.optimized_metric import OptimizedMetricCheck
 from src.callbacks.progress import iteration_progress_bar
 from src.callbacks.rank_seed import RankSeed
 from src.callbacks.stop_signals import RequeueStop, StopSignals
-from src.models.checkpoint_fit import check_checkpoint_file, check_resume_settings, resumed_checkpoint
+from src.models.checkpoint_fit import check_resume_settings, resumed_checkpoint
 from src.utils.accelerator import resolved_accelerator
 from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_job, set_aside_abandoned_checkpoints
 from src.utils.checkpoint_io import DurableCheckpointIO
@@ -361,7 +361,9 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     silence_known_library_noise()
     check_run_folder(cfg.paths.output_dir)
     found_by_auto = resolve_checkpoint(cfg)
-    check_checkpoint_file(cfg.get("ckpt_path"))
+    # Read once, before any work (a missing or damaged file stops the run here), for the settings
+    # check and the loggers; Lightning loads it again for the weights.
+    resumed = resumed_checkpoint(cfg.get("ckpt_path"))
     init_from = initial_weights_to_load(cfg)
     default_wandb_offline()
     check_seed("seed", cfg.get("seed"))
@@ -387,8 +389,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     data_settings = dict(getattr(datamodule, "hparams", {}))
     if init_from is not None:
         start_from_checkpoint(model, init_from, cfg.get("init_from_weights", "trained"), data_settings)
-    resumed = resumed_checkpoint(cfg.get("ckpt_path"))   # read once for the checks and loggers below
-    if cfg.get("ckpt_path") is not None:
+    if resumed is not None:   # (None also for Lightning's keywords and URLs, which it resolves itself)
         changed = check_resume_settings(cfg.ckpt_path, resumed, model, data_settings, must_match=found_by_auto)
         if changed:
             rank_zero_warn(changed)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from src.models.checkpoint_fit import checkpoint_iteration
 from src.utils.logger_versions import latest_version
 
 
@@ -36,7 +37,7 @@ def purge_step(ckpt_path: str | None, checkpoint: dict | None, model) -> int | N
         return 0
     if checkpoint is None:
         return None
-    return int(checkpoint.get("global_step", 0)) // model.optimizer_steps_per_iter + 1
+    return checkpoint_iteration(checkpoint, model) + 1
 
 
 def with_purge_step(logger_cfg: DictConfig | None, step: int | None) -> DictConfig | None:
