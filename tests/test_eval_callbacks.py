@@ -251,20 +251,22 @@ def test_a_latent_map_is_left_out_where_the_codes_admit_none(tmp_path):
     assert callback.save_tsne(trainer, 7, {"A": codes, "B": codes + 1}, mmd2=0.5).is_file()
 
 
+class IdentityEncoder(torch.nn.Module):
+    """A model whose codes are its images (flattened by the callback's pooling)."""
+    device = torch.device("cpu")
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(()))
+
+    def encode(self, x, domain):
+        return x * self.weight
+
+
 def test_flattened_codes_of_images_of_other_sizes_are_an_error_naming_the_pooling():
     """Under preprocess=none the test images keep their sizes: flattened, their codes have other
     widths, which torch.cat refused with a bare size mismatch."""
     from src.callbacks.latent import LatentCallback
-
-    class Encoder(torch.nn.Module):
-        device = torch.device("cpu")
-
-        def __init__(self):
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.ones(()))
-
-        def encode(self, x, domain):
-            return x * self.weight
 
     batches = [{"A": torch.zeros(1, 3, 8, 8), "B": torch.zeros(1, 3, 8, 12)}]
     for pool, fails in (("flatten", True), ("mean_std", False)):
@@ -273,26 +275,16 @@ def test_flattened_codes_of_images_of_other_sizes_are_an_error_naming_the_poolin
         if fails:
             with pytest.raises(ValueError, match=r"callbacks.latent.pool=flatten: the test images encode to codes of "
                                                  r"\[192, 288\] values .*pool=mean_std or mean"):
-                callback.local_latents(None, Encoder())
+                callback.local_latents(None, IdentityEncoder())
         else:
-            assert {d: tuple(c.shape) for d, c in callback.local_latents(None, Encoder()).items()} == {"A": (1, 6),
-                                                                                                        "B": (1, 6)}
+            codes = callback.local_latents(None, IdentityEncoder())
+            assert {d: tuple(c.shape) for d, c in codes.items()} == {"A": (1, 6), "B": (1, 6)}
 
 
 def test_codes_of_other_widths_on_another_rank_stop_every_rank(monkeypatch):
     """Under DDP a rank whose own codes share one width went on into the gather while the rank
     that saw another width raised, and waited there for good: the ranks decide together."""
     import src.callbacks.latent as latent
-
-    class Encoder(torch.nn.Module):
-        device = torch.device("cpu")
-
-        def __init__(self):
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.ones(()))
-
-        def encode(self, x, domain):
-            return x * self.weight
 
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
@@ -302,7 +294,7 @@ def test_codes_of_other_widths_on_another_rank_stop_every_rank(monkeypatch):
     callback.distinct_batches = lambda trainer: iter([{"A": torch.zeros(1, 3, 8, 8), "B": torch.zeros(1, 3, 8, 8)}])
     with pytest.raises(ValueError, match=r"callbacks.latent.pool=flatten: the test images encode to codes of "
                                          r"\[192, 288\] values"):
-        callback.local_latents(None, Encoder())
+        callback.local_latents(None, IdentityEncoder())
 
 
 def test_random_cnn_is_fixed_and_draws_nothing_from_the_global_rng():
