@@ -35,8 +35,8 @@ def main(cfg: DictConfig) -> float | None:
         # In a search, a diverged trial is the worst value (the study goes on; its checkpoints
         # stay finite); an error would end the whole study (the sweeper fails on any error).
         diverged = divergence_of(error)
+        release_failed_run(error)   # a multirun goes on to its next jobs, Hydra keeping a raised error
         if diverged is None or not metric_name or sweeper_direction() is None:
-            release_failed_run(error)   # a multirun goes on to its next jobs, Hydra keeping this error
             raise
         if is_rank_zero():   # the job ends "completed" for Hydra: its record says what happened
             write_failure(Path(cfg.paths.output_dir), diverged, status="diverged")

@@ -96,17 +96,32 @@ def test_a_diverged_trial_is_the_worst_value_and_the_study_goes_on():
 def test_a_trial_stopped_for_diverging_gives_the_search_the_worst_value(train_cfg, monkeypatch):
     """TrainingDiverged stops the run before NaN weights are saved; in a search the trial still
     ends as the worst value, not as the error that would end the study."""
+    import gc
+    import weakref
+
     import src.train as train_script
     import src.utils.run as run_module
     from src.models.divergence import TrainingDiverged
 
+    class Model:
+        pass
+
+    models = []
+
     def diverge(cfg):
+        model = Model()   # what a run's frames hold: its model, trainer, batch (GPU memory)
+        models.append(weakref.ref(model))
         raise TrainingDiverged("Training diverged at iteration 3: train/G is nan")
 
     monkeypatch.setattr(run_module, "run_training", diverge)
     cfg = train_cfg("model=cyclegan", "optimized_metric=eval/fid")
     monkeypatch.setattr(train_script, "sweeper_direction", lambda: "minimize")
-    assert train_script.main(cfg) == math.inf
+    gc.disable()   # the error's frames form a cycle with main's: only a full collection would free them
+    try:
+        assert train_script.main(cfg) == math.inf
+        assert models[-1]() is None   # released for the next trial
+    finally:
+        gc.enable()
     # Hydra sees a completed job: its record, which the sweep table reads, says it diverged
     record = json.loads(Path(cfg.paths.output_dir, "final_metrics.json").read_text())
     assert record == {"status": "diverged", "error": "TrainingDiverged: Training diverged at iteration 3: train/G is nan"}

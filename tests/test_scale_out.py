@@ -295,9 +295,9 @@ def test_a_requeue_warning_under_slurm_stops_every_rank_then_lightning_requeues(
     """Two ranks started as srun starts them (SLURM's variables, no launcher), Lightning's SLURM
     auto-requeue on: SIGUSR1 (`#SBATCH --signal=USR1@90`) to rank 1 alone, or to both as SLURM
     sends it. Both ranks finish the same iteration and stop, rank zero saves interrupted.ckpt,
-    and only then does Lightning's requeue handler run, on every rank: its hpc checkpoint (a
-    save that ends in a barrier every rank reaches) and one `scontrol requeue` from rank zero;
-    both exit 143. Lightning's handler
+    and only then does Lightning's requeue handler run, on every rank: one `scontrol requeue`
+    from rank zero, without its hpc checkpoint (a copy of interrupted.ckpt, which every requeue
+    added to the run folder); both exit 143. Lightning's handler
     used to run inside the signal handler, mid-iteration, and its barrier met whatever
     collective the other rank was in (rank 1 alone: a hang every time)."""
     run_dir, port = tmp_path / "run", free_port()
@@ -319,9 +319,8 @@ def test_a_requeue_warning_under_slurm_stops_every_rank_then_lightning_requeues(
         for r in ranks:
             r.kill()
     assert statuses == [143, 143], logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
-    interrupted = interrupted_in_whole_iterations(run_dir)
-    hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
-    assert hpc["global_step"] == interrupted["global_step"]
+    interrupted_in_whole_iterations(run_dir)
+    assert not list(run_dir.rglob("hpc_ckpt_*.ckpt"))
     (call,) = fake_scontrol.read_text().splitlines()   # rank zero's alone
     requeue, on_disk = call.split("|")
     assert requeue.split() == ["requeue", "4242"] and "interrupted.ckpt" in on_disk.split()
@@ -591,6 +590,11 @@ def test_bf16_on_a_gpu_before_ampere_is_warned_at_start(train_cfg, monkeypatch, 
     expected = (f"trainer.precision=bf16-mixed on {', '.join(warned_gpus)}: no bf16 arithmetic before Ampere (8.0)"
                 if warned_gpus else "no bf16 arithmetic")
     assert (expected in caplog.text) is bool(warned_gpus), caplog.text
+    # a strategy that forks its ranks: reading the GPUs would initialise CUDA, and the fork is then refused
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: pytest.fail("CUDA initialised"))
+    cfg = train_cfg("model=cyclegan", "trainer=gpu", f"trainer.devices={devices}", "trainer.precision=bf16-mixed",
+                    "trainer.strategy=ddp_fork_find_unused_parameters_true")
+    build_trainer_kwargs(cfg, hydra.utils.instantiate(cfg.model, _recursive_=False))
 
 
 def test_apple_gpus_are_resolved_as_lightning_resolves_them(train_cfg, monkeypatch):
@@ -1000,6 +1004,23 @@ def test_an_unseeded_run_after_a_seeded_one_leaves_lightning_no_seed_to_reseed_r
     assert seen == ["42", None] and not {"PL_GLOBAL_SEED", "PL_SEED_WORKERS"} & set(os.environ)
 
 
+def test_a_ddp_launch_leaves_a_multiruns_later_jobs_the_processs_threads(train_cfg, monkeypatch):
+    """Lightning's DDP launcher gives rank 0 its share of the cores (torch's threads, and
+    OMP_NUM_THREADS where unset: `_set_num_threads_if_needed`); nothing gave them back, and a
+    multirun's later jobs, a CPU one say, trained on the share."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads, fit = torch.get_num_threads(), pl.Trainer.fit
+
+    def fit_as_a_launch_shares_the_cores(self, *args, **kwargs):
+        torch.set_num_threads(threads + 1)   # (any other count than the process's)
+        os.environ["OMP_NUM_THREADS"] = str(threads + 1)
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(pl.Trainer, "fit", fit_as_a_launch_shares_the_cores)
+    run_module.run_training(train_cfg("model=pix2pix", "data=shapes_paired", "max_iters=1", *NO_EVALUATION))
+    assert torch.get_num_threads() == threads and "OMP_NUM_THREADS" not in os.environ
+
+
 # ----- sweep and cluster configs -----------------------------------------------------------------
 
 @pytest.fixture
@@ -1178,6 +1199,49 @@ def test_a_player_updated_inside_autocast_is_seen_updated_by_the_next_forward(tr
     assert torch.equal(after, fresh)
 
 
+def test_a_ddp_multirun_job_whose_launched_rank_fails_fails_alone(tmp_path, shared_data_dir):
+    """Lightning's child-process observer SIGKILLed every process once a rank failed, rank 0 too:
+    in a multirun rank 0 is the sweep, so one failed job (say out of memory) ended the sweep,
+    its later jobs never run and no record written."""
+    cmd, env = train_command("-m", "trainer=ddp_sim", "+callbacks.fail._target_=tests.scripts.ddp_probe.FailOnRank",
+                             "+callbacks.fail.rank=1,-1", *NO_EVALUATION, cwd=tmp_path, data_dir=shared_data_dir)
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-4000:]   # Hydra names the failed job
+    sweep = the_sweep_dir(tmp_path)
+    table = (sweep / "summary.md").read_text()
+    assert "| 0 | +callbacks.fail.rank=1 | failed: " in table, table
+    assert "| 1 | +callbacks.fail.rank=-1 | completed | 2 |" in table, table
+    assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_the_rank_watch_stops_a_failed_jobs_other_ranks_and_then_waits_for_rank_zero(monkeypatch):
+    """What stands in for Lightning's observer: a launched rank's failure stops the job's other
+    launched ranks; rank 0 is stopped only if it has not ended the job by the timeout."""
+    import src.utils.ddp_multirun as ddp_multirun
+
+    def ranks() -> list[subprocess.Popen]:
+        return [subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"]),
+                subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])]
+
+    kills = []
+    monkeypatch.setattr(ddp_multirun, "stop_the_sweep", lambda: kills.append("sweep"))
+    failed, other = ranks()
+    watch = ddp_multirun.LaunchedRankWatch([failed, other], poll_s=0.05)
+    watch.start()
+    assert other.wait(timeout=30) == -signal.SIGKILL   # stopped: a rank beside a dead one only waits
+    watch.job_ended.set()                              # rank 0 ends the job in time
+    watch.join(timeout=30)
+    assert not watch.is_alive() and kills == []
+    # a rank 0 that does not end the job (stuck in a collective) is stopped as Lightning would
+    monkeypatch.setattr(ddp_multirun, "RANK_EXIT_TIMEOUT_S", 0.2)
+    failed, other = ranks()
+    watch = ddp_multirun.LaunchedRankWatch([failed, other], poll_s=0.05)
+    watch.start()
+    watch.join(timeout=30)
+    assert kills == ["sweep"]
+    other.wait(timeout=30)
+
+
 def test_a_launched_rank_stuck_past_the_timeout_is_stopped_and_fails_the_job(monkeypatch):
     """A multirun job's rank still running after the timeout kept its process (and its GPU
     memory) beside the next job, and the job counted as done."""
@@ -1186,12 +1250,11 @@ def test_a_launched_rank_stuck_past_the_timeout_is_stopped_and_fails_the_job(mon
     from types import SimpleNamespace
 
     import src.utils.ddp_multirun as ddp_multirun
-    monkeypatch.setattr(ddp_multirun, "RANK_EXIT_TIMEOUT_S", 0.5)
     stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     done = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
         done.wait()
-        codes = ddp_multirun._wait_for_launched_ranks(SimpleNamespace(procs=[done, stuck]))
+        codes = ddp_multirun._wait_for_launched_ranks(SimpleNamespace(procs=[done, stuck]), 0.5)
         assert codes == {1: 0, 2: None}
         assert stuck.poll() is not None   # stopped, not left running
     finally:
@@ -1200,7 +1263,7 @@ def test_a_launched_rank_stuck_past_the_timeout_is_stopped_and_fails_the_job(mon
     # and the job fails, naming the rank
     monkeypatch.setattr(ddp_multirun, "launches_ranks_for_multirun_job", lambda trainer: True)
     monkeypatch.setattr(ddp_multirun, "_job_spec", dict)
-    monkeypatch.setattr(ddp_multirun, "_wait_for_launched_ranks", lambda launcher: {1: 0, 2: None})
+    monkeypatch.setattr(ddp_multirun, "_wait_for_launched_ranks", lambda launcher, timeout_s: {1: 0, 2: None})
     with pytest.raises(RuntimeError, match=r"exited with codes \{2: 'stuck, stopped'\}"):
         with ddp_multirun.job_shared_with_launched_ranks(SimpleNamespace(strategy=SimpleNamespace(launcher=None))):
             pass

@@ -23,7 +23,8 @@ signal. After each iteration the ranks combine their notes in one all-reduce, at
 of every rank's loop, and all stop there together (Lightning's SIGTERMException): the checkpoint
 callback saves interrupted.ckpt (rank zero; the other ranks wait for it in a barrier). Only then, after the fit, does
 `hand_over` run the requeue handler that was noted (`run_training`), so the job is requeued with
-its checkpoint on disk; the run exits with 143. Lightning puts every handler back when the fit
+its checkpoint on disk (without the second copy Lightning's handler would save); the run exits
+with 143. Lightning puts every handler back when the fit
 ends. A single process keeps Lightning's SIGTERM handling, which has no collectives.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from unittest import mock
 
 import pytorch_lightning as pl
 import torch
@@ -68,15 +70,23 @@ class RequeueStop(SIGTERMException):
     """Training stopped at a whole iteration for a requeue warning; `hand_over` then runs the
     handler the warning was meant for (it requeues the job)."""
 
-    def __init__(self, signum: int, handler: Callable):
+    def __init__(self, signum: int, handler: Callable, trainer: pl.Trainer):
         super().__init__()
-        self.signum, self.handler = signum, handler
+        self.signum, self.handler, self.trainer = signum, handler, trainer
 
     def hand_over(self) -> None:
         log.warning("%s: training stopped at a whole iteration, its checkpoint saved; now running the handler "
                     "the signal was meant for (%s)", signal.Signals(self.signum).name, getattr(
                         self.handler, "__qualname__", type(self.handler).__qualname__))
-        self.handler(self.signum, None)
+        # Lightning's SLURM handler saves an hpc_ckpt_N.ckpt before it requeues: interrupted.ckpt
+        # holds the same state already, and each requeue's copy stayed, full size, in the run
+        # folder, its save delaying the requeue into the scheduler's kill.
+        with mock.patch.object(self.trainer, "save_checkpoint", skipped_save):
+            self.handler(self.signum, None)
+
+
+def skipped_save(filepath, *args, **kwargs) -> None:
+    log.info("Not saving %s: interrupted.ckpt holds the same state", filepath)
 
 
 class StopSignals(pl.Callback):
@@ -118,7 +128,7 @@ class StopSignals(pl.Callback):
         rank_zero_warn(f"{names}: every rank stops after iteration {pl_module.iteration}")
         requeue = [s for s in arrived if s in self.deferred]
         if requeue:
-            raise RequeueStop(requeue[0], self.deferred[requeue[0]])
+            raise RequeueStop(requeue[0], self.deferred[requeue[0]], trainer)
         raise SIGTERMException()
 
     def noted_on_any_rank(self, trainer: pl.Trainer) -> list[int]:

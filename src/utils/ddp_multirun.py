@@ -14,9 +14,16 @@ So, on rank 0 of a multirun job (`job_shared_with_launched_ranks`):
 - before fit, the job's own overrides (sweep values and Optuna samples included, as Hydra
   resolved them for this job) and its run dir go into an environment variable that Lightning
   copies into the launched ranks;
-- after fit, it waits for those ranks (one still running after RANK_EXIT_TIMEOUT_S is stopped,
-  and the job fails), destroys the process group and restores the launcher's environment
-  variables, so the next job starts clean.
+- during fit, `LaunchedRankWatch` stands in for Lightning's child-process observer, which
+  SIGKILLs every process, rank 0 included, once a rank exits with an error, and goes on watching
+  after the job: rank 0 is the sweep, so one failed job (an out-of-memory error in `-m
+  data.batch_size=8,4,2`) ended the whole sweep with no record of it. The watch stops the job's
+  other launched ranks and leaves rank 0 to fail the job itself (its next collective with a dead
+  rank raises); only a rank 0 still in the job RANK_EXIT_TIMEOUT_S later, stuck in a collective,
+  is stopped as Lightning would;
+- after fit, it waits for those ranks (one still running after RANK_EXIT_TIMEOUT_S, or
+  FAILED_JOB_RANK_EXIT_S after rank 0 itself failed, is stopped, and the job fails), destroys the
+  process group and restores the launcher's environment variables, so the next job starts clean.
 A launched rank (`argv_for_launched_rank`, called by src/train.py before Hydra parses the
 command line) replaces its command line by that one job's, as a single run in the same run dir.
 
@@ -30,7 +37,10 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
+import threading
+from unittest import mock
 
 from src.utils.environment import environment_restored
 from src.utils.hydra_runtime import (DDP_JOB_ENV, hydra_config, is_multirun, job_overrides, launched_rank,
@@ -40,8 +50,13 @@ log = logging.getLogger(__name__)
 
 #: What Lightning's launcher sets in rank 0's own environment for its children.
 LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
-#: Seconds rank 0 waits for a job's other ranks to exit before stopping them and failing the job.
+#: Seconds rank 0 waits for a job's other ranks to exit before stopping them and failing the job;
+#: and that a rank 0 is given to end a job whose launched rank failed.
 RANK_EXIT_TIMEOUT_S = 600
+#: The same wait after rank 0 itself failed: a launched rank then waits in a collective for a rank
+#: 0 that left it (only the process group's timeout, 30 minutes, would end it) and has nothing
+#: left to save (rank 0 writes the checkpoints).
+FAILED_JOB_RANK_EXIT_S = 30
 
 
 def quote_override_value(value: str) -> str:
@@ -113,16 +128,29 @@ def job_shared_with_launched_ranks(trainer):
     if not launches_ranks_for_multirun_job(trainer):
         yield
         return
+    from pytorch_lightning.strategies.launchers import subprocess_script
+
+    watches: list[LaunchedRankWatch] = []
+
+    def watch_launched_ranks(child_processes: list[subprocess.Popen]) -> None:
+        watches.append(LaunchedRankWatch(child_processes))
+        watches[-1].start()
+
     with environment_restored((DDP_JOB_ENV, *LAUNCHER_ENV)):
         os.environ[DDP_JOB_ENV] = json.dumps(_job_spec())
         failed = False
         try:
-            yield
+            # Lightning's launcher starts its observer through this module-level name.
+            with mock.patch.object(subprocess_script, "_launch_process_observer", watch_launched_ranks):
+                yield
         except BaseException:
             failed = True
             raise
         finally:
-            codes = _wait_for_launched_ranks(trainer.strategy.launcher)
+            for watch in watches:
+                watch.job_ended.set()
+            codes = _wait_for_launched_ranks(trainer.strategy.launcher,
+                                             FAILED_JOB_RANK_EXIT_S if failed else RANK_EXIT_TIMEOUT_S)
             import torch.distributed as dist
 
             if dist.is_available() and dist.is_initialized():
@@ -132,20 +160,54 @@ def job_shared_with_launched_ranks(trainer):
         raise RuntimeError(f"Ranks of this multirun job exited with codes {bad}")
 
 
-def _wait_for_launched_ranks(launcher) -> dict[int, int | None]:
-    """Local rank -> exit code (None: still running after the timeout, then stopped)."""
+class LaunchedRankWatch(threading.Thread):
+    """Watches one multirun job's launched ranks while rank 0 trains (see the module docstring):
+    once one exits with an error, stops the others and gives rank 0 RANK_EXIT_TIMEOUT_S to end the
+    job (`job_ended`), then stops the sweep's process as Lightning's observer would at once."""
+
+    def __init__(self, child_processes: list[subprocess.Popen], poll_s: float = 1.0):
+        super().__init__(daemon=True, name="multirun-job-rank-watch")
+        self.child_processes, self.poll_s = child_processes, poll_s
+        self.job_ended = threading.Event()
+
+    def run(self) -> None:
+        while not self.job_ended.wait(self.poll_s):
+            codes = {rank: proc.poll() for rank, proc in enumerate(self.child_processes, start=1)}
+            failed = {rank: code for rank, code in codes.items() if code not in (None, 0)}
+            if not failed:
+                continue
+            log.error("Rank(s) of this job exited with codes %s: stopping its other ranks; the job fails "
+                      "and the sweep goes on", failed)
+            for proc in self.child_processes:
+                if proc.poll() is None:
+                    proc.kill()
+            if not self.job_ended.wait(RANK_EXIT_TIMEOUT_S):
+                log.error("Rank 0 is still in the job %d s after its other ranks ended: stuck in a "
+                          "collective with them; stopping the sweep (its later jobs do not run)",
+                          RANK_EXIT_TIMEOUT_S)
+                stop_the_sweep()
+            return
+
+
+def stop_the_sweep() -> None:
+    """What Lightning's observer does at once: only a kill ends a process stuck in a collective."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _wait_for_launched_ranks(launcher, timeout_s: float) -> dict[int, int | None]:
+    """Local rank -> exit code (None: still running after `timeout_s`, then stopped)."""
     codes = {}
     # Lightning's subprocess launcher's own list (job_shared_with_launched_ranks runs only under
     # it): read without a default, so a renamed attribute fails here rather than waiting for no rank.
     for local_rank, proc in enumerate(launcher.procs, start=1):
         try:
-            codes[local_rank] = proc.wait(timeout=RANK_EXIT_TIMEOUT_S)
+            codes[local_rank] = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             # A stuck rank must not stall the rest of the sweep, nor keep its device (memory) from
             # the next job: it is stopped (rank 0 has saved the job's checkpoints; a rank
             # launched beside it writes none), and the job counts as failed.
             log.warning("Rank %d (pid %d) still running after %d s; stopping it before the next job",
-                        local_rank, proc.pid, RANK_EXIT_TIMEOUT_S)
+                        local_rank, proc.pid, timeout_s)
             proc.kill()
             proc.wait()
             codes[local_rank] = None

@@ -2,7 +2,9 @@
 that a notebook's or script's next call (or its own code) finds torch and the environment as it
 left them: Lightning's Trainer sets cuDNN's autotuner and torch's deterministic-algorithms mode
 process-wide (`trainer.benchmark`, `trainer.deterministic`, and CUBLAS_WORKSPACE_CONFIG with the
-latter), `pl.seed_everything` leaves the seed for Lightning's DDP setup in the environment (an
+latter), Lightning's DDP launcher shares the cores out among the ranks (rank 0's torch threads
+and OMP_NUM_THREADS: a multirun's later jobs, a CPU one say, would run on a share),
+`pl.seed_everything` leaves the seed for Lightning's DDP setup in the environment (an
 unseeded run after a seeded one would reseed its ranks with it), and a run sets wandb's offline
 default and the checkpoint it resolved for its ranks."""
 from __future__ import annotations
@@ -16,12 +18,14 @@ from src.utils.hydra_runtime import RESOLVED_CHECKPOINT_ENV
 
 #: environment variables a run sets for itself and its launched ranks
 RUN_SET_ENVIRONMENT = ("CUBLAS_WORKSPACE_CONFIG", "WANDB_MODE", "PL_GLOBAL_SEED", "PL_SEED_WORKERS",
-                       RESOLVED_CHECKPOINT_ENV)
+                       "OMP_NUM_THREADS", RESOLVED_CHECKPOINT_ENV)
 
 
 @contextlib.contextmanager
 def process_state_restored():
-    """Torch's global backend flags and the run's environment variables as they were before."""
+    """Torch's global backend flags, its thread count and the run's environment variables as they
+    were before."""
+    threads = torch.get_num_threads()
     cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     deterministic = (torch.are_deterministic_algorithms_enabled(),
                      torch.is_deterministic_algorithms_warn_only_enabled())
@@ -31,3 +35,4 @@ def process_state_restored():
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        torch.set_num_threads(threads)

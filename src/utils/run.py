@@ -91,9 +91,13 @@ def warn_bf16_before_ampere(trainer_cfg: dict) -> None:
     """bf16 autocast on a CUDA GPU before Ampere (compute capability 8.0: V100, T4) has no bf16
     arithmetic, and torch's `is_bf16_supported()` counts emulation as support, so nothing else
     stops the run: it crawls, or fails inside cuDNN without naming the setting. Every GPU that
-    `trainer.devices` selects is checked, since a machine can mix generations."""
+    `trainer.devices` selects is checked, since a machine can mix generations. Not under a
+    strategy that forks its ranks (`ddp_fork_*`, `ddp_notebook_*`, a notebook's): reading a GPU's
+    properties initialises CUDA, after which Lightning refuses to fork ("Lightning can't create new
+    processes if CUDA is already initialized")."""
     if (resolved_accelerator(trainer_cfg) != "cuda" or not torch.cuda.is_available()
-            or not str(trainer_cfg.get("precision")).startswith("bf16")):
+            or not str(trainer_cfg.get("precision")).startswith("bf16")
+            or str(trainer_cfg.get("strategy")).startswith(("ddp_fork", "ddp_notebook"))):
         return
     devices = trainer_cfg.get("devices", "auto")
     try:

@@ -44,3 +44,16 @@ class RankProbe(pl.Callback):
             "params": {n: p.detach().cpu().clone() for n, p in pl_module.named_parameters()},
             "hparams": OmegaConf.to_container(OmegaConf.create(dict(pl_module.hparams))),
         }, Path(trainer.default_root_dir) / f"rank_probe_{trainer.global_rank}.pt")
+
+
+class FailOnRank(pl.Callback):
+    """Raises on global rank `rank` (-1: none) at the end of its first batch: a job one of whose
+    ranks fails while the others train on (`+callbacks.fail._target_=tests.scripts.ddp_probe.FailOnRank
+    +callbacks.fail.rank=1`)."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_rank == self.rank:
+            raise RuntimeError(f"FailOnRank: rank {self.rank} fails on purpose")
