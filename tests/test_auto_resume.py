@@ -1,5 +1,6 @@
 """`ckpt_path=auto`: the same command, started again in the same run directory, continues the
 run from its most advanced readable checkpoint, and starts it when there is none."""
+import json
 import logging
 import os
 import warnings
@@ -124,8 +125,9 @@ def test_a_requeued_job_in_a_new_folder_named_by_its_start_time_resumes_its_earl
         train_cfg, monkeypatch, tmp_path, caplog):
     """Hydra's default run folder is named by the start time: a plain sbatch job requeued by SLURM
     lands in a new, empty one, where it trained from scratch. Each start's folder carries its job
-    id; the requeued one finds the earlier one beside its own and goes on from its checkpoint, in
-    its new folder, ending on the weights of an unbroken run. A requeue with no such folder starts,
+    id; the requeued one finds the earlier ones beside its own and goes on from the furthest
+    checkpoint, in its new folder, ending on the weights of an unbroken run, also when the start
+    just before it was stopped before its first save. A requeue with no such folder starts,
     saying so."""
     straight = train_cfg(*PIX2PIX, "max_iters=4")
     straight.paths.output_dir = str(tmp_path / "straight")
@@ -142,11 +144,13 @@ def test_a_requeued_job_in_a_new_folder_named_by_its_start_time_resumes_its_earl
     monkeypatch.setenv("SLURM_JOB_ID", "777")   # another job of the same folder's parent
     start("2026-12-06_01-00-00_slurm-777", 1)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    stopped_early = tmp_path / "runs" / "2026-12-06_01-30-00_slurm-4242"   # requeued before its first save
+    (stopped_early / "checkpoints").mkdir(parents=True)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
     with caplog.at_level(logging.INFO):
         start("2026-12-06_02-00-00_slurm-4242", 4)
     earlier = tmp_path / "runs" / "2026-12-06_01-00-00_slurm-4242"
-    assert f"the stopped start of this job ran in {earlier}" in caplog.text
+    assert f"the earlier starts of this job ran in {stopped_early}, {earlier}" in caplog.text
     assert f"ckpt_path=auto: resuming from {earlier / 'checkpoints' / 'last.ckpt'}" in caplog.text
     load = lambda run: torch.load(Path(run, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)  # noqa: E731
     expected, resumed = load(tmp_path / "straight"), load(tmp_path / "runs" / "2026-12-06_02-00-00_slurm-4242")
@@ -275,6 +279,28 @@ def test_a_finished_run_run_again_trains_nothing_and_keeps_its_record(train_cfg,
     assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == last
     assert (run_dir / "final_metrics.json").read_text() == record
     assert again == pytest.approx(finished)
+
+
+def test_a_run_stopped_after_its_last_save_writes_its_record_when_resumed_at_its_end(train_cfg, tmp_path):
+    """Stopped in its last iteration (a preemption during the final evaluation), or killed
+    between its last save and its record, a run has no final_metrics.json, or the sweep's
+    "failed" one. Resumed at its end it trains and logs nothing, and wrote a "completed" record
+    without metrics, and train() returned none: a search's trial had no value, which ends an
+    Optuna study. The checkpoint carries the metrics as of its save."""
+    overrides = ("model=pix2pix", "data=shapes_paired", "max_iters=2", "callbacks.fid_kid.every_n_iters=0",
+                 "ckpt_path=auto", "++callbacks.latent=null", "++callbacks.shapes_truth=null")
+    finished = run_training(train_cfg(*overrides))
+    record_path = tmp_path / "run" / "final_metrics.json"
+    record = json.loads(record_path.read_text())
+    assert "eval/fid" in finished and record["metrics"]
+    for left_behind in (None, {"status": "failed", "error": "SystemExit: 143"}):
+        if left_behind is None:
+            record_path.unlink()
+        else:
+            record_path.write_text(json.dumps(left_behind))
+        again = run_training(train_cfg(*overrides))
+        assert again == pytest.approx(finished)
+        assert json.loads(record_path.read_text()) == record
 
 
 def test_auto_outside_training_asks_for_a_file():

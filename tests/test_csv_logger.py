@@ -47,6 +47,22 @@ def test_a_value_for_a_step_already_written_joins_its_row(tmp_path):
                                                                          ("2", "2.0", "")]
 
 
+def test_the_rows_up_to_a_checkpoint_reach_the_file_with_it(tmp_path):
+    """The latest step's row waits for a later step; the evaluation logged just before a save
+    waited for the next loss log, about 50 iterations on, and a process killed meanwhile lost it
+    (the resumed run does not repeat it)."""
+    logger = StepRowsCSVLogger(tmp_path / "csv")
+    log(logger, {"train/G": 1.0}, 49)
+    log(logger, {"eval/fid": 30.0}, 50)   # held back: the latest step
+    assert [r["step"] for r in read_rows(logger)] == ["49"]
+    logger.after_save_checkpoint(None)
+    assert [(r["step"], r["eval/fid"]) for r in read_rows(logger)] == [("49", ""), ("50", "30.0")]
+    log(logger, {"lr/generators": 0.1}, 50)   # the step's later value joins its row
+    logger.finalize("success")
+    assert [(r["step"], r["eval/fid"], r["lr/generators"]) for r in read_rows(logger)] == [
+        ("49", "", ""), ("50", "30.0", "0.1")]
+
+
 def test_a_runs_metrics_csv_has_a_whole_row_per_iteration(train_cfg):
     """Losses, learning rates and the evaluations (FID/KID every 2 iterations here) of a smoke run:
     each step once, in order, every row with its losses and rates."""

@@ -4,6 +4,11 @@ and for the sweep table (src/utils/sweep_summary.py) without reading the loggers
 Written from `on_fit_end` on rank zero of the processes that trained: under `ddp_spawn` the
 launching process gets the metrics back but not the model's step count or the callbacks'
 state (the best FID), so the file could not be written after `fit` returns there.
+
+Every checkpoint carries the metrics as of its save. A run resumed at its end trains and logs
+nothing; where it has no "completed" record (stopped in its last iteration by a preemption, or
+killed between its last save and the record) it writes one from them, so that a search still
+gets its trial's value.
 """
 from __future__ import annotations
 
@@ -13,13 +18,25 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger
 
-from src.utils.run_results import FINAL_METRICS, write_final_metrics
+from src.utils.run_results import completed_metrics, write_final_metrics
 
 
 class FinalMetrics(pl.Callback):
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
         self.trained = False
+        self.trainer: pl.Trainer | None = None
+        #: the metrics of the checkpoint the fit resumed from, as of its save
+        self.saved_metrics: dict[str, float] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.trainer = trainer   # for state_dict, which Lightning calls without it
+
+    def state_dict(self) -> dict:
+        return {"metrics": logged_metrics(self.trainer) if self.trainer is not None else {}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.saved_metrics = dict(state_dict.get("metrics", {}))
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.trained = False
@@ -30,14 +47,16 @@ class FinalMetrics(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        if not self.trained and (self.run_dir / FINAL_METRICS).is_file():
+        if not self.trained and completed_metrics(self.run_dir) is not None:
             # A finished run resumed into its own folder (a sweep's job run again with
             # ckpt_path=auto) trains nothing and logs nothing: its record stays as it was.
             return
         from src.callbacks.fid_kid import FidKidCallback   # imported late: it loads the metrics stack
         fid = next((c for c in trainer.callbacks if isinstance(c, FidKidCallback)), None)
         checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        # A fit that trained nothing (resumed at its end, without a completed record) logged
+        # nothing: its checkpoint's metrics are the run's.
+        metrics = logged_metrics(trainer) if self.trained else self.saved_metrics
         if fid is None:
             write_final_metrics(self.run_dir, metrics, pl_module.iteration, checkpoint or None)
             return
@@ -50,3 +69,8 @@ class FinalMetrics(pl.Callback):
                 if isinstance(logger, WandbLogger):
                     logger.experiment.summary.update({"best_fid": fid.best_fid,
                                                       "best_fid_iteration": fid.best_iteration})
+
+
+def logged_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    """The last value of every metric the fit logged."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -76,37 +76,38 @@ def resume_a_requeued_job(cfg: DictConfig) -> None:
 def own_checkpoint_dirs(cfg: DictConfig) -> list[tuple[Path, Path]]:
     """(checkpoint folder, run folder) of this run's checkpoints: its own folders, and, for a
     requeued SLURM job whose run folder is named by the start time (Hydra's default, a new one at
-    every start), those of the start before it, found by the job id its name carries
-    (`${run_dir_suffix:}`); the run goes on in the new folder."""
+    every start), those of every start before it, found by the job id their names carry
+    (`${run_dir_suffix:}`): a start stopped before its first save leaves a folder with none, and
+    the one before it holds the run. The run goes on in the new folder."""
     dirs = run_checkpoint_dirs(cfg)
     if dirs is None:
         return []
     restarts = slurm_restarts()
     if restarts == 0 or not run_dir_named_by_start_time():
         return [dirs]
-    earlier = earlier_start_of_this_job(*dirs)
-    if earlier is None:
+    earlier = earlier_starts_of_this_job(*dirs)
+    if not earlier:
         log.warning("SLURM_RESTART_COUNT=%d: this job was requeued into a new run folder (hydra.run.dir is named by "
                     "the start time), and no run folder beside it records an earlier start of job %s: nothing to "
                     "resume from. hydra.run.dir=logs/train/runs/slurm-$SLURM_JOB_ID keeps one folder for every start",
                     restarts, os.environ.get("SLURM_JOB_ID"))
         return [dirs]
-    log.info("SLURM_RESTART_COUNT=%d: the stopped start of this job ran in %s", restarts, earlier[1])
-    return [dirs, earlier]
+    log.info("SLURM_RESTART_COUNT=%d: the earlier starts of this job ran in %s", restarts,
+             ", ".join(str(run) for _, run in earlier))
+    return [dirs, *earlier]
 
 
-def earlier_start_of_this_job(checkpoint_dir: Path, run_dir: Path) -> tuple[Path, Path] | None:
-    """(checkpoint folder, run folder) of the latest other run folder beside `run_dir` named for
-    this SLURM job (`<start time>_slurm-<job id>`: the latest start sorts last), or None."""
+def earlier_starts_of_this_job(checkpoint_dir: Path, run_dir: Path) -> list[tuple[Path, Path]]:
+    """(checkpoint folder, run folder) of every other run folder beside `run_dir` named for this
+    SLURM job (`<start time>_slurm-<job id>`), the latest start first."""
     suffix = slurm_job_suffix()
     if not suffix:
-        return None
-    starts = sorted(folder for folder in run_dir.parent.glob(f"*{suffix}") if folder.is_dir() and folder != run_dir)
-    if not starts:
-        return None
+        return []
+    starts = sorted((folder for folder in run_dir.parent.glob(f"*{suffix}") if folder.is_dir() and folder != run_dir),
+                    reverse=True)
     # The checkpoint folder where it is inside the run folder; a folder elsewhere is shared already.
     inside = checkpoint_dir.is_relative_to(run_dir)
-    return (starts[-1] / checkpoint_dir.relative_to(run_dir) if inside else checkpoint_dir), starts[-1]
+    return [((start / checkpoint_dir.relative_to(run_dir) if inside else checkpoint_dir), start) for start in starts]
 
 
 def set_aside_abandoned_checkpoints(cfg: DictConfig) -> Path | None:

@@ -165,3 +165,12 @@ class StepRowsCSVLogger(CSVLogger):
         if self._experiment is not None:
             self._experiment.save(hold_latest=False)
         super().finalize(status)
+
+    @rank_zero_only
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        # The rows up to the checkpoint reach the file with it: the evaluation logged just before
+        # a save (held back as the latest step's row) would otherwise wait for the next loss log,
+        # and a process killed meanwhile lost it, and the resumed run does not repeat it. A
+        # value the step still gets later joins its row in the file.
+        if self._experiment is not None:
+            self._experiment.save(hold_latest=False)
