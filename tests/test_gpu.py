@@ -81,3 +81,43 @@ def test_fid_kid_on_cuda_match_the_cpu(monkeypatch):
     assert scores["cpu"]["fid"] > 1.0 and scores["cpu"]["kid_x100"] > 1.0  # sets that really differ
     assert scores["cuda"]["fid"] == pytest.approx(scores["cpu"]["fid"], rel=1e-3)
     assert scores["cuda"]["kid_x100"] == pytest.approx(scores["cpu"]["kid_x100"], rel=1e-3)
+
+
+@pytest.mark.parametrize("penalty", [("loss=wgangp",), ("loss.weights.r1=10",)])
+def test_recurrent_critics_take_their_gradient_penalties_on_cuda(train_cfg, penalty):
+    """A penalty differentiates the critic's input gradient; cuDNN's LSTM has no double backward
+    ("Double backwards is not supported for CuDNN RNNs"), so RGAN's penalised critic steps run
+    the native CUDA kernels."""
+    cfg = train_cfg("model=rgan", *penalty, "trainer=gpu", "max_iters=2", *NO_EVALUATION)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), logger=False, enable_checkpointing=False)
+    trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
+    finite_train_losses(trainer)
+    assert any(name.endswith(("gp", "r1")) for name in trainer.callback_metrics)
+
+
+def test_a_gpu_models_export_passes_its_check_with_tf32_on(train_cfg, tmp_path, monkeypatch):
+    """The exported graph runs on the CPU; the reference it is checked against was the GPU's,
+    whose TF32 convolutions (torch's default for cuDNN) differ by ~1e-3 at a paper-size
+    generator: the export is traced and checked on the CPU."""
+    from src.utils.export import export_translation
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    cfg = train_cfg("model=cyclegan", "model.generator.ngf=64", "model.generator.n_blocks=9")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False).cuda()
+    report = export_translation(model, "AtoB", "torchscript", tmp_path, size=256)
+    assert report["checked"] and report["max_difference"] < 1e-3
+    assert next(model.G_A.parameters()).is_cuda   # given back where it was
+
+
+def test_the_logged_peak_gpu_memory_is_the_runs_own(train_cfg):
+    """torch keeps one high-water mark per process: a multirun's later jobs (or a notebook's next
+    run) reported an earlier job's larger peak."""
+    earlier = torch.empty(2**30, dtype=torch.uint8, device="cuda")   # an earlier job's 1 GiB
+    del earlier
+    cfg = train_cfg("model=cyclegan", "data=shapes", "trainer=gpu", "max_iters=2", *NO_EVALUATION)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    throughput = hydra.utils.instantiate(cfg.callbacks.throughput)
+    trainer = pl.Trainer(**{**build_trainer_kwargs(cfg, model), "logger": False, "enable_checkpointing": False,
+                            "callbacks": [throughput], "log_every_n_steps": 1})
+    trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
+    assert 0 < float(trainer.callback_metrics["memory/peak_gpu_gb"]) < 0.5

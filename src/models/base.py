@@ -418,6 +418,10 @@ class AdversarialModel(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.loss_window = None   # a window begins with the fit (a resume's first one is shorter)
+        if self.device.type == "cuda":
+            # The peaks the logs report (memory/peak_gpu_gb, the progress log) are this fit's:
+            # torch keeps one high-water mark per process, which a multirun's jobs share.
+            torch.cuda.reset_peak_memory_stats(self.device)
         self.rescale_resumed_learning_rates()
         # After a resume has restored the schedulers: they, not the config, say when the rate
         # reaches 0. The training loader exists by now, so the run's length costs nothing.

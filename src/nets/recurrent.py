@@ -28,10 +28,16 @@ def recurrent_layers(cell: str, input_size: int, hidden: int, num_layers: int) -
 def run_recurrent(rnn: nn.RNNBase, x: torch.Tensor) -> torch.Tensor:
     """The layer's outputs for every step. On the CPU under autocast it runs in fp32: oneDNN has
     no bf16 LSTM on CPUs without AVX-512 BF16 and fails there ("could not create a primitive
-    descriptor for the LSTM forward propagation primitive"), and these layers are small."""
+    descriptor for the LSTM forward propagation primitive"), and these layers are small.
+    On a GPU, an input that takes gradients runs on torch's own CUDA kernels rather than cuDNN's:
+    a critic's gradient penalty (WGAN-GP, R1) differentiates its input gradient, and cuDNN's RNNs
+    have no double backward ("Double backwards is not supported for CuDNN RNNs")."""
     if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
             return rnn(x.float())[0]
+    if x.is_cuda and x.requires_grad and torch.is_grad_enabled():
+        with torch.backends.cudnn.flags(enabled=False):
+            return rnn(x)[0]
     return rnn(x)[0]
 
 

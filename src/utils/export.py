@@ -59,12 +59,10 @@ def export_path(output_dir: str | Path, direction: str, fmt: str) -> Path:
 
 
 def example_input(model: TranslationModel, direction: str, size: int, batch: int = 1) -> torch.Tensor:
-    """A random input of `size` rounded up to what the translation allows."""
+    """A random input of `size` rounded up to what the translation allows, on the CPU."""
     side = round_up(size, size_multiple(model, direction))
-    device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, input_channels(model, direction), side, side, generator=generator) * 2 - 1
-    return x.to(device)
+    return torch.rand(batch, input_channels(model, direction), side, side, generator=generator) * 2 - 1
 
 
 def second_input(example: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -143,7 +141,11 @@ def export_translation(model: TranslationModel, direction: str, fmt: str, output
     check_export_format(fmt)
     graph = TranslationGraph(model, direction)
     was_training = [net.training for net in graph.nets]
-    graph.eval()
+    device = next(graph.nets.parameters()).device
+    # Traced and checked on the CPU, where the runners run the exported graph: on a GPU, cuDNN's
+    # TF32 convolutions (torch's default) would move the reference by ~1e-3, past the tolerance,
+    # and a trace would record the CUDA device into the TorchScript graph.
+    graph.cpu().eval()
     path = export_path(output_dir, direction, fmt)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = example_input(model, direction, size)
@@ -164,6 +166,7 @@ def export_translation(model: TranslationModel, direction: str, fmt: str, output
                 report = _export_and_check(graph, fmt, path, temporary, example, expected, other, expected_other,
                                            tolerance)
     finally:
+        graph.to(device)
         for net, mode in zip(graph.nets, was_training):
             net.train(mode)
     if sampling := [name for name, on in model.sampling_options().items() if on]:
