@@ -63,7 +63,8 @@ def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path,
                  "into %s", cfg.direction, source, target)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for path, image in translate_images(model, paths, cfg.direction, cfg.batch_size, device, cfg.get("short_side")):
+    for path, image in translate_images(model, paths, cfg.direction, cfg.batch_size, device, cfg.get("short_side"),
+                                        cfg.get("size")):
         save_png(image, targets[path])
         written.append(str(targets[path]))
     if paths:

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import struct
+import time
 import warnings
 from pathlib import Path
 
@@ -824,11 +825,13 @@ def write_photo(path: Path, width: int, height: int, orientation: int | None = N
     return path
 
 
-def test_a_large_jpeg_decodes_at_reduced_scale_never_below_the_size_asked(tmp_path):
+def test_a_large_jpeg_decodes_at_reduced_scale_never_down_to_the_size_asked(tmp_path):
     photo = write_photo(tmp_path / "photo.jpg", 1024, 768)
-    # (height, width) asked -> the largest of 1/1, 1/2, 1/4, 1/8 that keeps both sides at least that
+    # (height, width) asked -> the largest of 1/1, 1/2, 1/4, 1/8 that keeps both sides above that:
+    # exactly half is decoded whole, so the run's resize kernel, not the DCT's scaling, makes the
+    # last step (as for a training size that is not such a fraction)
     for asked, decoded in (((100, 100), (256, 192)), ((50, 50), (128, 96)), ((400, 400), (1024, 768)),
-                           (None, (1024, 768))):
+                           ((384, 512), (1024, 768)), ((383, 511), (512, 384)), (None, (1024, 768))):
         assert open_image(photo, asked).size == decoded
     # asked in upright terms: a portrait stored 1024 x 768 and turned (orientation 6) is 768 wide
     turned = write_photo(tmp_path / "turned.jpg", 1024, 768, orientation=6)
@@ -1296,7 +1299,15 @@ def test_download_extracts_into_root_name(tmp_path, monkeypatch, capsys):
         download.DatasetSource(tarred.as_uri(), download.UNPAIRED_LAYOUT, archive_folder="toy"),
     )
     root = tmp_path / "data"
+    killed, running = root / ".toy-killed", root / ".toy-running"   # scratch of a killed download, and of a live one
+    for scratch in (killed, running):
+        (scratch / "toy.zip").parent.mkdir(parents=True)
+        (scratch / "toy.zip").write_bytes(b"partial")
+    for path in (killed, killed / "toy.zip"):
+        os.utime(path, (time.time() - 2 * download.STALE_SCRATCH_S,) * 2)
     assert download.main(["toy", "--root", str(root)]) == 0
+    assert not killed.exists() and running.exists()
+    shutil.rmtree(running)
     assert download.download("toy_copy", root) == root / "toy_copy"
     for name in ("toy", "toy_copy"):
         assert sorted(p.name for p in (root / name).iterdir()) == ["testA", "testB", "trainA", "trainB"]

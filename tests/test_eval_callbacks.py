@@ -95,6 +95,17 @@ def test_images_holding_nan_give_nan_scores_not_a_crash_or_a_plausible_number(ex
     assert all(math.isfinite(value) for value in scorer.compute().values())
 
 
+def test_random_cnn_features_are_those_of_the_images_as_saved():
+    """Real images come from uint8 files; a generator's float outputs were featured off that grid,
+    so the FID reported was not the FID of the PNGs eval.py writes (Inception rounds both)."""
+    from src.data.transforms import to_tensor
+    from src.utils.image_grid import to_uint8_images
+    fake = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    saved = torch.stack([to_tensor(image) for image in to_uint8_images(fake)])
+    extractor = build_feature_extractor("random_cnn")
+    assert torch.equal(extractor(fake), extractor(saved))
+
+
 def test_uint8_images_are_refused_not_scored_as_white(extractor, shapes_images):
     discs, triangles = shapes_images
     pixels = ((triangles + 1) * 127.5).round().to(torch.uint8)

@@ -513,6 +513,39 @@ def test_short_side_scales_each_input_to_the_training_scale_first(smoke_runs, tm
                                       output=str(tmp_path / "out0"), short_side=0))
 
 
+def test_size_squashes_every_input_to_it_as_resize_and_crop_trained_and_eval_scores(smoke_runs, tmp_path):
+    """A model trained with preprocess=resize_and_crop saw its images squashed into squares (a 2:1
+    Cityscapes frame too), and eval.py scores it on crop_size squares; short_side keeps the aspect."""
+    write_odd_inputs(tmp_path / "in")
+    for size, expected in ((16, (16, 16)), ([12, 20], (12, 20))):
+        written = run_translation(translate_cfg(ckpt_path=str(smoke_runs["cyclegan"].ckpt), input=str(tmp_path / "in"),
+                                                output=str(tmp_path / f"out{size}"), size=size))["written"]
+        assert len(written) == 4 and {Image.open(path).size[::-1] for path in written} == {expected}
+    for size, message in ((0, r"size=0 must be a positive number of px \(a square\) or \[height, width\]"),
+                          ([1, 2, 3], r"size=\[1, 2, 3\] must be"),
+                          (16, r"size=16 and short_side=16: set one of them")):
+        with pytest.raises(ValueError, match=message):
+            run_translation(translate_cfg(ckpt_path=str(smoke_runs["cyclegan"].ckpt), input=str(tmp_path / "in"),
+                                          output=str(tmp_path / "refused"), size=size,
+                                          short_side=16 if "short_side" in message else None))
+
+
+def test_short_side_decodes_jpegs_as_the_training_data_did(smoke_runs, tmp_path, monkeypatch):
+    """A run trained with data.reduced_jpeg_decode=false saw photos decoded whole; its
+    translations at a short side do too (the default reads them at libjpeg's reduced scale)."""
+    from src.utils import translation
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.zeros((64, 96, 3), dtype=np.uint8)).save(photo)
+    asked, read = [], translation.load_image
+    monkeypatch.setattr(translation, "load_image", lambda path, channels, decode_at_least=None, **reading: (
+        asked.append(decode_at_least) or read(path, channels, decode_at_least, **reading)))
+    model = load_model(smoke_runs["cyclegan"].ckpt)
+    for reduced in (True, False):
+        model.training_data["reduced_jpeg_decode"] = reduced
+        list(translate_images(model, [photo], short_side=16))
+    assert asked == [(16, 24), None]
+
+
 def test_pad_to_multiple_crops_back_exactly():
     x = torch.rand(2, 3, 37, 45)
     padded, box = pad_to_multiple(x, 4)
@@ -844,15 +877,24 @@ def test_eval_decodes_with_the_datas_workers(smoke_runs, tmp_path, shared_data_d
     assert math.isfinite(results["AtoB"]["fid"])
 
 
-def test_eval_into_a_used_output_dir_keeps_only_its_own_images(smoke_runs, tmp_path, shared_data_dir, caplog):
+def test_eval_into_a_used_output_dir_keeps_only_its_own_images(smoke_runs, tmp_path, shared_data_dir, caplog,
+                                                               monkeypatch):
     """Evaluated again into the same folder on fewer images: the earlier evaluation's extra
-    translations would stay beside the new ones, for a tool scoring the folder to count."""
+    translations would stay beside the new ones, for a tool scoring the folder to count. One
+    stopped halfway leaves no earlier scores beside images they do not describe."""
     _, out = evaluate(smoke_runs["cyclegan"], tmp_path, shared_data_dir)
     before = len(list((out / "fakeB").glob("*.png")))
     with caplog.at_level("INFO"):
         _, again = evaluate(smoke_runs["cyclegan"], tmp_path, shared_data_dir, "data.max_dataset_size=2")
     assert again == out and before > 2 and len(list((out / "fakeB").glob("*.png"))) == 2
     assert f"Removing the {before} images an earlier evaluation left in {out / 'fakeB'}" in caplog.text
+    assert (out / "metrics.json").is_file()
+    from src.utils import evaluation
+    monkeypatch.setattr(evaluation, "evaluate_direction", lambda *args, **kwargs: (_ for _ in ()).throw(
+        KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(smoke_runs["cyclegan"], tmp_path, shared_data_dir)
+    assert not (out / "metrics.json").exists()
 
 
 def test_eval_scores_no_ground_truth_on_cropped_shapes(smoke_runs, tmp_path, shared_data_dir, caplog):

@@ -17,10 +17,12 @@ import argparse
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.request
 import zipfile
 import zlib
@@ -47,6 +49,9 @@ REQUIRED_FOLDERS = {
 }
 # A server that stops answering ends the download with an error instead of hanging it.
 FETCH_TIMEOUT_S = 60
+#: A download's scratch folder untouched this long was left by a download that was killed (a
+#: live one writes every second while it fetches or extracts).
+STALE_SCRATCH_S = 3600
 
 _CYCLEGAN_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{}.zip"
 _PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/{}.tar.gz"
@@ -297,6 +302,19 @@ def _dataset_folder_in(extracted: Path, source: DatasetSource, name: str) -> Pat
     return extracted  # the archive has no top-level folder
 
 
+def remove_stale_scratch(parent: Path, name: str) -> None:
+    """Scratch folders of earlier downloads of `name` in `parent` that were killed (SIGKILL, a
+    job's time limit: no cleanup ran), holding partial archives of up to several GB; a younger
+    one may be another job's download in progress, and stays."""
+    for scratch in parent.glob(f".{name}-*"):
+        if not scratch.is_dir():
+            continue
+        newest = max((entry.stat().st_mtime for entry in [scratch, *scratch.rglob("*")]), default=0.0)
+        if time.time() - newest > STALE_SCRATCH_S:
+            print(f"Removing {scratch}, left by a download of {name} that was stopped")
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
 def download(name: str, root: str | Path) -> Path:
     """Download and extract dataset `name` into root/name; returns that folder."""
     source = DATASETS[name]
@@ -314,6 +332,7 @@ def download(name: str, root: str | Path) -> Path:
     # (a rename onto the link itself fails), built beside it on the same file system.
     destination = target.resolve()
     destination.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_scratch(destination.parent, name)
     # Work in a scratch folder next to the target so the final move is a cheap rename and an
     # interrupted download never leaves a half-filled dataset folder behind.
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=destination.parent) as scratch:

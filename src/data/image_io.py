@@ -59,10 +59,13 @@ def open_image(path: str | Path, decode_at_least: tuple[int, int] | None = None,
     landscape pixels plus an EXIF orientation tag; the picture is turned as that tag says, so
     the network sees what every image viewer shows (PIL alone would return it sideways).
 
-    `decode_at_least` (height, width of the upright picture): a JPEG of at least twice that size
+    `decode_at_least` (height, width of the upright picture): a JPEG of more than twice that size
     in both sides is decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling (PIL's `draft`),
-    never below it. A 12-megapixel photo that training resizes to 286 px decodes in a sixth of
-    the time, and the resize that follows averages fewer pixels; other formats decode whole.
+    to more than that size, never to it: the resize that follows, with the run's own kernel,
+    always makes the last step. (A 512 px photo asked for at least 256 px decodes whole, so
+    evaluation's resize to 256 filters it as training's to 286 does, not by the DCT's scaling
+    alone.) A 12-megapixel photo that training resizes to 286 px decodes in a sixth of the time,
+    and the resize that follows averages fewer pixels; other formats decode whole.
 
     `bit_depth` below 16: the samples of a 16-bit colour PNG or TIFF are read as `bit_depth`-bit
     data (see src.data.bit_depth); PIL alone keeps their high byte, which is right for 16-bit data
@@ -80,7 +83,7 @@ def open_image(path: str | Path, decode_at_least: tuple[int, int] | None = None,
                 height, width = decode_at_least
                 if _turned_a_quarter(image):
                     height, width = width, height   # draft works on the stored, unturned picture
-                image.draft(None, (width, height))
+                image.draft(None, (width + 1, height + 1))   # at least that: more than asked
             image.load()
             ImageOps.exif_transpose(image, in_place=True)
             return image

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from src.data.transforms import to_uint8_levels
 from src.utils.rng import isolated_rng
 
 FEATURE_EXTRACTORS = ("inception", "random_cnn")
@@ -99,7 +100,9 @@ class RandomCNNFeatures(FrozenExtractor):
         self.freeze()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = to_rgb(images).float()
+        # On the 256 levels of an image file, as Inception's input: real images come from files,
+        # and a generator's float outputs would otherwise be scored as no saved image is.
+        x = to_uint8_levels(to_rgb(images)).float().div_(127.5).sub_(1.0)
         pooled = []
         for stage in self.stages:
             x = stage(x)
@@ -186,8 +189,7 @@ class InceptionFeatures(FrozenExtractor):
         self.freeze()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        uint8 = ((to_rgb(images).float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return self.net(uint8)
+        return self.net(to_uint8_levels(to_rgb(images)))
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """torch-fidelity's "logits_unbiased", the Inception Score's: the pool3 features times

@@ -455,6 +455,9 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device) -> dict[str, dict
     # data.num_workers decode in parallel: FID 50k of a training split is 50k decodes.
     loader = torch.utils.data.DataLoader(dataset, shuffle=False, **datamodule.loader_settings(batch_size))
     output_dir = Path(cfg.output_dir)
+    # An earlier evaluation's scores go before its images do: stopped halfway, this one must not
+    # leave them beside images they do not describe.
+    (output_dir / "metrics.json").unlink(missing_ok=True)
     report = {"ckpt_path": str(cfg.ckpt_path), "weights": model.loaded_weights, "data": datamodule.name}
     if cfg.get("truncation_psi") is not None:
         report["truncation_psi"] = float(cfg.truncation_psi)

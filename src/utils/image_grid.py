@@ -3,6 +3,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from src.data.transforms import to_uint8_levels
+
 #: text height of the row names, as a fraction of a row's height (and at least MIN_TEXT px)
 TEXT_FRACTION, MIN_TEXT = 0.25, 10
 
@@ -17,8 +19,7 @@ def require_float_images(images: torch.Tensor, what: str) -> None:
 
 def to_uint8_images(batch: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8."""
-    images = ((batch.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    return images.permute(0, 2, 3, 1).cpu().numpy()
+    return to_uint8_levels(batch).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def make_grid(rows: dict[str, torch.Tensor], padding: int = 2, labels: bool = True) -> np.ndarray:

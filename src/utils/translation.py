@@ -10,7 +10,7 @@ is cropped back to the input's size.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -136,14 +136,39 @@ def list_input_images(path: str | Path) -> list[Path]:
         raise FileNotFoundError(f"input={path} holds no image file ({', '.join(sorted(IMAGE_EXTENSIONS))})") from error
 
 
-def group_by_size(paths: list[Path], short_side: int | None = None) -> dict[tuple[int, int], list[Path]]:
-    """(height, width) -> its paths, in order of first appearance: one batch holds one size.
-    With `short_side`, the size each image is scaled to first (`short_side_size`)."""
+def translation_size(size: tuple[int, int], short_side: int | None = None,
+                     fixed: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The (height, width) an image of `size` is translated at: `fixed` for every image, or its
+    own scaled to a shorter side of `short_side` px, or its own."""
+    if fixed is not None:
+        return fixed
+    return short_side_size(*size, short_side) if short_side else size
+
+
+def group_by_size(paths: list[Path], short_side: int | None = None,
+                  fixed: tuple[int, int] | None = None) -> dict[tuple[int, int], list[Path]]:
+    """(height, width) -> its paths, in order of first appearance: one batch holds one size,
+    the size each image is translated at (`translation_size`)."""
     groups: dict[tuple[int, int], list[Path]] = {}
     for path in paths:
-        size = upright_size(path)
-        groups.setdefault(short_side_size(*size, short_side) if short_side else size, []).append(path)
+        groups.setdefault(translation_size(upright_size(path), short_side, fixed), []).append(path)
     return groups
+
+
+def fixed_translation_size(size, short_side: int | None) -> tuple[int, int] | None:
+    """translate.py's `size` as (height, width): one number for a square, or [height, width];
+    ValueError naming the setting for anything else, or beside `short_side`."""
+    if size is None:
+        return None
+    # (a Hydra list is a ListConfig: a Sequence, not a list)
+    sides = list(size) if isinstance(size, Sequence) and not isinstance(size, str) else [size]
+    if len(sides) not in (1, 2) or not all(
+            isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in sides):
+        raise ValueError(f"size={size!r} must be a positive number of px (a square) or [height, width], or null")
+    if short_side is not None:
+        raise ValueError(f"size={size!r} and short_side={short_side}: set one of them (size squashes every image "
+                         f"to that size; short_side scales it, the aspect kept)")
+    return (sides[0], sides[-1])
 
 
 def round_up(side: int, multiple: int) -> int:
@@ -167,11 +192,13 @@ def is_out_of_memory(error: BaseException) -> bool:
             or any(words in str(error) for words in OUT_OF_MEMORY_WORDS))
 
 
-def out_of_memory(chunk: list[Path], size: tuple[int, int], short_side: int | None) -> MemoryError:
+def out_of_memory(chunk: list[Path], size: tuple[int, int], short_side: int | None,
+                  fixed: tuple[int, int] | None = None) -> MemoryError:
     """The error of a batch too large for the device, with the images and the settings that fit it
     (a phone's 12 MP photo through a ResNet generator takes several GB of activations)."""
     scale = ("translate at the scale the model was trained at with short_side=N (its data.load_size, e.g. 286)"
-             if short_side is None else f"lower short_side={short_side}")
+             if short_side is None and fixed is None else
+             f"lower short_side={short_side}" if fixed is None else f"lower size={list(fixed)}")
     return MemoryError(f"translating {len(chunk)} image(s) of {size[0]}x{size[1]} px ({chunk[0]}"
                        f"{' and others' if len(chunk) > 1 else ''}) ran out of memory: {scale}, or pass "
                        f"batch_size=1")
@@ -179,9 +206,11 @@ def out_of_memory(chunk: list[Path], size: tuple[int, int], short_side: int | No
 
 def translate_images(model: TranslationModel, paths: list[str | Path], direction: str = "AtoB",
                      batch_size: int = 8, device: str | torch.device | None = None,
-                     short_side: int | None = None) -> Iterator[tuple[Path, np.ndarray]]:
+                     short_side: int | None = None, size=None) -> Iterator[tuple[Path, np.ndarray]]:
     """Translate image files; yields (path, HxWxC uint8 output the size of the input, or of the
-    input scaled to a shorter side of `short_side` px: the scale the model was trained at).
+    input scaled to a shorter side of `short_side` px: the scale the model was trained at, or of
+    `size` (px, a square, or [height, width]), every input squashed to it: what a model trained
+    with preprocess=resize_and_crop saw, and what eval.py scores at data.crop_size).
 
     Files are read with the channels the translation expects (grayscale, RGBA and 16-bit inputs
     are converted by src.data.image_io) and batched by size (models that normalise with the
@@ -192,13 +221,14 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
     check_direction(model, direction)
     require_int("batch_size", batch_size)
     require_int("short_side", short_side, allow_none=True, why=" (px; null: translate at the input's size)")
+    fixed = fixed_translation_size(size, short_side)
     if device is None:
         device = model.device
     else:
         device = torch.device(device)
         model.to(device)
     multiple, channels = size_multiple(model, direction), input_channels(model, direction)
-    groups = group_by_size([Path(p) for p in paths], short_side)
+    groups = group_by_size([Path(p) for p in paths], short_side, fixed)
     # Every size before the first output is written (a JPEG's from its header: one broken further
     # in stops the run when it is read, naming it).
     for (height, width), group in groups.items():
@@ -210,11 +240,12 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
     # model's training data were; a setting the run predates keeps the default.
     reading = {key: model.training_data[key] for key in PIXEL_READING_KEYS if key in model.training_data}
     interpolation = model.training_data.get("resize_interpolation", "bicubic")
+    reduced_decode = model.training_data.get("reduced_jpeg_decode", True)
 
     def read(path: Path, size: tuple[int, int]) -> torch.Tensor:
-        if short_side is None:
+        if short_side is None and fixed is None:
             return to_tensor(load_image(path, channels, **reading))
-        image = load_image(path, channels, decode_at_least=size, **reading)
+        image = load_image(path, channels, decode_at_least=size if reduced_decode else None, **reading)
         return to_tensor(resize_image(image, *size, interpolation))
 
     def generate() -> Iterator[tuple[Path, np.ndarray]]:
@@ -228,7 +259,7 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
                 except (RuntimeError, MemoryError) as error:   # torch.OutOfMemoryError is a RuntimeError
                     if not is_out_of_memory(error):
                         raise
-                    raise out_of_memory(chunk, size, short_side) from error
+                    raise out_of_memory(chunk, size, short_side, fixed) from error
                 yield from zip(chunk, to_uint8_images(crop_to_box(translated, box)))
 
     return generate()
