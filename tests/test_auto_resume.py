@@ -303,6 +303,17 @@ def test_a_run_stopped_after_its_last_save_writes_its_record_when_resumed_at_its
         assert json.loads(record_path.read_text()) == record
 
 
+def test_a_runs_record_keeps_the_metrics_logged_before_its_resume():
+    """A metric logged before a resume and not since (an evaluation with a long interval) stays
+    in the checkpoints and the record; the fit's own values win."""
+    from types import SimpleNamespace
+    from src.callbacks.final_metrics import FinalMetrics
+    final = FinalMetrics("unused")
+    final.load_state_dict({"metrics": {"eval/fid": 30.0, "train/G": 2.0}})
+    final.setup(SimpleNamespace(callback_metrics={"train/G": torch.tensor(1.5)}), None, "fit")
+    assert final.state_dict() == {"metrics": {"eval/fid": 30.0, "train/G": 1.5}}
+
+
 def test_auto_outside_training_asks_for_a_file():
     with pytest.raises(ValueError, match="ckpt_path=auto: name a checkpoint file here .*resumes a run from its own folder"):
         check_checkpoint_file("auto")

@@ -874,6 +874,23 @@ def test_reduced_jpeg_decode_gives_the_full_decodes_items(tmp_path, layout):
         module(cls, root, reduced_jpeg_decode="yes")
 
 
+def test_each_half_of_a_side_by_side_jpeg_is_decoded_to_more_than_its_resize(tmp_path, monkeypatch):
+    """An A|B JPEG whose halves come out of the DCT scaling at exactly the resize size (258 px wide
+    at 1/2 is 129, whose halves are 64 when the last column goes) was never resized by the run's
+    kernel; each half is decoded to more than it."""
+    from src.data import paired
+    write_photo(tmp_path / "ab" / "test" / "p.jpg", 258, 130)
+    (tmp_path / "ab" / "train").mkdir()
+    write_photo(tmp_path / "ab" / "train" / "p.jpg", 258, 130)
+    widths, split = [], paired.split_side_by_side
+    monkeypatch.setattr(paired, "split_side_by_side",
+                        lambda image: [widths.append(half.width) or half for half in split(image)])
+    dm = module(PairedDataModule, tmp_path / "ab", load_size=64, crop_size=64, flip=False)
+    dm.setup("fit")
+    assert dm.test_dataloader().dataset[0]["A"].shape == (3, 64, 64)
+    assert widths and min(widths) > 64, widths
+
+
 def test_grayscale_channels_in_batches(tmp_path):
     root = tmp_path / "gray"
     for folder in ("trainA", "trainB", "testA", "testB"):

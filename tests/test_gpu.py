@@ -103,9 +103,13 @@ def test_a_gpu_models_export_passes_its_check_with_tf32_on(train_cfg, tmp_path, 
     from src.utils.export import export_translation
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     cfg = train_cfg("model=cyclegan", "model.generator.ngf=64", "model.generator.n_blocks=9")
+    torch.manual_seed(0)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False).cuda()
     report = export_translation(model, "AtoB", "torchscript", tmp_path, size=256)
-    assert report["checked"] and report["max_difference"] < 1e-3
+    # fp32 on both sides: reorderings only (the CPU's Winograd layers against the graph's
+    # convolutions: 3e-5 on this model), where TF32's are ~1e-3
+    assert report["checked"] and report["max_difference"] < 2e-4
+    assert "cuda" not in str(torch.jit.load(report["path"], map_location="cpu").inlined_graph)
     assert next(model.G_A.parameters()).is_cuda   # given back where it was
 
 

@@ -1008,7 +1008,8 @@ def test_a_ddp_launch_leaves_a_multiruns_later_jobs_the_processs_threads(train_c
     """Lightning's DDP launcher gives rank 0 its share of the cores (torch's threads, and
     OMP_NUM_THREADS where unset: `_set_num_threads_if_needed`); nothing gave them back, and a
     multirun's later jobs, a CPU one say, trained on the share."""
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")   # (restored after the test whatever the run leaves)
+    monkeypatch.delenv("OMP_NUM_THREADS")
     threads, fit = torch.get_num_threads(), pl.Trainer.fit
 
     def fit_as_a_launch_shares_the_cores(self, *args, **kwargs):
@@ -1205,13 +1206,21 @@ def test_a_ddp_multirun_job_whose_launched_rank_fails_fails_alone(tmp_path, shar
     its later jobs never run and no record written."""
     cmd, env = train_command("-m", "trainer=ddp_sim", "+callbacks.fail._target_=tests.scripts.ddp_probe.FailOnRank",
                              "+callbacks.fail.rank=1,-1", *NO_EVALUATION, cwd=tmp_path, data_dir=shared_data_dir)
-    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-4000:]   # Hydra names the failed job
-    sweep = the_sweep_dir(tmp_path)
-    table = (sweep / "summary.md").read_text()
+    log_path = tmp_path / "log.txt"
+    with log_path.open("w") as log:   # its own process group: a hung sweep leaves no rank behind
+        sweep = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    try:
+        status = sweep.wait(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sweep.pid, signal.SIGKILL)
+    assert status == 1, log_path.read_text()[-4000:]   # Hydra names the failed job at the end
+    sweep_dir = the_sweep_dir(tmp_path)
+    table = (sweep_dir / "summary.md").read_text()
     assert "| 0 | +callbacks.fail.rank=1 | failed: " in table, table
     assert "| 1 | +callbacks.fail.rank=-1 | completed | 2 |" in table, table
-    assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file()
+    assert (sweep_dir / "1" / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_the_rank_watch_stops_a_failed_jobs_other_ranks_and_then_waits_for_rank_zero(monkeypatch):
@@ -1223,23 +1232,53 @@ def test_the_rank_watch_stops_a_failed_jobs_other_ranks_and_then_waits_for_rank_
         return [subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"]),
                 subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])]
 
-    kills = []
-    monkeypatch.setattr(ddp_multirun, "stop_the_sweep", lambda: kills.append("sweep"))
-    failed, other = ranks()
-    watch = ddp_multirun.LaunchedRankWatch([failed, other], poll_s=0.05)
-    watch.start()
-    assert other.wait(timeout=30) == -signal.SIGKILL   # stopped: a rank beside a dead one only waits
-    watch.job_ended.set()                              # rank 0 ends the job in time
-    watch.join(timeout=30)
-    assert not watch.is_alive() and kills == []
+    stops = []
+
+    @contextlib.contextmanager
+    def watched(grace_s: float):
+        failed, other = ranks()
+        # (a stand-in for stopping the sweep: a watch left running by a failure stops nothing)
+        watch = ddp_multirun.LaunchedRankWatch([failed, other], poll_s=0.05, grace_s=grace_s,
+                                               stop=lambda: stops.append("sweep"))
+        watch.start()
+        try:
+            yield watch, other
+        finally:
+            watch.job_ended.set()
+            other.kill()
+            other.wait()
+
+    with watched(grace_s=600) as (watch, other):
+        assert other.wait(timeout=30) == -signal.SIGKILL   # stopped: a rank beside a dead one only waits
+        watch.job_ended.set()                              # rank 0 ends the job in time
+        watch.join(timeout=30)
+        assert not watch.is_alive() and stops == []
     # a rank 0 that does not end the job (stuck in a collective) is stopped as Lightning would
-    monkeypatch.setattr(ddp_multirun, "RANK_EXIT_TIMEOUT_S", 0.2)
-    failed, other = ranks()
-    watch = ddp_multirun.LaunchedRankWatch([failed, other], poll_s=0.05)
-    watch.start()
-    watch.join(timeout=30)
-    assert kills == ["sweep"]
-    other.wait(timeout=30)
+    with watched(grace_s=0.2) as (watch, other):
+        watch.join(timeout=30)
+        assert stops == ["sweep"]
+
+
+def test_a_job_whose_rank_zero_failed_stops_its_launched_ranks_soon(monkeypatch):
+    """A launched rank waits in a collective for a rank 0 that left it (only the process group's
+    timeout, 30 minutes, would end it), and has nothing left to save: the job does not wait the
+    full timeout for it."""
+    from types import SimpleNamespace
+
+    import src.utils.ddp_multirun as ddp_multirun
+    waited = []
+    monkeypatch.setattr(ddp_multirun, "launches_ranks_for_multirun_job", lambda trainer: True)
+    monkeypatch.setattr(ddp_multirun, "_job_spec", dict)
+    monkeypatch.setattr(ddp_multirun, "_wait_for_launched_ranks",
+                        lambda launcher, timeout_s: waited.append(timeout_s) or {1: None})
+    trainer = SimpleNamespace(strategy=SimpleNamespace(launcher=None))
+    with pytest.raises(MemoryError):
+        with ddp_multirun.job_shared_with_launched_ranks(trainer):
+            raise MemoryError("rank 0 out of memory")
+    with pytest.raises(RuntimeError, match="exited with codes"):
+        with ddp_multirun.job_shared_with_launched_ranks(trainer):
+            pass
+    assert waited == [ddp_multirun.FAILED_JOB_RANK_EXIT_S, ddp_multirun.RANK_EXIT_TIMEOUT_S]
 
 
 def test_a_launched_rank_stuck_past_the_timeout_is_stopped_and_fails_the_job(monkeypatch):

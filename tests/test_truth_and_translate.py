@@ -540,10 +540,10 @@ def test_short_side_decodes_jpegs_as_the_training_data_did(smoke_runs, tmp_path,
     monkeypatch.setattr(translation, "load_image", lambda path, channels, decode_at_least=None, **reading: (
         asked.append(decode_at_least) or read(path, channels, decode_at_least, **reading)))
     model = load_model(smoke_runs["cyclegan"].ckpt)
-    for reduced in (True, False):
-        model.training_data["reduced_jpeg_decode"] = reduced
+    for reduced, preprocess in ((True, "resize_and_crop"), (False, "resize_and_crop"), (True, "scale_width")):
+        model.training_data.update(reduced_jpeg_decode=reduced, preprocess=preprocess)
         list(translate_images(model, [photo], short_side=16))
-    assert asked == [(16, 24), None]
+    assert asked == [(16, 24), None, None]   # (reduced decoding is resize_and_crop's alone)
 
 
 def test_pad_to_multiple_crops_back_exactly():

@@ -33,7 +33,12 @@ class FinalMetrics(pl.Callback):
         self.trainer = trainer   # for state_dict, which Lightning calls without it
 
     def state_dict(self) -> dict:
-        return {"metrics": logged_metrics(self.trainer) if self.trainer is not None else {}}
+        return {"metrics": self.run_metrics(self.trainer) if self.trainer is not None else dict(self.saved_metrics)}
+
+    def run_metrics(self, trainer: pl.Trainer) -> dict[str, float]:
+        """The last value of every metric the run logged: this fit's, over those of the
+        checkpoint it resumed from (a metric logged before a resume and not since, too)."""
+        return {**self.saved_metrics, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.saved_metrics = dict(state_dict.get("metrics", {}))
@@ -54,9 +59,7 @@ class FinalMetrics(pl.Callback):
         from src.callbacks.fid_kid import FidKidCallback   # imported late: it loads the metrics stack
         fid = next((c for c in trainer.callbacks if isinstance(c, FidKidCallback)), None)
         checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
-        # A fit that trained nothing (resumed at its end, without a completed record) logged
-        # nothing: its checkpoint's metrics are the run's.
-        metrics = logged_metrics(trainer) if self.trained else self.saved_metrics
+        metrics = self.run_metrics(trainer)
         if fid is None:
             write_final_metrics(self.run_dir, metrics, pl_module.iteration, checkpoint or None)
             return
@@ -69,8 +72,3 @@ class FinalMetrics(pl.Callback):
                 if isinstance(logger, WandbLogger):
                     logger.experiment.summary.update({"best_fid": fid.best_fid,
                                                       "best_fid_iteration": fid.best_iteration})
-
-
-def logged_metrics(trainer: pl.Trainer) -> dict[str, float]:
-    """The last value of every metric the fit logged."""
-    return {k: float(v) for k, v in trainer.callback_metrics.items()}

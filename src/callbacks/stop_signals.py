@@ -70,18 +70,18 @@ class RequeueStop(SIGTERMException):
     """Training stopped at a whole iteration for a requeue warning; `hand_over` then runs the
     handler the warning was meant for (it requeues the job)."""
 
-    def __init__(self, signum: int, handler: Callable, trainer: pl.Trainer):
+    def __init__(self, signum: int, handler: Callable):
         super().__init__()
-        self.signum, self.handler, self.trainer = signum, handler, trainer
+        self.signum, self.handler = signum, handler
 
-    def hand_over(self) -> None:
+    def hand_over(self, trainer: pl.Trainer) -> None:
         log.warning("%s: training stopped at a whole iteration, its checkpoint saved; now running the handler "
                     "the signal was meant for (%s)", signal.Signals(self.signum).name, getattr(
                         self.handler, "__qualname__", type(self.handler).__qualname__))
         # Lightning's SLURM handler saves an hpc_ckpt_N.ckpt before it requeues: interrupted.ckpt
         # holds the same state already, and each requeue's copy stayed, full size, in the run
         # folder, its save delaying the requeue into the scheduler's kill.
-        with mock.patch.object(self.trainer, "save_checkpoint", skipped_save):
+        with mock.patch.object(trainer, "save_checkpoint", skipped_save):
             self.handler(self.signum, None)
 
 
@@ -128,7 +128,7 @@ class StopSignals(pl.Callback):
         rank_zero_warn(f"{names}: every rank stops after iteration {pl_module.iteration}")
         requeue = [s for s in arrived if s in self.deferred]
         if requeue:
-            raise RequeueStop(requeue[0], self.deferred[requeue[0]], trainer)
+            raise RequeueStop(requeue[0], self.deferred[requeue[0]])
         raise SIGTERMException()
 
     def noted_on_any_rank(self, trainer: pl.Trainer) -> list[int]:

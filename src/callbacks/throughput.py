@@ -12,7 +12,8 @@ the previous such row (or the start of training), rank zero logs:
   a batch its workers had not yet delivered (or, with no workers, loading it). On a GPU the
   host queues kernels ahead of the device, so a wait there stalls the device only once the
   queue runs dry: a share near zero clears the loader, a large one points at it;
-- `memory/peak_gpu_gb`: the most GPU memory torch's tensors have held so far (CUDA only).
+- `memory/peak_gpu_gb`: the most GPU memory torch's tensors have held since the fit's training
+  began (CUDA only; reset then, as a multirun's jobs share the process).
 
 The fetch is timed where Lightning reports it to its profiler (the `train_dataloader_next`
 action), through a wrapper around the trainer's profiler for the fit: time between batches

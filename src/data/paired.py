@@ -108,8 +108,10 @@ class PairedImageDataset(Dataset):
                 load_image(source_path, self.source_channels, at_least, **reading),
                 load_image(target_path, self.target_channels, at_least, **reading),
             )
-        # Each half is resized to that size: the whole A|B image to twice its width.
-        left, right = split_side_by_side(open_image(source_path, at_least and (at_least[0], 2 * at_least[1]),
+        # Each half is resized to that size: the whole A|B image to twice its width, and one
+        # more, so that an odd width's halves (split_side_by_side drops its last column) are still
+        # decoded to more than it.
+        left, right = split_side_by_side(open_image(source_path, at_least and (at_least[0], 2 * at_least[1] + 1),
                                                     reading["bit_depth"]))
         source, target = (left, right) if self.source_half == "left" else (right, left)
         return (

@@ -137,12 +137,6 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return chw.float().div_(127.5).sub_(1.0)
 
 
-def to_uint8_levels(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> the uint8 values their saved files hold (clamped, rounded), as uint8;
-    the inverse of `to_tensor` on its values."""
-    return ((images.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-
-
 def draw_seed() -> int:
     """A seed for one random draw, taken from torch's global RNG (which Lightning seeds)."""
     return int(torch.randint(0, 2**31 - 1, ()).item())

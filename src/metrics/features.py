@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from src.data.transforms import to_uint8_levels
+from src.utils.image_grid import to_uint8_levels
 from src.utils.rng import isolated_rng
 
 FEATURE_EXTRACTORS = ("inception", "random_cnn")

@@ -5,8 +5,8 @@ monitor writes at the batch's start, the losses come at its end, and the evaluat
 t-SNE), logged at the next step, come before both: `metrics.csv` held two or three half-empty
 rows per step, out of order, and a column such as `train/G` alternated between a value and
 nothing, which plots as no line at all. Here the rows of one step are merged, and written in
-step order: the latest step's row is held back until a later step shows it is complete (or the
-run ends), so nothing already written is read back in the usual case.
+step order: the latest step's row is held back until a later step shows it is complete (or a
+checkpoint is saved, or the run ends), so nothing already written is read back in the usual case.
 
 A resumed run goes on in the file of the run it resumes (the latest `version_N` of its folder),
 where Lightning started a new `version_N+1` at every resume: a run requeued three times was

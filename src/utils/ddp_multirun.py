@@ -18,9 +18,12 @@ So, on rank 0 of a multirun job (`job_shared_with_launched_ranks`):
   SIGKILLs every process, rank 0 included, once a rank exits with an error, and goes on watching
   after the job: rank 0 is the sweep, so one failed job (an out-of-memory error in `-m
   data.batch_size=8,4,2`) ended the whole sweep with no record of it. The watch stops the job's
-  other launched ranks and leaves rank 0 to fail the job itself (its next collective with a dead
-  rank raises); only a rank 0 still in the job RANK_EXIT_TIMEOUT_S later, stuck in a collective,
-  is stopped as Lightning would;
+  other launched ranks and leaves rank 0 to fail the job itself: under gloo its next collective
+  with a dead rank raises. Only a rank 0 still in the job FAILED_RANK_GRACE_S later, stuck in a
+  collective, is stopped as Lightning would, and the sweep with it. (Under NCCL a collective
+  with a dead rank waits for the process group's timeout, unless torch's NCCL watchdog takes
+  the process down first: there a failing launched rank still ends the sweep, as before. A job
+  whose rank 0 fails first fails alone under either backend.);
 - after fit, it waits for those ranks (one still running after RANK_EXIT_TIMEOUT_S, or
   FAILED_JOB_RANK_EXIT_S after rank 0 itself failed, is stopped, and the job fails), destroys the
   process group and restores the launcher's environment variables, so the next job starts clean.
@@ -50,9 +53,11 @@ log = logging.getLogger(__name__)
 
 #: What Lightning's launcher sets in rank 0's own environment for its children.
 LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
-#: Seconds rank 0 waits for a job's other ranks to exit before stopping them and failing the job;
-#: and that a rank 0 is given to end a job whose launched rank failed.
+#: Seconds rank 0 waits for a job's other ranks to exit before stopping them and failing the job.
 RANK_EXIT_TIMEOUT_S = 600
+#: Seconds a rank 0 is given to end a job whose launched rank failed (under gloo it does in
+#: seconds, its next collective raising); still in the job then, it is stuck in a collective.
+FAILED_RANK_GRACE_S = 120
 #: The same wait after rank 0 itself failed: a launched rank then waits in a collective for a rank
 #: 0 that left it (only the process group's timeout, 30 minutes, would end it) and has nothing
 #: left to save (rank 0 writes the checkpoints).
@@ -160,14 +165,21 @@ def job_shared_with_launched_ranks(trainer):
         raise RuntimeError(f"Ranks of this multirun job exited with codes {bad}")
 
 
+def stop_the_sweep() -> None:
+    """What Lightning's observer does at once: only a kill ends a process stuck in a collective
+    (Windows has no SIGKILL; Lightning sends SIGTERM there)."""
+    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+
 class LaunchedRankWatch(threading.Thread):
     """Watches one multirun job's launched ranks while rank 0 trains (see the module docstring):
-    once one exits with an error, stops the others and gives rank 0 RANK_EXIT_TIMEOUT_S to end the
-    job (`job_ended`), then stops the sweep's process as Lightning's observer would at once."""
+    once one exits with an error, stops the others and gives rank 0 `grace_s` to end the job
+    (`job_ended`), then calls `stop` (the sweep's process, as Lightning's observer would at once)."""
 
-    def __init__(self, child_processes: list[subprocess.Popen], poll_s: float = 1.0):
+    def __init__(self, child_processes: list[subprocess.Popen], poll_s: float = 1.0,
+                 grace_s: float = FAILED_RANK_GRACE_S, stop=stop_the_sweep):
         super().__init__(daemon=True, name="multirun-job-rank-watch")
-        self.child_processes, self.poll_s = child_processes, poll_s
+        self.child_processes, self.poll_s, self.grace_s, self.stop = child_processes, poll_s, grace_s, stop
         self.job_ended = threading.Event()
 
     def run(self) -> None:
@@ -181,17 +193,11 @@ class LaunchedRankWatch(threading.Thread):
             for proc in self.child_processes:
                 if proc.poll() is None:
                     proc.kill()
-            if not self.job_ended.wait(RANK_EXIT_TIMEOUT_S):
+            if not self.job_ended.wait(self.grace_s):
                 log.error("Rank 0 is still in the job %d s after its other ranks ended: stuck in a "
-                          "collective with them; stopping the sweep (its later jobs do not run)",
-                          RANK_EXIT_TIMEOUT_S)
-                stop_the_sweep()
+                          "collective with them; stopping the sweep (its later jobs do not run)", self.grace_s)
+                self.stop()
             return
-
-
-def stop_the_sweep() -> None:
-    """What Lightning's observer does at once: only a kill ends a process stuck in a collective."""
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _wait_for_launched_ranks(launcher, timeout_s: float) -> dict[int, int | None]:

@@ -3,8 +3,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from src.data.transforms import to_uint8_levels
-
 #: text height of the row names, as a fraction of a row's height (and at least MIN_TEXT px)
 TEXT_FRACTION, MIN_TEXT = 0.25, 10
 
@@ -15,6 +13,12 @@ def require_float_images(images: torch.Tensor, what: str) -> None:
     if images.dim() != 4 or not images.is_floating_point():
         raise TypeError(f"{what} takes a batch of float images (N, C, H, W) in [-1, 1], got a {images.dtype} tensor "
                         f"of shape {tuple(images.shape)} (one image: x[None]; uint8 pixels: x / 127.5 - 1)")
+
+
+def to_uint8_levels(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> the uint8 values their saved files hold (clamped, rounded); the
+    inverse of src.data.transforms.to_tensor on its values."""
+    return ((images.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
 
 
 def to_uint8_images(batch: torch.Tensor) -> np.ndarray:

@@ -87,6 +87,14 @@ def warn_emulated_cpu_bf16(trainer_cfg: dict) -> None:
                     trainer_cfg.get("precision"))
 
 
+def forks_its_ranks(strategy) -> bool:
+    """Whether `trainer.strategy` starts its ranks by forking this process (by name, or a
+    strategy object's start method)."""
+    if isinstance(strategy, str):
+        return strategy.startswith(("ddp_fork", "ddp_notebook"))
+    return getattr(strategy, "_start_method", None) == "fork"
+
+
 def warn_bf16_before_ampere(trainer_cfg: dict) -> None:
     """bf16 autocast on a CUDA GPU before Ampere (compute capability 8.0: V100, T4) has no bf16
     arithmetic, and torch's `is_bf16_supported()` counts emulation as support, so nothing else
@@ -97,7 +105,7 @@ def warn_bf16_before_ampere(trainer_cfg: dict) -> None:
     processes if CUDA is already initialized")."""
     if (resolved_accelerator(trainer_cfg) != "cuda" or not torch.cuda.is_available()
             or not str(trainer_cfg.get("precision")).startswith("bf16")
-            or str(trainer_cfg.get("strategy")).startswith(("ddp_fork", "ddp_notebook"))):
+            or forks_its_ranks(trainer_cfg.get("strategy"))):
         return
     devices = trainer_cfg.get("devices", "auto")
     try:
@@ -417,7 +425,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     except SIGTERMException as stop:
         exit_code = SIGTERM_EXIT_STATUS
         if isinstance(stop, RequeueStop):
-            stop.hand_over()   # the cluster's requeue, now that the checkpoint is on disk
+            stop.hand_over(trainer)   # the cluster's requeue, now that the checkpoint is on disk
         # Lightning ends a fit stopped by SIGTERM with SystemExit(None), exit status 0: a job
         # preempted or out of time would look finished to its scheduler, a sweep or a script.
         # 143 = 128 + SIGTERM, the status a shell gives a process SIGTERM ended.
@@ -434,9 +442,10 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     finally:
         finish_wandb_run(exit_code, preempted=exit_code == SIGTERM_EXIT_STATUS)
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if not metrics:   # a finished run resumed into its own folder trained and logged nothing
-        metrics = completed_metrics(run_dir) or {}
+    # A run resumed at its end trains and logs nothing: its checkpoint's metrics, which every rank
+    # has (FinalMetrics); under ddp_spawn, whose main process gets no callback state, its record.
+    final = next(cb for cb in trainer.callbacks if isinstance(cb, FinalMetrics))
+    metrics = final.run_metrics(trainer) or completed_metrics(run_dir) or {}
     if trainer.is_global_zero:
         log.info("Run directory: %s", run_dir)
         log.info("Checkpoint to resume from: %s", trainer.checkpoint_callback.last_model_path)

@@ -5,7 +5,7 @@ each side has to be a multiple of `size_multiple` (4 for the ResNet, U-GAT-IT an
 generators, 2**num_downs for the U-Net). Inputs are padded up to the next multiple by
 reflection (not resized: the image's own pixels go through the network unresampled, and a
 reflected border looks like more of the image to the convolutions), translated, and the output
-is cropped back to the input's size.
+is cropped back to the size translated: the input's, or that `short_side` or `size` scaled it to.
 """
 from __future__ import annotations
 
@@ -240,7 +240,9 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
     # model's training data were; a setting the run predates keeps the default.
     reading = {key: model.training_data[key] for key in PIXEL_READING_KEYS if key in model.training_data}
     interpolation = model.training_data.get("resize_interpolation", "bicubic")
-    reduced_decode = model.training_data.get("reduced_jpeg_decode", True)
+    # (the training data decoded JPEGs at reduced scale only with resize_and_crop)
+    reduced_decode = (model.training_data.get("reduced_jpeg_decode", True)
+                      and model.training_data.get("preprocess", "resize_and_crop") == "resize_and_crop")
 
     def read(path: Path, size: tuple[int, int]) -> torch.Tensor:
         if short_side is None and fixed is None:
