@@ -241,6 +241,28 @@ def test_data_rows_of_an_allocator_trial_are_kept_apart_from_trainings(tmp_path)
     assert "| shapes (none) | cpu Xeon | reuse | 3x8x8 |" in md.read_text()
 
 
+def test_the_quiet_check_looks_at_the_cpus_the_benchmark_may_use(monkeypatch):
+    """On a share of a node (a SLURM job's cores), other jobs' work on the other cores made the
+    benchmark wait its whole patience before every row, then flag each one disturbed."""
+    from src.utils import bench_machine
+    stat = ("cpu  900 0 100 1000 0 0 0 0 0 0\n"
+            "cpu0 800 0 100 100 0 0 0 0 0 0\n"     # another job's core, busy
+            "cpu1 100 0 0 900 0 0 0 0 0 0\n"       # ours, mostly idle
+            "intr 12345\n")
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert bench_machine.busy_cpu_seconds(stat) == 1000 / ticks
+    assert bench_machine.busy_cpu_seconds(stat, {1}) == 100 / ticks
+    # the load average counts the whole node: not checked on a share of it
+    monkeypatch.setattr(bench_machine, "allowed_cpus", lambda: {1})
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(bench_machine, "load_average", lambda: 50.0)
+    said = []
+    assert bench_machine.wait_until_quiet(max_load=0.5, max_busy_cores=None, wait_s=0, checks=0, log=said.append)
+    assert "the load average, which counts all of them, is not checked" in said[0]
+    monkeypatch.setattr(bench_machine, "allowed_cpus", lambda: {0, 1})   # the whole machine: it is
+    assert not bench_machine.wait_until_quiet(max_load=0.5, max_busy_cores=None, wait_s=0, checks=0, log=said.append)
+
+
 def test_a_save_cut_short_leaves_the_earlier_results_whole(tmp_path, monkeypatch):
     path, md = tmp_path / "r.json", tmp_path / "r.md"
     write_results(path, md, {"train_step": [_row("x", 1.0)]}, MACHINE, SETTINGS)

@@ -409,6 +409,17 @@ def test_running_out_of_memory_says_what_fits_a_run_in_less(train_cfg, monkeypat
     assert Path(cfg.paths.output_dir, "checkpoints", "crashed.ckpt").exists()
 
 
+def test_loader_workers_out_of_shared_memory_say_how_to_give_them_more(train_cfg, monkeypatch, caplog):
+    """In a container /dev/shm is 64 MB by default: torch's own message names a file in it."""
+    cfg = train_cfg(*COMMON, "max_iters=4")
+    fail_at_step(monkeypatch, 2, RuntimeError("unable to write to file </torch_2345_3071893456_0>: No space left "
+                                              "on device (28)"))
+    with pytest.raises(RuntimeError):
+        run_training(cfg)
+    assert "ran out of shared memory (/dev/shm" in caplog.text and "--shm-size=8g" in caplog.text
+    assert "data.num_workers, now 0" in caplog.text
+
+
 def test_an_operation_without_a_deterministic_kernel_names_the_setting_that_runs_it(train_cfg, monkeypatch, caplog):
     cfg = train_cfg(*COMMON, "max_iters=4", "trainer.deterministic=true")
     fail_at_step(monkeypatch, 2, RuntimeError("reflection_pad2d_backward_cuda does not have a deterministic "

@@ -891,6 +891,19 @@ def test_each_half_of_a_side_by_side_jpeg_is_decoded_to_more_than_its_resize(tmp
     assert widths and min(widths) > 64, widths
 
 
+def test_the_image_tools_start_a_process_per_cpu_the_job_may_use(monkeypatch):
+    """On a 128-core node a SLURM job of 8 cores was given 128 decoding processes
+    (os.cpu_count() counts the node)."""
+    import argparse
+
+    from src.data import folder_tools
+    monkeypatch.setattr(os, "cpu_count", lambda: 128)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    parser = argparse.ArgumentParser()
+    folder_tools.add_reading_arguments(parser)
+    assert parser.parse_args([]).workers == 8
+
+
 def test_grayscale_channels_in_batches(tmp_path):
     root = tmp_path / "gray"
     for folder in ("trainA", "trainB", "testA", "testB"):

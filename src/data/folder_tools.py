@@ -55,8 +55,16 @@ def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not convert colour profiles to sRGB (++data.to_srgb=false in a run)")
     parser.add_argument("--bit-depth", type=int, default=16, choices=range(8, 17), metavar="8..16",
                         help="bits of the samples of 16-bit files (data.bit_depth; default 16)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="processes reading in parallel (default: one per CPU core)")
+    parser.add_argument("--workers", type=int, default=usable_cpus(),
+                        help="processes reading in parallel (default: one per CPU core this process may use)")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: a SLURM job's or a container's share of a node, where
+    os.cpu_count() counts the whole node (128 decoding processes on an 8-core allocation)."""
+    if hasattr(os, "sched_getaffinity"):   # Linux; macOS and Windows have no affinity to read
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def reading_settings(args: argparse.Namespace) -> dict:

@@ -26,13 +26,37 @@ def load_average() -> float:
         return float(f.read().split()[0])
 
 
+def allowed_cpus() -> set[int] | None:
+    """The CPUs this process may run on (a SLURM job's or a container's share of a node), or None
+    where the system does not say."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+
+
+def busy_cpu_seconds(stat: str, cpus: set[int] | None = None) -> float:
+    """From /proc/stat's text, the seconds the CPUs `cpus` (None: all together) spent on anything
+    but idle/iowait since boot: on a shared node, other jobs' CPUs are not this run's business."""
+    rows = {name: [int(v) for v in values] for name, *values in (line.split() for line in stat.splitlines())
+            if name.startswith("cpu")}
+    wanted = [rows["cpu"]] if cpus is None else [rows[f"cpu{cpu}"] for cpu in cpus if f"cpu{cpu}" in rows]
+    busy = 0
+    for fields in wanted:
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        # guest time is already counted in user time; summing the first 8 fields avoids double counting
+        busy += sum(fields[:8]) - idle
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def _busy_cpu_seconds() -> float:
-    """Seconds all CPUs together spent on anything but idle/iowait since boot."""
+    """Seconds the CPUs this process may use spent on anything but idle/iowait since boot."""
     with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    # guest time is already counted in user time; summing the first 8 fields avoids double counting
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+        return busy_cpu_seconds(f.read(), allowed_cpus())
+
+
+def load_is_the_nodes() -> bool:
+    """Whether this process may use only some of the machine's CPUs: the load average then counts
+    other jobs' processes on the others."""
+    allowed = allowed_cpus()
+    return allowed is not None and len(allowed) < (os.cpu_count() or 0)
 
 
 def _own_cpu_seconds() -> float:
@@ -65,7 +89,8 @@ class ForeignCpuMeter:
 
 
 def busy_cores(sample_s: float = 3.0) -> float:
-    """Cores in use by any process right now, averaged over `sample_s` seconds (we sleep meanwhile)."""
+    """Cores in use by any process right now, of those this process may use, averaged over
+    `sample_s` seconds (we sleep meanwhile)."""
     start = _busy_cpu_seconds()
     time.sleep(sample_s)
     return (_busy_cpu_seconds() - start) / sample_s
@@ -75,9 +100,14 @@ def wait_until_quiet(max_load: float | None, max_busy_cores: float | None, wait_
                      log: Callable[[str], None] = print) -> bool:
     """Wait (up to `checks` times `wait_s` seconds) until the machine looks idle.
 
-    Quiet means: 1-minute load average below `max_load` (skipped when None) AND cores in use
-    right now below `max_busy_cores` (skipped when None). Returns whether it got quiet.
+    Quiet means: 1-minute load average below `max_load` (skipped when None, and on a share of a
+    node, where it counts other jobs) AND cores in use right now, of those this process may use,
+    below `max_busy_cores` (skipped when None). Returns whether it got quiet.
     """
+    if max_load is not None and load_is_the_nodes():
+        log(f"this process may use {len(allowed_cpus())} of the machine's {os.cpu_count()} CPUs: the load average, "
+            f"which counts all of them, is not checked")
+        max_load = None
     for attempt in range(checks + 1):
         load = load_average()
         busy = busy_cores() if max_busy_cores is not None else 0.0

@@ -155,6 +155,15 @@ OUT_OF_MEMORY_HINT = (
     "each model's peak memory.")
 
 
+#: how torch words a loader worker's shared memory running out (/dev/shm, where workers hand
+#: batches over; a container's default is 64 MB)
+SHARED_MEMORY_WORDS = ("unable to write to file </torch_", "out of shared memory", "insufficient shared memory")
+SHARED_MEMORY_HINT = (
+    "The data loader's workers ran out of shared memory (/dev/shm, where they hand batches over to the training "
+    "process; a container's default is 64 MB). Give the container more (docker run --shm-size=8g, or --ipc=host), "
+    "or use fewer workers (data.num_workers, now %s) or smaller batches.")
+
+
 def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     """Trainer arguments, with `max_iters` (training iterations) turned into optimizer steps."""
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -434,6 +443,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         exit_code = 1
         if is_out_of_memory(error):
             log.error(OUT_OF_MEMORY_HINT, cfg.data.get("batch_size"))
+        elif any(words in str(error) for words in SHARED_MEMORY_WORDS):
+            log.error(SHARED_MEMORY_HINT, cfg.data.get("num_workers"))
         elif "does not have a deterministic implementation" in str(error):
             log.error("trainer.deterministic=%s stops at an operation torch has no deterministic kernel for on this "
                       "device (above). trainer.deterministic=warn takes the deterministic kernels where there are "
