@@ -11,6 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from src.data.errors import ImageReadError
+from src.utils.environment import allowed_cpus
 
 #: What a tool's input can be wrong with: a missing or empty folder, a dataset not downloaded,
 #: an output that exists, an unreadable image, an impossible option. Each message names the path
@@ -60,11 +61,9 @@ def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def usable_cpus() -> int:
-    """The CPUs this process may run on: a SLURM job's or a container's share of a node, where
-    os.cpu_count() counts the whole node (128 decoding processes on an 8-core allocation)."""
-    if hasattr(os, "sched_getaffinity"):   # Linux; macOS and Windows have no affinity to read
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
+    """How many CPUs this process may run on (`allowed_cpus`: 8 of a 128-core node for `srun -c
+    8`, where os.cpu_count() says 128)."""
+    return len(allowed_cpus() or ()) or os.cpu_count() or 1
 
 
 def reading_settings(args: argparse.Namespace) -> dict:

@@ -19,17 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from src.utils.environment import allowed_cpus
+
 
 def load_average() -> float:
     """The 1-minute load average (runnable processes, averaged over the last minute)."""
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])
-
-
-def allowed_cpus() -> set[int] | None:
-    """The CPUs this process may run on (a SLURM job's or a container's share of a node), or None
-    where the system does not say."""
-    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
 
 
 def busy_cpu_seconds(stat: str, cpus: set[int] | None = None) -> float:

@@ -1,10 +1,17 @@
-"""Environment variables set for a while (stdlib only: imported before torch, whose CUDA
-allocator reads its settings from the environment when it loads)."""
+"""The process's environment: variables set for a while, and the CPUs it may run on (stdlib
+only: imported before torch, whose CUDA allocator reads its settings from the environment when
+it loads)."""
 from __future__ import annotations
 
 import contextlib
 import os
 from collections.abc import Iterable
+
+
+def allowed_cpus() -> set[int] | None:
+    """The CPUs this process may run on: a SLURM job's or a container's share of a node, where
+    os.cpu_count() counts the whole node. None where the system does not say (macOS, Windows)."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
 
 
 @contextlib.contextmanager
