@@ -1341,8 +1341,11 @@ def test_download_extracts_into_root_name(tmp_path, monkeypatch, capsys):
     assert download.download("toy_copy", root) == root / "toy_copy"
     for name in ("toy", "toy_copy"):
         assert sorted(p.name for p in (root / name).iterdir()) == ["testA", "testB", "trainA", "trainB"]
+    stale = root / ".toy-killed-again"   # killed, while a later download filled the folder
+    stale.mkdir()
+    os.utime(stale, (time.time() - 2 * download.STALE_SCRATCH_S,) * 2)
     assert download.download("toy", root) == root / "toy"  # present: nothing to do
-    assert "nothing to do" in capsys.readouterr().out
+    assert "nothing to do" in capsys.readouterr().out and not stale.exists()
     assert sorted(p.name for p in root.iterdir()) == ["toy", "toy_copy"]  # no scratch left
 
     # A broken archive names its URL; the command prints one line and fails.

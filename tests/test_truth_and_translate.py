@@ -773,6 +773,11 @@ def test_a_size_the_generator_cannot_translate_names_the_file_and_the_sizes_it_c
     assert not (tmp_path / "out" / "fine.png").exists()
     with pytest.raises(ValueError, match=r"export_size=2: .* 8x8; set export_size to one of them"):
         run_translation(translate_cfg(ckpt_path=ckpt, export="torchscript", export_size=2, output=str(tmp_path / "x")))
+    # a model from Python keeps its mode (and device) when its export is refused
+    model = load_model(ckpt).train()
+    with pytest.raises(ValueError, match="set export_size to one of them"):
+        export_translation(model, "AtoB", "torchscript", tmp_path / "x", size=2)
+    assert model.G_A.training
 
 
 # -- export ---------------------------------------------------------------------------------------

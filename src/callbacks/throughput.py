@@ -32,7 +32,8 @@ FETCH_ACTION = "train_dataloader_next"
 
 
 def peak_gpu_gb(device: torch.device) -> float:
-    """The most memory torch's tensors have held on this CUDA device so far, in GiB."""
+    """The most memory torch's tensors have held on this CUDA device since the fit's training
+    began (AdversarialModel.on_train_start resets the mark), in GiB."""
     return torch.cuda.max_memory_allocated(device) / 2**30
 
 

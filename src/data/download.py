@@ -321,6 +321,11 @@ def download(name: str, root: str | Path) -> Path:
     target = Path(root) / name
     if source.url is None:
         raise RuntimeError(f"{name} cannot be downloaded automatically. {how_to_get(name, target)}")
+    # Resolved: where data/<name> is a link to scratch storage, the data goes to the link's target
+    # (a rename onto the link itself fails), built beside it on the same file system.
+    destination = target.resolve()
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_scratch(destination.parent, name)   # also where the dataset is in place by now
     if target.is_dir() and any(target.iterdir()):
         missing = missing_folders(target, source.layout)
         if not missing:
@@ -328,11 +333,6 @@ def download(name: str, root: str | Path) -> Path:
             return target
         raise DownloadError(f"{target} exists but lacks {', '.join(missing)}. "
                             f"{how_to_get(name, target)}")
-    # Resolved: where data/<name> is a link to scratch storage, the data goes to the link's target
-    # (a rename onto the link itself fails), built beside it on the same file system.
-    destination = target.resolve()
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_scratch(destination.parent, name)
     # Work in a scratch folder next to the target so the final move is a cheap rename and an
     # interrupted download never leaves a half-filled dataset folder behind.
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=destination.parent) as scratch:

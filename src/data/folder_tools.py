@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from src.data.errors import ImageReadError
-from src.utils.environment import allowed_cpus
+from src.utils.environment import usable_cpus
 
 #: What a tool's input can be wrong with: a missing or empty folder, a dataset not downloaded,
 #: an output that exists, an unreadable image, an impossible option. Each message names the path
@@ -58,12 +57,6 @@ def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bits of the samples of 16-bit files (data.bit_depth; default 16)")
     parser.add_argument("--workers", type=int, default=usable_cpus(),
                         help="processes reading in parallel (default: one per CPU core this process may use)")
-
-
-def usable_cpus() -> int:
-    """How many CPUs this process may run on (`allowed_cpus`: 8 of a 128-core node for `srun -c
-    8`, where os.cpu_count() says 128)."""
-    return len(allowed_cpus() or ()) or os.cpu_count() or 1
 
 
 def reading_settings(args: argparse.Namespace) -> dict:

@@ -5,8 +5,8 @@ Timings on a shared CPU are only worth keeping when nothing else runs: a second 
 process on the other core slows a training step 7-25x. Two views of "busy" are used:
 
 - the 1-minute load average (`/proc/loadavg`), the usual rule of thumb before a run;
-- the CPU time other processes used while we measured: all CPUs' busy time from `/proc/stat`
-  minus this process's own CPU time, over the same wall-clock window. Unlike the load average
+- the CPU time other processes used while we measured: the busy time of the CPUs this process
+  may use (all of them, or a job's share of a node) from `/proc/stat` minus its own CPU time, over the same wall-clock window. Unlike the load average
   it is not smeared over a minute, so it does not count our own previous configuration.
 """
 from __future__ import annotations
@@ -46,13 +46,6 @@ def _busy_cpu_seconds() -> float:
     """Seconds the CPUs this process may use spent on anything but idle/iowait since boot."""
     with open("/proc/stat") as f:
         return busy_cpu_seconds(f.read(), allowed_cpus())
-
-
-def load_is_the_nodes() -> bool:
-    """Whether this process may use only some of the machine's CPUs: the load average then counts
-    other jobs' processes on the others."""
-    allowed = allowed_cpus()
-    return allowed is not None and len(allowed) < (os.cpu_count() or 0)
 
 
 def _own_cpu_seconds() -> float:
@@ -100,8 +93,9 @@ def wait_until_quiet(max_load: float | None, max_busy_cores: float | None, wait_
     node, where it counts other jobs) AND cores in use right now, of those this process may use,
     below `max_busy_cores` (skipped when None). Returns whether it got quiet.
     """
-    if max_load is not None and load_is_the_nodes():
-        log(f"this process may use {len(allowed_cpus())} of the machine's {os.cpu_count()} CPUs: the load average, "
+    allowed = allowed_cpus()
+    if max_load is not None and allowed is not None and len(allowed) < (os.cpu_count() or 0):
+        log(f"this process may use {len(allowed)} of the machine's {os.cpu_count()} CPUs: the load average, "
             f"which counts all of them, is not checked")
         max_load = None
     for attempt in range(checks + 1):

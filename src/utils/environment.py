@@ -14,6 +14,12 @@ def allowed_cpus() -> set[int] | None:
     return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
 
 
+def usable_cpus() -> int:
+    """How many CPUs this process may run on (`allowed_cpus`: 8 of a 128-core node for `srun -c
+    8`, where os.cpu_count() says 128)."""
+    return len(allowed_cpus() or ()) or os.cpu_count() or 1
+
+
 @contextlib.contextmanager
 def environment_restored(names: Iterable[str]):
     """The environment variables `names` as they were before the block (unset where they were)."""

@@ -145,14 +145,14 @@ def export_translation(model: TranslationModel, direction: str, fmt: str, output
     # Traced and checked on the CPU, where the runners run the exported graph: on a GPU, cuDNN's
     # TF32 convolutions (torch's default) would move the reference by ~1e-3, past the tolerance,
     # and a trace would record the CUDA device into the TorchScript graph.
-    graph.cpu().eval()
-    path = export_path(output_dir, direction, fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    example = example_input(model, direction, size)
-    check_translation_size(model, direction, *example.shape[-2:], what=f"export_size={size}",
-                           fix="set export_size to one of them")
-    other = second_input(example, size_multiple(model, direction))
     try:
+        graph.cpu().eval()
+        path = export_path(output_dir, direction, fmt)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        example = example_input(model, direction, size)
+        check_translation_size(model, direction, *example.shape[-2:], what=f"export_size={size}",
+                               fix="set export_size to one of them")
+        other = second_input(example, size_multiple(model, direction))
         with torch.no_grad():
             expected = graph(example)
             try:

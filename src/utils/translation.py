@@ -155,7 +155,7 @@ def group_by_size(paths: list[Path], short_side: int | None = None,
     return groups
 
 
-def fixed_translation_size(size, short_side: int | None) -> tuple[int, int] | None:
+def fixed_translation_size(size: int | Sequence[int] | None, short_side: int | None) -> tuple[int, int] | None:
     """translate.py's `size` as (height, width): one number for a square, or [height, width];
     ValueError naming the setting for anything else, or beside `short_side`."""
     if size is None:
@@ -206,7 +206,8 @@ def out_of_memory(chunk: list[Path], size: tuple[int, int], short_side: int | No
 
 def translate_images(model: TranslationModel, paths: list[str | Path], direction: str = "AtoB",
                      batch_size: int = 8, device: str | torch.device | None = None,
-                     short_side: int | None = None, size=None) -> Iterator[tuple[Path, np.ndarray]]:
+                     short_side: int | None = None, size: int | Sequence[int] | None = None
+                     ) -> Iterator[tuple[Path, np.ndarray]]:
     """Translate image files; yields (path, HxWxC uint8 output the size of the input, or of the
     input scaled to a shorter side of `short_side` px: the scale the model was trained at, or of
     `size` (px, a square, or [height, width]), every input squashed to it: what a model trained
@@ -244,24 +245,24 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
     reduced_decode = (model.training_data.get("reduced_jpeg_decode", True)
                       and model.training_data.get("preprocess", "resize_and_crop") == "resize_and_crop")
 
-    def read(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    def read(path: Path, scaled: tuple[int, int]) -> torch.Tensor:
         if short_side is None and fixed is None:
             return to_tensor(load_image(path, channels, **reading))
-        image = load_image(path, channels, decode_at_least=size if reduced_decode else None, **reading)
-        return to_tensor(resize_image(image, *size, interpolation))
+        image = load_image(path, channels, decode_at_least=scaled if reduced_decode else None, **reading)
+        return to_tensor(resize_image(image, *scaled, interpolation))
 
     def generate() -> Iterator[tuple[Path, np.ndarray]]:
-        for size, group in groups.items():
+        for group_size, group in groups.items():
             for start in range(0, len(group), batch_size):
                 chunk = group[start:start + batch_size]
-                batch = torch.stack([read(path, size) for path in chunk]).to(device)
+                batch = torch.stack([read(path, group_size) for path in chunk]).to(device)
                 padded, box = pad_to_multiple(batch, multiple)
                 try:
                     translated = model.translate(padded, direction)
                 except (RuntimeError, MemoryError) as error:   # torch.OutOfMemoryError is a RuntimeError
                     if not is_out_of_memory(error):
                         raise
-                    raise out_of_memory(chunk, size, short_side, fixed) from error
+                    raise out_of_memory(chunk, group_size, short_side, fixed) from error
                 yield from zip(chunk, to_uint8_images(crop_to_box(translated, box)))
 
     return generate()
