@@ -1004,6 +1004,24 @@ def test_an_unseeded_run_after_a_seeded_one_leaves_lightning_no_seed_to_reseed_r
     assert seen == ["42", None] and not {"PL_GLOBAL_SEED", "PL_SEED_WORKERS"} & set(os.environ)
 
 
+def test_a_run_gives_back_the_ctrl_c_handler_lightning_left_ignored(train_cfg, monkeypatch):
+    """A Ctrl-C that stops a fit makes Lightning ignore SIGINT, and it gives the handler back only
+    where the fit had installed its own: a notebook interrupted during setup lost its interrupt
+    key for good."""
+    before, fit = signal.getsignal(signal.SIGINT), pl.Trainer.fit
+
+    def fit_that_leaves_ctrl_c_ignored(self, *args, **kwargs):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # what Lightning's KeyboardInterrupt handling does
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(pl.Trainer, "fit", fit_that_leaves_ctrl_c_ignored)
+    try:
+        run_module.run_training(train_cfg("model=pix2pix", "data=shapes_paired", "max_iters=1", *NO_EVALUATION))
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_a_ddp_launch_leaves_a_multiruns_later_jobs_the_processs_threads(train_cfg, monkeypatch):
     """Lightning's DDP launcher gives rank 0 its share of the cores (torch's threads, and
     OMP_NUM_THREADS where unset: `_set_num_threads_if_needed`); nothing gave them back, and a

@@ -10,6 +10,8 @@ default and the checkpoint it resolved for its ranks."""
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 
 import torch
 
@@ -23,8 +25,12 @@ RUN_SET_ENVIRONMENT = ("CUBLAS_WORKSPACE_CONFIG", "WANDB_MODE", "PL_GLOBAL_SEED"
 
 @contextlib.contextmanager
 def process_state_restored():
-    """Torch's global backend flags, its thread count and the run's environment variables as they
-    were before."""
+    """Torch's global backend flags, its thread count, the run's environment variables and the
+    Ctrl-C handler as they were before. (Lightning ignores SIGINT once a Ctrl-C stops a fit, and
+    gives the handler back only where the fit had got as far as installing its own: a notebook
+    interrupted during setup lost its interrupt key for good.)"""
+    in_main_thread = threading.current_thread() is threading.main_thread()   # (signals live there)
+    ctrl_c = signal.getsignal(signal.SIGINT) if in_main_thread else None
     threads = torch.get_num_threads()
     cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     deterministic = (torch.are_deterministic_algorithms_enabled(),
@@ -36,3 +42,5 @@ def process_state_restored():
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         torch.set_num_threads(threads)
+        if ctrl_c is not None:
+            signal.signal(signal.SIGINT, ctrl_c)
