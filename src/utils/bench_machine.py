@@ -28,9 +28,10 @@ def load_average() -> float:
         return float(f.read().split()[0])
 
 
-def busy_cpu_seconds(stat: str, cpus: set[int] | None = None) -> float:
-    """From /proc/stat's text, the seconds the CPUs `cpus` (None: all together) spent on anything
-    but idle/iowait since boot: on a shared node, other jobs' CPUs are not this run's business."""
+def busy_cpu_ticks(stat: str, cpus: set[int] | None = None) -> int:
+    """From /proc/stat's text, the clock ticks the CPUs `cpus` (None: all together) spent on
+    anything but idle/iowait since boot: on a shared node, other jobs' CPUs are not this run's
+    business."""
     rows = {name: [int(v) for v in values] for name, *values in (line.split() for line in stat.splitlines())
             if name.startswith("cpu")}
     wanted = [rows["cpu"]] if cpus is None else [rows[f"cpu{cpu}"] for cpu in cpus if f"cpu{cpu}" in rows]
@@ -39,13 +40,13 @@ def busy_cpu_seconds(stat: str, cpus: set[int] | None = None) -> float:
         idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
         # guest time is already counted in user time; summing the first 8 fields avoids double counting
         busy += sum(fields[:8]) - idle
-    return busy / os.sysconf("SC_CLK_TCK")
+    return busy
 
 
 def _busy_cpu_seconds() -> float:
     """Seconds the CPUs this process may use spent on anything but idle/iowait since boot."""
     with open("/proc/stat") as f:
-        return busy_cpu_seconds(f.read(), allowed_cpus())
+        return busy_cpu_ticks(f.read(), allowed_cpus()) / os.sysconf("SC_CLK_TCK")
 
 
 def _own_cpu_seconds() -> float:
