@@ -50,10 +50,15 @@ def pool_latent(z: torch.Tensor, pool: str) -> torch.Tensor:
     return z.flatten(1)
 
 
+def several_ranks() -> bool:
+    """Whether this process is one of several in an initialised process group."""
+    return (torch.distributed.is_available() and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1)
+
+
 def gather_rows(rows: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's rows (sizes may differ, zero included) in rank order."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
-            or torch.distributed.get_world_size() == 1:
+    if not several_ranks():
         return rows
     return torch.cat(gather_all_tensors(rows.contiguous()))
 
@@ -62,8 +67,7 @@ def widths_on_every_rank(widths: set[int], device: torch.device) -> set[int]:
     """The narrowest and widest of every rank's code widths (`widths`: this rank's): ranks decide
     together whether the codes mix widths, since one raising alone would leave the others waiting
     in the gather."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
-            or torch.distributed.get_world_size() == 1:
+    if not several_ranks():
         return widths
     span = torch.tensor([min(widths), max(widths)], device=device)
     return {int(width) for width in torch.cat(gather_all_tensors(span)).tolist()}

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from src.utils.image_grid import from_uint8_levels
+
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
 
 # The generators halve the resolution twice (ResNet) and must upsample back to the same size,
@@ -133,8 +135,7 @@ def _geometry(preprocess: str, load_size: int, crop_size: int, train: bool,
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """HxWxC uint8 -> CxHxW float32 in [-1, 1] (0 -> -1, 255 -> 1)."""
-    chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    return chw.float().div_(127.5).sub_(1.0)
+    return from_uint8_levels(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
 
 
 def draw_seed() -> int:

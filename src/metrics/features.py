@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from src.utils.image_grid import to_uint8_levels
+from src.utils.image_grid import from_uint8_levels, to_uint8_levels
 from src.utils.rng import isolated_rng
 
 FEATURE_EXTRACTORS = ("inception", "random_cnn")
@@ -102,7 +102,7 @@ class RandomCNNFeatures(FrozenExtractor):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # On the 256 levels of an image file, as Inception's input: real images come from files,
         # and a generator's float outputs would otherwise be scored as no saved image is.
-        x = to_uint8_levels(to_rgb(images)).float().div_(127.5).sub_(1.0)
+        x = from_uint8_levels(to_uint8_levels(to_rgb(images)))
         pooled = []
         for stage in self.stages:
             x = stage(x)

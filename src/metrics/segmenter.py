@@ -27,6 +27,7 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
+from src.utils.accelerator import is_out_of_memory
 from src.utils.whole_files import whole_zip_archive
 
 
@@ -86,7 +87,6 @@ class Segmenter:
             try:
                 scores = self.module(image)
             except Exception as error:   # an export made for another size or batch
-                from src.utils.translation import is_out_of_memory   # not at import: it imports the models
                 if is_out_of_memory(error):   # the device's, not the export's: said as it is
                     raise
                 raise ValueError(f"{self.key}={self.path} cannot segment a {tuple(image.shape)} image: {error}. "

@@ -1,4 +1,5 @@
-"""Which accelerator a trainer config trains on here, as Lightning resolves `auto` and `gpu`."""
+"""Which accelerator a trainer config trains on here, as Lightning resolves `auto` and `gpu`; and whether
+an error is a device or host running out of memory."""
 import torch
 from lightning_fabric.accelerators import MPSAccelerator
 
@@ -20,3 +21,14 @@ def resolved_accelerator(trainer_cfg: dict) -> str:
     if MPSAccelerator.is_available():
         return "mps"
     return "cuda" if accelerator == "gpu" or torch.cuda.is_available() else "cpu"
+
+
+#: how CUDA's, the CPU's (Linux, Windows) and MPS's allocators word running out of memory
+OUT_OF_MEMORY_WORDS = ("can't allocate memory", "not enough memory", "out of memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is a device or host allocator running out of memory (the CPU's and MPS's
+    raise plain RuntimeErrors, told apart by their words)."""
+    return (isinstance(error, (torch.OutOfMemoryError, MemoryError))
+            or any(words in str(error) for words in OUT_OF_MEMORY_WORDS))

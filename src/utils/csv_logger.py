@@ -162,8 +162,7 @@ class StepRowsCSVLogger(CSVLogger):
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        if self._experiment is not None:
-            self._experiment.save(hold_latest=False)
+        self._write_every_row()
         super().finalize(status)
 
     @rank_zero_only
@@ -172,5 +171,9 @@ class StepRowsCSVLogger(CSVLogger):
         # a save (held back as the latest step's row) would otherwise wait for the next loss log,
         # and a process killed meanwhile lost it, and the resumed run does not repeat it. A
         # value the step still gets later joins its row in the file.
+        self._write_every_row()
+
+    def _write_every_row(self) -> None:
+        """The pending rows, the latest step's included."""
         if self._experiment is not None:
             self._experiment.save(hold_latest=False)

@@ -16,9 +16,13 @@ def require_float_images(images: torch.Tensor, what: str) -> None:
 
 
 def to_uint8_levels(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> the uint8 values their saved files hold (clamped, rounded); the
-    inverse of src.data.transforms.to_tensor on its values."""
+    """Images in [-1, 1] -> the uint8 values their saved files hold (clamped, rounded)."""
     return ((images.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+def from_uint8_levels(levels: torch.Tensor) -> torch.Tensor:
+    """uint8 values -> float32 in [-1, 1] (0 -> -1, 255 -> 1): the inverse of to_uint8_levels."""
+    return levels.float().div_(127.5).sub_(1.0)
 
 
 def to_uint8_images(batch: torch.Tensor) -> np.ndarray:

@@ -27,7 +27,7 @@ from src.callbacks.progress import iteration_progress_bar
 from src.callbacks.rank_seed import RankSeed
 from src.callbacks.stop_signals import RequeueStop, StopSignals
 from src.models.checkpoint_fit import check_resume_settings, resumed_checkpoint
-from src.utils.accelerator import resolved_accelerator
+from src.utils.accelerator import is_out_of_memory, resolved_accelerator
 from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_job, set_aside_abandoned_checkpoints
 from src.utils.checkpoint_io import DurableCheckpointIO
 from src.utils.code_version import git_revision
@@ -43,7 +43,6 @@ from src.utils.process_state import process_state_restored
 from src.utils.run_results import completed_metrics
 from src.utils.tensorboard_logger import purge_step, with_purge_step
 from src.utils.training_config import ROOT_DIR
-from src.utils.translation import is_out_of_memory
 from src.utils.unread_overrides import refuse_unread_overrides
 from src.utils.wandb_run import WandbRunIdCallback, finish_wandb_run, is_wandb_node, with_wandb_identity
 

@@ -24,6 +24,7 @@ from src.data.image_io import PIXEL_READING_KEYS, load_image, save_image, uprigh
 from src.data.transforms import resize_image, short_side_size, to_tensor
 from src.models.base import TranslationModel
 from src.models.size_check import check_translation_size
+from src.utils.accelerator import is_out_of_memory
 from src.utils.config_checks import require_int
 from src.utils.directions import DIRECTIONS
 from src.utils.image_grid import to_uint8_images
@@ -181,24 +182,17 @@ def save_png(image: np.ndarray, path: str | Path) -> None:
     save_image(image, path, format="PNG")
 
 
-#: how CUDA's, the CPU's (Linux, Windows) and MPS's allocators word running out of memory
-OUT_OF_MEMORY_WORDS = ("can't allocate memory", "not enough memory", "out of memory")
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """Whether `error` is a device or host allocator running out of memory (the CPU's and MPS's
-    raise plain RuntimeErrors, told apart by their words)."""
-    return (isinstance(error, (torch.OutOfMemoryError, MemoryError))
-            or any(words in str(error) for words in OUT_OF_MEMORY_WORDS))
-
-
 def out_of_memory(chunk: list[Path], size: tuple[int, int], short_side: int | None,
                   fixed: tuple[int, int] | None = None) -> MemoryError:
     """The error of a batch too large for the device, with the images and the settings that fit it
     (a phone's 12 MP photo through a ResNet generator takes several GB of activations)."""
-    scale = ("translate at the scale the model was trained at with short_side=N (its data.load_size, e.g. 286)"
-             if short_side is None and fixed is None else
-             f"lower short_side={short_side}" if fixed is None else f"lower size={list(fixed)}")
+    # (fixed_translation_size refuses size beside short_side: one of them at most is set)
+    if fixed is not None:
+        scale = f"lower size={list(fixed)}"
+    elif short_side is not None:
+        scale = f"lower short_side={short_side}"
+    else:
+        scale = "translate at the scale the model was trained at with short_side=N (its data.load_size, e.g. 286)"
     return MemoryError(f"translating {len(chunk)} image(s) of {size[0]}x{size[1]} px ({chunk[0]}"
                        f"{' and others' if len(chunk) > 1 else ''}) ran out of memory: {scale}, or pass "
                        f"batch_size=1")
