@@ -20,7 +20,7 @@ from src.models.checkpoint_fit import check_checkpoint_file  # noqa: E402
 from src.utils.checkpoint_loading import load_model  # noqa: E402
 from src.utils.export import check_export_format, export_path, export_translation  # noqa: E402
 from src.data.folders import output_paths, refuse_existing_outputs  # noqa: E402
-from src.utils.config_checks import check_seed  # noqa: E402
+from src.utils.config_checks import check_seed, require_bool  # noqa: E402
 from src.utils.rng import isolated_rng  # noqa: E402
 from src.utils.translation import (check_direction, list_input_images, resolve_device, save_png,  # noqa: E402
                                    translate_images)
@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 
 
 def run_translation(cfg: DictConfig) -> dict:
-    """Translate `cfg.input` into `cfg.output` (and export); returns what was written, and with
-    which weights ("ema": the generators' average of a run that kept one, or "trained")."""
+    """Translate `cfg.input` into `cfg.output` (and export); returns what was written, what was
+    kept (skip_existing), and with which weights ("ema": the generators' average of a run that kept
+    one, or "trained")."""
     if not cfg.get("ckpt_path"):
         raise ValueError("ckpt_path is required: ckpt_path=path/to/checkpoints/last.ckpt (written by src/train.py)")
     check_checkpoint_file(cfg.ckpt_path)
@@ -43,16 +44,45 @@ def run_translation(cfg: DictConfig) -> dict:
     if paths and Path(cfg.input).is_dir() and Path(cfg.output).resolve().is_relative_to(Path(cfg.input).resolve()):
         raise ValueError(f"output={cfg.output} lies inside input={cfg.input}: a later run on that input would "
                          f"translate these outputs too; write them elsewhere")
-    if not cfg.get("overwrite", False):
-        exported = [export_path(cfg.output, cfg.direction, cfg.export)] if cfg.get("export") else []
-        refuse_existing_outputs([*targets.values(), *exported], "pass overwrite=true to replace them")
+    paths, skipped, skip_export = outputs_to_write(cfg, paths, targets)
     device = resolve_device(cfg.get("device", "auto"))
     check_seed("seed", cfg.get("seed"))
     with isolated_rng(device, cfg.get("seed")):
-        return translate_and_export(cfg, paths, targets, device)
+        return {**translate_and_export(cfg, paths, targets, device, skip_export), "skipped": skipped}
 
 
-def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path, Path], device: torch.device) -> dict:
+def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Path]
+                     ) -> tuple[list[Path], list[str], bool]:
+    """What to do about output files that exist already: refuse them (the default: another run's
+    outputs would be replaced or mixed in with these), replace them (`overwrite`), or keep them
+    and translate only the inputs without one (`skip_existing`: an interrupted folder translation
+    continues; outputs are written whole, so one that exists is complete). Returns the inputs to
+    translate, the outputs kept, and whether the export is kept."""
+    overwrite, skip_existing = cfg.get("overwrite", False), cfg.get("skip_existing", False)
+    require_bool("overwrite", overwrite)
+    require_bool("skip_existing", skip_existing)
+    if overwrite and skip_existing:
+        raise ValueError("overwrite=true replaces the outputs that exist and skip_existing=true keeps them: "
+                         "pass one of them")
+    exported = [export_path(cfg.output, cfg.direction, cfg.export)] if cfg.get("export") else []
+    if overwrite:
+        return paths, [], False
+    if not skip_existing:
+        refuse_existing_outputs([*targets.values(), *exported], "pass overwrite=true to replace them, or "
+                                "skip_existing=true to translate only the inputs without one")
+        return paths, [], False
+    kept = [path for path in paths if targets[path].exists()]
+    if kept:
+        log.info("skip_existing: %d of %d input(s) have their output in %s already (kept, not translated "
+                 "again)", len(kept), len(paths), cfg.output)
+    skip_export = bool(exported) and exported[0].exists()
+    if skip_export:
+        log.info("skip_existing: %s exists already (kept, not exported again)", exported[0])
+    return [path for path in paths if path not in set(kept)], [str(targets[path]) for path in kept], skip_export
+
+
+def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path, Path], device: torch.device,
+                         skip_export: bool = False) -> dict:
     """The body of `run_translation`, its settings checked, inside the translation's seeded RNG."""
     output_dir = Path(cfg.output)
     model = load_model(cfg.ckpt_path, map_location=device, use_ema=cfg.get("use_ema", True))
@@ -71,7 +101,7 @@ def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path,
         log.info("Translated %d image(s) %s into %s", len(written), cfg.direction, output_dir)
 
     report = None
-    if cfg.get("export"):
+    if cfg.get("export") and not skip_export:
         report = export_translation(model, cfg.direction, cfg.export, output_dir, size=cfg.export_size)
     return {"written": written, "export": report, "weights": model.loaded_weights}
 

@@ -699,6 +699,34 @@ def test_translate_refuses_existing_outputs_unless_told_to_replace_them(smoke_ru
     assert (tmp_path / "elsewhere.png").read_bytes() == b"kept"
 
 
+def test_skip_existing_continues_an_interrupted_translation(smoke_runs, tmp_path):
+    """skip_existing=true translates only the inputs without an output (what a killed run left to
+    do) and leaves the outputs there untouched, an existing export too; beside overwrite=true, which
+    contradicts it, it is refused before anything is written."""
+    write_odd_inputs(tmp_path / "in")
+    ckpt, out = str(smoke_runs["cyclegan"].ckpt), tmp_path / "out"
+    settings = dict(ckpt_path=ckpt, input=str(tmp_path / "in"), output=str(out), export="torchscript")
+    first = run_translation(translate_cfg(**settings))
+    complete = {Path(path).name: np.asarray(Image.open(path), dtype=int) for path in first["written"]}
+    (out / "gray.png").unlink()
+    (out / "rgb.png").unlink()
+    (out / "rgba.png").write_bytes(b"a kept output")
+    graph = out / "generator_AtoB.pt"
+    graph.write_bytes(b"a kept graph")
+    with pytest.raises(ValueError, match="overwrite=true replaces .* skip_existing=true keeps them: pass one"):
+        run_translation(translate_cfg(**settings, overwrite=True, skip_existing=True))
+    with pytest.raises(ValueError, match="skip_existing='yes' must be true or false"):
+        run_translation(translate_cfg(**settings, skip_existing="yes"))
+    assert not (out / "gray.png").exists()
+    second = run_translation(translate_cfg(**settings, skip_existing=True))
+    assert sorted(Path(path).name for path in second["written"]) == ["gray.png", "rgb.png"]
+    assert sorted(Path(path).name for path in second["skipped"]) == ["portrait.png", "rgba.png"]
+    assert second["export"] is None and graph.read_bytes() == b"a kept graph"
+    assert (out / "rgba.png").read_bytes() == b"a kept output"
+    for name in ("gray.png", "rgb.png", "portrait.png"):   # as the first run wrote them (batched otherwise)
+        assert np.abs(np.asarray(Image.open(out / name), dtype=int) - complete[name]).max() <= 1
+
+
 @pytest.mark.parametrize("where", ["directory", "contents"])
 def test_a_checkpoint_read_the_system_refuses_is_not_called_cut_short(smoke_runs, tmp_path, monkeypatch, where):
     """Permissions or an I/O error on a whole checkpoint: the advice to use another checkpoint
