@@ -190,7 +190,11 @@ def test_network_settings_of_the_wrong_type_are_named_by_key(train_cfg, override
     ("model.lr_schedule.constant=-1", r"model.lr_schedule.constant=-1 must be an integer >= 0 or half"),
     ("model.lr_schedule.policy=step ++model.lr_schedule.step_size=0",
      r"model.lr_schedule.step_size=0 must be a positive integer"),
-    ("model.lr_schedule.policy=step ++model.lr_schedule.gamma=-0.5", r"model.lr_schedule.gamma=-0.5 must be a number > 0"),
+    ("model.lr_schedule.policy=step ++model.lr_schedule.gamma=-0.5", r"model.lr_schedule.gamma=-0.5 must be a number in \(0, 1\]"),
+    # the rate would grow without bound, to an OverflowError mid-run
+    ("model.lr_schedule.policy=step ++model.lr_schedule.gamma=2", r"model.lr_schedule.gamma=2 must be a number in \(0, 1\]"),
+    ("model.lr_schedule.policy=exponential ++model.lr_schedule.decay_rate=0.99999",
+     r"model.lr_schedule.decay_rate=0.99999 must be a number >= 1: .* ExponentialLR\(gamma\) is decay_rate=1/gamma"),
     ("model.lr_schedule.unit=step", r"Unknown model.lr_schedule.unit 'step'"),
 ])
 def test_a_schedule_setting_it_cannot_use_stops_the_fit_at_start(train_cfg, override, message):

@@ -127,9 +127,14 @@ def check_schedule_settings(policy: str = "linear", unit: str = "epoch", constan
         if value not in ("half", None):
             require_int(f"model.lr_schedule.{key}", value, least=0, why=f" or half ({unit}s; half: half the run)")
     require_int("model.lr_schedule.step_size", step_size, why=f" ({unit}s between the rate's steps)")
-    for key, value in (("gamma", gamma), ("decay_rate", decay_rate)):
-        if not is_number(value) or value <= 0:
-            raise ValueError(f"model.lr_schedule.{key}={value!r} must be a number > 0")
+    # Either the other way round grows the rate without bound, to an OverflowError mid-run.
+    if not is_number(gamma) or not 0 < gamma <= 1:
+        raise ValueError(f"model.lr_schedule.gamma={gamma!r} must be a number in (0, 1]: the rate is multiplied by it "
+                         f"every step_size {unit}s")
+    if not is_number(decay_rate) or decay_rate < 1:
+        raise ValueError(f"model.lr_schedule.decay_rate={decay_rate!r} must be a number >= 1: the rate is divided by "
+                         f"it every {unit} (1.000004 in the GAN paper's code; torch's ExponentialLR(gamma) is "
+                         f"decay_rate=1/gamma)")
     if not is_number(min_factor) or min_factor < 0:
         raise ValueError(f"model.lr_schedule.min_factor={min_factor!r} must be a number >= 0")
 
