@@ -116,6 +116,7 @@ def test_a_fast_conv_trial_names_a_configuration_without_the_setting():
     ("warmup=-1", r"warmup=-1 must be an integer >= 0"),
     ("ab=foo", r"ab='foo' must be one of fast_conv, step_in_backward, or null"),
     ("seed=abc", r"seed='abc' must be an integer >= 0$"),
+    ("data_throughput.epochs=0", r"data_throughput.epochs=0 must be a positive integer \(passes over each dataset\)"),
 ])
 def test_settings_a_worker_would_fail_on_are_refused_before_any_starts(override, message):
     with pytest.raises(ValueError, match=message):

@@ -1506,7 +1506,7 @@ def test_shapes_concurrent_generation_is_safe(tmp_path):
 
 def test_shapes_datamodules_generate_lazily(tmp_path):
     dm = ShapesDataModule(data_dir=tmp_path / "u", size=16, n_train=5, n_test=3, batch_size=2)
-    dm.setup("fit")  # no prepare_data call
+    dm.setup()  # no prepare_data call, and no stage: every split (a notebook's call)
     batch = next(iter(dm.train_dataloader()))
     assert batch["A"].shape == (2, 3, 16, 16) and dm.paired is False
     paired = ShapesPairedDataModule(data_dir=tmp_path / "p", size=16, n_train=5, n_test=3)
@@ -1525,6 +1525,8 @@ def test_shapes_crop_size_unread_at_their_own_size_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"data.crop_size=128: the shapes images are generated at data.size=32 .* "
                                          r"set data.size=128 instead"):
         unread.setup("fit")
+    with pytest.raises(ValueError, match=r"data.crop_size=128"):
+        unread.setup()   # every stage, as a notebook's bare setup() asks: training included
     unread.setup("test")   # a run that trained so is still evaluated
     dm = ShapesDataModule(data_dir=tmp_path / "u", size=16, n_train=2, n_test=2, preprocess="crop", crop_size=8)
     assert dm.sample_batch(1, split="train")["A"].shape == (1, 3, 8, 8)

@@ -177,6 +177,7 @@ def test_schedule_settings_are_checked_with_the_key_named(train_cfg):
     for override, message in (("++model.batch_sizes.12=4", "model.batch_sizes lists resolution '12': the keys are image sides"),
                               ("++model.batch_sizes.8=0", r"model.batch_sizes.8=0 must be a positive integer \(images per device\)"),
                               ("++model.lr_by_resolution.128=-1", "model.lr_by_resolution.128=-1 must be a positive rate"),
+                              ("++model.lr_by_resolution.128=abc", "model.lr_by_resolution.128='abc' must be a positive rate"),
                               ("model.start_resolution=6", "model.start_resolution=6 must be one of")):
         cfg = train_cfg("model=stylegan", override)   # composed outside: an override Hydra refuses fails here
         with pytest.raises(InstantiationException, match=message):   # Hydra wraps the model's ValueError

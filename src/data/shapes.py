@@ -321,9 +321,10 @@ class _GeneratedShapes:
     def check_present(self) -> None:
         """Nothing to check: prepare_data writes the dataset (once, on one rank under DDP)."""
 
-    def setup(self, stage: str) -> None:
-        # Training only: evaluating a run that trained so (at data.size) must still work.
-        if stage == "fit" and self.unread_crop_size is not None:
+    def setup(self, stage: str | None = None) -> None:
+        # Training only (None: every stage, as SplitDataModule.setup reads it): evaluating a run
+        # that trained so (at data.size) must still work.
+        if stage in ("fit", None) and self.unread_crop_size is not None:
             # Unread with preprocess none, while the models size their networks from it.
             size, crop = self.shapes_params["size"], self.unread_crop_size
             raise ValueError(f"data.crop_size={crop}: the shapes images are generated at data.size={size} and used "

@@ -26,7 +26,7 @@ from src.models.checkpoint_fit import checkpoint_iteration, upgraded_hparams
 from src.models.noise_gan import NoiseGAN
 from src.models.progressive_schedule import Part, ProgressiveSchedule, level_resolution
 from src.nets.progan import GrowingNet
-from src.utils.config_checks import require_bool, require_int
+from src.utils.config_checks import is_number, require_bool, require_int
 
 
 def faded_reals(images: torch.Tensor, level: int, alpha: float, top_level: int) -> torch.Tensor:
@@ -92,7 +92,7 @@ class ProGAN(NoiseGAN):
         for resolution, size in batch_sizes.items():
             require_int(f"model.batch_sizes.{resolution}", size, why=" (images per device)")
         for resolution, rate in lr_by_resolution.items():
-            if not rate > 0:
+            if not is_number(rate) or rate <= 0:
                 raise ValueError(f"model.lr_by_resolution.{resolution}={rate!r} must be a positive rate")
         if start_resolution not in resolutions:
             raise ValueError(f"model.start_resolution={start_resolution!r} must be one of {resolutions}")

@@ -98,6 +98,7 @@ def data_specs(cfg: DictConfig) -> list[dict[str, Any]]:
     (conf/train.yaml's `allocator`, unless a trial sets one)."""
     if not cfg.get("data_throughput"):
         return []
+    require_int("data_throughput.epochs", cfg.data_throughput.get("epochs"), why=" (passes over each dataset)")
     allocator = cfg.tweaks.get("allocator") or compose_training_config([], str(CONF_DIR)).get("allocator", "default")
     return [{"kind": "data", "name": name, "device": "cpu", "threads": int(cfg.threads),
              "epochs": int(cfg.data_throughput.epochs), "allocator": allocator,
