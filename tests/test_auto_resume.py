@@ -146,10 +146,17 @@ def test_a_requeued_job_in_a_new_folder_named_by_its_start_time_resumes_its_earl
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     stopped_early = tmp_path / "runs" / "2026-12-06_01-30-00_slurm-4242"   # requeued before its first save
     (stopped_early / "checkpoints").mkdir(parents=True)
+    # Another command of the same job script (another seed), further on: not this run's.
+    other_command = tmp_path / "runs" / "2026-12-06_01-40-00_slurm-4242"
+    (other_command / "checkpoints").mkdir(parents=True)
+    save_progress(other_command / "checkpoints" / "last.ckpt", 6)
+    (other_command / ".hydra").mkdir()
+    (other_command / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
     with caplog.at_level(logging.INFO):
         start("2026-12-06_02-00-00_slurm-4242", 4)
     earlier = tmp_path / "runs" / "2026-12-06_01-00-00_slurm-4242"
+    assert f"Passing over {other_command}: run folders of job 4242 that another command started" in caplog.text
     assert f"the earlier starts of this job ran in {stopped_early}, {earlier}" in caplog.text
     assert f"ckpt_path=auto: resuming from {earlier / 'checkpoints' / 'last.ckpt'}" in caplog.text
     load = lambda run: torch.load(Path(run, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)  # noqa: E731

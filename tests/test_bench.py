@@ -624,6 +624,12 @@ def test_the_revision_and_its_code_ignore_the_benchmarks_own_outputs_and_prose(t
     assert not same_measured_code(prose, code, repo) and not same_measured_code(clean, "0000000", repo)
     (repo / "src/utils/bench_versus.py").write_text("order = 2\n")    # the pairs' order is measured code
     assert git_revision(repo) == code + "+dirty"
+    subprocess.run([*git, "commit", "-qam", "order"], check=True)
+    order = git_revision(repo)
+    (repo / "notes.txt").write_text("n\n")            # not added, and outside the code: no run reads it
+    assert git_revision(repo) == order
+    (repo / "src/new_model.py").write_text("y = 1\n")  # not added yet, and a run can import it
+    assert git_revision(repo) == order + "+dirty"
 
 
 def test_a_copy_without_git_is_labelled_with_the_revision_its_caller_names(tmp_path, monkeypatch):

@@ -204,3 +204,26 @@ def test_training_and_translating_from_python_as_the_readme_shows(tmp_path, shar
     monkeypatch.setattr(torch.nn.Module, "to", lambda self, *args, **kwargs: moved.append(args) or self)
     translate_images(elsewhere, [source], "AtoB")
     assert moved == []
+
+
+def test_a_second_run_into_a_busy_run_folder_is_refused_and_gives_back_its_hydra_files(tmp_path, shared_data_dir):
+    """Hydra writes a command's .hydra files into its run folder before the run starts: a second
+    command into a folder in use is refused, naming the holder, and the running run's own
+    .hydra files (those eval.py and a resume read) are put back from its start's record."""
+    from omegaconf import OmegaConf
+
+    from src.utils.folder_lock import FolderLock
+    run_dir = tmp_path / "fixed_run"
+    first = run_train("max_iters=2", f"hydra.run.dir={run_dir}", tmp_path=tmp_path, data_dir=shared_data_dir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (start,) = (run_dir / "starts").iterdir()
+    assert list(OmegaConf.load(start / "overrides.yaml")) == list(OmegaConf.load(run_dir / ".hydra/overrides.yaml"))
+    assert "max_iters=2" in OmegaConf.load(start / "overrides.yaml")
+    with FolderLock(run_dir, "the first run's folder", ""):   # as the first run would, still training
+        second = run_train("max_iters=3", f"hydra.run.dir={run_dir}", tmp_path=tmp_path, data_dir=shared_data_dir)
+    assert second.returncode != 0
+    assert f"is in use by process {os.getpid()}" in second.stderr and "Give this run its own folder" in second.stderr
+    assert f"were put back from {start}" in second.stderr
+    assert "max_iters=2" in OmegaConf.load(run_dir / ".hydra/overrides.yaml")
+    assert OmegaConf.load(run_dir / ".hydra/config.yaml").max_iters == 2
+    assert len(list((run_dir / "starts").iterdir())) == 1

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from src.callbacks.checkpoint import INSIDE_ITERATION_KEY, PARTIAL_STEPS_KEY, TORN_STEP_KEY
 from src.models.checkpoint_fit import refused_by_weights_only, weights_only_refusal
 from src.utils.config_resolvers import slurm_job_suffix
-from src.utils.hydra_runtime import hydra_config, is_multirun, is_rank_zero
+from src.utils.hydra_runtime import hydra_config, is_multirun, is_rank_zero, job_overrides
 from src.utils.whole_files import whole_zip_archive
 
 log = logging.getLogger(__name__)
@@ -105,9 +105,27 @@ def earlier_starts_of_this_job(checkpoint_dir: Path, run_dir: Path) -> list[tupl
         return []
     starts = sorted((folder for folder in run_dir.parent.glob(f"*{suffix}") if folder.is_dir() and folder != run_dir),
                     reverse=True)
+    others = [start for start in starts if not started_by_this_command(start)]
+    if others:
+        # A job script that starts several runs (seeds, say): each resumes its own run only.
+        log.info("Passing over %s: run folders of job %s that another command started (their overrides differ)",
+                 ", ".join(str(start) for start in others), os.environ.get("SLURM_JOB_ID"))
+    starts = [start for start in starts if start not in others]
     # The checkpoint folder where it is inside the run folder; a folder elsewhere is shared already.
     inside = checkpoint_dir.is_relative_to(run_dir)
     return [((start / checkpoint_dir.relative_to(run_dir) if inside else checkpoint_dir), start) for start in starts]
+
+
+def started_by_this_command(run_dir: Path) -> bool:
+    """Whether the run folder `run_dir` records this job's command-line overrides (Hydra's
+    overrides.yaml there); True where it records none to compare."""
+    hydra_cfg = hydra_config()
+    if hydra_cfg is None or not hydra_cfg.get("output_subdir"):
+        return True
+    recorded = run_dir / hydra_cfg.output_subdir / "overrides.yaml"
+    if not recorded.is_file():
+        return True
+    return list(OmegaConf.load(recorded)) == job_overrides()
 
 
 def set_aside_abandoned_checkpoints(cfg: DictConfig) -> Path | None:

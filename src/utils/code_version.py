@@ -4,15 +4,41 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+#: where a file not yet added to git takes part in a run (a new model module, a new config): the
+#: code and the configs. Untracked files elsewhere (notes, notebooks, outputs) do not count.
+CODE_FOLDERS = ("src", "conf")
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=30).stdout
+
 
 def git_revision(root: Path, ignored: tuple[str, ...] = ()) -> str | None:
     """The short commit hash of the checkout at `root`, with "+dirty" when its tracked files
-    (outside `ignored` pathspecs) have uncommitted changes; None without git or a checkout."""
+    (outside `ignored` pathspecs) have uncommitted changes, or its code folders files git does not
+    track yet; None without git or a checkout."""
     try:
-        revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                                  check=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *ignored],
-                               cwd=root, capture_output=True, text=True, timeout=30).stdout.strip()
+        revision = _git(root, "rev-parse", "--short", "HEAD").strip()
+        dirty = (_git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *ignored).strip()
+                 or untracked_code(root, ignored))
     except (OSError, subprocess.SubprocessError):
         return None
     return revision + ("+dirty" if dirty else "")
+
+
+def untracked_code(root: Path, ignored: tuple[str, ...] = ()) -> list[str]:
+    """Files under CODE_FOLDERS that git neither tracks nor ignores (paths from `root`)."""
+    folders = [folder for folder in CODE_FOLDERS if (Path(root) / folder).is_dir()]
+    if not folders:
+        return []
+    listed = _git(root, "ls-files", "--others", "--exclude-standard", "--", *folders, *ignored)
+    return listed.splitlines()
+
+
+def uncommitted_changes(root: Path) -> tuple[str, list[str]] | None:
+    """(`git diff HEAD`: the tracked files' uncommitted changes, the untracked code files) of the
+    checkout at `root`, what a "+dirty" revision leaves out; None without git or a checkout."""
+    try:
+        return _git(root, "diff", "HEAD"), untracked_code(root)
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,105 @@
+"""Each start of a run leaves its own record, an unseeded run draws a seed it records, and one
+process at a time trains in a run folder (src/utils/run_record.py, src/utils/folder_lock.py)."""
+import errno
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from src.utils import folder_lock
+from src.utils.config_checks import MAX_SEED
+from src.utils.folder_lock import FolderInUse, FolderLock
+from src.utils.run import run_training
+from tests.conftest import NO_EVALUATION
+
+
+def starts_of(cfg) -> list[Path]:
+    return sorted((Path(cfg.paths.output_dir) / "starts").iterdir())
+
+
+def trained_weights(cfg) -> dict:
+    checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu",
+                            weights_only=True)
+    return checkpoint["state_dict"]
+
+
+def test_an_unseeded_run_draws_a_seed_records_it_and_the_seed_repeats_the_run(train_cfg, tmp_path, caplog):
+    """seed=null used to leave the run unrepeatable: its initial weights, dropout and pool picks
+    came from a seed nobody saw. It now draws one, names it in the log and the start's record,
+    and a run given that seed trains to the same weights."""
+    unseeded = train_cfg("seed=null", "max_iters=2", *NO_EVALUATION)
+    with caplog.at_level(logging.INFO, logger="src.utils.run_record"):
+        run_training(unseeded)
+    (start,) = starts_of(unseeded)
+    record = OmegaConf.load(start / "start.yaml")
+    assert record.seed_drawn is True and 0 <= record.seed <= MAX_SEED
+    assert f"seed=null: this run draws seed={record.seed}" in caplog.text
+    assert OmegaConf.load(start / "resolved.yaml").seed == record.seed
+    assert unseeded.seed is None   # the caller's config is left as given
+
+    repeated = train_cfg(f"seed={record.seed}", "max_iters=2", *NO_EVALUATION)
+    repeated.paths.output_dir = str(tmp_path / "repeated")
+    run_training(repeated)
+    again = OmegaConf.load(starts_of(repeated)[0] / "start.yaml")
+    assert again.seed == record.seed and again.seed_drawn is False
+    first, second = trained_weights(unseeded), trained_weights(repeated)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_each_start_of_a_run_keeps_its_own_record(train_cfg):
+    """A resume (here with a longer max_iters) rewrites what Hydra and the loggers keep; the
+    first start's settings, seed and code revision stay in its own folder under starts/."""
+    cfg = train_cfg("max_iters=2", *NO_EVALUATION)
+    run_training(cfg)
+    cfg.max_iters, cfg.ckpt_path = 4, "auto"
+    run_training(cfg)
+    first, second = starts_of(cfg)
+    assert first.name.startswith("001_") and second.name.startswith("002_")
+    assert OmegaConf.load(first / "resolved.yaml").max_iters == 2
+    assert OmegaConf.load(second / "resolved.yaml").max_iters == 4
+    records = [OmegaConf.load(start / "start.yaml") for start in (first, second)]
+    assert records[0].resumed_from is None
+    assert records[1].resumed_from == str(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    for record in records:
+        assert record.seed == cfg.seed and record.pid == os.getpid() and record.code_revision
+        assert record.packages.torch == record.torch.version == torch.__version__
+    assert records[0].start == 1 and records[1].start == 2
+
+
+def test_a_run_folder_in_use_is_refused_naming_the_run_that_holds_it(train_cfg):
+    """Two runs in one folder (a job submitted again while the first still runs) would take turns
+    replacing last.ckpt and mix their logs: the second is refused before it writes anything."""
+    cfg = train_cfg("max_iters=2", *NO_EVALUATION)
+    run_dir = Path(cfg.paths.output_dir)
+    with FolderLock(run_dir, "a test's folder", ""):
+        with pytest.raises(FolderInUse, match=rf"{run_dir} is in use by process {os.getpid()} on .*: a training "
+                                              r"run's folder is written by one process at a time. Give this run "
+                                              r"its own folder"):
+            run_training(cfg)
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "starts").exists()
+    run_training(cfg)   # released with its holder: the folder trains
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    with FolderLock(run_dir, "a test's folder", ""):   # and the run released it when it ended
+        pass
+
+
+def test_a_folder_lock_waits_for_its_holder_and_is_skipped_where_the_filesystem_has_none(tmp_path, monkeypatch,
+                                                                                          caplog):
+    with FolderLock(tmp_path, "the results", "Try later.", name="results.lock"):
+        with pytest.raises(FolderInUse, match=r"is in use by process .*: the results is written by one process at "
+                                              r"a time. Try later."):
+            with FolderLock(tmp_path, "the results", "Try later.", name="results.lock", wait_s=0.2):
+                pass
+        with FolderLock(tmp_path, "other", "", name="other.lock"):   # another name is another lock
+            pass
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(folder_lock.fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING, logger="src.utils.folder_lock"):
+        with FolderLock(tmp_path, "the results", "", name="results.lock"):
+            pass
+    assert "is not locked: its filesystem refuses locks (No locks available)" in caplog.text
