@@ -4,6 +4,7 @@ Composes conf/translate.yaml, loads the checkpoint (src/utils/checkpoint_loading
 PNG per input image named after its source file, and with `export=onnx|torchscript` writes the
 direction's generator as one graph checked against PyTorch (src/utils/export.py).
 """
+import json
 import logging
 import os
 import sys
@@ -22,8 +23,9 @@ from src.utils.export import check_export_format, export_path, export_translatio
 from src.data.folders import output_paths, refuse_existing_outputs  # noqa: E402
 from src.utils.config_checks import check_seed, require_bool  # noqa: E402
 from src.utils.rng import isolated_rng  # noqa: E402
-from src.utils.translation import (check_direction, list_input_images, resolve_device, save_png,  # noqa: E402
-                                   translate_images)
+from src.utils.whole_files import write_text_whole  # noqa: E402
+from src.utils.translation import (check_direction, fixed_translation_size, list_input_images,  # noqa: E402
+                                   resolve_device, save_png, translate_images)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ def run_translation(cfg: DictConfig) -> dict:
     if paths and Path(cfg.input).is_dir() and Path(cfg.output).resolve().is_relative_to(Path(cfg.input).resolve()):
         raise ValueError(f"output={cfg.output} lies inside input={cfg.input}: a later run on that input would "
                          f"translate these outputs too; write them elsewhere")
+    fixed_translation_size(cfg.get("size"), cfg.get("short_side"))   # checked before anything is written
     paths, skipped, skip_export = outputs_to_write(cfg, paths, targets)
     device = resolve_device(cfg.get("device", "auto"))
     check_seed("seed", cfg.get("seed"))
@@ -92,6 +95,8 @@ def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path,
         log.info("The model was trained with data.direction=BtoA: direction=%s translates the dataset's domain %s "
                  "into %s", cfg.direction, source, target)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("input"):   # (also where skip_existing keeps every output: they must be this translation's)
+        keep_one_translation_per_folder(output_dir, translation_record(cfg, model), cfg.get("overwrite", False))
     written = []
     for path, image in translate_images(model, paths, cfg.direction, cfg.batch_size, device, cfg.get("short_side"),
                                         cfg.get("size")):
@@ -104,6 +109,40 @@ def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path,
     if cfg.get("export") and not skip_export:
         report = export_translation(model, cfg.direction, cfg.export, output_dir, size=cfg.export_size)
     return {"written": written, "export": report, "weights": model.loaded_weights}
+
+
+#: the output folder's record of what translated its images (written before the first of them)
+RECORD_NAME = "translation.json"
+
+
+def translation_record(cfg: DictConfig, model) -> dict:
+    """What makes an output what it is: the checkpoint's state (last.ckpt moves on while its run
+    trains, hence the iteration), the weights, the direction and the scale (the inputs may differ:
+    several folders can be translated into one)."""
+    return {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "iteration": model.loaded_iteration,
+            "weights": model.loaded_weights, "direction": cfg.direction, "short_side": cfg.get("short_side"),
+            "size": list(fixed) if (fixed := fixed_translation_size(cfg.get("size"), cfg.get("short_side"))) else None,
+            "seed": cfg.get("seed")}
+
+
+def keep_one_translation_per_folder(output_dir: Path, record: dict, overwrite: bool) -> None:
+    """Refuse to add outputs of another checkpoint, iteration or setting to a folder that holds a
+    translation's (its RECORD_NAME): skip_existing would keep the old ones beside the new, and a
+    folder of other names would mix two models' images without a word; overwrite=true starts the
+    folder's record again. Then write this translation's record."""
+    path = output_dir / RECORD_NAME
+    if path.is_file() and not overwrite:
+        try:
+            earlier = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path} is not a translation record ({error}): remove it, or pass overwrite=true") \
+                from error
+        differ = {key: (earlier.get(key), value) for key, value in record.items() if earlier.get(key) != value}
+        if differ:
+            said = "; ".join(f"{key}: {old!r} there, {new!r} here" for key, (old, new) in differ.items())
+            raise ValueError(f"{output_dir} holds the outputs of another translation ({said}): choose another "
+                             f"output folder, or pass overwrite=true to replace its outputs")
+    write_text_whole(path, json.dumps(record, indent=2) + "\n")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="translate.yaml")

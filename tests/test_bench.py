@@ -180,6 +180,26 @@ def test_a_trial_keeps_the_baseline_it_was_saved_with(tmp_path):
     assert "| default | 1.600 | 2.000 | 1.25x |" in md.read_text()
 
 
+def test_two_benchmarks_into_one_results_file_take_turns_and_a_damaged_file_is_named(tmp_path, monkeypatch):
+    """Two benchmarks saving into one results.json (two GPUs of a node) each read, merge and
+    write it: one waits for the other's save rather than drop its rows or mix the two files."""
+    from src.utils import bench_report
+    from src.utils.folder_lock import FolderInUse, FolderLock
+    path, md = tmp_path / "r.json", tmp_path / "r.md"
+    write_results(path, md, {"train_step": [_row("x", 1.0)]}, MACHINE, SETTINGS)
+    monkeypatch.setattr(bench_report, "RESULTS_LOCK_WAIT_S", 0.2)
+    with FolderLock(tmp_path, "the other benchmark's save", "", name=".r.json.lock"):
+        with pytest.raises(FolderInUse, match=rf"{tmp_path} is in use by process {os.getpid()}.*: {path} is written "
+                                              r"by one process at a time. Wait for the other benchmark"):
+            write_results(path, md, {"train_step": [_row("y", 2.0)]}, MACHINE, SETTINGS)
+    write_results(path, md, {"train_step": [_row("y", 2.0)]}, MACHINE, SETTINGS)   # its save done: merged
+    assert [row["name"] for row in json.loads(path.read_text())["train_step"]] == ["x", "y"]
+    path.write_text('{"rows": ["B"]}AAAA"]}')   # two unlocked writers' interleaving
+    with pytest.raises(ValueError, match=rf"{path} is not a results file .*: move it aside, or pass "
+                                         r"merge_results=false"):
+        write_results(path, md, {"train_step": [_row("z", 2.0)]}, MACHINE, SETTINGS)
+
+
 def test_rows_of_one_configuration_on_different_gpus_are_kept_apart(tmp_path):
     """An H200 run neither replaces the H100's rows nor becomes the baseline of its trials; rows
     from before the GPU was recorded stay plain "cuda"."""

@@ -207,6 +207,10 @@ def test_a_half_waiting_for_the_run_length_starts_at_full_rate_and_refuses_to_st
 
 def test_unet_depth_auto_reaches_one_pixel_at_the_crop_size():
     assert [UnetGenerator(num_downs="auto", image_size=s, ngf=2).size_multiple for s in (32, 128, 256)] == [32, 128, 256]
+    # Not a power of two: as deep as its side halves evenly (768 by 512's depth 9 would not fit)
+    for size, multiple in ((768, 256), (384, 128), (96, 32)):
+        unet = UnetGenerator(num_downs="auto", image_size=size, ngf=2)
+        assert unet.size_multiple == multiple and size % unet.size_multiple == 0
     with pytest.raises(ValueError, match=r"num_downs=auto needs model.generator.image_size .* at least 32 px, got 16"):
         UnetGenerator(num_downs="auto", image_size=16)
 

@@ -130,6 +130,26 @@ def test_kid_settings_it_cannot_compute_are_refused_by_name(extractor):
         FidKidScorer(extractor, kid_subsets=0)
 
 
+def test_an_unpaired_test_domain_of_one_image_stops_the_run_before_training(train_cfg, tmp_path):
+    """An unpaired split is as long as its larger domain: 1 image in testA and 3 in testB make 3
+    items, and the evaluation, which takes each image once, failed at its first run (hours in)
+    with KID's bare "needs at least 2" error. Checked at the start, naming the domain."""
+    from PIL import Image
+    root = tmp_path / "own_data"
+    for folder, count in (("trainA", 2), ("trainB", 2), ("testA", 1), ("testB", 3)):
+        (root / folder).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(root / folder / f"{i}.png")
+    cfg = train_cfg("model=cyclegan", "data=horse2zebra", f"data.data_dir={root}", "data.load_size=32",
+                    "data.crop_size=32", "data.persistent_workers=false", "data.feature_extractor=random_cnn",
+                    "++callbacks.latent=null", "++callbacks.shapes_truth=null")
+    with pytest.raises(ValueError, match=r"FidKidCallback needs at least 2 distinct test images of each domain, and "
+                                         r"the test split of .*own_data has 1 in domain A: add test images, or turn "
+                                         r"it off with callbacks.fid_kid=null"):
+        run_training(cfg)
+    assert not Path(cfg.paths.output_dir, "checkpoints").exists()
+
+
 def test_a_test_split_too_small_for_fid_stops_the_run_before_training(train_cfg):
     """One test image: FID/KID are undefined, which must show at the start, not at the first
     evaluation; the image grid's settings are checked when the callbacks are built."""
@@ -591,6 +611,23 @@ def test_sample_grids_leave_the_training_run_unchanged(train_cfg, tmp_path):
         weights.append(torch.load(tmp_path / str(every) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
     assert len(list((tmp_path / "1" / "samples").glob("*.png"))) == 3
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_sample_grids_scale_each_image_down_to_max_side(train_cfg, tmp_path):
+    """A 1024 px run's grids are tens of megapixels each: callbacks.image_grid.max_side scales
+    every image of the grid down (the aspect kept); the row names stay as they are."""
+    from PIL import Image
+    heights = {}
+    for max_side in ("null", "16"):
+        cfg = train_cfg("model=cyclegan", "max_iters=1", f"++callbacks.image_grid.max_side={max_side}", *NO_EVALUATION)
+        cfg.paths.output_dir = str(tmp_path / max_side)
+        run_training(cfg)
+        (grid,) = (tmp_path / max_side / "samples").glob("*.png")
+        heights[max_side] = Image.open(grid).height
+    rows = 6   # CycleGAN: real, fake and reconstruction of each domain, 32 px images padded by 2 on each side
+    assert heights == {"null": rows * (32 + 4), "16": rows * (16 + 4)}
+    with pytest.raises(InstantiationException, match=r"callbacks.image_grid.max_side=0 must be a positive integer"):
+        run_training(train_cfg("model=cyclegan", "++callbacks.image_grid.max_side=0"))
 
 
 def test_pix2pix_skips_btoa_and_turns_the_latent_callback_off_without_warnings(train_cfg, caplog):

@@ -994,14 +994,21 @@ def test_a_run_leaves_the_process_and_the_callers_config_as_it_found_them(train_
 def test_an_unseeded_run_after_a_seeded_one_leaves_lightning_no_seed_to_reseed_ranks_with(train_cfg, monkeypatch):
     """`-m seed=42,null trainer=ddp` in one process: pl.seed_everything leaves PL_GLOBAL_SEED,
     from which Lightning's DDP setup reseeds every rank, so the unseeded job replayed seed 42.
-    The seeded run's fit sees it; the unseeded one's does not, nor does the process after."""
+    The seeded run's fit sees it; the unseeded one's sees the seed it drew (and recorded) instead,
+    and the process after neither."""
+    from omegaconf import OmegaConf
     seen, fit = [], pl.Trainer.fit
     monkeypatch.setattr(pl.Trainer, "fit", lambda self, *args, **kwargs: seen.append(os.environ.get("PL_GLOBAL_SEED"))
                         or fit(self, *args, **kwargs))
     run_module.run_training(train_cfg("model=pix2pix", "data=shapes_paired", "max_iters=1", "seed=42", *NO_EVALUATION))
-    run_module.run_training(train_cfg("model=pix2pix", "data=shapes_paired", "max_iters=1", "seed=null",
-                                      "callbacks.model_checkpoint.dirpath=${paths.output_dir}/again", *NO_EVALUATION))
-    assert seen == ["42", None] and not {"PL_GLOBAL_SEED", "PL_SEED_WORKERS"} & set(os.environ)
+    unseeded = train_cfg("model=pix2pix", "data=shapes_paired", "max_iters=1", "seed=null",
+                         "callbacks.model_checkpoint.dirpath=${paths.output_dir}/again", *NO_EVALUATION)
+    run_module.run_training(unseeded)
+    (second_start,) = [start for start in Path(unseeded.paths.output_dir, "starts").iterdir()
+                       if OmegaConf.load(start / "start.yaml").seed_drawn]
+    drawn = OmegaConf.load(second_start / "start.yaml").seed
+    assert seen == ["42", str(drawn)] and drawn != 42
+    assert not {"PL_GLOBAL_SEED", "PL_SEED_WORKERS"} & set(os.environ)
 
 
 def test_a_run_gives_back_the_ctrl_c_handler_lightning_left_ignored(train_cfg, monkeypatch):

@@ -76,6 +76,35 @@ def test_the_table_and_a_jobs_result_are_replaced_whole(tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_jobs_update_the_table_one_at_a_time_and_a_job_is_not_failed_for_it(tmp_path, monkeypatch, caplog):
+    """Jobs ending together each read every job's record and write the table: one that read
+    before another's record was written must not write its older table last, so they take turns.
+    A job that cannot get its turn leaves the table, with a warning, and keeps its own result."""
+    import logging
+    import os
+
+    import pytest
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.types import RunMode
+
+    from src.utils.folder_lock import FolderInUse, FolderLock
+    sweep = tmp_path / "sweep"
+    job = make_job(sweep, 0, ["loss.weights.cycle=5"], metrics={"eval/fid": 3.0}, iteration=5, checkpoint=None)
+    monkeypatch.setattr(sweep_summary, "SUMMARY_LOCK_WAIT_S", 0.2)
+    config = OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "sweep": {"dir": str(sweep)},
+                                         "runtime": {"output_dir": str(job)}}})
+    with FolderLock(sweep, "another job's table", "", name=sweep_summary.SUMMARY_LOCK):
+        with pytest.raises(FolderInUse, match=rf"in use by process {os.getpid()}.*: the sweep's table is written by "
+                                              r"one process at a time. .*python -m src.utils.sweep_summary"):
+            sweep_summary.write_summary(sweep)
+        with caplog.at_level(logging.WARNING):
+            sweep_summary.SweepSummary().on_job_end(config, JobReturn(status=JobStatus.COMPLETED))
+    assert "The sweep's table was not updated after this job" in caplog.text
+    assert not (sweep / "summary.md").exists() and (job / "final_metrics.json").is_file()
+    sweep_summary.SweepSummary().on_job_end(config, JobReturn(status=JobStatus.COMPLETED))   # its turn now
+    assert "| 0 | loss.weights.cycle=5 | completed | 5 |" in (sweep / "summary.md").read_text()
+
+
 def test_command_line_rebuilds_the_table_or_says_there_is_none(tmp_path, capsys):
     assert sweep_summary.main([str(tmp_path)]) == 1
     assert "no job directories" in capsys.readouterr().err

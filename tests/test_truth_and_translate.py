@@ -513,10 +513,14 @@ def test_short_side_scales_each_input_to_the_training_scale_first(smoke_runs, tm
                                       output=str(tmp_path / "out0"), short_side=0))
 
 
-def test_size_squashes_every_input_to_it_as_resize_and_crop_trained_and_eval_scores(smoke_runs, tmp_path):
+def test_size_squashes_every_input_to_it_as_resize_and_crop_trained_and_eval_scores(smoke_runs, tmp_path,
+                                                                                  monkeypatch):
     """A model trained with preprocess=resize_and_crop saw its images squashed into squares (a 2:1
-    Cityscapes frame too), and eval.py scores it on crop_size squares; short_side keeps the aspect."""
+    Cityscapes frame too), and eval.py scores it on crop_size squares; short_side keeps the aspect.
+    Every image's size is then known: none is read for it (a PNG's meant decoding it twice)."""
+    import src.utils.translation as translation
     write_odd_inputs(tmp_path / "in")
+    monkeypatch.setattr(translation, "upright_size", lambda path: pytest.fail(f"{path} decoded for its size"))
     for size, expected in ((16, (16, 16)), ([12, 20], (12, 20))):
         written = run_translation(translate_cfg(ckpt_path=str(smoke_runs["cyclegan"].ckpt), input=str(tmp_path / "in"),
                                                 output=str(tmp_path / f"out{size}"), size=size))["written"]
@@ -725,6 +729,14 @@ def test_skip_existing_continues_an_interrupted_translation(smoke_runs, tmp_path
     assert (out / "rgba.png").read_bytes() == b"a kept output"
     for name in ("gray.png", "rgb.png", "portrait.png"):   # as the first run wrote them (batched otherwise)
         assert np.abs(np.asarray(Image.open(out / name), dtype=int) - complete[name]).max() <= 1
+    record = json.loads((out / "translation.json").read_text())
+    assert record["ckpt_path"] == str(Path(ckpt).resolve()) and record["iteration"] == 4
+    # Kept outputs of another translation (here another scale) would sit beside this one's unsaid.
+    (out / "gray.png").unlink()
+    with pytest.raises(ValueError, match=r"holds the outputs of another translation \(short_side: None there, 16 "
+                                         r"here\): choose another output folder, or pass overwrite=true"):
+        run_translation(translate_cfg(**settings, skip_existing=True, short_side=16))
+    assert not (out / "gray.png").exists()
 
 
 @pytest.mark.parametrize("where", ["directory", "contents"])
@@ -881,6 +893,43 @@ def evaluate(run, tmp_path, shared_data_dir, *overrides):
         GlobalHydra.instance().clear()
 
 
+def test_eval_refuses_a_test_domain_too_small_to_score_before_translating(smoke_runs, tmp_path, shared_data_dir):
+    """One image in testA: FID/KID need two. eval.py translated and wrote every image, then
+    failed with KID's bare error, without metrics.json; now it refuses first, naming the folder."""
+    from src.utils.evaluation import run_evaluation
+    root = tmp_path / "own_data"
+    for folder, count in (("testA", 1), ("testB", 3)):
+        (root / folder).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(root / folder / f"{i}.png")
+    cfg = compose_train_cfg([f"ckpt_path={smoke_runs['cyclegan'].ckpt}", "data=horse2zebra", f"data.data_dir={root}",
+                             "data.load_size=32", "data.crop_size=32", "data.num_workers=0",
+                             "data.persistent_workers=false", "feature_extractor=random_cnn"],
+                            tmp_path / "eval", shared_data_dir, config_name="eval")
+    try:
+        with pytest.raises(ValueError, match=r"eval.py scores AtoB with FID/KID between the translations of the 1 test "
+                                             r"image\(s\) of .*own_data/testA and the 3 of .*own_data/testB, which "
+                                             r"need at least 2 each"):
+            run_evaluation(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    assert not (Path(cfg.output_dir) / "fakeB").exists()
+
+
+def test_a_second_evaluation_into_a_busy_output_folder_is_refused(smoke_runs, tmp_path, shared_data_dir):
+    """Two evaluations into one output_dir would delete each other's images and keep one's
+    scores: the second is refused, naming the first, before it removes anything."""
+    from src.utils.folder_lock import FolderInUse, FolderLock
+    (tmp_path / "fakeB").mkdir()
+    (tmp_path / "fakeB" / "x.png").write_bytes(b"the first evaluation's")
+    with FolderLock(tmp_path, "the first evaluation's folder", "", name=".eval.lock"):
+        with pytest.raises(FolderInUse, match=rf"{tmp_path} is in use by process {os.getpid()}.*: an evaluation's "
+                                              r"output folder is written by one process at a time. Give this "
+                                              r"evaluation its own output_dir"):
+            evaluate(smoke_runs["cyclegan"], tmp_path, shared_data_dir)
+    assert (tmp_path / "fakeB" / "x.png").read_bytes() == b"the first evaluation's"
+
+
 def test_eval_writes_translations_per_source_file_and_every_metric(smoke_runs, tmp_path, shared_data_dir, capsys):
     results, out = evaluate(smoke_runs["cyclegan"], tmp_path, shared_data_dir)
     assert set(results) == {"AtoB", "BtoA"}
@@ -896,6 +945,7 @@ def test_eval_writes_translations_per_source_file_and_every_metric(smoke_runs, t
     report = json.loads((out / "metrics.json").read_text())
     assert report["metrics"]["AtoB"]["fid"] == results["AtoB"]["fid"]
     assert report["weights"] == "trained"   # a run without an EMA of its generators
+    assert report["iteration"] == smoke_runs["cyclegan"].cfg.max_iters   # which state of the run was scored
     assert capsys.readouterr().out.strip().startswith("| CycleGAN / shapes [random_cnn] | AtoB: fid=")
 
 
@@ -956,10 +1006,11 @@ def test_eval_multirun_tables_the_checkpoints_it_compared(smoke_runs, tmp_path, 
     assert result.returncode != 0 and "no such checkpoint file" in result.stderr   # Hydra reports the failure
     report = json.loads((sweep / "0" / "metrics.json").read_text())["metrics"]
     table = (sweep / "summary.md").read_text()
-    assert (f"| 0 | ckpt_path={run.ckpt} | completed | random_cnn | {report['AtoB']['fid']:.4g} | "
-            f"{report['BtoA']['fid']:.4g} |" in table)
+    # the iteration: which state of the run each checkpoint was (last.ckpt moves on while it trains)
+    assert (f"| 0 | ckpt_path={run.ckpt} | completed | {run.cfg.max_iters} | random_cnn | "
+            f"{report['AtoB']['fid']:.4g} | {report['BtoA']['fid']:.4g} |" in table)
     assert f"| 1 | ckpt_path={tmp_path / 'missing.ckpt'} | failed: FileNotFoundError" in table
-    assert "| job | overrides | status | features | AtoB/fid | BtoA/fid | AtoB/kid_x100 |" in table   # no iteration
+    assert "| job | overrides | status | iteration | features | AtoB/fid | BtoA/fid | AtoB/kid_x100 |" in table
 
 
 def test_eval_scores_pix2pix_one_way(smoke_runs, tmp_path, shared_data_dir):

@@ -124,10 +124,17 @@ class PeriodicEvaluation(pl.Callback):
         if stage == "fit" and self.enabled:
             # Here, not at the first evaluation thousands of iterations in.
             _, subset = self.evaluation_dataset(trainer)
+            where = f"the test split of {getattr(datamodule, 'data_dir', 'the data')}"
             if len(subset) < self.min_images:
-                raise ValueError(f"{type(self).__name__} needs at least {self.min_images} test images, and the test "
-                                 f"split of {getattr(datamodule, 'data_dir', 'the data')} has {len(subset)}: add test "
-                                 f"images, or turn it off with {self.config_key}=null")
+                raise ValueError(f"{type(self).__name__} needs at least {self.min_images} test images, and {where} has "
+                                 f"{len(subset)}: add test images, or turn it off with {self.config_key}=null")
+            # An unpaired split is as long as its larger domain: its item count hides a domain of
+            # one image, which the evaluation (each image once: distinct_batches) would fail on.
+            for key, count in distinct_images(subset.dataset).items():
+                if min(count, len(subset)) < self.min_images:
+                    raise ValueError(f"{type(self).__name__} needs at least {self.min_images} distinct test images "
+                                     f"of each domain, and {where} has {count} in domain {key}: add test images, "
+                                     f"or turn it off with {self.config_key}=null")
 
     def evaluation_dataset(self, trainer: pl.Trainer):
         """The test split (with the DataModule's evaluation loader settings), capped at max_images

@@ -6,13 +6,18 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from src.data.image_io import save_image
-from src.utils.image_grid import make_grid
+from src.utils.config_checks import require_int
+from src.utils.image_grid import make_grid, shrunk_to_side
 from src.utils.rng import isolated_rng
 
 
 class ImageGridCallback(pl.Callback):
     """Every `every_n_iters` training iterations (and at the end), translate a fixed batch of
     `num_images` test images and write `<dirpath>/iter_XXXXXXX.png`.
+
+    `max_side`: each image of the grid scaled down to at most this many px on its longer side
+    (null: full size). At 1024 px a CycleGAN grid is 25 megapixels and U-GAT-IT's 43, written
+    every few hundred iterations: tens of GB over a run, and as much in the loggers.
 
     The batch comes from the DataModule's `sample_batch` (the first test images, deterministic
     transform), so successive grids show the same inputs. Sampling draws from its own RNG seeded
@@ -22,13 +27,16 @@ class ImageGridCallback(pl.Callback):
     """
 
     def __init__(self, dirpath: str, every_n_iters: int = 500, num_images: int = 4, split: str = "test",
-                 seed: int = 0):
+                 seed: int = 0, max_side: int | None = None):
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f"callbacks.image_grid.num_images={num_images!r} must be a positive integer "
                              "(the test images in each sample grid); callbacks.image_grid=null turns grids off")
         if isinstance(every_n_iters, bool) or not isinstance(every_n_iters, int) or every_n_iters < 0:
             raise ValueError(f"callbacks.image_grid.every_n_iters={every_n_iters!r} must be an integer >= 0 "
                              "(0: a grid at the end of training only)")
+        require_int("callbacks.image_grid.max_side", max_side, allow_none=True,
+                    why=" (px of each grid image's longer side; null: full size)")
+        self.max_side = max_side
         self.dirpath = Path(dirpath)
         self.every_n_iters, self.num_images, self.split, self.seed = every_n_iters, num_images, split, seed
         self._batch = None
@@ -44,7 +52,8 @@ class ImageGridCallback(pl.Callback):
     def save(self, trainer, pl_module) -> Path:
         iteration = pl_module.iteration
         with isolated_rng(pl_module.device, self.seed):
-            grid = make_grid(pl_module.sample_images(self._sample_batch(trainer, pl_module)))
+            rows = pl_module.sample_images(self._sample_batch(trainer, pl_module))
+        grid = make_grid({name: shrunk_to_side(images, self.max_side) for name, images in rows.items()})
         self.dirpath.mkdir(parents=True, exist_ok=True)
         path = self.dirpath / f"iter_{iteration:07d}.png"
         save_image(grid, path)

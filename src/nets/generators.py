@@ -100,11 +100,15 @@ class UnetSkipBlock(nn.Module):
 
 
 def unet_depth(image_size: int | None) -> int:
-    """Downsamplings that bring a side of `image_size` to 1 pixel (its largest power of two)."""
+    """Downsamplings as many times as a side of `image_size` halves evenly: to 1 pixel for a power
+    of two (8 for 256: unet_256), to a 3 px bottleneck for 768 = 3 x 256 (its largest power of two,
+    9 for 512, would need sides of a multiple of 512). At least 5, the U-Net's least: a size that
+    halves fewer times is refused by the size check, naming the sizes that fit."""
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
         raise ValueError(f"model.generator.num_downs=auto needs model.generator.image_size (the crop size, "
                          f"data.crop_size) of at least 32 px, got {image_size!r}")
-    return image_size.bit_length() - 1
+    halvings = (image_size & -image_size).bit_length() - 1
+    return max(halvings, 5)
 
 
 class UnetGenerator(nn.Module):

@@ -7,10 +7,16 @@ row records when it was measured and at which code revision.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
+
+from src.utils.folder_lock import FolderLock
+from src.utils.whole_files import write_text_whole
+
+#: how long a benchmark waits for another's save of the same results file (a save takes well
+#: under a second; a longer hold is a benchmark stuck, or a lock the filesystem never gives up)
+RESULTS_LOCK_WAIT_S = 60.0
 
 GB = 1e9
 
@@ -82,26 +88,29 @@ def write_results(json_path: Path, md_path: Path, rows: dict[str, list], machine
     """Write results.json and its markdown. With `merge`, rows of the file that this run did not
     measure are kept, and a re-measured one is replaced, or combined with the new one by
     `combine[kind]`."""
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    if merge and json_path.exists():
-        old = json.loads(json_path.read_text())
-        combine = combine or {}
-        rows = {kind: merge_rows(old.get(kind, []), rows.get(kind, []), key, combine.get(kind, _replace))
-                for kind, key in KINDS.items()}
-    freeze_trial_baselines(rows.get("train_step", []))
-    results = {"machine": machine, "settings": settings, **rows}
-    write_atomically(json_path, json.dumps(results, indent=2) + "\n")
-    write_atomically(md_path, markdown(results))
+    # Whole files (a run killed mid-write leaves the earlier one), and one writer at a time: two
+    # benchmarks into one file (two GPUs of a node, a checkout shared over NFS) save after every
+    # row, and a merge that read the file before the other's save would drop its rows.
+    with FolderLock(json_path.parent, f"{json_path}", "Wait for the other benchmark, or pass results_name=NAME "
+                    "for a file of this run's own.", name=f".{json_path.name}.lock", wait_s=RESULTS_LOCK_WAIT_S):
+        if merge and json_path.exists():
+            old = read_results(json_path)
+            combine = combine or {}
+            rows = {kind: merge_rows(old.get(kind, []), rows.get(kind, []), key, combine.get(kind, _replace))
+                    for kind, key in KINDS.items()}
+        freeze_trial_baselines(rows.get("train_step", []))
+        results = {"machine": machine, "settings": settings, **rows}
+        write_text_whole(json_path, json.dumps(results, indent=2) + "\n")
+        write_text_whole(md_path, markdown(results))
     return results
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one rename: a run killed mid-write (a time limit) leaves the
-    earlier file whole, where a plain write would leave a truncated results.json that the next
-    run cannot merge into."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
+def read_results(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a results file this benchmark can merge into ({error}): move it aside, "
+                         f"or pass merge_results=false to write over it") from error
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:

@@ -28,6 +28,7 @@ from src.models.noise_base import SAMPLES, NoiseToImageModel
 from src.utils.checkpoint_loading import load_model, refuse_foreign_targets, run_config_path
 from src.utils.config_checks import check_argument_types, check_seed, is_number, require_int
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, domain_folders, untranslated_directions
+from src.utils.folder_lock import FolderLock
 from src.utils.image_grid import make_grid, to_uint8_images
 from src.utils.label_evaluation import label_scores_for, segmenter_for
 from src.utils.rng import isolated_rng
@@ -351,6 +352,14 @@ def evaluate_translations(model, datamodule, dataset, loader, scorer: FidKidScor
     """Every direction the model translates: (what was translated into which folder, its metrics)."""
     backgrounds = truth_backgrounds(datamodule, dataset)
     counts = distinct_counts(dataset)
+    for direction in supported_directions(model):   # before any image is translated and written
+        source, target = domain_folders(datamodule, direction)
+        n_source, n_target = counts if direction == "AtoB" else counts[::-1]
+        if min(n_source, n_target) < 2:
+            raise ValueError(f"eval.py scores {direction} with FID/KID between the translations of the "
+                             f"{n_source} test image(s) of {datamodule.split_folder('test', source)} and the "
+                             f"{n_target} of {datamodule.split_folder('test', target)}, which need at least 2 "
+                             f"each: add test images (src/translate.py translates without scoring)")
     directions, results = {}, {}
     for direction in supported_directions(model):
         source, target = domain_folders(datamodule, direction)
@@ -417,7 +426,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
                          "table), or null for the model class and data name")
     device = resolve_device(cfg.get("device", "auto"))
     check_seed("seed", cfg.get("seed"))
-    with isolated_rng(device, cfg.get("seed")):
+    # Two evaluations into one output_dir would delete each other's images and keep one's scores.
+    with FolderLock(cfg.output_dir, "an evaluation's output folder", "Give this evaluation its own output_dir=..., "
+                    "or run it once the other has ended.", name=".eval.lock"), isolated_rng(device, cfg.get("seed")):
         return evaluate_checkpoint(cfg, device)
 
 
@@ -458,7 +469,8 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device) -> dict[str, dict
     # An earlier evaluation's scores go before its images do: stopped halfway, this one must not
     # leave them beside images they do not describe.
     (output_dir / "metrics.json").unlink(missing_ok=True)
-    report = {"ckpt_path": str(cfg.ckpt_path), "weights": model.loaded_weights, "data": datamodule.name}
+    report = {"ckpt_path": str(cfg.ckpt_path), "iteration": model.loaded_iteration, "weights": model.loaded_weights,
+              "data": datamodule.name}
     if cfg.get("truncation_psi") is not None:
         report["truncation_psi"] = float(cfg.truncation_psi)
     if generates and not samples_images(model):   # series: no images to score

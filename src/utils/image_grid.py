@@ -30,6 +30,18 @@ def to_uint8_images(batch: torch.Tensor) -> np.ndarray:
     return to_uint8_levels(batch).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def shrunk_to_side(images: torch.Tensor, max_side: int | None) -> torch.Tensor:
+    """[N, C, H, W] images scaled down (antialiased) so that their longer side is at most
+    `max_side` px, the aspect kept; as they are when they fit, or with `max_side` None."""
+    height, width = images.shape[-2:]
+    if max_side is None or max(height, width) <= max_side:
+        return images
+    scale = max_side / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return torch.nn.functional.interpolate(images.float(), size=size, mode="bilinear", antialias=True,
+                                           align_corners=False)
+
+
 def make_grid(rows: dict[str, torch.Tensor], padding: int = 2, labels: bool = True) -> np.ndarray:
     """Stack named rows of [N, C, H, W] images in [-1, 1] into one HxWx3 uint8 array.
 

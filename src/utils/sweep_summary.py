@@ -33,6 +33,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from src.utils.folder_lock import FolderInUse, FolderLock
 from src.utils.hydra_runtime import is_rank_zero
 from src.utils.nested import flattened
 from src.utils.run_results import FINAL_METRICS, write_failure
@@ -41,6 +42,9 @@ from src.utils.whole_files import write_text_whole
 log = logging.getLogger(__name__)
 
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
+#: the lock of the table's update, and how long a job waits for another's (a read of the job
+#: records and two small writes: well under a second, minutes on a struggling network disk)
+SUMMARY_LOCK, SUMMARY_LOCK_WAIT_S = ".summary.lock", 300.0
 EVAL_RESULT = "metrics.json"   # what src/eval.py writes in its output directory (src/utils/evaluation.py)
 #: what the markdown table shows by default, per result file, where a job has it (the CSV has every metric)
 DEFAULT_METRICS = {
@@ -108,7 +112,7 @@ def _cell(value: Any) -> str:
 
 def summary_markdown(rows: list[dict[str, Any]], metrics: list[str], sweep_dir: Path) -> str:
     shown = [m for m in metrics if any(m in r.get("metrics", {}) for r in rows)]
-    has_iteration = any("iteration" in r for r in rows)   # training runs; an evaluation has none
+    has_iteration = any("iteration" in r for r in rows)   # a run's, or the one an evaluation's checkpoint was at
     has_best = any("best_fid" in r for r in rows)
     # FID/KID of another feature extractor are other numbers: said beside them
     has_extractor = any("feature_extractor" in r for r in rows)
@@ -136,13 +140,20 @@ def write_summary(sweep_dir: Path, metrics: list[str] | tuple[str, ...] | None =
     if metrics is None:
         metrics = DEFAULT_METRICS.get(result_name, ())
     sweep_dir = Path(sweep_dir)
-    rows = summary_rows(sweep_dir, result_name) if sweep_dir.is_dir() else []
-    if not rows:
+    if not sweep_dir.is_dir():
         return None
-    # Whole files: the jobs of a sweep on a cluster end, and rewrite the table, at the same time.
-    write_text_whole(sweep_dir / SUMMARY_CSV, summary_csv(rows))
-    path = sweep_dir / SUMMARY_MD
-    write_text_whole(path, summary_markdown(rows, list(metrics), sweep_dir))
+    # The jobs of a sweep on a cluster end, and rewrite the table, at the same time: one at a time,
+    # each reading the jobs' records under the lock, so a job that read them before another's
+    # record was written cannot write its older table last. Whole files besides.
+    with FolderLock(sweep_dir, "the sweep's table", "A job stuck in its table's update holds it: remake the "
+                    "table with `python -m src.utils.sweep_summary SWEEP_DIR`.", name=SUMMARY_LOCK,
+                    wait_s=SUMMARY_LOCK_WAIT_S):
+        rows = summary_rows(sweep_dir, result_name)
+        if not rows:
+            return None
+        write_text_whole(sweep_dir / SUMMARY_CSV, summary_csv(rows))
+        path = sweep_dir / SUMMARY_MD
+        write_text_whole(path, summary_markdown(rows, list(metrics), sweep_dir))
     return path
 
 
@@ -162,7 +173,10 @@ class SweepSummary(Callback):
         if job_return.status == JobStatus.FAILED:
             # the exception itself: JobReturn.return_value would raise it (and print it once more)
             write_failure(Path(config.hydra.runtime.output_dir), job_return._return_value, self.result_file)
-        write_summary(Path(config.hydra.sweep.dir), self.metrics, self.result_file)
+        try:
+            write_summary(Path(config.hydra.sweep.dir), self.metrics, self.result_file)
+        except FolderInUse as busy:   # the job's own record is written: the table is not worth failing it
+            log.warning("The sweep's table was not updated after this job: %s", busy)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not is_rank_zero():

@@ -150,6 +150,8 @@ def group_by_size(paths: list[Path], short_side: int | None = None,
                   fixed: tuple[int, int] | None = None) -> dict[tuple[int, int], list[Path]]:
     """(height, width) -> its paths, in order of first appearance: one batch holds one size,
     the size each image is translated at (`translation_size`)."""
+    if fixed is not None:   # every image's: no need to read a size (a PNG's means decoding it whole)
+        return {fixed: list(paths)} if paths else {}
     groups: dict[tuple[int, int], list[Path]] = {}
     for path in paths:
         groups.setdefault(translation_size(upright_size(path), short_side, fixed), []).append(path)
@@ -158,7 +160,9 @@ def group_by_size(paths: list[Path], short_side: int | None = None,
 
 def fixed_translation_size(size: int | Sequence[int] | None, short_side: int | None) -> tuple[int, int] | None:
     """translate.py's `size` as (height, width): one number for a square, or [height, width];
-    ValueError naming the setting for anything else, or beside `short_side`."""
+    ValueError naming the setting for anything else, beside `short_side`, or for a `short_side`
+    that is not a number of px."""
+    require_int("short_side", short_side, allow_none=True, why=" (px; null: translate at the input's size)")
     if size is None:
         return None
     # (a Hydra list is a ListConfig: a Sequence, not a list)
@@ -215,7 +219,6 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
     """
     check_direction(model, direction)
     require_int("batch_size", batch_size)
-    require_int("short_side", short_side, allow_none=True, why=" (px; null: translate at the input's size)")
     fixed = fixed_translation_size(size, short_side)
     if device is None:
         device = model.device
