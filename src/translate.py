@@ -96,7 +96,8 @@ def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path,
                  "into %s", cfg.direction, source, target)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("input"):   # (also where skip_existing keeps every output: they must be this translation's)
-        keep_one_translation_per_folder(output_dir, translation_record(cfg, model), cfg.get("overwrite", False))
+        keep_one_translation_per_folder(output_dir, translation_record(cfg, model), cfg.get("overwrite", False),
+                                        set(targets.values()))
     written = []
     for path, image in translate_images(model, paths, cfg.direction, cfg.batch_size, device, cfg.get("short_side"),
                                         cfg.get("size")):
@@ -125,23 +126,28 @@ def translation_record(cfg: DictConfig, model) -> dict:
             "seed": cfg.get("seed")}
 
 
-def keep_one_translation_per_folder(output_dir: Path, record: dict, overwrite: bool) -> None:
+def keep_one_translation_per_folder(output_dir: Path, record: dict, overwrite: bool, targets: set[Path]) -> None:
     """Refuse to add outputs of another checkpoint, iteration or setting to a folder that holds a
     translation's (its RECORD_NAME): skip_existing would keep the old ones beside the new, and a
-    folder of other names would mix two models' images without a word; overwrite=true starts the
-    folder's record again. Then write this translation's record."""
+    folder of other names would mix two models' images without a word. overwrite=true starts the
+    folder's record again where this translation replaces every output there (`targets`: the files
+    it writes); outputs it would leave would pass for its own. Then write this translation's record."""
     path = output_dir / RECORD_NAME
-    if path.is_file() and not overwrite:
+    if path.is_file():
         try:
             earlier = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ValueError(f"{path} is not a translation record ({error}): remove it, or pass overwrite=true") \
                 from error
         differ = {key: (earlier.get(key), value) for key, value in record.items() if earlier.get(key) != value}
-        if differ:
-            said = "; ".join(f"{key}: {old!r} there, {new!r} here" for key, (old, new) in differ.items())
+        said = "; ".join(f"{key}: {old!r} there, {new!r} here" for key, (old, new) in differ.items())
+        if differ and not overwrite:
             raise ValueError(f"{output_dir} holds the outputs of another translation ({said}): choose another "
                              f"output folder, or pass overwrite=true to replace its outputs")
+        left = next((png for png in output_dir.rglob("*.png") if png not in targets), None) if differ else None
+        if left is not None:
+            raise ValueError(f"{output_dir} holds outputs of another translation ({said}) that this one would not "
+                             f"replace, e.g. {left}: choose another output folder, or remove them")
     write_text_whole(path, json.dumps(record, indent=2) + "\n")
 
 

@@ -168,7 +168,7 @@ def test_a_requeued_job_in_a_new_folder_named_by_its_start_time_resumes_its_earl
     monkeypatch.setenv("SLURM_JOB_ID", "9999")   # requeued before any start recorded it: it starts
     with caplog.at_level(logging.INFO):
         start("2026-12-06_03-00-00_slurm-9999", 1)
-    assert "no run folder beside it records an earlier start of job 9999: nothing to resume from" in caplog.text
+    assert "no run folder beside it records an earlier start of job 9999 by this command" in caplog.text
 
 
 def test_the_ranks_lightning_launches_resume_from_rank_zeros_choice(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ process at a time trains in a run folder (src/utils/run_record.py, src/utils/fol
 import errno
 import logging
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,10 @@ def test_a_run_folder_in_use_is_refused_naming_the_run_that_holds_it(train_cfg):
 
 def test_a_folder_lock_waits_for_its_holder_and_is_skipped_where_the_filesystem_has_none(tmp_path, monkeypatch,
                                                                                           caplog):
+    holder = FolderLock(tmp_path, "the results", "", name="results.lock").__enter__()
+    threading.Timer(0.3, holder.__exit__, args=(None, None, None)).start()
+    with FolderLock(tmp_path, "the results", "", name="results.lock", wait_s=30):   # taken once released
+        pass
     with FolderLock(tmp_path, "the results", "Try later.", name="results.lock"):
         with pytest.raises(FolderInUse, match=r"is in use by process .*: the results is written by one process at "
                                               r"a time. Try later."):
@@ -103,3 +108,34 @@ def test_a_folder_lock_waits_for_its_holder_and_is_skipped_where_the_filesystem_
         with FolderLock(tmp_path, "the results", "", name="results.lock"):
             pass
     assert "is not locked: its filesystem refuses locks (No locks available)" in caplog.text
+
+
+def test_every_rank_draws_its_stream_from_rank_zeros_so_a_recorded_seed_repeats_them_all():
+    """Under srun or torchrun each rank seeds itself, and with seed=null each draws its own seed;
+    only rank 0's is recorded. RankSeed gives rank r > 0 a stream drawn from rank 0's (broadcast),
+    whatever the rank's own seed was, and leaves rank 0's stream untouched."""
+    from types import SimpleNamespace
+
+    import pytorch_lightning as pl
+
+    from src.callbacks.rank_seed import RankSeed
+    torch.manual_seed(7)   # rank 0's stream
+    zero_state = torch.random.get_rng_state()
+    sent = []
+
+    def rank_zero_broadcast(value):
+        sent.append(value)
+        return value
+    RankSeed().on_train_start(SimpleNamespace(world_size=2, global_rank=0,
+                                              strategy=SimpleNamespace(broadcast=rank_zero_broadcast)), None)
+    assert torch.equal(torch.random.get_rng_state(), zero_state) and len(sent) == 1
+    outcomes = []
+    for own_seed in (12345, 999):   # two starts of rank 1 that seeded themselves apart
+        torch.manual_seed(own_seed)
+        RankSeed().on_train_start(SimpleNamespace(world_size=2, global_rank=1,
+                                                  strategy=SimpleNamespace(broadcast=lambda value: sent[0])), None)
+        outcomes.append(torch.rand(3))
+    assert torch.equal(outcomes[0], outcomes[1])
+    pl.seed_everything(0, verbose=False)
+    torch.manual_seed(7)
+    assert not torch.equal(torch.rand(3), outcomes[0])   # rank 1's own stream, not rank 0's

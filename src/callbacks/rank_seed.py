@@ -7,9 +7,11 @@ varied than one process running N times as long. (Flips, crops and B partners co
 training item's own seed, src/data/epoch_order.py, so they differ between ranks anyway.)
 
 At train start (after a resume has put rank 0's saved RNG states on every rank), each rank
-r > 0 reseeds python, numpy and torch from a seed drawn from its current stream and mixed with
-r: deterministic, and distinct per rank. Rank 0 (and so every single-process run) keeps its
-stream untouched, so seeded runs and resumes stay bit-exact.
+r > 0 reseeds python, numpy and torch from a seed drawn from rank 0's stream (read without
+advancing it, and broadcast) and mixed with r: deterministic, and distinct per rank. The draw is
+rank 0's because under srun or torchrun each rank seeds itself, and with `seed=null` each draws
+its own seed: only rank 0's is recorded, and `seed=N` must repeat every rank. Rank 0 (and so
+every single-process run) keeps its stream untouched, so seeded runs and resumes stay bit-exact.
 """
 import pytorch_lightning as pl
 import torch
@@ -20,7 +22,11 @@ _RANK_STRIDE = 1_000_003
 
 class RankSeed(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        rank = trainer.global_rank
-        if trainer.world_size > 1 and rank > 0:
+        if trainer.world_size <= 1:
+            return
+        with torch.random.fork_rng(devices=[]):
             drawn = int(torch.randint(0, 2**31 - 1, ()).item())
-            pl.seed_everything((drawn + _RANK_STRIDE * rank) % 2**32, workers=True, verbose=False)
+        drawn = trainer.strategy.broadcast(drawn)   # rank 0's
+        if trainer.global_rank > 0:
+            seed = (drawn + _RANK_STRIDE * trainer.global_rank) % 2**32
+            pl.seed_everything(seed, workers=True, verbose=False)

@@ -115,7 +115,8 @@ class UnetGenerator(nn.Module):
     """pix2pix U-Net: C64-C128-C256-C512 x (num_downs - 4), mirrored decoder with skips.
 
     `num_downs` 8 is `unet_256` (a 256 px image reaches 1x1), 7 is `unet_128`; "auto" takes as
-    many as bring `image_size` down to 1x1 (8 at 256 px, the paper's). Dropout 0.5 sits
+    many as `image_size` halves evenly (`unet_depth`: down to 1x1 for a power of two, 8 at 256 px,
+    the paper's). Dropout 0.5 sits
     in the first three decoder blocks (counted from the bottleneck), as the paper says; the
     junyanz code skips the innermost one and drops in the next three instead. `use_skip=False` gives the
     plain encoder-decoder of the paper's ablation.

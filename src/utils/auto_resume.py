@@ -88,9 +88,9 @@ def own_checkpoint_dirs(cfg: DictConfig) -> list[tuple[Path, Path]]:
     earlier = earlier_starts_of_this_job(*dirs)
     if not earlier:
         log.warning("SLURM_RESTART_COUNT=%d: this job was requeued into a new run folder (hydra.run.dir is named by "
-                    "the start time), and no run folder beside it records an earlier start of job %s: nothing to "
-                    "resume from. hydra.run.dir=logs/train/runs/slurm-$SLURM_JOB_ID keeps one folder for every start",
-                    restarts, os.environ.get("SLURM_JOB_ID"))
+                    "the start time), and no run folder beside it records an earlier start of job %s by this command "
+                    "(its overrides): nothing to resume from. hydra.run.dir=logs/train/runs/slurm-$SLURM_JOB_ID keeps "
+                    "one folder for every start", restarts, os.environ.get("SLURM_JOB_ID"))
         return [dirs]
     log.info("SLURM_RESTART_COUNT=%d: the earlier starts of this job ran in %s", restarts,
              ", ".join(str(run) for _, run in earlier))

@@ -30,6 +30,9 @@ except ImportError:   # Windows
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
+#: what flock raises on a filesystem without locks (macOS's SMB and shared folders: ENOTSUP, which
+#: is not EOPNOTSUPP there)
+NO_LOCKS_ERRNOS = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
 
 
 class FolderInUse(RuntimeError):
@@ -74,8 +77,12 @@ class FolderLock:
             return self
         self._fd = fd
         # Who holds it, for the error of the next process (the file is not the lock: it stays).
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, holder_description().encode(), 0)
+        # Only a courtesy: a full disk or quota must neither fail the claim nor keep the lock.
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder_description().encode(), 0)
+        except OSError:
+            pass
         return self
 
     def _acquire(self, fd: int) -> bool | None:
@@ -91,7 +98,7 @@ class FolderLock:
                     return False
                 time.sleep(min(0.1, self.wait_s))
             except OSError as error:
-                if error.errno not in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                if error.errno not in NO_LOCKS_ERRNOS:
                     raise
                 log.warning("%s is not locked: its filesystem refuses locks (%s), so nothing stops a second "
                             "process from writing there at the same time", self.folder, error.strerror)

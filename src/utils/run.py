@@ -40,7 +40,7 @@ from src.utils.instantiate import instantiate_list
 from src.utils.library_warnings import silence_known_library_noise
 from src.utils.objective import sweeper_direction
 from src.utils.process_state import process_state_restored
-from src.utils.run_record import record_start, run_folder_claimed, run_seed
+from src.utils.run_record import hydra_files, record_start, run_folder_claimed, run_seed
 from src.utils.run_results import completed_metrics
 from src.utils.tensorboard_logger import purge_step, with_purge_step
 from src.utils.training_config import ROOT_DIR
@@ -381,11 +381,12 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
 def _train(cfg: DictConfig) -> dict[str, float]:
     silence_known_library_noise()
     check_run_folder(cfg.paths.output_dir)
+    own_hydra_files = hydra_files(cfg)   # as given, before the run fills in its seed and checkpoint
     with run_folder_claimed(Path(cfg.paths.output_dir)):   # before anything in it is read or written
-        return _train_in_claimed_folder(cfg)
+        return _train_in_claimed_folder(cfg, own_hydra_files)
 
 
-def _train_in_claimed_folder(cfg: DictConfig) -> dict[str, float]:
+def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -> dict[str, float]:
     found_by_auto = resolve_checkpoint(cfg)
     # Read once, before any work (a missing or damaged file stops the run here), for the settings
     # check and the loggers; Lightning loads it again for the weights.
@@ -430,7 +431,7 @@ def _train_in_claimed_folder(cfg: DictConfig) -> dict[str, float]:
                          "(see conf/callbacks/default.yaml) so the run ends with a checkpoint")
     if not found_by_auto:   # (auto took the most advanced file: none is further on) once every check passed
         set_aside_abandoned_checkpoints(cfg)
-    record_start(run_dir, cfg, seed_drawn, cfg.get("ckpt_path"))   # once every check passed
+    record_start(run_dir, cfg, own_hydra_files, seed_drawn, cfg.get("ckpt_path"))   # once every check passed
     exit_code = 0
     try:   # from the loggers' first record on: a wandb run started here is finished whatever happens
         log_run_config(trainer, cfg)

@@ -7,7 +7,8 @@ and the code may change while a job waits in the queue. Each start therefore lea
 `starts/<n>_<time>/` in the run folder, never rewritten:
 
 - `.hydra`'s files as Hydra wrote them for this start (`config.yaml`, `overrides.yaml`,
-  `hydra.yaml`), and `resolved.yaml`: the config as the run used it (interpolations resolved,
+  `hydra.yaml`, written from the run's own configs, not copied: another command into the folder
+  has its Hydra write them there too, before it is refused), and `resolved.yaml`: the config as the run used it (interpolations resolved,
   `ckpt_path=auto` and `seed=null` replaced by the checkpoint and the seed they became);
 - `start.yaml`: when, where and how it ran (host, command line, SLURM job), the seed and whether
   it was drawn, the checkpoint it resumed from, the code revision, the versions of the libraries
@@ -16,7 +17,7 @@ and the code may change while a job waits in the queue. Each start therefore lea
   code files git does not track yet (their contents are not kept).
 
 The run folder's lock (src/utils/folder_lock.py) is taken before, so two starts never number
-themselves alike.
+themselves alike. When the record is written, `.hydra/` gets the run's own files back too.
 """
 from __future__ import annotations
 
@@ -82,10 +83,20 @@ def run_seed(cfg: DictConfig) -> bool:
     seed = int(inherited) if inherited is not None else secrets.randbelow(MAX_SEED + 1)
     with open_dict(cfg):
         cfg.seed = seed
-    if inherited is None:
+    if inherited is None and is_rank_zero():   # (srun's or torchrun's other ranks draw their own: RankSeed)
         log.info("seed=null: this run draws seed=%d (pass seed=%d to repeat it; the run folder's starts/ records it)",
                  seed, seed)
     return True
+
+
+def hydra_files(task_cfg: DictConfig) -> dict[str, str]:
+    """The text of Hydra's three files for this job, as Hydra writes them (its run_job), from the
+    configs in memory: `task_cfg`, the config the task was given; empty outside Hydra."""
+    hydra_cfg = hydra_config()
+    if hydra_cfg is None or OmegaConf.is_missing(hydra_cfg.runtime, "output_dir"):
+        return {}
+    return {"config.yaml": OmegaConf.to_yaml(task_cfg), "hydra.yaml": OmegaConf.to_yaml({"hydra": hydra_cfg}),
+            "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task)}
 
 
 def hydra_output_dir() -> Path | None:
@@ -101,18 +112,19 @@ def earlier_starts(run_dir: Path) -> list[Path]:
     return sorted(start for start in folder.iterdir() if start.is_dir()) if folder.is_dir() else []
 
 
-def record_start(run_dir: Path, cfg: DictConfig, seed_drawn: bool, resumed_from: str | None) -> Path | None:
-    """Write this start's folder under `run_dir/starts/` (module docstring); returns it. Rank
-    zero only (None elsewhere): the other ranks of a run are the same start."""
+def record_start(run_dir: Path, cfg: DictConfig, own_hydra_files: dict[str, str], seed_drawn: bool,
+                 resumed_from: str | None) -> Path | None:
+    """Write this start's folder under `run_dir/starts/` (module docstring) and put
+    `own_hydra_files` (`hydra_files` of the config the run was given) back in `.hydra/`; returns
+    the folder. Rank zero only (None elsewhere): the other ranks of a run are the same start."""
     if not is_rank_zero():
         return None
     number = len(earlier_starts(run_dir)) + 1
     start = Path(run_dir) / STARTS_DIR / f"{number:03d}_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
     start.mkdir(parents=True, exist_ok=True)
-    hydra_files = hydra_output_dir()
-    for name in HYDRA_FILES:
-        if hydra_files is not None and (hydra_files / name).is_file():
-            shutil.copyfile(hydra_files / name, start / name)
+    for folder in (start, hydra_output_dir()):
+        for name, text in own_hydra_files.items() if folder is not None else ():
+            write_text_whole(folder / name, text)
     write_text_whole(start / "resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     changes = uncommitted_changes(ROOT_DIR)
     if changes is not None and any(changes):
@@ -138,7 +150,10 @@ def record_start(run_dir: Path, cfg: DictConfig, seed_drawn: bool, resumed_from:
 def run_folder_claimed(run_dir: Path):
     """Hold the run folder's lock for the block (rank zero; the other ranks of the run share its
     claim). A second run into the folder is refused, naming the first; Hydra has replaced the first
-    run's `.hydra` files by then, so they are put back from its latest start's record."""
+    run's `.hydra` files by then, so they are put back from its latest start's record (and the
+    first run writes its own there again when it records its start). Under srun or torchrun the
+    refused command's other ranks wait for its rank zero at the rendezvous, until its timeout:
+    `srun --kill-on-bad-exit=1` ends them with it."""
     if not is_rank_zero():
         yield
         return
@@ -155,13 +170,13 @@ def run_folder_claimed(run_dir: Path):
 def restore_hydra_files(run_dir: Path) -> str:
     """Put the running run's `.hydra` files back from its latest start's record (Hydra wrote this
     refused command's over them); says what was done, for the refusal's message."""
-    hydra_files = hydra_output_dir()
+    folder = hydra_output_dir()
     starts = earlier_starts(run_dir)
-    if hydra_files is None:
+    if folder is None:
         return ""
     if not starts:
-        return f"Its {hydra_files} files now hold this command's config."
+        return f"Its {folder} files hold this command's config until that run records its start."
     for name in HYDRA_FILES:
         if (starts[-1] / name).is_file():
-            shutil.copyfile(starts[-1] / name, hydra_files / name)
-    return f"Its {hydra_files} files, which Hydra had replaced with this command's, were put back from {starts[-1]}."
+            shutil.copyfile(starts[-1] / name, folder / name)
+    return f"Its {folder} files, which Hydra had replaced with this command's, were put back from {starts[-1]}."

@@ -173,17 +173,22 @@ class SweepSummary(Callback):
         if job_return.status == JobStatus.FAILED:
             # the exception itself: JobReturn.return_value would raise it (and print it once more)
             write_failure(Path(config.hydra.runtime.output_dir), job_return._return_value, self.result_file)
-        try:
-            write_summary(Path(config.hydra.sweep.dir), self.metrics, self.result_file)
-        except FolderInUse as busy:   # the job's own record is written: the table is not worth failing it
-            log.warning("The sweep's table was not updated after this job: %s", busy)
+        self._write_table(config, "after this job")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not is_rank_zero():
             return
-        path = write_summary(Path(config.hydra.sweep.dir), self.metrics, self.result_file)
+        path = self._write_table(config, "at the sweep's end")
         if path is not None:
             log.info("Sweep summary: %s\n%s", path, path.read_text())
+
+
+    def _write_table(self, config: DictConfig, when: str) -> Path | None:
+        try:
+            return write_summary(Path(config.hydra.sweep.dir), self.metrics, self.result_file)
+        except FolderInUse as busy:   # the jobs' own records are written: the table is not worth failing them
+            log.warning("The sweep's table was not updated %s: %s", when, busy)
+            return None
 
 
 def main(argv: list[str]) -> int:
