@@ -16,8 +16,9 @@ install: $(STAMP)
 # Python 3.11-3.13: the pinned onnxruntime and pillow-heif need 3.11; hydra-core 1.3.8 (the newest)
 # fails at startup on 3.14, whose argparse refuses its shell-completion help object.
 $(STAMP): requirements.txt constraints.txt
-	@$(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' || \
-		{ echo "Python 3.11 to 3.13 is needed ($(PYTHON) is $$($(PYTHON) --version 2>&1)): make PYTHON=python3.12 ..."; exit 1; }
+	@py=$(PYTHON); test -x $(PY) && py=$(PY); \
+		$$py -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' || \
+		{ echo "Python 3.11 to 3.13 is needed ($$py is $$($$py --version 2>&1)): make PYTHON=python3.12 ... (after rm -rf $(VENV) where that is the one)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install -r requirements.txt -c constraints.txt

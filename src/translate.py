@@ -19,7 +19,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from src.models.checkpoint_fit import check_checkpoint_file  # noqa: E402
 from src.utils.checkpoint_loading import load_model  # noqa: E402
-from src.utils.export import check_export_format, export_path, export_translation  # noqa: E402
+from src.utils.export import EXPORT_FORMATS, check_export_format, export_path, export_translation  # noqa: E402
 from src.data.folders import output_paths, refuse_existing_outputs  # noqa: E402
 from src.utils.config_checks import check_seed, require_bool  # noqa: E402
 from src.utils.rng import isolated_rng  # noqa: E402
@@ -81,7 +81,8 @@ def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Pat
     skip_export = bool(exported) and exported[0].exists()
     if skip_export:
         log.info("skip_existing: %s exists already (kept, not exported again)", exported[0])
-    return [path for path in paths if path not in set(kept)], [str(targets[path]) for path in kept], skip_export
+    to_translate = [path for path in paths if not targets[path].exists()]
+    return to_translate, [str(targets[path]) for path in kept], skip_export
 
 
 def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path, Path], device: torch.device,
@@ -95,9 +96,10 @@ def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path,
         log.info("The model was trained with data.direction=BtoA: direction=%s translates the dataset's domain %s "
                  "into %s", cfg.direction, source, target)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.get("input"):   # (also where skip_existing keeps every output: they must be this translation's)
-        keep_one_translation_per_folder(output_dir, translation_record(cfg, model), cfg.get("overwrite", False),
-                                        set(targets.values()))
+    # (also where skip_existing keeps every output: they must be this translation's)
+    exported = {export_path(output_dir, cfg.direction, cfg.export)} if cfg.get("export") else set()
+    keep_one_translation_per_folder(output_dir, translation_record(cfg, model), cfg.get("overwrite", False),
+                                    {*targets.values(), *exported})
     written = []
     for path, image in translate_images(model, paths, cfg.direction, cfg.batch_size, device, cfg.get("short_side"),
                                         cfg.get("size")):
@@ -118,8 +120,8 @@ RECORD_NAME = "translation.json"
 
 def translation_record(cfg: DictConfig, model) -> dict:
     """What makes an output what it is: the checkpoint's state (last.ckpt moves on while its run
-    trains, hence the iteration), the weights, the direction and the scale (the inputs may differ:
-    several folders can be translated into one)."""
+    trains, hence the iteration), the weights, the direction, the scale and the seed (pix2pix's
+    test-time dropout draws on it); the inputs may differ: several folders can go into one."""
     return {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "iteration": model.loaded_iteration,
             "weights": model.loaded_weights, "direction": cfg.direction, "short_side": cfg.get("short_side"),
             "size": list(fixed) if (fixed := fixed_translation_size(cfg.get("size"), cfg.get("short_side"))) else None,
@@ -130,8 +132,9 @@ def keep_one_translation_per_folder(output_dir: Path, record: dict, overwrite: b
     """Refuse to add outputs of another checkpoint, iteration or setting to a folder that holds a
     translation's (its RECORD_NAME): skip_existing would keep the old ones beside the new, and a
     folder of other names would mix two models' images without a word. overwrite=true starts the
-    folder's record again where this translation replaces every output there (`targets`: the files
-    it writes); outputs it would leave would pass for its own. Then write this translation's record."""
+    folder's record again where this translation replaces every output there, images and exported
+    graphs (`targets`: the files it writes); outputs it would leave would pass for its own. Then
+    write this translation's record."""
     path = output_dir / RECORD_NAME
     if path.is_file():
         try:
@@ -144,7 +147,9 @@ def keep_one_translation_per_folder(output_dir: Path, record: dict, overwrite: b
         if differ and not overwrite:
             raise ValueError(f"{output_dir} holds the outputs of another translation ({said}): choose another "
                              f"output folder, or pass overwrite=true to replace its outputs")
-        left = next((png for png in output_dir.rglob("*.png") if png not in targets), None) if differ else None
+        outputs = (path for pattern in ("*.png", *(f"generator_*{suffix}" for suffix in EXPORT_FORMATS.values()))
+                   for path in output_dir.rglob(pattern))
+        left = next((path for path in outputs if path not in targets), None) if differ else None
         if left is not None:
             raise ValueError(f"{output_dir} holds outputs of another translation ({said}) that this one would not "
                              f"replace, e.g. {left}: choose another output folder, or remove them")

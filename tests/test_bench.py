@@ -183,7 +183,6 @@ def test_a_trial_keeps_the_baseline_it_was_saved_with(tmp_path):
 def test_two_benchmarks_into_one_results_file_take_turns_and_a_damaged_file_is_named(tmp_path, monkeypatch):
     """Two benchmarks saving into one results.json (two GPUs of a node) each read, merge and
     write it: one waits for the other's save rather than drop its rows or mix the two files."""
-    from src.utils import bench_report
     from src.utils.folder_lock import FolderInUse, FolderLock
     path, md = tmp_path / "r.json", tmp_path / "r.md"
     write_results(path, md, {"train_step": [_row("x", 1.0)]}, MACHINE, SETTINGS)

@@ -210,7 +210,7 @@ def test_unet_depth_auto_reaches_one_pixel_at_the_crop_size():
     # Not a power of two: as deep as its side halves evenly (768 by 512's depth 9 would not fit)
     for size, multiple in ((768, 256), (384, 128), (96, 32)):
         unet = UnetGenerator(num_downs="auto", image_size=size, ngf=2)
-        assert unet.size_multiple == multiple and size % unet.size_multiple == 0
+        assert unet.size_multiple == multiple
     with pytest.raises(ValueError, match=r"num_downs=auto needs model.generator.image_size .* at least 32 px, got 16"):
         UnetGenerator(num_downs="auto", image_size=16)
 

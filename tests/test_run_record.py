@@ -116,8 +116,6 @@ def test_every_rank_draws_its_stream_from_rank_zeros_so_a_recorded_seed_repeats_
     whatever the rank's own seed was, and leaves rank 0's stream untouched."""
     from types import SimpleNamespace
 
-    import pytorch_lightning as pl
-
     from src.callbacks.rank_seed import RankSeed
     torch.manual_seed(7)   # rank 0's stream
     zero_state = torch.random.get_rng_state()
@@ -136,6 +134,5 @@ def test_every_rank_draws_its_stream_from_rank_zeros_so_a_recorded_seed_repeats_
                                                   strategy=SimpleNamespace(broadcast=lambda value: sent[0])), None)
         outcomes.append(torch.rand(3))
     assert torch.equal(outcomes[0], outcomes[1])
-    pl.seed_everything(0, verbose=False)
     torch.manual_seed(7)
     assert not torch.equal(torch.rand(3), outcomes[0])   # rank 1's own stream, not rank 0's

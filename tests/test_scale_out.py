@@ -495,7 +495,7 @@ def test_a_gpu_trainer_without_a_gpu_names_the_trainer_to_use(train_cfg, trainer
 
 
 @pytest.mark.parametrize("seed, message", [
-    ("abc", r"seed='abc' must be an integer >= 0 or null \(null: unseeded\)"),
+    ("abc", r"seed='abc' must be an integer >= 0 or null \(null: a seed drawn and recorded\)"),
     (-1, r"seed=-1 must be an integer >= 0"),
     (2**32, r"seed=4294967296 must be at most 4294967295"),   # Lightning would warn and seed 0
 ])
@@ -991,7 +991,7 @@ def test_a_run_leaves_the_process_and_the_callers_config_as_it_found_them(train_
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
-def test_an_unseeded_run_after_a_seeded_one_leaves_lightning_no_seed_to_reseed_ranks_with(train_cfg, monkeypatch):
+def test_an_unseeded_run_after_a_seeded_one_reseeds_ranks_with_its_own_drawn_seed_not_the_earlier_one(train_cfg, monkeypatch):
     """`-m seed=42,null trainer=ddp` in one process: pl.seed_everything leaves PL_GLOBAL_SEED,
     from which Lightning's DDP setup reseeds every rank, so the unseeded job replayed seed 42.
     The seeded run's fit sees it; the unseeded one's sees the seed it drew (and recorded) instead,

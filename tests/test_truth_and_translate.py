@@ -737,7 +737,7 @@ def test_skip_existing_continues_an_interrupted_translation(smoke_runs, tmp_path
                                          r"here\): choose another output folder, or pass overwrite=true"):
         run_translation(translate_cfg(**settings, skip_existing=True, short_side=16))
     assert not (out / "gray.png").exists()
-    # overwrite=true of one input would leave the other three, then taken for the new translation's
+    # overwrite=true of one input would leave the other two and the graph, then taken for its own
     (tmp_path / "one").mkdir()
     (tmp_path / "in" / "rgb.png").rename(tmp_path / "one" / "rgb.png")
     one = dict(settings, input=str(tmp_path / "one"), export=None, short_side=16)
@@ -747,6 +747,9 @@ def test_skip_existing_continues_an_interrupted_translation(smoke_runs, tmp_path
         run_translation(translate_cfg(**one, overwrite=True))
     for name in ("rgba.png", "portrait.png"):
         (out / name).unlink()
+    with pytest.raises(ValueError, match=r"would not replace, e.g. .*generator_AtoB.pt"):
+        run_translation(translate_cfg(**one, overwrite=True))
+    graph.unlink()
     assert run_translation(translate_cfg(**one, overwrite=True))["written"] == [str(out / "rgb.png")]
     assert json.loads((out / "translation.json").read_text())["short_side"] == 16
 

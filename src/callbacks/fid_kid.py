@@ -131,7 +131,7 @@ class PeriodicEvaluation(pl.Callback):
             # An unpaired split is as long as its larger domain: its item count hides a domain of
             # one image, which the evaluation (each image once: distinct_batches) would fail on.
             for key, count in distinct_images(subset.dataset).items():
-                if min(count, len(subset)) < self.min_images:
+                if count < self.min_images:   # (the items, checked above, are at least as many)
                     raise ValueError(f"{type(self).__name__} needs at least {self.min_images} distinct test images "
                                      f"of each domain, and {where} has {count} in domain {key}: add test images, "
                                      f"or turn it off with {self.config_key}=null")

@@ -14,7 +14,8 @@ its own seed: only rank 0's is recorded, and `seed=N` must repeat every rank. Ra
 every single-process run) keeps its stream untouched, so seeded runs and resumes stay bit-exact.
 """
 import pytorch_lightning as pl
-import torch
+
+from src.utils.rng import rank_zero_seed
 
 # A large odd multiplier spreads consecutive ranks far apart in seed space.
 _RANK_STRIDE = 1_000_003
@@ -24,9 +25,7 @@ class RankSeed(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.world_size <= 1:
             return
-        with torch.random.fork_rng(devices=[]):
-            drawn = int(torch.randint(0, 2**31 - 1, ()).item())
-        drawn = trainer.strategy.broadcast(drawn)   # rank 0's
+        drawn = rank_zero_seed(trainer.strategy)
         if trainer.global_rank > 0:
             seed = (drawn + _RANK_STRIDE * trainer.global_rank) % 2**32
             pl.seed_everything(seed, workers=True, verbose=False)

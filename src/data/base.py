@@ -30,6 +30,7 @@ from src.metrics.features import FEATURE_EXTRACTORS
 from src.metrics.label_maps import palette_named
 from src.utils.config_checks import require_bool, require_int, to_plain
 from src.utils.directions import DIRECTIONS
+from src.utils.rng import rank_zero_seed
 
 SPLITS = ("train", "test")
 
@@ -231,9 +232,7 @@ class SplitDataModule(pl.LightningDataModule):
         if self._restored_order_seed is not None:
             seed, self._restored_order_seed = self._restored_order_seed, None
         else:
-            with torch.random.fork_rng(devices=[]):
-                seed = int(torch.randint(2**31 - 1, ()).item())
-            seed = self.trainer.strategy.broadcast(seed) if self.trainer is not None else seed
+            seed = rank_zero_seed(self.trainer.strategy if self.trainer is not None else None)
         self._train_order_seed = seed
         return seed
 

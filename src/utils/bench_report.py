@@ -91,7 +91,7 @@ def write_results(json_path: Path, md_path: Path, rows: dict[str, list], machine
     # Whole files (a run killed mid-write leaves the earlier one), and one writer at a time: two
     # benchmarks into one file (two GPUs of a node, a checkout shared over NFS) save after every
     # row, and a merge that read the file before the other's save would drop its rows.
-    with FolderLock(json_path.parent, f"{json_path}", "Wait for the other benchmark, or pass results_name=NAME "
+    with FolderLock(json_path.parent, str(json_path), "Wait for the other benchmark, or pass results_name=NAME "
                     "for a file of this run's own.", name=f".{json_path.name}.lock", wait_s=RESULTS_LOCK_WAIT_S):
         if merge and json_path.exists():
             old = read_results(json_path)

@@ -180,7 +180,8 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
         model.training_data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
         model.training_data_class = checkpoint.get("datamodule_class")
         model.loaded_weights = "ema" if averaged is not None else "trained"
-        # Which state of a run this is (last.ckpt moves on while it trains): eval's metrics.json says it.
+        # Which state of a run this is (last.ckpt moves on while it trains): eval's metrics.json and
+        # translate's translation.json say it.
         model.loaded_iteration = checkpoint_iteration(checkpoint, model)
         log.info("Loaded %s from %s (iteration %s)", cls.__name__, path, model.loaded_iteration)
         return model.to(map_location).eval()

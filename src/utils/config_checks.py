@@ -49,9 +49,9 @@ def require_bool(key: str, value) -> None:
 MAX_SEED = 2**32 - 1
 
 
-def check_seed(key: str, value, allow_none: bool = True) -> None:
-    """ValueError unless `value` is an integer seed in 0..MAX_SEED (or None: unseeded)."""
-    require_int(key, value, least=0, allow_none=allow_none, why=" (null: unseeded)" if allow_none else "")
+def check_seed(key: str, value, allow_none: bool = True, none_means: str = "unseeded") -> None:
+    """ValueError unless `value` is an integer seed in 0..MAX_SEED (or None: `none_means`)."""
+    require_int(key, value, least=0, allow_none=allow_none, why=f" (null: {none_means})" if allow_none else "")
     if value is not None and value > MAX_SEED:
         raise ValueError(f"{key}={value!r} must be at most {MAX_SEED} (numpy's largest seed)")
 

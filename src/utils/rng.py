@@ -36,6 +36,15 @@ def restore_rng_states(states: dict) -> None:
         torch.mps.set_rng_state(states["mps"])
 
 
+def rank_zero_seed(strategy=None) -> int:
+    """A seed drawn from torch's global CPU stream without advancing it (no other draw of the run
+    moves), rank zero's on every rank where a Lightning `strategy` is given (a broadcast, so a
+    collective call under DDP)."""
+    with torch.random.fork_rng(devices=[]):
+        seed = int(torch.randint(2**31 - 1, ()).item())
+    return strategy.broadcast(seed) if strategy is not None else seed
+
+
 @contextlib.contextmanager
 def isolated_rng(device: torch.device, seed: int | None = 0):
     """Torch's RNG (CPU and `device`'s GPU, CUDA or Apple's MPS) seeded with `seed` inside the

@@ -393,7 +393,7 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
     resumed = resumed_checkpoint(cfg.get("ckpt_path"))
     init_from = initial_weights_to_load(cfg)
     default_wandb_offline()
-    check_seed("seed", cfg.get("seed"))
+    check_seed("seed", cfg.get("seed"), none_means="a seed drawn and recorded")
     seed_drawn = run_seed(cfg)
     # (its environment variables go with the run: process_state_restored)
     pl.seed_everything(cfg.seed, workers=True, verbose=not seed_drawn)

@@ -182,7 +182,6 @@ class SweepSummary(Callback):
         if path is not None:
             log.info("Sweep summary: %s\n%s", path, path.read_text())
 
-
     def _write_table(self, config: DictConfig, when: str) -> Path | None:
         try:
             return write_summary(Path(config.hydra.sweep.dir), self.metrics, self.result_file)
