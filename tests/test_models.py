@@ -662,3 +662,17 @@ def test_data_of_the_wrong_kind_for_the_method_is_named_at_fit_start(train_cfg, 
         warnings.simplefilter("always")
         model.on_fit_start()
     assert not [w for w in caught if "unpaired method" in str(w.message)]
+
+
+@pytest.mark.parametrize("model", ["ugatit", "nicegan"])
+def test_rho_is_logged_at_the_iterations_it_was_measured_at_only(train_cfg, model):
+    """Through self.log, Lightning sent the AdaLIN/LIN rho of iteration 4 again at every logged
+    iteration until the next measure (at 5 and 7 here), as if measured there."""
+    cfg = train_cfg(f"model={model}", "max_iters=9", "model.log_rho_every_n_iters=4", "trainer.log_every_n_steps=2",
+                    *NO_EVALUATION)
+    run_training(cfg)
+    rows = list(csv.DictReader(open(Path(cfg.paths.output_dir, "csv", "version_0", "metrics.csv"))))
+    rho = next(column for column in rows[0] if column.startswith("rho/"))
+    # (measured after an iteration's steps: at the count of iterations done, as the evaluations are)
+    assert sorted(int(row["step"]) for row in rows if row[rho] != "") == [4, 8]
+    assert [int(row["step"]) for row in rows if row.get("train/G", "") != ""] == [1, 3, 5, 7]

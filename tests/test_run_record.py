@@ -136,3 +136,34 @@ def test_every_rank_draws_its_stream_from_rank_zeros_so_a_recorded_seed_repeats_
     assert torch.equal(outcomes[0], outcomes[1])
     torch.manual_seed(7)
     assert not torch.equal(torch.rand(3), outcomes[0])   # rank 1's own stream, not rank 0's
+
+
+def test_ranks_other_than_zero_log_warnings_only_during_a_run(monkeypatch):
+    """Eight ranks each said the same setup lines (parameter counts, the seed, the folders) into
+    the run's log; the other ranks keep their warnings and errors."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    from src.utils.hydra_runtime import other_ranks_log_warnings_only
+
+    class Kept(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+    kept, logger = Kept(), logging.getLogger("tests.ranks")
+    logging.getLogger().addHandler(kept)
+    logger.setLevel(logging.INFO)
+    try:
+        monkeypatch.setattr(rank_zero_only, "rank", 1, raising=False)
+        with other_ranks_log_warnings_only():
+            logger.info("G_A: 7,837,699 parameters")
+            logger.warning("a rank's own warning")
+        logger.info("after the run")
+        monkeypatch.setattr(rank_zero_only, "rank", 0)
+        with other_ranks_log_warnings_only():
+            logger.info("rank zero's line")
+    finally:
+        logging.getLogger().removeHandler(kept)
+    assert kept.messages == ["a rank's own warning", "after the run", "rank zero's line"]

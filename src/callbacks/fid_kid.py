@@ -46,6 +46,7 @@ from src.models.noise_base import SAMPLES
 from src.utils.accelerator import float64_device
 from src.utils.config_checks import require_int
 from src.utils.directions import DIRECTIONS
+from src.utils.metric_publishing import publish_metrics
 from src.utils.rng import isolated_rng
 
 
@@ -55,20 +56,6 @@ def shard_range(n: int, rank: int, world_size: int) -> range:
     base, extra = divmod(n, world_size)
     start = rank * base + min(rank, extra)
     return range(start, start + base + (1 if rank < extra else 0))
-
-
-def publish_metrics(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
-    """Put metrics in `trainer.callback_metrics` (what `train()` returns to sweepers, what
-    monitors read) on every rank, and send them to the loggers from rank zero.
-
-    `pl_module.log` is not used: Lightning forbids it in `on_train_end`, where the final
-    evaluation runs, and would pass step metrics to the loggers only every `log_every_n_steps`.
-    """
-    for name, value in metrics.items():
-        trainer.callback_metrics[name] = torch.tensor(float(value), dtype=torch.float64)
-    if trainer.is_global_zero:
-        for logger in trainer.loggers:
-            logger.log_metrics(dict(metrics), step=step)
 
 
 class PeriodicEvaluation(pl.Callback):

@@ -24,6 +24,7 @@ from src.models.base import TranslationModel, build_net, sampling_mode, to_plain
 from src.models.ugatit import rho_metrics
 from src.nets.adalin import clip_rho_
 from src.utils.heatmap import overlay_heatmap
+from src.utils.metric_publishing import publish_metrics
 
 
 class NICEGAN(TranslationModel):
@@ -137,7 +138,7 @@ class NICEGAN(TranslationModel):
             metrics = rho_metrics({"G_AB": self.G_AB, "G_BA": self.G_BA})
             metrics.update({f"attention_gamma/D_{d}": self.discriminator_of(d).encoder.attention.gamma.item()
                             for d in "AB"})
-            self.log_dict(metrics, batch_size=batch_size)
+            publish_metrics(self.trainer, metrics, step=self.iteration)   # (why not self.log: ugatit.py)
 
     def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:
         rows = {}

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from src.models.base import TranslationModel, build_net, sampling_mode, to_plain
 from src.nets.adalin import clip_rho_, rho_statistics
 from src.utils.heatmap import overlay_heatmap
+from src.utils.metric_publishing import publish_metrics
 
 
 class UGATIT(TranslationModel):
@@ -126,7 +127,9 @@ class UGATIT(TranslationModel):
         batch_size = real_A.size(0)
         self.log_losses(losses, {"G": loss_g, "D": loss_d, "D_A": loss_d_a, "D_B": loss_d_b}, batch_size)
         if self.iteration % self.hparams.log_rho_every_n_iters == 0:
-            self.log_dict(rho_metrics({"G_AB": self.G_AB, "G_BA": self.G_BA}), batch_size=batch_size)
+            # Straight to the loggers at this iteration: through self.log, Lightning would send
+            # the value again at every later logged iteration until the next one, as if measured there.
+            publish_metrics(self.trainer, rho_metrics({"G_AB": self.G_AB, "G_BA": self.G_BA}), step=self.iteration)
 
     def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:
         real_A, real_B = batch["A"], batch["B"]

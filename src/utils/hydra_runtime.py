@@ -6,6 +6,8 @@ allocator is configured (src/utils/allocator.py), and torch must not load before
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 
 from hydra.core.hydra_config import HydraConfig
@@ -59,3 +61,26 @@ def is_rank_zero() -> bool:
     launcher's environment when it is imported, which is done here, late (module docstring)."""
     from lightning_fabric.utilities.rank_zero import rank_zero_only
     return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def _warning_or_worse(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
+@contextlib.contextmanager
+def other_ranks_log_warnings_only():
+    """On ranks other than zero, the log handlers take warnings and errors only for the block:
+    every rank runs the same setup and says the same things (parameter counts, the seed, the
+    data's folders), eight times over on eight GPUs, into files of their own or, under srun and
+    torchrun, interleaved into the run's one train.log. Rank zero logs as before."""
+    if is_rank_zero():
+        yield
+        return
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(_warning_or_worse)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(_warning_or_worse)

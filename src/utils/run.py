@@ -33,7 +33,8 @@ from src.utils.checkpoint_io import DurableCheckpointIO
 from src.utils.code_version import git_revision
 from src.utils.config_checks import check_argument_types, check_run_folder, check_seed, is_number, require_int
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
-from src.utils.hydra_runtime import RESOLVED_CHECKPOINT_ENV, in_a_sweep, job_overrides, launched_rank
+from src.utils.hydra_runtime import (RESOLVED_CHECKPOINT_ENV, in_a_sweep, job_overrides, launched_rank,
+                                    other_ranks_log_warnings_only)
 from src.utils.ddp_strategy import choose_strategy, process_count
 from src.utils.initial_weights import initial_weights_to_load, start_from_checkpoint
 from src.utils.instantiate import instantiate_list
@@ -382,7 +383,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     silence_known_library_noise()
     check_run_folder(cfg.paths.output_dir)
     own_hydra_files = hydra_files(cfg)   # as given, before the run fills in its seed and checkpoint
-    with run_folder_claimed(Path(cfg.paths.output_dir)):   # before anything in it is read or written
+    # (the claim before anything in the folder is read or written)
+    with other_ranks_log_warnings_only(), run_folder_claimed(Path(cfg.paths.output_dir)):
         return _train_in_claimed_folder(cfg, own_hydra_files)
 
 

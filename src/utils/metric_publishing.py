@@ -1,0 +1,17 @@
+"""Metrics sent to the loggers at a step of our choosing, past Lightning's `self.log`."""
+import pytorch_lightning as pl
+import torch
+
+
+def publish_metrics(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
+    """Put metrics in `trainer.callback_metrics` (what `train()` returns to sweepers, what
+    monitors read) on every rank, and send them to the loggers from rank zero.
+
+    `pl_module.log` is not used: Lightning forbids it in `on_train_end`, where the final
+    evaluation runs, and would pass step metrics to the loggers only every `log_every_n_steps`.
+    """
+    for name, value in metrics.items():
+        trainer.callback_metrics[name] = torch.tensor(float(value), dtype=torch.float64)
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            logger.log_metrics(dict(metrics), step=step)
