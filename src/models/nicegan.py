@@ -138,7 +138,7 @@ class NICEGAN(TranslationModel):
             metrics = rho_metrics({"G_AB": self.G_AB, "G_BA": self.G_BA})
             metrics.update({f"attention_gamma/D_{d}": self.discriminator_of(d).encoder.attention.gamma.item()
                             for d in "AB"})
-            publish_metrics(self.trainer, metrics, step=self.iteration)   # (why not self.log: ugatit.py)
+            publish_metrics(self._trainer, metrics, step=self.iteration)   # (why not self.log: ugatit.py)
 
     def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:
         rows = {}

@@ -129,7 +129,8 @@ class UGATIT(TranslationModel):
         if self.iteration % self.hparams.log_rho_every_n_iters == 0:
             # Straight to the loggers at this iteration: through self.log, Lightning would send
             # the value again at every later logged iteration until the next one, as if measured there.
-            publish_metrics(self.trainer, rho_metrics({"G_AB": self.G_AB, "G_BA": self.G_BA}), step=self.iteration)
+            rho = rho_metrics({"G_AB": self.G_AB, "G_BA": self.G_BA})
+            publish_metrics(self._trainer, rho, step=self.iteration)
 
     def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:
         real_A, real_B = batch["A"], batch["B"]

@@ -3,13 +3,16 @@ import pytorch_lightning as pl
 import torch
 
 
-def publish_metrics(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
+def publish_metrics(trainer: pl.Trainer | None, metrics: dict[str, float], step: int) -> None:
     """Put metrics in `trainer.callback_metrics` (what `train()` returns to sweepers, what
-    monitors read) on every rank, and send them to the loggers from rank zero.
+    monitors read) on every rank, and send them to the loggers from rank zero. Without a trainer
+    (a model's step called by hand), nothing.
 
     `pl_module.log` is not used: Lightning forbids it in `on_train_end`, where the final
     evaluation runs, and would pass step metrics to the loggers only every `log_every_n_steps`.
     """
+    if trainer is None:
+        return
     for name, value in metrics.items():
         trainer.callback_metrics[name] = torch.tensor(float(value), dtype=torch.float64)
     if trainer.is_global_zero:
