@@ -74,15 +74,15 @@ def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Pat
         refuse_existing_outputs([*targets.values(), *exported], "pass overwrite=true to replace them, or "
                                 "skip_existing=true to translate only the inputs without one")
         return paths, [], False
-    kept = [path for path in paths if targets[path].exists()]
+    present = {path: targets[path].exists() for path in paths}   # (one look at each: a network disk's)
+    kept = [path for path in paths if present[path]]
     if kept:
         log.info("skip_existing: %d of %d input(s) have their output in %s already (kept, not translated "
                  "again)", len(kept), len(paths), cfg.output)
     skip_export = bool(exported) and exported[0].exists()
     if skip_export:
         log.info("skip_existing: %s exists already (kept, not exported again)", exported[0])
-    to_translate = [path for path in paths if not targets[path].exists()]
-    return to_translate, [str(targets[path]) for path in kept], skip_export
+    return [path for path in paths if not present[path]], [str(targets[path]) for path in kept], skip_export
 
 
 def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path, Path], device: torch.device,

@@ -352,7 +352,8 @@ def evaluate_translations(model, datamodule, dataset, loader, scorer: FidKidScor
     """Every direction the model translates: (what was translated into which folder, its metrics)."""
     backgrounds = truth_backgrounds(datamodule, dataset)
     counts = distinct_counts(dataset)
-    for direction in supported_directions(model):   # before any image is translated and written
+    directions = {}
+    for direction in supported_directions(model):   # every one checked before any image is translated
         source, target = domain_folders(datamodule, direction)
         n_source, n_target = counts if direction == "AtoB" else counts[::-1]
         if min(n_source, n_target) < 2:
@@ -360,16 +361,13 @@ def evaluate_translations(model, datamodule, dataset, loader, scorer: FidKidScor
                              f"{n_source} test image(s) of {datamodule.split_folder('test', source)} and the "
                              f"{n_target} of {datamodule.split_folder('test', target)}, which need at least 2 "
                              f"each: add test images (src/translate.py translates without scoring)")
-    directions, results = {}, {}
-    for direction in supported_directions(model):
-        source, target = domain_folders(datamodule, direction)
-        n_source, n_target = counts if direction == "AtoB" else counts[::-1]
         directions[direction] = {"from": source, "to": target, "translated": n_source, "real": n_target,
                                  "output": f"fake{target}"}
-        results[direction] = evaluate_direction(model, loader, direction, n_source, n_target, scorer, backgrounds,
-                                                output_dir / f"fake{target}", device,
-                                                datamodule.split_folder("test", source),
-                                                label_scores_for(datamodule, source, target, segmenter, device))
+    results = {direction: evaluate_direction(model, loader, direction, plan["translated"], plan["real"], scorer,
+                                             backgrounds, output_dir / plan["output"], device,
+                                             datamodule.split_folder("test", plan["from"]),
+                                             label_scores_for(datamodule, plan["from"], plan["to"], segmenter, device))
+               for direction, plan in directions.items()}
     return directions, results
 
 

@@ -356,13 +356,17 @@ def release_failed_run(error: BaseException) -> None:
         torch.cuda.empty_cache()
 
 
-def log_run_config(trainer: pl.Trainer, cfg: DictConfig) -> None:
-    """The run's config, and the code it trained with, to every logger (wandb records the code
-    itself; csv and tensorboard would not): "+dirty" says uncommitted changes took part."""
-    hyperparameters = {**OmegaConf.to_container(cfg, resolve=True),
-                       # the code's own checkout, not paths.root_dir (where data and logs go, which
-                       # may be another folder, or another repository)
-                       "code_revision": git_revision(ROOT_DIR) or "unknown (no git checkout)"}
+def run_code_revision() -> str:
+    """The revision of the code's own checkout, not paths.root_dir's (where data and logs go,
+    which may be another folder, or another repository)."""
+    return git_revision(ROOT_DIR) or "unknown (no git checkout)"
+
+
+def log_run_config(trainer: pl.Trainer, cfg: DictConfig, code_revision: str) -> None:
+    """The run's config, and the code it trained with (`run_code_revision`), to every logger
+    (wandb records the code itself; csv and tensorboard would not): "+dirty" says uncommitted
+    changes took part."""
+    hyperparameters = {**OmegaConf.to_container(cfg, resolve=True), "code_revision": code_revision}
     for logger in trainer.loggers:
         logger.log_hyperparams(hyperparameters)   # a wandb logger starts its run here
         if isinstance(logger, TensorBoardLogger):
@@ -433,10 +437,11 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
                          "(see conf/callbacks/default.yaml) so the run ends with a checkpoint")
     if not found_by_auto:   # (auto took the most advanced file: none is further on) once every check passed
         set_aside_abandoned_checkpoints(cfg)
-    record_start(run_dir, cfg, own_hydra_files, seed_drawn, cfg.get("ckpt_path"))   # once every check passed
+    code_revision = run_code_revision()   # (git's answer, asked once for the record and the loggers)
+    record_start(run_dir, cfg, own_hydra_files, seed_drawn, cfg.get("ckpt_path"), code_revision)   # once checked
     exit_code = 0
     try:   # from the loggers' first record on: a wandb run started here is finished whatever happens
-        log_run_config(trainer, cfg)
+        log_run_config(trainer, cfg, code_revision)
         with job_shared_with_launched_ranks(trainer):
             # weights_only: a checkpoint can come from anyone (a URL's, which Lightning would
             # otherwise unpickle in full); ours hold tensors and plain values only.

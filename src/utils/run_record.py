@@ -35,7 +35,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from src.utils.code_version import git_revision, uncommitted_changes
+from src.utils.code_version import uncommitted_changes
 from src.utils.config_checks import MAX_SEED
 from src.utils.folder_lock import FolderInUse, FolderLock
 from src.utils.hydra_runtime import hydra_config, is_rank_zero, launched_rank
@@ -113,7 +113,7 @@ def earlier_starts(run_dir: Path) -> list[Path]:
 
 
 def record_start(run_dir: Path, cfg: DictConfig, own_hydra_files: dict[str, str], seed_drawn: bool,
-                 resumed_from: str | None) -> Path | None:
+                 resumed_from: str | None, code_revision: str) -> Path | None:
     """Write this start's folder under `run_dir/starts/` (module docstring) and put
     `own_hydra_files` (`hydra_files` of the config the run was given) back in `.hydra/`; returns
     the folder. Rank zero only (None elsewhere): the other ranks of a run are the same start."""
@@ -122,8 +122,9 @@ def record_start(run_dir: Path, cfg: DictConfig, own_hydra_files: dict[str, str]
     number = len(earlier_starts(run_dir)) + 1
     start = Path(run_dir) / STARTS_DIR / f"{number:03d}_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
     start.mkdir(parents=True, exist_ok=True)
-    for folder in (start, hydra_output_dir()):
-        for name, text in own_hydra_files.items() if folder is not None else ():
+    hydra_dir = hydra_output_dir()   # (None where Hydra keeps no files: hydra.output_subdir=null)
+    for name, text in own_hydra_files.items():
+        for folder in (start, hydra_dir) if hydra_dir is not None else (start,):
             write_text_whole(folder / name, text)
     write_text_whole(start / "resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     changes = uncommitted_changes(ROOT_DIR)
@@ -137,7 +138,7 @@ def record_start(run_dir: Path, cfg: DictConfig, own_hydra_files: dict[str, str]
         "slurm": {key: os.environ[key] for key in ("SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")
                   if key in os.environ} or None,
         "seed": cfg.get("seed"), "seed_drawn": seed_drawn, "resumed_from": resumed_from,
-        "code_revision": git_revision(ROOT_DIR) or "unknown (no git checkout)",
+        "code_revision": code_revision,
         "python": platform.python_version(), "platform": platform.platform(), "packages": package_versions(),
         "torch": torch_build(),
     }
