@@ -141,3 +141,27 @@ def test_a_classifier_of_the_data_tells_shapes_from_blobs_and_classes_apart(tmp_
     assert "cls_acc_fake" not in unconditional.compute()
     with pytest.raises(ValueError, match="at least 2 classes"):
         train_image_classifier(train_images, torch.zeros_like(train_labels), num_classes=1)
+
+
+def test_the_classifier_of_the_data_keeps_one_full_size_image_at_a_time():
+    """It reads up to 10,000 training images: kept at full size until all were read, 256 px
+    images took 8 GB. Each is brought to the classifier's size as it is read and dropped."""
+    import weakref
+    from types import SimpleNamespace
+    from src.metrics.image_classifier import MAX_SIDE, classifier_of_the_data
+
+    alive, most_alive = weakref.WeakSet(), [0]
+
+    class FullSizeImages(torch.utils.data.Dataset):
+        def __len__(self):
+            return 12
+
+        def __getitem__(self, index):
+            image = torch.rand(3, 2 * MAX_SIDE, 2 * MAX_SIDE) * 2 - 1
+            alive.add(image)
+            most_alive[0] = max(most_alive[0], len(alive))
+            return {"A": image, "label": index % 2}
+
+    datamodule = SimpleNamespace(num_classes=2, input_nc=3, dataset=lambda split, train: FullSizeImages())
+    scorer = classifier_of_the_data(datamodule, max_images=12, epochs=1)
+    assert scorer is not None and most_alive[0] <= 2
