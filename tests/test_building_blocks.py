@@ -321,3 +321,16 @@ def test_a_removed_loss_weight_is_named_with_the_fix(train_cfg):
     with pytest.raises(InstantiationException, match=r"loss.weights.identity is missing, and CycleGAN needs it: add "
                                                      r"\+loss.weights.identity=<weight> \(0 turns the term off\)"):
         hydra.utils.instantiate(cfg.model, _recursive_=False)
+
+
+@pytest.mark.parametrize("target, settings, message", [
+    ("src.callbacks.ema.GeneratorEMA", {"start_iter": True}, r"callbacks.ema.start_iter=True must be an integer >= 0"),
+    ("src.callbacks.shapes_truth.ShapesTruthCallback", {"max_pairs": True},
+     r"callbacks.shapes_truth.max_pairs=True must be a positive integer or null"),
+    ("src.nets.stylegan.StyleGANGenerator", {"latent_dim": 8, "image_size": 8, "truncation_cutoff": True},
+     r"model.generator.truncation_cutoff=True must be a positive number"),
+])
+def test_yaml_true_is_not_taken_for_a_count_of_1(target, settings, message):
+    """YAML's `true` is an int to Python: these counts took it as 1."""
+    with pytest.raises(ValueError, match=message):
+        hydra.utils.get_class(target)(**settings)

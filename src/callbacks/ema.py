@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
+
+from src.utils.config_checks import require_int
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
@@ -89,8 +91,7 @@ class GeneratorEMA(pl.Callback):
                  half_life_images: float | None = None):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"callbacks.ema.decay={decay!r} must be in [0, 1)")
-        if not isinstance(start_iter, int) or start_iter < 0:
-            raise ValueError(f"callbacks.ema.start_iter={start_iter!r} must be a non-negative int")
+        require_int("callbacks.ema.start_iter", start_iter, least=0)
         if half_life_images is not None and not half_life_images > 0:
             raise ValueError(f"callbacks.ema.half_life_images={half_life_images!r} must be a positive number of "
                              "images, or null to use callbacks.ema.decay")

@@ -26,6 +26,7 @@ import torch
 from src.callbacks.fid_kid import PeriodicEvaluation
 from src.metrics.shapes_truth import (ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta,
                                       test_image_size, truth_unavailable)
+from src.utils.config_checks import require_int
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,7 @@ class ShapesTruthCallback(PeriodicEvaluation):
         unknown = [d for d in directions if d not in DIRECTIONS]
         if unknown:
             raise ValueError(f"callbacks.shapes_truth.directions: {unknown} not in {DIRECTIONS}")
-        if max_pairs is not None and (not isinstance(max_pairs, int) or max_pairs < 1):
-            raise ValueError(f"callbacks.shapes_truth.max_pairs={max_pairs!r} must be a positive int or null")
+        require_int("callbacks.shapes_truth.max_pairs", max_pairs, allow_none=True)
         super().__init__(every_n_iters=every_n_iters, max_images=max_pairs, batch_size=batch_size, seed=seed)
         self.configured_directions = list(directions)
         self.directions = list(directions)   # those the model of this fit translates

@@ -28,7 +28,7 @@ from src.data.image_io import check_channels
 from src.data.transforms import ImageTransform
 from src.metrics.features import FEATURE_EXTRACTORS
 from src.metrics.label_maps import palette_named
-from src.utils.config_checks import require_bool, require_int, to_plain
+from src.utils.config_checks import is_int, require_bool, require_int, to_plain
 from src.utils.directions import DIRECTIONS
 from src.utils.rng import rank_zero_seed
 
@@ -307,7 +307,7 @@ class SplitDataModule(pl.LightningDataModule):
         Fewer than n items come back when the split is smaller, or when it mixes image sizes
         (preprocess=none, scale_width): a batch holds those of the first image's size.
         """
-        if not isinstance(n, int) or n < 1:
+        if not is_int(n) or n < 1:
             raise ValueError(f"sample_batch needs a positive number of items, got n={n!r}.")
         return self.collate(first_items_of_one_size(self.dataset(split, train=False), n))
 

@@ -19,12 +19,13 @@ import torch.nn as nn
 from src.nets.noise_nets import append_condition
 from src.nets.norms import norm_layer, uses_bias, vector_norm_layer
 from src.nets.tanh import Tanh
+from src.utils.config_checks import is_int
 
 LEAKY_SLOPE = 0.1   # the paper, appendix C: "lRELU with leaky rate 0.1" in D's hidden layers (and Q's)
 
 
 def quarter_size(image_size: int) -> int:
-    if not isinstance(image_size, int) or image_size < 4 or image_size % 4:
+    if not is_int(image_size) or image_size < 4 or image_size % 4:
         raise ValueError(f"model.image_size={image_size!r}: InfoGAN's networks halve the image twice, so its side "
                          "must be a multiple of 4 (the paper's MNIST: 28); set data.crop_size (and data.size for "
                          "the embedded dataset)")

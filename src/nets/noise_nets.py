@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from src.nets.norms import norm_layer, uses_bias
 from src.nets.tanh import Tanh
+from src.utils.config_checks import is_int
 
 MLP_NORMS = ("batch", "none")
 
@@ -175,7 +176,7 @@ class MLPDiscriminator(nn.Module):
         for key, rate in (("dropout", dropout), ("input_dropout", input_dropout)):
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"model.discriminator.{key}={rate!r} must be in [0, 1)")
-        if not isinstance(maxout_pieces, int) or maxout_pieces < 0 or maxout_pieces == 1:
+        if not is_int(maxout_pieces) or maxout_pieces < 0 or maxout_pieces == 1:
             raise ValueError(f"model.discriminator.maxout_pieces={maxout_pieces!r} must be 0 (LeakyReLU units) or "
                              "the pieces of each maxout unit, >= 2")
         self.num_classes = num_classes

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from src.nets.adain import AdaIN
 from src.nets.noise_nets import append_condition
 from src.nets.progan import EqualizedConv2d, EqualizedLinear, GrowingNet, leaky, level_channels, pixel_norm
+from src.utils.config_checks import is_int
 
 #: decay of the running mean of w that truncation pulls towards
 W_AVG_DECAY = 0.995
@@ -65,7 +66,7 @@ class StyleGANGenerator(GrowingNet):
         super().__init__(image_size)
         if not 0.0 <= mixing_prob <= 1.0:
             raise ValueError(f"model.generator.mixing_prob={mixing_prob!r} must be in [0, 1]")
-        if truncation_cutoff is not None and (not isinstance(truncation_cutoff, int) or truncation_cutoff < 1):
+        if truncation_cutoff is not None and (not is_int(truncation_cutoff) or truncation_cutoff < 1):
             raise ValueError(f"model.generator.truncation_cutoff={truncation_cutoff!r} must be a positive number "
                              "of styled layers, or null for all of them")
         self.latent_dim, self.output_nc, self.num_classes = latent_dim, output_nc, num_classes
