@@ -1255,6 +1255,15 @@ def test_eval_refuses_two_test_files_that_would_write_one_output(smoke_runs, tmp
         evaluate_on_folders(smoke_runs["cyclegan"], tmp_path, root)
 
 
+def test_eval_refuses_two_test_files_whose_outputs_differ_only_in_case(smoke_runs, tmp_path):
+    """On a disk that ignores case (macOS, Windows) fakeB/a0.png would overwrite fakeB/A0.png."""
+    root = write_folder_dataset(tmp_path / "cases", {})
+    Image.open(root / "testA" / "A0.png").save(root / "testA" / "a0.jpg")
+    with pytest.raises(ValueError, match=r"testA/A0.png and .*testA/a0.jpg would both be written as .*fakeB/a0.png "
+                                         r"\(on a disk that ignores case"):
+        evaluate_on_folders(smoke_runs["cyclegan"], tmp_path, root)
+
+
 def test_eval_names_translations_by_their_path_inside_the_test_folder(smoke_runs, tmp_path):
     """Test images in subfolders (frames of two clips, same file names) are all read and their
     translations keep the subfolders, so neither overwrites the other."""

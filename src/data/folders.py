@@ -114,22 +114,33 @@ def refuse_existing_outputs(targets, how_to_replace: str) -> None:
                               f"output folder or {how_to_replace}")
 
 
+class OutputNames:
+    """The output of each input, `output_dir/<its name_in_folder><suffix>`, given one input at a
+    time; two inputs of one name are an error, also where the names differ only in case or
+    Unicode form (`Photo.jpg`, `photo.png`): a disk that ignores case (macOS, Windows, exFAT)
+    would write one over the other."""
+
+    def __init__(self, output_dir: str | Path, folder: Path | None = None, suffix: str = ".png") -> None:
+        self.output_dir, self.folder, self.suffix = Path(output_dir), folder, suffix
+        self._inputs: dict[str, Path] = {}   # name as a case-blind disk compares it -> its input
+
+    def target(self, path: str | Path) -> Path:
+        path = Path(path)
+        name = name_in_folder(path, self.folder)
+        key = unicodedata.normalize("NFC", name).casefold()
+        if key in self._inputs:
+            raise ValueError(f"{self._inputs[key]} and {path} would both be written as "
+                             f"{self.output_dir / name}{self.suffix} (on a disk that ignores case, where names "
+                             f"differ only in it); rename one of them")
+        self._inputs[key] = path
+        return self.output_dir / f"{name}{self.suffix}"
+
+
 def output_paths(paths: list[Path], output_dir: str | Path, folder: Path | None = None,
                  suffix: str = ".png") -> dict[Path, Path]:
-    """Input path -> `output_dir/<its name_in_folder><suffix>`; two inputs of one name are an error,
-    also where the names differ only in case or Unicode form (`Photo.jpg`, `photo.png`): a disk
-    that ignores case (macOS, Windows, exFAT) would write one over the other."""
-    output_dir = Path(output_dir)
-    targets: dict[Path, Path] = {}
-    seen: dict[str, Path] = {}
-    for path in paths:
-        name = name_in_folder(path, folder)
-        key = unicodedata.normalize("NFC", name).casefold()
-        if key in seen:
-            raise ValueError(f"{seen[key]} and {path} would both be written as {output_dir / name}{suffix} (on a "
-                             f"disk that ignores case, where names differ only in it); rename one of them")
-        seen[key] = path
-        targets[path] = output_dir / f"{name}{suffix}"
+    """Input path -> its output (`OutputNames`), none of them over an input."""
+    names = OutputNames(output_dir, folder, suffix)
+    targets = {path: names.target(path) for path in paths}
     refuse_outputs_over_inputs(targets)
     return targets
 

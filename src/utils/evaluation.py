@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from src.data.folders import name_in_folder
+from src.data.folders import OutputNames
 from src.data.image_io import save_image
 from src.data.labelled import proportional_picks
 from src.data.unpaired import distinct_images
@@ -182,11 +182,11 @@ def evaluate_direction(model, loader, direction: str, n_source: int, n_target: i
                        backgrounds: dict | None, fake_dir: Path, device,
                        source_folder: Path | None = None, label_scores=None) -> dict[str, float]:
     """Translate each of the first `n_source` source images once, write it to `fake_dir` (one
-    PNG per source file, named by `name_in_folder`), and score it against the first `n_target`
+    PNG per source file, named by `OutputNames`), and score it against the first `n_target`
     targets (and, given `label_scores`, as label maps: src/utils/label_evaluation.py)."""
     source_key, target_key = DIRECTION_KEYS[direction]
     clear_earlier_outputs(fake_dir)
-    written: dict[str, str] = {}
+    output_names = OutputNames(fake_dir, source_folder)
     truth = ShapesTruthScorer().to(device) if backgrounds is not None else None
     identity = ShapesTruthScorer().to(device) if backgrounds is not None else None
     scorer.reset()
@@ -201,12 +201,7 @@ def evaluate_direction(model, loader, direction: str, n_source: int, n_target: i
         scorer.update(real=target[keep_target], fake=fake)
         sources = [p for p, keep in zip(batch[f"{source_key}_path"], keep_source) if keep]
         for source_path, image in zip(sources, to_uint8_images(fake)):
-            name = name_in_folder(Path(source_path), source_folder)
-            if name in written:
-                raise ValueError(f"{written[name]} and {source_path} would both be written as "
-                                 f"{fake_dir / name}.png; rename one of them")
-            written[name] = source_path
-            save_png(image, fake_dir / f"{name}.png")
+            save_png(image, output_names.target(source_path))
         if truth is not None:
             bg = torch.stack([backgrounds[Path(p).name] for p in batch[f"{source_key}_path"]]).to(device)
             truth.update(fake, target[keep_source], bg[keep_source])
