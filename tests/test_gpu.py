@@ -125,3 +125,18 @@ def test_the_logged_peak_gpu_memory_is_the_runs_own(train_cfg):
                             "callbacks": [throughput], "log_every_n_steps": 1})
     trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
     assert 0 < float(trainer.callback_metrics["memory/peak_gpu_gb"]) < 0.5
+
+
+def test_the_ema_leaves_the_whole_model_on_the_cpu_after_a_gpu_fit(train_cfg):
+    """Lightning moves the model to the CPU before the callbacks' teardown, while the average is
+    swapped in: the training weights came back from the stash on the GPU, and the model left
+    fit split across devices, its generators holding GPU memory."""
+    from src.callbacks.ema import GeneratorEMA
+    cfg = train_cfg("model=cyclegan", "data=shapes", "trainer=gpu", "max_iters=2", *NO_EVALUATION)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    ema = GeneratorEMA(decay=0.5)
+    trainer = pl.Trainer(**{**build_trainer_kwargs(cfg, model), "logger": False, "enable_checkpointing": False,
+                            "callbacks": [ema]})
+    trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    assert {a.device.type for a in ema.averaged} == {"cpu"}

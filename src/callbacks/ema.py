@@ -169,11 +169,11 @@ class GeneratorEMA(pl.Callback):
             self._swapped_in = True
 
     @torch.no_grad()
-    def swap_out(self) -> None:
-        """Stash (training weights) -> networks."""
+    def swap_out(self, device: torch.device | None = None) -> None:
+        """Stash (training weights) -> networks (moved to `device` first, when given)."""
         if self._swapped_in:
             for p, weights in zip(self._params, self._stash):
-                p.data = weights
+                p.data = weights if device is None else weights.to(device)
             self._stash = []
             self._swapped_in = False
 
@@ -192,8 +192,13 @@ class GeneratorEMA(pl.Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # After on_train_end (where callbacks still evaluate): the model leaves fit trained.
+        # Lightning's strategy has moved the model to the CPU by then, with the average in: the
+        # training weights come back from the stash on the device they trained on, so they (and
+        # the average) follow the rest of the model, which would otherwise leave fit split
+        # across devices, its generators still holding GPU memory.
         if self.enabled:
-            self.swap_out()
+            self.swap_out(pl_module.device)
+            self.averaged = [average.to(pl_module.device) for average in self.averaged]
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self.enabled:
