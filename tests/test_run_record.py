@@ -87,6 +87,29 @@ def test_a_run_folder_in_use_is_refused_naming_the_run_that_holds_it(train_cfg):
         pass
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_neither_keeps_nor_drops_its_parents_folder_lock(tmp_path):
+    """A DataLoader worker is a forked child: it shared the lock's open file, so one outliving its
+    run (a notebook's failed fit) kept the folder locked against the next run."""
+    wake_read, wake_write = os.pipe()
+    with FolderLock(tmp_path, "a test's folder", "") as holder:
+        child = os.fork()
+        if child == 0:   # the worker: alive until told, then gone without cleanup
+            os.read(wake_read, 1)
+            os._exit(0)
+        with pytest.raises(FolderInUse):   # the child's closing its copy left the parent's lock held
+            with FolderLock(tmp_path, "a test's folder", ""):
+                pass
+        assert holder._fd is not None
+    try:
+        with FolderLock(tmp_path, "a test's folder", ""):   # released with the parent's descriptor
+            pass
+    finally:
+        os.write(wake_write, b"x")
+        os.waitpid(child, 0)
+        os.close(wake_read), os.close(wake_write)
+
+
 def test_a_folder_lock_waits_for_its_holder_and_is_skipped_where_the_filesystem_has_none(tmp_path, monkeypatch,
                                                                                           caplog):
     holder = FolderLock(tmp_path, "the results", "", name="results.lock").__enter__()

@@ -35,6 +35,28 @@ LOCK_NAME = ".lock"
 NO_LOCKS_ERRNOS = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
 
 
+#: descriptors of the locks this process holds. A forked child (a DataLoader worker, a subprocess
+#: before its exec) shares each one's open file, and flock's lock lives as long as any
+#: descriptor of that file is open: a worker outliving the run (a notebook's failed fit keeps its
+#: loader's iterator and persistent workers alive) kept the folder locked against the next run.
+_held_descriptors: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child: close its copies of the parent's lock descriptors (close, never unlock:
+    LOCK_UN would release the parent's lock, which the open file shares)."""
+    for fd in _held_descriptors:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_descriptors.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 class FolderInUse(RuntimeError):
     """Another process holds the folder's lock."""
 
@@ -76,6 +98,7 @@ class FolderLock:
             os.close(fd)
             return self
         self._fd = fd
+        _held_descriptors.add(fd)
         # Who holds it, for the error of the next process (the file is not the lock: it stays).
         # Only a courtesy: a full disk or quota must neither fail the claim nor keep the lock.
         try:
@@ -113,5 +136,6 @@ class FolderLock:
 
     def __exit__(self, *exc_info) -> None:
         if self._fd is not None:
+            _held_descriptors.discard(self._fd)
             os.close(self._fd)   # closing the file releases the lock
             self._fd = None
