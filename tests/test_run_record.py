@@ -87,6 +87,29 @@ def test_a_run_folder_in_use_is_refused_naming_the_run_that_holds_it(train_cfg):
         pass
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+def test_a_resumed_run_does_not_keep_its_checkpoint_mapped_while_it_trains(train_cfg, monkeypatch):
+    """The checkpoint a run resumes from is read memory-mapped before the fit; kept mapped, the
+    first save's replaced last.ckpt held its disk space until the run ended."""
+    import pytorch_lightning as pl
+    from src.utils import run
+
+    cfg = train_cfg("max_iters=2", *NO_EVALUATION)
+    run_training(cfg)
+    checkpoint = str(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    mapped_while_training = []
+
+    class MappedFiles(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            mapped_while_training.append(checkpoint in Path("/proc/self/maps").read_text())
+
+    build_callbacks = run.build_callbacks
+    monkeypatch.setattr(run, "build_callbacks", lambda *args: [*build_callbacks(*args), MappedFiles()])
+    cfg.max_iters, cfg.ckpt_path = 4, "auto"
+    run_training(cfg)
+    assert mapped_while_training == [False, False]
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_neither_keeps_nor_drops_its_parents_folder_lock(tmp_path):
     """A DataLoader worker is a forked child: it shared the lock's open file, so one outliving its

@@ -429,6 +429,10 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
             rank_zero_warn(changed)
     logger_cfg = with_purge_step(with_wandb_identity(cfg.get("logger"), cfg, resumed),
                                  purge_step(cfg.get("ckpt_path"), resumed, model))
+    # Read memory-mapped: kept through the fit, the mapping held the replaced last.ckpt's disk
+    # space (GBs with optimizer moments and EMA) until the run ended, and on NFS a .nfs file in
+    # checkpoints/ that `rm -r` calls busy.
+    del resumed
     callbacks = build_callbacks(cfg, logger_cfg)
     loggers = instantiate_list(logger_cfg, "logger")
     trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), callbacks=callbacks, logger=loggers or False)
