@@ -112,6 +112,25 @@ def test_cyclegan_matches_the_reference_iteration(train_cfg, fast_conv):
     assert_same_updates(model, reference, before)
 
 
+def test_cyclegan_matches_the_reference_iteration_with_full_image_pools(train_cfg):
+    """Past its first pool_size fakes the pool hands the discriminators stored ones: here full
+    from the start (four stored fakes each), so a step that bypassed it would differ."""
+    cfg, model, _ = build(train_cfg, "cyclegan", "model.pool_size=4", "data.batch_size=4")
+    batch = random_batch(cfg)
+    stored = {name: torch.rand_like(batch["A"]) * 2 - 1 for name in model.pools}
+    for name, pool in model.pools.items():
+        pool.images = [image[None].clone() for image in stored[name]]
+    reference, before = copy.deepcopy(model), parameters_of(model)
+    logged = train_one_iteration(model, batch)
+    torch.manual_seed(SEED)
+    expected = cyclegan_reference_iteration(reference, cfg, batch)
+    # The seeded draws gave each discriminator some stored fakes (and stored new ones instead).
+    for name, pool in model.pools.items():
+        assert not torch.equal(torch.cat(pool.images), stored[name]), name
+    assert_losses_match(logged, expected)
+    assert_same_updates(model, reference, before)
+
+
 # ----- pix2pix (junyanz/pytorch-CycleGAN-and-pix2pix, pix2pix_model.py) ----------------------------
 
 def pix2pix_reference_iteration(m, cfg, batch) -> dict[str, torch.Tensor]:
