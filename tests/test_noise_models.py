@@ -420,10 +420,12 @@ def test_eval_scores_and_writes_samples_and_translate_refuses(train_cfg, tmp_pat
     same = [np.asarray(Image.open(folder / "samples" / "000000.png"), dtype=int) for folder in (out, out_train)]
     assert np.abs(same[0] - same[1]).max() <= 1   # (rounding may differ with the batch size)
     # The papers' FID 50k takes 50k of a larger training set: num_real caps the reference images.
+    # save_images=3: every sample scored, the first 3 written.
     _, out_capped = evaluate("eval_train_capped", "batch_size=5", "real_split=train", "num_real=5",
-                             "classifier_score=false")
+                             "classifier_score=false", "save_images=3")
     report = json.loads((out_capped / "metrics.json").read_text())["directions"]["samples"]
-    assert (report["real"], report["generated"]) == (5, 5)
+    assert (report["real"], report["generated"], report["saved"]) == (5, 5, 3)
+    assert sorted(p.name for p in (out_capped / "samples").glob("*.png")) == [f"{i:06d}.png" for i in range(3)]
     with pytest.raises(ValueError, match=r"num_real=1 must be an integer >= 2 \(FID needs two\), or null"):
         evaluate("eval_bad_real", "num_real=1")
     with pytest.raises(ValueError, match="real_split='val' must be train or test"):

@@ -1245,7 +1245,24 @@ def test_eval_translates_test_images_of_mixed_sizes_each_at_its_size(smoke_runs,
     assert sizes == {"A0.png": (32, 32), "A1.png": (48, 32), "A2.png": (40, 24)}
     assert math.isfinite(results["AtoB"]["fid"])
     report = json.loads((out / "metrics.json").read_text())
-    assert report["directions"]["AtoB"] == {"from": "A", "to": "B", "translated": 3, "real": 2, "output": "fakeB"}
+    assert report["directions"]["AtoB"] == {"from": "A", "to": "B", "translated": 3, "real": 2, "output": "fakeB",
+                                            "saved": 3}
+
+
+def test_eval_scores_every_translation_and_writes_as_many_as_save_images_says(smoke_runs, tmp_path):
+    root = write_folder_dataset(tmp_path / "four", {"testA/A2.png": (32, 32), "testA/A3.png": (32, 32)})
+    every, out = evaluate_on_folders(smoke_runs["cyclegan"], tmp_path / "every", root)
+    assert len(list((out / "fakeB").glob("*.png"))) == 4
+    for save_images, written in (("2", 2), ("false", 0)):
+        results, out = evaluate_on_folders(smoke_runs["cyclegan"], tmp_path / save_images, root,
+                                           f"save_images={save_images}")
+        assert results["AtoB"]["fid"] == pytest.approx(every["AtoB"]["fid"])   # all four scored
+        assert len(list((out / "fakeB").glob("*.png"))) == written
+        report = json.loads((out / "metrics.json").read_text())
+        assert report["directions"]["AtoB"]["saved"] == written and report["directions"]["AtoB"]["translated"] == 4
+    with pytest.raises(ValueError, match=r"save_images='some' must be true \(write every translation or sample\), "
+                                         r"false \(score without writing any\) or how many"):
+        evaluate_on_folders(smoke_runs["cyclegan"], tmp_path / "bad", root, "save_images=some")
 
 
 def test_eval_refuses_two_test_files_that_would_write_one_output(smoke_runs, tmp_path):

@@ -26,7 +26,7 @@ from src.metrics.shapes_truth import (ShapesTruthScorer, background_tensor, is_s
 from src.models.checkpoint_fit import check_checkpoint_file
 from src.models.noise_base import SAMPLES, NoiseToImageModel
 from src.utils.checkpoint_loading import load_model, refuse_foreign_targets, run_config_path
-from src.utils.config_checks import check_argument_types, check_seed, is_number, require_int
+from src.utils.config_checks import check_argument_types, check_seed, is_int, is_number, require_int
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, domain_folders, untranslated_directions
 from src.utils.folder_lock import FolderLock
 from src.utils.image_grid import make_grid, to_uint8_images
@@ -178,15 +178,29 @@ def clear_earlier_outputs(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
 
 
+def saved_image_limit(value) -> int | None:
+    """eval's `save_images`: how many images to write per direction (or of the samples); None: all."""
+    if value is True:
+        return None
+    if value is False:
+        return 0
+    if is_int(value) and value >= 0:
+        return value
+    raise ValueError(f"save_images={value!r} must be true (write every translation or sample), false (score "
+                     "without writing any) or how many to write per direction")
+
+
 def evaluate_direction(model, loader, direction: str, n_source: int, n_target: int, scorer: FidKidScorer,
                        backgrounds: dict | None, fake_dir: Path, device,
-                       source_folder: Path | None = None, label_scores=None) -> dict[str, float]:
-    """Translate each of the first `n_source` source images once, write it to `fake_dir` (one
-    PNG per source file, named by `OutputNames`), and score it against the first `n_target`
-    targets (and, given `label_scores`, as label maps: src/utils/label_evaluation.py)."""
+                       source_folder: Path | None = None, label_scores=None,
+                       save_limit: int | None = None) -> dict[str, float]:
+    """Translate each of the first `n_source` source images once, write the first `save_limit`
+    (None: all) to `fake_dir` (one PNG per source file, named by `OutputNames`), and score all
+    of them against the first `n_target` targets (and, given `label_scores`, as label maps:
+    src/utils/label_evaluation.py)."""
     source_key, target_key = DIRECTION_KEYS[direction]
     clear_earlier_outputs(fake_dir)
-    output_names = OutputNames(fake_dir, source_folder)
+    output_names, saved = OutputNames(fake_dir, source_folder), 0
     truth = ShapesTruthScorer().to(device) if backgrounds is not None else None
     identity = ShapesTruthScorer().to(device) if backgrounds is not None else None
     scorer.reset()
@@ -201,7 +215,10 @@ def evaluate_direction(model, loader, direction: str, n_source: int, n_target: i
         scorer.update(real=target[keep_target], fake=fake)
         sources = [p for p, keep in zip(batch[f"{source_key}_path"], keep_source) if keep]
         for source_path, image in zip(sources, to_uint8_images(fake)):
-            save_png(image, output_names.target(source_path))
+            target = output_names.target(source_path)   # every name checked, written or not
+            if save_limit is None or saved < save_limit:
+                save_png(image, target)
+                saved += 1
         if truth is not None:
             bg = torch.stack([backgrounds[Path(p).name] for p in batch[f"{source_key}_path"]]).to(device)
             truth.update(fake, target[keep_source], bg[keep_source])
@@ -229,9 +246,10 @@ def sample_classes(labels: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sample_dir: Path,
-                     num_samples: int | None = None, classifier: ClassifierScorer | None = None) -> dict[str, float]:
+                     num_samples: int | None = None, classifier: ClassifierScorer | None = None,
+                     save_limit: int | None = None) -> dict[str, float]:
     """The reference images of `loader` against `num_samples` samples (None: one per reference
-    image), written to `sample_dir/<i>.png` and scored (with the Inception Score when the
+    image), the first `save_limit` of them (None: all) written to `sample_dir/<i>.png`, all scored (with the Inception Score when the
     scorer computes it). Sample i's latent is fixed by i, as in training's evaluation; a conditional
     model draws it of the class `sample_classes` gives it (image i's when there is one sample
     per image). Given `classifier`, the samples (and the reference images) are also scored by
@@ -254,7 +272,8 @@ def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sam
         if classifier is not None:
             classifier.update_fake(fake, sample_labels[index])
         for i, image in zip(index.tolist(), to_uint8_images(fake)):
-            save_png(image, sample_dir / f"{i:06d}.png")
+            if save_limit is None or i < save_limit:
+                save_png(image, sample_dir / f"{i:06d}.png")
     return {**scorer.compute(), **(classifier.compute() if classifier is not None else {})}
 
 
@@ -343,8 +362,10 @@ def fid_kid_scorer(cfg: DictConfig, datamodule, device, samples: bool = False) -
 
 
 def evaluate_translations(model, datamodule, dataset, loader, scorer: FidKidScorer, output_dir: Path,
-                          device, segmenter: Segmenter | None = None) -> tuple[dict, dict]:
-    """Every direction the model translates: (what was translated into which folder, its metrics)."""
+                          device, segmenter: Segmenter | None = None,
+                          save_limit: int | None = None) -> tuple[dict, dict]:
+    """Every direction the model translates: (what was translated, how many of the translations
+    were written into which folder, its metrics)."""
     backgrounds = truth_backgrounds(datamodule, dataset)
     counts = distinct_counts(dataset)
     directions = {}
@@ -357,13 +378,18 @@ def evaluate_translations(model, datamodule, dataset, loader, scorer: FidKidScor
                              f"{n_target} of {datamodule.split_folder('test', target)}, which need at least 2 "
                              f"each: add test images (src/translate.py translates without scoring)")
         directions[direction] = {"from": source, "to": target, "translated": n_source, "real": n_target,
-                                 "output": f"fake{target}"}
+                                 "output": f"fake{target}", "saved": min_or_all(n_source, save_limit)}
     results = {direction: evaluate_direction(model, loader, direction, plan["translated"], plan["real"], scorer,
                                              backgrounds, output_dir / plan["output"], device,
                                              datamodule.split_folder("test", plan["from"]),
-                                             label_scores_for(datamodule, plan["from"], plan["to"], segmenter, device))
+                                             label_scores_for(datamodule, plan["from"], plan["to"], segmenter, device),
+                                             save_limit)
                for direction, plan in directions.items()}
     return directions, results
+
+
+def min_or_all(count: int, limit: int | None) -> int:
+    return count if limit is None else min(count, limit)
 
 
 def samples_images(model) -> bool:
@@ -419,6 +445,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
                          "table), or null for the model class and data name")
     device = resolve_device(cfg.get("device", "auto"))
     check_seed("seed", cfg.get("seed"))
+    saved_image_limit(cfg.get("save_images", True))
     # Two evaluations into one output_dir would delete each other's images and keep one's scores.
     with FolderLock(cfg.output_dir, "an evaluation's output folder", "Give this evaluation its own output_dir=..., "
                     "or run it once the other has ended.", name=".eval.lock"), isolated_rng(device, cfg.get("seed")):
@@ -452,7 +479,7 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device) -> dict[str, dict
         # The papers' FID 50k takes 50k reference images of a larger training set (FFHQ's 70k,
         # LSUN's millions: all of them would cost hours and their features' memory).
         dataset = torch.utils.data.Subset(dataset, list(datamodule.evaluation_indices(real_split, num_real)))
-    batch_size = cfg.batch_size
+    batch_size, save_limit = cfg.batch_size, saved_image_limit(cfg.get("save_images", True))
     if getattr(datamodule, "keeps_image_size", False) and batch_size > 1:
         log.info("batch_size=1 instead of %d: data.preprocess keeps each image's size", batch_size)
         batch_size = 1
@@ -475,19 +502,20 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device) -> dict[str, dict
     elif generates:
         scorer, report["feature_extractor"] = fid_kid_scorer(cfg, datamodule, device, samples=True)
         directions = {SAMPLES: {"real": len(dataset), "real_split": real_split,
-                                "generated": num_samples or len(dataset), "output": SAMPLES}}
+                                "generated": num_samples or len(dataset), "output": SAMPLES,
+                                "saved": min_or_all(num_samples or len(dataset), save_limit)}}
         classifier = (classifier_of_the_data(datamodule, cfg.get("classifier_max_images", 10000),
                                              cfg.get("classifier_epochs", 10), cfg.get("inception_score_splits", 10),
                                              conditional=bool(model.num_classes))
                       if cfg.get("classifier_score", True) else None)
         results = {SAMPLES: evaluate_samples(model, loader, scorer, output_dir / SAMPLES, num_samples,
-                                             classifier and classifier.to(device))}
+                                             classifier and classifier.to(device), save_limit)}
     else:
         scorer, report["feature_extractor"] = fid_kid_scorer(cfg, datamodule, device)
         report["data_direction"] = datamodule.direction
         directions, results = evaluate_translations(model, datamodule, dataset, loader, scorer, output_dir, device,
                                                     segmenter_for(datamodule, cfg.get("segmenter_path"),
-                                                                  cfg.get("segmenter_size"), device))
+                                                                  cfg.get("segmenter_size"), device), save_limit)
     report.update({"directions": directions, "metrics": results})
     # Whole: the table of an eval sweep (`eval.py -m`) reads it while other jobs write theirs.
     write_text_whole(output_dir / "metrics.json", json.dumps(report, indent=2))
