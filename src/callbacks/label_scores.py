@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 
 from src.callbacks.fid_kid import PeriodicEvaluation
 from src.metrics.segmenter import Segmenter
-from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, domain_folders, untranslated_directions
+from src.utils.directions import DIRECTION_KEYS, domain_folders, translated_directions
 from src.utils.label_evaluation import FcnScores, check_segmenter_size, label_scores_for, segmenter_for
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,7 @@ class LabelScoresCallback(PeriodicEvaluation):
         if self._segmenter is not None:
             self._segmenter.to(device)
         metrics = {}
-        skipped = untranslated_directions(pl_module)
-        for direction in [d for d in DIRECTIONS if d not in skipped]:
+        for direction in translated_directions(pl_module)[0]:
             scores = label_scores_for(datamodule, *domain_folders(datamodule, direction), self._segmenter, device,
                                       real_photos=direction not in self._real, explain=direction not in self._explained,
                                       key_prefix=f"{self.config_key}.")

@@ -27,7 +27,7 @@ from src.callbacks.fid_kid import PeriodicEvaluation
 from src.metrics.shapes_truth import (ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta,
                                       test_image_size, truth_unavailable)
 from src.utils.config_checks import require_int
-from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
+from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, translated_directions
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +86,11 @@ class ShapesTruthCallback(PeriodicEvaluation):
     def _drop_unsupported_directions(self, pl_module: pl.LightningModule) -> None:
         """Ask the model up front (pix2pix translates AtoB only), so every DDP rank agrees on
         the directions before any collective sync, including ranks with an empty shard."""
-        untranslated = untranslated_directions(pl_module)
-        for direction in [d for d in self.directions if d in untranslated]:
+        translated, skipped = translated_directions(pl_module, self.directions)
+        for direction, reason in skipped.items():
             # As FID/KID says it: a one-way model's other direction is no fault of the settings.
-            log.info("ShapesTruthCallback: not scoring %s: %s", direction, untranslated[direction])
-            self.directions.remove(direction)
+            log.info("ShapesTruthCallback: not scoring %s: %s", direction, reason)
+        self.directions = list(translated)
 
     def _disable(self, reason: str, applies: bool = True) -> None:
         """Off, with the reason: a warning where the scores would apply but the settings prevent

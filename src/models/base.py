@@ -36,7 +36,7 @@ from src.models import step_in_backward
 from src.nets.init import init_weights
 from src.nets.fast_conv import configure_fast_conv
 from src.utils.config_checks import check_argument_types, check_network_sizes, is_number, refuse_unknown_keys, to_plain
-from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, untranslated_directions
+from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, translated_directions
 from src.utils.image_grid import require_float_images
 from src.utils.rng import collect_rng_states, restore_rng_states
 
@@ -878,15 +878,12 @@ class TranslationModel(AdversarialModel):
 
     def sampling_nets(self) -> list[nn.Module]:
         """Every network a translation of a translated direction runs through."""
-        untranslated = untranslated_directions(self)   # pix2pix: BtoA
-        nets = {id(net): net for direction in DIRECTIONS if direction not in untranslated
+        nets = {id(net): net for direction in translated_directions(self)[0]   # pix2pix: AtoB only
                 for net in self.translation_nets(direction)}
         return list(nets.values())
 
     def evaluation_streams(self, configured: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
-        untranslated = untranslated_directions(self)
-        skipped = {d: untranslated[d] for d in configured if d in untranslated}
-        return tuple(d for d in configured if d not in untranslated), skipped
+        return translated_directions(self, configured)
 
     def evaluation_pair(self, batch: dict, stream: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Real target-domain images, and the translations of the source-domain ones."""

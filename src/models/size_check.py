@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from src.utils.directions import DIRECTIONS, untranslated_directions
+from src.utils.directions import translated_directions
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +69,10 @@ def first_conv_channels(net: nn.Module) -> int:
     return next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels
 
 
-def translatable_directions(model) -> list[str]:
-    untranslated = untranslated_directions(model)   # pix2pix translates one way
-    return [direction for direction in DIRECTIONS if direction not in untranslated]
-
-
 def size_step(model) -> int:
     """What every side must be a multiple of for the model's translations."""
     from src.utils.translation import size_multiple   # not at import: translation imports the models
-    return max(size_multiple(model, direction) for direction in translatable_directions(model))
+    return max(size_multiple(model, direction) for direction in translated_directions(model)[0])
 
 
 def translation_failure(model, direction: str, batch_size: int, height: int, width: int) -> str | None:
@@ -97,7 +92,7 @@ def translation_failure(model, direction: str, batch_size: int, height: int, wid
 def first_failure(model, batch_size: int, height: int, width: int) -> str | None:
     """What goes wrong when the model's networks run on batches of `height` x `width` images,
     or None when every translation keeps the size and every discriminator runs."""
-    for direction in translatable_directions(model):
+    for direction in translated_directions(model)[0]:   # pix2pix translates one way
         failure = translation_failure(model, direction, batch_size, height, width)
         if failure is not None:
             return failure

@@ -24,3 +24,11 @@ def untranslated_directions(model) -> dict[str, str]:
         except ValueError as error:
             reasons[direction] = str(error)
     return reasons
+
+
+def translated_directions(model, among=DIRECTIONS) -> tuple[tuple[str, ...], dict[str, str]]:
+    """(the directions of `among` that `model` translates, in their order; direction -> why
+    not for each other one of `among`)."""
+    untranslated = untranslated_directions(model)
+    return (tuple(d for d in among if d not in untranslated),
+            {d: untranslated[d] for d in among if d in untranslated})

@@ -27,7 +27,7 @@ from src.models.checkpoint_fit import check_checkpoint_file
 from src.models.noise_base import SAMPLES, NoiseToImageModel
 from src.utils.checkpoint_loading import load_model, refuse_foreign_targets, run_config_path
 from src.utils.config_checks import check_argument_types, check_seed, is_int, is_number, require_int
-from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, domain_folders, untranslated_directions
+from src.utils.directions import DIRECTION_KEYS, domain_folders, translated_directions
 from src.utils.folder_lock import FolderLock
 from src.utils.image_grid import make_grid, to_uint8_images
 from src.utils.label_evaluation import label_scores_for, segmenter_for
@@ -112,11 +112,11 @@ def data_keys_added_since(run_config: Path, data: DictConfig) -> dict:
     return {key: value for key, value in now.items() if key not in data and key != "defaults"}
 
 
-def supported_directions(model) -> list[str]:
-    skipped = untranslated_directions(model)
+def supported_directions(model) -> tuple[str, ...]:
+    translated, skipped = translated_directions(model)
     for direction, reason in skipped.items():
         log.info("Skipping %s: %s", direction, reason)
-    return [direction for direction in DIRECTIONS if direction not in skipped]
+    return translated
 
 
 def distinct_counts(dataset) -> tuple[int, int]:
@@ -215,9 +215,9 @@ def evaluate_direction(model, loader, direction: str, n_source: int, n_target: i
         scorer.update(real=target[keep_target], fake=fake)
         sources = [p for p, keep in zip(batch[f"{source_key}_path"], keep_source) if keep]
         for source_path, image in zip(sources, to_uint8_images(fake)):
-            target = output_names.target(source_path)   # every name checked, written or not
+            output_path = output_names.target(source_path)   # every name checked, written or not
             if save_limit is None or saved < save_limit:
-                save_png(image, target)
+                save_png(image, output_path)
                 saved += 1
         if truth is not None:
             bg = torch.stack([backgrounds[Path(p).name] for p in batch[f"{source_key}_path"]]).to(device)
