@@ -17,7 +17,7 @@ from typing import Any
 
 def _self_time_us(event, device: str) -> float:
     if device == "cuda":
-        return getattr(event, "self_device_time_total", 0.0) or getattr(event, "self_cuda_time_total", 0.0)
+        return event.self_device_time_total   # (torch's self_cuda_time_total is deprecated for it)
     return event.self_cpu_time_total
 
 
@@ -63,7 +63,7 @@ def summarise_profile(profiler, row_limit: int, device: str, table_path: Path | 
     }
     if table_path is not None:
         table_path.parent.mkdir(parents=True, exist_ok=True)
-        sort_by = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+        sort_by = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
         table_path.write_text(events.table(sort_by=sort_by, row_limit=max(row_limit, 40)))
         summary["table"] = str(table_path)
         by_shape = profiler.key_averages(group_by_input_shape=True)
