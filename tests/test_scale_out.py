@@ -673,6 +673,23 @@ def test_the_swap_exchanges_tensors_and_gives_the_training_storage_back(train_cf
         assert p.data_ptr() == pointer and torch.equal(p, values)
 
 
+def test_an_interrupted_swap_in_is_undone_whole(train_cfg):
+    """A KeyboardInterrupt can land between any two of the swap's assignments: the parameters
+    exchanged so far must come back with the interrupt's swap_out. (Here the third assignment
+    fails instead: a meta tensor cannot be a CPU parameter's data.)"""
+    model = hydra.utils.instantiate(train_cfg("model=cyclegan").model, _recursive_=False)
+    ema = GeneratorEMA(decay=0.5)
+    ema.on_train_start(None, model)
+    training = [p.detach().clone() for p in ema._params]
+    with torch.no_grad():
+        ema.averaged = [a + 1 for a in ema.averaged]
+    ema.averaged[2] = ema.averaged[2].to("meta")
+    with pytest.raises(RuntimeError):
+        ema.swap_in()
+    ema.on_exception(None, model, KeyboardInterrupt())
+    assert all(torch.equal(p, weights) for p, weights in zip(ema._params, training))
+
+
 def test_ema_update_arithmetic():
     averaged, current = [torch.tensor([1.0, 2.0])], [torch.tensor([3.0, -2.0])]
     ema_update_(averaged, current, 0.5)

@@ -164,9 +164,13 @@ class GeneratorEMA(pl.Callback):
         """Training weights -> stash, average -> networks."""
         if not self._swapped_in:
             self._stash = [p.data for p in self._params]
+            # Marked before the exchange: a Ctrl-C (KeyboardInterrupt) among the assignments left
+            # some networks holding the average unmarked, so the interrupt's swap_out did nothing
+            # and interrupted.ckpt saved them as training weights. Undoing the whole stash is
+            # harmless for the parameters the exchange did not reach.
+            self._swapped_in = True
             for p, average in zip(self._params, self.averaged):
                 p.data = average
-            self._swapped_in = True
 
     @torch.no_grad()
     def swap_out(self, device: torch.device | None = None) -> None:
