@@ -59,6 +59,27 @@ def test_matches_conv2d_forward_and_backward(r, n, c, h, w, k, bias):
         assert relative_error(got, want) < 1e-5
 
 
+def test_buffers_above_the_kept_size_are_not_kept_and_the_results_stay_right(monkeypatch):
+    """A full-resolution photo's buffers reach GBs: kept, they stayed with the thread for the
+    life of the process. Here every buffer is above a lowered limit: none is kept, and the
+    forward, backward and the weight-transform reuse still compute the convolution."""
+    monkeypatch.setattr(winograd, "MAX_KEPT_SCRATCH", 64)
+    winograd._scratch_buffers.__dict__.clear()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 10, 11, generator=gen, requires_grad=True)
+    weight = torch.randn(6, 4, 3, 3, generator=gen, requires_grad=True)
+    for _ in range(2):   # the second time with the same weight
+        result, expected = winograd_conv(x, weight), F.conv2d(x, weight)
+        assert relative_error(result, expected) < 1e-5
+        grad_out = torch.randn(expected.shape, generator=gen)
+        for got, want in zip(torch.autograd.grad(result, (x, weight), grad_out),
+                             torch.autograd.grad(expected, (x, weight), grad_out)):
+            assert relative_error(got, want) < 1e-5
+    kept = {slot: buffer.numel() for slot, buffer in winograd._scratch_buffers.__dict__.items()
+            if isinstance(buffer, torch.Tensor)}
+    assert all(numel <= 64 for numel in kept.values()), kept
+
+
 def test_computes_only_the_gradients_asked_for():
     x = torch.randn(1, 4, 8, 8, requires_grad=True)
     frozen_weight = torch.randn(4, 4, 3, 3)

@@ -32,6 +32,11 @@ from src.nets.layer_rewrite import output_pixels, rewrite_applies, switch_layers
 from src.nets.winograd_build import kernels
 
 _scratch_buffers = threading.local()
+#: the largest buffer kept for reuse (elements; 64 MB). Training's are below ~10 MB; a
+#: full-resolution photo's (translate.py) reach GBs, which kept would stay with the thread for
+#: the life of the process, and which are few enough that their zero-filling costs little
+#: against their convolutions.
+MAX_KEPT_SCRATCH = 16 * 2**20
 
 
 def _scratch(slot: str, *shape: int) -> torch.Tensor:
@@ -47,6 +52,10 @@ def _scratch(slot: str, *shape: int) -> torch.Tensor:
     numel = 1
     for size in shape:
         numel *= size
+    if numel > MAX_KEPT_SCRATCH:
+        if slot == "weight_tiles":
+            buffers.pop("weight_tiles_of", None)   # these tiles are not the kept buffer
+        return torch.empty(shape)
     if slot not in buffers or buffers[slot].numel() < numel:
         buffers[slot] = torch.empty(numel)
         if slot == "weight_tiles":
