@@ -26,14 +26,20 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from torch.export.pt2_archive import constants as pt2_archive
 
 from src.utils.accelerator import is_out_of_memory
 from src.utils.whole_files import whole_zip_archive
 
 
-# Constants torch.export.load unpickles in full (pt2_archive: custom_obj_*, TorchScript objects,
-# and opaque_obj_*, plain pickle), where its tensor loads can be made weights-only.
-_OBJECT_CONSTANT_PREFIXES = ("custom_obj_", "opaque_obj_")
+def loaded_without_code(constant: str) -> bool:
+    """Whether torch.export.load reads the file `constant` of an archive's constants folder as
+    tensors or configuration only. An allowlist: torch unpickles its object constants in full
+    (custom_obj_*: TorchScript objects; opaque_obj_*: plain pickle, added in a later release
+    than the first), and a kind a later torch adds is refused until it is known here."""
+    return (constant.startswith(pt2_archive.TENSOR_CONSTANT_FILENAME_PREFIX)   # tensor loads: forced weights-only
+            or constant.endswith("_constants_config.json")
+            or ("/" not in constant and constant.endswith(".pt")))   # the legacy format: a tensor file
 
 
 def refuse_pickled_objects(path: Path, key: str) -> None:
@@ -42,7 +48,7 @@ def refuse_pickled_objects(path: Path, key: str) -> None:
     with zipfile.ZipFile(path) as archive:
         # torch picks a constant's loader by its path inside data/constants/ (which may hold folders)
         objects = [name for name in archive.namelist()
-                   if name.partition("data/constants/")[2].startswith(_OBJECT_CONSTANT_PREFIXES)]
+                   if (constant := name.partition(pt2_archive.CONSTANTS_DIR)[2]) and not loaded_without_code(constant)]
     if objects:
         raise ValueError(f"{key}={path} holds pickled Python or TorchScript objects ({', '.join(objects)}), which "
                          "loading would run: export a net of tensors and torch operations only")
