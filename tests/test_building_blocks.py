@@ -109,6 +109,20 @@ def test_gradient_penalty_is_zero_for_a_unit_slope_critic():
     assert gradient_penalty(lambda x: 2 * critic(x), real, fake).item() == pytest.approx(1.0)
 
 
+def test_gradient_penalty_mixes_each_sample_with_its_own_weight():
+    """WGAN-GP draws one interpolation weight per sample (Gulrajani et al., Algorithm 1): the
+    critic sees real 1 and fake 0 mixed to one value per sample, different between samples."""
+    seen = []
+
+    def critic(x):
+        seen.append(x.detach())
+        return x.sum((1, 2, 3))
+    gradient_penalty(critic, torch.ones(8, 3, 4, 4), torch.zeros(8, 3, 4, 4))
+    mixed = seen[0].flatten(1)
+    assert torch.equal(mixed, mixed[:, :1].expand_as(mixed))   # one weight within a sample
+    assert len(set(mixed[:, 0].tolist())) == 8                 # its own per sample
+
+
 def test_image_pool_fills_then_mixes_and_round_trips():
     torch.manual_seed(0)
     pool = ImagePool(3)

@@ -88,7 +88,7 @@ def input_gradient(score: torch.Tensor, inputs: torch.Tensor, scale: torch.Tenso
     return grad if factor is None else grad / factor
 
 
-def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, target_norm: float = 1.0,
+def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor,
                      scale: torch.Tensor | None = None) -> torch.Tensor:
     """WGAN-GP: E[(||grad critic(x_hat)||_2 - 1)^2] on random interpolates of real and fake.
 
@@ -102,4 +102,4 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, target_norm
     outputs = out if isinstance(out, (list, tuple)) else [out]
     score = sum(o.sum() for o in outputs)
     grad = input_gradient(score, x_hat, scale)
-    return ((grad.flatten(1).norm(2, dim=1) - target_norm) ** 2).mean()
+    return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
