@@ -31,6 +31,7 @@ from src.data.errors import (  # noqa: E402
 )
 from src.data.image_io import load_image, open_image, upright_size  # noqa: E402
 from src.data.paired import PairedDataModule, match_by_name  # noqa: E402
+from src.data.placement import STALE_SCRATCH_S  # noqa: E402
 from src.data.sequences import SequenceDataModule  # noqa: E402
 from src.data.shapes import (  # noqa: E402
     ShapesDataModule,
@@ -1334,7 +1335,7 @@ def test_download_extracts_into_root_name(tmp_path, monkeypatch, capsys):
         (scratch / "toy.zip").parent.mkdir(parents=True)
         (scratch / "toy.zip").write_bytes(b"partial")
     for path in (killed, killed / "toy.zip"):
-        os.utime(path, (time.time() - 2 * download.STALE_SCRATCH_S,) * 2)
+        os.utime(path, (time.time() - 2 * STALE_SCRATCH_S,) * 2)
     assert download.main(["toy", "--root", str(root)]) == 0
     assert not killed.exists() and running.exists()
     shutil.rmtree(running)
@@ -1343,7 +1344,7 @@ def test_download_extracts_into_root_name(tmp_path, monkeypatch, capsys):
         assert sorted(p.name for p in (root / name).iterdir()) == ["testA", "testB", "trainA", "trainB"]
     stale = root / ".toy-killed-again"   # killed, while a later download filled the folder
     stale.mkdir()
-    os.utime(stale, (time.time() - 2 * download.STALE_SCRATCH_S,) * 2)
+    os.utime(stale, (time.time() - 2 * STALE_SCRATCH_S,) * 2)
     assert download.download("toy", root) == root / "toy"  # present: nothing to do
     assert "nothing to do" in capsys.readouterr().out and not stale.exists()
     assert sorted(p.name for p in root.iterdir()) == ["toy", "toy_copy"]  # no scratch left
@@ -1486,6 +1487,18 @@ def test_shapes_mismatch_regenerates_and_foreign_folder_is_refused(tmp_path):
     with pytest.raises(FileExistsError, match="refusing"):
         ensure_shapes_dataset(foreign, shapes_params(16, 4, 2, 0, paired=False))
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no scratch left behind
+
+
+def test_shapes_generation_removes_the_scratch_a_killed_one_left(tmp_path):
+    """A generation killed (SIGKILL, a time limit) leaves its scratch folder: the next one
+    removes it once it is stale, and leaves a live one's alone."""
+    killed, live = tmp_path / ".s-killed", tmp_path / ".s-live"
+    for scratch in (killed, live):
+        write_image(scratch / "s" / "trainA" / "0.png")
+    for path in (killed, *killed.rglob("*")):
+        os.utime(path, (time.time() - 2 * STALE_SCRATCH_S,) * 2)
+    ensure_shapes_dataset(tmp_path / "s", shapes_params(16, 4, 2, 0, paired=False))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".s-live", "s"]
 
 
 def _generate_in_subprocess(root: str) -> str:

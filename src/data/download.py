@@ -17,12 +17,10 @@ import argparse
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 import urllib.request
 import zipfile
 import zlib
@@ -32,7 +30,7 @@ from typing import Callable
 
 from src.data.cifar import convert_cifar10
 from src.data.mnist import build_idx_dataset
-from src.data.placement import place
+from src.data.placement import place, remove_stale_scratch, scratch_prefix
 from src.utils.ddp_multirun import quote_override_value
 from src.utils.whole_files import write_whole
 
@@ -49,9 +47,6 @@ REQUIRED_FOLDERS = {
 }
 # A server that stops answering ends the download with an error instead of hanging it.
 FETCH_TIMEOUT_S = 60
-#: A download's scratch folder untouched this long was left by a download that was killed (a
-#: live one writes every second while it fetches or extracts).
-STALE_SCRATCH_S = 3600
 
 _CYCLEGAN_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{}.zip"
 _PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/{}.tar.gz"
@@ -302,19 +297,6 @@ def _dataset_folder_in(extracted: Path, source: DatasetSource, name: str) -> Pat
     return extracted  # the archive has no top-level folder
 
 
-def remove_stale_scratch(parent: Path, name: str) -> None:
-    """Scratch folders of earlier downloads of `name` in `parent` that were killed (SIGKILL, a
-    job's time limit: no cleanup ran), holding partial archives of up to several GB; a younger
-    one may be another job's download in progress, and stays."""
-    for scratch in parent.glob(f".{name}-*"):
-        if not scratch.is_dir():
-            continue
-        newest = max((entry.stat().st_mtime for entry in [scratch, *scratch.rglob("*")]), default=0.0)
-        if time.time() - newest > STALE_SCRATCH_S:
-            print(f"Removing {scratch}, left by a download of {name} that was stopped")
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
 def download(name: str, root: str | Path) -> Path:
     """Download and extract dataset `name` into root/name; returns that folder."""
     source = DATASETS[name]
@@ -325,7 +307,7 @@ def download(name: str, root: str | Path) -> Path:
     # (a rename onto the link itself fails), built beside it on the same file system.
     destination = target.resolve()
     destination.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_scratch(destination.parent, name)   # also where the dataset is in place by now
+    remove_stale_scratch(destination)   # also where the dataset is in place by now
     if target.is_dir() and any(target.iterdir()):
         missing = missing_folders(target, source.layout)
         if not missing:
@@ -335,7 +317,7 @@ def download(name: str, root: str | Path) -> Path:
                             f"{how_to_get(name, target)}")
     # Work in a scratch folder next to the target so the final move is a cheap rename and an
     # interrupted download never leaves a half-filled dataset folder behind.
-    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=destination.parent) as scratch:
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix(destination), dir=destination.parent) as scratch:
         scratch = Path(scratch)
         if source.build is not None:
             built = scratch / name

@@ -3,9 +3,36 @@ complete one, and two jobs building the same data at once both end with it."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Callable
+
+log = logging.getLogger(__name__)
+
+#: A build's scratch folder untouched this long was left by a build that was killed (a live one
+#: writes every second while it fetches, extracts or generates).
+STALE_SCRATCH_S = 3600
+
+
+def scratch_prefix(target: Path) -> str:
+    """The name every scratch folder of a build of `target` starts with (beside `target`)."""
+    return f".{target.name}-"
+
+
+def remove_stale_scratch(target: Path) -> None:
+    """Scratch folders of earlier builds of `target` that were killed (SIGKILL, a job's time
+    limit: no cleanup ran), holding partial archives or images of up to several GB; a younger
+    one may be another job's build in progress, and stays."""
+    for scratch in target.parent.glob(scratch_prefix(target) + "*"):
+        if not scratch.is_dir():
+            continue
+        newest = max((entry.stat().st_mtime for entry in [scratch, *scratch.rglob("*")]), default=0.0)
+        if time.time() - newest > STALE_SCRATCH_S:
+            log.warning("Removing %s, left by a build of %s that was stopped", scratch, target.name)
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def place(built: Path, target: Path, complete: Callable[[Path], bool]) -> bool:

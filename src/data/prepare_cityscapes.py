@@ -28,7 +28,7 @@ from pathlib import Path
 from PIL import Image
 
 from src.data.download import DATASETS, missing_folders
-from src.data.placement import place
+from src.data.placement import place, remove_stale_scratch, scratch_prefix
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ def prepare_cityscapes(gtfine: str | Path, leftimg8bit: str | Path, output: str 
     pairs = {written: find_pairs(gtfine, leftimg8bit, split) for split, written in SPLITS.items()}
     save = {"quality": 100, "subsampling": 0}
     output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{output.name}-", dir=output.parent) as scratch:
+    remove_stale_scratch(output)
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix(output), dir=output.parent) as scratch:
         built = Path(scratch) / output.name
         for split, split_pairs in pairs.items():
             for folder in (split, f"{split}A", f"{split}B"):

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from PIL import Image
 
 from src.data.labelled import LabelledImageDataModule
 from src.data.paired import PairedDataModule
-from src.data.placement import place
+from src.data.placement import place, remove_stale_scratch, scratch_prefix
 from src.data.unpaired import UnpairedDataModule
 
 GENERATOR_VERSION = 1
@@ -265,16 +266,18 @@ def ensure_shapes_dataset(folder: str | Path, params: dict[str, Any]) -> Path:
     # through it, from a scratch folder beside its target; the link itself is never moved.
     real = folder.resolve()
     real.parent.mkdir(parents=True, exist_ok=True)
-    scratch = real.parent / f".{real.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    remove_stale_scratch(real)
+    scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix(real), dir=real.parent))
+    built = scratch / real.name
     try:
-        generate(scratch, params)
+        generate(built, params)
         if _read_meta(real) not in (None, params):
             # Generated with other parameters: move it aside, then swap the new one in.
             stale = real.parent / f".{real.name}.stale-{uuid.uuid4().hex[:8]}"
             os.rename(real, stale)
             shutil.rmtree(stale, ignore_errors=True)
         # (False: another process generated the same parameters first; other ones raise)
-        place(scratch, real, lambda placed: _read_meta(placed) == params)
+        place(built, real, lambda placed: _read_meta(placed) == params)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return folder
