@@ -85,7 +85,7 @@ def test_shapes_generated_into_a_link_to_scratch_fill_the_links_target(tmp_path,
     other = shapes_params(size=8, n_train=2, n_test=1, seed=0, paired=False)
     assert ensure_shapes_dataset(link, other) == link
     assert link.is_symlink() and shapes._read_meta(real) == other
-    assert [folder.parent for folder in scratch_folders] == [real.parent]
+    assert [folder.parent.parent for folder in scratch_folders] == [real.parent]   # <scratch>/<name>, beside it
     assert sorted(p.name for p in tmp_path.glob("*/.*")) == []
 
 
