@@ -130,6 +130,10 @@ def test_image_pool_fills_then_mixes_and_round_trips():
     assert torch.equal(pool.query(first), first)  # filling: returns what it stores
     mixed = torch.cat([pool.query(torch.full((1, 1, 1, 1), 10.0 + i)) for i in range(50)])
     assert (mixed < 10).any() and (mixed >= 10).any()  # some old fakes come back, some new pass
+    # A stored fake handed back leaves its place to the new one: what the pool returned since
+    # it filled, and what it holds, are every fake it was given, each once.
+    held_and_returned = torch.cat([mixed, *pool.images]).flatten().sort().values
+    assert held_and_returned.tolist() == [0.0, 1.0, 2.0] + [10.0 + i for i in range(50)]
     restored = ImagePool(3)
     restored.load_state_dict(pool.state_dict())
     torch.manual_seed(1)

@@ -119,7 +119,7 @@ def test_max_dataset_size_caps_each_domain(tmp_path):
 
 
 def test_random_partner_changes_and_is_seeded(tmp_path):
-    dm = module(UnpairedDataModule, make_unpaired(tmp_path / "d", n_a=2, n_b=6))
+    dm = module(UnpairedDataModule, make_unpaired(tmp_path / "d", n_a=2, n_b=20))
     dm.setup("fit")
 
     def epochs(seed, n=4):
@@ -132,6 +132,8 @@ def test_random_partner_changes_and_is_seeded(tmp_path):
     first = epochs(0)
     partners_of_a0 = {b_path for epoch in first for a_path, b_path, _ in epoch if a_path.endswith("A0.png")}
     assert len(partners_of_a0) > 1  # not always the same partner
+    # Drawn, not read by index: A0 is every even item, which by index would pair it with even Bs only.
+    assert not partners_of_a0 <= {str(tmp_path / "d" / "trainB" / f"B{i}.png") for i in range(0, 20, 2)}
     assert epochs(0) == first  # torch.manual_seed fixes order, partners, crops and flips
     assert epochs(1) != first
 
@@ -238,6 +240,18 @@ def test_aligned_pairs_split_left_a_right_b(tmp_path):
         # red is (1, -1, -1) in [-1, 1]; the dominant channel tells the half apart
         assert batch["A"][:, src].mean() > 0.9 and batch["A"][:, tgt].mean() < -0.9
         assert batch["B"][:, tgt].mean() > 0.9 and batch["B"][:, src].mean() < -0.9
+
+
+def test_an_odd_width_a_b_image_splits_into_equal_halves_without_its_last_column():
+    """Otherwise B's half would be a column wider, and squeezed to A's size: a pixel-shifted pair."""
+    from PIL import Image
+    from src.data.paired import split_side_by_side
+    image = Image.new("RGB", (9, 4), (255, 0, 0))
+    image.paste((0, 0, 255), (4, 0, 8, 4))   # B: columns 4..7; column 8 is the odd one
+    image.paste((0, 255, 0), (8, 0, 9, 4))
+    left, right = split_side_by_side(image)
+    assert left.size == right.size == (4, 4)
+    assert set(right.getdata()) == {(0, 0, 255)}
 
 
 def test_cached_aligned_pairs_decode_each_file_once_and_give_the_same_pairs(tmp_path, monkeypatch):
