@@ -17,8 +17,7 @@ import hydra  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from src.models.checkpoint_fit import check_checkpoint_file  # noqa: E402
-from src.utils.checkpoint_loading import load_model  # noqa: E402
+from src.utils.checkpoint_loading import check_checkpoint_settings, load_model, recorded_checkpoint_path  # noqa: E402
 from src.utils.export import EXPORT_FORMATS, check_export_format, export_path, export_translation  # noqa: E402
 from src.data.folders import output_paths, refuse_existing_outputs  # noqa: E402
 from src.utils.config_checks import check_seed, require_bool  # noqa: E402
@@ -34,9 +33,7 @@ def run_translation(cfg: DictConfig) -> dict:
     """Translate `cfg.input` into `cfg.output` (and export); returns what was written, what was
     kept (skip_existing), and with which weights ("ema": the generators' average of a run that kept
     one, or "trained")."""
-    if not cfg.get("ckpt_path"):
-        raise ValueError("ckpt_path is required: ckpt_path=path/to/checkpoints/last.ckpt (written by src/train.py)")
-    check_checkpoint_file(cfg.ckpt_path)
+    check_checkpoint_settings(cfg)
     if not cfg.get("input") and not cfg.get("export"):
         raise ValueError("input is required: input=path/to/image_or_folder (or export=onnx|torchscript to only export)")
     if cfg.get("export"):
@@ -122,7 +119,7 @@ def translation_record(cfg: DictConfig, model) -> dict:
     """What makes an output what it is: the checkpoint's state (last.ckpt moves on while its run
     trains, hence the iteration), the weights, the direction, the scale and the seed (pix2pix's
     test-time dropout draws on it); the inputs may differ: several folders can go into one."""
-    return {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "iteration": model.loaded_iteration,
+    return {"ckpt_path": recorded_checkpoint_path(cfg.ckpt_path), "iteration": model.loaded_iteration,
             "weights": model.loaded_weights, "direction": cfg.direction, "short_side": cfg.get("short_side"),
             "size": list(fixed) if (fixed := fixed_translation_size(cfg.get("size"), cfg.get("short_side"))) else None,
             "seed": cfg.get("seed")}

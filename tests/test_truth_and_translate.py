@@ -1272,6 +1272,18 @@ def test_eval_refuses_two_test_files_that_would_write_one_output(smoke_runs, tmp
         evaluate_on_folders(smoke_runs["cyclegan"], tmp_path, root)
 
 
+def test_eval_records_its_checkpoint_by_absolute_path_and_takes_use_ema_as_a_bool(smoke_runs, tmp_path, monkeypatch):
+    """metrics.json outlives the directory eval.py ran in: a relative ckpt_path is recorded
+    resolved (as translate.py's record has it). use_ema=no was read as true."""
+    root = write_folder_dataset(tmp_path / "data", {})
+    ckpt = smoke_runs["cyclegan"].ckpt
+    monkeypatch.chdir(ckpt.parent)
+    _, out = evaluate_on_folders(SimpleNamespace(ckpt=ckpt.name), tmp_path / "relative", root)
+    assert json.loads((out / "metrics.json").read_text())["ckpt_path"] == str(ckpt.resolve())
+    with pytest.raises(ValueError, match=r"use_ema='no' must be true or false"):
+        evaluate_on_folders(smoke_runs["cyclegan"], tmp_path / "no", root, "use_ema=no")
+
+
 def test_eval_refuses_two_test_files_whose_outputs_differ_only_in_case(smoke_runs, tmp_path):
     """On a disk that ignores case (macOS, Windows) fakeB/a0.png would overwrite fakeB/A0.png."""
     root = write_folder_dataset(tmp_path / "cases", {})

@@ -679,8 +679,8 @@ class AdversarialModel(pl.LightningModule):
     def logs_this_iteration(self) -> bool:
         """Whether this iteration's losses are logged (asked before its first step): on the
         iterations whose values Lightning writes to the loggers (every `trainer.log_every_n_steps`
-        batches, counted as Lightning does), and on the last one, whose values
-        `trainer.callback_metrics` hands back when training ends. Each `self.log` call costs
+        batches, counted as Lightning does), and on the last of each epoch and of the run, whose
+        values `trainer.callback_metrics` hands back when training ends. Each `self.log` call costs
         ~1 ms of CPU (Lightning moves its record of the key to the value's device, deep-copying
         its metadata): ~9 ms an iteration for CycleGAN's nine terms, where a batch-1 GPU
         iteration is paced by the CPU issuing its kernels (experiments/bench/README.md, "On a GPU")."""

@@ -27,12 +27,27 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from src.callbacks.ema import averaged_state_dict
-from src.utils.config_checks import accepted_arguments
+from src.utils.config_checks import accepted_arguments, require_bool
 from src.models.base import AdversarialModel
-from src.models.checkpoint_fit import (checkpoint_iteration, read_training_checkpoint, run_config_path,
-                                       state_dict_mismatch, upgraded_hparams)
+from src.models.checkpoint_fit import (check_checkpoint_file, checkpoint_iteration, read_training_checkpoint,
+                                       run_config_path, state_dict_mismatch, upgraded_hparams)
 
 log = logging.getLogger(__name__)
+
+
+def check_checkpoint_settings(cfg) -> None:
+    """eval.py's and translate.py's checkpoint settings, before any work: `ckpt_path` names a
+    whole checkpoint file, and `use_ema` is true or false (a string like "no" read as true)."""
+    if not cfg.get("ckpt_path"):
+        raise ValueError("ckpt_path is required: ckpt_path=path/to/checkpoints/last.ckpt (written by src/train.py)")
+    check_checkpoint_file(cfg.ckpt_path)
+    require_bool("use_ema", cfg.get("use_ema", True))
+
+
+def recorded_checkpoint_path(ckpt_path: str | Path) -> str:
+    """How a record of what was evaluated or translated names the checkpoint: absolute (the
+    record outlives the directory the command ran in), a URL as given."""
+    return str(ckpt_path) if "://" in str(ckpt_path) else str(Path(ckpt_path).resolve())
 
 MODELS_PACKAGE = "src.models."
 NETS_PACKAGE = "src.nets."

@@ -23,15 +23,16 @@ from src.metrics.segmenter import Segmenter
 from src.metrics.tstr import tstr_trtr
 from src.metrics.shapes_truth import (ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta,
                                       test_image_size, truth_unavailable)
-from src.models.checkpoint_fit import check_checkpoint_file
 from src.models.noise_base import SAMPLES, NoiseToImageModel
-from src.utils.checkpoint_loading import load_model, refuse_foreign_targets, run_config_path
+from src.utils.checkpoint_loading import (check_checkpoint_settings, load_model, recorded_checkpoint_path,
+                                         refuse_foreign_targets, run_config_path)
 from src.utils.config_checks import check_argument_types, check_seed, is_int, is_number, require_int
 from src.utils.directions import DIRECTION_KEYS, domain_folders, translated_directions
 from src.utils.folder_lock import FolderLock
 from src.utils.image_grid import make_grid, to_uint8_images
 from src.utils.label_evaluation import label_scores_for, segmenter_for
 from src.utils.rng import isolated_rng
+from src.utils.run_results import EVAL_RESULT
 from src.utils.sequence_plot import plot_series
 from src.utils.training_config import CONF_DIR
 from src.utils.translation import resolve_device, save_png
@@ -436,9 +437,7 @@ def markdown_row(name: str, metrics: dict[str, dict[str, float]]) -> str:
 
 
 def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
-    if not cfg.get("ckpt_path"):
-        raise ValueError("ckpt_path is required: ckpt_path=path/to/checkpoints/last.ckpt (written by src/train.py)")
-    check_checkpoint_file(cfg.ckpt_path)
+    check_checkpoint_settings(cfg)
     require_int("batch_size", cfg.batch_size)
     if OmegaConf.is_config(cfg.get("name")):
         raise ValueError(f"name={OmegaConf.to_container(cfg.name)!r} must be a single name (the row of the printed "
@@ -488,8 +487,8 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device) -> dict[str, dict
     output_dir = Path(cfg.output_dir)
     # An earlier evaluation's scores go before its images do: stopped halfway, this one must not
     # leave them beside images they do not describe.
-    (output_dir / "metrics.json").unlink(missing_ok=True)
-    report = {"ckpt_path": str(cfg.ckpt_path), "iteration": model.loaded_iteration, "weights": model.loaded_weights,
+    (output_dir / EVAL_RESULT).unlink(missing_ok=True)
+    report = {"ckpt_path": recorded_checkpoint_path(cfg.ckpt_path), "iteration": model.loaded_iteration, "weights": model.loaded_weights,
               "data": datamodule.name}
     if cfg.get("truncation_psi") is not None:
         report["truncation_psi"] = float(cfg.truncation_psi)
@@ -518,11 +517,11 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device) -> dict[str, dict
                                                                   cfg.get("segmenter_size"), device), save_limit)
     report.update({"directions": directions, "metrics": results})
     # Whole: the table of an eval sweep (`eval.py -m`) reads it while other jobs write theirs.
-    write_text_whole(output_dir / "metrics.json", json.dumps(report, indent=2))
+    write_text_whole(output_dir / EVAL_RESULT, json.dumps(report, indent=2))
     name = str(cfg.name) if cfg.get("name") is not None else f"{type(model).__name__} / {datamodule.name}"
     if report.get("feature_extractor"):   # a random CNN's FID beside an Inception one would mislead
         name += f" [{report['feature_extractor']}]"
     row = markdown_row(name, results)
     print(row)
-    log.info("Wrote %s", output_dir / "metrics.json")
+    log.info("Wrote %s", output_dir / EVAL_RESULT)
     return results

@@ -27,7 +27,6 @@ import logging
 import os
 import platform
 import secrets
-import shutil
 import socket
 import sys
 import time
@@ -178,6 +177,6 @@ def restore_hydra_files(run_dir: Path) -> str:
     if not starts:
         return f"Its {folder} files hold this command's config until that run records its start."
     for name in HYDRA_FILES:
-        if (starts[-1] / name).is_file():
-            shutil.copyfile(starts[-1] / name, folder / name)
+        if (starts[-1] / name).is_file():   # whole: the running run's files are never seen half-written
+            write_text_whole(folder / name, (starts[-1] / name).read_text())
     return f"Its {folder} files, which Hydra had replaced with this command's, were put back from {starts[-1]}."

@@ -15,6 +15,7 @@ from typing import Any
 from src.utils.whole_files import write_text_whole
 
 FINAL_METRICS = "final_metrics.json"
+EVAL_RESULT = "metrics.json"   # what src/eval.py writes in its output directory (src/utils/evaluation.py)
 
 
 def write_final_metrics(run_dir: Path, metrics: dict[str, float], iteration: int, checkpoint: str | None,

@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.utils.folder_lock import FolderInUse, FolderLock
 from src.utils.hydra_runtime import is_rank_zero
 from src.utils.nested import flattened
-from src.utils.run_results import FINAL_METRICS, write_failure
+from src.utils.run_results import EVAL_RESULT, FINAL_METRICS, write_failure
 from src.utils.whole_files import write_text_whole
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
 #: the lock of the table's update, and how long a job waits for another's (a read of the job
 #: records and two small writes: well under a second, minutes on a struggling network disk)
 SUMMARY_LOCK, SUMMARY_LOCK_WAIT_S = ".summary.lock", 300.0
-EVAL_RESULT = "metrics.json"   # what src/eval.py writes in its output directory (src/utils/evaluation.py)
 #: what the markdown table shows by default, per result file, where a job has it (the CSV has every metric)
 DEFAULT_METRICS = {
     FINAL_METRICS: ("eval/fid", "eval/kid_x100", "truth/AtoB/iou", "truth/BtoA/iou",            # translation
