@@ -115,11 +115,14 @@ def test_a_forked_child_neither_keeps_nor_drops_its_parents_folder_lock(tmp_path
     """A DataLoader worker is a forked child: it shared the lock's open file, so one outliving its
     run (a notebook's failed fit) kept the folder locked against the next run."""
     wake_read, wake_write = os.pipe()
+    started_read, started_write = os.pipe()
     with FolderLock(tmp_path, "a test's folder", "") as holder:
         child = os.fork()
         if child == 0:   # the worker: alive until told, then gone without cleanup
+            os.write(started_write, b"x")   # (running: the fork hooks have run)
             os.read(wake_read, 1)
             os._exit(0)
+        os.read(started_read, 1)
         with pytest.raises(FolderInUse):   # the child's closing its copy left the parent's lock held
             with FolderLock(tmp_path, "a test's folder", ""):
                 pass
@@ -130,7 +133,8 @@ def test_a_forked_child_neither_keeps_nor_drops_its_parents_folder_lock(tmp_path
     finally:
         os.write(wake_write, b"x")
         os.waitpid(child, 0)
-        os.close(wake_read), os.close(wake_write)
+        for fd in (wake_read, wake_write, started_read, started_write):
+            os.close(fd)
 
 
 def test_a_folder_lock_waits_for_its_holder_and_is_skipped_where_the_filesystem_has_none(tmp_path, monkeypatch,
