@@ -1,4 +1,5 @@
 # Two commands matter: `make train` and `make test`. Both install into .venv first if needed.
+# `make help` lists every target.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PROJECT_ROOT := $(CURDIR)
 
-.PHONY: install install-fid train test bench gpu-wheels clean
+.PHONY: install install-fid train test bench gpu-wheels clean help
 
 install: $(STAMP)
 
@@ -55,5 +56,16 @@ gpu-wheels: $(STAMP)
 	rm -f $(GPU_WHEELS)/numpy-* $(GPU_WHEELS)/scipy-* $(GPU_WHEELS)/opencv_python*
 	printf '%s\n' $(GPU_PACKAGES) > $(GPU_WHEELS)/packages.txt
 
+# Caches only: the runs under logs/ are results (rm -rf logs deletes every run and checkpoint).
 clean:
-	rm -rf logs .pytest_cache
+	rm -rf .pytest_cache
+	find src tests -name __pycache__ -type d -prune -exec rm -rf {} +
+
+help:
+	@echo "make install       install the CPU stack into $(VENV) (Python 3.11-3.13; done by the targets below)"
+	@echo "make install-fid   Inception FID/KID (torch-fidelity, torchvision): GPU machines with a CUDA torch"
+	@echo "make train ARGS=   the quickstart run (experiment=quickstart), ARGS appended: ARGS=\"model=pix2pix\""
+	@echo "make test ARGS=    the test suite (pytest -q tests ARGS), about 20 minutes on 2 cores"
+	@echo "make bench ARGS=   seconds per iteration and memory per model (src/bench.py; the CPU table takes ~15 min)"
+	@echo "make gpu-wheels    wheels a CUDA machine without downloads needs for experiments/bench/gpu_check.sh"
+	@echo "make clean         remove caches (not the runs under logs/)"

@@ -227,3 +227,30 @@ def test_a_second_run_into_a_busy_run_folder_is_refused_and_gives_back_its_hydra
     assert "max_iters=2" in OmegaConf.load(run_dir / ".hydra/overrides.yaml")
     assert OmegaConf.load(run_dir / ".hydra/config.yaml").max_iters == 2
     assert len(list((run_dir / "starts").iterdir())) == 1
+
+
+@pytest.mark.parametrize("script, expected, absent", [
+    ("train", ["python src/train.py model=nicegan data=cat2dog", "model: cgan, cyclegan", "--cfg job"], []),
+    ("eval", ["ckpt_path is required", "save_images: true"], ["== Configuration groups"]),
+    ("translate", ["ckpt_path is required, and input unless export is set", "skip_existing: false"],
+     ["== Configuration groups"]),
+    ("bench", ["python src/bench.py configurations=[cyclegan_128]"], ["== Configuration groups"]),
+])
+def test_help_gives_the_commands_usage_and_config(script, expected, absent):
+    """Hydra's generic help listed every folder of conf/ as groups of every command, eval.py's
+    included, which takes none of them."""
+    env = {**os.environ, "PROJECT_ROOT": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    out = subprocess.run([sys.executable, str(ROOT / "src" / f"{script}.py"), "--help"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "is powered by Hydra" not in out
+    for text in expected:
+        assert text in out, text
+    for text in absent:
+        assert text not in out, text
+
+
+def test_make_help_lists_every_target():
+    phony = next(line for line in (ROOT / "Makefile").read_text().splitlines() if line.startswith(".PHONY:"))
+    out = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    listed = {line.split()[1] for line in out.splitlines() if line.startswith("make ")}
+    assert listed == set(phony.removeprefix(".PHONY:").split()) - {"help"}
