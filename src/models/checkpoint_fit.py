@@ -96,6 +96,48 @@ def check_checkpoint_file(ckpt_path: str | Path | None, key: str = "ckpt_path") 
         raise unreadable_checkpoint(ckpt_path, "not a complete zip archive, as torch.save writes", key)
 
 
+class UnreadableCheckpoint(Exception):
+    """A file that cannot be read whole as a checkpoint; the message says why."""
+
+
+class RefusedByWeightsOnly(Exception):
+    """A whole checkpoint holding objects that a weights-only load refuses; the message names them."""
+
+
+def load_checkpoint_file(path: str | Path) -> dict:
+    """torch.load of a checkpoint file, mapped on the CPU, weights only. UnreadableCheckpoint
+    for a file that cannot be read whole as one, RefusedByWeightsOnly for one holding objects
+    that loading would run code for; a read the system refuses (an OSError with an errno:
+    permissions, a network file system's I/O error) is raised as it is, as the file may be whole."""
+    try:
+        whole = whole_zip_archive(path)   # torch.save writes the zip directory last: a cut file has none
+    except OSError as error:
+        if error.errno is not None:
+            raise
+        raise UnreadableCheckpoint(f"{type(error).__name__}: {error}") from error
+    if not whole:
+        raise UnreadableCheckpoint("not a complete zip archive, as torch.save writes")
+    try:
+        # Mapped rather than read: the file holds the optimizers' moments and the EMA copies too,
+        # which on a GPU could take more memory than the model, and read whole, host memory; only
+        # what is used is copied.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        if refused_by_weights_only(error):
+            raise RefusedByWeightsOnly(weights_only_refusal(path, error)) from error
+        raise UnreadableCheckpoint(f"UnpicklingError: {str(error).splitlines()[0]}") from error
+    except OSError as error:
+        if error.errno is not None:
+            raise
+        raise UnreadableCheckpoint(f"{type(error).__name__}: {first_line(error)}") from error
+    except Exception as error:   # any other reason a file is not a checkpoint
+        raise UnreadableCheckpoint(f"{type(error).__name__}: {first_line(error)}") from error
+
+
+def first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else "no detail"
+
+
 def read_training_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
     """The training checkpoint at `path` (the setting `key`), mapped on the CPU, read with
     `weights_only=True`; a ValueError naming `key` for a file that is no such checkpoint."""
@@ -104,20 +146,14 @@ def read_training_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
                          f"Lightning's keywords and URLs are for resuming training (src/train.py ckpt_path=...)")
     check_checkpoint_file(path, key)
     try:
-        # Mapped rather than read: the file holds the optimizers' moments and the EMA copies too,
-        # which on a GPU could take more memory than the model, and read whole, host memory; only
-        # what the model takes is copied, then moved there.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as error:
-        if not refused_by_weights_only(error):
-            raise unreadable_checkpoint(path, f"UnpicklingError: {str(error).splitlines()[0]}", key) from error
-        raise ValueError(f"{key}={weights_only_refusal(path, error)}: a checkpoint from elsewhere is not "
-                         f"loaded with code execution; checkpoints src/train.py writes hold none") from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        if isinstance(error, OSError) and error.errno is not None:   # not the file's fault: say so
-            raise system_refused_read(path, error, key) from error
-        detail = str(error).splitlines()[0] if str(error) else "no detail"
-        raise unreadable_checkpoint(path, f"{type(error).__name__}: {detail}", key) from error
+        checkpoint = load_checkpoint_file(path)
+    except UnreadableCheckpoint as reason:
+        raise unreadable_checkpoint(path, str(reason), key) from reason
+    except RefusedByWeightsOnly as refusal:
+        raise ValueError(f"{key}={refusal}: a checkpoint from elsewhere is not loaded with code execution; "
+                         f"checkpoints src/train.py writes hold none") from refusal
+    except OSError as error:   # not the file's fault: say so
+        raise system_refused_read(path, error, key) from error
     if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
         raise ValueError(f"{key}={path} is not a training checkpoint of this codebase "
                          f"(needs 'state_dict' and 'hyper_parameters')")

@@ -22,18 +22,15 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import time
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.callbacks.checkpoint import INSIDE_ITERATION_KEY, PARTIAL_STEPS_KEY, TORN_STEP_KEY
-from src.models.checkpoint_fit import refused_by_weights_only, weights_only_refusal
+from src.models.checkpoint_fit import RefusedByWeightsOnly, UnreadableCheckpoint, load_checkpoint_file
 from src.utils.config_resolvers import slurm_job_suffix
 from src.utils.hydra_runtime import hydra_config, is_multirun, is_rank_zero, job_overrides
-from src.utils.whole_files import whole_zip_archive
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +173,6 @@ def checkpoint_candidates(folders: list[tuple[Path, Path]]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-class UnreadableCheckpoint(Exception):
-    """A file that cannot be read whole as a checkpoint of ours; the message says why."""
-
-
 def read_progress(path: Path) -> tuple[int, bool]:
     """The optimizer steps a checkpoint records and whether it is exact (taken between
     iterations, not inside one); UnreadableCheckpoint for a file that cannot be read whole.
@@ -187,26 +180,18 @@ def read_progress(path: Path) -> tuple[int, bool]:
     is: passing over a whole last.ckpt would resume from an older file, whose next save would
     overwrite the progress it holds."""
     try:
-        if not whole_zip_archive(path):   # torch.save writes the zip directory last: a cut file has none
-            raise UnreadableCheckpoint("not a complete zip archive: a copy or save cut short leaves such a file")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = load_checkpoint_file(path)
+    except RefusedByWeightsOnly as refusal:
+        raise ValueError(f"ckpt_path=auto: {refusal}, so the run cannot resume from it safely. Move it out of "
+                         f"{path.parent} to resume from the next checkpoint (or to start over)") from refusal
+    except OSError as error:   # (UnreadableCheckpoint passes: the caller passes over the file)
+        raise OSError(error.errno, f"reading {path} failed ({error.strerror}); the file may be whole, and "
+                                   f"passing over it could resume from an older one. Fix the storage or "
+                                   f"permissions, or move the file away") from error
+    try:
         inexact = (PARTIAL_STEPS_KEY, TORN_STEP_KEY, INSIDE_ITERATION_KEY)
         return int(checkpoint["global_step"]), not any(checkpoint.get(key) for key in inexact)
-    except pickle.UnpicklingError as error:
-        if not refused_by_weights_only(error):
-            raise UnreadableCheckpoint(f"UnpicklingError: {str(error).splitlines()[0]}") from error
-        raise ValueError(f"ckpt_path=auto: {weights_only_refusal(path, error)}, so the run cannot resume from it "
-                         f"safely. Move it out of {path.parent} to resume from the next checkpoint (or to start "
-                         f"over)") from error
-    except UnreadableCheckpoint:
-        raise
-    except OSError as error:
-        if error.errno is not None:
-            raise OSError(error.errno, f"reading {path} failed ({error.strerror}); the file may be whole, and "
-                                       f"passing over it could resume from an older one. Fix the storage or "
-                                       f"permissions, or move the file away") from error
-        raise UnreadableCheckpoint(f"{type(error).__name__}: {error}") from error
-    except Exception as error:   # any other reason a file is not a checkpoint of ours: reported and passed over
+    except Exception as error:   # a loadable file that is no training checkpoint: reported and passed over
         raise UnreadableCheckpoint(f"{type(error).__name__}: {error}") from error
 
 
