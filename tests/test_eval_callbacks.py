@@ -20,7 +20,8 @@ import torch.multiprocessing as mp
 from hydra.errors import InstantiationException
 
 from conftest import NO_EVALUATION, compose_train_cfg, free_port, one_torch_thread, run_training_on_two_ranks
-from src.callbacks.fid_kid import FidKidCallback, shard_range
+from src.callbacks.fid_kid import FidKidCallback
+from src.callbacks.periodic_evaluation import shard_range
 from src.callbacks.latent import gather_rows
 from src.data.shapes import ShapesDataModule
 from src.metrics import features as features_module

@@ -16,7 +16,7 @@ import logging
 
 import pytorch_lightning as pl
 
-from src.callbacks.fid_kid import PeriodicEvaluation
+from src.callbacks.periodic_evaluation import PeriodicEvaluation
 from src.metrics.segmenter import Segmenter
 from src.utils.directions import DIRECTION_KEYS, domain_folders, translated_directions
 from src.utils.label_evaluation import FcnScores, check_segmenter_size, label_scores_for, segmenter_for

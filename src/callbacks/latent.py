@@ -30,7 +30,7 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from src.callbacks.fid_kid import PeriodicEvaluation
+from src.callbacks.periodic_evaluation import PeriodicEvaluation
 from src.utils.metric_publishing import publish_metrics
 from src.metrics.mmd import mmd2_unbiased
 from src.utils.accelerator import float64_device

@@ -15,7 +15,7 @@ import re
 
 import pytorch_lightning as pl
 
-from src.callbacks.fid_kid import PeriodicEvaluation
+from src.callbacks.periodic_evaluation import PeriodicEvaluation
 
 #: the metric families of the evaluation callbacks (their `metric_prefix`es start so): a metric
 #: of one that no callback of the run logs is refused; other names (a training loss, a metric of a

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
-from src.callbacks.fid_kid import PeriodicEvaluation
+from src.callbacks.periodic_evaluation import PeriodicEvaluation
 from src.utils.metric_publishing import publish_metrics
 from src.callbacks.latent import gather_rows
 from src.metrics.mmd import sample_mmd2

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from src.callbacks.fid_kid import PeriodicEvaluation
+from src.callbacks.periodic_evaluation import PeriodicEvaluation
 from src.metrics.shapes_truth import (ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta,
                                       test_image_size, truth_unavailable)
 from src.utils.config_checks import require_int
