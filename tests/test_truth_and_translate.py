@@ -27,7 +27,8 @@ from src.translate import run_translation
 from src.utils.checkpoint_loading import load_model
 from src.utils.export import export_translation
 from src.utils.run import run_training
-from src.utils.translation import crop_to_box, pad_to_multiple, size_multiple, translate_images
+from src.models.size_check import size_multiple
+from src.utils.translation import crop_to_box, pad_to_multiple, translate_images
 from src.utils.directions import untranslated_directions
 from tests.conftest import compose_train_cfg, results_of_gloo_ranks
 from tests.test_label_scores import export_segmenter, write_label_map_dataset

@@ -31,7 +31,7 @@ from src.models.loss_window import LossWindow
 from src.models.optimizers import (build_optimizer, changed_learning_rates, check_optimizer_settings, ramped_momentum,
                                    with_player_overrides)
 from src.models.lr_schedules import DecayToZero, build_scheduler, decay_end_mismatch, rescale_schedule
-from src.models.size_check import check_image_size
+from src.models.size_check import check_image_size, size_multiple
 from src.models import step_in_backward
 from src.nets.init import init_weights
 from src.nets.fast_conv import configure_fast_conv
@@ -859,7 +859,6 @@ class TranslationModel(AdversarialModel):
             else:
                 y = self.translation_forward(x, direction)
         if y.shape[-2:] != x.shape[-2:]:   # a ResNet generator turns 250 px into 252 px without a word
-            from src.utils.translation import size_multiple   # (it imports this module)
             raise ValueError(f"{type(self).__name__} translated {tuple(x.shape[-2:])} px images into "
                              f"{tuple(y.shape[-2:])} px: pad them to a multiple of "
                              f"{size_multiple(self, direction)} px first (translate_images does)")

@@ -12,6 +12,7 @@ nearest sizes every network accepts, and the settings that choose them.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import torch
@@ -65,20 +66,48 @@ def run_on_meta(model: nn.Module, fn: Callable[..., object], *args: torch.Tensor
             namespace[key] = value
 
 
-def first_conv_channels(net: nn.Module) -> int:
-    return next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels
+def first_conv_channels(net: nn.Module) -> int | None:
+    """Channels of the first convolution a net runs; None for a net without one."""
+    return next((m.in_channels for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def _stride_product(net: nn.Module) -> int:
+    """Downsampling factor of a net without a declared `size_multiple`: the product of its
+    conv strides (the convs of these nets run one after another, none in parallel branches)."""
+    factor = 1
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            factor *= max(module.stride)
+    return factor
+
+
+def size_multiple(model, direction: str) -> int:
+    """What every image side must be a multiple of for this translation.
+
+    A net's declared `size_multiple` wins; otherwise its conv strides tell (NICE-GAN's source
+    encoder: two stride-2 convs -> 4; its decoder-only generator: 1). Nets run in a chain, so
+    their factors multiply.
+    """
+    return math.prod(getattr(net, "size_multiple", None) or _stride_product(net)
+                     for net in model.translation_nets(direction))
+
+
+def input_channels(model, direction: str) -> int:
+    """Channels the translation reads: those of the first convolution it runs."""
+    for net in model.translation_nets(direction):
+        if (channels := first_conv_channels(net)) is not None:
+            return channels
+    raise ValueError(f"{type(model).__name__} {direction}: no convolution found to read the input channels from")
 
 
 def size_step(model) -> int:
     """What every side must be a multiple of for the model's translations."""
-    from src.utils.translation import size_multiple   # not at import: translation imports the models
     return max(size_multiple(model, direction) for direction in translated_directions(model)[0])
 
 
 def translation_failure(model, direction: str, batch_size: int, height: int, width: int) -> str | None:
     """What goes wrong when the `direction` translation runs on `height` x `width` images, or
     None when it runs and keeps the size."""
-    from src.utils.translation import input_channels   # not at import: translation imports the models
     x = torch.empty(batch_size, input_channels(model, direction), height, width, device="meta")
     try:
         y = run_on_meta(model, lambda t: model.translation_forward(t, direction), x)
@@ -121,7 +150,6 @@ def check_translation_size(model, direction: str, height: int, width: int, what:
                            fix: str = "resize the input to one of them") -> None:
     """Raise a ValueError naming `what` (an input file, the export size) and `fix` when the
     `direction` translation cannot run on `height` x `width` images (padded to its size multiple)."""
-    from src.utils.translation import size_multiple   # not at import: translation imports the models
     try:
         failure = translation_failure(model, direction, 1, height, width)
     except NotImplementedError as error:   # an operator without a meta kernel: nothing to learn here

@@ -25,7 +25,8 @@ import torch.nn as nn
 
 from src.models.base import TranslationModel
 from src.models.size_check import check_translation_size
-from src.utils.translation import check_direction, input_channels, round_up, size_multiple
+from src.models.size_check import input_channels, size_multiple
+from src.utils.translation import check_direction, round_up
 from src.utils.whole_files import remove_stale_temporaries, staged
 
 log = logging.getLogger(__name__)

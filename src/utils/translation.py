@@ -9,13 +9,11 @@ is cropped back to the size translated: the input's, or that `short_side` or `si
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from src.data.errors import EmptyDatasetError
@@ -23,7 +21,7 @@ from src.data.folders import IMAGE_EXTENSIONS, list_images
 from src.data.image_io import PIXEL_READING_KEYS, load_image, save_image, upright_size
 from src.data.transforms import resize_image, short_side_size, to_tensor
 from src.models.base import TranslationModel
-from src.models.size_check import check_translation_size
+from src.models.size_check import check_translation_size, input_channels, size_multiple
 from src.utils.accelerator import is_out_of_memory
 from src.utils.config_checks import require_int
 from src.utils.directions import DIRECTIONS
@@ -62,36 +60,6 @@ def check_direction(model: TranslationModel, direction: str) -> None:
         model.generator_for(direction)
     except ValueError as error:
         raise ValueError(f"direction={direction}: {type(model).__name__} cannot translate this way: {error}") from error
-
-
-def _stride_product(net: nn.Module) -> int:
-    """Downsampling factor of a net without a declared `size_multiple`: the product of its
-    conv strides (the convs of these nets run one after another, none in parallel branches)."""
-    factor = 1
-    for module in net.modules():
-        if isinstance(module, nn.Conv2d):
-            factor *= max(module.stride)
-    return factor
-
-
-def size_multiple(model: TranslationModel, direction: str) -> int:
-    """What every image side must be a multiple of for this translation.
-
-    A net's declared `size_multiple` wins; otherwise its conv strides tell (NICE-GAN's source
-    encoder: two stride-2 convs -> 4; its decoder-only generator: 1). Nets run in a chain, so
-    their factors multiply.
-    """
-    return math.prod(getattr(net, "size_multiple", None) or _stride_product(net)
-                     for net in model.translation_nets(direction))
-
-
-def input_channels(model: TranslationModel, direction: str) -> int:
-    """Channels the translation reads: those of the first convolution it runs."""
-    for net in model.translation_nets(direction):
-        for module in net.modules():
-            if isinstance(module, nn.Conv2d):
-                return module.in_channels
-    raise ValueError(f"{type(model).__name__} {direction}: no convolution found to read the input channels from")
 
 
 # -- padding to the size the generator allows ----------------------------------------------------
