@@ -3,10 +3,12 @@ the old one, never through the system's temp folder (on another filesystem the m
 that a kill cuts short)."""
 import tempfile
 
+import hydra
 import pytest
 import pytorch_lightning as pl
 import torch
 
+from conftest import NO_EVALUATION, last_checkpoint
 from src.utils.checkpoint_io import DurableCheckpointIO, write_whole
 from src.utils.run import build_trainer_kwargs
 
@@ -115,3 +117,14 @@ def test_resuming_from_a_file_a_weights_only_load_refuses_names_the_setting(trai
     with pytest.raises(ValueError, match=rf"ckpt_path={foreign} is whole but holds objects a weights-only load "
                                          r"refuses .*checkpoints src/train.py writes hold none"):
         run_training(train_cfg("model=cyclegan", "max_iters=1", f"ckpt_path={foreign}"))
+
+
+def test_a_run_ending_between_periodic_saves_ends_with_a_checkpoint_of_its_last_iteration(train_cfg):
+    """max_iters=3 with saves every 1000 iterations: the last iteration's batch end saves it.
+    (Lightning's epoch end, had it saved instead, would have marked the unfinished epoch done.)"""
+    cfg = train_cfg("max_iters=3", "callbacks.model_checkpoint.every_n_iters=1000", *NO_EVALUATION)
+    checkpoint = last_checkpoint(cfg)
+    steps_per_iter = hydra.utils.instantiate(cfg.model, _recursive_=False).optimizer_steps_per_iter
+    assert checkpoint["global_step"] == 3 * steps_per_iter
+    epoch = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]
+    assert epoch["completed"] == 0   # (the smoke data's epoch is longer than 3 iterations)
