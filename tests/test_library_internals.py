@@ -18,6 +18,8 @@ PRIVATE_NAMES = [
     ("pytorch_lightning.callbacks", "ModelCheckpoint._save_last_checkpoint", "src/callbacks/checkpoint.py"),
     ("pytorch_lightning.trainer.connectors.checkpoint_connector", "_CheckpointConnector.dump_checkpoint",
      "src/callbacks/checkpoint.py"),
+    ("pytorch_lightning.trainer.connectors.signal_connector", "_SignalConnector.register_signal_handlers",
+     "src/callbacks/stop_signals.py"),
     ("pytorch_lightning.utilities.imports", "_RICH_AVAILABLE", "src/callbacks/progress.py"),
     ("pytorch_lightning.callbacks.progress.rich_progress", "RichProgressBar._get_train_description",
      "src/callbacks/progress.py"),

@@ -277,6 +277,37 @@ def test_a_sigterm_before_training_started_is_decided_on_by_every_rank(monkeypat
     assert connector.received_sigterm is False and stops.noted == {signals.SIGTERM}
 
 
+def test_stop_signals_take_sigterm_over_as_soon_as_lightning_installs_its_handler(monkeypatch):
+    """Between Lightning installing its handlers and on_train_start the ranks meet in collectives
+    (a barrier, the loaders' seed broadcasts); Lightning's SIGTERM handler broadcasts from inside
+    the handler and would pair with one of them. The take-over follows the installation, once."""
+    import signal as signals
+    from types import SimpleNamespace
+    from src.callbacks.stop_signals import StopSignals
+    installed = {}
+    monkeypatch.setattr(signals, "signal", lambda signum, handler: installed.__setitem__(signum, handler))
+
+    class Connector:
+        received_sigterm = False
+
+        def register_signal_handlers(self):
+            installed[signals.SIGTERM] = "lightning's"
+    connector = Connector()
+    trainer = SimpleNamespace(world_size=2, _signal_connector=connector,
+                              _accelerator_connector=SimpleNamespace(cluster_environment=None))
+    stops = StopSignals()
+    stops.setup(trainer, None, "fit")
+    assert installed == {}
+    connector.register_signal_handlers()   # what Lightning's fit calls after the callbacks' setup
+    assert installed[signals.SIGTERM] == stops.note
+    stops.noted.add(signals.SIGTERM)    # a SIGTERM during the start's collectives
+    stops.on_train_start(trainer, None)
+    assert stops.noted == {signals.SIGTERM}   # kept, for the ranks' decision after the first iteration
+    stops.teardown(trainer, None, "fit")
+    connector.register_signal_handlers()
+    assert installed[signals.SIGTERM] == "lightning's"
+
+
 def test_the_stop_signals_module_loads_where_there_are_no_user_signals(monkeypatch):
     """Windows' signal module has no SIGUSR1/SIGUSR2: the training entry point imports this
     module, so naming them at import stopped every run there before it began."""

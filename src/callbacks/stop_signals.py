@@ -93,17 +93,43 @@ class StopSignals(pl.Callback):
     def __init__(self):
         self.noted: set[int] = set()
         self.deferred: dict[int, Callable] = {}
+        self._taken_over = False
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Take the signals over the moment Lightning installs its handlers (after this hook):
+        between then and on_train_start the ranks meet in collectives (a barrier, the training
+        loader's and RankSeed's seed broadcasts), and Lightning's SIGTERM handler, broadcasting
+        from inside the handler, would pair with one of them and hang the job."""
+        self._taken_over = False
+        connector = getattr(trainer, "_signal_connector", None)
+        if stage != "fit" or connector is None:
+            return
+        install_lightnings = type(connector).register_signal_handlers
+
+        def install_lightnings_then_take_over() -> None:
+            install_lightnings(connector)
+            self.take_over(trainer)
+        connector.register_signal_handlers = install_lightnings_then_take_over
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        connector = getattr(trainer, "_signal_connector", None)
+        if connector is not None:
+            vars(connector).pop("register_signal_handlers", None)   # Lightning's own again
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.noted, self.deferred = set(), {}
+        if not self._taken_over:   # (a Lightning that installed its handlers some other way)
+            self.take_over(trainer)
+
+    def take_over(self, trainer: pl.Trainer) -> None:
+        self.noted, self.deferred, self._taken_over = set(), {}, True
         # signal.signal works only in the main thread (a notebook's fit in another keeps Lightning's)
         if threading.current_thread() is not threading.main_thread():
             return
         if trainer.world_size > 1:
             signal.signal(signal.SIGTERM, self.note)
-            # A SIGTERM that came before this (Lightning's handler runs from the fit's start) is
-            # the receiving rank's alone: Lightning would stop that rank after its first batch,
-            # the others going on. Noted here, the ranks decide on it together.
+            # A SIGTERM that Lightning's handler took first (a Lightning that installs it earlier
+            # than this take-over) is the receiving rank's alone: Lightning would stop that rank
+            # after its first batch, the others going on. Noted here, the ranks decide on it together.
             connector = trainer._signal_connector
             if connector.received_sigterm:
                 connector.received_sigterm = False
