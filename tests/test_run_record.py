@@ -110,6 +110,25 @@ def test_a_resumed_run_does_not_keep_its_checkpoint_mapped_while_it_trains(train
     assert mapped_while_training == [False, False]
 
 
+def test_a_finished_run_leaves_nothing_of_its_model_alive(train_cfg, monkeypatch):
+    """The trainer and the model hold each other: without a collection at the run's end they
+    lived on (their GPU memory too) into a multirun's next job or a notebook's next cell."""
+    import weakref
+    import pytorch_lightning as pl
+    from src.utils import run
+
+    models = []
+
+    class Holder(pl.Callback):
+        def setup(self, trainer, pl_module, stage):
+            models.append(weakref.ref(pl_module))
+
+    build_callbacks = run.build_callbacks
+    monkeypatch.setattr(run, "build_callbacks", lambda *args: [*build_callbacks(*args), Holder()])
+    run_training(train_cfg("max_iters=1", *NO_EVALUATION))
+    assert len(models) == 1 and models[0]() is None
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_neither_keeps_nor_drops_its_parents_folder_lock(tmp_path):
     """A DataLoader worker is a forked child: it shared the lock's open file, so one outliving its

@@ -351,8 +351,17 @@ def release_failed_run(error: BaseException) -> None:
         seen.add(id(error))
         traceback.clear_frames(error.__traceback__)
         error = error.__cause__ or error.__context__
+    release_run_memory()
+
+
+def release_run_memory() -> None:
+    """Free a finished run's objects now: the trainer and the model hold each other (and the
+    callbacks their feature extractors, EMA copies, image pools, on the GPU), so they wait for
+    Python's full collection, which a multirun's next job (or a notebook's next cell) may not
+    trigger for a long time, and the allocator's cache keeps their GPU memory from other
+    processes."""
     gc.collect()
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
 
@@ -380,7 +389,10 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     run resolves `ckpt_path=auto` in its own copy: a notebook's second call resolves it afresh),
     and torch's global flags and the environment as found (`process_state_restored`)."""
     with process_state_restored():
-        return _train(copy.deepcopy(cfg))
+        try:
+            return _train(copy.deepcopy(cfg))
+        finally:
+            release_run_memory()
 
 
 def _train(cfg: DictConfig) -> dict[str, float]:
