@@ -141,3 +141,30 @@ def test_a_training_sweep_records_the_features_its_fid_was_measured_on(train_cfg
     run_training(cfg)
     record = json.loads(Path(cfg.paths.output_dir, "final_metrics.json").read_text())
     assert record["feature_extractor"] == "random_cnn"   # the embedded shapes' (auto)
+
+
+def test_a_sweep_over_seeds_gets_each_settings_mean_and_spread(tmp_path):
+    """`-m model=cyclegan,ugatit seed=0,1,2`: a paper's table wants each model's mean ± std over
+    its seeds, and says where a run did not finish or stopped elsewhere."""
+    sweep = tmp_path / "sweep"
+    fids = {("cyclegan", 0): 10.0, ("cyclegan", 1): 12.0, ("cyclegan", 2): 14.0, ("ugatit", 0): 9.0, ("ugatit", 1): 11.0}
+    job = 0
+    for model in ("cyclegan", "ugatit"):
+        for seed in (0, 1, 2):
+            overrides = ["data=horse2zebra", f"model={model}", f"seed={seed}"]
+            if (model, seed) in fids:
+                make_job(sweep, job, overrides, metrics={"eval/fid": fids[model, seed]},
+                         iteration=40 if (model, seed) != ("ugatit", 1) else 30, checkpoint="c")
+            else:
+                make_job(sweep, job, overrides)   # not finished
+            job += 1
+    lines = sweep_summary.write_summary(sweep, ["eval/fid"]).read_text().splitlines()
+    table = lines[lines.index("## Over seeds"):]
+    assert "| overrides (but the seed) | runs | iteration | eval/fid (mean ± std) |" in table
+    assert "| model=cyclegan | 3 of 3 | 40 | 12 ± 2 (n=3) |" in table
+    assert "| model=ugatit | 2 of 3 | 30, 40 | 10 ± 1.4 (n=2) |" in table
+
+    single = tmp_path / "single"   # one run per setting: no table over seeds
+    make_job(single, 0, ["model=cyclegan"], metrics={"eval/fid": 1.0}, iteration=4, checkpoint="c")
+    make_job(single, 1, ["model=ugatit"], metrics={"eval/fid": 2.0}, iteration=4, checkpoint="c")
+    assert "## Over seeds" not in sweep_summary.write_summary(single, ["eval/fid"]).read_text()

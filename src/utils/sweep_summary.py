@@ -24,6 +24,7 @@ import csv
 import io
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
 SUMMARY_LOCK, SUMMARY_LOCK_WAIT_S = ".summary.lock", 300.0
 #: what the markdown table shows by default, per result file, where a job has it (the CSV has every metric)
 DEFAULT_METRICS = {
-    FINAL_METRICS: ("eval/fid", "eval/kid_x100", "truth/AtoB/iou", "truth/BtoA/iou",            # translation
+    FINAL_METRICS: ("eval/fid", "eval/fid_AtoB", "eval/fid_BtoA", "eval/kid_x100", "truth/AtoB/iou", "truth/BtoA/iou",            # translation
                     "segmentation/AtoB/label_class_iou", "segmentation/BtoA/label_class_iou",
                     "segmentation/AtoB/fcn_class_iou", "segmentation/BtoA/fcn_class_iou",
                     "eval/fid_samples", "eval/kid_x100_samples", "eval/is_samples", "eval/cls_is_samples",  # noise
@@ -119,7 +120,9 @@ def summary_markdown(rows: list[dict[str, Any]], metrics: list[str], sweep_dir: 
               + ["best FID (iteration)"] * has_best)
     lines = [f"# Sweep {sweep_dir}", "",
              f"{len(rows)} job(s). Overrides shared by every job are left out; each job's metrics as it ended "
-             f"(every metric: {SUMMARY_CSV}).", "",
+             f"(every metric: {SUMMARY_CSV})."
+             + (" The best FID is picked on the test images it is measured on: an optimistic number, for "
+                "finding a run's good checkpoints, not for comparing models." if has_best else ""), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r, overrides in zip(rows, _varying_overrides(rows)):
         status = r["status"] if "error" not in r else f"{r['status']}: {r['error']}"
@@ -129,7 +132,46 @@ def summary_markdown(rows: list[dict[str, Any]], metrics: list[str], sweep_dir: 
         if has_best:
             cells.append(f"{r['best_fid']:.4g} ({r['best_fid_iteration']})" if "best_fid" in r else "-")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + seed_table(rows, shown)) + "\n"
+
+
+def without_seed(overrides: list[str]) -> tuple[str, ...]:
+    return tuple(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "seed")
+
+
+def seed_table(rows: list[dict[str, Any]], metrics: list[str]) -> list[str]:
+    """Markdown lines of the table over seeds, where the sweep ran settings under several seeds
+    (`seed=0,1,2`): per setting, the completed runs' count, their iterations and each metric's
+    mean and standard deviation (n - 1), the spread a comparison between settings is judged by.
+    Empty otherwise."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for r, overrides in zip(rows, _varying_overrides(rows)):
+        groups.setdefault(without_seed(overrides), []).append(r)
+    if all(len(jobs) < 2 for jobs in groups.values()):
+        return []
+    header = ["overrides (but the seed)", "runs", "iteration", *[f"{m} (mean ± std)" for m in metrics]]
+    lines = ["", "## Over seeds", "",
+             "The completed runs of each setting. Iterations that differ are listed: their runs are not at "
+             "the same point.", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for overrides, jobs in groups.items():
+        done = [r for r in jobs if r.get("status") == "completed"]
+        iterations = sorted({r["iteration"] for r in done if "iteration" in r})
+        cells = [" ".join(overrides) or "-", f"{len(done)} of {len(jobs)}", ", ".join(map(str, iterations)) or "-"]
+        for metric in metrics:
+            values = [float(r["metrics"][metric]) for r in done if metric in r.get("metrics", {})]
+            cells.append(mean_and_spread(values))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def mean_and_spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return f"{mean:.4g} (n=1)"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.4g} ± {std:.2g} (n={len(values)})"
 
 
 def write_summary(sweep_dir: Path, metrics: list[str] | tuple[str, ...] | None = None,
