@@ -107,7 +107,9 @@ def test_csv_errors_name_the_setting(tmp_path, kwargs, message):
     ("1.5,inf,0", r"column 'b' holds 'inf' on line 3"),
     ("1.5,2,0.5", r"label column 'label' holds '0.5' on line 3: labels are class indices"),
     ("1.5,two,0", r"column 'b' is not numeric \('two' on line 3: could not convert"),
-    ("1.5", r"column 'b' is not numeric \(None on line 3"),
+    ("1.5", r"line 3 has 1 fields, the header has 3"),                 # or an unquoted comma: 4
+    ("1.5,NA,0", r"column 'b' has no value \('NA'\) on line 3: every value must be a finite number"),
+    ("1.5,,0", r"column 'b' has no value \(''\) on line 3"),
     ("\n\n1.5,nan,0", r"column 'b' holds 'nan' on line 5"),   # blank lines are passed over, and counted
 ])
 def test_csv_values_that_are_not_finite_or_labels_that_are_not_whole_are_named_by_line(tmp_path, line, message):
@@ -119,6 +121,48 @@ def test_csv_values_that_are_not_finite_or_labels_that_are_not_whole_are_named_b
     with pytest.raises(ValueError, match=message):
         sines(source="csv", csv_path=str(tmp_path / "s.csv"), channels=2, seq_len=10, label_column="label",
               num_classes=2)
+
+
+def test_csv_files_that_would_train_on_something_else_are_refused_or_warned(tmp_path, caplog):
+    """A file without a header lost its first values to column names; `data.columns=a` on the
+    command line arrives as a string (its letters were taken as columns); a negative label was
+    answered with a num_classes; a test part beyond the training range is said."""
+    expected = write_csv(tmp_path / "s.csv", 50)
+    rows = (tmp_path / "s.csv").read_text().splitlines()
+    (tmp_path / "headless.csv").write_text("\n".join(rows[1:]) + "\n")
+    with pytest.raises(ValueError, match=r"headless.csv: line 1 \(.*\) looks like data, not a header row"):
+        sines(source="csv", csv_path=str(tmp_path / "headless.csv"), channels=3, seq_len=10, num_classes=1)
+    one = sines(source="csv", csv_path=str(tmp_path / "s.csv"), columns="a", channels=1, seq_len=10, num_classes=1)
+    assert one.dataset("train").series.shape[-1] == 1
+    rows[5] = rows[5].rsplit(",", 1)[0] + ",-1"
+    (tmp_path / "negative.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"data.label_column=label holds -1 \(first in data row 5\): labels are "
+                                         r"classes 0..K-1"):
+        sines(source="csv", csv_path=str(tmp_path / "negative.csv"), columns=["a", "b"], label_column="label",
+              num_classes=2, channels=2, seq_len=10).dataset("train")
+    with caplog.at_level("WARNING", logger="src.data.sequences"):
+        datamodule = sines(source="csv", csv_path=str(tmp_path / "s.csv"), columns=["a", "b"], channels=2,
+                           seq_len=10, test_fraction=0.4, num_classes=1)
+        datamodule.dataset("train")
+    assert "of the test part's values lie outside the training part's range" in caplog.text
+    low, high = datamodule.scale
+    assert np.allclose(low, expected[:30, :2].min(0)) and np.allclose(high, expected[:30, :2].max(0))
+
+
+def test_eval_writes_series_samples_in_the_datas_units_and_their_labels(tmp_path):
+    """samples.npy of CSV data: the data's units (the [-1, 1] values beside it), row i drawn for
+    test series i, whose label labels.npy holds."""
+    from types import SimpleNamespace
+    from src.utils.evaluation import evaluate_series
+    real = torch.rand(6, 10, 2) * 2 - 1
+    labels = torch.tensor([0, 1, 0, 1, 1, 0])
+    loader = [{"A": real[:3], "label": labels[:3]}, {"A": real[3:], "label": labels[3:]}]
+    model = SimpleNamespace(num_classes=2, evaluation_pair=lambda batch, stream: (batch["A"], batch["A"] / 2))
+    low, high = np.array([10.0, -5.0]), np.array([20.0, 5.0])
+    evaluate_series(model, loader, tmp_path, scale=(low, high))
+    assert np.allclose(np.load(tmp_path / "samples.npy"), ((real / 2).double().numpy() + 1) / 2 * (high - low) + low)
+    assert np.allclose(np.load(tmp_path / "samples_scaled.npy"), (real / 2).numpy())
+    assert np.array_equal(np.load(tmp_path / "labels.npy"), labels.numpy())
 
 
 def test_discriminator_decides_per_step_and_the_condition_reaches_every_step():

@@ -19,6 +19,7 @@ noise-to-sample models' base reads both.) Two sources:
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from array import array
 from pathlib import Path
@@ -31,7 +32,12 @@ from torch.utils.data import Dataset
 from src.data.base import SplitDataModule
 from src.utils.config_checks import require_int
 
+log = logging.getLogger(__name__)
+
 SOURCES = ("sines", "csv")
+#: how spreadsheets and pandas write a missing value (compared lower-cased)
+#: (nan itself reads as a number, and is refused as one that is not finite)
+MISSING_VALUES = {"", "na", "n/a", "null", "none"}
 FREQUENCY_RANGE = (1.0, 5.0)
 AMPLITUDE_RANGE = (0.1, 0.9)
 
@@ -62,6 +68,14 @@ def sine_series(n: int, seq_len: int, channels: int, num_classes: int,
     return series, bands
 
 
+def is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def read_csv_columns(path: Path, columns: list[str] | None, label_column: str | None) -> tuple[np.ndarray, np.ndarray | None]:
     """(steps, channels) values and the label column of a CSV file with a header row."""
     if not path.is_file():
@@ -74,6 +88,9 @@ def read_csv_columns(path: Path, columns: list[str] | None, label_column: str | 
         header = next(reader, None)
         if header is None:
             raise ValueError(f"data.csv_path={path} holds no data rows")
+        if all(is_number_text(name) for name in header):
+            raise ValueError(f"data.csv_path={path}: line 1 ({','.join(header)}) looks like data, not a header "
+                             "row naming the columns: add one (its first values would be taken as names)")
         wanted = columns or [c for c in header if c != label_column]
         missing = [c for c in wanted + ([label_column] if label_column else []) if c not in header]
         if missing:
@@ -88,13 +105,19 @@ def read_csv_columns(path: Path, columns: list[str] | None, label_column: str | 
             if not row:   # a blank line (spreadsheets' exports end with some)
                 continue
             line = reader.line_num   # the file's line, quoted line breaks counted
+            if len(row) != len(header):   # a missing field, or an unquoted comma shifting the others
+                raise ValueError(f"data.csv_path={path}: line {line} has {len(row)} fields, the header has "
+                                 f"{len(header)}")
             for column, position, numbers in zip(read, positions, parsed):
-                text = row[position] if position < len(row) else None
+                text = row[position]
+                if text.strip().lower() in MISSING_VALUES:
+                    raise ValueError(f"data.csv_path={path}: column {column!r} has no value ({text!r}) on line "
+                                     f"{line}: every value must be a finite number (fill or drop the gaps first)")
                 try:
                     numbers.append(float(text))
-                except (TypeError, ValueError) as error:
+                except ValueError as error:
                     raise ValueError(f"data.csv_path={path}: column {column!r} is not numeric ({text!r} on line "
-                                     f"{line}: {error})") from error
+                                     f"{line}: {error}); choose the numeric columns with data.columns=[a,b]") from error
                 # float() reads nan and inf too; one of them would turn the column's scaling into NaN.
                 if not math.isfinite(numbers[-1]):
                     raise ValueError(f"data.csv_path={path}: column {column!r} holds {text!r} on line {line}: every "
@@ -139,6 +162,7 @@ class SequenceDataModule(SplitDataModule):
         self.seq_len, self.channels, self.num_classes = seq_len, channels, num_classes
         self.set_batches_per_iteration(batches_per_iteration)
         self._splits: dict[str, tuple[np.ndarray | torch.Tensor, np.ndarray]] | None = None
+        self.scale: tuple[np.ndarray, np.ndarray] | None = None   # CSV data: each channel's training min, max
 
     def _build_dataset(self, split: str, train: bool) -> Dataset:
         if self._splits is None:
@@ -156,10 +180,16 @@ class SequenceDataModule(SplitDataModule):
     def _csv_windows(self) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
         hp = self.hparams
         path = Path(hp.csv_path)
-        values, labels = read_csv_columns(path, list(hp.columns) if hp.columns else None, hp.label_column)
+        # Names as text: `data.columns=temp` arrives as one string (list() would split it into
+        # letters), and Hydra reads a header name like 1 as an int.
+        columns = None if not hp.columns else [str(hp.columns)] if isinstance(hp.columns, str) \
+            else [str(c) for c in hp.columns]
+        label_column = None if hp.label_column is None else str(hp.label_column)
+        values, labels = read_csv_columns(path, columns, label_column)
         if values.shape[1] != self.channels:
             raise ValueError(f"data.csv_path={path} gives {values.shape[1]} channels, data.channels={self.channels}: "
-                             f"set data.channels={values.shape[1]} (or pick columns with data.columns)")
+                             f"set data.channels={values.shape[1]} (or pick columns with data.columns). The file "
+                             f"is read as one series, a row per time step and a column per channel")
         split = int(round(len(values) * (1 - hp.test_fraction)))
         parts = {"train": (0, split), "test": (split, len(values))}
         starts = {name: np.arange(first, last - self.seq_len + 1, hp.stride) for name, (first, last) in parts.items()}
@@ -170,8 +200,19 @@ class SequenceDataModule(SplitDataModule):
         # Scale by the training part only: the test part must not leak into the scaling.
         low, high = values[:split].min(0), values[:split].max(0)
         scaled = 2 * (values - low) / np.where(high > low, high - low, 1.0) - 1
-        if labels is not None and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"data.label_column={hp.label_column} holds labels {labels.min()}..{labels.max()}, "
+        self.scale = (low, high)   # the data's units of the [-1, 1] values (eval.py's samples.npy)
+        outside = float(np.mean(np.abs(scaled[split:]) > 1))
+        if outside > 0:
+            log.warning("data.csv_path=%s: %.1f%% of the test part's values lie outside the training part's range "
+                        "(scaled beyond [-1, 1], where the generator's tanh cannot reach): its MMD and TSTR scores "
+                        "count that against every model. Training ranges per column: %s to %s", path,
+                        100 * outside, low.tolist(), high.tolist())
+        if labels is not None and labels.min() < 0:
+            row = int(np.argmax(labels < 0)) + 1
+            raise ValueError(f"data.label_column={label_column} holds {labels[row - 1]} (first in data row {row}): "
+                             f"labels are classes 0..K-1")
+        if labels is not None and labels.max() >= self.num_classes:
+            raise ValueError(f"data.label_column={label_column} holds labels {labels.min()}..{labels.max()}, "
                              f"outside 0..{self.num_classes - 1}: set data.num_classes={labels.max() + 1}")
 
         # Every window (steps, seq_len, channels) as a view of the scaled series: with stride 1 a

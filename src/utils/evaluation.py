@@ -289,15 +289,27 @@ def real_and_generated(model: NoiseToImageModel, loader) -> tuple[torch.Tensor, 
     return torch.cat(reals), torch.cat(fakes), torch.cat(labels)
 
 
-def evaluate_series(model: NoiseToImageModel, loader, output_dir: Path, train_loader=None) -> dict[str, float]:
-    """A series model (RGAN): one sample per test series (`samples.npy`, (N, T, C)), a plot of
-    the first ones beside the real ones (`samples.png`), and the MMD^2 between the two sets,
+def evaluate_series(model: NoiseToImageModel, loader, output_dir: Path, train_loader=None,
+                    scale: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+    """A series model (RGAN): one sample per test series, sample i drawn for test series i (of
+    its label, for RCGAN), as `samples.npy` (N, T, C: series, step, channel in the data's column
+    order), in the data's units where `scale` (each channel's training minimum and maximum,
+    which the CSV data scales to [-1, 1]) is given, as the model's [-1, 1] values otherwise, and
+    then also as `samples_scaled.npy`; a conditional model's labels as `labels.npy`. Then a plot
+    of the first ones beside the real ones (`samples.png`), and the MMD^2 between the two sets,
     the measure its callback logs during training. Given `train_loader`, a conditional model
     (RCGAN) is also scored as its paper does: TSTR and TRTR accuracy (src/metrics/tstr.py),
     with one sample per training series of its condition as the synthetic training set."""
     real, fake, labels = real_and_generated(model, loader)
     output_dir.mkdir(parents=True, exist_ok=True)
-    np.save(output_dir / "samples.npy", fake.numpy())
+    if scale is None:
+        np.save(output_dir / "samples.npy", fake.numpy())
+    else:
+        low, high = scale
+        np.save(output_dir / "samples.npy", (fake.double().numpy() + 1) / 2 * (high - low) + low)
+        np.save(output_dir / "samples_scaled.npy", fake.numpy())
+    if model.num_classes:
+        np.save(output_dir / "labels.npy", labels.numpy())
     shown = min(8, len(real))
     save_image(make_grid({"real": plot_series(real[:shown]), "fake": plot_series(fake[:shown])}),
                output_dir / "samples.png")
@@ -497,7 +509,8 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device) -> dict[str, dict
         train_loader = (torch.utils.data.DataLoader(datamodule.dataset("train", train=False),
                                                     **datamodule.loader_settings(batch_size))
                         if cfg.get("tstr", True) and model.num_classes else None)
-        results = {SAMPLES: evaluate_series(model, loader, output_dir, train_loader)}
+        results = {SAMPLES: evaluate_series(model, loader, output_dir, train_loader,
+                                            getattr(datamodule, "scale", None))}
     elif generates:
         scorer, report["feature_extractor"] = fid_kid_scorer(cfg, datamodule, device, samples=True)
         directions = {SAMPLES: {"real": len(dataset), "real_split": real_split,
