@@ -300,3 +300,28 @@ def test_a_capped_evaluation_keeps_the_test_splits_class_proportions(tmp_path):
     _, subset = FidKidCallback(max_images=20).evaluation_dataset(SimpleNamespace(datamodule=dm))
     assert list(subset.indices) == picked
     assert list(FidKidCallback().evaluation_dataset(SimpleNamespace(datamodule=dm))[1].indices) == list(range(50))
+
+
+def test_class_folders_sort_as_their_composed_names_on_every_machine(tmp_path):
+    """A copy from a Mac's older disks names "Égyptienne" decomposed (E + combining accent): by
+    raw code points it sorted before "Zèbre" there and after it elsewhere, and the labels moved."""
+    import unicodedata
+    from src.data.labelled import class_subfolders
+    for form, root in (("NFC", tmp_path / "nfc"), ("NFD", tmp_path / "nfd")):
+        for name in ("Zèbre", "Égyptienne", "abyssin"):
+            (root / unicodedata.normalize(form, name)).mkdir(parents=True)
+    composed = [unicodedata.normalize("NFC", n) for n in class_subfolders(tmp_path / "nfc")]
+    assert composed == [unicodedata.normalize("NFC", n) for n in class_subfolders(tmp_path / "nfd")]
+
+
+def test_a_resume_on_data_whose_classes_mean_other_labels_is_refused(train_cfg):
+    from src.utils.run import run_training
+    from tests.conftest import NO_EVALUATION
+    cfg = train_cfg("model=cgan", "max_iters=1", *NO_EVALUATION)
+    run_training(cfg)
+    # A named checkpoint (ckpt_path=auto refuses any change of settings first)
+    cfg.ckpt_path = str(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    cfg.paths.output_dir = str(Path(cfg.paths.output_dir).parent / "resumed")
+    cfg.max_iters, cfg.data.classes = 2, ["B", "A"]
+    with pytest.raises(ValueError, match=r"ckpt_path=.*last.ckpt was trained on the classes \['A', 'B'\]"):
+        run_training(cfg)

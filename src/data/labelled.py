@@ -17,6 +17,7 @@ the one image domain keeps the key "A" so the shared collate and size checks app
 from __future__ import annotations
 
 import logging
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,9 +66,27 @@ def proportional_picks(labels: Sequence[int], count: int) -> list[int]:
 
 
 def class_subfolders(folder: Path) -> list[str]:
-    """The sorted names of a split folder's class folders (hidden ones, .ipynb_checkpoints or a
-    Mac's .Trashes, are not classes)."""
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The names of a split folder's class folders (hidden ones, .ipynb_checkpoints or a Mac's
+    .Trashes, are not classes), sorted as their composed Unicode forms: a copy from a Mac's older
+    disks names "Égyptienne" decomposed, whose raw code points sort it elsewhere, and the labels
+    would change with the machine."""
+    return sorted((p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda name: unicodedata.normalize("NFC", name))
+
+
+def check_same_classes(trained_on: list[str] | None, datamodule, what: str) -> None:
+    """ValueError when `datamodule` reads other classes, or the same in another order, than the
+    checkpoint `what` was trained on (`trained_on`, in label order; None: a checkpoint of data
+    without classes, or from before they were recorded). Label i means class i: a class folder
+    renamed, or one added and another removed, would silently give labels other meanings."""
+    if trained_on is None or not hasattr(datamodule, "class_folders"):
+        return
+    here = datamodule.class_folders()
+    if [unicodedata.normalize("NFC", c) for c in here] != [unicodedata.normalize("NFC", c) for c in trained_on]:
+        listed = ",".join(trained_on)
+        raise ValueError(f"{what} was trained on the classes {trained_on} (label i is class i), and the data here "
+                         f"reads {here}: point data.data_dir at the data it was trained on, or where the folders "
+                         f"are those under other names, set data.classes=[{listed}] in that order")
 
 
 def interleave(per_class: list[list[Path]]) -> list[tuple[Path, int]]:

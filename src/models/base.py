@@ -165,6 +165,7 @@ class AdversarialModel(pl.LightningModule):
         self.training_data: dict = {}
         self.training_data_class: str | None = None
         self.loaded_weights: str | None = None   # "ema" or "trained": which load_model put in
+        self.loaded_class_folders: list[str] | None = None   # the classes its labels mean (load_model)
 
     def critic_weight_clip(self) -> float | None:
         """WGAN's clipping bound c (`loss.clip`), or None for the objectives without clipping."""
@@ -776,6 +777,10 @@ class AdversarialModel(pl.LightningModule):
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is not None:
             checkpoint["datamodule_class"] = f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
+            if callable(getattr(datamodule, "class_folders", None)):
+                # What each label means (the data's hyperparameters hold `classes: null` when the
+                # folders decide): eval.py and a resume check that their data reads the same.
+                checkpoint["class_folders"] = list(datamodule.class_folders())
         checkpoint["image_pools"] = {name: pool.state_dict() for name, pool in self.pools.items()}
         checkpoint["images_seen"] = self.images_seen
         # Resuming must continue the same run: keep the RNG streams that dropout, the pool and

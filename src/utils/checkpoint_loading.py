@@ -198,6 +198,7 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
         # Which state of a run this is (last.ckpt moves on while it trains): eval's metrics.json and
         # translate's translation.json say it.
         model.loaded_iteration = checkpoint_iteration(checkpoint, model)
+        model.loaded_class_folders = checkpoint.get("class_folders")
         log.info("Loaded %s from %s (iteration %s)", cls.__name__, path, model.loaded_iteration)
         return model.to(map_location).eval()
     raise ValueError(f"ckpt_path={ckpt_path}: no model class fits this checkpoint; tried {', '.join(tried)}")

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.data.folders import OutputNames
 from src.data.image_io import save_image
-from src.data.labelled import proportional_picks
+from src.data.labelled import check_same_classes, proportional_picks
 from src.data.unpaired import distinct_images
 from src.metrics.features import build_feature_extractor, data_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
@@ -477,6 +477,7 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device) -> dict[str, dict
     if generates and model.num_classes and datamodule.num_classes != model.num_classes:
         raise ValueError(f"ckpt_path={cfg.ckpt_path} generates {model.num_classes} classes, and the data "
                          f"({datamodule.name}) has {datamodule.num_classes}: evaluate it on the data it was trained on")
+    check_same_classes(model.loaded_class_folders, datamodule, f"ckpt_path={cfg.ckpt_path}")
     if not generates:
         check_trained_direction(model, datamodule, cfg.ckpt_path)
     warn_about_other_image_settings(model, datamodule)

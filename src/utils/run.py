@@ -26,6 +26,7 @@ from src.callbacks.optimized_metric import OptimizedMetricCheck
 from src.callbacks.progress import iteration_progress_bar
 from src.callbacks.rank_seed import RankSeed
 from src.callbacks.stop_signals import RequeueStop, StopSignals
+from src.data.labelled import check_same_classes
 from src.models.checkpoint_fit import check_resume_settings, resumed_checkpoint
 from src.utils.accelerator import is_out_of_memory, resolved_accelerator
 from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_job, set_aside_abandoned_checkpoints
@@ -437,6 +438,7 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
         start_from_checkpoint(model, init_from, cfg.get("init_from_weights", "trained"), data_settings)
     if resumed is not None:   # (None also for Lightning's keywords and URLs, which it resolves itself)
         changed = check_resume_settings(cfg.ckpt_path, resumed, model, data_settings, must_match=found_by_auto)
+        check_same_classes(resumed.get("class_folders"), datamodule, f"ckpt_path={cfg.ckpt_path}")
         if changed:
             rank_zero_warn(changed)
     logger_cfg = with_purge_step(with_wandb_identity(cfg.get("logger"), cfg, resumed),
