@@ -542,6 +542,9 @@ def test_samples_of_a_protocol_keep_the_reference_classes_frequencies():
     for count in (10, 20, 30, 1000):
         assert torch.bincount(sample_classes(labels, count), minlength=2)[1] == count // 10, count
     assert torch.equal(sample_classes(labels, 100), labels)   # one per image: image i's class
+    # In the reference images' order: the first samples (the PNGs save_images=N keeps) show
+    # every class, where the label-sorted picks gave the first quarter to class 0 alone.
+    assert set(sample_classes(torch.arange(100) % 4, 1000)[:40].tolist()) == {0, 1, 2, 3}
 
 
 @pytest.mark.parametrize("name,iterations", [("dcgan", 5000), ("lsgan", 5000), ("infogan", 5000), ("wgan", 1500),

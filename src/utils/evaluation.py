@@ -239,11 +239,13 @@ def sample_classes(labels: torch.Tensor, count: int) -> torch.Tensor:
     """The class of each of `count` samples drawn against reference images of `labels`: with
     one sample per image, image i's own; otherwise the sorted labels taken evenly spaced
     (i * N // count), so every class has its share of the samples to within one, however many
-    samples there are. (The reference images' own order would not do: the labelled datasets
-    interleave their classes, so their first images over-represent the small classes.)"""
+    samples there are (the reference images' first `count` would not do: the labelled datasets
+    interleave their classes, so their first images over-represent the small classes). The
+    picks keep the reference images' order, so that the first samples (the PNGs save_images=N
+    keeps) show every class, not the first class alone."""
     if count == len(labels):
         return labels
-    return labels[proportional_picks(labels.tolist(), count)]
+    return labels[sorted(proportional_picks(labels.tolist(), count))]
 
 
 def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sample_dir: Path,
