@@ -132,6 +132,9 @@ def test_csv_files_that_would_train_on_something_else_are_refused_or_warned(tmp_
     (tmp_path / "headless.csv").write_text("\n".join(rows[1:]) + "\n")
     with pytest.raises(ValueError, match=r"headless.csv: line 1 \(.*\) looks like data, not a header row"):
         sines(source="csv", csv_path=str(tmp_path / "headless.csv"), channels=3, seq_len=10, num_classes=1)
+    named = sines(source="csv", csv_path=str(tmp_path / "headless.csv"), columns=["0.0", "-0.0"], channels=2,
+                  seq_len=10, num_classes=1)   # numbers as names, when named so
+    assert named.dataset("train").series.shape[-1] == 2
     one = sines(source="csv", csv_path=str(tmp_path / "s.csv"), columns="a", channels=1, seq_len=10, num_classes=1)
     assert one.dataset("train").series.shape[-1] == 1
     rows[5] = rows[5].rsplit(",", 1)[0] + ",-1"

@@ -88,9 +88,10 @@ def read_csv_columns(path: Path, columns: list[str] | None, label_column: str | 
         header = next(reader, None)
         if header is None:
             raise ValueError(f"data.csv_path={path} holds no data rows")
-        if all(is_number_text(name) for name in header):
+        if columns is None and all(is_number_text(name) for name in header):
             raise ValueError(f"data.csv_path={path}: line 1 ({','.join(header)}) looks like data, not a header "
-                             "row naming the columns: add one (its first values would be taken as names)")
+                             "row naming the columns: add one (its first values would be taken as names), or, "
+                             "where these are the names, list them in data.columns")
         wanted = columns or [c for c in header if c != label_column]
         missing = [c for c in wanted + ([label_column] if label_column else []) if c not in header]
         if missing:
