@@ -306,6 +306,10 @@ def test_stop_signals_take_sigterm_over_as_soon_as_lightning_installs_its_handle
     stops.teardown(trainer, None, "fit")
     connector.register_signal_handlers()
     assert installed[signals.SIGTERM] == "lightning's"
+    stops.setup(trainer, None, "fit")   # a fit that fails before installing calls no teardown:
+    stops.setup(trainer, None, "validate")   # the trainer's next stage gets Lightning's own
+    connector.register_signal_handlers()
+    assert installed[signals.SIGTERM] == "lightning's"
 
 
 def test_the_stop_signals_module_loads_where_there_are_no_user_signals(monkeypatch):

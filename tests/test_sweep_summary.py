@@ -168,3 +168,11 @@ def test_a_sweep_over_seeds_gets_each_settings_mean_and_spread(tmp_path):
     make_job(single, 0, ["model=cyclegan"], metrics={"eval/fid": 1.0}, iteration=4, checkpoint="c")
     make_job(single, 1, ["model=ugatit"], metrics={"eval/fid": 2.0}, iteration=4, checkpoint="c")
     assert "## Over seeds" not in sweep_summary.write_summary(single, ["eval/fid"]).read_text()
+
+
+def test_a_diverged_seed_is_counted_apart_from_the_mean_of_the_others(tmp_path):
+    sweep = tmp_path / "sweep"
+    for job, (seed, fid) in enumerate(((0, 10.0), (1, math.nan), (2, 14.0))):
+        make_job(sweep, job, ["model=cyclegan", f"seed={seed}"], metrics={"eval/fid": fid}, iteration=4, checkpoint="c")
+    lines = sweep_summary.write_summary(sweep, ["eval/fid"]).read_text().splitlines()
+    assert "| - | 3 of 3 | 4 | 12 ± 2.8 (n=2; 1 non-finite) |" in lines

@@ -101,20 +101,27 @@ class StopSignals(pl.Callback):
         loader's and RankSeed's seed broadcasts), and Lightning's SIGTERM handler, broadcasting
         from inside the handler, would pair with one of them and hang the job."""
         self._taken_over = False
+        self.give_back_the_installation(trainer)   # one a failed fit left (it calls no teardown)
         connector = getattr(trainer, "_signal_connector", None)
         if stage != "fit" or connector is None:
             return
         install_lightnings = type(connector).register_signal_handlers
 
         def install_lightnings_then_take_over() -> None:
+            self.give_back_the_installation(trainer)   # this fit's only
             install_lightnings(connector)
             self.take_over(trainer)
         connector.register_signal_handlers = install_lightnings_then_take_over
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    @staticmethod
+    def give_back_the_installation(trainer: pl.Trainer) -> None:
+        """Lightning's own handler installation again (a trainer's validate or test next)."""
         connector = getattr(trainer, "_signal_connector", None)
         if connector is not None:
-            vars(connector).pop("register_signal_handlers", None)   # Lightning's own again
+            vars(connector).pop("register_signal_handlers", None)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.give_back_the_installation(trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._taken_over:   # (a Lightning that installed its handlers some other way)

@@ -17,6 +17,7 @@ the one image domain keeps the key "A" so the shared collate and size checks app
 from __future__ import annotations
 
 import logging
+import re
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from src.data.folders import list_images, require_folder
 from src.data.path_table import path_rows
 from src.data.transforms import ImageTransform
 from src.data.unpaired import preprocess_file
+from src.utils.ddp_multirun import quote_override_value
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,7 @@ def check_same_classes(trained_on: list[str] | None, datamodule, what: str) -> N
         return
     here = datamodule.class_folders()
     if [unicodedata.normalize("NFC", c) for c in here] != [unicodedata.normalize("NFC", c) for c in trained_on]:
-        listed = ",".join(trained_on)
+        listed = ",".join(c if re.fullmatch(r"[\w.\-]+", c) else quote_override_value(c) for c in trained_on)
         raise ValueError(f"{what} was trained on the classes {trained_on} (label i is class i), and the data here "
                          f"reads {here}: point data.data_dir at the data it was trained on, or where the folders "
                          f"are those under other names, set data.classes=[{listed}] in that order")

@@ -44,9 +44,9 @@ def _scratch(slot: str, *shape: int) -> torch.Tensor:
 
     Each call allocates and frees ~10 of them (up to 9 MB each at 64x64): fresh memory from the
     kernel is zero-filled page by page on first touch, which cost as much as the transforms.
-    One buffer per slot and thread, grown to the largest size asked for; four slots (weight
-    tiles, input tiles, products, weight-gradient tiles), the middle two reused in the backward
-    once their forward use is over.
+    One buffer per slot and thread, grown to the largest size asked for up to MAX_KEPT_SCRATCH
+    (a larger one is allocated for the call); four slots (weight tiles, input tiles, products,
+    weight-gradient tiles), the middle two reused in the backward once their forward use is over.
     """
     buffers = _scratch_buffers.__dict__
     numel = 1
@@ -138,7 +138,8 @@ def _weight_tiles(weight: torch.Tensor, v: Variant) -> torch.Tensor:
     if made_from is not None and held is not None and held[0]() is weight and held[1] == made_from:
         return u
     v.run("weight_transform", weight.data_ptr(), u.data_ptr(), k, c)
-    _scratch_buffers.weight_tiles_of = (weakref.ref(weight), made_from, weight.untyped_storage())
+    if u.numel() <= MAX_KEPT_SCRATCH:   # in the kept buffer: a later call may find it there
+        _scratch_buffers.weight_tiles_of = (weakref.ref(weight), made_from, weight.untyped_storage())
     return u
 
 

@@ -479,7 +479,8 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device) -> dict[str, dict
     if generates and model.num_classes and datamodule.num_classes != model.num_classes:
         raise ValueError(f"ckpt_path={cfg.ckpt_path} generates {model.num_classes} classes, and the data "
                          f"({datamodule.name}) has {datamodule.num_classes}: evaluate it on the data it was trained on")
-    check_same_classes(model.loaded_class_folders, datamodule, f"ckpt_path={cfg.ckpt_path}")
+    if generates and model.num_classes:   # (an unconditional model's samples mean no class)
+        check_same_classes(model.loaded_class_folders, datamodule, f"ckpt_path={cfg.ckpt_path}")
     if not generates:
         check_trained_direction(model, datamodule, cfg.ckpt_path)
     warn_about_other_image_settings(model, datamodule)

@@ -35,10 +35,11 @@ LOCK_NAME = ".lock"
 NO_LOCKS_ERRNOS = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
 
 
-#: descriptors of the locks this process holds. A forked child (a DataLoader worker, a subprocess
-#: before its exec) shares each one's open file, and flock's lock lives as long as any
-#: descriptor of that file is open: a worker outliving the run (a notebook's failed fit keeps its
-#: loader's iterator and persistent workers alive) kept the folder locked against the next run.
+#: descriptors of the locks this process holds. A child Python forks (a DataLoader worker, a
+#: multiprocessing fork; subprocess's children close them at exec) shares each one's open file,
+#: and flock's lock lives as long as any descriptor of that file is open: a worker outliving the
+#: run (a notebook's failed fit keeps its loader's iterator and persistent workers alive) kept
+#: the folder locked against the next run.
 _held_descriptors: set[int] = set()
 
 

@@ -390,10 +390,10 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     run resolves `ckpt_path=auto` in its own copy: a notebook's second call resolves it afresh),
     and torch's global flags and the environment as found (`process_state_restored`)."""
     with process_state_restored():
-        try:
-            return _train(copy.deepcopy(cfg))
-        finally:
-            release_run_memory()
+        metrics = _train(copy.deepcopy(cfg))
+    # (A failed run's objects live on in its error's traceback: release_failed_run frees them.)
+    release_run_memory()
+    return metrics
 
 
 def _train(cfg: DictConfig) -> dict[str, float]:
@@ -438,7 +438,8 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
         start_from_checkpoint(model, init_from, cfg.get("init_from_weights", "trained"), data_settings)
     if resumed is not None:   # (None also for Lightning's keywords and URLs, which it resolves itself)
         changed = check_resume_settings(cfg.ckpt_path, resumed, model, data_settings, must_match=found_by_auto)
-        check_same_classes(resumed.get("class_folders"), datamodule, f"ckpt_path={cfg.ckpt_path}")
+        if getattr(model, "num_classes", 0):   # a conditional model: its labels mean classes
+            check_same_classes(resumed.get("class_folders"), datamodule, f"ckpt_path={cfg.ckpt_path}")
         if changed:
             rank_zero_warn(changed)
     logger_cfg = with_purge_step(with_wandb_identity(cfg.get("logger"), cfg, resumed),

@@ -178,5 +178,5 @@ def restore_hydra_files(run_dir: Path) -> str:
         return f"Its {folder} files hold this command's config until that run records its start."
     for name in HYDRA_FILES:
         if (starts[-1] / name).is_file():   # whole: the running run's files are never seen half-written
-            write_text_whole(folder / name, (starts[-1] / name).read_text())
+            write_text_whole(folder / name, (starts[-1] / name).read_text(encoding="utf-8"))
     return f"Its {folder} files, which Hydra had replaced with this command's, were put back from {starts[-1]}."

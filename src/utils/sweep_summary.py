@@ -165,13 +165,16 @@ def seed_table(rows: list[dict[str, Any]], metrics: list[str]) -> list[str]:
 
 
 def mean_and_spread(values: list[float]) -> str:
-    if not values:
-        return "-"
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return f"{mean:.4g} (n=1)"
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{mean:.4g} ± {std:.2g} (n={len(values)})"
+    """Mean ± std of the finite values, saying how many runs had none (a diverged run's NaN)."""
+    finite = [v for v in values if math.isfinite(v)]
+    others = f"; {len(values) - len(finite)} non-finite" if len(finite) < len(values) else ""
+    if not finite:
+        return f"- ({len(values)} non-finite)" if values else "-"
+    mean = sum(finite) / len(finite)
+    if len(finite) < 2:
+        return f"{mean:.4g} (n=1{others})"
+    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
+    return f"{mean:.4g} ± {std:.2g} (n={len(finite)}{others})"
 
 
 def write_summary(sweep_dir: Path, metrics: list[str] | tuple[str, ...] | None = None,
