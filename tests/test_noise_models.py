@@ -113,6 +113,10 @@ def test_discriminator_objective_matches_its_formula(train_cfg, mode):
     assert torch.allclose(terms["D_real"] + terms["D_fake"], expected, atol=1e-5)
     if mode == "wgan":
         assert torch.allclose(terms["wasserstein"], -expected, atol=1e-5)
+    # What the critic trains on (and logs as train/D): the estimate of the distance is logged
+    # beside it, not added (added, it cancels the WGAN loss: train/D read 0 throughout).
+    from src.models.noise_gan import total
+    assert torch.allclose(total(terms), expected, atol=1e-5)
 
 
 def test_conditioning_reaches_both_networks():
