@@ -1117,6 +1117,19 @@ def test_files_that_are_not_images_are_left_out_with_a_warning(tmp_path, caplog)
     assert f"{folder}: 1 entries are hidden or not image files" in caplog.text and ": notes.txt" in caplog.text
 
 
+def test_a_warning_about_what_every_rank_shares_is_said_by_rank_zero_alone(tmp_path, caplog, monkeypatch):
+    """Every rank lists the data's folders; under srun or torchrun the ranks write one train.log,
+    so a folder's warning came eight times on eight GPUs."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+    folder = tmp_path / "trainA"
+    write_image(folder / "a.png")
+    (folder / "notes.txt").write_text("x")
+    monkeypatch.setattr(rank_zero_only, "rank", 1, raising=False)
+    with caplog.at_level("WARNING"):
+        assert [p.name for p in list_images(folder)] == ["a.png"]
+    assert "hidden or not image files" not in caplog.text
+
+
 def test_subfolders_are_read_as_the_reference_code_reads_them(tmp_path, caplog):
     """Images in subfolders count (junyanz's, U-GAT-IT's and NICE-GAN's datasets walk the tree),
     in path order; hidden files and folders (a Mac's ._ resource forks) are left out with a

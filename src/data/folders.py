@@ -10,6 +10,7 @@ from pathlib import Path
 
 from src.data.download import how_to_get
 from src.data.errors import DatasetNotFoundError, EmptyDatasetError
+from src.utils.hydra_runtime import warn_for_every_rank
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,9 @@ def list_images(folder: str | Path, max_count: int | None = None) -> list[Path]:
         # Not silent: a folder of .jxl photos next to a few .jpg ones would otherwise train on the few.
         skipped.sort()
         more = f" and {len(skipped) - SKIPPED_NAMES_SHOWN} more" if len(skipped) > SKIPPED_NAMES_SHOWN else ""
-        log.warning("%s: %d entries are hidden or not image files (%s) and are left out: %s%s", folder,
-                    len(skipped), ", ".join(sorted(IMAGE_EXTENSIONS)), ", ".join(skipped[:SKIPPED_NAMES_SHOWN]),
-                    more)
+        warn_for_every_rank(log, "%s: %d entries are hidden or not image files (%s) and are left out: %s%s", folder,
+                            len(skipped), ", ".join(sorted(IMAGE_EXTENSIONS)), ", ".join(skipped[:SKIPPED_NAMES_SHOWN]),
+                            more)
     if not images:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise EmptyDatasetError(

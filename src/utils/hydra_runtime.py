@@ -63,6 +63,14 @@ def is_rank_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
+def warn_for_every_rank(logger: logging.Logger, message: str, *args) -> None:
+    """A warning about what every rank shares (the settings, the data's folders), said by rank
+    zero alone: other ranks' warnings pass (`other_ranks_log_warnings_only`), so each rank would
+    repeat it, eight times over into one train.log on eight GPUs."""
+    if is_rank_zero():
+        logger.warning(message, *args)
+
+
 def _warning_or_worse(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING
 

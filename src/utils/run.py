@@ -35,7 +35,7 @@ from src.utils.code_version import git_revision
 from src.utils.config_checks import check_argument_types, check_run_folder, check_seed, is_number, require_int
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
 from src.utils.hydra_runtime import (RESOLVED_CHECKPOINT_ENV, in_a_sweep, job_overrides, launched_rank,
-                                    other_ranks_log_warnings_only)
+                                    other_ranks_log_warnings_only, warn_for_every_rank)
 from src.utils.ddp_strategy import choose_strategy, process_count
 from src.utils.initial_weights import initial_weights_to_load, start_from_checkpoint
 from src.utils.instantiate import instantiate_list
@@ -83,10 +83,10 @@ def warn_emulated_cpu_bf16(trainer_cfg: dict) -> None:
     AVX2-only EPYC. Said at start, not discovered an hour later."""
     on_cpu = resolved_accelerator(trainer_cfg) == "cpu"
     if on_cpu and str(trainer_cfg.get("precision")).startswith("bf16") and not cpu_computes_bf16():
-        log.warning("trainer.precision=%s on a CPU without bf16 arithmetic (no AVX-512 BF16 or AMX): oneDNN "
-                    "emulates it, and convolutions run about 100x slower than in fp32. Use "
-                    "trainer.precision=32-true here; bf16 pays on recent GPUs and on CPUs with bf16 arithmetic.",
-                    trainer_cfg.get("precision"))
+        warn_for_every_rank(log, "trainer.precision=%s on a CPU without bf16 arithmetic (no AVX-512 BF16 or AMX): "
+                            "oneDNN emulates it, and convolutions run about 100x slower than in fp32. Use "
+                            "trainer.precision=32-true here; bf16 pays on recent GPUs and on CPUs with bf16 "
+                            "arithmetic.", trainer_cfg.get("precision"))
 
 
 def forks_its_ranks(strategy) -> bool:
@@ -120,10 +120,10 @@ def warn_bf16_before_ampere(trainer_cfg: dict) -> None:
     if before_ampere:
         gpus = ", ".join(f"GPU {index} {name} (compute capability {major}.{minor})"
                          for index, name, (major, minor) in before_ampere)
-        log.warning("trainer.precision=%s on %s: no bf16 arithmetic before Ampere (8.0); it runs emulated, far "
-                    "slower, or fails in cuDNN. Use trainer.precision=16-mixed (fp16 with a loss scaler per GAN "
-                    "loss) or 32-true, or leave those GPUs out of trainer.devices.",
-                    trainer_cfg.get("precision"), gpus)
+        warn_for_every_rank(log, "trainer.precision=%s on %s: no bf16 arithmetic before Ampere (8.0); it runs "
+                            "emulated, far slower, or fails in cuDNN. Use trainer.precision=16-mixed (fp16 with a "
+                            "loss scaler per GAN loss) or 32-true, or leave those GPUs out of trainer.devices.",
+                            trainer_cfg.get("precision"), gpus)
 
 
 # Lightning's precision settings that keep the weights in float32 (the mixed ones autocast the
@@ -197,9 +197,10 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     elif kwargs.get("max_epochs") in (-1, None):
         # Lightning's "train until stopped": said at start, since the learning-rate schedules
         # (counted in epochs or iterations) reach their end and stay there, at rate 0 for a decay
-        log.warning("trainer.max_epochs=%s with neither max_iters nor max_kimg: the run has no end and trains until "
-                    "stopped (Ctrl-C or SIGTERM save interrupted.ckpt); a learning-rate decay (model.lr_schedule) "
-                    "that reaches 0 keeps it there. Give the run a length to end it", kwargs.get("max_epochs"))
+        warn_for_every_rank(log, "trainer.max_epochs=%s with neither max_iters nor max_kimg: the run has no end and "
+                            "trains until stopped (Ctrl-C or SIGTERM save interrupted.ckpt); a learning-rate decay "
+                            "(model.lr_schedule) that reaches 0 keeps it there. Give the run a length to end it",
+                            kwargs.get("max_epochs"))
     return kwargs
 
 
