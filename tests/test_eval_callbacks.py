@@ -801,3 +801,16 @@ def test_an_unknown_feature_extractor_is_named_by_its_key(tmp_path):
         build_feature_extractor("clip", settings="")
     with pytest.raises(ValueError, match=r"data.feature_extractor='clip' must be one of inception, random_cnn"):
         ShapesDataModule(data_dir=str(tmp_path), feature_extractor="clip")
+
+
+def test_each_evaluation_says_its_scores_in_the_log(train_cfg, caplog):
+    """The loggers had the scores; the console and train.log said nothing but a new best FID."""
+    from src.utils.run import run_training
+    with caplog.at_level("INFO"):
+        run_training(train_cfg("max_iters=2"))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("FidKidCallback at iteration 2 (")]
+    assert len(lines) == 1 and "eval/fid_AtoB " in lines[0] and "eval/kid_x100 " in lines[0]
+    # and the run's end says where its best FID and the command that scores it are
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("Best FID ") and m.endswith("best_fid.ckpt") for m in messages)
+    assert any(m.startswith("Score it on the test split: python src/eval.py ckpt_path=") for m in messages)

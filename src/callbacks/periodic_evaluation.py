@@ -5,11 +5,12 @@ untouched random streams), on which test images (the first `max_images`, each ra
 block of them, each image once) and in which batches."""
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Subset
 
 from src.data.unpaired import distinct_images
@@ -167,8 +168,13 @@ class PeriodicEvaluation(pl.Callback):
         return self._last_evaluated >= 0
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        started = time.monotonic()
         with isolated_rng(pl_module.device, self.seed):
             metrics = self.evaluate(trainer, pl_module)
+        if metrics:   # the loggers have them; the console and train.log said nothing but a new best FID
+            scores = ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
+            rank_zero_info(f"{type(self).__name__} at iteration {pl_module.iteration} "
+                           f"({time.monotonic() - started:.0f} s): {scores}")
         self.after_evaluation(trainer, pl_module, metrics)
         self._last_evaluated = pl_module.iteration
 

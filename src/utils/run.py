@@ -43,7 +43,7 @@ from src.utils.library_warnings import silence_known_library_noise
 from src.utils.objective import sweeper_direction
 from src.utils.process_state import process_state_restored
 from src.utils.run_record import hydra_files, record_start, run_folder_claimed, run_seed
-from src.utils.run_results import completed_metrics
+from src.utils.run_results import FINAL_METRICS, completed_metrics
 from src.utils.tensorboard_logger import purge_step, with_purge_step
 from src.utils.training_config import ROOT_DIR
 from src.utils.unread_overrides import refuse_unread_overrides
@@ -493,7 +493,21 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
     final = next(cb for cb in trainer.callbacks if isinstance(cb, FinalMetrics))
     metrics = final.run_metrics(trainer) or completed_metrics(run_dir) or {}
     if trainer.is_global_zero:
-        log.info("Run directory: %s", run_dir)
-        log.info("Checkpoint to resume from: %s", trainer.checkpoint_callback.last_model_path)
-        log.info("Sample grids: %s", run_dir / "samples")
+        log_where_the_results_are(trainer, run_dir)
     return metrics
+
+
+def log_where_the_results_are(trainer: pl.Trainer, run_dir: Path) -> None:
+    """The run's end, in train.log and on the console: where everything went, its best FID and
+    the command that scores it."""
+    last = trainer.checkpoint_callback.last_model_path
+    log.info("Run directory: %s", run_dir)
+    log.info("Checkpoint to resume from: %s", last)
+    log.info("Sample grids: %s; scores of the run: %s", run_dir / "samples", run_dir / FINAL_METRICS)
+    fid = next((cb for cb in trainer.callbacks if hasattr(cb, "best_checkpoint_path")), None)   # FidKidCallback
+    if fid is not None and fid.best_iteration >= 0:
+        best = fid.best_checkpoint_path(trainer)
+        log.info("Best FID %.4g at iteration %d%s", fid.best_fid, fid.best_iteration,
+                 f": {best}" if fid.save_best and best.is_file() else "")
+    if last:
+        log.info("Score it on the test split: python src/eval.py ckpt_path=%s", last)
