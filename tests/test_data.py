@@ -1719,3 +1719,32 @@ def test_an_image_write_cut_short_leaves_the_earlier_file_and_a_link_keeps_its_t
     save_image(newer, tmp_path / "kept.png")
     assert np.array_equal(load_image(tmp_path / "out.png", 3), earlier) and not (tmp_path / "kept.png").is_symlink()
     assert np.array_equal(load_image(tmp_path / "kept.png", 3), newer)
+
+
+@pytest.mark.parametrize("kind", ["zip_parent", "zip_absolute", "tar_parent", "tar_symlink"])
+def test_an_archive_member_that_would_land_outside_the_data_root_is_refused(tmp_path, kind):
+    """A download from a changed or hostile mirror must not write outside data/<name>."""
+    import io
+    import tarfile
+    import zipfile
+    archive = tmp_path / ("toy.zip" if kind.startswith("zip") else "toy.tar.gz")
+    if kind.startswith("zip"):
+        with zipfile.ZipFile(archive, "w") as zipped:
+            zipped.writestr("toy/trainA/a.png", b"x")
+            zipped.writestr("../evil.txt" if kind == "zip_parent" else str(tmp_path / "evil.txt"), b"x")
+    else:
+        with tarfile.open(archive, "w:gz") as tarred:
+            if kind == "tar_parent":
+                member = tarfile.TarInfo("../evil.txt")
+                member.size = 1
+                tarred.addfile(member, io.BytesIO(b"x"))
+            else:
+                link = tarfile.TarInfo("toy/link")
+                link.type, link.linkname = tarfile.SYMTYPE, str(tmp_path)
+                tarred.addfile(link)
+    into = tmp_path / "data" / "scratch"
+    into.mkdir(parents=True)
+    with pytest.raises(RuntimeError, match=r"Refusing unsafe (path|member) "):
+        download.extract(archive, into)
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "data" / "evil.txt").exists()
+    assert list(into.iterdir()) == []   # nothing of it written
