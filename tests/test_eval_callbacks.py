@@ -814,3 +814,17 @@ def test_each_evaluation_says_its_scores_in_the_log(train_cfg, caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("Best FID ") and m.endswith("best_fid.ckpt") for m in messages)
     assert any(m.startswith("Score it on the test split: python src/eval.py ckpt_path=") for m in messages)
+
+
+def test_the_best_fid_checkpoint_goes_where_callbacks_fid_kid_says_or_nowhere(train_cfg, tmp_path):
+    from src.utils.run import run_training
+    elsewhere = tmp_path / "best"
+    cfg = train_cfg("max_iters=2", f"++callbacks.fid_kid.dirpath={elsewhere}")
+    run_training(cfg)
+    assert (elsewhere / "best_fid.ckpt").is_file()
+    assert not (Path(cfg.paths.output_dir) / "checkpoints" / "best_fid.ckpt").exists()
+    cfg = train_cfg("max_iters=2", "callbacks.fid_kid.save_best=false")
+    cfg.paths.output_dir = str(tmp_path / "no_best")
+    run_training(cfg)
+    assert (tmp_path / "no_best" / "checkpoints" / "last.ckpt").is_file()
+    assert not (tmp_path / "no_best" / "checkpoints" / "best_fid.ckpt").exists()
