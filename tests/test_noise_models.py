@@ -563,6 +563,31 @@ def test_the_quickstart_runs_the_dcgan_family_on_small_nets(tmp_path, shared_dat
     assert cfg.model.n_critic == RECIPES[name][1]   # the paper's recipe otherwise
 
 
+def test_infogan_trains_both_players_on_the_information_term_of_each_code(train_cfg):
+    """Both steps carry Q's term (dropped, InfoGAN would train as a plain GAN and every other
+    test would pass); with two categorical codes and no continuous one, each code's logits are
+    read from its own slice of Q's output."""
+    from src.utils.run import run_training
+    cfg = train_cfg("model=infogan", "model.categorical_codes=[3,2]", "model.continuous_codes=0")
+    model = build(cfg)
+    torch.manual_seed(0)
+    latent, codes = model.sample_latent(4)
+    real = torch.rand(4, *model.image_shape) * 2 - 1
+    fake = model.generator(latent)
+    d_terms = model.discriminator_loss(real, fake.detach(), None, codes)
+    features = model.discriminator.features(fake.detach())
+    assert torch.allclose(d_terms["info_D"], model.information_loss(features, codes))
+    predicted = model.q_head(features)
+    by_hand = F.cross_entropy(predicted[:, :3], codes["categorical"][0]) + \
+        F.cross_entropy(predicted[:, 3:5], codes["categorical"][1])
+    assert predicted.shape[1] == 5 and torch.allclose(d_terms["info_D"], model.info_weight * by_hand)
+    g_terms = model.generator_loss(fake, None, codes)
+    (grad,) = torch.autograd.grad(g_terms["info_G"], next(model.generator.parameters()))
+    assert grad.abs().sum() > 0   # the generator is trained to make its codes readable
+    metrics = run_training(train_cfg("model=infogan", "max_iters=2", *NO_EVALUATION))
+    assert {"train/info_D", "train/info_G"} <= set(metrics)
+
+
 def test_infogan_runs_on_its_papers_mnist_networks(train_cfg):
     """The paper's MNIST layers: FC 1024 - FC 7x7x128 - upconv 64 - upconv 1 in G; conv 64 -
     conv 128 - FC 1024 in D, whose 1024 features D's output and Q read (Q: FC 128 - batch norm -
