@@ -162,12 +162,14 @@ def ugatit_reference_iteration(m, cfg, batch) -> dict[str, torch.Tensor]:
     return UGATITReference(m, optimizer=lambda *nets: adam(cfg, *nets))(batch)
 
 
-@pytest.mark.parametrize("fast_conv", (False, True))
-def test_ugatit_matches_the_reference_iteration(train_cfg, fast_conv):
+@pytest.mark.parametrize("light,fast_conv", ((True, False), (False, False), (True, True)))
+def test_ugatit_matches_the_reference_iteration(train_cfg, light, fast_conv):
     """Spectral-norm vectors included: each discriminator runs as often as in the port (twice in
-    the D step, once in the G step), so their power iterations agree too. With and without the
+    the D step, once in the G step), so their power iterations agree too. The light generator
+    and the full one (its gamma/beta MLP on the whole feature map); with and without the
     rewritten convolutions (model.fast_conv, in both copies)."""
-    cfg, model, reference = build(train_cfg, "ugatit", f"model.fast_conv={str(fast_conv).lower()}")
+    cfg, model, reference = build(train_cfg, "ugatit", f"model.generator.light={str(light).lower()}",
+                                  f"model.fast_conv={str(fast_conv).lower()}")
     batch, before = random_batch(cfg), parameters_of(model)
     logged = train_one_iteration(model, batch)
     torch.manual_seed(SEED)
