@@ -126,3 +126,14 @@ def test_a_budget_counts_the_images_before_it_was_set_and_in_older_checkpoints(t
         else:
             checkpoint = last_checkpoint(resumed)
         assert checkpoint["global_step"] == 3 * 2 and checkpoint["images_seen"] == 8, name   # 4 + iteration 3's 4
+
+
+def test_image_counts_are_over_every_device(train_cfg):
+    """max_kimg, train/kimg and the EMA's half-life count the images of all devices: each
+    device's batch times the world size (dropped, a run on 8 GPUs would train 8 times longer)."""
+    import hydra
+    model = hydra.utils.instantiate(train_cfg("model=wgangp").model, _recursive_=False)
+    model._trainer = SimpleNamespace(world_size=2)
+    batch = {"A": torch.zeros(5 * 3, *model.image_shape)}   # n_critic=5 real batches of 3
+    assert model.loaded_images(batch) == 2 * 15          # every real image the critic saw
+    assert model.images_per_iteration(batch) == 2 * 3    # the generator step's batch, per device
