@@ -11,7 +11,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import MODELS, NO_EVALUATION, assert_resume_continues_the_run, changed, compose_train_cfg, snapshot
+from conftest import (MODELS, NO_EVALUATION, assert_resume_continues_the_run, changed, compose_train_cfg, fit_one_batch,
+                      random_batch, snapshot)
 from src.models.base import sampling_mode
 from src.utils.run import build_trainer_kwargs, run_training
 
@@ -531,6 +532,31 @@ def test_pix2pixhd_multiscale_discriminator_with_feature_matching_trains(train_c
                     "+model.discriminator.num_scales=2", "loss.weights.feature_matching=10")
     metrics = run_training(cfg)
     assert math.isfinite(metrics["train/feature_matching"]) and metrics["train/feature_matching"] > 0
+
+
+def test_feature_matching_pulls_the_fakes_features_toward_the_reals(train_cfg, monkeypatch):
+    """pix2pixHD's term: the L1 between D's features of the fake pair (through which the
+    generator learns) and of the real pair (a fixed target, no gradient), every scale's layers."""
+    from src.models import pix2pix
+    cfg = train_cfg("model=pix2pix", "data=shapes_paired",
+                    "model.discriminator._target_=src.nets.discriminators.MultiscaleDiscriminator",
+                    "+model.discriminator.num_scales=2", "loss.weights.feature_matching=10")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    seen = []
+    matching = pix2pix.feature_matching_loss
+    monkeypatch.setattr(pix2pix, "feature_matching_loss",
+                        lambda fake, real: seen.append((fake, real)) or matching(fake, real))
+    batch = random_batch(cfg)
+    fit_one_batch(model, batch)
+    ((fake, real),) = seen
+    flat = [(f, r) for fake_scale, real_scale in zip(fake, real) for f, r in zip(fake_scale, real_scale)]
+    assert len(fake) == 2 and len(flat) > 2
+    assert all(f.requires_grad and not r.requires_grad for f, r in flat)
+    # the real features are D's of the real pair (input, target), the fake ones of (input, G(input))
+    real_pair = torch.cat([batch["A"], batch["B"]], 1)
+    with torch.no_grad():
+        _, expected = model.D.train()(real_pair, return_features=True)   # the step's D: stepped already
+    assert all(torch.allclose(e, r, atol=1e-6) for e, (_, r) in zip([x for s in expected for x in s], flat))
 
 
 def test_pix2pix_translates_each_image_alone_with_test_time_batch_statistics(train_cfg):
