@@ -429,6 +429,8 @@ def test_eval_scores_and_writes_samples_and_translate_refuses(train_cfg, tmp_pat
                              "classifier_score=false", "save_images=3")
     report = json.loads((out_capped / "metrics.json").read_text())["directions"]["samples"]
     assert (report["real"], report["generated"], report["saved"]) == (5, 5, 3)
+    without_is, _ = evaluate("eval_no_is", "batch_size=5", "inception_score=false", "classifier_score=false")
+    assert "is" not in without_is["samples"] and math.isfinite(without_is["samples"]["fid"])
     assert sorted(p.name for p in (out_capped / "samples").glob("*.png")) == [f"{i:06d}.png" for i in range(3)]
     with pytest.raises(ValueError, match=r"num_real=1 must be an integer >= 2 \(FID needs two\), or null"):
         evaluate("eval_bad_real", "num_real=1")

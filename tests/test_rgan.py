@@ -296,10 +296,8 @@ def test_eval_writes_series_samples_a_plot_and_their_mmd(train_cfg, tmp_path, sh
     run_training(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     data = cfg.data
-    eval_cfg = compose_train_cfg([f"ckpt_path={ckpt}", "data=sines", f"data.seq_len={data.seq_len}",
-                                  f"data.channels={data.channels}", f"data.n_test={data.n_test}",
-                                  f"data.n_train={data.n_train}"],
-                                 tmp_path / "eval", shared_data_dir, config_name="eval")
+    eval_cfg = compose_train_cfg(eval_cfg_overrides(data, ckpt), tmp_path / "eval", shared_data_dir,
+                                 config_name="eval")
     try:
         results = run_evaluation(eval_cfg)
     finally:
@@ -315,6 +313,19 @@ def test_eval_writes_series_samples_a_plot_and_their_mmd(train_cfg, tmp_path, sh
     assert np.asarray(Image.open(out / "samples.png")).shape[0] == 2 * (48 + 4)
     # RCGAN's own evaluation: a classifier of the condition trained on samples / on real series
     assert 0 <= results["samples"]["tstr"] <= 1 and 0 <= results["samples"]["trtr"] <= 1
+    assert np.array_equal(np.load(out / "labels.npy"), test.labels)   # sample i drawn for test series i's label
+    untrained = compose_train_cfg([*eval_cfg_overrides(data, ckpt), "tstr=false"], tmp_path / "no_tstr",
+                                  shared_data_dir, config_name="eval")
+    try:
+        assert "tstr" not in run_evaluation(untrained)["samples"]
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def eval_cfg_overrides(data, ckpt) -> list[str]:
+    """eval.py's command line for a checkpoint of the sines data `data`."""
+    return [f"ckpt_path={ckpt}", "data=sines", f"data.seq_len={data.seq_len}", f"data.channels={data.channels}",
+            f"data.n_test={data.n_test}", f"data.n_train={data.n_train}"]
 
 
 def test_tstr_trains_one_fixed_classifier_on_either_side():
