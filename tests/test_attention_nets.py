@@ -2,6 +2,7 @@
 import pickle
 from pathlib import Path
 
+import hydra
 import pytest
 import torch
 import torch.nn as nn
@@ -295,3 +296,17 @@ def test_an_older_checkpoints_upgrades_leave_a_newer_model_that_shares_a_name_al
     old = upgraded_hparams(hparams, two_classifiers, NoiseGAN)
     assert old["test_time_batch_stats"] is False and old["reference_batch_size"] == 64
     assert old["generator"] == {**hparams["generator"], "cam_classifier": "separate"}
+
+
+def test_nicegan_without_spectral_norm_has_none_anywhere_in_its_discriminators_and_trains(train_cfg):
+    """model.discriminator.spectral=false reaches the encoder, the CAM attention and both heads."""
+    from conftest import fit_one_batch, random_batch
+    from src.nets.spectral_norm import has_spectral_norm
+    cfg = train_cfg("model=nicegan", "model.discriminator.spectral=false")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    assert not any(has_spectral_norm(module) for D in (model.D_A, model.D_B) for module in D.modules())
+    spectral = hydra.utils.instantiate(train_cfg("model=nicegan").model, _recursive_=False)
+    assert any(has_spectral_norm(module) for module in spectral.D_A.encoder.attention.modules())
+    before = [p.detach().clone() for p in model.D_A.parameters()]
+    fit_one_batch(model, random_batch(cfg))
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.D_A.parameters()))
