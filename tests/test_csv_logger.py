@@ -209,3 +209,19 @@ def test_a_rewrite_cut_short_leaves_the_old_file_and_a_resume_drops_a_row_cut_sh
     assert "1 row(s) cut short by a writer that was stopped are dropped" in caplog.text
     assert [(r["step"], r["train/G"]) for r in read_rows(resumed)] == [("0", "0.0"), ("1", "1.0"), ("2", "2.0"),
                                                                      ("3", "3.0")]
+
+
+def test_sample_grids_and_the_latent_tsne_reach_tensorboard_at_their_iteration(train_cfg):
+    """Every other metric's x-axis is the iteration (global_step counts each player's step):
+    images logged at global_step would sit at twice (CycleGAN) their iteration."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from src.utils.run import run_training
+
+    cfg = train_cfg("model=cyclegan", "logger=tensorboard", "max_iters=4")
+    run_training(cfg)
+    accumulator = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard" / "version_0"),
+                                   size_guidance={"images": 0})
+    accumulator.Reload()
+    assert [event.step for event in accumulator.Images("samples")] == [2, 4]
+    assert [event.step for event in accumulator.Images("latent_tsne")] == [2, 4]
