@@ -326,6 +326,17 @@ def test_pair_partner_of_other_size_and_channels(tmp_path):
     partner = np.ascontiguousarray(image[::2, ::2, :1])  # half the size, one channel
     a, b = transform.pair(image, partner, seed=5)
     assert a.shape == (3, 8, 8) and b.shape == (1, 8, 8)
+    # The shared crop covers the same content in both: a smooth image and its half-size copy
+    # (a partner resized the other way round, or cropped elsewhere, would differ by far more).
+    rows, cols = np.meshgrid(np.arange(12), np.arange(14), indexing="ij")
+    smooth = np.repeat((rows * 15 + cols * 4).astype(np.uint8)[:, :, None], 3, axis=2)
+    half = np.array(Image.fromarray(smooth).resize((7, 6), Image.Resampling.BILINEAR))
+    transposed = np.ascontiguousarray(half.transpose(1, 0, 2))   # 7 x 6: same pixels, other layout
+    for seed in range(4):
+        a, b = transform.pair(smooth, half, seed=seed)
+        assert (a - b).abs().mean() < 0.1, seed   # in [-1, 1]: a few grey levels apart
+        a, wrong = transform.pair(smooth, transposed, seed=seed)
+        assert (a - wrong).abs().mean() > 0.2, seed
 
 
 # -- image modes ------------------------------------------------------------------------------
