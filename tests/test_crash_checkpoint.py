@@ -65,6 +65,10 @@ def test_an_error_before_an_iterations_first_step_saves_a_checkpoint_that_resume
     assert saved["global_step"] == 4
     assert TORN_STEP_KEY not in saved   # between two players' steps: nothing half-stepped
     assert saved[INSIDE_ITERATION_KEY] and "crashed.ckpt was taken inside iteration 3, before its first" in caplog.text
+    # said in the user's words, with both ways to resume it
+    assert (f"Stopped by RuntimeError (image 3 is unreadable): saved crashed.ckpt at iteration 2. Resume with the "
+            f"run's command and ckpt_path={crashing.paths.output_dir}/checkpoints/crashed.ckpt (or, with "
+            f"hydra.run.dir={crashing.paths.output_dir}, ckpt_path=auto)") in caplog.text
     checkpoints = Path(crashing.paths.output_dir, "checkpoints")
     assert crash_file(crashing, "last.ckpt")["global_step"] == 4
     assert most_advanced_checkpoint(checkpoints, checkpoints.parent) == checkpoints / "last.ckpt"

@@ -173,8 +173,9 @@ class IterationCheckpoint(ModelCheckpoint):
             log.error("Could not save %s after %s (%s: %s); the last checkpoint is %s", name,
                       type(exception).__name__, type(error).__name__, error, self.last_model_path or "none")
             return
-        log.log(logging.WARNING if interrupted else logging.ERROR, "%s: saved %s at iteration %d; resume with "
-                "ckpt_path=%s", type(exception).__name__, name, pl_module.iteration, path)
+        log.log(logging.WARNING if interrupted else logging.ERROR, "Stopped by %s: saved %s at iteration %d. Resume "
+                "with the run's command and ckpt_path=%s (or, with hydra.run.dir=%s, ckpt_path=auto)",
+                what_stopped(exception), name, pl_module.iteration, path, trainer.default_root_dir)
         if partial_steps:
             log.warning("%s was taken inside iteration %d, after %d of its %d optimizer steps: those players keep "
                         "their update and the resumed run repeats the iteration, so it is not bit-identical to an "
@@ -189,6 +190,16 @@ class IterationCheckpoint(ModelCheckpoint):
             log.warning("%s was taken inside an optimizer step of iteration %d, with part of a player's tensors "
                         "updated: the resumed run steps them again, so it is not the uninterrupted run (last.ckpt "
                         "is, and ckpt_path=auto prefers it at equal progress)", name, pl_module.iteration + 1)
+
+
+def what_stopped(exception: BaseException) -> str:
+    """A run's stop in a user's words: the signal or key, or the error's type and message."""
+    if isinstance(exception, KeyboardInterrupt):
+        return "Ctrl-C"
+    if isinstance(exception, SIGTERMException):
+        return "SIGTERM (a cluster's preemption or time limit, or kill)"
+    message = str(exception).splitlines()[0] if str(exception) else ""
+    return f"{type(exception).__name__}" + (f" ({message[:200]})" if message else "")
 
 
 def count_whole_iterations(checkpoint: dict, partial_steps: int) -> None:
