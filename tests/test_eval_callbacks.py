@@ -812,6 +812,8 @@ def test_each_evaluation_says_its_scores_in_the_log(train_cfg, caplog):
     assert len(lines) == 1 and "eval/fid_AtoB " in lines[0] and "eval/kid_x100 " in lines[0]
     # and the run's end says where its best FID and the command that scores it are
     messages = [r.getMessage() for r in caplog.records]
+    assert "Training ended at iteration 2 (max_iters=2 reached)" in messages
+    assert not any("max_steps=" in m for m in messages)   # Lightning's count of optimizer steps
     assert any(m.startswith("Best FID ") and m.endswith("best_fid.ckpt") for m in messages)
     assert any(m.startswith("Score it on the test split: python src/eval.py ckpt_path=") for m in messages)
 

@@ -16,10 +16,14 @@ LIGHTNING_RANK_ZERO_LOGGER = "pytorch_lightning.utilities.rank_zero"
 
 class LightningTips(logging.Filter):
     """Lightning's "💡 Tip:" lines, which advertise its cloud services at every fit (its logger
-    and checkpoint connectors)."""
+    and checkpoint connectors), and its "`Trainer.fit` stopped: `max_steps=N` reached", which
+    counts optimizer steps, two or three an iteration here: `max_iters=200000` read as
+    "max_steps=400000" (the run's end says its iteration instead)."""
+
+    SILENCED = ("💡 Tip:", "`Trainer.fit` stopped: `max_steps=")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip:")
+        return not str(record.msg).startswith(self.SILENCED)
 
 
 def silence_known_library_noise() -> None:

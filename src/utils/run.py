@@ -493,13 +493,16 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
     final = next(cb for cb in trainer.callbacks if isinstance(cb, FinalMetrics))
     metrics = final.run_metrics(trainer) or completed_metrics(run_dir) or {}
     if trainer.is_global_zero:
-        log_where_the_results_are(trainer, run_dir)
+        log_where_the_results_are(trainer, run_dir, cfg.get("max_iters"))
     return metrics
 
 
-def log_where_the_results_are(trainer: pl.Trainer, run_dir: Path) -> None:
-    """The run's end, in train.log and on the console: where everything went, its best FID and
-    the command that scores it."""
+def log_where_the_results_are(trainer: pl.Trainer, run_dir: Path, max_iters: int | None) -> None:
+    """The run's end, in train.log and on the console: the iteration it reached, where everything
+    went, its best FID and the command that scores it."""
+    iteration = trainer.lightning_module.iteration
+    reached = f" (max_iters={max_iters} reached)" if max_iters and iteration >= max_iters else ""
+    log.info("Training ended at iteration %d%s", iteration, reached)
     last = trainer.checkpoint_callback.last_model_path
     log.info("Run directory: %s", run_dir)
     log.info("Checkpoint to resume from: %s", last)
