@@ -5,11 +5,14 @@ shows nothing of it until training ends, and train.log holds no progress either.
 zero logs every `every_n_seconds` (and after the first iteration, so a job shows that training
 started):
 
-    iteration 12350/1000000 (1.2%) | 3.41 it/s, 3.41 images/s | ETA 3d 08:15 | G 2.31 D 0.45 | peak GPU 11.2 GB
+    iteration 12350/1000000 (1.2%) | 3.41 it/s, 3.41 images/s | ETA 3d 08:15 | G 2.31 D 0.45 | peak GPU 11.2 GiB
 
 The rates are over the interval since the previous line (a resumed run's included: they start
-at the resume). On a terminal the bar shows the same, and the line is left out unless
-`always` is set.
+at the resume). The ETA is at the pace since this start, evaluations and checkpoints included
+(a window between two evaluations would leave them out, or hold one and overshoot), and only
+from ETA_AFTER_ITERATIONS on: the first iteration's pace, slowed by the loaders' and kernels'
+start-up, made a run of hours read as days. On a terminal the bar shows the same, and the line
+is left out unless `always` is set.
 """
 from __future__ import annotations
 
@@ -24,6 +27,9 @@ from src.callbacks.throughput import RateWindow, peak_gpu_gb
 from src.utils.config_checks import is_number
 
 log = logging.getLogger(__name__)
+
+#: iterations of this start before an ETA is given
+ETA_AFTER_ITERATIONS = 10
 
 
 def duration(seconds: float) -> str:
@@ -50,6 +56,7 @@ class ProgressLog(pl.Callback):
         self._last_done = 0.0         # the run's progress at the previous line
         self._due = 0.0   # when the next line is
         self._budget: ImageBudget | None = None   # the run's kimg budget, if it has one
+        self._start = (0.0, 0.0, 0)   # this start's (time, progress, iteration): the ETA's pace
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         bar_drawn = trainer.progress_bar_callback is not None and sys.stdout.isatty()
@@ -58,6 +65,7 @@ class ProgressLog(pl.Callback):
         now = time.monotonic()
         self._window.mark(pl_module, now)
         self._last_done = self.length(trainer, pl_module)[0]
+        self._start = (now, self._last_done, pl_module.iteration)
         self._due = now   # the first line comes after the first iteration: a job shows training started
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
@@ -106,13 +114,15 @@ class ProgressLog(pl.Callback):
         if pl_module.iteration > self._window.iteration:
             it_per_s, images_per_s = self._window.rates(pl_module, now)
             parts.append(f"{it_per_s:.3g} it/s" + ("" if images_per_s is None else f", {images_per_s:.3g} images/s"))
-            rate = (done - self._last_done) / self._window.elapsed(now)
-            if total is not None and rate > 0:
+            started_at, done_at_start, iteration_at_start = self._start
+            rate = (done - done_at_start) / max(now - started_at, 1e-9)
+            settled = pl_module.iteration - iteration_at_start >= ETA_AFTER_ITERATIONS
+            if total is not None and rate > 0 and (settled or done >= total):
                 parts.append(f"ETA {duration(max(total - done, 0.0) / rate)}")
         losses = {name.removeprefix("train/"): float(value) for name, value in trainer.callback_metrics.items()
                   if name.startswith("train/") and name != "train/kimg" and value.numel() == 1}
         if losses:
             parts.append(" ".join(f"{name} {value:.4g}" for name, value in sorted(losses.items())))
         if pl_module.device.type == "cuda":
-            parts.append(f"peak GPU {peak_gpu_gb(pl_module.device):.1f} GB")
+            parts.append(f"peak GPU {peak_gpu_gb(pl_module.device):.1f} GiB")
         return " | ".join(parts)
