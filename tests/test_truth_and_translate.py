@@ -1406,10 +1406,14 @@ def test_eval_of_a_grayscale_run_scores_fid_without_the_colour_ground_truth(trai
 
 
 def copy_into_run_dir(run, run_dir: Path, run_config: dict) -> Path:
-    """The smoke run's last checkpoint in `run_dir/checkpoints`, beside a Hydra run config."""
+    """The smoke run's last checkpoint in `run_dir/checkpoints`, beside a Hydra run config; as
+    a checkpoint from before the FID callback recorded its measure, so the config is read."""
     (run_dir / "checkpoints").mkdir(parents=True)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    ckpt.write_bytes(run.ckpt.read_bytes())
+    checkpoint = torch.load(run.ckpt, weights_only=True)
+    for state in checkpoint["callbacks"].values():
+        state.pop("measure", None)
+    torch.save(checkpoint, ckpt)
     (run_dir / ".hydra").mkdir()
     OmegaConf.save(OmegaConf.create(run_config), run_dir / ".hydra" / "config.yaml")
     return ckpt
@@ -1428,6 +1432,17 @@ def test_runs_feature_extractor_reads_the_fid_callback_then_the_data(smoke_runs,
                                                                         "data": data})
     assert runs_feature_extractor(ckpt) == expected
     assert runs_feature_extractor(smoke_runs["cyclegan"].ckpt.parent / "elsewhere" / "x.ckpt") == (None, None)
+
+
+def test_the_feature_extractor_a_checkpoint_recorded_is_read_before_its_runs_config(smoke_runs, tmp_path):
+    """A checkpoint copied away from its run folder (no .hydra beside it) is scored with the
+    features its run measured with, which its FID callback recorded, not its data's choice."""
+    from src.utils.evaluation import runs_feature_extractor
+    alone = tmp_path / "alone.ckpt"
+    alone.write_bytes(smoke_runs["cyclegan"].ckpt.read_bytes())
+    measured = torch.load(alone, weights_only=True)["callbacks"]
+    (state,) = [s for s in measured.values() if "measure" in s]
+    assert runs_feature_extractor(alone) == (state["measure"]["feature_extractor"], None) == ("random_cnn", None)
 
 
 def test_eval_takes_the_runs_weights_file_only_where_it_exists(smoke_runs, tmp_path):

@@ -23,6 +23,7 @@ from src.metrics.segmenter import Segmenter
 from src.metrics.tstr import tstr_trtr
 from src.metrics.shapes_truth import (ShapesTruthScorer, background_tensor, is_shapes_dataset, load_test_meta,
                                       test_image_size, truth_unavailable)
+from src.models.checkpoint_fit import load_checkpoint_file
 from src.models.noise_base import SAMPLES, NoiseToImageModel
 from src.utils.checkpoint_loading import (check_checkpoint_settings, load_model, recorded_checkpoint_path,
                                          refuse_foreign_targets, run_config_path)
@@ -324,9 +325,13 @@ def evaluate_series(model: NoiseToImageModel, loader, output_dir: Path, train_lo
 
 
 def runs_feature_extractor(ckpt_path) -> tuple[str | None, str | None]:
-    """(extractor, weights file) the checkpoint's run scored its FIDs with, from its Hydra
-    config: its `callbacks.fid_kid` settings, `auto` there meaning its data's choice; (None,
-    None) without a run config."""
+    """(extractor, weights file) the checkpoint's run scored its FIDs with: what its FID callback
+    recorded in the checkpoint, or for a checkpoint without that record its Hydra config's
+    `callbacks.fid_kid` settings, `auto` there meaning its data's choice; (None, None) without
+    either (a checkpoint copied away from its run folder kept the record)."""
+    measured = recorded_fid_measure(ckpt_path)
+    if measured is not None:
+        return measured["feature_extractor"], measured.get("feature_extractor_weights_path")
     run_config = run_config_path(ckpt_path)
     if not run_config.is_file():
         return None, None
@@ -341,11 +346,21 @@ def runs_feature_extractor(ckpt_path) -> tuple[str | None, str | None]:
     return name, setting("callbacks.fid_kid.feature_extractor_weights_path")
 
 
+def recorded_fid_measure(ckpt_path) -> dict | None:
+    """The settings the checkpoint's FID callback measured with (its state's `measure`: the
+    feature extractor, its weights file, the images, the directions); None without one."""
+    if not Path(ckpt_path).is_file():
+        return None
+    states = load_checkpoint_file(ckpt_path).get("callbacks") or {}
+    return next((state["measure"] for state in states.values()
+                 if isinstance(state, dict) and (state.get("measure") or {}).get("feature_extractor")), None)
+
+
 def feature_extractor_choice(cfg: DictConfig, datamodule) -> tuple[str, str | None]:
     """(extractor, weights file) for eval's `feature_extractor`: `auto` takes the one the
     checkpoint's run scored its FIDs with, so eval's numbers compare with the run's logged ones
     (a run trained with random_cnn on real data is scored with random_cnn, not Inception), and
-    the data's choice when the run's config is gone."""
+    the data's choice when neither the checkpoint nor the run's config says."""
     name, weights_path = cfg.feature_extractor, cfg.get("feature_extractor_weights_path")
     if name != "auto":
         return name, weights_path
