@@ -20,7 +20,7 @@ from src.nets.narrow_conv import use_narrow_output
 from src.callbacks.ema import GeneratorEMA
 from src.utils import bench_ab, bench_machine, bench_profile, bench_report, bench_run, bench_step, bench_versus
 from src.utils.bench_report import markdown, merge_rows, row_key, write_results
-from src.utils.bench_run import git_revision, same_measured_code, train_step_specs, versus_reference_specs
+from src.utils.bench_run import measured_code_revision, same_measured_code, train_step_specs, versus_reference_specs
 from src.utils.bench_step import compose_model_config, measure_training_step
 from src.utils.reference_iterations import CycleGANReference, reference_for
 
@@ -627,39 +627,39 @@ def test_the_revision_and_its_code_ignore_the_benchmarks_own_outputs_and_prose(t
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "c"], check=True)
-    clean = git_revision(repo)
+    clean = measured_code_revision(repo)
     (repo / "experiments/bench/results.json").write_text('{"x": 1}\n')
     (repo / "README.md").write_text("changed\n")
     (repo / "tests/test_a.py").write_text("t = 2\n")                  # no benchmark process runs it
     (repo / "src/utils/bench_report.py").write_text("f = 2\n")        # formats stored results only
-    assert git_revision(repo) == clean and not clean.endswith("+dirty")
+    assert measured_code_revision(repo) == clean and not clean.endswith("+dirty")
     subprocess.run([*git, "commit", "-qam", "results and prose"], check=True)
-    prose = git_revision(repo)
+    prose = measured_code_revision(repo)
     (repo / "src/a.py").write_text("x = 2\n")
-    assert git_revision(repo) == prose + "+dirty"
+    assert measured_code_revision(repo) == prose + "+dirty"
     subprocess.run([*git, "commit", "-qam", "code"], check=True)
-    code = git_revision(repo)
+    code = measured_code_revision(repo)
     assert same_measured_code(clean, prose, repo) and same_measured_code(code, code, repo)
     assert not same_measured_code(prose, code, repo) and not same_measured_code(clean, "0000000", repo)
     (repo / "src/utils/bench_versus.py").write_text("order = 2\n")    # the pairs' order is measured code
-    assert git_revision(repo) == code + "+dirty"
+    assert measured_code_revision(repo) == code + "+dirty"
     subprocess.run([*git, "commit", "-qam", "order"], check=True)
-    order = git_revision(repo)
+    order = measured_code_revision(repo)
     (repo / "notes.txt").write_text("n\n")            # not added, and outside the code: no run reads it
-    assert git_revision(repo) == order
+    assert measured_code_revision(repo) == order
     (repo / "src/new_model.py").write_text("y = 1\n")  # not added yet, and a run can import it
-    assert git_revision(repo) == order + "+dirty"
+    assert measured_code_revision(repo) == order + "+dirty"
 
 
 def test_a_copy_without_git_is_labelled_with_the_revision_its_caller_names(tmp_path, monkeypatch):
     copy = tmp_path / "copy"   # a working tree copied to another machine, without .git
     copy.mkdir()
     monkeypatch.delenv("BENCH_REVISION", raising=False)
-    assert git_revision(copy) == "unknown"
+    assert measured_code_revision(copy) == "unknown"
     monkeypatch.setenv("BENCH_REVISION", "877e4df")
-    assert git_revision(copy) == "877e4df (no git)"
+    assert measured_code_revision(copy) == "877e4df (no git)"
     # a claim git cannot check: never pooled with the revision it names
-    assert not same_measured_code("877e4df (no git)", git_revision(ROOT).removesuffix("+dirty"))
+    assert not same_measured_code("877e4df (no git)", measured_code_revision(ROOT).removesuffix("+dirty"))
 
 
 def test_a_noise_model_is_timed_on_labelled_batches_of_its_critic_steps(tmp_path):

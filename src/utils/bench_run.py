@@ -114,7 +114,7 @@ UNMEASURED_PATHS = (":(exclude)experiments", ":(exclude)*.md", ":(exclude)tests"
                     ":(exclude)src/utils/bench_report.py")
 
 
-def git_revision(root: Path = ROOT_DIR) -> str:
+def measured_code_revision(root: Path = ROOT_DIR) -> str:
     """Short commit hash, with '+dirty' when the working tree has changes (results depend on the code).
 
     The benchmark's own outputs, the prose, the tests and the results' formatting
@@ -228,7 +228,7 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     check_settings(cfg)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device=cuda but torch sees no CUDA device")
-    revision = git_revision()
+    revision = measured_code_revision()
     rows: dict[str, list] = {"train_step": [], "data": [], "versus_reference": []}
     settings = {"warmup": int(cfg.warmup), "repeats": int(cfg.repeats), "threads": int(cfg.threads),
                 "device": cfg.device, "seed": int(cfg.seed)}
