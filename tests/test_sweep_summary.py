@@ -147,7 +147,8 @@ def test_a_sweep_over_seeds_gets_each_settings_mean_and_spread(tmp_path):
     """`-m model=cyclegan,ugatit seed=0,1,2`: a paper's table wants each model's mean ± std over
     its seeds, and says where a run did not finish or stopped elsewhere."""
     sweep = tmp_path / "sweep"
-    fids = {("cyclegan", 0): 10.0, ("cyclegan", 1): 12.0, ("cyclegan", 2): 14.0, ("ugatit", 0): 9.0, ("ugatit", 1): 11.0}
+    fids = {("cyclegan", 0): 10.0, ("cyclegan", 1): 12.0, ("cyclegan", 2): 14.0,
+            ("ugatit", 0): 9.0, ("ugatit", 1): 11.0}
     job = 0
     for model in ("cyclegan", "ugatit"):
         for seed in (0, 1, 2):

@@ -253,8 +253,8 @@ def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sam
                      num_samples: int | None = None, classifier: ClassifierScorer | None = None,
                      save_limit: int | None = None) -> dict[str, float]:
     """The reference images of `loader` against `num_samples` samples (None: one per reference
-    image), the first `save_limit` of them (None: all) written to `sample_dir/<i>.png`, all scored (with the Inception Score when the
-    scorer computes it). Sample i's latent is fixed by i, as in training's evaluation; a conditional
+    image), the first `save_limit` of them (None: all) written to `sample_dir/<i>.png`, all
+    scored (with the Inception Score when the scorer computes it). Sample i's latent is fixed by i, as in training's evaluation; a conditional
     model draws it of the class `sample_classes` gives it (image i's when there is one sample
     per image). Given `classifier`, the samples (and the reference images) are also scored by
     a classifier of the data's classes (src/metrics/image_classifier.py)."""
@@ -519,8 +519,8 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device) -> dict[str, dict
     # An earlier evaluation's scores go before its images do: stopped halfway, this one must not
     # leave them beside images they do not describe.
     (output_dir / EVAL_RESULT).unlink(missing_ok=True)
-    report = {"ckpt_path": recorded_checkpoint_path(cfg.ckpt_path), "iteration": model.loaded_iteration, "weights": model.loaded_weights,
-              "data": datamodule.name}
+    report = {"ckpt_path": recorded_checkpoint_path(cfg.ckpt_path), "iteration": model.loaded_iteration,
+              "weights": model.loaded_weights, "data": datamodule.name}
     if cfg.get("truncation_psi") is not None:
         report["truncation_psi"] = float(cfg.truncation_psi)
     if generates and not samples_images(model):   # series: no images to score
