@@ -499,18 +499,21 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
 
 def log_where_the_results_are(trainer: pl.Trainer, run_dir: Path, max_iters: int | None) -> None:
     """The run's end, in train.log and on the console: the iteration it reached, where everything
-    went, its best FID and the command that scores it."""
-    iteration = trainer.lightning_module.iteration
-    reached = f" (max_iters={max_iters} reached)" if max_iters and iteration >= max_iters else ""
-    log.info("Training ended at iteration %d%s", iteration, reached)
+    went, its best FID and the command that scores it. Read from the run's record, which rank
+    zero wrote: under ddp_spawn this process's model and callbacks did not train."""
+    record_path = run_dir / FINAL_METRICS
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    if (iteration := record.get("iteration")) is not None:
+        reached = f" (max_iters={max_iters} reached)" if max_iters and iteration >= max_iters else ""
+        log.info("Training ended at iteration %d%s", iteration, reached)
     last = trainer.checkpoint_callback.last_model_path
     log.info("Run directory: %s", run_dir)
     log.info("Checkpoint to resume from: %s", last)
-    log.info("Sample grids: %s; scores of the run: %s", run_dir / "samples", run_dir / FINAL_METRICS)
+    log.info("Sample grids: %s; scores of the run: %s", run_dir / "samples", record_path)
     fid = next((cb for cb in trainer.callbacks if hasattr(cb, "best_checkpoint_path")), None)   # FidKidCallback
-    if fid is not None and fid.best_iteration >= 0:
-        best = fid.best_checkpoint_path(trainer)
-        log.info("Best FID %.4g at iteration %d%s", fid.best_fid, fid.best_iteration,
-                 f": {best}" if fid.save_best and best.is_file() else "")
+    if "best_fid" in record:
+        best = fid.best_checkpoint_path(trainer) if fid is not None else None
+        log.info("Best FID %.4g at iteration %d%s", record["best_fid"], record["best_fid_iteration"],
+                 f": {best}" if best is not None and best.is_file() else "")
     if last:
         log.info("Score it on the test split: python src/eval.py ckpt_path=%s", last)
