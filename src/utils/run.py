@@ -43,7 +43,7 @@ from src.utils.library_warnings import silence_known_library_noise
 from src.utils.objective import sweeper_direction
 from src.utils.process_state import process_state_restored
 from src.utils.run_record import hydra_files, record_start, run_folder_claimed, run_seed
-from src.utils.run_results import FINAL_METRICS, completed_metrics
+from src.utils.run_results import FINAL_METRICS, completed_metrics, final_record
 from src.utils.tensorboard_logger import purge_step, with_purge_step
 from src.utils.training_config import ROOT_DIR
 from src.utils.unread_overrides import refuse_unread_overrides
@@ -501,15 +501,14 @@ def log_where_the_results_are(trainer: pl.Trainer, run_dir: Path, max_iters: int
     """The run's end, in train.log and on the console: the iteration it reached, where everything
     went, its best FID and the command that scores it. Read from the run's record, which rank
     zero wrote: under ddp_spawn this process's model and callbacks did not train."""
-    record_path = run_dir / FINAL_METRICS
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record = final_record(run_dir)
     if (iteration := record.get("iteration")) is not None:
         reached = f" (max_iters={max_iters} reached)" if max_iters and iteration >= max_iters else ""
         log.info("Training ended at iteration %d%s", iteration, reached)
     last = trainer.checkpoint_callback.last_model_path
     log.info("Run directory: %s", run_dir)
     log.info("Checkpoint to resume from: %s", last)
-    log.info("Sample grids: %s; scores of the run: %s", run_dir / "samples", record_path)
+    log.info("Sample grids: %s; scores of the run: %s", run_dir / "samples", run_dir / FINAL_METRICS)
     fid = next((cb for cb in trainer.callbacks if hasattr(cb, "best_checkpoint_path")), None)   # FidKidCallback
     if "best_fid" in record:
         best = fid.best_checkpoint_path(trainer) if fid is not None else None

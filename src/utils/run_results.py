@@ -33,13 +33,16 @@ def write_final_metrics(run_dir: Path, metrics: dict[str, float], iteration: int
     return _write(Path(run_dir), record)
 
 
+def final_record(run_dir: Path) -> dict[str, Any]:
+    """The run's `final_metrics.json` as written ({} where there is none)."""
+    path = Path(run_dir) / FINAL_METRICS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def completed_metrics(run_dir: Path) -> dict[str, float] | None:
     """The metrics of a completed run's `final_metrics.json` in `run_dir` (non-finite ones back
     to floats), or None where there is none."""
-    path = Path(run_dir) / FINAL_METRICS
-    if not path.is_file():
-        return None
-    record = json.loads(path.read_text())
+    record = final_record(run_dir)
     if record.get("status") != "completed":
         return None
     return {name: float(value) for name, value in record.get("metrics", {}).items()}
