@@ -183,8 +183,8 @@ class SequenceDataModule(SplitDataModule):
         path = Path(hp.csv_path)
         # Names as text: `data.columns=temp` arrives as one string (list() would split it into
         # letters), and Hydra reads a header name like 1 as an int.
-        columns = None if not hp.columns else [str(hp.columns)] if isinstance(hp.columns, str) \
-            else [str(c) for c in hp.columns]
+        named = [hp.columns] if isinstance(hp.columns, str) else hp.columns
+        columns = [str(c) for c in named] if named else None
         label_column = None if hp.label_column is None else str(hp.label_column)
         values, labels = read_csv_columns(path, columns, label_column)
         if values.shape[1] != self.channels:

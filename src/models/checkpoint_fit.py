@@ -125,12 +125,10 @@ def load_checkpoint_file(path: str | Path) -> dict:
     except pickle.UnpicklingError as error:
         if refused_by_weights_only(error):
             raise RefusedByWeightsOnly(weights_only_refusal(path, error)) from error
-        raise UnreadableCheckpoint(f"UnpicklingError: {str(error).splitlines()[0]}") from error
-    except OSError as error:
-        if error.errno is not None:
+        raise UnreadableCheckpoint(f"UnpicklingError: {first_line(error)}") from error
+    except Exception as error:   # any other reason a file is not a checkpoint (but the system's refusal)
+        if isinstance(error, OSError) and error.errno is not None:
             raise
-        raise UnreadableCheckpoint(f"{type(error).__name__}: {first_line(error)}") from error
-    except Exception as error:   # any other reason a file is not a checkpoint
         raise UnreadableCheckpoint(f"{type(error).__name__}: {first_line(error)}") from error
 
 

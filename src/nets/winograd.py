@@ -52,9 +52,7 @@ def _scratch(slot: str, *shape: int) -> torch.Tensor:
     numel = 1
     for size in shape:
         numel *= size
-    if numel > MAX_KEPT_SCRATCH:
-        if slot == "weight_tiles":
-            buffers.pop("weight_tiles_of", None)   # these tiles are not the kept buffer
+    if numel > MAX_KEPT_SCRATCH:   # (its weight transform is not recorded: _weight_tiles)
         return torch.empty(shape)
     if slot not in buffers or buffers[slot].numel() < numel:
         buffers[slot] = torch.empty(numel)
