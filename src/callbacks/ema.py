@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
-
-from src.utils.config_checks import require_int
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.model_helpers import is_overridden
+
+from src.utils.config_checks import require_int
 
 
 #: Callback hooks that run between iterations: where other callbacks sample.

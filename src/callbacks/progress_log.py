@@ -53,7 +53,6 @@ class ProgressLog(pl.Callback):
         self.every_n_seconds, self.always = float(every_n_seconds), always
         self.active = False
         self._window = RateWindow()   # since the previous line
-        self._last_done = 0.0         # the run's progress at the previous line
         self._due = 0.0   # when the next line is
         self._budget: ImageBudget | None = None   # the run's kimg budget, if it has one
         self._start = (0.0, 0.0, 0)   # this start's (time, progress, iteration): the ETA's pace
@@ -64,8 +63,7 @@ class ProgressLog(pl.Callback):
         self._budget = next((cb for cb in trainer.callbacks if isinstance(cb, ImageBudget)), None)
         now = time.monotonic()
         self._window.mark(pl_module, now)
-        self._last_done = self.length(trainer, pl_module)[0]
-        self._start = (now, self._last_done, pl_module.iteration)
+        self._start = (now, self.length(trainer, pl_module)[0], pl_module.iteration)
         self._due = now   # the first line comes after the first iteration: a job shows training started
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
@@ -84,7 +82,6 @@ class ProgressLog(pl.Callback):
         progress = self.length(trainer, pl_module)
         log.info(self.line(trainer, pl_module, now, progress))
         self._window.mark(pl_module, now)
-        self._last_done = progress[0]
 
     def length(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[float, float | None, str]:
         """(done, total, what): the run's progress in the unit its length is set in (a kimg

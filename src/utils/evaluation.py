@@ -473,14 +473,15 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
                          "table), or null for the model class and data name")
     device = resolve_device(cfg.get("device", "auto"))
     check_seed("seed", cfg.get("seed"))
-    saved_image_limit(cfg.get("save_images", True))
+    save_limit = saved_image_limit(cfg.get("save_images", True))
     # Two evaluations into one output_dir would delete each other's images and keep one's scores.
     with FolderLock(cfg.output_dir, "an evaluation's output folder", "Give this evaluation its own output_dir=..., "
                     "or run it once the other has ended.", name=".eval.lock"), isolated_rng(device, cfg.get("seed")):
-        return evaluate_checkpoint(cfg, device)
+        return evaluate_checkpoint(cfg, device, save_limit)
 
 
-def evaluate_checkpoint(cfg: DictConfig, device: torch.device) -> dict[str, dict[str, float]]:
+def evaluate_checkpoint(cfg: DictConfig, device: torch.device,
+                        save_limit: int | None = None) -> dict[str, dict[str, float]]:
     """The body of `run_evaluation`, its settings checked, inside the evaluation's seeded RNG."""
     model = load_model(cfg.ckpt_path, map_location=device, use_ema=cfg.get("use_ema", True))
     data = data_config(cfg, model)
@@ -509,7 +510,7 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device) -> dict[str, dict
         # The papers' FID 50k takes 50k reference images of a larger training set (FFHQ's 70k,
         # LSUN's millions: all of them would cost hours and their features' memory).
         dataset = torch.utils.data.Subset(dataset, list(datamodule.evaluation_indices(real_split, num_real)))
-    batch_size, save_limit = cfg.batch_size, saved_image_limit(cfg.get("save_images", True))
+    batch_size = cfg.batch_size
     if getattr(datamodule, "keeps_image_size", False) and batch_size > 1:
         log.info("batch_size=1 instead of %d: data.preprocess keeps each image's size", batch_size)
         batch_size = 1
