@@ -44,8 +44,8 @@ def fake_release(tmp_path, monkeypatch) -> dict:
         tarred.add(folder, arcname=folder.name)
     fetched = []
 
-    def fake_fetch(url: str, destination: Path) -> None:
-        fetched.append(url)
+    def fake_fetch(url: str, destination: Path, md5: str | None) -> None:
+        fetched.append((url, md5))
         shutil.copy(archive, destination)
 
     monkeypatch.setattr(download_module, "fetch", fake_fetch)
@@ -54,7 +54,8 @@ def fake_release(tmp_path, monkeypatch) -> dict:
 
 def test_download_writes_class_folders_with_every_pixel(fake_release, tmp_path):
     target = download_module.download("cifar10", tmp_path / "data")
-    assert fake_release["fetched"] == ["https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"]
+    assert fake_release["fetched"] == [("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+                                        download_module.DATASETS["cifar10"].md5)]
     assert sorted(p.name for p in target.iterdir()) == ["test", "train"]   # the release's files are gone
     for split, (images, labels) in fake_release["arrays"].items():
         assert sorted(p.name for p in (target / split).iterdir()) == CLASS_FOLDERS

@@ -1,6 +1,7 @@
 """Data layer: folder DataModules, preprocessing, image decoding, errors, the shapes dataset."""
 
 import glob
+import hashlib
 import io
 import json
 import os
@@ -9,6 +10,7 @@ import shutil
 import struct
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -1351,7 +1353,6 @@ def test_download_registry_and_cli(capsys):
 def test_download_extracts_into_root_name(tmp_path, monkeypatch, capsys):
     # A local archive through a file:// URL exercises fetch + extract + move without a network.
     import tarfile
-    import zipfile
 
     source_dir = make_unpaired(tmp_path / "src" / "toy", n_a=1, n_b=1, n_test_a=1, n_test_b=1)
     zipped, tarred = tmp_path / "toy.zip", tmp_path / "toy.tar.gz"
@@ -1397,7 +1398,6 @@ def test_download_extracts_into_root_name(tmp_path, monkeypatch, capsys):
 def test_two_jobs_downloading_the_same_dataset_leave_one_whole_copy(tmp_path, monkeypatch, capsys):
     """Two jobs started together both download; the one that finishes second finds the dataset in
     place (a rename onto a full folder fails, where a move would have nested its copy inside)."""
-    import zipfile
     source_dir = make_unpaired(tmp_path / "src" / "toy", n_a=1, n_b=1, n_test_a=1, n_test_b=1)
     zipped = tmp_path / "toy.zip"
     with zipfile.ZipFile(zipped, "w") as archive:
@@ -1407,8 +1407,8 @@ def test_two_jobs_downloading_the_same_dataset_leave_one_whole_copy(tmp_path, mo
     root = tmp_path / "data"
     fetch = download.fetch
 
-    def the_other_job_finishes_first(url, destination):
-        fetch(url, destination)
+    def the_other_job_finishes_first(url, destination, md5):
+        fetch(url, destination, md5)
         if not (root / "toy").exists():
             monkeypatch.setattr(download, "fetch", fetch)
             download.download("toy", root)            # the other job, from start to end
@@ -1440,6 +1440,31 @@ def test_a_download_cut_short_is_an_error_not_a_truncated_file(tmp_path, monkeyp
     monkeypatch.setattr(download.urllib.request, "urlopen", refused)
     with pytest.raises(download.DownloadError, match=r"Downloading http://host/a.zip failed: .*Connection refused"):
         download.fetch("http://host/a.zip", tmp_path / "a.zip")
+
+
+def test_a_download_whose_checksum_differs_is_refused_and_not_kept(tmp_path, monkeypatch):
+    """A release checked by its published MD5: a corrupted or changed file is an error naming the
+    URL and both checksums, leaves no file and no dataset folder; the right file passes."""
+    payload = tmp_path / "server" / "toy.zip"
+    payload.parent.mkdir()
+    with zipfile.ZipFile(payload, "w") as zipped:
+        for folder in ("trainA", "trainB", "testA", "testB"):
+            zipped.writestr(f"toy/{folder}/0.png", b"not read here")
+    right = hashlib.md5(payload.read_bytes()).hexdigest()
+    with pytest.raises(download.DownloadError, match=rf"arrived with MD5 {right}, not the published 0{{32}}"):
+        download.fetch(payload.as_uri(), tmp_path / "a.zip", "0" * 32)
+    assert not (tmp_path / "a.zip").exists()
+    download.fetch(payload.as_uri(), tmp_path / "a.zip", right.upper())   # as release pages often print it
+    assert (tmp_path / "a.zip").read_bytes() == payload.read_bytes()
+
+    root = tmp_path / "data"
+    monkeypatch.setitem(download.DATASETS, "toy", download.DatasetSource(payload.as_uri(), download.UNPAIRED_LAYOUT,
+                                                                           md5="f" * 32))
+    assert download.main(["toy", "--root", str(root)]) == 1
+    assert not (root / "toy").exists() and list(root.iterdir()) == []   # no scratch folder left either
+    monkeypatch.setitem(download.DATASETS, "toy", download.DatasetSource(payload.as_uri(), download.UNPAIRED_LAYOUT,
+                                                                           md5=right))
+    assert download.main(["toy", "--root", str(root)]) == 0 and (root / "toy" / "trainA" / "0.png").is_file()
 
 
 def test_a_folder_unpacked_one_level_down_is_found_not_downloaded_again(tmp_path):
@@ -1737,7 +1762,6 @@ def test_an_archive_member_that_would_land_outside_the_data_root_is_refused(tmp_
     """A download from a changed or hostile mirror must not write outside data/<name>."""
     import io
     import tarfile
-    import zipfile
     archive = tmp_path / ("toy.zip" if kind.startswith("zip") else "toy.tar.gz")
     if kind.startswith("zip"):
         with zipfile.ZipFile(archive, "w") as zipped:

@@ -37,19 +37,22 @@ def fake_mirror(tmp_path, monkeypatch) -> dict:
         write_idx(server / images_file, images)
         write_idx(server / labels_file, labels)
         arrays[split] = (images, labels)
-    fetched = []
+    fetched, checksums = [], []
 
-    def fake_fetch(url: str, destination: Path) -> None:
+    def fake_fetch(url: str, destination: Path, md5: str) -> None:
         fetched.append(url)
+        checksums.append(md5)
         shutil.copy(server / url.rsplit("/", 1)[-1], destination)
 
     monkeypatch.setattr(download_module, "fetch", fake_fetch)
-    return {"arrays": arrays, "fetched": fetched}
+    return {"arrays": arrays, "fetched": fetched, "checksums": checksums}
 
 
 def test_download_writes_class_folders_with_every_pixel(fake_mirror, tmp_path):
     target = download_module.download("mnist", tmp_path / "data")
     assert len(fake_mirror["fetched"]) == 4 and all(u.startswith("https://") for u in fake_mirror["fetched"])
+    # each file is checked against its own published checksum
+    assert fake_mirror["checksums"] == [download_module.MNIST_MD5[u.rsplit("/", 1)[-1]] for u in fake_mirror["fetched"]]
     assert sorted(p.name for p in target.iterdir()) == ["test", "train"]   # the IDX files are removed
     for split, (images, labels) in fake_mirror["arrays"].items():
         assert sorted(p.name for p in (target / split).iterdir()) == [str(d) for d in range(10)]

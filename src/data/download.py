@@ -14,6 +14,7 @@ Only the standard library is used (urllib, zipfile, tarfile).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import shlex
@@ -50,6 +51,16 @@ FETCH_TIMEOUT_S = 60
 
 _CYCLEGAN_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{}.zip"
 _PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/{}.tar.gz"
+_FASHION_MNIST_URL = "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"
+# The releases' published MD5s (the MNIST mirror's are torchvision's, of LeCun's files).
+MNIST_MD5 = {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+             "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+             "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+             "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}
+FASHION_MNIST_MD5 = {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                     "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+                     "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+                     "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"}
 
 
 @dataclass(frozen=True)
@@ -63,12 +74,15 @@ class DatasetSource:
     # CycleGAN copy of facades unpacks to "facades" but is kept as "facades_unpaired" so that it
     # does not mix with the pix2pix (aligned) copy in the same root.
     archive_folder: str | None = None
-    # Builds the dataset folder itself (build(target, fetch)) instead of one archive at `url`
+    # Builds the dataset folder itself (build(target, fetch), fetch(url, destination, md5)) instead of one archive at `url`
     # being unpacked: MNIST's four IDX files become class folders of PNGs.
-    build: Callable[[Path, Callable[[str, Path], None]], None] | None = None
+    build: Callable[[Path, Callable[[str, Path, str], None]], None] | None = None
     # Turns the unpacked archive's data folder into the dataset folder (convert(data, target)):
     # CIFAR-10's binary batches become class folders of PNGs.
     convert: Callable[[Path, Path], None] | None = None
+    # The archive's published MD5: a file the server changed, or a transfer corrupted on the way
+    # (Fashion-MNIST is served over plain http by its release page), is refused before it is read.
+    md5: str | None = None
 
 
 # The pix2pix and CycleGAN authors withdrew their Cityscapes copies (its licence): built from the
@@ -119,18 +133,20 @@ DATASETS: dict[str, DatasetSource] = {
     "mnist": DatasetSource(
         "https://ossci-datasets.s3.amazonaws.com/mnist/", CLASS_FOLDERS_LAYOUT,
         "The four IDX files of the PyTorch mirror, written as PNG class folders 0-9 (60000 + 10000 images).",
-        build=build_idx_dataset("https://ossci-datasets.s3.amazonaws.com/mnist/", [str(d) for d in range(10)])),
+        build=build_idx_dataset("https://ossci-datasets.s3.amazonaws.com/mnist/", [str(d) for d in range(10)],
+                                MNIST_MD5)),
+    # Zalando's release page serves plain http; its GitHub copy holds the same files over https.
     "fashion_mnist": DatasetSource(
-        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", CLASS_FOLDERS_LAYOUT,
+        _FASHION_MNIST_URL, CLASS_FOLDERS_LAYOUT,
         "Zalando's release, written as PNG class folders 0_tshirt ... 9_ankle_boot (60000 + 10000 images).",
-        build=build_idx_dataset("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        build=build_idx_dataset(_FASHION_MNIST_URL,
                                 ["0_tshirt", "1_trouser", "2_pullover", "3_dress", "4_coat", "5_sandal", "6_shirt",
-                                 "7_sneaker", "8_bag", "9_ankle_boot"])),
+                                 "7_sneaker", "8_bag", "9_ankle_boot"], FASHION_MNIST_MD5)),
     # The GAN papers' colour benchmark (Krizhevsky 2009), 32 px, 10 classes.
     "cifar10": DatasetSource(
         "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", CLASS_FOLDERS_LAYOUT,
         "The binary release, written as PNG class folders 0_airplane ... 9_truck (50000 + 10000 images).",
-        convert=convert_cifar10),
+        convert=convert_cifar10, md5="c32a1d4ab5d03f1284b67883e8d87530"),
     # DRIT (Lee et al. 2018) cat2dog, used by U-GAT-IT and NICE-GAN.
     "cat2dog": DatasetSource(
         "http://vllab.ucmerced.edu/hylee/DRIT/datasets/cat2dog.zip",
@@ -236,21 +252,25 @@ def _report_progress(done: int, total: int | None) -> None:
     sys.stdout.flush()
 
 
-def fetch(url: str, destination: Path, chunk_bytes: int = 1 << 20) -> None:
-    """Download url to destination, printing progress; a failed or cut-short transfer raises
+def fetch(url: str, destination: Path, md5: str | None = None, chunk_bytes: int = 1 << 20) -> None:
+    """Download url to destination, printing progress; a failed or cut-short transfer, or one
+    whose MD5 differs from `md5` (the published checksum, where there is one), raises
     DownloadError (a dropped connection otherwise ends the read early without an error). The
-    file is whole or absent (`write_whole`): a later run that finds it need not check it."""
+    file is whole and checked, or absent (`write_whole`): a later run that finds it need not
+    check it."""
     print(f"Downloading {url}")
-    write_whole(Path(destination), lambda out: _download(url, out, chunk_bytes))
+    write_whole(Path(destination), lambda out: _download(url, out, chunk_bytes, md5))
 
 
-def _download(url: str, out, chunk_bytes: int) -> None:
+def _download(url: str, out, chunk_bytes: int, md5: str | None) -> None:
     total, done = None, 0
+    digest = hashlib.md5(usedforsecurity=False)
     try:
         with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             while chunk := response.read(chunk_bytes):
                 out.write(chunk)
+                digest.update(chunk)
                 done += len(chunk)
                 _report_progress(done, total)
     except OSError as error:  # URLError, HTTPError, timeouts, a refused connection
@@ -260,6 +280,10 @@ def _download(url: str, out, chunk_bytes: int) -> None:
     if total is not None and done != total:
         raise DownloadError(f"Downloading {url} stopped after {done:,} of {total:,} bytes (the connection "
                             f"dropped). Run the command again.")
+    if md5 is not None and digest.hexdigest() != md5.lower():
+        raise DownloadError(f"{url} arrived with MD5 {digest.hexdigest()}, not the published {md5.lower()}: the "
+                            "transfer was corrupted, or the server now serves another file. Run the command again; "
+                            "if it fails the same way, the dataset's page may list a new release.")
 
 
 def _inside(root: Path, member: str) -> bool:
@@ -324,7 +348,7 @@ def download(name: str, root: str | Path) -> Path:
             source.build(built, fetch)
         else:
             archive = scratch / source.url.rsplit("/", 1)[-1]
-            fetch(source.url, archive)
+            fetch(source.url, archive, source.md5)
             extracted = scratch / "extracted"
             extracted.mkdir()
             try:

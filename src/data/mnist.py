@@ -50,15 +50,16 @@ def write_class_folders(images: np.ndarray, labels: np.ndarray, split_dir: Path,
         Image.fromarray(image).save(split_dir / class_names[int(label)] / f"{i:0{width}d}.png")
 
 
-def build_idx_dataset(base_url: str, class_names: list[str]) -> Callable[[Path, Callable[[str, Path], None]], None]:
+def build_idx_dataset(base_url: str, class_names: list[str],
+                      md5: dict[str, str]) -> Callable[[Path, Callable[[str, Path, str], None]], None]:
     """A builder for `src.data.download`: fetch the four files of `base_url` with `fetch(url,
-    destination)` into `target`, then write `target/train/<class>/` and `target/test/<class>/`
-    and remove the archives."""
-    def build(target: Path, fetch: Callable[[str, Path], None]) -> None:
+    destination, md5)` into `target` (`md5`: file name -> its published checksum), then write
+    `target/train/<class>/` and `target/test/<class>/` and remove the archives."""
+    def build(target: Path, fetch: Callable[[str, Path, str], None]) -> None:
         target.mkdir(parents=True, exist_ok=True)
         for split, (images_file, labels_file) in IDX_FILES.items():
             for file in (images_file, labels_file):
-                fetch(f"{base_url}{file}", target / file)
+                fetch(f"{base_url}{file}", target / file, md5[file])
             write_class_folders(read_idx(target / images_file), read_idx(target / labels_file), target / split,
                                 class_names)
             for file in (images_file, labels_file):
