@@ -340,11 +340,14 @@ def test_training_logs_the_label_scores_of_both_directions(tmp_path, segmenter_f
     assert [logged[f"segmentation/BtoA/real_fcn_{k}"] for k in scores] == [1.0, 1.0, 1.0]
 
 
-def test_callback_is_off_without_label_maps_and_checks_its_segmenter_at_start(tmp_path):
+def test_callback_is_off_without_label_maps_and_checks_its_segmenter_at_start(tmp_path, caplog):
     callback = LabelScoresCallback()
     trainer = SimpleNamespace(datamodule=PairedDataModule(data_dir=tmp_path, name="facades"))
-    callback.setup(trainer, SimpleNamespace(translate=lambda x, d: x), "fit")
+    with caplog.at_level(logging.DEBUG):
+        callback.setup(trainer, SimpleNamespace(translate=lambda x, d: x), "fit")
     assert not callback.enabled
+    # most data has no label maps: no line at INFO or above on every run's start
+    assert [r.levelno for r in caplog.records if "LabelScoresCallback" in r.getMessage()] == [logging.DEBUG]
     with pytest.raises(ValueError, match=r"callbacks.label_scores.segmenter_size=\[0, 16\] must be \[height, width\]"):
         LabelScoresCallback(segmenter_size=[0, 16])
     labelled = SimpleNamespace(datamodule=PairedDataModule(data_dir=write_label_map_dataset(tmp_path / "labels"),

@@ -42,8 +42,8 @@ class LabelScoresCallback(PeriodicEvaluation):
         self._real, self._explained = {}, set()   # a new fit may bring other data
         datamodule = trainer.datamodule
         if getattr(datamodule, "label_palette", None) is None:
-            # Most data has no label maps: not worth a warning on every run.
-            log.info("LabelScoresCallback off: the data has no colour label maps (data.label_palette)")
+            # Most data has no label maps: not worth a line in every run's log.
+            log.debug("LabelScoresCallback off: the data has no colour label maps (data.label_palette)")
             self.enabled = False
             return
         if not callable(getattr(pl_module, "translate", None)):

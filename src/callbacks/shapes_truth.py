@@ -94,10 +94,10 @@ class ShapesTruthCallback(PeriodicEvaluation):
 
     def _disable(self, reason: str, applies: bool = True) -> None:
         """Off, with the reason: a warning where the scores would apply but the settings prevent
-        them; only a log line where they do not apply (other data, a noise model), which the
-        default callbacks meet on every such run."""
+        them; only a debug line where they do not apply (other data, a noise model), which the
+        default callbacks meet on nearly every run, so it would only crowd the start's log."""
         self.enabled = False
-        log.log(logging.WARNING if applies else logging.INFO, "ShapesTruthCallback %s: %s.",
+        log.log(logging.WARNING if applies else logging.DEBUG, "ShapesTruthCallback %s: %s.",
                 "disabled" if applies else "off", reason)
 
     # -- scoring -----------------------------------------------------------------------------
