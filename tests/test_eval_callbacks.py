@@ -122,6 +122,9 @@ def test_kid_subset_size_is_capped_at_the_number_of_images(extractor):
     scorer.update(real=images[10:], fake=images[:10])
     result = scorer.compute()
     assert scorer.kid.subset_size == 20 and all(math.isfinite(v) for v in result.values())
+    # the size eval.py's metrics.json records for these counts is the one KID used
+    assert scorer.kid.subset_size_for(20, 20) == 20 and scorer.kid.subset_size_for(20, 1500) == 20
+    assert scorer.kid.subset_size_for(5000, 3000) == 1000
 
 
 def test_kid_settings_it_cannot_compute_are_refused_by_name(extractor):

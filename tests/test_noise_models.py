@@ -428,7 +428,7 @@ def test_eval_scores_and_writes_samples_and_translate_refuses(train_cfg, tmp_pat
     _, out_capped = evaluate("eval_train_capped", "batch_size=5", "real_split=train", "num_real=5",
                              "classifier_score=false", "save_images=3")
     report = json.loads((out_capped / "metrics.json").read_text())["directions"]["samples"]
-    assert (report["real"], report["generated"], report["saved"]) == (5, 5, 3)
+    assert (report["real"], report["generated"], report["saved"], report["kid_subset_size"]) == (5, 5, 3, 5)
     without_is, _ = evaluate("eval_no_is", "batch_size=5", "inception_score=false", "classifier_score=false")
     assert "is" not in without_is["samples"] and math.isfinite(without_is["samples"]["fid"])
     assert sorted(p.name for p in (out_capped / "samples").glob("*.png")) == [f"{i:06d}.png" for i in range(3)]

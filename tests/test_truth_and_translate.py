@@ -1248,7 +1248,8 @@ def test_eval_translates_test_images_of_mixed_sizes_each_at_its_size(smoke_runs,
     assert math.isfinite(results["AtoB"]["fid"])
     report = json.loads((out / "metrics.json").read_text())
     assert report["directions"]["AtoB"] == {"from": "A", "to": "B", "translated": 3, "real": 2, "output": "fakeB",
-                                            "saved": 3}
+                                            "saved": 3, "kid_subset_size": 2}   # 1000 capped at the 2 real images
+    assert report["kid_subsets"] == 50
 
 
 def test_eval_scores_every_translation_and_writes_as_many_as_save_images_says(smoke_runs, tmp_path):

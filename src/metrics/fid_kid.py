@@ -54,12 +54,16 @@ class CappedKernelInceptionDistance(KernelInceptionDistance):
         n_real, n_fake = feature_count(self.real_features), feature_count(self.fake_features)
         if min(n_real, n_fake) < 2:
             raise RuntimeError(f"KID needs at least 2 real and 2 fake images, got {n_real} and {n_fake}")
-        self.subset_size = min(self.max_subset_size, n_real, n_fake)
+        self.subset_size = self.subset_size_for(n_real, n_fake)
         # The subsets come from torch.randperm on the CPU generator: seed only that one
         # (torch.manual_seed would also reseed every GPU's generator, which fork_rng([]) leaves).
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(self.seed)
             return super().compute()
+
+    def subset_size_for(self, n_real: int, n_fake: int) -> int:
+        """The subset size KID uses for sets of these sizes: the one asked for, capped at both."""
+        return min(self.max_subset_size, n_real, n_fake)
 
 
 def feature_count(state: list[torch.Tensor] | torch.Tensor) -> int:

@@ -408,7 +408,8 @@ def evaluate_translations(model, datamodule, dataset, loader, scorer: FidKidScor
                              f"{n_target} of {datamodule.split_folder('test', target)}, which need at least 2 "
                              f"each: add test images (src/translate.py translates without scoring)")
         directions[direction] = {"from": source, "to": target, "translated": n_source, "real": n_target,
-                                 "output": f"fake{target}", "saved": min_or_all(n_source, save_limit)}
+                                 "output": f"fake{target}", "saved": min_or_all(n_source, save_limit),
+                                 "kid_subset_size": scorer.kid.subset_size_for(n_target, n_source)}
     results = {direction: evaluate_direction(model, loader, direction, plan["translated"], plan["real"], scorer,
                                              backgrounds, output_dir / plan["output"], device,
                                              datamodule.split_folder("test", plan["from"]),
@@ -533,9 +534,12 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device,
                                             getattr(datamodule, "scale", None))}
     elif generates:
         scorer, report["feature_extractor"] = fid_kid_scorer(cfg, datamodule, device, samples=True)
+        report["kid_subsets"] = scorer.kid.subsets
         directions = {SAMPLES: {"real": len(dataset), "real_split": real_split,
                                 "generated": num_samples or len(dataset), "output": SAMPLES,
-                                "saved": min_or_all(num_samples or len(dataset), save_limit)}}
+                                "saved": min_or_all(num_samples or len(dataset), save_limit),
+                                "kid_subset_size": scorer.kid.subset_size_for(len(dataset),
+                                                                              num_samples or len(dataset))}}
         classifier = (classifier_of_the_data(datamodule, cfg.get("classifier_max_images", 10000),
                                              cfg.get("classifier_epochs", 10), cfg.get("inception_score_splits", 10),
                                              conditional=bool(model.num_classes))
@@ -544,6 +548,7 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device,
                                              classifier and classifier.to(device), save_limit)}
     else:
         scorer, report["feature_extractor"] = fid_kid_scorer(cfg, datamodule, device)
+        report["kid_subsets"] = scorer.kid.subsets
         report["data_direction"] = datamodule.direction
         directions, results = evaluate_translations(model, datamodule, dataset, loader, scorer, output_dir, device,
                                                     segmenter_for(datamodule, cfg.get("segmenter_path"),
