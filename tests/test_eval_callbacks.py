@@ -172,6 +172,9 @@ def test_a_test_split_too_small_for_fid_stops_the_run_before_training(train_cfg)
      r"callbacks.latent.max_images=1 must be an integer >= 2 or null"),
     ("callbacks.fid_kid.every_n_iters=-5", InstantiationException,
      r"callbacks.fid_kid.every_n_iters=-5 must be an integer >= 0"),
+    # a negative count turned the periodic saves off in silence
+    ("callbacks.model_checkpoint.every_n_iters=-100", InstantiationException,
+     r"callbacks.model_checkpoint.every_n_iters=-100 must be an integer >= 0 or null \(0 or null: only the last"),
     ("callbacks.latent.pool=max", InstantiationException, r"callbacks.latent.pool='max' must be one of mean_std, mean, flatten"),
     ("callbacks.latent.perplexity=-3", InstantiationException, r"callbacks.latent.perplexity=-3 must be a number > 0"),
     ("callbacks.fid_kid.directions=[XtoY]", InstantiationException,

@@ -165,3 +165,15 @@ def test_the_classifier_of_the_data_keeps_one_full_size_image_at_a_time():
     datamodule = SimpleNamespace(num_classes=2, input_nc=3, dataset=lambda split, train: FullSizeImages())
     scorer = classifier_of_the_data(datamodule, max_images=12, epochs=1)
     assert scorer is not None and most_alive[0] <= 2
+
+
+def test_a_classifier_trained_for_no_epoch_is_refused_by_its_key():
+    """0 epochs left the network at its random initialisation, which then scored the samples."""
+    from types import SimpleNamespace
+    from src.metrics.image_classifier import classifier_of_the_data
+
+    datamodule = SimpleNamespace(num_classes=2, input_nc=3, dataset=lambda split, train: pytest.fail("read"))
+    with pytest.raises(ValueError, match=r"^classifier_epochs=0 must be a positive integer"):
+        classifier_of_the_data(datamodule, max_images=12, epochs=0)
+    with pytest.raises(ValueError, match=r"^callbacks.fid_kid.classifier_epochs=-1 must be a positive integer"):
+        classifier_of_the_data(datamodule, max_images=12, epochs=-1, key="callbacks.fid_kid.classifier_max_images")

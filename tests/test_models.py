@@ -36,6 +36,11 @@ def test_every_model_and_loss_composes(train_cfg, model_name, loss_name):
      r"loss.labels.real_label=0.9: loss.gan_mode=vanilla does not read loss.labels"),
     (["loss=lsgan", "+loss.labels.real_lable=0.9"], r"loss.labels.real_lable is not a setting there \(they are "
                                                     r"real_label, fake_label, generator_label\)"),
+    # a null target reached torch.full_like at the first step; equal targets teach D nothing
+    (["loss=lsgan", "loss.labels.real_label=null"], r"loss.labels.real_label=None must be a number$"),
+    (["loss=lsgan", "loss.labels.fake_label=high"], r"loss.labels.fake_label='high' must be a number$"),
+    (["loss=lsgan", "loss.labels.fake_label=1"], r"loss.labels.real_label and fake_label are both 1.0: the "
+                                                  r"discriminator would have nothing to tell apart"),
 ])
 def test_loss_labels_another_objective_ignores_or_misspelt_are_refused(train_cfg, overrides, message):
     """When a fit starts: the model still builds, as a checkpoint of a run that carried them loads."""
@@ -688,6 +693,16 @@ def test_data_of_the_wrong_kind_for_the_method_is_named_at_fit_start(train_cfg, 
         warnings.simplefilter("always")
         model.on_fit_start()
     assert not [w for w in caught if "unpaired method" in str(w.message)]
+
+
+@pytest.mark.parametrize("model", ["ugatit", "nicegan"])
+def test_a_rho_logging_interval_below_one_is_refused_by_its_key(train_cfg, model):
+    """0 divided by zero after the first iteration's steps; a negative one logged as its absolute value."""
+    for value in ("0", "-4", "true"):
+        with pytest.raises(hydra.errors.InstantiationException, match=rf"model.log_rho_every_n_iters={value.title()} must be a "
+                                                         r"positive integer \(training iterations\)"):
+            hydra.utils.instantiate(train_cfg(f"model={model}", f"model.log_rho_every_n_iters={value}").model,
+                                    _recursive_=False)
 
 
 @pytest.mark.parametrize("model", ["ugatit", "nicegan"])

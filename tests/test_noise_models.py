@@ -508,6 +508,18 @@ def test_each_player_can_have_its_own_optimizer(train_cfg):
     ("+model.lr_schedule.decya=5", r"model.lr_schedule.decya is not a setting there \(they are policy, unit, "),
     ("+model.init.gian=0.1", r"model.init.gian is not a setting there \(they are type, gain, players\)"),
     ("+model.init.players.generator.players=1", r"model.init.players.generator.players is not a setting there"),
+    # a zero spread starts every weight at 0, a dead network
+    ("model.init.gain=0", r"model.init.gain=0 must be a number > 0"),
+    ("+model.init.players.generator.gain=-0.1", r"model.init.players.generator.gain=-0.1 must be a number > 0"),
+    ("model.init.gain=null", r"model.init.gain=None must be a number > 0"),
+    # the ramp's faults surfaced only at the first training step, or wrote a momentum >= 1
+    ("+model.optimizer.momentum_ramp={final:0.7,start_epoch:1,saturate:250}",
+     r"model.optimizer.momentum_ramp.saturate is not a setting there"),
+    ("+model.optimizer.momentum_ramp={final:0.7,start_epoch:1}", r"model.optimizer.momentum_ramp lacks saturate_epoch"),
+    ("+model.optimizer.momentum_ramp={final:1.2,start_epoch:1,saturate_epoch:250}",
+     r"model.optimizer.momentum_ramp.final=1.2 must be a number >= 0 and < 1"),
+    ("+model.optimizer.momentum_ramp={final:0.7,start_epoch:5,saturate_epoch:5}",
+     r"model.optimizer.momentum_ramp.saturate_epoch=5 must be an integer >= 6 \(after start_epoch=5\)"),
 ])
 def test_model_settings_refused_or_unread_are_named_by_key(train_cfg, override, message):
     with pytest.raises(InstantiationException, match=message):
@@ -616,6 +628,12 @@ def test_infogan_runs_on_its_papers_mnist_networks(train_cfg):
               if isinstance(m, torch.nn.LeakyReLU)}
     assert slopes == {0.1}
     assert model.continuous_weight == model.info_weight == 1.0   # lambda = 1 for both codes, as the paper ran
+    # a negative weight has both players maximise the information term
+    for override, message in (("model.info_weight=-1", r"model.info_weight=-1 must be a number >= 0"),
+                              ("model.continuous_weight=much", r"model.continuous_weight='much' must be a number >= 0"),
+                              ("model.q_hidden=0", r"model.q_hidden=0 must be a positive integer \(the width of Q's")):
+        with pytest.raises(InstantiationException, match=message):
+            build(train_cfg("model=infogan", override))
 
 
 def test_gan_trains_as_its_papers_code_maxout_dropout_sgd_with_a_momentum_ramp_and_decay(train_cfg):

@@ -178,7 +178,10 @@ def test_schedule_settings_are_checked_with_the_key_named(train_cfg):
                               ("++model.batch_sizes.8=0", r"model.batch_sizes.8=0 must be a positive integer \(images per device\)"),
                               ("++model.lr_by_resolution.128=-1", "model.lr_by_resolution.128=-1 must be a positive rate"),
                               ("++model.lr_by_resolution.128=abc", "model.lr_by_resolution.128='abc' must be a positive rate"),
-                              ("model.start_resolution=6", "model.start_resolution=6 must be one of")):
+                              ("model.start_resolution=6", "model.start_resolution=6 must be one of"),
+                              # its rates are factors of the configured one: 0 divided by zero
+                              ("model.optimizer.lr=0", r"model.optimizer.lr=0 with model.lr_by_resolution: the rate "
+                                                       r"below 128 px must be > 0")):
         cfg = train_cfg("model=stylegan", override)   # composed outside: an override Hydra refuses fails here
         with pytest.raises(InstantiationException, match=message):   # Hydra wraps the model's ValueError
             hydra.utils.instantiate(cfg.model, _recursive_=False)

@@ -30,6 +30,14 @@ def model_and_cfg(train_cfg, *overrides):
     (["model=cyclegan"], "callbacks.ema.start_iter=100", r"the EMA is off"),
     (["model=stylegan"], "callbacks.ema.decay=0.99", r"callbacks.ema.half_life_images=10000 sets each update's decay"),
     (["model=cyclegan"], "init_from_weights=ema", r"init_from is not set"),
+    # the images keep their size while pix2pix's U-Net is built for data.crop_size
+    (["model=pix2pix", "data=facades", "data.preprocess=none"], "data.crop_size=128",
+     r"data.preprocess=none uses each image at its own size; data.preprocess=resize_and_crop resizes to "
+     r"data.load_size and crops data.crop_size\. Remove it"),
+    (["model=cyclegan", "data=horse2zebra", "data.preprocess=crop"], "data.load_size=300",
+     r"data.preprocess=crop crops without resizing"),
+    (["model=cyclegan"], "data.crop_size=64", r"data.preprocess=none .*\(the generated shapes: data.size sets their "
+                                              r"size\)"),
 ])
 def test_a_setting_the_run_would_not_read_is_refused(train_cfg, model_overrides, override, message):
     model, cfg = model_and_cfg(train_cfg, *model_overrides, override)
@@ -50,6 +58,8 @@ def test_a_setting_the_run_would_not_read_is_refused(train_cfg, model_overrides,
     (["model=stylegan"], ["callbacks.ema.enabled=false"]),   # its half_life_images, not given here, stays
     (["model=pix2pix"], ["model.init.type=kaiming", "model.init.gain=0.05"]),   # batch-norm scales read it
     (["model=cyclegan", "init_from=/runs/a/last.ckpt"], ["init_from=/runs/a/last.ckpt", "init_from_weights=ema"]),
+    (["model=pix2pix", "data=facades"], ["data=facades", "data.crop_size=128", "data.load_size=143"]),
+    (["model=cyclegan", "data.preprocess=crop"], ["data.preprocess=crop", "data.crop_size=24"]),
 ])
 def test_settings_the_run_reads_pass(train_cfg, model_overrides, overrides):
     refuse_unread_overrides(overrides, *model_and_cfg(train_cfg, *model_overrides, *overrides))

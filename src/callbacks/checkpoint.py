@@ -14,6 +14,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from src.models.divergence import first_non_finite, refuse_saving_non_finite
+from src.utils.config_checks import require_int
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ class IterationCheckpoint(ModelCheckpoint):
             raise ValueError("callbacks.model_checkpoint.save_weights_only=true writes checkpoints a run cannot resume "
                              "from (no optimizer, scheduler, image pool or loop state): remove it. src/eval.py and "
                              "src/translate.py load the networks from full checkpoints as they are")
+        # (a negative count would turn the periodic saves off in silence)
+        require_int("callbacks.model_checkpoint.every_n_iters", every_n_iters, least=0, allow_none=True,
+                    why=" (0 or null: only the last and the best checkpoints)")
         super().__init__(filename=filename, auto_insert_metric_name=auto_insert_metric_name, **kwargs)
         self.every_n_iters = every_n_iters
         # Lightning also saves at every epoch end by default; here only `every_n_epochs` asks for that.

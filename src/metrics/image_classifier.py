@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from src.metrics.inception_score import InceptionScorer   # torchmetrics' IS, fed the classifier's logits
+from src.utils.config_checks import require_int
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ def classifier_of_the_data(datamodule, max_images: int = 10000, epochs: int = 10
         return None
     if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < num_classes:
         raise ValueError(f"{key}={max_images!r} must be an integer of at least the {num_classes} classes")
+    # (0 epochs would score the samples with an untrained network)
+    require_int(key.replace("max_images", "epochs"), epochs, why=" (the classifier's training epochs)")
     if not trained:
         with torch.random.fork_rng(devices=[]):   # its initial weights are replaced anyway
             net = build_classifier(datamodule.input_nc, num_classes).eval()

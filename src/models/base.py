@@ -125,6 +125,11 @@ class AdversarialModel(pl.LightningModule):
                               *((f"model.init.players.{name}", player)
                                 for name, player in self.init_cfg.get("players", {}).items())):
             refuse_unknown_keys(key, settings, INIT_KEYS if key == "model.init" else INIT_KEYS[:-1])
+            gain = settings.get("gain", 0.02)
+            if not (is_number(gain) and gain > 0):
+                # 0 starts every weight at zero (a dead network); a negative spread is torch's error
+                raise ValueError(f"{key}.gain={gain!r} must be a number > 0 (normal's standard deviation, uniform's "
+                                 "half-width, xavier's and orthogonal's scale)")
         if self.optimizer_cfg.get("step_in_backward", "auto") not in (True, False, "auto"):
             raise ValueError(f"model.optimizer.step_in_backward={self.optimizer_cfg['step_in_backward']!r} "
                              "must be true, false or auto")
@@ -241,6 +246,13 @@ class AdversarialModel(pl.LightningModule):
             self.weight(name)
         labels = self.loss_cfg.get("labels") or {}
         refuse_unknown_keys("loss.labels", labels, LSGAN_LABELS)
+        for name, value in labels.items():
+            if not (is_number(value) or (value is None and name == "generator_label")):
+                raise ValueError(f"loss.labels.{name}={value!r} must be a number"
+                                 + (" (or null: the real label)" if name == "generator_label" else ""))
+        if self.adversarial.real_label == self.adversarial.fake_label:
+            raise ValueError(f"loss.labels.real_label and fake_label are both {self.adversarial.real_label}: the "
+                             "discriminator would have nothing to tell apart (LSGAN's codes: 1 and 0, or 1 and -1)")
         mode = self.adversarial.mode
         changed = {k: v for k, v in labels.items() if v != LSGAN_LABELS[k]}
         if mode != "lsgan" and changed:

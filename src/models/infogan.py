@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from src.models.noise_gan import NoiseGAN
 from src.nets.infogan_nets import LEAKY_SLOPE
 from src.nets.init import init_weights
+from src.utils.config_checks import is_number, require_int
 
 #: sample-grid rows of the first categorical code's values, at most
 MAX_CODE_ROWS = 10
@@ -39,6 +40,11 @@ class InfoGAN(NoiseGAN):
         self.hparams.update({"categorical_codes": categorical_codes, "continuous_codes": continuous_codes,
                              "info_weight": info_weight, "continuous_weight": continuous_weight,
                              "q_hidden": q_hidden})
+        for key, weight in (("model.info_weight", info_weight), ("model.continuous_weight", continuous_weight)):
+            if not (is_number(weight) and weight >= 0):
+                # a negative weight would have both players maximise the information term
+                raise ValueError(f"{key}={weight!r} must be a number >= 0")
+        require_int("model.q_hidden", q_hidden, why=" (the width of Q's hidden layer)")
         self.info_weight, self.continuous_weight = float(info_weight), float(continuous_weight)
         # The paper's Q: FC 128 - batch norm - LeakyReLU - FC, on D's features; initialised as
         # the player it trains with (model.init.players.discriminator).

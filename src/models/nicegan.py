@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from src.models.base import TranslationModel, build_net, sampling_mode, to_plain
 from src.models.ugatit import rho_metrics
 from src.nets.adalin import clip_rho_
+from src.utils.config_checks import require_int
 from src.utils.heatmap import overlay_heatmap
 from src.utils.metric_publishing import publish_metrics
 
@@ -36,6 +37,7 @@ class NICEGAN(TranslationModel):
                  init: dict, log_rho_every_n_iters: int = 100,
                  fast_conv: bool | str = "auto"):
         super().__init__(loss=loss, optimizer=optimizer, lr_schedule=lr_schedule, init=init)
+        require_int("model.log_rho_every_n_iters", log_rho_every_n_iters, why=" (training iterations)")
         self.save_hyperparameters({"generator": to_plain(generator), "discriminator": to_plain(discriminator),
                                    "loss": self.loss_cfg, "optimizer": self.optimizer_cfg,
                                    "lr_schedule": self.lr_schedule_cfg, "init": self.init_cfg,

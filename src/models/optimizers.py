@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from src.utils.config_checks import is_number, refuse_unknown_keys
+from src.utils.config_checks import is_number, refuse_unknown_keys, require_int
 
 OPTIMIZER_TYPES = ("adam", "rmsprop", "sgd")
 #: the settings `model.optimizer` and each `players.<player>` table may hold
 OPTIMIZER_KEYS = ("type", "lr", "betas", "weight_decay", "momentum", "momentum_ramp")
+#: the settings of `momentum_ramp` (`ramped_momentum`'s, after the starting momentum)
+MOMENTUM_RAMP_KEYS = ("final", "start_epoch", "saturate_epoch")
 
 
 def check_optimizer_settings(key: str, settings: dict, extra_keys: tuple[str, ...] = ()) -> None:
@@ -28,6 +30,27 @@ def check_optimizer_settings(key: str, settings: dict, extra_keys: tuple[str, ..
                                   and all(is_number(b) and 0 <= b < 1 for b in betas)):
         raise ValueError(f"{key}.betas={betas!r} must be two numbers in [0, 1), Adam's (beta1, beta2): "
                          "e.g. [0.5,0.999]")
+    ramp = settings.get("momentum_ramp")
+    if ramp:
+        check_momentum_ramp(f"{key}.momentum_ramp", ramp)
+
+
+def check_momentum_ramp(key: str, ramp) -> None:
+    """Refuse a ramp that would fail only at the first training step (a misspelt name) or
+    write a momentum >= 1 that `momentum` itself may not be."""
+    if not isinstance(ramp, dict):
+        raise ValueError(f"{key}={ramp!r} must be a table of {', '.join(MOMENTUM_RAMP_KEYS)}")
+    refuse_unknown_keys(key, ramp, MOMENTUM_RAMP_KEYS)
+    missing = [name for name in MOMENTUM_RAMP_KEYS if name not in ramp]
+    if missing:
+        raise ValueError(f"{key} lacks {', '.join(missing)} (it ramps the momentum to `final` from `start_epoch` "
+                         "to `saturate_epoch`)")
+    final = ramp["final"]
+    if not (is_number(final) and 0 <= final < 1):
+        raise ValueError(f"{key}.final={final!r} must be a number >= 0 and < 1, as momentum must")
+    require_int(f"{key}.start_epoch", ramp["start_epoch"], least=0)
+    require_int(f"{key}.saturate_epoch", ramp["saturate_epoch"], least=ramp["start_epoch"] + 1,
+                why=f" (after start_epoch={ramp['start_epoch']})")
 
 
 def adam_kernel(params: list[torch.Tensor]) -> dict:
@@ -46,6 +69,9 @@ def build_optimizer(params: list[torch.Tensor], cfg: dict) -> torch.optim.Optimi
     kind, decay = cfg.get("type", "adam"), cfg.get("weight_decay", 0.0)
     if cfg.get("momentum_ramp") and kind != "sgd":
         raise ValueError(f"model.optimizer.momentum_ramp ramps SGD's momentum; model.optimizer.type is {kind}")
+    if cfg.get("momentum_ramp") and cfg.get("momentum") is None:
+        raise ValueError("model.optimizer.momentum_ramp ramps from model.optimizer.momentum, which is not set: "
+                         "set it (the GAN paper's code starts at 0.5)")
     if kind == "rmsprop":   # WGAN's: no momentum
         return torch.optim.RMSprop(params, lr=cfg["lr"], weight_decay=decay)
     if kind == "sgd":   # plain gradient descent (RGAN's critic), or with momentum (GAN's)

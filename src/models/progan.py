@@ -94,6 +94,11 @@ class ProGAN(NoiseGAN):
         for resolution, rate in lr_by_resolution.items():
             if not is_number(rate) or rate <= 0:
                 raise ValueError(f"model.lr_by_resolution.{resolution}={rate!r} must be a positive rate")
+        if lr_by_resolution and not self.optimizer_cfg.get("lr"):
+            # Its rates are applied as factors of the configured one, which 0 cannot carry.
+            raise ValueError(f"model.optimizer.lr={self.optimizer_cfg.get('lr')!r} with model.lr_by_resolution: the "
+                             f"rate below {min(lr_by_resolution)} px must be > 0 (model.lr_by_resolution=null to train "
+                             "at one rate)")
         if start_resolution not in resolutions:
             raise ValueError(f"model.start_resolution={start_resolution!r} must be one of {resolutions}")
         require_bool("model.reset_optimizers_per_phase", reset_optimizers_per_phase)

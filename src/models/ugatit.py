@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from src.models.base import TranslationModel, build_net, sampling_mode, to_plain
 from src.nets.adalin import clip_rho_, rho_statistics
+from src.utils.config_checks import require_int
 from src.utils.heatmap import overlay_heatmap
 from src.utils.metric_publishing import publish_metrics
 
@@ -29,6 +30,7 @@ class UGATIT(TranslationModel):
                  optimizer: dict, lr_schedule: dict, init: dict, log_rho_every_n_iters: int = 100,
                  fast_conv: bool | str = "auto"):
         super().__init__(loss=loss, optimizer=optimizer, lr_schedule=lr_schedule, init=init)
+        require_int("model.log_rho_every_n_iters", log_rho_every_n_iters, why=" (training iterations)")
         self.save_hyperparameters({"generator": to_plain(generator),
                                    "global_discriminator": to_plain(global_discriminator),
                                    "local_discriminator": to_plain(local_discriminator),

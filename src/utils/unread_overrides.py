@@ -18,6 +18,8 @@ OPTIMIZER_ONLY = {"momentum": "sgd", "momentum_ramp": "sgd", "betas": "adam"}
 #: the schedule settings only some policies read
 SCHEDULE_ONLY = {"constant": ("linear", "cosine"), "decay": ("linear", "cosine"), "step_size": ("step",),
                  "gamma": ("step",), "decay_rate": ("exponential",), "min_factor": ("exponential",)}
+#: the image-size settings some `data.preprocess` modes do not read (src/data/transforms.py)
+PREPROCESS_UNREAD = {"none": ("load_size", "crop_size"), "crop": ("load_size",)}
 #: the initialisations that read `gain`
 INITS_WITH_GAIN = ("normal", "xavier", "uniform", "orthogonal")   # and kaiming, for batch-norm scales
 
@@ -87,6 +89,15 @@ def unread_because(path: list[str], model, cfg) -> str | None:
         if path[2] in SCHEDULE_ONLY and policy not in SCHEDULE_ONLY[path[2]]:
             return (f"model.lr_schedule.policy={policy} does not read {path[2]} "
                     f"(policy {' or '.join(SCHEDULE_ONLY[path[2]])} does)")
+    if len(path) == 2 and path[0] == "data" and path[1] in ("load_size", "crop_size"):
+        preprocess = (cfg.get("data") or {}).get("preprocess")
+        if path[1] in PREPROCESS_UNREAD.get(preprocess, ()):
+            # The networks are still sized by data.crop_size (pix2pix's U-Net depth), so the run
+            # would build them for one size and train on another.
+            does = "uses each image at its own size" if preprocess == "none" else "crops without resizing"
+            generated = " (the generated shapes: data.size sets their size)" if "size" in cfg.get("data") else ""
+            return (f"data.preprocess={preprocess} {does}; data.preprocess=resize_and_crop resizes to "
+                    f"data.load_size and crops data.crop_size{generated}")
     if path[:2] == ["model", "init"] and len(path) >= 3:
         players, name = player_and_setting(path[2:], model)
         types = {model.net_init(p).get("type", "normal") for p in players}
