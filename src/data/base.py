@@ -30,7 +30,7 @@ from src.metrics.features import FEATURE_EXTRACTORS
 from src.metrics.label_maps import palette_named
 from src.utils.config_checks import is_int, require_bool, require_int, to_plain
 from src.utils.directions import DIRECTIONS
-from src.utils.rng import rank_zero_seed
+from src.utils.rng import derived_seed, rank_zero_seed
 
 SPLITS = ("train", "test")
 
@@ -63,6 +63,9 @@ class SplitDataModule(pl.LightningDataModule):
         self.collate = default_collate
         self._datasets: dict[tuple[str, bool], Dataset] = {}
         self._train_order_seed: int | None = None      # the training loader's, for checkpoints
+        #: the training run's `seed` (src/utils/run.py sets it): the order's seed then derives from
+        #: it alone; None (a notebook's DataModule) draws one from torch's seeded stream
+        self.run_seed: int | None = None
         self._restored_order_seed: int | None = None   # a resumed run's, for its next loader
 
     def save_hyperparameters(self, *args: Any, frame: types.FrameType | None = None, **kwargs: Any) -> None:
@@ -226,11 +229,15 @@ class SplitDataModule(pl.LightningDataModule):
                                 **self.loader_settings(self.train_batch_size, self.train_drop_last))
 
     def _order_seed(self) -> int:
-        """A seed read from torch's global RNG (which `seed` fixes) without advancing it, so
-        building the loader changes no other random draw; every rank takes rank 0's. A resumed
-        run's loader takes the saved one (`load_state_dict`)."""
+        """A seed derived from the run's `seed` alone, so two runs of one seed train on the same
+        epoch lists and augmentations whatever their models (an ablation's) or device counts;
+        without a run seed, one read from torch's global RNG without advancing it (so building
+        the loader changes no other random draw), rank 0's on every rank. A resumed run's loader
+        takes the saved one (`load_state_dict`)."""
         if self._restored_order_seed is not None:
             seed, self._restored_order_seed = self._restored_order_seed, None
+        elif self.run_seed is not None:
+            seed = derived_seed(self.run_seed, "training order")
         else:
             seed = rank_zero_seed(self.trainer.strategy if self.trainer is not None else None)
         self._train_order_seed = seed

@@ -6,6 +6,7 @@ refuses.
 """
 import contextlib
 import random
+import zlib
 
 import numpy as np
 import torch
@@ -34,6 +35,14 @@ def restore_rng_states(states: dict) -> None:
             torch.cuda.set_rng_state(state, index)
     if "mps" in states and torch.backends.mps.is_available():
         torch.mps.set_rng_state(states["mps"])
+
+
+def derived_seed(seed: int, purpose: str) -> int:
+    """A seed for one use (`purpose`) fixed by the run's `seed` alone: neither the draws made
+    before it (a model of another width initialises other weights) nor the device count
+    (Lightning reseeds each DDP process as it starts) moves it."""
+    state = np.random.SeedSequence([int(seed), zlib.crc32(purpose.encode())]).generate_state(1)[0]
+    return int(state) & 0x7FFFFFFF
 
 
 def rank_zero_seed(strategy=None) -> int:

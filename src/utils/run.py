@@ -424,6 +424,7 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
     check_argument_types(cfg.data, "data")
     check_argument_types(cfg.model, "model")   # its networks' nodes: build_net
     datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.run_seed = cfg.seed   # the epoch lists' seed comes from it alone, not the model's draws
     # A dataset not on disk stops the run here, with its folder and download command, instead
     # of in Lightning's setup after the model is built (seconds at full size) and DDP started.
     datamodule.check_present()
