@@ -353,6 +353,25 @@ def test_auto_refuses_a_checkpoint_of_other_settings_and_a_named_one_warns(train
     assert saved["global_step"] == 8 and {g["lr"] for o in saved["optimizer_states"] for g in o["param_groups"]} == {1e-3}
 
 
+def test_auto_refuses_a_checkpoint_of_another_seeds_run_and_a_named_one_warns(train_cfg, tmp_path):
+    """`-m seed=0,1,2` started again as seed=3,4,5 over a fixed sweep folder: job 0 resumed seed 0's
+    run as seed 3's. A named checkpoint of another seed warns that the seed changes nothing; a
+    drawn seed (seed=null: another on every start) is not compared."""
+    run_training(train_cfg(*PIX2PIX, "max_iters=2", "seed=0"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["run_seed"] == 0
+    with pytest.raises(ValueError, match=r"ckpt_path=auto found .*last.ckpt, written by the run of seed=0, and this "
+                                         r"run is seed=3: this run folder holds another run .* or pass seed=0"):
+        run_training(train_cfg(*PIX2PIX, "max_iters=3", "ckpt_path=auto", "seed=3"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_training(train_cfg(*PIX2PIX, "max_iters=3", "ckpt_path=auto", "seed=null"))
+        run_training(train_cfg(*PIX2PIX, "max_iters=4", f"ckpt_path={last}", "seed=3"))
+    assert [str(w.message) for w in caught if "seed=" in str(w.message)] == [
+        f"ckpt_path={last} is of the run of seed=0: the resume continues its random streams and data order, so "
+        "seed=3 changes nothing but the record"]
+
+
 def test_settings_a_resume_may_change_and_settings_added_since_are_not_compared():
     checkpoint = {"hyper_parameters": {"loss": {"weights": {"cycle": 10.0}}, "pool_size": 50,
                                        "init": {"type": "normal", "gain": 0.02},   # weights loaded over it

@@ -793,6 +793,9 @@ class AdversarialModel(pl.LightningModule):
                 # What each label means (the data's hyperparameters hold `classes: null` when the
                 # folders decide): eval.py and a resume check that their data reads the same.
                 checkpoint["class_folders"] = list(datamodule.class_folders())
+            if getattr(datamodule, "run_seed", None) is not None:
+                # ckpt_path=auto refuses a checkpoint of another seed's run in its folder
+                checkpoint["run_seed"] = int(datamodule.run_seed)
         checkpoint["image_pools"] = {name: pool.state_dict() for name, pool in self.pools.items()}
         checkpoint["images_seen"] = self.images_seen
         # Resuming must continue the same run: keep the RNG streams that dropout, the pool and

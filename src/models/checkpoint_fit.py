@@ -242,6 +242,25 @@ def check_resume_settings(ckpt_path: str | Path, checkpoint: dict, model: torch.
             f"(a new model.optimizer.lr scales their restored rates)")
 
 
+def check_resume_seed(ckpt_path: str | Path, checkpoint: dict, seed: int, must_match: bool) -> str | None:
+    """`check_resume_settings` for the run's `seed` (a chosen one: a drawn seed differs on every
+    start): with `must_match` a checkpoint of another seed's run is refused (a sweep over
+    seeds started again reuses job folders by number, and the over-seeds table would credit
+    seed 0's run to seed 3); a named one gets a warning, as the resume continues its run's
+    random streams and data order whatever the seed says. None where the seeds agree, or the
+    checkpoint predates the record."""
+    saved = checkpoint.get("run_seed")
+    if saved is None or int(saved) == int(seed):
+        return None
+    if must_match:
+        raise ValueError(
+            f"ckpt_path=auto found {ckpt_path}, written by the run of seed={saved}, and this run is seed={seed}: "
+            f"this run folder holds another run (a sweep over seeds started again reuses its job folders by number). "
+            f"Give this run its own folder (hydra.run.dir, hydra.sweep.dir), or pass seed={saved} to continue that run")
+    return (f"ckpt_path={ckpt_path} is of the run of seed={saved}: the resume continues its random streams and data "
+            f"order, so seed={seed} changes nothing but the record")
+
+
 #: a weight of the PyTorch port's two CAM classifiers (src/nets/cam.py, cam_classifier=separate)
 SEPARATE_CAM_WEIGHT = ".cam.classifier.gap_fc."
 

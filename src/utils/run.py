@@ -27,7 +27,7 @@ from src.callbacks.progress import iteration_progress_bar
 from src.callbacks.rank_seed import RankSeed
 from src.callbacks.stop_signals import RequeueStop, StopSignals
 from src.data.labelled import check_same_classes
-from src.models.checkpoint_fit import check_resume_settings, resumed_checkpoint
+from src.models.checkpoint_fit import check_resume_seed, check_resume_settings, resumed_checkpoint
 from src.utils.accelerator import is_out_of_memory, resolved_accelerator
 from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_job, set_aside_abandoned_checkpoints
 from src.utils.checkpoint_io import DurableCheckpointIO
@@ -440,6 +440,10 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
         start_from_checkpoint(model, init_from, cfg.get("init_from_weights", "trained"), data_settings)
     if resumed is not None:   # (None also for Lightning's keywords and URLs, which it resolves itself)
         changed = check_resume_settings(cfg.ckpt_path, resumed, model, data_settings, must_match=found_by_auto)
+        if not seed_drawn and (other_seed := check_resume_seed(cfg.ckpt_path, resumed, cfg.seed, found_by_auto)):
+            rank_zero_warn(other_seed)
+        # the run goes on as the one its first start seeded, and its checkpoints say so
+        datamodule.run_seed = resumed.get("run_seed", cfg.seed)
         if getattr(model, "num_classes", 0):   # a conditional model: its labels mean classes
             check_same_classes(resumed.get("class_folders"), datamodule, f"ckpt_path={cfg.ckpt_path}")
         if changed:
