@@ -225,3 +225,28 @@ def test_sample_grids_and_the_latent_tsne_reach_tensorboard_at_their_iteration(t
     accumulator.Reload()
     assert [event.step for event in accumulator.Images("samples")] == [2, 4]
     assert [event.step for event in accumulator.Images("latent_tsne")] == [2, 4]
+
+
+def test_evaluation_rows_carry_the_image_count_for_a_kimg_axis():
+    """wandb plots a metric over train/kimg (the README's advice) only from rows that hold both:
+    the loss rows had it and the evaluation rows (FID, latent MMD, rho) did not."""
+    from types import SimpleNamespace
+
+    from src.utils.metric_publishing import publish_metrics
+
+    class Recording:
+        def __init__(self):
+            self.rows = []
+
+        def log_metrics(self, metrics, step):
+            self.rows.append((step, metrics))
+
+    logger = Recording()
+    trainer = SimpleNamespace(callback_metrics={}, is_global_zero=True, loggers=[logger],
+                              lightning_module=SimpleNamespace(images_seen=2500))
+    publish_metrics(trainer, {"eval/fid": 31.5}, step=5)
+    assert logger.rows == [(5, {"eval/fid": 31.5, "train/kimg": 2.5})]
+    assert set(trainer.callback_metrics) == {"eval/fid"}   # what a monitor reads is unchanged
+    trainer.lightning_module = None   # a model's step called outside a fit
+    publish_metrics(trainer, {"eval/fid": 30.0}, step=6)
+    assert logger.rows[-1] == (6, {"eval/fid": 30.0})

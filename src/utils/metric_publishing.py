@@ -16,5 +16,9 @@ def publish_metrics(trainer: pl.Trainer | None, metrics: dict[str, float], step:
     for name, value in metrics.items():
         trainer.callback_metrics[name] = torch.tensor(float(value), dtype=torch.float64)
     if trainer.is_global_zero:
+        # With the image count, as the loss rows have it: wandb plots a metric over a custom
+        # x-axis (train/kimg, README "Logging") only from rows that hold both.
+        images = getattr(trainer.lightning_module, "images_seen", None)
+        row = {**metrics, "train/kimg": images / 1000} if images is not None else dict(metrics)
         for logger in trainer.loggers:
-            logger.log_metrics(dict(metrics), step=step)
+            logger.log_metrics(row, step=step)
