@@ -135,6 +135,20 @@ def test_wandb_run_names_leave_out_path_valued_overrides():
     assert run_name(cfg, overrides) == "cyclegan-horse2zebra-loss.weights.cycle=5,model.optimizer.lr=0.0002"
 
 
+def test_wandb_run_names_cut_to_length_still_tell_a_sweeps_jobs_apart():
+    """Cut at 128 characters, the swept `seed=N` at the end was lost and the seeds' runs shared
+    one name; a digest of the whole name keeps them apart, and a short name is left as it is."""
+    from src.utils.wandb_run import MAX_NAME_LENGTH, run_name
+
+    cfg = OmegaConf.create({"model_name": "cyclegan", "data": {"name": "horse2zebra"}})
+    fixed = ["max_iters=100000", "model.lr_schedule.unit=iteration", "model.lr_schedule.constant=half",
+             "model.lr_schedule.decay=half"]
+    names = {run_name(cfg, [*fixed, f"seed={seed}"]) for seed in range(3)}
+    assert len(names) == 3 and all(len(name) == MAX_NAME_LENGTH for name in names)
+    assert all(name.startswith("cyclegan-horse2zebra-max_iters=100000,model.lr_schedule.unit=iteration") for name in names)
+    assert run_name(cfg, ["seed=1"]) == "cyclegan-horse2zebra-seed=1"
+
+
 def no_home():
     raise RuntimeError("Could not determine home directory.")
 

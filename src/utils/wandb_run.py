@@ -16,6 +16,7 @@ in the config or on the command line wins):
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -58,7 +59,13 @@ def run_name(cfg: DictConfig, overrides: list[str]) -> str:
     parts = [str(cfg.get("model_name", "model")), str(cfg.data.get("name", "data"))]
     if kept:
         parts.append(",".join(kept))
-    return "-".join(parts)[:MAX_NAME_LENGTH]
+    name = "-".join(parts)
+    if len(name) <= MAX_NAME_LENGTH:
+        return name
+    # Cut short, the name lost the overrides at its end, often the swept one (`seed=0,1,2` after
+    # the fixed settings), and the sweep's jobs shared one name: a digest of the whole tells them apart.
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{name[:MAX_NAME_LENGTH - len(digest) - 1]}~{digest}"
 
 
 def run_group(cfg: DictConfig) -> str:
