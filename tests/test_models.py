@@ -476,6 +476,28 @@ def test_tensorboard_shows_the_config_and_wandb_keeps_the_best_fid(train_cfg, mo
     assert wandb_logger.experiment.summary["best_fid_iteration"] == record["best_fid_iteration"] in (2, 4)
 
 
+def test_wandb_has_the_best_fid_as_soon_as_it_improves_not_only_at_a_clean_end(train_cfg, monkeypatch):
+    """A run still training, preempted or crashed showed no best_fid in the runs table: it was
+    put in the summary by the end-of-fit record only (stood in for here by one that never runs)."""
+    import src.utils.run as run_module
+    from src.callbacks.final_metrics import FinalMetrics
+
+    built = []
+    original = run_module.instantiate_list
+
+    def recording(*args, **kwargs):
+        built.extend(made := original(*args, **kwargs))
+        return made
+    monkeypatch.setattr(run_module, "instantiate_list", recording)
+    monkeypatch.setattr(FinalMetrics, "on_fit_end", lambda self, trainer, pl_module: None)
+    monkeypatch.setenv("WANDB_MODE", "disabled")   # a summary kept in memory, readable here
+    run_training(train_cfg("model=cyclegan", "logger=wandb", "max_iters=2", "++callbacks.latent=null",
+                           "++callbacks.shapes_truth=null"))
+    wandb_logger = next(logger for logger in built if isinstance(logger, pl.loggers.WandbLogger))
+    assert math.isfinite(wandb_logger.experiment.summary["best_fid"])
+    assert wandb_logger.experiment.summary["best_fid_iteration"] in (1, 2)
+
+
 def test_the_loggers_record_the_code_revision_the_run_trained_with(train_cfg, tmp_path):
     """Beside the config: the commit (and "+dirty" with uncommitted changes), which csv's and
     tensorboard's records lacked; the code's own, whatever folder paths.root_dir names."""

@@ -43,7 +43,7 @@ from src.callbacks.periodic_evaluation import PeriodicEvaluation
 from src.models.noise_base import SAMPLES
 from src.utils.accelerator import float64_device
 from src.utils.directions import DIRECTIONS
-from src.utils.metric_publishing import publish_metrics
+from src.utils.metric_publishing import publish_metrics, publish_summary
 
 
 class FidKidCallback(PeriodicEvaluation):
@@ -235,6 +235,7 @@ class FidKidCallback(PeriodicEvaluation):
         self.best_fid, self.best_iteration = float(fid), pl_module.iteration
         trainer.save_checkpoint(path, weights_only=False)  # full state: a best checkpoint can be resumed
         rank_zero_info(f"FID {fid:.4f} at iteration {pl_module.iteration}: new best, saved {path}")
+        publish_summary(trainer, {"best_fid": self.best_fid, "best_fid_iteration": self.best_iteration})
 
     # ----- the best value survives a resume ----------------------------------------------
     def state_dict(self) -> dict:

@@ -12,11 +12,9 @@ gets its trial's value.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytorch_lightning as pl
-from pytorch_lightning.loggers import WandbLogger
 
 from src.utils.run_results import completed_metrics, write_final_metrics
 
@@ -65,10 +63,3 @@ class FinalMetrics(pl.Callback):
             return
         write_final_metrics(self.run_dir, metrics, pl_module.iteration, checkpoint or None, fid.best_fid,
                             fid.best_iteration, feature_extractor=fid.measured.get("feature_extractor"))
-        if math.isfinite(fid.best_fid):
-            # The run's summary holds each metric's last value; the best FID is what runs are
-            # compared by (the runs table of a sweep).
-            for logger in trainer.loggers:
-                if isinstance(logger, WandbLogger):
-                    logger.experiment.summary.update({"best_fid": fid.best_fid,
-                                                      "best_fid_iteration": fid.best_iteration})

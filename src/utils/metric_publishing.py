@@ -1,6 +1,7 @@
 """Metrics sent to the loggers at a step of our choosing, past Lightning's `self.log`."""
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import WandbLogger
 
 
 def publish_metrics(trainer: pl.Trainer | None, metrics: dict[str, float], step: int) -> None:
@@ -22,3 +23,14 @@ def publish_metrics(trainer: pl.Trainer | None, metrics: dict[str, float], step:
         row = {**metrics, "train/kimg": images / 1000} if images is not None else dict(metrics)
         for logger in trainer.loggers:
             logger.log_metrics(row, step=step)
+
+
+def publish_summary(trainer: pl.Trainer, values: dict[str, float]) -> None:
+    """Set `values` in the wandb run's summary, from rank zero: the summary holds each metric's
+    last value, and the runs table of a sweep compares runs by what is put there (the best
+    FID), for runs still training or stopped too."""
+    if not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(values)

@@ -4,7 +4,8 @@ Filled into every WandbLogger node of the logger config whose value is null (an 
 in the config or on the command line wins):
 - name:  `<model>-<data>[-<overrides>]`, the job's command-line overrides minus those that say
   where rather than what (paths, keys ending in _dir or _path, absolute or ~ paths, ckpt_path,
-  init_from, model=, data=): jobs of one sweep differ by name;
+  init_from, model=, data=): jobs of one sweep differ by name (one over 128 characters is cut and
+  ends in a digest of the whole, so they still do);
 - group: `<task_name>` for a single run, `<task_name>/<sweep dir name>` for the jobs of a
   multirun, so a sweep's runs sit together and compare side by side;
 - tags:  `tags` of the config plus the chosen experiment, hparams_search and debug configs, and
