@@ -1,8 +1,10 @@
 """Training items in an order, and with augmentations, set by (seed, epoch) alone."""
 import logging
+import random
 from pathlib import Path
 
 import hydra
+import numpy as np
 import pytest
 import torch
 
@@ -102,6 +104,35 @@ def test_an_item_draws_from_its_own_seed_and_leaves_the_callers_rng_alone():
     torch.manual_seed(99)
     assert dataset[(7, 123)] == first
     assert dataset[(7, 124)] != first
+
+
+class EveryLibrarysDraws(torch.utils.data.Dataset):
+    """Item i: a draw from each global RNG an added transform may use: torch's, numpy's, python's."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, index: int):
+        return index, float(torch.rand(())), float(np.random.rand()), random.random()
+
+
+def test_numpy_and_python_draws_of_an_item_are_its_seeds_too_and_the_callers_are_kept():
+    """Only torch's generator was seeded: a dataset or transform drawing from numpy or python
+    differed with data.num_workers (each worker's stream) and between a run and its resume; a
+    plain index (overfit_batches) drew from the training's own streams."""
+    dataset = SeededItems(EveryLibrarysDraws())
+    np.random.seed(0)
+    random.seed(0)
+    states = np.random.get_state()[1].copy(), random.getstate()
+    first = dataset[(7, 123)]
+    assert np.array_equal(np.random.get_state()[1], states[0]) and random.getstate() == states[1]
+    np.random.seed(99)
+    random.seed(99)
+    assert dataset[(7, 123)] == first and dataset[(7, 124)][2:] != first[2:]
+    plain = dataset[3]
+    torch.manual_seed(5)
+    np.random.seed(5)
+    assert dataset[3] == plain and plain != dataset[4]
 
 
 def batches(dm, num_workers: int) -> list:

@@ -16,11 +16,14 @@ RNG seeded by its own seed. So:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import random
 from itertools import islice
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -28,9 +31,12 @@ log = logging.getLogger(__name__)
 
 
 class SeededItems(Dataset):
-    """A dataset indexed by (index, seed): item `index`, prepared with torch's RNG seeded by
-    `seed` (the caller's RNG state is left as it was). A plain index gives the item as the
-    wrapped dataset does (Lightning's `overfit_batches` swaps in a sequential sampler)."""
+    """A dataset indexed by (index, seed): item `index`, prepared with torch's, numpy's and
+    python's global RNGs seeded by `seed` (the caller's states are left as they were), so a
+    dataset or transform drawing from any of them gets the same item whatever the workers. A
+    plain index (Lightning's `overfit_batches` swaps in a sequential sampler) is its own seed:
+    those batches too are the same in and out of workers, and draw nothing from training's
+    stream."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -39,15 +45,27 @@ class SeededItems(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int] | int) -> Any:
-        if not isinstance(key, tuple):
-            return self.dataset[key]
-        index, seed = key
-        # The CPU generator only: torch.manual_seed would also reseed every GPU's, which
-        # fork_rng([]) does not restore (an item loaded in the main process would set training's
-        # CUDA stream to its seed).
+        index, seed = key if isinstance(key, tuple) else (key, key)
+        with seeded_global_rngs(seed):
+            return self.dataset[index]
+
+
+@contextlib.contextmanager
+def seeded_global_rngs(seed: int):
+    """Torch's CPU generator, numpy's and python's global RNGs seeded with `seed` inside the
+    block and restored after it. The CPU generator only: torch.manual_seed would also reseed
+    every GPU's, which fork_rng([]) does not restore (an item loaded in the main process would
+    set training's CUDA stream to its seed)."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
-            return self.dataset[index]
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
+            yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
 
 
 class EpochOrderSampler(DistributedSampler):
