@@ -43,6 +43,11 @@ def signal_at_step(patch, global_step: int, signum: int) -> None:
     patch.setattr(CycleGAN, "update", update)
 
 
+def logging_step(checkpoint: dict) -> int:
+    """Lightning's step of the loggers' rows (batches that stepped) when `checkpoint` was saved."""
+    return checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"]
+
+
 def crash_file(cfg, name: str) -> dict:
     path = f"{cfg.paths.output_dir}/checkpoints/{name}"
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -77,6 +82,9 @@ def test_an_error_before_an_iterations_first_step_saves_a_checkpoint_that_resume
     resumed.paths.output_dir = str(tmp_path / "resumed")
     after = last_checkpoint(resumed)
     assert after["global_step"] == straight["global_step"] == 8
+    # Lightning counted the cut-short batch's logging step on resume: every later loss row sat one
+    # step past its iteration
+    assert logging_step(after) == logging_step(straight) == 3
     for key, value in straight["state_dict"].items():
         assert torch.equal(value, after["state_dict"][key]), key
 
@@ -132,7 +140,7 @@ def test_ctrl_c_inside_an_iteration_saves_a_checkpoint_counted_in_whole_iteratio
                         f"ckpt_path={cfg.paths.output_dir}/checkpoints/interrupted.ckpt")
     resumed.paths.output_dir = str(tmp_path / "resumed")
     after = last_checkpoint(resumed)
-    assert after["global_step"] == 8
+    assert after["global_step"] == 8 and logging_step(after) == 3   # the straight run's, as above
     written = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir())
     assert written == ["iter_0000004.ckpt", "last.ckpt"]   # the periodic checkpoint stays on its iteration
 

@@ -160,12 +160,14 @@ class IterationCheckpoint(ModelCheckpoint):
         # the iteration drew random numbers already, and the saved RNG state is after them. (A
         # bad image fails in the loader, before the iteration starts: that checkpoint is exact.)
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        drawn = (not torn and progress.started > progress.processed
-                 and trainer.global_step == self.batch_started_at_step)
+        inside_the_step = progress.started > progress.processed
+        drawn = not torn and inside_the_step and trainer.global_step == self.batch_started_at_step
         try:
             # Written by rank zero alone: trainer.save_checkpoint ends in a barrier that ranks
             # which crashed elsewhere, or died, would never reach.
             checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+            if inside_the_step:
+                unstart_the_batch(checkpoint)
             if partial_steps:
                 count_whole_iterations(checkpoint, partial_steps)
             if torn:
@@ -204,6 +206,16 @@ def what_stopped(exception: BaseException) -> str:
         return "SIGTERM (a cluster's preemption or time limit, or kill)"
     message = str(exception).splitlines()[0] if str(exception) else ""
     return f"{type(exception).__name__}" + (f" ({message[:200]})" if message else "")
+
+
+def unstart_the_batch(checkpoint: dict) -> None:
+    """Count the batch whose training step was cut short as never started: the resumed run
+    trains it again. Lightning reads a batch started and not processed as one whose logging
+    step was not counted yet, and counts it on resume: every later loss row would sit one step
+    past its iteration, and off the iterations the model logs its losses at."""
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    for counters in (progress["total"], progress["current"]):
+        counters["ready"] = counters["started"] = counters["processed"]
 
 
 def count_whole_iterations(checkpoint: dict, partial_steps: int) -> None:
