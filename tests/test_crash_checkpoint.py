@@ -3,6 +3,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -222,7 +223,7 @@ def test_the_wandb_run_ends_with_the_process_exit_status(train_cfg, tmp_path, mo
     0, 1 and 143 (marked preempted), as the process exits."""
     finished = []
     monkeypatch.setattr("src.utils.run.finish_wandb_run",
-                        lambda exit_code=0, preempted=False: finished.append((exit_code, preempted)))
+                        lambda exit_code=0, preempted=False, keep=None: finished.append((exit_code, preempted)))
 
     def run(name: str, stopped_by=None) -> None:
         cfg = train_cfg(*COMMON, "max_iters=2")
@@ -246,6 +247,26 @@ def test_the_wandb_run_ends_with_the_process_exit_status(train_cfg, tmp_path, mo
         patch.setattr(CSVLogger, "log_hyperparams", lambda self, params: (_ for _ in ()).throw(OSError("disk full")))
         run("logging_failed", OSError)
     assert finished == [(1, False)]
+
+
+def test_a_wandb_run_the_caller_started_is_left_to_the_caller(train_cfg, monkeypatch):
+    """A notebook's own `wandb.init()` run was finished by the training (marked failed when
+    the training failed); one the training started is still finished."""
+    import types
+
+    finished = []
+    fake = types.SimpleNamespace(run=object(), finish=lambda exit_code: finished.append(exit_code))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    callers = fake.run
+    run_training(train_cfg(*COMMON, "max_iters=1"))
+    assert finished == [] and fake.run is callers
+    fake.run = None
+
+    def starts_a_run(self, params):
+        fake.run = types.SimpleNamespace(mark_preempting=lambda: None)
+    monkeypatch.setattr("pytorch_lightning.loggers.CSVLogger.log_hyperparams", starts_a_run)
+    run_training(train_cfg(*COMMON, "max_iters=1"))
+    assert finished == [0]
 
 
 def submitit_job_signals(tmp_path: Path) -> None:

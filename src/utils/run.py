@@ -47,7 +47,8 @@ from src.utils.run_results import FINAL_METRICS, completed_metrics, final_record
 from src.utils.tensorboard_logger import purge_step, with_purge_step
 from src.utils.training_config import ROOT_DIR
 from src.utils.unread_overrides import refuse_unread_overrides
-from src.utils.wandb_run import WandbRunIdCallback, finish_wandb_run, is_wandb_node, with_wandb_identity
+from src.utils.wandb_run import (WandbRunIdCallback, current_wandb_run, finish_wandb_run, is_wandb_node,
+                                  with_wandb_identity)
 
 log = logging.getLogger(__name__)
 
@@ -455,6 +456,7 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
     # checkpoints/ that `rm -r` calls busy.
     del resumed
     callbacks = build_callbacks(cfg, logger_cfg)
+    callers_wandb_run = current_wandb_run()   # a notebook's own: not this training's to finish
     loggers = instantiate_list(logger_cfg, "logger")
     trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), callbacks=callbacks, logger=loggers or False)
     if trainer.checkpoint_callback is None:
@@ -491,7 +493,7 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
                       "some and warns about the rest.", cfg.trainer.get("deterministic"))
         raise
     finally:
-        finish_wandb_run(exit_code, preempted=exit_code == SIGTERM_EXIT_STATUS)
+        finish_wandb_run(exit_code, preempted=exit_code == SIGTERM_EXIT_STATUS, keep=callers_wandb_run)
 
     # A run resumed at its end trains and logs nothing: its checkpoint's metrics, which every rank
     # has (FinalMetrics); under ddp_spawn, whose main process gets no callback state, its record.

@@ -127,13 +127,20 @@ class WandbRunIdCallback(pl.Callback):
                 checkpoint[CHECKPOINT_KEY] = str(logger.version)
 
 
-def finish_wandb_run(exit_code: int = 0, preempted: bool = False) -> None:
+def current_wandb_run():
+    """The process' wandb run in progress (None without one, or where wandb is not loaded)."""
+    wandb = sys.modules.get("wandb")
+    return wandb.run if wandb is not None else None
+
+
+def finish_wandb_run(exit_code: int = 0, preempted: bool = False, keep=None) -> None:
     """End the process' wandb run: the next job of a multirun would otherwise be logged into it
     (WandbLogger reuses a run in progress). With the process' exit status, so a run stopped by
     an error is not shown as finished, and one stopped by SIGTERM (a cluster's preemption or
-    time limit) is shown as preempted."""
+    time limit) is shown as preempted. `keep`: a run the caller had started before the training
+    (a notebook's `wandb.init()`), which is the caller's to end."""
     wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
+    if wandb is not None and wandb.run is not None and wandb.run is not keep:
         if preempted:
             wandb.run.mark_preempting()
         wandb.finish(exit_code=exit_code)
