@@ -262,6 +262,20 @@ def test_the_training_order_comes_from_the_run_seed_alone(tmp_path):
     assert [paths for paths, *_ in batches(dm, 0)] != [paths for paths, *_ in first]
 
 
+def test_every_rank_takes_rank_zeros_training_order_whatever_its_own_run_seed(tmp_path):
+    """Under srun or torchrun with seed=null each rank draws its own run seed: ranks of
+    different epoch lists would take overlapping shares and miss items."""
+    from types import SimpleNamespace
+
+    dm = module(UnpairedDataModule, make_unpaired(tmp_path / "d", n_a=4, n_b=6), batch_size=2)
+    dm.setup("fit")
+    dm.run_seed = 99   # this rank's own draw
+    broadcast = []
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=1,
+                                 strategy=SimpleNamespace(broadcast=lambda value: broadcast.append(value) or 1234))
+    assert dm.train_dataloader().sampler.seed == 1234 and len(broadcast) == 1
+
+
 def assert_same_batches(these, those):
     assert len(these) == len(those)
     for (a_paths, b_paths, a, b), (a_paths2, b_paths2, a2, b2) in zip(these, those):

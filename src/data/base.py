@@ -238,6 +238,10 @@ class SplitDataModule(pl.LightningDataModule):
             seed, self._restored_order_seed = self._restored_order_seed, None
         elif self.run_seed is not None:
             seed = derived_seed(self.run_seed, "training order")
+            if self.trainer is not None:
+                # rank zero's: under srun or torchrun with seed=null each rank draws its own
+                # run seed, and ranks of different epoch lists would overlap and miss items
+                seed = self.trainer.strategy.broadcast(seed)
         else:
             seed = rank_zero_seed(self.trainer.strategy if self.trainer is not None else None)
         self._train_order_seed = seed
