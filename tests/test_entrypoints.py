@@ -191,9 +191,12 @@ def test_training_and_translating_from_python_as_the_readme_shows(tmp_path, shar
     with pytest.raises(TypeError, match=r"translate takes a batch of float images \(N, C, H, W\) in \[-1, 1\], got a "
                                          r"torch.float32 tensor of shape \(3, 16, 16\) \(one image: x\[None\]"):
         model.translate(batch[0], "AtoB")
-    with pytest.raises(ValueError, match=r"translated \(15, 15\) px images into \(16, 16\) px: pad them to a multiple "
-                                         r"of 4 px first"):
+    with pytest.raises(ValueError, match=r"translate: CycleGAN cannot translate 15x15 px images: the AtoB translation "
+                                         r"returns 16x16 px images. The nearest square sizes it translates: 12x12 or "
+                                         r"16x16; pad them to a multiple of 4 px first \(translate_images does\)"):
         model.translate(batch[..., :15, :15], "AtoB")
+    # a notebook's float64 array is taken in the weights' type
+    assert model.translate(batch.double(), "AtoB").dtype == torch.float32
     source = next(Path(cfg.data.data_dir).glob("testA/*.png"))
     ((path, image),) = translate_images(model, [source], "AtoB")
     assert path == source and image.dtype == np.uint8

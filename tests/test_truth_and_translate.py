@@ -318,6 +318,36 @@ def test_load_model_builds_the_class_the_checkpoint_records(smoke_runs, name, cl
     assert type(load_model(legacy)).__name__ == cls and len(built) > 1
 
 
+def test_translate_refuses_a_size_the_unet_cannot_take_before_running_it(smoke_runs):
+    """pix2pix's U-Net stopped inside its skip connections, "Sizes of tensors must match"."""
+    model = load_model(smoke_runs["pix2pix"].ckpt)
+    side = smoke_runs["pix2pix"].cfg.data.size
+    with pytest.raises(ValueError, match=rf"translate: Pix2Pix cannot translate {side + 4}x{side + 4} px images: the "
+                                         rf"AtoB translation fails: .* The nearest square sizes it translates: "
+                                         rf"{side}x{side}"):
+        model.translate(torch.zeros(1, 3, side + 4, side + 4), "AtoB")
+    assert model.translate(torch.zeros(1, 3, side, side), "AtoB").shape == (1, 3, side, side)
+
+
+def test_lightnings_load_from_checkpoint_leaves_the_callers_random_streams_alone(smoke_runs):
+    """The resume hook it calls set a notebook's torch, numpy and python streams to the
+    training run's saved ones."""
+    import random
+
+    import numpy as np
+    from src.models.cyclegan import CycleGAN
+
+    saved = torch.load(smoke_runs["cyclegan"].ckpt, weights_only=True)["rng_states"]
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    states = np.random.get_state()[1].copy(), random.getstate()
+    model = CycleGAN.load_from_checkpoint(smoke_runs["cyclegan"].ckpt, map_location="cpu", weights_only=True)
+    assert isinstance(model, CycleGAN)
+    assert np.array_equal(np.random.get_state()[1], states[0]) and random.getstate() == states[1]
+    assert not torch.equal(torch.get_rng_state(), saved["torch"])   # (building the model draws from it)
+
+
 def test_load_model_reads_the_checkpoint_onto_the_cpu_and_moves_only_the_model(smoke_runs, monkeypatch):
     """The file holds the optimizers' moments and the EMA copies beside the model: read onto a
     GPU they could take more memory than the model needs there."""

@@ -31,7 +31,7 @@ from src.models.loss_window import LossWindow
 from src.models.optimizers import (build_optimizer, changed_learning_rates, check_optimizer_settings, ramped_momentum,
                                    with_player_overrides)
 from src.models.lr_schedules import DecayToZero, build_scheduler, decay_end_mismatch, rescale_schedule
-from src.models.size_check import check_image_size, size_multiple
+from src.models.size_check import check_image_size, check_translation_size, size_multiple
 from src.models import step_in_backward
 from src.nets.init import init_weights
 from src.nets.fast_conv import configure_fast_conv
@@ -812,7 +812,9 @@ class AdversarialModel(pl.LightningModule):
         self.images_seen = checkpoint.get("images_seen")
         self.resumed_lr_factors = changed_learning_rates(
             (checkpoint.get("hyper_parameters") or {}).get("optimizer"), self.optimizer_cfg, list(self.player_modules()))
-        if "rng_states" in checkpoint:
+        if "rng_states" in checkpoint and self._trainer is not None:
+            # A fit resuming; not Lightning's `load_from_checkpoint`, which calls this hook too
+            # and would set a notebook's random streams to the training run's.
             restore_rng_states(checkpoint["rng_states"])
 
 
@@ -871,7 +873,10 @@ class TranslationModel(AdversarialModel):
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got '{direction}'")
         require_float_images(x, "translate")
-        x = x.to(self.device)
+        # In the weights' type: a notebook's float64 array (img / 127.5 - 1) stopped in the first
+        # convolution ("Input type (double) and bias type (float) should be the same").
+        x = x.to(self.device, self.dtype)
+        self.check_translatable_size(direction, *x.shape[-2:])
         options = self.sampling_options()
         with sampling_mode(self.translation_nets(direction), **options):
             if options.get("batch_stats") and x.size(0) > 1:
@@ -883,6 +888,17 @@ class TranslationModel(AdversarialModel):
                              f"{tuple(y.shape[-2:])} px: pad them to a multiple of "
                              f"{size_multiple(self, direction)} px first (translate_images does)")
         return y
+
+    def check_translatable_size(self, direction: str, height: int, width: int) -> None:
+        """Refuse, before the forward pass, a size the translation cannot take: a U-Net's skip
+        connections otherwise stop with "Sizes of tensors must match". Checked on the meta
+        device once per size (translate runs once per batch of an evaluation)."""
+        checked = self.__dict__.setdefault("_translatable_sizes", set())
+        if (direction, height, width) not in checked:
+            check_translation_size(self, direction, height, width, what="translate",
+                                   fix=f"pad them to a multiple of {size_multiple(self, direction)} px first "
+                                       "(translate_images does)")
+            checked.add((direction, height, width))
 
     def translation_nets(self, direction: str) -> list[nn.Module]:
         """Every network a translation runs through (NICE-GAN: the source encoder too)."""
