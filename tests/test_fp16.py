@@ -158,3 +158,19 @@ def test_a_loss_scale_fallen_past_any_recovery_stops_the_run_as_diverged(train_c
     with pytest.raises(TrainingDiverged, match=r"Training diverged at iteration 4: the fp16 loss scale of the "
                                                r"generators is 7.62939e-06 \(its gradients overflow fp16"):
         model.check_losses_finite(["G"], torch.tensor([float("inf")]))
+
+
+@pytest.mark.parametrize("mode", ["wgan", "wgangp", "hinge"])
+def test_the_critics_losses_are_float32_from_half_precision_scores(mode):
+    """Autocast keeps relu and mean in half precision (not mse_loss or the BCE): an fp16 loss
+    turned GradScaler's 65536 into inf, skipping every step at that scale, and the logged
+    curves (WGAN's Wasserstein estimate) came rounded to half precision."""
+    from src.losses import AdversarialLoss
+
+    loss = AdversarialLoss(mode)
+    for dtype in (torch.float16, torch.bfloat16):
+        scores = (torch.randn(4, 1) * 40).to(dtype).requires_grad_()
+        for value in (loss(scores, True), loss(scores, False), loss(scores, True, for_discriminator=False)):
+            assert value.dtype == torch.float32
+        (loss(scores, True) * 65536).backward()   # GradScaler's first scale
+        assert torch.isfinite(scores.grad).all() and scores.grad.dtype == dtype

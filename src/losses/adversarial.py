@@ -46,6 +46,10 @@ class AdversarialLoss(nn.Module):
             target = torch.full_like(logits, self.real_label if target_is_real else self.fake_label)
             return F.mse_loss(logits, target)
         sign = -1.0 if target_is_real else 1.0
+        # In float32: under fp16/bf16 autocast the critic's scores are half, and autocast keeps
+        # relu and mean there (not mse_loss or the BCE). An fp16 loss turned GradScaler's 65536
+        # into inf (every step at that scale skipped), and the logged curves came rounded.
+        logits = logits.float()
         if self.mode == "hinge" and for_discriminator:
             return F.relu(1.0 + sign * logits).mean()
         # wgan, wgan-gp (both players) and the hinge generator: the critic's score, signed.

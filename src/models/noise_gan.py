@@ -118,7 +118,8 @@ class NoiseGAN(NoiseToImageModel):
             terms["gp"] = self.weight("gp") * self.gradient_penalty(lambda x: D(x, labels), real, fake)
         if self.adversarial.mode in ("wgan", "wgangp"):
             # The critic's estimate of the Wasserstein distance, the curve the WGAN papers plot.
-            terms["wasserstein"] = (scores_real.mean() - scores_fake.mean()).detach()
+            # (in float32: a difference of two half-precision means is mostly rounding)
+            terms["wasserstein"] = (scores_real.float().mean() - scores_fake.float().mean()).detach()
         return terms
 
     def gradient_penalties(self) -> list[str]:
