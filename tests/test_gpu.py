@@ -140,3 +140,5 @@ def test_the_ema_leaves_the_whole_model_on_the_cpu_after_a_gpu_fit(train_cfg):
     trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
     assert {p.device.type for p in model.parameters()} == {"cpu"}
     assert {a.device.type for a in ema.averaged} == {"cpu"}
+    # the image pools' fakes too: plain lists, which Lightning's move skips
+    assert model.pools and {image.device.type for pool in model.pools.values() for image in pool.images} == {"cpu"}

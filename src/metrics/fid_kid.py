@@ -109,8 +109,9 @@ class FidKidScorer(nn.Module):
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        # float64: FID accumulates sums of outer products, KID raises to the third power.
-        return self.feature_extractor(images).double()
+        # float64: FID accumulates sums of outer products, KID raises to the third power. On the
+        # scorer's device: images of a model on Apple's MPS are scored on the CPU (no float64).
+        return self.feature_extractor(images.to(self.fid.real_features_sum.device)).double()
 
     def update(self, real: torch.Tensor | None = None, fake: torch.Tensor | None = None) -> None:
         for images, what in ((real, "FID/KID (real images)"), (fake, "FID/KID (fake images)")):

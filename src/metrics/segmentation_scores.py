@@ -18,6 +18,7 @@ import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from src.metrics.label_maps import IGNORE
+from src.utils.accelerator import float64_device
 
 SCORE_NAMES = ("pixel_acc", "class_acc", "class_iou")
 
@@ -25,7 +26,7 @@ SCORE_NAMES = ("pixel_acc", "class_acc", "class_iou")
 def scores_of_confusion(confusion: torch.Tensor) -> dict[str, float]:
     """The three scores of a (C, C) confusion matrix, rows the true class, columns the predicted;
     a column beyond the last row (C + 1 columns) counts predictions of no class, always wrong."""
-    confusion = confusion.double()
+    confusion = confusion.to(float64_device(confusion.device)).double()   # (Apple's MPS has no float64)
     classes = confusion.size(0)
     hits = confusion[:, :classes].diagonal()
     truth, predicted = confusion.sum(1), confusion[:, :classes].sum(0)

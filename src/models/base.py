@@ -780,6 +780,12 @@ class AdversarialModel(pl.LightningModule):
         """A clear error naming the data settings, before the first step, for a batch the
         networks cannot take."""
 
+    def on_fit_end(self) -> None:
+        # Lightning moves the networks to the CPU after a GPU fit; the pools are plain lists, and
+        # their fakes held GPU memory as long as the model lived (a notebook, a multirun's jobs).
+        for pool in self.pools.values():
+            pool.to_cpu()
+
     # ----- checkpoint state beyond the nets and optimizers --------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning stores no class: load_model would have to find it from the hyperparameters.

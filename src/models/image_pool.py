@@ -42,6 +42,11 @@ class ImagePool:
                 out.append(image)
         return torch.cat(out, 0)
 
+    def to_cpu(self) -> None:
+        """Keep the stored fakes on the CPU (a fit that ends: its pools held GPU memory as long as
+        the model lived); the next query takes them back to the fakes' device."""
+        self.images = [image.cpu() for image in self.images]
+
     def state_dict(self) -> dict:
         return {"size": self.size, "images": [img.cpu() for img in self.images]}
 

@@ -25,6 +25,7 @@ from src.metrics.shapes_truth import (ShapesTruthScorer, background_tensor, is_s
                                       test_image_size, truth_unavailable)
 from src.models.checkpoint_fit import load_checkpoint_file
 from src.models.noise_base import SAMPLES, NoiseToImageModel
+from src.utils.accelerator import float64_device
 from src.utils.checkpoint_loading import (check_checkpoint_settings, load_model, recorded_checkpoint_path,
                                          refuse_foreign_targets, run_config_path)
 from src.utils.config_checks import check_argument_types, check_seed, is_int, is_number, require_int
@@ -387,8 +388,9 @@ def fid_kid_scorer(cfg: DictConfig, datamodule, device, samples: bool = False) -
     name, weights_path = feature_extractor_choice(cfg, datamodule)
     extractor = build_feature_extractor(name, weights_path, device, settings="")
     splits = cfg.get("inception_score_splits", 10) if samples and cfg.get("inception_score", True) else None
+    # On the CPU in place of Apple's MPS, which has no float64 for the metrics' states
     return FidKidScorer(extractor, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size,
-                        inception_score_splits=splits).to(device), name
+                        inception_score_splits=splits).to(float64_device(device)), name
 
 
 def evaluate_translations(model, datamodule, dataset, loader, scorer: FidKidScorer, output_dir: Path,
