@@ -364,7 +364,10 @@ def test_a_failure_at_the_first_iterations_end_saves_that_iteration(train_cfg, m
     assert saved["global_step"] == 2 and INSIDE_ITERATION_KEY not in saved
 
 
-def test_an_error_after_an_iterations_last_step_is_not_said_to_come_before_its_first(train_cfg, monkeypatch, caplog):
+def test_an_error_after_an_iterations_last_step_is_not_said_to_come_before_its_first(train_cfg, tmp_path, monkeypatch,
+                                                                                     caplog):
+    """...and the iteration is repeated in whole on resume: its steps were taken, its losses and
+    schedules were not, and Lightning would otherwise count the batch's logging step twice."""
     original = CycleGAN.log_losses
 
     def log_losses(self, *args, **kwargs):
@@ -376,8 +379,36 @@ def test_an_error_after_an_iterations_last_step_is_not_said_to_come_before_its_f
     cfg = train_cfg(*COMMON, "max_iters=4")
     with pytest.raises(RuntimeError, match="logging failed"):
         run_training(cfg)
-    assert INSIDE_ITERATION_KEY not in crash_file(cfg, "crashed.ckpt")
+    saved = crash_file(cfg, "crashed.ckpt")
+    assert INSIDE_ITERATION_KEY not in saved and saved["global_step"] == 4
     assert "before its first optimizer step" not in caplog.text
+    monkeypatch.undo()
+    resumed = train_cfg(*COMMON, "max_iters=4", f"ckpt_path={cfg.paths.output_dir}/checkpoints/crashed.ckpt")
+    resumed.paths.output_dir = str(tmp_path / "resumed")
+    after = last_checkpoint(resumed)
+    assert after["global_step"] == 8 and logging_step(after) == 3   # a straight run's
+
+
+def test_a_failure_in_a_batch_start_hook_resumes_at_that_batch_on_the_same_logging_step(train_cfg, tmp_path,
+                                                                                         monkeypatch):
+    from src.callbacks.stop_signals import StopSignals
+    original = StopSignals.on_train_batch_start
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == 4:
+            raise RuntimeError("hook")
+        return original(self, trainer, *args)
+
+    monkeypatch.setattr(StopSignals, "on_train_batch_start", on_train_batch_start, raising=False)
+    cfg = train_cfg(*COMMON, "max_iters=4")
+    with pytest.raises(RuntimeError, match="hook"):
+        run_training(cfg)
+    monkeypatch.undo()
+    assert crash_file(cfg, "crashed.ckpt")["global_step"] == 4
+    resumed = train_cfg(*COMMON, "max_iters=4", f"ckpt_path={cfg.paths.output_dir}/checkpoints/crashed.ckpt")
+    resumed.paths.output_dir = str(tmp_path / "resumed")
+    after = last_checkpoint(resumed)
+    assert after["global_step"] == 8 and logging_step(after) == 3
 
 
 def test_a_resumed_run_failing_before_its_first_iteration_ends_writes_no_crash_checkpoint(train_cfg, monkeypatch):

@@ -152,21 +152,25 @@ class IterationCheckpoint(ModelCheckpoint):
             log.error("%s: no %s written, %s is not finite; the last checkpoint is %s", type(exception).__name__,
                       name, tensor, self.last_model_path or "none")
             return
-        partial_steps = trainer.global_step % pl_module.optimizer_steps_per_iter
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        # Inside the training step (its start hooks ran, this callback's too): the resumed run
+        # repeats the iteration in whole, also where all of its optimizer steps were taken and
+        # what followed them failed (the losses' logging, the schedules).
+        in_the_step = progress.started > progress.processed
+        partial_steps = (trainer.global_step - self.batch_started_at_step if in_the_step
+                         else trainer.global_step % pl_module.optimizer_steps_per_iter)
         # With steps in backward a player's tensors are updated one by one as backward reaches
         # them: an out-of-memory error or Ctrl-C there leaves some updated and the rest not.
         torn = getattr(pl_module, "inside_a_step", False)
         # Inside the training step (started, not processed), before its first optimizer step:
         # the iteration drew random numbers already, and the saved RNG state is after them. (A
         # bad image fails in the loader, before the iteration starts: that checkpoint is exact.)
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        inside_the_step = progress.started > progress.processed
-        drawn = not torn and inside_the_step and trainer.global_step == self.batch_started_at_step
+        drawn = not torn and in_the_step and trainer.global_step == self.batch_started_at_step
         try:
             # Written by rank zero alone: trainer.save_checkpoint ends in a barrier that ranks
             # which crashed elsewhere, or died, would never reach.
             checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-            if inside_the_step:
+            if progress.ready > progress.processed:   # (also a failure in a batch-start hook)
                 unstart_the_batch(checkpoint)
             if partial_steps:
                 count_whole_iterations(checkpoint, partial_steps)
@@ -213,8 +217,8 @@ def unstart_the_batch(checkpoint: dict) -> None:
     trains it again. Lightning reads a batch started and not processed as one whose logging
     step was not counted yet, and counts it on resume: every later loss row would sit one step
     past its iteration, and off the iterations the model logs its losses at."""
-    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
-    for counters in (progress["total"], progress["current"]):
+    batches = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    for counters in (batches["total"], batches["current"]):
         counters["ready"] = counters["started"] = counters["processed"]
 
 
