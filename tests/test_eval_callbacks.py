@@ -441,7 +441,7 @@ def test_best_fid_survives_a_resume_and_only_improvements_save(tmp_path):
     saved = []
     trainer = SimpleNamespace(strategy=SimpleNamespace(broadcast=lambda value, src=0: value),
                               save_checkpoint=lambda path, weights_only=None: saved.append((path, weights_only)),
-                              checkpoint_callback=None,
+                              checkpoint_callback=None, is_global_zero=True, loggers=[],
                               default_root_dir=str(tmp_path))
     callback = FidKidCallback()
     callback.load_state_dict(FidKidCallback().state_dict() | {"best_fid": 5.0, "best_iteration": 10})

@@ -526,6 +526,12 @@ def test_model_settings_refused_or_unread_are_named_by_key(train_cfg, override, 
         build(train_cfg("model=dcgan", override))
 
 
+def test_a_gain_the_init_draws_without_is_not_checked(train_cfg):
+    """Checked at construction, a gain that `pytorch` (NICE-GAN's) or `tflib` never reads would
+    stop an older checkpoint carrying one from loading for evaluation."""
+    assert build(train_cfg("model=dcgan", "model.init.type=pytorch", "model.init.gain=null")).init_cfg["gain"] is None
+
+
 @pytest.mark.parametrize("name", ["gan", "dcgan"])
 def test_sample_scores_under_ddp_equal_the_single_process_values(train_cfg, tmp_path, name):
     """Each rank samples its block of the test set with latents seeded by item index, and the

@@ -39,6 +39,7 @@ from src.utils.config_checks import check_argument_types, check_network_sizes, i
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, translated_directions
 from src.utils.image_grid import require_float_images
 from src.utils.rng import collect_rng_states, restore_rng_states
+from src.utils.unread_overrides import INITS_WITH_GAIN
 
 
 def build_net(net_cfg: dict, init: dict, key: str) -> nn.Module:
@@ -126,7 +127,8 @@ class AdversarialModel(pl.LightningModule):
                                 for name, player in self.init_cfg.get("players", {}).items())):
             refuse_unknown_keys(key, settings, INIT_KEYS if key == "model.init" else INIT_KEYS[:-1])
             gain = settings.get("gain", 0.02)
-            if not (is_number(gain) and gain > 0):
+            drawn_with_gain = settings.get("type", self.init_cfg.get("type", "normal")) in INITS_WITH_GAIN
+            if drawn_with_gain and not (is_number(gain) and gain > 0):
                 # 0 starts every weight at zero (a dead network); a negative spread is torch's error
                 raise ValueError(f"{key}.gain={gain!r} must be a number > 0 (normal's standard deviation, uniform's "
                                  "half-width, xavier's and orthogonal's scale)")
@@ -818,6 +820,11 @@ class AdversarialModel(pl.LightningModule):
         self.images_seen = checkpoint.get("images_seen")
         self.resumed_lr_factors = changed_learning_rates(
             (checkpoint.get("hyper_parameters") or {}).get("optimizer"), self.optimizer_cfg, list(self.player_modules()))
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if checkpoint.get("run_seed") is not None and getattr(datamodule, "run_seed", None) is not None:
+            # The run goes on as the one its first start seeded (ckpt_path=last, hpc and URLs
+            # too), and its checkpoints keep saying so.
+            datamodule.run_seed = int(checkpoint["run_seed"])
         if "rng_states" in checkpoint and self._trainer is not None:
             # A fit resuming; not Lightning's `load_from_checkpoint`, which calls this hook too
             # and would set a notebook's random streams to the training run's.
@@ -882,9 +889,10 @@ class TranslationModel(AdversarialModel):
         # In the weights' type: a notebook's float64 array (img / 127.5 - 1) stopped in the first
         # convolution ("Input type (double) and bias type (float) should be the same").
         x = x.to(self.device, self.dtype)
-        self.check_translatable_size(direction, *x.shape[-2:])
         options = self.sampling_options()
         with sampling_mode(self.translation_nets(direction), **options):
+            # (in the mode the translation runs in: a train-mode norm refuses sizes eval mode takes)
+            self.check_translatable_size(direction, *x.shape[-2:])
             if options.get("batch_stats") and x.size(0) > 1:
                 y = torch.cat([self.translation_forward(image, direction) for image in x.split(1)])
             else:

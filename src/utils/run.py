@@ -443,8 +443,6 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
         changed = check_resume_settings(cfg.ckpt_path, resumed, model, data_settings, must_match=found_by_auto)
         if not seed_drawn and (other_seed := check_resume_seed(cfg.ckpt_path, resumed, cfg.seed, found_by_auto)):
             rank_zero_warn(other_seed)
-        # the run goes on as the one its first start seeded, and its checkpoints say so
-        datamodule.run_seed = resumed.get("run_seed", cfg.seed)
         if getattr(model, "num_classes", 0):   # a conditional model: its labels mean classes
             check_same_classes(resumed.get("class_folders"), datamodule, f"ckpt_path={cfg.ckpt_path}")
         if changed:
