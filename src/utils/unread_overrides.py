@@ -19,7 +19,7 @@ OPTIMIZER_ONLY = {"momentum": "sgd", "momentum_ramp": "sgd", "betas": "adam"}
 SCHEDULE_ONLY = {"constant": ("linear", "cosine"), "decay": ("linear", "cosine"), "step_size": ("step",),
                  "gamma": ("step",), "decay_rate": ("exponential",), "min_factor": ("exponential",)}
 #: the image-size settings some `data.preprocess` modes do not read (src/data/transforms.py)
-PREPROCESS_UNREAD = {"none": ("load_size", "crop_size"), "crop": ("load_size",)}
+PREPROCESS_UNREAD = {"none": ("load_size",), "crop": ("load_size",)}
 #: the initialisations that read `gain`
 INITS_WITH_GAIN = ("normal", "xavier", "uniform", "orthogonal")   # and kaiming, for batch-norm scales
 
@@ -33,6 +33,11 @@ def refuse_unread_overrides(overrides: list[str], model, cfg, in_a_sweep: bool =
         if override.startswith("~"):   # a deletion reads nothing either way
             continue
         key = override_key(override)
+        if key == "data.crop_size" and (cfg.get("data") or {}).get("preprocess") == "none":
+            # Read by the networks' sizes only (pix2pix's U-Net depth, U-Gat-IT's full MLP): the
+            # images keep theirs, so a run meant to train smaller trains at the data's size.
+            log.warning("%s: data.preprocess=none trains on each image at its own size; data.crop_size sizes only "
+                        "the networks built for it. data.preprocess=resize_and_crop trains at data.crop_size", override)
         why = unread_because(key.split("."), model, cfg)
         if why:
             refuse_or_warn(f"{override} would change nothing: {why}. Remove it, or change what makes it unread",
@@ -92,8 +97,6 @@ def unread_because(path: list[str], model, cfg) -> str | None:
     if len(path) == 2 and path[0] == "data" and path[1] in ("load_size", "crop_size"):
         preprocess = (cfg.get("data") or {}).get("preprocess")
         if path[1] in PREPROCESS_UNREAD.get(preprocess, ()):
-            # The networks are still sized by data.crop_size (pix2pix's U-Net depth), so the run
-            # would build them for one size and train on another.
             does = "uses each image at its own size" if preprocess == "none" else "crops without resizing"
             generated = " (the generated shapes: data.size sets their size)" if "size" in cfg.get("data") else ""
             return (f"data.preprocess={preprocess} {does}; data.preprocess=resize_and_crop resizes to "
