@@ -99,7 +99,7 @@ def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path,
                                     {*targets.values(), *exported})
     written = []
     for path, image in translate_images(model, paths, cfg.direction, cfg.batch_size, device, cfg.get("short_side"),
-                                        cfg.get("size")):
+                                        cfg.get("size"), seed=cfg.get("seed")):
         save_png(image, targets[path])
         written.append(str(targets[path]))
     if paths:

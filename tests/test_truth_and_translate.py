@@ -318,6 +318,23 @@ def test_load_model_builds_the_class_the_checkpoint_records(smoke_runs, name, cl
     assert type(load_model(legacy)).__name__ == cls and len(built) > 1
 
 
+def test_pix2pix_translations_are_the_same_whatever_else_is_translated_with_them(smoke_runs, tmp_path):
+    """Its test-time dropout drew from one stream, image after image: an output depended on the
+    folder's order, the size groups and the outputs skip_existing kept."""
+    from src.utils.translation import translate_images
+    model = load_model(smoke_runs["pix2pix"].ckpt)
+    side = smoke_runs["pix2pix"].cfg.data.size
+    rng = np.random.default_rng(0)
+    paths = []
+    for name in ("a", "b", "c"):
+        paths.append(tmp_path / f"{name}.png")
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(paths[-1])
+    together = dict(translate_images(model, paths, "AtoB", seed=0))
+    alone = dict(translate_images(model, paths[2:], "AtoB", seed=0))
+    assert np.array_equal(together[paths[2]], alone[paths[2]])
+    assert not np.array_equal(dict(translate_images(model, paths[2:], "AtoB", seed=1))[paths[2]], alone[paths[2]])
+
+
 def test_translate_refuses_a_size_the_unet_cannot_take_before_running_it(smoke_runs):
     """pix2pix's U-Net stopped inside its skip connections, "Sizes of tensors must match"."""
     model = load_model(smoke_runs["pix2pix"].ckpt)
@@ -612,18 +629,16 @@ def translate_cfg(**values):
 
 
 def test_pix2pix_translations_from_python_are_translate_pys_under_its_seed(smoke_runs, tmp_path):
-    """README "From Python": pix2pix's test-time dropout draws on torch's RNG; seeded as
-    translate.py seeds it, the notebook's translations are the command line's, and its own
-    random state is left as it was."""
-    from src.utils.rng import isolated_rng
+    """README "From Python": pix2pix's test-time dropout draws on torch's RNG; with translate.py's
+    seed, the notebook's translations are the command line's, and its own random state is left
+    as it was."""
     from src.utils.translation import translate_images
     write_odd_inputs(tmp_path / "in")
     ckpt = str(smoke_runs["pix2pix"].ckpt)
     run_translation(translate_cfg(ckpt_path=ckpt, input=str(tmp_path / "in"), output=str(tmp_path / "out")))
     model = load_model(ckpt)
     state = torch.get_rng_state()
-    with isolated_rng(model.device, 0):
-        translated = list(translate_images(model, sorted((tmp_path / "in").iterdir()), "AtoB"))
+    translated = list(translate_images(model, sorted((tmp_path / "in").iterdir()), "AtoB", seed=0))
     assert torch.equal(state, torch.get_rng_state())
     assert len(translated) == 4
     for path, image in translated:

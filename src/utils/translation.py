@@ -26,6 +26,7 @@ from src.utils.accelerator import is_out_of_memory
 from src.utils.config_checks import require_int
 from src.utils.directions import DIRECTIONS
 from src.utils.image_grid import to_uint8_images
+from src.utils.rng import derived_seed, isolated_rng
 
 CropBox = tuple[int, int, int, int]  # top, left, height, width
 
@@ -170,10 +171,20 @@ def out_of_memory(chunk: list[Path], size: tuple[int, int], short_side: int | No
                        f"batch_size=1")
 
 
+def translate_each_seeded(model: TranslationModel, images: torch.Tensor, direction: str, paths: list[Path],
+                          seed: int) -> torch.Tensor:
+    """Each image translated alone, its noise drawn from `derived_seed(seed, its file name)`."""
+    translated = []
+    for path, image in zip(paths, images.split(1)):
+        with isolated_rng(images.device, derived_seed(seed, path.name)):
+            translated.append(model.translate(image, direction))
+    return torch.cat(translated)
+
+
 def translate_images(model: TranslationModel, paths: list[str | Path], direction: str = "AtoB",
                      batch_size: int = 8, device: str | torch.device | None = None,
-                     short_side: int | None = None, size: int | Sequence[int] | None = None
-                     ) -> Iterator[tuple[Path, np.ndarray]]:
+                     short_side: int | None = None, size: int | Sequence[int] | None = None,
+                     seed: int | None = None) -> Iterator[tuple[Path, np.ndarray]]:
     """Translate image files; yields (path, HxWxC uint8 output the size of the input, or of the
     input scaled to a shorter side of `short_side` px: the scale the model was trained at, or of
     `size` (px, a square, or [height, width]), every input squashed to it: what a model trained
@@ -184,6 +195,11 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
     batch's own statistics, pix2pix, translate each image alone: TranslationModel.translate).
     The model is moved to `device` (None: it translates where it is). Yields in size-group
     order, not in `paths` order.
+
+    `seed`: a model that samples with noise (pix2pix's test-time dropout) draws each image's from
+    its own seed, derived from `seed` and the file's name, so an image's translation does not
+    depend on the others translated with it (their order, the size groups, the outputs that
+    skip_existing kept); None: from torch's stream as it stands, one image after another.
     """
     check_direction(model, direction)
     require_int("batch_size", batch_size)
@@ -216,6 +232,8 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
         image = load_image(path, channels, decode_at_least=scaled if reduced_decode else None, **reading)
         return to_tensor(resize_image(image, *scaled, interpolation))
 
+    noisy = seed is not None and bool(model.sampling_options().get("dropout"))
+
     def generate() -> Iterator[tuple[Path, np.ndarray]]:
         for group_size, group in groups.items():
             for start in range(0, len(group), batch_size):
@@ -223,7 +241,8 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
                 batch = torch.stack([read(path, group_size) for path in chunk]).to(device)
                 padded, box = pad_to_multiple(batch, multiple)
                 try:
-                    translated = model.translate(padded, direction)
+                    translated = (translate_each_seeded(model, padded, direction, chunk, seed) if noisy
+                                  else model.translate(padded, direction))
                 except (RuntimeError, MemoryError) as error:   # torch.OutOfMemoryError is a RuntimeError
                     if not is_out_of_memory(error):
                         raise
