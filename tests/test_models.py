@@ -739,3 +739,15 @@ def test_rho_is_logged_at_the_iterations_it_was_measured_at_only(train_cfg, mode
     # (measured after an iteration's steps: at the count of iterations done, as the evaluations are)
     assert sorted(int(row["step"]) for row in rows if row[rho] != "") == [4, 8]
     assert [int(row["step"]) for row in rows if row.get("train/G", "") != ""] == [1, 3, 5, 7]
+
+
+def test_pix2pix_trains_edges2shoes_for_the_papers_15_epochs_not_facades_200():
+    """The data config promised a shorter schedule nothing applied: 200 epochs of 50k pairs."""
+    from src.utils.training_config import compose_training_config
+    shoes = compose_training_config(["model=pix2pix", "data=edges2shoes"])
+    assert shoes.trainer.max_epochs == 15 and shoes.data.batch_size == 4
+    assert (shoes.model.lr_schedule.constant, shoes.model.lr_schedule.decay) == ("half", "half")
+    facades = compose_training_config(["model=pix2pix", "data=facades"])
+    assert facades.trainer.max_epochs == 200 and facades.model.lr_schedule.constant == 100
+    # the command line still wins
+    assert compose_training_config(["model=pix2pix", "data=edges2shoes", "trainer.max_epochs=5"]).trainer.max_epochs == 5
