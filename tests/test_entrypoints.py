@@ -182,6 +182,11 @@ def test_training_and_translating_from_python_as_the_readme_shows(tmp_path, shar
         assert compose(config_name="mine").answer == 42   # the caller's Hydra, as it was
     try:
         metrics = run_training(cfg)
+        # composed without a run folder: Hydra's own error named no fix
+        with pytest.raises(ValueError, match=r"paths.output_dir, the run folder, is the one Hydra makes under "
+                                             r"src/train.py: from Python, compose the config with "
+                                             r"compose_training_config\(overrides, output_dir='runs/NAME'\)"):
+            run_training(compose_training_config(["debug=smoke", "model=cyclegan"]))
     finally:
         GlobalHydra.instance().clear()
     assert math.isfinite(metrics["train/G"])

@@ -400,6 +400,11 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
 
 def _train(cfg: DictConfig) -> dict[str, float]:
     silence_known_library_noise()
+    if OmegaConf.select(cfg, "paths.output_dir", throw_on_resolution_failure=False) is None:
+        # (Hydra's interpolation error said "HydraConfig was not set", naming no fix)
+        raise ValueError("paths.output_dir, the run folder, is the one Hydra makes under src/train.py: from Python, "
+                         "compose the config with compose_training_config(overrides, output_dir='runs/NAME') "
+                         "(README, \"From Python\"), or set cfg.paths.output_dir")
     check_run_folder(cfg.paths.output_dir)
     own_hydra_files = hydra_files(cfg)   # as given, before the run fills in its seed and checkpoint
     # (the claim before anything in the folder is read or written)
