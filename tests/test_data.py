@@ -337,8 +337,8 @@ def test_pair_partner_of_other_size_and_channels(tmp_path):
     for seed in range(4):
         a, b = transform.pair(smooth, half, seed=seed)
         assert (a - b).abs().mean() < 0.1, seed   # in [-1, 1]: a few grey levels apart
-        a, wrong = transform.pair(smooth, transposed, seed=seed)
-        assert (a - wrong).abs().mean() > 0.2, seed
+    with pytest.raises(ValueError, match=r"its partner is 6x7 px, another shape than its 14x12 px"):
+        transform.pair(smooth, transposed, seed=0)   # squashed onto it, it matched nothing
 
 
 # -- image modes ------------------------------------------------------------------------------
@@ -1241,6 +1241,25 @@ def test_paired_folders_match_by_the_path_inside_each_folder(tmp_path):
     write_image(root / "testA" / "clip3" / "0001.png")
     with pytest.raises(MissingPartnerError, match=r"clip3/0001.png has no partner named 'clip3/0001.\*'"):
         match_by_name(root / "testA", root / "testB")
+
+
+def test_a_pair_of_two_shapes_is_refused_naming_both_files_and_one_of_two_sizes_is_resized(tmp_path):
+    """A partner of another shape (turned upright by its EXIF orientation) was squashed onto its
+    image without a word; one of another size but the same shape (a label map at another
+    resolution) is resized, as before."""
+    root = tmp_path / "pairs"
+    for split in ("train", "test"):
+        write_image(root / f"{split}A" / "0.png", size=(40, 32))
+        write_image(root / f"{split}B" / "0.png", size=(20, 16))   # half the size, the same shape
+        write_image(root / f"{split}A" / "1.png", size=(40, 32))
+        write_image(root / f"{split}B" / "1.png", size=(32, 40))   # turned
+    dm = module(PairedDataModule, root, layout="folders", flip=False)
+    dm.setup("fit")
+    dataset = dm.test_dataloader().dataset
+    assert dataset[0]["A"].shape[-2:] == dataset[0]["B"].shape[-2:]
+    with pytest.raises(ValueError, match=r"testA/1.png \(partner .*testB/1.png\): its partner is 32x40 px, another "
+                                         r"shape than its 40x32 px: resized onto it, the partner would be squashed"):
+        dataset[1]
 
 
 @pytest.mark.parametrize("direction", ["AtoB", "BtoA"])

@@ -126,7 +126,8 @@ class PairedImageDataset(Dataset):
         try:
             source_tensor, target_tensor = self.transform.pair(source, target)
         except ValueError as error:
-            raise ValueError(f"{source_path}: {error}") from error
+            pair = source_path if source_path == target_path else f"{source_path} (partner {target_path})"
+            raise ValueError(f"{pair}: {error}") from error
         return {
             "A": source_tensor,
             "B": target_tensor,

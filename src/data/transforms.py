@@ -38,6 +38,9 @@ PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_c
 # The generators halve the resolution twice (ResNet) and must upsample back to the same size,
 # so modes that keep the image's own size make each side a multiple of this.
 SIDE_MULTIPLE = 4
+#: how far (relative) the aspect ratios of a pair's two images may differ and still be resized onto
+#: each other: rounding of two resolutions of one scene (2048x1024 and 255x128), not another shape
+PAIR_ASPECT_TOLERANCE = 0.01
 
 # The resampling kernel (`data.resize_interpolation`): bicubic as CycleGAN's and pix2pix's
 # loaders (PIL BICUBIC), bilinear as U-GAT-IT's and NICE-GAN's (torchvision's Resize default,
@@ -219,9 +222,16 @@ class ImageTransform:
         """Preprocess two images with identical random parameters.
 
         A partner of another size is first resized to the image's size, so that the shared crop
-        window covers the same content in both (channel counts may differ).
+        window covers the same content in both (channel counts may differ); one of another
+        shape is refused: resized, it would be squashed out of alignment with its image.
         """
         if partner.shape[:2] != image.shape[:2]:
+            (height, width), (partner_height, partner_width) = image.shape[:2], partner.shape[:2]
+            if abs(partner_width / partner_height - width / height) > PAIR_ASPECT_TOLERANCE * width / height:
+                raise ValueError(f"its partner is {partner_width}x{partner_height} px, another shape than its "
+                                 f"{width}x{height} px: resized onto it, the partner would be squashed out of "
+                                 f"alignment (turned by its EXIF orientation, or cropped?). Give the pair's images "
+                                 f"one aspect ratio")
             partner = resize_image(partner, *image.shape[:2], self.resize_interpolation)
         self._check_fits(image)
         self._seed_pipeline(seed)
