@@ -50,6 +50,30 @@ def test_table_lists_jobs_in_number_order_with_what_differs(tmp_path):
     assert json.loads((sweep / "2" / "final_metrics.json").read_text())["metrics"]["eval/fid"] == "nan"
 
 
+def test_settings_that_differ_through_a_models_own_config_are_columns(tmp_path):
+    """`-m model=cyclegan,ugatit`: U-GAT-IT's config trains at another size and length, which
+    no override names; the rows compared more than the models without a word."""
+    sweep = tmp_path / "sweep"
+    for number, model, size, iterations in ((0, "cyclegan", 256, None), (1, "ugatit", 128, 1000)):
+        job = make_job(sweep, number, [f"model={model}", "data=horse2zebra"], metrics={"eval/fid": 50.0 + number},
+                       iteration=10, checkpoint="c")
+        start = job / "starts" / "001_2026-12-06_10-00-00"
+        start.mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create({"max_iters": iterations, "trainer": {"max_epochs": 200},
+                                         "data": {"name": "horse2zebra", "crop_size": size, "batch_size": 1}}),
+                       start / "resolved.yaml")
+    lines = sweep_summary.write_summary(sweep, ["eval/fid"]).read_text().splitlines()
+    assert "| job | overrides | size | iterations | status | iteration | eval/fid |" in lines
+    assert "| 0 | model=cyclegan | 256 | - | completed | 10 | 50 |" in lines
+    assert "| 1 | model=ugatit | 128 | 1000 | completed | 10 | 51 |" in lines
+    assert any("The jobs differ in size, iterations" in line for line in lines)
+    # jobs that differ only in what the overrides say get no such columns
+    (sweep / "1" / "starts" / "001_2026-12-06_10-00-00" / "resolved.yaml").write_text(
+        (sweep / "0" / "starts" / "001_2026-12-06_10-00-00" / "resolved.yaml").read_text())
+    lines = sweep_summary.write_summary(sweep, ["eval/fid"]).read_text().splitlines()
+    assert "| job | overrides | status | iteration | eval/fid |" in lines and not any("differ in" in l for l in lines)
+
+
 def test_the_table_and_a_jobs_result_are_replaced_whole(tmp_path, monkeypatch):
     """The jobs of a cluster sweep end at once, each rewriting the table while others read it or
     a job's result: a write cut off (here: its sync fails) leaves the previous file, not part of

@@ -60,6 +60,24 @@ DEFAULT_METRICS = {
 }
 
 
+#: settings the markdown table shows where they differ between jobs, set on the command line or
+#: by a model's or data's own config (model=cyclegan,ugatit trains at other sizes and lengths):
+#: rows that differ in them compare more than the models (column name -> config key)
+SETTING_COLUMNS = {"data": "data.name", "size": "data.crop_size", "batch": "data.batch_size",
+                   "iterations": "max_iters", "kimg": "max_kimg", "epochs": "trainer.max_epochs",
+                   "light": "model.generator.light"}
+
+
+def job_settings(job_dir: Path) -> dict[str, Any]:
+    """The `SETTING_COLUMNS` of a training job, from its latest start's resolved config (the
+    values it trained with, defaults included); {} for a job without one (an evaluation's)."""
+    starts = sorted(job_dir.glob("starts/*/resolved.yaml"))
+    if not starts:
+        return {}
+    cfg = OmegaConf.load(starts[-1])
+    return {name: OmegaConf.select(cfg, key, default=None) for name, key in SETTING_COLUMNS.items()}
+
+
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """The sweep's job directories, in job order (Hydra's subdir is the job number)."""
     return sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
@@ -68,15 +86,16 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 def read_job(job_dir: Path, result_name: str = FINAL_METRICS) -> dict[str, Any]:
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
     overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    job = {"job": int(job_dir.name), "overrides": overrides, "settings": job_settings(job_dir)}
     result_file = job_dir / result_name
     if not result_file.is_file():
-        return {"job": int(job_dir.name), "overrides": overrides, "status": "not finished"}
+        return {**job, "status": "not finished"}
     result = json.loads(result_file.read_text())
     result.setdefault("status", "completed")   # an evaluation's metrics.json is written at its end
     # {"AtoB": {"fid": 1.0}} -> {"AtoB/fid": 1.0}: an evaluation's metrics per direction as one
     # row's columns (training's are flat already)
     result["metrics"] = flattened(result.get("metrics", {}), "/")
-    return {"job": int(job_dir.name), "overrides": overrides, **result}
+    return {**job, **result}
 
 
 def summary_rows(sweep_dir: Path, result_name: str = FINAL_METRICS) -> list[dict[str, Any]]:
@@ -117,23 +136,33 @@ def summary_markdown(rows: list[dict[str, Any]], metrics: list[str], sweep_dir: 
     has_best = any("best_fid" in r for r in rows)
     # FID/KID of another feature extractor are other numbers: said beside them
     has_extractor = any("feature_extractor" in r for r in rows)
-    header = (["job", "overrides", "status"] + ["iteration"] * has_iteration + ["features"] * has_extractor + shown
-              + ["best FID (iteration)"] * has_best)
+    settings = differing_settings(rows)
+    header = (["job", "overrides", *settings, "status"] + ["iteration"] * has_iteration + ["features"] * has_extractor
+              + shown + ["best FID (iteration)"] * has_best)
     lines = [f"# Sweep {sweep_dir}", "",
              f"{len(rows)} job(s). Overrides shared by every job are left out; each job's metrics as it ended "
              f"(every metric: {SUMMARY_CSV})."
              + (" The best FID is picked on the test images it is measured on: an optimistic number, for "
-                "finding a run's good checkpoints, not for comparing models." if has_best else ""), "",
+                "finding a run's good checkpoints, not for comparing models." if has_best else "")
+             + (f" The jobs differ in {', '.join(settings)} (their columns: set on the command line or by a "
+                f"model's own config): their rows compare more than what the overrides name." if settings else ""), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r, overrides in zip(rows, _varying_overrides(rows)):
         status = r["status"] if "error" not in r else f"{r['status']}: {r['error']}"
         status = " ".join(status.replace("|", "/").split())   # one table row, whatever the message
-        cells = ([str(r["job"]), " ".join(overrides) or "-", status] + [_cell(r.get("iteration"))] * has_iteration
+        cells = ([str(r["job"]), " ".join(overrides) or "-", *(_cell(r["settings"].get(s)) for s in settings), status]
+                 + [_cell(r.get("iteration"))] * has_iteration
                  + [_cell(r.get("feature_extractor"))] * has_extractor + [_cell(r.get("metrics", {}).get(m)) for m in shown])
         if has_best:
             cells.append(f"{r['best_fid']:.4g} ({r['best_fid_iteration']})" if "best_fid" in r else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines + seed_table(rows, shown)) + "\n"
+
+
+def differing_settings(rows: list[dict[str, Any]]) -> list[str]:
+    """The `SETTING_COLUMNS` whose values differ between the jobs that recorded them."""
+    recorded = [r["settings"] for r in rows if r.get("settings")]
+    return [name for name in SETTING_COLUMNS if len({repr(s.get(name)) for s in recorded}) > 1]
 
 
 def without_seed(overrides: list[str]) -> tuple[str, ...]:
