@@ -187,6 +187,11 @@ def test_training_and_translating_from_python_as_the_readme_shows(tmp_path, shar
                                              r"src/train.py: from Python, compose the config with "
                                              r"compose_training_config\(overrides, output_dir='runs/NAME'\)"):
             run_training(compose_training_config(["debug=smoke", "model=cyclegan"]))
+        # the overrides are checked as train.py checks its command line: this one was trained without
+        with pytest.raises(ValueError, match=r"loss.weights.gp=1 would change nothing: loss.gan_mode=lsgan has no "
+                                             r"gradient penalty"):
+            run_training(compose_training_config(["debug=smoke", "model=cyclegan", "loss.weights.gp=1",
+                                                  f"paths.data_dir={shared_data_dir}"], output_dir=tmp_path / "gp"))
     finally:
         GlobalHydra.instance().clear()
     assert math.isfinite(metrics["train/G"])

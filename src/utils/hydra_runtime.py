@@ -33,10 +33,19 @@ def hydra_config() -> DictConfig | None:
     return HydraConfig.get() if HydraConfig.initialized() else None
 
 
-def job_overrides() -> list[str]:
-    """The job's command-line overrides of the config (not Hydra's own)."""
+#: the key under which `compose_training_config` records the overrides a config was composed
+#: with from Python, where there is no Hydra job to ask
+COMPOSED_OVERRIDES_KEY = "overrides"
+
+
+def job_overrides(cfg: DictConfig | None = None) -> list[str]:
+    """The job's command-line overrides of the config (not Hydra's own); outside a Hydra job,
+    those `cfg` was composed with from Python (`compose_training_config`), if it says."""
     hydra_cfg = hydra_config()
-    return list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
+    if hydra_cfg is not None:
+        return list(hydra_cfg.overrides.task)
+    recorded = cfg.get(COMPOSED_OVERRIDES_KEY) if cfg is not None else None
+    return [str(override) for override in recorded or []]
 
 
 def is_multirun() -> bool:

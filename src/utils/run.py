@@ -435,7 +435,7 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
     # of in Lightning's setup after the model is built (seconds at full size) and DDP started.
     datamodule.check_present()
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
-    refuse_unread_overrides(job_overrides(), model, cfg, in_a_sweep=in_a_sweep())
+    refuse_unread_overrides(job_overrides(cfg), model, cfg, in_a_sweep=in_a_sweep())
     for name, child in model.named_children():
         if count := count_parameters(child):   # not the loss modules
             log.info("%s: %s parameters", name, f"{count:,}")

@@ -13,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, open_dict
 
-from src.utils.hydra_runtime import override_key
+from src.utils.hydra_runtime import COMPOSED_OVERRIDES_KEY, override_key
 
 ROOT_DIR = Path(__file__).resolve().parents[2]   # the repository
 CONF_DIR = ROOT_DIR / "conf"
@@ -33,6 +33,10 @@ def compose_training_config(overrides: Sequence[str], conf_dir: str | Path = CON
             cfg = compose(config_name="train", overrides=list(overrides))
     finally:
         restore_gh_from_backup(backup)
+    with open_dict(cfg):
+        # what run_training checks as src/train.py checks its command line (settings the model
+        # would not read), and names the wandb run by
+        cfg[COMPOSED_OVERRIDES_KEY] = list(overrides)
     if output_dir is not None:
         with open_dict(cfg):
             if "PROJECT_ROOT" not in os.environ and "paths.root_dir" not in map(override_key, overrides):

@@ -98,7 +98,7 @@ def with_wandb_identity(logger_cfg: DictConfig | None, cfg: DictConfig,
     if not logger_cfg or not any(is_wandb_node(node) for node in logger_cfg.values()):
         return logger_cfg
     logger_cfg = OmegaConf.create(OmegaConf.to_container(logger_cfg, resolve=True))
-    derived = {"name": run_name(cfg, job_overrides()), "group": run_group(cfg), "tags": run_tags(cfg),
+    derived = {"name": run_name(cfg, job_overrides(cfg)), "group": run_group(cfg), "tags": run_tags(cfg),
                "id": (checkpoint or {}).get(CHECKPOINT_KEY), "mode": os.environ.get("WANDB_MODE")}
     with open_dict(logger_cfg):
         for node in logger_cfg.values():
