@@ -703,6 +703,11 @@ def test_data_of_the_wrong_kind_for_the_method_is_named_at_fit_start(train_cfg, 
         model.trainer = SimpleNamespace(datamodule=unpaired)
         with pytest.raises(ValueError, match="Pix2Pix needs paired data"):
             model.on_fit_start()
+        # and before anything is built, from the data config (it came after the ranks started
+        # and the callbacks' setup)
+        with pytest.raises(ValueError, match="Pix2Pix needs paired data"):
+            type(model).check_data_config(train_cfg("model=pix2pix", "data=horse2zebra").data, "pix2pix")
+        type(model).check_data_config(train_cfg("model=pix2pix", "data=facades").data, "pix2pix")
         model.trainer = SimpleNamespace(datamodule=paired)
         model.on_fit_start()
         return

@@ -513,11 +513,18 @@ def test_spectral_norm_models_train_under_ddp_spawn(train_cfg, tmp_path, model_n
     assert_ranks_agree_on_different_data(rank_probes(Path(cfg.paths.output_dir)))
 
 
-def test_sync_batchnorm_refuses_test_time_batch_statistics(train_cfg):
-    cfg = train_cfg("model=pix2pix", "data=shapes_paired", "trainer.sync_batchnorm=true")   # a key of every trainer config
+def test_sync_batchnorm_refuses_test_time_batch_statistics_and_the_cpu(train_cfg):
+    cfg = train_cfg("model=pix2pix", "data=shapes_paired", "trainer.sync_batchnorm=true",   # a key of every trainer config
+                    "++trainer.accelerator=gpu")
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     with pytest.raises(ValueError, match="test_time_batch_stats"):
         check_sync_batchnorm(cfg, model)
+    # torch's SyncBatchNorm takes no CPU tensor: the first forward stopped, naming no setting
+    cfg = train_cfg("model=dcgan", "trainer=ddp_sim", "trainer.sync_batchnorm=true")
+    with pytest.raises(ValueError, match=r"trainer.sync_batchnorm=true needs GPUs: .* resolves to the CPU"):
+        check_sync_batchnorm(cfg, hydra.utils.instantiate(cfg.model, _recursive_=False))
+    cfg = train_cfg("model=dcgan", "trainer=ddp_sim", "trainer.sync_batchnorm=false")
+    check_sync_batchnorm(cfg, hydra.utils.instantiate(cfg.model, _recursive_=False))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")

@@ -94,6 +94,11 @@ LOSS_KEYS = ("gan_mode", "labels", "weights", "clip")
 LSGAN_LABELS = {"real_label": 1.0, "fake_label": 0.0, "generator_label": None}
 INIT_KEYS = ("type", "gain", "players")
 SCHEDULE_KEYS = tuple(inspect.signature(build_scheduler).parameters)[1:]   # after the optimizer
+def needs_paired_data(model_name: str) -> str:
+    return (f"{model_name} needs paired data: choose a paired data config (e.g. data=shapes_paired, data=facades), "
+            "not an unpaired one")
+
+
 def must_define(model, method: str) -> NotImplementedError:
     """The error for a method a model class must provide and does not."""
     return NotImplementedError(f"{type(model).__name__} must define {method} (README, \"Adding a model\")")
@@ -846,6 +851,17 @@ class TranslationModel(AdversarialModel):
             "two image domains: use an unpaired data config (data=shapes, horse2zebra, ...) or a paired one "
             "(data=shapes_paired, facades, ...)")
 
+    @classmethod
+    def check_data_config(cls, data_cfg, model_name: str) -> None:
+        """...and, for a method that learns from pairs, data that serves them: refused at
+        on_fit_start, it got there after the ranks started and the callbacks' setup (Inception
+        built, or downloaded)."""
+        super().check_data_config(data_cfg, model_name)
+        target = data_cfg.get("_target_")
+        data_class = hydra.utils.get_class(target) if target else None
+        if cls.learns_from_pairs and getattr(data_class, "paired", None) is False:
+            raise ValueError(needs_paired_data(cls.__name__))
+
     def generator_for(self, direction: str) -> nn.Module:
         raise must_define(self, "generator_for(direction)")
 
@@ -855,8 +871,7 @@ class TranslationModel(AdversarialModel):
             return
         name = type(self).__name__
         if self.learns_from_pairs and not datamodule.paired:
-            raise ValueError(f"{name} needs paired data: choose a paired data config (e.g. data=shapes_paired, "
-                             "data=facades), not an unpaired one")
+            raise ValueError(needs_paired_data(name))
         if not self.learns_from_pairs and datamodule.paired:
             rank_zero_warn(f"{name} is an unpaired method, and data {datamodule.name} serves aligned pairs: every "
                            "batch's B is its A's own partner, where the paper's loader draws B at random. For the "

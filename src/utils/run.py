@@ -287,6 +287,10 @@ def check_sync_batchnorm(cfg: DictConfig, model) -> None:
     """SyncBatchNorm in train mode all-reduces on every forward. A model that samples with
     batch statistics (pix2pix's test-time default) puts it in train mode while sampling, which
     runs on rank zero alone (image grids) or on uneven shards (evaluation): a deadlock."""
+    if cfg.trainer.get("sync_batchnorm") and resolved_accelerator(cfg.trainer) == "cpu":
+        # Lightning converts the layers anyway, and torch's first forward stops naming no setting
+        raise ValueError("trainer.sync_batchnorm=true needs GPUs: torch's SyncBatchNorm takes no CPU tensors, and "
+                         "this run's trainer.accelerator resolves to the CPU; remove the setting")
     if cfg.trainer.get("sync_batchnorm") and model.sampling_options().get("batch_stats"):
         raise ValueError("trainer.sync_batchnorm=true needs model.test_time_batch_stats=false: sampling with batch "
                          "statistics would all-reduce from one rank and hang (see conf/trainer/ddp.yaml)")
