@@ -265,9 +265,14 @@ def test_critic_steps_and_real_batches_must_agree(train_cfg):
         fit_briefly(train_cfg("model=wgangp", "data.batches_per_iteration=1", "max_iters=1", *NO_EVALUATION))
 
 
-def test_wrong_class_count_is_named(train_cfg):
+def test_wrong_class_count_is_named(train_cfg, monkeypatch):
     with pytest.raises(ValueError, match=r"model.num_classes=3.*2 classes"):
         fit_briefly(train_cfg("model=cgan", "model.num_classes=3", "max_iters=1", *NO_EVALUATION))
+    # before anything is built: the FID callback's setup (a classifier of the data trained) came first
+    from src.callbacks.fid_kid import FidKidCallback
+    monkeypatch.setattr(FidKidCallback, "setup", lambda *args: pytest.fail("the callbacks' setup ran first"))
+    with pytest.raises(ValueError, match=r"model.num_classes=3, but the data \(.*\) has 2 classes"):
+        run_training(train_cfg("model=cgan", "model.num_classes=3", "max_iters=1"))
 
 
 def test_wgangp_trains_and_evaluates_under_ddp_spawn(train_cfg):

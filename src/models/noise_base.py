@@ -62,13 +62,19 @@ class NoiseToImageModel(AdversarialModel):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        if stage == "fit" and self.num_classes == 1:
+        if stage == "fit":
+            self.check_class_count(self.trainer.datamodule if self._trainer is not None else None)
+
+    def check_class_count(self, datamodule) -> None:
+        """`model.num_classes` against the data's classes. src/utils/run.py asks before anything
+        is built: Lightning runs the callbacks' setup first, and the FID callback's trains a
+        classifier of the data (up to 10,000 images decoded) before a mismatch was named."""
+        if self.num_classes == 1:
             # one label for every sample: the condition says nothing (and RCGAN's TSTR, a
             # classifier of one class, would score a meaningless 1.0)
             raise ValueError("model.num_classes=1: a conditional model needs two classes or more (data.num_classes "
                              "and its labels); without classes train the unconditional one (model.num_classes=0)")
-        if stage == "fit" and self.num_classes and datamodule is not None:
+        if self.num_classes and datamodule is not None:
             found = datamodule.num_classes
             if found != self.num_classes:
                 raise ValueError(f"model.num_classes={self.num_classes}, but the data ({datamodule.name}) has {found} "

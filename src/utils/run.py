@@ -440,6 +440,8 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
     datamodule.check_present()
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     refuse_unread_overrides(job_overrides(cfg), model, cfg, in_a_sweep=in_a_sweep())
+    if callable(check_class_count := getattr(model, "check_class_count", None)):
+        check_class_count(datamodule)   # a conditional model's classes, before the callbacks train on the data's
     for name, child in model.named_children():
         if count := count_parameters(child):   # not the loss modules
             log.info("%s: %s parameters", name, f"{count:,}")
