@@ -35,6 +35,8 @@ def model_and_cfg(train_cfg, *overrides):
      r"data.load_size and crops data.crop_size\. Remove it"),
     (["model=cyclegan", "data=horse2zebra", "data.preprocess=crop"], "data.load_size=300",
      r"data.preprocess=crop crops without resizing"),
+    (["model=stylegan"], "data.batch_size=8", r"model.batch_sizes sets the training batch of every resolution this "
+                                              r"run trains; set model.batch_sizes.<side>"),
     (["model=cyclegan"], "data.load_size=64", r"data.preprocess=none .*\(the generated shapes: data.size sets their "
                                               r"size\)"),
 ])
@@ -58,6 +60,7 @@ def test_a_setting_the_run_would_not_read_is_refused(train_cfg, model_overrides,
     (["model=pix2pix"], ["model.init.type=kaiming", "model.init.gain=0.05"]),   # batch-norm scales read it
     (["model=cyclegan", "init_from=/runs/a/last.ckpt"], ["init_from=/runs/a/last.ckpt", "init_from_weights=ema"]),
     (["model=pix2pix", "data=facades"], ["data=facades", "data.crop_size=128", "data.load_size=143"]),
+    (["model=progan"], ["data.batch_size=8"]),   # the resolutions model.batch_sizes does not list read it
     (["model=cyclegan", "data.preprocess=crop"], ["data.preprocess=crop", "data.crop_size=24"]),
 ])
 def test_settings_the_run_reads_pass(train_cfg, model_overrides, overrides):
@@ -67,7 +70,7 @@ def test_settings_the_run_reads_pass(train_cfg, model_overrides, overrides):
 def test_a_run_checks_its_command_line_before_training(train_cfg, monkeypatch):
     from src.utils import run as run_module
 
-    monkeypatch.setattr(run_module, "job_overrides", lambda: ["model=cyclegan", "loss.weights.gp=3"])
+    monkeypatch.setattr(run_module, "job_overrides", lambda cfg=None: ["model=cyclegan", "loss.weights.gp=3"])
     with pytest.raises(ValueError, match=r"loss.weights.gp=3 would change nothing"):
         run_module.run_training(train_cfg("model=cyclegan", "loss.weights.gp=3"))
 

@@ -101,6 +101,13 @@ def unread_because(path: list[str], model, cfg) -> str | None:
             generated = " (the generated shapes: data.size sets their size)" if "size" in cfg.get("data") else ""
             return (f"data.preprocess={preprocess} {does}; data.preprocess=resize_and_crop resizes to "
                     f"data.load_size and crops data.crop_size{generated}")
+    if path in (["data", "batch_size"], ["model", "batch_size"]) and callable(getattr(model, "resolutions", None)):
+        # ProGAN/StyleGAN: the training batch of each resolution model.batch_sizes lists
+        listed = {int(side) for side in (model.hparams.get("batch_sizes") or {})}
+        trained = [side for side in model.resolutions() if side >= model.hparams.get("start_resolution", 0)]
+        if trained and set(trained) <= listed:
+            return ("model.batch_sizes sets the training batch of every resolution this run trains; set "
+                    "model.batch_sizes.<side> (data.eval_batch_size sets the evaluation's)")
     if path[:2] == ["model", "init"] and len(path) >= 3:
         players, name = player_and_setting(path[2:], model)
         types = {model.net_init(p).get("type", "normal") for p in players}
