@@ -469,7 +469,9 @@ def test_running_out_of_memory_says_what_fits_a_run_in_less(train_cfg, monkeypat
     fail_at_step(monkeypatch, 2, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     with pytest.raises(torch.OutOfMemoryError):
         run_training(cfg)
-    assert "Out of memory while training. What fits a run in less: a smaller data.batch_size (now 1)" in caplog.text
+    assert "Out of memory while training. What fits a run in less: a smaller data.batch_size (now 1;" in caplog.text
+    # (the settings that decide where data.batch_size does not, and where step_in_backward applies)
+    assert "model.batch_sizes, per resolution" in caplog.text and "one process in fp32 or bf16" in caplog.text
     assert Path(cfg.paths.output_dir, "checkpoints", "crashed.ckpt").exists()
 
 

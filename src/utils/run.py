@@ -151,10 +151,11 @@ def check_precision(trainer_cfg: dict) -> None:
 
 
 OUT_OF_MEMORY_HINT = (
-    "Out of memory while training. What fits a run in less: a smaller data.batch_size (now %s) or "
-    "data.crop_size; model.generator.light=true (U-GAT-IT, NICE-GAN: the full gamma/beta MLP holds 268M weights "
-    "per generator at 256 px); trainer.precision=bf16-mixed on a recent GPU; model.optimizer.step_in_backward=true "
-    "(one process: each weight stepped as its gradient is done); more devices (trainer.devices). `make bench` reports "
+    "Out of memory while training. What fits a run in less: a smaller data.batch_size (now %s; ProGAN and "
+    "StyleGAN: model.batch_sizes, per resolution) or data.crop_size; model.generator.light=true (U-GAT-IT, "
+    "NICE-GAN: the full gamma/beta MLP holds 268M weights per generator at 256 px); trainer.precision=bf16-mixed "
+    "on a recent GPU; model.optimizer.step_in_backward=true (one process in fp32 or bf16, without gradient "
+    "clipping: each weight stepped as its gradient is done); more devices (trainer.devices). `make bench` reports "
     "each model's peak memory.")
 
 
