@@ -448,11 +448,8 @@ def test_logged_losses_reach_the_host_in_one_copy(train_cfg, monkeypatch):
     assert not any(value.requires_grad for value, _ in logged.values())
 
 
-def test_tensorboard_shows_the_config_and_wandb_keeps_the_best_fid(train_cfg, monkeypatch):
-    """TensorBoard lists hyperparameters only beside metrics given with them (none here): the
-    config goes to its TEXT tab. wandb's summary holds last values; the best FID is added."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
+def loggers_built_by_runs(monkeypatch) -> list:
+    """The list that the loggers of the runs that follow are appended to as they are built."""
     import src.utils.run as run_module
     built = []
     original = run_module.instantiate_list
@@ -461,6 +458,15 @@ def test_tensorboard_shows_the_config_and_wandb_keeps_the_best_fid(train_cfg, mo
         built.extend(made := original(*args, **kwargs))
         return made
     monkeypatch.setattr(run_module, "instantiate_list", recording)
+    return built
+
+
+def test_tensorboard_shows_the_config_and_wandb_keeps_the_best_fid(train_cfg, monkeypatch):
+    """TensorBoard lists hyperparameters only beside metrics given with them (none here): the
+    config goes to its TEXT tab. wandb's summary holds last values; the best FID is added."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    built = loggers_built_by_runs(monkeypatch)
     monkeypatch.setenv("WANDB_MODE", "disabled")   # a summary kept in memory, readable here
     cfg = train_cfg("model=cyclegan", "logger=many", "max_iters=4", "++callbacks.latent=null",
                     "++callbacks.shapes_truth=null")
@@ -479,16 +485,9 @@ def test_tensorboard_shows_the_config_and_wandb_keeps_the_best_fid(train_cfg, mo
 def test_wandb_has_the_best_fid_as_soon_as_it_improves_not_only_at_a_clean_end(train_cfg, monkeypatch):
     """A run still training, preempted or crashed showed no best_fid in the runs table: it was
     put in the summary by the end-of-fit record only (stood in for here by one that never runs)."""
-    import src.utils.run as run_module
     from src.callbacks.final_metrics import FinalMetrics
 
-    built = []
-    original = run_module.instantiate_list
-
-    def recording(*args, **kwargs):
-        built.extend(made := original(*args, **kwargs))
-        return made
-    monkeypatch.setattr(run_module, "instantiate_list", recording)
+    built = loggers_built_by_runs(monkeypatch)
     monkeypatch.setattr(FinalMetrics, "on_fit_end", lambda self, trainer, pl_module: None)
     monkeypatch.setenv("WANDB_MODE", "disabled")   # a summary kept in memory, readable here
     run_training(train_cfg("model=cyclegan", "logger=wandb", "max_iters=2", "++callbacks.latent=null",
