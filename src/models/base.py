@@ -454,6 +454,21 @@ class AdversarialModel(pl.LightningModule):
                 factor.fill_in_halves(length)
         if length and schedulers and (mismatch := decay_end_mismatch(schedulers[0].lr_lambdas[0], unit, length)):
             rank_zero_warn(mismatch)
+        self.warn_of_step_in_backward_turned_off()
+
+    def warn_of_step_in_backward_turned_off(self) -> None:
+        """`model.optimizer.step_in_backward=true` where the run cannot step in backward (see
+        `steps_in_backward`): said once, so a user who set it for its memory saving knows the run
+        trains without it."""
+        if self.optimizer_cfg.get("step_in_backward", "auto") is not True or self.steps_in_backward:
+            return
+        reasons = [reason for reason, applies in (
+            ("fp16 loss scaling (trainer.precision=16-mixed)", self.grad_scalers is not None),
+            ("gradient clipping (trainer.gradient_clip_val)", self.gradient_clipping is not None),
+            (f"several processes (trainer.strategy: {type(self.trainer.strategy).__name__})",
+             not isinstance(self.trainer.strategy, SingleDeviceStrategy))) if applies]
+        rank_zero_warn(f"model.optimizer.step_in_backward=true is off in this run: {' and '.join(reasons)} need every "
+                       "gradient before the first step. Each player steps after its backward, as with false.")
 
     def rescale_resumed_learning_rates(self) -> None:
         """A resume with another `model.optimizer.lr` (or a player's own) trains on at the new
