@@ -73,6 +73,14 @@ def test_plain_ddp_is_refused_naming_the_strategy_that_works(train_cfg, strategy
         build_trainer_kwargs(cfg, model)
 
 
+@pytest.mark.parametrize("strategy", ["fsdp", "fsdp_cpu_offload", "deepspeed_stage_2"])
+def test_sharded_strategies_are_refused_naming_ddp(train_cfg, strategy):
+    cfg = train_cfg(f"trainer.strategy={strategy}")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    with pytest.raises(ValueError, match=f"trainer.strategy={strategy} is not supported: .* Use trainer=ddp"):
+        build_trainer_kwargs(cfg, model)
+
+
 def test_the_process_count_follows_lightnings_reading_of_the_devices():
     assert process_count({"accelerator": "cpu", "devices": 2, "num_nodes": 3}) == 6
     assert process_count({"accelerator": "cpu", "devices": "auto"}) == 1

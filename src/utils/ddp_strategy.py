@@ -17,6 +17,10 @@ from src.utils.accelerator import resolved_accelerator
 FIND_UNUSED = "_find_unused_parameters_true"
 #: Lightning's DDP strategies by name, without the parameter search each needs here
 PLAIN_DDP = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+#: sharding strategies, by their names' start: the sample grids, evaluations and translation call
+#: the generators outside the wrapped forward (where a sharded model has no whole weights), and
+#: the per-player fp16 loss scalers (src/models/loss_scaling.py) bypass their precision plugins
+SHARDED = ("fsdp", "deepspeed")
 
 
 def choose_strategy(trainer_kwargs: dict) -> None:
@@ -25,6 +29,11 @@ def choose_strategy(trainer_kwargs: dict) -> None:
     strategy = trainer_kwargs.get("strategy", "auto")
     if not isinstance(strategy, str):   # a strategy object or config the user built: theirs
         return
+    if strategy.startswith(SHARDED):
+        raise ValueError(f"trainer.strategy={strategy} is not supported: the models call their generators outside "
+                         f"the sharded forward (sample grids, evaluation), and train each player with its own loss "
+                         f"scaler. Use trainer=ddp (each GAN here fits one GPU's memory; for a larger one, lower "
+                         f"data.batch_size or use trainer.precision=bf16-mixed)")
     plain = strategy.removesuffix("_find_unused_parameters_false")
     if plain in PLAIN_DDP:
         raise ValueError(f"trainer.strategy={strategy} fails at a GAN's second backward: each player's step leaves "
