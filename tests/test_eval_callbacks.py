@@ -127,6 +127,27 @@ def test_kid_subset_size_is_capped_at_the_number_of_images(extractor):
     assert scorer.kid.subset_size_for(5000, 3000) == 1000
 
 
+def test_fid_over_fewer_images_than_features_says_it_compares_only_at_equal_counts(extractor, caplog):
+    images = torch.rand(24, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    scorer = FidKidScorer(extractor)
+    assert extractor.num_features > 12
+    with caplog.at_level(logging.INFO):
+        for _ in range(2):   # a second evaluation over the same counts says nothing new
+            scorer.update(real=images[:12], fake=images[12:])
+            scorer.compute()
+            scorer.reset()
+    told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("FID over")]
+    assert told == [f"FID over 12 real and 12 generated images, fewer than the {extractor.num_features} features: "
+                    "it is biased upward, more so the fewer the images, so compare it only between runs scored "
+                    "on the same number of images (KID is unbiased)"]
+    caplog.clear()
+    many = torch.rand(2 * extractor.num_features, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with caplog.at_level(logging.INFO):
+        scorer.update(real=many, fake=many.flip(0))
+        scorer.compute()
+    assert "FID over" not in caplog.text
+
+
 def test_kid_settings_it_cannot_compute_are_refused_by_name(extractor):
     with pytest.raises(ValueError, match=r"kid_subset_size=1 must be an integer >= 2 \(callbacks.fid_kid"):
         FidKidScorer(extractor, kid_subset_size=1)

@@ -19,7 +19,7 @@ import warnings
 
 import torch
 import torch.nn as nn
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.aggregation import SumMetric
 from torchmetrics.image.kid import KernelInceptionDistance
@@ -55,6 +55,7 @@ class CappedKernelInceptionDistance(KernelInceptionDistance):
         if min(n_real, n_fake) < 2:
             raise RuntimeError(f"KID needs at least 2 real and 2 fake images, got {n_real} and {n_fake}")
         self.subset_size = self.subset_size_for(n_real, n_fake)
+        self.counts = (n_real, n_fake)
         # The subsets come from torch.randperm on the CPU generator: seed only that one
         # (torch.manual_seed would also reseed every GPU's generator, which fork_rng([]) leaves).
         with torch.random.fork_rng(devices=[]):
@@ -106,6 +107,7 @@ class FidKidScorer(nn.Module):
         # make FID's eigendecomposition crash the process (a NaN matrix in MKL), or, through
         # Inception's uint8 input, pass as black images with a plausible score.
         self.non_finite = SumMetric()
+        self.small_sets_told: set[tuple[int, int]] = set()
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -150,12 +152,24 @@ class FidKidScorer(nn.Module):
             return dict.fromkeys(names, math.nan)
         self._prepare_empty_rank()
         kid_mean, kid_std = self.kid.compute()
+        self.tell_of_small_sets(self.kid.counts)
         scores = {"fid": float(self.fid.compute()),
                   "kid_x100": 100.0 * float(kid_mean),
                   "kid_std_x100": 100.0 * float(kid_std)}
         if self.inception_score is not None:
             scores.update(self.inception_score.compute(device=self.fid.real_features_sum.device))
         return scores
+
+    def tell_of_small_sets(self, counts: tuple[int, int]) -> None:
+        """FID over fewer images than features (the unpaired test sets: 100-500 images against
+        Inception's 2048) fits singular covariances, and its bias grows as the count falls: such
+        FIDs compare only at equal counts. Said once per pair of counts, as information: it is
+        the papers' own protocol."""
+        if min(counts) < self.num_features and counts not in self.small_sets_told:
+            self.small_sets_told.add(counts)
+            rank_zero_info(f"FID over {counts[0]} real and {counts[1]} generated images, fewer than the "
+                           f"{self.num_features} features: it is biased upward, more so the fewer the images, so "
+                           f"compare it only between runs scored on the same number of images (KID is unbiased)")
 
     def reset(self) -> None:
         self.fid.reset()
