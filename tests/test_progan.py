@@ -9,6 +9,7 @@ from pathlib import Path
 import hydra
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
@@ -379,6 +380,24 @@ def test_stylegan_discriminator_downsamples_through_the_low_pass_filter(train_cf
     blurred.set_stage(0, 1.0)   # 4x4 alone: no downsampling block runs, so no filter either
     box.set_stage(0, 1.0)
     assert torch.equal(box(x), blurred(x))
+
+
+@pytest.mark.parametrize("blurs", [False, True])
+def test_each_critic_block_activates_where_its_authors_do(blurs):
+    """ProGAN's block: conv, LReLU, then the 2x2 average (its paper's table); StyleGAN's:
+    blur, conv, the average, then LReLU (the authors' D_basic, `act(conv2d_downscale2d(blur(x)))`)."""
+    torch.manual_seed(0)
+    critic = ProGANDiscriminator(image_size=8, fmap_base=32, fmap_max=8, blur=blurs)
+    critic.set_stage(1, 1.0)
+    seen = {}
+    (conv2,) = [block[1] for block in critic.blocks]
+    conv2.register_forward_hook(lambda module, args, output: seen.update(conv2=output))
+    critic.last_conv.register_forward_pre_hook(lambda module, args: seen.update(block=args[0][:, :-1]))
+    critic(torch.randn(4, 3, 8, 8))
+    pooled_then_activated = F.leaky_relu(F.avg_pool2d(seen["conv2"], 2), 0.2)
+    activated_then_pooled = F.avg_pool2d(F.leaky_relu(seen["conv2"], 0.2), 2)
+    assert not torch.allclose(pooled_then_activated, activated_then_pooled)
+    assert torch.allclose(seen["block"], pooled_then_activated if blurs else activated_then_pooled, atol=1e-6)
 
 
 @pytest.mark.parametrize("name, length", [("progan", ("max_kimg", 19000)), ("stylegan", ("max_kimg", 25000)),

@@ -211,7 +211,9 @@ class ProGANDiscriminator(GrowingNet):
         for k in range(self.level, 0, -1):
             conv1, conv2 = self.blocks[k - 1]
             h = leaky(conv1(h))
-            h = F.avg_pool2d(leaky(conv2(blur(h, self.low_pass) if self.blur else h)), 2)
+            # ProGAN (its paper's table): conv, LReLU, downsample. StyleGAN (the authors'
+            # D_basic): blur, conv, downsample, then the activation.
+            h = leaky(F.avg_pool2d(conv2(blur(h, self.low_pass)), 2)) if self.blur else F.avg_pool2d(leaky(conv2(h)), 2)
             if k == self.level and self.fading:   # fading the new level in over the previous one
                 old = leaky(self.from_rgb[k - 1](F.avg_pool2d(x, 2)))
                 h = self.fade(old, h)
