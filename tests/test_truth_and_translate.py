@@ -1447,6 +1447,10 @@ def test_eval_of_a_grayscale_run_scores_fid_without_the_colour_ground_truth(trai
                     "++callbacks.shapes_truth=null")
     run_training(cfg)
     run = SimpleNamespace(ckpt=Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", cfg=cfg)
+    # The data config's own channel counts (RGB) do not fit the run's networks: refused by name.
+    with pytest.raises(ValueError, match=r"data.input_nc=3, but ckpt_path=.* was trained with data.input_nc=1: its "
+                                         r"networks read and write that many channels. Pass \+\+data.input_nc=1$"):
+        evaluate(run, tmp_path / "as_configured", shared_data_dir)
     results, out = evaluate(run, tmp_path / "eval", shared_data_dir, "data.input_nc=1")
     assert set(results["AtoB"]) == {"fid", "kid_x100", "kid_std_x100"} and math.isfinite(results["BtoA"]["fid"])
     assert {Image.open(p).mode for p in (out / "fakeA").glob("*.png")} == {"L"}   # domain A is grayscale here

@@ -143,8 +143,24 @@ def truth_backgrounds(datamodule, dataset) -> dict[str, torch.Tensor] | None:
 
 #: data settings that shape the images a model sees: evaluated otherwise than trained, its scores
 #: no longer compare with the run's
-IMAGE_SETTINGS = ("preprocess", "load_size", "crop_size", "size", "input_nc", "output_nc", "resize_interpolation",
-                  "bit_depth", "to_srgb")
+IMAGE_SETTINGS = ("preprocess", "load_size", "crop_size", "size", "resize_interpolation", "bit_depth", "to_srgb")
+#: data settings the networks are built for: read otherwise, the images do not fit them
+CHANNEL_SETTINGS = ("input_nc", "output_nc")
+
+
+def check_trained_channels(model, datamodule, ckpt_path) -> None:
+    """`data=NAME` of other channel counts than the run's (a grayscale run scored on an RGB data
+    config) failed inside the first convolution, or, for output_nc alone, scored grey fakes
+    against colour reals: refused, naming the values the run was trained with."""
+    hparams = getattr(datamodule, "hparams", {})
+    differing = [key for key in CHANNEL_SETTINGS
+                 if key in model.training_data and key in hparams and hparams[key] != model.training_data[key]]
+    if differing:
+        given = ", ".join(f"data.{key}={hparams[key]}" for key in differing)
+        fix = " ".join(f"++data.{key}={model.training_data[key]}" for key in differing)
+        raise ValueError(f"{given}, but ckpt_path={ckpt_path} was trained with "
+                         f"{', '.join(f'data.{key}={model.training_data[key]}' for key in differing)}: its networks "
+                         f"read and write that many channels. Pass {fix}")
 
 
 def warn_about_other_image_settings(model, datamodule) -> None:
@@ -502,6 +518,7 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device,
         check_same_classes(model.loaded_class_folders, datamodule, f"ckpt_path={cfg.ckpt_path}")
     if not generates:
         check_trained_direction(model, datamodule, cfg.ckpt_path)
+    check_trained_channels(model, datamodule, cfg.ckpt_path)
     warn_about_other_image_settings(model, datamodule)
     real_split, num_samples, num_real = sample_protocol(cfg, model)
     if generates and cfg.get("segmenter_path") is not None:
