@@ -57,6 +57,16 @@ def test_training_stops_at_the_first_batch_with_the_size_error(train_cfg):
         run_training(cfg)
 
 
+def test_networks_built_for_other_channels_than_the_data_stop_at_the_first_batch(train_cfg):
+    """model.generator.input_nc set in place of data.input_nc: torch's error in the first
+    convolution named no setting."""
+    cfg = train_cfg("model=cyclegan", "model.generator.input_nc=1", "loss.weights.identity=0", "max_iters=1")
+    with pytest.raises(ValueError, match=r"The data gives 3-channel A images, and CycleGAN's AtoB translation reads 1: "
+                                         r"the networks' input_nc/output_nc \(model.generator...\) must be "
+                                         r"data.input_nc/output_nc"):
+        run_training(cfg)
+
+
 def test_the_smoke_config_sizes_the_embedded_datasets_only(train_cfg):
     # NICE-GAN's smoke networks need more than the embedded dataset's 32 px; a dataset of files
     # has no `size` key (its module would refuse it) and keeps its own crop size.

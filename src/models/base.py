@@ -31,7 +31,7 @@ from src.models.loss_window import LossWindow
 from src.models.optimizers import (build_optimizer, changed_learning_rates, check_optimizer_settings, ramped_momentum,
                                    with_player_overrides)
 from src.models.lr_schedules import DecayToZero, build_scheduler, decay_end_mismatch, rescale_schedule
-from src.models.size_check import check_image_size, check_translation_size, size_multiple
+from src.models.size_check import check_image_size, check_translation_size, input_channels, size_multiple
 from src.models import step_in_backward
 from src.nets.init import init_weights
 from src.nets.fast_conv import configure_fast_conv
@@ -898,10 +898,21 @@ class TranslationModel(AdversarialModel):
         forward pass, when the networks cannot run on this batch's image size (once per shape;
         src/models/size_check.py)."""
         for key in ("A", "B"):
-            shape = tuple(batch[key].shape[:1]) + tuple(batch[key].shape[2:])
+            shape = tuple(batch[key].shape)
             if shape not in self._image_sizes_checked:
+                self.check_batch_channels(key, shape[1])
                 check_image_size(self, batch[key])
                 self._image_sizes_checked.add(shape)
+
+    def check_batch_channels(self, domain: str, channels: int) -> None:
+        """The networks are built for `model.generator.input_nc` / `output_nc`, the images read for
+        `data.input_nc` / `output_nc`: where they differ, say so here rather than in the first
+        convolution's tensor error."""
+        for direction in translated_directions(self)[0]:
+            if direction[0] == domain and channels != (expected := input_channels(self, direction)):
+                raise ValueError(f"The data gives {channels}-channel {domain} images, and {type(self).__name__}'s "
+                                 f"{direction} translation reads {expected}: the networks' input_nc/output_nc "
+                                 f"(model.generator...) must be data.input_nc/output_nc, as the model configs set them")
 
     # ----- sampling ----------------------------------------------------------------------
     def translate(self, x: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
