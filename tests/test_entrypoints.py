@@ -267,3 +267,36 @@ def test_make_help_lists_every_target():
     out = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
     listed = {line.split()[1] for line in out.splitlines() if line.startswith("make ")}
     assert listed == set(phony.removeprefix(".PHONY:").split()) - {"help"}
+
+
+@pytest.mark.parametrize("entry", ["train", "eval", "translate"])
+def test_the_run_log_file_is_written_in_utf8_whatever_the_systems_code_page(tmp_path, entry):
+    """Hydra's log file handler takes the system's encoding (Windows' ANSI code page), which cannot
+    write every path or name; a line it cannot encode never reaches the file."""
+    import logging
+    import logging.config
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        job_logging = compose(config_name=entry, return_hydra_config=True).hydra.job_logging
+    GlobalHydra.instance().clear()
+    settings = OmegaConf.to_container(job_logging, resolve=False)
+    settings["handlers"] = {"file": {**settings["handlers"]["file"], "filename": str(tmp_path / "run.log")}}
+    settings["root"] = {"handlers": ["file"], "level": "INFO"}
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    try:
+        logging.config.dictConfig({**settings, "disable_existing_loggers": False})
+        (handler,) = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+        assert handler.encoding == "utf-8"
+        logging.getLogger("src").info("données/café ρ 猫")
+        handler.flush()
+    finally:
+        for h in root.handlers:
+            h.close()
+        root.handlers[:], root.level = before
+    assert "données/café ρ 猫" in (tmp_path / "run.log").read_text(encoding="utf-8")
