@@ -236,3 +236,27 @@ def test_ranks_other_than_zero_log_warnings_only_during_a_run(monkeypatch):
     finally:
         logging.getLogger().removeHandler(kept)
     assert kept.messages == ["a rank's own warning", "after the run", "rank zero's line"]
+
+
+def test_the_code_record_reads_a_non_ascii_change_whatever_the_systems_code_page(tmp_path):
+    """git writes UTF-8; read in the system's code page (Windows', or here an ASCII locale), an
+    uncommitted change holding a non-ASCII character stopped the run at its start."""
+    import subprocess
+    import sys
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    code = repo / "src" / "model.py"
+    code.write_text("x = 1\n", encoding="utf-8")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    code.write_text("x = 1  # ρ données\n", encoding="utf-8")
+    script = ("import sys; from pathlib import Path; from src.utils.code_version import uncommitted_changes; "
+              "diff, _ = uncommitted_changes(Path(sys.argv[1])); "
+              "sys.stdout.buffer.write(diff.encode('utf-8'))")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, "-c", script, str(repo)], capture_output=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
+    assert "+x = 1  # ρ données" in result.stdout.decode("utf-8")

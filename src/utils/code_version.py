@@ -10,7 +10,10 @@ CODE_FOLDERS = ("src", "conf")
 
 
 def _git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=30).stdout
+    # git writes UTF-8 (paths, diffs); the system's code page (Windows', an ASCII locale) would
+    # fail on a non-ASCII character of an uncommitted change, or garble code.patch.
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, encoding="utf-8", errors="replace",
+                          check=True, timeout=30).stdout
 
 
 def git_revision(root: Path, ignored: tuple[str, ...] = ()) -> str | None:

@@ -254,7 +254,7 @@ class SweepSummary(Callback):
             return
         path = self._write_table(config, "at the sweep's end")
         if path is not None:
-            log.info("Sweep summary: %s\n%s", path, path.read_text())
+            log.info("Sweep summary: %s\n%s", path, path.read_text(encoding="utf-8"))
 
     def _write_table(self, config: DictConfig, when: str) -> Path | None:
         try:
@@ -273,7 +273,7 @@ def main(argv: list[str]) -> int:
     if path is None:
         print(f"{argv[0]}: no job directories (0/, 1/, ...) found", file=sys.stderr)
         return 1
-    print(path.read_text())
+    print(path.read_text(encoding="utf-8"))
     return 0
 
 
