@@ -135,6 +135,17 @@ def test_numpy_and_python_draws_of_an_item_are_its_seeds_too_and_the_callers_are
     assert dataset[3] == plain and plain != dataset[4]
 
 
+def test_every_librarys_draws_of_an_item_are_the_same_in_a_loader_worker():
+    """Workers seed each item's streams without saving the ones before: the items must still
+    be the main process's, whichever worker loads them and in whatever order."""
+    dataset = SeededItems(EveryLibrarysDraws())
+    keys = [(i, 1000 + i) for i in (3, 1, 4, 1, 5, 9)]
+    in_process = [dataset[key] for key in keys]
+    loader = torch.utils.data.DataLoader(dataset, sampler=keys, batch_size=None, num_workers=2)
+    assert [tuple(item) for item in loader] == in_process
+    assert len(set(in_process)) == 5   # the repeated key gives the same item; the others differ
+
+
 def batches(dm, num_workers: int) -> list:
     dm.num_workers = num_workers
     loader = dm.train_dataloader()

@@ -55,17 +55,29 @@ def seeded_global_rngs(seed: int):
     """Torch's CPU generator, numpy's and python's global RNGs seeded with `seed` inside the
     block and restored after it. The CPU generator only: torch.manual_seed would also reseed
     every GPU's, which fork_rng([]) does not restore (an item loaded in the main process would
-    set training's CUDA stream to its seed)."""
+    set training's CUDA stream to its seed).
+
+    In a loader worker nothing is restored: the worker only prepares items, each seeding the
+    streams anew, and saving numpy's and python's states costs ~0.1 ms an item (a WGAN
+    iteration on MNIST loads 320)."""
+    if torch.utils.data.get_worker_info() is not None:
+        seed_global_rngs(seed)
+        yield
+        return
     numpy_state, python_state = np.random.get_state(), random.getstate()
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
-            np.random.seed(seed % 2**32)
-            random.seed(seed)
+            seed_global_rngs(seed)
             yield
     finally:
         np.random.set_state(numpy_state)
         random.setstate(python_state)
+
+
+def seed_global_rngs(seed: int) -> None:
+    torch.default_generator.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 class EpochOrderSampler(DistributedSampler):
