@@ -130,8 +130,10 @@ def clip_rho_(module: nn.Module) -> None:
     A plain parameter with clipping is U-GAT-IT's mechanism (its `RhoClipper`); we use it for
     NICE-GAN too instead of that code's softmax over (IN, LN) logits, so both models share it.
     """
-    for _, norm in _mix_norms(module):
-        norm.rho.clamp_(0.0, 1.0)
+    rhos = [norm.rho for _, norm in _mix_norms(module)]
+    if rhos:   # two fused passes, not a kernel per layer each generator step
+        torch._foreach_clamp_min_(rhos, 0.0)
+        torch._foreach_clamp_max_(rhos, 1.0)
 
 
 @torch.no_grad()
