@@ -1243,6 +1243,18 @@ def test_paired_folders_match_by_the_path_inside_each_folder(tmp_path):
         match_by_name(root / "testA", root / "testB")
 
 
+def test_partners_whose_names_differ_only_in_unicode_form_match(tmp_path):
+    """A name copied from a Mac keeps its accents decomposed (NFD); its partner's are composed
+    (NFC): they looked the same in the missing-partner error, and did not match."""
+    import unicodedata
+    root = tmp_path / "pairs"
+    for split in ("train", "test"):
+        write_image(root / f"{split}A" / (unicodedata.normalize("NFD", "café") + ".png"), color=RED)
+        write_image(root / f"{split}B" / (unicodedata.normalize("NFC", "café") + ".png"), color=RED)
+    (pair,) = match_by_name(root / "testA", root / "testB")
+    assert unicodedata.normalize("NFC", pair[0].stem) == pair[1].stem and pair[0].stem != pair[1].stem
+
+
 def test_a_pair_of_two_shapes_is_refused_naming_both_files_and_one_of_two_sizes_is_resized(tmp_path):
     """A partner of another shape (turned upright by its EXIF orientation) was squashed onto its
     image without a word; one of another size but the same shape (a label map at another

@@ -11,6 +11,7 @@ Two layouts on disk:
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,8 @@ def match_by_name(folder_a: Path, folder_b: Path, domains: tuple[str, str] = ("A
 
     def by_name(folder: Path, domain: str) -> dict[str, Path]:
         paths = list_images(folder)
-        found = [name_in_folder(path, folder) for path in paths]
+        # In NFC: a name copied from a Mac (decomposed accents) matches its partner's composed one.
+        found = [unicodedata.normalize("NFC", name_in_folder(path, folder)) for path in paths]
         ending = f"_{domain}"
         if found and all(name.endswith(ending) for name in found):
             found = [name[: -len(ending)] for name in found]
