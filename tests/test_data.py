@@ -373,6 +373,15 @@ def test_image_modes(tmp_path):
         load_image(tmp_path / "gray.png", 2)
 
 
+def test_a_mode_that_converts_to_rgb_only_is_read_as_grayscale_through_rgb(tmp_path):
+    """CIELAB TIFFs convert to RGB but not to grayscale: data.input_nc=1 stopped with PIL's bare
+    "conversion from LAB to L not supported", naming no file."""
+    Image.new("LAB", (8, 6), (200, 90, 160)).save(tmp_path / "lab.tif")
+    colour = load_image(tmp_path / "lab.tif", 3)
+    grey = load_image(tmp_path / "lab.tif", 1)
+    expected = np.array(Image.fromarray(colour).convert("L"))
+    assert grey.shape == (6, 8, 1) and np.array_equal(grey[..., 0], expected)
+
 
 def test_a_transparent_colour_reads_white_like_alpha(tmp_path):
     """PNG's tRNS marks one stored grey or RGB value transparent, as a palette entry can be: its

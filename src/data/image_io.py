@@ -240,8 +240,17 @@ def to_uint8_array(image: Image.Image, channels: int, bit_depth: int = 16, sourc
     if icc_profile:
         image = _to_srgb(image, icc_profile, source)
     image = _drop_transparency(image)
-    # convert() handles the rest: L, 1, P, CMYK, YCbCr, LAB, HSV, RGB.
-    image = image.convert("L" if channels == 1 else "RGB")
+    # convert() handles the rest: L, 1, P, CMYK, YCbCr, LAB, HSV, RGB. Some modes convert to RGB
+    # only (LAB): to grayscale through it.
+    target = "L" if channels == 1 else "RGB"
+    try:
+        image = image.convert(target)
+    except ValueError:
+        try:
+            image = image.convert("RGB").convert(target)
+        except ValueError as error:
+            raise ImageReadError(f"{source}: PIL cannot convert its {image.mode} pixels to {target} ({error}): "
+                                 f"save it as RGB or grayscale") from error
     array = np.array(image, dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
     if array.ndim == 2:
         array = array[:, :, None]
