@@ -4,6 +4,7 @@ import glob
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -410,6 +411,25 @@ def test_a_transparent_colour_reads_white_like_alpha(tmp_path):
             assert np.abs(read[1, 3] - kept[name]).max() <= 2, name
     assert load_image(tmp_path / "deep.png", 3, bit_depth=12)[1, 3].tolist() == [62, 125, 187]
     assert load_image(tmp_path / "deep_grey.png", 1, bit_depth=12)[1, 3].tolist() == [62]
+
+def test_12_bit_data_read_as_16_bit_says_once_which_bit_depth_fills_the_range(tmp_path, monkeypatch, caplog):
+    from src.data import bit_depth
+    monkeypatch.setattr(bit_depth, "_told_of_unused_top_bits", False)
+    twelve = (np.arange(16 * 16).reshape(16, 16) * 16).astype(np.uint16)   # 0 .. 4080
+    Image.fromarray(twelve).save(tmp_path / "scan.png")
+    Image.fromarray(twelve * 16).save(tmp_path / "full.png")   # the whole 16-bit range
+    with caplog.at_level(logging.WARNING, logger="src.data.bit_depth"):
+        load_image(tmp_path / "full.png", 1)
+        load_image(tmp_path / "scan.png", 1, bit_depth=12)
+        assert not caplog.records
+        load_image(tmp_path / "scan.png", 1)
+        load_image(tmp_path / "scan.png", 1)
+    (record,) = caplog.records
+    assert record.getMessage() == (f"{tmp_path / 'scan.png'}: its 16-bit samples all lie in 0..4080, so it reads nearly "
+                                   "black (at most 16 of 255). If the files hold 12-bit data, set ++data.bit_depth=12 "
+                                   "(python -m src.data.check_images --bit-depth 12 checks every image); a dark image "
+                                   "is read as it is. Said once.")
+
 
 def test_12_bit_data_in_16_bit_files_is_read_at_its_bit_depth(tmp_path):
     """A scanner's 12-bit values stored in 16-bit PNGs: read as 16-bit data they stay dark (at

@@ -9,6 +9,7 @@ every image so that brightness compares across the dataset.
 from __future__ import annotations
 
 import io
+import logging
 import struct
 from pathlib import Path
 
@@ -16,8 +17,29 @@ import cv2
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+log = logging.getLogger(__name__)
+
 # Grayscale modes whose samples do not fit in 8 bits; PIL's convert("L") would clip them at 255.
 HIGH_BIT_DEPTH_GRAYSCALE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+#: whether this process has said that an image's samples leave the top bits of data.bit_depth unused
+_told_of_unused_top_bits = False
+
+
+def tell_of_unused_top_bits(values: np.ndarray, bit_depth: int, source: str | Path) -> None:
+    """Once per process: samples that never reach the top 4 bits of `bit_depth` (12-bit data in
+    16-bit files, at the default data.bit_depth=16) read as nearly black images. Said, not
+    refused: a dark image can be one."""
+    global _told_of_unused_top_bits
+    if _told_of_unused_top_bits or not values.size or bit_depth <= 8:
+        return
+    top = int(values.max())
+    if top < 2 ** (bit_depth - 4):
+        _told_of_unused_top_bits = True
+        bits = max(8, top.bit_length())
+        log.warning("%s: its %d-bit samples all lie in 0..%d, so it reads nearly black (at most %d of 255). If the "
+                    "files hold %d-bit data, set ++data.bit_depth=%d (python -m src.data.check_images --bit-depth %d "
+                    "checks every image); a dark image is read as it is. Said once.", source, bit_depth, top,
+                    round(top * 255 / (2 ** bit_depth - 1)), bits, bits, bits)
 
 
 def integers_to_uint8(values: np.ndarray, bit_depth: int) -> np.ndarray:
@@ -32,7 +54,7 @@ def integers_to_uint8(values: np.ndarray, bit_depth: int) -> np.ndarray:
     return np.rint(values.astype(np.float64) * (255.0 / top)).astype(np.uint8)
 
 
-def grayscale_to_uint8(image: Image.Image, bit_depth: int = 16) -> Image.Image:
+def grayscale_to_uint8(image: Image.Image, bit_depth: int = 16, source: str | Path = "image") -> Image.Image:
     """A 16/32-bit integer or float grayscale image (HIGH_BIT_DEPTH_GRAYSCALE_MODES) as an "L" image.
 
     Integer modes are read as `bit_depth`-bit data (integers_to_uint8); a transparent grey value
@@ -43,6 +65,7 @@ def grayscale_to_uint8(image: Image.Image, bit_depth: int = 16) -> Image.Image:
     values = np.asarray(image)
     if image.mode != "F":
         grey = Image.fromarray(integers_to_uint8(values, bit_depth), mode="L")
+        tell_of_unused_top_bits(values, bit_depth, source)
         if isinstance(key := image.info.get("transparency"), int):
             grey.putalpha(Image.fromarray(np.where(values == key, 0, 255).astype(np.uint8)))
         return grey

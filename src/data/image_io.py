@@ -234,7 +234,7 @@ def to_uint8_array(image: Image.Image, channels: int, bit_depth: int = 16, sourc
     icc_profile = _colour_profile(image, source) if to_srgb else None
     if image.mode in HIGH_BIT_DEPTH_GRAYSCALE_MODES:
         try:
-            image = grayscale_to_uint8(image, bit_depth)
+            image = grayscale_to_uint8(image, bit_depth, source)
         except ValueError as error:
             raise ImageReadError(f"{source}: {error}") from error
     if icc_profile:
