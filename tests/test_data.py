@@ -1498,7 +1498,18 @@ def test_a_download_cut_short_is_an_error_not_a_truncated_file(tmp_path, monkeyp
         raise download.urllib.error.URLError("Connection refused")
 
     monkeypatch.setattr(download.urllib.request, "urlopen", refused)
-    with pytest.raises(download.DownloadError, match=r"Downloading http://host/a.zip failed: .*Connection refused"):
+    with pytest.raises(download.DownloadError, match=r"Downloading http://host/a.zip failed: .*Connection refused. "
+                                                     r"Run the command again.$"):
+        download.fetch("http://host/a.zip", tmp_path / "a.zip")
+
+    def unverified(url, timeout):   # macOS's python.org Python before 'Install Certificates.command'
+        import ssl
+        raise download.urllib.error.URLError(ssl.SSLCertVerificationError(1, "certificate verify failed"))
+
+    monkeypatch.setattr(download.urllib.request, "urlopen", unverified)
+    with pytest.raises(download.DownloadError, match=r"certificate verify failed.*cannot verify the server's "
+                                                     r"certificate, so running again fails the same way: on macOS .*"
+                                                     r"'Install Certificates.command'.* SSL_CERT_FILE"):
         download.fetch("http://host/a.zip", tmp_path / "a.zip")
 
 

@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import shlex
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -274,7 +275,7 @@ def _download(url: str, out, chunk_bytes: int, md5: str | None) -> None:
                 done += len(chunk)
                 _report_progress(done, total)
     except OSError as error:  # URLError, HTTPError, timeouts, a refused connection
-        raise DownloadError(f"Downloading {url} failed: {error}. Run the command again.") from error
+        raise DownloadError(f"Downloading {url} failed: {error}. {retry_advice(error)}") from error
     finally:
         print()
     if total is not None and done != total:
@@ -284,6 +285,18 @@ def _download(url: str, out, chunk_bytes: int, md5: str | None) -> None:
         raise DownloadError(f"{url} arrived with MD5 {digest.hexdigest()}, not the published {md5.lower()}: the "
                             "transfer was corrupted, or the server now serves another file. Run the command again; "
                             "if it fails the same way, the dataset's page may list a new release.")
+
+
+def retry_advice(error: OSError) -> str:
+    """What to do about a failed transfer. A certificate this Python cannot verify fails every
+    time: the python.org installer for macOS ships without certificates until its "Install
+    Certificates.command" runs; behind a proxy that inspects TLS, its certificate is missing."""
+    reason = getattr(error, "reason", error)
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return ("This Python cannot verify the server's certificate, so running again fails the same way: on macOS "
+                "with python.org's Python, run 'Install Certificates.command' (in its Applications folder); behind "
+                "a TLS-inspecting proxy, point SSL_CERT_FILE at its certificate bundle.")
+    return "Run the command again."
 
 
 def _inside(root: Path, member: str) -> bool:
