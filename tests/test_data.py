@@ -959,6 +959,9 @@ def test_the_image_tools_start_a_process_per_cpu_the_job_may_use(monkeypatch):
     parser = argparse.ArgumentParser()
     folder_tools.add_reading_arguments(parser)
     assert parser.parse_args([]).workers == 8
+    # Windows' process pool takes at most 61 processes: its default was refused as a usage error
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(96)), raising=False)
+    assert folder_tools.default_workers("win32") == 61 and folder_tools.default_workers("linux") == 96
 
 
 def test_grayscale_channels_in_batches(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -47,6 +48,15 @@ def _map_in_pool(function: Callable, items: Iterable, workers: int) -> Iterator[
             raise
 
 
+#: the most processes a pool may have on Windows (ProcessPoolExecutor refuses more there)
+WINDOWS_MAX_WORKERS = 61
+
+
+def default_workers(platform: str = sys.platform) -> int:
+    """One process per usable core, within what the platform's process pool takes."""
+    return min(usable_cpus(), WINDOWS_MAX_WORKERS) if platform == "win32" else usable_cpus()
+
+
 def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
     """--channels, --keep-stored-colours, --bit-depth (as data.input_nc, data.to_srgb=false and
     data.bit_depth read images) and --workers."""
@@ -55,7 +65,7 @@ def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not convert colour profiles to sRGB (++data.to_srgb=false in a run)")
     parser.add_argument("--bit-depth", type=int, default=16, choices=range(8, 17), metavar="8..16",
                         help="bits of the samples of 16-bit files (data.bit_depth; default 16)")
-    parser.add_argument("--workers", type=int, default=usable_cpus(),
+    parser.add_argument("--workers", type=int, default=default_workers(),
                         help="processes reading in parallel (default: one per CPU core this process may use)")
 
 
