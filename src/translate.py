@@ -19,7 +19,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from src.utils.checkpoint_loading import check_checkpoint_settings, load_model, recorded_checkpoint_path  # noqa: E402
 from src.utils.export import EXPORT_FORMATS, check_export_format, export_path, export_translation  # noqa: E402
-from src.data.folders import output_paths, refuse_existing_outputs  # noqa: E402
+from src.data.folders import lies_inside, output_paths, refuse_existing_outputs  # noqa: E402
 from src.utils.config_checks import check_seed, require_bool  # noqa: E402
 from src.utils.rng import isolated_rng  # noqa: E402
 from src.utils.whole_files import write_text_whole  # noqa: E402
@@ -40,7 +40,7 @@ def run_translation(cfg: DictConfig) -> dict:
         check_export_format(cfg.export)
     paths = list_input_images(cfg.input) if cfg.get("input") else []
     targets = output_paths(paths, Path(cfg.output), Path(cfg.input) if paths and Path(cfg.input).is_dir() else None)
-    if paths and Path(cfg.input).is_dir() and Path(cfg.output).resolve().is_relative_to(Path(cfg.input).resolve()):
+    if paths and Path(cfg.input).is_dir() and lies_inside(cfg.output, cfg.input):
         raise ValueError(f"output={cfg.output} lies inside input={cfg.input}: a later run on that input would "
                          f"translate these outputs too; write them elsewhere")
     fixed_translation_size(cfg.get("size"), cfg.get("short_side"))   # checked before anything is written

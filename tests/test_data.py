@@ -948,6 +948,22 @@ def test_each_half_of_a_side_by_side_jpeg_is_decoded_to_more_than_its_resize(tmp
     assert widths and min(widths) > 64, widths
 
 
+def test_an_output_folder_inside_the_input_is_found_where_the_disk_ignores_letter_case(tmp_path, monkeypatch):
+    """macOS's disks ignore case and its resolved paths keep the case given: `photos/out` lay
+    inside `Photos` unnoticed, and the next run read the outputs as inputs. A disk that ignores
+    case is played here by a samefile that does."""
+    from src.data.folders import lies_inside
+    (tmp_path / "Photos").mkdir()
+    assert lies_inside(tmp_path / "Photos" / "out", tmp_path / "Photos")
+    assert not lies_inside(tmp_path / "photos" / "out", tmp_path / "Photos")   # this disk tells case apart
+    assert not lies_inside(tmp_path / "elsewhere", tmp_path / "Photos")
+    monkeypatch.setattr(os.path, "samefile", lambda a, b: str(a).lower() == str(b).lower())
+    monkeypatch.setattr(Path, "exists", lambda self: str(self).lower().startswith(str(tmp_path / "photos").lower())
+                        or self in tmp_path.parents or self == tmp_path)
+    assert lies_inside(tmp_path / "photos" / "out", tmp_path / "Photos")
+    assert not lies_inside(tmp_path / "elsewhere", tmp_path / "Photos")
+
+
 def test_the_image_tools_start_a_process_per_cpu_the_job_may_use(monkeypatch):
     """On a 128-core node a SLURM job of 8 cores was given 128 decoding processes
     (os.cpu_count() counts the node)."""

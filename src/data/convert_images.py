@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 
 from src.data.folder_tools import add_reading_arguments, input_errors_as_usage, map_in_processes, reading_settings
-from src.data.folders import list_images, output_paths, refuse_existing_outputs
+from src.data.folders import lies_inside, list_images, output_paths, refuse_existing_outputs
 from src.data.image_io import load_image, save_image
 from src.data.transforms import RESIZE_INTERPOLATIONS, resize_image, short_side_size
 
@@ -55,7 +55,7 @@ def convert_images(input_dir: str | Path, output_dir: str | Path, short_side: in
         raise ValueError(f"--short-side {short_side} must be a positive number of pixels")
     if interpolation not in RESIZE_INTERPOLATIONS:
         raise ValueError(f"--interpolation {interpolation!r} must be one of {', '.join(RESIZE_INTERPOLATIONS)}")
-    if output_dir.resolve().is_relative_to(input_dir.resolve()):
+    if lies_inside(output_dir, input_dir):
         raise ValueError(f"{output_dir} lies inside {input_dir}: its files would be read as inputs next "
                          f"time; write them elsewhere")
     if not input_dir.is_dir():

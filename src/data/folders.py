@@ -106,6 +106,18 @@ def name_in_folder(path: Path, folder: Path | None) -> str:
     return path.stem
 
 
+def lies_inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether `path` is `folder` or lies under it, also where the names differ in letter case on
+    a disk that ignores it (macOS's, Windows'): `photos/out` inside `Photos`. Resolved paths keep
+    the case they are given in on macOS, so the existing ancestors are compared as files."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    if path.is_relative_to(folder):
+        return True
+    if not folder.is_dir():
+        return False
+    return any(ancestor.exists() and os.path.samefile(ancestor, folder) for ancestor in (path, *path.parents))
+
+
 def refuse_existing_outputs(targets, how_to_replace: str) -> None:
     """FileExistsError when any of the files to write exists already (nothing is written then):
     another run's outputs would be replaced, or mixed in with these, without a word."""
