@@ -1183,6 +1183,17 @@ def test_hparams_search_configs_search_keys_the_model_has(compose_with_hydra, mo
         assert OmegaConf.select(cfg, key) is not None, key
 
 
+@pytest.mark.parametrize("model_name", ["cyclegan", "pix2pix"])
+def test_a_shortened_search_trial_decays_its_learning_rate_over_its_second_half(train_cfg, model_name):
+    """CycleGAN's and pix2pix's 100 + 100 epochs: a trial shortened with max_iters (as the search
+    configs say to) trained at the starting rate throughout, its decay 100 epochs away."""
+    cfg = train_cfg(f"hparams_search={model_name}_optuna", "max_iters=4", "optimized_metric=null", *NO_EVALUATION)
+    run_training(cfg)
+    checkpoint = torch.load(Path(cfg.paths.output_dir, "checkpoints", "last.ckpt"), weights_only=True)
+    rates = [group["lr"] for state in checkpoint["optimizer_states"] for group in state["param_groups"]]
+    assert rates and all(rate == 0.0 for rate in rates)   # iterations 3 and 4 decayed it to 0
+
+
 @pytest.mark.parametrize("data", ["shapes", "shapes_paired"])
 @pytest.mark.parametrize("model_name", MODELS)
 def test_each_search_builds_networks_that_run_on_its_default_data(compose_with_hydra, model_name, data):
