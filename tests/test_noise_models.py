@@ -680,8 +680,10 @@ def test_gan_trains_as_its_papers_code_maxout_dropout_sgd_with_a_momentum_ramp_a
     # The recipe is GAN's unless the command line names cGAN (nets of the translation default would not take it).
     assert [train_cfg("experiment=gan_paper_code", *model).model_name for model in ([], ["model=cgan"])] == [
         "gan", "cgan"]
-    # cGAN's paper on MNIST conditions on its 10 digits (the model config's 2 are the shapes' classes)
+    # cGAN's paper on MNIST conditions on its 10 digits (the model config's 2 are the shapes' classes);
+    # so does any cGAN run on MNIST or CIFAR-10, which stopped at setup naming model.num_classes
     assert train_cfg("experiment=gan_paper_code", "model=cgan", "data=mnist").model.num_classes == 10
+    assert [train_cfg("model=cgan", f"data={data}").model.num_classes for data in ("mnist", "cifar10")] == [10, 10]
     plain = build(train_cfg("model=gan"))   # the default recipe: Adam, LeakyReLU units
     assert isinstance(plain.configure_optimizers()[0][0], torch.optim.Adam)
     assert not any(isinstance(m, Maxout) for m in plain.discriminator.modules())
