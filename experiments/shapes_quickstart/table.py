@@ -18,7 +18,7 @@ def main(models: list[str]) -> None:
             print(f"| {model} | {direction} | " + " | ".join(f"{values[k]:.3f}" for k, _ in COLUMNS) + " |")
             baseline = baseline or values
     identity = [f"{baseline['identity_' + k]:.3f}" if "identity_" + k in baseline else "-" for k, _ in COLUMNS]
-    print("| identity (input unchanged) | AtoB | " + " | ".join(identity) + " |")
+    print("| identity (input unchanged) | both | " + " | ".join(identity) + " |")
 
 
 if __name__ == "__main__":
