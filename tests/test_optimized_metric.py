@@ -59,8 +59,10 @@ def test_a_name_logged_by_no_evaluation_is_named_with_the_closest_at_the_end(tra
 
 
 def test_a_metric_the_run_logs_passes_and_is_returned(train_cfg):
-    metrics = run_training(train_cfg("model=cyclegan", "optimized_metric=truth/AtoB/iou", "max_iters=2"))
-    assert math.isfinite(metrics["truth/AtoB/iou"])
+    """The searches' default: the IoU of both directions a CycleGAN translates, not AtoB's alone."""
+    metrics = run_training(train_cfg("model=cyclegan", "optimized_metric=truth/iou", "max_iters=2"))
+    assert math.isfinite(metrics["truth/iou"]) and metrics["truth/AtoB/iou"] != metrics["truth/BtoA/iou"]
+    assert metrics["truth/iou"] == pytest.approx((metrics["truth/AtoB/iou"] + metrics["truth/BtoA/iou"]) / 2)
 
 
 @pytest.mark.parametrize("metric, better", [("eval/fid", "minimize"), ("eval/fid_AtoB", "minimize"),

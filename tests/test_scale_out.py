@@ -1178,7 +1178,7 @@ def test_the_slurm_launcher_gives_each_job_a_free_rendezvous_port(compose_with_h
 def test_hparams_search_configs_search_keys_the_model_has(compose_with_hydra, model_name):
     cfg = compose_with_hydra(f"hparams_search={model_name}_optuna")
     assert cfg.model_name == model_name and cfg.hydra.mode.name == "MULTIRUN"
-    assert cfg.optimized_metric == "truth/AtoB/iou" and cfg.hydra.sweeper.direction == "maximize"
+    assert cfg.optimized_metric == "truth/iou" and cfg.hydra.sweeper.direction == "maximize"
     for key in cfg.hydra.sweeper.params:
         assert OmegaConf.select(cfg, key) is not None, key
 

@@ -149,8 +149,9 @@ def test_callback_metrics_come_back_from_training(smoke_runs, name, directions):
     metrics = smoke_runs[name].metrics
     truth = {k for k in metrics if k.startswith("truth/")}
     expected = {f"truth/{d}/{prefix}{score}" for d in directions for prefix in ("", "identity_")
-                for score in ("iou", "color_error", "l1", "psnr", "ssim")}
+                for score in ("iou", "color_error", "l1", "psnr", "ssim")} | {"truth/iou"}
     assert truth == expected
+    assert metrics["truth/iou"] == pytest.approx(sum(metrics[f"truth/{d}/iou"] for d in directions) / len(directions))
     assert all(math.isfinite(metrics[k]) for k in truth)
     assert 0.4 < metrics["truth/AtoB/identity_iou"] < 0.6
 
@@ -193,6 +194,7 @@ def test_callback_follows_the_datamodule_direction(smoke_runs, caplog):
     assert not warnings_in(caplog)   # a one-way model is no fault of the settings
     scores = callback.scores(trainer, oracle)
     assert scores["truth/AtoB/iou"] == 1.0 and scores["truth/AtoB/color_error"] == 0.0
+    assert scores["truth/iou"] == 1.0   # the mean over the directions scored: AtoB alone here
     assert 0.4 < scores["truth/AtoB/identity_iou"] < 0.6
 
 

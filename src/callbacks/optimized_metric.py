@@ -1,7 +1,7 @@
 """`optimized_metric` (what `src/train.py` returns to a sweeper) checked when the fit starts.
 
 An Optuna search returns `optimized_metric` after each trial has trained to its end: a metric
-no callback of the run logs (`truth/AtoB/iou`, the searches' default, off the shapes data) or a
+no callback of the run logs (`truth/iou`, the searches' default, off the shapes data) or a
 direction that searches for the worst score (`eval/fid` maximised) would only show then, or
 never. Both are checked once every callback's `setup` has decided whether it applies, before the
 first iteration. A name that no evaluation of its family logs (`eval/kid` for `eval/kid_x100`,

@@ -125,9 +125,13 @@ class ShapesTruthCallback(PeriodicEvaluation):
         return results
 
     def scores(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        """`truth/<direction>/<score>` of every scored direction (a collective call under DDP)."""
+        """`truth/<direction>/<score>` of every scored direction (a collective call under DDP), and
+        `truth/iou`, the directions' mean IoU: a search's objective for a model that translates
+        both ways (the hparams_search configs), rather than half of it."""
         metrics = {}
         for direction in self.directions:
             scores = self._score_direction(trainer, pl_module, direction)
             metrics.update({f"truth/{direction}/{k}": v for k, v in scores.items()})
+        if self.directions:
+            metrics["truth/iou"] = sum(metrics[f"truth/{d}/iou"] for d in self.directions) / len(self.directions)
         return metrics

@@ -49,7 +49,7 @@ SUMMARY_LOCK, SUMMARY_LOCK_WAIT_S = ".summary.lock", 300.0
 #: what the markdown table shows by default, per result file, where a job has it (the CSV has every metric)
 DEFAULT_METRICS = {
     FINAL_METRICS: ("eval/fid", "eval/fid_AtoB", "eval/fid_BtoA", "eval/kid_x100",                 # translation
-                    "truth/AtoB/iou", "truth/BtoA/iou",
+                    "truth/iou", "truth/AtoB/iou", "truth/BtoA/iou",
                     "segmentation/AtoB/label_class_iou", "segmentation/BtoA/label_class_iou",
                     "segmentation/AtoB/fcn_class_iou", "segmentation/BtoA/fcn_class_iou",
                     "eval/fid_samples", "eval/kid_x100_samples", "eval/is_samples", "eval/cls_is_samples",  # noise
