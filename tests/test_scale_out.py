@@ -100,6 +100,8 @@ def assert_ranks_agree_on_different_data(probes: list[dict]) -> None:
     for key in ("params", "sampled_params"):
         for name, value in first[key].items():
             assert torch.equal(value, second[key][name]), f"{key} {name} differs between the ranks"
+    # ... and agree because both trained, not because neither stepped from the seeded start
+    assert any(not torch.equal(first["initial_params"][name], value) for name, value in first["params"].items())
     # Lightning's DistributedSampler: each rank its own images; RankSeed: its own random stream.
     assert not {a for a, _ in first["paths"]} & {a for a, _ in second["paths"]}
     assert not torch.equal(first["rng_state_at_first_batch"], second["rng_state_at_first_batch"])

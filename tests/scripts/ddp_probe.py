@@ -4,7 +4,8 @@ Added from the command line (`+callbacks.rank_probe._target_=tests.scripts.ddp_p
 so it runs in every rank of a `python src/train.py` subprocess, launched ranks included. Each
 rank writes `rank_probe_<global rank>.pt` into its run dir when fit ends: the images it trained
 on (series: their indices), its RNG state at the first batch, the weights the sampling
-callbacks saw at train end (the EMA when enabled) and the trained weights.
+callbacks saw at train end (the EMA when enabled), the weights the fit started from and the
+trained weights.
 """
 from pathlib import Path
 
@@ -18,6 +19,10 @@ class RankProbe(pl.Callback):
         self.paths: list[tuple[str, str]] = []
         self.rng_state_at_first_batch: torch.Tensor | None = None
         self.sampled_params: dict[str, torch.Tensor] = {}
+        self.initial_params: dict[str, torch.Tensor] = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.initial_params = {n: p.detach().cpu().clone() for n, p in pl_module.named_parameters()}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.rng_state_at_first_batch is None:
@@ -41,6 +46,7 @@ class RankProbe(pl.Callback):
             "paths": self.paths,
             "rng_state_at_first_batch": self.rng_state_at_first_batch,
             "sampled_params": self.sampled_params,
+            "initial_params": self.initial_params,
             "params": {n: p.detach().cpu().clone() for n, p in pl_module.named_parameters()},
             "hparams": OmegaConf.to_container(OmegaConf.create(dict(pl_module.hparams))),
         }, Path(trainer.default_root_dir) / f"rank_probe_{trainer.global_rank}.pt")
