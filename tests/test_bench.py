@@ -836,3 +836,14 @@ def test_data_throughput_of_stand_in_photos_decoded_at_reduced_scale_and_whole()
     for reduced in (True, False):
         row = measure_data_throughput({"threads": 1, "epochs": 2, "datamodule": {**node, "reduced_jpeg_decode": reduced}})
         assert row["items_per_epoch"] == 3 and row["image_shape"] == [3, 64, 64] and row["items_per_s"] > 0
+
+
+def test_the_benchmark_outside_linux_stops_at_once_naming_what_to_time_instead():
+    """It reads /proc (and imports `resource`): on macOS it failed at its first machine reading,
+    on Windows at import, with errors that named neither."""
+    from src.bench import require_linux
+    require_linux("linux")
+    for platform in ("darwin", "win32"):
+        with pytest.raises(SystemExit, match=f"src/bench.py measures on Linux only .*this is {platform}.*"
+                                             "time/it_per_s"):
+            require_linux(platform)
