@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import os
+import re
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -244,6 +245,42 @@ def test_a_segmenter_file_runs_none_of_its_authors_code(segmenter_file, tmp_path
             Segmenter(objects, 19, None, "cpu", key="segmenter_path")
     assert not marker.exists()
     assert Segmenter(segmenter_file, 19, None, "cpu", key="segmenter_path").module is not None
+
+
+def program_rewritten(segmenter_file: Path, target: Path, change) -> Path:
+    """A copy of the export whose program JSON `change(document)` edits in place."""
+    with zipfile.ZipFile(segmenter_file) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith("models/model.json")]
+        document = json.loads(archive.read(name))
+    change(document)
+    return rewritten_archive(segmenter_file, target, {"models/model.json": json.dumps(document).encode()})
+
+
+def test_a_segmenter_program_whose_text_would_run_as_code_is_refused_before_loading(segmenter_file, tmp_path):
+    """torch.export.load parses a symbolic size with sympy's sympify (an eval), .module() runs
+    the shape guards with exec, and a node may call any callable under torch (torch.os.system):
+    each would run its author's code without a pickle in the file."""
+    marker = tmp_path / "ran"
+    code = f"__import__('builtins').open({str(marker)!r}, 'w').close() or True"
+
+    def symbolic_size(document):
+        sizes = document["graph_module"]["graph"]["tensor_values"]
+        meta = next(iter(sizes.values()))
+        meta["sizes"][0] = {"as_expr": {"expr_str": code, "hint": None}}
+
+    def guards(document):
+        document["guards_code"] = [code]
+
+    def foreign_call(document):
+        document["graph_module"]["graph"]["nodes"][0]["target"] = "torch.os.system"
+
+    for change, found in ((symbolic_size, "a symbolic size"), (guards, "shape guards"),
+                          (foreign_call, "a call of 'torch.os.system'")):
+        crafted = program_rewritten(segmenter_file, tmp_path / "crafted.pt2", change)
+        with pytest.raises(ValueError, match=rf"crafted.pt2 holds {re.escape(found)} .*models/model.json, which "
+                                             r"loading would run as code: export a net of ATen operations"):
+            Segmenter(crafted, 19, None, "cpu", key="segmenter_path")
+        assert not marker.exists()
 
 
 def test_a_segmenter_out_of_memory_is_not_called_an_export_of_another_shape(segmenter_file):

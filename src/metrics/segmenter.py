@@ -15,11 +15,17 @@ run at (`segmenter_size`, or the label maps' size), batch 1:
 A file from elsewhere is loaded without running code of its author's: torch.export.load
 unpickles tensors stored in pickle form with `weights_only=False`, and Python or TorchScript
 objects among the constants in full, so its tensor loads are forced weights-only and a file
-holding such objects (no segmentation net needs one) is refused.
+holding such objects (no segmentation net needs one) is refused. Its program is text that
+loading turns into code in three more places, each refused unless it holds what a fixed-size
+export of ATen operations holds: symbolic sizes (`expr_str`, parsed by sympy's `sympify`, an
+`eval`), shape guards (`guards_code`, `exec`uted to build the module) and node targets (any
+callable under `torch`, `math` or `operator`, called by the first forward).
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import zipfile
 from pathlib import Path
 from unittest import mock
@@ -42,16 +48,54 @@ def loaded_without_code(constant: str) -> bool:
             or ("/" not in constant and constant.endswith(".pt")))   # the legacy format: a tensor file
 
 
-def refuse_pickled_objects(path: Path, key: str) -> None:
+def refuse_authors_code(path: Path, key: str) -> None:
     if not whole_zip_archive(path):   # (a read the system refuses is raised, as it is)
         return   # torch.export.load's own error says what the file is not
     with zipfile.ZipFile(path) as archive:
         # torch picks a constant's loader by its path inside data/constants/ (which may hold folders)
         objects = [name for name in archive.namelist()
                    if (constant := name.partition(pt2_archive.CONSTANTS_DIR)[2]) and not loaded_without_code(constant)]
-    if objects:
-        raise ValueError(f"{key}={path} holds pickled Python or TorchScript objects ({', '.join(objects)}), which "
-                         "loading would run: export a net of tensors and torch operations only")
+        if objects:
+            raise ValueError(f"{key}={path} holds pickled Python or TorchScript objects ({', '.join(objects)}), "
+                             "which loading would run: export a net of tensors and torch operations only")
+        refuse_code_in_programs(archive, path, key)
+
+
+#: the calls a segmentation net's exported graph makes: ATen operators, and the item access that
+#: takes an operator's tuple output apart
+SAFE_NODE_TARGET = re.compile(r"(torch\.ops\.aten\.\w+(\.\w+)?|_operator\.getitem)")
+
+
+def code_in_program(document) -> str | None:
+    """What in an exported program's JSON loading would run as code (see the module's doc), or
+    None. Walked without recursion: a file's nesting is its author's choice."""
+    if isinstance(document, dict) and document.get("guards_code"):
+        return f"shape guards ({document['guards_code'][0]!r}...)"
+    pending = [document]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            if "expr_str" in item:
+                return f"a symbolic size ({item['expr_str']!r})"
+            target = item.get("target")
+            if "inputs" in item and "outputs" in item and isinstance(target, str) and not SAFE_NODE_TARGET.fullmatch(target):
+                return f"a call of {target!r}"
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return None
+
+
+def refuse_code_in_programs(archive: zipfile.ZipFile, path: Path, key: str) -> None:
+    for name in archive.namelist():
+        if name.endswith(".json"):
+            try:
+                document = json.loads(archive.read(name))
+            except ValueError:
+                continue   # torch.export.load's own error says what the file is not
+            if (found := code_in_program(document)) is not None:
+                raise ValueError(f"{key}={path} holds {found} in {name}, which loading would run as code: export "
+                                 "a net of ATen operations at a fixed size (src/metrics/segmenter.py shows how)")
 
 
 class Segmenter:
@@ -62,7 +106,7 @@ class Segmenter:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{key}={path}: no such file (a segmentation net saved by torch.export.save)")
-        refuse_pickled_objects(path, key)
+        refuse_authors_code(path, key)
         try:
             # Every torch.load inside weights-only, also one passing weights_only=False: torch.load
             # reads this variable at each call, and it wins over the argument.
