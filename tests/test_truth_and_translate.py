@@ -432,6 +432,18 @@ def test_load_model_builds_nothing_but_networks_from_a_checkpoints_settings(smok
     assert not marker.exists()
 
 
+def test_load_model_refuses_a_class_reached_through_a_modules_import(smoke_runs, tmp_path):
+    """Hydra follows attributes: src.nets.generators.nn.Conv2d names torch's class through the
+    module's `import torch.nn as nn`, past a check of the name's start."""
+    source = smoke_runs["cyclegan"].ckpt
+    hparams = torch.load(source, weights_only=True)["hyper_parameters"]
+    imported = {"_target_": "src.nets.generators.nn.Conv2d", "in_channels": 1, "out_channels": 1, "kernel_size": 1}
+    altered = copy_checkpoint(source, tmp_path / "a.ckpt", hyper_parameters={**hparams, "generator": imported})
+    with pytest.raises(TypeError, match=r"\(generator._target_\): its network class src.nets.generators.nn.Conv2d is "
+                                        r"not a network of this codebase"):
+        load_model(altered)
+
+
 def test_load_model_reads_the_run_config(smoke_runs, tmp_path):
     """For a checkpoint that does not record its class."""
     run_dir = tmp_path / "run"

@@ -72,7 +72,9 @@ def recorded_class(target: str, where: str, package: str, base: type, kind: str,
     if not str(target).startswith(package):
         raise ValueError(f"{where}: its {kind} class {target} is not a {member} of {package[:-1]}")
     cls = hydra.utils.get_class(target)
-    if not (isinstance(cls, type) and issubclass(cls, base)):
+    # Defined there, not only reached from there: Hydra follows attributes, so
+    # src.nets.<module>.nn.<class> names a torch class through a module's import.
+    if not (isinstance(cls, type) and issubclass(cls, base) and cls.__module__.startswith(package)):
         raise TypeError(f"{where}: its {kind} class {target} is not a {member} of this codebase")
     return cls
 
