@@ -857,3 +857,34 @@ def test_the_best_fid_checkpoint_goes_where_callbacks_fid_kid_says_or_nowhere(tr
     run_training(cfg)
     assert (tmp_path / "no_best" / "checkpoints" / "last.ckpt").is_file()
     assert not (tmp_path / "no_best" / "checkpoints" / "best_fid.ckpt").exists()
+
+
+class _OpensAFile:
+    """Unpickled in full, it creates `marker`: what a tampered weights file could run."""
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_a_weights_file_swapped_after_its_check_is_still_read_as_tensors_only(tmp_path, monkeypatch):
+    """torch-fidelity unpickles the Inception weights with weights_only=False, after our check read
+    the same path: a file another user swaps in between (a shared $TORCH_HOME) ran its code. Its
+    own load is forced weights-only. (torch-fidelity's loader is played by a stand-in that reads
+    the path as it does, once the file has been swapped.)"""
+    import torchmetrics.image.fid as torchmetrics_fid
+    weights, marker = tmp_path / "weights.pth", tmp_path / "ran"
+    torch.save({"w": torch.zeros(1)}, weights)
+
+    class SwappedThenLoaded:
+        def __init__(self, name, features_list, feature_extractor_weights_path, antialias):
+            torch.save(_OpensAFile(marker), feature_extractor_weights_path)
+            torch.load(feature_extractor_weights_path, weights_only=False)
+
+    monkeypatch.setattr(features_module, "torch_fidelity_available", lambda: True)
+    monkeypatch.setattr(torchmetrics_fid, "NoTrainInceptionV3", SwappedThenLoaded)
+    with pytest.raises(features_module.InceptionUnavailable, match=r"loading the weights failed .*Weights only load"):
+        features_module.InceptionFeatures(str(weights))
+    assert not marker.exists()
+    assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") is None   # forced for that load only

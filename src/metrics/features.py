@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from src.utils.image_grid import from_uint8_levels, to_uint8_levels
 from src.utils.rng import isolated_rng
+from src.utils.weights_only import weights_only_loads
 
 FEATURE_EXTRACTORS = ("inception", "random_cnn")
 #: the weights torchmetrics' Inception loads (torch-fidelity's release; the same TF graph's port
@@ -182,8 +183,11 @@ class InceptionFeatures(FrozenExtractor):
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         try:
-            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                          feature_extractor_weights_path=weights_path, antialias=False)
+            # Its own load of the file is weights-only too: one swapped after the check (a shared
+            # cache another user can write) is read no less safely than the check read it.
+            with weights_only_loads():
+                self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                              feature_extractor_weights_path=weights_path, antialias=False)
         except Exception as error:  # a failed download or an unreadable weights file
             raise InceptionUnavailable(f"loading the weights failed ({type(error).__name__}: {error}).") from error
         self.freeze()

@@ -24,17 +24,16 @@ callable under `torch`, `math` or `operator`, called by the first forward).
 from __future__ import annotations
 
 import json
-import os
 import re
 import zipfile
 from pathlib import Path
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
 from torch.export.pt2_archive import constants as pt2_archive
 
 from src.utils.accelerator import is_out_of_memory
+from src.utils.weights_only import weights_only_loads
 from src.utils.whole_files import whole_zip_archive
 
 
@@ -108,9 +107,7 @@ class Segmenter:
             raise FileNotFoundError(f"{key}={path}: no such file (a segmentation net saved by torch.export.save)")
         refuse_authors_code(path, key)
         try:
-            # Every torch.load inside weights-only, also one passing weights_only=False: torch.load
-            # reads this variable at each call, and it wins over the argument.
-            with mock.patch.dict(os.environ, {"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1"}):
+            with weights_only_loads():
                 program = torch.export.load(str(path))
             module = program.module()
         except Exception as error:   # a zip of another kind, a pickle, a truncated file
