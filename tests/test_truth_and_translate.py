@@ -1261,6 +1261,18 @@ def test_eval_of_a_run_older_than_a_data_setting_says_how_to_turn_it_on(smoke_ru
     assert 0 <= results["AtoB"]["label_pixel_acc"] < 1
 
 
+def test_the_data_option_a_run_folder_records_is_read_as_a_plain_name_only(tmp_path):
+    """The run folder may come from elsewhere: a recorded choice of `../model/cyclegan` read
+    another folder's YAML as the data config's (any file, by more `..`)."""
+    from src.utils.evaluation import data_keys_added_since
+    (tmp_path / ".hydra").mkdir()
+    for choice, gained in (("cityscapes", "label_palette"), ("../model/cyclegan", None)):
+        OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": {"data": choice}}}}),
+                       tmp_path / ".hydra" / "hydra.yaml")
+        added = data_keys_added_since(tmp_path / ".hydra" / "config.yaml", OmegaConf.create({"name": "x"}))
+        assert (gained in added) if gained else added == {}
+
+
 def test_eval_of_a_perfect_translator_scores_one_on_the_label_maps(tmp_path):
     """The whole scoring path of both directions on a translator that returns its input, A and
     B being the same label maps: every label-map score is exactly 1."""

@@ -3,6 +3,7 @@ images of the reference images' classes when conditional: one per test image, or
 against the `real_split` images, the papers' "FID 50k"), score it, write images and metrics."""
 import json
 import logging
+import re
 from pathlib import Path
 
 import hydra
@@ -109,7 +110,9 @@ def data_keys_added_since(run_config: Path, data: DictConfig) -> dict:
         return {}
     choice = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices.data", default=None)
     current = CONF_DIR / "data" / f"{choice}.yaml"
-    if choice is None or not current.is_file():
+    # A plain option name: the run folder's file may come from elsewhere, and `../..` would read
+    # settings from any YAML file into the data's.
+    if not isinstance(choice, str) or not re.fullmatch(r"[\w.-]+", choice) or not current.is_file():
         return {}
     now = OmegaConf.to_container(OmegaConf.load(current), resolve=False)
     return {key: value for key, value in now.items() if key not in data and key != "defaults"}
