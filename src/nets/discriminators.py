@@ -23,7 +23,9 @@ class NLayerDiscriminator(nn.Module):
         if n_layers == 0:
             blocks = [nn.Sequential(nn.Conv2d(input_nc, ndf, 1), nn.LeakyReLU(0.2, True)),
                       nn.Sequential(nn.Conv2d(ndf, ndf * 2, 1, bias=bias), norm_fn(ndf * 2), nn.LeakyReLU(0.2, True)),
-                      nn.Conv2d(ndf * 2, 1, 1, bias=bias)]   # as the authors' PixelDiscriminator
+                      # a bias under every norm (the authors' has none under batch norm): one scalar,
+                      # kept so that the checkpoints made with it load
+                      nn.Conv2d(ndf * 2, 1, 1)]
         else:
             blocks = [nn.Sequential(nn.Conv2d(input_nc, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True))]
             mult = 1
