@@ -300,3 +300,32 @@ def test_the_run_log_file_is_written_in_utf8_whatever_the_systems_code_page(tmp_
             h.close()
         root.handlers[:], root.level = before
     assert "données/café ρ 猫" in (tmp_path / "run.log").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("option", ["disabled", "stdout"])
+def test_hydras_other_job_logging_options_still_configure(option):
+    """The UTF-8 log file is an option of its own: merged into Hydra's default, it also gave
+    `hydra/job_logging=disabled` and `stdout` a file handler without a class, which stopped
+    every run at its start."""
+    import logging
+    import logging.config
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"hydra/job_logging={option}"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    settings = OmegaConf.to_container(cfg.hydra.job_logging, resolve=False)
+    assert "file" not in settings.get("handlers", {})
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    try:
+        logging.config.dictConfig(settings)
+    finally:
+        for h in root.handlers:
+            if h not in before[0]:
+                h.close()
+        root.handlers[:], root.level = before
