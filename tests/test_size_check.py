@@ -57,13 +57,22 @@ def test_training_stops_at_the_first_batch_with_the_size_error(train_cfg):
         run_training(cfg)
 
 
-def test_networks_built_for_other_channels_than_the_data_stop_at_the_first_batch(train_cfg):
-    """model.generator.input_nc set in place of data.input_nc: torch's error in the first
-    convolution named no setting."""
-    cfg = train_cfg("model=cyclegan", "model.generator.input_nc=1", "loss.weights.identity=0", "max_iters=1")
-    with pytest.raises(ValueError, match=r"The data gives 3-channel A images, and CycleGAN's AtoB translation reads 1: "
-                                         r"the networks' input_nc/output_nc \(model.generator...\) must be "
-                                         r"data.input_nc/output_nc"):
+@pytest.mark.parametrize("model_name, setting, refused", [
+    ("cyclegan", "input_nc", "3-channel A images, and CycleGAN's AtoB translation reads 1"),
+    # A and B batches of one shape: B's channels were taken as checked with A's
+    ("cyclegan", "output_nc", "3-channel B images, and CycleGAN's AtoB translation writes 1"),
+    # pix2pix's B is read by the L1 loss alone, which broadcast one channel over three
+    ("pix2pix", "output_nc", "3-channel B images, and Pix2Pix's AtoB translation writes 1"),
+])
+def test_networks_built_for_other_channels_than_the_data_stop_at_the_first_batch(train_cfg, model_name, setting,
+                                                                                  refused):
+    """model.generator.input_nc / output_nc set in place of data.input_nc / output_nc: torch's
+    error in a convolution named no setting."""
+    identity = ["loss.weights.identity=0"] if model_name == "cyclegan" else []   # its channels would differ
+    cfg = train_cfg(f"model={model_name}", f"data={DATA_OF[model_name]}", f"model.generator.{setting}=1", *identity,
+                    "max_iters=1")
+    with pytest.raises(ValueError, match=rf"The data gives {refused}: the networks' input_nc/output_nc "
+                                         r"\(model.generator...\) must be data.input_nc/output_nc"):
         run_training(cfg)
 
 

@@ -31,7 +31,8 @@ from src.models.loss_window import LossWindow
 from src.models.optimizers import (build_optimizer, changed_learning_rates, check_optimizer_settings, ramped_momentum,
                                    with_player_overrides)
 from src.models.lr_schedules import DecayToZero, build_scheduler, decay_end_mismatch, rescale_schedule
-from src.models.size_check import check_image_size, check_translation_size, input_channels, size_multiple
+from src.models.size_check import (check_image_size, check_translation_size, input_channels, output_channels,
+                                   size_multiple)
 from src.models import step_in_backward
 from src.nets.init import init_weights
 from src.nets.fast_conv import configure_fast_conv
@@ -170,7 +171,7 @@ class AdversarialModel(pl.LightningModule):
         self.inside_a_step = False
         self._idle_parameters: dict[tuple[str, ...], list[nn.Parameter]] = {}   # players(): names -> the others'
         self._loss_in_training: str | None = None   # loss_name of the `players` block being run
-        self._image_sizes_checked: set[tuple[int, ...]] = set()   # batch shapes the networks accept
+        self._image_sizes_checked: set[tuple] = set()   # batch shapes the networks accept (and per domain, channels)
         # The DataModule settings it was trained with, and the DataModule's class, once loaded
         # from a checkpoint (src/utils/checkpoint_loading.py); evaluation checks the data
         # direction against them, and rebuilds the data from them without the run's config.
@@ -898,20 +899,31 @@ class TranslationModel(AdversarialModel):
         forward pass, when the networks cannot run on this batch's image size (once per shape;
         src/models/size_check.py)."""
         for key in ("A", "B"):
-            shape = tuple(batch[key].shape)
-            if shape not in self._image_sizes_checked:
-                self.check_batch_channels(key, shape[1])
-                check_image_size(self, batch[key])
-                self._image_sizes_checked.add(shape)
+            images = batch[key]
+            if (key, *images.shape) in self._image_sizes_checked:
+                continue
+            self.check_batch_channels(key, tuple(images.shape))
+            size = (images.size(0), *images.shape[2:])   # what the size check depends on
+            if size not in self._image_sizes_checked:
+                check_image_size(self, images)
+                self._image_sizes_checked.add(size)
+            self._image_sizes_checked.add((key, *images.shape))
 
-    def check_batch_channels(self, domain: str, channels: int) -> None:
+    def check_batch_channels(self, domain: str, shape: tuple[int, ...]) -> None:
         """The networks are built for `model.generator.input_nc` / `output_nc`, the images read for
-        `data.input_nc` / `output_nc`: where they differ, say so here rather than in the first
-        convolution's tensor error."""
+        `data.input_nc` / `output_nc`: where they differ, say so here rather than in a
+        convolution's tensor error, or in a loss that broadcasts one channel over three."""
+        channels = shape[1]
         for direction in translated_directions(self)[0]:
-            if direction[0] == domain and channels != (expected := input_channels(self, direction)):
+            if direction[0] == domain:
+                found, what = input_channels(self, direction), "reads"
+            elif direction[-1] == domain:
+                found, what = output_channels(self, direction, *shape[2:]), "writes"
+            else:
+                continue
+            if found is not None and found != channels:
                 raise ValueError(f"The data gives {channels}-channel {domain} images, and {type(self).__name__}'s "
-                                 f"{direction} translation reads {expected}: the networks' input_nc/output_nc "
+                                 f"{direction} translation {what} {found}: the networks' input_nc/output_nc "
                                  f"(model.generator...) must be data.input_nc/output_nc, as the model configs set them")
 
     # ----- sampling ----------------------------------------------------------------------

@@ -100,6 +100,16 @@ def input_channels(model, direction: str) -> int:
     raise ValueError(f"{type(model).__name__} {direction}: no convolution found to read the input channels from")
 
 
+def output_channels(model, direction: str, height: int, width: int) -> int | None:
+    """Channels the `direction` translation writes at this size (run on the meta device), or None
+    where it cannot run there (check_image_size names that)."""
+    x = torch.empty(1, input_channels(model, direction), height, width, device="meta")
+    try:
+        return run_on_meta(model, lambda t: model.translation_forward(t, direction), x).shape[1]
+    except (RuntimeError, ValueError, NotImplementedError):
+        return None
+
+
 def size_step(model) -> int:
     """What every side must be a multiple of for the model's translations."""
     return max(size_multiple(model, direction) for direction in translated_directions(model)[0])
