@@ -884,7 +884,10 @@ def test_a_weights_file_swapped_after_its_check_is_still_read_as_tensors_only(tm
 
     monkeypatch.setattr(features_module, "torch_fidelity_available", lambda: True)
     monkeypatch.setattr(torchmetrics_fid, "NoTrainInceptionV3", SwappedThenLoaded)
+    # set by users for torch >= 2.6's weights-only default; torch refuses both at once
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     with pytest.raises(features_module.InceptionUnavailable, match=r"loading the weights failed .*Weights only load"):
         features_module.InceptionFeatures(str(weights))
     assert not marker.exists()
     assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") is None   # forced for that load only
+    assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1"      # the user's, back as it was

@@ -12,4 +12,7 @@ from unittest import mock
 @contextlib.contextmanager
 def weights_only_loads():
     with mock.patch.dict(os.environ, {"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1"}):
+        # Its opposite, which users set for torch >= 2.6's default, would make torch refuse
+        # every load ("only one of ... should be set"); restored with the rest after the block.
+        os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
         yield
