@@ -486,7 +486,7 @@ def test_a_study_kept_in_storage_resumes_with_new_trials_under_its_data_sets_nam
                   "data.max_dataset_size=4", *NO_EVALUATION, f"hydra.sweep.dir={tmp_path}/{sweep}",
                   cwd=tmp_path, data_dir=shared_data_dir)
     (summary,) = optuna.get_all_study_summaries(storage)
-    assert summary.study_name == "smoke_cyclegan_shapes_train/G_iters=1_kimg=None"
+    assert summary.study_name == "smoke_cyclegan_shapes_train/G_iters=1_kimg=None_epochs=200"
     trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
     assert len(trials) == 2 and trials[0].params != trials[1].params
     # Without storage the search stays seeded, and so repeatable.
