@@ -428,7 +428,7 @@ def test_12_bit_data_read_as_16_bit_says_once_which_bit_depth_fills_the_range(tm
     assert record.getMessage() == (f"{tmp_path / 'scan.png'}: its 16-bit samples all lie in 0..4080, so it reads nearly "
                                    "black (at most 16 of 255). If the files hold 12-bit data, set ++data.bit_depth=12 "
                                    "(python -m src.data.check_images --bit-depth 12 checks every image); a dark image "
-                                   "is read as it is. Said once.")
+                                   "is read as it is. (Said once per process.)")
 
 
 def test_12_bit_data_in_16_bit_files_is_read_at_its_bit_depth(tmp_path):
@@ -975,9 +975,10 @@ def test_the_image_tools_start_a_process_per_cpu_the_job_may_use(monkeypatch):
     parser = argparse.ArgumentParser()
     folder_tools.add_reading_arguments(parser)
     assert parser.parse_args([]).workers == 8
-    # Windows' process pool takes at most 61 processes: its default was refused as a usage error
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(96)), raising=False)
-    assert folder_tools.default_workers("win32") == 61 and folder_tools.default_workers("linux") == 96
+    # Windows' process pool takes at most 61 processes: the default on a larger machine, or a
+    # --workers above it, was refused as a usage error
+    assert folder_tools.pool_size(96, "win32") == 61 and folder_tools.pool_size(96, "linux") == 96
+    assert folder_tools.pool_size(8, "win32") == 8
 
 
 def test_grayscale_channels_in_batches(tmp_path):

@@ -281,6 +281,10 @@ def test_a_segmenter_program_whose_text_would_run_as_code_is_refused_before_load
                                              r"loading would run as code: export a net of ATen operations"):
             Segmenter(crafted, 19, None, "cpu", key="segmenter_path")
         assert not marker.exists()
+    # nested beyond what json (and torch's loader after it) parses: refused, not a RecursionError
+    deep = rewritten_archive(segmenter_file, tmp_path / "deep.pt2", {"models/model.json": b"[" * 100_000 + b"]" * 100_000})
+    with pytest.raises(ValueError, match=r"deep.pt2: .*models/model.json is nested too deeply to be a program's"):
+        Segmenter(deep, 19, None, "cpu", key="segmenter_path")
 
 
 def test_a_segmenter_out_of_memory_is_not_called_an_export_of_another_shape(segmenter_file):

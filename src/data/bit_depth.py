@@ -26,7 +26,7 @@ _told_of_unused_top_bits = False
 
 
 def tell_of_unused_top_bits(values: np.ndarray, bit_depth: int, source: str | Path) -> None:
-    """Once per process: samples that never reach the top 4 bits of `bit_depth` (12-bit data in
+    """Once per process (each loader worker, each rank): samples that never reach the top 4 bits of `bit_depth` (12-bit data in
     16-bit files, at the default data.bit_depth=16) read as nearly black images. Said, not
     refused: a dark image can be one."""
     global _told_of_unused_top_bits
@@ -38,7 +38,7 @@ def tell_of_unused_top_bits(values: np.ndarray, bit_depth: int, source: str | Pa
         bits = max(8, top.bit_length())
         log.warning("%s: its %d-bit samples all lie in 0..%d, so it reads nearly black (at most %d of 255). If the "
                     "files hold %d-bit data, set ++data.bit_depth=%d (python -m src.data.check_images --bit-depth %d "
-                    "checks every image); a dark image is read as it is. Said once.", source, bit_depth, top,
+                    "checks every image); a dark image is read as it is. (Said once per process.)", source, bit_depth, top,
                     round(top * 255 / (2 ** bit_depth - 1)), bits, bits, bits)
 
 

@@ -291,8 +291,8 @@ def retry_advice(error: OSError) -> str:
     """What to do about a failed transfer. A certificate this Python cannot verify fails every
     time: the python.org installer for macOS ships without certificates until its "Install
     Certificates.command" runs; behind a proxy that inspects TLS, its certificate is missing."""
-    reason = getattr(error, "reason", error)
-    if isinstance(reason, ssl.SSLCertVerificationError):
+    reason = getattr(error, "reason", None)   # URLError wraps it; the bare error carries a text reason
+    if isinstance(error, ssl.SSLCertVerificationError) or isinstance(reason, ssl.SSLCertVerificationError):
         return ("This Python cannot verify the server's certificate, so running again fails the same way: on macOS "
                 "with python.org's Python, run 'Install Certificates.command' (in its Applications folder); behind "
                 "a TLS-inspecting proxy, point SSL_CERT_FILE at its certificate bundle.")

@@ -40,7 +40,7 @@ def map_in_processes(function: Callable, items: Iterable, workers: int) -> Itera
 
 
 def _map_in_pool(function: Callable, items: Iterable, workers: int) -> Iterator[Any]:
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(pool_size(workers)) as pool:
         try:
             yield from pool.map(function, items, chunksize=4)
         except BaseException:
@@ -52,9 +52,10 @@ def _map_in_pool(function: Callable, items: Iterable, workers: int) -> Iterator[
 WINDOWS_MAX_WORKERS = 61
 
 
-def default_workers(platform: str = sys.platform) -> int:
-    """One process per usable core, within what the platform's process pool takes."""
-    return min(usable_cpus(), WINDOWS_MAX_WORKERS) if platform == "win32" else usable_cpus()
+def pool_size(workers: int, platform: str = sys.platform) -> int:
+    """`workers`, within what the platform's process pool takes (--workers, or its default of a
+    process per usable core, may ask for more)."""
+    return min(workers, WINDOWS_MAX_WORKERS) if platform == "win32" else workers
 
 
 def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +66,7 @@ def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not convert colour profiles to sRGB (++data.to_srgb=false in a run)")
     parser.add_argument("--bit-depth", type=int, default=16, choices=range(8, 17), metavar="8..16",
                         help="bits of the samples of 16-bit files (data.bit_depth; default 16)")
-    parser.add_argument("--workers", type=int, default=default_workers(),
+    parser.add_argument("--workers", type=int, default=usable_cpus(),
                         help="processes reading in parallel (default: one per CPU core this process may use)")
 
 

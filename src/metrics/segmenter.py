@@ -69,7 +69,7 @@ def code_in_program(document) -> str | None:
     """What in an exported program's JSON loading would run as code (see the module's doc), or
     None. Walked without recursion: a file's nesting is its author's choice."""
     if isinstance(document, dict) and document.get("guards_code"):
-        return f"shape guards ({document['guards_code'][0]!r}...)"
+        return f"shape guards ({str(document['guards_code'])[:80]!r})"
     pending = [document]
     while pending:
         item = pending.pop()
@@ -90,6 +90,8 @@ def refuse_code_in_programs(archive: zipfile.ZipFile, path: Path, key: str) -> N
         if name.endswith(".json"):
             try:
                 document = json.loads(archive.read(name))
+            except RecursionError:   # nested beyond what a parser (torch's own too) reads
+                raise ValueError(f"{key}={path}: {name} is nested too deeply to be a program's") from None
             except ValueError:
                 continue   # torch.export.load's own error says what the file is not
             if (found := code_in_program(document)) is not None:

@@ -178,8 +178,10 @@ class ProGANGenerator(GrowingNet):
 
 
 class ProGANDiscriminator(GrowingNet):
-    """`blur`: StyleGAN's discriminator, which low-pass filters (`blur`) before each block's
-    downsampling conv; ProGAN's has none. `mbstd_group_size`: the images each minibatch
+    """`blur`: StyleGAN's discriminator blocks, which low-pass filter (`blur`) before each
+    block's downsampling conv and activate after the downsampling; ProGAN's have no filter and
+    activate before it. (The flag switches both: a StyleGAN ablation without the filter runs
+    ProGAN's blocks.) `mbstd_group_size`: the images each minibatch
     standard deviation is taken over (`minibatch_stddev`)."""
 
     def __init__(self, input_nc: int = 3, image_size: int = 256, fmap_base: int = 8192, fmap_max: int = 512,

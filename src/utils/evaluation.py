@@ -151,13 +151,19 @@ IMAGE_SETTINGS = ("preprocess", "load_size", "crop_size", "size", "resize_interp
 CHANNEL_SETTINGS = ("input_nc", "output_nc")
 
 
+def settings_read_otherwise(model, datamodule, keys: tuple[str, ...]) -> list[str]:
+    """The data settings of `keys` that `datamodule` has otherwise than the run was trained with."""
+    hparams = getattr(datamodule, "hparams", {})
+    return [key for key in keys
+            if key in model.training_data and key in hparams and hparams[key] != model.training_data[key]]
+
+
 def check_trained_channels(model, datamodule, ckpt_path) -> None:
     """`data=NAME` of other channel counts than the run's (a grayscale run scored on an RGB data
     config) failed inside the first convolution, or, for output_nc alone, scored grey fakes
     against colour reals: refused, naming the values the run was trained with."""
     hparams = getattr(datamodule, "hparams", {})
-    differing = [key for key in CHANNEL_SETTINGS
-                 if key in model.training_data and key in hparams and hparams[key] != model.training_data[key]]
+    differing = settings_read_otherwise(model, datamodule, CHANNEL_SETTINGS)
     if differing:
         given = ", ".join(f"data.{key}={hparams[key]}" for key in differing)
         fix = " ".join(f"++data.{key}={model.training_data[key]}" for key in differing)
@@ -169,11 +175,10 @@ def check_trained_channels(model, datamodule, ckpt_path) -> None:
 def warn_about_other_image_settings(model, datamodule) -> None:
     """`data=NAME` brings that config's image settings, perhaps not the run's (a run trained at
     crop_size=128 on a config of 256): named with the values that read the data as trained."""
-    hparams = getattr(datamodule, "hparams", {})
     # `++`: most of these keys are in no data config (a model's config adds resize_interpolation),
     # and Hydra refuses a plain override of a key the config lacks.
-    differing = [f"++data.{key}={model.training_data[key]}" for key in IMAGE_SETTINGS
-                 if key in model.training_data and key in hparams and hparams[key] != model.training_data[key]]
+    differing = [f"++data.{key}={model.training_data[key]}"
+                 for key in settings_read_otherwise(model, datamodule, IMAGE_SETTINGS)]
     if differing:
         log.warning("The data is read otherwise than the run was trained on, so the scores do not compare with the "
                     "run's: pass %s to read it as trained", " ".join(differing))
