@@ -1522,15 +1522,18 @@ def test_a_download_cut_short_is_an_error_not_a_truncated_file(tmp_path, monkeyp
                                                      r"Run the command again.$"):
         download.fetch("http://host/a.zip", tmp_path / "a.zip")
 
-    def unverified(url, timeout):   # macOS's python.org Python before 'Install Certificates.command'
-        import ssl
-        raise download.urllib.error.URLError(ssl.SSLCertVerificationError(1, "certificate verify failed"))
+    import ssl
+    for wrapped in (True, False):   # urlopen wraps it in a URLError; a read after the handshake does not
+        def unverified(url, timeout):   # macOS's python.org Python before 'Install Certificates.command'
+            error = ssl.SSLCertVerificationError(1, "certificate verify failed")
+            error.reason = "CERTIFICATE_VERIFY_FAILED"   # as the ssl module sets it
+            raise download.urllib.error.URLError(error) if wrapped else error
 
-    monkeypatch.setattr(download.urllib.request, "urlopen", unverified)
-    with pytest.raises(download.DownloadError, match=r"certificate verify failed.*cannot verify the server's "
-                                                     r"certificate, so running again fails the same way: on macOS .*"
-                                                     r"'Install Certificates.command'.* SSL_CERT_FILE"):
-        download.fetch("http://host/a.zip", tmp_path / "a.zip")
+        monkeypatch.setattr(download.urllib.request, "urlopen", unverified)
+        with pytest.raises(download.DownloadError, match=r"certificate verify failed.*cannot verify the server's "
+                                                         r"certificate, so running again fails the same way: on macOS .*"
+                                                         r"'Install Certificates.command'.* SSL_CERT_FILE"):
+            download.fetch("http://host/a.zip", tmp_path / "a.zip")
 
 
 def test_a_download_whose_checksum_differs_is_refused_and_not_kept(tmp_path, monkeypatch):
