@@ -136,10 +136,18 @@ def test_fid_over_fewer_images_than_features_says_it_compares_only_at_equal_coun
             scorer.update(real=images[:12], fake=images[12:])
             scorer.compute()
             scorer.reset()
-    told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("FID over")]
+    told = [r.getMessage() for r in caplog.records if r.getMessage().startswith(("FID over", "KID's"))]
     assert told == [f"FID over 12 real and 12 generated images, fewer than the {extractor.num_features} features: "
                     "it is biased upward, more so the fewer the images, so compare it only between runs scored "
-                    "on the same number of images (KID is unbiased)"]
+                    "on the same number of images (KID is unbiased)",
+                    "KID's subsets of 12 are both whole sets of 12 images: each gives the same value, so "
+                    "kid_std_x100 is 0 (kid_subset_size below 12 gives a spread)"]
+    spread = FidKidScorer(extractor, kid_subset_size=6)   # subsets smaller than the sets: a spread
+    spread.update(real=images[:12], fake=images[12:])
+    assert spread.compute()["kid_std_x100"] > 0
+    scorer.update(real=images[:12], fake=images[12:])
+    assert scorer.compute()["kid_std_x100"] == pytest.approx(0, abs=1e-9)
+    scorer.reset()
     caplog.clear()
     many = torch.rand(2 * extractor.num_features, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with caplog.at_level(logging.INFO):

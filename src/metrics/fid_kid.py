@@ -161,15 +161,22 @@ class FidKidScorer(nn.Module):
         return scores
 
     def tell_of_small_sets(self, counts: tuple[int, int]) -> None:
-        """FID over fewer images than features (the unpaired test sets: 100-500 images against
-        Inception's 2048) fits singular covariances, and its bias grows as the count falls: such
-        FIDs compare only at equal counts. Said once per pair of counts, as information: it is
-        the papers' own protocol."""
-        if min(counts) < self.num_features and counts not in self.small_sets_told:
-            self.small_sets_told.add(counts)
+        """Said once per pair of counts, as information (it is the papers' own protocol):
+        - FID over fewer images than features (the unpaired test sets: 100-500 images against
+          Inception's 2048) fits singular covariances, and its bias grows as the count falls:
+          such FIDs compare only at equal counts;
+        - KID's subsets, capped at the images there are, are then each whole set in another
+          order where both counts are equal: every subset gives one value, and the std is 0."""
+        if counts in self.small_sets_told:
+            return
+        self.small_sets_told.add(counts)
+        if min(counts) < self.num_features:
             rank_zero_info(f"FID over {counts[0]} real and {counts[1]} generated images, fewer than the "
                            f"{self.num_features} features: it is biased upward, more so the fewer the images, so "
                            f"compare it only between runs scored on the same number of images (KID is unbiased)")
+        if counts[0] == counts[1] and self.kid.subset_size_for(*counts) == counts[0]:
+            rank_zero_info(f"KID's subsets of {counts[0]} are both whole sets of {counts[0]} images: each gives the same "
+                           f"value, so kid_std_x100 is 0 (kid_subset_size below {counts[0]} gives a spread)")
 
     def reset(self) -> None:
         self.fid.reset()
