@@ -36,10 +36,15 @@ def main(cfg: DictConfig) -> float | None:
         # stay finite); an error would end the whole study (the sweeper fails on any error).
         diverged = divergence_of(error)
         release_failed_run(error)   # a multirun goes on to its next jobs, Hydra keeping a raised error
-        if diverged is None or not metric_name or sweeper_direction() is None:
+        searched = diverged is not None and bool(metric_name) and sweeper_direction() is not None
+        if is_rank_zero():
+            # The run folder's record says what happened, a single run's as a sweep job's: a script
+            # collecting results over many runs finds "failed" and the error, not a missing file.
+            # (A search's diverged trial ends "completed" for Hydra.)
+            write_failure(Path(cfg.paths.output_dir), diverged if searched else error,
+                          status="diverged" if searched else "failed")
+        if not searched:
             raise
-        if is_rank_zero():   # the job ends "completed" for Hydra: its record says what happened
-            write_failure(Path(cfg.paths.output_dir), diverged, status="diverged")
         return objective_value(metric_name, math.nan, sweeper_direction())
     if not metric_name:
         return None

@@ -132,6 +132,23 @@ def test_a_trial_stopped_for_diverging_gives_the_search_the_worst_value(train_cf
         train_script.main(cfg)
 
 
+def test_a_single_run_that_fails_records_its_error_in_its_folder(train_cfg, monkeypatch):
+    """Sweep jobs got a final_metrics.json saying "failed" and the error; a single run left none,
+    so a script collecting many separately started runs (a SLURM array) found only a missing file."""
+    import src.train as train_script
+    import src.utils.run as run_module
+
+    def fail(cfg):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(run_module, "run_training", fail)
+    cfg = train_cfg("model=cyclegan")
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        train_script.main(cfg)
+    record = json.loads(Path(cfg.paths.output_dir, "final_metrics.json").read_text())
+    assert record == {"status": "failed", "error": "RuntimeError: CUDA error: an illegal memory access was encountered"}
+
+
 def diverging_rank(rank: int) -> None:
     """A spawned rank that stops as a diverged run does (module level: spawn pickles it by name)."""
     from src.models.divergence import TrainingDiverged, diverged_message
