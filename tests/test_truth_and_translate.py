@@ -920,6 +920,11 @@ def test_export_matches_pytorch_at_any_size(smoke_runs, tmp_path, fmt, name, dir
     x = torch.rand(3, 3, 36, 20) * 2 - 1  # another batch size and a non-square size than traced
     assert torch.allclose(run_exported(path, x), model.translate(x, direction), atol=1e-4)
     assert report["matches_translate"]
+    # beside it, what the graph takes and gives, which translate.py does outside it
+    card = json.loads(Path(f"{path}.json").read_text())
+    assert card["input"]["range"] == [-1.0, 1.0] and card["input"]["channels"] == 3 and card["output"]["range"] == [-1, 1]
+    assert card["input"]["sides"].startswith(f"any multiple of {size_multiple(model, direction)} px")
+    assert card["check"]["dynamic"] and card["iteration"] == model.loaded_iteration and card["direction"] == direction
 
 
 def test_an_export_that_fails_its_check_replaces_nothing(smoke_runs, tmp_path, monkeypatch):
@@ -937,7 +942,8 @@ def test_an_export_that_fails_its_check_replaces_nothing(smoke_runs, tmp_path, m
     monkeypatch.setattr(export, "max_difference", lambda got, expected: 0.5)
     with pytest.raises(RuntimeError, match=r"generator_AtoB.pt: exported torchscript graph differs from PyTorch"):
         export_translation(model, "AtoB", "torchscript", tmp_path, size=16)
-    assert [p.name for p in tmp_path.iterdir()] == [path.name] and path.read_bytes() == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, f"{path.name}.json"]
+    assert path.read_bytes() == earlier
     with pytest.raises(FileExistsError, match=r"exist already, e.g. \S+generator_AtoB.pt: .* overwrite=true"):
         run_translation(translate_cfg(ckpt_path=str(smoke_runs["cyclegan"].ckpt), export="torchscript",
                                       export_size=16, output=str(tmp_path)))
@@ -951,6 +957,8 @@ def test_pix2pix_export_says_it_is_the_eval_mode_network(smoke_runs, tmp_path, c
         report = export_translation(model, "AtoB", "torchscript", tmp_path, size=smoke_runs["pix2pix"].cfg.data.size)
     assert report["matches_translate"] is False
     assert "Pix2Pix samples with test-time batch_stats and dropout" in caplog.text
+    card = json.loads(Path(f"{report['path']}.json").read_text())
+    assert card["differs_from_translate_by"] == ["test-time batch_stats", "test-time dropout"]
 
 
 # -- eval.py ---------------------------------------------------------------------------------

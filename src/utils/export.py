@@ -15,6 +15,7 @@ so.
 """
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -27,7 +28,7 @@ from src.models.base import TranslationModel
 from src.models.size_check import check_translation_size
 from src.models.size_check import input_channels, size_multiple
 from src.utils.translation import check_direction, round_up
-from src.utils.whole_files import remove_stale_temporaries, staged
+from src.utils.whole_files import remove_stale_temporaries, staged, write_text_whole
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +177,36 @@ def export_translation(model: TranslationModel, direction: str, fmt: str, output
                     "it is the eval-mode network (running statistics, no dropout), so its translations differ "
                     "from translate.py's", type(model).__name__, " and ".join(sampling))
     report["matches_translate"] = not sampling
+    write_export_card(model, direction, fmt, report, sampling)
     log.info("Exported %s %s to %s: %s", type(model).__name__, direction, path, report)
     return report
+
+
+def export_card_path(path: str | Path) -> Path:
+    return Path(f"{path}.json")
+
+
+def write_export_card(model: TranslationModel, direction: str, fmt: str, report: dict, sampling: list[str]) -> None:
+    """`<export>.json` beside the graph: what it takes and gives, which translate.py does outside
+    it (pads to the size multiple, maps files to [-1, 1]), and how it was checked. Without it a
+    graph fed [0, 1] or BGR images, or a side that is not a multiple, gives wrong images without
+    an error."""
+    card = {
+        "model": type(model).__name__, "direction": direction, "format": fmt,
+        "opset": ONNX_OPSET if fmt == "onnx" else None, "torch": torch.__version__,
+        "weights": getattr(model, "loaded_weights", None), "iteration": getattr(model, "loaded_iteration", None),
+        "input": {"layout": "NCHW", "dtype": "float32", "channels": input_channels(model, direction),
+                  "colour_order": "RGB" if input_channels(model, direction) == 3 else "grey", "range": [-1.0, 1.0],
+                  "from_uint8": "x / 127.5 - 1",
+                  "sides": (f"any multiple of {size_multiple(model, direction)} px (translate.py pads others by "
+                            "reflection and crops the output back)") if report["dynamic"]
+                  else f"{report['input_shape'][-2]}x{report['input_shape'][-1]} px only"},
+        "output": {"layout": "NCHW", "range": [-1.0, 1.0], "to_uint8": "round((clamp(y, -1, 1) + 1) * 127.5)"},
+        "matches_translate": report["matches_translate"],
+        "differs_from_translate_by": [f"test-time {name}" for name in sampling],
+        "check": {key: report[key] for key in ("checked", "dynamic", "max_difference", "input_shape")},
+    }
+    write_text_whole(export_card_path(report["path"]), json.dumps(card, indent=2) + "\n")
 
 
 def _export_and_check(graph, fmt, path, staged, example, expected, other, expected_other, tolerance) -> dict:
