@@ -18,7 +18,8 @@ import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from src.utils.checkpoint_loading import check_checkpoint_settings, load_model, recorded_checkpoint_path  # noqa: E402
-from src.utils.export import EXPORT_FORMATS, check_export_format, export_path, export_translation  # noqa: E402
+from src.utils.export import (EXPORT_FORMATS, check_export_format, check_export_size, export_path,  # noqa: E402
+                              export_translation)
 from src.data.folders import lies_inside, output_paths, refuse_existing_outputs  # noqa: E402
 from src.utils.config_checks import check_seed, require_bool  # noqa: E402
 from src.utils.rng import isolated_rng  # noqa: E402
@@ -88,6 +89,8 @@ def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path,
     output_dir = Path(cfg.output)
     model = load_model(cfg.ckpt_path, map_location=device, use_ema=cfg.get("use_ema", True))
     check_direction(model, cfg.direction)
+    if cfg.get("export") and not skip_export:
+        check_export_size(model, cfg.direction, cfg.get("export_size"))   # before a folder is translated
     if model.training_data.get("direction") == "BtoA":
         source, target = ("B", "A") if cfg.direction == "AtoB" else ("A", "B")
         log.info("The model was trained with data.direction=BtoA: direction=%s translates the dataset's domain %s "

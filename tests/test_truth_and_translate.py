@@ -949,6 +949,25 @@ def test_an_export_that_fails_its_check_replaces_nothing(smoke_runs, tmp_path, m
                                       export_size=16, output=str(tmp_path)))
 
 
+def test_an_export_size_the_model_cannot_take_is_refused_before_the_folder_is_translated(smoke_runs, tmp_path,
+                                                                                          monkeypatch):
+    """The export ran after every image of the folder was written: its size error came at the
+    end (a full-mode U-GAT-IT built for one size, played here by the cycle GAN refusing 48 px)."""
+    from src.models import size_check
+    write_odd_inputs(tmp_path / "in")
+    cfg = translate_cfg(ckpt_path=str(smoke_runs["cyclegan"].ckpt), input=str(tmp_path / "in"),
+                        output=str(tmp_path / "out"), export="torchscript", export_size=48)
+    original = size_check.translation_failure
+    monkeypatch.setattr(size_check, "translation_failure", lambda model, direction, n, h, w: (
+        "built for 32 px only" if (h, w) == (48, 48) else original(model, direction, n, h, w)))
+    with pytest.raises(ValueError, match=r"export_size=48: CycleGAN cannot translate 48x48 px images: built for 32 px"):
+        run_translation(cfg)
+    assert not list((tmp_path / "out").glob("*.png"))
+    with pytest.raises(ValueError, match=r"export_size=0 must be a positive integer \(px: the side of the example"):
+        run_translation(translate_cfg(ckpt_path=str(smoke_runs["cyclegan"].ckpt), output=str(tmp_path / "o2"),
+                                      export="torchscript", export_size=0))
+
+
 def test_pix2pix_export_says_it_is_the_eval_mode_network(smoke_runs, tmp_path, caplog):
     """pix2pix samples with test-time batch statistics and dropout; the exported graph cannot, and
     its translations differ from translate.py's: the report and a warning say so."""

@@ -27,6 +27,7 @@ import torch.nn as nn
 from src.models.base import TranslationModel
 from src.models.size_check import check_translation_size
 from src.models.size_check import input_channels, size_multiple
+from src.utils.config_checks import require_int
 from src.utils.translation import check_direction, round_up
 from src.utils.whole_files import remove_stale_temporaries, staged, write_text_whole
 
@@ -65,6 +66,14 @@ def example_input(model: TranslationModel, direction: str, size: int, batch: int
     side = round_up(size, size_multiple(model, direction))
     generator = torch.Generator().manual_seed(0)
     return torch.rand(batch, input_channels(model, direction), side, side, generator=generator) * 2 - 1
+
+
+def check_export_size(model: TranslationModel, direction: str, size: int) -> None:
+    """ValueError naming export_size where the translation cannot run at it (a full-mode U-GAT-IT
+    built for another size); translate.py checks it before translating a folder, not after."""
+    require_int("export_size", size, why=" (px: the side of the example the graph is traced and checked at)")
+    side = round_up(size, size_multiple(model, direction))
+    check_translation_size(model, direction, side, side, what=f"export_size={size}", fix="set export_size to one of them")
 
 
 def second_input(example: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -152,8 +161,7 @@ def export_translation(model: TranslationModel, direction: str, fmt: str, output
         path = export_path(output_dir, direction, fmt)
         path.parent.mkdir(parents=True, exist_ok=True)
         example = example_input(model, direction, size)
-        check_translation_size(model, direction, *example.shape[-2:], what=f"export_size={size}",
-                               fix="set export_size to one of them")
+        check_export_size(model, direction, size)
         other = second_input(example, size_multiple(model, direction))
         with torch.no_grad():
             expected = graph(example)
