@@ -925,6 +925,7 @@ def test_export_matches_pytorch_at_any_size(smoke_runs, tmp_path, fmt, name, dir
     assert card["input"]["range"] == [-1.0, 1.0] and card["input"]["channels"] == 3 and card["output"]["range"] == [-1, 1]
     assert card["input"]["sides"].startswith(f"any multiple of {size_multiple(model, direction)} px")
     assert card["check"]["dynamic"] and card["iteration"] == model.loaded_iteration and card["direction"] == direction
+    assert card["translates"] == f"the dataset's domain {direction[0]} into {direction[-1]}"
 
 
 def test_an_export_that_fails_its_check_replaces_nothing(smoke_runs, tmp_path, monkeypatch):
@@ -972,12 +973,14 @@ def test_pix2pix_export_says_it_is_the_eval_mode_network(smoke_runs, tmp_path, c
     """pix2pix samples with test-time batch statistics and dropout; the exported graph cannot, and
     its translations differ from translate.py's: the report and a warning say so."""
     model = load_model(smoke_runs["pix2pix"].ckpt)
+    model.training_data["direction"] = "BtoA"   # facades' and cityscapes' labels -> photo
     with caplog.at_level("WARNING"):
         report = export_translation(model, "AtoB", "torchscript", tmp_path, size=smoke_runs["pix2pix"].cfg.data.size)
     assert report["matches_translate"] is False
     assert "Pix2Pix samples with test-time batch_stats and dropout" in caplog.text
     card = json.loads(Path(f"{report['path']}.json").read_text())
     assert card["differs_from_translate_by"] == ["test-time batch_stats", "test-time dropout"]
+    assert card["translates"] == "the dataset's domain B into A"
 
 
 # -- eval.py ---------------------------------------------------------------------------------

@@ -199,8 +199,12 @@ def write_export_card(model: TranslationModel, direction: str, fmt: str, report:
     it (pads to the size multiple, maps files to [-1, 1]), and how it was checked. Without it a
     graph fed [0, 1] or BGR images, or a side that is not a multiple, gives wrong images without
     an error."""
+    # A run trained with data.direction=BtoA calls the dataset's B its A: say which folder it reads.
+    flipped = getattr(model, "training_data", {}).get("direction") == "BtoA"
+    source, target = (direction[-1], direction[0]) if flipped else (direction[0], direction[-1])
     card = {
         "model": type(model).__name__, "direction": direction, "format": fmt,
+        "translates": f"the dataset's domain {source} into {target}",
         "opset": ONNX_OPSET if fmt == "onnx" else None, "torch": torch.__version__,
         "weights": getattr(model, "loaded_weights", None), "iteration": getattr(model, "loaded_iteration", None),
         "input": {"layout": "NCHW", "dtype": "float32", "channels": input_channels(model, direction),
