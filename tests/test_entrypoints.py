@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,8 +64,8 @@ def test_multirun_table_names_a_failed_job_and_keeps_the_others(tmp_path, shared
 
 
 @pytest.mark.parametrize("override,message", [
-    ("model=nope", "Could not find 'model/nope'"),
-    # the full messages: Hydra's own "Error executing job with overrides: [...]" names the override
+    # the full messages (Hydra's own "Error executing job with overrides: [...]" names the override
+    # on the command line, which test_bad_config_fails_at_start_naming_the_key shows)
     ("loss.gan_mode=bogus", "Unknown adversarial loss 'bogus' (config key loss.gan_mode); choose one of"),
     ("model.lr_schedule.policy=exp", "Unknown model.lr_schedule.policy 'exp'; choose one of"),
     ("+model.no_such_arg=1", "model.no_such_arg is not a setting of CycleGAN (they are generator, discriminator"),
@@ -72,6 +73,21 @@ def test_multirun_table_names_a_failed_job_and_keeps_the_others(tmp_path, shared
     # the default data's class passes **kwargs to its bases: their settings are the ones it takes
     ("++data.crop_sise=64", "data.crop_sise is not a setting of ShapesDataModule (they are data_dir, name, size, "),
     ("model=progan ++model.phase_image=1000", "model.phase_image is not a setting of ProGAN (they are phase_images"),
+])
+def test_a_bad_setting_stops_the_run_before_training_naming_the_key(train_cfg, override, message):
+    from hydra.errors import InstantiationException
+
+    from src.utils.run import run_training
+    cfg = train_cfg(*override.split())
+    with pytest.raises((ValueError, InstantiationException), match=re.escape(message)):
+        run_training(cfg)
+    assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))   # at start: nothing trained
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model=nope", "Could not find 'model/nope'"),
+    # as the command line shows a run's own error: Hydra's report around it
+    ("loss.gan_mode=bogus", "Unknown adversarial loss 'bogus' (config key loss.gan_mode); choose one of"),
     ("allocator=huge", "allocator='huge' is not one of default, thp, reuse, thp_reuse (conf/train.yaml: allocator)"),
     # the run folder is Hydra's: one named in paths alone would leave .hydra/ and train.log behind
     ("paths.output_dir=/elsewhere/run", "choose the run folder with hydra.run.dir=/elsewhere/run"),
