@@ -2,6 +2,7 @@
 paper's building blocks, training across stages with the drift term, and a resume or an
 evaluation that picks the stage up from the checkpoint."""
 import csv
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -14,6 +15,7 @@ from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
 from conftest import NO_EVALUATION, assert_resume_continues_the_run
+from src.models.progan import ProGAN
 from src.models.progressive_schedule import Part, Phase, ProgressiveSchedule
 from src.nets.progan import (EqualizedLinear, ProGANDiscriminator, ProGANGenerator, blur, blur_kernel, minibatch_stddev,
                              pixel_norm)
@@ -710,3 +712,18 @@ def test_a_model_batch_the_loader_would_not_serve_is_refused(train_cfg):
                                          r"batch_sizes is null\): set data.batch_size=8 instead"):
         run_training(cfg)
     run_training(train_cfg("model=progan", "data.batch_size=8", "max_iters=1", *NO_EVALUATION))   # both follow
+
+
+def test_the_best_fid_checkpoint_is_chosen_among_full_size_evaluations(train_cfg, caplog):
+    """A growing network's earlier stages sample 4-16 px images, upsampled: their FID ranked with
+    the full-size network's, and here the 16 px stage's was the best, so best_fid.ckpt (and the
+    run's best FID) would have been a network a quarter of the size."""
+    cfg = train_cfg("model=progan", "max_iters=8", "++callbacks.latent=null")   # full size from iteration 7
+    with caplog.at_level(logging.INFO):
+        run_training(cfg)
+    passed = [r.getMessage() for r in caplog.records if "not a candidate for best_fid.ckpt" in r.getMessage()]
+    assert [message.split(" at iteration ")[1].split()[0] for message in passed] == ["2", "4", "6"]
+    best = torch.load(Path(cfg.paths.output_dir, "checkpoints", "best_fid.ckpt"), weights_only=True)
+    assert best["global_step"] == 8 * ProGAN.optimizer_steps_per_iter
+    record = json.loads(Path(cfg.paths.output_dir, "final_metrics.json").read_text())
+    assert record["best_fid_iteration"] == 8

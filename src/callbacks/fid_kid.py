@@ -214,8 +214,15 @@ class FidKidCallback(PeriodicEvaluation):
 
     def after_evaluation(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                          metrics: dict[str, float] | None) -> None:
-        if self.save_best and metrics:
-            self.save_if_best(trainer, pl_module, metrics["eval/fid"])
+        if not (self.save_best and metrics):
+            return
+        if not pl_module.samples_at_full_size():
+            # A growing network's 8-256 px stage, upsampled: its FID measures the resolution gap as
+            # much as the samples, and the papers rank the full-size network only.
+            rank_zero_info(f"FID {metrics['eval/fid']:.4f} at iteration {pl_module.iteration} is of a network not "
+                           "at full size yet: not a candidate for best_fid.ckpt")
+            return
+        self.save_if_best(trainer, pl_module, metrics["eval/fid"])
 
     def best_checkpoint_path(self, trainer: pl.Trainer) -> Path:
         dirpath = self.dirpath or getattr(trainer.checkpoint_callback, "dirpath", None) \

@@ -194,6 +194,9 @@ class ProGAN(NoiseGAN):
         if message := self.growth_outlasting_the_run():
             rank_zero_warn(message)
 
+    def samples_at_full_size(self) -> bool:
+        return self.generator.level == self.generator.top_level and not self.generator.fading
+
     def growth_outlasting_the_run(self) -> str | None:
         """A warning for a run whose length (`max_iters`, `max_kimg`) ends it before the networks
         reach full size, with the length the growth needs: its last samples, FID and checkpoint
