@@ -727,3 +727,19 @@ def test_the_best_fid_checkpoint_is_chosen_among_full_size_evaluations(train_cfg
     assert best["global_step"] == 8 * ProGAN.optimizer_steps_per_iter
     record = json.loads(Path(cfg.paths.output_dir, "final_metrics.json").read_text())
     assert record["best_fid_iteration"] == 8
+
+
+@pytest.mark.parametrize("batch, said", [(5, "batch 5, groups of 1"), (6, "batch 6, groups of 3"), (8, None)])
+def test_a_batch_that_shrinks_the_stddev_group_is_said_at_the_start(train_cfg, batch, said):
+    """The group shrinks to the largest size that divides the batch: a prime batch gave groups of
+    one image, whose spread is 0, and the critic's stddev channel became a constant, unsaid."""
+    cfg = train_cfg("model=progan", "model.grow=false", f"data.batch_size={batch}",
+                    "model.discriminator.mbstd_group_size=4", "max_iters=1", *NO_EVALUATION)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_training(cfg)
+    told = [str(w.message) for w in caught if "minibatch standard deviation" in str(w.message)]
+    if said is None:
+        assert told == []
+    else:
+        assert len(told) == 1 and f"(32 px: {said});" in told[0] and "mbstd_group_size=4" in told[0]

@@ -25,7 +25,7 @@ from src.callbacks.image_budget import ImageBudget
 from src.models.checkpoint_fit import checkpoint_iteration, upgraded_hparams
 from src.models.noise_gan import NoiseGAN
 from src.models.progressive_schedule import Part, ProgressiveSchedule, level_resolution
-from src.nets.progan import GrowingNet
+from src.nets.progan import GrowingNet, stddev_group
 from src.utils.config_checks import is_number, require_bool, require_int
 
 
@@ -250,12 +250,32 @@ class ProGAN(NoiseGAN):
         # than the phases count, and give the minibatch-stddev layer a group it never sees otherwise.
         if hasattr(datamodule, "keep_whole_batches"):
             datamodule.keep_whole_batches(self.largest_model_batch())
+        self.warn_of_shrunk_stddev_groups()
+
+    def trained_level_batches(self) -> dict[int, int]:
+        """The per-device batch the growth schedule asks for at each level it trains."""
+        settings, start = self._settings_from(0), self.resolutions().index(self.hparams.start_resolution)
+        levels = range(start if self.grow else self.generator.top_level, self.generator.top_level + 1)
+        return {level: settings.level_batch_size(level) for level in levels}
 
     def largest_model_batch(self) -> int:
         """The largest per-device batch the growth schedule asks for at the levels it trains."""
-        settings, start = self._settings_from(0), self.resolutions().index(self.hparams.start_resolution)
-        levels = range(start if self.grow else self.generator.top_level, self.generator.top_level + 1)
-        return max(settings.level_batch_size(level) for level in levels)
+        return max(self.trained_level_batches().values())
+
+    def warn_of_shrunk_stddev_groups(self) -> None:
+        """The minibatch-stddev group shrinks to the largest size that divides a level's batch:
+        a prime batch (5, 7) gives groups of one image, whose spread is 0, so the critic's extra
+        channel is a constant there. The authors' reshape would fail instead; said here."""
+        wanted = self.discriminator.mbstd_group_size
+        shrunk = {level_resolution(level): (batch, group) for level, batch in self.trained_level_batches().items()
+                  if (group := stddev_group(batch, wanted)) < min(wanted or batch, batch) or group == 1}
+        if shrunk:
+            said = ", ".join(f"{resolution} px: batch {batch}, groups of {group}"
+                             for resolution, (batch, group) in shrunk.items())
+            rank_zero_warn(f"The critic's minibatch standard deviation (model.discriminator.mbstd_group_size="
+                           f"{wanted}) takes smaller groups than asked where a level's per-device batch is not a "
+                           f"multiple ({said}); a group of one image has no spread, so that feature is a constant "
+                           "there. Choose per-resolution batch sizes (model.batch_sizes) that are multiples of it.")
 
     def loader_batch_size_at(self, iteration: int) -> int:
         return self.schedule.batch_size_at(iteration)

@@ -62,15 +62,22 @@ def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps)
 
 
+def stddev_group(batch: int, group_size: int | None) -> int:
+    """The images each minibatch standard deviation is taken over in a batch of `batch`: the
+    largest size up to `group_size` (None: the whole batch) that divides it."""
+    group = batch if group_size is None else min(group_size, batch)
+    while batch % group:
+        group -= 1
+    return group
+
+
 def minibatch_stddev(x: torch.Tensor, group_size: int | None = None) -> torch.Tensor:
     """x with one more channel: the standard deviation per feature and pixel over a group of
     images, averaged into one number per group. `group_size` None: the whole batch is one group
     (the paper's words); 4: the authors' code, each image with the 3 others of its group (the
     largest size up to it that divides the batch)."""
     n = x.size(0)
-    group = n if group_size is None else min(group_size, n)
-    while n % group:
-        group -= 1
+    group = stddev_group(n, group_size)
     grouped = x.reshape(group, n // group, *x.shape[1:])   # image i is in subgroup i mod (n / group), as theirs
     # In float32: in fp16, 1e-8 rounds to 0, and a group of identical features (one image, or a
     # collapsed generator) gives sqrt(0), whose gradient is inf, then NaN through var's.
