@@ -50,6 +50,16 @@ def test_schedule_phases_count_images_at_each_resolutions_batch_and_rate():
                                                                                          batch_size=2)]
 
 
+def test_a_critic_of_several_batches_an_iteration_counts_them_all_in_its_phases():
+    """The authors' image count, which sets the phases, grows by every minibatch the critic
+    takes: with model.n_critic=2 a phase of 10 images at batch 1 is 5 iterations, not 10 (and the
+    kimg axis, which counts every batch loaded, had phases twice the configured length)."""
+    twice = ProgressiveSchedule(top_level=1, parts=[Part(0, phase_images=10, batch_size=1)], critic_batches=2)
+    assert [(p.first_iteration, p.level, p.fading) for p in twice.phases] == [(0, 0, False), (5, 1, True),
+                                                                             (10, 1, False)]
+    assert [twice.images_before(i) for i in (5, 10, 12)] == [10, 20, 24]
+
+
 def test_a_phase_opens_where_the_level_or_the_fade_changes_not_where_only_the_settings_do():
     schedule = ProgressiveSchedule(top_level=2, parts=[Part(0, phase_images=4, batch_size=1)])
     # phases: level 0 at 0-3, fade to 1 at 4-7, level 1 at 8-11, fade to 2 at 12-15, level 2 from 16

@@ -141,7 +141,7 @@ class ProGAN(NoiseGAN):
             self._schedule = ProgressiveSchedule(
                 top_level=self.generator.top_level, parts=self.parts, lr_by_resolution=h.lr_by_resolution,
                 base_lr=self.optimizer_cfg["lr"], start_level=self.resolutions().index(h.start_resolution),
-                grow=self.grow)
+                grow=self.grow, critic_batches=self.n_critic)
         return self._schedule
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -207,7 +207,7 @@ class ProGAN(NoiseGAN):
         full_size = next(p.first_iteration for p in self.schedule.phases if p.level == top and not p.fading)
         resolution = level_resolution(top)
         # What max_kimg counts: every real batch loaded, a critic's several included.
-        images = self.schedule.images_before(full_size) * self.n_critic
+        images = self.schedule.images_before(full_size)
         needed = (f"{full_size} iterations, {images / 1000:g} kimg "
                   f"(model.phase_images={self.hparams.phase_images} real images per fade-in and per stabilising phase)")
         iterations = self.run_length_in("iteration") if self.trainer.max_steps > 0 else None
@@ -299,7 +299,7 @@ class ProGAN(NoiseGAN):
 
     def estimated_images_before(self, batch: dict) -> int:
         # exact: the growth's batch sizes, each iteration loading n_critic of them
-        return self.schedule.images_before(self.iteration) * self.n_critic
+        return self.schedule.images_before(self.iteration)
 
     def _step_schedulers(self) -> None:
         # Also the next iteration's rate, set now: the learning-rate monitor reads the optimizers

@@ -62,8 +62,10 @@ def level_resolution(level: int) -> int:
 
 class ProgressiveSchedule:
     def __init__(self, top_level: int, parts: list[Part], lr_by_resolution: dict | None = None,
-                 base_lr: float = 1.0, start_level: int = 0, grow: bool = True):
-        self.top_level, self.base_lr = top_level, float(base_lr)
+                 base_lr: float = 1.0, start_level: int = 0, grow: bool = True, critic_batches: int = 1):
+        # Real batches an iteration loads (model.n_critic): the authors' image count, which sets
+        # the phases, grows by every minibatch the critic takes.
+        self.top_level, self.base_lr, self.critic_batches = top_level, float(base_lr), int(critic_batches)
         self.parts = [dataclasses.replace(p, batch_sizes={int(k): int(v) for k, v in p.batch_sizes.items()})
                       for p in parts]
         if not self.parts or self.parts[0].first_iteration != 0 or any(
@@ -99,7 +101,8 @@ class ProgressiveSchedule:
             if last:   # the last phase: a piece per part, for the image count
                 self.phases.append(Phase(start, end - start, level, fading, world_size=world, batch_size=batch))
                 continue
-            iterations = math.ceil(max(part.phase_images - images_done, 0) / (batch * world))
+            images_per_iteration = batch * world * self.critic_batches
+            iterations = math.ceil(max(part.phase_images - images_done, 0) / images_per_iteration)
             if start + iterations <= end:
                 if iterations:
                     self.phases.append(Phase(start, iterations, level, fading, alpha, 1.0, world, batch))
@@ -107,7 +110,7 @@ class ProgressiveSchedule:
             done = end - start
             reached = alpha + (1.0 - alpha) * done / iterations
             self.phases.append(Phase(start, done, level, fading, alpha, reached, world, batch))
-            images_done, alpha = images_done + done * batch * world, reached
+            images_done, alpha = images_done + done * images_per_iteration, reached
         return math.inf
 
     def phase(self, iteration: int) -> Phase:
@@ -138,9 +141,10 @@ class ProgressiveSchedule:
         return self.lr_by_resolution.get(resolution, self.base_lr) / self.base_lr
 
     def images_before(self, iteration: int) -> int:
-        """Real images all devices have trained on before `iteration` (the papers' kimg axis)."""
+        """Real images all devices have loaded before `iteration`, every critic batch counted
+        (the papers' kimg axis)."""
         images = 0
         for phase in self.phases:
             done = min(max(iteration - phase.first_iteration, 0), phase.iterations)
-            images += done * phase.batch_size * phase.world_size
+            images += done * phase.batch_size * phase.world_size * self.critic_batches
         return int(images)
