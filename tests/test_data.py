@@ -271,6 +271,25 @@ def test_cached_aligned_pairs_decode_each_file_once_and_give_the_same_pairs(tmp_
     assert len(opened) == 2 * 3 + 3   # cached: each file once
 
 
+def test_a_decoded_cache_past_half_the_memory_is_said_at_setup(tmp_path, monkeypatch, caplog):
+    """It keeps every decoded training image in each loader process, with no cap (FFHQ at 1024 px:
+    220 GB a process): estimated from the first item and said where it passes half the memory."""
+    from src.data import base
+    root = make_aligned(tmp_path / "facades", n=3)
+    for memory, said in ((10**12, False), (2000, True)):
+        monkeypatch.setattr(base, "physical_memory_bytes", lambda: memory)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="src.data.base"):
+            module(PairedDataModule, root, preprocess="crop", crop_size=6, cache_decoded=True, num_workers=2).setup("fit")
+        assert ("data.cache_decoded=true keeps every decoded training image in each of 2 loader process(es): "
+                "about 0 GB for 3 items of 0.0 MB, on a machine of 0 GB. Set data.cache_decoded=false" in caplog.text) \
+            == said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="src.data.base"):   # without the cache: nothing kept, nothing said
+        module(PairedDataModule, root, preprocess="crop", crop_size=6, num_workers=2).setup("fit")
+    assert "cache_decoded" not in caplog.text
+
+
 def test_two_photo_folders_under_train_are_not_cut_in_half_as_aligned_pairs(tmp_path):
     """`train/` makes `auto` pick the aligned layout, which walks subfolders: train/A and train/B
     of whole photos trained on each one's left half against its right half."""

@@ -10,6 +10,7 @@ applied. Subclasses only say how to build a dataset for a split (`_build_dataset
 from __future__ import annotations
 
 import inspect
+import logging
 import types
 from functools import partial
 from pathlib import Path
@@ -30,7 +31,11 @@ from src.metrics.features import FEATURE_EXTRACTORS
 from src.metrics.label_maps import palette_named
 from src.utils.config_checks import is_int, require_bool, require_int, to_plain
 from src.utils.directions import DIRECTIONS
+from src.utils.environment import physical_memory_bytes
+from src.utils.hydra_runtime import warn_for_every_rank
 from src.utils.rng import derived_seed, rank_zero_seed
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
 
@@ -119,7 +124,29 @@ class SplitDataModule(pl.LightningDataModule):
         if stage in (None, "fit"):
             self.dataset("train", train=True)
             self.check_training_split_fills_a_batch()
+            self.warn_of_a_decoded_cache_too_large()
         self.dataset("test", train=False)
+
+    def warn_of_a_decoded_cache_too_large(self) -> None:
+        """`data.cache_decoded` keeps every decoded training image in each loader process, with
+        no cap: FFHQ's 70k images at 1024 px are 220 GB a process. Estimated from the first
+        item's images (at least their decoded size) and said where it passes half the memory."""
+        memory = physical_memory_bytes()
+        train = self.dataset("train", train=True) if getattr(self, "cache_decoded", False) else None
+        if memory is None or train is None or len(train) == 0:
+            return
+        # From the training split's own dataset, so its decode is the cache's first entry, not
+        # a read of its own; seeded as training's items are, drawing nothing from the run's streams.
+        item = SeededItems(train)[0, 0]
+        per_item = sum(item[key].numel() for key in ("A", "B") if isinstance(item.get(key), torch.Tensor))
+        processes = max(self.num_workers, 1)
+        cached = per_item * len(train) * processes
+        if cached > memory / 2:
+            warn_for_every_rank(
+                log, f"data.cache_decoded=true keeps every decoded training image in each of {processes} loader "
+                f"process(es): about {cached / 2**30:.0f} GB for {len(train)} items of {per_item / 2**20:.1f} MB, "
+                f"on a machine of {memory / 2**30:.0f} GB. Set data.cache_decoded=false (it is for small images "
+                f"read many times), or fewer data.num_workers.")
 
     # -- several model batches per loader batch (a WGAN critic's n_critic real batches) -------
 

@@ -20,6 +20,14 @@ def usable_cpus() -> int:
     return len(allowed_cpus() or ()) or os.cpu_count() or 1
 
 
+def physical_memory_bytes() -> int | None:
+    """The machine's memory (None where the system does not say: Windows)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 @contextlib.contextmanager
 def environment_restored(names: Iterable[str]):
     """The environment variables `names` as they were before the block (unset where they were)."""
