@@ -3,9 +3,11 @@
 Composes conf/train.yaml, instantiates data, model, callbacks, loggers and trainer, fits, saves
 and returns the metrics (the value of `optimized_metric` for sweepers).
 """
+import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI on import
@@ -18,6 +20,8 @@ from src.utils.allocator import configure_allocator  # noqa: E402
 from src.utils.ddp_multirun import argv_for_launched_rank  # noqa: E402
 from src.utils.objective import objective_value, sweeper_direction  # noqa: E402
 
+log = logging.getLogger(__name__)
+
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
@@ -25,10 +29,11 @@ def main(cfg: DictConfig) -> float | None:
     from src.callbacks.optimized_metric import closest_names   # these load torch: only once the allocator is set
     from src.models.divergence import divergence_of
     from src.utils.run import release_failed_run, run_training
-    from src.utils.run_results import write_failure
+    from src.utils.run_results import run_folder, write_failure
     from src.utils.hydra_runtime import is_rank_zero
 
     metric_name = cfg.get("optimized_metric")
+    started = time.time()
     try:
         metrics = run_training(cfg)
     except Exception as error:
@@ -37,12 +42,15 @@ def main(cfg: DictConfig) -> float | None:
         diverged = divergence_of(error)
         release_failed_run(error)   # a multirun goes on to its next jobs, Hydra keeping a raised error
         searched = diverged is not None and bool(metric_name) and sweeper_direction() is not None
-        if is_rank_zero():
+        if is_rank_zero() and (folder := run_folder(cfg)) is not None:
             # The run folder's record says what happened, a single run's as a sweep job's: a script
-            # collecting results over many runs finds "failed" and the error, not a missing file.
-            # (A search's diverged trial ends "completed" for Hydra.)
-            write_failure(Path(cfg.paths.output_dir), diverged if searched else error,
-                          status="diverged" if searched else "failed")
+            # collecting results over many runs finds "failed" and the error, not a missing file or
+            # an earlier start's record. (A search's diverged trial ends "completed" for Hydra.)
+            try:
+                write_failure(folder, diverged if searched else error, status="diverged" if searched else "failed",
+                              replace_older_than=started)
+            except OSError as unwritable:   # the run's own error is the one to see
+                log.warning("The failure's record could not be written into %s: %s", folder, unwritable)
         if not searched:
             raise
         return objective_value(metric_name, math.nan, sweeper_direction())

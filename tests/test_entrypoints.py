@@ -90,15 +90,21 @@ def test_a_bad_setting_stops_the_run_before_training_naming_the_key(train_cfg, o
     ("loss.gan_mode=bogus", "Unknown adversarial loss 'bogus' (config key loss.gan_mode); choose one of"),
     ("allocator=huge", "allocator='huge' is not one of default, thp, reuse, thp_reuse (conf/train.yaml: allocator)"),
     # the run folder is Hydra's: one named in paths alone would leave .hydra/ and train.log behind
-    ("paths.output_dir=/elsewhere/run", "choose the run folder with hydra.run.dir=/elsewhere/run"),
+    ("paths.output_dir=TMP/elsewhere/run", "choose the run folder with hydra.run.dir=TMP/elsewhere/run"),
     # paths.root_dir is the working directory: inside the run folder, data and logs would go there
     ("hydra.job.chdir=true", "hydra.job.chdir=true: the runs keep the working directory"),
 ])
 def test_bad_config_fails_at_start_naming_the_key(tmp_path, shared_data_dir, override, message):
+    override, message = override.replace("TMP", str(tmp_path)), message.replace("TMP", str(tmp_path))
     result = run_train(*override.split(), tmp_path=tmp_path, data_dir=shared_data_dir)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-3000:]
     assert not list(tmp_path.rglob("*.ckpt"))   # at start: nothing trained
+    # the failure's record is in the run's own folder, never in one paths.output_dir named instead
+    assert not (tmp_path / "elsewhere").exists()
+    records = list((tmp_path / "logs").rglob("final_metrics.json"))
+    if "allocator" not in override and "model=nope" not in override:   # (those stop before the run starts)
+        assert [json.loads(r.read_text())["status"] for r in records] == ["failed"], result.stderr[-2000:]
 
 
 MODEL_NAMES = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml"))

@@ -2,6 +2,7 @@
 value given to Optuna as the worst instead of a NaN that ends the whole study."""
 import json
 import math
+import os
 from pathlib import Path
 
 import optuna
@@ -143,9 +144,14 @@ def test_a_single_run_that_fails_records_its_error_in_its_folder(train_cfg, monk
 
     monkeypatch.setattr(run_module, "run_training", fail)
     cfg = train_cfg("model=cyclegan")
+    # an earlier start's record in the folder (a re-run into a fixed hydra.run.dir, a requeued job)
+    earlier = Path(cfg.paths.output_dir, "final_metrics.json")
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text(json.dumps({"status": "completed", "iteration": 100}))
+    os.utime(earlier, (earlier.stat().st_mtime - 60,) * 2)
     with pytest.raises(RuntimeError, match="illegal memory access"):
         train_script.main(cfg)
-    record = json.loads(Path(cfg.paths.output_dir, "final_metrics.json").read_text())
+    record = json.loads(earlier.read_text())
     assert record == {"status": "failed", "error": "RuntimeError: CUDA error: an illegal memory access was encountered"}
 
 

@@ -12,6 +12,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from src.utils.hydra_runtime import hydra_config
 from src.utils.whole_files import write_text_whole
 
 FINAL_METRICS = "final_metrics.json"
@@ -48,11 +51,25 @@ def completed_metrics(run_dir: Path) -> dict[str, float] | None:
     return {name: float(value) for name, value in record.get("metrics", {}).items()}
 
 
-def write_failure(run_dir: Path, error: BaseException, name: str = FINAL_METRICS, status: str = "failed") -> None:
+def write_failure(run_dir: Path, error: BaseException, name: str = FINAL_METRICS, status: str = "failed",
+                  replace_older_than: float | None = None) -> None:
     """A failed run's result file `name` (`status`, "failed" or a search trial's "diverged", and
-    the error), unless it got as far as writing its own."""
-    if not (Path(run_dir) / name).exists():
-        _write(Path(run_dir), {"status": status, "error": f"{type(error).__name__}: {error}"}, name)
+    the error), unless it got as far as writing its own: one written since `replace_older_than`
+    (a time.time()); an earlier start's record in the folder (a re-run, a requeued job) is replaced."""
+    path = Path(run_dir) / name
+    if path.exists() and (replace_older_than is None or path.stat().st_mtime >= replace_older_than):
+        return
+    _write(Path(run_dir), {"status": status, "error": f"{type(error).__name__}: {error}"}, name)
+
+
+def run_folder(cfg) -> Path | None:
+    """The run's own folder: the one Hydra made (`paths.output_dir` may name another, which the run
+    refuses: a failure's record must not go there), or outside a Hydra app the config's."""
+    hydra_cfg = hydra_config()
+    if hydra_cfg is not None and not OmegaConf.is_missing(hydra_cfg.runtime, "output_dir"):
+        return Path(hydra_cfg.runtime.output_dir)
+    folder = OmegaConf.select(cfg, "paths.output_dir")
+    return Path(folder) if folder else None
 
 
 def _write(run_dir: Path, record: dict[str, Any], name: str = FINAL_METRICS) -> Path:
