@@ -54,10 +54,16 @@ def test_a_critic_of_several_batches_an_iteration_counts_them_all_in_its_phases(
     """The authors' image count, which sets the phases, grows by every minibatch the critic
     takes: with model.n_critic=2 a phase of 10 images at batch 1 is 5 iterations, not 10 (and the
     kimg axis, which counts every batch loaded, had phases twice the configured length)."""
-    twice = ProgressiveSchedule(top_level=1, parts=[Part(0, phase_images=10, batch_size=1)], critic_batches=2)
+    twice = ProgressiveSchedule(top_level=1, parts=[Part(0, phase_images=10, batch_size=1, critic_batches=2)])
     assert [(p.first_iteration, p.level, p.fading) for p in twice.phases] == [(0, 0, False), (5, 1, True),
                                                                              (10, 1, False)]
     assert [twice.images_before(i) for i in (5, 10, 12)] == [10, 20, 24]
+    # A run resumed at iteration 4 with n_critic=2 from one recorded before the critic's batches
+    # counted (its record has no critic_batches: 1): the phase finishes the 6 images it lacks in 3.
+    record = {"first_iteration": 0, "phase_images": 10, "batch_size": 1, "batch_sizes": {}, "world_size": 1}
+    resumed = ProgressiveSchedule(top_level=1, parts=[Part(**record), Part(4, 10, 1, critic_batches=2)])
+    assert [(p.first_iteration, p.level, p.fading) for p in resumed.phases][:3] == [(0, 0, False), (4, 0, False),
+                                                                                   (7, 1, True)]
 
 
 def test_a_phase_opens_where_the_level_or_the_fade_changes_not_where_only_the_settings_do():

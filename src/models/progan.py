@@ -116,7 +116,7 @@ class ProGAN(NoiseGAN):
         """This fit's schedule settings, as a part of the run starting at `first_iteration`."""
         h = self.hparams
         world_size = self.trainer.world_size if self._trainer is not None else 1
-        return Part(first_iteration, h.phase_images, h.batch_size, dict(h.batch_sizes), world_size)
+        return Part(first_iteration, h.phase_images, h.batch_size, dict(h.batch_sizes), world_size, self.n_critic)
 
     @property
     def parts(self) -> list[Part]:
@@ -141,7 +141,7 @@ class ProGAN(NoiseGAN):
             self._schedule = ProgressiveSchedule(
                 top_level=self.generator.top_level, parts=self.parts, lr_by_resolution=h.lr_by_resolution,
                 base_lr=self.optimizer_cfg["lr"], start_level=self.resolutions().index(h.start_resolution),
-                grow=self.grow, critic_batches=self.n_critic)
+                grow=self.grow)
         return self._schedule
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -176,8 +176,8 @@ class ProGAN(NoiseGAN):
             return [Part(**record) for record in checkpoint["schedule_parts"]]
         # Older checkpoints: the device count of each part (or none: this fit's), the settings
         # of the run as its hyperparameters hold them.
-        settings = dataclasses.replace(self._settings_from(0), **{key: saved[key] for key in self.PART_SETTINGS
-                                                                  if key in saved})
+        settings = dataclasses.replace(self._settings_from(0), critic_batches=1,   # not counted then
+                                       **{key: saved[key] for key in self.PART_SETTINGS if key in saved})
         counts = checkpoint.get("world_sizes") or [(0, settings.world_size)]
         return [dataclasses.replace(settings, first_iteration=int(first), world_size=int(world))
                 for first, world in counts]

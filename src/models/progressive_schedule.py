@@ -33,6 +33,10 @@ class Part:
     batch_size: int                                   # a device's images where batch_sizes lists none
     batch_sizes: dict = field(default_factory=dict)   # resolution -> a device's images
     world_size: int = 1
+    # Real batches an iteration loads (model.n_critic): the authors' image count, which sets the
+    # phases, grows by every minibatch the critic takes. (Records of parts from before it was
+    # counted read as 1: their phases were laid out so.)
+    critic_batches: int = 1
 
     def level_batch_size(self, level: int) -> int:
         """Images per device in one iteration at this level."""
@@ -54,6 +58,7 @@ class Phase:
     alpha_to: float = 1.0     # ... and after its last
     world_size: int = 1
     batch_size: int = 1       # images per device in one of its iterations
+    critic_batches: int = 1   # batches of it an iteration loads
 
 
 def level_resolution(level: int) -> int:
@@ -62,10 +67,8 @@ def level_resolution(level: int) -> int:
 
 class ProgressiveSchedule:
     def __init__(self, top_level: int, parts: list[Part], lr_by_resolution: dict | None = None,
-                 base_lr: float = 1.0, start_level: int = 0, grow: bool = True, critic_batches: int = 1):
-        # Real batches an iteration loads (model.n_critic): the authors' image count, which sets
-        # the phases, grows by every minibatch the critic takes.
-        self.top_level, self.base_lr, self.critic_batches = top_level, float(base_lr), int(critic_batches)
+                 base_lr: float = 1.0, start_level: int = 0, grow: bool = True):
+        self.top_level, self.base_lr = top_level, float(base_lr)
         self.parts = [dataclasses.replace(p, batch_sizes={int(k): int(v) for k, v in p.batch_sizes.items()})
                       for p in parts]
         if not self.parts or self.parts[0].first_iteration != 0 or any(
@@ -97,19 +100,20 @@ class ProgressiveSchedule:
         goes on from where the one before stopped."""
         images_done, alpha = 0, 0.0
         for start, end, part in self._spans(first):
-            batch, world = part.level_batch_size(level), part.world_size
+            batch, world, critics = part.level_batch_size(level), part.world_size, part.critic_batches
             if last:   # the last phase: a piece per part, for the image count
-                self.phases.append(Phase(start, end - start, level, fading, world_size=world, batch_size=batch))
+                self.phases.append(Phase(start, end - start, level, fading, world_size=world, batch_size=batch,
+                                         critic_batches=critics))
                 continue
-            images_per_iteration = batch * world * self.critic_batches
+            images_per_iteration = batch * world * critics
             iterations = math.ceil(max(part.phase_images - images_done, 0) / images_per_iteration)
             if start + iterations <= end:
                 if iterations:
-                    self.phases.append(Phase(start, iterations, level, fading, alpha, 1.0, world, batch))
+                    self.phases.append(Phase(start, iterations, level, fading, alpha, 1.0, world, batch, critics))
                 return start + iterations
             done = end - start
             reached = alpha + (1.0 - alpha) * done / iterations
-            self.phases.append(Phase(start, done, level, fading, alpha, reached, world, batch))
+            self.phases.append(Phase(start, done, level, fading, alpha, reached, world, batch, critics))
             images_done, alpha = images_done + done * images_per_iteration, reached
         return math.inf
 
@@ -146,5 +150,5 @@ class ProgressiveSchedule:
         images = 0
         for phase in self.phases:
             done = min(max(iteration - phase.first_iteration, 0), phase.iterations)
-            images += done * phase.batch_size * phase.world_size * self.critic_batches
+            images += done * phase.batch_size * phase.world_size * phase.critic_batches
         return int(images)
