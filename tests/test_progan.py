@@ -745,6 +745,25 @@ def test_the_best_fid_checkpoint_is_chosen_among_full_size_evaluations(train_cfg
     assert record["best_fid_iteration"] == 8
 
 
+def test_a_resumed_best_fid_of_a_small_stage_starts_over_among_full_size_ones(train_cfg, tmp_path):
+    """A checkpoint from before the small stages were left out of the ranking may hold a best
+    FID of the 16 px stage, which the full-size network's need not beat: it starts over."""
+    first = train_cfg("model=progan", "max_iters=4", "++callbacks.latent=null")
+    run_training(first)
+    checkpoint_path = Path(first.paths.output_dir, "checkpoints", "last.ckpt")
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    (key,) = [k for k in checkpoint["callbacks"] if k.startswith("FidKidCallback")]
+    checkpoint["callbacks"][key].update(best_fid=0.001, best_iteration=2)   # as an earlier version ranked it
+    torch.save(checkpoint, tmp_path / "earlier.ckpt")
+    resumed = train_cfg("model=progan", "max_iters=8", "++callbacks.latent=null", f"ckpt_path={tmp_path / 'earlier.ckpt'}")
+    resumed.paths.output_dir = str(tmp_path / "resumed")
+    with pytest.warns(UserWarning, match=r"The best FID so far \(0.0010, iteration 2\) is of a network not at full "
+                                         r"size yet: the best starts over"):
+        run_training(resumed)
+    record = json.loads(Path(resumed.paths.output_dir, "final_metrics.json").read_text())
+    assert record["best_fid_iteration"] == 8 and record["best_fid"] > 0.001
+
+
 @pytest.mark.parametrize("batch, said", [(5, "batch 5, groups of 1"), (6, "batch 6, groups of 3"), (8, None)])
 def test_a_batch_that_shrinks_the_stddev_group_is_said_at_the_start(train_cfg, batch, said):
     """The group shrinks to the largest size that divides the batch: a prime batch gave groups of

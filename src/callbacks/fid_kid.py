@@ -244,6 +244,14 @@ class FidKidCallback(PeriodicEvaluation):
         rank_zero_info(f"FID {fid:.4f} at iteration {pl_module.iteration}: new best, saved {path}")
         publish_summary(trainer, {"best_fid": self.best_fid, "best_fid_iteration": self.best_iteration})
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.best_iteration > 0 and not pl_module.samples_at_full_size(self.best_iteration):
+            # A checkpoint from before growing models' small stages were left out of the ranking.
+            rank_zero_warn(f"The best FID so far ({self.best_fid:.4f}, iteration {self.best_iteration}) is of a network "
+                           "not at full size yet: the best starts over among full-size evaluations, and "
+                           "best_fid.ckpt is replaced at the next one")
+            self.best_fid, self.best_iteration = math.inf, -1
+
     # ----- the best value survives a resume ----------------------------------------------
     def state_dict(self) -> dict:
         return {"best_fid": self.best_fid, "best_iteration": self.best_iteration, "measure": self.measured}

@@ -334,10 +334,10 @@ class AdversarialModel(pl.LightningModule):
         samples with the batch's statistics and dropout; the rest in plain eval mode."""
         return {}
 
-    def samples_at_full_size(self) -> bool:
-        """Whether the networks sample at the size they are built for: a growing model's
-        (ProGAN's) earlier stages sample smaller images, upsampled, whose FID does not rank
-        with the full-size network's."""
+    def samples_at_full_size(self, iteration: int | None = None) -> bool:
+        """Whether the networks sample at the size they are built for (now, or after `iteration`
+        iterations): a growing model's (ProGAN's) earlier stages sample smaller images,
+        upsampled, whose FID does not rank with the full-size network's."""
         return True
 
     def image_discriminators(self) -> list[nn.Module]:

@@ -194,8 +194,11 @@ class ProGAN(NoiseGAN):
         if message := self.growth_outlasting_the_run():
             rank_zero_warn(message)
 
-    def samples_at_full_size(self) -> bool:
-        return self.generator.level == self.generator.top_level and not self.generator.fading
+    def samples_at_full_size(self, iteration: int | None = None) -> bool:
+        if iteration is None:
+            return self.generator.level == self.generator.top_level and not self.generator.fading
+        level, alpha = self.stage(max(iteration - 1, 0))   # the stage its last iteration trained
+        return level == self.generator.top_level and alpha == 1.0
 
     def growth_outlasting_the_run(self) -> str | None:
         """A warning for a run whose length (`max_iters`, `max_kimg`) ends it before the networks
