@@ -128,25 +128,28 @@ class SplitDataModule(pl.LightningDataModule):
         self.dataset("test", train=False)
 
     def warn_of_a_decoded_cache_too_large(self) -> None:
-        """`data.cache_decoded` keeps every decoded training image in each loader process, with
-        no cap: FFHQ's 70k images at 1024 px are 220 GB a process. Estimated from the first
-        item's images (at least their decoded size) and said where it passes half the memory."""
+        """`data.cache_decoded` keeps every decoded training image in each loader process of each
+        device, with no cap: FFHQ's 70k images at 1024 px are 220 GB a process. Estimated from
+        what the first item put in the cache (the decoded arrays, before any crop) and said where
+        it passes half the machine's memory."""
         memory = physical_memory_bytes()
         train = self.dataset("train", train=True) if getattr(self, "cache_decoded", False) else None
-        if memory is None or train is None or len(train) == 0:
+        decoded = getattr(train, "decoded", None)
+        if memory is None or decoded is None or len(train) == 0:
             return
         # From the training split's own dataset, so its decode is the cache's first entry, not
         # a read of its own; seeded as training's items are, drawing nothing from the run's streams.
-        item = SeededItems(train)[0, 0]
-        per_item = sum(item[key].numel() for key in ("A", "B") if isinstance(item.get(key), torch.Tensor))
-        processes = max(self.num_workers, 1)
+        SeededItems(train)[0, 0]
+        per_item = decoded.nbytes()
+        devices = self.trainer.num_devices if self.trainer is not None else 1
+        processes = max(self.num_workers, 1) * devices
         cached = per_item * len(train) * processes
         if cached > memory / 2:
             warn_for_every_rank(
                 log, f"data.cache_decoded=true keeps every decoded training image in each of {processes} loader "
-                f"process(es): about {cached / 2**30:.0f} GB for {len(train)} items of {per_item / 2**20:.1f} MB, "
-                f"on a machine of {memory / 2**30:.0f} GB. Set data.cache_decoded=false (it is for small images "
-                f"read many times), or fewer data.num_workers.")
+                f"process(es) on this machine: about {cached / 2**30:.1f} GB for {len(train)} items of "
+                f"{per_item / 2**20:.2f} MB decoded, on a machine of {memory / 2**30:.1f} GB. Set "
+                f"data.cache_decoded=false (it is for small images read many times), or fewer data.num_workers.")
 
     # -- several model batches per loader batch (a WGAN critic's n_critic real batches) -------
 

@@ -26,6 +26,11 @@ class DecodedImages:
     def __init__(self) -> None:
         self._images: dict[Hashable, np.ndarray | tuple[np.ndarray, ...]] = {}
 
+    def nbytes(self) -> int:
+        """The decoded arrays held."""
+        return sum(sum(a.nbytes for a in (images if isinstance(images, tuple) else (images,)))
+                   for images in self._images.values())
+
     def get(self, key: Hashable, decode: Callable[[], Decoded]) -> Decoded:
         images = self._images.get(key)
         if images is None:
