@@ -172,6 +172,7 @@ class AdversarialModel(pl.LightningModule):
         self._idle_parameters: dict[tuple[str, ...], list[nn.Parameter]] = {}   # players(): names -> the others'
         self._loss_in_training: str | None = None   # loss_name of the `players` block being run
         self._image_sizes_checked: set[tuple] = set()   # batch shapes the networks accept (and per domain, channels)
+        self._output_channels: dict[str, int | None] = {}   # per direction, found once
         # The DataModule settings it was trained with, and the DataModule's class, once loaded
         # from a checkpoint (src/utils/checkpoint_loading.py); evaluation checks the data
         # direction against them, and rebuilds the data from them without the run's config.
@@ -924,7 +925,9 @@ class TranslationModel(AdversarialModel):
             if direction[0] == domain:
                 found, what = input_channels(self, direction), "reads"
             elif direction[-1] == domain:
-                found, what = output_channels(self, direction, *shape[2:]), "writes"
+                if self._output_channels.get(direction) is None:   # the same at every size it runs at
+                    self._output_channels[direction] = output_channels(self, direction, shape[0], *shape[2:])
+                found, what = self._output_channels[direction], "writes"
             else:
                 continue
             if found is not None and found != channels:

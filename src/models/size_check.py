@@ -100,10 +100,10 @@ def input_channels(model, direction: str) -> int:
     raise ValueError(f"{type(model).__name__} {direction}: no convolution found to read the input channels from")
 
 
-def output_channels(model, direction: str, height: int, width: int) -> int | None:
-    """Channels the `direction` translation writes at this size (run on the meta device), or None
-    where it cannot run there (check_image_size names that)."""
-    x = torch.empty(1, input_channels(model, direction), height, width, device="meta")
+def output_channels(model, direction: str, batch_size: int, height: int, width: int) -> int | None:
+    """Channels the `direction` translation writes for such a batch (run on the meta device), or
+    None where it cannot run on it (check_image_size names that)."""
+    x = torch.empty(batch_size, input_channels(model, direction), height, width, device="meta")
     try:
         return run_on_meta(model, lambda t: model.translation_forward(t, direction), x).shape[1]
     except (RuntimeError, ValueError, NotImplementedError):
