@@ -18,8 +18,8 @@ import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from src.utils.checkpoint_loading import check_checkpoint_settings, load_model, recorded_checkpoint_path  # noqa: E402
-from src.utils.export import (EXPORT_FORMATS, check_export_format, check_export_size, export_path,  # noqa: E402
-                              export_translation)
+from src.utils.export import (EXPORT_FORMATS, check_export_format, check_export_size, export_card_path,  # noqa: E402
+                              export_path, export_translation)
 from src.data.folders import lies_inside, output_paths, refuse_existing_outputs  # noqa: E402
 from src.utils.config_checks import check_seed, require_bool  # noqa: E402
 from src.utils.rng import isolated_rng  # noqa: E402
@@ -97,7 +97,8 @@ def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path,
                  "into %s", cfg.direction, source, target)
     output_dir.mkdir(parents=True, exist_ok=True)
     # (also where skip_existing keeps every output: they must be this translation's)
-    exported = {export_path(output_dir, cfg.direction, cfg.export)} if cfg.get("export") else set()
+    graph = export_path(output_dir, cfg.direction, cfg.export) if cfg.get("export") else None
+    exported = {graph, export_card_path(graph)} if graph is not None else set()
     keep_one_translation_per_folder(output_dir, translation_record(cfg, model), cfg.get("overwrite", False),
                                     {*targets.values(), *exported})
     written = []
@@ -147,8 +148,8 @@ def keep_one_translation_per_folder(output_dir: Path, record: dict, overwrite: b
         if differ and not overwrite:
             raise ValueError(f"{output_dir} holds the outputs of another translation ({said}): choose another "
                              f"output folder, or pass overwrite=true to replace its outputs")
-        outputs = (path for pattern in ("*.png", *(f"generator_*{suffix}" for suffix in EXPORT_FORMATS.values()))
-                   for path in output_dir.rglob(pattern))
+        exports = [f"generator_*{suffix}{card}" for suffix in EXPORT_FORMATS.values() for card in ("", ".json")]
+        outputs = (path for pattern in ("*.png", *exports) for path in output_dir.rglob(pattern))
         left = next((path for path in outputs if path not in targets), None) if differ else None
         if left is not None:
             raise ValueError(f"{output_dir} holds outputs of another translation ({said}) that this one would not "

@@ -811,6 +811,9 @@ def test_skip_existing_continues_an_interrupted_translation(smoke_runs, tmp_path
     with pytest.raises(ValueError, match=r"would not replace, e.g. .*generator_AtoB.pt"):
         run_translation(translate_cfg(**one, overwrite=True))
     graph.unlink()
+    with pytest.raises(ValueError, match=r"would not replace, e.g. .*generator_AtoB.pt.json"):   # its card
+        run_translation(translate_cfg(**one, overwrite=True))
+    Path(f"{graph}.json").unlink()
     assert run_translation(translate_cfg(**one, overwrite=True))["written"] == [str(out / "rgb.png")]
     assert json.loads((out / "translation.json").read_text())["short_side"] == 16
 
@@ -948,6 +951,18 @@ def test_an_export_that_fails_its_check_replaces_nothing(smoke_runs, tmp_path, m
     with pytest.raises(FileExistsError, match=r"exist already, e.g. \S+generator_AtoB.pt: .* overwrite=true"):
         run_translation(translate_cfg(ckpt_path=str(smoke_runs["cyclegan"].ckpt), export="torchscript",
                                       export_size=16, output=str(tmp_path)))
+
+
+def test_an_export_the_runtime_could_not_check_says_so_on_its_card(smoke_runs, tmp_path, monkeypatch):
+    """Without onnxruntime the graph is written unchecked: its card must not promise any size."""
+    from src.utils import export
+    monkeypatch.setitem(export._RUNNERS, "torchscript", lambda path: None)   # as _onnx_runner without onnxruntime
+    model = load_model(smoke_runs["cyclegan"].ckpt)
+    report = export_translation(model, "AtoB", "torchscript", tmp_path, size=16)
+    card = json.loads(Path(f"{report['path']}.json").read_text())
+    assert report["checked"] is False and card["check"]["checked"] is False
+    assert card["input"]["sides"].endswith("; unchecked: onnxruntime was missing")
+    assert card["output"]["channels"] == 3
 
 
 def test_an_export_size_the_model_cannot_take_is_refused_before_the_folder_is_translated(smoke_runs, tmp_path,

@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from src.models.base import TranslationModel
 from src.models.size_check import check_translation_size
-from src.models.size_check import input_channels, size_multiple
+from src.models.size_check import input_channels, output_channels, size_multiple
 from src.utils.config_checks import require_int
 from src.utils.translation import check_direction, round_up
 from src.utils.whole_files import remove_stale_temporaries, staged, write_text_whole
@@ -211,9 +211,13 @@ def write_export_card(model: TranslationModel, direction: str, fmt: str, report:
                   "colour_order": "RGB" if input_channels(model, direction) == 3 else "grey", "range": [-1.0, 1.0],
                   "from_uint8": "x / 127.5 - 1",
                   "sides": (f"any multiple of {size_multiple(model, direction)} px (translate.py pads others by "
-                            "reflection and crops the output back)") if report["dynamic"]
-                  else f"{report['input_shape'][-2]}x{report['input_shape'][-1]} px only"},
-        "output": {"layout": "NCHW", "range": [-1.0, 1.0], "to_uint8": "round((clamp(y, -1, 1) + 1) * 127.5)"},
+                            "reflection and crops the output back)" + ("" if report["checked"] else
+                                                                        "; unchecked: onnxruntime was missing"))
+                  if report["dynamic"] else
+                  f"{report['input_shape'][-2]}x{report['input_shape'][-1]} px only, batch {report['input_shape'][0]}"},
+        "output": {"layout": "NCHW", "channels": output_channels(model, direction, *report["input_shape"][:1],
+                                                                 *report["input_shape"][-2:]),
+                   "range": [-1.0, 1.0], "to_uint8": "round((clamp(y, -1, 1) + 1) * 127.5)"},
         "matches_translate": report["matches_translate"],
         "differs_from_translate_by": [f"test-time {name}" for name in sampling],
         "check": {key: report[key] for key in ("checked", "dynamic", "max_difference", "input_shape")},
