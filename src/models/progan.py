@@ -229,6 +229,7 @@ class ProGAN(NoiseGAN):
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if stage != "fit" or datamodule is None:
             return
+        self.warn_of_shrunk_stddev_groups()
         if not hasattr(datamodule, "set_batch_size_schedule"):
             if self.hparams.batch_sizes:
                 raise ValueError(f"model.batch_sizes sets a batch size per resolution, which "
@@ -253,7 +254,6 @@ class ProGAN(NoiseGAN):
         # than the phases count, and give the minibatch-stddev layer a group it never sees otherwise.
         if hasattr(datamodule, "keep_whole_batches"):
             datamodule.keep_whole_batches(self.largest_model_batch())
-        self.warn_of_shrunk_stddev_groups()
 
     def trained_level_batches(self) -> dict[int, int]:
         """The per-device batch the growth schedule asks for at each level it trains."""
