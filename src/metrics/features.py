@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from src.utils.image_grid import from_uint8_levels, to_uint8_levels
 from src.utils.rng import isolated_rng
-from src.utils.weights_only import weights_only_loads
+from src.utils.environment import weights_only_loads
 
 FEATURE_EXTRACTORS = ("inception", "random_cnn")
 #: the weights torchmetrics' Inception loads (torch-fidelity's release; the same TF graph's port

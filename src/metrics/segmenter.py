@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.export.pt2_archive import constants as pt2_archive
 
 from src.utils.accelerator import is_out_of_memory
-from src.utils.weights_only import weights_only_loads
+from src.utils.environment import weights_only_loads
 from src.utils.whole_files import whole_zip_archive
 
 

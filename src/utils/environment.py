@@ -28,6 +28,23 @@ def physical_memory_bytes() -> int | None:
         return None
 
 
+#: torch reads these at every torch.load, and they win over its `weights_only` argument
+FORCE_WEIGHTS_ONLY, FORCE_NO_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+@contextlib.contextmanager
+def weights_only_loads():
+    """Every torch.load inside the block reads tensors only, also one a library makes with
+    `weights_only=False` (torch-fidelity's Inception weights, torch.export's pickled constants):
+    a file swapped between a check and a library's own load is read as safely as the check read
+    it. A user's opposite setting (for torch >= 2.6's default), which torch refuses beside it, is
+    set aside for the block."""
+    with environment_restored((FORCE_WEIGHTS_ONLY, FORCE_NO_WEIGHTS_ONLY)):
+        os.environ[FORCE_WEIGHTS_ONLY] = "1"
+        os.environ.pop(FORCE_NO_WEIGHTS_ONLY, None)
+        yield
+
+
 @contextlib.contextmanager
 def environment_restored(names: Iterable[str]):
     """The environment variables `names` as they were before the block (unset where they were)."""
