@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 from omegaconf import Container, ListConfig, OmegaConf
 
-from src.utils.hydra_runtime import hydra_config, is_multirun
+from src.utils.hydra_runtime import hydra_config, hydra_run_dir, is_multirun
 
 
 def to_plain(value: typing.Any) -> typing.Any:
@@ -71,16 +71,16 @@ def check_run_folder(output_dir: str | Path) -> None:
     (what eval.py, translate.py and a resumed job read beside the checkpoints) stayed behind in
     Hydra's folder, splitting the run in two. Outside a Hydra run (a config composed with
     Hydra's compose API, as the tests and notebooks do) the config's own value is the run folder."""
-    hydra_cfg = hydra_config()
-    if hydra_cfg is None or OmegaConf.is_missing(hydra_cfg.runtime, "output_dir"):
+    if (run_dir := hydra_run_dir()) is None:
         return
+    hydra_cfg = hydra_config()
     if OmegaConf.select(hydra_cfg, "job.chdir"):
         # paths.root_dir defaults to the working directory (${cwd:}): inside the run folder, the
         # data would be looked for, and the logs written, under the run folder itself.
         raise ValueError("hydra.job.chdir=true: the runs keep the working directory, which paths.root_dir "
                          "(data and logs) defaults to; remove the override (relative paths given on the command "
                          "line are read from where the command runs)")
-    if Path(output_dir).resolve() != Path(hydra_cfg.runtime.output_dir).resolve():
+    if Path(output_dir).resolve() != run_dir.resolve():
         choose = ("hydra.sweep.dir=DIR (each job runs in DIR/<job number>)" if is_multirun()
                   else f"hydra.run.dir={output_dir}")
         raise ValueError(f"paths.output_dir={output_dir} is not the run folder Hydra made "

@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 #: environment variable carrying a multirun job's spec to the DDP ranks Lightning launches for it
 #: (src/utils/ddp_multirun.py): they run Hydra in RUN mode, yet belong to the sweep
@@ -31,6 +32,14 @@ def override_key(override: str) -> str:
 def hydra_config() -> DictConfig | None:
     """The running job's Hydra config; None outside a Hydra app (a notebook, a test)."""
     return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def hydra_run_dir() -> Path | None:
+    """The run folder Hydra made for this job; None outside a Hydra job."""
+    hydra_cfg = hydra_config()
+    if hydra_cfg is None or OmegaConf.is_missing(hydra_cfg.runtime, "output_dir"):
+        return None
+    return Path(hydra_cfg.runtime.output_dir)
 
 
 #: the key under which `compose_training_config` records the overrides a config was composed

@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from src.utils.code_version import uncommitted_changes
 from src.utils.config_checks import MAX_SEED
 from src.utils.folder_lock import FolderInUse, FolderLock
-from src.utils.hydra_runtime import hydra_config, is_rank_zero, launched_rank
+from src.utils.hydra_runtime import hydra_config, hydra_run_dir, is_rank_zero, launched_rank
 from src.utils.training_config import ROOT_DIR
 from src.utils.whole_files import write_text_whole
 
@@ -92,7 +92,7 @@ def hydra_files(task_cfg: DictConfig) -> dict[str, str]:
     """The text of Hydra's three files for this job, as Hydra writes them (its run_job), from the
     configs in memory: `task_cfg`, the config the task was given; empty outside Hydra."""
     hydra_cfg = hydra_config()
-    if hydra_cfg is None or OmegaConf.is_missing(hydra_cfg.runtime, "output_dir"):
+    if hydra_run_dir() is None:
         return {}
     return {"config.yaml": OmegaConf.to_yaml(task_cfg), "hydra.yaml": OmegaConf.to_yaml({"hydra": hydra_cfg}),
             "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task)}
@@ -100,10 +100,10 @@ def hydra_files(task_cfg: DictConfig) -> dict[str, str]:
 
 def hydra_output_dir() -> Path | None:
     """Where Hydra wrote this job's config files (`.hydra` of the run folder); None outside Hydra."""
-    hydra_cfg = hydra_config()
-    if hydra_cfg is None or hydra_cfg.output_subdir is None or OmegaConf.is_missing(hydra_cfg.runtime, "output_dir"):
+    run_dir = hydra_run_dir()
+    if run_dir is None or hydra_config().output_subdir is None:
         return None
-    return Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir
+    return run_dir / hydra_config().output_subdir
 
 
 def earlier_starts(run_dir: Path) -> list[Path]:

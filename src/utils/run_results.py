@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from src.utils.hydra_runtime import hydra_config
+from src.utils.hydra_runtime import hydra_run_dir
 from src.utils.whole_files import write_text_whole
 
 FINAL_METRICS = "final_metrics.json"
@@ -65,10 +65,9 @@ def write_failure(run_dir: Path, error: BaseException, name: str = FINAL_METRICS
 def run_folder(cfg) -> Path | None:
     """The run's own folder: the one Hydra made (`paths.output_dir` may name another, which the run
     refuses: a failure's record must not go there), or outside a Hydra app the config's."""
-    hydra_cfg = hydra_config()
-    if hydra_cfg is not None and not OmegaConf.is_missing(hydra_cfg.runtime, "output_dir"):
-        return Path(hydra_cfg.runtime.output_dir)
-    folder = OmegaConf.select(cfg, "paths.output_dir")
+    if (run_dir := hydra_run_dir()) is not None:
+        return run_dir
+    folder = OmegaConf.select(cfg, "paths.output_dir")   # a notebook's or a test's main(cfg)
     return Path(folder) if folder else None
 
 
