@@ -171,7 +171,8 @@ class AdversarialModel(pl.LightningModule):
         self.inside_a_step = False
         self._idle_parameters: dict[tuple[str, ...], list[nn.Parameter]] = {}   # players(): names -> the others'
         self._loss_in_training: str | None = None   # loss_name of the `players` block being run
-        self._image_sizes_checked: set[tuple] = set()   # batch shapes the networks accept (and per domain, channels)
+        self._image_sizes_checked: set[tuple[int, ...]] = set()   # batch shapes the networks accept
+        self._batch_shapes_checked: set[tuple] = set()   # (domain, *shape) whose channels fit the networks
         self._output_channels: dict[str, int | None] = {}   # per direction, found once
         # The DataModule settings it was trained with, and the DataModule's class, once loaded
         # from a checkpoint (src/utils/checkpoint_loading.py); evaluation checks the data
@@ -468,13 +469,9 @@ class AdversarialModel(pl.LightningModule):
         """`model.optimizer.step_in_backward=true` where the run cannot step in backward (see
         `steps_in_backward`): said once, so a user who set it for its memory saving knows the run
         trains without it."""
-        if self.optimizer_cfg.get("step_in_backward", "auto") is not True or self.steps_in_backward:
+        reasons = self.step_in_backward_blockers()
+        if self.optimizer_cfg.get("step_in_backward", "auto") is not True or not reasons:
             return
-        reasons = [reason for reason, applies in (
-            ("fp16 loss scaling (trainer.precision=16-mixed)", self.grad_scalers is not None),
-            ("gradient clipping (trainer.gradient_clip_val)", self.gradient_clipping is not None),
-            (f"several processes (trainer.strategy: {type(self.trainer.strategy).__name__})",
-             not isinstance(self.trainer.strategy, SingleDeviceStrategy))) if applies]
         rank_zero_warn(f"model.optimizer.step_in_backward=true is off in this run: {' and '.join(reasons)} need every "
                        "gradient before the first step. Each player steps after its backward, as with false.")
 
@@ -648,8 +645,16 @@ class AdversarialModel(pl.LightningModule):
         the CPU it saves memory, at 0.95-1.13x the speed: README, "Speed")."""
         setting = self.optimizer_cfg.get("step_in_backward", "auto")
         wanted = self.device.type == "cpu" if setting == "auto" else setting
-        single_process = self._trainer is None or isinstance(self._trainer.strategy, SingleDeviceStrategy)
-        return wanted and self.grad_scalers is None and single_process and self.gradient_clipping is None
+        return wanted and not self.step_in_backward_blockers()
+
+    def step_in_backward_blockers(self) -> list[str]:
+        """What in this run needs every gradient before the first step, by setting."""
+        several = self._trainer is not None and not isinstance(self._trainer.strategy, SingleDeviceStrategy)
+        return [reason for reason, applies in (
+            ("fp16 loss scaling (trainer.precision=16-mixed)", self.grad_scalers is not None),
+            ("gradient clipping (trainer.gradient_clip_val)", self.gradient_clipping is not None),
+            (f"several processes (trainer.strategy: {type(self._trainer.strategy).__name__})" if several else "",
+             several)) if applies]
 
     def loss_scaling(self, optimizers):
         """fp16: the loss scaler of the players these optimizers train; otherwise nothing."""
@@ -903,18 +908,18 @@ class TranslationModel(AdversarialModel):
 
     def check_batch(self, batch: dict) -> None:
         """A clear error naming the data settings, instead of a tensor-size error deep in a
-        forward pass, when the networks cannot run on this batch's image size (once per shape;
-        src/models/size_check.py)."""
+        forward pass or a loss broadcasting over channels, when the networks cannot run on this
+        batch's image size or channels (once per domain and shape; src/models/size_check.py)."""
         for key in ("A", "B"):
             images = batch[key]
-            if (key, *images.shape) in self._image_sizes_checked:
+            if (key, *images.shape) in self._batch_shapes_checked:
                 continue
             self.check_batch_channels(key, tuple(images.shape))
             size = (images.size(0), *images.shape[2:])   # what the size check depends on
             if size not in self._image_sizes_checked:
                 check_image_size(self, images)
                 self._image_sizes_checked.add(size)
-            self._image_sizes_checked.add((key, *images.shape))
+            self._batch_shapes_checked.add((key, *images.shape))
 
     def check_batch_channels(self, domain: str, shape: tuple[int, ...]) -> None:
         """The networks are built for `model.generator.input_nc` / `output_nc`, the images read for
@@ -922,9 +927,10 @@ class TranslationModel(AdversarialModel):
         convolution's tensor error, or in a loss that broadcasts one channel over three."""
         channels = shape[1]
         for direction in translated_directions(self)[0]:
-            if direction[0] == domain:
+            source, target = DIRECTION_KEYS[direction]
+            if source == domain:
                 found, what = input_channels(self, direction), "reads"
-            elif direction[-1] == domain:
+            elif target == domain:
                 if self._output_channels.get(direction) is None:   # the same at every size it runs at
                     self._output_channels[direction] = output_channels(self, direction, shape[0], *shape[2:])
                 found, what = self._output_channels[direction], "writes"
