@@ -148,7 +148,8 @@ def keep_one_translation_per_folder(output_dir: Path, record: dict, overwrite: b
         if differ and not overwrite:
             raise ValueError(f"{output_dir} holds the outputs of another translation ({said}): choose another "
                              f"output folder, or pass overwrite=true to replace its outputs")
-        exports = [f"generator_*{suffix}{card}" for suffix in EXPORT_FORMATS.values() for card in ("", ".json")]
+        exports = [name for suffix in EXPORT_FORMATS.values()
+                   for name in (f"generator_*{suffix}", export_card_path(f"generator_*{suffix}").name)]
         outputs = (path for pattern in ("*.png", *exports) for path in output_dir.rglob(pattern))
         left = next((path for path in outputs if path not in targets), None) if differ else None
         if left is not None:

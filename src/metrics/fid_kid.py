@@ -174,7 +174,7 @@ class FidKidScorer(nn.Module):
             rank_zero_info(f"FID over {counts[0]} real and {counts[1]} generated images, fewer than the "
                            f"{self.num_features} features: it is biased upward, more so the fewer the images, so "
                            f"compare it only between runs scored on the same number of images (KID is unbiased)")
-        if counts[0] == counts[1] and self.kid.subset_size_for(*counts) == counts[0]:
+        if counts[0] == counts[1] and self.kid.subset_size == counts[0]:   # (as compute() capped it)
             rank_zero_info(f"KID's subsets of {counts[0]} are both whole sets of {counts[0]} images: each gives the same "
                            f"value, so kid_std_x100 is 0 (kid_subset_size below {counts[0]} gives a spread)")
 

@@ -151,6 +151,7 @@ class ProGAN(NoiseGAN):
     #: settings that shape the growth itself; changed on resume, the phases are laid out anew
     STRUCTURE_SETTINGS = ("start_resolution", "grow")
     #: settings each part of a run records, so that a resume with others goes on from the images trained
+    #: (and model.n_critic, as the part's critic_batches: a resume with another n_critic does too)
     PART_SETTINGS = ("phase_images", "batch_size", "batch_sizes")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -278,7 +279,8 @@ class ProGAN(NoiseGAN):
             rank_zero_warn(f"The critic's minibatch standard deviation (model.discriminator.mbstd_group_size="
                            f"{wanted}) takes smaller groups than asked where a level's per-device batch is not a "
                            f"multiple ({said}); a group of one image has no spread, so that feature is a constant "
-                           "there. Choose per-resolution batch sizes (model.batch_sizes) that are multiples of it.")
+                           "there. Choose batch sizes (model.batch_sizes per resolution, or data.batch_size) that "
+                           "are multiples of it.")
 
     def loader_batch_size_at(self, iteration: int) -> int:
         return self.schedule.batch_size_at(iteration)
@@ -301,7 +303,7 @@ class ProGAN(NoiseGAN):
             self.log_dict({"train/level": float(level), "train/alpha": alpha}, batch_size=batch["A"].size(0))
 
     def estimated_images_before(self, batch: dict) -> int:
-        # exact: the growth's batch sizes, each iteration loading n_critic of them
+        # exact: the growth's batch sizes, and the critic batches each part of the run counted
         return self.schedule.images_before(self.iteration)
 
     def _step_schedulers(self) -> None:

@@ -25,8 +25,7 @@ import torch
 import torch.nn as nn
 
 from src.models.base import TranslationModel
-from src.models.size_check import check_translation_size
-from src.models.size_check import input_channels, output_channels, size_multiple
+from src.models.size_check import check_translation_size, input_channels, size_multiple
 from src.utils.config_checks import require_int
 from src.utils.translation import check_direction, round_up
 from src.utils.whole_files import remove_stale_temporaries, staged, write_text_whole
@@ -160,8 +159,8 @@ def export_translation(model: TranslationModel, direction: str, fmt: str, output
         graph.cpu().eval()
         path = export_path(output_dir, direction, fmt)
         path.parent.mkdir(parents=True, exist_ok=True)
-        example = example_input(model, direction, size)
         check_export_size(model, direction, size)
+        example = example_input(model, direction, size)
         other = second_input(example, size_multiple(model, direction))
         with torch.no_grad():
             expected = graph(example)
@@ -185,7 +184,7 @@ def export_translation(model: TranslationModel, direction: str, fmt: str, output
                     "it is the eval-mode network (running statistics, no dropout), so its translations differ "
                     "from translate.py's", type(model).__name__, " and ".join(sampling))
     report["matches_translate"] = not sampling
-    write_export_card(model, direction, fmt, report, sampling)
+    write_export_card(model, direction, fmt, report, sampling, output_channels=expected.shape[1])
     log.info("Exported %s %s to %s: %s", type(model).__name__, direction, path, report)
     return report
 
@@ -194,7 +193,8 @@ def export_card_path(path: str | Path) -> Path:
     return Path(f"{path}.json")
 
 
-def write_export_card(model: TranslationModel, direction: str, fmt: str, report: dict, sampling: list[str]) -> None:
+def write_export_card(model: TranslationModel, direction: str, fmt: str, report: dict, sampling: list[str],
+                      output_channels: int) -> None:
     """`<export>.json` beside the graph: what it takes and gives, which translate.py does outside
     it (pads to the size multiple, maps files to [-1, 1]), and how it was checked. Without it a
     graph fed [0, 1] or BGR images, or a side that is not a multiple, gives wrong images without
@@ -202,21 +202,21 @@ def write_export_card(model: TranslationModel, direction: str, fmt: str, report:
     # A run trained with data.direction=BtoA calls the dataset's B its A: say which folder it reads.
     flipped = getattr(model, "training_data", {}).get("direction") == "BtoA"
     source, target = (direction[-1], direction[0]) if flipped else (direction[0], direction[-1])
+    channels = input_channels(model, direction)
     card = {
         "model": type(model).__name__, "direction": direction, "format": fmt,
         "translates": f"the dataset's domain {source} into {target}",
         "opset": ONNX_OPSET if fmt == "onnx" else None, "torch": torch.__version__,
         "weights": getattr(model, "loaded_weights", None), "iteration": getattr(model, "loaded_iteration", None),
-        "input": {"layout": "NCHW", "dtype": "float32", "channels": input_channels(model, direction),
-                  "colour_order": "RGB" if input_channels(model, direction) == 3 else "grey", "range": [-1.0, 1.0],
+        "input": {"layout": "NCHW", "dtype": "float32", "channels": channels,
+                  "colour_order": "RGB" if channels == 3 else "grey", "range": [-1.0, 1.0],
                   "from_uint8": "x / 127.5 - 1",
                   "sides": (f"any multiple of {size_multiple(model, direction)} px (translate.py pads others by "
                             "reflection and crops the output back)" + ("" if report["checked"] else
                                                                         "; unchecked: onnxruntime was missing"))
                   if report["dynamic"] else
                   f"{report['input_shape'][-2]}x{report['input_shape'][-1]} px only, batch {report['input_shape'][0]}"},
-        "output": {"layout": "NCHW", "channels": output_channels(model, direction, *report["input_shape"][:1],
-                                                                 *report["input_shape"][-2:]),
+        "output": {"layout": "NCHW", "channels": output_channels,
                    "range": [-1.0, 1.0], "to_uint8": "round((clamp(y, -1, 1) + 1) * 127.5)"},
         "matches_translate": report["matches_translate"],
         "differs_from_translate_by": [f"test-time {name}" for name in sampling],
