@@ -100,14 +100,24 @@ def input_channels(model, direction: str) -> int:
     raise ValueError(f"{type(model).__name__} {direction}: no convolution found to read the input channels from")
 
 
-def output_channels(model, direction: str, batch_size: int, height: int, width: int) -> int | None:
-    """Channels the `direction` translation writes for such a batch (run on the meta device), or
-    None where it cannot run on it (check_image_size names that)."""
+def meta_translation(model, direction: str, batch_size: int, height: int, width: int) -> torch.Tensor | str:
+    """The `direction` translation of such a batch, run on the meta device, or what goes wrong.
+    (An operator without a meta kernel raises NotImplementedError: the callers' to skip.)"""
     x = torch.empty(batch_size, input_channels(model, direction), height, width, device="meta")
     try:
-        return run_on_meta(model, lambda t: model.translation_forward(t, direction), x).shape[1]
-    except (RuntimeError, ValueError, NotImplementedError):
+        return run_on_meta(model, lambda t: model.translation_forward(t, direction), x)
+    except (RuntimeError, ValueError) as error:
+        return f"the {direction} translation fails: {error}"
+
+
+def output_channels(model, direction: str, batch_size: int, height: int, width: int) -> int | None:
+    """Channels the `direction` translation writes for such a batch, or None where it cannot run
+    on it (check_image_size names that)."""
+    try:
+        y = meta_translation(model, direction, batch_size, height, width)
+    except NotImplementedError:
         return None
+    return None if isinstance(y, str) else y.shape[1]
 
 
 def size_step(model) -> int:
@@ -118,11 +128,9 @@ def size_step(model) -> int:
 def translation_failure(model, direction: str, batch_size: int, height: int, width: int) -> str | None:
     """What goes wrong when the `direction` translation runs on `height` x `width` images, or
     None when it runs and keeps the size."""
-    x = torch.empty(batch_size, input_channels(model, direction), height, width, device="meta")
-    try:
-        y = run_on_meta(model, lambda t: model.translation_forward(t, direction), x)
-    except (RuntimeError, ValueError) as error:
-        return f"the {direction} translation fails: {error}"
+    y = meta_translation(model, direction, batch_size, height, width)
+    if isinstance(y, str):
+        return y
     if tuple(y.shape[-2:]) != (height, width):
         return f"the {direction} translation returns {y.shape[-2]}x{y.shape[-1]} px images"
     return None
