@@ -22,6 +22,7 @@ from src.utils.export import (EXPORT_FORMATS, check_export_format, check_export_
                               export_path, export_translation)
 from src.data.folders import lies_inside, output_paths, refuse_existing_outputs  # noqa: E402
 from src.utils.config_checks import check_seed, require_bool  # noqa: E402
+from src.utils.directions import trained_domains  # noqa: E402
 from src.utils.rng import isolated_rng  # noqa: E402
 from src.utils.whole_files import write_text_whole  # noqa: E402
 from src.utils.translation import (check_direction, fixed_translation_size, list_input_images,  # noqa: E402
@@ -92,7 +93,7 @@ def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path,
     if cfg.get("export") and not skip_export:
         check_export_size(model, cfg.direction, cfg.get("export_size"))   # before a folder is translated
     if model.training_data.get("direction") == "BtoA":
-        source, target = ("B", "A") if cfg.direction == "AtoB" else ("A", "B")
+        source, target = trained_domains(model, cfg.direction)
         log.info("The model was trained with data.direction=BtoA: direction=%s translates the dataset's domain %s "
                  "into %s", cfg.direction, source, target)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,14 @@ def domain_folders(datamodule, direction: str) -> tuple[str, str]:
     return (source, target) if direction == "AtoB" else (target, source)
 
 
+def trained_domains(model, direction: str) -> tuple[str, str]:
+    """(source, target) dataset domain letters of a loaded model's direction, by the
+    data.direction it was trained with (`model.training_data`, where it has one)."""
+    source, target = DIRECTION_KEYS[direction]
+    flipped = getattr(model, "training_data", {}).get("direction") == "BtoA"
+    return (target, source) if flipped else (source, target)
+
+
 def untranslated_directions(model) -> dict[str, str]:
     """Direction -> why `model` does not translate it (pix2pix: BtoA). Asked of the model's
     `generator_for`, which raises ValueError for a direction it has no generator for; no

@@ -27,6 +27,7 @@ import torch.nn as nn
 from src.models.base import TranslationModel
 from src.models.size_check import check_translation_size, input_channels, size_multiple
 from src.utils.config_checks import require_int
+from src.utils.directions import trained_domains
 from src.utils.translation import check_direction, round_up
 from src.utils.whole_files import remove_stale_temporaries, staged, write_text_whole
 
@@ -200,8 +201,7 @@ def write_export_card(model: TranslationModel, direction: str, fmt: str, report:
     graph fed [0, 1] or BGR images, or a side that is not a multiple, gives wrong images without
     an error."""
     # A run trained with data.direction=BtoA calls the dataset's B its A: say which folder it reads.
-    flipped = getattr(model, "training_data", {}).get("direction") == "BtoA"
-    source, target = (direction[-1], direction[0]) if flipped else (direction[0], direction[-1])
+    source, target = trained_domains(model, direction)
     channels = input_channels(model, direction)
     card = {
         "model": type(model).__name__, "direction": direction, "format": fmt,
