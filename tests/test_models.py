@@ -760,3 +760,20 @@ def test_pix2pix_trains_edges2shoes_for_the_papers_15_epochs_not_facades_200():
     assert facades.trainer.max_epochs == 200 and facades.model.lr_schedule.constant == 100
     # the command line still wins
     assert compose_training_config(["model=pix2pix", "data=edges2shoes", "trainer.max_epochs=5"]).trainer.max_epochs == 5
+
+
+def test_a_length_in_epochs_far_past_the_papers_runs_is_said_with_the_fix(train_cfg, monkeypatch):
+    """CycleGAN's 200 epochs on a folder of 500k images at batch 1 are 100M iterations: said at
+    the start (the threshold lowered here, on 8 images), and not for a length in iterations."""
+    from src.models import base
+    monkeypatch.setattr(base, "LONG_RUN_ITERATIONS", 5)
+    for length, said in ((["max_iters=null", "trainer.max_epochs=1"], True), (["max_iters=8"], False)):
+        cfg = train_cfg("model=cyclegan", *length, "data.max_dataset_size=8", *NO_EVALUATION)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run_training(cfg)
+        told = [str(w.message) for w in caught if "a length in epochs is the papers'" in str(w.message)]
+        assert told == ([("trainer.max_epochs=1 of 8 iterations each is 8 iterations, over 5: a length in epochs is "
+                          "the papers' for their small datasets. Give the run a length in iterations (max_iters=, and "
+                          "model.lr_schedule.unit=iteration constant=half decay=half), or cap the data "
+                          "(data.max_dataset_size).")] if said else [])

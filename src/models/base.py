@@ -105,6 +105,11 @@ def must_define(model, method: str) -> NotImplementedError:
     return NotImplementedError(f"{type(model).__name__} must define {method} (README, \"Adding a model\")")
 
 
+#: iterations past which a run's length in epochs is said to be far beyond the papers' (U-GAT-IT:
+#: 1M iterations; CycleGAN's 200 epochs of horse2zebra: 213k)
+LONG_RUN_ITERATIONS = 10_000_000
+
+
 class AdversarialModel(pl.LightningModule):
     """What every GAN here shares: players, their optimizers and schedules, the training
     iteration's bookkeeping, checkpoint state. Sampling and evaluation are the subclasses'."""
@@ -464,6 +469,23 @@ class AdversarialModel(pl.LightningModule):
         if length and schedulers and (mismatch := decay_end_mismatch(schedulers[0].lr_lambdas[0], unit, length)):
             rank_zero_warn(mismatch)
         self.warn_of_step_in_backward_turned_off()
+        self.warn_of_a_length_in_epochs_past_reason()
+
+    def warn_of_a_length_in_epochs_past_reason(self) -> None:
+        """A length in epochs (CycleGAN's and pix2pix's 200) is the papers' for their datasets of a
+        thousand images; on a folder of 500k at batch 1 it is 100M iterations, a year on one GPU,
+        and nothing would say so."""
+        trainer = self.trainer
+        if trainer.max_steps > 0 or not trainer.max_epochs or trainer.max_epochs < 0:
+            return
+        iterations = self.run_length_in("iteration")
+        if iterations and iterations > LONG_RUN_ITERATIONS:
+            batches = trainer.num_training_batches
+            rank_zero_warn(f"trainer.max_epochs={trainer.max_epochs} of {batches} iterations each is {iterations:,} "
+                           f"iterations, over {LONG_RUN_ITERATIONS:,}: a length in epochs is the papers' for their "
+                           f"small datasets. Give the run a length in iterations (max_iters=, and "
+                           f"model.lr_schedule.unit=iteration constant=half decay=half), or cap the data "
+                           f"(data.max_dataset_size).")
 
     def warn_of_step_in_backward_turned_off(self) -> None:
         """`model.optimizer.step_in_backward=true` where the run cannot step in backward (see
