@@ -1,5 +1,6 @@
 """Ground-truth scores on the shapes test pairs, their training callback, checkpoint loading,
 `python src/translate.py` and the ONNX/TorchScript export."""
+import importlib.util
 import json
 import logging
 import math
@@ -984,17 +985,32 @@ def test_an_export_size_the_model_cannot_take_is_refused_before_the_folder_is_tr
                                       export="torchscript", export_size=0))
 
 
-def test_pix2pix_export_says_it_is_the_eval_mode_network(smoke_runs, tmp_path, caplog):
-    """pix2pix samples with test-time batch statistics and dropout; the exported graph cannot, and
-    its translations differ from translate.py's: the report and a warning say so."""
+def test_pix2pix_export_normalises_each_image_by_its_own_statistics_and_says_it_has_no_dropout(smoke_runs,
+                                                                                                tmp_path, caplog):
+    """pix2pix samples with test-time batch statistics (one image at a time) and dropout. The graph
+    was its eval-mode network (running statistics); now each image is normalised by its own
+    statistics, as translate.py does, and only the random dropout differs: the report, the card
+    and a warning say so."""
+    from src.models.base import sampling_mode
     model = load_model(smoke_runs["pix2pix"].ckpt)
     model.training_data["direction"] = "BtoA"   # facades' and cityscapes' labels -> photo
     with caplog.at_level("WARNING"):
         report = export_translation(model, "AtoB", "torchscript", tmp_path, size=smoke_runs["pix2pix"].cfg.data.size)
     assert report["matches_translate"] is False
-    assert "Pix2Pix samples with test-time batch_stats and dropout" in caplog.text
+    assert "Pix2Pix samples with test-time dropout" in caplog.text and "batch_stats" not in caplog.text
     card = json.loads(Path(f"{report['path']}.json").read_text())
-    assert card["differs_from_translate_by"] == ["test-time batch_stats", "test-time dropout"]
+    assert card["differs_from_translate_by"] == ["test-time dropout"]
+    size = smoke_runs["pix2pix"].cfg.data.size
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    if importlib.util.find_spec("onnxruntime"):
+        onnx_report = export_translation(model, "AtoB", "onnx", tmp_path / "onnx", size=size)   # InstanceNormalization
+        assert onnx_report["checked"] and onnx_report["max_difference"] < 1e-3
+    with sampling_mode([model.G], batch_stats=True):   # translate.py's normalisation, without its dropout
+        reference = torch.cat([model.G(image[None]) for image in x])
+    with sampling_mode([model.G]):
+        running = model.G(x)
+    exported = run_exported(Path(report["path"]), x)
+    assert torch.allclose(exported, reference, atol=1e-4) and not torch.allclose(exported, running, atol=1e-3)
     assert card["translates"] == "the dataset's domain B into A"
 
 

@@ -3,8 +3,9 @@
 `TranslationGraph` wraps the networks a translation runs through (`translation_nets`: the
 generator, and NICE-GAN's source encoder before it) into one module computing
 `translation_forward`, in eval mode: running statistics, no dropout, spectral norm with its
-stored singular vectors. (pix2pix samples with test-time batch statistics and dropout; the
-exported graph is its deterministic eval-mode counterpart.)
+stored singular vectors. (pix2pix samples with test-time batch statistics and dropout: its graph
+normalises each image by its own statistics, as pix2pix samples one image at a time, and has
+no dropout, which is random.)
 
 ONNX goes through torch's TorchScript-based exporter (`dynamo=False`): it needs only the `onnx`
 package, works offline, and exports batch, height and width as dynamic axes for these nets.
@@ -15,6 +16,7 @@ so.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import warnings
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from src.models.base import TranslationModel
 from src.models.size_check import check_translation_size, input_channels, size_multiple
@@ -66,6 +69,21 @@ def example_input(model: TranslationModel, direction: str, size: int, batch: int
     side = round_up(size, size_multiple(model, direction))
     generator = torch.Generator().manual_seed(0)
     return torch.rand(batch, input_channels(model, direction), side, side, generator=generator) * 2 - 1
+
+
+@contextlib.contextmanager
+def batch_statistics_of_each_image(nets: nn.ModuleList):
+    """Batch norm by each image's own statistics, as pix2pix samples (one image at a time, in
+    batch-statistics mode: src/models/base.py's sampling_mode): that is instance norm with the
+    layer's own scale and shift, which a graph can hold. Its running buffers are not read."""
+    norms = [m for net in nets for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.forward = lambda x, norm=norm: F.instance_norm(x, weight=norm.weight, bias=norm.bias, eps=norm.eps)
+    try:
+        yield
+    finally:
+        for norm in norms:
+            del norm.forward
 
 
 def check_export_size(model: TranslationModel, direction: str, size: int) -> None:
@@ -156,6 +174,7 @@ def export_translation(model: TranslationModel, direction: str, fmt: str, output
     # Traced and checked on the CPU, where the runners run the exported graph: on a GPU, cuDNN's
     # TF32 convolutions (torch's default) would move the reference by ~1e-3, past the tolerance,
     # and a trace would record the CUDA device into the TorchScript graph.
+    batch_stats = bool(model.sampling_options().get("batch_stats"))
     try:
         graph.cpu().eval()
         path = export_path(output_dir, direction, fmt)
@@ -163,7 +182,7 @@ def export_translation(model: TranslationModel, direction: str, fmt: str, output
         check_export_size(model, direction, size)
         example = example_input(model, direction, size)
         other = second_input(example, size_multiple(model, direction))
-        with torch.no_grad():
+        with torch.no_grad(), (batch_statistics_of_each_image(graph.nets) if batch_stats else contextlib.nullcontext()):
             expected = graph(example)
             try:
                 expected_other = graph(other)
@@ -179,11 +198,12 @@ def export_translation(model: TranslationModel, direction: str, fmt: str, output
         graph.to(device)
         for net, mode in zip(graph.nets, was_training):
             net.train(mode)
-    if sampling := [name for name, on in model.sampling_options().items() if on]:
-        # The graph is the eval-mode network; the model samples otherwise (translate.py, eval.py).
-        log.warning("%s samples with test-time %s (model.sampling_options), which the exported graph does not: "
-                    "it is the eval-mode network (running statistics, no dropout), so its translations differ "
-                    "from translate.py's", type(model).__name__, " and ".join(sampling))
+    # The graph normalises each image by its own statistics where the model samples so; test-time
+    # dropout, random, it cannot: without it, its translations differ from translate.py's.
+    if sampling := [name for name, on in model.sampling_options().items() if on and name != "batch_stats"]:
+        log.warning("%s samples with test-time %s (model.sampling_options), which the exported graph does not "
+                    "(no dropout), so its translations differ from translate.py's", type(model).__name__,
+                    " and ".join(sampling))
     report["matches_translate"] = not sampling
     write_export_card(model, direction, fmt, report, sampling, output_channels=expected.shape[1])
     log.info("Exported %s %s to %s: %s", type(model).__name__, direction, path, report)
