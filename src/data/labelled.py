@@ -97,9 +97,18 @@ def interleave(per_class: list[list[Path]]) -> list[tuple[Path, int]]:
     The training loader shuffles anyway; evaluation and `sample_batch` read items in this order,
     so the first few (a sample grid's real row) show every class, not only the first one.
     """
+    # Round by round over the classes not yet used up: each image once (a class of 200k beside 999
+    # small ones cost classes x largest class before, seconds at a million images).
+    remaining = [(label, iter(paths)) for label, paths in enumerate(per_class) if paths]
     items = []
-    for k in range(max(len(paths) for paths in per_class)):
-        items += [(paths[k], label) for label, paths in enumerate(per_class) if k < len(paths)]
+    while remaining:
+        still = []
+        for label, paths in remaining:
+            path = next(paths, None)
+            if path is not None:
+                items.append((path, label))
+                still.append((label, paths))
+        remaining = still
     return items
 
 
