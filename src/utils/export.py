@@ -76,14 +76,19 @@ def batch_statistics_of_each_image(nets: nn.ModuleList):
     """Batch norm by each image's own statistics, as pix2pix samples (one image at a time, in
     batch-statistics mode: src/models/base.py's sampling_mode): that is instance norm with the
     layer's own scale and shift, which a graph can hold. Its running buffers are not read."""
-    norms = [m for net in nets for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = list({id(m): m for net in nets for m in net.modules()
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm)}.values())   # a layer shared by two nets: once
+    before = [vars(norm).get("forward") for norm in norms]   # a forward of its own, set by another wrapper
     for norm in norms:
         norm.forward = lambda x, norm=norm: F.instance_norm(x, weight=norm.weight, bias=norm.bias, eps=norm.eps)
     try:
         yield
     finally:
-        for norm in norms:
-            del norm.forward
+        for norm, forward in zip(norms, before):
+            if forward is None:
+                del norm.forward
+            else:
+                norm.forward = forward
 
 
 def check_export_size(model: TranslationModel, direction: str, size: int) -> None:
@@ -91,7 +96,11 @@ def check_export_size(model: TranslationModel, direction: str, size: int) -> Non
     built for another size); translate.py checks it before translating a folder, not after."""
     require_int("export_size", size, why=" (px: the side of the example the graph is traced and checked at)")
     side = round_up(size, size_multiple(model, direction))
-    check_translation_size(model, direction, side, side, what=f"export_size={size}", fix="set export_size to one of them")
+    # In the graph's own mode: an image's own statistics refuse sizes running ones take (a 1x1 map).
+    with (batch_statistics_of_each_image(nn.ModuleList(model.translation_nets(direction)))
+          if model.sampling_options().get("batch_stats") else contextlib.nullcontext()):
+        check_translation_size(model, direction, side, side, what=f"export_size={size}",
+                               fix="set export_size to one of them")
 
 
 def second_input(example: torch.Tensor, multiple: int) -> torch.Tensor:
