@@ -124,32 +124,7 @@ class SplitDataModule(pl.LightningDataModule):
         if stage in (None, "fit"):
             self.dataset("train", train=True)
             self.check_training_split_fills_a_batch()
-            self.warn_of_a_decoded_cache_too_large()
         self.dataset("test", train=False)
-
-    def warn_of_a_decoded_cache_too_large(self) -> None:
-        """`data.cache_decoded` keeps every decoded training image in each loader process of each
-        device, with no cap: FFHQ's 70k images at 1024 px are 220 GB a process. Estimated from
-        what the first item put in the cache (the decoded arrays, before any crop) and said where
-        it passes half the machine's memory."""
-        memory = physical_memory_bytes()
-        train = self.dataset("train", train=True) if getattr(self, "cache_decoded", False) else None
-        decoded = getattr(train, "decoded", None)
-        if memory is None or decoded is None or len(train) == 0:
-            return
-        # From the training split's own dataset, so its decode is the cache's first entry, not
-        # a read of its own; seeded as training's items are, drawing nothing from the run's streams.
-        SeededItems(train)[0, 0]
-        per_item = decoded.nbytes()
-        devices = self.trainer.num_devices if self.trainer is not None else 1
-        processes = max(self.num_workers, 1) * devices
-        cached = per_item * len(train) * processes
-        if cached > memory / 2:
-            warn_for_every_rank(
-                log, f"data.cache_decoded=true keeps every decoded training image in each of {processes} loader "
-                f"process(es) on this machine: about {cached / 2**30:.1f} GB for {len(train)} items of "
-                f"{per_item / 2**20:.2f} MB decoded, on a machine of {memory / 2**30:.1f} GB. Set "
-                f"data.cache_decoded=false (it is for small images read many times), or fewer data.num_workers.")
 
     # -- several model batches per loader batch (a WGAN critic's n_critic real batches) -------
 
@@ -440,6 +415,35 @@ class ImageTranslationDataModule(SplitDataModule):
                      resize_interpolation=resize_interpolation)
         self.train_transform = ImageTransform(**sizes, train=True)
         self.eval_transform = ImageTransform(**sizes, train=False)
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        if stage in (None, "fit"):
+            self.warn_of_a_decoded_cache_too_large()
+
+    def warn_of_a_decoded_cache_too_large(self) -> None:
+        """`data.cache_decoded` keeps every decoded training image in each loader process of each
+        device, with no cap: FFHQ's 70k images at 1024 px are 220 GB a process. Estimated from
+        what the first item put in the cache (the decoded arrays, before any crop) and said where
+        it passes half the machine's memory."""
+        memory = physical_memory_bytes()
+        train = self.dataset("train", train=True) if self.cache_decoded else None
+        decoded = getattr(train, "decoded", None)
+        if memory is None or decoded is None or len(train) == 0:
+            return
+        # From the training split's own dataset, so its decode is the cache's first entry, not
+        # a read of its own; seeded as training's items are, drawing nothing from the run's streams.
+        SeededItems(train)[0, 0]
+        per_item = decoded.nbytes()
+        devices = self.trainer.num_devices if self.trainer is not None else 1
+        processes = max(self.num_workers, 1) * devices
+        cached = per_item * len(train) * processes
+        if cached > memory / 2:
+            warn_for_every_rank(
+                log, f"data.cache_decoded=true keeps every decoded training image in each of {processes} loader "
+                f"process(es) on this machine: about {cached / 2**30:.1f} GB for {len(train)} items of "
+                f"{per_item / 2**20:.2f} MB decoded, on a machine of {memory / 2**30:.1f} GB. Set "
+                f"data.cache_decoded=false (it is for small images read many times), or fewer data.num_workers.")
 
     def decoded_images(self) -> DecodedImages | None:
         """A new split dataset's cache of decoded images (src/data/decoded_cache.py), or None."""

@@ -671,12 +671,14 @@ class AdversarialModel(pl.LightningModule):
 
     def step_in_backward_blockers(self) -> list[str]:
         """What in this run needs every gradient before the first step, by setting."""
-        several = self._trainer is not None and not isinstance(self._trainer.strategy, SingleDeviceStrategy)
-        return [reason for reason, applies in (
-            ("fp16 loss scaling (trainer.precision=16-mixed)", self.grad_scalers is not None),
-            ("gradient clipping (trainer.gradient_clip_val)", self.gradient_clipping is not None),
-            (f"several processes (trainer.strategy: {type(self._trainer.strategy).__name__})" if several else "",
-             several)) if applies]
+        blockers = []
+        if self.grad_scalers is not None:
+            blockers.append("fp16 loss scaling (trainer.precision=16-mixed)")
+        if self.gradient_clipping is not None:
+            blockers.append("gradient clipping (trainer.gradient_clip_val)")
+        if self._trainer is not None and not isinstance(self._trainer.strategy, SingleDeviceStrategy):
+            blockers.append(f"several processes (trainer.strategy: {type(self._trainer.strategy).__name__})")
+        return blockers
 
     def loss_scaling(self, optimizers):
         """fp16: the loss scaler of the players these optimizers train; otherwise nothing."""
