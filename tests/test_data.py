@@ -13,6 +13,7 @@ import time
 import warnings
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -1556,6 +1557,77 @@ def test_a_download_cut_short_is_an_error_not_a_truncated_file(tmp_path, monkeyp
             download.fetch("http://host/a.zip", tmp_path / "a.zip")
 
 
+def test_a_failed_download_says_whether_running_again_can_help(tmp_path, monkeypatch):
+    """A server that answers 404 or cannot be reached at all fails again on the next try, and a
+    full disk is not the network's failure: each says what to do, and leaves no file."""
+    import errno
+    import socket
+
+    def failing(error):
+        def urlopen(url, timeout):
+            raise error
+        return urlopen
+
+    gone = download.urllib.error.HTTPError("http://host/a.zip", 404, "Not Found", {}, None)
+    busy = download.urllib.error.HTTPError("http://host/a.zip", 429, "Too Many Requests", {}, None)
+    offline = download.urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+    for error, advice in ((gone, r"HTTP Error 404: Not Found\. The server does not serve this file at this address"),
+                          (offline, r"name resolution.*\. This machine cannot reach the server .*https_proxy"),
+                          (busy, r"Too Many Requests\. Run the command again\.$")):
+        monkeypatch.setattr(download.urllib.request, "urlopen", failing(error))
+        with pytest.raises(download.DownloadError, match=advice):
+            download.fetch("http://host/a.zip", tmp_path / "a.zip")
+
+    class Reply(io.BytesIO):
+        headers = {"Content-Length": str(3 << 30)}
+
+    monkeypatch.setattr(download.urllib.request, "urlopen", lambda url, timeout: Reply(b"x" * 10))
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda folder: SimpleNamespace(free=1 << 30))
+    with pytest.raises(download.DownloadError, match=rf"http://host/a.zip needs 3.00 GiB, and {tmp_path} has 1.00 "
+                                                     r"GiB free: free some space there, or download onto another"):
+        download.fetch("http://host/a.zip", tmp_path / "a.zip")   # before writing a byte of it
+    monkeypatch.undo()
+
+    class FullDisk:
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    class SmallReply(io.BytesIO):
+        headers = {}
+
+    monkeypatch.setattr(download.urllib.request, "urlopen", lambda url, timeout: SmallReply(b"x" * 10))
+    with pytest.raises(OSError) as raised:   # the disk's error as itself, not taken for the network's
+        download._download("http://host/a.zip", FullDisk(), tmp_path, 4, None)
+    assert raised.type is OSError and raised.value.errno == errno.ENOSPC
+    monkeypatch.setattr(download, "_download", lambda url, out, *rest: FullDisk().write(b"x"))
+    with pytest.raises(download.DownloadError, match=rf"{tmp_path} ran out of space downloading http://host/a.zip: "):
+        download.fetch("http://host/a.zip", tmp_path / "a.zip")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_archive_needs_room_and_the_layout_before_it_is_placed(tmp_path, monkeypatch):
+    """Unpacking checks the room its members take first; an archive of another layout is an
+    error that places nothing (placed, it would pass for the dataset until training named the
+    missing folder)."""
+    payload = tmp_path / "server" / "toy.zip"
+    payload.parent.mkdir()
+    with zipfile.ZipFile(payload, "w") as zipped:
+        for folder in ("trainA", "trainB", "testA"):   # no testB
+            zipped.writestr(f"toy/{folder}/0.png", b"x" * 1000)
+    root = tmp_path / "data"
+    monkeypatch.setitem(download.DATASETS, "toy", download.DatasetSource(payload.as_uri(), download.UNPAIRED_LAYOUT))
+    with pytest.raises(download.DownloadError, match=r"toy.zip unpacked without testB/, so it is not laid out as "
+                                                     r"trainA/ trainB/ .* Nothing was placed in .*data/toy"):
+        download.download("toy", root)
+    assert list(root.iterdir()) == []
+    into = tmp_path / "into"
+    into.mkdir()
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda folder: SimpleNamespace(free=2000))
+    with pytest.raises(download.DownloadError, match=r"unpacking toy.zip needs 0.00 GiB, and .*into has 0.00 GiB"):
+        download.extract(payload, into)
+    assert list(into.iterdir()) == []
+
+
 def test_a_download_whose_checksum_differs_is_refused_and_not_kept(tmp_path, monkeypatch):
     """A release checked by its published MD5: a corrupted or changed file is an error naming the
     URL and both checksums, leaves no file and no dataset folder; the right file passes."""
@@ -1871,7 +1943,7 @@ def test_an_image_write_cut_short_leaves_the_earlier_file_and_a_link_keeps_its_t
     assert np.array_equal(load_image(tmp_path / "kept.png", 3), newer)
 
 
-@pytest.mark.parametrize("kind", ["zip_parent", "zip_absolute", "tar_parent", "tar_symlink"])
+@pytest.mark.parametrize("kind", ["zip_parent", "zip_absolute", "tar_parent", "tar_symlink", "tar_fifo"])
 def test_an_archive_member_that_would_land_outside_the_data_root_is_refused(tmp_path, kind):
     """A download from a changed or hostile mirror must not write outside data/<name>."""
     import io
@@ -1887,10 +1959,14 @@ def test_an_archive_member_that_would_land_outside_the_data_root_is_refused(tmp_
                 member = tarfile.TarInfo("../evil.txt")
                 member.size = 1
                 tarred.addfile(member, io.BytesIO(b"x"))
-            else:
+            elif kind == "tar_symlink":
                 link = tarfile.TarInfo("toy/link")
                 link.type, link.linkname = tarfile.SYMTYPE, str(tmp_path)
                 tarred.addfile(link)
+            else:   # named as an image: the loader's open() would block on it for good
+                fifo = tarfile.TarInfo("toy/trainA/a.png")
+                fifo.type = tarfile.FIFOTYPE
+                tarred.addfile(fifo)
     into = tmp_path / "data" / "scratch"
     into.mkdir(parents=True)
     with pytest.raises(RuntimeError, match=r"Refusing unsafe (path|member) "):

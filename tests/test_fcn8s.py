@@ -109,3 +109,28 @@ def test_the_segmenter_file_segments_like_the_net_with_its_preprocessing(tmp_pat
         expected = CaffeInput(net).eval()((images + 1) / 2).argmax(1)
     classes = Segmenter(path, 4, None, "cpu", key="segmenter_path").classes(images, (40, 48))
     assert torch.equal(classes, expected)
+
+
+def test_a_download_that_is_not_the_caffemodel_is_removed_not_kept(tmp_path, monkeypatch, capsys):
+    """No checksum is published for the weights: a page answering in their place (a proxy's
+    login) is found when it is read, and removed, where a later run would take the file it finds
+    as the download and fail on it for good. A file the user gave is theirs: left as it is."""
+    import src.data.download as download
+    from src.metrics import fcn8s
+
+    monkeypatch.setattr(download, "fetch", lambda url, path: Path(path).write_text("<html>Sign in</html>"))
+    caffemodel = tmp_path / "fcn-8s-cityscapes.caffemodel"
+    assert fcn8s.main(["--caffemodel", str(caffemodel), "--output", str(tmp_path / "s.pt2"), "--size", "32", "32"]) == 1
+    assert "was not the FCN-8s weights and is removed" in capsys.readouterr().err and not caffemodel.exists()
+    caffemodel.write_text("<html>mine</html>")
+    with pytest.raises(ValueError, match="is not a Caffe .caffemodel"):
+        fcn8s.main(["--caffemodel", str(caffemodel), "--output", str(tmp_path / "s.pt2"), "--size", "32", "32"])
+    assert caffemodel.exists()
+
+    def offline(url, path):
+        raise download.DownloadError(f"Downloading {url} failed: no network.")
+
+    monkeypatch.setattr(download, "fetch", offline)
+    caffemodel.unlink()
+    assert fcn8s.main(["--caffemodel", str(caffemodel), "--output", str(tmp_path / "s.pt2")]) == 1
+    assert "failed: no network." in capsys.readouterr().err

@@ -14,18 +14,24 @@ Only the standard library is used (urllib, zipfile, tarfile).
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
+import http.client
 import os
 import re
 import shlex
+import shutil
+import socket
 import ssl
 import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -260,22 +266,61 @@ def fetch(url: str, destination: Path, md5: str | None = None, chunk_bytes: int 
     file is whole and checked, or absent (`write_whole`): a later run that finds it need not
     check it."""
     print(f"Downloading {url}")
-    write_whole(Path(destination), lambda out: _download(url, out, chunk_bytes, md5))
+    destination = Path(destination)
+    with disk_space_errors(destination.parent, f"downloading {url}"):
+        write_whole(destination, lambda out: _download(url, out, destination.parent, chunk_bytes, md5))
 
 
-def _download(url: str, out, chunk_bytes: int, md5: str | None) -> None:
+@contextmanager
+def network_errors(url: str):
+    """A failed transfer as a DownloadError saying what to do. Only the network's calls run in
+    it: a full disk is not told to "run the command again"."""
+    try:
+        yield
+    except (OSError, http.client.HTTPException) as error:  # URLError, HTTPError, timeouts, a cut chunked reply
+        raise DownloadError(f"Downloading {url} failed: {error}. {retry_advice(error)}") from error
+
+
+@contextmanager
+def disk_space_errors(folder: Path, doing: str):
+    """A disk that fills while `doing` as a DownloadError naming the folder: the traceback of an
+    OSError after an hour's download reads like a network failure, or a bug."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        raise DownloadError(f"{folder} ran out of space {doing}: free some space there, or download onto "
+                            "another disk (--root).") from error
+
+
+def require_free_space(folder: Path, needed: int | None, what: str) -> None:
+    """Stop before writing `needed` bytes into `folder` where its disk has not the room: found
+    only when the disk fills, the download before it is lost."""
+    free = shutil.disk_usage(folder).free
+    if needed is not None and needed > free:
+        raise DownloadError(f"{what} needs {needed / 2**30:.2f} GiB, and {folder} has {free / 2**30:.2f} GiB free: "
+                            "free some space there, or download onto another disk (--root).")
+
+
+def _download(url: str, out, folder: Path, chunk_bytes: int, md5: str | None) -> None:
     total, done = None, 0
     digest = hashlib.md5(usedforsecurity=False)
     try:
-        with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:
+        with network_errors(url):
+            response = urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S)
+        with response:
             total = int(response.headers.get("Content-Length") or 0) or None
-            while chunk := response.read(chunk_bytes):
+            require_free_space(folder, total, url)
+            while True:
+                with network_errors(url):
+                    chunk = response.read(chunk_bytes)
+                if not chunk:
+                    break
                 out.write(chunk)
                 digest.update(chunk)
                 done += len(chunk)
                 _report_progress(done, total)
-    except OSError as error:  # URLError, HTTPError, timeouts, a refused connection
-        raise DownloadError(f"Downloading {url} failed: {error}. {retry_advice(error)}") from error
     finally:
         print()
     if total is not None and done != total:
@@ -296,6 +341,14 @@ def retry_advice(error: OSError) -> str:
         return ("This Python cannot verify the server's certificate, so running again fails the same way: on macOS "
                 "with python.org's Python, run 'Install Certificates.command' (in its Applications folder); behind "
                 "a TLS-inspecting proxy, point SSL_CERT_FILE at its certificate bundle.")
+    # 408 (timeout) and 429 (too many requests) pass; other 4xx answers stay the same.
+    if isinstance(error, urllib.error.HTTPError) and 400 <= error.code < 500 and error.code not in (408, 429):
+        return ("The server does not serve this file at this address, so running again fails the same way: "
+                "the dataset's page may say where it moved.")
+    cause = reason if isinstance(reason, OSError) else error
+    if isinstance(cause, socket.gaierror) or getattr(cause, "errno", None) in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return ("This machine cannot reach the server (offline, or it needs a proxy): set https_proxy and "
+                "http_proxy, or download on a machine with internet and copy the files here.")
     return "Run the command again."
 
 
@@ -304,19 +357,23 @@ def _inside(root: Path, member: str) -> bool:
 
 
 def extract(archive: Path, into: Path) -> None:
-    """Unpack a .zip or .tar.gz archive, refusing members that would land outside `into`."""
+    """Unpack a .zip or .tar.gz archive, refusing members that would land outside `into` and tar
+    members other than files and folders (links; a FIFO named like an image would block its
+    reader for good), where the disk has room for it."""
     print(f"Extracting {archive.name}")
     if archive.name.endswith(".zip"):
         with zipfile.ZipFile(archive) as zipped:
             for member in zipped.namelist():
                 if not _inside(into, member):
-                    raise RuntimeError(f"Refusing unsafe path {member!r} in {archive}")
+                    raise DownloadError(f"Refusing unsafe path {member!r} in {archive}")
+            require_free_space(into, sum(info.file_size for info in zipped.infolist()), f"unpacking {archive.name}")
             zipped.extractall(into)
     else:
         with tarfile.open(archive) as tarred:
             for member in tarred.getmembers():
-                if not _inside(into, member.name) or member.issym() or member.islnk():
-                    raise RuntimeError(f"Refusing unsafe member {member.name!r} in {archive}")
+                if not _inside(into, member.name) or not (member.isfile() or member.isdir()):
+                    raise DownloadError(f"Refusing unsafe member {member.name!r} in {archive}")
+            require_free_space(into, sum(member.size for member in tarred.getmembers()), f"unpacking {archive.name}")
             if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: let tarfile vet members too
                 tarred.extractall(into, filter="data")
             else:
@@ -354,7 +411,8 @@ def download(name: str, root: str | Path) -> Path:
                             f"{how_to_get(name, target)}")
     # Work in a scratch folder next to the target so the final move is a cheap rename and an
     # interrupted download never leaves a half-filled dataset folder behind.
-    with tempfile.TemporaryDirectory(prefix=scratch_prefix(destination), dir=destination.parent) as scratch:
+    with (tempfile.TemporaryDirectory(prefix=scratch_prefix(destination), dir=destination.parent) as scratch,
+          disk_space_errors(destination.parent, f"building {name}")):
         scratch = Path(scratch)
         if source.build is not None:
             built = scratch / name
@@ -373,6 +431,9 @@ def download(name: str, root: str | Path) -> Path:
             if source.convert is not None:
                 source.convert(built, scratch / name)
                 built = scratch / name
+        if missing := missing_folders(built, source.layout):   # placed, it would pass for the dataset
+            raise DownloadError(f"{source.url or name} unpacked without {', '.join(missing)}, so it is not laid out "
+                                f"as {source.layout}: the release may have changed. Nothing was placed in {target}.")
         if not place(built, destination, lambda folder: not missing_folders(folder, source.layout)):
             print(f"{target} was filled by another download of {name} meanwhile; nothing to do.")
             return target

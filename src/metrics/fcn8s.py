@@ -222,11 +222,26 @@ def main(argv: list[str] | None = None) -> int:
                              "1024 2048, as the reference)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not args.caffemodel.is_file():
-        from src.data.download import fetch   # the datasets' downloader
+    downloaded = not args.caffemodel.is_file()
+    if downloaded:
+        from src.data.download import DownloadError, fetch   # the datasets' downloader
         log.info("Downloading %s to %s", CAFFEMODEL_URL, args.caffemodel)
-        fetch(CAFFEMODEL_URL, args.caffemodel)
-    output = segmenter_from_caffemodel(args.caffemodel, args.output, tuple(args.size))
+        try:
+            fetch(CAFFEMODEL_URL, args.caffemodel)
+        except DownloadError as error:
+            print(error, file=sys.stderr)
+            return 1
+    try:
+        output = segmenter_from_caffemodel(args.caffemodel, args.output, tuple(args.size))
+    except ValueError as error:
+        if not downloaded:
+            raise
+        # Not the weights (no checksum is published; a proxy's page answered, say): kept, it
+        # would fail every later run, which takes a file it finds as the download.
+        args.caffemodel.unlink()
+        print(f"{error}\nThe download from {CAFFEMODEL_URL} was not the FCN-8s weights and is removed: run the "
+              "command again, or download the file by hand and pass it with --caffemodel.", file=sys.stderr)
+        return 1
     log.info("Wrote %s: segmenter_path=%s segmenter_size=[%d,%d]", output, output, *args.size)
     return 0
 
