@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from hydra.errors import InstantiationException
 
 from conftest import NO_EVALUATION, compose_train_cfg, free_port, one_torch_thread, run_training_on_two_ranks
-from src.callbacks.fid_kid import FidKidCallback
+from src.callbacks.fid_kid import FidKidCallback, built_rank_zero_first
 from src.callbacks.periodic_evaluation import shard_range
 from src.callbacks.latent import gather_rows
 from src.data.shapes import ShapesDataModule
@@ -899,3 +899,38 @@ def test_a_weights_file_swapped_after_its_check_is_still_read_as_tensors_only(tm
     assert not marker.exists()
     assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") is None   # forced for that load only
     assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1"      # the user's, back as it was
+
+
+def test_rank_zero_builds_first_and_a_rank_that_fails_stops_every_rank():
+    """Inception's weights are downloaded by the rank that builds the extractor first, rank
+    zero, before the others look for them; a rank's failure is decided together, where the
+    others would wait in their next collective until the process group timed out."""
+    events = []
+
+    def trainer(rank, others_ok=True):
+        def reduce(ok, all):
+            events.append(("decided", rank, ok))
+            return ok and others_ok
+        return SimpleNamespace(is_global_zero=rank == 0, strategy=SimpleNamespace(reduce_boolean_decision=reduce))
+
+    def build(rank):
+        def built():
+            events.append(("built", rank))
+            return f"extractor {rank}"
+        return built
+
+    assert built_rank_zero_first(trainer(0), build(0), "the feature extractor") == "extractor 0"
+    assert events == [("built", 0), ("decided", 0, True), ("decided", 0, True)]
+    events.clear()
+    assert built_rank_zero_first(trainer(1), build(1), "the feature extractor") == "extractor 1"
+    assert events == [("decided", 1, True), ("built", 1), ("decided", 1, True)]   # after rank zero's turn
+    events.clear()
+    with pytest.raises(RuntimeError, match="Another rank could not build the feature extractor"):
+        built_rank_zero_first(trainer(1, others_ok=False), build(1), "the feature extractor")
+    assert events == [("decided", 1, True)]   # rank zero failed: this rank builds nothing
+
+    def unavailable():
+        raise OSError("HTTP Error 503")
+
+    with pytest.raises(OSError, match="HTTP Error 503"):   # rank zero's own error, once the others know
+        built_rank_zero_first(trainer(0), unavailable, "the feature extractor")

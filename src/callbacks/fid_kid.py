@@ -46,6 +46,22 @@ from src.utils.directions import DIRECTIONS
 from src.utils.metric_publishing import publish_metrics, publish_summary
 
 
+def built_rank_zero_first(trainer: pl.Trainer, build, what: str):
+    """`build()` on rank zero, then on the other ranks: what it downloads (Inception's weights,
+    into torch.hub's cache) is fetched once, not by every rank at once; and where a rank fails,
+    every rank stops with it, where the others would wait in their next collective until the
+    process group timed out. (On one device the decisions are this process's own.)"""
+    built, failure = None, None
+    for zeros_turn in (True, False):
+        if trainer.is_global_zero == zeros_turn:
+            try:
+                built = build()
+            except Exception as error:
+                failure = error
+        if not trainer.strategy.reduce_boolean_decision(failure is None, all=True):
+            raise failure or RuntimeError(f"Another rank could not build {what} (its error is in its output)")
+    return built
+
 class FidKidCallback(PeriodicEvaluation):
     """FID and KID x100 of the translations, per direction, every `every_n_iters` iterations.
 
@@ -130,7 +146,8 @@ class FidKidCallback(PeriodicEvaluation):
         self.measured = {"feature_extractor": name, "feature_extractor_weights_path": self.feature_extractor_weights_path,
                          "images": len(self.evaluation_dataset(trainer)[1]),
                          "directions": list(self.supported_directions(pl_module))}
-        extractor = build_feature_extractor(name, self.feature_extractor_weights_path)
+        extractor = built_rank_zero_first(trainer, lambda: build_feature_extractor(
+            name, self.feature_extractor_weights_path), "the feature extractor")
         # The Inception Score only for a noise-to-image model's one stream, the samples.
         samples = self.inception_score and SAMPLES in self.supported_directions(pl_module)
         self.scorer = FidKidScorer(extractor, kid_subsets=self.kid_subsets, kid_subset_size=self.kid_subset_size,
@@ -145,18 +162,10 @@ class FidKidCallback(PeriodicEvaluation):
         trains it, and the other ranks take its weights. Where any rank fails (rank zero on an
         unreadable image, every rank on a bad setting), every rank stops: the others would wait
         for its weights, or it for theirs, for good."""
-        failure, scorer = None, None
-        try:
-            scorer = classifier_of_the_data(trainer.datamodule, self.classifier_max_images, self.classifier_epochs,
-                                            self.inception_score_splits, conditional=bool(pl_module.num_classes),
-                                            key=f"{self.config_key}.classifier_max_images",
-                                            trained=trainer.is_global_zero)
-        except Exception as error:
-            failure = error
-        # (on one device the decision is this process's own)
-        if not trainer.strategy.reduce_boolean_decision(failure is None, all=True):
-            raise failure or RuntimeError("Another rank could not build the classifier of the data's classes "
-                                          "(its error is in its output)")
+        scorer = built_rank_zero_first(trainer, lambda: classifier_of_the_data(
+            trainer.datamodule, self.classifier_max_images, self.classifier_epochs, self.inception_score_splits,
+            conditional=bool(pl_module.num_classes), key=f"{self.config_key}.classifier_max_images",
+            trained=trainer.is_global_zero), "the classifier of the data's classes")
         if scorer is not None and trainer.world_size > 1:
             scorer.net.load_state_dict(trainer.strategy.broadcast(scorer.net.state_dict(), src=0))
         return scorer
