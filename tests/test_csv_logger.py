@@ -250,3 +250,50 @@ def test_evaluation_rows_carry_the_image_count_for_a_kimg_axis():
     trainer.lightning_module = None   # a model's step called outside a fit
     publish_metrics(trainer, {"eval/fid": 30.0}, step=6)
     assert logger.rows[-1] == (6, {"eval/fid": 30.0})
+
+
+def test_a_late_value_for_the_last_rows_rewrites_them_alone(tmp_path, monkeypatch):
+    """At every checkpoint the rows up to its evaluation are written, and the iteration's losses
+    come after: merged into the rows of that last write in place, not by rewriting the whole
+    file (the cost of a long run's logging grew with the square of its length). A value for an
+    earlier row, a new column, or a file changed since still rewrite it whole."""
+    from src.utils import csv_logger
+    logger = StepRowsCSVLogger(tmp_path)
+    rewrites = []
+    write_rows = csv_logger.StepRowsWriter._write_rows
+    monkeypatch.setattr(csv_logger.StepRowsWriter, "_write_rows",
+                        lambda self, *args: rewrites.append(args[0]) or write_rows(self, *args))
+    log(logger, {"lr/generators": 0.1, "train/G": 0.0, "epoch": 0, "eval/fid": 40.0}, 0)   # the file's columns
+    for step in range(50, 200, 50):
+        log(logger, {"lr/generators": 0.1}, step)                  # the batch's start
+        if step in (50, 150):
+            log(logger, {"eval/fid": 30.0 - step / 10}, step + 1)   # the evaluation, logged at the next step
+            logger.after_save_checkpoint(None)                     # the checkpoint writes it
+        log(logger, {"train/G": float(step), "epoch": 0}, step)    # the losses, after the checkpoint
+    logger.finalize("success")
+    assert rewrites == []
+    rows = read_rows(logger)
+    assert [(r["step"], r["lr/generators"], r["train/G"], r["eval/fid"]) for r in rows] == [
+        ("0", "0.1", "0.0", "40.0"), ("50", "0.1", "50.0", ""), ("51", "", "", "25.0"), ("100", "0.1", "100.0", ""),
+        ("150", "0.1", "150.0", ""), ("151", "", "", "15.0")]
+    log(logger, {"eval/kid": 1.0}, 50)   # an earlier row, and a new column
+    log(logger, {"train/G": 9.0}, 151)
+    log(logger, {"train/G": 8.0}, 200)
+    logger.finalize("success")
+    assert len(rewrites) == 1
+    path = Path(logger.log_dir, "metrics.csv")
+    path.write_text(path.read_text().replace("8.0", "8.5"))   # changed by another program since
+    log(logger, {"lr/generators": 0.2}, 200)
+    logger.finalize("success")
+    assert len(rewrites) == 2
+    assert [(r["step"], r["train/G"], r["eval/kid"], r["lr/generators"]) for r in read_rows(logger)][1:] == [
+        ("50", "50.0", "1.0", "0.1"), ("51", "", "", ""), ("100", "100.0", "", "0.1"), ("150", "150.0", "", "0.1"),
+        ("151", "9.0", "", ""), ("200", "8.5", "", "0.2")]
+    log(logger, {"lr/generators": 0.125}, 201)
+    log(logger, {"lr/generators": 0.0625}, 200)   # a longer value: in place
+    logger.finalize("success")
+    assert len(rewrites) == 2
+    log(logger, {"lr/generators": 0.5}, 200)   # a shorter one: rewritten whole
+    logger.finalize("success")
+    assert len(rewrites) == 3
+    assert [(r["step"], r["lr/generators"]) for r in read_rows(logger)][-2:] == [("200", "0.5"), ("201", "0.125")]

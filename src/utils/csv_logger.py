@@ -19,11 +19,20 @@ values (its evaluation, logged before the checkpoint was saved, stays).
 Rewrites of the file (a resume, a late value, a new column) replace it whole (`write_whole`, on
 a local disk): a job killed mid-rewrite leaves the old file, not the run's history cut short.
 Appends may still end in a row cut short; a resume drops it, and says so.
+
+A late value for a row of the last write, the usual case (at a checkpoint the rows up to the
+evaluation are written, and the iteration's losses come after the checkpoint), rewrites those
+rows alone, in place: rewriting the whole file at every checkpoint made a long run's logging
+cost grow with the square of its length (5M iterations: about 100k rows parsed and written at
+each of 5000 checkpoints). The merged rows add values, so they cover the rows they replace (where
+a value replaced by a shorter one would not, the file is rewritten), and the one write that puts
+them there leaves the old rows or the new.
 """
 from __future__ import annotations
 
 import csv
 import io
+import locale
 import logging
 import os
 import time
@@ -40,6 +49,10 @@ from src.utils.whole_files import write_text_whole
 
 log = logging.getLogger(__name__)
 
+#: how many of the file's last rows a late value is merged into in place: the losses come after
+#: the rows of their step's learning rates and the next step's evaluations were written
+LAST_ROWS = 16
+
 
 def is_whole_row(row: dict) -> bool:
     """A row with all its fields (DictReader fills a short row's with None) and a step."""
@@ -51,6 +64,10 @@ class StepRowsWriter(ExperimentWriter):
         super().__init__(log_dir)
         self.written_up_to = -1   # the highest step in the file
         self.continued = False    # whether the file of an earlier process has been taken up
+        # The file's last rows (up to LAST_ROWS) and the offset they start at (None: unknown, after
+        # a rewrite or on a remote store), which a late value rewrites in place.
+        self.last_rows: list[dict] = []
+        self.last_rows_offset: int | None = None
 
     def _check_log_dir_exists(self) -> None:
         """Lightning deletes the version's metrics.csv here: a resumed run goes on in it instead."""
@@ -79,9 +96,10 @@ class StepRowsWriter(ExperimentWriter):
         if self.metrics:
             highest = self.metrics[-1]["step"]
             if self.metrics[0]["step"] <= self.written_up_to:
-                self._merge_into_file()
+                if not self._merge_into_last_rows():
+                    self._merge_into_file()
             else:
-                super().save()   # appends, or rewrites the file under a header with new columns
+                self._append()
             self.written_up_to = max(self.written_up_to, highest)
         self.metrics = held
 
@@ -113,6 +131,64 @@ class StepRowsWriter(ExperimentWriter):
         self.metrics_keys = sorted(set(header))
         self.written_up_to = max((int(r["step"]) for r in keep), default=-1)
 
+    def _local_size(self) -> int | None:
+        """The file's size, on a local disk where it exists (the rows' offsets are kept there)."""
+        if not isinstance(self._fs, LocalFileSystem) or not os.path.isfile(self.metrics_file_path):
+            return None
+        return os.path.getsize(self.metrics_file_path)
+
+    def _append(self) -> None:
+        """Lightning's save: appends, or rewrites the file under a header with new columns."""
+        rows = [dict(row) for row in self.metrics]
+        super().save()
+        size = self._local_size()
+        if size is None:
+            self.last_rows_offset = None
+            return
+        offset = size - len(self._rows_text(rows))
+        if self.last_rows_offset is not None and \
+                self.last_rows_offset + len(self._rows_text(self.last_rows)) == offset:   # they go on from them
+            rows, offset = self.last_rows + rows, self.last_rows_offset
+        self._keep_last_rows(rows, offset)
+
+    def _keep_last_rows(self, rows: list[dict], offset: int, columns: list[str] | None = None) -> None:
+        """Remember the file's last rows, `rows` written from `offset` on under `columns` (the
+        writer's), up to LAST_ROWS."""
+        for dropped in rows[:-LAST_ROWS]:
+            offset += len(self._rows_text([dropped], columns))
+        self.last_rows, self.last_rows_offset = rows[-LAST_ROWS:], offset
+
+    def _rows_text(self, rows: list[dict], columns: list[str] | None = None) -> bytes:
+        """Rows as Lightning's writer appends them (its csv dialect, in the locale's encoding),
+        under `columns` (the writer's)."""
+        text = io.StringIO(newline="")
+        csv.DictWriter(text, fieldnames=self.metrics_keys if columns is None else columns).writerows(rows)
+        return text.getvalue().encode(locale.getpreferredencoding(False))
+
+    def _merge_into_last_rows(self) -> bool:
+        """Late rows for steps of the last append, merged into its rows and written over them in
+        place; False where that cannot be done (an earlier step, a new column, a file changed
+        since) and the whole file is to be rewritten."""
+        offset, last = self.last_rows_offset, self.last_rows
+        if offset is None or not last or self.metrics[0]["step"] < last[0]["step"] or self._record_new_keys():
+            return False
+        old = self._rows_text(last)
+        with open(self.metrics_file_path, "r+b", buffering=0) as file:   # unbuffered: one write() is one call
+            file.seek(offset)
+            if file.read() != old:   # the file is not as this writer left it
+                return False
+            merged = {row["step"]: dict(row) for row in last}
+            for row in self.metrics:
+                merged.setdefault(row["step"], {}).update(row)
+            rows = [merged[step] for step in sorted(merged)]
+            new = self._rows_text(rows)
+            if len(new) < len(old):   # a value replaced by a shorter one: the old rows' end would stay
+                return False
+            file.seek(offset)
+            file.write(new)
+        self.last_rows, self.metrics = rows, []
+        return True
+
     def _merge_into_file(self) -> None:
         """Rows for steps the file already has (a value logged late): merged into the file's own
         rows, and the file rewritten in step order."""
@@ -135,8 +211,13 @@ class StepRowsWriter(ExperimentWriter):
         writer = csv.DictWriter(text, fieldnames=header)
         writer.writeheader()
         writer.writerows(rows)
+        if path == self.metrics_file_path:
+            self.last_rows_offset = None
         if isinstance(self._fs, LocalFileSystem):
             write_text_whole(Path(path), text.getvalue())
+            if path == self.metrics_file_path:   # (a header of other columns: told apart when merging)
+                last = [{**row, "step": int(row["step"])} for row in rows[-LAST_ROWS:]]
+                self._keep_last_rows(last, len(text.getvalue().encode()) - len(self._rows_text(last, header)), header)
         else:   # a remote store (s3://...) replaces an object whole anyway
             with self._fs.open(path, "w", newline="") as file:
                 file.write(text.getvalue())
