@@ -7,8 +7,8 @@ bandwidth: see src/metrics/mmd.py), and write `latent_tsne_iter_XXXXXXX.png` (t-
 domains' codes, coloured by domain) to `dirpath` and to the TensorBoard / wandb loggers.
 
 Codes are pooled over space by default, each channel's mean and standard deviation (`pool:
-mean_std`, (B, C, h, w) -> (B, 2C)): a flattened NICE-GAN code at 256 px has 256 x 64 x 64 = 1M
-values per image (1.6 GB for 2 x 200 images, all gathered to every rank), and in that many
+mean_std`, (B, C, h, w) -> (B, 2C)): a flattened NICE-GAN code at 256 px has 128 x 64 x 64 = 0.5M
+values per image (0.8 GB for 2 x 200 images, all gathered to every rank), and in that many
 dimensions pairwise distances concentrate, leaving the kernel little to see. The means alone
 (`pool: mean`) see nothing of CycleGAN's and U-GAT-IT's residual blocks: each block adds an
 instance-normalised (zero-mean) map to its input, so the code's channel means are those of the

@@ -10,6 +10,8 @@ stepping each one when its gradient is complete is the same update (the techniqu
 It applies only where nothing needs all gradients before the first step:
 - fp16 loss scaling checks every gradient for inf/NaN before any step (scaled runs step after
   backward, as before);
+- gradient clipping needs every gradient's norm before any step (clipped runs step after
+  backward, as before);
 - DDP averages gradients across processes in buckets that finish at the end of backward, after
   the per-parameter hooks have run (multi-process runs step after backward, as before).
 """

@@ -112,7 +112,7 @@ def unet_depth(image_size: int | None) -> int:
 
 
 class UnetGenerator(nn.Module):
-    """pix2pix U-Net: C64-C128-C256-C512 x (num_downs - 4), mirrored decoder with skips.
+    """pix2pix U-Net: C64-C128-C256-C512 x (num_downs - 3), mirrored decoder with skips.
 
     `num_downs` 8 is `unet_256` (a 256 px image reaches 1x1), 7 is `unet_128`; "auto" takes as
     many as `image_size` halves evenly (`unet_depth`: down to 1x1 for a power of two, 8 at 256 px,

@@ -1,7 +1,9 @@
 """U-GAT-IT generator and discriminator (Kim et al., ICLR 2020).
 
-Shapes follow the public PyTorch port (znxlwm/UGATIT-pytorch) so that parameter counts match it;
-the differences are listed in each class docstring. The discriminator depth comes from
+Shapes follow the public PyTorch port (znxlwm/UGATIT-pytorch), so that with the port's separate
+CAM classifiers (`cam_classifier=separate`) parameter counts match it; the default is the paper's
+one shared classifier, a few hundred to a few thousand weights fewer. The differences are listed
+in each class docstring. The discriminator depth comes from
 `n_layers` (the port hard-codes 7 for the global and 5 for the local discriminator).
 """
 import torch
@@ -37,7 +39,8 @@ class UGATITGenerator(nn.Module):
     and accepts any size that is a multiple of 4; light=False flattens it, which at img_size 256
     is a single 268M-weight layer and fixes the input size to img_size.
 
-    Parameter count at ngf 64, n_res 4, light: 10,591,936, the port's 10,589,888 plus 2,048
+    Parameter count at ngf 64, n_res 4, light, with the port's separate CAM classifiers
+    (10,591,680 with the default shared one): 10,591,936, the port's 10,589,888 plus 2,048
     biases in the encoder's residual blocks (the codebase's `ResnetBlock`; the port has them
     bias-free). A bias before instance norm is cancelled by it, so the function is the same.
     """
@@ -97,7 +100,8 @@ class UGATITDiscriminator(nn.Module):
     doubling the channels, CAM (LeakyReLU(0.2)), then the patch-logit conv.
 
     U-GAT-IT uses two per domain: global, n_layers 7 (receptive field 286 px, 53,130,176
-    parameters at ndf 64) and local, n_layers 5 (70 px, 3,290,560), both as in the public port.
+    parameters at ndf 64) and local, n_layers 5 (70 px, 3,290,560), both as in the public port
+    with its separate CAM classifiers (the default shared one: 53,128,128 and 3,290,048).
     forward(x) -> (patch logits (B, 1, h, w), CAM logits (B, 2), heatmap (B, 1, h', w')).
 
     With `spectral` every conv and linear layer is spectrally normalised (SPEC: "all

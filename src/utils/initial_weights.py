@@ -72,7 +72,7 @@ def start_from_checkpoint(model: torch.nn.Module, init_from: str | Path, weights
         raise ValueError(f"init_from={init_from}: its networks do not fit the {type(model).__name__} this run builds "
                          f"({mismatch}). The networks start from the checkpoint's as they are, so the network "
                          f"settings ({model.network_settings()}, data.input_nc/output_nc, and data.crop_size for "
-                         f"ProGAN, StyleGAN and full U-GAT-IT) must be those of the run that wrote it")
+                         f"ProGAN, StyleGAN and full U-GAT-IT and NICE-GAN) must be those of the run that wrote it")
     model.load_state_dict(state_dict, strict=True)
     iteration = checkpoint_iteration(checkpoint, model)
     log.info("Networks from %s (its iteration %d, %s weights); iteration, optimizers, schedules and image pools "

@@ -18,7 +18,7 @@ def publish_metrics(trainer: pl.Trainer | None, metrics: dict[str, float], step:
         trainer.callback_metrics[name] = torch.tensor(float(value), dtype=torch.float64)
     if trainer.is_global_zero:
         # With the image count, as the loss rows have it: wandb plots a metric over a custom
-        # x-axis (train/kimg, README "Logging") only from rows that hold both.
+        # x-axis (train/kimg, README "Weights & Biases") only from rows that hold both.
         images = getattr(trainer.lightning_module, "images_seen", None)
         row = {**metrics, "train/kimg": images / 1000} if images is not None else dict(metrics)
         for logger in trainer.loggers:
