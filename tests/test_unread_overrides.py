@@ -39,6 +39,12 @@ def model_and_cfg(train_cfg, *overrides):
                                               r"run trains; set model.batch_sizes.<side>"),
     (["model=cyclegan"], "data.load_size=64", r"data.preprocess=none .*\(the generated shapes: data.size sets their "
                                               r"size\)"),
+    (["model=progan"], "model.init.type=normal", r"the networks have no convolution, linear or batch-norm layer for "
+                                                 r"model.init to draw \(equalised layers"),
+    (["model=stylegan"], "model.init.type=normal", r"the networks have no convolution"),
+    (["model=dcgan"], "callbacks.fid_kid.directions=[AtoB]", r"NoiseGAN is scored on its samples"),
+    (["model=lsgan"], "model.reference_batch_size=16", r"model.test_time_batch_stats=false samples with the batch "
+                                                       r"norms' running averages"),
 ])
 def test_a_setting_the_run_would_not_read_is_refused(train_cfg, model_overrides, override, message):
     model, cfg = model_and_cfg(train_cfg, *model_overrides, override)
@@ -62,6 +68,8 @@ def test_a_setting_the_run_would_not_read_is_refused(train_cfg, model_overrides,
     (["model=pix2pix", "data=facades"], ["data=facades", "data.crop_size=128", "data.load_size=143"]),
     (["model=progan"], ["data.batch_size=8"]),   # the resolutions model.batch_sizes does not list read it
     (["model=cyclegan", "data.preprocess=crop"], ["data.preprocess=crop", "data.crop_size=24"]),
+    (["model=dcgan"], ["model.reference_batch_size=16", "model.init.gain=0.05"]),
+    (["model=cyclegan"], ["callbacks.fid_kid.directions=[AtoB]", "++max_iter=3"]),   # ++ sets a key, new or not
 ])
 def test_settings_the_run_reads_pass(train_cfg, model_overrides, overrides):
     refuse_unread_overrides(overrides, *model_and_cfg(train_cfg, *model_overrides, *overrides))
@@ -106,3 +114,26 @@ def test_a_rank_launched_for_a_sweep_job_decides_as_its_rank_zero(monkeypatch):
     assert not in_a_sweep()   # outside Hydra: no multirun
     monkeypatch.setenv(DDP_JOB_ENV, "{}")
     assert in_a_sweep()
+
+
+@pytest.mark.parametrize("config_name,override,message", [
+    ("train", "+max_iter=20000", r"\+max_iter=... adds a key nothing reads: the config has no max_iter, so the run "
+                                 r"would go on without it. Did you mean max_iters\b.*\? Set a key the config has"),
+    ("train", "+paths.data_dri=/data", r"the config has no paths.data_dri.* Did you mean paths.data_dir\b"),
+    ("eval", "+use_emma=false", r"the config has no use_emma.* Did you mean use_ema\b"),
+    ("translate", "+output_dri=out", r"Did you mean output\b"),
+])
+def test_a_key_added_where_nothing_reads_it_is_refused(tmp_path, shared_data_dir, config_name, override, message):
+    """Hydra answers a misspelt key with "to append to your config use +key=value": followed,
+    the run went on with the config's value (a top-level key, or one under paths, reaches no
+    constructor to refuse it). eval.py and translate.py check before loading the checkpoint."""
+    from conftest import compose_train_cfg
+    from src.utils.checkpoint_loading import check_checkpoint_settings
+    from src.utils.unread_overrides import refuse_added_keys
+
+    cfg = compose_train_cfg([override], tmp_path / "run", shared_data_dir, config_name=config_name)
+    with pytest.raises(ValueError, match=message):
+        if config_name == "train":
+            refuse_added_keys([override], cfg)
+        else:
+            check_checkpoint_settings(cfg)

@@ -6,6 +6,10 @@ import torch.nn as nn
 INIT_NAMES = ("normal", "xavier", "kaiming", "orthogonal", "uniform", "tflib", "pytorch")
 #: the batch norms whose scale is drawn (InfoGAN's and the MLP generator's are 1-d)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
+#: the layers whose weights an init draws
+WEIGHTED_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+#: every layer an init reaches (batch norms with a scale: their scale)
+INITIALISED_LAYERS = WEIGHTED_LAYERS + BATCH_NORMS
 
 
 def tflib_uniform_(m: nn.Module, weight) -> None:
@@ -39,7 +43,7 @@ def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) 
         return net
 
     def init_module(m: nn.Module) -> None:
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        if isinstance(m, WEIGHTED_LAYERS):
             # A spectrally normalised layer keeps its trainable weight in `weight_orig`.
             weight = getattr(m, "weight_orig", m.weight)
             if init_type == "normal":

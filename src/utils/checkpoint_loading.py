@@ -27,6 +27,8 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from src.callbacks.ema import averaged_state_dict
+from src.utils.hydra_runtime import job_overrides
+from src.utils.unread_overrides import refuse_added_keys
 from src.utils.config_checks import accepted_arguments, require_bool
 from src.models.base import AdversarialModel
 from src.models.checkpoint_fit import (check_checkpoint_file, checkpoint_iteration, read_training_checkpoint,
@@ -37,7 +39,9 @@ log = logging.getLogger(__name__)
 
 def check_checkpoint_settings(cfg) -> None:
     """eval.py's and translate.py's checkpoint settings, before any work: `ckpt_path` names a
-    whole checkpoint file, and `use_ema` is true or false (a string like "no" read as true)."""
+    whole checkpoint file, `use_ema` is true or false (a string like "no" read as true), and no
+    `+key` adds a key nothing reads (`+use_emma=false`)."""
+    refuse_added_keys(job_overrides(cfg), cfg)
     if not cfg.get("ckpt_path"):
         raise ValueError("ckpt_path is required: ckpt_path=path/to/checkpoints/last.ckpt (written by src/train.py)")
     check_checkpoint_file(cfg.ckpt_path)

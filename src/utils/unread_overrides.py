@@ -7,7 +7,9 @@ is meant to change the run, and here it would not: the sweep's jobs would all tr
 """
 from __future__ import annotations
 
+import difflib
 import logging
+from pathlib import Path
 
 from src.utils.hydra_runtime import override_key
 
@@ -22,12 +24,38 @@ SCHEDULE_ONLY = {"constant": ("linear", "cosine"), "decay": ("linear", "cosine")
 PREPROCESS_UNREAD = {"none": ("load_size",), "crop": ("load_size",)}
 #: the initialisations that read `gain`
 INITS_WITH_GAIN = ("normal", "xavier", "uniform", "orthogonal")   # and kaiming, for batch-norm scales
+#: the config groups: `+<group>=<option>` adds a group's option to the defaults, not a key
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def refuse_added_keys(overrides: list[str], cfg) -> None:
+    """ValueError for `+key=value` adding a key at the config's top level or under `paths`, where
+    nothing reads a key the configs do not define. Hydra's own answer to a misspelt key is "to
+    append to your config use +key=value": `+max_iter=20000` then trained the config's length
+    without a word. (Under a section with `_target_` an added key reaches a constructor, which
+    refuses one it does not take; `++key=value` sets a key whether or not the config has it.)"""
+    added = [override_key(o) for o in overrides if o.startswith("+") and not o.startswith("++")]
+    for key in added:
+        path = key.split(".")
+        if len(path) == 1 and (CONFIG_DIR / key).is_dir():   # a config group's option
+            continue
+        if len(path) == 1:
+            names = [str(name) for name in cfg]
+        elif path[0] == "paths" and len(path) == 2:
+            names = [f"paths.{name}" for name in cfg.get("paths") or {}]
+        else:
+            continue
+        close = difflib.get_close_matches(key, [name for name in names if name not in added], n=3)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        raise ValueError(f"+{key}=... adds a key nothing reads: the config has no {key}, so the run would go on "
+                         f"without it.{hint} Set a key the config has (key=value; --cfg job lists them)")
 
 
 def refuse_unread_overrides(overrides: list[str], model, cfg, in_a_sweep: bool = False) -> None:
     """ValueError for the first command-line override (`key=value`, Hydra's syntax) the model
     would not read under the rest of its settings. In a sweep, a warning: its other jobs may
     read it (`-m loss=lsgan,wgangp loss.weights.gp=10`), and an error would end the sweep."""
+    refuse_added_keys(overrides, cfg)
     refuse_overridden_length(overrides, cfg.get("max_iters"), cfg.get("max_kimg"), in_a_sweep)
     for override in overrides:
         if override.startswith("~"):   # a deletion reads nothing either way
@@ -108,6 +136,14 @@ def unread_because(path: list[str], model, cfg) -> str | None:
         if trained and set(trained) <= listed:
             return ("model.batch_sizes sets the training batch of every resolution this run trains; set "
                     "model.batch_sizes.<side> (data.eval_batch_size sets the evaluation's)")
+    if path[:2] == ["model", "init"] and len(path) >= 3 and not has_initialised_layers(model):
+        return ("the networks have no convolution, linear or batch-norm layer for model.init to draw (equalised "
+                "layers draw N(0, 1) and scale at run time)")
+    if path == ["callbacks", "fid_kid", "directions"] and is_noise_to_image(model):
+        return f"{type(model).__name__} is scored on its samples (the directions are a translation model's)"
+    if path == ["model", "reference_batch_size"] and is_noise_to_image(model) and not model.test_time_batch_stats:
+        return ("model.test_time_batch_stats=false samples with the batch norms' running averages (true: with a "
+                "reference batch's statistics)")
     if path[:2] == ["model", "init"] and len(path) >= 3:
         players, name = player_and_setting(path[2:], model)
         types = {model.net_init(p).get("type", "normal") for p in players}
@@ -115,6 +151,17 @@ def unread_because(path: list[str], model, cfg) -> str | None:
         if name == "gain" and not types & reading:
             return f"model.init.type={'/'.join(sorted(types))} draws without a gain (those with one: {INITS_WITH_GAIN})"
     return None
+
+
+def has_initialised_layers(model) -> bool:
+    """Whether the model has layers `model.init` draws (src/nets/init.py)."""
+    from src.nets.init import INITIALISED_LAYERS   # torch: loaded by the time a model exists
+    return any(isinstance(m, INITIALISED_LAYERS) for m in model.modules())
+
+
+def is_noise_to_image(model) -> bool:
+    from src.models.noise_base import NoiseToImageModel
+    return isinstance(model, NoiseToImageModel)
 
 
 def has_batch_norm(model) -> bool:
