@@ -113,6 +113,39 @@ def test_unpaired_direction_swaps_domains_and_channels(tmp_path):
     assert batch["A"].shape[1] == 1 and batch["B"].shape[1] == 3
 
 
+def test_balanced_sampling_draws_every_image_of_the_smaller_domain_as_often(tmp_path):
+    """CycleGAN's loader cycles the source: with 4 sources and 6 targets, A0 and A1 come twice an
+    epoch, every epoch. U-GAT-IT's and NICE-GAN's code shuffle each domain on its own, so
+    `balanced` takes the larger domain in the epoch's order (each target once) and draws the
+    smaller at random; a larger source keeps its order either way."""
+    import collections
+    from src.data.epoch_order import seeded_global_rngs
+    root = make_unpaired(tmp_path / "d", n_a=4, n_b=6)
+    counts = {}
+    for sampling in ("cyclegan", "balanced"):
+        dm = module(UnpairedDataModule, root, unpaired_sampling=sampling, load_size=8, flip=False)
+        dm.setup("fit")
+        dataset = dm.dataset("train")
+        sources, targets = collections.Counter(), collections.Counter()
+        for epoch in range(100):
+            for index in range(6):
+                with seeded_global_rngs(epoch * 6 + index):
+                    item = dataset[index]
+                sources[Path(item["A_path"]).name] += 1
+                targets[Path(item["B_path"]).name] += 1
+        counts[sampling] = sources, targets
+    sources, targets = counts["cyclegan"]
+    assert sources == {"A0.png": 200, "A1.png": 200, "A2.png": 100, "A3.png": 100}
+    sources, targets = counts["balanced"]
+    assert targets == {f"B{k}.png": 100 for k in range(6)}   # each once an epoch
+    assert sorted(sources) == [f"A{k}.png" for k in range(4)] and all(110 <= n <= 190 for n in sources.values())
+    dm = module(UnpairedDataModule, root, unpaired_sampling="balanced", direction="BtoA")
+    dm.setup("fit")
+    assert [Path(dm.dataset("train")[i]["A_path"]).name for i in range(6)] == [f"B{k}.png" for k in range(6)]
+    with pytest.raises(ValueError, match=r"data.unpaired_sampling='even' must be one of cyclegan, balanced"):
+        module(UnpairedDataModule, root, unpaired_sampling="even")
+
+
 def test_max_dataset_size_caps_each_domain(tmp_path):
     dm = module(UnpairedDataModule, make_unpaired(tmp_path / "d", n_a=4, n_b=6), max_dataset_size=2)
     dm.setup("fit")
@@ -1973,3 +2006,12 @@ def test_an_archive_member_that_would_land_outside_the_data_root_is_refused(tmp_
         download.extract(archive, into)
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "data" / "evil.txt").exists()
     assert list(into.iterdir()) == []   # nothing of it written
+
+
+def test_each_unpaired_model_samples_as_its_authors_loader(train_cfg):
+    """CycleGAN's loader cycles its source domain; U-GAT-IT's and NICE-GAN's shuffle each domain
+    on its own (src/data/base.py, UNPAIRED_SAMPLINGS)."""
+    for model, sampling in (("cyclegan", "cyclegan"), ("ugatit", "balanced"), ("nicegan", "balanced")):
+        cfg = train_cfg(f"model={model}", "data=horse2zebra")
+        assert cfg.data.unpaired_sampling == sampling, model
+        assert instantiate(cfg.data).unpaired_sampling == sampling

@@ -38,6 +38,12 @@ from src.utils.rng import derived_seed, rank_zero_seed
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
+#: how an unpaired training item draws its two images (src/data/unpaired.py): "cyclegan", the
+#: source domain cycles in file order and the target is drawn at random (CycleGAN's loader: where
+#: the source is the smaller domain, its first files come twice an epoch); "balanced", the larger
+#: domain is taken in the epoch's order and the smaller drawn at random (U-GAT-IT's and NICE-GAN's
+#: code shuffle each domain on its own: every image of both is as likely)
+UNPAIRED_SAMPLINGS = ("cyclegan", "balanced")
 
 
 class SplitDataModule(pl.LightningDataModule):
@@ -362,6 +368,7 @@ class ImageTranslationDataModule(SplitDataModule):
         to_srgb: bool = True,
         resize_interpolation: str = "bicubic",
         cache_decoded: bool = False,
+        unpaired_sampling: str = "cyclegan",
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          persistent_workers=persistent_workers, eval_batch_size=eval_batch_size)
@@ -383,6 +390,9 @@ class ImageTranslationDataModule(SplitDataModule):
                              f"{', '.join(FEATURE_EXTRACTORS)}.")
         if label_domain not in ("A", "B"):
             raise ValueError(f"data.label_domain={label_domain!r} must be A or B: the domain of the label maps")
+        if unpaired_sampling not in UNPAIRED_SAMPLINGS:
+            raise ValueError(f"data.unpaired_sampling={unpaired_sampling!r} must be one of "
+                             f"{', '.join(UNPAIRED_SAMPLINGS)} (how unpaired training items draw their images)")
         if label_palette is not None:
             # data.input_nc is the delivered source's: domain A with direction AtoB, B with BtoA.
             is_source = (label_domain == "A") == (direction == "AtoB")
@@ -410,6 +420,7 @@ class ImageTranslationDataModule(SplitDataModule):
         self.direction = direction
         self.input_nc, self.output_nc = input_nc, output_nc
         self.cache_decoded = cache_decoded
+        self.unpaired_sampling = unpaired_sampling
         sizes = dict(preprocess=preprocess, load_size=load_size, crop_size=crop_size, flip=flip,
                      reduced_jpeg_decode=reduced_jpeg_decode, bit_depth=bit_depth, to_srgb=to_srgb,
                      resize_interpolation=resize_interpolation)

@@ -37,8 +37,14 @@ class UnpairedImageDataset(Dataset):
 
     The length is that of the larger domain (the smaller source domain cycles), as CycleGAN's
     loader has it. With random_partner the target is drawn afresh from torch's global RNG on
-    every access (training), so an epoch need not show every target image; otherwise it is target[i % len(target)], which pairs
-    equal-length test folders in sorted order (evaluation).
+    every access (training), so an epoch need not show every target image; otherwise it is
+    target[i % len(target)], which pairs equal-length test folders in sorted order (evaluation).
+
+    `balanced` (training, `data.unpaired_sampling=balanced`): where the source is the smaller
+    domain, item i takes target i and draws the source at random instead. Cycling, the smaller
+    domain's first files came twice an epoch, every epoch (horse2zebra: 267 of the 1067 horses
+    were 40% of the horses trained on); U-GAT-IT's and NICE-GAN's code shuffle each domain on
+    its own, so every image of both is as likely.
     """
 
     def __init__(
@@ -50,6 +56,7 @@ class UnpairedImageDataset(Dataset):
         target_channels: int,
         random_partner: bool,
         decoded: DecodedImages | None = None,
+        balanced: bool = False,
     ) -> None:
         # Compact: a list of Path objects would be copied into every DataLoader worker.
         self.source_paths, self.target_paths = PathColumn(source_paths), PathColumn(target_paths)
@@ -57,17 +64,19 @@ class UnpairedImageDataset(Dataset):
         self.transform = transform
         self.source_channels, self.target_channels = source_channels, target_channels
         self.random_partner = random_partner
+        self.balanced = balanced
 
     def __len__(self) -> int:
         return max(len(self.source_paths), len(self.target_paths))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        source_path = self.source_paths[index % len(self.source_paths)]
-        if self.random_partner:
-            target_index = int(torch.randint(len(self.target_paths), ()).item())
-        else:
-            target_index = index % len(self.target_paths)
-        target_path = self.target_paths[target_index]
+        sources, targets = len(self.source_paths), len(self.target_paths)
+        source_index, target_index = index % sources, index % targets
+        if self.random_partner and self.balanced and sources < targets:
+            source_index = int(torch.randint(sources, ()).item())
+        elif self.random_partner:
+            target_index = int(torch.randint(targets, ()).item())
+        source_path, target_path = self.source_paths[source_index], self.target_paths[target_index]
         return {
             "A": preprocess_file(source_path, self.source_channels, self.transform, self.decoded),
             "B": preprocess_file(target_path, self.target_channels, self.transform, self.decoded),
@@ -130,4 +139,5 @@ class UnpairedDataModule(TwoDomainDataModule):
             target_channels=self.output_nc,
             random_partner=train,
             decoded=self.decoded_images(),
+            balanced=self.unpaired_sampling == "balanced",
         )
