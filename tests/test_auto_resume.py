@@ -385,6 +385,11 @@ def test_settings_a_resume_may_change_and_settings_added_since_are_not_compared(
     assert same == []
     assert changed_settings(checkpoint, {"loss": {"weights": {"cycle": 5.0}}}, {"crop_size": 128}) == [
         "data.crop_size=256 -> 128", "model.loss.weights.cycle=10.0 -> 5.0"]
+    # A run from before data.unpaired_sampling sampled as CycleGAN's loader: U-GAT-IT's config
+    # now samples balanced, which a resume of it would change
+    assert changed_settings(checkpoint, {}, {"unpaired_sampling": "balanced"}) == [
+        "data.unpaired_sampling='cyclegan' -> 'balanced'"]
+    assert changed_settings(checkpoint, {}, {"unpaired_sampling": "cyclegan"}) == []
     # A table of settings a resume may change (README "Resuming": StyleGAN's batch per resolution
     # lowered after running out of memory) is compared by its entries' keys, which name the table
     growing = {"hyper_parameters": {"batch_sizes": {"512": 4, "1024": 4}, "batch_size": 16, "phase_images": {"4": 800}}}

@@ -196,6 +196,9 @@ def check_resume_fits(model: torch.nn.Module, checkpoint: dict, ckpt_path: str |
 #: settings (`resumable_settings`: ProGAN's growth, the image pool's size, logging options).
 RESUMABLE_DATA_SETTINGS = ("data_dir", "num_workers", "pin_memory", "persistent_workers", "cache_decoded",
                            "eval_batch_size", "batch_size")
+#: data settings added since checkpoints were first written, with what a checkpoint without one
+#: did: a resume that would change it says so (an older U-GAT-IT run sampled as CycleGAN's loader)
+DATA_SETTINGS_BEFORE_THEM = {"unpaired_sampling": "cyclegan"}
 #: speed options that may sit under a per-player key (model.optimizer.players.G.step_in_backward)
 RESUMABLE_LEAVES = ("step_in_backward",)
 #: settings read only when the networks are built, before a resume loads its weights over them
@@ -207,9 +210,10 @@ def changed_settings(checkpoint: dict, model_settings: dict, data_settings: dict
     """`key=<checkpoint's> -> <this run's>` for each model or data setting the two runs both have
     and set differently, beyond those a resume may change (`model_resumable`: the model class's
     `resumable_settings`). A setting added to the code since the checkpoint was written is not
-    compared."""
+    compared, except those DATA_SETTINGS_BEFORE_THEM says what the checkpoint's run did."""
+    saved_data = checkpoint.get("datamodule_hyper_parameters") or {}
     saved = {**flattened(checkpoint.get("hyper_parameters") or {}, ".", "model"),
-             **flattened(checkpoint.get("datamodule_hyper_parameters") or {}, ".", "data")}
+             **flattened({**DATA_SETTINGS_BEFORE_THEM, **saved_data} if saved_data else {}, ".", "data")}
     here = {**flattened(model_settings, ".", "model"), **flattened(data_settings, ".", "data")}
     resumable = ([f"model.{key}" for key in model_resumable]
                  + [f"data.{key}" for key in RESUMABLE_DATA_SETTINGS])
