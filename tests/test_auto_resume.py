@@ -452,3 +452,21 @@ def test_a_resume_at_another_learning_rate_scales_the_restored_rates_once(train_
     requeued = resumed("requeued", "max_iters=6", f"ckpt_path={tmp_path / 'halved' / 'checkpoints' / 'iter_0000004.ckpt'}",
                        f"model.optimizer.lr={lr / 2}")
     assert rates(requeued) == rates(halved)
+
+
+def test_a_finished_run_resumed_from_its_last_batch_evaluates_nothing_again(train_cfg, monkeypatch):
+    """A run in epochs whose last periodic checkpoint falls on its final batch (pix2pix's 200
+    epochs of facades' 400 images: 80000 iterations, every 1000) leaves last.ckpt at that batch;
+    resumed, it trains nothing, and its evaluations and sample grid ran again at its end, logging
+    that iteration's rows twice. The iterations last evaluated come back with the checkpoint."""
+    from src.callbacks.image_grid import ImageGridCallback
+    from src.callbacks.periodic_evaluation import PeriodicEvaluation
+    common = ["model=cyclegan", "data=shapes", "data.max_dataset_size=2", "max_iters=null", "trainer.max_epochs=2",
+              "model.lr_schedule.unit=epoch", "model.lr_schedule.constant=1", "model.lr_schedule.decay=1",
+              "++callbacks.fid_kid=null", "++callbacks.latent=null"]   # the ground truth stands for them
+    run_training(train_cfg(*common))
+    evaluated = []
+    monkeypatch.setattr(PeriodicEvaluation, "_run", lambda self, trainer, module: evaluated.append(type(self).__name__))
+    monkeypatch.setattr(ImageGridCallback, "save", lambda self, trainer, module: evaluated.append("grid"))
+    run_training(train_cfg(*common, "ckpt_path=auto"))
+    assert evaluated == []

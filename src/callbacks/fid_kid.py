@@ -263,9 +263,11 @@ class FidKidCallback(PeriodicEvaluation):
 
     # ----- the best value survives a resume ----------------------------------------------
     def state_dict(self) -> dict:
-        return {"best_fid": self.best_fid, "best_iteration": self.best_iteration, "measure": self.measured}
+        return {**super().state_dict(), "best_fid": self.best_fid, "best_iteration": self.best_iteration,
+                "measure": self.measured}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
         self.best_fid = float(state_dict.get("best_fid", math.inf))
         self.best_iteration = int(state_dict.get("best_iteration", -1))
         saved = state_dict.get("measure")   # older checkpoints have none: taken as the same

@@ -73,3 +73,9 @@ class ImageGridCallback(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if pl_module.iteration != self._last_saved:
             self.save(trainer, pl_module)
+
+    def state_dict(self) -> dict:   # a finished run resumed trains nothing and has its last grid
+        return {"last_saved": self._last_saved}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._last_saved = int(state_dict.get("last_saved", -1))

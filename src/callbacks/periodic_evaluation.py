@@ -198,3 +198,13 @@ class PeriodicEvaluation(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.enabled and pl_module.iteration > 0 and pl_module.iteration != self._last_evaluated:
             self._run(trainer, pl_module)
+
+    # The iteration last evaluated comes back with a checkpoint (written after the batch-end
+    # evaluations): a finished run resumed from the checkpoint of its last batch trains nothing
+    # and would otherwise evaluate that iteration again at its end, logging its rows twice (with
+    # the training weights where an EMA's were scored at the batch's end).
+    def state_dict(self) -> dict:
+        return {"last_evaluated": self._last_evaluated}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._last_evaluated = int(state_dict.get("last_evaluated", -1))
