@@ -182,11 +182,12 @@ def test_lightning_overfit_batches_swaps_in_a_sequential_sampler_and_still_train
     assert checkpoint["global_step"] == 2 * hydra.utils.get_class(cfg.model._target_).optimizer_steps_per_iter
 
 
-def images_trained_before_and_after_a_resume(train_cfg, tmp_path, common, resumed_overrides) -> list[list]:
-    """Train 2 iterations, resume from that run's last.ckpt with `resumed_overrides`: the
+def images_trained_before_and_after_a_resume(train_cfg, tmp_path, common, resumed_overrides,
+                                             first_iterations: int = 2) -> list[list]:
+    """Train `first_iterations`, resume from that run's last.ckpt with `resumed_overrides`: the
     (A path, B path) items each run trained on, as the rank probe callback records them."""
     probe = "+callbacks.rank_probe._target_=tests.scripts.ddp_probe.RankProbe"
-    first = train_cfg(*common, probe, "max_iters=2", *NO_EVALUATION)
+    first = train_cfg(*common, probe, f"max_iters={first_iterations}", *NO_EVALUATION)
     first.paths.output_dir = str(tmp_path / "first")
     run_training(first)
     resumed = train_cfg(*common, probe, *resumed_overrides, f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt",
@@ -206,6 +207,21 @@ def test_an_epoch_resumed_at_another_batch_size_trains_the_rest_of_its_list(trai
     assert "Resumed on 1 device(s) at batch size 2 a run saved on 1 at batch size 1" in caplog.text
     assert [len(paths) for paths in trained] == [2, 6]
     assert len({a for a, _ in trained[0] + trained[1]}) == 8   # domain A's images; B is a random partner
+
+
+def test_a_run_saved_at_an_epochs_end_and_resumed_at_another_batch_size_trains_the_next_epoch_whole(
+        train_cfg, tmp_path, caplog):
+    """3 items at batch 1, saved at the epoch's last batch, resumed at batch 2: the next epoch
+    starts at its first batch. Rounded down to whole batches, the 3 items done counted as one
+    batch of two, and Lightning, which had ended the epoch, began the next one at its second
+    batch: most of that epoch's items were never trained."""
+    with caplog.at_level(logging.INFO):
+        trained = images_trained_before_and_after_a_resume(
+            train_cfg, tmp_path, ("model=cyclegan", "data.max_dataset_size=3", "seed=3"),
+            ("max_iters=5", "data.batch_size=2"), first_iterations=3)
+    assert "a run saved on 1 at batch size 1 at the end of epoch 0: the next epoch starts whole" in caplog.text
+    assert [len(paths) for paths in trained] == [3, 3]
+    assert len({a for a, _ in trained[1]}) == 3   # one whole epoch: every image of A once
 
 
 def test_an_epoch_resumed_over_a_changed_training_set_says_its_order_is_new(train_cfg, tmp_path, caplog):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import types
 from functools import partial
 from pathlib import Path
@@ -294,21 +295,33 @@ class SplitDataModule(pl.LightningDataModule):
         trainer = self.trainer
         whole_batches = 1 if self.batch_size_schedule else self.train_batch_size
         items = items_done_when_resharded(items_done, saved_world, trainer.world_size, whole_batches)
+        ended = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if ended and not self.batch_size_schedule:
+            # The saved run had ended the epoch (its checkpoint at the epoch's last batch): so has
+            # this one. Rounded down to whole batches, the count fell short of this rank's epoch,
+            # and Lightning, which had ended the epoch, began the next at that count: most of the
+            # next epoch's items were never trained.
+            per_rank = math.ceil(len(self.dataset("train", train=True)) / trainer.world_size)
+            items = per_rank - (per_rank % self.train_batch_size if self.train_drop_last else 0)
         if self.batch_size_schedule:
             self._position_offset = (epoch, items - items_done)
         else:
             # Every counter moves by the same amount: Lightning's restart logic reads their
             # differences (a save at a batch's end holds completed = ready - 1).
             progress = trainer.fit_loop.epoch_loop.batch_progress.current
-            shift = items // self.train_batch_size - progress.ready
+            shift = math.ceil(items / self.train_batch_size) - progress.ready
             for counter in ("ready", "started", "processed", "completed"):
                 setattr(progress, counter, getattr(progress, counter) + shift)
         # A scheduled loader records no batch size (its batches follow the schedule).
         here = f"{trainer.world_size} device(s)" + (f" at batch size {self.train_batch_size}" if saved_batch else "")
         saved = f"{saved_world}" + (f" at batch size {saved_batch}" if saved_batch else "")
-        rank_zero_info(f"Resumed on {here} a run saved on {saved}: epoch {epoch} goes on after its first "
-                       f"{items * trainer.world_size} of the {items_done * saved_world} items the saved run "
-                       f"had trained")
+        if ended and not self.batch_size_schedule:
+            rank_zero_info(f"Resumed on {here} a run saved on {saved} at the end of epoch {epoch}: the next "
+                           f"epoch starts whole")
+        else:
+            rank_zero_info(f"Resumed on {here} a run saved on {saved}: epoch {epoch} goes on after its first "
+                           f"{items * trainer.world_size} of the {items_done * saved_world} items the saved run "
+                           f"had trained")
         return items
 
     # No val_dataloader: the models have no validation_step (Lightning would only warn that it
