@@ -470,3 +470,13 @@ def test_a_finished_run_resumed_from_its_last_batch_evaluates_nothing_again(trai
     monkeypatch.setattr(ImageGridCallback, "save", lambda self, trainer, module: evaluated.append("grid"))
     run_training(train_cfg(*common, "ckpt_path=auto"))
     assert evaluated == []
+
+
+def test_a_run_extended_by_a_resume_is_told_its_schedule_stays_the_saved_one(train_cfg):
+    """Raised max_iters on a resume: the decay restored with the schedulers ends where the saved
+    run's did, and no model.lr_schedule setting changes it, so the warning names init_from."""
+    schedule = ["model.lr_schedule.unit=iteration", "model.lr_schedule.constant=1", "model.lr_schedule.decay=1"]
+    run_training(train_cfg(*PIX2PIX, *schedule, "max_iters=2"))
+    with pytest.warns(UserWarning, match=r"but this run is 4 iterations long: its last 2 iterations train at a rate "
+                                         r"of 0\. A resumed run keeps the schedule of the run it continues.*init_from="):
+        run_training(train_cfg(*PIX2PIX, *schedule, "max_iters=4", "ckpt_path=auto"))

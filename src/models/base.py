@@ -466,7 +466,9 @@ class AdversarialModel(pl.LightningModule):
             if isinstance(factor, DecayToZero) and factor.waits_for_the_run_length:
                 self._require_a_length_for_half(length, "constant" if factor.constant is None else "decay", unit)
                 factor.fill_in_halves(length)
-        if length and schedulers and (mismatch := decay_end_mismatch(schedulers[0].lr_lambdas[0], unit, length)):
+        resumed = self.trainer.ckpt_path is not None
+        if length and schedulers and (mismatch := decay_end_mismatch(schedulers[0].lr_lambdas[0], unit, length,
+                                                                      resumed)):
             rank_zero_warn(mismatch)
         self.warn_of_step_in_backward_turned_off()
         self.warn_of_a_length_in_epochs_past_reason()

@@ -95,12 +95,12 @@ class Constant:
         return 1.0
 
 
-def decay_end_mismatch(factor, unit: str, length: int) -> str | None:
+def decay_end_mismatch(factor, unit: str, length: int, resumed: bool = False) -> str | None:
     """What goes amiss when a decay to 0 (`factor`, a scheduler's LinearDecay or CosineDecay)
     does not end where the run does: a run shortened with trainer.max_epochs alone (CycleGAN's
-    100 + 100 epochs) never reaches the low rates, one lengthened (or resumed with a longer
-    max_iters: the scheduler keeps the decay of the run it continues) trains on at a rate of 0.
-    None when they agree, or for other schedules."""
+    100 + 100 epochs) never reaches the low rates, one lengthened (or `resumed` with a longer
+    max_iters: the scheduler keeps the decay of the run it continues, whatever the settings say)
+    trains on at a rate of 0. None when they agree, or for other schedules."""
     if not isinstance(factor, DecayToZero):
         return None
     end = factor.constant + factor.decay
@@ -108,9 +108,12 @@ def decay_end_mismatch(factor, unit: str, length: int) -> str | None:
         return None
     outcome = (f"it stops with the rate at {factor(length):.2f} of its start" if length < end
                else f"its last {length - end} {unit}s train at a rate of 0")
+    fix = ("A resumed run keeps the schedule of the run it continues, whatever model.lr_schedule says: to train "
+           "longer on a schedule of its own, start a new run from its weights (init_from=<its checkpoint>) with "
+           "model.lr_schedule.constant and decay that fit" if resumed else
+           "Set model.lr_schedule.constant and decay to fit the run (or both to 'half')")
     return (f"model.lr_schedule decays the rate to 0 over {unit}s {factor.constant}-{end}, but this run is {length} "
-            f"{unit}s long: {outcome}. Set model.lr_schedule.constant and decay to fit the run (or both to "
-            f"'half'; a resumed run keeps the schedule of the run it continues), or ignore this if it is meant.")
+            f"{unit}s long: {outcome}. {fix}, or ignore this if it is meant.")
 
 
 def check_schedule_settings(policy: str = "linear", unit: str = "epoch", constant=100, decay=100, step_size=50,
