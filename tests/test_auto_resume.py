@@ -480,3 +480,12 @@ def test_a_run_extended_by_a_resume_is_told_its_schedule_stays_the_saved_one(tra
     with pytest.warns(UserWarning, match=r"but this run is 4 iterations long: its last 2 iterations train at a rate "
                                          r"of 0\. A resumed run keeps the schedule of the run it continues.*init_from="):
         run_training(train_cfg(*PIX2PIX, *schedule, "max_iters=4", "ckpt_path=auto"))
+
+
+def test_a_resume_reading_its_data_from_elsewhere_says_so(train_cfg, tmp_path, caplog):
+    """data.data_dir may change on a resume (the data copied to a node's scratch disk), so it is
+    not refused; but another dataset of the same name would otherwise resume without a word."""
+    run_training(train_cfg(*PIX2PIX, "max_iters=1"))
+    with caplog.at_level(logging.INFO):
+        run_training(train_cfg(*PIX2PIX, "max_iters=2", "ckpt_path=auto", f"data.data_dir={tmp_path}/copy"))
+    assert f"The data now comes from {tmp_path}/copy; the checkpoint's run read " in caplog.text

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from src.callbacks.compile_networks import CompileNetworks
@@ -459,6 +459,12 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
             check_same_classes(resumed.get("class_folders"), datamodule, f"ckpt_path={cfg.ckpt_path}")
         if changed:
             rank_zero_warn(changed)
+        saved_dir = (resumed.get("datamodule_hyper_parameters") or {}).get("data_dir")
+        if saved_dir is not None and str(saved_dir) != str(data_settings.get("data_dir")):
+            # A resume may read its data from elsewhere (copied to a node's scratch disk), so
+            # this is no error; but another dataset of the same name would resume in silence.
+            rank_zero_info(f"The data now comes from {data_settings.get('data_dir')}; the checkpoint's run read "
+                           f"{saved_dir}")
     logger_cfg = with_purge_step(with_wandb_identity(cfg.get("logger"), cfg, resumed),
                                  purge_step(cfg.get("ckpt_path"), resumed, model))
     # Read memory-mapped: kept through the fit, the mapping held the replaced last.ckpt's disk
