@@ -29,11 +29,14 @@ def main(cfg: DictConfig) -> float | None:
     from src.callbacks.optimized_metric import closest_names   # these load torch: only once the allocator is set
     from src.models.divergence import divergence_of
     from src.utils.run import release_failed_run, run_training
+    from src.utils.run_record import earlier_starts
     from src.utils.run_results import run_folder, write_failure
     from src.utils.hydra_runtime import is_rank_zero
 
     metric_name = cfg.get("optimized_metric")
     started = time.time()
+    folder = run_folder(cfg)
+    starts_before = len(earlier_starts(folder)) if folder is not None else 0
     try:
         metrics = run_training(cfg)
     except Exception as error:
@@ -42,13 +45,18 @@ def main(cfg: DictConfig) -> float | None:
         diverged = divergence_of(error)
         release_failed_run(error)   # a multirun goes on to its next jobs, Hydra keeping a raised error
         searched = diverged is not None and bool(metric_name) and sweeper_direction() is not None
-        if is_rank_zero() and (folder := run_folder(cfg)) is not None:
+        if is_rank_zero() and folder is not None:
             # The run folder's record says what happened, a single run's as a sweep job's: a script
             # collecting results over many runs finds "failed" and the error, not a missing file or
             # an earlier start's record. (A search's diverged trial ends "completed" for Hydra.)
+            # An earlier start's record is replaced by this start's failure once this start got
+            # past its checks (`record_start` runs after them); one they refused (another job's
+            # settings, in a sweep extended into the same folder) leaves the record of the run
+            # whose checkpoints are there.
+            recorded = len(earlier_starts(folder)) > starts_before
             try:
                 write_failure(folder, diverged if searched else error, status="diverged" if searched else "failed",
-                              replace_older_than=started)
+                              replace_older_than=started if recorded else None)
             except OSError as unwritable:   # the run's own error is the one to see
                 log.warning("The failure's record could not be written into %s: %s", folder, unwritable)
         if not searched:

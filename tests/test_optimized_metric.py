@@ -139,16 +139,26 @@ def test_a_single_run_that_fails_records_its_error_in_its_folder(train_cfg, monk
     import src.train as train_script
     import src.utils.run as run_module
 
-    def fail(cfg):
+    def refused(cfg):   # by its checks, before its start is recorded
+        raise ValueError("ckpt_path=auto found last.ckpt, written by the run of seed=0, and this run is seed=3")
+
+    def fail(cfg):   # in training: past its checks, its start recorded
+        Path(cfg.paths.output_dir, "starts", "002_now").mkdir(parents=True)
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(run_module, "run_training", fail)
     cfg = train_cfg("model=cyclegan")
     # an earlier start's record in the folder (a re-run into a fixed hydra.run.dir, a requeued job)
     earlier = Path(cfg.paths.output_dir, "final_metrics.json")
     earlier.parent.mkdir(parents=True)
     earlier.write_text(json.dumps({"status": "completed", "iteration": 100}))
     os.utime(earlier, (earlier.stat().st_mtime - 60,) * 2)
+    # A start its checks refused (a sweep extended into the same folder: another job's settings)
+    # leaves the record of the run whose checkpoints are there
+    monkeypatch.setattr(run_module, "run_training", refused)
+    with pytest.raises(ValueError, match="seed=3"):
+        train_script.main(cfg)
+    assert json.loads(earlier.read_text()) == {"status": "completed", "iteration": 100}
+    monkeypatch.setattr(run_module, "run_training", fail)
     with pytest.raises(RuntimeError, match="illegal memory access"):
         train_script.main(cfg)
     record = json.loads(earlier.read_text())

@@ -201,3 +201,38 @@ def test_a_diverged_seed_is_counted_apart_from_the_mean_of_the_others(tmp_path):
         make_job(sweep, job, ["model=cyclegan", f"seed={seed}"], metrics={"eval/fid": fid}, iteration=4, checkpoint="c")
     lines = sweep_summary.write_summary(sweep, ["eval/fid"]).read_text().splitlines()
     assert "| - | 3 of 3 | 4 | 12 ± 2.8 (n=2; 1 non-finite) |" in lines
+
+
+def test_a_row_names_the_run_its_folder_holds_and_the_code_it_ran(tmp_path):
+    """A sweep extended into the same folder (seed=0,1,2 -> 0..4) gives job 3 another job's
+    overrides: Hydra rewrites .hydra/ before the resume checks refuse the job, so the row took
+    the refused job's overrides beside the numbers of the run the folder holds. Jobs started
+    hours apart may run other code: the revision each start recorded is a column where they
+    differ, and in the CSV."""
+    sweep = tmp_path / "sweep"
+    for number, model, revision in ((0, "cyclegan", "abc123"), (1, "ugatit", "abc123+dirty")):
+        job = make_job(sweep, number, [f"model={model}", "seed=0|1"], metrics={"eval/fid": 50.0 + number},
+                       iteration=10, checkpoint="c")
+        start = job / "starts" / "001_2026-12-06_10-00-00"
+        start.mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create([f"model={model}", "seed=0|1"]), start / "overrides.yaml")
+        OmegaConf.save(OmegaConf.create({"data": {"name": "horse2zebra"}}), start / "resolved.yaml")
+        OmegaConf.save(OmegaConf.create({"code_revision": revision}), start / "start.yaml")
+    OmegaConf.save(OmegaConf.create(["model=cyclegan", "seed=3"]), sweep / "1" / ".hydra" / "overrides.yaml")
+    lines = sweep_summary.write_summary(sweep, ["eval/fid"]).read_text().splitlines()
+    assert "| job | overrides | code | status | iteration | eval/fid |" in lines
+    assert "| 0 | model=cyclegan | abc123 | completed | 10 | 50 |" in lines
+    assert "| 1 | model=ugatit | abc123+dirty | completed | 10 | 51 |" in lines   # (seed=0|1: shared, left out)
+    csv_rows = (sweep / "summary.csv").read_text().splitlines()
+    assert csv_rows[0].split(",")[:10] == list(sweep_summary.JOB_COLUMNS) and ",abc123+dirty," in csv_rows[2]
+
+
+def test_seeds_group_by_their_settings_whatever_the_order_they_were_given_in(tmp_path):
+    """Two commands listing the same overrides in another order ran the same setting; and a
+    value holding a | stays in its cell."""
+    sweep = tmp_path / "sweep"
+    for number, overrides in enumerate((["a=1", "b=2", "seed=0"], ["b=2", "a=1", "seed=1"], ["a=x|y", "b=2", "seed=0"])):
+        make_job(sweep, number, overrides, metrics={"eval/fid": 10.0 + number}, iteration=5, checkpoint="c")
+    lines = sweep_summary.write_summary(sweep, ["eval/fid"]).read_text().splitlines()
+    assert "| a=1 | 2 of 2 | 5 | 10.5 ± 0.71 (n=2) |" in lines and "| a=x/y | 1 of 1 | 5 | 12 (n=1) |" in lines
+    assert "| 2 | a=x/y seed=0 | completed | 5 | 12 |" in lines

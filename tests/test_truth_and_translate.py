@@ -1115,6 +1115,13 @@ def test_eval_into_a_used_output_dir_keeps_only_its_own_images(smoke_runs, tmp_p
     with pytest.raises(KeyboardInterrupt):
         evaluate(smoke_runs["cyclegan"], tmp_path, shared_data_dir)
     assert not (out / "metrics.json").exists()
+    # nor a re-run that cannot load its checkpoint: a sweep's table would show the earlier scores as its own
+    (out / "metrics.json").write_text('{"ckpt_path": "the earlier evaluation"}')
+    monkeypatch.setattr(evaluation, "load_model", lambda *args, **kwargs: (_ for _ in ()).throw(
+        OSError("the checkpoint's disk is gone")))
+    with pytest.raises(OSError, match="disk is gone"):
+        evaluate(smoke_runs["cyclegan"], tmp_path, shared_data_dir)
+    assert not (out / "metrics.json").exists()
 
 
 def test_eval_scores_no_ground_truth_on_cropped_shapes(smoke_runs, tmp_path, shared_data_dir, caplog):

@@ -510,6 +510,10 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
 def evaluate_checkpoint(cfg: DictConfig, device: torch.device,
                         save_limit: int | None = None) -> dict[str, dict[str, float]]:
     """The body of `run_evaluation`, its settings checked, inside the evaluation's seeded RNG."""
+    # An earlier evaluation's scores go first, before anything can fail: a re-run that cannot load
+    # its checkpoint or data must not leave them as its result (a sweep's table would show them
+    # as completed), nor, stopped halfway, beside images they do not describe.
+    (Path(cfg.output_dir) / EVAL_RESULT).unlink(missing_ok=True)
     model = load_model(cfg.ckpt_path, map_location=device, use_ema=cfg.get("use_ema", True))
     data = data_config(cfg, model)
     check_argument_types(data, "data")
@@ -545,9 +549,6 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device,
     # data.num_workers decode in parallel: FID 50k of a training split is 50k decodes.
     loader = torch.utils.data.DataLoader(dataset, shuffle=False, **datamodule.loader_settings(batch_size))
     output_dir = Path(cfg.output_dir)
-    # An earlier evaluation's scores go before its images do: stopped halfway, this one must not
-    # leave them beside images they do not describe.
-    (output_dir / EVAL_RESULT).unlink(missing_ok=True)
     report = {"ckpt_path": recorded_checkpoint_path(cfg.ckpt_path), "iteration": model.loaded_iteration,
               "weights": model.loaded_weights, "data": datamodule.name}
     if cfg.get("truncation_psi") is not None:

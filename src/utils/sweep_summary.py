@@ -70,12 +70,17 @@ SETTING_COLUMNS = {"data": "data.name", "size": "data.crop_size", "batch": "data
 
 def job_settings(job_dir: Path) -> dict[str, Any]:
     """The `SETTING_COLUMNS` of a training job, from its latest start's resolved config (the
-    values it trained with, defaults included); {} for a job without one (an evaluation's)."""
+    values it trained with, defaults included), and the code it ran (`code`: the git revision its
+    start recorded, "+dirty" with uncommitted changes: jobs started hours apart may have run
+    other code); {} for a job without one (an evaluation's)."""
     starts = sorted(job_dir.glob("starts/*/resolved.yaml"))
     if not starts:
         return {}
     cfg = OmegaConf.load(starts[-1])
-    return {name: OmegaConf.select(cfg, key, default=None) for name, key in SETTING_COLUMNS.items()}
+    settings = {name: OmegaConf.select(cfg, key, default=None) for name, key in SETTING_COLUMNS.items()}
+    record = starts[-1].parent / "start.yaml"
+    settings["code"] = OmegaConf.load(record).get("code_revision") if record.is_file() else None
+    return settings
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -84,7 +89,10 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def read_job(job_dir: Path, result_name: str = FINAL_METRICS) -> dict[str, Any]:
-    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    # The latest start's overrides are those of the run the folder holds: Hydra rewrites .hydra/
+    # for a job its checks then refuse (another sweep's job of the same number).
+    started = sorted(job_dir.glob("starts/*/overrides.yaml"))
+    overrides_file = started[-1] if started else job_dir / ".hydra" / "overrides.yaml"
     overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
     job = {"job": int(job_dir.name), "overrides": overrides, "settings": job_settings(job_dir)}
     result_file = job_dir / result_name
@@ -110,7 +118,7 @@ def _varying_overrides(rows: list[dict[str, Any]]) -> list[list[str]]:
 
 #: the CSV's columns before the metrics: a job's own fields
 JOB_COLUMNS = ("job", "status", "overrides", "iteration", "feature_extractor", "best_fid", "best_fid_iteration",
-               "checkpoint", "error")
+               "checkpoint", "code_revision", "error")
 
 
 def summary_csv(rows: list[dict[str, Any]]) -> str:
@@ -120,7 +128,7 @@ def summary_csv(rows: list[dict[str, Any]]) -> str:
     writer.writeheader()
     for r in rows:
         writer.writerow({**{k: r.get(k, "") for k in JOB_COLUMNS}, "overrides": " ".join(r["overrides"]),
-                         **r.get("metrics", {})})
+                         "code_revision": r["settings"].get("code") or "", **r.get("metrics", {})})
     return out.getvalue()
 
 
@@ -150,7 +158,7 @@ def summary_markdown(rows: list[dict[str, Any]], metrics: list[str], sweep_dir: 
     for r, overrides in zip(rows, _varying_overrides(rows)):
         status = r["status"] if "error" not in r else f"{r['status']}: {r['error']}"
         status = " ".join(status.replace("|", "/").split())   # one table row, whatever the message
-        cells = ([str(r["job"]), " ".join(overrides) or "-", *(_cell(r["settings"].get(s)) for s in settings), status]
+        cells = ([str(r["job"]), " ".join(overrides).replace("|", "/") or "-", *(_cell(r["settings"].get(s)) for s in settings), status]
                  + [_cell(r.get("iteration"))] * has_iteration
                  + [_cell(r.get("feature_extractor"))] * has_extractor + [_cell(r.get("metrics", {}).get(m)) for m in shown])
         if has_best:
@@ -162,7 +170,7 @@ def summary_markdown(rows: list[dict[str, Any]], metrics: list[str], sweep_dir: 
 def differing_settings(rows: list[dict[str, Any]]) -> list[str]:
     """The `SETTING_COLUMNS` whose values differ between the jobs that recorded them."""
     recorded = [r["settings"] for r in rows if r.get("settings")]
-    return [name for name in SETTING_COLUMNS if len({repr(s.get(name)) for s in recorded}) > 1]
+    return [name for name in (*SETTING_COLUMNS, "code") if len({repr(s.get(name)) for s in recorded}) > 1]
 
 
 def without_seed(overrides: list[str]) -> tuple[str, ...]:
@@ -176,7 +184,7 @@ def seed_table(rows: list[dict[str, Any]], metrics: list[str]) -> list[str]:
     Empty otherwise."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for r, overrides in zip(rows, _varying_overrides(rows)):
-        groups.setdefault(without_seed(overrides), []).append(r)
+        groups.setdefault(tuple(sorted(without_seed(overrides))), []).append(r)   # whatever their order
     if all(len(jobs) < 2 for jobs in groups.values()):
         return []
     header = ["overrides (but the seed)", "runs", "iteration", *[f"{m} (mean ± std)" for m in metrics]]
@@ -186,7 +194,7 @@ def seed_table(rows: list[dict[str, Any]], metrics: list[str]) -> list[str]:
     for overrides, jobs in groups.items():
         done = [r for r in jobs if r.get("status") == "completed"]
         iterations = sorted({r["iteration"] for r in done if "iteration" in r})
-        cells = [" ".join(overrides) or "-", f"{len(done)} of {len(jobs)}", ", ".join(map(str, iterations)) or "-"]
+        cells = [" ".join(overrides).replace("|", "/") or "-", f"{len(done)} of {len(jobs)}", ", ".join(map(str, iterations)) or "-"]
         for metric in metrics:
             values = [float(r["metrics"][metric]) for r in done if metric in r.get("metrics", {})]
             cells.append(mean_and_spread(values))
