@@ -135,6 +135,18 @@ def test_command_line_rebuilds_the_table_or_says_there_is_none(tmp_path, capsys)
     make_job(tmp_path, 0, ["model=pix2pix"], metrics={"eval/fid": 3.0}, iteration=5, checkpoint=None)
     assert sweep_summary.main([str(tmp_path)]) == 0
     assert "| 0 | model=pix2pix | completed | 5 | 3 |" in capsys.readouterr().out
+    # rebuilt as the sweep wrote it: its own columns and result file (an evaluation sweep's metrics.json)
+    OmegaConf.save(OmegaConf.create({"hydra": {"callbacks": {"sweep_summary": {
+        "_target_": "src.utils.sweep_summary.SweepSummary", "metrics": ["eval/kid_x100"],
+        "result_file": "final_metrics.json"}}}}), tmp_path / "0" / ".hydra" / "hydra.yaml")
+    assert sweep_summary.main([str(tmp_path)]) == 0
+    assert "| job | overrides | status | iteration |" in capsys.readouterr().out   # no eval/fid column
+    (tmp_path / "0" / "metrics.json").write_text('{"ckpt_path": "c", "metrics": {"AtoB": {"fid": 2.0}}}')
+    OmegaConf.save(OmegaConf.create({"hydra": {"callbacks": {"sweep_summary": {
+        "_target_": "src.utils.sweep_summary.SweepSummary", "metrics": ["AtoB/fid"], "result_file": "metrics.json"}}}}),
+        tmp_path / "0" / ".hydra" / "hydra.yaml")
+    assert sweep_summary.main([str(tmp_path)]) == 0
+    assert "| 0 | model=pix2pix | completed | 2 |" in capsys.readouterr().out
 
 
 def test_an_evaluation_sweep_reads_each_jobs_metrics_by_direction(tmp_path):

@@ -272,12 +272,24 @@ class SweepSummary(Callback):
             return None
 
 
+def sweep_table_settings(sweep_dir: Path) -> dict[str, Any]:
+    """The sweep's own `hydra.callbacks.sweep_summary` settings (its columns, its result file),
+    from a job's `.hydra/hydra.yaml`: a table rebuilt from the files is the one the sweep wrote."""
+    for job in job_dirs(sweep_dir):
+        if (recorded := job / ".hydra" / "hydra.yaml").is_file():
+            settings = OmegaConf.select(OmegaConf.load(recorded), "hydra.callbacks.sweep_summary", default=None)
+            return OmegaConf.to_container(settings) if settings is not None else {}
+    return {}
+
+
 def main(argv: list[str]) -> int:
     if len(argv) not in (1, 2):
         print(f"usage: python -m src.utils.sweep_summary <sweep dir> [result file: {FINAL_METRICS} "
-              f"(training, the default) or {EVAL_RESULT} (src/eval.py)]", file=sys.stderr)
+              f"(training) or {EVAL_RESULT} (src/eval.py); default: the sweep's own]", file=sys.stderr)
         return 2
-    path = write_summary(Path(argv[0]), result_name=argv[1] if len(argv) == 2 else FINAL_METRICS)
+    recorded = sweep_table_settings(Path(argv[0])) if Path(argv[0]).is_dir() else {}
+    result_name = argv[1] if len(argv) == 2 else recorded.get("result_file", FINAL_METRICS)
+    path = write_summary(Path(argv[0]), recorded.get("metrics"), result_name)
     if path is None:
         print(f"{argv[0]}: no job directories (0/, 1/, ...) found", file=sys.stderr)
         return 1
