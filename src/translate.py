@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI on import
@@ -58,8 +59,11 @@ def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Pat
     """What to do about output files that exist already: refuse them (the default: another run's
     outputs would be replaced or mixed in with these), replace them (`overwrite`), or keep them
     and translate only the inputs without one (`skip_existing`: an interrupted folder translation
-    continues; outputs are written whole, so one that exists is complete). Returns the inputs to
-    translate, the outputs kept, and whether the export is kept."""
+    continues; outputs are written whole, so one that exists is complete, but for one a power loss
+    cut short after its rename, which is made again). skip_existing keeps outputs of this input
+    only: a folder whose record names other inputs (trip1/ and trip2/ both hold IMG_0001.jpg) would
+    keep trip1's translation for trip2's photo. Returns the inputs to translate, the outputs kept,
+    and whether the export is kept."""
     overwrite, skip_existing = cfg.get("overwrite", False), cfg.get("skip_existing", False)
     require_bool("overwrite", overwrite)
     require_bool("skip_existing", skip_existing)
@@ -73,8 +77,12 @@ def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Pat
         refuse_existing_outputs([*targets.values(), *exported], "pass overwrite=true to replace them, or "
                                 "skip_existing=true to translate only the inputs without one")
         return paths, [], False
-    present = {path: targets[path].exists() for path in paths}   # (one look at each: a network disk's)
+    present = {path: whole_png(targets[path]) for path in paths}   # (one look at each: a network disk's)
     kept = [path for path in paths if present[path]]
+    if kept and (other := other_inputs(Path(cfg.output), cfg.get("input"))):
+        raise ValueError(f"skip_existing=true would keep {targets[kept[0]]} and {len(kept) - 1} other output(s) "
+                         f"for inputs of {cfg.input}, and {cfg.output} holds the translations of {', '.join(other)}: "
+                         "outputs of the same name may be of other images. Choose another output folder")
     if kept:
         log.info("skip_existing: %d of %d input(s) have their output in %s already (kept, not translated "
                  "again)", len(kept), len(paths), cfg.output)
@@ -101,14 +109,18 @@ def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path,
     graph = export_path(output_dir, cfg.direction, cfg.export) if cfg.get("export") else None
     exported = {graph, export_card_path(graph)} if graph is not None else set()
     keep_one_translation_per_folder(output_dir, translation_record(cfg, model), cfg.get("overwrite", False),
-                                    {*targets.values(), *exported})
-    written = []
+                                    {*targets.values(), *exported}, cfg.get("input"))
+    written, said = [], time.monotonic()
     for path, image in translate_images(model, paths, cfg.direction, cfg.batch_size, device, cfg.get("short_side"),
                                         cfg.get("size"), seed=cfg.get("seed")):
         save_png(image, targets[path])
         written.append(str(targets[path]))
+        if time.monotonic() - said > PROGRESS_EVERY_S:   # a folder of thousands is not silent for an hour
+            log.info("Translated %d of %d image(s)", len(written), len(paths))
+            said = time.monotonic()
     if paths:
-        log.info("Translated %d image(s) %s into %s", len(written), cfg.direction, output_dir)
+        log.info("Translated %d image(s) %s into %s with the %s weights", len(written), cfg.direction, output_dir,
+                 "averaged (EMA)" if model.loaded_weights == "ema" else "trained")
 
     report = None
     if cfg.get("export") and not skip_export:
@@ -118,6 +130,40 @@ def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path,
 
 #: the output folder's record of what translated its images (written before the first of them)
 RECORD_NAME = "translation.json"
+#: seconds between the lines that say how far a folder's translation is
+PROGRESS_EVERY_S = 60
+#: the chunk a whole PNG ends with (IEND: no data, its CRC)
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def whole_png(path: Path) -> bool:
+    """Whether `path` is a PNG that ends as one does. Written to a temporary file and renamed,
+    an output is whole or absent after the process is killed, but not after a power loss before
+    the disk had its data: then the file may be empty, or cut short."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            if file.tell() < len(PNG_END):
+                return False
+            file.seek(-len(PNG_END), os.SEEK_END)
+            return file.read() == PNG_END
+    except FileNotFoundError:
+        return False
+
+
+def input_name(input_path: str | None) -> str | None:
+    return str(Path(input_path).resolve()) if input_path else None
+
+
+def other_inputs(output_dir: Path, input_path: str | None) -> list[str]:
+    """The inputs the folder's record names besides `input_path` (none where it names none: a
+    record from before inputs were named)."""
+    path = output_dir / RECORD_NAME
+    try:
+        recorded = json.loads(path.read_text()).get("inputs") or []
+    except (OSError, ValueError):   # no record (keep_one_translation_per_folder names a broken one)
+        return []
+    return [name for name in recorded if name != input_name(input_path)]
 
 
 def translation_record(cfg: DictConfig, model) -> dict:
@@ -130,14 +176,17 @@ def translation_record(cfg: DictConfig, model) -> dict:
             "seed": cfg.get("seed")}
 
 
-def keep_one_translation_per_folder(output_dir: Path, record: dict, overwrite: bool, targets: set[Path]) -> None:
+def keep_one_translation_per_folder(output_dir: Path, record: dict, overwrite: bool, targets: set[Path],
+                                    input_path: str | None = None) -> None:
     """Refuse to add outputs of another checkpoint, iteration or setting to a folder that holds a
     translation's (its RECORD_NAME): skip_existing would keep the old ones beside the new, and a
     folder of other names would mix two models' images without a word. overwrite=true starts the
     folder's record again where this translation replaces every output there, images and exported
     graphs (`targets`: the files it writes); outputs it would leave would pass for its own. Then
-    write this translation's record."""
+    write this translation's record, with the inputs translated into the folder (`input_path`
+    added: skip_existing keeps the outputs of one of them only)."""
     path = output_dir / RECORD_NAME
+    inputs = [input_name(input_path)] if input_path else []
     if path.is_file():
         try:
             earlier = json.loads(path.read_text())
@@ -156,7 +205,9 @@ def keep_one_translation_per_folder(output_dir: Path, record: dict, overwrite: b
         if left is not None:
             raise ValueError(f"{output_dir} holds outputs of another translation ({said}) that this one would not "
                              f"replace, e.g. {left}: choose another output folder, or remove them")
-    write_text_whole(path, json.dumps(record, indent=2) + "\n")
+        if not differ:   # the same translation: of the earlier inputs too
+            inputs = [*(name for name in earlier.get("inputs") or [] if name not in inputs), *inputs]
+    write_text_whole(path, json.dumps({**record, "inputs": inputs}, indent=2) + "\n")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="translate.yaml")

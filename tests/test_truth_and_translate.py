@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from src.data.transforms import to_tensor
 from src.metrics.shapes_truth import (ShapesTruthScorer, foreground_masks,
                                       load_test_backgrounds, load_test_meta, per_image_scores,
                                       score_translations)
-from src.translate import run_translation
+from src.translate import PNG_END, run_translation, whole_png
 from src.utils.checkpoint_loading import load_model
 from src.utils.export import export_translation
 from src.utils.run import run_training
@@ -776,7 +777,7 @@ def test_skip_existing_continues_an_interrupted_translation(smoke_runs, tmp_path
     complete = {Path(path).name: np.asarray(Image.open(path), dtype=int) for path in first["written"]}
     (out / "gray.png").unlink()
     (out / "rgb.png").unlink()
-    (out / "rgba.png").write_bytes(b"a kept output")
+    (out / "rgba.png").write_bytes(b"a kept output" + PNG_END)   # (it ends as a whole PNG does)
     graph = out / "generator_AtoB.pt"
     graph.write_bytes(b"a kept graph")
     with pytest.raises(ValueError, match="overwrite=true replaces .* skip_existing=true keeps them: pass one"):
@@ -788,7 +789,7 @@ def test_skip_existing_continues_an_interrupted_translation(smoke_runs, tmp_path
     assert sorted(Path(path).name for path in second["written"]) == ["gray.png", "rgb.png"]
     assert sorted(Path(path).name for path in second["skipped"]) == ["portrait.png", "rgba.png"]
     assert second["export"] is None and graph.read_bytes() == b"a kept graph"
-    assert (out / "rgba.png").read_bytes() == b"a kept output"
+    assert (out / "rgba.png").read_bytes() == b"a kept output" + PNG_END
     for name in ("gray.png", "rgb.png", "portrait.png"):   # as the first run wrote them (batched otherwise)
         assert np.abs(np.asarray(Image.open(out / name), dtype=int) - complete[name]).max() <= 1
     record = json.loads((out / "translation.json").read_text())
@@ -817,6 +818,46 @@ def test_skip_existing_continues_an_interrupted_translation(smoke_runs, tmp_path
     Path(f"{graph}.json").unlink()
     assert run_translation(translate_cfg(**one, overwrite=True))["written"] == [str(out / "rgb.png")]
     assert json.loads((out / "translation.json").read_text())["short_side"] == 16
+
+
+def test_skip_existing_keeps_only_whole_outputs_of_its_own_input(smoke_runs, tmp_path):
+    """An output a power loss cut short after its rename (empty, or without PNG's end) is made
+    again; and a second folder translated into the same output folder (cameras repeat names:
+    trip1/IMG_0001.jpg, trip2/IMG_0001.jpg) is refused, where skip_existing would have kept the
+    first folder's translation for the second folder's photo."""
+    write_odd_inputs(tmp_path / "in")
+    ckpt, out = str(smoke_runs["cyclegan"].ckpt), tmp_path / "out"
+    settings = dict(ckpt_path=ckpt, input=str(tmp_path / "in"), output=str(out))
+    run_translation(translate_cfg(**settings))
+    (out / "gray.png").write_bytes(b"")
+    (out / "rgb.png").write_bytes((out / "rgb.png").read_bytes()[:-4])
+    again = run_translation(translate_cfg(**settings, skip_existing=True))
+    assert sorted(Path(path).name for path in again["written"]) == ["gray.png", "rgb.png"]
+    assert all(whole_png(out / name) for name in ("gray.png", "rgb.png"))
+    assert json.loads((out / "translation.json").read_text())["inputs"] == [str((tmp_path / "in").resolve())]
+    shutil.copytree(tmp_path / "in", tmp_path / "trip2")
+    with pytest.raises(ValueError, match=r"skip_existing=true would keep .* for inputs of .*trip2, and .*out holds "
+                                         r"the translations of .*in: outputs of the same name may be of other images"):
+        run_translation(translate_cfg(**dict(settings, input=str(tmp_path / "trip2")), skip_existing=True))
+
+
+def test_images_far_past_the_training_scale_are_said_with_the_fix(caplog):
+    """A 12 MP photo through a model of 286 px images: its outputs are not what it learnt."""
+    from types import SimpleNamespace
+    from src.utils.translation import warn_of_sizes_past_the_training_scale
+    model = SimpleNamespace(training_data={"preprocess": "resize_and_crop", "load_size": 286, "crop_size": 256})
+    with caplog.at_level("WARNING"):
+        warn_of_sizes_past_the_training_scale(model, {(500, 600): [Path("a.jpg")]})
+        assert not caplog.text
+        warn_of_sizes_past_the_training_scale(model, {(3000, 4000): [Path("b.jpg"), Path("c.jpg")],
+                                                      (600, 800): [Path("d.jpg")], (500, 600): [Path("a.jpg")]})
+    assert ("3 image(s) are translated at their own size, up to 3000x4000 px (b.jpg), more than 2 times the scale "
+            "the model trained at (data.load_size=286): its outputs there are not what it learnt. short_side=286 "
+            "translates at that scale") in caplog.text
+    caplog.clear()
+    model.training_data["preprocess"] = "none"   # trained on each image at its own size
+    warn_of_sizes_past_the_training_scale(model, {(3000, 4000): [Path("b.jpg")]})
+    assert not caplog.text
 
 
 @pytest.mark.parametrize("where", ["directory", "contents"])

@@ -9,6 +9,7 @@ is cropped back to the size translated: the input's, or that `short_side` or `si
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from src.data.batching import SIZE_KEEPING_MODES
 from src.data.errors import EmptyDatasetError
 from src.data.folders import IMAGE_EXTENSIONS, list_images
 from src.data.image_io import PIXEL_READING_KEYS, load_image, save_image, upright_size
@@ -27,6 +29,8 @@ from src.utils.config_checks import require_int
 from src.utils.directions import DIRECTIONS
 from src.utils.image_grid import to_uint8_images
 from src.utils.rng import derived_seed, isolated_rng
+
+log = logging.getLogger(__name__)
 
 CropBox = tuple[int, int, int, int]  # top, left, height, width
 
@@ -181,6 +185,29 @@ def translate_each_seeded(model: TranslationModel, images: torch.Tensor, directi
     return torch.cat(translated)
 
 
+#: how far past its training scale an image's short side may go before the translation says so
+PAST_TRAINING_SCALE = 2
+
+
+def warn_of_sizes_past_the_training_scale(model: TranslationModel, groups: dict[tuple[int, int], list[Path]]) -> None:
+    """Images translated at their own size, their short side over PAST_TRAINING_SCALE times the
+    scale the model trained at (a 12 MP photo through a model of 256 px crops of 286 px images):
+    its normalisation's statistics and its textures are those of that scale, so the output is
+    another picture than at it (zebra stripes a tenth as wide), and slow. Said once, with the fix."""
+    data = model.training_data
+    if data.get("preprocess", "resize_and_crop") in SIZE_KEEPING_MODES or not data.get("load_size"):
+        return   # trained on images at their own size: no one scale
+    scale = int(data["load_size"])
+    large = {size: group for size, group in groups.items() if min(size) > PAST_TRAINING_SCALE * scale}
+    if large:
+        count = sum(len(group) for group in large.values())
+        height, width = max(large, key=min)
+        log.warning("%d image(s) are translated at their own size, up to %dx%d px (%s), more than %d times the "
+                    "scale the model trained at (data.load_size=%d): its outputs there are not what it learnt. "
+                    "short_side=%d translates at that scale", count, height, width, large[(height, width)][0],
+                    PAST_TRAINING_SCALE, scale, scale)
+
+
 def translate_images(model: TranslationModel, paths: list[str | Path], direction: str = "AtoB",
                      batch_size: int = 8, device: str | torch.device | None = None,
                      short_side: int | None = None, size: int | Sequence[int] | None = None,
@@ -211,12 +238,15 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
         model.to(device)
     multiple, channels = size_multiple(model, direction), input_channels(model, direction)
     groups = group_by_size([Path(p) for p in paths], short_side, fixed)
+    if fixed is None and short_side is None:
+        warn_of_sizes_past_the_training_scale(model, groups)
     # Every size before the first output is written (a JPEG's from its header: one broken further
     # in stops the run when it is read, naming it).
     for (height, width), group in groups.items():
         padded = (round_up(height, multiple), round_up(width, multiple))
         check_translation_size(model, direction, *padded,
-                               what=f"{group[0]} ({height}x{width} px, padded to {padded[0]}x{padded[1]})")
+                               what=f"{group[0]} ({height}x{width} px, padded to {padded[0]}x{padded[1]})",
+                               fix="resize the input to one of them (size=N translates every input at N x N)")
 
     # Pixel values (deep grayscale files, colour profiles) are read, and images resized, as the
     # model's training data were; a setting the run predates keeps the default.
