@@ -364,9 +364,13 @@ def test_each_direction_gets_the_scores_its_data_allows(segmenter_file, caplog):
 # -- the training callback -----------------------------------------------------------------------
 
 
-def test_training_logs_the_label_scores_of_both_directions(tmp_path, segmenter_file_32):
+def test_training_logs_the_label_scores_of_both_directions(tmp_path, segmenter_file_32, monkeypatch):
     """CycleGAN on label maps (B): AtoB makes label maps, scored as classes; BtoA makes "photos",
-    FCN-scored by the stand-in segmenter, which gets the real ones (the maps themselves) right."""
+    FCN-scored by the stand-in segmenter, which gets the real ones (the maps themselves) right.
+    Between evaluations the segmenter waits on the CPU, not on training's device."""
+    moves = []
+    to = Segmenter.to
+    monkeypatch.setattr(Segmenter, "to", lambda self, device: moves.append(str(device)) or to(self, device))
     root = write_label_map_dataset(tmp_path / "labels", splits=("train", "test"))
     cfg = compose_train_cfg(["debug=smoke", "model=cyclegan", "data=cityscapes", f"data.data_dir={root}",
                              "data.layout=folders", "data.direction=AtoB", "data.load_size=32", "data.crop_size=32",
@@ -379,6 +383,7 @@ def test_training_logs_the_label_scores_of_both_directions(tmp_path, segmenter_f
                            (("AtoB", "label"), ("BtoA", "fcn"), ("BtoA", "real_fcn")) for k in scores}
     assert all(0 <= v <= 1 and math.isfinite(v) for v in logged.values())
     assert [logged[f"segmentation/BtoA/real_fcn_{k}"] for k in scores] == [1.0, 1.0, 1.0]
+    assert moves[-1] == "cpu" and len(moves) == 2 * 2   # two evaluations: there and back
 
 
 def test_callback_is_off_without_label_maps_and_checks_its_segmenter_at_start(tmp_path, caplog):

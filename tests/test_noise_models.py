@@ -334,11 +334,21 @@ def test_only_rank_zero_trains_the_classifier_and_the_others_take_its_weights(tr
         callback.build_classifier(told, model)
 
 
-def test_training_scores_samples_with_a_classifier_of_the_datas_classes(train_cfg, tmp_path):
+def test_training_scores_samples_with_a_classifier_of_the_datas_classes(train_cfg, tmp_path, monkeypatch):
     """cGAN on the labelled shapes: the FID/KID callback also logs the shape classifier's
     scores, the accuracy on the samples against their classes included; on one class there is
-    nothing to classify, and a bad setting names its key."""
+    nothing to classify, and a bad setting names its key. Between evaluations the feature
+    network and the classifier wait on the CPU, not on the device training's peak is on."""
+    from src.metrics.fid_kid import FidKidScorer
+    from src.metrics.image_classifier import ClassifierScorer
+    moves = []
+    for scorer in (FidKidScorer, ClassifierScorer):
+        to = scorer.to
+        monkeypatch.setattr(scorer, "to", lambda self, device, to=to: moves.append(
+            (type(self).__name__, str(device))) or to(self, device))
     metrics = run_training(train_cfg("model=cgan", "max_iters=2", "++callbacks.latent=null"))
+    assert moves[-2:] == [("FidKidScorer", "cpu"), ("ClassifierScorer", "cpu")] and len(moves) == 4   # one evaluation
+    monkeypatch.undo()
     assert 1.0 <= float(metrics["eval/cls_is_samples"]) <= 2.0 + 1e-6
     assert 0.0 <= float(metrics["eval/cls_acc_fake_samples"]) <= 1.0
     assert 0.0 <= float(metrics["eval/cls_acc_real_samples"]) <= 1.0

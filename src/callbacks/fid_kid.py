@@ -218,6 +218,11 @@ class FidKidCallback(PeriodicEvaluation):
         metrics["eval/fid"] = sum(metrics[f"eval/fid_{d}"] for d in directions) / len(directions)
         metrics["eval/kid_x100"] = sum(metrics[f"eval/kid_x100_{d}"] for d in directions) / len(directions)
         scorer.reset()  # frees the stored KID features until the next evaluation
+        # Inception's weights and its float64 sums (about 160 MB) leave the device until the next
+        # evaluation: training's peak would carry them (the classifier's likewise).
+        self.scorer.to("cpu")
+        if self.classifier is not None:
+            self.classifier.to("cpu")
         publish_metrics(trainer, metrics, step=pl_module.iteration)
         return metrics
 

@@ -82,4 +82,6 @@ class LabelScoresCallback(PeriodicEvaluation):
                 self._real.setdefault(direction, real)
                 results.update(self._real[direction])
             metrics.update({f"segmentation/{direction}/{k}": v for k, v in results.items()})
+        if self._segmenter is not None:   # its 134M weights leave the device between evaluations
+            self._segmenter.to("cpu")
         return metrics
