@@ -865,6 +865,9 @@ def test_the_best_fid_checkpoint_goes_where_callbacks_fid_kid_says_or_nowhere(tr
     run_training(cfg)
     assert (tmp_path / "no_best" / "checkpoints" / "last.ckpt").is_file()
     assert not (tmp_path / "no_best" / "checkpoints" / "best_fid.ckpt").exists()
+    # the best FID is still the run's record (the summary's, the sweep table's), without its file
+    record = json.loads((tmp_path / "no_best" / "final_metrics.json").read_text())
+    assert math.isfinite(record["best_fid"]) and record["best_fid_iteration"] == 2
 
 
 class _OpensAFile:

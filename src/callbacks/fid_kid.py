@@ -228,7 +228,7 @@ class FidKidCallback(PeriodicEvaluation):
 
     def after_evaluation(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                          metrics: dict[str, float] | None) -> None:
-        if not (self.save_best and metrics):
+        if not metrics:
             return
         if not pl_module.samples_at_full_size():
             # A growing network's 8-256 px stage, upsampled: its FID measures the resolution gap as
@@ -244,18 +244,22 @@ class FidKidCallback(PeriodicEvaluation):
         return Path(dirpath) / "best_fid.ckpt"
 
     def save_if_best(self, trainer: pl.Trainer, pl_module: pl.LightningModule, fid: float) -> None:
+        """Record a new best FID (the summary's, final_metrics.json's) and, with `save_best`, write
+        best_fid.ckpt; without it the best is still recorded."""
         # Every rank computed the same FID from the gathered states; rank zero's decision is
         # broadcast anyway, as every rank must enter save_checkpoint (it holds a barrier).
         improved = trainer.strategy.broadcast(bool(fid < self.best_fid), src=0)
         if not improved:
             return
-        path = self.best_checkpoint_path(trainer)
-        # The generators can be finite (a good FID) while a discriminator that stepped after
-        # them is not: such a file would resume a diverged run.
-        refuse_saving_non_finite(pl_module, str(path) if path.is_file() else None)
-        self.best_fid, self.best_iteration = float(fid), pl_module.iteration
-        trainer.save_checkpoint(path, weights_only=False)  # full state: a best checkpoint can be resumed
-        rank_zero_info(f"FID {fid:.4f} at iteration {pl_module.iteration}: new best, saved {path}")
+        self.best_fid, self.best_iteration, saved = float(fid), pl_module.iteration, ""
+        if self.save_best:
+            path = self.best_checkpoint_path(trainer)
+            # The generators can be finite (a good FID) while a discriminator that stepped after
+            # them is not: such a file would resume a diverged run.
+            refuse_saving_non_finite(pl_module, str(path) if path.is_file() else None)
+            trainer.save_checkpoint(path, weights_only=False)  # full state: a best checkpoint can be resumed
+            saved = f", saved {path}"
+        rank_zero_info(f"FID {fid:.4f} at iteration {pl_module.iteration}: new best{saved}")
         publish_summary(trainer, {"best_fid": self.best_fid, "best_fid_iteration": self.best_iteration})
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
