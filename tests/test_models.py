@@ -392,6 +392,35 @@ def test_losses_are_logged_when_lightning_writes_them_and_at_the_end(train_cfg, 
     assert written == [g for _, g in logged[:2]]
 
 
+def test_an_epochs_last_iterations_go_into_the_next_row_not_nowhere(train_cfg, tmp_path):
+    """3 iterations an epoch, a row every 2, 2 epochs: Lightning writes rows at iterations 2, 4
+    and 6 only. The losses of the first epoch's last iteration were averaged alone at its end and
+    reached no logger; they are in the next row's mean now, and the run's last iteration is still
+    logged (what training hands back)."""
+    cfg = train_cfg("data.max_dataset_size=3", "max_iters=null", "trainer.max_epochs=2", "trainer.log_every_n_steps=2",
+                    "model.lr_schedule.unit=epoch", "model.lr_schedule.constant=1", "model.lr_schedule.decay=1",
+                    *NO_EVALUATION)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    each_iteration, logged = [], []
+    original_log_losses, original_log_dict = model.log_losses, model.log_dict
+
+    def recording_log_losses(terms, totals, batch_size):
+        each_iteration.append(float(totals["G"]))
+        original_log_losses(terms, totals, batch_size)
+
+    def recording_log_dict(metrics, **kwargs):
+        if "train/G" in metrics:
+            logged.append((model.iteration, float(metrics["train/G"])))
+        original_log_dict(metrics, **kwargs)
+    model.log_losses, model.log_dict = recording_log_losses, recording_log_dict
+    trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), logger=pl.loggers.CSVLogger(tmp_path),
+                         enable_checkpointing=False)
+    trainer.fit(model, datamodule=hydra.utils.instantiate(cfg.data))
+    assert len(each_iteration) == 6 and [i for i, _ in logged] == [2, 4, 6]   # (iterations done)
+    windows = [each_iteration[0:2], each_iteration[2:4], each_iteration[4:6]]
+    assert [g for _, g in logged] == pytest.approx([sum(w) / len(w) for w in windows], rel=1e-6)
+
+
 def test_under_ddp_the_logged_losses_are_the_mean_over_the_ranks(train_cfg, tmp_path, monkeypatch):
     """Each rank trains on its own shard, so its losses differ: the logged value is their mean,
     not rank zero's (forked ranks keep this test's patch and write what they computed)."""
