@@ -135,6 +135,34 @@ def test_wandb_run_names_leave_out_path_valued_overrides():
     assert run_name(cfg, overrides) == "cyclegan-horse2zebra-loss.weights.cycle=5,model.optimizer.lr=0.0002"
 
 
+def test_a_resumed_wandb_run_keeps_its_name_group_and_tags(train_cfg):
+    """A sweep's job resumed by hand as a single run derived a plain group and lost its
+    `multirun` tag, and wandb replaced the run's tags with the resume's: the checkpoint keeps the
+    run's own, as plain values (it loads weights-only), and a value the config sets still wins."""
+    import io
+    from types import SimpleNamespace
+
+    import torch
+    from pytorch_lightning.loggers import WandbLogger
+
+    from src.utils.wandb_run import WandbRunIdCallback, with_wandb_identity
+    logger = WandbLogger(id="run7", name="cyclegan-shapes-seed=3", group="train/sweep_a", tags=["model:cyclegan",
+                                                                                               "multirun"])
+    checkpoint = {}
+    WandbRunIdCallback().on_save_checkpoint(SimpleNamespace(loggers=[logger]), None, checkpoint)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    checkpoint = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    cfg = train_cfg("logger=wandb")
+    node = with_wandb_identity(cfg.logger, cfg, checkpoint).wandb
+    assert (node.id, node.name, node.group, list(node.tags)) == (
+        "run7", "cyclegan-shapes-seed=3", "train/sweep_a", ["model:cyclegan", "multirun"])
+    fresh = with_wandb_identity(cfg.logger, cfg, None).wandb   # a new run derives its own
+    assert fresh.group == "smoke" and "multirun" not in fresh.tags
+    cfg.logger.wandb.group = "mine"
+    assert with_wandb_identity(cfg.logger, cfg, checkpoint).wandb.group == "mine"
+
+
 def test_wandb_run_names_cut_to_length_still_tell_a_sweeps_jobs_apart():
     """Cut at 128 characters, the swept `seed=N` at the end was lost and the seeds' runs shared
     one name; a digest of the whole name keeps them apart, and a short name is left as it is."""

@@ -34,6 +34,10 @@ WANDB_LOGGER_TARGETS = ("pytorch_lightning.loggers.WandbLogger", "pytorch_lightn
                         "lightning.pytorch.loggers.WandbLogger", "lightning.pytorch.loggers.wandb.WandbLogger")
 #: Checkpoint key of the wandb run id.
 CHECKPOINT_KEY = "wandb_run_id"
+#: the run's name, group and tags, beside its id: a resume keeps them (a sweep's job resumed as a
+#: single run derived a plain group and no `multirun` tag, and wandb replaced the run's tags)
+IDENTITY_KEY = "wandb_run_identity"
+IDENTITY_FIELDS = ("name", "group", "tags")
 #: Overrides left out of run names: where things are, not what is trained.
 NAME_EXCLUDED_PREFIXES = ("paths.", "ckpt_path", "init_from=", "hydra", "model=", "data=", "logger",
                           "trainer.devices", "trainer.num_nodes")
@@ -94,12 +98,16 @@ def is_wandb_node(node) -> bool:
 def with_wandb_identity(logger_cfg: DictConfig | None, cfg: DictConfig,
                         checkpoint: dict | None = None) -> DictConfig | None:
     """A copy of the logger config with name, group, tags and (resuming `checkpoint`) the id of
-    the wandb run it was written under filled in for wandb."""
+    the wandb run it was written under filled in for wandb; resuming, the name, group and tags
+    are that run's too (a value the logger config sets wins either way)."""
     if not logger_cfg or not any(is_wandb_node(node) for node in logger_cfg.values()):
         return logger_cfg
     logger_cfg = OmegaConf.create(OmegaConf.to_container(logger_cfg, resolve=True))
     derived = {"name": run_name(cfg, job_overrides(cfg)), "group": run_group(cfg), "tags": run_tags(cfg),
                "id": (checkpoint or {}).get(CHECKPOINT_KEY), "mode": os.environ.get("WANDB_MODE")}
+    if derived["id"]:
+        derived.update({key: value for key, value in ((checkpoint or {}).get(IDENTITY_KEY) or {}).items()
+                        if key in IDENTITY_FIELDS and value is not None})
     with open_dict(logger_cfg):
         for node in logger_cfg.values():
             if is_wandb_node(node):
@@ -117,7 +125,8 @@ def with_wandb_identity(logger_cfg: DictConfig | None, cfg: DictConfig,
 
 
 class WandbRunIdCallback(pl.Callback):
-    """Writes the wandb run id into every checkpoint, for `with_wandb_identity` to resume it."""
+    """Writes the wandb run id, name, group and tags into every checkpoint, for
+    `with_wandb_identity` to resume that run as it was."""
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         from pytorch_lightning.loggers import WandbLogger
@@ -125,6 +134,12 @@ class WandbRunIdCallback(pl.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and logger.version:
                 checkpoint[CHECKPOINT_KEY] = str(logger.version)
+                # What the logger was made with (Lightning keeps wandb.init's arguments): plain
+                # values, so the checkpoint still loads weights-only.
+                made_with = getattr(logger, "_wandb_init", {})
+                checkpoint[IDENTITY_KEY] = {
+                    key: list(map(str, made_with[key])) if key == "tags" else str(made_with[key])
+                    for key in IDENTITY_FIELDS if made_with.get(key) is not None}
 
 
 def current_wandb_run():
