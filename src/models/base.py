@@ -763,10 +763,15 @@ class AdversarialModel(pl.LightningModule):
         trainer = self.trainer
         every = trainer.log_every_n_steps
         due = every > 0 and (self.iteration + 1) % every == 0
+        return due or self.runs_last_iteration() or trainer.should_stop
+
+    def runs_last_iteration(self) -> bool:
+        """Whether this iteration (asked before its first step) is the run's last: by max_iters,
+        or the last batch of the last epoch."""
+        trainer = self.trainer
         last_epoch = trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
-        last = ((trainer.is_last_batch and last_epoch)
+        return ((trainer.is_last_batch and last_epoch)
                 or 0 < trainer.max_steps <= trainer.global_step + self.optimizer_steps_per_iter)
-        return due or last or trainer.should_stop
 
     def _step_schedulers(self) -> None:
         for scheduler in self.scheduler_list():
@@ -805,6 +810,11 @@ class AdversarialModel(pl.LightningModule):
         return self.iteration * self.loaded_images(batch)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
+        if self.runs_last_iteration():
+            # Lightning writes a step's values to the loggers every log_every_n_steps, or on a
+            # stop: without one the run's last row (and every row of a run shorter than that:
+            # max_iters=20 at the default 50) reached no logger, only train()'s return.
+            self.trainer.should_stop = True
         self.logging_losses = self.logs_this_iteration()   # before the steps move global_step
         self.check_batch(batch)
         self.ramp_momentum()
