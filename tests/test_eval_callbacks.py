@@ -196,6 +196,13 @@ def test_a_test_split_too_small_for_fid_stops_the_run_before_training(train_cfg)
         run_training(train_cfg("model=cyclegan", "callbacks.image_grid.num_images=0"))
 
 
+def test_a_callback_off_for_the_model_does_not_refuse_its_test_split(train_cfg):
+    """pix2pix has no latent space: the latent callback is off for it, and its refusal of a
+    one-image test split stopped a run that had turned FID off for that split."""
+    run_training(train_cfg("model=pix2pix", "data=shapes_paired", "data.max_dataset_size=1", "max_iters=1",
+                           "++callbacks.fid_kid=null", "++callbacks.shapes_truth=null"))
+
+
 @pytest.mark.parametrize("override, error, message", [
     ("callbacks.latent.max_images=1", InstantiationException,
      r"callbacks.latent.max_images=1 must be an integer >= 2 or null"),

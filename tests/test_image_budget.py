@@ -138,3 +138,10 @@ def test_image_counts_are_over_every_device(train_cfg):
     batch = {"A": torch.zeros(5 * 3, *model.image_shape)}   # n_critic=5 real batches of 3
     assert model.loaded_images(batch) == 2 * 15          # every real image the critic saw
     assert model.images_per_iteration(batch) == 2 * 3    # the generator step's batch, per device
+
+
+def test_a_budget_of_no_images_is_refused_not_ignored(train_cfg):
+    """max_kimg=0 read as false: the run trained by its epochs instead (200, or none at all)."""
+    from src.utils.run import run_training
+    with pytest.raises(ValueError, match=r"max_kimg=0 must be a positive number of thousands of images, or null"):
+        run_training(train_cfg("model=progan", "max_kimg=0"))

@@ -177,3 +177,13 @@ def test_a_classifier_trained_for_no_epoch_is_refused_by_its_key():
         classifier_of_the_data(datamodule, max_images=12, epochs=0)
     with pytest.raises(ValueError, match=r"^callbacks.fid_kid.classifier_epochs=-1 must be a positive integer"):
         classifier_of_the_data(datamodule, max_images=12, epochs=-1, key="callbacks.fid_kid.classifier_max_images")
+
+
+def test_the_classifier_of_the_data_trains_on_a_set_that_leaves_a_batch_of_one():
+    """65 images of 8 px in batches of 64: the last batch, one image, reaches the third batch
+    norm as a 1x1 map of one value per channel, which torch refuses to normalise (the FID
+    callback's setup stopped the run there)."""
+    from src.metrics.image_classifier import train_image_classifier
+    images, labels = torch.rand(65, 3, 8, 8) * 2 - 1, torch.arange(65) % 2
+    net = train_image_classifier(images, labels, num_classes=2, epochs=1)
+    assert net(images[:4]).shape == (4, 2)

@@ -138,7 +138,6 @@ class LatentCallback(PeriodicEvaluation):
         self._latent_dim: int | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
         self._latent_dim = None   # a new fit may bring another model
         if stage == "fit" and not callable(getattr(pl_module, "encode", None)):
             # Said, not warned: the default callbacks hold this one for every model, and a
@@ -147,6 +146,8 @@ class LatentCallback(PeriodicEvaluation):
                            "(a shared latent space); the latent t-SNE/MMD applies to unpaired models such as "
                            "CycleGAN, U-GAT-IT and NICE-GAN.")
             self.enabled = False
+            return   # before the evaluation set's checks: a test split it would refuse is not its business
+        super().setup(trainer, pl_module, stage)
         if self.dirpath is None:
             self.dirpath = Path(trainer.default_root_dir) / "latent"
 

@@ -65,6 +65,8 @@ def train_image_classifier(images: torch.Tensor, labels: torch.Tensor, num_class
         optimizer = torch.optim.Adam(net.parameters(), lr=lr)
         for _ in range(epochs):
             for index in torch.randperm(len(inputs)).split(batch_size):
+                if len(index) < 2:   # a last batch of one: its batch norms cannot train on one small image
+                    continue
                 optimizer.zero_grad(set_to_none=True)
                 F.cross_entropy(net(inputs[index]), targets[index]).backward()
                 optimizer.step()

@@ -542,6 +542,10 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device,
         # The papers' FID 50k takes 50k reference images of a larger training set (FFHQ's 70k,
         # LSUN's millions: all of them would cost hours and their features' memory).
         dataset = torch.utils.data.Subset(dataset, list(datamodule.evaluation_indices(real_split, num_real)))
+    if generates and len(dataset) < 2:   # before the classifier is trained and the samples written
+        raise ValueError(f"eval.py scores {type(model).__name__}'s samples against the {len(dataset)} image(s) of the "
+                         f"{real_split} split (real_split={real_split}, num_real={num_real}), and FID, KID and MMD "
+                         "need at least 2: score it against more images")
     batch_size = cfg.batch_size
     if getattr(datamodule, "keeps_image_size", False) and batch_size > 1:
         log.info("batch_size=1 instead of %d: data.preprocess keeps each image's size", batch_size)

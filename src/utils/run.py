@@ -194,7 +194,7 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
         kwargs["max_steps"] = int(cfg.max_iters) * model.optimizer_steps_per_iter
         kwargs["max_epochs"] = -1
         warn_iterations_of_several_processes(max_iters, kwargs, cfg.data.get("batch_size"))
-    elif cfg.get("max_kimg"):   # the image budget (ImageBudget) ends the run, not an epoch count
+    elif cfg.get("max_kimg") is not None:   # the image budget (ImageBudget) ends the run, not an epoch count
         kwargs["max_epochs"] = -1
     elif kwargs.get("max_epochs") in (-1, None):
         # Lightning's "train until stopped": said at start, since the learning-rate schedules
@@ -317,7 +317,7 @@ def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.C
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     if logger_cfg and any(is_wandb_node(node) for node in logger_cfg.values()):
         callbacks.append(WandbRunIdCallback())
-    if cfg.get("max_kimg"):
+    if cfg.get("max_kimg") is not None:   # (0 too: ImageBudget refuses it, where it trained by epochs)
         callbacks.append(ImageBudget(cfg.max_kimg))
     if cfg.get("optimized_metric"):
         callbacks.append(OptimizedMetricCheck(cfg.optimized_metric, sweeper_direction()))
