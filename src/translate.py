@@ -79,10 +79,8 @@ def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Pat
         return paths, [], False
     present = {path: whole_png(targets[path]) for path in paths}   # (one look at each: a network disk's)
     kept = [path for path in paths if present[path]]
-    if kept and (other := other_inputs(Path(cfg.output), cfg.get("input"))):
-        raise ValueError(f"skip_existing=true would keep {targets[kept[0]]} and {len(kept) - 1} other output(s) "
-                         f"for inputs of {cfg.input}, and {cfg.output} holds the translations of {', '.join(other)}: "
-                         "outputs of the same name may be of other images. Choose another output folder")
+    if kept:
+        refuse_outputs_of_other_inputs(Path(cfg.output), cfg.get("input"), [targets[path] for path in kept])
     if kept:
         log.info("skip_existing: %d of %d input(s) have their output in %s already (kept, not translated "
                  "again)", len(kept), len(paths), cfg.output)
@@ -164,6 +162,24 @@ def other_inputs(output_dir: Path, input_path: str | None) -> list[str]:
     except (OSError, ValueError):   # no record (keep_one_translation_per_folder names a broken one)
         return []
     return [name for name in recorded if name != input_name(input_path)]
+
+
+def refuse_outputs_of_other_inputs(output_dir: Path, input_path: str | None, kept: list[Path]) -> None:
+    """ValueError where an output skip_existing would keep for `input_path` is also the output of
+    another input translated into the folder (cameras repeat names: trip1/IMG_0001.jpg and
+    trip2/IMG_0001.jpg both write IMG_0001.png), which it may be the translation of. An input
+    that is gone cannot be told apart: said."""
+    for other in other_inputs(output_dir, input_path):
+        try:
+            theirs = output_paths(list_input_images(other), output_dir, Path(other) if Path(other).is_dir() else None)
+        except FileNotFoundError:
+            log.warning("skip_existing: %s also holds translations of %s, which is gone: an output of the same "
+                        "name as one of this input's is kept as this input's", output_dir, other)
+            continue
+        if clash := sorted(set(kept) & set(theirs.values())):
+            raise ValueError(f"skip_existing=true would keep {clash[0]} (and {len(clash) - 1} more) for an input of "
+                             f"{input_path}, and {other} has an input of that output's name too, translated into "
+                             f"{output_dir}: it may be that one's translation. Choose another output folder")
 
 
 def translation_record(cfg: DictConfig, model) -> dict:

@@ -386,10 +386,16 @@ def test_settings_a_resume_may_change_and_settings_added_since_are_not_compared(
     assert changed_settings(checkpoint, {"loss": {"weights": {"cycle": 5.0}}}, {"crop_size": 128}) == [
         "data.crop_size=256 -> 128", "model.loss.weights.cycle=10.0 -> 5.0"]
     # A run from before data.unpaired_sampling sampled as CycleGAN's loader: U-GAT-IT's config
-    # now samples balanced, which a resume of it would change
-    assert changed_settings(checkpoint, {}, {"unpaired_sampling": "balanced"}) == [
-        "data.unpaired_sampling='cyclegan' -> 'balanced'"]
-    assert changed_settings(checkpoint, {}, {"unpaired_sampling": "cyclegan"}) == []
+    # now samples balanced, which a resume of it changes. Said, not refused, even under
+    # ckpt_path=auto (a requeued job): nobody changed a setting, the default did.
+    from src.models.checkpoint_fit import check_resume_settings
+    model = type("Model", (), {"hparams": {}, "resumable_settings": ()})()
+    for must_match in (True, False):
+        said = check_resume_settings("last.ckpt", checkpoint, model, {"unpaired_sampling": "balanced"}, must_match)
+        assert said == ("ckpt_path=last.ckpt is of a run from before settings this run sets otherwise than that run "
+                        "did (data.unpaired_sampling='cyclegan' -> 'balanced'): the run goes on with this run's "
+                        "values (pass the earlier ones to continue as it trained)")
+    assert check_resume_settings("last.ckpt", checkpoint, model, {"unpaired_sampling": "cyclegan"}, True) is None
     # A table of settings a resume may change (README "Resuming": StyleGAN's batch per resolution
     # lowered after running out of memory) is compared by its entries' keys, which name the table
     growing = {"hyper_parameters": {"batch_sizes": {"512": 4, "1024": 4}, "batch_size": 16, "phase_images": {"4": 800}}}
@@ -463,7 +469,8 @@ def test_a_finished_run_resumed_from_its_last_batch_evaluates_nothing_again(trai
     from src.callbacks.periodic_evaluation import PeriodicEvaluation
     common = ["model=cyclegan", "data=shapes", "data.max_dataset_size=2", "max_iters=null", "trainer.max_epochs=2",
               "model.lr_schedule.unit=epoch", "model.lr_schedule.constant=1", "model.lr_schedule.decay=1",
-              "++callbacks.fid_kid=null", "++callbacks.latent=null"]   # the ground truth stands for them
+              "++callbacks.fid_kid=null", "++callbacks.latent=null",   # the ground truth stands for them
+              "callbacks.image_grid.every_n_iters=3"]   # the last grid (iteration 4) is the run's end's, not due
     run_training(train_cfg(*common))
     evaluated = []
     monkeypatch.setattr(PeriodicEvaluation, "_run", lambda self, trainer, module: evaluated.append(type(self).__name__))

@@ -1,6 +1,7 @@
 """metrics.csv has one row per logged step, in step order, whatever order the values come in; its
 train/kimg column counts the images trained on."""
 import csv
+import io
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,33 @@ def test_a_late_value_for_the_last_rows_rewrites_them_alone(tmp_path, monkeypatc
     logger.finalize("success")
     assert len(rewrites) == 3
     assert [(r["step"], r["lr/generators"]) for r in read_rows(logger)][-2:] == [("200", "0.5"), ("201", "0.125")]
+
+
+
+def test_the_last_rows_kept_for_late_values_slide_with_the_file(tmp_path, monkeypatch):
+    """The window of rows a late value is merged into in place moves on as rows are appended and
+    merged: its offset follows the rows it drops. A window of 2 rows, over 8 steps with late
+    values, gives the file the whole rewrite gives (checked against it)."""
+    from src.utils import csv_logger
+    monkeypatch.setattr(csv_logger, "LAST_ROWS", 2)
+    files = []
+    for in_place in (True, False):
+        logger = StepRowsCSVLogger(tmp_path / str(in_place))
+        merged_in_place = []
+        merge = csv_logger.StepRowsWriter._merge_into_last_rows
+        monkeypatch.setattr(csv_logger.StepRowsWriter, "_merge_into_last_rows",
+                            lambda self: merged_in_place.append(merge(self)) or merged_in_place[-1])
+        if not in_place:
+            monkeypatch.setattr(csv_logger.StepRowsWriter, "_merge_into_last_rows", lambda self: False)
+        log(logger, {"lr": 0.1, "train/G": 0.0, "eval/fid": 1.0}, 0)
+        for step in range(1, 9):
+            log(logger, {"lr": 0.1}, step)
+            log(logger, {"eval/fid": float(step)}, step + 1)
+            logger.after_save_checkpoint(None)
+            log(logger, {"train/G": float(step) * 1.5}, step)   # late: after the checkpoint's rows
+        logger.finalize("success")
+        files.append(Path(logger.log_dir, "metrics.csv").read_bytes())
+        assert sum(merged_in_place) >= (7 if in_place else 0)
+    assert files[0] == files[1]
+    rows = list(csv.DictReader(io.StringIO(files[0].decode())))
+    assert [(r["step"], r["train/G"]) for r in rows][-2:] == [("8", "12.0"), ("9", "")]

@@ -836,9 +836,19 @@ def test_skip_existing_keeps_only_whole_outputs_of_its_own_input(smoke_runs, tmp
     assert all(whole_png(out / name) for name in ("gray.png", "rgb.png"))
     assert json.loads((out / "translation.json").read_text())["inputs"] == [str((tmp_path / "in").resolve())]
     shutil.copytree(tmp_path / "in", tmp_path / "trip2")
-    with pytest.raises(ValueError, match=r"skip_existing=true would keep .* for inputs of .*trip2, and .*out holds "
-                                         r"the translations of .*in: outputs of the same name may be of other images"):
+    with pytest.raises(ValueError, match=r"skip_existing=true would keep .*out/\S+.png \(and 3 more\) for an input of "
+                                         r".*trip2, and .*in has an input of that output's name too, translated into "
+                                         r".*out: it may be that one's translation"):
         run_translation(translate_cfg(**dict(settings, input=str(tmp_path / "trip2")), skip_existing=True))
+    # A second input of other names continues where it stopped: none of its outputs can be the first's
+    (tmp_path / "trip3").mkdir()
+    for name in ("gray.jpg", "rgb.png"):
+        shutil.copy(tmp_path / "in" / name, tmp_path / "trip3" / name.replace(".", "_3."))
+    trip3 = dict(settings, input=str(tmp_path / "trip3"))
+    assert len(run_translation(translate_cfg(**trip3))["written"]) == 2
+    (out / "rgb_3.png").unlink()
+    again = run_translation(translate_cfg(**trip3, skip_existing=True))
+    assert [Path(p).name for p in again["written"]] == ["rgb_3.png"] and len(again["skipped"]) == 1
 
 
 def test_images_far_past_the_training_scale_are_said_with_the_fix(caplog):
@@ -855,8 +865,9 @@ def test_images_far_past_the_training_scale_are_said_with_the_fix(caplog):
             "the model trained at (data.load_size=286): its outputs there are not what it learnt. short_side=286 "
             "translates at that scale") in caplog.text
     caplog.clear()
-    model.training_data["preprocess"] = "none"   # trained on each image at its own size
-    warn_of_sizes_past_the_training_scale(model, {(3000, 4000): [Path("b.jpg")]})
+    for preprocess in ("none", "crop", "scale_width_and_crop"):   # images at their own size, or their width's
+        model.training_data["preprocess"] = preprocess
+        warn_of_sizes_past_the_training_scale(model, {(3000, 4000): [Path("b.jpg")]})
     assert not caplog.text
 
 

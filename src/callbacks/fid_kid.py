@@ -62,6 +62,7 @@ def built_rank_zero_first(trainer: pl.Trainer, build, what: str):
             raise failure or RuntimeError(f"Another rank could not build {what} (its error is in its output)")
     return built
 
+
 class FidKidCallback(PeriodicEvaluation):
     """FID and KID x100 of the translations, per direction, every `every_n_iters` iterations.
 

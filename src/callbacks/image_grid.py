@@ -5,6 +5,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from src.callbacks.periodic_evaluation import PeriodicEvaluation
 from src.data.image_io import save_image
 from src.utils.config_checks import require_int
 from src.utils.image_grid import make_grid, shrunk_to_side
@@ -67,7 +68,10 @@ class ImageGridCallback(pl.Callback):
         return path
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.every_n_iters > 0 and pl_module.iteration % self.every_n_iters == 0:
+        due = self.every_n_iters > 0 and pl_module.iteration % self.every_n_iters == 0
+        # The run's last grid too, before the checkpoint written there holds `_last_saved`: made
+        # in on_train_end, after it, a resume of the finished run made it again.
+        if due or PeriodicEvaluation.training_ends_here(trainer):
             self.save(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:

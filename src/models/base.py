@@ -810,10 +810,13 @@ class AdversarialModel(pl.LightningModule):
         return self.iteration * self.loaded_images(batch)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        if self.runs_last_iteration():
+        if 0 < self.trainer.max_steps <= self.trainer.global_step + self.optimizer_steps_per_iter:
             # Lightning writes a step's values to the loggers every log_every_n_steps, or on a
             # stop: without one the run's last row (and every row of a run shorter than that:
-            # max_iters=20 at the default 50) reached no logger, only train()'s return.
+            # max_iters=20 at the default 50) reached no logger, only train()'s return. (A run in
+            # epochs ends at its last epoch's end, where its last checkpoint is written: a stop
+            # would move that save to the batch's end, and a resume of the finished run would
+            # start its last epoch's end again.)
             self.trainer.should_stop = True
         self.logging_losses = self.logs_this_iteration()   # before the steps move global_step
         self.check_batch(batch)

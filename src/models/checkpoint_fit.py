@@ -197,7 +197,8 @@ def check_resume_fits(model: torch.nn.Module, checkpoint: dict, ckpt_path: str |
 RESUMABLE_DATA_SETTINGS = ("data_dir", "num_workers", "pin_memory", "persistent_workers", "cache_decoded",
                            "eval_batch_size", "batch_size")
 #: data settings added since checkpoints were first written, with what a checkpoint without one
-#: did: a resume that would change it says so (an older U-GAT-IT run sampled as CycleGAN's loader)
+#: did: a resume that changes it says so (an older U-GAT-IT run sampled as CycleGAN's loader),
+#: with a warning, never a refusal: nobody changed a setting, the config's default did
 DATA_SETTINGS_BEFORE_THEM = {"unpaired_sampling": "cyclegan"}
 #: speed options that may sit under a per-player key (model.optimizer.players.G.step_in_backward)
 RESUMABLE_LEAVES = ("step_in_backward",)
@@ -210,16 +211,23 @@ def changed_settings(checkpoint: dict, model_settings: dict, data_settings: dict
     """`key=<checkpoint's> -> <this run's>` for each model or data setting the two runs both have
     and set differently, beyond those a resume may change (`model_resumable`: the model class's
     `resumable_settings`). A setting added to the code since the checkpoint was written is not
-    compared, except those DATA_SETTINGS_BEFORE_THEM says what the checkpoint's run did."""
-    saved_data = checkpoint.get("datamodule_hyper_parameters") or {}
+    compared (`defaults_changed_since` says those whose earlier behaviour is known)."""
     saved = {**flattened(checkpoint.get("hyper_parameters") or {}, ".", "model"),
-             **flattened({**DATA_SETTINGS_BEFORE_THEM, **saved_data} if saved_data else {}, ".", "data")}
+             **flattened(checkpoint.get("datamodule_hyper_parameters") or {}, ".", "data")}
     here = {**flattened(model_settings, ".", "model"), **flattened(data_settings, ".", "data")}
     resumable = ([f"model.{key}" for key in model_resumable]
                  + [f"data.{key}" for key in RESUMABLE_DATA_SETTINGS])
     return [f"{key}={saved[key]!r} -> {here[key]!r}" for key in sorted(saved.keys() & here.keys())
             if saved[key] != here[key] and not any(key == s or key.startswith(s + ".") for s in resumable)
             and key.rsplit(".", 1)[-1] not in RESUMABLE_LEAVES and not key.startswith(RESUMABLE_GROUPS)]
+
+
+def defaults_changed_since(checkpoint: dict, data_settings: dict) -> list[str]:
+    """`key=<what the checkpoint's run did> -> <this run's>` for each data setting added since the
+    checkpoint was written (DATA_SETTINGS_BEFORE_THEM) that this run sets otherwise."""
+    saved = checkpoint.get("datamodule_hyper_parameters") or {}
+    return [f"data.{key}={before!r} -> {data_settings[key]!r}" for key, before in DATA_SETTINGS_BEFORE_THEM.items()
+            if saved and key not in saved and key in data_settings and data_settings[key] != before]
 
 
 def check_resume_settings(ckpt_path: str | Path, checkpoint: dict, model: torch.nn.Module,
@@ -229,12 +237,18 @@ def check_resume_settings(ckpt_path: str | Path, checkpoint: dict, model: torch.
     (`ckpt_path=auto`: the checkpoint was found, not named) a difference raises: the run folder
     holds another run, as when a sweep started again with other values reuses job folders by
     number, and resuming would credit that run's training to these settings. Otherwise the
-    differences are returned for a warning (None when there are none)."""
+    differences are returned for a warning (None when there are none), and so, whatever
+    `must_match`, are the settings added since whose new defaults change the run
+    (`defaults_changed_since`)."""
     changed = changed_settings(checkpoint, dict(model.hparams), data_settings,
                                type(model).resumable_settings)
     if not changed:
+        if defaulted := defaults_changed_since(checkpoint, data_settings):
+            return (f"ckpt_path={ckpt_path} is of a run from before settings this run sets otherwise than that run did "
+                    f"({'; '.join(defaulted)}): the run goes on with this run's values (pass the earlier ones to "
+                    "continue as it trained)")
         return None
-    listed = "; ".join(changed)
+    listed = "; ".join(changed + defaults_changed_since(checkpoint, data_settings))
     if must_match:
         raise ValueError(
             f"ckpt_path=auto found {ckpt_path}, written by a run with other settings ({listed}). Resuming would "

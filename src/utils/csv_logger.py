@@ -16,17 +16,18 @@ past its checkpoint, or a whole earlier run in the folder where a new one starts
 moved to `metrics.replaced_<time>.csv` beside it, and that step's own row is merged with the new
 values (its evaluation, logged before the checkpoint was saved, stays).
 
-Rewrites of the file (a resume, a late value, a new column) replace it whole (`write_whole`, on
-a local disk): a job killed mid-rewrite leaves the old file, not the run's history cut short.
-Appends may still end in a row cut short; a resume drops it, and says so.
+Rewrites of the file (a resume, a value for an earlier row, a new column) replace it whole
+(`write_whole`, on a local disk): a job killed mid-rewrite leaves the old file, not the run's
+history cut short. Appends may still end in a row cut short; a resume drops it, and says so.
 
-A late value for a row of the last write, the usual case (at a checkpoint the rows up to the
+A late value for one of the file's last rows, the usual case (at a checkpoint the rows up to the
 evaluation are written, and the iteration's losses come after the checkpoint), rewrites those
 rows alone, in place: rewriting the whole file at every checkpoint made a long run's logging
 cost grow with the square of its length (5M iterations: about 100k rows parsed and written at
 each of 5000 checkpoints). The merged rows add values, so they cover the rows they replace (where
-a value replaced by a shorter one would not, the file is rewritten), and the one write that puts
-them there leaves the old rows or the new.
+a value replaced by a shorter one would not, the file is rewritten). Those few KB are written
+over the old ones as appends are, not whole: a job killed in the middle of that write can leave
+them torn, as it can an append.
 """
 from __future__ import annotations
 
@@ -64,8 +65,8 @@ class StepRowsWriter(ExperimentWriter):
         super().__init__(log_dir)
         self.written_up_to = -1   # the highest step in the file
         self.continued = False    # whether the file of an earlier process has been taken up
-        # The file's last rows (up to LAST_ROWS) and the offset they start at (None: unknown, after
-        # a rewrite or on a remote store), which a late value rewrites in place.
+        # The file's last rows (up to LAST_ROWS) and the offset they start at (None: unknown, on a
+        # remote store), which a late value rewrites in place.
         self.last_rows: list[dict] = []
         self.last_rows_offset: int | None = None
 
@@ -185,8 +186,11 @@ class StepRowsWriter(ExperimentWriter):
             if len(new) < len(old):   # a value replaced by a shorter one: the old rows' end would stay
                 return False
             file.seek(offset)
-            file.write(new)
-        self.last_rows, self.metrics = rows, []
+            unwritten = memoryview(new)
+            while unwritten:   # an unbuffered write may take fewer bytes than it is given
+                unwritten = unwritten[file.write(unwritten):]
+        self._keep_last_rows(rows, offset)
+        self.metrics = []
         return True
 
     def _merge_into_file(self) -> None:

@@ -493,27 +493,28 @@ def markdown_row(name: str, metrics: dict[str, dict[str, float]]) -> str:
 
 
 def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
-    check_checkpoint_settings(cfg)
-    require_int("batch_size", cfg.batch_size)
-    if OmegaConf.is_config(cfg.get("name")):
-        raise ValueError(f"name={OmegaConf.to_container(cfg.name)!r} must be a single name (the row of the printed "
-                         "table), or null for the model class and data name")
-    device = resolve_device(cfg.get("device", "auto"))
-    check_seed("seed", cfg.get("seed"))
-    save_limit = saved_image_limit(cfg.get("save_images", True))
     # Two evaluations into one output_dir would delete each other's images and keep one's scores.
     with FolderLock(cfg.output_dir, "an evaluation's output folder", "Give this evaluation its own output_dir=..., "
-                    "or run it once the other has ended.", name=".eval.lock"), isolated_rng(device, cfg.get("seed")):
-        return evaluate_checkpoint(cfg, device, save_limit)
+                    "or run it once the other has ended.", name=".eval.lock"):
+        # An earlier evaluation's scores go first, before anything can fail: a re-run that cannot
+        # load its checkpoint or data must not leave them as its result (a sweep's table would
+        # show them as completed), nor, stopped halfway, beside images they do not describe.
+        (Path(cfg.output_dir) / EVAL_RESULT).unlink(missing_ok=True)
+        check_checkpoint_settings(cfg)
+        require_int("batch_size", cfg.batch_size)
+        if OmegaConf.is_config(cfg.get("name")):
+            raise ValueError(f"name={OmegaConf.to_container(cfg.name)!r} must be a single name (the row of the "
+                             "printed table), or null for the model class and data name")
+        device = resolve_device(cfg.get("device", "auto"))
+        check_seed("seed", cfg.get("seed"))
+        save_limit = saved_image_limit(cfg.get("save_images", True))
+        with isolated_rng(device, cfg.get("seed")):
+            return evaluate_checkpoint(cfg, device, save_limit)
 
 
 def evaluate_checkpoint(cfg: DictConfig, device: torch.device,
                         save_limit: int | None = None) -> dict[str, dict[str, float]]:
     """The body of `run_evaluation`, its settings checked, inside the evaluation's seeded RNG."""
-    # An earlier evaluation's scores go first, before anything can fail: a re-run that cannot load
-    # its checkpoint or data must not leave them as its result (a sweep's table would show them
-    # as completed), nor, stopped halfway, beside images they do not describe.
-    (Path(cfg.output_dir) / EVAL_RESULT).unlink(missing_ok=True)
     model = load_model(cfg.ckpt_path, map_location=device, use_ema=cfg.get("use_ema", True))
     data = data_config(cfg, model)
     check_argument_types(data, "data")

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from src.data.batching import SIZE_KEEPING_MODES
 from src.data.errors import EmptyDatasetError
 from src.data.folders import IMAGE_EXTENSIONS, list_images
 from src.data.image_io import PIXEL_READING_KEYS, load_image, save_image, upright_size
@@ -195,8 +194,8 @@ def warn_of_sizes_past_the_training_scale(model: TranslationModel, groups: dict[
     its normalisation's statistics and its textures are those of that scale, so the output is
     another picture than at it (zebra stripes a tenth as wide), and slow. Said once, with the fix."""
     data = model.training_data
-    if data.get("preprocess", "resize_and_crop") in SIZE_KEEPING_MODES or not data.get("load_size"):
-        return   # trained on images at their own size: no one scale
+    if data.get("preprocess", "resize_and_crop") != "resize_and_crop" or not data.get("load_size"):
+        return   # trained on crops of images at their own size (or their width's scale): no one short side
     scale = int(data["load_size"])
     large = {size: group for size, group in groups.items() if min(size) > PAST_TRAINING_SCALE * scale}
     if large:

@@ -37,7 +37,7 @@ def refuse_added_keys(overrides: list[str], cfg) -> None:
     added = [override_key(o) for o in overrides if o.startswith("+") and not o.startswith("++")]
     for key in added:
         path = key.split(".")
-        if len(path) == 1 and (CONFIG_DIR / key).is_dir():   # a config group's option
+        if len(path) == 1 and (CONFIG_DIR / key.split("@")[0]).is_dir():   # a config group's option (@ its package)
             continue
         if len(path) == 1:
             names = [str(name) for name in cfg]
@@ -54,7 +54,8 @@ def refuse_added_keys(overrides: list[str], cfg) -> None:
 def refuse_unread_overrides(overrides: list[str], model, cfg, in_a_sweep: bool = False) -> None:
     """ValueError for the first command-line override (`key=value`, Hydra's syntax) the model
     would not read under the rest of its settings. In a sweep, a warning: its other jobs may
-    read it (`-m loss=lsgan,wgangp loss.weights.gp=10`), and an error would end the sweep."""
+    read it (`-m loss=lsgan,wgangp loss.weights.gp=10`), and an error would end the sweep. A key
+    added where nothing reads it (`refuse_added_keys`) is refused in a sweep too: no job reads it."""
     refuse_added_keys(overrides, cfg)
     refuse_overridden_length(overrides, cfg.get("max_iters"), cfg.get("max_kimg"), in_a_sweep)
     for override in overrides:
