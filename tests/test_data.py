@@ -1602,11 +1602,13 @@ def test_a_failed_download_says_whether_running_again_can_help(tmp_path, monkeyp
         return urlopen
 
     gone = download.urllib.error.HTTPError("http://host/a.zip", 404, "Not Found", {}, None)
+    login = download.urllib.error.HTTPError("http://host/a.zip", 407, "Proxy Authentication Required", {}, None)
     busy = download.urllib.error.HTTPError("http://host/a.zip", 429, "Too Many Requests", {}, None)
     offline = download.urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
     for error, advice in ((gone, r"HTTP Error 404: Not Found\. The server does not serve this file at this address"),
                           (offline, r"name resolution.*\. This machine cannot reach the server .*https_proxy"),
-                          (busy, r"Too Many Requests\. Run the command again\.$")):
+                          (busy, r"Too Many Requests\. Run the command again\.$"),
+                          (login, r"The proxy asks for a login: put it in the proxy's address")):
         monkeypatch.setattr(download.urllib.request, "urlopen", failing(error))
         with pytest.raises(download.DownloadError, match=advice):
             download.fetch("http://host/a.zip", tmp_path / "a.zip")
@@ -1633,7 +1635,15 @@ def test_a_failed_download_says_whether_running_again_can_help(tmp_path, monkeyp
         download._download("http://host/a.zip", FullDisk(), tmp_path, 4, None)
     assert raised.type is OSError and raised.value.errno == errno.ENOSPC
     monkeypatch.setattr(download, "_download", lambda url, out, *rest: FullDisk().write(b"x"))
-    with pytest.raises(download.DownloadError, match=rf"{tmp_path} ran out of space downloading http://host/a.zip: "):
+    with pytest.raises(download.DownloadError, match=rf"{tmp_path} ran out of space downloading http://host/a.zip "
+                                                     r"\(No space left on device: a cluster's quota counts too\): "):
+        download.fetch("http://host/a.zip", tmp_path / "a.zip")
+
+    def over_quota(*args):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    monkeypatch.setattr(download, "_download", over_quota)
+    with pytest.raises(download.DownloadError, match=r"ran out of space .*\(Disk quota exceeded"):
         download.fetch("http://host/a.zip", tmp_path / "a.zip")
     assert list(tmp_path.iterdir()) == []
 

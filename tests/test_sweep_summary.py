@@ -140,7 +140,7 @@ def test_command_line_rebuilds_the_table_or_says_there_is_none(tmp_path, capsys)
         "_target_": "src.utils.sweep_summary.SweepSummary", "metrics": ["eval/kid_x100"],
         "result_file": "final_metrics.json"}}}}), tmp_path / "0" / ".hydra" / "hydra.yaml")
     assert sweep_summary.main([str(tmp_path)]) == 0
-    assert "| job | overrides | status | iteration |" in capsys.readouterr().out   # no eval/fid column
+    assert "| job | overrides | status | iteration |\n" in capsys.readouterr().out   # no eval/fid column
     (tmp_path / "0" / "metrics.json").write_text('{"ckpt_path": "c", "metrics": {"AtoB": {"fid": 2.0}}}')
     OmegaConf.save(OmegaConf.create({"hydra": {"callbacks": {"sweep_summary": {
         "_target_": "src.utils.sweep_summary.SweepSummary", "metrics": ["AtoB/fid"], "result_file": "metrics.json"}}}}),

@@ -45,6 +45,7 @@ def model_and_cfg(train_cfg, *overrides):
     (["model=dcgan"], "callbacks.fid_kid.directions=[AtoB]", r"NoiseGAN is scored on its samples"),
     (["model=lsgan"], "model.reference_batch_size=16", r"model.test_time_batch_stats=false samples with the batch "
                                                        r"norms' running averages"),
+    (["model=ugatit", "data=facades"], "data.unpaired_sampling=cyclegan", r"the data's items are pairs"),
 ])
 def test_a_setting_the_run_would_not_read_is_refused(train_cfg, model_overrides, override, message):
     model, cfg = model_and_cfg(train_cfg, *model_overrides, override)
@@ -69,6 +70,7 @@ def test_a_setting_the_run_would_not_read_is_refused(train_cfg, model_overrides,
     (["model=progan"], ["data.batch_size=8"]),   # the resolutions model.batch_sizes does not list read it
     (["model=cyclegan", "data.preprocess=crop"], ["data.preprocess=crop", "data.crop_size=24"]),
     (["model=dcgan"], ["model.reference_batch_size=16", "model.init.gain=0.05"]),
+    (["model=ugatit", "data=horse2zebra"], ["data.unpaired_sampling=cyclegan"]),
     (["model=cyclegan"], ["callbacks.fid_kid.directions=[AtoB]", "++max_iter=3"]),   # ++ sets a key, new or not
 ])
 def test_settings_the_run_reads_pass(train_cfg, model_overrides, overrides):

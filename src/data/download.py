@@ -55,6 +55,8 @@ REQUIRED_FOLDERS = {
 }
 # A server that stops answering ends the download with an error instead of hanging it.
 FETCH_TIMEOUT_S = 60
+#: a full disk, or the user's quota on it (a cluster's home or project folder; not on Windows)
+FULL_DISK_ERRORS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 _CYCLEGAN_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{}.zip"
 _PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/{}.tar.gz"
@@ -288,10 +290,10 @@ def disk_space_errors(folder: Path, doing: str):
     try:
         yield
     except OSError as error:
-        if error.errno != errno.ENOSPC:
+        if error.errno not in FULL_DISK_ERRORS:
             raise
-        raise DownloadError(f"{folder} ran out of space {doing}: free some space there, or download onto "
-                            "another disk (--root).") from error
+        raise DownloadError(f"{folder} ran out of space {doing} ({error.strerror}: a cluster's quota counts too): "
+                            "free some space there, or download onto another disk (--root).") from error
 
 
 def require_free_space(folder: Path, needed: int | None, what: str) -> None:
@@ -341,6 +343,9 @@ def retry_advice(error: OSError) -> str:
         return ("This Python cannot verify the server's certificate, so running again fails the same way: on macOS "
                 "with python.org's Python, run 'Install Certificates.command' (in its Applications folder); behind "
                 "a TLS-inspecting proxy, point SSL_CERT_FILE at its certificate bundle.")
+    if isinstance(error, urllib.error.HTTPError) and error.code == 407:
+        return ("The proxy asks for a login: put it in the proxy's address (https_proxy=http://user:password@host:port) "
+                "and run the command again.")
     # 408 (timeout) and 429 (too many requests) pass; other 4xx answers stay the same.
     if isinstance(error, urllib.error.HTTPError) and 400 <= error.code < 500 and error.code not in (408, 429):
         return ("The server does not serve this file at this address, so running again fails the same way: "

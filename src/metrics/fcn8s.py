@@ -198,12 +198,23 @@ def load_caffe_weights(net: FCN8s, blobs: dict[str, list[np.ndarray]], source: s
                 parameter.copy_(torch.from_numpy(array))
 
 
+def fcn8s_from_caffemodel(caffemodel: str | Path, **net_settings) -> FCN8s:
+    """The FCN-8s with the .caffemodel's weights; ValueError where the file is not its weights."""
+    net = FCN8s(**net_settings)
+    load_caffe_weights(net, read_caffemodel(caffemodel), caffemodel)
+    return net
+
+
 def segmenter_from_caffemodel(caffemodel: str | Path, output: str | Path, size: tuple[int, int],
                               **net_settings) -> Path:
     """The FCN-8s with the .caffemodel's weights and the reference's preprocessing, saved by
     torch.export for (1, 3, *size) inputs at `output`."""
-    net = FCN8s(**net_settings)
-    load_caffe_weights(net, read_caffemodel(caffemodel), caffemodel)
+    return export_segmenter(fcn8s_from_caffemodel(caffemodel, **net_settings), output, size)
+
+
+def export_segmenter(net: FCN8s, output: str | Path, size: tuple[int, int]) -> Path:
+    """`net` with the reference's preprocessing, saved by torch.export for (1, 3, *size) inputs
+    at `output`."""
     segmenter = CaffeInput(net).eval()
     with torch.no_grad():
         program = torch.export.export(segmenter, (torch.rand(1, 3, *size),))
@@ -232,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             print(error, file=sys.stderr)
             return 1
     try:
-        output = segmenter_from_caffemodel(args.caffemodel, args.output, tuple(args.size))
+        net = fcn8s_from_caffemodel(args.caffemodel)   # (the export after it raises its own errors)
     except ValueError as error:
         if not downloaded:
             raise
@@ -242,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{error}\nThe download from {CAFFEMODEL_URL} was not the FCN-8s weights and is removed: run the "
               "command again, or download the file by hand and pass it with --caffemodel.", file=sys.stderr)
         return 1
+    output = export_segmenter(net, args.output, tuple(args.size))
     log.info("Wrote %s: segmenter_path=%s segmenter_size=[%d,%d]", output, output, *args.size)
     return 0
 

@@ -153,7 +153,8 @@ def summary_markdown(rows: list[dict[str, Any]], metrics: list[str], sweep_dir: 
              + (" The best FID is picked on the test images it is measured on: an optimistic number, for "
                 "finding a run's good checkpoints, not for comparing models." if has_best else "")
              + (f" The jobs differ in {', '.join(settings)} (their columns: set on the command line or by a "
-                f"model's own config): their rows compare more than what the overrides name." if settings else ""), "",
+                f"model's own config, or the code a job ran): their rows compare more than what the overrides "
+                f"name." if settings else ""), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r, overrides in zip(rows, _varying_overrides(rows)):
         status = r["status"] if "error" not in r else f"{r['status']}: {r['error']}"
@@ -289,7 +290,9 @@ def main(argv: list[str]) -> int:
         return 2
     recorded = sweep_table_settings(Path(argv[0])) if Path(argv[0]).is_dir() else {}
     result_name = argv[1] if len(argv) == 2 else recorded.get("result_file", FINAL_METRICS)
-    path = write_summary(Path(argv[0]), recorded.get("metrics"), result_name)
+    # (the sweep's columns are of its own result file: another one's table takes that file's defaults)
+    columns = recorded.get("metrics") if result_name == recorded.get("result_file", FINAL_METRICS) else None
+    path = write_summary(Path(argv[0]), columns, result_name)
     if path is None:
         print(f"{argv[0]}: no job directories (0/, 1/, ...) found", file=sys.stderr)
         return 1

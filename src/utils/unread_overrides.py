@@ -140,6 +140,8 @@ def unread_because(path: list[str], model, cfg) -> str | None:
     if path[:2] == ["model", "init"] and len(path) >= 3 and not has_initialised_layers(model):
         return ("the networks have no convolution, linear or batch-norm layer for model.init to draw (equalised "
                 "layers draw N(0, 1) and scale at run time)")
+    if path == ["data", "unpaired_sampling"] and not reads_unpaired_folders(cfg):
+        return "the data's items are pairs (or labelled images): only unpaired folders draw their images apart"
     if path == ["callbacks", "fid_kid", "directions"] and is_noise_to_image(model):
         return f"{type(model).__name__} is scored on its samples (the directions are a translation model's)"
     if path == ["model", "reference_batch_size"] and is_noise_to_image(model) and not model.test_time_batch_stats:
@@ -158,6 +160,13 @@ def has_initialised_layers(model) -> bool:
     """Whether the model has layers `model.init` draws (src/nets/init.py)."""
     from src.nets.init import INITIALISED_LAYERS   # torch: loaded by the time a model exists
     return any(isinstance(m, INITIALISED_LAYERS) for m in model.modules())
+
+
+def reads_unpaired_folders(cfg) -> bool:
+    import hydra
+    from src.data.unpaired import UnpairedDataModule
+    target = (cfg.get("data") or {}).get("_target_")
+    return target is None or issubclass(hydra.utils.get_class(target), UnpairedDataModule)
 
 
 def is_noise_to_image(model) -> bool:
