@@ -93,6 +93,16 @@ def compose_train_cfg(overrides: list[str], output_dir: Path, data_dir: Path,
     return cfg
 
 
+def run_eval(overrides: list[str], output_dir: Path, data_dir: Path) -> tuple[dict, Path]:
+    """`python src/eval.py <overrides>` composed and run here: (its scores, its output folder)."""
+    from src.utils.evaluation import run_evaluation
+    cfg = compose_train_cfg(overrides, output_dir, data_dir, config_name="eval")
+    try:
+        return run_evaluation(cfg), Path(cfg.output_dir)
+    finally:
+        GlobalHydra.instance().clear()
+
+
 @pytest.fixture
 def train_cfg(tmp_path, shared_data_dir):
     """`train_cfg(*overrides)` -> a composed smoke config writing into this test's tmp dir."""

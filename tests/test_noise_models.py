@@ -738,19 +738,11 @@ def test_infogan_batch_norm_over_vectors_never_gets_a_batch_of_one(train_cfg):
 def test_eval_of_samples_against_one_image_is_refused_before_any_work(train_cfg, tmp_path, shared_data_dir):
     """One reference image: it trained the data's classifier and wrote every sample, then failed
     in KID with an error naming no setting."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from conftest import compose_train_cfg
-    from src.utils.evaluation import run_evaluation
+    from conftest import run_eval
     cfg = train_cfg("model=dcgan", "data.classes=[B]", "data.max_dataset_size=1", "max_iters=1", *NO_EVALUATION)
     run_training(cfg)
-    eval_cfg = compose_train_cfg([f"ckpt_path={cfg.paths.output_dir}/checkpoints/last.ckpt"], tmp_path / "eval",
-                                 shared_data_dir, config_name="eval")
-    try:
-        with pytest.raises(ValueError, match=r"eval.py scores NoiseGAN's samples against the 1 image\(s\) of the test "
-                                             r"split \(real_split=test, num_real=None\), and FID, KID and MMD need at "
-                                             r"least 2"):
-            run_evaluation(eval_cfg)
-    finally:
-        GlobalHydra.instance().clear()
+    with pytest.raises(ValueError, match=r"eval.py scores NoiseGAN's samples against the 1 image\(s\) of the test "
+                                         r"split \(real_split=test, num_real=None\), and FID, KID and MMD need at "
+                                         r"least 2"):
+        run_eval([f"ckpt_path={cfg.paths.output_dir}/checkpoints/last.ckpt"], tmp_path / "eval", shared_data_dir)
     assert not (tmp_path / "eval" / "samples").exists()

@@ -32,7 +32,7 @@ from src.utils.run import run_training
 from src.models.size_check import size_multiple
 from src.utils.translation import crop_to_box, pad_to_multiple, translate_images
 from src.utils.directions import untranslated_directions
-from tests.conftest import compose_train_cfg, results_of_gloo_ranks
+from tests.conftest import compose_train_cfg, results_of_gloo_ranks, run_eval
 from tests.test_label_scores import export_segmenter, write_label_map_dataset
 from tests.icc_profiles import rgb_profile_with_red_and_blue_swapped
 
@@ -1070,39 +1070,27 @@ def test_pix2pix_export_normalises_each_image_by_its_own_statistics_and_says_it_
 
 
 def evaluate(run, tmp_path, shared_data_dir, *overrides):
-    from src.utils.evaluation import run_evaluation
     data = run.cfg.data
-    cfg = compose_train_cfg([f"ckpt_path={run.ckpt}", f"data={data.name}", f"data.size={data.size}",
-                             f"data.max_dataset_size={data.max_dataset_size}", f"data.n_train={data.n_train}",
-                             f"data.n_test={data.n_test}", *overrides],
-                            tmp_path, shared_data_dir, config_name="eval")
-    try:
-        return run_evaluation(cfg), Path(cfg.output_dir)
-    finally:
-        GlobalHydra.instance().clear()
+    return run_eval([f"ckpt_path={run.ckpt}", f"data={data.name}", f"data.size={data.size}",
+                     f"data.max_dataset_size={data.max_dataset_size}", f"data.n_train={data.n_train}",
+                     f"data.n_test={data.n_test}", *overrides], tmp_path, shared_data_dir)
 
 
 def test_eval_refuses_a_test_domain_too_small_to_score_before_translating(smoke_runs, tmp_path, shared_data_dir):
     """One image in testA: FID/KID need two. eval.py translated and wrote every image, then
     failed with KID's bare error, without metrics.json; now it refuses first, naming the folder."""
-    from src.utils.evaluation import run_evaluation
     root = tmp_path / "own_data"
     for folder, count in (("testA", 1), ("testB", 3)):
         (root / folder).mkdir(parents=True)
         for i in range(count):
             Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(root / folder / f"{i}.png")
-    cfg = compose_train_cfg([f"ckpt_path={smoke_runs['cyclegan'].ckpt}", "data=horse2zebra", f"data.data_dir={root}",
-                             "data.load_size=32", "data.crop_size=32", "data.num_workers=0",
-                             "data.persistent_workers=false", "feature_extractor=random_cnn"],
-                            tmp_path / "eval", shared_data_dir, config_name="eval")
-    try:
-        with pytest.raises(ValueError, match=r"eval.py scores AtoB with FID/KID between the translations of the 1 test "
-                                             r"image\(s\) of .*own_data/testA and the 3 of .*own_data/testB, which "
-                                             r"need at least 2 each"):
-            run_evaluation(cfg)
-    finally:
-        GlobalHydra.instance().clear()
-    assert not (Path(cfg.output_dir) / "fakeB").exists()
+    with pytest.raises(ValueError, match=r"eval.py scores AtoB with FID/KID between the translations of the 1 test "
+                                         r"image\(s\) of .*own_data/testA and the 3 of .*own_data/testB, which "
+                                         r"need at least 2 each"):
+        run_eval([f"ckpt_path={smoke_runs['cyclegan'].ckpt}", "data=horse2zebra", f"data.data_dir={root}",
+                  "data.load_size=32", "data.crop_size=32", "data.num_workers=0", "data.persistent_workers=false",
+                  "feature_extractor=random_cnn"], tmp_path / "eval", shared_data_dir)
+    assert not (tmp_path / "eval" / "fakeB").exists()
 
 
 def test_a_second_evaluation_into_a_busy_output_folder_is_refused(smoke_runs, tmp_path, shared_data_dir):
@@ -1314,14 +1302,8 @@ def write_folder_dataset(root: Path, test_sizes: dict[str, tuple[int, int]]) -> 
 
 
 def evaluate_on_folders(run, tmp_path, data_root: Path, *overrides, data: str = "horse2zebra"):
-    from src.utils.evaluation import run_evaluation
-    cfg = compose_train_cfg([f"ckpt_path={run.ckpt}", f"data={data}", f"data.data_dir={data_root}",
-                             "feature_extractor=random_cnn", "kid_subset_size=2", *overrides],
-                            tmp_path / "eval", tmp_path, config_name="eval")
-    try:
-        return run_evaluation(cfg), Path(cfg.output_dir)
-    finally:
-        GlobalHydra.instance().clear()
+    return run_eval([f"ckpt_path={run.ckpt}", f"data={data}", f"data.data_dir={data_root}",
+                     "feature_extractor=random_cnn", "kid_subset_size=2", *overrides], tmp_path / "eval", tmp_path)
 
 
 def evaluate_label_maps(run, tmp_path, data_root: Path, *overrides):
