@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI on import
@@ -80,7 +81,7 @@ def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Pat
     present = {path: whole_png(targets[path]) for path in paths}   # (one look at each: a network disk's)
     kept = [path for path in paths if present[path]]
     if kept:
-        refuse_outputs_of_other_inputs(Path(cfg.output), cfg.get("input"), [targets[path] for path in kept])
+        refuse_outputs_of_other_inputs(Path(cfg.output), cfg.get("input"), {targets[path]: path for path in kept})
     if kept:
         log.info("skip_existing: %d of %d input(s) have their output in %s already (kept, not translated "
                  "again)", len(kept), len(paths), cfg.output)
@@ -164,22 +165,37 @@ def other_inputs(output_dir: Path, input_path: str | None) -> list[str]:
     return [name for name in recorded if name != input_name(input_path)]
 
 
-def refuse_outputs_of_other_inputs(output_dir: Path, input_path: str | None, kept: list[Path]) -> None:
-    """ValueError where an output skip_existing would keep for `input_path` is also the output of
-    another input translated into the folder (cameras repeat names: trip1/IMG_0001.jpg and
-    trip2/IMG_0001.jpg both write IMG_0001.png), which it may be the translation of. An input
-    that is gone cannot be told apart: said."""
+def refuse_outputs_of_other_inputs(output_dir: Path, input_path: str | None, kept: dict[Path, Path]) -> None:
+    """ValueError where an output skip_existing would keep (`kept`: output -> this input's file)
+    is also the output of another input's file translated into the folder (cameras repeat names:
+    trip1/IMG_0001.jpg and trip2/IMG_0001.jpg both write IMG_0001.png), which it may be the
+    translation of. Names compare as the output folder's do (NFC, any case); an input that cannot
+    be listed any more cannot be told apart: said."""
+    def key(path: Path) -> str:
+        return unicodedata.normalize("NFC", str(path)).casefold()
+
+    ours = {key(output): source for output, source in kept.items()}
     for other in other_inputs(output_dir, input_path):
         try:
             theirs = output_paths(list_input_images(other), output_dir, Path(other) if Path(other).is_dir() else None)
-        except FileNotFoundError:
-            log.warning("skip_existing: %s also holds translations of %s, which is gone: an output of the same "
-                        "name as one of this input's is kept as this input's", output_dir, other)
+        except (OSError, ValueError) as error:   # gone, emptied, unreadable, or its names clash by now
+            log.warning("skip_existing: %s also holds translations of %s, which cannot be listed (%s): an output "
+                        "of the same name as one of this input's is kept as this input's", output_dir, other, error)
             continue
-        if clash := sorted(set(kept) & set(theirs.values())):
-            raise ValueError(f"skip_existing=true would keep {clash[0]} (and {len(clash) - 1} more) for an input of "
-                             f"{input_path}, and {other} has an input of that output's name too, translated into "
-                             f"{output_dir}: it may be that one's translation. Choose another output folder")
+        clash = sorted(output for source, output in theirs.items()
+                       if (mine := ours.get(key(output))) is not None and not same_file(mine, source))
+        if clash:
+            more = f" and {len(clash) - 1} other output(s)" if len(clash) > 1 else ""
+            raise ValueError(f"skip_existing=true would keep {clash[0]}{more} for an input of {input_path}, and "
+                             f"{other} has an input of that output's name too, translated into {output_dir}: it may "
+                             f"be that one's translation. Choose another output folder")
+
+
+def same_file(first: Path, second: Path) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
 
 
 def translation_record(cfg: DictConfig, model) -> dict:

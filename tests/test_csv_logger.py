@@ -303,8 +303,8 @@ def test_a_late_value_for_the_last_rows_rewrites_them_alone(tmp_path, monkeypatc
 
 def test_the_last_rows_kept_for_late_values_slide_with_the_file(tmp_path, monkeypatch):
     """The window of rows a late value is merged into in place moves on as rows are appended and
-    merged: its offset follows the rows it drops. A window of 2 rows, over 8 steps with late
-    values, gives the file the whole rewrite gives (checked against it)."""
+    merged. A window of 2 rows, over 8 steps with late values, merges in place (each merge checks
+    the file's bytes at its offset first) and gives the file the whole rewrite gives."""
     from src.utils import csv_logger
     monkeypatch.setattr(csv_logger, "LAST_ROWS", 2)
     files = []
@@ -318,7 +318,7 @@ def test_the_last_rows_kept_for_late_values_slide_with_the_file(tmp_path, monkey
             monkeypatch.setattr(csv_logger.StepRowsWriter, "_merge_into_last_rows", lambda self: False)
         log(logger, {"lr": 0.1, "train/G": 0.0, "eval/fid": 1.0}, 0)
         for step in range(1, 9):
-            log(logger, {"lr": 0.1}, step)
+            log(logger, {"lr": 0.1}, step)   # (writes the previous step's late value: a merge)
             log(logger, {"eval/fid": float(step)}, step + 1)
             logger.after_save_checkpoint(None)
             log(logger, {"train/G": float(step) * 1.5}, step)   # late: after the checkpoint's rows

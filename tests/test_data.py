@@ -1603,12 +1603,14 @@ def test_a_failed_download_says_whether_running_again_can_help(tmp_path, monkeyp
 
     gone = download.urllib.error.HTTPError("http://host/a.zip", 404, "Not Found", {}, None)
     login = download.urllib.error.HTTPError("http://host/a.zip", 407, "Proxy Authentication Required", {}, None)
+    tunnel = download.urllib.error.URLError(OSError("Tunnel connection failed: 407 Proxy Authentication Required"))
     busy = download.urllib.error.HTTPError("http://host/a.zip", 429, "Too Many Requests", {}, None)
     offline = download.urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
     for error, advice in ((gone, r"HTTP Error 404: Not Found\. The server does not serve this file at this address"),
                           (offline, r"name resolution.*\. This machine cannot reach the server .*https_proxy"),
                           (busy, r"Too Many Requests\. Run the command again\.$"),
-                          (login, r"The proxy asks for a login: put it in the proxy's address")):
+                          (login, r"The proxy asks for a login: put it in the proxy's address"),
+                          (tunnel, r"The proxy asks for a login")):
         monkeypatch.setattr(download.urllib.request, "urlopen", failing(error))
         with pytest.raises(download.DownloadError, match=advice):
             download.fetch("http://host/a.zip", tmp_path / "a.zip")

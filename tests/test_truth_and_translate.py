@@ -836,10 +836,14 @@ def test_skip_existing_keeps_only_whole_outputs_of_its_own_input(smoke_runs, tmp
     assert all(whole_png(out / name) for name in ("gray.png", "rgb.png"))
     assert json.loads((out / "translation.json").read_text())["inputs"] == [str((tmp_path / "in").resolve())]
     shutil.copytree(tmp_path / "in", tmp_path / "trip2")
-    with pytest.raises(ValueError, match=r"skip_existing=true would keep .*out/\S+.png \(and 3 more\) for an input of "
+    with pytest.raises(ValueError, match=r"skip_existing=true would keep .*out/\S+.png and 3 other output\(s\) for an "
+                                         r"input of "
                                          r".*trip2, and .*in has an input of that output's name too, translated into "
                                          r".*out: it may be that one's translation"):
         run_translation(translate_cfg(**dict(settings, input=str(tmp_path / "trip2")), skip_existing=True))
+    # One of the first input's own files, given alone, keeps its own output
+    alone = run_translation(translate_cfg(**dict(settings, input=str(tmp_path / "in" / "rgb.png")), skip_existing=True))
+    assert alone["written"] == [] and [Path(p).name for p in alone["skipped"]] == ["rgb.png"]
     # A second input of other names continues where it stopped: none of its outputs can be the first's
     (tmp_path / "trip3").mkdir()
     for name in ("gray.jpg", "rgb.png"):

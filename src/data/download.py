@@ -343,9 +343,11 @@ def retry_advice(error: OSError) -> str:
         return ("This Python cannot verify the server's certificate, so running again fails the same way: on macOS "
                 "with python.org's Python, run 'Install Certificates.command' (in its Applications folder); behind "
                 "a TLS-inspecting proxy, point SSL_CERT_FILE at its certificate bundle.")
-    if isinstance(error, urllib.error.HTTPError) and error.code == 407:
-        return ("The proxy asks for a login: put it in the proxy's address (https_proxy=http://user:password@host:port) "
-                "and run the command again.")
+    # (an http:// URL gets the proxy's answer; an https:// one a failed tunnel that quotes it)
+    if (isinstance(error, urllib.error.HTTPError) and error.code == 407) or "Tunnel connection failed: 407" in str(
+            reason if reason is not None else error):
+        return ("The proxy asks for a login: put it in the proxy's address (http_proxy and https_proxy="
+                "http://user:password@host:port) and run the command again.")
     # 408 (timeout) and 429 (too many requests) pass; other 4xx answers stay the same.
     if isinstance(error, urllib.error.HTTPError) and 400 <= error.code < 500 and error.code not in (408, 429):
         return ("The server does not serve this file at this address, so running again fails the same way: "
