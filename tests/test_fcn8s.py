@@ -134,3 +134,14 @@ def test_a_download_that_is_not_the_caffemodel_is_removed_not_kept(tmp_path, mon
     caffemodel.unlink()
     assert fcn8s.main(["--caffemodel", str(caffemodel), "--output", str(tmp_path / "s.pt2")]) == 1
     assert "failed: no network." in capsys.readouterr().err
+    # A download that reads as the weights stays, whatever fails after it (the export here)
+    monkeypatch.setattr(download, "fetch", lambda url, path: Path(path).write_text("weights"))
+    monkeypatch.setattr(fcn8s, "fcn8s_from_caffemodel", lambda path: "the net")
+
+    def export_fails(net, output, size):
+        raise ValueError("the export failed")
+
+    monkeypatch.setattr(fcn8s, "export_segmenter", export_fails)
+    with pytest.raises(ValueError, match="the export failed"):
+        fcn8s.main(["--caffemodel", str(caffemodel), "--output", str(tmp_path / "s.pt2")])
+    assert caffemodel.read_text() == "weights"

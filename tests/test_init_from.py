@@ -129,3 +129,14 @@ def test_settings_that_differ_from_the_source_run_are_logged(train_cfg, tmp_path
         start_from_checkpoint(build_model(cfg), path, data_settings={})
     assert "model.loss.weights.cycle=0.123 ->" in caplog.text
     assert "its iteration 3" in caplog.text   # global_step 6 at two optimizer steps per iteration
+
+
+def test_a_default_changed_since_the_checkpoint_is_among_the_settings_that_differ(train_cfg, tmp_path, caplog):
+    """A run from before data.unpaired_sampling sampled as CycleGAN's loader: a U-GAT-IT run
+    started from it samples balanced, which the list of settings that differ says."""
+    model = build_model(train_cfg("model=cyclegan"))
+    source = save_checkpoint(tmp_path / "old.ckpt", model, datamodule_hyper_parameters={"crop_size": 32})
+    with caplog.at_level(logging.INFO):
+        start_from_checkpoint(model, source, data_settings={"crop_size": 32, "unpaired_sampling": "balanced"})
+    assert ("Settings that differ from the run that wrote init_from: data.unpaired_sampling='cyclegan' -> "
+            "'balanced'") in caplog.text

@@ -139,3 +139,6 @@ def test_a_key_added_where_nothing_reads_it_is_refused(tmp_path, shared_data_dir
             refuse_added_keys([override], cfg)
         else:
             check_checkpoint_settings(cfg)
+    # Config groups' options (at their package too) and keys under a constructor's section pass
+    refuse_added_keys(["+experiment=quickstart", "+hparams_search=cyclegan_optuna", "+logger@extra=csv",
+                       "+model.generator.extra=1"], cfg)
