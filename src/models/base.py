@@ -770,8 +770,11 @@ class AdversarialModel(pl.LightningModule):
         or the last batch of the last epoch."""
         trainer = self.trainer
         last_epoch = trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
-        return ((trainer.is_last_batch and last_epoch)
-                or 0 < trainer.max_steps <= trainer.global_step + self.optimizer_steps_per_iter)
+        return (trainer.is_last_batch and last_epoch) or self.ends_at_max_iters()
+
+    def ends_at_max_iters(self) -> bool:
+        """Whether this iteration (asked before its first step) is the last that max_iters allows."""
+        return 0 < self.trainer.max_steps <= self.trainer.global_step + self.optimizer_steps_per_iter
 
     def _step_schedulers(self) -> None:
         for scheduler in self.scheduler_list():
@@ -810,7 +813,7 @@ class AdversarialModel(pl.LightningModule):
         return self.iteration * self.loaded_images(batch)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        if 0 < self.trainer.max_steps <= self.trainer.global_step + self.optimizer_steps_per_iter:
+        if self.ends_at_max_iters():
             # Lightning writes a step's values to the loggers every log_every_n_steps, or on a
             # stop: without one the run's last row (and every row of a run shorter than that:
             # max_iters=20 at the default 50) reached no logger, only train()'s return. (A run in
