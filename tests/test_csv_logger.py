@@ -116,6 +116,24 @@ def test_train_kimg_counts_the_images_of_every_iteration_across_batch_sizes_and_
         assert kimg_column(resumed) == pytest.approx([0.003, 0.004]), name
 
 
+def test_the_learning_rate_rows_carry_the_image_count_of_their_steps_loss_rows(train_cfg, monkeypatch):
+    """wandb plots `lr/*` over train/kimg only from rows that hold both: each rate row (written
+    apart, at its batch's start) carries the count its step's loss row does (batch 2: 2 images a step)."""
+    from src.utils.csv_logger import StepRowsWriter
+    from src.utils.run import run_training
+
+    calls = []
+    plain = StepRowsWriter.log_metrics
+    monkeypatch.setattr(StepRowsWriter, "log_metrics",
+                        lambda self, metrics, step=None: (calls.append((step, dict(metrics))), plain(self, metrics, step)))
+    cfg = train_cfg("model=cyclegan", "data.max_dataset_size=8", "data.batch_size=2", "max_iters=3", *NO_EVALUATION)
+    run_training(cfg)
+    rates = {step: row["train/kimg"] for step, row in calls if "lr/generators" in row}
+    losses = {step: row["train/kimg"] for step, row in calls if "train/G" in row}
+    assert sorted(rates) == sorted(losses) == [0, 1, 2]
+    assert rates == pytest.approx(losses) and losses == pytest.approx({0: 0.002, 1: 0.004, 2: 0.006})
+
+
 def test_a_resumed_run_goes_on_in_its_metrics_csv(train_cfg, tmp_path):
     """Lightning started a new csv/version_N at every resume: a run requeued three times was split
     over four files, the older ones holding the iterations the resume repeats. The resumed run

@@ -27,6 +27,7 @@ PRIVATE_NAMES = [
      "src/utils/ddp_multirun.py"),
     ("pytorch_lightning.strategies.launchers.subprocess_script", "_launch_process_observer",
      "src/utils/ddp_multirun.py"),
+    ("pytorch_lightning.callbacks", "LearningRateMonitor._extract_stats", "src/callbacks/learning_rates.py"),
     ("pytorch_lightning.loggers.csv_logs", "ExperimentWriter._check_log_dir_exists", "src/utils/csv_logger.py"),
     ("pytorch_lightning.loggers.csv_logs", "ExperimentWriter._record_new_keys", "src/utils/csv_logger.py"),
     ("pytorch_lightning.loggers.csv_logs", "ExperimentWriter._rewrite_with_new_header", "src/utils/csv_logger.py"),
