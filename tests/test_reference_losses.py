@@ -22,6 +22,7 @@ import torch
 
 from conftest import fit_one_batch, random_batch
 from src.models.optimizers import adam_kernel
+from src.nets.spectral_norm import _power_iteration
 from src.utils.reference_iterations import CycleGANReference, NICEGANReference, Pix2PixReference, UGATITReference
 
 SEED = 1234
@@ -51,16 +52,35 @@ def train_one_iteration(model, batch: dict) -> dict[str, float]:
 
 
 def adam(cfg, *modules):
-    """The reference's Adam, with the same kernel as the model's (fused where torch has one).
+    """The reference's optimizer, as the model's config sets it: Adam with the same kernel as the
+    model's (fused where torch has one), or plain SGD (`sgd_updates`).
 
     Biases in front of an instance norm get an exactly-zero true gradient, so what they receive
     is rounding noise, which Adam scales up to steps of +-lr: a one-ulp difference anywhere
     earlier (two Adam kernels rounding differently) flips such steps. So the reference shares
-    the kernel, and `test_fused_adam_makes_the_default_adam_update` checks the kernel itself.
+    the kernel, and `test_fused_adam_makes_the_default_adam_update` checks the kernel itself
+    (and `noise_gradient_parameters` are left out of the comparison).
     """
     o = cfg.model.optimizer
     params = list(itertools.chain(*(m.parameters() for m in modules)))
+    if o.type == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay)
     return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **adam_kernel(params))
+
+
+def noise_gradient_parameters(model: torch.nn.Module) -> set[str]:
+    """The biases right before an instance norm without affine terms (CycleGAN's and U-GAT-IT's
+    residual blocks): the norm takes each channel's mean away, so their true gradient is exactly
+    zero and what they get is rounding noise, whose sign (all that Adam's first step keeps) and size
+    turn on the order in which a gradient's parts were added up (a step back-propagated in parts)."""
+    params, names = dict(model.named_parameters()), set()
+    for prefix, module in model.named_modules():
+        children = list(module.named_children())
+        for (name, _), (_, following) in zip(children, children[1:]):
+            bias = f"{prefix}.{name}.bias" if prefix else f"{name}.bias"
+            if isinstance(following, torch.nn.InstanceNorm2d) and not following.affine and bias in params:
+                names.add(bias)
+    return names
 
 
 def assert_losses_match(logged: dict[str, float], reference: dict[str, torch.Tensor]) -> None:
@@ -70,14 +90,19 @@ def assert_losses_match(logged: dict[str, float], reference: dict[str, torch.Ten
                                    msg=lambda m, name=name: f"loss '{name}': {m}")
 
 
-def assert_same_updates(model, reference, before: dict[str, torch.Tensor], buffers: bool = True) -> None:
-    """Every parameter moved by the same amount (and buffers, e.g. spectral-norm u/v, agree)."""
+def assert_same_updates(model, reference, before: dict[str, torch.Tensor], buffers: bool = True,
+                        atol: float = 1e-8) -> None:
+    """Every parameter but the `noise_gradient_parameters` moved by the same amount (and buffers,
+    e.g. spectral-norm u/v, agree)."""
     ref_params = dict(reference.named_parameters())
+    noise = noise_gradient_parameters(model)
     moved = 0
     for name, p in model.named_parameters():
+        if name in noise:
+            continue
         delta, ref_delta = p.detach() - before[name], ref_params[name].detach() - before[name]
         # An Adam step moves each weight by about lr, whatever its gradient's size: compare steps.
-        torch.testing.assert_close(delta, ref_delta, rtol=1e-3, atol=1e-8,
+        torch.testing.assert_close(delta, ref_delta, rtol=1e-3, atol=atol,
                                    msg=lambda m, name=name: f"update of '{name}': {m}")
         moved += int(delta.abs().sum() > 0)
     assert moved > 0
@@ -186,10 +211,16 @@ def nicegan_reference_iteration(m, cfg, batch) -> dict[str, torch.Tensor]:
 
 
 def freeze_power_iterations(module: torch.nn.Module) -> None:
-    """Spectral norm without its power-iteration step: sigma = u^T W v with fixed u, v."""
+    """Spectral norm without its power-iteration step: sigma = u^T W v with fixed u, v, first
+    brought to W's leading singular vectors (at build they are random, so a frozen sigma could be
+    near zero, and a plain SGD step through W / sigma unbounded)."""
     for mod in module.modules():
         for hook in mod._forward_pre_hooks.values():
             if hasattr(hook, "n_power_iterations"):
+                with torch.no_grad():
+                    weight = getattr(mod, hook.name + "_orig")
+                    _power_iteration(weight.reshape(weight.size(0), -1), getattr(mod, hook.name + "_u"),
+                                     getattr(mod, hook.name + "_v"), 50, hook.eps)
                 hook.n_power_iterations = 0
 
 
@@ -227,6 +258,28 @@ def test_nicegan_discriminator_step_matches_with_live_power_iteration(train_cfg)
         ours, theirs = model.get_submodule(name), reference.get_submodule(name)
         for (n, p), q in zip(ours.named_parameters(), theirs.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-8, msg=lambda m, n=n: f"{name}.{n}: {m}")
+
+
+@pytest.mark.parametrize("model_name", ["cyclegan", "ugatit", "nicegan"])
+def test_steps_move_every_parameter_by_the_reference_gradient(train_cfg, model_name):
+    """Under plain SGD an update is the gradient itself (lr times it, weight decay included), not
+    its sign, as Adam's first step is: a term back-propagated twice, or into the wrong player,
+    or a step's parts that miss one, moves the weights by other amounts. These models back-
+    propagate their generators' objective in parts (one per direction, then identity or
+    reconstruction); the reference code in one sum."""
+    cfg, model, reference = build(train_cfg, model_name, "model.optimizer.type=sgd")
+    if model_name == "nicegan":   # (as in its Adam comparison: the power iteration runs more often there)
+        freeze_power_iterations(model)
+        freeze_power_iterations(reference)
+    batch, before = random_batch(cfg), parameters_of(model)
+    logged = train_one_iteration(model, batch)
+    torch.manual_seed(SEED)
+    run = {"cyclegan": cyclegan_reference_iteration, "ugatit": ugatit_reference_iteration,
+           "nicegan": nicegan_reference_iteration}[model_name]
+    expected = run(reference, cfg, batch)
+    assert_losses_match(logged, expected)
+    # (lr x a gradient's rounding error, where the gradient is exactly zero, is far below atol)
+    assert_same_updates(model, reference, before, atol=1e-10)
 
 
 @pytest.mark.parametrize("model_name", ["cyclegan", "ugatit"])

@@ -28,6 +28,10 @@ from src.utils.heatmap import overlay_heatmap
 from src.utils.metric_publishing import publish_metrics
 
 
+#: the generators' weighted terms, in the order they are logged
+LOGGED_TERMS = ("adv_A", "adv_B", "cycle_A", "cycle_B", "recon_A", "recon_B")
+
+
 class NICEGAN(TranslationModel):
     optimizer_steps_per_iter = 3
     loss_weights = ("adversarial", "cycle", "reconstruction", "gp")
@@ -114,23 +118,32 @@ class NICEGAN(TranslationModel):
             loss_d = self.weight("adversarial") * (loss_d_a + loss_d_b)
             self.update(opt_d, loss_d)
 
+        with torch.no_grad():  # frozen encoders: the generators' inputs only
+            z = {"A": self.D_A.encode(real_A), "B": self.D_B.encode(real_B)}
+        losses = {}
+
+        def translate_and_cycle(source: str) -> torch.Tensor:
+            """One direction's adversarial and cycle terms: E_source(real) -> fake -> E_target(fake)
+            -> reconstruction."""
+            target = "B" if source == "A" else "A"
+            forward, backward = (self.G_AB, self.G_BA) if source == "A" else (self.G_BA, self.G_AB)
+            out_fake = self.discriminator_of(target)(forward(z[source]))
+            losses[f"adv_{target}"] = self.weight("adversarial") * self.adversarial_terms(out_fake, True, False)
+            losses[f"cycle_{source}"] = self.weight("cycle") * F.l1_loss(backward(out_fake[4]), batch[source])
+            return losses[f"adv_{target}"] + losses[f"cycle_{source}"]
+
+        def reconstruction() -> torch.Tensor:
+            losses["recon_A"] = self.weight("reconstruction") * F.l1_loss(self.G_BA(z["A"]), real_A)
+            losses["recon_B"] = self.weight("reconstruction") * F.l1_loss(self.G_AB(z["B"]), real_B)
+            return losses["recon_A"] + losses["recon_B"]
+
         with self.players("generators") as opt_g:
-            with torch.no_grad():  # frozen encoders: the generators' inputs only
-                z_A, z_B = self.D_A.encode(real_A), self.D_B.encode(real_B)
-            fake_AB, fake_BA = self.G_AB(z_A), self.G_BA(z_B)
-            out_fake_BA, out_fake_AB = self.D_A(fake_BA), self.D_B(fake_AB)
-            rec_B = self.G_AB(out_fake_BA[4])  # B -> A -> B, through E_A of the fake
-            rec_A = self.G_BA(out_fake_AB[4])
-            losses = {
-                "adv_A": self.weight("adversarial") * self.adversarial_terms(out_fake_BA, True, False),
-                "adv_B": self.weight("adversarial") * self.adversarial_terms(out_fake_AB, True, False),
-                "cycle_A": self.weight("cycle") * F.l1_loss(rec_A, real_A),
-                "cycle_B": self.weight("cycle") * F.l1_loss(rec_B, real_B),
-                "recon_A": self.weight("reconstruction") * F.l1_loss(self.G_BA(z_A), real_A),
-                "recon_B": self.weight("reconstruction") * F.l1_loss(self.G_AB(z_B), real_B),
-            }
-            loss_g = sum(losses.values())
-            self.update(opt_g, loss_g)
+            # Three independent parts of one objective, each back-propagated before the next is
+            # built, as CycleGAN's are: the step holds two generator passes' activations at a time
+            # instead of six (the gradients are their sum's, added in another order).
+            loss_g = self.update(opt_g, lambda: translate_and_cycle("A"), lambda: translate_and_cycle("B"),
+                                 reconstruction)
+        losses = {name: losses[name] for name in LOGGED_TERMS}
         clip_rho_(self.G_AB)
         clip_rho_(self.G_BA)
 

@@ -106,23 +106,37 @@ class UGATIT(TranslationModel):
             loss_d_b = self.discriminator_loss("B", real_B, fake_AB.detach())
             loss_d = self.update(opt_d, loss_d_a + loss_d_b)
 
-        with self.players("generators") as opt_g:
-            rec_A, rec_B = self.G_BA(fake_AB)[0], self.G_AB(fake_BA)[0]
+        terms = {}   # each weighted term, detached, for the log (a CAM term is made of two parts)
+
+        def term(name: str, value: torch.Tensor) -> torch.Tensor:
+            terms[name] = terms.get(name, 0) + value.detach()
+            return value
+
+        def translate_and_cycle(source: str) -> torch.Tensor:
+            """One direction's adversarial, cycle and source-CAM terms, on the translation made
+            before the critics' step."""
+            target = "B" if source == "A" else "A"
+            fake, cam_src = (fake_AB, cam_AB_src) if source == "A" else (fake_BA, cam_BA_src)
+            backward = self.G_BA if source == "A" else self.G_AB
+            # CAM of a generator: its source domain -> 1, its target domain -> 0 (`identity`).
+            return (term(f"adv_{target}", self.weight("adversarial") * self.adversarial_terms(target, fake, True, False))
+                    + term(f"cycle_{source}", self.weight("cycle") * F.l1_loss(backward(fake)[0], batch[source]))
+                    + term(f"cam_{target}", self.weight("cam") * cam_bce(cam_src, True)))
+
+        def identity() -> torch.Tensor:
             idt_A, cam_BA_tgt, _ = self.G_BA(real_A)
             idt_B, cam_AB_tgt, _ = self.G_AB(real_B)
-            losses = {
-                "adv_A": self.weight("adversarial") * self.adversarial_terms("A", fake_BA, True, False),
-                "adv_B": self.weight("adversarial") * self.adversarial_terms("B", fake_AB, True, False),
-                "cycle_A": self.weight("cycle") * F.l1_loss(rec_A, real_A),
-                "cycle_B": self.weight("cycle") * F.l1_loss(rec_B, real_B),
-                "idt_A": self.weight("identity") * F.l1_loss(idt_A, real_A),
-                "idt_B": self.weight("identity") * F.l1_loss(idt_B, real_B),
-                # CAM of a generator: its source domain -> 1, its target domain -> 0.
-                "cam_A": self.weight("cam") * (cam_bce(cam_BA_src, True) + cam_bce(cam_BA_tgt, False)),
-                "cam_B": self.weight("cam") * (cam_bce(cam_AB_src, True) + cam_bce(cam_AB_tgt, False)),
-            }
-            loss_g = sum(losses.values())
-            self.update(opt_g, loss_g)
+            return (term("idt_A", self.weight("identity") * F.l1_loss(idt_A, real_A))
+                    + term("idt_B", self.weight("identity") * F.l1_loss(idt_B, real_B))
+                    + term("cam_A", self.weight("cam") * cam_bce(cam_BA_tgt, False))
+                    + term("cam_B", self.weight("cam") * cam_bce(cam_AB_tgt, False)))
+
+        with self.players("generators") as opt_g:
+            # Three independent parts of one objective, each back-propagated before the next is
+            # built, as CycleGAN's are: the step holds three generator passes' activations at a
+            # time instead of six (the gradients are their sum's, added in another order).
+            loss_g = self.update(opt_g, lambda: translate_and_cycle("A"), lambda: translate_and_cycle("B"), identity)
+        losses = {name: terms[name] for name in LOGGED_TERMS}
         clip_rho_(self.G_AB)
         clip_rho_(self.G_BA)
 
@@ -149,6 +163,10 @@ class UGATIT(TranslationModel):
                          f"fake_{dst}": fake, f"D_CAM_fake_{dst}": overlay_heatmap(fake, d_heat),
                          f"rec_{src}": rec})
         return rows
+
+
+#: the generators' weighted terms, in the order they are logged
+LOGGED_TERMS = ("adv_A", "adv_B", "cycle_A", "cycle_B", "idt_A", "idt_B", "cam_A", "cam_B")
 
 
 def cam_bce(logits: torch.Tensor, target_is_source: bool) -> torch.Tensor:
