@@ -944,3 +944,20 @@ def test_rank_zero_builds_first_and_a_rank_that_fails_stops_every_rank():
 
     with pytest.raises(OSError, match="HTTP Error 503"):   # rank zero's own error, once the others know
         built_rank_zero_first(trainer(0), unavailable, "the feature extractor")
+
+
+def test_the_latent_callback_is_off_for_a_cyclegan_whose_generators_have_no_encoder_half(train_cfg, caplog):
+    """CycleGAN's code takes U-Net generators too, which have no encoder half to read: the callback
+    said nothing at the start and stopped the run at its first latent evaluation."""
+    import hydra
+
+    from src.callbacks.latent import LatentCallback
+    from src.nets.generators import UnetGenerator
+
+    model = hydra.utils.instantiate(train_cfg("model=cyclegan").model, _recursive_=False)
+    callback = LatentCallback(every_n_iters=1)
+    assert model.has_latent()
+    model.G_B = UnetGenerator(num_downs=5, ngf=4)
+    with caplog.at_level(logging.INFO):
+        callback.setup(None, model, "fit")
+    assert not callback.enabled and "LatentCallback off: CycleGAN has no encode" in caplog.text

@@ -94,3 +94,31 @@ def test_an_added_model_is_told_what_it_declares_wrong(added_model_cfg, monkeypa
     with pytest.raises(ValueError, match=r"loss=wgan's weight clipping acts on the critics.*its players are "
                                          r"\['critic', 'generator'\]"):
         run_training(added_model_cfg("loss=wgan", name="critic"))
+    monkeypatch.undo()
+    monkeypatch.setattr("src.utils.checkpoint_loading.MODELS_PACKAGE", "tests.extension.")
+    # a model without a gradient penalty under WGAN-GP (leaving out loss.weights.gp, which it
+    # does not read, would train a critic with no constraint at all)
+    with pytest.raises(ValueError, match=r"loss.gan_mode=wgangp needs a gradient penalty, which OneWayGAN does not "
+                                         r"apply \(no `gp` in its loss_weights\)"):
+        run_training(added_model_cfg("loss=wgangp", name="gp"))
+
+
+def test_a_trainable_parameter_that_no_player_trains_or_that_two_do_is_refused(train_cfg, monkeypatch):
+    """A network a subclass adds without listing it in player_modules() would keep its initial
+    weights through the whole run (no optimizer holds it, players() freezes it); one listed by
+    two players would be stepped by both."""
+    import hydra
+
+    model = hydra.utils.instantiate(train_cfg("model=cyclegan").model, _recursive_=False)
+    model.check_each_parameter_has_one_player()
+    model.projection = torch.nn.Linear(4, 4)
+    with pytest.raises(ValueError, match=r"no player trains: projection\.weight, projection\.bias\. Add their "
+                                         r"modules to a player in CycleGAN\.player_modules\(\)"):
+        model.configure_optimizers()
+    model.projection.requires_grad_(False)   # a frozen network is no player's
+    model.check_each_parameter_has_one_player()
+    players = model.player_modules()
+    monkeypatch.setattr(type(model), "player_modules",
+                        lambda self: {**players, "discriminators": [*players["discriminators"], model.G_A]})
+    with pytest.raises(ValueError, match=r"two players.*G_A\.\S+ \(generators and discriminators\)"):
+        model.check_each_parameter_has_one_player()

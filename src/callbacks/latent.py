@@ -139,12 +139,14 @@ class LatentCallback(PeriodicEvaluation):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._latent_dim = None   # a new fit may bring another model
-        if stage == "fit" and not callable(getattr(pl_module, "encode", None)):
+        # (a model with encode() may still lack the latent for some networks: `has_latent`)
+        encodes = callable(getattr(pl_module, "encode", None)) and getattr(pl_module, "has_latent", lambda: True)()
+        if stage == "fit" and not encodes:
             # Said, not warned: the default callbacks hold this one for every model, and a
             # warning on every pix2pix or noise-model run would teach users to skip warnings.
             rank_zero_info(f"LatentCallback off: {type(pl_module).__name__} has no encode(x, domain) "
-                           "(a shared latent space); the latent t-SNE/MMD applies to unpaired models such as "
-                           "CycleGAN, U-GAT-IT and NICE-GAN.")
+                           "(a shared latent space) with these networks; the latent t-SNE/MMD applies to unpaired "
+                           "models such as CycleGAN (ResNet generators), U-GAT-IT and NICE-GAN.")
             self.enabled = False
             return   # before the evaluation set's checks: a test split it would refuse is not its business
         super().setup(trainer, pl_module, stage)

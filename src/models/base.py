@@ -252,6 +252,13 @@ class AdversarialModel(pl.LightningModule):
         codes left over by `loss.gan_mode=vanilla` on loss=lsgan say nothing, and pass).
         Checked when a fit starts, not at construction, so that loading an older checkpoint for
         inference never fails on a setting its run carried."""
+        if self.adversarial.needs_gradient_penalty and "gp" not in self.loss_weights:
+            # (the unknown-weight advice below, ~loss.weights.gp, would train a critic with no
+            # constraint at all: WGAN's scores with neither a penalty nor clipping)
+            raise ValueError(f"loss.gan_mode={self.adversarial.mode} needs a gradient penalty, which "
+                             f"{type(self).__name__} does not apply (no `gp` in its loss_weights): apply one "
+                             f"(self.gradient_penalty, weighted by loss.weights.gp, as the bundled models do) or "
+                             f"choose another loss (loss=lsgan, loss=vanilla, ...)")
         unknown = sorted(set(self.weights) - set(self.loss_weights))
         if unknown:
             raise ValueError(f"loss.weights.{unknown[0]} is not a weight {type(self).__name__} reads (its weights: "
@@ -381,6 +388,7 @@ class AdversarialModel(pl.LightningModule):
             if unknown:
                 raise ValueError(f"{key} has {unknown}, which {type(self).__name__} does not have: "
                                  f"its players are {list(self.player_modules())}")
+        self.check_each_parameter_has_one_player()
         optimizers = [build_optimizer([p for m in modules for p in m.parameters()], self.player_optimizer_cfg(name))
                       for name, modules in self.player_modules().items()]
         schedule = self.lr_schedule_of_this_run()
@@ -389,6 +397,27 @@ class AdversarialModel(pl.LightningModule):
         schedulers = [{"scheduler": build_scheduler(opt, **schedule), "name": f"lr/{name}"}
                       for name, opt in zip(self.player_modules(), optimizers)]
         return optimizers, schedulers
+
+    def check_each_parameter_has_one_player(self) -> None:
+        """Refuse a trainable parameter outside every player's modules (a network a subclass adds
+        without listing it in `player_modules()`): no optimizer would hold it, and `players()`
+        switches its gradients off, so it would keep its initial values through a run that ends
+        without a word. And one that two players hold: both would step it."""
+        owners: dict[int, list[str]] = {}
+        for player, modules in self.player_modules().items():
+            for parameter in {id(p): p for m in modules for p in m.parameters()}.values():
+                owners.setdefault(id(parameter), []).append(player)
+        named = list(self.named_parameters())
+        orphans = [name for name, p in named if p.requires_grad and id(p) not in owners]
+        if orphans:
+            raise ValueError(f"{type(self).__name__} has trainable parameters that no player trains: "
+                             f"{', '.join(orphans[:5])}{' ...' if len(orphans) > 5 else ''}. Add their modules to a "
+                             f"player in {type(self).__name__}.player_modules() (its players: "
+                             f"{list(self.player_modules())}), or freeze them (requires_grad_(False))")
+        shared = [f"{name} ({' and '.join(owners[id(p)])})" for name, p in named if len(owners.get(id(p), ())) > 1]
+        if shared:
+            raise ValueError(f"{type(self).__name__}.player_modules() gives parameters to two players, whose "
+                             f"optimizers would both step them: {', '.join(shared[:5])}")
 
     def net_init(self, player: str) -> dict:
         """`model.init` with the player's overrides (`model.init.players.<player>`: the GAN
@@ -406,7 +435,9 @@ class AdversarialModel(pl.LightningModule):
         for name, optimizer in self.named_optimizers().items():
             settings = self.player_optimizer_cfg(name)
             if settings.get("momentum_ramp"):
-                momentum = ramped_momentum(self.current_epoch, settings["momentum"], **settings["momentum_ramp"])
+                # Epochs counted from 1, as pylearn2's MomentumAdjustor counts its calls: one before
+                # the first epoch, then one after each (so the first epoch trains at count 1).
+                momentum = ramped_momentum(self.current_epoch + 1, settings["momentum"], **settings["momentum_ramp"])
                 for group in optimizer.param_groups:
                     group["momentum"] = momentum
 

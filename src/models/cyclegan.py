@@ -47,6 +47,11 @@ class CycleGAN(TranslationModel):
     def generator_for(self, direction: str) -> nn.Module:
         return self.G_A if direction == "AtoB" else self.G_B
 
+    def has_latent(self) -> bool:
+        """Whether both generators have an encoder half to read (a ResNet generator's; a U-Net,
+        which CycleGAN's code also takes, has none: its skips pass the bottleneck by)."""
+        return all(hasattr(G, "encoder") for G in (self.G_A, self.G_B))
+
     def encode(self, x: torch.Tensor, domain: str) -> torch.Tensor:
         """Latent of the generator that reads `domain`: its encoder half's output."""
         encoder = (self.G_A if domain == "A" else self.G_B).encoder
