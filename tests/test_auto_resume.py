@@ -347,7 +347,8 @@ def test_auto_refuses_a_checkpoint_of_other_settings_and_a_named_one_warns(train
     assert [str(w.message) for w in caught if "other settings" in str(w.message)] == [
         f"ckpt_path={last} was written with other settings (model.optimizer.lr=0.0002 -> 0.001): the run goes on "
         "with this run's settings, except that the optimizers and learning-rate schedules continue from their "
-        "saved states (a new model.optimizer.lr scales their restored rates)"]
+        "saved states (a new model.optimizer.lr scales their restored rates; another model.lr_schedule.policy "
+        "shapes the rate from the saved schedule's count on)"]
     saved = torch.load(last, map_location="cpu", weights_only=True)
     # the restored rate scaled to the new one (pix2pix's smoke schedule is constant here)
     assert saved["global_step"] == 8 and {g["lr"] for o in saved["optimizer_states"] for g in o["param_groups"]} == {1e-3}
@@ -401,6 +402,23 @@ def test_settings_a_resume_may_change_and_settings_added_since_are_not_compared(
     growing = {"hyper_parameters": {"batch_sizes": {"512": 4, "1024": 4}, "batch_size": 16, "phase_images": {"4": 800}}}
     assert changed_settings(growing, {"batch_sizes": {"512": 2, "1024": 4}, "batch_size": 8, "phase_images": {"4": 600}},
                             {}, ProGAN.resumable_settings) == []
+
+
+def test_a_resume_that_counts_its_schedule_in_other_units_is_refused():
+    """A schedule's saved count read in other units (CycleGAN's 120 epochs as 120 iterations) would
+    end its decay 80 iterations later and train at 0 from then on; a named checkpoint too."""
+    from src.models.checkpoint_fit import check_resume_settings
+
+    checkpoint = {"hyper_parameters": {"lr_schedule": {"policy": "linear", "constant": 100, "decay": 100}}}
+    model = type("Model", (), {"hparams": {"lr_schedule": {"policy": "linear", "unit": "iteration"}},
+                               "resumable_settings": ()})()
+    for must_match in (True, False):
+        with pytest.raises(ValueError, match=r"ckpt_path=last.ckpt counts its learning-rate schedule in epochs "
+                                             r"\(model.lr_schedule.unit=epoch\), and this run in iterations.*Resume "
+                                             r"with model.lr_schedule.unit=epoch, or .*init_from=last.ckpt"):
+            check_resume_settings("last.ckpt", checkpoint, model, {}, must_match)
+    model.hparams["lr_schedule"]["unit"] = "epoch"   # (the checkpoint's by default)
+    assert check_resume_settings("last.ckpt", checkpoint, model, {}, False) is None
 
 
 def test_auto_resumes_a_run_whose_model_changed_a_setting_its_class_lets_a_resume_change(train_cfg, caplog):

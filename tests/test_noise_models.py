@@ -700,9 +700,11 @@ def test_gan_trains_as_its_papers_code_maxout_dropout_sgd_with_a_momentum_ramp_a
 
 
 def test_the_momentum_ramp_reaches_the_optimizers_at_each_epoch(train_cfg):
+    """Epochs counted from 1, as pylearn2's MomentumAdjustor counts them (the code's 0.5 -> 0.7 over
+    epochs 1-250: the second epoch trains at 0.5 + 0.2/249): here from 0.5 in the first to 0.7 in the third."""
     cfg = train_cfg("model=gan", "experiment=gan_paper_code", "max_iters=null", "trainer.max_epochs=3",
                     "data.max_dataset_size=8", "data.batch_size=4",
-                    "model.optimizer.momentum_ramp.start_epoch=0", "model.optimizer.momentum_ramp.saturate_epoch=2",
+                    "model.optimizer.momentum_ramp.start_epoch=1", "model.optimizer.momentum_ramp.saturate_epoch=3",
                     *NO_EVALUATION)
     model = build(cfg)
     seen = {}

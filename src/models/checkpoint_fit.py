@@ -12,6 +12,7 @@ missing keys or shape mismatches and no word on the cause. The check runs in the
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -240,6 +241,7 @@ def check_resume_settings(ckpt_path: str | Path, checkpoint: dict, model: torch.
     differences are returned for a warning (None when there are none), and so, whatever
     `must_match`, are the settings added since whose new defaults change the run
     (`defaults_changed_since`)."""
+    refuse_another_schedule_unit(ckpt_path, checkpoint, dict(model.hparams))
     changed = changed_settings(checkpoint, dict(model.hparams), data_settings,
                                type(model).resumable_settings)
     if not changed:
@@ -257,7 +259,23 @@ def check_resume_settings(ckpt_path: str | Path, checkpoint: dict, model: torch.
             f"hydra.sweep.dir), or name the checkpoint (ckpt_path={ckpt_path}) to continue it with the new settings")
     return (f"ckpt_path={ckpt_path} was written with other settings ({listed}): the run goes on with this run's "
             f"settings, except that the optimizers and learning-rate schedules continue from their saved states "
-            f"(a new model.optimizer.lr scales their restored rates)")
+            f"(a new model.optimizer.lr scales their restored rates; another model.lr_schedule.policy shapes the "
+            f"rate from the saved schedule's count on)")
+
+
+def refuse_another_schedule_unit(ckpt_path: str | Path, checkpoint: dict, hparams: dict) -> None:
+    """A resume restores each schedule's count into the schedule this run builds; counted in
+    other units, it means something else (CycleGAN's 120 epochs read as 120 iterations: its
+    decay over 80 iterations later, and every rate after that 0)."""
+    saved, ours = (checkpoint.get("hyper_parameters") or {}).get("lr_schedule"), hparams.get("lr_schedule")
+    if not (isinstance(saved, Mapping) and isinstance(ours, Mapping)):
+        return
+    before, now = saved.get("unit", "epoch"), ours.get("unit", "epoch")
+    if before != now:
+        raise ValueError(f"ckpt_path={ckpt_path} counts its learning-rate schedule in {before}s "
+                         f"(model.lr_schedule.unit={before}), and this run in {now}s: its saved count would be read "
+                         f"as {now}s. Resume with model.lr_schedule.unit={before}, or start from its weights with a "
+                         f"schedule of this run's (init_from={ckpt_path}, no ckpt_path)")
 
 
 def check_resume_seed(ckpt_path: str | Path, checkpoint: dict, seed: int, must_match: bool) -> str | None:

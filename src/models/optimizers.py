@@ -89,7 +89,8 @@ def with_player_overrides(cfg: dict, player: str) -> dict:
 
 def ramped_momentum(epoch: int, initial: float, final: float, start_epoch: int, saturate_epoch: int) -> float:
     """Momentum moving linearly from `initial` at `start_epoch` to `final` at `saturate_epoch`
-    (pylearn2's MomentumAdjustor, which the GAN paper's code uses: 0.5 -> 0.7 over epochs 1-250)."""
+    (pylearn2's MomentumAdjustor, which the GAN paper's code uses: 0.5 -> 0.7 over epochs 1-250),
+    epochs counted from 1 (the first epoch is 1)."""
     if not 0 <= start_epoch < saturate_epoch:
         raise ValueError(f"model.optimizer.momentum_ramp: start_epoch={start_epoch} must be >= 0 and below "
                          f"saturate_epoch={saturate_epoch}")
