@@ -847,3 +847,19 @@ def test_the_benchmark_outside_linux_stops_at_once_naming_what_to_time_instead()
         with pytest.raises(SystemExit, match=f"src/bench.py measures on Linux only .*this is {platform}.*"
                                              "time/it_per_s"):
             require_linux(platform)
+
+
+def test_a_workers_peak_memory_is_its_own_not_that_of_the_process_that_started_it(tmp_path):
+    """Linux carries ru_maxrss over an exec from the parent: a worker started by a process that
+    holds 300 MB read 300 MB as its own peak. peak_rss_bytes reads the worker's own high-water mark."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import subprocess, sys\n"
+        "held = bytearray(300 * 2**20)\n"
+        "held[::4096] = b'x' * len(held[::4096])\n"   # touched: resident
+        "child = 'from src.utils.bench_machine import peak_rss_bytes; print(peak_rss_bytes())'\n"
+        "print(subprocess.run([sys.executable, '-c', child], capture_output=True, text=True, check=True).stdout)\n")
+    result = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert 0 < int(result.stdout) < 200 * 2**20

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,15 +115,28 @@ def wait_until_quiet(max_load: float | None, max_busy_cores: float | None, wait_
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak resident set size of this process so far: the kernel's high-water mark of its memory
+    (`VmHWM`). Not `ru_maxrss`, which Linux carries over an exec from the process that started it:
+    a worker started by a parent holding 0.8 GB reports 0.8 GB whatever it uses itself. Where
+    /proc has no `VmHWM` (not Linux), ru_maxrss (KiB on Linux, bytes on macOS)."""
+    return _status_bytes("VmHWM:") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (
+        1 if sys.platform == "darwin" else 1024)
 
 
-def current_rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+def current_rss_bytes() -> int | None:
+    return _status_bytes("VmRSS:")
+
+
+def _status_bytes(field: str) -> int | None:
+    """A size from /proc/self/status (kB there), or None where it is not there."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
     return 0
 
 
