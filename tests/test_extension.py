@@ -12,6 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from conftest import assert_resume_continues_the_run, compose_train_cfg
+from src.models.cyclegan import CycleGAN
 from src.utils.checkpoint_loading import load_model
 from src.utils.run import run_training
 
@@ -122,3 +123,75 @@ def test_a_trainable_parameter_that_no_player_trains_or_that_two_do_is_refused(t
                         lambda self: {**players, "discriminators": [*players["discriminators"], model.G_A]})
     with pytest.raises(ValueError, match=r"two players.*G_A\.\S+ \(generators and discriminators\)"):
         model.check_each_parameter_has_one_player()
+
+
+class CycleGANWithContrast(CycleGAN):   # an argument of its own, not saved
+    def __init__(self, contrast_weight: float, **settings):
+        super().__init__(**settings)
+        self.contrast_weight = contrast_weight
+
+
+def test_a_model_its_checkpoints_could_not_rebuild_is_refused_when_its_run_starts(train_cfg, monkeypatch):
+    """eval.py, translate.py and init_from build a checkpoint's model from its saved settings:
+    a network class outside src/nets/, or a subclass's own argument left unsaved, made every
+    load fail after the training ("the file was altered"); the run now stops at its start."""
+    import hydra
+
+    from src.utils.checkpoint_loading import check_loadable
+
+    cfg = train_cfg("model=cyclegan")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    check_loadable(model)
+    model.hparams["generator"]["_target_"] = "torch.nn.Identity"
+    with pytest.raises(ValueError, match=r"CycleGAN's settings \(generator._target_\): its network class "
+                                         r"torch.nn.Identity is not a network of src.nets: .*Move the class there"):
+        check_loadable(model)
+
+    plain = {k: v for k, v in cfg.model.items() if k != "_target_"}
+    with pytest.raises(ValueError, match=r"CycleGANWithContrast.* is not a model of src.models"):
+        check_loadable(CycleGANWithContrast(contrast_weight=1.0, **plain))
+    monkeypatch.setattr("src.utils.checkpoint_loading.model_class", lambda target, where: CycleGANWithContrast)
+    with pytest.raises(ValueError, match=r"CycleGANWithContrast's saved hyperparameters cannot build it again "
+                                         r"\(missing a required argument: 'contrast_weight'\).*self.save_hyperparameters"):
+        check_loadable(CycleGANWithContrast(contrast_weight=1.0, **plain))
+
+
+def test_an_added_models_own_loss_settings_are_declared_not_patched_in(added_model_cfg, monkeypatch):
+    """`loss.` takes the shared keys and those a model names in `loss_settings`; any other is refused."""
+    from omegaconf import OmegaConf, open_dict
+
+    from tests.extension.one_way_gan import OneWayGAN
+
+    cfg = added_model_cfg()
+    with open_dict(cfg):
+        cfg.loss.nce = {"tau": 0.07}
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "_target_"}
+    with pytest.raises(ValueError, match=r"loss.nce is not a setting there"):
+        OneWayGAN(**settings)
+    monkeypatch.setattr(OneWayGAN, "loss_settings", ("nce",))
+    assert OneWayGAN(**settings).loss_cfg["nce"] == {"tau": 0.07}
+
+
+def test_an_added_models_sample_grid_shows_each_direction_it_translates(added_model_cfg, monkeypatch):
+    """The default grid's rows follow the directions the model translates: a BtoA-only model's
+    first grid raised in mid-run (it translated AtoB), a two-way one showed half its work."""
+    import hydra
+
+    from tests.extension.one_way_gan import OneWayGAN
+
+    model = hydra.utils.instantiate(added_model_cfg().model, _recursive_=False).eval()
+    batch = {"A": torch.rand(2, 3, 32, 32) * 2 - 1, "B": torch.rand(2, 3, 32, 32) * 2 - 1}
+    assert list(model.sample_images(batch)) == ["real_A", "fake_B", "real_B"]
+
+    def only(direction):
+        def generator_for(self, asked):
+            if asked != direction:
+                raise ValueError(f"translates {direction} only")
+            return self.G
+        return generator_for
+
+    monkeypatch.setattr(OneWayGAN, "generator_for", only("BtoA"))
+    rows = model.sample_images(batch)
+    assert list(rows) == ["real_B", "fake_A", "real_A"] and rows["real_B"] is batch["B"]
+    monkeypatch.setattr(OneWayGAN, "generator_for", lambda self, direction: self.G)
+    assert list(model.sample_images(batch)) == ["real_A", "fake_B", "real_B", "fake_A"]

@@ -114,6 +114,17 @@ def test_checkpoints_that_do_not_fit_are_refused_naming_the_setting(train_cfg, t
     with pytest.raises(ValueError, match=r"init_from=.*holds a Pix2Pix, and this run builds a CycleGAN"):
         start_from_checkpoint(build_model(cfg), other_class)
 
+    # A variant of the model (a subclass: another loss, say) starts from the model's networks; a
+    # class of another lineage is refused above.
+    from src.models.cyclegan import CycleGAN
+
+    class CycleGANVariant(CycleGAN):
+        pass
+
+    variant = build_model(cfg)
+    variant.__class__ = CycleGANVariant
+    start_from_checkpoint(variant, no_ema)
+    assert all(torch.equal(variant.state_dict()[key], value) for key, value in source.state_dict().items())
     wider = build_model(train_cfg("model.generator.ngf=8"))
     with pytest.raises(ValueError, match=r"init_from=.*do not fit the CycleGAN.*tensors of other shapes"):
         start_from_checkpoint(wider, no_ema)

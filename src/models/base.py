@@ -118,6 +118,9 @@ class AdversarialModel(pl.LightningModule):
     optimizer_steps_per_iter: int = 2
     #: the `loss.weights` names the model reads; any other is refused when a fit starts
     loss_weights: tuple[str, ...] = ()
+    #: the model's own `loss.` settings beside the shared LOSS_KEYS (a contrastive loss's
+    #: `loss.nce`, say); any other key is refused
+    loss_settings: tuple[str, ...] = ()
     #: the model's own settings (keys under `model.`, a table's with it) that a resume may change
     #: and still continue the same run: batch sizes, growth, logging options. Subclasses extend
     #: their parent's; the data loading settings and speed options every model shares are in
@@ -131,7 +134,7 @@ class AdversarialModel(pl.LightningModule):
         self.optimizer_cfg = to_plain(optimizer)
         self.lr_schedule_cfg = to_plain(lr_schedule)
         self.init_cfg = to_plain(init)
-        refuse_unknown_keys("loss", self.loss_cfg, LOSS_KEYS)
+        refuse_unknown_keys("loss", self.loss_cfg, (*LOSS_KEYS, *self.loss_settings))
         refuse_unknown_keys("model.lr_schedule", self.lr_schedule_cfg, SCHEDULE_KEYS)
         for key, settings in (("model.init", self.init_cfg),
                               *((f"model.init.players.{name}", player)
@@ -1067,8 +1070,16 @@ class TranslationModel(AdversarialModel):
         return self.generator_for(direction)(x)
 
     def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Rows of the sample grid: real, fake (and reconstruction where the model has one)."""
-        return {"real_A": batch["A"], "fake_B": self.translate(batch["A"], "AtoB"), "real_B": batch["B"]}
+        """Rows of the sample grid: each translated direction's source images and translations,
+        then the target images (a model's own override adds reconstructions, attention maps)."""
+        rows = {}
+        for direction in translated_directions(self)[0]:
+            source_key, target_key = DIRECTION_KEYS[direction]
+            rows[f"real_{source_key}"] = batch[source_key]
+            rows[f"fake_{target_key}"] = self.translate(batch[source_key], direction)
+        for key in ("A", "B"):
+            rows.setdefault(f"real_{key}", batch[key])
+        return rows
 
     def sampling_nets(self) -> list[nn.Module]:
         """Every network a translation of a translated direction runs through."""

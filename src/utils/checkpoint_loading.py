@@ -119,6 +119,28 @@ def model_class_from_run_config(ckpt_path: str | Path) -> type[AdversarialModel]
     return None if target is None else model_class(target, f"{config_path} (model._target_)")
 
 
+def check_loadable(model: AdversarialModel) -> None:
+    """What eval.py, translate.py, init_from and a resume will ask of this run's checkpoints,
+    asked when the run starts, not after its training: the model's class is one of src/models/,
+    its networks' of src/nets/ (a checkpoint builds nothing else, `refuse_foreign_targets`), and
+    its saved hyperparameters hold every argument its constructor needs (a subclass's own,
+    unsaved, made every load fail as "the file was altered")."""
+    name = type(model).__name__
+    try:
+        model_class(f"{type(model).__module__}.{type(model).__qualname__}", "model._target_")
+        refuse_foreign_targets(dict(model.hparams), f"{name}'s settings", NETS_PACKAGE, nn.Module, "network",
+                               "network")
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{error}: the run's checkpoints could not be loaded (eval.py, translate.py and "
+                         f"init_from build models of {MODELS_PACKAGE[:-1]} and networks of {NETS_PACKAGE[:-1]} only). "
+                         f"Move the class there") from error
+    reason = _hparams_mismatch(type(model), dict(model.hparams))
+    if reason is not None:
+        raise ValueError(f"{name}'s saved hyperparameters cannot build it again ({reason}): its checkpoints are "
+                         f"loaded by building it from them. Save every argument of {name}.__init__ "
+                         f"(self.save_hyperparameters)")
+
+
 def _hparams_mismatch(cls: type, hparams: dict) -> str | None:
     """Why `cls` cannot be built from the stored hyperparameters, or None when it can."""
     try:

@@ -48,6 +48,17 @@ def check_weight_choice(weights: str) -> None:
         raise ValueError(f"init_from_weights={weights!r}: choose one of {', '.join(WEIGHT_CHOICES)}")
 
 
+def same_lineage(recorded: str, cls: type, init_from: str | Path) -> bool:
+    """Whether the checkpoint's model class (a name read from the file, checked to be a model of
+    src.models before it is imported) and `cls` are one a subclass of the other: a variant of a
+    model (another loss, say) may start from the model's trained networks, which the exact
+    state_dict comparison then checks."""
+    from src.utils.checkpoint_loading import model_class   # (it imports the models: not at module import)
+
+    saved = model_class(recorded, f"init_from={init_from}")
+    return issubclass(cls, saved) or issubclass(saved, cls)
+
+
 def start_from_checkpoint(model: torch.nn.Module, init_from: str | Path, weights: str = "trained",
                           data_settings: dict | None = None) -> None:
     """Load the networks of the checkpoint `init_from` into `model`, as they were trained
@@ -58,7 +69,7 @@ def start_from_checkpoint(model: torch.nn.Module, init_from: str | Path, weights
     checkpoint = read_training_checkpoint(init_from, key="init_from")
     here = f"{type(model).__module__}.{type(model).__qualname__}"
     recorded = checkpoint.get("model_class")
-    if recorded is not None and recorded != here:
+    if recorded is not None and recorded != here and not same_lineage(recorded, type(model), init_from):
         raise ValueError(f"init_from={init_from} holds a {recorded.rsplit('.', 1)[-1]}, and this run builds a "
                          f"{type(model).__name__}: choose the checkpoint's model (model=...) or another checkpoint")
     state_dict = checkpoint["state_dict"]

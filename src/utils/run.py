@@ -31,6 +31,7 @@ from src.models.checkpoint_fit import check_resume_seed, check_resume_settings, 
 from src.utils.accelerator import is_out_of_memory, resolved_accelerator
 from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_job, set_aside_abandoned_checkpoints
 from src.utils.checkpoint_io import DurableCheckpointIO
+from src.utils.checkpoint_loading import check_loadable
 from src.utils.code_version import git_revision
 from src.utils.config_checks import check_argument_types, check_run_folder, check_seed, is_number, require_int
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
@@ -440,6 +441,7 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
     # of in Lightning's setup after the model is built (seconds at full size) and DDP started.
     datamodule.check_present()
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    check_loadable(model)
     refuse_unread_overrides(job_overrides(cfg), model, cfg, in_a_sweep=in_a_sweep())
     if callable(check_class_count := getattr(model, "check_class_count", None)):
         check_class_count(datamodule)   # a conditional model's classes, before the callbacks train on the data's
