@@ -162,6 +162,23 @@ def test_the_loader_follows_the_batch_size_per_resolution_and_the_optimizers_the
     assert {g["lr"] for opt in model.optimizers() for g in opt.param_groups} == {0.002}
 
 
+def test_the_first_iterations_rate_by_resolution_is_set_before_it_starts(train_cfg):
+    """The learning-rate monitor reads the optimizers at a batch's start: the first iteration's
+    rate by resolution was set only inside it, so the first row logged the base rate."""
+    cfg = train_cfg("model=stylegan", "max_iters=1", "++model.lr_by_resolution.8=0.003", *NO_EVALUATION)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    before = []
+    train_iteration = model.train_iteration
+
+    def recording(batch):
+        before.append(sorted({g["lr"] for opt in model.optimizers() for g in opt.param_groups}))
+        train_iteration(batch)
+
+    model.train_iteration = recording
+    fit_briefly(cfg, model)
+    assert before == [[0.003]]
+
+
 def test_a_resume_at_another_rate_keeps_the_rates_a_resolution_names(train_cfg, tmp_path, monkeypatch):
     """model=stylegan's smoke schedule: iterations 1-2 at 8x8 (the base rate), 3-4 fading in
     16x16, whose rate the table gives. Resumed at half the base rate from iteration 1 or 3: 8x8

@@ -194,6 +194,10 @@ class ProGAN(NoiseGAN):
         super().on_train_start()
         if message := self.growth_outlasting_the_run():
             rank_zero_warn(message)
+        if self.hparams.lr_by_resolution:
+            # The first iteration's rate before it starts, where the learning-rate monitor reads
+            # it (each later one is set by the scheduler step before it: `_step_schedulers`).
+            self.set_resolution_learning_rates(self.schedule.lr_factor_at(self.iteration))
 
     def samples_at_full_size(self, iteration: int | None = None) -> bool:
         if iteration is None:
