@@ -863,3 +863,20 @@ def test_a_workers_peak_memory_is_its_own_not_that_of_the_process_that_started_i
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
     assert 0 < int(result.stdout) < 200 * 2**20
+
+
+def test_the_image_pools_are_full_when_the_timed_iterations_start(train_cfg):
+    """A few iterations leave CycleGAN's pools of 50 fakes nearly empty: the peak memory of a run
+    past its first iterations holds them full."""
+    from src.utils.bench_step import fill_image_pools, random_batches
+
+    cfg = train_cfg("model=cyclegan", "model.pool_size=5", "data.input_nc=1", "loss.weights.identity=0")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    batch = random_batches(1, 2, cfg.data, 32, 0, False)[0]
+    fill_image_pools(model, batch, "cpu")
+    assert {name: [tuple(image.shape) for image in pool.images] for name, pool in model.pools.items()} == {
+        "fake_A": [(1, 1, 32, 32)] * 5, "fake_B": [(1, 3, 32, 32)] * 5}
+    pix2pix = hydra.utils.instantiate(train_cfg("model=pix2pix", "data=shapes_paired", "model.pool_size=2").model,
+                                      _recursive_=False)
+    fill_image_pools(pix2pix, batch, "cpu")
+    assert [tuple(image.shape) for image in pix2pix.pools["fake_AB"].images] == [(1, 4, 32, 32)] * 2

@@ -41,6 +41,18 @@ def compose_model_config(conf_dir: str, model: str, size: int, overrides: list[s
     return compose_training_config([f"model={model}", f"data.size={size}", *overrides], conf_dir)
 
 
+def fill_image_pools(model, batch: dict[str, Any], device: str) -> None:
+    """Every image pool of the model full (CycleGAN's two of 50 fakes: 16 MB at 128 px, 66 MB
+    at 256), as in a run past its first iterations: the benchmark's few iterations would leave
+    them nearly empty and the peak memory low. Random images the shape of the pool's fakes
+    (`fake_B`: a B image; pix2pix's `fake_AB`: an A and B pair's channels)."""
+    gen = torch.Generator().manual_seed(0)
+    for name, pool in getattr(model, "pools", {}).items():
+        domains = name.removeprefix("fake_")
+        shape = (1, sum(batch[d].size(1) for d in domains), *batch[domains[0]].shape[2:])
+        pool.images = [(torch.rand(shape, generator=gen) * 2 - 1).to(device) for _ in range(pool.size)]
+
+
 def random_batches(n: int, batch_size: int, data_cfg, size: int, seed: int,
                    channels_last: bool) -> list[dict[str, Any]]:
     """`n` distinct batches in the DataModules' format, uniform in [-1, 1] like real images: a
@@ -209,6 +221,7 @@ def measure_training_step(spec: dict[str, Any]) -> dict[str, Any]:
     profile = bool(spec.get("profile"))
     n_batches = warmup + repeats + 1   # the last one untimed (IterationTimer)
     batches = random_batches(n_batches, spec["batch_size"], cfg.data, spec["size"], spec.get("seed", 0), channels_last)
+    fill_image_pools(model, batches[0], device)
     timer = IterationTimer(device, warmup, repeats, profile, toggle)
     compiling = [CompileNetworks(tweaks["compile"], "tweaks.compile")] if tweaks.get("compile") else []
     trainer = pl.Trainer(accelerator=device, devices=1, precision=TRAINER_PRECISION[precision], max_epochs=1,
