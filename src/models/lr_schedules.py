@@ -50,10 +50,11 @@ class DecayToZero:
 def decay_progress(t: int, constant: int, decay: int) -> float:
     """How far step `t` (0-based: the rate step t trains at) is into the decay, 0 to 1: steps
     0..constant-1 at the full rate, then `decay` steps at 1 - k / (decay + 1), k = 1..decay, and
-    0 once the run is over (CycleGAN's and pix2pix's code, which steps its schedule at an epoch's
-    end in its first and latest releases: epochs 1-100 at the initial rate, 101-200 from 100/101
-    down to 1/101 of it; its 2020 releases step at an epoch's start, one epoch earlier. U-GAT-IT's and NICE-GAN's code decay per iteration
-    by 1/decay and train their last iteration at 0; the difference is a factor of 1/decay)."""
+    0 once the run is over (CycleGAN's and pix2pix's current code: epochs 1-100 at the initial
+    rate, 101-200 from 100/101 down to 1/101 of it; its releases have stepped the schedule at
+    other points of the epoch, so older ones may be an epoch off. U-GAT-IT's and NICE-GAN's code
+    decay per iteration by 1/decay and train their last iteration at 0; the difference is a
+    factor of 1/decay)."""
     return min(max(0, t + 1 - constant), decay + 1) / (decay + 1)
 
 
