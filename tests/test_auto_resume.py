@@ -419,6 +419,9 @@ def test_a_resume_that_counts_its_schedule_in_other_units_is_refused():
             check_resume_settings("last.ckpt", checkpoint, model, {}, must_match)
     model.hparams["lr_schedule"]["unit"] = "epoch"   # (the checkpoint's by default)
     assert check_resume_settings("last.ckpt", checkpoint, model, {}, False) is None
+    constant = {"hyper_parameters": {"lr_schedule": {"policy": "constant"}}}   # (a count nothing reads)
+    model.hparams["lr_schedule"] = {"policy": "constant", "unit": "iteration"}
+    check_resume_settings("last.ckpt", constant, model, {}, False)   # not refused
 
 
 def test_auto_resumes_a_run_whose_model_changed_a_setting_its_class_lets_a_resume_change(train_cfg, caplog):

@@ -689,7 +689,7 @@ def test_pix2pix_skips_btoa_and_turns_the_latent_callback_off_without_warnings(t
     library_notices = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
     assert [str(w.message) for w in caught if not issubclass(w.category, library_notices)] == []
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert "LatentCallback off: Pix2Pix has no encode" in caplog.text and "not scoring BtoA" in caplog.text
+    assert "LatentCallback off: Pix2Pix's networks have no shared latent space" in caplog.text and "not scoring BtoA" in caplog.text
     assert {"eval/fid_AtoB", "eval/kid_x100_AtoB", "eval/fid"} <= set(metrics)
     assert metrics["eval/fid"] == metrics["eval/fid_AtoB"]
     assert not any(k.endswith("_BtoA") or k.startswith("latent/") for k in metrics)
@@ -960,4 +960,4 @@ def test_the_latent_callback_is_off_for_a_cyclegan_whose_generators_have_no_enco
     model.G_B = UnetGenerator(num_downs=5, ngf=4)
     with caplog.at_level(logging.INFO):
         callback.setup(None, model, "fit")
-    assert not callback.enabled and "LatentCallback off: CycleGAN has no encode" in caplog.text
+    assert not callback.enabled and "LatentCallback off: CycleGAN's networks have no shared latent" in caplog.text

@@ -17,7 +17,7 @@ def test_the_budget_counts_every_devices_images_and_stops_once_reached():
     trainer = SimpleNamespace(should_stop=False)
     # the model's count over 2 devices of 4 images each
     module = SimpleNamespace(loaded_images=lambda batch: batch["A"].size(0) * 2, iteration=0, images_seen=0)
-    module.images_before = lambda batch: module.images_seen
+    module.images_after = lambda batch: module.images_seen + module.loaded_images(batch)
     stops = []
     batch = {"A": torch.zeros(4, 1)}
     for _ in range(3):

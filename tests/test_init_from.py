@@ -113,6 +113,9 @@ def test_checkpoints_that_do_not_fit_are_refused_naming_the_setting(train_cfg, t
     other_class = save_checkpoint(tmp_path / "other.ckpt", source, model_class="src.models.pix2pix.Pix2Pix")
     with pytest.raises(ValueError, match=r"init_from=.*holds a Pix2Pix, and this run builds a CycleGAN"):
         start_from_checkpoint(build_model(cfg), other_class)
+    for gone in ("src.models.renamed.Since", "elsewhere.models.Since"):   # a class renamed since, or of elsewhere
+        with pytest.raises(ValueError, match=r"init_from=.*holds a Since, and this run builds a CycleGAN"):
+            start_from_checkpoint(build_model(cfg), save_checkpoint(tmp_path / "gone.ckpt", source, model_class=gone))
 
     # A variant of the model (a subclass: another loss, say) starts from the model's networks; a
     # class of another lineage is refused above.

@@ -53,7 +53,8 @@ def train_one_iteration(model, batch: dict) -> dict[str, float]:
 
 def adam(cfg, *modules):
     """The reference's optimizer, as the model's config sets it: Adam with the same kernel as the
-    model's (fused where torch has one), or plain SGD (`sgd_updates`).
+    model's (fused where torch has one), or plain SGD
+    (`test_steps_move_every_parameter_by_the_reference_gradient`).
 
     Biases in front of an instance norm get an exactly-zero true gradient, so what they receive
     is rounding noise, which Adam scales up to steps of +-lr: a one-ulp difference anywhere
@@ -218,8 +219,8 @@ def freeze_power_iterations(module: torch.nn.Module) -> None:
         for hook in mod._forward_pre_hooks.values():
             if hasattr(hook, "n_power_iterations"):
                 with torch.no_grad():
-                    weight = getattr(mod, hook.name + "_orig")
-                    _power_iteration(weight.reshape(weight.size(0), -1), getattr(mod, hook.name + "_u"),
+                    weight = hook.reshape_weight_to_matrix(getattr(mod, hook.name + "_orig"))
+                    _power_iteration(weight, getattr(mod, hook.name + "_u"),
                                      getattr(mod, hook.name + "_v"), 50, hook.eps)
                 hook.n_power_iterations = 0
 

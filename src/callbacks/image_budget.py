@@ -51,8 +51,7 @@ class ImageBudget(pl.Callback):
         # The stop is known before the iteration runs: the model decides before its steps whether
         # to log its losses, and logs the last iteration's (decided after, the loggers got the
         # previous logged iteration's values under the last step). The batch still trains.
-        after = pl_module.images_before(batch) + pl_module.loaded_images(batch)
-        if after >= self.max_images and not trainer.should_stop:
+        if pl_module.images_after(batch) >= self.max_images and not trainer.should_stop:
             trainer.should_stop = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -144,9 +144,9 @@ class LatentCallback(PeriodicEvaluation):
         if stage == "fit" and not encodes:
             # Said, not warned: the default callbacks hold this one for every model, and a
             # warning on every pix2pix or noise-model run would teach users to skip warnings.
-            rank_zero_info(f"LatentCallback off: {type(pl_module).__name__} has no encode(x, domain) "
-                           "(a shared latent space) with these networks; the latent t-SNE/MMD applies to unpaired "
-                           "models such as CycleGAN (ResNet generators), U-GAT-IT and NICE-GAN.")
+            rank_zero_info(f"LatentCallback off: {type(pl_module).__name__}'s networks have no shared latent space "
+                           "(encode(x, domain)); the latent t-SNE/MMD applies to unpaired models such as CycleGAN "
+                           "(ResNet generators), U-GAT-IT and NICE-GAN.")
             self.enabled = False
             return   # before the evaluation set's checks: a test split it would refuse is not its business
         super().setup(trainer, pl_module, stage)

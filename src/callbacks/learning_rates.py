@@ -34,9 +34,7 @@ class LearningRatesWithImageCount(LearningRateMonitor):
     def kimg_after(pl_module: pl.LightningModule, batch: Any) -> float | None:
         """The thousands of images trained on once this batch's iteration is done, as its loss row
         logs them; None for a module that does not count them."""
-        if not hasattr(pl_module, "images_before"):
-            return None
-        return (pl_module.images_before(batch) + pl_module.loaded_images(batch)) / 1000
+        return pl_module.images_after(batch) / 1000 if hasattr(pl_module, "images_after") else None
 
     def _extract_stats(self, trainer: pl.Trainer, interval: str) -> dict[str, float]:
         stats = super()._extract_stats(trainer, interval)

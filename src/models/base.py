@@ -842,6 +842,11 @@ class AdversarialModel(pl.LightningModule):
                            f"{self.images_seen} images for its {self.iteration} iterations")
         return self.images_seen
 
+    def images_after(self, batch: dict) -> int:
+        """The real images trained on once this batch's iteration is done: what its loss row logs
+        as train/kimg, and what max_kimg counts."""
+        return self.images_before(batch) + self.loaded_images(batch)
+
     def estimated_images_before(self, batch: dict) -> int:
         """As if every earlier iteration had loaded as many images as this one."""
         return self.iteration * self.loaded_images(batch)

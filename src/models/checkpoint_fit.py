@@ -271,7 +271,7 @@ def refuse_another_schedule_unit(ckpt_path: str | Path, checkpoint: dict, hparam
     if not (isinstance(saved, Mapping) and isinstance(ours, Mapping)):
         return
     before, now = saved.get("unit", "epoch"), ours.get("unit", "epoch")
-    if before != now:
+    if before != now and not saved.get("policy") == ours.get("policy") == "constant":   # (a count read by nothing)
         raise ValueError(f"ckpt_path={ckpt_path} counts its learning-rate schedule in {before}s "
                          f"(model.lr_schedule.unit={before}), and this run in {now}s: its saved count would be read "
                          f"as {now}s. Resume with model.lr_schedule.unit={before}, or start from its weights with a "

@@ -137,7 +137,6 @@ def _status_bytes(field: str) -> int | None:
     except OSError:
         pass
     return None
-    return 0
 
 
 #: the widest vector instructions a CPU has, by its /proc/cpuinfo flag, widest first

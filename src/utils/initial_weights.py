@@ -55,7 +55,10 @@ def same_lineage(recorded: str, cls: type, init_from: str | Path) -> bool:
     state_dict comparison then checks."""
     from src.utils.checkpoint_loading import model_class   # (it imports the models: not at module import)
 
-    saved = model_class(recorded, f"init_from={init_from}")
+    try:
+        saved = model_class(recorded, f"init_from={init_from}")
+    except (ValueError, TypeError, ImportError):   # a class of elsewhere, or renamed since: another model
+        return False
     return issubclass(cls, saved) or issubclass(saved, cls)
 
 
