@@ -50,6 +50,7 @@ def test_bench_runs_a_tiny_configuration_end_to_end(tmp_path):
            "quiet.max_load=null", "quiet.max_busy_cores=null", "data_throughput.epochs=2",
            "~data_throughput.datamodules.shapes_286crop256_workers2", "~data_throughput.datamodules.shapes_256_workers0",
            "~data_throughput.datamodules.shapes_256_workers2_persistent",
+           "~data_throughput.datamodules.shapes_286crop256_dataset_defaults",
            "~data_throughput.datamodules.photos_12mp_workers2", "~data_throughput.datamodules.photos_12mp_workers2_full_decode",
            f"{data}.size=32", f"{data}.n_train=4", f"{data}.num_workers=0"]
     env = {**os.environ, "PROJECT_ROOT": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1", "HYDRA_FULL_ERROR": "1"}

@@ -262,6 +262,11 @@ def test_mmd_is_near_zero_within_a_distribution_and_positive_across():
     small, large = (mmd2_unbiased(s * collapsed_x, s * collapsed_y) for s in (1e-3, 1e3))
     assert small == pytest.approx(large, rel=1e-6) and small != 0
     assert median_heuristic_sigma(collapsed_x, collapsed_y) > 1.0   # the distinct points' scale, not rounding's
+    # a real sample of one point repeated (a constant test series) has no bandwidth of its own:
+    # the pooled sample's, so the value is still scale-free (a fixed 1 was in the data's units)
+    constant = code.expand(4, 64)
+    small, large = (mmd2_unbiased(s * constant, s * wide_y, bandwidth_from_x=True) for s in (1e-3, 1e3))
+    assert small == pytest.approx(large, rel=1e-6) and small > 0
 
 
 def test_mmd_sums_its_kernel_in_blocks_and_takes_the_median_of_an_even_spread(monkeypatch):

@@ -34,13 +34,15 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def median_heuristic_sigma(x: torch.Tensor, y: torch.Tensor) -> float:
-    """sigma with sigma^2 = median of the pairwise squared distances of the pooled sample / 2."""
-    return sigma_of_sample(torch.cat([x.flatten(1), y.flatten(1)]).double())
+    """sigma with sigma^2 = median of the pairwise squared distances of the pooled sample / 2
+    (1 where all its points are one: any bandwidth gives MMD 0 there)."""
+    sigma = sigma_of_sample(torch.cat([x.flatten(1), y.flatten(1)]).double())
+    return 1.0 if sigma is None else sigma
 
 
-def sigma_of_sample(points: torch.Tensor) -> float:
+def sigma_of_sample(points: torch.Tensor) -> float | None:
     """The median heuristic's sigma of the rows of `points` (N, D), from MEDIAN_ROWS of them
-    spread evenly through the sample where it holds more."""
+    spread evenly through the sample where it holds more; None where they are all one point."""
     if len(points) > MEDIAN_ROWS:
         points = points[torch.linspace(0, len(points) - 1, MEDIAN_ROWS, device=points.device).round().long()]
     d2 = squared_distances(points, points)
@@ -48,8 +50,8 @@ def sigma_of_sample(points: torch.Tensor) -> float:
     # Over the distances between distinct points: where most points coincide (a half-collapsed
     # code) the median of all pairs is 0, and any fixed fallback would ignore the data's scale.
     distinct = off_diagonal[off_diagonal > 0]
-    if len(distinct) == 0:   # all points identical: any bandwidth gives MMD 0
-        return 1.0
+    if len(distinct) == 0:
+        return None
     return (float(distinct.median()) / 2.0) ** 0.5
 
 
@@ -79,7 +81,10 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = No
     if bandwidth is not None:
         sigma = float(bandwidth)
     else:
-        sigma = sigma_of_sample(x) if bandwidth_from_x else median_heuristic_sigma(x, y)
+        # (a real sample of one point, a constant series repeated, has no scale of its own: the
+        # pooled sample's then, not a fixed 1 in the data's units)
+        from_x = sigma_of_sample(x) if bandwidth_from_x else None
+        sigma = from_x if from_x is not None else median_heuristic_sigma(x, y)
     if sigma <= 0:
         raise ValueError(f"bandwidth must be positive, got {bandwidth}")
     # The diagonals k(a, a) are exactly 1 (squared_distances gives exactly 0 for a row and itself).

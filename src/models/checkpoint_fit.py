@@ -241,7 +241,9 @@ def check_resume_settings(ckpt_path: str | Path, checkpoint: dict, model: torch.
     differences are returned for a warning (None when there are none), and so, whatever
     `must_match`, are the settings added since whose new defaults change the run
     (`defaults_changed_since`)."""
-    refuse_another_schedule_unit(ckpt_path, checkpoint, dict(model.hparams))
+    if checkpoint.get("model_class") in (None, f"{type(model).__module__}.{type(model).__qualname__}"):
+        # (a checkpoint of another model is refused for its networks, a clearer reason)
+        refuse_another_schedule_unit(ckpt_path, checkpoint, dict(model.hparams))
     changed = changed_settings(checkpoint, dict(model.hparams), data_settings,
                                type(model).resumable_settings)
     if not changed:
