@@ -962,7 +962,8 @@ class TranslationModel(AdversarialModel):
 
         return TwoDomainDataModule, (
             "two image domains: use an unpaired data config (data=shapes, horse2zebra, ...) or a paired one "
-            "(data=shapes_paired, facades, ...)")
+            "(data=shapes_paired, facades, ...); a DataModule of one's own subclasses "
+            "src.data.unpaired.UnpairedDataModule or src.data.paired.PairedDataModule (src.data.base.TwoDomainDataModule)")
 
     @classmethod
     def check_data_config(cls, data_cfg, model_name: str) -> None:
