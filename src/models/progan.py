@@ -194,10 +194,9 @@ class ProGAN(NoiseGAN):
         super().on_train_start()
         if message := self.growth_outlasting_the_run():
             rank_zero_warn(message)
-        if self.hparams.lr_by_resolution:
-            # The first iteration's rate before it starts, where the learning-rate monitor reads
-            # it (each later one is set by the scheduler step before it: `_step_schedulers`).
-            self.set_resolution_learning_rates(self.schedule.lr_factor_at(self.iteration))
+        # The first iteration's rate before it starts, where the learning-rate monitor reads it
+        # (each later one is set by the scheduler step before it: `_step_schedulers`).
+        self.set_resolution_learning_rates(self.iteration)
 
     def samples_at_full_size(self, iteration: int | None = None) -> bool:
         if iteration is None:
@@ -296,8 +295,7 @@ class ProGAN(NoiseGAN):
         level, alpha = self.stage(iteration)
         for net in (self.generator, self.discriminator):
             net.set_stage(level, alpha)
-        if self.hparams.lr_by_resolution:
-            self.set_resolution_learning_rates(self.schedule.lr_factor_at(iteration))
+        self.set_resolution_learning_rates(iteration)
         if self.hparams.reset_optimizers_per_phase and self.schedule.opens_phase(iteration):
             # From the iteration, like the stage: a run resumed anywhere resets where it would have.
             for optimizer in self.named_optimizers().values():
@@ -314,13 +312,15 @@ class ProGAN(NoiseGAN):
         # Also the next iteration's rate, set now: the learning-rate monitor reads the optimizers
         # before that iteration starts, and a scheduler step has just set them from its base.
         super()._step_schedulers()
-        if self.hparams.lr_by_resolution:
-            self.set_resolution_learning_rates(self.schedule.lr_factor_at(self.iteration))
+        self.set_resolution_learning_rates(self.iteration)
 
-    def set_resolution_learning_rates(self, factor: float) -> None:
-        """Every player's rate: its schedule's current rate (model.lr_schedule) times the
-        resolution's factor. Rewritten each iteration, so a scheduler step in between (which
-        sets the rate from its own base) loses nothing."""
+    def set_resolution_learning_rates(self, iteration: int) -> None:
+        """With `lr_by_resolution`, every player's rate at `iteration`: its schedule's current rate
+        (model.lr_schedule) times the resolution's factor. Rewritten each iteration, so a
+        scheduler step in between (which sets the rate from its own base) loses nothing."""
+        if not self.hparams.lr_by_resolution:
+            return
+        factor = self.schedule.lr_factor_at(iteration)
         for scheduler in self.scheduler_list():
             for group, rate in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):
                 group["lr"] = rate * factor
