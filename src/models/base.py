@@ -22,7 +22,7 @@ from pytorch_lightning.strategies import SingleDeviceStrategy
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from src.losses import AdversarialLoss, gradient_penalty
-from src.models.checkpoint_fit import check_resume_fits
+from src.models.checkpoint_fit import check_resume_fits, class_path
 from src.models.divergence import (DIVERGED_LOSS_SCALE, LOW_LOSS_SCALE, TrainingDiverged, diverged_message,
                                    non_finite_losses, refuse_non_finite_weights)
 from src.models.image_pool import ImagePool
@@ -909,12 +909,12 @@ class AdversarialModel(pl.LightningModule):
     # ----- checkpoint state beyond the nets and optimizers --------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning stores no class: load_model would have to find it from the hyperparameters.
-        checkpoint["model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["model_class"] = class_path(self)
         # Beside the datamodule's hyperparameters (Lightning's), its class: with both, the
         # checkpoint alone rebuilds the data it was trained on (eval.py away from its run folder).
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is not None:
-            checkpoint["datamodule_class"] = f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
+            checkpoint["datamodule_class"] = class_path(datamodule)
             if callable(getattr(datamodule, "class_folders", None)):
                 # What each label means (the data's hyperparameters hold `classes: null` when the
                 # folders decide): eval.py and a resume check that their data reads the same.

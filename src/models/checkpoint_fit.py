@@ -21,6 +21,13 @@ from src.utils.config_checks import accepted_arguments
 from src.utils.whole_files import whole_zip_archive
 from src.utils.nested import flattened
 
+
+def class_path(instance) -> str:
+    """`module.Class` of an object's class: how a checkpoint names it (`model_class`,
+    `datamodule_class`) and how a loaded one is compared with the class a run builds."""
+    cls = type(instance)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
 #: mismatches named in a message; the rest are counted
 SHOWN = 3
 
@@ -241,7 +248,7 @@ def check_resume_settings(ckpt_path: str | Path, checkpoint: dict, model: torch.
     differences are returned for a warning (None when there are none), and so, whatever
     `must_match`, are the settings added since whose new defaults change the run
     (`defaults_changed_since`)."""
-    if checkpoint.get("model_class") in (None, f"{type(model).__module__}.{type(model).__qualname__}"):
+    if checkpoint.get("model_class") in (None, class_path(model)):
         # (a checkpoint of another model is refused for its networks, a clearer reason)
         refuse_another_schedule_unit(ckpt_path, checkpoint, dict(model.hparams))
     changed = changed_settings(checkpoint, dict(model.hparams), data_settings,

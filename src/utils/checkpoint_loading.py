@@ -31,7 +31,7 @@ from src.utils.hydra_runtime import job_overrides
 from src.utils.unread_overrides import refuse_added_keys
 from src.utils.config_checks import accepted_arguments, require_bool
 from src.models.base import AdversarialModel
-from src.models.checkpoint_fit import (check_checkpoint_file, checkpoint_iteration, read_training_checkpoint,
+from src.models.checkpoint_fit import (check_checkpoint_file, checkpoint_iteration, class_path, read_training_checkpoint,
                                        run_config_path, state_dict_mismatch, upgraded_hparams)
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def check_loadable(model: AdversarialModel) -> None:
     unsaved, made every load fail as "the file was altered")."""
     name = type(model).__name__
     try:
-        model_class(f"{type(model).__module__}.{type(model).__qualname__}", "model._target_")
+        model_class(class_path(model), "model._target_")
         refuse_foreign_targets(dict(model.hparams), f"{name}'s settings", NETS_PACKAGE, nn.Module, "network",
                                "network")
     except (ValueError, TypeError) as error:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from src.callbacks.ema import averaged_state_dict
-from src.models.checkpoint_fit import (changed_settings, check_checkpoint_file, checkpoint_iteration,
+from src.models.checkpoint_fit import (changed_settings, check_checkpoint_file, checkpoint_iteration, class_path,
                                        defaults_changed_since, read_training_checkpoint, state_dict_mismatch)
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def start_from_checkpoint(model: torch.nn.Module, init_from: str | Path, weights
     checkpoint of another model class or of networks of other shapes."""
     check_weight_choice(weights)
     checkpoint = read_training_checkpoint(init_from, key="init_from")
-    here = f"{type(model).__module__}.{type(model).__qualname__}"
+    here = class_path(model)
     recorded = checkpoint.get("model_class")
     if recorded is not None and recorded != here and not same_lineage(recorded, type(model), init_from):
         raise ValueError(f"init_from={init_from} holds a {recorded.rsplit('.', 1)[-1]}, and this run builds a "
