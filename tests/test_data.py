@@ -1057,6 +1057,7 @@ def test_grayscale_channels_in_batches(tmp_path):
         ("crop", (16, 16)),
         ("scale_width", (16, 24)),  # width -> 24, height int(24 * 45 / 67) = 16
         ("scale_width_and_crop", (16, 16)),
+        ("scale_shortside_and_center_crop", (16, 16)),  # 45x67 -> 24x36, the center 16x16
         ("none", (44, 64)),  # 45x67 floored to multiples of 4
     ],
 )
@@ -1066,6 +1067,27 @@ def test_preprocess_output_sizes(mode, expected_hw):
         out = ImageTransform(mode, load_size=24, crop_size=16, flip=True, train=train)(image, seed=1)
         assert tuple(out.shape) == (3, *expected_hw), (mode, train)
         assert out.dtype == torch.float32 and out.min() >= -1 and out.max() <= 1
+
+
+def test_class_folders_frame_training_images_as_their_fid_references():
+    """class_folders trained noise GANs on random 64 px crops of a 72 px resize and scored them
+    against whole images resized to 64: content 1.125x larger than the references, edges cut."""
+    from src.utils.training_config import compose_training_config
+    data = compose_training_config(["model=dcgan", "data=class_folders"]).data
+    settings = {"preprocess": data.preprocess, "load_size": data.load_size, "crop_size": data.crop_size}
+    portrait = np.random.default_rng(0).integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    trained = ImageTransform(**settings, flip=False, train=True)(portrait, seed=3)
+    assert torch.equal(trained, ImageTransform(**settings, flip=False, train=False)(portrait))
+    assert tuple(trained.shape) == (3, data.crop_size, data.crop_size)
+    # DCGAN's Resize + CenterCrop: the shorter side scaled whole, the longer one cut evenly
+    shorter_side_whole = np.zeros((80, 40, 3), np.uint8)
+    shorter_side_whole[:, :6] = shorter_side_whole[:, -6:] = 255      # both vertical edges stay
+    shorter_side_whole[:10] = shorter_side_whole[-10:] = 128          # the cut rows go
+    out = ImageTransform("scale_shortside_and_center_crop", 20, 20, flip=False, train=False)(shorter_side_whole)
+    assert out[:, :, 0].min() > 0.5 and out[:, :, -1].min() > 0.5
+    assert (out[:, :, 6:14] == -1).all()
+    transform = ImageTransform("scale_shortside_and_center_crop", 64, 64, train=True)
+    assert transform.decode_at_least == (64, 64)   # a large JPEG still decodes reduced, above the short side
 
 
 def test_scale_width_keeps_height_at_least_crop_and_multiple_of_4():

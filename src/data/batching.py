@@ -36,7 +36,8 @@ def collate_same_size(items: Sequence[dict[str, Any]], preprocess: str = "") -> 
                     f"Images of different sizes in one batch: {first.get(f'{key}_path')} is {a[0]}x{a[1]} and "
                     f"{item.get(f'{key}_path')} is {b[0]}x{b[1]} after data.preprocess={preprocess or '?'}. "
                     f"Batch one image at a time (data.batch_size=1, data.eval_batch_size=1) or use a "
-                    f"preprocess mode with one output size (resize_and_crop, crop, scale_width_and_crop).")
+                    f"preprocess mode with one output size (resize_and_crop, crop, scale_width_and_crop, "
+                    f"scale_shortside_and_center_crop).")
     return default_collate(list(items))
 
 

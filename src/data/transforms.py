@@ -10,10 +10,17 @@ crop                     random crop crop x crop                 center crop cro
 scale_width              width -> load (keep aspect, height at   same as training
                          least crop), sides floored to x4
 scale_width_and_crop     scale_width, random crop crop x crop    scale_width, center crop
+scale_shortside_and_     shorter side -> load (keep aspect),     same as training
+center_crop              center crop crop x crop
 none                     sides floored to a multiple of 4        same as training
 =======================  ======================================  ================================
 
 plus a random horizontal flip in training when `flip` is set.
+
+`scale_shortside_and_center_crop` (not a junyanz mode) is DCGAN's and torchvision's recipe for
+photos (Resize + CenterCrop): a noise-to-image GAN learns the training images' framing, and FID
+compares its samples with the evaluation images, so the two must frame alike. resize_and_crop's
+random crops of a larger resize show content bigger than its evaluation resize does.
 
 Randomness: every random draw comes from a per-call seed, and a missing seed is drawn from
 torch's global RNG; training items are prepared with that RNG seeded per item
@@ -33,7 +40,8 @@ from PIL import Image
 
 from src.utils.image_grid import from_uint8_levels
 
-PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop",
+                    "scale_shortside_and_center_crop", "none")
 
 # The generators halve the resolution twice (ResNet) and must upsample back to the same size,
 # so modes that keep the image's own size make each side a multiple of this.
@@ -59,7 +67,8 @@ def validate_preprocess(preprocess: str, load_size: int, crop_size: int) -> None
     for key, value in (("data.load_size", load_size), ("data.crop_size", crop_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{key}={value!r} must be a positive integer (pixels).")
-    needs_load_at_least_crop = preprocess in ("resize_and_crop", "scale_width_and_crop")
+    needs_load_at_least_crop = preprocess in ("resize_and_crop", "scale_width_and_crop",
+                                              "scale_shortside_and_center_crop")
     if needs_load_at_least_crop and crop_size > load_size:
         raise ValueError(
             f"data.crop_size={crop_size} is larger than data.load_size={load_size}: with "
@@ -100,6 +109,13 @@ def short_side_size(height: int, width: int, side: int) -> tuple[int, int]:
     return max(1, round(height * side / width)), side
 
 
+def scale_shortside(image: np.ndarray, load_size: int, interpolation: str = "bicubic", **_: object) -> np.ndarray:
+    """Scale so that the shorter side is load_size, keeping the aspect ratio."""
+    height, width = image.shape[:2]
+    size = short_side_size(height, width, load_size)
+    return image if size == (height, width) else resize_image(image, *size, interpolation)
+
+
 def floor_to_multiple(image: np.ndarray, multiple: int = SIDE_MULTIPLE, **_: object) -> np.ndarray:
     """Center-crop each side down to a multiple of `multiple` (at most multiple-1 pixels lost).
 
@@ -133,6 +149,9 @@ def _geometry(preprocess: str, load_size: int, crop_size: int, train: bool,
         return [to_width, to_multiple]
     if preprocess == "scale_width_and_crop":
         return [to_width, crop(crop_size, crop_size)]
+    if preprocess == "scale_shortside_and_center_crop":
+        to_short_side = A.Lambda(image=partial(scale_shortside, load_size=load_size, interpolation=interpolation))
+        return [to_short_side, A.CenterCrop(crop_size, crop_size)]
     return [to_multiple]  # "none"
 
 
@@ -173,12 +192,13 @@ class ImageTransform:
         # How the loader reads pixel values (load_image's keywords): the samples of files of more
         # than 8 bits, and colours in an embedded ICC profile.
         self.reading = {"bit_depth": bit_depth, "to_srgb": to_srgb}
-        # What the loader may decode a large JPEG down to (open_image's decode_at_least): the size
-        # every image is first resized to, in the one mode that has such a size. In the others
-        # the output's size follows the image's own (scale_width's height) or takes its pixels
-        # as they are (crop, none).
-        first_resize = (load_size, load_size) if train else (crop_size, crop_size)
-        self.decode_at_least = first_resize if reduced_jpeg_decode and preprocess == "resize_and_crop" else None
+        # What the loader may decode a large JPEG down to (open_image's decode_at_least): at least
+        # the size every image is first resized to, in the modes that have one (a shorter side of
+        # load_size: more than load x load decoded keeps it). In the others the output's size
+        # follows the image's own (scale_width's height) or takes its pixels as they are (crop, none).
+        first_resize = {"resize_and_crop": (load_size, load_size) if train else (crop_size, crop_size),
+                        "scale_shortside_and_center_crop": (load_size, load_size)}.get(preprocess)
+        self.decode_at_least = first_resize if reduced_jpeg_decode else None
         steps = _geometry(preprocess, load_size, crop_size, train, resize_interpolation)
         if train and flip:
             steps.append(A.HorizontalFlip(p=0.5))
