@@ -787,6 +787,8 @@ def test_pix2pix_trains_edges2shoes_for_the_papers_15_epochs_not_facades_200():
     from src.utils.training_config import compose_training_config
     shoes = compose_training_config(["model=pix2pix", "data=edges2shoes"])
     assert shoes.trainer.max_epochs == 15 and shoes.data.batch_size == 4
+    # the appendix's jitter and mirroring are for facades, maps and Cityscapes, not for shoes
+    assert (shoes.data.preprocess, shoes.data.flip) == ("none", False)
     assert (shoes.model.lr_schedule.constant, shoes.model.lr_schedule.decay) == ("half", "half")
     facades = compose_training_config(["model=pix2pix", "data=facades"])
     assert facades.trainer.max_epochs == 200 and facades.model.lr_schedule.constant == 100
