@@ -795,6 +795,30 @@ def test_ema_must_run_before_the_callbacks_that_sample(train_cfg, tmp_path):
         ema.setup(trainer, model, "fit")
 
 
+def test_ema_averages_the_batch_norm_statistics_a_sampler_in_eval_mode_reads(train_cfg, tmp_path):
+    """LSGAN samples in eval mode, normalising by the running statistics: averaged weights with
+    the live network's statistics were a network that never existed."""
+    common = ["model=lsgan", "data=shapes_labelled", "max_iters=3", "data.max_dataset_size=8", *NO_EVALUATION]
+    cfg = with_ema(train_cfg(*common), decay=0.5)
+    cfg.paths.output_dir = str(tmp_path / "ema")
+    run_training(cfg)
+    checkpoint = torch.load(tmp_path / "ema" / "checkpoints" / "last.ckpt", weights_only=True)
+    averaged = checkpoint["ema"]["state_dict"]
+    statistics = [name for name in averaged if name.endswith((".running_mean", ".running_var"))]
+    assert statistics and all(name.startswith("generator.") for name in statistics)
+    assert not any(name.endswith("num_batches_tracked") for name in averaged)
+    assert all(not torch.equal(averaged[name], checkpoint["state_dict"][name]) for name in statistics)
+
+    # An average saved before the statistics were averaged resumes, saying where they start.
+    for name in statistics:
+        del checkpoint["ema"]["state_dict"][name]
+    torch.save(checkpoint, tmp_path / "older.ckpt")
+    resumed = with_ema(train_cfg(*common, "max_iters=4", f"ckpt_path={tmp_path}/older.ckpt"), decay=0.5)
+    resumed.paths.output_dir = str(tmp_path / "resumed")
+    with pytest.warns(UserWarning, match="holds no batch-norm statistics"):
+        run_training(resumed)
+
+
 def test_ema_resumes_exactly(train_cfg, tmp_path):
     """4 iterations straight == 2, then resume for 2: the EMA continues like the weights."""
     common = ["model=cyclegan", "data.max_dataset_size=2", "seed=7", *NO_EVALUATION]

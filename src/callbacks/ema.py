@@ -10,8 +10,12 @@ images whatever the batch size (StyleGAN's, whose batch changes with the resolut
 What is averaged: the networks the model samples with (`pl_module.sampling_nets`: for a
 translator, those a translation runs through in each direction it translates): the generators, and for NICE-GAN the encoders too (its
 translation is G(E(x)), and an averaged G fed by a live E would see latents it was not averaged
-for). Discriminators are not averaged. Parameters only: buffers (spectral-norm vectors,
-batch-norm statistics) stay the live ones.
+for). Discriminators are not averaged. Averaged: the parameters and the batch-norm running
+statistics (as timm's ModelEmaV2 averages every float tensor of the state dict): a network that
+samples in eval mode normalises by those statistics (LSGAN, pix2pix with
+`test_time_batch_stats=false`), and averaged weights normalised by statistics the live weights
+gathered would be a network that never existed. Spectral-norm vectors stay the live ones (they
+estimate a singular vector, not an average), as do batch-norm step counters.
 
 Which weights who sees:
 - every training step runs on the training weights;
@@ -40,6 +44,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
+from src.models.reference_batch_norm import tracked_batch_norms
 from src.utils.config_checks import require_int
 
 
@@ -47,11 +52,20 @@ from src.utils.config_checks import require_int
 SAMPLING_HOOKS = ("on_train_batch_end", "on_train_epoch_end", "on_train_end")
 
 
-def averaged_parameter_names(pl_module: pl.LightningModule) -> list[str]:
-    """State-dict keys of the parameters of every network the model samples with
-    (`sampling_nets`: what a translation runs through, or a noise-to-image generator)."""
-    wanted = {id(p) for net in pl_module.sampling_nets() for p in net.parameters()}
-    return [name for name, p in pl_module.named_parameters() if id(p) in wanted]
+def averaged_tensors(pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
+    """By state-dict key, the parameters and batch-norm running statistics of every network the
+    model samples with (`sampling_nets`: what a translation runs through, or a noise-to-image
+    generator)."""
+    nets = pl_module.sampling_nets()
+    wanted = {id(p) for net in nets for p in net.parameters()}
+    wanted |= {id(statistic) for net in nets for layer in tracked_batch_norms(net)
+               for statistic in (layer.running_mean, layer.running_var)}
+    named = {**dict(pl_module.named_parameters()), **dict(pl_module.named_buffers())}
+    return {name: tensor for name, tensor in named.items() if id(tensor) in wanted}
+
+
+def is_batch_norm_statistic(name: str) -> bool:
+    return name.endswith((".running_mean", ".running_var"))
 
 
 def ema_update_(averaged: list[torch.Tensor], current: list[torch.Tensor], decay: float) -> None:
@@ -121,19 +135,23 @@ class GeneratorEMA(pl.Callback):
         # Here, not in setup: a resumed model has its weights only now, on its device.
         if not self.enabled:
             return
-        params = dict(pl_module.named_parameters())
-        self.names = averaged_parameter_names(pl_module)
-        self._params = [params[name] for name in self.names]
+        tensors = averaged_tensors(pl_module)
+        self.names, self._params = list(tensors), list(tensors.values())   # (statistics included)
         if self._restored is not None:
             missing = [n for n in self.names if n not in self._restored]
-            if missing:
+            if any(not is_batch_norm_statistic(n) for n in missing):
                 raise KeyError(f"The checkpoint's EMA lacks {missing[:3]}...: it comes from another model")
-            self.averaged = [self._restored[n].to(p.device, p.dtype).clone() for n, p in zip(self.names, self._params)]
+            if missing:   # an average saved before the statistics were averaged
+                rank_zero_warn(f"The checkpoint's EMA holds no batch-norm statistics ({missing[0]}, ...): their "
+                               "average starts from the trained network's")
+            self.averaged = [(self._restored[n] if n in self._restored else p).to(p.device, p.dtype).clone()
+                             for n, p in zip(self.names, self._params)]
             self._restored = None
         else:
             self.averaged = [p.detach().clone() for p in self._params]
         self._stash = []
-        rank_zero_info(f"EMA of {sum(p.numel() for p in self._params):,} sampling-network parameters, "
+        rank_zero_info(f"EMA of {sum(p.numel() for p in self._params):,} sampling-network values "
+                       "(weights and batch-norm statistics), "
                        + (f"decay {self.decay}" if self.half_life_images is None
                           else f"half-life {self.half_life_images:g} images")
                        + f", averaging from iteration {self.start_iter}")
