@@ -1,7 +1,10 @@
 """Evaluate a checkpoint on a test split: `python src/eval.py ckpt_path=... [data=...]`.
 
 Translates the whole test split in both directions the model supports, writes one PNG per
-source file (`fakeB/<A name>.png` for AtoB, `fakeA/<B name>.png` for BtoA), computes every metric
+source file (`fakeB/<A name>.png` for translations into the dataset's B domain, `fakeA/<B name>.png`
+into its A: folders take the dataset's letters, so with data.direction=BtoA, facades' labels ->
+photo translations, the model's AtoB, land in fakeA/, where the photos are the dataset's A; the
+training grid's rows take the model's letters, as the references' visualizers), computes every metric
 available for the data (FID and KID x100 always; on the embedded shapes data also the ground
 truth: IoU, colour error, L1, PSNR, SSIM and the identity baseline), writes `metrics.json` and
 prints a markdown table row.

@@ -20,6 +20,10 @@ class ImageGridCallback(pl.Callback):
     (null: full size). At 1024 px a CycleGAN grid is 25 megapixels and U-GAT-IT's 43, written
     every few hundred iterations: tens of GB over a run, and as much in the loggers.
 
+    Rows are named in the model's letters, as the references' visualizers name them: with
+    data.direction=BtoA, `real_A` is the model's input, the dataset's B images (eval.py's folders
+    take the dataset's letters).
+
     The batch comes from the DataModule's `sample_batch` (the first test images, deterministic
     transform), so successive grids show the same inputs. Sampling draws from its own RNG seeded
     with `seed` (pix2pix's test-time dropout), as the evaluation callbacks do: the grids neither
