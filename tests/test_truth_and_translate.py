@@ -554,6 +554,16 @@ def test_batched_translation_matches_one_at_a_time(smoke_runs, tmp_path):
         assert np.abs(batched[path].astype(int) - single[path].astype(int)).max() <= 1
 
 
+def test_a_translation_holding_nan_is_refused_naming_the_file_not_written_black(smoke_runs, tmp_path, monkeypatch):
+    write_odd_inputs(tmp_path)
+    model = load_model(smoke_runs["cyclegan"].ckpt)
+    paths = sorted(tmp_path.glob("*.*"))
+    monkeypatch.setattr(model, "translate", lambda x, direction: torch.full_like(x, float("nan")))
+    with pytest.raises(ValueError, match="NaN or infinite") as error:
+        dict(translate_images(model, paths, "AtoB", batch_size=1))
+    assert any(f"translation of {path} holds" in str(error.value) for path in paths)
+
+
 def test_translate_keeps_the_input_folders_subfolders(smoke_runs, tmp_path):
     for clip in ("clip1", "clip2"):   # the same file name in both
         (tmp_path / "in" / clip).mkdir(parents=True)

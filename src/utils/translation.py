@@ -276,6 +276,10 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
                     if not is_out_of_memory(error):
                         raise
                     raise out_of_memory(chunk, group_size, short_side, fixed) from error
+                if not torch.isfinite(translated).all():   # a PNG would show NaN as whatever its cast gives
+                    raise ValueError(f"The translation of {chunk[0]}{' (or of another image of its batch)' * (len(chunk) > 1)} "
+                                     f"holds NaN or infinite values: the checkpoint's networks diverged or overflow "
+                                     f"on this input. Nothing was written for it; translate with an earlier checkpoint")
                 yield from zip(chunk, to_uint8_images(crop_to_box(translated, box)))
 
     return generate()
