@@ -11,7 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import (MODELS, NO_EVALUATION, assert_resume_continues_the_run, changed, compose_train_cfg, fit_one_batch,
+from conftest import (DATA_OF, MODELS, NO_EVALUATION, assert_resume_continues_the_run, changed, compose_train_cfg, fit_one_batch,
                       random_batch, snapshot)
 from src.models.base import sampling_mode
 from src.utils.run import build_trainer_kwargs, run_training
@@ -794,6 +794,28 @@ def test_pix2pix_trains_edges2shoes_for_the_papers_15_epochs_not_facades_200():
     assert facades.trainer.max_epochs == 200 and facades.model.lr_schedule.constant == 100
     # the command line still wins
     assert compose_training_config(["model=pix2pix", "data=edges2shoes", "trainer.max_epochs=5"]).trainer.max_epochs == 5
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_every_network_of_a_sample_grid_runs_in_eval_mode(train_cfg, model_name):
+    """NICE-GAN's grid ran the reconstructing generator in training mode: the sampling rule
+    (eval mode, eager under compile) broke, and a compiled run recompiled for it."""
+    cfg = train_cfg(f"model={model_name}", f"data={DATA_OF[model_name]}")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False).train()
+    ran_in = {}
+
+    def record(name):
+        def hook(module, inputs):
+            ran_in.setdefault(name, module.training)   # (a pre-hook's return value replaces the inputs)
+        return hook
+
+    # (pix2pix's batch norms and dropout run in training mode on purpose: its test-time statistics)
+    for name, module in model.named_modules():
+        if module is not model and not isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.Dropout)):
+            module.register_forward_pre_hook(record(name))
+    model.sample_images(random_batch(cfg))
+    assert ran_in and not [name for name, training in ran_in.items() if training]
+    assert all(module.training for module in model.modules())   # and training mode comes back
 
 
 def test_cyclegan_on_cityscapes_takes_the_papers_128_px_and_6_blocks():

@@ -160,11 +160,12 @@ class NICEGAN(TranslationModel):
         for src, dst in (("A", "B"), ("B", "A")):
             real = batch[src]
             D_src, D_dst, G = self.discriminator_of(src), self.discriminator_of(dst), self.generator_for(src + "to" + dst)
-            with sampling_mode([D_src, D_dst, G]):
+            G_back = self.generator_for(dst + "to" + src)
+            with sampling_mode([D_src, D_dst, G, G_back]):
                 z, _, heat_src = D_src.encoder(real)
                 fake = G(z)
                 z_fake, _, heat_fake = D_dst.encoder(fake)
-                rec = self.generator_for(dst + "to" + src)(z_fake)
+                rec = G_back(z_fake)
             rows.update({f"real_{src}": real, f"D_CAM_{src}": overlay_heatmap(real, heat_src),
                          f"fake_{dst}": fake, f"D_CAM_fake_{dst}": overlay_heatmap(fake, heat_fake),
                          f"rec_{src}": rec})
