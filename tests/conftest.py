@@ -4,6 +4,12 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# A shell inside a cluster job or a launcher (srun, torchrun) sets where a process runs; runs here
+# and the scripts the tests start would take them as their own (a rank, a requeue, a seed). Each
+# test that needs one sets it.
+for _key in [key for key in os.environ if key.startswith(("SLURM_", "TORCHELASTIC_", "PL_", "MASTER_"))
+             or key in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")]:
+    del os.environ[_key]
 
 import contextlib  # noqa: E402
 import math  # noqa: E402
@@ -275,10 +281,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _gloo_rank(rank: int, world_size: int, port: int, score, args: tuple, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def file_rendezvous(out_dir: str | Path) -> str:
+    """A gloo process group's meeting place in a fresh folder: a file, where a port from
+    free_port() could be taken by another process between its release and the ranks' bind."""
+    return f"file://{Path(out_dir).resolve() / 'rendezvous'}"
+
+
+def _gloo_rank(rank: int, world_size: int, score, args: tuple, out_dir: str) -> None:
     torch.set_num_threads(1)   # two ranks on two cores
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    torch.distributed.init_process_group("gloo", init_method=file_rendezvous(out_dir), rank=rank, world_size=world_size)
     try:
         torch.save(score(*args, rank, world_size), Path(out_dir) / f"rank{rank}.pt")
     finally:
@@ -288,6 +299,6 @@ def _gloo_rank(rank: int, world_size: int, port: int, score, args: tuple, out_di
 def results_of_gloo_ranks(score, args: tuple, world_size: int, out_dir: Path) -> list:
     """`score(*args, rank, world_size)` of each rank of a gloo process group (spawned: the
     subprocess launcher would re-run pytest), in rank order; `score` must be a module-level function."""
-    torch.multiprocessing.spawn(_gloo_rank, args=(world_size, free_port(), score, args, str(out_dir)),
+    torch.multiprocessing.spawn(_gloo_rank, args=(world_size, score, args, str(out_dir)),
                                 nprocs=world_size)
     return [torch.load(Path(out_dir) / f"rank{rank}.pt", weights_only=False) for rank in range(world_size)]

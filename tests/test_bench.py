@@ -617,7 +617,8 @@ def test_the_revision_and_its_code_ignore_the_benchmarks_own_outputs_and_prose(t
     repo = tmp_path / "repo"
     (repo / "experiments" / "bench").mkdir(parents=True)
     (repo / "src").mkdir()
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null",
+           "-C", str(repo)]   # (a user's signing or hooks would stop the commits)
     (repo / "src" / "utils").mkdir()
     (repo / "tests").mkdir()
     files = {"src/a.py": "x = 1\n", "experiments/bench/results.json": "{}\n", "README.md": "r\n",

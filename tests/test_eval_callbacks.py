@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from hydra.errors import InstantiationException
 
-from conftest import NO_EVALUATION, compose_train_cfg, free_port, one_torch_thread, run_training_on_two_ranks
+from conftest import NO_EVALUATION, compose_train_cfg, file_rendezvous, one_torch_thread, run_training_on_two_ranks
 from src.callbacks.fid_kid import FidKidCallback, built_rank_zero_first
 from src.callbacks.periodic_evaluation import shard_range
 from src.callbacks.latent import gather_rows
@@ -745,10 +745,10 @@ def test_callbacks_under_ddp_match_a_single_process(single_process_run, shared_d
     assert final["best_fid"] == pytest.approx(metrics["eval/fid"]) and final["best_fid_iteration"] == 2
 
 
-def empty_rank_worker(rank: int, port: int, real, fake, rows, out_dir: str) -> None:
+def empty_rank_worker(rank: int, real, fake, rows, out_dir: str) -> None:
     """Rank 0 holds every image and row, rank 1 none: both must still compute the full result."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=file_rendezvous(out_dir), rank=rank, world_size=2)
     try:
         scorer = FidKidScorer(build_feature_extractor("random_cnn"), kid_subset_size=4)
         if rank == 0:
@@ -766,7 +766,7 @@ def test_a_rank_with_an_empty_shard_still_gets_the_single_process_values(extract
     real, fake = torch.rand(6, 3, 16, 16, generator=g) * 2 - 1, torch.rand(6, 3, 16, 16, generator=g) * 2 - 1
     rows = torch.randn(5, 3, generator=g)
     expected = scores(extractor, real, fake, kid_subset_size=4)
-    mp.spawn(empty_rank_worker, args=(free_port(), real, fake, rows, str(tmp_path)), nprocs=2)
+    mp.spawn(empty_rank_worker, args=(real, fake, rows, str(tmp_path)), nprocs=2)
     for rank in (0, 1):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert result["scores"] == pytest.approx(expected, rel=1e-6, abs=1e-9)

@@ -247,7 +247,8 @@ def test_the_code_record_reads_a_non_ascii_change_whatever_the_systems_code_page
     (repo / "src").mkdir(parents=True)
     code = repo / "src" / "model.py"
     code.write_text("x = 1\n", encoding="utf-8")
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false",
+           "-c", "core.hooksPath=/dev/null"]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "x"], check=True)

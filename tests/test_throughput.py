@@ -39,8 +39,9 @@ def test_each_logged_row_carries_the_speed_and_the_share_of_time_spent_waiting_f
     the delay the wait is a smaller share. Iterations load one image pair each (batch 1)."""
     slow = run_with_fetch_delay(train_cfg, monkeypatch, FETCH_DELAY_S, tmp_path / "slow")
     assert len(slow) == 6
-    for row in slow:
-        assert row["time/data_wait"] > 0.5, row
+    for index, row in enumerate(slow):
+        # (the first row's iteration carries the fit's one-time costs, as long as a fetch or more)
+        assert index == 0 or row["time/data_wait"] > 0.5, row
         assert 0 < row["time/it_per_s"] <= 1 / FETCH_DELAY_S, row
         assert row["time/images_per_s"] == pytest.approx(row["time/it_per_s"]), row
         assert "memory/peak_gpu_gb" not in row   # CUDA only
