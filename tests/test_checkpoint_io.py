@@ -39,6 +39,23 @@ def test_a_write_that_fails_leaves_the_old_file_whole_and_no_temporary_file(tmp_
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
+def test_the_sync_before_the_rename_holds_a_handle_that_may_write(tmp_path, monkeypatch):
+    """Windows' fsync (FlushFileBuffers) refuses a read-only handle with EBADF: every synced
+    write (checkpoints, run records, metrics) failed there. Here a sync of such a handle fails."""
+    import os
+    fcntl = pytest.importorskip("fcntl")
+    real_fsync = os.fsync
+
+    def windows_fsync(descriptor):
+        if fcntl.fcntl(descriptor, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(9, "Bad file descriptor")
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", windows_fsync)
+    DurableCheckpointIO().save_checkpoint({"step": 2}, tmp_path / "last.ckpt")
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True) == {"step": 2}
+
+
 def test_a_killed_writers_temporary_file_is_removed_by_the_next_save(tmp_path):
     """A process killed during a write leaves its temporary file (gigabytes for U-GAT-IT); the
     next save into the folder deletes it once it is untouched for STALE_TEMPORARY_SECONDS. A

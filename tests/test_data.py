@@ -1544,6 +1544,25 @@ def test_download_extracts_into_root_name(tmp_path, monkeypatch, capsys):
     assert "nothing to do" in capsys.readouterr().out and not stale.exists()
     assert sorted(p.name for p in root.iterdir()) == ["toy", "toy_copy"]  # no scratch left
 
+    # Another job's scratch entry gone between the listing and its look (cleaned up, or placed):
+    # a build in progress, kept, not a crash of this one.
+    from src.data import placement
+    busy = root / ".toy-busy"
+    (busy / "part").mkdir(parents=True)
+    real_stat = Path.stat
+
+    def gone_meanwhile(self, *args, **kwargs):
+        if self.name == "part":
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    os.utime(busy, (time.time() - 2 * STALE_SCRATCH_S,) * 2)
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(Path, "stat", gone_meanwhile)
+        placement.remove_stale_scratch(root / "toy")
+    assert busy.exists()
+    shutil.rmtree(busy)
+
     # A broken archive names its URL; the command prints one line and fails.
     zipped.write_bytes(zipped.read_bytes()[:200])
     assert download.main(["toy", "--root", str(tmp_path / "other")]) == 1

@@ -75,7 +75,8 @@ def staged(path: Path, sync: bool = True):
     try:
         yield temporary
         if sync:
-            with open(temporary, "rb") as stream:
+            # A handle that may write: Windows' fsync (FlushFileBuffers) refuses a read-only one.
+            with open(temporary, "r+b") as stream:
                 os.fsync(stream.fileno())
         replace(temporary, path)
     finally:
