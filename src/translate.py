@@ -25,6 +25,7 @@ from src.utils.export import (EXPORT_FORMATS, check_export_format, check_export_
 from src.data.folders import lies_inside, output_paths, refuse_existing_outputs  # noqa: E402
 from src.utils.config_checks import check_seed, require_bool  # noqa: E402
 from src.utils.directions import trained_domains  # noqa: E402
+from src.utils.folder_lock import FolderLock  # noqa: E402
 from src.utils.rng import isolated_rng  # noqa: E402
 from src.utils.whole_files import write_text_whole  # noqa: E402
 from src.utils.translation import (check_direction, fixed_translation_size, list_input_images,  # noqa: E402
@@ -85,7 +86,8 @@ def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Pat
     if kept:
         log.info("skip_existing: %d of %d input(s) have their output in %s already (kept, not translated "
                  "again)", len(kept), len(paths), cfg.output)
-    skip_export = bool(exported) and exported[0].exists()
+    # (the graph alone, its card not written, was cut off between the two: the card says its input range)
+    skip_export = bool(exported) and exported[0].exists() and export_card_path(exported[0]).exists()
     if skip_export:
         log.info("skip_existing: %s exists already (kept, not exported again)", exported[0])
     return [path for path in paths if not present[path]], [str(targets[path]) for path in kept], skip_export
@@ -103,7 +105,17 @@ def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path,
         source, target = trained_domains(model, cfg.direction)
         log.info("The model was trained with data.direction=BtoA: direction=%s translates the dataset's domain %s "
                  "into %s", cfg.direction, source, target)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    # Two translations into one folder would each pass the record's check before the other wrote
+    # it, and mix two models' images under one record.
+    with FolderLock(output_dir, "a translation's output folder", "Give this translation its own output=..., or "
+                    "run it once the other has ended.", name=".translate.lock"):   # (it makes the folder)
+        return write_translations(cfg, model, paths, targets, device, skip_export)
+
+
+def write_translations(cfg: DictConfig, model, paths: list[Path], targets: dict[Path, Path], device: torch.device,
+                       skip_export: bool) -> dict:
+    """translate_and_export's writes, in the locked output folder: the record, the images, the export."""
+    output_dir = Path(cfg.output)
     # (also where skip_existing keeps every output: they must be this translation's)
     graph = export_path(output_dir, cfg.direction, cfg.export) if cfg.get("export") else None
     exported = {graph, export_card_path(graph)} if graph is not None else set()

@@ -800,6 +800,10 @@ def test_skip_existing_continues_an_interrupted_translation(smoke_runs, tmp_path
     assert sorted(Path(path).name for path in second["skipped"]) == ["portrait.png", "rgba.png"]
     assert second["export"] is None and graph.read_bytes() == b"a kept graph"
     assert (out / "rgba.png").read_bytes() == b"a kept output" + PNG_END
+    # A graph whose card a kill cut off (written after it) is exported again: the card says its input range
+    Path(f"{graph}.json").unlink()
+    third = run_translation(translate_cfg(**settings, skip_existing=True))
+    assert third["export"] is not None and Path(f"{graph}.json").is_file() and graph.read_bytes() != b"a kept graph"
     for name in ("gray.png", "rgb.png", "portrait.png"):   # as the first run wrote them (batched otherwise)
         assert np.abs(np.asarray(Image.open(out / name), dtype=int) - complete[name]).max() <= 1
     record = json.loads((out / "translation.json").read_text())
@@ -828,6 +832,21 @@ def test_skip_existing_continues_an_interrupted_translation(smoke_runs, tmp_path
     Path(f"{graph}.json").unlink()
     assert run_translation(translate_cfg(**one, overwrite=True))["written"] == [str(out / "rgb.png")]
     assert json.loads((out / "translation.json").read_text())["short_side"] == 16
+
+
+def test_a_second_translation_into_a_busy_output_folder_is_refused(smoke_runs, tmp_path):
+    """Two translations started together into one folder each passed the record's check before
+    the other wrote it, and mixed two models' images under one record."""
+    from src.utils.folder_lock import FolderInUse, FolderLock
+    write_odd_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    with FolderLock(out, "the first translation's folder", "", name=".translate.lock"):
+        with pytest.raises(FolderInUse, match=rf"{out} is in use by process {os.getpid()}.*: a translation's output "
+                                              r"folder is written by one process at a time. Give this translation "
+                                              r"its own output="):
+            run_translation(translate_cfg(ckpt_path=str(smoke_runs["cyclegan"].ckpt), input=str(tmp_path / "in"),
+                                          output=str(out)))
+    assert [path.name for path in out.iterdir()] == [".translate.lock"]   # nothing of its own
 
 
 def test_skip_existing_keeps_only_whole_outputs_of_its_own_input(smoke_runs, tmp_path):
