@@ -3,6 +3,7 @@ run from its most advanced readable checkpoint, and starts it when there is none
 import json
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -269,6 +270,17 @@ def test_rolling_back_to_an_earlier_checkpoint_sets_the_abandoned_branch_aside(t
     caplog.clear()
     run_training(train_cfg(*PIX2PIX, *every_save, "max_iters=3", f"ckpt_path={checkpoints / 'last.ckpt'}"))
     assert len(list(checkpoints.glob("abandoned_*"))) == 1 and "abandoned" not in caplog.text
+    # SLURM's save lies in the run folder and goes aside there: the checkpoint folder may be on
+    # other storage (a rename across file systems fails), or not made yet, as here.
+    named = tmp_path / "iter_0000002.ckpt"
+    shutil.copy(rolled_back_to, named)
+    shutil.copy(shelf / "last.ckpt", tmp_path / "run" / "hpc_ckpt_1.ckpt")
+    shutil.rmtree(checkpoints)
+    with caplog.at_level(logging.WARNING):
+        run_training(train_cfg(*PIX2PIX, *every_save, "max_iters=3", f"ckpt_path={named}"))
+    (run_shelf,) = (tmp_path / "run").glob("abandoned_*")
+    assert [p.name for p in run_shelf.iterdir()] == ["hpc_ckpt_1.ckpt"]
+    assert f"moved hpc_ckpt_1.ckpt into {run_shelf}" in caplog.text
 
 
 @pytest.mark.parametrize("overrides", [(*PIX2PIX, "max_iters=2"),

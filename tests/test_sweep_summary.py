@@ -50,6 +50,19 @@ def test_table_lists_jobs_in_number_order_with_what_differs(tmp_path):
     assert json.loads((sweep / "2" / "final_metrics.json").read_text())["metrics"]["eval/fid"] == "nan"
 
 
+def test_an_unreadable_result_is_a_row_that_says_so_and_the_others_stand(tmp_path):
+    """A result file cut short (a partial copy of the sweep folder, an edit by hand) stopped the
+    table with an error naming no file, at every later job's update."""
+    sweep = tmp_path / "sweep"
+    make_job(sweep, 0, ["seed=1"], metrics={"eval/fid": 3.0}, iteration=4, checkpoint="c0")
+    make_job(sweep, 1, ["seed=2"], metrics={"eval/fid": 5.0}, iteration=4, checkpoint="c1")
+    (sweep / "0" / "final_metrics.json").write_text('{"metrics": {"eval/fid"')
+    rows = [line for line in sweep_summary.write_summary(sweep, ["eval/fid"]).read_text().splitlines()
+            if line.startswith(("| 0 ", "| 1 "))]
+    assert rows[0].startswith(f"| 0 | seed=1 | unreadable: {sweep / '0' / 'final_metrics.json'}: ")
+    assert rows[1] == "| 1 | seed=2 | completed | 4 | 5 |"
+
+
 def test_settings_that_differ_through_a_models_own_config_are_columns(tmp_path):
     """`-m model=cyclegan,ugatit`: U-GAT-IT's config trains at another size and length, which
     no override names; the rows compared more than the models without a word."""

@@ -130,8 +130,10 @@ def set_aside_abandoned_checkpoints(cfg: DictConfig) -> Path | None:
     a divergence, or starting over in a folder used before) branches off whatever this run folder
     holds further on. Those files would win `ckpt_path=auto` and a requeued job's choice over the
     new branch's own until it passed them, so the job would go back to the abandoned branch.
-    They are moved, not deleted, into a dated `abandoned_*` subfolder (out of auto's sight);
-    returns it, or None when there was nothing to move. Rank 0 only: the other ranks of a
+    They are moved, not deleted, into a dated `abandoned_*` subfolder of the folder each is in
+    (out of auto's sight; a rename within its file system: SLURM's `hpc_ckpt_*` files lie in the
+    run folder, the others in the checkpoint folder, which may be on other storage or not made
+    yet); returns the checkpoint folder's, or the first one made, or None when nothing was moved. Rank 0 only: the other ranks of a
     multi-process launch start after it, or load the named file, which stays."""
     named, dirs = cfg.get("ckpt_path"), run_checkpoint_dirs(cfg)
     if not is_rank_zero() or named is None or dirs is None or not Path(named).is_file():
@@ -143,14 +145,16 @@ def set_aside_abandoned_checkpoints(cfg: DictConfig) -> Path | None:
              if not path.samefile(named) and (training_progress(path) or (-1,))[0] > named_progress[0]]
     if not ahead:
         return None
-    shelf = dirs[0] / time.strftime("abandoned_%Y%m%d-%H%M%S")
-    shelf.mkdir(exist_ok=True)
+    name = time.strftime("abandoned_%Y%m%d-%H%M%S")
+    shelves = {}
     for path in ahead:
+        shelf = shelves.setdefault(path.parent, path.parent / name)
+        shelf.mkdir(exist_ok=True)
         path.replace(shelf / path.name)
     log.warning("ckpt_path=%s resumes a run this folder holds further on: moved %s into %s, so that "
                 "ckpt_path=auto and a requeued job resume the new branch and not the abandoned one",
-                named, ", ".join(path.name for path in ahead), shelf)
-    return shelf
+                named, ", ".join(path.name for path in ahead), " and ".join(map(str, shelves.values())))
+    return shelves.get(dirs[0], next(iter(shelves.values())))
 
 
 def run_checkpoint_dirs(cfg: DictConfig) -> tuple[Path, Path] | None:

@@ -98,7 +98,10 @@ def read_job(job_dir: Path, result_name: str = FINAL_METRICS) -> dict[str, Any]:
     result_file = job_dir / result_name
     if not result_file.is_file():
         return {**job, "status": "not finished"}
-    result = json.loads(result_file.read_text())
+    try:
+        result = json.loads(result_file.read_text())
+    except (OSError, ValueError) as error:   # (a copy cut short, a file edited by hand): the other rows stand
+        return {**job, "status": "unreadable", "error": f"{result_file}: {error}"}
     result.setdefault("status", "completed")   # an evaluation's metrics.json is written at its end
     # {"AtoB": {"fid": 1.0}} -> {"AtoB/fid": 1.0}: an evaluation's metrics per direction as one
     # row's columns (training's are flat already)
