@@ -30,6 +30,7 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from src.data.image_io import save_image
 from src.callbacks.periodic_evaluation import PeriodicEvaluation
 from src.utils.metric_publishing import publish_metrics
 from src.metrics.mmd import mmd2_unbiased
@@ -205,9 +206,8 @@ class LatentCallback(PeriodicEvaluation):
         domains = ["A"] * len(latents["A"]) + ["B"] * len(latents["B"])
         embedding = tsne_2d(points, self.perplexity, self.seed)
         image = render_scatter(embedding, domains, f"latent t-SNE, iteration {iteration}, MMD^2 = {mmd2:.4f}")
-        self.dirpath.mkdir(parents=True, exist_ok=True)
         path = self.dirpath / f"latent_tsne_iter_{iteration:07d}.png"
-        Image.fromarray(image).save(path)
+        save_image(image, path)   # (whole or not at all, as every image the runs write)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key="latent_tsne", images=[str(path)], step=iteration)

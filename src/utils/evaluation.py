@@ -39,7 +39,7 @@ from src.utils.run_results import EVAL_RESULT
 from src.utils.sequence_plot import plot_series
 from src.utils.training_config import CONF_DIR
 from src.utils.translation import resolve_device, save_png
-from src.utils.whole_files import write_text_whole
+from src.utils.whole_files import write_text_whole, write_whole
 
 log = logging.getLogger(__name__)
 
@@ -330,14 +330,18 @@ def evaluate_series(model: NoiseToImageModel, loader, output_dir: Path, train_lo
     with one sample per training series of its condition as the synthetic training set."""
     real, fake, labels = real_and_generated(model, loader)
     output_dir.mkdir(parents=True, exist_ok=True)
+
+    def save_array(name: str, array: np.ndarray) -> None:   # whole or not at all: a cut .npy looks whole
+        write_whole(output_dir / name, lambda stream: np.save(stream, array), sync=False)
+
     if scale is None:
-        np.save(output_dir / "samples.npy", fake.numpy())
+        save_array("samples.npy", fake.numpy())
     else:
         low, high = scale
-        np.save(output_dir / "samples.npy", (fake.double().numpy() + 1) / 2 * (high - low) + low)
-        np.save(output_dir / "samples_scaled.npy", fake.numpy())
+        save_array("samples.npy", (fake.double().numpy() + 1) / 2 * (high - low) + low)
+        save_array("samples_scaled.npy", fake.numpy())
     if model.num_classes:
-        np.save(output_dir / "labels.npy", labels.numpy())
+        save_array("labels.npy", labels.numpy())
     shown = min(8, len(real))
     save_image(make_grid({"real": plot_series(real[:shown]), "fake": plot_series(fake[:shown])}),
                output_dir / "samples.png")
