@@ -87,6 +87,20 @@ def module(cls, root, **kwargs):
     return cls(data_dir=root, **settings)
 
 
+def test_a_datamodule_built_in_python_keeps_settings_a_weights_only_load_takes(tmp_path, shared_data_dir):
+    """A notebook's `data_dir=Path(...)` (or a numpy number) went into every checkpoint's
+    DataModule settings as an object a weights-only load refuses: resume, eval, translate and
+    init_from all failed on the run's checkpoints."""
+    from src.utils.config_checks import to_plain
+    dm = module(UnpairedDataModule, Path(shared_data_dir))
+    assert dm.hparams["data_dir"] == str(shared_data_dir)
+    torch.save({"datamodule_hyper_parameters": dict(dm.hparams)}, tmp_path / "c.ckpt")
+    assert torch.load(tmp_path / "c.ckpt", weights_only=True)["datamodule_hyper_parameters"]["data_dir"] == \
+        str(shared_data_dir)
+    plain = to_plain({"sizes": (np.int64(3), [np.float32(0.5)]), "roots": [tmp_path]})
+    assert plain == {"sizes": (3, [0.5]), "roots": [str(tmp_path)]} and type(plain["sizes"][0]) is int
+
+
 # -- unpaired folders ------------------------------------------------------------------------
 
 

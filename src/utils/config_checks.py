@@ -3,20 +3,36 @@ from __future__ import annotations
 
 import collections.abc
 import inspect
+import os
 import types
 import typing
 from pathlib import Path
 
 import hydra
+import numpy as np
 from omegaconf import Container, ListConfig, OmegaConf
 
 from src.utils.hydra_runtime import hydra_config, hydra_run_dir, is_multirun
 
 
 def to_plain(value: typing.Any) -> typing.Any:
-    """An OmegaConf container (DictConfig, ListConfig) as a plain dict or list, anything else as
-    it is: hyperparameters go into every checkpoint, which must load with `weights_only=True`."""
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, Container) else value
+    """A value as the types a `weights_only=True` load takes, which every checkpoint must (its
+    hyperparameters go into it): an OmegaConf container (DictConfig, ListConfig) as a plain dict
+    or list, a path (a config or DataModule built in Python: `data_dir=Path(...)`) as a string, a
+    numpy scalar as a Python number, inside dicts, lists and tuples too; anything else as it is."""
+    if isinstance(value, Container):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        return {key: to_plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [to_plain(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(to_plain(item) for item in value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def is_number(value) -> bool:
