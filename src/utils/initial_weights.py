@@ -65,8 +65,9 @@ def same_lineage(recorded: str, cls: type, init_from: str | Path) -> bool:
 def start_from_checkpoint(model: torch.nn.Module, init_from: str | Path, weights: str = "trained",
                           data_settings: dict | None = None) -> None:
     """Load the networks of the checkpoint `init_from` into `model`, as they were trained
-    (`weights="trained"`) or with its EMA's averaged generators (`"ema"`; the discriminators are
-    the trained ones, the EMA averages none). A ValueError naming the setting and the fix for a
+    (`weights="trained"`) or with its EMA's averaged sampling networks (`"ema"`: the generators,
+    and NICE-GAN's encoders, which its discriminators share; every other part of a discriminator
+    is the trained one). A ValueError naming the setting and the fix for a
     checkpoint of another model class or of networks of other shapes."""
     check_weight_choice(weights)
     checkpoint = read_training_checkpoint(init_from, key="init_from")
