@@ -416,6 +416,34 @@ def test_settings_a_resume_may_change_and_settings_added_since_are_not_compared(
                             {}, ProGAN.resumable_settings) == []
 
 
+@pytest.mark.parametrize("model_name, added, before, now", [
+    ("progan", "reset_optimizers_per_phase", False, True),   # Adam's state was kept across phases
+    ("dcgan", "test_time_batch_stats", False, True),          # samples by running statistics
+])
+def test_a_resume_of_a_run_from_before_a_model_setting_says_what_it_did(train_cfg, model_name, added, before, now):
+    """Settings added since a checkpoint was written were not compared on a resume: an older
+    ProGAN resumed under today's default reset its optimizers at every later phase, an older DCGAN
+    changed how its grids and FID sample mid-run, without a word. Said, never refused (auto too)."""
+    import hydra
+
+    from src.models.checkpoint_fit import check_resume_settings, class_path
+
+    data = "shapes_labelled"
+    cfg = train_cfg(f"model={model_name}", f"data={data}")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    assert model.hparams[added] == now
+    # (the noise models' two sampling settings came together)
+    removed = {added, "reference_batch_size"} if added == "test_time_batch_stats" else {added}
+    older = {key: value for key, value in dict(model.hparams).items() if key not in removed}
+    checkpoint = {"hyper_parameters": older, "datamodule_hyper_parameters": {"batch_size": cfg.data.batch_size},
+                  "model_class": class_path(model), "state_dict": {}}
+    for must_match in (True, False):
+        said = check_resume_settings("last.ckpt", checkpoint, model, {}, must_match)
+        assert f"model.{added}={before!r} -> {now!r}" in said and "goes on with this run's values" in said
+    checkpoint["hyper_parameters"] = dict(model.hparams)   # a run that recorded them: nothing to say
+    assert check_resume_settings("last.ckpt", checkpoint, model, {}, True) is None
+
+
 def test_a_resume_that_counts_its_schedule_in_other_units_is_refused():
     """A schedule's saved count read in other units (CycleGAN's 120 epochs as 120 iterations) would
     end its decay 80 iterations later and train at 0 from then on; a named checkpoint too."""

@@ -230,12 +230,23 @@ def changed_settings(checkpoint: dict, model_settings: dict, data_settings: dict
             and key.rsplit(".", 1)[-1] not in RESUMABLE_LEAVES and not key.startswith(RESUMABLE_GROUPS)]
 
 
-def defaults_changed_since(checkpoint: dict, data_settings: dict) -> list[str]:
-    """`key=<what the checkpoint's run did> -> <this run's>` for each data setting added since the
-    checkpoint was written (DATA_SETTINGS_BEFORE_THEM) that this run sets otherwise."""
+def defaults_changed_since(checkpoint: dict, data_settings: dict, model: torch.nn.Module | None = None) -> list[str]:
+    """`key=<what the checkpoint's run did> -> <this run's>` for each setting added since the
+    checkpoint was written that this run sets otherwise: data settings (DATA_SETTINGS_BEFORE_THEM)
+    and, given the `model`, its settings whose earlier behaviour `upgraded_hparams` knows (an
+    older ProGAN kept its optimizers' state across phases, an older DCGAN sampled with running
+    statistics: resumed under today's defaults, each changes mid-run)."""
     saved = checkpoint.get("datamodule_hyper_parameters") or {}
-    return [f"data.{key}={before!r} -> {data_settings[key]!r}" for key, before in DATA_SETTINGS_BEFORE_THEM.items()
-            if saved and key not in saved and key in data_settings and data_settings[key] != before]
+    changed = [f"data.{key}={before!r} -> {data_settings[key]!r}" for key, before in DATA_SETTINGS_BEFORE_THEM.items()
+               if saved and key not in saved and key in data_settings and data_settings[key] != before]
+    if model is not None:
+        saved_model = checkpoint.get("hyper_parameters") or {}
+        recorded = flattened(saved_model, ".", "model")
+        before = flattened(upgraded_hparams(saved_model, checkpoint, type(model)), ".", "model")
+        here = flattened(dict(model.hparams), ".", "model")
+        changed += [f"{key}={before[key]!r} -> {here[key]!r}" for key in sorted(before.keys() - recorded.keys())
+                    if key in here and here[key] != before[key]]
+    return changed
 
 
 def check_resume_settings(ckpt_path: str | Path, checkpoint: dict, model: torch.nn.Module,
@@ -254,12 +265,12 @@ def check_resume_settings(ckpt_path: str | Path, checkpoint: dict, model: torch.
     changed = changed_settings(checkpoint, dict(model.hparams), data_settings,
                                type(model).resumable_settings)
     if not changed:
-        if defaulted := defaults_changed_since(checkpoint, data_settings):
+        if defaulted := defaults_changed_since(checkpoint, data_settings, model):
             return (f"ckpt_path={ckpt_path} is of a run from before settings this run sets otherwise than that run did "
                     f"({'; '.join(defaulted)}): the run goes on with this run's values (pass the earlier ones to "
                     "continue as it trained)")
         return None
-    listed = "; ".join(changed + defaults_changed_since(checkpoint, data_settings))
+    listed = "; ".join(changed + defaults_changed_since(checkpoint, data_settings, model))
     if must_match:
         raise ValueError(
             f"ckpt_path=auto found {ckpt_path}, written by a run with other settings ({listed}). Resuming would "

@@ -93,6 +93,6 @@ def start_from_checkpoint(model: torch.nn.Module, init_from: str | Path, weights
     log.info("Networks from %s (its iteration %d, %s weights); iteration, optimizers, schedules and image pools "
              "start afresh", init_from, iteration, weights)
     changed = (changed_settings(checkpoint, dict(model.hparams), data_settings or {})
-               + defaults_changed_since(checkpoint, data_settings or {}))
+               + defaults_changed_since(checkpoint, data_settings or {}, model))
     if changed:
         log.info("Settings that differ from the run that wrote init_from: %s", "; ".join(changed))
