@@ -780,6 +780,10 @@ def test_rho_is_logged_at_the_iterations_it_was_measured_at_only(train_cfg, mode
     # (measured after an iteration's steps: at the count of iterations done, as the evaluations are)
     assert sorted(int(row["step"]) for row in rows if row[rho] != "") == [4, 8]
     assert [int(row["step"]) for row in rows if row.get("train/G", "") != ""] == [1, 3, 5, 7, 8]   # and the last
+    # with the image count of the iteration measured, as its loss row (one step before: Lightning's;
+    # at step 8 the CSV merges the rho row with iteration 9's loss row)
+    kimg = {int(row["step"]): float(row["train/kimg"]) for row in rows if row["train/kimg"] != ""}
+    assert kimg[4] == pytest.approx(kimg[3]) and kimg[3] > 0
 
 
 def test_pix2pix_trains_edges2shoes_for_the_papers_15_epochs_not_facades_200():

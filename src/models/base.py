@@ -39,6 +39,7 @@ from src.nets.fast_conv import configure_fast_conv
 from src.utils.config_checks import check_argument_types, check_network_sizes, is_number, refuse_unknown_keys, to_plain
 from src.utils.directions import DIRECTION_KEYS, DIRECTIONS, translated_directions
 from src.utils.image_grid import require_float_images
+from src.utils.metric_publishing import publish_metrics
 from src.utils.rng import collect_rng_states, restore_rng_states
 from src.utils.unread_overrides import INITS_WITH_GAIN
 
@@ -846,6 +847,11 @@ class AdversarialModel(pl.LightningModule):
         """The real images trained on once this batch's iteration is done: what its loss row logs
         as train/kimg, and what max_kimg counts."""
         return self.images_before(batch) + self.loaded_images(batch)
+
+    def publish_iteration_metrics(self, metrics: dict[str, float]) -> None:
+        """Send metrics measured inside an iteration, after its steps, at the step and image
+        count its evaluations have (the count takes the iteration in only once it is done)."""
+        publish_metrics(self._trainer, metrics, step=self.iteration, images=self.images_seen + self.iteration_images)
 
     def estimated_images_before(self, batch: dict) -> int:
         """As if every earlier iteration had loaded as many images as this one."""

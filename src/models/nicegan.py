@@ -25,7 +25,6 @@ from src.models.ugatit import rho_metrics
 from src.nets.adalin import clip_rho_
 from src.utils.config_checks import require_int
 from src.utils.heatmap import overlay_heatmap
-from src.utils.metric_publishing import publish_metrics
 
 
 #: the generators' weighted terms, in the order they are logged
@@ -153,7 +152,7 @@ class NICEGAN(TranslationModel):
             metrics = rho_metrics({"G_AB": self.G_AB, "G_BA": self.G_BA})
             metrics.update({f"attention_gamma/D_{d}": self.discriminator_of(d).encoder.attention.gamma.item()
                             for d in "AB"})
-            publish_metrics(self._trainer, metrics, step=self.iteration)   # (why not self.log: ugatit.py)
+            self.publish_iteration_metrics(metrics)   # (why not self.log: ugatit.py)
 
     def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:
         rows = {}

@@ -18,7 +18,6 @@ from src.models.base import TranslationModel, build_net, sampling_mode, to_plain
 from src.nets.adalin import clip_rho_, rho_statistics
 from src.utils.config_checks import require_int
 from src.utils.heatmap import overlay_heatmap
-from src.utils.metric_publishing import publish_metrics
 
 
 class UGATIT(TranslationModel):
@@ -146,7 +145,7 @@ class UGATIT(TranslationModel):
             # Straight to the loggers at this iteration: through self.log, Lightning would send
             # the value again at every later logged iteration until the next one, as if measured there.
             rho = rho_metrics({"G_AB": self.G_AB, "G_BA": self.G_BA})
-            publish_metrics(self._trainer, rho, step=self.iteration)
+            self.publish_iteration_metrics(rho)
 
     def sample_images(self, batch: dict) -> dict[str, torch.Tensor]:
         real_A, real_B = batch["A"], batch["B"]
