@@ -121,5 +121,5 @@ class ProgressLog(pl.Callback):
         if losses:
             parts.append(" ".join(f"{name} {value:.4g}" for name, value in sorted(losses.items())))
         if pl_module.device.type == "cuda":
-            parts.append(f"peak GPU {peak_gpu_gb(pl_module.device):.1f} GiB")
+            parts.append(f"peak GPU {peak_gpu_gb(pl_module.device):.1f} GB")
         return " | ".join(parts)
