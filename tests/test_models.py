@@ -587,6 +587,11 @@ def test_gradient_penalty_objective_trains_every_model(train_cfg, model_name):
     steps = record_player_steps(model)
     fit_briefly(cfg, model)
     assert steps == EXPECTED_STEPS[model_name]
+    # the penalty's weighted share of train/D is logged apart, as the noise models' train/gp
+    metrics = model.trainer.callback_metrics
+    penalties = {"train/gp"} if model_name == "pix2pix" else {"train/D_A_gp", "train/D_B_gp"}
+    assert {name for name in metrics if name.endswith("gp")} == penalties
+    assert all(math.isfinite(float(metrics[name])) and float(metrics[name]) > 0 for name in penalties)
 
 
 def test_pix2pixhd_multiscale_discriminator_with_feature_matching_trains(train_cfg):

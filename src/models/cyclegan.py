@@ -58,10 +58,16 @@ class CycleGAN(TranslationModel):
         with sampling_mode([encoder]):   # as it translates: a batch-norm or dropout generator too
             return encoder(x)
 
-    def discriminator_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    def discriminator_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                           penalties: dict[str, torch.Tensor] | None = None, name: str = "gp") -> torch.Tensor:
+        """0.5 x (real + fake terms), plus WGAN-GP's weighted penalty, also put in `penalties`
+        under `name` for the log (the critic's estimate and its penalty read apart)."""
         loss = 0.5 * (self.adversarial(D(real), True) + self.adversarial(D(fake), False))
         if self.adversarial.needs_gradient_penalty:
-            loss = loss + self.weight("gp") * self.gradient_penalty(D, real, fake)
+            penalty = self.weight("gp") * self.gradient_penalty(D, real, fake)
+            if penalties is not None:
+                penalties[name] = penalty.detach()
+            loss = loss + penalty
         return loss
 
     def train_iteration(self, batch: dict) -> None:
@@ -94,8 +100,8 @@ class CycleGAN(TranslationModel):
             loss_g = self.update(opt_g, *parts)
 
         with self.players("discriminators") as opt_d:
-            loss_d_a = self.discriminator_loss(self.D_A, real_B, self.pools["fake_B"].query(fakes["B"]))
-            loss_d_b = self.discriminator_loss(self.D_B, real_A, self.pools["fake_A"].query(fakes["A"]))
+            loss_d_a = self.discriminator_loss(self.D_A, real_B, self.pools["fake_B"].query(fakes["B"]), losses, "D_A_gp")
+            loss_d_b = self.discriminator_loss(self.D_B, real_A, self.pools["fake_A"].query(fakes["A"]), losses, "D_B_gp")
             loss_d = self.update(opt_d, loss_d_a + loss_d_b)
 
         # train/D as every model logs it (both discriminators' losses); D_A judges domain B here,

@@ -111,9 +111,13 @@ class NICEGAN(TranslationModel):
                 + self.adversarial_terms(self.D_A(fake_BA), False, True)
             loss_d_b = self.adversarial_terms(self.classify_latent(self.D_B, z_B, cam_B), True, True) \
                 + self.adversarial_terms(self.D_B(fake_AB), False, True)
+            penalties = {}   # each critic's weighted share of train/D, logged apart from its estimate
             if self.adversarial.needs_gradient_penalty:
-                loss_d_a = loss_d_a + self.weight("gp") * self.gradient_penalty(lambda x: self.D_A(x)[:3], real_A, fake_BA)
-                loss_d_b = loss_d_b + self.weight("gp") * self.gradient_penalty(lambda x: self.D_B(x)[:3], real_B, fake_AB)
+                for domain, fake in (("A", fake_BA), ("B", fake_AB)):
+                    D, real = self.discriminator_of(domain), batch[domain]
+                    penalties[f"D_{domain}_gp"] = self.weight("gp") * self.gradient_penalty(lambda x, D=D: D(x)[:3],
+                                                                                           real, fake)
+                loss_d_a, loss_d_b = loss_d_a + penalties["D_A_gp"], loss_d_b + penalties["D_B_gp"]
             loss_d = self.weight("adversarial") * (loss_d_a + loss_d_b)
             self.update(opt_d, loss_d)
 
@@ -142,7 +146,8 @@ class NICEGAN(TranslationModel):
             # instead of six (the gradients are their sum's, added in another order).
             loss_g = self.update(opt_g, lambda: translate_and_cycle("A"), lambda: translate_and_cycle("B"),
                                  reconstruction)
-        losses = {name: losses[name] for name in LOGGED_TERMS}
+        losses = {**{name: losses[name] for name in LOGGED_TERMS},
+                  **{name: self.weight("adversarial") * penalty.detach() for name, penalty in penalties.items()}}
         clip_rho_(self.G_AB)
         clip_rho_(self.G_BA)
 

@@ -65,8 +65,10 @@ class Pix2Pix(TranslationModel):
             loss_d_real = self.adversarial(self.D(real_AB), True)
             loss_d_fake = self.adversarial(self.D(pooled_fake_AB), False)
             loss_d = 0.5 * (loss_d_real + loss_d_fake)
+            penalties = {}   # (logged apart: the critic's estimate and its penalty read apart)
             if self.adversarial.needs_gradient_penalty:
-                loss_d = loss_d + self.weight("gp") * self.gradient_penalty(self.D, real_AB, pooled_fake_AB)
+                penalties["gp"] = self.weight("gp") * self.gradient_penalty(self.D, real_AB, pooled_fake_AB)
+                loss_d = loss_d + penalties["gp"]
             self.update(opt_d, loss_d)
 
         with self.players("generator") as opt_g:
@@ -83,5 +85,5 @@ class Pix2Pix(TranslationModel):
             loss_g = sum(losses.values())
             self.update(opt_g, loss_g)
 
-        self.log_losses(losses, {"G": loss_g, "D": loss_d, "D_real": loss_d_real, "D_fake": loss_d_fake},
-                        real_A.size(0))
+        self.log_losses({**losses, **penalties}, {"G": loss_g, "D": loss_d, "D_real": loss_d_real,
+                                                  "D_fake": loss_d_fake}, real_A.size(0))

@@ -88,11 +88,17 @@ class UGATIT(TranslationModel):
             total = total + self.adversarial(cam_logits, target_is_real, for_discriminator)
         return total
 
-    def discriminator_loss(self, domain: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    def discriminator_loss(self, domain: str, real: torch.Tensor, fake: torch.Tensor,
+                           penalties: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The domain's critics' terms, plus WGAN-GP's penalties, all weighted by the adversarial
+        weight; the penalties' share also in `penalties` as D_<domain>_gp, for the log."""
         loss = self.adversarial_terms(domain, real, True, True) + self.adversarial_terms(domain, fake, False, True)
         if self.adversarial.needs_gradient_penalty:
-            for D in self.discriminators_of(domain):
-                loss = loss + self.weight("gp") * self.gradient_penalty(lambda x, D=D: D(x)[:2], real, fake)
+            penalty = sum(self.weight("gp") * self.gradient_penalty(lambda x, D=D: D(x)[:2], real, fake)
+                          for D in self.discriminators_of(domain))
+            if penalties is not None:
+                penalties[f"D_{domain}_gp"] = self.weight("adversarial") * penalty.detach()
+            loss = loss + penalty
         return self.weight("adversarial") * loss
 
     def train_iteration(self, batch: dict) -> None:
@@ -100,9 +106,10 @@ class UGATIT(TranslationModel):
         fake_AB, cam_AB_src, _ = self.G_AB(real_A)
         fake_BA, cam_BA_src, _ = self.G_BA(real_B)
 
+        penalties = {}
         with self.players("discriminators") as opt_d:
-            loss_d_a = self.discriminator_loss("A", real_A, fake_BA.detach())
-            loss_d_b = self.discriminator_loss("B", real_B, fake_AB.detach())
+            loss_d_a = self.discriminator_loss("A", real_A, fake_BA.detach(), penalties)
+            loss_d_b = self.discriminator_loss("B", real_B, fake_AB.detach(), penalties)
             loss_d = self.update(opt_d, loss_d_a + loss_d_b)
 
         terms = {}   # each weighted term, detached, for the log (a CAM term is made of two parts)
@@ -135,7 +142,7 @@ class UGATIT(TranslationModel):
             # built, as CycleGAN's are: the step holds three generator passes' activations at a
             # time instead of six (the gradients are their sum's, added in another order).
             loss_g = self.update(opt_g, lambda: translate_and_cycle("A"), lambda: translate_and_cycle("B"), identity)
-        losses = {name: terms[name] for name in LOGGED_TERMS}
+        losses = {**{name: terms[name] for name in LOGGED_TERMS}, **penalties}
         clip_rho_(self.G_AB)
         clip_rho_(self.G_BA)
 
