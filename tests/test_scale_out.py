@@ -143,7 +143,8 @@ def test_ddp_ranks_end_identical_after_training_on_different_images(ddp_sweep, i
     # The sampling callbacks saw the EMA; the checkpoint holds it apart from the trained weights.
     checkpoint = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)
     for name, value in checkpoint["ema"]["state_dict"].items():
-        assert torch.equal(probes[0]["sampled_params"][name], value), name
+        if not name.endswith((".running_mean", ".running_var")):   # (the probe records parameters)
+            assert torch.equal(probes[0]["sampled_params"][name], value), name
     assert any(not torch.equal(value, checkpoint["state_dict"][name])
                for name, value in checkpoint["ema"]["state_dict"].items())
     for name, value in probes[0]["params"].items():
@@ -450,7 +451,8 @@ def test_noise_models_run_under_the_subprocess_ddp_launcher_with_wandb(tmp_path,
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["ema"]["state_dict"]
     for name, value in checkpoint["ema"]["state_dict"].items():
-        assert torch.equal(probes[0]["sampled_params"][name], value), name
+        if not name.endswith((".running_mean", ".running_var")):   # (the probe records parameters)
+            assert torch.equal(probes[0]["sampled_params"][name], value), name
     (record,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
     assert metric.encode() in written_record(record, metric.encode())
 

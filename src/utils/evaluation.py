@@ -288,7 +288,9 @@ def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sam
     labels = []
     for batch in loader:
         scorer.update(real=batch["A"].to(model.device))
-        labels.append(batch["label"])
+        # A copy: a tensor a loader worker sent holds an open file while it lives (torch's
+        # file_descriptor sharing), and 10k test images at batch 8 outlast `ulimit -n` 1024.
+        labels.append(batch["label"].clone())
         if classifier is not None:
             classifier.update_real(batch["A"], batch["label"])
     labels = torch.cat(labels)
@@ -311,9 +313,9 @@ def real_and_generated(model: NoiseToImageModel, loader) -> tuple[torch.Tensor, 
     reals, fakes, labels = [], [], []
     for batch in loader:
         real, fake = model.evaluation_pair(batch, SAMPLES)
-        reals.append(real.cpu())
+        reals.append(real.cpu().clone())   # (copies: see evaluate_samples)
         fakes.append(fake.cpu())
-        labels.append(batch["label"])
+        labels.append(batch["label"].clone())
     return torch.cat(reals), torch.cat(fakes), torch.cat(labels)
 
 
