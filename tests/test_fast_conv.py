@@ -687,3 +687,23 @@ def test_narrow_output_switches_only_wide_to_narrow_stride_1_layers():
                         nn.Conv2d(64, 3, 4, stride=2), nn.Conv2d(64, 3, 3, padding=3))
     assert use_narrow_output(net) == 1
     assert [type(m) is NarrowOutputConv2d for m in net] == [True, False, False, False, False]
+
+
+def test_a_run_off_the_cpu_builds_no_fast_conv_rewrites_and_no_kernels(train_cfg, monkeypatch):
+    """The rewrites are CPU convolutions: `auto` on a GPU or Apple's MPS compiled the Winograd
+    kernels for layers that never run them, and on a Mac, whose clang refuses OpenMP, warned of a
+    failed build at every run (or opened the command-line tools' installer)."""
+    from lightning_fabric.accelerators import MPSAccelerator   # (what resolved_accelerator asks)
+
+    from src.utils.run import build_model
+
+    def no_build():
+        raise AssertionError("the Winograd kernels were built for a run off the CPU")
+
+    cfg = train_cfg("model=cyclegan", "model.fast_conv=auto", "trainer.accelerator=auto", "data.size=64",
+                    "model.generator.ngf=16")
+    assert sum(build_model(cfg).fast_conv_layers.values()) > 0   # on this CPU: rewritten
+    monkeypatch.setattr(winograd_build, "kernels", no_build)
+    monkeypatch.setattr(fast_conv, "kernels", no_build)
+    monkeypatch.setattr(MPSAccelerator, "is_available", staticmethod(lambda: True))
+    assert sum(build_model(cfg).fast_conv_layers.values()) == 0

@@ -686,6 +686,9 @@ def test_translate_errors_name_the_setting(smoke_runs, tmp_path):
     with pytest.raises(ValueError, match="direction=BtoA"):
         run_translation(translate_cfg(ckpt_path=str(smoke_runs["pix2pix"].ckpt), input=str(tmp_path / "in"),
                                       output=str(tmp_path / "out"), direction="BtoA"))
+    with pytest.raises(ValueError, match=r"device=mps: Apple's MPS is not available here.*use device=cpu"):
+        run_translation(translate_cfg(ckpt_path=str(smoke_runs["pix2pix"].ckpt), input=str(tmp_path / "in"),
+                                      output=str(tmp_path / "out"), device="mps"))   # (no Mac runs these tests)
     with pytest.raises(ValueError, match=r"device='tpu' is not a device torch knows: use auto, cpu, cuda"):
         run_translation(translate_cfg(ckpt_path=str(smoke_runs["pix2pix"].ckpt), input=str(tmp_path / "in"),
                                       output=str(tmp_path / "out"), device="tpu"))

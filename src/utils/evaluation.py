@@ -584,7 +584,7 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device,
                                              conditional=bool(model.num_classes))
                       if cfg.get("classifier_score", True) else None)
         results = {SAMPLES: evaluate_samples(model, loader, scorer, output_dir / SAMPLES, num_samples,
-                                             classifier and classifier.to(device), save_limit)}
+                                             classifier and classifier.to(float64_device(device)), save_limit)}
     else:
         scorer, report["feature_extractor"] = fid_kid_scorer(cfg, datamodule, device)
         report["kid_subsets"] = scorer.kid.subsets

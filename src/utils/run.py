@@ -363,6 +363,17 @@ def release_failed_run(error: BaseException) -> None:
     release_run_memory()
 
 
+def build_model(cfg: DictConfig):
+    """The run's model, for the device it trains on: off the CPU, without `model.fast_conv`'s
+    rewrites, which are CPU convolutions (a setting checkpoints do not record): `auto` on a GPU
+    or Apple's MPS built their C kernels for layers that never run them, and where no compiler
+    can (a Mac's clang refuses OpenMP) warned of it, or opened the command-line tools' installer."""
+    settings = {}
+    if "fast_conv" in cfg.model and resolved_accelerator(cfg.trainer) != "cpu":
+        settings["fast_conv"] = False
+    return hydra.utils.instantiate(cfg.model, _recursive_=False, **settings)
+
+
 def release_run_memory() -> None:
     """Free a finished run's objects now: the trainer and the model hold each other (and the
     callbacks their feature extractors, EMA copies, image pools, on the GPU), so they wait for
@@ -372,6 +383,8 @@ def release_run_memory() -> None:
     gc.collect()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+    if torch.backends.mps.is_available():   # (MPS shares the machine's memory with every other process)
+        torch.mps.empty_cache()
 
 
 def run_code_revision() -> str:
@@ -440,7 +453,7 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
     # A dataset not on disk stops the run here, with its folder and download command, instead
     # of in Lightning's setup after the model is built (seconds at full size) and DDP started.
     datamodule.check_present()
-    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    model = build_model(cfg)
     check_loadable(model)
     refuse_unread_overrides(job_overrides(cfg), model, cfg, in_a_sweep=in_a_sweep())
     if callable(check_class_count := getattr(model, "check_class_count", None)):

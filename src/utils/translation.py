@@ -38,17 +38,20 @@ CropBox = tuple[int, int, int, int]  # top, left, height, width
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """"auto" -> cuda when available, else cpu; "cuda" without a GPU is an error. Apple's MPS is
-    not chosen: the FID/KID states are float64, which MPS lacks, and the sampling noise's
-    generator is forked on the CPU and CUDA only (`isolated_rng`)."""
+    """"auto" -> cuda when available, else cpu; "cuda" or "mps" where there is none is an error.
+    Apple's MPS is used when asked for (device=mps: evaluation keeps its float64 sums on the CPU,
+    `float64_device`), not by auto, which takes the devices the tests run on."""
     if str(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as error:
-        raise ValueError(f"device={name!r} is not a device torch knows: use auto, cpu, cuda or cuda:N") from error
+        raise ValueError(f"device={name!r} is not a device torch knows: use auto, cpu, cuda, cuda:N or mps") from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name}: no CUDA device is available here; use device=cpu or device=auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={name}: Apple's MPS is not available here (a Mac with Apple silicon and a torch "
+                         f"built for it); use device=cpu or device=auto")
     return device
 
 
