@@ -26,6 +26,7 @@ from src.data.folders import lies_inside, output_paths, refuse_existing_outputs 
 from src.utils.config_checks import check_seed, require_bool  # noqa: E402
 from src.utils.directions import trained_domains  # noqa: E402
 from src.utils.folder_lock import FolderLock  # noqa: E402
+from src.utils.process_state import threads_within_usable_cpus  # noqa: E402
 from src.utils.rng import isolated_rng  # noqa: E402
 from src.utils.whole_files import write_text_whole  # noqa: E402
 from src.utils.translation import (check_direction, fixed_translation_size, list_input_images,  # noqa: E402
@@ -39,6 +40,7 @@ def run_translation(cfg: DictConfig) -> dict:
     kept (skip_existing), and with which weights ("ema": the generators' average of a run that kept
     one, or "trained")."""
     check_checkpoint_settings(cfg)
+    threads_within_usable_cpus()
     if not cfg.get("input") and not cfg.get("export"):
         raise ValueError("input is required: input=path/to/image_or_folder (or export=onnx|torchscript to only export)")
     if cfg.get("export"):

@@ -4,8 +4,10 @@ it loads)."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterable
+from pathlib import Path
 
 
 def allowed_cpus() -> set[int] | None:
@@ -14,10 +16,29 @@ def allowed_cpus() -> set[int] | None:
     return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
 
 
+def cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The CPU time a cgroup limit allows this process, in whole CPUs rounded up (`docker
+    --cpus=4`, a Kubernetes limit: the CPUs stay all visible, their time is capped); None without
+    a limit, or where the system has no cgroups. cgroup v2's cpu.max, else v1's CFS quota."""
+    try:
+        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup_root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        return None if quota in ("max", "-1") else max(1, math.ceil(int(quota) / int(period)))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
 def usable_cpus() -> int:
     """How many CPUs this process may run on (`allowed_cpus`: 8 of a 128-core node for `srun -c
-    8`, where os.cpu_count() says 128)."""
-    return len(allowed_cpus() or ()) or os.cpu_count() or 1
+    8`, where os.cpu_count() says 128), and has the time of (`cpu_quota`)."""
+    count = len(allowed_cpus() or ()) or os.cpu_count() or 1
+    return min(count, cpu_quota() or count)
 
 
 def physical_memory_bytes() -> int | None:

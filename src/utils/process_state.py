@@ -10,12 +10,16 @@ default and the checkpoint it resolved for its ranks."""
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import signal
 import threading
 
 import torch
 
-from src.utils.environment import environment_restored
+from src.utils.environment import environment_restored, usable_cpus
+
+log = logging.getLogger(__name__)
 from src.utils.hydra_runtime import RESOLVED_CHECKPOINT_ENV
 
 #: environment variables a run sets for itself and its launched ranks
@@ -44,3 +48,16 @@ def process_state_restored():
         torch.set_num_threads(threads)
         if ctrl_c is not None:
             signal.signal(signal.SIGINT, ctrl_c)
+
+
+def threads_within_usable_cpus() -> None:
+    """torch's threads at most the CPUs this process may use (`usable_cpus`): torch counts the
+    machine's cores, not a container's CPU limit (`docker --cpus=4` on a 64-core host), and 32
+    threads sharing 4 CPUs' time run many times slower than 4. A user's OMP_NUM_THREADS stands."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    usable = usable_cpus()
+    if torch.get_num_threads() > usable:
+        log.info("torch's threads lowered from %d to %d, the CPUs this process may use (its CPU affinity and cgroup "
+                 "CPU limit; OMP_NUM_THREADS sets another count)", torch.get_num_threads(), usable)
+        torch.set_num_threads(usable)

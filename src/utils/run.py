@@ -42,7 +42,7 @@ from src.utils.initial_weights import initial_weights_to_load, start_from_checkp
 from src.utils.instantiate import instantiate_list
 from src.utils.library_warnings import silence_known_library_noise
 from src.utils.objective import sweeper_direction
-from src.utils.process_state import process_state_restored
+from src.utils.process_state import process_state_restored, threads_within_usable_cpus
 from src.utils.run_record import hydra_files, record_start, run_folder_claimed, run_seed
 from src.utils.run_results import FINAL_METRICS, completed_metrics, final_record
 from src.utils.tensorboard_logger import purge_step, with_purge_step
@@ -419,6 +419,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
 
 def _train(cfg: DictConfig) -> dict[str, float]:
     silence_known_library_noise()
+    threads_within_usable_cpus()
     if OmegaConf.select(cfg, "paths.output_dir", throw_on_resolution_failure=False) is None:
         # (Hydra's interpolation error said "HydraConfig was not set", naming no fix)
         raise ValueError("paths.output_dir, the run folder, is the one Hydra makes under src/train.py: from Python, "
