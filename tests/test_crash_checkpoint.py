@@ -486,6 +486,32 @@ def test_loader_workers_out_of_shared_memory_say_how_to_give_them_more(train_cfg
     assert "data.num_workers, now 0" in caplog.text
 
 
+def test_a_loader_worker_killed_by_the_kernel_says_what_holds_memory_per_worker(train_cfg, monkeypatch, caplog):
+    """torch says only that a worker "is killed by signal: Killed": the OOM killer at a container's
+    or job's memory limit, hours into a run with the decoded-image cache filling every worker."""
+    cfg = train_cfg(*COMMON, "max_iters=4")
+    fail_at_step(monkeypatch, 2, RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. "))
+    with pytest.raises(RuntimeError):
+        run_training(cfg)
+    assert "out-of-memory killer" in caplog.text and "data.num_workers, now 0" in caplog.text
+    assert "data.cache_decoded, now" in caplog.text
+
+
+def test_a_cgroup_memory_limit_is_the_memory_a_run_has(tmp_path, monkeypatch):
+    """A 16 GB job on a 512 GB node: the decoded cache's warning compared with the node's memory."""
+    from src.utils import environment
+    (tmp_path / "memory.max").write_text(f"{16 << 30}\n")
+    assert environment.memory_limit(tmp_path) == 16 << 30
+    (tmp_path / "memory.max").write_text("max\n")
+    assert environment.memory_limit(tmp_path) is None
+    (tmp_path / "memory.max").unlink()
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")   # v1, no limit
+    assert environment.memory_limit(tmp_path) is None
+    monkeypatch.setattr(environment, "memory_limit", lambda: 1 << 30)
+    assert environment.physical_memory_bytes() == 1 << 30
+
+
 def test_an_operation_without_a_deterministic_kernel_names_the_setting_that_runs_it(train_cfg, monkeypatch, caplog):
     cfg = train_cfg(*COMMON, "max_iters=4", "trainer.deterministic=true")
     fail_at_step(monkeypatch, 2, RuntimeError("reflection_pad2d_backward_cuda does not have a deterministic "

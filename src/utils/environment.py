@@ -41,12 +41,30 @@ def usable_cpus() -> int:
     return min(count, cpu_quota() or count)
 
 
+def memory_limit(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The memory a cgroup limit allows this process (`docker --memory`, a Kubernetes limit, a
+    SLURM job's --mem where it uses cgroups) in bytes; None without one. cgroup v2's
+    memory.max, else v1's limit (which reads as a huge number when unset)."""
+    for path in (cgroup_root / "memory.max", cgroup_root / "memory" / "memory.limit_in_bytes"):
+        try:
+            value = path.read_text().strip()
+        except OSError:
+            continue
+        if value.isdigit() and int(value) < 1 << 60:
+            return int(value)
+        return None
+    return None
+
+
 def physical_memory_bytes() -> int | None:
-    """The machine's memory (None where the system does not say: Windows)."""
+    """The memory this process may use: the machine's, or a cgroup's limit below it (a
+    container's, a job's: the OOM killer stops a worker there, whatever the machine has). None
+    where the system does not say (Windows)."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return None
+    return min(machine, memory_limit() or machine)
 
 
 #: torch reads these at every torch.load, and they win over its `weights_only` argument

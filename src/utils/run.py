@@ -169,6 +169,14 @@ SHARED_MEMORY_HINT = (
     "or use fewer workers (data.num_workers, now %s) or smaller batches.")
 
 
+#: torch's words for a loader worker that SIGKILL stopped: the kernel's OOM killer, mostly
+KILLED_WORKER_HINT = (
+    "A data loader worker was killed (SIGKILL): most often the kernel's out-of-memory killer, at the memory limit "
+    "of the machine, the container or the job (dmesg, or sacct's MaxRSS and State=OUT_OF_MEMORY, say). Each worker "
+    "holds its own copy of what the dataset keeps: use fewer workers (data.num_workers, now %s), turn off the "
+    "decoded-image cache (data.cache_decoded, now %s), or ask for more memory.")
+
+
 def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     """Trainer arguments, with `max_iters` (training iterations) turned into optimizer steps."""
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -519,6 +527,8 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
             log.error(OUT_OF_MEMORY_HINT, cfg.data.get("batch_size"))
         elif any(words in str(error) for words in SHARED_MEMORY_WORDS):
             log.error(SHARED_MEMORY_HINT, cfg.data.get("num_workers"))
+        elif "is killed by signal: Killed" in str(error):
+            log.error(KILLED_WORKER_HINT, cfg.data.get("num_workers"), cfg.data.get("cache_decoded"))
         elif "does not have a deterministic implementation" in str(error):
             log.error("trainer.deterministic=%s stops at an operation torch has no deterministic kernel for on this "
                       "device (above). trainer.deterministic=warn takes the deterministic kernels where there are "
