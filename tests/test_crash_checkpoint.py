@@ -497,6 +497,17 @@ def test_a_loader_worker_killed_by_the_kernel_says_what_holds_memory_per_worker(
     assert "data.cache_decoded, now" in caplog.text
 
 
+def test_a_wandb_error_says_how_to_log_without_its_server(train_cfg, monkeypatch, caplog):
+    """An exported WANDB_API_KEY turns wandb online, and on a compute node without internet its
+    init gives up after 90 s with an error of its own, naming no setting of ours."""
+    from wandb.errors import CommError
+    cfg = train_cfg(*COMMON, "max_iters=4")
+    fail_at_step(monkeypatch, 2, CommError("Run initialization has timed out after 90.0 sec."))
+    with pytest.raises(CommError):
+        run_training(cfg)
+    assert "WANDB_MODE=offline and `wandb sync`" in caplog.text and "logger=csv" in caplog.text
+
+
 def test_a_cgroup_memory_limit_is_the_memory_a_run_has(tmp_path, monkeypatch):
     """A 16 GB job on a 512 GB node: the decoded cache's warning compared with the node's memory."""
     from src.utils import environment

@@ -529,6 +529,11 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
             log.error(SHARED_MEMORY_HINT, cfg.data.get("num_workers"))
         elif "is killed by signal: Killed" in str(error):
             log.error(KILLED_WORKER_HINT, cfg.data.get("num_workers"), cfg.data.get("cache_decoded"))
+        elif type(error).__module__.startswith("wandb"):
+            # (an exported WANDB_API_KEY turns wandb online, also on compute nodes without internet)
+            log.error("wandb stopped the run (above; WANDB_MODE=%s). Where this machine cannot reach wandb's server, "
+                      "a compute node say, run with WANDB_MODE=offline and `wandb sync` the run folder's wandb/ "
+                      "later, or log elsewhere (logger=csv).", os.environ.get("WANDB_MODE", "online"))
         elif "does not have a deterministic implementation" in str(error):
             log.error("trainer.deterministic=%s stops at an operation torch has no deterministic kernel for on this "
                       "device (above). trainer.deterministic=warn takes the deterministic kernels where there are "
