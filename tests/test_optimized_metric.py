@@ -66,6 +66,21 @@ def test_a_metric_the_run_logs_passes_and_is_returned(train_cfg):
     assert metrics["truth/iou"] == pytest.approx((metrics["truth/AtoB/iou"] + metrics["truth/BtoA/iou"]) / 2)
 
 
+def test_a_resumed_trial_is_not_stopped_for_its_earlier_evaluations(train_cfg, tmp_path):
+    """The evaluations of the run before a resume counted as this fit's: at the resumed fit's first
+    iteration the metric was missing from its (fresh) metrics, and the trial stopped as if the
+    metric were not logged; a requeued or auto-resumed sweep trial crashed at every resume."""
+    common = ["model=cyclegan", "optimized_metric=truth/iou", "callbacks.shapes_truth.every_n_iters=2",
+              "callbacks.model_checkpoint.every_n_iters=2", "callbacks.model_checkpoint.save_top_k=-1",
+              "++callbacks.fid_kid=null", "++callbacks.latent=null"]
+    first = train_cfg(*common, "max_iters=2")
+    run_training(first)
+    resumed = train_cfg(*common, "max_iters=5",
+                        f"ckpt_path={Path(first.paths.output_dir) / 'checkpoints' / 'iter_0000002.ckpt'}")
+    resumed.paths.output_dir = str(tmp_path / "resumed")
+    assert math.isfinite(run_training(resumed)["truth/iou"])
+
+
 @pytest.mark.parametrize("metric, better", [("eval/fid", "minimize"), ("eval/fid_AtoB", "minimize"),
                                             ("eval/kid_x100", "minimize"), ("latent/mmd2", "minimize"),
                                             ("truth/AtoB/color_error", "minimize"), ("truth/AtoB/iou", "maximize"),

@@ -52,7 +52,8 @@ class PeriodicEvaluation(pl.Callback):
         require_int(f"{key}.batch_size", batch_size, allow_none=True, why=" (null: the data's evaluation batch size)")
         self.every_n_iters, self.max_images, self.batch_size, self.seed = every_n_iters, max_images, batch_size, seed
         self.enabled = True
-        self._last_evaluated = -1
+        self._last_evaluated = -1   # (restored from a checkpoint: of the run, not of this fit)
+        self._evaluated_this_fit = False
         self._loader: DataLoader | None = None
 
     # ----- what subclasses provide -------------------------------------------------------
@@ -71,7 +72,7 @@ class PeriodicEvaluation(pl.Callback):
     # ----- the evaluation set ------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # A new fit may bring another DataModule, world size or model: it decides all of this again.
-        self.enabled, self._last_evaluated, self._loader = True, -1, None
+        self.enabled, self._last_evaluated, self._evaluated_this_fit, self._loader = True, -1, False, None
         datamodule = trainer.datamodule
         if stage == "fit" and (datamodule is None or not hasattr(datamodule, "test_dataloader")):
             rank_zero_warn(f"{type(self).__name__} disabled: it evaluates on the DataModule's test split, "
@@ -164,8 +165,9 @@ class PeriodicEvaluation(pl.Callback):
 
     @property
     def has_evaluated(self) -> bool:
-        """Whether an evaluation of this fit has run (and logged what it logs)."""
-        return self._last_evaluated >= 0
+        """Whether an evaluation of this fit has run (and logged what it logs): not one of the run
+        before a resume, whose logged values this fit's metrics do not hold."""
+        return self._evaluated_this_fit
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         started = time.monotonic()
@@ -176,7 +178,7 @@ class PeriodicEvaluation(pl.Callback):
             rank_zero_info(f"{type(self).__name__} at iteration {pl_module.iteration} "
                            f"({time.monotonic() - started:.0f} s): {scores}")
         self.after_evaluation(trainer, pl_module, metrics)
-        self._last_evaluated = pl_module.iteration
+        self._last_evaluated, self._evaluated_this_fit = pl_module.iteration, True
 
     @staticmethod
     def training_ends_here(trainer: pl.Trainer) -> bool:
