@@ -326,6 +326,26 @@ def test_a_requeue_warning_stops_at_a_whole_iteration_then_submitit_requeues_and
     assert steps_taken == list(range(4, 12)) and resumed["global_step"] == 12   # iterations 3-6 only
 
 
+def test_a_requeue_warning_in_the_runs_last_iteration_lets_it_end_with_its_checkpoints(
+        train_cfg, tmp_path, monkeypatch, fake_scontrol, signal_handlers_kept):
+    """Raised at the last iteration's end, before the checkpoint callbacks, the stop left last.ckpt
+    an interval behind and requeued a job whose training was done; its resume from
+    interrupted.ckpt trained nothing and never brought last.ckpt up to date."""
+    for name, value in {**slurm_task_env(0, tasks=1), "SUBMITIT_EXECUTOR": "slurm"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = train_cfg(*COMMON, "max_iters=3", "callbacks.model_checkpoint.every_n_iters=2")
+    submitit_job_signals(tmp_path)
+    with monkeypatch.context() as patch:
+        signal_at_step(patch, 4, signal.SIGUSR2)   # inside iteration 3, the last
+        with pytest.warns(UserWarning, match="SIGUSR2 at the run's last iteration \\(3\\): it ends as it would have"):
+            run_training(cfg)
+    assert crash_file(cfg, "last.ckpt")["global_step"] == 6
+    assert not fake_scontrol.exists() or not fake_scontrol.read_text().strip()   # no requeue
+    assert not (Path(cfg.paths.output_dir) / "checkpoints" / "interrupted.ckpt").exists()
+
+
 @pytest.mark.parametrize("every_n_epochs,saved_at", [(None, [12]), (1, [4, 8, 12]), (2, [8, 12]), (0, [12])])
 def test_a_run_in_epochs_saves_at_its_last_epochs_end_not_every_one(train_cfg, monkeypatch, every_n_epochs, saved_at):
     """Lightning saved a full checkpoint at every epoch end besides the periodic ones: on 8 GPUs

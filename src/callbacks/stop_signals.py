@@ -42,6 +42,8 @@ from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
+from src.callbacks.periodic_evaluation import PeriodicEvaluation
+
 log = logging.getLogger(__name__)
 
 #: the signals clusters warn of a requeue with (SLURM's `--signal`); SIGTERM stops a run either way.
@@ -158,6 +160,14 @@ class StopSignals(pl.Callback):
         if not arrived:
             return
         names = ", ".join(signal.Signals(s).name for s in arrived)
+        if PeriodicEvaluation.training_ends_here(trainer):
+            # Raised here, before the checkpoint callbacks (Lightning runs them last), the run's
+            # last iteration would go without last.ckpt, exit 143 (or be requeued) with training
+            # done, and a resume from interrupted.ckpt would train nothing and leave last.ckpt behind.
+            rank_zero_warn(f"{names} at the run's last iteration ({pl_module.iteration}): it ends as it would have, "
+                           "with its checkpoints")
+            self.noted.clear()
+            return
         rank_zero_warn(f"{names}: every rank stops after iteration {pl_module.iteration}")
         requeue = [s for s in arrived if s in self.deferred]
         if requeue:
