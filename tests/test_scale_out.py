@@ -821,6 +821,26 @@ def test_ema_averages_the_batch_norm_statistics_a_sampler_in_eval_mode_reads(tra
         run_training(resumed)
 
 
+def test_the_model_leaves_fit_with_its_trained_statistics_after_a_move_with_the_average_in(train_cfg):
+    """Lightning moves the model to the CPU at the end of a GPU fit with the average swapped in: a
+    move gives buffers new tensors (parameters keep theirs), and the training batch-norm
+    statistics went back into tensors the model no longer held. (.double() moves the same way.)"""
+    model = hydra.utils.instantiate(train_cfg("model=lsgan", "data=shapes_labelled").model, _recursive_=False)
+    ema = GeneratorEMA(decay=0.5)
+    ema.on_train_start(None, model)
+    statistics = [n for n in ema.names if n.endswith(".running_mean")]
+    trained = {n: model.state_dict()[n].clone() for n in statistics}
+    with torch.no_grad():
+        for a in ema.averaged:
+            a.add_(1.0)
+    ema.swap_in()
+    model.double()
+    ema.teardown(None, model, "fit")
+    for name in statistics:
+        assert torch.equal(model.state_dict()[name].float(), trained[name]), name
+    assert all(any(t is p for t in model.buffers()) for n, p in zip(ema.names, ema._params) if n in statistics)
+
+
 def test_ema_resumes_exactly(train_cfg, tmp_path):
     """4 iterations straight == 2, then resume for 2: the EMA continues like the weights."""
     common = ["model=cyclegan", "data.max_dataset_size=2", "seed=7", *NO_EVALUATION]

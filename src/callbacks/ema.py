@@ -219,6 +219,11 @@ class GeneratorEMA(pl.Callback):
         # the average) follow the rest of the model, which would otherwise leave fit split
         # across devices, its generators still holding GPU memory.
         if self.enabled:
+            # The move gave every buffer a new tensor (parameters keep theirs, with new data): the
+            # batch-norm statistics are found again by name, or the training ones would go into
+            # tensors the model no longer holds, and it would leave fit with the averaged ones.
+            live = averaged_tensors(pl_module)
+            self._params = [live[name] for name in self.names]
             self.swap_out(pl_module.device)
             self.averaged = [average.to(pl_module.device) for average in self.averaged]
 
