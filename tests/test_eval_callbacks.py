@@ -495,6 +495,17 @@ def test_best_fid_survives_a_resume_and_only_improvements_save(tmp_path):
     assert best_of(callback.state_dict()) == {"best_fid": 4.0, "best_iteration": 30}
 
 
+def test_best_fid_ckpt_records_its_own_evaluation_as_done(train_cfg):
+    """It was written before the callback marked the evaluation done: it recorded the previous
+    one, and a resume from it would score its iteration again."""
+    cfg = train_cfg("model=cyclegan", "max_iters=2", "callbacks.fid_kid.every_n_iters=2", "++callbacks.latent=null",
+                    "++callbacks.shapes_truth=null")
+    run_training(cfg)
+    best = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "best_fid.ckpt", weights_only=True)
+    (state,) = [value for key, value in best["callbacks"].items() if key.startswith("FidKidCallback")]
+    assert state["best_iteration"] == state["last_evaluated"] == 2
+
+
 def best_of(state: dict) -> dict:
     return {key: state[key] for key in ("best_fid", "best_iteration")}
 

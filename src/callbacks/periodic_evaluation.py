@@ -177,8 +177,10 @@ class PeriodicEvaluation(pl.Callback):
             scores = ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
             rank_zero_info(f"{type(self).__name__} at iteration {pl_module.iteration} "
                            f"({time.monotonic() - started:.0f} s): {scores}")
-        self.after_evaluation(trainer, pl_module, metrics)
+        # Before the work after it: a checkpoint saved there (best_fid.ckpt) records this evaluation
+        # as done, or a resume from it would evaluate its iteration again.
         self._last_evaluated, self._evaluated_this_fit = pl_module.iteration, True
+        self.after_evaluation(trainer, pl_module, metrics)
 
     @staticmethod
     def training_ends_here(trainer: pl.Trainer) -> bool:
