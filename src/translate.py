@@ -40,7 +40,6 @@ def run_translation(cfg: DictConfig) -> dict:
     kept (skip_existing), and with which weights ("ema": the generators' average of a run that kept
     one, or "trained")."""
     check_checkpoint_settings(cfg)
-    threads_within_usable_cpus()
     if not cfg.get("input") and not cfg.get("export"):
         raise ValueError("input is required: input=path/to/image_or_folder (or export=onnx|torchscript to only export)")
     if cfg.get("export"):
@@ -51,14 +50,14 @@ def run_translation(cfg: DictConfig) -> dict:
         raise ValueError(f"output={cfg.output} lies inside input={cfg.input}: a later run on that input would "
                          f"translate these outputs too; write them elsewhere")
     fixed_translation_size(cfg.get("size"), cfg.get("short_side"))   # checked before anything is written
-    paths, skipped, skip_export = outputs_to_write(cfg, paths, targets)
+    skip_export = outputs_to_write(cfg, paths, targets)[2]   # (refused here, before the model loads)
     device = resolve_device(cfg.get("device", "auto"))
     check_seed("seed", cfg.get("seed"))
     with isolated_rng(device, cfg.get("seed")):
-        return {**translate_and_export(cfg, paths, targets, device, skip_export), "skipped": skipped}
+        return translate_and_export(cfg, paths, targets, device, skip_export)
 
 
-def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Path]
+def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Path], say: bool = True
                      ) -> tuple[list[Path], list[str], bool]:
     """What to do about output files that exist already: refuse them (the default: another run's
     outputs would be replaced or mixed in with these), replace them (`overwrite`), or keep them
@@ -67,7 +66,7 @@ def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Pat
     cut short after its rename, which is made again). skip_existing keeps outputs of this input
     only: a folder whose record names other inputs (trip1/ and trip2/ both hold IMG_0001.jpg) would
     keep trip1's translation for trip2's photo. Returns the inputs to translate, the outputs kept,
-    and whether the export is kept."""
+    and whether the export is kept (`say`: log what skip_existing keeps)."""
     overwrite, skip_existing = cfg.get("overwrite", False), cfg.get("skip_existing", False)
     require_bool("overwrite", overwrite)
     require_bool("skip_existing", skip_existing)
@@ -85,19 +84,20 @@ def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Pat
     kept = [path for path in paths if present[path]]
     if kept:
         refuse_outputs_of_other_inputs(Path(cfg.output), cfg.get("input"), {targets[path]: path for path in kept})
-    if kept:
+    if kept and say:
         log.info("skip_existing: %d of %d input(s) have their output in %s already (kept, not translated "
                  "again)", len(kept), len(paths), cfg.output)
     # (the graph alone, its card not written, was cut off between the two: the card says its input range)
     skip_export = bool(exported) and exported[0].exists() and export_card_path(exported[0]).exists()
-    if skip_export:
+    if skip_export and say:
         log.info("skip_existing: %s exists already (kept, not exported again)", exported[0])
     return [path for path in paths if not present[path]], [str(targets[path]) for path in kept], skip_export
 
 
 def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path, Path], device: torch.device,
                          skip_export: bool = False) -> dict:
-    """The body of `run_translation`, its settings checked, inside the translation's seeded RNG."""
+    """The body of `run_translation`, its settings checked, inside the translation's seeded RNG
+    (`paths`: every input; `skip_export`: the export kept, as the first look at the folder found)."""
     output_dir = Path(cfg.output)
     model = load_model(cfg.ckpt_path, map_location=device, use_ema=cfg.get("use_ema", True))
     check_direction(model, cfg.direction)
@@ -107,11 +107,14 @@ def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path,
         source, target = trained_domains(model, cfg.direction)
         log.info("The model was trained with data.direction=BtoA: direction=%s translates the dataset's domain %s "
                  "into %s", cfg.direction, source, target)
-    # Two translations into one folder would each pass the record's check before the other wrote
-    # it, and mix two models' images under one record.
+    # Two translations into one folder would each pass the checks of its outputs and record before
+    # the other wrote them, and mix two models' images under one record: the folder is locked,
+    # and looked at again, for what another translation wrote since the first look.
+    output_dir.mkdir(parents=True, exist_ok=True)
     with FolderLock(output_dir, "a translation's output folder", "Give this translation its own output=..., or "
-                    "run it once the other has ended.", name=".translate.lock"):   # (it makes the folder)
-        return write_translations(cfg, model, paths, targets, device, skip_export)
+                    "run it once the other has ended.", name=".translate.lock"):
+        paths, skipped, skip_export = outputs_to_write(cfg, paths, targets, say=False)
+        return {**write_translations(cfg, model, paths, targets, device, skip_export), "skipped": skipped}
 
 
 def write_translations(cfg: DictConfig, model, paths: list[Path], targets: dict[Path, Path], device: torch.device,
@@ -258,6 +261,7 @@ def keep_one_translation_per_folder(output_dir: Path, record: dict, overwrite: b
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="translate.yaml")
 def main(cfg: DictConfig) -> None:
+    threads_within_usable_cpus()   # (the command's process: a notebook's run_translation keeps its own count)
     run_translation(cfg)
 
 

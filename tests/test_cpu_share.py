@@ -6,21 +6,28 @@ from src.utils import environment, process_state
 from src.utils.environment import cpu_quota
 
 
+def cgroup_tree(root, membership: str, limits: dict[str, str]):
+    """A fake /sys/fs/cgroup under `root` with `limits` ({relative file: content}) and a fake
+    /proc/self/cgroup holding `membership`."""
+    for name, content in limits.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(content)
+    (root / "membership").write_text(membership)
+    return root, root / "membership"
+
+
 def test_a_cgroup_cpu_limit_counts_as_its_cpus_rounded_up(tmp_path):
-    v2 = tmp_path / "v2"
-    v2.mkdir()
-    (v2 / "cpu.max").write_text("250000 100000\n")   # docker --cpus=2.5
-    assert cpu_quota(v2) == 3
-    (v2 / "cpu.max").write_text("max 100000\n")
-    assert cpu_quota(v2) is None
-    v1 = tmp_path / "v1"
-    (v1 / "cpu").mkdir(parents=True)
-    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")
-    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
-    assert cpu_quota(v1) == 4
-    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
-    assert cpu_quota(v1) is None
-    assert cpu_quota(tmp_path / "none") is None
+    # a container with its own cgroup namespace (v2): its limit at the root
+    assert cpu_quota(*cgroup_tree(tmp_path / "a", "0::/\n", {"cpu.max": "250000 100000\n"})) == 3
+    assert cpu_quota(*cgroup_tree(tmp_path / "b", "0::/\n", {"cpu.max": "max 100000\n"})) is None
+    # a SLURM job's step under its job (v2): the smallest limit on the way up
+    job = {"slurm/job_7/cpu.max": "400000 100000\n", "slurm/job_7/step_0/cpu.max": "max 100000\n"}
+    assert cpu_quota(*cgroup_tree(tmp_path / "c", "0::/slurm/job_7/step_0\n", job)) == 4
+    # cgroup v1: the cpu controller's own tree, named with its companions
+    v1 = {"cpu,cpuacct/docker/x/cpu.cfs_quota_us": "150000\n", "cpu,cpuacct/docker/x/cpu.cfs_period_us": "100000\n",
+          "cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}
+    assert cpu_quota(*cgroup_tree(tmp_path / "d", "4:cpu,cpuacct:/docker/x\n1:memory:/docker/x\n", v1)) == 2
+    assert cpu_quota(tmp_path / "none", tmp_path / "no_membership") is None
 
 
 def test_usable_cpus_take_the_smaller_of_affinity_and_quota(monkeypatch):

@@ -236,7 +236,7 @@ def test_the_wandb_run_ends_with_the_process_exit_status(train_cfg, tmp_path, mo
         fail_at_step(patch, 2, RuntimeError("image 1 is unreadable"))
         run("failed", RuntimeError)
     with monkeypatch.context() as patch:
-        signal_at_step(patch, 2, signal.SIGTERM)
+        signal_at_step(patch, 0, signal.SIGTERM)   # (in iteration 1: one at the last, 2, lets the run end)
         run("preempted", SystemExit)
     assert finished == [(0, False), (1, False), (143, True)]
     # Also a failure after the loggers' first record (where a wandb run starts) and before the
@@ -343,6 +343,17 @@ def test_a_requeue_warning_in_the_runs_last_iteration_lets_it_end_with_its_check
             run_training(cfg)
     assert crash_file(cfg, "last.ckpt")["global_step"] == 6
     assert not fake_scontrol.exists() or not fake_scontrol.read_text().strip()   # no requeue
+    assert not (Path(cfg.paths.output_dir) / "checkpoints" / "interrupted.ckpt").exists()
+
+
+def test_a_sigterm_in_the_runs_last_iteration_lets_a_single_process_end_as_it_would_have(train_cfg, monkeypatch):
+    """Lightning's own SIGTERM stop (one process) ran after the checkpoints, but still ended the
+    finished run with status 143: a scheduler or sweep counted it as stopped, a requeue ran it again."""
+    cfg = train_cfg(*COMMON, "max_iters=3", "callbacks.model_checkpoint.every_n_iters=2")
+    signal_at_step(monkeypatch, 4, signal.SIGTERM)   # inside iteration 3, the last
+    with pytest.warns(UserWarning, match="SIGTERM at the run's last iteration \\(3\\): it ends as it would have"):
+        run_training(cfg)
+    assert crash_file(cfg, "last.ckpt")["global_step"] == 6
     assert not (Path(cfg.paths.output_dir) / "checkpoints" / "interrupted.ckpt").exists()
 
 
@@ -531,14 +542,18 @@ def test_a_wandb_error_says_how_to_log_without_its_server(train_cfg, monkeypatch
 def test_a_cgroup_memory_limit_is_the_memory_a_run_has(tmp_path, monkeypatch):
     """A 16 GB job on a 512 GB node: the decoded cache's warning compared with the node's memory."""
     from src.utils import environment
-    (tmp_path / "memory.max").write_text(f"{16 << 30}\n")
-    assert environment.memory_limit(tmp_path) == 16 << 30
-    (tmp_path / "memory.max").write_text("max\n")
-    assert environment.memory_limit(tmp_path) is None
-    (tmp_path / "memory.max").unlink()
-    (tmp_path / "memory").mkdir()
-    (tmp_path / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")   # v1, no limit
-    assert environment.memory_limit(tmp_path) is None
+    membership = tmp_path / "membership"
+    membership.write_text("0::/slurm/job_7/step_0\n")   # (cgroup v2; the job's limit above its step's cgroup)
+    (tmp_path / "slurm" / "job_7" / "step_0").mkdir(parents=True)
+    (tmp_path / "slurm" / "job_7" / "memory.max").write_text(f"{16 << 30}\n")
+    (tmp_path / "slurm" / "job_7" / "step_0" / "memory.max").write_text("max\n")
+    assert environment.memory_limit(tmp_path, membership) == 16 << 30
+    (tmp_path / "slurm" / "job_7" / "memory.max").write_text("max\n")
+    assert environment.memory_limit(tmp_path, membership) is None
+    membership.write_text("9:memory:/docker/x\n")   # cgroup v1, no limit: a huge number
+    (tmp_path / "memory" / "docker" / "x").mkdir(parents=True)
+    (tmp_path / "memory" / "docker" / "x" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert environment.memory_limit(tmp_path, membership) is None
     monkeypatch.setattr(environment, "memory_limit", lambda: 1 << 30)
     assert environment.physical_memory_bytes() == 1 << 30
 

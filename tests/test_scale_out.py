@@ -683,16 +683,16 @@ def test_ema_update_is_the_decayed_average_and_copies_before_start_iter(train_cf
 
     def move_weights():
         with torch.no_grad():
-            for p in ema._params:
+            for p in ema._tensors:
                 p.add_(torch.randn_like(p))
 
     move_weights()
     ema.update(iteration=1)  # before start_iter: a copy
-    assert all(torch.equal(a, p) for a, p in zip(ema.averaged, ema._params))
+    assert all(torch.equal(a, p) for a, p in zip(ema.averaged, ema._tensors))
     previous = [a.clone() for a in ema.averaged]
     move_weights()
     ema.update(iteration=2)
-    for avg, prev, param in zip(ema.averaged, previous, ema._params):
+    for avg, prev, param in zip(ema.averaged, previous, ema._tensors):
         assert torch.allclose(avg, 0.75 * prev + (1 - 0.75) * param, rtol=1e-6, atol=1e-6)
         assert not torch.equal(avg, param)
 
@@ -705,7 +705,7 @@ def test_the_swap_exchanges_tensors_and_gives_the_training_storage_back(train_cf
     model = hydra.utils.instantiate(train_cfg("model=cyclegan").model, _recursive_=False)
     ema = GeneratorEMA(decay=0.5)
     ema.on_train_start(None, model)
-    params = list(ema._params)
+    params = list(ema._tensors)
     training = [(p.data_ptr(), p.detach().clone()) for p in params]
     with torch.no_grad():
         for a in ema.averaged:
@@ -726,14 +726,14 @@ def test_an_interrupted_swap_in_is_undone_whole(train_cfg):
     model = hydra.utils.instantiate(train_cfg("model=cyclegan").model, _recursive_=False)
     ema = GeneratorEMA(decay=0.5)
     ema.on_train_start(None, model)
-    training = [p.detach().clone() for p in ema._params]
+    training = [p.detach().clone() for p in ema._tensors]
     with torch.no_grad():
         ema.averaged = [a + 1 for a in ema.averaged]
     ema.averaged[2] = ema.averaged[2].to("meta")
     with pytest.raises(RuntimeError):
         ema.swap_in()
     ema.on_exception(None, model, KeyboardInterrupt())
-    assert all(torch.equal(p, weights) for p, weights in zip(ema._params, training))
+    assert all(torch.equal(p, weights) for p, weights in zip(ema._tensors, training))
 
 
 def test_ema_update_arithmetic():
@@ -749,7 +749,7 @@ class SamplingWeights(pl.Callback):
         self.ema, self.holds_average = ema, []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.holds_average.append(all(torch.equal(p, a) for p, a in zip(self.ema._params, self.ema.averaged)))
+        self.holds_average.append(all(torch.equal(p, a) for p, a in zip(self.ema._tensors, self.ema.averaged)))
 
 
 def fit_with_callbacks(cfg, *extra: pl.Callback):
@@ -838,7 +838,7 @@ def test_the_model_leaves_fit_with_its_trained_statistics_after_a_move_with_the_
     ema.teardown(None, model, "fit")
     for name in statistics:
         assert torch.equal(model.state_dict()[name].float(), trained[name]), name
-    assert all(any(t is p for t in model.buffers()) for n, p in zip(ema.names, ema._params) if n in statistics)
+    assert all(any(t is p for t in model.buffers()) for n, p in zip(ema.names, ema._tensors) if n in statistics)
 
 
 def test_ema_resumes_exactly(train_cfg, tmp_path):

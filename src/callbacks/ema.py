@@ -114,7 +114,7 @@ class GeneratorEMA(pl.Callback):
         self.names: list[str] = []
         self.averaged: list[torch.Tensor] = []  # the EMA, in the order of `names`
         self._stash: list[torch.Tensor] = []  # the training weights while the EMA is swapped in
-        self._params: list[torch.nn.Parameter] = []
+        self._tensors: list[torch.Tensor] = []   # the averaged networks' parameters and batch-norm statistics
         self._swapped_in = False
         self._restored: dict[str, torch.Tensor] | None = None
         self.updates = 0  # iterations folded into the average (copies included)
@@ -136,7 +136,7 @@ class GeneratorEMA(pl.Callback):
         if not self.enabled:
             return
         tensors = averaged_tensors(pl_module)
-        self.names, self._params = list(tensors), list(tensors.values())   # (statistics included)
+        self.names, self._tensors = list(tensors), list(tensors.values())   # (statistics included)
         if self._restored is not None:
             missing = [n for n in self.names if n not in self._restored]
             if any(not is_batch_norm_statistic(n) for n in missing):
@@ -145,13 +145,14 @@ class GeneratorEMA(pl.Callback):
                 rank_zero_warn(f"The checkpoint's EMA holds no batch-norm statistics ({missing[0]}, ...): their "
                                "average starts from the trained network's")
             self.averaged = [(self._restored[n] if n in self._restored else p).to(p.device, p.dtype).clone()
-                             for n, p in zip(self.names, self._params)]
+                             for n, p in zip(self.names, self._tensors)]
             self._restored = None
         else:
-            self.averaged = [p.detach().clone() for p in self._params]
+            self.averaged = [p.detach().clone() for p in self._tensors]
         self._stash = []
-        rank_zero_info(f"EMA of {sum(p.numel() for p in self._params):,} sampling-network values "
-                       "(weights and batch-norm statistics), "
+        statistics = sum(is_batch_norm_statistic(name) for name in self.names)
+        rank_zero_info(f"EMA of {sum(p.numel() for p in self._tensors):,} sampling-network values "
+                       + (f"(weights, and {statistics} batch-norm statistics), " if statistics else "(weights), ")
                        + (f"decay {self.decay}" if self.half_life_images is None
                           else f"half-life {self.half_life_images:g} images")
                        + f", averaging from iteration {self.start_iter}")
@@ -163,7 +164,7 @@ class GeneratorEMA(pl.Callback):
 
     @torch.no_grad()
     def update(self, iteration: int, images: int = 1) -> None:
-        current = [p.detach() for p in self._params]
+        current = [p.detach() for p in self._tensors]
         if iteration < self.start_iter:
             torch._foreach_copy_(self.averaged, current)
         else:
@@ -181,20 +182,20 @@ class GeneratorEMA(pl.Callback):
     def swap_in(self) -> None:
         """Training weights -> stash, average -> networks."""
         if not self._swapped_in:
-            self._stash = [p.data for p in self._params]
+            self._stash = [p.data for p in self._tensors]
             # Marked before the exchange: a Ctrl-C (KeyboardInterrupt) among the assignments left
             # some networks holding the average unmarked, so the interrupt's swap_out did nothing
             # and interrupted.ckpt saved them as training weights. Undoing the whole stash is
             # harmless for the parameters the exchange did not reach.
             self._swapped_in = True
-            for p, average in zip(self._params, self.averaged):
+            for p, average in zip(self._tensors, self.averaged):
                 p.data = average
 
     @torch.no_grad()
     def swap_out(self, device: torch.device | None = None) -> None:
         """Stash (training weights) -> networks (moved to `device` first, when given)."""
         if self._swapped_in:
-            for p, weights in zip(self._params, self._stash):
+            for p, weights in zip(self._tensors, self._stash):
                 p.data = weights if device is None else weights.to(device)
             self._stash = []
             self._swapped_in = False
@@ -223,7 +224,7 @@ class GeneratorEMA(pl.Callback):
             # batch-norm statistics are found again by name, or the training ones would go into
             # tensors the model no longer holds, and it would leave fit with the averaged ones.
             live = averaged_tensors(pl_module)
-            self._params = [live[name] for name in self.names]
+            self._tensors = [live[name] for name in self.names]
             self.swap_out(pl_module.device)
             self.averaged = [average.to(pl_module.device) for average in self.averaged]
 

@@ -5,7 +5,7 @@ shows nothing of it until training ends, and train.log holds no progress either.
 zero logs every `every_n_seconds` (and after the first iteration, so a job shows that training
 started):
 
-    iteration 12350/1000000 (1.2%) | 3.41 it/s, 3.41 images/s | ETA 3d 08:15 | G 2.31 D 0.45 | peak GPU 11.2 GiB
+    iteration 12350/1000000 (1.2%) | 3.41 it/s, 3.41 images/s | ETA 3d 08:15 | G 2.31 D 0.45 | peak GPU 12.0 GB
 
 The rates are over the interval since the previous line (a resumed run's included: they start
 at the resume). The ETA is at the pace since this start, evaluations and checkpoints included

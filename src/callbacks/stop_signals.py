@@ -157,16 +157,23 @@ class StopSignals(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
         arrived = self.noted_on_any_rank(trainer)
-        if not arrived:
+        # (a single process leaves SIGTERM to Lightning, which stops after the iteration's checkpoints)
+        connector = trainer._signal_connector
+        lightnings = trainer.world_size == 1 and bool(getattr(connector, "received_sigterm", False))
+        if not arrived and not lightnings:
             return
-        names = ", ".join(signal.Signals(s).name for s in arrived)
+        names = ", ".join(signal.Signals(s).name for s in arrived or [signal.SIGTERM])
         if PeriodicEvaluation.training_ends_here(trainer):
-            # Raised here, before the checkpoint callbacks (Lightning runs them last), the run's
-            # last iteration would go without last.ckpt, exit 143 (or be requeued) with training
-            # done, and a resume from interrupted.ckpt would train nothing and leave last.ckpt behind.
+            # A stop at the run's last iteration would end it with exit status 143 (or requeue it)
+            # with training done; raised here, before the checkpoint callbacks (Lightning runs them
+            # last), it also left last.ckpt behind, which a resume from interrupted.ckpt, training
+            # nothing, never brought up to date.
             rank_zero_warn(f"{names} at the run's last iteration ({pl_module.iteration}): it ends as it would have, "
                            "with its checkpoints")
             self.noted.clear()
+            connector.received_sigterm = False
+            return
+        if not arrived:
             return
         rank_zero_warn(f"{names}: every rank stops after iteration {pl_module.iteration}")
         requeue = [s for s in arrived if s in self.deferred]

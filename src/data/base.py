@@ -465,8 +465,9 @@ class ImageTranslationDataModule(SplitDataModule):
         if cached > memory / 2:
             warn_for_every_rank(
                 log, f"data.cache_decoded=true keeps every decoded training image in each of {processes} loader "
-                f"process(es) on this machine: about {cached / 2**30:.1f} GB for {len(train)} items of "
-                f"{per_item / 2**20:.2f} MB decoded, on a machine of {memory / 2**30:.1f} GB. Set "
+                f"process(es) on this machine: about {cached / 1e9:.1f} GB for {len(train)} items of "
+                f"{per_item / 1e6:.2f} MB decoded, with {memory / 1e9:.1f} GB of memory for this process (the "
+                f"machine's, or its container's or job's limit). Set "
                 f"data.cache_decoded=false (it is for small images read many times), or fewer data.num_workers.")
 
     def decoded_images(self) -> DecodedImages | None:

@@ -22,15 +22,6 @@ def scratch_prefix(target: Path) -> str:
     return f".{target.name}-"
 
 
-def modification_time(entry: Path) -> float:
-    """`entry`'s mtime; now for an entry gone since it was listed (another job's build, cleaned up
-    or placed in the meantime: a build in progress, not a stale one)."""
-    try:
-        return entry.stat().st_mtime
-    except FileNotFoundError:
-        return time.time()
-
-
 def remove_stale_scratch(target: Path) -> None:
     """Scratch folders of earlier builds of `target` that were killed (SIGKILL, a job's time
     limit: no cleanup ran), holding partial archives or images of up to several GB; a younger
@@ -38,7 +29,12 @@ def remove_stale_scratch(target: Path) -> None:
     for scratch in target.parent.glob(scratch_prefix(target) + "*"):
         if not scratch.is_dir():
             continue
-        newest = max(map(modification_time, [scratch, *scratch.rglob("*")]), default=0.0)
+        try:
+            newest = max((entry.stat().st_mtime for entry in [scratch, *scratch.rglob("*")]), default=0.0)
+        except FileNotFoundError:
+            # An entry gone since it was listed, or a folder in the walk (pathlib's rglob raises
+            # then): another job's build, cleaned up or placed meanwhile, in progress, not stale.
+            continue
         if time.time() - newest > STALE_SCRATCH_S:
             log.warning("Removing %s, left by a build of %s that was stopped", scratch, target.name)
             shutil.rmtree(scratch, ignore_errors=True)

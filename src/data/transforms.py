@@ -42,6 +42,9 @@ from src.utils.image_grid import from_uint8_levels
 
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop",
                     "scale_shortside_and_center_crop", "none")
+#: the modes that first resize every image to load_size on its shorter side or more (a JPEG may
+#: then decode reduced; the images' scale is load_size whatever their own)
+FIRST_RESIZE_MODES = ("resize_and_crop", "scale_shortside_and_center_crop")
 
 # The generators halve the resolution twice (ResNet) and must upsample back to the same size,
 # so modes that keep the image's own size make each side a multiple of this.
@@ -198,7 +201,7 @@ class ImageTransform:
         # follows the image's own (scale_width's height) or takes its pixels as they are (crop, none).
         first_resize = {"resize_and_crop": (load_size, load_size) if train else (crop_size, crop_size),
                         "scale_shortside_and_center_crop": (load_size, load_size)}.get(preprocess)
-        self.decode_at_least = first_resize if reduced_jpeg_decode else None
+        self.decode_at_least = first_resize if reduced_jpeg_decode else None   # (FIRST_RESIZE_MODES)
         steps = _geometry(preprocess, load_size, crop_size, train, resize_interpolation)
         if train and flip:
             steps.append(A.HorizontalFlip(p=0.5))

@@ -156,11 +156,12 @@ def _build(cls: type[AdversarialModel], hparams: dict, settings: dict) -> Advers
         return cls(**{**hparams, **settings})
 
 
-def build_settings(cls: type, map_location: str | torch.device) -> dict:
-    """Settings a checkpoint does not record (speed options) for the place the model will run:
-    for a GPU, none of `fast_conv`'s rewrites, which are CPU convolutions (building them would
-    compile the C kernels, or warn where they cannot be, for layers that then defer to torch's)."""
-    if torch.device(map_location).type != "cpu" and "fast_conv" in (accepted_arguments(cls) or ()):
+def build_settings(cls: type, device_type: str) -> dict:
+    """Settings a checkpoint does not record (speed options) for the kind of device the model will
+    run on ("cpu", "cuda", "mps", an accelerator's name): off the CPU, none of `fast_conv`'s
+    rewrites, which are CPU convolutions (building them would compile the C kernels, or warn where
+    they cannot be, as a Mac's clang, which refuses OpenMP, for layers that then defer to torch's)."""
+    if device_type != "cpu" and "fast_conv" in (accepted_arguments(cls) or ()):
         return {"fast_conv": False}
     return {}
 
@@ -198,7 +199,7 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
         model = cause = None
         if reason is None:
             try:   # a subclass passing **kwargs on binds anything: its parent's __init__ decides
-                model = _build(cls, hparams, build_settings(cls, map_location))
+                model = _build(cls, hparams, build_settings(cls, torch.device(map_location).type))
             except TypeError as error:
                 reason, cause = str(error), error   # kept: the error may be a constructor's own bug
         if model is not None and set(model.hparams) != set(hparams):

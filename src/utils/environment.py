@@ -16,22 +16,54 @@ def allowed_cpus() -> set[int] | None:
     return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
 
 
-def cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
+CGROUP_ROOT, CGROUP_MEMBERSHIP = Path("/sys/fs/cgroup"), Path("/proc/self/cgroup")
+
+
+def cgroup_folders(controller: str, cgroup_root: Path = CGROUP_ROOT,
+                   membership: Path = CGROUP_MEMBERSHIP) -> list[Path]:
+    """The folders of this process's cgroup for `controller` ("cpu", "memory") and of every cgroup
+    above it, innermost first (a limit may sit on any: a SLURM job's, a systemd slice's), from
+    /proc/self/cgroup: cgroup v2's one tree (`0::/path`) and v1's tree per controller
+    (`4:cpu,cpuacct:/path`). In a container with its own cgroup namespace the path is "/"."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return []
+    folders = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            tree = cgroup_root
+        elif controller in controllers.split(","):
+            tree = cgroup_root / controllers
+            tree = tree if tree.is_dir() else cgroup_root / controller
+        else:
+            continue
+        inner = tree / path.lstrip("/")
+        folders += [inner, *(folder for folder in inner.parents if folder.is_relative_to(tree))]
+    return folders
+
+
+def read_numbers(path: Path) -> list[str]:
+    """The words of a cgroup file, [] where it cannot be read (no such controller or level)."""
+    try:
+        return path.read_text().split()
+    except OSError:
+        return []
+
+
+def cpu_quota(cgroup_root: Path = CGROUP_ROOT, membership: Path = CGROUP_MEMBERSHIP) -> int | None:
     """The CPU time a cgroup limit allows this process, in whole CPUs rounded up (`docker
     --cpus=4`, a Kubernetes limit: the CPUs stay all visible, their time is capped); None without
-    a limit, or where the system has no cgroups. cgroup v2's cpu.max, else v1's CFS quota."""
-    try:
-        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
-    except (OSError, ValueError):
-        try:
-            quota = (cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
-            period = (cgroup_root / "cpu" / "cpu.cfs_period_us").read_text().strip()
-        except OSError:
-            return None
-    try:
-        return None if quota in ("max", "-1") else max(1, math.ceil(int(quota) / int(period)))
-    except (ValueError, ZeroDivisionError):
-        return None
+    a limit, or where the system has no cgroups. cgroup v2's cpu.max, v1's CFS quota; the
+    smallest of the process's cgroup and those above it."""
+    quotas = []
+    for folder in cgroup_folders("cpu", cgroup_root, membership):
+        words = (read_numbers(folder / "cpu.max")
+                 or read_numbers(folder / "cpu.cfs_quota_us") + read_numbers(folder / "cpu.cfs_period_us"))
+        if len(words) >= 2 and words[0].isdigit() and words[1].isdigit() and int(words[1]) > 0:
+            quotas.append(max(1, math.ceil(int(words[0]) / int(words[1]))))   # ("max", "-1": no limit)
+    return min(quotas, default=None)
 
 
 def usable_cpus() -> int:
@@ -41,19 +73,16 @@ def usable_cpus() -> int:
     return min(count, cpu_quota() or count)
 
 
-def memory_limit(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
+def memory_limit(cgroup_root: Path = CGROUP_ROOT, membership: Path = CGROUP_MEMBERSHIP) -> int | None:
     """The memory a cgroup limit allows this process (`docker --memory`, a Kubernetes limit, a
-    SLURM job's --mem where it uses cgroups) in bytes; None without one. cgroup v2's
-    memory.max, else v1's limit (which reads as a huge number when unset)."""
-    for path in (cgroup_root / "memory.max", cgroup_root / "memory" / "memory.limit_in_bytes"):
-        try:
-            value = path.read_text().strip()
-        except OSError:
-            continue
-        if value.isdigit() and int(value) < 1 << 60:
-            return int(value)
-        return None
-    return None
+    SLURM job's --mem) in bytes; None without one. cgroup v2's memory.max, v1's limit (a huge
+    number when unset); the smallest of the process's cgroup and those above it."""
+    limits = []
+    for folder in cgroup_folders("memory", cgroup_root, membership):
+        words = read_numbers(folder / "memory.max") or read_numbers(folder / "memory.limit_in_bytes")
+        if words and words[0].isdigit() and int(words[0]) < 1 << 60:
+            limits.append(int(words[0]))
+    return min(limits, default=None)
 
 
 def physical_memory_bytes() -> int | None:

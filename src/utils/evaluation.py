@@ -37,7 +37,6 @@ from src.utils.label_evaluation import label_scores_for, segmenter_for
 from src.utils.rng import isolated_rng
 from src.utils.run_results import EVAL_RESULT
 from src.utils.sequence_plot import plot_series
-from src.utils.process_state import threads_within_usable_cpus
 from src.utils.training_config import CONF_DIR
 from src.utils.translation import resolve_device, save_png
 from src.utils.whole_files import write_text_whole, write_whole
@@ -508,7 +507,6 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
         # show them as completed), nor, stopped halfway, beside images they do not describe.
         (Path(cfg.output_dir) / EVAL_RESULT).unlink(missing_ok=True)
         check_checkpoint_settings(cfg)
-        threads_within_usable_cpus()
         require_int("batch_size", cfg.batch_size)
         if OmegaConf.is_config(cfg.get("name")):
             raise ValueError(f"name={OmegaConf.to_container(cfg.name)!r} must be a single name (the row of the "

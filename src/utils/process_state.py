@@ -18,9 +18,9 @@ import threading
 import torch
 
 from src.utils.environment import environment_restored, usable_cpus
+from src.utils.hydra_runtime import RESOLVED_CHECKPOINT_ENV
 
 log = logging.getLogger(__name__)
-from src.utils.hydra_runtime import RESOLVED_CHECKPOINT_ENV
 
 #: environment variables a run sets for itself and its launched ranks
 RUN_SET_ENVIRONMENT = ("CUBLAS_WORKSPACE_CONFIG", "WANDB_MODE", "PL_GLOBAL_SEED", "PL_SEED_WORKERS",

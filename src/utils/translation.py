@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from src.data.errors import EmptyDatasetError
 from src.data.folders import IMAGE_EXTENSIONS, list_images
 from src.data.image_io import PIXEL_READING_KEYS, load_image, save_image, upright_size
-from src.data.transforms import resize_image, short_side_size, to_tensor
+from src.data.transforms import FIRST_RESIZE_MODES, resize_image, short_side_size, to_tensor
 from src.models.base import TranslationModel
 from src.models.size_check import check_translation_size, input_channels, size_multiple
 from src.utils.accelerator import is_out_of_memory
@@ -197,7 +197,7 @@ def warn_of_sizes_past_the_training_scale(model: TranslationModel, groups: dict[
     its normalisation's statistics and its textures are those of that scale, so the output is
     another picture than at it (zebra stripes a tenth as wide), and slow. Said once, with the fix."""
     data = model.training_data
-    if data.get("preprocess", "resize_and_crop") != "resize_and_crop" or not data.get("load_size"):
+    if data.get("preprocess", "resize_and_crop") not in FIRST_RESIZE_MODES or not data.get("load_size"):
         return   # trained on crops of images at their own size (or their width's scale): no one short side
     scale = int(data["load_size"])
     large = {size: group for size, group in groups.items() if min(size) > PAST_TRAINING_SCALE * scale}
@@ -254,9 +254,9 @@ def translate_images(model: TranslationModel, paths: list[str | Path], direction
     # model's training data were; a setting the run predates keeps the default.
     reading = {key: model.training_data[key] for key in PIXEL_READING_KEYS if key in model.training_data}
     interpolation = model.training_data.get("resize_interpolation", "bicubic")
-    # (the training data decoded JPEGs at reduced scale only with resize_and_crop)
+    # (the training data decoded JPEGs at reduced scale only in the modes that first resize)
     reduced_decode = (model.training_data.get("reduced_jpeg_decode", True)
-                      and model.training_data.get("preprocess", "resize_and_crop") == "resize_and_crop")
+                      and model.training_data.get("preprocess", "resize_and_crop") in FIRST_RESIZE_MODES)
 
     def read(path: Path, scaled: tuple[int, int]) -> torch.Tensor:
         if short_side is None and fixed is None:
