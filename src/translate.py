@@ -50,14 +50,14 @@ def run_translation(cfg: DictConfig) -> dict:
         raise ValueError(f"output={cfg.output} lies inside input={cfg.input}: a later run on that input would "
                          f"translate these outputs too; write them elsewhere")
     fixed_translation_size(cfg.get("size"), cfg.get("short_side"))   # checked before anything is written
-    skip_export = outputs_to_write(cfg, paths, targets)[2]   # (refused here, before the model loads)
+    skip_export = outputs_to_write(cfg, paths, targets, scan=False)[2]   # (refused here, before the model loads)
     device = resolve_device(cfg.get("device", "auto"))
     check_seed("seed", cfg.get("seed"))
     with isolated_rng(device, cfg.get("seed")):
         return translate_and_export(cfg, paths, targets, device, skip_export)
 
 
-def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Path], say: bool = True
+def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Path], scan: bool = True
                      ) -> tuple[list[Path], list[str], bool]:
     """What to do about output files that exist already: refuse them (the default: another run's
     outputs would be replaced or mixed in with these), replace them (`overwrite`), or keep them
@@ -66,7 +66,8 @@ def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Pat
     cut short after its rename, which is made again). skip_existing keeps outputs of this input
     only: a folder whose record names other inputs (trip1/ and trip2/ both hold IMG_0001.jpg) would
     keep trip1's translation for trip2's photo. Returns the inputs to translate, the outputs kept,
-    and whether the export is kept (`say`: log what skip_existing keeps)."""
+    and whether the export is kept. `scan=False`: the first look, before the model loads, which
+    refuses and keeps nothing yet (skip_existing's look at each output comes under the lock)."""
     overwrite, skip_existing = cfg.get("overwrite", False), cfg.get("skip_existing", False)
     require_bool("overwrite", overwrite)
     require_bool("skip_existing", skip_existing)
@@ -80,16 +81,17 @@ def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Pat
         refuse_existing_outputs([*targets.values(), *exported], "pass overwrite=true to replace them, or "
                                 "skip_existing=true to translate only the inputs without one")
         return paths, [], False
+    # (the graph alone, its card not written, was cut off between the two: the card says its input range)
+    skip_export = bool(exported) and exported[0].exists() and export_card_path(exported[0]).exists()
+    if not scan:
+        return paths, [], skip_export
     present = {path: whole_png(targets[path]) for path in paths}   # (one look at each: a network disk's)
     kept = [path for path in paths if present[path]]
     if kept:
         refuse_outputs_of_other_inputs(Path(cfg.output), cfg.get("input"), {targets[path]: path for path in kept})
-    if kept and say:
         log.info("skip_existing: %d of %d input(s) have their output in %s already (kept, not translated "
                  "again)", len(kept), len(paths), cfg.output)
-    # (the graph alone, its card not written, was cut off between the two: the card says its input range)
-    skip_export = bool(exported) and exported[0].exists() and export_card_path(exported[0]).exists()
-    if skip_export and say:
+    if skip_export:
         log.info("skip_existing: %s exists already (kept, not exported again)", exported[0])
     return [path for path in paths if not present[path]], [str(targets[path]) for path in kept], skip_export
 
@@ -113,7 +115,10 @@ def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path,
     output_dir.mkdir(parents=True, exist_ok=True)
     with FolderLock(output_dir, "a translation's output folder", "Give this translation its own output=..., or "
                     "run it once the other has ended.", name=".translate.lock"):
-        paths, skipped, skip_export = outputs_to_write(cfg, paths, targets, say=False)
+        kept_at_first_look = skip_export   # (its size unchecked above)
+        paths, skipped, skip_export = outputs_to_write(cfg, paths, targets)
+        if cfg.get("export") and not skip_export and kept_at_first_look:
+            check_export_size(model, cfg.direction, cfg.get("export_size"))
         return {**write_translations(cfg, model, paths, targets, device, skip_export), "skipped": skipped}
 
 

@@ -118,10 +118,13 @@ def test_a_fast_conv_trial_names_a_configuration_without_the_setting():
     ("ab=foo", r"ab='foo' must be one of fast_conv, step_in_backward, or null"),
     ("seed=abc", r"seed='abc' must be an integer >= 0$"),
     ("data_throughput.epochs=0", r"data_throughput.epochs=0 must be a positive integer \(passes over each dataset\)"),
+    # a model built for a GPU has no fast_conv rewrites: the row would time the default
+    ("device=cuda ab=fast_conv", r"ab=fast_conv measures CPU convolutions, and device=cuda builds none"),
+    ("device=cuda tweaks.fast_conv=true", r"tweaks.fast_conv=true measures CPU convolutions"),
 ])
 def test_settings_a_worker_would_fail_on_are_refused_before_any_starts(override, message):
     with pytest.raises(ValueError, match=message):
-        bench_run.run_benchmark(bench_cfg(override))
+        bench_run.run_benchmark(bench_cfg(*override.split()))
 
 
 def _row(name, s_per_iter, variant=None, reference=None):

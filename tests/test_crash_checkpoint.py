@@ -326,11 +326,12 @@ def test_a_requeue_warning_stops_at_a_whole_iteration_then_submitit_requeues_and
     assert steps_taken == list(range(4, 12)) and resumed["global_step"] == 12   # iterations 3-6 only
 
 
-def test_a_requeue_warning_in_the_runs_last_iteration_lets_it_end_with_its_checkpoints(
+def test_a_requeue_warning_in_the_runs_last_iteration_requeues_after_its_checkpoints(
         train_cfg, tmp_path, monkeypatch, fake_scontrol, signal_handlers_kept):
     """Raised at the last iteration's end, before the checkpoint callbacks, the stop left last.ckpt
-    an interval behind and requeued a job whose training was done; its resume from
-    interrupted.ckpt trained nothing and never brought last.ckpt up to date."""
+    an interval behind; the requeued job's resume from interrupted.ckpt trained nothing and never
+    brought last.ckpt up to date. The iteration ends with its checkpoints, then the job is requeued
+    (a multirun's next jobs go on after it)."""
     for name, value in {**slurm_task_env(0, tasks=1), "SUBMITIT_EXECUTOR": "slurm"}.items():
         monkeypatch.setenv(name, value)
     for name in ("MASTER_ADDR", "MASTER_PORT"):
@@ -339,20 +340,26 @@ def test_a_requeue_warning_in_the_runs_last_iteration_lets_it_end_with_its_check
     submitit_job_signals(tmp_path)
     with monkeypatch.context() as patch:
         signal_at_step(patch, 4, signal.SIGUSR2)   # inside iteration 3, the last
-        with pytest.warns(UserWarning, match="SIGUSR2 at the run's last iteration \\(3\\): it ends as it would have"):
+        with pytest.warns(UserWarning, match="SIGUSR2 at the run's last iteration \\(3\\): it ends with its "
+                                             "checkpoints, then stops for it"), pytest.raises(SystemExit) as stopped:
             run_training(cfg)
+    assert stopped.value.code == -1   # submitit's own exit, after requeueing
+    (call,) = fake_scontrol.read_text().splitlines()
+    assert call.split("|")[0].split() == ["requeue", "4242"]
     assert crash_file(cfg, "last.ckpt")["global_step"] == 6
-    assert not fake_scontrol.exists() or not fake_scontrol.read_text().strip()   # no requeue
     assert not (Path(cfg.paths.output_dir) / "checkpoints" / "interrupted.ckpt").exists()
 
 
-def test_a_sigterm_in_the_runs_last_iteration_lets_a_single_process_end_as_it_would_have(train_cfg, monkeypatch):
-    """Lightning's own SIGTERM stop (one process) ran after the checkpoints, but still ended the
-    finished run with status 143: a scheduler or sweep counted it as stopped, a requeue ran it again."""
+def test_a_sigterm_in_the_runs_last_iteration_stops_a_single_process_after_its_checkpoints(train_cfg, monkeypatch):
+    """One process: Lightning's own SIGTERM stop. The last iteration ends with its checkpoints, as
+    with several processes, and the process then stops with 143 (a multirun's next job does not
+    start in a job being killed)."""
     cfg = train_cfg(*COMMON, "max_iters=3", "callbacks.model_checkpoint.every_n_iters=2")
     signal_at_step(monkeypatch, 4, signal.SIGTERM)   # inside iteration 3, the last
-    with pytest.warns(UserWarning, match="SIGTERM at the run's last iteration \\(3\\): it ends as it would have"):
+    with pytest.warns(UserWarning, match="SIGTERM at the run's last iteration \\(3\\): it ends with its "
+                                         "checkpoints, then stops for it"), pytest.raises(SystemExit) as stopped:
         run_training(cfg)
+    assert stopped.value.code == 143
     assert crash_file(cfg, "last.ckpt")["global_step"] == 6
     assert not (Path(cfg.paths.output_dir) / "checkpoints" / "interrupted.ckpt").exists()
 

@@ -122,6 +122,9 @@ def test_a_length_the_run_would_replace_is_refused(overrides, max_iters, max_kim
     (["max_iters=null", "+trainer.max_steps=10"], "trainer.max_steps=10 counts optimizer steps"),
     (["max_iters=null", "trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing"),
     (["+trainer.limit_train_batches=0"], "trainer.limit_train_batches=0 trains nothing"),
+    # past max_iters/max_kimg: every iteration would be taken for the run's last
+    (["+trainer.min_steps=100"], "trainer.min_steps=100: Lightning would train on past the run's end"),
+    (["+trainer.min_epochs=3"], "trainer.min_epochs=3: Lightning would train on past the run's end"),
 ])
 def test_loop_settings_that_would_not_do_what_they_say_are_refused(train_cfg, overrides, message):
     cfg = train_cfg(*overrides)

@@ -26,6 +26,12 @@ callback saves interrupted.ckpt (rank zero; the other ranks wait for it in a bar
 its checkpoint on disk (without the second copy Lightning's handler would save); the run exits
 with 143. Lightning puts every handler back when the fit
 ends. A single process keeps Lightning's SIGTERM handling, which has no collectives.
+
+A signal at the run's last iteration: that iteration ends as any last one, with its evaluations
+and checkpoints (last.ckpt), and the stop comes after the fit (`stop_after_fit`, raised by
+src/utils/run.py): exit 143, or the requeue. Stopped before the checkpoint callbacks, the run
+left last.ckpt an interval behind, which a resume from interrupted.ckpt, training nothing, never
+brought up to date. (This callback takes a single process's SIGTERM over there, from Lightning.)
 """
 from __future__ import annotations
 
@@ -96,6 +102,9 @@ class StopSignals(pl.Callback):
         self.noted: set[int] = set()
         self.deferred: dict[int, Callable] = {}
         self._taken_over = False
+        #: the stop a signal at the run's last iteration asked for, raised once the fit has ended
+        #: (src/utils/run.py): that iteration's checkpoints and evaluations come first
+        self.stop_after_fit: SIGTERMException | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Take the signals over the moment Lightning installs its handlers (after this hook):
@@ -163,23 +172,22 @@ class StopSignals(pl.Callback):
         if not arrived and not lightnings:
             return
         names = ", ".join(signal.Signals(s).name for s in arrived or [signal.SIGTERM])
+        requeue = [s for s in arrived if s in self.deferred]
+        stop = RequeueStop(requeue[0], self.deferred[requeue[0]]) if requeue else SIGTERMException()
         if PeriodicEvaluation.training_ends_here(trainer):
-            # A stop at the run's last iteration would end it with exit status 143 (or requeue it)
-            # with training done; raised here, before the checkpoint callbacks (Lightning runs them
-            # last), it also left last.ckpt behind, which a resume from interrupted.ckpt, training
-            # nothing, never brought up to date.
-            rank_zero_warn(f"{names} at the run's last iteration ({pl_module.iteration}): it ends as it would have, "
-                           "with its checkpoints")
+            # Raised here, before the checkpoint callbacks (Lightning runs them last), the stop
+            # left last.ckpt an interval behind, and a resume from interrupted.ckpt, training
+            # nothing, never brought it up to date: the run ends first, then stops for the signal.
+            rank_zero_warn(f"{names} at the run's last iteration ({pl_module.iteration}): it ends with its "
+                           "checkpoints, then stops for it")
             self.noted.clear()
             connector.received_sigterm = False
+            self.stop_after_fit = stop
             return
         if not arrived:
             return
         rank_zero_warn(f"{names}: every rank stops after iteration {pl_module.iteration}")
-        requeue = [s for s in arrived if s in self.deferred]
-        if requeue:
-            raise RequeueStop(requeue[0], self.deferred[requeue[0]])
-        raise SIGTERMException()
+        raise stop
 
     def noted_on_any_rank(self, trainer: pl.Trainer) -> list[int]:
         """The signals any rank noted, in NOTED_SIGNALS' order, on every rank."""

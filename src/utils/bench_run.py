@@ -222,6 +222,10 @@ def check_settings(cfg: DictConfig) -> None:
     check_seed("seed", cfg.seed, allow_none=False)
     if cfg.get("ab") is not None and cfg.ab not in TOGGLES:
         raise ValueError(f"ab={cfg.ab!r} must be one of {', '.join(TOGGLES)}, or null (conf/bench.yaml)")
+    if cfg.device != "cpu" and (cfg.get("ab") == "fast_conv" or (cfg.get("tweaks") or {}).get("fast_conv")):
+        # (a model built for a GPU has none of its rewrites, CPU convolutions: the row would time the default)
+        raise ValueError(f"{'ab=fast_conv' if cfg.get('ab') == 'fast_conv' else 'tweaks.fast_conv=true'} measures "
+                         f"CPU convolutions, and device={cfg.device} builds none: use device=cpu")
 
 
 def run_benchmark(cfg: DictConfig) -> dict[str, Any]:

@@ -220,6 +220,16 @@ EVALUATION_SCHEDULE = ("callbacks.fid_kid.every_n_iters, callbacks.image_grid.ev
                        "callbacks.latent.every_n_iters (conf/callbacks/default.yaml)")
 
 
+def raise_stop_left_for_after_the_fit(trainer: pl.Trainer) -> None:
+    """The stop a signal at the run's last iteration asked for (StopSignals lets that iteration
+    end with its checkpoints first): a job being preempted, or warned of its time limit, stops
+    here as it would have (exit 143, or the requeue), not with a multirun's next job."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, StopSignals) and callback.stop_after_fit is not None:
+            stop, callback.stop_after_fit = callback.stop_after_fit, None
+            raise stop
+
+
 def refuse_loop_settings(trainer_kwargs: dict) -> None:
     """ValueError for Lightning loop settings that would do nothing here, or not what they say:
     no model has a validation loop (evaluation runs in callbacks, by iteration), `max_steps`
@@ -239,6 +249,12 @@ def refuse_loop_settings(trainer_kwargs: dict) -> None:
         raise ValueError(f"trainer.max_steps={trainer_kwargs['max_steps']} counts optimizer steps, several per GAN "
                          f"iteration (one per player): set the length in iterations with max_iters (or in images "
                          f"with max_kimg) and remove trainer.max_steps")
+    for key in ("min_steps", "min_epochs"):
+        if trainer_kwargs.get(key) not in (None, 0, -1):
+            raise ValueError(f"trainer.{key}={trainer_kwargs[key]}: Lightning would train on past the run's end "
+                             f"(max_iters, max_kimg) until it is reached, where every evaluation and stop takes each "
+                             f"iteration for the last; set the length with max_iters or max_kimg and remove "
+                             f"trainer.{key}")
     for key in ("max_epochs", "limit_train_batches"):
         if trainer_kwargs.get(key) == 0:
             raise ValueError(f"trainer.{key}=0 trains nothing, and the run would end without a checkpoint: "
@@ -509,6 +525,7 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
             # weights_only: a checkpoint can come from anyone (a URL's, which Lightning would
             # otherwise unpickle in full); ours hold tensors and plain values only.
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+            raise_stop_left_for_after_the_fit(trainer)
     except SIGTERMException as stop:
         exit_code = SIGTERM_EXIT_STATUS
         if isinstance(stop, RequeueStop):
