@@ -273,6 +273,12 @@ def test_a_ugatit_checkpoint_from_before_the_cam_classifier_setting_loads_with_i
     for name, value in checkpoint["state_dict"].items():
         assert torch.equal(model.state_dict()[name], value), name
     assert model.hparams.generator["cam_classifier"] == "separate"
+    # A resume builds the networks of this run's settings: refused, naming the settings that fit
+    resumed = train_cfg("model=ugatit", "data=shapes", "max_iters=2", *NO_EVALUATION, f"ckpt_path={old}")
+    resumed.paths.output_dir = str(tmp_path / "resumed")
+    with pytest.raises(ValueError, match="two classifiers.*model.generator.cam_classifier=separate "
+                                         "model.global_discriminator.cam_classifier=separate"):
+        run_training(resumed)
 
 
 def test_an_older_checkpoints_upgrades_leave_a_newer_model_that_shares_a_name_alone():

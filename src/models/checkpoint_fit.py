@@ -181,6 +181,10 @@ def state_dict_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torc
     parts = [f"{len(names)} {what}: {_listed(names)}" for what, names in
              (("tensors of other shapes", reshaped), ("tensors missing", missing),
               ("tensors this model does not have", unexpected)) if names]
+    if any(SEPARATE_CAM_WEIGHT in key for key in unexpected):   # (an older U-GAT-IT's: the port's two classifiers)
+        parts.append("its CAM has two classifiers, GAP's and GMP's (U-GAT-IT's PyTorch port): build them with "
+                     "model.generator.cam_classifier=separate model.global_discriminator.cam_classifier=separate "
+                     "model.local_discriminator.cam_classifier=separate")
     return "; ".join(parts) or None
 
 
