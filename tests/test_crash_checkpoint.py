@@ -350,6 +350,34 @@ def test_a_requeue_warning_in_the_runs_last_iteration_requeues_after_its_checkpo
     assert not (Path(cfg.paths.output_dir) / "checkpoints" / "interrupted.ckpt").exists()
 
 
+def test_a_requeue_warning_during_the_last_checkpoints_write_still_requeues_the_job(
+        train_cfg, tmp_path, monkeypatch, fake_scontrol, signal_handlers_kept):
+    """The ranks look at their signals once per iteration, before the checkpoint callbacks (which
+    Lightning runs last): one arriving while the last checkpoint was written was noted, never
+    read, and the job ended with status 0, its requeue handler never run."""
+    from src.callbacks.checkpoint import IterationCheckpoint
+    for name, value in {**slurm_task_env(0, tasks=1), "SUBMITIT_EXECUTOR": "slurm"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = train_cfg(*COMMON, "max_iters=3")
+    submitit_job_signals(tmp_path)
+    original = IterationCheckpoint.on_train_batch_end
+
+    def signalled_save(self, trainer, *args, **kwargs):
+        if trainer.global_step == 6:   # the last iteration's save
+            os.kill(os.getpid(), signal.SIGUSR2)
+        return original(self, trainer, *args, **kwargs)
+
+    monkeypatch.setattr(IterationCheckpoint, "on_train_batch_end", signalled_save)
+    with pytest.warns(UserWarning, match="SIGUSR2 after the run's last iteration"), pytest.raises(SystemExit) as stopped:
+        run_training(cfg)
+    assert stopped.value.code == -1   # submitit's exit, after requeueing
+    (call,) = fake_scontrol.read_text().splitlines()
+    assert call.split("|")[0].split() == ["requeue", "4242"]
+    assert crash_file(cfg, "last.ckpt")["global_step"] == 6
+
+
 def test_a_sigterm_in_the_runs_last_iteration_stops_a_single_process_after_its_checkpoints(train_cfg, monkeypatch):
     """One process: Lightning's own SIGTERM stop. The last iteration ends with its checkpoints, as
     with several processes, and the process then stops with 143 (a multirun's next job does not

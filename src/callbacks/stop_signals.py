@@ -172,8 +172,7 @@ class StopSignals(pl.Callback):
         if not arrived and not lightnings:
             return
         names = ", ".join(signal.Signals(s).name for s in arrived or [signal.SIGTERM])
-        requeue = [s for s in arrived if s in self.deferred]
-        stop = RequeueStop(requeue[0], self.deferred[requeue[0]]) if requeue else SIGTERMException()
+        stop = self.stop_for(arrived)
         if PeriodicEvaluation.training_ends_here(trainer):
             # Raised here, before the checkpoint callbacks (Lightning runs them last), the stop
             # left last.ckpt an interval behind, and a resume from interrupted.ckpt, training
@@ -188,6 +187,21 @@ class StopSignals(pl.Callback):
             return
         rank_zero_warn(f"{names}: every rank stops after iteration {pl_module.iteration}")
         raise stop
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A signal after the last iteration's look (while its checkpoint was written, say): the
+        # job stops for it all the same, once the fit has ended. (Every rank gets here.)
+        if self.stop_after_fit is None and (arrived := self.noted_on_any_rank(trainer)):
+            names = ", ".join(signal.Signals(s).name for s in arrived)
+            rank_zero_warn(f"{names} after the run's last iteration: the run has ended with its checkpoints, and "
+                           "stops for it")
+            self.noted.clear()
+            self.stop_after_fit = self.stop_for(arrived)
+
+    def stop_for(self, arrived: list[int]) -> SIGTERMException:
+        """The stop the signals that arrived ask for: the requeue a warning was meant for, or SIGTERM's."""
+        requeue = [s for s in arrived if s in self.deferred]
+        return RequeueStop(requeue[0], self.deferred[requeue[0]]) if requeue else SIGTERMException()
 
     def noted_on_any_rank(self, trainer: pl.Trainer) -> list[int]:
         """The signals any rank noted, in NOTED_SIGNALS' order, on every rank."""
