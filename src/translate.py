@@ -50,11 +50,11 @@ def run_translation(cfg: DictConfig) -> dict:
         raise ValueError(f"output={cfg.output} lies inside input={cfg.input}: a later run on that input would "
                          f"translate these outputs too; write them elsewhere")
     fixed_translation_size(cfg.get("size"), cfg.get("short_side"))   # checked before anything is written
-    skip_export = outputs_to_write(cfg, paths, targets, scan=False)[2]   # (refused here, before the model loads)
+    outputs_to_write(cfg, paths, targets, scan=False)   # (refused here, before the model loads)
     device = resolve_device(cfg.get("device", "auto"))
     check_seed("seed", cfg.get("seed"))
     with isolated_rng(device, cfg.get("seed")):
-        return translate_and_export(cfg, paths, targets, device, skip_export)
+        return translate_and_export(cfg, paths, targets, device)
 
 
 def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Path], scan: bool = True
@@ -96,15 +96,12 @@ def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Pat
     return [path for path in paths if not present[path]], [str(targets[path]) for path in kept], skip_export
 
 
-def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path, Path], device: torch.device,
-                         skip_export: bool = False) -> dict:
+def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path, Path], device: torch.device) -> dict:
     """The body of `run_translation`, its settings checked, inside the translation's seeded RNG
-    (`paths`: every input; `skip_export`: the export kept, as the first look at the folder found)."""
+    (`paths`: every input)."""
     output_dir = Path(cfg.output)
     model = load_model(cfg.ckpt_path, map_location=device, use_ema=cfg.get("use_ema", True))
     check_direction(model, cfg.direction)
-    if cfg.get("export") and not skip_export:
-        check_export_size(model, cfg.direction, cfg.get("export_size"))   # before a folder is translated
     if model.training_data.get("direction") == "BtoA":
         source, target = trained_domains(model, cfg.direction)
         log.info("The model was trained with data.direction=BtoA: direction=%s translates the dataset's domain %s "
@@ -115,10 +112,9 @@ def translate_and_export(cfg: DictConfig, paths: list[Path], targets: dict[Path,
     output_dir.mkdir(parents=True, exist_ok=True)
     with FolderLock(output_dir, "a translation's output folder", "Give this translation its own output=..., or "
                     "run it once the other has ended.", name=".translate.lock"):
-        kept_at_first_look = skip_export   # (its size unchecked above)
         paths, skipped, skip_export = outputs_to_write(cfg, paths, targets)
-        if cfg.get("export") and not skip_export and kept_at_first_look:
-            check_export_size(model, cfg.direction, cfg.get("export_size"))
+        if cfg.get("export") and not skip_export:
+            check_export_size(model, cfg.direction, cfg.get("export_size"))   # before a folder is translated
         return {**write_translations(cfg, model, paths, targets, device, skip_export), "skipped": skipped}
 
 

@@ -177,11 +177,9 @@ class StopSignals(pl.Callback):
             # Raised here, before the checkpoint callbacks (Lightning runs them last), the stop
             # left last.ckpt an interval behind, and a resume from interrupted.ckpt, training
             # nothing, never brought it up to date: the run ends first, then stops for the signal.
-            rank_zero_warn(f"{names} at the run's last iteration ({pl_module.iteration}): it ends with its "
-                           "checkpoints, then stops for it")
-            self.noted.clear()
             connector.received_sigterm = False
-            self.stop_after_fit = stop
+            self.stop_after_the_fit(stop, f"{names} at the run's last iteration ({pl_module.iteration}): it ends "
+                                          "with its checkpoints, then stops for it")
             return
         if not arrived:
             return
@@ -193,10 +191,14 @@ class StopSignals(pl.Callback):
         # job stops for it all the same, once the fit has ended. (Every rank gets here.)
         if self.stop_after_fit is None and (arrived := self.noted_on_any_rank(trainer)):
             names = ", ".join(signal.Signals(s).name for s in arrived)
-            rank_zero_warn(f"{names} after the run's last iteration: the run has ended with its checkpoints, and "
-                           "stops for it")
-            self.noted.clear()
-            self.stop_after_fit = self.stop_for(arrived)
+            self.stop_after_the_fit(self.stop_for(arrived), f"{names} after the run's last iteration: the run has "
+                                                            "ended with its checkpoints, and stops for it")
+
+    def stop_after_the_fit(self, stop: SIGTERMException, said: str) -> None:
+        """Leave `stop` for src/utils/run.py to raise once the fit has ended, saying so."""
+        rank_zero_warn(said)
+        self.noted.clear()
+        self.stop_after_fit = stop
 
     def stop_for(self, arrived: list[int]) -> SIGTERMException:
         """The stop the signals that arrived ask for: the requeue a warning was meant for, or SIGTERM's."""

@@ -261,7 +261,7 @@ class AdversarialModel(pl.LightningModule):
             # constraint at all: WGAN's scores with neither a penalty nor clipping)
             raise ValueError(f"loss.gan_mode={self.adversarial.mode} needs a gradient penalty, which "
                              f"{type(self).__name__} does not apply (no `gp` in its loss_weights): apply one "
-                             f"(self.gradient_penalty, weighted by loss.weights.gp, as the bundled models do) or "
+                             f"(self.weighted_gradient_penalty, as the bundled models do) or "
                              f"choose another loss (loss=lsgan, loss=vanilla, ...)")
         unknown = sorted(set(self.weights) - set(self.loss_weights))
         if unknown:
@@ -619,10 +619,11 @@ class AdversarialModel(pl.LightningModule):
         optimizer order, joined."""
         return "+".join(players)
 
-    def gradient_penalty(self, critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        """WGAN-GP's penalty (`src.losses.gradient_penalty`) of the critic being trained, its
-        inner gradient scaled as the critic's loss is under fp16."""
-        return gradient_penalty(critic, real, fake, scale=self.penalty_scale())
+    def weighted_gradient_penalty(self, critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """WGAN-GP's penalty (`src.losses.gradient_penalty`) of the critic being trained, times
+        `loss.weights.gp`: the share of the critic's loss every model logs apart. Its inner
+        gradient is scaled as the critic's loss is under fp16."""
+        return self.weight("gp") * gradient_penalty(critic, real, fake, scale=self.penalty_scale())
 
     def update(self, optimizers, *losses) -> torch.Tensor:
         """Back-propagate each loss in turn, then step every given optimizer (a list, or one).
@@ -752,8 +753,7 @@ class AdversarialModel(pl.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in zip(terms, values)}, batch_size=batch_size)
         self.log_dict({f"train/{k}": v for k, v in zip(totals, values[len(terms):])}, prog_bar=True,
                       batch_size=batch_size)
-        # Thousands of real images trained on, this iteration's included.
-        self.log("train/kimg", (self.images_seen + self.iteration_images) / 1000, batch_size=batch_size)
+        self.log("train/kimg", self.images_through_iteration / 1000, batch_size=batch_size)
 
     def check_losses_finite(self, names: list[str], values: torch.Tensor, iterations: int = 1) -> None:
         """Stop a run whose logged losses (host tensor, the means over `iterations`) are NaN or
@@ -848,10 +848,16 @@ class AdversarialModel(pl.LightningModule):
         as train/kimg, and what max_kimg counts."""
         return self.images_before(batch) + self.loaded_images(batch)
 
+    @property
+    def images_through_iteration(self) -> int:
+        """Inside an iteration, the real images trained on with it included (`images_seen` takes
+        it in only once the iteration is done)."""
+        return self.images_seen + self.iteration_images
+
     def publish_iteration_metrics(self, metrics: dict[str, float]) -> None:
         """Send metrics measured inside an iteration, after its steps, at the step and image
-        count its evaluations have (the count takes the iteration in only once it is done)."""
-        publish_metrics(self._trainer, metrics, step=self.iteration, images=self.images_seen + self.iteration_images)
+        count its evaluations have."""
+        publish_metrics(self._trainer, metrics, step=self.iteration, images=self.images_through_iteration)
 
     def estimated_images_before(self, batch: dict) -> int:
         """As if every earlier iteration had loaded as many images as this one."""

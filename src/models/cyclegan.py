@@ -64,7 +64,7 @@ class CycleGAN(TranslationModel):
         under `name` for the log (the critic's estimate and its penalty read apart)."""
         loss = 0.5 * (self.adversarial(D(real), True) + self.adversarial(D(fake), False))
         if self.adversarial.needs_gradient_penalty:
-            penalty = self.weight("gp") * self.gradient_penalty(D, real, fake)
+            penalty = self.weighted_gradient_penalty(D, real, fake)
             if penalties is not None:
                 penalties[name] = penalty.detach()
             loss = loss + penalty

@@ -115,8 +115,7 @@ class NICEGAN(TranslationModel):
             if self.adversarial.needs_gradient_penalty:
                 for domain, fake in (("A", fake_BA), ("B", fake_AB)):
                     D, real = self.discriminator_of(domain), batch[domain]
-                    penalties[f"D_{domain}_gp"] = self.weight("gp") * self.gradient_penalty(lambda x, D=D: D(x)[:3],
-                                                                                           real, fake)
+                    penalties[f"D_{domain}_gp"] = self.weighted_gradient_penalty(lambda x, D=D: D(x)[:3], real, fake)
                 loss_d_a, loss_d_b = loss_d_a + penalties["D_A_gp"], loss_d_b + penalties["D_B_gp"]
             loss_d = self.weight("adversarial") * (loss_d_a + loss_d_b)
             self.update(opt_d, loss_d)

@@ -115,7 +115,7 @@ class NoiseGAN(NoiseToImageModel):
             terms["r1"] = r1 / 2 * grad.pow(2).flatten(1).sum(1).mean()
         terms.update(self.critic_regularizers(scores_real))
         if self.adversarial.needs_gradient_penalty:
-            terms["gp"] = self.weight("gp") * self.gradient_penalty(lambda x: D(x, labels), real, fake)
+            terms["gp"] = self.weighted_gradient_penalty(lambda x: D(x, labels), real, fake)
         if self.adversarial.mode in ("wgan", "wgangp"):
             # The critic's estimate of the Wasserstein distance, the curve the WGAN papers plot.
             # (in float32: a difference of two half-precision means is mostly rounding)

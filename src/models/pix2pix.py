@@ -67,7 +67,7 @@ class Pix2Pix(TranslationModel):
             loss_d = 0.5 * (loss_d_real + loss_d_fake)
             penalties = {}   # (logged apart: the critic's estimate and its penalty read apart)
             if self.adversarial.needs_gradient_penalty:
-                penalties["gp"] = self.weight("gp") * self.gradient_penalty(self.D, real_AB, pooled_fake_AB)
+                penalties["gp"] = self.weighted_gradient_penalty(self.D, real_AB, pooled_fake_AB)
                 loss_d = loss_d + penalties["gp"]
             self.update(opt_d, loss_d)
 

@@ -94,7 +94,7 @@ class UGATIT(TranslationModel):
         weight; the penalties' share also in `penalties` as D_<domain>_gp, for the log."""
         loss = self.adversarial_terms(domain, real, True, True) + self.adversarial_terms(domain, fake, False, True)
         if self.adversarial.needs_gradient_penalty:
-            penalty = sum(self.weight("gp") * self.gradient_penalty(lambda x, D=D: D(x)[:2], real, fake)
+            penalty = sum(self.weighted_gradient_penalty(lambda x, D=D: D(x)[:2], real, fake)
                           for D in self.discriminators_of(domain))
             if penalties is not None:
                 penalties[f"D_{domain}_gp"] = self.weight("adversarial") * penalty.detach()

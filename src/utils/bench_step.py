@@ -29,7 +29,7 @@ from src.nets.spectral_norm import spectral_norm_hooks
 from src.utils.bench_ab import make_toggle, setting_is_on, split_times
 from src.utils.bench_machine import ForeignCpuMeter, current_rss_bytes, host_speed, peak_rss_bytes
 from src.utils.bench_profile import summarise_profile
-from src.utils.checkpoint_loading import build_settings
+from src.utils.checkpoint_loading import model_for_device
 from src.utils.reference_iterations import reference_for
 from src.utils.training_config import compose_training_config
 
@@ -201,7 +201,7 @@ def measure_training_step(spec: dict[str, Any]) -> dict[str, Any]:
     pl.seed_everything(spec.get("seed", 0), verbose=False)
     rss_before_model = current_rss_bytes()
     # (built for the device it is timed on, as a training run's: no fast_conv kernels for a GPU)
-    model = hydra.utils.instantiate(cfg.model, _recursive_=False, **build_settings(hydra.utils.get_class(cfg.model._target_), device))
+    model = model_for_device(cfg.model, device)
     channels_last = bool(tweaks.get("channels_last", False))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -166,6 +166,13 @@ def build_settings(cls: type, device_type: str) -> dict:
     return {}
 
 
+def model_for_device(model_cfg, device_type: str):
+    """The model a `model` config builds, with the `build_settings` of the kind of device it will
+    run on (what a training run and a benchmark row build)."""
+    settings = build_settings(hydra.utils.get_class(model_cfg._target_), device_type)
+    return hydra.utils.instantiate(model_cfg, _recursive_=False, **settings)
+
+
 def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", use_ema: bool = True) -> AdversarialModel:
     """The model saved in a Lightning checkpoint, on `map_location`, in eval mode.
 

@@ -313,7 +313,7 @@ def real_and_generated(model: NoiseToImageModel, loader) -> tuple[torch.Tensor, 
     reals, fakes, labels = [], [], []
     for batch in loader:
         real, fake = model.evaluation_pair(batch, SAMPLES)
-        reals.append(real.cpu().clone())   # (copies: see evaluate_samples)
+        reals.append(real.to("cpu", copy=True))   # (copies: see evaluate_samples)
         fakes.append(fake.cpu())
         labels.append(batch["label"].clone())
     return torch.cat(reals), torch.cat(fakes), torch.cat(labels)

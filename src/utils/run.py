@@ -31,7 +31,7 @@ from src.models.checkpoint_fit import check_resume_seed, check_resume_settings, 
 from src.utils.accelerator import is_out_of_memory, resolved_accelerator
 from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_job, set_aside_abandoned_checkpoints
 from src.utils.checkpoint_io import DurableCheckpointIO
-from src.utils.checkpoint_loading import build_settings, check_loadable
+from src.utils.checkpoint_loading import check_loadable, model_for_device
 from src.utils.code_version import git_revision
 from src.utils.config_checks import check_argument_types, check_run_folder, check_seed, is_number, require_int
 from src.utils.ddp_multirun import job_shared_with_launched_ranks
@@ -390,8 +390,7 @@ def release_failed_run(error: BaseException) -> None:
 def build_model(cfg: DictConfig):
     """The run's model, built for the kind of device it trains on (`build_settings`: on a GPU or
     Apple's MPS, `auto` built `model.fast_conv`'s CPU kernels for layers that never run them)."""
-    settings = build_settings(hydra.utils.get_class(cfg.model._target_), resolved_accelerator(cfg.trainer))
-    return hydra.utils.instantiate(cfg.model, _recursive_=False, **settings)
+    return model_for_device(cfg.model, resolved_accelerator(cfg.trainer))
 
 
 def release_run_memory() -> None:
