@@ -50,3 +50,36 @@ def test_torch_threads_are_lowered_to_the_usable_cpus_unless_omp_num_threads_say
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     process_state.threads_within_usable_cpus()
     assert torch.get_num_threads() == 2
+
+
+class _LaunchingStrategy:
+    """What `threads_shared_among_local_ranks` reads of a Lightning DDP strategy."""
+
+    def __init__(self, launcher, num_processes):
+        self.launcher, self.num_processes = launcher, num_processes
+
+
+def test_a_ddp_launch_shares_the_usable_cpus_among_this_machines_ranks(monkeypatch):
+    """Lightning's launcher divides the CPU affinity's count, not a container's CPU limit:
+    4 ranks under a limit of 8 CPUs on a 64-core host ran 16 threads each. (An empty variable is
+    an unset one, and monkeypatch then removes the one the test sets.)"""
+    monkeypatch.setenv("OMP_NUM_THREADS", "")
+    monkeypatch.setattr(process_state, "usable_cpus", lambda: 8)
+    process_state.threads_shared_among_local_ranks(_LaunchingStrategy(object(), 4))
+    assert torch.get_num_threads() == 2
+    assert process_state.os.environ["OMP_NUM_THREADS"] == "2"   # (the launched ranks' count)
+    # more ranks than CPUs: one thread each
+    monkeypatch.setenv("OMP_NUM_THREADS", "")
+    process_state.threads_shared_among_local_ranks(_LaunchingStrategy(object(), 16))
+    assert torch.get_num_threads() == 1
+
+
+def test_without_a_launcher_or_with_a_users_omp_num_threads_the_count_stands(monkeypatch):
+    monkeypatch.setattr(process_state, "usable_cpus", lambda: 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "")
+    torch.set_num_threads(2)
+    process_state.threads_shared_among_local_ranks(_LaunchingStrategy(None, 1))   # one device
+    assert torch.get_num_threads() == 2 and process_state.os.environ["OMP_NUM_THREADS"] == ""
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    process_state.threads_shared_among_local_ranks(_LaunchingStrategy(object(), 2))
+    assert torch.get_num_threads() == 2

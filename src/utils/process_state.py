@@ -61,3 +61,17 @@ def threads_within_usable_cpus() -> None:
         log.info("torch's threads lowered from %d to %d, the CPUs this process may use (its CPU affinity and cgroup "
                  "CPU limit; OMP_NUM_THREADS sets another count)", torch.get_num_threads(), usable)
         torch.set_num_threads(usable)
+
+
+def threads_shared_among_local_ranks(strategy) -> None:
+    """Before the fit: the usable CPUs (`usable_cpus`) shared out among this machine's DDP
+    ranks. Lightning's DDP launchers give each rank the CPU affinity's count divided by the
+    machine's ranks where OMP_NUM_THREADS is unset: in a container limited to 16 CPUs' time on
+    a 128-core node, 8 ranks ran 16 threads each. Set here (with torch's count), the variable
+    keeps the launcher's hands off and reaches the ranks it starts. A user's OMP_NUM_THREADS (or
+    torchrun's) stands; a single-device run has no launcher and keeps `threads_within_usable_cpus`'."""
+    if os.environ.get("OMP_NUM_THREADS") or getattr(strategy, "launcher", None) is None:
+        return
+    share = max(1, usable_cpus() // max(1, getattr(strategy, "num_processes", 1)))
+    os.environ["OMP_NUM_THREADS"] = str(share)
+    torch.set_num_threads(share)

@@ -42,7 +42,8 @@ from src.utils.initial_weights import initial_weights_to_load, start_from_checkp
 from src.utils.instantiate import instantiate_list
 from src.utils.library_warnings import silence_known_library_noise
 from src.utils.objective import sweeper_direction
-from src.utils.process_state import process_state_restored, threads_within_usable_cpus
+from src.utils.process_state import (process_state_restored, threads_shared_among_local_ranks,
+                                     threads_within_usable_cpus)
 from src.utils.run_record import hydra_files, record_start, run_folder_claimed, run_seed
 from src.utils.run_results import FINAL_METRICS, completed_metrics, final_record
 from src.utils.tensorboard_logger import purge_step, with_purge_step
@@ -520,6 +521,7 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
     exit_code = 0
     try:   # from the loggers' first record on: a wandb run started here is finished whatever happens
         log_run_config(trainer, cfg, code_revision)
+        threads_shared_among_local_ranks(trainer.strategy)
         with job_shared_with_launched_ranks(trainer):
             # weights_only: a checkpoint can come from anyone (a URL's, which Lightning would
             # otherwise unpickle in full); ours hold tensors and plain values only.
