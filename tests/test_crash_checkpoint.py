@@ -2,12 +2,15 @@
 import contextlib
 import logging
 import os
+import re
+import shlex
 import signal
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
 
 from conftest import NO_EVALUATION, last_checkpoint, most_advanced_checkpoint, slurm_task_env
@@ -62,7 +65,7 @@ def test_an_error_before_an_iterations_first_step_saves_a_checkpoint_that_resume
     model's latents) would be spent, so ckpt_path=auto prefers last.ckpt at that progress."""
     straight = last_checkpoint(train_cfg(*COMMON, "max_iters=4"))
     crashing = train_cfg(*COMMON, "max_iters=4")
-    crashing.paths.output_dir = str(tmp_path / "crashing")
+    crashing.paths.output_dir = str(tmp_path / "my runs" / "crashing")   # (a space: the hint quotes it)
     fail_at_step(monkeypatch, 4, RuntimeError("image 3 is unreadable"))   # at the start of iteration 3
     with pytest.raises(RuntimeError, match="image 3 is unreadable"):
         run_training(crashing)
@@ -71,15 +74,18 @@ def test_an_error_before_an_iterations_first_step_saves_a_checkpoint_that_resume
     assert saved["global_step"] == 4
     assert TORN_STEP_KEY not in saved   # between two players' steps: nothing half-stepped
     assert saved[INSIDE_ITERATION_KEY] and "crashed.ckpt was taken inside iteration 3, before its first" in caplog.text
-    # said in the user's words, with both ways to resume it
-    assert (f"Stopped by RuntimeError (image 3 is unreadable): saved crashed.ckpt at iteration 2. Resume with the "
-            f"run's command and ckpt_path={crashing.paths.output_dir}/checkpoints/crashed.ckpt (or, with "
-            f"hydra.run.dir={crashing.paths.output_dir}, ckpt_path=auto)") in caplog.text
+    # said in the user's words, with both ways to resume it, each override pasteable as it is
+    hint = re.search(r"Stopped by RuntimeError \(image 3 is unreadable\): saved crashed.ckpt at iteration 2. Resume "
+                     r"with the run's command and (.+) \(or, with (.+), ckpt_path=auto\)", caplog.text)
+    pasted = OverridesParser.create().parse_overrides([*shlex.split(hint[1]), *shlex.split(hint[2])])
+    assert [(o.key_or_group, o.value()) for o in pasted] == [
+        ("ckpt_path", f"{crashing.paths.output_dir}/checkpoints/crashed.ckpt"),
+        ("hydra.run.dir", crashing.paths.output_dir)]
     checkpoints = Path(crashing.paths.output_dir, "checkpoints")
     assert crash_file(crashing, "last.ckpt")["global_step"] == 4
     assert most_advanced_checkpoint(checkpoints, checkpoints.parent) == checkpoints / "last.ckpt"
 
-    resumed = train_cfg(*COMMON, "max_iters=4", f"ckpt_path={tmp_path}/crashing/checkpoints/crashed.ckpt")
+    resumed = train_cfg(*COMMON, "max_iters=4", *shlex.split(hint[1]))   # the hint's override, pasted
     resumed.paths.output_dir = str(tmp_path / "resumed")
     after = last_checkpoint(resumed)
     assert after["global_step"] == straight["global_step"] == 8

@@ -265,3 +265,12 @@ def test_the_download_hint_quotes_for_windows_shells_there(monkeypatch):
     assert override.startswith('"++data.data_dir=') and "'\"'\"'" not in override
     (parsed,) = OverridesParser.create().parse_overrides([override[1:-1]])   # the shell's removal of "..."
     assert parsed.value() == r"C:\my data\h2z"
+
+
+def test_a_pasteable_override_of_a_key_the_config_holds_has_no_plus_signs():
+    """The run's end and a crash name `ckpt_path=` and `hydra.run.dir=` to paste back: run
+    folders lie under the working directory, whose path may hold spaces, '(' or accents."""
+    override = download.pasteable_override("ckpt_path", "/home/josé/GAN runs (1)/last.ckpt", prefix="")
+    (parsed,) = OverridesParser.create().parse_overrides(shlex.split(override))
+    assert (parsed.key_or_group, parsed.value()) == ("ckpt_path", "/home/josé/GAN runs (1)/last.ckpt")
+    assert download.pasteable_override("ckpt_path", "/runs/a/last.ckpt", prefix="") == "ckpt_path=/runs/a/last.ckpt"

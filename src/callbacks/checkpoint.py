@@ -13,6 +13,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from src.data.download import pasteable_override
 from src.models.divergence import first_non_finite, refuse_saving_non_finite
 from src.utils.config_checks import require_int
 
@@ -184,8 +185,9 @@ class IterationCheckpoint(ModelCheckpoint):
                       type(exception).__name__, type(error).__name__, error, self.last_model_path or "none")
             return
         log.log(logging.WARNING if interrupted else logging.ERROR, "Stopped by %s: saved %s at iteration %d. Resume "
-                "with the run's command and ckpt_path=%s (or, with hydra.run.dir=%s, ckpt_path=auto)",
-                what_stopped(exception), name, pl_module.iteration, path, trainer.default_root_dir)
+                "with the run's command and %s (or, with %s, ckpt_path=auto)",
+                what_stopped(exception), name, pl_module.iteration, pasteable_override("ckpt_path", path, prefix=""),
+                pasteable_override("hydra.run.dir", trainer.default_root_dir, prefix=""))
         if partial_steps:
             log.warning("%s was taken inside iteration %d, after %d of its %d optimizer steps: those players keep "
                         "their update and the resumed run repeats the iteration, so it is not bit-identical to an "

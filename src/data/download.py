@@ -204,15 +204,16 @@ def shell_quoted(argument: str) -> str:
     return subprocess.list2cmdline([argument]) if WINDOWS else shlex.quote(argument)
 
 
-def pasteable_override(key: str, path: str | Path) -> str:
-    """`++key=path` as a user pastes it onto a shell's command line: the path quoted for Hydra
+def pasteable_override(key: str, path: str | Path, prefix: str = "++") -> str:
+    """`++key=path` (`prefix` for another form: "" for a key the config holds, as `ckpt_path`
+    and `hydra.run.dir`) as a user pastes it onto a shell's command line: the path quoted for Hydra
     where its grammar would read it otherwise (spaces, '=', ',', parentheses, non-ASCII letters
     are not plain values), then the whole quoted for the shell where needed. A plain path (one
     with a '/': `null` or `1` alone would be read as other types) is shown as it is."""
     value = str(path)
     if "/" not in value or not re.fullmatch(r"[A-Za-z0-9_./-]+", value):
         value = quote_override_value(value)
-    override = f"++{key}={value}"
+    override = f"{prefix}{key}={value}"
     if not WINDOWS and override != shlex.quote(override) and not re.search(r'["$`\\!]', override):
         # double quotes read better around Hydra's single ones than shlex's '"'"', and the
         # shell changes nothing inside them but these characters

@@ -12,6 +12,7 @@ import hydra
 import numpy as np
 from omegaconf import Container, ListConfig, OmegaConf
 
+from src.data.download import pasteable_override
 from src.utils.hydra_runtime import hydra_config, hydra_run_dir, is_multirun
 
 
@@ -98,7 +99,7 @@ def check_run_folder(output_dir: str | Path) -> None:
                          "line are read from where the command runs)")
     if Path(output_dir).resolve() != run_dir.resolve():
         choose = ("hydra.sweep.dir=DIR (each job runs in DIR/<job number>)" if is_multirun()
-                  else f"hydra.run.dir={output_dir}")
+                  else pasteable_override("hydra.run.dir", output_dir, prefix=""))
         raise ValueError(f"paths.output_dir={output_dir} is not the run folder Hydra made "
                          f"({hydra_cfg.runtime.output_dir}), which holds the run's .hydra/config.yaml and "
                          f"train.log: choose the run folder with {choose} and leave paths.output_dir as it is")

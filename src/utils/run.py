@@ -26,6 +26,7 @@ from src.callbacks.optimized_metric import OptimizedMetricCheck
 from src.callbacks.progress import iteration_progress_bar
 from src.callbacks.rank_seed import RankSeed
 from src.callbacks.stop_signals import RequeueStop, StopSignals
+from src.data.download import pasteable_override
 from src.data.labelled import check_same_classes
 from src.models.checkpoint_fit import check_resume_seed, check_resume_settings, resumed_checkpoint
 from src.utils.accelerator import is_out_of_memory, resolved_accelerator
@@ -583,4 +584,4 @@ def log_where_the_results_are(trainer: pl.Trainer, run_dir: Path, max_iters: int
         log.info("Best FID %.4g at iteration %d%s", record["best_fid"], record["best_fid_iteration"],
                  f": {best}" if best is not None and best.is_file() else "")
     if last:
-        log.info("Score it on the test split: python src/eval.py ckpt_path=%s", last)
+        log.info("Score it on the test split: python src/eval.py %s", pasteable_override("ckpt_path", last, prefix=""))
