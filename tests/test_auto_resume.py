@@ -385,7 +385,7 @@ def test_auto_refuses_a_checkpoint_of_another_seeds_run_and_a_named_one_warns(tr
         "seed=3 changes nothing but the record"]
 
 
-def test_settings_a_resume_may_change_and_settings_added_since_are_not_compared():
+def test_settings_a_resume_may_change_and_settings_added_since_are_not_compared(train_cfg):
     checkpoint = {"hyper_parameters": {"loss": {"weights": {"cycle": 10.0}}, "pool_size": 50,
                                        "init": {"type": "normal", "gain": 0.02},   # weights loaded over it
                                        "optimizer": {"players": {"G": {"step_in_backward": True}}}},
@@ -396,8 +396,11 @@ def test_settings_a_resume_may_change_and_settings_added_since_are_not_compared(
                             {"batch_size": 4, "data_dir": "/b", "crop_size": 256, "cache_decoded": True},
                             CycleGAN.resumable_settings)
     assert same == []
+    # The loss settings are named as set: model.loss interpolates the top-level loss group, and
+    # Hydra refuses an override under it
     assert changed_settings(checkpoint, {"loss": {"weights": {"cycle": 5.0}}}, {"crop_size": 128}) == [
-        "data.crop_size=256 -> 128", "model.loss.weights.cycle=10.0 -> 5.0"]
+        "data.crop_size=256 -> 128", "loss.weights.cycle=10.0 -> 5.0"]
+    assert train_cfg("model=cyclegan", "loss.weights.cycle=10.0").model.loss.weights.cycle == 10.0
     # A run from before data.unpaired_sampling sampled as CycleGAN's loader: U-GAT-IT's config
     # now samples balanced, which a resume of it changes. Said, not refused, even under
     # ckpt_path=auto (a requeued job): nobody changed a setting, the default did.

@@ -141,7 +141,7 @@ def test_settings_that_differ_from_the_source_run_are_logged(train_cfg, tmp_path
     path = save_checkpoint(tmp_path / "source.ckpt", source, hyper_parameters=hparams)
     with caplog.at_level(logging.INFO, logger="src.utils.initial_weights"):
         start_from_checkpoint(build_model(cfg), path, data_settings={})
-    assert "model.loss.weights.cycle=0.123 ->" in caplog.text
+    assert " loss.weights.cycle=0.123 ->" in caplog.text and "model.loss." not in caplog.text   # (the override's key)
     assert "its iteration 3" in caplog.text   # global_step 6 at two optimizer steps per iteration
 
 

@@ -229,9 +229,15 @@ def changed_settings(checkpoint: dict, model_settings: dict, data_settings: dict
     here = {**flattened(model_settings, ".", "model"), **flattened(data_settings, ".", "data")}
     resumable = ([f"model.{key}" for key in model_resumable]
                  + [f"data.{key}" for key in RESUMABLE_DATA_SETTINGS])
-    return [f"{key}={saved[key]!r} -> {here[key]!r}" for key in sorted(saved.keys() & here.keys())
+    return [f"{config_key(key)}={saved[key]!r} -> {here[key]!r}" for key in sorted(saved.keys() & here.keys())
             if saved[key] != here[key] and not any(key == s or key.startswith(s + ".") for s in resumable)
             and key.rsplit(".", 1)[-1] not in RESUMABLE_LEAVES and not key.startswith(RESUMABLE_GROUPS)]
+
+
+def config_key(key: str) -> str:
+    """A model setting's key as an override sets it: the model's loss settings are the top-level
+    `loss` group's (`model.loss` interpolates it, and Hydra refuses overrides under it)."""
+    return key.removeprefix("model.") if key.startswith("model.loss.") else key
 
 
 def defaults_changed_since(checkpoint: dict, data_settings: dict, model: torch.nn.Module | None = None) -> list[str]:
@@ -248,8 +254,8 @@ def defaults_changed_since(checkpoint: dict, data_settings: dict, model: torch.n
         recorded = flattened(saved_model, ".", "model")
         before = flattened(upgraded_hparams(saved_model, checkpoint, type(model)), ".", "model")
         here = flattened(dict(model.hparams), ".", "model")
-        changed += [f"{key}={before[key]!r} -> {here[key]!r}" for key in sorted(before.keys() - recorded.keys())
-                    if key in here and here[key] != before[key]]
+        changed += [f"{config_key(key)}={before[key]!r} -> {here[key]!r}"
+                    for key in sorted(before.keys() - recorded.keys()) if key in here and here[key] != before[key]]
     return changed
 
 
