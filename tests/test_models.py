@@ -248,9 +248,14 @@ def test_an_init_for_a_player_the_model_lacks_is_refused(train_cfg):
                                          r"players are \['generators', 'discriminators'\]"):
         run_training(cfg)
     with pytest.raises(hydra.errors.InstantiationException, match=r"model.init.players.encoders: NICE-GAN "
-                                                                  r"initialises each discriminator"):
+                                                                  r"initialises each discriminator.*set model.init "
+                                                                  r"for it \(and \+model.init.players.generators.<key>= "
+                                                                  r"for the generators alone\)"):
         hydra.utils.instantiate(train_cfg("model=nicegan", "+model.init.players.encoders.gain=1").model,
                                 _recursive_=False)
+    # (the override it names, as written: the generators' own init)
+    hydra.utils.instantiate(train_cfg("model=nicegan", "+model.init.players.generators.gain=1").model,
+                            _recursive_=False)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -854,5 +859,10 @@ def test_a_length_in_epochs_far_past_the_papers_runs_is_said_with_the_fix(train_
         told = [str(w.message) for w in caught if "a length in epochs is the papers'" in str(w.message)]
         assert told == ([("trainer.max_epochs=1 of 8 iterations each is 8 iterations, over 5: a length in epochs is "
                           "the papers' for their small datasets. Give the run a length in iterations (max_iters=, and "
-                          "model.lr_schedule.unit=iteration constant=half decay=half), or cap the data "
+                          "model.lr_schedule.unit=iteration model.lr_schedule.constant=half "
+                          "model.lr_schedule.decay=half), or cap the data "
                           "(data.max_dataset_size).")] if said else [])
+    # (the fix as written composes: each key named by its full path)
+    fixed = train_cfg("model=cyclegan", "max_iters=8", "model.lr_schedule.unit=iteration",
+                      "model.lr_schedule.constant=half", "model.lr_schedule.decay=half")
+    assert (fixed.model.lr_schedule.constant, fixed.model.lr_schedule.decay) == ("half", "half")

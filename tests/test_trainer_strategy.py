@@ -96,6 +96,9 @@ def test_the_process_count_follows_lightnings_reading_of_the_devices():
      r"trainer.max_epochs=10: this run's length is max_iters=1000000, which replaces "
      r"trainer.max_epochs.* pass max_iters=null to train by trainer.max_epochs"),
     (["trainer.max_epochs=50"], None, 25000, r"trainer.max_epochs=50: this run's length is max_kimg=25000"),
+    # both set (a ProGAN run cut short by max_iters): max_iters=null alone leaves max_kimg's length
+    (["model=progan", "trainer.max_epochs=5"], 1000, 19000,
+     r"pass max_iters=null max_kimg=null to train by trainer.max_epochs"),
 ])
 def test_a_length_the_run_would_replace_is_refused(overrides, max_iters, max_kimg, message):
     """On the command line of a run whose config sets max_iters or max_kimg (U-GAT-IT's 1M

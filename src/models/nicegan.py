@@ -50,8 +50,8 @@ class NICEGAN(TranslationModel):
         a_nc, b_nc = d_cfg["input_nc"], g_cfg["output_nc"]
         if split := sorted({"encoders", "heads"} & set(self.init_cfg.get("players", {}))):
             raise ValueError(f"model.init.players.{split[0]}: NICE-GAN initialises each discriminator (its encoder "
-                             "and heads) as one network; set model.init for it (or players.generators for the "
-                             "generators alone)")
+                             "and heads) as one network; set model.init for it (and "
+                             "+model.init.players.generators.<key>= for the generators alone)")
         self.D_A = build_net({**d_cfg, "input_nc": a_nc}, self.init_cfg, "model.discriminator")
         self.D_B = build_net({**d_cfg, "input_nc": b_nc}, self.init_cfg, "model.discriminator")
         latent_nc = self.D_A.latent_nc

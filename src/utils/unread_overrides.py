@@ -85,7 +85,9 @@ def refuse_overridden_length(overrides: list[str], max_iters, max_kimg, in_a_swe
         key = override_key(override)
         if key == "trainer.max_epochs":
             length = f"max_iters={max_iters}" if max_iters else f"max_kimg={max_kimg}"
-            unset = "max_iters=null" if max_iters else "max_kimg=null"
+            # each length set must go: the other ends the run too (max_kimg beside max_iters)
+            unset = " ".join(f"{name}=null" for name, value in (("max_iters", max_iters), ("max_kimg", max_kimg))
+                             if value)
             refuse_or_warn(f"{override}: this run's length is {length}, which replaces {key}. Set the length "
                            f"with max_iters or max_kimg, or pass {unset} to train by {key}", in_a_sweep)
 
