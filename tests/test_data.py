@@ -846,7 +846,8 @@ def test_check_images_lists_every_unreadable_image_and_the_small_ones(tmp_path, 
     """check_images reads every image under its folders as the datasets do (here in 2 processes):
     each unreadable one is listed with its reason, where a run stops at the first; the sizes are
     summed up, --min-side lists the small images, and the exit status says whether all is well."""
-    train, test = tmp_path / "d" / "trainA", tmp_path / "d" / "testA"
+    # (a folder holding '=' is a folder, not a Hydra override)
+    train, test = tmp_path / "date=2024-05-01" / "trainA", tmp_path / "date=2024-05-01" / "testA"
     write_image(train / "a.png", size=(20, 16))
     write_image(train / "day1" / "b.png", size=(40, 30))
     (train / "broken.jpg").write_bytes(b"not an image")
@@ -1266,7 +1267,7 @@ def test_files_that_are_not_images_are_left_out_with_a_warning(tmp_path, caplog)
     (folder / "empty").mkdir()
     with caplog.at_level("WARNING"):
         assert [p.name for p in list_images(folder)] == ["a.png", "b.gif"]
-    assert f"{folder}: 1 entries are hidden or not image files" in caplog.text and ": notes.txt" in caplog.text
+    assert f"{folder}: 1 entries are hidden, system folders or not image files" in caplog.text and ": notes.txt" in caplog.text
 
 
 def test_a_warning_about_what_every_rank_shares_is_said_by_rank_zero_alone(tmp_path, caplog, monkeypatch):
@@ -1279,7 +1280,7 @@ def test_a_warning_about_what_every_rank_shares_is_said_by_rank_zero_alone(tmp_p
     monkeypatch.setattr(rank_zero_only, "rank", 1, raising=False)
     with caplog.at_level("WARNING"):
         assert [p.name for p in list_images(folder)] == ["a.png"]
-    assert "hidden or not image files" not in caplog.text
+    assert "hidden, system folders or not image files" not in caplog.text
 
 
 def test_subfolders_are_read_as_the_reference_code_reads_them(tmp_path, caplog):
@@ -1287,14 +1288,17 @@ def test_subfolders_are_read_as_the_reference_code_reads_them(tmp_path, caplog):
     in path order; hidden files and folders (a Mac's ._ resource forks) are left out with a
     warning; a link back up the tree is walked once."""
     folder = tmp_path / "trainA"
-    for name in ("b.png", "a/z.png", "a/deeper/y.png", "c/x.png", ".thumbs/t.png"):
+    # (a Synology NAS keeps valid JPEG thumbnails of every photo in @eaDir/<photo>/)
+    for name in ("b.png", "a/z.png", "a/deeper/y.png", "c/x.png", ".thumbs/t.png",
+                 "a/@eaDir/z.png/SYNOPHOTO_THUMB_S.png", "__MACOSX/a/z.png"):
         write_image(folder / name)
     (folder / "._b.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble, not a PNG")
     (folder / "c" / "up").symlink_to(folder, target_is_directory=True)
     with caplog.at_level("WARNING"):
         listed = [p.relative_to(folder).as_posix() for p in list_images(folder)]
     assert listed == ["a/deeper/y.png", "a/z.png", "b.png", "c/x.png"]
-    assert "2 entries are hidden or not image files" in caplog.text and "._b.png, .thumbs/" in caplog.text
+    assert "4 entries are hidden, system folders or not image files" in caplog.text
+    assert "._b.png, .thumbs/, __MACOSX/, a/@eaDir/" in caplog.text
     assert [p.name for p in list_images(folder, max_count=2)] == ["y.png", "z.png"]
 
 
@@ -1324,7 +1328,7 @@ def test_listing_a_folder_takes_no_file_system_call_per_image(tmp_path, monkeypa
     (folder / "c.png").symlink_to(folder / "missing.png")
     with caplog.at_level("WARNING"):
         assert [p.name for p in list_images(folder)] == ["a.png", "b.png"]
-    assert "1 entries are hidden or not image files" in caplog.text and ": c.png" in caplog.text
+    assert "1 entries are hidden, system folders or not image files" in caplog.text and ": c.png" in caplog.text
 
 
 def test_a_folder_reached_by_a_link_too_is_named_by_its_own_path(tmp_path):

@@ -312,6 +312,10 @@ def test_class_folders_sort_as_their_composed_names_on_every_machine(tmp_path):
             (root / unicodedata.normalize(form, name)).mkdir(parents=True)
     composed = [unicodedata.normalize("NFC", n) for n in class_subfolders(tmp_path / "nfc")]
     assert composed == [unicodedata.normalize("NFC", n) for n in class_subfolders(tmp_path / "nfd")]
+    # a Mac's zip archive and a NAS's thumbnails are no classes
+    for name in ("__MACOSX", "@eaDir", ".ipynb_checkpoints"):
+        (tmp_path / "nfc" / name).mkdir()
+    assert [unicodedata.normalize("NFC", n) for n in class_subfolders(tmp_path / "nfc")] == composed
 
 
 def test_a_resume_on_data_whose_classes_mean_other_labels_is_refused(train_cfg):
@@ -325,3 +329,26 @@ def test_a_resume_on_data_whose_classes_mean_other_labels_is_refused(train_cfg):
     cfg.max_iters, cfg.data.classes = 2, ["B", "A"]
     with pytest.raises(ValueError, match=r"ckpt_path=.*last.ckpt was trained on the classes \['A', 'B'\]"):
         run_training(cfg)
+
+
+def test_data_whose_classes_mean_other_labels_names_an_override_eval_takes(tmp_path):
+    """The fix is written with `++`: eval.py's config has no data node (data: null, the run's), so
+    `data.classes=` is refused there, and `++data.classes=` sets it in eval.py and train.py alike."""
+    import hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    from src.data.labelled import check_same_classes
+    from tests.conftest import compose_train_cfg
+
+    here = SimpleNamespace(class_folders=lambda: ["B", "A"])
+    with pytest.raises(ValueError, match=r"set \+\+data.classes=\[A,B\] in that order") as refusal:
+        check_same_classes(["A", "B"], here, "ckpt_path=last.ckpt")
+    override = str(refusal.value).split("set ", 1)[1].split(" ")[0]
+    try:
+        with pytest.raises(hydra.errors.ConfigCompositionException):
+            compose_train_cfg(["ckpt_path=last.ckpt", override.removeprefix("++")], tmp_path, tmp_path, "eval")
+        for config in ("eval", "train"):
+            cfg = compose_train_cfg(["ckpt_path=last.ckpt", override], tmp_path, tmp_path, config)
+            assert list(cfg.data.classes) == ["A", "B"]
+    finally:
+        GlobalHydra.instance().clear()

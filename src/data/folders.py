@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 # image_io registers) and AVIF.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif",
                               ".heic", ".heif", ".avif"})
+#: folders that systems and archivers put among a user's files, never data: a Mac's zip archive
+#: (`__MACOSX`: a resource fork per file), a Synology NAS's thumbnails (`@eaDir/<photo>/
+#: SYNOPHOTO_THUMB_*.jpg`, valid JPEGs, three to five per photo) and recycle bin, Windows' drive folders
+SYSTEM_FOLDERS = frozenset({"__MACOSX", "@eaDir", "#recycle", "$RECYCLE.BIN", "System Volume Information"})
 # Named entries of a skipped-file warning; the rest are counted.
 SKIPPED_NAMES_SHOWN = 5
 
@@ -33,14 +37,20 @@ def require_folder(folder: str | Path, dataset_name: str, data_dir: str | Path) 
     return folder
 
 
+def not_data_folder(name: str) -> bool:
+    """A hidden folder (`.ipynb_checkpoints`, a Mac's `.Trashes`) or one of `SYSTEM_FOLDERS`."""
+    return name.startswith(".") or name in SYSTEM_FOLDERS
+
+
 def list_images(folder: str | Path, max_count: int | None = None) -> list[Path]:
     """Image files in folder and its subfolders, sorted by their path inside folder, at most
     max_count (the first ones).
 
     Subfolders are read as the reference implementations read them (junyanz's, U-GAT-IT's and
     NICE-GAN's datasets walk the folder tree), symbolic links followed, each folder once.
-    Hidden files and folders (a Mac's `._photo.jpg` resource forks, `.ipynb_checkpoints`) are
-    left out, with the files that are not images, in one warning. Sorting makes the file order
+    Hidden files and folders (a Mac's `._photo.jpg` resource forks, `.ipynb_checkpoints`) and
+    the folders of `SYSTEM_FOLDERS` (a NAS's thumbnails) are left out, with the files that are
+    not images, in one warning. Sorting makes the file order
     (and so test pairs and sample grids) the same on every machine. Raises EmptyDatasetError
     when the tree holds no image.
     """
@@ -64,7 +74,7 @@ def list_images(folder: str | Path, max_count: int | None = None) -> list[Path]:
         for entry in entries:
             inside = (*parts, entry.name)
             if entry.is_dir():   # links to folders are followed
-                if entry.name.startswith("."):
+                if not_data_folder(entry.name):
                     skipped.append("/".join(inside) + "/")
                 else:
                     subfolders.append(entry)
@@ -83,7 +93,7 @@ def list_images(folder: str | Path, max_count: int | None = None) -> list[Path]:
         # Not silent: a folder of .jxl photos next to a few .jpg ones would otherwise train on the few.
         skipped.sort()
         more = f" and {len(skipped) - SKIPPED_NAMES_SHOWN} more" if len(skipped) > SKIPPED_NAMES_SHOWN else ""
-        warn_for_every_rank(log, "%s: %d entries are hidden or not image files (%s) and are left out: %s%s", folder,
+        warn_for_every_rank(log, "%s: %d entries are hidden, system folders or not image files (%s) and are left out: %s%s", folder,
                             len(skipped), ", ".join(sorted(IMAGE_EXTENSIONS)), ", ".join(skipped[:SKIPPED_NAMES_SHOWN]),
                             more)
     if not images:

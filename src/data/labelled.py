@@ -29,7 +29,7 @@ from src.data.base import ImageTranslationDataModule
 from src.data.decoded_cache import DecodedImages
 from src.data.download import DATASETS
 from src.data.errors import DatasetNotFoundError
-from src.data.folders import list_images, require_folder
+from src.data.folders import list_images, not_data_folder, require_folder
 from src.data.path_table import path_rows
 from src.data.transforms import ImageTransform
 from src.data.unpaired import preprocess_file
@@ -69,10 +69,11 @@ def proportional_picks(labels: Sequence[int], count: int) -> list[int]:
 
 def class_subfolders(folder: Path) -> list[str]:
     """The names of a split folder's class folders (hidden ones, .ipynb_checkpoints or a Mac's
-    .Trashes, are not classes), sorted as their composed Unicode forms: a copy from a Mac's older
-    disks names "Égyptienne" decomposed, whose raw code points sort it elsewhere, and the labels
-    would change with the machine."""
-    return sorted((p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
+    .Trashes, and system ones, a Mac zip's __MACOSX, are not classes: `not_data_folder`), sorted
+    as their composed Unicode forms: a copy from a Mac's older disks names "Égyptienne"
+    decomposed, whose raw code points sort it elsewhere, and the labels would change with the
+    machine."""
+    return sorted((p.name for p in folder.iterdir() if p.is_dir() and not not_data_folder(p.name)),
                   key=lambda name: unicodedata.normalize("NFC", name))
 
 
@@ -86,9 +87,10 @@ def check_same_classes(trained_on: list[str] | None, datamodule, what: str) -> N
     here = datamodule.class_folders()
     if [unicodedata.normalize("NFC", c) for c in here] != [unicodedata.normalize("NFC", c) for c in trained_on]:
         listed = ",".join(c if re.fullmatch(r"[\w.\-]+", c) else quote_override_value(c) for c in trained_on)
+        # `++`: eval.py's config holds no data node of its own to override (data: null, the run's)
         raise ValueError(f"{what} was trained on the classes {trained_on} (label i is class i), and the data here "
                          f"reads {here}: point data.data_dir at the data it was trained on, or where the folders "
-                         f"are those under other names, set data.classes=[{listed}] in that order")
+                         f"are those under other names, set ++data.classes=[{listed}] in that order")
 
 
 def interleave(per_class: list[list[Path]]) -> list[tuple[Path, int]]:
