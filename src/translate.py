@@ -23,7 +23,7 @@ from src.utils.checkpoint_loading import check_checkpoint_settings, load_model, 
 from src.utils.export import (EXPORT_FORMATS, check_export_format, check_export_size, export_card_path,  # noqa: E402
                               export_path, export_translation)
 from src.data.folders import lies_inside, output_paths, refuse_existing_outputs  # noqa: E402
-from src.utils.config_checks import check_seed, require_bool  # noqa: E402
+from src.utils.config_checks import check_seed, refuse_job_chdir, require_bool, require_path  # noqa: E402
 from src.utils.directions import trained_domains  # noqa: E402
 from src.utils.folder_lock import FolderLock  # noqa: E402
 from src.utils.process_state import threads_within_usable_cpus  # noqa: E402
@@ -39,7 +39,11 @@ def run_translation(cfg: DictConfig) -> dict:
     """Translate `cfg.input` into `cfg.output` (and export); returns what was written, what was
     kept (skip_existing), and with which weights ("ema": the generators' average of a run that kept
     one, or "trained")."""
+    refuse_job_chdir()
     check_checkpoint_settings(cfg)
+    for key in ("input", "output"):   # (`input=0` read as a number is not a missing input)
+        if cfg.get(key) is not None:
+            require_path(key, cfg[key])
     if not cfg.get("input") and not cfg.get("export"):
         raise ValueError("input is required: input=path/to/image_or_folder (or export=onnx|torchscript to only export)")
     if cfg.get("export"):

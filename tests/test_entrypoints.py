@@ -92,7 +92,7 @@ def test_a_bad_setting_stops_the_run_before_training_naming_the_key(train_cfg, o
     # the run folder is Hydra's: one named in paths alone would leave .hydra/ and train.log behind
     ("paths.output_dir=TMP/elsewhere/run", "choose the run folder with hydra.run.dir=TMP/elsewhere/run"),
     # paths.root_dir is the working directory: inside the run folder, data and logs would go there
-    ("hydra.job.chdir=true", "hydra.job.chdir=true: the runs keep the working directory"),
+    ("hydra.job.chdir=true", "hydra.job.chdir=true: the commands keep the working directory"),
 ])
 def test_bad_config_fails_at_start_naming_the_key(tmp_path, shared_data_dir, override, message):
     override, message = override.replace("TMP", str(tmp_path)), message.replace("TMP", str(tmp_path))

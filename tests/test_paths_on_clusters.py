@@ -274,3 +274,33 @@ def test_a_pasteable_override_of_a_key_the_config_holds_has_no_plus_signs():
     (parsed,) = OverridesParser.create().parse_overrides(shlex.split(override))
     assert (parsed.key_or_group, parsed.value()) == ("ckpt_path", "/home/josé/GAN runs (1)/last.ckpt")
     assert download.pasteable_override("ckpt_path", "/runs/a/last.ckpt", prefix="") == "ckpt_path=/runs/a/last.ckpt"
+
+
+@pytest.mark.parametrize("key,value,read_as", [("input", 2024, "a number"), ("output", True, "true or false")])
+def test_a_file_name_hydra_reads_as_a_number_is_refused_with_its_quoted_form(tmp_path, key, value, read_as):
+    """`output=2024` reached Path() as an int (a TypeError naming no setting); `input=0` was
+    reported as a missing input."""
+    import torch
+
+    from src.translate import run_translation
+    torch.save({}, tmp_path / "last.ckpt")   # (a whole file: the checkpoint checks come first)
+    cfg = OmegaConf.create({"ckpt_path": str(tmp_path / "last.ckpt"), "input": "photos", "output": "out"})
+    cfg[key] = value
+    with pytest.raises(ValueError, match=f"{key}={value!r}: Hydra read the name as {read_as}; quote it") as refused:
+        run_translation(cfg)
+    pasted = shlex.split(str(refused.value).rpartition(", as ")[2].partition(" (")[0])
+    assert OverridesParser.create().parse_overrides(pasted)[0].value() == str(value)   # a string now
+    with pytest.raises(ValueError, match="ckpt_path=2024: Hydra read the name as a number"):
+        run_translation(OmegaConf.create({"ckpt_path": 2024, "input": "photos"}))
+
+
+def test_eval_and_translate_refuse_hydra_job_chdir(monkeypatch, tmp_path):
+    """Under hydra.job.chdir=true they ran inside their output folder: a relative ckpt_path was
+    "no such checkpoint file" and a relative output= was written inside the folder."""
+    from src.translate import run_translation
+    from src.utils import config_checks
+    from src.utils.evaluation import run_evaluation
+    monkeypatch.setattr(config_checks, "hydra_config", lambda: OmegaConf.create({"job": {"chdir": True}}))
+    for run in (run_translation, run_evaluation):
+        with pytest.raises(ValueError, match="hydra.job.chdir=true: the commands keep the working directory"):
+            run(OmegaConf.create({"ckpt_path": "last.ckpt", "input": "photos", "output_dir": str(tmp_path)}))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from src.utils.config_checks import accepted_arguments
+from src.utils.config_checks import accepted_arguments, require_path
 from src.utils.whole_files import whole_zip_archive
 from src.utils.nested import flattened
 
@@ -89,7 +89,10 @@ def check_checkpoint_file(ckpt_path: str | Path | None, key: str = "ckpt_path") 
     a whole file. torch.save writes a zip archive whose directory comes last, so a truncated file
     shows here without reading the weights (torch's and Lightning's own errors name neither file
     nor fix)."""
-    if ckpt_path is None or resolved_by_lightning(ckpt_path):
+    if ckpt_path is None:
+        return
+    require_path(key, ckpt_path)
+    if resolved_by_lightning(ckpt_path):
         return
     if not Path(ckpt_path).is_file():
         if str(ckpt_path) == "auto":   # train.py resolves ckpt_path=auto before this check

@@ -56,6 +56,15 @@ def require_int(key: str, value, least: int = 1, allow_none: bool = False, why: 
         raise ValueError(f"{key}={value!r} must be {need}{' or null' if allow_none else ''}{why}")
 
 
+def require_path(key: str, value) -> None:
+    """ValueError unless `value` is a file or folder name: Hydra reads `output=2024` as a number
+    and `input=true` as a boolean, which Path() then refused with a TypeError naming no setting."""
+    if not isinstance(value, (str, os.PathLike)):
+        kind = "true or false" if isinstance(value, bool) else "a number"
+        raise ValueError(f"{key}={value!r}: Hydra read the name as {kind}; quote it to keep it a name, as "
+                         f"{pasteable_override(key, str(value), prefix='')} (the name as you wrote it)")
+
+
 def require_bool(key: str, value) -> None:
     """ValueError unless `value` is true or false (a string like "maybe" would read as true)."""
     if not isinstance(value, bool):
@@ -82,6 +91,18 @@ def refuse_unknown_keys(key: str, settings: dict, known, where: str = "there") -
                          f"or remove it")
 
 
+def refuse_job_chdir() -> None:
+    """ValueError under `hydra.job.chdir=true` (train.py, eval.py, translate.py): paths.root_dir
+    defaults to the working directory (${cwd:}), so inside the run folder the data would be
+    looked for, and the logs written, under the run folder itself, and a relative `ckpt_path`,
+    `input` or `output` would be read from there."""
+    hydra_cfg = hydra_config()
+    if hydra_cfg is not None and OmegaConf.select(hydra_cfg, "job.chdir"):
+        raise ValueError("hydra.job.chdir=true: the commands keep the working directory, which paths.root_dir "
+                         "(data and logs) defaults to; remove the override (relative paths given on the command "
+                         "line are read from where the command runs)")
+
+
 def check_run_folder(output_dir: str | Path) -> None:
     """ValueError when `paths.output_dir` names another folder than the one Hydra made for the
     run: the checkpoints and samples would go there while `.hydra/config.yaml` and `train.log`
@@ -91,12 +112,7 @@ def check_run_folder(output_dir: str | Path) -> None:
     if (run_dir := hydra_run_dir()) is None:
         return
     hydra_cfg = hydra_config()
-    if OmegaConf.select(hydra_cfg, "job.chdir"):
-        # paths.root_dir defaults to the working directory (${cwd:}): inside the run folder, the
-        # data would be looked for, and the logs written, under the run folder itself.
-        raise ValueError("hydra.job.chdir=true: the runs keep the working directory, which paths.root_dir "
-                         "(data and logs) defaults to; remove the override (relative paths given on the command "
-                         "line are read from where the command runs)")
+    refuse_job_chdir()
     if Path(output_dir).resolve() != run_dir.resolve():
         choose = ("hydra.sweep.dir=DIR (each job runs in DIR/<job number>)" if is_multirun()
                   else pasteable_override("hydra.run.dir", output_dir, prefix=""))
