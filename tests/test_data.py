@@ -87,6 +87,18 @@ def module(cls, root, **kwargs):
     return cls(data_dir=root, **settings)
 
 
+def test_the_data_folder_is_recorded_absolute(tmp_path, monkeypatch, shared_data_dir):
+    """A relative `data.data_dir=data/mine` went into the checkpoint as it was typed: eval.py
+    run from another folder looked for it there (or read another `data/mine`)."""
+    monkeypatch.chdir(shared_data_dir.parent)
+    dm = module(UnpairedDataModule, shared_data_dir.name)
+    assert dm.hparams["data_dir"] == str(shared_data_dir) and dm.data_dir == shared_data_dir
+    monkeypatch.setenv("HOME", str(shared_data_dir.parent))
+    assert module(UnpairedDataModule, f"~/{shared_data_dir.name}").hparams["data_dir"] == str(shared_data_dir)
+    monkeypatch.chdir(tmp_path)   # elsewhere, the record still names the folder the run read
+    assert Path(dm.hparams["data_dir"]).is_dir()
+
+
 def test_a_datamodule_built_in_python_keeps_settings_a_weights_only_load_takes(tmp_path, shared_data_dir):
     """A notebook's `data_dir=Path(...)` (or a numpy number) went into every checkpoint's
     DataModule settings as an object a weights-only load refuses: resume, eval, translate and

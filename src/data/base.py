@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 import types
 from functools import partial
 from pathlib import Path
@@ -45,6 +46,10 @@ SPLITS = ("train", "test")
 #: domain is taken in the epoch's order and the smaller drawn at random (U-GAT-IT's and NICE-GAN's
 #: code shuffle each domain on its own: every image of both is as likely)
 UNPAIRED_SAMPLINGS = ("cyclegan", "balanced")
+
+
+#: the data settings that name files or folders
+PATH_SETTINGS = ("data_dir", "csv_path")
 
 
 class SplitDataModule(pl.LightningDataModule):
@@ -83,11 +88,16 @@ class SplitDataModule(pl.LightningDataModule):
     def save_hyperparameters(self, *args: Any, frame: types.FrameType | None = None, **kwargs: Any) -> None:
         """Lightning's, with the values kept plain: the config's lists (`data.classes`,
         `data.columns`) arrive as OmegaConf containers, and Lightning writes `hparams` into every
-        checkpoint, where a weights-only load (resume, eval) refuses them."""
+        checkpoint, where a weights-only load (resume, eval) refuses them. The data's files
+        (`PATH_SETTINGS`) are recorded absolute, `~` expanded: eval.py reads the run's data by
+        the record from wherever it runs, and a relative `data.data_dir=data/mine` was looked
+        for (or another `data/mine` found) under that command's working directory."""
         # Lightning reads the caller's __init__ arguments from the frame that calls it: the caller's.
         super().save_hyperparameters(*args, frame=frame or inspect.currentframe().f_back, **kwargs)
         for key, value in self.hparams.items():
             self.hparams[key] = to_plain(value)
+            if key in PATH_SETTINGS and isinstance(self.hparams[key], str):
+                self.hparams[key] = os.path.abspath(os.path.expanduser(self.hparams[key]))
 
     # -- what subclasses provide -------------------------------------------------------------
 
@@ -414,7 +424,7 @@ class ImageTranslationDataModule(SplitDataModule):
                 raise ValueError(f"data.label_palette={label_palette} reads colour label maps, so domain {label_domain} "
                                  f"needs 3 channels, and {key}={channels}: set {key}=3 (or data.label_palette=null)")
 
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(self.hparams["data_dir"])   # (made absolute there)
         self.name = name
         # Modes that keep each image's size may give every test image its own: evaluation then
         # translates one at a time unless data.eval_batch_size says otherwise.
