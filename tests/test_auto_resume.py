@@ -401,6 +401,11 @@ def test_settings_a_resume_may_change_and_settings_added_since_are_not_compared(
     assert changed_settings(checkpoint, {"loss": {"weights": {"cycle": 5.0}}}, {"crop_size": 128}) == [
         "data.crop_size=256 -> 128", "loss.weights.cycle=10.0 -> 5.0"]
     assert train_cfg("model=cyclegan", "loss.weights.cycle=10.0").model.loss.weights.cycle == 10.0
+    # A CSV file recorded as typed (before the record was absolute) is the same file absolute
+    series = {"datamodule_hyper_parameters": {"csv_path": "series.csv"}}
+    assert changed_settings(series, {}, {"csv_path": os.path.abspath("series.csv")}) == []
+    assert changed_settings(series, {}, {"csv_path": "/other/series.csv"}) == [
+        f"data.csv_path={os.path.abspath('series.csv')!r} -> '/other/series.csv'"]
     # A run from before data.unpaired_sampling sampled as CycleGAN's loader: U-GAT-IT's config
     # now samples balanced, which a resume of it changes. Said, not refused, even under
     # ckpt_path=auto (a requeued job): nobody changed a setting, the default did.

@@ -11,6 +11,7 @@ missing keys or shape mismatches and no word on the cause. The check runs in the
 """
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -227,8 +228,10 @@ def changed_settings(checkpoint: dict, model_settings: dict, data_settings: dict
     and set differently, beyond those a resume may change (`model_resumable`: the model class's
     `resumable_settings`). A setting added to the code since the checkpoint was written is not
     compared (`defaults_changed_since` says those whose earlier behaviour is known)."""
-    saved = {**flattened(checkpoint.get("hyper_parameters") or {}, ".", "model"),
-             **flattened(checkpoint.get("datamodule_hyper_parameters") or {}, ".", "data")}
+    saved_data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    if isinstance(saved_data.get("csv_path"), str):   # recorded as typed before it was recorded absolute
+        saved_data["csv_path"] = os.path.abspath(os.path.expanduser(saved_data["csv_path"]))
+    saved = {**flattened(checkpoint.get("hyper_parameters") or {}, ".", "model"), **flattened(saved_data, ".", "data")}
     here = {**flattened(model_settings, ".", "model"), **flattened(data_settings, ".", "data")}
     resumable = ([f"model.{key}" for key in model_resumable]
                  + [f"data.{key}" for key in RESUMABLE_DATA_SETTINGS])
