@@ -505,3 +505,27 @@ def test_callback_sums_the_confusion_of_every_ddp_rank(tmp_path, max_images):
         assert label_scores_of_shard(root, max_images, 1, 2) != expected   # the blocks differ
     for scores in results_of_gloo_ranks(label_scores_of_shard, (root, max_images), 2, tmp_path):
         assert scores == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_segmenter_for_data_without_label_maps_names_overrides_eval_takes(tmp_path):
+    """The fix is written with `++` and cityscapes' values: eval.py's config has no data node
+    (data: null, the run's), where `data.label_palette=` is refused."""
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from src.utils.label_evaluation import segmenter_for
+    from tests.conftest import CONF_DIR
+
+    plain = SimpleNamespace(label_palette=None, name="horse2zebra")
+    with pytest.raises(ValueError, match=r"data horse2zebra has none: set their palette and domain "
+                                         r"\(\+\+data.label_palette=cityscapes \+\+data.label_domain=B, as "
+                                         r"conf/data/cityscapes.yaml does\)") as refusal:
+        segmenter_for(plain, "fcn.pt2", None, "cpu")
+    overrides = re.findall(r"\+\+data\.\S+=[^\s,]+", str(refusal.value))
+    cityscapes = OmegaConf.load(CONF_DIR / "data" / "cityscapes.yaml")
+    try:
+        cfg = compose_train_cfg(["ckpt_path=last.ckpt", *overrides], tmp_path, tmp_path, "eval")
+    finally:
+        GlobalHydra.instance().clear()
+    assert {key: cfg.data[key] for key in ("label_palette", "label_domain")} == {
+        key: cityscapes[key] for key in ("label_palette", "label_domain")}

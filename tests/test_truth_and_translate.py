@@ -1441,7 +1441,8 @@ def test_eval_label_map_settings_name_the_fix(smoke_runs, tmp_path):
     root = write_label_map_dataset(tmp_path / "labels")
     with pytest.raises(ValueError, match=r"segmenter_size=\[32\] must be \[height, width\]"):
         evaluate_label_maps(smoke_runs["pix2pix"], tmp_path, root, "segmenter_size=[32]")
-    with pytest.raises(ValueError, match="data horse2zebra has none: set data.label_palette"):
+    with pytest.raises(ValueError, match=r"data horse2zebra has none: set their palette and domain "
+                                         r"\(\+\+data.label_palette=cityscapes \+\+data.label_domain=B,"):
         evaluate_on_folders(smoke_runs["cyclegan"], tmp_path, write_folder_dataset(tmp_path / "plain", {}),
                             f"segmenter_path={tmp_path / 'any.pt2'}")
 

@@ -107,7 +107,9 @@ def segmenter_for(datamodule, path, size, device, key_prefix: str = "") -> Segme
     if path is None:
         return None
     if getattr(datamodule, "label_palette", None) is None:
+        # `++`: eval.py's config holds no data node of its own to override (data: null, the run's)
         raise ValueError(f"{key_prefix}segmenter_path={path} scores generated photos against label maps, but data "
-                         f"{datamodule.name} has none: set data.label_palette (e.g. cityscapes) and data.label_domain "
-                         f"(the domain of the colour label maps), or leave {key_prefix}segmenter_path unset")
+                         f"{datamodule.name} has none: set their palette and domain (++data.label_palette=cityscapes "
+                         f"++data.label_domain=B, as conf/data/cityscapes.yaml does), or leave "
+                         f"{key_prefix}segmenter_path unset")
     return Segmenter(path, datamodule.label_palette.num_classes, size, device, key=f"{key_prefix}segmenter_path")
