@@ -506,9 +506,10 @@ def test_12_bit_data_read_as_16_bit_says_once_which_bit_depth_fills_the_range(tm
         load_image(tmp_path / "scan.png", 1)
     (record,) = caplog.records
     assert record.getMessage() == (f"{tmp_path / 'scan.png'}: its 16-bit samples all lie in 0..4080, so it reads nearly "
-                                   "black (at most 16 of 255). If the files hold 12-bit data, set ++data.bit_depth=12 "
-                                   "(python -m src.data.check_images --bit-depth 12 checks every image); a dark image "
-                                   "is read as it is. (Said once per process.)")
+                                   "black (at most 16 of 255). If the files hold 12-bit data, read them at that depth "
+                                   "(++data.bit_depth=12 to train.py or eval.py, --bit-depth 12 to python -m "
+                                   "src.data.check_images or src.data.convert_images; translate.py reads at its "
+                                   "checkpoint's bit depth); a dark image is read as it is. (Said once per process.)")
 
 
 def test_12_bit_data_in_16_bit_files_is_read_at_its_bit_depth(tmp_path):
@@ -600,8 +601,16 @@ def test_16_bit_colour_read_at_its_bit_depth_keeps_orientation_and_colour_profil
         assert np.array_equal(load_image(path, 3), turns[orientation](twelve >> 8)), path.name
     cut = tmp_path / "cut.png"
     cut.write_bytes(write_png_16(tmp_path / "whole.png", twelve).read_bytes()[:-40])   # pixel data cut short
-    with pytest.raises(ImageReadError, match=r"cut.png: OpenCV cannot decode .*data.bit_depth=16"):
+    with pytest.raises(ImageReadError, match=r"cut.png: OpenCV cannot decode .*data.bit_depth=16 to train.py or "
+                                             r"eval.py, --bit-depth 16 to python -m src.data.check_images"):
         load_image(cut, 3, bit_depth=12)
+    # At 16 bits, OpenCV reads a file for its transparent colour alone: reading at 16 bits is no fix
+    cut.write_bytes(write_png_16(tmp_path / "whole.png", twelve, before_pixels=png_chunk(
+        b"tRNS", struct.pack(">3H", 1, 2, 3))).read_bytes()[:-40])
+    with pytest.raises(ImageReadError, match=r"cut.png: OpenCV cannot decode .*: replace the file, or remove its "
+                                             r"transparent colour \(a PNG's tRNS chunk\)") as refusal:
+        load_image(cut, 3)
+    assert "bit_depth" not in str(refusal.value)
     red = np.zeros((4, 4, 3), np.uint16)
     red[..., 0] = 4095
     path = write_png_16(tmp_path / "profile.png", red, before_pixels=icc_chunk(rgb_profile_with_red_and_blue_swapped()))
@@ -765,7 +774,9 @@ def test_a_profile_that_does_not_fit_the_pixels_names_the_file_and_the_setting(t
     Image.new("L", (8, 6), 128).save(tmp_path / "gray.png", icc_profile=rgb_profile_with_red_and_blue_swapped())
     Image.new("RGB", (8, 6), RED).save(tmp_path / "broken.png", icc_profile=b"not a profile")
     for name in ("gray.png", "broken.png"):
-        with pytest.raises(ImageReadError, match=f"{name}: its embedded ICC colour profile .*data.to_srgb=false"):
+        with pytest.raises(ImageReadError, match=f"{name}: its embedded ICC colour profile .*data.to_srgb=false to "
+                                                 f"train.py or eval.py, --keep-stored-colours to python -m "
+                                                 f"src.data.check_images or src.data.convert_images; translate.py"):
             load_image(tmp_path / name, 3)
         assert load_image(tmp_path / name, 3, to_srgb=False).shape == (6, 8, 3)
     with pytest.raises(ValueError, match="data.to_srgb='yes'"):

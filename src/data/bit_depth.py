@@ -25,6 +25,13 @@ HIGH_BIT_DEPTH_GRAYSCALE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _told_of_unused_top_bits = False
 
 
+def bit_depth_fix(bits: int) -> str:
+    """How each tool is told to read `bits`-bit samples. translate.py takes no reading settings: it
+    reads as its checkpoint's training data were read."""
+    return (f"++data.bit_depth={bits} to train.py or eval.py, --bit-depth {bits} to python -m src.data.check_images "
+            f"or src.data.convert_images; translate.py reads at its checkpoint's bit depth")
+
+
 def tell_of_unused_top_bits(values: np.ndarray, bit_depth: int, source: str | Path) -> None:
     """Once per process (each loader worker, each rank): samples that never reach the top 4 bits of `bit_depth` (12-bit data in
     16-bit files, at the default data.bit_depth=16) read as nearly black images. Said, not
@@ -37,9 +44,9 @@ def tell_of_unused_top_bits(values: np.ndarray, bit_depth: int, source: str | Pa
         _told_of_unused_top_bits = True
         bits = max(8, top.bit_length())
         log.warning("%s: its %d-bit samples all lie in 0..%d, so it reads nearly black (at most %d of 255). If the "
-                    "files hold %d-bit data, set ++data.bit_depth=%d (python -m src.data.check_images --bit-depth %d "
-                    "checks every image); a dark image is read as it is. (Said once per process.)", source, bit_depth, top,
-                    round(top * 255 / (2 ** bit_depth - 1)), bits, bits, bits)
+                    "files hold %d-bit data, read them at that depth (%s); a dark image is read as it is. (Said "
+                    "once per process.)", source, bit_depth, top,
+                    round(top * 255 / (2 ** bit_depth - 1)), bits, bit_depth_fix(bits))
 
 
 def integers_to_uint8(values: np.ndarray, bit_depth: int) -> np.ndarray:
@@ -47,8 +54,8 @@ def integers_to_uint8(values: np.ndarray, bit_depth: int) -> np.ndarray:
     beyond that range raises ValueError (with the fix), rather than being clipped."""
     top = 2 ** bit_depth - 1
     if values.size and (values.min() < 0 or values.max() > top):
-        fix = ("set data.bit_depth to the images' bit depth (++data.bit_depth=16 for full 16-bit images)" if bit_depth < 16
-               else "the file holds more than unsigned 16-bit data; convert it to 16-bit or 8-bit images")
+        fix = (f"set data.bit_depth to the images' bit depth (for full 16-bit images: {bit_depth_fix(16)})"
+               if bit_depth < 16 else "the file holds more than unsigned 16-bit data; convert it to 16-bit or 8-bit images")
         raise ValueError(f"values {values.min()}..{values.max()} lie outside the {bit_depth}-bit range "
                          f"0..{top}: {fix}")
     return np.rint(values.astype(np.float64) * (255.0 / top)).astype(np.uint8)
@@ -134,8 +141,11 @@ def read_16_bit_colour(path: str | Path, image: Image.Image, bit_depth: int) -> 
     """
     samples = _decode_with_opencv(path)
     if samples is None or samples.dtype != np.uint16 or samples.ndim != 3:
-        raise ValueError("OpenCV cannot decode its 16-bit colour samples (the file may be truncated): replace "
-                         "the file, or read it as 16-bit data (++data.bit_depth=16, the default) through PIL")
+        # At 16 bits OpenCV reads it only for its transparent colour, which PIL would miss
+        fix = (f"or read it as 16-bit data through PIL ({bit_depth_fix(16)})" if bit_depth < 16
+               else "or remove its transparent colour (a PNG's tRNS chunk), which PIL cannot match at 16 bits")
+        raise ValueError(f"OpenCV cannot decode its 16-bit colour samples (the file may be truncated): replace "
+                         f"the file, {fix}")
     planes = [integers_to_uint8(samples[..., 2::-1], bit_depth)]   # OpenCV's BGR(A) -> RGB
     if samples.shape[2] == 4:
         planes.append(integers_to_uint8(samples[..., 3:], 16))
