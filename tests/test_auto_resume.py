@@ -172,6 +172,25 @@ def test_a_requeued_job_in_a_new_folder_named_by_its_start_time_resumes_its_earl
     assert "no run folder beside it records an earlier start of job 9999 by this command" in caplog.text
 
 
+def test_a_requeue_with_nothing_to_resume_names_a_fixed_run_folder_of_its_own_task(tmp_path, monkeypatch, caplog):
+    """The fixed folder it suggests is where this task's runs live (experiment=quickstart's under
+    logs/quickstart/runs), not the train task's."""
+    from omegaconf import OmegaConf
+
+    from src.utils import auto_resume
+
+    monkeypatch.setattr(auto_resume, "run_dir_named_by_start_time", lambda: True)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    run = tmp_path / "logs" / "quickstart" / "runs" / "2026-12-06_02-00-00_slurm-4242"
+    cfg = OmegaConf.create({"task_name": "quickstart", "paths": {"log_dir": str(tmp_path / "logs"),
+                                                                 "output_dir": str(run)},
+                            "callbacks": {"model_checkpoint": {"dirpath": str(run / "checkpoints")}}})
+    with caplog.at_level(logging.WARNING):
+        assert auto_resume.own_checkpoint_dirs(cfg) == [(run / "checkpoints", run)]
+    assert f"hydra.run.dir={tmp_path / 'logs' / 'quickstart' / 'runs'}/slurm-$SLURM_JOB_ID keeps one folder" in caplog.text
+
+
 def test_the_ranks_lightning_launches_resume_from_rank_zeros_choice(tmp_path, monkeypatch):
     """Lightning launches ranks 1.. with rank zero's run folder named: a requeued job's ranks
     would not look in its earlier start's folder, and start from scratch while rank zero

@@ -84,10 +84,13 @@ def own_checkpoint_dirs(cfg: DictConfig) -> list[tuple[Path, Path]]:
         return [dirs]
     earlier = earlier_starts_of_this_job(*dirs)
     if not earlier:
+        # Where Hydra's default puts this task's runs (make train's experiment=quickstart: logs/quickstart/runs)
+        log_dir, task = OmegaConf.select(cfg, "paths.log_dir"), cfg.get("task_name")
+        runs = Path(log_dir, task, "runs") if log_dir and task else dirs[1].parent
         log.warning("SLURM_RESTART_COUNT=%d: this job was requeued into a new run folder (hydra.run.dir is named by "
                     "the start time), and no run folder beside it records an earlier start of job %s by this command "
-                    "(its overrides): nothing to resume from. hydra.run.dir=logs/train/runs/slurm-$SLURM_JOB_ID keeps "
-                    "one folder for every start", restarts, os.environ.get("SLURM_JOB_ID"))
+                    "(its overrides): nothing to resume from. hydra.run.dir=%s/slurm-$SLURM_JOB_ID keeps one folder "
+                    "for every start", restarts, os.environ.get("SLURM_JOB_ID"), runs)
         return [dirs]
     log.info("SLURM_RESTART_COUNT=%d: the earlier starts of this job ran in %s", restarts,
              ", ".join(str(run) for _, run in earlier))

@@ -210,9 +210,9 @@ def export_translation(model: TranslationModel, direction: str, fmt: str, output
     # The graph normalises each image by its own statistics where the model samples so; test-time
     # dropout, random, it cannot: without it, its translations differ from translate.py's.
     if sampling := [name for name, on in model.sampling_options().items() if on and name != "batch_stats"]:
-        log.warning("%s samples with test-time %s (model.sampling_options), which the exported graph does not "
-                    "(no dropout), so its translations differ from translate.py's", type(model).__name__,
-                    " and ".join(sampling))
+        log.warning("%s samples with test-time %s (%s), which the exported graph does not (no dropout), so its "
+                    "translations differ from translate.py's", type(model).__name__, " and ".join(sampling),
+                    " ".join(f"model.test_time_{name}=true" for name in sampling))   # (each option's setting)
     report["matches_translate"] = not sampling
     write_export_card(model, direction, fmt, report, sampling, output_channels=expected.shape[1])
     log.info("Exported %s %s to %s: %s", type(model).__name__, direction, path, report)
