@@ -6,6 +6,7 @@ import re
 import shlex
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -200,7 +201,6 @@ def test_a_failed_runs_error_no_longer_holds_its_model_once_released(train_cfg, 
     held the model, trainer and activations (GPU memory an out-of-memory error's later jobs need).
     Released, the error keeps what it prints and nothing else."""
     import gc
-    import traceback
     import weakref
     from src.utils.run import release_failed_run
     models = []
@@ -517,6 +517,9 @@ def test_a_crash_checkpoint_that_cannot_be_written_leaves_the_runs_own_error(tra
     with pytest.raises(RuntimeError, match="out of memory"):
         run_training(cfg)
     assert "Could not save crashed.ckpt after RuntimeError (OSError: No space left on device)" in caplog.text
+    # with where it failed: a fault of the code there would cost every crash its checkpoint
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("Could not save crashed.ckpt")]
+    assert record.exc_info and "in full_disk" in "".join(traceback.format_exception(*record.exc_info))
 
 
 @pytest.mark.parametrize("setting", ["train_time_interval=00:01:00", "every_n_train_steps=10"])

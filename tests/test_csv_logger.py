@@ -346,3 +346,21 @@ def test_the_last_rows_kept_for_late_values_slide_with_the_file(tmp_path, monkey
     assert files[0] == files[1]
     rows = list(csv.DictReader(io.StringIO(files[0].decode())))
     assert [(r["step"], r["train/G"]) for r in rows][-2:] == [("8", "12.0"), ("9", "")]
+
+
+def test_a_failed_runs_last_rows_that_cannot_be_written_leave_the_runs_own_error(tmp_path, monkeypatch, caplog):
+    """On a failure's way out (a full disk, which also failed the run) an error writing the rows
+    replaced the run's own error, and Lightning's teardown after it did not run. A successful
+    run's write error still stops it: its rows would be lost without a word."""
+    logger = StepRowsCSVLogger(tmp_path)
+    log(logger, {"train/G": 2.0}, 0)
+
+    def disk_full():
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(logger, "_write_every_row", disk_full)
+    with caplog.at_level("WARNING"):
+        logger.finalize("failed")
+    assert "the last rows could not be written (OSError: [Errno 28] No space left on device)" in caplog.text
+    with pytest.raises(OSError, match="No space left"):
+        logger.finalize("success")

@@ -304,3 +304,22 @@ def test_eval_and_translate_refuse_hydra_job_chdir(monkeypatch, tmp_path):
     for run in (run_translation, run_evaluation):
         with pytest.raises(ValueError, match="hydra.job.chdir=true: the commands keep the working directory"):
             run(OmegaConf.create({"ckpt_path": "last.ckpt", "input": "photos", "output_dir": str(tmp_path)}))
+
+
+def test_a_wandb_run_that_cannot_finish_leaves_the_runs_own_result(monkeypatch, caplog):
+    """finish_wandb_run runs in the run's `finally`: wandb failing there (its service or network
+    gone) replaced the run's error, or failed a run that had trained and saved everything."""
+    import sys
+    import types
+
+    from src.utils.wandb_run import finish_wandb_run
+
+    def unreachable(exit_code):
+        raise ConnectionError("wandb service is gone")
+
+    fake = types.SimpleNamespace(run=types.SimpleNamespace(dir="/runs/a/wandb/run-1/files"), finish=unreachable)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    with caplog.at_level("WARNING"):
+        finish_wandb_run(exit_code=1)
+    assert "wandb could not finish its run (ConnectionError: wandb service is gone)" in caplog.text
+    assert "/runs/a/wandb/run-1/files" in caplog.text

@@ -181,8 +181,10 @@ class IterationCheckpoint(ModelCheckpoint):
                 checkpoint[INSIDE_ITERATION_KEY] = True
             trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
         except Exception as error:   # the run's own error is what must reach the user
+            # (with its traceback: a fault of the code here would otherwise cost every crash its checkpoint unseen)
             log.error("Could not save %s after %s (%s: %s); the last checkpoint is %s", name,
-                      type(exception).__name__, type(error).__name__, error, self.last_model_path or "none")
+                      type(exception).__name__, type(error).__name__, error, self.last_model_path or "none",
+                      exc_info=error)
             return
         log.log(logging.WARNING if interrupted else logging.ERROR, "Stopped by %s: saved %s at iteration %d. Resume "
                 "with the run's command and %s (or, with %s, ckpt_path=auto)",

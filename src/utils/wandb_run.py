@@ -156,6 +156,12 @@ def finish_wandb_run(exit_code: int = 0, preempted: bool = False, keep=None) -> 
     (a notebook's `wandb.init()`), which is the caller's to end."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None and wandb.run is not keep:
-        if preempted:
-            wandb.run.mark_preempting()
-        wandb.finish(exit_code=exit_code)
+        run_folder = getattr(wandb.run, "dir", None)
+        try:
+            if preempted:
+                wandb.run.mark_preempting()
+            wandb.finish(exit_code=exit_code)
+        except Exception as error:   # (in the run's `finally`: it would replace the run's own error or result)
+            log.warning("wandb could not finish its run (%s: %s): the checkpoints and records are written; the "
+                        "dashboard may lack the run's end (`wandb sync` its folder, %s)", type(error).__name__, error,
+                        run_folder)
