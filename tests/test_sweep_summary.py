@@ -261,3 +261,21 @@ def test_seeds_group_by_their_settings_whatever_the_order_they_were_given_in(tmp
     lines = sweep_summary.write_summary(sweep, ["eval/fid"]).read_text().splitlines()
     assert "| a=1 | 2 of 2 | 5 | 10.5 ± 0.71 (n=2) |" in lines and "| a=x/y | 1 of 1 | 5 | 12 (n=1) |" in lines
     assert "| 2 | a=x/y seed=0 | completed | 5 | 12 |" in lines
+
+
+def test_a_failure_after_training_ended_joins_that_starts_own_completed_record(tmp_path):
+    """A run that trained to its end and then failed (a full disk at the loggers' last rows) kept
+    its "completed" record while the process failed: the sweep's table showed it completed."""
+    import time
+    started = time.time() - 1
+    ended = make_job(tmp_path / "sweep", 0, ["model=cyclegan"], metrics={"eval/fid": 12.5}, iteration=40,
+                     checkpoint="ckpt0")
+    write_failure(ended, OSError("No space left on device"), replace_older_than=started)
+    record = json.loads((ended / "final_metrics.json").read_text())
+    assert record["status"] == "failed" and record["error"] == "after training ended: OSError: No space left on device"
+    assert record["iteration"] == 40 and record["metrics"]["eval/fid"] == 12.5   # its results kept
+    rows = sweep_summary.write_summary(tmp_path / "sweep", ["eval/fid"]).read_text()
+    assert "| 0 | model=cyclegan | failed: after training ended: OSError: No space left on device | 40 | 12.5 |" in rows
+    # an earlier start's record (without replace_older_than: a start its checks refused) stays as it was
+    write_failure(ended, ValueError("refused"))
+    assert json.loads((ended / "final_metrics.json").read_text())["error"].startswith("after training ended")
