@@ -62,8 +62,13 @@ def test_ugatit_discriminator_shapes(n_layers, size, patches):
 
 
 def test_every_discriminator_conv_and_linear_is_spectrally_normalised():
-    for d in (UGATITDiscriminator(3, ndf=2, n_layers=5), NICEGANDiscriminator(3, ndf=2, n_layers=6)):
-        layers = [m for m in d.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    """(NICE-GAN's authors' code leaves its attention's fusion conv plain: attention=normalised
+    takes U-GAT-IT's form)"""
+    public = NICEGANDiscriminator(3, ndf=2, n_layers=6)
+    normalised = NICEGANDiscriminator(3, ndf=2, n_layers=6, attention="normalised")
+    for d in (UGATITDiscriminator(3, ndf=2, n_layers=5), normalised, public):
+        layers = [m for m in d.modules()
+                  if isinstance(m, (nn.Conv2d, nn.Linear)) and m is not public.encoder.attention.fuse]
         assert layers and all(hasattr(m, "weight_orig") for m in layers)
     plain = UGATITDiscriminator(3, ndf=2, n_layers=5, spectral=False)
     assert not any(hasattr(m, "weight_orig") for m in plain.modules())
@@ -316,3 +321,49 @@ def test_nicegan_without_spectral_norm_has_none_anywhere_in_its_discriminators_a
     before = [p.detach().clone() for p in model.D_A.parameters()]
     fit_one_batch(model, random_batch(cfg))
     assert any(not torch.equal(b, p) for b, p in zip(before, model.D_A.parameters()))
+
+
+def test_nicegans_attention_is_the_authors_codes_a_plain_fusion_conv_and_the_raw_classifier_weight():
+    """alpc91's NICE-GAN leaves the attention's 1x1 fusion conv without spectral norm and
+    rescales the feature map by `list(fc.parameters())[0]`, the unnormalised weight_orig: the
+    branch that gamma lets in is 1/sigma larger there than with both normalised."""
+    from src.nets.spectral_norm import has_spectral_norm
+    torch.manual_seed(0)
+    public, normalised = (NICEGANDiscriminator(3, ndf=2, n_layers=6, attention=form)
+                          for form in ("public_code", "normalised"))
+    assert not has_spectral_norm(public.encoder.attention.fuse)
+    assert has_spectral_norm(normalised.encoder.attention.fuse)
+    att = public.encoder.attention
+    with torch.no_grad():
+        att.gamma.fill_(0.5)
+    x = torch.randn(2, att.fuse.in_channels // 2, 5, 5)
+    out, logits, _ = att(x)
+    raw = att.classifier.fc.weight_orig[0]   # (the call above ran the power iteration)
+    w_gap, w_gmp = raw.split(x.shape[1])
+    weighted = torch.cat([x * w_gap[None, :, None, None], x * w_gmp[None, :, None, None]], 1)
+    torch.testing.assert_close(out, F.leaky_relu(0.5 * att.fuse(weighted) + x, 0.2))
+    normalised_weight = att.classifier.fc.weight[0]
+    torch.testing.assert_close(logits[:, 0], torch.cat([x.mean((2, 3)), x.amax((2, 3))], 1) @ normalised_weight)
+    assert not torch.allclose(raw, normalised_weight)
+    with pytest.raises(ValueError, match="model.discriminator.attention='plain' must be one of public_code, normalised"):
+        NICEGANDiscriminator(3, ndf=2, n_layers=6, attention="plain")
+
+
+def test_a_nicegan_checkpoint_from_before_the_attention_setting_loads_with_its_normalised_attention(
+        train_cfg, tmp_path):
+    cfg = train_cfg("model=nicegan", "data=shapes", "max_iters=1", *NO_EVALUATION,
+                    "model.discriminator.attention=normalised")
+    run_training(cfg)
+    checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    del checkpoint["hyper_parameters"]["discriminator"]["attention"]
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    model = load_model(old, use_ema=False)
+    for name, value in checkpoint["state_dict"].items():
+        assert torch.equal(model.state_dict()[name], value), name
+    assert model.hparams.discriminator["attention"] == "normalised"
+    resumed = train_cfg("model=nicegan", "data=shapes", "max_iters=2", *NO_EVALUATION, f"ckpt_path={old}")
+    resumed.paths.output_dir = str(tmp_path / "resumed")
+    with pytest.raises(ValueError, match="attention fusion conv is spectrally normalised.*"
+                                         "model.discriminator.attention=normalised"):
+        run_training(resumed)

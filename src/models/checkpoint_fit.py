@@ -189,6 +189,10 @@ def state_dict_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torc
         parts.append("its CAM has two classifiers, GAP's and GMP's (U-GAT-IT's PyTorch port): build them with "
                      "model.generator.cam_classifier=separate model.global_discriminator.cam_classifier=separate "
                      "model.local_discriminator.cam_classifier=separate")
+    if any(NORMALISED_NICE_FUSION_WEIGHT in key for key in unexpected):   # (an older NICE-GAN's)
+        parts.append("its discriminators' attention fusion conv is spectrally normalised (NICE-GAN's attention "
+                     "before the authors' code's became the default): build it with "
+                     "model.discriminator.attention=normalised")
     return "; ".join(parts) or None
 
 
@@ -335,6 +339,8 @@ def check_resume_seed(ckpt_path: str | Path, checkpoint: dict, seed: int, must_m
 
 #: a weight of the PyTorch port's two CAM classifiers (src/nets/cam.py, cam_classifier=separate)
 SEPARATE_CAM_WEIGHT = ".cam.classifier.gap_fc."
+#: NICE-GAN's attention fusion conv spectrally normalised (src/nets/nicegan.py, attention=normalised)
+NORMALISED_NICE_FUSION_WEIGHT = ".attention.fuse.weight_orig"
 
 
 def upgraded_hparams(hparams: dict, checkpoint: dict, model_class: type | None = None) -> dict:
@@ -351,7 +357,9 @@ def upgraded_hparams(hparams: dict, checkpoint: dict, model_class: type | None =
     - ProGAN/StyleGAN (`phase_images`) kept their optimizers' state across phases before
       `reset_optimizers_per_phase` existed.
     - U-GAT-IT's networks had two CAM classifiers (GAP and GMP, the PyTorch port's) before
-      `cam_classifier` existed; its default is now the paper's shared one."""
+      `cam_classifier` existed; its default is now the paper's shared one.
+    - NICE-GAN's discriminators normalised their attention's fusion conv and rescaled by the
+      normalised weight before `attention` existed; its default is now the authors' code's."""
     upgraded = dict(hparams)
     taken = None if model_class is None else accepted_arguments(model_class)   # None: cannot be told
 
@@ -363,6 +371,11 @@ def upgraded_hparams(hparams: dict, checkpoint: dict, model_class: type | None =
             if isinstance(node, dict) and str(node.get("_target_", "")).startswith("src.nets.ugatit.UGATIT") \
                     and "cam_classifier" not in node:
                 upgraded[key] = {**node, "cam_classifier": "separate"}
+    if any(NORMALISED_NICE_FUSION_WEIGHT in key for key in checkpoint.get("state_dict") or {}):
+        for key, node in upgraded.items():
+            if isinstance(node, dict) and node.get("_target_") == "src.nets.nicegan.NICEGANDiscriminator" \
+                    and "attention" not in node:
+                upgraded[key] = {**node, "attention": "normalised"}
     if "phase_iters" in upgraded and (taken is None or "phase_iters" not in taken):
         batch = int((checkpoint.get("datamodule_hyper_parameters") or {}).get("batch_size", 16))
         upgraded.update({"phase_images": int(upgraded.pop("phase_iters")) * batch, "batch_size": batch,

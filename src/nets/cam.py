@@ -18,8 +18,11 @@ The public codes differ in how the classifier treats the two pooled vectors; `cl
 All are bias-free, as in both PyTorch codes.
 
 The rescaling uses the classifier's effective weight, spectrally normalised when `spectral` is
-on, i.e. the weight the logits were computed with, as in the authors' TensorFlow code; the
-PyTorch ports read the raw `weight_orig` there instead.
+on, i.e. the weight the logits were computed with, as in U-GAT-IT's authors' TensorFlow code;
+with `raw_rescale` it reads the unnormalised `weight_orig`, as the PyTorch codes do
+(`list(fc.parameters())[0]`): NICE-GAN's authors' own code, which also leaves the 1x1 fusion
+conv without spectral norm (`plain_fusion`). The two scale the attention branch differently
+(by 1/sigma of the classifier and of the fusion conv), which its trainable gamma then meets.
 """
 import torch
 import torch.nn as nn
@@ -41,6 +44,13 @@ def spectral_norm_if(module: nn.Module, enabled: bool) -> nn.Module:
     return spectral_norm(module) if enabled else module
 
 
+def rescaling_weight(linear: nn.Module, raw: bool) -> torch.Tensor:
+    """A classifier layer's weight that rescales the feature map: the effective one (read after
+    the layer's call: with spectral norm the call is what computes it), or with `raw` the
+    unnormalised `weight_orig` where the layer is spectrally normalised."""
+    return linear.weight_orig if raw and hasattr(linear, "weight_orig") else linear.weight
+
+
 def activation_layer(name: str) -> nn.Module:
     """ReLU in the generators, LeakyReLU(0.2) in the discriminators."""
     if name == "relu":
@@ -51,37 +61,40 @@ def activation_layer(name: str) -> nn.Module:
 
 
 class _SeparateClassifier(nn.Module):
-    def __init__(self, channels: int, spectral: bool):
+    def __init__(self, channels: int, spectral: bool, raw_rescale: bool = False):
         super().__init__()
+        self.raw_rescale = raw_rescale
         self.gap_fc = spectral_norm_if(nn.Linear(channels, 1, bias=False), spectral)
         self.gmp_fc = spectral_norm_if(nn.Linear(channels, 1, bias=False), spectral)
 
     def forward(self, gap: torch.Tensor, gmp: torch.Tensor):
         logits = torch.cat([self.gap_fc(gap), self.gmp_fc(gmp)], 1)
-        # `.weight` is read after the call: with spectral norm the call is what computes it.
-        return logits, self.gap_fc.weight[0], self.gmp_fc.weight[0]
+        return (logits, rescaling_weight(self.gap_fc, self.raw_rescale)[0],
+                rescaling_weight(self.gmp_fc, self.raw_rescale)[0])
 
 
 class _SharedClassifier(nn.Module):
-    def __init__(self, channels: int, spectral: bool):
+    def __init__(self, channels: int, spectral: bool, raw_rescale: bool = False):
         super().__init__()
+        self.raw_rescale = raw_rescale
         self.fc = spectral_norm_if(nn.Linear(channels, 1, bias=False), spectral)
 
     def forward(self, gap: torch.Tensor, gmp: torch.Tensor):
         # One call for both inputs, so spectral norm runs one power iteration per forward.
         logits = self.fc(torch.stack([gap, gmp], 1)).squeeze(2)
-        return logits, self.fc.weight[0], self.fc.weight[0]
+        weight = rescaling_weight(self.fc, self.raw_rescale)[0]
+        return logits, weight, weight
 
 
 class _JointClassifier(nn.Module):
-    def __init__(self, channels: int, spectral: bool):
+    def __init__(self, channels: int, spectral: bool, raw_rescale: bool = False):
         super().__init__()
-        self.channels = channels
+        self.channels, self.raw_rescale = channels, raw_rescale
         self.fc = spectral_norm_if(nn.Linear(2 * channels, 1, bias=False), spectral)
 
     def forward(self, gap: torch.Tensor, gmp: torch.Tensor):
         logits = self.fc(torch.cat([gap, gmp], 1))
-        w_gap, w_gmp = self.fc.weight[0].split(self.channels)
+        w_gap, w_gmp = rescaling_weight(self.fc, self.raw_rescale)[0].split(self.channels)
         return logits, w_gap, w_gmp
 
 
@@ -96,12 +109,12 @@ class CAMAttention(nn.Module):
     """
 
     def __init__(self, channels: int, classifier: str = "separate", activation: str = "relu",
-                 spectral: bool = False):
+                 spectral: bool = False, raw_rescale: bool = False, plain_fusion: bool = False):
         super().__init__()
         if classifier not in _CLASSIFIERS:
             raise ValueError(f"Unknown CAM classifier '{classifier}'; choose one of {CLASSIFIER_TYPES}")
-        self.classifier = _CLASSIFIERS[classifier](channels, spectral)
-        self.fuse = spectral_norm_if(nn.Conv2d(2 * channels, channels, 1), spectral)
+        self.classifier = _CLASSIFIERS[classifier](channels, spectral, raw_rescale)
+        self.fuse = spectral_norm_if(nn.Conv2d(2 * channels, channels, 1), spectral and not plain_fusion)
         self.act = activation_layer(activation)
 
     def merge(self, fused: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -121,12 +134,13 @@ class ResidualCAMAttention(CAMAttention):
 
     Starting at gamma = 0 the block is the identity (plus activation), so the discriminator first
     learns plain features and lets the attention in as it becomes useful. Defaults follow NICE-GAN's
-    public code: one joint classifier, LeakyReLU(0.2), spectral norm.
+    public code: one joint classifier, LeakyReLU(0.2), spectral norm but on the fusion conv, the
+    rescaling by the classifier's raw weight.
     """
 
     def __init__(self, channels: int, classifier: str = "joint", activation: str = "lrelu",
-                 spectral: bool = True):
-        super().__init__(channels, classifier, activation, spectral)
+                 spectral: bool = True, raw_rescale: bool = True, plain_fusion: bool = True):
+        super().__init__(channels, classifier, activation, spectral, raw_rescale, plain_fusion)
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def merge(self, fused: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,12 @@ from src.nets.ugatit import N_DOWNSAMPLING, discriminator_conv, patch_logits_con
 NICE_LIN_RHO_INIT = 1.0 / (1.0 + math.exp(2.2))
 
 
+#: how the encoder's attention meets spectral norm (src/nets/cam.py): "public_code", the authors'
+#: code's (a plain 1x1 fusion conv, the feature map rescaled by the classifier's raw weight), or
+#: "normalised" (both normalised, as U-GAT-IT's; this codebase's form before the setting existed)
+ATTENTION_FORMS = ("public_code", "normalised")
+
+
 class NICEGANEncoder(nn.Module):
     """E: two stride-2 4x4 convs (C ndf, C 2ndf), then residual CAM attention.
 
@@ -31,12 +37,17 @@ class NICEGANEncoder(nn.Module):
     The latent is the attended map, the same tensor the classifier reads.
     """
 
-    def __init__(self, input_nc: int = 3, ndf: int = 64, spectral: bool = True, cam_classifier: str = "joint"):
+    def __init__(self, input_nc: int = 3, ndf: int = 64, spectral: bool = True, cam_classifier: str = "joint",
+                 attention: str = "public_code"):
         super().__init__()
+        if attention not in ATTENTION_FORMS:
+            raise ValueError(f"model.discriminator.attention={attention!r} must be one of {', '.join(ATTENTION_FORMS)}")
         self.latent_nc = ndf * 2 ** (N_DOWNSAMPLING - 1)
         self.features = nn.Sequential(discriminator_conv(input_nc, ndf, 2, spectral),
                                       discriminator_conv(ndf, self.latent_nc, 2, spectral))
-        self.attention = ResidualCAMAttention(self.latent_nc, classifier=cam_classifier, spectral=spectral)
+        public = attention == "public_code"
+        self.attention = ResidualCAMAttention(self.latent_nc, classifier=cam_classifier, spectral=spectral,
+                                              raw_rescale=public, plain_fusion=public)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.attention(self.features(x))
@@ -81,14 +92,14 @@ class NICEGANDiscriminator(nn.Module):
     `D.classify(latent)` and `G(latent)`.
 
     Parameter count at ndf 64, n_layers 7: 46,874,433, as in the public code. Every conv and
-    linear layer is spectrally normalised when `spectral` (the public code leaves the attention's
-    1x1 fusion conv unnormalised); spectral norm adds buffers only.
+    linear layer is spectrally normalised when `spectral`, but for the attention's 1x1 fusion conv
+    under `attention="public_code"` (`ATTENTION_FORMS`); spectral norm adds buffers only.
     """
 
     def __init__(self, input_nc: int = 3, ndf: int = 64, n_layers: int = 7, spectral: bool = True,
-                 cam_classifier: str = "joint"):
+                 cam_classifier: str = "joint", attention: str = "public_code"):
         super().__init__()
-        self.encoder = NICEGANEncoder(input_nc, ndf, spectral, cam_classifier)
+        self.encoder = NICEGANEncoder(input_nc, ndf, spectral, cam_classifier, attention)
         self.classifier = NICEGANClassifier(ndf, n_layers, spectral)
         self.latent_nc = self.encoder.latent_nc
 
