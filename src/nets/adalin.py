@@ -128,7 +128,11 @@ def clip_rho_(module: nn.Module) -> None:
     """Clamp every LIN/AdaLIN rho in `module` to [0, 1] in place; call after each generator step.
 
     A plain parameter with clipping is U-GAT-IT's mechanism (its `RhoClipper`); we use it for
-    NICE-GAN too instead of that code's softmax over (IN, LN) logits, so both models share it.
+    NICE-GAN too instead of that code's softmax over (IN, LN) logits, so both models share it
+    (SPEC allows either). The two start from the same rho and move it differently: an Adam step
+    of a softmax logit moves rho by rho(1 - rho) times as much (0.09 at 0.1 or 0.9), so NICE-GAN's
+    code's rho leaves its start about 10x slower, and its weight decay pulls the logits towards
+    rho = 0.5 where here it pulls rho towards 0 (layer norm).
     """
     rhos = [norm.rho for _, norm in _mix_norms(module)]
     if rhos:   # two fused passes, not a kernel per layer each generator step
