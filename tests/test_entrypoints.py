@@ -73,6 +73,11 @@ def test_multirun_table_names_a_failed_job_and_keeps_the_others(tmp_path, shared
     # the default data's class passes **kwargs to its bases: their settings are the ones it takes
     ("++data.crop_sise=64", "data.crop_sise is not a setting of ShapesDataModule (they are data_dir, name, size, "),
     ("model=progan ++model.phase_image=1000", "model.phase_image is not a setting of ProGAN (they are phase_images"),
+    # Lightning adds a ModelCheckpoint of its own where none is configured: epoch-end files, no last.ckpt
+    ("~callbacks.model_checkpoint", "No checkpoint callback configured: add callbacks.model_checkpoint"),
+    # the run passes its own loggers and callbacks: Lightning's TypeError named no setting
+    ("+trainer.logger=false", "trainer.logger=False: the run builds the trainer's logger from its own config"),
+    ("+trainer.enable_checkpointing=false", "trainer.enable_checkpointing=False: the run builds the trainer's "),
 ])
 def test_a_bad_setting_stops_the_run_before_training_naming_the_key(train_cfg, override, message):
     from hydra.errors import InstantiationException

@@ -572,10 +572,13 @@ def test_all_loggers_write_offline(train_cfg, monkeypatch):
     assert list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
 
 
-def test_a_run_without_logger_trains_and_checkpoints(train_cfg):
+@pytest.mark.parametrize("no_logger", ["logger=none", "logger.csv=null"])
+def test_a_run_without_logger_trains_and_checkpoints(train_cfg, no_logger):
     """logger=none: Lightning refuses its learning-rate monitor without a logger, so the default
-    callbacks drop it; the run still ends with its checkpoint and final metrics."""
-    cfg = train_cfg("logger=none", "max_iters=2")
+    callbacks drop it; the run still ends with its checkpoint and final metrics. (The only logger
+    turned off by its null, as every config group's item, kept the monitor: Lightning refused it
+    at the training's start.)"""
+    cfg = train_cfg(no_logger, "max_iters=2")
     metrics = run_training(cfg)
     run_dir = Path(cfg.paths.output_dir)
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "final_metrics.json").is_file()

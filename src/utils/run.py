@@ -14,7 +14,7 @@ import torch
 from lightning_fabric.plugins import CheckpointIO
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.accelerators import CUDAAccelerator
-from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
@@ -190,6 +190,12 @@ def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
     take_gradient_clipping(kwargs, model)
     use_durable_checkpoints(kwargs)
     refuse_loop_settings(kwargs)
+    for key, instead in (("logger", "logger=none, logger=csv or the logger group's entries"),
+                         ("callbacks", "the callbacks group (callbacks.<name>)"),
+                         ("enable_checkpointing", "callbacks.model_checkpoint, which every run needs")):
+        if key in kwargs:   # (Lightning's own: "got multiple values for keyword argument", or a run without checkpoints)
+            raise ValueError(f"trainer.{key}={kwargs[key]}: the run builds the trainer's {key.split('_')[-1]} from "
+                             f"its own config groups; set {instead}, and remove trainer.{key}")
     if kwargs.get("accumulate_grad_batches", 1) != 1:
         raise ValueError(f"trainer.accumulate_grad_batches={kwargs['accumulate_grad_batches']}: a GAN's players step "
                          f"in turn, each once per iteration, and the next player trains against the one just "
@@ -338,9 +344,12 @@ def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.C
     counting iterations (unless the bar is off, or the config names its own)."""
     callbacks = instantiate_list(cfg.get("callbacks"), "callbacks") + [RankSeed(), StopSignals(),
                                                                        FinalMetrics(cfg.paths.output_dir)]
-    if not logger_cfg and any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
+    # (`logger.csv=null` turns the only logger off too: a node of nulls builds none)
+    if not any(node is not None for node in (logger_cfg or {}).values()) \
+            and any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
         # Lightning refuses the monitor without a logger; the rates have nowhere to go then.
-        log.info("logger=none: the learning-rate monitor (callbacks.lr_monitor) is off, having no logger to write to")
+        log.info("No logger (logger=none): the learning-rate monitor (callbacks.lr_monitor) is off, having no logger "
+                 "to write to")
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     if logger_cfg and any(is_wandb_node(node) for node in logger_cfg.values()):
         callbacks.append(WandbRunIdCallback())
@@ -510,11 +519,13 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
     del resumed
     callbacks = build_callbacks(cfg, logger_cfg)
     callers_wandb_run = current_wandb_run()   # a notebook's own: not this training's to finish
-    loggers = instantiate_list(logger_cfg, "logger")
-    trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), callbacks=callbacks, logger=loggers or False)
-    if trainer.checkpoint_callback is None:
+    if not any(isinstance(cb, ModelCheckpoint) for cb in callbacks):
+        # (checked before the Trainer, which would add a ModelCheckpoint of its own: epoch-end
+        # files in the logger's folder, no last.ckpt, crash checkpoint or ckpt_path=auto)
         raise ValueError("No checkpoint callback configured: add callbacks.model_checkpoint "
                          "(see conf/callbacks/default.yaml) so the run ends with a checkpoint")
+    loggers = instantiate_list(logger_cfg, "logger")
+    trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), callbacks=callbacks, logger=loggers or False)
     if not found_by_auto:   # (auto took the most advanced file: none is further on) once every check passed
         set_aside_abandoned_checkpoints(cfg)
     code_revision = run_code_revision()   # (git's answer, asked once for the record and the loggers)
