@@ -65,8 +65,12 @@ def main(cfg: DictConfig) -> float | None:
     if not metric_name:
         return None
     if metric_name not in metrics:
-        raise ValueError(f"optimized_metric={metric_name} was not logged by this run "
-                         f"({closest_names(metric_name, metrics)}): set optimized_metric to one of the names this run logs")
+        error = ValueError(f"optimized_metric={metric_name} was not logged by this run "
+                           f"({closest_names(metric_name, metrics)}): set optimized_metric to one of the names this "
+                           f"run logs")
+        if is_rank_zero() and folder is not None:   # (its record said completed; the job fails)
+            write_failure(folder, error, replace_older_than=started)
+        raise error
     return objective_value(metric_name, float(metrics[metric_name]), sweeper_direction())
 
 

@@ -48,6 +48,10 @@ def test_a_name_whose_first_evaluation_is_the_last_is_left_to_the_end_of_the_run
         train_script.main(cfg)
     checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
     assert (checkpoints / "last.ckpt").is_file() and not (checkpoints / "crashed.ckpt").exists()
+    # the job fails: its record (and a sweep's table) must not say completed
+    record = json.loads((Path(cfg.paths.output_dir) / "final_metrics.json").read_text())
+    assert record["status"] == "failed" and "optimized_metric=eval/kid was not logged" in record["error"]
+    assert record["iteration"] == 1   # beside what the run did
 
 
 def test_a_name_logged_by_no_evaluation_is_named_with_the_closest_at_the_end(train_cfg):
