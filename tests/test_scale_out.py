@@ -865,6 +865,12 @@ def test_ema_resumes_exactly(train_cfg, tmp_path):
                        decay=0.9, start_iter=1)
         cfg.paths.output_dir = str(tmp_path / "other_decay")
         run_training(cfg)
+    # The EMA off on resume dropped the average without a word
+    with pytest.warns(UserWarning, match=r"holds an EMA of the generators, and this run keeps none .*"
+                                         r"callbacks.ema.enabled=true to continue it"):
+        cfg = train_cfg(*common, "max_iters=3", f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt")
+        cfg.paths.output_dir = str(tmp_path / "no_ema")
+        run_training(cfg)
 
 
 # ----- mixed precision ---------------------------------------------------------------------------

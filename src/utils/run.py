@@ -20,6 +20,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zer
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from src.callbacks.compile_networks import CompileNetworks
+from src.callbacks.ema import GeneratorEMA
 from src.callbacks.final_metrics import FinalMetrics
 from src.callbacks.image_budget import ImageBudget
 from src.callbacks.optimized_metric import OptimizedMetricCheck
@@ -516,8 +517,14 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
     # Read memory-mapped: kept through the fit, the mapping held the replaced last.ckpt's disk
     # space (GBs with optimizer moments and EMA) until the run ended, and on NFS a .nfs file in
     # checkpoints/ that `rm -r` calls busy.
+    resumed_an_average = resumed is not None and bool(resumed.get("ema"))
     del resumed
     callbacks = build_callbacks(cfg, logger_cfg)
+    if resumed_an_average and not any(isinstance(cb, GeneratorEMA) and cb.enabled for cb in callbacks):
+        rank_zero_warn(f"ckpt_path={cfg.ckpt_path} holds an EMA of the generators, and this run keeps none "
+                       f"(callbacks.ema off or removed): the average is dropped, so later checkpoints, grids and "
+                       f"evaluations have the trained weights only, whose FIDs are then compared with the "
+                       f"average's best. Pass callbacks.ema.enabled=true to continue it")
     callers_wandb_run = current_wandb_run()   # a notebook's own: not this training's to finish
     if not any(isinstance(cb, ModelCheckpoint) for cb in callbacks):
         # (checked before the Trainer, which would add a ModelCheckpoint of its own: epoch-end
