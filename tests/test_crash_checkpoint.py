@@ -613,3 +613,19 @@ def test_an_operation_without_a_deterministic_kernel_names_the_setting_that_runs
         torch.use_deterministic_algorithms(False)
     assert "trainer.deterministic=True stops at an operation torch has no deterministic kernel for" in caplog.text
     assert "trainer.deterministic=warn takes the deterministic kernels" in caplog.text
+
+
+def test_without_last_ckpt_the_record_and_the_runs_end_name_the_newest_periodic_file(train_cfg, caplog):
+    """With save_last=false (allowed beside save_top_k >= 1) last_model_path stays empty: the
+    record's checkpoint was null and the end said "Checkpoint to resume from: " with nothing."""
+    import json
+    cfg = train_cfg(*COMMON, "max_iters=2", "callbacks.model_checkpoint.save_last=false",
+                    "callbacks.model_checkpoint.every_n_iters=1", "callbacks.model_checkpoint.save_top_k=1",
+                    "callbacks.image_grid=null")
+    with caplog.at_level("INFO"):
+        run_training(cfg)
+    newest = f"{cfg.paths.output_dir}/checkpoints/iter_0000002.ckpt"
+    assert json.loads(Path(cfg.paths.output_dir, "final_metrics.json").read_text())["checkpoint"] == newest
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"Checkpoint to resume from: {newest}" in messages
+    assert not any(m.startswith("Sample grids") for m in messages)   # (no grid callback: no grids to point at)

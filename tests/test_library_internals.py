@@ -60,6 +60,8 @@ def test_the_private_instance_state_this_code_relies_on_exists():
     instances = {
         "ModelCheckpoint()._every_n_train_steps (src/callbacks/checkpoint.py)":
             lambda: pl.callbacks.ModelCheckpoint()._every_n_train_steps,
+        "ModelCheckpoint()._last_checkpoint_saved (src/callbacks/checkpoint.py)":
+            lambda: pl.callbacks.ModelCheckpoint()._last_checkpoint_saved,
         "Trainer._accelerator_connector.cluster_environment (src/callbacks/stop_signals.py)":
             lambda: trainer._accelerator_connector.cluster_environment,
         "Trainer._signal_connector.received_sigterm (src/callbacks/stop_signals.py)":

@@ -28,6 +28,12 @@ TORN_STEP_KEY = "inside_an_optimizer_step"
 INSIDE_ITERATION_KEY = "inside_an_iteration"
 
 
+def latest_checkpoint_path(callback: ModelCheckpoint) -> str:
+    """The file of a checkpoint callback's latest save: last.ckpt, or with `save_last=false` the
+    newest periodic file (where last_model_path stays empty); "" before any save."""
+    return callback.last_model_path or getattr(callback, "_last_checkpoint_saved", "") or callback.best_model_path
+
+
 class IterationCheckpoint(ModelCheckpoint):
     """Files are named by training iteration (`iter_0004000.ckpt`, like the sample grids), not
     by Lightning's default `epoch=0-step=8000` whose step counts optimizer steps. A `filename`
@@ -95,7 +101,7 @@ class IterationCheckpoint(ModelCheckpoint):
         """The periodic file and last.ckpt, once per step (a save of this step already made, or a
         sanity check, skips it)."""
         if not self._should_skip_saving_checkpoint(trainer):
-            refuse_saving_non_finite(trainer.lightning_module, self.last_model_path)
+            refuse_saving_non_finite(trainer.lightning_module, latest_checkpoint_path(self))
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
@@ -106,7 +112,7 @@ class IterationCheckpoint(ModelCheckpoint):
         added one full checkpoint per epoch to the periodic ones: on 8 GPUs a CycleGAN epoch of
         horse2zebra is 167 iterations. A resume from any batch-end checkpoint is exact."""
         if self.epoch_end_saves_asked:
-            refuse_saving_non_finite(pl_module, self.last_model_path)
+            refuse_saving_non_finite(pl_module, latest_checkpoint_path(self))
             super().on_train_epoch_end(trainer, pl_module)   # its every_n_epochs
         last_epoch = trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
         # Saved here whatever every_n_epochs says (an N that does not divide max_epochs, or 0),
@@ -151,7 +157,7 @@ class IterationCheckpoint(ModelCheckpoint):
             tensor = None
         if tensor is not None:   # a diverged run: its last checkpoint holds what is worth keeping
             log.error("%s: no %s written, %s is not finite; the last checkpoint is %s", type(exception).__name__,
-                      name, tensor, self.last_model_path or "none")
+                      name, tensor, latest_checkpoint_path(self) or "none")
             return
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
         # Inside the training step (its start hooks ran, this callback's too): the resumed run
@@ -183,7 +189,7 @@ class IterationCheckpoint(ModelCheckpoint):
         except Exception as error:   # the run's own error is what must reach the user
             # (with its traceback: a fault of the code here would otherwise cost every crash its checkpoint unseen)
             log.error("Could not save %s after %s (%s: %s); the last checkpoint is %s", name,
-                      type(exception).__name__, type(error).__name__, error, self.last_model_path or "none",
+                      type(exception).__name__, type(error).__name__, error, latest_checkpoint_path(self) or "none",
                       exc_info=error)
             return
         log.log(logging.WARNING if interrupted else logging.ERROR, "Stopped by %s: saved %s at iteration %d. Resume "

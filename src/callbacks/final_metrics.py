@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+from src.callbacks.checkpoint import latest_checkpoint_path
 from src.utils.run_results import completed_metrics, write_final_metrics
 
 
@@ -56,7 +57,7 @@ class FinalMetrics(pl.Callback):
             return
         from src.callbacks.fid_kid import FidKidCallback   # imported late: it loads the metrics stack
         fid = next((c for c in trainer.callbacks if isinstance(c, FidKidCallback)), None)
-        checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
+        checkpoint = latest_checkpoint_path(trainer.checkpoint_callback) if trainer.checkpoint_callback else None
         metrics = self.run_metrics(trainer)
         if fid is None:
             write_final_metrics(self.run_dir, metrics, pl_module.iteration, checkpoint or None)

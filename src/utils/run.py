@@ -20,9 +20,11 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zer
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from src.callbacks.compile_networks import CompileNetworks
+from src.callbacks.checkpoint import latest_checkpoint_path
 from src.callbacks.ema import GeneratorEMA
 from src.callbacks.final_metrics import FinalMetrics
 from src.callbacks.image_budget import ImageBudget
+from src.callbacks.image_grid import ImageGridCallback
 from src.callbacks.optimized_metric import OptimizedMetricCheck
 from src.callbacks.progress import iteration_progress_bar
 from src.callbacks.rank_seed import RankSeed
@@ -592,10 +594,12 @@ def log_where_the_results_are(trainer: pl.Trainer, run_dir: Path, max_iters: int
     if (iteration := record.get("iteration")) is not None:
         reached = f" (max_iters={max_iters} reached)" if max_iters and iteration >= max_iters else ""
         log.info("Training ended at iteration %d%s", iteration, reached)
-    last = trainer.checkpoint_callback.last_model_path
+    last = latest_checkpoint_path(trainer.checkpoint_callback)
     log.info("Run directory: %s", run_dir)
-    log.info("Checkpoint to resume from: %s", last)
-    log.info("Sample grids: %s; scores of the run: %s", run_dir / "samples", run_dir / FINAL_METRICS)
+    log.info("Checkpoint to resume from: %s", last or "none (no checkpoint was written)")
+    if any(isinstance(cb, ImageGridCallback) for cb in trainer.callbacks):
+        log.info("Sample grids: %s", run_dir / "samples")
+    log.info("Scores of the run: %s", run_dir / FINAL_METRICS)
     fid = next((cb for cb in trainer.callbacks if hasattr(cb, "best_checkpoint_path")), None)   # FidKidCallback
     if "best_fid" in record:
         best = fid.best_checkpoint_path(trainer) if fid is not None else None
