@@ -869,3 +869,32 @@ def test_a_length_in_epochs_far_past_the_papers_runs_is_said_with_the_fix(train_
     fixed = train_cfg("model=cyclegan", "max_iters=8", "model.lr_schedule.unit=iteration",
                       "model.lr_schedule.constant=half", "model.lr_schedule.decay=half")
     assert (fixed.model.lr_schedule.constant, fixed.model.lr_schedule.decay) == ("half", "half")
+
+
+@pytest.mark.parametrize("model_name, off, passes_saved", [
+    ("cyclegan", ["loss.weights.cycle=0"], 4),   # (its identity weight is a share of the cycle's: off too)
+    ("ugatit", ["loss.weights.cycle=0"], 2), ("nicegan", ["loss.weights.cycle=0"], 2),
+    ("nicegan", ["loss.weights.reconstruction=0"], 2), ("ugatit", ["loss.weights.identity=0", "loss.weights.cam=0"], 2),
+])
+def test_a_term_weighted_zero_costs_no_generator_pass_and_leaves_the_others(train_cfg, model_name, off, passes_saved):
+    """A weight of 0 turns a term off (its error message says so), but the reconstructions were
+    still made and back-propagated: two generator passes each, and 0 x an overflowing term is NaN."""
+    def one_iteration(*overrides):
+        torch.manual_seed(0)
+        cfg = train_cfg(f"model={model_name}", f"data={DATA_OF[model_name]}", *overrides)
+        model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+        passes, logged = [], {}
+        for name in ("G_A", "G_B", "G_AB", "G_BA"):
+            if hasattr(model, name):
+                getattr(model, name).register_forward_hook(lambda *_: passes.append(1))
+        original = model.log_losses
+        model.log_losses = lambda terms, totals, n: (logged.update(terms), original(terms, totals, n))
+        fit_one_batch(model, random_batch(cfg))
+        return len(passes), {k: float(v) for k, v in logged.items()}
+
+    passes_on, terms_on = one_iteration()
+    passes_off, terms_off = one_iteration(*off)
+    assert passes_off == passes_on - passes_saved
+    assert set(terms_off) < set(terms_on)   # the turned-off terms are not logged as if computed
+    adversarial = [name for name in terms_on if "adv" in name]
+    assert adversarial and all(terms_off[name] == pytest.approx(terms_on[name]) for name in adversarial)

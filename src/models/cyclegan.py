@@ -83,6 +83,8 @@ class CycleGAN(TranslationModel):
             fake = forward(real)
             fakes[target] = fake.detach()
             losses[f"G_{source}_adv"] = self.adversarial(judge(fake), True, for_discriminator=False)
+            if self.weight("cycle") == 0:   # off: no reconstruction pass (nor 0 x an overflowing term)
+                return losses[f"G_{source}_adv"]
             losses[f"cycle_{source}"] = F.l1_loss(backward(fake), real) * self.weight("cycle")
             return losses[f"G_{source}_adv"] + losses[f"cycle_{source}"]
 

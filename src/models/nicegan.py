@@ -131,6 +131,8 @@ class NICEGAN(TranslationModel):
             forward, backward = (self.G_AB, self.G_BA) if source == "A" else (self.G_BA, self.G_AB)
             out_fake = self.discriminator_of(target)(forward(z[source]))
             losses[f"adv_{target}"] = self.weight("adversarial") * self.adversarial_terms(out_fake, True, False)
+            if self.weight("cycle") == 0:   # off: no reconstruction pass (nor 0 x an overflowing term)
+                return losses[f"adv_{target}"]
             losses[f"cycle_{source}"] = self.weight("cycle") * F.l1_loss(backward(out_fake[4]), batch[source])
             return losses[f"adv_{target}"] + losses[f"cycle_{source}"]
 
@@ -143,9 +145,11 @@ class NICEGAN(TranslationModel):
             # Three independent parts of one objective, each back-propagated before the next is
             # built, as CycleGAN's are: the step holds two generator passes' activations at a time
             # instead of six (the gradients are their sum's, added in another order).
-            loss_g = self.update(opt_g, lambda: translate_and_cycle("A"), lambda: translate_and_cycle("B"),
-                                 reconstruction)
-        losses = {**{name: losses[name] for name in LOGGED_TERMS},
+            parts = [lambda: translate_and_cycle("A"), lambda: translate_and_cycle("B")]
+            if self.weight("reconstruction") > 0:
+                parts.append(reconstruction)
+            loss_g = self.update(opt_g, *parts)
+        losses = {**{name: losses[name] for name in LOGGED_TERMS if name in losses},
                   **{name: self.weight("adversarial") * penalty.detach() for name, penalty in penalties.items()}}
         clip_rho_(self.G_AB)
         clip_rho_(self.G_BA)

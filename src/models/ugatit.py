@@ -125,9 +125,10 @@ class UGATIT(TranslationModel):
             fake, cam_src = (fake_AB, cam_AB_src) if source == "A" else (fake_BA, cam_BA_src)
             backward = self.G_BA if source == "A" else self.G_AB
             # CAM of a generator: its source domain -> 1, its target domain -> 0 (`identity`).
-            return (term(f"adv_{target}", self.weight("adversarial") * self.adversarial_terms(target, fake, True, False))
-                    + term(f"cycle_{source}", self.weight("cycle") * F.l1_loss(backward(fake)[0], batch[source]))
-                    + term(f"cam_{target}", self.weight("cam") * cam_bce(cam_src, True)))
+            loss = term(f"adv_{target}", self.weight("adversarial") * self.adversarial_terms(target, fake, True, False))
+            if self.weight("cycle") > 0:   # 0: off, no reconstruction pass (nor 0 x an overflowing term)
+                loss = loss + term(f"cycle_{source}", self.weight("cycle") * F.l1_loss(backward(fake)[0], batch[source]))
+            return loss + term(f"cam_{target}", self.weight("cam") * cam_bce(cam_src, True))
 
         def identity() -> torch.Tensor:
             idt_A, cam_BA_tgt, _ = self.G_BA(real_A)
@@ -141,8 +142,11 @@ class UGATIT(TranslationModel):
             # Three independent parts of one objective, each back-propagated before the next is
             # built, as CycleGAN's are: the step holds three generator passes' activations at a
             # time instead of six (the gradients are their sum's, added in another order).
-            loss_g = self.update(opt_g, lambda: translate_and_cycle("A"), lambda: translate_and_cycle("B"), identity)
-        losses = {**{name: terms[name] for name in LOGGED_TERMS}, **penalties}
+            parts = [lambda: translate_and_cycle("A"), lambda: translate_and_cycle("B")]
+            if self.weight("identity") > 0 or self.weight("cam") > 0:   # (the target-CAM term needs the same pass)
+                parts.append(identity)
+            loss_g = self.update(opt_g, *parts)
+        losses = {**{name: terms[name] for name in LOGGED_TERMS if name in terms}, **penalties}
         clip_rho_(self.G_AB)
         clip_rho_(self.G_BA)
 
