@@ -629,3 +629,32 @@ def test_without_last_ckpt_the_record_and_the_runs_end_name_the_newest_periodic_
     messages = [r.getMessage() for r in caplog.records]
     assert f"Checkpoint to resume from: {newest}" in messages
     assert not any(m.startswith("Sample grids") for m in messages)   # (no grid callback: no grids to point at)
+
+
+def test_a_failure_in_the_last_iterations_evaluation_resumes_to_a_record_of_the_last_state(train_cfg, monkeypatch,
+                                                                                            caplog):
+    """The last iteration's FID failing saved crashed.ckpt (counted as past that iteration's end
+    work, as Lightning counts a checkpoint saved there) before last.ckpt was written. Resumed,
+    the finished fit trains and evaluates nothing: its record named last.ckpt, a state one
+    periodic save old, and said nothing of the missing evaluation."""
+    import json
+
+    from src.callbacks.fid_kid import FidKidCallback
+    cfg = train_cfg("model=cyclegan", "data.max_dataset_size=4", "seed=7", "max_iters=2",
+                    "callbacks.fid_kid.every_n_iters=0", "++callbacks.latent=null",
+                    "++callbacks.shapes_truth=null", "callbacks.model_checkpoint.every_n_iters=1")
+    def out_of_memory(*args):
+        raise RuntimeError("CUDA out of memory")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FidKidCallback, "evaluate", out_of_memory)
+        with pytest.raises(RuntimeError, match="CUDA out of memory"):
+            run_training(cfg)
+    checkpoints = Path(cfg.paths.output_dir, "checkpoints")
+    assert crash_file(cfg, "crashed.ckpt")["global_step"] == crash_file(cfg, "last.ckpt")["global_step"] + 2
+    cfg.ckpt_path = "auto"
+    with pytest.warns(UserWarning, match=r"FidKidCallback did not evaluate the run's last iteration \(2\).*"
+                                         r"python src/eval.py ckpt_path=.*crashed.ckpt"):
+        run_training(cfg)
+    record = json.loads(Path(cfg.paths.output_dir, "final_metrics.json").read_text())
+    assert record["status"] == "completed" and record["checkpoint"] == str(checkpoints / "crashed.ckpt")

@@ -6,17 +6,20 @@ launching process gets the metrics back but not the model's step count or the ca
 state (the best FID), so the file could not be written after `fit` returns there.
 
 Every checkpoint carries the metrics as of its save. A run resumed at its end trains and logs
-nothing; where it has no "completed" record (stopped in its last iteration by a preemption, or
-killed between its last save and the record) it writes one from them, so that a search still
-gets its trial's value.
+nothing; where it has no "completed" record (stopped in its last iteration by a preemption or a
+failing evaluation, or killed between its last save and the record) it writes one from them,
+naming the checkpoint it resumed from and warning of the evaluations the last iteration
+missed, so that a search still gets its trial's value.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_warn
 
 from src.callbacks.checkpoint import latest_checkpoint_path
+from src.data.download import pasteable_override
 from src.utils.run_results import completed_metrics, write_final_metrics
 
 
@@ -48,6 +51,20 @@ class FinalMetrics(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args, **kwargs) -> None:
         self.trained = True
 
+    @staticmethod
+    def warn_of_missed_evaluations(trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: str) -> None:
+        """A run resumed at its end evaluates nothing (Lightning skips a finished fit's loop and
+        its end): where the fit that reached the end stopped before its last evaluations (one
+        of them failing), they are missing from the run's scores, which must say so."""
+        from src.callbacks.periodic_evaluation import PeriodicEvaluation
+        missed = [type(cb).__name__ for cb in trainer.callbacks if isinstance(cb, PeriodicEvaluation)
+                  and cb.enabled and cb.last_evaluated != pl_module.iteration]
+        if missed:
+            rank_zero_warn(f"{', '.join(missed)} did not evaluate the run's last iteration ({pl_module.iteration}): "
+                           f"the run reached it, but stopped before that evaluation, and a resume of a finished run "
+                           f"trains and evaluates nothing. Score its last state with python src/eval.py "
+                           f"{pasteable_override('ckpt_path', checkpoint, prefix='')}")
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
@@ -58,6 +75,12 @@ class FinalMetrics(pl.Callback):
         from src.callbacks.fid_kid import FidKidCallback   # imported late: it loads the metrics stack
         fid = next((c for c in trainer.callbacks if isinstance(c, FidKidCallback)), None)
         checkpoint = latest_checkpoint_path(trainer.checkpoint_callback) if trainer.checkpoint_callback else None
+        if not self.trained and trainer.ckpt_path and Path(trainer.ckpt_path).is_file():
+            # Resumed at its end, the fit trained nothing: the file it resumed from holds the run's
+            # last state (crashed.ckpt, written when the last iteration's end work failed, is
+            # newer than last.ckpt, which that failure kept from being written).
+            checkpoint = str(trainer.ckpt_path)
+            self.warn_of_missed_evaluations(trainer, pl_module, checkpoint)
         metrics = self.run_metrics(trainer)
         if fid is None:
             write_final_metrics(self.run_dir, metrics, pl_module.iteration, checkpoint or None)

@@ -164,6 +164,11 @@ class PeriodicEvaluation(pl.Callback):
         continues (not the evaluation's seeded ones)."""
 
     @property
+    def last_evaluated(self) -> int:
+        """The iteration of the run's last evaluation (-1: none), a resumed one's included."""
+        return self._last_evaluated
+
+    @property
     def has_evaluated(self) -> bool:
         """Whether an evaluation of this fit has run (and logged what it logs): not one of the run
         before a resume, whose logged values this fit's metrics do not hold."""
