@@ -1,6 +1,7 @@
 """Scaling out: DDP (2 CPU processes) for every model, multirun with DDP and Optuna, the EMA of
 the generators, mixed precision, wandb run identity, and the SLURM launcher config."""
 import contextlib
+import json
 import csv
 import logging
 import math
@@ -1370,6 +1371,31 @@ def test_a_ddp_multirun_job_whose_launched_rank_fails_fails_alone(tmp_path, shar
     assert "| 0 | +callbacks.fail.rank=1 | failed: " in table, table
     assert "| 1 | +callbacks.fail.rank=-1 | completed | 2 |" in table, table
     assert (sweep_dir / "1" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_single_ddp_run_whose_launched_rank_fails_leaves_its_crash_checkpoint_and_record(tmp_path,
+                                                                                          shared_data_dir):
+    """Outside a multirun too, Lightning's observer SIGKILLed rank 0 at once when a launched rank
+    failed (an out-of-memory error on GPU 1, a bad image in its share): no crash checkpoint, no
+    failed record (an earlier start's "completed" stayed), no finished wandb run."""
+    cmd, env = train_command("trainer=ddp_sim", "+callbacks.fail._target_=tests.scripts.ddp_probe.FailOnRank",
+                             "+callbacks.fail.rank=1", "+callbacks.fail.others_busy_s=8", "max_iters=4",
+                             *NO_EVALUATION, cwd=tmp_path,
+                             data_dir=shared_data_dir)
+    log_path = tmp_path / "log.txt"
+    with log_path.open("w") as log:
+        run = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        status = run.wait(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+    output = log_path.read_text()
+    assert status == 1, output[-4000:]   # failed, not killed (-9)
+    (run_dir,) = (tmp_path / "logs" / "smoke" / "runs").iterdir()
+    assert json.loads((run_dir / "final_metrics.json").read_text())["status"] == "failed", output[-4000:]
+    assert (run_dir / "checkpoints" / "crashed.ckpt").is_file(), output[-4000:]
 
 
 def test_the_rank_watch_stops_a_failed_jobs_other_ranks_and_then_waits_for_rank_zero(monkeypatch):

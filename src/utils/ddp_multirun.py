@@ -30,6 +30,11 @@ So, on rank 0 of a multirun job (`job_shared_with_launched_ranks`):
 A launched rank (`argv_for_launched_rank`, called by src/train.py before Hydra parses the
 command line) replaces its command line by that one job's, as a single run in the same run dir.
 
+A single run (no multirun) whose Trainer launches its ranks gets the watch and the wait too:
+Lightning's observer SIGKILLed its rank 0 within seconds of a launched rank's failure (an
+out-of-memory error on GPU 1, a bad image in that rank's share), before it could write its crash
+checkpoint and failure record or finish its wandb run.
+
 Ranks started by an external launcher (torchrun, SLURM's srun) do not go through this: each
 process runs the command it was given, so there a sweep must not sample per process (use the
 submitit launcher, which runs every job as one SLURM job of N tasks; see README).
@@ -116,8 +121,12 @@ def _job_spec() -> dict:
 
 def launches_ranks_for_multirun_job(trainer) -> bool:
     """True on rank 0 of a Hydra multirun job whose Trainer will launch the other ranks itself."""
-    if not is_multirun():
-        return False
+    return is_multirun() and launches_ranks_itself(trainer)
+
+
+def launches_ranks_itself(trainer) -> bool:
+    """True on rank 0 of a run whose Trainer will launch the other ranks itself (Lightning's
+    subprocess launcher; not ranks that srun or torchrun started)."""
     launcher = getattr(trainer.strategy, "launcher", None)
     # Imported here, as torch.distributed below: src/train.py imports this module before torch,
     # which must not load until the allocator is configured (src/utils/allocator.py).
@@ -129,8 +138,10 @@ def launches_ranks_for_multirun_job(trainer) -> bool:
 
 @contextlib.contextmanager
 def job_shared_with_launched_ranks(trainer):
-    """Around `trainer.fit` (see the module docstring); does nothing outside a multirun job."""
-    if not launches_ranks_for_multirun_job(trainer):
+    """Around `trainer.fit` (see the module docstring); outside a multirun job, the watch alone
+    (where the Trainer launches its ranks itself), nothing else."""
+    multirun = launches_ranks_for_multirun_job(trainer)
+    if not multirun and not launches_ranks_itself(trainer):
         yield
         return
     from pytorch_lightning.strategies.launchers import subprocess_script
@@ -138,11 +149,12 @@ def job_shared_with_launched_ranks(trainer):
     watches: list[LaunchedRankWatch] = []
 
     def watch_launched_ranks(child_processes: list[subprocess.Popen]) -> None:
-        watches.append(LaunchedRankWatch(child_processes))
+        watches.append(LaunchedRankWatch(child_processes, multirun=multirun))
         watches[-1].start()
 
     with environment_restored((DDP_JOB_ENV, *LAUNCHER_ENV)):
-        os.environ[DDP_JOB_ENV] = json.dumps(_job_spec())
+        if multirun:
+            os.environ[DDP_JOB_ENV] = json.dumps(_job_spec())
         failed = False
         try:
             # Lightning's launcher starts its observer through this module-level name.
@@ -162,24 +174,26 @@ def job_shared_with_launched_ranks(trainer):
                 dist.destroy_process_group()
     bad = {rank: "stuck, stopped" if code is None else code for rank, code in codes.items() if code != 0}
     if bad and not failed:
-        raise RuntimeError(f"Ranks of this multirun job exited with codes {bad}")
+        raise RuntimeError(f"Ranks launched beside rank 0 exited with codes {bad}")
 
 
-def stop_the_sweep() -> None:
+def stop_this_process() -> None:
     """What Lightning's observer does at once: only a kill ends a process stuck in a collective
     (Windows has no SIGKILL; Lightning sends SIGTERM there)."""
     os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 class LaunchedRankWatch(threading.Thread):
-    """Watches one multirun job's launched ranks while rank 0 trains (see the module docstring):
-    once one exits with an error, stops the others and gives rank 0 `grace_s` to end the job
-    (`job_ended`), then calls `stop` (the sweep's process, as Lightning's observer would at once)."""
+    """Watches one job's launched ranks while rank 0 trains (see the module docstring): once one
+    exits with an error, stops the others and gives rank 0 `grace_s` to end the job
+    (`job_ended`), then calls `stop` (this process, the sweep's in a `multirun`, as Lightning's
+    observer would at once)."""
 
     def __init__(self, child_processes: list[subprocess.Popen], poll_s: float = 1.0,
-                 grace_s: float = FAILED_RANK_GRACE_S, stop=stop_the_sweep):
-        super().__init__(daemon=True, name="multirun-job-rank-watch")
+                 grace_s: float = FAILED_RANK_GRACE_S, stop=stop_this_process, multirun: bool = True):
+        super().__init__(daemon=True, name="launched-rank-watch")
         self.child_processes, self.poll_s, self.grace_s, self.stop = child_processes, poll_s, grace_s, stop
+        self.multirun = multirun
         self.job_ended = threading.Event()
 
     def run(self) -> None:
@@ -188,14 +202,15 @@ class LaunchedRankWatch(threading.Thread):
             failed = {rank: code for rank, code in codes.items() if code not in (None, 0)}
             if not failed:
                 continue
-            log.error("Rank(s) of this job exited with codes %s: stopping its other ranks; the job fails "
-                      "and the sweep goes on", failed)
+            log.error("Rank(s) of this job exited with codes %s: stopping its other ranks; the job fails%s", failed,
+                      " and the sweep goes on" if self.multirun else " (rank 0 saves its crash checkpoint and record)")
             for proc in self.child_processes:
                 if proc.poll() is None:
                     proc.kill()
             if not self.job_ended.wait(self.grace_s):
-                log.error("Rank 0 is still in the job %d s after its other ranks ended: stuck in a "
-                          "collective with them; stopping the sweep (its later jobs do not run)", self.grace_s)
+                log.error("Rank 0 is still in the job %d s after its other ranks ended: stuck in a collective with "
+                          "them; stopping %s", self.grace_s,
+                          "the sweep (its later jobs do not run)" if self.multirun else "it")
                 self.stop()
             return
 

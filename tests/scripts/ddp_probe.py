@@ -7,6 +7,7 @@ on (series: their indices), its RNG state at the first batch, the weights the sa
 callbacks saw at train end (the EMA when enabled), the weights the fit started from and the
 trained weights.
 """
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -55,11 +56,15 @@ class RankProbe(pl.Callback):
 class FailOnRank(pl.Callback):
     """Raises on global rank `rank` (-1: none) at the end of its first batch: a job one of whose
     ranks fails while the others train on (`+callbacks.fail._target_=tests.scripts.ddp_probe.FailOnRank
-    +callbacks.fail.rank=1`)."""
+    +callbacks.fail.rank=1`). The others first spend `others_busy_s` there outside any collective,
+    as a rank in a long step or evaluation is (where a collective with the failed rank fails at
+    once, as gloo's does, a rank reaches its error before any observer looks)."""
 
-    def __init__(self, rank: int):
-        self.rank = rank
+    def __init__(self, rank: int, others_busy_s: float = 0.0):
+        self.rank, self.others_busy_s = rank, others_busy_s
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_rank == self.rank:
             raise RuntimeError(f"FailOnRank: rank {self.rank} fails on purpose")
+        if batch_idx == 0 and self.others_busy_s:
+            time.sleep(self.others_busy_s)
