@@ -366,7 +366,7 @@ def test_auto_refuses_a_checkpoint_of_other_settings_and_a_named_one_warns(train
     run_training(train_cfg(*PIX2PIX, "max_iters=2"))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     with pytest.raises(ValueError, match=r"ckpt_path=auto found .*last.ckpt, written by a run with other settings "
-                                         r"\(model.loss.weights.l1=100.0 -> 5; model.optimizer.lr=0.0002 -> 0.001\)"):
+                                         r"\(loss.weights.l1=100.0 -> 5; model.optimizer.lr=0.0002 -> 0.001\)"):
         run_training(train_cfg(*PIX2PIX, "max_iters=4", "ckpt_path=auto", "loss.weights.l1=5",
                                "model.optimizer.lr=1e-3"))
     with warnings.catch_warnings(record=True) as caught:
