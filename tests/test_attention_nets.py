@@ -261,29 +261,40 @@ def test_the_cam_heatmap_paints_each_images_strongest_attention_red_and_weakest_
     assert grey.shape == (2, 3, 8, 8) and torch.equal(grey, torch.zeros(2, 3, 8, 8))
 
 
-def test_a_ugatit_checkpoint_from_before_the_cam_classifier_setting_loads_with_its_two_classifiers(
-        train_cfg, tmp_path):
-    """U-GAT-IT had the PyTorch port's two CAM classifiers before `cam_classifier` existed; its
-    default is now the paper's shared one, so an older checkpoint's networks did not fit."""
-    cfg = train_cfg("model=ugatit", "data=shapes", "max_iters=1", *NO_EVALUATION,
-                    *(f"model.{net}.cam_classifier=separate" for net in
-                      ("generator", "global_discriminator", "local_discriminator")))
+def older_checkpoint_loads_with_its_settings(train_cfg, tmp_path, model_name: str, written_with: list[str],
+                                            dropped: dict[str, str], refused: str):
+    """A `model_name` checkpoint written with the `written_with` overrides, stripped of the
+    settings `dropped` ({network: setting}) as a file from before they existed: loaded, its
+    networks are whole (the upgrade gives the settings back); resumed, a run that builds
+    today's defaults is refused with a message matching `refused`. Returns the loaded model."""
+    cfg = train_cfg(f"model={model_name}", "data=shapes", "max_iters=1", *NO_EVALUATION, *written_with)
     run_training(cfg)
     checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
-    for net in ("generator", "global_discriminator", "local_discriminator"):
-        del checkpoint["hyper_parameters"][net]["cam_classifier"]
+    for net, setting in dropped.items():
+        del checkpoint["hyper_parameters"][net][setting]
     old = tmp_path / "old.ckpt"
     torch.save(checkpoint, old)
     model = load_model(old, use_ema=False)
     for name, value in checkpoint["state_dict"].items():
         assert torch.equal(model.state_dict()[name], value), name
-    assert model.hparams.generator["cam_classifier"] == "separate"
     # A resume builds the networks of this run's settings: refused, naming the settings that fit
-    resumed = train_cfg("model=ugatit", "data=shapes", "max_iters=2", *NO_EVALUATION, f"ckpt_path={old}")
+    resumed = train_cfg(f"model={model_name}", "data=shapes", "max_iters=2", *NO_EVALUATION, f"ckpt_path={old}")
     resumed.paths.output_dir = str(tmp_path / "resumed")
-    with pytest.raises(ValueError, match="two classifiers.*model.generator.cam_classifier=separate "
-                                         "model.global_discriminator.cam_classifier=separate"):
+    with pytest.raises(ValueError, match=refused):
         run_training(resumed)
+    return model
+
+
+def test_a_ugatit_checkpoint_from_before_the_cam_classifier_setting_loads_with_its_two_classifiers(
+        train_cfg, tmp_path):
+    """U-GAT-IT had the PyTorch port's two CAM classifiers before `cam_classifier` existed; its
+    default is now the paper's shared one, so an older checkpoint's networks did not fit."""
+    networks = ("generator", "global_discriminator", "local_discriminator")
+    model = older_checkpoint_loads_with_its_settings(
+        train_cfg, tmp_path, "ugatit", [f"model.{net}.cam_classifier=separate" for net in networks],
+        dict.fromkeys(networks, "cam_classifier"),
+        "two classifiers.*model.generator.cam_classifier=separate model.global_discriminator.cam_classifier=separate")
+    assert model.hparams.generator["cam_classifier"] == "separate"
 
 
 def test_an_older_checkpoints_upgrades_leave_a_newer_model_that_shares_a_name_alone():
@@ -351,19 +362,7 @@ def test_nicegans_attention_is_the_authors_codes_a_plain_fusion_conv_and_the_raw
 
 def test_a_nicegan_checkpoint_from_before_the_attention_setting_loads_with_its_normalised_attention(
         train_cfg, tmp_path):
-    cfg = train_cfg("model=nicegan", "data=shapes", "max_iters=1", *NO_EVALUATION,
-                    "model.discriminator.attention=normalised")
-    run_training(cfg)
-    checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
-    del checkpoint["hyper_parameters"]["discriminator"]["attention"]
-    old = tmp_path / "old.ckpt"
-    torch.save(checkpoint, old)
-    model = load_model(old, use_ema=False)
-    for name, value in checkpoint["state_dict"].items():
-        assert torch.equal(model.state_dict()[name], value), name
+    model = older_checkpoint_loads_with_its_settings(
+        train_cfg, tmp_path, "nicegan", ["model.discriminator.attention=normalised"], {"discriminator": "attention"},
+        "attention fusion conv is spectrally normalised.*model.discriminator.attention=normalised")
     assert model.hparams.discriminator["attention"] == "normalised"
-    resumed = train_cfg("model=nicegan", "data=shapes", "max_iters=2", *NO_EVALUATION, f"ckpt_path={old}")
-    resumed.paths.output_dir = str(tmp_path / "resumed")
-    with pytest.raises(ValueError, match="attention fusion conv is spectrally normalised.*"
-                                         "model.discriminator.attention=normalised"):
-        run_training(resumed)

@@ -65,6 +65,20 @@ def train_command(*args: str, cwd: Path, data_dir: Path, wandb_mode: str = "disa
     return cmd, env
 
 
+def run_in_its_own_group(cmd: list[str], env: dict, cwd: Path, timeout_s: float = 600) -> tuple[int, str]:
+    """Run `cmd` to its end in a process group of its own (a hung run leaves no rank behind, all
+    are killed after it): its exit status and output."""
+    log_path = cwd / "log.txt"
+    with log_path.open("w") as log:
+        run = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        status = run.wait(timeout=timeout_s)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+    return status, log_path.read_text()
+
+
 def run_train(*args: str, cwd: Path, data_dir: Path, wandb_mode: str = "disabled") -> subprocess.CompletedProcess:
     """`train_command`'s run, which must succeed."""
     cmd, env = train_command(*args, cwd=cwd, data_dir=data_dir, wandb_mode=wandb_mode)
@@ -1356,16 +1370,8 @@ def test_a_ddp_multirun_job_whose_launched_rank_fails_fails_alone(tmp_path, shar
     its later jobs never run and no record written."""
     cmd, env = train_command("-m", "trainer=ddp_sim", "+callbacks.fail._target_=tests.scripts.ddp_probe.FailOnRank",
                              "+callbacks.fail.rank=1,-1", *NO_EVALUATION, cwd=tmp_path, data_dir=shared_data_dir)
-    log_path = tmp_path / "log.txt"
-    with log_path.open("w") as log:   # its own process group: a hung sweep leaves no rank behind
-        sweep = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
-    try:
-        status = sweep.wait(timeout=600)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(sweep.pid, signal.SIGKILL)
-    assert status == 1, log_path.read_text()[-4000:]   # Hydra names the failed job at the end
+    status, output = run_in_its_own_group(cmd, env, tmp_path)
+    assert status == 1, output[-4000:]   # Hydra names the failed job at the end
     sweep_dir = the_sweep_dir(tmp_path)
     table = (sweep_dir / "summary.md").read_text()
     assert "| 0 | +callbacks.fail.rank=1 | failed: " in table, table
@@ -1380,18 +1386,8 @@ def test_a_single_ddp_run_whose_launched_rank_fails_leaves_its_crash_checkpoint_
     failed record (an earlier start's "completed" stayed), no finished wandb run."""
     cmd, env = train_command("trainer=ddp_sim", "+callbacks.fail._target_=tests.scripts.ddp_probe.FailOnRank",
                              "+callbacks.fail.rank=1", "+callbacks.fail.others_busy_s=8", "max_iters=4",
-                             *NO_EVALUATION, cwd=tmp_path,
-                             data_dir=shared_data_dir)
-    log_path = tmp_path / "log.txt"
-    with log_path.open("w") as log:
-        run = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    try:
-        status = run.wait(timeout=600)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(run.pid, signal.SIGKILL)
-    output = log_path.read_text()
+                             *NO_EVALUATION, cwd=tmp_path, data_dir=shared_data_dir)
+    status, output = run_in_its_own_group(cmd, env, tmp_path)
     assert status == 1, output[-4000:]   # failed, not killed (-9)
     (run_dir,) = (tmp_path / "logs" / "smoke" / "runs").iterdir()
     assert json.loads((run_dir / "final_metrics.json").read_text())["status"] == "failed", output[-4000:]
