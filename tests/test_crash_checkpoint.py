@@ -658,3 +658,24 @@ def test_a_failure_in_the_last_iterations_evaluation_resumes_to_a_record_of_the_
         run_training(cfg)
     record = json.loads(Path(cfg.paths.output_dir, "final_metrics.json").read_text())
     assert record["status"] == "completed" and record["checkpoint"] == str(checkpoints / "crashed.ckpt")
+
+
+def test_ranks_that_would_resume_from_different_checkpoints_are_refused_before_any_reads():
+    """Under torchrun or srun each rank resolves ckpt_path=auto itself: on node-local disks a
+    node without rank zero's checkpoints started afresh beside it, and the ranks trained apart."""
+    from types import SimpleNamespace
+
+    from src.callbacks.checkpoint import refuse_different_resumes
+
+    def rank(own: str, rank_zeros: str, anyone_differs: bool, global_rank: int = 4):
+        strategy = SimpleNamespace(broadcast=lambda value, src: rank_zeros,
+                                   reduce_boolean_decision=lambda decision, all: decision or anyone_differs)
+        return SimpleNamespace(ckpt_path=own or None, strategy=strategy, global_rank=global_rank)
+
+    with pytest.raises(ValueError, match=r"rank 0 from /runs/a/checkpoints/last.ckpt, rank 4 from none \(a fresh "
+                                         r"start\).*storage every node shares"):
+        refuse_different_resumes(rank("", "/runs/a/checkpoints/last.ckpt", anyone_differs=False))
+    # a rank that agrees with rank zero fails too, where another does not (every rank stops)
+    with pytest.raises(ValueError, match="would resume from different checkpoints"):
+        refuse_different_resumes(rank("/runs/a/last.ckpt", "/runs/a/last.ckpt", anyone_differs=True, global_rank=0))
+    refuse_different_resumes(rank("/runs/a/last.ckpt", "/runs/a/last.ckpt", anyone_differs=False))   # all agree

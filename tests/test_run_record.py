@@ -207,6 +207,19 @@ def test_every_rank_draws_its_stream_from_rank_zeros_so_a_recorded_seed_repeats_
     assert not torch.equal(torch.rand(3), outcomes[0])   # rank 1's own stream, not rank 0's
 
 
+def test_the_first_process_of_another_node_is_not_rank_zero(monkeypatch):
+    """Under Lightning's own launcher on several nodes, node 1's first process read rank 0 until
+    its Trainer existed, and took the shared run folder's claim (refusing node 0's)."""
+    from src.utils.hydra_runtime import is_rank_zero
+    assert is_rank_zero()
+    for variable in ("NODE_RANK", "GROUP_RANK"):   # Lightning's, torchrun's
+        with monkeypatch.context() as patch:
+            patch.setenv(variable, "1")
+            assert not is_rank_zero()
+            patch.setenv(variable, "0")
+            assert is_rank_zero()
+
+
 def test_ranks_other_than_zero_log_warnings_only_during_a_run(monkeypatch):
     """Eight ranks each said the same setup lines (parameter counts, the seed, the folders) into
     the run's log; the other ranks keep their warnings and errors."""

@@ -34,6 +34,21 @@ def latest_checkpoint_path(callback: ModelCheckpoint) -> str:
     return callback.last_model_path or getattr(callback, "_last_checkpoint_saved", "") or callback.best_model_path
 
 
+def refuse_different_resumes(trainer: pl.Trainer) -> None:
+    """ValueError on every rank where the ranks would resume from different files (before any is
+    read). Under torchrun or srun each rank resolves `ckpt_path=auto` itself: on node-local disks
+    a node without rank zero's checkpoints started afresh while rank zero resumed, and the ranks'
+    optimizers, schedules and counts went apart without an error (DDP aligns the weights alone)."""
+    own = str(trainer.ckpt_path or "")
+    chosen = trainer.strategy.broadcast(own, src=0)
+    if trainer.strategy.reduce_boolean_decision(own != chosen, all=False):
+        fresh = "none (a fresh start)"
+        raise ValueError(f"The ranks would resume from different checkpoints: rank 0 from {chosen or fresh}, "
+                         f"rank {trainer.global_rank} from {own or fresh}. Each rank resolves "
+                         f"ckpt_path=auto in the run folder it sees: put the run folder (hydra.run.dir) on storage "
+                         f"every node shares, or name the checkpoint (ckpt_path=path) on every node")
+
+
 class IterationCheckpoint(ModelCheckpoint):
     """Files are named by training iteration (`iter_0004000.ckpt`, like the sample grids), not
     by Lightning's default `epoch=0-step=8000` whose step counts optimizer steps. A `filename`
@@ -77,6 +92,8 @@ class IterationCheckpoint(ModelCheckpoint):
             self._every_n_train_steps = self.every_n_iters * pl_module.optimizer_steps_per_iter
         super().setup(trainer, pl_module, stage)
         self.started_at_step = None
+        if stage == "fit" and trainer.world_size > 1:
+            refuse_different_resumes(trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)

@@ -76,9 +76,13 @@ def launched_rank(environ=os.environ) -> bool:
 def is_rank_zero() -> bool:
     """Whether this process is rank zero. The ranks a DDP job launches run the job's Hydra too
     (src/utils/ddp_multirun.py); only rank zero writes. Lightning reads the rank from the
-    launcher's environment when it is imported, which is done here, late (module docstring)."""
+    launcher's environment when it is imported, which is done here, late (module docstring).
+    A node other than the first is never rank zero: under Lightning's own launcher on several
+    nodes (`NODE_RANK=1 python src/train.py trainer.num_nodes=2`) its first process reads rank 0
+    until the Trainer gives it its rank, and took the run folder's claim before that."""
     from lightning_fabric.utilities.rank_zero import rank_zero_only
-    return getattr(rank_zero_only, "rank", 0) == 0
+    first_node = all(os.environ.get(name, "0") in ("", "0") for name in ("NODE_RANK", "GROUP_RANK"))
+    return getattr(rank_zero_only, "rank", 0) == 0 and first_node
 
 
 def warn_for_every_rank(logger: logging.Logger, message: str, *args) -> None:
