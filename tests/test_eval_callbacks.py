@@ -929,15 +929,17 @@ def test_a_weights_file_swapped_after_its_check_is_still_read_as_tensors_only(tm
 
 def test_rank_zero_builds_first_and_a_rank_that_fails_stops_every_rank():
     """Inception's weights are downloaded by the rank that builds the extractor first, rank
-    zero, before the others look for them; a rank's failure is decided together, where the
-    others would wait in their next collective until the process group timed out."""
+    zero, before the others look for them, then by each other node's first rank (a node-local
+    torch.hub cache: its ranks all downloaded at once); a rank's failure is decided together,
+    where the others would wait in their next collective until the process group timed out."""
     events = []
 
-    def trainer(rank, others_ok=True):
+    def trainer(rank, others_ok=True, local_rank=None):
         def reduce(ok, all):
             events.append(("decided", rank, ok))
             return ok and others_ok
-        return SimpleNamespace(is_global_zero=rank == 0, strategy=SimpleNamespace(reduce_boolean_decision=reduce))
+        return SimpleNamespace(is_global_zero=rank == 0, local_rank=rank if local_rank is None else local_rank,
+                               strategy=SimpleNamespace(reduce_boolean_decision=reduce))
 
     def build(rank):
         def built():
@@ -946,10 +948,13 @@ def test_rank_zero_builds_first_and_a_rank_that_fails_stops_every_rank():
         return built
 
     assert built_rank_zero_first(trainer(0), build(0), "the feature extractor") == "extractor 0"
-    assert events == [("built", 0), ("decided", 0, True), ("decided", 0, True)]
+    assert events == [("built", 0), ("decided", 0, True), ("decided", 0, True), ("decided", 0, True)]
+    events.clear()
+    assert built_rank_zero_first(trainer(4, local_rank=0), build(4), "the feature extractor") == "extractor 4"
+    assert events == [("decided", 4, True), ("built", 4), ("decided", 4, True), ("decided", 4, True)]   # node 1's first
     events.clear()
     assert built_rank_zero_first(trainer(1), build(1), "the feature extractor") == "extractor 1"
-    assert events == [("decided", 1, True), ("built", 1), ("decided", 1, True)]   # after rank zero's turn
+    assert events == [("decided", 1, True), ("decided", 1, True), ("built", 1), ("decided", 1, True)]   # last
     events.clear()
     with pytest.raises(RuntimeError, match="Another rank could not build the feature extractor"):
         built_rank_zero_first(trainer(1, others_ok=False), build(1), "the feature extractor")

@@ -47,13 +47,15 @@ from src.utils.metric_publishing import publish_metrics, publish_summary
 
 
 def built_rank_zero_first(trainer: pl.Trainer, build, what: str):
-    """`build()` on rank zero, then on the other ranks: what it downloads (Inception's weights,
-    into torch.hub's cache) is fetched once, not by every rank at once; and where a rank fails,
-    every rank stops with it, where the others would wait in their next collective until the
-    process group timed out. (On one device the decisions are this process's own.)"""
+    """`build()` on rank zero, then on each other node's first rank, then on the other ranks:
+    what it downloads (Inception's weights, into torch.hub's cache) is fetched once per cache,
+    not by every rank at once (a node-local cache is filled once on its node); and where a rank
+    fails, every rank stops with it, where the others would wait in their next collective until
+    the process group timed out. (On one device the decisions are this process's own.)"""
     built, failure = None, None
-    for zeros_turn in (True, False):
-        if trainer.is_global_zero == zeros_turn:
+    own_turn = 0 if trainer.is_global_zero else 1 if trainer.local_rank == 0 else 2
+    for turn in range(3):
+        if turn == own_turn:
             try:
                 built = build()
             except Exception as error:
