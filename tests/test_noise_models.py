@@ -306,7 +306,7 @@ def test_only_rank_zero_trains_the_classifier_and_the_others_take_its_weights(tr
     monkeypatch.setattr(image_classifier, "train_image_classifier",
                         lambda *args, **kwargs: pytest.fail("a rank other than zero trained the classifier"))
     rng = torch.get_rng_state()
-    rank_one = SimpleNamespace(datamodule=datamodule, world_size=2, is_global_zero=False,
+    rank_one = SimpleNamespace(datamodule=datamodule, world_size=2, is_global_zero=False, local_rank=1,
                                strategy=SimpleNamespace(broadcast=lambda state, src: rank_zeros,
                                                         reduce_boolean_decision=lambda ok, all: ok))
     taken = callback.build_classifier(rank_one, model).net.state_dict()
@@ -324,12 +324,12 @@ def test_only_rank_zero_trains_the_classifier_and_the_others_take_its_weights(tr
         decided.append(ok)
         return ok and True
 
-    rank_zero = SimpleNamespace(datamodule=datamodule, world_size=2, is_global_zero=True,
+    rank_zero = SimpleNamespace(datamodule=datamodule, world_size=2, is_global_zero=True, local_rank=0,
                                 strategy=SimpleNamespace(reduce_boolean_decision=together))
     with pytest.raises(OSError, match="image 7 is unreadable"):   # rank zero's own error
         callback.build_classifier(rank_zero, model)
     assert decided == [False]
-    told = SimpleNamespace(datamodule=datamodule, world_size=2, is_global_zero=False,
+    told = SimpleNamespace(datamodule=datamodule, world_size=2, is_global_zero=False, local_rank=1,
                            strategy=SimpleNamespace(reduce_boolean_decision=lambda ok, all: False))
     with pytest.raises(RuntimeError, match="Another rank could not build the classifier"):
         callback.build_classifier(told, model)

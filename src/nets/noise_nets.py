@@ -61,7 +61,8 @@ def dcgan_levels(image_size: int, key: str) -> int:
 class DCGANGenerator(nn.Module):
     """z (+ one-hot label) as a 1x1 map -> 4x4 with ngf * 2^(k-1) channels -> doubling the size
     and halving the channels k times -> `output_nc` channels at 4 * 2^k px. 64 px: 512-256-128-64
-    channels at ngf 64, the paper's LSUN generator."""
+    channels at ngf 64, the public code's (dcgan.torch) widths; the paper's LSUN generator
+    (its Figure 1) is twice as wide, 1024-512-256-128, at ngf 128."""
 
     def __init__(self, latent_dim: int = 100, output_nc: int = 3, image_size: int = 64, ngf: int = 64,
                  num_classes: int = 0, norm: str = "batch"):

@@ -1,11 +1,11 @@
 """Eval's scores of the papers' Cityscapes tables, for data with one domain of colour-coded
 semantic label maps (`data.label_palette`, `data.label_domain`; the cityscapes config sets them):
 
-* photo -> labels (CycleGAN's Table 2, pix2pix's photo->labels): the generated label map's
+* photo -> labels (CycleGAN's Table 3, pix2pix's photo->labels): the generated label map's
   colours as classes (nearest palette colour) against the real label map's, where test items
   are pairs (paired data, or unpaired folders whose names match: CycleGAN's copies).
   Keys `label_pixel_acc`, `label_class_acc`, `label_class_iou`.
-* labels -> photo, the FCN-score (pix2pix's Table 1-2, CycleGAN's Table 1): a segmentation net
+* labels -> photo, the FCN-score (pix2pix's Table 1-2, CycleGAN's Table 2): a segmentation net
   (eval's `segmenter_path`) segments the generated photo, scored against the classes of the label
   map it was generated from. Keys `fcn_pixel_acc`, ...; where test items are pairs, also the
   net's scores on the real photos, `real_fcn_*`: the papers' "ground truth" row, the ceiling of
