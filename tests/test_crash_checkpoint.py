@@ -654,10 +654,12 @@ def test_a_failure_in_the_last_iterations_evaluation_resumes_to_a_record_of_the_
     assert crash_file(cfg, "crashed.ckpt")["global_step"] == crash_file(cfg, "last.ckpt")["global_step"] + 2
     cfg.ckpt_path = "auto"
     with pytest.warns(UserWarning, match=r"FidKidCallback did not evaluate the run's last iteration \(2\).*"
-                                         r"python src/eval.py ckpt_path=.*crashed.ckpt"):
+                                         r"python src/eval.py ckpt_path=.*crashed.ckpt"), caplog.at_level("INFO"):
         run_training(cfg)
     record = json.loads(Path(cfg.paths.output_dir, "final_metrics.json").read_text())
     assert record["status"] == "completed" and record["checkpoint"] == str(checkpoints / "crashed.ckpt")
+    # and the run's end names the same file (Lightning restored last_model_path, the older last.ckpt)
+    assert f"Checkpoint to resume from: {checkpoints / 'crashed.ckpt'}" in [r.getMessage() for r in caplog.records]
 
 
 def test_ranks_that_would_resume_from_different_checkpoints_are_refused_before_any_reads():
@@ -667,15 +669,28 @@ def test_ranks_that_would_resume_from_different_checkpoints_are_refused_before_a
 
     from src.callbacks.checkpoint import refuse_different_resumes
 
-    def rank(own: str, rank_zeros: str, anyone_differs: bool, global_rank: int = 4):
+    def rank(rank_zeros: str, anyone_differs: bool, global_rank: int = 4):
         strategy = SimpleNamespace(broadcast=lambda value, src: rank_zeros,
                                    reduce_boolean_decision=lambda decision, all: decision or anyone_differs)
-        return SimpleNamespace(ckpt_path=own or None, strategy=strategy, global_rank=global_rank)
+        return SimpleNamespace(strategy=strategy, global_rank=global_rank)
 
     with pytest.raises(ValueError, match=r"rank 0 from /runs/a/checkpoints/last.ckpt, rank 4 from none \(a fresh "
                                          r"start\).*storage every node shares"):
-        refuse_different_resumes(rank("", "/runs/a/checkpoints/last.ckpt", anyone_differs=False))
+        refuse_different_resumes(rank("/runs/a/checkpoints/last.ckpt", anyone_differs=False), "")
     # a rank that agrees with rank zero fails too, where another does not (every rank stops)
-    with pytest.raises(ValueError, match="would resume from different checkpoints"):
-        refuse_different_resumes(rank("/runs/a/last.ckpt", "/runs/a/last.ckpt", anyone_differs=True, global_rank=0))
-    refuse_different_resumes(rank("/runs/a/last.ckpt", "/runs/a/last.ckpt", anyone_differs=False))   # all agree
+    with pytest.raises(ValueError, match=r"rank 0 from /runs/a/last.ckpt, another rank from another file"):
+        refuse_different_resumes(rank("/runs/a/last.ckpt", anyone_differs=True, global_rank=0), "/runs/a/last.ckpt")
+    refuse_different_resumes(rank("/runs/a/last.ckpt", anyone_differs=False), "/runs/a/last.ckpt")   # all agree
+
+
+def test_two_ranks_whose_checkpoints_differ_are_both_refused_before_the_fit(train_cfg):
+    """Through a real fit on two ranks: the comparison is made in the checkpoint callback's
+    setup, with the file each rank was given (Lightning's own ckpt_path is unset there)."""
+    from conftest import run_training_on_two_ranks
+    cfg = train_cfg("model=cyclegan", "max_iters=1", *NO_EVALUATION, "trainer=ddp_sim",
+                    "trainer.strategy=ddp_spawn_find_unused_parameters_true",
+                    "callbacks.model_checkpoint._target_=tests.scripts.ddp_probe.ResumingElsewhereOnRankOne")
+    # (the error that surfaces is the first rank's to end, either one's)
+    with pytest.raises(Exception, match=r"would resume from different checkpoints: rank 0 from none \(a fresh "
+                                        r"start\), (rank 1 from /elsewhere/last.ckpt|another rank from another file)"):
+        run_training_on_two_ranks(cfg)

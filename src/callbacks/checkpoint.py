@@ -34,19 +34,21 @@ def latest_checkpoint_path(callback: ModelCheckpoint) -> str:
     return callback.last_model_path or getattr(callback, "_last_checkpoint_saved", "") or callback.best_model_path
 
 
-def refuse_different_resumes(trainer: pl.Trainer) -> None:
-    """ValueError on every rank where the ranks would resume from different files (before any is
-    read). Under torchrun or srun each rank resolves `ckpt_path=auto` itself: on node-local disks
-    a node without rank zero's checkpoints started afresh while rank zero resumed, and the ranks'
-    optimizers, schedules and counts went apart without an error (DDP aligns the weights alone)."""
-    own = str(trainer.ckpt_path or "")
+def refuse_different_resumes(trainer: pl.Trainer, own: str) -> None:
+    """ValueError on every rank where the ranks would resume from different files (`own`: this
+    rank's, "" for none), before Lightning restores one. Under torchrun or srun each rank
+    resolves `ckpt_path=auto` itself: on node-local disks a node without rank zero's checkpoints
+    started afresh while rank zero resumed, and the ranks' optimizers, schedules and counts went
+    apart without an error (DDP aligns the weights alone)."""
     chosen = trainer.strategy.broadcast(own, src=0)
     if trainer.strategy.reduce_boolean_decision(own != chosen, all=False):
         fresh = "none (a fresh start)"
+        which = (f"rank {trainer.global_rank} from {own or fresh}" if own != chosen
+                 else "another rank from another file (its own error names it)")
         raise ValueError(f"The ranks would resume from different checkpoints: rank 0 from {chosen or fresh}, "
-                         f"rank {trainer.global_rank} from {own or fresh}. Each rank resolves "
-                         f"ckpt_path=auto in the run folder it sees: put the run folder (hydra.run.dir) on storage "
-                         f"every node shares, or name the checkpoint (ckpt_path=path) on every node")
+                         f"{which}. Each rank resolves ckpt_path=auto in the run folder it sees: put the run folder "
+                         f"(hydra.run.dir) on storage every node shares, or name the checkpoint (ckpt_path=path) on "
+                         f"every node")
 
 
 class IterationCheckpoint(ModelCheckpoint):
@@ -75,6 +77,9 @@ class IterationCheckpoint(ModelCheckpoint):
                     why=" (0 or null: only the last and the best checkpoints)")
         super().__init__(filename=filename, auto_insert_metric_name=auto_insert_metric_name, **kwargs)
         self.every_n_iters = every_n_iters
+        #: the checkpoint this rank's fit resumes from ("" for none), set before the fit: Lightning
+        #: knows it only once it restores it, after the setup that compares the ranks'
+        self.resume_path = ""
         # Lightning also saves at every epoch end by default; here only `every_n_epochs` asks for that.
         self.epoch_end_saves_asked = kwargs.get("every_n_epochs") is not None
         # Optimizer steps where this fit's training started (None before it does: the callbacks'
@@ -93,7 +98,7 @@ class IterationCheckpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
         self.started_at_step = None
         if stage == "fit" and trainer.world_size > 1:
-            refuse_different_resumes(trainer)
+            refuse_different_resumes(trainer, self.resume_path)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)

@@ -13,6 +13,7 @@ missed, so that a search still gets its trial's value.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -79,7 +80,7 @@ class FinalMetrics(pl.Callback):
             # Resumed at its end, the fit trained nothing: the file it resumed from holds the run's
             # last state (crashed.ckpt, written when the last iteration's end work failed, is
             # newer than last.ckpt, which that failure kept from being written).
-            checkpoint = str(trainer.ckpt_path)
+            checkpoint = os.path.abspath(trainer.ckpt_path)   # (a relative ckpt_path= as typed)
             self.warn_of_missed_evaluations(trainer, pl_module, checkpoint)
         metrics = self.run_metrics(trainer)
         if fid is None:

@@ -4,7 +4,6 @@ import gc
 import json
 import logging
 import os
-import signal
 import traceback
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zer
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from src.callbacks.compile_networks import CompileNetworks
-from src.callbacks.checkpoint import latest_checkpoint_path
+from src.callbacks.checkpoint import IterationCheckpoint, latest_checkpoint_path
 from src.callbacks.ema import GeneratorEMA
 from src.callbacks.final_metrics import FinalMetrics
 from src.callbacks.image_budget import ImageBudget
@@ -38,7 +37,7 @@ from src.utils.checkpoint_io import DurableCheckpointIO
 from src.utils.checkpoint_loading import check_loadable, model_for_device
 from src.utils.code_version import git_revision
 from src.utils.config_checks import check_argument_types, check_run_folder, check_seed, is_number, require_int
-from src.utils.ddp_multirun import job_shared_with_launched_ranks
+from src.utils.ddp_multirun import SIGTERM_EXIT_STATUS, job_shared_with_launched_ranks
 from src.utils.hydra_runtime import (RESOLVED_CHECKPOINT_ENV, in_a_sweep, job_overrides, launched_rank,
                                     other_ranks_log_warnings_only, warn_for_every_rank)
 from src.utils.ddp_strategy import choose_strategy, process_count
@@ -57,9 +56,6 @@ from src.utils.wandb_run import (WandbRunIdCallback, current_wandb_run, finish_w
                                   with_wandb_identity)
 
 log = logging.getLogger(__name__)
-
-#: the exit status of a run stopped by SIGTERM (after its interrupted.ckpt): 128 + the signal
-SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM
 
 
 def count_parameters(module: torch.nn.Module) -> int:
@@ -509,7 +505,9 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
         if changed:
             rank_zero_warn(changed)
         saved_dir = (resumed.get("datamodule_hyper_parameters") or {}).get("data_dir")
-        if saved_dir is not None and str(saved_dir) != str(data_settings.get("data_dir")):
+        # (an older checkpoint recorded the folder as typed, perhaps relative)
+        saved_dir = None if saved_dir is None else os.path.abspath(os.path.expanduser(str(saved_dir)))
+        if saved_dir is not None and saved_dir != str(data_settings.get("data_dir")):
             # A resume may read its data from elsewhere (copied to a node's scratch disk), so
             # this is no error; but another dataset of the same name would resume in silence.
             rank_zero_info(f"The data now comes from {data_settings.get('data_dir')}; the checkpoint's run read "
@@ -543,6 +541,9 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
     try:   # from the loggers' first record on: a wandb run started here is finished whatever happens
         log_run_config(trainer, cfg, code_revision)
         threads_shared_among_local_ranks(trainer.strategy)
+        for callback in trainer.callbacks:
+            if isinstance(callback, IterationCheckpoint):
+                callback.resume_path = str(cfg.get("ckpt_path") or "")
         with job_shared_with_launched_ranks(trainer):
             # weights_only: a checkpoint can come from anyone (a URL's, which Lightning would
             # otherwise unpickle in full); ours hold tensors and plain values only.
@@ -594,7 +595,9 @@ def log_where_the_results_are(trainer: pl.Trainer, run_dir: Path, max_iters: int
     if (iteration := record.get("iteration")) is not None:
         reached = f" (max_iters={max_iters} reached)" if max_iters and iteration >= max_iters else ""
         log.info("Training ended at iteration %d%s", iteration, reached)
-    last = latest_checkpoint_path(trainer.checkpoint_callback)
+    # (the record's: a run resumed at its end names the file it resumed from; ddp_spawn's main
+    # process has no callback state of the fit)
+    last = record.get("checkpoint") or latest_checkpoint_path(trainer.checkpoint_callback)
     log.info("Run directory: %s", run_dir)
     log.info("Checkpoint to resume from: %s", last or "none (no checkpoint was written)")
     if any(isinstance(cb, ImageGridCallback) for cb in trainer.callbacks):

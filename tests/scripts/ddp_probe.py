@@ -14,6 +14,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
+from src.callbacks.checkpoint import IterationCheckpoint
+
 
 class RankProbe(pl.Callback):
     def __init__(self):
@@ -51,6 +53,17 @@ class RankProbe(pl.Callback):
             "params": {n: p.detach().cpu().clone() for n, p in pl_module.named_parameters()},
             "hparams": OmegaConf.to_container(OmegaConf.create(dict(pl_module.hparams))),
         }, Path(trainer.default_root_dir) / f"rank_probe_{trainer.global_rank}.pt")
+
+
+class ResumingElsewhereOnRankOne(IterationCheckpoint):
+    """The checkpoint callback of a rank 1 given another file to resume from than rank 0's (as a
+    node that resolved ckpt_path=auto on its own disk):
+    `callbacks.model_checkpoint._target_=tests.scripts.ddp_probe.ResumingElsewhereOnRankOne`."""
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        if trainer.global_rank == 1:
+            self.resume_path = "/elsewhere/last.ckpt"
+        super().setup(trainer, pl_module, stage)
 
 
 class FailOnRank(pl.Callback):
