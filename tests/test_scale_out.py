@@ -1428,6 +1428,16 @@ def test_the_rank_watch_stops_a_failed_jobs_other_ranks_and_then_waits_for_rank_
     with watched(grace_s=0.2) as (watch, other):
         watch.join(timeout=30)
         assert stops == ["sweep"]
+    # a launched rank stopped by SIGTERM (143: every rank stops after the same iteration) is no
+    # failure: rank 0, writing interrupted.ckpt, was given two minutes and then killed
+    stopped = subprocess.Popen([sys.executable, "-c", f"raise SystemExit({ddp_multirun.SIGTERM_EXIT_STATUS})"])
+    watch = ddp_multirun.LaunchedRankWatch([stopped], poll_s=0.05, grace_s=0.2, stop=lambda: stops.append("stop"))
+    watch.start()
+    stopped.wait()
+    time.sleep(1)
+    watch.job_ended.set()
+    watch.join(timeout=30)
+    assert stops == ["sweep"]
 
 
 def test_a_job_whose_rank_zero_failed_stops_its_launched_ranks_soon(monkeypatch):

@@ -177,6 +177,11 @@ def job_shared_with_launched_ranks(trainer):
         raise RuntimeError(f"Ranks launched beside rank 0 exited with codes {bad}")
 
 
+#: the exit status of a rank SIGTERM stopped (128 + SIGTERM, as a shell gives): StopSignals stops
+#: every rank after the same iteration, so a launched rank's 143 is the job's stop, not a failure
+SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM
+
+
 def stop_this_process() -> None:
     """What Lightning's observer does at once: only a kill ends a process stuck in a collective
     (Windows has no SIGKILL; Lightning sends SIGTERM there)."""
@@ -199,7 +204,8 @@ class LaunchedRankWatch(threading.Thread):
     def run(self) -> None:
         while not self.job_ended.wait(self.poll_s):
             codes = {rank: proc.poll() for rank, proc in enumerate(self.child_processes, start=1)}
-            failed = {rank: code for rank, code in codes.items() if code not in (None, 0)}
+            # (a stop, 143: rank 0 is writing interrupted.ckpt, however long that takes)
+            failed = {rank: code for rank, code in codes.items() if code not in (None, 0, SIGTERM_EXIT_STATUS)}
             if not failed:
                 continue
             log.error("Rank(s) of this job exited with codes %s: stopping its other ranks; the job fails%s", failed,
