@@ -69,7 +69,7 @@ def main(cfg: DictConfig) -> float | None:
                            f"({closest_names(metric_name, metrics)}): set optimized_metric to one of the names this "
                            f"run logs")
         if is_rank_zero() and folder is not None:   # (its record said completed; the job fails)
-            write_failure(folder, error, replace_older_than=started)
+            write_failure(folder, error, replace_older_than=started, after_training=True)
         raise error
     return objective_value(metric_name, float(metrics[metric_name]), sweeper_direction())
 

@@ -444,7 +444,7 @@ class Identity(Road):
 
 def test_cyclegans_unpaired_copy_is_scored_on_its_test_pairs(tmp_path):
     """CycleGAN's copies name pair i `i_A` / `i_B`: the unpaired data serves real pairs at test
-    time, so photo->labels (CycleGAN's Table 2) is scored during training on the paper's data;
+    time, so photo->labels (CycleGAN's Table 3) is scored during training on the paper's data;
     folders whose names do not match one to one are not taken for pairs."""
     from src.data.unpaired import UnpairedDataModule
     root = write_label_map_dataset(tmp_path / "copy", count=3, domain_endings=True)

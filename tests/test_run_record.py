@@ -211,6 +211,8 @@ def test_the_first_process_of_another_node_is_not_rank_zero(monkeypatch):
     """Under Lightning's own launcher on several nodes, node 1's first process read rank 0 until
     its Trainer existed, and took the shared run folder's claim (refusing node 0's)."""
     from src.utils.hydra_runtime import is_rank_zero
+    for variable in ("NODE_RANK", "GROUP_RANK"):   # (a shell inside a multi-node allocation)
+        monkeypatch.delenv(variable, raising=False)
     assert is_rank_zero()
     for variable in ("NODE_RANK", "GROUP_RANK"):   # Lightning's, torchrun's
         with monkeypatch.context() as patch:

@@ -279,3 +279,18 @@ def test_a_failure_after_training_ended_joins_that_starts_own_completed_record(t
     # an earlier start's record (without replace_older_than: a start its checks refused) stays as it was
     write_failure(ended, ValueError("refused"))
     assert json.loads((ended / "final_metrics.json").read_text())["error"].startswith("after training ended")
+
+
+def test_a_failure_found_after_a_finished_runs_new_start_keeps_its_results(tmp_path):
+    """A finished run started again trains nothing and writes no record: a failure found after
+    its fit (a missing optimized_metric) replaced the earlier start's completed record, results
+    and all, with a bare failure."""
+    import time
+    ended = make_job(tmp_path / "sweep", 0, ["model=cyclegan"], metrics={"eval/fid": 12.5}, iteration=40,
+                     checkpoint="ckpt0")
+    started = time.time() + 1   # (this start began after the record was written)
+    write_failure(ended, ValueError("optimized_metric=x was not logged"), replace_older_than=started,
+                  after_training=True)
+    record = json.loads((ended / "final_metrics.json").read_text())
+    assert record["status"] == "failed" and record["metrics"]["eval/fid"] == 12.5
+    assert record["error"] == "after training ended: ValueError: optimized_metric=x was not logged"

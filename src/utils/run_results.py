@@ -52,21 +52,24 @@ def completed_metrics(run_dir: Path) -> dict[str, float] | None:
 
 
 def write_failure(run_dir: Path, error: BaseException, name: str = FINAL_METRICS, status: str = "failed",
-                  replace_older_than: float | None = None) -> None:
+                  replace_older_than: float | None = None, after_training: bool = False) -> None:
     """A failed run's result file `name` (`status`, "failed" or a search trial's "diverged", and
     the error); an earlier start's record in the folder (a re-run, a requeued job), one written
     before `replace_older_than` (a time.time()), is replaced. A record this start wrote itself
     stays: its "completed" one (training ended, the failure came after, a full disk at the
     loggers' last rows say) takes the failure's status and error beside its results, as the
-    process ends with the error (a sweep's table showed the job completed)."""
+    process ends with the error (a sweep's table showed the job completed). `after_training`: a
+    failure found once the fit has returned, so the run's completed record is its own whatever
+    its age (a finished run started again trains nothing and writes none)."""
     path = Path(run_dir) / name
     said = f"{type(error).__name__}: {error}"
-    if path.exists() and (replace_older_than is None or path.stat().st_mtime >= replace_older_than):
-        own = final_record(run_dir) if replace_older_than is not None and name == FINAL_METRICS else {}
-        if own.get("status") == "completed":
-            _write(Path(run_dir), {**own, "status": status, "error": f"after training ended: {said}"}, name)
-        return
-    _write(Path(run_dir), {"status": status, "error": said}, name)
+    kept = path.exists() and (replace_older_than is None or path.stat().st_mtime >= replace_older_than)
+    this_runs = after_training or (kept and replace_older_than is not None)
+    record = final_record(run_dir) if this_runs and name == FINAL_METRICS else {}
+    if record.get("status") == "completed":
+        _write(Path(run_dir), {**record, "status": status, "error": f"after training ended: {said}"}, name)
+    elif not kept:
+        _write(Path(run_dir), {"status": status, "error": said}, name)
 
 
 def run_folder(cfg) -> Path | None:
