@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import os
 import types
 from functools import partial
 from pathlib import Path
@@ -31,7 +30,7 @@ from src.data.image_io import check_channels
 from src.data.transforms import ImageTransform
 from src.metrics.features import FEATURE_EXTRACTORS
 from src.metrics.label_maps import palette_named
-from src.utils.config_checks import is_int, require_bool, require_int, to_plain
+from src.utils.config_checks import is_int, recorded_path, require_bool, require_int, to_plain
 from src.utils.directions import DIRECTIONS
 from src.utils.environment import physical_memory_bytes
 from src.utils.hydra_runtime import warn_for_every_rank
@@ -97,7 +96,7 @@ class SplitDataModule(pl.LightningDataModule):
         for key, value in self.hparams.items():
             self.hparams[key] = to_plain(value)
             if key in PATH_SETTINGS and isinstance(self.hparams[key], str):
-                self.hparams[key] = os.path.abspath(os.path.expanduser(self.hparams[key]))
+                self.hparams[key] = recorded_path(self.hparams[key])
 
     # -- what subclasses provide -------------------------------------------------------------
 

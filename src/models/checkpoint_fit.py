@@ -11,14 +11,13 @@ missing keys or shape mismatches and no word on the cause. The check runs in the
 """
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from src.utils.config_checks import accepted_arguments, require_path
+from src.utils.config_checks import accepted_arguments, recorded_path, require_path
 from src.utils.whole_files import whole_zip_archive
 from src.utils.nested import flattened
 
@@ -234,7 +233,7 @@ def changed_settings(checkpoint: dict, model_settings: dict, data_settings: dict
     compared (`defaults_changed_since` says those whose earlier behaviour is known)."""
     saved_data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     if isinstance(saved_data.get("csv_path"), str):   # recorded as typed before it was recorded absolute
-        saved_data["csv_path"] = os.path.abspath(os.path.expanduser(saved_data["csv_path"]))
+        saved_data["csv_path"] = recorded_path(saved_data["csv_path"])
     saved = {**flattened(checkpoint.get("hyper_parameters") or {}, ".", "model"), **flattened(saved_data, ".", "data")}
     here = {**flattened(model_settings, ".", "model"), **flattened(data_settings, ".", "data")}
     resumable = ([f"model.{key}" for key in model_resumable]

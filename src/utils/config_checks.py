@@ -16,6 +16,12 @@ from src.data.download import pasteable_override
 from src.utils.hydra_runtime import hydra_config, hydra_run_dir, is_multirun
 
 
+def recorded_path(path: str) -> str:
+    """A file or folder setting as records keep it: absolute, `~` expanded (a record outlives
+    the directory its command ran in)."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def to_plain(value: typing.Any) -> typing.Any:
     """A value as the types a `weights_only=True` load takes, which every checkpoint must (its
     hyperparameters go into it): an OmegaConf container (DictConfig, ListConfig) as a plain dict

@@ -36,7 +36,8 @@ from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_j
 from src.utils.checkpoint_io import DurableCheckpointIO
 from src.utils.checkpoint_loading import check_loadable, model_for_device
 from src.utils.code_version import git_revision
-from src.utils.config_checks import check_argument_types, check_run_folder, check_seed, is_number, require_int
+from src.utils.config_checks import (check_argument_types, check_run_folder, check_seed, is_number, recorded_path,
+                                     require_int)
 from src.utils.ddp_multirun import SIGTERM_EXIT_STATUS, job_shared_with_launched_ranks
 from src.utils.hydra_runtime import (RESOLVED_CHECKPOINT_ENV, in_a_sweep, job_overrides, launched_rank,
                                     other_ranks_log_warnings_only, warn_for_every_rank)
@@ -506,7 +507,7 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
             rank_zero_warn(changed)
         saved_dir = (resumed.get("datamodule_hyper_parameters") or {}).get("data_dir")
         # (an older checkpoint recorded the folder as typed, perhaps relative)
-        saved_dir = None if saved_dir is None else os.path.abspath(os.path.expanduser(str(saved_dir)))
+        saved_dir = None if saved_dir is None else recorded_path(str(saved_dir))
         if saved_dir is not None and saved_dir != str(data_settings.get("data_dir")):
             # A resume may read its data from elsewhere (copied to a node's scratch disk), so
             # this is no error; but another dataset of the same name would resume in silence.
