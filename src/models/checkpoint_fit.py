@@ -14,6 +14,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -184,14 +185,7 @@ def state_dict_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torc
     parts = [f"{len(names)} {what}: {_listed(names)}" for what, names in
              (("tensors of other shapes", reshaped), ("tensors missing", missing),
               ("tensors this model does not have", unexpected)) if names]
-    if any(SEPARATE_CAM_WEIGHT in key for key in unexpected):   # (an older U-GAT-IT's: the port's two classifiers)
-        parts.append("its CAM has two classifiers, GAP's and GMP's (U-GAT-IT's PyTorch port): build them with "
-                     "model.generator.cam_classifier=separate model.global_discriminator.cam_classifier=separate "
-                     "model.local_discriminator.cam_classifier=separate")
-    if any(NORMALISED_NICE_FUSION_WEIGHT in key for key in unexpected):   # (an older NICE-GAN's)
-        parts.append("its discriminators' attention fusion conv is spectrally normalised (NICE-GAN's attention "
-                     "before the authors' code's became the default): build it with "
-                     "model.discriminator.attention=normalised")
+    parts += [earlier.hint for earlier in NETWORK_SETTINGS_BEFORE if any(earlier.weight in key for key in unexpected)]
     return "; ".join(parts) or None
 
 
@@ -336,10 +330,27 @@ def check_resume_seed(ckpt_path: str | Path, checkpoint: dict, seed: int, must_m
             f"order, so seed={seed} changes nothing but the record")
 
 
-#: a weight of the PyTorch port's two CAM classifiers (src/nets/cam.py, cam_classifier=separate)
-SEPARATE_CAM_WEIGHT = ".cam.classifier.gap_fc."
-#: NICE-GAN's attention fusion conv spectrally normalised (src/nets/nicegan.py, attention=normalised)
-NORMALISED_NICE_FUSION_WEIGHT = ".attention.fuse.weight_orig"
+class NetworkSettingBefore(NamedTuple):
+    """A network setting whose earlier form older checkpoints hold without naming it."""
+    weight: str     #: a part of a weight's name that only the earlier form has
+    networks: str   #: the `_target_` (or its start) of the networks that take the setting
+    setting: str
+    earlier: str    #: the setting's value that builds the earlier form
+    hint: str       #: what a refused resume says, with the overrides that build it
+
+
+NETWORK_SETTINGS_BEFORE = (
+    # U-GAT-IT's PyTorch port's two CAM classifiers (src/nets/cam.py); the default is now the paper's shared one
+    NetworkSettingBefore(".cam.classifier.gap_fc.", "src.nets.ugatit.UGATIT", "cam_classifier", "separate",
+                         "its CAM has two classifiers, GAP's and GMP's (U-GAT-IT's PyTorch port): build them with "
+                         "model.generator.cam_classifier=separate model.global_discriminator.cam_classifier=separate "
+                         "model.local_discriminator.cam_classifier=separate"),
+    # NICE-GAN's attention fusion conv spectrally normalised (src/nets/nicegan.py); now the authors' plain one
+    NetworkSettingBefore(".attention.fuse.weight_orig", "src.nets.nicegan.NICEGANDiscriminator", "attention",
+                         "normalised", "its discriminators' attention fusion conv is spectrally normalised "
+                         "(NICE-GAN's attention before the authors' code's became the default): build it with "
+                         "model.discriminator.attention=normalised"),
+)
 
 
 def upgraded_hparams(hparams: dict, checkpoint: dict, model_class: type | None = None) -> dict:
@@ -365,16 +376,13 @@ def upgraded_hparams(hparams: dict, checkpoint: dict, model_class: type | None =
     def adds(*keys: str) -> bool:
         return all(key not in upgraded for key in keys) and (taken is None or all(key in taken for key in keys))
 
-    if any(SEPARATE_CAM_WEIGHT in key for key in checkpoint.get("state_dict") or {}):
-        for key, node in upgraded.items():
-            if isinstance(node, dict) and str(node.get("_target_", "")).startswith("src.nets.ugatit.UGATIT") \
-                    and "cam_classifier" not in node:
-                upgraded[key] = {**node, "cam_classifier": "separate"}
-    if any(NORMALISED_NICE_FUSION_WEIGHT in key for key in checkpoint.get("state_dict") or {}):
-        for key, node in upgraded.items():
-            if isinstance(node, dict) and node.get("_target_") == "src.nets.nicegan.NICEGANDiscriminator" \
-                    and "attention" not in node:
-                upgraded[key] = {**node, "attention": "normalised"}
+    weights = checkpoint.get("state_dict") or {}
+    for earlier in NETWORK_SETTINGS_BEFORE:   # (the networks' nodes are the model's hyperparameters)
+        if any(earlier.weight in name for name in weights):
+            for key, node in upgraded.items():
+                if isinstance(node, dict) and str(node.get("_target_", "")).startswith(earlier.networks) \
+                        and earlier.setting not in node:
+                    upgraded[key] = {**node, earlier.setting: earlier.earlier}
     if "phase_iters" in upgraded and (taken is None or "phase_iters" not in taken):
         batch = int((checkpoint.get("datamodule_hyper_parameters") or {}).get("batch_size", 16))
         upgraded.update({"phase_images": int(upgraded.pop("phase_iters")) * batch, "batch_size": batch,
