@@ -247,16 +247,14 @@ class StepRowsCSVLogger(CSVLogger):
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        if status == "success":
-            self._write_every_row()
-            super().finalize(status)
-            return
-        # On a failure's way out (a full disk's, often): an error here would replace the run's
-        # own, and Lightning's teardown after it would not run.
         try:
             self._write_every_row()
             super().finalize(status)
         except OSError as error:
+            if status == "success":
+                raise
+            # On a failure's way out (a full disk's, often): an error here would replace the
+            # run's own, and Lightning's teardown after it would not run.
             log.warning("%s: the last rows could not be written (%s: %s)", self.log_dir, type(error).__name__, error)
 
     @rank_zero_only

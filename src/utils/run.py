@@ -506,9 +506,8 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
         if changed:
             rank_zero_warn(changed)
         saved_dir = (resumed.get("datamodule_hyper_parameters") or {}).get("data_dir")
-        # (an older checkpoint recorded the folder as typed, perhaps relative)
-        saved_dir = None if saved_dir is None else recorded_path(str(saved_dir))
-        if saved_dir is not None and saved_dir != str(data_settings.get("data_dir")):
+        # (recorded_path: an older checkpoint recorded the folder as typed, perhaps relative)
+        if saved_dir is not None and recorded_path(str(saved_dir)) != str(data_settings.get("data_dir")):
             # A resume may read its data from elsewhere (copied to a node's scratch disk), so
             # this is no error; but another dataset of the same name would resume in silence.
             rank_zero_info(f"The data now comes from {data_settings.get('data_dir')}; the checkpoint's run read "
