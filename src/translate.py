@@ -23,7 +23,8 @@ from src.utils.checkpoint_loading import check_checkpoint_settings, load_model, 
 from src.utils.export import (EXPORT_FORMATS, check_export_format, check_export_size, export_card_path,  # noqa: E402
                               export_path, export_translation)
 from src.data.folders import lies_inside, output_paths, refuse_existing_outputs  # noqa: E402
-from src.utils.config_checks import check_seed, refuse_job_chdir, require_bool, require_path  # noqa: E402
+from src.utils.config_checks import (check_seed, home_expanded, refuse_job_chdir, require_bool,  # noqa: E402
+                                     require_path)
 from src.utils.directions import trained_domains  # noqa: E402
 from src.utils.folder_lock import FolderLock  # noqa: E402
 from src.utils.process_state import threads_within_usable_cpus  # noqa: E402
@@ -40,6 +41,7 @@ def run_translation(cfg: DictConfig) -> dict:
     kept (skip_existing), and with which weights ("ema": the generators' average of a run that kept
     one, or "trained")."""
     refuse_job_chdir()
+    cfg = home_expanded(cfg, ("ckpt_path", "input", "output"))
     check_checkpoint_settings(cfg)
     for key in ("input", "output"):   # (`input=0` read as a number is not a missing input)
         if cfg.get(key) is not None:

@@ -323,3 +323,23 @@ def test_a_wandb_run_that_cannot_finish_leaves_the_runs_own_result(monkeypatch, 
         finish_wandb_run(exit_code=1)
     assert "wandb could not finish its run (ConnectionError: wandb service is gone)" in caplog.text
     assert "/runs/a/wandb/run-1/files" in caplog.text
+
+
+def test_a_leading_tilde_in_the_tools_file_settings_is_the_home_folder(tmp_path, monkeypatch, train_cfg):
+    """A `~` quoted for Hydra (zsh, macOS's shell, does not expand it) or written in a config
+    file reached the tools as typed: they looked for a folder named `~` and reported no such
+    checkpoint. Here the checkpoint is found, and refused as the cut file it is."""
+    from src.translate import run_translation
+    from src.utils.evaluation import run_evaluation
+    from src.utils.run import run_training
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "cut.ckpt").write_bytes(b"PK\x03\x04 cut short")
+    found = f"{tmp_path}/cut.ckpt cannot be read as a checkpoint"
+    given = OmegaConf.create({"ckpt_path": "~/cut.ckpt", "input": "~/photos", "output_dir": str(tmp_path / "eval")})
+    for run in (run_translation, run_evaluation):
+        with pytest.raises(ValueError, match=f"ckpt_path={found}"):
+            run(given)
+    assert given.ckpt_path == "~/cut.ckpt"   # the caller's config as given
+    for key in ("ckpt_path", "init_from"):
+        with pytest.raises(ValueError, match=f"{key}={found}"):
+            run_training(train_cfg(f"{key}='~/cut.ckpt'"))

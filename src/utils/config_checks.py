@@ -71,6 +71,20 @@ def require_path(key: str, value) -> None:
                          f"{pasteable_override(key, str(value), prefix='')} (the name as you wrote it)")
 
 
+def home_expanded(cfg, keys) -> typing.Any:
+    """`cfg` with a leading `~` of each file setting in `keys` expanded (a copy where one was): a
+    `~` that reaches the setting as typed (quoted for Hydra, `ckpt_path='~/runs/...'`, as zsh users
+    must, whose shell does not expand it; an experiment file's `init_from: ~/runs/...`; a config
+    built in Python) would be looked for as a folder named `~`."""
+    tilde = [key for key in keys if isinstance(cfg.get(key), str) and cfg.get(key).startswith("~")]
+    if not tilde:
+        return cfg
+    cfg = cfg.copy()
+    for key in tilde:
+        cfg[key] = os.path.expanduser(cfg[key])
+    return cfg
+
+
 def require_bool(key: str, value) -> None:
     """ValueError unless `value` is true or false (a string like "maybe" would read as true)."""
     if not isinstance(value, bool):

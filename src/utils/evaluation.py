@@ -29,8 +29,8 @@ from src.models.noise_base import SAMPLES, NoiseToImageModel
 from src.utils.accelerator import float64_device
 from src.utils.checkpoint_loading import (check_checkpoint_settings, load_model, recorded_checkpoint_path,
                                          refuse_foreign_targets, run_config_path)
-from src.utils.config_checks import (check_argument_types, check_seed, is_int, is_number, refuse_job_chdir,
-                                     require_int, require_path)
+from src.utils.config_checks import (check_argument_types, check_seed, home_expanded, is_int, is_number,
+                                     refuse_job_chdir, require_int, require_path)
 from src.utils.directions import DIRECTION_KEYS, domain_folders, translated_directions
 from src.utils.folder_lock import FolderLock
 from src.utils.image_grid import make_grid, to_uint8_images
@@ -502,6 +502,7 @@ def markdown_row(name: str, metrics: dict[str, dict[str, float]]) -> str:
 def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
     refuse_job_chdir()
     require_path("output_dir", cfg.output_dir)
+    cfg = home_expanded(cfg, ("ckpt_path", "output_dir", "feature_extractor_weights_path", "segmenter_path"))
     # Two evaluations into one output_dir would delete each other's images and keep one's scores.
     with FolderLock(cfg.output_dir, "an evaluation's output folder", "Give this evaluation its own output_dir=..., "
                     "or run it once the other has ended.", name=".eval.lock"):

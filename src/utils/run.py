@@ -36,8 +36,8 @@ from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_j
 from src.utils.checkpoint_io import DurableCheckpointIO
 from src.utils.checkpoint_loading import check_loadable, model_for_device
 from src.utils.code_version import git_revision
-from src.utils.config_checks import (check_argument_types, check_run_folder, check_seed, is_number, recorded_path,
-                                     require_int)
+from src.utils.config_checks import (check_argument_types, check_run_folder, check_seed, home_expanded, is_number,
+                                     recorded_path, require_int)
 from src.utils.ddp_multirun import SIGTERM_EXIT_STATUS, job_shared_with_launched_ranks
 from src.utils.hydra_runtime import (RESOLVED_CHECKPOINT_ENV, in_a_sweep, job_overrides, launched_rank,
                                     other_ranks_log_warnings_only, warn_for_every_rank)
@@ -456,6 +456,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
                          "compose the config with compose_training_config(overrides, output_dir='runs/NAME') "
                          "(README, \"From Python\"), or set cfg.paths.output_dir")
     check_run_folder(cfg.paths.output_dir)
+    cfg = home_expanded(cfg, ("ckpt_path", "init_from"))
     own_hydra_files = hydra_files(cfg)   # as given, before the run fills in its seed and checkpoint
     # (the claim before anything in the folder is read or written)
     with other_ranks_log_warnings_only(), run_folder_claimed(Path(cfg.paths.output_dir)):
