@@ -2,6 +2,7 @@
 loader's batches per iteration and its resume position, the labelled shapes dataset."""
 
 import os
+import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -333,22 +334,24 @@ def test_a_resume_on_data_whose_classes_mean_other_labels_is_refused(train_cfg):
 
 def test_data_whose_classes_mean_other_labels_names_an_override_eval_takes(tmp_path):
     """The fix is written with `++`: eval.py's config has no data node (data: null, the run's), so
-    `data.classes=` is refused there, and `++data.classes=` sets it in eval.py and train.py alike."""
+    `data.classes=` is refused there, and `++data.classes=` sets it in eval.py and train.py alike.
+    It is quoted for the shell: zsh refuses a list's brackets that match no file, and a class
+    name with a space would split the override in two."""
     import hydra
     from hydra.core.global_hydra import GlobalHydra
 
     from src.data.labelled import check_same_classes
     from tests.conftest import compose_train_cfg
 
-    here = SimpleNamespace(class_folders=lambda: ["B", "A"])
-    with pytest.raises(ValueError, match=r"set \+\+data.classes=\[A,B\] in that order") as refusal:
-        check_same_classes(["A", "B"], here, "ckpt_path=last.ckpt")
-    override = str(refusal.value).split("set ", 1)[1].split(" ")[0]
+    here = SimpleNamespace(class_folders=lambda: ["cats", "big dogs"])
+    with pytest.raises(ValueError, match=r"""set "\+\+data.classes=\['big dogs',cats\]" in that order""") as refusal:
+        check_same_classes(["big dogs", "cats"], here, "ckpt_path=last.ckpt")
+    (override,) = shlex.split(str(refusal.value).split("set ", 1)[1].rpartition(" in that order")[0])
     try:
         with pytest.raises(hydra.errors.ConfigCompositionException):
             compose_train_cfg(["ckpt_path=last.ckpt", override.removeprefix("++")], tmp_path, tmp_path, "eval")
         for config in ("eval", "train"):
             cfg = compose_train_cfg(["ckpt_path=last.ckpt", override], tmp_path, tmp_path, config)
-            assert list(cfg.data.classes) == ["A", "B"]
+            assert list(cfg.data.classes) == ["big dogs", "cats"]
     finally:
         GlobalHydra.instance().clear()

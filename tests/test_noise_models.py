@@ -463,7 +463,7 @@ def test_eval_scores_and_writes_samples_and_translate_refuses(train_cfg, tmp_pat
     # Label i is class i: the same classes read in another order would swap what the labels mean.
     assert torch.load(ckpt, weights_only=True)["class_folders"] == ["A", "B"]
     with pytest.raises(ValueError, match=r"last.ckpt was trained on the classes \['A', 'B'\] \(label i is class i\), "
-                                         r"and the data here reads \['B', 'A'\]: .* set \+\+data.classes=\[A,B\]"):
+                                         r"and the data here reads \['B', 'A'\]: .* set \"\+\+data.classes=\[A,B\]\""):
         evaluate("eval_swapped_classes", "data.classes=[B,A]")
     model = load_model(ckpt)
     assert type(model).__name__ == "NoiseGAN" and model.num_classes == 2

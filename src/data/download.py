@@ -213,7 +213,12 @@ def pasteable_override(key: str, path: str | Path, prefix: str = "++") -> str:
     value = str(path)
     if "/" not in value or not re.fullmatch(r"[A-Za-z0-9_./-]+", value):
         value = quote_override_value(value)
-    override = f"{prefix}{key}={value}"
+    return pasteable(f"{prefix}{key}={value}")
+
+
+def pasteable(override: str) -> str:
+    """A Hydra override as one word of the user's shell: a list's brackets too, which zsh
+    (macOS's shell) reads as a file pattern and refuses when no file matches it."""
     if not WINDOWS and override != shlex.quote(override) and not re.search(r'["$`\\!]', override):
         # double quotes read better around Hydra's single ones than shlex's '"'"', and the
         # shell changes nothing inside them but these characters

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from src.data.base import ImageTranslationDataModule
 from src.data.decoded_cache import DecodedImages
-from src.data.download import DATASETS
+from src.data.download import DATASETS, pasteable
 from src.data.errors import DatasetNotFoundError
 from src.data.folders import list_images, not_data_folder, require_folder
 from src.data.path_table import path_rows
@@ -90,7 +90,7 @@ def check_same_classes(trained_on: list[str] | None, datamodule, what: str) -> N
         # `++`: eval.py's config holds no data node of its own to override (data: null, the run's)
         raise ValueError(f"{what} was trained on the classes {trained_on} (label i is class i), and the data here "
                          f"reads {here}: point data.data_dir at the data it was trained on, or where the folders "
-                         f"are those under other names, set ++data.classes=[{listed}] in that order")
+                         f"are those under other names, set {pasteable(f'++data.classes=[{listed}]')} in that order")
 
 
 def interleave(per_class: list[list[Path]]) -> list[tuple[Path, int]]:

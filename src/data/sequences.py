@@ -118,7 +118,7 @@ def read_csv_columns(path: Path, columns: list[str] | None, label_column: str | 
                     numbers.append(float(text))
                 except ValueError as error:
                     raise ValueError(f"data.csv_path={path}: column {column!r} is not numeric ({text!r} on line "
-                                     f"{line}: {error}); choose the numeric columns with data.columns=[a,b]") from error
+                                     f"{line}: {error}); choose the numeric columns with 'data.columns=[a,b]'") from error
                 # float() reads nan and inf too; one of them would turn the column's scaling into NaN.
                 if not math.isfinite(numbers[-1]):
                     raise ValueError(f"data.csv_path={path}: column {column!r} holds {text!r} on line {line}: every "

@@ -10,7 +10,7 @@ whole as a program eval.py's `segmenter_path` loads (src/metrics/segmenter.py):
 
     python -m src.metrics.fcn8s --caffemodel weights/fcn-8s-cityscapes.caffemodel \\
         --output weights/fcn8s_cityscapes.pt2 --size 1024 2048
-    python src/eval.py ckpt_path=... segmenter_path=weights/fcn8s_cityscapes.pt2 segmenter_size=[1024,2048]
+    python src/eval.py ckpt_path=... segmenter_path=weights/fcn8s_cityscapes.pt2 'segmenter_size=[1024,2048]'
 
 A missing .caffemodel is downloaded first from the pix2pix authors' address (about 540 MB).
 The .caffemodel is read with protobuf (no Caffe needed), declaring just the messages and fields
@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from src.data.download import pasteable_override
 from src.utils.whole_files import write_whole
 
 log = logging.getLogger(__name__)
@@ -254,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
               "command again, or download the file by hand and pass it with --caffemodel.", file=sys.stderr)
         return 1
     output = export_segmenter(net, args.output, tuple(args.size))
-    log.info("Wrote %s: segmenter_path=%s segmenter_size=[%d,%d]", output, output, *args.size)
+    log.info("Wrote %s: %s 'segmenter_size=[%d,%d]'", output, pasteable_override("segmenter_path", output, prefix=""),
+             *args.size)
     return 0
 
 
