@@ -1,4 +1,4 @@
-"""Benchmark training speed: `python src/bench.py [configurations=[cyclegan_128]] [device=cuda]`.
+"""Benchmark training speed: `python src/bench.py ['configurations=[cyclegan_128]'] [device=cuda]`.
 
 Composes conf/bench.yaml, times full training iterations of each configured model in a fresh
 process, and writes experiments/bench/results.json and results.md (see src/utils/bench_run.py).

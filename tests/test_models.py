@@ -274,7 +274,7 @@ def test_a_loss_weight_the_model_never_reads_stops_the_fit(train_cfg, model_name
     cfg = train_cfg(f"model={model_name}", f"+loss.weights.{typo}=5", "max_iters=1")
     hydra.utils.instantiate(cfg.model, _recursive_=False)
     with pytest.raises(ValueError, match=rf"loss.weights.{typo} is not a weight \w+ reads \(its weights: .*\): fix "
-                                         rf"the name, or remove it \(~loss.weights.{typo}\)"):
+                                         rf"the name, or remove it \('~loss.weights.{typo}'\)"):
         run_training(cfg)
 
 

@@ -276,6 +276,17 @@ def test_a_pasteable_override_of_a_key_the_config_holds_has_no_plus_signs():
     assert download.pasteable_override("ckpt_path", "/runs/a/last.ckpt", prefix="") == "ckpt_path=/runs/a/last.ckpt"
 
 
+@pytest.mark.parametrize("value", [None, True, 3, 1e-4, "bicubic", "None", "2024", "nan", "big dogs", "a=b,c",
+                                   ["cats", "big dogs", None, 2]])
+def test_a_suggested_setting_reads_back_as_its_value(value):
+    """eval.py's fixes (`++data.resize_interpolation=bilinear`) printed Python's values: None
+    read back as the string 'None', and a list's "['a', 'b']" split at its space in the shell."""
+    override = download.pasteable_setting("data.x", value)
+    (parsed,) = OverridesParser.create().parse_overrides(shlex.split(override))
+    assert (parsed.key_or_group, parsed.value()) == ("data.x", value)
+    assert download.pasteable_setting("data.x", "bicubic") == "++data.x=bicubic"   # plain where it can be
+
+
 @pytest.mark.parametrize("key,value,read_as", [("input", 2024, "a number"), ("output", True, "true or false")])
 def test_a_file_name_hydra_reads_as_a_number_is_refused_with_its_quoted_form(tmp_path, key, value, read_as):
     """`output=2024` reached Path() as an int (a TypeError naming no setting); `input=0` was

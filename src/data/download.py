@@ -216,6 +216,30 @@ def pasteable_override(key: str, path: str | Path, prefix: str = "++") -> str:
     return pasteable(f"{prefix}{key}={value}")
 
 
+def pasteable_setting(key: str, value, prefix: str = "++") -> str:
+    """`++key=value` for a setting's Python value, to paste onto a shell's command line: written
+    as Hydra reads it back (None as null, lists in brackets, a string quoted where Hydra would read
+    another type or stop at a character: "None", a space), and quoted for the shell."""
+    return pasteable(f"{prefix}{key}={override_value(value)}")
+
+
+def override_value(value) -> str:
+    """A Python value as a Hydra override's value that reads back as the same value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(override_value(item) for item in value) + "]"
+    text = str(value)
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_./-]*", text) and text.lower() not in ("null", "true", "false", "inf",
+                                                                                  "nan"):
+        return text
+    return quote_override_value(text)
+
+
 def pasteable(override: str) -> str:
     """A Hydra override as one word of the user's shell: a list's brackets too, which zsh
     (macOS's shell) reads as a file pattern and refuses when no file matches it."""

@@ -267,7 +267,7 @@ class AdversarialModel(pl.LightningModule):
         if unknown:
             raise ValueError(f"loss.weights.{unknown[0]} is not a weight {type(self).__name__} reads (its weights: "
                              f"{', '.join(self.loss_weights) or 'none'}): fix the name, or remove it "
-                             f"(~loss.weights.{unknown[0]})")
+                             f"('~loss.weights.{unknown[0]}')")   # (quoted: zsh reads a leading ~ as a home folder)
         for name in self.weights:
             self.weight(name)
         labels = self.loss_cfg.get("labels") or {}

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import torch
 
+from src.data.download import pasteable_override
 from src.utils.config_checks import accepted_arguments, recorded_path, require_path
 from src.utils.whole_files import whole_zip_archive
 from src.utils.nested import flattened
@@ -289,7 +290,8 @@ def check_resume_settings(ckpt_path: str | Path, checkpoint: dict, model: torch.
             f"ckpt_path=auto found {ckpt_path}, written by a run with other settings ({listed}). Resuming would "
             f"continue that run under these settings: this run folder holds another run (a sweep started again with "
             f"other values reuses its job folders by number). Give this run its own folder (hydra.run.dir, "
-            f"hydra.sweep.dir), or name the checkpoint (ckpt_path={ckpt_path}) to continue it with the new settings")
+            f"hydra.sweep.dir), or name the checkpoint ({pasteable_override('ckpt_path', ckpt_path, prefix='')}) to "
+            f"continue it with the new settings")
     return (f"ckpt_path={ckpt_path} was written with other settings ({listed}): the run goes on with this run's "
             f"settings, except that the optimizers and learning-rate schedules continue from their saved states "
             f"(a new model.optimizer.lr scales their restored rates; another model.lr_schedule.policy shapes the "
@@ -308,7 +310,7 @@ def refuse_another_schedule_unit(ckpt_path: str | Path, checkpoint: dict, hparam
         raise ValueError(f"ckpt_path={ckpt_path} counts its learning-rate schedule in {before}s "
                          f"(model.lr_schedule.unit={before}), and this run in {now}s: its saved count would be read "
                          f"as {now}s. Resume with model.lr_schedule.unit={before}, or start from its weights with a "
-                         f"schedule of this run's (init_from={ckpt_path}, no ckpt_path)")
+                         f"schedule of this run's ({pasteable_override('init_from', ckpt_path, prefix='')}, no ckpt_path)")
 
 
 def check_resume_seed(ckpt_path: str | Path, checkpoint: dict, seed: int, must_match: bool) -> str | None:

@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from src.data.download import pasteable_setting
 from src.data.folders import OutputNames
 from src.data.image_io import save_image
 from src.data.labelled import check_same_classes, proportional_picks
@@ -77,12 +78,12 @@ def data_config(cfg: DictConfig, model) -> DictConfig:
         data = OmegaConf.merge(saved, recorded, given or {})
         for key, value in data_keys_added_since(run_config, data).items():
             log.info("data.%s=%s is in the data config now, not in the run's (older) one, so it is off here: "
-                     "+data.%s=%s to use it", key, value, key, value)
+                     "%s to use it", key, value, pasteable_setting(f"data.{key}", value))
     else:
         data = OmegaConf.merge(checkpoints_data_config(cfg.ckpt_path, model, run_config), given or {})
     if data.get("max_dataset_size") is not None:
         log.info("data.max_dataset_size=%s: evaluating on the first %s test images of each domain "
-                 "(+data.max_dataset_size=null for all of them)", data.max_dataset_size, data.max_dataset_size)
+                 "(++data.max_dataset_size=null for all of them)", data.max_dataset_size, data.max_dataset_size)
     return data
 
 
@@ -178,7 +179,7 @@ def warn_about_other_image_settings(model, datamodule) -> None:
     crop_size=128 on a config of 256): named with the values that read the data as trained."""
     # `++`: most of these keys are in no data config (a model's config adds resize_interpolation),
     # and Hydra refuses a plain override of a key the config lacks.
-    differing = [f"++data.{key}={model.training_data[key]}"
+    differing = [pasteable_setting(f"data.{key}", model.training_data[key])
                  for key in settings_read_otherwise(model, datamodule, IMAGE_SETTINGS)]
     if differing:
         log.warning("The data is read otherwise than the run was trained on, so the scores do not compare with the "
