@@ -137,6 +137,24 @@ def test_every_model_makes_the_same_update_with_and_without_stepping_in_backward
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("model_name,loss", [("cyclegan", "wgangp"), ("ugatit", "wgangp"), ("cyclegan", "wgan")])
+def test_a_gradient_penalty_or_weight_clip_makes_the_same_update_stepping_in_backward(train_cfg, model_name, loss,
+                                                                                     monkeypatch):
+    """The penalty's double backward (autograd.grad with create_graph) runs inside the critic's
+    step, and WGAN's clip after it: every tensor stepped in backward, the update is the plain one."""
+    from src.models import base
+    penalties, penalty = [], base.gradient_penalty
+    monkeypatch.setattr(base, "gradient_penalty", lambda *args, **kwargs: penalties.append(1) or penalty(*args, **kwargs))
+    monkeypatch.setattr(step_in_backward, "MIN_ELEMENTS", 0)
+    on, _ = train_one_iteration(train_cfg, model_name, f"loss={loss}")
+    assert bool(penalties) == (loss == "wgangp")
+    off, _ = train_one_iteration(train_cfg, model_name, f"loss={loss}", "model.optimizer.step_in_backward=false")
+    assert on.steps_in_backward and not off.steps_in_backward
+    assert (on.weight_clip is not None) == (loss == "wgan")
+    for (name, p), q in zip(on.named_parameters(), off.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}")
+
+
 def test_auto_steps_in_backward_on_cpu_and_an_unknown_setting_names_the_key(train_cfg):
     model = hydra.utils.instantiate(train_cfg("model=pix2pix").model, _recursive_=False)
     assert model.optimizer_cfg["step_in_backward"] == "auto" and model.steps_in_backward
