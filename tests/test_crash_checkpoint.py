@@ -572,6 +572,29 @@ def test_a_loader_worker_killed_by_the_kernel_says_what_holds_memory_per_worker(
     assert "data.cache_decoded, now" in caplog.text
 
 
+@pytest.mark.parametrize("error,says", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "a smaller batch_size (now 8)"),
+    (RuntimeError("unable to write to file </torch_2345_3071893456_0>: No space left on device (28)"),
+     "ran out of shared memory (/dev/shm, where they hand batches over to the evaluation process"),
+    (RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. "), "(++data.num_workers), turn off")])
+def test_an_evaluation_out_of_memory_says_what_to_change(tmp_path, monkeypatch, caplog, error, says):
+    """eval.py's FID of a large split runs the loader's workers and the feature extractor for
+    long; torch's words for their memory running out name no setting of eval.py."""
+    from omegaconf import OmegaConf
+
+    from src.utils import evaluation
+
+    def fail(*args):
+        raise error
+    monkeypatch.setattr(evaluation, "evaluate_checkpoint", fail)
+    torch.save({}, tmp_path / "last.ckpt")
+    cfg = OmegaConf.create({"ckpt_path": str(tmp_path / "last.ckpt"), "output_dir": str(tmp_path / "eval"),
+                            "batch_size": 8, "device": "cpu", "seed": 0})
+    with pytest.raises(type(error)):
+        evaluation.run_evaluation(cfg)
+    assert says in caplog.text
+
+
 def test_a_wandb_error_says_how_to_log_without_its_server(train_cfg, monkeypatch, caplog):
     """An exported WANDB_API_KEY turns wandb online, and on a compute node without internet its
     init gives up after 90 s with an error of its own, naming no setting of ours."""

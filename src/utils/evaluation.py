@@ -1,6 +1,7 @@
 """The body of `src/eval.py`: translate a test split (or, for a noise-to-image model, sample
 images of the reference images' classes when conditional: one per test image, or `num_samples`
 against the `real_split` images, the papers' "FID 50k"), score it, write images and metrics."""
+import contextlib
 import json
 import logging
 import re
@@ -27,7 +28,7 @@ from src.metrics.shapes_truth import (ShapesTruthScorer, background_tensor, is_s
                                       test_image_size, truth_unavailable)
 from src.models.checkpoint_fit import load_checkpoint_file
 from src.models.noise_base import SAMPLES, NoiseToImageModel
-from src.utils.accelerator import float64_device
+from src.utils.accelerator import float64_device, is_out_of_memory
 from src.utils.checkpoint_loading import (check_checkpoint_settings, load_model, recorded_checkpoint_path,
                                          refuse_foreign_targets, run_config_path)
 from src.utils.config_checks import (check_argument_types, check_seed, home_expanded, is_int, is_number,
@@ -36,6 +37,7 @@ from src.utils.directions import DIRECTION_KEYS, domain_folders, translated_dire
 from src.utils.folder_lock import FolderLock
 from src.utils.image_grid import make_grid, to_uint8_images
 from src.utils.label_evaluation import label_scores_for, segmenter_for
+from src.utils.loader_failures import loader_failure_hint
 from src.utils.rng import isolated_rng
 from src.utils.run_results import EVAL_RESULT
 from src.utils.sequence_plot import plot_series
@@ -519,8 +521,23 @@ def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
         device = resolve_device(cfg.get("device", "auto"))
         check_seed("seed", cfg.get("seed"))
         save_limit = saved_image_limit(cfg.get("save_images", True))
-        with isolated_rng(device, cfg.get("seed")):
+        with isolated_rng(device, cfg.get("seed")), evaluation_failures_explained(cfg.batch_size):
             return evaluate_checkpoint(cfg, device, save_limit)
+
+
+@contextlib.contextmanager
+def evaluation_failures_explained(batch_size: int):
+    """An evaluation that runs out of memory, or whose loader's workers fail, says what to change
+    (torch's words name neither setting)."""
+    try:
+        yield
+    except Exception as error:
+        if is_out_of_memory(error):
+            log.error("Out of memory while evaluating: a smaller batch_size (now %s) holds fewer translations and "
+                      "features at once; device=cpu evaluates in the machine's memory", batch_size)
+        elif hint := loader_failure_hint(error, "evaluation", key_prefix="++"):
+            log.error(hint)
+        raise
 
 
 def evaluate_checkpoint(cfg: DictConfig, device: torch.device,

@@ -41,6 +41,7 @@ from src.utils.config_checks import (check_argument_types, check_run_folder, che
 from src.utils.ddp_multirun import SIGTERM_EXIT_STATUS, job_shared_with_launched_ranks
 from src.utils.hydra_runtime import (RESOLVED_CHECKPOINT_ENV, in_a_sweep, job_overrides, launched_rank,
                                     other_ranks_log_warnings_only, warn_for_every_rank)
+from src.utils.loader_failures import loader_failure_hint
 from src.utils.ddp_strategy import choose_strategy, process_count
 from src.utils.initial_weights import initial_weights_to_load, start_from_checkpoint
 from src.utils.instantiate import instantiate_list
@@ -160,23 +161,6 @@ OUT_OF_MEMORY_HINT = (
     "on a recent GPU; model.optimizer.step_in_backward=true (one process in fp32 or bf16, without gradient "
     "clipping: each weight stepped as its gradient is done); more devices (trainer.devices). `make bench` reports "
     "each model's peak memory.")
-
-
-#: how torch words a loader worker's shared memory running out (/dev/shm, where workers hand
-#: batches over; a container's default is 64 MB)
-SHARED_MEMORY_WORDS = ("unable to write to file </torch_", "out of shared memory", "insufficient shared memory")
-SHARED_MEMORY_HINT = (
-    "The data loader's workers ran out of shared memory (/dev/shm, where they hand batches over to the training "
-    "process; a container's default is 64 MB). Give the container more (docker run --shm-size=8g, or --ipc=host), "
-    "or use fewer workers (data.num_workers, now %s) or smaller batches.")
-
-
-#: torch's words for a loader worker that SIGKILL stopped: the kernel's OOM killer, mostly
-KILLED_WORKER_HINT = (
-    "A data loader worker was killed (SIGKILL): most often the kernel's out-of-memory killer, at the memory limit "
-    "of the machine, the container or the job (dmesg, or sacct's MaxRSS and State=OUT_OF_MEMORY, say). Each worker "
-    "holds its own copy of what the dataset keeps: use fewer workers (data.num_workers, now %s), turn off the "
-    "decoded-image cache (data.cache_decoded, now %s), or ask for more memory.")
 
 
 def build_trainer_kwargs(cfg: DictConfig, model) -> dict:
@@ -562,10 +546,8 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
         exit_code = 1
         if is_out_of_memory(error):
             log.error(OUT_OF_MEMORY_HINT, cfg.data.get("batch_size"))
-        elif any(words in str(error) for words in SHARED_MEMORY_WORDS):
-            log.error(SHARED_MEMORY_HINT, cfg.data.get("num_workers"))
-        elif "is killed by signal: Killed" in str(error):
-            log.error(KILLED_WORKER_HINT, cfg.data.get("num_workers"), cfg.data.get("cache_decoded"))
+        elif hint := loader_failure_hint(error, "training", cfg.data.get("num_workers"), cfg.data.get("cache_decoded")):
+            log.error(hint)
         elif type(error).__module__.startswith("wandb"):
             # (an exported WANDB_API_KEY turns wandb online, also on compute nodes without internet)
             log.error("wandb stopped the run (above; WANDB_MODE=%s). Where this machine cannot reach wandb's server, "
