@@ -1,5 +1,6 @@
 """U-GAT-IT and NICE-GAN networks: reference parameter counts, shapes, LIN/AdaLIN, CAM, pickling."""
 import pickle
+import warnings
 from pathlib import Path
 
 import hydra
@@ -280,8 +281,11 @@ def older_checkpoint_loads_with_its_settings(train_cfg, tmp_path, model_name: st
     # A resume builds the networks of this run's settings: refused, naming the settings that fit
     resumed = train_cfg(f"model={model_name}", "data=shapes", "max_iters=2", *NO_EVALUATION, f"ckpt_path={old}")
     resumed.paths.output_dir = str(tmp_path / "resumed")
-    with pytest.raises(ValueError, match=refused):
+    with pytest.raises(ValueError, match=refused), warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
         run_training(resumed)
+    # (refused before the warning that the run goes on with this run's settings)
+    assert not [w for w in warned if "the run goes on" in str(w.message)]
     return model
 
 

@@ -276,6 +276,11 @@ def check_resume_settings(ckpt_path: str | Path, checkpoint: dict, model: torch.
     if checkpoint.get("model_class") in (None, class_path(model)):
         # (a checkpoint of another model is refused for its networks, a clearer reason)
         refuse_another_schedule_unit(ckpt_path, checkpoint, dict(model.hparams))
+    weights = checkpoint.get("state_dict") or {}
+    if any(earlier.weight in name for earlier in NETWORK_SETTINGS_BEFORE for name in weights):
+        # Networks of an earlier default: refused here, naming the setting that builds them,
+        # rather than after a warning that the run goes on with this run's settings.
+        check_resume_fits(model, checkpoint, ckpt_path)
     changed = changed_settings(checkpoint, dict(model.hparams), data_settings,
                                type(model).resumable_settings)
     if not changed:
