@@ -7,6 +7,7 @@ import shlex
 import signal
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import pytest
@@ -683,6 +684,34 @@ def test_a_failure_in_the_last_iterations_evaluation_resumes_to_a_record_of_the_
     assert record["status"] == "completed" and record["checkpoint"] == str(checkpoints / "crashed.ckpt")
     # and the run's end names the same file (Lightning restored last_model_path, the older last.ckpt)
     assert f"Checkpoint to resume from: {checkpoints / 'crashed.ckpt'}" in [r.getMessage() for r in caplog.records]
+
+
+def test_a_failure_in_a_mid_run_evaluation_is_named_when_the_run_resumes_past_it(train_cfg, monkeypatch):
+    """An FID failing at iteration 2 of 4 saved crashed.ckpt, counted past that iteration's end
+    work: the resumed run goes on from iteration 3, and iteration 2's score was missing from the
+    run's curve without a word."""
+    from src.callbacks.fid_kid import FidKidCallback
+    cfg = train_cfg("model=cyclegan", "data.max_dataset_size=4", "seed=7", "max_iters=6",
+                    "callbacks.fid_kid.every_n_iters=2", "++callbacks.latent=null", "++callbacks.shapes_truth=null",
+                    "callbacks.model_checkpoint.every_n_iters=1", "callbacks.model_checkpoint.save_top_k=-1")
+    def out_of_memory(*args):
+        raise RuntimeError("CUDA out of memory")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FidKidCallback, "evaluate", out_of_memory)
+        with pytest.raises(RuntimeError, match="CUDA out of memory"):
+            run_training(cfg)
+    cfg.ckpt_path = "auto"
+    with pytest.warns(UserWarning, match=r"FidKidCallback did not evaluate iteration 2, where this run resumes: .* "
+                                         r"goes on from iteration 3. .*python src/eval.py ckpt_path=.*crashed.ckpt"):
+        run_training(cfg)
+    # From a checkpoint written after its iteration's evaluations (iteration 4's), none is missed.
+    cfg.ckpt_path = str(Path(cfg.paths.output_dir, "checkpoints", "iter_0000004.ckpt"))
+    cfg.paths.output_dir = str(Path(cfg.paths.output_dir).parent / "again")
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        run_training(cfg)
+    assert not [w for w in warned if "did not evaluate" in str(w.message)]
 
 
 def test_ranks_that_would_resume_from_different_checkpoints_are_refused_before_any_reads():

@@ -9,7 +9,9 @@ Every checkpoint carries the metrics as of its save. A run resumed at its end tr
 nothing; where it has no "completed" record (stopped in its last iteration by a preemption or a
 failing evaluation, or killed between its last save and the record) it writes one from them,
 naming the checkpoint it resumed from and warning of the evaluations the last iteration
-missed, so that a search still gets its trial's value.
+missed, so that a search still gets its trial's value. A run resumed mid-run from such a
+checkpoint (crashed.ckpt, written when an evaluation failed) warns of the evaluations its
+iteration missed, as the resume goes on from the next iteration.
 """
 from __future__ import annotations
 
@@ -52,19 +54,32 @@ class FinalMetrics(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args, **kwargs) -> None:
         self.trained = True
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.ckpt_path and Path(trainer.ckpt_path).is_file() and pl_module.iteration > 0:
+            self.warn_of_missed_evaluations(trainer, pl_module, os.path.abspath(trainer.ckpt_path), at_the_end=False)
+
     @staticmethod
-    def warn_of_missed_evaluations(trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: str) -> None:
-        """A run resumed at its end evaluates nothing (Lightning skips a finished fit's loop and
-        its end): where the fit that reached the end stopped before its last evaluations (one
-        of them failing), they are missing from the run's scores, which must say so."""
+    def warn_of_missed_evaluations(trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: str,
+                                   at_the_end: bool = True) -> None:
+        """A resume goes on past the iteration its checkpoint holds: where the fit that wrote it
+        stopped in that iteration's end work (an evaluation failing), the evaluations left
+        undone there are missing from the run's scores, which must say so. A run resumed at its
+        end evaluates nothing (Lightning skips a finished fit's loop and its end); one resumed
+        mid-run (`at_the_end=False`) goes on to its next iteration, past those due at this one."""
         from src.callbacks.periodic_evaluation import PeriodicEvaluation
-        missed = [type(cb).__name__ for cb in trainer.callbacks if isinstance(cb, PeriodicEvaluation)
-                  and cb.enabled and cb.last_evaluated != pl_module.iteration]
-        if missed:
-            rank_zero_warn(f"{', '.join(missed)} did not evaluate the run's last iteration ({pl_module.iteration}): "
-                           f"the run reached it, but stopped before that evaluation, and a resume of a finished run "
-                           f"trains and evaluates nothing. Score its last state with python src/eval.py "
-                           f"{pasteable_override('ckpt_path', checkpoint, prefix='')}")
+        iteration = pl_module.iteration
+        missed = [type(cb).__name__ for cb in trainer.callbacks if isinstance(cb, PeriodicEvaluation) and cb.enabled
+                  and cb.last_evaluated != iteration and (at_the_end or cb.due_at(iteration))]
+        if not missed:
+            return
+        if at_the_end:
+            what = (f"the run's last iteration ({iteration}): the run reached it, but stopped before that evaluation, "
+                    f"and a resume of a finished run trains and evaluates nothing")
+        else:
+            what = (f"iteration {iteration}, where this run resumes: the run stopped in that iteration's end work, "
+                    f"and the resume goes on from iteration {iteration + 1}")
+        rank_zero_warn(f"{', '.join(missed)} did not evaluate {what}. Score that state with python src/eval.py "
+                       f"{pasteable_override('ckpt_path', checkpoint, prefix='')}")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:

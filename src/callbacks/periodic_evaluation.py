@@ -198,10 +198,14 @@ class PeriodicEvaluation(pl.Callback):
         max_epochs = trainer.max_epochs
         return bool(trainer.is_last_batch) and max_epochs is not None and 0 < max_epochs <= trainer.current_epoch + 1
 
+    def due_at(self, iteration: int) -> bool:
+        """Whether the schedule evaluates `iteration` (besides the run's last)."""
+        return self.every_n_iters > 0 and iteration % self.every_n_iters == 0
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         iteration = pl_module.iteration
-        due = self.every_n_iters > 0 and iteration % self.every_n_iters == 0
-        if self.enabled and (due or self.training_ends_here(trainer)) and iteration != self._last_evaluated:
+        if self.enabled and (self.due_at(iteration) or self.training_ends_here(trainer)) \
+                and iteration != self._last_evaluated:
             self._run(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
