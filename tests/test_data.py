@@ -1505,10 +1505,31 @@ def test_a_dataset_not_on_disk_stops_the_run_before_the_model_is_built(train_cfg
         make_aligned(root, splits=("train",))
     model = "pix2pix" if layout.startswith("pix2pix") else "cyclegan"
     data = "facades" if model == "pix2pix" else "horse2zebra"
-    missing = {"missing": root, "no trainB": root / "trainB", "pix2pix, no test/": root / "test"}[layout]
-    with pytest.raises(DatasetNotFoundError, match=f"Dataset folder not found: {missing}\\. Download it with"):
+    missing = {"missing": f"{root}\\. Download it with", "no trainB": f"{root / 'trainB'}\\. Download it with",
+               "pix2pix, no test/": f"{root / 'test'}, the test split beside {root / 'train'}"}[layout]
+    with pytest.raises(DatasetNotFoundError, match=f"Dataset folder not found: {missing}"):
         run_training(train_cfg(f"model={model}", f"data={data}", f"data.data_dir={root}"))
     assert built == []
+
+
+@pytest.mark.parametrize("layout", ["unpaired", "classes"])
+def test_a_dataset_of_training_images_only_is_told_to_hold_some_out_as_its_test_split(tmp_path, layout):
+    """One's own photos in trainA/ and trainB/ (or train/<class>/) were told the layouts and how
+    to download a dataset, not that the test split was the folder missing."""
+    from src.data.labelled import LabelledImageDataModule
+    if layout == "unpaired":
+        root = make_unpaired(tmp_path / "mine")
+        shutil.rmtree(root / "testB")
+        dm, missing = module(UnpairedDataModule, root), root / "testB"
+    else:
+        root = tmp_path / "mine"
+        for k in range(2):
+            write_image(root / "train" / "cats" / f"{k}.png", (20, 16), seed=k)
+        dm, missing = LabelledImageDataModule(data_dir=root, name="mine", load_size=16, crop_size=16), root / "test"
+    with pytest.raises(DatasetNotFoundError, match=f"Dataset folder not found: {missing}, the test split beside "
+                                                   f"{missing.parent / missing.name.replace('test', 'train')}.* Move "
+                                                   f"some of train.*'s images"):
+        dm.setup("fit")
 
 
 def test_manual_dataset_explains_where_to_get_it(tmp_path):

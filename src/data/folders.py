@@ -30,11 +30,23 @@ SKIPPED_NAMES_SHOWN = 5
 def require_folder(folder: str | Path, dataset_name: str, data_dir: str | Path) -> Path:
     """Return folder as a Path, or raise DatasetNotFoundError saying how to get the dataset."""
     folder = Path(folder)
+    refuse_a_missing_test_split(folder)
     if not folder.is_dir():
         raise DatasetNotFoundError(
             f"Dataset folder not found: {folder}. {how_to_get(dataset_name, data_dir)}"
         )
     return folder
+
+
+def refuse_a_missing_test_split(folder: Path) -> None:
+    """DatasetNotFoundError for a test split's folder (`testA`, `test`) that is missing beside
+    its training split's: folders of one's own images, where no download helps."""
+    train = folder.with_name("train" + folder.name.removeprefix("test")) if folder.name.startswith("test") else None
+    if not folder.is_dir() and train is not None and train.is_dir():
+        raise DatasetNotFoundError(
+            f"Dataset folder not found: {folder}, the test split beside {train}. Every run reads it: the sample "
+            f"grids and the evaluations (FID/KID, eval.py) score it, and none of its images is trained on. Move "
+            f"some of {train.name}'s images (a tenth, say) into {folder}")
 
 
 def not_data_folder(name: str) -> bool:

@@ -29,7 +29,7 @@ from src.data.base import ImageTranslationDataModule
 from src.data.decoded_cache import DecodedImages
 from src.data.download import DATASETS, pasteable
 from src.data.errors import DatasetNotFoundError
-from src.data.folders import list_images, not_data_folder, require_folder
+from src.data.folders import list_images, not_data_folder, refuse_a_missing_test_split, require_folder
 from src.data.path_table import path_rows
 from src.data.transforms import ImageTransform
 from src.data.unpaired import preprocess_file
@@ -156,6 +156,7 @@ class LabelledImageDataModule(ImageTranslationDataModule):
     # -- classes -------------------------------------------------------------------------------
 
     def _require(self, folder: Path) -> Path:
+        refuse_a_missing_test_split(folder)
         if self.layout == "classes" and self.name not in DATASETS and not folder.is_dir():
             # require_folder's hint for an unknown dataset lists every layout; say which one this is.
             # (A known one, MNIST, gets its download command from require_folder.)
