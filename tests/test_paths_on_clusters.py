@@ -277,7 +277,7 @@ def test_a_pasteable_override_of_a_key_the_config_holds_has_no_plus_signs():
 
 
 @pytest.mark.parametrize("value", [None, True, 3, 1e-4, "bicubic", "None", "2024", "nan", "big dogs", "a=b,c",
-                                   ["cats", "big dogs", None, 2]])
+                                   ["cats", "big dogs", None, 2], {"A": 0.5, "B": "x y"}])
 def test_a_suggested_setting_reads_back_as_its_value(value):
     """eval.py's fixes (`++data.resize_interpolation=bilinear`) printed Python's values: None
     read back as the string 'None', and a list's "['a', 'b']" split at its space in the shell."""
@@ -285,6 +285,8 @@ def test_a_suggested_setting_reads_back_as_its_value(value):
     (parsed,) = OverridesParser.create().parse_overrides(shlex.split(override))
     assert (parsed.key_or_group, parsed.value()) == ("data.x", value)
     assert download.pasteable_setting("data.x", "bicubic") == "++data.x=bicubic"   # plain where it can be
+    if isinstance(value, list):   # as a config holds it
+        assert download.pasteable_setting("data.x", OmegaConf.create({"x": value}).x) == override
 
 
 @pytest.mark.parametrize("key,value,read_as", [("input", 2024, "a number"), ("output", True, "true or false")])

@@ -31,6 +31,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,7 +232,9 @@ def override_value(value) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, Mapping):   # (OmegaConf's containers too)
+        return "{" + ",".join(f"{key}:{override_value(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, Sequence) and not isinstance(value, str):
         return "[" + ",".join(override_value(item) for item in value) + "]"
     text = str(value)
     if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_./-]*", text) and text.lower() not in ("null", "true", "false", "inf",
