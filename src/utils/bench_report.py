@@ -361,7 +361,9 @@ def markdown(results: dict[str, Any]) -> str:
                 "threads under the same allocator, "
                 "as that row stood when the trial was saved (an allocator trial: with the default row; an `ab` "
                 "row, with the same run's iterations that had the setting off, interleaved with the ones it had "
-                "on).", "", *variant_table(variants, rows, s), ""]
+                "on); a trial saved before 2026-12-03, when trials began to keep their baseline, has its baseline "
+                "row as it stood when its table was next saved (the CPU table: on 2026-12-03), not necessarily one "
+                "measured beside it.", "", *variant_table(variants, rows, s), ""]
     if any(e["pairs"] for e in results.get("versus_reference", [])):
         out += ["## Where the goal stands", "",
                 f"Per configuration and device, ours as configured against the reference's iteration in "
