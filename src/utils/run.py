@@ -89,7 +89,7 @@ def warn_emulated_cpu_bf16(trainer_cfg: dict) -> None:
     on_cpu = resolved_accelerator(trainer_cfg) == "cpu"
     if on_cpu and str(trainer_cfg.get("precision")).startswith("bf16") and not cpu_computes_bf16():
         warn_for_every_rank(log, "trainer.precision=%s on a CPU without bf16 arithmetic (no AVX-512 BF16 or AMX): "
-                            "oneDNN emulates it, and convolutions run about 100x slower than in fp32. Use "
+                            "oneDNN emulates it, and convolutions run about 240x slower than in fp32. Use "
                             "trainer.precision=32-true here; bf16 pays on recent GPUs and on CPUs with bf16 "
                             "arithmetic.", trainer_cfg.get("precision"))
 
@@ -147,7 +147,7 @@ def check_precision(trainer_cfg: dict) -> None:
             f"batches, image pools, samples and evaluation stay float32). Use trainer.precision=32-true, "
             f"bf16-mixed (CPUs with bf16 arithmetic, Ampere or newer GPUs) or 16-mixed (GPUs).")
     # Lightning has no fp16 autocast on CPUs and would swap in bf16-mixed, unasked, which on a CPU
-    # without bf16 arithmetic runs about 100x slower than float32 (warn_emulated_cpu_bf16).
+    # without bf16 arithmetic runs about 240x slower than float32 (warn_emulated_cpu_bf16).
     if str(precision) in ("16-mixed", "16") and resolved_accelerator(trainer_cfg) == "cpu":
         raise ValueError(f"trainer.precision={precision} (fp16 with loss scaling) needs a GPU, and this run trains "
                          f"on the CPU. Use trainer.precision=32-true here (bf16-mixed only on a CPU with bf16 "
