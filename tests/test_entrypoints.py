@@ -277,7 +277,7 @@ def test_a_second_run_into_a_busy_run_folder_is_refused_and_gives_back_its_hydra
     ("eval", ["ckpt_path is required", "save_images: true"], ["== Configuration groups"]),
     ("translate", ["ckpt_path is required, and input unless export is set", "skip_existing: false"],
      ["== Configuration groups"]),
-    ("bench", ["python src/bench.py configurations=[cyclegan_128]"], ["== Configuration groups"]),
+    ("bench", ["python src/bench.py 'configurations=[cyclegan_128]'"], ["== Configuration groups"]),
 ])
 def test_help_gives_the_commands_usage_and_config(script, expected, absent):
     """Hydra's generic help listed every folder of conf/ as groups of every command, eval.py's
