@@ -1695,3 +1695,22 @@ def test_eval_scores_with_the_feature_extractor_the_run_trained_with(smoke_runs,
         GlobalHydra.instance().clear()
     assert json.loads((Path(cfg.output_dir) / "metrics.json").read_text())["feature_extractor"] == "random_cnn"
     assert math.isfinite(results["AtoB"]["fid"])
+
+
+@pytest.mark.parametrize("text", ["{", "[1, 2]"])
+def test_an_unreadable_translation_record_is_replaced_with_overwrite_where_every_output_is(tmp_path, text):
+    """A folder's translation.json that is no record (cut by an editor, a list) was refused with
+    "pass overwrite=true", and refused again with it, as the record was read first."""
+    from src.translate import RECORD_NAME, keep_one_translation_per_folder
+    (tmp_path / RECORD_NAME).write_text(text)
+    (tmp_path / "a.png").write_bytes(b"")
+    record = {"ckpt_path": "/runs/last.ckpt", "iteration": 5, "direction": "AtoB"}
+    with pytest.raises(ValueError, match=r"translation.json is not a translation record \(.*\): pass overwrite=true"):
+        keep_one_translation_per_folder(tmp_path, record, overwrite=False, targets={tmp_path / "a.png"})
+    (tmp_path / "b.png").write_bytes(b"")   # an output this translation would not replace
+    with pytest.raises(ValueError, match=r"holds outputs of another translation \(its record unreadable: .*\) that "
+                                         r"this one would not replace, e.g. .*b.png"):
+        keep_one_translation_per_folder(tmp_path, record, overwrite=True, targets={tmp_path / "a.png"})
+    keep_one_translation_per_folder(tmp_path, record, overwrite=True, targets={tmp_path / "a.png", tmp_path / "b.png"},
+                                    input_path=str(tmp_path / "photos"))
+    assert {k: v for k, v in json.loads((tmp_path / RECORD_NAME).read_text()).items() if k != "inputs"} == record
