@@ -79,7 +79,8 @@ def validate_preprocess(preprocess: str, load_size: int, crop_size: int) -> None
             f"Use crop_size <= load_size."
         )
     if preprocess.startswith("scale_width") and load_size < SIDE_MULTIPLE:
-        raise ValueError(f"data.load_size={load_size} must be at least {SIDE_MULTIPLE}.")
+        raise ValueError(f"data.load_size={load_size} must be at least {SIDE_MULTIPLE} with data.preprocess={preprocess} "
+                         f"(the width it scales to)")
 
 
 def resize_image(image: np.ndarray, height: int, width: int, interpolation: str = "bicubic",

@@ -112,7 +112,8 @@ class CAMAttention(nn.Module):
                  spectral: bool = False, raw_rescale: bool = False, plain_fusion: bool = False):
         super().__init__()
         if classifier not in _CLASSIFIERS:
-            raise ValueError(f"Unknown CAM classifier '{classifier}'; choose one of {CLASSIFIER_TYPES}")
+            raise ValueError(f"cam_classifier={classifier!r} (model.generator.cam_classifier, and each "
+                             f"discriminator's) is not a CAM classifier: choose one of {CLASSIFIER_TYPES}")
         self.classifier = _CLASSIFIERS[classifier](channels, spectral, raw_rescale)
         self.fuse = spectral_norm_if(nn.Conv2d(2 * channels, channels, 1), spectral and not plain_fusion)
         self.act = activation_layer(activation)

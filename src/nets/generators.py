@@ -128,7 +128,8 @@ class UnetGenerator(nn.Module):
         if num_downs == "auto":
             num_downs = unet_depth(image_size)
         if isinstance(num_downs, bool) or not isinstance(num_downs, int) or num_downs < 5:
-            raise ValueError("model.generator.num_downs must be >= 5 (7 for unet_128, 8 for unet_256)")
+            raise ValueError(f"model.generator.num_downs={num_downs!r} must be an integer >= 5 (7 for unet_128, 8 for "
+                             f"unet_256), or auto (from data.crop_size)")
         kw = dict(norm=norm, use_skip=use_skip)
         block = UnetSkipBlock(ngf * 8, ngf * 8, innermost=True, use_dropout=use_dropout, **kw)
         for level in range(num_downs - 5):
