@@ -163,11 +163,3 @@ def load_kernels() -> ctypes.CDLL:
             getattr(lib, prefix + name).argtypes = [pointer, pointer, size, size, threads]
         getattr(lib, prefix + "output_transform").argtypes = [pointer, pointer, pointer, size, size, size, size, threads]
     return lib
-
-
-def available() -> bool:
-    try:
-        kernels()
-    except WinogradUnavailable:
-        return False
-    return True
