@@ -41,3 +41,11 @@ def test_a_setting_out_of_range_is_refused_naming_a_key_the_config_holds(train_c
     while error.__cause__ is not None:   # (Hydra wraps the class's own error, once per nesting)
         error = error.__cause__
     assert re.search(message, str(error)), str(error)
+
+
+@pytest.mark.parametrize("entry", ["{every_n_iters:1}", "5"])
+def test_a_callback_entry_without_a_target_is_refused_naming_it(train_cfg, entry):
+    """An added callback (or logger) entry that builds nothing is named, with the fix."""
+    from src.utils.run import run_training
+    with pytest.raises(ValueError, match=r"Config 'callbacks.mine' needs a '_target_' key \(or null to disable it\)"):
+        run_training(train_cfg("model=cyclegan", f"+callbacks.mine={entry}"))
