@@ -93,12 +93,22 @@ def test_csv_windows_are_views_of_one_scaled_series(tmp_path):
     ({"seq_len": 60}, "too few"),
     ({"label_column": None}, r"data.num_classes=2 but no data.label_column: without a column of classes every "
                              r"window's label is 0"),
+    ({"num_classes": 1}, r"data.label_column=label holds labels 0..1, outside 0..0: set data.num_classes=2"),
+    ({"source": "parquet"}, r"data.source='parquet' must be one of"),
+    ({"csv_path": None}, r"data.source=csv needs data.csv_path=/path/to/series.csv"),
+    ({"csv_path": "nowhere.csv"}, r"data.csv_path=.*/nowhere.csv does not exist: point it at a CSV file"),
+    ({"csv_path": "empty.csv"}, r"data.csv_path=.*empty.csv holds no data rows"),
+    ({"csv_path": "header.csv"}, r"data.csv_path=.*header.csv holds no data rows"),
 ])
 def test_csv_errors_name_the_setting(tmp_path, kwargs, message):
     write_csv(tmp_path / "s.csv", 50)
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header.csv").write_text("a,b,label\n")
+    if kwargs.get("csv_path") in ("empty.csv", "header.csv"):
+        kwargs = {**kwargs, "csv_path": str(tmp_path / kwargs["csv_path"])}
     settings = {"source": "csv", "csv_path": str(tmp_path / "s.csv"), "channels": 2, "seq_len": 10,
                 "label_column": "label", "num_classes": 2, **kwargs}
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
         sines(**settings)
 
 
