@@ -2134,3 +2134,12 @@ def test_each_unpaired_model_samples_as_its_authors_loader(train_cfg):
         cfg = train_cfg(f"model={model}", "data=horse2zebra")
         assert cfg.data.unpaired_sampling == sampling, model
         assert instantiate(cfg.data).unpaired_sampling == sampling
+
+
+def test_an_image_over_pils_pixel_guard_is_named_with_the_way_round_it(tmp_path, monkeypatch):
+    """A scan or panorama over PIL's ~179 M pixel guard (here, a lowered guard)."""
+    from PIL import Image as PILImage
+    write_image(tmp_path / "big.png", (64, 64), seed=0)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 64 * 64 // 4)   # PIL refuses over twice this
+    with pytest.raises(ImageReadError, match=r"Cannot read image file .*big.png: .*Shrink it with an image editor"):
+        load_image(tmp_path / "big.png", 3)

@@ -1714,3 +1714,10 @@ def test_an_unreadable_translation_record_is_replaced_with_overwrite_where_every
     keep_one_translation_per_folder(tmp_path, record, overwrite=True, targets={tmp_path / "a.png", tmp_path / "b.png"},
                                     input_path=str(tmp_path / "photos"))
     assert {k: v for k, v in json.loads((tmp_path / RECORD_NAME).read_text()).items() if k != "inputs"} == record
+
+
+def test_an_input_folder_without_images_is_named_with_the_kinds_read(tmp_path):
+    from src.utils.translation import list_input_images
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match=rf"input={tmp_path} holds no image file \(.*\.jpg.*\.png"):
+        list_input_images(tmp_path)
