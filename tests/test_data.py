@@ -387,6 +387,12 @@ def test_missing_partner_names_the_file(tmp_path):
     dm = module(PairedDataModule, root)
     with pytest.raises(MissingPartnerError, match="lonely.png"):
         dm.setup("fit")
+    # Two files of one name in a folder: which one x.png in the other folder pairs with is unclear.
+    (root / "trainA" / "lonely.png").unlink()
+    write_image(root / "trainA" / "x.jpg")
+    with pytest.raises(MissingPartnerError, match=r"trainA/x.jpg and .*trainA/x.png share the name 'x'|"
+                                                  r"trainA/x.png and .*trainA/x.jpg share the name 'x'"):
+        module(PairedDataModule, root).setup("fit")
 
 
 def test_pair_gets_identical_random_transform(tmp_path):
