@@ -274,6 +274,9 @@ def test_a_pasteable_override_of_a_key_the_config_holds_has_no_plus_signs():
     (parsed,) = OverridesParser.create().parse_overrides(shlex.split(override))
     assert (parsed.key_or_group, parsed.value()) == ("ckpt_path", "/home/josé/GAN runs (1)/last.ckpt")
     assert download.pasteable_override("ckpt_path", "/runs/a/last.ckpt", prefix="") == "ckpt_path=/runs/a/last.ckpt"
+    # a name alone is shown as it is where Hydra reads it as a name, and quoted where it would not
+    assert download.pasteable_override("init_from", "last.ckpt", prefix="") == "init_from=last.ckpt"
+    assert download.pasteable_override("output", "2024", prefix="") == '"output=\'2024\'"'
 
 
 @pytest.mark.parametrize("value", [None, True, 3, 1e-4, "bicubic", "None", "2024", "nan", "big dogs", "a=b,c",

@@ -210,11 +210,11 @@ def pasteable_override(key: str, path: str | Path, prefix: str = "++") -> str:
     and `hydra.run.dir`) as a user pastes it onto a shell's command line: the path quoted for Hydra
     where its grammar would read it otherwise (spaces, '=', ',', parentheses, non-ASCII letters
     are not plain values), then the whole quoted for the shell where needed. A plain path (one
-    with a '/': `null` or `1` alone would be read as other types) is shown as it is."""
+    with a '/', or a name Hydra reads as a name: `null`, `2024` or `true` alone would be read as
+    other types) is shown as it is."""
     value = str(path)
-    if "/" not in value or not re.fullmatch(r"[A-Za-z0-9_./-]+", value):
-        value = quote_override_value(value)
-    return pasteable(f"{prefix}{key}={value}")
+    plain_path = "/" in value and re.fullmatch(r"[A-Za-z0-9_./-]+", value)
+    return pasteable(f"{prefix}{key}={value if plain_path else override_value(value)}")
 
 
 def pasteable_setting(key: str, value, prefix: str = "++") -> str:
