@@ -81,6 +81,13 @@ def test_a_read_the_system_refuses_stops_auto_rather_than_pass_over_the_file(tmp
         most_advanced_checkpoint(checkpoints, tmp_path)
 
 
+def test_auto_without_a_checkpoint_callback_names_the_setting_it_reads(train_cfg):
+    from src.utils.run import run_training
+    with pytest.raises(ValueError, match=r"ckpt_path=auto looks for checkpoints in callbacks.model_checkpoint.dirpath, "
+                                         r"which this config does not set \(see conf/callbacks/default.yaml\)"):
+        run_training(train_cfg("ckpt_path=auto", "callbacks.model_checkpoint=null"))
+
+
 def test_auto_stops_where_every_checkpoint_is_unreadable_rather_than_start_over_them(tmp_path):
     from omegaconf import OmegaConf
     from src.utils.auto_resume import resolve_auto_resume
