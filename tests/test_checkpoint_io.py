@@ -145,3 +145,13 @@ def test_a_run_ending_between_periodic_saves_ends_with_a_checkpoint_of_its_last_
     assert checkpoint["global_step"] == 3 * steps_per_iter
     epoch = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]
     assert epoch["completed"] == 0   # (the smoke data's epoch is longer than 3 iterations)
+
+
+def test_a_checkpoint_no_model_class_fits_names_the_classes_tried(tmp_path):
+    """Outside a run folder, with no class recorded, the class is found from the weights: a file
+    of none of them is named with what was tried, not a constructor's TypeError."""
+    from src.utils.checkpoint_loading import load_model
+    torch.save({"hyper_parameters": {"widths": 3}, "state_dict": {"net.weight": torch.zeros(1)}}, tmp_path / "c.ckpt")
+    with pytest.raises(ValueError, match=r"ckpt_path=.*c.ckpt: no model class fits this checkpoint; tried "
+                                         r".*CycleGAN \(other hyperparameters\)"):
+        load_model(tmp_path / "c.ckpt")
