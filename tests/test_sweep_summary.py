@@ -65,7 +65,8 @@ def test_an_unreadable_result_is_a_row_that_says_so_and_the_others_stand(tmp_pat
 
 def test_settings_that_differ_through_a_models_own_config_are_columns(tmp_path):
     """`-m model=cyclegan,ugatit`: U-GAT-IT's config trains at another size and length, which
-    no override names; the rows compared more than the models without a word."""
+    no override names; the rows compared more than the models without a word. So do scores of a
+    generators' average (ProGAN's and StyleGAN's configs keep one) beside the trained weights'."""
     sweep = tmp_path / "sweep"
     for number, model, size, iterations in ((0, "cyclegan", 256, None), (1, "ugatit", 128, 1000)):
         job = make_job(sweep, number, [f"model={model}", "data=horse2zebra"], metrics={"eval/fid": 50.0 + number},
@@ -73,13 +74,14 @@ def test_settings_that_differ_through_a_models_own_config_are_columns(tmp_path):
         start = job / "starts" / "001_2026-12-06_10-00-00"
         start.mkdir(parents=True)
         OmegaConf.save(OmegaConf.create({"max_iters": iterations, "trainer": {"max_epochs": 200},
-                                         "data": {"name": "horse2zebra", "crop_size": size, "batch_size": 1}}),
+                                         "data": {"name": "horse2zebra", "crop_size": size, "batch_size": 1},
+                                         "callbacks": {"ema": {"enabled": bool(number)}}}),
                        start / "resolved.yaml")
     lines = sweep_summary.write_summary(sweep, ["eval/fid"]).read_text().splitlines()
-    assert "| job | overrides | size | iterations | status | iteration | eval/fid |" in lines
-    assert "| 0 | model=cyclegan | 256 | - | completed | 10 | 50 |" in lines
-    assert "| 1 | model=ugatit | 128 | 1000 | completed | 10 | 51 |" in lines
-    assert any("The jobs differ in size, iterations" in line for line in lines)
+    assert "| job | overrides | size | iterations | EMA | status | iteration | eval/fid |" in lines
+    assert "| 0 | model=cyclegan | 256 | - | False | completed | 10 | 50 |" in lines
+    assert "| 1 | model=ugatit | 128 | 1000 | True | completed | 10 | 51 |" in lines
+    assert any("The jobs differ in size, iterations, EMA" in line for line in lines)
     # jobs that differ only in what the overrides say get no such columns
     (sweep / "1" / "starts" / "001_2026-12-06_10-00-00" / "resolved.yaml").write_text(
         (sweep / "0" / "starts" / "001_2026-12-06_10-00-00" / "resolved.yaml").read_text())

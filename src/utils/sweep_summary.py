@@ -65,7 +65,9 @@ DEFAULT_METRICS = {
 #: rows that differ in them compare more than the models (column name -> config key)
 SETTING_COLUMNS = {"data": "data.name", "size": "data.crop_size", "batch": "data.batch_size",
                    "iterations": "max_iters", "kimg": "max_kimg", "epochs": "trainer.max_epochs",
-                   "light": "model.generator.light"}
+                   "light": "model.generator.light",
+                   # the weights the run sampled and scored with: its generators' average, or the trained ones
+                   "EMA": "callbacks.ema.enabled"}
 
 
 def job_settings(job_dir: Path) -> dict[str, Any]:
