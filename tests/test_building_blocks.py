@@ -205,7 +205,8 @@ def test_a_decay_that_misses_the_runs_end_is_named():
     assert decay_end_mismatch(paper, "epoch", 200) is None
     assert "run is 150 epochs long: it stops with the rate at 0.50 of its start" in decay_end_mismatch(paper, "epoch", 150)
     assert "its last 50 epochs train at a rate of 0" in decay_end_mismatch(paper, "epoch", 250)
-    assert "Set model.lr_schedule.constant and decay to fit the run" in decay_end_mismatch(paper, "epoch", 250)
+    assert "Set ++model.lr_schedule.constant=... ++model.lr_schedule.decay=... to fit the run" in \
+        decay_end_mismatch(paper, "epoch", 250)
     extended = decay_end_mismatch(paper, "epoch", 250, resumed=True)   # whose settings change nothing of it
     assert "keeps the schedule of the run it continues" in extended and "init_from=" in extended
     assert "Set model.lr_schedule" not in extended

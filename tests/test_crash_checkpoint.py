@@ -562,15 +562,18 @@ def test_loader_workers_out_of_shared_memory_say_how_to_give_them_more(train_cfg
     assert "data.num_workers, now 0" in caplog.text
 
 
-def test_a_loader_worker_killed_by_the_kernel_says_what_holds_memory_per_worker(train_cfg, monkeypatch, caplog):
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_loader_worker_killed_by_the_kernel_says_what_holds_memory_per_worker(train_cfg, monkeypatch, caplog,
+                                                                                cache):
     """torch says only that a worker "is killed by signal: Killed": the OOM killer at a container's
-    or job's memory limit, hours into a run with the decoded-image cache filling every worker."""
-    cfg = train_cfg(*COMMON, "max_iters=4")
+    or job's memory limit, hours into a run with the decoded-image cache filling every worker. The
+    cache is named where it is on (its key is in few data configs: `++`)."""
+    cfg = train_cfg(*COMMON, "max_iters=4", f"++data.cache_decoded={str(cache).lower()}")
     fail_at_step(monkeypatch, 2, RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. "))
     with pytest.raises(RuntimeError):
         run_training(cfg)
     assert "out-of-memory killer" in caplog.text and "data.num_workers, now 0" in caplog.text
-    assert "data.cache_decoded, now" in caplog.text
+    assert ("turn off the decoded-image cache (++data.cache_decoded=false)" in caplog.text) == cache
 
 
 @pytest.mark.parametrize("error,says", [

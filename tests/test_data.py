@@ -360,7 +360,7 @@ def test_two_photo_folders_under_train_are_not_cut_in_half_as_aligned_pairs(tmp_
             write_image(root / split / domain / "x.png", color=RED)
     dm = module(PairedDataModule, root, preprocess="none")
     with pytest.raises(DatasetNotFoundError, match=r"mine/(train|test) holds A/ and B/ folders, and the aligned layout reads "
-                                                   r"each image as A\|B side by side .* with data.layout=folders"):
+                                                   r"each image as A\|B side by side .* with \+\+data.layout=folders"):
         dm.sample_batch(1)
 
 

@@ -94,7 +94,7 @@ def test_given_classes_set_the_order_and_may_be_a_subset(tmp_path):
     # A wrong name is named as one, with the classes there are (a known dataset's message told
     # the user to move it away and download it again)
     with pytest.raises(DatasetNotFoundError, match=r"data.classes: 'cow' is not a class of .*d/train \(those are "
-                                                   r"ant, bee, cat\): fix the name, or data.classes=null for all"):
+                                                   r"ant, bee, cat\): fix the name, or \+\+data.classes=null for all"):
         labelled(root, classes=["ant", "cow"]).setup("fit")
     with pytest.raises(DatasetNotFoundError, match=r"data.classes: 'cow' is not a class"):
         labelled(root, classes=["ant", "cow"], name="cifar10").setup("fit")

@@ -862,13 +862,14 @@ def test_a_length_in_epochs_far_past_the_papers_runs_is_said_with_the_fix(train_
         told = [str(w.message) for w in caught if "a length in epochs is the papers'" in str(w.message)]
         assert told == ([("trainer.max_epochs=1 of 8 iterations each is 8 iterations, over 5: a length in epochs is "
                           "the papers' for their small datasets. Give the run a length in iterations (max_iters=, and "
-                          "model.lr_schedule.unit=iteration model.lr_schedule.constant=half "
-                          "model.lr_schedule.decay=half), or cap the data "
+                          "model.lr_schedule.unit=iteration ++model.lr_schedule.constant=half "
+                          "++model.lr_schedule.decay=half), or cap the data "
                           "(data.max_dataset_size).")] if said else [])
-    # (the fix as written composes: each key named by its full path)
-    fixed = train_cfg("model=cyclegan", "max_iters=8", "model.lr_schedule.unit=iteration",
-                      "model.lr_schedule.constant=half", "model.lr_schedule.decay=half")
-    assert (fixed.model.lr_schedule.constant, fixed.model.lr_schedule.decay) == ("half", "half")
+    # (the fix as written composes, for a model whose config holds the keys and for one whose lacks two)
+    for model in ("cyclegan", "dcgan"):
+        fixed = train_cfg(f"model={model}", "max_iters=8", "model.lr_schedule.unit=iteration",
+                          "++model.lr_schedule.constant=half", "++model.lr_schedule.decay=half")
+        assert (fixed.model.lr_schedule.constant, fixed.model.lr_schedule.decay) == ("half", "half")
 
 
 @pytest.mark.parametrize("model_name, off, passes_saved", [

@@ -76,7 +76,7 @@ class OptimizedMetricCheck(pl.Callback):
         keys = ", ".join(cb.config_key for cb in producers)
         raise ValueError(f"optimized_metric={self.metric} comes from {keys}, which is off for this run (its log "
                          f"line above says why): the run would train to its end and return nothing. Choose a metric "
-                         f"this run logs (eval/fid on real data, with hydra.sweeper.direction=minimize)")
+                         f"this run logs (eval/fid on real data; in an Optuna search, with hydra.sweeper.direction=minimize)")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self._producers or not all(cb.has_evaluated for cb in self._producers):

@@ -477,7 +477,7 @@ class ImageTranslationDataModule(SplitDataModule):
                 f"process(es) on this machine: about {cached / 1e9:.1f} GB for {len(train)} items of "
                 f"{per_item / 1e6:.2f} MB decoded, with {memory / 1e9:.1f} GB of memory for this process (the "
                 f"machine's, or its container's or job's limit). Set "
-                f"data.cache_decoded=false (it is for small images read many times), or fewer data.num_workers.")
+                f"++data.cache_decoded=false (it is for small images read many times), or fewer data.num_workers.")
 
     def decoded_images(self) -> DecodedImages | None:
         """A new split dataset's cache of decoded images (src/data/decoded_cache.py), or None."""

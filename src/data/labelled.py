@@ -183,7 +183,7 @@ class LabelledImageDataModule(ImageTranslationDataModule):
                 where = str(folder.parent)
             if present:
                 raise DatasetNotFoundError(f"data.classes: {name!r} is not a class of {where} (those are "
-                                           f"{', '.join(present)}): fix the name, or data.classes=null for all")
+                                           f"{', '.join(present)}): fix the name, or ++data.classes=null for all")
         return self._require(folder)
 
     def class_folders(self) -> list[str]:

@@ -179,7 +179,7 @@ class PairedDataModule(TwoDomainDataModule):
             raise DatasetNotFoundError(
                 f"{folder} holds A/ and B/ folders, and the aligned layout reads each image as A|B side by side "
                 f"({ALIGNED_LAYOUT}). For pairs in two folders matched by file name, lay them out as "
-                f"{PAIRED_FOLDERS_LAYOUT} with data.layout=folders.")
+                f"{PAIRED_FOLDERS_LAYOUT} with ++data.layout=folders.")
         return folder
 
     def split_folder(self, split: str, domain: str) -> Path:

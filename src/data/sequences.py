@@ -91,7 +91,7 @@ def read_csv_columns(path: Path, columns: list[str] | None, label_column: str | 
         if columns is None and all(is_number_text(name) for name in header):
             raise ValueError(f"data.csv_path={path}: line 1 ({','.join(header)}) looks like data, not a header "
                              "row naming the columns: add one (its first values would be taken as names), or, "
-                             "where these are the names, list them in data.columns")
+                             "where these are the names, list them in ++data.columns=[...]")
         wanted = columns or [c for c in header if c != label_column]
         missing = [c for c in wanted + ([label_column] if label_column else []) if c not in header]
         if missing:
@@ -118,7 +118,7 @@ def read_csv_columns(path: Path, columns: list[str] | None, label_column: str | 
                     numbers.append(float(text))
                 except ValueError as error:
                     raise ValueError(f"data.csv_path={path}: column {column!r} is not numeric ({text!r} on line "
-                                     f"{line}: {error}); choose the numeric columns with 'data.columns=[a,b]'") from error
+                                     f"{line}: {error}); choose the numeric columns with '++data.columns=[a,b]'") from error
                 # float() reads nan and inf too; one of them would turn the column's scaling into NaN.
                 if not math.isfinite(numbers[-1]):
                     raise ValueError(f"data.csv_path={path}: column {column!r} holds {text!r} on line {line}: every "
@@ -154,7 +154,7 @@ class SequenceDataModule(SplitDataModule):
                              "on another data config, ++data.csv_path=...)")
         if source == "csv" and not label_column and num_classes != 1:
             raise ValueError(f"data.num_classes={num_classes} but no data.label_column: without a column of classes "
-                             f"every window's label is 0. Name the column (data.label_column=...) or set "
+                             f"every window's label is 0. Name the column (++data.label_column=...) or set "
                              f"data.num_classes=1")
         require_int("data.max_dataset_size", max_dataset_size, allow_none=True)
         if not 0 < test_fraction < 1:
@@ -189,7 +189,7 @@ class SequenceDataModule(SplitDataModule):
         values, labels = read_csv_columns(path, columns, label_column)
         if values.shape[1] != self.channels:
             raise ValueError(f"data.csv_path={path} gives {values.shape[1]} channels, data.channels={self.channels}: "
-                             f"set data.channels={values.shape[1]} (or pick columns with data.columns). The file "
+                             f"set data.channels={values.shape[1]} (or pick columns with ++data.columns=[...]). The file "
                              f"is read as one series, a row per time step and a column per channel")
         split = int(round(len(values) * (1 - hp.test_fraction)))
         parts = {"train": (0, split), "test": (split, len(values))}

@@ -215,8 +215,8 @@ class ImageTransform:
         if self.preprocess == "crop" and min(height, width) < self.crop_size:
             raise ValueError(
                 f"data.crop_size={self.crop_size} is larger than an image of {height}x{width} "
-                f"(preprocess='crop' does not resize). Lower data.crop_size or use "
-                f"data.preprocess=resize_and_crop."
+                f"(preprocess='crop' does not resize). Lower ++data.crop_size=... or use "
+                f"++data.preprocess=resize_and_crop."
             )
         if self.preprocess == "none" and min(height, width) < SIDE_MULTIPLE:
             raise ValueError(

@@ -521,8 +521,8 @@ class AdversarialModel(pl.LightningModule):
             rank_zero_warn(f"trainer.max_epochs={trainer.max_epochs} of {batches} iterations each is {iterations:,} "
                            f"iterations, over {LONG_RUN_ITERATIONS:,}: a length in epochs is the papers' for their "
                            f"small datasets. Give the run a length in iterations (max_iters=, and "
-                           f"model.lr_schedule.unit=iteration model.lr_schedule.constant=half "
-                           f"model.lr_schedule.decay=half), or cap the data (data.max_dataset_size).")
+                           f"model.lr_schedule.unit=iteration ++model.lr_schedule.constant=half "
+                           f"++model.lr_schedule.decay=half), or cap the data (data.max_dataset_size).")
 
     def warn_of_step_in_backward_turned_off(self) -> None:
         """`model.optimizer.step_in_backward=true` where the run cannot step in backward (see

@@ -112,7 +112,7 @@ def decay_end_mismatch(factor, unit: str, length: int, resumed: bool = False) ->
     fix = ("A resumed run keeps the schedule of the run it continues, whatever model.lr_schedule says: to train "
            "longer on a schedule of its own, start a new run from its weights (init_from=<its checkpoint>) with "
            "model.lr_schedule.constant and decay that fit" if resumed else
-           "Set model.lr_schedule.constant and decay to fit the run (or both to 'half')")
+           "Set ++model.lr_schedule.constant=... ++model.lr_schedule.decay=... to fit the run (or both to half)")
     return (f"model.lr_schedule decays the rate to 0 over {unit}s {factor.constant}-{end}, but this run is {length} "
             f"{unit}s long: {outcome}. {fix}, or ignore this if it is meant.")
 

@@ -71,7 +71,7 @@ def build_optimizer(params: list[torch.Tensor], cfg: dict) -> torch.optim.Optimi
         raise ValueError(f"model.optimizer.momentum_ramp ramps SGD's momentum; model.optimizer.type is {kind}")
     if cfg.get("momentum_ramp") and cfg.get("momentum") is None:
         raise ValueError("model.optimizer.momentum_ramp ramps from model.optimizer.momentum, which is not set: "
-                         "set it (the GAN paper's code starts at 0.5)")
+                         "set it (++model.optimizer.momentum=0.5, the GAN paper's code's start)")
     if kind == "rmsprop":   # WGAN's: no momentum
         return torch.optim.RMSprop(params, lr=cfg["lr"], weight_decay=decay)
     if kind == "sgd":   # plain gradient descent (RGAN's critic), or with momentum (GAN's)

@@ -14,8 +14,8 @@ KILLED_WORKER_WORDS = "is killed by signal: Killed"
 KILLED_WORKER_HINT = (
     "A data loader worker was killed (SIGKILL): most often the kernel's out-of-memory killer, at the memory limit "
     "of the machine, the container or the job (dmesg, or sacct's MaxRSS and State=OUT_OF_MEMORY, say). Each worker "
-    "holds its own copy of what the dataset keeps: use fewer workers ({key}data.num_workers{workers}), turn off the "
-    "decoded-image cache ({key}data.cache_decoded{cache}), or ask for more memory.")
+    "holds its own copy of what the dataset keeps: use fewer workers ({key}data.num_workers{workers}){cache}, or ask "
+    "for more memory.")
 
 
 #: a setting's value the caller does not know (eval.py's data node is the run's, read later)
@@ -27,8 +27,12 @@ def loader_failure_hint(error: BaseException, process: str, num_workers=UNKNOWN,
     """What to change where `error` is a loader worker's failure (None where it is not); the
     settings' values where the caller knows them (`process`: "training", "evaluation";
     `key_prefix`: "++" where the data node is the run's, as in eval.py)."""
-    workers, cache = (("" if value is UNKNOWN else f", now {'null' if value is None else value}")
-                      for value in (num_workers, cache_decoded))
+    workers = "" if num_workers is UNKNOWN else f", now {num_workers}"
+    # The cache's key is in few data configs (`++`), and it is named only where the cache may be on.
+    if cache_decoded is UNKNOWN:
+        cache = ", turn off the decoded-image cache where it is on (++data.cache_decoded=false)"
+    else:
+        cache = ", turn off the decoded-image cache (++data.cache_decoded=false)" if cache_decoded else ""
     if any(words in str(error) for words in SHARED_MEMORY_WORDS):
         return SHARED_MEMORY_HINT.format(process=process, workers=workers, key=key_prefix)
     if KILLED_WORKER_WORDS in str(error):
