@@ -1,4 +1,4 @@
-"""Every `python src/<tool>.py ...` command README.md shows composes: its config groups and keys
+"""Every `python src/<tool>.py ...` command README.md and the configs' comments show composes: its config groups and keys
 exist, and each override parses, so a pasted command fails on nothing but the user's own paths
 (checkpoints, data folders). Sweeps are composed at their first value; `-m` and other flags are
 Hydra's. Nothing is run."""
@@ -17,17 +17,30 @@ ROOT = Path(__file__).resolve().parents[1]
 NOT_INSTALLED = ("hydra/launcher=slurm",)
 
 
-def readme_commands() -> list[tuple[str, list[str]]]:
-    """(tool, its arguments) of each command in README.md's bash blocks, continuation lines
-    joined and `# comments` dropped."""
+def commands_in(text: str, command_lines_only: bool = False) -> list[tuple[str, list[str]]]:
+    """(tool, its arguments) of each `src/<tool>.py` command in `text` (with `command_lines_only`,
+    of lines that are a `python src/...` command, not prose naming one): continuation lines joined,
+    `# comments` dropped, placeholders (`<run folder>`) filled in, `[key=...]` (optional) left out."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            found = re.search(r"\bsrc/(train|eval|translate|bench)\.py\b(.*)", line)
-            if found:
-                commands.append((found.group(1), shlex.split(found.group(2), comments=True)))
-    # `make train|bench ARGS="..."` (the Makefile's train adds experiment=quickstart), in text too
-    for tool, arguments in re.findall(r"make (train|bench) ARGS=\"([^\"]*)\"", (ROOT / "README.md").read_text()):
+    start = r"^\s*python " if command_lines_only else r"\b"
+    for line in text.replace("\\\n", " ").splitlines():
+        found = re.search(start + r"src/(train|eval|translate|bench)\.py\b(.*)", line)
+        if found:
+            arguments = shlex.split(re.sub(r"<[^<>]+>", "filled_in", found.group(2)), comments=True)
+            commands.append((found.group(1), [a for a in arguments if not a.startswith("[")]))
+    return commands
+
+
+def shown_commands() -> list[tuple[str, list[str]]]:
+    """The commands of README.md's bash blocks and of the configs' comments and `--help` headers,
+    and README's `make train|bench ARGS="..."` (the Makefile's train adds experiment=quickstart)."""
+    readme = (ROOT / "README.md").read_text()
+    commands = [command for block in re.findall(r"```bash\n(.*?)```", readme, re.S) for command in commands_in(block)]
+    for config in sorted((ROOT / "conf").rglob("*.yaml")):
+        # a comment's command goes on in the next comment line
+        lines = [re.sub(r"^\s*#\s?", "", line) for line in config.read_text().splitlines()]
+        commands += commands_in("\n".join(lines), command_lines_only=True)
+    for tool, arguments in re.findall(r"make (train|bench) ARGS=\"([^\"]*)\"", readme):
         commands.append((tool, ["experiment=quickstart"] * (tool == "train") + shlex.split(arguments)))
     return commands
 
@@ -39,7 +52,6 @@ def first_of_sweeps(arguments: list[str]) -> list[str]:
     for argument in arguments:
         if argument.startswith("-"):   # -m, --cfg job: Hydra's flags
             continue
-        argument = re.sub(r"<[^<>]+>", "filled_in", argument)   # a placeholder the user fills in (<date>)
         (parsed,) = parser.parse_overrides([argument])
         if parsed.is_sweep_override():
             first = next(iter(parsed.sweep_string_iterator()))
@@ -48,7 +60,7 @@ def first_of_sweeps(arguments: list[str]) -> list[str]:
     return overrides
 
 
-COMMANDS = readme_commands()
+COMMANDS = shown_commands()
 
 
 def test_the_readme_shows_commands_of_every_tool():
