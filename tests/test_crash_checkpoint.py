@@ -658,18 +658,12 @@ def test_without_last_ckpt_the_record_and_the_runs_end_name_the_newest_periodic_
     assert not any(m.startswith("Sample grids") for m in messages)   # (no grid callback: no grids to point at)
 
 
-def test_a_failure_in_the_last_iterations_evaluation_resumes_to_a_record_of_the_last_state(train_cfg, monkeypatch,
-                                                                                            caplog):
-    """The last iteration's FID failing saved crashed.ckpt (counted as past that iteration's end
-    work, as Lightning counts a checkpoint saved there) before last.ckpt was written. Resumed,
-    the finished fit trains and evaluates nothing: its record named last.ckpt, a state one
-    periodic save old, and said nothing of the missing evaluation."""
-    import json
-
+def run_whose_fid_fails(train_cfg, monkeypatch, *overrides: str):
+    """A CycleGAN run, checkpointed every iteration, whose first FID runs out of memory; its config."""
     from src.callbacks.fid_kid import FidKidCallback
-    cfg = train_cfg("model=cyclegan", "data.max_dataset_size=4", "seed=7", "max_iters=2",
-                    "callbacks.fid_kid.every_n_iters=0", "++callbacks.latent=null",
-                    "++callbacks.shapes_truth=null", "callbacks.model_checkpoint.every_n_iters=1")
+    cfg = train_cfg("model=cyclegan", "data.max_dataset_size=4", "seed=7", "++callbacks.latent=null",
+                    "++callbacks.shapes_truth=null", "callbacks.model_checkpoint.every_n_iters=1", *overrides)
+
     def out_of_memory(*args):
         raise RuntimeError("CUDA out of memory")
 
@@ -677,6 +671,17 @@ def test_a_failure_in_the_last_iterations_evaluation_resumes_to_a_record_of_the_
         patch.setattr(FidKidCallback, "evaluate", out_of_memory)
         with pytest.raises(RuntimeError, match="CUDA out of memory"):
             run_training(cfg)
+    return cfg
+
+
+def test_a_failure_in_the_last_iterations_evaluation_resumes_to_a_record_of_the_last_state(train_cfg, monkeypatch,
+                                                                                            caplog):
+    """The last iteration's FID failing saved crashed.ckpt (counted as past that iteration's end
+    work, as Lightning counts a checkpoint saved there) before last.ckpt was written. Resumed,
+    the finished fit trains and evaluates nothing: its record named last.ckpt, a state one
+    periodic save old, and said nothing of the missing evaluation."""
+    import json
+    cfg = run_whose_fid_fails(train_cfg, monkeypatch, "max_iters=2", "callbacks.fid_kid.every_n_iters=0")
     checkpoints = Path(cfg.paths.output_dir, "checkpoints")
     assert crash_file(cfg, "crashed.ckpt")["global_step"] == crash_file(cfg, "last.ckpt")["global_step"] + 2
     cfg.ckpt_path = "auto"
@@ -693,17 +698,8 @@ def test_a_failure_in_a_mid_run_evaluation_is_named_when_the_run_resumes_past_it
     """An FID failing at iteration 2 of 4 saved crashed.ckpt, counted past that iteration's end
     work: the resumed run goes on from iteration 3, and iteration 2's score was missing from the
     run's curve without a word."""
-    from src.callbacks.fid_kid import FidKidCallback
-    cfg = train_cfg("model=cyclegan", "data.max_dataset_size=4", "seed=7", "max_iters=6",
-                    "callbacks.fid_kid.every_n_iters=2", "++callbacks.latent=null", "++callbacks.shapes_truth=null",
-                    "callbacks.model_checkpoint.every_n_iters=1", "callbacks.model_checkpoint.save_top_k=-1")
-    def out_of_memory(*args):
-        raise RuntimeError("CUDA out of memory")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(FidKidCallback, "evaluate", out_of_memory)
-        with pytest.raises(RuntimeError, match="CUDA out of memory"):
-            run_training(cfg)
+    cfg = run_whose_fid_fails(train_cfg, monkeypatch, "max_iters=6", "callbacks.fid_kid.every_n_iters=2",
+                              "callbacks.model_checkpoint.save_top_k=-1")
     cfg.ckpt_path = "auto"
     with pytest.warns(UserWarning, match=r"FidKidCallback did not evaluate iteration 2, where this run resumes: .* "
                                          r"goes on from iteration 3. .*python src/eval.py ckpt_path=.*crashed.ckpt"):
