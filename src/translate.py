@@ -183,9 +183,10 @@ def other_inputs(output_dir: Path, input_path: str | None) -> list[str]:
     record from before inputs were named)."""
     path = output_dir / RECORD_NAME
     try:
-        recorded = json.loads(path.read_text()).get("inputs") or []
+        record = json.loads(path.read_text())
     except (OSError, ValueError):   # no record (keep_one_translation_per_folder names a broken one)
         return []
+    recorded = (record.get("inputs") or []) if isinstance(record, dict) else []
     return [name for name in recorded if name != input_name(input_path)]
 
 

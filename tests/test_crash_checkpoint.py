@@ -1,5 +1,6 @@
 """No run ends without its checkpoint: an error or Ctrl-C mid-run saves one that resumes."""
 import contextlib
+import copy
 import logging
 import os
 import re
@@ -704,6 +705,15 @@ def test_a_failure_in_a_mid_run_evaluation_is_named_when_the_run_resumes_past_it
     with pytest.warns(UserWarning, match=r"FidKidCallback did not evaluate iteration 2, where this run resumes: .* "
                                          r"goes on from iteration 3. .*python src/eval.py ckpt_path=.*crashed.ckpt"):
         run_training(cfg)
+    # Not cut in its end work, a checkpoint misses nothing, though an evaluation is due at its
+    # iteration now (every_n_iters changed, an evaluation turned on since: iteration 3's, here).
+    at_3 = copy.deepcopy(cfg)
+    at_3.ckpt_path = str(Path(cfg.paths.output_dir, "checkpoints", "iter_0000003.ckpt"))
+    at_3.paths.output_dir, at_3.callbacks.fid_kid.every_n_iters = str(Path(cfg.paths.output_dir).parent / "at_3"), 3
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        run_training(at_3)
+    assert not [w for w in warned if "did not evaluate" in str(w.message)]
     # From a checkpoint written after its iteration's evaluations (iteration 4's), none is missed.
     cfg.ckpt_path = str(Path(cfg.paths.output_dir, "checkpoints", "iter_0000004.ckpt"))
     cfg.paths.output_dir = str(Path(cfg.paths.output_dir).parent / "again")

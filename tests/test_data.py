@@ -950,10 +950,12 @@ def test_check_images_reads_a_labelled_datasets_class_folders(tmp_path, capsys, 
         check_images.main(data)
     assert stop.value.code == 2 and str(root / "test" / "dog") in capsys.readouterr().err
     assert check_images.main(["data=shapes_labelled", f"paths.data_dir={shared_data_dir}"]) == 0
-    # The time-series data holds no images: it was told to pass its (nonexistent) image folders.
-    with pytest.raises(SystemExit) as stop:
-        check_images.main(["data=sines", "model=rgan"])
-    assert stop.value.code == 2 and "data=sines holds no images (SequenceDataModule)" in capsys.readouterr().err
+    # The time-series data holds no images: it was told to pass its (nonexistent) image folders,
+    # or, of a CSV not there, that the CSV was missing.
+    for data in ("sines", "csv_series"):
+        with pytest.raises(SystemExit) as stop:
+            check_images.main([f"data={data}", "model=rgan", f"paths.data_dir={tmp_path / 'none'}"])
+        assert stop.value.code == 2 and f"data={data} holds no images (SequenceDataModule)" in capsys.readouterr().err
 
 
 def test_the_folder_tools_name_a_missing_or_empty_folder_in_one_line(tmp_path, capsys):

@@ -359,3 +359,9 @@ def test_a_leading_tilde_in_the_tools_file_settings_is_the_home_folder(tmp_path,
     for key in ("ckpt_path", "init_from"):
         with pytest.raises(ValueError, match=f"{key}={found}"):
             run_training(train_cfg(f"{key}='~/cut.ckpt'"))
+    # and the training callbacks' weight files
+    from src.callbacks.fid_kid import FidKidCallback
+    from src.callbacks.label_scores import LabelScoresCallback
+    assert FidKidCallback(feature_extractor_weights_path="~/w.pth").feature_extractor_weights_path == \
+        f"{tmp_path}/w.pth"
+    assert LabelScoresCallback(segmenter_path="~/fcn.pt2").segmenter_path == f"{tmp_path}/fcn.pt2"

@@ -82,6 +82,11 @@ def test_settings_that_differ_through_a_models_own_config_are_columns(tmp_path):
     assert "| 0 | model=cyclegan | 256 | - | False | completed | 10 | 50 |" in lines
     assert "| 1 | model=ugatit | 128 | 1000 | True | completed | 10 | 51 |" in lines
     assert any("The jobs differ in size, iterations, EMA" in line for line in lines)
+    # a job whose config keeps no EMA at all (callbacks.ema=null) is one without an EMA
+    resolved = sweep / "0" / "starts" / "001_2026-12-06_10-00-00" / "resolved.yaml"
+    OmegaConf.save(OmegaConf.merge(OmegaConf.load(resolved), {"callbacks": {"ema": None}}), resolved)
+    assert "| 0 | model=cyclegan | 256 | - | False | completed | 10 | 50 |" in \
+        sweep_summary.write_summary(sweep, ["eval/fid"]).read_text().splitlines()
     # jobs that differ only in what the overrides say get no such columns
     (sweep / "1" / "starts" / "001_2026-12-06_10-00-00" / "resolved.yaml").write_text(
         (sweep / "0" / "starts" / "001_2026-12-06_10-00-00" / "resolved.yaml").read_text())

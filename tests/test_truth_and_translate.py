@@ -1701,8 +1701,9 @@ def test_eval_scores_with_the_feature_extractor_the_run_trained_with(smoke_runs,
 def test_an_unreadable_translation_record_is_replaced_with_overwrite_where_every_output_is(tmp_path, text):
     """A folder's translation.json that is no record (cut by an editor, a list) was refused with
     "pass overwrite=true", and refused again with it, as the record was read first."""
-    from src.translate import RECORD_NAME, keep_one_translation_per_folder
+    from src.translate import RECORD_NAME, keep_one_translation_per_folder, other_inputs
     (tmp_path / RECORD_NAME).write_text(text)
+    assert other_inputs(tmp_path, "photos") == []   # (skip_existing's look, before the record's check)
     (tmp_path / "a.png").write_bytes(b"")
     record = {"ckpt_path": "/runs/last.ckpt", "iteration": 5, "direction": "AtoB"}
     with pytest.raises(ValueError, match=r"translation.json is not a translation record \(.*\): pass overwrite=true"):

@@ -26,6 +26,10 @@ TORN_STEP_KEY = "inside_an_optimizer_step"
 #: in a crash checkpoint taken inside an iteration's training step, before its first optimizer
 #: step: true (the iteration's random draws so far, dropout's, latents', pool picks, are spent)
 INSIDE_ITERATION_KEY = "inside_an_iteration"
+#: Marks a crash checkpoint taken in an iteration's end work (the evaluations, grids and saves
+#: after its last optimizer step): Lightning counts it past that work, so a resume goes on
+#: without what was left of it (FinalMetrics names the evaluations missed).
+END_WORK_CUT_KEY = "inside_an_iterations_end_work"
 
 
 def latest_checkpoint_path(callback: ModelCheckpoint) -> str:
@@ -207,6 +211,8 @@ class IterationCheckpoint(ModelCheckpoint):
                 checkpoint[TORN_STEP_KEY] = True
             if drawn:
                 checkpoint[INSIDE_ITERATION_KEY] = True
+            if not in_the_step and progress.processed > progress.completed:
+                checkpoint[END_WORK_CUT_KEY] = True
             trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
         except Exception as error:   # the run's own error is what must reach the user
             # (with its traceback: a fault of the code here would otherwise cost every crash its checkpoint unseen)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
 
-from src.callbacks.checkpoint import latest_checkpoint_path
+from src.callbacks.checkpoint import END_WORK_CUT_KEY, latest_checkpoint_path
 from src.data.download import pasteable_override
 from src.utils.run_results import completed_metrics, write_final_metrics
 
@@ -33,9 +33,15 @@ class FinalMetrics(pl.Callback):
         self.trainer: pl.Trainer | None = None
         #: the metrics of the checkpoint the fit resumed from, as of its save
         self.saved_metrics: dict[str, float] = {}
+        #: whether that checkpoint was taken in its iteration's end work (a crash there)
+        self.resumed_in_end_work = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.trainer = trainer   # for state_dict, which Lightning calls without it
+        self.resumed_in_end_work = False
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self.resumed_in_end_work = bool(checkpoint.get(END_WORK_CUT_KEY))
 
     def state_dict(self) -> dict:
         return {"metrics": self.run_metrics(self.trainer) if self.trainer is not None else dict(self.saved_metrics)}
@@ -55,7 +61,10 @@ class FinalMetrics(pl.Callback):
         self.trained = True
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.ckpt_path and Path(trainer.ckpt_path).is_file() and pl_module.iteration > 0:
+        # Only a checkpoint cut in its end work: any other was written after that iteration's
+        # evaluations were done or not due (best_fid.ckpt, before the evaluations listed after
+        # FID's; one of a run whose evaluations or their interval changed since).
+        if self.resumed_in_end_work and trainer.ckpt_path and Path(trainer.ckpt_path).is_file():
             self.warn_of_missed_evaluations(trainer, pl_module, os.path.abspath(trainer.ckpt_path), at_the_end=False)
 
     @staticmethod
@@ -96,7 +105,8 @@ class FinalMetrics(pl.Callback):
             # last state (crashed.ckpt, written when the last iteration's end work failed, is
             # newer than last.ckpt, which that failure kept from being written).
             checkpoint = os.path.abspath(trainer.ckpt_path)   # (a relative ckpt_path= as typed)
-            self.warn_of_missed_evaluations(trainer, pl_module, checkpoint)
+            if self.resumed_in_end_work:
+                self.warn_of_missed_evaluations(trainer, pl_module, checkpoint)
         metrics = self.run_metrics(trainer)
         if fid is None:
             write_final_metrics(self.run_dir, metrics, pl_module.iteration, checkpoint or None)

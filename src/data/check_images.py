@@ -83,10 +83,10 @@ def data_config_folders(overrides: list[str]) -> tuple[dict[Path, int], dict, in
     cfg = compose_training_config(overrides)
     check_argument_types(cfg.data, "data")
     datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()   # the embedded datasets are written to disk here
     if not hasattr(datamodule, "image_folders"):   # (the time-series data: sines, csv_series)
         raise ValueError(f"data={cfg.data.get('name')} holds no images ({type(datamodule).__name__}): check_images "
                          f"reads image folders")
+    datamodule.prepare_data()   # the embedded datasets are written to disk here
     folders = datamodule.image_folders()
     if not folders:
         raise ValueError(f"data={cfg.data.get('name')} does not keep its images in folders of image files: pass "

@@ -80,6 +80,7 @@ def job_settings(job_dir: Path) -> dict[str, Any]:
         return {}
     cfg = OmegaConf.load(starts[-1])
     settings = {name: OmegaConf.select(cfg, key, default=None) for name, key in SETTING_COLUMNS.items()}
+    settings["EMA"] = bool(settings["EMA"])   # (a config without callbacks.ema keeps none)
     record = starts[-1].parent / "start.yaml"
     settings["code"] = OmegaConf.load(record).get("code_revision") if record.is_file() else None
     return settings
