@@ -198,6 +198,21 @@ def test_a_requeue_with_nothing_to_resume_names_a_fixed_run_folder_of_its_own_ta
     assert f"hydra.run.dir={tmp_path / 'logs' / 'quickstart' / 'runs'}/slurm-$SLURM_JOB_ID keeps one folder" in caplog.text
 
 
+def test_the_fixed_slurm_run_folder_pastes_into_a_job_script_whatever_the_folders_name():
+    """A runs folder with a space or parentheses, pasted as shown, was split by the shell or Hydra."""
+    import subprocess
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from src.utils.auto_resume import fixed_slurm_run_dir
+    for runs in ("/home/ana/GAN runs (1)/logs/train/runs", "/scratch/runs"):
+        shown = fixed_slurm_run_dir(Path(runs))
+        pasted = subprocess.run(["bash", "-c", f"printf '%s\\n' {shown}"], env={"SLURM_JOB_ID": "4242"},
+                                capture_output=True, text=True, check=True).stdout.splitlines()
+        (override,) = OverridesParser.create().parse_overrides(pasted)
+        assert (override.key_or_group, override.value()) == ("hydra.run.dir", f"{runs}/slurm-4242")
+
+
 def test_the_ranks_lightning_launches_resume_from_rank_zeros_choice(tmp_path, monkeypatch):
     """Lightning launches ranks 1.. with rank zero's run folder named: a requeued job's ranks
     would not look in its earlier start's folder, and start from scratch while rank zero

@@ -7,6 +7,7 @@ import shlex
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
@@ -288,6 +289,7 @@ def test_a_suggested_setting_reads_back_as_its_value(value):
     (parsed,) = OverridesParser.create().parse_overrides(shlex.split(override))
     assert (parsed.key_or_group, parsed.value()) == ("data.x", value)
     assert download.pasteable_setting("data.x", "bicubic") == "++data.x=bicubic"   # plain where it can be
+    assert download.pasteable_setting("data.x", np.float64(0.5)) == "++data.x=0.5"   # (numpy's repr: np.float64(0.5))
     if isinstance(value, list):   # as a config holds it
         assert download.pasteable_setting("data.x", OmegaConf.create({"x": value}).x) == override
 

@@ -17,6 +17,7 @@ import argparse
 import errno
 import hashlib
 import http.client
+import numbers
 import os
 import re
 import shlex
@@ -230,8 +231,10 @@ def override_value(value) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
+    if isinstance(value, numbers.Integral):   # (numpy's too, whose repr is np.int64(3))
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return repr(float(value))
     if isinstance(value, Mapping):   # (OmegaConf's containers too)
         return "{" + ",".join(f"{key}:{override_value(item)}" for key, item in value.items()) + "}"
     if isinstance(value, Sequence) and not isinstance(value, str):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -89,8 +90,8 @@ def own_checkpoint_dirs(cfg: DictConfig) -> list[tuple[Path, Path]]:
         runs = Path(log_dir, task, "runs") if log_dir and task else dirs[1].parent
         log.warning("SLURM_RESTART_COUNT=%d: this job was requeued into a new run folder (hydra.run.dir is named by "
                     "the start time), and no run folder beside it records an earlier start of job %s by this command "
-                    "(its overrides): nothing to resume from. hydra.run.dir=%s/slurm-$SLURM_JOB_ID keeps one folder "
-                    "for every start", restarts, os.environ.get("SLURM_JOB_ID"), runs)
+                    "(its overrides): nothing to resume from. %s keeps one folder for every start", restarts,
+                    os.environ.get("SLURM_JOB_ID"), fixed_slurm_run_dir(runs))
         return [dirs]
     log.info("SLURM_RESTART_COUNT=%d: the earlier starts of this job ran in %s", restarts,
              ", ".join(str(run) for _, run in earlier))
@@ -236,6 +237,16 @@ def run_dir_named_by_start_time() -> bool:
     if hydra_cfg is None or is_multirun():   # a multirun job keeps its folder (submitit pickles it)
         return False
     return "${now:" in str(OmegaConf.to_container(hydra_cfg.run, resolve=False).get("dir", ""))
+
+
+def fixed_slurm_run_dir(runs: Path) -> str:
+    """`hydra.run.dir=<runs>/slurm-$SLURM_JOB_ID` to paste into a job script: a folder Hydra or the
+    shell would split (spaces, parentheses, commas, accents) quoted for both, the job id left to
+    the shell (inside double quotes it expands it and keeps Hydra's single quotes)."""
+    folder = f"{runs}/slurm-"
+    if re.fullmatch(r"[A-Za-z0-9_./-]+", folder):
+        return f"hydra.run.dir={folder}$SLURM_JOB_ID"
+    return f"\"hydra.run.dir='{folder}$SLURM_JOB_ID'\""
 
 
 def resolve_auto_resume(cfg: DictConfig) -> str | None:
