@@ -344,7 +344,7 @@ def test_a_decoded_cache_past_half_the_memory_is_said_at_setup(tmp_path, monkeyp
         # the decoded halves (10 x 8 px RGB each: 480 bytes, before the 6 px crop) x 3 items x 2 processes
         assert ("data.cache_decoded=true keeps every decoded training image in each of 2 loader process(es) on this "
                 "machine: about 0.0 GB for 3 items of 0.00 MB decoded, with 0.0 GB of memory for this process (the "
-                "machine's, or its container's or job's limit). Set data.cache_decoded=false" in caplog.text) == said
+                "machine's, or its container's or job's limit). Set ++data.cache_decoded=false" in caplog.text) == said
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="src.data.base"):   # without the cache: nothing kept, nothing said
         module(PairedDataModule, root, preprocess="crop", crop_size=6, num_workers=2).setup("fit")

@@ -1,5 +1,6 @@
 """Speed and memory in the loggers (src/callbacks/throughput.py)."""
 import csv
+import statistics
 import time
 from pathlib import Path
 
@@ -48,9 +49,11 @@ def test_each_logged_row_carries_the_speed_and_the_share_of_time_spent_waiting_f
     the delay the wait is a smaller share. Iterations load one image pair each (batch 1)."""
     slow = run_with_fetch_delay(train_cfg, monkeypatch, FETCH_DELAY_S, tmp_path / "slow")
     assert len(slow) == 6
-    for index, row in enumerate(slow):
-        # (the first row's iteration carries the fit's one-time costs, as long as a fetch or more)
-        assert index == 0 or row["time/data_wait"] > 0.5, row
+    # Most of an iteration's time went to waiting, in the typical row: the first row's iteration
+    # carries the fit's one-time costs, as long as a fetch or more, and on a busy machine another
+    # row may carry a pause of its own.
+    assert statistics.median(row["time/data_wait"] for row in slow[1:]) > 0.5, slow
+    for row in slow:
         assert 0 < row["time/it_per_s"] <= 1 / FETCH_DELAY_S, row
         assert row["time/images_per_s"] == pytest.approx(row["time/it_per_s"]), row
         assert "memory/peak_gpu_gb" not in row   # CUDA only
