@@ -247,17 +247,16 @@ def keep_one_translation_per_folder(output_dir: Path, record: dict, overwrite: b
     if path.is_file():
         try:
             earlier = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            earlier, unreadable = None, str(error)
-        else:
             unreadable = None if isinstance(earlier, dict) else f"a JSON {type(earlier).__name__}, not an object"
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            unreadable = str(error)
         if unreadable is not None:
             # (written whole, a record is cut by nothing of ours: an edit, a copy, another tool)
             if not overwrite:
                 raise ValueError(f"{path} is not a translation record ({unreadable}): pass overwrite=true to replace "
                                  f"the folder's outputs, or choose another output folder")
-            earlier = {}
-            differ, said = {"record": (None, None)}, f"its record unreadable: {unreadable}"
+            # read as another translation's: replaced where this one replaces every output there
+            differ, said = {"record": (unreadable, None)}, f"its record unreadable: {unreadable}"
         else:
             differ = {key: (earlier.get(key), value) for key, value in record.items() if earlier.get(key) != value}
             said = "; ".join(f"{key}: {old!r} there, {new!r} here" for key, (old, new) in differ.items())
