@@ -32,18 +32,42 @@ def commands_in(text: str, command_lines_only: bool = False) -> list[tuple[str, 
     return commands
 
 
+def bash_blocks(text: str) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", text, re.S)
+
+
+def experiment_commands() -> list[tuple[str, list[str]]]:
+    """The commands of each experiments/*/README.md's bash blocks, a `<model>` in them filled in with
+    each model its run.sh trains by default (`set -- cyclegan pix2pix ...`), and the bench README's
+    `make bench ARGS="..."`."""
+    commands = []
+    for readme in sorted((ROOT / "experiments").glob("*/README.md")):
+        text = readme.read_text()
+        run_script = readme.parent / "run.sh"
+        models = re.search(r"set -- ([\w ]+);", run_script.read_text()).group(1).split() if run_script.exists() else []
+        for block in bash_blocks(text):
+            if "<model>" in block:
+                assert models, f"{readme} shows <model> commands but no run.sh lists its models"
+                commands += [command for model in models for command in commands_in(block.replace("<model>", model))]
+            else:
+                commands += commands_in(block)
+        commands += [("bench", shlex.split(arguments)) for arguments in re.findall(r"make bench ARGS=\"([^\"]*)\"", text)]
+    return commands
+
+
 def shown_commands() -> list[tuple[str, list[str]]]:
     """The commands of README.md's bash blocks and of the configs' comments and `--help` headers,
-    and README's `make train|bench ARGS="..."` (the Makefile's train adds experiment=quickstart)."""
+    README's `make train|bench ARGS="..."` (the Makefile's train adds experiment=quickstart), and
+    the experiments' READMEs' commands."""
     readme = (ROOT / "README.md").read_text()
-    commands = [command for block in re.findall(r"```bash\n(.*?)```", readme, re.S) for command in commands_in(block)]
+    commands = [command for block in bash_blocks(readme) for command in commands_in(block)]
     for config in sorted((ROOT / "conf").rglob("*.yaml")):
         # a comment's command goes on in the next comment line
         lines = [re.sub(r"^\s*#\s?", "", line) for line in config.read_text().splitlines()]
         commands += commands_in("\n".join(lines), command_lines_only=True)
     for tool, arguments in re.findall(r"make (train|bench) ARGS=\"([^\"]*)\"", readme):
         commands.append((tool, ["experiment=quickstart"] * (tool == "train") + shlex.split(arguments)))
-    return commands
+    return commands + experiment_commands()
 
 
 def first_of_sweeps(arguments: list[str]) -> list[str]:

@@ -104,7 +104,7 @@ def test_csv_errors_name_the_setting(tmp_path, kwargs, message):
     write_csv(tmp_path / "s.csv", 50)
     (tmp_path / "empty.csv").write_text("")
     (tmp_path / "header.csv").write_text("a,b,label\n")
-    if kwargs.get("csv_path") in ("empty.csv", "header.csv"):
+    if kwargs.get("csv_path") in ("nowhere.csv", "empty.csv", "header.csv"):   # in tmp_path, not the working folder
         kwargs = {**kwargs, "csv_path": str(tmp_path / kwargs["csv_path"])}
     settings = {"source": "csv", "csv_path": str(tmp_path / "s.csv"), "channels": 2, "seq_len": 10,
                 "label_column": "label", "num_classes": 2, **kwargs}
