@@ -1,7 +1,7 @@
 """Translate images with a trained model: `python src/translate.py ckpt_path=... input=... output=...`.
 
 Composes conf/translate.yaml, loads the checkpoint (src/utils/checkpoint_loading.py), writes one
-PNG per input image named after its source file, and with `export=onnx|torchscript` writes the
+PNG (or JPEG: `format=jpg`) per input image named after its source file, and with `export=onnx|torchscript` writes the
 direction's generator as one graph checked against PyTorch (src/utils/export.py).
 """
 import json
@@ -23,6 +23,7 @@ from src.utils.checkpoint_loading import check_checkpoint_settings, load_model, 
 from src.utils.export import (EXPORT_FORMATS, check_export_format, check_export_size, export_card_path,  # noqa: E402
                               export_path, export_translation)
 from src.data.folders import lies_inside, output_paths, refuse_existing_outputs  # noqa: E402
+from src.data.image_io import WRITE_FORMATS, save_in_format, whole_image_file  # noqa: E402
 from src.utils.config_checks import (check_seed, home_expanded, refuse_job_chdir, require_bool,  # noqa: E402
                                      require_path)
 from src.utils.directions import trained_domains  # noqa: E402
@@ -31,7 +32,7 @@ from src.utils.process_state import threads_within_usable_cpus  # noqa: E402
 from src.utils.rng import isolated_rng  # noqa: E402
 from src.utils.whole_files import write_text_whole  # noqa: E402
 from src.utils.translation import (check_direction, fixed_translation_size, list_input_images,  # noqa: E402
-                                   resolve_device, save_png, translate_images)
+                                   resolve_device, translate_images)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ def run_translation(cfg: DictConfig) -> dict:
     if cfg.get("export"):
         check_export_format(cfg.export)
     paths = list_input_images(cfg.input) if cfg.get("input") else []
-    targets = output_paths(paths, Path(cfg.output), Path(cfg.input) if paths and Path(cfg.input).is_dir() else None)
+    targets = output_paths(paths, Path(cfg.output), Path(cfg.input) if paths and Path(cfg.input).is_dir() else None,
+                           WRITE_FORMATS[output_format(cfg)][0])
     if paths and Path(cfg.input).is_dir() and lies_inside(cfg.output, cfg.input):
         raise ValueError(f"output={cfg.output} lies inside input={cfg.input}: a later run on that input would "
                          f"translate these outputs too; write them elsewhere")
@@ -61,6 +63,15 @@ def run_translation(cfg: DictConfig) -> dict:
     check_seed("seed", cfg.get("seed"))
     with isolated_rng(device, cfg.get("seed")):
         return translate_and_export(cfg, paths, targets, device)
+
+
+def output_format(cfg: DictConfig) -> str:
+    """The format the translations are written in (`format`, png when a config lacks it)."""
+    chosen = cfg.get("format", "png")
+    if chosen not in WRITE_FORMATS:
+        raise ValueError(f"format={chosen!r} must be one of {', '.join(WRITE_FORMATS)} (the translations' file "
+                         f"format: png lossless, jpg at quality 95)")
+    return chosen
 
 
 def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Path], scan: bool = True
@@ -91,7 +102,7 @@ def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Pat
     skip_export = bool(exported) and exported[0].exists() and export_card_path(exported[0]).exists()
     if not scan:
         return paths, [], skip_export
-    present = {path: whole_png(targets[path]) for path in paths}   # (one look at each: a network disk's)
+    present = {path: whole_image_file(targets[path]) for path in paths}   # (one look at each: a network disk's)
     kept = [path for path in paths if present[path]]
     if kept:
         refuse_outputs_of_other_inputs(Path(cfg.output), cfg.get("input"), {targets[path]: path for path in kept})
@@ -136,7 +147,7 @@ def write_translations(cfg: DictConfig, model, paths: list[Path], targets: dict[
     written, said = [], time.monotonic()
     for path, image in translate_images(model, paths, cfg.direction, cfg.batch_size, device, cfg.get("short_side"),
                                         cfg.get("size"), seed=cfg.get("seed")):
-        save_png(image, targets[path])
+        save_in_format(image, targets[path], output_format(cfg))
         written.append(str(targets[path]))
         if time.monotonic() - said > PROGRESS_EVERY_S:   # a folder of thousands is not silent for an hour
             log.info("Translated %d of %d image(s)", len(written), len(paths))
@@ -155,23 +166,8 @@ def write_translations(cfg: DictConfig, model, paths: list[Path], targets: dict[
 RECORD_NAME = "translation.json"
 #: seconds between the lines that say how far a folder's translation is
 PROGRESS_EVERY_S = 60
-#: the chunk a whole PNG ends with (IEND: no data, its CRC)
-PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-
-
-def whole_png(path: Path) -> bool:
-    """Whether `path` is a PNG that ends as one does. Written to a temporary file and renamed,
-    an output is whole or absent after the process is killed, but not after a power loss before
-    the disk had its data: then the file may be empty, or cut short."""
-    try:
-        with open(path, "rb") as file:
-            file.seek(0, os.SEEK_END)
-            if file.tell() < len(PNG_END):
-                return False
-            file.seek(-len(PNG_END), os.SEEK_END)
-            return file.read() == PNG_END
-    except FileNotFoundError:
-        return False
+#: what a record written before a setting was recorded read as (every translation was a PNG)
+RECORDED_BEFORE = {"format": "png"}
 
 
 def input_name(input_path: str | None) -> str | None:
@@ -225,12 +221,13 @@ def same_file(first: Path, second: Path) -> bool:
 
 def translation_record(cfg: DictConfig, model) -> dict:
     """What makes an output what it is: the checkpoint's state (last.ckpt moves on while its run
-    trains, hence the iteration), the weights, the direction, the scale and the seed (pix2pix's
-    test-time dropout draws on it); the inputs may differ: several folders can go into one."""
+    trains, hence the iteration), the weights, the direction, the scale, the seed (pix2pix's
+    test-time dropout draws on it) and the file format; the inputs may differ: several folders can
+    go into one."""
     return {"ckpt_path": recorded_checkpoint_path(cfg.ckpt_path), "iteration": model.loaded_iteration,
             "weights": model.loaded_weights, "direction": cfg.direction, "short_side": cfg.get("short_side"),
             "size": list(fixed) if (fixed := fixed_translation_size(cfg.get("size"), cfg.get("short_side"))) else None,
-            "seed": cfg.get("seed")}
+            "seed": cfg.get("seed"), "format": output_format(cfg)}
 
 
 def keep_one_translation_per_folder(output_dir: Path, record: dict, overwrite: bool, targets: set[Path],
@@ -258,6 +255,7 @@ def keep_one_translation_per_folder(output_dir: Path, record: dict, overwrite: b
             # read as another translation's: replaced where this one replaces every output there
             differ, said = {"record": (unreadable, None)}, f"its record unreadable: {unreadable}"
         else:
+            earlier = {**RECORDED_BEFORE, **earlier}
             differ = {key: (earlier.get(key), value) for key, value in record.items() if earlier.get(key) != value}
             said = "; ".join(f"{key}: {old!r} there, {new!r} here" for key, (old, new) in differ.items())
         if differ and not overwrite:
@@ -265,7 +263,8 @@ def keep_one_translation_per_folder(output_dir: Path, record: dict, overwrite: b
                              f"output folder, or pass overwrite=true to replace its outputs")
         exports = [name for suffix in EXPORT_FORMATS.values()
                    for name in (f"generator_*{suffix}", export_card_path(f"generator_*{suffix}").name)]
-        outputs = (path for pattern in ("*.png", *exports) for path in output_dir.rglob(pattern))
+        images = [f"*{suffix}" for suffix, _ in WRITE_FORMATS.values()]
+        outputs = (path for pattern in (*images, *exports) for path in output_dir.rglob(pattern))
         left = next((path for path in outputs if path not in targets), None) if differ else None
         if left is not None:
             raise ValueError(f"{output_dir} holds outputs of another translation ({said}) that this one would not "

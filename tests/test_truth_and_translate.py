@@ -19,13 +19,13 @@ from omegaconf import OmegaConf
 from PIL import ExifTags, Image
 
 from src.callbacks.shapes_truth import ShapesTruthCallback
-from src.data.image_io import load_image
+from src.data.image_io import WHOLE_FILE_ENDS, load_image, whole_image_file
 from src.data.shapes import ShapesDataModule, shape_coverage
 from src.data.transforms import to_tensor
 from src.metrics.shapes_truth import (ShapesTruthScorer, foreground_masks,
                                       load_test_backgrounds, load_test_meta, per_image_scores,
                                       score_translations)
-from src.translate import PNG_END, run_translation, whole_png
+from src.translate import run_translation
 from src.utils.checkpoint_loading import load_model
 from src.utils.export import export_translation
 from src.utils.run import run_training
@@ -790,7 +790,7 @@ def test_skip_existing_continues_an_interrupted_translation(smoke_runs, tmp_path
     complete = {Path(path).name: np.asarray(Image.open(path), dtype=int) for path in first["written"]}
     (out / "gray.png").unlink()
     (out / "rgb.png").unlink()
-    (out / "rgba.png").write_bytes(b"a kept output" + PNG_END)   # (it ends as a whole PNG does)
+    (out / "rgba.png").write_bytes(b"a kept output" + WHOLE_FILE_ENDS[".png"])   # (it ends as a whole PNG does)
     graph = out / "generator_AtoB.pt"
     graph.write_bytes(b"a kept graph")
     with pytest.raises(ValueError, match="overwrite=true replaces .* skip_existing=true keeps them: pass one"):
@@ -802,7 +802,7 @@ def test_skip_existing_continues_an_interrupted_translation(smoke_runs, tmp_path
     assert sorted(Path(path).name for path in second["written"]) == ["gray.png", "rgb.png"]
     assert sorted(Path(path).name for path in second["skipped"]) == ["portrait.png", "rgba.png"]
     assert second["export"] is None and graph.read_bytes() == b"a kept graph"
-    assert (out / "rgba.png").read_bytes() == b"a kept output" + PNG_END
+    assert (out / "rgba.png").read_bytes() == b"a kept output" + WHOLE_FILE_ENDS[".png"]
     # A graph whose card a kill cut off (written after it) is exported again: the card says its input range
     Path(f"{graph}.json").unlink()
     third = run_translation(translate_cfg(**settings, skip_existing=True))
@@ -837,6 +837,39 @@ def test_skip_existing_continues_an_interrupted_translation(smoke_runs, tmp_path
     assert json.loads((out / "translation.json").read_text())["short_side"] == 16
 
 
+def test_format_jpg_writes_jpegs_that_skip_existing_and_the_record_tell_apart(smoke_runs, tmp_path):
+    """format=jpg writes x.jpg (quality 95: close to the PNG), recorded, so PNGs are not added to
+    the folder unsaid; skip_existing remakes a cut JPEG; a record from before the format was
+    recorded reads as PNG; an unknown format is refused before anything is written."""
+    write_odd_inputs(tmp_path / "in")
+    settings = dict(ckpt_path=str(smoke_runs["cyclegan"].ckpt), input=str(tmp_path / "in"))
+    with pytest.raises(ValueError, match=r"format='gif' must be one of jpg, png \(the translations' file format"):
+        run_translation(translate_cfg(**settings, output=str(tmp_path / "jpg"), format="gif"))
+    assert not (tmp_path / "jpg").exists()
+    png = run_translation(translate_cfg(**settings, output=str(tmp_path / "png")))
+    jpg = run_translation(translate_cfg(**settings, output=str(tmp_path / "jpg"), format="jpg"))
+    assert sorted(Path(path).name for path in jpg["written"]) == ["gray.jpg", "portrait.jpg", "rgb.jpg", "rgba.jpg"]
+    for written_png, written_jpg in zip(sorted(png["written"]), sorted(jpg["written"])):
+        with Image.open(written_jpg) as image:
+            assert image.format == "JPEG"
+        lossless, lossy = np.asarray(Image.open(written_png), dtype=float), np.asarray(Image.open(written_jpg))
+        assert lossless.shape == lossy.shape and np.abs(lossless - lossy).mean() < 8, written_jpg
+    assert json.loads((tmp_path / "jpg" / "translation.json").read_text())["format"] == "jpg"
+    kept = (tmp_path / "jpg" / "rgb.jpg").read_bytes()
+    (tmp_path / "jpg" / "gray.jpg").write_bytes((tmp_path / "jpg" / "gray.jpg").read_bytes()[:-10])   # a power cut
+    again = run_translation(translate_cfg(**settings, output=str(tmp_path / "jpg"), format="jpg", skip_existing=True))
+    assert [Path(path).name for path in again["written"]] == ["gray.jpg"] and len(again["skipped"]) == 3
+    assert whole_image_file(tmp_path / "jpg" / "gray.jpg") and (tmp_path / "jpg" / "rgb.jpg").read_bytes() == kept
+    with pytest.raises(ValueError, match=r"holds the outputs of another translation \(format: 'jpg' there, 'png' "
+                                         r"here\)"):
+        run_translation(translate_cfg(**settings, output=str(tmp_path / "jpg"), skip_existing=True))
+    with pytest.raises(ValueError, match=r"that this one would not replace, e.g. .*\.jpg"):   # PNGs beside JPEGs
+        run_translation(translate_cfg(**settings, output=str(tmp_path / "jpg"), overwrite=True))
+    record = tmp_path / "png" / "translation.json"
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "format"}))
+    assert run_translation(translate_cfg(**settings, output=str(tmp_path / "png"), skip_existing=True))["written"] == []
+
+
 def test_a_second_translation_into_a_busy_output_folder_is_refused(smoke_runs, tmp_path):
     """Two translations started together into one folder each passed the record's check before
     the other wrote it, and mixed two models' images under one record."""
@@ -865,7 +898,7 @@ def test_skip_existing_keeps_only_whole_outputs_of_its_own_input(smoke_runs, tmp
     (out / "rgb.png").write_bytes((out / "rgb.png").read_bytes()[:-4])
     again = run_translation(translate_cfg(**settings, skip_existing=True))
     assert sorted(Path(path).name for path in again["written"]) == ["gray.png", "rgb.png"]
-    assert all(whole_png(out / name) for name in ("gray.png", "rgb.png"))
+    assert all(whole_image_file(out / name) for name in ("gray.png", "rgb.png"))
     assert json.loads((out / "translation.json").read_text())["inputs"] == [str((tmp_path / "in").resolve())]
     shutil.copytree(tmp_path / "in", tmp_path / "trip2")
     with pytest.raises(ValueError, match=r"skip_existing=true would keep .*out/\S+.png and 3 other output\(s\) for an "

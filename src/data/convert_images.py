@@ -22,13 +22,8 @@ from pathlib import Path
 
 from src.data.folder_tools import add_reading_arguments, input_errors_as_usage, map_in_processes, reading_settings
 from src.data.folders import lies_inside, list_images, output_paths, refuse_existing_outputs
-from src.data.image_io import load_image, save_image
+from src.data.image_io import WRITE_FORMATS, load_image, save_in_format
 from src.data.transforms import RESIZE_INTERPOLATIONS, resize_image, short_side_size
-
-# Output format -> (suffix, PIL's save options): JPEG quality 95 with full-resolution colour, as
-# the paired datasets' JPEGs are written; PNG lossless.
-FORMATS = {"jpg": (".jpg", {"quality": 95, "subsampling": 0}), "png": (".png", {})}
-
 
 def _convert_one(paths: tuple[Path, Path], short_side: int | None, interpolation: str, image_format: str,
                  channels: int, to_srgb: bool, bit_depth: int) -> None:
@@ -39,7 +34,7 @@ def _convert_one(paths: tuple[Path, Path], short_side: int | None, interpolation
     height, width = image.shape[:2]
     if short_side is not None and min(height, width) > short_side:
         image = resize_image(image, *short_side_size(height, width, short_side), interpolation)
-    save_image(image, target, **FORMATS[image_format][1])
+    save_in_format(image, target, image_format)
 
 
 def convert_images(input_dir: str | Path, output_dir: str | Path, short_side: int | None = None,
@@ -49,8 +44,8 @@ def convert_images(input_dir: str | Path, output_dir: str | Path, short_side: in
     `workers` processes; returns the files written. Nothing is written when a name would
     collide or, without `overwrite`, when a file to write exists already."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    if image_format not in FORMATS:
-        raise ValueError(f"--format {image_format!r} must be one of {', '.join(FORMATS)}")
+    if image_format not in WRITE_FORMATS:
+        raise ValueError(f"--format {image_format!r} must be one of {', '.join(WRITE_FORMATS)}")
     if short_side is not None and short_side < 1:
         raise ValueError(f"--short-side {short_side} must be a positive number of pixels")
     if interpolation not in RESIZE_INTERPOLATIONS:
@@ -60,7 +55,7 @@ def convert_images(input_dir: str | Path, output_dir: str | Path, short_side: in
                          f"time; write them elsewhere")
     if not input_dir.is_dir():
         raise FileNotFoundError(f"{input_dir}: no such folder")
-    targets = output_paths(list_images(input_dir), output_dir, input_dir, FORMATS[image_format][0])
+    targets = output_paths(list_images(input_dir), output_dir, input_dir, WRITE_FORMATS[image_format][0])
     if not overwrite:
         refuse_existing_outputs(targets.values(), "pass --overwrite")
     convert = partial(_convert_one, short_side=short_side, interpolation=interpolation, image_format=image_format,
@@ -80,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interpolation", default="bicubic", choices=sorted(RESIZE_INTERPOLATIONS),
                         help="PIL's kernel for shrinking (default: bicubic); the run's data.resize_interpolation "
                              "(bilinear for U-GAT-IT and NICE-GAN) keeps one kind of resampling from photo to crop")
-    parser.add_argument("--format", default="jpg", choices=sorted(FORMATS), help="output format (default: jpg)")
+    parser.add_argument("--format", default="jpg", choices=sorted(WRITE_FORMATS),
+                        help="output format (default: jpg, quality 95)")
     parser.add_argument("--overwrite", action="store_true", help="replace files that exist in the output folder")
     add_reading_arguments(parser)
     args = parser.parse_args(argv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -272,6 +273,34 @@ def save_image(image: np.ndarray, path: str | Path, **save_options) -> None:
         raise ValueError(f"{path}: no image format is known for the suffix {path.suffix!r}")
     picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
     write_whole(path, lambda stream: picture.save(stream, format=image_format, **save_options), sync=False)
+
+
+#: The formats the tools write images in -> (suffix, PIL's save options): JPEG at quality 95 with
+#: full-resolution colour, as the paired datasets' JPEGs are written; PNG lossless.
+WRITE_FORMATS = {"jpg": (".jpg", {"quality": 95, "subsampling": 0}), "png": (".png", {})}
+#: what a whole file of each suffix ends with: PNG's IEND chunk (no data, its CRC), JPEG's EOI marker
+WHOLE_FILE_ENDS = {".png": b"\x00\x00\x00\x00IEND\xaeB`\x82", ".jpg": b"\xff\xd9"}
+
+
+def save_in_format(image: np.ndarray, path: str | Path, image_format: str) -> None:
+    """save_image in one of WRITE_FORMATS (its suffix is the caller's: see output_paths)."""
+    save_image(image, path, **WRITE_FORMATS[image_format][1])
+
+
+def whole_image_file(path: Path) -> bool:
+    """Whether `path`, a file of a WRITE_FORMATS suffix, ends as one does. Written to a temporary
+    file and renamed, an output is whole or absent after the process is killed, but not after a
+    power loss before the disk had its data: then the file may be empty, or cut short."""
+    end = WHOLE_FILE_ENDS[path.suffix.lower()]
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            if file.tell() < len(end):
+                return False
+            file.seek(-len(end), os.SEEK_END)
+            return file.read() == end
+    except FileNotFoundError:
+        return False
 
 
 #: load_image's keywords for how pixel values are read, which a run's data settings record.
