@@ -133,6 +133,15 @@ def test_checkpoints_that_do_not_fit_are_refused_naming_the_setting(train_cfg, t
         start_from_checkpoint(wider, no_ema)
 
 
+def test_a_conditional_checkpoint_that_does_not_fit_names_the_class_count(train_cfg, tmp_path):
+    """The class embeddings are network shapes too: the refusal names model.num_classes."""
+    conditional = build_model(train_cfg("model=cgan"))
+    unconditional = build_model(train_cfg("model=cgan", "model.num_classes=0"))
+    with pytest.raises(ValueError, match=r"do not fit the NoiseGAN.*network settings \(model.generator.\*, "
+                                         r"model.discriminator.\*, model.num_classes, data.input_nc"):
+        start_from_checkpoint(unconditional, save_checkpoint(tmp_path / "cgan.ckpt", conditional))
+
+
 def test_settings_that_differ_from_the_source_run_are_logged(train_cfg, tmp_path, caplog):
     cfg = train_cfg()
     source = build_model(cfg)

@@ -330,6 +330,26 @@ def test_a_resume_on_data_whose_classes_mean_other_labels_is_refused(train_cfg):
     cfg.max_iters, cfg.data.classes = 2, ["B", "A"]
     with pytest.raises(ValueError, match=r"ckpt_path=.*last.ckpt was trained on the classes \['A', 'B'\]"):
         run_training(cfg)
+    # Other classes than the trained ones are refused as such, not first for their count (which
+    # asked for a model of the data's classes, then for the trained classes, then the count back)
+    cfg.data.classes = ["B"]
+    with pytest.raises(ValueError, match=r"trained on the classes \['A', 'B'\] .* reads \['B'\]: point data.data_dir"):
+        run_training(cfg)
+
+
+def test_class_folders_under_other_names_are_to_be_named_in_the_trained_order_not_by_the_trained_names():
+    """Folders renamed (cat, dog -> Katze, Hund): the trained names are no folders of this data
+    (`++data.classes=[cat,dog]` would be refused for a missing class), so the fix asks for this
+    data's folders, in the trained order."""
+    from src.data.labelled import check_same_classes
+
+    here = SimpleNamespace(class_folders=lambda: ["Hund", "Katze"])
+    with pytest.raises(ValueError, match=r"""in the trained classes' order: "\+\+data.classes=\[<folder of cat>,"""
+                                         r"""<folder of dog>\]"$"""):
+        check_same_classes(["cat", "dog"], here, "ckpt_path=last.ckpt")
+    more = SimpleNamespace(class_folders=lambda: ["ant", "cat", "dog"])   # a folder added: the trained names do
+    with pytest.raises(ValueError, match=r"""set "\+\+data.classes=\[cat,dog\]" in that order"""):
+        check_same_classes(["cat", "dog"], more, "ckpt_path=last.ckpt")
 
 
 def test_data_whose_classes_mean_other_labels_names_an_override_eval_takes(tmp_path):

@@ -85,12 +85,18 @@ def check_same_classes(trained_on: list[str] | None, datamodule, what: str) -> N
     if trained_on is None or not hasattr(datamodule, "class_folders"):
         return
     here = datamodule.class_folders()
-    if [unicodedata.normalize("NFC", c) for c in here] != [unicodedata.normalize("NFC", c) for c in trained_on]:
-        listed = ",".join(c if re.fullmatch(r"[\w.\-]+", c) else quote_override_value(c) for c in trained_on)
+    composed = [unicodedata.normalize("NFC", c) for c in here]
+    if composed != [unicodedata.normalize("NFC", c) for c in trained_on]:
         # `++`: eval.py's config holds no data node of its own to override (data: null, the run's)
+        if all(unicodedata.normalize("NFC", c) in composed for c in trained_on):   # reordered, or more folders
+            listed = ",".join(c if re.fullmatch(r"[\w.\-]+", c) else quote_override_value(c) for c in trained_on)
+            fix = f"set {pasteable(f'++data.classes=[{listed}]')} in that order"
+        else:   # which folder holds which trained class is for the user to say
+            placeholders = ",".join(f"<folder of {c}>" for c in trained_on)
+            fix = (f"where its folders hold those classes under other names, name them in the trained classes' "
+                   f"order: \"++data.classes=[{placeholders}]\"")
         raise ValueError(f"{what} was trained on the classes {trained_on} (label i is class i), and the data here "
-                         f"reads {here}: point data.data_dir at the data it was trained on, or where the folders "
-                         f"are those under other names, set {pasteable(f'++data.classes=[{listed}]')} in that order")
+                         f"reads {here}: point data.data_dir at the data it was trained on, or {fix}")
 
 
 def interleave(per_class: list[list[Path]]) -> list[tuple[Path, int]]:

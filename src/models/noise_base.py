@@ -60,6 +60,10 @@ class NoiseToImageModel(AdversarialModel):
                                          "or data=class_folders (<data_dir>/<split>/<class>/ folders, or a "
                                          "CycleGAN-style dataset's trainA/trainB as two classes with data.layout=domains)")
 
+    def network_settings(self) -> str:
+        # the class embeddings' size too: a checkpoint of other classes does not fit
+        return f"{super().network_settings()}, model.num_classes"
+
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if stage == "fit":

@@ -472,6 +472,9 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
     model = build_model(cfg)
     check_loadable(model)
     refuse_unread_overrides(job_overrides(cfg), model, cfg, in_a_sweep=in_a_sweep())
+    if resumed is not None and getattr(model, "num_classes", 0):   # a conditional model: its labels mean classes
+        # (before the count: a folder added asks for the trained classes, not a model of more)
+        check_same_classes(resumed.get("class_folders"), datamodule, f"ckpt_path={cfg.ckpt_path}")
     if callable(check_class_count := getattr(model, "check_class_count", None)):
         check_class_count(datamodule)   # a conditional model's classes, before the callbacks train on the data's
     for name, child in model.named_children():
@@ -486,8 +489,6 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
         changed = check_resume_settings(cfg.ckpt_path, resumed, model, data_settings, must_match=found_by_auto)
         if not seed_drawn and (other_seed := check_resume_seed(cfg.ckpt_path, resumed, cfg.seed, found_by_auto)):
             rank_zero_warn(other_seed)
-        if getattr(model, "num_classes", 0):   # a conditional model: its labels mean classes
-            check_same_classes(resumed.get("class_folders"), datamodule, f"ckpt_path={cfg.ckpt_path}")
         if changed:
             rank_zero_warn(changed)
         saved_dir = (resumed.get("datamodule_hyper_parameters") or {}).get("data_dir")
