@@ -388,9 +388,15 @@ def test_auto_refuses_a_checkpoint_of_other_settings_and_a_named_one_warns(train
     run_training(train_cfg(*PIX2PIX, "max_iters=2"))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     with pytest.raises(ValueError, match=r"ckpt_path=auto found .*last.ckpt, written by a run with other settings "
-                                         r"\(loss.weights.l1=100.0 -> 5; model.optimizer.lr=0.0002 -> 0.001\)"):
+                                         r"\(loss.weights.l1=100.0 -> 5; model.optimizer.lr=0.0002 -> 0.001\)"
+                                         r".*hydra.sweep.dir\), or name the checkpoint \(ckpt_path=.*last.ckpt\) to "
+                                         r"continue it with the new settings$"):
         run_training(train_cfg(*PIX2PIX, "max_iters=4", "ckpt_path=auto", "loss.weights.l1=5",
                                "model.optimizer.lr=1e-3"))
+    # Named, a checkpoint of other networks would not load: not offered
+    with pytest.raises(ValueError, match=r"hydra.sweep.dir\); its networks do not fit this run's \(.*tensors of other "
+                                         r"shapes.*\), so it cannot continue under these settings$"):
+        run_training(train_cfg(*PIX2PIX, "max_iters=4", "ckpt_path=auto", "model.generator.ngf=8"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run_training(train_cfg(*PIX2PIX, "max_iters=3", "ckpt_path=auto", "data.batch_size=2", "data.num_workers=1",

@@ -291,12 +291,16 @@ def check_resume_settings(ckpt_path: str | Path, checkpoint: dict, model: torch.
         return None
     listed = "; ".join(changed + defaults_changed_since(checkpoint, data_settings, model))
     if must_match:
+        # (naming it continues it only where its networks fit this run's)
+        mismatch = state_dict_mismatch(model.state_dict(), weights)
+        named = (f", or name the checkpoint ({pasteable_override('ckpt_path', ckpt_path, prefix='')}) to continue it "
+                 f"with the new settings" if mismatch is None else
+                 f"; its networks do not fit this run's ({mismatch}), so it cannot continue under these settings")
         raise ValueError(
             f"ckpt_path=auto found {ckpt_path}, written by a run with other settings ({listed}). Resuming would "
             f"continue that run under these settings: this run folder holds another run (a sweep started again with "
             f"other values reuses its job folders by number). Give this run its own folder (hydra.run.dir, "
-            f"hydra.sweep.dir), or name the checkpoint ({pasteable_override('ckpt_path', ckpt_path, prefix='')}) to "
-            f"continue it with the new settings")
+            f"hydra.sweep.dir){named}")
     return (f"ckpt_path={ckpt_path} was written with other settings ({listed}): the run goes on with this run's "
             f"settings, except that the optimizers and learning-rate schedules continue from their saved states "
             f"(a new model.optimizer.lr scales their restored rates; another model.lr_schedule.policy shapes the "
