@@ -95,8 +95,10 @@ def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Pat
     if overwrite:
         return paths, [], False
     if not skip_existing:
+        # (whether they are this translation's is read once the model is: its iteration, say)
         refuse_existing_outputs([*targets.values(), *exported], "pass overwrite=true to replace them, or "
-                                "skip_existing=true to translate only the inputs without one")
+                                "skip_existing=true to translate only the inputs without one (where the folder's "
+                                f"{RECORD_NAME} is of this checkpoint and settings)")
         return paths, [], False
     # (the graph alone, its card not written, was cut off between the two: the card says its input range)
     skip_export = bool(exported) and exported[0].exists() and export_card_path(exported[0]).exists()
@@ -249,26 +251,28 @@ def keep_one_translation_per_folder(output_dir: Path, record: dict, overwrite: b
             unreadable = str(error)
         if unreadable is not None:
             # (written whole, a record is cut by nothing of ours: an edit, a copy, another tool)
-            if not overwrite:
-                raise ValueError(f"{path} is not a translation record ({unreadable}): pass overwrite=true to replace "
-                                 f"the folder's outputs, or choose another output folder")
             # read as another translation's: replaced where this one replaces every output there
             differ, said = {"record": (unreadable, None)}, f"its record unreadable: {unreadable}"
         else:
             earlier = {**RECORDED_BEFORE, **earlier}
             differ = {key: (earlier.get(key), value) for key, value in record.items() if earlier.get(key) != value}
             said = "; ".join(f"{key}: {old!r} there, {new!r} here" for key, (old, new) in differ.items())
-        if differ and not overwrite:
-            raise ValueError(f"{output_dir} holds the outputs of another translation ({said}): choose another "
-                             f"output folder, or pass overwrite=true to replace its outputs")
         exports = [name for suffix in EXPORT_FORMATS.values()
                    for name in (f"generator_*{suffix}", export_card_path(f"generator_*{suffix}").name)]
         images = [f"*{suffix}" for suffix, _ in WRITE_FORMATS.values()]
         outputs = (path for pattern in (*images, *exports) for path in output_dir.rglob(pattern))
+        # (looked for first: overwrite=true would be refused for them too)
         left = next((path for path in outputs if path not in targets), None) if differ else None
         if left is not None:
             raise ValueError(f"{output_dir} holds outputs of another translation ({said}) that this one would not "
-                             f"replace, e.g. {left}: choose another output folder, or remove them")
+                             f"replace, even with overwrite=true, e.g. {left}: choose another output folder, or "
+                             f"remove them")
+        if unreadable is not None and not overwrite:
+            raise ValueError(f"{path} is not a translation record ({unreadable}): pass overwrite=true to replace "
+                             f"the folder's outputs, or choose another output folder")
+        if differ and not overwrite:
+            raise ValueError(f"{output_dir} holds the outputs of another translation ({said}): choose another "
+                             f"output folder, or pass overwrite=true to replace its outputs")
         if not differ:   # the same translation: of the earlier inputs too
             inputs = [*(name for name in earlier.get("inputs") or [] if name not in inputs), *inputs]
     write_text_whole(path, json.dumps({**record, "inputs": inputs}, indent=2) + "\n")

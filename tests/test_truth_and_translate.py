@@ -770,7 +770,9 @@ def test_translate_refuses_existing_outputs_unless_told_to_replace_them(smoke_ru
     (tmp_path / "elsewhere.png").write_bytes(b"kept")
     (tmp_path / "out" / "gray.png").symlink_to(tmp_path / "elsewhere.png")
     with pytest.raises(FileExistsError, match=r"1 output file\(s\) exist already, e.g. .*gray.png: choose another "
-                                              r"output folder or pass overwrite=true"):
+                                              r"output folder or pass overwrite=true .* skip_existing=true to "
+                                              r"translate only the inputs without one \(where the folder's "
+                                              r"translation.json is of this checkpoint and settings\)"):
         run_translation(translate_cfg(ckpt_path=ckpt, input=str(tmp_path / "in"), output=str(tmp_path / "out")))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gray.png"]
     written = run_translation(translate_cfg(ckpt_path=ckpt, input=str(tmp_path / "in"), output=str(tmp_path / "out"),
@@ -822,15 +824,20 @@ def test_skip_existing_continues_an_interrupted_translation(smoke_runs, tmp_path
     (tmp_path / "in" / "rgb.png").rename(tmp_path / "one" / "rgb.png")
     one = dict(settings, input=str(tmp_path / "one"), export=None, short_side=16)
     with pytest.raises(ValueError, match=r"holds outputs of another translation \(short_side: None there, 16 here\) "
-                                         r"that this one would not replace, e.g. .*: choose another output folder, "
-                                         r"or remove them"):
+                                         r"that this one would not replace, even with overwrite=true, e.g. .*: choose "
+                                         r"another output folder, or remove them"):
         run_translation(translate_cfg(**one, overwrite=True))
+    # An input of other names is told so without overwrite too, not to pass it (refused as well)
+    (tmp_path / "other").mkdir()
+    shutil.copy(tmp_path / "one" / "rgb.png", tmp_path / "other" / "fresh.png")
+    with pytest.raises(ValueError, match=r"that this one would not replace, even with overwrite=true"):
+        run_translation(translate_cfg(**dict(one, input=str(tmp_path / "other"))))
     for name in ("rgba.png", "portrait.png"):
         (out / name).unlink()
-    with pytest.raises(ValueError, match=r"would not replace, e.g. .*generator_AtoB.pt"):
+    with pytest.raises(ValueError, match=r"would not replace, even with overwrite=true, e.g. .*generator_AtoB.pt"):
         run_translation(translate_cfg(**one, overwrite=True))
     graph.unlink()
-    with pytest.raises(ValueError, match=r"would not replace, e.g. .*generator_AtoB.pt.json"):   # its card
+    with pytest.raises(ValueError, match=r"even with overwrite=true, e.g. .*generator_AtoB.pt.json"):   # its card
         run_translation(translate_cfg(**one, overwrite=True))
     Path(f"{graph}.json").unlink()
     assert run_translation(translate_cfg(**one, overwrite=True))["written"] == [str(out / "rgb.png")]
@@ -860,11 +867,11 @@ def test_format_jpg_writes_jpegs_that_skip_existing_and_the_record_tell_apart(sm
     again = run_translation(translate_cfg(**settings, output=str(tmp_path / "jpg"), format="jpg", skip_existing=True))
     assert [Path(path).name for path in again["written"]] == ["gray.jpg"] and len(again["skipped"]) == 3
     assert whole_image_file(tmp_path / "jpg" / "gray.jpg") and (tmp_path / "jpg" / "rgb.jpg").read_bytes() == kept
-    with pytest.raises(ValueError, match=r"holds the outputs of another translation \(format: 'jpg' there, 'png' "
-                                         r"here\)"):
-        run_translation(translate_cfg(**settings, output=str(tmp_path / "jpg"), skip_existing=True))
-    with pytest.raises(ValueError, match=r"that this one would not replace, e.g. .*\.jpg"):   # PNGs beside JPEGs
-        run_translation(translate_cfg(**settings, output=str(tmp_path / "jpg"), overwrite=True))
+    for mode in ("skip_existing", "overwrite"):   # PNGs beside JPEGs
+        with pytest.raises(ValueError, match=r"holds outputs of another translation \(format: 'jpg' there, 'png' "
+                                             r"here\) that this one would not replace, even with overwrite=true, e.g. "
+                                             r".*\.jpg"):
+            run_translation(translate_cfg(**settings, output=str(tmp_path / "jpg"), **{mode: True}))
     record = tmp_path / "png" / "translation.json"
     record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "format"}))
     assert run_translation(translate_cfg(**settings, output=str(tmp_path / "png"), skip_existing=True))["written"] == []
@@ -1742,9 +1749,10 @@ def test_an_unreadable_translation_record_is_replaced_with_overwrite_where_every
     with pytest.raises(ValueError, match=r"translation.json is not a translation record \(.*\): pass overwrite=true"):
         keep_one_translation_per_folder(tmp_path, record, overwrite=False, targets={tmp_path / "a.png"})
     (tmp_path / "b.png").write_bytes(b"")   # an output this translation would not replace
-    with pytest.raises(ValueError, match=r"holds outputs of another translation \(its record unreadable: .*\) that "
-                                         r"this one would not replace, e.g. .*b.png"):
-        keep_one_translation_per_folder(tmp_path, record, overwrite=True, targets={tmp_path / "a.png"})
+    for overwrite in (False, True):   # not told to pass overwrite=true, which would be refused as well
+        with pytest.raises(ValueError, match=r"holds outputs of another translation \(its record unreadable: .*\) "
+                                             r"that this one would not replace, even with overwrite=true, e.g. .*b.png"):
+            keep_one_translation_per_folder(tmp_path, record, overwrite=overwrite, targets={tmp_path / "a.png"})
     keep_one_translation_per_folder(tmp_path, record, overwrite=True, targets={tmp_path / "a.png", tmp_path / "b.png"},
                                     input_path=str(tmp_path / "photos"))
     assert {k: v for k, v in json.loads((tmp_path / RECORD_NAME).read_text()).items() if k != "inputs"} == record
