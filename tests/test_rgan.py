@@ -133,6 +133,20 @@ def test_csv_values_that_are_not_finite_or_labels_that_are_not_whole_are_named_b
               num_classes=2)
 
 
+def test_numbers_as_column_names_pass_from_the_command_line(train_cfg, tmp_path):
+    """A header of years: Hydra reads `++data.columns=[2019,2020]` and `++data.label_column=2024` as
+    numbers, which the refusal of a headless file suggests; they are taken as the names."""
+    from src.utils.config_checks import check_argument_types
+    (tmp_path / "years.csv").write_text("2019,2020,2024\n" + "".join(f"{i},{-i},{i % 2}\n" for i in range(80)))
+    cfg = train_cfg("model=rgan", "data=csv_series", f"data.csv_path={tmp_path / 'years.csv'}",
+                    "++data.columns=[2019,2020]", "++data.label_column=2024", "data.channels=2", "data.num_classes=2",
+                    "data.seq_len=10")
+    assert list(cfg.data.columns) == [2019, 2020] and cfg.data.label_column == 2024   # (numbers, as Hydra reads them)
+    check_argument_types(cfg.data, "data")
+    series = hydra.utils.instantiate(cfg.data).dataset("train")
+    assert series.series.shape[-1] == 2 and set(series.labels.tolist()) == {0, 1}
+
+
 def test_csv_files_that_would_train_on_something_else_are_refused_or_warned(tmp_path, caplog):
     """A file without a header lost its first values to column names; `data.columns=a` on the
     command line arrives as a string (its letters were taken as columns); a negative label was

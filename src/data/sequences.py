@@ -136,7 +136,8 @@ def read_csv_columns(path: Path, columns: list[str] | None, label_column: str | 
 class SequenceDataModule(SplitDataModule):
     def __init__(self, source: str = "sines", seq_len: int = 30, channels: int = 5, num_classes: int = 1,
                  n_train: int = 10000, n_test: int = 1000, seed: int = 0, csv_path: str | None = None,
-                 columns: list[str] | None = None, label_column: str | None = None, stride: int = 1,
+                 columns: list[str | int | float] | str | int | None = None, label_column: str | int | None = None,
+                 stride: int = 1,
                  test_fraction: float = 0.2, max_dataset_size: int | None = None, name: str = "sines",
                  batch_size: int = 28,
                  batches_per_iteration: int = 1, eval_batch_size: int | None = None, num_workers: int = 0,
