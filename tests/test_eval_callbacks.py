@@ -927,6 +927,27 @@ def test_a_weights_file_swapped_after_its_check_is_still_read_as_tensors_only(tm
     assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1"      # the user's, back as it was
 
 
+def test_inception_unavailable_offers_a_weights_file_only_where_torch_fidelity_would_read_it(tmp_path, monkeypatch):
+    """Without torch-fidelity a weights file alone gave the same refusal again: it is offered as a
+    step after installing it. Installed but the file missing, it is a fix of its own."""
+    weights = tmp_path / "weights.pth"
+    torch.save({"w": torch.zeros(1)}, weights)
+    monkeypatch.setattr(features_module, "torch_fidelity_available", lambda: False)
+    with pytest.raises(features_module.InceptionUnavailable) as missing:
+        build_feature_extractor("inception", str(weights), settings="")
+    ways = [line for line in str(missing.value).splitlines() if line.startswith("  * ")]
+    assert len(ways) == 2 and "not installed" in str(missing.value)
+    assert "make install-fid" in ways[0] and "then, on a machine without internet" in ways[0]
+    assert "feature_extractor_weights_path=" in ways[0] and "feature_extractor=random_cnn" in ways[1]
+    monkeypatch.setattr(features_module, "torch_fidelity_available", lambda: True)
+    with pytest.raises(features_module.InceptionUnavailable) as no_file:
+        build_feature_extractor("inception", str(tmp_path / "elsewhere.pth"), settings="callbacks.fid_kid.")
+    ways = [line for line in str(no_file.value).splitlines() if line.startswith("  * ")]
+    assert len(ways) == 3 and "weights file not found" in str(no_file.value)
+    assert ways[1].startswith("  * on a machine without internet")
+    assert "callbacks.fid_kid.feature_extractor_weights_path=" in ways[1]
+
+
 def test_rank_zero_builds_first_and_a_rank_that_fails_stops_every_rank():
     """Inception's weights are downloaded by the rank that builds the extractor first, rank
     zero, before the others look for them, then by each other node's first rank (a node-local

@@ -119,20 +119,22 @@ class RandomCNNFeatures(FrozenExtractor):
 class InceptionUnavailable(RuntimeError):
     """Inception cannot be built; the message says why and how to fix it with `settings`, the
     config prefix of the caller's extractor settings ("callbacks.fid_kid." in training, "" in
-    eval.py)."""
+    eval.py). `installed`: whether torch-fidelity is (without it a weights file is of no use)."""
 
-    def __init__(self, reason: str, settings: str = "callbacks.fid_kid."):
-        self.reason = reason
+    def __init__(self, reason: str, settings: str = "callbacks.fid_kid.", installed: bool = True):
+        self.reason, self.installed = reason, installed
+        install = ("install torch-fidelity: `make install-fid` (pip install -r requirements-fid.txt; GPU machines "
+                   "only: PyPI's torchvision is a CUDA build and breaks a CPU-only torch)")
+        weights_file = (f"on a machine without internet, give the weights file torch-fidelity downloads "
+                        f"({INCEPTION_WEIGHTS_URL}, copied from a machine with internet): "
+                        f"{settings}feature_extractor_weights_path=/path/to/{INCEPTION_WEIGHTS_FILE}")
+        # (the weights file is read by torch-fidelity's code: of no use without it)
+        ways = [install, weights_file] if installed else [f"{install}, then, {weights_file}"]
         super().__init__(
             f"The Inception feature extractor for FID/KID is unavailable: {reason}\n"
             "Fix it in one of these ways:\n"
-            "  * install torch-fidelity: `make install-fid` (pip install -r requirements-fid.txt; GPU "
-            "machines only: PyPI's torchvision is a CUDA build and breaks a CPU-only torch);\n"
-            f"  * on a machine without internet, give the weights file torch-fidelity downloads "
-            f"({INCEPTION_WEIGHTS_URL}, "
-            f"copied from a machine with internet): {settings}feature_extractor_weights_path=/path/to/"
-            f"{INCEPTION_WEIGHTS_FILE};\n"
-            f"  * or use the download-free extractor: {settings}feature_extractor=random_cnn "
+            + "".join(f"  * {way};\n" for way in ways)
+            + f"  * or use the download-free extractor: {settings}feature_extractor=random_cnn "
             "(values then not comparable with papers)."
         )
 
@@ -171,7 +173,7 @@ class InceptionFeatures(FrozenExtractor):
     def __init__(self, weights_path: str | None = None):
         super().__init__()
         if not torch_fidelity_available():
-            raise InceptionUnavailable("the package torch-fidelity is not installed.")
+            raise InceptionUnavailable("the package torch-fidelity is not installed.", installed=False)
         cached = cached_inception_weights()
         if weights_path is None and cached.is_file():
             # torch-fidelity unpickles its cached download with weights_only=False too: a file
@@ -225,5 +227,5 @@ def build_feature_extractor(name: str, weights_path: str | None = None, device: 
             try:
                 extractor = InceptionFeatures(weights_path)
             except InceptionUnavailable as error:
-                raise InceptionUnavailable(error.reason, settings) from error.__cause__
+                raise InceptionUnavailable(error.reason, settings, error.installed) from error.__cause__
     return extractor.to(device) if device is not None else extractor
