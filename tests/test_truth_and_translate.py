@@ -30,7 +30,7 @@ from src.utils.checkpoint_loading import load_model
 from src.utils.export import export_translation
 from src.utils.run import run_training
 from src.models.size_check import size_multiple
-from src.utils.translation import crop_to_box, pad_to_multiple, translate_images
+from src.utils.translation import check_direction, crop_to_box, pad_to_multiple, translate_images
 from src.utils.directions import untranslated_directions
 from tests.conftest import compose_train_cfg, results_of_gloo_ranks, run_eval
 from tests.test_label_scores import export_segmenter, write_label_map_dataset
@@ -1577,6 +1577,19 @@ def test_eval_reads_the_data_the_way_round_the_model_was_trained(smoke_runs, tmp
     data_dir = Path(smoke_runs["cyclegan"].cfg.data.data_dir)
     written = sorted(p.name for p in (out / "fakeA").glob("*.png"))   # AtoB's outputs, named by testB files
     assert written and set(written) <= {p.name for p in (data_dir / "testB").glob("*.png")}
+
+
+def test_pix2pix_trained_b_to_a_is_told_to_translate_with_direction_atob(smoke_runs, tmp_path):
+    """Its generator is the model's AtoB whichever way the data was read: translate.py's BtoA was
+    told to set data.direction=BtoA, which it was trained with and translate.py has no key for."""
+    checkpoint = torch.load(smoke_runs["pix2pix"].ckpt, map_location="cpu", weights_only=True)
+    for trained, other in (("AtoB", "BtoA"), ("BtoA", "AtoB")):
+        checkpoint["datamodule_hyper_parameters"]["direction"] = trained
+        torch.save(checkpoint, tmp_path / f"{trained}.ckpt")
+        with pytest.raises(ValueError, match=r"direction=BtoA: Pix2Pix cannot translate this way: pix2pix translates "
+                                             r"one way only, direction=AtoB \(its generator's: the dataset's "
+                                             rf"{trained[0]} -> {trained[-1]}.*train one with data.direction={other}$"):
+            check_direction(load_model(tmp_path / f"{trained}.ckpt"), "BtoA")
 
 
 def test_a_cut_short_checkpoint_is_named_with_the_fix(smoke_runs, tmp_path):

@@ -47,7 +47,11 @@ class Pix2Pix(TranslationModel):
 
     def generator_for(self, direction: str) -> nn.Module:
         if direction != "AtoB":
-            raise ValueError("pix2pix translates one way only (AtoB); set data.direction=BtoA to train B -> A")
+            # (a loaded model knows the way round it was trained: translate.py's user did not set it)
+            flipped = self.training_data.get("direction") == "BtoA"
+            raise ValueError(f"pix2pix translates one way only, direction=AtoB (its generator's: the dataset's "
+                             f"{'B -> A, as trained with data.direction=BtoA' if flipped else 'A -> B'}); for the "
+                             f"other way, train one with data.direction={'AtoB' if flipped else 'BtoA'}")
         return self.G
 
     def sampling_options(self) -> dict:
