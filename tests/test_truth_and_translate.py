@@ -1590,6 +1590,11 @@ def test_pix2pix_trained_b_to_a_is_told_to_translate_with_direction_atob(smoke_r
                                              r"one way only, direction=AtoB \(its generator's: the dataset's "
                                              rf"{trained[0]} -> {trained[-1]}.*train one with data.direction={other}$"):
             check_direction(load_model(tmp_path / f"{trained}.ckpt"), "BtoA")
+    training = load_model(tmp_path / "AtoB.ckpt")
+    training.training_data = {}   # a model in training: its data's way round is not its to say
+    with pytest.raises(ValueError, match=r"one way only, direction=AtoB; for the other way, train one with the other "
+                                         r"data.direction$"):
+        training.generator_for("BtoA")
 
 
 def test_a_cut_short_checkpoint_is_named_with_the_fix(smoke_runs, tmp_path):

@@ -48,10 +48,12 @@ class Pix2Pix(TranslationModel):
     def generator_for(self, direction: str) -> nn.Module:
         if direction != "AtoB":
             # (a loaded model knows the way round it was trained: translate.py's user did not set it)
-            flipped = self.training_data.get("direction") == "BtoA"
-            raise ValueError(f"pix2pix translates one way only, direction=AtoB (its generator's: the dataset's "
-                             f"{'B -> A, as trained with data.direction=BtoA' if flipped else 'A -> B'}); for the "
-                             f"other way, train one with data.direction={'AtoB' if flipped else 'BtoA'}")
+            trained = self.training_data.get("direction")
+            way = {"AtoB": " (its generator's: the dataset's A -> B)",
+                   "BtoA": " (its generator's: the dataset's B -> A, as trained with data.direction=BtoA)"}
+            other = {"AtoB": "data.direction=BtoA", "BtoA": "data.direction=AtoB"}
+            raise ValueError(f"pix2pix translates one way only, direction=AtoB{way.get(trained, '')}; for the other "
+                             f"way, train one with {other.get(trained, 'the other data.direction')}")
         return self.G
 
     def sampling_options(self) -> dict:
