@@ -77,8 +77,11 @@ def test_plain_ddp_is_refused_naming_the_strategy_that_works(train_cfg, strategy
 def test_sharded_strategies_are_refused_naming_ddp(train_cfg, strategy):
     cfg = train_cfg(f"trainer.strategy={strategy}")
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
-    with pytest.raises(ValueError, match=f"trainer.strategy={strategy} is not supported: .* Use trainer=ddp"):
+    with pytest.raises(ValueError, match=f"trainer.strategy={strategy} is not supported: .* Use "
+                                         f"trainer.strategy=ddp_find_unused_parameters_true in its place"):
         build_trainer_kwargs(cfg, model)
+    cfg.trainer.strategy = "ddp_find_unused_parameters_true"   # the fix, as named
+    assert build_trainer_kwargs(cfg, model)["strategy"] == "ddp_find_unused_parameters_true"
 
 
 def test_the_process_count_follows_lightnings_reading_of_the_devices():

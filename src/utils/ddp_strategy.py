@@ -32,8 +32,9 @@ def choose_strategy(trainer_kwargs: dict) -> None:
     if strategy.startswith(SHARDED):
         raise ValueError(f"trainer.strategy={strategy} is not supported: the models call their generators outside "
                          f"the sharded forward (sample grids, evaluation), and train each player with its own loss "
-                         f"scaler. Use trainer=ddp (each GAN here fits one GPU's memory; for a larger one, lower "
-                         f"data.batch_size or use trainer.precision=bf16-mixed)")
+                         f"scaler. Use trainer.strategy=ddp{FIND_UNUSED} in its place, as trainer=ddp sets it (a "
+                         f"trainer.strategy override beside trainer=ddp wins over it). Each GAN here fits one GPU's "
+                         f"memory; for a larger one, lower data.batch_size or use trainer.precision=bf16-mixed")
     plain = strategy.removesuffix("_find_unused_parameters_false")
     if plain in PLAIN_DDP:
         raise ValueError(f"trainer.strategy={strategy} fails at a GAN's second backward: each player's step leaves "
