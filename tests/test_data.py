@@ -781,8 +781,9 @@ def test_a_profile_that_does_not_fit_the_pixels_names_the_file_and_the_setting(t
     Image.new("RGB", (8, 6), RED).save(tmp_path / "broken.png", icc_profile=b"not a profile")
     for name in ("gray.png", "broken.png"):
         with pytest.raises(ImageReadError, match=f"{name}: its embedded ICC colour profile .*data.to_srgb=false to "
-                                                 f"train.py or eval.py, --keep-stored-colours to python -m "
-                                                 f"src.data.check_images or src.data.convert_images; translate.py"):
+                                                 f"train.py, eval.py or python -m src.data.check_images data=NAME; "
+                                                 f"--keep-stored-colours to check_images or src.data.convert_images "
+                                                 f"given folders; translate.py"):
             load_image(tmp_path / name, 3)
         assert load_image(tmp_path / name, 3, to_srgb=False).shape == (6, 8, 3)
     with pytest.raises(ValueError, match="data.to_srgb='yes'"):

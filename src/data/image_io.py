@@ -158,9 +158,9 @@ _PROFILE_SPACES = {"1": "L", "L": "L", "LA": "L", "RGB": "RGB", "RGBA": "RGB", "
 _SRGB = ImageCms.createProfile("sRGB")
 # (translate.py takes no reading settings: it reads as its checkpoint's training data were read)
 _PROFILE_FIX = ("re-save the file in sRGB or without its colour profile, or read the stored values as they are, as "
-                "the papers' loaders do (++data.to_srgb=false to train.py or eval.py, --keep-stored-colours to "
-                "python -m src.data.check_images or src.data.convert_images; translate.py reads as its checkpoint's "
-                "run did)")
+                "the papers' loaders do (++data.to_srgb=false to train.py, eval.py or python -m src.data.check_images "
+                "data=NAME; --keep-stored-colours to check_images or src.data.convert_images given folders; "
+                "translate.py reads as its checkpoint's run did)")
 
 
 # Colours that show whether a transform changes anything: every grey, and a 17-level RGB grid.
