@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.data.download import pasteable_setting
 from src.data.folders import OutputNames
-from src.data.image_io import save_image
+from src.data.image_io import save_image, save_in_format
 from src.data.labelled import check_same_classes, proportional_picks
 from src.data.unpaired import distinct_images
 from src.metrics.features import build_feature_extractor, data_feature_extractor
@@ -42,7 +42,7 @@ from src.utils.rng import isolated_rng
 from src.utils.run_results import EVAL_RESULT
 from src.utils.sequence_plot import plot_series
 from src.utils.training_config import CONF_DIR
-from src.utils.translation import resolve_device, save_png
+from src.utils.translation import resolve_device
 from src.utils.whole_files import write_text_whole, write_whole
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ def evaluate_direction(model, loader, direction: str, n_source: int, n_target: i
         for source_path, image in zip(sources, to_uint8_images(fake)):
             output_path = output_names.target(source_path)   # every name checked, written or not
             if save_limit is None or saved < save_limit:
-                save_png(image, output_path)
+                save_in_format(image, output_path, "png")
                 saved += 1
         if truth is not None:
             bg = torch.stack([backgrounds[Path(p).name] for p in batch[f"{source_key}_path"]]).to(device)
@@ -308,7 +308,7 @@ def evaluate_samples(model: NoiseToImageModel, loader, scorer: FidKidScorer, sam
             classifier.update_fake(fake, sample_labels[index])
         for i, image in zip(index.tolist(), to_uint8_images(fake)):
             if save_limit is None or i < save_limit:
-                save_png(image, sample_dir / f"{i:06d}.png")
+                save_in_format(image, sample_dir / f"{i:06d}.png", "png")
     return {**scorer.compute(), **(classifier.compute() if classifier is not None else {})}
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from src.data.errors import EmptyDatasetError
 from src.data.folders import IMAGE_EXTENSIONS, list_images
-from src.data.image_io import PIXEL_READING_KEYS, load_image, save_image, upright_size
+from src.data.image_io import PIXEL_READING_KEYS, load_image, upright_size
 from src.data.transforms import FIRST_RESIZE_MODES, resize_image, short_side_size, to_tensor
 from src.models.base import TranslationModel
 from src.models.size_check import check_translation_size, input_channels, size_multiple
@@ -154,11 +154,6 @@ def fixed_translation_size(size: int | Sequence[int] | None, short_side: int | N
 def round_up(side: int, multiple: int) -> int:
     """The smallest multiple of `multiple` that is at least `side`."""
     return -(-side // multiple) * multiple
-
-
-def save_png(image: np.ndarray, path: str | Path) -> None:
-    """Write an HxWxC uint8 array (C = 1 or 3) as PNG, making its folder if needed."""
-    save_image(image, path, format="PNG")
 
 
 def out_of_memory(chunk: list[Path], size: tuple[int, int], short_side: int | None,
