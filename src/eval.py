@@ -20,12 +20,14 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from src.utils.evaluation import run_evaluation  # noqa: E402
+from src.utils.library_warnings import library_output_into_the_log  # noqa: E402
 from src.utils.process_state import threads_within_usable_cpus  # noqa: E402
 from src.utils.run import release_failed_run  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval.yaml")
 def main(cfg: DictConfig) -> None:
+    library_output_into_the_log()
     threads_within_usable_cpus()   # (the command's process: a notebook's run_evaluation keeps its own count)
     try:
         run_evaluation(cfg)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from src.utils.allocator import configure_allocator  # noqa: E402
 from src.utils.ddp_multirun import argv_for_launched_rank  # noqa: E402
+from src.utils.library_warnings import library_output_into_the_log  # noqa: E402
 from src.utils.objective import objective_value, sweeper_direction  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
+    library_output_into_the_log()
     configure_allocator(cfg.get("allocator", "default"))
     from src.callbacks.optimized_metric import closest_names   # these load torch: only once the allocator is set
     from src.models.divergence import divergence_of

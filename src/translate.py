@@ -28,6 +28,7 @@ from src.utils.config_checks import (check_seed, home_expanded, refuse_job_chdir
                                      require_path)
 from src.utils.directions import trained_domains  # noqa: E402
 from src.utils.folder_lock import FolderLock  # noqa: E402
+from src.utils.library_warnings import library_output_into_the_log  # noqa: E402
 from src.utils.process_state import threads_within_usable_cpus  # noqa: E402
 from src.utils.rng import isolated_rng  # noqa: E402
 from src.utils.whole_files import write_text_whole  # noqa: E402
@@ -280,6 +281,7 @@ def keep_one_translation_per_folder(output_dir: Path, record: dict, overwrite: b
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="translate.yaml")
 def main(cfg: DictConfig) -> None:
+    library_output_into_the_log()
     threads_within_usable_cpus()   # (the command's process: a notebook's run_translation keeps its own count)
     run_translation(cfg)
 

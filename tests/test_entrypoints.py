@@ -45,6 +45,8 @@ def test_multirun_writes_one_run_dir_per_job(tmp_path, shared_data_dir):
         final = json.loads((job / "final_metrics.json").read_text())
         assert final["status"] == "completed" and final["iteration"] == 2
         assert final["checkpoint"] == str(job / "checkpoints" / "last.ckpt") and "eval/fid" in final["metrics"]
+        # the run's warnings are in its log, not on the console alone
+        assert "[py.warnings][WARNING] - " in (job / "train.log").read_text()
     # the sweep's table: one row per job, the override that differs, the job's own FID
     table = (sweeps[0] / "summary.md").read_text()
     for job, loss in zip(jobs, ("lsgan", "hinge")):

@@ -1265,6 +1265,8 @@ def test_eval_multirun_tables_the_checkpoints_it_compared(smoke_runs, tmp_path, 
     env = {**os.environ, "PROJECT_ROOT": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0 and "no such checkpoint file" in result.stderr   # Hydra reports the failure
+    # Lightning's rank-zero lines (imported before Hydra's logging, it kept them on the console)
+    assert "][pytorch_lightning.utilities.rank_zero][INFO] - FID over " in (sweep / "0" / "eval.log").read_text()
     report = json.loads((sweep / "0" / "metrics.json").read_text())["metrics"]
     table = (sweep / "summary.md").read_text()
     # the iteration: which state of the run each checkpoint was (last.ckpt moves on while it trains)

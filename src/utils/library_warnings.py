@@ -26,6 +26,25 @@ class LightningTips(logging.Filter):
         return not str(record.msg).startswith(self.SILENCED)
 
 
+#: the loggers Lightning gives a console handler of their own, not propagating, when imported
+#: before logging is configured (eval.py's imports, before Hydra's logging): their lines missed
+#: the run's log file
+LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning_fabric")
+
+
+def library_output_into_the_log() -> None:
+    """For the command-line tools, once Hydra has configured logging: Python warnings (ours, as
+    the lr-schedule's, and the libraries') and Lightning's messages go to the run's log file as
+    well as the console; they reached the console only."""
+    logging.captureWarnings(True)
+    for name in LIGHTNING_LOGGERS:
+        library = logging.getLogger(name)
+        if not library.propagate:
+            for handler in [h for h in library.handlers if type(h) is logging.StreamHandler]:
+                library.removeHandler(handler)   # (the root's console handler shows them now)
+            library.propagate = True
+
+
 def silence_known_library_noise() -> None:
     for message, category, module in KNOWN_NOISE:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
