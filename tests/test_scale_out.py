@@ -555,6 +555,18 @@ def test_a_gpu_trainer_without_a_gpu_names_the_trainer_to_use(train_cfg, trainer
         build_trainer_kwargs(cfg, model)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_a_gpu_accelerator_set_on_the_command_line_is_told_to_set_it_back(train_cfg):
+    """trainer=cpu beside a trainer.accelerator=gpu override keeps the override (a key beats its
+    group): the refusal also names the key to set."""
+    cfg = train_cfg("model=cyclegan", "trainer=cpu", "trainer.accelerator=gpu")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    with pytest.raises(ValueError, match=r"where trainer.accelerator is set on the command line, .* set "
+                                         r"trainer.accelerator=cpu \(or auto\) instead"):
+        build_trainer_kwargs(cfg, model)
+    build_trainer_kwargs(train_cfg("model=cyclegan", "trainer=cpu", "trainer.accelerator=cpu"), model)
+
+
 @pytest.mark.parametrize("seed, message", [
     ("abc", r"seed='abc' must be an integer >= 0 or null \(null: a seed drawn and recorded\)"),
     (-1, r"seed=-1 must be an integer >= 0"),

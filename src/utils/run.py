@@ -71,7 +71,8 @@ def check_accelerator(trainer_cfg: dict) -> None:
         raise ValueError(f"trainer.accelerator={trainer_cfg['accelerator']}: no CUDA GPU is visible here "
                          f"(torch {torch.__version__}, built {'with' if torch.version.cuda else 'without'} CUDA). "
                          "Use trainer=cpu, or trainer=default (it picks what the machine has: Apple's MPS, a CUDA "
-                         "GPU or the CPU).")
+                         "GPU or the CPU); where trainer.accelerator is set on the command line, which wins over "
+                         "the trainer group, set trainer.accelerator=cpu (or auto) instead.")
 
 
 def cpu_computes_bf16() -> bool:
