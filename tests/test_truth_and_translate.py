@@ -1442,6 +1442,18 @@ def test_eval_of_a_run_older_than_a_data_setting_says_how_to_turn_it_on(smoke_ru
     assert 0 <= results["AtoB"]["label_pixel_acc"] < 1
 
 
+def test_a_data_setting_added_since_is_suggested_at_its_value_for_the_run():
+    """The shapes configs' `load_size: ${.size}`: pasted as written, the interpolation failed the
+    command (eval.py resolves its overrides); it is suggested as the run's size, and one that
+    names what the data node lacks is left for the user to fill in."""
+    from src.data.download import pasteable_setting
+    from src.utils.evaluation import UNRESOLVED, value_among
+    data = OmegaConf.create({"size": 48, "crop_size": 48})
+    assert pasteable_setting("data.load_size", value_among(data, "load_size", "${.size}")) == "++data.load_size=48"
+    assert value_among(data, "flip", True) is True
+    assert value_among(data, "data_dir", "${paths.data_dir}/shapes") is UNRESOLVED
+
+
 def test_the_data_option_a_run_folder_records_is_read_as_a_plain_name_only(tmp_path):
     """The run folder may come from elsewhere: a recorded choice of `../model/cyclegan` read
     another folder's YAML as the data config's (any file, by more `..`)."""

@@ -12,6 +12,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from src.data.download import pasteable_setting
 from src.data.folders import OutputNames
@@ -79,8 +80,11 @@ def data_config(cfg: DictConfig, model) -> DictConfig:
         refuse_foreign_targets(saved, f"{run_config} (data)", *DATA_CLASSES, "data")
         data = OmegaConf.merge(saved, recorded, given or {})
         for key, value in data_keys_added_since(run_config, data).items():
+            resolved = value_among(data, key, value)
+            fix = (pasteable_setting(f"data.{key}", resolved) if resolved is not UNRESOLVED
+                   else f"++data.{key}=<the value {value} gives>")
             log.info("data.%s=%s is in the data config now, not in the run's (older) one, so it is off here: "
-                     "%s to use it", key, value, pasteable_setting(f"data.{key}", value))
+                     "%s to use it", key, value, fix)
     else:
         data = OmegaConf.merge(checkpoints_data_config(cfg.ckpt_path, model, run_config), given or {})
     if data.get("max_dataset_size") is not None:
@@ -103,6 +107,20 @@ def checkpoints_data_config(ckpt_path, model, run_config: Path) -> dict:
     log.info("data: the settings recorded in %s (%s; no run config at %s); data=NAME for other data, "
              "+data.KEY=VALUE to change one", ckpt_path, target, run_config)
     return recorded
+
+
+#: value_among's answer for a value that does not resolve among the run's data settings
+UNRESOLVED = object()
+
+
+def value_among(data: DictConfig, key: str, value):
+    """`value` as it resolves as `data.<key>` (`${.size}`: the run's size): an interpolation pasted
+    as written fails the command it is pasted into. UNRESOLVED where it names what the data node
+    alone does not hold (`${paths.data_dir}`)."""
+    try:
+        return OmegaConf.to_container(OmegaConf.merge(data, {key: value}), resolve=True)[key]
+    except OmegaConfBaseException:
+        return UNRESOLVED
 
 
 def data_keys_added_since(run_config: Path, data: DictConfig) -> dict:
