@@ -3,6 +3,7 @@
 import glob
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -952,10 +953,11 @@ def test_check_images_reads_a_labelled_datasets_class_folders(tmp_path, capsys, 
     assert stop.value.code == 2 and str(root / "test" / "dog") in capsys.readouterr().err
     assert check_images.main(["data=shapes_labelled", f"paths.data_dir={shared_data_dir}"]) == 0
     # The time-series data holds no images: it was told to pass its (nonexistent) image folders,
-    # or, of a CSV not there, that the CSV was missing.
-    for data in ("sines", "csv_series"):
+    # or, of a CSV not there, that the CSV was missing; without model=rgan, that the default model's
+    # data.resize_interpolation was none of its settings.
+    for data, model in itertools.product(("sines", "csv_series"), (["model=rgan"], [])):
         with pytest.raises(SystemExit) as stop:
-            check_images.main([f"data={data}", "model=rgan", f"paths.data_dir={tmp_path / 'none'}"])
+            check_images.main([f"data={data}", *model, f"paths.data_dir={tmp_path / 'none'}"])
         assert stop.value.code == 2 and f"data={data} holds no images (SequenceDataModule)" in capsys.readouterr().err
 
 

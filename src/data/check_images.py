@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 
 from hydra.errors import HydraException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf.errors import OmegaConfBaseException
 
 from src.data.folder_tools import add_reading_arguments, input_errors_as_usage, map_in_processes, reading_settings
@@ -81,11 +81,14 @@ def data_config_folders(overrides: list[str]) -> tuple[dict[Path, int], dict, in
     where preprocess=crop, which cannot crop smaller images. Missing folders raise the data
     modules' errors (with the download command)."""
     cfg = compose_training_config(overrides)
+    # Asked of the class, before its settings are checked: the default model's image settings
+    # (data.resize_interpolation) are no settings of the time-series data
+    data_class = get_class(cfg.data._target_)
+    if not hasattr(data_class, "image_folders"):   # (the time-series data: sines, csv_series)
+        raise ValueError(f"data={cfg.data.get('name')} holds no images ({data_class.__name__}): check_images "
+                         f"reads image folders")
     check_argument_types(cfg.data, "data")
     datamodule = instantiate(cfg.data)
-    if not hasattr(datamodule, "image_folders"):   # (the time-series data: sines, csv_series)
-        raise ValueError(f"data={cfg.data.get('name')} holds no images ({type(datamodule).__name__}): check_images "
-                         f"reads image folders")
     datamodule.prepare_data()   # the embedded datasets are written to disk here
     folders = datamodule.image_folders()
     if not folders:
