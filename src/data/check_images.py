@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     add_reading_arguments(parser)
     args = parser.parse_args(argv)
     # (a folder may hold '=' too: date=2024-05-01/, lr=0.1/)
-    overrides = [item for item in args.folders if "=" in item and not Path(item).exists()]
+    # (a deletion, ~key, is Hydra's too; a folder named so exists)
+    overrides = [item for item in args.folders if ("=" in item or item.startswith("~")) and not Path(item).exists()]
     if overrides and len(overrides) < len(args.folders):
         parser.error("give either folders or Hydra overrides (data=NAME ...), not both")
     if overrides and (args.channels != 3 or args.bit_depth != 16 or args.keep_stored_colours):
