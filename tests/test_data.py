@@ -1825,7 +1825,8 @@ def test_a_folder_unpacked_one_level_down_is_found_not_downloaded_again(tmp_path
     outer = tmp_path / "horse2zebra"
     make_unpaired(outer / "horse2zebra")
     with pytest.raises(DatasetNotFoundError, match=f"one folder down, in {outer / 'horse2zebra'}: "
-                                                   f"pass \\+\\+data.data_dir={outer / 'horse2zebra'}"):
+                                                   f"pass \\+\\+data.data_dir={outer / 'horse2zebra'} to train.py "
+                                                   f"or eval.py, or move its folders up into {outer}"):
         UnpairedDataModule(data_dir=outer, name="horse2zebra").setup("fit")
     with pytest.raises(download.DownloadError, match=f"{outer} exists but lacks trainA/, trainB/, testA/, testB/. "
                                                      f"The dataset is one folder down"):

@@ -265,7 +265,8 @@ def how_to_get(name: str, data_dir: str | Path) -> str:
         nested = nested_dataset(data_dir, layout)
         if nested is not None:
             return (f"The dataset is one folder down, in {nested}: pass "
-                    f"{pasteable_override('data.data_dir', nested)}.")
+                    f"{pasteable_override('data.data_dir', nested)} to train.py or eval.py, or move its folders "
+                    f"up into {data_dir}.")
     if source is None:
         known = ", ".join(sorted(DATASETS))
         return (
