@@ -55,7 +55,7 @@ from src.utils.tensorboard_logger import purge_step, with_purge_step
 from src.utils.training_config import ROOT_DIR
 from src.utils.unread_overrides import refuse_unread_overrides
 from src.utils.wandb_run import (WandbRunIdCallback, current_wandb_run, finish_wandb_run, is_wandb_node,
-                                  with_wandb_identity)
+                                  with_wandb_identity, without_unset_anonymous)
 
 log = logging.getLogger(__name__)
 
@@ -518,7 +518,7 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
         # files in the logger's folder, no last.ckpt, crash checkpoint or ckpt_path=auto)
         raise ValueError("No checkpoint callback configured: add callbacks.model_checkpoint "
                          "(see conf/callbacks/default.yaml) so the run ends with a checkpoint")
-    loggers = instantiate_list(logger_cfg, "logger")
+    loggers = without_unset_anonymous(instantiate_list(logger_cfg, "logger"))
     trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), callbacks=callbacks, logger=loggers or False)
     if not found_by_auto:   # (auto took the most advanced file: none is further on) once every check passed
         set_aside_abandoned_checkpoints(cfg)

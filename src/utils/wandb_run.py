@@ -124,6 +124,19 @@ def with_wandb_identity(logger_cfg: DictConfig | None, cfg: DictConfig,
     return logger_cfg
 
 
+def without_unset_anonymous(loggers: list) -> list:
+    """`loggers`, each WandbLogger's `anonymous` left out of its wandb.init arguments where unset:
+    Lightning passes it as None, and wandb (0.31) warns at every run that the setting has no
+    effect, whatever its value."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in loggers:
+        init = getattr(logger, "_wandb_init", None) if isinstance(logger, WandbLogger) else None
+        if init is not None and "anonymous" in init and init["anonymous"] is None:
+            del init["anonymous"]
+    return loggers
+
+
 class WandbRunIdCallback(pl.Callback):
     """Writes the wandb run id, name, group and tags into every checkpoint, for
     `with_wandb_identity` to resume that run as it was."""
