@@ -397,6 +397,20 @@ def test_losses_are_logged_when_lightning_writes_them_and_at_the_end(train_cfg, 
     assert written == [g for _, g in logged]
 
 
+def test_epochs_shorter_than_the_logging_interval_are_logged_without_lightnings_false_warning(train_cfg):
+    """Lightning warns that an epoch shorter than log_every_n_steps logs nothing for it; its
+    interval counts over epochs, so rows come all the same (every 4 iterations of 3-iteration
+    epochs here): the warning is not shown."""
+    cfg = train_cfg("data.max_dataset_size=3", "max_iters=8", "trainer.log_every_n_steps=4", *NO_EVALUATION)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_training(cfg)
+    assert not [w for w in caught if "smaller than the logging interval" in str(w.message)]
+    (metrics,) = Path(cfg.paths.output_dir).glob("csv/version_*/metrics.csv")
+    logged = [row for row in csv.DictReader(metrics.open()) if row.get("train/G")]
+    assert len(logged) >= 2   # a row at iterations 4 and 8, across the epochs
+
+
 def test_an_epochs_last_iterations_go_into_the_next_row_not_nowhere(train_cfg, tmp_path):
     """3 iterations an epoch, a row every 2, 2 epochs: Lightning writes rows at iterations 2, 4
     and 6 only. The losses of the first epoch's last iteration were averaged alone at its end and

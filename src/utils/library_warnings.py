@@ -9,6 +9,11 @@ KNOWN_NOISE = (
     # Lightning 2.6.6 (the latest release) builds its CombinedLoader with torch's LeafSpec, which
     # torch 2.13 deprecates: every fit printed it.
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"pytorch_lightning\.utilities\._pytree"),
+    # An epoch shorter than log_every_n_steps (the quickstart's noise models: 32 batches of 64
+    # at 50): Lightning counts the logging interval over epochs, so rows come every 50 iterations
+    # all the same (its PossibleUserWarning, a UserWarning).
+    (r"The number of training batches \(\d+\) is smaller than the logging interval", UserWarning,
+     r"pytorch_lightning\.loops\.fit_loop"),
 )
 #: the logger Lightning's rank-zero messages come through
 LIGHTNING_RANK_ZERO_LOGGER = "pytorch_lightning.utilities.rank_zero"
