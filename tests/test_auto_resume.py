@@ -324,6 +324,27 @@ def test_rolling_back_to_an_earlier_checkpoint_sets_the_abandoned_branch_aside(t
     assert f"moved hpc_ckpt_1.ckpt into {run_shelf}" in caplog.text
 
 
+def test_a_fresh_run_in_a_used_folder_sets_the_earlier_runs_checkpoints_aside(train_cfg, tmp_path, caplog):
+    """The same fixed run folder started again without ckpt_path: Lightning wrote last-v1.ckpt
+    beside the earlier last.ckpt, the new best_fid.ckpt replaced the earlier run's better one, and
+    auto would have resumed the earlier run where it was further on. Its files go aside, whole."""
+    run_training(train_cfg(*PIX2PIX, "max_iters=4"))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    earlier = {path.name: path.read_bytes() for path in checkpoints.glob("*.ckpt")}
+    assert "last.ckpt" in earlier
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_training(train_cfg(*PIX2PIX, "max_iters=2"))
+    (shelf,) = checkpoints.glob("abandoned_*")
+    assert {path.name: path.read_bytes() for path in shelf.iterdir()} == earlier
+    assert "This run starts afresh in a folder that holds an earlier run's checkpoints: moved " in caplog.text
+    assert "pass ckpt_path=auto" in caplog.text
+    assert sorted(path.name for path in checkpoints.glob("*.ckpt")) == ["iter_0000002.ckpt", "last.ckpt"]   # no -v1
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 2 * 2   # this run's
+    assert most_advanced_checkpoint(checkpoints, tmp_path / "run") == checkpoints / "last.ckpt"
+    assert not [w for w in caught if "exists and is not empty" in str(w.message)]   # (said here instead)
+
+
 @pytest.mark.parametrize("overrides", [(*PIX2PIX, "max_iters=2"),
                                        ("model=stylegan", "max_iters=null", "max_kimg=0.004", *NO_EVALUATION)])
 def test_a_finished_run_run_again_trains_nothing_and_keeps_its_record(train_cfg, tmp_path, overrides):

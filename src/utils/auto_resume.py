@@ -138,9 +138,24 @@ def set_aside_abandoned_checkpoints(cfg: DictConfig) -> Path | None:
     (out of auto's sight; a rename within its file system: SLURM's `hpc_ckpt_*` files lie in the
     run folder, the others in the checkpoint folder, which may be on other storage or not made
     yet); returns the checkpoint folder's, or the first one made, or None when nothing was moved. Rank 0 only: the other ranks of a
-    multi-process launch start after it, or load the named file, which stays."""
+    multi-process launch start after it, or load the named file, which stays.
+    A run that starts afresh (no ckpt_path) in a folder that holds checkpoints sets every one of
+    them aside: Lightning wrote its own beside them (last-v1.ckpt), its best_fid.ckpt replaced
+    the earlier run's, and auto would resume whichever run was further on."""
     named, dirs = cfg.get("ckpt_path"), run_checkpoint_dirs(cfg)
-    if not is_rank_zero() or named is None or dirs is None or not Path(named).is_file():
+    if not is_rank_zero() or dirs is None:
+        return None
+    if named is None:
+        earlier = checkpoint_candidates([dirs])
+        if not earlier:
+            return None
+        shelves = set_aside(earlier)
+        log.warning("This run starts afresh in a folder that holds an earlier run's checkpoints: moved %s into %s, "
+                    "so that they are not mixed with this run's, nor resumed by ckpt_path=auto in its place. To "
+                    "continue that run instead, stop this one, move them back and pass ckpt_path=auto",
+                    ", ".join(path.name for path in earlier), " and ".join(map(str, shelves.values())))
+        return shelves.get(dirs[0], next(iter(shelves.values())))
+    if not Path(named).is_file():
         return None
     named_progress = training_progress(Path(named))
     if named_progress is None:
@@ -149,16 +164,22 @@ def set_aside_abandoned_checkpoints(cfg: DictConfig) -> Path | None:
              if not path.samefile(named) and (training_progress(path) or (-1,))[0] > named_progress[0]]
     if not ahead:
         return None
-    name = time.strftime("abandoned_%Y%m%d-%H%M%S")
-    shelves = {}
-    for path in ahead:
-        shelf = shelves.setdefault(path.parent, path.parent / name)
-        shelf.mkdir(exist_ok=True)
-        path.replace(shelf / path.name)
+    shelves = set_aside(ahead)
     log.warning("ckpt_path=%s resumes a run this folder holds further on: moved %s into %s, so that "
                 "ckpt_path=auto and a requeued job resume the new branch and not the abandoned one",
                 named, ", ".join(path.name for path in ahead), " and ".join(map(str, shelves.values())))
     return shelves.get(dirs[0], next(iter(shelves.values())))
+
+
+def set_aside(paths: list[Path]) -> dict[Path, Path]:
+    """Move each file into a dated `abandoned_*` subfolder of its own folder; folder -> its shelf."""
+    name = time.strftime("abandoned_%Y%m%d-%H%M%S")
+    shelves = {}
+    for path in paths:
+        shelf = shelves.setdefault(path.parent, path.parent / name)
+        shelf.mkdir(exist_ok=True)
+        path.replace(shelf / path.name)
+    return shelves
 
 
 def run_checkpoint_dirs(cfg: DictConfig) -> tuple[Path, Path] | None:

@@ -14,6 +14,10 @@ KNOWN_NOISE = (
     # all the same (its PossibleUserWarning, a UserWarning).
     (r"The number of training batches \(\d+\) is smaller than the logging interval", UserWarning,
      r"pytorch_lightning\.loops\.fit_loop"),
+    # The checkpoint folder of a resumed run holds its checkpoints, as it should; a run that starts
+    # afresh in a used folder has the earlier ones set aside into abandoned_* first, and says so
+    # (src/utils/auto_resume.py), so the folder is never empty then either.
+    (r"Checkpoint directory .* exists and is not empty", UserWarning, r"pytorch_lightning\.callbacks\.model_checkpoint"),
 )
 #: the logger Lightning's rank-zero messages come through
 LIGHTNING_RANK_ZERO_LOGGER = "pytorch_lightning.utilities.rank_zero"
