@@ -677,6 +677,8 @@ def test_narrow_output_layer_matches_torch(c_in, c_out, kernel, padding, size, b
     want = torch.autograd.grad(expected, [x, *layer.parameters()], grad_out)
     for g, w in zip(got, want):
         assert g.shape == w.shape and relative_error(g, w) < 1e-5
+    # laid out as the weight (DDP's buckets are; a PatchGAN's one channel kept a transposed stride)
+    assert got[1].stride() == switched.weight.stride()
     # only the gradients asked for
     (grad_w,) = torch.autograd.grad(switched(x.detach()), [switched.weight], grad_out)
     assert relative_error(grad_w, want[1]) < 1e-5

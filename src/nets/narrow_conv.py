@@ -85,6 +85,11 @@ class NarrowOutputConvolution(torch.autograd.Function):
             _, swapped, _ = torch.ops.aten.convolution_backward(
                 x, padded, flipped, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])
             grad_w = swapped.transpose(0, 1).flip(2, 3)
+            if grad_w.stride() != weight.stride():
+                # Laid out transposed: autograd would copy it into the weight's layout, but not
+                # with one output channel, whose size-1 dimension keeps the transposed stride,
+                # which DDP (its gradient buckets laid out as the weight) warns of at every run.
+                grad_w = torch.empty_like(weight).copy_(grad_w)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_y.sum((0, 2, 3))
         return grad_x, grad_w, grad_b, None
