@@ -155,3 +155,15 @@ def test_a_checkpoint_no_model_class_fits_names_the_classes_tried(tmp_path):
     with pytest.raises(ValueError, match=r"ckpt_path=.*c.ckpt: no model class fits this checkpoint; tried "
                                          r".*CycleGAN \(other hyperparameters\)"):
         load_model(tmp_path / "c.ckpt")
+
+
+@pytest.mark.parametrize("model, shown", [("stylegan", "stylegan (ProGAN)"), ("dcgan", "dcgan (NoiseGAN)"),
+                                          ("cyclegan", "CycleGAN")])
+def test_a_checkpoint_names_the_config_its_model_class_trained(train_cfg, tmp_path, model, shown):
+    """One class trains several configs (ProGAN: StyleGAN; NoiseGAN: DCGAN, LSGAN, WGAN-GP ...):
+    eval.py's table row and the load log named a StyleGAN run "ProGAN"."""
+    from src.utils.checkpoint_loading import load_model
+    overrides = ("max_iters=null", "max_kimg=0.004") if model == "stylegan" else ("max_iters=1",)
+    cfg = train_cfg(f"model={model}", *overrides, *NO_EVALUATION)
+    assert last_checkpoint(cfg)["model_name"] == model
+    assert load_model(f"{cfg.paths.output_dir}/checkpoints/last.ckpt").display_name() == shown

@@ -190,6 +190,15 @@ class AdversarialModel(pl.LightningModule):
         self.training_data_class: str | None = None
         self.loaded_weights: str | None = None   # "ema" or "trained": which load_model put in
         self.loaded_class_folders: list[str] | None = None   # the classes its labels mean (load_model)
+        # The config's model_name (set by the run, kept in its checkpoints): one class trains
+        # several configs (ProGAN: model=stylegan; NoiseGAN: dcgan, lsgan, wgangp ...)
+        self.model_name: str | None = None
+
+    def display_name(self) -> str:
+        """The model as results name it: `stylegan (ProGAN)`, or the class alone where the config
+        is named after it (CycleGAN) or unknown (a model built outside a run)."""
+        name, cls = self.model_name, type(self).__name__
+        return f"{name} ({cls})" if name and name.lower() != cls.lower() else cls
 
     def critic_weight_clip(self) -> float | None:
         """WGAN's clipping bound c (`loss.clip`), or None for the objectives without clipping."""
@@ -922,6 +931,8 @@ class AdversarialModel(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning stores no class: load_model would have to find it from the hyperparameters.
         checkpoint["model_class"] = class_path(self)
+        if self.model_name:
+            checkpoint["model_name"] = str(self.model_name)
         # Beside the datamodule's hyperparameters (Lightning's), its class: with both, the
         # checkpoint alone rebuilds the data it was trained on (eval.py away from its run folder).
         datamodule = self.trainer.datamodule if self._trainer is not None else None

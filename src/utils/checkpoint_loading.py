@@ -235,6 +235,7 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
         # translate's translation.json say it.
         model.loaded_iteration = checkpoint_iteration(checkpoint, model)
         model.loaded_class_folders = checkpoint.get("class_folders")
-        log.info("Loaded %s from %s (iteration %s)", cls.__name__, path, model.loaded_iteration)
+        model.model_name = checkpoint.get("model_name")
+        log.info("Loaded %s from %s (iteration %s)", model.display_name(), path, model.loaded_iteration)
         return model.to(map_location).eval()
     raise ValueError(f"ckpt_path={ckpt_path}: no model class fits this checkpoint; tried {', '.join(tried)}")

@@ -635,7 +635,7 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device,
     report.update({"directions": directions, "metrics": results})
     # Whole: the table of an eval sweep (`eval.py -m`) reads it while other jobs write theirs.
     write_text_whole(output_dir / EVAL_RESULT, json.dumps(report, indent=2))
-    name = str(cfg.name) if cfg.get("name") is not None else f"{type(model).__name__} / {datamodule.name}"
+    name = str(cfg.name) if cfg.get("name") is not None else f"{model.display_name()} / {datamodule.name}"
     if report.get("feature_extractor"):   # a random CNN's FID beside an Inception one would mislead
         name += f" [{report['feature_extractor']}]"
     row = markdown_row(name, results)

@@ -471,6 +471,7 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
     # of in Lightning's setup after the model is built (seconds at full size) and DDP started.
     datamodule.check_present()
     model = build_model(cfg)
+    model.model_name = cfg.get("model_name")   # (recorded in its checkpoints: results name the config)
     check_loadable(model)
     refuse_unread_overrides(job_overrides(cfg), model, cfg, in_a_sweep=in_a_sweep())
     if resumed is not None and getattr(model, "num_classes", 0):   # a conditional model: its labels mean classes
