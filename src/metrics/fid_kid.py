@@ -60,7 +60,12 @@ class CappedKernelInceptionDistance(KernelInceptionDistance):
         # (torch.manual_seed would also reseed every GPU's generator, which fork_rng([]) leaves).
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(self.seed)
-            return super().compute()
+            mean, std = super().compute()
+        if n_real == n_fake == self.subset_size:
+            # every subset is both whole sets in another order: the same value, whose sums in
+            # another order differed by rounding only (a std of 4e-14 printed beside "it is 0")
+            std = torch.zeros_like(std)
+        return mean, std
 
     def subset_size_for(self, n_real: int, n_fake: int) -> int:
         """The subset size KID uses for sets of these sizes: the one asked for, capped at both."""
