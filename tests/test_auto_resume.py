@@ -343,6 +343,14 @@ def test_a_fresh_run_in_a_used_folder_sets_the_earlier_runs_checkpoints_aside(tr
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 2 * 2   # this run's
     assert most_advanced_checkpoint(checkpoints, tmp_path / "run") == checkpoints / "last.ckpt"
     assert not [w for w in caught if "exists and is not empty" in str(w.message)]   # (said here instead)
+    # A fresh run from a checkpoint of the folder itself is refused, the files left as they are: it
+    # would go aside too, and DDP's launched ranks and a requeued start read init_from again.
+    source = checkpoints / "last.ckpt"
+    before = sorted(path.name for path in checkpoints.rglob("*.ckpt"))
+    with pytest.raises(ValueError, match=r"init_from=.*last.ckpt lies in this run's own checkpoint folder.*copy it "
+                                         r"elsewhere and start from the copy, or give this run its own folder"):
+        run_training(train_cfg(*PIX2PIX, "max_iters=2", f"init_from={source}"))
+    assert sorted(path.name for path in checkpoints.rglob("*.ckpt")) == before and source.is_file()
 
 
 @pytest.mark.parametrize("overrides", [(*PIX2PIX, "max_iters=2"),

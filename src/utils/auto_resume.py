@@ -141,7 +141,8 @@ def set_aside_abandoned_checkpoints(cfg: DictConfig) -> Path | None:
     multi-process launch start after it, or load the named file, which stays.
     A run that starts afresh (no ckpt_path) in a folder that holds checkpoints sets every one of
     them aside: Lightning wrote its own beside them (last-v1.ckpt), its best_fid.ckpt replaced
-    the earlier run's, and auto would resume whichever run was further on."""
+    the earlier run's, and auto would resume whichever run was further on. Its `init_from` among
+    them is refused instead: the ranks a DDP launch starts, and a requeued start, read it again."""
     named, dirs = cfg.get("ckpt_path"), run_checkpoint_dirs(cfg)
     if not is_rank_zero() or dirs is None:
         return None
@@ -149,6 +150,12 @@ def set_aside_abandoned_checkpoints(cfg: DictConfig) -> Path | None:
         earlier = checkpoint_candidates([dirs])
         if not earlier:
             return None
+        source = cfg.get("init_from")
+        if source and any(path.samefile(source) for path in earlier if Path(source).is_file()):
+            raise ValueError(f"init_from={source} lies in this run's own checkpoint folder, which holds an earlier "
+                             f"run's checkpoints that a run starting afresh sets aside (the file would go too, and "
+                             f"this run's saves would mix with them): copy it elsewhere and start from the copy, or "
+                             f"give this run its own folder (hydra.run.dir=...)")
         shelves = set_aside(earlier)
         log.warning("This run starts afresh in a folder that holds an earlier run's checkpoints: moved %s into %s, "
                     "so that they are not mixed with this run's, nor resumed by ckpt_path=auto in its place. To "
