@@ -335,6 +335,12 @@ def test_a_resume_on_data_whose_classes_mean_other_labels_is_refused(train_cfg):
     cfg.data.classes = ["B"]
     with pytest.raises(ValueError, match=r"trained on the classes \['A', 'B'\] .* reads \['B'\]: point data.data_dir"):
         run_training(cfg)
+    # Found by auto in its folder, a checkpoint of other classes is another run's, said as such
+    cfg.ckpt_path, cfg.paths.output_dir = "auto", str(Path(cfg.paths.output_dir).parent / "run")
+    cfg.data.classes = ["B", "A"]
+    with pytest.raises(ValueError, match=r"ckpt_path=auto found .*last.ckpt, written by a run with other settings "
+                                         r"\(data.classes=None -> \['B', 'A'\]\)"):
+        run_training(cfg)
 
 
 def test_class_folders_under_other_names_are_to_be_named_in_the_trained_order_not_by_the_trained_names():

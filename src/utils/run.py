@@ -474,8 +474,10 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
     model.model_name = cfg.get("model_name")   # (recorded in its checkpoints: results name the config)
     check_loadable(model)
     refuse_unread_overrides(job_overrides(cfg), model, cfg, in_a_sweep=in_a_sweep())
-    if resumed is not None and getattr(model, "num_classes", 0):   # a conditional model: its labels mean classes
-        # (before the count: a folder added asks for the trained classes, not a model of more)
+    conditional_resume = resumed is not None and getattr(model, "num_classes", 0)   # its labels mean classes
+    if conditional_resume and not found_by_auto:
+        # (before the count: a folder added asks for the trained classes, not a model of more;
+        # under auto, after the settings: another run's checkpoint is refused as such first)
         check_same_classes(resumed.get("class_folders"), datamodule, f"ckpt_path={cfg.ckpt_path}")
     if callable(check_class_count := getattr(model, "check_class_count", None)):
         check_class_count(datamodule)   # a conditional model's classes, before the callbacks train on the data's
@@ -489,6 +491,8 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
         start_from_checkpoint(model, init_from, cfg.get("init_from_weights", "trained"), data_settings)
     if resumed is not None:   # (None also for Lightning's keywords and URLs, which it resolves itself)
         changed = check_resume_settings(cfg.ckpt_path, resumed, model, data_settings, must_match=found_by_auto)
+        if conditional_resume and found_by_auto:
+            check_same_classes(resumed.get("class_folders"), datamodule, f"ckpt_path={cfg.ckpt_path}")
         if not seed_drawn and (other_seed := check_resume_seed(cfg.ckpt_path, resumed, cfg.seed, found_by_auto)):
             rank_zero_warn(other_seed)
         if changed:
