@@ -108,7 +108,8 @@ def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Pat
     present = {path: whole_image_file(targets[path]) for path in paths}   # (one look at each: a network disk's)
     kept = [path for path in paths if present[path]]
     if kept:
-        refuse_outputs_of_other_inputs(Path(cfg.output), cfg.get("input"), {targets[path]: path for path in kept})
+        refuse_outputs_of_other_inputs(Path(cfg.output), cfg.get("input"), {targets[path]: path for path in kept},
+                                       WRITE_FORMATS[output_format(cfg)][0])
         log.info("skip_existing: %d of %d input(s) have their output in %s already (kept, not translated "
                  "again)", len(kept), len(paths), cfg.output)
     if skip_export:
@@ -189,7 +190,8 @@ def other_inputs(output_dir: Path, input_path: str | None) -> list[str]:
     return [name for name in recorded if name != input_name(input_path)]
 
 
-def refuse_outputs_of_other_inputs(output_dir: Path, input_path: str | None, kept: dict[Path, Path]) -> None:
+def refuse_outputs_of_other_inputs(output_dir: Path, input_path: str | None, kept: dict[Path, Path],
+                                   suffix: str = ".png") -> None:
     """ValueError where an output skip_existing would keep (`kept`: output -> this input's file)
     is also the output of another input's file translated into the folder (cameras repeat names:
     trip1/IMG_0001.jpg and trip2/IMG_0001.jpg both write IMG_0001.png), which it may be the
@@ -201,7 +203,8 @@ def refuse_outputs_of_other_inputs(output_dir: Path, input_path: str | None, kep
     ours = {key(output): source for output, source in kept.items()}
     for other in other_inputs(output_dir, input_path):
         try:
-            theirs = output_paths(list_input_images(other), output_dir, Path(other) if Path(other).is_dir() else None)
+            theirs = output_paths(list_input_images(other), output_dir, Path(other) if Path(other).is_dir() else None,
+                                  suffix)   # (the folder's one format: its record refuses another)
         except (OSError, ValueError) as error:   # gone, emptied, unreadable, or its names clash by now
             log.warning("skip_existing: %s also holds translations of %s, which cannot be listed (%s): an output "
                         "of the same name as one of this input's is kept as this input's", output_dir, other, error)
@@ -225,12 +228,12 @@ def same_file(first: Path, second: Path) -> bool:
 def translation_record(cfg: DictConfig, model) -> dict:
     """What makes an output what it is: the checkpoint's state (last.ckpt moves on while its run
     trains, hence the iteration), the weights, the direction, the scale, the seed (pix2pix's
-    test-time dropout draws on it) and the file format; the inputs may differ: several folders can
-    go into one."""
+    test-time dropout draws on it) and the images' file format (None for an export alone, which
+    writes none); the inputs may differ: several folders can go into one."""
     return {"ckpt_path": recorded_checkpoint_path(cfg.ckpt_path), "iteration": model.loaded_iteration,
             "weights": model.loaded_weights, "direction": cfg.direction, "short_side": cfg.get("short_side"),
             "size": list(fixed) if (fixed := fixed_translation_size(cfg.get("size"), cfg.get("short_side"))) else None,
-            "seed": cfg.get("seed"), "format": output_format(cfg)}
+            "seed": cfg.get("seed"), "format": output_format(cfg) if cfg.get("input") else None}
 
 
 def keep_one_translation_per_folder(output_dir: Path, record: dict, overwrite: bool, targets: set[Path],
@@ -256,14 +259,19 @@ def keep_one_translation_per_folder(output_dir: Path, record: dict, overwrite: b
             differ, said = {"record": (unreadable, None)}, f"its record unreadable: {unreadable}"
         else:
             earlier = {**RECORDED_BEFORE, **earlier}
+            if record["format"] is None or earlier.get("format") is None:   # an export alone: of any images'
+                record = {**record, "format": record["format"] or earlier.get("format")}
+                earlier = {**earlier, "format": record["format"]}
             differ = {key: (earlier.get(key), value) for key, value in record.items() if earlier.get(key) != value}
             said = "; ".join(f"{key}: {old!r} there, {new!r} here" for key, (old, new) in differ.items())
         exports = [name for suffix in EXPORT_FORMATS.values()
                    for name in (f"generator_*{suffix}", export_card_path(f"generator_*{suffix}").name)]
         images = [f"*{suffix}" for suffix, _ in WRITE_FORMATS.values()]
         outputs = (path for pattern in (*images, *exports) for path in output_dir.rglob(pattern))
-        # (looked for first: overwrite=true would be refused for them too)
-        left = next((path for path in outputs if path not in targets), None) if differ else None
+        # (looked for first: overwrite=true would be refused for them too; an input folder may lie
+        # inside the output folder, and its images are no outputs)
+        left = next((path for path in outputs if path not in targets
+                     and not (input_path and lies_inside(path, input_path))), None) if differ else None
         if left is not None:
             raise ValueError(f"{output_dir} holds outputs of another translation ({said}) that this one would not "
                              f"replace, even with overwrite=true, e.g. {left}: choose another output folder, or "

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from PIL import ExifTags, Image
 
 from src.callbacks.shapes_truth import ShapesTruthCallback
-from src.data.image_io import WHOLE_FILE_ENDS, load_image, whole_image_file
+from src.data.image_io import WHOLE_FILE_ENDS, load_image, save_in_format, whole_image_file
 from src.data.shapes import ShapesDataModule, shape_coverage
 from src.data.transforms import to_tensor
 from src.metrics.shapes_truth import (ShapesTruthScorer, foreground_masks,
@@ -875,6 +875,38 @@ def test_format_jpg_writes_jpegs_that_skip_existing_and_the_record_tell_apart(sm
     record = tmp_path / "png" / "translation.json"
     record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "format"}))
     assert run_translation(translate_cfg(**settings, output=str(tmp_path / "png"), skip_existing=True))["written"] == []
+    # An export alone writes no images: it joins a JPEG folder, and JPEGs join its folder
+    exported = run_translation(translate_cfg(ckpt_path=settings["ckpt_path"], output=str(tmp_path / "jpg"),
+                                             export="torchscript"))
+    assert exported["export"] is not None
+    assert json.loads((tmp_path / "jpg" / "translation.json").read_text())["format"] == "jpg"
+    run_translation(translate_cfg(ckpt_path=settings["ckpt_path"], output=str(tmp_path / "graph"),
+                                  export="torchscript"))
+    assert json.loads((tmp_path / "graph" / "translation.json").read_text())["format"] is None
+    run_translation(translate_cfg(**settings, output=str(tmp_path / "graph"), format="jpg"))
+    assert json.loads((tmp_path / "graph" / "translation.json").read_text())["format"] == "jpg"
+    # skip_existing's look at the other inputs' outputs takes the folder's format: two cameras' IMG_0001
+    for trip in ("trip1", "trip2"):
+        write_noise_image(tmp_path / trip / "IMG_0001.png")
+        if trip == "trip1":
+            run_translation(translate_cfg(**dict(settings, input=str(tmp_path / trip)), output=str(tmp_path / "trips"),
+                                          format="jpg"))
+    with pytest.raises(ValueError, match=r"skip_existing=true would keep .*IMG_0001.jpg for an input of .*trip2"):
+        run_translation(translate_cfg(**dict(settings, input=str(tmp_path / "trip2")), output=str(tmp_path / "trips"),
+                                      format="jpg", skip_existing=True))
+    with pytest.raises(ValueError, match=r"a jpg file is named \*.jpg"):
+        save_in_format(np.zeros((4, 4, 3), np.uint8), tmp_path / "x.png", "jpg")
+
+
+def test_an_input_folder_inside_the_output_folder_is_not_taken_for_outputs(smoke_runs, tmp_path):
+    """input=out/photos output=out: another translation's record there, and overwrite=true, named
+    the input photos as outputs it would not replace, to be removed."""
+    write_odd_inputs(tmp_path / "out" / "photos")
+    settings = dict(ckpt_path=str(smoke_runs["cyclegan"].ckpt), input=str(tmp_path / "out" / "photos"),
+                    output=str(tmp_path / "out"))
+    run_translation(translate_cfg(**settings, format="jpg"))
+    again = run_translation(translate_cfg(**settings, format="jpg", short_side=16, overwrite=True))
+    assert len(again["written"]) == 4 and len(list((tmp_path / "out" / "photos").iterdir())) == 4
 
 
 def test_a_second_translation_into_a_busy_output_folder_is_refused(smoke_runs, tmp_path):

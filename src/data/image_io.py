@@ -283,8 +283,11 @@ WHOLE_FILE_ENDS = {".png": b"\x00\x00\x00\x00IEND\xaeB`\x82", ".jpg": b"\xff\xd9
 
 
 def save_in_format(image: np.ndarray, path: str | Path, image_format: str) -> None:
-    """save_image in one of WRITE_FORMATS (its suffix is the caller's: see output_paths)."""
-    save_image(image, path, **WRITE_FORMATS[image_format][1])
+    """save_image in one of WRITE_FORMATS, to a path of its suffix (output_paths names them so)."""
+    suffix, options = WRITE_FORMATS[image_format]
+    if Path(path).suffix.lower() != suffix:   # (save_image writes the suffix's format)
+        raise ValueError(f"{path}: a {image_format} file is named *{suffix}")
+    save_image(image, path, **options)
 
 
 def whole_image_file(path: Path) -> bool:
