@@ -145,6 +145,10 @@ def test_numbers_as_column_names_pass_from_the_command_line(train_cfg, tmp_path)
     check_argument_types(cfg.data, "data")
     series = hydra.utils.instantiate(cfg.data).dataset("train")
     assert series.series.shape[-1] == 2 and set(series.labels.tolist()) == {0, 1}
+    one = train_cfg("model=rgan", "data=csv_series", f"data.csv_path={tmp_path / 'years.csv'}", "++data.columns=2020",
+                    "++data.label_column=null", "data.channels=1", "data.num_classes=1", "data.seq_len=10")
+    check_argument_types(one.data, "data")   # one number, not a list of them
+    assert hydra.utils.instantiate(one.data).dataset("train").series.shape[-1] == 1
 
 
 def test_csv_files_that_would_train_on_something_else_are_refused_or_warned(tmp_path, caplog):

@@ -183,8 +183,8 @@ class SequenceDataModule(SplitDataModule):
         hp = self.hparams
         path = Path(hp.csv_path)
         # Names as text: `data.columns=temp` arrives as one string (list() would split it into
-        # letters), and Hydra reads a header name like 1 as an int.
-        named = [hp.columns] if isinstance(hp.columns, str) else hp.columns
+        # letters), and Hydra reads a header name like 2019 as an int (alone or in a list).
+        named = [hp.columns] if isinstance(hp.columns, (str, int, float)) else hp.columns
         columns = [str(c) for c in named] if named else None
         label_column = None if hp.label_column is None else str(hp.label_column)
         values, labels = read_csv_columns(path, columns, label_column)
