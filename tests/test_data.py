@@ -954,6 +954,10 @@ def test_check_images_reads_a_labelled_datasets_class_folders(tmp_path, capsys, 
     assert check_images.main(["data=shapes_labelled", f"paths.data_dir={shared_data_dir}"]) == 0
     # a Hydra deletion is an override, not a folder
     assert check_images.main(["data=shapes_labelled", f"paths.data_dir={shared_data_dir}", "~data.flip"]) == 0
+    with pytest.raises(SystemExit) as stop:   # a misspelt class: a usage error, not a traceback
+        check_images.main(["data=shapes_labelled", "data._target_=src.data.shapes.ShapesLabeled"])
+    assert stop.value.code == 2 and "data._target_=src.data.shapes.ShapesLabeled cannot be imported" in \
+        capsys.readouterr().err
     # The time-series data holds no images: it was told to pass its (nonexistent) image folders,
     # or, of a CSV not there, that the CSV was missing; without model=rgan, that the default model's
     # data.resize_interpolation was none of its settings.

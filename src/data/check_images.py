@@ -83,7 +83,10 @@ def data_config_folders(overrides: list[str]) -> tuple[dict[Path, int], dict, in
     cfg = compose_training_config(overrides)
     # Asked of the class, before its settings are checked: the default model's image settings
     # (data.resize_interpolation) are no settings of the time-series data
-    data_class = get_class(cfg.data._target_)
+    try:
+        data_class = get_class(cfg.data._target_)
+    except ImportError as error:   # a misspelt _target_: the input's fault, said as a usage error
+        raise ValueError(f"data._target_={cfg.data._target_} cannot be imported: {error}") from error
     if not hasattr(data_class, "image_folders"):   # (the time-series data: sines, csv_series)
         raise ValueError(f"data={cfg.data.get('name')} holds no images ({data_class.__name__}): check_images "
                          f"reads image folders")
