@@ -12,6 +12,7 @@ for _key in [key for key in os.environ if key.startswith(("SLURM_", "TORCHELASTI
     del os.environ[_key]
 
 import contextlib  # noqa: E402
+import logging  # noqa: E402
 import math  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -50,7 +51,8 @@ def no_run_state_left_behind():
     """Each test leaves what a process keeps between runs as a fresh process has it: no Hydra run
     config (code that asks `HydraConfig.initialized()` would read an earlier test's), none of
     RUN_ENVIRONMENT set by it, and torch's thread count as it found it (the benchmark sets its
-    own, and later tests would otherwise run on it, or not, by test order)."""
+    own, and later tests would otherwise run on it, or not, by test order), and Python warnings
+    shown as warnings (train.py's main, called in-process, routes them into logging)."""
     before = {key: os.environ.get(key) for key in RUN_ENVIRONMENT}
     threads = torch.get_num_threads()
     yield
@@ -61,6 +63,7 @@ def no_run_state_left_behind():
         else:
             os.environ[key] = value
     torch.set_num_threads(threads)
+    logging.captureWarnings(False)
 
 
 @contextlib.contextmanager

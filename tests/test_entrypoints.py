@@ -46,7 +46,8 @@ def test_multirun_writes_one_run_dir_per_job(tmp_path, shared_data_dir):
         assert final["status"] == "completed" and final["iteration"] == 2
         assert final["checkpoint"] == str(job / "checkpoints" / "last.ckpt") and "eval/fid" in final["metrics"]
         # the run's warnings are in its log, not on the console alone
-        assert "[py.warnings][WARNING] - " in (job / "train.log").read_text()
+        assert "[py.warnings][WARNING] - " in (job / "train.log").read_text()   # (the smoke run's short schedule)
+        assert "model.lr_schedule decays the rate" in (job / "train.log").read_text()
     # the sweep's table: one row per job, the override that differs, the job's own FID
     table = (sweeps[0] / "summary.md").read_text()
     for job, loss in zip(jobs, ("lsgan", "hinge")):
@@ -361,3 +362,26 @@ def test_hydras_other_job_logging_options_still_configure(option):
             if h not in before[0]:
                 h.close()
         root.handlers[:], root.level = before
+
+
+def test_library_output_goes_into_the_log_only_where_logging_is_configured(monkeypatch):
+    """Lightning, imported before Hydra's logging (eval.py), keeps a console handler of its own and
+    does not propagate: its lines missed the log file. Rerouted where the root logs somewhere;
+    with hydra/job_logging=disabled (no root handler) it keeps its own, or its lines would go."""
+    import logging
+
+    from src.utils.library_warnings import LIGHTNING_LOGGERS, library_output_into_the_log
+    root, own = logging.getLogger(), logging.StreamHandler()
+    libraries = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
+    for library in libraries:
+        monkeypatch.setattr(library, "handlers", [own])
+        monkeypatch.setattr(library, "propagate", False)
+    monkeypatch.setattr(root, "handlers", [])
+    try:
+        library_output_into_the_log()
+        assert all(library.handlers == [own] and not library.propagate for library in libraries)
+        monkeypatch.setattr(root, "handlers", [logging.NullHandler()])
+        library_output_into_the_log()
+        assert all(library.handlers == [] and library.propagate for library in libraries)
+    finally:
+        logging.captureWarnings(False)

@@ -45,6 +45,8 @@ def library_output_into_the_log() -> None:
     """For the command-line tools, once Hydra has configured logging: Python warnings (ours, as
     the lr-schedule's, and the libraries') and Lightning's messages go to the run's log file as
     well as the console; they reached the console only."""
+    if not logging.getLogger().handlers:   # (hydra/job_logging=disabled: Lightning's own handler stays)
+        return
     logging.captureWarnings(True)
     for name in LIGHTNING_LOGGERS:
         library = logging.getLogger(name)
