@@ -147,35 +147,36 @@ def set_aside_abandoned_checkpoints(cfg: DictConfig) -> Path | None:
     if not is_rank_zero() or dirs is None:
         return None
     if named is None:
-        earlier = checkpoint_candidates([dirs])
-        if not earlier:
-            return None
+        moved = checkpoint_candidates([dirs])
         source = cfg.get("init_from")
-        if source and any(path.samefile(source) for path in earlier if Path(source).is_file()):
+        if source and Path(source).is_file() and any(path.samefile(source) for path in moved):
             raise ValueError(f"init_from={source} lies in this run's own checkpoint folder, which holds an earlier "
                              f"run's checkpoints that a run starting afresh sets aside (the file would go too, and "
                              f"this run's saves would mix with them): copy it elsewhere and start from the copy, or "
                              f"give this run its own folder (hydra.run.dir=...)")
-        shelves = set_aside(earlier)
-        log.warning("This run starts afresh in a folder that holds an earlier run's checkpoints: moved %s into %s, "
-                    "so that they are not mixed with this run's, nor resumed by ckpt_path=auto in its place. To "
-                    "continue that run instead, stop this one, move them back and pass ckpt_path=auto",
-                    ", ".join(path.name for path in earlier), " and ".join(map(str, shelves.values())))
-        return shelves.get(dirs[0], next(iter(shelves.values())))
-    if not Path(named).is_file():
+        situation = "This run starts afresh in a folder that holds an earlier run's checkpoints"
+        purpose = ("they are not mixed with this run's, nor resumed by ckpt_path=auto in its place. To continue that "
+                   "run instead, stop this one, move them back and pass ckpt_path=auto")
+    else:
+        moved = further_on(Path(named), dirs)
+        situation = f"ckpt_path={named} resumes a run this folder holds further on"
+        purpose = "ckpt_path=auto and a requeued job resume the new branch and not the abandoned one"
+    if not moved:
         return None
-    named_progress = training_progress(Path(named))
-    if named_progress is None:
-        return None   # not a whole checkpoint: the resume itself names the problem
-    ahead = [path for path in checkpoint_candidates([dirs])
-             if not path.samefile(named) and (training_progress(path) or (-1,))[0] > named_progress[0]]
-    if not ahead:
-        return None
-    shelves = set_aside(ahead)
-    log.warning("ckpt_path=%s resumes a run this folder holds further on: moved %s into %s, so that "
-                "ckpt_path=auto and a requeued job resume the new branch and not the abandoned one",
-                named, ", ".join(path.name for path in ahead), " and ".join(map(str, shelves.values())))
+    shelves = set_aside(moved)
+    log.warning("%s: moved %s into %s, so that %s", situation, ", ".join(path.name for path in moved),
+                " and ".join(map(str, shelves.values())), purpose)
     return shelves.get(dirs[0], next(iter(shelves.values())))
+
+
+def further_on(named: Path, dirs: tuple[Path, Path]) -> list[Path]:
+    """The run's checkpoints that hold more training than `named` (none where it is no file, or
+    not a whole checkpoint: the resume itself names the problem)."""
+    named_progress = training_progress(named) if named.is_file() else None
+    if named_progress is None:
+        return []
+    return [path for path in checkpoint_candidates([dirs])
+            if not path.samefile(named) and (training_progress(path) or (-1,))[0] > named_progress[0]]
 
 
 def set_aside(paths: list[Path]) -> dict[Path, Path]:
