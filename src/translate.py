@@ -54,7 +54,7 @@ def run_translation(cfg: DictConfig) -> dict:
         check_export_format(cfg.export)
     paths = list_input_images(cfg.input) if cfg.get("input") else []
     targets = output_paths(paths, Path(cfg.output), Path(cfg.input) if paths and Path(cfg.input).is_dir() else None,
-                           WRITE_FORMATS[output_format(cfg)][0])
+                           output_suffix(cfg))
     if paths and Path(cfg.input).is_dir() and lies_inside(cfg.output, cfg.input):
         raise ValueError(f"output={cfg.output} lies inside input={cfg.input}: a later run on that input would "
                          f"translate these outputs too; write them elsewhere")
@@ -73,6 +73,10 @@ def output_format(cfg: DictConfig) -> str:
         raise ValueError(f"format={chosen!r} must be one of {', '.join(WRITE_FORMATS)} (the translations' file "
                          f"format: png lossless, jpg at quality 95)")
     return chosen
+
+
+def output_suffix(cfg: DictConfig) -> str:
+    return WRITE_FORMATS[output_format(cfg)][0]
 
 
 def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Path], scan: bool = True
@@ -109,7 +113,7 @@ def outputs_to_write(cfg: DictConfig, paths: list[Path], targets: dict[Path, Pat
     kept = [path for path in paths if present[path]]
     if kept:
         refuse_outputs_of_other_inputs(Path(cfg.output), cfg.get("input"), {targets[path]: path for path in kept},
-                                       WRITE_FORMATS[output_format(cfg)][0])
+                                       output_suffix(cfg))
         log.info("skip_existing: %d of %d input(s) have their output in %s already (kept, not translated "
                  "again)", len(kept), len(paths), cfg.output)
     if skip_export:
@@ -148,10 +152,10 @@ def write_translations(cfg: DictConfig, model, paths: list[Path], targets: dict[
     exported = {graph, export_card_path(graph)} if graph is not None else set()
     keep_one_translation_per_folder(output_dir, translation_record(cfg, model), cfg.get("overwrite", False),
                                     {*targets.values(), *exported}, cfg.get("input"))
-    written, said = [], time.monotonic()
+    written, said, image_format = [], time.monotonic(), output_format(cfg)
     for path, image in translate_images(model, paths, cfg.direction, cfg.batch_size, device, cfg.get("short_side"),
                                         cfg.get("size"), seed=cfg.get("seed")):
-        save_in_format(image, targets[path], output_format(cfg))
+        save_in_format(image, targets[path], image_format)
         written.append(str(targets[path]))
         if time.monotonic() - said > PROGRESS_EVERY_S:   # a folder of thousands is not silent for an hour
             log.info("Translated %d of %d image(s)", len(written), len(paths))
@@ -191,7 +195,7 @@ def other_inputs(output_dir: Path, input_path: str | None) -> list[str]:
 
 
 def refuse_outputs_of_other_inputs(output_dir: Path, input_path: str | None, kept: dict[Path, Path],
-                                   suffix: str = ".png") -> None:
+                                   suffix: str) -> None:
     """ValueError where an output skip_existing would keep (`kept`: output -> this input's file)
     is also the output of another input's file translated into the folder (cameras repeat names:
     trip1/IMG_0001.jpg and trip2/IMG_0001.jpg both write IMG_0001.png), which it may be the
