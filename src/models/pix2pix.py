@@ -13,6 +13,7 @@ from src.losses import feature_matching_loss
 from src.models.base import TranslationModel, build_net, to_plain
 from src.models.image_pool import ImagePool
 from src.utils.config_checks import is_number
+from src.utils.directions import trained_domains
 
 
 class Pix2Pix(TranslationModel):
@@ -49,11 +50,14 @@ class Pix2Pix(TranslationModel):
         if direction != "AtoB":
             # (a loaded model knows the way round it was trained: translate.py's user did not set it)
             trained = self.training_data.get("direction")
-            way = {"AtoB": " (its generator's: the dataset's A -> B)",
-                   "BtoA": " (its generator's: the dataset's B -> A, as trained with data.direction=BtoA)"}
-            other = {"AtoB": "data.direction=BtoA", "BtoA": "data.direction=AtoB"}
-            raise ValueError(f"pix2pix translates one way only, direction=AtoB{way.get(trained, '')}; for the other "
-                             f"way, train one with {other.get(trained, 'the other data.direction')}")
+            if trained is None:   # (a model in training: its data's way round is not its to say)
+                raise ValueError("pix2pix translates one way only, direction=AtoB; for the other way, train one "
+                                 "with the other data.direction")
+            source, target = trained_domains(self, "AtoB")
+            flipped = ", as trained with data.direction=BtoA" if trained == "BtoA" else ""
+            raise ValueError(f"pix2pix translates one way only, direction=AtoB (its generator's: the dataset's "
+                             f"{source} -> {target}{flipped}); for the other way, train one with "
+                             f"data.direction={'AtoB' if flipped else 'BtoA'}")
         return self.G
 
     def sampling_options(self) -> dict:
