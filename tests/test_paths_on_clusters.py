@@ -5,6 +5,7 @@ import logging
 import os
 import shlex
 import tempfile
+import types
 from pathlib import Path
 
 import numpy as np
@@ -361,9 +362,21 @@ def test_a_leading_tilde_in_the_tools_file_settings_is_the_home_folder(tmp_path,
     for key in ("ckpt_path", "init_from"):
         with pytest.raises(ValueError, match=f"{key}={found}"):
             run_training(train_cfg(f"{key}='~/cut.ckpt'"))
-    # and the training callbacks' weight files
-    from src.callbacks.fid_kid import FidKidCallback
-    from src.callbacks.label_scores import LabelScoresCallback
-    assert FidKidCallback(feature_extractor_weights_path="~/w.pth").feature_extractor_weights_path == \
-        f"{tmp_path}/w.pth"
-    assert LabelScoresCallback(segmenter_path="~/fcn.pt2").segmenter_path == f"{tmp_path}/fcn.pt2"
+
+
+def test_a_leading_tilde_in_a_weights_file_is_the_home_folder_where_the_file_is_opened(tmp_path, monkeypatch):
+    """Expanded where the file is opened, so every way the setting arrives is served: train's
+    callbacks, eval's settings, and a run's config eval falls back on. Each file here is found,
+    and refused for what it holds, not for being missing."""
+    import torch
+
+    from src.metrics import features
+    from src.metrics.segmenter import Segmenter
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(features, "torch_fidelity_available", lambda: True)
+    torch.save({"code": types.SimpleNamespace(a=1)}, tmp_path / "w.pth")
+    with pytest.raises(features.InceptionUnavailable, match=f"{tmp_path}/w.pth is not a plain tensor state dict"):
+        features.build_feature_extractor("inception", weights_path="~/w.pth")
+    (tmp_path / "fcn.pt2").write_bytes(b"not a program")
+    with pytest.raises(ValueError, match=f"segmenter_path={tmp_path}/fcn.pt2 is not a program"):
+        Segmenter("~/fcn.pt2", num_classes=2, size=None, device="cpu", key="segmenter_path")

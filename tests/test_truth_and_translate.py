@@ -1766,12 +1766,14 @@ def test_the_feature_extractor_a_checkpoint_recorded_is_read_before_its_runs_con
     assert runs_feature_extractor(alone) == (state["measure"]["feature_extractor"], None) == ("random_cnn", None)
 
 
-def test_eval_takes_the_runs_weights_file_only_where_it_exists(smoke_runs, tmp_path):
+def test_eval_takes_the_runs_weights_file_only_where_it_exists(smoke_runs, tmp_path, monkeypatch):
     from src.utils.evaluation import feature_extractor_choice
     weights = tmp_path / "inception.pth"
     weights.write_bytes(b"")
-    for run_weights, expected in ((weights, str(weights)), (tmp_path / "elsewhere.pth", None)):
-        ckpt = copy_into_run_dir(smoke_runs["cyclegan"], tmp_path / run_weights.stem,
+    monkeypatch.setenv("HOME", str(tmp_path))   # a run config's `~` (its file found, opened expanded)
+    for index, (run_weights, expected) in enumerate(((weights, str(weights)), ("~/inception.pth", "~/inception.pth"),
+                                                     (tmp_path / "elsewhere.pth", None))):
+        ckpt = copy_into_run_dir(smoke_runs["cyclegan"], tmp_path / f"run{index}",
                                  {"callbacks": {"fid_kid": {"feature_extractor": "inception",
                                                             "feature_extractor_weights_path": str(run_weights)}}})
         eval_cfg = OmegaConf.create({"ckpt_path": str(ckpt), "feature_extractor": "auto",

@@ -29,7 +29,6 @@ latents are seeded per item, so they are exact).
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -106,9 +105,7 @@ class FidKidCallback(PeriodicEvaluation):
             raise ValueError(f"{self.config_key}.directions={list(self.directions)} must be a non-empty subset of "
                              f"{list(DIRECTIONS)}")
         self.feature_extractor = feature_extractor
-        # (`~` expanded: a quoted or config-file value reaches here as typed)
-        self.feature_extractor_weights_path = (os.path.expanduser(feature_extractor_weights_path)
-                                               if feature_extractor_weights_path else None)
+        self.feature_extractor_weights_path = feature_extractor_weights_path
         self.save_best, self.dirpath = save_best, dirpath
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
         self.best_fid = math.inf

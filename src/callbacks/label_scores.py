@@ -13,7 +13,6 @@ of the whole evaluation set.
 from __future__ import annotations
 
 import logging
-import os
 
 import pytorch_lightning as pl
 
@@ -33,8 +32,7 @@ class LabelScoresCallback(PeriodicEvaluation):
     def __init__(self, every_n_iters: int = 5000, max_images: int | None = None, batch_size: int | None = None,
                  segmenter_path: str | None = None, segmenter_size: list[int] | None = None, seed: int = 0):
         super().__init__(every_n_iters=every_n_iters, max_images=max_images, batch_size=batch_size, seed=seed)
-        # (`~` expanded: a quoted or config-file value reaches here as typed)
-        self.segmenter_path = os.path.expanduser(segmenter_path) if segmenter_path else None
+        self.segmenter_path = segmenter_path
         self.segmenter_size = segmenter_size
         check_segmenter_size(segmenter_size, f"{self.config_key}.segmenter_size")
         self._segmenter: Segmenter | None = None

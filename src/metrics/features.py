@@ -18,6 +18,7 @@ Score, without a second pass through the network:
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import torch
@@ -174,6 +175,10 @@ class InceptionFeatures(FrozenExtractor):
         super().__init__()
         if not torch_fidelity_available():
             raise InceptionUnavailable("the package torch-fidelity is not installed.", installed=False)
+        if weights_path is not None:
+            # (`~` expanded here, where the file is opened, for every caller: a quoted or
+            # config-file value reaches the settings as typed)
+            weights_path = os.path.expanduser(weights_path)
         cached = cached_inception_weights()
         if weights_path is None and cached.is_file():
             # torch-fidelity unpickles its cached download with weights_only=False too: a file

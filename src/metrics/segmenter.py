@@ -104,7 +104,9 @@ class Segmenter:
     usually made for batch 1, and the reference runs the FCN on one frame at a time)."""
 
     def __init__(self, path: str | Path, num_classes: int, size: tuple[int, int] | None, device, key: str):
-        path = Path(path)
+        # (`~` expanded here, where the file is opened, for every caller: a quoted or config-file
+        # value reaches the settings as typed)
+        path = Path(path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"{key}={path}: no such file (a segmentation net saved by torch.export.save)")
         refuse_authors_code(path, key)

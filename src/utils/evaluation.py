@@ -424,7 +424,7 @@ def feature_extractor_choice(cfg: DictConfig, datamodule) -> tuple[str, str | No
         if weights_path is None and run_weights_path is not None:
             # The run's offline copy of torch-fidelity's file; on another machine it may be
             # elsewhere, and torch-fidelity fetches the same file itself.
-            if Path(run_weights_path).is_file():
+            if Path(run_weights_path).expanduser().is_file():
                 weights_path = run_weights_path
             else:
                 log.info("The run's feature_extractor_weights_path %s is not on this machine: torch-fidelity's "
@@ -523,7 +523,7 @@ def markdown_row(name: str, metrics: dict[str, dict[str, float]]) -> str:
 def run_evaluation(cfg: DictConfig) -> dict[str, dict[str, float]]:
     refuse_job_chdir()
     require_path("output_dir", cfg.output_dir)
-    cfg = home_expanded(cfg, ("ckpt_path", "output_dir", "feature_extractor_weights_path", "segmenter_path"))
+    cfg = home_expanded(cfg, ("ckpt_path", "output_dir"))
     # Two evaluations into one output_dir would delete each other's images and keep one's scores.
     with FolderLock(cfg.output_dir, "an evaluation's output folder", "Give this evaluation its own output_dir=..., "
                     "or run it once the other has ended.", name=".eval.lock"):
