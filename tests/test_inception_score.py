@@ -162,7 +162,8 @@ def test_the_classifier_of_the_data_keeps_one_full_size_image_at_a_time():
             most_alive[0] = max(most_alive[0], len(alive))
             return {"A": image, "label": index % 2}
 
-    datamodule = SimpleNamespace(num_classes=2, input_nc=3, dataset=lambda split, train: FullSizeImages())
+    datamodule = SimpleNamespace(num_classes=2, input_nc=3, name="full_size", class_names=["a", "b"],
+                                 dataset=lambda split, train: FullSizeImages())
     scorer = classifier_of_the_data(datamodule, max_images=12, epochs=1)
     assert scorer is not None and most_alive[0] <= 2
 

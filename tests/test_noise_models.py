@@ -364,6 +364,46 @@ def test_training_scores_samples_with_a_classifier_of_the_datas_classes(train_cf
         run_training(train_cfg("model=dcgan", "max_iters=1", "callbacks.fid_kid.classifier_max_images=1"))
 
 
+def recorded_classifier(ckpt: Path) -> dict:
+    (state,) = [state for state in torch.load(ckpt, weights_only=True)["callbacks"].values() if "classifier" in state]
+    return state["classifier"]
+
+
+def test_a_run_keeps_its_classifier_of_the_classes_through_a_resume_and_eval(train_cfg, shared_data_dir, tmp_path,
+                                                                           monkeypatch, caplog):
+    """The classifier took minutes to decode its images and train at 64 px, at every start,
+    resume and eval.py. A checkpoint keeps it, and a resume and eval.py under the same settings
+    take it back, so the run's scores are of one classifier; other settings train a new one, and
+    say that its scores do not compare."""
+    from conftest import run_eval
+    from src.metrics import image_classifier
+    cfg = train_cfg("model=cgan", "max_iters=2", "++callbacks.latent=null")
+    run_training(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    kept = recorded_classifier(ckpt)
+    assert kept["settings"] == {"data": "shapes", "classes": ["disc", "triangle"], "channels": 3,
+                                "max_images": 10000, "epochs": 10}
+    trained, train = [], image_classifier.train_image_classifier
+    monkeypatch.setattr(image_classifier, "train_image_classifier",
+                        lambda *args, **kwargs: trained.append(kwargs) or train(*args, **kwargs))
+    metrics = run_training(train_cfg("model=cgan", "max_iters=4", "++callbacks.latent=null", f"ckpt_path={ckpt}"))
+    assert trained == [] and 1.0 <= float(metrics["eval/cls_is_samples"]) <= 2.0 + 1e-6
+    again = recorded_classifier(ckpt)   # iteration 4's
+    assert again["settings"] == kept["settings"]
+    assert all(torch.equal(again["state_dict"][name], value) for name, value in kept["state_dict"].items())
+    results, _ = run_eval([f"ckpt_path={ckpt}"], tmp_path / "eval", shared_data_dir)
+    assert trained == [] and 1.0 <= results["samples"]["cls_is"] <= 2.0 + 1e-6
+    with caplog.at_level("WARNING"):
+        run_eval([f"ckpt_path={ckpt}", "classifier_epochs=1"], tmp_path / "eval_other", shared_data_dir)
+    assert len(trained) == 1 and "trained under other settings (epochs 10 -> 1)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        run_training(train_cfg("model=cgan", "max_iters=6", "++callbacks.latent=null", f"ckpt_path={ckpt}",
+                               "callbacks.fid_kid.classifier_max_images=64"))
+    assert len(trained) == 2 and "trained under other settings (max_images 10000 -> 64)" in caplog.text
+    assert recorded_classifier(ckpt)["settings"]["max_images"] == 64
+
+
 def test_infogan_q_recovers_the_codes_it_is_trained_on(train_cfg):
     """The information term is Q's negative log-likelihood of the codes in G's input: it falls
     as Q learns to read them back, and a code's rows in the sample grid differ."""

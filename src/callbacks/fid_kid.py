@@ -37,7 +37,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from src.metrics.features import build_feature_extractor, data_feature_extractor
 from src.metrics.fid_kid import FidKidScorer
-from src.metrics.image_classifier import ClassifierScorer, classifier_of_the_data
+from src.metrics.image_classifier import ClassifierScorer, check_classifier_settings, classifier_of_the_data
 from src.models.divergence import refuse_saving_non_finite
 from src.callbacks.periodic_evaluation import PeriodicEvaluation
 from src.models.noise_base import SAMPLES
@@ -86,7 +86,8 @@ class FidKidCallback(PeriodicEvaluation):
         classifier_score: on labelled data of 2+ classes, also score the samples with a classifier
             of the classes trained on up to `classifier_max_images` training images for
             `classifier_epochs` epochs at the start of the fit (its Inception Score, and its
-            accuracy on real images and, for a conditional model, on the samples).
+            accuracy on real images and, for a conditional model, on the samples); kept in the
+            checkpoints, and taken back by a resume under the same settings.
     """
 
     config_key = "callbacks.fid_kid"
@@ -118,6 +119,8 @@ class FidKidCallback(PeriodicEvaluation):
         self.classifier_score = bool(classifier_score)
         self.classifier_max_images, self.classifier_epochs = classifier_max_images, classifier_epochs
         self.classifier: ClassifierScorer | None = None
+        self._classifier_due = False   # to be built when the fit starts, after a checkpoint's state is read
+        self._recorded_classifier: dict | None = None   # the one of the checkpoint resumed from
         self._supported: tuple[str, ...] | None = None
         # Per stream, this rank's real-image features batch by batch (on the CPU), from the first
         # evaluation of the fit: the real images of the evaluation set do not change, so later
@@ -157,8 +160,11 @@ class FidKidCallback(PeriodicEvaluation):
                                    kid_seed=self.seed, inception_score_splits=self.inception_score_splits if samples
                                    else None)
         rank_zero_info(f"FID/KID: {name} features ({extractor.num_features}-d) every {self.every_n_iters} iterations")
-        if self.classifier_score and SAMPLES in self.supported_directions(pl_module):
-            self.classifier = self.build_classifier(trainer, pl_module)
+        # The classifier is built when training starts: a resumed checkpoint's, read after setup,
+        # is taken back rather than trained again. Its settings are checked here, at once.
+        self._classifier_due = (self.classifier_score and SAMPLES in self.supported_directions(pl_module)
+                                and check_classifier_settings(trainer.datamodule, self.classifier_max_images,
+                                                              self.classifier_epochs, self.classifier_key))
 
     def build_classifier(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ClassifierScorer | None:
         """The classifier of the data's classes (None for unlabelled or one-class data): rank zero
@@ -167,11 +173,15 @@ class FidKidCallback(PeriodicEvaluation):
         for its weights, or it for theirs, for good."""
         scorer = built_rank_zero_first(trainer, lambda: classifier_of_the_data(
             trainer.datamodule, self.classifier_max_images, self.classifier_epochs, self.inception_score_splits,
-            conditional=bool(pl_module.num_classes), key=f"{self.config_key}.classifier_max_images",
-            trained=trainer.is_global_zero), "the classifier of the data's classes")
+            conditional=bool(pl_module.num_classes), key=self.classifier_key, trained=trainer.is_global_zero,
+            recorded=self._recorded_classifier, device=pl_module.device), "the classifier of the data's classes")
         if scorer is not None and trainer.world_size > 1:
             scorer.net.load_state_dict(trainer.strategy.broadcast(scorer.net.state_dict(), src=0))
         return scorer
+
+    @property
+    def classifier_key(self) -> str:
+        return f"{self.config_key}.classifier_max_images"
 
     def supported_directions(self, pl_module: pl.LightningModule) -> tuple[str, ...]:
         """What is scored: the configured directions the model translates, or a noise-to-image
@@ -266,6 +276,9 @@ class FidKidCallback(PeriodicEvaluation):
         publish_summary(trainer, {"best_fid": self.best_fid, "best_fid_iteration": self.best_iteration})
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._classifier_due and self.classifier is None:
+            self.classifier = self.build_classifier(trainer, pl_module)
+            self._recorded_classifier = None
         if self.best_iteration > 0 and not pl_module.samples_at_full_size(self.best_iteration):
             # A checkpoint from before growing models' small stages were left out of the ranking.
             rank_zero_warn(f"The best FID so far ({self.best_fid:.4f}, iteration {self.best_iteration}) is of a network "
@@ -275,13 +288,19 @@ class FidKidCallback(PeriodicEvaluation):
 
     # ----- the best value survives a resume ----------------------------------------------
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "best_fid": self.best_fid, "best_iteration": self.best_iteration,
-                "measure": self.measured}
+        state = {**super().state_dict(), "best_fid": self.best_fid, "best_iteration": self.best_iteration,
+                 "measure": self.measured}
+        if self.classifier is not None:
+            state["classifier"] = self.classifier.record()
+        elif self._recorded_classifier is not None:   # saved before the fit took it back (resumed at its end)
+            state["classifier"] = self._recorded_classifier
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         self.best_fid = float(state_dict.get("best_fid", math.inf))
         self.best_iteration = int(state_dict.get("best_iteration", -1))
+        self._recorded_classifier = state_dict.get("classifier")   # (checkpoints before it was kept: none)
         saved = state_dict.get("measure")   # older checkpoints have none: taken as the same
         if saved and self.measured and saved != self.measured and self.best_iteration >= 0:
             changed = ", ".join(f"{key} {saved.get(key)!r} -> {value!r}"

@@ -18,6 +18,11 @@ so that scoring changes no other random draw. Images larger than 64 px are poole
 first: the classes of the datasets this serves are visible there, and the cost stays seconds.
 It needs data: on the shapes, 2000 training images make it right on 99-100% of the test
 images, 300 on only 75% (random colours, sizes and places), which `cls_acc_real` shows.
+
+A training run's checkpoints keep its classifier (`ClassifierScorer.record`), with the settings
+it was trained under: a resume and eval.py take it back where those are the same, so a run's
+scores are of one classifier from its first evaluation to its last, and the minutes of decoding
+and training it at 64 px are spent once per run, not at every start.
 """
 from __future__ import annotations
 
@@ -54,23 +59,27 @@ def build_classifier(channels: int, num_classes: int) -> nn.Module:
 
 
 def train_image_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int = 10,
-                           batch_size: int = 64, lr: float = 1e-3, seed: int = 0) -> nn.Module:
-    """The fixed classifier trained on (images (N, C, H, W) in [-1, 1], labels (N,)); in eval mode."""
+                           batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+                           device: torch.device | str = "cpu") -> nn.Module:
+    """The fixed classifier trained on (images (N, C, H, W) in [-1, 1], labels (N,)) on
+    `device` (its initial weights and batch order drawn on the CPU, the same on any device);
+    returned on the CPU, in eval mode."""
     if num_classes < 2:
         raise ValueError(f"A classifier score needs at least 2 classes, the data has {num_classes}")
-    inputs, targets = classifier_input(images), labels.long()
+    inputs, targets = classifier_input(images).to(device), labels.long().to(device)
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.default_generator.manual_seed(seed)   # not torch.manual_seed: it reseeds the GPUs too
-        net = build_classifier(inputs.size(1), num_classes)
+        net = build_classifier(inputs.size(1), num_classes).to(device)
         optimizer = torch.optim.Adam(net.parameters(), lr=lr)
         for _ in range(epochs):
-            for index in torch.randperm(len(inputs)).split(batch_size):
-                if len(index) < 2:   # a last batch of one: its batch norms cannot train on one small image
+            for picks in torch.randperm(len(inputs)).split(batch_size):
+                if len(picks) < 2:   # a last batch of one: its batch norms cannot train on one small image
                     continue
                 optimizer.zero_grad(set_to_none=True)
-                F.cross_entropy(net(inputs[index]), targets[index]).backward()
+                picks = picks.to(device)
+                F.cross_entropy(net(inputs[picks]), targets[picks]).backward()
                 optimizer.step()
-    return net.eval()
+    return net.eval().cpu()
 
 
 @torch.no_grad()
@@ -78,37 +87,76 @@ def classifier_logits(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return net(classifier_input(images.to(next(net.parameters()).device)))
 
 
-def classifier_of_the_data(datamodule, max_images: int = 10000, epochs: int = 10, splits: int = 10,
-                           conditional: bool = False, key: str = "classifier_max_images",
-                           trained: bool = True) -> ClassifierScorer | None:
-    """A scorer with the classifier of `datamodule`'s classes, trained on up to `max_images` of
-    its training images (a seeded pick); None where the data has no two classes to tell apart
-    (unlabelled, or one class). `key` names the setting in errors. `trained=False`: the
-    classifier untrained, for a DDP rank that takes rank zero's weights (training it on every
-    rank decoded the images and trained the net once per rank, on the node's shared CPUs)."""
+def check_classifier_settings(datamodule, max_images: int, epochs: int, key: str = "classifier_max_images") -> bool:
+    """Whether the data has a classifier to train (two classes or more); a ValueError naming
+    `key` (its `epochs` beside it) for settings it could not be trained with."""
     num_classes = getattr(datamodule, "num_classes", 0)
     if num_classes < 2:
-        return None
+        return False
     if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < num_classes:
         raise ValueError(f"{key}={max_images!r} must be an integer of at least the {num_classes} classes")
     # (0 epochs would score the samples with an untrained network)
     require_int(key.replace("max_images", "epochs"), epochs, why=" (the classifier's training epochs)")
+    return True
+
+
+def classifier_settings(datamodule, max_images: int, epochs: int) -> dict:
+    """What a classifier of the data was trained under, as its record keeps it: one trained
+    under other settings gives other scores."""
+    return {"data": str(datamodule.name), "classes": list(datamodule.class_names), "channels": datamodule.input_nc,
+            "max_images": max_images, "epochs": epochs}
+
+
+def classifier_of_the_data(datamodule, max_images: int = 10000, epochs: int = 10, splits: int = 10,
+                           conditional: bool = False, key: str = "classifier_max_images",
+                           trained: bool = True, recorded: dict | None = None,
+                           device: torch.device | str = "cpu") -> ClassifierScorer | None:
+    """A scorer with the classifier of `datamodule`'s classes, trained on up to `max_images` of
+    its training images (a seeded pick) on `device`; None where the data has no two classes to
+    tell apart (unlabelled, or one class). `key` names the setting in errors. `recorded`: a
+    checkpoint's classifier (`ClassifierScorer.record`), taken instead where it was trained under
+    these settings. `trained=False`: the classifier untrained, for a DDP rank that takes rank
+    zero's weights (training it on every rank decoded the images and trained the net once per
+    rank, on the node's shared CPUs)."""
+    if not check_classifier_settings(datamodule, max_images, epochs, key):
+        return None
+    num_classes = datamodule.num_classes
+    settings = classifier_settings(datamodule, max_images, epochs)
+    if recorded is not None and recorded.get("settings") == settings:
+        net = untrained_classifier(datamodule.input_nc, num_classes)
+        net.load_state_dict(recorded["state_dict"])
+        log.info("Classifier of the %d classes: the one the checkpoint's run trained (classifier score)", num_classes)
+        return ClassifierScorer(net, num_classes, splits=splits, conditional=conditional, settings=settings)
     if not trained:
-        with torch.random.fork_rng(devices=[]):   # its initial weights are replaced anyway
-            net = build_classifier(datamodule.input_nc, num_classes).eval()
-        return ClassifierScorer(net, num_classes, splits=splits, conditional=conditional)
+        return ClassifierScorer(untrained_classifier(datamodule.input_nc, num_classes), num_classes, splits=splits,
+                                conditional=conditional, settings=settings)
+    if recorded is not None:
+        changed = ", ".join(f"{name} {recorded['settings'].get(name)!r} -> {value!r}"
+                            for name, value in settings.items() if recorded["settings"].get(name) != value)
+        log.warning("The checkpoint's classifier of the data's classes was trained under other settings (%s): "
+                    "a new one is trained, whose scores do not compare with those of the checkpoint's run", changed)
     train = datamodule.dataset("train", train=False)
     picks = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:max_images].tolist()
     # Each image is brought to the classifier's size as it is read, and the full-size one dropped:
-    # 10,000 images of 256 px held at once would take 8 GB (31 GB at 512 px).
-    inputs, labels = [], []
-    for index in picks:
+    # 10,000 images of 256 px held at once would take 8 GB (31 GB at 512 px); and they are
+    # written into one tensor, not gathered and joined, which held them twice.
+    inputs, labels = None, torch.empty(len(picks), dtype=torch.long)
+    for position, index in enumerate(picks):
         item = train[index]
-        inputs.append(classifier_input(item["A"][None]))
-        labels.append(int(item["label"]))
-    net = train_image_classifier(torch.cat(inputs), torch.tensor(labels), num_classes, epochs=epochs)
+        image = classifier_input(item["A"][None])[0]
+        if inputs is None:
+            inputs = torch.empty((len(picks), *image.shape))
+        inputs[position], labels[position] = image, int(item["label"])
+    net = train_image_classifier(inputs, labels, num_classes, epochs=epochs, device=device)
     log.info("Classifier of the %d classes trained on %d training images (classifier score)", num_classes, len(picks))
-    return ClassifierScorer(net, num_classes, splits=splits, conditional=conditional)
+    return ClassifierScorer(net, num_classes, splits=splits, conditional=conditional, settings=settings)
+
+
+def untrained_classifier(channels: int, num_classes: int) -> nn.Module:
+    """The classifier's network, for weights taken from elsewhere (its initial draws leave the
+    caller's random stream alone)."""
+    with torch.random.fork_rng(devices=[]):
+        return build_classifier(channels, num_classes).eval()
 
 
 class ClassifierScorer(nn.Module):
@@ -120,9 +168,11 @@ class ClassifierScorer(nn.Module):
 
     KINDS = ("real", "fake")
 
-    def __init__(self, net: nn.Module, num_classes: int, splits: int = 10, seed: int = 0, conditional: bool = False):
+    def __init__(self, net: nn.Module, num_classes: int, splits: int = 10, seed: int = 0, conditional: bool = False,
+                 settings: dict | None = None):
         super().__init__()
         self.net, self.num_classes, self.conditional = net, num_classes, conditional
+        self.settings = settings   # what the net was trained under (classifier_settings)
         self.inception_score = nn.ModuleDict({kind: InceptionScorer(num_classes, splits=splits, seed=seed)
                                               for kind in self.KINDS})
         self.accuracy = nn.ModuleDict({kind: MulticlassAccuracy(num_classes, average="micro") for kind in self.KINDS})
@@ -132,6 +182,11 @@ class ClassifierScorer(nn.Module):
         self.inception_score[kind].update(logits)
         if labels is not None:
             self.accuracy[kind].update(logits, labels.to(logits.device).long())
+
+    def record(self) -> dict:
+        """The classifier as a checkpoint keeps it: its weights (on the CPU) and settings."""
+        return {"settings": self.settings, "state_dict": {name: value.detach().cpu()
+                                                          for name, value in self.net.state_dict().items()}}
 
     def update_real(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         self._update("real", images, labels)

@@ -382,7 +382,7 @@ def runs_feature_extractor(ckpt_path) -> tuple[str | None, str | None]:
     recorded in the checkpoint, or for a checkpoint without that record its Hydra config's
     `callbacks.fid_kid` settings, `auto` there meaning its data's choice; (None, None) without
     either (a checkpoint copied away from its run folder kept the record)."""
-    measured = recorded_fid_measure(ckpt_path)
+    measured = (recorded_fid_state(ckpt_path) or {}).get("measure")
     if measured is not None:
         return measured["feature_extractor"], measured.get("feature_extractor_weights_path")
     run_config = run_config_path(ckpt_path)
@@ -399,13 +399,14 @@ def runs_feature_extractor(ckpt_path) -> tuple[str | None, str | None]:
     return name, setting("callbacks.fid_kid.feature_extractor_weights_path")
 
 
-def recorded_fid_measure(ckpt_path) -> dict | None:
-    """The settings the checkpoint's FID callback measured with (its state's `measure`: the
-    feature extractor, its weights file, the images, the directions); None without one."""
+def recorded_fid_state(ckpt_path) -> dict | None:
+    """The state of the checkpoint's FID callback: the settings it measured with (`measure`:
+    the feature extractor, its weights file, the images, the directions) and the classifier of
+    the data's classes it scored samples with (`classifier`); None without one."""
     if not Path(ckpt_path).is_file():
         return None
     states = load_checkpoint_file(ckpt_path).get("callbacks") or {}
-    return next((state["measure"] for state in states.values()
+    return next((state for state in states.values()
                  if isinstance(state, dict) and (state.get("measure") or {}).get("feature_extractor")), None)
 
 
@@ -619,9 +620,12 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device,
                                 "saved": min_or_all(num_samples or len(dataset), save_limit),
                                 "kid_subset_size": scorer.kid.subset_size_for(len(dataset),
                                                                               num_samples or len(dataset))}}
+        # The run's own classifier where it was trained under these settings: the scores then
+        # compare with the run's logged ones.
         classifier = (classifier_of_the_data(datamodule, cfg.get("classifier_max_images", 10000),
                                              cfg.get("classifier_epochs", 10), cfg.get("inception_score_splits", 10),
-                                             conditional=bool(model.num_classes))
+                                             conditional=bool(model.num_classes), device=device,
+                                             recorded=(recorded_fid_state(cfg.ckpt_path) or {}).get("classifier"))
                       if cfg.get("classifier_score", True) else None)
         results = {SAMPLES: evaluate_samples(model, loader, scorer, output_dir / SAMPLES, num_samples,
                                              classifier and classifier.to(float64_device(device)), save_limit)}
