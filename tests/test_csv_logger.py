@@ -48,6 +48,25 @@ def test_a_value_for_a_step_already_written_joins_its_row(tmp_path):
                                                                          ("2", "2.0", "")]
 
 
+def test_a_resume_takes_up_a_file_of_several_rows_per_step_with_every_value(tmp_path):
+    """A metrics.csv written before rows were merged has two or three half-empty rows per
+    step, out of order; a resume kept one row per step, and the run's earlier FIDs and learning
+    rates were gone, with no replaced file and no word."""
+    folder = tmp_path / "lightning_logs" / "version_0"
+    folder.mkdir(parents=True)
+    (folder / "metrics.csv").write_text("epoch,eval/fid,lr/generators,step,train/G\n"
+                                        ",,0.1,1,\n0,,,1,2.0\n,30.0,,2,\n,,0.1,2,\n0,,,2,1.5\n,,0.1,3,\n0,,,3,1.0\n")
+    logger = StepRowsCSVLogger(tmp_path)
+    log(logger, {"train/G": 0.5, "epoch": 0}, 2)   # resumed at step 2: step 3 is the stopped run's
+    logger.finalize("success")
+    rows = read_rows(logger)
+    assert [(r["step"], r["eval/fid"], r["lr/generators"], r["train/G"]) for r in rows] == [
+        ("1", "", "0.1", "2.0"), ("2", "30.0", "0.1", "0.5")]
+    (replaced,) = folder.glob("metrics.replaced_*.csv")
+    with open(replaced, newline="") as f:
+        assert [(r["step"], r["lr/generators"], r["train/G"]) for r in csv.DictReader(f)] == [("3", "0.1", "1.0")]
+
+
 def test_the_rows_up_to_a_checkpoint_reach_the_file_with_it(tmp_path):
     """The latest step's row waits for a later step; the evaluation logged just before a save
     waited for the next loss log, about 50 iterations on, and a process killed meanwhile lost it

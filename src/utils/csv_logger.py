@@ -60,6 +60,17 @@ def is_whole_row(row: dict) -> bool:
     return None not in row and None not in row.values() and str(row.get("step") or "").isdigit()
 
 
+def one_row_per_step(rows) -> list[dict]:
+    """The rows of each step merged into one (their values, later ones over earlier), in step
+    order: a file written before rows were merged here (two or three half-empty rows per step,
+    out of order) keeps every value when a resume takes it up, where one row per step would
+    have been kept and the step's other values (its evaluation, its learning rates) lost."""
+    merged: dict[int, dict] = {}
+    for row in rows:
+        merged.setdefault(int(row["step"]), {}).update({key: value for key, value in row.items() if value != ""})
+    return [merged[step] for step in sorted(merged)]
+
+
 class StepRowsWriter(ExperimentWriter):
     def __init__(self, log_dir: str) -> None:
         super().__init__(log_dir)
@@ -122,6 +133,7 @@ class StepRowsWriter(ExperimentWriter):
             log.warning("%s: %d row(s) cut short by a writer that was stopped are dropped", self.metrics_file_path,
                         len(rows) - len(whole))
             rows = whole
+        rows = one_row_per_step(rows)
         kept = [0 < first_step and int(r["step"]) <= first_step for r in rows]
         keep = [r for r, stays in zip(rows, kept) if stays]
         replaced = [r for r, stays in zip(rows, kept) if not stays]
@@ -198,7 +210,7 @@ class StepRowsWriter(ExperimentWriter):
         rows, and the file rewritten in step order."""
         self._record_new_keys()
         with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-            rows = {int(r["step"]): {k: v for k, v in r.items() if v != ""} for r in csv.DictReader(file)}
+            rows = {int(r["step"]): r for r in one_row_per_step(csv.DictReader(file))}
         for row in self.metrics:
             rows.setdefault(row["step"], {}).update(row)
         self._write_rows(self.metrics_file_path, self.metrics_keys, [rows[step] for step in sorted(rows)])
