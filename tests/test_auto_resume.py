@@ -419,12 +419,14 @@ def test_auto_refuses_a_checkpoint_of_other_settings_and_a_named_one_warns(train
     with pytest.raises(ValueError, match=r"ckpt_path=auto found .*last.ckpt, written by a run with other settings "
                                          r"\(loss.weights.l1=100.0 -> 5; model.optimizer.lr=0.0002 -> 0.001\)"
                                          r".*hydra.sweep.dir\), or name the checkpoint \(ckpt_path=.*last.ckpt\) to "
-                                         r"continue it with the new settings$"):
+                                         r"continue it with the new settings\. Where instead this code's defaults "
+                                         r"changed since that run, pass that run's values listed above to continue it "
+                                         r"as it trained$"):
         run_training(train_cfg(*PIX2PIX, "max_iters=4", "ckpt_path=auto", "loss.weights.l1=5",
                                "model.optimizer.lr=1e-3"))
     # Named, a checkpoint of other networks would not load: not offered
     with pytest.raises(ValueError, match=r"hydra.sweep.dir\); its networks do not fit this run's \(.*tensors of other "
-                                         r"shapes.*\), so it cannot continue under these settings$"):
+                                         r"shapes.*\), so it cannot continue under these settings\. Where instead"):
         run_training(train_cfg(*PIX2PIX, "max_iters=4", "ckpt_path=auto", "model.generator.ngf=8"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -526,6 +528,36 @@ def test_a_resume_of_a_run_from_before_a_model_setting_says_what_it_did(train_cf
         assert f"model.{added}={before!r} -> {now!r}" in said and "goes on with this run's values" in said
     checkpoint["hyper_parameters"] = dict(model.hparams)   # a run that recorded them: nothing to say
     assert check_resume_settings("last.ckpt", checkpoint, model, {}, True) is None
+
+
+def test_a_setting_this_run_leaves_unread_tells_of_no_other_run(train_cfg):
+    """data.load_size's default changed, and a run on data.preprocess=none, which never reads
+    it, was refused its own run folder under ckpt_path=auto as another run's; passing the
+    earlier value was then refused as changing nothing. An older DCGAN resumed with
+    model.test_time_batch_stats=false, as its warning asked, was still told of
+    model.reference_batch_size, which that leaves unread (and passing it was refused)."""
+    import hydra
+
+    from src.models.checkpoint_fit import check_resume_settings, class_path
+
+    model = hydra.utils.instantiate(train_cfg("model=cyclegan").model, _recursive_=False)
+    for preprocess, read in (("none", False), ("resize_and_crop", True)):
+        here = {"preprocess": preprocess, "load_size": 62, "crop_size": 32}
+        checkpoint = {"hyper_parameters": dict(model.hparams), "model_class": class_path(model), "state_dict": {},
+                      "datamodule_hyper_parameters": {**here, "load_size": 32}}
+        if read:
+            with pytest.raises(ValueError, match=r"ckpt_path=auto found last.ckpt, written by a run with other "
+                                                 r"settings \(data.load_size=32 -> 62\)"):
+                check_resume_settings("last.ckpt", checkpoint, model, here, must_match=True)
+        else:
+            assert check_resume_settings("last.ckpt", checkpoint, model, here, must_match=True) is None
+    cfg = train_cfg("model=dcgan", "data=shapes_labelled", "model.test_time_batch_stats=false")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    older = {key: value for key, value in dict(model.hparams).items()
+             if key not in ("test_time_batch_stats", "reference_batch_size")}
+    checkpoint = {"hyper_parameters": older, "datamodule_hyper_parameters": {"batch_size": cfg.data.batch_size},
+                  "model_class": class_path(model), "state_dict": {}}
+    assert check_resume_settings("last.ckpt", checkpoint, model, {}, must_match=True) is None
 
 
 def test_a_resume_that_counts_its_schedule_in_other_units_is_refused():

@@ -22,6 +22,7 @@ from src.data.download import pasteable_override
 from src.utils.config_checks import accepted_arguments, recorded_path, require_path
 from src.utils.whole_files import whole_zip_archive
 from src.utils.nested import flattened
+from src.utils.unread_overrides import unread_because
 
 
 def class_path(instance) -> str:
@@ -238,6 +239,14 @@ def changed_settings(checkpoint: dict, model_settings: dict, data_settings: dict
             and key.rsplit(".", 1)[-1] not in RESUMABLE_LEAVES and not key.startswith(RESUMABLE_GROUPS)]
 
 
+def read_by_this_run(entries: list[str], model: torch.nn.Module, data_settings: dict) -> list[str]:
+    """The `key=<checkpoint's> -> <this run's>` entries of settings this run reads: one its
+    other settings leave unread (data.load_size under data.preprocess=none) changes nothing,
+    so it tells of no other run, and passing the checkpoint's value for it would be refused."""
+    settings = {"data": data_settings}
+    return [entry for entry in entries if not unread_because(entry.split("=", 1)[0].split("."), model, settings)]
+
+
 def config_key(key: str) -> str:
     """A model setting's key as an override sets it: the model's loss settings are the top-level
     `loss` group's (`model.loss` interpolates it, and Hydra refuses overrides under it)."""
@@ -281,15 +290,16 @@ def check_resume_settings(ckpt_path: str | Path, checkpoint: dict, model: torch.
         # Networks of an earlier default: refused here, naming the setting that builds them,
         # rather than after a warning that the run goes on with this run's settings.
         check_resume_fits(model, checkpoint, ckpt_path)
-    changed = changed_settings(checkpoint, dict(model.hparams), data_settings,
-                               type(model).resumable_settings)
+    changed = read_by_this_run(changed_settings(checkpoint, dict(model.hparams), data_settings,
+                                                type(model).resumable_settings), model, data_settings)
+    defaulted = read_by_this_run(defaults_changed_since(checkpoint, data_settings, model), model, data_settings)
     if not changed:
-        if defaulted := defaults_changed_since(checkpoint, data_settings, model):
+        if defaulted:
             return (f"ckpt_path={ckpt_path} is of a run from before settings this run sets otherwise than that run did "
                     f"({'; '.join(defaulted)}): the run goes on with this run's values (pass the earlier ones to "
                     "continue as it trained)")
         return None
-    listed = "; ".join(changed + defaults_changed_since(checkpoint, data_settings, model))
+    listed = "; ".join(changed + defaulted)
     if must_match:
         # (naming it continues it only where its networks fit this run's)
         mismatch = state_dict_mismatch(model.state_dict(), weights)
@@ -300,7 +310,8 @@ def check_resume_settings(ckpt_path: str | Path, checkpoint: dict, model: torch.
             f"ckpt_path=auto found {ckpt_path}, written by a run with other settings ({listed}). Resuming would "
             f"continue that run under these settings: this run folder holds another run (a sweep started again with "
             f"other values reuses its job folders by number). Give this run its own folder (hydra.run.dir, "
-            f"hydra.sweep.dir){named}")
+            f"hydra.sweep.dir){named}. Where instead this code's defaults changed since that run, pass that run's "
+            f"values listed above to continue it as it trained")
     return (f"ckpt_path={ckpt_path} was written with other settings ({listed}): the run goes on with this run's "
             f"settings, except that the optimizers and learning-rate schedules continue from their saved states "
             f"(a new model.optimizer.lr scales their restored rates; another model.lr_schedule.policy shapes the "

@@ -20,7 +20,8 @@ import torch
 
 from src.callbacks.ema import averaged_state_dict
 from src.models.checkpoint_fit import (changed_settings, check_checkpoint_file, checkpoint_iteration, class_path,
-                                       defaults_changed_since, read_training_checkpoint, state_dict_mismatch)
+                                       defaults_changed_since, read_by_this_run, read_training_checkpoint,
+                                       state_dict_mismatch)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ def start_from_checkpoint(model: torch.nn.Module, init_from: str | Path, weights
     iteration = checkpoint_iteration(checkpoint, model)
     log.info("Networks from %s (its iteration %d, %s weights); iteration, optimizers, schedules and image pools "
              "start afresh", init_from, iteration, weights)
-    changed = (changed_settings(checkpoint, dict(model.hparams), data_settings or {})
-               + defaults_changed_since(checkpoint, data_settings or {}, model))
+    changed = read_by_this_run(changed_settings(checkpoint, dict(model.hparams), data_settings or {})
+                               + defaults_changed_since(checkpoint, data_settings or {}, model), model,
+                               data_settings or {})
     if changed:
         log.info("Settings that differ from the run that wrote init_from: %s", "; ".join(changed))
