@@ -526,6 +526,7 @@ def test_a_resume_of_a_run_from_before_a_model_setting_says_what_it_did(train_cf
     for must_match in (True, False):
         said = check_resume_settings("last.ckpt", checkpoint, model, {}, must_match)
         assert f"model.{added}={before!r} -> {now!r}" in said and "goes on with this run's values" in said
+        assert "reference_batch_size" not in said   # unread under the earlier running averages
     checkpoint["hyper_parameters"] = dict(model.hparams)   # a run that recorded them: nothing to say
     assert check_resume_settings("last.ckpt", checkpoint, model, {}, True) is None
 

@@ -253,6 +253,12 @@ def config_key(key: str) -> str:
     return key.removeprefix("model.") if key.startswith("model.loss.") else key
 
 
+#: settings `upgraded_hparams` gives an older checkpoint only to complete its class's signature,
+#: which the earlier behaviour it gives leaves unread (running averages sample without a reference
+#: batch): not told as a change, as passing their earlier value would be refused as changing nothing
+SIGNATURE_ONLY = ("model.reference_batch_size",)
+
+
 def defaults_changed_since(checkpoint: dict, data_settings: dict, model: torch.nn.Module | None = None) -> list[str]:
     """`key=<what the checkpoint's run did> -> <this run's>` for each setting added since the
     checkpoint was written that this run sets otherwise: data settings (DATA_SETTINGS_BEFORE_THEM)
@@ -268,7 +274,8 @@ def defaults_changed_since(checkpoint: dict, data_settings: dict, model: torch.n
         before = flattened(upgraded_hparams(saved_model, checkpoint, type(model)), ".", "model")
         here = flattened(dict(model.hparams), ".", "model")
         changed += [f"{config_key(key)}={before[key]!r} -> {here[key]!r}"
-                    for key in sorted(before.keys() - recorded.keys()) if key in here and here[key] != before[key]]
+                    for key in sorted(before.keys() - recorded.keys())
+                    if key in here and here[key] != before[key] and key not in SIGNATURE_ONLY]
     return changed
 
 
@@ -412,5 +419,5 @@ def upgraded_hparams(hparams: dict, checkpoint: dict, model_class: type | None =
     if "phase_images" in upgraded and adds("reset_optimizers_per_phase"):
         upgraded["reset_optimizers_per_phase"] = False
     if "latent_dim" in upgraded and adds("test_time_batch_stats", "reference_batch_size"):
-        upgraded.update({"test_time_batch_stats": False, "reference_batch_size": 64})
+        upgraded.update({"test_time_batch_stats": False, "reference_batch_size": 64})   # (64: SIGNATURE_ONLY)
     return upgraded
