@@ -179,6 +179,27 @@ def test_a_requeued_job_in_a_new_folder_named_by_its_start_time_resumes_its_earl
     assert "no run folder beside it records an earlier start of job 9999 by this command" in caplog.text
 
 
+def test_a_run_folder_copied_elsewhere_goes_on_in_its_last_ckpt(train_cfg, tmp_path):
+    """Resumed from a copy of its folder (a node's scratch disk, a moved project), Lightning does
+    not restore the checkpoint paths it recorded, and its version counter wrote last-v1.ckpt
+    beside the copied last.ckpt, which stayed at the older state a later resume then took."""
+    import shutil
+
+    first = train_cfg(*PIX2PIX, "max_iters=2")
+    first.paths.output_dir = str(tmp_path / "first")
+    first.callbacks.model_checkpoint.dirpath = str(tmp_path / "first" / "checkpoints")
+    run_training(first)
+    shutil.copytree(tmp_path / "first", tmp_path / "copy")
+    resumed = train_cfg(*PIX2PIX, "max_iters=4", "ckpt_path=auto")
+    resumed.paths.output_dir = str(tmp_path / "copy")
+    resumed.callbacks.model_checkpoint.dirpath = str(tmp_path / "copy" / "checkpoints")
+    run_training(resumed)
+    names = sorted(p.name for p in (tmp_path / "copy" / "checkpoints").glob("*.ckpt"))
+    assert not [name for name in names if "-v" in name], names
+    last = torch.load(tmp_path / "copy" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 8   # 4 iterations of pix2pix's 2 optimizer steps
+
+
 def test_a_requeue_with_nothing_to_resume_names_a_fixed_run_folder_of_its_own_task(tmp_path, monkeypatch, caplog):
     """The fixed folder it suggests is where this task's runs live (experiment=quickstart's under
     logs/quickstart/runs), not the train task's."""

@@ -79,6 +79,11 @@ class IterationCheckpoint(ModelCheckpoint):
         # (a negative count would turn the periodic saves off in silence)
         require_int("callbacks.model_checkpoint.every_n_iters", every_n_iters, least=0, allow_none=True,
                     why=" (0 or null: only the last and the best checkpoints)")
+        # A run folder holds one run (a fresh start sets earlier checkpoints aside), so a file of
+        # the same name is this run's, to replace: resumed from a copied or moved folder, whose
+        # recorded paths Lightning does not restore, the counter wrote last-v1.ckpt beside a stale
+        # last.ckpt, and the README's "resume from last.ckpt" went back to the older state.
+        kwargs.setdefault("enable_version_counter", False)
         super().__init__(filename=filename, auto_insert_metric_name=auto_insert_metric_name, **kwargs)
         self.every_n_iters = every_n_iters
         #: the checkpoint this rank's fit resumes from ("" for none), set before the fit: Lightning

@@ -140,8 +140,8 @@ def set_aside_abandoned_checkpoints(cfg: DictConfig) -> Path | None:
     yet); returns the checkpoint folder's, or the first one made, or None when nothing was moved. Rank 0 only: the other ranks of a
     multi-process launch start after it, or load the named file, which stays.
     A run that starts afresh (no ckpt_path) in a folder that holds checkpoints sets every one of
-    them aside: Lightning wrote its own beside them (last-v1.ckpt), its best_fid.ckpt replaced
-    the earlier run's, and auto would resume whichever run was further on. Its `init_from` among
+    them aside: its last.ckpt, periodic files and best_fid.ckpt would replace the earlier run's
+    of the same names, and auto would resume whichever run was further on. Its `init_from` among
     them is refused instead: the ranks a DDP launch starts, and a requeued start, read it again."""
     named, dirs = cfg.get("ckpt_path"), run_checkpoint_dirs(cfg)
     if not is_rank_zero() or dirs is None:
