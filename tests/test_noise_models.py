@@ -254,6 +254,12 @@ def test_a_resume_with_another_critic_step_count_is_refused(train_cfg, tmp_path)
     with pytest.raises(ValueError, match=r"model.n_critic=1, but the checkpoint's run trained with 5: its 2 iterations "
                                          r"would count as 6 .* Resume with model.n_critic=5"):
         run_training(resumed)
+    # ckpt_path=auto in its folder: naming the file is not offered, as its load would be refused
+    with pytest.raises(ValueError, match=r"ckpt_path=auto found .*; model.n_critic=5 -> 1\)\. .*; named, it is "
+                                         r"refused too: model.n_critic=1, but .* Resume with model.n_critic=5\. "
+                                         r"Where instead") as refused:
+        run_training(train_cfg("model=wgangp", "model.n_critic=1", "max_iters=4", *NO_EVALUATION, "ckpt_path=auto"))
+    assert "name the checkpoint" not in str(refused.value)
 
 
 def test_translation_data_is_refused_with_the_fix(train_cfg):

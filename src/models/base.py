@@ -951,10 +951,19 @@ class AdversarialModel(pl.LightningModule):
         # the data pipeline draw from.
         checkpoint["rng_states"] = collect_rng_states()
 
+    def resume_refusal(self, checkpoint: dict) -> str | None:
+        """Why this model cannot continue `checkpoint`'s run under its settings, with the fix;
+        None where it can (its networks aside: `check_resume_fits`). Asked when the checkpoint
+        loads, and before, by ckpt_path=auto's refusal, which offers naming the file only where
+        it would load."""
+        return None
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Called before Lightning loads the weights: a checkpoint of other model settings gets
         # an error that says so, not load_state_dict's list of keys.
         check_resume_fits(self, checkpoint, self.trainer.ckpt_path if self._trainer is not None else None)
+        if (refusal := self.resume_refusal(checkpoint)) is not None:
+            raise ValueError(refusal)
         for name, state in checkpoint.get("image_pools", {}).items():
             if name in self.pools:
                 self.pools[name].load_state_dict(state)

@@ -308,11 +308,17 @@ def check_resume_settings(ckpt_path: str | Path, checkpoint: dict, model: torch.
         return None
     listed = "; ".join(changed + defaulted)
     if must_match:
-        # (naming it continues it only where its networks fit this run's)
+        # (naming it continues it only where it would load: its networks fit this run's, and the
+        # model takes its run on under these settings)
         mismatch = state_dict_mismatch(model.state_dict(), weights)
-        named = (f", or name the checkpoint ({pasteable_override('ckpt_path', ckpt_path, prefix='')}) to continue it "
-                 f"with the new settings" if mismatch is None else
-                 f"; its networks do not fit this run's ({mismatch}), so it cannot continue under these settings")
+        refusal = model.resume_refusal(checkpoint) if mismatch is None else None
+        if mismatch is not None:
+            named = f"; its networks do not fit this run's ({mismatch}), so it cannot continue under these settings"
+        elif refusal is not None:
+            named = f"; named, it is refused too: {refusal}"
+        else:
+            named = (f", or name the checkpoint ({pasteable_override('ckpt_path', ckpt_path, prefix='')}) to "
+                     f"continue it with the new settings")
         raise ValueError(
             f"ckpt_path=auto found {ckpt_path}, written by a run with other settings ({listed}). Resuming would "
             f"continue that run under these settings: this run folder holds another run (a sweep started again with "

@@ -140,16 +140,16 @@ class NoiseGAN(NoiseToImageModel):
         return {"G_adv": self.adversarial(scores, True, for_discriminator=False),
                 **{f"{name}_G": term for name, term in same_pass.items()}}
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
+    def resume_refusal(self, checkpoint: dict) -> str | None:
         # Lightning counts optimizer steps; an iteration is n_critic + 1 of them. Another n_critic
         # would read the saved steps as another iteration count (max_iters, schedules, growth).
         saved = (checkpoint.get("hyper_parameters") or {}).get("n_critic")
         if saved is not None and saved != self.n_critic:
             steps = int(checkpoint.get("global_step", 0))
-            raise ValueError(f"model.n_critic={self.n_critic}, but the checkpoint's run trained with {saved}: its "
-                             f"{steps // (saved + 1)} iterations would count as {steps // (self.n_critic + 1)} (an "
-                             f"iteration is n_critic + 1 optimizer steps). Resume with model.n_critic={saved}")
-        super().on_load_checkpoint(checkpoint)
+            return (f"model.n_critic={self.n_critic}, but the checkpoint's run trained with {saved}: its "
+                    f"{steps // (saved + 1)} iterations would count as {steps // (self.n_critic + 1)} (an "
+                    f"iteration is n_critic + 1 optimizer steps). Resume with model.n_critic={saved}")
+        return super().resume_refusal(checkpoint)
 
     def batch_images(self, batch: dict) -> int:
         return batch["A"].size(0) // self.n_critic   # the loader batch holds the critic's n_critic batches
