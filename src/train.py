@@ -17,7 +17,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from src.utils.allocator import configure_allocator  # noqa: E402
-from src.utils.ddp_multirun import argv_for_launched_rank  # noqa: E402
+from src.utils.ddp_multirun import INTERRUPT_EXIT_STATUS, argv_for_launched_rank  # noqa: E402
 from src.utils.library_warnings import library_output_into_the_log  # noqa: E402
 from src.utils.objective import objective_value, sweeper_direction  # noqa: E402
 
@@ -41,6 +41,10 @@ def main(cfg: DictConfig) -> float | None:
     starts_before = len(earlier_starts(folder)) if folder is not None else 0
     try:
         metrics = run_training(cfg)
+    except KeyboardInterrupt:
+        # Stopped by Ctrl-C (interrupted.ckpt written): the command ends as a shell ends a process
+        # SIGINT stopped, without a traceback of wherever the interrupt landed.
+        raise SystemExit(INTERRUPT_EXIT_STATUS) from None
     except Exception as error:
         # In a search, a diverged trial is the worst value (the study goes on; its checkpoints
         # stay finite); an error would end the whole study (the sweeper fails on any error).

@@ -138,7 +138,9 @@ def test_an_error_inside_a_step_in_backward_marks_the_crash_checkpoint_as_not_ex
 def test_ctrl_c_inside_an_iteration_saves_a_checkpoint_counted_in_whole_iterations(train_cfg, tmp_path, monkeypatch):
     cfg = train_cfg(*COMMON, "max_iters=4", "callbacks.model_checkpoint.every_n_iters=2")
     fail_at_step(monkeypatch, 5, KeyboardInterrupt())   # after the generators' step of iteration 3
-    with pytest.raises(SystemExit):   # Lightning exits the process after a Ctrl-C
+    # As itself, for a notebook's `except KeyboardInterrupt:` (Lightning ends the fit with
+    # sys.exit(1), which passed it); train.py exits with 130
+    with pytest.raises(KeyboardInterrupt):
         run_training(cfg)
     monkeypatch.undo()
     saved = crash_file(cfg, "interrupted.ckpt")
@@ -153,6 +155,26 @@ def test_ctrl_c_inside_an_iteration_saves_a_checkpoint_counted_in_whole_iteratio
     assert after["global_step"] == 8 and logging_step(after) == 3   # the straight run's, as above
     written = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir())
     assert written == ["iter_0000004.ckpt", "last.ckpt"]   # the periodic checkpoint stays on its iteration
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_ctrl_c_ends_train_py_with_the_status_a_shell_gives_sigint(tmp_path):
+    """run_training gives a Ctrl-C back as a KeyboardInterrupt; the command ends with 130, as a
+    shell reports a process SIGINT stopped, and without a traceback of where it landed."""
+    import subprocess
+    code = ("import runpy, sys\n"
+            "import src.utils.run as run\n"
+            "def interrupted(cfg):\n"
+            "    raise KeyboardInterrupt\n"
+            "run.run_training = interrupted\n"
+            f"sys.argv = ['src/train.py', 'hydra.run.dir={tmp_path}/run', 'paths.data_dir={tmp_path}/data']\n"
+            "runpy.run_path('src/train.py', run_name='__main__')\n")
+    ended = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                           capture_output=True, text=True, timeout=300)
+    assert ended.returncode == 128 + signal.SIGINT, ended.stderr
+    assert "Traceback" not in ended.stderr
 
 
 def test_sigterm_saves_an_interrupted_checkpoint_and_exits_with_the_signals_status(train_cfg, tmp_path, monkeypatch):

@@ -1169,6 +1169,26 @@ def test_a_run_gives_back_the_ctrl_c_handler_lightning_left_ignored(train_cfg, m
         signal.signal(signal.SIGINT, before)
 
 
+def test_a_run_leaves_the_callers_random_streams_as_it_found_them(train_cfg):
+    """seed_everything seeds torch's, Python's and NumPy's streams: after a run, a notebook's
+    next draws were the run's seed's, whatever the notebook had seeded before it."""
+    import random
+
+    import numpy as np
+
+    def draws() -> tuple:
+        return torch.rand(3).tolist(), random.random(), float(np.random.rand())
+
+    def seed_all(seed: int) -> None:
+        torch.manual_seed(seed), random.seed(seed), np.random.seed(seed)
+
+    seed_all(7)
+    expected = draws()
+    seed_all(7)
+    run_module.run_training(train_cfg("model=pix2pix", "data=shapes_paired", "max_iters=1", *NO_EVALUATION))
+    assert draws() == expected
+
+
 def test_a_ddp_launch_leaves_a_multiruns_later_jobs_the_processs_threads(train_cfg, monkeypatch):
     """Lightning's DDP launcher gives rank 0 its share of the cores (torch's threads, and
     OMP_NUM_THREADS where unset: `_set_num_threads_if_needed`); nothing gave them back, and a

@@ -180,6 +180,8 @@ def job_shared_with_launched_ranks(trainer):
 #: the exit status of a rank SIGTERM stopped (128 + SIGTERM, as a shell gives): StopSignals stops
 #: every rank after the same iteration, so a launched rank's 143 is the job's stop, not a failure
 SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM
+#: the exit status of a command a Ctrl-C stopped, as a shell reports one SIGINT ended
+INTERRUPT_EXIT_STATUS = 128 + signal.SIGINT
 
 
 def stop_this_process() -> None:

@@ -6,7 +6,8 @@ latter), Lightning's DDP launcher shares the cores out among the ranks (rank 0's
 and OMP_NUM_THREADS: a multirun's later jobs, a CPU one say, would run on a share),
 `pl.seed_everything` leaves the seed for Lightning's DDP setup in the environment (an
 unseeded run after a seeded one would reseed its ranks with it), and a run sets wandb's offline
-default and the checkpoint it resolved for its ranks."""
+default and the checkpoint it resolved for its ranks; and the caller's random streams, which it
+seeds (`callers_rng_restored`)."""
 from __future__ import annotations
 
 import contextlib
@@ -19,6 +20,7 @@ import torch
 
 from src.utils.environment import environment_restored, usable_cpus
 from src.utils.hydra_runtime import RESOLVED_CHECKPOINT_ENV
+from src.utils.rng import callers_rng_restored
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +31,8 @@ RUN_SET_ENVIRONMENT = ("CUBLAS_WORKSPACE_CONFIG", "WANDB_MODE", "PL_GLOBAL_SEED"
 
 @contextlib.contextmanager
 def process_state_restored():
-    """Torch's global backend flags, its thread count, the run's environment variables and the
-    Ctrl-C handler as they were before. (Lightning ignores SIGINT once a Ctrl-C stops a fit, and
+    """Torch's global backend flags, its thread count, the run's environment variables, the
+    random streams and the Ctrl-C handler as they were before. (Lightning ignores SIGINT once a Ctrl-C stops a fit, and
     gives the handler back only where the fit had got as far as installing its own: a notebook
     interrupted during setup lost its interrupt key for good.)"""
     in_main_thread = threading.current_thread() is threading.main_thread()   # (signals live there)
@@ -40,7 +42,7 @@ def process_state_restored():
     deterministic = (torch.are_deterministic_algorithms_enabled(),
                      torch.is_deterministic_algorithms_warn_only_enabled())
     try:
-        with environment_restored(RUN_SET_ENVIRONMENT):
+        with environment_restored(RUN_SET_ENVIRONMENT), callers_rng_restored():
             yield
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn

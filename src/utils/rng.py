@@ -12,13 +12,14 @@ import numpy as np
 import torch
 
 
-def collect_rng_states() -> dict:
+def collect_rng_states(accelerators: bool = True) -> dict:
+    """Every random stream's state; the GPUs' only with `accelerators`."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     states = {"torch": torch.get_rng_state(), "python": random.getstate(),
               "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))}
-    if torch.cuda.is_available():
+    if accelerators and torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
-    if torch.backends.mps.is_available():   # Apple GPUs: the noise models' latents, dropout
+    if accelerators and torch.backends.mps.is_available():   # Apple GPUs: the noise models' latents, dropout
         states["mps"] = torch.mps.get_rng_state()
     return states
 
@@ -35,6 +36,21 @@ def restore_rng_states(states: dict) -> None:
             torch.cuda.set_rng_state(state, index)
     if "mps" in states and torch.backends.mps.is_available():
         torch.mps.set_rng_state(states["mps"])
+
+
+@contextlib.contextmanager
+def callers_rng_restored():
+    """The caller's random streams as they were once the block ends: a training run seeds all of
+    them (`seed_everything`), and a notebook's next draws would be the run's seed's, whatever the
+    notebook had seeded. CUDA's only where the caller already uses CUDA: reading them would
+    start CUDA in a process that a fork-based launcher (ddp_notebook) needs without it."""
+    states = collect_rng_states(accelerators=False)
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    cuda_states = torch.cuda.get_rng_state_all() if cuda else None
+    try:
+        yield
+    finally:
+        restore_rng_states({**states, **({"cuda": cuda_states} if cuda else {})})
 
 
 def derived_seed(seed: int, purpose: str) -> int:

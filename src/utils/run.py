@@ -549,6 +549,14 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
         # preempted or out of time would look finished to its scheduler, a sweep or a script.
         # 143 = 128 + SIGTERM, the status a shell gives a process SIGTERM ended.
         raise SystemExit(SIGTERM_EXIT_STATUS) from stop
+    except SystemExit as stop:
+        exit_code = 1
+        if not isinstance(stop.__context__, KeyboardInterrupt):
+            raise
+        # Lightning ends a fit stopped by Ctrl-C with sys.exit(1), which passed a notebook's
+        # `except KeyboardInterrupt:` ("train until I stop it, then evaluate") and ended a script
+        # there: the interrupt goes on as itself, interrupted.ckpt written.
+        raise stop.__context__ from None
     except BaseException as error:
         exit_code = 1
         if is_out_of_memory(error):
