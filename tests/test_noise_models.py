@@ -198,6 +198,8 @@ def test_dcgan_samples_with_the_batch_statistics_of_a_fixed_reference_batch(trai
     batch = model.generate(z, labels)
     alone = model.generate(z[1:2], labels[1:2] if model.num_classes else None)
     assert torch.allclose(batch[1:2], alone, atol=1e-5) and not torch.allclose(batch[0], batch[1])
+    # a notebook's float64 latents (np.random.randn) in the weights' type
+    assert torch.allclose(model.generate(z.double(), labels), batch, atol=1e-5)
     model.test_time_batch_stats = False   # the running averages: other samples
     assert not torch.allclose(model.generate(z, labels), batch, atol=1e-2)
 

@@ -139,7 +139,11 @@ class NoiseToImageModel(AdversarialModel):
                  noise: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Samples of latents `z` (and classes `labels`; the generator's own `noise` maps when it
         draws any) in eval mode under no_grad."""
-        z, labels = z.to(self.device), self.conditioning(labels)
+        # In the weights' type, as translate's images: a notebook's float64 latents
+        # (np.random.randn) stopped in the first layer ("expected scalar type Double").
+        z, labels = z.to(self.device, self.dtype), self.conditioning(labels)
+        if noise is not None:
+            noise = [maps.to(self.device, self.dtype) for maps in noise]
         rows = self.reference_batch_size if self.test_time_batch_stats and tracked_batch_norms(self.generator) else 0
         if rows:
             # The reference batch goes first in the same forward pass: its rows set every layer's
