@@ -234,6 +234,9 @@ def test_training_and_translating_from_python_as_the_readme_shows(tmp_path, shar
     with pytest.raises(TypeError, match=r"translate takes a batch of float images \(N, C, H, W\) in \[-1, 1\], got a "
                                          r"torch.float32 tensor of shape \(3, 16, 16\) \(one image: x\[None\]"):
         model.translate(batch[0], "AtoB")
+    with pytest.raises(TypeError, match=r"translate takes a torch tensor of float images .*, got a numpy.ndarray "
+                                        r"\(an \(H, W, C\) uint8 array"):
+        model.translate(batch.numpy(), "AtoB")   # (an AttributeError: 'numpy.ndarray' object has no attribute 'dim')
     with pytest.raises(ValueError, match=r"translate: CycleGAN cannot translate 15x15 px images: the AtoB translation "
                                          r"returns 16x16 px images. The nearest square sizes it translates: 12x12 or "
                                          r"16x16; pad them to a multiple of 4 px first \(translate_images does\)"):

@@ -10,6 +10,10 @@ TEXT_FRACTION, MIN_TEXT = 0.25, 10
 def require_float_images(images: torch.Tensor, what: str) -> None:
     """TypeError for images that are not float (N, C, H, W), the [-1, 1] convention everything
     here reads: uint8 pixels would be clamped to white, one image's (C, H, W) split wrongly."""
+    if not isinstance(images, torch.Tensor):   # a NumPy array or a PIL image: no `.dim` to say so
+        raise TypeError(f"{what} takes a torch tensor of float images (N, C, H, W) in [-1, 1], got a "
+                        f"{type(images).__module__}.{type(images).__name__} (an (H, W, C) uint8 array `a`: "
+                        f"torch.from_numpy(a).permute(2, 0, 1)[None] / 127.5 - 1; image files: translate_images)")
     if images.dim() != 4 or not images.is_floating_point():
         raise TypeError(f"{what} takes a batch of float images (N, C, H, W) in [-1, 1], got a {images.dtype} tensor "
                         f"of shape {tuple(images.shape)} (one image: x[None]; uint8 pixels: x / 127.5 - 1)")
