@@ -49,6 +49,17 @@ def test_an_unseeded_run_draws_a_seed_records_it_and_the_seed_repeats_the_run(tr
     first, second = trained_weights(unseeded), trained_weights(repeated)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
+    # Resumed with seed=null, it goes on as the run of its checkpoint's seed, and says and records
+    # that one: a new draw named a seed that repeated nothing (passed, auto refused it)
+    caplog.clear()
+    resumed = train_cfg("seed=null", "max_iters=3", "ckpt_path=auto", *NO_EVALUATION)
+    with caplog.at_level(logging.INFO, logger="src.utils.run_record"):
+        run_training(resumed)
+    later = OmegaConf.load(starts_of(resumed)[-1] / "start.yaml")
+    assert later.seed == record.seed and later.seed_drawn is False
+    assert f"seed=null: this run resumes the run of seed={record.seed}, its checkpoint's" in caplog.text
+    assert "this run draws" not in caplog.text
+
 
 def test_each_start_of_a_run_keeps_its_own_record(train_cfg):
     """A resume (here with a longer max_iters) rewrites what Hydra and the loggers keep; the

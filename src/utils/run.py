@@ -456,7 +456,7 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
     init_from = initial_weights_to_load(cfg)
     default_wandb_offline()
     check_seed("seed", cfg.get("seed"), none_means="a seed drawn and recorded")
-    seed_drawn = run_seed(cfg)
+    seed_drawn = run_seed(cfg, resumed.get("run_seed") if resumed is not None else None)
     # (its environment variables go with the run: process_state_restored)
     pl.seed_everything(cfg.seed, workers=True, verbose=not seed_drawn)
     run_dir = Path(cfg.paths.output_dir)

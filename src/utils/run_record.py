@@ -71,12 +71,21 @@ def torch_build() -> dict:
             "threads": torch.get_num_threads()}
 
 
-def run_seed(cfg: DictConfig) -> bool:
+def run_seed(cfg: DictConfig, resumed_seed: int | None = None) -> bool:
     """Make `cfg.seed` the seed the run uses; returns whether it was drawn. `seed: null` draws one
     from the system's entropy, so an unseeded run can still be repeated (the log and the start's
-    record name it). A rank Lightning launched takes rank zero's, which its launcher passes on in
+    record name it); a resume takes its checkpoint's run's (`resumed_seed`), whose random
+    streams and data order it continues: a new draw was logged and recorded as the seed that
+    repeats the run, and it repeated nothing (passed back, ckpt_path=auto refused it as
+    another run's). A rank Lightning launched takes rank zero's, which its launcher passes on in
     PL_GLOBAL_SEED (the data order is rank zero's anyway; the weights are broadcast)."""
     if cfg.get("seed") is not None:
+        return False
+    if resumed_seed is not None:
+        with open_dict(cfg):
+            cfg.seed = int(resumed_seed)
+        if is_rank_zero():
+            log.info("seed=null: this run resumes the run of seed=%d, its checkpoint's", cfg.seed)
         return False
     inherited = os.environ.get("PL_GLOBAL_SEED") if launched_rank() else None
     seed = int(inherited) if inherited is not None else secrets.randbelow(MAX_SEED + 1)
