@@ -144,6 +144,11 @@ def unread_because(path: list[str], model, cfg) -> str | None:
                 "layers draw N(0, 1) and scale at run time)")
     if path == ["data", "unpaired_sampling"] and not reads_unpaired_folders(cfg):
         return "the data's items are pairs (or labelled images): only unpaired folders draw their images apart"
+    if path == ["trainer", "gradient_clip_algorithm"] and not (cfg.get("trainer") or {}).get("gradient_clip_val"):
+        return "trainer.gradient_clip_val is not set (the norm or value it clips at; null or 0: no clipping)"
+    if path == ["data", "direction"] and is_noise_to_image(model):
+        return (f"{type(model).__name__} samples from noise: data.direction picks a translation's source domain, and "
+                f"this data has none")
     if path == ["callbacks", "fid_kid", "directions"] and is_noise_to_image(model):
         return f"{type(model).__name__} is scored on its samples (the directions are a translation model's)"
     if path == ["model", "reference_batch_size"] and is_noise_to_image(model) and not model.test_time_batch_stats:
