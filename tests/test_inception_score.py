@@ -168,6 +168,26 @@ def test_the_classifier_of_the_data_keeps_one_full_size_image_at_a_time():
     assert scorer is not None and most_alive[0] <= 2
 
 
+def test_a_classifier_record_without_its_settings_is_trained_anew(caplog):
+    """A record whose settings are missing (or not a mapping) reads as one of other settings."""
+    from types import SimpleNamespace
+    from src.metrics.image_classifier import classifier_of_the_data
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, index):
+            return {"A": torch.rand(3, 8, 8) * 2 - 1, "label": index % 2}
+
+    datamodule = SimpleNamespace(num_classes=2, input_nc=3, name="eight", class_names=["a", "b"],
+                                 dataset=lambda split, train: Images())
+    with caplog.at_level("WARNING"):
+        scorer = classifier_of_the_data(datamodule, max_images=8, epochs=1, recorded={"settings": None})
+    assert scorer is not None and scorer.settings["classes"] == ["a", "b"]
+    assert "trained under other settings (data None -> 'eight'" in caplog.text
+
+
 def test_a_classifier_trained_for_no_epoch_is_refused_by_its_key():
     """0 epochs left the network at its random initialisation, which then scored the samples."""
     from types import SimpleNamespace

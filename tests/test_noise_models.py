@@ -198,8 +198,13 @@ def test_dcgan_samples_with_the_batch_statistics_of_a_fixed_reference_batch(trai
     batch = model.generate(z, labels)
     alone = model.generate(z[1:2], labels[1:2] if model.num_classes else None)
     assert torch.allclose(batch[1:2], alone, atol=1e-5) and not torch.allclose(batch[0], batch[1])
-    # a notebook's float64 latents (np.random.randn) in the weights' type
+    # a notebook's float64 latents (np.random.randn) in the weights' type, and a bfloat16
+    # model's reference rows in its own
     assert torch.allclose(model.generate(z.double(), labels), batch, atol=1e-5)
+    with pytest.raises(TypeError, match=r"generate takes latents as a torch tensor, got a numpy.ndarray"):
+        model.generate(z.numpy(), labels)
+    assert model.to(torch.bfloat16).generate(z, labels).dtype == torch.bfloat16
+    model.float()
     model.test_time_batch_stats = False   # the running averages: other samples
     assert not torch.allclose(model.generate(z, labels), batch, atol=1e-2)
 

@@ -380,3 +380,18 @@ def test_a_leading_tilde_in_a_weights_file_is_the_home_folder_where_the_file_is_
     (tmp_path / "fcn.pt2").write_bytes(b"not a program")
     with pytest.raises(ValueError, match=f"segmenter_path={tmp_path}/fcn.pt2 is not a program"):
         Segmenter("~/fcn.pt2", num_classes=2, size=None, device="cpu", key="segmenter_path")
+
+
+def test_the_fid_record_keeps_a_weights_files_tilde_expanded(train_cfg, tmp_path, monkeypatch):
+    """Checkpoints from before `~` was expanded where the file is opened recorded the expanded
+    path: recorded as typed, the same file would read as another measure on a resume, and the
+    run's best FID would start over."""
+    import torch
+
+    from src.utils.run import run_training
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = train_cfg("max_iters=1", "callbacks.fid_kid.feature_extractor_weights_path='~/w.pth'")
+    run_training(cfg)
+    states = torch.load(f"{cfg.paths.output_dir}/checkpoints/last.ckpt", weights_only=True)["callbacks"]
+    (measure,) = [state["measure"] for state in states.values() if "measure" in state]
+    assert measure["feature_extractor_weights_path"] == f"{tmp_path}/w.pth"

@@ -1187,6 +1187,17 @@ def test_a_run_leaves_the_callers_random_streams_as_it_found_them(train_cfg):
     seed_all(7)
     run_module.run_training(train_cfg("model=pix2pix", "data=shapes_paired", "max_iters=1", *NO_EVALUATION))
     assert draws() == expected
+    # A restore that fails (a GPU an error left unusable) leaves the run's own error to be seen
+    from src.utils import rng
+
+    def unusable_gpu(states):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rng, "restore_rng_states", unusable_gpu)
+        with pytest.raises(KeyboardInterrupt):
+            with rng.callers_rng_restored():
+                raise KeyboardInterrupt
 
 
 def test_a_ddp_launch_leaves_a_multiruns_later_jobs_the_processs_threads(train_cfg, monkeypatch):
@@ -1462,14 +1473,16 @@ def test_the_rank_watch_stops_a_failed_jobs_other_ranks_and_then_waits_for_rank_
         assert stops == ["sweep"]
     # a launched rank stopped by SIGTERM (143: every rank stops after the same iteration) is no
     # failure: rank 0, writing interrupted.ckpt, was given two minutes and then killed
-    stopped = subprocess.Popen([sys.executable, "-c", f"raise SystemExit({ddp_multirun.SIGTERM_EXIT_STATUS})"])
-    watch = ddp_multirun.LaunchedRankWatch([stopped], poll_s=0.05, grace_s=0.2, stop=lambda: stops.append("stop"))
-    watch.start()
-    stopped.wait()
-    time.sleep(1)
-    watch.job_ended.set()
-    watch.join(timeout=30)
-    assert stops == ["sweep"]
+    # (nor is a Ctrl-C's 130, which a terminal sends every rank: each writes or waits for the checkpoint)
+    for status in (ddp_multirun.SIGTERM_EXIT_STATUS, ddp_multirun.INTERRUPT_EXIT_STATUS):
+        stopped = subprocess.Popen([sys.executable, "-c", f"raise SystemExit({status})"])
+        watch = ddp_multirun.LaunchedRankWatch([stopped], poll_s=0.05, grace_s=0.2, stop=lambda: stops.append("stop"))
+        watch.start()
+        stopped.wait()
+        time.sleep(1)
+        watch.job_ended.set()
+        watch.join(timeout=30)
+        assert stops == ["sweep"], status
 
 
 def test_a_job_whose_rank_zero_failed_stops_its_launched_ranks_soon(monkeypatch):

@@ -29,6 +29,7 @@ latents are seeded per item, so they are exact).
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -149,7 +150,10 @@ class FidKidCallback(PeriodicEvaluation):
         name = self.resolve_feature_extractor(trainer)
         # What the FIDs of this fit measure, resolved ("auto", max_images past the test split's
         # size): checked against a resumed best's (callbacks' state is loaded after setup).
-        self.measured = {"feature_extractor": name, "feature_extractor_weights_path": self.feature_extractor_weights_path,
+        # (the weights file `~` expanded, as records before it was expanded where opened hold it)
+        weights_path = self.feature_extractor_weights_path
+        self.measured = {"feature_extractor": name,
+                         "feature_extractor_weights_path": os.path.expanduser(weights_path) if weights_path else None,
                          "images": len(self.evaluation_dataset(trainer)[1]),
                          "directions": list(self.supported_directions(pl_module))}
         extractor = built_rank_zero_first(trainer, lambda: build_feature_extractor(
@@ -174,7 +178,7 @@ class FidKidCallback(PeriodicEvaluation):
         scorer = built_rank_zero_first(trainer, lambda: classifier_of_the_data(
             trainer.datamodule, self.classifier_max_images, self.classifier_epochs, self.inception_score_splits,
             conditional=bool(pl_module.num_classes), key=self.classifier_key, trained=trainer.is_global_zero,
-            recorded=self._recorded_classifier, device=pl_module.device), "the classifier of the data's classes")
+            recorded=self._recorded_classifier), "the classifier of the data's classes")
         if scorer is not None and trainer.world_size > 1:
             scorer.net.load_state_dict(trainer.strategy.broadcast(scorer.net.state_dict(), src=0))
         return scorer

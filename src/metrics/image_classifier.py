@@ -59,27 +59,26 @@ def build_classifier(channels: int, num_classes: int) -> nn.Module:
 
 
 def train_image_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int = 10,
-                           batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-                           device: torch.device | str = "cpu") -> nn.Module:
-    """The fixed classifier trained on (images (N, C, H, W) in [-1, 1], labels (N,)) on
-    `device` (its initial weights and batch order drawn on the CPU, the same on any device);
-    returned on the CPU, in eval mode."""
+                           batch_size: int = 64, lr: float = 1e-3, seed: int = 0) -> nn.Module:
+    """The fixed classifier trained on (images (N, C, H, W) in [-1, 1], labels (N,)); in eval mode.
+    On the CPU, whatever the run's device: a GPU's kernels are not bit-repeatable (and under
+    trainer.deterministic, adaptive pooling's backward refuses to run there), and runs of one
+    seed must score with one classifier."""
     if num_classes < 2:
         raise ValueError(f"A classifier score needs at least 2 classes, the data has {num_classes}")
-    inputs, targets = classifier_input(images).to(device), labels.long().to(device)
+    inputs, targets = classifier_input(images), labels.long()
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.default_generator.manual_seed(seed)   # not torch.manual_seed: it reseeds the GPUs too
-        net = build_classifier(inputs.size(1), num_classes).to(device)
+        net = build_classifier(inputs.size(1), num_classes)
         optimizer = torch.optim.Adam(net.parameters(), lr=lr)
         for _ in range(epochs):
-            for picks in torch.randperm(len(inputs)).split(batch_size):
-                if len(picks) < 2:   # a last batch of one: its batch norms cannot train on one small image
+            for index in torch.randperm(len(inputs)).split(batch_size):
+                if len(index) < 2:   # a last batch of one: its batch norms cannot train on one small image
                     continue
                 optimizer.zero_grad(set_to_none=True)
-                picks = picks.to(device)
-                F.cross_entropy(net(inputs[picks]), targets[picks]).backward()
+                F.cross_entropy(net(inputs[index]), targets[index]).backward()
                 optimizer.step()
-    return net.eval().cpu()
+    return net.eval()
 
 
 @torch.no_grad()
@@ -109,10 +108,9 @@ def classifier_settings(datamodule, max_images: int, epochs: int) -> dict:
 
 def classifier_of_the_data(datamodule, max_images: int = 10000, epochs: int = 10, splits: int = 10,
                            conditional: bool = False, key: str = "classifier_max_images",
-                           trained: bool = True, recorded: dict | None = None,
-                           device: torch.device | str = "cpu") -> ClassifierScorer | None:
+                           trained: bool = True, recorded: dict | None = None) -> ClassifierScorer | None:
     """A scorer with the classifier of `datamodule`'s classes, trained on up to `max_images` of
-    its training images (a seeded pick) on `device`; None where the data has no two classes to
+    its training images (a seeded pick); None where the data has no two classes to
     tell apart (unlabelled, or one class). `key` names the setting in errors. `recorded`: a
     checkpoint's classifier (`ClassifierScorer.record`), taken instead where it was trained under
     these settings. `trained=False`: the classifier untrained, for a DDP rank that takes rank
@@ -122,7 +120,8 @@ def classifier_of_the_data(datamodule, max_images: int = 10000, epochs: int = 10
         return None
     num_classes = datamodule.num_classes
     settings = classifier_settings(datamodule, max_images, epochs)
-    if recorded is not None and recorded.get("settings") == settings:
+    earlier = (recorded or {}).get("settings")
+    if earlier == settings:
         net = untrained_classifier(datamodule.input_nc, num_classes)
         net.load_state_dict(recorded["state_dict"])
         log.info("Classifier of the %d classes: the one the checkpoint's run trained (classifier score)", num_classes)
@@ -131,8 +130,9 @@ def classifier_of_the_data(datamodule, max_images: int = 10000, epochs: int = 10
         return ClassifierScorer(untrained_classifier(datamodule.input_nc, num_classes), num_classes, splits=splits,
                                 conditional=conditional, settings=settings)
     if recorded is not None:
-        changed = ", ".join(f"{name} {recorded['settings'].get(name)!r} -> {value!r}"
-                            for name, value in settings.items() if recorded["settings"].get(name) != value)
+        earlier = earlier if isinstance(earlier, dict) else {}
+        changed = ", ".join(f"{name} {earlier.get(name)!r} -> {value!r}"
+                            for name, value in settings.items() if earlier.get(name) != value)
         log.warning("The checkpoint's classifier of the data's classes was trained under other settings (%s): "
                     "a new one is trained, whose scores do not compare with those of the checkpoint's run", changed)
     train = datamodule.dataset("train", train=False)
@@ -147,7 +147,7 @@ def classifier_of_the_data(datamodule, max_images: int = 10000, epochs: int = 10
         if inputs is None:
             inputs = torch.empty((len(picks), *image.shape))
         inputs[position], labels[position] = image, int(item["label"])
-    net = train_image_classifier(inputs, labels, num_classes, epochs=epochs, device=device)
+    net = train_image_classifier(inputs, labels, num_classes, epochs=epochs)
     log.info("Classifier of the %d classes trained on %d training images (classifier score)", num_classes, len(picks))
     return ClassifierScorer(net, num_classes, splits=splits, conditional=conditional, settings=settings)
 

@@ -140,7 +140,11 @@ class NoiseToImageModel(AdversarialModel):
         """Samples of latents `z` (and classes `labels`; the generator's own `noise` maps when it
         draws any) in eval mode under no_grad."""
         # In the weights' type, as translate's images: a notebook's float64 latents
-        # (np.random.randn) stopped in the first layer ("expected scalar type Double").
+        # (torch.from_numpy(np.random.randn(...))) stopped in the first layer ("expected scalar
+        # type Double").
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"generate takes latents as a torch tensor, got a {type(z).__module__}.{type(z).__name__} "
+                            f"(a NumPy array `a`: torch.from_numpy(a))")
         z, labels = z.to(self.device, self.dtype), self.conditioning(labels)
         if noise is not None:
             noise = [maps.to(self.device, self.dtype) for maps in noise]
@@ -149,11 +153,12 @@ class NoiseToImageModel(AdversarialModel):
             # The reference batch goes first in the same forward pass: its rows set every layer's
             # statistics, which normalise the samples' rows too.
             indices = REFERENCE_ITEMS_START + torch.arange(rows)
-            z = torch.cat([self.noise_for(indices), z])
+            z = torch.cat([self.noise_for(indices).to(z), z])
             if labels is not None:
                 labels = torch.cat([(indices % self.num_classes).to(labels), labels])
             if noise is not None:
-                noise = [torch.cat([reference, maps]) for reference, maps in zip(self.noise_maps_for(indices), noise)]
+                noise = [torch.cat([reference.to(maps), maps])
+                         for reference, maps in zip(self.noise_maps_for(indices), noise)]
         statistics = reference_batch_statistics(self.generator, rows) if rows else contextlib.nullcontext()
         with sampling_mode([self.generator]), statistics:
             samples = self.generator(z, labels, **({} if noise is None else {"noise": noise}))

@@ -206,8 +206,9 @@ class LaunchedRankWatch(threading.Thread):
     def run(self) -> None:
         while not self.job_ended.wait(self.poll_s):
             codes = {rank: proc.poll() for rank, proc in enumerate(self.child_processes, start=1)}
-            # (a stop, 143: rank 0 is writing interrupted.ckpt, however long that takes)
-            failed = {rank: code for rank, code in codes.items() if code not in (None, 0, SIGTERM_EXIT_STATUS)}
+            # (a stop, 143 or a Ctrl-C's 130: rank 0 is writing interrupted.ckpt, however long that takes)
+            failed = {rank: code for rank, code in codes.items()
+                      if code not in (None, 0, SIGTERM_EXIT_STATUS, INTERRUPT_EXIT_STATUS)}
             if not failed:
                 continue
             log.error("Rank(s) of this job exited with codes %s: stopping its other ranks; the job fails%s", failed,

@@ -624,7 +624,7 @@ def evaluate_checkpoint(cfg: DictConfig, device: torch.device,
         # compare with the run's logged ones.
         classifier = (classifier_of_the_data(datamodule, cfg.get("classifier_max_images", 10000),
                                              cfg.get("classifier_epochs", 10), cfg.get("inception_score_splits", 10),
-                                             conditional=bool(model.num_classes), device=device,
+                                             conditional=bool(model.num_classes),
                                              recorded=(recorded_fid_state(cfg.ckpt_path) or {}).get("classifier"))
                       if cfg.get("classifier_score", True) else None)
         results = {SAMPLES: evaluate_samples(model, loader, scorer, output_dir / SAMPLES, num_samples,

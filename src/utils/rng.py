@@ -5,11 +5,14 @@ ints): Lightning's own collector keeps numpy's state as an ndarray, which weight
 refuses.
 """
 import contextlib
+import logging
 import random
 import zlib
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def collect_rng_states(accelerators: bool = True) -> dict:
@@ -50,7 +53,10 @@ def callers_rng_restored():
     try:
         yield
     finally:
-        restore_rng_states({**states, **({"cuda": cuda_states} if cuda else {})})
+        try:
+            restore_rng_states({**states, **({"cuda": cuda_states} if cuda else {})})
+        except Exception as error:   # a GPU an error left unusable: the run's own error is the one to see
+            log.warning("The caller's random streams could not be restored (%s: %s)", type(error).__name__, error)
 
 
 def derived_seed(seed: int, purpose: str) -> int:
