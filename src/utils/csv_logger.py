@@ -190,10 +190,7 @@ class StepRowsWriter(ExperimentWriter):
             file.seek(offset)
             if file.read() != old:   # the file is not as this writer left it
                 return False
-            merged = {row["step"]: dict(row) for row in last}
-            for row in self.metrics:
-                merged.setdefault(row["step"], {}).update(row)
-            rows = [merged[step] for step in sorted(merged)]
+            rows = one_row_per_step([*last, *self.metrics])
             new = self._rows_text(rows)
             if len(new) < len(old):   # a value replaced by a shorter one: the old rows' end would stay
                 return False
@@ -210,10 +207,8 @@ class StepRowsWriter(ExperimentWriter):
         rows, and the file rewritten in step order."""
         self._record_new_keys()
         with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-            rows = {int(r["step"]): r for r in one_row_per_step(csv.DictReader(file))}
-        for row in self.metrics:
-            rows.setdefault(row["step"], {}).update(row)
-        self._write_rows(self.metrics_file_path, self.metrics_keys, [rows[step] for step in sorted(rows)])
+            rows = one_row_per_step([*csv.DictReader(file), *self.metrics])
+        self._write_rows(self.metrics_file_path, self.metrics_keys, rows)
         self.metrics = []
 
     def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
