@@ -84,6 +84,8 @@ class UnetSkipBlock(nn.Module):
             down = [down_conv]
             up = [nn.ReLU(True), nn.ConvTranspose2d(up_in, outer_nc, 4, stride=2, padding=1), Tanh()]
         else:
+            # No norm at the innermost (1x1 at 256 px) level, as in both authors' codes: batch norm
+            # over one 1x1 map at batch 1, or instance norm over any 1x1 map, zeroes it.
             down = [nn.LeakyReLU(0.2, True), down_conv] + ([] if innermost else [norm_fn(inner_nc)])
             up = [nn.ReLU(True), nn.ConvTranspose2d(up_in, outer_nc, 4, stride=2, padding=1, bias=bias),
                   norm_fn(outer_nc)]
