@@ -21,6 +21,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from src.utils.evaluation import run_evaluation  # noqa: E402
 from src.utils.library_warnings import library_output_into_the_log  # noqa: E402
+from src.utils.log_file import error_into_the_log_file  # noqa: E402
 from src.utils.process_state import threads_within_usable_cpus  # noqa: E402
 from src.utils.run import release_failed_run  # noqa: E402
 
@@ -32,6 +33,7 @@ def main(cfg: DictConfig) -> None:
     try:
         run_evaluation(cfg)
     except Exception as error:
+        error_into_the_log_file(error, "Evaluation")
         release_failed_run(error)   # `eval.py -m ckpt_path=a,b`: the next checkpoint is scored beside it
         raise
 

@@ -34,6 +34,7 @@ def main(cfg: DictConfig) -> float | None:
     from src.utils.run_record import earlier_starts
     from src.utils.run_results import run_folder, write_failure
     from src.utils.hydra_runtime import is_rank_zero
+    from src.utils.log_file import error_into_the_log_file
 
     metric_name = cfg.get("optimized_metric")
     started = time.time()
@@ -66,6 +67,7 @@ def main(cfg: DictConfig) -> float | None:
             except OSError as unwritable:   # the run's own error is the one to see
                 log.warning("The failure's record could not be written into %s: %s", folder, unwritable)
         if not searched:
+            error_into_the_log_file(error, "Training")
             raise
         return objective_value(metric_name, math.nan, sweeper_direction())
     if not metric_name:

@@ -64,6 +64,14 @@ def test_multirun_table_names_a_failed_job_and_keeps_the_others(tmp_path, shared
     table = (sweep / "summary.md").read_text()
     assert "| 0 | data.batch_size=0 | failed: " in table and "data.batch_size=0 must be a positive integer" in table
     assert "| 1 | data.batch_size=1 | completed | 2 |" in table
+    # the failed job's log ends with its error and traceback (Hydra printed them on the console
+    # alone), and the console said it as it failed
+    log_text = (sweep / "0" / "train.log").read_text()
+    assert "Training stopped with this error:" in log_text and "Traceback (most recent call last)" in log_text
+    assert "data.batch_size=0 must be a positive integer" in log_text.split("Traceback")[-1]
+    assert "Error" not in (sweep / "1" / "train.log").read_text()
+    assert "data.batch_size=0 max_iters=2) failed: InstantiationException: " in result.stdout
+    assert f"(its traceback: {sweep / '0' / 'train.log'}); the sweep goes on" in result.stdout
 
 
 @pytest.mark.parametrize("override,message", [

@@ -9,9 +9,10 @@ opening each job's CSV log. Here:
 - the Hydra callback `SweepSummary` (conf/train.yaml: hydra.callbacks) gathers the jobs' files after each
   job and at the end of the sweep into `<sweep dir>/summary.csv` (every metric) and `summary.md`
   (the overrides and the metrics in `metrics`, those present). A job that raised is listed as
-  failed with its error, one without a file as not finished. After each job, not only at the
-  end, because Hydra's basic sweeper stops the sweep at the first failed job and never reaches
-  its end-of-sweep hook, and so that a sweep stopped part-way still has its table;
+  failed with its error (and said on the console as it fails), one without a file as not
+  finished. After each job, not only at the end, because Hydra's basic sweeper, once its batch
+  of jobs (all of them, by default) has run, raises the first failed job's error and never
+  reaches its end-of-sweep hook, and so that a sweep stopped part-way still has its table;
 - an evaluation sweep (`python src/eval.py -m ckpt_path=a.ckpt,b.ckpt`) gets the same table
   from each job's `metrics.json` (conf/eval.yaml), its metrics named direction/metric
   ("AtoB/fid", "samples/is");
@@ -36,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.utils.folder_lock import FolderInUse, FolderLock
 from src.utils.hydra_runtime import is_rank_zero
+from src.utils.log_file import log_file_handlers
 from src.utils.nested import flattened
 from src.utils.run_results import EVAL_RESULT, FINAL_METRICS, write_failure
 from src.utils.whole_files import write_text_whole
@@ -261,7 +263,12 @@ class SweepSummary(Callback):
             return
         if job_return.status == JobStatus.FAILED:
             # the exception itself: JobReturn.return_value would raise it (and print it once more)
-            write_failure(Path(config.hydra.runtime.output_dir), job_return._return_value, self.result_file)
+            error, job_dir = job_return._return_value, Path(config.hydra.runtime.output_dir)
+            write_failure(job_dir, error, self.result_file)
+            # Hydra prints only the first failed job's error, and only after the last job.
+            traceback_in = "".join(f" (its traceback: {handler.baseFilename})" for handler in log_file_handlers()[:1])
+            log.error("Job %s (%s) failed: %s: %s%s; the sweep goes on", config.hydra.job.num,
+                      " ".join(job_return.overrides or []), type(error).__name__, error, traceback_in)
         self._write_table(config, "after this job")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
