@@ -46,7 +46,7 @@ def test_table_lists_jobs_in_number_order_with_what_differs(tmp_path):
     ]
     assert "| job | overrides | status | iteration | eval/fid | best FID (iteration) |" in lines   # no KID logged
     csv_lines = (sweep / "summary.csv").read_text().splitlines()
-    assert csv_lines[0].endswith("error,eval/fid,train/G") and csv_lines[-1].startswith("10,completed,")
+    assert csv_lines[0].endswith("error,eval/fid,train/G") and csv_lines[-1].startswith("10,10,completed,")
     assert json.loads((sweep / "2" / "final_metrics.json").read_text())["metrics"]["eval/fid"] == "nan"
 
 
@@ -256,7 +256,7 @@ def test_a_row_names_the_run_its_folder_holds_and_the_code_it_ran(tmp_path):
     assert "| 0 | model=cyclegan | abc123 | completed | 10 | 50 |" in lines
     assert "| 1 | model=ugatit | abc123+dirty | completed | 10 | 51 |" in lines   # (seed=0|1: shared, left out)
     csv_rows = (sweep / "summary.csv").read_text().splitlines()
-    assert csv_rows[0].split(",")[:10] == list(sweep_summary.JOB_COLUMNS) and ",abc123+dirty," in csv_rows[2]
+    assert csv_rows[0].split(",")[:len(sweep_summary.JOB_COLUMNS)] == list(sweep_summary.JOB_COLUMNS) and ",abc123+dirty," in csv_rows[2]
 
 
 def test_seeds_group_by_their_settings_whatever_the_order_they_were_given_in(tmp_path):
@@ -301,3 +301,32 @@ def test_a_failure_found_after_a_finished_runs_new_start_keeps_its_results(tmp_p
     record = json.loads((ended / "final_metrics.json").read_text())
     assert record["status"] == "failed" and record["metrics"]["eval/fid"] == 12.5
     assert record["error"] == "after training ended: ValueError: optimized_metric=x was not logged"
+
+
+def test_jobs_in_folders_another_sweep_subdir_names_are_found_in_number_order(tmp_path, caplog):
+    """`hydra.sweep.subdir=${hydra.job.override_dirname}` named the job folders by their overrides
+    (nested where a value is a path): the sweep ended without a table and without a word."""
+    sweep = tmp_path / "sweep"
+    for number, folder, cycle in ((1, "loss.weights.cycle=5", 5), (0, "loss.weights.cycle=10", 10),
+                                  (2, "paths.data_dir=/data/a", 1)):
+        job = sweep / folder
+        (job / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create([f"loss.weights.cycle={cycle}"]), job / ".hydra" / "overrides.yaml")
+        OmegaConf.save(OmegaConf.create({"hydra": {"job": {"num": number}}}), job / ".hydra" / "hydra.yaml")
+        write_final_metrics(job, metrics={"eval/fid": float(cycle)}, iteration=4, checkpoint="c")
+        (job / "checkpoints" / "old" / ".hydra").mkdir(parents=True)   # not searched below a job
+    lines = sweep_summary.write_summary(sweep, ["eval/fid"]).read_text().splitlines()
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| job")]
+    assert rows == ["| 0 (loss.weights.cycle=10) | loss.weights.cycle=10 | completed | 4 | 10 |",
+                    "| 1 (loss.weights.cycle=5) | loss.weights.cycle=5 | completed | 4 | 5 |",
+                    "| 2 (paths.data_dir=/data/a) | loss.weights.cycle=1 | completed | 4 | 1 |"]
+    assert (sweep / "summary.csv").read_text().splitlines()[1].startswith("0,loss.weights.cycle=10,completed,")
+
+    # a sweep whose jobs keep no .hydra/ there gets no table, and says why
+    empty = tmp_path / "empty"
+    (empty / "loss=lsgan").mkdir(parents=True)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(empty)}}})
+    with caplog.at_level("WARNING"):
+        sweep_summary.SweepSummary(["eval/fid"])._write_table(config, "at the sweep's end")
+    assert f"The sweep has no table: no job directories found (0/, 1/, ... or any holding the .hydra/" in caplog.text
+    assert "keep hydra.output_subdir=.hydra" in caplog.text and not (empty / "summary.md").exists()

@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -88,9 +89,33 @@ def job_settings(job_dir: Path) -> dict[str, Any]:
     return settings
 
 
+#: what a sweep folder without a job lacks
+NO_JOBS = ("no job directories found (0/, 1/, ... or any holding the .hydra/ folder Hydra writes into each job's: "
+           "keep hydra.output_subdir=.hydra where hydra.sweep.subdir names jobs otherwise)")
+
+
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The sweep's job directories, in job order (Hydra's subdir is the job number)."""
-    return sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    """The sweep's job directories, in job order: those named by their job number (Hydra's
+    default subdir) and those holding the `.hydra/` Hydra writes into each job's, whatever
+    `hydra.sweep.subdir` names them (`${hydra.job.override_dirname}`, whose path-valued
+    overrides nest them). Not searched below a job's directory (its checkpoints, samples)."""
+    found = []
+    for folder, subfolders, _ in os.walk(sweep_dir):
+        if Path(folder) != Path(sweep_dir) and (".hydra" in subfolders or Path(folder).parent == Path(sweep_dir)
+                                                and Path(folder).name.isdigit()):
+            found.append(Path(folder))
+            subfolders.clear()
+    return sorted(found, key=lambda job: (job_number(job), str(job)))
+
+
+def job_number(job_dir: Path) -> int:
+    """The job's number: its folder's name, or the `hydra.job.num` its `.hydra/hydra.yaml`
+    records (-1 without either)."""
+    if job_dir.name.isdigit():
+        return int(job_dir.name)
+    recorded = job_dir / ".hydra" / "hydra.yaml"
+    number = OmegaConf.select(OmegaConf.load(recorded), "hydra.job.num", default=None) if recorded.is_file() else None
+    return int(number) if number is not None else -1
 
 
 def read_job(job_dir: Path, result_name: str = FINAL_METRICS) -> dict[str, Any]:
@@ -99,7 +124,7 @@ def read_job(job_dir: Path, result_name: str = FINAL_METRICS) -> dict[str, Any]:
     started = sorted(job_dir.glob("starts/*/overrides.yaml"))
     overrides_file = started[-1] if started else job_dir / ".hydra" / "overrides.yaml"
     overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
-    job = {"job": int(job_dir.name), "overrides": overrides, "settings": job_settings(job_dir)}
+    job = {"job": job_number(job_dir), "overrides": overrides, "settings": job_settings(job_dir)}
     result_file = job_dir / result_name
     if not result_file.is_file():
         return {**job, "status": "not finished"}
@@ -115,7 +140,11 @@ def read_job(job_dir: Path, result_name: str = FINAL_METRICS) -> dict[str, Any]:
 
 
 def summary_rows(sweep_dir: Path, result_name: str = FINAL_METRICS) -> list[dict[str, Any]]:
-    return [read_job(job, result_name) for job in job_dirs(sweep_dir)]
+    jobs = job_dirs(sweep_dir)
+    rows = [read_job(job, result_name) for job in jobs]
+    for row, job in zip(rows, jobs):
+        row["folder"] = job.relative_to(sweep_dir).as_posix()   # (another hydra.sweep.subdir names it otherwise)
+    return rows
 
 
 def _varying_overrides(rows: list[dict[str, Any]]) -> list[list[str]]:
@@ -125,7 +154,7 @@ def _varying_overrides(rows: list[dict[str, Any]]) -> list[list[str]]:
 
 
 #: the CSV's columns before the metrics: a job's own fields
-JOB_COLUMNS = ("job", "status", "overrides", "iteration", "feature_extractor", "best_fid", "best_fid_iteration",
+JOB_COLUMNS = ("job", "folder", "status", "overrides", "iteration", "feature_extractor", "best_fid", "best_fid_iteration",
                "checkpoint", "code_revision", "error")
 
 
@@ -167,7 +196,8 @@ def summary_markdown(rows: list[dict[str, Any]], metrics: list[str], sweep_dir: 
     for r, overrides in zip(rows, _varying_overrides(rows)):
         status = r["status"] if "error" not in r else f"{r['status']}: {r['error']}"
         status = " ".join(status.replace("|", "/").split())   # one table row, whatever the message
-        cells = ([str(r["job"]), " ".join(overrides).replace("|", "/") or "-", *(_cell(r["settings"].get(s)) for s in settings), status]
+        job = str(r["job"]) if r.get("folder", str(r["job"])) == str(r["job"]) else f"{r['job']} ({r['folder']})"
+        cells = ([job.replace("|", "/"), " ".join(overrides).replace("|", "/") or "-", *(_cell(r["settings"].get(s)) for s in settings), status]
                  + [_cell(r.get("iteration"))] * has_iteration
                  + [_cell(r.get("feature_extractor"))] * has_extractor + [_cell(r.get("metrics", {}).get(m)) for m in shown])
         if has_best:
@@ -280,10 +310,13 @@ class SweepSummary(Callback):
 
     def _write_table(self, config: DictConfig, when: str) -> Path | None:
         try:
-            return write_summary(Path(config.hydra.sweep.dir), self.metrics, self.result_file)
+            path = write_summary(Path(config.hydra.sweep.dir), self.metrics, self.result_file)
         except FolderInUse as busy:   # the jobs' own records are written: the table is not worth failing them
             log.warning("The sweep's table was not updated %s: %s", when, busy)
             return None
+        if path is None:
+            log.warning("The sweep has no table: %s in %s", NO_JOBS, config.hydra.sweep.dir)
+        return path
 
 
 def sweep_table_settings(sweep_dir: Path) -> dict[str, Any]:
@@ -307,7 +340,7 @@ def main(argv: list[str]) -> int:
     columns = recorded.get("metrics") if result_name == recorded.get("result_file", FINAL_METRICS) else None
     path = write_summary(Path(argv[0]), columns, result_name)
     if path is None:
-        print(f"{argv[0]}: no job directories (0/, 1/, ...) found", file=sys.stderr)
+        print(f"{argv[0]}: {NO_JOBS}", file=sys.stderr)
         return 1
     print(path.read_text(encoding="utf-8"))
     return 0
