@@ -1080,15 +1080,25 @@ def test_wandb_disabled_runs_and_writes_nothing(train_cfg, monkeypatch):
 
 @pytest.mark.parametrize("configured, expected_mode", [({}, "offline"), ({"WANDB_API_KEY": "k"}, None),
                                                       ({"WANDB_MODE": "online"}, "online")])
-def test_wandb_goes_offline_unless_the_user_configured_it(monkeypatch, configured, expected_mode):
+def test_wandb_goes_offline_unless_the_user_configured_it(monkeypatch, caplog, configured, expected_mode):
     """No login and no mode: offline, so a run never waits on a login prompt or the network; an
-    API key or a mode the user set is left as it is."""
+    API key or a mode the user set is left as it is. A run logging to wandb says how to go online
+    (wandb's own banner suggests `wandb online`, which changes nothing here)."""
     for key in ("WANDB_MODE", "WANDB_API_KEY"):
         monkeypatch.delenv(key, raising=False)
     for key, value in configured.items():
         monkeypatch.setenv(key, value)
-    run_module.default_wandb_offline()
+    loggers = OmegaConf.create({"csv": {"_target_": "pytorch_lightning.loggers.CSVLogger"},
+                                "wandb": {"_target_": "pytorch_lightning.loggers.WandbLogger"}})
+    with caplog.at_level(logging.INFO, logger="src.utils.run"):
+        run_module.default_wandb_offline(loggers)
     assert os.environ.get("WANDB_MODE") == expected_mode
+    assert ("WANDB_MODE=online (after `wandb login`) logs to its server" in caplog.text) == (expected_mode == "offline")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="src.utils.run"):
+        run_module.default_wandb_offline(OmegaConf.create({"csv": loggers.csv}))   # no wandb: nothing said
+    assert "WANDB_MODE=online" not in caplog.text
 
 
 def test_a_run_leaves_the_process_and_the_callers_config_as_it_found_them(train_cfg, monkeypatch, caplog):

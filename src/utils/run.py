@@ -293,13 +293,18 @@ def warn_iterations_of_several_processes(max_iters: int, trainer_kwargs: dict, b
 
 
 
-def default_wandb_offline() -> None:
+def default_wandb_offline(logger_cfg: DictConfig | None = None) -> None:
     """wandb goes offline unless the user configured it (WANDB_MODE, or an API key), so a run
     never blocks on a missing login or network. Decided afresh for every run of the process (a
     notebook's, a multirun's jobs): the run's end takes the setting away again
-    (`process_state_restored`)."""
+    (`process_state_restored`). Said where the run logs to wandb: wandb's own banner then
+    suggests `wandb online`, which changes nothing here (a stored login does not either: a
+    cluster's compute nodes share it, and many reach no server)."""
     if "WANDB_MODE" not in os.environ and "WANDB_API_KEY" not in os.environ:
         os.environ["WANDB_MODE"] = "offline"
+        if logger_cfg and any(is_wandb_node(node) for node in logger_cfg.values()):
+            log.info("wandb logs offline into the run folder's wandb/ (`wandb sync` uploads it): WANDB_MODE=online "
+                     "(after `wandb login`) logs to its server as the run goes")
 
 
 def check_sync_batchnorm(cfg: DictConfig, model) -> None:
@@ -454,7 +459,7 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
     # check and the loggers; Lightning loads it again for the weights.
     resumed = resumed_checkpoint(cfg.get("ckpt_path"))
     init_from = initial_weights_to_load(cfg)
-    default_wandb_offline()
+    default_wandb_offline(cfg.get("logger"))
     check_seed("seed", cfg.get("seed"), none_means="a seed drawn and recorded")
     seed_drawn = run_seed(cfg, resumed.get("run_seed") if resumed is not None else None)
     # (its environment variables go with the run: process_state_restored)
