@@ -1070,6 +1070,43 @@ def test_wandb_offline_run_is_written_and_a_resume_continues_it(train_cfg, tmp_p
     assert "wandb sync --append" in caplog.text
 
 
+def test_a_resume_that_branches_off_its_run_logs_into_a_new_wandb_run(train_cfg, tmp_path, monkeypatch, caplog):
+    """Rolling back to an earlier checkpoint of the run folder: wandb cannot cut the run's history
+    back, so continuing its id put the branch's rows after the abandoned ones (the charts going
+    back to the branch's iteration); the branch gets a wandb run of its own, named for it."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    common = ["model=cyclegan", "logger=wandb", "data.max_dataset_size=2", *NO_EVALUATION,
+              "callbacks.model_checkpoint.every_n_iters=2", "callbacks.model_checkpoint.save_top_k=-1"]
+    first = train_cfg(*common, "max_iters=4")
+    first.paths.output_dir = str(tmp_path / "run")
+    run_training(first)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    (first_id,) = {path.stem.removeprefix("run-") for path in (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")}
+    branch_point = next(checkpoints.glob("iter_*2.ckpt"))
+    assert torch.load(branch_point, weights_only=True)[CHECKPOINT_KEY] == first_id
+
+    branch = train_cfg(*common, "max_iters=4", f"ckpt_path={branch_point}")
+    branch.paths.output_dir = str(tmp_path / "run")
+    with caplog.at_level(logging.WARNING, logger="src.utils.wandb_run"):
+        run_training(branch)
+    ids = {path.stem.removeprefix("run-") for path in (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")}
+    (branch_id,) = ids - {first_id}
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)[CHECKPOINT_KEY] == branch_id
+    name = torch.load(checkpoints / "last.ckpt", weights_only=True)["wandb_run_identity"]["name"]
+    assert name.endswith("-from-2") and name.startswith("cyclegan-shapes")
+    assert f"branches off its run at iteration 2, and the wandb run {first_id} logged past it" in caplog.text
+    assert f"logger.wandb.id={first_id} continues that run instead" in caplog.text
+
+    # resuming the branch's own last checkpoint continues the branch's wandb run
+    caplog.clear()
+    more = train_cfg(*common, "max_iters=6", f"ckpt_path={checkpoints / 'last.ckpt'}")
+    more.paths.output_dir = str(tmp_path / "run")
+    with caplog.at_level(logging.WARNING, logger="src.utils.wandb_run"):
+        run_training(more)
+    assert "branches off" not in caplog.text
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)[CHECKPOINT_KEY] == branch_id
+
+
 def test_wandb_disabled_runs_and_writes_nothing(train_cfg, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     cfg = train_cfg("logger=wandb", "max_iters=1", "data.max_dataset_size=2", *NO_EVALUATION)

@@ -158,7 +158,7 @@ def set_aside_abandoned_checkpoints(cfg: DictConfig) -> Path | None:
         purpose = ("they are not mixed with this run's, nor resumed by ckpt_path=auto in its place. To continue that "
                    "run instead, stop this one, move them back and pass ckpt_path=auto")
     else:
-        moved = further_on(Path(named), dirs)
+        moved = checkpoints_further_on(cfg)
         situation = f"ckpt_path={named} resumes a run this folder holds further on"
         purpose = "ckpt_path=auto and a requeued job resume the new branch and not the abandoned one"
     if not moved:
@@ -167,6 +167,13 @@ def set_aside_abandoned_checkpoints(cfg: DictConfig) -> Path | None:
     log.warning("%s: moved %s into %s, so that %s", situation, ", ".join(path.name for path in moved),
                 " and ".join(map(str, shelves.values())), purpose)
     return shelves.get(dirs[0], next(iter(shelves.values())))
+
+
+def checkpoints_further_on(cfg: DictConfig) -> list[Path]:
+    """The run folder's checkpoints that hold more training than the one `ckpt_path` names: a
+    resume from it branches off them."""
+    named, dirs = cfg.get("ckpt_path"), run_checkpoint_dirs(cfg)
+    return further_on(Path(named), dirs) if named and dirs is not None else []
 
 
 def further_on(named: Path, dirs: tuple[Path, Path]) -> list[Path]:

@@ -30,9 +30,11 @@ from src.callbacks.rank_seed import RankSeed
 from src.callbacks.stop_signals import RequeueStop, StopSignals
 from src.data.download import pasteable_override
 from src.data.labelled import check_same_classes
-from src.models.checkpoint_fit import check_resume_seed, check_resume_settings, resumed_checkpoint
+from src.models.checkpoint_fit import (check_resume_seed, check_resume_settings, checkpoint_iteration,
+                                      resumed_checkpoint)
 from src.utils.accelerator import is_out_of_memory, resolved_accelerator
-from src.utils.auto_resume import AUTO, resolve_auto_resume, resume_a_requeued_job, set_aside_abandoned_checkpoints
+from src.utils.auto_resume import (AUTO, checkpoints_further_on, resolve_auto_resume, resume_a_requeued_job,
+                                   set_aside_abandoned_checkpoints)
 from src.utils.checkpoint_io import DurableCheckpointIO
 from src.utils.checkpoint_loading import check_loadable, model_for_device
 from src.utils.code_version import git_revision
@@ -54,7 +56,7 @@ from src.utils.run_results import FINAL_METRICS, completed_metrics, final_record
 from src.utils.tensorboard_logger import purge_step, with_purge_step
 from src.utils.training_config import ROOT_DIR
 from src.utils.unread_overrides import refuse_unread_overrides
-from src.utils.wandb_run import (WandbRunIdCallback, current_wandb_run, finish_wandb_run, is_wandb_node,
+from src.utils.wandb_run import (WandbRunIdCallback, current_wandb_run, finish_wandb_run, logs_to_wandb,
                                   with_wandb_identity, without_unset_anonymous)
 
 log = logging.getLogger(__name__)
@@ -302,7 +304,7 @@ def default_wandb_offline(logger_cfg: DictConfig | None = None) -> None:
     cluster's compute nodes share it, and many reach no server)."""
     if "WANDB_MODE" not in os.environ and "WANDB_API_KEY" not in os.environ:
         os.environ["WANDB_MODE"] = "offline"
-        if logger_cfg and any(is_wandb_node(node) for node in logger_cfg.values()):
+        if logs_to_wandb(logger_cfg):
             log.info("wandb logs offline into the run folder's wandb/ (`wandb sync` uploads it): WANDB_MODE=online "
                      "(after `wandb login`) logs to its server as the run goes")
 
@@ -341,7 +343,7 @@ def build_callbacks(cfg: DictConfig, logger_cfg: DictConfig | None) -> list[pl.C
         log.info("No logger (logger=none): the learning-rate monitor (callbacks.lr_monitor) is off, having no logger "
                  "to write to")
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
-    if logger_cfg and any(is_wandb_node(node) for node in logger_cfg.values()):
+    if logs_to_wandb(logger_cfg):
         callbacks.append(WandbRunIdCallback())
     if cfg.get("max_kimg") is not None:   # (0 too: ImageBudget refuses it, where it trained by epochs)
         callbacks.append(ImageBudget(cfg.max_kimg))
@@ -509,7 +511,11 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
             # this is no error; but another dataset of the same name would resume in silence.
             rank_zero_info(f"The data now comes from {data_settings.get('data_dir')}; the checkpoint's run read "
                            f"{saved_dir}")
-    logger_cfg = with_purge_step(with_wandb_identity(cfg.get("logger"), cfg, resumed),
+    # (auto takes the most advanced file: none is further on)
+    branches = (resumed is not None and not found_by_auto and logs_to_wandb(cfg.get("logger"))
+                and bool(checkpoints_further_on(cfg)))
+    logger_cfg = with_purge_step(with_wandb_identity(cfg.get("logger"), cfg, resumed,
+                                                     checkpoint_iteration(resumed, model) if branches else None),
                                  purge_step(cfg.get("ckpt_path"), resumed, model))
     # Read memory-mapped: kept through the fit, the mapping held the replaced last.ckpt's disk
     # space (GBs with optimizer moments and EMA) until the run ended, and on NFS a .nfs file in

@@ -11,7 +11,11 @@ in the config or on the command line wins):
 - tags:  `tags` of the config plus the chosen experiment, hparams_search and debug configs, and
   `multirun` for sweep jobs;
 - id:    on resume (`ckpt_path`), the run id stored in the checkpoint (`WandbRunIdCallback`), so
-  the resumed run continues the same wandb run (WandbLogger passes `resume="allow"`);
+  the resumed run continues the same wandb run (WandbLogger passes `resume="allow"`); but a
+  resume that branches off its run folder's later checkpoints (rolling back to an `iter_*.ckpt`)
+  starts a new wandb run, `<name>-from-<iteration>` in the same group: wandb cannot cut a run's
+  history back (its rewind is a preview feature), so the branch's rows would follow the abandoned
+  ones, the charts going back to the branch's iteration;
 - mode:  WANDB_MODE as it is when the run starts (wandb reads it once per process, so the jobs
   of a multirun or a notebook would otherwise all keep the first run's mode).
 """
@@ -95,25 +99,40 @@ def is_wandb_node(node) -> bool:
     return isinstance(node, DictConfig) and node.get("_target_") in WANDB_LOGGER_TARGETS
 
 
-def with_wandb_identity(logger_cfg: DictConfig | None, cfg: DictConfig,
-                        checkpoint: dict | None = None) -> DictConfig | None:
+def logs_to_wandb(logger_cfg: DictConfig | None) -> bool:
+    return bool(logger_cfg) and any(is_wandb_node(node) for node in logger_cfg.values())
+
+
+def with_wandb_identity(logger_cfg: DictConfig | None, cfg: DictConfig, checkpoint: dict | None = None,
+                        branches_at: int | None = None) -> DictConfig | None:
     """A copy of the logger config with name, group, tags and (resuming `checkpoint`) the id of
     the wandb run it was written under filled in for wandb; resuming, the name, group and tags
-    are that run's too (a value the logger config sets wins either way)."""
-    if not logger_cfg or not any(is_wandb_node(node) for node in logger_cfg.values()):
+    are that run's too (a value the logger config sets wins either way). `branches_at`: the
+    iteration of a checkpoint the run had trained past (its folder holds later ones), whose
+    resume gets a new wandb run of the same group, named for the branch."""
+    if not logs_to_wandb(logger_cfg):
         return logger_cfg
     logger_cfg = OmegaConf.create(OmegaConf.to_container(logger_cfg, resolve=True))
     derived = {"name": run_name(cfg, job_overrides(cfg)), "group": run_group(cfg), "tags": run_tags(cfg),
                "id": (checkpoint or {}).get(CHECKPOINT_KEY), "mode": os.environ.get("WANDB_MODE")}
-    if derived["id"]:
+    continued = derived["id"]
+    if continued:
         derived.update({key: value for key, value in ((checkpoint or {}).get(IDENTITY_KEY) or {}).items()
                         if key in IDENTITY_FIELDS and value is not None})
+        if branches_at is not None:
+            derived.update({"id": None, "name": f"{derived['name']}-from-{branches_at}"})
     with open_dict(logger_cfg):
         for node in logger_cfg.values():
             if is_wandb_node(node):
                 for key, value in derived.items():
                     if node.get(key) is None and value is not None:
                         node[key] = value
+                if continued and branches_at is not None and node.get("id") is None:
+                    log.warning("This resume branches off its run at iteration %d, and the wandb run %s logged past "
+                                "it: wandb cannot cut a run's history back, so the branch logs into a new wandb run, "
+                                "%s, in the same group. logger.wandb.id=%s continues that run instead (its charts "
+                                "then go back to iteration %d)", branches_at, continued, node.get("name"), continued,
+                                branches_at)
                 if node.get("id") and (node.get("offline") or node.get("mode") == "offline"):
                     # wandb ignores `resume` offline: it writes a second offline run of this id,
                     # and a plain `wandb sync` of it replaces the first one's history.
