@@ -374,6 +374,25 @@ def test_a_fresh_run_in_a_used_folder_sets_the_earlier_runs_checkpoints_aside(tr
     assert sorted(path.name for path in checkpoints.rglob("*.ckpt")) == before and source.is_file()
 
 
+def test_a_search_trial_in_an_earlier_sweeps_job_folder_is_refused(train_cfg, tmp_path, monkeypatch):
+    """An Optuna search numbers its jobs' folders from 0 in every sweep, and a study kept in
+    storage continues with new trials: in a fixed hydra.sweep.dir, trial 2 set trial 0's
+    checkpoints aside and overwrote its results and the sweep's table."""
+    from src.utils import auto_resume
+    run_training(train_cfg(*PIX2PIX, "max_iters=2"))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    earlier = sorted(path.name for path in checkpoints.rglob("*.ckpt"))
+    monkeypatch.setattr(auto_resume, "is_multirun", lambda: True)
+    monkeypatch.setattr(auto_resume, "sweeper_direction", lambda: "minimize")
+    with pytest.raises(ValueError, match=r"This search's job folder .*run holds the checkpoints of an earlier sweep's "
+                                         r"job.*Give this search a sweep folder of its own"):
+        run_training(train_cfg(*PIX2PIX, "max_iters=2"))
+    assert sorted(path.name for path in checkpoints.rglob("*.ckpt")) == earlier   # nothing moved
+    monkeypatch.setattr(auto_resume, "sweeper_direction", lambda: None)   # a grid sweep's job: set aside, as above
+    run_training(train_cfg(*PIX2PIX, "max_iters=2"))
+    assert len(list(checkpoints.glob("abandoned_*"))) == 1
+
+
 @pytest.mark.parametrize("overrides", [(*PIX2PIX, "max_iters=2"),
                                        ("model=stylegan", "max_iters=null", "max_kimg=0.004", *NO_EVALUATION)])
 def test_a_finished_run_run_again_trains_nothing_and_keeps_its_record(train_cfg, tmp_path, overrides):

@@ -32,6 +32,7 @@ from src.callbacks.checkpoint import INSIDE_ITERATION_KEY, PARTIAL_STEPS_KEY, TO
 from src.models.checkpoint_fit import RefusedByWeightsOnly, UnreadableCheckpoint, load_checkpoint_file
 from src.utils.config_resolvers import slurm_job_suffix
 from src.utils.hydra_runtime import hydra_config, is_multirun, is_rank_zero, job_overrides
+from src.utils.objective import sweeper_direction
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,14 @@ def set_aside_abandoned_checkpoints(cfg: DictConfig) -> Path | None:
                              f"run's checkpoints that a run starting afresh sets aside (the file would go too, and "
                              f"this run's saves would mix with them): copy it elsewhere and start from the copy, or "
                              f"give this run its own folder (hydra.run.dir=...)")
+        if moved and is_multirun() and sweeper_direction() is not None:
+            # An Optuna search numbers its jobs' folders from 0 in every sweep, and a study kept
+            # in storage continues with new trials: in a fixed hydra.sweep.dir, a trial set aside
+            # an earlier sweep's trial's checkpoints and overwrote its results.
+            raise ValueError(f"This search's job folder {dirs[1]} holds the checkpoints of an earlier sweep's job: a "
+                             f"search numbers its jobs' folders from 0 in every sweep, so its new trials would replace "
+                             f"the earlier ones'. Give this search a sweep folder of its own (leave hydra.sweep.dir at "
+                             f"its default, named by the time; a study kept in hydra.sweeper.storage continues there)")
         situation = "This run starts afresh in a folder that holds an earlier run's checkpoints"
         purpose = ("they are not mixed with this run's, nor resumed by ckpt_path=auto in its place. To continue that "
                    "run instead, stop this one, move them back and pass ckpt_path=auto")
