@@ -84,9 +84,11 @@ def divergence_of(error: BaseException) -> TrainingDiverged | None:
 
 
 def diverged_message(where: str, iteration: int) -> str:
+    # (also where the run saved nothing yet: a divergence in its first iterations)
     return (f"Training diverged at iteration {iteration}: {where}. The run stops here rather than train on, and "
-            f"overwrite its checkpoints, with weights that are not finite; those it saved hold finite weights (they "
-            f"are checked before each save), last.ckpt the latest. A lower learning rate (model.optimizer.lr), a "
-            f"smaller loss weight, gradient clipping (+trainer.gradient_clip_val=1.0), trainer.precision=32 or a new "
-            f"seed may avoid it: resuming from a saved checkpoint (ckpt_path=...) with a lower model.optimizer.lr "
-            f"scales its restored rates and schedule by new / saved.")
+            f"overwrite its checkpoints, with weights that are not finite; any checkpoint it saved holds finite "
+            f"weights (each is checked before it is saved), last.ckpt the latest. A lower learning rate "
+            f"(model.optimizer.lr), a smaller loss weight, gradient clipping (+trainer.gradient_clip_val=1.0), "
+            f"trainer.precision=32 or a new seed may avoid it, from the start or from a saved checkpoint "
+            f"(ckpt_path=...): a resume with a lower model.optimizer.lr scales its restored rates and schedule by "
+            f"new / saved.")
