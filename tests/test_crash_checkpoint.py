@@ -631,6 +631,20 @@ def test_a_wandb_error_says_how_to_log_without_its_server(train_cfg, monkeypatch
     with pytest.raises(CommError):
         run_training(cfg)
     assert "WANDB_MODE=offline and `wandb sync`" in caplog.text and "logger=csv" in caplog.text
+    assert "wandb stopped the run (CommError: Run initialization has timed out after 90.0 sec.; WANDB_MODE=" in caplog.text
+
+
+def test_wandb_online_without_a_login_is_told_to_log_in_or_log_offline(monkeypatch):
+    """WANDB_MODE=online on a machine without a login: wandb's UsageError, and the hint spoke of
+    an unreachable server (and of an error "above", which Hydra prints below it)."""
+    from wandb.errors import UsageError
+
+    from src.utils.run import wandb_failure_hint
+    monkeypatch.setenv("WANDB_MODE", "online")
+    hint = wandb_failure_hint(UsageError("No API key configured. Use `wandb login` to log in."))
+    assert hint.startswith("wandb stopped the run (UsageError: No API key configured. Use `wandb login` to log in.; "
+                           "WANDB_MODE=online). Logging online needs a login: `wandb login` (or WANDB_API_KEY)")
+    assert "cannot reach" not in hint and "above" not in hint
 
 
 def test_a_cgroup_memory_limit_is_the_memory_a_run_has(tmp_path, monkeypatch):

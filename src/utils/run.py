@@ -30,7 +30,7 @@ from src.callbacks.rank_seed import RankSeed
 from src.callbacks.stop_signals import RequeueStop, StopSignals
 from src.data.download import pasteable_override
 from src.data.labelled import check_same_classes
-from src.models.checkpoint_fit import (check_resume_seed, check_resume_settings, checkpoint_iteration,
+from src.models.checkpoint_fit import (check_resume_seed, check_resume_settings, checkpoint_iteration, first_line,
                                       resumed_checkpoint)
 from src.utils.accelerator import is_out_of_memory, resolved_accelerator
 from src.utils.auto_resume import (AUTO, checkpoints_further_on, resolve_auto_resume, resume_a_requeued_job,
@@ -309,6 +309,17 @@ def default_wandb_offline(logger_cfg: DictConfig | None = None) -> None:
                      "(after `wandb login`) logs to its server as the run goes")
 
 
+def wandb_failure_hint(error: BaseException) -> str:
+    """What to do about an error wandb stopped the run with, which names no setting of ours."""
+    said = f"wandb stopped the run ({type(error).__name__}: {first_line(error)}; WANDB_MODE={os.environ.get('WANDB_MODE', 'online')})"
+    if "api key" in str(error).lower():
+        return (f"{said}. Logging online needs a login: `wandb login` (or WANDB_API_KEY), or leave WANDB_MODE unset "
+                f"to log offline (`wandb sync` the run folder's wandb/ later); WANDB_MODE=disabled logs nothing there")
+    # (an exported WANDB_API_KEY turns wandb online, also on compute nodes without internet)
+    return (f"{said}. Where this machine cannot reach wandb's server, a compute node say, run with WANDB_MODE=offline "
+            f"and `wandb sync` the run folder's wandb/ later, or log elsewhere (logger=csv).")
+
+
 def check_sync_batchnorm(cfg: DictConfig, model) -> None:
     """SyncBatchNorm in train mode all-reduces on every forward. A model that samples with
     batch statistics (pix2pix's test-time default) puts it in train mode while sampling, which
@@ -575,10 +586,7 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
         elif hint := loader_failure_hint(error, "training", cfg.data.get("num_workers"), cfg.data.get("cache_decoded")):
             log.error(hint)
         elif type(error).__module__.startswith("wandb"):
-            # (an exported WANDB_API_KEY turns wandb online, also on compute nodes without internet)
-            log.error("wandb stopped the run (above; WANDB_MODE=%s). Where this machine cannot reach wandb's server, "
-                      "a compute node say, run with WANDB_MODE=offline and `wandb sync` the run folder's wandb/ "
-                      "later, or log elsewhere (logger=csv).", os.environ.get("WANDB_MODE", "online"))
+            log.error(wandb_failure_hint(error))
         elif "does not have a deterministic implementation" in str(error):
             log.error("trainer.deterministic=%s stops at an operation torch has no deterministic kernel for on this "
                       "device (above). trainer.deterministic=warn takes the deterministic kernels where there are "
