@@ -1112,7 +1112,8 @@ def test_wandb_disabled_runs_and_writes_nothing(train_cfg, monkeypatch):
     cfg = train_cfg("logger=wandb", "max_iters=1", "data.max_dataset_size=2", *NO_EVALUATION)
     run_training(cfg)
     assert not list(Path(cfg.paths.output_dir).glob("wandb/offline-run-*"))
-    assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()
+    # no made-up id of a run that never existed, which a later resume with wandb on would "continue"
+    assert CHECKPOINT_KEY not in torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
 
 
 @pytest.mark.parametrize("configured, expected_mode", [({}, "offline"), ({"WANDB_API_KEY": "k"}, None),

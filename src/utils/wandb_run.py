@@ -164,7 +164,9 @@ class WandbRunIdCallback(pl.Callback):
         from pytorch_lightning.loggers import WandbLogger
 
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger) and logger.version:
+            # (WANDB_MODE=disabled: a made-up id of a run that never existed, which a later resume
+            # with wandb on would have "continued")
+            if isinstance(logger, WandbLogger) and logger.version and not getattr(logger.experiment, "disabled", False):
                 checkpoint[CHECKPOINT_KEY] = str(logger.version)
                 # What the logger was made with (Lightning keeps wandb.init's arguments): plain
                 # values, so the checkpoint still loads weights-only.
