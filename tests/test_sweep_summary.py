@@ -330,3 +330,21 @@ def test_jobs_in_folders_another_sweep_subdir_names_are_found_in_number_order(tm
         sweep_summary.SweepSummary(["eval/fid"])._write_table(config, "at the sweep's end")
     assert f"The sweep has no table: no job directories found (0/, 1/, ... or any holding the .hydra/" in caplog.text
     assert "keep hydra.output_subdir=.hydra" in caplog.text and not (empty / "summary.md").exists()
+
+
+def test_a_sweep_whose_every_job_diverged_says_so_at_its_end(tmp_path, caplog):
+    """Every trial of a search diverged: the sweep ended as a success and its
+    optimization_results.yaml named a diverged trial as the best, without a word."""
+    from src.models.divergence import TrainingDiverged
+    sweep = tmp_path / "sweep"
+    for number in (0, 1):
+        write_failure(make_job(sweep, number, [f"model.optimizer.lr={number}"]), TrainingDiverged("nan"), status="diverged")
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
+    with caplog.at_level("WARNING"):
+        sweep_summary.SweepSummary(["eval/fid"]).on_multirun_end(config)
+    assert "No job of this sweep completed (2 diverged): any best parameters it names are of no result" in caplog.text
+    caplog.clear()
+    make_job(sweep, 2, ["model.optimizer.lr=2"], metrics={"eval/fid": 3.0}, iteration=4, checkpoint="c")
+    with caplog.at_level("WARNING"):
+        sweep_summary.SweepSummary(["eval/fid"]).on_multirun_end(config)
+    assert "No job" not in caplog.text

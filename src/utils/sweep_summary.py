@@ -307,6 +307,7 @@ class SweepSummary(Callback):
         path = self._write_table(config, "at the sweep's end")
         if path is not None:
             log.info("Sweep summary: %s\n%s", path, path.read_text(encoding="utf-8"))
+            warn_of_a_sweep_without_results(summary_rows(Path(config.hydra.sweep.dir), self.result_file))
 
     def _write_table(self, config: DictConfig, when: str) -> Path | None:
         try:
@@ -317,6 +318,16 @@ class SweepSummary(Callback):
         if path is None:
             log.warning("The sweep has no table: %s in %s", NO_JOBS, config.hydra.sweep.dir)
         return path
+
+
+def warn_of_a_sweep_without_results(rows: list[dict[str, Any]]) -> None:
+    """A search whose every trial diverged ends as a success, each trial told the worst value, and
+    its optimization_results.yaml names one of them as the best (`best_value: -.inf`)."""
+    if rows and not any(row.get("status") == "completed" for row in rows):
+        statuses = sorted({str(row.get("status")) for row in rows})
+        log.warning("No job of this sweep completed (%s): any best parameters it names are of no result. A lower "
+                    "learning rate or the other remedies the jobs' errors list may help", ", ".join(
+                        f"{sum(row.get('status') == status for row in rows)} {status}" for status in statuses))
 
 
 def sweep_table_settings(sweep_dir: Path) -> dict[str, Any]:
