@@ -328,7 +328,7 @@ def test_jobs_in_folders_another_sweep_subdir_names_are_found_in_number_order(tm
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(empty)}}})
     with caplog.at_level("WARNING"):
         sweep_summary.SweepSummary(["eval/fid"])._write_table(config, "at the sweep's end")
-    assert f"The sweep has no table: no job directories found (0/, 1/, ... or any holding the .hydra/" in caplog.text
+    assert "The sweep has no table: no job directories found (0/, 1/, ... or any holding the .hydra/" in caplog.text
     assert "keep hydra.output_subdir=.hydra" in caplog.text and not (empty / "summary.md").exists()
 
 
