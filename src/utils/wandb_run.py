@@ -165,8 +165,9 @@ class WandbRunIdCallback(pl.Callback):
 
         for logger in trainer.loggers:
             # (WANDB_MODE=disabled: a made-up id of a run that never existed, which a later resume
-            # with wandb on would have "continued")
-            if isinstance(logger, WandbLogger) and logger.version and not getattr(logger.experiment, "disabled", False):
+            # with wandb on would have "continued"; the run is read as started, not started here)
+            started = getattr(logger, "_experiment", None)
+            if isinstance(logger, WandbLogger) and logger.version and not getattr(started, "disabled", False):
                 checkpoint[CHECKPOINT_KEY] = str(logger.version)
                 # What the logger was made with (Lightning keeps wandb.init's arguments): plain
                 # values, so the checkpoint still loads weights-only.
