@@ -125,6 +125,24 @@ def test_a_trainable_parameter_that_no_player_trains_or_that_two_do_is_refused(t
         model.check_each_parameter_has_one_player()
 
 
+def test_a_player_network_that_is_no_submodule_is_refused(train_cfg, monkeypatch):
+    """Networks kept in a plain dict train (their optimizer holds them), but checkpoints, the
+    EMA and device moves see submodules only: the run saved no weights of them, and eval.py
+    scored a freshly initialised network without a word."""
+    import hydra
+
+    model = hydra.utils.instantiate(train_cfg("model=cyclegan").model, _recursive_=False)
+    players = model.player_modules()
+    hidden = {"head": torch.nn.Linear(4, 4)}   # a plain dict: not registered
+    monkeypatch.setattr(type(model), "player_modules",
+                        lambda self: {**players, "discriminators": [*players["discriminators"], hidden["head"]]})
+    with pytest.raises(ValueError, match=r"CycleGAN\.player_modules\(\) gives modules that are not submodules of the "
+                                         r"model: Linear \(player discriminators\)\. Keep each network in an attribute"):
+        model.configure_optimizers()
+    model.heads = torch.nn.ModuleDict(hidden)   # registered: accepted
+    model.check_each_parameter_has_one_player()
+
+
 class CycleGANWithContrast(CycleGAN):   # an argument of its own, not saved
     def __init__(self, contrast_weight: float, **settings):
         super().__init__(**settings)

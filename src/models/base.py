@@ -415,7 +415,18 @@ class AdversarialModel(pl.LightningModule):
         """Refuse a trainable parameter outside every player's modules (a network a subclass adds
         without listing it in `player_modules()`): no optimizer would hold it, and `players()`
         switches its gradients off, so it would keep its initial values through a run that ends
-        without a word. And one that two players hold: both would step it."""
+        without a word. And one that two players hold: both would step it. And a player's module
+        that is not a submodule of the model (kept in a plain dict or list): it trains, but
+        checkpoints, EMA and devices know only submodules, so its weights were never saved and
+        eval.py scored a freshly initialised network."""
+        registered = {id(m) for m in self.modules()}
+        unregistered = [f"{type(m).__name__} (player {player})" for player, modules in self.player_modules().items()
+                        for m in modules if id(m) not in registered]
+        if unregistered:
+            raise ValueError(f"{type(self).__name__}.player_modules() gives modules that are not submodules of the "
+                             f"model: {', '.join(unregistered[:5])}. Keep each network in an attribute of the model, "
+                             f"or in an nn.ModuleDict / nn.ModuleList (a plain dict or list hides it from torch): its "
+                             f"weights would be left out of every checkpoint")
         owners: dict[int, list[str]] = {}
         for player, modules in self.player_modules().items():
             for parameter in {id(p): p for m in modules for p in m.parameters()}.values():
