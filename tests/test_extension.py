@@ -213,3 +213,32 @@ def test_an_added_models_sample_grid_shows_each_direction_it_translates(added_mo
     assert list(rows) == ["real_B", "fake_A", "real_A"] and rows["real_B"] is batch["B"]
     monkeypatch.setattr(OneWayGAN, "generator_for", lambda self, direction: self.G)
     assert list(model.sample_images(batch)) == ["real_A", "fake_B", "real_B", "fake_A"]
+
+
+def test_a_generator_with_several_outputs_is_told_to_override_translation_forward(train_cfg, monkeypatch):
+    """A generator returning (image, mask), as attention GANs' do: the first batch stopped with
+    "'tuple' object has no attribute 'shape'" deep in the size check."""
+    import hydra
+
+    from src.models.size_check import meta_translation
+    model = hydra.utils.instantiate(train_cfg("model=cyclegan").model, _recursive_=False)
+    plain = type(model).translation_forward
+    monkeypatch.setattr(type(model), "translation_forward", lambda self, x, d: (plain(self, x, d), x))
+    with pytest.raises(TypeError, match=r"CycleGAN\.translation_forward\(x, 'AtoB'\) returns a tuple, not the "
+                                        r"translated images: .*needs translation_forward overridden"):
+        meta_translation(model, "AtoB", 1, 32, 32)
+    monkeypatch.undo()
+    assert tuple(meta_translation(model, "AtoB", 1, 32, 32).shape) == (1, 3, 32, 32)
+
+
+def test_a_model_config_without_model_name_is_refused_before_the_run_starts(train_cfg):
+    """It failed once the data and model were built, at the tags' interpolation, with an
+    InterpolationKeyError naming neither the file nor the key to add, and left a start record."""
+    from omegaconf import open_dict
+    cfg = train_cfg("model=cyclegan", "max_iters=1")
+    with open_dict(cfg):
+        del cfg["model_name"]
+    with pytest.raises(ValueError, match=r"The model config sets no model_name \(conf/model/<name>\.yaml of "
+                                         r"src\.models\.cyclegan\.CycleGAN\): add `model_name: <name>`"):
+        run_training(cfg)
+    assert not (Path(cfg.paths.output_dir) / "starts").exists()

@@ -105,9 +105,14 @@ def meta_translation(model, direction: str, batch_size: int, height: int, width:
     (An operator without a meta kernel raises NotImplementedError: the callers' to skip.)"""
     x = torch.empty(batch_size, input_channels(model, direction), height, width, device="meta")
     try:
-        return run_on_meta(model, lambda t: model.translation_forward(t, direction), x)
+        y = run_on_meta(model, lambda t: model.translation_forward(t, direction), x)
     except (RuntimeError, ValueError) as error:
         return f"the {direction} translation fails: {error}"
+    if not isinstance(y, torch.Tensor):   # an added model's generator with several outputs (image, mask)
+        raise TypeError(f"{type(model).__name__}.translation_forward(x, {direction!r}) returns a "
+                        f"{type(y).__name__}, not the translated images: a generator with several outputs needs "
+                        f"translation_forward overridden to return the image (as U-GAT-IT's does)")
+    return y
 
 
 def output_channels(model, direction: str, batch_size: int, height: int, width: int) -> int | None:

@@ -459,6 +459,12 @@ def _train(cfg: DictConfig) -> dict[str, float]:
                          "compose the config with compose_training_config(overrides, output_dir='runs/NAME') "
                          "(README, \"From Python\"), or set cfg.paths.output_dir")
     check_run_folder(cfg.paths.output_dir)
+    if OmegaConf.select(cfg, "model_name", default=None) is None:
+        # (an added model's config without it failed once the run had started, at the tags'
+        # interpolation, naming no file)
+        raise ValueError(f"The model config sets no model_name (conf/model/<name>.yaml of {cfg.model.get('_target_')}):"
+                         f" add `model_name: <name>` beside model:, as conf/model/cyclegan.yaml does; run names, tags "
+                         f"and tables use it")
     cfg = home_expanded(cfg, ("ckpt_path", "init_from"))
     own_hydra_files = hydra_files(cfg)   # as given, before the run fills in its seed and checkpoint
     # (the claim before anything in the folder is read or written)
