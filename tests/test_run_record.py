@@ -287,3 +287,33 @@ def test_the_code_record_reads_a_non_ascii_change_whatever_the_systems_code_page
     result = subprocess.run([sys.executable, "-c", script, str(repo)], capture_output=True, env=env, timeout=60)
     assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
     assert "+x = 1  # ρ données" in result.stdout.decode("utf-8")
+
+
+def test_the_code_record_keeps_new_code_files_so_the_patch_gives_the_code_the_run_ran(tmp_path):
+    """A researcher's new model module and its config, not yet added to git, were only named in
+    code.patch: the run could not be repeated from its record."""
+    import subprocess
+
+    from src.utils.code_version import MAX_KEPT_UNTRACKED_BYTES, uncommitted_changes
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "model.py").write_text("x = 1\n")
+    git = ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "x"]):
+        subprocess.run(["git", "-C", str(repo), *git, *args], check=True)
+    (repo / "src" / "model.py").write_text("x = 2\n")
+    (repo / "src" / "my_gan.py").write_text("class MyGAN:\n    pass\n")
+    (repo / "conf" / "model").mkdir(parents=True)
+    (repo / "conf" / "model" / "my_gan.yaml").write_text("model_name: my_gan\n")
+    (repo / "src" / "weights.bin").write_bytes(bytes(range(256)))
+    (repo / "src" / "big.py").write_text("#" * (MAX_KEPT_UNTRACKED_BYTES + 1))
+    (repo / "notes.txt").write_text("not code")
+    diff, not_kept = uncommitted_changes(repo)
+    assert sorted(not_kept) == ["src/big.py", "src/weights.bin"]
+    assert "notes.txt" not in diff
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    (tmp_path / "code.patch").write_text(diff)
+    subprocess.run(["git", "-C", str(clone), "apply", str(tmp_path / "code.patch")], check=True)
+    for name in ("src/model.py", "src/my_gan.py", "conf/model/my_gan.yaml"):
+        assert (clone / name).read_text() == (repo / name).read_text()

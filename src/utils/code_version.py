@@ -38,10 +38,32 @@ def untracked_code(root: Path, ignored: tuple[str, ...] = ()) -> list[str]:
     return listed.splitlines()
 
 
+#: an untracked code file larger than this is named in the record, not kept (a data file or a
+#: checkpoint put under src/ would fill every start's record)
+MAX_KEPT_UNTRACKED_BYTES = 1_000_000
+
+
 def uncommitted_changes(root: Path) -> tuple[str, list[str]] | None:
-    """(`git diff HEAD`: the tracked files' uncommitted changes, the untracked code files) of the
-    checkout at `root`, what a "+dirty" revision leaves out; None without git or a checkout."""
+    """(the checkout's uncommitted code as one patch, the untracked code files it could not keep)
+    at `root`, what a "+dirty" revision leaves out: `git diff HEAD` of the tracked files, then each
+    untracked code file (a researcher's new model module, its config) as a new file, so that
+    `git apply` of the patch on the revision gives the code the run ran; binary files and those
+    over MAX_KEPT_UNTRACKED_BYTES are only named. None without git or a checkout."""
     try:
-        return _git(root, "diff", "HEAD"), untracked_code(root)
+        diff, not_kept = _git(root, "diff", "HEAD"), []
+        for name in untracked_code(root):
+            added = new_file_diff(root, name) if (Path(root) / name).stat().st_size <= MAX_KEPT_UNTRACKED_BYTES else ""
+            if added.startswith("diff --git") and "\nBinary files " not in added:
+                diff += added
+            else:
+                not_kept.append(name)
+        return diff, not_kept
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def new_file_diff(root: Path, name: str) -> str:
+    """The patch that adds the file `name` (a path from `root`) as it is."""
+    # (--no-index exits 1 where the files differ, which they do)
+    return subprocess.run(["git", "diff", "--no-index", "--", "/dev/null", name], cwd=root, capture_output=True,
+                          encoding="utf-8", errors="replace", timeout=30).stdout

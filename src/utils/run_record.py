@@ -13,8 +13,10 @@ and the code may change while a job waits in the queue. Each start therefore lea
 - `start.yaml`: when, where and how it ran (host, command line, SLURM job), the seed and whether
   it was drawn, the checkpoint it resumed from, the code revision, the versions of the libraries
   that shape the results, and the torch build and GPUs;
-- `code.patch` where the code had uncommitted changes: `git diff HEAD`, and the names of the
-  code files git does not track yet (their contents are not kept).
+- `code.patch` where the code had uncommitted changes: `git diff HEAD`, and the code files git
+  does not track yet (under src/ and conf/: a new model, its config) as new files, so `git apply
+  code.patch` on the recorded revision gives the code the run ran (binary files and those over
+  1 MB are only named).
 
 The run folder's lock (src/utils/folder_lock.py) is taken before, so two starts never number
 themselves alike. When the record is written, `.hydra/` gets the run's own files back too.
@@ -138,7 +140,7 @@ def record_start(run_dir: Path, cfg: DictConfig, own_hydra_files: dict[str, str]
     changes = uncommitted_changes(ROOT_DIR)
     if changes is not None and any(changes):
         diff, untracked = changes
-        listed = "".join(f"# not tracked by git (contents not kept): {name}\n" for name in untracked)
+        listed = "".join(f"# not tracked by git and not kept (binary, or over 1 MB): {name}\n" for name in untracked)
         write_text_whole(start / "code.patch", listed + diff)
     record = {
         "start": number, "time": time.strftime("%Y-%m-%d %H:%M:%S %z"), "host": socket.gethostname(),
