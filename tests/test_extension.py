@@ -242,3 +242,26 @@ def test_a_model_config_without_model_name_is_refused_before_the_run_starts(trai
                                          r"src\.models\.cyclegan\.CycleGAN\): add `model_name: <name>`"):
         run_training(cfg)
     assert not (Path(cfg.paths.output_dir) / "starts").exists()
+
+
+class CycleGANWithMode(CycleGAN):   # a setting added to a model after some of its runs
+    def __init__(self, distance_mode: str = "self", **settings):
+        super().__init__(**settings)
+        self.save_hyperparameters()
+
+
+def test_a_setting_added_to_a_class_says_how_its_older_checkpoints_load(train_cfg, tmp_path, monkeypatch):
+    """A researcher adds a defaulted setting to their model: every older checkpoint of it failed
+    to load with "the file was altered, or the class changed since", naming neither the setting
+    nor upgraded_hparams, the one place that loads them."""
+    import hydra
+
+    from src.utils.checkpoint_loading import load_model
+    model = hydra.utils.instantiate(train_cfg("model=cyclegan").model, _recursive_=False)
+    ckpt = tmp_path / "older.ckpt"
+    torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict(), "global_step": 0,
+                "model_class": "src.models.cyclegan.CycleGANWithMode"}, ckpt)
+    monkeypatch.setattr("src.utils.checkpoint_loading.model_class", lambda target, where: CycleGANWithMode)
+    with pytest.raises(ValueError, match=r"the class takes \['distance_mode'\], which the file does not record: .*"
+                                         r"a rule in upgraded_hparams \(src/models/checkpoint_fit.py\)"):
+        load_model(ckpt)

@@ -213,6 +213,11 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", 
             # A subclass with settings of its own (ProGAN's phase_images) fills them with its
             # defaults from a parent's checkpoint: not the class that saved it.
             reason = f"its hyperparameters {sorted(set(model.hparams) ^ set(hparams))} differ"
+            if added := sorted(set(model.hparams) - set(hparams)):
+                # (a setting a researcher added to the class since: every older file of it failed here)
+                reason += (f"; the class takes {added}, which the file does not record: a setting added to the class "
+                           f"after the file was written loads older files by a rule in upgraded_hparams "
+                           f"(src/models/checkpoint_fit.py) giving the value the older code behaved as")
             model = None
         if model is not None:
             reason = state_dict_mismatch(model.state_dict(), state_dict)
