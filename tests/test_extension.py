@@ -12,6 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from conftest import assert_resume_continues_the_run, compose_train_cfg
+from src.data.shapes import ShapesDataModule
 from src.models.cyclegan import CycleGAN
 from src.utils.checkpoint_loading import load_model
 from src.utils.run import run_training
@@ -265,3 +266,19 @@ def test_a_setting_added_to_a_class_says_how_its_older_checkpoints_load(train_cf
     with pytest.raises(ValueError, match=r"the class takes \['distance_mode'\], which the file does not record: .*"
                                          r"a rule in upgraded_hparams \(src/models/checkpoint_fit.py\)"):
         load_model(ckpt)
+
+
+class ShapesElsewhere(ShapesDataModule):   # a researcher's DataModule outside src/data/
+    pass
+
+
+def test_a_datamodule_outside_src_data_is_refused_when_its_run_starts(train_cfg):
+    """It trained, then eval.py refused every checkpoint of the run: it rebuilds the data from the
+    run's config and builds DataModules of src.data only."""
+    cfg = train_cfg("model=cyclegan", "max_iters=1")
+    cfg.data._target_ = f"{__name__}.ShapesElsewhere"
+    with pytest.raises(ValueError, match=r"The run's data config \(data._target_\): its data class (tests\.)?test_extension\."
+                                         r"ShapesElsewhere is not a DataModule of src.data: eval.py could not rebuild "
+                                         r"the run's data .*Move the class there"):
+        run_training(cfg)
+    assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))

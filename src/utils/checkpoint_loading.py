@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import hydra
+import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
@@ -55,6 +56,10 @@ def recorded_checkpoint_path(ckpt_path: str | Path) -> str:
 
 MODELS_PACKAGE = "src.models."
 NETS_PACKAGE = "src.nets."
+#: where the DataModule classes a checkpoint may name live
+DATA_PACKAGE = "src.data."
+#: what a `_target_` in data settings read from a file may name (refuse_foreign_targets' arguments)
+DATA_CLASSES = (DATA_PACKAGE, pl.LightningDataModule, "data", "DataModule")
 #: the keys Hydra builds a call from, besides `_target_`
 HYDRA_CALL_KEYS = ("_args_", "_partial_", "_recursive_", "_convert_")
 KNOWN_MODEL_CLASSES = (
@@ -117,6 +122,18 @@ def model_class_from_run_config(ckpt_path: str | Path) -> type[AdversarialModel]
         return None
     target = OmegaConf.select(OmegaConf.load(config_path), "model._target_")
     return None if target is None else model_class(target, f"{config_path} (model._target_)")
+
+
+def check_data_loadable(data_cfg) -> None:
+    """The run's DataModule is one of src/data/, asked when the run starts: eval.py rebuilds the
+    data from the run's config or checkpoint, and builds no other (a class elsewhere trained,
+    then every evaluation of the run was refused)."""
+    try:
+        refuse_foreign_targets(OmegaConf.to_container(data_cfg, resolve=True), "The run's data config", *DATA_CLASSES,
+                               "data")
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{error}: eval.py could not rebuild the run's data (it builds DataModules of "
+                         f"{DATA_PACKAGE[:-1]} only). Move the class there") from error
 
 
 def check_loadable(model: AdversarialModel) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -30,8 +29,8 @@ from src.metrics.shapes_truth import (ShapesTruthScorer, background_tensor, is_s
 from src.models.checkpoint_fit import load_checkpoint_file
 from src.models.noise_base import SAMPLES, NoiseToImageModel
 from src.utils.accelerator import float64_device, is_out_of_memory
-from src.utils.checkpoint_loading import (check_checkpoint_settings, load_model, recorded_checkpoint_path,
-                                         refuse_foreign_targets, run_config_path)
+from src.utils.checkpoint_loading import (DATA_CLASSES, check_checkpoint_settings, load_model,
+                                         recorded_checkpoint_path, refuse_foreign_targets, run_config_path)
 from src.utils.config_checks import (check_argument_types, check_seed, home_expanded, is_int, is_number,
                                      refuse_job_chdir, require_int, require_path)
 from src.utils.directions import DIRECTION_KEYS, domain_folders, translated_directions
@@ -47,11 +46,6 @@ from src.utils.translation import resolve_device
 from src.utils.whole_files import write_text_whole, write_whole
 
 log = logging.getLogger(__name__)
-
-#: where the DataModule classes a checkpoint may name live
-DATA_PACKAGE = "src.data."
-#: what a `_target_` in data settings read from a file may name (refuse_foreign_targets' arguments)
-DATA_CLASSES = (DATA_PACKAGE, pl.LightningDataModule, "data", "DataModule")
 
 TABLE_COLUMNS = ("fid", "kid_x100", "is", "cls_is", "cls_is_real", "cls_acc_fake", "cls_acc_real", "mmd2", "tstr",
                  "trtr", "iou", "color_error", "l1", "psnr", "ssim", "label_pixel_acc", "label_class_acc",

@@ -36,7 +36,7 @@ from src.utils.accelerator import is_out_of_memory, resolved_accelerator
 from src.utils.auto_resume import (AUTO, checkpoints_further_on, resolve_auto_resume, resume_a_requeued_job,
                                    set_aside_abandoned_checkpoints)
 from src.utils.checkpoint_io import DurableCheckpointIO
-from src.utils.checkpoint_loading import check_loadable, model_for_device
+from src.utils.checkpoint_loading import check_data_loadable, check_loadable, model_for_device
 from src.utils.code_version import git_revision
 from src.utils.config_checks import (check_argument_types, check_run_folder, check_seed, home_expanded, is_number,
                                      recorded_path, require_int)
@@ -488,6 +488,7 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
     # constructor's unexpected argument.
     hydra.utils.get_class(cfg.model._target_).check_data_config(cfg.data, cfg.get("model_name", cfg.model._target_))
     check_argument_types(cfg.data, "data")
+    check_data_loadable(cfg.data)
     check_argument_types(cfg.model, "model")   # its networks' nodes: build_net
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.run_seed = cfg.seed   # the epoch lists' seed comes from it alone, not the model's draws
