@@ -29,7 +29,8 @@ class AdversarialLoss(nn.Module):
                  generator_label: float | None = None):
         super().__init__()
         if mode not in GAN_MODES:
-            raise ValueError(f"Unknown adversarial loss '{mode}' (config key loss.gan_mode); choose one of {GAN_MODES}")
+            raise ValueError(f"Unknown adversarial loss '{mode}' (config key loss.gan_mode); choose one of {GAN_MODES} "
+                             f"(a new one: add it to GAN_MODES and its terms to AdversarialLoss in {__name__.replace('.', '/')}.py)")
         self.mode, self.real_label, self.fake_label = mode, real_label, fake_label
         self.generator_label = real_label if generator_label is None else generator_label
 
