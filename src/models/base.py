@@ -920,7 +920,9 @@ class AdversarialModel(pl.LightningModule):
         if steps != self.optimizer_steps_per_iter:
             raise RuntimeError(f"{type(self).__name__}.train_iteration took {steps} optimizer steps, but its "
                                f"optimizer_steps_per_iter is {self.optimizer_steps_per_iter}: set it to the steps "
-                               f"one iteration takes (iterations are counted from global_step by it)")
+                               f"one iteration takes, the same in every iteration (iterations are counted from "
+                               f"global_step by it; a player that learns less often takes several steps in one "
+                               f"iteration, as WGAN's critic does, rather than skipping some)")
 
     def ends_an_epoch(self, batch_idx: int) -> bool:
         """Whether this batch is the epoch's last (its loader is exhausted, or
