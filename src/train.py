@@ -35,6 +35,7 @@ def main(cfg: DictConfig) -> float | None:
     from src.utils.run_results import run_folder, write_failure
     from src.utils.hydra_runtime import is_rank_zero
     from src.utils.log_file import error_into_the_log_file
+    from src.utils.sweep_summary import refresh_the_sweeps_table
 
     metric_name = cfg.get("optimized_metric")
     started = time.time()
@@ -45,7 +46,11 @@ def main(cfg: DictConfig) -> float | None:
     except KeyboardInterrupt:
         # Stopped by Ctrl-C (interrupted.ckpt written): the command ends as a shell ends a process
         # SIGINT stopped, without a traceback of wherever the interrupt landed.
+        refresh_the_sweeps_table()
         raise SystemExit(INTERRUPT_EXIT_STATUS) from None
+    except SystemExit:   # SIGTERM (143), interrupted.ckpt written: a sweep's basic launcher ends here too
+        refresh_the_sweeps_table()
+        raise
     except Exception as error:
         # In a search, a diverged trial is the worst value (the study goes on; its checkpoints
         # stay finite); an error would end the whole study (the sweeper fails on any error).

@@ -177,6 +177,26 @@ def test_a_ctrl_c_ends_train_py_with_the_status_a_shell_gives_sigint(tmp_path):
     assert "Traceback" not in ended.stderr
 
 
+@pytest.mark.parametrize("stop", ["raise KeyboardInterrupt", "raise SystemExit(143)"])
+def test_a_sweep_stopped_by_a_signal_keeps_its_table_with_the_stopped_job(tmp_path, stop):
+    """A Ctrl-C or a SIGTERM ends a sweep's process inside a job, whose after-job hook, which
+    writes the sweep's table, then never runs: the stopped job was missing from the table."""
+    import subprocess
+    code = ("import runpy, sys\n"
+            "import src.utils.run as run\n"
+            "def stopped(cfg):\n"
+            f"    {stop}\n"
+            "run.run_training = stopped\n"
+            f"sys.argv = ['src/train.py', '-m', 'seed=1,2', 'hydra.sweep.dir={tmp_path}/sweep', "
+            f"'paths.data_dir={tmp_path}/data']\n"
+            "runpy.run_path('src/train.py', run_name='__main__')\n")
+    ended = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                           capture_output=True, text=True, timeout=300)
+    assert ended.returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM), ended.stderr
+    (row,) = [line for line in (tmp_path / "sweep" / "summary.md").read_text().splitlines() if line.startswith("| 0 |")]
+    assert "seed=1" in row and row.endswith("| not finished |")
+
+
 def test_sigterm_saves_an_interrupted_checkpoint_and_exits_with_the_signals_status(train_cfg, tmp_path, monkeypatch):
     """A cluster's preemption or time limit (SIGTERM) saves interrupted.ckpt, and the process
     ends with status 143 as a shell reports a SIGTERMed one: Lightning's own ending (SystemExit

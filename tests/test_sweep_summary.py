@@ -325,9 +325,8 @@ def test_jobs_in_folders_another_sweep_subdir_names_are_found_in_number_order(tm
     # a sweep whose jobs keep no .hydra/ there gets no table, and says why
     empty = tmp_path / "empty"
     (empty / "loss=lsgan").mkdir(parents=True)
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(empty)}}})
     with caplog.at_level("WARNING"):
-        sweep_summary.SweepSummary(["eval/fid"])._write_table(config, "at the sweep's end")
+        sweep_summary.SweepSummary(["eval/fid"])._write_table(empty, "at the sweep's end")
     assert "The sweep has no table: no job directories found (0/, 1/, ... or any holding the .hydra/" in caplog.text
     assert "keep hydra.output_subdir=.hydra" in caplog.text and not (empty / "summary.md").exists()
 

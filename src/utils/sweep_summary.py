@@ -37,7 +37,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from src.utils.folder_lock import FolderInUse, FolderLock
-from src.utils.hydra_runtime import is_rank_zero
+from src.utils.hydra_runtime import hydra_config, is_multirun, is_rank_zero
 from src.utils.log_file import log_file_handlers
 from src.utils.nested import flattened
 from src.utils.run_results import EVAL_RESULT, FINAL_METRICS, write_failure
@@ -299,25 +299,37 @@ class SweepSummary(Callback):
             traceback_in = "".join(f" (its traceback: {handler.baseFilename})" for handler in log_file_handlers()[:1])
             log.error("Job %s (%s) failed: %s: %s%s; the sweep goes on", config.hydra.job.num,
                       " ".join(job_return.overrides or []), type(error).__name__, error, traceback_in)
-        self._write_table(config, "after this job")
+        self._write_table(Path(config.hydra.sweep.dir), "after this job")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not is_rank_zero():
             return
-        path = self._write_table(config, "at the sweep's end")
+        path = self._write_table(Path(config.hydra.sweep.dir), "at the sweep's end")
         if path is not None:
             log.info("Sweep summary: %s\n%s", path, path.read_text(encoding="utf-8"))
             warn_of_a_sweep_without_results(summary_rows(Path(config.hydra.sweep.dir), self.result_file))
 
-    def _write_table(self, config: DictConfig, when: str) -> Path | None:
+    def _write_table(self, sweep_dir: Path, when: str) -> Path | None:
         try:
-            path = write_summary(Path(config.hydra.sweep.dir), self.metrics, self.result_file)
+            path = write_summary(sweep_dir, self.metrics, self.result_file)
         except FolderInUse as busy:   # the jobs' own records are written: the table is not worth failing them
             log.warning("The sweep's table was not updated %s: %s", when, busy)
             return None
         if path is None:
-            log.warning("The sweep has no table: %s in %s", NO_JOBS, config.hydra.sweep.dir)
+            log.warning("The sweep has no table: %s in %s", NO_JOBS, sweep_dir)
         return path
+
+
+def refresh_the_sweeps_table() -> None:
+    """The table of the sweep this job belongs to, rewritten from a job that stops the sweep (a
+    Ctrl-C, a SIGTERM): the process ends with it, and the table's after-job hook never ran, so
+    the stopped job (and, after a failed one, the failure) was missing from it."""
+    hydra_cfg = hydra_config()
+    settings = OmegaConf.select(hydra_cfg, "callbacks.sweep_summary", default=None) if hydra_cfg is not None else None
+    if settings is None or not is_multirun() or not is_rank_zero():
+        return
+    table = SweepSummary(settings.get("metrics"), settings.get("result_file", FINAL_METRICS))
+    table._write_table(Path(hydra_cfg.sweep.dir), "as the sweep stops")
 
 
 def warn_of_a_sweep_without_results(rows: list[dict[str, Any]]) -> None:
