@@ -20,8 +20,6 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from src.metrics.label_maps import IGNORE
 from src.utils.accelerator import float64_device
 
-SCORE_NAMES = ("pixel_acc", "class_acc", "class_iou")
-
 
 def scores_of_confusion(confusion: torch.Tensor) -> dict[str, float]:
     """The three scores of a (C, C) confusion matrix, rows the true class, columns the predicted;

@@ -259,23 +259,22 @@ def config_key(key: str) -> str:
 SIGNATURE_ONLY = ("model.reference_batch_size",)
 
 
-def defaults_changed_since(checkpoint: dict, data_settings: dict, model: torch.nn.Module | None = None) -> list[str]:
+def defaults_changed_since(checkpoint: dict, data_settings: dict, model: torch.nn.Module) -> list[str]:
     """`key=<what the checkpoint's run did> -> <this run's>` for each setting added since the
     checkpoint was written that this run sets otherwise: data settings (DATA_SETTINGS_BEFORE_THEM)
-    and, given the `model`, its settings whose earlier behaviour `upgraded_hparams` knows (an
+    and the `model`'s settings whose earlier behaviour `upgraded_hparams` knows (an
     older ProGAN kept its optimizers' state across phases, an older DCGAN sampled with running
     statistics: resumed under today's defaults, each changes mid-run)."""
     saved = checkpoint.get("datamodule_hyper_parameters") or {}
     changed = [f"data.{key}={before!r} -> {data_settings[key]!r}" for key, before in DATA_SETTINGS_BEFORE_THEM.items()
                if saved and key not in saved and key in data_settings and data_settings[key] != before]
-    if model is not None:
-        saved_model = checkpoint.get("hyper_parameters") or {}
-        recorded = flattened(saved_model, ".", "model")
-        before = flattened(upgraded_hparams(saved_model, checkpoint, type(model)), ".", "model")
-        here = flattened(dict(model.hparams), ".", "model")
-        changed += [f"{config_key(key)}={before[key]!r} -> {here[key]!r}"
-                    for key in sorted(before.keys() - recorded.keys())
-                    if key in here and here[key] != before[key] and key not in SIGNATURE_ONLY]
+    saved_model = checkpoint.get("hyper_parameters") or {}
+    recorded = flattened(saved_model, ".", "model")
+    before = flattened(upgraded_hparams(saved_model, checkpoint, type(model)), ".", "model")
+    here = flattened(dict(model.hparams), ".", "model")
+    changed += [f"{config_key(key)}={before[key]!r} -> {here[key]!r}"
+                for key in sorted(before.keys() - recorded.keys())
+                if key in here and here[key] != before[key] and key not in SIGNATURE_ONLY]
     return changed
 
 
@@ -388,7 +387,7 @@ NETWORK_SETTINGS_BEFORE = (
 )
 
 
-def upgraded_hparams(hparams: dict, checkpoint: dict, model_class: type | None = None) -> dict:
+def upgraded_hparams(hparams: dict, checkpoint: dict, model_class: type) -> dict:
     """Hyperparameters of an older checkpoint in today's names. A setting is added only for a
     `model_class` that takes it (checkpoints record every setting their class takes, so one
     lacking it is older than the setting), and U-GAT-IT's classifiers only for weights that
@@ -406,7 +405,7 @@ def upgraded_hparams(hparams: dict, checkpoint: dict, model_class: type | None =
     - NICE-GAN's discriminators normalised their attention's fusion conv and rescaled by the
       normalised weight before `attention` existed; its default is now the authors' code's."""
     upgraded = dict(hparams)
-    taken = None if model_class is None else accepted_arguments(model_class)   # None: cannot be told
+    taken = accepted_arguments(model_class)   # None: its arguments cannot be read
 
     def adds(*keys: str) -> bool:
         return all(key not in upgraded for key in keys) and (taken is None or all(key in taken for key in keys))

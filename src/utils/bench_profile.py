@@ -46,7 +46,7 @@ def time_split_us(events) -> dict[str, float]:
             "optimizer_step": total("Optimizer.step"), "zero_grad": total("Optimizer.zero_grad")}
 
 
-def summarise_profile(profiler, row_limit: int, device: str, table_path: Path | None = None) -> dict[str, Any]:
+def summarise_profile(profiler, row_limit: int, device: str, table_path: Path) -> dict[str, Any]:
     events = profiler.key_averages()
     total_self_us = sum(e.self_cpu_time_total for e in events)
     split = time_split_us(profiler.events())
@@ -61,13 +61,12 @@ def summarise_profile(profiler, row_limit: int, device: str, table_path: Path | 
                      "share": _self_time_us(e, device) / max(total_self_us, 1e-9) if device != "cuda" else None}
                     for e in top],
     }
-    if table_path is not None:
-        table_path.parent.mkdir(parents=True, exist_ok=True)
-        sort_by = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
-        table_path.write_text(events.table(sort_by=sort_by, row_limit=max(row_limit, 40)))
-        summary["table"] = str(table_path)
-        by_shape = profiler.key_averages(group_by_input_shape=True)
-        shapes_path = table_path.with_name(table_path.stem + "_by_shape.txt")
-        shapes_path.write_text(by_shape.table(sort_by=sort_by, row_limit=max(row_limit, 40) * 2, max_shapes_column_width=120))
-        summary["table_by_shape"] = str(shapes_path)
+    table_path.parent.mkdir(parents=True, exist_ok=True)
+    sort_by = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    table_path.write_text(events.table(sort_by=sort_by, row_limit=max(row_limit, 40)))
+    summary["table"] = str(table_path)
+    by_shape = profiler.key_averages(group_by_input_shape=True)
+    shapes_path = table_path.with_name(table_path.stem + "_by_shape.txt")
+    shapes_path.write_text(by_shape.table(sort_by=sort_by, row_limit=max(row_limit, 40) * 2, max_shapes_column_width=120))
+    summary["table_by_shape"] = str(shapes_path)
     return summary
