@@ -419,8 +419,8 @@ class AdversarialModel(pl.LightningModule):
         that is not a submodule of the model (kept in a plain dict or list): it trains, but
         checkpoints, EMA and devices know only submodules, so its weights were never saved and
         eval.py scored a freshly initialised network."""
-        registered = {id(m) for m in self.modules()}
-        unregistered = [f"{type(m).__name__} (player {player})" for player, modules in self.player_modules().items()
+        players, registered = self.player_modules(), {id(m) for m in self.modules()}
+        unregistered = [f"{type(m).__name__} (player {player})" for player, modules in players.items()
                         for m in modules if id(m) not in registered]
         if unregistered:
             raise ValueError(f"{type(self).__name__}.player_modules() gives modules that are not submodules of the "
@@ -428,7 +428,7 @@ class AdversarialModel(pl.LightningModule):
                              f"or in an nn.ModuleDict / nn.ModuleList (a plain dict or list hides it from torch): its "
                              f"weights would be left out of every checkpoint")
         owners: dict[int, list[str]] = {}
-        for player, modules in self.player_modules().items():
+        for player, modules in players.items():
             for parameter in {id(p): p for m in modules for p in m.parameters()}.values():
                 owners.setdefault(id(parameter), []).append(player)
         named = list(self.named_parameters())
@@ -437,7 +437,7 @@ class AdversarialModel(pl.LightningModule):
             raise ValueError(f"{type(self).__name__} has trainable parameters that no player trains: "
                              f"{', '.join(orphans[:5])}{' ...' if len(orphans) > 5 else ''}. Add their modules to a "
                              f"player in {type(self).__name__}.player_modules() (its players: "
-                             f"{list(self.player_modules())}), or freeze them (requires_grad_(False))")
+                             f"{list(players)}), or freeze them (requires_grad_(False))")
         shared = [f"{name} ({' and '.join(owners[id(p)])})" for name, p in named if len(owners.get(id(p), ())) > 1]
         if shared:
             raise ValueError(f"{type(self).__name__}.player_modules() gives parameters to two players, whose "

@@ -130,7 +130,7 @@ def started_by_this_command(run_dir: Path) -> bool:
     return list(OmegaConf.load(recorded)) == job_overrides()
 
 
-def set_aside_abandoned_checkpoints(cfg: DictConfig) -> Path | None:
+def set_aside_abandoned_checkpoints(cfg: DictConfig, further_on: list[Path]) -> Path | None:
     """A run that resumes from a named checkpoint (rolling back to an earlier `iter_*.ckpt` after
     a divergence, or starting over in a folder used before) branches off whatever this run folder
     holds further on. Those files would win `ckpt_path=auto` and a requeued job's choice over the
@@ -138,7 +138,7 @@ def set_aside_abandoned_checkpoints(cfg: DictConfig) -> Path | None:
     They are moved, not deleted, into a dated `abandoned_*` subfolder of the folder each is in
     (out of auto's sight; a rename within its file system: SLURM's `hpc_ckpt_*` files lie in the
     run folder, the others in the checkpoint folder, which may be on other storage or not made
-    yet); returns the checkpoint folder's, or the first one made, or None when nothing was moved. Rank 0 only: the other ranks of a
+    yet; `further_on`: `checkpoints_further_on(cfg)`, which the caller read); returns the checkpoint folder's, or the first one made, or None when nothing was moved. Rank 0 only: the other ranks of a
     multi-process launch start after it, or load the named file, which stays.
     A run that starts afresh (no ckpt_path) in a folder that holds checkpoints sets every one of
     them aside: its last.ckpt, periodic files and best_fid.ckpt would replace the earlier run's
@@ -167,7 +167,7 @@ def set_aside_abandoned_checkpoints(cfg: DictConfig) -> Path | None:
         purpose = ("they are not mixed with this run's, nor resumed by ckpt_path=auto in its place. To continue that "
                    "run instead, stop this one, move them back and pass ckpt_path=auto")
     else:
-        moved = checkpoints_further_on(cfg)
+        moved = further_on
         situation = f"ckpt_path={named} resumes a run this folder holds further on"
         purpose = "ckpt_path=auto and a requeued job resume the new branch and not the abandoned one"
     if not moved:

@@ -9,11 +9,11 @@ from pathlib import Path
 CODE_FOLDERS = ("src", "conf")
 
 
-def _git(root: Path, *args: str) -> str:
+def _git(root: Path, *args: str, check: bool = True) -> str:
     # git writes UTF-8 (paths, diffs); the system's code page (Windows', an ASCII locale) would
     # fail on a non-ASCII character of an uncommitted change, or garble code.patch.
     return subprocess.run(["git", *args], cwd=root, capture_output=True, encoding="utf-8", errors="replace",
-                          check=True, timeout=30).stdout
+                          check=check, timeout=30).stdout
 
 
 def git_revision(root: Path, ignored: tuple[str, ...] = ()) -> str | None:
@@ -65,5 +65,4 @@ def uncommitted_changes(root: Path) -> tuple[str, list[str]] | None:
 def new_file_diff(root: Path, name: str) -> str:
     """The patch that adds the file `name` (a path from `root`) as it is."""
     # (--no-index exits 1 where the files differ, which they do)
-    return subprocess.run(["git", "diff", "--no-index", "--", "/dev/null", name], cwd=root, capture_output=True,
-                          encoding="utf-8", errors="replace", timeout=30).stdout
+    return _git(root, "diff", "--no-index", "--", "/dev/null", name, check=False)

@@ -529,11 +529,11 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
             # this is no error; but another dataset of the same name would resume in silence.
             rank_zero_info(f"The data now comes from {data_settings.get('data_dir')}; the checkpoint's run read "
                            f"{saved_dir}")
-    # (auto takes the most advanced file: none is further on)
-    branches = (resumed is not None and not found_by_auto and logs_to_wandb(cfg.get("logger"))
-                and bool(checkpoints_further_on(cfg)))
+    # The run folder's checkpoints past the one resumed: the branch this resume abandons, set aside
+    # below once every check passed, and logged to wandb apart. (auto takes the most advanced file.)
+    further_on = checkpoints_further_on(cfg) if resumed is not None and not found_by_auto else []
     logger_cfg = with_purge_step(with_wandb_identity(cfg.get("logger"), cfg, resumed,
-                                                     checkpoint_iteration(resumed, model) if branches else None),
+                                                     checkpoint_iteration(resumed, model) if further_on else None),
                                  purge_step(cfg.get("ckpt_path"), resumed, model))
     # Read memory-mapped: kept through the fit, the mapping held the replaced last.ckpt's disk
     # space (GBs with optimizer moments and EMA) until the run ended, and on NFS a .nfs file in
@@ -555,7 +555,7 @@ def _train_in_claimed_folder(cfg: DictConfig, own_hydra_files: dict[str, str]) -
     loggers = without_unset_anonymous(instantiate_list(logger_cfg, "logger"))
     trainer = pl.Trainer(**build_trainer_kwargs(cfg, model), callbacks=callbacks, logger=loggers or False)
     if not found_by_auto:   # (auto took the most advanced file: none is further on) once every check passed
-        set_aside_abandoned_checkpoints(cfg)
+        set_aside_abandoned_checkpoints(cfg, further_on)
     code_revision = run_code_revision()   # (git's answer, asked once for the record and the loggers)
     record_start(run_dir, cfg, own_hydra_files, seed_drawn, cfg.get("ckpt_path"), code_revision)   # once checked
     exit_code = 0

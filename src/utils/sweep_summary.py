@@ -99,11 +99,12 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     default subdir) and those holding the `.hydra/` Hydra writes into each job's, whatever
     `hydra.sweep.subdir` names them (`${hydra.job.override_dirname}`, whose path-valued
     overrides nest them). Not searched below a job's directory (its checkpoints, samples)."""
-    found = []
+    sweep_dir, found = Path(sweep_dir), []
     for folder, subfolders, _ in os.walk(sweep_dir):
-        if Path(folder) != Path(sweep_dir) and (".hydra" in subfolders or Path(folder).parent == Path(sweep_dir)
-                                                and Path(folder).name.isdigit()):
-            found.append(Path(folder))
+        here = Path(folder)
+        numbered = here.parent == sweep_dir and here.name.isdigit()
+        if here != sweep_dir and (numbered or ".hydra" in subfolders):
+            found.append(here)
             subfolders.clear()
     return sorted(found, key=lambda job: (job_number(job), str(job)))
 
@@ -196,7 +197,7 @@ def summary_markdown(rows: list[dict[str, Any]], metrics: list[str], sweep_dir: 
     for r, overrides in zip(rows, _varying_overrides(rows)):
         status = r["status"] if "error" not in r else f"{r['status']}: {r['error']}"
         status = " ".join(status.replace("|", "/").split())   # one table row, whatever the message
-        job = str(r["job"]) if r.get("folder", str(r["job"])) == str(r["job"]) else f"{r['job']} ({r['folder']})"
+        job = str(r["job"]) if r["folder"] == str(r["job"]) else f"{r['job']} ({r['folder']})"
         cells = ([job.replace("|", "/"), " ".join(overrides).replace("|", "/") or "-", *(_cell(r["settings"].get(s)) for s in settings), status]
                  + [_cell(r.get("iteration"))] * has_iteration
                  + [_cell(r.get("feature_extractor"))] * has_extractor + [_cell(r.get("metrics", {}).get(m)) for m in shown])
@@ -296,7 +297,8 @@ class SweepSummary(Callback):
             error, job_dir = job_return._return_value, Path(config.hydra.runtime.output_dir)
             write_failure(job_dir, error, self.result_file)
             # Hydra prints only the first failed job's error, and only after the last job.
-            traceback_in = "".join(f" (its traceback: {handler.baseFilename})" for handler in log_file_handlers()[:1])
+            files = log_file_handlers()
+            traceback_in = f" (its traceback: {files[0].baseFilename})" if files else ""
             log.error("Job %s (%s) failed: %s: %s%s; the sweep goes on", config.hydra.job.num,
                       " ".join(job_return.overrides or []), type(error).__name__, error, traceback_in)
         self._write_table(Path(config.hydra.sweep.dir), "after this job")
